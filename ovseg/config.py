@@ -1,0 +1,83 @@
+"""Every config key ovseg adds to detectron2's defaults, each with its default and meaning."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_ovseg_config(cfg: CN) -> None:
+    """Add ovseg's keys to a detectron2 config in place.
+
+    Args:
+        cfg (CfgNode): a config made by ``detectron2.config.get_cfg()``.
+    """
+    # ---------------------------------------------------------------- the CLIP teacher
+    cfg.MODEL.CLIP = CN()
+    # open_clip model name (e.g. "ViT-B-16", "RN50") or a path to a JSON model config
+    # (open_clip's {"embed_dim", "vision_cfg", "text_cfg"} layout) for tiny models.
+    cfg.MODEL.CLIP.MODEL_NAME = "ViT-B-16"
+    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k"), a local checkpoint path,
+    # or "" for random initialisation (a warning is logged: no knowledge to distil).
+    cfg.MODEL.CLIP.PRETRAINED = "openai"
+    # where downloaded weights and text-embedding caches live; "" = $OVSEG_CACHE or
+    # ~/.cache/ovseg.
+    cfg.MODEL.CLIP.CACHE_DIR = ""
+    # prompt-template set for text embeddings: "single", "imagenet80", "vild", "maskclip85",
+    # or a path to a JSON list of templates with one "{}" each.
+    cfg.MODEL.CLIP.TEMPLATES = "single"
+    # precision of the frozen teacher's forward passes on GPU: "fp32", "bf16" or "fp16".
+    cfg.MODEL.CLIP.PRECISION = "fp32"
+
+    # -------------------------------------------------- vocabularies and zero-shot setting
+    cfg.MODEL.OVSEG = CN()
+    # "none": fully supervised, every class labelled; "inductive": unseen pixels are ignore
+    # and the training vocabulary is the seen classes; "transductive": unseen pixels are
+    # ignore but the unseen names are known during training (the full vocabulary).
+    cfg.MODEL.OVSEG.ZERO_SHOT_SETTING = "none"
+    # training vocabulary: "" = derived from the training dataset and the setting above;
+    # else a builtin name (ade150, ade847, coco171, voc20, pc59, pc459), a JSON file or
+    # a comma-separated list.
+    cfg.MODEL.OVSEG.TRAIN_VOCABULARY = ""
+    # test vocabulary: "" = each test dataset's stuff_classes (attached per input by the
+    # test mapper); same forms as above.
+    cfg.MODEL.OVSEG.TEST_VOCABULARY = ""
+
+    # ----------------------------------------------------------------------------- input
+    # dataset mapper, by name in ovseg's MAPPER_REGISTRY
+    cfg.INPUT.DATASET_MAPPER_NAME = "ovseg_semantic"
+    # images are fed RGB: CLIP towers expect RGB, and the teacher applies its own mean/std
+    cfg.INPUT.FORMAT = "RGB"
+    # pad images (and labels with ignore) so both sides are divisible by this; -1 = no pad
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # photometric distortion of SSD (brightness/contrast/saturation/hue) during training
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # crop at most this fraction of a single category (Mask2Former's rule)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+
+    # --------------------------------------------------------------------------- solver
+    # "SGD" or "ADAMW"
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    # learning-rate multiplier for the backbone's parameters (LSeg/ZegCLIP use 0.1)
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    # learning-rate multiplier for parameters whose name matches any of these substrings
+    # (e.g. ZegCLIP's "prompt" x10), applied after the backbone multiplier
+    cfg.SOLVER.LR_MULTIPLIER_KEYS = []
+    cfg.SOLVER.LR_MULTIPLIER = 1.0
+    # weight decay of embeddings (positional embeddings, prompt tokens, query embeddings)
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # poly schedule: lr = base * (1 - it / max_iter) ** POWER, used by WarmupPolyLR
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # the poly schedule never goes below this fraction of the base lr
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # clip the gradients of the whole model (not per parameter) when "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    # AMP autocast dtype when SOLVER.AMP.ENABLED: "fp16" (with a grad scaler) or "bf16"
+    cfg.SOLVER.AMP.DTYPE = "fp16"
+
+    # ----------------------------------------------------------------------------- test
+    # "whole": one forward on the resized image; "slide": sliding windows
+    cfg.TEST.INFERENCE_MODE = "whole"
+    # sliding-window (height, width) and stride (height, width), in pixels of the network
+    # input
+    cfg.TEST.SLIDE_WINDOW = (512, 512)
+    cfg.TEST.SLIDE_STRIDE = (426, 426)
+    # save the evaluator's confusion matrix next to its metrics
+    cfg.TEST.SAVE_CONFUSION_MATRIX = True

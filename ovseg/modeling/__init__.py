@@ -1,0 +1,1 @@
+from . import meta_arch  # noqa: F401  (registers meta-architectures)

@@ -1,0 +1,1 @@
+"""One file per method; importing this package registers them in META_ARCH_REGISTRY."""
