@@ -1,0 +1,173 @@
+"""Run-time adaptations to the installed detectron2, each chosen by a feature test.
+
+ovseg runs on the official detectron2 build and on v0.6's Python sources installed without
+compiled ops (``tools/install_detectron2.py``). Source-level fixes live in that install;
+this module holds only behaviour that even upstream lacks for CPU runs:
+
+- v0.6's ``launch`` asserts CUDA and always uses NCCL, so multi-process CPU runs (gloo) are
+  started here when the installed ``launch`` cannot do it;
+- ``create_ddp_model`` passes CUDA ``device_ids`` even for a model on the CPU, so ovseg
+  wraps DDP itself with the device of the model's parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.engine import launch as d2_launch_module
+from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+__all__ = [
+    "has_compiled_ops",
+    "launch_supports_cpu",
+    "launch",
+    "create_ddp_model",
+]
+
+
+def has_compiled_ops() -> bool:
+    """True when detectron2's C++/CUDA ops are importable (an official build).
+
+    False for a missing ``_C`` and for the placeholder written by
+    ``tools/install_detectron2.py`` (it carries ``OVSEG_PLACEHOLDER``).
+    """
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return not getattr(_C, "OVSEG_PLACEHOLDER", False)
+
+
+def launch_supports_cpu(launch_module: Any = d2_launch_module) -> bool:
+    """True when detectron2's ``launch`` can start gloo workers without CUDA.
+
+    v0.6's worker asserts ``torch.cuda.is_available()`` and hard-codes NCCL; later
+    versions pick gloo when no GPU is present. The test reads the worker's source for a
+    gloo backend, the only observable difference short of spawning processes.
+    """
+    worker = getattr(launch_module, "_distributed_worker", None)
+    if worker is None:
+        return False
+    try:
+        src = inspect.getsource(worker)
+    except (OSError, TypeError):
+        return False
+    return "gloo" in src.lower()
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str | None = None,
+    args: tuple = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> None:
+    """Start ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes.
+
+    On GPUs, or when the installed detectron2 supports CPU workers, this is detectron2's
+    ``launch``. Without CUDA, ``num_gpus_per_machine`` counts CPU processes, connected
+    through gloo.
+    """
+    if torch.cuda.is_available() or launch_supports_cpu():
+        d2_launch_module.launch(
+            main_func,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+            timeout=timeout,
+        )
+        return
+    world_size = num_machines * num_gpus_per_machine
+    if world_size <= 1:
+        main_func(*args)
+        return
+    if dist_url is None or dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError(
+                f"dist_url={dist_url!r} is only valid on one machine; pass "
+                "--dist-url tcp://<host of machine 0>:<port> for multi-machine runs."
+            )
+        dist_url = f"tcp://127.0.0.1:{d2_launch_module._find_free_port()}"
+    mp.start_processes(
+        _cpu_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        daemon=False,
+        start_method="spawn",
+    )
+
+
+def _cpu_worker(
+    local_rank: int,
+    main_func: Callable[..., Any],
+    world_size: int,
+    num_procs_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    args: tuple,
+    timeout: timedelta,
+) -> None:
+    global_rank = machine_rank * num_procs_per_machine + local_rank
+    dist.init_process_group(
+        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
+        timeout=timeout,
+    )
+    _create_local_process_group(num_procs_per_machine)
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _create_local_process_group(num_procs_per_machine: int) -> None:
+    """Give ``comm.get_local_rank()`` its group, as detectron2's own launcher does."""
+    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
+        comm.create_local_process_group(num_procs_per_machine)
+        return
+    # v0.6 keeps the group in a module global that its launcher fills in the same way.
+    num_machines = dist.get_world_size() // num_procs_per_machine
+    for i in range(num_machines):
+        ranks = list(range(i * num_procs_per_machine, (i + 1) * num_procs_per_machine))
+        pg = dist.new_group(ranks)
+        if i == dist.get_rank() // num_procs_per_machine:
+            comm._LOCAL_PROCESS_GROUP = pg
+
+
+def create_ddp_model(
+    model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any
+) -> torch.nn.Module:
+    """Wrap ``model`` in DDP when more than one process runs; CPU models get no device ids.
+
+    Args:
+        model: the module to wrap.
+        fp16_compression: compress gradients to fp16 for all-reduce (GPU runs).
+        kwargs: passed to :class:`torch.nn.parallel.DistributedDataParallel`.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()] if device.type == "cuda" else None
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp

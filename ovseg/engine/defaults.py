@@ -1,0 +1,51 @@
+"""Config set-up shared by train_net.py, the demo and the tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import torch
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_ovseg_config
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
+    """detectron2 defaults + ovseg's keys + a YAML file (with ``_BASE_``) + KEY VALUE pairs."""
+    if not config_file:
+        raise ValueError("No --config-file given; pick one under configs/ (see README).")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file {config_file!r} does not exist.")
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.merge_from_file(config_file)
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
+        cfg.merge_from_list(opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on cpu.", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Build the frozen config of a run and set up logging and the output folder."""
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovseg")
+    return cfg
+
+
+def _rank() -> int:
+    from detectron2.utils import comm
+
+    return comm.get_rank()

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Train and evaluate every ovseg method (detectron2's train_net.py shape).
+
+Examples:
+    python train_net.py --config-file configs/toy/lseg_tinyvit_2k_bs8.yaml
+    python train_net.py --config-file configs/voc/maskclip/maskclip_vitb16_bs1.yaml --eval-only
+    python train_net.py --config-file CONFIG --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+Without CUDA, --num-gpus N starts N CPU processes connected through gloo.
+"""
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import ovseg  # noqa: F401  (registers datasets, mappers, models)
+from ovseg.compat import launch
+from ovseg.engine import Trainer, setup
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
