@@ -1,0 +1,13 @@
+"""Open-vocabulary semantic-segmentation evaluation: metrics, evaluator, and its factory."""
+
+from .build import build_evaluator, register_evaluator
+from .metrics import harmonic_iou, segmentation_metrics
+from .sem_seg_evaluator import OpenVocabSemSegEvaluator
+
+__all__ = [
+    "OpenVocabSemSegEvaluator",
+    "build_evaluator",
+    "harmonic_iou",
+    "register_evaluator",
+    "segmentation_metrics",
+]

@@ -1,0 +1,67 @@
+"""Build the evaluator a dataset asks for through its ``evaluator_type`` metadata."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+
+from .sem_seg_evaluator import OpenVocabSemSegEvaluator
+
+__all__ = ["EVALUATOR_FACTORIES", "register_evaluator", "build_evaluator"]
+
+# evaluator_type -> factory(cfg, dataset_name, output_folder) -> DatasetEvaluator
+EVALUATOR_FACTORIES: dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {}
+
+
+def register_evaluator(*evaluator_types: str):
+    """Decorator: make a factory ``f(cfg, dataset_name, output_folder)`` build the evaluator
+    of every dataset whose metadata ``evaluator_type`` is one of ``evaluator_types``."""
+
+    def deco(factory):
+        for name in evaluator_types:
+            if name in EVALUATOR_FACTORIES:
+                raise ValueError(f"An evaluator factory for {name!r} is already registered.")
+            EVALUATOR_FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
+@register_evaluator("ovseg_sem_seg", "sem_seg")
+def _build_sem_seg(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    # detectron2's plain "sem_seg" datasets get ours too: same metrics plus the saved matrix
+    return OpenVocabSemSegEvaluator(
+        dataset_name,
+        distributed=True,
+        output_dir=output_folder,
+        save_confusion_matrix=cfg.TEST.get("SAVE_CONFUSION_MATRIX", True),
+    )
+
+
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+) -> DatasetEvaluator:
+    """Build the evaluator for a registered dataset from its ``evaluator_type``.
+
+    Args:
+        cfg (CfgNode): the full config (``TEST.SAVE_CONFUSION_MATRIX`` is read).
+        dataset_name (str): a registered dataset name.
+        output_folder (str or None): where the evaluator writes its files; defaults to
+            ``<OUTPUT_DIR>/inference``, as detectron2's trainers do.
+
+    Returns:
+        DatasetEvaluator: the evaluator for this dataset.
+    """
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in EVALUATOR_FACTORIES:
+        raise ValueError(
+            f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}, which ovseg "
+            f"cannot evaluate; supported evaluator types: {sorted(EVALUATOR_FACTORIES)}."
+        )
+    return EVALUATOR_FACTORIES[evaluator_type](cfg, dataset_name, output_folder)
