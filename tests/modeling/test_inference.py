@@ -1,0 +1,161 @@
+"""Whole-image and sliding-window inference, and the post-processing to the original size."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovseg.modeling.inference import postprocess_to_original, semantic_inference, slide_windows
+
+WINDOW = (32, 32)
+
+
+@pytest.fixture
+def pointwise():
+    """A 1x1-conv 'model': each output pixel depends only on its own input pixel, so it is
+    exactly translation-equivariant and every window agrees with the whole image."""
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, 5, kernel_size=1).requires_grad_(False)
+
+
+@pytest.mark.parametrize(
+    "size, stride",
+    [
+        ((20, 24), (16, 16)),  # smaller than the window: padded up to it
+        ((32, 32), (21, 21)),  # exactly the window: one window
+        ((45, 70), (13, 21)),  # larger, strides that do not divide (size - window)
+        ((33, 100), (32, 7)),  # one pixel past the window; stride == window in height
+        ((20, 90), (19, 30)),  # smaller in height, larger in width
+    ],
+)
+def test_slide_equals_whole_for_equivariant_model(pointwise, size, stride):
+    torch.manual_seed(1)
+    # values of order 1, so float32 round-off of the window averaging stays far below 1e-5
+    images = torch.rand(2, 3, *size)
+    whole = semantic_inference(pointwise, images, mode="whole")
+    slide = semantic_inference(pointwise, images, mode="slide", window=WINDOW, stride=stride)
+    assert slide.shape == (2, 5, *size)
+    torch.testing.assert_close(slide, whole, rtol=0, atol=1e-5)
+
+
+def test_slide_with_rectangular_window(pointwise):
+    images = torch.rand(1, 3, 50, 41)
+    whole = semantic_inference(pointwise, images, mode="whole")
+    slide = semantic_inference(pointwise, images, mode="slide", window=(24, 16), stride=(10, 11))
+    torch.testing.assert_close(slide, whole, rtol=0, atol=1e-5)
+
+
+def test_slide_is_exact_in_float64():
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(3, 4, kernel_size=1).double()
+    images = torch.rand(1, 3, 45, 70, dtype=torch.float64) * 255
+    with torch.no_grad():
+        whole = semantic_inference(conv, images, mode="whole")
+        slide = semantic_inference(conv, images, mode="slide", window=32, stride=(13, 21))
+    assert slide.dtype == torch.float64
+    torch.testing.assert_close(slide, whole, rtol=0, atol=1e-9)
+
+
+def test_slide_averages_overlaps_by_count():
+    # a model that outputs 1 everywhere: any sum without the division by count would exceed 1
+    ones = lambda x: torch.ones(x.shape[0], 2, *x.shape[-2:])
+    out = semantic_inference(ones, torch.zeros(1, 3, 45, 70), mode="slide", window=32, stride=8)
+    torch.testing.assert_close(out, torch.ones(1, 2, 45, 70))
+
+
+def test_windows_of_a_known_grid():
+    # height 45, window 32, stride 13: starts 0, 13 (13 + 32 = 45, flush).
+    # width 70, window 32, stride 21: starts 0, 21, then 42 would overrun -> 38 (flush).
+    boxes = slide_windows(45, 70, (32, 32), (13, 21))
+    assert boxes == [(y, y + 32, x, x + 32) for y in (0, 13) for x in (0, 21, 38)]
+
+
+@pytest.mark.parametrize(
+    "size, window, stride",
+    [
+        ((20, 24), (32, 32), (16, 16)),
+        ((32, 32), (32, 32), (32, 32)),
+        ((45, 70), (32, 32), (13, 21)),
+        ((512, 683), (512, 512), (426, 426)),  # the ZegCLIP setting on a 4:3 image
+        ((100, 7), (9, 5), (4, 1)),
+    ],
+)
+def test_count_map_covers_every_pixel(size, window, stride):
+    height, width = size
+    ph, pw = max(height, window[0]), max(width, window[1])
+    count = np.zeros((ph, pw), dtype=int)
+    boxes = slide_windows(height, width, window, stride)
+    for y0, y1, x0, x1 in boxes:
+        assert (y1 - y0, x1 - x0) == window
+        assert 0 <= y0 and y1 <= ph and 0 <= x0 and x1 <= pw
+        count[y0:y1, x0:x1] += 1
+    assert (count > 0).all()
+    # the last windows end flush with the (padded) border
+    assert max(b[1] for b in boxes) == ph and max(b[3] for b in boxes) == pw
+    # no window beyond what the stride needs: ceil((size - window) / stride) + 1 per axis
+    n_h = -(-(ph - window[0]) // stride[0]) + 1
+    n_w = -(-(pw - window[1]) // stride[1]) + 1
+    assert len(boxes) == n_h * n_w
+
+
+def test_whole_resizes_low_resolution_scores():
+    def half_res(x):
+        return F.avg_pool2d(x[:, :2], 2)
+
+    images = torch.rand(1, 3, 16, 20)
+    out = semantic_inference(half_res, images, mode="whole")
+    expected = F.interpolate(half_res(images), size=(16, 20), mode="bilinear", align_corners=False)
+    assert out.shape == (1, 2, 16, 20)
+    torch.testing.assert_close(out, expected)
+
+
+def test_slide_resizes_low_resolution_window_scores():
+    # a constant per-window score map at 1/4 resolution is resized back to the window
+    def quarter_res(x):
+        return torch.full((x.shape[0], 1, x.shape[-2] // 4, x.shape[-1] // 4), 3.0)
+
+    images = torch.zeros(1, 3, 40, 40)
+    out = semantic_inference(quarter_res, images, mode="slide", window=16, stride=12)
+    torch.testing.assert_close(out, torch.full((1, 1, 40, 40), 3.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "tiles"}, r"one of \('whole', 'slide'\), got 'tiles'"),
+        ({"mode": "slide", "window": (32, 32), "stride": (33, 16)}, r"stride \(33, 16\).*skip"),
+        ({"mode": "slide", "window": (0, 32), "stride": (8, 8)}, r"window.*\(0, 32\)"),
+        ({"mode": "slide", "window": (32, 32, 3), "stride": (8, 8)}, r"window"),
+        ({"mode": "slide", "window": (32, 32), "stride": (8.0, 8)}, r"stride"),
+        ({"mode": "slide", "window": (32, 32), "stride": -4}, r"stride.*-4"),
+    ],
+)
+def test_bad_arguments_raise(pointwise, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        semantic_inference(pointwise, torch.zeros(1, 3, 40, 40), **kwargs)
+
+
+def test_bad_images_and_predictions_raise(pointwise):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\).*\(3, 40, 40\)"):
+        semantic_inference(pointwise, torch.zeros(3, 40, 40))
+    with pytest.raises(ValueError, match=r"predict_fn.*\(5, 40, 40\)"):
+        semantic_inference(lambda x: pointwise(x)[0], torch.zeros(1, 3, 40, 40))
+
+
+def test_postprocess_crops_padding_then_resizes():
+    torch.manual_seed(2)
+    scores = torch.rand(4, 8, 10)
+    out = postprocess_to_original(scores, (6, 7), 12, 14)
+    cropped = scores[None, :, :6, :7]
+    expected = F.interpolate(cropped, size=(12, 14), mode="bilinear", align_corners=False)[0]
+    assert out.shape == (4, 12, 14)
+    torch.testing.assert_close(out, expected)
+    # same size and no padding: unchanged
+    torch.testing.assert_close(postprocess_to_original(scores, (8, 10), 8, 10), scores)
+
+
+def test_postprocess_bad_arguments():
+    with pytest.raises(ValueError, match=r"\(K, h, w\)"):
+        postprocess_to_original(torch.zeros(8, 10), (8, 10), 8, 10)
+    with pytest.raises(ValueError, match=r"img_size \(9, 10\) exceeds"):
+        postprocess_to_original(torch.zeros(2, 8, 10), (9, 10), 8, 10)
