@@ -12,6 +12,7 @@ this module holds only behaviour that even upstream lacks for CPU runs:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from datetime import timedelta
@@ -22,8 +23,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.engine import launch as d2_launch_module
 from detectron2.utils import comm
+
+# the module, not the function that detectron2.engine re-exports under the same name
+d2_launch_module = importlib.import_module("detectron2.engine.launch")
 
 logger = logging.getLogger(__name__)
 

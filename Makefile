@@ -1,0 +1,40 @@
+# The README's commands. Every target bootstraps .venv once (a stamp file): a re-run with
+# nothing to install takes seconds.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ovseg-setup-done
+# CPU/CUDA wheels that pip takes from this machine's disk; a GPU user picks the CUDA build
+# (see README), or sets TORCH_SPEC= to keep the torch already in the venv.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup test lint format demo bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml tools/install_detectron2.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install --quiet $(TORCH_SPEC); fi
+	$(PY) tools/install_detectron2.py
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) tools/benchmark.py $(BENCH_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

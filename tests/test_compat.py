@@ -1,0 +1,98 @@
+"""ovseg.compat: feature tests against detectron2 with and without compiled ops."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+import detectron2
+
+from ovseg import compat
+
+
+def _set_c(monkeypatch, module):
+    monkeypatch.setitem(sys.modules, "detectron2._C", module)
+    if module is None:
+        monkeypatch.delattr(detectron2, "_C", raising=False)
+    else:
+        monkeypatch.setattr(detectron2, "_C", module, raising=False)
+
+
+def test_compiled_ops_detected(monkeypatch):
+    real = types.ModuleType("detectron2._C")
+    real.nms_rotated = lambda *a: None
+    _set_c(monkeypatch, real)
+    assert compat.has_compiled_ops() is True
+
+
+def test_placeholder_detected(monkeypatch):
+    placeholder = types.ModuleType("detectron2._C")
+    placeholder.OVSEG_PLACEHOLDER = True
+    _set_c(monkeypatch, placeholder)
+    assert compat.has_compiled_ops() is False
+
+
+def test_missing_c_detected(monkeypatch):
+    _set_c(monkeypatch, None)  # a None entry makes the import raise ImportError
+    assert compat.has_compiled_ops() is False
+
+
+def _module_from_source(name, src, tmp_path):
+    import importlib.util
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_launch_feature_test(tmp_path):
+    v06 = _module_from_source(
+        "launch_v06",
+        "def _distributed_worker(local_rank):\n"
+        "    assert torch.cuda.is_available()\n"
+        "    backend = 'NCCL'\n",
+        tmp_path,
+    )
+    later = _module_from_source(
+        "launch_later",
+        "def _distributed_worker(local_rank):\n"
+        "    has_gpu = torch.cuda.is_available()\n"
+        "    backend = 'NCCL' if has_gpu else 'GLOO'\n",
+        tmp_path,
+    )
+    assert compat.launch_supports_cpu(v06) is False
+    assert compat.launch_supports_cpu(later) is True
+    assert compat.launch_supports_cpu(types.ModuleType("empty")) is False
+
+
+def test_ddp_not_wrapped_in_one_process():
+    model = torch.nn.Linear(2, 2)
+    assert compat.create_ddp_model(model) is model
+
+
+def _record_rank(out_dir):
+    import torch.distributed as dist
+
+    from detectron2.utils import comm
+
+    t = torch.tensor([comm.get_rank() + 1.0])
+    dist.all_reduce(t)
+    model = compat.create_ddp_model(torch.nn.Linear(2, 2))
+    kind = type(model).__name__
+    with open(f"{out_dir}/rank{comm.get_rank()}", "w") as f:
+        f.write(f"{comm.get_world_size()} {comm.get_local_rank()} {t.item()} {kind}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+def test_cpu_launch_two_processes(tmp_path):
+    compat.launch(_record_rank, 2, args=(str(tmp_path),))
+    got = sorted(p.read_text() for p in tmp_path.iterdir())
+    assert got == [
+        "2 0 3.0 DistributedDataParallel",
+        "2 1 3.0 DistributedDataParallel",
+    ]
