@@ -1,0 +1,15 @@
+"""Dataset registrations: importing this package registers every benchmark split.
+
+Registration reads ``$DETECTRON2_DATASETS`` (default ``datasets``) at import and touches no
+file; see ``datasets/README.md`` for the expected trees.
+"""
+
+from . import (  # noqa: F401
+    register_ade20k,
+    register_ade20k_full,
+    register_coco_stuff,
+    register_pcontext,
+    register_pcontext_full,
+    register_voc,
+)
+from .common import load_vocabulary_json, register_sem_seg_split  # noqa: F401
