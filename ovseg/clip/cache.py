@@ -1,0 +1,144 @@
+"""Teacher fingerprints and the on-disk text-embedding cache.
+
+A fingerprint names what determines a teacher's outputs: the model (name, architecture
+config, parameter shapes) and its weights (pretrained tag, checkpoint file identity, or a
+hash of the parameters for a random initialisation). Text embeddings are cached per
+(fingerprint, templates, names) under ``<cache_dir>/text_embeddings/<sha256>.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "TextEmbeddingCache",
+    "model_fingerprint",
+    "state_dict_sha256",
+    "text_cache_key",
+    "weights_id",
+]
+
+logger = logging.getLogger(__name__)
+
+# bump when the text-embedding computation changes, so old cache files are not reused
+_TEXT_CACHE_VERSION = 1
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 over every state-dict entry's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_id(model: nn.Module, pretrained: str) -> str:
+    """Identify a model's weights without reading them when possible.
+
+    Args:
+        model (nn.Module): the model, hashed only for a random initialisation.
+        pretrained (str): an open_clip tag, a local checkpoint path, or "" (random init).
+
+    Returns:
+        str: ``"file:<abs path>:<size>:<mtime_ns>"``, ``"tag:<tag>"`` or ``"sha256:<hex>"``.
+    """
+    if pretrained and os.path.isfile(pretrained):
+        st = os.stat(pretrained)
+        return f"file:{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}"
+    if pretrained:
+        return f"tag:{pretrained}"
+    return f"sha256:{state_dict_sha256(model)}"
+
+
+def model_fingerprint(model: nn.Module, name: str, pretrained: str) -> str:
+    """SHA-256 hex fingerprint of (model name, its open_clip config, shapes, weights)."""
+    import open_clip
+
+    config = open_clip.get_model_config(name) if name else None
+    shapes = [(k, list(v.shape)) for k, v in sorted(model.state_dict().items())]
+    payload = {
+        "name": name,
+        "class": type(model).__name__,
+        "config": config,
+        "shapes": shapes,
+        "weights": weights_id(model, pretrained),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def text_cache_key(fingerprint: str, names: Sequence[str], templates: Sequence[str]) -> str:
+    """SHA-256 hex key of one text-embedding matrix."""
+    payload = {
+        "version": _TEXT_CACHE_VERSION,
+        "teacher": fingerprint,
+        "templates": list(templates),
+        "names": list(names),
+    }
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+
+
+class TextEmbeddingCache:
+    """Text embeddings on disk, one ``.pt`` file per key, written atomically."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        """
+        Args:
+            cache_dir: the teacher's cache directory; files go to ``<cache_dir>/text_embeddings``.
+        """
+        self.root = Path(cache_dir) / "text_embeddings"
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def load(self, key: str, names: Sequence[str], templates: Sequence[str]) -> Optional[Tensor]:
+        """Return the cached (K, D) embeddings, or None if absent or unreadable."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+            emb = record["embeddings"]
+            ok = list(record["names"]) == list(names) and list(record["templates"]) == list(
+                templates
+            )
+        except Exception as e:  # a truncated or foreign file must not stop training
+            logger.warning(f"Ignoring unreadable text-embedding cache {path}: {e}")
+            return None
+        if not ok or emb.shape[0] != len(names):
+            logger.warning(f"Ignoring text-embedding cache {path}: names/templates do not match")
+            return None
+        return emb
+
+    def save(
+        self, key: str, emb: Tensor, names: Sequence[str], templates: Sequence[str], fingerprint: str
+    ) -> Path:
+        """Write (K, D) embeddings atomically (temporary file + ``os.replace``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        record = {
+            "embeddings": emb.detach().cpu().float().contiguous(),
+            "names": list(names),
+            "templates": list(templates),
+            "fingerprint": fingerprint,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(record, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
