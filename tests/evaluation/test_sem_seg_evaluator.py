@@ -233,3 +233,40 @@ def test_build_evaluator_unknown_type_lists_supported(dataset, tmp_path):
             build_evaluator(cfg, other, str(tmp_path))
     finally:
         MetadataCatalog.remove(other)
+
+
+def _distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str, queue) -> None:
+    """One gloo process: evaluates image ``rank`` alone; rank 0 must see both images."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        name = "ovseg_test_eval_distributed"
+        MetadataCatalog.get(name).set(stuff_classes=NAMES, ignore_label=255, unseen_classes=["c"])
+        evaluator = OpenVocabSemSegEvaluator(name, distributed=True, output_dir=out_dir)
+        evaluator.reset()
+        inp = {"file_name": f"image_{rank}.jpg", "sem_seg": torch.as_tensor(GT[rank])}
+        evaluator.process([inp], [{"sem_seg": _scores(PRED[rank])}])
+        local = evaluator.confusion_matrix.copy()
+        results = evaluator.evaluate()
+        queue.put((rank, local, None if results is None else dict(results["sem_seg"])))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_sums_confusion_matrices(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    args = (2, str(tmp_path / "init"), str(tmp_path / "out"), queue)
+    mp.spawn(_distributed_worker, args=args, nprocs=2, join=True)
+    got = {rank: (local, res) for rank, local, res in (queue.get() for _ in range(2))}
+    # each process saw one image only; the main process reports the sum of both
+    assert got[0][0].sum() == 5 and got[1][0].sum() == 3
+    assert got[1][1] is None
+    assert got[0][1] == pytest.approx(segmentation_metrics(EXPECTED_CONF, NAMES, unseen=["c"]))
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "confusion_matrix.npy"), EXPECTED_CONF)
