@@ -1,0 +1,89 @@
+"""Convert PASCAL Context (all 459 classes) labels for ``pcontext_full_sem_seg_{train,val}``.
+
+The official ``trainval.tar.gz`` holds one ``trainval/<image id>.mat`` per VOC 2010 train/val
+image whose ``LabelMap`` gives 1..459 (the ids of ``labels.txt``; 0 = unlabelled). Ids become
+0..458 (the order of ``pc459.json``) and 0 becomes 65535 (ignore), saved as 16-bit PNG, as
+ODISE / SAN / CAT-Seg do. Splits follow VOC 2010 (``ImageSets/Main/{train,val}.txt``: 4998 /
+5105 images). Writes ``VOCdevkit/VOC2010/annotations_detectron2/pc459_{train,val}/*.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from prepare_utils import (
+    check_values,
+    make_lut,
+    read_id_list,
+    require,
+    root_parser,
+    run_jobs,
+    save_label,
+)
+
+NUM_CLASSES = 459
+IGNORE = 65535
+_LUT = make_lut(range(1, NUM_CLASSES + 1), NUM_CLASSES + 1, IGNORE, np.uint16)
+_VALID = np.ones(NUM_CLASSES + 1, dtype=bool)
+
+
+def load_label_map(path: Path) -> np.ndarray:
+    """Read the ``LabelMap`` (H, W) of an official PASCAL Context ``.mat`` file."""
+    mat = scipy.io.loadmat(str(path))
+    if "LabelMap" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise KeyError(f"{path} has no 'LabelMap' (keys: {keys}); is it a PASCAL Context file?")
+    return np.asarray(mat["LabelMap"])
+
+
+def convert_pcontext_full_label(label: np.ndarray, source: str = "label") -> np.ndarray:
+    """Map a LabelMap (H, W) with 0..459 to (H, W) uint16 0..458, 65535 = ignore."""
+    check_values(label, _VALID, source)
+    return _LUT[label]
+
+
+def convert_file(src: Path, dst: Path) -> None:
+    """Convert one ``trainval/<id>.mat`` into ``dst``."""
+    save_label(convert_pcontext_full_label(load_label_map(src), str(src)), dst)
+
+
+def split_jobs(root: Path, split_dir: str, prefix: str) -> dict[str, list[tuple[Path, Path]]]:
+    """(``.mat``, output PNG) pairs per split, each ``.mat`` required to exist.
+
+    Shared with ``prepare_pcontext_sem_seg.py``; ``prefix`` is ``pc59`` or ``pc459``.
+    """
+    require(root / "JPEGImages", "VOC 2010 images")
+    mat_dir = require(root / "trainval", "PASCAL Context labels (trainval.tar.gz)")
+    jobs = {}
+    for split in ("train", "val"):
+        ids = read_id_list(root / split_dir / f"{split}.txt")
+        out_dir = root / "annotations_detectron2" / f"{prefix}_{split}"
+        jobs[split] = [
+            (require(mat_dir / f"{i}.mat", f"PASCAL Context label of {i}"), out_dir / f"{i}.png")
+            for i in ids
+        ]
+    return jobs
+
+
+def parse_args(description: str, argv: list[str] | None):
+    parser = root_parser(description)
+    parser.add_argument(
+        "--split-dir",
+        default="ImageSets/Main",
+        help="folder under VOC2010 with train.txt / val.txt (ImageSets/SegmentationContext "
+        "for mmsegmentation's lists)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    root = require(Path(args.root) / "VOCdevkit" / "VOC2010", "VOC 2010 folder")
+    for split, jobs in split_jobs(root, args.split_dir, "pc459").items():
+        run_jobs(jobs, convert_file, f"PASCAL Context-459 {split}")
+
+
+if __name__ == "__main__":
+    main()
