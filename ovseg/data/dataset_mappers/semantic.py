@@ -1,0 +1,330 @@
+"""The semantic-segmentation dataset mapper, with the zero-shot label handling.
+
+Modelled on Mask2Former's ``MaskFormerSemanticDatasetMapper`` (augmentations, padding),
+re-written; the zero-shot remap and the per-sample vocabulary are ovseg's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from ...vocab import Vocabulary, resolve_vocabulary
+from .build import MAPPER_REGISTRY
+from .color_aug import ColorAugSSD
+
+__all__ = ["ZERO_SHOT_SETTINGS", "SemanticDatasetMapper", "zero_shot_label_map"]
+
+logger = logging.getLogger(__name__)
+
+ZERO_SHOT_SETTINGS = ("none", "inductive", "transductive")
+
+
+def _norm(name: str) -> str:
+    return name.strip().casefold()
+
+
+def zero_shot_label_map(
+    class_names: Sequence[str],
+    *,
+    unseen: Optional[Sequence[str]] = (),
+    setting: str = "none",
+    ignore_label: int = 255,
+    target_names: Optional[Sequence[str]] = None,
+    dataset_name: str = "",
+) -> tuple[Optional[np.ndarray], tuple[str, ...]]:
+    """The lookup table from a dataset's label ids to training label ids, and their names.
+
+    ``none`` keeps every label (vocabulary: the dataset's classes); ``inductive`` turns
+    unseen pixels into ignore and renumbers the rest in the seen-class index space
+    (vocabulary: the seen classes); ``transductive`` turns unseen pixels into ignore and
+    keeps the full index space (vocabulary: all classes). With ``target_names`` (the
+    config's TRAIN_VOCABULARY), labels are mapped by name into that vocabulary instead
+    (unseen names leave it in the inductive setting) and dataset classes it lacks become
+    ignore. Label values that are not a class id (including ``ignore_label``) map to ignore.
+
+    Args:
+        class_names: the dataset's classes (``stuff_classes``), in label-id order.
+        unseen: the dataset's unseen classes (``unseen_classes``); None when the metadata
+            has none.
+        setting (str): "none", "inductive" or "transductive".
+        ignore_label (int): the label of ignored pixels.
+        target_names: an explicit training vocabulary, or None.
+        dataset_name (str): for error messages.
+
+    Returns:
+        tuple: (table, vocabulary). ``table`` is an integer array of at least 256 entries
+        indexed by dataset label (``table[label]`` is the training label), or None when
+        labels stay unchanged; ``vocabulary`` names the training label ids.
+    """
+    where = f"dataset {dataset_name!r}" if dataset_name else "the dataset"
+    if setting not in ZERO_SHOT_SETTINGS:
+        raise ValueError(
+            f"Unknown zero-shot setting {setting!r} (MODEL.OVSEG.ZERO_SHOT_SETTING); "
+            f"choose one of {list(ZERO_SHOT_SETTINGS)}"
+        )
+    # Validates the names (empty, duplicates) and canonicalises the unseen ones.
+    classes = Vocabulary(tuple(class_names), unseen=tuple(unseen or ()))
+    if setting != "none" and not classes.unseen:
+        found = "no unseen_classes metadata" if unseen is None else "an empty unseen_classes"
+        raise ValueError(
+            f"ZERO_SHOT_SETTING={setting!r} needs unseen classes, but {where} has {found}; "
+            "register the dataset's unseen_classes or set MODEL.OVSEG.ZERO_SHOT_SETTING 'none'"
+        )
+    dropped = set(classes.unseen) if setting != "none" else set()
+
+    if target_names is None:
+        if setting == "none":
+            return None, classes.names
+        vocabulary = classes.seen if setting == "inductive" else classes.names
+    else:
+        target = Vocabulary(tuple(target_names))
+        unseen_keys = {_norm(n) for n in classes.unseen}
+        vocabulary = tuple(
+            n for n in target.names if setting != "inductive" or _norm(n) not in unseen_keys
+        )
+    index = {_norm(n): i for i, n in enumerate(vocabulary)}
+
+    size = max(256, len(classes), ignore_label + 1)
+    dtype = np.uint8 if size == 256 and ignore_label <= 255 else np.int64
+    table = np.full(size, ignore_label, dtype=dtype)
+    for label, name in enumerate(classes.names):
+        if name not in dropped and _norm(name) in index:
+            table[label] = index[_norm(name)]
+    if target_names is not None and not any(
+        _norm(n) in index for n in classes.names if n not in dropped
+    ):
+        raise ValueError(
+            f"No class of {where} {list(classes.names)} is in the training vocabulary "
+            f"{list(vocabulary)} (MODEL.OVSEG.TRAIN_VOCABULARY): every pixel would be ignored"
+        )
+    return table, vocabulary
+
+
+@MAPPER_REGISTRY.register(name="ovseg_semantic")
+class SemanticDatasetMapper:
+    """Map a semantic-segmentation dataset dict to a model input.
+
+    Reads the image and its label PNG, remaps labels for the zero-shot setting (training
+    only), applies the augmentations, pads to the size divisibility (training only) and
+    attaches the vocabulary the label ids refer to. The output holds "image" (uint8 Tensor
+    (3, H, W) in the image format), "sem_seg" (long Tensor (H, W), ignore = ignore_label;
+    absent in test when the dataset has no labels), "pseudo_sem_seg" (same, when the dict
+    has "pseudo_sem_seg_file_name"), "height"/"width" (original size), "file_name" and
+    "vocabulary" (list[str]).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: Sequence[T.Augmentation | T.Transform],
+        image_format: str,
+        ignore_label: int,
+        size_divisibility: int,
+        vocabulary: Sequence[str],
+        label_map: Optional[np.ndarray] = None,
+    ):
+        """
+        Args:
+            is_train (bool): training mapping (remap, padding) or test mapping.
+            augmentations: augmentations and transforms, applied in order.
+            image_format (str): an image format of ``detection_utils.read_image``.
+            ignore_label (int): the label of ignored pixels, also used for label padding.
+            size_divisibility (int): in training, pad images and labels (at the bottom and
+                right) to multiples of this; <= 0 for no padding.
+            vocabulary: the class names the output label ids refer to.
+            label_map (np.ndarray, optional): training only: table mapping a dataset label
+                to the training label (see :func:`zero_shot_label_map`).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+        self.size_divisibility = size_divisibility
+        self.vocabulary = tuple(vocabulary)
+        self.label_map = label_map
+        mode = "training" if is_train else "inference"
+        logger.info(
+            f"[{type(self).__name__}] {mode}: augmentations {augmentations}; "
+            f"{len(self.vocabulary)} classes; label remap: {label_map is not None}"
+        )
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None):
+        if dataset_name is None:
+            names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+            if not names:
+                split = "TRAIN" if is_train else "TEST"
+                raise ValueError(f"No dataset name given and cfg.DATASETS.{split} is empty")
+            dataset_name = names[0]
+        meta = MetadataCatalog.get(dataset_name)
+        ignore_label = meta.get("ignore_label", 255)
+        setting = cfg.MODEL.OVSEG.ZERO_SHOT_SETTING
+        if setting not in ZERO_SHOT_SETTINGS:
+            raise ValueError(
+                f"Unknown zero-shot setting {setting!r} (MODEL.OVSEG.ZERO_SHOT_SETTING); "
+                f"choose one of {list(ZERO_SHOT_SETTINGS)}"
+            )
+
+        if is_train:
+            augs: list = [
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TRAIN,
+                    cfg.INPUT.MAX_SIZE_TRAIN,
+                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+                )
+            ]
+            if cfg.INPUT.CROP.ENABLED:
+                augs.append(
+                    T.RandomCrop_CategoryAreaConstraint(
+                        cfg.INPUT.CROP.TYPE,
+                        cfg.INPUT.CROP.SIZE,
+                        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                        ignore_label,
+                    )
+                )
+            if cfg.INPUT.COLOR_AUG_SSD:
+                augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
+            augs.append(T.RandomFlip())
+            class_names = meta.get("stuff_classes", None)
+            if not class_names:
+                raise ValueError(
+                    f"Training dataset {dataset_name!r} has no 'stuff_classes' metadata; "
+                    "register it with its class names"
+                )
+            spec = cfg.MODEL.OVSEG.TRAIN_VOCABULARY
+            target = resolve_vocabulary(spec).names if spec.strip() else None
+            label_map, vocabulary = zero_shot_label_map(
+                class_names,
+                unseen=meta.get("unseen_classes", None),
+                setting=setting,
+                ignore_label=ignore_label,
+                target_names=target,
+                dataset_name=dataset_name,
+            )
+        else:
+            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+            label_map = None
+            vocabulary = resolve_vocabulary(cfg.MODEL.OVSEG.TEST_VOCABULARY, meta).names
+            class_names = meta.get("stuff_classes", None)
+            if class_names and tuple(n.strip() for n in class_names) != vocabulary:
+                logger.warning(
+                    f"Test vocabulary ({len(vocabulary)} names) differs from the classes of "
+                    f"{dataset_name!r}; its labels still refer to the dataset's classes"
+                )
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": ignore_label,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "vocabulary": vocabulary,
+            "label_map": label_map,
+        }
+
+    def _read_label(self, path: Optional[str], image: np.ndarray, key: str):
+        """Read a label PNG as an (H, W) array: uint8 when it fits, else float64."""
+        if path is None:
+            return None
+        label = utils.read_image(path)
+        if label.ndim == 3 and label.shape[2] == 1:
+            label = label[:, :, 0]
+        if label.ndim != 2:
+            raise ValueError(
+                f"{key} {path!r} has shape {label.shape}; expected a single-channel label "
+                "image (PNG mode L, P or I) of class ids"
+            )
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"{key} {path!r} is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        return label
+
+    def _remap(self, label: np.ndarray, path: str) -> np.ndarray:
+        if label.dtype != np.uint8 and (label.min() < 0 or label.max() >= len(self.label_map)):
+            raise ValueError(
+                f"Label file {path!r} has values in [{label.min()}, {label.max()}], outside "
+                f"the {len(self.label_map)} entries of the label map"
+            )
+        return self.label_map[label]
+
+    @staticmethod
+    def _for_transforms(label: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        # detectron2 resizes uint8 labels with PIL and others with torch, which has no
+        # integer nearest-neighbour kernel, hence float64 (exact for ids < 2**53).
+        if label is None or label.dtype == np.uint8:
+            return label
+        return label.astype(np.float64)
+
+    def _pad(self, tensor: torch.Tensor, value: int) -> torch.Tensor:
+        h, w = tensor.shape[-2:]
+        d = self.size_divisibility
+        pad_h, pad_w = (-h) % d, (-w) % d
+        if pad_h == 0 and pad_w == 0:
+            return tensor
+        return F.pad(tensor, (0, pad_w, 0, pad_h), value=value).contiguous()
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        """
+        Args:
+            dataset_dict (dict): one image in detectron2's dataset format: "file_name",
+                optional "sem_seg_file_name" and "pseudo_sem_seg_file_name".
+
+        Returns:
+            dict: the model input described in the class docstring.
+        """
+        dataset_dict = dict(dataset_dict)  # the caller's dict is left unchanged
+        file_name = dataset_dict["file_name"]
+        image = utils.read_image(file_name, format=self.image_format)
+        utils.check_image_size(dataset_dict, image)  # sets "height"/"width" if absent
+
+        sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
+        pseudo_file = dataset_dict.pop("pseudo_sem_seg_file_name", None)
+        sem_seg = self._read_label(sem_seg_file, image, "sem_seg_file_name")
+        pseudo = self._read_label(pseudo_file, image, "pseudo_sem_seg_file_name")
+        if self.is_train and sem_seg is None and pseudo is None:
+            raise ValueError(
+                f"Training sample {file_name!r} has neither 'sem_seg_file_name' nor "
+                "'pseudo_sem_seg_file_name'; a training dataset needs labels"
+            )
+        if sem_seg is not None and self.is_train and self.label_map is not None:
+            # before the augmentations, so the crop's category-area rule sees the targets
+            sem_seg = self._remap(sem_seg, sem_seg_file)
+        sem_seg, pseudo = self._for_transforms(sem_seg), self._for_transforms(pseudo)
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg if sem_seg is not None else pseudo)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        if sem_seg is not None:
+            sem_seg = aug_input.sem_seg
+            if pseudo is not None:
+                pseudo = transforms.apply_segmentation(pseudo)
+        else:
+            pseudo = aug_input.sem_seg
+
+        image_t = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        labels = {
+            key: torch.as_tensor(np.ascontiguousarray(label).astype(np.int64))
+            for key, label in (("sem_seg", sem_seg), ("pseudo_sem_seg", pseudo))
+            if label is not None
+        }
+        if self.is_train and self.size_divisibility > 0:
+            image_t = self._pad(image_t, 0)
+            labels = {key: self._pad(label, self.ignore_label) for key, label in labels.items()}
+
+        dataset_dict["image"] = image_t
+        dataset_dict.update(labels)
+        dataset_dict["vocabulary"] = list(self.vocabulary)
+        return dataset_dict
