@@ -4,9 +4,11 @@ Importing the package registers every dataset, dataset mapper, meta-architecture
 evaluator with detectron2's registries.
 """
 
-from . import data  # noqa: F401  (registers datasets and mappers)
-from . import evaluation  # noqa: F401
-from . import modeling  # noqa: F401  (registers meta-architectures and backbones)
+from . import (
+    data,  # noqa: F401  (registers datasets and mappers)
+    evaluation,  # noqa: F401
+    modeling,  # noqa: F401  (registers meta-architectures and backbones)
+)
 from .config import add_ovseg_config
 
 __all__ = ["add_ovseg_config"]

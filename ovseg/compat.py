@@ -128,7 +128,10 @@ def _cpu_worker(
 ) -> None:
     global_rank = machine_rank * num_procs_per_machine + local_rank
     dist.init_process_group(
-        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
         timeout=timeout,
     )
     _create_local_process_group(num_procs_per_machine)

@@ -5,29 +5,44 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
 CONFIG = "configs/ade20k/baseline/semfpn_r18_80k_bs16.yaml"
 SMALL = [
-    "MODEL.DEVICE", "cpu",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.BASE_LR", "0.01",
-    "SOLVER.WARMUP_ITERS", "0",
-    "SOLVER.CHECKPOINT_PERIOD", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MAX_SIZE_TRAIN", "64",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "64",
-    "INPUT.CROP.SIZE", "(64, 64)",
-    "INPUT.SIZE_DIVISIBILITY", "64",
-    "INPUT.COLOR_AUG_SSD", "False",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "TEST.EVAL_PERIOD", "0",
+    "MODEL.DEVICE",
+    "cpu",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "2",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "64",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "64",
+    "INPUT.CROP.SIZE",
+    "(64, 64)",
+    "INPUT.SIZE_DIVISIBILITY",
+    "64",
+    "INPUT.COLOR_AUG_SSD",
+    "False",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+    "TEST.EVAL_PERIOD",
+    "0",
 ]
 
 
@@ -51,8 +66,12 @@ def read_metrics(out_dir):
 
 def test_help():
     proc = subprocess.run(
-        [sys.executable, "train_net.py", "--help"], cwd=ROOT, env=subprocess_env(),
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "train_net.py", "--help"],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "--config-file" in proc.stdout and "--eval-only" in proc.stdout
@@ -73,8 +92,16 @@ def test_train_evaluate_resume(ade20k_root, tmp_path):
 
     # --resume continues from the last checkpoint instead of starting over
     log = run_train_net(
-        ["--config-file", CONFIG, "--resume", *SMALL, "SOLVER.MAX_ITER", "6",
-         "OUTPUT_DIR", str(out)],
+        [
+            "--config-file",
+            CONFIG,
+            "--resume",
+            *SMALL,
+            "SOLVER.MAX_ITER",
+            "6",
+            "OUTPUT_DIR",
+            str(out),
+        ],
         ade20k_root,
     )
     assert "Starting training from iteration 4" in log
@@ -83,8 +110,16 @@ def test_train_evaluate_resume(ade20k_root, tmp_path):
 
     # --eval-only loads the trained weights and evaluates
     log = run_train_net(
-        ["--config-file", CONFIG, "--eval-only", *SMALL, "OUTPUT_DIR", str(tmp_path / "ev"),
-         "MODEL.WEIGHTS", str(out / "model_final.pth")],
+        [
+            "--config-file",
+            CONFIG,
+            "--eval-only",
+            *SMALL,
+            "OUTPUT_DIR",
+            str(tmp_path / "ev"),
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+        ],
         ade20k_root,
     )
     assert "copypaste: mIoU" in log
@@ -93,8 +128,17 @@ def test_train_evaluate_resume(ade20k_root, tmp_path):
 def test_two_process_gloo(ade20k_root, tmp_path):
     out = tmp_path / "ddp"
     log = run_train_net(
-        ["--config-file", CONFIG, "--num-gpus", "2", *SMALL, "SOLVER.MAX_ITER", "2",
-         "OUTPUT_DIR", str(out)],
+        [
+            "--config-file",
+            CONFIG,
+            "--num-gpus",
+            "2",
+            *SMALL,
+            "SOLVER.MAX_ITER",
+            "2",
+            "OUTPUT_DIR",
+            str(out),
+        ],
         ade20k_root,
     )
     assert "copypaste: mIoU" in log
@@ -103,9 +147,21 @@ def test_two_process_gloo(ade20k_root, tmp_path):
 
 def test_missing_dataset_names_path(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "train_net.py", "--config-file", CONFIG, *SMALL, "SOLVER.MAX_ITER", "1",
-         "OUTPUT_DIR", str(tmp_path / "o")],
-        cwd=ROOT, env=subprocess_env(tmp_path / "nowhere"), capture_output=True, text=True,
+        [
+            sys.executable,
+            "train_net.py",
+            "--config-file",
+            CONFIG,
+            *SMALL,
+            "SOLVER.MAX_ITER",
+            "1",
+            "OUTPUT_DIR",
+            str(tmp_path / "o"),
+        ],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "nowhere"),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.returncode != 0

@@ -31,7 +31,7 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
         cfg.merge_from_list(opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on cpu.", cfg.MODEL.DEVICE)
+        logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
 

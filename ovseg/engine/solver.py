@@ -25,8 +25,16 @@ _NORM_TYPES = (
     torch.nn.LocalResponseNorm,
 )
 # parameter-name fragments that mark embeddings (no weight decay by SOLVER.WEIGHT_DECAY_EMBED)
-_EMBED_KEYS = ("pos_embed", "positional_embedding", "class_embedding", "prompt", "query_embed",
-               "relative_position_bias_table", "absolute_pos_embed", "bg_embed")
+_EMBED_KEYS = (
+    "pos_embed",
+    "positional_embedding",
+    "class_embedding",
+    "prompt",
+    "query_embed",
+    "relative_position_bias_table",
+    "absolute_pos_embed",
+    "bg_embed",
+)
 
 
 def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -85,7 +93,8 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     groups = get_param_groups(cfg, model)
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
-        cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+        cls = torch.optim.SGD
+        kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     elif name == "ADAMW":
         cls, kwargs = torch.optim.AdamW, {}
     else:
@@ -124,4 +133,3 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
         cfg.SOLVER.WARMUP_METHOD,
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
-

@@ -75,11 +75,11 @@ def test_placeholder_names_op_and_fix(tmp_path):
     placeholder = _import_file("placeholder_C", tmp_path / "_C.py")
     assert placeholder.OVSEG_PLACEHOLDER is True
     with pytest.raises(AttributeError, match="box_iou_rotated.*rotated boxes.*official build"):
-        placeholder.box_iou_rotated
+        _ = placeholder.box_iou_rotated
     with pytest.raises(AttributeError, match="deform_conv_forward.*deformable convolution"):
-        placeholder.deform_conv_forward
+        _ = placeholder.deform_conv_forward
     with pytest.raises(AttributeError, match="COCOevalAccumulate.*use_fast_impl=False"):
-        placeholder.COCOevalAccumulate
+        _ = placeholder.COCOevalAccumulate
     # what detectron2's collect_env calls must keep working
     assert "not built" in placeholder.get_compiler_version()
     assert placeholder.has_cuda() is False
