@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, subprocess_env
+from ovseg_testing import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
