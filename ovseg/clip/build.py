@@ -72,23 +72,27 @@ def _looks_like_path(value: str) -> bool:
     )
 
 
-def _download_hint(pcfg: dict, weights_dir: str) -> str:
-    sources = []
+def _download_hint(name: str, tag: str, pcfg: dict, weights_dir: str) -> str:
+    # a plain state dict (the HF file) loads everywhere; OpenAI's URL files are TorchScript
     if pcfg.get("hf_hub"):
         # open_clip's convention: "org/repo/" (default file name) or "org/repo/file"
         repo, filename = os.path.split(pcfg["hf_hub"])
         filename = filename or "open_clip_pytorch_model.bin"
-        sources.append(f"https://huggingface.co/{repo}/resolve/main/{filename}")
-    if pcfg.get("url"):
-        sources.append(pcfg["url"])
-    if not sources:
+        source = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+    elif pcfg.get("url"):
+        source = pcfg["url"]
+    else:
         return "open_clip lists no download source for it."
-    name = os.path.basename(sources[0])
-    return (
-        f"Download {' or '.join(sources)} on a machine with network access, copy it here "
-        f"(for example to {os.path.join(weights_dir, name)}) and set MODEL.CLIP.PRETRAINED to "
-        "that file's path."
+    local = os.path.join(weights_dir, f"{name}_{tag}{os.path.splitext(source)[1]}")
+    hint = (
+        f"Download {source} on a machine with network access, copy it here (for example to "
+        f"{local}) and set MODEL.CLIP.PRETRAINED to that file's path"
     )
+    quick = f"{name}-quickgelu"
+    if pcfg.get("quick_gelu") and quick in open_clip.list_models():
+        # from a file path the activation cannot be inferred; the model name must carry it
+        hint += f" and MODEL.CLIP.MODEL_NAME to {quick!r} (these weights use QuickGELU)"
+    return hint + "."
 
 
 def _resolve_tag(name: str, tag: str, weights_dir: str) -> Tuple[str, dict]:
@@ -105,12 +109,12 @@ def _resolve_tag(name: str, tag: str, weights_dir: str) -> Tuple[str, dict]:
     except Exception as e:  # offline, proxy, missing huggingface_hub, ...
         raise RuntimeError(
             f"Could not get the weights of open_clip model {name!r} tag {tag!r} ({e}). "
-            + _download_hint(pcfg, weights_dir)
+            + _download_hint(name, tag, pcfg, weights_dir)
         ) from e
     if not path or not os.path.isfile(path):
         raise RuntimeError(
             f"open_clip returned no weights file for {name!r} tag {tag!r}. "
-            + _download_hint(pcfg, weights_dir)
+            + _download_hint(name, tag, pcfg, weights_dir)
         )
     return path, pcfg
 

@@ -121,7 +121,12 @@ class TextEmbeddingCache:
         return emb
 
     def save(
-        self, key: str, emb: Tensor, names: Sequence[str], templates: Sequence[str], fingerprint: str
+        self,
+        key: str,
+        emb: Tensor,
+        names: Sequence[str],
+        templates: Sequence[str],
+        fingerprint: str,
     ) -> Path:
         """Write (K, D) embeddings atomically (temporary file + ``os.replace``)."""
         self.root.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,14 @@ from torch import Tensor, nn
 
 from ..vocab import check_templates
 from .cache import TextEmbeddingCache, model_fingerprint, text_cache_key
-from .dense import SUPPORTED_TOWERS, dense_stride, pad_to_multiple, resnet_dense, tower_kind
-from .dense import vit_dense
+from .dense import (
+    SUPPORTED_TOWERS,
+    dense_stride,
+    pad_to_multiple,
+    resnet_dense,
+    tower_kind,
+    vit_dense,
+)
 
 __all__ = ["CLIPTeacher", "PRECISIONS"]
 
@@ -300,7 +306,7 @@ def _drop_own_keys(module, state_dict, prefix, local_metadata) -> None:
         del state_dict[key]
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
-        for key in [k for k in metadata if k.startswith(prefix) and k != prefix[:-1]]:
+        for key in [k for k in metadata if k.startswith(prefix) or k == prefix[:-1]]:
             del metadata[key]
 
 

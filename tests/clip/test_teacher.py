@@ -1,0 +1,200 @@
+"""CLIPTeacher: frozen module behaviour, checkpoints, text embeddings and their cache."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from teacher_utils import TINY_VIT, make_model, random_images
+from torch import nn
+
+from ovseg.clip import CLIPTeacher
+
+TEMPLATES = ("a photo of a {}.", "a drawing of the {}.", "{} in the scene.")
+
+
+class Student(nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.teacher = teacher
+
+
+def _count_text_forwards(model):
+    calls = []
+    handle = model.token_embedding.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def test_frozen_and_always_eval(vit_parts):
+    model, tokenizer, name = copy.deepcopy(vit_parts)
+    student = Student(CLIPTeacher(model, tokenizer, name=name))
+    assert all(not p.requires_grad for p in student.teacher.parameters())
+    assert student.head.weight.requires_grad
+    student.train()
+    assert student.training and student.head.training
+    assert not student.teacher.training
+    assert not any(m.training for m in student.teacher.model.modules())
+
+
+def test_checkpoints_exclude_teacher(vit_parts):
+    model, tokenizer, name = copy.deepcopy(vit_parts)
+    student = Student(CLIPTeacher(model, tokenizer, name=name))
+    sd = student.state_dict()
+    assert set(sd) == {"head.weight", "head.bias"}
+    assert not any(k.startswith("teacher") for k in sd._metadata)
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = Student(CLIPTeacher(*make_model(TINY_VIT, seed=1)[:2]))
+    # strict loading needs no teacher keys, and teacher keys in a checkpoint are ignored
+    result = student.load_state_dict(other.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(student.head.weight, other.head.weight)
+    stale = dict(other.state_dict())
+    stale["teacher.model.logit_scale"] = torch.tensor(123.0)
+    student.load_state_dict(stale, strict=True)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a missing student key is still reported
+    with pytest.raises(RuntimeError, match="head.bias"):
+        student.load_state_dict({"head.weight": other.head.weight}, strict=True)
+    # the CLIP weights stay reachable
+    assert "visual.proj" in student.teacher.model.state_dict()
+
+
+def test_pixel_mean_std_from_model(vit_teacher):
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN) * 255
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD) * 255
+    assert vit_teacher.pixel_mean.shape == (3, 1, 1)
+    assert torch.allclose(vit_teacher.pixel_mean.flatten(), mean)
+    assert torch.allclose(vit_teacher.pixel_std.flatten(), std)
+    assert (vit_teacher.embed_dim, vit_teacher.patch_size, vit_teacher.image_size) == (
+        32,
+        16,
+        (64, 64),
+    )
+
+
+def test_bad_precision(vit_parts):
+    with pytest.raises(ValueError, match="'int8'"):
+        CLIPTeacher(vit_parts[0], vit_parts[1], precision="int8")
+
+
+def test_prompt_ensembling_matches_manual(vit_teacher):
+    names = ["cat", "traffic light"]
+    emb = vit_teacher.encode_text(names, TEMPLATES)
+    model, tokenizer = vit_teacher.model, vit_teacher.tokenizer
+    expected = []
+    with torch.no_grad():
+        for name in names:
+            per_template = [
+                F.normalize(model.encode_text(tokenizer([t.format(name)]))[0], dim=-1)
+                for t in TEMPLATES
+            ]
+            expected.append(F.normalize(torch.stack(per_template).mean(0), dim=-1))
+    expected = torch.stack(expected)
+    assert emb.shape == (2, 32) and emb.dtype == torch.float32
+    assert torch.allclose(emb, expected, atol=1e-5)
+    # one template: the plain normalised prompt embedding
+    single = vit_teacher.encode_text(["cat"], TEMPLATES[:1])
+    with torch.no_grad():
+        ref = F.normalize(model.encode_text(tokenizer([TEMPLATES[0].format("cat")])), dim=-1)
+    assert torch.allclose(single, ref, atol=1e-5)
+
+
+def test_text_cache_on_disk_and_in_memory(vit_parts, tmp_path):
+    model, tokenizer, name = vit_parts
+    names = ["cat", "dog", "sky"]
+    calls, handle = _count_text_forwards(model)
+    try:
+        first = CLIPTeacher(model, tokenizer, name=name, cache_dir=tmp_path)
+        emb = first.encode_text(names, TEMPLATES)
+        assert len(calls) > 0
+        files = list((tmp_path / "text_embeddings").iterdir())
+        assert len(files) == 1 and files[0].suffix == ".pt"  # no temporary files left
+
+        calls.clear()
+        second = CLIPTeacher(model, tokenizer, name=name, cache_dir=tmp_path)
+        assert torch.equal(second.encode_text(names, TEMPLATES), emb)
+        assert calls == []
+
+        files[0].unlink()  # the in-memory memo answers without the file
+        assert torch.equal(second.encode_text(names, TEMPLATES), emb)
+        assert calls == []
+
+        # other names, order or templates: a new entry, computed
+        second.encode_text(names[::-1], TEMPLATES)
+        assert len(calls) > 0
+        calls.clear()
+        second.encode_text(names, TEMPLATES[:2])
+        assert len(calls) > 0
+    finally:
+        handle.remove()
+
+
+def test_returned_embeddings_do_not_alias_the_cache(vit_teacher):
+    emb = vit_teacher.encode_text(["cat"], TEMPLATES)
+    emb.zero_()
+    assert vit_teacher.encode_text(["cat"], TEMPLATES).abs().sum() > 0
+
+
+def test_corrupt_cache_file_is_recomputed(vit_parts, tmp_path, caplog):
+    model, tokenizer, name = vit_parts
+    teacher = CLIPTeacher(model, tokenizer, name=name, cache_dir=tmp_path)
+    emb = teacher.encode_text(["cat"], TEMPLATES)
+    (path,) = (tmp_path / "text_embeddings").iterdir()
+    path.write_bytes(b"not a torch file")
+    fresh = CLIPTeacher(model, tokenizer, name=name, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        again = fresh.encode_text(["cat"], TEMPLATES)
+    assert "unreadable" in caplog.text
+    assert torch.allclose(again, emb, atol=1e-6)
+    assert torch.load(path, weights_only=True)["names"] == ["cat"]
+
+
+def test_fingerprint_follows_weights(vit_parts):
+    model, tokenizer, name = vit_parts
+    same = make_model(TINY_VIT, seed=0)[0]
+    other = make_model(TINY_VIT, seed=1)[0]
+    fp = CLIPTeacher(model, tokenizer, name=name).fingerprint
+    assert len(fp) == 64
+    assert CLIPTeacher(same, tokenizer, name=name).fingerprint == fp
+    assert CLIPTeacher(other, tokenizer, name=name).fingerprint != fp
+    assert CLIPTeacher(same, tokenizer, name=name, pretrained="some_tag").fingerprint != fp
+
+
+def test_bad_names_and_templates(vit_teacher):
+    with pytest.raises(ValueError, match="string 'cat'"):
+        vit_teacher.encode_text("cat", TEMPLATES)
+    with pytest.raises(ValueError, match="class name 1"):
+        vit_teacher.encode_text(["cat", " "], TEMPLATES)
+    with pytest.raises(ValueError, match="a photo"):
+        vit_teacher.encode_text(["cat"], ["a photo"])
+
+
+def test_encode_image_matches_model(vit_teacher):
+    images = random_images(2, 64, 64)
+    emb = vit_teacher.encode_image(images)
+    x = (images - vit_teacher.pixel_mean) / vit_teacher.pixel_std
+    with torch.no_grad():
+        ref = F.normalize(vit_teacher.model.encode_image(x), dim=-1)
+    assert emb.shape == (2, 32)
+    assert torch.allclose(emb, ref, atol=1e-5)
+    # other sizes are resized to the model's input size (bicubic, antialiased)
+    big = F.interpolate(images, size=(96, 128), mode="bilinear", align_corners=False)
+    assert vit_teacher.encode_image(big).shape == (2, 32)
+    with pytest.raises(ValueError, match=r"\(2, 1, 64, 64\)"):
+        vit_teacher.encode_image(images[:, :1])
+
+
+def test_outputs_usable_in_autograd(vit_teacher):
+    weight = torch.ones(32, requires_grad=True)
+    text = vit_teacher.encode_text(["cat"], TEMPLATES)
+    dense = vit_teacher.dense_embeddings(random_images(1, 64, 64))
+    loss = (text @ weight).sum() + (dense * weight[None, :, None, None]).sum()
+    loss.backward()
+    assert weight.grad is not None and not text.is_inference()
