@@ -65,6 +65,8 @@ class CLIPTeacher(nn.Module):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+        if text_batch_size < 1:
+            raise ValueError(f"text_batch_size must be positive, got {text_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -92,7 +94,7 @@ class CLIPTeacher(nn.Module):
         self.image_size: Tuple[int, int] = (
             tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else (int(size),) * 2
         )
-        self.embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])
+        self.embed_dim = _embed_dim(model)
         self.tower = tower_kind(visual)
         # pixels per dense-grid cell (ViT patch size; 32 for ModifiedResNet; None otherwise)
         self.patch_size: Optional[int] = dense_stride(visual)
@@ -141,6 +143,8 @@ class CLIPTeacher(nn.Module):
         """
         names = _check_names(names)
         templates = check_templates(templates)
+        if not names:
+            return torch.zeros(0, self.embed_dim, device=self.device)
         key = text_cache_key(self.fingerprint, names, templates)
         emb = self._text_memo.get(key)
         if emb is None and self._text_disk is not None:
@@ -328,6 +332,17 @@ def _forgive_own_missing_keys(module, incompatible_keys) -> None:
 
 
 # ---------------------------------------------------------------------- input checks
+def _embed_dim(model: nn.Module) -> int:
+    dim = getattr(model.visual, "output_dim", None)
+    if dim is None:  # e.g. timm towers: read the text side's projection instead
+        text = getattr(model, "text", model)
+        proj = getattr(text, "text_projection", None)
+        dim = proj.out_features if isinstance(proj, nn.Linear) else getattr(proj, "shape", [0])[-1]
+    if not dim:
+        raise ValueError(f"cannot tell the embedding size of {type(model).__name__}")
+    return int(dim)
+
+
 def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
     if isinstance(names, str):
         raise ValueError(f"names must be a list of class names, got the string {names!r}")

@@ -84,6 +84,27 @@ def test_bad_precision(vit_parts):
         CLIPTeacher(vit_parts[0], vit_parts[1], precision="int8")
 
 
+def test_half_precision_is_ignored_on_cpu(vit_parts, vit_teacher):
+    bf16 = CLIPTeacher(vit_parts[0], vit_parts[1], name=vit_parts[2], precision="bf16")
+    images = random_images(1, 48, 80)
+    assert torch.equal(bf16.dense_embeddings(images), vit_teacher.dense_embeddings(images))
+    assert torch.equal(bf16.encode_image(images), vit_teacher.encode_image(images))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_on_cuda_close_to_fp32(vit_parts, precision):
+    model, tokenizer, name = copy.deepcopy(vit_parts)
+    fp32 = CLIPTeacher(model, tokenizer, name=name).cuda()
+    half = CLIPTeacher(model, tokenizer, name=name, precision=precision).cuda()
+    images = random_images(2, 96, 128).cuda()
+    ref, got = fp32.dense_embeddings(images), half.dense_embeddings(images)
+    assert got.dtype == torch.float32 and got.device.type == "cuda"
+    assert (ref * got).sum(dim=1).min() > 0.99  # cosine similarity per location
+    assert (fp32.encode_image(images) * half.encode_image(images)).sum(dim=1).min() > 0.99
+
+
 def test_prompt_ensembling_matches_manual(vit_teacher):
     names = ["cat", "traffic light"]
     emb = vit_teacher.encode_text(names, TEMPLATES)
@@ -165,6 +186,10 @@ def test_fingerprint_follows_weights(vit_parts):
     assert CLIPTeacher(same, tokenizer, name=name).fingerprint == fp
     assert CLIPTeacher(other, tokenizer, name=name).fingerprint != fp
     assert CLIPTeacher(same, tokenizer, name=name, pretrained="some_tag").fingerprint != fp
+
+
+def test_empty_vocabulary(vit_teacher):
+    assert vit_teacher.encode_text([], TEMPLATES).shape == (0, 32)
 
 
 def test_bad_names_and_templates(vit_teacher):
