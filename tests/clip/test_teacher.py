@@ -223,3 +223,18 @@ def test_outputs_usable_in_autograd(vit_teacher):
     loss = (text @ weight).sum() + (dense * weight[None, :, None, None]).sum()
     loss.backward()
     assert weight.grad is not None and not text.is_inference()
+
+
+def test_detectron2_checkpointer_round_trip(vit_parts, tmp_path, caplog):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    model, tokenizer, name = vit_parts
+    student = Student(CLIPTeacher(model, tokenizer, name=name))
+    DetectionCheckpointer(student, save_dir=str(tmp_path)).save("model_final")
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    assert set(saved) == {"head.weight", "head.bias"}
+    fresh = Student(CLIPTeacher(model, tokenizer, name=name))
+    with caplog.at_level(logging.WARNING):
+        DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
+    assert "teacher" not in caplog.text
+    assert torch.equal(fresh.head.weight, student.head.weight)
