@@ -81,3 +81,21 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.TEST.SLIDE_STRIDE = (426, 426)
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
+
+    # ---- maskclip (ovseg/modeling/meta_arch/maskclip.py; inference size/mode from TEST.*)
+    cfg.MODEL.MASKCLIP = CN()
+    # prompt denoising: drop a class whose largest softmax(LOGIT_SCALE * cosine) probability
+    # over an image is below PROMPT_DENOISE_THRESHOLD (paper: 0.5)
+    cfg.MODEL.MASKCLIP.PROMPT_DENOISE = False
+    # the largest probability a class needs somewhere in the image to be kept
+    cfg.MODEL.MASKCLIP.PROMPT_DENOISE_THRESHOLD = 0.5
+    # key smoothing: locations less confident than KEY_SMOOTHING_THRESHOLD get their scores
+    # replaced by the last attention layer's key affinity (k k^T) times the probabilities
+    cfg.MODEL.MASKCLIP.KEY_SMOOTHING = False
+    # confidence below which a location is smoothed (official configs: 1.0, nearly all)
+    cfg.MODEL.MASKCLIP.KEY_SMOOTHING_THRESHOLD = 1.0
+    # how keys are L2-normalised: "positions" (official code: each channel over the
+    # locations) or "channels" (each location's key: cosine affinity, as in the paper)
+    cfg.MODEL.MASKCLIP.KEY_NORMALIZATION = "positions"
+    # CLIP's logit scale: softmax(LOGIT_SCALE * cosine) gives the class probabilities
+    cfg.MODEL.MASKCLIP.LOGIT_SCALE = 100.0

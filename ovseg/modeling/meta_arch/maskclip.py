@@ -1,0 +1,392 @@
+# Follows the official MaskCLIP (chongzhou96/MaskCLIP: mmseg MaskClipHead.cls_seg and
+# refine_output), re-written; the dense embeddings come from ovseg.clip.
+"""MaskCLIP: training-free open-vocabulary segmentation from a frozen CLIP's dense embeddings.
+
+Per location, the cosine similarity of the teacher's dense embedding to each class's text
+embedding is a logit. Two test-time refinements of the paper can follow:
+
+- prompt denoising: with p = softmax(logit_scale * logits) over the classes, a class whose
+  largest p anywhere in the image is below a threshold is dropped (its logits set to -100,
+  as the official code does);
+- key smoothing: at locations whose largest p is below a threshold, p is replaced by
+  ``A @ p`` with A = k k^T the affinity of the last attention layer's keys.
+
+The model returns softmax probabilities (smoothed locations: ``A @ p``, not renormalised, as
+the official code leaves them), so the argmax is MaskCLIP's prediction and the scores of
+sliding windows and pseudo-label confidences live on one scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ...clip import CLIPTeacher, build_clip_teacher, get_templates
+from ...vocab import resolve_vocabulary
+from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
+
+__all__ = [
+    "DROPPED_LOGIT",
+    "KEY_NORMALIZATIONS",
+    "MaskCLIP",
+    "cosine_logits",
+    "key_smoothing",
+    "prompt_denoise",
+    "refine_scores",
+]
+
+# the value the official code gives a dropped class's cosine logits (cosines lie in [-1, 1])
+DROPPED_LOGIT = -100.0
+# "positions": the official code's F.normalize(k, p=2) on (B, N, C) keys, i.e. each channel
+# normalised over the N locations; "channels": each location's key normalised (cosine
+# affinity, as the paper describes it)
+KEY_NORMALIZATIONS = ("positions", "channels")
+# text-embedding matrices kept per vocabulary (the teacher also memoises them)
+_TEXT_CACHE_SIZE = 8
+
+
+def cosine_logits(dense: Tensor, text: Tensor) -> Tensor:
+    """Cosine similarity of every location's embedding to every class's text embedding.
+
+    Args:
+        dense (Tensor): (B, D, h, w) dense embeddings (normalised here again).
+        text (Tensor): (K, D) text embeddings (normalised here again).
+
+    Returns:
+        Tensor: (B, K, h, w) cosines in [-1, 1].
+    """
+    if dense.dim() != 4 or text.dim() != 2 or dense.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"dense embeddings {tuple(dense.shape)} and text embeddings {tuple(text.shape)} "
+            "must be (B, D, h, w) and (K, D) with the same D"
+        )
+    dense = F.normalize(dense.float(), dim=1)
+    text = F.normalize(text.float().to(dense.device), dim=1)
+    return torch.einsum("bdhw,kd->bkhw", dense, text)
+
+
+def prompt_denoise(logits: Tensor, *, threshold: float = 0.5, logit_scale: float = 100.0) -> Tensor:
+    """Drop the classes that are nowhere confident in an image.
+
+    With p = softmax(logit_scale * logits) over classes, class c of image b is dropped when
+    ``max over locations of p[b, c] < threshold``: its logits become ``DROPPED_LOGIT``. If
+    every class is dropped, the image's scores become uniform (as in the official code).
+
+    Args:
+        logits (Tensor): (B, K, h, w) cosine logits.
+        threshold (float): minimum of a kept class's largest probability, in [0, 1].
+        logit_scale (float): softmax temperature inverse (CLIP's 100).
+
+    Returns:
+        Tensor: (B, K, h, w) logits, a new tensor.
+    """
+    probs = F.softmax(logits * logit_scale, dim=1)
+    dropped = probs.flatten(2).amax(dim=2) < threshold  # (B, K)
+    return logits.masked_fill(dropped[:, :, None, None], DROPPED_LOGIT)
+
+
+def key_smoothing(
+    probs: Tensor, keys: Tensor, *, threshold: float = 1.0, normalization: str = "positions"
+) -> Tensor:
+    """Replace the scores of low-confidence locations by key-affinity-weighted scores.
+
+    With k the keys as (N, C) per image (N = h * w locations) L2-normalised per
+    ``normalization``, and A = k k^T (N, N), a location whose largest probability is below
+    ``threshold`` gets ``(A @ p)`` at that location; the others keep p.
+
+    Args:
+        probs (Tensor): (B, K, h, w) class probabilities.
+        keys (Tensor): (B, C, h, w) last-layer keys of the same locations.
+        threshold (float): locations with ``max_k p < threshold`` are smoothed (1.0, the
+            official configs' value, smooths every location that is not certain).
+        normalization (str): "positions" (the official code: each channel over the
+            locations) or "channels" (each location's key: cosine affinity).
+
+    Returns:
+        Tensor: (B, K, h, w) scores, a new tensor.
+    """
+    if normalization not in KEY_NORMALIZATIONS:
+        raise ValueError(
+            f"key normalization {normalization!r} is not one of {list(KEY_NORMALIZATIONS)}"
+        )
+    if keys.dim() != 4 or probs.dim() != 4 or keys.shape[0] != probs.shape[0]:
+        raise ValueError(f"probs {tuple(probs.shape)} and keys {tuple(keys.shape)} must be 4-d")
+    if keys.shape[-2:] != probs.shape[-2:]:
+        raise ValueError(
+            f"keys' grid {tuple(keys.shape[-2:])} differs from the scores' grid "
+            f"{tuple(probs.shape[-2:])}"
+        )
+    b, num_classes, h, w = probs.shape
+    p = probs.float().flatten(2).transpose(1, 2)  # (B, N, K)
+    k = keys.float().flatten(2).transpose(1, 2)  # (B, N, C)
+    k = F.normalize(k, dim=1 if normalization == "positions" else 2)
+    # (k k^T) p computed as k (k^T p): O(N C K) instead of an (N, N) affinity matrix
+    smoothed = k @ (k.transpose(1, 2) @ p)
+    low = p.amax(dim=2, keepdim=True) < threshold  # (B, N, 1)
+    out = torch.where(low, smoothed, p)
+    return out.transpose(1, 2).reshape(b, num_classes, h, w)
+
+
+def refine_scores(
+    logits: Tensor,
+    keys: Optional[Tensor] = None,
+    *,
+    logit_scale: float = 100.0,
+    prompt_denoise_threshold: Optional[float] = None,
+    key_smoothing_threshold: Optional[float] = None,
+    key_normalization: str = "positions",
+) -> Tensor:
+    """Cosine logits to MaskCLIP's scores: [prompt denoising], softmax, [key smoothing].
+
+    Args:
+        logits (Tensor): (B, K, h, w) cosine logits.
+        keys (Tensor, optional): (B, C, h, w) keys; needed for key smoothing.
+        logit_scale (float): multiplies the logits before the softmax.
+        prompt_denoise_threshold (float, optional): None = no prompt denoising.
+        key_smoothing_threshold (float, optional): None = no key smoothing.
+        key_normalization (str): see :func:`key_smoothing`.
+
+    Returns:
+        Tensor: (B, K, h, w) scores.
+    """
+    if prompt_denoise_threshold is not None:
+        logits = prompt_denoise(logits, threshold=prompt_denoise_threshold, logit_scale=logit_scale)
+    probs = F.softmax(logits * logit_scale, dim=1)
+    if key_smoothing_threshold is not None:
+        if keys is None:
+            raise ValueError("key smoothing needs the keys (dense_embeddings(return_keys=True))")
+        probs = key_smoothing(
+            probs, keys, threshold=key_smoothing_threshold, normalization=key_normalization
+        )
+    return probs
+
+
+def _check_threshold(value: float, what: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} must be a probability in [0, 1], got {value}")
+    return value
+
+
+@META_ARCH_REGISTRY.register()
+class MaskCLIP(nn.Module):
+    """Training-free MaskCLIP over a frozen :class:`~ovseg.clip.CLIPTeacher`.
+
+    Holds no trainable parameter and nothing a checkpoint saves (the teacher keeps its
+    weights out of ``state_dict``); ``train_net.py --eval-only`` runs it without weights.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: CLIPTeacher,
+        templates: Sequence[str],
+        vocabulary: Optional[Sequence[str]] = None,
+        inference_mode: str = "whole",
+        slide_window: Tuple[int, int] = (448, 448),
+        slide_stride: Tuple[int, int] = (224, 224),
+        prompt_denoise: bool = False,
+        prompt_denoise_threshold: float = 0.5,
+        key_smoothing: bool = False,
+        key_smoothing_threshold: float = 1.0,
+        key_normalization: str = "positions",
+        logit_scale: float = 100.0,
+        size_divisibility: int = -1,
+    ):
+        """
+        Args:
+            teacher (CLIPTeacher): the frozen CLIP (ViT or ModifiedResNet vision tower).
+            templates (Sequence[str]): prompt templates, each with one ``"{}"``.
+            vocabulary (Sequence[str], optional): class names used for inputs that carry no
+                ``"vocabulary"``; None = every input must carry one.
+            inference_mode (str): "whole" or "slide".
+            slide_window, slide_stride ((int, int)): sliding-window size and stride.
+            prompt_denoise (bool): apply prompt denoising.
+            prompt_denoise_threshold (float): its threshold (paper: 0.5).
+            key_smoothing (bool): apply key smoothing.
+            key_smoothing_threshold (float): its confidence threshold (official configs: 1.0).
+            key_normalization (str): "positions" (official code) or "channels" (cosine).
+            logit_scale (float): CLIP's logit scale for the softmax (100).
+            size_divisibility (int): pad each forward's input (bottom/right, with the pixel
+                mean) to a multiple of this; <= 0 = only to the teacher's stride.
+        """
+        super().__init__()
+        if inference_mode not in INFERENCE_MODES:
+            raise ValueError(
+                f"inference mode {inference_mode!r} (TEST.INFERENCE_MODE) is not one of "
+                f"{list(INFERENCE_MODES)}"
+            )
+        if key_normalization not in KEY_NORMALIZATIONS:
+            raise ValueError(
+                f"key normalization {key_normalization!r} (MODEL.MASKCLIP.KEY_NORMALIZATION) "
+                f"is not one of {list(KEY_NORMALIZATIONS)}"
+            )
+        if teacher.tower is None:
+            raise ValueError(
+                f"MaskCLIP needs a ViT or ModifiedResNet CLIP vision tower; teacher "
+                f"{teacher.name!r} has {type(teacher.model.visual).__name__}"
+            )
+        self.teacher = teacher
+        self.templates = tuple(templates)
+        self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
+        self.inference_mode = inference_mode
+        self.slide_window = tuple(int(v) for v in slide_window)
+        self.slide_stride = tuple(int(v) for v in slide_stride)
+        self.prompt_denoise = bool(prompt_denoise)
+        self.prompt_denoise_threshold = _check_threshold(
+            prompt_denoise_threshold, "prompt denoising threshold"
+        )
+        self.key_smoothing = bool(key_smoothing)
+        self.key_smoothing_threshold = _check_threshold(
+            key_smoothing_threshold, "key smoothing threshold"
+        )
+        self.key_normalization = key_normalization
+        self.logit_scale = float(logit_scale)
+        stride = int(teacher.stride)
+        d = int(size_divisibility)
+        self.pad_multiple = stride * d // math.gcd(stride, d) if d > 0 else stride
+        self._text_cache: OrderedDict[Tuple[str, ...], Tensor] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        spec = cfg.MODEL.OVSEG.TEST_VOCABULARY
+        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+        vocabulary = None
+        if spec.strip() or (meta is not None and meta.get("stuff_classes", None)):
+            vocabulary = resolve_vocabulary(spec, meta).names
+        mc = cfg.MODEL.MASKCLIP
+        return {
+            "teacher": build_clip_teacher(cfg),
+            "templates": get_templates(cfg.MODEL.CLIP.TEMPLATES),
+            "vocabulary": vocabulary,
+            "inference_mode": cfg.TEST.INFERENCE_MODE,
+            "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
+            "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
+            "prompt_denoise": mc.PROMPT_DENOISE,
+            "prompt_denoise_threshold": mc.PROMPT_DENOISE_THRESHOLD,
+            "key_smoothing": mc.KEY_SMOOTHING,
+            "key_smoothing_threshold": mc.KEY_SMOOTHING_THRESHOLD,
+            "key_normalization": mc.KEY_NORMALIZATION,
+            "logit_scale": mc.LOGIT_SCALE,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.teacher.device
+
+    # ------------------------------------------------------------------ vocabulary
+    def text_embeddings(self, names: Sequence[str]) -> Tensor:
+        """(K, D) prompt-ensembled text embeddings of ``names``, cached per vocabulary."""
+        key = tuple(names)
+        emb = self._text_cache.get(key)
+        if emb is None:
+            emb = self.teacher.encode_text(key, self.templates)
+            self._text_cache[key] = emb
+            while len(self._text_cache) > _TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+        else:
+            self._text_cache.move_to_end(key)
+        return emb
+
+    def _names_of(self, inp: dict) -> Tuple[str, ...]:
+        names = inp.get("vocabulary")
+        if names is None:
+            if self.vocabulary is None:
+                raise ValueError(
+                    f"Input {inp.get('file_name', '')!r} carries no 'vocabulary' and the model "
+                    "has no default; set MODEL.OVSEG.TEST_VOCABULARY or DATASETS.TEST"
+                )
+            return self.vocabulary
+        if isinstance(names, str) or len(names) == 0:
+            raise ValueError(
+                f"Input {inp.get('file_name', '')!r}: 'vocabulary' must be a non-empty list "
+                f"of class names, got {names!r}"
+            )
+        return tuple(names)
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: Tensor, text: Tensor) -> Tensor:
+        """MaskCLIP's scores of a batch, at the batch's size.
+
+        Args:
+            images (Tensor): (b, 3, h, w) RGB in [0, 255].
+            text (Tensor): (K, D) text embeddings.
+
+        Returns:
+            Tensor: (b, K, h, w) scores (see the module docstring).
+        """
+        images = images.to(device=self.device, dtype=torch.float32)
+        return self._predict_centered(images - self.teacher.pixel_mean, text)
+
+    def _predict_centered(self, centered: Tensor, text: Tensor) -> Tensor:
+        """:meth:`predict` for images minus the pixel mean (zero padding = mean padding)."""
+        h, w = centered.shape[-2:]
+        m = self.pad_multiple
+        images = F.pad(centered, (0, -w % m, 0, -h % m)) + self.teacher.pixel_mean
+        out = self.teacher.dense_embeddings(images, return_keys=self.key_smoothing)
+        dense, keys = out if self.key_smoothing else (out, None)
+        scores = refine_scores(
+            cosine_logits(dense, text),
+            keys,
+            logit_scale=self.logit_scale,
+            prompt_denoise_threshold=self.prompt_denoise_threshold if self.prompt_denoise else None,
+            key_smoothing_threshold=self.key_smoothing_threshold if self.key_smoothing else None,
+            key_normalization=self.key_normalization,
+        )
+        # cell (i, j) covers pixels [i*s, (i+1)*s): upsample over the padded canvas, then
+        # crop, so no cell is stretched over pixels it does not cover
+        gh, gw = scores.shape[-2:]
+        s = self.teacher.stride
+        scores = F.interpolate(scores, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
+        return scores[:, :, :h, :w]
+
+    def forward(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
+        """
+        Args:
+            batched_inputs (list[dict]): detectron2 inputs: "image" (3, H, W) RGB uint8,
+                optional "height"/"width" (original size) and "vocabulary" (list[str]).
+
+        Returns:
+            list[dict]: per input {"sem_seg": (K, height, width) scores over its K names}.
+        """
+        if self.training:
+            raise RuntimeError(
+                "MaskCLIP is training-free and has nothing to train; evaluate it with "
+                "`train_net.py --eval-only --config-file <maskclip config>`"
+            )
+        # images of one size and vocabulary share a forward; others never get padded
+        # together, which would change prompt denoising and key smoothing
+        groups: Dict[Tuple, List[int]] = OrderedDict()
+        for i, inp in enumerate(batched_inputs):
+            key = (tuple(inp["image"].shape), self._names_of(inp))
+            groups.setdefault(key, []).append(i)
+        results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
+        for (_, names), indices in groups.items():
+            text = self.text_embeddings(names)
+            images = torch.stack([batched_inputs[i]["image"] for i in indices])
+            images = images.to(device=self.device, dtype=torch.float32)
+            # semantic_inference pads slide inputs with 0: centred, that is the pixel mean
+            scores = semantic_inference(
+                lambda x, text=text: self._predict_centered(x, text),
+                images - self.teacher.pixel_mean,
+                mode=self.inference_mode,
+                window=self.slide_window,
+                stride=self.slide_stride,
+            )
+            for j, i in enumerate(indices):
+                inp = batched_inputs[i]
+                h, w = images.shape[-2:]
+                height, width = inp.get("height", h), inp.get("width", w)
+                results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
+        return results

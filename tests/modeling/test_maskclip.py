@@ -1,0 +1,300 @@
+"""MaskCLIP: refinements on hand-built inputs, the meta-architecture on a tiny random CLIP,
+every shipped config, and train_net.py --eval-only end to end."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ovseg_testing import ROOT, subprocess_env
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+
+from ovseg import add_ovseg_config
+from ovseg.clip import build_clip_teacher
+from ovseg.engine.defaults import load_config
+from ovseg.modeling.meta_arch.maskclip import (
+    DROPPED_LOGIT,
+    MaskCLIP,
+    cosine_logits,
+    key_smoothing,
+    prompt_denoise,
+    refine_scores,
+)
+
+TINY_VIT = str(ROOT / "configs" / "clip" / "tiny_vit.json")
+TINY_RN = str(ROOT / "configs" / "clip" / "tiny_rn.json")
+NAMES = ("cat", "dog", "grass")
+
+
+def _tiny_cfg(model_name: str, cache_dir: Path):
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CLIP.MODEL_NAME = model_name
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    cfg.MODEL.CLIP.CACHE_DIR = str(cache_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def vit_teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    return build_clip_teacher(_tiny_cfg(TINY_VIT, tmp_path_factory.mktemp("clip_cache")))
+
+
+@pytest.fixture(scope="module")
+def rn_teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    return build_clip_teacher(_tiny_cfg(TINY_RN, tmp_path_factory.mktemp("clip_cache")))
+
+
+def _model(teacher, **kwargs):
+    kwargs.setdefault("templates", ("a photo of a {}.", "a {}."))
+    kwargs.setdefault("vocabulary", NAMES)
+    return MaskCLIP(teacher=teacher, **kwargs).eval()
+
+
+def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+
+
+# ---------------------------------------------------------------- pure refinements
+def test_prompt_denoise_hand_computed():
+    # softmax(100 * l): position 0 gives (3/4, 1/4, ~0), position 1 gives (1/5, 4/5, ~0)
+    image0 = torch.tensor([[math.log(3) / 100, 0.0], [0.0, math.log(4) / 100], [-1.0, -1.0]])
+    # a second image where class 2 is certain somewhere and class 0 nowhere above 1/2
+    image1 = torch.tensor([[0.0, 0.0], [0.0, -1.0], [-1.0, 0.0]])
+    logits = torch.stack([image0, image1])[:, :, None, :]  # (2, 3, 1, 2)
+
+    out = prompt_denoise(logits, threshold=0.78, logit_scale=100.0)
+    # image 0: class max probabilities 0.75, 0.8, ~0 -> classes 0 and 2 dropped
+    # image 1: position 0 gives (1/2, 1/2, ~0), position 1 gives (1/2, ~0, 1/2)
+    #          -> max probabilities 0.5, 0.5, 0.5: all below 0.78, all dropped
+    expected = logits.clone()
+    expected[0, 0] = DROPPED_LOGIT
+    expected[0, 2] = DROPPED_LOGIT
+    expected[1] = DROPPED_LOGIT
+    assert torch.equal(out, expected)
+    # threshold 0.4 keeps every class of image 1 and drops only class 2 of image 0
+    out = prompt_denoise(logits, threshold=0.4, logit_scale=100.0)
+    assert torch.equal(out[1], logits[1])
+    assert torch.equal(out[0, :2], logits[0, :2]) and bool((out[0, 2] == DROPPED_LOGIT).all())
+    assert torch.equal(logits, torch.stack([image0, image1])[:, :, None, :])  # not in place
+
+
+def _ks_inputs():
+    # 3 locations in a row, 2 classes, 2 key channels
+    probs = torch.tensor([[0.9, 0.3, 0.6], [0.1, 0.7, 0.4]])[None, :, None, :]  # (1, 2, 1, 3)
+    keys = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])[None, :, None, :]  # (1, 2, 1, 3)
+    return probs, keys
+
+
+def test_key_smoothing_cosine_affinity_hand_computed():
+    probs, keys = _ks_inputs()
+    # unit keys (1,0), (1,0), (0,1): A = [[1,1,0],[1,1,0],[0,0,1]]
+    # threshold 0.8: location 0 (max 0.9) kept; 1 -> p0 + p1 = (1.2, 0.8); 2 -> p2
+    out = key_smoothing(probs, keys, threshold=0.8, normalization="channels")
+    expected = torch.tensor([[0.9, 1.2, 0.6], [0.1, 0.8, 0.4]])[None, :, None, :]
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_key_smoothing_official_position_normalisation_hand_computed():
+    probs, keys = _ks_inputs()
+    # each channel normalised over the locations: column 0 (2,1,0)/sqrt(5), column 1 (0,0,1)
+    # A = [[4/5, 2/5, 0], [2/5, 1/5, 0], [0, 0, 1]]
+    # threshold 1.0 smooths every location (none is certain)
+    out = key_smoothing(probs, keys, threshold=1.0, normalization="positions")
+    p0, p1, p2 = torch.tensor([0.9, 0.1]), torch.tensor([0.3, 0.7]), torch.tensor([0.6, 0.4])
+    expected = torch.stack([0.8 * p0 + 0.4 * p1, 0.4 * p0 + 0.2 * p1, p2], dim=1)[None, :, None]
+    assert torch.allclose(out, expected, atol=1e-6)
+    # a threshold of 0 smooths nothing
+    assert torch.equal(key_smoothing(probs, keys, threshold=0.0), probs)
+
+
+def test_key_smoothing_equals_explicit_affinity_on_random_input():
+    g = torch.Generator().manual_seed(0)
+    probs = F.softmax(torch.randn(2, 5, 3, 4, generator=g) * 3, dim=1)
+    keys = torch.randn(2, 7, 3, 4, generator=g)
+    for norm, dim in (("positions", 1), ("channels", 2)):
+        k = F.normalize(keys.flatten(2).transpose(1, 2), dim=dim)  # (B, N, C)
+        p = probs.flatten(2).transpose(1, 2)  # (B, N, K)
+        smoothed = (k @ k.transpose(1, 2)) @ p
+        low = p.amax(dim=2, keepdim=True) < 0.7
+        expected = torch.where(low, smoothed, p).transpose(1, 2).reshape(probs.shape)
+        out = key_smoothing(probs, keys, threshold=0.7, normalization=norm)
+        assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_refine_scores_order_and_errors():
+    logits = torch.tensor([[0.2, 0.0], [0.0, 0.2]])[None, :, :, None]  # (1, 2, 2, 1)
+    assert torch.allclose(refine_scores(logits), F.softmax(logits * 100, dim=1))
+    with pytest.raises(ValueError, match="keys"):
+        refine_scores(logits, key_smoothing_threshold=1.0)
+    with pytest.raises(ValueError, match="normalization"):
+        key_smoothing(logits, logits, normalization="rows")
+    dense = F.normalize(torch.randn(1, 4, 2, 2), dim=1)
+    text = F.normalize(torch.randn(3, 4), dim=1)
+    expected = torch.einsum("bdhw,kd->bkhw", dense, text)
+    assert torch.allclose(cosine_logits(dense * 5, text * 2), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- meta-architecture
+def test_scores_match_teacher_and_padding_is_alignment_free(vit_teacher):
+    model = _model(vit_teacher)
+    text = model.text_embeddings(NAMES)
+    image = _image(64, 48).float()[None]
+    dense = vit_teacher.dense_embeddings(image)  # (1, D, 4, 3)
+    grid = F.softmax(100 * torch.einsum("bdhw,kd->bkhw", dense, text), dim=1)
+    expected = F.interpolate(grid, size=(64, 48), mode="bilinear", align_corners=False)
+    assert torch.allclose(model.predict(image, text), expected, atol=1e-5)
+
+    # an image that is not a multiple of the patch scores like its mean-padded canvas, cropped
+    refined = _model(vit_teacher, prompt_denoise=True, key_smoothing=True)
+    small = _image(37, 45, seed=1).float()[None]
+    canvas = vit_teacher.pixel_mean.expand(1, 3, 48, 48).clone()
+    canvas[:, :, :37, :45] = small
+    crop = refined.predict(canvas, text)[:, :, :37, :45]
+    assert torch.allclose(refined.predict(small, text), crop, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_original_size_and_per_input_vocabulary(vit_teacher, mode):
+    model = _model(
+        vit_teacher,
+        inference_mode=mode,
+        slide_window=(32, 32),
+        slide_stride=(16, 16),
+        prompt_denoise=True,
+        key_smoothing=True,
+    )
+    five = ["sky", "road", "car", "tree", "person"]
+    inputs = [
+        {"image": _image(37, 45), "height": 50, "width": 61},
+        {"image": _image(29, 33, seed=2), "height": 29, "width": 33, "vocabulary": five},
+        {"image": _image(37, 45, seed=3)},  # no height/width: the input size
+    ]
+    with torch.no_grad():
+        out = model(inputs)
+    assert [tuple(o["sem_seg"].shape) for o in out] == [(3, 50, 61), (5, 29, 33), (3, 37, 45)]
+    assert all(torch.isfinite(o["sem_seg"]).all() for o in out)
+
+
+def test_slide_with_one_full_window_equals_whole(vit_teacher):
+    inputs = [{"image": _image(48, 64), "height": 48, "width": 64}]
+    whole = _model(vit_teacher, key_smoothing=True, prompt_denoise=True)
+    slide = _model(
+        vit_teacher,
+        inference_mode="slide",
+        slide_window=(48, 64),
+        slide_stride=(48, 64),
+        key_smoothing=True,
+        prompt_denoise=True,
+    )
+    with torch.no_grad():
+        assert torch.allclose(whole(inputs)[0]["sem_seg"], slide(inputs)[0]["sem_seg"], atol=1e-6)
+
+
+def test_resnet_tower_with_refinements(rn_teacher):
+    model = _model(rn_teacher, prompt_denoise=True, key_smoothing=True, size_divisibility=64)
+    with torch.no_grad():
+        out = model([{"image": _image(40, 70), "height": 40, "width": 70}])
+    assert tuple(out[0]["sem_seg"].shape) == (3, 40, 70)
+    assert model.pad_multiple == 64
+
+
+def test_training_mode_refuses_and_nothing_is_checkpointed(vit_teacher):
+    model = _model(vit_teacher)
+    assert model.state_dict() == {}, "the frozen teacher must not be saved into checkpoints"
+    assert not any(p.requires_grad for p in model.parameters())
+    model.train()
+    assert not model.teacher.training
+    with pytest.raises(RuntimeError, match="--eval-only"):
+        model([{"image": _image(32, 32)}])
+
+
+def test_bad_inputs_are_named(vit_teacher):
+    with pytest.raises(ValueError, match="'tiles'"):
+        _model(vit_teacher, inference_mode="tiles")
+    with pytest.raises(ValueError, match="1.5"):
+        _model(vit_teacher, prompt_denoise_threshold=1.5)
+    model = _model(vit_teacher, vocabulary=None)
+    with pytest.raises(ValueError, match="no 'vocabulary'"):
+        model([{"image": _image(32, 32), "file_name": "x.jpg"}])
+    with pytest.raises(ValueError, match="non-empty list"):
+        model([{"image": _image(32, 32), "vocabulary": "cat,dog"}])
+
+
+# ---------------------------------------------------------------- configs and train_net
+CONFIGS = sorted((ROOT / "configs").glob("*/maskclip/maskclip_*.yaml"))
+DATASET_CLASSES = {"voc": 20, "pcontext": 59, "coco_stuff": 171, "ade20k": 150}
+
+
+def test_every_dataset_ships_both_configs():
+    names = {(p.parent.parent.name, p.name) for p in CONFIGS}
+    expected = {
+        (d, f"maskclip_{clip}_bs1.yaml") for d in DATASET_CLASSES for clip in ("vitb16", "rn50")
+    }
+    assert names == expected
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_config_loads_and_builds(path, tmp_path):
+    cfg = load_config(str(path))
+    rn = "rn50" in path.name
+    assert cfg.MODEL.META_ARCHITECTURE == "MaskCLIP"
+    assert cfg.MODEL.CLIP.MODEL_NAME == ("RN50" if rn else "ViT-B-16")
+    assert cfg.MODEL.CLIP.PRETRAINED == "openai"
+    assert cfg.MODEL.CLIP.TEMPLATES == "maskclip85"
+    assert cfg.MODEL.MASKCLIP.PROMPT_DENOISE and cfg.MODEL.MASKCLIP.KEY_SMOOTHING
+    assert cfg.TEST.INFERENCE_MODE == "whole"
+
+    tiny = TINY_RN if rn else TINY_VIT
+    cfg = load_config(
+        str(path),
+        ["MODEL.CLIP.MODEL_NAME", tiny, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu"],
+    )
+    cfg.MODEL.CLIP.CACHE_DIR = str(tmp_path)
+    model = build_model(cfg)
+    assert isinstance(model, MaskCLIP) and model.teacher.tower == ("resnet" if rn else "vit")
+    num_classes = DATASET_CLASSES[path.parent.parent.name]
+    assert len(model.vocabulary) == num_classes
+    assert list(model.vocabulary) == MetadataCatalog.get(cfg.DATASETS.TEST[0]).stuff_classes
+    assert len(model.templates) == 85
+
+
+@pytest.mark.slow
+def test_train_net_eval_only_on_ade_fixture(ade20k_root, tmp_path):
+    config = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
+    opts = {
+        "MODEL.CLIP.MODEL_NAME": "configs/clip/tiny_vit.json",
+        "MODEL.CLIP.PRETRAINED": '""',
+        "MODEL.CLIP.CACHE_DIR": str(tmp_path / "cache"),
+        "MODEL.CLIP.TEMPLATES": "single",
+        "MODEL.DEVICE": "cpu",
+        "DATALOADER.NUM_WORKERS": "0",
+        "INPUT.MIN_SIZE_TEST": "48",
+        "INPUT.MAX_SIZE_TEST": "48",
+        "OUTPUT_DIR": str(tmp_path / "out"),
+    }
+    args = ["--config-file", config, "--eval-only", *[x for kv in opts.items() for x in kv]]
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", *args],
+        cwd=ROOT,
+        env=subprocess_env(ade20k_root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    assert "copypaste: mIoU" in log
+    assert "No checkpoint found" in log  # no student weights needed
