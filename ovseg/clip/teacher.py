@@ -86,8 +86,12 @@ class CLIPTeacher(nn.Module):
         mean = pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
         std = pp.get("std") or open_clip.OPENAI_DATASET_STD
         # detectron2's convention: (3, 1, 1) in the [0, 255] scale of its image tensors
-        self.register_buffer("pixel_mean", torch.tensor(mean).float().view(-1, 1, 1) * 255, False)
-        self.register_buffer("pixel_std", torch.tensor(std).float().view(-1, 1, 1) * 255, False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(mean).float().view(-1, 1, 1) * 255, persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(std).float().view(-1, 1, 1) * 255, persistent=False
+        )
         size = pp.get("size") or getattr(visual, "image_size", None)
         if size is None:
             raise ValueError(f"cannot tell the input size of vision tower {type(visual).__name__}")
