@@ -1,0 +1,389 @@
+"""The on-disk pseudo-label store: one label PNG and one confidence PNG per image.
+
+Layout::
+
+    <root>/manifest.json              who made the labels, for which vocabulary, threshold
+    <root>/labels/<image_id>.png      vocabulary index per pixel, ``ignore_value`` where the
+                                      teacher's confidence was below the threshold
+                                      (uint8 and 255; uint16 and 65535 for > 255 classes)
+    <root>/confidence/<image_id>.png  uint8, round(confidence * 255)
+
+Every file is written to a temporary name in its own folder and renamed into place, the
+confidence before the label, and an image counts as done only when its label exists; so a
+run killed at any point leaves either a complete pair or an image that is labelled again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["FORMAT_VERSION", "PseudoLabelStore", "image_id_of"]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LABELS = "labels"
+CONFIDENCE = "confidence"
+# bookkeeping fields: they may differ between two runs that make the same labels
+_VOLATILE = ("created", "count", "command")
+_REQUIRED = ("fingerprint", "vocabulary", "threshold")
+_TMP_PREFIX = ".tmp-"
+GENERATE_HINT = "python tools/generate_pseudo_labels.py --config-file <teacher config> " + (
+    "--dataset <dataset> --output <store folder>"
+)
+
+
+def image_id_of(dataset_dict: Mapping[str, Any]) -> str:
+    """The store key of a dataset dict: its "image_id", else the stem of its "file_name"."""
+    image_id = dataset_dict.get("image_id")
+    if image_id is None or (isinstance(image_id, str) and not image_id):
+        file_name = dataset_dict.get("file_name")
+        if not file_name:
+            raise ValueError(
+                f"Dataset dict {dict(dataset_dict)!r} has neither 'image_id' nor 'file_name'"
+            )
+        image_id = os.path.splitext(os.path.basename(file_name))[0]
+    return _check_image_id(str(image_id))
+
+
+def _check_image_id(image_id: Any) -> str:
+    if not isinstance(image_id, str) or not image_id.strip():
+        raise ValueError(f"image_id {image_id!r} must be a non-empty string")
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in image_id for s in seps) or image_id in (".", "..") or "\0" in image_id:
+        raise ValueError(
+            f"image_id {image_id!r} cannot name a file in the store (it holds a path separator "
+            "or is '.'/'..'); give the dataset dicts plain 'image_id' strings"
+        )
+    if image_id.startswith(_TMP_PREFIX):
+        raise ValueError(f"image_id {image_id!r} starts with the store's temporary prefix")
+    return image_id
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _diff(old: Any, new: Any, path: str) -> list:
+    """Dotted names (with both values) where two manifest values differ."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{path}.{key}")
+        return out
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+        if old == new:
+            return []
+        if len(old) != len(new):
+            return [(path, f"{len(old)} items {_short(old)}", f"{len(new)} items {_short(new)}")]
+        i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+        return [(f"{path}[{i}]", repr(old[i]), repr(new[i]))]
+    if old != new:
+        return [(path, repr(old), repr(new))]
+    return []
+
+
+def _short(values: list, n: int = 6) -> str:
+    if len(values) <= n:
+        return repr(values)
+    return repr(values[:n])[:-1] + f", ... ({len(values) - n} more)]"
+
+
+def _normalise(manifest: Mapping[str, Any]) -> Dict[str, Any]:
+    # JSON round trip: tuples become lists, so a fresh manifest compares equal to a stored one
+    return json.loads(json.dumps(dict(manifest)))
+
+
+def _identity(manifest: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in manifest.items() if k not in _VOLATILE}
+
+
+def _write_atomic(path: str, write_fn) -> None:
+    """Write via a temporary file in the same folder, then rename it into place."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class PseudoLabelStore:
+    """A folder of per-image pseudo-labels and confidences made by one labeller.
+
+    Make one with :meth:`create` (generation) or :meth:`open` (training); the constructor
+    only wraps an already-validated manifest.
+    """
+
+    def __init__(self, root: str, manifest: Mapping[str, Any]):
+        """
+        Args:
+            root (str): the store folder.
+            manifest (dict): its manifest, as written by :meth:`create`.
+        """
+        self.root = os.fspath(root)
+        self.manifest: Dict[str, Any] = dict(manifest)
+        self.vocabulary: Tuple[str, ...] = tuple(self.manifest["vocabulary"])
+        self.label_dtype = np.dtype(self.manifest["label_dtype"])
+        self.ignore_value = int(self.manifest["ignore_value"])
+
+    # ------------------------------------------------------------------ creation / opening
+    @classmethod
+    def create(cls, root: str, manifest: Mapping[str, Any]) -> PseudoLabelStore:
+        """Create a store, or reopen one made by the same labeller to resume it.
+
+        Args:
+            root (str): the store folder (created if missing).
+            manifest (dict): at least "fingerprint" (str: teacher + labeller settings),
+                "vocabulary" (list[str]: the names label indices refer to) and "threshold"
+                (float); usually also "teacher" (readable fingerprint parts), "unseen",
+                "dataset" and "command". "format_version", "label_dtype", "ignore_value",
+                "created" and "count" are filled in.
+
+        Returns:
+            PseudoLabelStore
+        """
+        root = os.fspath(root)
+        missing = [k for k in _REQUIRED if k not in manifest]
+        if missing:
+            raise ValueError(f"Pseudo-label manifest lacks {missing}; it needs {list(_REQUIRED)}")
+        vocabulary = list(manifest["vocabulary"])
+        if not vocabulary or not all(isinstance(n, str) and n for n in vocabulary):
+            raise ValueError(f"manifest 'vocabulary' must be non-empty names, got {vocabulary!r}")
+        if len(vocabulary) > 65535:
+            raise ValueError(f"{len(vocabulary)} classes do not fit uint16 label PNGs")
+        threshold = float(manifest["threshold"])
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold} is outside [0, 1]")
+        small = len(vocabulary) <= 255
+        fresh = {
+            "format_version": FORMAT_VERSION,
+            **_normalise(manifest),
+            "threshold": threshold,
+            "label_dtype": "uint8" if small else "uint16",
+            "ignore_value": 255 if small else 65535,
+            "created": _now(),
+            "count": 0,
+        }
+        fresh.setdefault("unseen", [])
+        path = os.path.join(root, MANIFEST)
+        if os.path.isfile(path):
+            existing = cls._read_manifest(root)
+            diffs = _diff(_identity(existing), _identity(fresh), "manifest")
+            if diffs:
+                lines = "\n".join(f"  {k}: existing {a}, now {b}" for k, a, b in diffs)
+                raise ValueError(
+                    f"{root!r} already holds a pseudo-label store made differently:\n{lines}\n"
+                    "Use another --output folder, or delete this one to regenerate it."
+                )
+            store = cls(root, existing)
+        else:
+            labels = os.path.join(root, LABELS)
+            if os.path.isdir(labels) and any(n.endswith(".png") for n in os.listdir(labels)):
+                raise ValueError(
+                    f"{root!r} holds label PNGs but no {MANIFEST}, so nobody can tell which "
+                    "teacher made them; use another --output folder or delete this one"
+                )
+            os.makedirs(root, exist_ok=True)
+            store = cls(root, fresh)
+            store._write_manifest()
+        for sub in (LABELS, CONFIDENCE):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        store._remove_stale_temporaries()
+        return store
+
+    @classmethod
+    def open(cls, root: str, expect: Optional[Mapping[str, Any]] = None) -> PseudoLabelStore:
+        """Open an existing store, refusing one made for something else.
+
+        Args:
+            root (str): the store folder.
+            expect (dict, optional): manifest fields that must match, e.g. {"fingerprint":
+                ..., "vocabulary": [...]}; a mismatch raises naming the field and both values.
+
+        Returns:
+            PseudoLabelStore
+        """
+        root = os.fspath(root)
+        manifest = cls._read_manifest(root)
+        if expect:
+            expect = _normalise(expect)
+            diffs = []
+            for key, value in expect.items():
+                diffs += _diff(manifest.get(key, "<absent>"), value, key)
+            if diffs:
+                lines = "\n".join(f"  {k}: store has {a}, expected {b}" for k, a, b in diffs)
+                command = manifest.get("command") or GENERATE_HINT
+                raise ValueError(
+                    f"Pseudo-label store {root!r} was made for something else:\n{lines}\n"
+                    f"(it was made by: {command}). Regenerate the labels with the current "
+                    "teacher into a new folder (tools/generate_pseudo_labels.py --output ...) "
+                    "or point to a store made with it."
+                )
+        return cls(root, manifest)
+
+    @staticmethod
+    def _read_manifest(root: str) -> Dict[str, Any]:
+        path = os.path.join(root, MANIFEST)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} does not exist, so {root!r} is not a pseudo-label store; make one "
+                f"with: {GENERATE_HINT}"
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path} is not valid JSON ({e}); delete the store and regenerate"
+            ) from None
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format_version {version!r}; this ovseg reads version "
+                f"{FORMAT_VERSION}. Regenerate the store with this version's tool."
+            )
+        return manifest
+
+    def _write_manifest(self) -> None:
+        text = json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
+        _write_atomic(os.path.join(self.root, MANIFEST), lambda f: f.write(text.encode()))
+
+    def _remove_stale_temporaries(self) -> None:
+        # left by a killed run; only called while no process of this store is writing
+        for sub in (LABELS, CONFIDENCE):
+            folder = os.path.join(self.root, sub)
+            for name in os.listdir(folder):
+                if name.startswith(_TMP_PREFIX):
+                    os.remove(os.path.join(folder, name))
+
+    # ------------------------------------------------------------------ per-image access
+    def path_for(self, image_id: str) -> str:
+        """Path of the label PNG of ``image_id`` (it may not exist yet)."""
+        return os.path.join(self.root, LABELS, _check_image_id(image_id) + ".png")
+
+    def confidence_path_for(self, image_id: str) -> str:
+        """Path of the confidence PNG of ``image_id`` (it may not exist yet)."""
+        return os.path.join(self.root, CONFIDENCE, _check_image_id(image_id) + ".png")
+
+    def has(self, image_id: str) -> bool:
+        """True when the image is done: its label (written last) exists."""
+        return os.path.isfile(self.path_for(image_id))
+
+    def image_ids(self) -> Tuple[str, ...]:
+        """The ids of all finished images, sorted."""
+        folder = os.path.join(self.root, LABELS)
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        return tuple(
+            sorted(n[:-4] for n in names if n.endswith(".png") and not n.startswith(_TMP_PREFIX))
+        )
+
+    def write(self, image_id: str, label: np.ndarray, confidence: np.ndarray) -> None:
+        """Store one image's labels, confidence first and label last, each atomically.
+
+        Args:
+            image_id (str): the image's key (no path separators).
+            label (np.ndarray): (H, W) integer vocabulary indices, ``ignore_value`` allowed.
+            confidence (np.ndarray): (H, W) floats in [0, 1].
+        """
+        label_path, conf_path = self.path_for(image_id), self.confidence_path_for(image_id)
+        label, confidence = np.asarray(label), np.asarray(confidence)
+        if label.ndim != 2 or confidence.shape != label.shape:
+            raise ValueError(
+                f"{image_id}: label {label.shape} and confidence {confidence.shape} must be the "
+                "same (H, W)"
+            )
+        if not np.issubdtype(label.dtype, np.integer):
+            raise ValueError(f"{image_id}: label dtype {label.dtype} is not an integer type")
+        bad = (label < 0) | ((label >= len(self.vocabulary)) & (label != self.ignore_value))
+        if bad.any():
+            raise ValueError(
+                f"{image_id}: label values {np.unique(label[bad])[:8].tolist()} are neither "
+                f"indices of the {len(self.vocabulary)}-name vocabulary nor the ignore value "
+                f"{self.ignore_value}"
+            )
+        confidence = confidence.astype(np.float64)
+        if not np.isfinite(confidence).all() or confidence.min() < 0 or confidence.max() > 1:
+            raise ValueError(
+                f"{image_id}: confidence must be finite and in [0, 1], got "
+                f"[{np.nanmin(confidence)}, {np.nanmax(confidence)}]"
+            )
+        conf_png = Image.fromarray(np.rint(confidence * 255).astype(np.uint8))
+        label_png = Image.fromarray(label.astype(self.label_dtype))
+        _write_atomic(conf_path, lambda f: conf_png.save(f, format="PNG"))
+        _write_atomic(label_path, lambda f: label_png.save(f, format="PNG"))
+
+    def read(self, image_id: str) -> Tuple[np.ndarray, np.ndarray]:
+        """One image's (label (H, W) uint8/uint16, confidence (H, W) float32 in [0, 1])."""
+        if not self.has(image_id):
+            raise FileNotFoundError(
+                f"Pseudo-label store {self.root!r} has no label for image_id {image_id!r} "
+                f"({self.path_for(image_id)}); generate it with: {self.command}"
+            )
+        with Image.open(self.path_for(image_id)) as im:
+            label = np.asarray(im).astype(self.label_dtype)
+        with Image.open(self.confidence_path_for(image_id)) as im:
+            confidence = np.asarray(im).astype(np.float32) / 255.0
+        return label, confidence
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def command(self) -> str:
+        """The command that made this store (from its manifest), else a template."""
+        return self.manifest.get("command") or GENERATE_HINT
+
+    @property
+    def unseen(self) -> Tuple[str, ...]:
+        return tuple(self.manifest.get("unseen", ()))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    def finalize(self) -> int:
+        """Record the number of finished images in the manifest; return it."""
+        self.manifest["count"] = len(self.image_ids())
+        self._write_manifest()
+        return self.manifest["count"]
+
+    def label_map_to(self, names: Sequence[str], ignore_label: int = 255) -> np.ndarray:
+        """A lookup table from this store's label values to indices of another vocabulary.
+
+        Names are compared stripped and case-folded; store classes missing from ``names``
+        and the store's ignore value map to ``ignore_label``.
+
+        Args:
+            names: the target vocabulary (e.g. a training mapper's).
+            ignore_label (int): the target's ignore label.
+
+        Returns:
+            np.ndarray: int64 table of ``ignore_value + 1`` entries; ``table[label]``.
+        """
+        index = {n.strip().casefold(): i for i, n in enumerate(names)}
+        table = np.full(self.ignore_value + 1, ignore_label, dtype=np.int64)
+        for i, name in enumerate(self.vocabulary):
+            table[i] = index.get(name.strip().casefold(), ignore_label)
+        return table
+
+    def __repr__(self) -> str:
+        return (
+            f"PseudoLabelStore({self.root!r}, {len(self.vocabulary)} classes, "
+            f"fingerprint {self.fingerprint[:12]}...)"
+        )
