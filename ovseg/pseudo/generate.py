@@ -1,0 +1,216 @@
+"""Label a dataset with a teacher meta-architecture and fill a :class:`PseudoLabelStore`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .store import PseudoLabelStore, image_id_of
+
+__all__ = [
+    "SCORE_KINDS",
+    "generate_pseudo_labels",
+    "score_kind_of",
+    "scores_to_labels",
+    "shard_dataset_dicts",
+]
+
+logger = logging.getLogger(__name__)
+
+
+SCORE_KINDS = ("logits", "probabilities")
+
+
+def scores_to_labels(
+    scores: Tensor, threshold: float, ignore_value: int = 255, kind: str = "logits"
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-pixel class and confidence from a meta-architecture's class scores.
+
+    ``"logits"``: a softmax over the classes, on the scores as given (cosine-similarity
+    heads already multiply by CLIP's logit scale, 100), gives the class distribution; the
+    confidence is its maximum. ``"probabilities"`` (e.g. MaskCLIP, whose key-smoothed
+    scores are not renormalised): the largest score, clipped to [0, 1], is the confidence.
+    Either way the label is the argmax of the scores (the first one on ties).
+
+    Args:
+        scores (Tensor): (K, H, W) class scores.
+        threshold (float): pixels whose confidence is below this get ``ignore_value``.
+        ignore_value (int): the store's ignore label.
+        kind (str): "logits" or "probabilities".
+
+    Returns:
+        tuple: (label (H, W) int64 with ``ignore_value`` where unconfident, confidence
+        (H, W) float32 in [0, 1]).
+    """
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be (K, H, W), got shape {tuple(scores.shape)}")
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"score kind {kind!r} is not one of {list(SCORE_KINDS)}")
+    scores = scores.detach().float()
+    if kind == "logits":
+        confidence, label = torch.softmax(scores, dim=0).max(dim=0)
+    else:
+        confidence, label = scores.max(dim=0)
+        confidence = confidence.clamp(0.0, 1.0)
+    label = torch.where(confidence < threshold, torch.full_like(label, ignore_value), label)
+    return label.cpu().numpy(), confidence.cpu().numpy()
+
+
+def score_kind_of(model: nn.Module, kind: str = "auto") -> str:
+    """What a model's "sem_seg" scores are: its ``sem_seg_scores`` attribute for "auto".
+
+    Meta-architectures whose scores are probabilities declare ``sem_seg_scores =
+    "probabilities"``; without the attribute scores are taken as logits.
+    """
+    if kind == "auto":
+        kind = getattr(model, "sem_seg_scores", "logits")
+    if kind not in SCORE_KINDS:
+        raise ValueError(
+            f"score kind {kind!r} (of {type(model).__name__}) is not one of {list(SCORE_KINDS)}"
+        )
+    return kind
+
+
+def shard_dataset_dicts(
+    dataset_dicts: Sequence[Mapping[str, Any]], rank: int = 0, world_size: int = 1
+) -> List[Tuple[str, Mapping[str, Any]]]:
+    """This process's share of a dataset: every ``world_size``-th image ordered by image id.
+
+    Args:
+        dataset_dicts: detectron2 dataset dicts.
+        rank (int): this process's rank, in [0, world_size).
+        world_size (int): number of processes.
+
+    Returns:
+        list[tuple[str, dict]]: (image_id, dataset dict) pairs, sorted by image id.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    keyed: Dict[str, Mapping[str, Any]] = {}
+    for d in dataset_dicts:
+        image_id = image_id_of(d)
+        if image_id in keyed:
+            raise ValueError(
+                f"Two dataset dicts share image_id {image_id!r} ({keyed[image_id].get('file_name')}"
+                f" and {d.get('file_name')}); the store needs one id per image"
+            )
+        keyed[image_id] = d
+    ordered = sorted(keyed.items())
+    return ordered[rank::world_size]
+
+
+def _check_vocabulary(image_id: str, inputs: Mapping[str, Any], store: PseudoLabelStore) -> None:
+    names = inputs.get("vocabulary")
+    if names is None:
+        return
+    if tuple(n.strip() for n in names) != store.vocabulary:
+        raise ValueError(
+            f"{image_id}: the mapper asks the model for {len(names)} classes {list(names)[:6]}..., "
+            f"but the store's vocabulary is {len(store.vocabulary)} classes "
+            f"{list(store.vocabulary)[:6]}...; build the store from the mapper's vocabulary"
+        )
+
+
+def generate_pseudo_labels(
+    model: nn.Module,
+    dataset_dicts: Sequence[Mapping[str, Any]],
+    mapper: Callable[[dict], dict],
+    store: PseudoLabelStore,
+    *,
+    threshold: float,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    score_kind: str = "auto",
+) -> Dict[str, int]:
+    """Label this process's shard of a dataset, skipping images already in the store.
+
+    Each image is mapped (use a test-mode mapper: no augmentation, so labels align with the
+    original image), run through ``model`` alone, turned into labels by
+    :func:`scores_to_labels` and written to the store atomically. Killing the run loses at
+    most the images being written; running it again finishes the rest, and the result is
+    byte-identical to one uninterrupted run.
+
+    Args:
+        model (nn.Module): an ovseg meta-architecture; in eval mode it returns
+            ``[{"sem_seg": Tensor (K, H, W)}]`` over the K names of ``inputs["vocabulary"]``
+            at the original size. It is put in eval mode for the run.
+        dataset_dicts: detectron2 dataset dicts; every process passes the same list.
+        mapper: dataset dict -> model input (test mode).
+        store (PseudoLabelStore): where labels go; its vocabulary must be the mapper's.
+        threshold (float): confidence threshold; must equal the store's.
+        rank (int): this process's rank.
+        world_size (int): number of processes sharing the work.
+        progress (bool): show a tqdm bar (rank 0 only).
+        score_kind (str): "logits", "probabilities", or "auto" (the model's
+            ``sem_seg_scores`` attribute, else "logits"); see :func:`scores_to_labels`.
+
+    Returns:
+        dict: {"total": images in this shard, "written": newly labelled, "skipped": already
+        in the store}.
+    """
+    if abs(float(threshold) - store.threshold) > 1e-12:
+        raise ValueError(
+            f"threshold {threshold} differs from the store's {store.threshold} "
+            f"({store.root}); use the store's threshold or another output folder"
+        )
+    kind = score_kind_of(model, score_kind)
+    shard = shard_dataset_dicts(dataset_dicts, rank, world_size)
+    done = sum(store.has(image_id) for image_id, _ in shard)
+    logger.info(
+        f"Pseudo-labels into {store.root}: rank {rank}/{world_size} has {len(shard)} images, "
+        f"{done} already done"
+    )
+    stats = {"total": len(shard), "written": 0, "skipped": 0}
+    warned = False
+    was_training = model.training
+    model.eval()
+    bar = tqdm(
+        total=len(shard),
+        disable=not progress or rank != 0,
+        desc="pseudo-labels",
+        unit="img",
+        dynamic_ncols=True,
+    )
+    try:
+        for image_id, dataset_dict in shard:
+            if store.has(image_id):
+                stats["skipped"] += 1
+                bar.update(1)
+                bar.set_postfix(skipped=stats["skipped"], refresh=False)
+                continue
+            inputs = mapper(dict(dataset_dict))
+            _check_vocabulary(image_id, inputs, store)
+            with torch.no_grad():
+                scores = model([inputs])[0]["sem_seg"]
+            expected = (len(store.vocabulary), inputs["height"], inputs["width"])
+            if tuple(scores.shape) != expected:
+                raise ValueError(
+                    f"{image_id}: the model returned sem_seg of shape {tuple(scores.shape)}; "
+                    f"expected (K, height, width) = {expected} (store vocabulary, original size)"
+                )
+            if kind == "logits" and not warned and 0 <= scores.min() and scores.max() <= 1:
+                warned = True
+                logger.warning(
+                    f"{image_id}: every score lies in [0, 1], as probabilities do, but they are "
+                    "treated as logits (softmax again); if the model returns probabilities "
+                    "give it sem_seg_scores = 'probabilities' or pass --scores probabilities"
+                )
+            label, confidence = scores_to_labels(scores, threshold, store.ignore_value, kind)
+            store.write(image_id, label, confidence)
+            stats["written"] += 1
+            bar.update(1)
+            bar.set_postfix(skipped=stats["skipped"], refresh=False)
+    finally:
+        bar.close()
+        model.train(was_training)
+    logger.info(
+        f"Rank {rank}: wrote {stats['written']} pseudo-labels, skipped {stats['skipped']} "
+        "already in the store"
+    )
+    return stats
