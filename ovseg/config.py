@@ -99,3 +99,8 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.MASKCLIP.KEY_NORMALIZATION = "positions"
     # CLIP's logit scale: softmax(LOGIT_SCALE * cosine) gives the class probabilities
     cfg.MODEL.MASKCLIP.LOGIT_SCALE = 100.0
+
+    # ---- pseudo-labels (ovseg/pseudo; written by tools/generate_pseudo_labels.py)
+    # a pseudo-label store folder whose labels the training mapper attaches to each sample
+    # as "pseudo_sem_seg"; "" = none
+    cfg.DATASETS.PSEUDO_LABELS = ""

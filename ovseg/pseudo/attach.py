@@ -1,0 +1,91 @@
+"""Point training dataset dicts at a pseudo-label store (``DATASETS.PSEUDO_LABELS``).
+
+The dataset mapper then reads each "pseudo_sem_seg_file_name" and returns "pseudo_sem_seg",
+transformed with the same augmentations as the image and "sem_seg".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+
+from .store import GENERATE_HINT, PseudoLabelStore, image_id_of
+
+__all__ = ["attach_pseudo_labels", "pseudo_labelled_dataset_dicts"]
+
+logger = logging.getLogger(__name__)
+
+
+def attach_pseudo_labels(
+    dataset_dicts: Sequence[Mapping[str, Any]], store: PseudoLabelStore
+) -> List[Dict[str, Any]]:
+    """Copies of ``dataset_dicts``, each with "pseudo_sem_seg_file_name" from ``store``.
+
+    Args:
+        dataset_dicts: detectron2 dataset dicts ("image_id" or "file_name" gives the key).
+        store (PseudoLabelStore): holds a label for every image.
+
+    Returns:
+        list[dict]: new dicts; the given ones are left unchanged.
+    """
+    out = []
+    missing = []
+    for d in dataset_dicts:
+        image_id = image_id_of(d)
+        if not store.has(image_id):
+            missing.append((image_id, d.get("file_name")))
+            continue
+        out.append({**d, "pseudo_sem_seg_file_name": store.path_for(image_id)})
+    if missing:
+        image_id, file_name = missing[0]
+        dataset = store.manifest.get("dataset") or "<dataset>"
+        command = store.manifest.get("command") or GENERATE_HINT.replace("<dataset>", dataset)
+        raise FileNotFoundError(
+            f"Pseudo-label store {store.root!r} has no label for image_id {image_id!r} "
+            f"({file_name}); {len(missing)} of {len(dataset_dicts)} images lack one. Generate "
+            f"or finish them (images already done are skipped) with: {command}"
+        )
+    return out
+
+
+def pseudo_labelled_dataset_dicts(cfg, dataset_name: Optional[Union[str, Sequence[str]]] = None):
+    """The training dataset dicts, with pseudo-labels attached when a store is configured.
+
+    Without ``DATASETS.PSEUDO_LABELS`` this is detectron2's
+    ``get_detection_dataset_dicts(names, filter_empty=False)``. With it, the store is opened
+    (refused when it was made for another dataset) and every dict gets its label file.
+
+    Args:
+        cfg (CfgNode): the training config.
+        dataset_name: a registered dataset name (or list); default ``cfg.DATASETS.TRAIN``.
+
+    Returns:
+        list[dict]
+    """
+    names = dataset_name if dataset_name is not None else cfg.DATASETS.TRAIN
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty; name a registered training dataset.")
+    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    root = cfg.DATASETS.PSEUDO_LABELS
+    if not root:
+        return dicts
+    if len(names) != 1:
+        raise ValueError(
+            f"DATASETS.PSEUDO_LABELS={root!r} holds the labels of one dataset, but training "
+            f"uses {names}; train on one dataset or leave DATASETS.PSEUDO_LABELS empty"
+        )
+    store = PseudoLabelStore.open(root, expect={"dataset": names[0]})
+    ignore_label = MetadataCatalog.get(names[0]).get("ignore_label", 255)
+    if store.ignore_value != ignore_label:
+        # the mapper pads pseudo-labels with the dataset's ignore label: the two must agree
+        raise ValueError(
+            f"Pseudo-label store {root!r} marks ignored pixels with {store.ignore_value} "
+            f"({len(store.vocabulary)} classes) but dataset {names[0]!r} uses ignore_label "
+            f"{ignore_label}; make the store's vocabulary fit the dataset's label type "
+            "(<= 255 classes for 255, more for 65535)"
+        )
+    logger.info(f"Attaching pseudo-labels from {store!r} to {len(dicts)} images of {names[0]}")
+    return attach_pseudo_labels(dicts, store)
