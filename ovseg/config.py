@@ -104,3 +104,42 @@ def add_ovseg_config(cfg: CN) -> None:
     # a pseudo-label store folder whose labels the training mapper attaches to each sample
     # as "pseudo_sem_seg"; "" = none
     cfg.DATASETS.PSEUDO_LABELS = ""
+
+    # ---- lseg (ovseg/modeling/meta_arch/lseg.py, heads/dpt.py, backbone/*vit.py)
+    cfg.MODEL.LSEG = CN()
+    # prompt templates of the class names, each with one "{}"; the paper embeds the bare
+    # name; [] = the set named by MODEL.CLIP.TEMPLATES
+    cfg.MODEL.LSEG.TEMPLATES = ["{}"]
+    # the four backbone outputs the DPT decoder reads, finest target first
+    cfg.MODEL.LSEG.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    # DPT reassemble: 1x1 projection widths (DPT ViT-B: 96,192,384,768; ViT-L: 256,512,1024,1024)
+    cfg.MODEL.LSEG.REASSEMBLE_CHANNELS = [96, 192, 384, 768]
+    # DPT reassemble: target stride of each input (a ViT's maps are resampled to these)
+    cfg.MODEL.LSEG.REASSEMBLE_STRIDES = [4, 8, 16, 32]
+    # width of the DPT fusion path (official "num_features")
+    cfg.MODEL.LSEG.FEATURES = 256
+    # norm of the fusion blocks' residual units: "BN" (official), "GN", "SyncBN" or ""
+    cfg.MODEL.LSEG.NORM = "BN"
+    # temperature multiplying cosine(pixel, text): 1/0.07 as the official code ends up
+    cfg.MODEL.LSEG.LOGIT_SCALE = 1 / 0.07
+    # learn the temperature (log space, capped at 100) instead of keeping it fixed
+    cfg.MODEL.LSEG.LEARNABLE_LOGIT_SCALE = False
+    # spatial regularisation of the logit map: "none", "depthwise" or "bottleneck"
+    cfg.MODEL.LSEG.SPATIAL_REG = "none"
+    # passes of the (shared) spatial-regularisation block
+    cfg.MODEL.LSEG.SPATIAL_REG_DEPTH = 2
+    # activation between passes: "lrelu" (official default), "relu" or "tanh"
+    cfg.MODEL.LSEG.SPATIAL_REG_ACTIVATION = "lrelu"
+    # ViT feature backbones (build_clip_vit_backbone, build_timm_vit_backbone)
+    cfg.MODEL.VIT_BACKBONE = CN()
+    # 0-based blocks whose tokens become the res2..res5 maps; [] = four evenly spaced
+    # ending at the last block (12 blocks: 2,5,8,11; 24 blocks: 5,11,17,23)
+    cfg.MODEL.VIT_BACKBONE.OUT_INDICES = []
+    # class token into the patch maps: "ignore", "add" or "project" (DPT/LSeg default)
+    cfg.MODEL.VIT_BACKBONE.READOUT = "project"
+    # keep the ViT's weights fixed (readout projections still train)
+    cfg.MODEL.VIT_BACKBONE.FREEZE = False
+    # timm model name for build_timm_vit_backbone (the paper: vit_large_patch16_384)
+    cfg.MODEL.VIT_BACKBONE.TIMM_MODEL = "vit_large_patch16_384"
+    # its weights: a local timm checkpoint, "timm" (timm downloads them) or "" (random)
+    cfg.MODEL.VIT_BACKBONE.TIMM_PRETRAINED = ""

@@ -1,1 +1,4 @@
-from . import meta_arch  # noqa: F401  (registers meta-architectures)
+from . import (
+    backbone,  # noqa: F401  (registers backbones)
+    meta_arch,  # noqa: F401  (registers meta-architectures)
+)

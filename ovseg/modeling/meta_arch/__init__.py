@@ -1,3 +1,6 @@
 """One file per method; importing this package registers them in META_ARCH_REGISTRY."""
 
-from . import maskclip  # noqa: F401
+from . import (
+    lseg,  # noqa: F401
+    maskclip,  # noqa: F401
+)

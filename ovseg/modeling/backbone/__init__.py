@@ -1,0 +1,17 @@
+"""Backbones; importing this package registers them in detectron2's BACKBONE_REGISTRY."""
+
+from .build import build_backbone
+from .clip_vit import CLIPViTBackbone, build_clip_vit_backbone
+from .timm_vit import TimmViTBackbone, build_timm_vit_backbone
+from .vit_hooks import READOUTS, ViTFeatureBackbone, default_out_indices
+
+__all__ = [
+    "READOUTS",
+    "CLIPViTBackbone",
+    "TimmViTBackbone",
+    "ViTFeatureBackbone",
+    "build_backbone",
+    "build_clip_vit_backbone",
+    "build_timm_vit_backbone",
+    "default_out_indices",
+]
