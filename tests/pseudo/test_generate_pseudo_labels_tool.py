@@ -1,0 +1,124 @@
+"""tools/generate_pseudo_labels.py end to end: MaskCLIP (tiny random CLIP) on a fixture ADE20K."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ovseg_testing import ROOT, subprocess_env
+from PIL import Image
+
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.utils.env import seed_all_rng
+
+from ovseg.data import build_dataset_mapper
+from ovseg.data.datasets.common import datasets_root
+from ovseg.data.datasets.register_ade20k import register_all_ade20k
+from ovseg.engine.defaults import load_config
+from ovseg.pseudo import (
+    PseudoLabelStore,
+    build_manifest,
+    generate_pseudo_labels,
+    labeller_fingerprint,
+    labeller_settings,
+)
+from ovseg.vocab import Vocabulary
+
+TOOL = ROOT / "tools" / "generate_pseudo_labels.py"
+CONFIG = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("generate_pseudo_labels_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arguments_take_opts_with_or_without_the_flag():
+    tool = load_tool()
+    a = tool.parse_args(["--config-file", "c.yaml", "--output", "o", "--opts", "A", "1"])
+    b = tool.parse_args(["--config-file", "c.yaml", "--output", "o", "A", "1"])
+    assert a.opts == b.opts == ["A", "1"]
+    assert a.threshold == 0.0 and a.scores == "auto" and a.dataset == ""
+    assert b.command == "python tools/generate_pseudo_labels.py --config-file c.yaml --output o A 1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("MaskCLIP" not in META_ARCH_REGISTRY, reason="MaskCLIP is not registered")
+def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_root, tmp_path, request):
+    out = tmp_path / "store"
+    opts = [
+        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
+        "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.TEMPLATES", "single",
+        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
+        "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", "48",
+        "INPUT.MAX_SIZE_TEST", "1000",
+        "OUTPUT_DIR", str(tmp_path / "log"),
+    ]  # fmt: skip
+    args = ["--config-file", CONFIG, "--output", str(out), "--threshold", "0.01"]
+    args += ["--scores", "probabilities", "--no-progress", *opts]
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), *args],
+        cwd=ROOT,
+        env=subprocess_env(ade20k_root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 4 and manifest["dataset"] == "ade20k_sem_seg_train"
+    assert manifest["vocabulary"] == list(Vocabulary.builtin("ade150").names)
+    assert manifest["threshold"] == 0.01 and manifest["label_dtype"] == "uint8"
+    assert manifest["teacher"]["settings"]["meta_architecture"] == "MaskCLIP"
+    assert manifest["teacher"]["settings"]["scores"] == "probabilities"
+    assert len(manifest["teacher"]["clip"]) == 64
+
+    # the same labeller built here has the same fingerprint, so a re-run resumes the store
+    register_all_ade20k(str(ade20k_root))  # the test process registered the default root
+    request.addfinalizer(lambda: register_all_ade20k(datasets_root()))
+    cfg = load_config(CONFIG, opts)
+    seed_all_rng(0)  # what the tool does: the same random teacher in every process
+    model = build_model(cfg).eval()
+    settings = {**labeller_settings(cfg), "scores": "probabilities"}
+    fingerprint, teacher = labeller_fingerprint(model, settings)
+    assert fingerprint == manifest["fingerprint"]
+    store = PseudoLabelStore.open(out, expect={"fingerprint": fingerprint})
+    dicts = DatasetCatalog.get("ade20k_sem_seg_train")
+    mapper = build_dataset_mapper(cfg, False, "ade20k_sem_seg_train")
+    stats = generate_pseudo_labels(
+        model, dicts, mapper, store, threshold=0.01, progress=False, score_kind="probabilities"
+    )
+    assert stats == {"total": 4, "written": 0, "skipped": 4}
+
+    # labels at the original 64x64 size, equal to MaskCLIP's own argmax on the mapped input
+    inputs = mapper(dict(dicts[1]))
+    assert tuple(inputs["image"].shape[-2:]) == (48, 48)  # the teacher saw a resized image
+    with torch.no_grad():
+        scores = model([inputs])[0]["sem_seg"]
+    expected = scores.argmax(0).numpy()
+    expected[scores.max(0).values.clamp(0, 1).numpy() < 0.01] = 255
+    label, conf = store.read(dicts[1]["image_id"])
+    assert label.shape == conf.shape == (64, 64)
+    np.testing.assert_array_equal(label, expected)
+    with Image.open(out / "confidence" / f"{dicts[1]['image_id']}.png") as im:
+        assert im.size == (64, 64) and im.mode == "L"
+
+    # another threshold is another store: refused, naming the field
+    other = build_manifest(
+        fingerprint=fingerprint,
+        teacher=teacher,
+        vocabulary=manifest["vocabulary"],
+        threshold=0.5,
+        dataset="ade20k_sem_seg_train",
+    )
+    with pytest.raises(ValueError, match="manifest.threshold: existing 0.01, now 0.5"):
+        PseudoLabelStore.create(str(out), other)
