@@ -185,6 +185,9 @@ class MaskCLIP(nn.Module):
     weights out of ``state_dict``); ``train_net.py --eval-only`` runs it without weights.
     """
 
+    # tells ovseg.pseudo that "sem_seg" holds probabilities (no softmax on top)
+    sem_seg_scores = "probabilities"
+
     @configurable
     def __init__(
         self,

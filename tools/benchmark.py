@@ -1,0 +1,332 @@
+#!/usr/bin/env python
+"""Speed benchmarks, one subcommand per component or method.
+
+Examples:
+    python tools/benchmark.py teacher --model ViT-B-16 --size 512 512 --batch 2
+    python tools/benchmark.py teacher --model configs/clip/tiny_vit.json --size 64 64
+
+Each subcommand registers itself in ``SUBCOMMANDS`` (name -> function adding its parser);
+its parser sets ``func``, which takes the parsed arguments and returns a dict of results.
+Timings run under ``torch.inference_mode`` after warm-up iterations, synchronising CUDA
+around each timed call, and report the median over ``--iters`` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detectron2.config import get_cfg  # noqa: E402
+
+from ovseg import add_ovseg_config  # noqa: E402
+from ovseg.clip import build_clip_teacher, get_templates  # noqa: E402
+from ovseg.clip.dense import pad_to_multiple, resize_pos_embed  # noqa: E402
+from ovseg.modeling.meta_arch.maskclip import MaskCLIP  # noqa: E402
+from ovseg.vocab import resolve_vocabulary  # noqa: E402
+
+SUBCOMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def subcommand(name: str):
+    """Register ``fn(subparsers)`` that adds the parser of subcommand ``name``."""
+
+    def register(fn):
+        SUBCOMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------------- shared helpers
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fns: Dict[str, Callable[[], object]], device: torch.device, iters: int, warmup: int
+) -> Dict[str, float]:
+    """Median seconds of one call of each function, after ``warmup`` untimed calls of each.
+
+    The functions take turns within every iteration, so load from other processes on a
+    shared machine spreads over all of them instead of biasing whichever runs last.
+    """
+    times: Dict[str, list] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(iters):
+            for name, fn in fns.items():
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------------- teacher
+@contextlib.contextmanager
+def positional_embedding_for(visual: nn.Module, images: torch.Tensor, stride: int):
+    """Temporarily give a vision tower positional embeddings for the images' size.
+
+    Lets the tower's own ``forward`` (full attention in every block, class-token or
+    attention pooling) run on exactly the tokens ``dense_embeddings`` sees.
+    """
+    grid = (images.shape[-2] // stride, images.shape[-1] // stride)
+    owner = visual.attnpool if hasattr(visual, "attnpool") else visual
+    old = owner.positional_embedding
+    if hasattr(visual, "attnpool"):
+        side = int(round((old.shape[0] - 1) ** 0.5))
+        old_grid = (side, side)
+    else:
+        old_grid = tuple(visual.grid_size)
+    new = resize_pos_embed(old.detach(), old_grid, grid)
+    owner.positional_embedding = nn.Parameter(new, requires_grad=False)
+    try:
+        yield
+    finally:
+        owner.positional_embedding = old
+
+
+def _teacher_cfg(args):
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.CLIP.MODEL_NAME = args.model
+    cfg.MODEL.CLIP.PRETRAINED = args.pretrained
+    cfg.MODEL.CLIP.PRECISION = args.precision
+    cfg.MODEL.CLIP.TEMPLATES = args.templates
+    if args.cache_dir:
+        cfg.MODEL.CLIP.CACHE_DIR = args.cache_dir
+    return cfg
+
+
+def _pseudo_store_rate(model: MaskCLIP, images: torch.Tensor, names, iters: int) -> float:
+    """Images/s of ``ovseg.pseudo.generate_pseudo_labels`` on JPEGs of the benchmark images:
+    read, map, label, write label + confidence PNGs into a fresh store."""
+    from PIL import Image
+
+    from ovseg.data.dataset_mappers.semantic import SemanticDatasetMapper
+    from ovseg.pseudo import PseudoLabelStore, build_manifest, generate_pseudo_labels
+
+    mapper = SemanticDatasetMapper(
+        is_train=False,
+        augmentations=[],
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=-1,
+        vocabulary=names,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        dicts = []
+        for i in range(max(iters, 1) * images.shape[0]):
+            path = os.path.join(tmp, f"{i:06d}.jpg")
+            array = images[i % images.shape[0]].permute(1, 2, 0).cpu().numpy()
+            Image.fromarray(array.astype(np.uint8)).save(path, quality=95)
+            dicts.append({"file_name": path, "image_id": f"{i:06d}"})
+        manifest = build_manifest(
+            fingerprint="benchmark", teacher={}, vocabulary=names, threshold=0.0, dataset="bench"
+        )
+        store = PseudoLabelStore.create(os.path.join(tmp, "store"), manifest)
+        synchronize(model.device)
+        start = time.perf_counter()
+        generate_pseudo_labels(model, dicts, mapper, store, threshold=0.0, progress=False)
+        synchronize(model.device)
+        return len(dicts) / (time.perf_counter() - start)
+
+
+def run_teacher(args) -> dict:
+    device = torch.device(args.device)
+    cfg = _teacher_cfg(args)
+    teacher = build_clip_teacher(cfg, device=args.device)
+    h, w = args.size
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.batch, 3, h, w), generator=g, dtype=torch.uint8)
+    x = images.to(device).float()
+    stride = teacher.stride
+    visual = teacher.model.visual
+
+    def plain_forward():
+        # the same normalisation, padding and positional-embedding interpolation as
+        # dense_embeddings, then the tower's own forward
+        xn = pad_to_multiple((x - teacher.pixel_mean) / teacher.pixel_std, stride)
+        with positional_embedding_for(visual, xn, stride), teacher._autocast():
+            return visual(xn)
+
+    timing = dict(device=device, iters=args.iters, warmup=args.warmup)
+    t = time_calls(
+        {
+            "dense": lambda: teacher.dense_embeddings(x),
+            "dense_keys": lambda: teacher.dense_embeddings(x, return_keys=True),
+            "plain": plain_forward,
+            "encode": lambda: teacher.encode_image(x),
+        },
+        **timing,
+    )
+    t_dense, t_keys, t_plain, t_encode = t["dense"], t["dense_keys"], t["plain"], t["encode"]
+
+    names = resolve_vocabulary(args.vocabulary).names
+    model = MaskCLIP(
+        teacher=teacher,
+        templates=get_templates(args.templates),
+        vocabulary=names,
+        prompt_denoise=True,
+        key_smoothing=True,
+    ).eval()
+    model.text_embeddings(names)  # computed once per vocabulary, not part of labelling
+    inputs = [{"image": im, "height": h, "width": w} for im in images]
+
+    def label():
+        return [out["sem_seg"].argmax(dim=0) for out in model(inputs)]
+
+    t_label = time_calls({"label": label}, **timing)["label"]
+    res = {
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "device": str(device),
+        "precision": args.precision,
+        "batch": args.batch,
+        "size": [h, w],
+        "grid": [-(-h // stride), -(-w // stride)],
+        "dense_s": t_dense,
+        "dense_keys_s": t_keys,
+        "plain_forward_same_tokens_s": t_plain,
+        "encode_image_s": t_encode,
+        "ratio_dense_vs_plain_same_tokens": t_dense / t_plain,
+        "ratio_dense_keys_vs_plain_same_tokens": t_keys / t_plain,
+        "ratio_dense_vs_encode_image": t_dense / t_encode,
+        "maskclip_label_images_per_s": args.batch / t_label,
+        "vocabulary_size": len(names),
+    }
+    if args.store:
+        try:
+            res["pseudo_store_images_per_s"] = _pseudo_store_rate(model, images, names, args.iters)
+        except ImportError as e:
+            res["pseudo_store_images_per_s"] = None
+            res["pseudo_store_error"] = f"ovseg.pseudo unavailable: {e}"
+    _print_teacher(res, teacher.image_size)
+    return res
+
+
+def _print_teacher(r: dict, model_size) -> None:
+    b, (h, w), (gh, gw) = r["batch"], r["size"], r["grid"]
+    print(
+        f"teacher {r['model']} ({r['pretrained'] or 'random init'}) on {r['device']}, "
+        f"{r['precision']}, batch {b} x {h}x{w} (grid {gh}x{gw})"
+    )
+    rows = [
+        ("dense_embeddings", f"{1000 * r['dense_s']:.2f} ms"),
+        ("dense_embeddings(return_keys=True)", f"{1000 * r['dense_keys_s']:.2f} ms"),
+        ("tower forward on the same tokens", f"{1000 * r['plain_forward_same_tokens_s']:.2f} ms"),
+        (
+            f"encode_image (resized to {model_size[0]}x{model_size[1]})",
+            f"{1000 * r['encode_image_s']:.2f} ms",
+        ),
+        (
+            "dense / forward on same tokens",
+            f"{r['ratio_dense_vs_plain_same_tokens']:.3f}x (goal <= 1.1x)",
+        ),
+        (
+            "dense+keys / forward on same tokens",
+            f"{r['ratio_dense_keys_vs_plain_same_tokens']:.3f}x",
+        ),
+        ("dense / encode_image", f"{r['ratio_dense_vs_encode_image']:.3f}x"),
+        (
+            f"MaskCLIP labelling, {r['vocabulary_size']} classes",
+            f"{r['maskclip_label_images_per_s']:.2f} images/s (PD+KS forward + argmax)",
+        ),
+    ]
+    if "pseudo_store_images_per_s" in r:
+        rate = r["pseudo_store_images_per_s"]
+        text = f"{rate:.2f} images/s" if rate is not None else r["pseudo_store_error"]
+        rows.append(("pseudo-label store", f"{text} (read JPEG, map, label, write 2 PNGs)"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+@subcommand("teacher")
+def add_teacher_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "teacher",
+        help="CLIP teacher: dense_embeddings vs a plain forward, pseudo-labelling images/s",
+        description=(
+            "Times, on one random batch: dense_embeddings (MaskCLIP's last-block rule) with "
+            "and without keys; the vision tower's own forward on the same padded input and "
+            "so the same tokens (positional embeddings interpolated as dense_embeddings "
+            "does; full attention in every block, pooled output); encode_image (input "
+            "resized to the model size); MaskCLIP labelling (prompt denoising + key "
+            "smoothing forward at the input size, argmax per image); and with --store the "
+            "ovseg.pseudo generation loop writing a store."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        default="configs/clip/tiny_vit.json",
+        help="open_clip model name or JSON model config",
+    )
+    p.add_argument("--pretrained", default="", help="tag, checkpoint path, or '' (random)")
+    p.add_argument("--cache-dir", default="", help="MODEL.CLIP.CACHE_DIR ('' = default)")
+    p.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--vocabulary",
+        default="voc20",
+        help="labelling vocabulary: builtin name, .json or comma list",
+    )
+    p.add_argument("--templates", default="single", help="prompt-template set for the text")
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="also time ovseg.pseudo.generate_pseudo_labels into a temporary store",
+    )
+    p.set_defaults(func=run_teacher)
+
+
+# ---------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS.values():
+        add(subparsers)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    res = args.func(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
