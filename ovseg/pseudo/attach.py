@@ -32,9 +32,10 @@ def attach_pseudo_labels(
     """
     out = []
     missing = []
+    done = set(store.image_ids())  # one directory listing, not a stat per image
     for d in dataset_dicts:
         image_id = image_id_of(d)
-        if not store.has(image_id):
+        if image_id not in done:
             missing.append((image_id, d.get("file_name")))
             continue
         out.append({**d, "pseudo_sem_seg_file_name": store.path_for(image_id)})
