@@ -13,6 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..compat import create_ddp_model
 from ..data import build_dataset_mapper
+from ..pseudo import pseudo_labelled_dataset_dicts
 from . import solver
 from .checkpoint import AtomicCheckpointer
 from .train_loop import AMPTrainer
@@ -48,7 +49,9 @@ class Trainer(DefaultTrainer):
         if not cfg.DATASETS.TRAIN:
             raise ValueError("DATASETS.TRAIN is empty; name a registered training dataset.")
         mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
-        return build_detection_train_loader(cfg, mapper=mapper)
+        # with a pseudo-label store, every training sample also carries "pseudo_sem_seg"
+        dataset = pseudo_labelled_dataset_dicts(cfg) if cfg.DATASETS.PSEUDO_LABELS else None
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
