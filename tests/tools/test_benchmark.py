@@ -72,11 +72,13 @@ def test_teacher_subcommand_reports_ratios(tmp_path):
             "1",
             "--warmup",
             "0",
+            "--clock",
+            "process",
             "--cache-dir",
             str(tmp_path / "cache"),
         ]
     )
-    assert res["grid"] == [3, 3]
+    assert res["grid"] == [3, 3] and res["clock"] == "process"
     for key in ("ratio_dense_vs_plain_same_tokens", "maskclip_label_images_per_s"):
         assert res[key] > 0
     assert json.loads(out.read_text())["vocabulary_size"] == 20
