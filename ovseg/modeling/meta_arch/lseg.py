@@ -111,7 +111,6 @@ class LSeg(nn.Module):
         inference_mode: str = "whole",
         slide_window: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (426, 426),
-        size_divisibility: int = -1,
     ):
         """
         Args:
@@ -127,8 +126,6 @@ class LSeg(nn.Module):
             vocabulary: names for test inputs without "vocabulary"; None = they must have one.
             inference_mode (str): "whole" or "slide".
             slide_window, slide_stride ((int, int)): sliding-window size and stride.
-            size_divisibility (int): pad inputs to a multiple of this (and of the backbone's
-                size divisibility); <= 0 = the backbone's only.
         """
         super().__init__()
         if inference_mode not in INFERENCE_MODES:
@@ -155,8 +152,9 @@ class LSeg(nn.Module):
         self.inference_mode = inference_mode
         self.slide_window = tuple(int(v) for v in slide_window)
         self.slide_stride = tuple(int(v) for v in slide_stride)
-        d, b = int(size_divisibility), int(backbone.size_divisibility or 0)
-        self.size_divisibility = math.lcm(max(d, 1), max(b, 1))
+        # inputs are padded (bottom/right, with the pixel mean) only as far as the backbone
+        # needs; training crops already come padded to INPUT.SIZE_DIVISIBILITY by the mapper
+        self.size_divisibility = max(int(backbone.size_divisibility or 0), 1)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -191,7 +189,6 @@ class LSeg(nn.Module):
             "inference_mode": cfg.TEST.INFERENCE_MODE,
             "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
             "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
         }
 
     @property
