@@ -12,4 +12,4 @@ from . import (  # noqa: F401
     register_pcontext_full,
     register_voc,
 )
-from .common import load_vocabulary_json, register_sem_seg_split  # noqa: F401
+from .common import register_sem_seg_split  # noqa: F401

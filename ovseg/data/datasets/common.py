@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import colorsys
 import functools
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ...vocab import Vocabulary
 
 __all__ = [
     "DATASETS_README",
     "datasets_root",
     "deterministic_colors",
     "load_sem_seg_split",
-    "load_vocabulary_json",
     "register_sem_seg_split",
 ]
 
@@ -35,37 +34,6 @@ DATASETS_README = "datasets/README.md"
 def datasets_root() -> str:
     """Return the dataset root: ``$DETECTRON2_DATASETS``, or ``datasets`` (detectron2's default)."""
     return os.environ.get("DETECTRON2_DATASETS", "datasets")
-
-
-@functools.cache
-def load_vocabulary_json(name: str) -> dict[str, Any]:
-    """Read a builtin vocabulary, ``ovseg/data/vocabularies/<name>.json``.
-
-    Args:
-        name (str): a builtin vocabulary name, e.g. ``"voc20"``.
-
-    Returns:
-        dict: ``{"name": str, "classes": list[str], "unseen": list[str]}``; the index of a
-        class in ``classes`` is its contiguous label id.
-    """
-    path = VOCABULARY_DIR / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in VOCABULARY_DIR.glob("*.json"))
-        raise FileNotFoundError(
-            f"No builtin vocabulary {name!r} ({path} is missing); known: {known}"
-        )
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    classes, unseen = data.get("classes"), data.get("unseen", [])
-    if not isinstance(classes, list) or not classes:
-        raise ValueError(f"{path}: 'classes' must be a non-empty list of class names")
-    if len(set(classes)) != len(classes):
-        dups = sorted({c for c in classes if classes.count(c) > 1})
-        raise ValueError(f"{path}: duplicate class names {dups}")
-    stray = [c for c in unseen if c not in classes]
-    if stray:
-        raise ValueError(f"{path}: unseen classes {stray} are not in 'classes'")
-    return {"name": data.get("name", name), "classes": list(classes), "unseen": list(unseen)}
 
 
 def deterministic_colors(num: int) -> list[list[int]]:
@@ -193,14 +161,14 @@ def register_sem_seg_split(
         ignore_label (int): label value of unlabelled pixels; 255, or 65535 for the 16-bit
             labels of vocabularies with more than 255 classes.
     """
-    vocab = load_vocabulary_json(vocabulary_name)
-    classes = vocab["classes"]
+    vocab = Vocabulary.builtin(vocabulary_name)
+    classes = list(vocab.names)
     if ignore_label < len(classes):
         raise ValueError(
             f"{name}: ignore_label {ignore_label} collides with a class id of the "
             f"{len(classes)}-class vocabulary {vocabulary_name!r}"
         )
-    unseen = set(vocab["unseen"])
+    unseen = set(vocab.unseen)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():

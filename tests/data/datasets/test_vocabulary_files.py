@@ -1,11 +1,10 @@
 """The builtin vocabulary JSONs: sizes, zero-shot splits and agreement with the label maps."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from ovseg.data.datasets.common import VOCABULARY_DIR, load_vocabulary_json
+from ovseg.data.datasets.common import VOCABULARY_DIR
 
 EXPECTED = {  # name: (number of classes, number of unseen classes)
     "ade150": (150, 15),
@@ -78,18 +77,3 @@ def test_ade847_ids_are_unique_and_fit_the_encoding(prepare_script):
     assert len(ids) == len(set(ids)) == 847
     assert ids[:3] == (2978, 312, 2420)  # wall, building, sky
     assert 0 < min(ids) and max(ids) < 26 * 256
-
-
-def test_load_vocabulary_json_errors(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="nope"):
-        load_vocabulary_json("nope")
-    assert load_vocabulary_json("voc20")["classes"][0] == "aeroplane"
-    bad = tmp_path / "dup.json"
-    bad.write_text(json.dumps({"name": "dup", "classes": ["a", "b", "a"], "unseen": []}))
-    monkeypatch.setattr("ovseg.data.datasets.common.VOCABULARY_DIR", Path(tmp_path))
-    load_vocabulary_json.cache_clear()
-    try:
-        with pytest.raises(ValueError, match=r"duplicate class names \['a'\]"):
-            load_vocabulary_json("dup")
-    finally:
-        load_vocabulary_json.cache_clear()
