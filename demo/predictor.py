@@ -1,0 +1,222 @@
+# Follows the shape of Mask2Former's demo/predictor.py (a predictor + VisualizationDemo over
+# detectron2's Visualizer), re-written for per-image vocabularies.
+"""Open-vocabulary prediction for the demo: any ovseg config, any list of class names."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.visualizer import VisImage
+
+from ovseg.clip import get_templates
+from ovseg.modeling.meta_arch.maskclip import cosine_logits
+from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
+from ovseg.utils.visualization import (
+    HeatmapLayout,
+    draw_semantic,
+    heatmap_grid,
+    label_dtype_for,
+    overlay_scale,
+    vocabulary_metadata,
+)
+from ovseg.vocab import Vocabulary
+
+__all__ = ["OpenVocabPredictor", "VisualizationDemo"]
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be an (H, W, 3) numpy array, got {type(image)} {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 in [0, 255], got dtype {image.dtype}")
+
+
+class OpenVocabPredictor:
+    """Run an ovseg model on one image with a vocabulary of one's choice.
+
+    Like detectron2's ``DefaultPredictor``: builds the model from the config, loads
+    ``MODEL.WEIGHTS`` when set, puts it in eval mode and resizes each image as the test
+    mapper does (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``; 0 = no resize).
+    The vocabulary reaches the model through the input's ``"vocabulary"`` key.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        """
+        Args:
+            cfg (CfgNode): an ovseg config (``ovseg.engine.defaults.load_config``).
+        """
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if self.cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not 'RGB' or 'BGR'")
+        min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+        self.score_kind = score_kind_of(self.model)
+        self.teacher = find_teacher(self.model)
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        return self.aug.get_transform(image).apply_image(image) if self.aug else image
+
+    def __call__(self, image: np.ndarray, vocabulary: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            image (np.ndarray): (H, W, 3) uint8 in ``cfg.INPUT.FORMAT`` channel order (what
+                ``detectron2.data.detection_utils.read_image(path, format=...)`` returns).
+            vocabulary: K class names; duplicates or empty names raise ``ValueError``.
+
+        Returns:
+            dict: {"sem_seg": (K, H, W) scores at the original size, on the CPU}.
+        """
+        _check_image(image)
+        names = Vocabulary(tuple(vocabulary)).names
+        height, width = image.shape[:2]
+        resized = self._resize(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        inputs = {"image": tensor, "height": height, "width": width, "vocabulary": list(names)}
+        with torch.no_grad():
+            output = self.model([inputs])[0]
+        if "sem_seg" not in output:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
+            )
+        return {"sem_seg": output["sem_seg"].detach().float().cpu()}
+
+    def similarity_maps(self, image: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
+        """What the CLIP teacher "sees" for each word: pixel-text cosine similarity.
+
+        The teacher's dense embeddings (MaskCLIP's rule) of the resized image against the
+        prompt-ensembled text embedding of each name, upsampled to the original size.
+
+        Args:
+            image (np.ndarray): as for ``__call__``.
+            vocabulary: K class names.
+
+        Returns:
+            np.ndarray: (K, H, W) float32 cosines in [-1, 1].
+        """
+        if self.teacher is None:
+            raise ValueError(
+                f"Heat maps need a CLIP teacher, and {type(self.model).__name__} "
+                f"(MODEL.META_ARCHITECTURE) holds none; run without --heatmaps"
+            )
+        _check_image(image)
+        names = Vocabulary(tuple(vocabulary)).names
+        templates = getattr(self.model, "templates", None) or get_templates(
+            self.cfg.MODEL.CLIP.TEMPLATES
+        )
+        height, width = image.shape[:2]
+        resized = self._resize(image)
+        if self.input_format == "BGR":
+            resized = resized[:, :, ::-1]  # the teacher takes RGB
+        x = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None].float()
+        dense = self.teacher.dense_embeddings(x)
+        text = self.teacher.encode_text(names, templates)
+        sims = cosine_logits(dense, text)  # (1, K, gh, gw)
+        # cell (i, j) covers pixels [i*s, (i+1)*s) of the bottom/right-padded input
+        s = self.teacher.stride
+        gh, gw = sims.shape[-2:]
+        sims = F.interpolate(sims, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
+        sims = sims[:, :, : resized.shape[0], : resized.shape[1]]
+        sims = F.interpolate(sims, size=(height, width), mode="bilinear", align_corners=False)
+        return sims[0].cpu().numpy().astype(np.float32)
+
+
+class VisualizationDemo:
+    """Predictions drawn for people: labelled overlays, label maps and heat maps."""
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        *,
+        confidence_threshold: float = 0.0,
+        min_overlay_size: int = 320,
+        predictor: Optional[OpenVocabPredictor] = None,
+    ):
+        """
+        Args:
+            cfg (CfgNode): an ovseg config.
+            confidence_threshold (float): pixels whose confidence (the largest class
+                probability; a softmax over the scores for logit models) is below this are
+                left unlabelled.
+            min_overlay_size (int): overlays of smaller images are enlarged (by an integer
+                factor) until their short side reaches this, so class names stay readable.
+            predictor (OpenVocabPredictor, optional): reuse an already built one.
+        """
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"confidence threshold {confidence_threshold} is not in [0, 1]")
+        self.confidence_threshold = float(confidence_threshold)
+        self.min_overlay_size = int(min_overlay_size)
+        self.predictor = predictor if predictor is not None else OpenVocabPredictor(cfg)
+        self._metadata = {}
+
+    def metadata(self, vocabulary: Sequence[str]):
+        """detectron2 ``Metadata`` of a vocabulary (deterministic colours), cached."""
+        key = tuple(vocabulary)
+        if key not in self._metadata:
+            self._metadata[key] = vocabulary_metadata(key, name="demo")
+        return self._metadata[key]
+
+    def _rgb(self, image: np.ndarray) -> np.ndarray:
+        return image[:, :, ::-1] if self.predictor.input_format == "BGR" else image
+
+    def run_on_image(
+        self, image: np.ndarray, vocabulary: Sequence[str], unseen: Sequence[str] = ()
+    ) -> Tuple[Dict, VisImage]:
+        """Predict and draw one image.
+
+        Args:
+            image (np.ndarray): (H, W, 3) uint8 in ``cfg.INPUT.FORMAT`` order.
+            vocabulary: K class names.
+            unseen: names to draw in the unseen style (a zero-shot split's unseen classes).
+
+        Returns:
+            tuple: (predictions, overlay). ``predictions``: "sem_seg" (K, H, W) scores,
+            "label" (H, W) uint8 (uint16 for K > 255) class indices with 255 (65535) where
+            the confidence is below the threshold, "confidence" (H, W) float32 in [0, 1].
+        """
+        names = Vocabulary(tuple(vocabulary)).names
+        predictions = dict(self.predictor(image, names))
+        dtype, ignore = label_dtype_for(len(names))
+        label, confidence = scores_to_labels(
+            predictions["sem_seg"],
+            self.confidence_threshold,
+            ignore_value=ignore,
+            kind=self.predictor.score_kind,
+        )
+        predictions["label"] = label.astype(dtype)
+        predictions["confidence"] = confidence
+        h, w = image.shape[:2]
+        overlay = draw_semantic(
+            np.ascontiguousarray(self._rgb(image)),
+            predictions["label"],
+            self.metadata(names),
+            ignore_label=ignore,
+            unseen=unseen,
+            scale=overlay_scale(h, w, self.min_overlay_size),
+        )
+        return predictions, overlay
+
+    def heatmaps(
+        self, image: np.ndarray, vocabulary: Sequence[str]
+    ) -> Tuple[np.ndarray, HeatmapLayout]:
+        """A titled grid with one teacher similarity map per name.
+
+        Returns:
+            tuple: (picture (h, w, 3) uint8 RGB, its :class:`HeatmapLayout`).
+        """
+        names = Vocabulary(tuple(vocabulary)).names
+        maps = self.predictor.similarity_maps(image, names)
+        return heatmap_grid(np.ascontiguousarray(self._rgb(image)), maps, names)

@@ -1,0 +1,207 @@
+"""demo/demo.py and demo/predictor.py on a tiny random CLIP: files, labels, heat maps, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import open_clip.pretrained
+import pytest
+import torch
+import torch.nn.functional as F
+from demo_helpers import CONFIG, DEMO_DIR, load_demo_modules, tiny_opts, write_image
+from ovseg_testing import subprocess_env
+from PIL import Image
+
+from ovseg.engine.defaults import load_config
+from ovseg.modeling.meta_arch.maskclip import cosine_logits
+from ovseg.utils.visualization import label_dtype_for
+
+predictor_module, demo_cli = load_demo_modules()
+NAMES = ["cat", "dog", "grass"]
+
+
+@pytest.fixture(scope="module")
+def shared_predictor(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = load_config(CONFIG, tiny_opts(tmp_path_factory.mktemp("clip_cache")))
+    return predictor_module.OpenVocabPredictor(cfg)
+
+
+def _demo(predictor, **kwargs):
+    return predictor_module.VisualizationDemo(predictor.cfg, predictor=predictor, **kwargs)
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- the script, end to end
+def test_script_writes_outputs_and_skips_an_unreadable_image(tmp_path):
+    good = write_image(tmp_path / "in" / "street.png")
+    bad = tmp_path / "in" / "broken.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(DEMO_DIR / "demo.py"), "--config-file", CONFIG]
+    cmd += ["--input", str(good), str(bad), "--output", str(out)]
+    cmd += ["--custom-vocabulary", "cat,dog,grass", "--heatmaps", "--confidence-threshold", "0.4"]
+    cmd += ["--opts", *tiny_opts(tmp_path / "cache")]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log  # one input failed, the other was processed
+    assert "Skipping" in log and "broken.jpg" in log, log
+    assert sorted(p.name for p in out.iterdir()) == [
+        "street_heatmaps.png",
+        "street_label.png",
+        "street_overlay.png",
+    ]
+    label = np.asarray(Image.open(out / "street_label.png"))
+    assert label.shape == (48, 64) and label.dtype == np.uint8
+    assert set(np.unique(label).tolist()) <= {0, 1, 2, 255}
+    # short side 48 enlarged to >= 320 by an integer factor: 7
+    assert Image.open(out / "street_overlay.png").size == (64 * 7, 48 * 7)
+    # one row of three 240-px panels of height 240 * 48 / 64 = 180, +28 title, +80 colour bar
+    assert Image.open(out / "street_heatmaps.png").size == (3 * 240, 180 + 28 + 80)
+
+
+# ---------------------------------------------------------------- predictor and drawing
+def test_labels_are_the_argmax_where_confident(shared_predictor):
+    image = _rgb(40, 56)
+    scores = shared_predictor(image, NAMES)["sem_seg"]
+    assert scores.shape == (3, 40, 56)
+    # MaskCLIP declares probability scores: the confidence is the largest, clipped to [0, 1]
+    confidence, argmax = scores.max(dim=0)
+    confidence = confidence.clamp(0, 1)
+    threshold = float(confidence.median())
+    predictions, overlay = _demo(shared_predictor, confidence_threshold=threshold).run_on_image(
+        image, NAMES
+    )
+    label = predictions["label"]
+    low = (confidence < threshold).numpy()
+    assert label.dtype == np.uint8 and low.any() and (~low).any()
+    assert (label[low] == 255).all()
+    assert np.array_equal(label[~low], argmax.numpy()[~low])
+    np.testing.assert_allclose(predictions["confidence"], confidence.numpy(), atol=1e-6)
+    # 40 px short side -> scale ceil(320 / 40) = 8
+    assert overlay.get_image().shape == (40 * 8, 56 * 8, 3)
+
+
+def test_vocabularies_over_255_names_get_uint16_labels(shared_predictor):
+    assert label_dtype_for(255) == (np.uint8, 255)
+    assert label_dtype_for(256) == (np.uint16, 65535)
+    names = [f"thing {i}" for i in range(300)]
+    predictions, _ = _demo(shared_predictor).run_on_image(_rgb(32, 32), names)
+    assert predictions["sem_seg"].shape == (300, 32, 32)
+    assert predictions["label"].dtype == np.uint16
+    assert predictions["label"].max() < 300  # threshold 0: every pixel labelled
+
+
+def test_similarity_maps_are_teacher_cosines_upsampled(shared_predictor):
+    image = _rgb(64, 64, seed=1)  # 64 = MIN_SIZE_TEST: no resize, a 4x4 grid of 16-px cells
+    maps = shared_predictor.similarity_maps(image, NAMES)
+    teacher = shared_predictor.teacher
+    x = torch.as_tensor(image.transpose(2, 0, 1).copy())[None].float()
+    cos = cosine_logits(
+        teacher.dense_embeddings(x), teacher.encode_text(NAMES, ["a photo of a {}."])
+    )
+    assert cos.shape == (1, 3, 4, 4)
+    expected = F.interpolate(cos, size=(64, 64), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(maps, expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (8, 2, 4), (9, 3, 4)]
+)
+def test_heatmap_grid_has_one_panel_per_word(shared_predictor, num_names, rows, cols):
+    names = NAMES + [f"word {i}" for i in range(num_names - 3)]
+    picture, layout = _demo(shared_predictor).heatmaps(_rgb(48, 64), names)
+    assert len(layout.titles) == num_names
+    assert [t.split(" (max")[0] for t in layout.titles] == names
+    assert (layout.rows, layout.cols) == (rows, cols)
+    # panels 240 x 180 (the image's 3:4), 28-px titles, an 80-px colour bar
+    assert picture.shape == (rows * (180 + 28) + 80, cols * 240, 3)
+    assert layout.size == (cols * 240, rows * (180 + 28) + 80)
+
+
+# ---------------------------------------------------------------- command-line errors
+def _run(argv, capsys):
+    code = demo_cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def _argv(tmp_path, *extra, output=None, opts=True):
+    image = write_image(tmp_path / "in" / "a.png")
+    argv = ["--config-file", CONFIG, "--input", str(image)]
+    argv += ["--output", str(output or tmp_path / "out"), *extra]
+    return argv + (["--opts", *tiny_opts(tmp_path / "cache")] if opts else [])
+
+
+def test_duplicated_vocabulary_is_refused(tmp_path, capsys):
+    code, err = _run(_argv(tmp_path, "--custom-vocabulary", "cat,dog, Cat"), capsys)
+    assert code == 2
+    assert "Duplicate class names" in err and "'cat' at positions [0, 2]" in err
+    assert not (tmp_path / "out").exists()  # nothing written before the check
+
+
+def test_empty_vocabulary_item_is_refused(tmp_path, capsys):
+    code, err = _run(_argv(tmp_path, "--custom_vocabulary", "cat,,dog"), capsys)
+    assert code == 2 and "Item 1" in err and "is empty" in err
+
+
+def test_unknown_builtin_vocabulary_lists_the_builtins(tmp_path, capsys):
+    code, err = _run(_argv(tmp_path, "--vocabulary", "ade151"), capsys)
+    assert code == 2 and "'ade151'" in err and "ade150" in err and "voc20" in err
+
+
+def test_unwritable_output_is_reported_before_the_model_is_built(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, err = _run(_argv(tmp_path, output=blocker / "out"), capsys)
+    assert code == 2 and "cannot write into" in err and str(blocker) in err
+
+
+def test_output_file_needs_a_single_input(tmp_path, capsys):
+    second = write_image(tmp_path / "in" / "b.png")
+    argv = _argv(tmp_path, output=tmp_path / "pic.png")
+    argv[argv.index("--input") + 1 : argv.index("--input") + 1] = [str(second)]
+    code, err = _run(argv, capsys)
+    assert code == 2 and "names a file, but 2 inputs" in err
+
+
+def test_offline_weights_error_names_the_download(tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
+    # the shipped config as is (ViT-B-16, openai weights) with an empty weights cache
+    argv = _argv(tmp_path, opts=False)
+    argv += ["--opts", "MODEL.CLIP.CACHE_DIR", str(tmp_path / "empty_cache")]
+    code, err = _run(argv, capsys)
+    assert code == 2
+    assert "could not build the model" in err and "network unreachable" in err
+    assert "MODEL.CLIP.PRETRAINED" in err  # the hint: where to put a downloaded file
+
+
+# ---------------------------------------------------------------- inputs and outputs
+def test_single_input_may_name_the_output_file(tmp_path, capsys):
+    code, err = _run(
+        _argv(tmp_path, "--custom-vocabulary", "sky", output=tmp_path / "p.jpg"), capsys
+    )
+    assert code == 0, err
+    assert Image.open(tmp_path / "p.jpg").format == "JPEG"
+    label = np.asarray(Image.open(tmp_path / "p_label.png"))
+    assert label.shape == (48, 64) and set(np.unique(label).tolist()) == {0}
+
+
+def test_inputs_expand_folders_and_globs_once(tmp_path):
+    a = write_image(tmp_path / "x" / "a.png")
+    b = write_image(tmp_path / "x" / "b.jpg")
+    (tmp_path / "x" / "notes.txt").write_text("")
+    c = write_image(tmp_path / "y" / "a.png")
+    patterns = [str(tmp_path / "x"), str(tmp_path / "*" / "a.png"), str(tmp_path / "nope.png")]
+    paths, problems = demo_cli.expand_inputs(patterns)
+    assert paths == [str(a), str(b), str(c)]
+    assert problems == [(str(tmp_path / "nope.png"), "no such file or folder")]
+    # two inputs named a.png: their outputs carry the folder name
+    assert demo_cli._stems(paths) == ["x_a", "b", "y_a"]
