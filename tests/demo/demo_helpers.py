@@ -36,6 +36,7 @@ def load_demo_modules():
 
     spec = importlib.util.spec_from_file_location("ovseg_demo_cli", DEMO_DIR / "demo.py")
     demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo
     spec.loader.exec_module(demo)
     return predictor, demo
 
