@@ -261,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
         )
     except (RuntimeError, ValueError, FileNotFoundError, KeyError) as e:
         raise UsageError(f"could not build the model of {args.config_file}: {e}") from None
+    if args.heatmaps and demo.predictor.teacher is None:
+        raise UsageError(
+            f"--heatmaps needs a CLIP teacher, and {cfg.MODEL.META_ARCHITECTURE} holds none; "
+            "run without --heatmaps"
+        )
 
     names, unseen = vocabulary.names, vocabulary.unseen
     written = 0

@@ -205,3 +205,9 @@ def test_inputs_expand_folders_and_globs_once(tmp_path):
     assert problems == [(str(tmp_path / "nope.png"), "no such file or folder")]
     # two inputs named a.png: their outputs carry the folder name
     assert demo_cli._stems(paths) == ["x_a", "b", "y_a"]
+
+
+def test_heatmaps_need_a_teacher(shared_predictor, monkeypatch):
+    monkeypatch.setattr(shared_predictor, "teacher", None)  # e.g. the supervised baseline
+    with pytest.raises(ValueError, match="Heat maps need a CLIP teacher, and MaskCLIP"):
+        shared_predictor.similarity_maps(_rgb(32, 32), NAMES)
