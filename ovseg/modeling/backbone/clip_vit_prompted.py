@@ -1,0 +1,237 @@
+# Follows the official ZegCLIP image encoder (ZiqinZhou66/ZegCLIP models/backbone/img_encoder.py,
+# VPTCLIPVisionTransformer: deep prompts, prompt projection and norm), re-written over open_clip.
+"""The CLIP teacher's ViT image tower, frozen, with learnable visual prompts (VPT).
+
+The tower's modules are the teacher's own (shared, never copied): the backbone registers
+them so ``.to()`` and ``named_parameters()`` reach them, freezes them, keeps them in eval mode
+and keeps them out of ``state_dict()``. The only trainable parameters are the prompts, their
+projection and the output norm, so gradients flow through the frozen blocks into the prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from ...clip import CLIPTeacher, build_clip_teacher
+from ...clip.dense import dense_stride, resize_pos_embed
+
+__all__ = ["PROMPT_DEPTHS", "CLIPViTPrompted", "build_clip_vit_prompted_backbone"]
+
+# "deep": fresh prompt tokens before every block (VPT-deep, ZegCLIP); "shallow": one set
+# inserted after the embeddings and carried through all blocks (VPT-shallow)
+PROMPT_DEPTHS = ("deep", "shallow")
+_TOWER = "tower."
+
+
+class CLIPViTPrompted(Backbone):
+    """A frozen open_clip ``VisionTransformer`` with ``num_prompts`` learnable tokens.
+
+    Token order inside the tower: ``[class, prompts, patches]``. Positional embeddings are
+    resized bicubically to each input's patch grid. Outputs, in the tower's joint space
+    (``ln_post`` then ``proj``, not normalised):
+
+    - ``"patch_tokens"``: (B, D, H/p, W/p) last-layer patch tokens;
+    - ``"global_token"``: (B, D) the class token (the tower's own pooling).
+    """
+
+    def __init__(
+        self,
+        *,
+        visual: VisionTransformer,
+        num_prompts: int = 10,
+        depth: str = "deep",
+        prompt_proj: bool = True,
+        prompt_dropout: float = 0.1,
+    ):
+        """
+        Args:
+            visual (VisionTransformer): the teacher's tower; shared, frozen in place.
+            num_prompts (int): prompt tokens per layer (paper: 10 for VOC, 100 for COCO).
+            depth (str): "deep" or "shallow" (see ``PROMPT_DEPTHS``).
+            prompt_proj (bool): pass the prompts through a learnable linear layer and dropout
+                before use (the official code's ``prompt_proj``).
+            prompt_dropout (float): dropout on the projected prompts.
+        """
+        super().__init__()
+        if not isinstance(visual, VisionTransformer):
+            raise TypeError(
+                f"CLIPViTPrompted needs an open_clip VisionTransformer image tower, got "
+                f"{type(visual).__module__}.{type(visual).__name__}; use a ViT CLIP model "
+                "(MODEL.CLIP.MODEL_NAME such as 'ViT-B-16')"
+            )
+        if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
+            raise NotImplementedError(
+                f"ViT towers pooled by {visual.pool_type!r} or an attentional pooler are not "
+                "supported; the global token needs pool_type 'tok' or 'avg'"
+            )
+        if depth not in PROMPT_DEPTHS:
+            raise ValueError(
+                f"prompt depth {depth!r} (MODEL.ZEGCLIP.PROMPT_DEPTH) is not one of "
+                f"{list(PROMPT_DEPTHS)}"
+            )
+        if int(num_prompts) < 1:
+            raise ValueError(f"MODEL.ZEGCLIP.NUM_PROMPTS must be >= 1, got {num_prompts}")
+        self.tower = visual
+        self.tower.requires_grad_(False)
+        self.tower.eval()
+        self.num_prompts = int(num_prompts)
+        self.depth = depth
+        self.patch_size = dense_stride(visual)
+        self.grid_size = tuple(int(g) for g in visual.grid_size)
+        width = visual.conv1.out_channels
+        self.num_blocks = len(visual.transformer.resblocks)
+        num_sets = self.num_blocks if depth == "deep" else 1
+        # VPT's xavier-uniform bound for a patch-sized fan-in, as the official code
+        bound = math.sqrt(6.0 / float(3 * self.patch_size**2 + width))
+        self.prompts = nn.Parameter(torch.empty(num_sets, self.num_prompts, width))
+        nn.init.uniform_(self.prompts, -bound, bound)
+        self.prompt_proj = nn.Linear(width, width) if prompt_proj else nn.Identity()
+        if prompt_proj:
+            nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
+            nn.init.zeros_(self.prompt_proj.bias)
+        self.prompt_dropout = nn.Dropout(prompt_dropout) if prompt_proj else nn.Identity()
+        # a learnable norm on the last hidden states before the frozen ln_post (official);
+        # at initialisation ln_post(prompt_norm(x)) equals ln_post(x)
+        self.prompt_norm = nn.LayerNorm(width, eps=1e-6)
+        self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else width
+        self._out_features = ["patch_tokens", "global_token"]
+        self._out_feature_channels = {
+            "patch_tokens": self.embed_dim,
+            "global_token": self.embed_dim,
+        }
+        self._out_feature_strides = {"patch_tokens": self.patch_size, "global_token": 0}
+
+        self.register_state_dict_post_hook(_drop_tower_keys)
+        self.register_load_state_dict_pre_hook(_ignore_tower_keys)
+        self.register_load_state_dict_post_hook(_forgive_missing_tower_keys)
+
+    # ------------------------------------------------------------------ module behaviour
+    def train(self, mode: bool = True) -> CLIPViTPrompted:
+        """Train the prompts; the shared tower stays in eval mode."""
+        super().train(mode)
+        self.tower.eval()
+        return self
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.patch_size
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            "patch_tokens": ShapeSpec(channels=self.embed_dim, stride=self.patch_size),
+            "global_token": ShapeSpec(channels=self.embed_dim, height=1, width=1),
+        }
+
+    def _prompts(self, index: int, batch: int, dtype: torch.dtype) -> Tensor:
+        p = self.prompt_dropout(self.prompt_proj(self.prompts[index]))
+        return p.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        """
+        Args:
+            x (Tensor): (B, 3, H, W) images normalised by the CLIP mean/std, H and W
+                multiples of the patch size.
+
+        Returns:
+            dict: "patch_tokens" (B, D, H/p, W/p) and "global_token" (B, D).
+        """
+        p = self.patch_size
+        if x.dim() != 4 or x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(
+                f"images must be (B, 3, H, W) with H, W multiples of the patch size {p}, got "
+                f"{tuple(x.shape)}; pad them first"
+            )
+        visual = self.tower
+        b = x.shape[0]
+        x = visual.conv1(x)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + resize_pos_embed(visual.positional_embedding, self.grid_size, (gh, gw)).to(x.dtype)
+        x = visual.ln_pre(x)
+
+        n = self.num_prompts
+        # batch-first throughout: the blocks of a seq-first transformer get transposed input
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        for i, block in enumerate(visual.transformer.resblocks):
+            if i == 0:
+                x = torch.cat([x[:, :1], self._prompts(0, b, x.dtype), x[:, 1:]], dim=1)
+            elif self.depth == "deep":
+                # VPT-deep: the previous block's prompt outputs are replaced by fresh tokens
+                x = torch.cat([x[:, :1], self._prompts(i, b, x.dtype), x[:, 1 + n :]], dim=1)
+            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+
+        x = visual.ln_post(self.prompt_norm(x))
+        if visual.proj is not None:
+            x = x @ visual.proj
+        patches = x[:, 1 + n :]
+        glob = x[:, 0] if visual.pool_type == "tok" else patches.mean(dim=1)
+        return {
+            "patch_tokens": patches.transpose(1, 2).reshape(b, -1, gh, gw),
+            "global_token": glob,
+        }
+
+
+# ------------------------------------------------------------- state-dict hooks
+# The tower's weights belong to the teacher (they come from MODEL.CLIP only): checkpoints
+# neither hold nor need them.
+def _drop_tower_keys(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + _TOWER)]:
+        del state_dict[key]
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        for key in [k for k in metadata if k.startswith(prefix + _TOWER) or k == prefix + "tower"]:
+            del metadata[key]
+
+
+def _ignore_tower_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + _TOWER)]:
+        del state_dict[key]
+    module._loading_prefix = prefix
+
+
+def _forgive_missing_tower_keys(module, incompatible_keys) -> None:
+    prefix = getattr(module, "_loading_prefix", None)
+    if prefix is None:
+        return
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith(prefix + _TOWER)]
+    del module._loading_prefix
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_vit_prompted_backbone(
+    cfg, input_shape: Optional[ShapeSpec] = None, teacher: Optional[CLIPTeacher] = None
+) -> CLIPViTPrompted:
+    """A :class:`CLIPViTPrompted` over the CLIP teacher's image tower (shared, frozen).
+
+    Args:
+        cfg (CfgNode): reads MODEL.ZEGCLIP.{NUM_PROMPTS, PROMPT_DEPTH, PROMPT_PROJ,
+            PROMPT_DROPOUT} and MODEL.CLIP.* (when no teacher is given).
+        input_shape (ShapeSpec): unused; images are RGB.
+        teacher (CLIPTeacher, optional): the model's teacher, whose tower is shared;
+            without it one is built from MODEL.CLIP and its tower used.
+
+    Returns:
+        CLIPViTPrompted
+    """
+    if teacher is None:
+        teacher = build_clip_teacher(cfg, device="cpu")
+    zcfg = cfg.MODEL.ZEGCLIP
+    return CLIPViTPrompted(
+        visual=teacher.model.visual,
+        num_prompts=zcfg.NUM_PROMPTS,
+        depth=zcfg.PROMPT_DEPTH,
+        prompt_proj=zcfg.PROMPT_PROJ,
+        prompt_dropout=zcfg.PROMPT_DROPOUT,
+    )
