@@ -143,3 +143,48 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.VIT_BACKBONE.TIMM_MODEL = "vit_large_patch16_384"
     # its weights: a local timm checkpoint, "timm" (timm downloads them) or "" (random)
     cfg.MODEL.VIT_BACKBONE.TIMM_PRETRAINED = ""
+
+    # ---- zegclip (ovseg/modeling/meta_arch/zegclip.py, heads/zegclip_decoder.py,
+    # backbone/clip_vit_prompted.py; text templates from MODEL.CLIP.TEMPLATES)
+    cfg.MODEL.ZEGCLIP = CN()
+    # learnable prompt tokens per layer of the frozen CLIP ViT (paper: 10 VOC, 100 COCO)
+    cfg.MODEL.ZEGCLIP.NUM_PROMPTS = 10
+    # "deep": fresh prompts before every block (VPT-deep, paper); "shallow": input only
+    cfg.MODEL.ZEGCLIP.PROMPT_DEPTH = "deep"
+    # pass prompts through a learnable linear layer + dropout before use (official code)
+    cfg.MODEL.ZEGCLIP.PROMPT_PROJ = True
+    # dropout on the projected prompts (official: 0.1)
+    cfg.MODEL.ZEGCLIP.PROMPT_DROPOUT = 0.1
+    # decoder layers in which class queries attend to the patch tokens (paper: 3)
+    cfg.MODEL.ZEGCLIP.DECODER_LAYERS = 3
+    # attention heads of the decoder; the mask logits are their average (official: 8)
+    cfg.MODEL.ZEGCLIP.DECODER_HEADS = 8
+    # dropout in the decoder's attention and FFN (official: 0.1)
+    cfg.MODEL.ZEGCLIP.DECODER_DROPOUT = 0.1
+    # self-attention among class queries in each decoder layer (official code: none)
+    cfg.MODEL.ZEGCLIP.DECODER_SELF_ATTENTION = False
+    # weight of the sigmoid focal loss over the vocabulary's classes (paper: 100)
+    cfg.MODEL.ZEGCLIP.FOCAL_WEIGHT = 100.0
+    # focal loss alpha: the weight of positives (1 - alpha for negatives)
+    cfg.MODEL.ZEGCLIP.FOCAL_ALPHA = 0.25
+    # focal loss gamma: the exponent of the down-weighting of easy pixels
+    cfg.MODEL.ZEGCLIP.FOCAL_GAMMA = 2.0
+    # weight of the dice loss on the classes present in each image (paper: 1)
+    cfg.MODEL.ZEGCLIP.DICE_WEIGHT = 1.0
+    # apply the losses to every decoder layer's masks, not only the last one's
+    cfg.MODEL.ZEGCLIP.DEEP_SUPERVISION = True
+    # ignored pixels count as negatives of every class (official code) instead of being
+    # left out of the losses
+    cfg.MODEL.ZEGCLIP.IGNORE_AS_NEGATIVE = False
+    # inductive calibration: subtracted at test from the sigmoid scores of classes seen in
+    # training (paper: 0.1); not applied when TRANSDUCTIVE
+    cfg.MODEL.ZEGCLIP.CALIBRATION = 0.1
+    # transductive self-training: from TRANSDUCTIVE_START_ITER on, pixels without ground
+    # truth are labelled with the argmax over the unseen classes of the model's prediction
+    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE = False
+    # iteration from which the pseudo-labels are used; before it, unseen classes get no loss
+    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_START_ITER = 0
+    # which pixels get pseudo-labels: "ignore" (every ignored pixel; ZERO_SHOT_SETTING
+    # "transductive") or "unseen" (the unseen classes' pixels, official protocol; the labels
+    # come with ZERO_SHOT_SETTING "none" and only locate them)
+    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS = "ignore"

@@ -2,6 +2,7 @@
 
 from .build import build_backbone
 from .clip_vit import CLIPViTBackbone, build_clip_vit_backbone
+from .clip_vit_prompted import CLIPViTPrompted, build_clip_vit_prompted_backbone  # noqa: F401
 from .timm_vit import TimmViTBackbone, build_timm_vit_backbone
 from .vit_hooks import READOUTS, ViTFeatureBackbone, default_out_indices
 

@@ -3,4 +3,5 @@
 from . import (
     lseg,  # noqa: F401
     maskclip,  # noqa: F401
+    zegclip,  # noqa: F401
 )
