@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         save_image(plan["label"], predictions["label"])
         if args.heatmaps:
             picture, _ = demo.heatmaps(image, names)
-            save_image(plan["heatmaps"], picture)
+            save_image(plan["heatmaps"], picture, palette=True)
         written += 1
         logger.info(
             "%s: %dx%d in %.2fs -> %s",

@@ -27,7 +27,7 @@ _DPI = 100
 _PANEL_PX = 240
 _TITLE_PX = 28
 _COLORBAR_PX = 80
-_MAX_COLUMNS = 4
+_ROW_OF = 4  # up to 8 maps: rows of 4; more: a square-ish grid
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def heatmap_grid(
     if len(names) == 0:
         raise ValueError("no names to draw heat maps for")
     k = len(names)
-    cols = min(k, _MAX_COLUMNS)
+    cols = min(k, _ROW_OF) if k <= 2 * _ROW_OF else math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
     h, w = image.shape[:2]
     panel_w = _PANEL_PX
@@ -176,14 +176,20 @@ def atomic_write(path: str, write_fn: Callable) -> None:
         raise
 
 
-def save_image(path: str, array: np.ndarray) -> None:
+def save_image(path: str, array: np.ndarray, palette: bool = False) -> None:
     """Save an (H, W, 3) RGB or (H, W) label array atomically; the format follows the suffix.
 
-    Label arrays keep their dtype (uint8 or uint16 PNG).
+    Args:
+        path (str): the file; ``.jpg``/``.jpeg`` write JPEG, anything else PNG.
+        array (np.ndarray): uint8 RGB, or a uint8/uint16 label map (kept as is).
+        palette (bool): store an RGB PNG with a 256-colour palette (heat maps: a third of
+            the size, no visible change).
     """
     ext = os.path.splitext(path)[1].lower()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(ext, "PNG")
     image = Image.fromarray(np.ascontiguousarray(array))
+    if palette and fmt == "PNG" and image.mode == "RGB":
+        image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     atomic_write(path, lambda f: f.write(buffer.getvalue()))

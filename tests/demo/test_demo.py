@@ -111,7 +111,7 @@ def test_similarity_maps_are_teacher_cosines_upsampled(shared_predictor):
 
 
 @pytest.mark.parametrize(
-    ("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (8, 2, 4), (9, 3, 4)]
+    ("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (8, 2, 4), (9, 3, 3), (20, 4, 5)]
 )
 def test_heatmap_grid_has_one_panel_per_word(shared_predictor, num_names, rows, cols):
     names = NAMES + [f"word {i}" for i in range(num_names - 3)]
