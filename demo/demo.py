@@ -52,8 +52,7 @@ class UsageError(Exception):
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="ovseg demo: open-vocabulary semantic segmentation of images",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="an ovseg config")
     parser.add_argument(
@@ -90,7 +89,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--confidence-threshold",
         type=float,
         default=0.0,
-        help="pixels whose largest class probability is below this are left unlabelled",
+        help="pixels whose largest class probability is below this are left unlabelled "
+        "(default 0: none)",
     )
     parser.add_argument(
         "--heatmaps",
@@ -101,7 +101,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--min-overlay-size",
         type=int,
         default=320,
-        help="enlarge overlays of smaller images to this short side (readable names)",
+        help="enlarge overlays of smaller images to this short side, so names stay "
+        "readable (default 320)",
     )
     parser.add_argument(
         "--opts",
@@ -217,7 +218,12 @@ def demo_vocabulary(args: argparse.Namespace, cfg) -> Vocabulary:
                 "the config sets neither MODEL.OVSEG.TEST_VOCABULARY nor DATASETS.TEST; give "
                 "--vocabulary NAME or --custom-vocabulary 'a,b,c'"
             )
-        return resolve_vocabulary(cfg.MODEL.OVSEG.TEST_VOCABULARY, meta)
+        try:
+            return resolve_vocabulary(cfg.MODEL.OVSEG.TEST_VOCABULARY, meta)
+        except ValueError as e:
+            raise ValueError(
+                f"{e}; or give --vocabulary NAME / --custom-vocabulary 'a,b'"
+            ) from None
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"vocabulary: {e}") from None
 
