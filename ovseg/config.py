@@ -188,3 +188,47 @@ def add_ovseg_config(cfg: CN) -> None:
     # "transductive") or "unseen" (the unseen classes' pixels, official protocol; the labels
     # come with ZERO_SHOT_SETTING "none" and only locate them)
     cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS = "ignore"
+
+    # ---- maskclip+ (ovseg/modeling/meta_arch/maskclip_plus*.py, heads/deeplab.py,
+    # backbone/resnet_deeplab.py); DeepLab keys are named as detectron2's projects/DeepLab
+    cfg.MODEL.MASKCLIP_PLUS = CN()
+    # where the teacher's pseudo-labels come from: "store" (DATASETS.PSEUDO_LABELS), "online"
+    # (teacher in the loop on the original image, moved onto the crop by the sample's
+    # "transforms": equal to the store) or "online_augmented" (teacher on the crop, official)
+    cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE = "store"
+    # classes the teacher (and the self-training student) score: "unseen" (official: argmax
+    # over the unseen classes) or "all" (whole vocabulary; a pixel keeps the label only if it
+    # is unseen: leaves unlabelled background such as VOC-20's alone)
+    cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_CLASSES = "unseen"
+    # teacher confidence (MaskCLIP probability) below which a pixel stays ignored; must equal
+    # the store's --threshold
+    cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_THRESHOLD = 0.0
+    # no ground truth at all: every pixel's target comes from the teacher / the student
+    cfg.MODEL.MASKCLIP_PLUS.ANNOTATION_FREE = False
+    # iteration from which the student labels the free pixels itself; -1 = never
+    cfg.MODEL.MASKCLIP_PLUS.SELF_TRAIN_START = -1
+    # the student's confidence (softmax over the scored classes) needed for a self-label
+    cfg.MODEL.MASKCLIP_PLUS.SELF_TRAIN_THRESHOLD = 0.0
+    # temperature multiplying cosine(pixel embedding, text embedding)
+    cfg.MODEL.MASKCLIP_PLUS.LOGIT_SCALE = 1 / 0.07
+    # replace the text embedding of BACKGROUND_CLASS by a learnable one (official cls_bg)
+    cfg.MODEL.MASKCLIP_PLUS.BG_EMBED = False
+    cfg.MODEL.MASKCLIP_PLUS.BACKGROUND_CLASS = "background"
+    # weight of the L1 distillation of the student's embeddings to CLIP's dense ones; 0 = off
+    cfg.MODEL.MASKCLIP_PLUS.DISTILL_WEIGHT = 0.0
+    # DeepLab heads (DeepLabV2Head, DeepLabV3PlusHead): ASPP width, dilations (v2: any
+    # number of 3x3 branches; v3+: three), dropout after ASPP
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 512
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [6, 12, 18, 24]
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.0
+    # DeepLabv3+ decoder: finer features fused after ASPP and their 1x1 projection widths
+    cfg.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
+    cfg.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [48]
+    # depthwise-separable 3x3 convolutions in ASPP and the v3+ decoder (the paper's)
+    cfg.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
+    # build_resnet_deeplab_backbone: "basic" (7x7) or "deeplab" (three 3x3, ResNet-V1c) stem
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"
+    # dilation of res4 (1 or 2; 2 with RES5_DILATION 4 gives output stride 8)
+    cfg.MODEL.RESNETS.RES4_DILATION = 1
+    # per-block multipliers of res5's dilation (DeepLabv3: [1, 2, 4]; v2: [1, 1, 1])
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]

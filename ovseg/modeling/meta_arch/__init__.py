@@ -3,5 +3,6 @@
 from . import (
     lseg,  # noqa: F401
     maskclip,  # noqa: F401
+    maskclip_plus,  # noqa: F401
     zegclip,  # noqa: F401
 )

@@ -1,0 +1,297 @@
+# DeepLabv2's ASPP head (Chen et al. 2017; MaskCLIP+'s ASPPHeadV2 in chongzhou96/MaskCLIP) and
+# DeepLabv3+'s decoder (as detectron2's projects/DeepLab DeepLabV3PlusHead), re-written.
+"""DeepLab heads producing dense embeddings (or logits): ``DeepLabV2Head``, ``DeepLabV3PlusHead``.
+
+Both are registered in detectron2's ``SEM_SEG_HEADS_REGISTRY`` and map backbone features to a
+(B, out_channels, h, w) map: MaskCLIP+ asks for the CLIP embedding size and classifies the
+result against text embeddings; any other user can ask for class logits. Unlike detectron2's
+semantic heads they compute no loss: ``forward(features) -> Tensor``. Config keys follow
+detectron2's DeepLab project: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, ASPP_CHANNELS,
+ASPP_DILATIONS, ASPP_DROPOUT, PROJECT_FEATURES, PROJECT_CHANNELS, CONVS_DIM, NORM,
+USE_DEPTHWISE_SEPARABLE_CONV}``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import ASPP, Conv2d, DepthwiseSeparableConv2d, ShapeSpec, get_norm
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+__all__ = ["DeepLabV2Head", "DeepLabV3PlusHead", "build_dense_head"]
+
+
+def _one_feature(input_shape: Dict[str, ShapeSpec], names: Sequence[str], what: str) -> str:
+    if len(names) != 1:
+        raise ValueError(f"{what} reads exactly one backbone feature, got {list(names)}")
+    if names[0] not in input_shape:
+        raise ValueError(
+            f"{what}: backbone feature {names[0]!r} is not among the backbone's outputs "
+            f"{sorted(input_shape)}; add it to MODEL.RESNETS.OUT_FEATURES (or the backbone's)"
+        )
+    return names[0]
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class DeepLabV2Head(nn.Module):
+    """DeepLabv2's ASPP: parallel 3x3 convolutions of different dilations, summed.
+
+    Each branch maps the feature to ``channels`` (then norm and ReLU when ``norm`` is set, as
+    MaskCLIP+'s ASPPHeadV2); the sum goes through a 1x1 convolution to ``out_channels`` so the
+    output can point in any direction of the embedding space (a ReLU'd sum could not).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        in_feature: str,
+        out_channels: int,
+        channels: int = 512,
+        dilations: Sequence[int] = (6, 12, 18, 24),
+        norm: str = "BN",
+        dropout: float = 0.0,
+    ):
+        """
+        Args:
+            input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
+            in_feature (str): the feature read (e.g. "res5").
+            out_channels (int): output channels (embedding size or classes).
+            channels (int): width of each branch.
+            dilations (Sequence[int]): one 3x3 branch per dilation (1 = a 1x1 branch).
+            norm (str): detectron2 norm for the branches ("" = none: plain DeepLabv2, linear).
+            dropout (float): dropout before the output projection.
+        """
+        super().__init__()
+        if not dilations or any(int(d) < 1 for d in dilations):
+            raise ValueError(f"ASPP dilations must be positive ints, got {list(dilations)}")
+        self.in_feature = _one_feature(input_shape, [in_feature], "DeepLabV2Head")
+        in_channels = input_shape[in_feature].channels
+        self.stride = input_shape[in_feature].stride
+        self.branches = nn.ModuleList()
+        for d in dilations:
+            d = int(d)
+            conv = Conv2d(
+                in_channels,
+                channels,
+                kernel_size=1 if d == 1 else 3,
+                padding=0 if d == 1 else d,
+                dilation=d,
+                bias=not norm,
+                norm=get_norm(norm, channels),
+                activation=nn.ReLU() if norm else None,
+            )
+            weight_init.c2_msra_fill(conv)
+            self.branches.append(conv)
+        self.dropout = float(dropout)
+        self.predictor = nn.Conv2d(channels, out_channels, kernel_size=1)
+        nn.init.normal_(self.predictor.weight, std=0.01)
+        nn.init.zeros_(self.predictor.bias)
+
+    @classmethod
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
+    ):
+        h = cfg.MODEL.SEM_SEG_HEAD
+        return {
+            "input_shape": input_shape,
+            "in_feature": _one_feature(input_shape, h.IN_FEATURES, "DeepLabV2Head"),
+            "out_channels": out_channels if out_channels is not None else h.NUM_CLASSES,
+            "channels": h.ASPP_CHANNELS,
+            "dilations": list(h.ASPP_DILATIONS),
+            "norm": h.NORM,
+            "dropout": h.ASPP_DROPOUT,
+        }
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        """
+        Args:
+            features (dict[str, Tensor]): backbone outputs.
+
+        Returns:
+            Tensor: (B, out_channels, h, w) at the feature's stride.
+        """
+        x = features[self.in_feature]
+        out = sum(branch(x) for branch in self.branches)
+        out = F.dropout(out, self.dropout, training=self.training) if self.dropout > 0 else out
+        return self.predictor(out)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabv3+: ASPP on the coarsest feature, then a decoder fusing finer projected features.
+
+    ASPP (a 1x1 branch, three dilated 3x3 branches, image pooling; detectron2's
+    ``layers.ASPP``) runs on ``in_feature``; for each of ``project_features`` (coarse to
+    fine) the running map is upsampled to that feature's size, concatenated with its 1x1
+    projection and fused by two 3x3 convolutions; a 1x1 convolution gives ``out_channels``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        in_feature: str,
+        out_channels: int,
+        project_features: Sequence[str] = ("res2",),
+        project_channels: Sequence[int] = (48,),
+        aspp_channels: int = 256,
+        aspp_dilations: Sequence[int] = (12, 24, 36),
+        aspp_dropout: float = 0.1,
+        decoder_channels: int = 256,
+        norm: str = "BN",
+        use_depthwise_separable_conv: bool = False,
+    ):
+        """
+        Args:
+            input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
+            in_feature (str): the coarse feature under ASPP (e.g. "res5").
+            out_channels (int): output channels (embedding size or classes).
+            project_features: finer features fused by the decoder (e.g. ["res2"]).
+            project_channels: their 1x1 projection widths (one per feature).
+            aspp_channels (int): ASPP width.
+            aspp_dilations: the three dilations of ASPP's 3x3 branches.
+            aspp_dropout (float): dropout after ASPP.
+            decoder_channels (int): width of the fusion convolutions.
+            norm (str): detectron2 norm name.
+            use_depthwise_separable_conv (bool): separable 3x3 convolutions (the paper's).
+        """
+        super().__init__()
+        if len(project_features) != len(project_channels):
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.PROJECT_FEATURES {list(project_features)} and "
+                f"PROJECT_CHANNELS {list(project_channels)} must have the same length"
+            )
+        if len(aspp_dilations) != 3:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.ASPP_DILATIONS must hold 3 dilations for DeepLabv3+, got "
+                f"{list(aspp_dilations)}"
+            )
+        self.in_feature = _one_feature(input_shape, [in_feature], "DeepLabV3PlusHead")
+        for name in project_features:
+            _one_feature(input_shape, [name], "DeepLabV3PlusHead (PROJECT_FEATURES)")
+        # coarse to fine
+        order = sorted(project_features, key=lambda f: -input_shape[f].stride)
+        self.project_features = list(order)
+        widths = dict(zip(project_features, project_channels))
+        self.aspp = ASPP(
+            input_shape[in_feature].channels,
+            aspp_channels,
+            list(aspp_dilations),
+            norm=norm,
+            activation=nn.ReLU(),
+            dropout=aspp_dropout,
+            use_depthwise_separable_conv=use_depthwise_separable_conv,
+        )
+        self.projections = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        channels = aspp_channels
+        for name in self.project_features:
+            proj = Conv2d(
+                input_shape[name].channels,
+                widths[name],
+                1,
+                bias=not norm,
+                norm=get_norm(norm, widths[name]),
+                activation=nn.ReLU(),
+            )
+            weight_init.c2_xavier_fill(proj)
+            self.projections[name] = proj
+            self.fusions[name] = nn.Sequential(
+                self._conv3x3(
+                    channels + widths[name], decoder_channels, norm, use_depthwise_separable_conv
+                ),
+                self._conv3x3(
+                    decoder_channels, decoder_channels, norm, use_depthwise_separable_conv
+                ),
+            )
+            channels = decoder_channels
+        finest = self.project_features[-1] if self.project_features else in_feature
+        self.stride = input_shape[finest].stride
+        self.predictor = nn.Conv2d(channels, out_channels, kernel_size=1)
+        nn.init.normal_(self.predictor.weight, std=0.01)
+        nn.init.zeros_(self.predictor.bias)
+
+    @staticmethod
+    def _conv3x3(cin: int, cout: int, norm: str, separable: bool) -> nn.Module:
+        if separable:
+            return DepthwiseSeparableConv2d(
+                cin, cout, 3, padding=1, norm1=norm, activation1=nn.ReLU(), norm2=norm,
+                activation2=nn.ReLU(),
+            )  # fmt: skip
+        conv = Conv2d(
+            cin, cout, 3, padding=1, bias=not norm, norm=get_norm(norm, cout), activation=nn.ReLU()
+        )
+        weight_init.c2_xavier_fill(conv)
+        return conv
+
+    @classmethod
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
+    ):
+        h = cfg.MODEL.SEM_SEG_HEAD
+        return {
+            "input_shape": input_shape,
+            "in_feature": _one_feature(input_shape, h.IN_FEATURES, "DeepLabV3PlusHead"),
+            "out_channels": out_channels if out_channels is not None else h.NUM_CLASSES,
+            "project_features": list(h.PROJECT_FEATURES),
+            "project_channels": list(h.PROJECT_CHANNELS),
+            "aspp_channels": h.ASPP_CHANNELS,
+            "aspp_dilations": list(h.ASPP_DILATIONS),
+            "aspp_dropout": h.ASPP_DROPOUT,
+            "decoder_channels": h.CONVS_DIM,
+            "norm": h.NORM,
+            "use_depthwise_separable_conv": h.USE_DEPTHWISE_SEPARABLE_CONV,
+        }
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        """
+        Args:
+            features (dict[str, Tensor]): backbone outputs.
+
+        Returns:
+            Tensor: (B, out_channels, h, w) at the finest projected feature's stride.
+        """
+        y = self.aspp(features[self.in_feature])
+        for name in self.project_features:
+            low = self.projections[name](features[name])
+            y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            y = self.fusions[name](torch.cat([low, y], dim=1))
+        return self.predictor(y)
+
+
+def build_dense_head(
+    cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
+) -> nn.Module:
+    """The head named by ``MODEL.SEM_SEG_HEAD.NAME``, asked for ``out_channels`` outputs.
+
+    Args:
+        cfg (CfgNode): the config.
+        input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
+        out_channels (int, optional): default ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
+
+    Returns:
+        nn.Module: ``forward(features) -> (B, out_channels, h, w)``.
+    """
+    name = cfg.MODEL.SEM_SEG_HEAD.NAME
+    try:
+        head_cls = SEM_SEG_HEADS_REGISTRY.get(name)
+    except KeyError:
+        raise KeyError(
+            f"MODEL.SEM_SEG_HEAD.NAME={name!r} is not registered; ovseg's dense heads are "
+            "'DeepLabV2Head' and 'DeepLabV3PlusHead'"
+        ) from None
+    if head_cls not in (DeepLabV2Head, DeepLabV3PlusHead):
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.NAME={name!r} is a detectron2 semantic head that computes its "
+            "own loss; use 'DeepLabV2Head' or 'DeepLabV3PlusHead' here"
+        )
+    return head_cls(cfg, input_shape, out_channels=out_channels)

@@ -1,0 +1,261 @@
+"""MaskCLIP+: targets (store vs online, self-training switch, no unseen ground truth), the
+DeepLab student, training and golden outputs, on the random-init tiny CLIP ViT."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from maskclip_plus_utils import (
+    ADE,
+    BED,
+    GRASS,
+    SKY,
+    TABLE,
+    crop_flip_augmentations,
+    eval_mapper,
+    tiny_cfg,
+    train_mapper,
+    write_unseen_fixture,
+)
+from PIL import Image
+
+from detectron2.data import transforms as T
+from detectron2.layers import ShapeSpec
+from detectron2.utils.events import EventStorage
+
+from ovseg.modeling.heads.deeplab import DeepLabV2Head, DeepLabV3PlusHead
+from ovseg.modeling.meta_arch.maskclip_plus import MaskCLIPPlus
+from ovseg.modeling.meta_arch.maskclip_plus_targets import content_mask, record_transforms
+from ovseg.pseudo import PseudoLabelStore, attach_pseudo_labels, generate_pseudo_labels
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "maskclip_plus_tiny.json"
+UNSEEN = tuple(n for n in ADE.names if n in ADE.unseen)  # the "unseen" store vocabulary
+
+
+def build(tmp_path, *opts, seed: int = 0, **overrides) -> MaskCLIPPlus:
+    torch.manual_seed(seed)
+    overrides.setdefault("unseen", ADE.unseen)
+    return MaskCLIPPlus(tiny_cfg(tmp_path / "cache", *opts), **overrides)
+
+
+def make_store(root: Path, names, threshold: float = 0.0) -> PseudoLabelStore:
+    manifest = {"fingerprint": "test", "vocabulary": list(names), "threshold": threshold}
+    return PseudoLabelStore.create(str(root), {**manifest, "dataset": "fixture"})
+
+
+def constant_store(root: Path, dicts, names, name: str) -> list:
+    """A store labelling every pixel of every image with ``name``; returns attached dicts."""
+    store = make_store(root, names)
+    for d in dicts:
+        h, w = np.asarray(Image.open(d["file_name"])).shape[:2]
+        store.write(d["image_id"], np.full((h, w), list(names).index(name)), np.ones((h, w)))
+    return attach_pseudo_labels(dicts, store)
+
+
+def zero_logits(samples, k: int = len(ADE.names)) -> torch.Tensor:
+    h, w = samples[0]["image"].shape[-2:]
+    return torch.zeros(len(samples), k, h, w)
+
+
+# ---------------------------------------------------------------------- student parts
+def test_dilated_backbone_and_heads_keep_stride_8(tmp_path):
+    model = build(tmp_path)
+    features = model.backbone(torch.randn(2, 3, 48, 64))
+    assert features["res5"].shape[-2:] == (6, 8) and features["res2"].shape[-2:] == (12, 16)
+    shapes = model.backbone.output_shape()
+    assert shapes["res5"].stride == 8
+    v2 = DeepLabV2Head(shapes, in_feature="res5", out_channels=5, channels=4, norm="")
+    assert v2(features).shape == (2, 5, 6, 8)
+    v3 = DeepLabV3PlusHead(
+        shapes, in_feature="res5", out_channels=5, aspp_channels=8, decoder_channels=8,
+        project_channels=(4,), use_depthwise_separable_conv=True,
+    )  # fmt: skip
+    assert v3(features).shape == (2, 5, 12, 16) and v3.stride == 4
+    with pytest.raises(ValueError, match="'res9' is not among"):
+        DeepLabV2Head({"res5": ShapeSpec(channels=4, stride=8)}, in_feature="res9", out_channels=2)
+
+
+def test_content_mask_finds_padding():
+    image = torch.full((3, 6, 7), 9, dtype=torch.uint8)
+    image[:, 4:, :] = 0  # two padded rows
+    image[:, :, 5:] = 0  # two padded columns
+    label = torch.full((6, 7), 255)
+    label[0, 6] = 3  # a labelled pixel in the last column: not padding
+    mask = content_mask(image, [label], 255)
+    assert mask[:4, :].all() and not mask[4:].any()
+
+
+# ---------------------------------------------------------------------- targets
+def test_store_and_online_targets_are_equal(tmp_path):
+    """The store (generated as tools/generate_pseudo_labels.py does) and the teacher in the
+    loop give the same targets for the same images and augmentations."""
+    dicts = write_unseen_fixture(tmp_path / "data", n=3)
+    # no prompt denoising / key smoothing: on a random CLIP they make one class win everywhere
+    opts = (
+        "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_THRESHOLD", "0.45",
+        "MODEL.MASKCLIP.KEY_SMOOTHING", "False", "MODEL.MASKCLIP.PROMPT_DENOISE", "False",
+    )  # fmt: skip
+    cached = build(tmp_path, *opts, pseudo_label_source="store")
+    store = make_store(tmp_path / "store", UNSEEN, threshold=0.45)
+    generate_pseudo_labels(
+        cached.labeller, dicts, eval_mapper(UNSEEN), store, threshold=0.45, progress=False
+    )
+    online = build(
+        tmp_path, *opts, pseudo_label_source="online", online_mapper=eval_mapper(ADE.names),
+        teacher=cached.teacher, labeller=cached.labeller,
+    )  # fmt: skip
+
+    mapper = record_transforms(train_mapper("transductive", crop_flip_augmentations()))
+    samples = [mapper(d) for d in attach_pseudo_labels(dicts, store)]
+    t_store = cached.training_targets(samples, zero_logits(samples), iteration=0)
+    t_online = online.training_targets(samples, zero_logits(samples), iteration=0)
+    assert torch.equal(t_store, t_online)
+
+    # not vacuous: free pixels got several teacher classes and some stayed below threshold
+    free = torch.stack([s["sem_seg"] == 255 for s in samples])
+    labelled = t_store[free]
+    assert len(set(labelled[labelled != 255].tolist())) >= 2
+    assert (labelled == 255).any() and (labelled != 255).any()
+    # and alignment matters: the same labels without the sample's flip do not match
+    for s in samples:
+        s["transforms"] = T.TransformList(s["transforms"].transforms[:-1])
+    t_unflipped = online.training_targets(samples, zero_logits(samples), iteration=0)
+    assert not torch.equal(t_store, t_unflipped)
+
+
+def test_self_training_starts_at_the_configured_iteration(tmp_path):
+    dicts = write_unseen_fixture(tmp_path / "data", n=1)
+    model = build(tmp_path, "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START", "3")
+    dicts = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
+    sample = train_mapper()(dicts[0])
+    free = sample["sem_seg"] == 255
+    logits = zero_logits([sample])
+    logits[:, TABLE] = 5.0  # the student says "table" everywhere, confidently
+    logits[:, SKY] = 9.0  # a seen class scores higher, but only unseen classes are candidates
+
+    teacher = model.training_targets([sample], logits, iteration=2)[0]
+    student = model.training_targets([sample], logits, iteration=3)[0]
+    assert (teacher[free] == GRASS).all() and (student[free] == TABLE).all()
+    assert torch.equal(teacher[~free], sample["sem_seg"][~free])
+    assert torch.equal(student[~free], sample["sem_seg"][~free])
+
+    # the student's confidence threshold: softmax over the 15 unseen classes of a tie is 1/15
+    model.self_train_threshold = 0.5
+    logits[:, TABLE] = 0.0
+    assert (model.training_targets([sample], logits, iteration=3)[0][free] == 255).all()
+
+    # forward reads the iteration from the trainer's EventStorage: at iteration 2 the store is
+    # needed, from 3 on it is not
+    del sample["pseudo_sem_seg"]
+    model.train()
+    with EventStorage(start_iter=2), pytest.raises(ValueError, match="no 'pseudo_sem_seg'"):
+        model([sample])
+    with EventStorage(start_iter=3):
+        assert torch.isfinite(model([sample])["loss_sem_seg"])
+
+
+def test_unseen_ground_truth_never_reaches_targets(tmp_path):
+    dicts = write_unseen_fixture(tmp_path / "data", n=2)
+    truth = [np.asarray(Image.open(d["sem_seg_file_name"])).astype(np.int64) for d in dicts]
+    # the teacher says "table" everywhere; the label files say grass or table on unseen pixels
+    attached = constant_store(tmp_path / "s1", dicts, UNSEEN, ADE.names[TABLE])
+    model = build(tmp_path)
+    samples = [train_mapper()(d) for d in attached]
+    targets = model.training_targets(samples, zero_logits(samples), iteration=0)
+    for gt, tgt in zip(truth, targets.numpy()):
+        unseen = (gt == GRASS) | (gt == TABLE)
+        assert (gt == GRASS).any() and (tgt[unseen] == TABLE).all()
+        seen = (gt == SKY) | (gt == BED)
+        assert np.array_equal(tgt[seen], gt[seen]) and (tgt[gt == 255] == TABLE).all()
+
+    # annotation-free: every pixel comes from the teacher, seen ground truth included
+    attached = constant_store(tmp_path / "s2", dicts, ADE.names, ADE.names[BED])
+    free_model = build(tmp_path, "MODEL.MASKCLIP_PLUS.ANNOTATION_FREE", "True", unseen=())
+    samples = [train_mapper("none")(d) for d in attached]
+    targets = free_model.training_targets(samples, zero_logits(samples), iteration=0)
+    assert (targets == BED).all()
+
+    # a sample still holding unseen ground truth (not the transductive mapping) is refused
+    with pytest.raises(ValueError, match="Ground truth of unseen classes"):
+        model.training_targets(samples, zero_logits(samples), iteration=0)
+
+
+def test_store_of_other_classes_is_refused(tmp_path):
+    dicts = write_unseen_fixture(tmp_path / "data", n=1)
+    attached = constant_store(tmp_path / "store", dicts, ADE.names, ADE.names[BED])
+    model = build(tmp_path, pseudo_label_store=str(tmp_path / "store"))
+    sample = train_mapper()(attached[0])
+    with pytest.raises(ValueError, match="does not fit this MaskCLIP"):
+        model.training_targets([sample], zero_logits([sample]), iteration=0)
+
+
+# ---------------------------------------------------------------------- training
+def test_loss_decreases_and_only_the_student_learns(tmp_path):
+    dicts = write_unseen_fixture(tmp_path / "data", n=2)
+    attached = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
+    model = build(tmp_path, "MODEL.MASKCLIP_PLUS.DISTILL_WEIGHT", "0.5").train()
+    samples = [train_mapper()(d) for d in attached]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    losses = []
+    with EventStorage(0):
+        for _ in range(8):
+            out = model(samples)
+            loss = sum(out.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert set(out) == {"loss_sem_seg", "loss_distill"}
+    assert losses[-1] < 0.65 * losses[0] and losses == sorted(losses, reverse=True), losses
+    state = model.state_dict()
+    assert not any(k.startswith(("teacher.", "labeller.")) for k in state)
+
+
+# ---------------------------------------------------------------------- golden
+def _golden_outputs(tmp_path) -> dict:
+    model = build(
+        tmp_path, "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START", "1",
+        "MODEL.MASKCLIP_PLUS.BG_EMBED", "True", "MODEL.MASKCLIP_PLUS.BACKGROUND_CLASS", "sky",
+        pseudo_label_source="online_augmented",
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    image = torch.randint(0, 256, (3, 40, 56), generator=g, dtype=torch.uint8)
+    label = torch.full((40, 56), SKY)
+    label[:, 30:] = 255
+    sample = {"image": image, "sem_seg": label, "vocabulary": list(ADE.names)}
+    model.train()
+    with EventStorage(0) as storage:
+        teacher_loss = model([sample])["loss_sem_seg"]
+        storage.iter = 1
+        self_loss = model([sample])["loss_sem_seg"]
+    model.eval()
+    with torch.no_grad():
+        probs = model([{"image": image, "vocabulary": ["sky", "grass", "bed"]}])[0]["sem_seg"]
+    state = model.state_dict()
+    return {
+        "param_sum": sum(v.double().sum().item() for v in state.values()),
+        "teacher_phase_loss": float(teacher_loss),
+        "self_phase_loss": float(self_loss),
+        "probs": probs[:, ::13, ::17].flatten().tolist(),
+    }
+
+
+def test_golden_outputs(tmp_path):
+    outputs = _golden_outputs(tmp_path)
+    if os.environ.get("OVSEG_REGEN_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        lines = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in outputs.items()]
+        GOLDEN.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+        pytest.skip(f"regenerated {GOLDEN}")
+    assert GOLDEN.is_file(), f"{GOLDEN} missing; create it with OVSEG_REGEN_GOLDEN=1"
+    expected = json.loads(GOLDEN.read_text())
+    assert set(outputs) == set(expected)
+    for key, value in expected.items():
+        got = np.asarray(outputs[key], dtype=np.float64)
+        assert np.allclose(got, np.asarray(value), rtol=1e-4, atol=1e-5), key
