@@ -11,5 +11,6 @@ from . import (  # noqa: F401
     register_pcontext,
     register_pcontext_full,
     register_voc,
+    toy_world,  # noqa: F401
 )
 from .common import register_sem_seg_split  # noqa: F401
