@@ -1,0 +1,375 @@
+"""ZegCLIP on the tiny random CLIP: the shared frozen tower, what learns, losses, calibration,
+transductive labels (hand-built inputs), checkpoints, golden outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from zegclip_utils import image, tiny_zegclip, tiny_zegclip_cfg, two_region_batch
+
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from ovseg.engine import solver
+from ovseg.modeling.backbone import CLIPViTPrompted
+from ovseg.modeling.heads.zegclip_loss import calibrate, mask_losses, transductive_targets
+from ovseg.modeling.meta_arch.zegclip import ZegCLIP
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "zegclip_tiny_vit.json"
+NAMES = ["cat", "dog", "grass"]
+SPLIT_DATASET = "zegclip_test_split"  # metadata only: 4 classes, "cow" and "sheep" unseen
+MetadataCatalog.get(SPLIT_DATASET).set(
+    stuff_classes=["cat", "cow", "grass", "sheep"],
+    unseen_classes=["cow", "sheep"],
+    seen_classes=["cat", "grass"],
+    ignore_label=255,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models on a shared 2-core machine: one thread is several times faster than two
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "clip_cache"
+
+
+@pytest.fixture
+def model(cache):
+    return tiny_zegclip(cache)
+
+
+def _split_model(cache, setting="inductive", **zegclip):
+    cfg = tiny_zegclip_cfg(cache, **zegclip)
+    cfg.DATASETS.TRAIN = (SPLIT_DATASET,)
+    cfg.MODEL.OVSEG.ZERO_SHOT_SETTING = setting
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------- the frozen shared tower
+def test_backbone_shares_the_frozen_teacher_tower(model):
+    assert isinstance(model.backbone, CLIPViTPrompted)
+    assert model.backbone.tower is model.teacher.model.visual  # shared, not copied
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert all(n.startswith(("backbone.prompt", "decoder.")) for n in _trainable(model))
+    assert {"backbone.prompts", "backbone.prompt_proj.weight"} <= _trainable(model)
+    model.train()
+    assert not model.backbone.tower.training and not model.teacher.model.training
+    assert model.backbone.prompt_dropout.training and model.decoder.training
+
+
+def test_backbone_outputs_any_size_and_prompt_depths(cache):
+    for depth, sets in (("deep", 3), ("shallow", 1)):  # the tiny ViT has 3 blocks
+        model = tiny_zegclip(cache, prompt_depth=depth)
+        assert model.backbone.prompts.shape == (sets, 3, 64)  # tiny ViT width 64
+        out = model.backbone(torch.randn(2, 3, 48, 80))  # grid 3 x 5, not the native 4 x 4
+        assert out["patch_tokens"].shape == (2, 32, 3, 5)
+        assert out["global_token"].shape == (2, 32)
+        loss = out["patch_tokens"].square().sum() + out["global_token"].sum()
+        loss.backward()
+        # every block's prompt set receives a gradient (deep: each replaces the last one's)
+        grads = model.backbone.prompts.grad.flatten(1).abs().sum(1)
+        assert (grads > 0).all(), grads
+        assert all(p.grad is None for p in model.teacher.parameters())
+    with pytest.raises(ValueError, match="multiples of the patch size 16"):
+        model.backbone(torch.randn(1, 3, 40, 48))
+
+
+def test_prompts_change_the_features(model):
+    x = torch.randn(1, 3, 32, 32)
+    before = model.backbone(x)["patch_tokens"].detach()
+    with torch.no_grad():
+        model.backbone.prompts[-1] += 1.0  # the last block's prompts only
+    assert not torch.allclose(model.backbone(x)["patch_tokens"], before, atol=1e-4)
+
+
+def test_optimizer_step_moves_prompts_and_decoder_not_the_teacher(cache):
+    cfg = tiny_zegclip_cfg(cache)
+    cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY = "ADAMW", 1e-2, 0.1
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    teacher = {k: v.clone() for k, v in model.teacher.model.state_dict().items()}
+    student = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = solver.build_optimizer(cfg, model)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(student)
+    model.train()
+    loss = sum(model(two_region_batch()).values())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    after = model.teacher.model.state_dict()
+    assert all(torch.equal(teacher[k], after[k]) for k in teacher)  # bit-equal
+    moved = {
+        n for n, p in model.named_parameters() if n in student and not torch.equal(student[n], p)
+    }
+    assert moved == set(student)
+
+
+def test_checkpoint_holds_prompts_and_decoder_only(cache, tmp_path):
+    model = tiny_zegclip(cache, seed=0)
+    state = model.state_dict()
+    assert state and all(k.startswith(("backbone.prompt", "decoder.")) for k in state)
+    other = tiny_zegclip(cache, seed=0)  # the same random teacher, a different student:
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    # a checkpoint that also carries tower/teacher weights (older format) loads strictly too
+    full = dict(state)
+    full["backbone.tower.proj"] = torch.zeros(1)
+    full["teacher.model.logit_scale"] = torch.zeros(1)
+    other.load_state_dict(full, strict=True)
+    model.eval()
+    other.eval()
+    x = [{"image": image(32, 48), "vocabulary": NAMES}]
+    with torch.no_grad():
+        assert torch.equal(model(x)[0]["sem_seg"], other(x)[0]["sem_seg"])
+
+
+# ---------------------------------------------------------------- inference
+def test_eval_output_at_original_size_whole_and_slide(cache):
+    for mode in ("whole", "slide"):
+        cfg = tiny_zegclip_cfg(cache)
+        cfg.TEST.INFERENCE_MODE = mode
+        cfg.TEST.SLIDE_WINDOW, cfg.TEST.SLIDE_STRIDE = (32, 32), (24, 24)
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            (out,) = model(
+                [{"image": image(40, 70), "vocabulary": NAMES, "height": 81, "width": 35}]
+            )
+        scores = out["sem_seg"]
+        assert scores.shape == (3, 81, 35)
+        assert scores.min() >= 0 and scores.max() <= 1  # sigmoid; no seen classes here
+    assert ZegCLIP.sem_seg_scores == "probabilities"
+
+
+def test_calibration_lowers_seen_classes_of_an_inductive_model(cache):
+    model = _split_model(cache).eval()
+    assert model.seen_classes == {"cat", "grass"}
+    names = ["Grass", "sheep", "cat", "dog"]  # matched case-insensitively; dog never trained
+    seen = model._flags(names, model.seen_classes)
+    assert seen.tolist() == [True, False, True, False]
+    text = model.text_embeddings(names)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        raw, calibrated = model.predict(x, text), model.predict(x, text, seen)
+        (out,) = model([{"image": image(32, 32), "vocabulary": names}])
+    assert torch.allclose(calibrated, raw - 0.1 * seen.float().view(1, -1, 1, 1))
+    assert out["sem_seg"][[0, 2]].max() <= 0.9 + 1e-6
+    # a transductive model is not calibrated (the official self-training stage neither)
+    model = _split_model(cache, "transductive", transductive=True).eval()
+    with torch.no_grad():
+        assert torch.equal(model.predict(x, text, seen), model.predict(x, text))
+
+
+def test_calibrate_hand_computed():
+    scores = torch.tensor([0.5, 0.3, 0.05]).view(1, 3, 1, 1)
+    out = calibrate(scores, torch.tensor([True, False, True]), 0.1)
+    assert torch.allclose(out.flatten(), torch.tensor([0.4, 0.3, -0.05]))
+
+
+# ---------------------------------------------------------------- losses
+def test_mask_losses_hand_computed():
+    # zero logits: p = 0.5 everywhere, focal per pixel = ln 2 * 0.5**2 * (alpha or 1 - alpha)
+    target = torch.tensor([[[0, 1], [255, 0]]])
+    logits = torch.zeros(1, 2, 2, 2)
+    unit = math.log(2) * 0.25
+    focal, dice, n = mask_losses(logits, target)
+    # 3 counted pixels; class 0: 2 positives, 1 negative; class 1: 1 positive, 2 negatives
+    assert focal.item() == pytest.approx(unit * ((2 * 0.25 + 0.75) + (0.25 + 2 * 0.75)) / 3)
+    # class 0: sum p = 1.5, sum t = 2, sum pt = 1; class 1: 1.5, 1, 0.5
+    assert dice.item() == pytest.approx((1 - 3 / 4.5) + (1 - 2 / 3.5))
+    assert n.item() == 2
+    # the ignored pixel as a negative of both classes: 4 counted pixels
+    focal, dice, n = mask_losses(logits, target, ignore_as_negative=True)
+    assert focal.item() == pytest.approx(unit * ((2 * 0.25 + 2 * 0.75) + (0.25 + 3 * 0.75)) / 4)
+    assert dice.item() == pytest.approx((1 - 3 / 5) + (1 - 2 / 4))
+    # only class 0 gets a loss
+    focal, dice, n = mask_losses(logits, target, classes=torch.tensor([True, False]))
+    assert focal.item() == pytest.approx(unit * (2 * 0.25 + 0.75) / 3)
+    assert dice.item() == pytest.approx(1 - 3 / 4.5) and n.item() == 1
+
+
+def test_mask_losses_focal_of_one_pixel():
+    p = torch.sigmoid(torch.tensor(2.0)).item()
+    logits = torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+    focal, _, _ = mask_losses(logits, torch.tensor([[[0]]]), alpha=0.3, gamma=1.5)
+    q = torch.sigmoid(torch.tensor(-1.0)).item()  # class 1 is a negative
+    want = 0.3 * (1 - p) ** 1.5 * -math.log(p) + 0.7 * q**1.5 * -math.log(1 - q)
+    assert focal.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_model_losses_are_weighted_normalised_mask_losses(model):
+    batch = two_region_batch()
+    model.train()
+    losses = model(batch)
+    assert set(losses) == {f"loss_{k}{s}" for k in ("focal", "dice") for s in ("_0", "_1", "")}
+    images = torch.stack(model._normalize([x["image"] for x in batch]))
+    target = torch.stack([x["sem_seg"] for x in batch])
+    masks = model.mask_logits(images, model.text_embeddings(batch[0]["vocabulary"]))
+    for i, suffix in enumerate(("_0", "_1", "")):
+        logits = F.interpolate(masks[i], size=(32, 32), mode="bilinear", align_corners=False)
+        focal, dice, n = mask_losses(logits, target)
+        assert n.item() == 6  # three classes in each of the two images
+        assert losses[f"loss_focal{suffix}"].item() == pytest.approx(100 * focal.item() / 6)
+        assert losses[f"loss_dice{suffix}"].item() == pytest.approx(dice.item() / 6)
+    last_only = tiny_zegclip(model.teacher.cache_dir, deep_supervision=False).train()
+    assert set(last_only(batch)) == {"loss_focal", "loss_dice"}
+
+
+def test_loss_decreases_on_a_fixed_batch(model):
+    batch = two_region_batch()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    history = []
+    # a 2 x 2 patch grid cannot draw the regions exactly: the loss falls by about a third
+    for _ in range(8):
+        loss = sum(model(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < 0.8 * history[0], history
+
+
+def test_labels_outside_the_vocabulary_raise(model):
+    batch = two_region_batch()
+    batch[0]["sem_seg"][5, 5] = 7
+    model.train()
+    with pytest.raises(ValueError, match=r"labels \[7\].*3-name vocabulary"):
+        model(batch)
+
+
+# ---------------------------------------------------------------- transductive labels
+def test_transductive_targets_hand_built():
+    target = torch.tensor([[[0, 255, 2], [255, 1, 2]]])
+    # 4 classes, unseen 2 and 3: pixel (0, 1) prefers 3, pixel (1, 0) prefers 2 (class 0's
+    # larger score is ignored: it is seen), the pixels labelled 2 prefer 3 and 2
+    logits = torch.full((1, 4, 2, 3), -5.0)
+    logits[0, 3, 0, 1], logits[0, 2, 0, 1] = 1.0, 0.5
+    logits[0, 0, 1, 0], logits[0, 2, 1, 0], logits[0, 3, 1, 0] = 9.0, 0.2, 0.1
+    logits[0, 3, 0, 2] = 2.0
+    logits[0, 2, 1, 2] = 2.0
+    unseen = torch.tensor([False, False, True, True])
+    out = transductive_targets(target, logits, unseen, pixels="ignore")
+    assert out.tolist() == [[[0, 3, 2], [2, 1, 2]]]  # only the ignored pixels change
+    out = transductive_targets(target, logits, unseen, pixels="unseen")
+    assert out.tolist() == [[[0, 255, 3], [255, 1, 2]]]  # unseen labels replaced, 255 kept
+    with pytest.raises(ValueError, match="needs unseen classes"):
+        transductive_targets(target, logits, torch.zeros(4, dtype=torch.bool))
+
+
+def test_transductive_schedule_and_targets_in_the_model(cache):
+    model = _split_model(cache, "transductive", transductive=True, transductive_start_iter=5)
+    assert model.unseen_classes == {"cow", "sheep"}
+    names = ("cat", "cow", "grass", "sheep")
+    target = torch.tensor([[[0, 255], [2, 255]]])
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[0, 3] = 1.0  # sheep everywhere
+    with EventStorage(start_iter=4):
+        assert not model.self_training_active()
+        out, classes = model._targets(target, logits, names)
+        assert torch.equal(out, target) and classes.tolist() == [True, False, True, False]
+    with EventStorage(start_iter=5):
+        assert model.self_training_active()
+        out, classes = model._targets(target, logits, names)
+        assert out.tolist() == [[[0, 3], [2, 3]]] and classes is None
+    assert model.self_training_active()  # outside a trainer: enabled
+
+    # official protocol: unseen labels locate the pixels (setting "none"), never supervise
+    model = _split_model(
+        cache, "none", transductive=True, transductive_pixels="unseen", transductive_start_iter=5
+    )
+    target = torch.tensor([[[0, 1], [255, 3]]])
+    with EventStorage(start_iter=0):
+        out, classes = model._targets(target, logits, names)
+        assert out.tolist() == [[[0, 255], [255, 255]]] and classes.tolist()[1] is False
+    with EventStorage(start_iter=9):
+        out, _ = model._targets(target, logits, names)
+        assert out.tolist() == [[[0, 3], [255, 3]]]
+
+
+def test_transductive_training_step_runs(cache):
+    model = _split_model(cache, "transductive", transductive=True).train()
+    batch = two_region_batch(names=("cat", "cow", "grass", "sheep"))
+    for x in batch:
+        x["sem_seg"][20:, :8] = 255  # pixels to pseudo-label
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_settings_are_checked(cache):
+    with pytest.raises(ValueError, match="needs MODEL.OVSEG.ZERO_SHOT_SETTING 'transductive'"):
+        _split_model(cache, "inductive", transductive=True)
+    with pytest.raises(ValueError, match="needs MODEL.OVSEG.ZERO_SHOT_SETTING 'none'"):
+        _split_model(cache, "transductive", transductive=True, transductive_pixels="unseen")
+    with pytest.raises(ValueError, match="TRANSDUCTIVE_PIXELS"):
+        _split_model(cache, "none", transductive=True, transductive_pixels="all")
+    with pytest.raises(ValueError, match="PROMPT_DEPTH"):
+        tiny_zegclip(cache, prompt_depth="middle")
+    # fully supervised: every class counts as seen, none is left out of the loss
+    model = _split_model(cache, "none")
+    assert model.seen_classes == {"cat", "cow", "grass", "sheep"} and not model.unseen_classes
+    assert _split_model(cache, "inductive").unseen_classes == frozenset()
+
+
+# ---------------------------------------------------------------- golden outputs
+def _golden_outputs(cache) -> dict:
+    model = tiny_zegclip(cache, seed=0)
+    model.train()
+    losses = model(two_region_batch())
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": image(40, 56, seed=3), "vocabulary": NAMES}])
+        x = torch.stack(model._normalize([image(48, 64, seed=4)]))
+        feats = model.backbone(x)
+        masks = model.mask_logits(x, model.text_embeddings(NAMES))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return {
+        "param_sum": sum(p.double().sum().item() for p in trainable),
+        "losses": {k: v.item() for k, v in sorted(losses.items())},
+        "patch_tokens": feats["patch_tokens"][0, :8, -1, -1].tolist(),
+        "global_token": feats["global_token"][0, :8].tolist(),
+        # initial mask logits are small (0.02-std decoder init): scaled to compare them
+        "mask_logits_x100": [(100 * m[0, :, 1, ::2]).flatten().tolist() for m in masks],
+        "scores": out["sem_seg"][:, ::8, ::8].flatten().tolist(),
+    }
+
+
+def test_golden_outputs(cache):
+    outputs = _golden_outputs(cache)
+    if os.environ.get("OVSEG_REGEN_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(outputs, indent=1) + "\n")
+        pytest.skip(f"regenerated {GOLDEN}")
+    assert GOLDEN.is_file(), f"{GOLDEN} missing; create it with OVSEG_REGEN_GOLDEN=1"
+    golden = json.loads(GOLDEN.read_text())
+    assert outputs["param_sum"] == pytest.approx(
+        golden["param_sum"], rel=1e-6
+    ), "the seeded initialisation changed, so the other values cannot be compared"
+    for key, value in golden["losses"].items():
+        assert outputs["losses"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    for key in ("patch_tokens", "global_token", "mask_logits_x100", "scores"):
+        got, want = torch.tensor(outputs[key]), torch.tensor(golden[key])
+        assert got.shape == want.shape, key
+        assert torch.allclose(
+            got, want, atol=1e-4
+        ), f"{key}: max diff {(got - want).abs().max():.2e}"

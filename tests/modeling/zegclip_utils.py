@@ -1,0 +1,65 @@
+"""Helpers for the ZegCLIP tests: tiny configs and models on the random-init tiny CLIP ViT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ovseg_testing import ROOT
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from ovseg import add_ovseg_config
+
+TINY_VIT = str(ROOT / "configs" / "clip" / "tiny_vit.json")
+
+
+def tiny_zegclip_cfg(cache_dir: Path, **zegclip):
+    """A ZegCLIP config on the tiny CLIP ViT (random weights, D=32, 3 blocks, patch 16), CPU,
+    without dropout (so training steps are deterministic) and without datasets."""
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "ZegCLIP"
+    cfg.MODEL.BACKBONE.NAME = "build_clip_vit_prompted_backbone"
+    cfg.MODEL.CLIP.MODEL_NAME = TINY_VIT
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    cfg.MODEL.CLIP.CACHE_DIR = str(cache_dir)
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    cfg.MODEL.ZEGCLIP.NUM_PROMPTS = 3
+    cfg.MODEL.ZEGCLIP.DECODER_HEADS = 4
+    cfg.MODEL.ZEGCLIP.PROMPT_DROPOUT = 0.0
+    cfg.MODEL.ZEGCLIP.DECODER_DROPOUT = 0.0
+    for key, value in zegclip.items():
+        setattr(cfg.MODEL.ZEGCLIP, key.upper(), value)
+    return cfg
+
+
+def tiny_zegclip(cache_dir: Path, seed: int = 0, **zegclip):
+    torch.manual_seed(seed)
+    return build_model(tiny_zegclip_cfg(cache_dir, **zegclip))
+
+
+def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+
+
+def two_region_batch(names=("red thing", "blue thing", "green thing"), n: int = 2, size: int = 32):
+    """Training inputs whose label is a function of colour: left red = 0, right blue = 1,
+    a green square = 2, and an ignored corner."""
+    inputs = []
+    for i in range(n):
+        cut = size // 3 + i * 3
+        img = torch.zeros(3, size, size, dtype=torch.uint8)
+        label = torch.zeros(size, size, dtype=torch.long)
+        img[0, :, :cut] = 220
+        img[2, :, cut:] = 220
+        label[:, cut:] = 1
+        img[:, 4:12, 20:28] = torch.tensor([30, 200, 30], dtype=torch.uint8)[:, None, None]
+        label[4:12, 20:28] = 2
+        label[:3, :3] = 255
+        inputs.append({"image": img, "sem_seg": label, "vocabulary": list(names)})
+    return inputs
