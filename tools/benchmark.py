@@ -4,6 +4,7 @@
 Examples:
     python tools/benchmark.py teacher --model ViT-B-16 --size 512 512 --batch 2
     python tools/benchmark.py teacher --model configs/clip/tiny_vit.json --size 64 64
+    python tools/benchmark.py maskclip_plus --image-size 384 512 --crop 384 --batch 2
 
 Each subcommand registers itself in ``SUBCOMMANDS`` (name -> function adding its parser);
 its parser sets ``func``, which takes the parsed arguments and returns a dict of results.
@@ -328,6 +329,165 @@ def add_teacher_parser(subparsers) -> None:
         help="also time ovseg.pseudo.generate_pseudo_labels into a temporary store",
     )
     p.set_defaults(func=run_teacher)
+
+
+# ---------------------------------------------------------------------- maskclip_plus
+MASKCLIP_PLUS_CONFIG = (
+    "configs/voc/maskclip_plus/maskclip_plus_vitb16_r101_deeplabv2_transductive_20k_bs16.yaml"
+)
+
+
+def _maskclip_plus_batch(cfg, model, folder: str, args) -> list:
+    """``args.batch`` random JPEGs with labels (a seen class, an unseen square), their store
+    made by the generation code, and one training batch mapped by the config's training
+    mapper with its transforms recorded: the same samples serve both sources."""
+    from PIL import Image
+
+    from ovseg.data import build_dataset_mapper
+    from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names, training_vocabulary
+    from ovseg.modeling.meta_arch.maskclip_plus_targets import record_transforms
+    from ovseg.pseudo import (
+        PseudoLabelStore,
+        attach_pseudo_labels,
+        build_manifest,
+        generate_pseudo_labels,
+    )
+
+    names, unseen = training_vocabulary(cfg)
+    scored = list(scored_names(cfg))
+    rng = np.random.default_rng(0)
+    h, w = args.image_size
+    dicts = []
+    for i in range(args.batch):
+        label = np.zeros((h, w), np.uint8)
+        label[h // 4 : h // 2, w // 4 : w // 2] = names.index(unseen[0]) if unseen else 1
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        paths = [os.path.join(folder, f"{i:04d}.{ext}") for ext in ("jpg", "png")]
+        Image.fromarray(image).save(paths[0], quality=95)
+        Image.fromarray(label).save(paths[1])
+        dicts.append({"file_name": paths[0], "sem_seg_file_name": paths[1], "image_id": f"{i:04d}"})
+    dataset = cfg.DATASETS.TRAIN[0]
+    threshold = cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_THRESHOLD
+    manifest = build_manifest(
+        fingerprint="benchmark", teacher={}, vocabulary=scored, threshold=threshold, dataset=dataset
+    )
+    store = PseudoLabelStore.create(os.path.join(folder, "store"), manifest)
+    model.pseudo_label_store = store.root  # checked against the config at the first step
+    test_mapper = build_dataset_mapper(cfg, False, dataset)
+    generate_pseudo_labels(
+        model.labeller,
+        dicts,
+        lambda d: {**test_mapper(d), "vocabulary": scored},
+        store,
+        threshold=threshold,
+        progress=False,
+    )
+    mapper = record_transforms(build_dataset_mapper(cfg, True, dataset))
+    return [mapper(d) for d in attach_pseudo_labels(dicts, store)]
+
+
+def run_maskclip_plus(args) -> dict:
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from ovseg.data import build_dataset_mapper
+    from ovseg.engine.defaults import load_config
+
+    device = torch.device(args.device)
+    h, w = args.image_size
+    size = min(h, w)
+    opts = [
+        "MODEL.DEVICE", args.device,
+        "MODEL.CLIP.PRETRAINED", args.pretrained,
+        "MODEL.WEIGHTS", "",
+        "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store",
+        "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START", "-1",
+        "INPUT.MIN_SIZE_TRAIN", f"({size},)",
+        "INPUT.MAX_SIZE_TRAIN", str(max(h, w)),
+        "INPUT.MIN_SIZE_TEST", str(size),
+        "INPUT.MAX_SIZE_TEST", str(max(h, w)),
+        "INPUT.CROP.SIZE", f"({args.crop}, {args.crop})",
+    ]  # fmt: skip
+    cfg = load_config(args.config_file, opts + list(args.opts))
+    if args.cache_dir:
+        cfg.MODEL.CLIP.CACHE_DIR = args.cache_dir
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    now = CLOCKS[args.clock]
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = _maskclip_plus_batch(cfg, model, tmp, args)
+        sources = {
+            "store": None,
+            args.online: build_dataset_mapper(cfg, False, cfg.DATASETS.TRAIN[0]),
+        }
+        times: Dict[str, list] = {name: [] for name in sources}
+        with EventStorage(0):
+            for i in range(args.warmup + args.iters):
+                for source, mapper in sources.items():  # take turns: shared-CPU load spreads
+                    model.pseudo_label_source, model.online_mapper = source, mapper
+                    synchronize(device)
+                    start = now()
+                    loss = sum(model(batch).values())
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    synchronize(device)
+                    if i >= args.warmup:
+                        times[source].append(now() - start)
+    t_store = statistics.median(times["store"])
+    t_online = statistics.median(times[args.online])
+    res = {
+        "config": args.config_file,
+        "opts": list(args.opts),
+        "device": str(device),
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "image_size": [h, w],
+        "crop": args.crop,
+        "online_source": args.online,
+        "store_step_s": t_store,
+        "online_step_s": t_online,
+        "speedup_store_vs_online": t_online / t_store,
+        "teacher_share_of_online_step": 1 - t_store / t_online,
+    }
+    print(
+        f"MaskCLIP+ train step ({args.config_file}), batch {args.batch} of {h}x{w} images, "
+        f"{args.crop} crops, {args.device}, median {args.clock} time, {res['threads']} threads:\n"
+        f"  store (DATASETS.PSEUDO_LABELS)   {1000 * t_store:.1f} ms\n"
+        f"  teacher in the loop ({args.online})  {1000 * t_online:.1f} ms\n"
+        f"  store speed-up                  {res['speedup_store_vs_online']:.2f}x (goal >= 3x)"
+    )
+    return res
+
+
+@subcommand("maskclip_plus")
+def add_maskclip_plus_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "maskclip_plus",
+        help="MaskCLIP+: training step with the pseudo-label store vs the teacher in the loop",
+        description=(
+            "Times one MaskCLIP+ training step (forward, targets, backward, SGD step) on the "
+            "same model and batch with the teacher's labels read from a store (generated "
+            "beforehand, as tools/generate_pseudo_labels.py does) and computed in the loop "
+            "('online': the teacher labels each original image; 'online_augmented': each "
+            "crop). Random images and random weights: speed only."
+        ),
+    )
+    p.add_argument("--config-file", default=MASKCLIP_PLUS_CONFIG, help="a MaskCLIP+ config")
+    p.add_argument("--pretrained", default="", help="MODEL.CLIP.PRETRAINED ('' = random)")
+    p.add_argument("--cache-dir", default="", help="MODEL.CLIP.CACHE_DIR ('' = default)")
+    p.add_argument("--image-size", type=int, nargs=2, default=(384, 512), metavar=("H", "W"))
+    p.add_argument("--crop", type=int, default=384, help="training crop side")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--online", default="online", choices=("online", "online_augmented"))
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--clock", default="wall", choices=sorted(CLOCKS))
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
+    p.set_defaults(func=run_maskclip_plus)
 
 
 # ---------------------------------------------------------------------- entry point
