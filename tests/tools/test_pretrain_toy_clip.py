@@ -1,0 +1,154 @@
+"""tools/pretrain_toy_clip.py: batches, loss, schedule, checkpoint/resume, and the shipped CLIP."""
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+
+from ovseg import add_ovseg_config
+from ovseg.clip import build_clip_teacher
+from ovseg.data.datasets.toy_world import SHAPES
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = {  # model config -> checkpoint, as configs/toy/Base-toy.yaml uses them
+    "configs/clip/toy_rn.json": "checkpoints/toy_clip_rn.pt",
+}
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_toy_clip", ROOT / "tools" / "pretrain_toy_clip.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tool = _load_tool()
+
+
+def _mask_shapes(caption: str) -> str:
+    return re.sub("|".join(SHAPES), "X", caption)
+
+
+def test_batches_are_deterministic_twin_pairs():
+    images, captions = tool.make_batch(0, 5, 8, 64, True)
+    again_images, again_captions = tool.make_batch(0, 5, 8, 64, True)
+    assert images.shape == (8, 64, 64, 3) and (images == again_images).all()
+    assert captions == again_captions
+    for j in range(0, 8, 2):  # a pair: same words but the shapes
+        assert captions[j] != captions[j + 1]
+        assert _mask_shapes(captions[j]) == _mask_shapes(captions[j + 1])
+    other_images, _ = tool.make_batch(0, 6, 8, 64, True)
+    assert not (other_images == images).all()
+
+
+class _Fixed(torch.nn.Module):
+    """Stands in for a CLIP model: given features, temperature exp(1)."""
+
+    def __init__(self, img, txt):
+        super().__init__()
+        self.img, self.txt = img, txt
+        self.logit_scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def encode_image(self, images, normalize):
+        return self.img
+
+    def encode_text(self, tokens, normalize):
+        return self.txt
+
+
+def test_clip_loss_treats_identical_captions_as_positives():
+    eye = torch.eye(2)
+    a = math.e  # logits: diagonal e, off-diagonal 0
+    distinct = tool.clip_loss(_Fixed(eye, eye), None, None, ["a circle.", "a star."])
+    assert distinct.item() == pytest.approx(math.log(1 + math.exp(-a)))
+    same = tool.clip_loss(_Fixed(eye, eye), None, None, ["a circle.", "a circle."])
+    assert same.item() == pytest.approx(math.log(math.exp(a) + 1) - a / 2)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert tool.lr_at(0, 1e-3, 10, 110) == pytest.approx(1e-4)
+    assert tool.lr_at(9, 1e-3, 10, 110) == pytest.approx(1e-3)
+    assert tool.lr_at(60, 1e-3, 10, 110) == pytest.approx(5e-4)
+    assert tool.lr_at(110, 1e-3, 10, 110) == pytest.approx(0.0)
+
+
+def _args(tmp_path, *extra):
+    return [
+        "--model-config",
+        str(ROOT / "configs/clip/toy_rn.json"),
+        "--output",
+        str(tmp_path / "clip.pt"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--batch-size",
+        "4",
+        "--num-eval",
+        "4",
+        "--eval-period",
+        "2",
+        "--warmup",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_three_steps_write_a_loadable_checkpoint_and_resume_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    metrics = tool.main(_args(straight, "--steps", "3"))
+    assert set(metrics) >= {"zero_shot_accuracy", "retrieval_r1", "dense_object_accuracy"}
+    state = torch.load(straight / "clip.pt", map_location="cpu", weights_only=True)
+    assert state["ovseg_pretrain"]["steps"] == 3
+    assert all(
+        v.dtype == torch.float16 for v in state["state_dict"].values() if v.is_floating_point()
+    )
+    model = open_clip.create_model("toy_rn", pretrained=str(straight / "clip.pt"))
+    assert model.visual.attnpool is not None
+
+    resumed = tmp_path / "resumed"
+    assert tool.main(_args(resumed, "--steps", "3", "--stop-after", "2")) == {}
+    assert not (resumed / "clip.pt").exists()
+    assert torch.load(resumed / "work/last.pt", weights_only=True)["step"] == 2
+    tool.main(_args(resumed, "--steps", "3", "--resume"))
+    a, b = _weights(straight / "clip.pt"), _weights(resumed / "clip.pt")
+    assert a.keys() == b.keys()
+    for k in a:  # batches depend only on (seed, step): resuming changes nothing
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    tool.main(_args(tmp_path, "--steps", "2", "--stop-after", "1"))
+    with pytest.raises(ValueError, match="batch_size"):
+        tool.main(_args(tmp_path, "--steps", "2", "--resume", "--batch-size", "6"))
+
+
+@pytest.mark.parametrize("model_config, checkpoint", sorted(SHIPPED.items()))
+def test_shipped_checkpoint_beats_chance_through_build_clip_teacher(
+    model_config, checkpoint, tmp_path
+):
+    path = ROOT / checkpoint
+    assert path.stat().st_size < 5 * 2**20
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CLIP.MODEL_NAME = str(ROOT / model_config)
+    cfg.MODEL.CLIP.PRETRAINED = str(path)
+    cfg.MODEL.CLIP.CACHE_DIR = str(tmp_path)
+    teacher = build_clip_teacher(cfg)
+    # world seed 1: images the checkpoint's own evaluation (seed 0) never looked at
+    metrics = tool.evaluate(teacher, seed=1, num_images=64)
+    assert metrics["num_single"] >= 15
+    assert metrics["zero_shot_accuracy"] >= 80.0, metrics  # chance 12.5
+    assert metrics["dense_object_accuracy"] >= 2.5 * 12.5, metrics
