@@ -36,7 +36,7 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import datasets_root, deterministic_colors, load_sem_seg_split
+from .common import datasets_root, deterministic_colors
 
 __all__ = [
     "CLASSES", "COLORS", "SHAPES", "SPLITS", "TEXTURES", "ToyObject", "ToyScene",
@@ -246,6 +246,7 @@ def generate_sample(
 
 # ------------------------------------------------------------------------- on disk
 _DIRS = {"train": "training", "val": "validation"}
+_SUBDIRS = ("images", "annotations_detectron2")
 
 
 def _image_id(stream: str, index: int) -> str:
@@ -254,14 +255,15 @@ def _image_id(stream: str, index: int) -> str:
 
 def _write_world(folder: Path, params: dict) -> None:
     for stream, count in (("training", params["num_train"]), ("validation", params["num_val"])):
-        (folder / "images" / stream).mkdir(parents=True)
-        (folder / "annotations_detectron2" / stream).mkdir(parents=True)
+        image_dir, label_dir = (folder / d / stream for d in _SUBDIRS)
+        image_dir.mkdir(parents=True)
+        label_dir.mkdir(parents=True)
         captions: Dict[str, List[str]] = {}
         for i in range(count):
             image, label, caps, _ = generate_sample(params["seed"], stream, i, params["size"])
             stem = _image_id(stream, i)
-            Image.fromarray(image).save(folder / "images" / stream / f"{stem}.png")
-            Image.fromarray(label).save(folder / "annotations_detectron2" / stream / f"{stem}.png")
+            Image.fromarray(image).save(image_dir / f"{stem}.png")
+            Image.fromarray(label).save(label_dir / f"{stem}.png")
             captions[stem] = caps
         with open(folder / f"captions_{stream}.json", "w", encoding="utf-8") as f:
             json.dump(captions, f, indent=0, sort_keys=True)
@@ -345,19 +347,29 @@ def build_toy_world(
 
 # ------------------------------------------------------------------------- registration
 def _load_split(*, dataset_name: str, folder: str, split_dir: str) -> List[dict]:
-    if _read_manifest(Path(folder)) is None:
+    """The split's samples as the manifest lists them, every file checked."""
+    command = f"python -m ovseg.data.datasets.toy_world --root {os.path.dirname(folder)}"
+    manifest = _read_manifest(Path(folder))
+    if manifest is None:
         raise FileNotFoundError(
             f"Dataset {dataset_name!r}: no toy world at {folder} (manifest.json missing). "
-            f"Write it with: python -m ovseg.data.datasets.toy_world --root "
-            f"{os.path.dirname(folder)}"
+            f"Write it with: {command}"
         )
-    return load_sem_seg_split(
-        dataset_name=dataset_name,
-        image_root=os.path.join(folder, "images", split_dir),
-        sem_seg_root=os.path.join(folder, "annotations_detectron2", split_dir),
-        image_ext=".png",
-        prepare_script="../ovseg/data/datasets/toy_world.py",
-    )
+    dicts = []
+    for i in range(manifest["num_train" if split_dir == "training" else "num_val"]):
+        stem = _image_id(split_dir, i)
+        image, label = (os.path.join(folder, d, split_dir, f"{stem}.png") for d in _SUBDIRS)
+        dicts.append({"file_name": image, "sem_seg_file_name": label, "image_id": stem})
+    missing = [
+        p for d in dicts for p in (d["file_name"], d["sem_seg_file_name"]) if not os.path.isfile(p)
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"Dataset {dataset_name!r}: the toy world at {folder} misses {len(missing)} files "
+            f"its manifest lists, e.g. {missing[0]}. Rebuild it: {command} --overwrite "
+            "(with the parameters in its manifest.json)"
+        )
+    return dicts
 
 
 def register_toy_world(root: str, prefix: str = "toy_world", unseen: Sequence[str] = ()) -> None:

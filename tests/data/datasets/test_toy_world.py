@@ -157,6 +157,19 @@ def test_missing_world_names_the_command(tmp_path):
         tw.register_all_toy_world(datasets_root())
 
 
+def test_incomplete_world_names_the_missing_file(tmp_path):
+    folder = tw.build_toy_world(str(tmp_path), num_train=2, num_val=1, seed=0)
+    gone = folder / "annotations_detectron2/training/toy_train_000001.png"
+    gone.unlink()
+    tw.register_all_toy_world(str(tmp_path))
+    try:
+        with pytest.raises(FileNotFoundError, match="toy_train_000001.png.*--overwrite"):
+            DatasetCatalog.get("toy_world_sem_seg_train")
+        assert len(DatasetCatalog.get("toy_world_sem_seg_val")) == 1
+    finally:
+        tw.register_all_toy_world(datasets_root())
+
+
 def test_cache_reuse_refusal_and_overwrite(tmp_path, monkeypatch):
     folder = tw.build_toy_world(str(tmp_path), num_train=2, num_val=1, seed=0)
     manifest = json.loads((folder / "manifest.json").read_text())
