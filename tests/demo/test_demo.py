@@ -16,7 +16,7 @@ from PIL import Image
 
 from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
-from ovseg.utils.visualization import label_dtype_for
+from ovseg.utils.visualization import heatmap_grid, label_dtype_for
 
 predictor_module, demo_cli = load_demo_modules()
 NAMES = ["cat", "dog", "grass"]
@@ -110,18 +110,26 @@ def test_similarity_maps_are_teacher_cosines_upsampled(shared_predictor):
     np.testing.assert_allclose(maps, expected.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (8, 2, 4), (9, 3, 3), (20, 4, 5)]
-)
-def test_heatmap_grid_has_one_panel_per_word(shared_predictor, num_names, rows, cols):
+@pytest.mark.parametrize(("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (9, 3, 3)])
+def test_heatmap_grid_has_one_panel_per_word(num_names, rows, cols):
     names = NAMES + [f"word {i}" for i in range(num_names - 3)]
-    picture, layout = _demo(shared_predictor).heatmaps(_rgb(48, 64), names)
+    maps = np.random.default_rng(0).uniform(-0.5, 0.5, (num_names, 24, 32)).astype(np.float32)
+    maps[1, 0, 0] = 0.75
+    picture, layout = heatmap_grid(_rgb(24, 32), maps, names)
     assert len(layout.titles) == num_names
     assert [t.split(" (max")[0] for t in layout.titles] == names
+    assert layout.titles[1] == "dog (max 0.75)"
     assert (layout.rows, layout.cols) == (rows, cols)
+    assert layout.value_range == (float(maps.min()), 0.75)  # one scale for every panel
     # panels 240 x 180 (the image's 3:4), 28-px titles, an 80-px colour bar
     assert picture.shape == (rows * (180 + 28) + 80, cols * 240, 3)
     assert layout.size == (cols * 240, rows * (180 + 28) + 80)
+
+
+def test_demo_heatmaps_draw_every_vocabulary_word(shared_predictor):
+    picture, layout = _demo(shared_predictor).heatmaps(_rgb(48, 64), NAMES)
+    assert [t.split(" (max")[0] for t in layout.titles] == NAMES
+    assert picture.shape == (180 + 28 + 80, 3 * 240, 3)
 
 
 # ---------------------------------------------------------------- command-line errors

@@ -87,8 +87,8 @@ def test_metrics_are_merged_by_iteration_later_lines_winning(tmp_path, caplog):
 
 def test_plot_metrics_draws_losses_lr_and_split_miou(tmp_path):
     _write_metrics(tmp_path)
-    assert plot_metrics.main([str(tmp_path)]) == 0
-    output, summary = plot_metrics.plot_metrics(str(tmp_path), str(tmp_path / "curves.png"))
+    output, summary = plot_metrics.plot_metrics(str(tmp_path))
+    assert output == str(tmp_path / "metrics.png")  # beside metrics.json by default
     assert summary.panels == {
         "losses": ("loss_ce", "loss_distill", "total_loss"),
         "learning rate": ("lr",),
@@ -101,7 +101,6 @@ def test_plot_metrics_draws_losses_lr_and_split_miou(tmp_path):
     }
     assert summary.size == (800, 900)  # 8 x (3 panels x 3) inches at 100 dpi
     assert Image.open(output).size == summary.size
-    assert Image.open(tmp_path / "metrics.png").size == summary.size
 
 
 def test_several_test_datasets_get_one_panel_each():
