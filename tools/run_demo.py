@@ -1,0 +1,414 @@
+#!/usr/bin/env python
+"""The offline world end to end: ``make demo`` (README's main command).
+
+1. writes the toy world (cached by its parameters);
+2. measures the toy CLIP (image-level zero-shot accuracy) and the training-free MaskCLIP
+   teacher (object-pixel accuracy against chance, mIoU);
+3. for every student with a ``configs/toy/<method>*.yaml`` and a registered meta-architecture,
+   trains and evaluates it through ``train_net.py`` twice: with the trained toy CLIP, and with a
+   random-weight CLIP of the same architecture (the ablation that removes the knowledge and
+   keeps everything else);
+4. writes ``results.json``, ``results.md`` and ``gallery.png`` under ``--output``.
+
+``--quick`` (``make demo QUICK=1``) uses a tiny world and few iterations (CI); ``--full``
+(``FULL=1``) runs both zero-shot splits and averages them; ``--retrain-clip``
+(``RETRAIN_CLIP=1``) retrains the toy CLIP with the command recorded in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
+
+import ovseg  # noqa: E402, F401
+from ovseg.data import build_dataset_mapper  # noqa: E402
+from ovseg.data.datasets.toy_world import SPLITS, build_toy_world  # noqa: E402
+from ovseg.engine.defaults import load_config  # noqa: E402
+from ovseg.evaluation import segmentation_metrics  # noqa: E402
+from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline  # noqa: E402
+
+logger = logging.getLogger("ovseg.demo")
+
+TEACHER_CONFIG = "configs/toy/maskclip.yaml"
+# students in the order of the results table: (key, config glob)
+STUDENTS = (
+    ("lseg", "lseg_*.yaml"),
+    ("zegclip", "zegclip_*.yaml"),
+    ("maskclip_plus", "maskclip_plus_*.yaml"),
+)
+SPLIT_DATASETS = {
+    s: (
+        f"toy_world{'' if s == 'a' else '_' + s}_sem_seg_train",
+        f"toy_world{'' if s == 'a' else '_' + s}_sem_seg_val",
+    )
+    for s in SPLITS
+}
+SIZES = {  # world and schedule per mode
+    "quick": {"num_train": 120, "num_val": 24, "max_iter": 30},
+    "default": {"num_train": 2000, "num_val": 200, "max_iter": None},  # None: the config's
+}
+GALLERY_IMAGES = 4
+CLIP_KEYS = ("zero_shot_accuracy", "retrieval_r1", "dense_object_accuracy")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", default="output/demo", help="where results and runs go")
+    p.add_argument("--datasets-root", default="", help="toy world root (default: per mode)")
+    p.add_argument("--quick", action="store_true", help="tiny world, few iterations (CI)")
+    p.add_argument("--full", action="store_true", help="both zero-shot splits, averaged")
+    p.add_argument("--retrain-clip", action="store_true", help="retrain the toy CLIP first")
+    p.add_argument("--seed", type=int, default=0, help="seed of the world")
+    p.add_argument("--methods", nargs="*", default=None, help="students to run (default: all)")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------- helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def clip_settings(config: str) -> tuple[str, str]:
+    cfg = load_config(str(ROOT / config))
+    return cfg.MODEL.CLIP.MODEL_NAME, cfg.MODEL.CLIP.PRETRAINED
+
+
+def retrain_clip(checkpoint: str) -> None:
+    """Re-run the command recorded in the shipped checkpoint (tools/pretrain_toy_clip.py)."""
+    meta = torch.load(ROOT / checkpoint, map_location="cpu", weights_only=False)
+    command = meta.get("ovseg_pretrain", {}).get("command")
+    if not command:
+        raise SystemExit(f"{checkpoint} records no training command; see checkpoints/README.md")
+    argv = shlex.split(command)
+    logger.info("Retraining the toy CLIP: %s", command)
+    subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, check=True)
+
+
+def evaluate_clip(config: str, seed: int, num_images: int) -> dict:
+    """Image-level zero-shot metrics of the config's CLIP (tools/pretrain_toy_clip.py)."""
+    import importlib.util
+
+    from ovseg.clip import build_clip_teacher
+
+    spec = importlib.util.spec_from_file_location("pretrain", ROOT / "tools/pretrain_toy_clip.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    teacher = build_clip_teacher(load_config(str(ROOT / config)))
+    return pretrain.evaluate(teacher, seed=seed, num_images=num_images)
+
+
+def predict(cfg, dataset: str, weights: str = "", limit: int | None = None):
+    """Run a model over a dataset in-process; yield (input dict, label or None, scores)."""
+    model = build_model(cfg)
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    model.eval()
+    mapper = build_dataset_mapper(cfg, False, dataset)
+    dicts = DatasetCatalog.get(dataset)[:limit]
+    with torch.no_grad():
+        for d in dicts:
+            sample = mapper(dict(d))
+            scores = model([sample])[0]["sem_seg"]
+            yield sample, scores
+
+
+def evaluate_teacher(split: str, datasets_root: Path) -> tuple[dict, list]:
+    """MaskCLIP zero-shot on the val split: object-pixel accuracy over the shapes, mIoU."""
+    _, val = SPLIT_DATASETS[split]
+    cfg = load_config(str(ROOT / TEACHER_CONFIG), ["DATASETS.TEST", f"('{val}',)"])
+    meta = MetadataCatalog.get(val)
+    names, k = meta.stuff_classes, len(meta.stuff_classes)
+    conf = np.zeros((k, k), np.int64)
+    correct = total = 0
+    gallery = []
+    for i, (sample, scores) in enumerate(predict(cfg, val)):
+        gt = sample["sem_seg"].numpy()
+        pred = scores.argmax(0).numpy()
+        valid = gt != meta.ignore_label
+        conf += np.bincount(gt[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
+        # shape accuracy on object pixels: argmax over the shapes only (index 0 = background)
+        shape_pred = scores[1:].argmax(0).numpy() + 1
+        obj = valid & (gt > 0)
+        correct += int((shape_pred[obj] == gt[obj]).sum())
+        total += int(obj.sum())
+        if i < GALLERY_IMAGES:
+            gallery.append((sample, pred))
+    metrics = segmentation_metrics(conf, names, unseen=meta.unseen_classes)
+    return {
+        "object_pixel_accuracy": 100.0 * correct / max(total, 1),
+        "chance_accuracy": 100.0 / (k - 1),
+        "mIoU": metrics["mIoU"],
+        "mIoU-unseen": metrics.get("mIoU-unseen"),
+    }, gallery
+
+
+def read_final_metrics(out_dir: Path) -> dict:
+    """The last evaluation written to metrics.json by detectron2's EvalHook."""
+    records = [json.loads(x) for x in (out_dir / "metrics.json").read_text().splitlines()]
+    evals = [r for r in records if "sem_seg/mIoU" in r]
+    if not evals:
+        raise RuntimeError(f"{out_dir}/metrics.json holds no evaluation; see {out_dir}/log.txt")
+    return {k.split("/", 1)[1]: v for k, v in evals[-1].items() if k.startswith("sem_seg/")}
+
+
+def train_student(config: Path, out_dir: Path, opts: list[str], env: dict) -> dict:
+    """train_net.py in a subprocess; progress lines are echoed; returns final metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "train_net.py",
+        "--config-file",
+        str(config.relative_to(ROOT)),
+        *opts,
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
+    logger.info("$ %s", " ".join(shlex.quote(c) for c in cmd))
+    start = time.time()
+    with open(out_dir / "stdout.txt", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in proc.stdout:
+            log.write(line)
+            if " iter: " in line or "copypaste:" in line:
+                print("    " + line.rstrip()[-110:], flush=True)
+        if proc.wait() != 0:
+            raise RuntimeError(f"training failed ({' '.join(cmd)}); see {out_dir}/stdout.txt")
+    metrics = read_final_metrics(out_dir)
+    metrics["seconds"] = round(time.time() - start, 1)
+    return metrics
+
+
+def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> dict:
+    train, val = SPLIT_DATASETS[split]
+    results = {}
+    for key, pattern in STUDENTS:
+        if args.methods is not None and key not in args.methods:
+            continue
+        configs = sorted((ROOT / "configs/toy").glob(pattern))
+        if not configs:
+            continue
+        arch = load_config(str(configs[0])).MODEL.META_ARCHITECTURE
+        if arch not in META_ARCH_REGISTRY:
+            logger.info("skipping %s: meta-architecture %s is not built yet", key, arch)
+            continue
+        opts = ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"]
+        if SIZES[mode]["max_iter"]:
+            n = SIZES[mode]["max_iter"]
+            opts += [
+                "SOLVER.MAX_ITER",
+                str(n),
+                "SOLVER.WARMUP_ITERS",
+                str(n // 5),
+                "SOLVER.CHECKPOINT_PERIOD",
+                str(10 * n),
+            ]
+        results[key] = {}
+        for variant, extra in (("teacher", []), ("random_teacher", ["MODEL.CLIP.PRETRAINED", ""])):
+            logger.info("[%s] split %s, %s (%s)", key, split, variant, configs[0].name)
+            out = out_root / f"split_{split}" / key / variant
+            results[key][variant] = train_student(configs[0], out, opts + extra, env)
+            results[key][variant]["config"] = str(configs[0].relative_to(ROOT))
+        results[key]["_weights"] = str(
+            out_root / f"split_{split}" / key / "teacher" / "model_final.pth"
+        )
+    return results
+
+
+def baselines(split: str) -> dict:
+    from PIL import Image
+
+    _, val = SPLIT_DATASETS[split]
+    meta = MetadataCatalog.get(val)
+    labels = [np.asarray(Image.open(d["sem_seg_file_name"])) for d in DatasetCatalog.get(val)]
+    kw = {"unseen": meta.unseen_classes, "ignore_label": meta.ignore_label}
+    uni = uniform_baseline(labels, meta.stuff_classes, **kw)
+    oracle = oracle_masks_random_names(labels, meta.stuff_classes, **kw)
+    return {
+        "uniform": {"mIoU-unseen": uni["mIoU-unseen"], "hIoU": uni["hIoU"]},
+        "oracle_masks_random_names": {"mIoU-unseen": oracle["mIoU-unseen"], "hIoU": oracle["hIoU"]},
+    }
+
+
+def gallery(split: str, teacher_rows: list, students: dict, path: Path) -> None:
+    """One row per validation image: image, ground truth, teacher, each student."""
+    from ovseg.utils.visualization import draw_semantic, panel_row
+
+    train, val = SPLIT_DATASETS[split]
+    meta = MetadataCatalog.get(val)
+    unseen = meta.unseen_classes
+    student_preds = {}
+    for key, res in students.items():
+        cfg = load_config(
+            str(ROOT / res["teacher"]["config"]),
+            ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"],
+        )
+        preds = predict(cfg, val, weights=res["_weights"], limit=len(teacher_rows))
+        student_preds[key] = [s.argmax(0).numpy() for _, s in preds]
+    rows = []
+    for i, (sample, teacher_pred) in enumerate(teacher_rows):
+        image = sample["image"].permute(1, 2, 0).numpy().astype(np.uint8)
+        gt = sample["sem_seg"].numpy()
+
+        def draw(label, image=image):
+            vis = draw_semantic(
+                image, label, meta, ignore_label=meta.ignore_label, unseen=unseen, scale=4.0
+            )
+            return vis.get_image()
+
+        big = np.kron(image, np.ones((4, 4, 1), np.uint8))
+        panels = [("image", big), ("ground truth", draw(gt)), ("teacher", draw(teacher_pred))]
+        panels += [(key, draw(preds[i])) for key, preds in student_preds.items()]
+        rows.append(panel_row(panels, panel_height=192))
+    width = max(r.shape[1] for r in rows)
+    canvas = np.concatenate(
+        [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    )
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    Image.fromarray(canvas).save(tmp)
+    os.replace(tmp, path)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def average_splits(per_split: dict) -> dict:
+    """Average every numeric leaf over the splits (both splits hold the same keys)."""
+    first = next(iter(per_split.values()))
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            return {k: walk(v, path + [k]) for k, v in node.items() if not k.startswith("_")}
+        if isinstance(node, (int, float)):
+            leaves = []
+            for res in per_split.values():
+                for k in path:
+                    res = res.get(k) if isinstance(res, dict) else None
+                leaves.append(res)
+            return round(_mean(leaves), 2)
+        return node
+
+    return walk(first, [])
+
+
+def results_markdown(res: dict, command: str) -> str:
+    def f(x):
+        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.1f}"
+
+    lines = [
+        "# Offline world results",
+        "",
+        f"Split(s) {res['split']}, world seed {res['seed']}, mode {res['mode']}: `{command}`",
+        "",
+        f"- toy CLIP zero-shot shape accuracy: {f(res['clip']['zero_shot_accuracy'])}%",
+        f"- MaskCLIP teacher object-pixel accuracy: {f(res['teacher']['object_pixel_accuracy'])}% "
+        f"(chance {f(res['teacher']['chance_accuracy'])}%), mIoU {f(res['teacher']['mIoU'])}",
+        "",
+        "| student | CLIP | mIoU-seen | mIoU-unseen | hIoU | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, runs in res["students"].items():
+        for variant, label in (("teacher", "toy CLIP"), ("random_teacher", "random CLIP")):
+            r = runs[variant]
+            lines.append(
+                f"| {key} | {label} | {f(r.get('mIoU-seen'))} | {f(r.get('mIoU-unseen'))} "
+                f"| {f(r.get('hIoU'))} | {f(r.get('seconds'))} |"
+            )
+    oracle, uniform = res["baselines"]["oracle_masks_random_names"], res["baselines"]["uniform"]
+    lines += [
+        f"| perfect masks, random names | - | - | {f(oracle['mIoU-unseen'])} "
+        f"| {f(oracle['hIoU'])} | - |",
+        f"| uniform random | - | - | {f(uniform['mIoU-unseen'])} | {f(uniform['hIoU'])} " "| - |",
+        "",
+        "![gallery](gallery.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="[demo %(asctime)s] %(message)s", datefmt="%H:%M:%S"
+    )
+    mode = "quick" if args.quick else "default"
+    out_root = (ROOT / args.output).resolve()
+    out_root.mkdir(parents=True, exist_ok=True)
+    datasets_root = Path(args.datasets_root or ROOT / ".cache" / f"toy_world_{mode}").resolve()
+    os.environ["DETECTRON2_DATASETS"] = str(datasets_root)
+    build_toy_world(
+        str(datasets_root),
+        num_train=SIZES[mode]["num_train"],
+        num_val=SIZES[mode]["num_val"],
+        seed=args.seed,
+    )
+    from ovseg.data.datasets.toy_world import register_all_toy_world
+
+    register_all_toy_world(str(datasets_root))  # registration read the env at import time
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
+    clip_name, clip_weights = clip_settings(TEACHER_CONFIG)
+    if args.retrain_clip:
+        retrain_clip(clip_weights)
+    if not (ROOT / clip_weights).is_file():
+        raise SystemExit(
+            f"The toy CLIP checkpoint {clip_weights} is missing: run make demo "
+            "RETRAIN_CLIP=1 (or git checkout the shipped one)."
+        )
+
+    start = time.time()
+    logger.info("Toy CLIP: image-level zero-shot accuracy")
+    clip = evaluate_clip(TEACHER_CONFIG, args.seed, SIZES[mode]["num_val"])
+    splits = sorted(SPLITS) if args.full else ["a"]
+    per_split = {}
+    for split in splits:
+        logger.info("Split %s (unseen: %s): MaskCLIP teacher", split, ", ".join(SPLITS[split]))
+        teacher, rows = evaluate_teacher(split, datasets_root)
+        students = run_students(split, mode, args, datasets_root, clip_name, out_root, env)
+        per_split[split] = {"teacher": teacher, "students": students, "baselines": baselines(split)}
+        if split == splits[0]:
+            gallery(split, rows, students, out_root / "gallery.png")
+    res = average_splits(per_split)
+    res.update(
+        {
+            "clip": {k: clip[k] for k in CLIP_KEYS},
+            "split": splits[0] if len(splits) == 1 else splits,
+            "seed": args.seed,
+            "mode": mode,
+            "seconds": round(time.time() - start, 1),
+            "per_split": {s: average_splits({s: r}) for s, r in per_split.items()},
+        }
+    )
+    command = "make demo" + (" QUICK=1" if args.quick else "") + (" FULL=1" if args.full else "")
+    atomic_write_text(out_root / "results.json", json.dumps(res, indent=1, sort_keys=True))
+    atomic_write_text(out_root / "results.md", results_markdown(res, command))
+    print((out_root / "results.md").read_text())
+    logger.info("Wrote %s/results.{json,md} and gallery.png in %.0f s", out_root, res["seconds"])
+    return res
+
+
+if __name__ == "__main__":
+    main()
