@@ -266,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> Dict:
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed, history = state["step"], state["elapsed"], state["history"]
         logger.info("Resumed from %s at step %d", last, start)
+    elif args.resume:
+        logger.info("--resume: no %s yet, starting from step 0", last)
 
     def save_last(step: int) -> None:
         atomic_save(
