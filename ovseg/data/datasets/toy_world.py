@@ -40,7 +40,8 @@ from .common import datasets_root, deterministic_colors
 
 __all__ = [
     "CLASSES", "COLORS", "SHAPES", "SPLITS", "TEXTURES", "ToyObject", "ToyScene",
-    "build_toy_world", "caption_scene", "generate_sample", "register_toy_world",
+    "build_toy_world", "caption_scene", "generate_sample", "register_all_toy_world",
+    "register_toy_world",
     "render_scene", "sample_rng", "sample_scene", "twin_scene",
 ]  # fmt: skip
 
@@ -68,6 +69,8 @@ _TEMPLATES = (
 
 @dataclass(frozen=True)
 class ToyObject:
+    """One object: its shape (a class), colour (a nuisance), place, size and rotation."""
+
     shape: str
     color: str
     center: Tuple[float, float]  # (y, x) in pixels
@@ -77,6 +80,8 @@ class ToyObject:
 
 @dataclass(frozen=True)
 class ToyScene:
+    """Everything an image is drawn from; :func:`render_scene` is a pure function of it."""
+
     size: int
     texture: str
     tones: Tuple[Tuple[int, int, int], Tuple[int, int, int]]  # background colours
@@ -147,13 +152,13 @@ def twin_scene(scene: ToyScene, rng: np.random.Generator) -> ToyScene:
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside test in object coordinates (unit radius, v pointing up)."""
+    """Inside test in object coordinates (unit radius, v up); every shape fits in 1.1 radii."""
     rho, theta = np.hypot(u, v), np.arctan2(v, u)
     if shape == "circle":
         return rho <= 1.0
     if shape == "square":
         return np.maximum(abs(u), abs(v)) <= 0.78
-    if shape == "triangle":  # equilateral, apex up: three half-planes at distance 0.5
+    if shape == "triangle":  # equilateral, apex up: three half-planes at distance 0.55
         normals = [(np.cos(a), np.sin(a)) for a in np.deg2rad([-90.0, 30.0, 150.0])]
         return np.all([nx * u + ny * v <= 0.55 for nx, ny in normals], axis=0)
     if shape == "star":  # five points; boundary radius linear between tips and notches
