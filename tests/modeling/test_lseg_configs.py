@@ -20,10 +20,11 @@ from ovseg.modeling.meta_arch.lseg import LSeg
 CONFIGS = sorted(ROOT.glob("configs/*/lseg/*.yaml")) + sorted(ROOT.glob("configs/toy/lseg*.yaml"))
 SETTING = {"ade20k": "none", "voc": "inductive", "coco_stuff": "inductive"}
 SETTING.update(pcontext="inductive", toy="inductive")
+# the real-dataset configs' CLIP (ViT-B-16 openai) is replaced by the tiny random one; the
+# toy configs keep the shipped toy CLIP (a few MB)
+TINY_CLIP = ["MODEL.CLIP.MODEL_NAME", TINY_VIT, "MODEL.CLIP.PRETRAINED", ""]
 SMALL = [
     "MODEL.DEVICE", "cpu",
-    "MODEL.CLIP.MODEL_NAME", TINY_VIT,
-    "MODEL.CLIP.PRETRAINED", "",
     "MODEL.VIT_BACKBONE.TIMM_MODEL", "vit_tiny_patch16_224",
     "MODEL.VIT_BACKBONE.TIMM_PRETRAINED", "",
     "DATALOADER.NUM_WORKERS", "0",
@@ -63,7 +64,8 @@ def test_config_builds_and_trains_one_step(path, ade_fixture, tmp_path):
         assert cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.1)
         assert cfg.MODEL.CLIP.PRETRAINED == "openai" and not cfg.SOLVER.AMP.ENABLED
 
-    cfg = load_config(str(path), SMALL + ["DATASETS.TRAIN", '("ade20k_sem_seg_train",)'])
+    opts = SMALL + ["DATASETS.TRAIN", '("ade20k_sem_seg_train",)']
+    cfg = load_config(str(path), opts + (TINY_CLIP if dataset != "toy" else []))
     cfg.MODEL.CLIP.CACHE_DIR = str(tmp_path)
     torch.manual_seed(0)
     model = Trainer.build_model(cfg)
@@ -91,6 +93,7 @@ def test_train_net_trains_and_evaluates(ade_fixture, tmp_path):
     args = [
         "--config-file", "configs/ade20k/lseg/lseg_vitb16_80k_bs16.yaml",
         *SMALL,
+        *TINY_CLIP,
         "MODEL.LSEG.FEATURES", "16",
         "MODEL.LSEG.REASSEMBLE_CHANNELS", "[8, 8, 16, 16]",
         "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),

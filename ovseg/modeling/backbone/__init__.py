@@ -1,6 +1,7 @@
 """Backbones; importing this package registers them in detectron2's BACKBONE_REGISTRY."""
 
 from .build import build_backbone
+from .clip_resnet import CLIPResNetBackbone, build_clip_resnet_backbone
 from .clip_vit import CLIPViTBackbone, build_clip_vit_backbone
 from .clip_vit_prompted import CLIPViTPrompted, build_clip_vit_prompted_backbone  # noqa: F401
 from .timm_vit import TimmViTBackbone, build_timm_vit_backbone
@@ -8,10 +9,12 @@ from .vit_hooks import READOUTS, ViTFeatureBackbone, default_out_indices
 
 __all__ = [
     "READOUTS",
+    "CLIPResNetBackbone",
     "CLIPViTBackbone",
     "TimmViTBackbone",
     "ViTFeatureBackbone",
     "build_backbone",
+    "build_clip_resnet_backbone",
     "build_clip_vit_backbone",
     "build_timm_vit_backbone",
     "default_out_indices",
