@@ -24,7 +24,8 @@ _NORM_TYPES = (
     torch.nn.LayerNorm,
     torch.nn.LocalResponseNorm,
 )
-# parameter-name fragments that mark embeddings (no weight decay by SOLVER.WEIGHT_DECAY_EMBED)
+# parameter-name fragments that mark embeddings and learnable temperatures (decay
+# SOLVER.WEIGHT_DECAY_EMBED)
 _EMBED_KEYS = (
     "pos_embed",
     "positional_embedding",
@@ -34,6 +35,7 @@ _EMBED_KEYS = (
     "relative_position_bias_table",
     "absolute_pos_embed",
     "bg_embed",
+    "logit_scale",
 )
 
 
