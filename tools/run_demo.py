@@ -61,10 +61,20 @@ SPLIT_DATASETS = {
     for s in SPLITS
 }
 SIZES = {  # world and schedule per mode
-    "quick": {"num_train": 120, "num_val": 24, "max_iter": 30},
-    "default": {"num_train": 2000, "num_val": 200, "max_iter": None},  # None: the config's
+    "quick": {"num_train": 120, "num_val": 24, "max_iter": 12, "batch": 4},
+    "default": {"num_train": 2000, "num_val": 200, "max_iter": None, "batch": None},
 }
 GALLERY_IMAGES = 4
+# per meta-architecture overrides: MaskCLIP+ labels online (the teacher in the loop, the
+# reference its pseudo-label store is tested against), so the demo keeps no store per variant
+ARCH_OPTS = {
+    "MaskCLIPPlus": [
+        "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE",
+        "online",
+        "DATASETS.PSEUDO_LABELS",
+        "",
+    ],
+}
 CLIP_KEYS = ("zero_shot_accuracy", "retrieval_r1", "dense_object_accuracy")
 
 
@@ -213,6 +223,9 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
             logger.info("skipping %s: meta-architecture %s is not built yet", key, arch)
             continue
         opts = ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"]
+        opts += ARCH_OPTS.get(arch, [])
+        if SIZES[mode]["batch"]:
+            opts += ["SOLVER.IMS_PER_BATCH", str(SIZES[mode]["batch"])]
         if SIZES[mode]["max_iter"]:
             n = SIZES[mode]["max_iter"]
             opts += [
@@ -252,17 +265,15 @@ def baselines(split: str) -> dict:
 
 def gallery(split: str, teacher_rows: list, students: dict, path: Path) -> None:
     """One row per validation image: image, ground truth, teacher, each student."""
-    from ovseg.utils.visualization import draw_semantic, panel_row
+    from ovseg.utils.figures import panel_row, save_image
+    from ovseg.utils.visualization import draw_semantic
 
-    train, val = SPLIT_DATASETS[split]
+    _, val = SPLIT_DATASETS[split]
     meta = MetadataCatalog.get(val)
     unseen = meta.unseen_classes
     student_preds = {}
     for key, res in students.items():
-        cfg = load_config(
-            str(ROOT / res["teacher"]["config"]),
-            ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"],
-        )
+        cfg = load_config(str(ROOT / res["teacher"]["config"]), res["_opts"])
         preds = predict(cfg, val, weights=res["_weights"], limit=len(teacher_rows))
         student_preds[key] = [s.argmax(0).numpy() for _, s in preds]
     rows = []
@@ -284,11 +295,7 @@ def gallery(split: str, teacher_rows: list, students: dict, path: Path) -> None:
     canvas = np.concatenate(
         [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     )
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    Image.fromarray(canvas).save(tmp)
-    os.replace(tmp, path)
+    save_image(str(path), canvas)
 
 
 def _mean(values):
