@@ -266,7 +266,7 @@ class MaskCLIPPlus(nn.Module):
         return scored, target
 
     def phase(self, iteration: int) -> str:
-        """ "teacher" or "self" (who labels free pixels at ``iteration``)."""
+        """Who labels the free pixels at ``iteration``: "teacher" or "self" (the student)."""
         start = self.self_train_start
         return "self" if 0 <= start <= iteration else "teacher"
 
