@@ -377,6 +377,9 @@ def main(argv=None) -> dict:
 
     register_all_toy_world(str(datasets_root))  # registration read the env at import time
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
+    # one intra-op thread per run: these models are tiny, and on 2 shared cores two threads
+    # per process were 3-5x slower (override by exporting OMP_NUM_THREADS)
+    env.setdefault("OMP_NUM_THREADS", "1")
     clip_name, clip_weights = clip_settings(TEACHER_CONFIG)
     if args.retrain_clip:
         retrain_clip(clip_weights)
