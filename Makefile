@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml tools/install_detectron2.py
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# one intra-op thread per test process: the models are tiny, and on 2 shared cores two
+# threads per process made the suite several times slower
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -135,6 +135,18 @@ def test_flip_moves_image_and_labels_together(toy_dataset):
     assert 0 < flipped < 20
 
 
+def test_training_samples_record_their_transforms(toy_dataset):
+    # the recorded TransformList replays the sample's geometry on the original label
+    name, dicts = toy_dataset
+    mapper = build_dataset_mapper(_cfg(name), is_train=True)
+    for _ in range(10):
+        out = mapper(dicts[0])
+        replayed = out["transforms"].apply_segmentation(dicts[0]["_label"])
+        assert np.array_equal(out["sem_seg"].numpy(), replayed)
+    test_mapper = build_dataset_mapper(_cfg(name), is_train=False, dataset_name=name)
+    assert "transforms" not in test_mapper(dicts[0])
+
+
 @pytest.mark.parametrize("setting", ["inductive", "transductive"])
 def test_unseen_never_a_training_target(toy_dataset, setting):
     name, dicts = toy_dataset

@@ -327,4 +327,8 @@ class SemanticDatasetMapper:
         dataset_dict["image"] = image_t
         dataset_dict.update(labels)
         dataset_dict["vocabulary"] = list(self.vocabulary)
+        if self.is_train:
+            # the TransformList applied to this sample: MaskCLIP+'s "online" source labels the
+            # original image and moves the labels onto the crop with it (picklable)
+            dataset_dict["transforms"] = transforms
         return dataset_dict
