@@ -4,13 +4,23 @@ scored over, and grouping inputs that can share one forward."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
 
 from detectron2.data import MetadataCatalog
 
 from ...vocab import resolve_vocabulary
+from ..inference import postprocess_to_original, semantic_inference
 
-__all__ = ["default_test_vocabulary", "group_inputs", "input_vocabulary"]
+__all__ = [
+    "check_labels",
+    "default_test_vocabulary",
+    "group_inputs",
+    "input_vocabulary",
+    "vocabulary_inference",
+]
 
 
 def default_test_vocabulary(cfg) -> Optional[Tuple[str, ...]]:
@@ -56,3 +66,63 @@ def group_inputs(keys: Sequence[Hashable]) -> Dict[Hashable, List[int]]:
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
     return groups
+
+
+def check_labels(target: Tensor, num_names: int, ignore_value: int, inputs: List[dict]) -> None:
+    """Refuse training labels outside ``[0, num_names)`` that are not the ignore value.
+
+    Args:
+        target (Tensor): (B, H, W) labels of a batch.
+        num_names (int): size of the batch's vocabulary.
+        ignore_value (int): the unlabelled value.
+        inputs (list[dict]): the batch's inputs, named in the error.
+    """
+    valid = target[target != ignore_value]
+    if valid.numel() and (int(valid.max()) >= num_names or int(valid.min()) < 0):
+        bad = sorted(set(valid[(valid >= num_names) | (valid < 0)].tolist()))[:5]
+        files = [x.get("file_name", "") for x in inputs]
+        raise ValueError(
+            f"labels {bad} of {files} are outside the {num_names}-name vocabulary and not "
+            f"the ignore value {ignore_value}; the mapper's vocabulary and labels disagree"
+        )
+
+
+def vocabulary_inference(
+    batched_inputs: List[dict],
+    default_vocabulary: Optional[Sequence[str]],
+    predictor: Callable[[Tuple[str, ...]], Callable[[Tensor], Tensor]],
+    normalize: Callable[[List[Tensor]], List[Tensor]],
+    *,
+    mode: str,
+    window: Sequence[int],
+    stride: Sequence[int],
+) -> List[Dict[str, Tensor]]:
+    """Eval outputs of a dense open-vocabulary model, one forward per (size, vocabulary).
+
+    Inputs of one size and vocabulary share a forward; others are never padded together.
+
+    Args:
+        batched_inputs: model inputs ("image", optional "vocabulary", "height", "width").
+        default_vocabulary: names for inputs without a "vocabulary".
+        predictor: ``predictor(names)`` returns ``fn(images (b, 3, h, w)) -> (b, K, h', w')``.
+        normalize: turns the inputs' images into network inputs (same sizes).
+        mode, window, stride: whole or sliding-window inference (``semantic_inference``).
+
+    Returns:
+        list[dict]: ``{"sem_seg": (K, height, width)}`` per input.
+    """
+    keys = [
+        (tuple(x["image"].shape), input_vocabulary(x, default_vocabulary)) for x in batched_inputs
+    ]
+    results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
+    for (_, names), idx in group_inputs(keys).items():
+        images = torch.stack(normalize([batched_inputs[i]["image"] for i in idx]))
+        scores = semantic_inference(
+            predictor(names), images, mode=mode, window=window, stride=stride
+        )
+        h, w = images.shape[-2:]
+        for j, i in enumerate(idx):
+            inp = batched_inputs[i]
+            height, width = inp.get("height", h), inp.get("width", w)
+            results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
+    return results

@@ -53,8 +53,7 @@ from ..backbone import (
     resnet_deeplab,  # noqa: F401  (registers build_resnet_deeplab_backbone)
 )
 from ..heads.deeplab import build_dense_head
-from ..inference import postprocess_to_original, semantic_inference
-from .common import default_test_vocabulary, group_inputs, input_vocabulary
+from .common import default_test_vocabulary, input_vocabulary, vocabulary_inference
 from .maskclip import MaskCLIP
 from .maskclip_plus_build import (
     check_settings,
@@ -420,23 +419,16 @@ class MaskCLIPPlus(nn.Module):
         return l1_distillation(embeddings, clip, masks)
 
     def _inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
-        keys = [
-            (tuple(x["image"].shape), input_vocabulary(x, self.vocabulary)) for x in batched_inputs
-        ]
-        results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
-        for (_, names), idx in group_inputs(keys).items():
+        def predictor(names):
             text = self.text_embeddings(names)
-            images = torch.stack(self._normalize([batched_inputs[i]["image"] for i in idx]))
-            scores = semantic_inference(
-                lambda x, text=text: self.predict(x, text),
-                images,
-                mode=self.inference_mode,
-                window=self.slide_window,
-                stride=self.slide_stride,
-            )
-            h, w = images.shape[-2:]
-            for j, i in enumerate(idx):
-                inp = batched_inputs[i]
-                height, width = inp.get("height", h), inp.get("width", w)
-                results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
-        return results
+            return lambda x: self.predict(x, text)
+
+        return vocabulary_inference(
+            batched_inputs,
+            self.vocabulary,
+            predictor,
+            self._normalize,
+            mode=self.inference_mode,
+            window=self.slide_window,
+            stride=self.slide_stride,
+        )

@@ -35,8 +35,14 @@ from ...vocab import check_templates, resolve_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..heads.zegclip_loss import TRANSDUCTIVE_PIXELS, calibrate, mask_losses, transductive_targets
-from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
-from .common import default_test_vocabulary, group_inputs, input_vocabulary
+from ..inference import INFERENCE_MODES
+from .common import (
+    check_labels,
+    default_test_vocabulary,
+    group_inputs,
+    input_vocabulary,
+    vocabulary_inference,
+)
 
 __all__ = ["ZegCLIP"]
 
@@ -333,7 +339,7 @@ class ZegCLIP(nn.Module):
         groups = group_inputs([input_vocabulary(x) for x in batched_inputs])
         for names, idx in groups.items():
             target = targets[idx]
-            self._check_labels(target, names, [batched_inputs[i] for i in idx])
+            check_labels(target, len(names), self.ignore_value, [batched_inputs[i] for i in idx])
             text = F.normalize(self.text_embeddings(names), dim=-1)
             masks = self.decoder(patch[idx], glob[idx], text)
             masks = [
@@ -386,36 +392,17 @@ class ZegCLIP(nn.Module):
             target = target.masked_fill(torch.isin(target, idx), self.ignore_value)
         return target, ~unseen
 
-    def _check_labels(self, target: Tensor, names: Tuple[str, ...], inputs: List[dict]) -> None:
-        valid = target[target != self.ignore_value]
-        if valid.numel() and (int(valid.max()) >= len(names) or int(valid.min()) < 0):
-            bad = sorted(set(valid[(valid >= len(names)) | (valid < 0)].tolist()))[:5]
-            files = [x.get("file_name", "") for x in inputs]
-            raise ValueError(
-                f"labels {bad} of {files} are outside the {len(names)}-name vocabulary and not "
-                f"the ignore value {self.ignore_value}; the mapper's vocabulary and labels disagree"
-            )
-
     def _inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
-        keys = [
-            (tuple(x["image"].shape), input_vocabulary(x, self.vocabulary)) for x in batched_inputs
-        ]
-        results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
-        # inputs of one size and vocabulary share a forward; others are never padded together
-        for (_, names), idx in group_inputs(keys).items():
-            text = self.text_embeddings(names)
-            seen = self._flags(names, self.seen_classes)
-            images = torch.stack(self._normalize([batched_inputs[i]["image"] for i in idx]))
-            scores = semantic_inference(
-                lambda x, text=text, seen=seen: self.predict(x, text, seen),
-                images,
-                mode=self.inference_mode,
-                window=self.slide_window,
-                stride=self.slide_stride,
-            )
-            h, w = images.shape[-2:]
-            for j, i in enumerate(idx):
-                inp = batched_inputs[i]
-                height, width = inp.get("height", h), inp.get("width", w)
-                results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
-        return results
+        def predictor(names):
+            text, seen = self.text_embeddings(names), self._flags(names, self.seen_classes)
+            return lambda x: self.predict(x, text, seen)
+
+        return vocabulary_inference(
+            batched_inputs,
+            self.vocabulary,
+            predictor,
+            self._normalize,
+            mode=self.inference_mode,
+            window=self.slide_window,
+            stride=self.slide_stride,
+        )
