@@ -10,12 +10,14 @@ import torch
 from torch import Tensor
 
 from detectron2.data import MetadataCatalog
+from detectron2.structures import ImageList
 
 from ...vocab import resolve_vocabulary
 from ..inference import postprocess_to_original, semantic_inference
 
 __all__ = [
     "check_labels",
+    "training_batch",
     "default_test_vocabulary",
     "group_inputs",
     "input_vocabulary",
@@ -126,3 +128,39 @@ def vocabulary_inference(
             height, width = inp.get("height", h), inp.get("width", w)
             results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
     return results
+
+
+def training_batch(
+    batched_inputs: List[dict],
+    normalize: Callable[[List[Tensor]], List[Tensor]],
+    size_divisibility: int,
+    ignore_value: int,
+    device: torch.device,
+) -> Tuple[ImageList, Tensor]:
+    """Padded network inputs and labels of a training batch (labels padded with ignore).
+
+    Args:
+        batched_inputs: mapper outputs; each needs "image", "sem_seg" and "vocabulary".
+        normalize: turns the inputs' images into network inputs.
+        size_divisibility: pad both sides to a multiple of this (0: no padding beyond the max).
+        ignore_value: the label of padded pixels.
+        device: where the labels go.
+
+    Returns:
+        (ImageList, Tensor): the images, and (B, H, W) long labels.
+    """
+    for inp in batched_inputs:
+        if "sem_seg" not in inp or "vocabulary" not in inp:
+            raise ValueError(
+                f"Training input {inp.get('file_name', '')!r} lacks 'sem_seg' or "
+                "'vocabulary'; train with ovseg's dataset mappers (INPUT.DATASET_MAPPER_NAME)"
+            )
+    images = ImageList.from_tensors(
+        normalize([x["image"] for x in batched_inputs]), size_divisibility
+    )
+    targets = ImageList.from_tensors(
+        [x["sem_seg"].to(device) for x in batched_inputs],
+        size_divisibility,
+        pad_value=ignore_value,
+    ).tensor.long()
+    return images, targets

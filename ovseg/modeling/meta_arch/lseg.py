@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
-from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ...vocab import check_templates
@@ -34,6 +33,7 @@ from .common import (
     default_test_vocabulary,
     group_inputs,
     input_vocabulary,
+    training_batch,
     vocabulary_inference,
 )
 
@@ -266,20 +266,9 @@ class LSeg(nn.Module):
         return self._inference(batched_inputs)
 
     def _losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
-        for inp in batched_inputs:
-            if "sem_seg" not in inp or "vocabulary" not in inp:
-                raise ValueError(
-                    f"Training input {inp.get('file_name', '')!r} lacks 'sem_seg' or "
-                    "'vocabulary'; train with ovseg's dataset mappers (INPUT.DATASET_MAPPER_NAME)"
-                )
-        images = ImageList.from_tensors(
-            self._normalize([x["image"] for x in batched_inputs]), self.size_divisibility
+        images, targets = training_batch(
+            batched_inputs, self._normalize, self.size_divisibility, self.ignore_value, self.device
         )
-        targets = ImageList.from_tensors(
-            [x["sem_seg"].to(self.device) for x in batched_inputs],
-            self.size_divisibility,
-            pad_value=self.ignore_value,
-        ).tensor.long()
         size = tuple(images.tensor.shape[-2:])
         embeddings = self.pixel_embeddings(images.tensor)
         groups = group_inputs([input_vocabulary(x) for x in batched_inputs])
