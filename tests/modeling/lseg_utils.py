@@ -35,26 +35,3 @@ def tiny_lseg_cfg(cache_dir: Path, **lseg):
 def tiny_lseg(cache_dir: Path, seed: int = 0, **lseg):
     torch.manual_seed(seed)
     return build_model(tiny_lseg_cfg(cache_dir, **lseg))
-
-
-def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
-
-
-def two_region_batch(names=("red thing", "blue thing", "green thing"), n: int = 2, size: int = 32):
-    """Training inputs whose label is a function of colour: left red = 0, right blue = 1,
-    a green square = 2, and an ignored corner."""
-    inputs = []
-    for i in range(n):
-        cut = size // 3 + i * 3
-        img = torch.zeros(3, size, size, dtype=torch.uint8)
-        label = torch.zeros(size, size, dtype=torch.long)
-        img[0, :, :cut] = 220
-        img[2, :, cut:] = 220
-        label[:, cut:] = 1
-        img[:, 4:12, 20:28] = torch.tensor([30, 200, 30], dtype=torch.uint8)[:, None, None]
-        label[4:12, 20:28] = 2
-        label[:3, :3] = 255
-        inputs.append({"image": img, "sem_seg": label, "vocabulary": list(names)})
-    return inputs

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lseg_utils import image, tiny_lseg, tiny_lseg_cfg, two_region_batch
+from lseg_utils import tiny_lseg, tiny_lseg_cfg
+from ovseg_testing import image, two_region_batch
 from PIL import Image
 
 from detectron2.data import MetadataCatalog

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from zegclip_utils import image, tiny_zegclip, tiny_zegclip_cfg, two_region_batch
+from ovseg_testing import image, two_region_batch
+from zegclip_utils import tiny_zegclip, tiny_zegclip_cfg
 
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
