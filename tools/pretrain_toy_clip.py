@@ -25,16 +25,18 @@ Example::
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -85,7 +87,13 @@ def make_batch(seed: int, step: int, batch_size: int, size: int, hard_negatives:
 
 
 def _prefetch(args, start: int, stop: int) -> Iterator[Tuple[np.ndarray, List[str]]]:
-    """Batches ``start..stop-1``, each drawn in a background thread while the previous trains."""
+    """Batches ``start..stop-1`` in order, drawn ahead of training.
+
+    With ``--workers 0`` one background thread draws the next batch while the current one
+    trains; with N > 0, N processes keep up to 2N batches in flight (the renderer is pure
+    Python, so threads would share one core). A batch depends only on (seed, step), so the
+    stream is the same either way.
+    """
     make = functools.partial(
         make_batch,
         args.seed,
@@ -93,11 +101,19 @@ def _prefetch(args, start: int, stop: int) -> Iterator[Tuple[np.ndarray, List[st
         size=args.size,
         hard_negatives=args.hard_negatives,
     )
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(make, start) if start < stop else None
+    if args.workers > 0:
+        pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+        depth = 2 * args.workers
+    else:
+        pool, depth = ThreadPoolExecutor(max_workers=1), 1
+    with pool:
+        pending = collections.deque(
+            pool.submit(make, s) for s in range(start, min(stop, start + depth))
+        )
         for step in range(start, stop):
-            batch = pending.result()
-            pending = pool.submit(make, step + 1) if step + 1 < stop else None
+            batch = pending.popleft().result()
+            if step + depth < stop:
+                pending.append(pool.submit(make, step + depth))
             yield batch
 
 
@@ -140,7 +156,7 @@ def clip_loss(model, images: torch.Tensor, tokens: torch.Tensor, captions: Seque
     txt = model.encode_text(tokens, normalize=True)
     logits = model.logit_scale.exp() * img @ txt.t()
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    key = torch.tensor([ids[c] for c in captions])
+    key = torch.tensor([ids[c] for c in captions], device=logits.device)
     same = (key[:, None] == key[None, :]).float()
     targets = same / same.sum(dim=1, keepdim=True)
     loss_i = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
@@ -207,12 +223,18 @@ def evaluate(teacher: CLIPTeacher, *, seed: int, num_images: int, size: int = 64
 
 
 def evaluate_model(model, tokenizer, args) -> Dict:
-    """:func:`evaluate` on a frozen copy of the model being trained."""
-    teacher = CLIPTeacher(copy.deepcopy(model), tokenizer)
+    """:func:`evaluate` on a frozen CPU copy of the model being trained."""
+    teacher = CLIPTeacher(copy.deepcopy(model).cpu(), tokenizer)
     return evaluate(teacher, seed=args.world_seed, num_images=args.num_eval, size=args.size)
 
 
 # --------------------------------------------------------------------------- checkpoints
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
 def atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -228,7 +250,9 @@ def export(model, path: Path, meta: dict) -> None:
 
     fp16 halves the file (the 49408-token embedding dominates); open_clip casts on load.
     """
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()
+    }
     atomic_save({"state_dict": state, "ovseg_pretrain": meta}, path)
 
 
@@ -242,16 +266,18 @@ def main(argv: Sequence[str] | None = None) -> Dict:
     work_dir = Path(args.work_dir or Path("output", "pretrain_toy_clip", Path(args.output).stem))
     last = work_dir / "last.pt"
 
+    device = torch.device(args.device)
     name, model, tokenizer = build_model(args.model_config)
+    model.to(device)
     pp = open_clip.get_model_preprocess_cfg(model)
-    mean = torch.tensor(pp["mean"]).view(1, 3, 1, 1) * 255
-    std = torch.tensor(pp["std"]).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(pp["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(pp["std"], device=device).view(1, 3, 1, 1) * 255
     optimizer = torch.optim.AdamW(
         _param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
     )
     start, elapsed, history = 0, 0.0, []
     if args.resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        state = torch.load(last, map_location=device, weights_only=True)
         mismatched = {
             k: (state["args"][k], vars(args)[k])
             for k in _RESUME_KEYS
@@ -296,24 +322,25 @@ def main(argv: Sequence[str] | None = None) -> Dict:
     for step in bar:
         t0 = time.perf_counter()
         images, captions = next(batches)
-        x = (to_tensor(images) - mean) / std
+        x = (to_tensor(images).to(device, non_blocking=True) - mean) / std
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = clip_loss(model, x, tokenizer(captions), captions)
+        loss = clip_loss(model, x, tokenizer(captions).to(device), captions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():  # CLIP's clamp: temperature at most 100
             model.logit_scale.clamp_(0, math.log(100))
+        loss_value = loss.item()  # also waits for the device, so `elapsed` is honest
         elapsed += time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
         done = step + 1
         if done % args.eval_period == 0 or done == args.steps:
             model.eval()
             metrics = {
                 "step": done,
-                "loss": loss.item(),
+                "loss": loss_value,
                 "train_seconds": round(elapsed, 1),
                 **evaluate_model(model, tokenizer, args),
             }
@@ -322,19 +349,36 @@ def main(argv: Sequence[str] | None = None) -> Dict:
             logger.info("step %d: %s", done, json.dumps(metrics))
         if done % args.checkpoint_period == 0 or done == args.steps:
             save_last(done)
+        if args.max_seconds and done < stop and time.perf_counter() - wall_start > args.max_seconds:
+            logger.info("--max-seconds %g reached after step %d", args.max_seconds, done)
+            stop = done
+            break
+    bar.close()
+    batches.close()  # shuts the data workers down
     if stop < args.steps:
         save_last(stop)
         logger.info(
-            "Stopped after step %d of %d (--stop-after); continue with --resume", stop, args.steps
+            "Stopped after step %d of %d; continue with --resume "
+            "(the same weights come from --steps %d --stop-after %d)",
+            stop,
+            args.steps,
+            args.steps,
+            stop - start,
         )
-        return {}
+        if not args.export_partial:
+            return {}
     model.eval()
-    final = history[-1] if history else evaluate_model(model, tokenizer, args)
+    if history and history[-1]["step"] == stop:
+        final = history[-1]
+    else:
+        final = evaluate_model(model, tokenizer, args)
     meta = {
         "model_config": os.path.basename(args.model_config),
-        "steps": args.steps,
+        "steps": stop,
+        "schedule_steps": args.steps,
         "seed": args.seed,
         "train_seconds": round(elapsed, 1),
+        "device": _device_name(device),
         "metrics": final,
         "command": shlex.join(["python", "tools/pretrain_toy_clip.py", *sys.argv[1:]]),
     }
@@ -396,6 +440,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="train at most this many steps in this call, save, exit (0 = all)",
     )
+    p.add_argument(
+        "--device", default="cpu", help="torch device to train on (evaluation runs on the CPU)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes drawing batches (0 = one background thread; use N > 0 on a GPU)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0,
+        help="stop after the step that passes this many seconds of this call (0 = no limit)",
+    )
+    p.add_argument(
+        "--export-partial",
+        action="store_true",
+        help="when stopping before --steps, also write --output from the weights so far",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <work-dir>/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
@@ -403,6 +467,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--batch-size {args.batch_size}: need >= 2, and even with hard negatives")
     if not os.path.isfile(args.model_config):
         p.error(f"--model-config {args.model_config!r} does not exist")
+    if args.workers < 0:
+        p.error(f"--workers {args.workers}: need >= 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        p.error(f"--device {args.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
     return args
 
 

@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import re
+import sys
 from pathlib import Path
 
 import open_clip
@@ -57,6 +58,27 @@ def test_batches_are_deterministic_twin_pairs():
         assert _mask_shapes(captions[j]) == _mask_shapes(captions[j + 1])
     other_images, _ = tool.make_batch(0, 6, 8, 64, True)
     assert not (other_images == images).all()
+
+
+def test_worker_processes_draw_the_same_stream(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))  # spawned workers import the tool
+    monkeypatch.setitem(sys.modules, "pretrain_toy_clip", tool)
+    args = tool.parse_args(_args(Path("unused"), "--workers", "2"))
+    drawn = list(tool._prefetch(args, 3, 8))
+    assert len(drawn) == 5
+    for step, (images, captions) in zip(range(3, 8), drawn):
+        expected_images, expected_captions = tool.make_batch(0, step, 4, 64, True)
+        assert (images == expected_images).all() and captions == expected_captions
+
+
+def test_bad_device_and_workers_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        tool.parse_args(_args(Path("unused"), "--workers", "-1"))
+    assert "--workers -1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            tool.parse_args(_args(Path("unused"), "--device", "cuda"))
+        assert "use --device cpu" in capsys.readouterr().err
 
 
 class _Fixed(torch.nn.Module):
@@ -135,6 +157,19 @@ def test_three_steps_write_a_loadable_checkpoint_and_resume_exactly(tmp_path):
     a, b = _weights(straight / "clip.pt"), _weights(resumed / "clip.pt")
     assert a.keys() == b.keys()
     for k in a:  # batches depend only on (seed, step): resuming changes nothing
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_max_seconds_stops_early_and_exports_what_stop_after_reproduces(tmp_path):
+    timed = tmp_path / "timed"
+    metrics = tool.main(_args(timed, "--steps", "3", "--max-seconds", "1e-9", "--export-partial"))
+    assert "zero_shot_accuracy" in metrics
+    meta = torch.load(timed / "clip.pt", weights_only=True)["ovseg_pretrain"]
+    assert (meta["steps"], meta["schedule_steps"]) == (1, 3)
+    fixed = tmp_path / "fixed"
+    tool.main(_args(fixed, "--steps", "3", "--stop-after", "1", "--export-partial"))
+    a, b = _weights(timed / "clip.pt"), _weights(fixed / "clip.pt")
+    for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
