@@ -5,6 +5,7 @@ Examples:
     python tools/benchmark.py teacher --model ViT-B-16 --size 512 512 --batch 2
     python tools/benchmark.py teacher --model configs/clip/tiny_vit.json --size 64 64
     python tools/benchmark.py maskclip_plus --image-size 384 512 --crop 384 --batch 2
+    python tools/benchmark.py zegclip --batch 16 --size 512 --precision bf16 --device cuda
 
 Each subcommand registers itself in ``SUBCOMMANDS`` (name -> function adding its parser);
 its parser sets ``func``, which takes the parsed arguments and returns a dict of results.
@@ -30,6 +31,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # subcommands in their own files
+
+from benchmark_zegclip import add_zegclip_parser  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
 
@@ -488,6 +492,10 @@ def add_maskclip_plus_parser(subparsers) -> None:
     p.add_argument("--clock", default="wall", choices=sorted(CLOCKS))
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
     p.set_defaults(func=run_maskclip_plus)
+
+
+# ---------------------------------------------------------------------- zegclip
+subcommand("zegclip")(add_zegclip_parser)  # tools/benchmark_zegclip.py
 
 
 # ---------------------------------------------------------------------- entry point
