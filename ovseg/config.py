@@ -188,6 +188,12 @@ def add_ovseg_config(cfg: CN) -> None:
     # "transductive") or "unseen" (the unseen classes' pixels, official protocol; the labels
     # come with ZERO_SHOT_SETTING "none" and only locate them)
     cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS = "ignore"
+    # replace the text embedding of BACKGROUND_CLASS by a learnable one (not in the paper,
+    # whose benchmarks have no background class; for datasets that label "background", where
+    # CLIP's text for it is a generic direction near every class and unseen class queries
+    # inherit it; see configs/toy/zegclip_*.yaml)
+    cfg.MODEL.ZEGCLIP.BG_EMBED = False
+    cfg.MODEL.ZEGCLIP.BACKGROUND_CLASS = "background"
 
     # ---- maskclip+ (ovseg/modeling/meta_arch/maskclip_plus*.py, heads/deeplab.py,
     # backbone/resnet_deeplab.py); DeepLab keys are named as detectron2's projects/DeepLab

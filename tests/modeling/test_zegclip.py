@@ -332,7 +332,27 @@ def test_settings_are_checked(cache):
     assert _split_model(cache, "inductive").unseen_classes == frozenset()
 
 
-# ---------------------------------------------------------------- golden outputs
+def test_learned_background_replaces_its_text_and_learns(cache):
+    seen_bg = _split_model(cache, "inductive", bg_embed=True, background_class="Grass ")
+    assert seen_bg.bg_embed is not None
+    with pytest.raises(ValueError, match="BG_EMBED: the background class 'cow'"):
+        _split_model(cache, "inductive", bg_embed=True, background_class="cow")  # unseen
+    model = tiny_zegclip(cache, bg_embed=True, background_class="Grass")
+    plain = tiny_zegclip(cache)
+    text, clip_text = model.text_embeddings(NAMES), plain.text_embeddings(NAMES)
+    assert torch.allclose(text[:2], clip_text[:2])  # cat, dog: CLIP's text
+    learned = F.normalize(model.bg_embed.embedding, dim=-1)[0]
+    assert torch.allclose(text[2], learned) and not torch.allclose(text[2], clip_text[2])
+    assert torch.allclose(model.text_embeddings(["cat"]), clip_text[:1], atol=1e-6)  # as is
+    assert "bg_embed.embedding" in _trainable(model)
+    assert "bg_embed.embedding" in model.state_dict()
+    model.train()
+    loss = sum(model(two_region_batch(NAMES)).values())
+    loss.backward()
+    assert model.bg_embed.embedding.grad.abs().sum() > 0
+
+
+
 def _golden_outputs(cache) -> dict:
     model = tiny_zegclip(cache, seed=0)
     model.train()

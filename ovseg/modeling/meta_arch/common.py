@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.data import MetadataCatalog
 from detectron2.structures import ImageList
@@ -16,6 +16,7 @@ from ...vocab import resolve_vocabulary
 from ..inference import postprocess_to_original, semantic_inference
 
 __all__ = [
+    "LearnedBackground",
     "check_labels",
     "training_batch",
     "default_test_vocabulary",
@@ -164,3 +165,25 @@ def training_batch(
         pad_value=ignore_value,
     ).tensor.long()
     return images, targets
+
+
+class LearnedBackground(nn.Module):
+    """A learnable embedding that stands in for one class's CLIP text embedding.
+
+    A "background" class is not a thing CLIP has a word for: its text embedding is a generic
+    direction near every class's (MaskCLIP+'s official ``cls_bg``). Where the vocabulary holds
+    ``name`` (case-insensitively), :meth:`forward` puts this embedding in its row.
+    """
+
+    def __init__(self, name: str, dim: int):
+        super().__init__()
+        self.name = name.strip().casefold()
+        self.embedding = nn.Parameter(torch.randn(1, dim) * 0.02)
+
+    def forward(self, text: Tensor, names: Sequence[str]) -> Tensor:
+        """(K, D) text embeddings of ``names`` -> the same with the background row replaced."""
+        rows = [n.strip().casefold() == self.name for n in names]
+        if not any(rows):
+            return text
+        rows = torch.tensor(rows, device=text.device).unsqueeze(1)
+        return torch.where(rows, self.embedding.to(text.dtype), text)

@@ -53,7 +53,12 @@ from ..backbone import (
     resnet_deeplab,  # noqa: F401  (registers build_resnet_deeplab_backbone)
 )
 from ..heads.deeplab import build_dense_head
-from .common import default_test_vocabulary, input_vocabulary, vocabulary_inference
+from .common import (
+    LearnedBackground,
+    default_test_vocabulary,
+    input_vocabulary,
+    vocabulary_inference,
+)
 from .maskclip import MaskCLIP
 from .maskclip_plus_build import (
     check_settings,
@@ -174,7 +179,7 @@ class MaskCLIPPlus(nn.Module):
         self.logit_scale = float(logit_scale)
         self.background_class = background_class
         if background_class is not None:
-            self.bg_embed = nn.Parameter(torch.randn(1, teacher.embed_dim) * 0.02)
+            self.bg_embed = LearnedBackground(background_class, teacher.embed_dim)
         self.distill_weight = float(distill_weight)
         self.ignore_value = int(ignore_value)
         self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
@@ -223,11 +228,7 @@ class MaskCLIPPlus(nn.Module):
         """(K, D) normalised classifier: CLIP text embeddings, the background's learnable."""
         text = self.teacher.encode_text(tuple(names), self.templates).to(self.device)
         if self.background_class is not None:
-            bg = [i for i, n in enumerate(names) if _norm(n) == _norm(self.background_class)]
-            if bg:
-                rows = torch.zeros(len(names), 1, device=self.device, dtype=torch.bool)
-                rows[bg] = True
-                text = torch.where(rows, self.bg_embed.to(text.dtype), text)
+            text = self.bg_embed(text, names)
         return F.normalize(text, dim=-1)
 
     def pixel_embeddings(self, images: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..heads.zegclip_loss import TRANSDUCTIVE_PIXELS, calibrate, mask_losses, transductive_targets
 from ..inference import INFERENCE_MODES
 from .common import (
+    LearnedBackground,
     check_labels,
     default_test_vocabulary,
     group_inputs,
@@ -108,6 +109,7 @@ class ZegCLIP(nn.Module):
         transductive: bool = False,
         transductive_start_iter: int = 0,
         transductive_pixels: str = "ignore",
+        background_class: Optional[str] = None,
         inference_mode: str = "whole",
         slide_window: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (426, 426),
@@ -134,6 +136,8 @@ class ZegCLIP(nn.Module):
             transductive (bool): self-train from ``transductive_start_iter`` on.
             transductive_start_iter (int): first self-training iteration.
             transductive_pixels (str): "ignore" or "unseen" (see :func:`transductive_targets`).
+            background_class (str, optional): name whose text embedding is replaced by a
+                learnable one (None = CLIP's text for every name).
             inference_mode (str): "whole" or "slide".
             slide_window, slide_stride ((int, int)): sliding-window size and stride.
             size_divisibility (int): pad inputs to a multiple of this and of the patch size.
@@ -175,6 +179,11 @@ class ZegCLIP(nn.Module):
         self.transductive = bool(transductive)
         self.transductive_start_iter = int(transductive_start_iter)
         self.transductive_pixels = transductive_pixels
+        self.bg_embed = (
+            LearnedBackground(background_class, teacher.embed_dim)
+            if background_class is not None
+            else None
+        )
         self.inference_mode = inference_mode
         self.slide_window = tuple(int(v) for v in slide_window)
         self.slide_stride = tuple(int(v) for v in slide_stride)
@@ -207,6 +216,13 @@ class ZegCLIP(nn.Module):
         if cfg.DATASETS.TRAIN:
             ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore)
         seen, unseen = _training_names(cfg)
+        background = zcfg.BACKGROUND_CLASS if zcfg.BG_EMBED else None
+        if background is not None and seen and _norm(background) not in map(_norm, seen):
+            raise ValueError(
+                f"MODEL.ZEGCLIP.BG_EMBED: the background class {background!r} "
+                f"(BACKGROUND_CLASS) is not among the training set's seen classes "
+                f"{list(seen)[:8]}...; its learnable embedding would never be trained"
+            )
         if setting == "none" and not zcfg.TRANSDUCTIVE:
             seen, unseen = seen + unseen, ()  # fully supervised: every class is seen
         elif setting == "inductive":
@@ -232,6 +248,7 @@ class ZegCLIP(nn.Module):
             "transductive": zcfg.TRANSDUCTIVE,
             "transductive_start_iter": zcfg.TRANSDUCTIVE_START_ITER,
             "transductive_pixels": zcfg.TRANSDUCTIVE_PIXELS,
+            "background_class": background,
             "inference_mode": cfg.TEST.INFERENCE_MODE,
             "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
             "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
@@ -244,8 +261,12 @@ class ZegCLIP(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
     def text_embeddings(self, names: Sequence[str]) -> Tensor:
-        """(K, D) L2-normalised text embeddings (the teacher memoises them)."""
-        return self.teacher.encode_text(tuple(names), self.templates).to(self.device)
+        """(K, D) L2-normalised text embeddings (the teacher memoises them); the background's
+        learnable one with ``background_class``."""
+        text = self.teacher.encode_text(tuple(names), self.templates).to(self.device)
+        if self.bg_embed is not None:
+            text = F.normalize(self.bg_embed(text, names), dim=-1)
+        return text
 
     def _flags(self, names: Sequence[str], which: frozenset) -> Tensor:
         return torch.tensor([_norm(n) in which for n in names], device=self.device)
