@@ -50,14 +50,15 @@ open_clip.__version__, 'detectron2', detectron2.__version__)" || exit 1
             2>&1 | tee "$OUT_DIR/zegclip_voc_bench.log"
         ;;
     toy_clip)
-        # candidates: config, lr, warm-up, steps; all batch 128 with hard negatives, seed 0
+        # candidates (TOY_SPECS): config:lr:warm-up; all batch 128 with hard negatives, seed 0
         STEPS=${TOY_STEPS:-3000}
         WORKERS=${TOY_WORKERS:-3}
         LIMIT=${TOY_LIMIT_S:-300}
         log "toy CLIP candidates: $STEPS steps each, $WORKERS data processes each, ${LIMIT}s cap"
         pids=()
-        for spec in toy_vit_p4:1e-3:50 toy_vit_p4:5e-4:300 toy_vit_p4w96:5e-4:300 \
-            toy_vit:1e-3:50 toy_vit:5e-4:300; do
+        SPECS=${TOY_SPECS:-toy_vit_p4:1e-3:50 toy_vit_p4:5e-4:300 toy_vit_p4w96:5e-4:300 \
+toy_vit:1e-3:50 toy_vit:5e-4:300}
+        for spec in $SPECS; do
             IFS=: read -r config lr warmup <<<"$spec"
             run="$config-lr$lr"
             mkdir -p "$OUT_DIR/toy_clip/$run"

@@ -47,11 +47,13 @@ from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseli
 logger = logging.getLogger("ovseg.demo")
 
 TEACHER_CONFIG = "configs/toy/maskclip.yaml"
-# students in the order of the results table: (key, config glob)
+# students in the order of the results table: (key, config glob, parent). A student with a
+# parent is a second stage: it starts from the parent's final weights of the same CLIP variant
 STUDENTS = (
-    ("lseg", "lseg_*.yaml"),
-    ("zegclip", "zegclip_*.yaml"),
-    ("maskclip_plus", "maskclip_plus_*.yaml"),
+    ("lseg", "lseg_*.yaml", None),
+    ("zegclip", "zegclip_*_inductive_*.yaml", None),
+    ("zegclip_transductive", "zegclip_*_transductive_*.yaml", "zegclip"),
+    ("maskclip_plus", "maskclip_plus_*.yaml", None),
 )
 SPLIT_DATASETS = {
     s: (
@@ -179,8 +181,14 @@ def read_final_metrics(out_dir: Path) -> dict:
     return {k.split("/", 1)[1]: v for k, v in evals[-1].items() if k.startswith("sem_seg/")}
 
 
-def train_student(config: Path, out_dir: Path, opts: list[str], env: dict) -> dict:
-    """train_net.py in a subprocess; progress lines are echoed; returns final metrics."""
+def train_student(
+    config: Path, out_dir: Path, opts: list[str], env: dict, reuse: bool = True
+) -> dict:
+    """train_net.py in a subprocess; progress lines are echoed; returns final metrics.
+
+    A finished run with the same command is reused unless ``reuse`` is False; the metrics
+    then carry ``"_reused": True``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -193,10 +201,10 @@ def train_student(config: Path, out_dir: Path, opts: list[str], env: dict) -> di
     ]
     command = " ".join(shlex.quote(c) for c in cmd[1:])
     done = out_dir / "demo_run.json"
-    if done.is_file() and json.loads(done.read_text()).get("command") == command:
+    if reuse and done.is_file() and json.loads(done.read_text()).get("command") == command:
         # the same run finished before (make demo after an interruption): reuse it
         logger.info("reusing the finished run in %s", out_dir)
-        return json.loads(done.read_text())["metrics"]
+        return {**json.loads(done.read_text())["metrics"], "_reused": True}
     logger.info("$ %s", command)
     start = time.time()
     with open(out_dir / "stdout.txt", "w") as log:
@@ -218,7 +226,7 @@ def train_student(config: Path, out_dir: Path, opts: list[str], env: dict) -> di
 def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> dict:
     train, val = SPLIT_DATASETS[split]
     results = {}
-    for key, pattern in STUDENTS:
+    for key, pattern, parent in STUDENTS:
         if args.methods is not None and key not in args.methods:
             continue
         configs = sorted((ROOT / "configs/toy").glob(pattern))
@@ -242,11 +250,20 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
                 "SOLVER.CHECKPOINT_PERIOD",
                 str(10 * n),
             ]
+        if parent is not None and parent not in results:
+            logger.info("skipping %s: it starts from %s, which did not run", key, parent)
+            continue
         results[key] = {}
         for variant, extra in (("teacher", []), ("random_teacher", ["MODEL.CLIP.PRETRAINED", ""])):
             logger.info("[%s] split %s, %s (%s)", key, split, variant, configs[0].name)
             out = out_root / f"split_{split}" / key / variant
-            results[key][variant] = train_student(configs[0], out, opts + extra, env)
+            reuse = True
+            if parent is not None:
+                start = out_root / f"split_{split}" / parent / variant / "model_final.pth"
+                extra = extra + ["MODEL.WEIGHTS", str(start)]
+                reuse = results[parent][variant].get("_reused", False)  # parent unchanged
+            metrics = train_student(configs[0], out, opts + extra, env, reuse=reuse)
+            results[key][variant] = metrics
             results[key][variant]["config"] = str(configs[0].relative_to(ROOT))
         weights = out_root / f"split_{split}" / key / "teacher" / "model_final.pth"
         results[key]["_weights"] = str(weights)

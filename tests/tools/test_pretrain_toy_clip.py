@@ -192,9 +192,10 @@ def test_shipped_checkpoint_beats_chance_through_build_clip_teacher(
     assert metrics["dense_object_accuracy"] >= 2.5 * 12.5, metrics
 
 
-def test_shipped_vit_loads_with_an_8x8_dense_grid(tmp_path):
-    # the ViT variant exists for ZegCLIP's prompted ViT; its accuracy is near chance
-    # (checkpoints/README.md), so only loading and shapes are promised
+def test_shipped_vit_knows_shapes_and_has_an_8x8_dense_grid(tmp_path):
+    # the ViT variant exists for ZegCLIP's prompted ViT: it knows the shapes at image level
+    # (99% on its own evaluation); its dense map is coarser and weaker than the ResNet's
+    # (checkpoints/README.md: 22-30% object-pixel accuracy, chance 12.5)
     checkpoint = "checkpoints/toy_clip_vit.pt"
     assert (ROOT / checkpoint).stat().st_size < 5 * 2**20
     teacher = _teacher("configs/clip/toy_vit.json", checkpoint, tmp_path)
@@ -203,3 +204,6 @@ def test_shipped_vit_loads_with_an_8x8_dense_grid(tmp_path):
     images = torch.rand(2, 3, 64, 64) * 255
     assert teacher.dense_embeddings(images).shape == (2, 64, 8, 8)
     assert teacher.encode_text(SHAPES, ("a photo of a {}.",)).shape == (8, 64)
+    metrics = tool.evaluate(teacher, seed=1, num_images=64)  # images it never evaluated on
+    assert metrics["zero_shot_accuracy"] >= 80.0, metrics
+    assert metrics["dense_object_accuracy"] >= 1.5 * 12.5, metrics

@@ -32,7 +32,7 @@ def test_make_demo_quick(tmp_path):
     for name in ("oracle_masks_random_names", "uniform"):
         assert 0 <= res["baselines"][name]["mIoU-unseen"] <= 100
     # every student whose meta-architecture exists ran with both teachers
-    assert {"lseg", "zegclip", "maskclip_plus"} <= set(res["students"])
+    assert {"lseg", "zegclip", "zegclip_transductive", "maskclip_plus"} <= set(res["students"])
     for runs in res["students"].values():
         for variant in ("teacher", "random_teacher"):
             for key in RUN_KEYS:
