@@ -1,6 +1,7 @@
 """Every shipped ZegCLIP config loads, builds (tiny random CLIP in place of the real one) and
-runs one training step on a fixture ADE20K; the ViT-B/16 VOC model's learnable parameters are
-counted; train_net.py trains, evaluates and hands its checkpoint to the transductive stage."""
+runs one training step on a fixture ADE20K (the toy configs: on a tiny offline world); the
+ViT-B/16 VOC model's learnable parameters are counted; train_net.py trains, evaluates and
+hands its checkpoint to the transductive stage."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ovseg.data.datasets.common import datasets_root
 from ovseg.data.datasets.register_ade20k import register_all_ade20k
+from ovseg.data.datasets.toy_world import build_toy_world, register_all_toy_world
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.zegclip import ZegCLIP
@@ -63,6 +65,16 @@ def ade_fixture(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def toy_fixture(tmp_path_factory):
+    # the toy configs name "background" (BG_EMBED), which ADE20K has not
+    root = tmp_path_factory.mktemp("toy_datasets")
+    build_toy_world(str(root), num_train=4, num_val=2, seed=0)
+    register_all_toy_world(str(root))
+    yield root
+    register_all_toy_world(datasets_root())
+
+
+@pytest.fixture(scope="module")
 def clip_cache(tmp_path_factory):
     # shared: the seeded tiny CLIP has one fingerprint, so text embeddings are computed once
     return tmp_path_factory.mktemp("clip_cache")
@@ -77,7 +89,7 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_rel)
-def test_config_recipe_and_one_step(path, ade_fixture, clip_cache, monkeypatch):
+def test_config_recipe_and_one_step(path, ade_fixture, toy_fixture, clip_cache, monkeypatch):
     monkeypatch.chdir(ROOT)  # configs name files relative to the repository root
     cfg = load_config(str(path))
     dataset = path.parent.parent.name if path.parent.name == "zegclip" else "toy"
@@ -101,7 +113,13 @@ def test_config_recipe_and_one_step(path, ade_fixture, clip_cache, monkeypatch):
         assert cfg.SOLVER.WARMUP_ITERS == 1500 and cfg.SOLVER.WEIGHT_DECAY == 0.01
         assert tuple(cfg.TEST.SLIDE_WINDOW) == (512, 512) and cfg.TEST.INFERENCE_MODE == "slide"
 
-    cfg = load_config(str(path), SMALL)
+    small = SMALL
+    if dataset == "toy":
+        small = SMALL[:-4] + [
+            "DATASETS.TRAIN", '("toy_world_sem_seg_train",)',
+            "DATASETS.TEST", '("toy_world_sem_seg_val",)',
+        ]  # fmt: skip
+    cfg = load_config(str(path), small)
     cfg.MODEL.CLIP.CACHE_DIR = str(clip_cache)
     torch.manual_seed(0)
     model = Trainer.build_model(cfg)
