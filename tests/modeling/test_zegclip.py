@@ -352,7 +352,6 @@ def test_learned_background_replaces_its_text_and_learns(cache):
     assert model.bg_embed.embedding.grad.abs().sum() > 0
 
 
-
 def _golden_outputs(cache) -> dict:
     model = tiny_zegclip(cache, seed=0)
     model.train()
