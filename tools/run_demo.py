@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +90,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retrain-clip", action="store_true", help="retrain the toy CLIP first")
     p.add_argument("--seed", type=int, default=0, help="seed of the world")
     p.add_argument("--methods", nargs="*", default=None, help="students to run (default: all)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="trainings at a time: a student's two CLIP variants run side by side, each on "
+        "one thread (default: 2, or 1 on a 1-core machine)",
+    )
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: need >= 1")
+    return args
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -181,13 +193,18 @@ def read_final_metrics(out_dir: Path) -> dict:
     return {k.split("/", 1)[1]: v for k, v in evals[-1].items() if k.startswith("sem_seg/")}
 
 
+def _same_run(record: dict, key: dict) -> bool:
+    return all(record.get(k) == v for k, v in key.items())
+
+
 def train_student(
-    config: Path, out_dir: Path, opts: list[str], env: dict, reuse: bool = True
+    config: Path, out_dir: Path, opts: list[str], env: dict, reuse: bool = True, tag: str = ""
 ) -> dict:
     """train_net.py in a subprocess; progress lines are echoed; returns final metrics.
 
-    A finished run with the same command is reused unless ``reuse`` is False; the metrics
-    then carry ``"_reused": True``.
+    A finished run with the same command and the same merged config (a config file edited
+    since counts as a change) is reused unless ``reuse`` is False; the metrics then carry
+    ``"_reused": True``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -200,8 +217,10 @@ def train_student(
         str(out_dir),
     ]
     command = " ".join(shlex.quote(c) for c in cmd[1:])
+    merged = load_config(str(config), [*opts, "OUTPUT_DIR", str(out_dir)]).dump()
+    key = {"command": command, "config_sha256": hashlib.sha256(merged.encode()).hexdigest()}
     done = out_dir / "demo_run.json"
-    if reuse and done.is_file() and json.loads(done.read_text()).get("command") == command:
+    if reuse and done.is_file() and _same_run(json.loads(done.read_text()), key):
         # the same run finished before (make demo after an interruption): reuse it
         logger.info("reusing the finished run in %s", out_dir)
         return {**json.loads(done.read_text())["metrics"], "_reused": True}
@@ -214,12 +233,12 @@ def train_student(
         for line in proc.stdout:
             log.write(line)
             if " iter: " in line or "copypaste:" in line:
-                print("    " + line.rstrip()[-110:], flush=True)
+                print(f"    {tag}" + line.rstrip()[-110:], flush=True)
         if proc.wait() != 0:
             raise RuntimeError(f"training failed ({' '.join(cmd)}); see {out_dir}/stdout.txt")
     metrics = read_final_metrics(out_dir)
     metrics["seconds"] = round(time.time() - start, 1)
-    atomic_write_text(done, json.dumps({"command": command, "metrics": metrics}))
+    atomic_write_text(done, json.dumps({**key, "metrics": metrics}))
     return metrics
 
 
@@ -253,7 +272,7 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
         if parent is not None and parent not in results:
             logger.info("skipping %s: it starts from %s, which did not run", key, parent)
             continue
-        results[key] = {}
+        runs = {}
         for variant, extra in (("teacher", []), ("random_teacher", ["MODEL.CLIP.PRETRAINED", ""])):
             logger.info("[%s] split %s, %s (%s)", key, split, variant, configs[0].name)
             out = out_root / f"split_{split}" / key / variant
@@ -262,9 +281,14 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
                 start = out_root / f"split_{split}" / parent / variant / "model_final.pth"
                 extra = extra + ["MODEL.WEIGHTS", str(start)]
                 reuse = results[parent][variant].get("_reused", False)  # parent unchanged
-            metrics = train_student(configs[0], out, opts + extra, env, reuse=reuse)
-            results[key][variant] = metrics
-            results[key][variant]["config"] = str(configs[0].relative_to(ROOT))
+            tag = "[toy] " if variant == "teacher" else "[random] "
+            runs[variant] = (configs[0], out, opts + extra, env, reuse, tag)
+        # the two variants are independent: side by side on two cores (--jobs)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {v: pool.submit(train_student, *a) for v, a in runs.items()}
+            results[key] = {v: f.result() for v, f in futures.items()}
+        for metrics in results[key].values():
+            metrics["config"] = str(configs[0].relative_to(ROOT))
         weights = out_root / f"split_{split}" / key / "teacher" / "model_final.pth"
         results[key]["_weights"] = str(weights)
         results[key]["_opts"] = opts
