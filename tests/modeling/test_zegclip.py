@@ -393,3 +393,22 @@ def test_golden_outputs(cache):
         assert torch.allclose(
             got, want, atol=1e-4
         ), f"{key}: max diff {(got - want).abs().max():.2e}"
+
+
+def test_clip_decoder_init_starts_from_the_patch_text_cosine():
+    from ovseg.modeling.heads.zegclip_decoder import ZegCLIPDecoder
+
+    with pytest.raises(ValueError, match="DECODER_INIT='random'"):
+        ZegCLIPDecoder(8, num_heads=2, init="random")
+    torch.manual_seed(0)
+    dim, heads = 8, 2
+    decoder = ZegCLIPDecoder(dim, num_heads=heads, dropout=0.0, init="clip").eval()
+    patch = F.normalize(torch.randn(2, dim, 3, 4), dim=1)
+    glob = F.normalize(torch.randn(2, dim), dim=-1)
+    text = F.normalize(torch.randn(5, dim), dim=-1)
+    first = decoder(patch, glob, text)[0]  # (B, K, h, w)
+    cosine = torch.einsum("kd,bdhw->bkhw", text, patch)
+    # head-averaged scaled dot products of identity projections: cos / (heads * sqrt(dim/heads))
+    assert torch.allclose(first, cosine / (heads * math.sqrt(dim / heads)), atol=1e-6)
+    official = ZegCLIPDecoder(dim, num_heads=heads, dropout=0.0).eval()
+    assert not torch.allclose(official(patch, glob, text)[0], first, atol=1e-3)

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ClassQueryAttention", "ClassQueryDecoderLayer", "ZegCLIPDecoder"]
+__all__ = ["DECODER_INITS", "ClassQueryAttention", "ClassQueryDecoderLayer", "ZegCLIPDecoder"]
+
+DECODER_INITS = ("official", "clip")
 
 
 class ClassQueryAttention(nn.Module):
@@ -141,6 +143,7 @@ class ZegCLIPDecoder(nn.Module):
         ffn_ratio: int = 4,
         dropout: float = 0.1,
         self_attention: bool = False,
+        init: str = "official",
     ):
         """
         Args:
@@ -150,8 +153,15 @@ class ZegCLIPDecoder(nn.Module):
             ffn_ratio (int): FFN width as a multiple of ``dim``.
             dropout (float): dropout in attention and FFN.
             self_attention (bool): add self-attention among class queries (official: none).
+            init (str): "official" (truncated normal) or "clip": the class query starts as the
+                text embedding and every query/key projection as the identity, so the first
+                mask logits are the patch-text cosine (scaled), CLIP's own dense similarity.
         """
         super().__init__()
+        if init not in DECODER_INITS:
+            raise ValueError(
+                f"MODEL.ZEGCLIP.DECODER_INIT={init!r} is not one of {list(DECODER_INITS)}"
+            )
         if num_layers < 1:
             raise ValueError(f"MODEL.ZEGCLIP.DECODER_LAYERS must be >= 1, got {num_layers}")
         self.q_proj = nn.Linear(2 * dim, dim)
@@ -162,6 +172,17 @@ class ZegCLIPDecoder(nn.Module):
             for i in range(num_layers)
         )
         self._init_weights()
+        if init == "clip":
+            self._init_from_clip(dim)
+
+    @torch.no_grad()
+    def _init_from_clip(self, dim: int) -> None:
+        eye = torch.eye(dim)
+        self.q_proj.weight.zero_()
+        self.q_proj.weight[:, dim:] = eye  # [t * g ; t] -> t
+        for layer in self.layers:
+            layer.cross_attn.q.weight.copy_(eye)
+            layer.cross_attn.k.weight.copy_(eye)
 
     def _init_weights(self) -> None:
         # as the official head's init_weights: truncated normal linear weights, zero biases

@@ -211,6 +211,7 @@ class ZegCLIP(nn.Module):
             num_heads=zcfg.DECODER_HEADS,
             dropout=zcfg.DECODER_DROPOUT,
             self_attention=zcfg.DECODER_SELF_ATTENTION,
+            init=zcfg.DECODER_INIT,
         )
         ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         if cfg.DATASETS.TRAIN:
