@@ -197,6 +197,13 @@ def _same_run(record: dict, key: dict) -> bool:
     return all(record.get(k) == v for k, v in key.items())
 
 
+def run_key(command: str, config: Path, opts: list[str]) -> dict:
+    """What identifies a finished run: its command line and the sha256 of its merged config
+    (``opts`` include OUTPUT_DIR), so an edited config file or a new default counts."""
+    merged = load_config(str(config), opts).dump()
+    return {"command": command, "config_sha256": hashlib.sha256(merged.encode()).hexdigest()}
+
+
 def train_student(
     config: Path, out_dir: Path, opts: list[str], env: dict, reuse: bool = True, tag: str = ""
 ) -> dict:
@@ -217,8 +224,7 @@ def train_student(
         str(out_dir),
     ]
     command = " ".join(shlex.quote(c) for c in cmd[1:])
-    merged = load_config(str(config), [*opts, "OUTPUT_DIR", str(out_dir)]).dump()
-    key = {"command": command, "config_sha256": hashlib.sha256(merged.encode()).hexdigest()}
+    key = run_key(command, config, [*opts, "OUTPUT_DIR", str(out_dir)])
     done = out_dir / "demo_run.json"
     if reuse and done.is_file() and _same_run(json.loads(done.read_text()), key):
         # the same run finished before (make demo after an interruption): reuse it
