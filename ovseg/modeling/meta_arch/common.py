@@ -91,37 +91,44 @@ def check_labels(target: Tensor, num_names: int, ignore_value: int, inputs: List
 
 
 def vocabulary_inference(
+    model: nn.Module,
     batched_inputs: List[dict],
-    default_vocabulary: Optional[Sequence[str]],
-    predictor: Callable[[Tuple[str, ...]], Callable[[Tensor], Tensor]],
-    normalize: Callable[[List[Tensor]], List[Tensor]],
-    *,
-    mode: str,
-    window: Sequence[int],
-    stride: Sequence[int],
+    predictor: Optional[Callable[[Tuple[str, ...]], Callable[[Tensor], Tensor]]] = None,
 ) -> List[Dict[str, Tensor]]:
     """Eval outputs of a dense open-vocabulary model, one forward per (size, vocabulary).
 
     Inputs of one size and vocabulary share a forward; others are never padded together.
+    The model provides its settings: ``vocabulary`` (names for inputs without a
+    "vocabulary"), ``_normalize`` (the inputs' images -> network inputs of the same sizes),
+    ``inference_mode``, ``slide_window`` and ``slide_stride`` (``semantic_inference``).
 
     Args:
+        model: the meta-architecture.
         batched_inputs: model inputs ("image", optional "vocabulary", "height", "width").
-        default_vocabulary: names for inputs without a "vocabulary".
-        predictor: ``predictor(names)`` returns ``fn(images (b, 3, h, w)) -> (b, K, h', w')``.
-        normalize: turns the inputs' images into network inputs (same sizes).
-        mode, window, stride: whole or sliding-window inference (``semantic_inference``).
+        predictor: ``predictor(names)`` returns ``fn(images (b, 3, h, w)) -> (b, K, h', w')``;
+            default: ``model.predict(images, model.text_embeddings(names))``.
 
     Returns:
         list[dict]: ``{"sem_seg": (K, height, width)}`` per input.
     """
+    if predictor is None:
+
+        def predictor(names):
+            text = model.text_embeddings(names)
+            return lambda x: model.predict(x, text)
+
     keys = [
-        (tuple(x["image"].shape), input_vocabulary(x, default_vocabulary)) for x in batched_inputs
+        (tuple(x["image"].shape), input_vocabulary(x, model.vocabulary)) for x in batched_inputs
     ]
     results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
     for (_, names), idx in group_inputs(keys).items():
-        images = torch.stack(normalize([batched_inputs[i]["image"] for i in idx]))
+        images = torch.stack(model._normalize([batched_inputs[i]["image"] for i in idx]))
         scores = semantic_inference(
-            predictor(names), images, mode=mode, window=window, stride=stride
+            predictor(names),
+            images,
+            mode=model.inference_mode,
+            window=model.slide_window,
+            stride=model.slide_stride,
         )
         h, w = images.shape[-2:]
         for j, i in enumerate(idx):

@@ -420,16 +420,4 @@ class MaskCLIPPlus(nn.Module):
         return l1_distillation(embeddings, clip, masks)
 
     def _inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
-        def predictor(names):
-            text = self.text_embeddings(names)
-            return lambda x: self.predict(x, text)
-
-        return vocabulary_inference(
-            batched_inputs,
-            self.vocabulary,
-            predictor,
-            self._normalize,
-            mode=self.inference_mode,
-            window=self.slide_window,
-            stride=self.slide_stride,
-        )
+        return vocabulary_inference(self, batched_inputs)

@@ -408,12 +408,4 @@ class ZegCLIP(nn.Module):
             text, seen = self.text_embeddings(names), self._flags(names, self.seen_classes)
             return lambda x: self.predict(x, text, seen)
 
-        return vocabulary_inference(
-            batched_inputs,
-            self.vocabulary,
-            predictor,
-            self._normalize,
-            mode=self.inference_mode,
-            window=self.slide_window,
-            stride=self.slide_stride,
-        )
+        return vocabulary_inference(self, batched_inputs, predictor)
