@@ -33,6 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # subcommands in their own files
 
+from benchmark_utils import default_device, synchronize  # noqa: E402
 from benchmark_zegclip import add_zegclip_parser  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
@@ -57,11 +58,6 @@ def subcommand(name: str):
 
 
 # ---------------------------------------------------------------------- shared helpers
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
@@ -97,10 +93,6 @@ def time_calls(
                 synchronize(device)
                 times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------------- teacher

@@ -35,6 +35,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from benchmark_utils import default_device, synchronize
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["ZEGCLIP_CONFIG", "add_zegclip_parser", "run_zegclip", "peak_tflops_for"]
@@ -311,11 +312,6 @@ def run_zegclip(args) -> dict:
     return res
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _si(value: float, unit: str = "FLOP") -> str:
     for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
         if value >= scale:
@@ -396,7 +392,7 @@ def add_zegclip_parser(subparsers) -> None:
     )
     p.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=default_device(),
         help="cpu or cuda[:N] (MODEL.DEVICE)",
     )
     p.add_argument(
