@@ -30,12 +30,7 @@ def _load_tool():
 bench = _load_tool()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(size=64, precision="fp32", iters=2, warmup=1, extra=(), json_path=None):
