@@ -187,6 +187,23 @@ class LearnedBackground(nn.Module):
         self.name = name.strip().casefold()
         self.embedding = nn.Parameter(torch.randn(1, dim) * 0.02)
 
+    @staticmethod
+    def check_trained(key: str, name: str, trained: Sequence[str], where: str) -> None:
+        """Refuse a background class outside the names that get a loss (``where`` says
+        which), whose embedding would never learn; no names (no training set) pass.
+
+        Args:
+            key (str): the method's config node, e.g. "MODEL.ZEGCLIP".
+            name (str): its BACKGROUND_CLASS.
+            trained: the names that get a loss.
+            where (str): e.g. "in the training vocabulary".
+        """
+        if trained and name.strip().casefold() not in {n.strip().casefold() for n in trained}:
+            raise ValueError(
+                f"{key}.BG_EMBED: the background class {name!r} (BACKGROUND_CLASS) is not "
+                f"{where} {list(trained)[:8]}...; its learnable embedding would never be trained"
+            )
+
     def forward(self, text: Tensor, names: Sequence[str]) -> Tensor:
         """(K, D) text embeddings of ``names`` -> the same with the background row replaced."""
         rows = [n.strip().casefold() == self.name for n in names]

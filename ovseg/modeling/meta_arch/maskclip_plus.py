@@ -177,9 +177,11 @@ class MaskCLIPPlus(nn.Module):
         self.self_train_start = int(self_train_start)
         self.self_train_threshold = float(self_train_threshold)
         self.logit_scale = float(logit_scale)
-        self.background_class = background_class
-        if background_class is not None:
-            self.bg_embed = LearnedBackground(background_class, teacher.embed_dim)
+        self.bg_embed = (
+            LearnedBackground(background_class, teacher.embed_dim)
+            if background_class is not None
+            else None
+        )
         self.distill_weight = float(distill_weight)
         self.ignore_value = int(ignore_value)
         self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
@@ -227,7 +229,7 @@ class MaskCLIPPlus(nn.Module):
     def text_embeddings(self, names: Sequence[str]) -> Tensor:
         """(K, D) normalised classifier: CLIP text embeddings, the background's learnable."""
         text = self.teacher.encode_text(tuple(names), self.templates).to(self.device)
-        if self.background_class is not None:
+        if self.bg_embed is not None:
             text = self.bg_embed(text, names)
         return F.normalize(text, dim=-1)
 

@@ -11,6 +11,7 @@ from ...clip import CLIPTeacher, get_templates
 from ...pseudo import PseudoLabelStore
 from ...vocab import resolve_vocabulary
 from ..inference import INFERENCE_MODES
+from .common import LearnedBackground
 from .maskclip import MaskCLIP
 
 __all__ = [
@@ -144,12 +145,9 @@ def maskclip_plus_config(cfg) -> Dict[str, Any]:
     background = mc.BACKGROUND_CLASS if mc.BG_EMBED else None
     if background is not None:
         names, _ = training_vocabulary(cfg)
-        if names and _norm(background) not in {_norm(n) for n in names}:
-            raise ValueError(
-                f"MODEL.MASKCLIP_PLUS.BG_EMBED: the background class {background!r} "
-                f"(BACKGROUND_CLASS) is not in the training vocabulary {list(names)[:8]}...; its "
-                "learnable embedding would never be trained"
-            )
+        LearnedBackground.check_trained(
+            "MODEL.MASKCLIP_PLUS", background, names, "in the training vocabulary"
+        )
     return {
         "unseen": unseen,
         "annotation_free": mc.ANNOTATION_FREE,

@@ -218,11 +218,9 @@ class ZegCLIP(nn.Module):
             ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore)
         seen, unseen = _training_names(cfg)
         background = zcfg.BACKGROUND_CLASS if zcfg.BG_EMBED else None
-        if background is not None and seen and _norm(background) not in map(_norm, seen):
-            raise ValueError(
-                f"MODEL.ZEGCLIP.BG_EMBED: the background class {background!r} "
-                f"(BACKGROUND_CLASS) is not among the training set's seen classes "
-                f"{list(seen)[:8]}...; its learnable embedding would never be trained"
+        if background is not None:
+            LearnedBackground.check_trained(
+                "MODEL.ZEGCLIP", background, seen, "among the training set's seen classes"
             )
         if setting == "none" and not zcfg.TRANSDUCTIVE:
             seen, unseen = seen + unseen, ()  # fully supervised: every class is seen
