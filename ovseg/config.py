@@ -155,6 +155,11 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.ZEGCLIP.PROMPT_PROJ = True
     # dropout on the projected prompts (official: 0.1)
     cfg.MODEL.ZEGCLIP.PROMPT_DROPOUT = 0.1
+    # stride of the frozen patch embedding in pixels; 0 keeps the patch size (paper). A
+    # smaller stride (a divisor of the patch size, same parity) gives overlapping patches
+    # and a finer token grid, H/stride x W/stride, from the same weights; each token still
+    # sees a patch-sized window, as in pretraining. Costs (patch/stride)^2 more tokens.
+    cfg.MODEL.ZEGCLIP.PATCH_STRIDE = 0
     # decoder layers in which class queries attend to the patch tokens (paper: 3)
     cfg.MODEL.ZEGCLIP.DECODER_LAYERS = 3
     # attention heads of the decoder; the mask logits are their average (official: 8)

@@ -88,6 +88,31 @@ def test_backbone_outputs_any_size_and_prompt_depths(cache):
         model.backbone(torch.randn(1, 3, 40, 48))
 
 
+def test_patch_stride_gives_a_finer_grid_of_overlapping_patches(cache):
+    native = tiny_zegclip(cache)  # patch 16
+    fine = tiny_zegclip(cache, patch_stride=8)
+    fine.backbone.load_state_dict(native.backbone.state_dict())
+    x = torch.randn(1, 3, 48, 80)
+    assert fine.backbone(x)["patch_tokens"].shape == (1, 32, 6, 10)
+    assert fine.backbone.output_shape()["patch_tokens"].stride == 8
+    # the patch embedding alone: window (i, j) is the 16-pixel patch centred on the
+    # stride-8 cell (i, j), zero-padded by 4 at the border; every other window is a
+    # native patch of the image shifted by 4 pixels
+    tower = native.backbone.tower
+    with torch.no_grad():
+        fine_grid = fine.backbone._embed_patches(x)
+        shifted = tower.conv1(F.pad(x, (4, 4, 4, 4))[..., :48, :80])
+        assert torch.allclose(fine_grid[..., ::2, ::2], shifted, atol=1e-5)
+        interior = tower.conv1(x[..., 4:, 4:])  # windows of the odd cells inside the image
+        assert interior.shape[-2:] == (2, 4)
+        assert torch.allclose(fine_grid[..., 1:5:2, 1:9:2], interior, atol=1e-5)
+        # the native stride is the tower's own embedding
+        assert torch.equal(native.backbone._embed_patches(x), tower.conv1(x))
+    for bad in (3, 6, 32):
+        with pytest.raises(ValueError, match="PATCH_STRIDE"):
+            tiny_zegclip(cache, patch_stride=bad)
+
+
 def test_prompts_change_the_features(model):
     x = torch.randn(1, 3, 32, 32)
     before = model.backbone(x)["patch_tokens"].detach()

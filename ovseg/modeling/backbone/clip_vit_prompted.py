@@ -38,7 +38,7 @@ class CLIPViTPrompted(Backbone):
     resized bicubically to each input's patch grid. Outputs, in the tower's joint space
     (``ln_post`` then ``proj``, not normalised):
 
-    - ``"patch_tokens"``: (B, D, H/p, W/p) last-layer patch tokens;
+    - ``"patch_tokens"``: (B, D, H/s, W/s) last-layer patch tokens, s the patch stride;
     - ``"global_token"``: (B, D) the class token (the tower's own pooling).
     """
 
@@ -50,6 +50,7 @@ class CLIPViTPrompted(Backbone):
         depth: str = "deep",
         prompt_proj: bool = True,
         prompt_dropout: float = 0.1,
+        patch_stride: int = 0,
     ):
         """
         Args:
@@ -59,6 +60,10 @@ class CLIPViTPrompted(Backbone):
             prompt_proj (bool): pass the prompts through a learnable linear layer and dropout
                 before use (the official code's ``prompt_proj``).
             prompt_dropout (float): dropout on the projected prompts.
+            patch_stride (int): stride of the patch embedding; 0 keeps the patch size. A
+                smaller one (dividing the patch size, with an even difference to it) gives
+                overlapping patches, zero-padded by half the difference so that token
+                (i, j) stays centred on the stride-sized cell (i, j): an (H/s, W/s) grid.
         """
         super().__init__()
         if not isinstance(visual, VisionTransformer):
@@ -85,6 +90,19 @@ class CLIPViTPrompted(Backbone):
         self.num_prompts = int(num_prompts)
         self.depth = depth
         self.patch_size = dense_stride(visual)
+        stride = int(patch_stride) or self.patch_size
+        if (
+            stride < 1
+            or stride > self.patch_size
+            or self.patch_size % stride
+            or (self.patch_size - stride) % 2
+        ):
+            raise ValueError(
+                f"MODEL.ZEGCLIP.PATCH_STRIDE {patch_stride} does not fit the tower's patch size "
+                f"{self.patch_size}: use 0 (the patch size) or a divisor of it whose "
+                "difference to it is even"
+            )
+        self.patch_stride = stride
         self.grid_size = tuple(int(g) for g in visual.grid_size)
         width = visual.conv1.out_channels
         self.num_blocks = len(visual.transformer.resblocks)
@@ -107,7 +125,7 @@ class CLIPViTPrompted(Backbone):
             "patch_tokens": self.embed_dim,
             "global_token": self.embed_dim,
         }
-        self._out_feature_strides = {"patch_tokens": self.patch_size, "global_token": 0}
+        self._out_feature_strides = {"patch_tokens": self.patch_stride, "global_token": 0}
 
         self.register_state_dict_post_hook(_drop_tower_keys)
         self.register_load_state_dict_pre_hook(_ignore_tower_keys)
@@ -126,13 +144,21 @@ class CLIPViTPrompted(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            "patch_tokens": ShapeSpec(channels=self.embed_dim, stride=self.patch_size),
+            "patch_tokens": ShapeSpec(channels=self.embed_dim, stride=self.patch_stride),
             "global_token": ShapeSpec(channels=self.embed_dim, height=1, width=1),
         }
 
     def _prompts(self, index: int, batch: int, dtype: torch.dtype) -> Tensor:
         p = self.prompt_dropout(self.prompt_proj(self.prompts[index]))
         return p.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+    def _embed_patches(self, x: Tensor) -> Tensor:
+        conv = self.tower.conv1
+        if self.patch_stride == self.patch_size:
+            return conv(x)
+        pad = (self.patch_size - self.patch_stride) // 2
+        stride = self.patch_stride
+        return nn.functional.conv2d(x, conv.weight, conv.bias, stride=stride, padding=pad)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
@@ -142,7 +168,8 @@ class CLIPViTPrompted(Backbone):
                 multiples of the patch size.
 
         Returns:
-            dict: "patch_tokens" (B, D, H/p, W/p) and "global_token" (B, D).
+            dict: "patch_tokens" (B, D, H/s, W/s), s the patch stride, and "global_token"
+            (B, D).
         """
         p = self.patch_size
         if x.dim() != 4 or x.shape[-2] % p or x.shape[-1] % p:
@@ -152,7 +179,7 @@ class CLIPViTPrompted(Backbone):
             )
         visual = self.tower
         b = x.shape[0]
-        x = visual.conv1(x)
+        x = self._embed_patches(x)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
@@ -217,7 +244,8 @@ def build_clip_vit_prompted_backbone(
 
     Args:
         cfg (CfgNode): reads MODEL.ZEGCLIP.{NUM_PROMPTS, PROMPT_DEPTH, PROMPT_PROJ,
-            PROMPT_DROPOUT} and MODEL.CLIP.* (when no teacher is given).
+            PROMPT_DROPOUT,
+            PATCH_STRIDE} and MODEL.CLIP.* (when no teacher is given).
         input_shape (ShapeSpec): unused; images are RGB.
         teacher (CLIPTeacher, optional): the model's teacher, whose tower is shared;
             without it one is built from MODEL.CLIP and its tower used.
@@ -234,4 +262,5 @@ def build_clip_vit_prompted_backbone(
         depth=zcfg.PROMPT_DEPTH,
         prompt_proj=zcfg.PROMPT_PROJ,
         prompt_dropout=zcfg.PROMPT_DROPOUT,
+        patch_stride=zcfg.PATCH_STRIDE,
     )
