@@ -91,14 +91,15 @@ def test_backbone_outputs_any_size_and_prompt_depths(cache):
 def test_patch_stride_gives_a_finer_grid_of_overlapping_patches(cache):
     native = tiny_zegclip(cache)  # patch 16
     fine = tiny_zegclip(cache, patch_stride=8)
-    fine.backbone.load_state_dict(native.backbone.state_dict())
+    tower = native.backbone.tower
+    # same seed, same teacher weights: only the stride differs
+    assert torch.equal(fine.backbone.tower.conv1.weight, tower.conv1.weight)
     x = torch.randn(1, 3, 48, 80)
     assert fine.backbone(x)["patch_tokens"].shape == (1, 32, 6, 10)
     assert fine.backbone.output_shape()["patch_tokens"].stride == 8
     # the patch embedding alone: window (i, j) is the 16-pixel patch centred on the
     # stride-8 cell (i, j), zero-padded by 4 at the border; every other window is a
     # native patch of the image shifted by 4 pixels
-    tower = native.backbone.tower
     with torch.no_grad():
         fine_grid = fine.backbone._embed_patches(x)
         shifted = tower.conv1(F.pad(x, (4, 4, 4, 4))[..., :48, :80])
@@ -108,7 +109,10 @@ def test_patch_stride_gives_a_finer_grid_of_overlapping_patches(cache):
         assert torch.allclose(fine_grid[..., 1:5:2, 1:9:2], interior, atol=1e-5)
         # the native stride is the tower's own embedding
         assert torch.equal(native.backbone._embed_patches(x), tower.conv1(x))
-    for bad in (3, 6, 32):
+        # the model's masks come back at the image's size
+        (out,) = fine.eval()([{"image": image(48, 80), "vocabulary": NAMES}])
+        assert out["sem_seg"].shape == (3, 48, 80)
+    for bad in (1, 3, 6, 32):  # 1 divides 16 but leaves an odd 15 to pad
         with pytest.raises(ValueError, match="PATCH_STRIDE"):
             tiny_zegclip(cache, patch_stride=bad)
 

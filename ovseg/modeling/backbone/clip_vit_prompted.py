@@ -244,8 +244,7 @@ def build_clip_vit_prompted_backbone(
 
     Args:
         cfg (CfgNode): reads MODEL.ZEGCLIP.{NUM_PROMPTS, PROMPT_DEPTH, PROMPT_PROJ,
-            PROMPT_DROPOUT,
-            PATCH_STRIDE} and MODEL.CLIP.* (when no teacher is given).
+            PROMPT_DROPOUT, PATCH_STRIDE} and MODEL.CLIP.* (when no teacher is given).
         input_shape (ShapeSpec): unused; images are RGB.
         teacher (CLIPTeacher, optional): the model's teacher, whose tower is shared;
             without it one is built from MODEL.CLIP and its tower used.
