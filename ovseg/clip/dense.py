@@ -28,11 +28,13 @@ __all__ = [
     "SUPPORTED_TOWERS",
     "dense_stride",
     "pad_to_multiple",
+    "patch_embedding",
     "qkv_projections",
     "resize_pos_embed",
     "resnet_dense",
     "tower_kind",
     "vit_dense",
+    "vit_tokens",
 ]
 
 SUPPORTED_TOWERS = ("open_clip.transformer.VisionTransformer", "open_clip.ModifiedResNet")
@@ -166,6 +168,41 @@ def _last_block_value_path(
     return v, keys
 
 
+def patch_embedding(conv: nn.Conv2d, x: Tensor, stride: Optional[int] = None) -> Tensor:
+    """A ViT's patch embedding ``conv`` at another stride (None: its own, the patch size).
+
+    A smaller stride gives overlapping patches, zero-padded by half the difference so that
+    cell (i, j) of the (H/s, W/s) grid is centred on the stride-sized cell (i, j); the caller
+    checks that it divides the patch size with an even difference.
+    """
+    patch = conv.kernel_size[0]
+    if stride is None or stride == patch:
+        return conv(x)
+    pad = (patch - stride) // 2
+    return F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=pad)
+
+
+def vit_tokens(tower: nn.Module, x: Tensor, stride: Optional[int] = None) -> Tuple[Tensor, tuple]:
+    """A ViT's input tokens: patch embedding, class token, resized positional embedding, ln_pre.
+
+    Args:
+        tower: an open_clip ``VisionTransformer``, or a module holding its ``conv1``,
+            ``class_embedding``, ``positional_embedding``, ``ln_pre`` and ``grid_size``.
+        x (Tensor): (B, 3, H, W) normalised images.
+        stride (int, optional): stride of the patch embedding (see :func:`patch_embedding`).
+
+    Returns:
+        tuple: tokens (B, 1 + h * w, C) batch-first, class token first; the grid (h, w).
+    """
+    x = patch_embedding(tower.conv1, x, stride)
+    grid = tuple(x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls = tower.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + resize_pos_embed(tower.positional_embedding, tower.grid_size, grid).to(x.dtype)
+    return tower.ln_pre(x), grid
+
+
 def vit_dense(
     visual: VisionTransformer, x: Tensor, return_keys: bool = False
 ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -184,13 +221,7 @@ def vit_dense(
             "dense embeddings are not defined for ViT towers with an attentional pooler (CoCa)"
         )
     b = x.shape[0]
-    x = visual.conv1(x)
-    gh, gw = x.shape[-2:]
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    x = x + resize_pos_embed(visual.positional_embedding, visual.grid_size, (gh, gw)).to(x.dtype)
-    x = visual.ln_pre(x)
+    x, (gh, gw) = vit_tokens(visual, x)
 
     transformer = visual.transformer
     blocks = list(transformer.resblocks)

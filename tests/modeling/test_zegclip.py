@@ -18,6 +18,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ovseg.clip.dense import patch_embedding
 from ovseg.engine import solver
 from ovseg.modeling.backbone import CLIPViTPrompted
 from ovseg.modeling.heads.zegclip_loss import calibrate, mask_losses, transductive_targets
@@ -101,14 +102,16 @@ def test_patch_stride_gives_a_finer_grid_of_overlapping_patches(cache):
     # stride-8 cell (i, j), zero-padded by 4 at the border; every other window is a
     # native patch of the image shifted by 4 pixels
     with torch.no_grad():
-        fine_grid = fine.backbone._embed_patches(x)
+        fine_grid = patch_embedding(fine.backbone.tower.conv1, x, fine.backbone.patch_stride)
         shifted = tower.conv1(F.pad(x, (4, 4, 4, 4))[..., :48, :80])
         assert torch.allclose(fine_grid[..., ::2, ::2], shifted, atol=1e-5)
         interior = tower.conv1(x[..., 4:, 4:])  # windows of the odd cells inside the image
         assert interior.shape[-2:] == (2, 4)
         assert torch.allclose(fine_grid[..., 1:5:2, 1:9:2], interior, atol=1e-5)
         # the native stride is the tower's own embedding
-        assert torch.equal(native.backbone._embed_patches(x), tower.conv1(x))
+        assert torch.equal(
+            patch_embedding(tower.conv1, x, native.backbone.patch_stride), tower.conv1(x)
+        )
         # the model's masks come back at the image's size
         (out,) = fine.eval()([{"image": image(48, 80), "vocabulary": NAMES}])
         assert out["sem_seg"].shape == (3, 48, 80)

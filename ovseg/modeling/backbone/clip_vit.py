@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from typing import List, Optional, Sequence
 
-import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -13,7 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...clip.dense import dense_stride, resize_pos_embed
+from ...clip.dense import dense_stride, vit_tokens
 from .vit_hooks import ViTFeatureBackbone, check_out_indices
 
 __all__ = ["CLIPViTBackbone", "build_clip_vit_backbone"]
@@ -84,14 +83,7 @@ class CLIPViTBackbone(ViTFeatureBackbone):
             m.requires_grad_(not freeze)
 
     def tokens(self, x: Tensor) -> List[Tensor]:
-        b = x.shape[0]
-        x = self.conv1(x)
-        grid = tuple(x.shape[-2:])
-        x = x.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + resize_pos_embed(self.positional_embedding, self.grid_size, grid).to(x.dtype)
-        x = self.ln_pre(x)
+        x, _ = vit_tokens(self, x)
         if not self.batch_first:
             x = x.transpose(0, 1)
         outs = []

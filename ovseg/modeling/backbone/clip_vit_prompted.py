@@ -21,7 +21,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...clip.dense import dense_stride, resize_pos_embed
+from ...clip.dense import dense_stride, vit_tokens
 
 __all__ = ["PROMPT_DEPTHS", "CLIPViTPrompted", "build_clip_vit_prompted_backbone"]
 
@@ -103,7 +103,6 @@ class CLIPViTPrompted(Backbone):
                 "difference to it is even"
             )
         self.patch_stride = stride
-        self.grid_size = tuple(int(g) for g in visual.grid_size)
         width = visual.conv1.out_channels
         self.num_blocks = len(visual.transformer.resblocks)
         num_sets = self.num_blocks if depth == "deep" else 1
@@ -152,14 +151,6 @@ class CLIPViTPrompted(Backbone):
         p = self.prompt_dropout(self.prompt_proj(self.prompts[index]))
         return p.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
-    def _embed_patches(self, x: Tensor) -> Tensor:
-        conv = self.tower.conv1
-        if self.patch_stride == self.patch_size:
-            return conv(x)
-        pad = (self.patch_size - self.patch_stride) // 2
-        stride = self.patch_stride
-        return nn.functional.conv2d(x, conv.weight, conv.bias, stride=stride, padding=pad)
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """
@@ -179,13 +170,7 @@ class CLIPViTPrompted(Backbone):
             )
         visual = self.tower
         b = x.shape[0]
-        x = self._embed_patches(x)
-        gh, gw = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + resize_pos_embed(visual.positional_embedding, self.grid_size, (gh, gw)).to(x.dtype)
-        x = visual.ln_pre(x)
+        x, (gh, gw) = vit_tokens(visual, x, self.patch_stride)
 
         n = self.num_prompts
         # batch-first throughout: the blocks of a seq-first transformer get transposed input
