@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import IO, Any, Callable, Union
+import secrets
+from typing import Any, Callable, Tuple, Union
 
 __all__ = ["TMP_PREFIX", "atomic_write", "atomic_write_json", "atomic_write_text"]
 
@@ -16,7 +16,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def atomic_write(
-    path: PathLike, write: Callable[[IO[bytes]], Any], *, fsync: bool = True, by_name: bool = False
+    path: PathLike, write: Callable[[Any], Any], *, fsync: bool = True, by_name: bool = False
 ) -> None:
     """Write ``path`` through a temporary sibling, then ``os.replace`` it into place.
 
@@ -35,7 +35,7 @@ def atomic_write(
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.basename(path))
+    fd, tmp = _create_temporary(folder, os.path.basename(path))
     try:
         if by_name:
             os.close(fd)
@@ -49,15 +49,28 @@ def atomic_write(
                 if fsync:
                     f.flush()
                     os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _create_temporary(folder: str, name: str) -> Tuple[int, str]:
+    """Create a new, empty ``<folder>/<TMP_PREFIX><random><name>``; return (fd, path).
+
+    Unlike ``tempfile.mkstemp`` (mode 0600), the file is created with mode 0666 so the
+    umask (and a folder's default ACL) give it exactly the permissions of a plain
+    ``open()``, without reading the process-wide umask, which is not thread-safe.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(4)}{name}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name!r} in {folder}")
 
 
 def atomic_write_text(path: PathLike, text: str, *, fsync: bool = True) -> None:
