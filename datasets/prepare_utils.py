@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from ovseg.utils.io import atomic_write
 
 README = "datasets/README.md"
 
@@ -95,34 +96,26 @@ def check_values(label: np.ndarray, valid: np.ndarray, source: Path | str) -> No
         )
 
 
-def _atomic_write(dst: Path, write: Callable[[str], None]) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix + ".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _write(dst: Path, write: Callable[[str], object]) -> None:
+    # thousands of files, each reconverted if lost: atomic, but without an fsync per file
+    atomic_write(dst, write, by_name=True, fsync=False)
 
 
 def save_label(label: np.ndarray, dst: Path) -> None:
     """Write a label map as PNG atomically (temp file + ``os.replace``): 8-bit or 16-bit."""
     if label.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"labels for {dst} must be uint8 or uint16, got {label.dtype}")
-    _atomic_write(dst, lambda tmp: Image.fromarray(label).save(tmp, format="PNG"))
+    _write(dst, lambda tmp: Image.fromarray(label).save(tmp, format="PNG"))
 
 
 def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (temp file + ``os.replace``)."""
-    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    _write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def save_image(image: Image.Image, dst: Path) -> None:
     """Write an RGB image as JPEG atomically (PIL's default quality, as SAN/CAT-Seg do)."""
-    _atomic_write(dst, lambda tmp: image.save(tmp, format="JPEG"))
+    _write(dst, lambda tmp: image.save(tmp, format="JPEG"))
 
 
 def run_jobs(

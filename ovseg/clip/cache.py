@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ..utils.io import atomic_write
 
 __all__ = [
     "TextEmbeddingCache",
@@ -128,8 +129,7 @@ class TextEmbeddingCache:
         templates: Sequence[str],
         fingerprint: str,
     ) -> Path:
-        """Write (K, D) embeddings atomically (temporary file + ``os.replace``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Write (K, D) embeddings atomically (a cache: rebuilt if lost, so no fsync)."""
         path = self.path(key)
         record = {
             "embeddings": emb.detach().cpu().float().contiguous(),
@@ -137,13 +137,5 @@ class TextEmbeddingCache:
             "templates": list(templates),
             "fingerprint": fingerprint,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(record, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: torch.save(record, f), fsync=False)
         return path

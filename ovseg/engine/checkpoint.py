@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from ..utils.io import atomic_write, atomic_write_text
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -37,9 +24,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_write(save_file, lambda f: torch.save(data, f))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write_text(path, last_filename_basename)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -23,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from ..utils.io import atomic_write
 from .metrics import segmentation_metrics
 
 __all__ = ["OpenVocabSemSegEvaluator", "load_sem_seg_gt"]
@@ -49,21 +49,6 @@ def load_sem_seg_gt(path: str) -> np.ndarray:
             f"(H, W) image of class indices (see datasets/prepare_*.py)."
         )
     return gt
-
-
-def _atomic_write(path: str, write_fn) -> None:
-    """Write a file through a temporary sibling and ``os.replace`` so readers never see half
-    a file (e.g. a crash or a concurrent reader during a long evaluation)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class OpenVocabSemSegEvaluator(DatasetEvaluator):
@@ -221,7 +206,7 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
             PathManager.mkdirs(self._output_dir)
             if self._save_confusion_matrix:
                 path = os.path.join(self._output_dir, "confusion_matrix.npy")
-                _atomic_write(path, lambda f: np.save(f, conf))
+                atomic_write(path, lambda f: np.save(f, conf), fsync=False)
         if conf.sum() == 0:
             logger.warning(
                 f"[OpenVocabSemSegEvaluator] No valid pixel evaluated on "
@@ -233,7 +218,7 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
         self._log_tables(res)
         if self._output_dir:
             path = os.path.join(self._output_dir, "sem_seg_evaluation.pth")
-            _atomic_write(path, lambda f: torch.save(res, f))
+            atomic_write(path, lambda f: torch.save(res, f), fsync=False)
         return OrderedDict({"sem_seg": res})
 
     def _log_tables(self, res: dict[str, float]) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from ..utils.io import TMP_PREFIX, atomic_write, atomic_write_json
 
 __all__ = ["FORMAT_VERSION", "PseudoLabelStore", "image_id_of"]
 
@@ -33,7 +34,6 @@ CONFIDENCE = "confidence"
 # bookkeeping fields: they may differ between two runs that make the same labels
 _VOLATILE = ("created", "count", "command")
 _REQUIRED = ("fingerprint", "vocabulary", "threshold")
-_TMP_PREFIX = ".tmp-"
 GENERATE_HINT = "python tools/generate_pseudo_labels.py --config-file <teacher config> " + (
     "--dataset <dataset> --output <store folder>"
 )
@@ -61,7 +61,7 @@ def _check_image_id(image_id: Any) -> str:
             f"image_id {image_id!r} cannot name a file in the store (it holds a path separator "
             "or is '.'/'..'); give the dataset dicts plain 'image_id' strings"
         )
-    if image_id.startswith(_TMP_PREFIX):
+    if image_id.startswith(TMP_PREFIX):
         raise ValueError(f"image_id {image_id!r} starts with the store's temporary prefix")
     return image_id
 
@@ -103,22 +103,6 @@ def _normalise(manifest: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _identity(manifest: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in manifest.items() if k not in _VOLATILE}
-
-
-def _write_atomic(path: str, write_fn) -> None:
-    """Write via a temporary file in the same folder, then rename it into place."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class PseudoLabelStore:
@@ -259,15 +243,14 @@ class PseudoLabelStore:
         return manifest
 
     def _write_manifest(self) -> None:
-        text = json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
-        _write_atomic(os.path.join(self.root, MANIFEST), lambda f: f.write(text.encode()))
+        atomic_write_json(os.path.join(self.root, MANIFEST), self.manifest, sort_keys=True)
 
     def _remove_stale_temporaries(self) -> None:
         # left by a killed run; only called while no process of this store is writing
         for sub in (LABELS, CONFIDENCE):
             folder = os.path.join(self.root, sub)
             for name in os.listdir(folder):
-                if name.startswith(_TMP_PREFIX):
+                if name.startswith(TMP_PREFIX):
                     os.remove(os.path.join(folder, name))
 
     # ------------------------------------------------------------------ per-image access
@@ -288,7 +271,7 @@ class PseudoLabelStore:
         folder = os.path.join(self.root, LABELS)
         names = os.listdir(folder) if os.path.isdir(folder) else []
         return tuple(
-            sorted(n[:-4] for n in names if n.endswith(".png") and not n.startswith(_TMP_PREFIX))
+            sorted(n[:-4] for n in names if n.endswith(".png") and not n.startswith(TMP_PREFIX))
         )
 
     def write(self, image_id: str, label: np.ndarray, confidence: np.ndarray) -> None:
@@ -323,8 +306,8 @@ class PseudoLabelStore:
             )
         conf_png = Image.fromarray(np.rint(confidence * 255).astype(np.uint8))
         label_png = Image.fromarray(label.astype(self.label_dtype))
-        _write_atomic(conf_path, lambda f: conf_png.save(f, format="PNG"))
-        _write_atomic(label_path, lambda f: label_png.save(f, format="PNG"))
+        atomic_write(conf_path, lambda f: conf_png.save(f, format="PNG"))
+        atomic_write(label_path, lambda f: label_png.save(f, format="PNG"))
 
     def read(self, image_id: str) -> Tuple[np.ndarray, np.ndarray]:
         """One image's (label (H, W) uint8/uint16, confidence (H, W) float32 in [0, 1])."""

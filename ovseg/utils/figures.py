@@ -8,9 +8,8 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from typing import Callable, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import matplotlib
 import numpy as np
@@ -20,7 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["HeatmapLayout", "atomic_write", "heatmap_grid", "panel_row", "save_image"]
+from .io import atomic_write
+
+__all__ = ["HeatmapLayout", "heatmap_grid", "panel_row", "save_image"]
 
 # geometry, in pixels at _DPI
 _DPI = 100
@@ -153,29 +154,6 @@ def panel_row(panels: Sequence[Tuple[str, np.ndarray]], panel_height: int = 320)
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def atomic_write(path: str, write_fn: Callable) -> None:
-    """Write a file through a temporary file in its folder, renamed into place.
-
-    Args:
-        path (str): the destination.
-        write_fn: called with a binary file object to write into.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-        # mkstemp creates the file 0600; give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_image(path: str, array: np.ndarray, palette: bool = False) -> None:
     """Save an (H, W, 3) RGB or (H, W) label array atomically; the format follows the suffix.
 
@@ -192,4 +170,4 @@ def save_image(path: str, array: np.ndarray, palette: bool = False) -> None:
         image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), fsync=False)

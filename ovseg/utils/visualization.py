@@ -22,12 +22,11 @@ from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.utils.visualizer import GenericMask, VisImage, Visualizer
 
 from ..data.datasets.common import deterministic_colors
-from .figures import HeatmapLayout, atomic_write, heatmap_grid, panel_row, save_image
+from .figures import HeatmapLayout, heatmap_grid, panel_row, save_image
 
 __all__ = [
     "UNSEEN_SUFFIX",
     "HeatmapLayout",
-    "atomic_write",
     "dataset_metadata",
     "draw_semantic",
     "heatmap_grid",
