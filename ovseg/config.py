@@ -9,7 +9,17 @@ def add_ovseg_config(cfg: CN) -> None:
     Args:
         cfg (CfgNode): a config made by ``detectron2.config.get_cfg()``.
     """
-    # ---------------------------------------------------------------- the CLIP teacher
+    add_teacher_config(cfg)
+    add_shared_config(cfg)
+    add_maskclip_config(cfg)
+    add_lseg_config(cfg)
+    add_zegclip_config(cfg)
+    add_maskclip_plus_config(cfg)
+    _add_old_keys_during_migration(cfg)
+
+
+def add_teacher_config(cfg: CN) -> None:
+    """MODEL.CLIP: the shared frozen CLIP teacher (ovseg/clip)."""
     cfg.MODEL.CLIP = CN()
     # open_clip model name (e.g. "ViT-B-16", "RN50") or a path to a JSON model config
     # (open_clip's {"embed_dim", "vision_cfg", "text_cfg"} layout) for tiny models.
@@ -25,7 +35,13 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.TEMPLATES = "single"
     # precision of the frozen teacher's forward passes on GPU: "fp32", "bf16" or "fp16".
     cfg.MODEL.CLIP.PRECISION = "fp32"
+    # the temperature of the teacher's own classification, softmax(LOGIT_SCALE * cosine):
+    # CLIP's trained value (100) for MaskCLIP and the pseudo-labelling teacher
+    cfg.MODEL.CLIP.LOGIT_SCALE = 100.0
 
+
+def add_shared_config(cfg: CN) -> None:
+    """MODEL.OVSEG and the INPUT/SOLVER/TEST keys every student reads."""
     # -------------------------------------------------- vocabularies and zero-shot setting
     cfg.MODEL.OVSEG = CN()
     # "none": fully supervised, every class labelled; "inductive": unseen pixels are ignore
@@ -39,6 +55,23 @@ def add_ovseg_config(cfg: CN) -> None:
     # test vocabulary: "" = each test dataset's stuff_classes (attached per input by the
     # test mapper); same forms as above.
     cfg.MODEL.OVSEG.TEST_VOCABULARY = ""
+    # ---- the students' text classifier (ovseg/modeling/text_classifier.py)
+    # temperature multiplying cosine(pixel or query embedding, text embedding)
+    cfg.MODEL.OVSEG.LOGIT_SCALE = 1 / 0.07
+    # learn the temperature (log space, capped at 100) instead of keeping it fixed
+    cfg.MODEL.OVSEG.LEARNABLE_LOGIT_SCALE = False
+    # replace the text embedding of BACKGROUND_CLASS by a learnable one (MaskCLIP+'s official
+    # cls_bg; for datasets that label "background", a class CLIP has no word for)
+    cfg.MODEL.OVSEG.BG_EMBED = False
+    cfg.MODEL.OVSEG.BACKGROUND_CLASS = "background"
+    # ---- self-training (ovseg/pseudo/self_training.py): from START_ITER on, the pixels a
+    # method pseudo-labels get the student's own predictions; -1 = never
+    cfg.MODEL.OVSEG.SELF_TRAINING = CN()
+    cfg.MODEL.OVSEG.SELF_TRAINING.START_ITER = -1
+    # ---- pseudo-labels (ovseg/pseudo; written by tools/generate_pseudo_labels.py)
+    # a pseudo-label store folder whose labels the training mapper attaches to each sample
+    # as "pseudo_sem_seg"; "" = none
+    cfg.DATASETS.PSEUDO_LABELS = ""
 
     # ----------------------------------------------------------------------------- input
     # dataset mapper, by name in ovseg's MAPPER_REGISTRY
@@ -82,7 +115,10 @@ def add_ovseg_config(cfg: CN) -> None:
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
 
-    # ---- maskclip (ovseg/modeling/meta_arch/maskclip.py; inference size/mode from TEST.*)
+
+def add_maskclip_config(cfg: CN) -> None:
+    """MODEL.MASKCLIP: training-free MaskCLIP (ovseg/modeling/meta_arch/maskclip.py); its
+    temperature is MODEL.CLIP.LOGIT_SCALE, its inference size and mode TEST.*."""
     cfg.MODEL.MASKCLIP = CN()
     # prompt denoising: drop a class whose largest softmax(LOGIT_SCALE * cosine) probability
     # over an image is below PROMPT_DENOISE_THRESHOLD (paper: 0.5)
@@ -97,33 +133,26 @@ def add_ovseg_config(cfg: CN) -> None:
     # how keys are L2-normalised: "positions" (official code: each channel over the
     # locations) or "channels" (each location's key: cosine affinity, as in the paper)
     cfg.MODEL.MASKCLIP.KEY_NORMALIZATION = "positions"
-    # CLIP's logit scale: softmax(LOGIT_SCALE * cosine) gives the class probabilities
-    cfg.MODEL.MASKCLIP.LOGIT_SCALE = 100.0
 
-    # ---- pseudo-labels (ovseg/pseudo; written by tools/generate_pseudo_labels.py)
-    # a pseudo-label store folder whose labels the training mapper attaches to each sample
-    # as "pseudo_sem_seg"; "" = none
-    cfg.DATASETS.PSEUDO_LABELS = ""
 
-    # ---- lseg (ovseg/modeling/meta_arch/lseg.py, heads/dpt.py, backbone/*vit.py)
-    cfg.MODEL.LSEG = CN()
-    # prompt templates of the class names, each with one "{}"; the paper embeds the bare
-    # name; [] = the set named by MODEL.CLIP.TEMPLATES
-    cfg.MODEL.LSEG.TEMPLATES = ["{}"]
+def add_lseg_config(cfg: CN) -> None:
+    """MODEL.LSEG (ovseg/modeling/meta_arch/lseg.py), the DPT decoder (MODEL.DPT,
+    heads/dpt.py) and the ViT feature backbones (MODEL.VIT_BACKBONE, backbone/*vit.py).
+    LSeg's text is MODEL.CLIP.TEMPLATES (the paper: "name"), its temperature
+    MODEL.OVSEG.LOGIT_SCALE."""
+    # ---- DPT decoder
+    cfg.MODEL.DPT = CN()
     # the four backbone outputs the DPT decoder reads, finest target first
-    cfg.MODEL.LSEG.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.DPT.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     # DPT reassemble: 1x1 projection widths (DPT ViT-B: 96,192,384,768; ViT-L: 256,512,1024,1024)
-    cfg.MODEL.LSEG.REASSEMBLE_CHANNELS = [96, 192, 384, 768]
+    cfg.MODEL.DPT.REASSEMBLE_CHANNELS = [96, 192, 384, 768]
     # DPT reassemble: target stride of each input (a ViT's maps are resampled to these)
-    cfg.MODEL.LSEG.REASSEMBLE_STRIDES = [4, 8, 16, 32]
+    cfg.MODEL.DPT.REASSEMBLE_STRIDES = [4, 8, 16, 32]
     # width of the DPT fusion path (official "num_features")
-    cfg.MODEL.LSEG.FEATURES = 256
+    cfg.MODEL.DPT.FEATURES = 256
     # norm of the fusion blocks' residual units: "BN" (official), "GN", "SyncBN" or ""
-    cfg.MODEL.LSEG.NORM = "BN"
-    # temperature multiplying cosine(pixel, text): 1/0.07 as the official code ends up
-    cfg.MODEL.LSEG.LOGIT_SCALE = 1 / 0.07
-    # learn the temperature (log space, capped at 100) instead of keeping it fixed
-    cfg.MODEL.LSEG.LEARNABLE_LOGIT_SCALE = False
+    cfg.MODEL.DPT.NORM = "BN"
+    cfg.MODEL.LSEG = CN()
     # spatial regularisation of the logit map: "none", "depthwise" or "bottleneck"
     cfg.MODEL.LSEG.SPATIAL_REG = "none"
     # passes of the (shared) spatial-regularisation block
@@ -144,8 +173,11 @@ def add_ovseg_config(cfg: CN) -> None:
     # its weights: a local timm checkpoint, "timm" (timm downloads them) or "" (random)
     cfg.MODEL.VIT_BACKBONE.TIMM_PRETRAINED = ""
 
-    # ---- zegclip (ovseg/modeling/meta_arch/zegclip.py, heads/zegclip_decoder.py,
-    # backbone/clip_vit_prompted.py; text templates from MODEL.CLIP.TEMPLATES)
+
+def add_zegclip_config(cfg: CN) -> None:
+    """MODEL.ZEGCLIP (ovseg/modeling/meta_arch/zegclip.py, heads/zegclip_decoder.py,
+    backbone/clip_vit_prompted.py); text from MODEL.CLIP.TEMPLATES, learnable background
+    MODEL.OVSEG.BG_EMBED, self-training from MODEL.OVSEG.SELF_TRAINING.START_ITER."""
     cfg.MODEL.ZEGCLIP = CN()
     # learnable prompt tokens per layer of the frozen CLIP ViT (paper: 10 VOC, 100 COCO)
     cfg.MODEL.ZEGCLIP.NUM_PROMPTS = 10
@@ -186,26 +218,21 @@ def add_ovseg_config(cfg: CN) -> None:
     # left out of the losses
     cfg.MODEL.ZEGCLIP.IGNORE_AS_NEGATIVE = False
     # inductive calibration: subtracted at test from the sigmoid scores of classes seen in
-    # training (paper: 0.1); not applied when TRANSDUCTIVE
+    # training (paper: 0.1); not applied to a self-trained model
     cfg.MODEL.ZEGCLIP.CALIBRATION = 0.1
-    # transductive self-training: from TRANSDUCTIVE_START_ITER on, pixels without ground
-    # truth are labelled with the argmax over the unseen classes of the model's prediction
-    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE = False
-    # iteration from which the pseudo-labels are used; before it, unseen classes get no loss
-    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_START_ITER = 0
-    # which pixels get pseudo-labels: "ignore" (every ignored pixel; ZERO_SHOT_SETTING
-    # "transductive") or "unseen" (the unseen classes' pixels, official protocol; the labels
-    # come with ZERO_SHOT_SETTING "none" and only locate them)
-    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS = "ignore"
-    # replace the text embedding of BACKGROUND_CLASS by a learnable one (not in the paper,
-    # whose benchmarks have no background class; for datasets that label "background", where
-    # CLIP's text for it is a generic direction near every class and unseen class queries
-    # inherit it; see configs/toy/zegclip_*.yaml)
-    cfg.MODEL.ZEGCLIP.BG_EMBED = False
-    cfg.MODEL.ZEGCLIP.BACKGROUND_CLASS = "background"
+    # self-training (from MODEL.OVSEG.SELF_TRAINING.START_ITER on): which pixels are labelled
+    # with the argmax over the unseen classes of the model's prediction: "ignore" (every
+    # ignored pixel; ZERO_SHOT_SETTING "transductive") or "unseen" (the unseen classes'
+    # pixels, official protocol; the labels come with ZERO_SHOT_SETTING "none" and only
+    # locate them). Before START_ITER the unseen classes get no loss.
+    cfg.MODEL.ZEGCLIP.SELF_TRAINING_PIXELS = "ignore"
 
-    # ---- maskclip+ (ovseg/modeling/meta_arch/maskclip_plus*.py, heads/deeplab.py,
-    # backbone/resnet_deeplab.py); DeepLab keys are named as detectron2's projects/DeepLab
+
+def add_maskclip_plus_config(cfg: CN) -> None:
+    """MODEL.MASKCLIP_PLUS (ovseg/modeling/meta_arch/maskclip_plus*.py) and its DeepLab
+    student (heads/deeplab.py, backbone/resnet_deeplab.py; keys named as detectron2's
+    projects/DeepLab). The student's text classifier is MODEL.OVSEG.{LOGIT_SCALE, BG_EMBED},
+    its second phase starts at MODEL.OVSEG.SELF_TRAINING.START_ITER."""
     cfg.MODEL.MASKCLIP_PLUS = CN()
     # where the teacher's pseudo-labels come from: "store" (DATASETS.PSEUDO_LABELS), "online"
     # (teacher in the loop on the original image, moved onto the crop by the sample's
@@ -220,15 +247,8 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_THRESHOLD = 0.0
     # no ground truth at all: every pixel's target comes from the teacher / the student
     cfg.MODEL.MASKCLIP_PLUS.ANNOTATION_FREE = False
-    # iteration from which the student labels the free pixels itself; -1 = never
-    cfg.MODEL.MASKCLIP_PLUS.SELF_TRAIN_START = -1
     # the student's confidence (softmax over the scored classes) needed for a self-label
-    cfg.MODEL.MASKCLIP_PLUS.SELF_TRAIN_THRESHOLD = 0.0
-    # temperature multiplying cosine(pixel embedding, text embedding)
-    cfg.MODEL.MASKCLIP_PLUS.LOGIT_SCALE = 1 / 0.07
-    # replace the text embedding of BACKGROUND_CLASS by a learnable one (official cls_bg)
-    cfg.MODEL.MASKCLIP_PLUS.BG_EMBED = False
-    cfg.MODEL.MASKCLIP_PLUS.BACKGROUND_CLASS = "background"
+    cfg.MODEL.MASKCLIP_PLUS.SELF_TRAINING_THRESHOLD = 0.0
     # weight of the L1 distillation of the student's embeddings to CLIP's dense ones; 0 = off
     cfg.MODEL.MASKCLIP_PLUS.DISTILL_WEIGHT = 0.0
     # DeepLab heads (DeepLabV2Head, DeepLabV3PlusHead): ASPP width, dilations (v2: any
@@ -247,3 +267,42 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.RES4_DILATION = 1
     # per-block multipliers of res5's dilation (DeepLabv3: [1, 2, 4]; v2: [1, 1, 1])
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
+
+
+# keys that moved: an old config naming one fails with the new name instead of a bare
+# "non-existent key"
+RENAMED_KEYS = {
+    "MODEL.MASKCLIP.LOGIT_SCALE": "MODEL.CLIP.LOGIT_SCALE",
+    "MODEL.LSEG.TEMPLATES": "MODEL.CLIP.TEMPLATES",
+    "MODEL.LSEG.LOGIT_SCALE": "MODEL.OVSEG.LOGIT_SCALE",
+    "MODEL.LSEG.LEARNABLE_LOGIT_SCALE": "MODEL.OVSEG.LEARNABLE_LOGIT_SCALE",
+    "MODEL.MASKCLIP_PLUS.LOGIT_SCALE": "MODEL.OVSEG.LOGIT_SCALE",
+    "MODEL.MASKCLIP_PLUS.BG_EMBED": "MODEL.OVSEG.BG_EMBED",
+    "MODEL.MASKCLIP_PLUS.BACKGROUND_CLASS": "MODEL.OVSEG.BACKGROUND_CLASS",
+    "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START": "MODEL.OVSEG.SELF_TRAINING.START_ITER",
+    "MODEL.MASKCLIP_PLUS.SELF_TRAIN_THRESHOLD": "MODEL.MASKCLIP_PLUS.SELF_TRAINING_THRESHOLD",
+    "MODEL.ZEGCLIP.BG_EMBED": "MODEL.OVSEG.BG_EMBED",
+    "MODEL.ZEGCLIP.BACKGROUND_CLASS": "MODEL.OVSEG.BACKGROUND_CLASS",
+    "MODEL.ZEGCLIP.TRANSDUCTIVE": "MODEL.OVSEG.SELF_TRAINING.START_ITER",
+    "MODEL.ZEGCLIP.TRANSDUCTIVE_START_ITER": "MODEL.OVSEG.SELF_TRAINING.START_ITER",
+    "MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS": "MODEL.ZEGCLIP.SELF_TRAINING_PIXELS",
+    **{
+        f"MODEL.LSEG.{k}": f"MODEL.DPT.{k}"
+        for k in ("IN_FEATURES", "REASSEMBLE_CHANNELS", "REASSEMBLE_STRIDES", "FEATURES", "NORM")
+    },
+}
+
+
+def _add_old_keys_during_migration(cfg: CN) -> None:
+    # TEMPORARY while configs/ is migrated to the new keys: old keys load and are unused
+    for old in RENAMED_KEYS:
+        node = cfg
+        parts = old.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        new = cfg
+        for p in RENAMED_KEYS[old].split("."):
+            new = new[p]
+        node[parts[-1]] = new if not isinstance(new, CN) else -1
+    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE = False
+    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_START_ITER = 0

@@ -12,9 +12,22 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from string import Formatter
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-__all__ = ["Vocabulary", "builtin_vocabulary_names", "check_templates", "resolve_vocabulary"]
+__all__ = [
+    "ZERO_SHOT_SETTINGS",
+    "Vocabulary",
+    "builtin_vocabulary_names",
+    "check_templates",
+    "normalize_name",
+    "resolve_vocabulary",
+    "training_label_space",
+    "training_vocabulary",
+]
+
+# "none": fully supervised; "inductive": unseen pixels are ignore and the unseen names are
+# not in the training vocabulary; "transductive": unseen pixels are ignore but their names are
+ZERO_SHOT_SETTINGS = ("none", "inductive", "transductive")
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -25,7 +38,7 @@ _JSON_SCHEMA = (
 _JSON_KEYS = frozenset({"name", "classes", "unseen"})
 
 
-def _norm(name: str) -> str:
+def normalize_name(name: str) -> str:
     """The form in which two class names are compared: stripped, case-folded."""
     return name.strip().casefold()
 
@@ -97,7 +110,7 @@ class Vocabulary:
         names = tuple(name.strip() for name in names)
         positions: dict[str, list[int]] = {}
         for i, name in enumerate(names):
-            positions.setdefault(_norm(name), []).append(i)
+            positions.setdefault(normalize_name(name), []).append(i)
         duplicates = [
             f"{names[pos[0]]!r} at positions {pos}" for pos in positions.values() if len(pos) > 1
         ]
@@ -109,17 +122,17 @@ class Vocabulary:
 
         if isinstance(self.unseen, str):
             raise ValueError(f"unseen must be a list of names, got the string {self.unseen!r}")
-        canonical = {_norm(name): name for name in names}
+        canonical = {normalize_name(name): name for name in names}
         unseen = []
         for name in self.unseen:
-            if not isinstance(name, str) or _norm(name) not in canonical:
+            if not isinstance(name, str) or normalize_name(name) not in canonical:
                 raise ValueError(
                     f"Unseen class {name!r} is not in the vocabulary; unseen names must be "
                     f"among the class names {list(names)}"
                 )
-            if canonical[_norm(name)] in unseen:
+            if canonical[normalize_name(name)] in unseen:
                 raise ValueError(f"Unseen class {name!r} is listed twice")
-            unseen.append(canonical[_norm(name)])
+            unseen.append(canonical[normalize_name(name)])
 
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "unseen", tuple(unseen))
@@ -296,4 +309,74 @@ def resolve_vocabulary(spec: str, metadata: Any = None) -> Vocabulary:
         f"Unknown vocabulary {spec!r}: not a builtin (builtins are "
         f"{list(builtin_vocabulary_names())}), not a .json file, and not a comma-separated "
         "list of names such as 'cat,dog'"
+    )
+
+
+def training_label_space(
+    classes: Vocabulary,
+    setting: str,
+    target_names: Optional[Sequence[str]] = None,
+    dataset_name: str = "",
+) -> Vocabulary:
+    """The names training label ids refer to, with the unseen ones among them.
+
+    ``none`` and ``transductive`` keep every class (their unseen names are known; in
+    ``transductive`` their pixels are ignore), ``inductive`` only the seen ones. With
+    ``target_names`` (MODEL.OVSEG.TRAIN_VOCABULARY) the label space is that list instead,
+    less the unseen names in the inductive setting.
+
+    Args:
+        classes (Vocabulary): the dataset's classes and unseen classes.
+        setting (str): one of ZERO_SHOT_SETTINGS.
+        target_names: an explicit training vocabulary, or None.
+        dataset_name (str): for error messages.
+
+    Returns:
+        Vocabulary: the training names in label order; ``unseen`` = the dataset's unseen
+        classes among them.
+    """
+    where = f"dataset {dataset_name!r}" if dataset_name else "the dataset"
+    if setting not in ZERO_SHOT_SETTINGS:
+        raise ValueError(
+            f"Unknown zero-shot setting {setting!r} (MODEL.OVSEG.ZERO_SHOT_SETTING); "
+            f"choose one of {list(ZERO_SHOT_SETTINGS)}"
+        )
+    if setting != "none" and not classes.unseen:
+        raise ValueError(
+            f"ZERO_SHOT_SETTING={setting!r} needs unseen classes, but {where} has none "
+            "(metadata 'unseen_classes'); register the dataset's unseen_classes or set "
+            "MODEL.OVSEG.ZERO_SHOT_SETTING 'none'"
+        )
+    unseen = {normalize_name(n) for n in classes.unseen}
+    names = classes.names if target_names is None else Vocabulary(tuple(target_names)).names
+    if setting == "inductive":
+        names = tuple(n for n in names if normalize_name(n) not in unseen)
+    return Vocabulary(names, unseen=tuple(n for n in names if normalize_name(n) in unseen))
+
+
+def training_vocabulary(cfg, dataset_name: Optional[str] = None) -> Optional[Vocabulary]:
+    """The training vocabulary a config gives a dataset (see :func:`training_label_space`).
+
+    The mapper labels samples with its names; models read which of them are unseen.
+
+    Args:
+        cfg (CfgNode): MODEL.OVSEG.ZERO_SHOT_SETTING and TRAIN_VOCABULARY are read.
+        dataset_name (str, optional): default: the first of DATASETS.TRAIN.
+
+    Returns:
+        Vocabulary, or None when there is no training dataset or it has no stuff_classes.
+    """
+    from detectron2.data import MetadataCatalog
+
+    if dataset_name is None:
+        if not cfg.DATASETS.TRAIN:
+            return None
+        dataset_name = cfg.DATASETS.TRAIN[0]
+    meta = MetadataCatalog.get(dataset_name)
+    if not meta.get("stuff_classes", None):
+        return None
+    spec = cfg.MODEL.OVSEG.TRAIN_VOCABULARY
+    target = resolve_vocabulary(spec).names if spec.strip() else None
+    return training_label_space(
+        Vocabulary.from_metadata(meta), cfg.MODEL.OVSEG.ZERO_SHOT_SETTING, target, dataset_name
     )

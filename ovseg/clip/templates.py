@@ -131,6 +131,8 @@ MASKCLIP_SCENE_TEMPLATES: tuple[str, ...] = (
 )
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    # the bare class name (LSeg's official text input)
+    "name": ("{}",),
     "single": SINGLE_TEMPLATES,
     "imagenet80": IMAGENET_TEMPLATES,
     "vild": VILD_TEMPLATES,

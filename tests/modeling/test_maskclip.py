@@ -155,15 +155,17 @@ def test_scores_match_teacher_and_padding_is_alignment_free(vit_teacher):
     dense = vit_teacher.dense_embeddings(image)  # (1, D, 4, 3)
     grid = F.softmax(100 * torch.einsum("bdhw,kd->bkhw", dense, text), dim=1)
     expected = F.interpolate(grid, size=(64, 48), mode="bilinear", align_corners=False)
-    assert torch.allclose(model.predict(image, text), expected, atol=1e-5)
+    # network inputs are the images minus the pixel mean (zero padding = mean padding)
+    assert torch.allclose(model.predict(image - vit_teacher.pixel_mean, text), expected, atol=1e-5)
 
     # an image that is not a multiple of the patch scores like its mean-padded canvas, cropped
     refined = _model(vit_teacher, prompt_denoise=True, key_smoothing=True)
     small = _image(37, 45, seed=1).float()[None]
     canvas = vit_teacher.pixel_mean.expand(1, 3, 48, 48).clone()
     canvas[:, :, :37, :45] = small
-    crop = refined.predict(canvas, text)[:, :, :37, :45]
-    assert torch.allclose(refined.predict(small, text), crop, atol=1e-5)
+    mean = vit_teacher.pixel_mean
+    crop = refined.predict(canvas - mean, text)[:, :, :37, :45]
+    assert torch.allclose(refined.predict(small - mean, text), crop, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
@@ -208,7 +210,7 @@ def test_resnet_tower_with_refinements(rn_teacher):
     with torch.no_grad():
         out = model([{"image": _image(40, 70), "height": 40, "width": 70}])
     assert tuple(out[0]["sem_seg"].shape) == (3, 40, 70)
-    assert model.pad_multiple == 64
+    assert model.size_divisibility == 64
 
 
 def test_training_mode_refuses_and_nothing_is_checkpointed(vit_teacher):

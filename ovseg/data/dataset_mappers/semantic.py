@@ -18,19 +18,19 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ...vocab import Vocabulary, resolve_vocabulary
+from ...vocab import (
+    ZERO_SHOT_SETTINGS,
+    Vocabulary,
+    normalize_name,
+    resolve_vocabulary,
+    training_label_space,
+)
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
 
 __all__ = ["ZERO_SHOT_SETTINGS", "SemanticDatasetMapper", "zero_shot_label_map"]
 
 logger = logging.getLogger(__name__)
-
-ZERO_SHOT_SETTINGS = ("none", "inductive", "transductive")
-
-
-def _norm(name: str) -> str:
-    return name.strip().casefold()
 
 
 def zero_shot_label_map(
@@ -67,41 +67,29 @@ def zero_shot_label_map(
         labels stay unchanged; ``vocabulary`` names the training label ids.
     """
     where = f"dataset {dataset_name!r}" if dataset_name else "the dataset"
-    if setting not in ZERO_SHOT_SETTINGS:
-        raise ValueError(
-            f"Unknown zero-shot setting {setting!r} (MODEL.OVSEG.ZERO_SHOT_SETTING); "
-            f"choose one of {list(ZERO_SHOT_SETTINGS)}"
-        )
     # Validates the names (empty, duplicates) and canonicalises the unseen ones.
     classes = Vocabulary(tuple(class_names), unseen=tuple(unseen or ()))
-    if setting != "none" and not classes.unseen:
+    if setting in ZERO_SHOT_SETTINGS and setting != "none" and not classes.unseen:
         found = "no unseen_classes metadata" if unseen is None else "an empty unseen_classes"
         raise ValueError(
             f"ZERO_SHOT_SETTING={setting!r} needs unseen classes, but {where} has {found}; "
             "register the dataset's unseen_classes or set MODEL.OVSEG.ZERO_SHOT_SETTING 'none'"
         )
+    space = training_label_space(classes, setting, target_names, dataset_name)
+    if target_names is None and setting == "none":
+        return None, space.names
     dropped = set(classes.unseen) if setting != "none" else set()
-
-    if target_names is None:
-        if setting == "none":
-            return None, classes.names
-        vocabulary = classes.seen if setting == "inductive" else classes.names
-    else:
-        target = Vocabulary(tuple(target_names))
-        unseen_keys = {_norm(n) for n in classes.unseen}
-        vocabulary = tuple(
-            n for n in target.names if setting != "inductive" or _norm(n) not in unseen_keys
-        )
-    index = {_norm(n): i for i, n in enumerate(vocabulary)}
+    vocabulary = space.names
+    index = {normalize_name(n): i for i, n in enumerate(vocabulary)}
 
     size = max(256, len(classes), ignore_label + 1)
     dtype = np.uint8 if size == 256 and ignore_label <= 255 else np.int64
     table = np.full(size, ignore_label, dtype=dtype)
     for label, name in enumerate(classes.names):
-        if name not in dropped and _norm(name) in index:
-            table[label] = index[_norm(name)]
+        if name not in dropped and normalize_name(name) in index:
+            table[label] = index[normalize_name(name)]
     if target_names is not None and not any(
-        _norm(n) in index for n in classes.names if n not in dropped
+        normalize_name(n) in index for n in classes.names if n not in dropped
     ):
         raise ValueError(
             f"No class of {where} {list(classes.names)} is in the training vocabulary "

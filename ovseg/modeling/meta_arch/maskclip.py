@@ -19,20 +19,18 @@ sliding windows and pseudo-label confidences live on one scale.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
-from ...vocab import resolve_vocabulary
-from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
+from ..text_classifier import TextClassifier
+from .base import OpenVocabSegmentor
 
 __all__ = [
     "DROPPED_LOGIT",
@@ -50,8 +48,6 @@ DROPPED_LOGIT = -100.0
 # normalised over the N locations; "channels": each location's key normalised (cosine
 # affinity, as the paper describes it)
 KEY_NORMALIZATIONS = ("positions", "channels")
-# text-embedding matrices kept per vocabulary (the teacher also memoises them)
-_TEXT_CACHE_SIZE = 8
 
 
 def cosine_logits(dense: Tensor, text: Tensor) -> Tensor:
@@ -178,14 +174,16 @@ def _check_threshold(value: float, what: str) -> float:
 
 
 @META_ARCH_REGISTRY.register()
-class MaskCLIP(nn.Module):
+class MaskCLIP(OpenVocabSegmentor):
     """Training-free MaskCLIP over a frozen :class:`~ovseg.clip.CLIPTeacher`.
 
     Holds no trainable parameter and nothing a checkpoint saves (the teacher keeps its
     weights out of ``state_dict``); ``train_net.py --eval-only`` runs it without weights.
+    Its network inputs are the images minus the teacher's pixel mean (the teacher applies
+    its own normalisation), so padding with zeros is padding with the mean.
     """
 
-    # tells ovseg.pseudo that "sem_seg" holds probabilities (no softmax on top)
+    # "sem_seg" holds probabilities (no softmax on top)
     sem_seg_scores = "probabilities"
 
     @configurable
@@ -223,12 +221,6 @@ class MaskCLIP(nn.Module):
             size_divisibility (int): pad each forward's input (bottom/right, with the pixel
                 mean) to a multiple of this; <= 0 = only to the teacher's stride.
         """
-        super().__init__()
-        if inference_mode not in INFERENCE_MODES:
-            raise ValueError(
-                f"inference mode {inference_mode!r} (TEST.INFERENCE_MODE) is not one of "
-                f"{list(INFERENCE_MODES)}"
-            )
         if key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(
                 f"key normalization {key_normalization!r} (MODEL.MASKCLIP.KEY_NORMALIZATION) "
@@ -239,12 +231,18 @@ class MaskCLIP(nn.Module):
                 f"MaskCLIP needs a ViT or ModifiedResNet CLIP vision tower; teacher "
                 f"{teacher.name!r} has {type(teacher.model.visual).__name__}"
             )
-        self.teacher = teacher
-        self.templates = tuple(templates)
-        self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
-        self.inference_mode = inference_mode
-        self.slide_window = tuple(int(v) for v in slide_window)
-        self.slide_stride = tuple(int(v) for v in slide_stride)
+        stride, d = int(teacher.stride), int(size_divisibility)
+        super().__init__(
+            teacher=teacher,
+            pixel_mean=teacher.pixel_mean.flatten().tolist(),
+            pixel_std=[1.0, 1.0, 1.0],
+            vocabulary=vocabulary,
+            inference_mode=inference_mode,
+            slide_window=slide_window,
+            slide_stride=slide_stride,
+            size_divisibility=math.lcm(stride, d) if d > 0 else stride,
+        )
+        self.classifier = TextClassifier(teacher, templates, logit_scale=logit_scale)
         self.prompt_denoise = bool(prompt_denoise)
         self.prompt_denoise_threshold = _check_threshold(
             prompt_denoise_threshold, "prompt denoising threshold"
@@ -254,89 +252,53 @@ class MaskCLIP(nn.Module):
             key_smoothing_threshold, "key smoothing threshold"
         )
         self.key_normalization = key_normalization
-        self.logit_scale = float(logit_scale)
-        stride = int(teacher.stride)
-        d = int(size_divisibility)
-        self.pad_multiple = stride * d // math.gcd(stride, d) if d > 0 else stride
-        self._text_cache: OrderedDict[Tuple[str, ...], Tensor] = OrderedDict()
 
     @classmethod
-    def from_config(cls, cfg) -> Dict:
-        spec = cfg.MODEL.OVSEG.TEST_VOCABULARY
-        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
-        vocabulary = None
-        if spec.strip() or (meta is not None and meta.get("stuff_classes", None)):
-            vocabulary = resolve_vocabulary(spec, meta).names
+    def from_config(cls, cfg, teacher: Optional[CLIPTeacher] = None) -> Dict:
+        """Keyword arguments from ``cfg``; ``teacher``: an already-built teacher to share
+        (a student's labeller), else one is built from MODEL.CLIP."""
         mc = cfg.MODEL.MASKCLIP
+        args = OpenVocabSegmentor.base_config(cfg)
+        args.pop("ignore_value")
         return {
-            "teacher": build_clip_teacher(cfg),
+            **args,
+            "teacher": teacher if teacher is not None else build_clip_teacher(cfg),
             "templates": get_templates(cfg.MODEL.CLIP.TEMPLATES),
-            "vocabulary": vocabulary,
-            "inference_mode": cfg.TEST.INFERENCE_MODE,
-            "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
-            "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
             "prompt_denoise": mc.PROMPT_DENOISE,
             "prompt_denoise_threshold": mc.PROMPT_DENOISE_THRESHOLD,
             "key_smoothing": mc.KEY_SMOOTHING,
             "key_smoothing_threshold": mc.KEY_SMOOTHING_THRESHOLD,
             "key_normalization": mc.KEY_NORMALIZATION,
-            "logit_scale": mc.LOGIT_SCALE,
+            "logit_scale": cfg.MODEL.CLIP.LOGIT_SCALE,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
         }
 
     @property
-    def device(self) -> torch.device:
-        return self.teacher.device
+    def templates(self) -> Tuple[str, ...]:
+        return self.classifier.templates
 
-    # ------------------------------------------------------------------ vocabulary
+    @property
+    def logit_scale(self) -> float:
+        return self.classifier.logit_scale
+
     def text_embeddings(self, names: Sequence[str]) -> Tensor:
-        """(K, D) prompt-ensembled text embeddings of ``names``, cached per vocabulary."""
-        key = tuple(names)
-        emb = self._text_cache.get(key)
-        if emb is None:
-            emb = self.teacher.encode_text(key, self.templates)
-            self._text_cache[key] = emb
-            while len(self._text_cache) > _TEXT_CACHE_SIZE:
-                self._text_cache.popitem(last=False)
-        else:
-            self._text_cache.move_to_end(key)
-        return emb
+        """(K, D) prompt-ensembled text embeddings of ``names`` (memoised by the teacher)."""
+        return self.classifier(names)
 
-    def _names_of(self, inp: dict) -> Tuple[str, ...]:
-        names = inp.get("vocabulary")
-        if names is None:
-            if self.vocabulary is None:
-                raise ValueError(
-                    f"Input {inp.get('file_name', '')!r} carries no 'vocabulary' and the model "
-                    "has no default; set MODEL.OVSEG.TEST_VOCABULARY or DATASETS.TEST"
-                )
-            return self.vocabulary
-        if isinstance(names, str) or len(names) == 0:
-            raise ValueError(
-                f"Input {inp.get('file_name', '')!r}: 'vocabulary' must be a non-empty list "
-                f"of class names, got {names!r}"
-            )
-        return tuple(names)
-
-    # ------------------------------------------------------------------ inference
     def predict(self, images: Tensor, text: Tensor) -> Tensor:
         """MaskCLIP's scores of a batch, at the batch's size.
 
         Args:
-            images (Tensor): (b, 3, h, w) RGB in [0, 255].
+            images (Tensor): (b, 3, h, w) network inputs: RGB in [0, 255] minus the pixel
+                mean (:meth:`normalize`).
             text (Tensor): (K, D) text embeddings.
 
         Returns:
             Tensor: (b, K, h, w) scores (see the module docstring).
         """
-        images = images.to(device=self.device, dtype=torch.float32)
-        return self._predict_centered(images - self.teacher.pixel_mean, text)
-
-    def _predict_centered(self, centered: Tensor, text: Tensor) -> Tensor:
-        """:meth:`predict` for images minus the pixel mean (zero padding = mean padding)."""
-        h, w = centered.shape[-2:]
-        m = self.pad_multiple
-        images = F.pad(centered, (0, -w % m, 0, -h % m)) + self.teacher.pixel_mean
+        h, w = images.shape[-2:]
+        m = self.size_divisibility
+        images = F.pad(images.float(), (0, -w % m, 0, -h % m)) + self.teacher.pixel_mean
         out = self.teacher.dense_embeddings(images, return_keys=self.key_smoothing)
         dense, keys = out if self.key_smoothing else (out, None)
         scores = refine_scores(
@@ -354,42 +316,8 @@ class MaskCLIP(nn.Module):
         scores = F.interpolate(scores, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
         return scores[:, :, :h, :w]
 
-    def forward(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
-        """
-        Args:
-            batched_inputs (list[dict]): detectron2 inputs: "image" (3, H, W) RGB uint8,
-                optional "height"/"width" (original size) and "vocabulary" (list[str]).
-
-        Returns:
-            list[dict]: per input {"sem_seg": (K, height, width) scores over its K names}.
-        """
-        if self.training:
-            raise RuntimeError(
-                "MaskCLIP is training-free and has nothing to train; evaluate it with "
-                "`train_net.py --eval-only --config-file <maskclip config>`"
-            )
-        # images of one size and vocabulary share a forward; others never get padded
-        # together, which would change prompt denoising and key smoothing
-        groups: Dict[Tuple, List[int]] = OrderedDict()
-        for i, inp in enumerate(batched_inputs):
-            key = (tuple(inp["image"].shape), self._names_of(inp))
-            groups.setdefault(key, []).append(i)
-        results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
-        for (_, names), indices in groups.items():
-            text = self.text_embeddings(names)
-            images = torch.stack([batched_inputs[i]["image"] for i in indices])
-            images = images.to(device=self.device, dtype=torch.float32)
-            # semantic_inference pads slide inputs with 0: centred, that is the pixel mean
-            scores = semantic_inference(
-                lambda x, text=text: self._predict_centered(x, text),
-                images - self.teacher.pixel_mean,
-                mode=self.inference_mode,
-                window=self.slide_window,
-                stride=self.slide_stride,
-            )
-            for j, i in enumerate(indices):
-                inp = batched_inputs[i]
-                h, w = images.shape[-2:]
-                height, width = inp.get("height", h), inp.get("width", w)
-                results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
-        return results
+    def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        raise RuntimeError(
+            "MaskCLIP is training-free and has nothing to train; evaluate it with "
+            "`train_net.py --eval-only --config-file <maskclip config>`"
+        )

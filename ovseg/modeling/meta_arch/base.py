@@ -1,0 +1,272 @@
+"""The one base every ovseg meta-architecture derives from.
+
+:class:`OpenVocabSegmentor` holds what every student shares: the frozen CLIP teacher (kept
+out of checkpoints by the teacher itself), the network's pixel normalisation, the device,
+the vocabulary an input is scored over, padded training batches with their label check,
+whole/sliding-window inference grouped by (size, vocabulary), and a declaration of what its
+``"sem_seg"`` output holds, which the demo and pseudo-labelling read instead of guessing.
+
+A subclass implements :meth:`losses` (training) and :meth:`predict` (network inputs and
+text embeddings -> scores at the input size), or overrides :meth:`predictor` when its
+prediction needs more than the text embeddings.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.data import MetadataCatalog
+from detectron2.structures import ImageList
+
+from ...clip import CLIPTeacher
+from ...vocab import resolve_vocabulary
+from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
+
+__all__ = ["SEM_SEG_SCORES", "OpenVocabSegmentor", "group_inputs"]
+
+# what a meta-architecture's "sem_seg" holds: "logits" (a softmax over the classes gives the
+# distribution) or "probabilities" (already scores in [0, 1]; no softmax on top)
+SEM_SEG_SCORES = ("logits", "probabilities")
+
+Predictor = Callable[[Tensor], Tensor]
+
+
+def group_inputs(keys: Sequence[Hashable]) -> Dict[Hashable, List[int]]:
+    """Indices of equal keys, in order of first appearance (e.g. key = (size, vocabulary))."""
+    groups: Dict[Hashable, List[int]] = OrderedDict()
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def default_test_vocabulary(cfg) -> Optional[Tuple[str, ...]]:
+    """The names used for test inputs that carry no "vocabulary".
+
+    MODEL.OVSEG.TEST_VOCABULARY when set, else the first test dataset's stuff_classes, else
+    None (then every input must carry its own).
+    """
+    spec = cfg.MODEL.OVSEG.TEST_VOCABULARY
+    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    if spec.strip() or (meta is not None and meta.get("stuff_classes", None)):
+        return resolve_vocabulary(spec, meta).names
+    return None
+
+
+class OpenVocabSegmentor(nn.Module):
+    """Base of every ovseg meta-architecture (see the module docstring).
+
+    Training inputs need "image", "sem_seg" (labels index their "vocabulary") and
+    "vocabulary"; test inputs need "image" and optionally "height"/"width" and "vocabulary"
+    (default: the model's). In eval, :meth:`forward` returns per input
+    ``{"sem_seg": (K, height, width)}`` scores over its K names, of the kind the class
+    declares in ``sem_seg_scores``.
+    """
+
+    #: what "sem_seg" holds, one of SEM_SEG_SCORES; every subclass must declare it
+    sem_seg_scores: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        kind = getattr(cls, "sem_seg_scores", None)
+        if kind not in SEM_SEG_SCORES:
+            raise TypeError(
+                f"{cls.__name__} must declare sem_seg_scores, one of {list(SEM_SEG_SCORES)} "
+                f"(what its eval output 'sem_seg' holds), got {kind!r}"
+            )
+
+    def __init__(
+        self,
+        *,
+        teacher: CLIPTeacher,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        vocabulary: Optional[Sequence[str]] = None,
+        ignore_value: int = 255,
+        inference_mode: str = "whole",
+        slide_window: Tuple[int, int] = (512, 512),
+        slide_stride: Tuple[int, int] = (426, 426),
+        size_divisibility: int = 1,
+    ):
+        """
+        Args:
+            teacher (CLIPTeacher): the frozen CLIP; its weights never enter a checkpoint.
+            pixel_mean, pixel_std: the network's input normalisation, RGB, 0-255 scale.
+            vocabulary: names for test inputs without "vocabulary"; None = they must have one.
+            ignore_value (int): label of ignored pixels.
+            inference_mode (str): "whole" or "slide".
+            slide_window, slide_stride ((int, int)): sliding-window size and stride.
+            size_divisibility (int): a forward's input is padded (bottom/right, with the
+                pixel mean) to a multiple of this.
+        """
+        super().__init__()
+        if inference_mode not in INFERENCE_MODES:
+            raise ValueError(
+                f"inference mode {inference_mode!r} (TEST.INFERENCE_MODE) is not one of "
+                f"{list(INFERENCE_MODES)}"
+            )
+        # the teacher comes first, so modules it shares (a ZegCLIP tower) are named after it
+        self.teacher = teacher
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
+        self.ignore_value = int(ignore_value)
+        self.inference_mode = inference_mode
+        self.slide_window = tuple(int(v) for v in slide_window)
+        self.slide_stride = tuple(int(v) for v in slide_stride)
+        self.size_divisibility = max(int(size_divisibility), 1)
+
+    @staticmethod
+    def base_config(cfg) -> Dict[str, Any]:
+        """The keyword arguments every subclass reads the same way from ``cfg``: the test
+        vocabulary, the training set's ignore label and the test-time protocol."""
+        ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        if cfg.DATASETS.TRAIN:
+            ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore)
+        return {
+            "vocabulary": default_test_vocabulary(cfg),
+            "ignore_value": ignore,
+            "inference_mode": cfg.TEST.INFERENCE_MODE,
+            "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
+            "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ inputs
+    def normalize(self, images: List[Tensor]) -> List[Tensor]:
+        """(3, H, W) 0-255 images -> float network inputs on the model's device."""
+        return [(x.to(self.device).float() - self.pixel_mean) / self.pixel_std for x in images]
+
+    def input_vocabulary(self, inp: dict, default: Optional[Sequence[str]] = ()) -> Tuple[str, ...]:
+        """The class names an input's scores (or labels) refer to.
+
+        Args:
+            inp (dict): a model input; its "vocabulary" (list[str]) wins when present.
+            default: names for inputs without one; () = the model's ``vocabulary``; None =
+                such inputs are an error (training inputs must carry theirs).
+
+        Returns:
+            tuple[str, ...]: K names.
+        """
+        if default == ():
+            default = self.vocabulary
+        names = inp.get("vocabulary")
+        where = f"Input {inp.get('file_name', '')!r}"
+        if names is None:
+            if default is None:
+                raise ValueError(
+                    f"{where} carries no 'vocabulary' and the model has no default; set "
+                    "MODEL.OVSEG.TEST_VOCABULARY or DATASETS.TEST, or use ovseg's dataset mappers"
+                )
+            return tuple(default)
+        if isinstance(names, str) or len(names) == 0:
+            raise ValueError(
+                f"{where}: 'vocabulary' must be a non-empty list of names, got {names!r}"
+            )
+        return tuple(names)
+
+    def training_batch(self, batched_inputs: List[dict]) -> Tuple[ImageList, Tensor]:
+        """Padded network inputs and labels of a training batch (labels padded with ignore).
+
+        Returns:
+            (ImageList, Tensor): the images, and (B, H, W) long labels on the device.
+        """
+        for inp in batched_inputs:
+            if "sem_seg" not in inp or "vocabulary" not in inp:
+                raise ValueError(
+                    f"Training input {inp.get('file_name', '')!r} lacks 'sem_seg' or "
+                    "'vocabulary'; train with ovseg's dataset mappers (INPUT.DATASET_MAPPER_NAME)"
+                )
+        images = ImageList.from_tensors(
+            self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
+        )
+        targets = ImageList.from_tensors(
+            [x["sem_seg"].to(self.device) for x in batched_inputs],
+            self.size_divisibility,
+            pad_value=self.ignore_value,
+        ).tensor.long()
+        return images, targets
+
+    def vocabulary_groups(self, batched_inputs: List[dict]) -> Dict[Tuple[str, ...], List[int]]:
+        """Indices of the training inputs per vocabulary, in order of first appearance."""
+        return group_inputs([self.input_vocabulary(x, None) for x in batched_inputs])
+
+    def check_labels(self, target: Tensor, num_names: int, inputs: List[dict]) -> None:
+        """Refuse training labels outside ``[0, num_names)`` that are not the ignore value.
+
+        Args:
+            target (Tensor): (B, H, W) labels of a batch.
+            num_names (int): size of the batch's vocabulary.
+            inputs (list[dict]): the batch's inputs, named in the error.
+        """
+        ignore = self.ignore_value
+        valid = target[target != ignore]
+        if valid.numel() and (int(valid.max()) >= num_names or int(valid.min()) < 0):
+            bad = sorted(set(valid[(valid >= num_names) | (valid < 0)].tolist()))[:5]
+            files = [x.get("file_name", "") for x in inputs]
+            raise ValueError(
+                f"labels {bad} of {files} are outside the {num_names}-name vocabulary and not "
+                f"the ignore value {ignore}; the mapper's vocabulary and labels disagree"
+            )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[dict]):
+        """
+        Args:
+            batched_inputs (list[dict]): detectron2 inputs (see the class docstring).
+
+        Returns:
+            training: a dict of losses; eval: per input {"sem_seg": (K, height, width)}.
+        """
+        if self.training:
+            return self.losses(batched_inputs)
+        return self.inference(batched_inputs)
+
+    def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        """The training losses of a batch."""
+        raise NotImplementedError(f"{type(self).__name__} does not train")
+
+    def predict(self, images: Tensor, text: Tensor) -> Tensor:
+        """Scores of normalised (b, 3, h, w) images over (K, D) text embeddings, at the
+        images' size: (b, K, h, w)."""
+        raise NotImplementedError
+
+    def text_embeddings(self, names: Sequence[str]) -> Tensor:
+        """(K, D) embeddings the model classifies ``names`` with."""
+        raise NotImplementedError
+
+    def predictor(self, names: Tuple[str, ...]) -> Predictor:
+        """``fn(images (b, 3, h, w) normalised) -> (b, K, h, w)`` scores over ``names``."""
+        text = self.text_embeddings(names)
+        return lambda x: self.predict(x, text)
+
+    def inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
+        """Eval outputs, one forward per (size, vocabulary): inputs of one size and
+        vocabulary share a forward; others are never padded together.
+
+        Returns:
+            list[dict]: ``{"sem_seg": (K, height, width)}`` per input.
+        """
+        keys = [(tuple(x["image"].shape), self.input_vocabulary(x)) for x in batched_inputs]
+        results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
+        for (_, names), idx in group_inputs(keys).items():
+            images = torch.stack(self.normalize([batched_inputs[i]["image"] for i in idx]))
+            scores = semantic_inference(
+                self.predictor(names),
+                images,
+                mode=self.inference_mode,
+                window=self.slide_window,
+                stride=self.slide_stride,
+            )
+            h, w = images.shape[-2:]
+            for j, i in enumerate(idx):
+                inp = batched_inputs[i]
+                height, width = inp.get("height", h), inp.get("width", w)
+                results[i] = {"sem_seg": postprocess_to_original(scores[j], (h, w), height, width)}
+        return results

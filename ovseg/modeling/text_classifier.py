@@ -1,0 +1,127 @@
+"""The frozen text side of every student: CLIP text embeddings of a vocabulary as a classifier.
+
+:class:`TextClassifier` turns class names into the (K, D) matrix a student classifies pixel
+(or query) embeddings with: the teacher's prompt-ensembled text embeddings (memoised per
+vocabulary by the teacher, in memory and on disk), optionally one class's row replaced by
+a learnable embedding (:class:`LearnedBackground`), and the temperature multiplying cosines.
+The teacher is not a submodule of the classifier: it belongs to the meta-architecture, and
+its weights never enter a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..clip import CLIPTeacher
+from ..vocab import check_templates, normalize_name
+
+__all__ = ["LearnedBackground", "TextClassifier"]
+
+
+class LearnedBackground(nn.Module):
+    """A learnable embedding that stands in for one class's CLIP text embedding.
+
+    A "background" class is not a thing CLIP has a word for: its text embedding is a generic
+    direction near every class's (MaskCLIP+'s official ``cls_bg``). Where the vocabulary holds
+    ``name`` (case-insensitively), :meth:`forward` puts this embedding in its row.
+    """
+
+    def __init__(self, name: str, dim: int):
+        super().__init__()
+        self.name = normalize_name(name)
+        self.embedding = nn.Parameter(torch.randn(1, dim) * 0.02)
+
+    def check_trained(self, trained: Sequence[str], where: str) -> None:
+        """Refuse a background class outside the names that get a loss (``where`` says
+        which), whose embedding would never learn; no names (no training set) pass.
+
+        Args:
+            trained: the names that get a loss.
+            where (str): e.g. "in the training vocabulary".
+        """
+        if trained and self.name not in {normalize_name(n) for n in trained}:
+            raise ValueError(
+                f"MODEL.OVSEG.BG_EMBED: the background class {self.name!r} (MODEL.OVSEG."
+                f"BACKGROUND_CLASS) is not {where} {list(trained)[:8]}...; its learnable "
+                "embedding would never be trained"
+            )
+
+    def forward(self, text: Tensor, names: Sequence[str]) -> Tensor:
+        """(K, D) text embeddings of ``names`` -> the same with the background row replaced."""
+        rows = [normalize_name(n) == self.name for n in names]
+        if not any(rows):
+            return text
+        rows = torch.tensor(rows, device=text.device).unsqueeze(1)
+        return torch.where(rows, self.embedding.to(text.dtype), text)
+
+
+class TextClassifier(nn.Module):
+    """CLIP text embeddings of class names, a learnable background and a temperature."""
+
+    def __init__(
+        self,
+        teacher: CLIPTeacher,
+        templates: Sequence[str],
+        *,
+        logit_scale: float = 1 / 0.07,
+        learnable_logit_scale: bool = False,
+        background_class: Optional[str] = None,
+        renormalize: bool = False,
+    ):
+        """
+        Args:
+            teacher (CLIPTeacher): the frozen CLIP whose text encoder embeds the names.
+            templates: prompt templates, each with one "{}".
+            logit_scale (float): the temperature multiplying cosines.
+            learnable_logit_scale (bool): learn it (in log space, capped at 100 as CLIP).
+            background_class (str, optional): name whose text embedding is replaced by a
+                learnable one (None = CLIP's text for every name).
+            renormalize (bool): L2-normalise the rows again after the background is put in
+                (always done when there is a learnable background).
+        """
+        super().__init__()
+        if not logit_scale > 0:
+            raise ValueError(f"MODEL.OVSEG.LOGIT_SCALE must be positive, got {logit_scale}")
+        # a list, not an attribute: the teacher is the meta-architecture's submodule only
+        self._teacher: List[CLIPTeacher] = [teacher]
+        self.templates = check_templates(templates, "MODEL.CLIP.TEMPLATES")
+        # a fixed temperature stays a Python float, multiplied as given
+        self.fixed_logit_scale = None if learnable_logit_scale else float(logit_scale)
+        if learnable_logit_scale:
+            self.log_logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))
+        self.bg_embed = (
+            LearnedBackground(background_class, teacher.embed_dim)
+            if background_class is not None
+            else None
+        )
+        self.renormalize = bool(renormalize)
+
+    @property
+    def teacher(self) -> CLIPTeacher:
+        return self._teacher[0]
+
+    @property
+    def logit_scale(self) -> Union[float, Tensor]:
+        """The temperature: the fixed float, or the learnt scalar tensor (capped at 100)."""
+        if self.fixed_logit_scale is not None:
+            return self.fixed_logit_scale
+        return self.log_logit_scale.exp().clamp(max=100.0)
+
+    def forward(self, names: Sequence[str]) -> Tensor:
+        """(K, D) L2-normalised embeddings of ``names`` on the classifier's device."""
+        text = self.teacher.encode_text(tuple(names), self.templates).to(self.teacher.device)
+        if self.bg_embed is not None:
+            text = self.bg_embed(text, names)
+        if self.bg_embed is not None or self.renormalize:
+            text = F.normalize(text, dim=-1)
+        return text
+
+    def logits(self, embeddings: Tensor, text: Tensor) -> Tensor:
+        """``logit_scale * (embeddings . text)``: (B, D, h, w) x (K, D) -> (B, K, h, w)."""
+        text = text.to(dtype=embeddings.dtype)
+        return self.logit_scale * torch.einsum("bdhw,kd->bkhw", embeddings, text)
