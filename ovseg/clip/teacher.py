@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.state_dict import exclude_from_checkpoints
 from ..vocab import check_templates
 from .cache import TextEmbeddingCache, model_fingerprint, text_cache_key
 from .dense import (
@@ -104,9 +105,7 @@ class CLIPTeacher(nn.Module):
         self.patch_size: Optional[int] = dense_stride(visual)
         self.stride = self.patch_size
 
-        self.register_state_dict_post_hook(_drop_own_keys)
-        self.register_load_state_dict_pre_hook(_ignore_own_keys)
-        self.register_load_state_dict_post_hook(_forgive_own_missing_keys)
+        exclude_from_checkpoints(self)
 
     # ------------------------------------------------------------------ module behaviour
     def train(self, mode: bool = True) -> CLIPTeacher:
@@ -306,33 +305,6 @@ class CLIPTeacher(nn.Module):
         ]
         flat = torch.cat(embs) if embs else images.new_zeros(0, self.embed_dim)
         return list(flat.split(counts))
-
-
-# ---------------------------------------------------------------------- state-dict hooks
-def _drop_own_keys(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        del state_dict[key]
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        for key in [k for k in metadata if k.startswith(prefix) or k == prefix[:-1]]:
-            del metadata[key]
-
-
-def _ignore_own_keys(module, state_dict, prefix, *args) -> None:
-    # teacher weights found in a checkpoint (e.g. one saved before this hook existed) are
-    # ignored: the teacher's weights come from MODEL.CLIP only
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        del state_dict[key]
-    module._loading_prefix = prefix
-
-
-def _forgive_own_missing_keys(module, incompatible_keys) -> None:
-    prefix = getattr(module, "_loading_prefix", None)
-    if prefix is None:
-        return
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not k.startswith(prefix)]
-    del module._loading_prefix
 
 
 # ---------------------------------------------------------------------- input checks

@@ -22,13 +22,13 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ...clip import CLIPTeacher, build_clip_teacher
 from ...clip.dense import dense_stride, vit_tokens
+from ...utils.state_dict import exclude_from_checkpoints
 
 __all__ = ["PROMPT_DEPTHS", "CLIPViTPrompted", "build_clip_vit_prompted_backbone"]
 
 # "deep": fresh prompt tokens before every block (VPT-deep, ZegCLIP); "shallow": one set
 # inserted after the embeddings and carried through all blocks (VPT-shallow)
 PROMPT_DEPTHS = ("deep", "shallow")
-_TOWER = "tower."
 
 
 class CLIPViTPrompted(Backbone):
@@ -126,9 +126,8 @@ class CLIPViTPrompted(Backbone):
         }
         self._out_feature_strides = {"patch_tokens": self.patch_stride, "global_token": 0}
 
-        self.register_state_dict_post_hook(_drop_tower_keys)
-        self.register_load_state_dict_pre_hook(_ignore_tower_keys)
-        self.register_load_state_dict_post_hook(_forgive_missing_tower_keys)
+        # the tower's weights belong to the teacher (they come from MODEL.CLIP only)
+        exclude_from_checkpoints(self, "tower")
 
     # ------------------------------------------------------------------ module behaviour
     def train(self, mode: bool = True) -> CLIPViTPrompted:
@@ -192,33 +191,6 @@ class CLIPViTPrompted(Backbone):
             "patch_tokens": patches.transpose(1, 2).reshape(b, -1, gh, gw),
             "global_token": glob,
         }
-
-
-# ------------------------------------------------------------- state-dict hooks
-# The tower's weights belong to the teacher (they come from MODEL.CLIP only): checkpoints
-# neither hold nor need them.
-def _drop_tower_keys(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + _TOWER)]:
-        del state_dict[key]
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        for key in [k for k in metadata if k.startswith(prefix + _TOWER) or k == prefix + "tower"]:
-            del metadata[key]
-
-
-def _ignore_tower_keys(module, state_dict, prefix, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + _TOWER)]:
-        del state_dict[key]
-    module._loading_prefix = prefix
-
-
-def _forgive_missing_tower_keys(module, incompatible_keys) -> None:
-    prefix = getattr(module, "_loading_prefix", None)
-    if prefix is None:
-        return
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not k.startswith(prefix + _TOWER)]
-    del module._loading_prefix
 
 
 @BACKBONE_REGISTRY.register()
