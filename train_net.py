@@ -2,9 +2,10 @@
 """Train and evaluate every ovseg method (detectron2's train_net.py shape).
 
 Examples:
-    python train_net.py --config-file configs/toy/lseg_tinyvit_2k_bs8.yaml
+    python train_net.py --config-file configs/toy/lseg_toyrn_400_bs8.yaml
     python train_net.py --config-file configs/voc/maskclip/maskclip_vitb16_bs1.yaml --eval-only
-    python train_net.py --config-file CONFIG --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    python train_net.py --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml \\
+        --num-gpus 8 SOLVER.IMS_PER_BATCH 16
 Without CUDA, --num-gpus N starts N CPU processes connected through gloo.
 """
 
