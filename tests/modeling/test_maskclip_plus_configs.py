@@ -123,10 +123,9 @@ def test_config_builds_and_trains_one_step(path, ade_fixture, tmp_path_factory):
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The package module behind ``tools/<name>.py``: its ``parse_args`` and ``main``."""
+    modules = {"generate_pseudo_labels": "ovseg.engine.pseudo_labelling"}
+    return importlib.import_module(modules[name])
 
 
 def run(script, args, datasets):

@@ -1,6 +1,6 @@
-"""tools/generate_pseudo_labels.py end to end: MaskCLIP (tiny random CLIP) on a fixture ADE20K."""
+"""tools/generate_pseudo_labels.py end to end: MaskCLIP (tiny random CLIP) on a fixture ADE20K;
+its arguments (ovseg.engine.pseudo_labelling)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,6 +19,7 @@ from ovseg.data import build_dataset_mapper
 from ovseg.data.datasets.common import datasets_root
 from ovseg.data.datasets.register_ade20k import register_all_ade20k
 from ovseg.engine.defaults import load_config
+from ovseg.engine.pseudo_labelling import parse_args
 from ovseg.pseudo import (
     PseudoLabelStore,
     build_manifest,
@@ -32,17 +33,9 @@ TOOL = ROOT / "tools" / "generate_pseudo_labels.py"
 CONFIG = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("generate_pseudo_labels_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_arguments_take_opts_with_or_without_the_flag():
-    tool = load_tool()
-    a = tool.parse_args(["--config-file", "c.yaml", "--output", "o", "--opts", "A", "1"])
-    b = tool.parse_args(["--config-file", "c.yaml", "--output", "o", "A", "1"])
+    a = parse_args(["--config-file", "c.yaml", "--output", "o", "--opts", "A", "1"])
+    b = parse_args(["--config-file", "c.yaml", "--output", "o", "A", "1"])
     assert a.opts == b.opts == ["A", "1"]
     assert a.threshold == 0.0 and a.scores == "auto" and a.dataset == ""
     assert b.command == "python tools/generate_pseudo_labels.py --config-file c.yaml --output o A 1"

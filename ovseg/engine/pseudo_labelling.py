@@ -1,0 +1,237 @@
+"""Label a dataset once with a teacher into a pseudo-label store.
+
+The job behind ``tools/generate_pseudo_labels.py``: its arguments (:func:`parse_args`), the
+labeller a config builds (:func:`build_labeller`, also timed by ``tools/benchmark.py
+pseudo``) and the function every process runs (:func:`main`). Every process labels every
+world_size-th image (by image id); images already in the store are skipped, so re-running
+the same command after a kill finishes the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+
+from ..data import build_dataset_mapper
+from ..pseudo import (
+    SCORE_KINDS,
+    PseudoLabelStore,
+    build_manifest,
+    generate_pseudo_labels,
+    labeller_fingerprint,
+    labeller_settings,
+    score_kind_of,
+)
+from .defaults import setup
+
+__all__ = ["Labeller", "build_labeller", "get_parser", "labeller_manifest", "main", "parse_args"]
+
+logger = logging.getLogger("ovseg.tools.generate_pseudo_labels")
+
+TOOL = "tools/generate_pseudo_labels.py"
+EXAMPLES = f"""examples:
+  python {TOOL} \\
+      --config-file configs/voc/maskclip/maskclip_vitb16_bs1.yaml \\
+      --dataset voc_sem_seg_train --output pseudo/voc_maskclip_vitb16 --threshold 0.5
+  python {TOOL} --config-file CONFIG --output DIR --num-gpus 8 \\
+      MODEL.OVSEG.TEST_VOCABULARY voc20
+
+The store then feeds training through DATASETS.PSEUDO_LABELS. Images already in the store are
+skipped: re-running the same command after a kill finishes the job. Without CUDA,
+--num-gpus N starts N CPU processes connected through gloo.
+"""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The arguments of ``tools/generate_pseudo_labels.py``."""
+    parser = argparse.ArgumentParser(
+        prog=TOOL,
+        description=__doc__.split("\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="teacher config")
+    parser.add_argument(
+        "--dataset", default="", help="registered dataset name (default: DATASETS.TRAIN[0])"
+    )
+    parser.add_argument("--output", required=True, help="the store folder (created or resumed)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="pixels less confident than this are labelled ignore (default 0: keep all; the "
+        "confidence PNGs allow a stricter cut later)",
+    )
+    parser.add_argument(
+        "--scores",
+        choices=("auto", *SCORE_KINDS),
+        default="auto",
+        help="what the model's sem_seg scores are; auto: its sem_seg_scores attribute, else "
+        "logits",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto", help="tcp://host:port of machine 0")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides as KEY VALUE pairs at the end (an optional leading --opts is "
+        "accepted)",
+    )
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the tool's arguments; ``command`` records the command line for the manifest.
+
+    "--opts K V ..." is accepted as well as detectron2's bare trailing "K V ...".
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--opts" in argv:
+        i = argv.index("--opts")
+        argv = argv[:i] + argv[i + 1 :]
+    args = get_parser().parse_args(argv)
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    args.command = shlex.join(["python", TOOL, *argv])
+    return args
+
+
+@dataclass
+class Labeller:
+    """A config's teacher, ready to label a dataset."""
+
+    model: nn.Module  # in eval mode
+    mapper: Callable[[dict], dict]  # test mode: labels at the original size
+    dataset: str
+    dataset_dicts: List[dict]
+    vocabulary: List[str]
+    score_kind: str  # "logits" or "probabilities"
+
+
+def build_labeller(cfg: CfgNode, dataset: str = "", scores: str = "auto") -> Labeller:
+    """Build the teacher of a config (weights from MODEL.WEIGHTS), its test mapper and data.
+
+    Args:
+        cfg (CfgNode): the teacher's config.
+        dataset (str): a registered dataset; default DATASETS.TRAIN[0].
+        scores (str): "auto" (the model's ``sem_seg_scores``), "logits" or "probabilities".
+
+    Returns:
+        Labeller: the model, mapper, dataset dicts, vocabulary and score kind.
+    """
+    dataset = dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
+    if not dataset:
+        raise ValueError("No --dataset given and DATASETS.TRAIN is empty; name the dataset")
+    if dataset not in DatasetCatalog.list():
+        raise KeyError(f"Dataset {dataset!r} is not registered; known: {DatasetCatalog.list()}")
+    dataset_dicts = DatasetCatalog.get(dataset)
+    mapper = build_dataset_mapper(cfg, False, dataset)
+    vocabulary = getattr(mapper, "vocabulary", None)
+    if vocabulary is None:
+        vocabulary = mapper(dict(dataset_dicts[0]))["vocabulary"]
+    # the same random initialisation in every process (only tiny random teachers have one)
+    seed_all_rng(max(int(cfg.SEED), 0))
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+    kind = score_kind_of(model, scores)
+    return Labeller(model, mapper, dataset, dataset_dicts, list(vocabulary), kind)
+
+
+def labeller_manifest(
+    cfg: CfgNode, labeller: Labeller, threshold: float, command: str = ""
+) -> Dict[str, Any]:
+    """The store manifest of a labeller: its fingerprint, vocabulary, unseen classes and
+    threshold (a store refuses labels from another one)."""
+    settings = {**labeller_settings(cfg), "scores": labeller.score_kind}
+    fingerprint, teacher = labeller_fingerprint(labeller.model, settings)
+    return build_manifest(
+        fingerprint=fingerprint,
+        teacher=teacher,
+        vocabulary=labeller.vocabulary,
+        unseen=MetadataCatalog.get(labeller.dataset).get("unseen_classes", None) or (),
+        threshold=threshold,
+        dataset=labeller.dataset,
+        command=command,
+    )
+
+
+def _all_ok(error: Optional[str]) -> None:
+    """Raise in every process when any process failed (so none waits at a barrier)."""
+    errors = [e for e in comm.all_gather(error) if e]
+    if errors:
+        raise RuntimeError(errors[0] if error is None else error)
+
+
+def _open_store(output: str, manifest: dict) -> PseudoLabelStore:
+    store, error = None, None
+    if comm.is_main_process():
+        try:
+            store = PseudoLabelStore.create(output, manifest)
+        except (ValueError, OSError) as e:
+            error = str(e)
+    _all_ok(error)
+    if store is None:
+        expect = {"fingerprint": manifest["fingerprint"], "vocabulary": manifest["vocabulary"]}
+        try:
+            store = PseudoLabelStore.open(output, expect=expect)
+        except (ValueError, OSError) as e:
+            # e.g. a randomly initialised teacher that differs between processes
+            error = f"rank {comm.get_rank()}: {e}"
+    _all_ok(error)
+    return store
+
+
+def main(args: argparse.Namespace) -> Dict[str, int]:
+    """Label this process's share of the dataset into ``args.output`` (every process).
+
+    Returns:
+        dict: this process's {"total", "written", "skipped"} image counts.
+    """
+    cfg = setup(args)
+    labeller = build_labeller(cfg, args.dataset, args.scores)
+    manifest = labeller_manifest(cfg, labeller, args.threshold, args.command)
+    store = _open_store(args.output, manifest)
+    error, stats = None, {}
+    try:
+        stats = generate_pseudo_labels(
+            labeller.model,
+            labeller.dataset_dicts,
+            labeller.mapper,
+            store,
+            threshold=args.threshold,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            progress=not args.no_progress,
+            score_kind=labeller.score_kind,
+        )
+    except Exception as e:
+        error = f"rank {comm.get_rank()}: {type(e).__name__}: {e}"
+        raise
+    finally:
+        _all_ok(error)  # every process reaches this collective, failed or not
+    if comm.is_main_process():
+        count = store.finalize()
+        total, dataset = len(labeller.dataset_dicts), labeller.dataset
+        logger.info(f"{count} of {total} images of {dataset} labelled in {store.root}")
+        if count < total:
+            logger.warning(f"{total - count} images are missing; re-run to finish")
+    return stats
