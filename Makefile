@@ -35,6 +35,9 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# speed benchmarks (tools/README.md), e.g. BENCH_ARGS="train --config-file CONFIG" or "pseudo
+# --config-file CONFIG"; the default times the CLIP teacher, which needs no dataset
+BENCH_ARGS ?= teacher
 bench: setup
 	$(PY) tools/benchmark.py $(BENCH_ARGS)
 

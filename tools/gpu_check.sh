@@ -4,9 +4,9 @@
 #   bash tools/gpu_check.sh [OUT_DIR] [PART ...]      PART: env, zegclip, toy_clip (default: all)
 #
 # - env:      nvidia-smi, torch/CUDA versions, and that ovseg, detectron2 and open_clip import.
-# - zegclip:  issue 8, point 5: the real VOC ZegCLIP config (ViT-B/16, random CLIP weights),
-#             synthetic 512x512 batches of 16, 50 AMP-bf16 iterations through
-#             `tools/benchmark.py zegclip`: iterations/s, peak memory, model-FLOPs utilisation.
+# - zegclip:  the real VOC ZegCLIP config (ViT-B/16, random CLIP weights), synthetic 512x512
+#             batches of 16, 50 AMP-bf16 iterations through `tools/benchmark.py train --data
+#             synthetic`: iterations/s, peak memory, model-FLOPs utilisation.
 # - toy_clip: pretrains candidate toy ViT CLIPs for the offline world in parallel
 #             (tools/pretrain_toy_clip.py --device cuda --workers N); each run writes its
 #             checkpoint and metrics.json under OUT_DIR/toy_clip/<config>/.
@@ -44,9 +44,10 @@ open_clip.__version__, 'detectron2', detectron2.__version__)" || exit 1
         ;;
     zegclip)
         log "ZegCLIP VOC ViT-B/16 training benchmark (50 iterations, bf16, batch 16, 512x512)"
-        "$PY" tools/benchmark.py --json "$OUT_DIR/zegclip_voc_bench.json" zegclip \
+        "$PY" tools/benchmark.py train --output "$OUT_DIR/zegclip_voc_bench.json" \
             --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml \
-            --batch 16 --size 512 --iters 50 --warmup 5 --precision bf16 --device cuda \
+            --data synthetic --batch 16 --size 512 --iters 50 --warmup 5 --precision bf16 \
+            --device cuda \
             2>&1 | tee "$OUT_DIR/zegclip_voc_bench.log"
         ;;
     toy_clip)

@@ -1,84 +1,65 @@
-"""tools/benchmark.py: the teacher subcommand on tiny random CLIPs."""
+"""tools/benchmark.py as a command: `train` on a toy config for a couple of iterations and
+`pseudo` over a toy world, each printing its JSON results and writing them to --output."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
-import torch
-from ovseg_testing import ROOT
+from ovseg_testing import ROOT, subprocess_env
 
-from detectron2.config import get_cfg
+from ovseg.data.datasets.toy_world import build_toy_world
 
-from ovseg import add_ovseg_config
-from ovseg.clip import build_clip_teacher
+TOOL = str(ROOT / "tools" / "benchmark.py")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "ovseg_benchmark", ROOT / "tools" / "benchmark.py"
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy_datasets")
+    build_toy_world(str(root), num_train=6, num_val=2, seed=0)
+    return root
+
+
+def _run(args, datasets, tmp_path):
+    out = tmp_path / "results" / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, TOOL, *args[:1], "--output", str(out), *args[1:]],
+        cwd=ROOT,
+        env=subprocess_env(datasets),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = json.loads(proc.stdout)  # stdout is the JSON; the summary goes to stderr
+    assert json.loads(out.read_text()) == printed
+    return printed, proc.stderr
 
 
-bench = _load_tool()
+def test_train_times_a_toy_config(toy_root, tmp_path):
+    config = "configs/toy/lseg_toyrn_400_bs8.yaml"
+    args = ["train", "--config-file", config, "--batch", "2", "--iters", "2", "--warmup", "1"]
+    args += ["--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "SOLVER.BASE_LR", "0.01"]
+    res, summary = _run(args, toy_root, tmp_path)
+    assert res["config"] == config and res["opts"] == ["SOLVER.BASE_LR", "0.01"]
+    assert (res["meta_architecture"], res["data"], res["device"]) == ("LSeg", "loader", "cpu")
+    assert (res["batch"], res["iters"], res["warmup"]) == (2, 2, 1)
+    for key in ("it_per_s", "images_per_s", "s_per_iter", "peak_memory_gib", "flops_per_iter"):
+        assert res[key] > 0, (key, res[key])
+    assert res["images_per_s"] == pytest.approx(2 * res["it_per_s"])
+    assert 0 < res["data_share"] < 1
+    assert res["mfu"] is None  # no peak FLOP/s known for a CPU
+    assert "LSeg training" in summary and "waiting for data" in summary
 
 
-@pytest.mark.parametrize("config", ["tiny_vit.json", "tiny_rn.json"])
-def test_tower_forward_with_resized_positional_embedding(config, tmp_path):
-    cfg = get_cfg()
-    add_ovseg_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.CLIP.MODEL_NAME = str(ROOT / "configs" / "clip" / config)
-    cfg.MODEL.CLIP.PRETRAINED = ""
-    cfg.MODEL.CLIP.CACHE_DIR = str(tmp_path)
-    teacher = build_clip_teacher(cfg)
-    visual = teacher.model.visual
-    owner = visual.attnpool if hasattr(visual, "attnpool") else visual
-    original = owner.positional_embedding
-    native = torch.randn(1, 3, *teacher.image_size)
-    with torch.no_grad():
-        expected = visual(native)
-        # at the tower's own size the swap is the identity
-        with bench.positional_embedding_for(visual, native, teacher.stride):
-            assert torch.allclose(visual(native), expected, atol=1e-6)
-        # at another size the tower runs on the larger grid, and the original comes back
-        big = torch.randn(2, 3, 96, 128)
-        with bench.positional_embedding_for(visual, big, teacher.stride):
-            grid = (96 // teacher.stride) * (128 // teacher.stride)
-            assert owner.positional_embedding.shape[0] == grid + 1
-            assert visual(big).shape == (2, teacher.embed_dim)
-    assert owner.positional_embedding is original
-
-
-def test_teacher_subcommand_reports_ratios(tmp_path):
-    out = tmp_path / "bench.json"
-    res = bench.main(
-        [
-            "--json",
-            str(out),
-            "teacher",
-            "--size",
-            "40",
-            "48",
-            "--batch",
-            "1",
-            "--device",
-            "cpu",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-            "--clock",
-            "process",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
-    )
-    assert res["grid"] == [3, 3] and res["clock"] == "process"
-    for key in ("ratio_dense_vs_plain_same_tokens", "maskclip_label_images_per_s"):
-        assert res[key] > 0
-    assert json.loads(out.read_text())["vocabulary_size"] == 20
+def test_pseudo_labels_a_toy_world(toy_root, tmp_path):
+    args = ["pseudo", "--config-file", "configs/toy/maskclip.yaml", "--limit", "4"]
+    args += ["--warmup", "1", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    res, summary = _run(args, toy_root, tmp_path)
+    assert (res["meta_architecture"], res["dataset"]) == ("MaskCLIP", "toy_world_sem_seg_train")
+    assert res["images"] == 4 and res["vocabulary_size"] == 9
+    assert res["score_kind"] == "probabilities"  # MaskCLIP declares its scores
+    assert res["images_per_s"] == pytest.approx(4 / res["seconds"])
+    assert "pseudo-labelling toy_world_sem_seg_train" in summary

@@ -1,0 +1,45 @@
+"""The config a benchmark runs: a config file, the benchmark's settings, then overrides."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from detectron2.config import CfgNode
+
+from .timing import check_device
+
+__all__ = ["benchmark_config"]
+
+
+def benchmark_config(
+    config_file: str,
+    opts: Sequence[str] = (),
+    *,
+    device: str,
+    pretrained: str = "",
+    cache_dir: str = "",
+    settings: Sequence[str] = (),
+) -> CfgNode:
+    """Load ``config_file`` with the device, CLIP weights and ``settings``, then ``opts``.
+
+    Args:
+        config_file (str): any ovseg config.
+        opts: KEY VALUE overrides from the command line, applied last.
+        device (str): "cpu" or "cuda[:N]" (MODEL.DEVICE).
+        pretrained (str): MODEL.CLIP.PRETRAINED; "" builds random CLIP weights (the
+            architecture only, no download: speed does not depend on the weights).
+        cache_dir (str): MODEL.CLIP.CACHE_DIR; "" keeps the config's.
+        settings: KEY VALUE pairs the benchmark sets, before ``opts``.
+
+    Returns:
+        CfgNode: the merged config (MODEL.WEIGHTS cleared: no checkpoint is loaded).
+    """
+    from ..engine.defaults import load_config
+
+    check_device(device)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got {list(opts)}")
+    overrides = ["MODEL.DEVICE", device, "MODEL.CLIP.PRETRAINED", pretrained, "MODEL.WEIGHTS", ""]
+    if cache_dir:
+        overrides += ["MODEL.CLIP.CACHE_DIR", cache_dir]
+    return load_config(config_file, overrides + list(settings) + list(opts))

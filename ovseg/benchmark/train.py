@@ -1,0 +1,378 @@
+"""Training throughput of any ovseg config.
+
+:func:`benchmark_training` builds the model, optimizer and training data the way
+:class:`ovseg.engine.Trainer` does (its ``build_model``, ``build_optimizer`` and
+``build_train_loader``; detectron2's ``SimpleTrainer`` step, or ovseg's ``AMPTrainer`` when
+SOLVER.AMP is on), runs ``warmup`` untimed iterations, then times ``iters`` more. It reports
+iterations/s, images/s, peak memory, the share of the step spent waiting for data, parameter
+counts, the FLOPs of one iteration and the model-FLOPs utilisation (MFU). Only the step runs:
+no checkpoint is loaded and no hook (LR schedule, evaluation, checkpointing) is called.
+
+The data are the config's training loader (``data="loader"``: the dataset must be on disk),
+or one synthetic batch fed over and over (``data="synthetic"``: random images and rectangle
+label maps over the training vocabulary; only the dataset's registered metadata is needed,
+and waiting for data costs nothing). Students that read more than ``image``, ``sem_seg`` and
+``vocabulary`` from their inputs (MaskCLIP+ with the teacher in the loop reads the original
+image file) need the loader.
+
+FLOPs: :func:`ovseg.benchmark.flop_counter` around one real forward and one real training
+step (forward, backward, optimizer step) on the same batch; the backward is their
+difference. It is measured, not a "3x forward" rule: a frozen CLIP tower's backward computes
+activation gradients only (no weight gradients) and costs about 1x its forward, not 2x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import statistics
+import tempfile
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from detectron2.config import CfgNode
+from detectron2.engine import SimpleTrainer
+from detectron2.utils.events import EventStorage
+
+from .config import benchmark_config
+from .flops import flop_counter, peak_tflops_for
+from .timing import peak_memory, synchronize
+
+__all__ = [
+    "DATA_SOURCES",
+    "PRECISIONS",
+    "benchmark_training",
+    "synthetic_batch",
+    "synthetic_side",
+    "training_config",
+]
+
+DATA_SOURCES = ("loader", "synthetic")
+PRECISIONS = ("fp32", "bf16", "fp16")
+FLOPS_CONVENTION = (
+    "FlopCounterMode (matmul/conv/attention, 2 per multiply-add) around one real forward and "
+    "one real training step; backward = step - forward; element-wise ops and the optimizer "
+    "update not counted"
+)
+
+
+def training_config(
+    config_file: str,
+    opts: Sequence[str] = (),
+    *,
+    device: str,
+    batch: Optional[int] = None,
+    size: Optional[int] = None,
+    precision: Optional[str] = None,
+    pretrained: str = "",
+    cache_dir: str = "",
+) -> CfgNode:
+    """The training config to benchmark: a config file, the benchmark's settings, ``opts``.
+
+    Args:
+        config_file (str): any ovseg training config.
+        opts: KEY VALUE overrides, applied last.
+        device (str): "cpu" or "cuda[:N]" (MODEL.DEVICE).
+        batch (int, optional): SOLVER.IMS_PER_BATCH; default the config's.
+        size (int, optional): train on ``size`` x ``size`` crops (INPUT.CROP, absolute, and
+            INPUT.SIZE_DIVISIBILITY); default the config's input pipeline.
+        precision (str, optional): "fp32", or AMP autocast in "bf16"/"fp16"; default the
+            config's SOLVER.AMP.
+        pretrained (str): MODEL.CLIP.PRETRAINED; "" = random CLIP weights.
+        cache_dir (str): MODEL.CLIP.CACHE_DIR; "" = a temporary folder with random weights.
+
+    Returns:
+        CfgNode: the merged config.
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    for name, value in (("batch", batch), ("size", size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    settings: List[str] = []
+    if batch is not None:
+        settings += ["SOLVER.IMS_PER_BATCH", str(batch)]
+    if size is not None:
+        settings += [
+            "INPUT.CROP.ENABLED", "True",
+            "INPUT.CROP.TYPE", "absolute",
+            "INPUT.CROP.SIZE", f"({size}, {size})",
+            "INPUT.SIZE_DIVISIBILITY", str(size),  # pads smaller images to the crop
+        ]  # fmt: skip
+    if precision is not None:
+        settings += ["SOLVER.AMP.ENABLED", str(precision != "fp32")]
+        if precision != "fp32":
+            settings += ["SOLVER.AMP.DTYPE", precision]
+    cfg = benchmark_config(
+        config_file,
+        opts,
+        device=device,
+        pretrained=pretrained,
+        cache_dir=cache_dir,
+        settings=settings,
+    )
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError(
+            f"{config_file} has no DATASETS.TRAIN: the training data and vocabulary come from "
+            "the training dataset; name one with DATASETS.TRAIN \"('NAME',)\""
+        )
+    return cfg
+
+
+def synthetic_side(cfg: CfgNode) -> int:
+    """The side of synthetic training images: the absolute crop, else the longest
+    INPUT.MIN_SIZE_TRAIN."""
+    crop = cfg.INPUT.CROP
+    if crop.ENABLED and crop.TYPE == "absolute":
+        return int(crop.SIZE[0])
+    return int(max(cfg.INPUT.MIN_SIZE_TRAIN))
+
+
+def _training_labels(cfg: CfgNode) -> Tuple[List[str], List[int], int]:
+    """The names training labels index, the label ids ground truth can hold (a zero-shot
+    remap turns unseen classes into ignore) and the ignore label, from the training mapper."""
+    from ..data import build_dataset_mapper
+
+    mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
+    if not hasattr(mapper, "vocabulary"):
+        raise ValueError(
+            f"the training mapper {type(mapper).__name__} (INPUT.DATASET_MAPPER_NAME "
+            f"{cfg.INPUT.DATASET_MAPPER_NAME!r}) declares no vocabulary to draw synthetic "
+            "labels from; benchmark with --data loader"
+        )
+    names = list(mapper.vocabulary)
+    ignore = int(getattr(mapper, "ignore_label", 255))
+    label_map = getattr(mapper, "label_map", None)
+    if label_map is None:
+        return names, list(range(len(names))), ignore
+    ids = sorted({int(v) for v in label_map if int(v) < len(names)})
+    return names, ids, ignore
+
+
+def synthetic_batch(
+    batch: int, size: int, vocabulary: List[str], label_ids: List[int], ignore: int, seed: int = 0
+) -> List[dict]:
+    """Training inputs: random images and label maps of a few rectangles of seen classes.
+
+    Args:
+        batch (int): images.
+        size (int): image side.
+        vocabulary (list[str]): the names labels index.
+        label_ids (list[int]): the ids labels may hold.
+        ignore (int): the ignore label.
+        seed (int): the generator's seed.
+
+    Returns:
+        list[dict]: "image" (3, size, size) uint8, "sem_seg" (size, size) long indexing
+        "vocabulary" (one background class, three rectangles, an ignored one).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(n: int) -> torch.Tensor:
+        return torch.randint(0, n, (), generator=g)
+
+    inputs = []
+    for _ in range(batch):
+        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+        label = torch.full((size, size), label_ids[int(pick(len(label_ids)))], dtype=torch.long)
+        for k in range(4):
+            y0, x0 = int(pick(size // 2)), int(pick(size // 2))
+            y1, x1 = y0 + 1 + int(pick(size // 2)), x0 + 1 + int(pick(size // 2))
+            label[y0:y1, x0:x1] = label_ids[int(pick(len(label_ids)))] if k < 3 else ignore
+        inputs.append({"image": image, "sem_seg": label, "vocabulary": list(vocabulary)})
+    return inputs
+
+
+class _Batches:
+    """The trainer's data: the loader's batches with the last one kept, or, once ``repeat``
+    is set, that batch over and over (so FLOPs are counted on one batch)."""
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+        self.last: Any = None
+        self.repeat: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = iter(self.loader)
+        while True:
+            if self.repeat is not None:
+                yield self.repeat
+                continue
+            try:
+                self.last = next(iterator)
+            except StopIteration:
+                return
+            yield self.last
+
+
+def _build(cfg: CfgNode, data: str) -> Tuple[torch.nn.Module, SimpleTrainer, _Batches, int]:
+    """Model, training step and data as ovseg's Trainer builds them; the synthetic side."""
+    from ..engine import Trainer
+    from ..engine.train_loop import AMPTrainer
+
+    model = Trainer.build_model(cfg)
+    try:
+        optimizer = Trainer.build_optimizer(cfg, model)
+    except ValueError as e:
+        raise ValueError(
+            f"{cfg.MODEL.META_ARCHITECTURE} has nothing to train ({e}); time its inference "
+            "with the teacher or pseudo benchmark"
+        ) from e
+    side = 0
+    if data == "synthetic":
+        side = synthetic_side(cfg)
+        patch = getattr(getattr(model, "backbone", None), "size_divisibility", 0)
+        if patch and side % patch:
+            raise ValueError(
+                f"--size {side} is not a multiple of the patch size {patch} (the backbone's "
+                f"size_divisibility, {cfg.MODEL.CLIP.MODEL_NAME}); try "
+                f"{max(patch, side // patch * patch)}"
+            )
+        names, label_ids, ignore = _training_labels(cfg)
+        loader: Iterable[Any] = itertools.repeat(
+            synthetic_batch(cfg.SOLVER.IMS_PER_BATCH, side, names, label_ids, ignore)
+        )
+    else:
+        loader = Trainer.build_train_loader(cfg)
+    batches = _Batches(loader)
+    if cfg.SOLVER.AMP.ENABLED:
+        trainer = AMPTrainer(model, batches, optimizer, dtype=cfg.SOLVER.AMP.DTYPE)
+    else:
+        trainer = SimpleTrainer(model, batches, optimizer)
+    return model, trainer, batches, side
+
+
+def _autocast(trainer: SimpleTrainer):
+    if hasattr(trainer, "dtype"):  # AMPTrainer
+        return torch.autocast(trainer.device_type, dtype=trainer.dtype)
+    return contextlib.nullcontext()
+
+
+def _run(trainer: SimpleTrainer, batches: _Batches, device: torch.device, iters: int, warmup: int):
+    """Time the steps, then count the FLOPs of one forward and one step on the last batch.
+
+    Returns:
+        dict: step_s, data_s (per timed step), losses, peak memory, forward and step FLOPs.
+    """
+    step_s: List[float] = []
+    with EventStorage(0) as storage:
+        for i in range(warmup + iters):
+            if i == warmup and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            storage.iter = i
+            synchronize(device)
+            start = time.perf_counter()
+            trainer.run_step()
+            synchronize(device)
+            if i >= warmup:
+                step_s.append(time.perf_counter() - start)
+        memory, memory_kind = peak_memory(device)
+        data_s = [v for v, it in storage.history("data_time").values() if it >= warmup]
+        losses = [v for v, _ in storage.history("total_loss").values()]
+        # counted after the timing (text embeddings are memoised by then), on one batch
+        batches.repeat = batches.last
+        with flop_counter() as counter, _autocast(trainer):
+            trainer.model(batches.last)
+        forward = counter.get_total_flops()
+        storage.iter = warmup + iters
+        with flop_counter() as counter:
+            trainer.run_step()
+        step = counter.get_total_flops()
+    return {
+        "step_s": step_s, "data_s": data_s, "losses": losses, "memory": memory,
+        "memory_kind": memory_kind, "flops_forward": forward, "flops_step": step,
+    }  # fmt: skip
+
+
+def _peak(device: torch.device, precision: str, peak_tflops: Optional[float]):
+    """(device name, peak TFLOP/s or None, where the peak came from or None)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if peak_tflops is not None:
+        return name, peak_tflops, "--peak-tflops"
+    if device.type == "cuda":
+        return name, peak_tflops_for(name, precision), "table by device name"
+    return name, None, None
+
+
+def benchmark_training(
+    cfg: CfgNode,
+    *,
+    iters: int,
+    warmup: int,
+    data: str = "loader",
+    peak_tflops: Optional[float] = None,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Time ``iters`` training iterations of a config after ``warmup`` untimed ones.
+
+    Args:
+        cfg (CfgNode): e.g. from :func:`training_config`.
+        iters (int): timed iterations, >= 1.
+        warmup (int): untimed iterations first, >= 0.
+        data (str): "loader" (the config's training loader) or "synthetic" (one random
+            batch of :func:`synthetic_side` images, repeated).
+        peak_tflops (float, optional): the device's peak TFLOP/s for MFU; default a table by
+            CUDA device name (none on the CPU).
+        seed (int): torch seed before the model is built.
+
+    Returns:
+        dict: the results, JSON-serialisable (see the module docstring for the FLOPs).
+    """
+    if data not in DATA_SOURCES:
+        raise ValueError(f"data {data!r} is not one of {list(DATA_SOURCES)}")
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    device = torch.device(cfg.MODEL.DEVICE)
+    precision = cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "fp32"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not cfg.MODEL.CLIP.PRETRAINED and not cfg.MODEL.CLIP.CACHE_DIR:
+            # random weights are worth no cache: text embeddings go to a throw-away folder
+            cfg = cfg.clone()
+            cfg.MODEL.CLIP.CACHE_DIR = tmp
+        torch.manual_seed(seed)
+        model, trainer, batches, side = _build(cfg, data)
+        run = _run(trainer, batches, device, iters, warmup)
+    first = batches.last[0]
+    s_per_iter = sum(run["step_s"]) / len(run["step_s"])
+    it_per_s = 1.0 / s_per_iter
+    device_name, peak, peak_source = _peak(device, precision, peak_tflops)
+    achieved = run["flops_step"] * it_per_s / 1e12
+    vocabulary = first.get("vocabulary")
+    return {
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "data": data,
+        "device": str(device),
+        "device_name": device_name,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch": cfg.SOLVER.IMS_PER_BATCH,
+        "size": side or None,
+        "input_shape": list(first["image"].shape[-2:]),
+        "iters": iters,
+        "warmup": warmup,
+        "it_per_s": it_per_s,
+        "images_per_s": cfg.SOLVER.IMS_PER_BATCH * it_per_s,
+        "s_per_iter": s_per_iter,
+        "s_per_iter_median": statistics.median(run["step_s"]),
+        "data_s_per_iter": sum(run["data_s"]) / len(run["step_s"]),
+        "data_share": sum(run["data_s"]) / sum(run["step_s"]),
+        "peak_memory_gib": run["memory"],
+        "peak_memory_kind": run["memory_kind"],
+        "flops_forward": run["flops_forward"],
+        "flops_backward": run["flops_step"] - run["flops_forward"],
+        "flops_per_iter": run["flops_step"],
+        "flops_convention": FLOPS_CONVENTION,
+        "tflops_achieved": achieved,
+        "peak_tflops": peak,
+        "peak_tflops_source": peak_source,
+        "mfu": achieved / peak if peak else None,
+        "learnable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "optimizer": type(trainer.optimizer).__name__,
+        "vocabulary_size": len(vocabulary) if vocabulary is not None else None,
+        "loss_first": run["losses"][0],
+        "loss_last": run["losses"][-1],
+    }
