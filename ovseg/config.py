@@ -15,7 +15,8 @@ def add_ovseg_config(cfg: CN) -> None:
     add_lseg_config(cfg)
     add_zegclip_config(cfg)
     add_maskclip_plus_config(cfg)
-    _add_old_keys_during_migration(cfg)
+    for old, new in RENAMED_KEYS.items():
+        cfg.register_renamed_key(old, new)
 
 
 def add_teacher_config(cfg: CN) -> None:
@@ -64,6 +65,11 @@ def add_shared_config(cfg: CN) -> None:
     # cls_bg; for datasets that label "background", a class CLIP has no word for)
     cfg.MODEL.OVSEG.BG_EMBED = False
     cfg.MODEL.OVSEG.BACKGROUND_CLASS = "background"
+    # ---- the dense head turning backbone features into pixel embeddings, by name in
+    # ovseg's DENSE_HEAD_REGISTRY (ovseg/modeling/heads): "DPTDecoder" (LSeg),
+    # "DeepLabV2Head" or "DeepLabV3PlusHead" (MaskCLIP+)
+    cfg.MODEL.DENSE_HEAD = CN()
+    cfg.MODEL.DENSE_HEAD.NAME = "DPTDecoder"
     # ---- self-training (ovseg/pseudo/self_training.py): from START_ITER on, the pixels a
     # method pseudo-labels get the student's own predictions; -1 = never
     cfg.MODEL.OVSEG.SELF_TRAINING = CN()
@@ -291,18 +297,3 @@ RENAMED_KEYS = {
         for k in ("IN_FEATURES", "REASSEMBLE_CHANNELS", "REASSEMBLE_STRIDES", "FEATURES", "NORM")
     },
 }
-
-
-def _add_old_keys_during_migration(cfg: CN) -> None:
-    # TEMPORARY while configs/ is migrated to the new keys: old keys load and are unused
-    for old in RENAMED_KEYS:
-        node = cfg
-        parts = old.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        new = cfg
-        for p in RENAMED_KEYS[old].split("."):
-            new = new[p]
-        node[parts[-1]] = new if not isinstance(new, CN) else -1
-    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE = False
-    cfg.MODEL.ZEGCLIP.TRANSDUCTIVE_START_ITER = 0

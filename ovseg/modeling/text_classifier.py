@@ -36,17 +36,19 @@ class LearnedBackground(nn.Module):
         self.name = normalize_name(name)
         self.embedding = nn.Parameter(torch.randn(1, dim) * 0.02)
 
-    def check_trained(self, trained: Sequence[str], where: str) -> None:
+    @staticmethod
+    def check_trained(name: str, trained: Sequence[str], where: str) -> None:
         """Refuse a background class outside the names that get a loss (``where`` says
         which), whose embedding would never learn; no names (no training set) pass.
 
         Args:
+            name (str): MODEL.OVSEG.BACKGROUND_CLASS.
             trained: the names that get a loss.
             where (str): e.g. "in the training vocabulary".
         """
-        if trained and self.name not in {normalize_name(n) for n in trained}:
+        if trained and normalize_name(name) not in {normalize_name(n) for n in trained}:
             raise ValueError(
-                f"MODEL.OVSEG.BG_EMBED: the background class {self.name!r} (MODEL.OVSEG."
+                f"MODEL.OVSEG.BG_EMBED: the background class {name!r} (MODEL.OVSEG."
                 f"BACKGROUND_CLASS) is not {where} {list(trained)[:8]}...; its learnable "
                 "embedding would never be trained"
             )

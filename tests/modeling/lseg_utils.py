@@ -25,10 +25,13 @@ def tiny_lseg_cfg(cache_dir: Path, **lseg):
     cfg.MODEL.CLIP.MODEL_NAME = TINY_VIT
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.CLIP.CACHE_DIR = str(cache_dir)
-    cfg.MODEL.LSEG.FEATURES = 16
-    cfg.MODEL.LSEG.REASSEMBLE_CHANNELS = [8, 8, 16, 16]
+    cfg.MODEL.CLIP.TEMPLATES = "name"  # the paper's text: the bare class name
+    cfg.MODEL.DPT.FEATURES = 16
+    cfg.MODEL.DPT.REASSEMBLE_CHANNELS = [8, 8, 16, 16]
     for key, value in lseg.items():
-        setattr(cfg.MODEL.LSEG, key.upper(), value)
+        # the temperature belongs to the shared text classifier (MODEL.OVSEG)
+        node = cfg.MODEL.OVSEG if "logit_scale" in key else cfg.MODEL.LSEG
+        setattr(node, key.upper(), value)
     return cfg
 
 

@@ -189,12 +189,23 @@ def test_loss_is_cross_entropy_of_scaled_cosines(model):
 
 def test_learnable_logit_scale(cache):
     fixed = tiny_lseg(cache)
-    assert fixed.logit_scale.item() == pytest.approx(1 / 0.07)
-    assert "log_logit_scale" not in dict(fixed.named_parameters())
+    assert float(fixed.logit_scale) == pytest.approx(1 / 0.07)
+    assert not any("log_logit_scale" in k for k in dict(fixed.named_parameters()))
     model = tiny_lseg(cache, learnable_logit_scale=True, logit_scale=10.0).train()
     assert model.logit_scale.item() == pytest.approx(10.0)
     model(two_region_batch())["loss_sem_seg"].backward()
-    assert model.log_logit_scale.grad is not None and model.log_logit_scale.grad.abs() > 0
+    param = model.classifier.log_logit_scale
+    assert param.grad is not None and param.grad.abs() > 0
+
+
+def test_checkpoint_with_the_old_temperature_name_loads(cache):
+    """Checkpoints saved before the temperature moved into the text classifier still load."""
+    model = tiny_lseg(cache, learnable_logit_scale=True, logit_scale=10.0)
+    state = model.state_dict()
+    state["log_logit_scale"] = state.pop("classifier.log_logit_scale") + 1.0
+    other = tiny_lseg(cache, learnable_logit_scale=True, logit_scale=10.0)
+    assert not other.load_state_dict(state, strict=True).missing_keys
+    assert other.logit_scale.item() == pytest.approx(10.0 * math.e, rel=1e-5)
 
 
 # ---------------------------------------------------------------- spatial regularisation

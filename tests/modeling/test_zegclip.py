@@ -21,8 +21,8 @@ from detectron2.utils.events import EventStorage
 from ovseg.clip.dense import patch_embedding
 from ovseg.engine import solver
 from ovseg.modeling.backbone import CLIPViTPrompted
-from ovseg.modeling.heads.zegclip_loss import calibrate, mask_losses, transductive_targets
-from ovseg.modeling.meta_arch.zegclip import ZegCLIP
+from ovseg.modeling.losses import mask_losses
+from ovseg.modeling.meta_arch.zegclip import ZegCLIP, calibrate, self_training_targets
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "zegclip_tiny_vit.json"
 NAMES = ["cat", "dog", "grass"]
@@ -202,7 +202,7 @@ def test_calibration_lowers_seen_classes_of_an_inductive_model(cache):
     assert torch.allclose(calibrated, raw - 0.1 * seen.float().view(1, -1, 1, 1))
     assert out["sem_seg"][[0, 2]].max() <= 0.9 + 1e-6
     # a transductive model is not calibrated (the official self-training stage neither)
-    model = _split_model(cache, "transductive", transductive=True).eval()
+    model = _split_model(cache, "transductive", self_training_start_iter=0).eval()
     with torch.no_grad():
         assert torch.equal(model.predict(x, text, seen), model.predict(x, text))
 
@@ -249,7 +249,7 @@ def test_model_losses_are_weighted_normalised_mask_losses(model):
     model.train()
     losses = model(batch)
     assert set(losses) == {f"loss_{k}{s}" for k in ("focal", "dice") for s in ("_0", "_1", "")}
-    images = torch.stack(model._normalize([x["image"] for x in batch]))
+    images = torch.stack(model.normalize([x["image"] for x in batch]))
     target = torch.stack([x["sem_seg"] for x in batch])
     masks = model.mask_logits(images, model.text_embeddings(batch[0]["vocabulary"]))
     for i, suffix in enumerate(("_0", "_1", "")):
@@ -296,16 +296,16 @@ def test_transductive_targets_hand_built():
     logits[0, 3, 0, 2] = 2.0
     logits[0, 2, 1, 2] = 2.0
     unseen = torch.tensor([False, False, True, True])
-    out = transductive_targets(target, logits, unseen, pixels="ignore")
+    out = self_training_targets(target, logits, unseen, pixels="ignore")
     assert out.tolist() == [[[0, 3, 2], [2, 1, 2]]]  # only the ignored pixels change
-    out = transductive_targets(target, logits, unseen, pixels="unseen")
+    out = self_training_targets(target, logits, unseen, pixels="unseen")
     assert out.tolist() == [[[0, 255, 3], [255, 1, 2]]]  # unseen labels replaced, 255 kept
     with pytest.raises(ValueError, match="needs unseen classes"):
-        transductive_targets(target, logits, torch.zeros(4, dtype=torch.bool))
+        self_training_targets(target, logits, torch.zeros(4, dtype=torch.bool))
 
 
 def test_transductive_schedule_and_targets_in_the_model(cache):
-    model = _split_model(cache, "transductive", transductive=True, transductive_start_iter=5)
+    model = _split_model(cache, "transductive", self_training_start_iter=5)
     assert model.unseen_classes == {"cow", "sheep"}
     names = ("cat", "cow", "grass", "sheep")
     target = torch.tensor([[[0, 255], [2, 255]]])
@@ -319,12 +319,12 @@ def test_transductive_schedule_and_targets_in_the_model(cache):
         assert model.self_training_active()
         out, classes = model._targets(target, logits, names)
         assert out.tolist() == [[[0, 3], [2, 3]]] and classes is None
-    assert model.self_training_active()  # outside a trainer: enabled
+    # outside a trainer the iteration is unknown: every student refuses alike
+    with pytest.raises(RuntimeError, match="EventStorage"):
+        model.self_training_active()
 
     # official protocol: unseen labels locate the pixels (setting "none"), never supervise
-    model = _split_model(
-        cache, "none", transductive=True, transductive_pixels="unseen", transductive_start_iter=5
-    )
+    model = _split_model(cache, "none", self_training_pixels="unseen", self_training_start_iter=5)
     target = torch.tensor([[[0, 1], [255, 3]]])
     with EventStorage(start_iter=0):
         out, classes = model._targets(target, logits, names)
@@ -335,21 +335,24 @@ def test_transductive_schedule_and_targets_in_the_model(cache):
 
 
 def test_transductive_training_step_runs(cache):
-    model = _split_model(cache, "transductive", transductive=True).train()
+    model = _split_model(cache, "transductive", self_training_start_iter=0).train()
     batch = two_region_batch(names=("cat", "cow", "grass", "sheep"))
     for x in batch:
         x["sem_seg"][20:, :8] = 255  # pixels to pseudo-label
-    losses = model(batch)
+    with EventStorage(start_iter=0):
+        losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_settings_are_checked(cache):
     with pytest.raises(ValueError, match="needs MODEL.OVSEG.ZERO_SHOT_SETTING 'transductive'"):
-        _split_model(cache, "inductive", transductive=True)
+        _split_model(cache, "inductive", self_training_start_iter=0)
     with pytest.raises(ValueError, match="needs MODEL.OVSEG.ZERO_SHOT_SETTING 'none'"):
-        _split_model(cache, "transductive", transductive=True, transductive_pixels="unseen")
-    with pytest.raises(ValueError, match="TRANSDUCTIVE_PIXELS"):
-        _split_model(cache, "none", transductive=True, transductive_pixels="all")
+        _split_model(
+            cache, "transductive", self_training_start_iter=0, self_training_pixels="unseen"
+        )
+    with pytest.raises(ValueError, match="SELF_TRAINING_PIXELS"):
+        _split_model(cache, "none", self_training_start_iter=0, self_training_pixels="all")
     with pytest.raises(ValueError, match="PROMPT_DEPTH"):
         tiny_zegclip(cache, prompt_depth="middle")
     # fully supervised: every class counts as seen, none is left out of the loss
@@ -370,8 +373,13 @@ def test_learned_background_replaces_its_text_and_learns(cache):
     learned = F.normalize(model.bg_embed.embedding, dim=-1)[0]
     assert torch.allclose(text[2], learned) and not torch.allclose(text[2], clip_text[2])
     assert torch.allclose(model.text_embeddings(["cat"]), clip_text[:1], atol=1e-6)  # as is
-    assert "bg_embed.embedding" in _trainable(model)
-    assert "bg_embed.embedding" in model.state_dict()
+    assert "classifier.bg_embed.embedding" in _trainable(model)
+    assert "classifier.bg_embed.embedding" in model.state_dict()
+    # a checkpoint from before the background moved into the text classifier still loads
+    state = model.state_dict()
+    state["bg_embed.embedding"] = state.pop("classifier.bg_embed.embedding") * 0 + 1
+    assert not model.load_state_dict(state).missing_keys
+    assert torch.equal(model.bg_embed.embedding, torch.ones_like(model.bg_embed.embedding))
     model.train()
     loss = sum(model(two_region_batch(NAMES)).values())
     loss.backward()
@@ -385,7 +393,7 @@ def _golden_outputs(cache) -> dict:
     model.eval()
     with torch.no_grad():
         (out,) = model([{"image": image(40, 56, seed=3), "vocabulary": NAMES}])
-        x = torch.stack(model._normalize([image(48, 64, seed=4)]))
+        x = torch.stack(model.normalize([image(48, 64, seed=4)]))
         feats = model.backbone(x)
         masks = model.mask_logits(x, model.text_embeddings(NAMES))
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -33,8 +33,21 @@ def tiny_zegclip_cfg(cache_dir: Path, **zegclip):
     cfg.MODEL.ZEGCLIP.PROMPT_DROPOUT = 0.0
     cfg.MODEL.ZEGCLIP.DECODER_DROPOUT = 0.0
     for key, value in zegclip.items():
-        setattr(cfg.MODEL.ZEGCLIP, key.upper(), value)
+        node, name = _SHARED.get(key, (cfg.MODEL.ZEGCLIP, key.upper()))
+        if isinstance(node, str):  # a shared key: MODEL.OVSEG...
+            node = cfg
+            for part in _SHARED[key][0].split("."):
+                node = node[part]
+        setattr(node, name, value)
     return cfg
+
+
+# keyword -> (config node, key) of the keys ZegCLIP shares with the other students
+_SHARED = {
+    "bg_embed": ("MODEL.OVSEG", "BG_EMBED"),
+    "background_class": ("MODEL.OVSEG", "BACKGROUND_CLASS"),
+    "self_training_start_iter": ("MODEL.OVSEG.SELF_TRAINING", "START_ITER"),
+}
 
 
 def tiny_zegclip(cache_dir: Path, seed: int = 0, **zegclip):

@@ -2,10 +2,10 @@
 # DeepLabv3+'s decoder (as detectron2's projects/DeepLab DeepLabV3PlusHead), re-written.
 """DeepLab heads producing dense embeddings (or logits): ``DeepLabV2Head``, ``DeepLabV3PlusHead``.
 
-Both are registered in detectron2's ``SEM_SEG_HEADS_REGISTRY`` and map backbone features to a
-(B, out_channels, h, w) map: MaskCLIP+ asks for the CLIP embedding size and classifies the
-result against text embeddings; any other user can ask for class logits. Unlike detectron2's
-semantic heads they compute no loss: ``forward(features) -> Tensor``. Config keys follow
+Both are ovseg dense heads (``DENSE_HEAD_REGISTRY``, MODEL.DENSE_HEAD.NAME) and map backbone
+features to a (B, out_channels, h, w) map: MaskCLIP+ asks for the CLIP embedding size and
+classifies the result against text embeddings; any other user can ask for class logits.
+They compute no loss: ``forward(features) -> Tensor``. Config keys follow
 detectron2's DeepLab project: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, ASPP_CHANNELS,
 ASPP_DILATIONS, ASPP_DROPOUT, PROJECT_FEATURES, PROJECT_CHANNELS, CONVS_DIM, NORM,
 USE_DEPTHWISE_SEPARABLE_CONV}``.
@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.layers import ASPP, Conv2d, DepthwiseSeparableConv2d, ShapeSpec, get_norm
-from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-__all__ = ["DeepLabV2Head", "DeepLabV3PlusHead", "build_dense_head"]
+from .build import DENSE_HEAD_REGISTRY
+
+__all__ = ["DeepLabV2Head", "DeepLabV3PlusHead"]
 
 
 def _one_feature(input_shape: Dict[str, ShapeSpec], names: Sequence[str], what: str) -> str:
@@ -38,7 +39,7 @@ def _one_feature(input_shape: Dict[str, ShapeSpec], names: Sequence[str], what: 
     return names[0]
 
 
-@SEM_SEG_HEADS_REGISTRY.register()
+@DENSE_HEAD_REGISTRY.register()
 class DeepLabV2Head(nn.Module):
     """DeepLabv2's ASPP: parallel 3x3 convolutions of different dilations, summed.
 
@@ -124,7 +125,7 @@ class DeepLabV2Head(nn.Module):
         return self.predictor(out)
 
 
-@SEM_SEG_HEADS_REGISTRY.register()
+@DENSE_HEAD_REGISTRY.register()
 class DeepLabV3PlusHead(nn.Module):
     """DeepLabv3+: ASPP on the coarsest feature, then a decoder fusing finer projected features.
 
@@ -266,32 +267,3 @@ class DeepLabV3PlusHead(nn.Module):
             y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
             y = self.fusions[name](torch.cat([low, y], dim=1))
         return self.predictor(y)
-
-
-def build_dense_head(
-    cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
-) -> nn.Module:
-    """The head named by ``MODEL.SEM_SEG_HEAD.NAME``, asked for ``out_channels`` outputs.
-
-    Args:
-        cfg (CfgNode): the config.
-        input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
-        out_channels (int, optional): default ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
-
-    Returns:
-        nn.Module: ``forward(features) -> (B, out_channels, h, w)``.
-    """
-    name = cfg.MODEL.SEM_SEG_HEAD.NAME
-    try:
-        head_cls = SEM_SEG_HEADS_REGISTRY.get(name)
-    except KeyError:
-        raise KeyError(
-            f"MODEL.SEM_SEG_HEAD.NAME={name!r} is not registered; ovseg's dense heads are "
-            "'DeepLabV2Head' and 'DeepLabV3PlusHead'"
-        ) from None
-    if head_cls not in (DeepLabV2Head, DeepLabV3PlusHead):
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.NAME={name!r} is a detectron2 semantic head that computes its "
-            "own loss; use 'DeepLabV2Head' or 'DeepLabV3PlusHead' here"
-        )
-    return head_cls(cfg, input_shape, out_channels=out_channels)

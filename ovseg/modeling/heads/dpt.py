@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
+from .build import DENSE_HEAD_REGISTRY
+
 __all__ = ["DPTDecoder", "FeatureFusionBlock", "ResidualConvUnit", "resample_layer"]
 
 
@@ -39,7 +41,7 @@ def resample_layer(channels: int, in_stride: int, out_stride: int) -> nn.Module:
     if abs(factor - exact) > 1e-6 or factor & (factor - 1):
         raise ValueError(
             f"cannot resample from stride {in_stride} to {out_stride}: the ratio must be a "
-            "power of two (check MODEL.LSEG.REASSEMBLE_STRIDES against the backbone's strides)"
+            "power of two (check MODEL.DPT.REASSEMBLE_STRIDES against the backbone's strides)"
         )
     if ratio > 1:
         return nn.ConvTranspose2d(channels, channels, kernel_size=factor, stride=factor)
@@ -102,6 +104,7 @@ class FeatureFusionBlock(nn.Module):
         return self.out_conv(x)
 
 
+@DENSE_HEAD_REGISTRY.register()
 class DPTDecoder(nn.Module):
     """Four backbone maps -> one (B, out_channels, ~H/2, ~W/2) map (half the finest stride)."""
 
@@ -160,7 +163,7 @@ class DPTDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], out_channels: int):
-        lcfg = cfg.MODEL.LSEG
+        lcfg = cfg.MODEL.DPT
         return {
             "input_shape": input_shape,
             "in_features": lcfg.IN_FEATURES,

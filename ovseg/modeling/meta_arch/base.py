@@ -68,6 +68,8 @@ class OpenVocabSegmentor(nn.Module):
 
     #: what "sem_seg" holds, one of SEM_SEG_SCORES; every subclass must declare it
     sem_seg_scores: str
+    #: parameters that moved (old state-dict name -> new), so old checkpoints still load
+    renamed_state: Dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -137,6 +139,12 @@ class OpenVocabSegmentor(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.renamed_state.items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ inputs
     def normalize(self, images: List[Tensor]) -> List[Tensor]:

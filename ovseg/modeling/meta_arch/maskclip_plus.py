@@ -52,7 +52,7 @@ from ..backbone import (
     build_backbone,
     resnet_deeplab,  # noqa: F401  (registers build_resnet_deeplab_backbone)
 )
-from ..heads.deeplab import build_dense_head
+from ..heads import build_dense_head
 from .common import (
     LearnedBackground,
     default_test_vocabulary,

@@ -21,69 +21,94 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
-from ...vocab import check_templates, resolve_vocabulary
+from ...pseudo.self_training import SelfTrainingSchedule
+from ...vocab import normalize_name, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
-from ..heads.zegclip_loss import TRANSDUCTIVE_PIXELS, calibrate, mask_losses, transductive_targets
-from ..inference import INFERENCE_MODES
-from .common import (
-    LearnedBackground,
-    check_labels,
-    default_test_vocabulary,
-    group_inputs,
-    input_vocabulary,
-    training_batch,
-    vocabulary_inference,
-)
+from ..losses import mask_losses
+from ..text_classifier import LearnedBackground, TextClassifier
+from .base import OpenVocabSegmentor
 
-__all__ = ["ZegCLIP"]
+__all__ = ["SELF_TRAINING_PIXELS", "ZegCLIP", "calibrate", "self_training_targets"]
 
 
-def _norm(name: str) -> str:
-    return name.strip().casefold()
+SELF_TRAINING_PIXELS = ("ignore", "unseen")
 
 
-def _current_iteration() -> Optional[int]:
-    try:
-        return get_event_storage().iter
-    except AssertionError:  # outside a trainer: no event storage
-        return None
+def calibrate(scores: Tensor, seen: Tensor, amount: float) -> Tensor:
+    """Lower the seen classes' scores: ``scores[:, k] - amount`` where ``seen[k]``.
+
+    Args:
+        scores (Tensor): (B, K, H, W) sigmoid probabilities.
+        seen (Tensor): (K,) bool.
+        amount (float): the calibration (paper: 0.1).
+
+    Returns:
+        Tensor: (B, K, H, W), a new tensor.
+    """
+    shift = amount * seen.to(device=scores.device, dtype=scores.dtype)
+    return scores - shift.view(1, -1, 1, 1)
 
 
-def _training_names(cfg) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-    """(seen, unseen) class names of the training set, from its metadata."""
-    if not cfg.DATASETS.TRAIN:
-        return (), ()
-    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    if not meta.get("stuff_classes", None):
-        return (), ()
-    vocab = resolve_vocabulary("", meta)
-    spec = cfg.MODEL.OVSEG.TRAIN_VOCABULARY
-    names = resolve_vocabulary(spec).names if spec.strip() else vocab.names
-    unseen = {_norm(n) for n in vocab.unseen}
-    return tuple(n for n in names if _norm(n) not in unseen), tuple(vocab.unseen)
+def self_training_targets(
+    target: Tensor,
+    logits: Tensor,
+    unseen: Tensor,
+    *,
+    ignore_value: int = 255,
+    pixels: str = "ignore",
+) -> Tensor:
+    """Self-training targets: pixels without ground truth get the best unseen class.
+
+    Args:
+        target (Tensor): (B, H, W) long labels, ``ignore_value`` where there is none.
+        logits (Tensor): (B, K, H, W) the model's mask logits (or probabilities).
+        unseen (Tensor): (K,) bool, the vocabulary's unseen classes.
+        ignore_value (int): the ignore label.
+        pixels (str): "ignore": label every ignored pixel; "unseen": relabel the pixels whose
+            label is an unseen class (ignored pixels stay ignored).
+
+    Returns:
+        Tensor: (B, H, W) long targets, a new tensor.
+    """
+    if pixels not in SELF_TRAINING_PIXELS:
+        raise ValueError(
+            f"MODEL.ZEGCLIP.SELF_TRAINING_PIXELS={pixels!r} is not one of "
+            f"{list(SELF_TRAINING_PIXELS)}"
+        )
+    unseen_idx = torch.nonzero(unseen.to(logits.device)).flatten()
+    if unseen_idx.numel() == 0:
+        raise ValueError(
+            "self-training needs unseen classes in the training vocabulary; check the "
+            "dataset's unseen_classes and MODEL.OVSEG.ZERO_SHOT_SETTING"
+        )
+    best = unseen_idx[logits.detach()[:, unseen_idx].argmax(dim=1)]  # (B, H, W)
+    if pixels == "ignore":
+        where = target == ignore_value
+    else:
+        where = torch.isin(target, unseen_idx)
+    return torch.where(where, best, target)
 
 
 @META_ARCH_REGISTRY.register()
-class ZegCLIP(nn.Module):
+class ZegCLIP(OpenVocabSegmentor):
     """ZegCLIP over the shared frozen CLIP teacher (see the module docstring).
 
-    Training inputs need "image", "sem_seg" (labels index their "vocabulary") and
-    "vocabulary"; test inputs need "image" and optionally "height"/"width" and "vocabulary"
-    (default: the model's). Checkpoints hold the prompts and the decoder only.
+    Inputs as :class:`OpenVocabSegmentor`. Checkpoints hold the prompts and the decoder
+    (and a learnable background) only.
     """
 
-    # tells ovseg.pseudo that "sem_seg" holds (calibrated) sigmoid probabilities
+    # "sem_seg" holds (calibrated) sigmoid probabilities
     sem_seg_scores = "probabilities"
+    # the learnable background moved into the text classifier
+    renamed_state = {"bg_embed.embedding": "classifier.bg_embed.embedding"}
 
     @configurable
     def __init__(
@@ -95,8 +120,6 @@ class ZegCLIP(nn.Module):
         templates: Sequence[str],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        ignore_value: int = 255,
-        vocabulary: Optional[Sequence[str]] = None,
         seen_classes: Sequence[str] = (),
         unseen_classes: Sequence[str] = (),
         calibration: float = 0.1,
@@ -106,14 +129,11 @@ class ZegCLIP(nn.Module):
         dice_weight: float = 1.0,
         deep_supervision: bool = True,
         ignore_as_negative: bool = False,
-        transductive: bool = False,
-        transductive_start_iter: int = 0,
-        transductive_pixels: str = "ignore",
+        self_training_start_iter: int = -1,
+        self_training_pixels: str = "ignore",
         background_class: Optional[str] = None,
-        inference_mode: str = "whole",
-        slide_window: Tuple[int, int] = (512, 512),
-        slide_stride: Tuple[int, int] = (426, 426),
         size_divisibility: int = -1,
+        **kwargs,
     ):
         """
         Args:
@@ -123,52 +143,49 @@ class ZegCLIP(nn.Module):
                 with the backbone).
             templates: prompt templates, each with one "{}".
             pixel_mean, pixel_std: the CLIP model's image statistics, 0-255 scale.
-            ignore_value (int): label of ignored pixels.
-            vocabulary: names for test inputs without "vocabulary"; None = they must have one.
             seen_classes: names whose test scores ``calibration`` lowers.
             unseen_classes: names that get no loss before self-training and whose scores
-                label pixels during it; () outside the transductive setting.
-            calibration (float): inductive calibration; not applied when ``transductive``.
+                label pixels during it; () without self-training.
+            calibration (float): inductive calibration; not applied to a self-trained model.
             focal_weight, focal_alpha, focal_gamma, dice_weight: the loss (see
-                :func:`mask_losses`).
+                :func:`~ovseg.modeling.losses.mask_losses`).
             deep_supervision (bool): losses on every decoder layer, else the last only.
-            ignore_as_negative (bool): see :func:`mask_losses`.
-            transductive (bool): self-train from ``transductive_start_iter`` on.
-            transductive_start_iter (int): first self-training iteration.
-            transductive_pixels (str): "ignore" or "unseen" (see :func:`transductive_targets`).
+            ignore_as_negative (bool): see :func:`~ovseg.modeling.losses.mask_losses`.
+            self_training_start_iter (int): first self-training iteration; < 0 = never.
+            self_training_pixels (str): "ignore" or "unseen" (see
+                :func:`self_training_targets`).
             background_class (str, optional): name whose text embedding is replaced by a
                 learnable one (None = CLIP's text for every name).
-            inference_mode (str): "whole" or "slide".
-            slide_window, slide_stride ((int, int)): sliding-window size and stride.
             size_divisibility (int): pad inputs to a multiple of this and of the patch size.
+            kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
+                slide_window, slide_stride).
         """
-        super().__init__()
-        if inference_mode not in INFERENCE_MODES:
+        if self_training_pixels not in SELF_TRAINING_PIXELS:
             raise ValueError(
-                f"inference mode {inference_mode!r} (TEST.INFERENCE_MODE) is not one of "
-                f"{list(INFERENCE_MODES)}"
+                f"MODEL.ZEGCLIP.SELF_TRAINING_PIXELS={self_training_pixels!r} is not one of "
+                f"{list(SELF_TRAINING_PIXELS)}"
             )
-        if transductive_pixels not in TRANSDUCTIVE_PIXELS:
+        schedule = SelfTrainingSchedule(
+            self_training_start_iter, "MODEL.OVSEG.SELF_TRAINING.START_ITER"
+        )
+        if schedule.enabled and not unseen_classes:
             raise ValueError(
-                f"MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS={transductive_pixels!r} is not one of "
-                f"{list(TRANSDUCTIVE_PIXELS)}"
+                "MODEL.OVSEG.SELF_TRAINING.START_ITER >= 0 needs the training set's unseen "
+                "classes; the training dataset declares none (metadata 'unseen_classes')"
             )
-        if transductive and not unseen_classes:
-            raise ValueError(
-                "MODEL.ZEGCLIP.TRANSDUCTIVE needs the training set's unseen classes; the "
-                "training dataset declares none (metadata 'unseen_classes')"
-            )
-        # the teacher comes first, so shared tower parameters are named after it
-        self.teacher = teacher
+        d, b = int(size_divisibility), int(backbone.size_divisibility or 0)
+        super().__init__(
+            teacher=teacher,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            size_divisibility=math.lcm(max(d, 1), max(b, 1)),
+            **kwargs,
+        )
         self.backbone = backbone
         self.decoder = decoder
-        self.templates = check_templates(templates, "MODEL.CLIP.TEMPLATES")
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.ignore_value = int(ignore_value)
-        self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
-        self.seen_classes = frozenset(_norm(n) for n in seen_classes)
-        self.unseen_classes = frozenset(_norm(n) for n in unseen_classes)
+        self.classifier = TextClassifier(teacher, templates, background_class=background_class)
+        self.seen_classes = frozenset(normalize_name(n) for n in seen_classes)
+        self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
         self.calibration = float(calibration)
         self.focal_weight = float(focal_weight)
         self.focal_alpha = float(focal_alpha)
@@ -176,31 +193,21 @@ class ZegCLIP(nn.Module):
         self.dice_weight = float(dice_weight)
         self.deep_supervision = bool(deep_supervision)
         self.ignore_as_negative = bool(ignore_as_negative)
-        self.transductive = bool(transductive)
-        self.transductive_start_iter = int(transductive_start_iter)
-        self.transductive_pixels = transductive_pixels
-        self.bg_embed = (
-            LearnedBackground(background_class, teacher.embed_dim)
-            if background_class is not None
-            else None
-        )
-        self.inference_mode = inference_mode
-        self.slide_window = tuple(int(v) for v in slide_window)
-        self.slide_stride = tuple(int(v) for v in slide_stride)
-        d, b = int(size_divisibility), int(backbone.size_divisibility or 0)
-        self.size_divisibility = math.lcm(max(d, 1), max(b, 1))
+        self.self_training = schedule
+        self.self_training_pixels = self_training_pixels
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
         zcfg = cfg.MODEL.ZEGCLIP
         setting = cfg.MODEL.OVSEG.ZERO_SHOT_SETTING
-        if zcfg.TRANSDUCTIVE:
+        start = cfg.MODEL.OVSEG.SELF_TRAINING.START_ITER
+        if start >= 0:
             # "ignore" pseudo-labels the ignored pixels, which hold the unseen classes only in
             # the transductive setting; "unseen" needs the unseen labels to find their pixels
-            needed = "transductive" if zcfg.TRANSDUCTIVE_PIXELS == "ignore" else "none"
+            needed = "transductive" if zcfg.SELF_TRAINING_PIXELS == "ignore" else "none"
             if setting != needed:
                 raise ValueError(
-                    f"MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS={zcfg.TRANSDUCTIVE_PIXELS!r} needs "
+                    f"MODEL.ZEGCLIP.SELF_TRAINING_PIXELS={zcfg.SELF_TRAINING_PIXELS!r} needs "
                     f"MODEL.OVSEG.ZERO_SHOT_SETTING {needed!r}, got {setting!r}"
                 )
         teacher = build_clip_teacher(cfg)
@@ -213,28 +220,25 @@ class ZegCLIP(nn.Module):
             self_attention=zcfg.DECODER_SELF_ATTENTION,
             init=zcfg.DECODER_INIT,
         )
-        ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
-        if cfg.DATASETS.TRAIN:
-            ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore)
-        seen, unseen = _training_names(cfg)
-        background = zcfg.BACKGROUND_CLASS if zcfg.BG_EMBED else None
+        vocab = training_vocabulary(cfg)
+        seen, unseen = (vocab.seen, vocab.unseen) if vocab is not None else ((), ())
+        background = cfg.MODEL.OVSEG.BACKGROUND_CLASS if cfg.MODEL.OVSEG.BG_EMBED else None
         if background is not None:
             LearnedBackground.check_trained(
-                "MODEL.ZEGCLIP", background, seen, "among the training set's seen classes"
+                background, seen, "among the training set's seen classes"
             )
-        if setting == "none" and not zcfg.TRANSDUCTIVE:
+        if setting == "none" and start < 0:
             seen, unseen = seen + unseen, ()  # fully supervised: every class is seen
         elif setting == "inductive":
             unseen = ()  # not in the training vocabulary
         return {
+            **OpenVocabSegmentor.base_config(cfg),
             "backbone": backbone,
             "decoder": decoder,
             "teacher": teacher,
             "templates": get_templates(cfg.MODEL.CLIP.TEMPLATES),
             "pixel_mean": teacher.pixel_mean.flatten().tolist(),
             "pixel_std": teacher.pixel_std.flatten().tolist(),
-            "ignore_value": ignore,
-            "vocabulary": default_test_vocabulary(cfg),
             "seen_classes": seen,
             "unseen_classes": unseen,
             "calibration": zcfg.CALIBRATION,
@@ -244,31 +248,29 @@ class ZegCLIP(nn.Module):
             "dice_weight": zcfg.DICE_WEIGHT,
             "deep_supervision": zcfg.DEEP_SUPERVISION,
             "ignore_as_negative": zcfg.IGNORE_AS_NEGATIVE,
-            "transductive": zcfg.TRANSDUCTIVE,
-            "transductive_start_iter": zcfg.TRANSDUCTIVE_START_ITER,
-            "transductive_pixels": zcfg.TRANSDUCTIVE_PIXELS,
+            "self_training_start_iter": start,
+            "self_training_pixels": zcfg.SELF_TRAINING_PIXELS,
             "background_class": background,
-            "inference_mode": cfg.TEST.INFERENCE_MODE,
-            "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
-            "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
         }
 
     @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
+    def bg_embed(self):
+        """The learnable background embedding, or None."""
+        return self.classifier.bg_embed
+
+    @property
+    def templates(self) -> Tuple[str, ...]:
+        return self.classifier.templates
 
     # ------------------------------------------------------------------ building blocks
     def text_embeddings(self, names: Sequence[str]) -> Tensor:
         """(K, D) L2-normalised text embeddings (the teacher memoises them); the background's
         learnable one with ``background_class``."""
-        text = self.teacher.encode_text(tuple(names), self.templates).to(self.device)
-        if self.bg_embed is not None:
-            text = F.normalize(self.bg_embed(text, names), dim=-1)
-        return text
+        return self.classifier(names)
 
     def _flags(self, names: Sequence[str], which: frozenset) -> Tensor:
-        return torch.tensor([_norm(n) in which for n in names], device=self.device)
+        return torch.tensor([normalize_name(n) in which for n in names], device=self.device)
 
     def mask_logits(self, images: Tensor, text: Tensor) -> List[Tensor]:
         """Every decoder layer's mask logits at the patch grid.
@@ -302,39 +304,23 @@ class ZegCLIP(nn.Module):
         logits = self.mask_logits(padded, text)[-1]
         logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         scores = logits[:, :, :h, :w].float().sigmoid()
-        if seen is not None and self.calibration and not self.transductive:
+        if seen is not None and self.calibration and not self.self_training.enabled:
             scores = calibrate(scores, seen, self.calibration)
         return scores
 
-    def _normalize(self, images: List[Tensor]) -> List[Tensor]:
-        return [(x.to(self.device).float() - self.pixel_mean) / self.pixel_std for x in images]
+    def predictor(self, names: Tuple[str, ...]):
+        text, seen = self.text_embeddings(names), self._flags(names, self.seen_classes)
+        return lambda x: self.predict(x, text, seen)
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, batched_inputs: List[dict]):
-        """
-        Args:
-            batched_inputs (list[dict]): detectron2 inputs (see the class docstring).
-
-        Returns:
-            training: a dict of losses ("loss_focal", "loss_dice" for the last layer,
-            "loss_focal_<i>", "loss_dice_<i>" for layer i before it); eval: per input
-            {"sem_seg": (K, height, width) scores over its K names}.
-        """
-        if self.training:
-            return self._losses(batched_inputs)
-        return self._inference(batched_inputs)
-
+    # ------------------------------------------------------------------ training
     def self_training_active(self) -> bool:
-        """Whether this training step uses pseudo-labels (outside a trainer: when enabled)."""
-        if not self.transductive:
-            return False
-        it = _current_iteration()
-        return it is None or it >= self.transductive_start_iter
+        """Whether this training step uses pseudo-labels (needs a trainer's iteration)."""
+        return self.self_training.active()
 
-    def _losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
-        images, targets = training_batch(
-            batched_inputs, self._normalize, self.size_divisibility, self.ignore_value, self.device
-        )
+    def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        """Focal and dice losses: "loss_focal", "loss_dice" for the last decoder layer,
+        "loss_focal_<i>", "loss_dice_<i>" for layer i before it (deep supervision)."""
+        images, targets = self.training_batch(batched_inputs)
         size = tuple(images.tensor.shape[-2:])
         feats = self.backbone(images.tensor)
         patch = F.normalize(feats["patch_tokens"], dim=1)
@@ -345,10 +331,9 @@ class ZegCLIP(nn.Module):
         focal = {i: patch.new_zeros(()) for i in layers}
         dice = {i: patch.new_zeros(()) for i in layers}
         num_masks = patch.new_zeros(())
-        groups = group_inputs([input_vocabulary(x) for x in batched_inputs])
-        for names, idx in groups.items():
+        for names, idx in self.vocabulary_groups(batched_inputs).items():
             target = targets[idx]
-            check_labels(target, len(names), self.ignore_value, [batched_inputs[i] for i in idx])
+            self.check_labels(target, len(names), [batched_inputs[i] for i in idx])
             text = F.normalize(self.text_embeddings(names), dim=-1)
             masks = self.decoder(patch[idx], glob[idx], text)
             masks = [
@@ -387,23 +372,16 @@ class ZegCLIP(nn.Module):
             return target, None
         unseen = self._flags(names, self.unseen_classes)
         if self.self_training_active():
-            pseudo = transductive_targets(
+            pseudo = self_training_targets(
                 target,
                 logits,
                 unseen,
                 ignore_value=self.ignore_value,
-                pixels=self.transductive_pixels,
+                pixels=self.self_training_pixels,
             )
             return pseudo, None
-        if self.transductive_pixels == "unseen":
+        if self.self_training_pixels == "unseen":
             # before self-training, the unseen classes' labels only mark pixels to ignore
             idx = torch.nonzero(unseen).flatten()
             target = target.masked_fill(torch.isin(target, idx), self.ignore_value)
         return target, ~unseen
-
-    def _inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
-        def predictor(names):
-            text, seen = self.text_embeddings(names), self._flags(names, self.seen_classes)
-            return lambda x: self.predict(x, text, seen)
-
-        return vocabulary_inference(self, batched_inputs, predictor)

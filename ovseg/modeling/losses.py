@@ -1,0 +1,92 @@
+# mask_losses follows the official ZegCLIP criterion (ZiqinZhou66/ZegCLIP
+# models/losses/criterion.py: sigmoid focal + dice), re-written.
+"""Losses shared by the students: per-pixel cross-entropy with an ignore label, and sigmoid
+focal + dice losses of per-class masks."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["cross_entropy_sum", "mask_losses"]
+
+
+def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tuple[Tensor, int]:
+    """Softmax cross-entropy summed over the labelled pixels, and their number.
+
+    Dividing the sums of a batch's groups by the total count gives the mean over every
+    labelled pixel of the batch (a batch without any gives 0, not NaN).
+
+    Args:
+        logits (Tensor): (B, K, H, W) class logits (computed in float32).
+        target (Tensor): (B, H, W) long labels in [0, K) or ``ignore_value``.
+        ignore_value (int): the label of pixels without a target.
+
+    Returns:
+        (Tensor, int): the scalar sum and the number of labelled pixels.
+    """
+    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_value, reduction="sum")
+    return loss, int((target != ignore_value).sum())
+
+
+def mask_losses(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_value: int = 255,
+    classes: Optional[Tensor] = None,
+    ignore_as_negative: bool = False,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Sigmoid focal and dice losses of per-class masks, as sums to normalise by mask count.
+
+    For image b and class k, the target mask is ``target[b] == k``. Focal: per (b, k), the
+    mean over image b's counted pixels of the focal loss, summed over (b, k). Dice: summed
+    over the (b, k) whose mask is not empty, ``1 - (2 sum(p t) + 1) / (sum p + sum t + 1)``
+    with p the sigmoid over counted pixels. Counted pixels: those not ``ignore_value``, or
+    every pixel with ``ignore_as_negative`` (ignored ones are then negatives of every class).
+
+    Args:
+        logits (Tensor): (B, K, H, W) mask logits.
+        target (Tensor): (B, H, W) long labels in [0, K) or ``ignore_value``.
+        ignore_value (int): the ignore label.
+        classes (Tensor, optional): (K,) bool, the classes that get a loss; None = all.
+        ignore_as_negative (bool): see above.
+        alpha (float): focal weight of positives (1 - alpha for negatives).
+        gamma (float): focal exponent.
+
+    Returns:
+        tuple: (focal sum, dice sum, number of non-empty masks), scalar tensors.
+    """
+    b, k = logits.shape[:2]
+    if target.shape != (b, *logits.shape[2:]):
+        raise ValueError(
+            f"target {tuple(target.shape)} does not match logits {tuple(logits.shape)}"
+        )
+    logits = logits.float()
+    valid = target != ignore_value
+    counted = torch.ones_like(valid) if ignore_as_negative else valid
+    labels = torch.where(valid, target, torch.zeros_like(target))
+    pos = F.one_hot(labels, k).permute(0, 3, 1, 2).float() * valid[:, None]  # (B, K, H, W)
+    weight = counted[:, None].float()
+
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, pos, reduction="none")
+    p_t = prob * pos + (1 - prob) * (1 - pos)
+    focal = ce * (1 - p_t) ** gamma * (alpha * pos + (1 - alpha) * (1 - pos))
+    num_pixels = weight.flatten(1).sum(1).clamp(min=1)  # (B,)
+    focal = (focal * weight).flatten(2).sum(2) / num_pixels[:, None]  # (B, K)
+
+    prob = (prob * weight).flatten(2)
+    pos = pos.flatten(2)
+    dice = 1 - (2 * (prob * pos).sum(2) + 1) / (prob.sum(2) + pos.sum(2) + 1)
+    present = pos.sum(2) > 0
+    if classes is not None:
+        classes = classes.to(device=logits.device, dtype=torch.bool)
+        focal = focal * classes
+        present = present & classes
+    return focal.sum(), (dice * present).sum(), present.sum()
