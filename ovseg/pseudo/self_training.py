@@ -31,11 +31,10 @@ class SelfTrainingSchedule:
 
     Args:
         start_iter (int): the first self-training iteration; < 0 = never.
-        owner (str): the config key that sets it, named in messages (e.g.
-            "MODEL.OVSEG.SELF_TRAINING.START_ITER").
+        owner (str): the config key that sets it, named in messages.
     """
 
-    def __init__(self, start_iter: int = -1, owner: str = "self-training"):
+    def __init__(self, start_iter: int = -1, owner: str = "MODEL.OVSEG.SELF_TRAINING.START_ITER"):
         self.start_iter = int(start_iter)
         self.owner = owner
         self._last: Optional[bool] = None

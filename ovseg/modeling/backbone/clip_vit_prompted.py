@@ -66,42 +66,14 @@ class CLIPViTPrompted(Backbone):
                 (i, j) stays centred on the stride-sized cell (i, j): an (H/s, W/s) grid.
         """
         super().__init__()
-        if not isinstance(visual, VisionTransformer):
-            raise TypeError(
-                f"CLIPViTPrompted needs an open_clip VisionTransformer image tower, got "
-                f"{type(visual).__module__}.{type(visual).__name__}; use a ViT CLIP model "
-                "(MODEL.CLIP.MODEL_NAME such as 'ViT-B-16')"
-            )
-        if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
-            raise NotImplementedError(
-                f"ViT towers pooled by {visual.pool_type!r} or an attentional pooler are not "
-                "supported; the global token needs pool_type 'tok' or 'avg'"
-            )
-        if depth not in PROMPT_DEPTHS:
-            raise ValueError(
-                f"prompt depth {depth!r} (MODEL.ZEGCLIP.PROMPT_DEPTH) is not one of "
-                f"{list(PROMPT_DEPTHS)}"
-            )
-        if int(num_prompts) < 1:
-            raise ValueError(f"MODEL.ZEGCLIP.NUM_PROMPTS must be >= 1, got {num_prompts}")
+        _check_tower(visual, depth, num_prompts)
         self.tower = visual
         self.tower.requires_grad_(False)
         self.tower.eval()
         self.num_prompts = int(num_prompts)
         self.depth = depth
         self.patch_size = dense_stride(visual)
-        stride = int(patch_stride) or self.patch_size
-        if (
-            stride < 1
-            or stride > self.patch_size
-            or self.patch_size % stride
-            or (self.patch_size - stride) % 2
-        ):
-            raise ValueError(
-                f"MODEL.ZEGCLIP.PATCH_STRIDE {patch_stride} does not fit the tower's patch size "
-                f"{self.patch_size}: use 0 (the patch size) or a divisor of it whose "
-                "difference to it is even"
-            )
+        stride = _check_patch_stride(patch_stride, self.patch_size)
         self.patch_stride = stride
         width = visual.conv1.out_channels
         self.num_blocks = len(visual.transformer.resblocks)
@@ -191,6 +163,41 @@ class CLIPViTPrompted(Backbone):
             "patch_tokens": patches.transpose(1, 2).reshape(b, -1, gh, gw),
             "global_token": glob,
         }
+
+
+def _check_tower(visual: nn.Module, depth: str, num_prompts: int) -> None:
+    """Refuse towers and settings the prompted backbone cannot serve, naming the key."""
+    if not isinstance(visual, VisionTransformer):
+        raise TypeError(
+            f"CLIPViTPrompted needs an open_clip VisionTransformer image tower, got "
+            f"{type(visual).__module__}.{type(visual).__name__}; use a ViT CLIP model "
+            "(MODEL.CLIP.MODEL_NAME such as 'ViT-B-16')"
+        )
+    if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
+        raise NotImplementedError(
+            f"ViT towers pooled by {visual.pool_type!r} or an attentional pooler are not "
+            "supported; the global token needs pool_type 'tok' or 'avg'"
+        )
+    if depth not in PROMPT_DEPTHS:
+        raise ValueError(
+            f"prompt depth {depth!r} (MODEL.ZEGCLIP.PROMPT_DEPTH) is not one of "
+            f"{list(PROMPT_DEPTHS)}"
+        )
+    if int(num_prompts) < 1:
+        raise ValueError(f"MODEL.ZEGCLIP.NUM_PROMPTS must be >= 1, got {num_prompts}")
+
+
+def _check_patch_stride(patch_stride: int, patch_size: int) -> int:
+    """The patch-embedding stride (0 = the patch size), refused unless it divides the
+    patch size with an even difference (so tokens stay centred on their cells)."""
+    stride = int(patch_stride) or patch_size
+    if stride < 1 or stride > patch_size or patch_size % stride or (patch_size - stride) % 2:
+        raise ValueError(
+            f"MODEL.ZEGCLIP.PATCH_STRIDE {patch_stride} does not fit the tower's patch size "
+            f"{patch_size}: use 0 (the patch size) or a divisor of it whose "
+            "difference to it is even"
+        )
+    return stride
 
 
 @BACKBONE_REGISTRY.register()

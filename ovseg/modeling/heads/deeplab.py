@@ -166,16 +166,7 @@ class DeepLabV3PlusHead(nn.Module):
             use_depthwise_separable_conv (bool): separable 3x3 convolutions (the paper's).
         """
         super().__init__()
-        if len(project_features) != len(project_channels):
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.PROJECT_FEATURES {list(project_features)} and "
-                f"PROJECT_CHANNELS {list(project_channels)} must have the same length"
-            )
-        if len(aspp_dilations) != 3:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.ASPP_DILATIONS must hold 3 dilations for DeepLabv3+, got "
-                f"{list(aspp_dilations)}"
-            )
+        self._check_settings(project_features, project_channels, aspp_dilations)
         self.in_feature = _one_feature(input_shape, [in_feature], "DeepLabV3PlusHead")
         for name in project_features:
             _one_feature(input_shape, [name], "DeepLabV3PlusHead (PROJECT_FEATURES)")
@@ -196,16 +187,9 @@ class DeepLabV3PlusHead(nn.Module):
         self.fusions = nn.ModuleDict()
         channels = aspp_channels
         for name in self.project_features:
-            proj = Conv2d(
-                input_shape[name].channels,
-                widths[name],
-                1,
-                bias=not norm,
-                norm=get_norm(norm, widths[name]),
-                activation=nn.ReLU(),
+            self.projections[name] = self._projection(
+                input_shape[name].channels, widths[name], norm
             )
-            weight_init.c2_xavier_fill(proj)
-            self.projections[name] = proj
             self.fusions[name] = nn.Sequential(
                 self._conv3x3(
                     channels + widths[name], decoder_channels, norm, use_depthwise_separable_conv
@@ -220,6 +204,30 @@ class DeepLabV3PlusHead(nn.Module):
         self.predictor = nn.Conv2d(channels, out_channels, kernel_size=1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)
+
+    @staticmethod
+    def _check_settings(
+        project_features: Sequence[str],
+        project_channels: Sequence[int],
+        aspp_dilations: Sequence[int],
+    ) -> None:
+        if len(project_features) != len(project_channels):
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.PROJECT_FEATURES {list(project_features)} and "
+                f"PROJECT_CHANNELS {list(project_channels)} must have the same length"
+            )
+        if len(aspp_dilations) != 3:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.ASPP_DILATIONS must hold 3 dilations for DeepLabv3+, got "
+                f"{list(aspp_dilations)}"
+            )
+
+    @staticmethod
+    def _projection(cin: int, cout: int, norm: str) -> nn.Module:
+        """The 1x1 projection of a finer feature (Xavier-initialised, as detectron2's)."""
+        proj = Conv2d(cin, cout, 1, bias=not norm, norm=get_norm(norm, cout), activation=nn.ReLU())
+        weight_init.c2_xavier_fill(proj)
+        return proj
 
     @staticmethod
     def _conv3x3(cin: int, cout: int, norm: str, separable: bool) -> nn.Module:

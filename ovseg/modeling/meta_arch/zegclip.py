@@ -139,21 +139,18 @@ class ZegCLIP(OpenVocabSegmentor):
         Args:
             backbone (Backbone): outputs "patch_tokens" (B, D, h, w) and "global_token" (B, D).
             decoder (ZegCLIPDecoder): class queries -> per-layer mask logits.
-            teacher (CLIPTeacher): the frozen CLIP (text embeddings; its tower is shared
-                with the backbone).
+            teacher (CLIPTeacher): the frozen CLIP (its tower is shared with the backbone).
             templates: prompt templates, each with one "{}".
             pixel_mean, pixel_std: the CLIP model's image statistics, 0-255 scale.
             seen_classes: names whose test scores ``calibration`` lowers.
             unseen_classes: names that get no loss before self-training and whose scores
                 label pixels during it; () without self-training.
             calibration (float): inductive calibration; not applied to a self-trained model.
-            focal_weight, focal_alpha, focal_gamma, dice_weight: the loss (see
-                :func:`~ovseg.modeling.losses.mask_losses`).
+            focal_weight, focal_alpha, focal_gamma, dice_weight, ignore_as_negative: the
+                loss (:func:`~ovseg.modeling.losses.mask_losses`).
             deep_supervision (bool): losses on every decoder layer, else the last only.
-            ignore_as_negative (bool): see :func:`~ovseg.modeling.losses.mask_losses`.
             self_training_start_iter (int): first self-training iteration; < 0 = never.
-            self_training_pixels (str): "ignore" or "unseen" (see
-                :func:`self_training_targets`).
+            self_training_pixels (str): see :func:`self_training_targets`.
             background_class (str, optional): name whose text embedding is replaced by a
                 learnable one (None = CLIP's text for every name).
             size_divisibility (int): pad inputs to a multiple of this and of the patch size.
@@ -165,9 +162,7 @@ class ZegCLIP(OpenVocabSegmentor):
                 f"MODEL.ZEGCLIP.SELF_TRAINING_PIXELS={self_training_pixels!r} is not one of "
                 f"{list(SELF_TRAINING_PIXELS)}"
             )
-        schedule = SelfTrainingSchedule(
-            self_training_start_iter, "MODEL.OVSEG.SELF_TRAINING.START_ITER"
-        )
+        schedule = SelfTrainingSchedule(self_training_start_iter)
         if schedule.enabled and not unseen_classes:
             raise ValueError(
                 "MODEL.OVSEG.SELF_TRAINING.START_ITER >= 0 needs the training set's unseen "
