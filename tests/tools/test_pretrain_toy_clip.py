@@ -1,22 +1,34 @@
-"""tools/pretrain_toy_clip.py: batches, loss, schedule, checkpoint/resume, and the shipped CLIP."""
+"""tools/pretrain_toy_clip.py and ovseg.clip.toy_pretrain: batches, loss, schedule,
+checkpoint/resume, the command line, and the shipped CLIP."""
 
-import importlib.util
+import json
 import math
 import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from ovseg_testing import ROOT, subprocess_env
 
 from detectron2.config import get_cfg
 
 from ovseg import add_ovseg_config
 from ovseg.clip import build_clip_teacher
+from ovseg.clip.toy_evaluation import evaluate_toy_clip
+from ovseg.clip.toy_pretrain import (
+    ToyPretrainSettings,
+    clip_loss,
+    lr_at,
+    make_batch,
+    prefetch_batches,
+    pretrain,
+)
 from ovseg.data.datasets.toy_world import SHAPES
 
-ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {  # model config -> checkpoint, as configs/toy/Base-toy.yaml uses them
     "configs/clip/toy_rn.json": "checkpoints/toy_clip_rn.pt",
 }
@@ -32,53 +44,41 @@ def _teacher(model_config, checkpoint, cache_dir):
     return build_clip_teacher(cfg)
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_toy_clip", ROOT / "tools" / "pretrain_toy_clip.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tool = _load_tool()
-
-
 def _mask_shapes(caption: str) -> str:
     return re.sub("|".join(SHAPES), "X", caption)
 
 
 def test_batches_are_deterministic_twin_pairs():
-    images, captions = tool.make_batch(0, 5, 8, 64, True)
-    again_images, again_captions = tool.make_batch(0, 5, 8, 64, True)
+    images, captions = make_batch(0, 5, 8, 64, True)
+    again_images, again_captions = make_batch(0, 5, 8, 64, True)
     assert images.shape == (8, 64, 64, 3) and (images == again_images).all()
     assert captions == again_captions
     for j in range(0, 8, 2):  # a pair: same words but the shapes
         assert captions[j] != captions[j + 1]
         assert _mask_shapes(captions[j]) == _mask_shapes(captions[j + 1])
-    other_images, _ = tool.make_batch(0, 6, 8, 64, True)
+    other_images, _ = make_batch(0, 6, 8, 64, True)
     assert not (other_images == images).all()
 
 
-def test_worker_processes_draw_the_same_stream(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "tools"))  # spawned workers import the tool
-    monkeypatch.setitem(sys.modules, "pretrain_toy_clip", tool)
-    args = tool.parse_args(_args(Path("unused"), "--workers", "2"))
-    drawn = list(tool._prefetch(args, 3, 8))
+def test_worker_processes_draw_the_same_stream():
+    # spawned workers import ovseg.clip.toy_pretrain, as any installed module
+    drawn = list(prefetch_batches(_settings(Path("unused"), workers=2), 3, 8))
     assert len(drawn) == 5
     for step, (images, captions) in zip(range(3, 8), drawn):
-        expected_images, expected_captions = tool.make_batch(0, step, 4, 64, True)
+        expected_images, expected_captions = make_batch(0, step, 4, 64, True)
         assert (images == expected_images).all() and captions == expected_captions
 
 
-def test_bad_device_and_workers_are_refused(capsys):
-    with pytest.raises(SystemExit):
-        tool.parse_args(_args(Path("unused"), "--workers", "-1"))
-    assert "--workers -1" in capsys.readouterr().err
+def test_bad_settings_are_refused_by_option():
+    with pytest.raises(ValueError, match="--workers -1"):
+        _settings(Path("unused"), workers=-1).check()
+    with pytest.raises(ValueError, match="--batch-size 5: need >= 2, and even"):
+        _settings(Path("unused"), batch_size=5).check()
+    with pytest.raises(ValueError, match="--model-config 'nope.json' does not exist"):
+        _settings(Path("unused"), model_config="nope.json").check()
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit):
-            tool.parse_args(_args(Path("unused"), "--device", "cuda"))
-        assert "use --device cpu" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="use --device cpu"):
+            _settings(Path("unused"), device="cuda").check()
 
 
 class _Fixed(torch.nn.Module):
@@ -99,38 +99,33 @@ class _Fixed(torch.nn.Module):
 def test_clip_loss_treats_identical_captions_as_positives():
     eye = torch.eye(2)
     a = math.e  # logits: diagonal e, off-diagonal 0
-    distinct = tool.clip_loss(_Fixed(eye, eye), None, None, ["a circle.", "a star."])
+    distinct = clip_loss(_Fixed(eye, eye), None, None, ["a circle.", "a star."])
     assert distinct.item() == pytest.approx(math.log(1 + math.exp(-a)))
-    same = tool.clip_loss(_Fixed(eye, eye), None, None, ["a circle.", "a circle."])
+    same = clip_loss(_Fixed(eye, eye), None, None, ["a circle.", "a circle."])
     assert same.item() == pytest.approx(math.log(math.exp(a) + 1) - a / 2)
 
 
 def test_lr_schedule_warmup_then_cosine():
-    assert tool.lr_at(0, 1e-3, 10, 110) == pytest.approx(1e-4)
-    assert tool.lr_at(9, 1e-3, 10, 110) == pytest.approx(1e-3)
-    assert tool.lr_at(60, 1e-3, 10, 110) == pytest.approx(5e-4)
-    assert tool.lr_at(110, 1e-3, 10, 110) == pytest.approx(0.0)
+    assert lr_at(0, 1e-3, 10, 110) == pytest.approx(1e-4)
+    assert lr_at(9, 1e-3, 10, 110) == pytest.approx(1e-3)
+    assert lr_at(60, 1e-3, 10, 110) == pytest.approx(5e-4)
+    assert lr_at(110, 1e-3, 10, 110) == pytest.approx(0.0)
 
 
-def _args(tmp_path, *extra):
-    return [
-        "--model-config",
-        str(ROOT / "configs/clip/toy_rn.json"),
-        "--output",
-        str(tmp_path / "clip.pt"),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--batch-size",
-        "4",
-        "--num-eval",
-        "4",
-        "--eval-period",
-        "2",
-        "--warmup",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
+TINY_RUN = {"batch_size": 4, "num_eval": 4, "eval_period": 2, "warmup": 1, "no_progress": True}
+
+
+def _settings(tmp_path, **changes):
+    paths = {
+        "model_config": str(ROOT / "configs/clip/toy_rn.json"),
+        "output": str(tmp_path / "clip.pt"),
+        "work_dir": str(tmp_path / "work"),
+    }
+    return ToyPretrainSettings(**{**paths, **TINY_RUN, **changes})
+
+
+def _pretrain(tmp_path, **changes):
+    return pretrain(_settings(tmp_path, **changes))
 
 
 def _weights(path):
@@ -139,7 +134,7 @@ def _weights(path):
 
 def test_three_steps_write_a_loadable_checkpoint_and_resume_exactly(tmp_path):
     straight = tmp_path / "straight"
-    metrics = tool.main(_args(straight, "--steps", "3"))
+    metrics = _pretrain(straight, steps=3)
     assert set(metrics) >= {"zero_shot_accuracy", "retrieval_r1", "dense_object_accuracy"}
     state = torch.load(straight / "clip.pt", map_location="cpu", weights_only=True)
     assert state["ovseg_pretrain"]["steps"] == 3
@@ -150,10 +145,10 @@ def test_three_steps_write_a_loadable_checkpoint_and_resume_exactly(tmp_path):
     assert model.visual.attnpool is not None
 
     resumed = tmp_path / "resumed"
-    assert tool.main(_args(resumed, "--steps", "3", "--stop-after", "2")) == {}
+    assert _pretrain(resumed, steps=3, stop_after=2) == {}
     assert not (resumed / "clip.pt").exists()
     assert torch.load(resumed / "work/last.pt", weights_only=True)["step"] == 2
-    tool.main(_args(resumed, "--steps", "3", "--resume"))
+    _pretrain(resumed, steps=3, resume=True)
     a, b = _weights(straight / "clip.pt"), _weights(resumed / "clip.pt")
     assert a.keys() == b.keys()
     for k in a:  # batches depend only on (seed, step): resuming changes nothing
@@ -162,21 +157,21 @@ def test_three_steps_write_a_loadable_checkpoint_and_resume_exactly(tmp_path):
 
 def test_max_seconds_stops_early_and_exports_what_stop_after_reproduces(tmp_path):
     timed = tmp_path / "timed"
-    metrics = tool.main(_args(timed, "--steps", "3", "--max-seconds", "1e-9", "--export-partial"))
+    metrics = _pretrain(timed, steps=3, max_seconds=1e-9, export_partial=True)
     assert "zero_shot_accuracy" in metrics
     meta = torch.load(timed / "clip.pt", weights_only=True)["ovseg_pretrain"]
     assert (meta["steps"], meta["schedule_steps"]) == (1, 3)
     fixed = tmp_path / "fixed"
-    tool.main(_args(fixed, "--steps", "3", "--stop-after", "1", "--export-partial"))
+    _pretrain(fixed, steps=3, stop_after=1, export_partial=True)
     a, b = _weights(timed / "clip.pt"), _weights(fixed / "clip.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    tool.main(_args(tmp_path, "--steps", "2", "--stop-after", "1"))
+    _pretrain(tmp_path, steps=2, stop_after=1)
     with pytest.raises(ValueError, match="batch_size"):
-        tool.main(_args(tmp_path, "--steps", "2", "--resume", "--batch-size", "6"))
+        _pretrain(tmp_path, steps=2, resume=True, batch_size=6)
 
 
 @pytest.mark.parametrize("model_config, checkpoint", sorted(SHIPPED.items()))
@@ -186,7 +181,7 @@ def test_shipped_checkpoint_beats_chance_through_build_clip_teacher(
     assert (ROOT / checkpoint).stat().st_size < 5 * 2**20
     teacher = _teacher(model_config, checkpoint, tmp_path)
     # world seed 1: images the checkpoint's own evaluation (seed 0) never looked at
-    metrics = tool.evaluate(teacher, seed=1, num_images=64)
+    metrics = evaluate_toy_clip(teacher, seed=1, num_images=64)
     assert metrics["num_single"] >= 15
     assert metrics["zero_shot_accuracy"] >= 80.0, metrics  # chance 12.5
     assert metrics["dense_object_accuracy"] >= 2.5 * 12.5, metrics
@@ -204,6 +199,21 @@ def test_shipped_vit_knows_shapes_and_has_an_8x8_dense_grid(tmp_path):
     images = torch.rand(2, 3, 64, 64) * 255
     assert teacher.dense_embeddings(images).shape == (2, 64, 8, 8)
     assert teacher.encode_text(SHAPES, ("a photo of a {}.",)).shape == (8, 64)
-    metrics = tool.evaluate(teacher, seed=1, num_images=64)  # images it never evaluated on
+    metrics = evaluate_toy_clip(teacher, seed=1, num_images=64)  # images it never evaluated on
     assert metrics["zero_shot_accuracy"] >= 80.0, metrics
     assert metrics["dense_object_accuracy"] >= 1.5 * 12.5, metrics
+
+
+def test_command_line_trains_and_records_itself(tmp_path):
+    args = ["--model-config", "configs/clip/toy_rn.json", "--output", str(tmp_path / "c.pt")]
+    args += ["--work-dir", str(tmp_path / "work"), "--steps", "1", "--batch-size", "4"]
+    args += ["--num-eval", "4", "--warmup", "1", "--no-progress"]
+    tool = ["tools/pretrain_toy_clip.py"]
+    run = dict(cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, *tool, *args], **run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = torch.load(tmp_path / "c.pt", weights_only=True)["ovseg_pretrain"]
+    assert meta["command"] == shlex.join(["python", *tool, *args]) and meta["steps"] == 1
+    assert json.loads((tmp_path / "work" / "metrics.json").read_text())["steps"] == 1
+    bad = subprocess.run([sys.executable, *tool, *args, "--workers", "-1"], **run)
+    assert bad.returncode == 2 and "--workers -1: need >= 0" in bad.stderr
