@@ -9,24 +9,17 @@ also writes them as a plain tensor file for other code:
         --config-file configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml \\
         --vocabulary ade847 --output output/text/ade847_vitb16.pt
 
-The file holds ``{"names", "templates", "embeddings" (K, D), "fingerprint"}``.
+The file holds ``{"names", "templates", "embeddings" (K, D), "fingerprint"}``
+(``ovseg.clip.export``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ovseg.clip import build_clip_teacher, get_templates  # noqa: E402
-from ovseg.engine.defaults import load_config  # noqa: E402
-from ovseg.vocab import Vocabulary, resolve_vocabulary  # noqa: E402
+from ovseg.clip.export import export_text_embeddings
+from ovseg.engine.defaults import load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,34 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    output = Path(args.output)
-    if output.is_dir():
-        raise SystemExit(f"--output {output} is a folder; give a file name, e.g. {output}/x.pt")
     cfg = load_config(args.config_file, args.opts)
-    spec = args.vocabulary
-    vocab = Vocabulary.from_string(spec) if "," in spec else resolve_vocabulary(spec)
-    templates = get_templates(args.templates or cfg.MODEL.CLIP.TEMPLATES)
-    teacher = build_clip_teacher(cfg)
-    embeddings = teacher.encode_text(vocab.names, templates).cpu()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(
-            {
-                "names": list(vocab.names),
-                "templates": list(templates),
-                "embeddings": embeddings,
-                "fingerprint": teacher.fingerprint,
-            },
-            tmp,
-        )
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    print(f"wrote {tuple(embeddings.shape)} embeddings of {len(vocab)} names to {output}")
-    return output
+    embeddings = export_text_embeddings(cfg, args.vocabulary, args.output, args.templates)
+    print(f"wrote {tuple(embeddings.shape)} embeddings of {len(embeddings)} names to {args.output}")
+    return Path(args.output)
 
 
 if __name__ == "__main__":

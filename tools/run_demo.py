@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -32,20 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
+import ovseg  # noqa: F401  (registers datasets, mappers, models)
+from ovseg.data import build_dataset_mapper
+from ovseg.data.datasets.toy_world import SPLITS, build_toy_world
+from ovseg.engine.defaults import load_config
+from ovseg.engine.train_runs import run_training
+from ovseg.evaluation import segmentation_metrics
+from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline
+from ovseg.utils.io import atomic_write_text
 
-import ovseg  # noqa: E402, F401
-from ovseg.data import build_dataset_mapper  # noqa: E402
-from ovseg.data.datasets.toy_world import SPLITS, build_toy_world  # noqa: E402
-from ovseg.engine.defaults import load_config  # noqa: E402
-from ovseg.evaluation import segmentation_metrics  # noqa: E402
-from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]  # configs and train_net.py are found from here
 logger = logging.getLogger("ovseg.demo")
 
 TEACHER_CONFIG = "configs/toy/maskclip.yaml"
@@ -104,12 +103,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------- helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def clip_settings(config: str) -> tuple[str, str]:
     cfg = load_config(str(ROOT / config))
     return cfg.MODEL.CLIP.MODEL_NAME, cfg.MODEL.CLIP.PRETRAINED
@@ -127,16 +120,12 @@ def retrain_clip(checkpoint: str) -> None:
 
 
 def evaluate_clip(config: str, seed: int, num_images: int) -> dict:
-    """Image-level zero-shot metrics of the config's CLIP (tools/pretrain_toy_clip.py)."""
-    import importlib.util
-
+    """Image-level zero-shot metrics of the config's CLIP (ovseg.clip.toy_evaluation)."""
     from ovseg.clip import build_clip_teacher
+    from ovseg.clip.toy_evaluation import evaluate_toy_clip
 
-    spec = importlib.util.spec_from_file_location("pretrain", ROOT / "tools/pretrain_toy_clip.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
     teacher = build_clip_teacher(load_config(str(ROOT / config)))
-    return pretrain.evaluate(teacher, seed=seed, num_images=num_images)
+    return evaluate_toy_clip(teacher, seed=seed, num_images=num_images)
 
 
 def predict(cfg, dataset: str, weights: str = "", limit: int | None = None):
@@ -184,70 +173,6 @@ def evaluate_teacher(split: str, datasets_root: Path) -> tuple[dict, list]:
     }, gallery
 
 
-def read_final_metrics(out_dir: Path) -> dict:
-    """The last evaluation written to metrics.json by detectron2's EvalHook."""
-    records = [json.loads(x) for x in (out_dir / "metrics.json").read_text().splitlines()]
-    evals = [r for r in records if "sem_seg/mIoU" in r]
-    if not evals:
-        raise RuntimeError(f"{out_dir}/metrics.json holds no evaluation; see {out_dir}/log.txt")
-    return {k.split("/", 1)[1]: v for k, v in evals[-1].items() if k.startswith("sem_seg/")}
-
-
-def _same_run(record: dict, key: dict) -> bool:
-    return all(record.get(k) == v for k, v in key.items())
-
-
-def run_key(command: str, config: Path, opts: list[str]) -> dict:
-    """What identifies a finished run: its command line and the sha256 of its merged config
-    (``opts`` include OUTPUT_DIR), so an edited config file or a new default counts."""
-    merged = load_config(str(config), opts).dump()
-    return {"command": command, "config_sha256": hashlib.sha256(merged.encode()).hexdigest()}
-
-
-def train_student(
-    config: Path, out_dir: Path, opts: list[str], env: dict, reuse: bool = True, tag: str = ""
-) -> dict:
-    """train_net.py in a subprocess; progress lines are echoed; returns final metrics.
-
-    A finished run with the same command and the same merged config (a config file edited
-    since counts as a change) is reused unless ``reuse`` is False; the metrics then carry
-    ``"_reused": True``.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "train_net.py",
-        "--config-file",
-        str(config.relative_to(ROOT)),
-        *opts,
-        "OUTPUT_DIR",
-        str(out_dir),
-    ]
-    command = " ".join(shlex.quote(c) for c in cmd[1:])
-    key = run_key(command, config, [*opts, "OUTPUT_DIR", str(out_dir)])
-    done = out_dir / "demo_run.json"
-    if reuse and done.is_file() and _same_run(json.loads(done.read_text()), key):
-        # the same run finished before (make demo after an interruption): reuse it
-        logger.info("reusing the finished run in %s", out_dir)
-        return {**json.loads(done.read_text())["metrics"], "_reused": True}
-    logger.info("$ %s", command)
-    start = time.time()
-    with open(out_dir / "stdout.txt", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for line in proc.stdout:
-            log.write(line)
-            if " iter: " in line or "copypaste:" in line:
-                print(f"    {tag}" + line.rstrip()[-110:], flush=True)
-        if proc.wait() != 0:
-            raise RuntimeError(f"training failed ({' '.join(cmd)}); see {out_dir}/stdout.txt")
-    metrics = read_final_metrics(out_dir)
-    metrics["seconds"] = round(time.time() - start, 1)
-    atomic_write_text(done, json.dumps({**key, "metrics": metrics}))
-    return metrics
-
-
 def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> dict:
     train, val = SPLIT_DATASETS[split]
     results = {}
@@ -288,10 +213,12 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
                 extra = extra + ["MODEL.WEIGHTS", str(start)]
                 reuse = results[parent][variant].get("_reused", False)  # parent unchanged
             tag = "[toy] " if variant == "teacher" else "[random] "
-            runs[variant] = (configs[0], out, opts + extra, env, reuse, tag)
+            runs[variant] = dict(
+                config=configs[0], out_dir=out, opts=opts + extra, env=env, reuse=reuse, tag=tag
+            )
         # the two variants are independent: side by side on two cores (--jobs)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {v: pool.submit(train_student, *a) for v, a in runs.items()}
+            futures = {v: pool.submit(run_training, root=ROOT, **a) for v, a in runs.items()}
             results[key] = {v: f.result() for v, f in futures.items()}
         for metrics in results[key].values():
             metrics["config"] = str(configs[0].relative_to(ROOT))
@@ -466,8 +393,10 @@ def main(argv=None) -> dict:
         }
     )
     command = "make demo" + (" QUICK=1" if args.quick else "") + (" FULL=1" if args.full else "")
-    atomic_write_text(out_root / "results.json", json.dumps(res, indent=1, sort_keys=True))
-    atomic_write_text(out_root / "results.md", results_markdown(res, command))
+    atomic_write_text(
+        out_root / "results.json", json.dumps(res, indent=1, sort_keys=True), fsync=False
+    )
+    atomic_write_text(out_root / "results.md", results_markdown(res, command), fsync=False)
     print((out_root / "results.md").read_text())
     logger.info("Wrote %s/results.{json,md} and gallery.png in %.0f s", out_root, res["seconds"])
     return res

@@ -1,6 +1,6 @@
-"""tools/run_demo.py reuses a finished run only while its command and merged config match."""
+"""ovseg.engine.train_runs (make demo's students): a finished run is reused only while its
+command and merged config match."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -8,41 +8,42 @@ import subprocess
 import pytest
 from ovseg_testing import ROOT
 
+from ovseg.engine.train_runs import RECORD, run_key, run_training
+
 CONFIG = "configs/toy/lseg_toyrn_400_bs8.yaml"
 
 
 @pytest.fixture
-def demo(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_demo", ROOT / "tools" / "run_demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # a repository root to edit
-    monkeypatch.setattr(mod, "ROOT", tmp_path)
+def root(tmp_path, monkeypatch):
+    """A repository root to edit, where starting train_net.py is an error."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
 
     def no_training(*args, **kwargs):
         raise RuntimeError("train_net.py was started")
 
     monkeypatch.setattr(subprocess, "Popen", no_training)
-    return mod
+    return tmp_path
 
 
-def _finish(demo, root, out, opts):
-    """Write the record of a finished run, as train_student does after training."""
+def _finish(root, out, opts):
+    """Write the record of a finished run, as run_training does after training."""
     command = " ".join(["train_net.py", "--config-file", CONFIG, *opts, "OUTPUT_DIR", str(out)])
-    key = demo.run_key(command, root / CONFIG, [*opts, "OUTPUT_DIR", str(out)])
+    key = run_key(command, root / CONFIG, [*opts, "OUTPUT_DIR", str(out)])
     out.mkdir(parents=True)
-    (out / "demo_run.json").write_text(json.dumps({**key, "metrics": {"hIoU": 12.5}}))
+    (out / RECORD).write_text(json.dumps({**key, "metrics": {"hIoU": 12.5}}))
 
 
-def test_a_finished_run_is_reused_until_its_config_changes(demo, tmp_path):
-    out, opts, config = tmp_path / "run", ["SOLVER.MAX_ITER", "7"], tmp_path / CONFIG
-    _finish(demo, tmp_path, out, opts)
-    metrics = demo.train_student(config, out, opts, env={})
+def test_a_finished_run_is_reused_until_its_config_changes(root):
+    out, opts, config = root / "run", ["SOLVER.MAX_ITER", "7"], root / CONFIG
+    _finish(root, out, opts)
+    metrics = run_training(config, out, opts, root=root, env={})
     assert metrics == {"hIoU": 12.5, "_reused": True}
     with pytest.raises(RuntimeError, match="train_net.py was started"):
-        demo.train_student(config, out, opts, env={}, reuse=False)
+        run_training(config, out, opts, root=root, env={}, reuse=False)
     with pytest.raises(RuntimeError, match="train_net.py was started"):
-        demo.train_student(config, out, ["SOLVER.MAX_ITER", "8"], env={})  # another command
-    config.write_text(config.read_text().replace("BASE_LR: 0.001", "BASE_LR: 0.002"))
+        run_training(config, out, ["SOLVER.MAX_ITER", "8"], root=root, env={})  # another command
+    edited = config.read_text().replace("IMS_PER_BATCH: 8", "IMS_PER_BATCH: 9")
+    assert edited != config.read_text(), f"{CONFIG} no longer sets IMS_PER_BATCH: 8"
+    config.write_text(edited)
     with pytest.raises(RuntimeError, match="train_net.py was started"):
-        demo.train_student(config, out, opts, env={})  # same command, edited config file
+        run_training(config, out, opts, root=root, env={})  # same command, edited config file

@@ -1,16 +1,16 @@
-"""tools/dump_text_embeddings.py: the file holds the teacher's own text embeddings."""
+"""tools/dump_text_embeddings.py and ovseg.clip.export: the file holds the teacher's own text
+embeddings."""
 
-import importlib.util
+import subprocess
+import sys
 
 import pytest
 import torch
-from ovseg_testing import ROOT
+from ovseg_testing import ROOT, subprocess_env
 
-spec = importlib.util.spec_from_file_location(
-    "dump_text_embeddings", ROOT / "tools" / "dump_text_embeddings.py"
-)
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+from ovseg.clip import build_clip_teacher
+from ovseg.clip.export import export_text_embeddings
+from ovseg.engine.defaults import load_config
 
 TINY = [
     "MODEL.DEVICE", "cpu",
@@ -20,25 +20,32 @@ TINY = [
 CONFIG = str(ROOT / "configs/voc/maskclip/maskclip_vitb16_bs1.yaml")
 
 
-def test_dump_matches_teacher(tmp_path):
-    torch.manual_seed(0)  # the tiny CLIP is randomly initialised: seed both builds alike
-    out = tool.main(
-        ["--config-file", CONFIG, "--vocabulary", "cat,dog,grass", "--templates", "single",
-         "--output", str(tmp_path / "text.pt"), *TINY,
-         "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache")]
+def test_command_line_writes_the_file(tmp_path):
+    out = tmp_path / "text.pt"
+    proc = subprocess.run(
+        [sys.executable, "tools/dump_text_embeddings.py", "--config-file", CONFIG,
+         "--vocabulary", "cat,dog,grass", "--templates", "single", "--output", str(out),
+         *TINY, "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache")],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"embeddings of 3 names to {out}" in proc.stdout
     data = torch.load(out)
     assert data["names"] == ["cat", "dog", "grass"]
     assert data["templates"] == ["a photo of a {}."]
     emb = data["embeddings"]
     assert emb.shape[0] == 3
     assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
-    # the same weights give the same fingerprint and embeddings
-    from ovseg.clip import build_clip_teacher
-    from ovseg.engine.defaults import load_config
 
-    torch.manual_seed(0)
+
+def test_dump_matches_teacher(tmp_path):
     cfg = load_config(CONFIG, TINY + ["MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache")])
+    torch.manual_seed(0)  # the tiny CLIP is randomly initialised: seed both builds alike
+    emb = export_text_embeddings(cfg, "cat,dog,grass", tmp_path / "text.pt", "single")
+    data = torch.load(tmp_path / "text.pt")
+    assert torch.equal(data["embeddings"], emb)
+    # the same weights give the same fingerprint and embeddings
+    torch.manual_seed(0)
     teacher = build_clip_teacher(cfg)
     assert teacher.fingerprint == data["fingerprint"]
     expected = teacher.encode_text(["cat", "dog", "grass"], ["a photo of a {}."])
@@ -46,15 +53,10 @@ def test_dump_matches_teacher(tmp_path):
 
 
 def test_builtin_vocabulary_and_errors(tmp_path):
-    out = tool.main(
-        ["--config-file", CONFIG, "--vocabulary", "voc20", "--output", str(tmp_path / "v.pt"),
-         *TINY]
-    )  # fmt: skip
-    assert len(torch.load(out)["names"]) == 20
-    with pytest.raises(SystemExit, match="is a folder"):
-        tool.main(["--config-file", CONFIG, "--vocabulary", "voc20", "--output", str(tmp_path)])
+    cfg = load_config(CONFIG, TINY)
+    export_text_embeddings(cfg, "voc20", tmp_path / "v.pt")
+    assert len(torch.load(tmp_path / "v.pt")["names"]) == 20
+    with pytest.raises(ValueError, match="is a folder"):
+        export_text_embeddings(cfg, "voc20", tmp_path)
     with pytest.raises(ValueError, match="[Dd]uplicate"):
-        tool.main(
-            ["--config-file", CONFIG, "--vocabulary", "cat,cat", "--output",
-             str(tmp_path / "d.pt"), *TINY]
-        )  # fmt: skip
+        export_text_embeddings(cfg, "cat,cat", tmp_path / "d.pt")

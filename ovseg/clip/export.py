@@ -1,0 +1,58 @@
+"""Write a vocabulary's CLIP text embeddings to a plain tensor file (and the teacher's
+cache), e.g. ahead of time on a GPU machine for an 847-class vocabulary;
+``tools/dump_text_embeddings.py`` is the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from detectron2.config import CfgNode
+
+from ..utils.io import atomic_write
+from .build import build_clip_teacher
+from .templates import get_templates
+
+__all__ = ["export_text_embeddings"]
+
+
+def export_text_embeddings(
+    cfg: CfgNode, vocabulary: str, output: Union[str, os.PathLike], templates: str = ""
+) -> torch.Tensor:
+    """Encode a vocabulary with a config's CLIP teacher and write it to ``output``.
+
+    The file holds ``{"names", "templates", "embeddings" (K, D), "fingerprint"}``; it is
+    written atomically.
+
+    Args:
+        cfg (CfgNode): a config naming the CLIP (MODEL.CLIP.*).
+        vocabulary (str): a builtin name (ade150, ade847, coco171, voc20, pc59, pc459), a
+            JSON file, or a comma-separated list.
+        output: the file to write (.pt); its folder is created.
+        templates (str): a template set; default MODEL.CLIP.TEMPLATES.
+
+    Returns:
+        Tensor: the (K, D) embeddings written, on the CPU.
+    """
+    from ..vocab import Vocabulary, resolve_vocabulary
+
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output}/x.pt")
+    vocab = (
+        Vocabulary.from_string(vocabulary) if "," in vocabulary else resolve_vocabulary(vocabulary)
+    )
+    chosen = get_templates(templates or cfg.MODEL.CLIP.TEMPLATES)
+    teacher = build_clip_teacher(cfg)
+    embeddings = teacher.encode_text(vocab.names, chosen).cpu()
+    data = {
+        "names": list(vocab.names),
+        "templates": list(chosen),
+        "embeddings": embeddings,
+        "fingerprint": teacher.fingerprint,
+    }
+    atomic_write(output, lambda f: torch.save(data, f))
+    return embeddings

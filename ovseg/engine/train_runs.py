@@ -1,0 +1,122 @@
+"""``train_net.py`` runs in subprocesses that are reused while nothing about them changed.
+
+``make demo`` (``tools/run_demo.py``) trains every student this way: a finished run leaves a
+record (``demo_run.json``: its command, the sha256 of its merged config, its final metrics)
+next to its outputs, and running the same command on the same merged config again returns
+the recorded metrics instead of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from ..utils.io import atomic_write_json
+from .defaults import load_config
+
+__all__ = ["RECORD", "read_final_metrics", "run_key", "run_training"]
+
+logger = logging.getLogger("ovseg.demo")
+
+RECORD = "demo_run.json"  # the record of a finished run, in its OUTPUT_DIR
+
+
+def read_final_metrics(out_dir: Path) -> Dict[str, float]:
+    """The last evaluation written to ``metrics.json`` by detectron2's EvalHook.
+
+    Returns:
+        dict: the ``sem_seg/*`` metrics without their prefix (mIoU, mIoU-seen, hIoU, ...).
+    """
+    records = [json.loads(x) for x in (out_dir / "metrics.json").read_text().splitlines()]
+    evals = [r for r in records if "sem_seg/mIoU" in r]
+    if not evals:
+        raise RuntimeError(f"{out_dir}/metrics.json holds no evaluation; see {out_dir}/log.txt")
+    return {k.split("/", 1)[1]: v for k, v in evals[-1].items() if k.startswith("sem_seg/")}
+
+
+def run_key(command: str, config: Path, opts: Sequence[str]) -> Dict[str, str]:
+    """What identifies a finished run: its command line and the sha256 of its merged config
+    (``opts`` include OUTPUT_DIR), so an edited config file or a new default counts."""
+    merged = load_config(str(config), list(opts)).dump()
+    return {"command": command, "config_sha256": hashlib.sha256(merged.encode()).hexdigest()}
+
+
+def _finished(out_dir: Path, key: Dict[str, str]) -> Optional[Dict[str, Any]]:
+    """The metrics of the finished run in ``out_dir`` when its record matches ``key``."""
+    done = out_dir / RECORD
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    if any(record.get(k) != v for k, v in key.items()):
+        return None
+    return record["metrics"]
+
+
+def run_training(
+    config: Path,
+    out_dir: Path,
+    opts: Sequence[str],
+    *,
+    root: Path,
+    env: Dict[str, str],
+    reuse: bool = True,
+    tag: str = "",
+) -> Dict[str, Any]:
+    """``train_net.py`` in a subprocess; progress lines are echoed; returns final metrics.
+
+    A finished run with the same command and the same merged config (a config file edited
+    since counts as a change) is reused unless ``reuse`` is False; the metrics then carry
+    ``"_reused": True``.
+
+    Args:
+        config (Path): the config file, under ``root``.
+        out_dir (Path): the run's OUTPUT_DIR; stdout goes to ``stdout.txt`` there.
+        opts: KEY VALUE overrides (OUTPUT_DIR is added).
+        root (Path): the repository root holding ``train_net.py``.
+        env (dict): the subprocess's environment.
+        reuse (bool): return a matching finished run's metrics instead of training.
+        tag (str): prefix of the echoed progress lines.
+
+    Returns:
+        dict: the final ``sem_seg`` metrics, plus ``seconds`` of training.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "train_net.py",
+        "--config-file",
+        str(config.relative_to(root)),
+        *opts,
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
+    command = " ".join(shlex.quote(c) for c in cmd[1:])
+    key = run_key(command, config, [*opts, "OUTPUT_DIR", str(out_dir)])
+    finished = _finished(out_dir, key) if reuse else None
+    if finished is not None:
+        # the same run finished before (make demo after an interruption): reuse it
+        logger.info("reusing the finished run in %s", out_dir)
+        return {**finished, "_reused": True}
+    logger.info("$ %s", command)
+    start = time.time()
+    with open(out_dir / "stdout.txt", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in proc.stdout:
+            log.write(line)
+            if " iter: " in line or "copypaste:" in line:
+                print(f"    {tag}" + line.rstrip()[-110:], flush=True)
+        if proc.wait() != 0:
+            raise RuntimeError(f"training failed ({' '.join(cmd)}); see {out_dir}/stdout.txt")
+    metrics: Dict[str, Any] = read_final_metrics(out_dir)
+    metrics["seconds"] = round(time.time() - start, 1)
+    atomic_write_json(out_dir / RECORD, {**key, "metrics": metrics}, indent=None, fsync=False)
+    return metrics
