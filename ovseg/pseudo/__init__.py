@@ -1,28 +1,41 @@
-"""Teacher pseudo-labels: generation, the on-disk store, and attaching them to training data."""
+"""Teacher pseudo-labels: generation, the on-disk store, the score -> label rules, what a
+student expects of its teacher labels, attaching them to training data, and the one
+self-training schedule."""
 
-from .attach import attach_pseudo_labels, pseudo_labelled_dataset_dicts
-from .generate import (
+from .attach import attach_pseudo_labels, pseudo_labelled_dataset_dicts, store_label_map
+from .generate import generate_pseudo_labels, shard_dataset_dicts
+from .labeller import build_manifest, find_teacher, labeller_fingerprint, labeller_settings
+from .labels import (
     SCORE_KINDS,
-    generate_pseudo_labels,
+    label_table,
+    pixel_labels,
     score_kind_of,
     scores_to_labels,
-    shard_dataset_dicts,
+    store_ignore_value,
 )
-from .labeller import build_manifest, find_teacher, labeller_fingerprint, labeller_settings
+from .spec import PSEUDO_LABEL_SOURCES, PseudoLabelSpec, check_source, expected_pseudo_labels
 from .store import PseudoLabelStore, image_id_of
 
 __all__ = [
+    "PSEUDO_LABEL_SOURCES",
     "SCORE_KINDS",
+    "PseudoLabelSpec",
     "PseudoLabelStore",
     "attach_pseudo_labels",
     "build_manifest",
+    "check_source",
+    "expected_pseudo_labels",
     "find_teacher",
     "generate_pseudo_labels",
     "image_id_of",
+    "label_table",
     "labeller_fingerprint",
     "labeller_settings",
+    "pixel_labels",
     "pseudo_labelled_dataset_dicts",
     "score_kind_of",
     "scores_to_labels",
     "shard_dataset_dicts",
+    "store_ignore_value",
+    "store_label_map",
 ]

@@ -1,6 +1,7 @@
 """Point training dataset dicts at a pseudo-label store (``DATASETS.PSEUDO_LABELS``).
 
-The dataset mapper then reads each "pseudo_sem_seg_file_name" and returns "pseudo_sem_seg",
+The dataset mapper then reads each "pseudo_sem_seg_file_name", translates the store's
+labels into its training vocabulary (:func:`store_label_map`) and returns "pseudo_sem_seg",
 transformed with the same augmentations as the image and "sem_seg".
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
+
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 
+from .spec import expected_pseudo_labels
 from .store import GENERATE_HINT, PseudoLabelStore, image_id_of
 
-__all__ = ["attach_pseudo_labels", "pseudo_labelled_dataset_dicts"]
+__all__ = ["attach_pseudo_labels", "pseudo_labelled_dataset_dicts", "store_label_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,9 @@ def pseudo_labelled_dataset_dicts(cfg, dataset_name: Optional[Union[str, Sequenc
 
     Without ``DATASETS.PSEUDO_LABELS`` this is detectron2's
     ``get_detection_dataset_dicts(names, filter_empty=False)``. With it, the store is opened
-    (refused when it was made for another dataset) and every dict gets its label file.
+    and refused when it was made for another dataset or, for a student that declares what
+    it expects (:func:`~ovseg.pseudo.spec.expected_pseudo_labels`), over other classes or at
+    another threshold; then every dict gets its label file.
 
     Args:
         cfg (CfgNode): the training config.
@@ -88,5 +94,26 @@ def pseudo_labelled_dataset_dicts(cfg, dataset_name: Optional[Union[str, Sequenc
             f"{ignore_label}; make the store's vocabulary fit the dataset's label type "
             "(<= 255 classes for 255, more for 65535)"
         )
+    spec = expected_pseudo_labels(cfg)
+    if spec is not None:
+        spec.check_store(store)
     logger.info(f"Attaching pseudo-labels from {store!r} to {len(dicts)} images of {names[0]}")
     return attach_pseudo_labels(dicts, store)
+
+
+def store_label_map(cfg, names: Sequence[str], ignore_label: int) -> Optional[np.ndarray]:
+    """The table translating the configured store's labels into indices of ``names``.
+
+    Args:
+        cfg (CfgNode): ``DATASETS.PSEUDO_LABELS`` names the store ("" = none).
+        names: the training vocabulary the mapper labels samples with.
+        ignore_label (int): its ignore label (store classes outside ``names`` map to it).
+
+    Returns:
+        np.ndarray or None: ``table[store label]`` (see :meth:`PseudoLabelStore.label_map_to`);
+        None without a store.
+    """
+    root = cfg.DATASETS.PSEUDO_LABELS
+    if not root:
+        return None
+    return PseudoLabelStore.open(root).label_map_to(names, ignore_label)

@@ -5,75 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
+from .labels import score_kind_of, scores_to_labels
 from .store import PseudoLabelStore, image_id_of
 
-__all__ = [
-    "SCORE_KINDS",
-    "generate_pseudo_labels",
-    "score_kind_of",
-    "scores_to_labels",
-    "shard_dataset_dicts",
-]
+__all__ = ["generate_pseudo_labels", "shard_dataset_dicts"]
 
 logger = logging.getLogger(__name__)
-
-
-SCORE_KINDS = ("logits", "probabilities")
-
-
-def scores_to_labels(
-    scores: Tensor, threshold: float, ignore_value: int = 255, kind: str = "logits"
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-pixel class and confidence from a meta-architecture's class scores.
-
-    ``"logits"``: a softmax over the classes, on the scores as given (cosine-similarity
-    heads already multiply by CLIP's logit scale, 100), gives the class distribution; the
-    confidence is its maximum. ``"probabilities"`` (e.g. MaskCLIP, whose key-smoothed
-    scores are not renormalised): the largest score, clipped to [0, 1], is the confidence.
-    Either way the label is the argmax of the scores (the first one on ties).
-
-    Args:
-        scores (Tensor): (K, H, W) class scores.
-        threshold (float): pixels whose confidence is below this get ``ignore_value``.
-        ignore_value (int): the store's ignore label.
-        kind (str): "logits" or "probabilities".
-
-    Returns:
-        tuple: (label (H, W) int64 with ``ignore_value`` where unconfident, confidence
-        (H, W) float32 in [0, 1]).
-    """
-    if scores.dim() != 3:
-        raise ValueError(f"scores must be (K, H, W), got shape {tuple(scores.shape)}")
-    if kind not in SCORE_KINDS:
-        raise ValueError(f"score kind {kind!r} is not one of {list(SCORE_KINDS)}")
-    scores = scores.detach().float()
-    if kind == "logits":
-        confidence, label = torch.softmax(scores, dim=0).max(dim=0)
-    else:
-        confidence, label = scores.max(dim=0)
-        confidence = confidence.clamp(0.0, 1.0)
-    label = torch.where(confidence < threshold, torch.full_like(label, ignore_value), label)
-    return label.cpu().numpy(), confidence.cpu().numpy()
-
-
-def score_kind_of(model: nn.Module, kind: str = "auto") -> str:
-    """What a model's "sem_seg" scores are: its ``sem_seg_scores`` attribute for "auto".
-
-    Meta-architectures whose scores are probabilities declare ``sem_seg_scores =
-    "probabilities"``; without the attribute scores are taken as logits.
-    """
-    if kind == "auto":
-        kind = getattr(model, "sem_seg_scores", "logits")
-    if kind not in SCORE_KINDS:
-        raise ValueError(
-            f"score kind {kind!r} (of {type(model).__name__}) is not one of {list(SCORE_KINDS)}"
-        )
-    return kind
 
 
 def shard_dataset_dicts(

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.io import TMP_PREFIX, atomic_write, atomic_write_json
+from .labels import label_table, store_ignore_value
 
 __all__ = ["FORMAT_VERSION", "PseudoLabelStore", "image_id_of"]
 
@@ -152,13 +153,13 @@ class PseudoLabelStore:
         threshold = float(manifest["threshold"])
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold} is outside [0, 1]")
-        small = len(vocabulary) <= 255
+        ignore_value = store_ignore_value(len(vocabulary))
         fresh = {
             "format_version": FORMAT_VERSION,
             **_normalise(manifest),
             "threshold": threshold,
-            "label_dtype": "uint8" if small else "uint16",
-            "ignore_value": 255 if small else 65535,
+            "label_dtype": "uint8" if ignore_value == 255 else "uint16",
+            "ignore_value": ignore_value,
             "created": _now(),
             "count": 0,
         }
@@ -347,23 +348,23 @@ class PseudoLabelStore:
         return self.manifest["count"]
 
     def label_map_to(self, names: Sequence[str], ignore_label: int = 255) -> np.ndarray:
-        """A lookup table from this store's label values to indices of another vocabulary.
+        """A lookup table from this store's label values to indices of another vocabulary
+        (:func:`~ovseg.pseudo.labels.label_table`).
 
-        Names are compared stripped and case-folded; store classes missing from ``names``
-        and the store's ignore value map to ``ignore_label``.
+        Names are compared as :func:`~ovseg.vocab.normalize_name` does; store classes
+        missing from ``names`` and the store's ignore value map to ``ignore_label``.
 
         Args:
             names: the target vocabulary (e.g. a training mapper's).
             ignore_label (int): the target's ignore label.
 
         Returns:
-            np.ndarray: int64 table of ``ignore_value + 1`` entries; ``table[label]``.
+            np.ndarray: table of ``ignore_value + 1`` entries (uint8 when every entry fits,
+            else int64); ``table[label]``.
         """
-        index = {n.strip().casefold(): i for i, n in enumerate(names)}
-        table = np.full(self.ignore_value + 1, ignore_label, dtype=np.int64)
-        for i, name in enumerate(self.vocabulary):
-            table[i] = index.get(name.strip().casefold(), ignore_label)
-        return table
+        return label_table(
+            self.vocabulary, names, source_ignore=self.ignore_value, target_ignore=ignore_label
+        )
 
     def __repr__(self) -> str:
         return (

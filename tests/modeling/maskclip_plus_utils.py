@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from detectron2.data import transforms as T
 from ovseg import add_ovseg_config
 from ovseg.data.dataset_mappers import SemanticDatasetMapper
 from ovseg.data.dataset_mappers.semantic import zero_shot_label_map
+from ovseg.pseudo import PseudoLabelStore
 from ovseg.vocab import Vocabulary
 
 TINY_VIT = str(ROOT / "configs" / "clip" / "tiny_vit.json")
@@ -96,8 +97,14 @@ def write_unseen_fixture(root: Path, n: int = 3, size=(40, 52)) -> List[dict]:
     return dicts
 
 
-def train_mapper(setting: str = "transductive", augmentations: Sequence = ()):
-    """The real training mapper on ADE-150 names in a zero-shot setting, no padding."""
+def train_mapper(
+    setting: str = "transductive",
+    augmentations: Sequence = (),
+    store: Optional[PseudoLabelStore] = None,
+):
+    """The real training mapper on ADE-150 names in a zero-shot setting, no padding; with a
+    ``store``, its labels are translated into training indices as the loader's mapper does
+    (DATASETS.PSEUDO_LABELS)."""
     table, vocabulary = zero_shot_label_map(
         ADE.names, unseen=ADE.unseen, setting=setting, ignore_label=255
     )
@@ -109,6 +116,7 @@ def train_mapper(setting: str = "transductive", augmentations: Sequence = ()):
         size_divisibility=-1,
         vocabulary=vocabulary,
         label_map=table,
+        pseudo_label_map=store.label_map_to(vocabulary, 255) if store is not None else None,
     )
 
 

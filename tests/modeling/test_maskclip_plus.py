@@ -1,5 +1,6 @@
 """MaskCLIP+: targets (store vs online, self-training switch, no unseen ground truth), the
-DeepLab student, training and golden outputs, on the random-init tiny CLIP ViT."""
+loader's store check and teacher inputs, the DeepLab student, training, old checkpoints and
+golden outputs, on the random-init tiny CLIP ViT."""
 
 from __future__ import annotations
 
@@ -24,14 +25,22 @@ from maskclip_plus_utils import (
 )
 from PIL import Image
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
 from detectron2.utils.events import EventStorage
 
+from ovseg.data import build_dataset_mapper
+from ovseg.data.dataset_mappers import TeacherInputMapper
 from ovseg.modeling.heads.deeplab import DeepLabV2Head, DeepLabV3PlusHead
 from ovseg.modeling.meta_arch.maskclip_plus import MaskCLIPPlus
-from ovseg.modeling.meta_arch.maskclip_plus_targets import content_mask, record_transforms
-from ovseg.pseudo import PseudoLabelStore, attach_pseudo_labels, generate_pseudo_labels
+from ovseg.modeling.meta_arch.maskclip_plus_targets import content_mask
+from ovseg.pseudo import (
+    PseudoLabelStore,
+    attach_pseudo_labels,
+    generate_pseudo_labels,
+    pseudo_labelled_dataset_dicts,
+)
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "maskclip_plus_tiny.json"
 UNSEEN = tuple(n for n in ADE.names if n in ADE.unseen)  # the "unseen" store vocabulary
@@ -43,18 +52,35 @@ def build(tmp_path, *opts, seed: int = 0, **overrides) -> MaskCLIPPlus:
     return MaskCLIPPlus(tiny_cfg(tmp_path / "cache", *opts), **overrides)
 
 
-def make_store(root: Path, names, threshold: float = 0.0) -> PseudoLabelStore:
+def make_store(
+    root: Path, names, threshold: float = 0.0, dataset: str = "fixture"
+) -> PseudoLabelStore:
     manifest = {"fingerprint": "test", "vocabulary": list(names), "threshold": threshold}
-    return PseudoLabelStore.create(str(root), {**manifest, "dataset": "fixture"})
+    return PseudoLabelStore.create(str(root), {**manifest, "dataset": dataset})
 
 
-def constant_store(root: Path, dicts, names, name: str) -> list:
-    """A store labelling every pixel of every image with ``name``; returns attached dicts."""
+def constant_store(root: Path, dicts, names, name: str):
+    """A store labelling every pixel of every image with ``name``; returns the attached
+    dicts and the store."""
     store = make_store(root, names)
     for d in dicts:
         h, w = np.asarray(Image.open(d["file_name"])).shape[:2]
         store.write(d["image_id"], np.full((h, w), list(names).index(name)), np.ones((h, w)))
-    return attach_pseudo_labels(dicts, store)
+    return attach_pseudo_labels(dicts, store), store
+
+
+@pytest.fixture
+def registered_fixture(tmp_path):
+    """``write_unseen_fixture`` registered as a training set with ADE-150's metadata."""
+    name = "maskclip_plus_test_fixture_train"
+    dicts = write_unseen_fixture(tmp_path / "data", n=2)
+    DatasetCatalog.register(name, lambda: [dict(d) for d in dicts])
+    MetadataCatalog.get(name).set(
+        stuff_classes=list(ADE.names), unseen_classes=list(ADE.unseen), ignore_label=255
+    )
+    yield name, dicts
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
 
 
 def zero_logits(samples, k: int = len(ADE.names)) -> torch.Tensor:
@@ -106,11 +132,14 @@ def test_store_and_online_targets_are_equal(tmp_path):
         cached.labeller, dicts, eval_mapper(UNSEEN), store, threshold=0.45, progress=False
     )
     online = build(
-        tmp_path, *opts, pseudo_label_source="online", online_mapper=eval_mapper(ADE.names),
+        tmp_path, *opts, pseudo_label_source="online",
         teacher=cached.teacher, labeller=cached.labeller,
     )  # fmt: skip
 
-    mapper = record_transforms(train_mapper("transductive", crop_flip_augmentations()))
+    # the loader's mapper: store labels in training indices, and the original image as the
+    # store's generator maps it (read by the online source only)
+    augmented = train_mapper("transductive", crop_flip_augmentations(), store=store)
+    mapper = TeacherInputMapper(augmented, eval_mapper(ADE.names))
     samples = [mapper(d) for d in attach_pseudo_labels(dicts, store)]
     t_store = cached.training_targets(samples, zero_logits(samples), iteration=0)
     t_online = online.training_targets(samples, zero_logits(samples), iteration=0)
@@ -130,9 +159,9 @@ def test_store_and_online_targets_are_equal(tmp_path):
 
 def test_self_training_starts_at_the_configured_iteration(tmp_path):
     dicts = write_unseen_fixture(tmp_path / "data", n=1)
-    model = build(tmp_path, "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START", "3")
-    dicts = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
-    sample = train_mapper()(dicts[0])
+    model = build(tmp_path, "MODEL.OVSEG.SELF_TRAINING.START_ITER", "3")
+    dicts, store = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
+    sample = train_mapper(store=store)(dicts[0])
     free = sample["sem_seg"] == 255
     logits = zero_logits([sample])
     logits[:, TABLE] = 5.0  # the student says "table" everywhere, confidently
@@ -145,7 +174,7 @@ def test_self_training_starts_at_the_configured_iteration(tmp_path):
     assert torch.equal(student[~free], sample["sem_seg"][~free])
 
     # the student's confidence threshold: softmax over the 15 unseen classes of a tie is 1/15
-    model.self_train_threshold = 0.5
+    model.self_training_threshold = 0.5
     logits[:, TABLE] = 0.0
     assert (model.training_targets([sample], logits, iteration=3)[0][free] == 255).all()
 
@@ -163,9 +192,9 @@ def test_unseen_ground_truth_never_reaches_targets(tmp_path):
     dicts = write_unseen_fixture(tmp_path / "data", n=2)
     truth = [np.asarray(Image.open(d["sem_seg_file_name"])).astype(np.int64) for d in dicts]
     # the teacher says "table" everywhere; the label files say grass or table on unseen pixels
-    attached = constant_store(tmp_path / "s1", dicts, UNSEEN, ADE.names[TABLE])
+    attached, store = constant_store(tmp_path / "s1", dicts, UNSEEN, ADE.names[TABLE])
     model = build(tmp_path)
-    samples = [train_mapper()(d) for d in attached]
+    samples = [train_mapper(store=store)(d) for d in attached]
     targets = model.training_targets(samples, zero_logits(samples), iteration=0)
     for gt, tgt in zip(truth, targets.numpy()):
         unseen = (gt == GRASS) | (gt == TABLE)
@@ -174,9 +203,9 @@ def test_unseen_ground_truth_never_reaches_targets(tmp_path):
         assert np.array_equal(tgt[seen], gt[seen]) and (tgt[gt == 255] == TABLE).all()
 
     # annotation-free: every pixel comes from the teacher, seen ground truth included
-    attached = constant_store(tmp_path / "s2", dicts, ADE.names, ADE.names[BED])
+    attached, store = constant_store(tmp_path / "s2", dicts, ADE.names, ADE.names[BED])
     free_model = build(tmp_path, "MODEL.MASKCLIP_PLUS.ANNOTATION_FREE", "True", unseen=())
-    samples = [train_mapper("none")(d) for d in attached]
+    samples = [train_mapper("none", store=store)(d) for d in attached]
     targets = free_model.training_targets(samples, zero_logits(samples), iteration=0)
     assert (targets == BED).all()
 
@@ -185,21 +214,53 @@ def test_unseen_ground_truth_never_reaches_targets(tmp_path):
         model.training_targets(samples, zero_logits(samples), iteration=0)
 
 
-def test_store_of_other_classes_is_refused(tmp_path):
-    dicts = write_unseen_fixture(tmp_path / "data", n=1)
-    attached = constant_store(tmp_path / "store", dicts, ADE.names, ADE.names[BED])
-    model = build(tmp_path, pseudo_label_store=str(tmp_path / "store"))
-    sample = train_mapper()(attached[0])
+def _fixture_cfg(tmp_path, dataset: str, *opts):
+    return tiny_cfg(
+        tmp_path / "cache", "DATASETS.TRAIN", f"('{dataset}',)",
+        "MODEL.OVSEG.ZERO_SHOT_SETTING", "transductive", *opts,
+    )  # fmt: skip
+
+
+def test_store_of_other_classes_is_refused(tmp_path, registered_fixture):
+    """The loader checks the store against the config before training starts."""
+    name, dicts = registered_fixture
+    store = make_store(tmp_path / "store", ADE.names, dataset=name)
+    cfg = _fixture_cfg(tmp_path, name, "DATASETS.PSEUDO_LABELS", str(store.root))
     with pytest.raises(ValueError, match="does not fit this MaskCLIP"):
-        model.training_targets([sample], zero_logits([sample]), iteration=0)
+        pseudo_labelled_dataset_dicts(cfg)
+
+
+def test_loader_mapper_gives_training_indices_and_teacher_inputs(tmp_path, registered_fixture):
+    """The configured training mapper translates store labels into training indices and,
+    for the online source only, adds the original image as the generator maps it."""
+    name, dicts = registered_fixture
+    store = make_store(tmp_path / "store", UNSEEN, dataset=name)
+    for d in dicts:
+        h, w = np.asarray(Image.open(d["file_name"])).shape[:2]
+        store.write(d["image_id"], np.full((h, w), UNSEEN.index(ADE.names[TABLE])), np.ones((h, w)))
+    opts = ("DATASETS.PSEUDO_LABELS", str(store.root), "INPUT.CROP.ENABLED", "False",
+            "INPUT.MIN_SIZE_TRAIN", "(40,)", "INPUT.MIN_SIZE_TEST", "40")  # fmt: skip
+    cfg = _fixture_cfg(tmp_path, name, *opts)
+    attached = pseudo_labelled_dataset_dicts(cfg)
+    sample = build_dataset_mapper(cfg, True)(attached[0])
+    assert "teacher_input" not in sample and (sample["pseudo_sem_seg"] == TABLE).all()
+
+    cfg = _fixture_cfg(tmp_path, name, *opts, "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "online")
+    mapper = build_dataset_mapper(cfg, True)
+    assert isinstance(mapper, TeacherInputMapper)
+    sample = mapper(attached[0])
+    original = build_dataset_mapper(cfg, False, name)(dicts[0])
+    assert torch.equal(sample["teacher_input"]["image"], original["image"])
+    assert (sample["teacher_input"]["height"], sample["teacher_input"]["width"]) == (40, 52)
+    assert "teacher_input" not in build_dataset_mapper(cfg, False, name)(dicts[0])
 
 
 # ---------------------------------------------------------------------- training
 def test_loss_decreases_and_only_the_student_learns(tmp_path):
     dicts = write_unseen_fixture(tmp_path / "data", n=2)
-    attached = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
+    attached, store = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
     model = build(tmp_path, "MODEL.MASKCLIP_PLUS.DISTILL_WEIGHT", "0.5").train()
-    samples = [train_mapper()(d) for d in attached]
+    samples = [train_mapper(store=store)(d) for d in attached]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
     assert not any(p.requires_grad for p in model.teacher.parameters())
     losses = []
@@ -217,11 +278,24 @@ def test_loss_decreases_and_only_the_student_learns(tmp_path):
     assert not any(k.startswith(("teacher.", "labeller.")) for k in state)
 
 
+def test_checkpoints_from_before_the_text_classifier_load(tmp_path):
+    """The learnable background moved from ``bg_embed`` into ``classifier.bg_embed``."""
+    opts = ("MODEL.OVSEG.BG_EMBED", "True", "MODEL.OVSEG.BACKGROUND_CLASS", "sky")
+    state = build(tmp_path, *opts).state_dict()
+    assert "classifier.bg_embed.embedding" in state and "bg_embed.embedding" not in state
+    old = dict(state)
+    old["bg_embed.embedding"] = torch.full_like(old.pop("classifier.bg_embed.embedding"), 0.25)
+    model = build(tmp_path, *opts, seed=1)
+    model.load_state_dict(old)  # strict: nothing missing, nothing unexpected
+    assert (model.classifier.bg_embed.embedding == 0.25).all()
+    assert torch.equal(model.state_dict()["head.predictor.weight"], state["head.predictor.weight"])
+
+
 # ---------------------------------------------------------------------- golden
 def _golden_outputs(tmp_path) -> dict:
     model = build(
-        tmp_path, "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START", "1",
-        "MODEL.MASKCLIP_PLUS.BG_EMBED", "True", "MODEL.MASKCLIP_PLUS.BACKGROUND_CLASS", "sky",
+        tmp_path, "MODEL.OVSEG.SELF_TRAINING.START_ITER", "1",
+        "MODEL.OVSEG.BG_EMBED", "True", "MODEL.OVSEG.BACKGROUND_CLASS", "sky",
         pseudo_label_source="online_augmented",
     )  # fmt: skip
     g = torch.Generator().manual_seed(5)

@@ -93,7 +93,7 @@ def test_config_builds_and_trains_one_step(path, ade_fixture, tmp_path_factory):
     if path.parent.name == "maskclip_plus":
         kind = "annofree" if mc.ANNOTATION_FREE else "transductive"
         schedule = SCHEDULES[(path.parent.parent.name, kind)]
-        assert (mc.SELF_TRAIN_START, cfg.SOLVER.MAX_ITER) == schedule
+        assert (cfg.MODEL.OVSEG.SELF_TRAINING.START_ITER, cfg.SOLVER.MAX_ITER) == schedule
         assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.OPTIMIZER == "SGD"
         assert cfg.MODEL.RESNETS.DEPTH == 101 and cfg.MODEL.CLIP.PRETRAINED == "openai"
         assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == (
@@ -145,7 +145,7 @@ def run(script, args, datasets):
 @pytest.mark.slow
 def test_generate_store_then_train_net(ade_fixture, tmp_path):
     """The store made by tools/generate_pseudo_labels.py trains the student through
-    train_net.py, which switches to self-training at SELF_TRAIN_START and evaluates."""
+    train_net.py, which switches to self-training at SELF_TRAINING.START_ITER and evaluates."""
     config = "configs/coco_stuff/maskclip_plus/" + COCO
     unseen = tmp_path / "unseen.json"  # ADE names hold commas: a JSON list, not a comma list
     cfg = load_config(config, SMALL)
@@ -156,7 +156,7 @@ def test_generate_store_then_train_net(ade_fixture, tmp_path):
         "MODEL.RESNETS.DEPTH", "50",
         "MODEL.RESNETS.NORM", "BN",
         "MODEL.SEM_SEG_HEAD.NORM", "BN",
-        "MODEL.MASKCLIP_PLUS.SELF_TRAIN_START", "2",
+        "MODEL.OVSEG.SELF_TRAINING.START_ITER", "2",
         "DATASETS.PSEUDO_LABELS", str(tmp_path / "store"),
     ]  # fmt: skip
     # the tool in this process (one interpreter start less), as its __main__ runs it
@@ -172,8 +172,9 @@ def test_generate_store_then_train_net(ade_fixture, tmp_path):
         args + ["SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", str(out)],
         ade_fixture,
     )
-    assert "iteration 0: free pixels labelled by the teacher (store)" in log
-    assert "iteration 2: free pixels labelled by the student itself" in log
+    assert "free pixels labelled by the teacher (store), from iteration 2 by the student" in log
+    assert "iteration 0: training on the first-stage targets" in log
+    assert "iteration 2: training on the student's own predictions" in log
     assert "copypaste: mIoU" in log
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     assert not any(k.startswith(("teacher.", "labeller.")) for k in state)

@@ -2,13 +2,16 @@
 
 from .build import MAPPER_REGISTRY, build_dataset_mapper
 from .color_aug import ColorAugSSD, PhotometricDistortTransform
-from .semantic import SemanticDatasetMapper, zero_shot_label_map
+from .semantic import SemanticDatasetMapper, transform_label, zero_shot_label_map
+from .teacher_input import TeacherInputMapper
 
 __all__ = [
     "MAPPER_REGISTRY",
     "ColorAugSSD",
     "PhotometricDistortTransform",
     "SemanticDatasetMapper",
+    "TeacherInputMapper",
     "build_dataset_mapper",
+    "transform_label",
     "zero_shot_label_map",
 ]

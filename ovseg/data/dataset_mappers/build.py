@@ -6,6 +6,9 @@ from typing import Any, Callable, Optional
 
 from detectron2.utils.registry import Registry
 
+from ...pseudo import expected_pseudo_labels
+from .teacher_input import TeacherInputMapper
+
 __all__ = ["MAPPER_REGISTRY", "build_dataset_mapper"]
 
 
@@ -41,6 +44,11 @@ def build_dataset_mapper(
 ) -> Callable[[dict], dict]:
     """Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``.
 
+    A training mapper of a student whose teacher labels the original images in the loop
+    (pseudo-label source "online", :func:`ovseg.pseudo.expected_pseudo_labels`) is wrapped
+    in :class:`~ovseg.data.dataset_mappers.teacher_input.TeacherInputMapper`: its samples
+    also carry the test-mode mapping of their original image, as a store's generator makes it.
+
     Args:
         cfg (CfgNode): the full config.
         is_train (bool): training (augmentations, zero-shot remap) or test mapping.
@@ -58,4 +66,9 @@ def build_dataset_mapper(
             f"mappers are {registered}"
         )
     mapper_cls: Any = MAPPER_REGISTRY.get(name)
-    return mapper_cls(cfg, is_train=is_train, dataset_name=dataset_name)
+    mapper = mapper_cls(cfg, is_train=is_train, dataset_name=dataset_name)
+    spec = expected_pseudo_labels(cfg) if is_train else None
+    if spec is not None and spec.source == "online":
+        train_name = dataset_name or cfg.DATASETS.TRAIN[0]
+        mapper = TeacherInputMapper(mapper, build_dataset_mapper(cfg, False, train_name))
+    return mapper

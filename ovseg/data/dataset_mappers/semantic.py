@@ -18,6 +18,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ...pseudo import store_label_map
 from ...vocab import (
     ZERO_SHOT_SETTINGS,
     Vocabulary,
@@ -28,7 +29,13 @@ from ...vocab import (
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
 
-__all__ = ["ZERO_SHOT_SETTINGS", "SemanticDatasetMapper", "zero_shot_label_map"]
+__all__ = [
+    "ZERO_SHOT_SETTINGS",
+    "SemanticDatasetMapper",
+    "label_for_transforms",
+    "transform_label",
+    "zero_shot_label_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +105,27 @@ def zero_shot_label_map(
     return table, vocabulary
 
 
+def label_for_transforms(label: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """A label map in the dtype detectron2's transforms keep exact: uint8 as is (PIL
+    resizes it), any other as float64 (torch resizes it, and has no integer nearest kernel;
+    exact for ids < 2**53)."""
+    if label is None or label.dtype == np.uint8:
+        return label
+    return label.astype(np.float64)
+
+
+def transform_label(label: np.ndarray, transforms: T.TransformList) -> torch.Tensor:
+    """A label map of an original image moved onto a training sample, as the mapper moves
+    a sample's labels: (H, W) integer array -> (h, w) long tensor (before padding).
+
+    Args:
+        label (np.ndarray): (H, W) labels of the original image (uint8 or wider ints).
+        transforms (TransformList): the sample's "transforms".
+    """
+    moved = transforms.apply_segmentation(label_for_transforms(label))
+    return torch.as_tensor(np.ascontiguousarray(moved).astype(np.int64))
+
+
 @MAPPER_REGISTRY.register(name="ovseg_semantic")
 class SemanticDatasetMapper:
     """Map a semantic-segmentation dataset dict to a model input.
@@ -107,8 +135,9 @@ class SemanticDatasetMapper:
     attaches the vocabulary the label ids refer to. The output holds "image" (uint8 Tensor
     (3, H, W) in the image format), "sem_seg" (long Tensor (H, W), ignore = ignore_label;
     absent in test when the dataset has no labels), "pseudo_sem_seg" (same, when the dict
-    has "pseudo_sem_seg_file_name"), "height"/"width" (original size), "file_name" and
-    "vocabulary" (list[str]).
+    has "pseudo_sem_seg_file_name"; indices of "vocabulary" when the mapper has a
+    ``pseudo_label_map``), "height"/"width" (original size), "file_name", "vocabulary"
+    (list[str]) and, in training, "transforms" (the TransformList applied to the sample).
     """
 
     @configurable
@@ -122,6 +151,7 @@ class SemanticDatasetMapper:
         size_divisibility: int,
         vocabulary: Sequence[str],
         label_map: Optional[np.ndarray] = None,
+        pseudo_label_map: Optional[np.ndarray] = None,
     ):
         """
         Args:
@@ -134,6 +164,9 @@ class SemanticDatasetMapper:
             vocabulary: the class names the output label ids refer to.
             label_map (np.ndarray, optional): training only: table mapping a dataset label
                 to the training label (see :func:`zero_shot_label_map`).
+            pseudo_label_map (np.ndarray, optional): training only: table mapping a
+                pseudo-label store's label to the training label
+                (:func:`ovseg.pseudo.store_label_map`); None = pseudo-labels kept as read.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -142,6 +175,7 @@ class SemanticDatasetMapper:
         self.size_divisibility = size_divisibility
         self.vocabulary = tuple(vocabulary)
         self.label_map = label_map
+        self.pseudo_label_map = pseudo_label_map
         mode = "training" if is_train else "inference"
         logger.info(
             f"[{type(self).__name__}] {mode}: augmentations {augmentations}; "
@@ -201,9 +235,11 @@ class SemanticDatasetMapper:
                 target_names=target,
                 dataset_name=dataset_name,
             )
+            # a store's labels index its own vocabulary: the model gets training indices
+            pseudo_label_map = store_label_map(cfg, vocabulary, ignore_label)
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
-            label_map = None
+            label_map = pseudo_label_map = None
             vocabulary = resolve_vocabulary(cfg.MODEL.OVSEG.TEST_VOCABULARY, meta).names
             class_names = meta.get("stuff_classes", None)
             if class_names and tuple(n.strip() for n in class_names) != vocabulary:
@@ -219,6 +255,7 @@ class SemanticDatasetMapper:
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "vocabulary": vocabulary,
             "label_map": label_map,
+            "pseudo_label_map": pseudo_label_map,
         }
 
     def _read_label(self, path: Optional[str], image: np.ndarray, key: str):
@@ -240,21 +277,14 @@ class SemanticDatasetMapper:
             )
         return label
 
-    def _remap(self, label: np.ndarray, path: str) -> np.ndarray:
-        if label.dtype != np.uint8 and (label.min() < 0 or label.max() >= len(self.label_map)):
+    @staticmethod
+    def _remap(label: np.ndarray, table: np.ndarray, path: str) -> np.ndarray:
+        if label.dtype != np.uint8 and (label.min() < 0 or label.max() >= len(table)):
             raise ValueError(
                 f"Label file {path!r} has values in [{label.min()}, {label.max()}], outside "
-                f"the {len(self.label_map)} entries of the label map"
+                f"the {len(table)} entries of the label map"
             )
-        return self.label_map[label]
-
-    @staticmethod
-    def _for_transforms(label: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        # detectron2 resizes uint8 labels with PIL and others with torch, which has no
-        # integer nearest-neighbour kernel, hence float64 (exact for ids < 2**53).
-        if label is None or label.dtype == np.uint8:
-            return label
-        return label.astype(np.float64)
+        return table[label]
 
     def _pad(self, tensor: torch.Tensor, value: int) -> torch.Tensor:
         h, w = tensor.shape[-2:]
@@ -289,8 +319,10 @@ class SemanticDatasetMapper:
             )
         if sem_seg is not None and self.is_train and self.label_map is not None:
             # before the augmentations, so the crop's category-area rule sees the targets
-            sem_seg = self._remap(sem_seg, sem_seg_file)
-        sem_seg, pseudo = self._for_transforms(sem_seg), self._for_transforms(pseudo)
+            sem_seg = self._remap(sem_seg, self.label_map, sem_seg_file)
+        if pseudo is not None and self.is_train and self.pseudo_label_map is not None:
+            pseudo = self._remap(pseudo, self.pseudo_label_map, pseudo_file)
+        sem_seg, pseudo = label_for_transforms(sem_seg), label_for_transforms(pseudo)
 
         aug_input = T.AugInput(image, sem_seg=sem_seg if sem_seg is not None else pseudo)
         transforms = self.augmentations(aug_input)
@@ -316,7 +348,7 @@ class SemanticDatasetMapper:
         dataset_dict.update(labels)
         dataset_dict["vocabulary"] = list(self.vocabulary)
         if self.is_train:
-            # the TransformList applied to this sample: MaskCLIP+'s "online" source labels the
-            # original image and moves the labels onto the crop with it (picklable)
+            # the TransformList applied to this sample (picklable): labels of the original
+            # image (a teacher's, "online") move onto the sample with it (transform_label)
             dataset_dict["transforms"] = transforms
         return dataset_dict
