@@ -25,7 +25,7 @@ CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 REFERENCE_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)")
 WORD = re.compile(r"[\w./*+{},<>$~-]+")
-MAKE = re.compile(r"(?:^|[;&|(]\s*|\$\s+)make((?:\s+[^\s;&|#]+)*)")
+MAKE = re.compile(r"(?:^|[;&|(]\s*|\$\s+)make((?:\s+[^\s;&|#()]+)*)")
 PYTHON_MODULE = re.compile(r"python[\d.]*\s+-m\s+([\w.]+)")
 PLACEHOLDER_PART = re.compile(r"^[A-Z][A-Z0-9_]*$")  # CONFIG, OUT_DIR, HOST
 GLOB_CHARS = set("*?[")
@@ -189,7 +189,7 @@ def test_checker_reports_what_is_missing_and_skips_the_rest():
             "python train_net.py --config-file configs/<dataset>/lseg/x.yaml MODEL.WEIGHTS \\",
             "    path/to/model_final.pth OUTPUT_DIR output/run $DETECTRON2_DATASETS/coco",
             "python tools/no_such_tool.py --config-file CONFIG",
-            "make demo QUICK=1 && make no-such-target",
+            "make demo QUICK=1 && make no-such-target  # (as make demo) does",
             "python -m ovseg.data.datasets.toy_world; python -m ovseg.nothing_here",
             "ls configs/{voc,toy}/ datasets/prepare_*.py configs/{voc,nowhere}/",
             "```",
