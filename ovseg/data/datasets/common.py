@@ -132,6 +132,22 @@ def load_sem_seg_split(
     return dicts
 
 
+def register_split(name: str, loader, **metadata) -> None:
+    """Register (or register again) a split: its loader and its metadata.
+
+    Args:
+        name (str): the split's name in DatasetCatalog/MetadataCatalog.
+        loader: ``() -> list[dict]``, the dataset dicts.
+        metadata: the MetadataCatalog fields.
+    """
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
 def register_sem_seg_split(
     name: str,
     *,
@@ -169,11 +185,7 @@ def register_sem_seg_split(
             f"{len(classes)}-class vocabulary {vocabulary_name!r}"
         )
     unseen = set(vocab.unseen)
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    if name in MetadataCatalog.list():
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(
+    register_split(
         name,
         functools.partial(
             load_sem_seg_split,
@@ -185,8 +197,6 @@ def register_sem_seg_split(
             index_by=index_by,
             prepare_script=prepare_script,
         ),
-    )
-    MetadataCatalog.get(name).set(
         stuff_classes=list(classes),
         stuff_colors=deterministic_colors(len(classes)),
         ignore_label=ignore_label,

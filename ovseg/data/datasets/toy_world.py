@@ -34,9 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
-from .common import datasets_root, deterministic_colors
+from .common import datasets_root, deterministic_colors, register_split
 
 __all__ = [
     "CLASSES", "COLORS", "SHAPES", "SPLITS", "TEXTURES", "ToyObject", "ToyScene",
@@ -391,15 +389,9 @@ def register_toy_world(root: str, prefix: str = "toy_world", unseen: Sequence[st
     folder = os.path.join(root, "toy_world")
     for split, split_dir in _DIRS.items():
         name = f"{prefix}_sem_seg_{split}"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(
+        register_split(
             name,
             lambda n=name, d=split_dir: _load_split(dataset_name=n, folder=folder, split_dir=d),
-        )
-        MetadataCatalog.get(name).set(
             stuff_classes=list(CLASSES),
             stuff_colors=[[0, 0, 0]] + deterministic_colors(len(SHAPES)),
             ignore_label=255,
