@@ -89,6 +89,35 @@ def _tower_times(teacher, x: torch.Tensor, timing: Dict[str, Any]) -> Dict[str, 
     )
 
 
+def _ratios(t: Dict[str, float]) -> Dict[str, float]:
+    """The tower timings in seconds and their ratios, under their result names."""
+    return {
+        "dense_s": t["dense"],
+        "dense_keys_s": t["dense_keys"],
+        "plain_forward_same_tokens_s": t["plain"],
+        "encode_image_s": t["encode"],
+        "ratio_dense_vs_plain_same_tokens": t["dense"] / t["plain"],
+        "ratio_dense_keys_vs_plain_same_tokens": t["dense_keys"] / t["plain"],
+        "ratio_dense_vs_encode_image": t["dense"] / t["encode"],
+    }
+
+
+def _maskclip(teacher, names, templates: str) -> nn.Module:
+    """MaskCLIP with prompt denoising and key smoothing over ``names``, text computed."""
+    from ..clip import get_templates
+    from ..modeling.meta_arch.maskclip import MaskCLIP
+
+    model = MaskCLIP(
+        teacher=teacher,
+        templates=get_templates(templates),
+        vocabulary=names,
+        prompt_denoise=True,
+        key_smoothing=True,
+    ).eval()
+    model.text_embeddings(names)  # computed once per vocabulary, not part of labelling
+    return model
+
+
 def benchmark_teacher(
     *,
     model: str = "configs/clip/tiny_vit.json",
@@ -105,15 +134,13 @@ def benchmark_teacher(
     templates: str = "single",
     store: bool = False,
 ) -> Dict[str, Any]:
-    """Time the CLIP teacher on one random batch.
+    """Time the CLIP teacher on one random batch (medians after warm-up calls).
 
     Times dense_embeddings (MaskCLIP's last-block rule) with and without keys; the vision
-    tower's own forward on the same padded input and so the same tokens (positional
-    embeddings interpolated as dense_embeddings does; full attention in every block, pooled
-    output); encode_image (input resized to the model size); MaskCLIP labelling (prompt
-    denoising + key smoothing forward at the input size, argmax per image); and with
-    ``store`` the ``ovseg.pseudo`` generation loop writing a store. Medians over ``iters``
-    calls after ``warmup``, under ``torch.inference_mode``.
+    tower's own forward on the same padded input, so the same tokens (positional embeddings
+    interpolated as dense_embeddings does; full attention in every block, pooled output);
+    encode_image (input resized to the model size); MaskCLIP labelling (prompt denoising and
+    key smoothing at the input size, argmax per image); with ``store`` pseudo-labelling.
 
     Args:
         model (str): open_clip model name or JSON model config.
@@ -133,8 +160,6 @@ def benchmark_teacher(
     Returns:
         dict: the timings (seconds), their ratios and the labelling rates (images/s).
     """
-    from ..clip import get_templates
-    from ..modeling.meta_arch.maskclip import MaskCLIP
     from ..vocab import resolve_vocabulary
     from .pseudo import store_rate_on_images
 
@@ -143,19 +168,10 @@ def benchmark_teacher(
     h, w = size
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, h, w), generator=g, dtype=torch.uint8)
-    x = images.to(dev).float()
     timing = dict(device=dev, iters=iters, warmup=warmup, clock=clock)
-    t = _tower_times(teacher, x, timing)
-
+    t = _tower_times(teacher, images.to(dev).float(), timing)
     names = resolve_vocabulary(vocabulary).names
-    maskclip = MaskCLIP(
-        teacher=teacher,
-        templates=get_templates(templates),
-        vocabulary=names,
-        prompt_denoise=True,
-        key_smoothing=True,
-    ).eval()
-    maskclip.text_embeddings(names)  # computed once per vocabulary, not part of labelling
+    maskclip = _maskclip(teacher, names, templates)
     inputs = [{"image": im, "height": h, "width": w} for im in images]
 
     def label():
@@ -174,13 +190,7 @@ def benchmark_teacher(
         "size": [h, w],
         "model_image_size": list(teacher.image_size),
         "grid": [-(-h // stride), -(-w // stride)],
-        "dense_s": t["dense"],
-        "dense_keys_s": t["dense_keys"],
-        "plain_forward_same_tokens_s": t["plain"],
-        "encode_image_s": t["encode"],
-        "ratio_dense_vs_plain_same_tokens": t["dense"] / t["plain"],
-        "ratio_dense_keys_vs_plain_same_tokens": t["dense_keys"] / t["plain"],
-        "ratio_dense_vs_encode_image": t["dense"] / t["encode"],
+        **_ratios(t),
         "maskclip_label_images_per_s": batch / t_label,
         "vocabulary_size": len(names),
     }
