@@ -6,7 +6,7 @@ import logging
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .labels import score_kind_of, scores_to_labels
@@ -15,6 +15,8 @@ from .store import PseudoLabelStore, image_id_of
 __all__ = ["generate_pseudo_labels", "shard_dataset_dicts"]
 
 logger = logging.getLogger(__name__)
+
+_PROGRESS_BAR = {"desc": "pseudo-labels", "unit": "img", "dynamic_ncols": True}
 
 
 def shard_dataset_dicts(
@@ -55,6 +57,32 @@ def _check_vocabulary(image_id: str, inputs: Mapping[str, Any], store: PseudoLab
             f"but the store's vocabulary is {len(store.vocabulary)} classes "
             f"{list(store.vocabulary)[:6]}...; build the store from the mapper's vocabulary"
         )
+
+
+def _scores(model: nn.Module, inputs: dict, store: PseudoLabelStore, image_id: str) -> Tensor:
+    """The model's (K, H, W) scores of one mapped image, checked against the store."""
+    _check_vocabulary(image_id, inputs, store)
+    with torch.no_grad():
+        scores = model([inputs])[0]["sem_seg"]
+    expected = (len(store.vocabulary), inputs["height"], inputs["width"])
+    if tuple(scores.shape) != expected:
+        raise ValueError(
+            f"{image_id}: the model returned sem_seg of shape {tuple(scores.shape)}; "
+            f"expected (K, height, width) = {expected} (store vocabulary, original size)"
+        )
+    return scores
+
+
+def _warn_if_probabilities(image_id: str, scores: Tensor) -> bool:
+    """Warn, and return True, when scores taken as logits all lie in [0, 1]."""
+    if not (0 <= scores.min() and scores.max() <= 1):
+        return False
+    logger.warning(
+        f"{image_id}: every score lies in [0, 1], as probabilities do, but they are treated "
+        "as logits (softmax again); if the model returns probabilities give it "
+        "sem_seg_scores = 'probabilities' or pass --scores probabilities"
+    )
+    return True
 
 
 def generate_pseudo_labels(
@@ -111,40 +139,18 @@ def generate_pseudo_labels(
     warned = False
     was_training = model.training
     model.eval()
-    bar = tqdm(
-        total=len(shard),
-        disable=not progress or rank != 0,
-        desc="pseudo-labels",
-        unit="img",
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=len(shard), disable=not progress or rank != 0, **_PROGRESS_BAR)
     try:
         for image_id, dataset_dict in shard:
             if store.has(image_id):
                 stats["skipped"] += 1
-                bar.update(1)
-                bar.set_postfix(skipped=stats["skipped"], refresh=False)
-                continue
-            inputs = mapper(dict(dataset_dict))
-            _check_vocabulary(image_id, inputs, store)
-            with torch.no_grad():
-                scores = model([inputs])[0]["sem_seg"]
-            expected = (len(store.vocabulary), inputs["height"], inputs["width"])
-            if tuple(scores.shape) != expected:
-                raise ValueError(
-                    f"{image_id}: the model returned sem_seg of shape {tuple(scores.shape)}; "
-                    f"expected (K, height, width) = {expected} (store vocabulary, original size)"
-                )
-            if kind == "logits" and not warned and 0 <= scores.min() and scores.max() <= 1:
-                warned = True
-                logger.warning(
-                    f"{image_id}: every score lies in [0, 1], as probabilities do, but they are "
-                    "treated as logits (softmax again); if the model returns probabilities "
-                    "give it sem_seg_scores = 'probabilities' or pass --scores probabilities"
-                )
-            label, confidence = scores_to_labels(scores, threshold, store.ignore_value, kind)
-            store.write(image_id, label, confidence)
-            stats["written"] += 1
+            else:
+                scores = _scores(model, mapper(dict(dataset_dict)), store, image_id)
+                if kind == "logits" and not warned:
+                    warned = _warn_if_probabilities(image_id, scores)
+                label, confidence = scores_to_labels(scores, threshold, store.ignore_value, kind)
+                store.write(image_id, label, confidence)
+                stats["written"] += 1
             bar.update(1)
             bar.set_postfix(skipped=stats["skipped"], refresh=False)
     finally:

@@ -13,9 +13,12 @@ from ovseg.data.dataset_mappers import (
     MAPPER_REGISTRY,
     PhotometricDistortTransform,
     SemanticDatasetMapper,
+    TeacherInputMapper,
     build_dataset_mapper,
+    transform_label,
     zero_shot_label_map,
 )
+from ovseg.pseudo import PseudoLabelStore, pseudo_labelled_dataset_dicts
 
 CLASSES = ["a", "b", "c", "d"]
 UNSEEN = ["c"]
@@ -143,6 +146,7 @@ def test_training_samples_record_their_transforms(toy_dataset):
         out = mapper(dicts[0])
         replayed = out["transforms"].apply_segmentation(dicts[0]["_label"])
         assert np.array_equal(out["sem_seg"].numpy(), replayed)
+        assert torch.equal(transform_label(dicts[0]["_label"], out["transforms"]), out["sem_seg"])
     test_mapper = build_dataset_mapper(_cfg(name), is_train=False, dataset_name=name)
     assert "transforms" not in test_mapper(dicts[0])
 
@@ -184,6 +188,39 @@ def test_unseen_never_a_training_target(toy_dataset, setting):
         assert set(np.unique(sem_seg)) <= {0, 1, 2, 3, 255}
         unseen_pixels += int((raw == 2).sum())
     assert unseen_pixels > 0  # the crops did contain unseen pixels
+
+
+def test_store_labels_are_translated_into_training_indices(toy_dataset, tmp_path):
+    # a store over its own names (not the dataset's order; "c" is unseen, "zebra" unknown)
+    name, dicts = toy_dataset
+    names = ["d", "c", "a", "zebra"]
+    manifest = {"fingerprint": "f", "vocabulary": names, "threshold": 0.0, "dataset": name}
+    store = PseudoLabelStore.create(str(tmp_path / "store"), manifest)
+    raw = {d["image_id"]: np.kron(BASE % 4, np.ones((8, 8), np.int64)) for d in dicts}
+    for d in dicts:
+        raw[d["image_id"]][:8, :8] = 255
+        store.write(str(d["image_id"]), raw[d["image_id"]], np.ones((32, 48)))
+    cfg = _cfg(name, "inductive", **{"DATASETS.PSEUDO_LABELS": store.root})
+    mapper = build_dataset_mapper(cfg, is_train=True)
+    for d in pseudo_labelled_dataset_dicts(cfg):
+        out = mapper(d)
+        assert out["vocabulary"] == ["a", "b", "d"]
+        # store value -> training index: d -> 2, c (unseen) -> ignore, a -> 0, zebra -> ignore
+        expected = np.array([2, 255, 0, 255] + [255] * 252)[raw[d["image_id"]]]
+        assert _matches_maybe_flipped(out["pseudo_sem_seg"], expected)
+    # a mapper built by hand keeps the store's values (no table)
+    assert build_dataset_mapper(_cfg(name, "inductive"), is_train=True).pseudo_label_map is None
+
+
+def test_teacher_input_mapper_needs_the_samples_transforms(toy_dataset):
+    name, dicts = toy_dataset
+    test_mapper = build_dataset_mapper(_cfg(name), is_train=False, dataset_name=name)
+    train_mapper = build_dataset_mapper(_cfg(name), is_train=True)
+    out = TeacherInputMapper(train_mapper, test_mapper)(dicts[0])
+    assert set(out["teacher_input"]) == {"file_name", "image", "height", "width"}
+    assert torch.equal(out["teacher_input"]["image"], test_mapper(dicts[0])["image"])
+    with pytest.raises(ValueError, match="no 'transforms'"):
+        TeacherInputMapper(test_mapper, test_mapper)(dicts[0])
 
 
 def test_padding_to_size_divisibility(toy_dataset):

@@ -93,60 +93,47 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         pseudo_label_classes: str = "unseen",
         pseudo_label_threshold: float = 0.0,
         generate_command: str = "tools/generate_pseudo_labels.py",
-        self_training_start: int = -1,
+        self_training_start_iter: int = -1,
         self_training_threshold: float = 0.0,
         logit_scale: float = 1 / 0.07,
         learnable_logit_scale: bool = False,
         background_class: Optional[str] = None,
         distill_weight: float = 0.0,
-        ignore_value: int = 255,
-        vocabulary: Optional[Sequence[str]] = None,
-        inference_mode: str = "whole",
-        slide_window: Tuple[int, int] = (512, 512),
-        slide_stride: Tuple[int, int] = (426, 426),
+        **kwargs,
     ):
         """
         Args:
-            backbone (Backbone): the student's feature extractor.
-            head (nn.Module): backbone features -> (B, D, h, w) embeddings (D = CLIP's).
-            teacher (CLIPTeacher): the frozen CLIP (text classifier, distillation target).
-            labeller (MaskCLIP): the training-free teacher sharing ``teacher``.
+            backbone (Backbone), head (nn.Module): the student: features, then (B, D, h, w)
+                pixel embeddings (D = CLIP's).
+            teacher (CLIPTeacher), labeller (MaskCLIP): the frozen CLIP (text classifier,
+                distillation target) and the training-free MaskCLIP teacher sharing it.
             templates: prompt templates of the text classifier.
             pixel_mean, pixel_std: the student's input normalisation (0-255, RGB order).
-            unseen: unseen class names (transductive); ignored when ``annotation_free``.
-            annotation_free (bool): every pixel's target comes from the labellers.
+            unseen: the unseen names; annotation_free (bool): no ground truth, all pixels free.
             pseudo_label_source (str): "store", "online" or "online_augmented".
             pseudo_label_classes (str): "unseen" or "all": the classes the labellers score.
-            pseudo_label_threshold (float): the teacher's confidence threshold (online; a
-                store applied its own when it was generated).
+            pseudo_label_threshold (float): the teacher's confidence threshold (a store's).
             generate_command (str): the command that makes a fitting store, for errors.
-            self_training_start (int): first iteration whose free pixels the student
-                labels; < 0 = never.
+            self_training_start_iter (int): from it, the student labels; < 0 = never.
             self_training_threshold (float): the student's confidence threshold.
-            logit_scale (float): temperature multiplying the cosines.
-            learnable_logit_scale (bool): learn the temperature.
-            background_class (str, optional): name whose text embedding is replaced by a
-                learnable one (None = no learnable background).
+            logit_scale (float), learnable_logit_scale (bool): the temperature multiplying
+                the cosines, and whether it is learnt.
+            background_class (str, optional): name whose text embedding is learnt instead.
             distill_weight (float): weight of the L1 feature distillation (0 = off).
-            ignore_value, vocabulary, inference_mode, slide_window, slide_stride: see
-                :class:`~ovseg.modeling.meta_arch.base.OpenVocabSegmentor`.
+            kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
+                slide_window, slide_stride).
         """
         check_settings(pseudo_label_source, pseudo_label_classes)
         super().__init__(
             teacher=teacher,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
-            vocabulary=vocabulary,
-            ignore_value=ignore_value,
-            inference_mode=inference_mode,
-            slide_window=slide_window,
-            slide_stride=slide_stride,
             size_divisibility=backbone.size_divisibility or 0,
+            **kwargs,
         )
         self.backbone = backbone
         self.head = head
-        # the training-free teacher only runs in eval mode (see train())
-        self.labeller = labeller.train(False)
+        self.labeller = labeller.train(False)  # always: it is training-free
         self.classifier = TextClassifier(
             teacher,
             templates,
@@ -162,15 +149,14 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         self.generate_command = generate_command
         self.self_training = SelfTrainingSchedule(
-            self_training_start, "MODEL.OVSEG.SELF_TRAINING.START_ITER"
+            self_training_start_iter, "MODEL.OVSEG.SELF_TRAINING.START_ITER"
         )
         self.self_training_threshold = float(self_training_threshold)
         self.distill_weight = float(distill_weight)
-        student = f", from iteration {self_training_start} by the student itself"
-        logger.info(
-            f"MaskCLIP+: free pixels labelled by the teacher ({pseudo_label_source})"
-            + (student if self.self_training.enabled else "")
-        )
+        who = f"the teacher ({pseudo_label_source})"
+        if self.self_training.enabled:
+            who += f" until iteration {self_training_start_iter}"
+        logger.info(f"MaskCLIP+: free pixels labelled by {who}")
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -198,6 +184,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         return maskclip_plus_pseudo_labels(cfg)
 
     def train(self, mode: bool = True) -> MaskCLIPPlus:
+        """Set the mode of the student; the training-free labeller stays in eval mode."""
         super().train(mode)
         self.labeller.train(False)
         return self

@@ -101,7 +101,7 @@ def maskclip_plus_config(cfg) -> Dict[str, Any]:
         "pseudo_label_classes": mc.PSEUDO_LABEL_CLASSES,
         "pseudo_label_threshold": mc.PSEUDO_LABEL_THRESHOLD,
         "generate_command": generate_command(cfg, cfg.DATASETS.PSEUDO_LABELS),
-        "self_training_start": ovseg.SELF_TRAINING.START_ITER,
+        "self_training_start_iter": ovseg.SELF_TRAINING.START_ITER,
         "self_training_threshold": mc.SELF_TRAINING_THRESHOLD,
         "logit_scale": ovseg.LOGIT_SCALE,
         "learnable_logit_scale": ovseg.LEARNABLE_LOGIT_SCALE,
