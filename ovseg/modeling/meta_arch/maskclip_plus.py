@@ -61,7 +61,12 @@ from ..text_classifier import TextClassifier
 from .base import OpenVocabSegmentor
 from .maskclip import MaskCLIP
 from .maskclip_plus_build import check_settings, maskclip_plus_config, maskclip_plus_pseudo_labels
-from .maskclip_plus_targets import content_mask, l1_distillation, sample_teacher_labels
+from .maskclip_plus_targets import (
+    TeacherLabelling,
+    content_mask,
+    l1_distillation,
+    sample_teacher_labels,
+)
 
 __all__ = ["MaskCLIPPlus"]
 
@@ -297,18 +302,17 @@ class MaskCLIPPlus(OpenVocabSegmentor):
     ) -> Tensor:
         """(B, H, W) teacher labels in training indices (ignore where none), per the source."""
         h, w = size
+        how = TeacherLabelling(
+            self.labeller,
+            tuple(names),
+            tuple(scored),
+            self.pseudo_label_threshold,
+            self.ignore_value,
+        )
         maps = []
         for x in batched_inputs:
-            label = sample_teacher_labels(
-                x,
-                self.pseudo_label_source,
-                labeller=self.labeller,
-                names=names,
-                scored=scored,
-                threshold=self.pseudo_label_threshold,
-                ignore_value=self.ignore_value,
-                command=self.generate_command,
-            ).to(self.device)
+            label = sample_teacher_labels(x, self.pseudo_label_source, how, self.generate_command)
+            label = label.to(self.device)
             pad = (0, w - label.shape[1], 0, h - label.shape[0])
             maps.append(F.pad(label.long(), pad, value=self.ignore_value))
         labels = torch.stack(maps)

@@ -5,8 +5,8 @@ Pure functions used by :class:`~ovseg.modeling.meta_arch.maskclip_plus.MaskCLIPP
 label rule is :mod:`ovseg.pseudo.labels`' and every input comes from the data side:
 
 - :func:`sample_teacher_labels`: one sample's teacher labels in training indices, from a
-  store (its "pseudo_sem_seg"), from the teacher on the original image
-  (:func:`original_image_labels`) or on the augmented sample
+  store (its "pseudo_sem_seg"), from the teacher (:class:`TeacherLabelling`) on the
+  original image (:func:`original_image_labels`) or on the augmented sample
   (:func:`augmented_image_labels`);
 - :func:`content_mask`: which pixels of a padded training sample are image content;
 - :func:`l1_distillation`: the optional L1 pull of the student towards CLIP's embeddings.
@@ -14,7 +14,8 @@ label rule is :mod:`ovseg.pseudo.labels`' and every input comes from the data si
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,10 @@ from torch import Tensor, nn
 
 from ...data.dataset_mappers import transform_label
 from ...pseudo import label_table, pixel_labels, scores_to_labels, store_ignore_value
+from ...pseudo.store import GENERATE_HINT
 
 __all__ = [
+    "TeacherLabelling",
     "augmented_image_labels",
     "content_mask",
     "l1_distillation",
@@ -32,56 +35,54 @@ __all__ = [
 ]
 
 
-def _teacher_scores(labeller: nn.Module, inputs: dict, names: Sequence[str]) -> Tensor:
-    with torch.no_grad():
-        return labeller([{**inputs, "vocabulary": list(names)}])[0]["sem_seg"]
+@dataclass(frozen=True)
+class TeacherLabelling:
+    """How the teacher labels a training batch's pixels.
+
+    Attributes:
+        labeller (nn.Module): the teacher meta-architecture (eval mode), e.g. MaskCLIP.
+        names (tuple[str, ...]): the training vocabulary.
+        scored (tuple[int, ...]): indices of ``names`` the teacher scores (in this order: a
+            store's vocabulary).
+        threshold (float): the teacher's confidence threshold.
+        ignore_value (int): the training ignore label.
+    """
+
+    labeller: nn.Module
+    names: Tuple[str, ...]
+    scored: Tuple[int, ...]
+    threshold: float
+    ignore_value: int
+
+    def scores(self, inputs: dict) -> Tensor:
+        """The teacher's (K, H, W) scores of a model input over the scored classes."""
+        names = [self.names[i] for i in self.scored]
+        with torch.no_grad():
+            return self.labeller([{**inputs, "vocabulary": names}])[0]["sem_seg"]
 
 
-def augmented_image_labels(
-    sample: dict,
-    *,
-    labeller: nn.Module,
-    names: Sequence[str],
-    scored: Sequence[int],
-    threshold: float,
-    ignore_value: int,
-) -> Tensor:
+def augmented_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
     """The teacher's labels of a training sample's augmented image (the official recipe).
 
     Args:
         sample (dict): a training sample with "image" (3, H, W).
-        labeller (nn.Module): the teacher meta-architecture (eval mode), e.g. MaskCLIP.
-        names: the training vocabulary.
-        scored: indices of ``names`` the teacher scores.
-        threshold (float): its confidence threshold.
-        ignore_value (int): the label of unconfident pixels.
+        how (TeacherLabelling): the teacher and its classes.
 
     Returns:
-        Tensor: (H, W) long training indices or ``ignore_value``.
+        Tensor: (H, W) long training indices or the ignore value.
     """
     h, w = sample["image"].shape[-2:]
-    inputs = {"image": sample["image"], "height": h, "width": w}
-    scores = _teacher_scores(labeller, inputs, [names[i] for i in scored])
-    classes = torch.as_tensor(list(scored), dtype=torch.long)
     labels, _ = pixel_labels(
-        scores,
-        threshold=threshold,
-        ignore_value=ignore_value,
+        how.scores({"image": sample["image"], "height": h, "width": w}),
+        threshold=how.threshold,
+        ignore_value=how.ignore_value,
         kind="probabilities",
-        classes=classes,
+        classes=torch.as_tensor(how.scored, dtype=torch.long),
     )
     return labels
 
 
-def original_image_labels(
-    sample: dict,
-    *,
-    labeller: nn.Module,
-    names: Sequence[str],
-    scored: Sequence[int],
-    threshold: float,
-    ignore_value: int,
-) -> Tensor:
+def original_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
     """The teacher's labels of a training sample exactly as a store holds them, online.
 
     What ``tools/generate_pseudo_labels.py`` writes for the sample's image (the labeller on
@@ -93,14 +94,10 @@ def original_image_labels(
         sample (dict): a training sample with "teacher_input" (the test-mode input of its
             original image, :class:`~ovseg.data.dataset_mappers.TeacherInputMapper`),
             "transforms" and "image".
-        labeller (nn.Module): the teacher meta-architecture (eval mode), e.g. MaskCLIP.
-        names: the training vocabulary.
-        scored: indices of ``names`` the teacher scores (a store's vocabulary, in order).
-        threshold (float): the store's confidence threshold.
-        ignore_value (int): the training ignore label.
+        how (TeacherLabelling): the teacher and its classes.
 
     Returns:
-        Tensor: (h, w) long training indices or ``ignore_value``, h, w <= the sample's size.
+        Tensor: (h, w) long training indices or the ignore value, h, w <= the sample's size.
     """
     where = repr(sample.get("file_name", ""))
     if "teacher_input" not in sample or "transforms" not in sample:
@@ -110,11 +107,13 @@ def original_image_labels(
             "ovseg.data.build_dataset_mapper (it adds them for this source) or wrap it in "
             "ovseg.data.dataset_mappers.TeacherInputMapper"
         )
-    store_names = [names[i] for i in scored]
-    scores = _teacher_scores(labeller, sample["teacher_input"], store_names)
+    store_names = [how.names[i] for i in how.scored]
     store_ignore = store_ignore_value(len(store_names))
-    label, _ = scores_to_labels(scores, threshold, store_ignore, "probabilities")
-    table = label_table(store_names, names, source_ignore=store_ignore, target_ignore=ignore_value)
+    scores = how.scores(sample["teacher_input"])
+    label, _ = scores_to_labels(scores, how.threshold, store_ignore, "probabilities")
+    table = label_table(
+        store_names, how.names, source_ignore=store_ignore, target_ignore=how.ignore_value
+    )
     out = transform_label(table[label], sample["transforms"])
     h, w = sample["image"].shape[-2:]
     if out.shape[0] > h or out.shape[1] > w:
@@ -126,15 +125,7 @@ def original_image_labels(
 
 
 def sample_teacher_labels(
-    sample: dict,
-    source: str,
-    *,
-    labeller: nn.Module,
-    names: Sequence[str],
-    scored: Sequence[int],
-    threshold: float,
-    ignore_value: int,
-    command: str,
+    sample: dict, source: str, how: TeacherLabelling, command: str = GENERATE_HINT
 ) -> Tensor:
     """One training sample's teacher labels in training indices, from ``source``.
 
@@ -143,11 +134,11 @@ def sample_teacher_labels(
         source (str): "store" (its "pseudo_sem_seg", translated by the mapper),
             "online" (:func:`original_image_labels`) or "online_augmented"
             (:func:`augmented_image_labels`).
-        labeller, names, scored, threshold, ignore_value: see those functions.
+        how (TeacherLabelling): the teacher and its classes (online sources).
         command (str): how to make a store, for the error when "pseudo_sem_seg" is missing.
 
     Returns:
-        Tensor: (h, w) long training indices / ``ignore_value``, h, w <= the sample's size.
+        Tensor: (h, w) long training indices or the ignore value, h, w <= the sample's size.
     """
     if source == "store":
         if "pseudo_sem_seg" not in sample:
@@ -157,15 +148,9 @@ def sample_teacher_labels(
                 "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE 'online')"
             )
         return sample["pseudo_sem_seg"]
-    labels = original_image_labels if source == "online" else augmented_image_labels
-    return labels(
-        sample,
-        labeller=labeller,
-        names=names,
-        scored=scored,
-        threshold=threshold,
-        ignore_value=ignore_value,
-    )
+    if source == "online":
+        return original_image_labels(sample, how)
+    return augmented_image_labels(sample, how)
 
 
 def l1_distillation(student: Tensor, clip: Tensor, masks: Tensor) -> Tensor:
