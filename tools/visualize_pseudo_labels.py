@@ -38,6 +38,7 @@ from ovseg.utils.visualization import (
     save_image,
     vocabulary_metadata,
 )
+from ovseg.vocab import normalize_name
 
 logger = logging.getLogger("ovseg.tools.visualize_pseudo_labels")
 
@@ -61,11 +62,9 @@ def get_parser() -> argparse.ArgumentParser:
 def store_metadata(store: PseudoLabelStore, dataset_info: Mapping[str, Any]):
     """Metadata of the store's vocabulary, colouring names the dataset has as the dataset does."""
     ds_meta = dataset_info["metadata"]
-    by_name = {n.strip().casefold(): c for n, c in zip(ds_meta.stuff_classes, ds_meta.stuff_colors)}
+    by_name = {normalize_name(n): c for n, c in zip(ds_meta.stuff_classes, ds_meta.stuff_colors)}
     fallback = deterministic_colors(len(store.vocabulary))
-    colors = [
-        by_name.get(n.strip().casefold(), fallback[i]) for i, n in enumerate(store.vocabulary)
-    ]
+    colors = [by_name.get(normalize_name(n), fallback[i]) for i, n in enumerate(store.vocabulary)]
     return vocabulary_metadata(store.vocabulary, colors, name=store.root)
 
 

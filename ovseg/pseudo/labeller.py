@@ -10,6 +10,7 @@ from torch import nn
 
 from ..clip.cache import state_dict_sha256
 from ..clip.teacher import CLIPTeacher
+from ..vocab import normalize_name
 
 __all__ = ["build_manifest", "find_teacher", "labeller_fingerprint", "labeller_settings"]
 
@@ -119,12 +120,12 @@ def build_manifest(
         dict
     """
     names = [n.strip() for n in vocabulary]
-    unseen_keys = {n.strip().casefold() for n in unseen}
+    unseen_keys = {normalize_name(n) for n in unseen}
     return {
         "fingerprint": fingerprint,
         "teacher": _plain(teacher),
         "vocabulary": names,
-        "unseen": [n for n in names if n.casefold() in unseen_keys],
+        "unseen": [n for n in names if normalize_name(n) in unseen_keys],
         "threshold": float(threshold),
         "dataset": dataset,
         "command": command,
