@@ -68,8 +68,12 @@ class OpenVocabSegmentor(nn.Module):
 
     #: what "sem_seg" holds, one of SEM_SEG_SCORES; every subclass must declare it
     sem_seg_scores: str
-    #: parameters that moved (old state-dict name -> new), so old checkpoints still load
-    renamed_state: Dict[str, str] = {}
+    #: parameters that moved (old state-dict name -> new), so old checkpoints still load: the
+    #: text classifier's temperature and learnable background lived on the students
+    renamed_state: Dict[str, str] = {
+        "log_logit_scale": "classifier.log_logit_scale",
+        "bg_embed.embedding": "classifier.bg_embed.embedding",
+    }
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -91,8 +91,6 @@ class LSeg(OpenVocabSegmentor):
 
     # "sem_seg" holds softmax probabilities
     sem_seg_scores = "probabilities"
-    # the learnable temperature moved into the text classifier
-    renamed_state = {"log_logit_scale": "classifier.log_logit_scale"}
 
     @configurable
     def __init__(

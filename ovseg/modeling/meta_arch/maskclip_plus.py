@@ -78,8 +78,6 @@ class MaskCLIPPlus(OpenVocabSegmentor):
     """MaskCLIP+ student with teacher pseudo-labels and self-training (see the module doc)."""
 
     sem_seg_scores = "probabilities"
-    # the learnable background lives in the text classifier
-    renamed_state = {"bg_embed.embedding": "classifier.bg_embed.embedding"}
 
     @configurable
     def __init__(

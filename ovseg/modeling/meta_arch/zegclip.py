@@ -107,8 +107,6 @@ class ZegCLIP(OpenVocabSegmentor):
 
     # "sem_seg" holds (calibrated) sigmoid probabilities
     sem_seg_scores = "probabilities"
-    # the learnable background moved into the text classifier
-    renamed_state = {"bg_embed.embedding": "classifier.bg_embed.embedding"}
 
     @configurable
     def __init__(
