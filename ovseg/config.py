@@ -34,6 +34,10 @@ def add_teacher_config(cfg: CN) -> None:
     # prompt-template set for text embeddings: "single", "imagenet80", "vild", "maskclip85",
     # or a path to a JSON list of templates with one "{}" each.
     cfg.MODEL.CLIP.TEMPLATES = "single"
+    # the text embedded for a class instead of its display name, where an official
+    # implementation used other words: "" (the names as they are), a builtin map's name
+    # (ovseg/data/prompt_names/<name>.json) or a JSON file {"display name": "prompt name"}
+    cfg.MODEL.CLIP.PROMPT_NAMES = ""
     # precision of the frozen teacher's forward passes on GPU: "fp32", "bf16" or "fp16".
     cfg.MODEL.CLIP.PRECISION = "fp32"
     # the temperature of the teacher's own classification, softmax(LOGIT_SCALE * cosine):

@@ -4,6 +4,8 @@
 (or query) embeddings with: the teacher's prompt-ensembled text embeddings (memoised per
 vocabulary by the teacher, in memory and on disk), optionally one class's row replaced by
 a learnable embedding (:class:`LearnedBackground`), and the temperature multiplying cosines.
+The text encoder may see other words than the display names (a method's official prompt
+names, MODEL.CLIP.PROMPT_NAMES); outputs are always indexed by the display names.
 The teacher is not a submodule of the classifier: it belongs to the meta-architecture, and
 its weights never enter a checkpoint.
 """
@@ -11,13 +13,14 @@ its weights never enter a checkpoint.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..clip import CLIPTeacher
+from ..clip.prompt_names import apply_prompt_names
 from ..vocab import check_templates, normalize_name
 
 __all__ = ["LearnedBackground", "TextClassifier"]
@@ -74,6 +77,7 @@ class TextClassifier(nn.Module):
         learnable_logit_scale: bool = False,
         background_class: Optional[str] = None,
         renormalize: bool = False,
+        prompt_names: Optional[Mapping[str, str]] = None,
     ):
         """
         Args:
@@ -85,6 +89,8 @@ class TextClassifier(nn.Module):
                 learnable one (None = CLIP's text for every name).
             renormalize (bool): L2-normalise the rows again after the background is put in
                 (always done when there is a learnable background).
+            prompt_names (Mapping[str, str], optional): normalised display name -> the text
+                embedded for it (:mod:`ovseg.clip.prompt_names`); None = the names as given.
         """
         super().__init__()
         if not logit_scale > 0:
@@ -102,6 +108,7 @@ class TextClassifier(nn.Module):
             else None
         )
         self.renormalize = bool(renormalize)
+        self.prompt_names = dict(prompt_names or {})
 
     @property
     def teacher(self) -> CLIPTeacher:
@@ -116,7 +123,8 @@ class TextClassifier(nn.Module):
 
     def forward(self, names: Sequence[str]) -> Tensor:
         """(K, D) L2-normalised embeddings of ``names`` on the classifier's device."""
-        text = self.teacher.encode_text(tuple(names), self.templates).to(self.teacher.device)
+        prompts = apply_prompt_names(names, self.prompt_names)
+        text = self.teacher.encode_text(prompts, self.templates).to(self.teacher.device)
         if self.bg_embed is not None:
             text = self.bg_embed(text, names)
         if self.bg_embed is not None or self.renormalize:

@@ -14,7 +14,7 @@ prediction needs more than the text embeddings.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher
+from ...clip.prompt_names import get_prompt_names
 from ...vocab import resolve_vocabulary
 from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
 
@@ -96,6 +97,7 @@ class OpenVocabSegmentor(nn.Module):
         slide_window: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (426, 426),
         size_divisibility: int = 1,
+        prompt_names: Optional[Mapping[str, str]] = None,
     ):
         """
         Args:
@@ -107,6 +109,8 @@ class OpenVocabSegmentor(nn.Module):
             slide_window, slide_stride ((int, int)): sliding-window size and stride.
             size_divisibility (int): a forward's input is padded (bottom/right, with the
                 pixel mean) to a multiple of this.
+            prompt_names (Mapping[str, str], optional): the text a class's display name is
+                embedded as (:mod:`ovseg.clip.prompt_names`), for the model's text classifier.
         """
         super().__init__()
         if inference_mode not in INFERENCE_MODES:
@@ -124,11 +128,13 @@ class OpenVocabSegmentor(nn.Module):
         self.slide_window = tuple(int(v) for v in slide_window)
         self.slide_stride = tuple(int(v) for v in slide_stride)
         self.size_divisibility = max(int(size_divisibility), 1)
+        self.prompt_names = dict(prompt_names or {})
 
     @staticmethod
     def base_config(cfg) -> Dict[str, Any]:
         """The keyword arguments every subclass reads the same way from ``cfg``: the test
-        vocabulary, the training set's ignore label and the test-time protocol."""
+        vocabulary, the training set's ignore label, the test-time protocol and the prompt
+        names."""
         ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         if cfg.DATASETS.TRAIN:
             ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore)
@@ -138,6 +144,7 @@ class OpenVocabSegmentor(nn.Module):
             "inference_mode": cfg.TEST.INFERENCE_MODE,
             "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
             "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
+            "prompt_names": get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
         }
 
     @property

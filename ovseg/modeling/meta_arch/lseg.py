@@ -136,6 +136,7 @@ class LSeg(OpenVocabSegmentor):
             templates,
             logit_scale=logit_scale,
             learnable_logit_scale=learnable_logit_scale,
+            prompt_names=self.prompt_names,
         )
         self.spatial_reg = spatial_reg
 

@@ -19,7 +19,7 @@ sliding windows and pseudo-label confidences live on one scale.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -203,6 +203,7 @@ class MaskCLIP(OpenVocabSegmentor):
         key_normalization: str = "positions",
         logit_scale: float = 100.0,
         size_divisibility: int = -1,
+        prompt_names: Optional[Mapping[str, str]] = None,
     ):
         """
         Args:
@@ -220,6 +221,7 @@ class MaskCLIP(OpenVocabSegmentor):
             logit_scale (float): CLIP's logit scale for the softmax (100).
             size_divisibility (int): pad each forward's input (bottom/right, with the pixel
                 mean) to a multiple of this; <= 0 = only to the teacher's stride.
+            prompt_names: display name -> embedded text (:mod:`ovseg.clip.prompt_names`).
         """
         if key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(
@@ -241,8 +243,11 @@ class MaskCLIP(OpenVocabSegmentor):
             slide_window=slide_window,
             slide_stride=slide_stride,
             size_divisibility=math.lcm(stride, d) if d > 0 else stride,
+            prompt_names=prompt_names,
         )
-        self.classifier = TextClassifier(teacher, templates, logit_scale=logit_scale)
+        self.classifier = TextClassifier(
+            teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
+        )
         self.prompt_denoise = bool(prompt_denoise)
         self.prompt_denoise_threshold = _check_threshold(
             prompt_denoise_threshold, "prompt denoising threshold"

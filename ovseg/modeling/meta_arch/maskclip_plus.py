@@ -144,6 +144,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             learnable_logit_scale=learnable_logit_scale,
             background_class=background_class,
             renormalize=True,
+            prompt_names=self.prompt_names,
         )
         self.unseen = tuple(unseen)
         self.annotation_free = bool(annotation_free)
@@ -151,9 +152,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         self.pseudo_label_classes = pseudo_label_classes
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         self.generate_command = generate_command
-        self.self_training = SelfTrainingSchedule(
-            self_training_start_iter, "MODEL.OVSEG.SELF_TRAINING.START_ITER"
-        )
+        self.self_training = SelfTrainingSchedule(self_training_start_iter)
         self.self_training_threshold = float(self_training_threshold)
         self.distill_weight = float(distill_weight)
         who = f"the teacher ({pseudo_label_source})"

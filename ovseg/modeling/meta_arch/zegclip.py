@@ -176,13 +176,14 @@ class ZegCLIP(OpenVocabSegmentor):
         )
         self.backbone = backbone
         self.decoder = decoder
-        self.classifier = TextClassifier(teacher, templates, background_class=background_class)
+        self.classifier = TextClassifier(
+            teacher, templates, background_class=background_class, prompt_names=self.prompt_names
+        )
         self.seen_classes = frozenset(normalize_name(n) for n in seen_classes)
         self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
         self.calibration = float(calibration)
         self.focal_weight = float(focal_weight)
-        self.focal_alpha = float(focal_alpha)
-        self.focal_gamma = float(focal_gamma)
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.dice_weight = float(dice_weight)
         self.deep_supervision = bool(deep_supervision)
         self.ignore_as_negative = bool(ignore_as_negative)
