@@ -1,8 +1,8 @@
-"""Fixtures shared by every test; helpers live in tests/ovseg_testing.py."""
+"""Fixtures shared by every test; helpers live in the tests/ovseg_testing package."""
 
 import pytest
 import torch
-from ovseg_testing import write_ade20k_fixture
+from ovseg_testing import registered_ade20k, write_ade20k_fixture
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +19,10 @@ def one_torch_thread():
 def ade20k_root(tmp_path):
     """A dataset root holding a tiny ADE20K-150 in its real prepared layout."""
     return write_ade20k_fixture(tmp_path / "datasets")
+
+
+@pytest.fixture
+def ade20k_registered(ade20k_root):
+    """``ade20k_root``, registered as the ADE20K splits while the test runs."""
+    with registered_ade20k(ade20k_root):
+        yield ade20k_root

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from teacher_utils import TINY_RN, TINY_VIT, make_model
+from ovseg_testing import TINY_RN, TINY_VIT, random_clip_model
 
 from ovseg.clip import CLIPTeacher
 
@@ -16,12 +16,12 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def vit_parts():
-    return make_model(TINY_VIT)
+    return random_clip_model(TINY_VIT)
 
 
 @pytest.fixture(scope="session")
 def rn_parts():
-    return make_model(TINY_RN)
+    return random_clip_model(TINY_RN)
 
 
 @pytest.fixture(scope="session")

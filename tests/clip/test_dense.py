@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from teacher_utils import TINY_VIT, make_model, random_images
+from ovseg_testing import TINY_VIT, random_clip_model, random_image_batch
 from torch import nn
 
 from ovseg.clip import CLIPTeacher
@@ -47,7 +47,7 @@ def _maskclip_reference(visual, x):
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 128)])
 def test_vit_dense_is_maskclip_rule(vit_teacher, size):
-    images = random_images(2, *size)
+    images = random_image_batch(2, *size)
     emb, keys = vit_teacher.dense_embeddings(images, return_keys=True)
     with torch.no_grad():
         x = _normalized(vit_teacher, images)
@@ -62,7 +62,7 @@ def test_vit_dense_is_attention_restricted_to_self(vit_teacher):
     """Value path == the last block with each token attending only to itself: an independent
     check that uses the model's own forward (and differs from ordinary attention)."""
     visual = vit_teacher.model.visual
-    images = random_images(1, 64, 64)
+    images = random_image_batch(1, 64, 64)
     with torch.no_grad():
         x = visual._embeds(_normalized(vit_teacher, images))
         for block in visual.transformer.resblocks[:-1]:
@@ -87,14 +87,14 @@ def test_custom_attention_block_value_path(tmp_path):
     )
     path = tmp_path / "tiny_vit_custom_attn.json"
     path.write_text(json.dumps(config))
-    model, tokenizer, name = make_model(path)
+    model, tokenizer, name = random_clip_model(path)
     visual = model.visual
     last = visual.transformer.resblocks[-1]
     assert type(last).__name__ == "CustomResidualAttentionBlock"
     with torch.no_grad():  # make the optional parts matter
         last.attn.head_scale.copy_(torch.tensor([0.5, 2.0]).view(2, 1, 1))
     teacher = CLIPTeacher(model, tokenizer, name=name)
-    images = random_images(1, 64, 64)
+    images = random_image_batch(1, 64, 64)
     with torch.no_grad():
         x = visual._embeds(_normalized(teacher, images))
         for block in visual.transformer.resblocks[:-1]:
@@ -111,13 +111,13 @@ GRIDS = [((64, 64), (4, 4)), ((320, 480), (20, 30)), ((61, 77), (4, 5)), ((17, 1
 
 @pytest.mark.parametrize("size, grid", GRIDS)
 def test_vit_grid_follows_input(vit_teacher, size, grid):
-    emb = vit_teacher.dense_embeddings(random_images(1, *size))
+    emb = vit_teacher.dense_embeddings(random_image_batch(1, *size))
     assert tuple(emb.shape) == (1, 32, *grid)
 
 
 def test_odd_sizes_pad_with_pixel_mean(vit_teacher, rn_teacher):
     for teacher, padded in ((vit_teacher, (64, 80)), (rn_teacher, (64, 96))):
-        images = random_images(1, 61, 77)
+        images = random_image_batch(1, 61, 77)
         canvas = teacher.pixel_mean.expand(1, 3, *padded).clone()
         canvas[..., :61, :77] = images
         assert torch.allclose(
@@ -127,7 +127,7 @@ def test_odd_sizes_pad_with_pixel_mean(vit_teacher, rn_teacher):
 
 def test_resnet_dense_is_attnpool_projections_per_position(rn_teacher):
     visual = rn_teacher.model.visual
-    images = random_images(2, 64, 96)
+    images = random_image_batch(2, 64, 96)
     emb, keys = rn_teacher.dense_embeddings(images, return_keys=True)
     pool = visual.attnpool
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_resnet_dense_is_attnpool_projections_per_position(rn_teacher):
     assert emb.shape == (2, 48, 2, 3)
     assert torch.allclose(emb, ref, atol=1e-5)
     assert torch.allclose(keys, ref_keys, atol=1e-4)
-    assert tuple(rn_teacher.dense_embeddings(random_images(1, 65, 97)).shape) == (1, 48, 3, 4)
+    assert tuple(rn_teacher.dense_embeddings(random_image_batch(1, 65, 97)).shape) == (1, 48, 3, 4)
 
 
 def test_unsupported_tower_is_named(vit_parts):
@@ -157,14 +157,14 @@ def test_unsupported_tower_is_named(vit_parts):
     fake.text_projection = model.text_projection
     teacher = CLIPTeacher(fake, tokenizer)
     with pytest.raises(NotImplementedError, match="VisionTransformer.*ModifiedResNet.*OtherTower"):
-        teacher.dense_embeddings(random_images(1, 64, 64))
+        teacher.dense_embeddings(random_image_batch(1, 64, 64))
 
 
 @pytest.mark.parametrize("tower", ["vit", "rn"])
 def test_pool_regions(vit_teacher, rn_teacher, tower):
     teacher = vit_teacher if tower == "vit" else rn_teacher
     s = teacher.patch_size
-    images = random_images(2, 2 * s, 3 * s)
+    images = random_image_batch(2, 2 * s, 3 * s)
     dense = teacher.dense_embeddings(images)
     full = torch.ones(1, 2 * s, 3 * s, dtype=torch.bool)
     cell = torch.zeros(1, 2 * s, 3 * s)
@@ -181,7 +181,7 @@ def test_pool_regions(vit_teacher, rn_teacher, tower):
 
 
 def test_pool_partial_cell_weight(vit_teacher):
-    images = random_images(1, 32, 32)
+    images = random_image_batch(1, 32, 32)
     dense = vit_teacher.dense_embeddings(images)
     mask = torch.zeros(1, 32, 32)
     mask[0, :16, :16] = 1.0
@@ -192,7 +192,7 @@ def test_pool_partial_cell_weight(vit_teacher):
 
 
 def test_crop_regions(vit_teacher):
-    images = random_images(2, 64, 64)
+    images = random_image_batch(2, 64, 64)
     full = torch.ones(1, 64, 64, dtype=torch.bool)
     box = torch.zeros(1, 64, 64, dtype=torch.bool)
     box[0, 10:30, 20:50] = True
@@ -206,7 +206,7 @@ def test_crop_regions(vit_teacher):
 
 
 def test_region_input_errors(vit_teacher):
-    images = random_images(2, 32, 32)
+    images = random_image_batch(2, 32, 32)
     empty = torch.zeros(3, 32, 32)
     empty[0, 0, 0] = 1.0
     empty[2, 5, 5] = 1.0

@@ -2,33 +2,31 @@
 
 Small slices of every output are stored in ``tests/clip/golden/<model>.json`` so a refactor
 cannot silently change numerics. After an intended change, regenerate with
-``OVSEG_REGEN_GOLDEN=1 python -m pytest tests/clip/test_golden.py`` and review the diff.
+``OVSEG_REGEN_GOLDEN=1 python -m pytest tests/clip/test_golden.py`` and review the diff
+(ovseg_testing.golden).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from teacher_utils import TINY_RN, TINY_VIT, random_images, tiny_cfg
+from ovseg_testing import TINY_RN, TINY_VIT, Tol, assert_golden, random_image_batch, tiny_clip_cfg
 
 from ovseg.clip import build_clip_teacher
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-TOLERANCE = 1e-4
 TEMPLATES = ("a photo of a {}.", "a sketch of the {}.")
 
 
 def _outputs(config: Path) -> dict:
     torch.manual_seed(0)
-    teacher = build_clip_teacher(tiny_cfg(str(config)))
+    teacher = build_clip_teacher(tiny_clip_cfg(str(config)))
     state = teacher.model.state_dict()
     # odd size: exercises padding, and for the ViT positional-embedding interpolation
-    dense, keys = teacher.dense_embeddings(random_images(1, 75, 90, seed=2), return_keys=True)
-    images = random_images(2, 64, 64, seed=1)
+    dense, keys = teacher.dense_embeddings(random_image_batch(1, 75, 90, seed=2), return_keys=True)
+    images = random_image_batch(2, 64, 64, seed=1)
     mask = torch.zeros(1, 64, 64)
     mask[0, 8:40, 16:60] = 1.0
     masks = [mask, torch.ones(1, 64, 64)]
@@ -50,26 +48,12 @@ def _outputs(config: Path) -> dict:
 
 @pytest.mark.parametrize("config", [TINY_VIT, TINY_RN], ids=lambda p: p.stem)
 def test_golden_outputs(config):
-    path = GOLDEN_DIR / f"{config.stem}.json"
     outputs = _outputs(config)
-    if os.environ.get("OVSEG_REGEN_GOLDEN") == "1":
-        GOLDEN_DIR.mkdir(exist_ok=True)
-        lines = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in outputs.items()]
-        path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
-        pytest.skip(f"regenerated {path}")
-    assert path.is_file(), f"{path} missing; create it with OVSEG_REGEN_GOLDEN=1"
-    golden = json.loads(path.read_text())
-    for key in ("param_sum", "param_abs_sum"):
-        assert outputs[key] == pytest.approx(golden[key], rel=1e-6), (
-            f"{key}: the seeded random initialisation changed (open_clip or torch version?), "
-            "so the other golden values cannot be compared"
-        )
-    assert outputs["dense_shape"] == golden["dense_shape"]
-    for key in golden:
-        if key.startswith("param") or key == "dense_shape":
-            continue
-        got, want = torch.tensor(outputs[key]), torch.tensor(golden[key])
-        assert got.shape == want.shape, key
-        assert torch.allclose(
-            got, want, atol=TOLERANCE, rtol=0
-        ), f"{key}: max abs diff {(got - want).abs().max():.2e}"
+    slices = [key for key in outputs if not key.startswith("param") and key != "dense_shape"]
+    assert_golden(
+        GOLDEN_DIR / f"{config.stem}.json",
+        outputs,
+        init=("param_sum", "param_abs_sum"),
+        exact=("dense_shape",),
+        tolerances=dict.fromkeys(slices, Tol(atol=1e-4)),
+    )

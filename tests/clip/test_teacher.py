@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from teacher_utils import TINY_VIT, make_model, random_images
+from ovseg_testing import TINY_VIT, random_clip_model, random_image_batch
 from torch import nn
 
 from ovseg.clip import CLIPTeacher
@@ -49,7 +49,7 @@ def test_checkpoints_exclude_teacher(vit_parts):
     assert not any(k.startswith("teacher") for k in sd._metadata)
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    other = Student(CLIPTeacher(*make_model(TINY_VIT, seed=1)[:2]))
+    other = Student(CLIPTeacher(*random_clip_model(TINY_VIT, seed=1)[:2]))
     # strict loading needs no teacher keys, and teacher keys in a checkpoint are ignored
     result = student.load_state_dict(other.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -86,7 +86,7 @@ def test_bad_precision(vit_parts):
 
 def test_half_precision_is_ignored_on_cpu(vit_parts, vit_teacher):
     bf16 = CLIPTeacher(vit_parts[0], vit_parts[1], name=vit_parts[2], precision="bf16")
-    images = random_images(1, 48, 80)
+    images = random_image_batch(1, 48, 80)
     assert torch.equal(bf16.dense_embeddings(images), vit_teacher.dense_embeddings(images))
     assert torch.equal(bf16.encode_image(images), vit_teacher.encode_image(images))
 
@@ -98,7 +98,7 @@ def test_autocast_on_cuda_close_to_fp32(vit_parts, precision):
     model, tokenizer, name = copy.deepcopy(vit_parts)
     fp32 = CLIPTeacher(model, tokenizer, name=name).cuda()
     half = CLIPTeacher(model, tokenizer, name=name, precision=precision).cuda()
-    images = random_images(2, 96, 128).cuda()
+    images = random_image_batch(2, 96, 128).cuda()
     ref, got = fp32.dense_embeddings(images), half.dense_embeddings(images)
     assert got.dtype == torch.float32 and got.device.type == "cuda"
     assert (ref * got).sum(dim=1).min() > 0.99  # cosine similarity per location
@@ -179,8 +179,8 @@ def test_corrupt_cache_file_is_recomputed(vit_parts, tmp_path, caplog):
 
 def test_fingerprint_follows_weights(vit_parts):
     model, tokenizer, name = vit_parts
-    same = make_model(TINY_VIT, seed=0)[0]
-    other = make_model(TINY_VIT, seed=1)[0]
+    same = random_clip_model(TINY_VIT, seed=0)[0]
+    other = random_clip_model(TINY_VIT, seed=1)[0]
     fp = CLIPTeacher(model, tokenizer, name=name).fingerprint
     assert len(fp) == 64
     assert CLIPTeacher(same, tokenizer, name=name).fingerprint == fp
@@ -202,7 +202,7 @@ def test_bad_names_and_templates(vit_teacher):
 
 
 def test_encode_image_matches_model(vit_teacher):
-    images = random_images(2, 64, 64)
+    images = random_image_batch(2, 64, 64)
     emb = vit_teacher.encode_image(images)
     x = (images - vit_teacher.pixel_mean) / vit_teacher.pixel_std
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_encode_image_matches_model(vit_teacher):
 def test_outputs_usable_in_autograd(vit_teacher):
     weight = torch.ones(32, requires_grad=True)
     text = vit_teacher.encode_text(["cat"], TEMPLATES)
-    dense = vit_teacher.dense_embeddings(random_images(1, 64, 64))
+    dense = vit_teacher.dense_embeddings(random_image_batch(1, 64, 64))
     loss = (text @ weight).sum() + (dense * weight[None, :, None, None]).sum()
     loss.backward()
     assert weight.grad is not None and not text.is_inference()

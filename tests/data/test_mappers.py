@@ -3,6 +3,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from ovseg_testing import make_store
 from PIL import Image
 
 from detectron2.config import get_cfg
@@ -18,7 +19,7 @@ from ovseg.data.dataset_mappers import (
     transform_label,
     zero_shot_label_map,
 )
-from ovseg.pseudo import PseudoLabelStore, pseudo_labelled_dataset_dicts
+from ovseg.pseudo import pseudo_labelled_dataset_dicts
 
 CLASSES = ["a", "b", "c", "d"]
 UNSEEN = ["c"]
@@ -194,8 +195,7 @@ def test_store_labels_are_translated_into_training_indices(toy_dataset, tmp_path
     # a store over its own names (not the dataset's order; "c" is unseen, "zebra" unknown)
     name, dicts = toy_dataset
     names = ["d", "c", "a", "zebra"]
-    manifest = {"fingerprint": "f", "vocabulary": names, "threshold": 0.0, "dataset": name}
-    store = PseudoLabelStore.create(str(tmp_path / "store"), manifest)
+    store = make_store(tmp_path / "store", names, dataset=name)
     raw = {d["image_id"]: np.kron(BASE % 4, np.ones((8, 8), np.int64)) for d in dicts}
     for d in dicts:
         raw[d["image_id"]][:8, :8] = 255

@@ -10,22 +10,29 @@ import open_clip.pretrained
 import pytest
 import torch
 import torch.nn.functional as F
-from demo_helpers import CONFIG, DEMO_DIR, load_demo_modules, tiny_opts, write_image
-from ovseg_testing import subprocess_env
+from ovseg_testing import (
+    DEMO_DIR,
+    MASKCLIP_CONFIG,
+    load_demo_modules,
+    subprocess_env,
+    tiny_maskclip_cfg,
+    tiny_maskclip_opts,
+    write_two_region_image,
+)
 from PIL import Image
 
-from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.utils.visualization import heatmap_grid, label_dtype_for
 
 predictor_module, demo_cli = load_demo_modules()
+CONFIG = str(MASKCLIP_CONFIG)
 NAMES = ["cat", "dog", "grass"]
 
 
 @pytest.fixture(scope="module")
 def shared_predictor(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = load_config(CONFIG, tiny_opts(tmp_path_factory.mktemp("clip_cache")))
+    cfg = tiny_maskclip_cfg(tmp_path_factory.mktemp("clip_cache"))
     return predictor_module.OpenVocabPredictor(cfg)
 
 
@@ -39,14 +46,14 @@ def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------- the script, end to end
 def test_script_writes_outputs_and_skips_an_unreadable_image(tmp_path):
-    good = write_image(tmp_path / "in" / "street.png")
+    good = write_two_region_image(tmp_path / "in" / "street.png")
     bad = tmp_path / "in" / "broken.jpg"
     bad.write_text("not an image")
     out = tmp_path / "out"
     cmd = [sys.executable, str(DEMO_DIR / "demo.py"), "--config-file", CONFIG]
     cmd += ["--input", str(good), str(bad), "--output", str(out)]
     cmd += ["--custom-vocabulary", "cat,dog,grass", "--heatmaps", "--confidence-threshold", "0.4"]
-    cmd += ["--opts", *tiny_opts(tmp_path / "cache")]
+    cmd += ["--opts", *tiny_maskclip_opts(tmp_path / "cache")]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log  # one input failed, the other was processed
@@ -139,10 +146,10 @@ def _run(argv, capsys):
 
 
 def _argv(tmp_path, *extra, output=None, opts=True):
-    image = write_image(tmp_path / "in" / "a.png")
+    image = write_two_region_image(tmp_path / "in" / "a.png")
     argv = ["--config-file", CONFIG, "--input", str(image)]
     argv += ["--output", str(output or tmp_path / "out"), *extra]
-    return argv + (["--opts", *tiny_opts(tmp_path / "cache")] if opts else [])
+    return argv + (["--opts", *tiny_maskclip_opts(tmp_path / "cache")] if opts else [])
 
 
 def test_duplicated_vocabulary_is_refused(tmp_path, capsys):
@@ -170,7 +177,7 @@ def test_unwritable_output_is_reported_before_the_model_is_built(tmp_path, capsy
 
 
 def test_output_file_needs_a_single_input(tmp_path, capsys):
-    second = write_image(tmp_path / "in" / "b.png")
+    second = write_two_region_image(tmp_path / "in" / "b.png")
     argv = _argv(tmp_path, output=tmp_path / "pic.png")
     argv[argv.index("--input") + 1 : argv.index("--input") + 1] = [str(second)]
     code, err = _run(argv, capsys)
@@ -203,10 +210,10 @@ def test_single_input_may_name_the_output_file(tmp_path, capsys):
 
 
 def test_inputs_expand_folders_and_globs_once(tmp_path):
-    a = write_image(tmp_path / "x" / "a.png")
-    b = write_image(tmp_path / "x" / "b.jpg")
+    a = write_two_region_image(tmp_path / "x" / "a.png")
+    b = write_two_region_image(tmp_path / "x" / "b.jpg")
     (tmp_path / "x" / "notes.txt").write_text("")
-    c = write_image(tmp_path / "y" / "a.png")
+    c = write_two_region_image(tmp_path / "y" / "a.png")
     patterns = [str(tmp_path / "x"), str(tmp_path / "*" / "a.png"), str(tmp_path / "nope.png")]
     paths, problems = demo_cli.expand_inputs(patterns)
     assert paths == [str(a), str(b), str(c)]

@@ -9,12 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from ovseg_testing import ROOT
+from ovseg_testing import ROOT, make_store
 from PIL import Image
 
-from ovseg.data.datasets.common import datasets_root
-from ovseg.data.datasets.register_ade20k import register_all_ade20k
-from ovseg.pseudo import PseudoLabelStore
 from ovseg.utils.visualization import draw_semantic, vocabulary_metadata
 
 
@@ -137,19 +134,17 @@ def test_unseen_classes_are_hatched_and_seen_classes_flat():
 
 
 @pytest.fixture
-def ade_with_unseen(ade20k_root, request):
+def ade_with_unseen(ade20k_registered):
     """The ADE fixture registered, its first val label holding an unseen (grass) block.
 
     Returns (that label, its dataset dict)."""
-    path = ade20k_root / "ADEChallengeData2016" / "annotations_detectron2" / "validation"
+    path = ade20k_registered / "ADEChallengeData2016" / "annotations_detectron2" / "validation"
     gt = np.asarray(Image.open(path / f"{VAL0}.png")).copy()
     gt[40:56, 8:24] = GRASS
     Image.fromarray(gt).save(path / f"{VAL0}.png")
-    register_all_ade20k(str(ade20k_root))  # the process registered the default root
-    request.addfinalizer(lambda: register_all_ade20k(datasets_root()))
     return gt, {
-        "file_name": str(_val0(ade20k_root, "images", ".jpg")),
-        "sem_seg_file_name": str(_val0(ade20k_root, "annotations_detectron2", ".png")),
+        "file_name": str(_val0(ade20k_registered, "images", ".jpg")),
+        "sem_seg_file_name": str(_val0(ade20k_registered, "annotations_detectron2", ".png")),
     }
 
 
@@ -177,15 +172,12 @@ def test_visualize_dataset_unknown_dataset(capsys, tmp_path):
 
 # ---------------------------------------------------------------- pseudo-labels
 def _store(tmp_path, gt):
-    store = PseudoLabelStore.create(
-        str(tmp_path / "store"),
-        {
-            "fingerprint": "test",
-            "vocabulary": ["sky", "bed", "grass"],
-            "unseen": ["grass"],
-            "threshold": 0.5,
-            "dataset": "ade20k_sem_seg_val",
-        },
+    store = make_store(
+        tmp_path / "store",
+        ["sky", "bed", "grass"],
+        threshold=0.5,
+        unseen=["grass"],
+        dataset="ade20k_sem_seg_val",
     )
     pseudo = np.select([gt == 2, gt == 7], [0, 1], 255).astype(np.uint8)
     pseudo[0:8, 0:8] = 2  # wrong: grass where the truth is sky (4 of them ignored in truth)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lseg_utils import tiny_lseg_cfg
-from ovseg_testing import ROOT
+from ovseg_testing import TINY_RN, tiny_lseg_cfg
 
 from detectron2.layers import FrozenBatchNorm2d
 
 from ovseg.clip import build_clip_teacher
 from ovseg.modeling.backbone import CLIPResNetBackbone, build_backbone
 
-TINY_RN = str(ROOT / "configs" / "clip" / "tiny_rn.json")
-
 
 def _cfg(cache, **resnets):
     cfg = tiny_lseg_cfg(cache)
-    cfg.MODEL.CLIP.MODEL_NAME = TINY_RN
+    cfg.MODEL.CLIP.MODEL_NAME = str(TINY_RN)
     cfg.MODEL.BACKBONE.NAME = "build_clip_resnet_backbone"
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]

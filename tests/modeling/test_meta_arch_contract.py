@@ -9,33 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lseg_utils import tiny_lseg_cfg
-from maskclip_plus_utils import tiny_cfg as tiny_maskclip_plus_cfg
-from ovseg_testing import ROOT
+from ovseg_testing import (
+    eval_mapper,
+    load_demo_modules,
+    make_store,
+    tiny_lseg_cfg,
+    tiny_maskclip_cfg,
+    tiny_maskclip_plus_cfg,
+    tiny_zegclip_cfg,
+)
 from PIL import Image
-from zegclip_utils import tiny_zegclip_cfg
 
 from detectron2.modeling import META_ARCH_REGISTRY
 
 import ovseg  # noqa: F401  (registers the meta-architectures)
-from ovseg.data.dataset_mappers import SemanticDatasetMapper
-from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.base import SEM_SEG_SCORES, OpenVocabSegmentor
-from ovseg.pseudo import PseudoLabelStore, generate_pseudo_labels
+from ovseg.pseudo import generate_pseudo_labels
 
 NAMES = ["red thing", "green thing", "blue thing"]
-TINY_VIT = str(ROOT / "configs" / "clip" / "tiny_vit.json")
-
-
-def _demo_predictor_module():
-    """demo/predictor.py, imported as ``python demo/demo.py`` imports it."""
-    import sys
-
-    if str(ROOT / "demo") not in sys.path:
-        sys.path.insert(0, str(ROOT / "demo"))
-    import predictor  # noqa: PLC0415  (found through demo/)
-
-    return predictor
+# one tiny config per registered ovseg meta-architecture
+TINY_CFGS = {
+    "LSeg": tiny_lseg_cfg,
+    "ZegCLIP": tiny_zegclip_cfg,
+    "MaskCLIP": tiny_maskclip_cfg,
+    "MaskCLIPPlus": tiny_maskclip_plus_cfg,
+}
 
 
 def _ovseg_meta_archs():
@@ -43,20 +41,8 @@ def _ovseg_meta_archs():
 
 
 def _cfg(name: str, cache: Path):
-    if name == "LSeg":
-        return tiny_lseg_cfg(cache)
-    if name == "ZegCLIP":
-        return tiny_zegclip_cfg(cache)
-    if name == "MaskCLIP":
-        config = ROOT / "configs" / "voc" / "maskclip" / "maskclip_vitb16_bs1.yaml"
-        return load_config(
-            str(config),
-            ["MODEL.DEVICE", "cpu", "MODEL.CLIP.MODEL_NAME", TINY_VIT, "MODEL.CLIP.PRETRAINED", "",
-             "MODEL.CLIP.CACHE_DIR", str(cache)],
-        )  # fmt: skip
-    if name == "MaskCLIPPlus":
-        return tiny_maskclip_plus_cfg(cache)
-    raise AssertionError(f"no tiny config for {name}: add one to this test")
+    assert name in TINY_CFGS, f"no tiny config for {name}: add one to ovseg_testing.models"
+    return TINY_CFGS[name](cache)
 
 
 def _image(h: int = 40, w: int = 52) -> np.ndarray:
@@ -94,7 +80,8 @@ def test_demo_and_pseudo_labels_read_scores_once(name, tmp_path):
     cfg = _cfg(name, cache)
     cfg.INPUT.MIN_SIZE_TEST = 0  # no resize: scores at the image's own size
     torch.manual_seed(0)
-    demo = _demo_predictor_module().VisualizationDemo(cfg)
+    predictor_module, _ = load_demo_modules()
+    demo = predictor_module.VisualizationDemo(cfg)
     model = demo.predictor.model
     kind = type(model).sem_seg_scores
     assert demo.predictor.score_kind == kind
@@ -113,23 +100,8 @@ def test_demo_and_pseudo_labels_read_scores_once(name, tmp_path):
     # the pseudo-label path: the same model, the same image, the stored confidence
     path = tmp_path / "img.png"
     Image.fromarray(image).save(path)
-    mapper = SemanticDatasetMapper(
-        is_train=False,
-        augmentations=[],
-        image_format="RGB",
-        ignore_label=255,
-        size_divisibility=-1,
-        vocabulary=NAMES,
-    )
-    manifest = {
-        "fingerprint": "f" * 64,
-        "teacher": {"clip": "c" * 64, "settings": {"method": name}},
-        "vocabulary": NAMES,
-        "unseen": [],
-        "threshold": 0.0,
-        "dataset": "contract",
-    }
-    store = PseudoLabelStore.create(str(tmp_path / "store"), manifest)
+    mapper = eval_mapper(NAMES)
+    store = make_store(tmp_path / "store", NAMES, dataset="contract")
     dicts = [{"file_name": str(path), "image_id": "img"}]
     generate_pseudo_labels(model, dicts, mapper, store, threshold=0.0, progress=False)
     label, confidence = store.read("img")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lseg_utils import tiny_lseg_cfg
+from ovseg_testing import tiny_lseg_cfg
 
 from detectron2.modeling import Backbone
 

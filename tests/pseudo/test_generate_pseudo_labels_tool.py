@@ -2,13 +2,11 @@
 its arguments (ovseg.engine.pseudo_labelling)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from ovseg_testing import ROOT, subprocess_env
+from ovseg_testing import run_script
 from PIL import Image
 
 from detectron2.data import DatasetCatalog
@@ -16,8 +14,6 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.utils.env import seed_all_rng
 
 from ovseg.data import build_dataset_mapper
-from ovseg.data.datasets.common import datasets_root
-from ovseg.data.datasets.register_ade20k import register_all_ade20k
 from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_labelling import parse_args
 from ovseg.pseudo import (
@@ -29,7 +25,7 @@ from ovseg.pseudo import (
 )
 from ovseg.vocab import Vocabulary
 
-TOOL = ROOT / "tools" / "generate_pseudo_labels.py"
+TOOL = "tools/generate_pseudo_labels.py"
 CONFIG = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
 
 
@@ -43,7 +39,7 @@ def test_arguments_take_opts_with_or_without_the_flag():
 
 @pytest.mark.slow
 @pytest.mark.skipif("MaskCLIP" not in META_ARCH_REGISTRY, reason="MaskCLIP is not registered")
-def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_root, tmp_path, request):
+def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_registered, tmp_path):
     out = tmp_path / "store"
     opts = [
         "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
@@ -57,15 +53,7 @@ def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_root, tmp_path, r
     ]  # fmt: skip
     args = ["--config-file", CONFIG, "--output", str(out), "--threshold", "0.01"]
     args += ["--scores", "probabilities", "--no-progress", *opts]
-    proc = subprocess.run(
-        [sys.executable, str(TOOL), *args],
-        cwd=ROOT,
-        env=subprocess_env(ade20k_root),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_script(TOOL, *args, datasets=ade20k_registered)
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 4 and manifest["dataset"] == "ade20k_sem_seg_train"
@@ -76,8 +64,6 @@ def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_root, tmp_path, r
     assert len(manifest["teacher"]["clip"]) == 64
 
     # the same labeller built here has the same fingerprint, so a re-run resumes the store
-    register_all_ade20k(str(ade20k_root))  # the test process registered the default root
-    request.addfinalizer(lambda: register_all_ade20k(datasets_root()))
     cfg = load_config(CONFIG, opts)
     seed_all_rng(0)  # what the tool does: the same random teacher in every process
     model = build_model(cfg).eval()

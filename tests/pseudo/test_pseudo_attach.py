@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from ovseg_testing import (
+    NAMES5,
+    make_store,
+    padded_train_mapper,
+    position_pattern,
+    write_random_images,
+)
 from PIL import Image
-from pseudo_helpers import NAMES5, make_store, position_pattern, train_mapper, write_images
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -14,7 +20,7 @@ from ovseg.pseudo import attach_pseudo_labels, pseudo_labelled_dataset_dicts
 
 
 def test_attach_adds_label_files_and_names_the_first_missing_image(tmp_path):
-    dicts = write_images(tmp_path / "img", n=3)
+    dicts = write_random_images(tmp_path / "img", n=3)
     store = make_store(tmp_path / "s", command="python tools/generate_pseudo_labels.py --y")
     for d in dicts:
         store.write(d["image_id"], np.zeros((12, 17), int), np.ones((12, 17)))
@@ -57,7 +63,7 @@ def test_mapper_keeps_pseudo_labels_aligned_through_resize_crop_flip_pad(tmp_pat
 
     names, store, d = _sample(tmp_path, num_classes, True, f)
     ignore = store.ignore_value
-    mapper = train_mapper(names, ignore_label=ignore)
+    mapper = padded_train_mapper(names, ignore_label=ignore)
     for seed in range(3):  # different crops
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -75,7 +81,7 @@ def test_mapper_keeps_pseudo_labels_aligned_through_resize_crop_flip_pad(tmp_pat
 
 def test_annotation_free_sample_has_only_pseudo_labels(tmp_path):
     names, store, d = _sample(tmp_path, 200, False, lambda gt: gt)
-    out = train_mapper(names)(d)
+    out = padded_train_mapper(names)(d)
     assert "sem_seg" not in out and out["pseudo_sem_seg"].shape == (32, 32)
     assert (out["pseudo_sem_seg"][20:] == 255).all()
 
@@ -104,7 +110,7 @@ def _cfg(train, store_root=""):
 
 
 def test_config_helper_attaches_or_refuses(tmp_path, registered):
-    dicts = write_images(tmp_path / "img", n=2)
+    dicts = write_random_images(tmp_path / "img", n=2)
     registered("pseudo_test_train", dicts)
     registered("pseudo_test_other", dicts)
     store = make_store(tmp_path / "s", dataset="pseudo_test_train")

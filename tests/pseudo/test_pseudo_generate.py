@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from pseudo_helpers import FakeTeacher, eval_mapper, make_store, write_images
+from ovseg_testing import NAMES5, FakeTeacher, eval_mapper, make_store, write_random_images
 
 from ovseg.pseudo import (
     generate_pseudo_labels,
@@ -46,7 +46,7 @@ def test_scores_to_labels_hand_computed():
 
 
 def test_shards_are_disjoint_sorted_and_cover_everything(tmp_path):
-    dicts = write_images(tmp_path / "img", n=5)
+    dicts = write_random_images(tmp_path / "img", n=5)
     shards = [shard_dataset_dicts(dicts, r, 2) for r in (0, 1)]
     assert [i for i, _ in shards[0]] == ["img_000", "img_002", "img_004"]
     assert [i for i, _ in shards[1]] == ["img_001", "img_003"]
@@ -58,8 +58,8 @@ def test_shards_are_disjoint_sorted_and_cover_everything(tmp_path):
 
 
 def test_interrupted_then_resumed_equals_one_uninterrupted_run(tmp_path):
-    dicts = write_images(tmp_path / "img", n=6)
-    mapper = eval_mapper()
+    dicts = write_random_images(tmp_path / "img", n=6)
+    mapper = eval_mapper(NAMES5)
 
     whole = make_store(tmp_path / "whole", threshold=0.3)
     stats = generate_pseudo_labels(FakeTeacher(), dicts, mapper, whole, threshold=0.3)
@@ -85,11 +85,11 @@ def test_interrupted_then_resumed_equals_one_uninterrupted_run(tmp_path):
 
 
 def test_labels_agree_with_the_model_scores(tmp_path):
-    dicts = write_images(tmp_path / "img", n=2)
+    dicts = write_random_images(tmp_path / "img", n=2)
     store = make_store(tmp_path / "s", threshold=0.25)
     model = FakeTeacher()
-    generate_pseudo_labels(model, dicts, eval_mapper(), store, threshold=0.25, progress=False)
-    inputs = eval_mapper()(dict(dicts[0]))
+    generate_pseudo_labels(model, dicts, eval_mapper(NAMES5), store, threshold=0.25, progress=False)
+    inputs = eval_mapper(NAMES5)(dict(dicts[0]))
     with torch.no_grad():
         probs = torch.softmax(model.eval()([inputs])[0]["sem_seg"], dim=0)
     conf, expected = probs.max(dim=0)
@@ -101,46 +101,46 @@ def test_labels_agree_with_the_model_scores(tmp_path):
 
 
 def test_two_ranks_cover_each_image_exactly_once(tmp_path):
-    dicts = write_images(tmp_path / "img", n=5)
+    dicts = write_random_images(tmp_path / "img", n=5)
     store = make_store(tmp_path / "s")
     seen = []
     for rank in (0, 1):
         model = FakeTeacher()
         stats = generate_pseudo_labels(
-            model, dicts, eval_mapper(), store, threshold=0.0, rank=rank, world_size=2
+            model, dicts, eval_mapper(NAMES5), store, threshold=0.0, rank=rank, world_size=2
         )
         assert stats["written"] == stats["total"] == (3 if rank == 0 else 2)
         seen += [os.path.basename(f)[:-4] for f in model.seen]
     assert sorted(seen) == [f"img_{i:03d}" for i in range(5)]  # once each
     assert store.image_ids() == tuple(sorted(seen))
     single = make_store(tmp_path / "single")
-    generate_pseudo_labels(FakeTeacher(), dicts, eval_mapper(), single, threshold=0.0)
+    generate_pseudo_labels(FakeTeacher(), dicts, eval_mapper(NAMES5), single, threshold=0.0)
     assert store_bytes(tmp_path / "s") == store_bytes(tmp_path / "single")
 
 
 def test_refusals_name_the_problem(tmp_path):
-    dicts = write_images(tmp_path / "img", n=2)
+    dicts = write_random_images(tmp_path / "img", n=2)
     store = make_store(tmp_path / "s", threshold=0.5)
     with pytest.raises(ValueError, match="threshold 0.4 differs from the store's 0.5"):
-        generate_pseudo_labels(FakeTeacher(), dicts, eval_mapper(), store, threshold=0.4)
+        generate_pseudo_labels(FakeTeacher(), dicts, eval_mapper(NAMES5), store, threshold=0.4)
     other = ["cat", "dog", "grass", "sky", "tree"]
     with pytest.raises(ValueError, match="store's vocabulary is 5 classes"):
         generate_pseudo_labels(FakeTeacher(), dicts, eval_mapper(other), store, threshold=0.5)
     with pytest.raises(ValueError, match=r"sem_seg of shape \(4, 12, 17\).*\(5, 12, 17\)"):
-        generate_pseudo_labels(FakeTeacher(4), dicts, eval_mapper(), store, threshold=0.5)
+        generate_pseudo_labels(FakeTeacher(4), dicts, eval_mapper(NAMES5), store, threshold=0.5)
     assert store.image_ids() == ()
 
 
 def test_model_mode_is_restored_and_probabilities_are_declared(tmp_path):
-    dicts = write_images(tmp_path / "img", n=1)
+    dicts = write_random_images(tmp_path / "img", n=1)
     store = make_store(tmp_path / "s", threshold=0.0)
     model = FakeTeacher(scale=0.001).train()
     model.sem_seg_scores = "probabilities"  # as a meta-arch returning probabilities declares
-    generate_pseudo_labels(model, dicts, eval_mapper(), store, threshold=0.0)
+    generate_pseudo_labels(model, dicts, eval_mapper(NAMES5), store, threshold=0.0)
     assert model.training
     # as probabilities, the confidence is the largest raw score (clipped), not a softmax
     with torch.no_grad():
-        scores = model.eval()([eval_mapper()(dict(dicts[0]))])[0]["sem_seg"]
+        scores = model.eval()([eval_mapper(NAMES5)(dict(dicts[0]))])[0]["sem_seg"]
     label, conf = store.read(dicts[0]["image_id"])
     np.testing.assert_array_equal(label, scores.argmax(0).numpy())
     expected = scores.max(0).values.clamp(0, 1).numpy()

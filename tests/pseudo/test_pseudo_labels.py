@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from pseudo_helpers import NAMES5, make_store
+from ovseg_testing import NAMES5, make_store
 
 from detectron2.config import get_cfg
 

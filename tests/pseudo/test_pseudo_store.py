@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
+from ovseg_testing import NAMES5, make_store
 from PIL import Image
-from pseudo_helpers import NAMES5, make_store
 
 from ovseg.pseudo import PseudoLabelStore, image_id_of
 from ovseg.pseudo import store as store_module

@@ -1,0 +1,103 @@
+"""Helpers shared by the tests, in one place; import them from here
+(``from ovseg_testing import ROOT, tiny_lseg``: tests/ is on pytest's ``pythonpath``).
+
+- ``paths``: the repository root, configs/ and the tiny CLIP model configs;
+- ``data``: datasets in real on-disk layouts (and registering them for a while), images,
+  hand-built batches, the real mappers in the settings the tests use;
+- ``models``: tiny random-init models: the CLIP teacher and one ``tiny_<method>_cfg`` /
+  ``tiny_<method>`` pair per student;
+- ``pseudo``: a pseudo-label store and a fake teacher;
+- ``golden``: ``assert_golden``, the golden-output regression;
+- ``demo``: demo/predictor.py and demo/demo.py, imported as the script imports them;
+- ``scripts``: running train_net.py, demo/demo.py and tools/ in a subprocess.
+
+Fixtures stay in the conftest.py files."""
+
+from ovseg_testing.data import (
+    ADE,
+    BED,
+    GRASS,
+    SKY,
+    TABLE,
+    crop_flip_augmentations,
+    eval_mapper,
+    padded_train_mapper,
+    position_pattern,
+    random_image,
+    random_image_batch,
+    registered_ade20k,
+    registered_toy_world,
+    two_region_batch,
+    write_ade20k_fixture,
+    write_random_images,
+    write_two_region_image,
+    write_unseen_fixture,
+    zero_shot_train_mapper,
+)
+from ovseg_testing.demo import DEMO_DIR, load_demo_modules
+from ovseg_testing.golden import Tol, assert_golden, dumps_golden
+from ovseg_testing.models import (
+    MASKCLIP_CONFIG,
+    TINY_DEEPLAB_STUDENT,
+    random_clip_model,
+    tiny_clip_cfg,
+    tiny_lseg,
+    tiny_lseg_cfg,
+    tiny_maskclip_cfg,
+    tiny_maskclip_opts,
+    tiny_maskclip_plus,
+    tiny_maskclip_plus_cfg,
+    tiny_zegclip,
+    tiny_zegclip_cfg,
+)
+from ovseg_testing.paths import CONFIGS, ROOT, TINY_RN, TINY_VIT
+from ovseg_testing.pseudo import NAMES5, FakeTeacher, make_store
+from ovseg_testing.scripts import run_script, subprocess_env
+
+__all__ = [
+    "ADE",
+    "BED",
+    "CONFIGS",
+    "DEMO_DIR",
+    "GRASS",
+    "MASKCLIP_CONFIG",
+    "NAMES5",
+    "ROOT",
+    "SKY",
+    "TABLE",
+    "TINY_DEEPLAB_STUDENT",
+    "TINY_RN",
+    "TINY_VIT",
+    "FakeTeacher",
+    "Tol",
+    "assert_golden",
+    "crop_flip_augmentations",
+    "dumps_golden",
+    "eval_mapper",
+    "load_demo_modules",
+    "make_store",
+    "padded_train_mapper",
+    "position_pattern",
+    "random_clip_model",
+    "random_image",
+    "random_image_batch",
+    "registered_ade20k",
+    "registered_toy_world",
+    "run_script",
+    "subprocess_env",
+    "tiny_clip_cfg",
+    "tiny_lseg",
+    "tiny_lseg_cfg",
+    "tiny_maskclip_cfg",
+    "tiny_maskclip_opts",
+    "tiny_maskclip_plus",
+    "tiny_maskclip_plus_cfg",
+    "tiny_zegclip",
+    "tiny_zegclip_cfg",
+    "two_region_batch",
+    "write_ade20k_fixture",
+    "write_random_images",
+    "write_two_region_image",
+    "write_unseen_fixture",
+    "zero_shot_train_mapper",
+]
