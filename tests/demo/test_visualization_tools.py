@@ -3,29 +3,44 @@ overlay drawing they share."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from ovseg_testing import ROOT, make_store
+from ovseg_testing import ROOT, make_store, subprocess_env
 from PIL import Image
 
+from detectron2.data import MetadataCatalog
+
+from ovseg.utils import dataset_views, training_curves
 from ovseg.utils.visualization import draw_semantic, vocabulary_metadata
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"ovseg_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+def _command(tool: str):
+    """``main(argv)`` of tools/<tool>.py, run as a command: its exit status, its stderr echoed
+    here (for capsys). It reads ADE20K where this process registered it last (the fixtures
+    register a temporary copy)."""
+
+    def main(argv) -> int:
+        ade = Path(MetadataCatalog.get("ade20k_sem_seg_val").image_root).parents[2]
+        run = dict(cwd=ROOT, env=subprocess_env(ade), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, f"tools/{tool}.py", *argv], **run)
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
+
+    return main
 
 
-plot_metrics = _load_tool("plot_metrics")
-visualize_dataset = _load_tool("visualize_dataset")
-visualize_pseudo_labels = _load_tool("visualize_pseudo_labels")
+# each tool: the package module behind it, and the tool itself run as a command (``main``)
+plot_metrics = SimpleNamespace(**vars(training_curves), main=_command("plot_metrics"))
+visualize_dataset = SimpleNamespace(**vars(dataset_views), main=_command("visualize_dataset"))
+visualize_pseudo_labels = SimpleNamespace(
+    **vars(dataset_views), main=_command("visualize_pseudo_labels")
+)
 
 VAL0 = "ADE_val_00000000"
 GRASS = 9  # an unseen class of ade150

@@ -1,0 +1,30 @@
+"""What the command-line tools share: a user's mistake ends a tool with one line, not a trace."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+__all__ = ["USER_ERRORS", "run_reporting_errors"]
+
+# a missing file, an unknown dataset or a bad option value: the message says what to change
+USER_ERRORS = (ValueError, OSError)
+
+
+def run_reporting_errors(prog: str, action: Callable[[], Any]) -> int:
+    """Run a tool's work; a user error becomes ``<prog>: error: <message>`` on stderr.
+
+    Args:
+        prog (str): the tool's file name, e.g. ``"plot_metrics.py"`` (as argparse names it).
+        action: the work, called without arguments; what it returns is not used.
+
+    Returns:
+        int: the exit status, 0 when the work is done, 2 (argparse's for a usage error)
+        when it raised one of :data:`USER_ERRORS`.
+    """
+    try:
+        action()
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
