@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from ovseg_testing import ROOT, subprocess_env
+from ovseg_testing import ROOT, run_script, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,17 +46,8 @@ SMALL = [
 ]
 
 
-def run_train_net(args, datasets_root, timeout=300):
-    proc = subprocess.run(
-        [sys.executable, "train_net.py", *args],
-        cwd=ROOT,
-        env=subprocess_env(datasets_root),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout + proc.stderr
+def run_train_net(args, datasets_root):
+    return run_script("train_net.py", *args, datasets=datasets_root)
 
 
 def read_metrics(out_dir):

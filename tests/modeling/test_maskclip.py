@@ -1,25 +1,16 @@
-"""MaskCLIP: refinements on hand-built inputs, the meta-architecture on a tiny random CLIP,
-every shipped config, and train_net.py --eval-only end to end."""
+"""MaskCLIP: refinements on hand-built inputs, the meta-architecture on a tiny random CLIP
+(its shipped configs and train_net.py --eval-only: tests/test_configs.py)."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from ovseg_testing import ROOT, subprocess_env
+from ovseg_testing import TINY_RN, TINY_VIT, random_image, tiny_clip_cfg
 
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.modeling import build_model
-
-from ovseg import add_ovseg_config
 from ovseg.clip import build_clip_teacher
-from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.maskclip import (
     DROPPED_LOGIT,
     MaskCLIP,
@@ -29,42 +20,29 @@ from ovseg.modeling.meta_arch.maskclip import (
     refine_scores,
 )
 
-TINY_VIT = str(ROOT / "configs" / "clip" / "tiny_vit.json")
-TINY_RN = str(ROOT / "configs" / "clip" / "tiny_rn.json")
 NAMES = ("cat", "dog", "grass")
-
-
-def _tiny_cfg(model_name: str, cache_dir: Path):
-    cfg = get_cfg()
-    add_ovseg_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.CLIP.MODEL_NAME = model_name
-    cfg.MODEL.CLIP.PRETRAINED = ""
-    cfg.MODEL.CLIP.CACHE_DIR = str(cache_dir)
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def vit_teacher(tmp_path_factory):
     torch.manual_seed(0)
-    return build_clip_teacher(_tiny_cfg(TINY_VIT, tmp_path_factory.mktemp("clip_cache")))
+    return build_clip_teacher(
+        tiny_clip_cfg(TINY_VIT, cache_dir=tmp_path_factory.mktemp("clip_cache"))
+    )
 
 
 @pytest.fixture(scope="module")
 def rn_teacher(tmp_path_factory):
     torch.manual_seed(0)
-    return build_clip_teacher(_tiny_cfg(TINY_RN, tmp_path_factory.mktemp("clip_cache")))
+    return build_clip_teacher(
+        tiny_clip_cfg(TINY_RN, cache_dir=tmp_path_factory.mktemp("clip_cache"))
+    )
 
 
 def _model(teacher, **kwargs):
     kwargs.setdefault("templates", ("a photo of a {}.", "a {}."))
     kwargs.setdefault("vocabulary", NAMES)
     return MaskCLIP(teacher=teacher, **kwargs).eval()
-
-
-def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
 
 
 # ---------------------------------------------------------------- pure refinements
@@ -151,7 +129,7 @@ def test_refine_scores_order_and_errors():
 def test_scores_match_teacher_and_padding_is_alignment_free(vit_teacher):
     model = _model(vit_teacher)
     text = model.text_embeddings(NAMES)
-    image = _image(64, 48).float()[None]
+    image = random_image(64, 48).float()[None]
     dense = vit_teacher.dense_embeddings(image)  # (1, D, 4, 3)
     grid = F.softmax(100 * torch.einsum("bdhw,kd->bkhw", dense, text), dim=1)
     expected = F.interpolate(grid, size=(64, 48), mode="bilinear", align_corners=False)
@@ -160,7 +138,7 @@ def test_scores_match_teacher_and_padding_is_alignment_free(vit_teacher):
 
     # an image that is not a multiple of the patch scores like its mean-padded canvas, cropped
     refined = _model(vit_teacher, prompt_denoise=True, key_smoothing=True)
-    small = _image(37, 45, seed=1).float()[None]
+    small = random_image(37, 45, seed=1).float()[None]
     canvas = vit_teacher.pixel_mean.expand(1, 3, 48, 48).clone()
     canvas[:, :, :37, :45] = small
     mean = vit_teacher.pixel_mean
@@ -180,9 +158,9 @@ def test_original_size_and_per_input_vocabulary(vit_teacher, mode):
     )
     five = ["sky", "road", "car", "tree", "person"]
     inputs = [
-        {"image": _image(37, 45), "height": 50, "width": 61},
-        {"image": _image(29, 33, seed=2), "height": 29, "width": 33, "vocabulary": five},
-        {"image": _image(37, 45, seed=3)},  # no height/width: the input size
+        {"image": random_image(37, 45), "height": 50, "width": 61},
+        {"image": random_image(29, 33, seed=2), "height": 29, "width": 33, "vocabulary": five},
+        {"image": random_image(37, 45, seed=3)},  # no height/width: the input size
     ]
     with torch.no_grad():
         out = model(inputs)
@@ -191,7 +169,7 @@ def test_original_size_and_per_input_vocabulary(vit_teacher, mode):
 
 
 def test_slide_with_one_full_window_equals_whole(vit_teacher):
-    inputs = [{"image": _image(48, 64), "height": 48, "width": 64}]
+    inputs = [{"image": random_image(48, 64), "height": 48, "width": 64}]
     whole = _model(vit_teacher, key_smoothing=True, prompt_denoise=True)
     slide = _model(
         vit_teacher,
@@ -208,7 +186,7 @@ def test_slide_with_one_full_window_equals_whole(vit_teacher):
 def test_resnet_tower_with_refinements(rn_teacher):
     model = _model(rn_teacher, prompt_denoise=True, key_smoothing=True, size_divisibility=64)
     with torch.no_grad():
-        out = model([{"image": _image(40, 70), "height": 40, "width": 70}])
+        out = model([{"image": random_image(40, 70), "height": 40, "width": 70}])
     assert tuple(out[0]["sem_seg"].shape) == (3, 40, 70)
     assert model.size_divisibility == 64
 
@@ -220,7 +198,7 @@ def test_training_mode_refuses_and_nothing_is_checkpointed(vit_teacher):
     model.train()
     assert not model.teacher.training
     with pytest.raises(RuntimeError, match="--eval-only"):
-        model([{"image": _image(32, 32)}])
+        model([{"image": random_image(32, 32)}])
 
 
 def test_bad_inputs_are_named(vit_teacher):
@@ -230,73 +208,6 @@ def test_bad_inputs_are_named(vit_teacher):
         _model(vit_teacher, prompt_denoise_threshold=1.5)
     model = _model(vit_teacher, vocabulary=None)
     with pytest.raises(ValueError, match="no 'vocabulary'"):
-        model([{"image": _image(32, 32), "file_name": "x.jpg"}])
+        model([{"image": random_image(32, 32), "file_name": "x.jpg"}])
     with pytest.raises(ValueError, match="non-empty list"):
-        model([{"image": _image(32, 32), "vocabulary": "cat,dog"}])
-
-
-# ---------------------------------------------------------------- configs and train_net
-CONFIGS = sorted((ROOT / "configs").glob("*/maskclip/maskclip_*.yaml"))
-DATASET_CLASSES = {"voc": 20, "pcontext": 59, "coco_stuff": 171, "ade20k": 150}
-
-
-def test_every_dataset_ships_both_configs():
-    names = {(p.parent.parent.name, p.name) for p in CONFIGS}
-    expected = {
-        (d, f"maskclip_{clip}_bs1.yaml") for d in DATASET_CLASSES for clip in ("vitb16", "rn50")
-    }
-    assert names == expected
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
-def test_config_loads_and_builds(path, tmp_path):
-    cfg = load_config(str(path))
-    rn = "rn50" in path.name
-    assert cfg.MODEL.META_ARCHITECTURE == "MaskCLIP"
-    assert cfg.MODEL.CLIP.MODEL_NAME == ("RN50" if rn else "ViT-B-16")
-    assert cfg.MODEL.CLIP.PRETRAINED == "openai"
-    assert cfg.MODEL.CLIP.TEMPLATES == "maskclip85"
-    assert cfg.MODEL.MASKCLIP.PROMPT_DENOISE and cfg.MODEL.MASKCLIP.KEY_SMOOTHING
-    assert cfg.TEST.INFERENCE_MODE == "whole"
-
-    tiny = TINY_RN if rn else TINY_VIT
-    cfg = load_config(
-        str(path),
-        ["MODEL.CLIP.MODEL_NAME", tiny, "MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu"],
-    )
-    cfg.MODEL.CLIP.CACHE_DIR = str(tmp_path)
-    model = build_model(cfg)
-    assert isinstance(model, MaskCLIP) and model.teacher.tower == ("resnet" if rn else "vit")
-    num_classes = DATASET_CLASSES[path.parent.parent.name]
-    assert len(model.vocabulary) == num_classes
-    assert list(model.vocabulary) == MetadataCatalog.get(cfg.DATASETS.TEST[0]).stuff_classes
-    assert len(model.templates) == 85
-
-
-@pytest.mark.slow
-def test_train_net_eval_only_on_ade_fixture(ade20k_root, tmp_path):
-    config = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
-    opts = {
-        "MODEL.CLIP.MODEL_NAME": "configs/clip/tiny_vit.json",
-        "MODEL.CLIP.PRETRAINED": '""',
-        "MODEL.CLIP.CACHE_DIR": str(tmp_path / "cache"),
-        "MODEL.CLIP.TEMPLATES": "single",
-        "MODEL.DEVICE": "cpu",
-        "DATALOADER.NUM_WORKERS": "0",
-        "INPUT.MIN_SIZE_TEST": "48",
-        "INPUT.MAX_SIZE_TEST": "48",
-        "OUTPUT_DIR": str(tmp_path / "out"),
-    }
-    args = ["--config-file", config, "--eval-only", *[x for kv in opts.items() for x in kv]]
-    proc = subprocess.run(
-        [sys.executable, "train_net.py", *args],
-        cwd=ROOT,
-        env=subprocess_env(ade20k_root),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    assert "copypaste: mIoU" in log
-    assert "No checkpoint found" in log  # no student weights needed
+        model([{"image": random_image(32, 32), "vocabulary": "cat,dog"}])

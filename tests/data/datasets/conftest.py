@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ovseg_testing import ROOT
 from PIL import Image
 
-DATASETS_DIR = Path(__file__).resolve().parents[3] / "datasets"
+DATASETS_DIR = ROOT / "datasets"
 
 
 @pytest.fixture(scope="session")
