@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+import warnings
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from ovseg.utils.io import atomic_write
+
+try:  # the C decoder of COCO-style RLE masks (a detectron2 dependency); optional
+    from pycocotools import mask as _pycocotools_mask
+except ImportError:  # pragma: no cover - depends on the environment
+    _pycocotools_mask = None
 
 README = "datasets/README.md"
 
@@ -46,14 +52,100 @@ def list_files(folder: Path, pattern: str, what: str) -> list[Path]:
     return files
 
 
+def _list_entry(line: str, path: Path) -> str:
+    """The image id of one split-list line, in any of the forms the VOC world uses.
+
+    ``2008_000002`` (VOC ``ImageSets``, mmsegmentation), ``2008_000002 -1`` (VOC per-class
+    lists) and DeepLab's ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``.
+    """
+    tokens = line.split()
+    if "/" not in tokens[0]:
+        return tokens[0]
+    stems = [PurePosixPath(t).stem for t in tokens if "/" in t]
+    if len(set(stems)) != 1:
+        raise ValueError(f"{path}: line {line.strip()!r} names two different images {stems}")
+    return stems[0]
+
+
 def read_id_list(path: Path) -> list[str]:
-    """Read a split list (one image id per line, as in VOC ``ImageSets``)."""
+    """Read a split list: one image id per line (VOC ``ImageSets``) or DeepLab's path pairs."""
     require(path, "split list")
     with open(path, encoding="utf-8") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
+        ids = [_list_entry(line, path) for line in f if line.strip()]
     if not ids:
         raise ValueError(f"split list {path} is empty")
     return ids
+
+
+def _rle_string_counts(counts: str) -> list[int]:
+    # COCO's compressed RLE (maskApi.c rleFrString): 5 bits per char offset by 48, 0x20 says
+    # "more chars follow", 0x10 is the sign of the last chunk; from the 3rd run on, each value
+    # is a difference to the run two places before
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def rle_decode(segmentation: dict, source: str) -> np.ndarray:
+    """Decode a COCO-style RLE mask (compressed string or uncompressed list of runs).
+
+    This is what the PASCAL in Detail API (``detail.Detail.decodeMask``) and pycocotools
+    compute (pycocotools does it when installed: the same C code as Detail's, and much faster
+    than the pure-Python path); polygons are refused (Detail's ``trainval_merged.json`` stores
+    RLE only, and its API decodes nothing else).
+
+    Args:
+        segmentation (dict): ``{"size": [H, W], "counts": str | list[int]}``; runs alternate
+            0s and 1s, starting with 0s, over the pixels in column-major order.
+        source (str): where the mask came from, named in errors.
+
+    Returns:
+        np.ndarray: (H, W) bool mask.
+    """
+    if not isinstance(segmentation, dict) or "counts" not in segmentation:
+        raise ValueError(
+            f"{source}: expected an RLE mask {{'size': [h, w], 'counts': ...}}, got "
+            f"{type(segmentation).__name__}; is this the PASCAL in Detail trainval_merged.json?"
+        )
+    counts = segmentation["counts"]
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    if isinstance(counts, bytes) and _pycocotools_mask is not None:
+        rle = {"size": [int(v) for v in segmentation["size"]], "counts": counts}
+        with warnings.catch_warnings():  # its numpy-2 "copy keyword" deprecation, not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return _pycocotools_mask.decode(rle).astype(bool)
+    return rle_decode_python(segmentation, source)
+
+
+def rle_decode_python(segmentation: dict, source: str) -> np.ndarray:
+    """:func:`rle_decode` without pycocotools."""
+    height, width = (int(v) for v in segmentation["size"])
+    counts = segmentation["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    runs = np.asarray(_rle_string_counts(counts) if isinstance(counts, str) else counts)
+    if (runs < 0).any() or runs.sum() != height * width:
+        raise ValueError(
+            f"{source}: RLE runs cover {runs.sum()} pixels with negative runs "
+            f"{(runs < 0).any()}; the mask size is {height}x{width}"
+        )
+    values = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+    return values.reshape(width, height).T
 
 
 def make_lut(dataset_ids: Sequence[int], size: int, ignore: int, dtype) -> np.ndarray:
@@ -119,15 +211,16 @@ def save_image(image: Image.Image, dst: Path) -> None:
 
 
 def run_jobs(
-    jobs: Iterable[tuple[Path, Path]],
-    convert: Callable[[Path, Path], object],
+    jobs: Iterable[tuple[Any, Path | tuple[Path, ...]]],
+    convert: Callable[[Any, Any], object],
     desc: str,
 ) -> tuple[int, int]:
     """Convert every ``(source, destination)`` pair whose destination does not exist yet.
 
     Args:
-        jobs: pairs of raw file and output file.
-        convert: ``convert(source, destination)``, writing the destination atomically.
+        jobs: pairs of a raw file (or any source ``convert`` understands) and an output file,
+            or a tuple of output files written together (skipped only when all exist).
+        convert: ``convert(source, destination)``, writing the destination(s) atomically.
         desc (str): label of the progress bar.
 
     Returns:
@@ -136,7 +229,8 @@ def run_jobs(
     jobs = list(jobs)
     done = skipped = 0
     for src, dst in tqdm(jobs, desc=desc, unit="img"):
-        if dst.exists():
+        outputs = dst if isinstance(dst, tuple) else (dst,)
+        if all(p.exists() for p in outputs):
             skipped += 1
             continue
         convert(src, dst)
