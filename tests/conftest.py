@@ -26,3 +26,11 @@ def ade20k_registered(ade20k_root):
     """``ade20k_root``, registered as the ADE20K splits while the test runs."""
     with registered_ade20k(ade20k_root):
         yield ade20k_root
+
+
+@pytest.fixture(scope="module")
+def small_ade20k(tmp_path_factory):
+    """A 2-training, 1-validation image ADE20K-150, registered while the module runs."""
+    root = write_ade20k_fixture(tmp_path_factory.mktemp("datasets"), n_train=2, n_val=1)
+    with registered_ade20k(root):
+        yield root

@@ -6,13 +6,12 @@
   tiny size and run for one training step (training-free MaskCLIP: built, with its
   vocabulary). Real-dataset leaves swap their CLIP for the tiny random one of the same tower
   and train on a fixture ADE20K; toy leaves keep their toy CLIP and train on a toy world.
-- train_net.py end to end, once per method (slow).
+(train_net.py end to end, once per method: tests/test_train_net.py.)
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
@@ -21,19 +20,17 @@ import pytest
 import torch
 import yaml
 from ovseg_testing import (
+    ADE20K_OPTS,
     CONFIGS,
     ROOT,
-    TINY_RN,
-    TINY_VIT,
+    cpu_opts,
+    is_resnet_clip,
     make_store,
-    registered_ade20k,
     registered_toy_world,
-    run_script,
-    write_ade20k_fixture,
+    tiny_clip_opts,
 )
 from PIL import Image
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.events import EventStorage
@@ -43,8 +40,6 @@ from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.datasets import toy_world
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
-from ovseg.engine.pseudo_labelling import main as generate_pseudo_labels_main
-from ovseg.engine.pseudo_labelling import parse_args as generate_pseudo_labels_args
 from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names
 
 ROOT_BASE = CONFIGS / "Base-ovseg.yaml"
@@ -240,46 +235,6 @@ RECIPES = {
 
 
 # ---------------------------------------------------------------- one step at a tiny size
-CPU = [
-    "MODEL.DEVICE", "cpu",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MAX_SIZE_TRAIN", "64",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "64",
-    "INPUT.COLOR_AUG_SSD", "False",
-]  # fmt: skip
-CROP_64 = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64"]
-SLIDE_64 = ["TEST.SLIDE_WINDOW", "(64, 64)", "TEST.SLIDE_STRIDE", "(48, 48)"]
-ADE = ["DATASETS.TRAIN", '("ade20k_sem_seg_train",)', "DATASETS.TEST", '("ade20k_sem_seg_val",)']
-# each method's sizes on top of CPU
-SMALL = {
-    "LSeg": [
-        *CROP_64, *SLIDE_64,
-        "MODEL.VIT_BACKBONE.TIMM_MODEL", "vit_tiny_patch16_224",
-        "MODEL.VIT_BACKBONE.TIMM_PRETRAINED", "",
-    ],
-    "ZegCLIP": [*CROP_64, *SLIDE_64],
-    "MaskCLIP": [],
-    "MaskCLIPPlus": [
-        "MODEL.CLIP.TEMPLATES", "single",
-        "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
-        "MODEL.RESNETS.WIDTH_PER_GROUP", "4",
-        "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
-        "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
-        "INPUT.CROP.SIZE", "(48, 48)",
-    ],
-    "SemanticSegmentor": [
-        *CROP_64,
-        "MODEL.WEIGHTS", "",
-        "MODEL.FPN.OUT_CHANNELS", "32",
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    ],
-}  # fmt: skip
 # the parameters a training step must change
 LEARNERS = {
     "LSeg": lambda model: list(model.decoder.parameters()),
@@ -289,23 +244,14 @@ LEARNERS = {
 }
 
 
-def _is_resnet(clip_name: str) -> bool:
-    """A CLIP with a ModifiedResNet image tower: RN50, configs/clip/{tiny,toy}_rn.json."""
-    return Path(clip_name).stem.lower().startswith(("rn", "tiny_rn", "toy_rn"))
-
-
-def _tiny_clip(cfg) -> list[str]:
-    tiny = TINY_RN if _is_resnet(cfg.MODEL.CLIP.MODEL_NAME) else TINY_VIT
-    return ["MODEL.CLIP.MODEL_NAME", str(tiny), "MODEL.CLIP.PRETRAINED", ""]
-
-
 def _small_cfg(path: Path, cfg, cache: Path):
     """``path`` at CPU size: the tiny CLIP of its tower and, for a leaf that trains, the ADE
     fixture; a toy leaf keeps its toy CLIP and toy world."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    opts = CPU + SMALL[arch] + ["MODEL.CLIP.CACHE_DIR", str(cache)]
+    opts = cpu_opts(arch, cache)
     if _dataset(path) != "toy":
-        opts += _tiny_clip(cfg) + (ADE if arch in LEARNERS else [])
+        opts += tiny_clip_opts(cfg.MODEL.CLIP.MODEL_NAME)
+        opts += ADE20K_OPTS if arch in LEARNERS else []
     return load_config(str(path), opts)
 
 
@@ -353,17 +299,10 @@ def _one_training_step(cfg, learner) -> None:
 
 def _maskclip_builds(path: Path, cfg, shipped_clip: str) -> None:
     model = Trainer.build_model(cfg)
-    assert model.teacher.tower == ("resnet" if _is_resnet(shipped_clip) else "vit")
+    assert model.teacher.tower == ("resnet" if is_resnet_clip(shipped_clip) else "vit")
     assert len(model.vocabulary) == MASKCLIP_CLASSES[_dataset(path)]
     assert list(model.vocabulary) == MetadataCatalog.get(cfg.DATASETS.TEST[0]).stuff_classes
     assert len(model.templates) == (1 if _dataset(path) == "toy" else 85)
-
-
-@pytest.fixture(scope="module")
-def ade_fixture(tmp_path_factory):
-    root = write_ade20k_fixture(tmp_path_factory.mktemp("datasets"), n_train=2, n_val=1)
-    with registered_ade20k(root):
-        yield root
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +319,7 @@ def clip_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("path", LEAVES, ids=_rel)
 def test_leaf_recipe_and_one_step(
-    path, ade_fixture, toy_fixture, clip_cache, tmp_path, monkeypatch
+    path, small_ade20k, toy_fixture, clip_cache, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(ROOT)  # configs name files relative to the repository root
     cfg = _merged(path)
@@ -440,109 +379,3 @@ def test_toy_base_maps_a_training_sample_with_unseen_ignored(toy_fixture):
         assert out["vocabulary"] == seen
         unseen_pixels = np.isin(label, [3, 5]).sum()  # triangle, ring
         assert int((out["sem_seg"] == 255).sum()) == unseen_pixels
-
-
-# ---------------------------------------------------------------- train_net.py end to end
-def _train_net(config: str, *opts: str, datasets: Path) -> str:
-    return run_script("train_net.py", "--config-file", config, *opts, datasets=datasets)
-
-
-def _cpu_opts(arch: str, cache: Path, *extra: str) -> list[str]:
-    return [*CPU, *SMALL[arch], "MODEL.CLIP.CACHE_DIR", str(cache), *extra]
-
-
-@pytest.mark.slow
-def test_train_net_lseg_trains_and_evaluates(ade_fixture, tmp_path):
-    out = tmp_path / "out"
-    opts = _cpu_opts(
-        "LSeg", tmp_path / "cache",
-        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT), "MODEL.CLIP.PRETRAINED", "",
-        "MODEL.DPT.FEATURES", "16", "MODEL.DPT.REASSEMBLE_CHANNELS", "[8, 8, 16, 16]",
-        "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(out),
-    )  # fmt: skip
-    log = _train_net("configs/ade20k/lseg/lseg_vitb16_80k_bs16.yaml", *opts, datasets=ade_fixture)
-    assert "copypaste: mIoU" in log
-    assert (out / "model_final.pth").is_file()
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert not any(k.startswith("teacher.") for k in state) and "decoder.head.weight" in state
-
-
-@pytest.mark.slow
-def test_train_net_zegclip_trains_evaluates_and_self_trains(ade_fixture, tmp_path):
-    out = tmp_path / "inductive"
-    small = _cpu_opts(
-        "ZegCLIP", tmp_path / "cache", *ADE,
-        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT), "MODEL.CLIP.PRETRAINED", "",
-    )  # fmt: skip
-    opts = ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0"]
-    config = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml"
-    log = _train_net(config, *small, *opts, "OUTPUT_DIR", str(out), datasets=ade_fixture)
-    assert "copypaste: mIoU" in log and "loss_focal_0" in log
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert "backbone.prompts" in state and "decoder.q_proj.weight" in state
-    assert not any(k.startswith(("teacher.", "backbone.tower.")) for k in state)
-
-    # the transductive stage starts from these weights: every parameter is found
-    cfg = load_config(str(CONFIGS / "voc/zegclip/zegclip_vitb16_transductive_10k_bs16.yaml"), small)
-    model = Trainer.build_model(cfg)
-    model.load_state_dict(state, strict=True)
-    DetectionCheckpointer(model).load(str(out / "model_final.pth"))
-    assert torch.equal(model.backbone.prompts, state["backbone.prompts"])
-
-
-@pytest.mark.slow
-def test_train_net_maskclip_evaluates_without_weights(ade_fixture, tmp_path):
-    opts = [
-        "--eval-only",
-        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
-        "MODEL.CLIP.PRETRAINED", '""',
-        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
-        "MODEL.CLIP.TEMPLATES", "single",
-        "MODEL.DEVICE", "cpu",
-        "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.MIN_SIZE_TEST", "48",
-        "INPUT.MAX_SIZE_TEST", "48",
-        "OUTPUT_DIR", str(tmp_path / "out"),
-    ]  # fmt: skip
-    log = _train_net(
-        "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml", *opts, datasets=ade_fixture
-    )
-    assert "copypaste: mIoU" in log
-    assert "No checkpoint found" in log  # no student weights needed
-
-
-@pytest.mark.slow
-def test_train_net_maskclip_plus_from_a_generated_store(ade_fixture, tmp_path):
-    """The store made by tools/generate_pseudo_labels.py trains the student through
-    train_net.py, which switches to self-training at SELF_TRAINING.START_ITER and evaluates."""
-    config = "configs/coco_stuff/maskclip_plus/" + (
-        "maskclip_plus_vitb16_r101_deeplabv2_transductive_80k_bs16.yaml"
-    )
-    tiny = ["MODEL.CLIP.MODEL_NAME", str(TINY_VIT), "MODEL.CLIP.PRETRAINED", ""]
-    common = _cpu_opts(
-        "MaskCLIPPlus", tmp_path / "cache", *ADE, *tiny,
-        "MODEL.RESNETS.DEPTH", "50",
-        "MODEL.RESNETS.NORM", "BN",
-        "MODEL.SEM_SEG_HEAD.NORM", "BN",
-        "MODEL.OVSEG.SELF_TRAINING.START_ITER", "2",
-        "DATASETS.PSEUDO_LABELS", str(tmp_path / "store"),
-    )  # fmt: skip
-    unseen = tmp_path / "unseen.json"  # ADE names hold commas: a JSON list, not a comma list
-    unseen.write_text(json.dumps(list(scored_names(load_config(config, common)))))
-    # the generation tool in this process (one interpreter start less), as its __main__ runs it
-    args = ["--config-file", config, "--output", str(tmp_path / "store"), "--no-progress"]
-    args += [*common, "MODEL.META_ARCHITECTURE", "MaskCLIP", "MODEL.OVSEG.TEST_VOCABULARY"]
-    args += [str(unseen), "OUTPUT_DIR", str(tmp_path / "gen")]
-    stats = generate_pseudo_labels_main(generate_pseudo_labels_args(args))
-    assert stats["written"] == len(DatasetCatalog.get("ade20k_sem_seg_train"))
-    out = tmp_path / "out"
-    opts = ["SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "100"]
-    log = _train_net(config, *common, *opts, "OUTPUT_DIR", str(out), datasets=ade_fixture)
-    assert "free pixels labelled by the teacher (store) until iteration 2" in log
-    assert "iteration 0: training on the first-stage targets" in log
-    assert "iteration 2: training on the student's own predictions" in log
-    assert "copypaste: mIoU" in log
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert not any(k.startswith(("teacher.", "labeller.")) for k in state)
-    assert "head.predictor.weight" in state

@@ -4,6 +4,7 @@
 - ``paths``: the repository root, configs/ and the tiny CLIP model configs;
 - ``data``: datasets in real on-disk layouts (and registering them for a while), images,
   hand-built batches, the real mappers in the settings the tests use;
+- ``configs``: overrides shrinking a shipped config to a CPU test, per meta-architecture;
 - ``models``: tiny random-init models: the CLIP teacher and one ``tiny_<method>_cfg`` /
   ``tiny_<method>`` pair per student;
 - ``pseudo``: a pseudo-label store and a fake teacher;
@@ -13,6 +14,14 @@
 
 Fixtures stay in the conftest.py files."""
 
+from ovseg_testing.configs import (
+    ADE20K_OPTS,
+    CPU_OPTS,
+    SMALL_OPTS,
+    cpu_opts,
+    is_resnet_clip,
+    tiny_clip_opts,
+)
 from ovseg_testing.data import (
     ADE,
     BED,
@@ -56,6 +65,12 @@ from ovseg_testing.scripts import run_script, subprocess_env
 
 __all__ = [
     "ADE",
+    "ADE20K_OPTS",
+    "CPU_OPTS",
+    "SMALL_OPTS",
+    "cpu_opts",
+    "is_resnet_clip",
+    "tiny_clip_opts",
     "BED",
     "CONFIGS",
     "DEMO_DIR",

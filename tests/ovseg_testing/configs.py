@@ -1,0 +1,68 @@
+"""Shrinking a shipped config to a CPU test: KEY VALUE overrides per meta-architecture, the
+tiny CLIP of the same tower, the fixture ADE20K's splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ovseg_testing.paths import TINY_RN, TINY_VIT
+
+CPU_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MAX_SIZE_TRAIN", "64",
+    "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "64",
+    "INPUT.COLOR_AUG_SSD", "False",
+]  # fmt: skip
+ADE20K_OPTS = [
+    "DATASETS.TRAIN", '("ade20k_sem_seg_train",)',
+    "DATASETS.TEST", '("ade20k_sem_seg_val",)',
+]  # fmt: skip
+_CROP_64 = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64"]
+_SLIDE_64 = ["TEST.SLIDE_WINDOW", "(64, 64)", "TEST.SLIDE_STRIDE", "(48, 48)"]
+# each meta-architecture's small widths and sizes, on top of CPU_OPTS
+SMALL_OPTS = {
+    "LSeg": [
+        *_CROP_64, *_SLIDE_64,
+        "MODEL.VIT_BACKBONE.TIMM_MODEL", "vit_tiny_patch16_224",
+        "MODEL.VIT_BACKBONE.TIMM_PRETRAINED", "",
+    ],
+    "ZegCLIP": [*_CROP_64, *_SLIDE_64],
+    "MaskCLIP": [],
+    "MaskCLIPPlus": [
+        "MODEL.CLIP.TEMPLATES", "single",
+        "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+        "MODEL.RESNETS.WIDTH_PER_GROUP", "4",
+        "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
+        "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
+        "INPUT.CROP.SIZE", "(48, 48)",
+    ],
+    "SemanticSegmentor": [
+        *_CROP_64,
+        "MODEL.WEIGHTS", "",
+        "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    ],
+}  # fmt: skip
+
+
+def cpu_opts(arch: str, cache_dir: Path, *extra: str) -> list[str]:
+    """CPU_OPTS, ``arch``'s SMALL_OPTS, the CLIP cache folder, then ``extra``."""
+    return [*CPU_OPTS, *SMALL_OPTS[arch], "MODEL.CLIP.CACHE_DIR", str(cache_dir), *extra]
+
+
+def is_resnet_clip(clip_name: str) -> bool:
+    """A CLIP with a ModifiedResNet image tower: RN50, configs/clip/{tiny,toy}_rn.json."""
+    return Path(clip_name).stem.lower().startswith(("rn", "tiny_rn", "toy_rn"))
+
+
+def tiny_clip_opts(clip_name: str = "ViT-B-16") -> list[str]:
+    """Overrides replacing ``clip_name`` by the random-init tiny CLIP of the same tower."""
+    tiny = TINY_RN if is_resnet_clip(clip_name) else TINY_VIT
+    return ["MODEL.CLIP.MODEL_NAME", str(tiny), "MODEL.CLIP.PRETRAINED", ""]
