@@ -32,7 +32,8 @@ def add_teacher_config(cfg: CN) -> None:
     # ~/.cache/ovseg.
     cfg.MODEL.CLIP.CACHE_DIR = ""
     # prompt-template set for text embeddings: "single", "imagenet80", "vild", "maskclip85",
-    # or a path to a JSON list of templates with one "{}" each.
+    # "zegclip_single", "zegclip_multi" (ovseg/clip/templates.py), or a path to a JSON list of
+    # templates with one "{}" each.
     cfg.MODEL.CLIP.TEMPLATES = "single"
     # the text embedded for a class instead of its display name, where an official
     # implementation used other words: "" (the names as they are), a builtin map's name
@@ -202,6 +203,17 @@ def add_zegclip_config(cfg: CN) -> None:
     # and a finer token grid, H/stride x W/stride, from the same weights; each token still
     # sees a patch-sized window, as in pretraining. Costs (patch/stride)^2 more tokens.
     cfg.MODEL.ZEGCLIP.PATCH_STRIDE = 0
+    # add the class embedding to the class token twice, as the token and into its positional
+    # embedding (class token 2 cls + pos0): an official quirk its checkpoints were made with
+    cfg.MODEL.ZEGCLIP.DOUBLE_CLASS_EMBEDDING = False
+    # resize of the tower's positional embeddings to the patch grid: "bicubic" or "bilinear"
+    # (official)
+    cfg.MODEL.ZEGCLIP.POS_EMBED_INTERPOLATION = "bicubic"
+    # initial bias of the prompt projection: "zeros" or "uniform" (official: nn.Linear's own)
+    cfg.MODEL.ZEGCLIP.PROMPT_PROJ_BIAS_INIT = "zeros"
+    # input normalisation of the prompted tower: "clip" (the CLIP model's mean/std) or
+    # "imagenet" (mmseg's ImageNet mean/std, as the official data pipeline)
+    cfg.MODEL.ZEGCLIP.PIXEL_STATISTICS = "clip"
     # decoder layers in which class queries attend to the patch tokens (paper: 3)
     cfg.MODEL.ZEGCLIP.DECODER_LAYERS = 3
     # attention heads of the decoder; the mask logits are their average (official: 8)
@@ -222,7 +234,8 @@ def add_zegclip_config(cfg: CN) -> None:
     cfg.MODEL.ZEGCLIP.FOCAL_GAMMA = 2.0
     # weight of the dice loss on the classes present in each image (paper: 1)
     cfg.MODEL.ZEGCLIP.DICE_WEIGHT = 1.0
-    # apply the losses to every decoder layer's masks, not only the last one's
+    # apply the losses to every decoder layer's masks (ovseg), not only the last one's
+    # (official: its deep-supervision loop never runs)
     cfg.MODEL.ZEGCLIP.DEEP_SUPERVISION = True
     # ignored pixels count as negatives of every class (official code) instead of being
     # left out of the losses

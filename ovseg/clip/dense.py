@@ -25,6 +25,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 __all__ = [
+    "POS_EMBED_MODES",
     "SUPPORTED_TOWERS",
     "dense_stride",
     "pad_to_multiple",
@@ -36,6 +37,9 @@ __all__ = [
     "vit_dense",
     "vit_tokens",
 ]
+
+# how resize_pos_embed interpolates the grid of positional embeddings
+POS_EMBED_MODES = ("bicubic", "bilinear")
 
 SUPPORTED_TOWERS = ("open_clip.transformer.VisionTransformer", "open_clip.ModifiedResNet")
 
@@ -79,19 +83,29 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 
 
 def resize_pos_embed(
-    pos_embed: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int], num_prefix: int = 1
+    pos_embed: Tensor,
+    old_grid: Tuple[int, int],
+    new_grid: Tuple[int, int],
+    num_prefix: int = 1,
+    mode: str = "bicubic",
 ) -> Tensor:
-    """Bicubically resize a ViT positional embedding to another patch grid.
+    """Resize a ViT positional embedding to another patch grid (bicubic by default).
 
     Args:
         pos_embed (Tensor): (num_prefix + gh * gw, C), prefix (class) tokens first.
         old_grid: (gh, gw) the embedding was trained for.
         new_grid: (h, w) wanted.
         num_prefix (int): leading tokens that are not on the grid (kept as they are).
+        mode (str): "bicubic" (MaskCLIP, SAN) or "bilinear" (the official ZegCLIP), both
+            with ``align_corners=False``; one of ``POS_EMBED_MODES``.
 
     Returns:
         Tensor: (num_prefix + h * w, C).
     """
+    if mode not in POS_EMBED_MODES:
+        raise ValueError(
+            f"positional-embedding interpolation {mode!r} is not one of {list(POS_EMBED_MODES)}"
+        )
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
     if old_grid == new_grid:
         return pos_embed
@@ -103,8 +117,9 @@ def resize_pos_embed(
         )
     prefix, grid = pos_embed[:num_prefix], pos_embed[num_prefix:]
     grid = grid.float().reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-    # bicubic, align_corners=False: as MaskCLIP (mmseg resize_pos_embed) and SAN
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    # align_corners=False: as MaskCLIP (mmseg resize_pos_embed, bicubic), SAN (bicubic) and
+    # ZegCLIP (F.interpolate's bilinear default)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=0)
 

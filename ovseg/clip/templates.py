@@ -8,6 +8,10 @@ Sources (the strings are data, checked against the official repositories):
   text_template.py``), in its order.
 - ``maskclip85``: MaskCLIP's 85 templates (``prompt_templates`` in chongzhou96/MaskCLIP,
   ``tools/maskclip_utils/prompt_engineering.py``): the 80 above followed by 5 scene templates.
+- ``zegclip_single`` and ``zegclip_multi``: the text of ZegCLIP's precomputed embeddings
+  (ZiqinZhou66/ZegCLIP @9ba4bb5 ``configs/_base_/datasets/text_embedding/get_embedding.ipynb``:
+  ``single_templete`` embeds ``f"a photo of a {c}"``, no period, for ``voc12_single.npy``;
+  ``multi_templete`` averages its 15 ``templates`` for ``coco_multi.npy``), in its order.
 """
 
 from __future__ import annotations
@@ -130,6 +134,27 @@ MASKCLIP_SCENE_TEMPLATES: tuple[str, ...] = (
     "this is one {} in the scene.",
 )
 
+# ZegCLIP's text: one template without a period (VOC), or 15 averaged (COCO-Stuff)
+ZEGCLIP_SINGLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}",)
+
+ZEGCLIP_MULTI_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "a {} in the scene.",
+    "a photo of a {} in the scene.",
+    "There is a {} in the scene.",
+    "There is the {} in the scene.",
+    "This is a {} in the scene.",
+    "This is the {} in the scene.",
+    "This is one {} in the scene.",
+)
+
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     # the bare class name (LSeg's official text input)
     "name": ("{}",),
@@ -137,6 +162,8 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet80": IMAGENET_TEMPLATES,
     "vild": VILD_TEMPLATES,
     "maskclip85": IMAGENET_TEMPLATES + MASKCLIP_SCENE_TEMPLATES,
+    "zegclip_single": ZEGCLIP_SINGLE_TEMPLATES,
+    "zegclip_multi": ZEGCLIP_MULTI_TEMPLATES,
 }
 
 
@@ -144,8 +171,8 @@ def get_templates(name_or_path: str | os.PathLike) -> tuple[str, ...]:
     """Return a prompt-template set.
 
     Args:
-        name_or_path: a set name (``single``, ``imagenet80``, ``vild``, ``maskclip85``) or
-            the path of a JSON file holding a list of templates, each with one ``"{}"``.
+        name_or_path: a set name (a key of ``TEMPLATE_SETS``) or the path of a JSON file
+            holding a list of templates, each with one ``"{}"``.
 
     Returns:
         tuple[str, ...]: the templates, in order.

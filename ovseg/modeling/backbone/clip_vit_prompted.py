@@ -1,17 +1,23 @@
 # Follows the official ZegCLIP image encoder (ZiqinZhou66/ZegCLIP models/backbone/img_encoder.py,
-# VPTCLIPVisionTransformer: deep prompts, prompt projection and norm), re-written over open_clip.
+# VPTCLIPVisionTransformer: deep prompts, prompt projection and norm, and behind switches its
+# doubled class embedding, bilinear positional embeddings and prompt-projection bias init),
+# re-written over open_clip.
 """The CLIP teacher's ViT image tower, frozen, with learnable visual prompts (VPT).
 
 The tower's modules are the teacher's own (shared, never copied): the backbone registers
 them so ``.to()`` and ``named_parameters()`` reach them, freezes them, keeps them in eval mode
 and keeps them out of ``state_dict()``. The only trainable parameters are the prompts, their
 projection and the output norm, so gradients flow through the frozen blocks into the prompts.
+
+Three switches reproduce the official encoder where it departs from CLIP as pretrained (all
+off by default): ``double_class_embedding`` (its class token is 2 cls + pos0),
+``pos_embed_interpolation="bilinear"`` and ``prompt_proj_bias_init="uniform"``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from open_clip.transformer import VisionTransformer
@@ -21,22 +27,30 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...clip.dense import dense_stride, vit_tokens
+from ...clip.dense import POS_EMBED_MODES, dense_stride, patch_embedding, resize_pos_embed
 from ...utils.state_dict import exclude_from_checkpoints
 
-__all__ = ["PROMPT_DEPTHS", "CLIPViTPrompted", "build_clip_vit_prompted_backbone"]
+__all__ = [
+    "PROMPT_DEPTHS",
+    "PROMPT_PROJ_BIAS_INITS",
+    "CLIPViTPrompted",
+    "build_clip_vit_prompted_backbone",
+]
 
 # "deep": fresh prompt tokens before every block (VPT-deep, ZegCLIP); "shallow": one set
 # inserted after the embeddings and carried through all blocks (VPT-shallow)
 PROMPT_DEPTHS = ("deep", "shallow")
+# "zeros", or "uniform": nn.Linear's own U(-1/sqrt(width), 1/sqrt(width)), which the official
+# code keeps (img_encoder.py:182-183 re-initialise the weight only)
+PROMPT_PROJ_BIAS_INITS = ("zeros", "uniform")
 
 
 class CLIPViTPrompted(Backbone):
     """A frozen open_clip ``VisionTransformer`` with ``num_prompts`` learnable tokens.
 
     Token order inside the tower: ``[class, prompts, patches]``. Positional embeddings are
-    resized bicubically to each input's patch grid. Outputs, in the tower's joint space
-    (``ln_post`` then ``proj``, not normalised):
+    resized (bicubically by default) to each input's patch grid. Outputs, in the tower's
+    joint space (``ln_post`` then ``proj``, not normalised):
 
     - ``"patch_tokens"``: (B, D, H/s, W/s) last-layer patch tokens, s the patch stride;
     - ``"global_token"``: (B, D) the class token (the tower's own pooling).
@@ -51,6 +65,9 @@ class CLIPViTPrompted(Backbone):
         prompt_proj: bool = True,
         prompt_dropout: float = 0.1,
         patch_stride: int = 0,
+        double_class_embedding: bool = False,
+        pos_embed_interpolation: str = "bicubic",
+        prompt_proj_bias_init: str = "zeros",
     ):
         """
         Args:
@@ -64,9 +81,18 @@ class CLIPViTPrompted(Backbone):
                 smaller one (dividing the patch size, with an even difference to it) gives
                 overlapping patches, zero-padded by half the difference so that token
                 (i, j) stays centred on the stride-sized cell (i, j): an (H/s, W/s) grid.
+            double_class_embedding (bool): add the class embedding to the class token twice,
+                once as the token and once into its positional embedding (the official
+                encoder's class token is 2 cls + pos0, img_encoder.py:228, 231).
+            pos_embed_interpolation (str): "bicubic" or "bilinear" (official,
+                img_encoder.py:214, 232) resize of the positional embeddings.
+            prompt_proj_bias_init (str): "zeros" or "uniform" (official; see
+                ``PROMPT_PROJ_BIAS_INITS``).
         """
         super().__init__()
         _check_tower(visual, depth, num_prompts)
+        _check_choice(pos_embed_interpolation, POS_EMBED_MODES, "POS_EMBED_INTERPOLATION")
+        _check_choice(prompt_proj_bias_init, PROMPT_PROJ_BIAS_INITS, "PROMPT_PROJ_BIAS_INIT")
         self.tower = visual
         self.tower.requires_grad_(False)
         self.tower.eval()
@@ -75,6 +101,8 @@ class CLIPViTPrompted(Backbone):
         self.patch_size = dense_stride(visual)
         stride = _check_patch_stride(patch_stride, self.patch_size)
         self.patch_stride = stride
+        self.double_class_embedding = bool(double_class_embedding)
+        self.pos_embed_interpolation = pos_embed_interpolation
         width = visual.conv1.out_channels
         self.num_blocks = len(visual.transformer.resblocks)
         num_sets = self.num_blocks if depth == "deep" else 1
@@ -85,7 +113,8 @@ class CLIPViTPrompted(Backbone):
         self.prompt_proj = nn.Linear(width, width) if prompt_proj else nn.Identity()
         if prompt_proj:
             nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
-            nn.init.zeros_(self.prompt_proj.bias)
+            if prompt_proj_bias_init == "zeros":
+                nn.init.zeros_(self.prompt_proj.bias)
         self.prompt_dropout = nn.Dropout(prompt_dropout) if prompt_proj else nn.Identity()
         # a learnable norm on the last hidden states before the frozen ln_post (official);
         # at initialisation ln_post(prompt_norm(x)) equals ln_post(x)
@@ -123,10 +152,34 @@ class CLIPViTPrompted(Backbone):
         return p.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
     # ------------------------------------------------------------------ forward
+    def tokens(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """The tower's input tokens: patch embedding, class token, positional embedding resized
+        to the grid, ``ln_pre`` (as :func:`ovseg.clip.dense.vit_tokens`, with the switches).
+
+        Args:
+            x (Tensor): (B, 3, H, W) normalised images.
+
+        Returns:
+            tuple: tokens (B, 1 + h * w, C), class token first; the grid (h, w).
+        """
+        tower = self.tower
+        x = patch_embedding(tower.conv1, x, self.patch_stride)
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)
+        cls = tower.class_embedding.to(x.dtype)
+        x = torch.cat([cls.view(1, 1, -1).expand(x.shape[0], 1, -1), x], dim=1)
+        pos = resize_pos_embed(
+            tower.positional_embedding, tower.grid_size, grid, mode=self.pos_embed_interpolation
+        ).to(x.dtype)
+        if self.double_class_embedding:
+            # the official order: token cls, plus (pos0 + cls) as the class position
+            pos = torch.cat([pos[:1] + cls, pos[1:]], dim=0)
+        return tower.ln_pre(x + pos), grid
+
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """
         Args:
-            x (Tensor): (B, 3, H, W) images normalised by the CLIP mean/std, H and W
+            x (Tensor): (B, 3, H, W) normalised images (the model's statistics), H and W
                 multiples of the patch size.
 
         Returns:
@@ -141,7 +194,7 @@ class CLIPViTPrompted(Backbone):
             )
         visual = self.tower
         b = x.shape[0]
-        x, (gh, gw) = vit_tokens(visual, x, self.patch_stride)
+        x, (gh, gw) = self.tokens(x)
 
         n = self.num_prompts
         # batch-first throughout: the blocks of a seq-first transformer get transposed input
@@ -187,6 +240,11 @@ def _check_tower(visual: nn.Module, depth: str, num_prompts: int) -> None:
         raise ValueError(f"MODEL.ZEGCLIP.NUM_PROMPTS must be >= 1, got {num_prompts}")
 
 
+def _check_choice(value: str, choices: Tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ValueError(f"MODEL.ZEGCLIP.{key}={value!r} is not one of {list(choices)}")
+
+
 def _check_patch_stride(patch_stride: int, patch_size: int) -> int:
     """The patch-embedding stride (0 = the patch size), refused unless it divides the
     patch size with an even difference (so tokens stay centred on their cells)."""
@@ -208,7 +266,8 @@ def build_clip_vit_prompted_backbone(
 
     Args:
         cfg (CfgNode): reads MODEL.ZEGCLIP.{NUM_PROMPTS, PROMPT_DEPTH, PROMPT_PROJ,
-            PROMPT_DROPOUT, PATCH_STRIDE} and MODEL.CLIP.* (when no teacher is given).
+            PROMPT_DROPOUT, PATCH_STRIDE, DOUBLE_CLASS_EMBEDDING, POS_EMBED_INTERPOLATION,
+            PROMPT_PROJ_BIAS_INIT} and MODEL.CLIP.* (when no teacher is given).
         input_shape (ShapeSpec): unused; images are RGB.
         teacher (CLIPTeacher, optional): the model's teacher, whose tower is shared;
             without it one is built from MODEL.CLIP and its tower used.
@@ -226,4 +285,7 @@ def build_clip_vit_prompted_backbone(
         prompt_proj=zcfg.PROMPT_PROJ,
         prompt_dropout=zcfg.PROMPT_DROPOUT,
         patch_stride=zcfg.PATCH_STRIDE,
+        double_class_embedding=zcfg.DOUBLE_CLASS_EMBEDDING,
+        pos_embed_interpolation=zcfg.POS_EMBED_INTERPOLATION,
+        prompt_proj_bias_init=zcfg.PROMPT_PROJ_BIAS_INIT,
     )

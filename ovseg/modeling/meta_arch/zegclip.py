@@ -1,5 +1,6 @@
 # Follows the official ZegCLIP (ZiqinZhou66/ZegCLIP models/segmentor/zegclip.py: seen/unseen
-# handling, self-training stage), re-written.
+# handling, self-training stage; configs/_base_/datasets/*.py: ImageNet input statistics),
+# re-written.
 """ZegCLIP: CLIP's frozen image tower with deep prompts, and a light decoder of class queries.
 
 The image goes through the teacher's own ViT tower (frozen, shared) with learnable prompt
@@ -36,10 +37,36 @@ from ..losses import mask_losses
 from ..text_classifier import LearnedBackground, TextClassifier
 from .base import OpenVocabSegmentor
 
-__all__ = ["SELF_TRAINING_PIXELS", "ZegCLIP", "calibrate", "self_training_targets"]
+__all__ = [
+    "IMAGENET_PIXEL_MEAN",
+    "IMAGENET_PIXEL_STD",
+    "PIXEL_STATISTICS",
+    "SELF_TRAINING_PIXELS",
+    "ZegCLIP",
+    "calibrate",
+    "pixel_statistics",
+    "self_training_targets",
+]
 
 
 SELF_TRAINING_PIXELS = ("ignore", "unseen")
+PIXEL_STATISTICS = ("clip", "imagenet")
+# mmseg's ImageNet RGB mean/std (0-255) of the official data pipeline
+# (configs/_base_/datasets/voc12_20_512x512.py:4-5, cocostuff_512x512.py:4-5)
+IMAGENET_PIXEL_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def pixel_statistics(name: str, teacher: CLIPTeacher) -> Tuple[List[float], List[float]]:
+    """The prompted tower's input mean and std (RGB, 0-255) by MODEL.ZEGCLIP.PIXEL_STATISTICS:
+    "clip" (the CLIP model's own) or "imagenet" (the official ZegCLIP pipeline's)."""
+    if name == "clip":
+        return teacher.pixel_mean.flatten().tolist(), teacher.pixel_std.flatten().tolist()
+    if name == "imagenet":
+        return list(IMAGENET_PIXEL_MEAN), list(IMAGENET_PIXEL_STD)
+    raise ValueError(
+        f"MODEL.ZEGCLIP.PIXEL_STATISTICS={name!r} is not one of {list(PIXEL_STATISTICS)}"
+    )
 
 
 def calibrate(scores: Tensor, seen: Tensor, amount: float) -> Tensor:
@@ -139,7 +166,7 @@ class ZegCLIP(OpenVocabSegmentor):
             decoder (ZegCLIPDecoder): class queries -> per-layer mask logits.
             teacher (CLIPTeacher): the frozen CLIP (its tower is shared with the backbone).
             templates: prompt templates, each with one "{}".
-            pixel_mean, pixel_std: the CLIP model's image statistics, 0-255 scale.
+            pixel_mean, pixel_std: input statistics, 0-255 scale (:func:`pixel_statistics`).
             seen_classes: names whose test scores ``calibration`` lowers.
             unseen_classes: names that get no loss before self-training and whose scores
                 label pixels during it; () without self-training.
@@ -205,6 +232,7 @@ class ZegCLIP(OpenVocabSegmentor):
                     f"MODEL.OVSEG.ZERO_SHOT_SETTING {needed!r}, got {setting!r}"
                 )
         teacher = build_clip_teacher(cfg)
+        pixel_mean, pixel_std = pixel_statistics(zcfg.PIXEL_STATISTICS, teacher)
         backbone = build_backbone(cfg, teacher=teacher)
         decoder = ZegCLIPDecoder(
             teacher.embed_dim,
@@ -231,8 +259,8 @@ class ZegCLIP(OpenVocabSegmentor):
             "decoder": decoder,
             "teacher": teacher,
             "templates": get_templates(cfg.MODEL.CLIP.TEMPLATES),
-            "pixel_mean": teacher.pixel_mean.flatten().tolist(),
-            "pixel_std": teacher.pixel_std.flatten().tolist(),
+            "pixel_mean": pixel_mean,
+            "pixel_std": pixel_std,
             "seen_classes": seen,
             "unseen_classes": unseen,
             "calibration": zcfg.CALIBRATION,
