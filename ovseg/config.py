@@ -274,6 +274,23 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     cfg.MODEL.MASKCLIP_PLUS.SELF_TRAINING_THRESHOLD = 0.0
     # weight of the L1 distillation of the student's embeddings to CLIP's dense ones; 0 = off
     cfg.MODEL.MASKCLIP_PLUS.DISTILL_WEIGHT = 0.0
+    # pixels that get a pseudo-label: "ignore" (every pixel without ground truth; needs
+    # ZERO_SHOT_SETTING "transductive" unless ANNOTATION_FREE) or "unseen" (official: those whose
+    # ground truth is an unseen class, annotation-free any class, void stays ignored; needs
+    # ZERO_SHOT_SETTING "none": the unseen labels only locate the pixels)
+    cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_PIXELS = "ignore"
+    # L2-normalise the student's pixel embeddings (cosine x MODEL.OVSEG.LOGIT_SCALE); False =
+    # the official raw dot product with the text embeddings (with LOGIT_SCALE 1.0)
+    cfg.MODEL.MASKCLIP_PLUS.NORMALIZE_EMBEDDINGS = True
+    # the cross-entropy is summed and divided by the "valid" pixels (with a target) or by "all"
+    # pixels of the padded batch (mmseg's mean, ignored pixels counted: the official loss)
+    cfg.MODEL.MASKCLIP_PLUS.LOSS_NORMALIZATION = "valid"
+    # the "online_augmented" teacher normalises the crop with "clip" (CLIP's mean/std) or
+    # "student" (MODEL.PIXEL_MEAN/STD: the official code feeds CLIP the student's input)
+    cfg.MODEL.MASKCLIP_PLUS.TEACHER_INPUT_NORMALIZATION = "clip"
+    # std of the normal initialisation of the learnable background (MODEL.OVSEG.BG_EMBED);
+    # 0 = the text classifier's own (std 0.02); official: 1.0 (torch.randn)
+    cfg.MODEL.MASKCLIP_PLUS.BG_EMBED_INIT_STD = 0.0
     # DeepLab heads (DeepLabV2Head, DeepLabV3PlusHead): ASPP width, dilations (v2: any
     # number of 3x3 branches; v3+: three), dropout after ASPP
     cfg.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 512
@@ -284,6 +301,15 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [48]
     # depthwise-separable 3x3 convolutions in ASPP and the v3+ decoder (the paper's)
     cfg.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
+    # end with a 1x1 convolution to the output width; False = the last (ReLU'd) map is the
+    # output and is as wide as it (official MaskCLIP+: ASPP width = embedding size)
+    cfg.MODEL.SEM_SEG_HEAD.OUTPUT_PROJECTION = True
+    # training resize of the semantic mapper (any method) as mmseg's Resize(img_scale,
+    # ratio_range) of the official MaskCLIP+ pipelines: r ~ U(RESIZE_RATIO_RANGE), the image
+    # rescaled (ratio kept) to fit the box RESIZE_IMG_SCALE * r, long side in its long side;
+    # [] = detectron2's ResizeShortestEdge (INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN)
+    cfg.INPUT.RESIZE_IMG_SCALE = []
+    cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
     # build_resnet_deeplab_backbone: "basic" (7x7) or "deeplab" (three 3x3, ResNet-V1c) stem
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
     # dilation of res4 (1 or 2; 2 with RES5_DILATION 4 gives output stride 8)

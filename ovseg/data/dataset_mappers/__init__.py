@@ -2,6 +2,7 @@
 
 from .build import MAPPER_REGISTRY, build_dataset_mapper
 from .color_aug import ColorAugSSD, PhotometricDistortTransform
+from .resize import RatioRangeResize, training_resize
 from .semantic import SemanticDatasetMapper, transform_label, zero_shot_label_map
 from .teacher_input import TeacherInputMapper
 
@@ -9,9 +10,11 @@ __all__ = [
     "MAPPER_REGISTRY",
     "ColorAugSSD",
     "PhotometricDistortTransform",
+    "RatioRangeResize",
     "SemanticDatasetMapper",
     "TeacherInputMapper",
     "build_dataset_mapper",
+    "training_resize",
     "transform_label",
     "zero_shot_label_map",
 ]

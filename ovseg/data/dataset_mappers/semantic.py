@@ -28,6 +28,7 @@ from ...vocab import (
 )
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
+from .resize import training_resize
 
 __all__ = [
     "ZERO_SHOT_SETTINGS",
@@ -200,13 +201,7 @@ class SemanticDatasetMapper:
             )
 
         if is_train:
-            augs: list = [
-                T.ResizeShortestEdge(
-                    cfg.INPUT.MIN_SIZE_TRAIN,
-                    cfg.INPUT.MAX_SIZE_TRAIN,
-                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
-                )
-            ]
+            augs: list = [training_resize(cfg)]
             if cfg.INPUT.CROP.ENABLED:
                 augs.append(
                     T.RandomCrop_CategoryAreaConstraint(

@@ -8,7 +8,15 @@ classifies the result against text embeddings; any other user can ask for class 
 They compute no loss: ``forward(features) -> Tensor``. Config keys follow
 detectron2's DeepLab project: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, ASPP_CHANNELS,
 ASPP_DILATIONS, ASPP_DROPOUT, PROJECT_FEATURES, PROJECT_CHANNELS, CONVS_DIM, NORM,
-USE_DEPTHWISE_SEPARABLE_CONV}``.
+USE_DEPTHWISE_SEPARABLE_CONV, OUTPUT_PROJECTION}``.
+
+``OUTPUT_PROJECTION`` (default True) ends a head with a 1x1 convolution to ``out_channels``.
+Without it the last feature map is the output, as MaskCLIP+'s official heads
+(``ASPPHeadV2.forward_module`` and ``DepthwiseSeparableASPPHead.forward_module``, whose
+``conv_seg`` MaskClipPlusHead deletes): its width is then ``out_channels`` (the embedding
+size) and, with a norm, it is ReLU'd. From a config that width is derived from
+``out_channels``; the branch parameters keep their names (``branches.<i>.weight``,
+``branches.<i>.norm.*``), so official weights map onto them.
 """
 
 from __future__ import annotations
@@ -39,13 +47,31 @@ def _one_feature(input_shape: Dict[str, ShapeSpec], names: Sequence[str], what: 
     return names[0]
 
 
+def _check_width(output_projection: bool, width: int, out_channels: int, what: str) -> None:
+    if not output_projection and int(width) != int(out_channels):
+        raise ValueError(
+            f"Without an output projection the head's {what} ({width}) is its output and must "
+            f"equal out_channels ({out_channels}); pass {what}={out_channels} or keep "
+            "output_projection (MODEL.SEM_SEG_HEAD.OUTPUT_PROJECTION True)"
+        )
+
+
+def _predictor(channels: int, out_channels: int) -> nn.Conv2d:
+    """The 1x1 output projection (normal std 0.01, zero bias)."""
+    predictor = nn.Conv2d(channels, out_channels, kernel_size=1)
+    nn.init.normal_(predictor.weight, std=0.01)
+    nn.init.zeros_(predictor.bias)
+    return predictor
+
+
 @DENSE_HEAD_REGISTRY.register()
 class DeepLabV2Head(nn.Module):
     """DeepLabv2's ASPP: parallel 3x3 convolutions of different dilations, summed.
 
     Each branch maps the feature to ``channels`` (then norm and ReLU when ``norm`` is set, as
-    MaskCLIP+'s ASPPHeadV2); the sum goes through a 1x1 convolution to ``out_channels`` so the
-    output can point in any direction of the embedding space (a ReLU'd sum could not).
+    MaskCLIP+'s ASPPHeadV2); with ``output_projection`` the sum goes through a 1x1 convolution
+    to ``out_channels`` so the output can point in any direction of the embedding space (a
+    ReLU'd sum could not); without it the sum is the output (official MaskCLIP+).
     """
 
     @configurable
@@ -59,20 +85,23 @@ class DeepLabV2Head(nn.Module):
         dilations: Sequence[int] = (6, 12, 18, 24),
         norm: str = "BN",
         dropout: float = 0.0,
+        output_projection: bool = True,
     ):
         """
         Args:
             input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
             in_feature (str): the feature read (e.g. "res5").
             out_channels (int): output channels (embedding size or classes).
-            channels (int): width of each branch.
+            channels (int): width of each branch (= out_channels without the projection).
             dilations (Sequence[int]): one 3x3 branch per dilation (1 = a 1x1 branch).
             norm (str): detectron2 norm for the branches ("" = none: plain DeepLabv2, linear).
-            dropout (float): dropout before the output projection.
+            dropout (float): dropout before the output projection (on the output without it).
+            output_projection (bool): end with a 1x1 convolution to ``out_channels``.
         """
         super().__init__()
         if not dilations or any(int(d) < 1 for d in dilations):
             raise ValueError(f"ASPP dilations must be positive ints, got {list(dilations)}")
+        _check_width(output_projection, channels, out_channels, "channels")
         self.in_feature = _one_feature(input_shape, [in_feature], "DeepLabV2Head")
         in_channels = input_shape[in_feature].channels
         self.stride = input_shape[in_feature].stride
@@ -92,23 +121,24 @@ class DeepLabV2Head(nn.Module):
             weight_init.c2_msra_fill(conv)
             self.branches.append(conv)
         self.dropout = float(dropout)
-        self.predictor = nn.Conv2d(channels, out_channels, kernel_size=1)
-        nn.init.normal_(self.predictor.weight, std=0.01)
-        nn.init.zeros_(self.predictor.bias)
+        self.predictor = _predictor(channels, out_channels) if output_projection else None
 
     @classmethod
     def from_config(
         cls, cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
     ):
         h = cfg.MODEL.SEM_SEG_HEAD
+        out_channels = out_channels if out_channels is not None else h.NUM_CLASSES
         return {
             "input_shape": input_shape,
             "in_feature": _one_feature(input_shape, h.IN_FEATURES, "DeepLabV2Head"),
-            "out_channels": out_channels if out_channels is not None else h.NUM_CLASSES,
-            "channels": h.ASPP_CHANNELS,
+            "out_channels": out_channels,
+            # official ASPPHeadV2: channels = the text embedding size (maskclip_plus_r50.py:20,32)
+            "channels": h.ASPP_CHANNELS if h.OUTPUT_PROJECTION else out_channels,
             "dilations": list(h.ASPP_DILATIONS),
             "norm": h.NORM,
             "dropout": h.ASPP_DROPOUT,
+            "output_projection": h.OUTPUT_PROJECTION,
         }
 
     def forward(self, features: Dict[str, Tensor]) -> Tensor:
@@ -122,7 +152,7 @@ class DeepLabV2Head(nn.Module):
         x = features[self.in_feature]
         out = sum(branch(x) for branch in self.branches)
         out = F.dropout(out, self.dropout, training=self.training) if self.dropout > 0 else out
-        return self.predictor(out)
+        return self.predictor(out) if self.predictor is not None else out
 
 
 @DENSE_HEAD_REGISTRY.register()
@@ -132,7 +162,9 @@ class DeepLabV3PlusHead(nn.Module):
     ASPP (a 1x1 branch, three dilated 3x3 branches, image pooling; detectron2's
     ``layers.ASPP``) runs on ``in_feature``; for each of ``project_features`` (coarse to
     fine) the running map is upsampled to that feature's size, concatenated with its 1x1
-    projection and fused by two 3x3 convolutions; a 1x1 convolution gives ``out_channels``.
+    projection and fused by two 3x3 convolutions; a 1x1 convolution gives ``out_channels``
+    (without ``output_projection`` the fused map is the output, as the official MaskCLIP+
+    DepthwiseSeparableASPPHead).
     """
 
     @configurable
@@ -150,6 +182,7 @@ class DeepLabV3PlusHead(nn.Module):
         decoder_channels: int = 256,
         norm: str = "BN",
         use_depthwise_separable_conv: bool = False,
+        output_projection: bool = True,
     ):
         """
         Args:
@@ -164,9 +197,15 @@ class DeepLabV3PlusHead(nn.Module):
             decoder_channels (int): width of the fusion convolutions.
             norm (str): detectron2 norm name.
             use_depthwise_separable_conv (bool): separable 3x3 convolutions (the paper's).
+            output_projection (bool): end with a 1x1 convolution to ``out_channels``; without
+                it the last map (``decoder_channels`` wide, or ``aspp_channels`` without
+                project features) must be ``out_channels`` wide.
         """
         super().__init__()
         self._check_settings(project_features, project_channels, aspp_dilations)
+        last = decoder_channels if project_features else aspp_channels
+        what = "decoder_channels" if project_features else "aspp_channels"
+        _check_width(output_projection, last, out_channels, what)
         self.in_feature = _one_feature(input_shape, [in_feature], "DeepLabV3PlusHead")
         for name in project_features:
             _one_feature(input_shape, [name], "DeepLabV3PlusHead (PROJECT_FEATURES)")
@@ -201,9 +240,7 @@ class DeepLabV3PlusHead(nn.Module):
             channels = decoder_channels
         finest = self.project_features[-1] if self.project_features else in_feature
         self.stride = input_shape[finest].stride
-        self.predictor = nn.Conv2d(channels, out_channels, kernel_size=1)
-        nn.init.normal_(self.predictor.weight, std=0.01)
-        nn.init.zeros_(self.predictor.bias)
+        self.predictor = _predictor(channels, out_channels) if output_projection else None
 
     @staticmethod
     def _check_settings(
@@ -247,18 +284,23 @@ class DeepLabV3PlusHead(nn.Module):
         cls, cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
     ):
         h = cfg.MODEL.SEM_SEG_HEAD
+        out_channels = out_channels if out_channels is not None else h.NUM_CLASSES
+        # without the projection the last map is the output: its width is out_channels
+        derived = not h.OUTPUT_PROJECTION
+        aspp_derived = derived and not h.PROJECT_FEATURES
         return {
             "input_shape": input_shape,
             "in_feature": _one_feature(input_shape, h.IN_FEATURES, "DeepLabV3PlusHead"),
-            "out_channels": out_channels if out_channels is not None else h.NUM_CLASSES,
+            "out_channels": out_channels,
             "project_features": list(h.PROJECT_FEATURES),
             "project_channels": list(h.PROJECT_CHANNELS),
-            "aspp_channels": h.ASPP_CHANNELS,
+            "aspp_channels": out_channels if aspp_derived else h.ASPP_CHANNELS,
             "aspp_dilations": list(h.ASPP_DILATIONS),
             "aspp_dropout": h.ASPP_DROPOUT,
-            "decoder_channels": h.CONVS_DIM,
+            "decoder_channels": out_channels if derived else h.CONVS_DIM,
             "norm": h.NORM,
             "use_depthwise_separable_conv": h.USE_DEPTHWISE_SEPARABLE_CONV,
+            "output_projection": h.OUTPUT_PROJECTION,
         }
 
     def forward(self, features: Dict[str, Tensor]) -> Tensor:
@@ -274,4 +316,4 @@ class DeepLabV3PlusHead(nn.Module):
             low = self.projections[name](features[name])
             y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
             y = self.fusions[name](torch.cat([low, y], dim=1))
-        return self.predictor(y)
+        return self.predictor(y) if self.predictor is not None else y

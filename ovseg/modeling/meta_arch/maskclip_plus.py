@@ -5,14 +5,22 @@
 The student (a dilated ResNet and a DeepLab head, ``MODEL.BACKBONE`` / ``MODEL.DENSE_HEAD``)
 outputs D-dimensional pixel embeddings; its classifier is the fixed matrix of the CLIP text
 embeddings of the vocabulary (``MODEL.OVSEG.LOGIT_SCALE * cosine``), with an optional
-learnable embedding for ``MODEL.OVSEG.BACKGROUND_CLASS`` (``BG_EMBED``). Training targets,
-per pixel:
+learnable embedding for ``MODEL.OVSEG.BACKGROUND_CLASS`` (``BG_EMBED``). Its
+logits are ``LOGIT_SCALE * cosine`` or, with ``MODEL.MASKCLIP_PLUS.NORMALIZE_EMBEDDINGS``
+False, the raw dot product of the un-normalised embeddings (the official ``cls_seg``, with
+LOGIT_SCALE 1). Training targets, per pixel: seen ground truth is kept; the "free" pixels get
+a pseudo-label of an unseen class or stay ignored. Which pixels are free
+(``PSEUDO_LABEL_PIXELS``):
 
-- transductive zero-shot (``MODEL.OVSEG.ZERO_SHOT_SETTING "transductive"``): pixels with a
-  ground-truth label keep it (the mapper already turned unseen classes into ignore); the
-  others ("free" pixels) get a pseudo-label of an unseen class or stay ignored;
-- annotation-free (``MODEL.MASKCLIP_PLUS.ANNOTATION_FREE``): every pixel is free and any
-  class may be assigned; the ground truth is never read.
+- ``"ignore"``: the pixels without ground truth. Transductive zero-shot
+  (``MODEL.OVSEG.ZERO_SHOT_SETTING "transductive"``): the mapper turned unseen classes into
+  ignore, so unseen and void pixels are free alike; annotation-free
+  (``MODEL.MASKCLIP_PLUS.ANNOTATION_FREE``): every pixel, the ground truth is never read;
+- ``"unseen"`` (the official protocol, with ZERO_SHOT_SETTING "none"): the pixels whose ground
+  truth is an unseen class (annotation-free: any class); void stays ignored. The unseen
+  labels only locate the pixels: they never become targets.
+
+In annotation-free training any class may be assigned.
 
 Free pixels are labelled by the teacher until iteration
 ``MODEL.OVSEG.SELF_TRAINING.START_ITER``, then by the student itself (its detached logits of
@@ -33,9 +41,10 @@ labels come from (``PSEUDO_LABEL_SOURCE``):
   recipe; other context and resolution, so not equal to the store).
 
 The model reads no file: stores and images reach it through the data loader
-(:mod:`ovseg.pseudo.spec`). Optionally an L1 loss pulls the student's embeddings towards the
-teacher's dense embeddings. In eval the model returns softmax probabilities over the
-input's vocabulary.
+(:mod:`ovseg.pseudo.spec`). The cross-entropy sum is divided by the pixels with a target or,
+as mmseg does (``LOSS_NORMALIZATION "all"``), by every pixel of the padded batch. Optionally
+an L1 loss pulls the student's embeddings towards the teacher's dense embeddings. In eval
+the model returns softmax probabilities over the input's vocabulary.
 """
 
 from __future__ import annotations
@@ -57,10 +66,14 @@ from ...pseudo.self_training import SelfTrainingSchedule
 from ...vocab import normalize_name
 from ..backbone import build_backbone
 from ..heads import build_dense_head
-from ..text_classifier import TextClassifier
 from .base import OpenVocabSegmentor
 from .maskclip import MaskCLIP
-from .maskclip_plus_build import check_settings, maskclip_plus_config, maskclip_plus_pseudo_labels
+from .maskclip_plus_build import (
+    check_settings,
+    maskclip_plus_config,
+    maskclip_plus_pseudo_labels,
+    student_classifier,
+)
 from .maskclip_plus_targets import (
     TeacherLabelling,
     content_mask,
@@ -102,6 +115,11 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         learnable_logit_scale: bool = False,
         background_class: Optional[str] = None,
         distill_weight: float = 0.0,
+        pseudo_label_pixels: str = "ignore",
+        normalize_embeddings: bool = True,
+        loss_normalization: str = "valid",
+        teacher_input_normalization: str = "clip",
+        background_init_std: float = 0.0,
         **kwargs,
     ):
         """
@@ -110,42 +128,36 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                 pixel embeddings (D = CLIP's).
             teacher (CLIPTeacher), labeller (MaskCLIP): the frozen CLIP (text classifier,
                 distillation target) and the training-free MaskCLIP teacher sharing it.
-            templates: prompt templates of the text classifier.
-            pixel_mean, pixel_std: the student's input normalisation (0-255, RGB order).
+            templates: the classifier's prompt templates; pixel_mean, pixel_std: the
+                student's input normalisation (0-255, RGB order).
             unseen: the unseen names; annotation_free (bool): no ground truth, all pixels free.
-            pseudo_label_source (str): "store", "online" or "online_augmented".
-            pseudo_label_classes (str): "unseen" or "all": the classes the labellers score.
-            pseudo_label_threshold (float): the teacher's confidence threshold (a store's).
-            generate_command (str): the command that makes a fitting store, for errors.
-            self_training_start_iter (int): from it, the student labels; < 0 = never.
-            self_training_threshold (float): the student's confidence threshold.
-            logit_scale (float), learnable_logit_scale (bool): the temperature multiplying
-                the cosines, and whether it is learnt.
-            background_class (str, optional): name whose text embedding is learnt instead.
+            pseudo_label_source, pseudo_label_classes, pseudo_label_pixels (str): where the
+                teacher's labels come from, which classes the labellers score, which pixels
+                are free; pseudo_label_threshold (float): the teacher's confidence threshold;
+                generate_command (str): the command that makes a fitting store, for errors.
+            self_training_start_iter (int): from it, the student labels (< 0 = never), with
+                the confidence threshold self_training_threshold (float).
+            logit_scale (float), learnable_logit_scale (bool), normalize_embeddings (bool):
+                logits = logit_scale x cosine (without normalize_embeddings: x dot product);
+                background_class (str, optional), background_init_std (float): a class whose
+                embedding is learnt, and its init's std if > 0 (official: 1).
             distill_weight (float): weight of the L1 feature distillation (0 = off).
+            loss_normalization (str): "valid" or "all": the cross-entropy's divisor.
+            teacher_input_normalization (str): "clip" or "student": the mean/std with which
+                the "online_augmented" teacher sees the crop.
             kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
                 slide_window, slide_stride).
         """
-        check_settings(pseudo_label_source, pseudo_label_classes)
-        super().__init__(
-            teacher=teacher,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            size_divisibility=backbone.size_divisibility or 0,
-            **kwargs,
-        )
+        check_settings(pseudo_label_source, pseudo_label_classes, pseudo_label_pixels,
+                       loss_normalization, teacher_input_normalization)  # fmt: skip
+        super().__init__(teacher=teacher, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         size_divisibility=backbone.size_divisibility or 0, **kwargs)  # fmt: skip
         self.backbone = backbone
         self.head = head
         self.labeller = labeller.train(False)  # always: it is training-free
-        self.classifier = TextClassifier(
-            teacher,
-            templates,
-            logit_scale=logit_scale,
-            learnable_logit_scale=learnable_logit_scale,
-            background_class=background_class,
-            renormalize=True,
-            prompt_names=self.prompt_names,
-        )
+        self.classifier = student_classifier(
+            teacher, templates, self.prompt_names, logit_scale, learnable_logit_scale,
+            background_class, background_init_std)  # fmt: skip
         self.unseen = tuple(unseen)
         self.annotation_free = bool(annotation_free)
         self.pseudo_label_source = pseudo_label_source
@@ -155,10 +167,18 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         self.self_training = SelfTrainingSchedule(self_training_start_iter)
         self.self_training_threshold = float(self_training_threshold)
         self.distill_weight = float(distill_weight)
-        who = f"the teacher ({pseudo_label_source})"
+        self.pseudo_label_pixels = pseudo_label_pixels
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.loss_normalization = loss_normalization
+        self.teacher_input_normalization = teacher_input_normalization
+        logger.info(f"MaskCLIP+: free pixels labelled by {self._labellers()}")
+
+    def _labellers(self) -> str:
+        """Who labels the free pixels when, for the log."""
+        who = f"the teacher ({self.pseudo_label_source})"
         if self.self_training.enabled:
-            who += f" until iteration {self_training_start_iter}"
-        logger.info(f"MaskCLIP+: free pixels labelled by {who}")
+            who += f" until iteration {self.self_training.start_iter}"
+        return who
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -197,11 +217,14 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         return self.classifier(names)
 
     def pixel_embeddings(self, images: Tensor) -> Tensor:
-        """(B, D, h, w) L2-normalised student embeddings of normalised (B, 3, H, W) images."""
-        return F.normalize(self.head(self.backbone(images)), dim=1)
+        """(B, D, h, w) student embeddings of normalised (B, 3, H, W) images: L2-normalised,
+        or as the head gives them without ``normalize_embeddings``."""
+        out = self.head(self.backbone(images))
+        return F.normalize(out, dim=1) if self.normalize_embeddings else out
 
     def logits(self, embeddings: Tensor, text: Tensor, size: Tuple[int, int]) -> Tensor:
-        """``logit_scale * cosine`` (B, K, h, w), upsampled bilinearly to ``size``."""
+        """``logit_scale * (embeddings . text)`` (B, K, h, w), upsampled bilinearly to
+        ``size``: a scaled cosine, or the raw dot product without ``normalize_embeddings``."""
         out = self.classifier.logits(embeddings, text)
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
@@ -248,7 +271,12 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         b, _, h, w = student_logits.shape
         target_t = torch.tensor(target, device=self.device)
         gt = self._ground_truth(batched_inputs, names, target_t, (b, h, w))
-        free = gt == self.ignore_value
+        if self.pseudo_label_pixels == "unseen":
+            # the unseen (annotation-free: all) labels locate the free pixels, never supervise
+            free = torch.isin(gt, target_t)
+            gt = gt.masked_fill(free, self.ignore_value)
+        else:
+            free = gt == self.ignore_value
         free &= torch.stack([self._content(x, h, w) for x in batched_inputs])
         if self.self_training.active(iteration):
             labels, _ = pixel_labels(
@@ -259,21 +287,35 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                 classes=torch.tensor(scored, device=self.device),
             )
         else:
-            labels = self.teacher_labels(batched_inputs, names, scored, (h, w))
+            needed = free.flatten(1).any(dim=1).tolist()
+            labels = self.teacher_labels(batched_inputs, names, scored, (h, w), needed)
         keep = free & torch.isin(labels, target_t)
         return torch.where(keep, labels, gt)
+
+    @property
+    def _reads_ground_truth(self) -> bool:
+        return not self.annotation_free or self.pseudo_label_pixels == "unseen"
 
     def _ground_truth(
         self, batched_inputs: List[dict], names: Sequence[str], target: Tensor, shape
     ) -> Tensor:
-        """(B, H, W) ground truth padded with ignore (all ignore when annotation-free);
-        refuses unseen classes, which the transductive mapping turns into ignore."""
+        """(B, H, W) ground truth padded with ignore (all ignore when annotation-free and free
+        pixels are the ignored ones); with free pixels "ignore", refuses unseen classes, which
+        the transductive mapping turns into ignore."""
         gt = torch.full(shape, self.ignore_value, dtype=torch.long, device=self.device)
-        if self.annotation_free:
+        if not self._reads_ground_truth:
             return gt
         for i, x in enumerate(batched_inputs):
+            if "sem_seg" not in x:
+                raise ValueError(
+                    f"Training sample {x.get('file_name', '')!r} has no 'sem_seg': "
+                    "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_PIXELS 'unseen' finds the pixels to "
+                    "pseudo-label by their ground truth; use a dataset with labels or 'ignore'"
+                )
             sem = x["sem_seg"].to(self.device)
             gt[i, : sem.shape[0], : sem.shape[1]] = sem
+        if self.pseudo_label_pixels == "unseen":
+            return gt
         leaked = torch.isin(gt, target)
         if bool(leaked.any()):
             bad = sorted({names[int(c)] for c in gt[leaked].unique()})
@@ -285,7 +327,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         return gt
 
     def _content(self, x: dict, h: int, w: int) -> Tensor:
-        labels = [] if self.annotation_free else [x.get("sem_seg")]
+        labels = [x.get("sem_seg")] if self._reads_ground_truth else []
         labels.append(x.get("pseudo_sem_seg"))
         mask = content_mask(x["image"], labels, self.ignore_value).to(self.device)
         return F.pad(mask, (0, w - mask.shape[1], 0, h - mask.shape[0]), value=False)
@@ -296,18 +338,27 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         names: Sequence[str],
         scored: Sequence[int],
         size: Tuple[int, int],
+        needed: Optional[Sequence[bool]] = None,
     ) -> Tensor:
-        """(B, H, W) teacher labels in training indices (ignore where none), per the source."""
+        """(B, H, W) teacher labels in training indices (ignore where none), per the source;
+        samples not ``needed`` (no free pixel) are not labelled (all ignore)."""
         h, w = size
+        stats = None
+        if self.teacher_input_normalization == "student":
+            stats = (self.pixel_mean, self.pixel_std)
         how = TeacherLabelling(
             self.labeller,
             tuple(names),
             tuple(scored),
             self.pseudo_label_threshold,
             self.ignore_value,
+            stats,
         )
         maps = []
-        for x in batched_inputs:
+        for i, x in enumerate(batched_inputs):
+            if needed is not None and not needed[i]:
+                maps.append(torch.full(size, self.ignore_value, device=self.device))
+                continue
             label = sample_teacher_labels(x, self.pseudo_label_source, how, self.generate_command)
             label = label.to(self.device)
             pad = (0, w - label.shape[1], 0, h - label.shape[0])
@@ -334,7 +385,11 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             logits.float(), targets, ignore_index=self.ignore_value, reduction="sum"
         )
         # a batch without any target gives a zero loss that still reaches every parameter
-        losses = {"loss_sem_seg": loss / max(int((targets != self.ignore_value).sum()), 1)}
+        if self.loss_normalization == "all":
+            count = targets.numel()
+        else:
+            count = max(int((targets != self.ignore_value).sum()), 1)
+        losses = {"loss_sem_seg": loss / count}
         if self.distill_weight > 0:
             losses["loss_distill"] = self.distill_weight * self._distill(batched_inputs, embeddings)
         return losses
@@ -345,4 +400,6 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         clip = self.teacher.dense_embeddings(images.to(self.device))
         size = tuple(images.shape[-2:])
         masks = torch.stack([self._content(x, *size) for x in batched_inputs])
+        if not self.normalize_embeddings:  # CLIP's are unit vectors: compare directions
+            embeddings = F.normalize(embeddings, dim=1)
         return l1_distillation(embeddings, clip, masks)

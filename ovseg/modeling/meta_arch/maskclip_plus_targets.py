@@ -31,6 +31,7 @@ __all__ = [
     "content_mask",
     "l1_distillation",
     "original_image_labels",
+    "restandardized",
     "sample_teacher_labels",
 ]
 
@@ -46,6 +47,9 @@ class TeacherLabelling:
             store's vocabulary).
         threshold (float): the teacher's confidence threshold.
         ignore_value (int): the training ignore label.
+        input_stats (tuple[Tensor, Tensor], optional): the (3, 1, 1) mean and std (0-255)
+            with which the teacher should see an augmented crop instead of CLIP's own (the
+            official code feeds CLIP the student's normalised input); None = CLIP's.
     """
 
     labeller: nn.Module
@@ -53,6 +57,7 @@ class TeacherLabelling:
     scored: Tuple[int, ...]
     threshold: float
     ignore_value: int
+    input_stats: Optional[Tuple[Tensor, Tensor]] = None
 
     def scores(self, inputs: dict) -> Tensor:
         """The teacher's (K, H, W) scores of a model input over the scored classes."""
@@ -61,19 +66,39 @@ class TeacherLabelling:
             return self.labeller([{**inputs, "vocabulary": names}])[0]["sem_seg"]
 
 
+def restandardized(image: Tensor, stats: Tuple[Tensor, Tensor], clip: nn.Module) -> Tensor:
+    """``image`` recoloured so that CLIP's normalisation of it gives ``(image - mean) / std``.
+
+    Args:
+        image (Tensor): (3, H, W) RGB in [0, 255].
+        stats (tuple[Tensor, Tensor]): the (3, 1, 1) mean and std to emulate (0-255).
+        clip (nn.Module): the CLIP teacher (its ``pixel_mean`` / ``pixel_std``, 0-255).
+
+    Returns:
+        Tensor: (3, H, W) float, possibly outside [0, 255].
+    """
+    mean, std = (t.to(clip.pixel_mean.device).float() for t in stats)
+    x = image.to(mean.device).float()
+    return (x - mean) / std * clip.pixel_std + clip.pixel_mean
+
+
 def augmented_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
     """The teacher's labels of a training sample's augmented image (the official recipe).
 
     Args:
         sample (dict): a training sample with "image" (3, H, W).
-        how (TeacherLabelling): the teacher and its classes.
+        how (TeacherLabelling): the teacher and its classes (``input_stats``: how it sees
+            the image).
 
     Returns:
         Tensor: (H, W) long training indices or the ignore value.
     """
-    h, w = sample["image"].shape[-2:]
+    image = sample["image"]
+    h, w = image.shape[-2:]
+    if how.input_stats is not None:
+        image = restandardized(image, how.input_stats, how.labeller.teacher)
     labels, _ = pixel_labels(
-        how.scores({"image": sample["image"], "height": h, "width": w}),
+        how.scores({"image": image, "height": h, "width": w}),
         threshold=how.threshold,
         ignore_value=how.ignore_value,
         kind="probabilities",
