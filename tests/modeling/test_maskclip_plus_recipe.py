@@ -37,7 +37,11 @@ from ovseg.data.dataset_mappers import RatioRangeResize, training_resize
 from ovseg.data.dataset_mappers.resize import rescaled_size
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
-from ovseg.modeling.heads.deeplab import DeepLabV2Head, DeepLabV3PlusHead
+from ovseg.modeling.heads.deeplab import (
+    DeepLabV2Head,
+    DeepLabV3PlusHead,
+    DepthwiseSeparableASPPHead,
+)
 from ovseg.modeling.meta_arch.maskclip_plus_build import check_zero_shot_setting
 from ovseg.modeling.meta_arch.maskclip_plus_targets import (
     TeacherLabelling,
@@ -277,6 +281,39 @@ def test_output_projection_false_from_config_takes_the_embedding_width():
     assert v3.predictor is None and out.shape == (2, 10, 16, 16) and (out >= 0).all()
 
 
+def test_depthwise_separable_aspp_head_has_mmsegs_layers():
+    """The official Context student's head (mmseg DepthwiseSeparableASPPHead with
+    dilations (1, 12, 24, 36), c1 48 channels): layer for layer, and a forward re-derived
+    from the official order (pool branch first, 3x3 bottleneck, [ASPP, c1] fused)."""
+    shapes, feats = _features()
+    head = DepthwiseSeparableASPPHead(
+        shapes, in_feature="res5", out_channels=10, project_feature="res2", project_channels=4,
+        channels=10, dilations=(1, 12, 24, 36), output_projection=False,
+    ).eval()  # fmt: skip
+    shapes_of = {k: tuple(v.shape) for k, v in head.state_dict().items() if "running" not in k}
+    assert (
+        shapes_of["image_pool.1.weight"] == (10, 8, 1, 1)
+        and "image_pool.1.norm.weight" in shapes_of
+    )
+    assert shapes_of["branches.0.weight"] == (10, 8, 1, 1)
+    assert shapes_of["branches.1.depthwise.weight"] == (8, 1, 3, 3)
+    assert head.branches[3].depthwise.dilation == (36, 36)
+    assert shapes_of["branches.1.pointwise.weight"] == (10, 8, 1, 1)
+    assert shapes_of["bottleneck.weight"] == (10, 50, 3, 3)
+    assert shapes_of["projection.weight"] == (4, 6, 1, 1)
+    assert shapes_of["fusion.0.depthwise.weight"] == (14, 1, 3, 3)
+    assert shapes_of["fusion.1.pointwise.weight"] == (10, 10, 1, 1)
+    assert not any(k.endswith(".bias") and "norm" not in k for k in shapes_of)  # convs + norm
+    x, c1 = feats["res5"], feats["res2"]
+    pool = head.image_pool[1](x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, 8, 8)
+    aspp = head.bottleneck(torch.cat([pool] + [b(x) for b in head.branches], 1))
+    up = F.interpolate(aspp, size=(16, 16), mode="bilinear", align_corners=False)
+    want = head.fusion(torch.cat([up, head.projection(c1)], 1))
+    out = head(feats)
+    assert out.shape == (2, 10, 16, 16) and torch.allclose(out, want, atol=1e-6)
+    assert (out >= 0).all() and head.stride == 4
+
+
 # ---------------------------------------------------------------- mmseg's resize
 def test_ratio_range_resize_is_mmsegs():
     assert rescaled_size(375, 500, (520, 520)) == (390, 520)  # Context: long side 520 r
@@ -303,7 +340,7 @@ PAPER = {
     ),
     "pcontext/maskclip_plus/maskclip_plus_rn50_r101_deeplabv3plus_transductive_40k_bs16.yaml": dict(
         clip="RN50", depth=101, free=False, start=4000, iters=40000,
-        train="pcontext60_sem_seg_train", names="maskclip_pc59", head="DeepLabV3PlusHead",
+        train="pcontext60_sem_seg_train", names="maskclip_pc59", head="DepthwiseSeparableASPPHead",
     ),
     "coco_stuff/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_80k_bs16.yaml": dict(
         clip="RN50", depth=101, free=False, start=8000, iters=80000,
@@ -380,8 +417,8 @@ def test_context_paper_config_is_pc60_with_a_learnable_background():
     assert cfg.MODEL.OVSEG.BG_EMBED and cfg.MODEL.OVSEG.BACKGROUND_CLASS == "background"
     assert cfg.MODEL.MASKCLIP_PLUS.BG_EMBED_INIT_STD == 1.0
     head = cfg.MODEL.SEM_SEG_HEAD
-    assert head.USE_DEPTHWISE_SEPARABLE_CONV and list(head.ASPP_DILATIONS) == [12, 24, 36]
-    assert head.ASPP_CHANNELS == 1024 and list(head.PROJECT_CHANNELS) == [48]
+    assert list(head.ASPP_DILATIONS) == [1, 12, 24, 36]
+    assert list(head.PROJECT_FEATURES) == ["res2"] and list(head.PROJECT_CHANNELS) == [48]
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY) == (0.004, 0.0001)
     pc60 = Vocabulary.builtin("pc60")
     assert pc60.names[0] == "background" and len(pc60.names) == 60

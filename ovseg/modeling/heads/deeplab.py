@@ -1,21 +1,19 @@
-# DeepLabv2's ASPP head (Chen et al. 2017; MaskCLIP+'s ASPPHeadV2 in chongzhou96/MaskCLIP) and
-# DeepLabv3+'s decoder (as detectron2's projects/DeepLab DeepLabV3PlusHead), re-written.
-"""DeepLab heads producing dense embeddings (or logits): ``DeepLabV2Head``, ``DeepLabV3PlusHead``.
+# DeepLabv2's ASPP head (Chen et al. 2017; MaskCLIP+'s ASPPHeadV2 in chongzhou96/MaskCLIP),
+# DeepLabv3+'s decoder (as detectron2's projects/DeepLab DeepLabV3PlusHead) and as mmseg's
+# DepthwiseSeparableASPPHead (MaskCLIP+'s Context student), re-written.
+"""DeepLab heads producing dense embeddings (or logits): ``DeepLabV2Head``, ``DeepLabV3PlusHead``
+and ``DepthwiseSeparableASPPHead`` (mmseg's layout of DeepLabv3+).
 
-Both are ovseg dense heads (``DENSE_HEAD_REGISTRY``, MODEL.DENSE_HEAD.NAME) and map backbone
-features to a (B, out_channels, h, w) map: MaskCLIP+ asks for the CLIP embedding size and
-classifies the result against text embeddings; any other user can ask for class logits.
-They compute no loss: ``forward(features) -> Tensor``. Config keys follow
-detectron2's DeepLab project: ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, ASPP_CHANNELS,
-ASPP_DILATIONS, ASPP_DROPOUT, PROJECT_FEATURES, PROJECT_CHANNELS, CONVS_DIM, NORM,
-USE_DEPTHWISE_SEPARABLE_CONV, OUTPUT_PROJECTION}``.
+All are ovseg dense heads (``DENSE_HEAD_REGISTRY``, MODEL.DENSE_HEAD.NAME) mapping backbone
+features to a (B, out_channels, h, w) map (MaskCLIP+: the CLIP embedding size; others: class
+logits); no loss. Config keys follow detectron2's DeepLab project: ``MODEL.SEM_SEG_HEAD.
+{IN_FEATURES, ASPP_CHANNELS, ASPP_DILATIONS, ASPP_DROPOUT, PROJECT_FEATURES, PROJECT_CHANNELS,
+CONVS_DIM, NORM, USE_DEPTHWISE_SEPARABLE_CONV, OUTPUT_PROJECTION}``.
 
-``OUTPUT_PROJECTION`` (default True) ends a head with a 1x1 convolution to ``out_channels``.
-Without it the last feature map is the output, as MaskCLIP+'s official heads
-(``ASPPHeadV2.forward_module`` and ``DepthwiseSeparableASPPHead.forward_module``, whose
-``conv_seg`` MaskClipPlusHead deletes): its width is then ``out_channels`` (the embedding
-size) and, with a norm, it is ReLU'd. From a config that width is derived from
-``out_channels``; the branch parameters keep their names (``branches.<i>.weight``,
+``OUTPUT_PROJECTION`` (default True) ends a head with a 1x1 convolution to ``out_channels``;
+without it the last (ReLU'd, with a norm) map is the output, as MaskCLIP+'s official heads
+(``forward_module``: MaskClipPlusHead deletes ``conv_seg``), ``out_channels`` wide (from a
+config, the width is derived). Branches keep their names (``branches.<i>.weight``,
 ``branches.<i>.norm.*``), so official weights map onto them.
 """
 
@@ -33,7 +31,7 @@ from detectron2.layers import ASPP, Conv2d, DepthwiseSeparableConv2d, ShapeSpec,
 
 from .build import DENSE_HEAD_REGISTRY
 
-__all__ = ["DeepLabV2Head", "DeepLabV3PlusHead"]
+__all__ = ["DeepLabV2Head", "DeepLabV3PlusHead", "DepthwiseSeparableASPPHead"]
 
 
 def _one_feature(input_shape: Dict[str, ShapeSpec], names: Sequence[str], what: str) -> str:
@@ -316,4 +314,134 @@ class DeepLabV3PlusHead(nn.Module):
             low = self.projections[name](features[name])
             y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
             y = self.fusions[name](torch.cat([low, y], dim=1))
+        return self.predictor(y) if self.predictor is not None else y
+
+
+def _conv_norm_relu(cin: int, cout: int, kernel: int, norm: str, dilation: int = 1) -> Conv2d:
+    """mmcv's ConvModule: a convolution (bias only without a norm), norm, ReLU, with Kaiming
+    (fan-out) weights as mmcv's ``kaiming_init`` and detectron2's ``c2_msra_fill``."""
+    conv = Conv2d(
+        cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation, bias=not norm,
+        norm=get_norm(norm, cout), activation=nn.ReLU(),
+    )  # fmt: skip
+    weight_init.c2_msra_fill(conv)
+    return conv
+
+
+def _separable(cin: int, cout: int, norm: str, dilation: int = 1) -> DepthwiseSeparableConv2d:
+    """mmcv's DepthwiseSeparableConvModule: 3x3 depthwise, 1x1 pointwise, each normed, ReLU'd."""
+    return DepthwiseSeparableConv2d(
+        cin, cout, 3, padding=dilation, dilation=dilation, norm1=norm, activation1=nn.ReLU(),
+        norm2=norm, activation2=nn.ReLU(),
+    )  # fmt: skip
+
+
+@DENSE_HEAD_REGISTRY.register()
+class DepthwiseSeparableASPPHead(nn.Module):
+    """DeepLabv3+ as mmseg's DepthwiseSeparableASPPHead (MaskCLIP+'s official Context student).
+
+    An image-pool branch (global average, 1x1 convolution with norm), then one branch per
+    dilation (1: a 1x1 convolution; else a depthwise-separable 3x3), concatenated in that
+    order and fused by a 3x3 convolution; the decoder resizes the result to the projected
+    finer feature (a 1x1 convolution), concatenates [ASPP, projection] and applies two
+    depthwise-separable 3x3 convolutions. Every layer is ``channels`` wide, with norm and ReLU;
+    unlike :class:`DeepLabV3PlusHead`'s (detectron2's ASPP: pool branch last without norm, a
+    1x1 fusion, dropout) the layers match the official ones one to one.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        in_feature: str,
+        out_channels: int,
+        project_feature: Optional[str] = "res2",
+        project_channels: int = 48,
+        channels: int = 512,
+        dilations: Sequence[int] = (1, 12, 24, 36),
+        norm: str = "BN",
+        output_projection: bool = True,
+    ):
+        """
+        Args:
+            input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
+            in_feature (str): the coarse feature under ASPP (e.g. "res5").
+            out_channels (int): output channels (embedding size or classes).
+            project_feature (str, optional): the finer feature of the decoder (None: none).
+            project_channels (int): its 1x1 projection's width (official c1_channels 48).
+            channels (int): width of every other layer (= out_channels without projection).
+            dilations: one ASPP branch per dilation (official: (1, 12, 24, 36)).
+            norm (str): detectron2 norm name.
+            output_projection (bool): end with a 1x1 convolution to ``out_channels``.
+        """
+        super().__init__()
+        _check_width(output_projection, channels, out_channels, "channels")
+        self.in_feature = _one_feature(input_shape, [in_feature], "DepthwiseSeparableASPPHead")
+        cin = input_shape[in_feature].channels
+        pool = _conv_norm_relu(cin, channels, 1, norm)
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), pool)
+        self.branches = nn.ModuleList(
+            _conv_norm_relu(cin, channels, 1, norm) if int(d) == 1
+            else _separable(cin, channels, norm, int(d))
+            for d in dilations
+        )  # fmt: skip
+        self.bottleneck = _conv_norm_relu((len(dilations) + 1) * channels, channels, 3, norm)
+        self.project_feature = project_feature
+        self.stride = input_shape[in_feature].stride
+        self.projection = None
+        fused = channels
+        if project_feature:
+            _one_feature(input_shape, [project_feature], "DepthwiseSeparableASPPHead")
+            shape = input_shape[project_feature]
+            self.projection = _conv_norm_relu(shape.channels, project_channels, 1, norm)
+            self.stride, fused = shape.stride, channels + project_channels
+        self.fusion = nn.Sequential(
+            _separable(fused, channels, norm), _separable(channels, channels, norm)
+        )
+        self.predictor = _predictor(channels, out_channels) if output_projection else None
+
+    @classmethod
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], out_channels: Optional[int] = None
+    ):
+        h = cfg.MODEL.SEM_SEG_HEAD
+        out_channels = out_channels if out_channels is not None else h.NUM_CLASSES
+        if len(h.PROJECT_FEATURES) > 1 or len(h.PROJECT_FEATURES) != len(h.PROJECT_CHANNELS):
+            raise ValueError(
+                f"DepthwiseSeparableASPPHead fuses at most one finer feature: got "
+                f"MODEL.SEM_SEG_HEAD.PROJECT_FEATURES {list(h.PROJECT_FEATURES)} and "
+                f"PROJECT_CHANNELS {list(h.PROJECT_CHANNELS)}; give one of each or none"
+            )
+        return {
+            "input_shape": input_shape,
+            "in_feature": _one_feature(input_shape, h.IN_FEATURES, "DepthwiseSeparableASPPHead"),
+            "out_channels": out_channels,
+            "project_feature": h.PROJECT_FEATURES[0] if h.PROJECT_FEATURES else None,
+            "project_channels": h.PROJECT_CHANNELS[0] if h.PROJECT_CHANNELS else 0,
+            # official: every layer is `channels` wide, the text embedding size without conv_seg
+            "channels": h.ASPP_CHANNELS if h.OUTPUT_PROJECTION else out_channels,
+            "dilations": list(h.ASPP_DILATIONS),
+            "norm": h.NORM,
+            "output_projection": h.OUTPUT_PROJECTION,
+        }
+
+    def forward(self, features: Dict[str, Tensor]) -> Tensor:
+        """
+        Args:
+            features (dict[str, Tensor]): backbone outputs.
+
+        Returns:
+            Tensor: (B, out_channels, h, w) at the projected feature's stride.
+        """
+        x = features[self.in_feature]
+        pooled = F.interpolate(
+            self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+        y = self.bottleneck(torch.cat([pooled, *(branch(x) for branch in self.branches)], 1))
+        if self.projection is not None:
+            low = self.projection(features[self.project_feature])
+            y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            y = torch.cat([y, low], dim=1)
+        y = self.fusion(y)
         return self.predictor(y) if self.predictor is not None else y
