@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth) into an ovseg checkpoint.
+
+Examples:
+    python tools/convert_checkpoint.py --method zegclip --input official.pth \\
+        --output output/zegclip_voc_official.pth \\
+        --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml
+    python train_net.py --eval-only \\
+        --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml \\
+        MODEL.WEIGHTS output/zegclip_voc_official.pth
+
+Every official tensor is renamed into ovseg's names or dropped for a stated reason (frozen
+CLIP weights come from MODEL.CLIP; with --config-file they are compared with it); a key
+ovseg has no place for, or a converted checkpoint that does not fit the config's model,
+fails naming it. The summary counts used, renamed and dropped tensors; --report writes the
+per-tensor account. The job itself is ``ovseg.convert``.
+"""
+
+import sys
+
+from ovseg.convert.command import main
+
+if __name__ == "__main__":
+    sys.exit(main())
