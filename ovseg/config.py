@@ -316,6 +316,9 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.RES4_DILATION = 1
     # per-block multipliers of res5's dilation (DeepLabv3: [1, 2, 4]; v2: [1, 1, 1])
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
+    # the first block of a dilated stage takes half its dilation (mmseg's ResNetV1c
+    # contract_dilation: res4 starts at 1, res5 at 2), without multi-grid only
+    cfg.MODEL.RESNETS.CONTRACT_DILATION = False
 
 
 # keys that moved: an old config naming one fails with the new name instead of a bare

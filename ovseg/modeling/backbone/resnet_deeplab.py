@@ -6,7 +6,7 @@ detectron2's own ``build_resnet_backbone`` (v0.6) dilates only res5 and only by 
 stride 16). DeepLabv2/v3+ students need output stride 8: res4 dilated by 2 and res5 by 4,
 each dilated stage keeping its input resolution (first stride 1). Keys, named as detectron2's
 DeepLab project names them: ``MODEL.RESNETS.{STEM_TYPE, RES4_DILATION, RES5_DILATION,
-RES5_MULTI_GRID}`` plus the usual ``MODEL.RESNETS.*``. ``STEM_TYPE "deeplab"`` (three 3x3
+RES5_MULTI_GRID, CONTRACT_DILATION}`` plus the usual ``MODEL.RESNETS.*``. ``STEM_TYPE "deeplab"`` (three 3x3
 convolutions, as ResNet-V1c / detectron2's ``DeepLab/R-103.pkl``) loads those weights.
 """
 
@@ -153,6 +153,16 @@ def _check(cfg, depth: int, dilations: Sequence[int], multi_grid: Sequence[int])
         )
 
 
+def _stage_dilations(dilation: int, grid: Sequence[int], n: int, contract: bool) -> list:
+    """Dilation of each of a stage's ``n`` blocks: ``dilation`` times the multi-grid factor;
+    with ``contract`` and no multi-grid, the first block of a dilated stage takes half (as
+    mmseg's ResNetV1c ``contract_dilation``, which the official MaskCLIP+ students use)."""
+    dilations = [dilation * grid[i % len(grid)] for i in range(n)]
+    if contract and dilation > 1 and all(g == 1 for g in grid):
+        dilations[0] = dilation // 2
+    return dilations
+
+
 @BACKBONE_REGISTRY.register()
 def build_resnet_deeplab_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     """A ResNet with dilated res4/res5 from ``MODEL.RESNETS.*`` (see the module docstring).
@@ -198,7 +208,7 @@ def build_resnet_deeplab_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             "in_channels": in_channels,
             "out_channels": out_channels,
             "stride_per_block": [first_stride] + [1] * (n - 1),
-            "dilation_per_block": [dilation * grid[i % len(grid)] for i in range(n)],
+            "dilation_per_block": _stage_dilations(dilation, grid, n, r.CONTRACT_DILATION),
             "norm": r.NORM,
         }
         if depth in (18, 34):
