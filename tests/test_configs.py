@@ -5,7 +5,8 @@
 - Every leaf: its method's recipe (the paper's, outside configs/toy/), then built on CPU at a
   tiny size and run for one training step (training-free MaskCLIP: built, with its
   vocabulary). Real-dataset leaves swap their CLIP for the tiny random one of the same tower
-  and train on a fixture ADE20K; toy leaves keep their toy CLIP and train on a toy world.
+  and train on a fixture ADE20K (or the toy world, for a learnable "background"); toy leaves
+  keep their toy CLIP and train on a toy world.
 (train_net.py end to end, once per method: tests/test_train_net.py.)
 """
 
@@ -23,6 +24,7 @@ from ovseg_testing import (
     ADE20K_OPTS,
     CONFIGS,
     ROOT,
+    TOY_WORLD_OPTS,
     cpu_opts,
     is_resnet_clip,
     make_store,
@@ -162,16 +164,36 @@ def _lseg_recipe(path: Path, cfg) -> None:
 
 ZEGCLIP_PROMPTS = {"voc": 10, "coco_stuff": 100, "pcontext": 100}
 ZEGCLIP_COCO = CONFIGS / "coco_stuff/zegclip/zegclip_vitb16_inductive_80k_bs16.yaml"
+VARIANT = "_ovseg-variant"  # ovseg's choices beside a paper config
+
+
+def _zegclip_stage_source(path: Path, cfg) -> str:
+    """The checkpoint a later stage must start from: the COCO-Stuff inductive run's final
+    weights (cross-dataset evaluation); for self-training, the inductive run of the same
+    kind (paper or variant): the official runs continue from its halfway checkpoint (which its
+    CHECKPOINT_PERIOD must write), ovseg's variants and the toy run from its final weights."""
+    if "eval" in path.stem:
+        return os.path.join(_merged(ZEGCLIP_COCO).OUTPUT_DIR, "model_final.pth")
+    variant = path.stem.endswith(VARIANT)
+    (source,) = [
+        p
+        for p in path.parent.glob("zegclip_*_inductive_*.yaml")
+        if p.stem.endswith(VARIANT) == variant
+    ]
+    first = _merged(source)
+    if variant or _dataset(path) == "toy":
+        return os.path.join(first.OUTPUT_DIR, "model_final.pth")
+    half = first.SOLVER.MAX_ITER // 2
+    assert cfg.SOLVER.MAX_ITER == half and half % first.SOLVER.CHECKPOINT_PERIOD == 0
+    return os.path.join(first.OUTPUT_DIR, f"model_{half - 1:07d}.pth")
 
 
 def _zegclip_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.BACKBONE.NAME == "build_clip_vit_prompted_backbone"
     evaluation = "eval" in path.stem
     if cfg.MODEL.OVSEG.SELF_TRAINING.START_ITER >= 0 or evaluation:
-        # a later stage starts from the final weights of the inductive run
-        source = ZEGCLIP_COCO if evaluation else min(path.parent.glob("zegclip_*_inductive_*"))
-        final = os.path.join(_merged(source).OUTPUT_DIR, "model_final.pth")
-        assert cfg.MODEL.WEIGHTS == final
+        # a later stage starts from the weights of the inductive run
+        assert cfg.MODEL.WEIGHTS == _zegclip_stage_source(path, cfg)
         assert cfg.MODEL.ZEGCLIP.CALIBRATION == 0.0
     if _dataset(path) != "toy":  # the paper's recipe
         assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
@@ -187,13 +209,12 @@ MASKCLIP_CLASSES = {"voc": 20, "pcontext": 59, "coco_stuff": 171, "ade20k": 150,
 
 def _maskclip_recipe(path: Path, cfg) -> None:
     assert cfg.TEST.INFERENCE_MODE == "whole"
-    refinements = (cfg.MODEL.MASKCLIP.PROMPT_DENOISE, cfg.MODEL.MASKCLIP.KEY_SMOOTHING)
-    if _dataset(path) == "toy":  # none: the toy images are too small for them to help
-        assert refinements == (False, False)
-        return
-    assert cfg.MODEL.CLIP.MODEL_NAME == ("RN50" if "rn50" in path.name else "ViT-B-16")
-    assert cfg.MODEL.CLIP.PRETRAINED == "openai" and cfg.MODEL.CLIP.TEMPLATES == "maskclip85"
-    assert refinements == (True, True)
+    # no prompt denoising or key smoothing: the official configs behind MaskCLIP's headline
+    # numbers never set them, and the toy images are too small for them to help
+    assert (cfg.MODEL.MASKCLIP.PROMPT_DENOISE, cfg.MODEL.MASKCLIP.KEY_SMOOTHING) == (False, False)
+    if _dataset(path) != "toy":
+        assert cfg.MODEL.CLIP.MODEL_NAME == ("RN50" if "rn50" in path.name else "ViT-B-16")
+        assert cfg.MODEL.CLIP.PRETRAINED == "openai" and cfg.MODEL.CLIP.TEMPLATES == "maskclip85"
 
 
 # the official schedules: teacher labels, then self-training (annotation-free: teacher only)
@@ -205,17 +226,33 @@ MASKCLIP_PLUS_SCHEDULES = {
     ("pcontext", "annofree"): (-1, 4000),
     ("coco_stuff", "annofree"): (-1, 8000),
 }
+# kind -> (teacher CLIP, student ResNet depth, zero-shot setting, pixels the teacher labels):
+# the official runs label the pixels of unseen ground truth (of any class, annotation-free),
+# ovseg's variants the ignored pixels of the transductive mapping
+MASKCLIP_PLUS_RUNS = {
+    "transductive": ("RN50", 101, "none", "unseen"),
+    "annofree": ("ViT-B-16", 50, "none", "unseen"),
+    "transductive" + VARIANT: ("ViT-B-16", 101, "transductive", "ignore"),
+}
 
 
 def _maskclip_plus_recipe(path: Path, cfg) -> None:
     if _dataset(path) == "toy":
         return
-    free = cfg.MODEL.MASKCLIP_PLUS.ANNOTATION_FREE
-    schedule = MASKCLIP_PLUS_SCHEDULES[(_dataset(path), "annofree" if free else "transductive")]
+    mc = cfg.MODEL.MASKCLIP_PLUS
+    kind = "annofree" if mc.ANNOTATION_FREE else "transductive"
+    schedule = MASKCLIP_PLUS_SCHEDULES[(_dataset(path), kind)]
     assert (cfg.MODEL.OVSEG.SELF_TRAINING.START_ITER, cfg.SOLVER.MAX_ITER) == schedule
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.OPTIMIZER == "SGD"
-    assert cfg.MODEL.RESNETS.DEPTH == 101 and cfg.MODEL.CLIP.PRETRAINED == "openai"
-    assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == ("none" if free else "transductive")
+    assert cfg.MODEL.CLIP.PRETRAINED == "openai"
+    run = MASKCLIP_PLUS_RUNS[kind + (VARIANT if path.stem.endswith(VARIANT) else "")]
+    setting = cfg.MODEL.OVSEG.ZERO_SHOT_SETTING
+    assert (
+        cfg.MODEL.CLIP.MODEL_NAME,
+        cfg.MODEL.RESNETS.DEPTH,
+        setting,
+        mc.PSEUDO_LABEL_PIXELS,
+    ) == run
 
 
 def _baseline_recipe(path: Path, cfg) -> None:
@@ -246,12 +283,14 @@ LEARNERS = {
 
 def _small_cfg(path: Path, cfg, cache: Path):
     """``path`` at CPU size: the tiny CLIP of its tower and, for a leaf that trains, the ADE
-    fixture; a toy leaf keeps its toy CLIP and toy world."""
+    fixture (the toy world where the leaf learns a "background" embedding, which ADE20K's
+    classes lack); a toy leaf keeps its toy CLIP and toy world."""
     arch = cfg.MODEL.META_ARCHITECTURE
     opts = cpu_opts(arch, cache)
     if _dataset(path) != "toy":
         opts += tiny_clip_opts(cfg.MODEL.CLIP.MODEL_NAME)
-        opts += ADE20K_OPTS if arch in LEARNERS else []
+        if arch in LEARNERS:
+            opts += TOY_WORLD_OPTS if cfg.MODEL.OVSEG.BG_EMBED else ADE20K_OPTS
     return load_config(str(path), opts)
 
 

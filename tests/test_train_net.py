@@ -203,7 +203,9 @@ def test_train_net_zegclip_trains_evaluates_and_self_trains(small_ade20k, tmp_pa
     out = tmp_path / "inductive"
     small = cpu_opts("ZegCLIP", tmp_path / "cache", *ADE20K_OPTS, *tiny_clip_opts())
     opts = ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0"]
-    config = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml"
+    # ovseg's variant: every decoder layer supervised (loss_focal_0...), and its transductive
+    # stage starts from the final weights this run writes
+    config = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16_ovseg-variant.yaml"
     log = run_train_net(
         ["--config-file", config, *small, *opts, "OUTPUT_DIR", str(out)], small_ade20k
     )
@@ -213,7 +215,8 @@ def test_train_net_zegclip_trains_evaluates_and_self_trains(small_ade20k, tmp_pa
     assert not any(k.startswith(("teacher.", "backbone.tower.")) for k in state)
 
     # the transductive stage starts from these weights: every parameter is found
-    cfg = load_config(str(CONFIGS / "voc/zegclip/zegclip_vitb16_transductive_10k_bs16.yaml"), small)
+    second = CONFIGS / "voc/zegclip/zegclip_vitb16_transductive_10k_bs16_ovseg-variant.yaml"
+    cfg = load_config(str(second), small)
     model = Trainer.build_model(cfg)
     model.load_state_dict(state, strict=True)
     DetectionCheckpointer(model).load(str(out / "model_final.pth"))
@@ -243,7 +246,7 @@ def test_train_net_maskclip_plus_from_a_generated_store(small_ade20k, tmp_path):
     """The store made by tools/generate_pseudo_labels.py trains the student through
     train_net.py, which switches to self-training at SELF_TRAINING.START_ITER and evaluates."""
     config = "configs/coco_stuff/maskclip_plus/" + (
-        "maskclip_plus_vitb16_r101_deeplabv2_transductive_80k_bs16.yaml"
+        "maskclip_plus_vitb16_r101_deeplabv2_transductive_80k_bs16_ovseg-variant.yaml"
     )
     common = cpu_opts(
         "MaskCLIPPlus", tmp_path / "cache", *ADE20K_OPTS, *tiny_clip_opts(),

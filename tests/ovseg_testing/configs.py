@@ -1,5 +1,5 @@
 """Shrinking a shipped config to a CPU test: KEY VALUE overrides per meta-architecture, the
-tiny CLIP of the same tower, the fixture ADE20K's splits."""
+tiny CLIP of the same tower, the splits of the fixture ADE20K or of a toy world."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ CPU_OPTS = [
 ADE20K_OPTS = [
     "DATASETS.TRAIN", '("ade20k_sem_seg_train",)',
     "DATASETS.TEST", '("ade20k_sem_seg_val",)',
+]  # fmt: skip
+# the toy world's splits: its classes include "background", for configs with a learnable one
+TOY_WORLD_OPTS = [
+    "DATASETS.TRAIN", '("toy_world_sem_seg_train",)',
+    "DATASETS.TEST", '("toy_world_sem_seg_val",)',
 ]  # fmt: skip
 _CROP_64 = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64"]
 _SLIDE_64 = ["TEST.SLIDE_WINDOW", "(64, 64)", "TEST.SLIDE_STRIDE", "(48, 48)"]
