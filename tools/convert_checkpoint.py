@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth) into an ovseg checkpoint.
+"""Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), or the ImageNet ResNetV1c
+the official MaskCLIP+ students start from, into an ovseg checkpoint.
 
 Examples:
     python tools/convert_checkpoint.py --method zegclip --input official.pth \\
@@ -8,12 +9,17 @@ Examples:
     python train_net.py --eval-only \\
         --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml \\
         MODEL.WEIGHTS output/zegclip_voc_official.pth
+    # the MaskCLIP+ paper configs' MODEL.WEIGHTS (open-mmlab://resnet101_v1c, backbone only)
+    python tools/convert_checkpoint.py --method resnet_v1c --input resnet101_v1c-e67eebb6.pth \\
+        --output output/converted/resnet101_v1c_ovseg.pth --config-file \\
+        configs/voc/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml
 
 Every official tensor is renamed into ovseg's names or dropped for a stated reason (frozen
-CLIP weights come from MODEL.CLIP; with --config-file they are compared with it); a key
-ovseg has no place for, or a converted checkpoint that does not fit the config's model,
-fails naming it. The summary counts used, renamed and dropped tensors; --report writes the
-per-tensor account. The job itself is ``ovseg.convert``.
+CLIP weights come from MODEL.CLIP; with --config-file they are compared with it; the
+ImageNet classifier ``fc`` is dropped); a key ovseg has no place for, or a converted
+checkpoint that does not fit the config's model, fails naming it. The summary counts used,
+renamed and dropped tensors; --report writes the per-tensor account. The job itself is
+``ovseg.convert``.
 """
 
 import sys

@@ -1,13 +1,16 @@
 """Convert an official checkpoint into an ovseg one: the job behind tools/convert_checkpoint.py.
 
-Without a config the official names are converted alone. With ``--config-file`` the model
-that config builds (on CPU, its CLIP teacher loaded from MODEL.CLIP) checks the result
-strictly: every ovseg parameter present, nothing left over, shapes equal; the official
-checkpoint's frozen CLIP tensors are compared with the teacher's; MaskCLIP+'s fixed text
-classifier is compared with the teacher's embeddings of the test vocabulary; settings that
-leave the official weights no place are refused (with the key to set), and settings under
-which the same weights would compute otherwise than the official model are listed. Any
-mismatch fails with a message naming it.
+Methods: ``zegclip`` and ``maskclip_plus`` (trained official models), ``resnet_v1c`` (the
+ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-only checkpoint
+for MODEL.WEIGHTS). Without a config the official names are converted alone. With
+``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
+MODEL.CLIP; for ``resnet_v1c`` its backbone alone) checks the result strictly: every ovseg
+parameter present, nothing left over, shapes equal; the official checkpoint's frozen CLIP
+tensors are compared with the teacher's; MaskCLIP+'s fixed text classifier is compared with
+the teacher's embeddings of the test vocabulary; settings that leave the official weights no
+place are refused (with the key to set), and settings under which the same weights would
+compute otherwise than the official model are listed. Any mismatch fails with a message
+naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
 from ..utils.io import atomic_write_json
-from . import maskclip_plus, zegclip
+from . import maskclip_plus, resnet_v1c, zegclip
 from .core import (
     ConversionError,
     ConversionReport,
@@ -38,11 +41,14 @@ class Method:
     """How one method's official checkpoints convert.
 
     Attributes:
-        meta_architecture (str): the ovseg MODEL.META_ARCHITECTURE the result loads into.
+        meta_architecture (str): the ovseg MODEL.META_ARCHITECTURE the result loads into
+            ("": any, the result being a backbone's).
         convert: official state dict -> (ovseg state dict, report).
         settings: (cfg, model, converted, report) -> None; refuses settings, adds notes.
         fill: (key, model tensor) -> (tensor, how) or None, for keys the official lacks.
         check_text: (official, model, names, report) -> None, or None.
+        build: cfg -> the module the result is checked against (default: the whole model).
+        part (str): the prefix of the model's keys the result gives ("": every key).
     """
 
     meta_architecture: str
@@ -50,6 +56,8 @@ class Method:
     settings: Callable
     fill: Optional[Callable] = None
     check_text: Optional[Callable] = None
+    build: Optional[Callable] = None
+    part: str = ""
 
 
 METHODS: Dict[str, Method] = {
@@ -60,6 +68,14 @@ METHODS: Dict[str, Method] = {
         maskclip_plus.maskclip_plus_settings,
         fill=maskclip_plus.fill_maskclip_plus,
         check_text=maskclip_plus.check_text,
+    ),
+    "resnet_v1c": Method(
+        "",
+        resnet_v1c.convert_resnet_v1c,
+        resnet_v1c.resnet_v1c_settings,
+        fill=resnet_v1c.fill_counters,
+        build=resnet_v1c.build_backbone_only,
+        part="backbone.",
     ),
 }
 
@@ -94,7 +110,8 @@ def convert_checkpoint(
         allow_teacher_mismatch (bool): report, instead of refusing, CLIP tensors (or text
             embeddings) that differ from the teacher's.
         text_check (bool): compare MaskCLIP+'s text classifier (embeds the vocabulary).
-        model (nn.Module, optional): the model ``cfg`` builds, if already built.
+        model (nn.Module, optional): the model ``cfg`` builds (for ``resnet_v1c``: any
+            module holding the backbone as ``.backbone``), if already built.
 
     Returns:
         tuple: the ovseg state dict, the :class:`ConversionReport`.
@@ -102,7 +119,8 @@ def convert_checkpoint(
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is not one of {sorted(METHODS)}")
     spec = METHODS[method]
-    if cfg is not None and cfg.MODEL.META_ARCHITECTURE != spec.meta_architecture:
+    arch = spec.meta_architecture
+    if cfg is not None and arch and cfg.MODEL.META_ARCHITECTURE != arch:
         raise ConversionError(
             f"--method {method} converts into MODEL.META_ARCHITECTURE "
             f"{spec.meta_architecture!r}; the config builds {cfg.MODEL.META_ARCHITECTURE!r}"
@@ -110,10 +128,12 @@ def convert_checkpoint(
     converted, report = spec.convert(official)
     if cfg is None:
         return converted, report
-    model = build_target(cfg) if model is None else model
+    model = (spec.build or build_target)(cfg) if model is None else model
     spec.settings(cfg, model, converted, report)
-    converted = fit_to_model(converted, model.state_dict(), report, spec.fill)
-    check_teacher(report, official, model.teacher.model.state_dict())
+    target = {k: v for k, v in model.state_dict().items() if k.startswith(spec.part)}
+    converted = fit_to_model(converted, target, report, spec.fill)
+    if report.pending:
+        check_teacher(report, official, model.teacher.model.state_dict())
     if text_check and spec.check_text is not None:
         spec.check_text(official, model, model.vocabulary or (), report)
     bad = [c for c in report.teacher if not c.ok(atol)]
@@ -129,16 +149,17 @@ def convert_checkpoint(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth) into "
-        "an ovseg checkpoint (detectron2 {'model': state_dict})."
+        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), or the "
+        "ImageNet ResNetV1c the official MaskCLIP+ students start from (mmcv .pth), into an "
+        "ovseg checkpoint (detectron2 {'model': state_dict})."
     )
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--input", required=True, help="the official checkpoint (.pth)")
     p.add_argument("--output", required=True, help="the ovseg checkpoint to write (.pth)")
     p.add_argument(
         "--config-file", default="",
-        help="the ovseg config the checkpoint is for: checks it against that model and "
-        "compares the dropped CLIP weights with its MODEL.CLIP",
+        help="the ovseg config the checkpoint is for: checks it against that model (for "
+        "resnet_v1c: its backbone) and compares the dropped CLIP weights with its MODEL.CLIP",
     )  # fmt: skip
     p.add_argument("--atol", type=float, default=1e-4, help="CLIP weights' tolerance")
     p.add_argument("--allow-teacher-mismatch", action="store_true")

@@ -112,7 +112,14 @@ class ConversionReport:
         for why in self.dropped.values():
             reasons[why] = reasons.get(why, 0) + 1
         lines += [f"  dropped {n:4d}: {why}" for why, n in sorted(reasons.items())]
-        lines += [f"  added {key}: {how}" for key, how in sorted(self.added.items())]
+        made: Dict[str, List[str]] = {}
+        for key, how in sorted(self.added.items()):
+            made.setdefault(how, []).append(key)
+        for how, keys in made.items():
+            if len(keys) == 1:
+                lines.append(f"  added {keys[0]}: {how}")
+            else:  # e.g. every norm's update counter
+                lines.append(f"  added {len(keys):4d}: {how} ({keys[0]}, ...)")
         weights = [c for c in self.teacher if c.tol is None]
         if weights:
             bad = [c for c in weights if not c.ok(atol)]

@@ -8,7 +8,8 @@ What an official checkpoint holds, and what becomes of it:
 
 - ``backbone.*``, mmseg's ResNetV1c (deep stem ``stem.{0,3,6}`` convolutions and
   ``stem.{1,4,7}`` norms; ``layer<n>.<j>.{conv,bn}<k>``; ``downsample.{0,1}``) -> ovseg's
-  DeepLab ResNet (``stem.conv<k>[.norm]``, ``res<n+1>.<j>.conv<k>[.norm]``, ``shortcut``).
+  DeepLab ResNet (``stem.conv<k>[.norm]``, ``res<n+1>.<j>.conv<k>[.norm]``, ``shortcut``;
+  the rules and checks are ``resnet_v1c``'s, shared with the ImageNet backbone conversion).
 - ``decode_head.decode_module.aspp_modules.<i>.{conv,bn}`` (ASPPHeadV2's branches, summed,
   no 1x1 predictor) -> ``head.branches.<i>[.norm]`` of a ``DeepLabV2Head``; the DeepLabv3+
   decode module of the Context model (mmseg's DepthwiseSeparableASPPHead: ``image_pool``,
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import ConversionError, ConversionReport, Rule, TeacherCheck, apply_rules, require
+from .resnet_v1c import BN_STATE as _BN
+from .resnet_v1c import check_resnet, resnet_notes, resnet_rules
 
 __all__ = [
     "check_text",
@@ -45,7 +48,6 @@ __all__ = [
 ]
 
 METHOD = "MaskCLIP+"
-_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _ASPP = r"decode_head\.decode_module\.aspp_modules\.(\d+)\."
 _CLIP = "frozen MaskCLIP teacher (ovseg's is MODEL.CLIP)"
 _MODULE = r"decode_head\.decode_module\."
@@ -56,34 +58,6 @@ _NEEDED = {
     r"backbone\.res5\.0\.conv1\.weight": "backbone.layer4.0.conv1.weight",
     r"head\.branches\.0\.weight": "decode_head.decode_module.aspp_modules.0.conv.weight",
 }
-
-
-def _resnet_rules() -> List[Rule]:
-    """mmseg ResNet (V1c deep stem, or V1's 7x7 stem) -> ovseg's DeepLab ResNet."""
-    rules = [
-        Rule(r"backbone\.conv1\.weight", "backbone.stem.conv1.weight"),
-        Rule(rf"backbone\.bn1\.{_BN}", r"backbone.stem.conv1.norm.\1"),
-    ]
-    for k, (conv, bn) in enumerate(((0, 1), (3, 4), (6, 7)), start=1):
-        rules.append(Rule(rf"backbone\.stem\.{conv}\.weight", f"backbone.stem.conv{k}.weight"))
-        rules.append(Rule(rf"backbone\.stem\.{bn}\.{_BN}", rf"backbone.stem.conv{k}.norm.\1"))
-    rules.append(
-        Rule(
-            r"backbone\.layer\d\.\d+\.downsample\.2\..+",
-            refuse=True,
-            why="an average-pooled shortcut (ResNetV1d, avg_down=True): ovseg's DeepLab "
-            "ResNet has a strided 1x1 convolution there",
-        )
-    )
-    for n in range(1, 5):
-        block, res = rf"backbone\.layer{n}\.(\d+)\.", rf"backbone.res{n + 1}.\1."
-        rules += [
-            Rule(block + r"conv([123])\.weight", res + r"conv\2.weight"),
-            Rule(block + rf"bn([123])\.{_BN}", res + r"conv\2.norm.\3"),
-            Rule(block + r"downsample\.0\.weight", res + "shortcut.weight"),
-            Rule(block + rf"downsample\.1\.{_BN}", res + r"shortcut.norm.\2"),
-        ]
-    return rules
 
 
 def _clip(pattern: str, teacher: str, form: str = "same") -> Rule:
@@ -163,7 +137,7 @@ def _head_rules() -> List[Rule]:
 def maskclip_plus_rules() -> List[Rule]:
     """The rules (see the module doc)."""
     return [
-        *_resnet_rules(),
+        *resnet_rules(),
         *_head_rules(),
         Rule(r"decode_head\.bg_embeddings", "classifier.bg_embed.embedding"),
         Rule(
@@ -220,8 +194,8 @@ def fill_maskclip_plus(key: str, like: Tensor) -> Optional[Tuple[Tensor, str]]:
 def maskclip_plus_settings(
     cfg, model, converted: Mapping[str, Tensor], report: ConversionReport
 ) -> None:
-    """Refuse a stem the official weights do not fit (with the key to set); note settings
-    under which the converted weights compute otherwise than the official model.
+    """Refuse a backbone or head the official weights do not fit (with the key to set); note
+    settings under which the converted weights compute otherwise than the official model.
 
     Args:
         cfg (CfgNode): the config the model was built from.
@@ -229,14 +203,8 @@ def maskclip_plus_settings(
         converted (Mapping[str, Tensor]): the converted tensors.
         report (ConversionReport): gets the notes.
     """
-    r, mc = cfg.MODEL.RESNETS, cfg.MODEL.MASKCLIP_PLUS
-    stem = converted.get("backbone.stem.conv3.weight")
-    if r.STEM_TYPE == "deeplab" and stem is not None and stem.shape[0] != r.STEM_OUT_CHANNELS:
-        raise ConversionError(
-            f"{METHOD}: the official stem ends with {stem.shape[0]} channels (mmseg ResNetV1c "
-            f"stem_channels); set MODEL.RESNETS.STEM_OUT_CHANNELS {stem.shape[0]} (the config "
-            f"has {r.STEM_OUT_CHANNELS})"
-        )
+    mc = cfg.MODEL.MASKCLIP_PLUS
+    check_resnet(cfg, converted, METHOD)
     v3plus = any(k.startswith("head.image_pool.") for k in converted)
     head = "DepthwiseSeparableASPPHead" if v3plus else "DeepLabV2Head"
     if cfg.MODEL.DENSE_HEAD.NAME != head:
@@ -245,16 +213,7 @@ def maskclip_plus_settings(
             f"{'DeepLabv3+' if v3plus else 'DeepLabv2 (ASPPHeadV2)'}: set MODEL.DENSE_HEAD.NAME "
             f"{head} (the config has {cfg.MODEL.DENSE_HEAD.NAME})"
         )
-    notes = []
-    if r.STRIDE_IN_1X1:
-        notes.append("MODEL.RESNETS.STRIDE_IN_1X1 True: mmseg's 'pytorch'-style ResNetV1c "
-                     "strides in the 3x3 convolution (set it False)")  # fmt: skip
-    if int(r.RES4_DILATION) > 1 or int(r.RES5_DILATION) > 1:
-        notes.append(
-            "mmseg's ResNetV1c (contract_dilation=True) gives the first block of a dilated stage "
-            "half the stage's dilation (res4: 1 then 2; res5: 2 then 4); ovseg's DeepLab ResNet "
-            "dilates every block of a stage alike, so the features differ"
-        )
+    notes = resnet_notes(cfg)
     if mc.NORMALIZE_EMBEDDINGS or float(cfg.MODEL.OVSEG.LOGIT_SCALE) != 1.0:
         notes.append("the official classifier is a raw dot product: MODEL.MASKCLIP_PLUS."
                      "NORMALIZE_EMBEDDINGS False and MODEL.OVSEG.LOGIT_SCALE 1.0")  # fmt: skip
