@@ -180,19 +180,6 @@ def test_voc(tmp_path, raw, read, prepare_script):
     assert sorted(p.name for p in (out / "train").iterdir()) == ["2007_000032.png"]
 
 
-def test_voc_prefers_segmentation_class_aug(tmp_path, raw, read, prepare_script):
-    script = prepare_script("prepare_voc_sem_seg")
-    voc = _voc_fixture(tmp_path, raw)
-    aug = voc / "SegmentationClassAug"
-    for stem in ("2007_000032", "2007_000033", "2007_000039"):
-        raw.png(aug / f"{stem}.png", [[3, 3, 3], [3, 3, 3]])
-    raw.lines(voc / "ImageSets/Segmentation/trainaug.txt", ["2007_000039"])
-    script.main(["--root", str(tmp_path), "--train-list", "trainaug"])
-    out = voc / "annotations_detectron2"
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["2007_000039.png"]
-    assert (read(out / "train/2007_000039.png") == 2).all()
-
-
 def test_voc_listed_label_missing_names_it(tmp_path, raw, prepare_script):
     script = prepare_script("prepare_voc_sem_seg")
     voc = _voc_fixture(tmp_path, raw)
@@ -228,7 +215,12 @@ def test_pcontext_59(tmp_path, raw, read, prepare_script):
     np.testing.assert_array_equal(
         read(out / "pc59_val/2008_000003.png"), [[36, 36, 55], [48, 54, 1]]
     )
-    assert sorted(p.name for p in out.iterdir()) == ["pc59_train", "pc59_val"]
+    # PC-60 is written beside PC-59 (its labels: test_prepare_voc_pcontext.py), and the
+    # label source is recorded so a later conversion never mixes json and .mat labels
+    assert sorted(p.name for p in out.iterdir()) == [
+        "pc59_train", "pc59_val", "pc60_train", "pc60_val", "pcontext_label_source.txt"
+    ]  # fmt: skip
+    assert (out / "pcontext_label_source.txt").read_text().strip() == "mat"
 
 
 def test_pcontext_459(tmp_path, raw, read, prepare_script):
