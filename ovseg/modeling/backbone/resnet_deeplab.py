@@ -6,8 +6,9 @@ detectron2's own ``build_resnet_backbone`` (v0.6) dilates only res5 and only by 
 stride 16). DeepLabv2/v3+ students need output stride 8: res4 dilated by 2 and res5 by 4,
 each dilated stage keeping its input resolution (first stride 1). Keys, named as detectron2's
 DeepLab project names them: ``MODEL.RESNETS.{STEM_TYPE, RES4_DILATION, RES5_DILATION,
-RES5_MULTI_GRID, CONTRACT_DILATION}`` plus the usual ``MODEL.RESNETS.*``. ``STEM_TYPE "deeplab"`` (three 3x3
-convolutions, as ResNet-V1c / detectron2's ``DeepLab/R-103.pkl``) loads those weights.
+RES5_MULTI_GRID, CONTRACT_DILATION}`` plus the usual ``MODEL.RESNETS.*``. ``STEM_TYPE
+"deeplab"`` (three 3x3 convolutions, as ResNet-V1c / detectron2's ``DeepLab/R-103.pkl``)
+loads those weights.
 """
 
 from __future__ import annotations
