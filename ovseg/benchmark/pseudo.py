@@ -78,14 +78,7 @@ def store_rate_on_images(
     from ..data.dataset_mappers.semantic import SemanticDatasetMapper
     from ..pseudo import build_manifest
 
-    mapper = SemanticDatasetMapper(
-        is_train=False,
-        augmentations=[],
-        image_format="RGB",
-        ignore_label=255,
-        size_divisibility=-1,
-        vocabulary=names,
-    )
+    mapper = SemanticDatasetMapper.unresized(names)
     with tempfile.TemporaryDirectory() as tmp:
         dicts = []
         for i in range(max(iters, 1) * images.shape[0]):

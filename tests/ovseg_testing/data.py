@@ -171,14 +171,7 @@ def position_pattern(h: int, w: int, modulo: int) -> np.ndarray:
 def eval_mapper(vocabulary: Sequence[str]) -> SemanticDatasetMapper:
     """The real mapper in test mode without resizing (outputs keep the image size), as
     pseudo-label stores are generated with."""
-    return SemanticDatasetMapper(
-        is_train=False,
-        augmentations=[],
-        image_format="RGB",
-        ignore_label=255,
-        size_divisibility=-1,
-        vocabulary=vocabulary,
-    )
+    return SemanticDatasetMapper.unresized(vocabulary)
 
 
 def padded_train_mapper(names, crop=(20, 24), ignore_label=255) -> SemanticDatasetMapper:

@@ -184,6 +184,26 @@ class SemanticDatasetMapper:
         )
 
     @classmethod
+    def unresized(
+        cls, vocabulary: Sequence[str], *, image_format: str = "RGB", ignore_label: int = 255
+    ) -> SemanticDatasetMapper:
+        """A test-mode mapper that neither resizes nor pads: outputs keep the image's size.
+
+        Args:
+            vocabulary: the class names attached to every output.
+            image_format (str): the images' format.
+            ignore_label (int): the label of ignored pixels.
+        """
+        return cls(
+            is_train=False,
+            augmentations=[],
+            image_format=image_format,
+            ignore_label=ignore_label,
+            size_divisibility=-1,
+            vocabulary=vocabulary,
+        )
+
+    @classmethod
     def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None):
         if dataset_name is None:
             names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
