@@ -23,8 +23,8 @@ from PIL import Image
 from detectron2.modeling import META_ARCH_REGISTRY
 
 import ovseg  # noqa: F401  (registers the meta-architectures)
-from ovseg.modeling.meta_arch.base import SEM_SEG_SCORES, OpenVocabSegmentor
-from ovseg.pseudo import generate_pseudo_labels
+from ovseg.modeling.meta_arch.base import OpenVocabSegmentor
+from ovseg.pseudo import SCORE_KINDS, generate_pseudo_labels
 
 NAMES = ["red thing", "green thing", "blue thing"]
 # one tiny config per registered ovseg meta-architecture
@@ -64,7 +64,7 @@ def test_every_meta_arch_has_the_one_shape():
     assert {"LSeg", "ZegCLIP", "MaskCLIP", "MaskCLIPPlus"} <= set(archs)
     for name, cls in archs.items():
         assert issubclass(cls, OpenVocabSegmentor), f"{name} does not derive from the base"
-        assert cls.sem_seg_scores in SEM_SEG_SCORES, name
+        assert cls.sem_seg_scores in SCORE_KINDS, name
 
 
 def test_an_undeclared_score_kind_is_refused():

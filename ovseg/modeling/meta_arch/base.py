@@ -24,14 +24,11 @@ from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher
 from ...clip.prompt_names import get_prompt_names
+from ...pseudo.labels import SCORE_KINDS
 from ...vocab import resolve_vocabulary
 from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
 
-__all__ = ["SEM_SEG_SCORES", "OpenVocabSegmentor", "group_inputs"]
-
-# what a meta-architecture's "sem_seg" holds: "logits" (a softmax over the classes gives the
-# distribution) or "probabilities" (already scores in [0, 1]; no softmax on top)
-SEM_SEG_SCORES = ("logits", "probabilities")
+__all__ = ["OpenVocabSegmentor", "group_inputs"]
 
 Predictor = Callable[[Tensor], Tensor]
 
@@ -67,7 +64,9 @@ class OpenVocabSegmentor(nn.Module):
     declares in ``sem_seg_scores``.
     """
 
-    #: what "sem_seg" holds, one of SEM_SEG_SCORES; every subclass must declare it
+    #: what "sem_seg" holds, one of ovseg.pseudo.labels.SCORE_KINDS: "logits" (a softmax over
+    #: the classes gives the distribution) or "probabilities" (no softmax on top); every
+    #: subclass must declare it
     sem_seg_scores: str
     #: parameters that moved (old state-dict name -> new), so old checkpoints still load: the
     #: text classifier's temperature and learnable background lived on the students
@@ -79,9 +78,9 @@ class OpenVocabSegmentor(nn.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         kind = getattr(cls, "sem_seg_scores", None)
-        if kind not in SEM_SEG_SCORES:
+        if kind not in SCORE_KINDS:
             raise TypeError(
-                f"{cls.__name__} must declare sem_seg_scores, one of {list(SEM_SEG_SCORES)} "
+                f"{cls.__name__} must declare sem_seg_scores, one of {list(SCORE_KINDS)} "
                 f"(what its eval output 'sem_seg' holds), got {kind!r}"
             )
 
