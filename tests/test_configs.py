@@ -171,7 +171,7 @@ def _zegclip_stage_source(path: Path, cfg) -> str:
     """The checkpoint a later stage must start from: the COCO-Stuff inductive run's final
     weights (cross-dataset evaluation); for self-training, the inductive run of the same
     kind (paper or variant): the official runs continue from its halfway checkpoint (which its
-    CHECKPOINT_PERIOD must write), ovseg's variants and the toy run from its final weights."""
+    CHECKPOINT_PERIOD must write), as the toy run does; ovseg's variants from its final weights."""
     if "eval" in path.stem:
         return os.path.join(_merged(ZEGCLIP_COCO).OUTPUT_DIR, "model_final.pth")
     variant = path.stem.endswith(VARIANT)
@@ -181,7 +181,7 @@ def _zegclip_stage_source(path: Path, cfg) -> str:
         if p.stem.endswith(VARIANT) == variant
     ]
     first = _merged(source)
-    if variant or _dataset(path) == "toy":
+    if variant:
         return os.path.join(first.OUTPUT_DIR, "model_final.pth")
     half = first.SOLVER.MAX_ITER // 2
     assert cfg.SOLVER.MAX_ITER == half and half % first.SOLVER.CHECKPOINT_PERIOD == 0

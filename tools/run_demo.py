@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -49,7 +50,8 @@ logger = logging.getLogger("ovseg.demo")
 
 TEACHER_CONFIG = "configs/toy/maskclip.yaml"
 # students in the order of the results table: (key, config glob, parent). A student with a
-# parent is a second stage: it starts from the parent's final weights of the same CLIP variant
+# parent is a second stage: it starts from the parent's checkpoint of the same CLIP variant that
+# its config's MODEL.WEIGHTS names (ZegCLIP's transductive stage: the halfway one, as the paper)
 STUDENTS = (
     ("lseg", "lseg_*.yaml", None),
     ("zegclip", "zegclip_*_inductive_*.yaml", None),
@@ -173,6 +175,30 @@ def evaluate_teacher(split: str, datasets_root: Path) -> tuple[dict, list]:
     }, gallery
 
 
+def start_checkpoint(config: Path, parent_config: Path, quick_iters: int | None) -> str:
+    """The file name of the parent checkpoint a second stage starts from.
+
+    It is the basename of the stage's ``MODEL.WEIGHTS`` (``model_final.pth`` or
+    ``model_<iteration index>.pth``). A run with ``quick_iters`` iterations per stage moves an
+    intermediate checkpoint to the same fraction of the parent's schedule, which must then be
+    the halfway point (quick runs save one there).
+    """
+    name = Path(load_config(str(config)).MODEL.WEIGHTS).name
+    match = re.fullmatch(r"model_(\d{7})\.pth", name)
+    if name == "model_final.pth" or (match is not None and quick_iters is None):
+        return name
+    if match is None:
+        raise ValueError(f"{config}: MODEL.WEIGHTS names {name!r}, not a checkpoint of its "
+                         "parent run (model_final.pth or model_<7 digits>.pth)")  # fmt: skip
+    parent_iters = load_config(str(parent_config)).SOLVER.MAX_ITER
+    if 2 * (int(match.group(1)) + 1) != parent_iters:
+        raise ValueError(
+            f"{config}: a quick run saves its parent's halfway checkpoint only; "
+            f"{name} is not the halfway point of {parent_iters} iterations"
+        )
+    return f"model_{quick_iters // 2 - 1:07d}.pth"
+
+
 def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> dict:
     train, val = SPLIT_DATASETS[split]
     results = {}
@@ -192,13 +218,14 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
             opts += ["SOLVER.IMS_PER_BATCH", str(SIZES[mode]["batch"])]
         if SIZES[mode]["max_iter"]:
             n = SIZES[mode]["max_iter"]
+            # a checkpoint at the halfway point too, where a second stage may start
             opts += [
                 "SOLVER.MAX_ITER",
                 str(n),
                 "SOLVER.WARMUP_ITERS",
                 str(n // 5),
                 "SOLVER.CHECKPOINT_PERIOD",
-                str(10 * n),
+                str(n // 2),
             ]
         if parent is not None and parent not in results:
             logger.info("skipping %s: it starts from %s, which did not run", key, parent)
@@ -209,7 +236,14 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
             out = out_root / f"split_{split}" / key / variant
             reuse = True
             if parent is not None:
-                start = out_root / f"split_{split}" / parent / variant / "model_final.pth"
+                parent_config = ROOT / results[parent][variant]["config"]
+                start = (
+                    out_root
+                    / f"split_{split}"
+                    / parent
+                    / variant
+                    / start_checkpoint(configs[0], parent_config, SIZES[mode]["max_iter"])
+                )
                 extra = extra + ["MODEL.WEIGHTS", str(start)]
                 reuse = results[parent][variant].get("_reused", False)  # parent unchanged
             tag = "[toy] " if variant == "teacher" else "[random] "

@@ -1,5 +1,6 @@
 """make demo QUICK=1: the offline world end to end writes well-formed results."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -38,5 +39,35 @@ def test_make_demo_quick(tmp_path):
             for key in RUN_KEYS:
                 value = runs[variant][key]
                 assert isinstance(value, float) and not math.isnan(value), (variant, key)
+    # ZegCLIP's transductive stage started from the inductive run's halfway checkpoint
+    for variant in ("teacher", "random_teacher"):
+        log = (out / "split_a" / "zegclip_transductive" / variant / "log.txt").read_text()
+        assert f"zegclip/{variant}/model_0000005.pth" in log, variant
     assert (out / "gallery.png").stat().st_size > 10_000
     assert "| lseg | toy CLIP |" in (out / "results.md").read_text()
+
+
+def _run_demo_module():
+    spec = importlib.util.spec_from_file_location("run_demo", ROOT / "tools" / "run_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_second_stage_starts_from_the_checkpoint_its_config_names(tmp_path):
+    start = _run_demo_module().start_checkpoint
+    toy = ROOT / "configs" / "toy"
+    child = toy / "zegclip_toyvit_transductive_600+600_bs16.yaml"
+    parent = toy / "zegclip_toyvit_inductive_1200_bs16.yaml"
+    # the paper's chain: the inductive run's halfway checkpoint (600 of 1200 iterations)
+    assert start(child, parent, None) == "model_0000599.pth"
+    # a quick run (12 iterations a stage) saves and starts from its own halfway checkpoint
+    assert start(child, parent, 12) == "model_0000005.pth"
+    # a checkpoint the quick run does not save is refused, naming it
+    other = tmp_path / "child.yaml"
+    other.write_text(f"_BASE_: {child}\nMODEL:\n  WEIGHTS: out/model_0000299.pth\n")
+    with pytest.raises(ValueError, match="model_0000299.pth is not the halfway point"):
+        start(other, parent, 12)
+    final = tmp_path / "final.yaml"
+    final.write_text(f"_BASE_: {child}\nMODEL:\n  WEIGHTS: out/model_final.pth\n")
+    assert start(final, parent, 12) == "model_final.pth"
