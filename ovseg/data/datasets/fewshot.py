@@ -189,4 +189,6 @@ def register_fewshot_benchmark(
                 num_episodes=num_episodes,
                 episode_seed=seed,
                 vocabulary_name=vocabulary_name,
+                # HSNet's COCO-20i draws a class, then an image (hsnet data/coco.py:84-88)
+                train_sampling="class_uniform" if benchmark == "coco20i" else "records",
             )
