@@ -15,6 +15,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_lseg_config(cfg)
     add_zegclip_config(cfg)
     add_maskclip_plus_config(cfg)
+    add_episode_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)
 
@@ -125,6 +126,18 @@ def add_shared_config(cfg: CN) -> None:
     cfg.TEST.SLIDE_STRIDE = (426, 426)
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
+
+
+def add_episode_config(cfg: CN) -> None:
+    """INPUT.EPISODE: the 2-way (image, class) benchmarks PASCAL-5i / COCO-20i, read by the
+    ``ovseg_binary_episode`` mapper (ovseg/data/dataset_mappers/episode.py)."""
+    cfg.INPUT.EPISODE = CN()
+    # (h, w) every image and mask is resized to, in training and test (LSeg: 480 x 480);
+    # (0, 0) keeps the original size
+    cfg.INPUT.EPISODE.IMAGE_SIZE = (480, 480)
+    # label-255 (boundary) pixels in training: "others" (target 0, LSeg's zero-shot runs) or
+    # "ignore" (kept out of the loss); the test follows the dataset's test_ignores_boundary
+    cfg.INPUT.EPISODE.TRAIN_BOUNDARY = "others"
 
 
 def add_maskclip_config(cfg: CN) -> None:

@@ -6,13 +6,19 @@ import logging
 import weakref
 
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..compat import create_ddp_model
 from ..data import build_dataset_mapper
+from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
 from . import solver
 from .checkpoint import AtomicCheckpointer
@@ -51,7 +57,13 @@ class Trainer(DefaultTrainer):
         mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
         # with a pseudo-label store, every training sample also carries "pseudo_sem_seg"
         dataset = pseudo_labelled_dataset_dicts(cfg) if cfg.DATASETS.PSEUDO_LABELS else None
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+        # a dataset may ask for its own sampling (COCO-20i: class first, then a record)
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        sampler = None
+        if meta.get("train_sampling", "records") != "records":
+            dataset = dataset or DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
+            sampler = train_sampler_for(meta, dataset)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

@@ -9,6 +9,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 
+from .fewshot_evaluator import FewShotEpisodeEvaluator
 from .sem_seg_evaluator import OpenVocabSemSegEvaluator
 
 __all__ = ["EVALUATOR_FACTORIES", "register_evaluator", "build_evaluator"]
@@ -40,6 +41,12 @@ def _build_sem_seg(cfg: CfgNode, dataset_name: str, output_folder: str) -> Datas
         output_dir=output_folder,
         save_confusion_matrix=cfg.TEST.get("SAVE_CONFUSION_MATRIX", True),
     )
+
+
+@register_evaluator("fewshot_binary")
+def _build_fewshot(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    # PASCAL-5i / COCO-20i episodes: HSNet's per-fold mIoU and FB-IoU
+    return FewShotEpisodeEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
 
 def build_evaluator(

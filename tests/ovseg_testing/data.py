@@ -220,3 +220,71 @@ def crop_flip_augmentations():
         T.RandomCrop("absolute", (36, 44)),
         T.RandomFlip(prob=1.0, horizontal=True),
     ]
+
+
+# ---------------------------------------------------------------- few-shot-style benchmarks
+def write_fewshot_fixture(root: Path, size: int = 64) -> Path:
+    """PASCAL-5i and COCO-20i in miniature: VOC (``SegmentationClassAug``) and HSNet's
+    ``COCO2014`` layouts, two images per fold and split, and the JSON fold lists
+    ``datasets/prepare_fewshot_splits.py`` writes. Each mask shows its class (+1) on the
+    left half, 255 on one column."""
+    from ovseg.data.datasets.fewshot import fold_class_ids
+    from ovseg.data.datasets.fewshot_splits import write_split_json
+
+    def write(image: Path, mask: Path, class_id: int, seed: int) -> None:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(image)
+        label = np.zeros((size, size), np.uint8)
+        label[:, : size // 2] = class_id + 1
+        label[:, size // 2] = 255
+        Image.fromarray(label).save(mask)
+
+    voc = root / "VOCdevkit" / "VOC2012"
+    coco = root / "COCO2014"
+    for fold in range(4):
+        for split, folder in (("trn", "train2014"), ("val", "val2014")):
+            pairs, classwise = [], {}
+            for i in range(2):
+                c = fold_class_ids(20, fold, "block")[i]
+                stem = f"{split}{fold}_{i}"
+                write(
+                    voc / "JPEGImages" / f"{stem}.jpg",
+                    voc / "SegmentationClassAug" / f"{stem}.png",
+                    c,
+                    i,
+                )
+                pairs.append((stem, c))
+                novel = fold_class_ids(80, fold, "interleaved")
+                base = [k for k in range(80) if k not in novel]
+                cc = (novel if split == "val" else [b for b in base if b % 4 == (fold + 1) % 4])[i]
+                rel = f"{folder}/COCO_{stem}.jpg"
+                write(coco / rel, coco / "annotations" / rel.replace(".jpg", ".png"), cc, i)
+                classwise[cc] = [rel]
+            write_split_json(root, "pascal5i", split, fold, pairs, source="fixture")
+            write_split_json(root, "coco20i", split, fold, classwise, source="fixture")
+    return root
+
+
+def register_fewshot(root: str) -> None:
+    """(Re-)register PASCAL-5i and COCO-20i under ``root``, as ovseg's import does."""
+    from ovseg.data.datasets.fewshot import register_fewshot_benchmark
+
+    register_fewshot_benchmark(
+        "pascal5i", root, vocabulary_name="voc20", rule="block", test_ignores_boundary=True
+    )
+    register_fewshot_benchmark(
+        "coco20i", root, vocabulary_name="coco80", rule="interleaved", test_ignores_boundary=False
+    )
+
+
+@contextmanager
+def registered_fewshot(root: Path) -> Iterator[Path]:
+    """The few-shot fixture written and registered under ``root``, then the default root again."""
+    write_fewshot_fixture(root)
+    register_fewshot(str(root))
+    try:
+        yield root
+    finally:
+        register_fewshot(datasets_root())
