@@ -7,6 +7,8 @@ file; see ``datasets/README.md`` for the expected trees.
 from . import (  # noqa: F401
     register_ade20k,
     register_ade20k_full,
+    register_ade20k_panoptic,
+    register_coco_panoptic,
     register_coco_stuff,
     register_pcontext,
     register_pcontext_full,
