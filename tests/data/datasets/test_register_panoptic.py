@@ -29,7 +29,7 @@ def test_metadata(name):
     assert len(meta.seen_classes) + unseen == classes
     assert meta.evaluator_type in ("ovseg_panoptic", "ovseg_instance")
     # thing ids point at their names in stuff_classes
-    for dataset_id, index in meta.thing_dataset_id_to_contiguous_id.items():
+    for index in meta.thing_dataset_id_to_contiguous_id.values():
         assert meta.stuff_classes[index] in meta.thing_classes
 
 
