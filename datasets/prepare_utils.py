@@ -237,3 +237,29 @@ def run_jobs(
         done += 1
     print(f"{desc}: {done} converted, {skipped} already there")
     return done, skipped
+
+
+def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
+    """Segment ids of a panoptic PNG (H, W, 3): ``R + 256 G + 256**2 B`` (panopticapi's rgb2id)."""
+    rgb = rgb.astype(np.uint32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def save_panoptic(ids: np.ndarray, dst: Path) -> None:
+    """Write (H, W) segment ids as a panoptic RGB PNG atomically (panopticapi's id2rgb)."""
+    ids = ids.astype(np.uint32)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+    _write(dst, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+
+
+def segment_info(mask: np.ndarray, segment_id: int, category_id: int, iscrowd: int = 0) -> dict:
+    """A panoptic ``segments_info`` entry: id, category, crowd flag, area, xywh box."""
+    ys, xs = np.nonzero(mask)
+    box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return {
+        "id": int(segment_id),
+        "category_id": int(category_id),
+        "iscrowd": int(iscrowd),
+        "area": int(mask.sum()),
+        "bbox": box,
+    }

@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 
 from .fewshot_evaluator import FewShotEpisodeEvaluator
+from .instance_evaluator import OpenVocabInstanceEvaluator
+from .panoptic_evaluator import OpenVocabPanopticEvaluator
 from .sem_seg_evaluator import OpenVocabSemSegEvaluator
 
 __all__ = ["EVALUATOR_FACTORIES", "register_evaluator", "build_evaluator"]
@@ -47,6 +49,25 @@ def _build_sem_seg(cfg: CfgNode, dataset_name: str, output_folder: str) -> Datas
 def _build_fewshot(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
     # PASCAL-5i / COCO-20i episodes: HSNet's per-fold mIoU and FB-IoU
     return FewShotEpisodeEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+@register_evaluator("ovseg_instance")
+def _build_instance(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    return OpenVocabInstanceEvaluator(dataset_name, output_dir=output_folder)
+
+
+@register_evaluator("ovseg_panoptic")
+def _build_panoptic(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    # PQ; mIoU and mask AP where the dataset has semantic labels / an instance json (each
+    # evaluator skips outputs without its key, as Mask2Former evaluates one model three ways)
+    meta = MetadataCatalog.get(dataset_name)
+    evaluators: list[DatasetEvaluator] = []
+    if meta.get("sem_seg_root", None):
+        evaluators.append(_build_sem_seg(cfg, dataset_name, output_folder))
+    evaluators.append(OpenVocabPanopticEvaluator(dataset_name, output_dir=output_folder))
+    if meta.get("json_file", None):
+        evaluators.append(OpenVocabInstanceEvaluator(dataset_name, output_dir=output_folder))
+    return DatasetEvaluators(evaluators)
 
 
 def build_evaluator(

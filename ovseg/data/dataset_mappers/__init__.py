@@ -3,6 +3,13 @@
 from .build import MAPPER_REGISTRY, build_dataset_mapper
 from .color_aug import ColorAugSSD, PhotometricDistortTransform
 from .episode import BinaryEpisodeMapper
+from .mask_targets import (
+    InstanceDatasetMapper,
+    PanopticDatasetMapper,
+    SemanticMaskDatasetMapper,
+    mask_targets,
+    semantic_mask_targets,
+)
 from .resize import RatioRangeResize, training_resize
 from .semantic import SemanticDatasetMapper, transform_label, zero_shot_label_map
 from .teacher_input import TeacherInputMapper
@@ -11,6 +18,11 @@ __all__ = [
     "MAPPER_REGISTRY",
     "BinaryEpisodeMapper",
     "ColorAugSSD",
+    "InstanceDatasetMapper",
+    "PanopticDatasetMapper",
+    "SemanticMaskDatasetMapper",
+    "mask_targets",
+    "semantic_mask_targets",
     "PhotometricDistortTransform",
     "RatioRangeResize",
     "SemanticDatasetMapper",

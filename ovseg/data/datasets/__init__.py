@@ -7,7 +7,9 @@ file; see ``datasets/README.md`` for the expected trees.
 from . import (  # noqa: F401
     register_ade20k,
     register_ade20k_full,
+    register_ade20k_panoptic,
     register_coco20i,
+    register_coco_panoptic,
     register_coco_stuff,
     register_pascal5i,
     register_pcontext,

@@ -1,0 +1,106 @@
+"""Open-vocabulary instance evaluation: COCO mask AP, AP50, AP75, overall and per split.
+
+detectron2's ``COCOEvaluator`` with ``use_fast_impl=False`` (pycocotools; detectron2's fast
+COCOeval needs its compiled ops). Predicted classes index the dataset's ``stuff_classes``
+(Mask2Former's convention, so ADE's things need not be contiguous, as its
+``InstanceSegEvaluator``); predictions of stuff classes are dropped. Per split (seen /
+unseen), AP averages the precision of the split's categories over IoU 0.50:0.95, AP50 and
+AP75 at one IoU, all at area "all" and 100 detections: XPM's per-split AP50 is the second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Optional
+
+import numpy as np
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+
+__all__ = ["OpenVocabInstanceEvaluator", "split_average_precision"]
+
+logger = logging.getLogger(__name__)
+
+
+def split_average_precision(coco_eval, category_ids) -> dict:
+    """AP, AP50, AP75 (percent) over ``category_ids`` from a run COCOeval; NaN without gt.
+
+    Args:
+        coco_eval: an evaluated, accumulated ``COCOeval``.
+        category_ids: dataset category ids of the split.
+    """
+    precision = coco_eval.eval["precision"]  # (iou, recall, category, area, max dets)
+    index = {c: k for k, c in enumerate(coco_eval.params.catIds)}
+    ks = [index[c] for c in category_ids if c in index]
+    ious = np.asarray(coco_eval.params.iouThrs)
+    out = {}
+    for name, rows in (
+        ("AP", slice(None)),
+        ("AP50", np.isclose(ious, 0.5)),
+        ("AP75", np.isclose(ious, 0.75)),
+    ):
+        values = precision[rows][:, :, ks, 0, -1] if ks else np.zeros(0)
+        values = values[values > -1]
+        out[name] = float(values.mean() * 100) if values.size else float("nan")
+    return out
+
+
+class OpenVocabInstanceEvaluator(COCOEvaluator):
+    """COCO mask AP with seen/unseen results (keys ``AP-seen``, ``AP50-unseen``, ...)."""
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None, distributed=True):
+        """
+        Args:
+            dataset_name (str): a registered dataset with ``json_file`` and thing metadata.
+            output_dir (str, optional): where predictions are written.
+            distributed (bool): gather predictions from every process.
+        """
+        super().__init__(
+            dataset_name,
+            tasks=("segm",),
+            distributed=distributed,
+            output_dir=output_dir,
+            use_fast_impl=False,
+        )
+        meta = self._metadata
+        self._to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+        unseen = set(meta.get("unseen_classes", []) or [])
+        names = meta.stuff_classes
+        self._splits = {
+            split: [
+                k for k, v in meta.thing_dataset_id_to_contiguous_id.items()
+                if (names[v] in unseen) == (split == "unseen")
+            ]
+            for split in ("seen", "unseen")
+        } if unseen else {}  # fmt: skip
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        results = list(itertools.chain(*[x["instances"] for x in predictions]))
+        kept = [r for r in results if r["category_id"] in self._to_dataset_id]
+        if len(kept) < len(results):
+            logger.warning(
+                "%d instance predictions of non-thing classes dropped", len(results) - len(kept)
+            )
+        for r in kept:
+            r["category_id"] = self._to_dataset_id[r["category_id"]]
+        if not self._do_evaluation:
+            return
+        coco_eval = (
+            _evaluate_predictions_on_coco(
+                self._coco_api,
+                kept,
+                "segm",
+                use_fast_impl=False,
+                img_ids=img_ids,
+                max_dets_per_image=self._max_dets_per_image,
+            )
+            if kept
+            else None
+        )
+        res = self._derive_coco_results(coco_eval, "segm", self._metadata.get("thing_classes"))
+        for split, ids in self._splits.items():
+            for key, value in split_average_precision(coco_eval, ids).items() if coco_eval else ():
+                res[f"{key}-{split}"] = value
+        self._results["segm"] = res

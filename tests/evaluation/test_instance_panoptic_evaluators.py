@@ -1,0 +1,104 @@
+"""The instance and panoptic evaluators on the tiny panoptic dataset: perfect predictions,
+a missed unseen class, split keys, and the evaluator factory."""
+
+import numpy as np
+import pytest
+import torch
+from ovseg_testing.panoptic import (
+    INSTANCE,
+    PANOPTIC,
+    SEGMENTS,
+    panoptic_ids,
+    registered_tiny_panoptic,
+)
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.structures import BitMasks, Instances
+
+from ovseg.config import add_ovseg_config
+from ovseg.evaluation import (
+    OpenVocabInstanceEvaluator,
+    OpenVocabPanopticEvaluator,
+    build_evaluator,
+)
+
+CONTIGUOUS = {1: 0, 2: 1, 5: 2}  # dataset id -> index in stuff_classes (cat, dog, sky)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    with registered_tiny_panoptic(tmp_path_factory.mktemp("pan")):
+        yield DatasetCatalog.get(PANOPTIC)[0]
+
+
+def _panoptic_output(drop_dog=False):
+    ids = panoptic_ids()
+    segments = []
+    for seg_id, cat, crowd, _ in SEGMENTS:
+        if crowd or (drop_dog and cat == 2):
+            ids[ids == seg_id] = 0
+            continue
+        segments.append({"id": seg_id, "category_id": CONTIGUOUS[cat], "isthing": cat != 5})
+    return {"panoptic_seg": (torch.as_tensor(ids, dtype=torch.int32), segments)}
+
+
+def _instance_output(drop_dog=False):
+    ids = panoptic_ids()
+    keep = [(i, c) for i, c, crowd, _ in SEGMENTS if c != 5 and not crowd]
+    keep = [(i, c) for i, c in keep if not (drop_dog and c == 2)]
+    inst = Instances((8, 8))
+    inst.pred_masks = torch.as_tensor(np.stack([ids == i for i, _ in keep]))
+    inst.pred_classes = torch.tensor([CONTIGUOUS[c] for _, c in keep])
+    inst.scores = torch.ones(len(keep))
+    inst.pred_boxes = BitMasks(inst.pred_masks).get_bounding_boxes()
+    return {"instances": inst}
+
+
+@pytest.mark.parametrize("drop_dog", [False, True])
+def test_panoptic_evaluator(tiny, tmp_path, drop_dog):
+    evaluator = OpenVocabPanopticEvaluator(PANOPTIC, output_dir=str(tmp_path))
+    evaluator.reset()
+    evaluator.process([tiny], [_panoptic_output(drop_dog)])
+    res = evaluator.evaluate()["panoptic_seg"]
+    assert res["PQ-seen"] == pytest.approx(100.0)  # cat and sky, exact
+    assert res["PQ-unseen"] == pytest.approx(0.0 if drop_dog else 100.0)
+    assert res["PQ"] == pytest.approx(200 / 3 if drop_dog else 100.0)
+    assert res["PQ_st"] == pytest.approx(100.0) and res["SQ-seen"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("drop_dog", [False, True])
+def test_instance_evaluator(tiny, tmp_path, drop_dog):
+    evaluator = OpenVocabInstanceEvaluator(PANOPTIC, output_dir=str(tmp_path), distributed=False)
+    evaluator.reset()
+    evaluator.process([tiny], [_instance_output(drop_dog)])
+    res = evaluator.evaluate()["segm"]
+    assert res["AP50-seen"] == pytest.approx(100.0) and res["AP-seen"] == pytest.approx(100.0)
+    assert res["AP50-unseen"] == pytest.approx(0.0 if drop_dog else 100.0)
+    assert res["AP"] == pytest.approx(50.0 if drop_dog else 100.0)
+
+
+def test_stuff_class_instances_are_dropped(tiny, tmp_path):
+    out = _instance_output()
+    out["instances"].pred_classes[0] = CONTIGUOUS[5]  # a "sky" instance: not a thing
+    evaluator = OpenVocabInstanceEvaluator(PANOPTIC, output_dir=str(tmp_path), distributed=False)
+    evaluator.reset()
+    evaluator.process([tiny], [out])
+    res = evaluator.evaluate()["segm"]
+    assert res["AP-seen"] == pytest.approx(0.0) and res["AP-unseen"] == pytest.approx(100.0)
+
+
+def test_factory(tiny, tmp_path):
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    evaluators = build_evaluator(cfg, PANOPTIC, str(tmp_path))
+    assert isinstance(evaluators, DatasetEvaluators)
+    kinds = [type(e).__name__ for e in evaluators._evaluators]
+    # no sem_seg_root: no mIoU evaluator
+    assert kinds == ["OpenVocabPanopticEvaluator", "OpenVocabInstanceEvaluator"]
+    assert isinstance(build_evaluator(cfg, INSTANCE, str(tmp_path)), OpenVocabInstanceEvaluator)
+    # a semantic-only output is skipped by both
+    evaluators.reset()
+    evaluators.process([tiny], [{"sem_seg": torch.zeros(3, 8, 8)}])
+    assert evaluators.evaluate() == {}
