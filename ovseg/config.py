@@ -125,6 +125,16 @@ def add_shared_config(cfg: CN) -> None:
     cfg.TEST.SLIDE_STRIDE = (426, 426)
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
+    # multi-scale / flip test (ovseg/modeling/test_time_aug.py), on with detectron2's
+    # TEST.AUG.ENABLED and mirrored with its TEST.AUG.FLIP (MIN_SIZES/MAX_SIZE are unused):
+    # resize factors of TEST.AUG.BASE_SIZE (official LSeg: 0.5-1.75 of 520)
+    cfg.TEST.AUG.SCALES = (1.0,)
+    # the side length scale 1 gives; 0 = the input's own
+    cfg.TEST.AUG.BASE_SIZE = 0
+    # the side that gets that length: "long" (official LSeg) or "short"
+    cfg.TEST.AUG.RESIZE_SIDE = "long"
+    # "logits_sum" (official LSeg), "logits_mean", or "scores_mean" (the declared scores)
+    cfg.TEST.AUG.MERGE = "logits_sum"
 
 
 def add_maskclip_config(cfg: CN) -> None:
