@@ -11,6 +11,7 @@ def add_ovseg_config(cfg: CN) -> None:
     """
     add_teacher_config(cfg)
     add_shared_config(cfg)
+    add_test_aug_config(cfg)
     add_maskclip_config(cfg)
     add_lseg_config(cfg)
     add_zegclip_config(cfg)
@@ -125,7 +126,11 @@ def add_shared_config(cfg: CN) -> None:
     cfg.TEST.SLIDE_STRIDE = (426, 426)
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
-    # multi-scale / flip test (ovseg/modeling/test_time_aug.py), on with detectron2's
+
+
+def add_test_aug_config(cfg: CN) -> None:
+    """TEST.AUG: multi-scale / flip testing of every student (ovseg/modeling/test_time_aug.py)."""
+    # on with detectron2's
     # TEST.AUG.ENABLED and mirrored with its TEST.AUG.FLIP (MIN_SIZES/MAX_SIZE are unused):
     # resize factors of TEST.AUG.BASE_SIZE (official LSeg: 0.5-1.75 of 520)
     cfg.TEST.AUG.SCALES = (1.0,)
