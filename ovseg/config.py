@@ -11,6 +11,7 @@ def add_ovseg_config(cfg: CN) -> None:
     """
     add_teacher_config(cfg)
     add_shared_config(cfg)
+    add_test_aug_config(cfg)
     add_maskclip_config(cfg)
     add_lseg_config(cfg)
     add_zegclip_config(cfg)
@@ -140,6 +141,20 @@ def add_episode_config(cfg: CN) -> None:
     cfg.INPUT.EPISODE.TRAIN_BOUNDARY = "others"
 
 
+def add_test_aug_config(cfg: CN) -> None:
+    """TEST.AUG: multi-scale / flip testing of every student (ovseg/modeling/test_time_aug.py)."""
+    # on with detectron2's
+    # TEST.AUG.ENABLED and mirrored with its TEST.AUG.FLIP (MIN_SIZES/MAX_SIZE are unused):
+    # resize factors of TEST.AUG.BASE_SIZE (official LSeg: 0.5-1.75 of 520)
+    cfg.TEST.AUG.SCALES = (1.0,)
+    # the side length scale 1 gives; 0 = the input's own
+    cfg.TEST.AUG.BASE_SIZE = 0
+    # the side that gets that length: "long" (official LSeg) or "short"
+    cfg.TEST.AUG.RESIZE_SIDE = "long"
+    # "logits_sum" (official LSeg), "logits_mean", or "scores_mean" (the declared scores)
+    cfg.TEST.AUG.MERGE = "logits_sum"
+
+
 def add_maskclip_config(cfg: CN) -> None:
     """MODEL.MASKCLIP: training-free MaskCLIP (ovseg/modeling/meta_arch/maskclip.py); its
     temperature is MODEL.CLIP.LOGIT_SCALE, its inference size and mode TEST.*."""
@@ -168,7 +183,8 @@ def add_lseg_config(cfg: CN) -> None:
     cfg.MODEL.DPT = CN()
     # the four backbone outputs the DPT decoder reads, finest target first
     cfg.MODEL.DPT.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    # DPT reassemble: 1x1 projection widths (DPT ViT-B: 96,192,384,768; ViT-L: 256,512,1024,1024)
+    # DPT reassemble: 1x1 projection widths (DPT ViT-B: 96,192,384,768; ViT-L: 256,512,1024,1024);
+    # [] = none: the maps enter the 3x3 convs as they are (official LSeg's ResNet path)
     cfg.MODEL.DPT.REASSEMBLE_CHANNELS = [96, 192, 384, 768]
     # DPT reassemble: target stride of each input (a ViT's maps are resampled to these)
     cfg.MODEL.DPT.REASSEMBLE_STRIDES = [4, 8, 16, 32]
@@ -194,8 +210,23 @@ def add_lseg_config(cfg: CN) -> None:
     cfg.MODEL.VIT_BACKBONE.FREEZE = False
     # timm model name for build_timm_vit_backbone (the paper: vit_large_patch16_384)
     cfg.MODEL.VIT_BACKBONE.TIMM_MODEL = "vit_large_patch16_384"
-    # its weights: a local timm checkpoint, "timm" (timm downloads them) or "" (random)
+    # its weights: "" (random), a local timm checkpoint, "timm" (timm's default tag), a timm
+    # tag, or "orig_in21k_ft_in1k" (the paper's ViT-L/16 weights: backbone/timm_vit.py)
     cfg.MODEL.VIT_BACKBONE.TIMM_PRETRAINED = ""
+    # folder of downloaded legacy timm weights; "" = torch hub's checkpoints folder
+    cfg.MODEL.VIT_BACKBONE.CACHE_DIR = ""
+    # positional-embedding resize: "bicubic" (timm) or "bilinear" (official LSeg)
+    cfg.MODEL.VIT_BACKBONE.POS_EMBED_INTERP = "bicubic"
+    # ---- torchvision ResNet (backbone/torchvision_resnet.py; the paper's zero-shot RN101)
+    cfg.MODEL.TORCHVISION_RESNET = CN()
+    # a torchvision ResNet builder name
+    cfg.MODEL.TORCHVISION_RESNET.ARCH = "resnet101"
+    # "" (random), a torchvision weights tag (official: "IMAGENET1K_V1") or a local file
+    cfg.MODEL.TORCHVISION_RESNET.WEIGHTS = ""
+    # "SyncBN" (official: trained, synchronised), "BN" or "FrozenBN"
+    cfg.MODEL.TORCHVISION_RESNET.NORM = "SyncBN"
+    # keep the ResNet's weights fixed
+    cfg.MODEL.TORCHVISION_RESNET.FREEZE = False
 
 
 def add_zegclip_config(cfg: CN) -> None:

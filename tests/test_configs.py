@@ -57,7 +57,7 @@ FOLDERS = {
     "maskclip_plus": "MaskCLIPPlus",
     "baseline": "SemanticSegmentor",
 }
-MIN_LEAVES = {"LSeg": 6, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
+MIN_LEAVES = {"LSeg": 9, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -151,6 +151,7 @@ def test_every_method_has_its_configs():
 
 
 # ---------------------------------------------------------------- recipes, one per method
+VARIANT = "_ovseg-variant"  # ovseg's choices beside a paper config
 LSEG_SETTINGS = {"ade20k": "none", "voc": "inductive", "coco_stuff": "inductive"}
 LSEG_SETTINGS.update(pcontext="inductive", toy="inductive", pascal5i="none", coco20i="none")
 # the per-GPU batch the backbone lr is scaled to (lr = 0.004 / 16 * batch): ADE20K's released
@@ -160,16 +161,42 @@ LSEG_LR_BATCH = {"pascal5i": 20, "coco20i": 20}
 
 def _lseg_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == LSEG_SETTINGS[_dataset(path)]
-    if _dataset(path) != "toy":  # the paper's recipe: backbone 0.004 at 16, decoder 10x
-        lr = 0.004 / 16 * LSEG_LR_BATCH.get(_dataset(path), 16)
+    if _dataset(path) == "toy":
+        return
+    assert cfg.MODEL.CLIP.PRETRAINED == "openai" and not cfg.SOLVER.AMP.ENABLED
+    assert cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.1)
+    if _dataset(path) in LSEG_LR_BATCH:  # the zero-shot folds: 0.004 / 16 per episode batch
+        lr = 0.004 / 16 * LSEG_LR_BATCH[_dataset(path)]
         assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(lr)
-        assert cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.1)
-        assert cfg.MODEL.CLIP.PRETRAINED == "openai" and not cfg.SOLVER.AMP.ENABLED
+        assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone"
+        assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-32" and not cfg.TEST.AUG.ENABLED
+        return
+    if path.stem.endswith(VARIANT):  # ovseg's: backbone 0.004, decoder 10x, one test scale
+        assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.004)
+        assert not cfg.TEST.AUG.ENABLED
+        return
+    # the released run: encoder (and reassemble) 0.004 / 16 * 1 per GPU, decoder 10x; CLIP
+    # ViT-B/32 text; SyncBN; multi-scale + flip test, logits summed
+    assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.004 / 16)
+    assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-32" and cfg.MODEL.DPT.NORM == "SyncBN"
+    aug = cfg.TEST.AUG
+    assert aug.ENABLED and aug.FLIP and (aug.BASE_SIZE, aug.MERGE) == (520, "logits_sum")
+    assert tuple(aug.SCALES) == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    if cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone":
+        tv = cfg.MODEL.TORCHVISION_RESNET
+        assert (tv.ARCH, tv.WEIGHTS, tv.NORM) == ("resnet101", "IMAGENET1K_V1", "SyncBN")
+        assert list(cfg.MODEL.DPT.REASSEMBLE_CHANNELS) == []
+    else:
+        vit = cfg.MODEL.VIT_BACKBONE
+        assert (vit.TIMM_MODEL, vit.TIMM_PRETRAINED, vit.POS_EMBED_INTERP) == (
+            "vit_large_patch16_384",
+            "orig_in21k_ft_in1k",
+            "bilinear",
+        )
 
 
 ZEGCLIP_PROMPTS = {"voc": 10, "coco_stuff": 100, "pcontext": 100}
 ZEGCLIP_COCO = CONFIGS / "coco_stuff/zegclip/zegclip_vitb16_inductive_80k_bs16.yaml"
-VARIANT = "_ovseg-variant"  # ovseg's choices beside a paper config
 
 
 def _zegclip_stage_source(path: Path, cfg) -> str:
@@ -305,9 +332,13 @@ def _check_learning_rates(cfg, model, optimizer) -> None:
     lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch == "LSeg":  # the decoder at 1 / BACKBONE_MULTIPLIER times the backbone's lr
-        decoder, backbone = next(model.decoder.parameters()), next(model.backbone.parameters())
+        decoder, backbone = model.decoder.head.weight, next(model.backbone.parameters())
         ratio = lrs[id(decoder)] / lrs[id(backbone)]
         assert ratio == pytest.approx(1 / cfg.SOLVER.BACKBONE_MULTIPLIER)
+        # the reassemble layers: the backbone's lr as official, the decoder's in variants
+        reassemble = [p for p in model.decoder.reassemble.parameters()]
+        want = lrs[id(backbone)] if cfg.SOLVER.LR_MULTIPLIER_KEYS else lrs[id(decoder)]
+        assert all(lrs[id(p)] == pytest.approx(want) for p in reassemble)
     if arch == "ZegCLIP":  # x10 on prompts (backbone) and decoder: one lr for every parameter
         want = cfg.SOLVER.BASE_LR * 10
         assert {round(lr / want, 6) for lr in lrs.values()} == {1.0}

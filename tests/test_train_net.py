@@ -191,7 +191,7 @@ def test_train_net_lseg_trains_and_evaluates(small_ade20k, tmp_path):
         "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0",
         "OUTPUT_DIR", str(out),
     )  # fmt: skip
-    config = "configs/ade20k/lseg/lseg_vitb16_80k_bs16.yaml"
+    config = "configs/ade20k/lseg/lseg_vitb16_80k_bs16_ovseg-variant.yaml"
     log = run_train_net(["--config-file", config, *opts], small_ade20k)
     assert "copypaste: mIoU" in log
     assert (out / "model_final.pth").is_file()

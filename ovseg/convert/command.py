@@ -1,6 +1,6 @@
 """Convert an official checkpoint into an ovseg one: the job behind tools/convert_checkpoint.py.
 
-Methods: ``zegclip`` and ``maskclip_plus`` (trained official models), ``resnet_v1c`` (the
+Methods: ``zegclip``, ``maskclip_plus`` and ``lseg`` (trained official models), ``resnet_v1c`` (the
 ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-only checkpoint
 for MODEL.WEIGHTS). Without a config the official names are converted alone. With
 ``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
 from ..utils.io import atomic_write_json
-from . import maskclip_plus, resnet_v1c, zegclip
+from . import lseg, maskclip_plus, resnet_v1c, zegclip
 from .core import (
     ConversionError,
     ConversionReport,
@@ -62,6 +62,7 @@ class Method:
 
 METHODS: Dict[str, Method] = {
     "zegclip": Method("ZegCLIP", zegclip.convert_zegclip, zegclip.zegclip_settings),
+    "lseg": Method("LSeg", lseg.convert_lseg, lseg.lseg_settings),
     "maskclip_plus": Method(
         "MaskCLIPPlus",
         maskclip_plus.convert_maskclip_plus,

@@ -45,3 +45,12 @@ def test_classifier_embeds_prompt_names(vit_teacher):
     # rows follow the display names; an unmapped name embeds as itself
     assert torch.allclose(mapped(VOC)[1], plain(VOC)[1])
     assert not torch.allclose(mapped(VOC)[0], plain(VOC)[0])
+
+
+def test_lseg_ade150_uses_the_official_first_word():
+    names = get_prompt_names("lseg_ade150")
+    # lseg_module.py get_labels: the first ';'-separated word of each official label
+    assert names["window"] == "windowpane" and names["road, route"] == "road"
+    assert names["chest of drawers, chest, bureau, dresser"] == "chest"
+    # the official "screen" for both screen classes would give identical embeddings
+    assert names["screen door, screen"] == "screen door"

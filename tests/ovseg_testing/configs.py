@@ -34,6 +34,8 @@ SMALL_OPTS = {
         *_CROP_64, *_SLIDE_64,
         "MODEL.VIT_BACKBONE.TIMM_MODEL", "vit_tiny_patch16_224",
         "MODEL.VIT_BACKBONE.TIMM_PRETRAINED", "",
+        "MODEL.TORCHVISION_RESNET.ARCH", "resnet18",
+        "MODEL.TORCHVISION_RESNET.WEIGHTS", "",
     ],
     "ZegCLIP": [*_CROP_64, *_SLIDE_64],
     "MaskCLIP": [],

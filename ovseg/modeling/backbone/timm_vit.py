@@ -1,12 +1,20 @@
 """The LSeg paper's image encoder: a timm ViT (e.g. ViT-L/16 384) as a detectron2 Backbone.
 
-timm is optional: it is imported only when this backbone is built, and weights come from
-a local file unless MODEL.VIT_BACKBONE.TIMM_PRETRAINED is "timm" (timm's own download).
+timm is optional: it is imported only when this backbone is built. MODEL.VIT_BACKBONE.
+TIMM_PRETRAINED picks the weights: "" (random), a local file, "timm" (timm's default tag), a
+timm tag of TIMM_MODEL, or a tag of :data:`LEGACY_WEIGHTS`: weights an older timm loaded
+for a name that timm >= 0.5 points elsewhere. The official LSeg ran timm 0.4.12, whose
+``vit_large_patch16_384`` loaded the original in21k -> in1k JAX weights
+(``jx_vit_large_p16_384-b3be5167.pth``); timm 1.0.31 has no tag for them (its only tag for
+that name is ``augreg_in21k_ft_in1k``, other weights), so "orig_in21k_ft_in1k" fetches that
+file by its release URL into MODEL.VIT_BACKBONE.CACHE_DIR once (hash-checked) and reads
+it from there afterwards. Tags download only when their file is not cached.
 """
 
 from __future__ import annotations
 
 import os
+import types
 from typing import List, Optional, Sequence
 
 import torch
@@ -17,7 +25,19 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from .vit_hooks import ViTFeatureBackbone, check_out_indices
 
-__all__ = ["TimmViTBackbone", "build_timm_vit_backbone"]
+__all__ = ["LEGACY_WEIGHTS", "POS_EMBED_INTERPS", "TimmViTBackbone", "build_timm_vit_backbone"]
+
+# (timm model, tag) -> release URL of weights timm 0.4.12 loaded for that model name (its
+# default_cfgs); the file name ends with the sha256 prefix torch.hub checks
+LEGACY_WEIGHTS = {
+    ("vit_large_patch16_384", "orig_in21k_ft_in1k"): (
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
+        "jx_vit_large_p16_384-b3be5167.pth"
+    ),
+}
+# positional-embedding resize for other input sizes: timm's bicubic (antialiased) or the
+# official LSeg's bilinear (lseg_vit.py:149-163, F.interpolate defaults)
+POS_EMBED_INTERPS = ("bicubic", "bilinear")
 
 
 class TimmViTBackbone(ViTFeatureBackbone):
@@ -31,6 +51,7 @@ class TimmViTBackbone(ViTFeatureBackbone):
         readout: str = "project",
         freeze: bool = False,
         out_features: Optional[Sequence[str]] = None,
+        pos_embed_interp: str = "bicubic",
     ):
         """
         Args:
@@ -39,6 +60,7 @@ class TimmViTBackbone(ViTFeatureBackbone):
             readout (str): "ignore", "add" or "project".
             freeze (bool): keep the ViT's weights fixed (the readouts still train).
             out_features: names of the maps; default res2, res3, ...
+            pos_embed_interp (str): one of :data:`POS_EMBED_INTERPS`.
         """
         if not hasattr(model, "forward_intermediates") or not hasattr(model, "blocks"):
             raise TypeError(
@@ -65,6 +87,13 @@ class TimmViTBackbone(ViTFeatureBackbone):
         model.prune_intermediate_layers(self._unique, prune_norm=True, prune_head=True)
         self.vit = model
         self.vit.requires_grad_(not freeze)
+        if pos_embed_interp not in POS_EMBED_INTERPS:
+            raise ValueError(
+                f"MODEL.VIT_BACKBONE.POS_EMBED_INTERP={pos_embed_interp!r} is not one of "
+                f"{list(POS_EMBED_INTERPS)}"
+            )
+        if pos_embed_interp == "bilinear":
+            _use_bilinear_pos_embed(model)
 
     def tokens(self, x: Tensor) -> List[Tensor]:
         maps = self.vit.forward_intermediates(
@@ -82,6 +111,73 @@ class TimmViTBackbone(ViTFeatureBackbone):
         return [by_index[i] for i in self.out_indices]
 
 
+def _bilinear_pos_embed(self, x: Tensor) -> Tensor:
+    """timm's ``_pos_embed`` for (B, H, W, C) patches, resized bilinearly as official LSeg."""
+    from timm.layers import resample_abs_pos_embed
+
+    b, h, w, c = x.shape
+    pos = resample_abs_pos_embed(
+        self.pos_embed,
+        new_size=(h, w),
+        old_size=self.patch_embed.grid_size,
+        num_prefix_tokens=self.num_prefix_tokens,
+        interpolation="bilinear",
+        antialias=False,
+    )
+    x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, -1, c)], dim=1)
+    return self.pos_drop(x + pos)
+
+
+def _use_bilinear_pos_embed(model: nn.Module) -> None:
+    plain = (
+        getattr(model, "cls_token", None) is not None
+        and getattr(model, "reg_token", None) is None
+        and not getattr(model, "no_embed_class", False)
+        and getattr(model, "pos_embed", None) is not None
+    )
+    if not plain:
+        raise ValueError(
+            "MODEL.VIT_BACKBONE.POS_EMBED_INTERP='bilinear' needs a plain ViT (a class token "
+            "with a positional embedding, no register tokens); use 'bicubic' for this model"
+        )
+    model._pos_embed = types.MethodType(_bilinear_pos_embed, model)
+
+
+def resolve_timm_weights(model_name: str, spec: str, cache_dir: str = "") -> tuple:
+    """Where MODEL.VIT_BACKBONE.TIMM_PRETRAINED's weights come from.
+
+    Returns:
+        ("none", None), ("timm", "<model>.<tag>" or the model name for timm's default),
+        or ("file", path) (a local file, or a legacy tag's cached or downloaded file).
+    """
+    import timm
+
+    if not spec:
+        return "none", None
+    if spec == "timm":
+        return "timm", model_name
+    if (model_name, spec) in LEGACY_WEIGHTS:
+        url = LEGACY_WEIGHTS[(model_name, spec)]
+        folder = os.path.expanduser(cache_dir) or os.path.join(torch.hub.get_dir(), "checkpoints")
+        path = os.path.join(folder, os.path.basename(url))
+        if not os.path.isfile(path):
+            os.makedirs(folder, exist_ok=True)
+            torch.hub.download_url_to_file(url, path, hash_prefix=path.rsplit("-", 1)[-1][:-4])
+        return "file", path
+    if f"{model_name}.{spec}" in timm.list_pretrained(f"{model_name}.*"):
+        return "timm", f"{model_name}.{spec}"
+    path = os.path.expanduser(spec)
+    if os.path.isfile(path):
+        return "file", path
+    tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{model_name}.*")]
+    tags += [t for m, t in LEGACY_WEIGHTS if m == model_name]
+    raise FileNotFoundError(
+        f"MODEL.VIT_BACKBONE.TIMM_PRETRAINED={spec!r} is neither a local file nor a tag of "
+        f"{model_name!r} (tags: {sorted(tags)}); give a timm checkpoint file, 'timm' for "
+        "timm's default, or '' for random init"
+    )
+
+
 @BACKBONE_REGISTRY.register()
 def build_timm_vit_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> TimmViTBackbone:
     """A TimmViTBackbone from MODEL.VIT_BACKBONE.{TIMM_MODEL, TIMM_PRETRAINED, ...}."""
@@ -92,24 +188,22 @@ def build_timm_vit_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Tim
             "MODEL.BACKBONE.NAME=build_timm_vit_backbone needs timm: pip install timm"
         ) from e
     vcfg = cfg.MODEL.VIT_BACKBONE
-    weights = vcfg.TIMM_PRETRAINED
-    if weights and weights != "timm" and not os.path.isfile(os.path.expanduser(weights)):
-        raise FileNotFoundError(
-            f"MODEL.VIT_BACKBONE.TIMM_PRETRAINED: weights file {weights!r} does not exist; give "
-            "a local timm checkpoint, 'timm' to let timm download them, or '' for random init"
-        )
-    model = timm.create_model(
-        vcfg.TIMM_MODEL, pretrained=weights == "timm", dynamic_img_size=True, num_classes=0
-    )
-    if weights and weights != "timm":
+    kind, where = resolve_timm_weights(vcfg.TIMM_MODEL, vcfg.TIMM_PRETRAINED, vcfg.CACHE_DIR)
+    name = where if kind == "timm" else vcfg.TIMM_MODEL
+    model = timm.create_model(name, pretrained=kind == "timm", dynamic_img_size=True, num_classes=0)
+    if kind == "file":
         # the classifier head of ImageNet checkpoints is dropped (num_classes=0)
-        result = timm.models.load_checkpoint(model, os.path.expanduser(weights), strict=False)
+        result = timm.models.load_checkpoint(model, where, strict=False)
         missing = list(getattr(result, "missing_keys", []) or [])
         if missing:
             raise ValueError(
-                f"MODEL.VIT_BACKBONE.TIMM_PRETRAINED={weights!r} lacks {len(missing)} weights of "
+                f"MODEL.VIT_BACKBONE.TIMM_PRETRAINED={where!r} lacks {len(missing)} weights of "
                 f"{vcfg.TIMM_MODEL!r} (e.g. {missing[:3]}); is it a checkpoint of that model?"
             )
     return TimmViTBackbone(
-        model=model, out_indices=vcfg.OUT_INDICES, readout=vcfg.READOUT, freeze=vcfg.FREEZE
+        model=model,
+        out_indices=vcfg.OUT_INDICES,
+        readout=vcfg.READOUT,
+        freeze=vcfg.FREEZE,
+        pos_embed_interp=vcfg.POS_EMBED_INTERP,
     )

@@ -125,7 +125,8 @@ class DPTDecoder(nn.Module):
             input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
             in_features: four backbone outputs, finest target first.
             out_channels (int): channels of the 1x1 head (LSeg: the text dimension D).
-            reassemble_channels: the 1x1 projection widths, one per input.
+            reassemble_channels: the 1x1 projection widths, one per input; empty = no
+                reassemble (the backbone's strides must equal ``reassemble_strides``).
             reassemble_strides: the target stride of each input (powers of two apart).
             features (int): width of the fusion path.
             norm (str): detectron2 norm of the residual units ("BN", "GN", "SyncBN", ""
@@ -133,6 +134,10 @@ class DPTDecoder(nn.Module):
         """
         super().__init__()
         n = len(in_features)
+        # no reassemble: each map enters its 3x3 conv as it is (official LSeg's ResNet)
+        direct = len(reassemble_channels) == 0
+        if direct:
+            reassemble_channels = [input_shape[f].channels for f in in_features if f in input_shape]
         if not (n == len(reassemble_channels) == len(reassemble_strides)) or n < 1:
             raise ValueError(
                 f"DPT needs as many in_features {list(in_features)}, reassemble channels "
@@ -148,8 +153,15 @@ class DPTDecoder(nn.Module):
         self.project = nn.ModuleList()
         for name, ch, stride in zip(in_features, reassemble_channels, reassemble_strides):
             spec = input_shape[name]
+            if direct and spec.stride != stride:
+                raise ValueError(
+                    f"MODEL.DPT.REASSEMBLE_CHANNELS=[] (no reassemble) needs backbone strides "
+                    f"equal to REASSEMBLE_STRIDES; {name!r} has stride {spec.stride}, not {stride}"
+                )
             self.reassemble.append(
-                nn.Sequential(
+                nn.Identity()
+                if direct
+                else nn.Sequential(
                     nn.Conv2d(spec.channels, ch, kernel_size=1),
                     resample_layer(ch, spec.stride, stride),
                 )

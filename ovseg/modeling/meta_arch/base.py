@@ -27,6 +27,7 @@ from ...clip.prompt_names import get_prompt_names
 from ...pseudo.labels import SCORE_KINDS
 from ...vocab import resolve_vocabulary
 from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
+from ..test_time_aug import TestTimeAug, multiscale_inference
 
 __all__ = ["OpenVocabSegmentor", "group_inputs"]
 
@@ -97,6 +98,7 @@ class OpenVocabSegmentor(nn.Module):
         slide_stride: Tuple[int, int] = (426, 426),
         size_divisibility: int = 1,
         prompt_names: Optional[Mapping[str, str]] = None,
+        test_aug: Optional[TestTimeAug] = None,
     ):
         """
         Args:
@@ -110,6 +112,8 @@ class OpenVocabSegmentor(nn.Module):
                 pixel mean) to a multiple of this.
             prompt_names (Mapping[str, str], optional): the text a class's display name is
                 embedded as (:mod:`ovseg.clip.prompt_names`), for the model's text classifier.
+            test_aug (TestTimeAug, optional): multi-scale / flip testing (TEST.AUG); merging
+                logits needs a subclass with :meth:`logit_predictor`.
         """
         super().__init__()
         if inference_mode not in INFERENCE_MODES:
@@ -128,6 +132,13 @@ class OpenVocabSegmentor(nn.Module):
         self.slide_stride = tuple(int(v) for v in slide_stride)
         self.size_divisibility = max(int(size_divisibility), 1)
         self.prompt_names = dict(prompt_names or {})
+        if test_aug is not None and test_aug.uses_logits and not self.has_logits():
+            raise ValueError(
+                f"TEST.AUG.MERGE={test_aug.merge!r} merges logits, but {type(self).__name__}'s "
+                f"scores are {self.sem_seg_scores} and it has no logit output; use "
+                "TEST.AUG.MERGE 'scores_mean'"
+            )
+        self.test_aug = test_aug
 
     @staticmethod
     def base_config(cfg) -> Dict[str, Any]:
@@ -144,6 +155,7 @@ class OpenVocabSegmentor(nn.Module):
             "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
             "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
             "prompt_names": get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
+            "test_aug": TestTimeAug.from_config(cfg),
         }
 
     @property
@@ -264,6 +276,38 @@ class OpenVocabSegmentor(nn.Module):
         text = self.text_embeddings(names)
         return lambda x: self.predict(x, text)
 
+    @classmethod
+    def has_logits(cls) -> bool:
+        """Whether :meth:`logit_predictor` gives logits (for test-time logit merging)."""
+        return cls.sem_seg_scores == "logits" or (
+            cls.logit_predictor is not OpenVocabSegmentor.logit_predictor
+        )
+
+    def logit_predictor(self, names: Tuple[str, ...]) -> Predictor:
+        """``fn(images) -> (b, K, h, w)`` logits over ``names``, whose
+        :meth:`scores_from_logits` are the model's declared scores. A subclass whose scores
+        are not logits overrides both."""
+        if self.sem_seg_scores != "logits":
+            raise NotImplementedError(f"{type(self).__name__} has no logit output")
+        return self.predictor(names)
+
+    def scores_from_logits(self, logits: Tensor) -> Tensor:
+        """(B, K, H, W) logits -> the declared scores (identity for "logits")."""
+        return logits
+
+    def _scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
+        """(B, K, H, W) scores of normalised images, with the test-time protocol."""
+        aug = self.test_aug
+        if aug is None:
+            fn = self.predictor(names)
+        else:
+            fn = self.logit_predictor(names) if aug.uses_logits else self.predictor(names)
+        kwargs = dict(mode=self.inference_mode, window=self.slide_window, stride=self.slide_stride)
+        if aug is None:
+            return semantic_inference(fn, images, **kwargs)
+        scores = multiscale_inference(fn, images, aug, **kwargs)
+        return self.scores_from_logits(scores) if aug.uses_logits else scores
+
     def inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
         """Eval outputs, one forward per (size, vocabulary): inputs of one size and
         vocabulary share a forward; others are never padded together.
@@ -275,13 +319,7 @@ class OpenVocabSegmentor(nn.Module):
         results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
         for (_, names), idx in group_inputs(keys).items():
             images = torch.stack(self.normalize([batched_inputs[i]["image"] for i in idx]))
-            scores = semantic_inference(
-                self.predictor(names),
-                images,
-                mode=self.inference_mode,
-                window=self.slide_window,
-                stride=self.slide_stride,
-            )
+            scores = self._scores(names, images)
             h, w = images.shape[-2:]
             for j, i in enumerate(idx):
                 inp = batched_inputs[i]

@@ -201,21 +201,32 @@ class LSeg(OpenVocabSegmentor):
         # align_corners=True as the official output upsampling
         return F.interpolate(out, size=size, mode="bilinear", align_corners=True)
 
-    def predict(self, images: Tensor, text: Tensor) -> Tensor:
-        """Softmax probabilities of normalised images, at their size.
+    def predict_logits(self, images: Tensor, text: Tensor) -> Tensor:
+        """Logits of normalised images, at their size.
 
         Args:
             images (Tensor): (b, 3, h, w) normalised images (zero = the pixel mean).
             text (Tensor): (K, D) text embeddings.
 
         Returns:
-            Tensor: (b, K, h, w).
+            Tensor: (b, K, h, w) float32.
         """
         h, w = images.shape[-2:]
         m = self.size_divisibility
         padded = F.pad(images, (0, -w % m, 0, -h % m))
         logits = self.logits(self.pixel_embeddings(padded), text, tuple(padded.shape[-2:]))
-        return logits[:, :, :h, :w].float().softmax(dim=1)
+        return logits[:, :, :h, :w].float()
+
+    def predict(self, images: Tensor, text: Tensor) -> Tensor:
+        """Softmax probabilities of normalised (b, 3, h, w) images: (b, K, h, w)."""
+        return self.predict_logits(images, text).softmax(dim=1)
+
+    def logit_predictor(self, names: Tuple[str, ...]):
+        text = self.text_embeddings(names)
+        return lambda x: self.predict_logits(x, text)
+
+    def scores_from_logits(self, logits: Tensor) -> Tensor:
+        return logits.softmax(dim=1)
 
     # ------------------------------------------------------------------ training
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:

@@ -29,6 +29,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
+from ..test_time_aug import TestTimeAug
 from ..text_classifier import TextClassifier
 from .base import OpenVocabSegmentor
 
@@ -204,6 +205,7 @@ class MaskCLIP(OpenVocabSegmentor):
         logit_scale: float = 100.0,
         size_divisibility: int = -1,
         prompt_names: Optional[Mapping[str, str]] = None,
+        test_aug: Optional[TestTimeAug] = None,
     ):
         """
         Args:
@@ -222,6 +224,7 @@ class MaskCLIP(OpenVocabSegmentor):
             size_divisibility (int): pad each forward's input (bottom/right, with the pixel
                 mean) to a multiple of this; <= 0 = only to the teacher's stride.
             prompt_names: display name -> embedded text (:mod:`ovseg.clip.prompt_names`).
+            test_aug (TestTimeAug, optional): multi-scale / flip testing (TEST.AUG).
         """
         if key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(
@@ -244,6 +247,7 @@ class MaskCLIP(OpenVocabSegmentor):
             slide_stride=slide_stride,
             size_divisibility=math.lcm(stride, d) if d > 0 else stride,
             prompt_names=prompt_names,
+            test_aug=test_aug,
         )
         self.classifier = TextClassifier(
             teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
