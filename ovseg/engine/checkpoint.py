@@ -46,11 +46,15 @@ class AtomicCheckpointer(DetectionCheckpointer):
         complete (bool): every weight of the model must come from the file (evaluation, the
             demo). Otherwise a file must be complete only when an ovseg run wrote it, and
             must fit at least in part when it is a converted or model-zoo file.
+        some (bool): False lets a file without ovseg's record fit nothing.
     """
 
-    def __init__(self, model, save_dir: str = "", *, complete: bool = False, **kwargs):
+    def __init__(
+        self, model, save_dir: str = "", *, complete: bool = False, some: bool = True, **kwargs
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.complete = complete
+        self.some = some
         self.save_rng = False  # the Trainer turns it on (a collective: every rank saves)
         self._path: Optional[str] = None
         self._resuming = False
@@ -154,11 +158,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
             recorded=recorded,
             complete=self.complete or self._resuming or recorded is not None,
             num_loaded=loaded,
+            some=self.some,
         )
         return incompatible
 
 
-def load_model_weights(model: torch.nn.Module, path: str, *, complete: bool = True) -> None:
+def load_model_weights(
+    model: torch.nn.Module, path: str, *, complete: bool = True, some: bool = True
+) -> None:
     """Load ``path`` (``MODEL.WEIGHTS``) into ``model`` safely, refusing a misfit.
 
     Args:
@@ -166,8 +173,9 @@ def load_model_weights(model: torch.nn.Module, path: str, *, complete: bool = Tr
         path (str): a ``.pth`` / ``.pkl`` weight file.
         complete (bool): every weight must come from the file (inference); False for a file
             that initialises part of a model (a converted backbone).
+        some (bool): False lets such a file fit nothing.
     """
-    AtomicCheckpointer(model, complete=complete).load(path, checkpointables=[])
+    AtomicCheckpointer(model, complete=complete, some=some).load(path, checkpointables=[])
 
 
 def _strip_module(key: str) -> str:

@@ -55,6 +55,7 @@ def check_fit(
     recorded: Optional[str],
     complete: bool,
     num_loaded: int,
+    some: bool = True,
 ) -> None:
     """Raise :class:`CheckpointMismatchError` when the checkpoint at ``path`` misfits ``model``.
 
@@ -66,6 +67,7 @@ def check_fit(
         complete (bool): the checkpoint must hold every weight of the model (evaluation,
             resume, a checkpoint an ovseg run wrote); else only some need to fit.
         num_loaded (int): how many of the checkpoint's weights fit the model.
+        some (bool): at least one weight must fit (a file meant to initialise the model).
     """
     arch = architecture_of(model)
     missing = _unexpectedly_missing(model, incompatible.missing_keys)
@@ -79,7 +81,7 @@ def check_fit(
         if shapes:
             problems.append(f"{len(shapes)} have other shapes: " + _names(shapes))
         raise CheckpointMismatchError(_message(path, recorded, arch, problems))
-    if total and num_loaded == 0:
+    if some and total and num_loaded == 0:
         raise CheckpointMismatchError(
             _message(path, recorded, arch, [f"none of its weights fit the model's {total}"])
         )

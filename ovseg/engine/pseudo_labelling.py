@@ -150,8 +150,10 @@ def build_labeller(cfg: CfgNode, dataset: str = "", scores: str = "auto") -> Lab
     seed_all_rng(max(int(cfg.SEED), 0))
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        # a teacher may start from converted backbone weights that cover only part of it
-        load_model_weights(model, cfg.MODEL.WEIGHTS, complete=False)
+        # a student's config relabelled MODEL.META_ARCHITECTURE MaskCLIP keeps the student's
+        # converted backbone in MODEL.WEIGHTS, which fits none of the weightless teacher; a
+        # checkpoint an ovseg run wrote must still fit whole
+        load_model_weights(model, cfg.MODEL.WEIGHTS, complete=False, some=False)
     model.eval()
     kind = score_kind_of(model, scores)
     return Labeller(model, mapper, dataset, dataset_dicts, list(vocabulary), kind)
