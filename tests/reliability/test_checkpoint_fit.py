@@ -99,7 +99,9 @@ def test_resume_into_another_architectures_run_writes_nothing(tmp_path):
     again = default_argument_parser().parse_args(
         ["--config-file", str(LSEG), "--resume", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
     )
-    with pytest.raises(ValueError, match="its run was a SemanticSegmentor .* this config is a LSeg"):
+    with pytest.raises(
+        ValueError, match="its run was a SemanticSegmentor .* this config is a LSeg"
+    ):
         setup(again)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before

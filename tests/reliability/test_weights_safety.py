@@ -39,7 +39,9 @@ def test_crafted_pkl_is_refused_and_runs_nothing(tmp_path, protocol):
     path = tmp_path / "weights.pkl"
     payload = {"model": {"0.weight": _CreatesFile(marker)}, "__author__": "x"}
     path.write_bytes(pickle.dumps(payload, protocol=protocol))
-    with pytest.raises(UnsafeWeightsError, match=r"weights\.pkl names \w+\.open, which is not plain data"):
+    with pytest.raises(
+        UnsafeWeightsError, match=r"weights\.pkl names \w+\.open, which is not plain data"
+    ):
         AtomicCheckpointer(_model()).load(str(path))
     assert not marker.exists()
 
