@@ -2,8 +2,8 @@
 
 - saves go through a temporary file and a rename, so a kill while saving leaves the previous
   checkpoint and ``last_checkpoint`` intact; every save records the model's meta-architecture
-  and ovseg's version (``checkpoint_fit.checkpoint_meta``) and, when ``save_rng``, every
-  rank's RNG states;
+  and ovseg's version (``checkpoint_fit.checkpoint_meta``) and, when ``save_rng``, the saving
+  process's RNG states;
 - loads never run code from a file: ``.pkl`` through a data-only unpickler, everything else
   through ``torch.load(weights_only=True)`` (``ovseg.utils.safe_load``);
 - a checkpoint that does not fit the model raises (``checkpoint_fit.check_fit``);
@@ -26,6 +26,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..utils.io import atomic_write, atomic_write_text
 from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
 from .checkpoint_fit import META_KEY, check_fit, checkpoint_meta, recorded_architecture
+from .resume import rng_state
 
 __all__ = ["AtomicCheckpointer", "CheckpointReadError", "load_model_weights"]
 
@@ -55,19 +56,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.complete = complete
         self.some = some
-        self.save_rng = False  # the Trainer turns it on (a collective: every rank saves)
+        self.save_rng = False  # the Trainer turns it on
         self._path: Optional[str] = None
         self._resuming = False
 
     # ------------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs) -> None:
-        rng = None
-        if self.save_rng:
-            from .resume import gathered_rng_states
-
-            rng = gathered_rng_states()
         if not self.save_dir or not self.save_to_disk:
             return
+        # only the main process saves (detectron2 gives the other ranks no checkpoint hook),
+        # so a checkpoint holds its RNG states alone: one-process runs resume exactly
+        rng = [rng_state()] if self.save_rng else None
         data = {"model": self.model.state_dict(), META_KEY: checkpoint_meta(self.model)}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()

@@ -1,8 +1,9 @@
 """What ``--resume`` needs beyond weights: RNG states, the data position, a safe target folder.
 
 A run killed and resumed with ``SEED`` set trains on exactly what the uninterrupted run would
-have: checkpoints hold every rank's python/numpy/torch RNG states and the data stream's seed
-(:class:`DataPosition`), and the loader restarts at the resumed iteration
+have: checkpoints hold the python/numpy/torch RNG states of the process that saves them and
+the data stream's seed (:class:`DataPosition`), and the loader restarts at the resumed
+iteration
 (``ovseg.data.resumable_loader``). Before anything is written, a resumed run refuses an
 ``OUTPUT_DIR`` that another meta-architecture's run wrote, and a training run removes the
 temporary files an interrupted checkpoint save left behind.
@@ -28,7 +29,6 @@ from ..utils.io import TMP_PREFIX
 __all__ = [
     "DataPosition",
     "check_resume_target",
-    "gathered_rng_states",
     "remove_stale_temporaries",
     "restore_training_position",
     "rng_state",
@@ -64,12 +64,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def gathered_rng_states() -> List[Dict[str, Any]]:
-    """Every rank's :func:`rng_state`, in rank order (a collective: every rank calls it)."""
-    state = rng_state()
-    return comm.all_gather(state) if comm.get_world_size() > 1 else [state]
 
 
 class DataPosition:
@@ -109,8 +103,9 @@ def restore_training_position(trainer, extra: Dict[str, Any], data: DataPosition
     else:
         found = "none" if states is None else f"{len(states)} process(es)"
         logger.warning(
-            "the checkpoint holds RNG states of %s, this run has %d: training continues with "
-            "fresh random streams (not bit-identical to an uninterrupted run)",
+            "the checkpoint holds RNG states of %s, this run has %d process(es): the data "
+            "position is restored, the random streams are not (the result is not "
+            "bit-identical to an uninterrupted run)",
             found,
             world,
         )
