@@ -9,21 +9,21 @@ Examples:
 Without CUDA, --num-gpus N starts N CPU processes connected through gloo.
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import ovseg  # noqa: F401  (registers datasets, mappers, models)
-from ovseg.compat import launch
-from ovseg.engine import Trainer, setup
+from ovseg.compat import default_dist_url, launch
+from ovseg.engine import AtomicCheckpointer, Trainer, setup
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # every weight must come from the checkpoint: a misfit is an error, not mIoU 0
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, complete=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
@@ -36,7 +36,12 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    args = parser.parse_args()
+    # a free port unless --dist-url is given: two runs of one user at once both start
+    args.dist_url = default_dist_url(
+        args.dist_url, parser.get_default("dist_url"), args.num_machines
+    )
     print("Command Line Args:", args)
     launch(
         main,

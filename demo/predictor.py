@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import VisImage
 
 from ovseg.clip import get_templates
+from ovseg.engine.checkpoint import load_model_weights
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
 from ovseg.utils.visualization import (
@@ -58,7 +58,7 @@ class OpenVocabPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not 'RGB' or 'BGR'")

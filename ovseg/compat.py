@@ -7,14 +7,25 @@ this module holds only behaviour that even upstream lacks for CPU runs:
 - v0.6's ``launch`` asserts CUDA and always uses NCCL, so multi-process CPU runs (gloo) are
   started here when the installed ``launch`` cannot do it;
 - ``create_ddp_model`` passes CUDA ``device_ids`` even for a model on the CPU, so ovseg
-  wraps DDP itself with the device of the model's parameters.
+  wraps DDP itself with the device of the model's parameters;
+- workers outlive a launcher killed by a signal (they are reparented and keep training), so
+  every worker asks the kernel for a signal when its launcher dies; and the default
+  ``--dist-url`` is a fixed port per user, so two runs at once collide: single-machine runs
+  that name no URL pick a free port (``default_dist_url``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
 import inspect
 import logging
+import os
+import signal
+import sys
+import threading
+import time
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -37,7 +48,11 @@ __all__ = [
     "launch_supports_cpu",
     "launch",
     "create_ddp_model",
+    "default_dist_url",
+    "die_with_parent",
 ]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def has_compiled_ops() -> bool:
@@ -85,7 +100,10 @@ def launch(
     ``launch``. Without CUDA, ``num_gpus_per_machine`` counts CPU processes, connected
     through gloo.
     """
+    world_size = num_machines * num_gpus_per_machine
     if torch.cuda.is_available() or launch_supports_cpu():
+        if world_size > 1:  # workers are spawned: they end with this process
+            main_func = functools.partial(_run_dying_with, os.getpid(), main_func)
         d2_launch_module.launch(
             main_func,
             num_gpus_per_machine,
@@ -96,7 +114,6 @@ def launch(
             timeout=timeout,
         )
         return
-    world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         main_func(*args)
         return
@@ -110,7 +127,16 @@ def launch(
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+            os.getpid(),
+        ),
         daemon=False,
         start_method="spawn",
     )
@@ -125,7 +151,9 @@ def _cpu_worker(
     dist_url: str,
     args: tuple,
     timeout: timedelta,
+    launcher_pid: int,
 ) -> None:
+    die_with_parent(launcher_pid)
     global_rank = machine_rank * num_procs_per_machine + local_rank
     dist.init_process_group(
         backend="gloo",
@@ -140,6 +168,51 @@ def _cpu_worker(
         main_func(*args)
     finally:
         dist.destroy_process_group()
+
+
+def _run_dying_with(launcher_pid: int, main_func: Callable[..., Any], *args: Any) -> Any:
+    die_with_parent(launcher_pid)
+    return main_func(*args)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` (its launcher) is gone, however it died.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``,
+    as torchrun's workers do); elsewhere a daemon thread polls the parent pid every second.
+    Either way a worker never trains on, reparented, after its launcher was killed.
+    """
+    if os.getppid() != parent_pid:  # the launcher died before this line
+        os._exit(1)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # it died between the check and the prctl
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    logger.error("launcher (pid %d) is gone: this worker exits", parent_pid)
+    os._exit(1)
+
+
+def default_dist_url(dist_url: str, parser_default: str, num_machines: int) -> str:
+    """``"auto"`` (a free port) for a single-machine run left at the parser's fixed default.
+
+    detectron2's ``default_argument_parser`` derives its default port from the user id, so a
+    user's second multi-process run fails to bind it; a URL given on the command line, or
+    any multi-machine run, keeps what was given.
+    """
+    if num_machines == 1 and dist_url == parser_default:
+        return "auto"
+    return dist_url
 
 
 def _create_local_process_group(num_procs_per_machine: int) -> None:

@@ -12,7 +12,8 @@
 
 ``--quick`` (``make demo QUICK=1``) uses a tiny world and few iterations (CI); ``--full``
 (``FULL=1``) runs both zero-shot splits and averages them; ``--retrain-clip``
-(``RETRAIN_CLIP=1``) retrains the toy CLIP with the command recorded in its checkpoint.
+(``RETRAIN_CLIP=1``) retrains the toy CLIP with the options recorded in its checkpoint (read
+as data; only tools/pretrain_toy_clip.py is ever run, with options its parser accepts).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import logging
 import os
 import re
 import shlex
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,18 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 import ovseg  # noqa: F401  (registers datasets, mappers, models)
 from ovseg.data import build_dataset_mapper
 from ovseg.data.datasets.toy_world import SPLITS, build_toy_world
+from ovseg.engine.checkpoint import load_model_weights
 from ovseg.engine.defaults import load_config
 from ovseg.engine.train_runs import run_training
 from ovseg.evaluation import segmentation_metrics
 from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline
 from ovseg.utils.io import atomic_write_text
+from ovseg.utils.safe_load import torch_load_weights
 
 ROOT = Path(__file__).resolve().parents[1]  # configs and train_net.py are found from here
 logger = logging.getLogger("ovseg.demo")
@@ -110,15 +110,45 @@ def clip_settings(config: str) -> tuple[str, str]:
     return cfg.MODEL.CLIP.MODEL_NAME, cfg.MODEL.CLIP.PRETRAINED
 
 
+PRETRAIN_TOOL = "tools/pretrain_toy_clip.py"
+
+
 def retrain_clip(checkpoint: str) -> None:
-    """Re-run the command recorded in the shipped checkpoint (tools/pretrain_toy_clip.py)."""
-    meta = torch.load(ROOT / checkpoint, map_location="cpu", weights_only=False)
-    command = meta.get("ovseg_pretrain", {}).get("command")
-    if not command:
+    """Retrain the toy CLIP with the options recorded in the shipped checkpoint.
+
+    The checkpoint is read as data (``torch.load(weights_only=True)``) and its recorded
+    command is never executed: only its options are taken, checked by
+    tools/pretrain_toy_clip.py's own parser and run by that tool, in this process.
+    """
+    meta = torch_load_weights(ROOT / checkpoint).get("ovseg_pretrain", {})
+    command = meta.get("command") if isinstance(meta, dict) else None
+    if not isinstance(command, str) or not command:
         raise SystemExit(f"{checkpoint} records no training command; see checkpoints/README.md")
     argv = shlex.split(command)
-    logger.info("Retraining the toy CLIP: %s", command)
-    subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, check=True)
+    tool = next((i for i, a in enumerate(argv) if a.endswith(PRETRAIN_TOOL)), None)
+    if tool is None:
+        raise SystemExit(
+            f"{checkpoint} records a command that is not {PRETRAIN_TOOL} ({command!r}): "
+            "refused; retrain with that tool by hand (checkpoints/README.md)."
+        )
+    options = argv[tool + 1 :]
+    logger.info("Retraining the toy CLIP: python %s %s", PRETRAIN_TOOL, shlex.join(options))
+    pretrain_main = _load_tool(PRETRAIN_TOOL).main
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the recorded paths are relative to the repository root
+    try:
+        pretrain_main(options)
+    finally:
+        os.chdir(cwd)
+
+
+def _load_tool(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ovseg_tool_" + Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def evaluate_clip(config: str, seed: int, num_images: int) -> dict:
@@ -134,7 +164,7 @@ def predict(cfg, dataset: str, weights: str = "", limit: int | None = None):
     """Run a model over a dataset in-process; yield (input dict, label or None, scores)."""
     model = build_model(cfg)
     if weights:
-        DetectionCheckpointer(model).load(weights)
+        load_model_weights(model, weights)
     model.eval()
     mapper = build_dataset_mapper(cfg, False, dataset)
     dicts = DatasetCatalog.get(dataset)[:limit]

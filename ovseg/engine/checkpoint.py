@@ -1,32 +1,211 @@
-"""A DetectionCheckpointer whose files are written atomically (temp file + rename)."""
+"""ovseg's checkpointer: atomic saves, data-only loads, misfits refused, resume falls back.
+
+- saves go through a temporary file and a rename, so a kill while saving leaves the previous
+  checkpoint and ``last_checkpoint`` intact; every save records the model's meta-architecture
+  and ovseg's version (``checkpoint_fit.checkpoint_meta``) and, when ``save_rng``, the saving
+  process's RNG states;
+- loads never run code from a file: ``.pkl`` through a data-only unpickler, everything else
+  through ``torch.load(weights_only=True)`` (``ovseg.utils.safe_load``);
+- a checkpoint that does not fit the model raises (``checkpoint_fit.check_fit``);
+- ``--resume`` whose latest checkpoint is unreadable (a truncated file) resumes from the newest
+  readable earlier one, with a warning naming both.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import zipfile
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.io import atomic_write, atomic_write_text
+from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
+from .checkpoint_fit import META_KEY, check_fit, checkpoint_meta, recorded_architecture
+from .resume import rng_state
+
+__all__ = ["AtomicCheckpointer", "CheckpointReadError", "load_model_weights"]
+
+# what reading a damaged (truncated, emptied) checkpoint raises; refusals are not among them
+_UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError)
+_ITERATION = re.compile(r"_(\d+)\.pth$")
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file cannot be read (truncated or damaged)."""
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """A kill while saving leaves the previous checkpoint and ``last_checkpoint`` intact."""
+    """detectron2's checkpointer, made safe to load from and hard to load wrongly.
 
+    Args:
+        model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``.
+        complete (bool): every weight of the model must come from the file (evaluation, the
+            demo). Otherwise a file must be complete only when an ovseg run wrote it, and
+            must fit at least in part when it is a converted or model-zoo file.
+        some (bool): False lets a file without ovseg's record fit nothing.
+    """
+
+    def __init__(
+        self, model, save_dir: str = "", *, complete: bool = False, some: bool = True, **kwargs
+    ):
+        super().__init__(model, save_dir, **kwargs)
+        self.complete = complete
+        self.some = some
+        self.save_rng = False  # the Trainer turns it on
+        self._path: Optional[str] = None
+        self._resuming = False
+
+    # ------------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
+        # only the main process saves (detectron2 gives the other ranks no checkpoint hook),
+        # so a checkpoint holds its RNG states alone: one-process runs resume exactly
+        rng = [rng_state()] if self.save_rng else None
+        data = {"model": self.model.state_dict(), META_KEY: checkpoint_meta(self.model)}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if rng is not None:
+            data["rng_states"] = rng
         data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        self.tag_last_checkpoint(f"{name}.pth")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write_text(path, last_filename_basename)
+
+    # ----------------------------------------------------------------------- loading
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        self._path = path
+        return super().load(path, checkpointables)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """As detectron2's; a resumed checkpoint must be complete, and a damaged latest one
+        falls back to the newest readable earlier one."""
+        if resume and self.has_checkpoint():
+            self._resuming = True
+            try:
+                return self.load(self.get_checkpoint_file())
+            finally:
+                self._resuming = False
+        return self.load(path, checkpointables=[])
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            return _read_checkpoint(filename, self.logger)
+        except UnsafeWeightsError:
+            raise
+        except _UNREADABLE as e:
+            if not self._resuming:
+                raise CheckpointReadError(_unreadable(filename, e)) from e
+            return self._fall_back(filename, e)
+
+    def _fall_back(self, filename: str, error: BaseException) -> Dict[str, Any]:
+        for earlier in self._earlier_checkpoints(filename):
+            try:
+                data = _read_checkpoint(earlier, self.logger)
+            except UnsafeWeightsError:
+                raise
+            except _UNREADABLE as e:
+                self.logger.warning(_unreadable(earlier, e))
+                continue
+            self.logger.warning(
+                f"{_unreadable(filename, error)} Resuming from the previous checkpoint "
+                f"{earlier} instead."
+            )
+            self._path = earlier
+            return data
+        raise CheckpointReadError(
+            _unreadable(filename, error) + " No earlier readable checkpoint in "
+            f"{self.save_dir}: remove it (and last_checkpoint) to start over."
+        ) from error
+
+    def _earlier_checkpoints(self, latest: str) -> List[str]:
+        """Other ``model_*.pth`` of save_dir, newest iteration first (``model_final`` first)."""
+        found = []
+        for name in os.listdir(self.save_dir):
+            path = os.path.join(self.save_dir, name)
+            if not name.endswith(".pth") or os.path.abspath(path) == os.path.abspath(latest):
+                continue
+            match = _ITERATION.search(name)
+            if match or name == "model_final.pth":
+                found.append((int(match.group(1)) if match else float("inf"), path))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        recorded = recorded_architecture(checkpoint)
+        heuristic = checkpoint.get("matching_heuristics", False)
+        names = {_strip_module(k) for k in checkpoint.get("model", {})}
+        incompatible = super()._load_model(checkpoint)
+        model_keys = set(self.model.state_dict())
+        if heuristic:  # keys were renamed by detectron2's matching: count what is not missing
+            loaded = len(model_keys) - len(incompatible.missing_keys)
+        else:
+            loaded = len(names & model_keys) - len(incompatible.incorrect_shapes)
+        check_fit(
+            self.model,
+            incompatible,
+            path=str(self._path),
+            recorded=recorded,
+            complete=self.complete or self._resuming or recorded is not None,
+            num_loaded=loaded,
+            some=self.some,
+        )
+        return incompatible
+
+
+def load_model_weights(
+    model: torch.nn.Module, path: str, *, complete: bool = True, some: bool = True
+) -> None:
+    """Load ``path`` (``MODEL.WEIGHTS``) into ``model`` safely, refusing a misfit.
+
+    Args:
+        model: the model.
+        path (str): a ``.pth`` / ``.pkl`` weight file.
+        complete (bool): every weight must come from the file (inference); False for a file
+            that initialises part of a model (a converted backbone).
+        some (bool): False lets such a file fit nothing.
+    """
+    AtomicCheckpointer(model, complete=complete, some=some).load(path, checkpointables=[])
+
+
+def _strip_module(key: str) -> str:
+    return key[len("module.") :] if key.startswith("module.") else key
+
+
+def _unreadable(path: str, error: BaseException) -> str:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"Checkpoint {path} cannot be read (truncated or damaged?): {reason}."
+
+
+def _read_checkpoint(filename: str, logger) -> Dict[str, Any]:
+    """Read a weight file as detectron2's ``_load_file`` does, without executing pickles."""
+    if filename.endswith(".pkl"):
+        data = load_pickle_weights(filename)
+        if not isinstance(data, dict):
+            raise CheckpointReadError(f"{filename} holds a {type(data).__name__}, not a dict")
+        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+            logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        # Caffe2 / Detectron1 model zoo, as detectron2/checkpoint/detection_checkpoint.py reads it
+        data = data.get("blobs", data)
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    loaded = torch_load_weights(filename)
+    if filename.endswith(".pyth"):  # pycls, as detectron2 reads it
+        state = loaded.get("model_state") if isinstance(loaded, dict) else None
+        if state is None:
+            raise CheckpointReadError(f"{filename}: pycls checkpoints must contain 'model_state'")
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if not isinstance(loaded, dict):
+        raise CheckpointReadError(f"{filename} holds a {type(loaded).__name__}, not a dict")
+    return loaded if "model" in loaded else {"model": loaded}

@@ -40,6 +40,10 @@ def setup(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config of a run and set up logging and the output folder."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    if getattr(args, "resume", False):
+        from .resume import check_resume_target
+
+        check_resume_target(cfg)  # before default_setup overwrites OUTPUT_DIR/config.yaml
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovseg")
     return cfg

@@ -18,7 +18,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
@@ -35,6 +34,7 @@ from ..pseudo import (
     labeller_settings,
     score_kind_of,
 )
+from .checkpoint import load_model_weights
 from .defaults import setup
 
 __all__ = ["Labeller", "build_labeller", "get_parser", "labeller_manifest", "main", "parse_args"]
@@ -150,7 +150,10 @@ def build_labeller(cfg: CfgNode, dataset: str = "", scores: str = "auto") -> Lab
     seed_all_rng(max(int(cfg.SEED), 0))
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        # a student's config relabelled MODEL.META_ARCHITECTURE MaskCLIP keeps the student's
+        # converted backbone in MODEL.WEIGHTS, which fits none of the weightless teacher; a
+        # checkpoint an ovseg run wrote must still fit whole
+        load_model_weights(model, cfg.MODEL.WEIGHTS, complete=False, some=False)
     model.eval()
     kind = score_kind_of(model, scores)
     return Labeller(model, mapper, dataset, dataset_dicts, list(vocabulary), kind)

@@ -6,22 +6,25 @@ import logging
 import weakref
 
 from detectron2.config import CfgNode
-from detectron2.data import (
-    DatasetCatalog,
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..compat import create_ddp_model
 from ..data import build_dataset_mapper
+from ..data.resumable_loader import build_resumable_train_loader
 from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
 from . import solver
 from .checkpoint import AtomicCheckpointer
+from .resume import (
+    DataPosition,
+    remove_stale_temporaries,
+    restore_training_position,
+    rng_state,
+    set_rng_state,
+)
 from .train_loop import AMPTrainer
 
 
@@ -44,7 +47,15 @@ class Trainer(DefaultTrainer):
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if comm.is_main_process():  # what a save killed midway left behind
+            remove_stale_temporaries(cfg.OUTPUT_DIR)
+        # the data stream's seed and every rank's RNG states go into checkpoints: a resumed
+        # run trains on exactly the batches the interrupted one would have
+        self._data_position = DataPosition(data_loader)
+        self.checkpointer = AtomicCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), data=self._data_position
+        )
+        self.checkpointer.save_rng = True
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -63,7 +74,36 @@ class Trainer(DefaultTrainer):
         if meta.get("train_sampling", "records") != "records":
             dataset = dataset or DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
             sampler = train_sampler_for(meta, dataset)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
+        return build_resumable_train_loader(cfg, mapper, dataset, sampler=sampler)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As DefaultTrainer's; a resumed run also continues the data stream and RNG states."""
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1  # the checkpoint holds the finished iteration
+            restore_training_position(self, extra, self._data_position)
+
+    def state_dict(self) -> dict:
+        # v0.6's DefaultTrainer leaves out the optimizer (its SimpleTrainer's state), so a
+        # resumed run restarted momentum and Adam moments; later detectron2 saves it as here
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # absent from checkpoints of v0.6's DefaultTrainer
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model, evaluators=None):
+        # evaluation during training must not move the training RNGs (a resumed run, which
+        # does not repeat it, would draw other numbers)
+        state = rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            set_rng_state(state)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

@@ -1,0 +1,108 @@
+"""Whether a checkpoint fits the model it is loaded into: a misfit is an error, not a warning.
+
+Every checkpoint ovseg saves records the meta-architecture that wrote it
+(:func:`checkpoint_meta`). A checkpoint whose weights leave parts of the model at their
+random initialisation (other than a few named, expected keys) is refused when it is meant to
+be the whole model: evaluation, the demo, ``--resume``, and ``MODEL.WEIGHTS`` that an ovseg
+run wrote. A file without ovseg's record (converted backbone weights, a model-zoo ``.pkl``)
+initialises part of a model; it is refused only when none of its weights fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+from fvcore.common.checkpoint import _filter_reused_missing_keys
+from torch import nn
+
+__all__ = ["META_KEY", "CheckpointMismatchError", "checkpoint_meta", "check_fit"]
+
+META_KEY = "ovseg_meta"
+# keys a complete checkpoint may lack: BatchNorm's step counters (absent from checkpoints of
+# older torch and from converted ones). The frozen CLIP teacher's weights are never in a
+# checkpoint (ovseg.utils.state_dict.exclude_from_checkpoints forgives them) and detectron2
+# forgives pixel_mean/pixel_std (DetectionCheckpointer._load_model).
+ALLOWED_MISSING_SUFFIXES = ("num_batches_tracked",)
+_SHOWN = 8
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model it was loaded into."""
+
+
+def architecture_of(model: nn.Module) -> str:
+    """The model's meta-architecture name (its class, as META_ARCH_REGISTRY names it)."""
+    return type(model).__name__
+
+
+def checkpoint_meta(model: nn.Module) -> dict:
+    """What a saved checkpoint records about its writer (plain strings only)."""
+    from .. import __version__
+
+    return {"meta_architecture": architecture_of(model), "ovseg_version": __version__}
+
+
+def recorded_architecture(checkpoint: Mapping[str, Any]) -> Optional[str]:
+    meta = checkpoint.get(META_KEY)
+    return meta.get("meta_architecture") if isinstance(meta, Mapping) else None
+
+
+def check_fit(
+    model: nn.Module,
+    incompatible: Any,
+    *,
+    path: str,
+    recorded: Optional[str],
+    complete: bool,
+    num_loaded: int,
+    some: bool = True,
+) -> None:
+    """Raise :class:`CheckpointMismatchError` when the checkpoint at ``path`` misfits ``model``.
+
+    Args:
+        model: the (unwrapped) model loaded into.
+        incompatible: fvcore's ``_IncompatibleKeys`` of the load.
+        path (str): the checkpoint, for the message.
+        recorded (str or None): the meta-architecture the checkpoint records.
+        complete (bool): the checkpoint must hold every weight of the model (evaluation,
+            resume, a checkpoint an ovseg run wrote); else only some need to fit.
+        num_loaded (int): how many of the checkpoint's weights fit the model.
+        some (bool): at least one weight must fit (a file meant to initialise the model).
+    """
+    arch = architecture_of(model)
+    missing = _unexpectedly_missing(model, incompatible.missing_keys)
+    shapes = [k for k, *_ in incompatible.incorrect_shapes]
+    total = len(model.state_dict())
+    if complete and (missing or shapes):
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} of the model's {total} weights are missing from it")
+            problems.append("missing: " + _names(missing))
+        if shapes:
+            problems.append(f"{len(shapes)} have other shapes: " + _names(shapes))
+        raise CheckpointMismatchError(_message(path, recorded, arch, problems))
+    if some and total and num_loaded == 0:
+        raise CheckpointMismatchError(
+            _message(path, recorded, arch, [f"none of its weights fit the model's {total}"])
+        )
+
+
+def _unexpectedly_missing(model: nn.Module, missing: Sequence[str]) -> list:
+    keys = [k for k in missing if not k.endswith(ALLOWED_MISSING_SUFFIXES)]
+    return sorted(_filter_reused_missing_keys(model, keys)) if keys else []
+
+
+def _names(keys: Sequence[str]) -> str:
+    more = f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def _message(path: str, recorded: Optional[str], arch: str, problems: Sequence[str]) -> str:
+    writer = f"a {recorded} checkpoint" if recorded else "a checkpoint that records no ovseg "
+    writer += "" if recorded else "meta-architecture"
+    return (
+        f"{path} does not fit this model: it is {writer}, and the model is {arch}; "
+        + "; ".join(problems)
+        + ". Pass the weights of a run of this config (MODEL.WEIGHTS), or the config of the "
+        "run that wrote them."
+    )

@@ -1,0 +1,107 @@
+"""A checkpoint that does not fit the model is an error naming both architectures, not a
+warning followed by mIoU 0; --resume into another architecture's run writes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from ovseg_testing import CONFIGS, ROOT, cpu_opts, tiny_zegclip
+
+from detectron2.engine import default_argument_parser
+
+from ovseg.engine import AtomicCheckpointer, setup
+from ovseg.engine.checkpoint import load_model_weights
+from ovseg.engine.checkpoint_fit import CheckpointMismatchError
+from ovseg.engine.defaults import load_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SEMFPN = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
+LSEG = CONFIGS / "ade20k/lseg/lseg_vitb16_80k_bs16.yaml"
+
+
+def _train_net():
+    spec = importlib.util.spec_from_file_location("ovseg_train_net", ROOT / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _save(model, folder, name="model_final"):
+    AtomicCheckpointer(model, str(folder)).save(name)
+    return str(folder / f"{name}.pth")
+
+
+@pytest.fixture(scope="module")
+def zegclip_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zegclip_run")
+    return _save(tiny_zegclip(folder / "cache"), folder)
+
+
+def test_checkpoint_records_its_architecture(zegclip_checkpoint):
+    meta = torch.load(zegclip_checkpoint, weights_only=True)["ovseg_meta"]
+    assert meta["meta_architecture"] == "ZegCLIP" and meta["ovseg_version"]
+
+
+def test_eval_only_refuses_another_architectures_checkpoint(zegclip_checkpoint, tmp_path):
+    opts = cpu_opts("SemanticSegmentor", tmp_path / "cache")
+    opts += ["MODEL.WEIGHTS", zegclip_checkpoint, "OUTPUT_DIR", str(tmp_path / "eval")]
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(SEMFPN), "--eval-only", *opts]
+    )
+    with pytest.raises(CheckpointMismatchError) as err:
+        _train_net().main(args)
+    message = str(err.value)
+    assert zegclip_checkpoint in message
+    assert "a ZegCLIP checkpoint" in message and "the model is SemanticSegmentor" in message
+    assert "weights are missing" in message
+
+
+def test_a_complete_checkpoint_of_the_same_architecture_loads(zegclip_checkpoint, tmp_path):
+    # the frozen CLIP tower is not in the file: it is the named exception, not a misfit
+    model = tiny_zegclip(tmp_path / "cache", seed=1)
+    load_model_weights(model, zegclip_checkpoint)
+    saved = torch.load(zegclip_checkpoint, weights_only=True)["model"]
+    assert torch.equal(model.backbone.prompts, saved["backbone.prompts"])
+
+
+def test_model_weights_of_trained_parts_must_fit(zegclip_checkpoint, tmp_path):
+    cfg = load_config(str(SEMFPN), cpu_opts("SemanticSegmentor", tmp_path / "cache"))
+    from ovseg.engine import Trainer
+
+    model = Trainer.build_model(cfg)
+    # a run's checkpoint used as MODEL.WEIGHTS to start training (not a resume)
+    with pytest.raises(CheckpointMismatchError, match="a ZegCLIP checkpoint"):
+        AtomicCheckpointer(model, str(tmp_path)).resume_or_load(zegclip_checkpoint, resume=False)
+
+    # a converted file without ovseg's record initialises part of a model: some must fit
+    state = model.state_dict()
+    backbone = {k: v for k, v in state.items() if k.startswith("backbone.bottom_up.")}
+    partial = tmp_path / "backbone.pth"
+    torch.save({"model": backbone, "__author__": "converter"}, partial)
+    AtomicCheckpointer(model).resume_or_load(str(partial), resume=False)
+    unrelated = tmp_path / "unrelated.pth"
+    torch.save({"model": {"head.weight": torch.zeros(3)}}, unrelated)
+    with pytest.raises(CheckpointMismatchError, match="none of its weights fit"):
+        AtomicCheckpointer(model).resume_or_load(str(unrelated), resume=False)
+
+
+def test_resume_into_another_architectures_run_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    first = default_argument_parser().parse_args(
+        ["--config-file", str(SEMFPN), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    )
+    setup(first)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "config.yaml" in before
+    again = default_argument_parser().parse_args(
+        ["--config-file", str(LSEG), "--resume", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    )
+    with pytest.raises(
+        ValueError, match="its run was a SemanticSegmentor .* this config is a LSeg"
+    ):
+        setup(again)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before

@@ -1,0 +1,117 @@
+"""A run interrupted and resumed with SEED set ends with the very weights of an
+uninterrupted run (data position and RNG states are checkpointed); a truncated latest
+checkpoint falls back to the previous one; stale checkpoint temporaries are removed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from ovseg_testing import CONFIGS, cpu_opts
+
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+
+from ovseg.engine import Trainer
+from ovseg.engine.defaults import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
+MAX_ITER = 6
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAfter(HookBase):
+    """Ends training right after iteration ``last`` (after its checkpoint was written)."""
+
+    def __init__(self, last: int):
+        self.last = last
+
+    def after_step(self):
+        if self.trainer.iter == self.last:
+            raise _Killed
+
+
+def _train(out, workers, *, resume=False, kill_after=None, period=MAX_ITER // 2):
+    opts = cpu_opts("SemanticSegmentor", out / "cache")
+    opts += [
+        "SEED", "7",
+        "DATALOADER.NUM_WORKERS", str(workers),
+        "SOLVER.BASE_LR", "0.01",
+        "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.MAX_ITER", str(MAX_ITER),
+        "SOLVER.CHECKPOINT_PERIOD", str(period),
+        # random crops and flips: the data's augmentation draws random numbers
+        "INPUT.MIN_SIZE_TRAIN", "(72, 80, 96)",
+        "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.CROP.SIZE", "(48, 48)",
+        "INPUT.SIZE_DIVISIBILITY", "48",
+        "TEST.EVAL_PERIOD", "0",
+        "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+    cfg = load_config(str(CONFIG), opts)
+    seed_all_rng(cfg.SEED)  # as default_setup does in a fresh process
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    if kill_after is not None:
+        trainer.register_hooks([_KillAfter(kill_after)])
+    trainer.test = lambda *a, **k: {}  # no final evaluation: the weights are compared
+    try:
+        trainer.train()
+    except _Killed:
+        pass
+    return trainer
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_equals_uninterrupted_run(ade20k_registered, tmp_path, workers):
+    straight = _weights(_train(tmp_path / "straight", workers))
+    _train(tmp_path / "resumed", workers, kill_after=MAX_ITER // 2 - 1)
+    assert (tmp_path / "resumed/last_checkpoint").read_text() == "model_0000002.pth"
+    resumed = _train(tmp_path / "resumed", workers, resume=True)
+    assert resumed.start_iter == MAX_ITER // 2
+    weights = _weights(resumed)
+    assert weights.keys() == straight.keys()
+    different = [k for k in straight if not torch.equal(straight[k], weights[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(
+    ade20k_registered, tmp_path, caplog
+):
+    out = tmp_path / "run"
+    _train(out, 0, kill_after=3, period=2)  # writes model_0000001 and model_0000003
+    latest = out / "model_0000003.pth"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    # detectron2's setup_logger stops "fvcore" records from reaching the root logger
+    checkpoint_logger = logging.getLogger("fvcore.common.checkpoint")
+    checkpoint_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            resumed = _train(out, 0, resume=True)
+    finally:
+        checkpoint_logger.removeHandler(caplog.handler)
+    assert resumed.start_iter == 2  # from model_0000001 (iteration 1)
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert str(latest) in warning and "model_0000001.pth" in warning
+
+
+def test_stale_checkpoint_temporaries_are_removed_at_start(ade20k_registered, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".tmp-0badc0demodel_0000001.pth", out / ".tmp-12345678last_checkpoint"]
+    kept = [out / ".tmp-notmine.json", out / "notes.pth"]
+    for path in stale + kept:
+        path.write_bytes(b"x" * 10)
+    _train(out, 0, kill_after=0)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
