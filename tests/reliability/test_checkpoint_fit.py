@@ -19,7 +19,7 @@ from ovseg.engine.defaults import load_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SEMFPN = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
-LSEG = CONFIGS / "ade20k/lseg/lseg_vitb16_80k_bs16.yaml"
+LSEG = CONFIGS / "ade20k/lseg/lseg_vitb16_80k_bs16_ovseg-variant.yaml"
 
 
 def _train_net():
