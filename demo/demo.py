@@ -32,10 +32,10 @@ import tqdm
 from predictor import VisualizationDemo
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 from ovseg.clip import get_templates
+from ovseg.data.image_io import read_image
 from ovseg.engine.defaults import load_config
 from ovseg.utils.visualization import save_image
 from ovseg.vocab import Vocabulary, builtin_vocabulary_names, resolve_vocabulary

@@ -2,7 +2,12 @@
 student expects of its teacher labels, attaching them to training data, and the one
 self-training schedule."""
 
-from .attach import attach_pseudo_labels, pseudo_labelled_dataset_dicts, store_label_map
+from .attach import (
+    attach_pseudo_labels,
+    pseudo_labelled_dataset_dicts,
+    store_class_count,
+    store_label_map,
+)
 from .generate import generate_pseudo_labels, shard_dataset_dicts
 from .labeller import build_manifest, find_teacher, labeller_fingerprint, labeller_settings
 from .labels import (
@@ -36,6 +41,7 @@ __all__ = [
     "score_kind_of",
     "scores_to_labels",
     "shard_dataset_dicts",
+    "store_class_count",
     "store_ignore_value",
     "store_label_map",
 ]

@@ -17,7 +17,12 @@ from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from .spec import expected_pseudo_labels
 from .store import GENERATE_HINT, PseudoLabelStore, image_id_of
 
-__all__ = ["attach_pseudo_labels", "pseudo_labelled_dataset_dicts", "store_label_map"]
+__all__ = [
+    "attach_pseudo_labels",
+    "pseudo_labelled_dataset_dicts",
+    "store_class_count",
+    "store_label_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +122,10 @@ def store_label_map(cfg, names: Sequence[str], ignore_label: int) -> Optional[np
     if not root:
         return None
     return PseudoLabelStore.open(root).label_map_to(names, ignore_label)
+
+
+def store_class_count(cfg) -> Optional[int]:
+    """The number of classes of the configured store's labels (its vocabulary size), or None
+    without a store: a stored value outside them that is not the ignore value is an error."""
+    root = cfg.DATASETS.PSEUDO_LABELS
+    return len(PseudoLabelStore.open(root).vocabulary) if root else None
