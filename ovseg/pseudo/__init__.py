@@ -9,7 +9,14 @@ from .attach import (
     store_label_map,
 )
 from .generate import generate_pseudo_labels, shard_dataset_dicts
-from .labeller import build_manifest, find_teacher, labeller_fingerprint, labeller_settings
+from .labeller import (
+    build_manifest,
+    expected_teacher,
+    find_teacher,
+    labeller_fingerprint,
+    labeller_settings,
+    teacher_weights_id,
+)
 from .labels import (
     SCORE_KINDS,
     label_table,
@@ -30,6 +37,7 @@ __all__ = [
     "build_manifest",
     "check_source",
     "expected_pseudo_labels",
+    "expected_teacher",
     "find_teacher",
     "generate_pseudo_labels",
     "image_id_of",
@@ -44,4 +52,5 @@ __all__ = [
     "store_class_count",
     "store_ignore_value",
     "store_label_map",
+    "teacher_weights_id",
 ]

@@ -19,6 +19,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ...pseudo import store_class_count, store_label_map
+from ...pseudo.checksums import verify_file
 from ...vocab import (
     ZERO_SHOT_SETTINGS,
     Vocabulary,
@@ -159,9 +160,10 @@ class SemanticDatasetMapper:
     attaches the vocabulary the label ids refer to. The output holds "image" (uint8 Tensor
     (3, H, W) in the image format), "sem_seg" (long Tensor (H, W), ignore = ignore_label;
     absent in test when the dataset has no labels), "pseudo_sem_seg" (same, when the dict
-    has "pseudo_sem_seg_file_name"; indices of "vocabulary" when the mapper has a
-    ``pseudo_label_map``), "height"/"width" (original size), "file_name", "vocabulary"
-    (list[str]) and, in training, "transforms" (the TransformList applied to the sample).
+    has "pseudo_sem_seg_file_name", verified against "pseudo_sem_seg_sha256" when given;
+    indices of "vocabulary" when the mapper has a ``pseudo_label_map``), "height"/"width"
+    (original size), "file_name", "vocabulary" (list[str]) and, in training, "transforms"
+    (the TransformList applied to the sample).
     """
 
     @configurable
@@ -363,6 +365,9 @@ class SemanticDatasetMapper:
 
         sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
         pseudo_file = dataset_dict.pop("pseudo_sem_seg_file_name", None)
+        pseudo_sha256 = dataset_dict.pop("pseudo_sem_seg_sha256", None)
+        if pseudo_file is not None and pseudo_sha256 is not None:
+            verify_file(pseudo_file, pseudo_sha256, "the 'command' in the store's manifest.json")
         sem_seg = self._read_label(sem_seg_file, image, "sem_seg_file_name")
         pseudo = self._read_label(pseudo_file, image, "pseudo_sem_seg_file_name")
         if self.is_train and sem_seg is None and pseudo is None:
