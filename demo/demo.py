@@ -32,13 +32,18 @@ import tqdm
 from predictor import VisualizationDemo
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 from ovseg.clip import get_templates
+from ovseg.data.image_io import read_image
 from ovseg.engine.defaults import load_config
 from ovseg.utils.visualization import save_image
-from ovseg.vocab import Vocabulary, builtin_vocabulary_names, resolve_vocabulary
+from ovseg.vocab import (
+    Vocabulary,
+    builtin_vocabulary_names,
+    one_class_warning,
+    resolve_vocabulary,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -259,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(vocabulary.names[:20]),
         " ..." if len(vocabulary) > 20 else "",
     )
+    if one_class_warning(vocabulary.names):
+        logger.warning(one_class_warning(vocabulary.names, "The demo's vocabulary"))
     try:
         demo = VisualizationDemo(
             cfg,

@@ -20,6 +20,7 @@ __all__ = [
     "builtin_vocabulary_names",
     "check_templates",
     "normalize_name",
+    "one_class_warning",
     "resolve_vocabulary",
     "training_label_space",
     "training_vocabulary",
@@ -265,6 +266,21 @@ class Vocabulary:
 def _vocabulary_dir():
     # ovseg.data is a regular package; its "vocabularies" folder is plain package data.
     return resources.files("ovseg.data").joinpath("vocabularies")
+
+
+def one_class_warning(names: Sequence[str], where: str = "The vocabulary") -> Optional[str]:
+    """The warning for a vocabulary of one name (every pixel gets it), else None.
+
+    Args:
+        names: the vocabulary's class names.
+        where (str): what holds them, starting the message.
+    """
+    if len(names) != 1:
+        return None
+    return (
+        f"{where} has one class ({names[0]!r}): a pixel takes the best-scoring class, so every "
+        "pixel gets this one. Add the other classes (or a 'background' name) to segment"
+    )
 
 
 def builtin_vocabulary_names() -> tuple[str, ...]:

@@ -44,6 +44,7 @@ from ovseg.data.datasets import toy_world
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names
+from ovseg.pseudo import expected_teacher
 
 ROOT_BASE = CONFIGS / "Base-ovseg.yaml"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
@@ -346,10 +347,14 @@ def _check_learning_rates(cfg, model, optimizer) -> None:
 
 
 def _fill_store(root: Path, cfg) -> str:
-    """A store for the training set's images over the classes ``cfg`` scores."""
+    """A store for the training set's images over the classes ``cfg`` scores, made by the
+    teacher ``cfg`` describes (training refuses another teacher's)."""
     names = scored_names(cfg)
     threshold = cfg.MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_THRESHOLD
-    store = make_store(root, names, threshold=threshold, dataset=cfg.DATASETS.TRAIN[0])
+    teacher = expected_teacher(cfg, "MaskCLIP")
+    store = make_store(
+        root, names, threshold=threshold, dataset=cfg.DATASETS.TRAIN[0], teacher=teacher
+    )
     for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0]):  # 64x64 images, as the fixtures'
         store.write(d["image_id"], np.full((64, 64), len(names) - 1), np.ones((64, 64)))
     return str(root)

@@ -4,6 +4,12 @@ A fingerprint names what determines a teacher's outputs: the model (name, archit
 config, parameter shapes) and its weights (pretrained tag, checkpoint file identity, or a
 hash of the parameters for a random initialisation). Text embeddings are cached per
 (fingerprint, templates, names) under ``<cache_dir>/text_embeddings/<sha256>.pt``.
+
+The cache folder (``~/.cache/ovseg`` by default) is shared by every run on the machine, so
+several processes may write one key at once: each writes its own uniquely named temporary
+file and renames it into place (:func:`ovseg.utils.io.atomic_write`), so a reader sees a
+whole file or none, and the last writer wins with identical content. No lock is needed.
+Temporaries a killed process left behind are removed once they are an hour old.
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..utils.io import atomic_write
+from ..utils.io import TMP_PREFIX, atomic_write
 
 __all__ = [
     "TextEmbeddingCache",
@@ -32,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # bump when the text-embedding computation changes, so old cache files are not reused
 _TEXT_CACHE_VERSION = 1
+# a temporary older than this was left by a killed writer (a live one takes milliseconds)
+STALE_TEMPORARY_S = 3600.0
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -138,4 +147,20 @@ class TextEmbeddingCache:
             "fingerprint": fingerprint,
         }
         atomic_write(path, lambda f: torch.save(record, f), fsync=False)
+        self.remove_stale_temporaries()
         return path
+
+    def remove_stale_temporaries(self, max_age_s: float = STALE_TEMPORARY_S) -> int:
+        """Delete temporaries older than ``max_age_s`` (left by killed writers; younger ones
+        may belong to a live process); return how many were removed."""
+        removed, now = 0, time.time()
+        for entry in os.scandir(self.root) if self.root.is_dir() else ():
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                if now - entry.stat().st_mtime > max_age_s:
+                    os.remove(entry.path)
+                    removed += 1
+            except FileNotFoundError:  # another process removed or renamed it
+                continue
+        return removed

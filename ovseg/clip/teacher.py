@@ -22,6 +22,7 @@ from .dense import (
     tower_kind,
     vit_dense,
 )
+from .tokens import check_prompt_tokens
 
 __all__ = ["CLIPTeacher", "PRECISIONS"]
 
@@ -163,6 +164,7 @@ class CLIPTeacher(nn.Module):
     def _compute_text(self, names: Tuple[str, ...], templates: Tuple[str, ...]) -> Tensor:
         prompts = [template.format(name) for name in names for template in templates]
         tokens = self.tokenizer(prompts)  # one batched tokenisation
+        check_prompt_tokens(self.tokenizer, names, templates, tokens)  # cut text, collisions
         feats = []
         with torch.inference_mode():
             for start in range(0, len(prompts), self.text_batch_size):

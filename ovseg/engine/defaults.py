@@ -13,6 +13,7 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovseg_config
+from .checks import check_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
 def setup(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config of a run and set up logging and the output folder."""
     cfg = load_config(args.config_file, args.opts)
+    check_config(cfg)  # bad dataset names and solver values stop here, before any output
     cfg.freeze()
     if getattr(args, "resume", False):
         from .resume import check_resume_target

@@ -2,9 +2,21 @@
 student expects of its teacher labels, attaching them to training data, and the one
 self-training schedule."""
 
-from .attach import attach_pseudo_labels, pseudo_labelled_dataset_dicts, store_label_map
+from .attach import (
+    attach_pseudo_labels,
+    pseudo_labelled_dataset_dicts,
+    store_class_count,
+    store_label_map,
+)
 from .generate import generate_pseudo_labels, shard_dataset_dicts
-from .labeller import build_manifest, find_teacher, labeller_fingerprint, labeller_settings
+from .labeller import (
+    build_manifest,
+    expected_teacher,
+    find_teacher,
+    labeller_fingerprint,
+    labeller_settings,
+    teacher_weights_id,
+)
 from .labels import (
     SCORE_KINDS,
     label_table,
@@ -25,6 +37,7 @@ __all__ = [
     "build_manifest",
     "check_source",
     "expected_pseudo_labels",
+    "expected_teacher",
     "find_teacher",
     "generate_pseudo_labels",
     "image_id_of",
@@ -36,6 +49,8 @@ __all__ = [
     "score_kind_of",
     "scores_to_labels",
     "shard_dataset_dicts",
+    "store_class_count",
     "store_ignore_value",
     "store_label_map",
+    "teacher_weights_id",
 ]

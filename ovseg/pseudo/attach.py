@@ -17,7 +17,12 @@ from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 from .spec import expected_pseudo_labels
 from .store import GENERATE_HINT, PseudoLabelStore, image_id_of
 
-__all__ = ["attach_pseudo_labels", "pseudo_labelled_dataset_dicts", "store_label_map"]
+__all__ = [
+    "attach_pseudo_labels",
+    "pseudo_labelled_dataset_dicts",
+    "store_class_count",
+    "store_label_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +30,8 @@ logger = logging.getLogger(__name__)
 def attach_pseudo_labels(
     dataset_dicts: Sequence[Mapping[str, Any]], store: PseudoLabelStore
 ) -> List[Dict[str, Any]]:
-    """Copies of ``dataset_dicts``, each with "pseudo_sem_seg_file_name" from ``store``.
+    """Copies of ``dataset_dicts``, each with "pseudo_sem_seg_file_name" from ``store`` and
+    "pseudo_sem_seg_sha256", the label file's recorded digest.
 
     Args:
         dataset_dicts: detectron2 dataset dicts ("image_id" or "file_name" gives the key).
@@ -39,18 +45,22 @@ def attach_pseudo_labels(
     done = set(store.image_ids())  # one directory listing, not a stat per image
     for d in dataset_dicts:
         image_id = image_id_of(d)
-        if image_id not in done:
+        checksum = store.label_checksum(image_id)
+        if image_id not in done or checksum is None:
             missing.append((image_id, d.get("file_name")))
             continue
-        out.append({**d, "pseudo_sem_seg_file_name": store.path_for(image_id)})
+        # the mapper verifies the file against it (a corrupt one is named, not decoded)
+        path = store.path_for(image_id)
+        out.append({**d, "pseudo_sem_seg_file_name": path, "pseudo_sem_seg_sha256": checksum})
     if missing:
         image_id, file_name = missing[0]
         dataset = store.manifest.get("dataset") or "<dataset>"
         command = store.manifest.get("command") or GENERATE_HINT.replace("<dataset>", dataset)
         raise FileNotFoundError(
             f"Pseudo-label store {store.root!r} has no label for image_id {image_id!r} "
-            f"({file_name}); {len(missing)} of {len(dataset_dicts)} images lack one. Generate "
-            f"or finish them (images already done are skipped) with: {command}"
+            f"({file_name}) with a recorded checksum; {len(missing)} of {len(dataset_dicts)} "
+            "images lack one. Generate or finish them (images already done are skipped) "
+            f"with: {command}"
         )
     return out
 
@@ -117,3 +127,10 @@ def store_label_map(cfg, names: Sequence[str], ignore_label: int) -> Optional[np
     if not root:
         return None
     return PseudoLabelStore.open(root).label_map_to(names, ignore_label)
+
+
+def store_class_count(cfg) -> Optional[int]:
+    """The number of classes of the configured store's labels (its vocabulary size), or None
+    without a store: a stored value outside them that is not the ignore value is an error."""
+    root = cfg.DATASETS.PSEUDO_LABELS
+    return len(PseudoLabelStore.open(root).vocabulary) if root else None

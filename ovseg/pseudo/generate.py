@@ -99,8 +99,9 @@ def generate_pseudo_labels(
 ) -> Dict[str, int]:
     """Label this process's shard of a dataset, skipping images already in the store.
 
-    Each image is mapped (use a test-mode mapper: no augmentation, so labels align with the
-    original image), run through ``model`` alone, turned into labels by
+    Images whose stored files match their recorded digests are skipped; others are
+    labelled (again). Each image is mapped (use a test-mode mapper: no augmentation, so
+    labels align with the original image), run through ``model`` alone, turned into labels by
     :func:`scores_to_labels` and written to the store atomically. Killing the run loses at
     most the images being written; running it again finishes the rest, and the result is
     byte-identical to one uninterrupted run.
@@ -130,10 +131,12 @@ def generate_pseudo_labels(
         )
     kind = score_kind_of(model, score_kind)
     shard = shard_dataset_dicts(dataset_dicts, rank, world_size)
-    done = sum(store.has(image_id) for image_id, _ in shard)
+    # done = stored and matching the recorded digests; a corrupt or unrecorded one is re-made
+    done = {image_id for image_id, _ in shard if store.is_valid(image_id)}
+    bad = sum(store.has(image_id) and image_id not in done for image_id, _ in shard)
     logger.info(
         f"Pseudo-labels into {store.root}: rank {rank}/{world_size} has {len(shard)} images, "
-        f"{done} already done"
+        f"{len(done)} already done" + (f", {bad} stored but corrupt or unrecorded" if bad else "")
     )
     stats = {"total": len(shard), "written": 0, "skipped": 0}
     warned = False
@@ -142,7 +145,7 @@ def generate_pseudo_labels(
     bar = tqdm(total=len(shard), disable=not progress or rank != 0, **_PROGRESS_BAR)
     try:
         for image_id, dataset_dict in shard:
-            if store.has(image_id):
+            if image_id in done:
                 stats["skipped"] += 1
             else:
                 scores = _scores(model, mapper(dict(dataset_dict)), store, image_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from functools import lru_cache
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
@@ -12,7 +14,18 @@ from ..clip.cache import state_dict_sha256
 from ..clip.teacher import CLIPTeacher
 from ..vocab import normalize_name
 
-__all__ = ["build_manifest", "find_teacher", "labeller_fingerprint", "labeller_settings"]
+__all__ = [
+    "build_manifest",
+    "expected_teacher",
+    "find_teacher",
+    "labeller_fingerprint",
+    "labeller_settings",
+    "teacher_weights_id",
+]
+
+# labeller settings a student's config cannot be asked about: its own test vocabulary (the
+# store's vocabulary is compared instead) and the score kind (its meta-architecture's nature)
+_NOT_EXPECTED = ("test_vocabulary", "scores")
 
 
 def _plain(node: Any) -> Any:
@@ -52,12 +65,60 @@ def labeller_settings(cfg) -> Dict[str, Any]:
             "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
             "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
             "mapper": cfg.INPUT.DATASET_MAPPER_NAME,
+            # MaskCLIP pads each forward's input to it: another padding, other labels
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
         },
         "inference": {
             "mode": cfg.TEST.INFERENCE_MODE,
             "slide_window": _plain(cfg.TEST.SLIDE_WINDOW),
             "slide_stride": _plain(cfg.TEST.SLIDE_STRIDE),
         },
+    }
+
+
+@lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def teacher_weights_id(pretrained: str) -> str:
+    """What the teacher's CLIP weights are, from ``MODEL.CLIP.PRETRAINED`` alone:
+    ``"sha256:<hex>"`` of a checkpoint file (the same weights anywhere on disk), ``"tag:<tag>"``
+    for an open_clip tag, ``"random"`` for a random initialisation."""
+    if not pretrained:
+        return "random"
+    path = os.path.expanduser(pretrained)
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return "sha256:" + _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    return f"tag:{pretrained}"
+
+
+def expected_teacher(cfg, meta_architecture: str) -> Dict[str, Any]:
+    """The teacher parts of a store's manifest that a student's config fixes: the labeller
+    settings of ``cfg`` run as ``meta_architecture`` (less :data:`_NOT_EXPECTED`) and the
+    identity of its CLIP weights (:func:`teacher_weights_id`).
+
+    Args:
+        cfg (CfgNode): the student's training config.
+        meta_architecture (str): the meta-architecture its teacher labels with.
+
+    Returns:
+        dict: {"settings": {...}, "clip_weights": str}.
+    """
+    teacher_cfg = cfg.clone()
+    teacher_cfg.defrost()
+    teacher_cfg.MODEL.META_ARCHITECTURE = meta_architecture
+    settings = labeller_settings(teacher_cfg)
+    # the weights are compared by content (clip_weights), not by the path they were read from
+    settings["clip"] = {k: v for k, v in settings["clip"].items() if k != "PRETRAINED"}
+    return {
+        "settings": {k: v for k, v in settings.items() if k not in _NOT_EXPECTED},
+        "clip_weights": teacher_weights_id(cfg.MODEL.CLIP.PRETRAINED),
     }
 
 
@@ -82,12 +143,14 @@ def labeller_fingerprint(
         settings (dict): JSON-able settings (see :func:`labeller_settings`).
 
     Returns:
-        tuple: (SHA-256 hex fingerprint, readable parts {"clip", "weights_sha256",
-        "settings"} for the manifest).
+        tuple: (SHA-256 hex fingerprint, readable parts {"clip", "clip_weights",
+        "weights_sha256", "settings"} for the manifest).
     """
     teacher = find_teacher(model)
+    pretrained = settings.get("clip", {}).get("PRETRAINED", "")
     parts = {
         "clip": teacher.fingerprint if teacher is not None else None,
+        "clip_weights": teacher_weights_id(pretrained),
         "weights_sha256": state_dict_sha256(model),
         "settings": _plain(settings),
     }

@@ -11,10 +11,10 @@ training mapper gives every sample its ``"teacher_input"``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from ..vocab import normalize_name
-from .store import GENERATE_HINT, PseudoLabelStore
+from .store import GENERATE_HINT, PseudoLabelStore, _diff
 
 __all__ = ["PSEUDO_LABEL_SOURCES", "PseudoLabelSpec", "check_source", "expected_pseudo_labels"]
 
@@ -44,6 +44,9 @@ class PseudoLabelSpec:
         command (str): a command that makes a fitting store, quoted in errors.
         owner (str): the config node holding PSEUDO_LABEL_SOURCE/CLASSES/THRESHOLD.
         student (str): the method's name, for messages.
+        teacher (dict, optional): the manifest's "teacher" parts the config fixes
+            (:func:`~ovseg.pseudo.labeller.expected_teacher`: labeller settings and CLIP
+            weights identity); a store differing in any is refused. None = not checked.
     """
 
     source: str
@@ -52,6 +55,7 @@ class PseudoLabelSpec:
     command: str = GENERATE_HINT
     owner: str = "MODEL.MASKCLIP_PLUS"
     student: str = "MaskCLIP+"
+    teacher: Optional[Mapping[str, Any]] = None
 
     def __post_init__(self) -> None:
         check_source(self.source, f"{self.owner}.PSEUDO_LABEL_SOURCE")
@@ -76,12 +80,32 @@ class PseudoLabelSpec:
                 f"its threshold is {store.threshold} but {self.owner}.PSEUDO_LABEL_THRESHOLD "
                 f"is {self.threshold}"
             )
+        problems += self._teacher_problems(store)
         if problems:
             raise ValueError(
                 f"Pseudo-label store {store.root!r} does not fit this {self.student} config: "
                 + "; ".join(problems)
                 + f". Generate a matching store with: {self.command}"
             )
+
+    def _teacher_problems(self, store: PseudoLabelStore) -> list:
+        """Differences between the store's teacher and the one this config describes."""
+        if self.teacher is None:
+            return []
+        have = store.manifest.get("teacher") or {}
+        diffs = []
+        for key, want in self.teacher.items():
+            diffs += _diff(_only(have.get(key, "<absent>"), want), _only(want, want), key)
+        return [
+            f"its teacher.{name} is {a} but this config's teacher has {b}" for name, a, b in diffs
+        ]
+
+
+def _only(value: Any, shape: Any) -> Any:
+    """``value`` with, in every mapping, only the keys ``shape`` has (as plain dicts)."""
+    if isinstance(shape, Mapping) and isinstance(value, Mapping):
+        return {k: _only(value.get(k, "<absent>"), shape[k]) for k in shape}
+    return value
 
 
 def expected_pseudo_labels(cfg) -> Optional[PseudoLabelSpec]:

@@ -7,14 +7,19 @@ Layout::
                                       teacher's confidence was below the threshold
                                       (uint8 and 255; uint16 and 65535 for > 255 classes)
     <root>/confidence/<image_id>.png  uint8, round(confidence * 255)
+    <root>/checksums/*.jsonl          digests journalled while generating, merged into the
+                                      manifest's "checksums" by finalize (pseudo/checksums.py)
 
 Every file is written to a temporary name in its own folder and renamed into place, the
 confidence before the label, and an image counts as done only when its label exists; so a
 run killed at any point leaves either a complete pair or an image that is labelled again.
+An image's files count only when they match their recorded digests: a resumed generation
+labels a corrupt one again, and reading one raises naming it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from datetime import datetime, timezone
@@ -24,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.io import TMP_PREFIX, atomic_write, atomic_write_json
+from .checksums import ChecksumJournal, Digests, bytes_digest, file_digest, verify_file
 from .labels import label_table, store_ignore_value
 
 __all__ = ["FORMAT_VERSION", "PseudoLabelStore", "image_id_of"]
@@ -33,7 +39,7 @@ MANIFEST = "manifest.json"
 LABELS = "labels"
 CONFIDENCE = "confidence"
 # bookkeeping fields: they may differ between two runs that make the same labels
-_VOLATILE = ("created", "count", "command")
+_VOLATILE = ("created", "count", "command", "checksums")
 _REQUIRED = ("fingerprint", "vocabulary", "threshold")
 GENERATE_HINT = "python tools/generate_pseudo_labels.py --config-file <teacher config> " + (
     "--dataset <dataset> --output <store folder>"
@@ -124,6 +130,8 @@ class PseudoLabelStore:
         self.vocabulary: Tuple[str, ...] = tuple(self.manifest["vocabulary"])
         self.label_dtype = np.dtype(self.manifest["label_dtype"])
         self.ignore_value = int(self.manifest["ignore_value"])
+        self._journal = ChecksumJournal(self.root)
+        self._digests: Optional[Dict[str, Digests]] = None
 
     # ------------------------------------------------------------------ creation / opening
     @classmethod
@@ -267,6 +275,26 @@ class PseudoLabelStore:
         """True when the image is done: its label (written last) exists."""
         return os.path.isfile(self.path_for(image_id))
 
+    def digests(self) -> Dict[str, Digests]:
+        """image_id -> recorded (label, confidence) digests: the manifest's, then journals'."""
+        if self._digests is None:
+            recorded = {k: tuple(v) for k, v in self.manifest.get("checksums", {}).items()}
+            self._digests = {**recorded, **ChecksumJournal.read_all(self.root)}
+        return self._digests
+
+    def label_checksum(self, image_id: str) -> Optional[str]:
+        """The recorded digest of the image's label PNG, or None when none is recorded."""
+        digests = self.digests().get(image_id)
+        return digests[0] if digests else None
+
+    def is_valid(self, image_id: str) -> bool:
+        """True when both files of the image exist and match their recorded digests."""
+        digests = self.digests().get(image_id)
+        return digests is not None and digests == (
+            file_digest(self.path_for(image_id)),
+            file_digest(self.confidence_path_for(image_id)),
+        )
+
     def image_ids(self) -> Tuple[str, ...]:
         """The ids of all finished images, sorted."""
         folder = os.path.join(self.root, LABELS)
@@ -305,23 +333,47 @@ class PseudoLabelStore:
                 f"{image_id}: confidence must be finite and in [0, 1], got "
                 f"[{np.nanmin(confidence)}, {np.nanmax(confidence)}]"
             )
-        conf_png = Image.fromarray(np.rint(confidence * 255).astype(np.uint8))
-        label_png = Image.fromarray(label.astype(self.label_dtype))
-        atomic_write(conf_path, lambda f: conf_png.save(f, format="PNG"))
-        atomic_write(label_path, lambda f: label_png.save(f, format="PNG"))
+        conf_png = _png_bytes(np.rint(confidence * 255).astype(np.uint8))
+        label_png = _png_bytes(label.astype(self.label_dtype))
+        atomic_write(conf_path, lambda f: f.write(conf_png))
+        atomic_write(label_path, lambda f: f.write(label_png))
+        digests = (bytes_digest(label_png), bytes_digest(conf_png))
+        self._journal.append(image_id, digests)
+        self.digests()[image_id] = digests
 
     def read(self, image_id: str) -> Tuple[np.ndarray, np.ndarray]:
-        """One image's (label (H, W) uint8/uint16, confidence (H, W) float32 in [0, 1])."""
-        if not self.has(image_id):
+        """One image's (label (H, W) uint8/uint16, confidence (H, W) float32 in [0, 1]).
+
+        Raises:
+            FileNotFoundError: the image is not in the store.
+            ValueError: a file does not match its recorded digest, or a label value is
+                neither a vocabulary index nor the ignore value; naming the file.
+        """
+        if not self.has(image_id) or image_id not in self.digests():
             raise FileNotFoundError(
                 f"Pseudo-label store {self.root!r} has no label for image_id {image_id!r} "
                 f"({self.path_for(image_id)}); generate it with: {self.command}"
             )
-        with Image.open(self.path_for(image_id)) as im:
+        label_path, conf_path = self.path_for(image_id), self.confidence_path_for(image_id)
+        for path, digest in zip((label_path, conf_path), self.digests()[image_id]):
+            verify_file(path, digest, self.command)
+        with Image.open(label_path) as im:
             label = np.asarray(im).astype(self.label_dtype)
-        with Image.open(self.confidence_path_for(image_id)) as im:
+        self.check_labels(label, label_path)
+        with Image.open(conf_path) as im:
             confidence = np.asarray(im).astype(np.float32) / 255.0
         return label, confidence
+
+    def check_labels(self, label: np.ndarray, path: str) -> None:
+        """Raise naming ``path`` when ``label`` holds a value that is neither an index of the
+        vocabulary nor the ignore value."""
+        bad = (label != self.ignore_value) & ((label < 0) | (label >= len(self.vocabulary)))
+        if bad.any():
+            raise ValueError(
+                f"Pseudo-label file {path!r} has values {np.unique(label[bad])[:8].tolist()} "
+                f"that are neither indices of the store's {len(self.vocabulary)} classes nor "
+                f"its ignore value {self.ignore_value}; regenerate it: {self.command}"
+            )
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -342,9 +394,15 @@ class PseudoLabelStore:
         return str(self.manifest["fingerprint"])
 
     def finalize(self) -> int:
-        """Record the number of finished images in the manifest; return it."""
-        self.manifest["count"] = len(self.image_ids())
+        """Record the finished images (their count and digests) in the manifest, drop the
+        journals (every process's: call it once all have finished); return the count."""
+        self._digests = None  # re-read: other processes journalled too
+        digests = self.digests()
+        done = [i for i in self.image_ids() if i in digests]
+        self.manifest["checksums"] = {i: list(digests[i]) for i in done}
+        self.manifest["count"] = len(done)
         self._write_manifest()
+        ChecksumJournal.remove_all(self.root)
         return self.manifest["count"]
 
     def label_map_to(self, names: Sequence[str], ignore_label: int = 255) -> np.ndarray:
@@ -371,3 +429,9 @@ class PseudoLabelStore:
             f"PseudoLabelStore({self.root!r}, {len(self.vocabulary)} classes, "
             f"fingerprint {self.fingerprint[:12]}...)"
         )
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

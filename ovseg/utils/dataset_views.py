@@ -16,9 +16,9 @@ import numpy as np
 from matplotlib import colormaps
 
 from detectron2.data import DatasetCatalog, Metadata
-from detectron2.data.detection_utils import read_image
 
 from ..data.datasets.common import deterministic_colors
+from ..data.image_io import read_image
 from ..pseudo import PseudoLabelStore, image_id_of
 from ..vocab import normalize_name
 from .visualization import (

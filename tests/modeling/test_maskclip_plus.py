@@ -40,6 +40,7 @@ from ovseg.modeling.meta_arch.maskclip_plus import MaskCLIPPlus
 from ovseg.modeling.meta_arch.maskclip_plus_targets import content_mask
 from ovseg.pseudo import (
     attach_pseudo_labels,
+    expected_teacher,
     generate_pseudo_labels,
     pseudo_labelled_dataset_dicts,
 )
@@ -227,13 +228,15 @@ def test_loader_mapper_gives_training_indices_and_teacher_inputs(tmp_path, regis
     """The configured training mapper translates store labels into training indices and,
     for the online source only, adds the original image as the generator maps it."""
     name, dicts = registered_fixture
-    store = make_store(tmp_path / "store", UNSEEN, dataset=name)
+    opts = ("DATASETS.PSEUDO_LABELS", str(tmp_path / "store"), "INPUT.CROP.ENABLED", "False",
+            "INPUT.MIN_SIZE_TRAIN", "(40,)", "INPUT.MIN_SIZE_TEST", "40")  # fmt: skip
+    cfg = _fixture_cfg(tmp_path, name, *opts)
+    # a store whose manifest names this config's teacher (training refuses another one's)
+    teacher = expected_teacher(cfg, "MaskCLIP")
+    store = make_store(tmp_path / "store", UNSEEN, dataset=name, teacher=teacher)
     for d in dicts:
         h, w = np.asarray(Image.open(d["file_name"])).shape[:2]
         store.write(d["image_id"], np.full((h, w), UNSEEN.index(ADE.names[TABLE])), np.ones((h, w)))
-    opts = ("DATASETS.PSEUDO_LABELS", str(store.root), "INPUT.CROP.ENABLED", "False",
-            "INPUT.MIN_SIZE_TRAIN", "(40,)", "INPUT.MIN_SIZE_TEST", "40")  # fmt: skip
-    cfg = _fixture_cfg(tmp_path, name, *opts)
     attached = pseudo_labelled_dataset_dicts(cfg)
     sample = build_dataset_mapper(cfg, True)(attached[0])
     assert "teacher_input" not in sample and (sample["pseudo_sem_seg"] == TABLE).all()

@@ -18,7 +18,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ...pseudo import store_label_map
+from ...pseudo import store_class_count, store_label_map
+from ...pseudo.checksums import verify_file
 from ...vocab import (
     ZERO_SHOT_SETTINGS,
     Vocabulary,
@@ -26,6 +27,7 @@ from ...vocab import (
     resolve_vocabulary,
     training_label_space,
 )
+from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
 from .resize import training_resize
@@ -33,6 +35,7 @@ from .resize import training_resize
 __all__ = [
     "ZERO_SHOT_SETTINGS",
     "SemanticDatasetMapper",
+    "check_label_range",
     "label_for_transforms",
     "transform_label",
     "zero_shot_label_map",
@@ -106,6 +109,27 @@ def zero_shot_label_map(
     return table, vocabulary
 
 
+def check_label_range(label: np.ndarray, num_classes: int, ignore_label: int, path: str) -> None:
+    """Raise when ``label`` holds a value outside ``[0, num_classes)`` that is not
+    ``ignore_label`` (a label file of another dataset, or one saved in the wrong format).
+
+    Args:
+        label (np.ndarray): (H, W) integer labels as read.
+        num_classes (int): K, the number of classes the file's ids refer to.
+        ignore_label (int): the one other value allowed.
+        path (str): the file, named in the error.
+    """
+    bad = (label != ignore_label) & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        values = np.unique(label[bad])
+        raise ValueError(
+            f"Label file {path!r} has values {values[:8].tolist()} ({int(bad.sum())} pixels) "
+            f"that are neither class ids in [0, {num_classes}) nor the ignore label "
+            f"{ignore_label}; fix the file or the dataset's registration (stuff_classes, "
+            "ignore_label)"
+        )
+
+
 def label_for_transforms(label: Optional[np.ndarray]) -> Optional[np.ndarray]:
     """A label map in the dtype detectron2's transforms keep exact: uint8 as is (PIL
     resizes it), any other as float64 (torch resizes it, and has no integer nearest kernel;
@@ -136,9 +160,10 @@ class SemanticDatasetMapper:
     attaches the vocabulary the label ids refer to. The output holds "image" (uint8 Tensor
     (3, H, W) in the image format), "sem_seg" (long Tensor (H, W), ignore = ignore_label;
     absent in test when the dataset has no labels), "pseudo_sem_seg" (same, when the dict
-    has "pseudo_sem_seg_file_name"; indices of "vocabulary" when the mapper has a
-    ``pseudo_label_map``), "height"/"width" (original size), "file_name", "vocabulary"
-    (list[str]) and, in training, "transforms" (the TransformList applied to the sample).
+    has "pseudo_sem_seg_file_name", verified against "pseudo_sem_seg_sha256" when given;
+    indices of "vocabulary" when the mapper has a ``pseudo_label_map``), "height"/"width"
+    (original size), "file_name", "vocabulary" (list[str]) and, in training, "transforms"
+    (the TransformList applied to the sample).
     """
 
     @configurable
@@ -153,6 +178,8 @@ class SemanticDatasetMapper:
         vocabulary: Sequence[str],
         label_map: Optional[np.ndarray] = None,
         pseudo_label_map: Optional[np.ndarray] = None,
+        num_classes: Optional[int] = None,
+        pseudo_num_classes: Optional[int] = None,
     ):
         """
         Args:
@@ -168,6 +195,11 @@ class SemanticDatasetMapper:
             pseudo_label_map (np.ndarray, optional): training only: table mapping a
                 pseudo-label store's label to the training label
                 (:func:`ovseg.pseudo.store_label_map`); None = pseudo-labels kept as read.
+            num_classes (int, optional): the dataset's class count K: a "sem_seg" file
+                value outside [0, K) and not ``ignore_label`` is an error naming the file
+                (in every setting, before any remap); None = not checked.
+            pseudo_num_classes (int, optional): the same for pseudo-label files (the
+                store's vocabulary size).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -177,6 +209,8 @@ class SemanticDatasetMapper:
         self.vocabulary = tuple(vocabulary)
         self.label_map = label_map
         self.pseudo_label_map = pseudo_label_map
+        self.num_classes = num_classes
+        self.pseudo_num_classes = pseudo_num_classes
         mode = "training" if is_train else "inference"
         logger.info(
             f"[{type(self).__name__}] {mode}: augmentations {augmentations}; "
@@ -252,9 +286,10 @@ class SemanticDatasetMapper:
             )
             # a store's labels index its own vocabulary: the model gets training indices
             pseudo_label_map = store_label_map(cfg, vocabulary, ignore_label)
+            pseudo_classes = store_class_count(cfg)
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
-            label_map = pseudo_label_map = None
+            label_map = pseudo_label_map = pseudo_classes = None
             vocabulary = resolve_vocabulary(cfg.MODEL.OVSEG.TEST_VOCABULARY, meta).names
             class_names = meta.get("stuff_classes", None)
             if class_names and tuple(n.strip() for n in class_names) != vocabulary:
@@ -271,13 +306,15 @@ class SemanticDatasetMapper:
             "vocabulary": vocabulary,
             "label_map": label_map,
             "pseudo_label_map": pseudo_label_map,
+            "num_classes": len(class_names) if class_names else None,
+            "pseudo_num_classes": pseudo_classes,
         }
 
     def _read_label(self, path: Optional[str], image: np.ndarray, key: str):
-        """Read a label PNG as an (H, W) array: uint8 when it fits, else float64."""
+        """Read a label PNG as an (H, W) integer array, its values checked."""
         if path is None:
             return None
-        label = utils.read_image(path)
+        label = read_label(path)
         if label.ndim == 3 and label.shape[2] == 1:
             label = label[:, :, 0]
         if label.ndim != 2:
@@ -290,6 +327,9 @@ class SemanticDatasetMapper:
                 f"{key} {path!r} is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
                 f"{image.shape[1]}x{image.shape[0]}"
             )
+        k = self.num_classes if key == "sem_seg_file_name" else self.pseudo_num_classes
+        if k is not None:
+            check_label_range(label, k, self.ignore_label, path)
         return label
 
     @staticmethod
@@ -320,11 +360,14 @@ class SemanticDatasetMapper:
         """
         dataset_dict = dict(dataset_dict)  # the caller's dict is left unchanged
         file_name = dataset_dict["file_name"]
-        image = utils.read_image(file_name, format=self.image_format)
+        image = read_image(file_name, format=self.image_format)
         utils.check_image_size(dataset_dict, image)  # sets "height"/"width" if absent
 
         sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
         pseudo_file = dataset_dict.pop("pseudo_sem_seg_file_name", None)
+        pseudo_sha256 = dataset_dict.pop("pseudo_sem_seg_sha256", None)
+        if pseudo_file is not None and pseudo_sha256 is not None:
+            verify_file(pseudo_file, pseudo_sha256, "the 'command' in the store's manifest.json")
         sem_seg = self._read_label(sem_seg_file, image, "sem_seg_file_name")
         pseudo = self._read_label(pseudo_file, image, "pseudo_sem_seg_file_name")
         if self.is_train and sem_seg is None and pseudo is None:

@@ -13,6 +13,7 @@ prediction needs more than the text embeddings.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -21,11 +22,12 @@ from torch import Tensor, nn
 
 from detectron2.data import MetadataCatalog
 from detectron2.structures import ImageList
+from detectron2.utils.logger import log_first_n
 
 from ...clip import CLIPTeacher
 from ...clip.prompt_names import get_prompt_names
 from ...pseudo.labels import SCORE_KINDS
-from ...vocab import resolve_vocabulary
+from ...vocab import one_class_warning, resolve_vocabulary
 from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
 from ..test_time_aug import TestTimeAug, multiscale_inference
 
@@ -318,6 +320,9 @@ class OpenVocabSegmentor(nn.Module):
         keys = [(tuple(x["image"].shape), self.input_vocabulary(x)) for x in batched_inputs]
         results: List[Optional[Dict[str, Tensor]]] = [None] * len(batched_inputs)
         for (_, names), idx in group_inputs(keys).items():
+            warning = one_class_warning(names, f"{type(self).__name__}'s test vocabulary")
+            if warning:
+                log_first_n(logging.WARNING, warning, n=1, key="message")
             images = torch.stack(self.normalize([batched_inputs[i]["image"] for i in idx]))
             scores = self._scores(names, images)
             h, w = images.shape[-2:]

@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from torch import nn
 
 from ...clip import CLIPTeacher
-from ...pseudo import PseudoLabelSpec, check_source
+from ...pseudo import PseudoLabelSpec, check_source, expected_teacher
 from ...vocab import training_vocabulary
 from ..text_classifier import LearnedBackground, TextClassifier
 
@@ -130,6 +130,9 @@ def generate_command(cfg, root: str = "<store folder>") -> str:
             "MaskCLIP",
             "MODEL.OVSEG.TEST_VOCABULARY",
             ",".join(names) if names else "<the scored classes>",
+            # its own config.yaml and log, not over the training run's
+            "OUTPUT_DIR",
+            f"{root or '<store folder>'}_generation",
         ]
     )
 
@@ -142,6 +145,8 @@ def maskclip_plus_pseudo_labels(cfg) -> PseudoLabelSpec:
         scored=scored_names(cfg),
         threshold=mc.PSEUDO_LABEL_THRESHOLD,
         command=generate_command(cfg, cfg.DATASETS.PSEUDO_LABELS),
+        # a store must come from this config's MaskCLIP teacher: settings, padding, weights
+        teacher=expected_teacher(cfg, "MaskCLIP") if mc.PSEUDO_LABEL_SOURCE == "store" else None,
     )
 
 

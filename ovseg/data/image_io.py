@@ -1,0 +1,102 @@
+"""Reading images and label maps: the documented format, or an error naming the file.
+
+detectron2's ``read_image`` converts a 16-bit grayscale image to RGB by clipping (every value
+above 255 becomes white) and decodes lazily, so a truncated file fails later with Pillow's
+"image file is truncated" and no file name. Here every image is decoded in full on reading,
+high-bit-depth grayscale is scaled to 8 bits, and a file that cannot be decoded raises
+:class:`ImageDecodeError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from detectron2.data import detection_utils as d2_utils
+
+__all__ = ["ImageDecodeError", "read_image", "read_label"]
+
+# Pillow's modes for 16-bit grayscale (PNG, TIFF); "I" is how older Pillow reads them
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageDecodeError(OSError):
+    """An image or label file that cannot be decoded (truncated, corrupt, not an image)."""
+
+
+def _open(path: str) -> Image.Image:
+    """Open and fully decode ``path`` (EXIF orientation applied), naming it on failure."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()  # decode now: a truncated file fails here, not in a transform
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image file {path!r} does not exist") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(
+            f"Cannot decode image file {path!r} ({type(e).__name__}: {e}); the file is "
+            "truncated, corrupt or not an image: re-export it or remove it from the dataset"
+        ) from None
+    return d2_utils._apply_exif_orientation(image)
+
+
+def _to_8bit(image: Image.Image, path: str) -> Image.Image:
+    """A grayscale image of more than 8 bits as mode "L", scaled (65535 -> 255)."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ImageDecodeError(
+                f"Image file {path!r} is {image.mode} grayscale with values in "
+                f"[{values.min()}, {values.max()}]; only 8- and 16-bit images are supported"
+            )
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ImageDecodeError(
+                f"Image file {path!r} is a float image with values outside [0, 1]; convert "
+                "it to 8-bit"
+            )
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), mode="L")
+    return image
+
+
+def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
+    """Read an image as detectron2's ``read_image`` documents: (H, W, C) uint8.
+
+    16-bit (and float in [0, 1]) grayscale is scaled to 8 bits before the conversion, so
+    its full range maps onto [0, 255]; palette, alpha and CMYK images are converted by Pillow.
+
+    Args:
+        path: the image file.
+        format (str): "RGB", "BGR" or "L" (any mode of ``detection_utils.read_image``).
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8 for RGB/BGR, (H, W, 1) for "L".
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageDecodeError: it cannot be decoded; the message names the file.
+    """
+    path = os.fspath(path)
+    image = _to_8bit(_open(path), path)
+    return d2_utils.convert_PIL_to_numpy(image, format)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map as stored: palette indices for mode "P", raw values for 8/16-bit.
+
+    Args:
+        path: the label PNG (mode L, P, I;16 or I).
+
+    Returns:
+        np.ndarray: (H, W) (or (H, W, C) for a colour file, which callers refuse) array.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageDecodeError: it cannot be decoded; the message names the file.
+    """
+    path = os.fspath(path)
+    return np.asarray(_open(path))

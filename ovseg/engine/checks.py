@@ -1,0 +1,89 @@
+"""Config checks run at set-up, before a model is built or anything is written.
+
+A misspelt dataset name or a nonsensical solver value would otherwise surface late (an
+unknown ``DATASETS.TEST`` name after training has finished) or not at all (``MAX_ITER -5``
+trains nothing and exits 0). :func:`check_config` refuses them while the run costs nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Callable, List
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+
+__all__ = ["check_config", "check_dataset_names", "check_solver"]
+
+# (key, test, what the value must be); keys are read from cfg.SOLVER
+_SOLVER_RULES: List[tuple[str, Callable[[float], bool], str]] = [
+    ("MAX_ITER", lambda v: v > 0, "a positive number of iterations"),
+    ("BASE_LR", lambda v: v > 0, "a positive learning rate"),
+    ("IMS_PER_BATCH", lambda v: v > 0, "a positive number of images per batch"),
+    ("CHECKPOINT_PERIOD", lambda v: v > 0, "a positive number of iterations"),
+    ("WARMUP_ITERS", lambda v: v >= 0, "a number of iterations >= 0"),
+    ("WARMUP_FACTOR", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("GAMMA", lambda v: v > 0, "a positive factor"),
+    ("MOMENTUM", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("WEIGHT_DECAY", lambda v: v >= 0, ">= 0"),
+    ("POLY_LR_POWER", lambda v: v >= 0, ">= 0"),
+]
+
+
+def check_dataset_names(cfg: CfgNode) -> None:
+    """Refuse a ``DATASETS.TRAIN``/``DATASETS.TEST`` name that is not registered.
+
+    Raises:
+        KeyError: naming the key, the name and the registered names that come closest.
+    """
+    registered = DatasetCatalog.list()
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS.get(key, ()):
+            if name in registered:
+                continue
+            close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+            hint = (
+                f"the closest registered names are {close}"
+                if close
+                else f"none of the {len(registered)} registered names is close"
+            )
+            raise KeyError(
+                f"DATASETS.{key} names {name!r}, which is not a registered dataset; {hint}. "
+                "Fix the name, or register the dataset (ovseg/data/datasets/, datasets/README.md)"
+            )
+
+
+def check_solver(cfg: CfgNode) -> None:
+    """Refuse solver values no training run can mean (MAX_ITER <= 0, BASE_LR <= 0, ...).
+
+    Raises:
+        ValueError: naming every offending key, its value and what it must be.
+    """
+    problems = []
+    for key, ok, must in _SOLVER_RULES:
+        value = cfg.SOLVER.get(key, None)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            problems.append(f"SOLVER.{key}={value!r} (must be {must})")
+    clip = cfg.SOLVER.get("CLIP_GRADIENTS", None)
+    if clip is not None and clip.ENABLED and not clip.CLIP_VALUE > 0:
+        problems.append(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE={clip.CLIP_VALUE!r} (must be positive when "
+            "CLIP_GRADIENTS.ENABLED)"
+        )
+    eval_period = cfg.TEST.get("EVAL_PERIOD", 0)
+    if eval_period < 0:
+        problems.append(f"TEST.EVAL_PERIOD={eval_period!r} (must be >= 0; 0 = only at the end)")
+    workers = cfg.DATALOADER.get("NUM_WORKERS", 0)
+    if workers < 0:
+        problems.append(f"DATALOADER.NUM_WORKERS={workers!r} (must be >= 0)")
+    if problems:
+        raise ValueError("Nonsensical config values: " + "; ".join(problems))
+
+
+def check_config(cfg: CfgNode) -> None:
+    """Every set-up check: dataset names, then solver values (see the module docstring)."""
+    check_dataset_names(cfg)
+    check_solver(cfg)

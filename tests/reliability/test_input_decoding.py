@@ -1,0 +1,72 @@
+"""Every image decodes to the documented format (uint8 RGB) or fails naming its file."""
+
+import numpy as np
+import pytest
+from ovseg_testing import eval_mapper
+from PIL import Image
+
+from ovseg.data.image_io import ImageDecodeError, read_image
+
+
+def _dataset_dict(image_path, label=None, tmp_path=None):
+    d = {"file_name": str(image_path)}
+    if label is not None:
+        label_path = tmp_path / "label.png"
+        Image.fromarray(label).save(label_path)
+        d["sem_seg_file_name"] = str(label_path)
+    return d
+
+
+def test_16bit_grayscale_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # really stored as 16-bit
+
+    out = eval_mapper(["a", "b"])(_dataset_dict(path))
+    image = out["image"].numpy()  # (3, H, W) uint8
+    assert image.dtype == np.uint8 and image.shape == (3, 48, 64)
+    expected = np.rint(ramp / 257.0)
+    assert np.abs(image[0].astype(int) - expected).max() <= 1
+    assert (image == 255).mean() < 0.01  # detectron2's read_image: 99.6 % white
+    assert np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK"])
+def test_8bit_modes_decode_to_rgb(tmp_path, mode):
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = tmp_path / f"im_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.fromarray(rgb).convert(mode).save(path)
+    image = read_image(path, "RGB")
+    assert image.dtype == np.uint8 and image.shape == (20, 30, 3)
+    assert np.array_equal(image, np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_truncated_image_fails_naming_the_file(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    path = tmp_path / "truncated.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(ImageDecodeError, match="truncated.jpg"):
+        eval_mapper(["a", "b"])(_dataset_dict(path))
+
+
+def test_truncated_label_fails_naming_the_file(tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    label = np.random.default_rng(0).integers(0, 2, (64, 64), dtype=np.uint8)
+    d = _dataset_dict(image, label, tmp_path)
+    data = open(d["sem_seg_file_name"], "rb").read()
+    open(d["sem_seg_file_name"], "wb").write(data[: len(data) - 40])
+
+    with pytest.raises(ImageDecodeError, match="label.png"):
+        eval_mapper(["a", "b"])(d)
+
+
+def test_not_an_image_fails_naming_the_file(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(ImageDecodeError, match="notes.png"):
+        read_image(path)

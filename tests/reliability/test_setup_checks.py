@@ -1,0 +1,80 @@
+"""Unknown dataset names and nonsensical solver values fail at set-up, before a model is
+built or the output folder is written."""
+
+import subprocess
+import sys
+
+import pytest
+from ovseg_testing import ROOT
+from ovseg_testing.scripts import subprocess_env
+
+from detectron2.engine import default_argument_parser
+
+from ovseg.engine import setup
+
+CONFIG = str(ROOT / "configs/toy/lseg_toyrn_400_bs8.yaml")
+
+
+def _setup(tmp_path, *opts: str):
+    out = tmp_path / "run"
+    args = default_argument_parser().parse_args(
+        ["--config-file", CONFIG, "OUTPUT_DIR", str(out), *opts]
+    )
+    return setup(args), out
+
+
+@pytest.mark.parametrize("key", ["TRAIN", "TEST"])
+def test_unknown_dataset_name_names_the_closest(tmp_path, key):
+    with pytest.raises(KeyError, match=f"DATASETS.{key}.*ade20k_sem_seg_val") as info:
+        _setup(tmp_path, f"DATASETS.{key}", '("ade20k_sem_seg_vall",)')
+    assert "not a registered dataset" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("SOLVER.MAX_ITER", "-5"),
+        ("SOLVER.MAX_ITER", "0"),
+        ("SOLVER.BASE_LR", "0.0"),
+        ("SOLVER.IMS_PER_BATCH", "0"),
+        ("SOLVER.CHECKPOINT_PERIOD", "0"),
+        ("SOLVER.WARMUP_FACTOR", "2.0"),
+        ("SOLVER.MOMENTUM", "1.5"),
+        ("SOLVER.WEIGHT_DECAY", "-0.1"),
+        ("TEST.EVAL_PERIOD", "-1"),
+    ],
+)
+def test_nonsensical_solver_value_fails_at_setup(tmp_path, key, value):
+    with pytest.raises(ValueError, match=f"{key}={value}"):
+        _setup(tmp_path, key, value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_valid_config_passes(tmp_path):
+    cfg, out = _setup(tmp_path)
+    assert cfg.SOLVER.MAX_ITER > 0 and (out / "config.yaml").is_file()
+
+
+def test_train_net_refuses_an_unknown_test_dataset_before_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path)]
+        + ["DATASETS.TEST", '("toy_world_sem_seg_vall",)', "SOLVER.MAX_ITER", "1"],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "no_datasets"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "toy_world_sem_seg_val'" in proc.stderr and "closest" in proc.stderr
+    assert "Starting training" not in proc.stdout + proc.stderr
+
+
+def test_every_shipped_config_passes_the_checks():
+    from ovseg.engine.checks import check_config
+    from ovseg.engine.defaults import load_config
+
+    files = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "clip")
+    for path in files:
+        check_config(load_config(str(path)))

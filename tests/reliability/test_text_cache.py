@@ -1,0 +1,90 @@
+"""The text-embedding cache: keyed by model, weights and templates; written atomically;
+safe with several processes at once; temporaries of killed writers are cleaned."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+import torch
+from ovseg_testing import TINY_VIT, random_clip_model
+
+from ovseg.clip import CLIPTeacher
+from ovseg.clip.cache import TextEmbeddingCache
+from ovseg.utils.io import TMP_PREFIX
+
+NAMES = ["cat", "dog"]
+TEMPLATES = ["a photo of a {}."]
+
+
+def _teacher(cache_dir, seed=0):
+    model, tokenizer, name = random_clip_model(TINY_VIT, seed=seed)
+    return CLIPTeacher(model, tokenizer, name=name, cache_dir=cache_dir)
+
+
+def _files(cache_dir):
+    return sorted(p.name for p in (cache_dir / "text_embeddings").iterdir())
+
+
+def test_key_holds_model_weights_and_templates(tmp_path):
+    a = _teacher(tmp_path)
+    emb = a.encode_text(NAMES, TEMPLATES)
+    assert len(_files(tmp_path)) == 1
+    assert torch.equal(_teacher(tmp_path).encode_text(NAMES, TEMPLATES), emb)  # reused
+    assert len(_files(tmp_path)) == 1
+    other_weights = _teacher(tmp_path, seed=1).encode_text(NAMES, TEMPLATES)
+    assert len(_files(tmp_path)) == 2 and not torch.allclose(other_weights, emb)
+    a.encode_text(NAMES, ["a sketch of a {}."])
+    assert len(_files(tmp_path)) == 3
+
+
+def _hammer(root: str, worker: int, rounds: int, queue) -> None:
+    """Write and read one key many times; report every record that is not whole."""
+    torch.set_num_threads(1)
+    cache = TextEmbeddingCache(root)
+    bad = 0
+    for i in range(rounds):
+        emb = torch.full((2, 512), float(worker * 1000 + i))  # a ~4 kB record
+        cache.save("shared", emb, NAMES, TEMPLATES, "fp")
+        got = cache.load("shared", NAMES, TEMPLATES)
+        if got is None or got.shape != (2, 512) or not (got == got[0, 0]).all():
+            bad += 1
+    queue.put(bad)
+
+
+def test_several_processes_share_one_key_safely(tmp_path):
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), w, 40, queue)) for w in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == [0, 0, 0, 0]
+    assert _files(tmp_path) == ["shared.pt"]  # no temporary left behind
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
+    cache = TextEmbeddingCache(tmp_path)
+    cache.root.mkdir(parents=True)
+    stale = cache.root / f"{TMP_PREFIX}dead1234key.pt"
+    fresh = cache.root / f"{TMP_PREFIX}live5678key.pt"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    cache.save("k", torch.zeros(2, 4), NAMES, TEMPLATES, "fp")
+    assert not stale.exists() and fresh.exists()  # a live writer's file is left alone
+
+
+@pytest.mark.parametrize("content", [b"", b"truncated torch file"])
+def test_unreadable_cache_file_is_recomputed(tmp_path, content):
+    teacher = _teacher(tmp_path)
+    emb = teacher.encode_text(NAMES, TEMPLATES)
+    (path,) = (tmp_path / "text_embeddings").iterdir()
+    path.write_bytes(content)
+    again = _teacher(tmp_path).encode_text(NAMES, TEMPLATES)
+    assert torch.allclose(again, emb)
