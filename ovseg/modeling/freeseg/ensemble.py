@@ -99,7 +99,10 @@ def clip_region_probs(
     probs = text.new_ones(masks.shape[0], text.shape[0])
     if crops.shape[0]:
         emb = torch.cat(
-            [teacher.encode_image(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
+            [
+                teacher.encode_image(crops[i : i + batch_size])
+                for i in range(0, len(crops), batch_size)
+            ]
         )
         logits = temperature * emb @ text.t().to(emb.dtype)
         probs[valid.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)

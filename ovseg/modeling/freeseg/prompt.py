@@ -117,6 +117,13 @@ class AdaptivePromptLearner(nn.Module):
         self.clear_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def _check_task(self, task: str) -> None:
+        if task not in self.task_names:
+            raise ValueError(
+                f"task {task!r} is not one of this prompt learner's {self.task_names} "
+                "(MODEL.FREESEG.TASK_NAMES)"
+            )
+
     # ------------------------------------------------------------------ tokens
     def _content(self, text: str) -> Tuple[Tensor, int, int]:
         """Token ids of ``text`` without SOT/EOT, and the SOT and EOT ids."""
@@ -148,8 +155,7 @@ class AdaptivePromptLearner(nn.Module):
             (Tensor, Tensor): (K, context, W) embeddings (differentiable in the learnable
             tokens) and (K,) long EOT positions.
         """
-        if task not in self.task_names:
-            raise ValueError(f"task {task!r} is not one of this prompt learner's {self.task_names}")
+        self._check_task(task)
         task_ids, sot, eot = self._content(task)
         dot_ids = self._content("X.")[0][1:]  # the official "." (``:102-110``)
         task_part = torch.cat([self._embed(task_ids.tolist()), self.task_context])
@@ -202,6 +208,7 @@ class AdaptivePromptLearner(nn.Module):
         """
         if isinstance(names, str) or not names:
             raise ValueError(f"names must be a non-empty list of class names, got {names!r}")
+        self._check_task(task)
         if self.trainable:  # the tokens may change at any step: never cache (``adapter.py:47``)
             return self.encode(*self.sequences(names, task))
         key = (lambda n: (task, n)) if self.cache_by_task else (lambda n: (n,))
@@ -241,7 +248,9 @@ def load_prompt_tokens(
                 found[name] = torch.as_tensor(value)
     missing = sorted({"class_context", "task_context"} - set(found))
     if missing:
-        raise ValueError(f"{str(path)!r} holds no prompt tokens {missing}; is it a prompt-stage checkpoint?")
+        raise ValueError(
+            f"{str(path)!r} holds no prompt tokens {missing}; is it a prompt-stage checkpoint?"
+        )
     for name, value in found.items():
         have = getattr(prompt, name)
         if value.shape != have.shape:

@@ -1,0 +1,173 @@
+"""FreeSeg's modules: the adaptive prompt sequence and its gradients, the feature cache keyed
+by task, the interaction head's residual/LN placement, the cosine class head, and the
+test-time CLIP ensemble on hand-made inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ovseg_testing.models import random_clip_model
+from ovseg_testing.paths import TINY_VIT
+
+from ovseg.clip import CLIPTeacher
+from ovseg.modeling.freeseg import (
+    AdaptivePromptLearner,
+    TextClassHead,
+    TextVisualInteraction,
+    clip_region_probs,
+    ensemble_probs,
+    load_prompt_tokens,
+    mask_crops,
+    query_probs,
+)
+
+SEM, INS = "semantic segmentation.", "instance segmentation."
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    model, tokenizer, name = random_clip_model(TINY_VIT)
+    return CLIPTeacher(model, tokenizer, name=name)
+
+
+def test_prompt_sequence_is_the_official_order(teacher):
+    """Without learnable tokens the prompt is the token sequence [task][SOT][name][.][EOT],
+    which CLIP's own encode_text must embed identically (same order, pad, EOT pooling)."""
+    prompt = AdaptivePromptLearner(teacher, num_class_tokens=0, num_task_tokens=0)
+    tok = teacher.tokenizer
+    ids = []
+    for name in ("cat", "traffic light"):
+        task = tok([SEM])[0]
+        noun = tok([name])[0]
+        body = [int(t) for t in task[1 : int((task != 0).sum()) - 1]]
+        body += [49406] + [int(t) for t in noun[1 : int((noun != 0).sum()) - 1]] + [269, 49407]
+        ids.append(body + [0] * (77 - len(body)))
+    want = F.normalize(teacher.model.encode_text(torch.tensor(ids)), dim=-1)
+    got = prompt(["cat", "traffic light"], SEM)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # with tokens: SOT after the task text and the 8 task tokens, EOT after the name and "."
+    full = AdaptivePromptLearner(teacher)
+    emb, eot = full.sequences(["cat"], SEM)
+    sot_at = ids[0].index(49406) + 8
+    sot = teacher.model.token_embedding.weight[49406]
+    torch.testing.assert_close(emb[0, sot_at], sot)
+    assert int(eot[0]) == sot_at + 16 + 3  # SOT, 16 context tokens, "cat", ".", EOT
+
+
+def test_gradients_reach_only_the_prompt_tokens(teacher):
+    prompt = AdaptivePromptLearner(teacher)
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    feats = prompt(["cat", "dog"], INS)
+    assert feats.shape == (2, teacher.embed_dim)
+    (feats[:, 0] - feats[:, 1]).sum().backward()
+    assert prompt.class_context.grad.abs().sum() > 0
+    assert prompt.task_context.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.model.parameters())
+    assert all(torch.equal(v, teacher.model.state_dict()[k]) for k, v in before.items())
+    assert not any(k.startswith("_teacher") for k in prompt.state_dict())
+    # initialisations: class context N(0, 0.02); task tokens kaiming normal a=2 (std ~0.08)
+    assert 0.01 < float(prompt.class_context.detach().std()) < 0.03
+    assert 0.04 < float(prompt.task_context.detach().std()) < 0.15
+
+
+def test_the_frozen_cache_is_keyed_by_task_unless_official(teacher):
+    for by_task in (True, False):
+        prompt = AdaptivePromptLearner(teacher, cache_by_task=by_task).requires_grad_(False)
+        sem = prompt(["cat"], SEM)
+        ins = prompt(["cat"], INS)
+        assert torch.equal(sem, ins) != by_task  # official: the first task fixes the noun
+        fresh = AdaptivePromptLearner(teacher).requires_grad_(False)
+        fresh.load_state_dict(prompt.state_dict())
+        torch.testing.assert_close(
+            fresh(["cat"], INS), prompt.encode(*prompt.sequences(["cat"], INS))
+        )
+    with pytest.raises(ValueError, match="not one of"):
+        prompt(["cat"], "detection.")
+
+
+def test_prompt_tokens_load_from_a_checkpoint(teacher, tmp_path):
+    learnt = AdaptivePromptLearner(teacher)
+    torch.save(
+        {"model": {f"prompt.{k}": v for k, v in learnt.state_dict().items()}}, tmp_path / "p.pth"
+    )
+    target = load_prompt_tokens(AdaptivePromptLearner(teacher), tmp_path / "p.pth")
+    assert torch.equal(target.class_context, learnt.class_context) and not target.trainable
+    with pytest.raises(ValueError, match="shape"):
+        load_prompt_tokens(AdaptivePromptLearner(teacher, num_class_tokens=4), tmp_path / "p.pth")
+
+
+def test_interaction_residual_on_the_normalised_query():
+    torch.manual_seed(0)
+    head = TextVisualInteraction(q_dim=8, k_dim=6, embed_dim=16, num_heads=2).eval()
+    assert torch.allclose(head.gamma, torch.full((8,), 0.1))
+    maps = [torch.randn(2, 8, 3, 4), torch.randn(2, 8, 2, 2)]
+    text = torch.randn(5, 6)
+    out = head(maps, text)
+    k = text.expand(2, 5, 6)
+    for i, (x, y) in enumerate(zip(maps, out)):
+        q = F.layer_norm(x.flatten(2).transpose(1, 2), (8,), head.norm_q.weight, head.norm_q.bias)
+        k = head.norm_k(k)  # stacked: map i sees the key norm i + 1 times
+        want = q + head.gamma * head.attn(q, k, k)
+        torch.testing.assert_close(y, want.transpose(1, 2).reshape(x.shape))
+    head.norm_k.weight.data.fill_(2.0)  # the stacking matters once the norm is not identity
+    once = TextVisualInteraction(
+        q_dim=8, k_dim=6, embed_dim=16, num_heads=2, stacked_key_norm=False
+    )
+    once.load_state_dict(head.state_dict())
+    a, b = head(maps, text), once.eval()(maps, text)
+    torch.testing.assert_close(a[0], b[0])
+    assert not torch.allclose(a[1], b[1])
+
+
+def test_class_head_is_cosine_with_a_normalised_no_object():
+    head = TextClassHead(dim=4)
+    text = F.normalize(torch.randn(3, 4), dim=-1)
+    q = torch.randn(2, 5, 4)
+    logits = head(q, text)
+    assert logits.shape == (2, 5, 4)
+    keys = torch.cat([text, F.normalize(head.no_object, dim=-1)])
+    torch.testing.assert_close(logits, 100 * F.normalize(q, dim=-1) @ keys.t())
+    assert float(logits.abs().max()) <= 100 + 1e-4
+
+
+def test_mask_crops_box_fill_and_resize():
+    image = torch.arange(3 * 4 * 5, dtype=torch.float32).view(3, 4, 5)
+    masks = torch.zeros(2, 4, 5)
+    masks[0, 1, 1] = masks[0, 2, 3] = 0.9  # box rows 1-2, cols 1-3
+    masks[1, 0, 0] = 0.4  # below the threshold: empty
+    fill = torch.tensor([7.0, 8.0, 9.0])
+    crops, valid = mask_crops(image, masks, fill, (2, 3))
+    assert valid.tolist() == [True, False] and crops.shape == (1, 3, 2, 3)
+    want = fill.view(3, 1, 1).repeat(1, 2, 3)
+    want[:, 0, 0] = image[:, 1, 1]
+    want[:, 1, 2] = image[:, 2, 3]
+    torch.testing.assert_close(crops[0], want)  # the box at its own size: no resampling
+
+
+def test_clip_probs_give_empty_masks_ones(teacher):
+    image = torch.rand(3, 32, 32) * 255
+    masks = torch.zeros(3, 32, 32)
+    masks[0, :16] = 1
+    masks[2, 8:, 8:] = 1
+    text = F.normalize(torch.randn(4, teacher.embed_dim), dim=-1)
+    p = clip_region_probs(teacher, image, masks, text)
+    assert torch.equal(p[1], torch.ones(4))
+    torch.testing.assert_close(p[[0, 2]].sum(-1), torch.ones(2))
+
+
+def test_ensemble_by_hand():
+    logits = torch.log(torch.tensor([[2.0, 1.0, 1.0]]))  # softmax (0.5, 0.25, 0.25)
+    p_q = query_probs(logits)
+    torch.testing.assert_close(p_q, torch.tensor([[0.5, 0.25]]))  # not renormalised
+    p_clip = torch.tensor([[0.2, 0.8]])
+    seen = torch.tensor([True, False])
+    p = ensemble_probs(p_q, p_clip, seen, weight=0.8)
+    want = [0.5**0.8 * 0.2**0.2, 0.25**0.2 * 0.8**0.8]
+    torch.testing.assert_close(p, torch.tensor([want]))
+    all_unseen = ensemble_probs(p_q, p_clip, None, weight=0.4)
+    torch.testing.assert_close(
+        all_unseen, torch.tensor([[0.5**0.6 * 0.2**0.4, 0.25**0.6 * 0.8**0.4]])
+    )
+    with pytest.raises(ValueError, match="ENSEMBLE_WEIGHT"):
+        ensemble_probs(p_q, p_clip, seen, weight=0.0)
