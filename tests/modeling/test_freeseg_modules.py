@@ -105,7 +105,7 @@ def test_interaction_residual_on_the_normalised_query():
     text = torch.randn(5, 6)
     out = head(maps, text)
     k = text.expand(2, 5, 6)
-    for i, (x, y) in enumerate(zip(maps, out)):
+    for x, y in zip(maps, out):
         q = F.layer_norm(x.flatten(2).transpose(1, 2), (8,), head.norm_q.weight, head.norm_q.bias)
         k = head.norm_k(k)  # stacked: map i sees the key norm i + 1 times
         want = q + head.gamma * head.attn(q, k, k)

@@ -181,3 +181,21 @@ def tiny_maskclip_plus(cache_dir: PathLike, *opts: str, seed: int = 0, **overrid
     torch.manual_seed(seed)
     overrides.setdefault("unseen", ADE.unseen)
     return MaskCLIPPlus(tiny_maskclip_plus_cfg(cache_dir, *opts), **overrides)
+
+
+# ---------------------------------------------------------------- FreeSeg prompt stage
+def tiny_freeseg_prompt_cfg(cache_dir: PathLike, *opts: str) -> CfgNode:
+    """FreeSeg's prompt-learning stage on the tiny random CLIP ViT, CPU, 4 class-context and
+    2 task tokens, no datasets, plus KEY VALUE ``opts``."""
+    cfg = tiny_clip_cfg(cache_dir=cache_dir)
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE", "FreeSegPromptLearner",
+            "MODEL.FREESEG.NUM_CLASS_PROMPT_TOKENS", "4",
+            "MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS", "2",
+            "DATASETS.TRAIN", "()",
+            "DATASETS.TEST", "()",
+            *opts,
+        ]
+    )  # fmt: skip
+    return cfg
