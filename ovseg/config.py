@@ -2,6 +2,8 @@
 
 from detectron2.config import CfgNode as CN
 
+from .config_mask_classification import add_mask_classification_config
+
 
 def add_ovseg_config(cfg: CN) -> None:
     """Add ovseg's keys to a detectron2 config in place.
@@ -18,6 +20,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_maskclip_plus_config(cfg)
     add_episode_config(cfg)
     add_freeseg_config(cfg)
+    add_mask_classification_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)
 

@@ -1,0 +1,103 @@
+"""The set criterion: perfect predictions, no-object weighting, auxiliary-loss selection,
+Instances targets."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detectron2.structures import Instances
+
+from ovseg.modeling.mask_classification import (
+    HungarianMatcher,
+    MaskClassificationCriterion,
+    prepare_targets,
+    sigmoid_focal_loss,
+)
+
+
+def _criterion(**kw):
+    return MaskClassificationCriterion(matcher=HungarianMatcher(), **kw)
+
+
+def _target():
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :, :2] = 1
+    masks[1, :, 2:] = 1
+    return {"labels": torch.tensor([1, 0]), "masks": masks}
+
+
+def test_perfect_prediction_gives_near_zero_losses():
+    tgt = _target()
+    logits = torch.full((1, 3, 3), -20.0)
+    logits[0, 0, 0] = 20.0  # query 0: class 0 (the second target)
+    logits[0, 1, 1] = 20.0  # query 1: class 1 (the first target)
+    logits[0, 2, 2] = 20.0  # query 2: no object
+    masks = torch.full((1, 3, 4, 4), -30.0)
+    masks[0, 0][tgt["masks"][1] > 0] = 30.0
+    masks[0, 1][tgt["masks"][0] > 0] = 30.0
+    losses = _criterion()({"pred_logits": logits, "pred_masks": masks}, [tgt])
+    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice"}
+    for k, v in losses.items():
+        assert v.item() < 1e-6, (k, v)
+    # a wrong mask is not near zero
+    masks[0, 0] = -masks[0, 0]
+    bad = _criterion()({"pred_logits": logits, "pred_masks": masks}, [tgt])
+    assert bad["loss_mask"].item() > 1.0 and bad["loss_dice"].item() > 0.4
+
+
+def test_no_object_ce_weight_and_loss_weights():
+    # one target, two queries; query 0 matches (it predicts the mask), query 1 is no-object
+    tgt = {"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [1.0, 0.5, 0.0]]])
+    masks = torch.stack([torch.full((2, 2), 5.0), torch.full((2, 2), -5.0)])[None]
+    losses = _criterion(no_object_weight=0.1)({"pred_logits": logits, "pred_masks": masks}, [tgt])
+    nll = -F.log_softmax(logits[0], -1)
+    expected = (1.0 * nll[0, 0] + 0.1 * nll[1, 2]) / (1.0 + 0.1)
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    focal = sigmoid_focal_loss(masks[0, :1].flatten(1), tgt["masks"].flatten(1), 1.0)
+    assert losses["loss_mask"].item() == pytest.approx(20 * focal.item(), rel=1e-5)
+    s = 1 / (1 + math.exp(-5.0))
+    assert losses["loss_dice"].item() == pytest.approx(
+        5 * (1 - (2 * 4 * s + 1) / (4 * s + 4 + 1)), rel=1e-4
+    )
+
+
+def _outputs(num_aux):
+    torch.manual_seed(0)
+    out = {"pred_logits": torch.randn(1, 3, 3), "pred_masks": torch.randn(1, 3, 2, 2)}
+    out["aux_outputs"] = [
+        {"pred_logits": torch.randn(1, 3, 3), "pred_masks": torch.randn(1, 3, 2, 2)}
+        for _ in range(num_aux)
+    ]
+    return out
+
+
+def test_auxiliary_losses_all_first_n_or_none():
+    tgt = [_target()]
+    assert "loss_dice_3" in _criterion()(_outputs(4), tgt)
+    some = _criterion(num_aux_losses=2)(_outputs(4), tgt)
+    assert {k for k in some if k.startswith("loss_ce")} == {"loss_ce", "loss_ce_0", "loss_ce_1"}
+    none = _criterion(deep_supervision=False)(_outputs(4), tgt)
+    assert set(none) == {"loss_ce", "loss_mask", "loss_dice"}
+
+
+def test_instances_targets_are_padded_to_the_batch():
+    a = Instances(
+        (4, 4), gt_classes=torch.tensor([1]), gt_masks=torch.ones(1, 4, 4, dtype=torch.bool)
+    )
+    b = Instances(
+        (2, 3), gt_classes=torch.tensor([0]), gt_masks=torch.ones(1, 2, 3, dtype=torch.bool)
+    )
+    prepared = prepare_targets([a, b])
+    assert prepared[1]["masks"].shape == (1, 4, 4)
+    assert prepared[1]["masks"].sum().item() == 6
+    padded = prepare_targets([a, b], padded_size=(8, 8))
+    assert padded[0]["masks"].shape == (1, 8, 8)
+    losses = _criterion()(_outputs(0), [a])
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="gt_masks"):
+        prepare_targets([Instances((2, 2), gt_classes=torch.tensor([0]))])
+    with pytest.raises(ValueError, match="exceed"):
+        prepare_targets([a], padded_size=(2, 2))

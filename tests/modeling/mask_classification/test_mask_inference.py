@@ -1,0 +1,117 @@
+"""Semantic, panoptic and instance inference on hand-built queries."""
+
+import math
+
+import pytest
+import torch
+
+from ovseg.modeling.mask_classification import (
+    freeseg_instance_inference,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
+
+BIG = 10.0
+
+
+def _masks(*pixel_sets, width=6):
+    """(Q, 1, width) logits: +BIG on the listed pixels, -BIG elsewhere."""
+    out = torch.full((len(pixel_sets), 1, width), -BIG)
+    for q, pixels in enumerate(pixel_sets):
+        out[q, 0, list(pixels)] = BIG
+    return out
+
+
+def test_semantic_is_the_probability_weighted_sum_of_masks():
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    logits = torch.tensor([[[0.0]], [[math.log(3.0)]]])  # sigmoid 0.5 and 0.75
+    sem = semantic_inference(probs, logits)
+    assert sem.shape == (2, 1, 1)
+    assert sem[0, 0, 0].item() == pytest.approx(0.6 * 0.5 + 0.2 * 0.75)
+    assert sem[1, 0, 0].item() == pytest.approx(0.3 * 0.5 + 0.7 * 0.75)
+    torch.testing.assert_close(semantic_inference(probs[:, :2], logits, has_no_object=False), sem)
+
+
+# class 0 is stuff, class 1 a thing; q3 overlaps badly, q4 is no-object
+PAN_PROBS = torch.tensor(
+    [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.05, 0.9, 0.05], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]]
+)
+PAN_MASKS = _masks((0, 1), (2, 3), (4, 5), (0, 1, 2, 3, 4), (5,))
+
+
+@pytest.mark.parametrize("assignment", ["class", "query"])
+def test_panoptic_merges_stuff_and_drops_a_low_overlap_segment(assignment):
+    seg, info = panoptic_inference(
+        PAN_PROBS, PAN_MASKS, thing_ids={1}, overlap_threshold=0.5, pixel_assignment=assignment
+    )
+    assert seg.dtype == torch.int32
+    assert seg[0].tolist() == [1, 1, 1, 1, 2, 2]  # q0 and q1 merged; q3 (1/5 kept) dropped
+    assert info == [
+        {"id": 1, "isthing": False, "category_id": 0},
+        {"id": 2, "isthing": True, "category_id": 1},
+    ]
+
+
+def test_panoptic_thresholds_and_freeseg_temperature():
+    seg, info = panoptic_inference(PAN_PROBS, PAN_MASKS, thing_ids={1}, thing_score_threshold=0.95)
+    assert seg[0].tolist() == [1, 1, 1, 1, 0, 0] and len(info) == 1  # the thing scores 0.9
+    seg, _ = panoptic_inference(PAN_PROBS, PAN_MASKS, thing_ids={1}, object_mask_threshold=0.85)
+    assert seg[0].tolist() == [1, 1, 0, 0, 2, 2]  # q1 (0.8) is dropped before assignment
+    # FreeSeg: probabilities without no-object, sharpened by softmax(p / 0.01)
+    seg, info = panoptic_inference(
+        PAN_PROBS[:, :2],
+        PAN_MASKS,
+        thing_ids={1},
+        has_no_object=False,
+        temperature=0.01,
+        thing_score_threshold=0.5,
+        overlap_threshold=0.5,
+        pixel_assignment="class",
+    )
+    assert seg[0].tolist() == [1, 1, 1, 1, 2, 2] and len(info) == 2
+    empty, none = panoptic_inference(PAN_PROBS[4:], PAN_MASKS[4:], thing_ids={1})
+    assert not empty.any() and none == []
+    with pytest.raises(ValueError, match="pixel_assignment"):
+        panoptic_inference(PAN_PROBS, PAN_MASKS, thing_ids={1}, pixel_assignment="pixel")
+
+
+def test_topk_instances_scores_masks_and_boxes():
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    logits = torch.tensor([[[2.0, 2.0, -2.0, -2.0]], [[0.0, -1.0, 3.0, 3.0]]])
+    inst = instance_inference(probs, logits, topk=2)
+    order = inst.scores.argsort(descending=True)
+    assert inst.pred_classes[order].tolist() == [1, 0]
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert inst.scores[order].tolist() == pytest.approx([0.7 * sig(3.0), 0.6 * sig(2.0)], rel=1e-5)
+    assert inst.pred_masks[order[1]].tolist() == [[1.0, 1.0, 0.0, 0.0]]
+    assert inst.pred_boxes.tensor[order].tolist() == [[2.0, 0.0, 4.0, 1.0], [0.0, 0.0, 2.0, 1.0]]
+    things = instance_inference(probs, logits, topk=4, thing_ids={0})
+    assert things.pred_classes.tolist() == [0, 0]
+
+
+def test_freeseg_instances_suppress_a_mask_covering_others():
+    # q0 spans both instances q1 and q2 of class 1; q3 is undecided (score 0.5)
+    probs = torch.tensor(
+        [[0.05, 0.9, 0.05], [0.05, 0.9, 0.05], [0.05, 0.9, 0.05], [0.45, 0.45, 0.1]]
+    )
+    masks = _masks(range(6), (0, 1, 2), (3, 4, 5), (0,))
+    inst = freeseg_instance_inference(probs, masks, thing_ids={1})
+    assert len(inst) == 2 and inst.pred_classes.tolist() == [1, 1]
+    assert inst.pred_masks[:, 0].sum(1).tolist() == [3.0, 3.0]
+    assert inst.scores.tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
+    # the release never predicts the last real class: every score collapses
+    assert len(freeseg_instance_inference(probs, masks, official_defects=True)) == 0
+
+
+def test_freeseg_instances_group_by_class_not_by_a_stale_label():
+    # q0 (class 0) is covered by q1 (class 1) over 5/6: different classes, both kept;
+    # the release groups both under the last label and drops q0
+    probs = torch.tensor([[0.9, 0.02, 0.02, 0.06], [0.02, 0.95, 0.02, 0.01]])
+    masks = _masks(range(6), range(5))
+    fixed = freeseg_instance_inference(probs, masks, overlap_threshold=0.1)
+    assert sorted(fixed.pred_classes.tolist()) == [0, 1]
+    official = freeseg_instance_inference(
+        probs, masks, overlap_threshold=0.1, official_defects=True
+    )
+    assert official.pred_classes.tolist() == [1]
