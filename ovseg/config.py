@@ -15,6 +15,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_lseg_config(cfg)
     add_zegclip_config(cfg)
     add_maskclip_plus_config(cfg)
+    add_speed_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)
 
@@ -319,6 +320,21 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     # the first block of a dilated stage takes half its dilation (mmseg's ResNetV1c
     # contract_dilation: res4 starts at 1, res5 at 2), without multi-grid only
     cfg.MODEL.RESNETS.CONTRACT_DILATION = False
+
+
+def add_speed_config(cfg: CN) -> None:
+    """Speed switches that leave the method unchanged (ovseg/engine/speed.py)."""
+    # write the loss metrics every N steps in one device read-back instead of every step
+    # (detectron2 syncs host and device each step); 1 = detectron2's per-step read-back
+    cfg.SOLVER.METRICS_PERIOD = 20
+    # AdamW/SGD's fused CUDA kernel (one launch for every parameter) when the model is on CUDA
+    cfg.SOLVER.FUSED_OPTIMIZER = True
+    # torch.compile the model's network modules (and its loss function where it has one)
+    cfg.MODEL.COMPILE = False
+    # torch.compile mode: "default", "reduce-overhead" or "max-autotune"
+    cfg.MODEL.COMPILE_MODE = "default"
+    # channels-last (NHWC) weights and inputs, for the convolutional students under autocast
+    cfg.MODEL.CHANNELS_LAST = False
 
 
 # keys that moved: an old config naming one fails with the new name instead of a bare
