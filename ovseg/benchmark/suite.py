@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -150,10 +149,12 @@ def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
         row: Dict[str, Any] = {"config": config, "opts": list(opts)}
         if train:
             _log(f"{name}: training step")
-            row["train"] = _guarded(name, a.budget, lambda: _train_row(config, opts, a))
+            row["train"] = _guarded(name, a.budget, lambda c=config, o=opts: _train_row(c, o, a))
         if "compiled" not in name and "store" not in name and "channels" not in name:
             _log(f"{name}: inference")
-            row["infer"] = _guarded(name, a.budget / 2, lambda: _infer_row(config, opts, a))
+            row["infer"] = _guarded(
+                name, a.budget / 2, lambda c=config, o=opts: _infer_row(c, o, a)
+            )
         res["rows"][name] = row
         _log(f"{name}: {_summary(row)}")
         atomic_write_json(out_dir / "suite.json", res)
