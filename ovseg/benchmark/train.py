@@ -321,6 +321,15 @@ def _run(
     }  # fmt: skip
 
 
+def _step_parts(cfg: CfgNode, run: Dict[str, Any]) -> Dict[str, Any]:
+    """The host syncs of a step and the shares of its parts."""
+    return {
+        "metrics_period": cfg.SOLVER.METRICS_PERIOD,
+        "host_syncs_per_step": run["syncs"],
+        **run["shares"],
+    }
+
+
 def _peak(device: torch.device, precision: str, peak_tflops: Optional[float]):
     """(device name, peak TFLOP/s or None, where the peak came from or None)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -380,12 +389,8 @@ def benchmark_training(
     vocabulary = first.get("vocabulary")
     return {
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "data": data,
-        "device": str(device),
-        "device_name": device_name,
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "data": data, "device": str(device), "device_name": device_name,
+        "precision": precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "batch": cfg.SOLVER.IMS_PER_BATCH,
         "size": side or None,
         "input_shape": list(first["image"].shape[-2:]),
@@ -413,7 +418,5 @@ def benchmark_training(
         "vocabulary_size": len(vocabulary) if vocabulary is not None else None,
         "loss_first": run["losses"][0],
         "loss_last": run["losses"][-1],
-        "metrics_period": cfg.SOLVER.METRICS_PERIOD,
-        "host_syncs_per_step": run["syncs"],
-        **run["shares"],
-    }
+        **_step_parts(cfg, run),
+    }  # fmt: skip

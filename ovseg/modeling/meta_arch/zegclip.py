@@ -214,10 +214,8 @@ class ZegCLIP(OpenVocabSegmentor):
         self.dice_weight = float(dice_weight)
         self.deep_supervision = bool(deep_supervision)
         self.ignore_as_negative = bool(ignore_as_negative)
-        self.self_training = schedule
-        self.self_training_pixels = self_training_pixels
-        # the focal + dice criterion; MODEL.COMPILE replaces it by its compiled form
-        self.loss_fn = mask_losses
+        self.self_training, self.self_training_pixels = schedule, self_training_pixels
+        self.loss_fn = mask_losses  # MODEL.COMPILE replaces it by its compiled form
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
