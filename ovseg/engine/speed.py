@@ -36,25 +36,30 @@ def uses_channels_last(model: nn.Module) -> bool:
     )
 
 
-def compile_model(model: nn.Module, mode: str = "default") -> List[str]:
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> List[str]:
     """Compile the model's network children in place, and its ``loss_fn`` if it has one.
 
     Args:
         model (nn.Module): an ovseg meta-architecture.
         mode (str): ``torch.compile``'s mode ("default", "reduce-overhead",
-            "max-autotune").
+            "max-autotune"); inductor's only (other backends take none).
+        backend (str): ``torch.compile``'s backend ("inductor"; "aot_eager" traces the
+            graphs without generating code).
 
     Returns:
         list[str]: the names of what was compiled.
     """
+    options = {"backend": backend, "dynamic": None}
+    if backend == "inductor":
+        options["mode"] = mode
     done = []
     for name, child in model.named_children():
         if name in COMPILE_SKIP or not any(True for _ in child.parameters()):
             continue
-        child.compile(mode=mode, dynamic=None)
+        child.compile(**options)
         done.append(name)
     if callable(getattr(model, "loss_fn", None)):
-        model.loss_fn = torch.compile(model.loss_fn, mode=mode, dynamic=None)
+        model.loss_fn = torch.compile(model.loss_fn, **options)
         done.append("loss_fn")
     return done
 
