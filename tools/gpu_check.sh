@@ -10,6 +10,7 @@
 # tests (`pytest -m gpu`). Random CLIP weights of the real architectures, nothing downloaded.
 # Where the machine lacks ovseg's pure-Python dependencies, a folder made by
 # tools/make_gpu_bundle.sh is put on PYTHONPATH: $OVSEG_SITE, else .cache/gpu_site.
+# DEVICE=cpu with --smoke rehearses the whole script on the toy configs without a GPU.
 # Writes into OUT_DIR (default $OUT, else output/gpu_check): nvidia-smi.txt, suite.json,
 # table.md, profile.txt, profile.json, suite.log, pytest_gpu.txt.
 set -uo pipefail
@@ -20,19 +21,25 @@ mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SITE=${OVSEG_SITE:-.cache/gpu_site}
-export PYTHONPATH="$PWD${SITE:+:$PWD/$SITE}${PYTHONPATH:+:$PYTHONPATH}"
+case "$SITE" in /*) ;; *) SITE="$PWD/$SITE" ;; esac
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
 
 nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1 || true
 log "environment"
 "$PY" -c "import torch, open_clip, detectron2, ovseg; print('torch', torch.__version__, 'cuda', \
-torch.version.cuda, torch.cuda.get_device_name(0)); print('open_clip', open_clip.__version__, \
-'detectron2', detectron2.__version__, 'ovseg', ovseg.__file__)" || exit 1
+torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0)); \
+print('open_clip', open_clip.__version__, open_clip.__file__); print('detectron2', \
+detectron2.__version__, detectron2.__file__); print('ovseg', ovseg.__file__)" || exit 1
 log "suite (every student, train + inference, profile)"
-timeout "${SUITE_LIMIT_S:-330}" "$PY" -m ovseg.benchmark.suite --device cuda \
-    --output-dir "$OUT_DIR" --budget "${ITEM_BUDGET_S:-40}" "$@" 2>&1 | tee "$OUT_DIR/suite.log"
+SUITE_LIMIT_S=${SUITE_LIMIT_S:-330}
+# the suite stops starting items 15 s before its limit; each item has its own budget
+timeout "$SUITE_LIMIT_S" "$PY" -m ovseg.benchmark.suite --device "${DEVICE:-cuda}" \
+    --output-dir "$OUT_DIR" --iters 15 --warmup 3 --shares-steps 2 \
+    --budget "${ITEM_BUDGET_S:-40}" --compile-budget "${COMPILE_BUDGET_S:-100}" \
+    --deadline $((SUITE_LIMIT_S - 15)) "$@" 2>&1 | tee "$OUT_DIR/suite.log"
 log "GPU-only tests"
-timeout "${TEST_LIMIT_S:-60}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests \
+timeout "${TEST_LIMIT_S:-45}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests \
     >"$OUT_DIR/pytest_gpu.txt" 2>&1
 tail -3 "$OUT_DIR/pytest_gpu.txt"
 log "done"

@@ -116,6 +116,15 @@ def _train_row(config: str, opts: Sequence[str], a: argparse.Namespace) -> Dict[
     )  # fmt: skip
 
 
+def _mapper_row(config: str, a: argparse.Namespace) -> Dict[str, Any]:
+    """The config's training mapper on synthetic files; its share of the timed step."""
+    from .shares import mapper_rate
+
+    cfg = training_config(config, list(a.opts), device="cpu", batch=a.batch, size=a.size)
+    size = (a.size, a.size) if a.size else (375, 500)  # a typical VOC image
+    return mapper_rate(cfg, images=2 if a.smoke else 8, size=size, repeats=1 if a.smoke else 2)
+
+
 def _infer_row(config: str, opts: Sequence[str], a: argparse.Namespace) -> Dict[str, Any]:
     cfg = benchmark_config(config, list(a.opts) + list(opts), device=a.device)
     size = (a.size, a.size) if a.size else None
@@ -134,8 +143,37 @@ def _profile(config: str, a: argparse.Namespace, out_dir: Path) -> Dict[str, Any
     return profile_training(cfg, out_dir, steps=max(2, a.iters // 5), warmup=a.warmup)
 
 
+def _left(a: argparse.Namespace, want: float) -> float:
+    """``want`` seconds, capped by what ``--deadline`` leaves (0: nothing left)."""
+    if not a.deadline:
+        return want
+    return max(0.0, min(want, a.deadline_at - time.perf_counter() - 5))
+
+
+def _run_row(name: str, config: str, train: bool, opts, a: argparse.Namespace, budget: float):
+    """One row of the table: the training step, its mapper, the inference."""
+    row: Dict[str, Any] = {"config": config, "opts": list(opts)}
+    jobs = []
+    if train:
+        jobs.append(("train", budget, lambda: _train_row(config, opts, a)))
+        if not opts:  # rows with overrides share their config's mapper
+            jobs.append(("mapper", budget / 4, lambda: _mapper_row(config, a)))
+    if "compiled" not in name and "store" not in name and "channels" not in name:
+        jobs.append(("infer", budget / 2, lambda: _infer_row(config, opts, a)))
+    for part, want, fn in jobs:
+        seconds = _left(a, want)
+        if seconds <= 0:
+            row[part] = {"error": f"skipped: the suite's --deadline of {a.deadline:.0f} s"}
+            continue
+        _log(f"{name}: {part}")
+        row[part] = _guarded(name, seconds, fn)
+    return row
+
+
 def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
-    """Every item of the table (train and inference rows), then the profile."""
+    """Every item of the table (train and inference rows), the profile, then the compiled
+    rows (their own ``--compile-budget``: compilation takes minutes)."""
+    a.deadline_at = time.perf_counter() + a.deadline
     items = TOY_ITEMS if a.smoke else GPU_ITEMS
     if a.only:
         items = tuple(i for i in items if any(k.lower() in i[0].lower() for k in a.only))
@@ -145,26 +183,26 @@ def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
                            torch.__version__, "smoke": a.smoke, "rows": {}}  # fmt: skip
     if a.device.startswith("cuda"):
         res["device_name"] = torch.cuda.get_device_name(0)
-    for name, config, train, opts in items:
-        row: Dict[str, Any] = {"config": config, "opts": list(opts)}
-        if train:
-            _log(f"{name}: training step")
-            row["train"] = _guarded(name, a.budget, lambda c=config, o=opts: _train_row(c, o, a))
-        if "compiled" not in name and "store" not in name and "channels" not in name:
-            _log(f"{name}: inference")
-            row["infer"] = _guarded(
-                name, a.budget / 2, lambda c=config, o=opts: _infer_row(c, o, a)
-            )
-        res["rows"][name] = row
-        _log(f"{name}: {_summary(row)}")
+        res["tf32"] = torch.backends.cuda.matmul.allow_tf32
+
+    def save():  # after every row: a timeout loses no finished row
         atomic_write_json(out_dir / "suite.json", res)
-    if not a.no_profile:
-        zeg = next((c for n, c, *_ in items if "ZegCLIP" in n), None)
-        if zeg:
-            _log(f"profile {zeg}")
-            res["profile"] = _guarded("profile", a.budget, lambda: _profile(zeg, a, out_dir))
-    atomic_write_json(out_dir / "suite.json", res)
-    atomic_write_text(out_dir / "table.md", write_table(res))
+        atomic_write_text(out_dir / "table.md", write_table(res))
+
+    compiled = [i for i in items if "compiled" in i[0]]
+    for name, config, train, opts in [i for i in items if i not in compiled]:
+        res["rows"][name] = _run_row(name, config, train, opts, a, a.budget)
+        _log(f"{name}: {_summary(res['rows'][name])}")
+        save()
+    zeg = next((c for n, c, *_ in items if "ZegCLIP" in n), None)
+    if not a.no_profile and zeg and _left(a, a.budget) > 0:
+        _log(f"profile {zeg}")
+        res["profile"] = _guarded("profile", _left(a, a.budget), lambda: _profile(zeg, a, out_dir))
+        save()
+    for name, config, train, opts in compiled:
+        res["rows"][name] = _run_row(name, config, train, opts, a, a.compile_budget)
+        _log(f"{name}: {_summary(res['rows'][name])}")
+        save()
     return res
 
 
@@ -188,12 +226,15 @@ def write_table(res: Dict[str, Any]) -> str:
     """The markdown table of a suite result."""
     head = (
         "| student | batch x size | train ms/step | train img/s | TFLOP/step | MFU % | peak GiB "
-        "| frozen fwd % | optimizer % | host syncs/step | infer img/s whole | latency ms "
-        "whole | infer img/s slide |\n|" + "---|" * 13 + "\n"
+        "| frozen fwd % | optimizer % | host syncs/step | mapper ms/img | loader % of step "
+        "| infer img/s whole | latency ms whole | infer img/s slide |\n|" + "---|" * 15 + "\n"
     )
     lines = [head]
     for name, row in res["rows"].items():
-        t, i = row.get("train", {}), row.get("infer", {})
+        t, i, m = row.get("train", {}), row.get("infer", {}), row.get("mapper", {})
+        # the loader's time per batch per worker against the step: over 100 it starves it
+        per_batch = m.get("mapper_s_per_batch_per_worker")
+        loader = per_batch / t["s_per_iter"] if per_batch and "s_per_iter" in t else None
         whole, slide = i.get("whole", {}), i.get("slide", {})
         syncs = t.get("host_syncs_per_step", {})
         sync = syncs.get("cuda_sync_warnings", syncs.get("dispatch"))
@@ -203,10 +244,11 @@ def write_table(res: Dict[str, Any]) -> str:
             f"{_fmt(t.get('images_per_s'))} | {_fmt(t.get('flops_per_iter'), 1e-12, 2)} | "
             f"{_fmt(t.get('mfu'), 100)} | {_fmt(t.get('peak_memory_gib'), 1, 2)} | "
             f"{_fmt(t.get('frozen_forward_share'), 100)} | {_fmt(t.get('optimizer_share'), 100)}"
-            f" | {'-' if sync is None else sync} | {_fmt(whole.get('images_per_s'))} | "
+            f" | {'-' if sync is None else sync} | {_fmt(m.get('mapper_s_per_image'), 1000)} | "
+            f"{_fmt(loader, 100)} | {_fmt(whole.get('images_per_s'))} | "
             f"{_fmt(whole.get('latency_s'), 1000)} | {_fmt(slide.get('images_per_s'))} |\n"
         )
-        for part in ("train", "infer"):
+        for part in ("train", "mapper", "infer"):
             if "error" in row.get(part, {}):
                 lines.append(f"|   {part} error: {row[part]['error'][:150]} |\n")
     lines.append(f"\n{res.get('device_name', res['device'])}, {res['precision']}, torch "
@@ -226,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="default: each config's")
     p.add_argument("--size", type=int, default=None, help="default: each config's crop")
     p.add_argument("--budget", type=float, default=60.0, help="seconds per item")
+    p.add_argument("--compile-budget", type=float, default=120.0, help="per compiled item")
+    p.add_argument("--deadline", type=float, default=0, help="seconds for all; 0 = none")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--only", nargs="*", default=[], help="rows whose name holds any of these")
     p.add_argument("--no-profile", action="store_true")
@@ -240,6 +284,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(a.threads)
     if a.precision is None:
         a.precision = "bf16" if a.device.startswith("cuda") else "fp32"
+    if a.device.startswith("cuda"):  # fp32 matmuls and convolutions left outside autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     res = run_suite(a)
     print(write_table(res), flush=True)
     return res
