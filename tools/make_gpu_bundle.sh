@@ -15,7 +15,7 @@ DIR=${1:-.cache/gpu_site}
 PY=${PYTHON:-python}
 SITE=${2:-$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')}
 PACKAGES="detectron2 open_clip fvcore iopath yacs ftfy wcwidth termcolor omegaconf antlr4 \
-hydra portalocker tabulate pycocotools cloudpickle pytest _pytest pluggy iniconfig py"
+hydra portalocker tabulate pycocotools cloudpickle pytest _pytest pluggy iniconfig py pygments"
 rm -rf "$DIR"
 mkdir -p "$DIR"
 for pkg in $PACKAGES; do

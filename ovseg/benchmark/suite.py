@@ -30,6 +30,11 @@ from .train import benchmark_training, training_config
 __all__ = ["GPU_ITEMS", "TOY_ITEMS", "main", "run_suite", "write_table"]
 
 _ZEG = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml"
+# synthetic batches carry their own "pseudo_sem_seg": no store folder is read; only the
+# augmented-crop source takes the student's input normalisation
+_NO_STORE = ("DATASETS.PSEUDO_LABELS", "")
+_STORE = ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store", *_NO_STORE,
+          "MODEL.MASKCLIP_PLUS.TEACHER_INPUT_NORMALIZATION", "clip")  # fmt: skip
 _MCP = "configs/voc/maskclip_plus/"
 # (name, config, train?, overrides); every train row is also timed at inference
 GPU_ITEMS = (
@@ -43,14 +48,12 @@ GPU_ITEMS = (
      _MCP + "maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml", True, ()),
     ("MaskCLIP+ RN50>R101 store",
      _MCP + "maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml", True,
-     ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store")),
+     _STORE),
     ("MaskCLIP+ ViT-B/16>R50 annotation-free",
      _MCP + "maskclip_plus_vitb16_r50_deeplabv2_annofree_2k_bs16.yaml", True, ()),
     ("MaskCLIP ViT-B/16", "configs/voc/maskclip/maskclip_vitb16_bs1.yaml", False, ()),
     ("MaskCLIP RN50", "configs/voc/maskclip/maskclip_rn50_bs1.yaml", False, ()),
 )  # fmt: skip
-# synthetic batches carry their own "pseudo_sem_seg": no store folder is read
-_NO_STORE = ("DATASETS.PSEUDO_LABELS", "")
 _TOY_MCP = "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"
 TOY_ITEMS = (
     ("LSeg toy RN", "configs/toy/lseg_toyrn_400_bs8.yaml", True, ()),
