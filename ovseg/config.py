@@ -21,6 +21,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_episode_config(cfg)
     add_freeseg_config(cfg)
     add_mask_classification_config(cfg)
+    add_speed_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)
 
@@ -405,6 +406,21 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.INTERACTION.LAYER_SCALE_INIT = 0.1
     # map i's text keys get the key LayerNorm i + 1 times, as the official loop (True)
     cfg.MODEL.FREESEG.INTERACTION.STACKED_KEY_NORM = True
+
+
+def add_speed_config(cfg: CN) -> None:
+    """Speed switches that leave the method unchanged (ovseg/engine/speed.py)."""
+    # write the loss metrics every N steps in one device read-back instead of every step
+    # (detectron2 syncs host and device each step); 1 = detectron2's per-step read-back
+    cfg.SOLVER.METRICS_PERIOD = 20
+    # AdamW/SGD's fused CUDA kernel (one launch for every parameter) when the model is on CUDA
+    cfg.SOLVER.FUSED_OPTIMIZER = True
+    # torch.compile the model's network modules (and its loss function where it has one)
+    cfg.MODEL.COMPILE = False
+    # torch.compile mode: "default", "reduce-overhead" or "max-autotune"
+    cfg.MODEL.COMPILE_MODE = "default"
+    # channels-last (NHWC) weights and inputs, for the convolutional students under autocast
+    cfg.MODEL.CHANNELS_LAST = False
 
 
 # keys that moved: an old config naming one fails with the new name instead of a bare

@@ -321,6 +321,55 @@ def add_pseudo_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_pseudo, show=print_pseudo)
 
 
+# ---------------------------------------------------------------------- infer
+def run_infer(args: argparse.Namespace) -> Dict[str, Any]:
+    from ovseg.benchmark.infer import benchmark_inference
+
+    cfg = benchmark_config(
+        args.config_file, args.opts, device=args.device, pretrained=args.pretrained,
+        cache_dir=args.cache_dir,
+    )  # fmt: skip
+    res = benchmark_inference(
+        cfg, modes=args.modes, batch=args.batch, size=args.size, precision=args.precision,
+        iters=args.iters, warmup=args.warmup,
+    )  # fmt: skip
+    return {"config": args.config_file, "opts": list(args.opts), **res}
+
+
+def print_infer(r: Dict[str, Any]) -> None:
+    rows = []
+    for mode in ("whole", "slide"):
+        if mode in r:
+            m = r[mode]
+            rows.append((f"{mode} images/s", f"{m['images_per_s']:.2f}"))
+            rows.append((f"{mode} latency", f"{1000 * m['latency_s']:.2f} ms"))
+            rows.append((f"{mode} FLOPs/image", _si(m["flops_per_image"])))
+    h, w = r["size"]
+    _table(
+        f"{r['meta_architecture']} inference ({r['config']}) on {r['device']}, "
+        f"{r['precision']}, batch {r['batch']} x {h}x{w}",
+        rows,
+    )
+
+
+def add_infer_parser(subparsers, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "infer",
+        parents=[parent],
+        help="inference images/s and latency of any config, whole and slide",
+        description="Times the config's eval forward on synthetic images of its test size.",
+    )
+    p.add_argument("--config-file", required=True, help="any ovseg config")
+    p.add_argument("--modes", nargs="+", default=["whole", "slide"], choices=("whole", "slide"))
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--iters", type=_positive, default=10)
+    p.add_argument("--warmup", type=_non_negative, default=3)
+    _add_config_arguments(p, cache="temporary with random weights")
+    p.set_defaults(func=run_infer, show=print_infer)
+
+
 # ---------------------------------------------------------------------- entry point
 def _add_config_arguments(p: argparse.ArgumentParser, cache: str) -> None:
     p.add_argument("--device", default=default_device(), help="cpu or cuda[:N] (MODEL.DEVICE)")
@@ -333,6 +382,7 @@ SUBCOMMANDS: Tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
     add_train_parser,
     add_teacher_parser,
     add_pseudo_parser,
+    add_infer_parser,
 )
 
 

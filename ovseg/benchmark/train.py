@@ -38,6 +38,8 @@ from detectron2.utils.events import EventStorage
 
 from .config import benchmark_config
 from .flops import flop_counter, peak_tflops_for
+from .shares import step_shares
+from .syncs import HostSyncCounter, count_cuda_syncs, paused_during
 from .timing import peak_memory, synchronize
 
 __all__ = [
@@ -166,7 +168,8 @@ def synthetic_batch(
 
     Returns:
         list[dict]: "image" (3, size, size) uint8, "sem_seg" (size, size) long indexing
-        "vocabulary" (one background class, three rectangles, an ignored one).
+        "vocabulary" (one background class, three rectangles, an ignored one), and the same
+        labels as "pseudo_sem_seg".
     """
     g = torch.Generator().manual_seed(seed)
 
@@ -181,7 +184,11 @@ def synthetic_batch(
             y0, x0 = int(pick(size // 2)), int(pick(size // 2))
             y1, x1 = y0 + 1 + int(pick(size // 2)), x0 + 1 + int(pick(size // 2))
             label[y0:y1, x0:x1] = label_ids[int(pick(len(label_ids)))] if k < 3 else ignore
-        inputs.append({"image": image, "sem_seg": label, "vocabulary": list(vocabulary)})
+        # the same labels stand in for a pseudo-label store's (MaskCLIP+ "store" source)
+        inputs.append(
+            {"image": image, "sem_seg": label, "pseudo_sem_seg": label.clone(),
+             "vocabulary": list(vocabulary)}
+        )  # fmt: skip
     return inputs
 
 
@@ -210,7 +217,6 @@ class _Batches:
 def _build(cfg: CfgNode, data: str) -> Tuple[torch.nn.Module, SimpleTrainer, _Batches, int]:
     """Model, training step and data as ovseg's Trainer builds them; the synthetic side."""
     from ..engine import Trainer
-    from ..engine.train_loop import AMPTrainer
 
     model = Trainer.build_model(cfg)
     try:
@@ -237,11 +243,7 @@ def _build(cfg: CfgNode, data: str) -> Tuple[torch.nn.Module, SimpleTrainer, _Ba
     else:
         loader = Trainer.build_train_loader(cfg)
     batches = _Batches(loader)
-    if cfg.SOLVER.AMP.ENABLED:
-        trainer = AMPTrainer(model, batches, optimizer, dtype=cfg.SOLVER.AMP.DTYPE)
-    else:
-        trainer = SimpleTrainer(model, batches, optimizer)
-    return model, trainer, batches, side
+    return model, Trainer.build_step(cfg, model, batches, optimizer), batches, side
 
 
 def _autocast(trainer: SimpleTrainer):
@@ -250,24 +252,51 @@ def _autocast(trainer: SimpleTrainer):
     return contextlib.nullcontext()
 
 
-def _run(trainer: SimpleTrainer, batches: _Batches, device: torch.device, iters: int, warmup: int):
-    """Time the steps, then count the FLOPs of one forward and one step on the last batch.
+def _count_syncs(trainer: SimpleTrainer, device: torch.device) -> Dict[str, int]:
+    """Host-synchronising ops of one training step (metrics read-back excluded when the
+    step defers it; on CUDA also torch's own synchronisation warnings)."""
+    if device.type == "cuda":
+        return count_cuda_syncs(trainer.run_step)
+    counter = HostSyncCounter()
+    paused_during(counter, trainer.optimizer)
+    try:
+        with counter:
+            trainer.run_step()
+    finally:
+        del trainer.optimizer.step
+    return {"dispatch": counter.total, **counter.counts}
+
+
+def _run(
+    trainer: SimpleTrainer,
+    batches: _Batches,
+    device: torch.device,
+    iters: int,
+    warmup: int,
+    shares_steps: int = 0,
+):
+    """Time the steps back to back (the device synchronised before the first timed step and
+    after the last, as a training run queues them), then count the FLOPs of one forward and
+    one step on the last batch, the host syncs of a step and, with ``shares_steps``, the
+    shares of its parts.
 
     Returns:
-        dict: step_s, data_s (per timed step), losses, peak memory, forward and step FLOPs.
+        dict: step_s (the mean timed step, per step), data_s (per timed step), losses, peak
+        memory, forward and step FLOPs, syncs, shares.
     """
-    step_s: List[float] = []
     with EventStorage(0) as storage:
         for i in range(warmup + iters):
-            if i == warmup and device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            if i == warmup:
+                synchronize(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
             storage.iter = i
-            synchronize(device)
-            start = time.perf_counter()
             trainer.run_step()
-            synchronize(device)
-            if i >= warmup:
-                step_s.append(time.perf_counter() - start)
+        synchronize(device)
+        step_s: List[float] = [(time.perf_counter() - start) / iters] * iters
+        if hasattr(trainer, "flush_metrics"):
+            trainer.flush_metrics()
         memory, memory_kind = peak_memory(device)
         data_s = [v for v, it in storage.history("data_time").values() if it >= warmup]
         losses = [v for v, _ in storage.history("total_loss").values()]
@@ -280,10 +309,25 @@ def _run(trainer: SimpleTrainer, batches: _Batches, device: torch.device, iters:
         with flop_counter() as counter:
             trainer.run_step()
         step = counter.get_total_flops()
+        # a step that does not read the metrics back (those every SOLVER.METRICS_PERIOD)
+        storage.iter = (warmup + iters + 1) // 1000 * 1000 + 1000
+        syncs = _count_syncs(trainer, device)
+        storage.iter += 1
+        shares = step_shares(trainer, device, steps=shares_steps) if shares_steps else {}
     return {
+        "syncs": syncs, "shares": shares,
         "step_s": step_s, "data_s": data_s, "losses": losses, "memory": memory,
         "memory_kind": memory_kind, "flops_forward": forward, "flops_step": step,
     }  # fmt: skip
+
+
+def _step_parts(cfg: CfgNode, run: Dict[str, Any]) -> Dict[str, Any]:
+    """The host syncs of a step and the shares of its parts."""
+    return {
+        "metrics_period": cfg.SOLVER.METRICS_PERIOD,
+        "host_syncs_per_step": run["syncs"],
+        **run["shares"],
+    }
 
 
 def _peak(device: torch.device, precision: str, peak_tflops: Optional[float]):
@@ -304,6 +348,7 @@ def benchmark_training(
     data: str = "loader",
     peak_tflops: Optional[float] = None,
     seed: int = 0,
+    shares_steps: int = 0,
 ) -> Dict[str, Any]:
     """Time ``iters`` training iterations of a config after ``warmup`` untimed ones.
 
@@ -316,6 +361,8 @@ def benchmark_training(
         peak_tflops (float, optional): the device's peak TFLOP/s for MFU; default a table by
             CUDA device name (none on the CPU).
         seed (int): torch seed before the model is built.
+        shares_steps (int): extra instrumented steps for the frozen-forward and optimizer
+            shares (:func:`ovseg.benchmark.shares.step_shares`); 0 = none.
 
     Returns:
         dict: the results, JSON-serialisable (see the module docstring for the FLOPs).
@@ -333,7 +380,7 @@ def benchmark_training(
             cfg.MODEL.CLIP.CACHE_DIR = tmp
         torch.manual_seed(seed)
         model, trainer, batches, side = _build(cfg, data)
-        run = _run(trainer, batches, device, iters, warmup)
+        run = _run(trainer, batches, device, iters, warmup, shares_steps)
     first = batches.last[0]
     s_per_iter = sum(run["step_s"]) / len(run["step_s"])
     it_per_s = 1.0 / s_per_iter
@@ -342,12 +389,8 @@ def benchmark_training(
     vocabulary = first.get("vocabulary")
     return {
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "data": data,
-        "device": str(device),
-        "device_name": device_name,
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "data": data, "device": str(device), "device_name": device_name,
+        "precision": precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "batch": cfg.SOLVER.IMS_PER_BATCH,
         "size": side or None,
         "input_shape": list(first["image"].shape[-2:]),
@@ -375,4 +418,5 @@ def benchmark_training(
         "vocabulary_size": len(vocabulary) if vocabulary is not None else None,
         "loss_first": run["losses"][0],
         "loss_last": run["losses"][-1],
-    }
+        **_step_parts(cfg, run),
+    }  # fmt: skip

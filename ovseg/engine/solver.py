@@ -96,11 +96,13 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
         cls = torch.optim.SGD
-        kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+        kwargs: dict[str, Any] = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     elif name == "ADAMW":
         cls, kwargs = torch.optim.AdamW, {}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}; supported: SGD, ADAMW.")
+    if use_fused(cfg, groups):
+        kwargs["fused"] = True
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
         cls = _full_model_clipping(cls, clip.CLIP_VALUE)
@@ -109,6 +111,15 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     for g in groups:
         g.pop("name")
     return cls(groups, lr=cfg.SOLVER.BASE_LR, **kwargs)
+
+
+def use_fused(cfg: CfgNode, groups: list[dict[str, Any]]) -> bool:
+    """SOLVER.FUSED_OPTIMIZER, where it applies: every parameter on CUDA, in floating point
+    (the fused kernel updates all parameters in one launch instead of several per tensor)."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(cfg.SOLVER.FUSED_OPTIMIZER) and all(
+        p.is_cuda and p.is_floating_point() for p in params
+    )
 
 
 class PolyParamScheduler(ParamScheduler):

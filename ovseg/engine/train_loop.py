@@ -1,27 +1,93 @@
-"""Mixed-precision training step for CUDA (fp16/bf16) and CPU (bf16)."""
+"""Training steps: detectron2's, with the loss metrics read back every few steps instead of
+every step, and a mixed-precision step for CUDA (fp16/bf16) and CPU (bf16)."""
 
 from __future__ import annotations
 
 import time
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from detectron2.engine import SimpleTrainer
+from detectron2.utils.events import get_event_storage
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
+__all__ = ["AMPTrainer", "DeferredMetrics", "OvsegSimpleTrainer"]
 
-class AMPTrainer(SimpleTrainer):
+
+class DeferredMetrics:
+    """Loss metrics written ``metrics_period`` steps at a time, in one device read-back.
+
+    detectron2's step reads every loss back to the host (``.item()``) every iteration, which
+    waits for the device to finish the step before the next can be queued. Here the detached
+    losses wait on the device and are read back together when ``(iter + 1)`` is a multiple
+    of ``metrics_period`` (the writers' period, 20, by default) or the iteration is the last
+    (``max_iter``); each is then written at its own iteration, so the event storage, the
+    writers and the non-finite check see what they would have seen (the check fires up to
+    ``metrics_period - 1`` steps late). ``metrics_period`` 1 is detectron2's behaviour.
+    """
+
+    metrics_period: int = 1
+    #: the training's iteration count, so its last step writes what is pending
+    max_iter: Optional[int] = None
+
+    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "") -> None:
+        if self.metrics_period <= 1:
+            SimpleTrainer.write_metrics(loss_dict, data_time, prefix)
+            return
+        it = get_event_storage().iter
+        pending = self.__dict__.setdefault("_pending_metrics", [])
+        pending.append((it, prefix, data_time, {k: v.detach() for k, v in loss_dict.items()}))
+        last = self.max_iter is not None and it + 1 >= self.max_iter
+        if (it + 1) % self.metrics_period == 0 or last:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Write the pending steps' metrics (one device-to-host copy for all of them)."""
+        pending: List[Tuple[int, str, float, Dict[str, torch.Tensor]]]
+        pending = self.__dict__.pop("_pending_metrics", [])
+        if not pending:
+            return
+        flat = [v.float().reshape(()) for *_, d in pending for v in d.values()]
+        values = iter(torch.stack(flat).cpu().tolist())
+        storage = get_event_storage()
+        current = storage.iter
+        try:
+            for it, prefix, data_time, losses in pending:
+                storage.iter = it
+                read = {k: torch.tensor(next(values)) for k in losses}
+                SimpleTrainer.write_metrics(read, data_time, prefix)
+        finally:
+            storage.iter = current
+
+    def after_train(self) -> None:
+        self.flush_metrics()
+        super().after_train()
+
+
+class OvsegSimpleTrainer(DeferredMetrics, SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` with :class:`DeferredMetrics`."""
+
+    def __init__(self, model, data_loader, optimizer, *, metrics_period: int = 1) -> None:
+        super().__init__(model, data_loader, optimizer)
+        self.metrics_period = int(metrics_period)
+
+
+class AMPTrainer(DeferredMetrics, SimpleTrainer):
     """Like detectron2's AMPTrainer, on the device of the model and with a chosen dtype.
 
     detectron2's own (v0.6 and later) requires CUDA and fp16; bf16 needs no grad scaler and
-    also runs on the CPU.
+    also runs on the CPU. Metrics as :class:`DeferredMetrics`.
     """
 
-    def __init__(self, model, data_loader, optimizer, *, dtype: str = "fp16") -> None:
+    def __init__(
+        self, model, data_loader, optimizer, *, dtype: str = "fp16", metrics_period: int = 1
+    ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"SOLVER.AMP.DTYPE={dtype!r}; supported: {sorted(_DTYPES)}.")
         super().__init__(model, data_loader, optimizer)
+        self.metrics_period = int(metrics_period)
         self.dtype = _DTYPES[dtype]
         param = next(model.parameters())
         self.device_type = param.device.type

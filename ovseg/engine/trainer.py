@@ -25,7 +25,8 @@ from .resume import (
     rng_state,
     set_rng_state,
 )
-from .train_loop import AMPTrainer
+from .speed import apply_speed_options
+from .train_loop import AMPTrainer, OvsegSimpleTrainer
 
 
 class Trainer(DefaultTrainer):
@@ -42,10 +43,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        if cfg.SOLVER.AMP.ENABLED:
-            self._trainer = AMPTrainer(model, data_loader, optimizer, dtype=cfg.SOLVER.AMP.DTYPE)
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self._trainer = self.build_step(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         if comm.is_main_process():  # what a save killed midway left behind
             remove_stale_temporaries(cfg.OUTPUT_DIR)
@@ -58,8 +56,25 @@ class Trainer(DefaultTrainer):
         self.checkpointer.save_rng = True
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
+        self._trainer.max_iter = self.max_iter
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def build_step(cfg: CfgNode, model, data_loader, optimizer) -> SimpleTrainer:
+        """The training step: AMP by SOLVER.AMP, metrics read back every
+        SOLVER.METRICS_PERIOD steps."""
+        period = cfg.SOLVER.METRICS_PERIOD
+        if cfg.SOLVER.AMP.ENABLED:
+            return AMPTrainer(
+                model, data_loader, optimizer, dtype=cfg.SOLVER.AMP.DTYPE, metrics_period=period
+            )
+        return OvsegSimpleTrainer(model, data_loader, optimizer, metrics_period=period)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode):
+        """detectron2's model, with MODEL.CHANNELS_LAST and MODEL.COMPILE applied."""
+        return apply_speed_options(super().build_model(cfg), cfg)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

@@ -14,7 +14,7 @@ from torch import Tensor
 __all__ = ["cross_entropy_sum", "mask_losses"]
 
 
-def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tuple[Tensor, int]:
+def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tuple[Tensor, Tensor]:
     """Softmax cross-entropy summed over the labelled pixels, and their number.
 
     Dividing the sums of a batch's groups by the total count gives the mean over every
@@ -26,10 +26,11 @@ def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tupl
         ignore_value (int): the label of pixels without a target.
 
     Returns:
-        (Tensor, int): the scalar sum and the number of labelled pixels.
+        (Tensor, Tensor): the scalar sum and the number of labelled pixels (a long scalar
+        on the device: reading it back would wait for the device).
     """
     loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_value, reduction="sum")
-    return loss, int((target != ignore_value).sum())
+    return loss, (target != ignore_value).sum()
 
 
 def mask_losses(

@@ -171,9 +171,16 @@ class OpenVocabSegmentor(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ inputs
+    def to_device(self, x: Tensor) -> Tensor:
+        """``x`` on the model's device; from the CPU to CUDA through pinned memory without
+        waiting (a plain copy from pageable memory synchronises host and device)."""
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
     def normalize(self, images: List[Tensor]) -> List[Tensor]:
         """(3, H, W) 0-255 images -> float network inputs on the model's device."""
-        return [(x.to(self.device).float() - self.pixel_mean) / self.pixel_std for x in images]
+        return [(self.to_device(x).float() - self.pixel_mean) / self.pixel_std for x in images]
 
     def input_vocabulary(self, inp: dict, default: Optional[Sequence[str]] = ()) -> Tuple[str, ...]:
         """The class names an input's scores (or labels) refer to.
@@ -206,6 +213,9 @@ class OpenVocabSegmentor(nn.Module):
     def training_batch(self, batched_inputs: List[dict]) -> Tuple[ImageList, Tensor]:
         """Padded network inputs and labels of a training batch (labels padded with ignore).
 
+        The labels are checked against their input's vocabulary (:meth:`check_labels`) before
+        they leave the host, where the check costs no device synchronisation.
+
         Returns:
             (ImageList, Tensor): the images, and (B, H, W) long labels on the device.
         """
@@ -215,11 +225,12 @@ class OpenVocabSegmentor(nn.Module):
                     f"Training input {inp.get('file_name', '')!r} lacks 'sem_seg' or "
                     "'vocabulary'; train with ovseg's dataset mappers (INPUT.DATASET_MAPPER_NAME)"
                 )
+            self.check_labels(inp["sem_seg"], len(self.input_vocabulary(inp, None)), [inp])
         images = ImageList.from_tensors(
             self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
         )
         targets = ImageList.from_tensors(
-            [x["sem_seg"].to(self.device) for x in batched_inputs],
+            [self.to_device(x["sem_seg"]) for x in batched_inputs],
             self.size_divisibility,
             pad_value=self.ignore_value,
         ).tensor.long()
@@ -238,9 +249,9 @@ class OpenVocabSegmentor(nn.Module):
             inputs (list[dict]): the batch's inputs, named in the error.
         """
         ignore = self.ignore_value
-        valid = target[target != ignore]
-        if valid.numel() and (int(valid.max()) >= num_names or int(valid.min()) < 0):
-            bad = sorted(set(valid[(valid >= num_names) | (valid < 0)].tolist()))[:5]
+        wrong = (target < 0) | ((target >= num_names) & (target != ignore))
+        if bool(wrong.any()):
+            bad = sorted(set(target[wrong].tolist()))[:5]
             files = [x.get("file_name", "") for x in inputs]
             raise ValueError(
                 f"labels {bad} of {files} are outside the {num_names}-name vocabulary and not "

@@ -360,7 +360,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                 maps.append(torch.full(size, self.ignore_value, device=self.device))
                 continue
             label = sample_teacher_labels(x, self.pseudo_label_source, how, self.generate_command)
-            label = label.to(self.device)
+            label = self.to_device(label)
             pad = (0, w - label.shape[1], 0, h - label.shape[0])
             maps.append(F.pad(label.long(), pad, value=self.ignore_value))
         labels = torch.stack(maps)
@@ -388,7 +388,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         if self.loss_normalization == "all":
             count = targets.numel()
         else:
-            count = max(int((targets != self.ignore_value).sum()), 1)
+            count = (targets != self.ignore_value).sum().clamp(min=1)
         losses = {"loss_sem_seg": loss / count}
         if self.distill_weight > 0:
             losses["loss_distill"] = self.distill_weight * self._distill(batched_inputs, embeddings)

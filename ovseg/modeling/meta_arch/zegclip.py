@@ -214,8 +214,8 @@ class ZegCLIP(OpenVocabSegmentor):
         self.dice_weight = float(dice_weight)
         self.deep_supervision = bool(deep_supervision)
         self.ignore_as_negative = bool(ignore_as_negative)
-        self.self_training = schedule
-        self.self_training_pixels = self_training_pixels
+        self.self_training, self.self_training_pixels = schedule, self_training_pixels
+        self.loss_fn = mask_losses  # MODEL.COMPILE replaces it by its compiled form
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -292,7 +292,14 @@ class ZegCLIP(OpenVocabSegmentor):
         return self.classifier(names)
 
     def _flags(self, names: Sequence[str], which: frozenset) -> Tensor:
-        return torch.tensor([normalize_name(n) in which for n in names], device=self.device)
+        """(K,) bool on the device: which names are in ``which``; memoised, so a training
+        step copies nothing from the host."""
+        key = (tuple(names), which, self.device)
+        cache = self.__dict__.setdefault("_flag_cache", {})
+        if key not in cache:
+            flags = torch.tensor([normalize_name(n) in which for n in names])
+            cache[key] = flags.to(self.device)
+        return cache[key]
 
     def mask_logits(self, images: Tensor, text: Tensor) -> List[Tensor]:
         """Every decoder layer's mask logits at the patch grid.
@@ -355,7 +362,6 @@ class ZegCLIP(OpenVocabSegmentor):
         num_masks = patch.new_zeros(())
         for names, idx in self.vocabulary_groups(batched_inputs).items():
             target = targets[idx]
-            self.check_labels(target, len(names), [batched_inputs[i] for i in idx])
             text = F.normalize(self.text_embeddings(names), dim=-1)
             masks = self.decoder(patch[idx], glob[idx], text)
             masks = [
@@ -363,7 +369,7 @@ class ZegCLIP(OpenVocabSegmentor):
             ]
             target, classes = self._targets(target, masks[-1], names)
             for i in layers:
-                f, d, n = mask_losses(
+                f, d, n = self.loss_fn(
                     masks[i],
                     target,
                     ignore_value=self.ignore_value,

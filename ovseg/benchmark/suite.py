@@ -1,0 +1,299 @@
+"""Every student's training step and inference, measured side by side in one run.
+
+``python -m ovseg.benchmark.suite --device cuda --output-dir DIR`` (what
+``tools/gpu_check.sh`` runs) measures the paper configs on synthetic data with random CLIP
+weights of the real architectures; ``--smoke`` runs the same code on the toy configs, tiny,
+on the CPU. Each item runs in its own try block under a time budget, so one failure costs
+one row. Writes ``suite.json`` (every figure), ``table.md`` (the table) and, unless
+``--no-profile``, ``profile.txt`` / ``profile.json`` (the ZegCLIP step under torch.profiler:
+top kernels by device time, host syncs per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..utils.io import atomic_write_json, atomic_write_text
+from .config import benchmark_config
+from .infer import benchmark_inference
+from .train import benchmark_training, training_config
+
+__all__ = ["GPU_ITEMS", "TOY_ITEMS", "main", "run_suite", "write_table"]
+
+_ZEG = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml"
+# synthetic batches carry their own "pseudo_sem_seg": no store folder is read; only the
+# augmented-crop source takes the student's input normalisation
+_NO_STORE = ("DATASETS.PSEUDO_LABELS", "")
+_STORE = ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store", *_NO_STORE,
+          "MODEL.MASKCLIP_PLUS.TEACHER_INPUT_NORMALIZATION", "clip")  # fmt: skip
+_MCP = "configs/voc/maskclip_plus/"
+# (name, config, train?, overrides); every train row is also timed at inference
+GPU_ITEMS = (
+    ("LSeg ViT-B/16", "configs/voc/lseg/lseg_vitb16_inductive_20k_bs16.yaml", True, ()),
+    ("LSeg R101", "configs/voc/lseg/lseg_r101_inductive_20k_bs16.yaml", True, ()),
+    ("LSeg R101 channels-last", "configs/voc/lseg/lseg_r101_inductive_20k_bs16.yaml", True,
+     ("MODEL.CHANNELS_LAST", "True")),
+    ("ZegCLIP ViT-B/16", _ZEG, True, ()),
+    ("ZegCLIP ViT-B/16 compiled", _ZEG, True, ("MODEL.COMPILE", "True")),
+    ("MaskCLIP+ RN50>R101 teacher in loop",
+     _MCP + "maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml", True, ()),
+    ("MaskCLIP+ RN50>R101 store",
+     _MCP + "maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml", True,
+     _STORE),
+    ("MaskCLIP+ ViT-B/16>R50 annotation-free",
+     _MCP + "maskclip_plus_vitb16_r50_deeplabv2_annofree_2k_bs16.yaml", True, ()),
+    ("MaskCLIP ViT-B/16", "configs/voc/maskclip/maskclip_vitb16_bs1.yaml", False, ()),
+    ("MaskCLIP RN50", "configs/voc/maskclip/maskclip_rn50_bs1.yaml", False, ()),
+)  # fmt: skip
+_TOY_MCP = "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"
+TOY_ITEMS = (
+    ("LSeg toy RN", "configs/toy/lseg_toyrn_400_bs8.yaml", True, ()),
+    ("ZegCLIP toy ViT", "configs/toy/zegclip_toyvit_inductive_1200_bs16.yaml", True, ()),
+    ("MaskCLIP+ toy teacher in loop", _TOY_MCP, True,
+     ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "online_augmented", *_NO_STORE)),
+    ("MaskCLIP+ toy store", _TOY_MCP, True,
+     ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store", *_NO_STORE)),
+    ("MaskCLIP toy", "configs/toy/maskclip.yaml", False, ()),
+)  # fmt: skip
+
+
+class _Budget(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise :class:`_Budget` in the main thread after ``seconds`` (SIGALRM; no-op elsewhere)."""
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(*_):
+        raise _Budget(f"over its {seconds:.0f} s budget")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _log(msg: str) -> None:
+    print(f"[suite {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _guarded(label: str, budget: float, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        with _time_limit(budget):
+            out = fn()
+    except (Exception, _Budget) as e:  # one row lost, not the table
+        _log(f"{label}: FAILED {type(e).__name__}: {e}")
+        out = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    out["wall_s"] = time.perf_counter() - start
+    return out
+
+
+def _train_row(config: str, opts: Sequence[str], a: argparse.Namespace) -> Dict[str, Any]:
+    cfg = training_config(
+        config, list(a.opts) + list(opts), device=a.device, precision=a.precision,
+        batch=a.batch, size=a.size,
+    )  # fmt: skip
+    return benchmark_training(
+        cfg, iters=a.iters, warmup=a.warmup, data="synthetic", peak_tflops=a.peak_tflops,
+        shares_steps=a.shares_steps,
+    )  # fmt: skip
+
+
+def _mapper_row(config: str, a: argparse.Namespace) -> Dict[str, Any]:
+    """The config's training mapper on synthetic files; its share of the timed step."""
+    from .shares import mapper_rate
+
+    cfg = training_config(config, list(a.opts), device="cpu", batch=a.batch, size=a.size)
+    size = (a.size, a.size) if a.size else (375, 500)  # a typical VOC image
+    return mapper_rate(cfg, images=2 if a.smoke else 8, size=size, repeats=1 if a.smoke else 2)
+
+
+def _infer_row(config: str, opts: Sequence[str], a: argparse.Namespace) -> Dict[str, Any]:
+    cfg = benchmark_config(config, list(a.opts) + list(opts), device=a.device)
+    size = (a.size, a.size) if a.size else None
+    return benchmark_inference(
+        cfg, precision=a.precision, iters=a.iters, warmup=a.warmup, size=size
+    )
+
+
+def _profile(config: str, a: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
+    """The config's training step under torch.profiler: top kernels, host syncs."""
+    from .profile import profile_training
+
+    cfg = training_config(
+        config, list(a.opts), device=a.device, precision=a.precision, batch=a.batch, size=a.size
+    )
+    return profile_training(cfg, out_dir, steps=max(2, a.iters // 5), warmup=a.warmup)
+
+
+def _left(a: argparse.Namespace, want: float) -> float:
+    """``want`` seconds, capped by what ``--deadline`` leaves (0: nothing left)."""
+    if not a.deadline:
+        return want
+    return max(0.0, min(want, a.deadline_at - time.perf_counter() - 5))
+
+
+def _run_row(name: str, config: str, train: bool, opts, a: argparse.Namespace, budget: float):
+    """One row of the table: the training step, its mapper, the inference."""
+    row: Dict[str, Any] = {"config": config, "opts": list(opts)}
+    jobs = []
+    if train:
+        jobs.append(("train", budget, lambda: _train_row(config, opts, a)))
+        if not opts:  # rows with overrides share their config's mapper
+            jobs.append(("mapper", budget / 4, lambda: _mapper_row(config, a)))
+    if "compiled" not in name and "store" not in name and "channels" not in name:
+        jobs.append(("infer", budget / 2, lambda: _infer_row(config, opts, a)))
+    for part, want, fn in jobs:
+        seconds = _left(a, want)
+        if seconds <= 0:
+            row[part] = {"error": f"skipped: the suite's --deadline of {a.deadline:.0f} s"}
+            continue
+        _log(f"{name}: {part}")
+        row[part] = _guarded(name, seconds, fn)
+    return row
+
+
+def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
+    """Every item of the table (train and inference rows), the profile, then the compiled
+    rows (their own ``--compile-budget``: compilation takes minutes)."""
+    a.deadline_at = time.perf_counter() + a.deadline
+    items = TOY_ITEMS if a.smoke else GPU_ITEMS
+    if a.only:
+        items = tuple(i for i in items if any(k.lower() in i[0].lower() for k in a.only))
+    out_dir = Path(a.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res: Dict[str, Any] = {"device": a.device, "precision": a.precision, "torch":
+                           torch.__version__, "smoke": a.smoke, "rows": {}}  # fmt: skip
+    if a.device.startswith("cuda"):
+        res["device_name"] = torch.cuda.get_device_name(0)
+        res["tf32"] = torch.backends.cuda.matmul.allow_tf32
+
+    def save():  # after every row: a timeout loses no finished row
+        atomic_write_json(out_dir / "suite.json", res)
+        atomic_write_text(out_dir / "table.md", write_table(res))
+
+    compiled = [i for i in items if "compiled" in i[0]]
+    for name, config, train, opts in [i for i in items if i not in compiled]:
+        res["rows"][name] = _run_row(name, config, train, opts, a, a.budget)
+        _log(f"{name}: {_summary(res['rows'][name])}")
+        save()
+    zeg = next((c for n, c, *_ in items if "ZegCLIP" in n), None)
+    if not a.no_profile and zeg and _left(a, a.budget) > 0:
+        _log(f"profile {zeg}")
+        res["profile"] = _guarded("profile", _left(a, a.budget), lambda: _profile(zeg, a, out_dir))
+        save()
+    for name, config, train, opts in compiled:
+        res["rows"][name] = _run_row(name, config, train, opts, a, a.compile_budget)
+        _log(f"{name}: {_summary(res['rows'][name])}")
+        save()
+    return res
+
+
+def _summary(row: Dict[str, Any]) -> str:
+    t, i = row.get("train", {}), row.get("infer", {})
+    parts = []
+    if "it_per_s" in t:
+        parts.append(f"train {1000 / t['it_per_s']:.1f} ms/step {t['images_per_s']:.1f} img/s")
+    if t.get("mfu") is not None:
+        parts.append(f"MFU {100 * t['mfu']:.1f}%")
+    if "whole" in i:
+        parts.append(f"infer {i['whole']['images_per_s']:.1f} img/s")
+    return ", ".join(parts) or "error"
+
+
+def _fmt(value: Optional[float], scale: float = 1.0, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def write_table(res: Dict[str, Any]) -> str:
+    """The markdown table of a suite result."""
+    head = (
+        "| student | batch x size | train ms/step | train img/s | TFLOP/step | MFU % | peak GiB "
+        "| frozen fwd % | optimizer % | host syncs/step | mapper ms/img | loader % of step "
+        "| infer img/s whole | latency ms whole | infer img/s slide |\n|" + "---|" * 15 + "\n"
+    )
+    lines = [head]
+    for name, row in res["rows"].items():
+        t, i, m = row.get("train", {}), row.get("infer", {}), row.get("mapper", {})
+        # the loader's time per batch per worker against the step: over 100 it starves it
+        per_batch = m.get("mapper_s_per_batch_per_worker")
+        loader = per_batch / t["s_per_iter"] if per_batch and "s_per_iter" in t else None
+        whole, slide = i.get("whole", {}), i.get("slide", {})
+        syncs = t.get("host_syncs_per_step", {})
+        sync = syncs.get("cuda_sync_warnings", syncs.get("dispatch"))
+        shape = f"{t['batch']} x {t['size']}" if "batch" in t else "-"
+        lines.append(
+            f"| {name} | {shape} | {_fmt(t.get('s_per_iter'), 1000)} | "
+            f"{_fmt(t.get('images_per_s'))} | {_fmt(t.get('flops_per_iter'), 1e-12, 2)} | "
+            f"{_fmt(t.get('mfu'), 100)} | {_fmt(t.get('peak_memory_gib'), 1, 2)} | "
+            f"{_fmt(t.get('frozen_forward_share'), 100)} | {_fmt(t.get('optimizer_share'), 100)}"
+            f" | {'-' if sync is None else sync} | {_fmt(m.get('mapper_s_per_image'), 1000)} | "
+            f"{_fmt(loader, 100)} | {_fmt(whole.get('images_per_s'))} | "
+            f"{_fmt(whole.get('latency_s'), 1000)} | {_fmt(slide.get('images_per_s'))} |\n"
+        )
+        for part in ("train", "mapper", "infer"):
+            if "error" in row.get(part, {}):
+                lines.append(f"|   {part} error: {row[part]['error'][:150]} |\n")
+    lines.append(f"\n{res.get('device_name', res['device'])}, {res['precision']}, torch "
+                 f"{res['torch']}; synthetic data, random CLIP weights.\n")  # fmt: skip
+    return "".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--output-dir", default="output/bench_suite")
+    p.add_argument("--smoke", action="store_true", help="the toy configs, tiny (CPU)")
+    p.add_argument("--precision", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--shares-steps", type=int, default=3)
+    p.add_argument("--batch", type=int, default=None, help="default: each config's")
+    p.add_argument("--size", type=int, default=None, help="default: each config's crop")
+    p.add_argument("--budget", type=float, default=60.0, help="seconds per item")
+    p.add_argument("--compile-budget", type=float, default=120.0, help="per compiled item")
+    p.add_argument("--deadline", type=float, default=0, help="seconds for all; 0 = none")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--only", nargs="*", default=[], help="rows whose name holds any of these")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE for all")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    a = build_parser().parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    if a.precision is None:
+        a.precision = "bf16" if a.device.startswith("cuda") else "fp32"
+    if a.device.startswith("cuda"):  # fp32 matmuls and convolutions left outside autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    res = run_suite(a)
+    print(write_table(res), flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

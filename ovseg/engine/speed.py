@@ -1,0 +1,82 @@
+"""Speed options applied to a built model: channels-last layout and ``torch.compile``.
+
+Both are off by default and change no numerics beyond floating-point reassociation:
+MODEL.CHANNELS_LAST stores the convolution weights NHWC (faster cuDNN kernels for the
+convolutional students under autocast; a convolution with channels-last weights answers
+in that layout whatever its input's), MODEL.COMPILE compiles the model's network modules in place
+(``nn.Module.compile``: parameter names and checkpoints are unchanged), the frozen CLIP tower
+included where the network calls it (ZegCLIP's prompted backbone runs the tower's blocks),
+and the student's loss function where it declares one (``loss_fn``).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from detectron2.config import CfgNode
+
+__all__ = ["COMPILE_SKIP", "apply_speed_options", "compile_model", "uses_channels_last"]
+
+# children never compiled: the teacher (its text encoder runs once per vocabulary, cached;
+# its image tower is compiled through whichever network module calls it) and the text
+# classifier (a memoised lookup)
+COMPILE_SKIP = ("teacher", "classifier")
+
+
+def uses_channels_last(model: nn.Module) -> bool:
+    """Whether the model holds convolutions with more than one input channel per group in
+    a channels-last layout worth using (any ``Conv2d`` with a kernel larger than 1x1 or
+    more than 3 input channels)."""
+    return any(
+        isinstance(m, nn.Conv2d) and (m.kernel_size != (1, 1) or m.in_channels > 3)
+        for m in model.modules()
+    )
+
+
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> List[str]:
+    """Compile the model's network children in place, and its ``loss_fn`` if it has one.
+
+    Args:
+        model (nn.Module): an ovseg meta-architecture.
+        mode (str): ``torch.compile``'s mode ("default", "reduce-overhead",
+            "max-autotune"); inductor's only (other backends take none).
+        backend (str): ``torch.compile``'s backend ("inductor"; "aot_eager" traces the
+            graphs without generating code).
+
+    Returns:
+        list[str]: the names of what was compiled.
+    """
+    options = {"backend": backend, "dynamic": None}
+    if backend == "inductor":
+        options["mode"] = mode
+    done = []
+    for name, child in model.named_children():
+        if name in COMPILE_SKIP or not any(True for _ in child.parameters()):
+            continue
+        child.compile(**options)
+        done.append(name)
+    if callable(getattr(model, "loss_fn", None)):
+        model.loss_fn = torch.compile(model.loss_fn, **options)
+        done.append("loss_fn")
+    return done
+
+
+def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
+    """MODEL.CHANNELS_LAST and MODEL.COMPILE on a built model (in place; returned).
+
+    Args:
+        model (nn.Module): from detectron2's ``build_model(cfg)``.
+        cfg (CfgNode): reads MODEL.CHANNELS_LAST, MODEL.COMPILE, MODEL.COMPILE_MODE.
+
+    Returns:
+        nn.Module: the same model.
+    """
+    if cfg.MODEL.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    if cfg.MODEL.COMPILE:
+        compile_model(model, cfg.MODEL.COMPILE_MODE)
+    return model

@@ -1,0 +1,80 @@
+"""The GPU table's code, run tiny on the CPU: the suite, the sync counter, deferred metrics."""
+
+import json
+
+import torch
+
+from detectron2.utils.events import EventStorage
+
+from ovseg.benchmark.suite import main as suite_main
+from ovseg.benchmark.syncs import HostSyncCounter
+from ovseg.engine.train_loop import OvsegSimpleTrainer
+
+
+def test_suite_smoke_writes_the_table_and_profile(tmp_path):
+    res = suite_main(
+        ["--smoke", "--device", "cpu", "--only", "ZegCLIP", "--iters", "1", "--warmup", "0",
+         "--shares-steps", "1", "--budget", "300", "--output-dir", str(tmp_path),
+         "SOLVER.IMS_PER_BATCH", "2", "TEST.SLIDE_WINDOW", "(64, 64)",
+         "TEST.SLIDE_STRIDE", "(48, 48)"]
+    )  # fmt: skip
+    row = res["rows"]["ZegCLIP toy ViT"]
+    assert "error" not in row["train"], row["train"].get("traceback")
+    assert "error" not in row["infer"], row["infer"].get("traceback")
+    assert row["train"]["it_per_s"] > 0 and row["train"]["flops_per_iter"] > 0
+    assert 0 < row["train"]["frozen_forward_share"] < 1
+    assert "error" not in row["mapper"], row["mapper"].get("traceback")
+    assert row["mapper"]["mapper_s_per_image"] > 0
+    assert row["infer"]["whole"]["images_per_s"] > 0 and row["infer"]["slide"]["latency_s"] > 0
+    saved = json.loads((tmp_path / "suite.json").read_text())
+    assert saved["rows"].keys() == res["rows"].keys()
+    table = (tmp_path / "table.md").read_text()
+    assert "ZegCLIP toy ViT" in table and "loader % of step" in table
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    assert len(profile["top"]) == 15 and profile["top"][0]["self_cpu_us"] > 0
+
+
+def test_sync_counter_sees_reads_and_data_dependent_shapes():
+    x = torch.randn(50)
+    with HostSyncCounter() as counter:
+        x[x > 0]
+        float(x.sum())
+        x.nonzero()
+        (x * 2).mean()
+    assert counter.counts == {"index[bool]": 1, "_local_scalar_dense": 1, "nonzero": 1}
+
+
+def _trainer(period):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return {"loss_a": self.m(x).pow(2).mean(), "loss_b": self.m(x).abs().mean()}
+
+    data = iter([torch.randn(4, 3, generator=torch.Generator().manual_seed(i)) for i in range(7)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return OvsegSimpleTrainer(Wrapped(), data, opt, metrics_period=period)
+
+
+def test_deferred_metrics_match_per_step_metrics_and_skip_reads():
+    histories = {}
+    for period in (1, 3):
+        trainer = _trainer(period)
+        trainer.max_iter = 7
+        with EventStorage(0) as storage:
+            for i in range(7):
+                storage.iter = i
+                with HostSyncCounter() as counter:
+                    trainer.run_step()
+                if period == 3 and i in (0, 1, 3):  # not a read-back step
+                    assert counter.counts["_local_scalar_dense"] == 0
+            histories[period] = {
+                k: storage.history(k).values() for k in ("total_loss", "loss_a", "loss_b")
+            }
+    assert histories[1] == histories[3]
+    assert [it for _, it in histories[3]["total_loss"]] == list(range(7))
