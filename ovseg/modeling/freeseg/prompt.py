@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...clip import CLIPTeacher
+from ...utils.safe_load import torch_load_weights
 
 __all__ = ["AdaptivePromptLearner", "DEFAULT_TASK_NAMES", "load_prompt_tokens"]
 
@@ -239,7 +240,7 @@ def load_prompt_tokens(
             f"MODEL.FREESEG.PROMPT_CHECKPOINT {str(path)!r} does not exist; give the prompt "
             "stage's checkpoint (e.g. its model_final.pth) or '' to learn prompts from scratch"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch_load_weights(path)  # weights_only: a checkpoint never runs code
     state = state.get("model", state)
     found = {}
     for key, value in state.items():
