@@ -114,10 +114,14 @@ def step_shares(trainer, device: torch.device, steps: int = 3) -> Dict[str, Any]
 
 
 def _label_ids(mapper) -> List[int]:
+    """Label values a file of the mapper's dataset may hold (the mapper refuses others)."""
     label_map = getattr(mapper, "label_map", None)
     if label_map is not None:
-        return [int(k) for k in (label_map.keys() if hasattr(label_map, "keys") else range(256))]
-    return list(range(len(getattr(mapper, "vocabulary", range(21)))))
+        ids = [int(k) for k in (label_map.keys() if hasattr(label_map, "keys") else range(256))]
+    else:
+        ids = list(range(len(getattr(mapper, "vocabulary", range(21)))))
+    num_classes = getattr(mapper, "num_classes", None)
+    return [i for i in ids if num_classes is None or i < num_classes]
 
 
 def mapper_rate(cfg: CfgNode, images: int = 8, size=(375, 500), repeats: int = 2) -> Dict[str, Any]:
