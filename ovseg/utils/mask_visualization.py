@@ -3,9 +3,10 @@
 A model's output ``{"instances": Instances(pred_masks, pred_classes, scores)}`` is drawn with
 ``Visualizer.draw_instance_predictions``'s steps (class colours not jittered) and
 ``{"panoptic_seg": (ids, segments_info)}`` with ``Visualizer.draw_panoptic_seg``. Classes
-index the vocabulary for things and stuff alike (Mask2Former's convention, as ovseg's datasets), so the drawing metadata gives both
-``thing_classes`` and ``stuff_classes`` the vocabulary. Unseen classes are hatched and named
-with " (unseen)", as :func:`ovseg.utils.visualization.draw_semantic` draws them.
+index the vocabulary for things and stuff alike (Mask2Former's convention, as ovseg's
+datasets), so the drawing metadata gives both ``thing_classes`` and ``stuff_classes`` the
+vocabulary. Unseen classes are hatched and named with " (unseen)", as
+:func:`ovseg.utils.visualization.draw_semantic` draws them.
 """
 
 from __future__ import annotations
