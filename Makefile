@@ -45,6 +45,6 @@ clean-venv:
 	rm -rf $(VENV)
 
 # The offline world end to end (README): QUICK=1 tiny world for CI, FULL=1 both splits,
-# RETRAIN_CLIP=1 retrains the toy CLIP first.
+# RETRAIN_CLIP=1 retrains the toy CLIP first, STUDENTS=lseg,zegclip runs only those students.
 demo: setup
-	$(PY) tools/run_demo.py $(if $(QUICK),--quick) $(if $(FULL),--full) $(if $(RETRAIN_CLIP),--retrain-clip) $(DEMO_ARGS)
+	$(PY) tools/run_demo.py $(if $(QUICK),--quick) $(if $(FULL),--full) $(if $(RETRAIN_CLIP),--retrain-clip) $(if $(STUDENTS),--methods $(STUDENTS)) $(DEMO_ARGS)

@@ -11,6 +11,9 @@ Per image ``<stem>`` the output folder receives ``<stem>_overlay.png`` (class na
 ``<stem>_label.png`` (vocabulary index per pixel; 255 = below --confidence-threshold; uint16
 with 65535 for vocabularies of more than 255 names) and, with --heatmaps,
 ``<stem>_heatmaps.png``. With one input, --output may name the overlay file instead.
+``--task instance`` / ``--task panoptic`` draw a model's "instances" / "panoptic_seg" output
+(detectron2's draw_instance_predictions / draw_panoptic_seg) into the overlay only; a model
+that does not predict them is refused before any image.
 
 Exit status: 0 when every image was written; 1 when some input could not be read (each is
 reported, the others are still processed); 2 for a bad command line, config, vocabulary or
@@ -28,8 +31,9 @@ import tempfile
 import time
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import tqdm
-from predictor import VisualizationDemo
+from predictor import TASK_OUTPUTS, VisualizationDemo
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
@@ -89,6 +93,13 @@ def get_parser() -> argparse.ArgumentParser:
         "--templates",
         help="prompt templates: single, imagenet80, vild, maskclip85 or a .json list "
         "(sets MODEL.CLIP.TEMPLATES; default: the config's)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASK_OUTPUTS),
+        default="semantic",
+        help="what to draw: the semantic labels (default), the model's instances or its "
+        "panoptic segments (models that output them; overlays only)",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -246,6 +257,21 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
+def check_task(demo: VisualizationDemo, task: str, names: Sequence[str], cfg) -> None:
+    """Refuse a task the model cannot draw, before any image: one probe on a blank image."""
+    if task == "semantic":
+        return
+    key = TASK_OUTPUTS[task]
+    size = max(32, cfg.INPUT.MIN_SIZE_TEST or 32)
+    output = demo.predictor.raw_output(np.zeros((size, size, 3), np.uint8), names)
+    if key not in output:
+        raise UsageError(
+            f"--task {task}: {cfg.MODEL.META_ARCHITECTURE} outputs only {sorted(output)}, "
+            f"no {key!r}; it cannot draw {task} predictions. Use --task semantic, or a model "
+            f"that predicts {key!r}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """The demo without the argument parsing; returns the exit status."""
     if not 0.0 <= args.confidence_threshold <= 1.0:
@@ -281,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     names, unseen = vocabulary.names, vocabulary.unseen
+    check_task(demo, args.task, names, cfg)
     written = 0
     for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="demo", unit="image"):
         try:
@@ -290,10 +317,14 @@ def run(args: argparse.Namespace) -> int:
             failures.append((path, str(e)))
             continue
         start = time.perf_counter()
-        predictions, overlay = demo.run_on_image(image, names, unseen=unseen)
         plan = plans[path]
+        if args.task == "semantic":
+            predictions, overlay = demo.run_on_image(image, names, unseen=unseen)
+            save_image(plan["label"], predictions["label"])
+        else:
+            output = demo.predictor.raw_output(image, names)
+            overlay = demo.draw_prediction(image, output, names, args.task, unseen=unseen)
         save_image(plan["overlay"], overlay.get_image())
-        save_image(plan["label"], predictions["label"])
         if args.heatmaps:
             picture, _ = demo.heatmaps(image, names)
             save_image(plan["heatmaps"], picture, palette=True)

@@ -19,6 +19,7 @@ from ovseg.clip import get_templates
 from ovseg.engine.checkpoint import load_model_weights
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
+from ovseg.utils.mask_visualization import draw_instance_predictions, draw_panoptic_prediction
 from ovseg.utils.visualization import (
     HeatmapLayout,
     draw_semantic,
@@ -29,7 +30,10 @@ from ovseg.utils.visualization import (
 )
 from ovseg.vocab import Vocabulary
 
-__all__ = ["OpenVocabPredictor", "VisualizationDemo"]
+__all__ = ["TASK_OUTPUTS", "OpenVocabPredictor", "VisualizationDemo"]
+
+# the demo's tasks and the model output each draws
+TASK_OUTPUTS = {"semantic": "sem_seg", "instance": "instances", "panoptic": "panoptic_seg"}
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -80,6 +84,16 @@ class OpenVocabPredictor:
         Returns:
             dict: {"sem_seg": (K, H, W) scores at the original size, on the CPU}.
         """
+        output = self.raw_output(image, vocabulary)
+        if "sem_seg" not in output:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
+            )
+        return {"sem_seg": output["sem_seg"].detach().float().cpu()}
+
+    def raw_output(self, image: np.ndarray, vocabulary: Sequence[str]) -> Dict:
+        """The model's whole output for one image ("sem_seg", "instances", "panoptic_seg",
+        whichever it gives), at the original size."""
         _check_image(image)
         names = Vocabulary(tuple(vocabulary)).names
         height, width = image.shape[:2]
@@ -87,12 +101,7 @@ class OpenVocabPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         inputs = {"image": tensor, "height": height, "width": width, "vocabulary": list(names)}
         with torch.no_grad():
-            output = self.model([inputs])[0]
-        if "sem_seg" not in output:
-            raise RuntimeError(
-                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
-            )
-        return {"sem_seg": output["sem_seg"].detach().float().cpu()}
+            return self.model([inputs])[0]
 
     def similarity_maps(self, image: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
         """What the CLIP teacher "sees" for each word: pixel-text cosine similarity.
@@ -208,6 +217,41 @@ class VisualizationDemo:
             scale=overlay_scale(h, w, self.min_overlay_size),
         )
         return predictions, overlay
+
+    def draw_prediction(
+        self,
+        image: np.ndarray,
+        output: Dict,
+        vocabulary: Sequence[str],
+        task: str,
+        unseen: Sequence[str] = (),
+    ) -> VisImage:
+        """Draw a model output's "instances" (task "instance", instances below the confidence
+        threshold left out) or "panoptic_seg" (task "panoptic"), detectron2's way.
+
+        Args:
+            image (np.ndarray): (H, W, 3) uint8 in ``cfg.INPUT.FORMAT`` order.
+            output (dict): a model's output for the image, classes indexing ``vocabulary``.
+            vocabulary: the K class names.
+            task (str): "instance" or "panoptic".
+            unseen: names to draw hatched.
+        """
+        key = TASK_OUTPUTS.get(task)
+        if key is None or task == "semantic":
+            raise ValueError(f"task {task!r}: draw_prediction draws 'instance' or 'panoptic'")
+        if key not in output:
+            raise ValueError(f"task {task!r} needs the output key {key!r}; got {sorted(output)}")
+        rgb = np.ascontiguousarray(self._rgb(image))
+        scale = overlay_scale(*image.shape[:2], self.min_overlay_size)
+        if task == "instance":
+            return draw_instance_predictions(
+                rgb, output["instances"], vocabulary, unseen=unseen, scale=scale,
+                score_threshold=self.confidence_threshold,
+            )  # fmt: skip
+        ids, segments = output["panoptic_seg"]
+        if segments is None:
+            raise ValueError("panoptic_seg without segments_info is not drawn; give the segments")
+        return draw_panoptic_prediction(rgb, ids, segments, vocabulary, unseen=unseen, scale=scale)
 
     def heatmaps(
         self, image: np.ndarray, vocabulary: Sequence[str]

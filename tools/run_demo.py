@@ -27,6 +27,7 @@ import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,15 +50,61 @@ ROOT = Path(__file__).resolve().parents[1]  # configs and train_net.py are found
 logger = logging.getLogger("ovseg.demo")
 
 TEACHER_CONFIG = "configs/toy/maskclip.yaml"
-# students in the order of the results table: (key, config glob, parent). A student with a
-# parent is a second stage: it starts from the parent's checkpoint of the same CLIP variant that
-# its config's MODEL.WEIGHTS names (ZegCLIP's transductive stage: the halfway one, as the paper)
+
+
+class Student(NamedTuple):
+    """A student of the demo.
+
+    ``configs`` globs ``configs/toy`` (the first match runs). A student with a ``parent`` is a
+    second stage: it starts from the parent's checkpoint of the same CLIP variant that its
+    config's MODEL.WEIGHTS names (ZegCLIP's transductive stage: the halfway one, as the
+    paper). ``demo_opts`` are config overrides of the default (not --quick) run, where a
+    costly student declares a cheaper toy schedule (fewer SOLVER.MAX_ITER, ...) that keeps
+    ``make demo`` within its budget (25 minutes on 2 cores); ``in_default`` False leaves it
+    out of a plain ``make demo`` (``STUDENTS=`` still runs it).
+    """
+
+    key: str
+    configs: str
+    parent: Optional[str] = None
+    demo_opts: Tuple[str, ...] = ()
+    in_default: bool = True
+
+
+# the order of the results table
 STUDENTS = (
-    ("lseg", "lseg_*.yaml", None),
-    ("zegclip", "zegclip_*_inductive_*.yaml", None),
-    ("zegclip_transductive", "zegclip_*_transductive_*.yaml", "zegclip"),
-    ("maskclip_plus", "maskclip_plus_*.yaml", None),
+    Student("lseg", "lseg_*.yaml"),
+    Student("zegclip", "zegclip_*_inductive_*.yaml"),
+    Student("zegclip_transductive", "zegclip_*_transductive_*.yaml", parent="zegclip"),
+    Student("maskclip_plus", "maskclip_plus_*.yaml"),
 )
+
+
+def select_students(names: Optional[Sequence[str]], students=STUDENTS) -> List[str]:
+    """The students to run, in table order: ``names`` (comma- or space-separated), with the
+    first stage of every selected second stage; ``None`` = the default set.
+
+    Raises:
+        ValueError: an unknown name, with the valid ones.
+    """
+    keys = [s.key for s in students]
+    if names is None:
+        return [s.key for s in students if s.in_default]
+    wanted = {n.strip() for name in names for n in name.split(",") if n.strip()}
+    unknown = sorted(wanted - set(keys))
+    if unknown or not wanted:
+        raise ValueError(
+            f"unknown student(s) {', '.join(unknown) or '(none given)'}; valid students: "
+            f"{', '.join(keys)} (e.g. make demo STUDENTS=lseg,zegclip)"
+        )
+    parents = {s.key: s.parent for s in students}
+    for key in list(wanted):
+        while parents[key] is not None:
+            key = parents[key]
+            wanted.add(key)
+    return [k for k in keys if k in wanted]
+
+
 SPLIT_DATASETS = {
     s: (
         f"toy_world{'' if s == 'a' else '_' + s}_sem_seg_train",
@@ -90,7 +137,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="both zero-shot splits, averaged")
     p.add_argument("--retrain-clip", action="store_true", help="retrain the toy CLIP first")
     p.add_argument("--seed", type=int, default=0, help="seed of the world")
-    p.add_argument("--methods", nargs="*", default=None, help="students to run (default: all)")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="students to run, comma- or space-separated (make demo STUDENTS=lseg,zegclip); "
+        f"default: {', '.join(select_students(None))}",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -101,6 +154,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: need >= 1")
+    try:
+        args.methods = select_students(args.methods)
+    except ValueError as e:
+        p.error(f"--methods: {e}")
     return args
 
 
@@ -232,8 +289,9 @@ def start_checkpoint(config: Path, parent_config: Path, quick_iters: int | None)
 def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> dict:
     train, val = SPLIT_DATASETS[split]
     results = {}
-    for key, pattern, parent in STUDENTS:
-        if args.methods is not None and key not in args.methods:
+    for student in STUDENTS:
+        key, pattern, parent = student.key, student.configs, student.parent
+        if key not in args.methods:
             continue
         configs = sorted((ROOT / "configs/toy").glob(pattern))
         if not configs:
@@ -244,6 +302,8 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
             continue
         opts = ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"]
         opts += ARCH_OPTS.get(arch, [])
+        if mode == "default":
+            opts += list(student.demo_opts)
         if SIZES[mode]["batch"]:
             opts += ["SOLVER.IMS_PER_BATCH", str(SIZES[mode]["batch"])]
         if SIZES[mode]["max_iter"]:

@@ -6,7 +6,9 @@ Example:
 
 Writes ``<output>/<image_id>.png`` per image. Classes of the dataset's zero-shot unseen
 split are hatched, with a dark dashed border and " (unseen)" after their names; ignored
-pixels stay undrawn. Datasets are read from ``$DETECTRON2_DATASETS`` (see datasets/README.md).
+pixels stay undrawn. Panoptic datasets are drawn as segments and instance datasets as their
+annotations (crowd regions undrawn), unseen ones hatched the same way. Datasets are read
+from ``$DETECTRON2_DATASETS`` (see datasets/README.md).
 Drawing: ``ovseg.utils.dataset_views``.
 """
 

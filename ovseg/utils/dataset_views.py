@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from matplotlib import colormaps
 
-from detectron2.data import DatasetCatalog, Metadata
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
+from detectron2.structures import Instances
 
 from ..data.datasets.common import deterministic_colors
 from ..data.image_io import read_image
@@ -57,6 +58,8 @@ def draw_ground_truth(
         tuple: (picture (h, w, 3) uint8 RGB, {class name: "seen"/"unseen"} of the classes
         present).
     """
+    if "pan_seg_file_name" in dataset_dict or "annotations" in dataset_dict:
+        return _draw_segments(dataset_dict, info, min_size)
     if "sem_seg_file_name" not in dataset_dict:
         raise ValueError(f"{dataset_dict.get('file_name')}: the dataset dict has no label file")
     image = read_image(dataset_dict["file_name"], format="RGB")
@@ -69,6 +72,44 @@ def draw_ground_truth(
         if v != info["ignore_label"] and 0 <= v < len(names)
     }
     return _draw_truth(image, label, info, overlay_scale(*image.shape[:2], min_size)), present
+
+
+def _draw_segments(dataset_dict, info, min_size: int) -> Tuple[np.ndarray, Dict[str, str]]:
+    """Panoptic segments (a panoptic record) or instance annotations, unseen ones hatched;
+    crowd regions are left undrawn."""
+    import torch
+
+    from ..evaluation.baselines import _gt_segments
+    from .mask_visualization import draw_instance_predictions, draw_panoptic_prediction
+
+    image = read_image(dataset_dict["file_name"], format="RGB")
+    names, unseen = list(info["metadata"].stuff_classes), set(info["unseen"])
+    shape, segments = _gt_segments(dataset_dict)
+    segments = [(m, c) for m, c, crowd in segments if not crowd]
+    present = {names[c]: ("unseen" if names[c] in unseen else "seen") for _, c in segments}
+    scale = overlay_scale(*image.shape[:2], min_size)
+    if "pan_seg_file_name" in dataset_dict:
+        meta = MetadataCatalog.get(info["metadata"].name)
+        things = set(meta.get("thing_dataset_id_to_contiguous_id", {}).values())
+        ids = np.zeros(shape, np.int32)
+        for k, (m, _) in enumerate(segments, 1):
+            ids[m] = k
+        info_ = [
+            {"id": k, "category_id": c, "isthing": c in things}
+            for k, (_, c) in enumerate(segments, 1)
+        ]
+        vis = draw_panoptic_prediction(
+            image, torch.from_numpy(ids), info_, names, unseen=tuple(unseen), scale=scale
+        )
+    else:
+        inst = Instances(shape)
+        masks = [m for m, _ in segments]
+        inst.pred_masks = torch.from_numpy(
+            np.stack(masks) if masks else np.zeros((0, *shape), bool)
+        )
+        inst.pred_classes = torch.tensor([c for _, c in segments], dtype=torch.int64)
+        vis = draw_instance_predictions(image, inst, names, unseen=tuple(unseen), scale=scale)
+    return vis.get_image(), present
 
 
 def _draw_truth(

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import subprocess
+import sys
 
 import pytest
 from ovseg_testing import ROOT, subprocess_env
@@ -71,3 +72,39 @@ def test_second_stage_starts_from_the_checkpoint_its_config_names(tmp_path):
     final = tmp_path / "final.yaml"
     final.write_text(f"_BASE_: {child}\nMODEL:\n  WEIGHTS: out/model_final.pth\n")
     assert start(final, parent, 12) == "model_final.pth"
+
+
+def test_students_are_selected_by_name_with_their_first_stage():
+    select = _run_demo_module().select_students
+    assert select(None) == ["lseg", "zegclip", "zegclip_transductive", "maskclip_plus"]
+    assert select(["zegclip,lseg"]) == ["lseg", "zegclip"]  # table order, commas or spaces
+    assert select(["maskclip_plus", "lseg"]) == ["lseg", "maskclip_plus"]
+    # a second stage brings the run it starts from
+    assert select(["zegclip_transductive"]) == ["zegclip", "zegclip_transductive"]
+    with pytest.raises(ValueError, match="unknown student.* freeseg; valid students: lseg, "):
+        select(["lseg,freeseg"])
+
+
+def test_a_costly_student_declares_a_cheaper_schedule_or_stays_out_of_the_default():
+    module = _run_demo_module()
+    cheap = module.Student("costly", "x_*.yaml", demo_opts=("SOLVER.MAX_ITER", "300"))
+    extra = module.Student("optional", "y_*.yaml", in_default=False)
+    students = module.STUDENTS + (cheap, extra)
+    assert "optional" not in module.select_students(None, students)
+    assert module.select_students(["optional"], students) == ["optional"]
+    assert cheap.demo_opts == ("SOLVER.MAX_ITER", "300")
+
+
+def test_make_demo_passes_students_and_refuses_unknown_names(tmp_path):
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "demo", "STUDENTS=lseg,zegclip"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "--methods lseg,zegclip" in dry.stdout, dry.stdout + dry.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "run_demo.py"), "--methods", "lseg,nope",
+         "--output", str(tmp_path)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "unknown student(s) nope; valid students: lseg, zegclip" in proc.stderr

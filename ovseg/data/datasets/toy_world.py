@@ -12,6 +12,7 @@ On disk (ADE20K's prepared layout, so the real loaders run it)::
     <root>/toy_world/images/{training,validation}/*.png
     <root>/toy_world/annotations_detectron2/{training,validation}/*.png   0 = background
     <root>/toy_world/captions_{training,validation}.json  image_id -> list of captions
+    <root>/toy_world/panoptic/...   instances and panoptic segments (toy_world_instances.py)
 
 Registered as ``toy_world_sem_seg_{train,val}`` (split "a") and ``toy_world_b_sem_seg_{...}``
 (split "b"); both read the same files and differ only in ``unseen_classes``.
@@ -320,7 +321,7 @@ def build_toy_world(
     found = _read_manifest(folder)
     if found == params:
         logger.info("Reusing the toy world in %s (%s)", folder, params)
-        return folder
+        return _with_instances(folder, params)
     if folder.exists() and not overwrite:
         what = f"a toy world with other parameters {found}" if found else "a folder without a "
         what += "" if found else "valid manifest.json"
@@ -345,6 +346,13 @@ def build_toy_world(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return _with_instances(folder, params)
+
+
+def _with_instances(folder: Path, params: dict) -> Path:
+    from .toy_world_instances import build_toy_instances  # derived files, own manifest
+
+    build_toy_instances(folder, params)
     return folder
 
 
@@ -403,6 +411,9 @@ def register_toy_world(root: str, prefix: str = "toy_world", unseen: Sequence[st
             seen_classes=[c for c in CLASSES if c not in unseen],
             vocabulary_name="toy9",
         )
+    from .toy_world_instances import register_toy_world_instances
+
+    register_toy_world_instances(root, prefix, unseen)
 
 
 def register_all_toy_world(root: str) -> None:

@@ -43,7 +43,10 @@ def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
     again = tw.build_toy_world(str(tmp_path / "a"), num_train=6, num_val=3, seed=0)
     other = tw.build_toy_world(str(tmp_path / "b"), num_train=6, num_val=3, seed=1)
     files = _files(world)
-    assert len(files) == 6 + 6 + 3 + 3 + 2 + 1
+    semantic = [k for k in files if not k.startswith("panoptic/")]
+    assert len(semantic) == 6 + 6 + 3 + 3 + 2 + 1
+    # panoptic/: a PNG per image, panoptic + instance + caption jsons per split, a manifest
+    assert len(files) - len(semantic) == 6 + 3 + 3 * 2 + 1
     assert _files(again) == files
     other_files = _files(other)
     assert other_files.keys() == files.keys()
