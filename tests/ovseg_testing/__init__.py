@@ -17,6 +17,7 @@ Fixtures stay in the conftest.py files."""
 from ovseg_testing.configs import (
     ADE20K_OPTS,
     CPU_OPTS,
+    PANOPTIC_OPTS,
     SMALL_OPTS,
     TOY_WORLD_OPTS,
     cpu_opts,
@@ -71,6 +72,7 @@ from ovseg_testing.scripts import run_script, subprocess_env
 __all__ = [
     "ADE",
     "ADE20K_OPTS",
+    "PANOPTIC_OPTS",
     "CPU_OPTS",
     "SMALL_OPTS",
     "TOY_WORLD_OPTS",
