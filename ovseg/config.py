@@ -395,6 +395,14 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.MASK_THRESHOLD = 0.5
     # lambda of the test-time CLIP ensemble, in (0, 1] (official 0.8; VOC 0.7/0.8, cross 0.4)
     cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT = 0.8
+    # ensemble the query classes with CLIP's classes of each mask crop at test (official True)
+    cfg.MODEL.FREESEG.CLIP_ENSEMBLE = True
+    # tasks a training batch draws from ("semantic", "instance", "panoptic"); empty = those
+    # INPUT.DATASET_MAPPER_NAME's targets support (ovseg_panoptic: all three)
+    cfg.MODEL.FREESEG.TRAIN_TASKS = []
+    # tasks evaluated at test, each with its own prompts; empty = what the first test set's
+    # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
+    cfg.MODEL.FREESEG.TEST_TASKS = []
     cfg.MODEL.FREESEG.INTERACTION = CN()
     # attention width of the text/visual interaction (official EMBED_DIM 2048)
     cfg.MODEL.FREESEG.INTERACTION.EMBED_DIM = 2048

@@ -23,6 +23,7 @@ import yaml
 from ovseg_testing import (
     ADE20K_OPTS,
     CONFIGS,
+    PANOPTIC_OPTS,
     ROOT,
     TOY_WORLD_OPTS,
     cpu_opts,
@@ -32,6 +33,7 @@ from ovseg_testing import (
     registered_toy_world,
     tiny_clip_opts,
 )
+from ovseg_testing.panoptic import registered_tiny_panoptic
 from PIL import Image
 
 from detectron2.config import get_cfg
@@ -57,8 +59,10 @@ FOLDERS = {
     "maskclip": "MaskCLIP",
     "maskclip_plus": "MaskCLIPPlus",
     "baseline": "SemanticSegmentor",
+    "freeseg": "FreeSeg",
 }
 MIN_LEAVES = {"LSeg": 9, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
+MIN_LEAVES["FreeSeg"] = 2
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -295,7 +299,28 @@ def _baseline_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE == 255
 
 
+def _freeseg_recipe(path: Path, cfg) -> None:
+    assert cfg.TEST.INFERENCE_MODE == "whole"
+    if _dataset(path) == "toy":
+        return
+    # R101c, 100 queries, 10 layers; AdamW 1.5e-4 / wd 1.5e-4 (norms, embeddings 0), backbone
+    # x0.1, poly 0.9, full-model clip 0.01, batch 32, 60k
+    res, mf, s = cfg.MODEL.RESNETS, cfg.MODEL.MASK_FORMER, cfg.SOLVER
+    assert cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone"
+    assert (res.DEPTH, res.STEM_TYPE, res.STEM_OUT_CHANNELS) == (101, "deeplab", 128)
+    assert list(res.RES5_MULTI_GRID) == [1, 2, 4]
+    assert (mf.NUM_OBJECT_QUERIES, mf.DEC_LAYERS, mf.NUM_AUX_LOSSES) == (100, 10, 9)
+    assert (s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY) == ("ADAMW", 1.5e-4, 1.5e-4)
+    assert (s.WEIGHT_DECAY_NORM, s.WEIGHT_DECAY_EMBED, s.BACKBONE_MULTIPLIER) == (0.0, 0.0, 0.1)
+    assert (s.LR_SCHEDULER_NAME, s.POLY_LR_POWER) == ("WarmupPolyLR", 0.9)
+    clip = s.CLIP_GRADIENTS
+    assert clip.ENABLED and (clip.CLIP_TYPE, clip.CLIP_VALUE) == ("full_model", 0.01)
+    assert (s.IMS_PER_BATCH, s.MAX_ITER) == (32, 60000)
+    assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
+
+
 RECIPES = {
+    "FreeSeg": _freeseg_recipe,
     "LSeg": _lseg_recipe,
     "ZegCLIP": _zegclip_recipe,
     "MaskCLIP": _maskclip_recipe,
@@ -307,6 +332,7 @@ RECIPES = {
 # ---------------------------------------------------------------- one step at a tiny size
 # the parameters a training step must change
 LEARNERS = {
+    "FreeSeg": lambda model: list(model.decoder.parameters()),
     "LSeg": lambda model: list(model.decoder.parameters()),
     "ZegCLIP": lambda model: [model.backbone.prompts],
     "MaskCLIPPlus": lambda model: list(model.head.parameters()),
@@ -324,6 +350,8 @@ def _small_cfg(path: Path, cfg, cache: Path):
         opts += tiny_clip_opts(cfg.MODEL.CLIP.MODEL_NAME)
         if cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_binary_episode":  # its own fold fixture
             opts += ["INPUT.EPISODE.IMAGE_SIZE", "(64, 64)"]
+        elif arch == "FreeSeg":  # panoptic targets: the tiny COCO-layout panoptic set
+            opts += PANOPTIC_OPTS
         elif arch in LEARNERS:
             opts += TOY_WORLD_OPTS if cfg.MODEL.OVSEG.BG_EMBED else ADE20K_OPTS
     return load_config(str(path), opts)
@@ -400,6 +428,12 @@ def fewshot_fixture(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def panoptic_fixture(tmp_path_factory):
+    with registered_tiny_panoptic(tmp_path_factory.mktemp("panoptic_datasets")) as root:
+        yield root
+
+
+@pytest.fixture(scope="module")
 def clip_cache(tmp_path_factory):
     # shared: a seeded CLIP has one fingerprint, so its text embeddings are computed once
     return tmp_path_factory.mktemp("clip_cache")
@@ -407,7 +441,14 @@ def clip_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("path", LEAVES, ids=_rel)
 def test_leaf_recipe_and_one_step(
-    path, small_ade20k, toy_fixture, fewshot_fixture, clip_cache, tmp_path, monkeypatch
+    path,
+    small_ade20k,
+    toy_fixture,
+    fewshot_fixture,
+    panoptic_fixture,
+    clip_cache,
+    tmp_path,
+    monkeypatch,
 ):
     monkeypatch.chdir(ROOT)  # configs name files relative to the repository root
     cfg = _merged(path)

@@ -13,6 +13,7 @@ from ovseg_testing import (
     eval_mapper,
     load_demo_modules,
     make_store,
+    tiny_freeseg_cfg,
     tiny_freeseg_prompt_cfg,
     tiny_lseg_cfg,
     tiny_maskclip_cfg,
@@ -35,6 +36,7 @@ TINY_CFGS = {
     "MaskCLIP": tiny_maskclip_cfg,
     "MaskCLIPPlus": tiny_maskclip_plus_cfg,
     "FreeSegPromptLearner": tiny_freeseg_prompt_cfg,
+    "FreeSeg": tiny_freeseg_cfg,
 }
 
 

@@ -17,6 +17,7 @@ Fixtures stay in the conftest.py files."""
 from ovseg_testing.configs import (
     ADE20K_OPTS,
     CPU_OPTS,
+    PANOPTIC_OPTS,
     SMALL_OPTS,
     TOY_WORLD_OPTS,
     cpu_opts,
@@ -50,8 +51,10 @@ from ovseg_testing.golden import Tol, assert_golden, dumps_golden
 from ovseg_testing.models import (
     MASKCLIP_CONFIG,
     TINY_DEEPLAB_STUDENT,
+    TINY_FREESEG,
     random_clip_model,
     tiny_clip_cfg,
+    tiny_freeseg_cfg,
     tiny_freeseg_prompt_cfg,
     tiny_lseg,
     tiny_lseg_cfg,
@@ -69,6 +72,7 @@ from ovseg_testing.scripts import run_script, subprocess_env
 __all__ = [
     "ADE",
     "ADE20K_OPTS",
+    "PANOPTIC_OPTS",
     "CPU_OPTS",
     "SMALL_OPTS",
     "TOY_WORLD_OPTS",
@@ -113,6 +117,8 @@ __all__ = [
     "tiny_maskclip_plus",
     "tiny_maskclip_plus_cfg",
     "tiny_zegclip",
+    "TINY_FREESEG",
+    "tiny_freeseg_cfg",
     "tiny_freeseg_prompt_cfg",
     "tiny_zegclip_cfg",
     "two_region_batch",

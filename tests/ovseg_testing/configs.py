@@ -21,6 +21,11 @@ ADE20K_OPTS = [
     "DATASETS.TRAIN", '("ade20k_sem_seg_train",)',
     "DATASETS.TEST", '("ade20k_sem_seg_val",)',
 ]  # fmt: skip
+# the tiny COCO-layout panoptic fixture (tests/ovseg_testing/panoptic.py)
+PANOPTIC_OPTS = [
+    "DATASETS.TRAIN", '("tiny_panoptic_test",)',
+    "DATASETS.TEST", '("tiny_panoptic_test",)',
+]  # fmt: skip
 # the toy world's splits: its classes include "background", for configs with a learnable one
 TOY_WORLD_OPTS = [
     "DATASETS.TRAIN", '("toy_world_sem_seg_train",)',
@@ -49,6 +54,26 @@ SMALL_OPTS = {
         "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
         "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
         "INPUT.CROP.SIZE", "(48, 48)",
+    ],
+    "FreeSeg": [
+        *_CROP_64,
+        "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.DEPTH", "18",
+        "MODEL.RESNETS.STEM_TYPE", "basic",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
+        "MODEL.RESNETS.RES5_MULTI_GRID", "[1, 1]",
+        "MODEL.RESNETS.NORM", "BN",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+        "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+        "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+        "MODEL.MASK_FORMER.DEC_LAYERS", "3",
+        "MODEL.MASK_FORMER.NUM_AUX_LOSSES", "-1",
+        "MODEL.FREESEG.NUM_CLASS_PROMPT_TOKENS", "2",
+        "MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS", "2",
+        "MODEL.FREESEG.INTERACTION.EMBED_DIM", "32",
     ],
     "SemanticSegmentor": [
         *_CROP_64,

@@ -199,3 +199,51 @@ def tiny_freeseg_prompt_cfg(cache_dir: PathLike, *opts: str) -> CfgNode:
         ]
     )  # fmt: skip
     return cfg
+
+
+# ---------------------------------------------------------------- FreeSeg
+# a tiny ResNet-18 (res2-res5, 8-wide stem) under a 32-wide pixel decoder and a 3-layer decoder
+TINY_FREESEG = [
+    "MODEL.BACKBONE.NAME", "build_resnet_deeplab_backbone",
+    "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']",
+    "MODEL.RESNETS.RES5_MULTI_GRID", "[1, 1]",
+    "MODEL.RESNETS.STEM_TYPE", "basic",
+    "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res3', 'res4', 'res5']",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.NORM", "GN",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "2",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS", "2",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+    "MODEL.MASK_FORMER.NHEADS", "2",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "3",
+    "MODEL.FREESEG.NUM_CLASS_PROMPT_TOKENS", "4",
+    "MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS", "2",
+    "MODEL.FREESEG.INTERACTION.EMBED_DIM", "32",
+    "MODEL.FREESEG.INTERACTION.NUM_HEADS", "2",
+]  # fmt: skip
+
+
+def tiny_freeseg_cfg(cache_dir: PathLike, *opts: str) -> CfgNode:
+    """FreeSeg on the tiny random CLIP ViT and a tiny ResNet-18 / pixel decoder / 3-layer
+    decoder with 6 queries, CPU, no datasets, plus KEY VALUE ``opts``."""
+    cfg = tiny_clip_cfg(cache_dir=cache_dir)
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE", "FreeSeg",
+            "DATASETS.TRAIN", "()",
+            "DATASETS.TEST", "()",
+            *TINY_FREESEG,
+            *opts,
+        ]
+    )  # fmt: skip
+    return cfg

@@ -1,0 +1,117 @@
+# Follows the official FreeSeg multi-task training data (mask2former/data/dataset_mappers/
+# mask_former_full_dataset_mapper.py: per-task targets of one sample) and its per-task
+# inference switch (open_vocabulary_model.py:260-330), re-written.
+"""FreeSeg's three tasks: their names, the targets of each, the tasks a training batch
+supports and the tasks a test set is evaluated on.
+
+A sample's ``"instances"`` (ovseg's mask-target mappers) hold its segments; per task:
+
+- ``semantic``: one mask per class present (the union of the class's segments);
+- ``instance``: the segments of thing classes only;
+- ``panoptic``: every segment (crowd segments are never targets: the mappers drop them).
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Dict, Sequence, Tuple
+
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Instances
+
+__all__ = [
+    "MAPPER_TASKS",
+    "TASKS",
+    "task_targets",
+    "task_texts",
+    "test_tasks_for",
+    "train_tasks_for",
+]
+
+#: the tasks, in the order of MODEL.FREESEG.TASK_NAMES (official INPUT.TASK_NAME)
+TASKS = ("semantic", "instance", "panoptic")
+#: the tasks whose targets a mapper's ``"instances"`` can give
+MAPPER_TASKS = {
+    "ovseg_panoptic": TASKS,
+    "ovseg_instance": ("instance",),
+    "ovseg_semantic_mask": ("semantic",),
+}
+#: a sample's optional ``"task"`` (the official datasets' keys) -> task
+TASK_KEYS = {"sem_seg": "semantic", "ins_seg": "instance", "pan_seg": "panoptic"}
+
+
+def _check_tasks(tasks: Sequence[str], where: str) -> Tuple[str, ...]:
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ValueError(f"{where}: tasks {list(tasks)} must be a non-empty subset of {TASKS}")
+    return tuple(tasks)
+
+
+def task_texts(task_names: Sequence[str]) -> Dict[str, str]:
+    """task -> its prompt text, from MODEL.FREESEG.TASK_NAMES (semantic, instance, panoptic)."""
+    if len(task_names) != len(TASKS):
+        raise ValueError(
+            f"MODEL.FREESEG.TASK_NAMES {list(task_names)} must give one text per task {TASKS}, "
+            "in that order"
+        )
+    return dict(zip(TASKS, task_names))
+
+
+def train_tasks_for(cfg) -> Tuple[str, ...]:
+    """MODEL.FREESEG.TRAIN_TASKS, or (empty) the tasks INPUT.DATASET_MAPPER_NAME supports."""
+    if cfg.MODEL.FREESEG.TRAIN_TASKS:
+        return _check_tasks(cfg.MODEL.FREESEG.TRAIN_TASKS, "MODEL.FREESEG.TRAIN_TASKS")
+    mapper = cfg.INPUT.DATASET_MAPPER_NAME
+    if mapper not in MAPPER_TASKS:
+        return ("semantic",)  # no training from this config's mapper: semantic by default
+    return MAPPER_TASKS[mapper]
+
+
+def test_tasks_for(cfg) -> Tuple[str, ...]:
+    """MODEL.FREESEG.TEST_TASKS, or (empty) what the first test set's evaluator reads: all
+    three for a panoptic set, instances for an instance set, else semantic."""
+    if cfg.MODEL.FREESEG.TEST_TASKS:
+        return _check_tasks(cfg.MODEL.FREESEG.TEST_TASKS, "MODEL.FREESEG.TEST_TASKS")
+    if not cfg.DATASETS.TEST:
+        return ("semantic",)
+    kind = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("evaluator_type", "")
+    return {"ovseg_panoptic": TASKS, "ovseg_instance": ("instance",)}.get(kind, ("semantic",))
+
+
+def task_targets(instances: Instances, task: str, is_thing: Collection[bool]) -> Instances:
+    """A sample's targets for ``task``.
+
+    Args:
+        instances (Instances): ``gt_classes`` (N,) vocabulary indices, ``gt_masks`` (N, H, W).
+        task (str): one of :data:`TASKS`.
+        is_thing: per vocabulary index, whether the class is a thing.
+
+    Returns:
+        Instances: of the same image size, ``gt_classes`` and bool ``gt_masks``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}")
+    classes = instances.gt_classes.long()
+    masks = getattr(instances.gt_masks, "tensor", instances.gt_masks).bool()
+    out = Instances(instances.image_size)
+    if task == "panoptic":
+        out.gt_classes, out.gt_masks = classes, masks
+        return out
+    if task == "instance":
+        flags = torch.as_tensor(list(is_thing), dtype=torch.bool)
+        if classes.numel() and int(classes.max()) >= len(flags):
+            raise ValueError(
+                f"target classes up to {int(classes.max())} exceed the {len(flags)}-name vocabulary"
+            )
+        keep = flags[classes.cpu()].to(classes.device) if classes.numel() else classes.bool()
+        out.gt_classes, out.gt_masks = classes[keep], masks[keep]
+        return out
+    unique = torch.unique(classes)  # sorted, as the semantic mapper's targets
+    out.gt_classes = unique
+    out.gt_masks = (
+        torch.stack([masks[classes == c].any(dim=0) for c in unique])
+        if unique.numel()
+        else masks[:0]
+    )
+    return out

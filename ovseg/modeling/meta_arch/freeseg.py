@@ -1,0 +1,410 @@
+# Follows the official FreeSeg OpenVocabulary meta-architecture (mask2former/
+# open_vocabulary_model.py:35-655 with heads/open_transformer_predictor.py and
+# clip_adapter/adapter.py), re-written on ovseg's shared modules.
+"""FreeSeg: one mask-classification model for semantic, instance and panoptic segmentation,
+told its task by adaptive prompts.
+
+backbone -> MSDeformAttn pixel decoder -> text/visual interaction (the 3 multi-scale maps and
+the mask features attend to the task-prompted class texts plus the no-object embedding) ->
+masked-attention decoder whose class head scores ``100 * cos(query, [text; no-object])``.
+
+Training: each forward draws one task (``random.choice``) among those the batch supports
+(its inputs' ``"task"`` or MODEL.FREESEG.TRAIN_TASKS), recomputes the text with that task's
+prompts and builds its targets from the samples' segments (semantic: one mask per class,
+instance: the things, panoptic: all); Hungarian-matched CE + focal + dice. The prompt tokens
+come from the prompt stage (MODEL.FREESEG.PROMPT_CHECKPOINT) and stay frozen; without a
+checkpoint they train with the model.
+
+Test: per task the head runs with that task's prompts; every query's mask crop is classified
+by the frozen CLIP and ensembled with the query's classes (seen / unseen weights from the
+training vocabulary); then ``sem_seg`` (C, H, W) = sum_q p(c) sigmoid(mask), detectron2's
+``panoptic_seg`` and ``instances``. ``"sem_seg"`` holds those sums: probabilities, not
+logits (a pixel's scores need no softmax; they may exceed 1 where queries overlap).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList
+
+from ...clip import CLIPTeacher, build_clip_teacher
+from ...vocab import normalize_name, training_vocabulary
+from ..freeseg import (
+    AdaptivePromptLearner,
+    TextClassHead,
+    TextVisualInteraction,
+    clip_region_probs,
+    ensemble_probs,
+    load_prompt_tokens,
+    query_probs,
+)
+from ..freeseg.tasks import (
+    TASK_KEYS,
+    TASKS,
+    task_targets,
+    task_texts,
+    test_tasks_for,
+    train_tasks_for,
+)
+from ..mask_classification import (
+    HungarianMatcher,
+    MaskClassificationCriterion,
+    MaskedAttentionDecoder,
+    TextCosineClassHead,
+    build_pixel_decoder,
+    freeseg_instance_inference,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
+from .base import OpenVocabSegmentor
+
+__all__ = ["FreeSeg"]
+
+
+def _post_config(cfg) -> Dict:
+    """Panoptic / instance post-processing arguments from MODEL.MASK_FORMER.TEST."""
+    t = cfg.MODEL.MASK_FORMER.TEST
+    return {
+        "temperature": t.SCORE_TEMPERATURE or None,
+        "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
+        "thing_score_threshold": t.THING_SCORE_THRESHOLD,
+        "overlap_threshold": t.OVERLAP_THRESHOLD,
+        "pixel_assignment": t.PIXEL_ASSIGNMENT,
+        "instance_mode": t.INSTANCE_MODE,
+        "official_defects": t.OFFICIAL_INSTANCE_DEFECTS,
+        "topk": cfg.TEST.DETECTIONS_PER_IMAGE,
+    }
+
+
+def _thing_names(cfg) -> Tuple[str, ...]:
+    """Thing classes of the training and test sets (metadata ``thing_classes``)."""
+    names = []
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        names += list(MetadataCatalog.get(name).get("thing_classes", None) or ())
+    return tuple(dict.fromkeys(names))
+
+
+@META_ARCH_REGISTRY.register()
+class FreeSeg(OpenVocabSegmentor):
+    """FreeSeg's main stage (see the module docstring)."""
+
+    sem_seg_scores = "probabilities"
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: CLIPTeacher,
+        backbone: Backbone,
+        pixel_decoder: nn.Module,
+        interaction: TextVisualInteraction,
+        decoder: MaskedAttentionDecoder,
+        criterion: MaskClassificationCriterion,
+        prompt: AdaptivePromptLearner,
+        train_tasks: Sequence[str] = TASKS,
+        test_tasks: Sequence[str] = ("semantic",),
+        seen_classes: Sequence[str] = (),
+        thing_classes: Sequence[str] = (),
+        clip_ensemble: bool = True,
+        ensemble_weight: float = 0.8,
+        mask_threshold: float = 0.5,
+        clip_temperature: float = 100.0,
+        post: Optional[Dict] = None,
+        **base,
+    ):
+        """
+        Args:
+            teacher (CLIPTeacher): the frozen CLIP (text tower under the prompts, image
+                tower for the test-time ensemble).
+            backbone, pixel_decoder, interaction, decoder: the network; the decoder's class
+                head takes ``text_features`` (K, D).
+            criterion: the set loss.
+            prompt (AdaptivePromptLearner): the task prompts (frozen once loaded).
+            train_tasks, test_tasks: subsets of ("semantic", "instance", "panoptic").
+            seen_classes: names trained on (the ensemble's seen weights); the rest unseen.
+            thing_classes: names of thing classes (instance targets, panoptic things).
+            clip_ensemble (bool): ensemble with CLIP's mask-crop classes at test.
+            ensemble_weight (float): the ensemble's lambda.
+            mask_threshold (float): a crop keeps pixels whose mask probability is above this.
+            clip_temperature (float): CLIP's logit scale in the ensemble.
+            post (dict): panoptic / instance post-processing (see :func:`_post_config`).
+            base: :class:`OpenVocabSegmentor`'s arguments.
+        """
+        super().__init__(teacher=teacher, **base)
+        if self.inference_mode != "whole" or self.test_aug is not None:
+            raise ValueError(
+                "FreeSeg tests whole images at one scale: set TEST.INFERENCE_MODE 'whole' and "
+                "TEST.AUG.ENABLED False"
+            )
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.interaction = interaction
+        self.decoder = decoder
+        self.criterion = criterion
+        self.prompt = prompt
+        self.no_object = TextClassHead(dim=teacher.embed_dim)
+        self.task_texts = task_texts(prompt.task_names)
+        self.train_tasks, self.test_tasks = tuple(train_tasks), tuple(test_tasks)
+        self.seen_classes = frozenset(normalize_name(n) for n in seen_classes)
+        self.thing_classes = frozenset(normalize_name(n) for n in thing_classes)
+        self.clip_ensemble = bool(clip_ensemble)
+        self.ensemble_weight = float(ensemble_weight)
+        self.mask_threshold = float(mask_threshold)
+        self.clip_temperature = float(clip_temperature)
+        self.post = dict(post or _POST_DEFAULTS)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        fs, mf = cfg.MODEL.FREESEG, cfg.MODEL.MASK_FORMER
+        teacher = build_clip_teacher(cfg)
+        backbone = build_backbone(cfg)
+        pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
+        conv_dim, mask_dim = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, cfg.MODEL.SEM_SEG_HEAD.MASK_DIM
+        if conv_dim != mask_dim:
+            raise ValueError(
+                f"FreeSeg's interaction is shared by the pixel maps and the mask features: "
+                f"MODEL.SEM_SEG_HEAD.CONVS_DIM {conv_dim} must equal MASK_DIM {mask_dim}"
+            )
+        inter = fs.INTERACTION
+        head = TextCosineClassHead(
+            mf.HIDDEN_DIM, teacher.embed_dim, 4 * mf.HIDDEN_DIM, 2, fs.TEMPERATURE
+        )
+        prompt = AdaptivePromptLearner(
+            teacher,
+            task_names=fs.TASK_NAMES,
+            num_class_tokens=fs.NUM_CLASS_PROMPT_TOKENS,
+            num_task_tokens=fs.NUM_TASK_PROMPT_TOKENS,
+            cache_by_task=fs.PROMPT_CACHE_BY_TASK,
+        )
+        if fs.PROMPT_CHECKPOINT:
+            load_prompt_tokens(prompt, fs.PROMPT_CHECKPOINT)
+        matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT)
+        vocab = training_vocabulary(cfg)
+        return {
+            **OpenVocabSegmentor.base_config(cfg),
+            "size_divisibility": mf.SIZE_DIVISIBILITY,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "teacher": teacher,
+            "backbone": backbone,
+            "pixel_decoder": pixel_decoder,
+            "interaction": TextVisualInteraction(
+                q_dim=conv_dim,
+                k_dim=teacher.embed_dim,
+                embed_dim=inter.EMBED_DIM,
+                num_heads=inter.NUM_HEADS,
+                dropout=inter.DROPOUT,
+                layer_scale_init=inter.LAYER_SCALE_INIT,
+                stacked_key_norm=inter.STACKED_KEY_NORM,
+            ),
+            "decoder": MaskedAttentionDecoder(cfg, in_channels=conv_dim, class_head=head),
+            "criterion": MaskClassificationCriterion(
+                matcher=matcher,
+                class_weight=mf.CLASS_WEIGHT,
+                mask_weight=mf.MASK_WEIGHT,
+                dice_weight=mf.DICE_WEIGHT,
+                no_object_weight=mf.NO_OBJECT_WEIGHT,
+                deep_supervision=mf.DEEP_SUPERVISION,
+                num_aux_losses=mf.NUM_AUX_LOSSES,
+            ),
+            "prompt": prompt,
+            "train_tasks": train_tasks_for(cfg),
+            "test_tasks": test_tasks_for(cfg),
+            "seen_classes": vocab.seen if vocab is not None else (),
+            "thing_classes": _thing_names(cfg),
+            "clip_ensemble": fs.CLIP_ENSEMBLE,
+            "ensemble_weight": fs.ENSEMBLE_WEIGHT,
+            "mask_threshold": fs.MASK_THRESHOLD,
+            "clip_temperature": fs.TEMPERATURE,
+            "post": _post_config(cfg),
+        }
+
+    # ------------------------------------------------------------------ network
+    def text_features(self, names: Sequence[str], task: str) -> Tensor:
+        """(K, D) prompted text of ``names`` for ``task`` (differentiable while the prompt
+        tokens train)."""
+        return self.prompt(names, self.task_texts[task]).to(self.device)
+
+    def pixel_features(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """Backbone and pixel decoder: the mask features and the 3 multi-scale maps."""
+        mask_features, _, multi_scale = self.pixel_decoder.forward_features(self.backbone(images))
+        return mask_features, multi_scale
+
+    def decode(self, pixels: Tuple[Tensor, List[Tensor]], text: Tensor) -> Dict:
+        """Interaction with the text and the masked-attention decoder.
+
+        Args:
+            pixels: :meth:`pixel_features`' output.
+            text (Tensor): (C, D) class texts.
+
+        Returns:
+            dict: the decoder's outputs; ``pred_logits`` (B, Q, C + 1), no-object last.
+        """
+        mask_features, multi_scale = pixels
+        keys = self.no_object.text_with_no_object(text)
+        *maps, mask_features = self.interaction([*multi_scale, mask_features], keys)
+        return self.decoder(maps, mask_features, text_features=keys)
+
+    # ------------------------------------------------------------------ training
+    def is_thing(self, names: Sequence[str]) -> List[bool]:
+        return [normalize_name(n) in self.thing_classes for n in names]
+
+    def batch_task(self, batched_inputs: List[dict]) -> str:
+        """The batch's task: its inputs' common ``"task"``, else one drawn at random among
+        the training tasks (official: one per forward pass and GPU)."""
+        tasks = {TASK_KEYS.get(x["task"], x["task"]) for x in batched_inputs if "task" in x}
+        if len(tasks) > 1:
+            raise ValueError(f"a batch must have one task, got {sorted(tasks)}")
+        if tasks:
+            (task,) = tasks
+            if task not in TASKS:
+                raise ValueError(f"input task {task!r} is not one of {TASKS}")
+            return task
+        return random.choice(self.train_tasks)
+
+    def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        groups = self.vocabulary_groups(batched_inputs)
+        if len(groups) != 1:
+            raise ValueError(
+                f"FreeSeg trains on one vocabulary per batch, got {len(groups)}; train on one "
+                "dataset"
+            )
+        names = next(iter(groups))
+        missing = [x.get("file_name", "") for x in batched_inputs if "instances" not in x]
+        if missing:
+            raise ValueError(
+                f"Training inputs {missing} have no 'instances'; FreeSeg needs mask targets "
+                "(INPUT.DATASET_MAPPER_NAME ovseg_panoptic, ovseg_instance or ovseg_semantic_mask)"
+            )
+        task = self.batch_task(batched_inputs)
+        things = self.is_thing(names)
+        targets = [task_targets(x["instances"], task, things) for x in batched_inputs]
+        for t in targets:
+            if t.gt_classes.numel() and int(t.gt_classes.max()) >= len(names):
+                raise ValueError(
+                    f"target classes {sorted(set(t.gt_classes.tolist()))} fall outside the "
+                    f"{len(names)}-name vocabulary"
+                )
+        images = ImageList.from_tensors(
+            self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
+        )
+        outputs = self.decode(self.pixel_features(images.tensor), self.text_features(names, task))
+        targets = [t.to(self.device) for t in targets]
+        return self.criterion(outputs, targets, tuple(images.tensor.shape[-2:]))
+
+    # ------------------------------------------------------------------ inference
+    def text_embeddings(self, names: Sequence[str], task: str = "semantic") -> Tensor:
+        with torch.no_grad():
+            return self.text_features(names, task)
+
+    def class_probs(self, image: Tensor, masks: Tensor, logits: Tensor, text: Tensor, names):
+        """(Q, C) class probabilities of one image's queries: the CLIP ensemble, or the
+        query softmax with no-object dropped.
+
+        Args:
+            image (Tensor): (3, H, W) in [0, 255]; masks (Tensor): (Q, H, W) mask logits.
+            logits (Tensor): (Q, C + 1); text (Tensor): (C, D); names: the C names.
+        """
+        p_query = query_probs(logits)
+        if not self.clip_ensemble:
+            return p_query
+        p_clip = clip_region_probs(
+            self.teacher,
+            image.to(self.device),
+            masks.sigmoid(),
+            text,
+            threshold=self.mask_threshold,
+            temperature=self.clip_temperature,
+        )
+        seen = None
+        if self.seen_classes:
+            seen = torch.tensor([normalize_name(n) in self.seen_classes for n in names])
+        return ensemble_probs(p_query, p_clip.to(p_query), seen, self.ensemble_weight)
+
+    def task_output(self, task: str, probs: Tensor, masks: Tensor, names) -> Dict:
+        """One task's detectron2 output from (Q, C) probabilities and (Q, H, W) mask logits."""
+        post = self.post
+        if task == "semantic":
+            return {"sem_seg": semantic_inference(probs, masks, has_no_object=False)}
+        thing_ids = {i for i, t in enumerate(self.is_thing(names)) if t}
+        if task == "panoptic":
+            keys = ("temperature", "object_mask_threshold", "thing_score_threshold")
+            kwargs = {k: post[k] for k in keys}
+            return {
+                "panoptic_seg": panoptic_inference(
+                    probs,
+                    masks,
+                    thing_ids=thing_ids,
+                    has_no_object=False,
+                    overlap_threshold=post["overlap_threshold"],
+                    pixel_assignment=post["pixel_assignment"],
+                    **kwargs,
+                )
+            }
+        things = thing_ids if self.thing_classes else None  # no thing list: every class
+        if post["instance_mode"] == "topk":
+            inst = instance_inference(
+                probs, masks, topk=post["topk"], has_no_object=False, thing_ids=things
+            )
+        else:
+            inst = freeseg_instance_inference(
+                probs,
+                masks,
+                has_no_object=False,
+                thing_ids=things,
+                temperature=post["temperature"] or 0.01,
+                score_threshold=post["thing_score_threshold"],
+                overlap_threshold=post["overlap_threshold"],
+                official_defects=post["official_defects"],
+            )
+        return {"instances": inst}
+
+    def inference(self, batched_inputs: List[dict]) -> List[Dict]:
+        """Per input, the outputs of every test task (one head pass per task prompt).
+
+        Returns:
+            list[dict]: per input ``sem_seg`` (C, height, width) probabilities,
+            ``panoptic_seg`` (int32 (height, width), segments) and ``instances``, as
+            the test tasks ask.
+        """
+        results = []
+        for x in batched_inputs:
+            names = self.input_vocabulary(x)
+            images = ImageList.from_tensors(self.normalize([x["image"]]), self.size_divisibility)
+            h, w = x["image"].shape[-2:]
+            size = (x.get("height", h), x.get("width", w))
+            pixels = self.pixel_features(images.tensor)
+            out: Dict = {}
+            for task in self.test_tasks:
+                text = self.text_embeddings(names, task)
+                pred = self.decode(pixels, text)
+                masks = F.interpolate(
+                    pred["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear"
+                )[0, :, :h, :w]
+                probs = self.class_probs(x["image"], masks, pred["pred_logits"][0], text, names)
+                masks = F.interpolate(masks[None], size=size, mode="bilinear")[0]
+                out.update(self.task_output(task, probs, masks, names))
+            results.append(out)
+        return results
+
+
+_POST_DEFAULTS = {
+    "temperature": 0.01,
+    "object_mask_threshold": 0.0,
+    "thing_score_threshold": 0.5,
+    "overlap_threshold": 0.5,
+    "pixel_assignment": "class",
+    "instance_mode": "freeseg",
+    "official_defects": False,
+    "topk": 100,
+}
