@@ -32,7 +32,8 @@ def benchmark_config(
         settings: KEY VALUE pairs the benchmark sets, before ``opts``.
 
     Returns:
-        CfgNode: the merged config (MODEL.WEIGHTS cleared: no checkpoint is loaded).
+        CfgNode: the merged config (MODEL.WEIGHTS and the image encoders' ImageNet weights
+        cleared: nothing is loaded or downloaded).
     """
     from ..engine.defaults import load_config
 
@@ -40,6 +41,8 @@ def benchmark_config(
     if len(opts) % 2:
         raise ValueError(f"config overrides must be KEY VALUE pairs, got {list(opts)}")
     overrides = ["MODEL.DEVICE", device, "MODEL.CLIP.PRETRAINED", pretrained, "MODEL.WEIGHTS", ""]
+    # LSeg's paper encoders (torchvision / timm ImageNet weights): random, as the CLIP towers
+    overrides += ["MODEL.TORCHVISION_RESNET.WEIGHTS", "", "MODEL.VIT_BACKBONE.TIMM_PRETRAINED", ""]
     if cache_dir:
         overrides += ["MODEL.CLIP.CACHE_DIR", cache_dir]
     return load_config(config_file, overrides + list(settings) + list(opts))

@@ -38,7 +38,9 @@ _STORE = ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store", *_NO_STORE,
 _MCP = "configs/voc/maskclip_plus/"
 # (name, config, train?, overrides); every train row is also timed at inference
 GPU_ITEMS = (
-    ("LSeg ViT-B/16", "configs/voc/lseg/lseg_vitb16_inductive_20k_bs16.yaml", True, ()),
+    ("LSeg ViT-L/16 (paper)", "configs/voc/lseg/lseg_vitl16_inductive_20k_bs16.yaml", True, ()),
+    ("LSeg CLIP ViT-B/16 (variant)",
+     "configs/voc/lseg/lseg_vitb16_inductive_20k_bs16_ovseg-variant.yaml", True, ()),
     ("LSeg R101", "configs/voc/lseg/lseg_r101_inductive_20k_bs16.yaml", True, ()),
     ("LSeg R101 channels-last", "configs/voc/lseg/lseg_r101_inductive_20k_bs16.yaml", True,
      ("MODEL.CHANNELS_LAST", "True")),

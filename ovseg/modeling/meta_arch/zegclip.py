@@ -34,6 +34,7 @@ from ...vocab import normalize_name, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..losses import mask_losses
+from ..resize import resize_bilinear
 from ..text_classifier import LearnedBackground, TextClassifier
 from .base import OpenVocabSegmentor
 
@@ -122,6 +123,13 @@ def self_training_targets(
     else:
         where = torch.isin(target, unseen_idx)
     return torch.where(where, best, target)
+
+
+
+def _upsample(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    if x.is_cuda:
+        return resize_bilinear(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 @META_ARCH_REGISTRY.register()
@@ -364,9 +372,10 @@ class ZegCLIP(OpenVocabSegmentor):
             target = targets[idx]
             text = F.normalize(self.text_embeddings(names), dim=-1)
             masks = self.decoder(patch[idx], glob[idx], text)
-            masks = [
-                F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in masks
-            ]
+            # on CUDA, F.interpolate's bilinear upsampling as two matrix products: the same
+            # values, a backward without atomics (ovseg/modeling/resize.py); the CPU keeps
+            # F.interpolate, whose float rounding the toy runs' recorded numbers came from
+            masks = [_upsample(m, size) for m in masks]
             target, classes = self._targets(target, masks[-1], names)
             for i in layers:
                 f, d, n = self.loss_fn(
