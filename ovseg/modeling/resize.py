@@ -35,15 +35,9 @@ def _weights(n_in: int, n_out: int) -> Tensor:
     return mat
 
 
-@lru_cache(maxsize=64)
-def _on_device(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    # kept per device and dtype: a copy to the GPU at every step was a host round trip
-    return _weights(n_in, n_out).to(device=device, dtype=dtype)
-
-
 def bilinear_matrix(n_in: int, n_out: int, device=None, dtype=torch.float32) -> Tensor:
     """The (n_out, n_in) matrix of 1-d bilinear resizing with ``align_corners=False``."""
-    return _on_device(int(n_in), int(n_out), torch.device(device or "cpu"), dtype)
+    return _weights(int(n_in), int(n_out)).to(device=device, dtype=dtype)
 
 
 def resize_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
