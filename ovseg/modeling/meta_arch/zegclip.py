@@ -125,7 +125,6 @@ def self_training_targets(
     return torch.where(where, best, target)
 
 
-
 def _upsample(x: Tensor, size: Tuple[int, int]) -> Tensor:
     if x.is_cuda:
         return resize_bilinear(x, size)
