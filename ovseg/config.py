@@ -2,6 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
+from .config_freeseg import add_freeseg_config
 from .config_mask_classification import add_mask_classification_config
 
 
@@ -368,52 +369,6 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     # the first block of a dilated stage takes half its dilation (mmseg's ResNetV1c
     # contract_dilation: res4 starts at 1, res5 at 2), without multi-grid only
     cfg.MODEL.RESNETS.CONTRACT_DILATION = False
-
-
-def add_freeseg_config(cfg: CN) -> None:
-    """MODEL.FREESEG: FreeSeg's prompts, interaction head and CLIP ensemble
-    (ovseg/modeling/freeseg/, meta_arch/freeseg_prompt.py)."""
-    cfg.MODEL.FREESEG = CN()
-    # task texts of the adaptive prompts; a training batch draws one (official INPUT.TASK_NAME)
-    cfg.MODEL.FREESEG.TASK_NAMES = [
-        "semantic segmentation.",
-        "instance segmentation.",
-        "panoptic segmentation.",
-    ]
-    # learnable class-context tokens before the class name (official PROMPT_SHAPE (16, 0))
-    cfg.MODEL.FREESEG.NUM_CLASS_PROMPT_TOKENS = 16
-    # learnable task tokens after the task text (official TASK_PROMPT_SHAPE 8)
-    cfg.MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS = 8
-    # cache frozen-prompt text features per (task, noun); False = per noun (official defect:
-    # the first task to ask for a noun fixes its features for every task)
-    cfg.MODEL.FREESEG.PROMPT_CACHE_BY_TASK = True
-    # the prompt stage's checkpoint whose learnt tokens the main stage loads and freezes
-    cfg.MODEL.FREESEG.PROMPT_CHECKPOINT = ""
-    # scale of the cosine logits against the text features (official 100)
-    cfg.MODEL.FREESEG.TEMPERATURE = 100.0
-    # a mask pixel is inside where its probability is above this (official MASK_THR 0.5)
-    cfg.MODEL.FREESEG.MASK_THRESHOLD = 0.5
-    # lambda of the test-time CLIP ensemble, in (0, 1] (official 0.8; VOC 0.7/0.8, cross 0.4)
-    cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT = 0.8
-    # ensemble the query classes with CLIP's classes of each mask crop at test (official True)
-    cfg.MODEL.FREESEG.CLIP_ENSEMBLE = True
-    # tasks a training batch draws from ("semantic", "instance", "panoptic"); empty = those
-    # INPUT.DATASET_MAPPER_NAME's targets support (ovseg_panoptic: all three)
-    cfg.MODEL.FREESEG.TRAIN_TASKS = []
-    # tasks evaluated at test, each with its own prompts; empty = what the first test set's
-    # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
-    cfg.MODEL.FREESEG.TEST_TASKS = []
-    cfg.MODEL.FREESEG.INTERACTION = CN()
-    # attention width of the text/visual interaction (official EMBED_DIM 2048)
-    cfg.MODEL.FREESEG.INTERACTION.EMBED_DIM = 2048
-    # attention heads of the interaction (official NUM_HEADS 8)
-    cfg.MODEL.FREESEG.INTERACTION.NUM_HEADS = 8
-    # dropout on the interaction's attention probabilities (official 0.1)
-    cfg.MODEL.FREESEG.INTERACTION.DROPOUT = 0.1
-    # initial layer-scale gamma of the interaction update (official 0.1)
-    cfg.MODEL.FREESEG.INTERACTION.LAYER_SCALE_INIT = 0.1
-    # map i's text keys get the key LayerNorm i + 1 times, as the official loop (True)
-    cfg.MODEL.FREESEG.INTERACTION.STACKED_KEY_NORM = True
 
 
 def add_speed_config(cfg: CN) -> None:

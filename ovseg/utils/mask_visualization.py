@@ -111,6 +111,9 @@ def draw_panoptic_prediction(
                 f"{len(names)}-name vocabulary"
             )
     vis = Visualizer(image, meta, scale=scale)
+    # things in their class colour, unjittered: detectron2 jitters them with np.random, so two
+    # drawings of one prediction differed (and a test comparing them failed by chance)
+    vis._jitter = lambda color: color
     out = vis.draw_panoptic_seg(ids, [dict(s) for s in segments_info])
     unseen_set = set(unseen)
     hatched = [s for s in segments_info if names[s["category_id"]] in unseen_set]
