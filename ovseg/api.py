@@ -46,7 +46,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO_ROOT / "configs"
+# config keys naming files that shipped configs give relative to the repository root
+_REPO_RELATIVE_KEYS = (("CLIP", "MODEL_NAME"), ("CLIP", "PRETRAINED"), ("WEIGHTS",))
 
 ImageLike = Union[np.ndarray, "os.PathLike[str]", str, Any]  # Any: a PIL image
 
@@ -88,6 +91,21 @@ def resolve_config_path(config: Union[str, os.PathLike]) -> str:
         f"Config {str(config)!r} is neither a file nor a path under {CONFIGS_DIR} "
         "(e.g. 'toy/maskclip.yaml')"
     )
+
+
+def _anchor_repo_paths(cfg: CfgNode) -> None:
+    """Relative file paths that do not exist from the working directory but do from the
+    repository root (the toy configs' "checkpoints/toy_clip_rn.pt") are made absolute, so
+    a notebook anywhere can load a shipped config."""
+    for keys in _REPO_RELATIVE_KEYS:
+        node = cfg.MODEL
+        for key in keys[:-1]:
+            node = node.get(key)
+        value = node.get(keys[-1]) if node is not None else None
+        if not value or os.path.isabs(value) or os.path.exists(value):
+            continue
+        if (REPO_ROOT / value).is_file():
+            node[keys[-1]] = str(REPO_ROOT / value)
 
 
 def _pick_device(device: Optional[str]) -> str:
@@ -186,6 +204,7 @@ class Predictor:
         """
         cfg = load_config(resolve_config_path(config), list(opts))
         cfg.MODEL.DEVICE = _pick_device(device)
+        _anchor_repo_paths(cfg)
         self.cfg = cfg
         self.model = build_inference_model(cfg, None if weights is None else str(weights))
         self.input_format = cfg.INPUT.FORMAT
