@@ -12,11 +12,10 @@ import torch.nn.functional as F
 
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from detectron2.utils.visualizer import VisImage
 
+from ovseg.api import build_inference_model, check_image, model_input
 from ovseg.clip import get_templates
-from ovseg.engine.checkpoint import load_model_weights
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
 from ovseg.utils.mask_visualization import draw_instance_predictions, draw_panoptic_prediction
@@ -36,21 +35,14 @@ __all__ = ["TASK_OUTPUTS", "OpenVocabPredictor", "VisualizationDemo"]
 TASK_OUTPUTS = {"semantic": "sem_seg", "instance": "instances", "panoptic": "panoptic_seg"}
 
 
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"image must be an (H, W, 3) numpy array, got {type(image)} {shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 in [0, 255], got dtype {image.dtype}")
-
-
 class OpenVocabPredictor:
     """Run an ovseg model on one image with a vocabulary of one's choice.
 
     Like detectron2's ``DefaultPredictor``: builds the model from the config, loads
     ``MODEL.WEIGHTS`` when set, puts it in eval mode and resizes each image as the test
     mapper does (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``; 0 = no resize).
-    The vocabulary reaches the model through the input's ``"vocabulary"`` key.
+    The vocabulary reaches the model through the input's ``"vocabulary"`` key. The model
+    and its inputs are built as ``ovseg.Predictor`` (``ovseg/api.py``) builds them.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -59,10 +51,7 @@ class OpenVocabPredictor:
             cfg (CfgNode): an ovseg config (``ovseg.engine.defaults.load_config``).
         """
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if self.cfg.MODEL.WEIGHTS:
-            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
+        self.model = build_inference_model(self.cfg)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not 'RGB' or 'BGR'")
@@ -94,14 +83,9 @@ class OpenVocabPredictor:
     def raw_output(self, image: np.ndarray, vocabulary: Sequence[str]) -> Dict:
         """The model's whole output for one image ("sem_seg", "instances", "panoptic_seg",
         whichever it gives), at the original size."""
-        _check_image(image)
         names = Vocabulary(tuple(vocabulary)).names
-        height, width = image.shape[:2]
-        resized = self._resize(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        inputs = {"image": tensor, "height": height, "width": width, "vocabulary": list(names)}
         with torch.no_grad():
-            return self.model([inputs])[0]
+            return self.model([model_input(image, self.aug, names)])[0]
 
     def similarity_maps(self, image: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
         """What the CLIP teacher "sees" for each word: pixel-text cosine similarity.
@@ -121,7 +105,7 @@ class OpenVocabPredictor:
                 f"Heat maps need a CLIP teacher, and {type(self.model).__name__} "
                 f"(MODEL.META_ARCHITECTURE) holds none; run without --heatmaps"
             )
-        _check_image(image)
+        check_image(image)
         names = Vocabulary(tuple(vocabulary)).names
         templates = getattr(self.model, "templates", None) or get_templates(
             self.cfg.MODEL.CLIP.TEMPLATES

@@ -1,0 +1,269 @@
+"""The Python API: segment images with any ovseg model and any words, in a few lines.
+
+Example::
+
+    import ovseg
+
+    predictor = ovseg.Predictor("toy/maskclip.yaml")  # a config under configs/, or a file
+    [pred] = predictor.predict(["photo.png"], "circle,square,background")
+    pred.labels        # (H, W) int64 vocabulary indices, at the image's size
+    pred.scores        # (K, H, W) float32 class probabilities
+    pred.masks["circle"]  # (H, W) bool, for the names present in ``labels``
+
+``demo/predictor.py`` builds its model and inputs through :func:`build_inference_model`
+and :func:`model_input`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from detectron2.config import CfgNode
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+from .data.image_io import read_image
+from .engine.checkpoint import load_model_weights
+from .engine.defaults import load_config
+from .pseudo import score_kind_of
+from .vocab import Vocabulary, resolve_vocabulary
+
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "build_inference_model",
+    "check_image",
+    "model_input",
+    "resolve_config_path",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO_ROOT / "configs"
+# config keys naming files that shipped configs give relative to the repository root
+_REPO_RELATIVE_KEYS = (("CLIP", "MODEL_NAME"), ("CLIP", "PRETRAINED"), ("WEIGHTS",))
+
+ImageLike = Union[np.ndarray, "os.PathLike[str]", str, Any]  # Any: a PIL image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction over one vocabulary, on the CPU, at the image's size.
+
+    Attributes:
+        names: the K class names, in index order.
+        labels: (H, W) int64, the index of the best-scoring name per pixel.
+        scores: (K, H, W) float32 class probabilities: the model's "sem_seg" with a softmax
+            over the classes when it declares logits; models that declare probabilities
+            are taken as given (MaskCLIP's key smoothing and FreeSeg's mask sums are not
+            renormalised, so their sums over the classes may differ from 1).
+        masks: name -> (H, W) bool, for each name that labels some pixel.
+        instances: the model's detectron2 ``Instances`` (mask students), else None.
+        panoptic: (segment ids (H, W) int array, segments_info list) when the model gives
+            "panoptic_seg", else None.
+    """
+
+    names: Tuple[str, ...]
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: Dict[str, np.ndarray] = field(repr=False)
+    instances: Any = field(default=None, repr=False)
+    panoptic: Optional[Tuple[np.ndarray, Any]] = field(default=None, repr=False)
+
+
+def resolve_config_path(config: Union[str, os.PathLike]) -> str:
+    """A config file: ``config`` itself when it is a file, else ``configs/<config>``."""
+    path = Path(config)
+    if path.is_file():
+        return str(path)
+    under = CONFIGS_DIR / path
+    if under.is_file():
+        return str(under)
+    raise FileNotFoundError(
+        f"Config {str(config)!r} is neither a file nor a path under {CONFIGS_DIR} "
+        "(e.g. 'toy/maskclip.yaml')"
+    )
+
+
+def _anchor_repo_paths(cfg: CfgNode) -> None:
+    """Relative file paths that do not exist from the working directory but do from the
+    repository root (the toy configs' "checkpoints/toy_clip_rn.pt") are made absolute, so
+    a notebook anywhere can load a shipped config."""
+    for keys in _REPO_RELATIVE_KEYS:
+        node = cfg.MODEL
+        for key in keys[:-1]:
+            node = node.get(key)
+        value = node.get(keys[-1]) if node is not None else None
+        if not value or os.path.isabs(value) or os.path.exists(value):
+            continue
+        if (REPO_ROOT / value).is_file():
+            node[keys[-1]] = str(REPO_ROOT / value)
+
+
+def _pick_device(device: Optional[str]) -> str:
+    if device is None:
+        if torch.cuda.is_available():
+            return "cuda"
+        logger.info("CUDA is not available: the predictor runs on the CPU.")
+        return "cpu"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is unavailable; use 'cpu'")
+    return device
+
+
+def build_inference_model(cfg: CfgNode, weights: Optional[str] = None) -> torch.nn.Module:
+    """detectron2's model of ``cfg`` in eval mode with ``weights`` (``cfg.MODEL.WEIGHTS``
+    when None; nothing when both are empty) loaded through ovseg's safe checkpoint loader,
+    which refuses a file that does not fit the model."""
+    model = build_model(cfg)
+    model.eval()
+    weights = cfg.MODEL.WEIGHTS if weights is None else str(weights)
+    if weights:
+        load_model_weights(model, weights)
+    return model
+
+
+def check_image(image: Any, what: str = "image") -> None:
+    """Raise ``ValueError`` unless ``image`` is an (H, W, 3) uint8 numpy array."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"{what} must be an (H, W, 3) numpy array, got {type(image)} {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{what} must be uint8 in [0, 255], got dtype {image.dtype}; convert it, e.g. "
+            "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+        )
+
+
+def model_input(image: np.ndarray, aug: Optional[T.Augmentation], names: Sequence[str]) -> dict:
+    """A model input dict for one (H, W, 3) uint8 image already in the model's channel order:
+    resized as the test mapper does, with its original size and its vocabulary."""
+    check_image(image)
+    height, width = image.shape[:2]
+    resized = aug.get_transform(image).apply_image(image) if aug is not None else image
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    return {"image": tensor, "height": height, "width": width, "vocabulary": list(names)}
+
+
+def _as_rgb(image: ImageLike, index: int) -> np.ndarray:
+    what = f"image {index}"
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, format="RGB")
+    if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    check_image(image, what)
+    return image
+
+
+def _vocabulary(vocabulary: Union[str, Sequence[str], Vocabulary]) -> Tuple[str, ...]:
+    if isinstance(vocabulary, Vocabulary):
+        return vocabulary.names
+    if isinstance(vocabulary, str):
+        return resolve_vocabulary(vocabulary).names
+    if not isinstance(vocabulary, (list, tuple)):
+        raise ValueError(
+            f"vocabulary must be a list of names, a comma-separated string or a builtin "
+            f"name, got {type(vocabulary).__name__}"
+        )
+    return Vocabulary(tuple(vocabulary)).names
+
+
+class Predictor:
+    """Segment images with one ovseg model and a vocabulary per call.
+
+    Batching: the images of a call share its vocabulary; those whose resized sizes are
+    equal go through the model in one forward, and each other size in its own forward (so
+    no image is padded by another, and a batch gives what single calls give).
+    """
+
+    def __init__(
+        self,
+        config: Union[str, os.PathLike],
+        weights: Optional[Union[str, os.PathLike]] = None,
+        *,
+        device: Optional[str] = None,
+        opts: Sequence[str] = (),
+    ):
+        """
+        Args:
+            config: a config file, or a path under the repository's ``configs/``
+                (``"toy/maskclip.yaml"``).
+            weights: a checkpoint; None for the config's ``MODEL.WEIGHTS`` (models such as
+                MaskCLIP need none beyond their CLIP).
+            device: "cpu", "cuda", "cuda:1", ...; None for CUDA when available, else CPU.
+            opts: config overrides as KEY VALUE pairs.
+        """
+        cfg = load_config(resolve_config_path(config), list(opts))
+        cfg.MODEL.DEVICE = _pick_device(device)
+        _anchor_repo_paths(cfg)
+        self.cfg = cfg
+        self.model = build_inference_model(cfg, None if weights is None else str(weights))
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not 'RGB' or 'BGR'")
+        min_size, max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+        self.score_kind = score_kind_of(self.model)
+
+    def predict(
+        self,
+        images: Union[ImageLike, Sequence[ImageLike]],
+        vocabulary: Union[str, Sequence[str], Vocabulary],
+    ) -> Union[Prediction, List[Prediction]]:
+        """
+        Args:
+            images: one image or a list: (H, W, 3) uint8 RGB numpy arrays, PIL images or
+                image files.
+            vocabulary: a list of names, a comma-separated string ("cat,dog,grass"), a
+                builtin vocabulary name ("voc20") or a .json vocabulary file.
+
+        Returns:
+            One :class:`Prediction` for one image, a list for a list.
+        """
+        names = _vocabulary(vocabulary)
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if not batch:
+            raise ValueError("no images given: pass one image or a non-empty list")
+        rgb = [_as_rgb(image, i) for i, image in enumerate(batch)]
+        inputs = [
+            model_input(x[:, :, ::-1] if self.input_format == "BGR" else x, self.aug, names)
+            for x in rgb
+        ]
+        outputs: List[Optional[dict]] = [None] * len(inputs)
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x["image"].shape[-2:]), []).append(i)
+        with torch.no_grad():
+            for indices in groups.values():
+                for i, out in zip(indices, self.model([inputs[i] for i in indices])):
+                    outputs[i] = out
+        predictions = [self._prediction(out, names) for out in outputs]
+        return predictions[0] if single else predictions
+
+    def _prediction(self, output: dict, names: Tuple[str, ...]) -> Prediction:
+        if "sem_seg" not in output:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
+            )
+        scores = output["sem_seg"].detach().float()
+        if self.score_kind == "logits":
+            scores = scores.softmax(dim=0)
+        scores = scores.cpu().numpy()
+        labels = scores.argmax(axis=0).astype(np.int64)
+        masks = {names[k]: labels == k for k in np.unique(labels).tolist()}
+        instances = output["instances"].to("cpu") if "instances" in output else None
+        panoptic = None
+        if "panoptic_seg" in output:
+            ids, segments = output["panoptic_seg"]
+            panoptic = (ids.cpu().numpy(), segments)
+        return Prediction(names, labels, scores, masks, instances, panoptic)

@@ -1,0 +1,155 @@
+"""ovseg.Predictor on the toy world with the shipped toy CLIP: labels, scores, batches, inputs,
+errors, mask-student outputs, and the README's example run as written."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from ovseg_testing import ROOT
+from PIL import Image
+
+import ovseg
+from ovseg.data.datasets import toy_world as tw
+
+SHAPES = list(tw.SHAPES)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return ovseg.Predictor("toy/maskclip.yaml", device="cpu")
+
+
+def _scene(index: int):
+    return tw.render_scene(tw.sample_scene(tw.sample_rng(0, "validation", index)))
+
+
+def test_prediction_fields_and_probabilities(predictor):
+    image, _ = _scene(1)
+    pred = predictor.predict(image, SHAPES)
+    assert isinstance(pred, ovseg.Prediction)
+    assert pred.names == tuple(SHAPES)
+    assert pred.labels.shape == (64, 64) and pred.labels.dtype == np.int64
+    assert pred.scores.shape == (8, 64, 64) and pred.scores.dtype == np.float32
+    # MaskCLIP without key smoothing: a softmax over the classes
+    np.testing.assert_allclose(pred.scores.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(pred.labels, pred.scores.argmax(axis=0))
+    assert set(pred.masks) == {SHAPES[k] for k in np.unique(pred.labels)}
+    for name, mask in pred.masks.items():
+        np.testing.assert_array_equal(mask, pred.labels == SHAPES.index(name))
+    assert pred.instances is None and pred.panoptic is None
+
+
+def test_shapes_are_named_on_their_pixels(predictor):
+    """The toy CLIP's dense map names the shapes (chance 1/8): a batch of 12 scenes."""
+    scenes = [_scene(i) for i in range(12)]
+    preds = predictor.predict([image for image, _ in scenes], SHAPES)
+    hits = total = 0
+    for pred, (_, truth) in zip(preds, scenes):
+        shape_pixels = truth > 0
+        hits += int((pred.labels[shape_pixels] == truth[shape_pixels] - 1).sum())
+        total += int(shape_pixels.sum())
+    assert hits / total > 0.7, hits / total
+    # a one-shape scene (a crescent) is named on every one of its pixels
+    image, truth = scenes[0]
+    assert set(np.unique(truth)) == {0, tw.CLASSES.index("crescent")}
+    assert (preds[0].labels[truth > 0] == SHAPES.index("crescent")).all()
+
+
+def test_a_batch_equals_single_calls_and_inputs_are_alike(predictor, tmp_path):
+    a, _ = _scene(3)
+    b, _ = _scene(4)
+    small = np.ascontiguousarray(b[:40, :56])  # another size: its own forward
+    batch = predictor.predict([a, b, small], "circle, square, star, crescent")
+    for image, got in zip((a, b, small), batch):
+        one = predictor.predict(image, ["circle", "square", "star", "crescent"])
+        np.testing.assert_allclose(got.scores, one.scores, atol=1e-5)
+        np.testing.assert_array_equal(got.labels, one.labels)
+    assert batch[2].labels.shape == (40, 56)
+    path = tmp_path / "scene.png"
+    Image.fromarray(a).save(path)
+    for same in (path, str(path), Image.fromarray(a)):
+        np.testing.assert_array_equal(
+            predictor.predict(same, batch[0].names).labels, batch[0].labels
+        )
+
+
+def test_builtin_vocabulary(predictor):
+    pred = predictor.predict(_scene(0)[0], "voc20")
+    assert len(pred.names) == 20 and pred.scores.shape == (20, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "image, vocabulary, message",
+    [
+        (np.zeros((8, 8, 3), np.float32), SHAPES, "uint8"),
+        (np.zeros((8, 8), np.uint8), SHAPES, r"\(H, W, 3\)"),
+        (np.zeros((8, 8, 3), np.uint8), [], "empty"),
+        (np.zeros((8, 8, 3), np.uint8), "", "Empty vocabulary"),
+        (np.zeros((8, 8, 3), np.uint8), "no_such_builtin", "not a builtin"),
+        (np.zeros((8, 8, 3), np.uint8), ["cat", "Cat"], "Duplicate"),
+        (np.zeros((8, 8, 3), np.uint8), 5, "vocabulary must be"),
+        ([], SHAPES, "no images"),
+    ],
+)
+def test_bad_inputs_are_refused_clearly(predictor, image, vocabulary, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(image, vocabulary)
+
+
+def test_bad_construction_is_refused_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a path under"):
+        ovseg.Predictor("toy/no_such.yaml")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        ovseg.Predictor("toy/maskclip.yaml").predict(tmp_path / "missing.png", SHAPES)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is unavailable"):
+            ovseg.Predictor("toy/maskclip.yaml", device="cuda")
+
+
+FREESEG = "toy/freeseg_toyrn_semantic_600_bs8.yaml"
+
+
+def test_default_device_and_weights(tmp_path):
+    default = ovseg.Predictor(FREESEG)
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert default.model.device.type == want
+    # a checkpoint of the model with one weight changed is what the predictor then holds
+    state = {k: v.detach().cpu().clone() for k, v in default.model.state_dict().items()}
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key] += 1.0
+    torch.save({"model": state}, tmp_path / "model.pth")
+    loaded = ovseg.Predictor(FREESEG, tmp_path / "model.pth", device="cpu")
+    torch.testing.assert_close(loaded.model.state_dict()[key], state[key])
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(Exception, match="notes.pth"):
+        ovseg.Predictor(FREESEG, tmp_path / "notes.pth", device="cpu")
+
+
+def test_mask_student_gives_instances_and_panoptic():
+    tasks = '("semantic", "instance", "panoptic")'
+    predictor = ovseg.Predictor(
+        ROOT / "configs/toy/freeseg_toyrn_semantic_600_bs8.yaml",
+        device="cpu",
+        opts=["MODEL.FREESEG.TEST_TASKS", tasks],
+    )
+    image = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    pred = predictor.predict(image, "circle,square,background")
+    assert pred.scores.shape == (3, 64, 48)
+    assert pred.instances.image_size == (64, 48)
+    ids, segments = pred.panoptic
+    assert ids.shape == (64, 48) and isinstance(segments, list)
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # the shipped config loads from anywhere
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    pred = namespace["pred"]
+    assert pred.labels.shape == (64, 64)
+    assert pred.names[pred.labels[pred.masks["crescent"]][0]] == "crescent"
