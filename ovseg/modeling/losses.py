@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_entropy_sum", "mask_losses"]
+__all__ = ["cross_entropy_sum", "mask_losses", "sigmoid_focal_terms"]
 
 
 def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tuple[Tensor, Tensor]:
@@ -31,6 +31,26 @@ def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tupl
     """
     loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_value, reduction="sum")
     return loss, (target != ignore_value).sum()
+
+
+def sigmoid_focal_terms(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    *,
+    prob: Optional[Tensor] = None,
+) -> Tensor:
+    """RetinaNet's sigmoid focal loss per element, unreduced: ``ce * (1 - p_t) ** gamma``,
+    weighted ``alpha`` for positives and ``1 - alpha`` for negatives (no weighting when
+    ``alpha < 0``). ``prob`` is ``logits.sigmoid()`` when the caller has it already."""
+    prob = logits.sigmoid() if prob is None else prob
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
 
 
 def mask_losses(
@@ -76,9 +96,7 @@ def mask_losses(
     weight = counted[:, None].float()
 
     prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, pos, reduction="none")
-    p_t = prob * pos + (1 - prob) * (1 - pos)
-    focal = ce * (1 - p_t) ** gamma * (alpha * pos + (1 - alpha) * (1 - pos))
+    focal = sigmoid_focal_terms(logits, pos, alpha, gamma, prob=prob)
     num_pixels = weight.flatten(1).sum(1).clamp(min=1)  # (B,)
     focal = (focal * weight).flatten(2).sum(2) / num_pixels[:, None]  # (B, K)
 

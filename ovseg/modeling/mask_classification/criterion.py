@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from detectron2.structures import Instances
 from detectron2.utils import comm
 
+from ..losses import sigmoid_focal_terms
 from .matcher import HungarianMatcher
 
 __all__ = ["MaskClassificationCriterion", "dice_loss", "prepare_targets", "sigmoid_focal_loss"]
@@ -43,13 +44,7 @@ def sigmoid_focal_loss(
         inputs (Tensor): (N, P) mask logits.
         targets (Tensor): (N, P) binary masks.
     """
-    prob = inputs.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean(1).sum() / num_masks
+    return sigmoid_focal_terms(inputs, targets, alpha, gamma).mean(1).sum() / num_masks
 
 
 def prepare_targets(
