@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from typing import Any, Callable, Tuple, Union
 
-__all__ = ["TMP_PREFIX", "atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "TMP_PREFIX",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "publish_folder",
+]
 
 # temporaries are hidden siblings of their destination; stores remove stale ones by prefix
 TMP_PREFIX = ".tmp-"
@@ -84,3 +92,30 @@ def atomic_write_json(
     """Write ``obj`` as JSON (with a trailing newline) atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
     atomic_write_text(path, text, fsync=fsync)
+
+
+def publish_folder(tmp: PathLike, dest: PathLike, is_current: Callable[[], bool]) -> None:
+    """Move the finished folder ``tmp`` to ``dest``, replacing a folder already there.
+
+    ``tmp`` must be a sibling of ``dest`` (same file system, so the rename is atomic). An old
+    ``dest`` is first renamed aside and then deleted, so a reader sees the old folder or the
+    new one, never a mix. When another process published first (the rename fails because
+    ``dest`` exists again), that is accepted if ``is_current()`` says its folder is the one
+    wanted; otherwise the error is raised.
+
+    Args:
+        tmp: the complete new folder.
+        dest: where it goes.
+        is_current: whether the folder now at ``dest`` is the wanted one.
+    """
+    dest = os.fspath(dest)
+    parent, name = os.path.split(os.path.abspath(dest))
+    if os.path.exists(dest):
+        old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+        os.replace(dest, os.path.join(old, name))
+        shutil.rmtree(old)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not is_current():
+            raise

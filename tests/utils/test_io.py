@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovseg.utils.io import TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text
+from ovseg.utils.io import (
+    TMP_PREFIX,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    publish_folder,
+)
 
 
 def _mode(path) -> int:
@@ -143,3 +149,39 @@ def test_concurrent_writers_to_one_file_each_leave_a_whole_file(tmp_path):
         t.join()
     assert path.read_text() in payloads
     assert _temporaries(tmp_path) == []
+
+
+def _folder(path, text):
+    path.mkdir()
+    (path / "f.txt").write_text(text)
+    return path
+
+
+def test_published_folder_replaces_the_old_one_and_leaves_no_aside(tmp_path):
+    dest = _folder(tmp_path / "world", "old")
+    (dest / "stale.txt").write_text("from the old folder")
+    publish_folder(_folder(tmp_path / ".new", "new"), dest, lambda: False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]
+    assert sorted(p.name for p in dest.iterdir()) == ["f.txt"]
+    assert (dest / "f.txt").read_text() == "new"
+
+
+def test_publishing_after_another_writer_keeps_theirs_only_when_it_is_current(tmp_path):
+    dest = tmp_path / "world"
+
+    def other_writer_wins(src, dst):  # the other process renames its folder in first
+        _folder(dest, "theirs")
+        raise OSError(39, "Directory not empty")
+
+    for current in (True, False):
+        tmp = _folder(tmp_path / f".new-{current}", "ours")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "rename", other_writer_wins)
+            if current:
+                publish_folder(tmp, dest, lambda: True)
+            else:
+                with pytest.raises(OSError):
+                    publish_folder(tmp, dest, lambda: False)
+        assert (dest / "f.txt").read_text() == "theirs"
+        shutil.rmtree(dest)
+        shutil.rmtree(tmp)

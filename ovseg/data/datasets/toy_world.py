@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ...utils.io import publish_folder
 from .common import datasets_root, deterministic_colors, register_split
 
 __all__ = [
@@ -335,15 +336,9 @@ def build_toy_world(
         logger.info("Writing the toy world %s to %s", params, folder)
         _write_world(tmp, params)
         if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=".toy_world.old-", dir=folder.parent))
-            os.replace(folder, old / "toy_world")
             logger.warning("Replacing the toy world %s in %s (overwrite=True)", found, folder)
-            shutil.rmtree(old)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished the same world first
-            if _read_manifest(folder) != params:
-                raise
+        # another process may finish the same world first: accepted when its manifest matches
+        publish_folder(tmp, folder, lambda: _read_manifest(folder) == params)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _with_instances(folder, params)

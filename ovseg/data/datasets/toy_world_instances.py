@@ -42,6 +42,7 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.io import publish_folder
 from .instance_common import register_instance_split, register_panoptic_split
 from .toy_world import _DIRS, CLASSES, SHAPES, ToyScene, _image_id, generate_sample, render_scene
 
@@ -170,15 +171,7 @@ def build_toy_instances(world: Path, params: dict) -> Path:
             _write_stream(tmp, stream, count, params)
         with open(tmp / "manifest.json", "w", encoding="utf-8") as f:  # written last
             json.dump(want, f, indent=1, sort_keys=True)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=".panoptic.old-", dir=world))
-            os.replace(out, old / PANOPTIC_DIR)
-            shutil.rmtree(old)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished the same files first
-            if _read_manifest(out) != want:
-                raise
+        publish_folder(tmp, out, lambda: _read_manifest(out) == want)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
