@@ -8,6 +8,7 @@ Expected labels are worked out by hand.
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -342,3 +343,25 @@ def test_pcontext60_vocabulary_and_registration(tmp_path, raw, read, prepare_scr
         assert [d["image_id"] for d in dicts] == [VAL_PC]
         assert dicts[0]["file_name"] == str(voc / f"JPEGImages/{VAL_PC}.jpg")
     assert [d["image_id"] for d in DatasetCatalog.get("pcontext60_sem_seg_train")] == [TRAIN_PC]
+
+
+def test_pcontext_459_splits_are_the_json_phases_like_pc59(tmp_path, raw, read, prepare_script):
+    script = prepare_script("prepare_pcontext_full_sem_seg")
+    voc = _context(tmp_path, raw)
+    out = voc / "annotations_detectron2"
+    script.main(["--root", str(tmp_path)])
+    # the image VOC 2010's val list has and the json's val phase lacks is not converted
+    assert _stems(out / "pc459_val") == [VAL_PC]
+    assert _stems(out / "pc459_train") == [TRAIN_PC]
+    # 0 -> ignore 65535, ids 1..459 -> 0..458
+    np.testing.assert_array_equal(
+        read(out / f"pc459_val/{VAL_PC}.png"), [[65535, 1, 396], [457, 0, 8]]
+    )
+    # an explicit list folder still wins; without the json, VOC 2010's lists are the splits
+    shutil.rmtree(out)
+    script.main(["--root", str(tmp_path), "--split-dir", "ImageSets/Main"])
+    assert _stems(out / "pc459_val") == sorted([VAL_PC, DROPPED])
+    shutil.rmtree(out)
+    (voc / "trainval_merged.json").unlink()
+    script.main(["--root", str(tmp_path)])
+    assert _stems(out / "pc459_val") == sorted([VAL_PC, DROPPED])
