@@ -13,7 +13,13 @@ import numpy as np
 
 from .metrics import segmentation_metrics
 
-__all__ = ["MASK_BASELINES", "mask_baseline", "oracle_masks_random_names", "uniform_baseline"]
+__all__ = [
+    "MASK_BASELINES",
+    "ground_truth_segments",
+    "mask_baseline",
+    "oracle_masks_random_names",
+    "uniform_baseline",
+]
 
 
 def _confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -109,7 +115,9 @@ def _decode(segmentation, height: int, width: int) -> np.ndarray:
     return mask_util.decode(mask_util.merge(rles)).astype(bool)
 
 
-def _gt_segments(record: dict) -> tuple[tuple[int, int], list[tuple[np.ndarray, int, bool]]]:
+def ground_truth_segments(
+    record: dict,
+) -> tuple[tuple[int, int], list[tuple[np.ndarray, int, bool]]]:
     """((H, W), [(mask, contiguous class, crowd)]) from a panoptic or instance record."""
     from PIL import Image
 
@@ -129,7 +137,7 @@ def _gt_segments(record: dict) -> tuple[tuple[int, int], list[tuple[np.ndarray, 
 
 def _predicted_masks(record: dict, kind: str, classes: Sequence[int], rng) -> tuple:
     """((H, W), [(mask, class)]) of one baseline on one image."""
-    shape, gt = _gt_segments(record)
+    shape, gt = ground_truth_segments(record)
     if kind == "uniform":  # every pixel named at random; one mask per class named
         label = np.asarray(classes)[rng.integers(0, len(classes), size=shape)]
         return shape, [(label == c, int(c)) for c in classes if (label == c).any()]

@@ -79,12 +79,12 @@ def _draw_segments(dataset_dict, info, min_size: int) -> Tuple[np.ndarray, Dict[
     crowd regions are left undrawn."""
     import torch
 
-    from ..evaluation.baselines import _gt_segments
+    from ..evaluation.baselines import ground_truth_segments
     from .mask_visualization import draw_instance_predictions, draw_panoptic_prediction
 
     image = read_image(dataset_dict["file_name"], format="RGB")
     names, unseen = list(info["metadata"].stuff_classes), set(info["unseen"])
-    shape, segments = _gt_segments(dataset_dict)
+    shape, segments = ground_truth_segments(dataset_dict)
     segments = [(m, c) for m, c, crowd in segments if not crowd]
     present = {names[c]: ("unseen" if names[c] in unseen else "seen") for _, c in segments}
     scale = overlay_scale(*image.shape[:2], min_size)
