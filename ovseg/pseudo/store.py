@@ -215,10 +215,11 @@ class PseudoLabelStore:
         """
         root = os.fspath(root)
         manifest = cls._read_manifest(root)
-        if manifest.get("kind", "semantic") != cls.KIND:
+        kind = manifest.get("kind", "semantic")
+        if kind != cls.KIND:
             raise ValueError(
-                f"Pseudo-label store {root!r} holds {manifest.get('kind')} pseudo-labels, not "
-                f"{cls.KIND} ones: point this config at a store its method makes"
+                f"Pseudo-label store {root!r} holds {kind} pseudo-labels, not {cls.KIND} "
+                "ones: point this config at a store its method makes"
             )
         if expect:
             expect = _normalise(expect)

@@ -169,3 +169,25 @@ class HandCLIP:
             rows = torch.tensor([self.regions[c] for c in cols]).float()
             out.append(F.normalize(rows, dim=-1))
         return out
+
+
+FAKE_TEACHER = "FakeXPMTeacher"
+
+
+def register_fake_teacher() -> str:
+    """Register :class:`FakeProposer` as the meta-architecture ``FakeXPMTeacher`` (once) and
+    return its name: a config naming it (and MODEL.XPM.TEACHER_META_ARCHITECTURE) stands in
+    for an XPM teacher config."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    if FAKE_TEACHER not in META_ARCH_REGISTRY:
+
+        class FakeXPMTeacher(FakeProposer):
+            def __init__(self, cfg):
+                super().__init__()
+
+            def forward(self, batched_inputs):
+                return self.propose(batched_inputs)
+
+        META_ARCH_REGISTRY._do_register(FAKE_TEACHER, FakeXPMTeacher)
+    return FAKE_TEACHER
