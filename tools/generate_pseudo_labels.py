@@ -10,7 +10,9 @@ Examples:
 
 Every process labels every world_size-th image (by image id); images already in the store
 are skipped, so re-running the same command after a kill finishes the job. The store then
-feeds training through DATASETS.PSEUDO_LABELS. Without CUDA, --num-gpus N starts N CPU
+feeds training through DATASETS.PSEUDO_LABELS. An XPM config (MODEL.META_ARCHITECTURE XPM,
+XPMTeacher, XPMStudent) writes its caption pseudo instances into an instance store instead
+(docs/xpm_pseudo_labels.md). Without CUDA, --num-gpus N starts N CPU
 processes connected through gloo. The job itself is ``ovseg.engine.pseudo_labelling``.
 """
 

@@ -73,7 +73,8 @@ def get_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="pixels less confident than this are labelled ignore (default 0: keep all; the "
-        "confidence PNGs allow a stricter cut later)",
+        "confidence PNGs allow a stricter cut later); XPM configs: pseudo instances scoring "
+        "less are not written",
     )
     parser.add_argument(
         "--scores",
@@ -184,18 +185,18 @@ def _all_ok(error: Optional[str]) -> None:
         raise RuntimeError(errors[0] if error is None else error)
 
 
-def _open_store(output: str, manifest: dict) -> PseudoLabelStore:
+def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> PseudoLabelStore:
     store, error = None, None
     if comm.is_main_process():
         try:
-            store = PseudoLabelStore.create(output, manifest)
+            store = store_cls.create(output, manifest)
         except (ValueError, OSError) as e:
             error = str(e)
     _all_ok(error)
     if store is None:
         expect = {"fingerprint": manifest["fingerprint"], "vocabulary": manifest["vocabulary"]}
         try:
-            store = PseudoLabelStore.open(output, expect=expect)
+            store = store_cls.open(output, expect=expect)
         except (ValueError, OSError) as e:
             # e.g. a randomly initialised teacher that differs between processes
             error = f"rank {comm.get_rank()}: {e}"
@@ -204,12 +205,18 @@ def _open_store(output: str, manifest: dict) -> PseudoLabelStore:
 
 
 def main(args: argparse.Namespace) -> Dict[str, int]:
-    """Label this process's share of the dataset into ``args.output`` (every process).
+    """Label this process's share of the dataset into ``args.output`` (every process):
+    semantic labels, or an XPM config's caption pseudo instances (``pseudo_instances.py``).
 
     Returns:
         dict: this process's {"total", "written", "skipped"} image counts.
     """
     cfg = setup(args)
+    from .pseudo_instances import main as instances_main
+    from .pseudo_instances import makes_instance_pseudo_labels
+
+    if makes_instance_pseudo_labels(cfg):  # XPM: caption pseudo instances
+        return instances_main(cfg, args)
     labeller = build_labeller(cfg, args.dataset, args.scores)
     manifest = labeller_manifest(cfg, labeller, args.threshold, args.command)
     store = _open_store(args.output, manifest)

@@ -6,6 +6,10 @@ COCOeval needs its compiled ops). Predicted classes index the dataset's ``stuff_
 ``InstanceSegEvaluator``); predictions of stuff classes are dropped. Per split (seen /
 unseen), AP averages the precision of the split's categories over IoU 0.50:0.95, AP50 and
 AP75 at one IoU, all at area "all" and 100 detections: XPM's per-split AP50 is the second.
+
+A dataset registered as one of XPM's evaluation sets (metadata ``eval_set``, see
+``ovseg/data/datasets/instance_eval_sets.py``) is scored on its categories only and on the
+images holding one of them, as XPM's per-set jsons are (``construct_coco_json.py:262-282``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 
-__all__ = ["OpenVocabInstanceEvaluator", "split_average_precision"]
+__all__ = ["OpenVocabInstanceEvaluator", "evaluate_on_categories", "split_average_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,32 @@ def split_average_precision(coco_eval, category_ids) -> dict:
         values = values[values > -1]
         out[name] = float(values.mean() * 100) if values.size else float("nan")
     return out
+
+
+def evaluate_on_categories(coco_gt, results, category_ids):
+    """Mask COCOeval over ``category_ids`` only, on the images with an annotation of one.
+
+    Args:
+        coco_gt (COCO): the ground truth (the split's json).
+        results (list[dict]): COCO results with dataset category ids.
+        category_ids: the evaluation set's dataset category ids.
+
+    Returns:
+        COCOeval: evaluated, accumulated and summarised.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    ids = sorted(category_ids)
+    anns = coco_gt.loadAnns(coco_gt.getAnnIds(catIds=ids))
+    # without "bbox" pycocotools takes each result's area from its mask (as detectron2 does)
+    coco_dt = coco_gt.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results])
+    coco_eval = COCOeval(coco_gt, coco_dt, "segm")
+    coco_eval.params.catIds = ids
+    coco_eval.params.imgIds = sorted({a["image_id"] for a in anns})
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval
 
 
 class OpenVocabInstanceEvaluator(COCOEvaluator):
@@ -75,6 +105,9 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
             ]
             for split in ("seen", "unseen")
         } if unseen else {}  # fmt: skip
+        self._splits = {k: v for k, v in self._splits.items() if v}
+        # one of XPM's evaluation sets: only its categories, on its images
+        self._eval_set = meta.get("eval_set", None)
 
     def _eval_predictions(self, predictions, img_ids=None):
         results = list(itertools.chain(*[x["instances"] for x in predictions]))
@@ -87,7 +120,19 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
             r["category_id"] = self._to_dataset_id[r["category_id"]]
         if not self._do_evaluation:
             return
-        coco_eval = (
+        if self._eval_set is not None and kept:
+            ids = list(self._to_dataset_id.values())
+            coco_eval = evaluate_on_categories(self._coco_api, kept, ids)
+        else:
+            coco_eval = self._evaluate_all(kept, img_ids)
+        res = self._derive_coco_results(coco_eval, "segm", self._metadata.get("thing_classes"))
+        for split, ids in self._splits.items():
+            for key, value in split_average_precision(coco_eval, ids).items() if coco_eval else ():
+                res[f"{key}-{split}"] = value
+        self._results["segm"] = res
+
+    def _evaluate_all(self, kept, img_ids):
+        return (
             _evaluate_predictions_on_coco(
                 self._coco_api,
                 kept,
@@ -99,8 +144,3 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
             if kept
             else None
         )
-        res = self._derive_coco_results(coco_eval, "segm", self._metadata.get("thing_classes"))
-        for split, ids in self._splits.items():
-            for key, value in split_average_precision(coco_eval, ids).items() if coco_eval else ():
-                res[f"{key}-{split}"] = value
-        self._results["segm"] = res

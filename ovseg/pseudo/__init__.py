@@ -9,6 +9,13 @@ from .attach import (
     store_label_map,
 )
 from .generate import generate_pseudo_labels, shard_dataset_dicts
+from .instance_store import (
+    InstancePseudoLabelStore,
+    attach_pseudo_instances,
+    generate_pseudo_instances,
+    store_kind,
+)
+from .instances import PseudoInstance, PseudoInstanceLabeller
 from .labeller import (
     build_manifest,
     expected_teacher,
@@ -29,6 +36,12 @@ from .spec import PSEUDO_LABEL_SOURCES, PseudoLabelSpec, check_source, expected_
 from .store import PseudoLabelStore, image_id_of
 
 __all__ = [
+    "InstancePseudoLabelStore",
+    "PseudoInstance",
+    "PseudoInstanceLabeller",
+    "attach_pseudo_instances",
+    "generate_pseudo_instances",
+    "store_kind",
     "PSEUDO_LABEL_SOURCES",
     "SCORE_KINDS",
     "PseudoLabelSpec",

@@ -14,6 +14,7 @@ import numpy as np
 
 from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 
+from .instance_store import InstancePseudoLabelStore, attach_pseudo_instances, store_kind
 from .spec import expected_pseudo_labels
 from .store import GENERATE_HINT, PseudoLabelStore, image_id_of
 
@@ -72,7 +73,8 @@ def pseudo_labelled_dataset_dicts(cfg, dataset_name: Optional[Union[str, Sequenc
     ``get_detection_dataset_dicts(names, filter_empty=False)``. With it, the store is opened
     and refused when it was made for another dataset or, for a student that declares what
     it expects (:func:`~ovseg.pseudo.spec.expected_pseudo_labels`), over other classes or at
-    another threshold; then every dict gets its label file.
+    another threshold; then every dict gets its label file (an instance store's
+    records are attached as "pseudo_instances_file_name").
 
     Args:
         cfg (CfgNode): the training config.
@@ -94,6 +96,10 @@ def pseudo_labelled_dataset_dicts(cfg, dataset_name: Optional[Union[str, Sequenc
             f"DATASETS.PSEUDO_LABELS={root!r} holds the labels of one dataset, but training "
             f"uses {names}; train on one dataset or leave DATASETS.PSEUDO_LABELS empty"
         )
+    if store_kind(root) == InstancePseudoLabelStore.KIND:  # XPM's per-image instances
+        store = InstancePseudoLabelStore.open(root, expect={"dataset": names[0]})
+        logger.info(f"Attaching pseudo instances from {store!r} to {len(dicts)} images")
+        return attach_pseudo_instances(dicts, store)
     store = PseudoLabelStore.open(root, expect={"dataset": names[0]})
     ignore_label = MetadataCatalog.get(names[0]).get("ignore_label", 255)
     if store.ignore_value != ignore_label:

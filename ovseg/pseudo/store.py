@@ -119,6 +119,9 @@ class PseudoLabelStore:
     only wraps an already-validated manifest.
     """
 
+    KIND = "semantic"  # the manifest's "kind" (absent = semantic); subclasses hold others
+    SUBDIRS = (LABELS, CONFIDENCE)  # the per-image folders
+
     def __init__(self, root: str, manifest: Mapping[str, Any]):
         """
         Args:
@@ -193,7 +196,7 @@ class PseudoLabelStore:
             os.makedirs(root, exist_ok=True)
             store = cls(root, fresh)
             store._write_manifest()
-        for sub in (LABELS, CONFIDENCE):
+        for sub in cls.SUBDIRS:
             os.makedirs(os.path.join(root, sub), exist_ok=True)
         store._remove_stale_temporaries()
         return store
@@ -212,6 +215,12 @@ class PseudoLabelStore:
         """
         root = os.fspath(root)
         manifest = cls._read_manifest(root)
+        kind = manifest.get("kind", "semantic")
+        if kind != cls.KIND:
+            raise ValueError(
+                f"Pseudo-label store {root!r} holds {kind} pseudo-labels, not {cls.KIND} "
+                "ones: point this config at a store its method makes"
+            )
         if expect:
             expect = _normalise(expect)
             diffs = []
@@ -256,7 +265,7 @@ class PseudoLabelStore:
 
     def _remove_stale_temporaries(self) -> None:
         # left by a killed run; only called while no process of this store is writing
-        for sub in (LABELS, CONFIDENCE):
+        for sub in self.SUBDIRS:
             folder = os.path.join(self.root, sub)
             for name in os.listdir(folder):
                 if name.startswith(TMP_PREFIX):

@@ -13,6 +13,7 @@ from .mask_targets import (
 from .resize import RatioRangeResize, training_resize
 from .semantic import SemanticDatasetMapper, transform_label, zero_shot_label_map
 from .teacher_input import TeacherInputMapper
+from .xpm_instance import XPMInstanceDatasetMapper
 
 __all__ = [
     "MAPPER_REGISTRY",
@@ -27,6 +28,7 @@ __all__ = [
     "RatioRangeResize",
     "SemanticDatasetMapper",
     "TeacherInputMapper",
+    "XPMInstanceDatasetMapper",
     "build_dataset_mapper",
     "training_resize",
     "transform_label",

@@ -8,6 +8,8 @@
   split ``test``.
 - ``coco_2017_{train,val}_instance_48_17``: OVR-CNN's split (XPM): train holds the 48 seen
   classes' annotations (images with at least one), val the 65 classes; COCO captions attached.
+  XPM's other two evaluation sets: ``coco_2017_val_instance_48_17_{unseen,seen}``
+  (``instance_eval_sets.py``).
 """
 
 import os
@@ -23,6 +25,7 @@ from .categories import (
 )
 from .common import datasets_root
 from .instance_common import register_instance_split, register_panoptic_split
+from .instance_eval_sets import register_instance_eval_sets
 
 
 def register_all_coco_panoptic(root: str) -> None:
@@ -76,6 +79,8 @@ def register_all_coco_panoptic(root: str) -> None:
             captions_json=os.path.join(root, "annotations", f"captions_{split}2017.json"),
             prepare_script="prepare_coco_instance_48_17.py",
         )
+        if split == "val":  # XPM's unseen-only and seen-only evaluation sets
+            register_instance_eval_sets(f"coco_2017_{split}_instance_48_17")
 
 
 register_all_coco_panoptic(datasets_root())

@@ -22,7 +22,8 @@ manifest)::
 
 Registered per zero-shot split as ``<prefix>_panoptic_{train,val}`` (evaluator
 ``ovseg_panoptic``: PQ, mask AP and mIoU) and ``<prefix>_instance_{train,val}`` (evaluator
-``ovseg_instance``); like the semantic splits, train and val of "a" and "b" read the same
+``ovseg_instance``; with unseen shapes also XPM's ``<prefix>_instance_val_{unseen,seen}``
+evaluation sets); like the semantic splits, train and val of "a" and "b" read the same
 files and differ in ``unseen_classes`` (the training mappers remove the unseen shapes).
 """
 
@@ -44,6 +45,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...utils.io import publish_folder
 from .instance_common import register_instance_split, register_panoptic_split
+from .instance_eval_sets import register_instance_eval_sets
 from .toy_world import _DIRS, CLASSES, SHAPES, ToyScene, _image_id, generate_sample, render_scene
 
 __all__ = [
@@ -247,3 +249,5 @@ def register_toy_world_instances(
             prepare_script=_SCRIPT,
         )
         _wrap_loader(name, folder)
+        if split == "val":  # XPM's unseen-only and seen-only evaluation sets
+            register_instance_eval_sets(name)

@@ -251,6 +251,11 @@ class CaptionNounMatcher:
 
         return cls(CLASSES, exclude=("background",))
 
+    @property
+    def phrases(self) -> Dict[Tuple[str, ...], int]:
+        """Every matched phrase (its lemmas) -> class id; excluded classes have none."""
+        return dict(self._phrases)
+
     def match_caption(self, caption: str) -> List[Tuple[str, int]]:
         """Every (phrase, class id) whose lemmas occur as whole words in ``caption``."""
         if not isinstance(caption, str):

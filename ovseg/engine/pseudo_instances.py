@@ -1,0 +1,228 @@
+"""XPM's caption pseudo instances into an instance store: the job
+``tools/generate_pseudo_labels.py`` runs when the config's META_ARCHITECTURE is an XPM one.
+
+The teacher (``MODEL.XPM.TEACHER_META_ARCHITECTURE``, weights ``MODEL.XPM.TEACHER_WEIGHTS``)
+proposes boxes and masks through ``propose(batched_inputs) -> list[Instances]``; the CLIP
+teacher (the model's own, else ``MODEL.CLIP``) embeds caption nouns and the proposals;
+:class:`~ovseg.pseudo.PseudoInstanceLabeller` picks each noun's best proposal. The store is
+fingerprinted by the teacher's weights, CLIP's, the labeller's settings, the vocabulary and
+the dataset, so a store made otherwise is refused and a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence
+
+from torch import nn
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+
+from ..clip.build import build_clip_teacher
+from ..clip.templates import get_templates
+from ..data import build_dataset_mapper
+from ..data.dataset_mappers.xpm_instance import xpm_vocabulary
+from ..modeling.xpm.nouns import COCO_LVIS_SYNONYMS, CaptionNounMatcher
+from ..pseudo import (
+    InstancePseudoLabelStore,
+    PseudoInstanceLabeller,
+    build_manifest,
+    find_teacher,
+    generate_pseudo_instances,
+    labeller_fingerprint,
+    labeller_settings,
+    teacher_weights_id,
+)
+from .checkpoint import load_model_weights
+
+__all__ = [
+    "CAPTION_MATCHERS",
+    "XPM_META_ARCHITECTURES",
+    "InstanceLabeller",
+    "build_caption_matcher",
+    "build_instance_labeller",
+    "instance_labeller_manifest",
+    "main",
+    "makes_instance_pseudo_labels",
+]
+
+logger = logging.getLogger("ovseg.tools.generate_pseudo_labels")
+
+# meta-architectures whose configs make instance pseudo-labels (besides the teacher's own)
+XPM_META_ARCHITECTURES = ("XPM", "XPMTeacher", "XPMStudent")
+
+
+def makes_instance_pseudo_labels(cfg: CfgNode) -> bool:
+    """True when the config is an XPM one (its META_ARCHITECTURE is one of
+    XPM_META_ARCHITECTURES or MODEL.XPM.TEACHER_META_ARCHITECTURE)."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    return name in XPM_META_ARCHITECTURES or name == cfg.MODEL.XPM.TEACHER_META_ARCHITECTURE
+
+
+def _coco(names: Sequence[str], extras: bool) -> CaptionNounMatcher:
+    return CaptionNounMatcher.coco(names, extras=extras)
+
+
+def _auto(names: Sequence[str]) -> CaptionNounMatcher:
+    if set(names) <= set(COCO_LVIS_SYNONYMS):
+        return _coco(names, True)
+    return CaptionNounMatcher(names)
+
+
+# MODEL.XPM.CAPTION_SYNONYMS -> matcher over the vocabulary's names
+CAPTION_MATCHERS: Dict[str, Callable[[Sequence[str]], CaptionNounMatcher]] = {
+    "auto": _auto,
+    "coco": lambda names: _coco(names, True),
+    "coco_official": lambda names: _coco(names, False),
+    "none": lambda names: CaptionNounMatcher(names),
+}
+
+
+def build_caption_matcher(cfg: CfgNode, vocabulary: Sequence[str]) -> CaptionNounMatcher:
+    """The caption matcher MODEL.XPM.CAPTION_SYNONYMS asks for, over ``vocabulary``."""
+    kind = cfg.MODEL.XPM.CAPTION_SYNONYMS
+    if kind not in CAPTION_MATCHERS:
+        raise ValueError(
+            f"MODEL.XPM.CAPTION_SYNONYMS={kind!r} is not one of {sorted(CAPTION_MATCHERS)}"
+        )
+    return CAPTION_MATCHERS[kind](list(vocabulary))
+
+
+@dataclass
+class InstanceLabeller:
+    """A config's XPM teacher and labeller, ready to label a dataset."""
+
+    proposer: nn.Module  # in eval mode, with propose()
+    labeller: PseudoInstanceLabeller
+    mapper: Callable[[dict], dict]  # test mode
+    dataset: str
+    dataset_dicts: List[dict]
+    unseen: List[str]
+    weights: str
+
+
+def _teacher_weights(cfg: CfgNode) -> str:
+    xpm = cfg.MODEL.XPM
+    if xpm.TEACHER_WEIGHTS:
+        return xpm.TEACHER_WEIGHTS
+    return cfg.MODEL.WEIGHTS if cfg.MODEL.META_ARCHITECTURE == xpm.TEACHER_META_ARCHITECTURE else ""
+
+
+def build_proposer(cfg: CfgNode) -> nn.Module:
+    """The teacher of MODEL.XPM.TEACHER_META_ARCHITECTURE with its weights, in eval mode."""
+    teacher_cfg = cfg.clone()
+    teacher_cfg.defrost()
+    teacher_cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.XPM.TEACHER_META_ARCHITECTURE
+    seed_all_rng(max(int(cfg.SEED), 0))  # one random initialisation in every process
+    model = build_model(teacher_cfg)
+    if not callable(getattr(model, "propose", None)):
+        raise TypeError(
+            f"{type(model).__name__} (MODEL.XPM.TEACHER_META_ARCHITECTURE) has no "
+            "propose(batched_inputs) -> list[Instances]; name the XPM teacher"
+        )
+    weights = _teacher_weights(cfg)
+    if weights:
+        load_model_weights(model, weights)
+    else:
+        logger.warning(
+            "No MODEL.XPM.TEACHER_WEIGHTS: the proposals come from an untrained teacher; "
+            "train it first (its config) and pass its checkpoint"
+        )
+    return model.eval()
+
+
+def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller:
+    """Build the XPM teacher, CLIP, the caption matcher and the test mapper of a config.
+
+    Args:
+        cfg (CfgNode): an XPM config.
+        dataset (str): a registered dataset with captions; default DATASETS.TRAIN[0].
+    """
+    dataset = dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
+    if dataset not in DatasetCatalog.list():
+        raise KeyError(f"Dataset {dataset!r} is not registered; name it with --dataset")
+    vocabulary = xpm_vocabulary(cfg, dataset)
+    proposer = build_proposer(cfg)
+    clip = find_teacher(proposer) or build_clip_teacher(cfg)
+    xpm = cfg.MODEL.XPM
+    labeller = PseudoInstanceLabeller(
+        clip,
+        build_caption_matcher(cfg, vocabulary.names),
+        vocabulary.names,
+        templates=get_templates(cfg.MODEL.CLIP.TEMPLATES),
+        region_embedding=xpm.REGION_EMBEDDING,
+        text=xpm.PSEUDO_TEXT,
+        mask_threshold=xpm.PSEUDO_MASK_THRESHOLD,
+    )
+    return InstanceLabeller(
+        proposer=proposer,
+        labeller=labeller,
+        mapper=build_dataset_mapper(cfg, False, dataset),
+        dataset=dataset,
+        dataset_dicts=DatasetCatalog.get(dataset),
+        unseen=list(vocabulary.unseen),
+        weights=_teacher_weights(cfg),
+    )
+
+
+def instance_labeller_manifest(
+    cfg: CfgNode, job: InstanceLabeller, command: str = ""
+) -> Dict[str, Any]:
+    """The store manifest: fingerprint of (teacher weights, CLIP, settings), vocabulary,
+    unseen names, score threshold and dataset."""
+    settings = {
+        **labeller_settings(cfg),
+        "xpm": job.labeller.settings(),
+        "teacher_weights": teacher_weights_id(job.weights),
+    }
+    both = nn.ModuleDict({"proposer": job.proposer, "clip": job.labeller.clip})
+    fingerprint, teacher = labeller_fingerprint(both, settings)
+    return build_manifest(
+        fingerprint=fingerprint,
+        teacher=teacher,
+        vocabulary=job.labeller.vocabulary,
+        unseen=job.unseen,
+        threshold=job.labeller.score_threshold,
+        dataset=job.dataset,
+        command=command,
+    )
+
+
+def main(cfg: CfgNode, args: argparse.Namespace) -> Dict[str, int]:
+    """Label this process's share of the dataset into ``args.output`` (every process)."""
+    from .pseudo_labelling import _all_ok, _open_store
+
+    job = build_instance_labeller(cfg, args.dataset)
+    job.labeller.score_threshold = float(args.threshold)
+    manifest = instance_labeller_manifest(cfg, job, args.command)
+    store = _open_store(args.output, manifest, InstancePseudoLabelStore)
+    error, stats = None, {}
+    try:
+        stats = generate_pseudo_instances(
+            job.proposer,
+            job.labeller,
+            job.dataset_dicts,
+            job.mapper,
+            store,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            progress=not args.no_progress,
+        )
+    except Exception as e:
+        error = f"rank {comm.get_rank()}: {type(e).__name__}: {e}"
+        raise
+    finally:
+        _all_ok(error)
+    if comm.is_main_process():
+        count, total = store.finalize(), len(job.dataset_dicts)
+        logger.info(f"{count} of {total} images of {job.dataset} labelled in {store.root}")
+        meta = MetadataCatalog.get(job.dataset)
+        if count < total:
+            logger.warning(f"{total - count} images of {meta.name} are missing; re-run")
+    return stats

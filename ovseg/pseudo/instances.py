@@ -1,0 +1,267 @@
+"""XPM's pseudo instances: every caption noun gets the teacher proposal that matches it best.
+
+Follows XPM's pseudo-labelling (hbdat/cvpr22_cross_modal_pseudo_labeling @b460423,
+``maskrcnn_benchmark/modeling/detector/st_generalized_rcnn.py:218-275``), re-written for the
+shared CLIP teacher and run once, offline (the teacher is frozen, so it is the same labels):
+
+- nouns: the class phrases of ALL of an image's captions
+  (:class:`~ovseg.modeling.xpm.CaptionNounMatcher`, ``coco_cap_det.py:131-140``), each
+  distinct phrase once with its class of the full vocabulary (seen and unseen);
+- text: each noun's embedding (officially BERT's, ``st_generalized_rcnn.py:243``; here CLIP's
+  prompt-ensembled ``encode_text`` of the noun, or of its class name with ``text="class"``);
+- regions: one embedding per proposal (officially the RoI feature's projection, :226-229;
+  here :meth:`~ovseg.clip.CLIPTeacher.region_embeddings` of the proposal's mask, ``"crop"``
+  or ``"pool"``);
+- per noun, the proposal with the highest product (:245-247) gives the pseudo box (its
+  box, :249) and the pseudo mask (its mask at threshold 0.5, :264-272); score = sigmoid of
+  the product (:255). Both embeddings are L2-normalised, so the product is a cosine.
+  No score threshold and no NMS by default (as XPM); the score is kept for an optional cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from detectron2.structures import Instances
+
+from ..vocab import normalize_name
+
+__all__ = [
+    "REGION_EMBEDDINGS",
+    "PSEUDO_TEXTS",
+    "PseudoInstance",
+    "PseudoInstanceLabeller",
+    "decode_mask",
+    "encode_mask",
+    "proposals_at_size",
+]
+
+REGION_EMBEDDINGS = ("crop", "pool")
+PSEUDO_TEXTS = ("noun", "class")
+
+
+def encode_mask(mask: np.ndarray) -> Dict[str, Any]:
+    """A (H, W) boolean mask as COCO RLE with ``counts`` a str (JSON-able)."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_mask(rle: Mapping[str, Any]) -> np.ndarray:
+    """The (H, W) boolean mask of a COCO RLE written by :func:`encode_mask`."""
+    from pycocotools import mask as mask_util
+
+    counts = rle["counts"]
+    data = {"size": list(rle["size"]), "counts": counts.encode("ascii")}
+    return mask_util.decode(data).astype(bool)
+
+
+@dataclass(frozen=True)
+class PseudoInstance:
+    """One noun's pseudo instance.
+
+    Attributes:
+        noun (str): the caption phrase (space-joined lemmas, e.g. ``"teddy bear"``).
+        category (str): its class name in the labeller's vocabulary.
+        category_id (int): the index of ``category`` in that vocabulary.
+        box (tuple): the proposal's box, XYXY in pixels of the original image.
+        mask (dict): the proposal's mask (probability >= the mask threshold) as COCO RLE.
+        cosine (float): cosine of the noun's text and the proposal's region embedding.
+        score (float): sigmoid(cosine), XPM's pseudo-label score.
+        proposal (int): the proposal's index in the teacher's output.
+    """
+
+    noun: str
+    category: str
+    category_id: int
+    box: Tuple[float, float, float, float]
+    mask: Dict[str, Any]
+    cosine: float
+    score: float
+    proposal: int
+
+    def to_json(self) -> Dict[str, Any]:
+        return {**asdict(self), "box": list(self.box)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PseudoInstance:
+        fields = set(cls.__dataclass_fields__)
+        missing = sorted(fields - set(data))
+        if missing:
+            raise ValueError(f"a pseudo instance record lacks {missing}: {dict(data)!r}")
+        box = tuple(float(v) for v in data["box"])
+        if len(box) != 4:
+            raise ValueError(f"pseudo instance box {data['box']!r} is not XYXY")
+        return cls(**{**{k: data[k] for k in fields}, "box": box})
+
+
+def proposals_at_size(proposals: Instances, height: int, width: int) -> Instances:
+    """The proposals moved to (height, width): boxes scaled, mask probabilities resized
+    bilinearly. Unchanged when they already are at that size.
+
+    Args:
+        proposals (Instances): ``pred_boxes`` (Boxes), ``pred_masks`` ((N, H', W') floats in
+            [0, 1], or (N, 1, H', W')) and ``scores``.
+        height, width (int): the original image size.
+    """
+    masks = proposals.pred_masks
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(proposals.image_size):
+        raise ValueError(
+            f"proposal pred_masks have shape {tuple(proposals.pred_masks.shape)}; expected "
+            f"(N, H, W) mask probabilities at the proposals' image size {proposals.image_size}"
+        )
+    out = Instances((height, width))
+    h0, w0 = proposals.image_size
+    boxes = proposals.pred_boxes.clone()
+    if (h0, w0) != (height, width):
+        boxes.scale(width / w0, height / h0)
+        masks = F.interpolate(masks[None].float(), size=(height, width), mode="bilinear")[0]
+    out.pred_boxes = boxes
+    out.pred_masks = masks.float()
+    out.scores = proposals.scores if proposals.has("scores") else masks.new_ones(len(masks))
+    return out
+
+
+class PseudoInstanceLabeller:
+    """Caption nouns -> each one's best-matching proposal, as a :class:`PseudoInstance`."""
+
+    def __init__(
+        self,
+        clip,
+        matcher,
+        vocabulary: Sequence[str],
+        *,
+        templates: Sequence[str],
+        region_embedding: str = "crop",
+        text: str = "noun",
+        mask_threshold: float = 0.5,
+        score_threshold: float = 0.0,
+    ):
+        """
+        Args:
+            clip (CLIPTeacher): text and region embeddings.
+            matcher (CaptionNounMatcher): finds class phrases in captions; each of its class
+                names must be in ``vocabulary``.
+            vocabulary: the full vocabulary (seen and unseen names) pseudo classes index.
+            templates: prompt templates of the text embeddings (ensembled).
+            region_embedding (str): "crop" (masked crop through CLIP's image encoder) or
+                "pool" (mask pooling of CLIP's dense features; cheaper).
+            text (str): "noun" (embed the caption phrase, as XPM) or "class" (its class name).
+            mask_threshold (float): mask probability at and above which a pixel is inside.
+            score_threshold (float): pseudo instances scoring below are dropped (0: none).
+        """
+        if region_embedding not in REGION_EMBEDDINGS:
+            raise ValueError(
+                f"region embedding {region_embedding!r} is not one of {list(REGION_EMBEDDINGS)}"
+            )
+        if text not in PSEUDO_TEXTS:
+            raise ValueError(f"pseudo-label text {text!r} is not one of {list(PSEUDO_TEXTS)}")
+        if not 0.0 < mask_threshold <= 1.0:
+            raise ValueError(f"mask threshold {mask_threshold} is not in (0, 1]")
+        index = {normalize_name(n): i for i, n in enumerate(vocabulary)}
+        matched = sorted(set(matcher.phrases.values()))
+        missing = [
+            matcher.class_names[c] for c in matched
+            if normalize_name(matcher.class_names[c]) not in index
+        ]  # fmt: skip
+        if missing:
+            raise ValueError(
+                f"the caption matcher names classes {missing} that are not in the pseudo-label "
+                f"vocabulary {list(vocabulary)}; give the full vocabulary (seen and unseen)"
+            )
+        self.clip = clip
+        self.matcher = matcher
+        self.vocabulary = tuple(vocabulary)
+        self._to_vocab = {
+            cid: index.get(normalize_name(n), -1) for cid, n in enumerate(matcher.class_names)
+        }
+        self.templates = tuple(templates)
+        self.region_embedding = region_embedding
+        self.text = text
+        self.mask_threshold = float(mask_threshold)
+        self.score_threshold = float(score_threshold)
+
+    def nouns(self, captions: Sequence[str]) -> List[Tuple[str, int]]:
+        """(phrase, vocabulary index) of every class phrase in the captions."""
+        return [(p, self._to_vocab[c]) for p, c in self.matcher(captions).nouns]
+
+    def text_embeddings(self, nouns: Sequence[Tuple[str, int]]) -> Tensor:
+        """(W, D) normalised text embeddings of the nouns (or of their class names)."""
+        texts = [p if self.text == "noun" else self.vocabulary[c] for p, c in nouns]
+        return self.clip.encode_text(texts, self.templates)
+
+    @torch.no_grad()
+    def __call__(
+        self, image: Tensor, captions: Sequence[str], proposals: Instances
+    ) -> List[PseudoInstance]:
+        """The pseudo instances of one image.
+
+        Args:
+            image (Tensor): (3, H, W) RGB in [0, 255] at the proposals' image size.
+            captions: all the image's captions.
+            proposals (Instances): the teacher's, at (H, W): ``pred_boxes``, ``pred_masks``
+                ((N, H, W) probabilities).
+
+        Returns:
+            list[PseudoInstance]: one per noun (fewer with a score threshold), in noun order.
+        """
+        if tuple(image.shape[-2:]) != tuple(proposals.image_size):
+            raise ValueError(
+                f"image {tuple(image.shape)} and proposals {proposals.image_size} differ in size"
+            )
+        nouns = self.nouns(captions)
+        inside = proposals.pred_masks >= self.mask_threshold
+        kept = torch.nonzero(inside.flatten(1).any(dim=1)).flatten()
+        if not nouns or len(kept) == 0:
+            return []
+        masks = inside[kept]
+        regions = self.clip.region_embeddings(
+            image[None].float(), [masks], mode=self.region_embedding
+        )[0]
+        texts = self.text_embeddings(nouns).to(regions)
+        cosine, best = (texts @ regions.T).max(dim=1)  # (W,): each noun's best proposal
+        scores = torch.sigmoid(cosine)
+        boxes = proposals.pred_boxes.tensor[kept].detach().cpu()
+        out = []
+        for w, (noun, cid) in enumerate(nouns):
+            if float(scores[w]) < self.score_threshold:
+                continue
+            p = int(best[w])
+            box = tuple(float(v) for v in boxes[p])
+            out.append(
+                PseudoInstance(
+                    noun=noun,
+                    category=self.vocabulary[cid],
+                    category_id=int(cid),
+                    box=box,  # type: ignore[arg-type]
+                    mask=encode_mask(masks[p].cpu().numpy()),
+                    cosine=float(cosine[w]),
+                    score=float(scores[w]),
+                    proposal=int(kept[p]),
+                )
+            )
+        return out
+
+    def settings(self) -> Dict[str, Any]:
+        """What decides this labeller's output besides its models (for fingerprints)."""
+        return {
+            "region_embedding": self.region_embedding,
+            "text": self.text,
+            "templates": list(self.templates),
+            "mask_threshold": self.mask_threshold,
+            "score_threshold": self.score_threshold,
+            "matcher_classes": list(self.matcher.class_names),
+            "matcher_phrases": sorted(
+                [" ".join(k), self.vocabulary[self._to_vocab[v]]]
+                for k, v in self.matcher.phrases.items()
+            ),
+        }

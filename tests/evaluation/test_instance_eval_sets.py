@@ -1,0 +1,102 @@
+"""XPM's three evaluation sets (unseen-only, seen-only, generalized) on hand-built
+predictions over each set's own vocabulary: categories, images, AP and AP50 per split."""
+
+import numpy as np
+import pytest
+import torch
+from ovseg_testing.xpm import OBJECTS, XPM_TRAIN, object_mask, registered_captioned_coco
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BitMasks, Instances
+
+from ovseg.config import add_ovseg_config
+from ovseg.data import build_dataset_mapper
+from ovseg.data.datasets.instance_eval_sets import (
+    instance_eval_set_names,
+    register_instance_eval_sets,
+)
+from ovseg.evaluation import OpenVocabInstanceEvaluator
+
+UNSEEN, SEEN, ALL = instance_eval_set_names(XPM_TRAIN)
+# one tv found on image 1 only (of 2): precision 1 up to recall 0.5 -> 51 of 101 points
+TV_AP = 100 * 51 / 101
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    with registered_captioned_coco(tmp_path_factory.mktemp("datasets")):
+        names = register_instance_eval_sets(XPM_TRAIN)
+        try:
+            yield names
+        finally:
+            for name in names:
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+
+
+def _predict(dataset, image_id, names, vocabulary):
+    """Exact masks of the named objects of an image, classes as indices of ``vocabulary``
+    (what a model given the set's vocabulary predicts); a tv on image 2 is put elsewhere."""
+    by_cat = {1: "person", 18: "dog", 72: "tv"}
+    masks, classes = [], []
+    for cat, where in OBJECTS[image_id]:
+        if by_cat[cat] not in names:
+            continue
+        mask = object_mask(where)
+        if by_cat[cat] == "tv" and image_id == 2:
+            mask = np.roll(mask, 16, axis=1)  # on the empty middle stripe: a false positive
+        masks.append(mask)
+        classes.append(vocabulary.index(by_cat[cat]))
+    inst = Instances(mask.shape)
+    inst.pred_masks = torch.as_tensor(np.stack(masks))
+    inst.pred_classes = torch.tensor(classes)
+    inst.scores = torch.ones(len(classes))
+    inst.pred_boxes = BitMasks(inst.pred_masks).get_bounding_boxes()
+    return {"instances": inst}
+
+
+def _evaluate(dataset, tmp_path, names):
+    evaluator = OpenVocabInstanceEvaluator(dataset, output_dir=str(tmp_path), distributed=False)
+    evaluator.reset()
+    vocabulary = list(MetadataCatalog.get(dataset).stuff_classes)
+    for d in DatasetCatalog.get(dataset):
+        evaluator.process([d], [_predict(dataset, d["image_id"], names, vocabulary)])
+    return evaluator.evaluate()["segm"]
+
+
+def test_sets_keep_their_categories_and_the_images_holding_one(sets):
+    assert sets == [UNSEEN, SEEN] and ALL == XPM_TRAIN
+    assert MetadataCatalog.get(UNSEEN).stuff_classes == ["dog"]
+    assert MetadataCatalog.get(SEEN).stuff_classes == ["person", "tv"]
+    assert MetadataCatalog.get(UNSEEN).unseen_classes == ["dog"]
+    unseen = DatasetCatalog.get(UNSEEN)
+    assert [d["image_id"] for d in unseen] == [1]  # image 2 has no dog
+    assert [a["category_id"] for a in unseen[0]["annotations"]] == [0]
+    seen = DatasetCatalog.get(SEEN)
+    assert [[a["category_id"] for a in d["annotations"]] for d in seen] == [[0, 1], [0, 1]]
+
+
+def test_the_test_mapper_gives_each_set_its_own_vocabulary(sets):
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.INPUT.DATASET_MAPPER_NAME = "ovseg_xpm_instance"
+    for name, vocabulary in ((UNSEEN, ["dog"]), (SEEN, ["person", "tv"]), (ALL, None)):
+        out = build_dataset_mapper(cfg, False, name)(DatasetCatalog.get(name)[0])
+        assert out["vocabulary"] == (vocabulary or ["person", "dog", "tv"])
+
+
+def test_ap_and_ap50_per_set_and_split(sets, tmp_path):
+    unseen = _evaluate(UNSEEN, tmp_path / "u", ["dog"])
+    assert unseen["AP"] == pytest.approx(100.0) and unseen["AP50"] == pytest.approx(100.0)
+    assert unseen["AP50-unseen"] == pytest.approx(100.0) and "AP-seen" not in unseen
+
+    seen = _evaluate(SEEN, tmp_path / "s", ["person", "tv"])
+    assert seen["AP-person"] == pytest.approx(100.0) and seen["AP-tv"] == pytest.approx(TV_AP)
+    assert seen["AP"] == pytest.approx((100 + TV_AP) / 2)
+    assert seen["AP50"] == pytest.approx((100 + TV_AP) / 2) and "AP-unseen" not in seen
+
+    everything = _evaluate(ALL, tmp_path / "g", ["person", "dog", "tv"])
+    assert everything["AP50-unseen"] == pytest.approx(100.0)
+    assert everything["AP50-seen"] == pytest.approx((100 + TV_AP) / 2)
+    assert everything["AP"] == pytest.approx((200 + TV_AP) / 3)

@@ -1,0 +1,83 @@
+"""tools/generate_pseudo_labels.py on an XPM config: the dispatch to caption pseudo instances,
+the fingerprinted instance store, a resumed re-run, and the store feeding the XPM mapper."""
+
+import json
+
+import pytest
+import torch
+from ovseg_testing.paths import CONFIGS, TINY_VIT
+from ovseg_testing.xpm import XPM_TRAIN, register_fake_teacher, registered_captioned_coco
+
+from ovseg.data import build_dataset_mapper
+from ovseg.engine.defaults import load_config
+from ovseg.engine.pseudo_instances import makes_instance_pseudo_labels
+from ovseg.engine.pseudo_labelling import main, parse_args
+from ovseg.pseudo import InstancePseudoLabelStore, pseudo_labelled_dataset_dicts
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    with registered_captioned_coco(tmp_path_factory.mktemp("datasets")) as coco:
+        yield coco
+
+
+def _opts(tmp_path, teacher):
+    return [
+        "MODEL.META_ARCHITECTURE", teacher,
+        "MODEL.XPM.TEACHER_META_ARCHITECTURE", teacher,
+        "MODEL.XPM.REGION_EMBEDDING", "pool",
+        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT),
+        "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
+        "MODEL.DEVICE", "cpu",
+        "MODEL.OVSEG.TRAIN_VOCABULARY", "person,dog,tv",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_xpm_instance",
+        "INPUT.MIN_SIZE_TEST", "32",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)",
+        "INPUT.MAX_SIZE_TRAIN", "96",
+        "DATASETS.TRAIN", f"('{XPM_TRAIN}',)",
+        "DATASETS.TEST", "()",
+        "OUTPUT_DIR", str(tmp_path / "log"),
+    ]  # fmt: skip
+
+
+def test_dispatch_is_by_meta_architecture(tmp_path):
+    base = str(CONFIGS / "Base-ovseg.yaml")
+    assert makes_instance_pseudo_labels(load_config(base, ["MODEL.META_ARCHITECTURE", "XPM"]))
+    assert not makes_instance_pseudo_labels(load_config(base, []))
+
+
+def test_tool_writes_an_instance_store_that_feeds_the_xpm_mapper(captioned, tmp_path):
+    teacher = register_fake_teacher()
+    out = tmp_path / "store"
+    opts = _opts(tmp_path, teacher)
+    argv = ["--config-file", str(CONFIGS / "Base-ovseg.yaml"), "--output", str(out)]
+    stats = main(parse_args([*argv, "--no-progress", *opts]))
+    assert stats == {"total": 2, "written": 2, "skipped": 0}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "instances" and manifest["count"] == 2
+    assert manifest["vocabulary"] == ["person", "dog", "tv"] and manifest["unseen"] == ["dog"]
+    assert manifest["dataset"] == XPM_TRAIN and manifest["threshold"] == 0.0
+    xpm = manifest["teacher"]["settings"]["xpm"]
+    assert xpm["region_embedding"] == "pool" and xpm["text"] == "noun"
+    assert manifest["teacher"]["settings"]["meta_architecture"] == teacher
+    assert len(manifest["teacher"]["clip"]) == 64 and len(manifest["fingerprint"]) == 64
+    # the same command resumes; another region embedding is another labeller: refused
+    assert main(parse_args([*argv, "--no-progress", *opts]))["skipped"] == 2
+    crop = [*opts, "MODEL.XPM.REGION_EMBEDDING", "crop"]
+    with pytest.raises(RuntimeError, match="made differently"):
+        main(parse_args([*argv, "--no-progress", *crop]))
+
+    cfg = load_config(str(CONFIGS / "Base-ovseg.yaml"), [*opts, "DATASETS.PSEUDO_LABELS", str(out)])
+    dicts = pseudo_labelled_dataset_dicts(cfg)
+    store = InstancePseudoLabelStore.open(str(out))
+    assert [d["pseudo_instances_sha256"] for d in dicts] == [store.digests()[i][0] for i in "12"]
+    sample = build_dataset_mapper(cfg, True)(dicts[0])
+    inst = sample["instances"]
+    assert sample["vocabulary"] == ["person", "dog", "tv"]
+    gt = inst.gt_classes[~inst.gt_is_pseudo].tolist()
+    assert sorted(gt) == [0, 2]  # the unseen dog's ground truth is removed
+    pseudo = inst.gt_classes[inst.gt_is_pseudo].tolist()
+    assert 1 in pseudo  # ... and the captions' dog comes back as a pseudo instance
+    assert len(pseudo) == len(store.read("1")["instances"])
+    assert torch.all(inst.gt_scores[~inst.gt_is_pseudo] == 1)
