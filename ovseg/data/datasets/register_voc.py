@@ -6,8 +6,9 @@ splits and labels; ``voc_sem_seg_train_aug`` (10,582) adds the SBD labels and is
 set of ZegCLIP and MaskCLIP+ (evaluated on ``voc_sem_seg_val``), so it is the one zero-shot
 configs train on. ``voc_sem_seg_train_aug_base`` is FreeSeg's zero-shot training set
 (official ``voc_base_sem_seg_train``, ``register_voc_seg.py:107-123``): ``train_aug`` with the
-unseen classes' pixels ignored and the images without a seen pixel left out. ``JPEGImages`` holds every VOC image, so the label folder written by the
-prepare script defines each split.
+unseen classes' pixels ignored and the images without a seen pixel left out.
+``JPEGImages`` holds every VOC image, so the label folder written by the prepare script
+defines each split.
 """
 
 import os
