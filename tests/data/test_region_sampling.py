@@ -134,3 +134,45 @@ def test_region_sampling_refuses_the_main_stage(tiny_panoptic, tmp_path):
     cfg.MODEL.META_ARCHITECTURE = "FreeSeg"
     with pytest.raises(ValueError, match="prompt stage"):
         region_dataset_for(cfg)
+
+
+def test_semantic_records_map_to_their_class_alone(small_ade20k, tmp_path):
+    cfg = tiny_freeseg_prompt_cfg(
+        tmp_path / "cache",
+        "DATASETS.TRAIN", "('ade20k_sem_seg_train',)",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_semantic_mask",
+        "INPUT.CROP.ENABLED", "False",
+        "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS", "1",
+    )  # fmt: skip
+    records = region_dataset_for(cfg)
+    assert records and {r["task"] for r in records} == {"sem_seg"}
+    per_class = {}
+    for r in records:
+        per_class[r["region_class"]] = per_class.get(r["region_class"], 0) + 1
+    assert set(per_class.values()) == {1}  # one record per class
+    mapper = build_dataset_mapper(cfg, True, "ade20k_sem_seg_train")
+    model = build_model(cfg)
+    for r in records:
+        x = mapper(dict(r))
+        masks, classes = model.input_targets(x, x["vocabulary"])
+        assert [x["vocabulary"][int(c)] for c in classes] == [r["region_class"]]
+        assert masks.shape[0] == 1 and bool(masks.any())
+
+
+def test_a_semantic_record_unions_its_class_segments(tmp_path):
+    from detectron2.structures import Instances
+
+    model = build_model(tiny_freeseg_prompt_cfg(tmp_path / "cache"))
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :2], masks[1, 4:], masks[2, 2:4] = True, True, True
+    inst = Instances((8, 8))
+    inst.gt_masks, inst.gt_classes = masks, torch.tensor([0, 0, 1])
+    x = {"instances": inst, "region_class": "cat", "task": "sem_seg"}
+    got, classes = model.input_targets(x, CLASSES)
+    assert classes.tolist() == [0] and torch.equal(got[0], masks[0] | masks[1])
+    x["task"] = "pan_seg"  # a segment record keeps its segment(s) as they are
+    got, classes = model.input_targets(x, CLASSES)
+    assert classes.tolist() == [0, 0] and torch.equal(got, masks[:2])
+    with pytest.raises(ValueError, match="not in the input's vocabulary"):
+        model.input_targets(dict(x, region_class="horse"), CLASSES)

@@ -36,6 +36,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher
+from ...vocab import normalize_name
 from ..freeseg import AdaptivePromptLearner, mask_crops
 from .base import OpenVocabSegmentor
 
@@ -139,9 +140,10 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
         region = x.get("region_class")
         if region is None:
             return masks, classes
-        if region not in names:
+        normalized = [normalize_name(n) for n in names]
+        if normalize_name(region) not in normalized:
             raise ValueError(f"region class {region!r} is not in the input's vocabulary")
-        c = list(names).index(region)
+        c = normalized.index(normalize_name(region))
         keep = classes == c
         masks, classes = masks[keep], classes[keep]
         if x.get("task") == "sem_seg" and len(classes) > 1:
