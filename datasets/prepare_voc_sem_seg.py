@@ -12,6 +12,10 @@ background and boundary become 255 (ignore) and classes 0..19. Writes three spli
   VOC train, minus VOC val. An image's label is VOC's ``SegmentationClass`` when it has one
   (the VOC train images), else SBD's ``SegmentationClassAug``. Every listed image is kept, as
   mmsegmentation does. Converted only when ``SegmentationClassAug`` exists.
+- ``train_aug_base/``, FreeSeg's zero-shot training split (official
+  ``datasets/prepare_voc_sem_seg.py:38-58``, its ``train_base``): the ``train_aug`` labels with
+  the 5 unseen classes (ids 15-19) set to 255, and an image left out when no seen pixel
+  remains. Labels keep the VOC-20 ids (the official script renumbers the 15 seen ones).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ _LUT = make_lut(range(1, 21), 256, 255, np.uint8)
 _VALID = np.zeros(256, dtype=bool)
 _VALID[:21] = True
 _VALID[255] = True
+UNSEEN_IDS = (15, 16, 17, 18, 19)  # potted plant, sheep, sofa, train, tv monitor
+_BASE_LUT = np.arange(256, dtype=np.uint8)
+_BASE_LUT[list(UNSEEN_IDS)] = 255
 
 
 def convert_voc_label(label: np.ndarray, source: str = "label") -> np.ndarray:
@@ -54,6 +61,20 @@ def convert_file(src: Path, dst: Path, keep_empty: bool = False) -> bool:
     with Image.open(src) as image:
         label = convert_voc_label(np.asarray(image), str(src))
     if (label == 255).all() and not keep_empty:
+        return False
+    save_label(label, dst)
+    return True
+
+
+def convert_base_file(src: Path, dst: Path) -> bool:
+    """Write the seen-only label of a converted VOC-20 label ``src`` into ``dst``.
+
+    Returns False, writing nothing, if no seen pixel remains (the official ``train_base``
+    leaves such images out, ``prepare_voc_sem_seg.py:56-57``).
+    """
+    with Image.open(src) as image:
+        label = _BASE_LUT[np.asarray(image)]
+    if (label == 255).all():
         return False
     save_label(label, dst)
     return True
@@ -155,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = aug_jobs(root, aug_train_ids(root, args.aug_list), out / "train_aug")
     keep_all = functools.partial(convert_file, keep_empty=True)
     run_jobs(jobs, keep_all, "VOC-20 train_aug")
+    base = [(dst, out / "train_aug_base" / dst.name) for _, dst in jobs]
+    run_jobs(base, convert_base_file, "VOC-20 train_aug_base (FreeSeg's seen-only split)")
 
 
 if __name__ == "__main__":

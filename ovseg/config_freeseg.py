@@ -37,6 +37,26 @@ def add_freeseg_config(cfg: CN) -> None:
     # tasks evaluated at test, each with its own prompts; empty = what the first test set's
     # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
     cfg.MODEL.FREESEG.TEST_TASKS = []
+    # prompt stage: at most N region records per class and task (official DATASETS.
+    # SAMPLE_PER_CLASS: COCO 64, VOC 128, ADE 32); -1 = whole images, every region
+    cfg.MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS = -1
+    # seed of that draw (official DATASETS.SAMPLE_SEED 0)
+    cfg.MODEL.FREESEG.PROMPT_SAMPLE_SEED = 0
+    # draw with replacement (official defect: repeated records; False = N distinct ones)
+    cfg.MODEL.FREESEG.PROMPT_SAMPLE_REPLACE = False
+    # prompt stage: score every region of a batch with its first input's task prompt
+    # (official defect); False = each region with its own task's prompt
+    cfg.MODEL.FREESEG.PROMPT_ONE_TASK_PER_BATCH = False
+    cfg.MODEL.FREESEG.TEST_PROMPT_TUNING = CN()
+    # per test image, tune the class-context tokens by entropy minimisation of the unseen
+    # classes (paper; not in the release), restored after the image
+    cfg.MODEL.FREESEG.TEST_PROMPT_TUNING.ENABLED = False
+    # AdamW steps per image
+    cfg.MODEL.FREESEG.TEST_PROMPT_TUNING.STEPS = 1
+    # their learning rate (official TEST.OPTIM.LR 0.001, declared and never read)
+    cfg.MODEL.FREESEG.TEST_PROMPT_TUNING.LR = 0.001
+    # share of queries (lowest unseen-class entropy first) in the loss
+    cfg.MODEL.FREESEG.TEST_PROMPT_TUNING.SELECT_FRACTION = 0.1
     cfg.MODEL.FREESEG.INTERACTION = CN()
     # attention width of the text/visual interaction (official EMBED_DIM 2048)
     cfg.MODEL.FREESEG.INTERACTION.EMBED_DIM = 2048

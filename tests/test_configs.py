@@ -62,7 +62,10 @@ FOLDERS = {
     "freeseg": "FreeSeg",
 }
 MIN_LEAVES = {"LSeg": 9, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
-MIN_LEAVES["FreeSeg"] = 2
+MIN_LEAVES["FreeSeg"] = 4
+MIN_LEAVES["FreeSegPromptLearner"] = 3
+# folders holding a second meta-architecture: FreeSeg's prompt stage sits with FreeSeg
+MORE_ARCHS = {"freeseg": ("FreeSegPromptLearner",)}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -299,28 +302,61 @@ def _baseline_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE == 255
 
 
+# per dataset: lr = wd, iterations, crop, test short side, training tasks' mapper
+FREESEG_RUNS = {
+    "coco": (1.5e-4, 60000, 640, 640, "ovseg_panoptic"),
+    "voc": (2e-5, 20000, 512, 512, "ovseg_semantic_mask"),
+    "ade20k": (1e-4, 60000, 512, 512, "ovseg_panoptic"),
+}
+# per dataset: regions per class and task, weight decay, iterations, tasks' mapper
+FREESEG_PROMPT_RUNS = {
+    "coco": (64, 0.001, 16000, "ovseg_panoptic"),
+    "voc": (128, 0.001, 3200, "ovseg_semantic_mask"),
+    "ade20k": (32, 0.0005, 16000, "ovseg_panoptic"),
+}
+
+
 def _freeseg_recipe(path: Path, cfg) -> None:
     assert cfg.TEST.INFERENCE_MODE == "whole"
     if _dataset(path) == "toy":
         return
-    # R101c, 100 queries, 10 layers; AdamW 1.5e-4 / wd 1.5e-4 (norms, embeddings 0), backbone
-    # x0.1, poly 0.9, full-model clip 0.01, batch 32, 60k
+    # R101c, 100 queries, 10 layers; AdamW (norms, embeddings wd 0), backbone x0.1, poly 0.9,
+    # full-model clip 0.01, batch 32; lr, iterations and sizes per dataset
     res, mf, s = cfg.MODEL.RESNETS, cfg.MODEL.MASK_FORMER, cfg.SOLVER
     assert cfg.MODEL.BACKBONE.NAME == "build_resnet_deeplab_backbone"
     assert (res.DEPTH, res.STEM_TYPE, res.STEM_OUT_CHANNELS) == (101, "deeplab", 128)
     assert list(res.RES5_MULTI_GRID) == [1, 2, 4]
     assert (mf.NUM_OBJECT_QUERIES, mf.DEC_LAYERS, mf.NUM_AUX_LOSSES) == (100, 10, 9)
-    assert (s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY) == ("ADAMW", 1.5e-4, 1.5e-4)
+    lr, iters, crop, test_size, mapper = FREESEG_RUNS[_dataset(path)]
+    assert (s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY) == ("ADAMW", lr, lr)
     assert (s.WEIGHT_DECAY_NORM, s.WEIGHT_DECAY_EMBED, s.BACKBONE_MULTIPLIER) == (0.0, 0.0, 0.1)
     assert (s.LR_SCHEDULER_NAME, s.POLY_LR_POWER) == ("WarmupPolyLR", 0.9)
     clip = s.CLIP_GRADIENTS
     assert clip.ENABLED and (clip.CLIP_TYPE, clip.CLIP_VALUE) == ("full_model", 0.01)
-    assert (s.IMS_PER_BATCH, s.MAX_ITER) == (32, 60000)
+    assert (s.IMS_PER_BATCH, s.MAX_ITER) == (32, iters)
+    assert tuple(cfg.INPUT.CROP.SIZE) == (crop, crop) and cfg.INPUT.MIN_SIZE_TEST == test_size
+    assert cfg.INPUT.DATASET_MAPPER_NAME == mapper
+    assert cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT == 0.8 and not cfg.MODEL.FREESEG.PROMPT_CHECKPOINT
+    assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
+
+
+def _freeseg_prompt_recipe(path: Path, cfg) -> None:
+    # SGD 0.02, cosine after a constant 0.005 warm-up of 100, batch 32, full-model clip 0.01
+    s, fs = cfg.SOLVER, cfg.MODEL.FREESEG
+    assert (s.OPTIMIZER, s.BASE_LR, s.LR_SCHEDULER_NAME) == ("SGD", 0.02, "WarmupCosineLR")
+    assert (s.WARMUP_METHOD, s.WARMUP_FACTOR, s.WARMUP_ITERS) == ("constant", 0.005, 100)
+    assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_VALUE == 0.01
+    per_class, wd, iters, mapper = FREESEG_PROMPT_RUNS[_dataset(path)]
+    assert (fs.PROMPT_SAMPLES_PER_CLASS, s.WEIGHT_DECAY, s.MAX_ITER) == (per_class, wd, iters)
+    assert s.IMS_PER_BATCH == 32 and cfg.INPUT.DATASET_MAPPER_NAME == mapper
+    assert not cfg.INPUT.CROP.ENABLED and not cfg.MODEL.WEIGHTS
+    assert (fs.NUM_CLASS_PROMPT_TOKENS, fs.NUM_TASK_PROMPT_TOKENS) == (16, 8)
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
 
 
 RECIPES = {
     "FreeSeg": _freeseg_recipe,
+    "FreeSegPromptLearner": _freeseg_prompt_recipe,
     "LSeg": _lseg_recipe,
     "ZegCLIP": _zegclip_recipe,
     "MaskCLIP": _maskclip_recipe,
@@ -333,6 +369,7 @@ RECIPES = {
 # the parameters a training step must change
 LEARNERS = {
     "FreeSeg": lambda model: list(model.decoder.parameters()),
+    "FreeSegPromptLearner": lambda model: [model.prompt.class_context, model.prompt.task_context],
     "LSeg": lambda model: list(model.decoder.parameters()),
     "ZegCLIP": lambda model: [model.backbone.prompts],
     "MaskCLIPPlus": lambda model: list(model.head.parameters()),
@@ -350,7 +387,7 @@ def _small_cfg(path: Path, cfg, cache: Path):
         opts += tiny_clip_opts(cfg.MODEL.CLIP.MODEL_NAME)
         if cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_binary_episode":  # its own fold fixture
             opts += ["INPUT.EPISODE.IMAGE_SIZE", "(64, 64)"]
-        elif arch == "FreeSeg":  # panoptic targets: the tiny COCO-layout panoptic set
+        elif cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_panoptic":  # the tiny COCO-layout set
             opts += PANOPTIC_OPTS
         elif arch in LEARNERS:
             opts += TOY_WORLD_OPTS if cfg.MODEL.OVSEG.BG_EMBED else ADE20K_OPTS
@@ -453,7 +490,9 @@ def test_leaf_recipe_and_one_step(
     monkeypatch.chdir(ROOT)  # configs name files relative to the repository root
     cfg = _merged(path)
     arch = cfg.MODEL.META_ARCHITECTURE
-    assert arch == FOLDERS.get(_folder(path)), f"{_rel(path)} ({arch}) sits with {_folder(path)}"
+    folder = _folder(path)
+    archs = (FOLDERS.get(folder), *MORE_ARCHS.get(folder, ()))
+    assert arch in archs, f"{_rel(path)} ({arch}) sits with {folder}"
     RECIPES[arch](path, cfg)
 
     shipped_clip = cfg.MODEL.CLIP.MODEL_NAME

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), or the ImageNet ResNetV1c
-the official MaskCLIP+ students start from, into an ovseg checkpoint.
+"""Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's, FreeSeg's
+(detectron2 .pth), or the ImageNet ResNetV1c the official MaskCLIP+ students start from, into
+an ovseg checkpoint.
 
 Examples:
     python tools/convert_checkpoint.py --method zegclip --input official.pth \\
@@ -13,6 +14,10 @@ Examples:
     python tools/convert_checkpoint.py --method resnet_v1c --input resnet101_v1c-e67eebb6.pth \\
         --output output/converted/resnet101_v1c_ovseg.pth --config-file \\
         configs/voc/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml
+    # an official FreeSeg model_final.pth (its prompts, interaction head and no-object row too)
+    python tools/convert_checkpoint.py --method freeseg --input model_final.pth \\
+        --output output/converted/freeseg_coco_official.pth \\
+        --config-file configs/coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml
 
 Every official tensor is renamed into ovseg's names or dropped for a stated reason (frozen
 CLIP weights come from MODEL.CLIP; with --config-file they are compared with it; the

@@ -1,5 +1,6 @@
-"""Official checkpoints (ZegCLIP, MaskCLIP+; mmseg ``.pth``) into ovseg checkpoints, and the
-ImageNet ResNetV1c (open-mmlab's) the official MaskCLIP+ students start from.
+"""Official checkpoints (ZegCLIP, MaskCLIP+: mmseg ``.pth``; LSeg; FreeSeg: detectron2
+``.pth``) into ovseg checkpoints, and the ImageNet ResNetV1c (open-mmlab's) the official
+MaskCLIP+ students start from.
 
 ``convert_checkpoint(method, official_state, cfg)`` renames every official tensor into
 ovseg's names or drops it for a stated reason (frozen CLIP weights, which ovseg takes from

@@ -1,16 +1,15 @@
 """Convert an official checkpoint into an ovseg one: the job behind tools/convert_checkpoint.py.
 
-Methods: ``zegclip``, ``maskclip_plus`` and ``lseg`` (trained official models), ``resnet_v1c`` (the
-ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-only checkpoint
-for MODEL.WEIGHTS). Without a config the official names are converted alone. With
-``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
+Methods: ``zegclip``, ``maskclip_plus``, ``lseg`` and ``freeseg`` (trained official models),
+``resnet_v1c`` (the ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-
+only checkpoint for MODEL.WEIGHTS). Without a config the official names are converted alone.
+With ``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
 MODEL.CLIP; for ``resnet_v1c`` its backbone alone) checks the result strictly: every ovseg
 parameter present, nothing left over, shapes equal; the official checkpoint's frozen CLIP
-tensors are compared with the teacher's; MaskCLIP+'s fixed text classifier is compared with
-the teacher's embeddings of the test vocabulary; settings that leave the official weights no
-place are refused (with the key to set), and settings under which the same weights would
-compute otherwise than the official model are listed. Any mismatch fails with a message
-naming it.
+tensors are compared with the teacher's; MaskCLIP+'s fixed text classifier is compared with the
+teacher's embeddings of the test vocabulary; settings that leave the official weights no place
+are refused (with the key to set), and settings under which the same weights would compute
+otherwise than the official model are listed. Any mismatch fails with a message naming it.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
 from ..utils.io import atomic_write_json
-from . import lseg, maskclip_plus, resnet_v1c, zegclip
+from . import freeseg, lseg, maskclip_plus, resnet_v1c, zegclip
 from .core import (
     ConversionError,
     ConversionReport,
@@ -62,6 +61,7 @@ class Method:
 
 METHODS: Dict[str, Method] = {
     "zegclip": Method("ZegCLIP", zegclip.convert_zegclip, zegclip.zegclip_settings),
+    "freeseg": Method("FreeSeg", freeseg.convert_freeseg, freeseg.freeseg_settings),
     "lseg": Method("LSeg", lseg.convert_lseg, lseg.lseg_settings),
     "maskclip_plus": Method(
         "MaskCLIPPlus",
@@ -150,7 +150,8 @@ def convert_checkpoint(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), or the "
+        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's "
+        "or FreeSeg's, or the "
         "ImageNet ResNetV1c the official MaskCLIP+ students start from (mmcv .pth), into an "
         "ovseg checkpoint (detectron2 {'model': state_dict})."
     )

@@ -331,7 +331,8 @@ def load_official(path: str) -> Dict[str, Tensor]:
     """The state dict of an official (mmseg/mmcv) checkpoint, read without unpickling code.
 
     Args:
-        path (str): ``{"meta": ..., "state_dict": {...}}`` or a bare state dict.
+        path (str): ``{"meta": ..., "state_dict": {...}}``, detectron2's ``{"model": {...},
+            ...}`` or a bare state dict.
 
     Returns:
         dict[str, Tensor]: CPU tensors; a ``module.`` prefix (DataParallel) is removed.
@@ -345,9 +346,13 @@ def load_official(path: str) -> Dict[str, Tensor]:
             f"{path} cannot be read with torch.load(weights_only=True) (no arbitrary "
             f"unpickling): {e}; load it yourself and re-save its 'state_dict' alone"
         ) from e
-    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    state = None
+    if isinstance(data, dict):  # mmcv's "state_dict", detectron2's "model" (FreeSeg), or bare
+        state = data.get("state_dict", data.get("model", data))
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConversionError(f"{path} holds no state dict of tensors ('state_dict' or bare)")
+        raise ConversionError(
+            f"{path} holds no state dict of tensors ('state_dict', 'model' or bare)"
+        )
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 

@@ -13,6 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..compat import create_ddp_model
 from ..data import build_dataset_mapper
+from ..data.region_sampling import region_dataset_for
 from ..data.resumable_loader import build_resumable_train_loader
 from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
@@ -84,6 +85,8 @@ class Trainer(DefaultTrainer):
         # with a pseudo-label store, every training sample also carries "pseudo_sem_seg"
         dataset = pseudo_labelled_dataset_dicts(cfg) if cfg.DATASETS.PSEUDO_LABELS else None
         # a dataset may ask for its own sampling (COCO-20i: class first, then a record)
+        # FreeSeg's prompt stage: N region records per class and task, when asked
+        dataset = dataset or region_dataset_for(cfg)
         meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
         sampler = None
         if meta.get("train_sampling", "records") != "records":

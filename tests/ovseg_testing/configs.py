@@ -75,6 +75,10 @@ SMALL_OPTS = {
         "MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS", "2",
         "MODEL.FREESEG.INTERACTION.EMBED_DIM", "32",
     ],
+    "FreeSegPromptLearner": [
+        "MODEL.FREESEG.NUM_CLASS_PROMPT_TOKENS", "2",
+        "MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS", "2",
+    ],
     "SemanticSegmentor": [
         *_CROP_64,
         "MODEL.WEIGHTS", "",

@@ -1,10 +1,14 @@
-"""PASCAL VOC 2012, 20 classes without background: ``voc_sem_seg_{train,train_aug,val}``.
+"""PASCAL VOC 2012, 20 classes without background:
+``voc_sem_seg_{train,train_aug,train_aug_base,val}``.
 
 ``voc_sem_seg_train`` (1,464) and ``voc_sem_seg_val`` (1,449) are VOC's own segmentation
 splits and labels; ``voc_sem_seg_train_aug`` (10,582) adds the SBD labels and is the training
 set of ZegCLIP and MaskCLIP+ (evaluated on ``voc_sem_seg_val``), so it is the one zero-shot
-configs train on. ``JPEGImages`` holds every VOC image, so the label folder written by the
-prepare script defines each split.
+configs train on. ``voc_sem_seg_train_aug_base`` is FreeSeg's zero-shot training set
+(official ``voc_base_sem_seg_train``, ``register_voc_seg.py:107-123``): ``train_aug`` with the
+unseen classes' pixels ignored and the images without a seen pixel left out.
+``JPEGImages`` holds every VOC image, so the label folder written by the prepare script
+defines each split.
 """
 
 import os
@@ -15,6 +19,10 @@ from .common import datasets_root, register_sem_seg_split
 _SPLITS = {
     "train": ("train", "prepare_voc_sem_seg.py"),
     "train_aug": ("train_aug", "prepare_voc_sem_seg.py with SegmentationClassAug (SBD) in place"),
+    "train_aug_base": (
+        "train_aug_base",
+        "prepare_voc_sem_seg.py with SegmentationClassAug (SBD) in place",
+    ),
     "val": ("val", "prepare_voc_sem_seg.py"),
 }
 

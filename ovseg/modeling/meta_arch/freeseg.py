@@ -55,6 +55,7 @@ from ..freeseg.tasks import (
     test_tasks_for,
     train_tasks_for,
 )
+from ..freeseg.test_time import TestTimePromptTuning
 from ..mask_classification import (
     HungarianMatcher,
     MaskClassificationCriterion,
@@ -120,6 +121,7 @@ class FreeSeg(OpenVocabSegmentor):
         mask_threshold: float = 0.5,
         clip_temperature: float = 100.0,
         post: Optional[Dict] = None,
+        test_prompt_tuning: Optional[TestTimePromptTuning] = None,
         **base,
     ):
         """
@@ -138,6 +140,8 @@ class FreeSeg(OpenVocabSegmentor):
             mask_threshold (float): a crop keeps pixels whose mask probability is above this.
             clip_temperature (float): CLIP's logit scale in the ensemble.
             post (dict): panoptic / instance post-processing (see :func:`_post_config`).
+            test_prompt_tuning (TestTimePromptTuning, optional): tune the class prompts per
+                test image (ovseg/modeling/freeseg/test_time.py); None = off.
             base: :class:`OpenVocabSegmentor`'s arguments.
         """
         super().__init__(teacher=teacher, **base)
@@ -162,6 +166,7 @@ class FreeSeg(OpenVocabSegmentor):
         self.mask_threshold = float(mask_threshold)
         self.clip_temperature = float(clip_temperature)
         self.post = dict(post or _POST_DEFAULTS)
+        self.test_prompt_tuning = test_prompt_tuning
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -227,6 +232,7 @@ class FreeSeg(OpenVocabSegmentor):
             "mask_threshold": fs.MASK_THRESHOLD,
             "clip_temperature": fs.TEMPERATURE,
             "post": _post_config(cfg),
+            "test_prompt_tuning": TestTimePromptTuning.from_config(cfg),
         }
 
     # ------------------------------------------------------------------ network
@@ -385,6 +391,8 @@ class FreeSeg(OpenVocabSegmentor):
             size = (x.get("height", h), x.get("width", w))
             pixels = self.pixel_features(images.tensor)
             out: Dict = {}
+            ttpt = self.test_prompt_tuning
+            restore = ttpt.start(self, pixels, names, self.test_tasks[0]) if ttpt else None
             for task in self.test_tasks:
                 text = self.text_embeddings(names, task)
                 pred = self.decode(pixels, text)
@@ -394,6 +402,8 @@ class FreeSeg(OpenVocabSegmentor):
                 probs = self.class_probs(x["image"], masks, pred["pred_logits"][0], text, names)
                 masks = F.interpolate(masks[None], size=size, mode="bilinear")[0]
                 out.update(self.task_output(task, probs, masks, names))
+            if restore is not None:  # each image starts from the trained prompts
+                restore()
             results.append(out)
         return results
 

@@ -150,6 +150,32 @@ def test_voc_train_aug_registered_and_loaded(tmp_path, raw, read, prepare_script
     assert [d["image_id"] for d in DatasetCatalog.get("voc_sem_seg_val")] == [VAL]
 
 
+def test_voc_train_aug_base_is_freeseg_seen_only_split(
+    tmp_path, raw, read, prepare_script, reregister
+):
+    voc = _voc(tmp_path, raw)
+    # an SBD image whose only objects are unseen (sheep 17 -> 16, sofa 18 -> 17)
+    raw.jpg(voc / "JPEGImages/2008_000300.jpg", 2, 3)
+    raw.png(voc / "SegmentationClassAug/2008_000300.png", [[0, 17, 17], [18, 0, 0]])
+    prepare_script("prepare_voc_sem_seg").main(["--root", str(tmp_path)])
+    out = voc / "annotations_detectron2"
+    # kept: images with a seen pixel; unseen-only and background-only images left out
+    assert _stems(out / "train_aug_base") == sorted([TRAIN, SBD_ONLY])
+    # VOC train label [[0, 1, 15], [20, 255, 0]] -> ids 0, 14 seen; 19 (tv monitor) ignored
+    np.testing.assert_array_equal(
+        read(out / f"train_aug_base/{TRAIN}.png"), [[255, 0, 14], [255, 255, 255]]
+    )
+    np.testing.assert_array_equal(
+        read(out / f"train_aug_base/{SBD_ONLY}.png"), read(out / f"train_aug/{SBD_ONLY}.png")
+    )
+    reregister(tmp_path)
+    meta = MetadataCatalog.get("voc_sem_seg_train_aug_base")
+    assert meta.stuff_classes == MetadataCatalog.get("voc_sem_seg_val").stuff_classes
+    assert meta.unseen_classes == ["potted plant", "sheep", "sofa", "train", "tv monitor"]
+    dicts = DatasetCatalog.get("voc_sem_seg_train_aug_base")
+    assert [d["image_id"] for d in dicts] == sorted([TRAIN, SBD_ONLY])
+
+
 # ----------------------------------------------------------------- COCO RLE (Detail json)
 def rle_encode(mask):
     """COCO's compressed RLE of a (H, W) bool mask (maskApi.c rleEncode + rleToString)."""

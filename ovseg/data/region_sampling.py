@@ -1,0 +1,168 @@
+# Follows the official FreeSeg prompt-stage data: one record per region and task
+# (mask2former/data/datasets/register_coco_full.py:236-275, utils.py:10-42) and at most N of
+# them per class and task (mask2former/data/build.py:348-460), re-written.
+"""Region records of FreeSeg's prompt stage: N samples per class per task.
+
+The official prompt stage trains on one ground-truth region per sample. A training image
+gives one record per task and region:
+
+- ``sem_seg``: one per class present (the union of the class's segments);
+- ``ins_seg``: one per non-crowd segment of a thing class;
+- ``pan_seg``: one per non-crowd segment.
+
+Then, per task, the records of each class are cut to ``per_class`` drawn at random (a class
+with fewer keeps all of them; ``build.py:366-373``). A record is the image's dict plus
+``"task"`` (the official key) and ``"region_class"`` (the class name); a panoptic record's
+``segments_info`` keeps only the region's segments, so the mapper builds only its masks.
+:class:`~ovseg.modeling.meta_arch.freeseg_prompt.FreeSegPromptLearner` keeps the target of
+``"region_class"`` (union for ``sem_seg``) and crops it.
+
+Official defect, reproduced by ``replace=True``: ``rng.choice(groups, size=N)`` draws with
+replacement (numpy's default), so a class with more than N records keeps about 63% of N
+distinct ones and repeats the rest; the default here draws N distinct records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["TASK_KEYS", "image_regions", "region_dataset_for", "sample_regions"]
+
+logger = logging.getLogger(__name__)
+
+#: task -> the official record key (``register_coco_full.py:243, 258, 271``)
+TASK_KEYS = {"semantic": "sem_seg", "instance": "ins_seg", "panoptic": "pan_seg"}
+
+
+def _label_classes(path: str, ignore_label: int) -> List[int]:
+    with Image.open(path) as image:
+        ids = np.unique(np.asarray(image))
+    return [int(i) for i in ids if int(i) != ignore_label]
+
+
+def image_regions(
+    record: dict,
+    tasks: Sequence[str],
+    classes: Sequence[str],
+    keep: Callable[[str], bool] = lambda name: True,
+    ignore_label: int = 255,
+) -> List[dict]:
+    """The region records of one image dict.
+
+    Args:
+        record (dict): a detectron2 dict: panoptic (``segments_info`` with contiguous
+            ``category_id``, ``iscrowd``, ``isthing``) or semantic (``sem_seg_file_name``).
+        tasks: among ("semantic", "instance", "panoptic"); semantic dicts give only semantic.
+        classes: the dataset's class names by contiguous id (``stuff_classes``).
+        keep: whether a class name may be a region (the training vocabulary's names).
+        ignore_label (int): the label PNG's ignore value.
+
+    Returns:
+        list[dict]: one record per (task, region), see the module docstring.
+    """
+    out = []
+    segments = record.get("segments_info")
+    if segments is None:
+        if "semantic" in tasks:
+            for c in _label_classes(record["sem_seg_file_name"], ignore_label):
+                if c < len(classes) and keep(classes[c]):
+                    out.append({**record, "task": "sem_seg", "region_class": classes[c]})
+        return out
+    segments = [s for s in segments if not s.get("iscrowd", 0) and keep(classes[s["category_id"]])]
+    if "semantic" in tasks:
+        by_class: Dict[int, list] = defaultdict(list)
+        for s in segments:
+            by_class[s["category_id"]].append(s)
+        for c, segs in by_class.items():
+            out.append(
+                {**record, "segments_info": segs, "task": "sem_seg", "region_class": classes[c]}
+            )
+    for task in ("instance", "panoptic"):
+        if task not in tasks:
+            continue
+        for s in segments:
+            if task == "instance" and not s.get("isthing", False):
+                continue
+            name = classes[s["category_id"]]
+            out.append(
+                {**record, "segments_info": [s], "task": TASK_KEYS[task], "region_class": name}
+            )
+    return out
+
+
+def sample_regions(
+    regions: Sequence[dict], per_class: int, seed: int = 0, replace: bool = False
+) -> List[dict]:
+    """At most ``per_class`` region records per (task, class).
+
+    As ``build.py:389-452``: tasks in the order sem_seg, ins_seg, pan_seg, classes in order
+    of first appearance, one fresh generator seeded ``seed`` per task.
+
+    Args:
+        regions: :func:`image_regions`' records of the whole dataset.
+        per_class (int): N > 0.
+        seed (int): the generator seed (official DATASETS.SAMPLE_SEED 0).
+        replace (bool): draw with replacement (the official defect).
+    """
+    if per_class <= 0:
+        raise ValueError(f"per_class must be positive, got {per_class}")
+    out = []
+    for key in TASK_KEYS.values():
+        groups: Dict[str, list] = {}
+        for r in regions:
+            if r["task"] == key:
+                groups.setdefault(r["region_class"], []).append(r)
+        rng = np.random.default_rng(seed)
+        for group in groups.values():
+            if len(group) < per_class:
+                out.extend(group)
+            else:
+                picks = rng.choice(len(group), size=per_class, replace=replace)
+                out.extend(group[int(i)] for i in picks)
+    return out
+
+
+def region_dataset_for(cfg) -> Optional[List[dict]]:
+    """The prompt stage's sampled region records, or None when
+    MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS is not positive (train on whole images)."""
+    fs = cfg.MODEL.FREESEG
+    if fs.PROMPT_SAMPLES_PER_CLASS <= 0:
+        return None
+    if cfg.MODEL.META_ARCHITECTURE != "FreeSegPromptLearner":
+        raise ValueError(
+            "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS samples regions for the prompt stage "
+            f"(FreeSegPromptLearner); {cfg.MODEL.META_ARCHITECTURE} trains on whole images: "
+            "set it to -1"
+        )
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ..modeling.freeseg.tasks import train_tasks_for
+    from ..vocab import normalize_name, training_vocabulary
+
+    tasks = train_tasks_for(cfg)
+    vocab = training_vocabulary(cfg)
+    names = {normalize_name(n) for n in vocab.names} if vocab is not None else None
+    regions = []
+    for dataset in cfg.DATASETS.TRAIN:
+        meta = MetadataCatalog.get(dataset)
+        classes = list(meta.stuff_classes)
+        for record in DatasetCatalog.get(dataset):
+            regions += image_regions(
+                record,
+                tasks,
+                classes,
+                keep=lambda n: names is None or normalize_name(n) in names,
+                ignore_label=meta.get("ignore_label", 255),
+            )
+    sampled = sample_regions(
+        regions, fs.PROMPT_SAMPLES_PER_CLASS, fs.PROMPT_SAMPLE_SEED, fs.PROMPT_SAMPLE_REPLACE
+    )
+    if not sampled:
+        raise ValueError(f"no region of a training class in {list(cfg.DATASETS.TRAIN)}")
+    logger.info("Prompt stage: %d region records of %d", len(sampled), len(regions))
+    return sampled

@@ -1,0 +1,178 @@
+"""FreeSeg's prompt-stage data: one record per (task, region), at most N per class and task,
+on the tiny COCO-layout panoptic set and a semantic label PNG; records mapped and fed to the
+prompt learner train on their own region only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ovseg_testing import tiny_freeseg_prompt_cfg
+from ovseg_testing.panoptic import PANOPTIC, registered_tiny_panoptic
+from PIL import Image
+
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+import ovseg  # noqa: F401  (registers the meta-architectures)
+from ovseg.data import build_dataset_mapper
+from ovseg.data.region_sampling import image_regions, region_dataset_for, sample_regions
+
+CLASSES = ["cat", "dog", "sky"]
+
+
+@pytest.fixture(scope="module")
+def tiny_panoptic(tmp_path_factory):
+    with registered_tiny_panoptic(tmp_path_factory.mktemp("pan")) as root:
+        yield root
+
+
+def _summary(records):
+    return sorted(
+        (r["task"], r["region_class"], tuple(s["id"] for s in r.get("segments_info", ())))
+        for r in records
+    )
+
+
+def test_panoptic_image_gives_regions_per_task(tiny_panoptic):
+    (record,) = DatasetCatalog.get(PANOPTIC)
+    regions = image_regions(record, ("semantic", "instance", "panoptic"), CLASSES)
+    # the crowd of cats (1002) is never a region; sky is no instance
+    assert _summary(regions) == [
+        ("ins_seg", "cat", (1001,)),
+        ("ins_seg", "dog", (2001,)),
+        ("pan_seg", "cat", (1001,)),
+        ("pan_seg", "dog", (2001,)),
+        ("pan_seg", "sky", (5000,)),
+        ("sem_seg", "cat", (1001,)),
+        ("sem_seg", "dog", (2001,)),
+        ("sem_seg", "sky", (5000,)),
+    ]
+    seen_only = image_regions(record, ("semantic",), CLASSES, keep=lambda n: n != "dog")
+    assert _summary(seen_only) == [("sem_seg", "cat", (1001,)), ("sem_seg", "sky", (5000,))]
+
+
+def test_semantic_image_gives_one_region_per_class_present(tmp_path):
+    label = tmp_path / "a.png"
+    Image.fromarray(np.array([[0, 2, 255], [2, 2, 255]], dtype=np.uint8)).save(label)
+    record = {"file_name": "a.jpg", "sem_seg_file_name": str(label)}
+    regions = image_regions(record, ("semantic", "instance"), CLASSES)
+    assert [(r["task"], r["region_class"]) for r in regions] == [
+        ("sem_seg", "cat"),
+        ("sem_seg", "sky"),
+    ]
+
+
+def _records(task, cls, n):
+    return [{"task": task, "region_class": cls, "i": i} for i in range(n)]
+
+
+def test_at_most_n_per_class_and_task_distinct_unless_official():
+    regions = (
+        _records("sem_seg", "a", 50) + _records("sem_seg", "b", 3) + _records("pan_seg", "a", 7)
+    )
+    out = sample_regions(regions, 5, seed=0)
+    counts = {}
+    for r in out:
+        counts.setdefault((r["task"], r["region_class"]), []).append(r["i"])
+    assert {k: len(v) for k, v in counts.items()} == {
+        ("sem_seg", "a"): 5,
+        ("sem_seg", "b"): 3,
+        ("pan_seg", "a"): 5,
+    }
+    assert all(len(set(v)) == len(v) for v in counts.values())
+    assert out == sample_regions(regions, 5, seed=0)  # seeded
+    assert out != sample_regions(regions, 5, seed=1)
+    # official: with replacement, so 50 draws of 50 repeat some records
+    drawn = [r["i"] for r in sample_regions(regions[:50], 50, replace=True)]
+    assert len(drawn) == 50 and len(set(drawn)) < 50
+    assert sorted(r["i"] for r in sample_regions(regions[:50], 50)) == list(range(50))
+    with pytest.raises(ValueError, match="positive"):
+        sample_regions(regions, 0)
+
+
+def _cfg(tmp_path, *opts):
+    return tiny_freeseg_prompt_cfg(
+        tmp_path / "cache",
+        "DATASETS.TRAIN", f"('{PANOPTIC}',)",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_panoptic",
+        "INPUT.CROP.ENABLED", "False",
+        "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        *opts,
+    )  # fmt: skip
+
+
+def test_region_dataset_maps_to_its_region_and_trains(tiny_panoptic, tmp_path):
+    assert region_dataset_for(_cfg(tmp_path)) is None  # off by default: whole images
+    cfg = _cfg(tmp_path, "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS", "1")
+    records = region_dataset_for(cfg)
+    assert len(records) == 8
+    mapper = build_dataset_mapper(cfg, True, PANOPTIC)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    by_task = {}
+    for r in records:
+        x = mapper(dict(r))
+        masks, classes = model.input_targets(x, x["vocabulary"])
+        assert [x["vocabulary"][int(c)] for c in classes] == [r["region_class"]]
+        by_task.setdefault(x["task"], []).append(x)
+    # a mixed-task batch: each region scored with its own task's prompt
+    batch = [by_task["sem_seg"][0], by_task["ins_seg"][0]]
+    both = model(batch)["loss_prompt_cls"]
+    parts = [model([x])["loss_prompt_cls"] for x in batch]
+    torch.testing.assert_close(both, (parts[0] + parts[1]) / 2)
+    model.one_task_per_batch = True  # official: the first input's task for all
+    first = model(batch)["loss_prompt_cls"]
+    as_sem = dict(batch[1], task="sem_seg")
+    torch.testing.assert_close(first, model([batch[0], as_sem])["loss_prompt_cls"])
+    assert not torch.isclose(first, both)
+
+
+def test_region_sampling_refuses_the_main_stage(tiny_panoptic, tmp_path):
+    cfg = _cfg(tmp_path, "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS", "4")
+    cfg.MODEL.META_ARCHITECTURE = "FreeSeg"
+    with pytest.raises(ValueError, match="prompt stage"):
+        region_dataset_for(cfg)
+
+
+def test_semantic_records_map_to_their_class_alone(small_ade20k, tmp_path):
+    cfg = tiny_freeseg_prompt_cfg(
+        tmp_path / "cache",
+        "DATASETS.TRAIN", "('ade20k_sem_seg_train',)",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_semantic_mask",
+        "INPUT.CROP.ENABLED", "False",
+        "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS", "1",
+    )  # fmt: skip
+    records = region_dataset_for(cfg)
+    assert records and {r["task"] for r in records} == {"sem_seg"}
+    per_class = {}
+    for r in records:
+        per_class[r["region_class"]] = per_class.get(r["region_class"], 0) + 1
+    assert set(per_class.values()) == {1}  # one record per class
+    mapper = build_dataset_mapper(cfg, True, "ade20k_sem_seg_train")
+    model = build_model(cfg)
+    for r in records:
+        x = mapper(dict(r))
+        masks, classes = model.input_targets(x, x["vocabulary"])
+        assert [x["vocabulary"][int(c)] for c in classes] == [r["region_class"]]
+        assert masks.shape[0] == 1 and bool(masks.any())
+
+
+def test_a_semantic_record_unions_its_class_segments(tmp_path):
+    from detectron2.structures import Instances
+
+    model = build_model(tiny_freeseg_prompt_cfg(tmp_path / "cache"))
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :2], masks[1, 4:], masks[2, 2:4] = True, True, True
+    inst = Instances((8, 8))
+    inst.gt_masks, inst.gt_classes = masks, torch.tensor([0, 0, 1])
+    x = {"instances": inst, "region_class": "cat", "task": "sem_seg"}
+    got, classes = model.input_targets(x, CLASSES)
+    assert classes.tolist() == [0] and torch.equal(got[0], masks[0] | masks[1])
+    x["task"] = "pan_seg"  # a segment record keeps its segment(s) as they are
+    got, classes = model.input_targets(x, CLASSES)
+    assert classes.tolist() == [0, 0] and torch.equal(got, masks[:2])
+    with pytest.raises(ValueError, match="not in the input's vocabulary"):
+        model.input_targets(dict(x, region_class="horse"), CLASSES)
