@@ -4,6 +4,7 @@ from detectron2.config import CfgNode as CN
 
 from .config_freeseg import add_freeseg_config
 from .config_mask_classification import add_mask_classification_config
+from .config_xpm import add_xpm_config
 
 
 def add_ovseg_config(cfg: CN) -> None:
@@ -22,6 +23,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_episode_config(cfg)
     add_freeseg_config(cfg)
     add_mask_classification_config(cfg)
+    add_xpm_config(cfg)
     add_speed_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)

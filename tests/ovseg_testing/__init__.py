@@ -17,6 +17,7 @@ Fixtures stay in the conftest.py files."""
 from ovseg_testing.configs import (
     ADE20K_OPTS,
     CPU_OPTS,
+    INSTANCE_OPTS,
     PANOPTIC_OPTS,
     SMALL_OPTS,
     TOY_WORLD_OPTS,
@@ -72,6 +73,7 @@ from ovseg_testing.scripts import run_script, subprocess_env
 __all__ = [
     "ADE",
     "ADE20K_OPTS",
+    "INSTANCE_OPTS",
     "PANOPTIC_OPTS",
     "CPU_OPTS",
     "SMALL_OPTS",
