@@ -105,7 +105,10 @@ def paste_probabilities(masks: Tensor, boxes: Boxes, height: int, width: int) ->
     """(R, M, M) in-box probabilities -> (R, height, width) float, zero outside the boxes."""
     if len(masks) == 0:
         return masks.new_zeros((0, height, width))
-    pasted, _ = _do_paste_mask(masks[:, None], boxes.tensor, height, width, skip_empty=False)
+    # a box clipped to nothing (zero width or height) would divide by zero in the paste
+    box = boxes.tensor.clone()
+    box[:, 2:] = torch.maximum(box[:, 2:], box[:, :2] + 1e-3)
+    pasted, _ = _do_paste_mask(masks[:, None], box, height, width, skip_empty=False)
     return pasted
 
 
