@@ -116,13 +116,18 @@ class XPMStudent(XPMTeacher):
 
     def load_teacher(self, state: Dict[str, Tensor]) -> None:
         """Load a teacher's detector; every key but the student-only ones must match."""
-        result = self.load_state_dict(state, strict=False)
+        advice = "train the teacher with the same MODEL.RESNETS / ROI settings"
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shapes that differ
+            raise ValueError(
+                f"MODEL.XPM.TEACHER_WEIGHTS is not a checkpoint of this XPM teacher: {e}; {advice}"
+            ) from e
         missing = [k for k in result.missing_keys if not k.startswith(STUDENT_ONLY)]
         if missing or result.unexpected_keys:
             raise ValueError(
                 "MODEL.XPM.TEACHER_WEIGHTS is not a checkpoint of this XPM teacher: missing "
-                f"{missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}; train the "
-                "teacher with the same MODEL.RESNETS / ROI settings"
+                f"{missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}; {advice}"
             )
 
     def train(self, mode: bool = True):
