@@ -56,8 +56,6 @@ from ovseg_testing.models import (
     random_clip_model,
     tiny_clip_cfg,
     tiny_freeseg_cfg,
-    tiny_xpm_cfg,
-    xpm_batch,
     tiny_freeseg_prompt_cfg,
     tiny_lseg,
     tiny_lseg_cfg,
@@ -65,8 +63,10 @@ from ovseg_testing.models import (
     tiny_maskclip_opts,
     tiny_maskclip_plus,
     tiny_maskclip_plus_cfg,
+    tiny_xpm_cfg,
     tiny_zegclip,
     tiny_zegclip_cfg,
+    xpm_batch,
 )
 from ovseg_testing.paths import CONFIGS, ROOT, TINY_RN, TINY_VIT
 from ovseg_testing.pseudo import NAMES5, FakeTeacher, make_store

@@ -215,6 +215,7 @@ class XPMROIHeads(nn.Module):
     def _box_loss(self, deltas: Tensor, positives: List[Instances], num_rois: int) -> Tensor:
         if not any(len(r) for r in positives):
             return deltas.sum() * 0.0
+        positives = [r for r in positives if len(r)]  # images without targets lack gt_boxes
         proposal = cat([r.proposal_boxes.tensor for r in positives])
         target = cat([r.gt_boxes.tensor for r in positives])
         gt_deltas = self.box2box.get_deltas(proposal, target)

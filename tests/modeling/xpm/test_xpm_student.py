@@ -36,7 +36,9 @@ def _proposals_around_targets(model):
         out = []
         for size in images.image_sizes:
             boxes = torch.tensor([[6, 8, 34, 30], [30, 36, 60, 58], [29, 35, 59, 57.0]])
-            out.append(Instances(size, proposal_boxes=Boxes(boxes), objectness_logits=torch.zeros(3)))
+            out.append(
+                Instances(size, proposal_boxes=Boxes(boxes), objectness_logits=torch.zeros(3))
+            )
         return out
 
     model._proposals = proposals
@@ -72,12 +74,18 @@ def test_backbone_and_rpn_are_frozen(cache):
     assert not model.backbone.training and not model.proposal_generator.training
     frozen = {
         name: p.detach().clone()
-        for name, p in [*model.backbone.named_parameters(), *model.proposal_generator.named_parameters()]
+        for name, p in [
+            *model.backbone.named_parameters(),
+            *model.proposal_generator.named_parameters(),
+        ]
     }
     stats = [b.clone() for b in model.backbone.buffers()]
     heads = [p.detach().clone() for p in model.roi_heads.parameters()]
     _step(model, xpm_batch())
-    for name, p in [*model.backbone.named_parameters(), *model.proposal_generator.named_parameters()]:
+    for name, p in [
+        *model.backbone.named_parameters(),
+        *model.proposal_generator.named_parameters(),
+    ]:
         assert not p.requires_grad and p.grad is None, name
         assert torch.equal(p, frozen[name]), name
     assert all(torch.equal(a, b) for a, b in zip(stats, model.backbone.buffers()))  # BN in eval

@@ -93,6 +93,16 @@ def test_teacher_trains_and_its_loss_goes_down(cache):
     assert min(totals[-3:]) < 0.5 * totals[0], totals
 
 
+def test_an_image_without_instances_is_all_background(cache):
+    model = _teacher(cache)
+    model.train()
+    batch = xpm_batch(pseudo=False)
+    batch[1]["instances"] = batch[1]["instances"][:0]
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["loss_mask"]) > 0
+
+
 def test_teacher_learns_from_ground_truth_only(cache):
     model = _teacher(cache)
     model.train()
