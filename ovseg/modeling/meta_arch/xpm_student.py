@@ -34,6 +34,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
+from ...utils.safe_load import torch_load_weights
 from ..xpm import freeze_noise_head_at, pseudo_loss_weight
 from ..xpm.outputs import class_subset, remap_classes
 from .xpm import XPMTeacher
@@ -57,7 +58,7 @@ def read_teacher_state(path: str) -> Optional[Dict[str, Tensor]]:
             f"MODEL.XPM.TEACHER_WEIGHTS={path!r} does not exist; train the XPM teacher first "
             "(its config's OUTPUT_DIR holds model_final.pth) or point to its checkpoint"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch_load_weights(path)
     return state.get("model", state) if isinstance(state, dict) else state
 
 
