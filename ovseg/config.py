@@ -4,6 +4,7 @@ from detectron2.config import CfgNode as CN
 
 from .config_freeseg import add_freeseg_config
 from .config_mask_classification import add_mask_classification_config
+from .config_xpm import add_xpm_config
 from .config_xpm_data import add_xpm_data_config
 
 
@@ -23,6 +24,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_episode_config(cfg)
     add_freeseg_config(cfg)
     add_mask_classification_config(cfg)
+    add_xpm_config(cfg)
     add_speed_config(cfg)
     add_xpm_data_config(cfg)
     for old, new in RENAMED_KEYS.items():

@@ -23,6 +23,7 @@ import yaml
 from ovseg_testing import (
     ADE20K_OPTS,
     CONFIGS,
+    INSTANCE_OPTS,
     PANOPTIC_OPTS,
     ROOT,
     TOY_WORLD_OPTS,
@@ -60,12 +61,15 @@ FOLDERS = {
     "maskclip_plus": "MaskCLIPPlus",
     "baseline": "SemanticSegmentor",
     "freeseg": "FreeSeg",
+    "xpm_teacher": "XPMTeacher",
+    "xpm_student": "XPMStudent",
 }
 MIN_LEAVES = {"LSeg": 9, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
 MIN_LEAVES["FreeSeg"] = 4
 MIN_LEAVES["FreeSegPromptLearner"] = 3
 # folders holding a second meta-architecture: FreeSeg's prompt stage sits with FreeSeg
 MORE_ARCHS = {"freeseg": ("FreeSegPromptLearner",)}
+MIN_LEAVES.update(XPMTeacher=2, XPMStudent=2)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,7 +84,10 @@ def _dataset(path: Path) -> str:
 
 def _folder(path: Path) -> str:
     if _dataset(path) != "toy":
-        return path.parent.name
+        # a method folder may hold its stages, named <folder>_<stage>_... (xpm/xpm_teacher_*)
+        folder = path.parent.name
+        stages = [f for f in FOLDERS if f.startswith(folder + "_") and path.stem.startswith(f)]
+        return max(stages, key=len, default=folder)
     return max((f for f in FOLDERS if path.stem.startswith(f)), key=len, default=path.stem)
 
 
@@ -354,7 +361,37 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
 
 
+def _xpm_recipe(path: Path, cfg) -> None:
+    assert cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION == 1.0
+    assert (cfg.MODEL.XPM.BACKGROUND_WEIGHT, cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA) == (0.2, 1.0)
+    student = cfg.MODEL.META_ARCHITECTURE == "XPMStudent"
+    if student:  # starts from the final weights of the teacher it sits beside
+        (teacher,) = [p for p in path.parent.glob("xpm_teacher_*.yaml")]
+        want = os.path.join(_merged(teacher).OUTPUT_DIR, "model_final.pth")
+        assert cfg.MODEL.XPM.TEACHER_WEIGHTS == want and cfg.MODEL.WEIGHTS == ""
+        assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == "transductive"
+        assert not cfg.MODEL.XPM.PSEUDO_BOX_REG and cfg.MODEL.XPM.PSEUDO_LOSS_SCALE == 0.01
+    else:
+        assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == "inductive"
+    if _dataset(path) == "toy":
+        return
+    # R-50-C4, class-agnostic, SGD; teacher 5e-4 for 90k (60k/80k), student 5e-3 for 70k
+    # (20k/50k) with the noise head learning until 10k; batch 8
+    res, s = cfg.MODEL.RESNETS, cfg.SOLVER
+    assert (res.DEPTH, tuple(cfg.MODEL.ROI_HEADS.IN_FEATURES)) == (50, ("res4",))
+    assert (s.OPTIMIZER, s.LR_SCHEDULER_NAME, s.IMS_PER_BATCH) == ("SGD", "WarmupMultiStepLR", 8)
+    schedule = (s.BASE_LR, tuple(s.STEPS), s.MAX_ITER)
+    if student:
+        assert schedule == (0.005, (20000, 50000), 70000)
+        assert cfg.MODEL.XPM.NOISE_FREEZE_ITER == 10000
+    else:
+        assert schedule == (0.0005, (60000, 80000), 90000)
+    assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
+
+
 RECIPES = {
+    "XPMTeacher": _xpm_recipe,
+    "XPMStudent": _xpm_recipe,
     "FreeSeg": _freeseg_recipe,
     "FreeSegPromptLearner": _freeseg_prompt_recipe,
     "LSeg": _lseg_recipe,
@@ -374,6 +411,8 @@ LEARNERS = {
     "ZegCLIP": lambda model: [model.backbone.prompts],
     "MaskCLIPPlus": lambda model: list(model.head.parameters()),
     "SemanticSegmentor": lambda model: list(model.sem_seg_head.parameters()),
+    "XPMTeacher": lambda model: list(model.roi_heads.parameters()),
+    "XPMStudent": lambda model: list(model.roi_heads.parameters()),
 }
 
 
@@ -389,6 +428,8 @@ def _small_cfg(path: Path, cfg, cache: Path):
             opts += ["INPUT.EPISODE.IMAGE_SIZE", "(64, 64)"]
         elif cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_panoptic":  # the tiny COCO-layout set
             opts += PANOPTIC_OPTS
+        elif arch.startswith("XPM"):  # instance targets: that set's instance split
+            opts += INSTANCE_OPTS
         elif arch in LEARNERS:
             opts += TOY_WORLD_OPTS if cfg.MODEL.OVSEG.BG_EMBED else ADE20K_OPTS
     return load_config(str(path), opts)

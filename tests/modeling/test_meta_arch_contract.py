@@ -18,6 +18,7 @@ from ovseg_testing import (
     tiny_lseg_cfg,
     tiny_maskclip_cfg,
     tiny_maskclip_plus_cfg,
+    tiny_xpm_cfg,
     tiny_zegclip_cfg,
 )
 from PIL import Image
@@ -37,6 +38,8 @@ TINY_CFGS = {
     "MaskCLIPPlus": tiny_maskclip_plus_cfg,
     "FreeSegPromptLearner": tiny_freeseg_prompt_cfg,
     "FreeSeg": tiny_freeseg_cfg,
+    "XPMTeacher": lambda cache: tiny_xpm_cfg(cache, "XPMTeacher"),
+    "XPMStudent": lambda cache: tiny_xpm_cfg(cache, "XPMStudent"),
 }
 
 

@@ -17,6 +17,7 @@ Fixtures stay in the conftest.py files."""
 from ovseg_testing.configs import (
     ADE20K_OPTS,
     CPU_OPTS,
+    INSTANCE_OPTS,
     PANOPTIC_OPTS,
     SMALL_OPTS,
     TOY_WORLD_OPTS,
@@ -62,8 +63,10 @@ from ovseg_testing.models import (
     tiny_maskclip_opts,
     tiny_maskclip_plus,
     tiny_maskclip_plus_cfg,
+    tiny_xpm_cfg,
     tiny_zegclip,
     tiny_zegclip_cfg,
+    xpm_batch,
 )
 from ovseg_testing.paths import CONFIGS, ROOT, TINY_RN, TINY_VIT
 from ovseg_testing.pseudo import NAMES5, FakeTeacher, make_store
@@ -72,6 +75,7 @@ from ovseg_testing.scripts import run_script, subprocess_env
 __all__ = [
     "ADE",
     "ADE20K_OPTS",
+    "INSTANCE_OPTS",
     "PANOPTIC_OPTS",
     "CPU_OPTS",
     "SMALL_OPTS",
@@ -119,6 +123,8 @@ __all__ = [
     "tiny_zegclip",
     "TINY_FREESEG",
     "tiny_freeseg_cfg",
+    "tiny_xpm_cfg",
+    "xpm_batch",
     "tiny_freeseg_prompt_cfg",
     "tiny_zegclip_cfg",
     "two_region_batch",

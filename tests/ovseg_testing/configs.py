@@ -26,6 +26,11 @@ PANOPTIC_OPTS = [
     "DATASETS.TRAIN", '("tiny_panoptic_test",)',
     "DATASETS.TEST", '("tiny_panoptic_test",)',
 ]  # fmt: skip
+# the tiny instance split of the panoptic fixture (cat seen, dog unseen; sky is stuff)
+INSTANCE_OPTS = [
+    "DATASETS.TRAIN", '("tiny_instance_test",)',
+    "DATASETS.TEST", '("tiny_instance_test",)',
+]  # fmt: skip
 # the toy world's splits: its classes include "background", for configs with a learnable one
 TOY_WORLD_OPTS = [
     "DATASETS.TRAIN", '("toy_world_sem_seg_train",)',
@@ -33,6 +38,23 @@ TOY_WORLD_OPTS = [
 ]  # fmt: skip
 _CROP_64 = ["INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64"]
 _SLIDE_64 = ["TEST.SLIDE_WINDOW", "(64, 64)", "TEST.SLIDE_STRIDE", "(48, 48)"]
+# a narrow R-50-C4 Mask R-CNN with few anchors, proposals and RoIs
+_XPM_SMALL = [
+    "MODEL.WEIGHTS", "",
+    "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "4",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[8, 16, 32]]",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
+    "MODEL.CLIP.TEMPLATES", "single",
+]  # fmt: skip
 # each meta-architecture's small widths and sizes, on top of CPU_OPTS
 SMALL_OPTS = {
     "LSeg": [
@@ -79,6 +101,8 @@ SMALL_OPTS = {
         "MODEL.FREESEG.NUM_CLASS_PROMPT_TOKENS", "2",
         "MODEL.FREESEG.NUM_TASK_PROMPT_TOKENS", "2",
     ],
+    "XPMTeacher": _XPM_SMALL,
+    "XPMStudent": [*_XPM_SMALL, "MODEL.XPM.TEACHER_WEIGHTS", ""],
     "SemanticSegmentor": [
         *_CROP_64,
         "MODEL.WEIGHTS", "",

@@ -247,3 +247,49 @@ def tiny_freeseg_cfg(cache_dir: PathLike, *opts: str) -> CfgNode:
         ]
     )  # fmt: skip
     return cfg
+
+
+# ---------------------------------------------------------------- XPM
+def tiny_xpm_cfg(cache_dir: PathLike, arch: str = "XPMTeacher", *opts: str) -> CfgNode:
+    """An XPM teacher or student (``arch``) on the tiny random CLIP ViT: a narrow R-50-C4
+    Mask R-CNN (SMALL_OPTS), CPU, no datasets, plus KEY VALUE ``opts``."""
+    from ovseg_testing.configs import SMALL_OPTS
+
+    cfg = tiny_clip_cfg(cache_dir=cache_dir)
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE", arch,
+            "DATASETS.TRAIN", "()",
+            "DATASETS.TEST", "()",
+            *SMALL_OPTS[arch],
+            *opts,
+        ]
+    )  # fmt: skip
+    return cfg
+
+
+XPM_NAMES = ["cat", "dog", "bird"]
+
+
+def xpm_batch(n: int = 2, pseudo: bool = True, flag: bool = True) -> list:
+    """Training inputs as the XPM students take them: 64x64 images each with a "cat" box of
+    ground truth and a "dog" box that is a pseudo-label (``pseudo``; ``flag`` False leaves
+    ``gt_is_pseudo`` out, so both are ground truth), vocabulary :data:`XPM_NAMES`."""
+    from detectron2.structures import Instances
+
+    batch = []
+    for i in range(n):
+        image = torch.full((3, 64, 64), 30, dtype=torch.uint8)
+        masks = torch.zeros(2 if pseudo else 1, 64, 64, dtype=torch.bool)
+        masks[0, 8 + i : 30 + i, 6:34] = True
+        image[0, masks[0]] = 220
+        if pseudo:
+            masks[1, 36:58, 30 - i : 60 - i] = True
+            image[2, masks[1]] = 200
+        inst = Instances((64, 64))
+        inst.gt_masks = masks
+        inst.gt_classes = torch.tensor([0, 1][: len(masks)])
+        if flag:
+            inst.gt_is_pseudo = torch.tensor([False, True][: len(masks)])
+        batch.append({"image": image, "instances": inst, "vocabulary": list(XPM_NAMES)})
+    return batch

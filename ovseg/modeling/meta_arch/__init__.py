@@ -6,5 +6,7 @@ from . import (
     lseg,  # noqa: F401
     maskclip,  # noqa: F401
     maskclip_plus,  # noqa: F401
+    xpm,  # noqa: F401
+    xpm_student,  # noqa: F401
     zegclip,  # noqa: F401
 )

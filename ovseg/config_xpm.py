@@ -1,0 +1,29 @@
+"""Config keys of the XPM-style teacher and student (ovseg/modeling/xpm,
+meta_arch/xpm*.py); defaults reproduce hbdat/cvpr22_cross_modal_pseudo_labeling @b460423."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_xpm_config(cfg: CN) -> None:
+    """MODEL.XPM: the text-embedding classifier, the student's noise-aware pseudo losses."""
+    cfg.MODEL.XPM = CN()
+    # tau of the box classifier's logits tau * cos(projected RoI feature, CLIP text); the
+    # official dot product of unnormalised BERT-space vectors has no temperature
+    cfg.MODEL.XPM.LOGIT_SCALE = 1 / 0.07
+    # weight of the background class in the box classification CE (official
+    # LOSS_WEIGHT_BACKGROUND 0.2, configs/coco_cap_det/zeroshot_mask.yaml:27)
+    cfg.MODEL.XPM.BACKGROUND_WEIGHT = 0.2
+    # proposals per image XPMTeacher.propose keeps, by RPN objectness (0: every proposal, as
+    # the official online matching; their masks are pasted at image size, hence the cap)
+    cfg.MODEL.XPM.PROPOSE_TOPK = 100
+    # the teacher checkpoint the student starts from ("" = random init, for tests only)
+    cfg.MODEL.XPM.TEACHER_WEIGHTS = ""
+    # iteration at which the student's noise head stops learning; < 0 never (official
+    # UNCERTAINTY_TRAIN_ITER 10000, maskrcnn_benchmark/config/defaults.py:45)
+    cfg.MODEL.XPM.NOISE_FREEZE_ITER = 10000
+    # the pseudo losses other than the mask's are multiplied by this / mean(sigma)
+    # (official 0.01, detector/st_generalized_rcnn.py:338)
+    cfg.MODEL.XPM.PSEUDO_LOSS_SCALE = 0.01
+    # box regression on pseudo RoIs (the official code computes it, the author says it is
+    # not meant to be used: off)
+    cfg.MODEL.XPM.PSEUDO_BOX_REG = False

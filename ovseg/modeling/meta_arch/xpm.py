@@ -1,0 +1,289 @@
+# Follows XPM's teacher detector (hbdat/cvpr22_cross_modal_pseudo_labeling @b460423,
+# configs/coco_cap_det/zeroshot_mask.yaml), re-written on detectron2 with CLIP text.
+"""XPM's teacher: a class-agnostic Mask R-CNN (C4) whose classes are CLIP text embeddings.
+
+The proposal-and-mask teacher of the XPM-style student (ovseg/modeling/meta_arch/
+xpm_student.py): detectron2's ResNet backbone and RPN, then :class:`~ovseg.modeling.xpm.
+roi_heads.XPMROIHeads` (res5 RoI features, one class-agnostic box regression and one
+class-agnostic mask, logits ``tau * cos(projected RoI feature, text embedding)`` with a
+background logit 0 and background CE weight 0.2). Trained on the seen classes' ground truth
+only; at test it detects the test vocabulary's things. :meth:`XPMTeacher.propose` gives the
+class-agnostic proposals that caption nouns are matched to when pseudo-labels are made.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_proposal_generator
+from detectron2.modeling.roi_heads import Res5ROIHeads
+from detectron2.structures import ImageList, Instances
+
+from ...clip import CLIPTeacher, build_clip_teacher, get_templates
+from ..text_classifier import TextClassifier
+from ..xpm.outputs import (
+    class_subset,
+    paste_probabilities,
+    remap_classes,
+    semantic_from_instances,
+    to_output_size,
+    training_targets,
+)
+from ..xpm.roi_heads import XPMROIHeads
+from .base import OpenVocabSegmentor, group_inputs
+
+__all__ = ["XPMTeacher", "build_xpm_parts", "stuff_only_names"]
+
+logger = logging.getLogger(__name__)
+
+
+def stuff_only_names(dataset_names: Sequence[str]) -> Tuple[str, ...]:
+    """Classes of the datasets that are not things (an instance head never detects them);
+    none for datasets whose metadata has no ``thing_classes``."""
+    out: List[str] = []
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        things = meta.get("thing_classes", None)
+        if things is None:
+            continue
+        out += [n for n in meta.get("stuff_classes", []) or [] if n not in set(things)]
+    return tuple(dict.fromkeys(out))
+
+
+def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn.Module]:
+    """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``)."""
+    backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+    shapes = backbone.output_shape()
+    (in_feature,) = cfg.MODEL.ROI_HEADS.IN_FEATURES
+    res5, res5_channels = Res5ROIHeads._build_res5_block(cfg)
+    heads = cfg.MODEL.ROI_HEADS
+    box = cfg.MODEL.ROI_BOX_HEAD
+    roi_heads = XPMROIHeads(
+        in_feature=in_feature,
+        feature_stride=shapes[in_feature].stride,
+        res5=res5,
+        res5_channels=res5_channels,
+        embed_dim=teacher.embed_dim,
+        pooler_resolution=box.POOLER_RESOLUTION,
+        pooler_type=box.POOLER_TYPE,
+        batch_size_per_image=heads.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=heads.POSITIVE_FRACTION,
+        iou_threshold=heads.IOU_THRESHOLDS[0],
+        bbox_reg_weights=box.BBOX_REG_WEIGHTS,
+        smooth_l1_beta=box.SMOOTH_L1_BETA,
+        background_weight=cfg.MODEL.XPM.BACKGROUND_WEIGHT,
+        mask_conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+        noise_head=noise_head,
+        score_thresh=heads.SCORE_THRESH_TEST,
+        nms_thresh=heads.NMS_THRESH_TEST,
+        detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
+    return {
+        "backbone": backbone,
+        "proposal_generator": build_proposal_generator(cfg, shapes),
+        "roi_heads": roi_heads,
+    }
+
+
+@META_ARCH_REGISTRY.register()
+class XPMTeacher(OpenVocabSegmentor):
+    """XPM's detector: trains on the seen classes' instances, detects any vocabulary.
+
+    Training inputs: "image", "vocabulary" and "instances" (``gt_classes`` indexing the
+    vocabulary, ``gt_masks``, optional ``gt_boxes``; instances whose ``gt_is_pseudo`` is
+    True are left out: the teacher learns from ground truth only). In eval, per input
+    ``{"instances", "sem_seg"}``: detections whose ``pred_classes`` index the input's
+    vocabulary (its stuff classes are never predicted), bool ``pred_masks`` at the image's
+    size; "sem_seg" (K, H, W) holds per class the best ``score * mask probability``.
+    """
+
+    sem_seg_scores = "probabilities"
+    noise_head = False  # the student's mask head adds one
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        proposal_generator: nn.Module,
+        roi_heads: XPMROIHeads,
+        templates: Sequence[str],
+        logit_scale: float = 1 / 0.07,
+        stuff_names: Sequence[str] = (),
+        seen_names: Optional[Sequence[str]] = None,
+        propose_topk: int = 100,
+        **kwargs,
+    ):
+        """
+        Args:
+            backbone, proposal_generator: detectron2's (C4: res4 out, RPN on res4).
+            roi_heads (XPMROIHeads): the box and mask heads.
+            templates: prompt templates of the text embeddings.
+            logit_scale (float): tau of the cosine logits.
+            stuff_names: vocabulary names never detected (the datasets' stuff classes).
+            seen_names: the names training classifies over (None: every training name).
+            propose_topk (int): proposals per image :meth:`propose` keeps (0: all).
+            kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...).
+        """
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.classifier = TextClassifier(
+            self.teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
+        )
+        self.stuff_names = tuple(stuff_names)
+        self.seen_names = None if seen_names is None else tuple(seen_names)
+        self.propose_topk = int(propose_topk)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        teacher = build_clip_teacher(cfg)
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        seen = meta.get("seen_classes", None) if meta is not None else None
+        base = OpenVocabSegmentor.base_config(cfg)
+        base.pop("test_aug")  # detections are not merged across scales
+        return {
+            **base,
+            **build_xpm_parts(cfg, teacher, cls.noise_head),
+            "teacher": teacher,
+            "templates": get_templates(cfg.MODEL.CLIP.TEMPLATES),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "logit_scale": cfg.MODEL.XPM.LOGIT_SCALE,
+            "stuff_names": stuff_only_names([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]),
+            "seen_names": list(seen) if seen else None,
+            "propose_topk": cfg.MODEL.XPM.PROPOSE_TOPK,
+        }
+
+    # ------------------------------------------------------------------ shared pieces
+    def images(self, batched_inputs: List[dict]) -> ImageList:
+        """Normalised images padded into one batch."""
+        return ImageList.from_tensors(
+            self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
+        )
+
+    def batch_vocabulary(self, batched_inputs: List[dict]) -> Tuple[str, ...]:
+        """The one vocabulary of a training batch."""
+        groups = self.vocabulary_groups(batched_inputs)
+        if len(groups) != 1:
+            raise ValueError(
+                f"{type(self).__name__} trains on batches of one vocabulary, got {len(groups)} "
+                "(the dataset mapper gives every sample of a dataset the same one)"
+            )
+        return next(iter(groups))
+
+    def text(self, names: Sequence[str]) -> Tensor:
+        """(K, D) text embeddings of ``names`` (prompt-ensembled, memoised by the teacher)."""
+        return self.classifier(names)
+
+    def gt_targets(
+        self, batched_inputs: List[dict], names: Sequence[str], table: Tensor
+    ) -> Tuple[List[Instances], List[Instances]]:
+        """Per input, its ground-truth targets (classes mapped through ``table``) and its
+        pseudo-label targets (classes still indexing ``names``)."""
+        targets = [training_targets(x, self.device) for x in batched_inputs]
+        gt = [remap_classes(t[~t.gt_is_pseudo], table, names, "ground truth") for t in targets]
+        return gt, [t[t.gt_is_pseudo] for t in targets]
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        """RPN and RoI losses on the seen classes' ground truth."""
+        names = self.batch_vocabulary(batched_inputs)
+        seen, table = class_subset(names, self.seen_names, self.stuff_names)
+        gt, _ = self.gt_targets(batched_inputs, names, table)
+        images = self.images(batched_inputs)
+        features = self.backbone(images.tensor)
+        proposals, rpn_losses = self.proposal_generator(images, features, gt)
+        losses, _ = self.roi_heads.losses(
+            features, proposals, gt, self.text(seen), self.classifier.logit_scale
+        )
+        return {**rpn_losses, **losses}
+
+    # ------------------------------------------------------------------ inference
+    def inference(self, batched_inputs: List[dict]) -> List[Dict[str, object]]:
+        """Detections over each input's vocabulary, one forward per vocabulary."""
+        results: List[Optional[Dict[str, object]]] = [None] * len(batched_inputs)
+        keys = [self.input_vocabulary(x) for x in batched_inputs]
+        for names, idx in group_inputs(keys).items():
+            things, table = class_subset(names, None, self.stuff_names)
+            if not things:
+                raise ValueError(
+                    f"the vocabulary {list(names)[:8]} has only stuff classes, which "
+                    f"{type(self).__name__} does not detect"
+                )
+            inputs = [batched_inputs[i] for i in idx]
+            images = self.images(inputs)
+            features = self.backbone(images.tensor)
+            proposals, _ = self.proposal_generator(images, features, None)
+            dets = self.roi_heads.inference(
+                features, proposals, self.text(things), self.classifier.logit_scale
+            )
+            back = (table >= 0).nonzero()[:, 0].to(self.device)  # thing index -> names index
+            for i, inp, det in zip(idx, inputs, dets):
+                results[i] = self.output(det, inp, back, len(names))
+        return results
+
+    def output(self, det: Instances, inp: dict, back: Tensor, num_names: int) -> dict:
+        """One input's detections at its "height" x "width" (default: the input size)."""
+        height, width = inp.get("height", det.image_size[0]), inp.get("width", det.image_size[1])
+        boxes, _, _ = to_output_size(det, height, width)
+        probs = paste_probabilities(det.pred_masks, boxes, height, width)
+        classes = back[det.pred_classes]
+        out = Instances((height, width))
+        out.pred_boxes = boxes
+        out.scores = det.scores
+        out.pred_classes = classes
+        out.pred_masks = probs >= 0.5
+        sem_seg = semantic_from_instances(probs, det.scores, classes, num_names)
+        return {"instances": out, "sem_seg": sem_seg}
+
+    @torch.no_grad()
+    def propose(self, batched_inputs: List[dict], topk: Optional[int] = None) -> List[Instances]:
+        """Class-agnostic proposals of each input, for caption pseudo-labels.
+
+        Args:
+            batched_inputs (list[dict]): test-mapper inputs: "image" (3, h, w) RGB 0-255,
+                optional "height"/"width" (the size outputs are given at; default h, w).
+            topk (int, optional): proposals kept per image, by RPN objectness; None = the
+                model's ``propose_topk``; 0 = every RPN proposal (XPM matches them all).
+
+        Returns:
+            list[Instances]: per input, at (height, width), sorted by decreasing ``scores``:
+            ``pred_boxes`` (Boxes, the RoI head's refined class-agnostic boxes, image
+            coordinates), ``pred_masks`` (float (R, height, width) mask probabilities of the
+            class-agnostic mask head at those boxes, pasted; 0 outside the box), ``scores``
+            (float (R,), sigmoid of the RPN objectness) and ``pred_embeddings`` (float (R, D),
+            the L2-normalised projected RoI features: the teacher's region embeddings in
+            CLIP's text space, which XPM matches caption nouns against).
+        """
+        topk = self.propose_topk if topk is None else int(topk)
+        images = self.images(batched_inputs)
+        features = self.backbone(images.tensor)
+        proposals, _ = self.proposal_generator(images, features, None)
+        kept = []
+        for p in proposals:
+            order = p.objectness_logits.argsort(descending=True)
+            kept.append(p[order[:topk] if topk > 0 else order])
+        boxes, embeddings = self.roi_heads.refine(features, kept)
+        masks = self.roi_heads.mask_probabilities(features, boxes)
+        out = []
+        for inp, p, b, e, m in zip(batched_inputs, kept, boxes, embeddings, masks):
+            det = Instances(p.image_size, pred_boxes=b)
+            height, width = inp.get("height", p.image_size[0]), inp.get("width", p.image_size[1])
+            scaled, _, _ = to_output_size(det, height, width)
+            res = Instances((height, width))
+            res.pred_boxes = scaled
+            res.pred_masks = paste_probabilities(m, scaled, height, width)
+            res.scores = p.objectness_logits.sigmoid()
+            res.pred_embeddings = F.normalize(e, dim=-1)
+            out.append(res)
+        return out

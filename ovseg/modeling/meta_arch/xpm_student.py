@@ -1,0 +1,202 @@
+# Follows XPM's robust student (hbdat/cvpr22_cross_modal_pseudo_labeling @b460423,
+# maskrcnn_benchmark/modeling/detector/st_generalized_rcnn.py), re-written.
+"""XPM's student: the teacher's detector, trained on ground truth and caption pseudo-masks.
+
+As the official student (paths in that repository):
+- it starts as a copy of the teacher's heads, backbone and RPN frozen
+  (``st_generalized_rcnn.py:58-67, 197-200``): here the whole detector is loaded from the
+  teacher's checkpoint (MODEL.XPM.TEACHER_WEIGHTS) and the backbone and RPN get no gradient
+  and stay in eval mode;
+- two passes per batch (``st_generalized_rcnn.py:310-383``): the ground-truth pass over the
+  seen names, on training-mode RPN proposals with the ground-truth boxes added; the
+  pseudo-label pass over the whole training vocabulary, on test-mode RPN proposals (no
+  boxes added), for the images that have pseudo instances; no RPN loss;
+- pseudo RoIs' masks get the noise-aware BCE (:func:`~ovseg.modeling.xpm.noise_aware_mask_loss`,
+  weight 1); the other pseudo losses are multiplied by ``0.01 / mean(sigma)``, detached
+  (``st_generalized_rcnn.py:335-341``), sigma's mean being the last one computed
+  (``mask_head/mask_head.py:80`` keeps it across iterations);
+- the noise head stops learning at MODEL.XPM.NOISE_FREEZE_ITER (``:404-406``);
+- pseudo box regression is off by default (the author: it is unused); MODEL.XPM.
+  PSEUDO_BOX_REG turns it on as the code has it (``loss_box_reg`` in ``loss_name``, ``:70``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList, Instances
+from detectron2.utils.events import get_event_storage
+
+from ...utils.safe_load import torch_load_weights
+from ..xpm import freeze_noise_head_at, pseudo_loss_weight
+from ..xpm.outputs import class_subset, remap_classes
+from .xpm import XPMTeacher
+
+__all__ = ["XPMStudent", "read_teacher_state"]
+
+logger = logging.getLogger(__name__)
+
+# keys of the student a teacher checkpoint lacks: its noise head, and the CLIP teacher,
+# which never enters a checkpoint
+STUDENT_ONLY = ("roi_heads.mask_head.noise.", "teacher.", "last_mean_sigma")
+
+
+def read_teacher_state(path: str) -> Optional[Dict[str, Tensor]]:
+    """The model state of a teacher checkpoint (detectron2's ``{"model": ...}`` or a bare
+    state dict); None for an empty path."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.XPM.TEACHER_WEIGHTS={path!r} does not exist; train the XPM teacher first "
+            "(its config's OUTPUT_DIR holds model_final.pth) or point to its checkpoint"
+        )
+    state = torch_load_weights(path)
+    return state.get("model", state) if isinstance(state, dict) else state
+
+
+@META_ARCH_REGISTRY.register()
+class XPMStudent(XPMTeacher):
+    """XPM's student (see the module docstring); eval outputs as :class:`XPMTeacher`'s.
+
+    Training inputs: "image", "vocabulary" (the full training vocabulary, unseen names
+    included) and "instances" with ``gt_classes`` (indices of that vocabulary),
+    ``gt_masks``, optional ``gt_boxes`` and ``gt_is_pseudo`` (bool; missing = all False).
+    Non-pseudo instances must be of the seen classes.
+    """
+
+    noise_head = True
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher_state: Optional[Dict[str, Tensor]] = None,
+        noise_freeze_iter: int = 10000,
+        pseudo_loss_scale: float = 0.01,
+        pseudo_box_reg: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher_state: the teacher's state dict to start from (None: as initialised).
+            noise_freeze_iter (int): the iteration the noise head stops learning at (< 0:
+                never).
+            pseudo_loss_scale (float): the 0.01 of ``0.01 / mean(sigma)``.
+            pseudo_box_reg (bool): train box regression on pseudo RoIs too.
+            kwargs: :class:`XPMTeacher`'s.
+        """
+        super().__init__(**kwargs)
+        self.noise_freeze_iter = int(noise_freeze_iter)
+        self.pseudo_loss_scale = float(pseudo_loss_scale)
+        self.pseudo_box_reg = bool(pseudo_box_reg)
+        # s starts at bias 1: sigma = e^0.5 until a pseudo RoI has been seen
+        self.register_buffer("last_mean_sigma", torch.tensor(1.0).mul(0.5).exp())
+        if teacher_state is not None:
+            self.load_teacher(teacher_state)
+        for module in (self.backbone, self.proposal_generator):
+            module.requires_grad_(False)
+            module.eval()
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        return {
+            **super().from_config(cfg),
+            "teacher_state": read_teacher_state(cfg.MODEL.XPM.TEACHER_WEIGHTS),
+            "noise_freeze_iter": cfg.MODEL.XPM.NOISE_FREEZE_ITER,
+            "pseudo_loss_scale": cfg.MODEL.XPM.PSEUDO_LOSS_SCALE,
+            "pseudo_box_reg": cfg.MODEL.XPM.PSEUDO_BOX_REG,
+        }
+
+    def load_teacher(self, state: Dict[str, Tensor]) -> None:
+        """Load a teacher's detector; every key but the student-only ones must match."""
+        advice = "train the teacher with the same MODEL.RESNETS / ROI settings"
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shapes that differ
+            raise ValueError(
+                f"MODEL.XPM.TEACHER_WEIGHTS is not a checkpoint of this XPM teacher: {e}; {advice}"
+            ) from e
+        missing = [k for k in result.missing_keys if not k.startswith(STUDENT_ONLY)]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                "MODEL.XPM.TEACHER_WEIGHTS is not a checkpoint of this XPM teacher: missing "
+                f"{missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}; {advice}"
+            )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: its norms keep their statistics
+        self.proposal_generator.eval()
+        return self
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def _proposals(self, images: ImageList, features, gt: Optional[List[Instances]]):
+        """The frozen RPN's proposals: training mode (top-k of training, boxes of ``gt``
+        added later by the heads) when ``gt`` is given, else test mode."""
+        self.proposal_generator.train(gt is not None)
+        try:
+            proposals, _ = self.proposal_generator(images, features, gt)
+        finally:
+            self.proposal_generator.eval()
+        return proposals
+
+    def _freeze_noise_head(self) -> None:
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # outside a trainer: nothing says which iteration this is
+            return
+        freeze_noise_head_at(self.roi_heads.mask_head.noise, iteration, self.noise_freeze_iter)
+
+    def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        """The ground-truth losses (seen names) and the pseudo losses (``*_pseudo``)."""
+        self._freeze_noise_head()
+        names = self.batch_vocabulary(batched_inputs)
+        seen, seen_table = class_subset(names, self.seen_names, self.stuff_names)
+        full, full_table = class_subset(names, None, self.stuff_names)
+        gt, pseudo = self.gt_targets(batched_inputs, names, seen_table)
+        images = self.images(batched_inputs)
+        with torch.no_grad():
+            features = self.backbone(images.tensor)
+        scale = self.classifier.logit_scale
+        losses, _ = self.roi_heads.losses(
+            features, self._proposals(images, features, gt), gt, self.text(seen), scale
+        )
+        losses.update(self.pseudo_losses(images, features, pseudo, names, full, full_table))
+        return losses
+
+    def pseudo_losses(
+        self, images: ImageList, features, pseudo: List[Instances], names, full, table
+    ) -> Dict[str, Tensor]:
+        """The pseudo-label pass (images with pseudo instances only), reweighted."""
+        keys = ["loss_cls_pseudo", "loss_mask_pseudo"]
+        keys += ["loss_box_reg_pseudo"] if self.pseudo_box_reg else []
+        idx = [i for i, t in enumerate(pseudo) if len(t)]
+        if not idx:  # zero losses still in the graph, so every process reduces the same set
+            zero = sum(p.sum() * 0.0 for p in self.roi_heads.parameters() if p.requires_grad)
+            return {k: zero for k in keys}
+        targets = [remap_classes(pseudo[i], table, names, "pseudo-labels") for i in idx]
+        proposals = self._proposals(images, features, None)
+        sub = {k: v[idx] for k, v in features.items()}
+        losses, sigma = self.roi_heads.losses(
+            sub,
+            [proposals[i] for i in idx],
+            targets,
+            self.text(full),
+            self.classifier.logit_scale,
+            append_gt=False,
+            box_reg=self.pseudo_box_reg,
+            noisy_masks=True,
+        )
+        if sigma is not None and sigma.numel():
+            self.last_mean_sigma.copy_(sigma.detach().mean())
+        weight = pseudo_loss_weight(self.last_mean_sigma, self.pseudo_loss_scale)
+        return {f"{k}_pseudo": v if "mask" in k else v * weight for k, v in losses.items()}
