@@ -1,0 +1,156 @@
+"""What a vocabulary's words do to the scores: synonyms, an augmented vocabulary, background.
+
+- **Synonyms** (``"pickup truck, truck"``, ADE's ``"road, route"``; :func:`ovseg.vocab.
+  split_synonyms`): with ``"max"`` a class scores the maximum over its synonyms' scores (each
+  synonym a class of its own for the model, then merged: FC-CLIP's and ODISE's practice);
+  with ``"mean"`` its text embedding is the mean of its synonyms' embeddings (always so in
+  training, where a label names a class).
+- **An augmented vocabulary** (SAN's predictor, official SAN ``predict.py:196-209`` and its
+  ``_postprocess``): a builtin list's classes are added to the user's for open-ended scenes;
+  the extra classes' scores fold into one ``"other"`` class.
+- **Background by a threshold** (the confidence rule of MaskCLIP+, official MaskCLIP
+  ``mmseg/models/decode_heads/maskclip_plus_head.py:196-199``): a pixel whose best class
+  probability is below the threshold is background.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..vocab import Vocabulary, normalize_name, resolve_vocabulary, split_synonyms
+
+__all__ = [
+    "OTHER_CLASS",
+    "SYNONYM_MERGES",
+    "augment_names",
+    "fold_augmented",
+    "insert_background",
+    "max_over_synonyms",
+    "mean_synonym_embeddings",
+    "synonym_groups",
+]
+
+# "max": a class's score = max over its synonyms' scores; "mean": its text embedding = the
+# mean of its synonyms' embeddings
+SYNONYM_MERGES = ("max", "mean")
+OTHER_CLASS = "other"
+
+
+def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List[int]]]:
+    """The synonyms of ``names`` in one flat list, with the class each belongs to.
+
+    Returns:
+        None when no name has synonyms; else (flat synonyms, owner class index per synonym).
+
+    Raises:
+        ValueError: one word is a synonym of two classes (they could not be told apart).
+    """
+    split = [split_synonyms(n) for n in names]
+    if all(len(s) == 1 for s in split):
+        return None
+    flat: List[str] = []
+    owner: List[int] = []
+    where: dict = {}
+    for k, synonyms in enumerate(split):
+        for word in synonyms:
+            key = normalize_name(word)
+            if key in where:
+                if where[key] == k:
+                    continue
+                raise ValueError(
+                    f"{word!r} is a synonym of two classes, {names[where[key]]!r} and "
+                    f"{names[k]!r}; keep it in one of them"
+                )
+            where[key] = k
+            flat.append(word)
+            owner.append(k)
+    return tuple(flat), owner
+
+
+def max_over_synonyms(scores: Tensor, owner: Sequence[int], num_classes: int) -> Tensor:
+    """Per class, the maximum over its synonyms' scores.
+
+    Args:
+        scores (Tensor): (B, K', H, W) scores of the flat synonyms.
+        owner: the class index of each of the K' synonyms.
+        num_classes (int): K.
+
+    Returns:
+        Tensor: (B, K, H, W).
+    """
+    out = scores.new_full((scores.shape[0], num_classes, *scores.shape[2:]), float("-inf"))
+    index = torch.as_tensor(owner, device=scores.device).view(1, -1, 1, 1).expand_as(scores)
+    return out.scatter_reduce(1, index, scores, reduce="amax", include_self=True)
+
+
+def mean_synonym_embeddings(encode: Callable[[Sequence[str]], Tensor], names: Sequence[str]):
+    """(K, D) L2-normalised text embeddings, a class with synonyms getting the normalised
+    mean of its synonyms' embeddings.
+
+    Args:
+        encode: names -> (n, D) L2-normalised embeddings (the teacher's ``encode_text``).
+        names: the K class names.
+    """
+    groups = synonym_groups(names)
+    if groups is None:
+        return encode(names)
+    flat, owner = groups
+    emb = encode(flat)
+    index = torch.as_tensor(owner, device=emb.device)
+    total = emb.new_zeros(len(names), emb.shape[1]).index_add_(0, index, emb)
+    return F.normalize(total, dim=-1)
+
+
+def augment_names(names: Sequence[str], augment: str) -> Tuple[str, ...]:
+    """``names`` followed by the classes of the vocabulary ``augment`` (a builtin name, a
+    .json file or a list in the vocabulary syntax) that share no synonym with them."""
+    extra = resolve_vocabulary(augment).names
+    taken = {normalize_name(w) for n in names for w in split_synonyms(n)}
+    if normalize_name(OTHER_CLASS) in taken:
+        raise ValueError(
+            f"The vocabulary holds {OTHER_CLASS!r}, the name augmented classes are shown as; "
+            "rename that class or do not augment the vocabulary"
+        )
+    added = tuple(
+        n for n in extra if not any(normalize_name(w) in taken for w in split_synonyms(n))
+    )
+    return Vocabulary(tuple(names) + added).names
+
+
+def fold_augmented(probs: Tensor, num_user: int) -> Tensor:
+    """(B, K + E, H, W) probabilities over the user's K classes and E added ones ->
+    (B, K + 1, H, W), the last channel ``"other"`` = the maximum over the added classes, so
+    a pixel is "other" exactly when an added class was its best (SAN's rule)."""
+    user, extra = probs[:, :num_user], probs[:, num_user:]
+    if extra.shape[1] == 0:
+        return torch.cat([user, torch.zeros_like(user[:, :1])], dim=1)
+    return torch.cat([user, extra.amax(dim=1, keepdim=True)], dim=1)
+
+
+def insert_background(probs: Tensor, index: int, threshold: float) -> Tensor:
+    """Insert a background channel at ``index``: a pixel whose best class probability is
+    below ``threshold`` is background.
+
+    The channel holds ``threshold`` at background pixels (above every class there) and 0
+    elsewhere (below the best class, which reaches the threshold), so the argmax of the
+    result is the rule's label.
+
+    Args:
+        probs (Tensor): (B, K, H, W) class probabilities.
+        index (int): where the background goes, in [0, K].
+        threshold (float): in (0, 1].
+
+    Returns:
+        Tensor: (B, K + 1, H, W).
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"background threshold must be in (0, 1], got {threshold}")
+    if not 0 <= index <= probs.shape[1]:
+        raise ValueError(f"background index {index} is outside [0, {probs.shape[1]}]")
+    best = probs.amax(dim=1, keepdim=True)
+    bg = torch.where(best < threshold, torch.full_like(best, threshold), torch.zeros_like(best))
+    return torch.cat([probs[:, :index], bg, probs[:, index:]], dim=1)
