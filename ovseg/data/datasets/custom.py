@@ -125,8 +125,9 @@ def load_custom_sem_seg(
     if no_label or no_image:
         parts = []
         if no_label:
+            expected = Path(labels) / f"{Path(no_label[0]).stem}.png"
             parts.append(f"{len(no_label)} images without a label PNG of the same name, e.g. "
-                         f"{no_label[0]} (expected {Path(labels) / Path(no_label[0]).stem}.png)")  # fmt: skip
+                         f"{no_label[0]} (expected {expected})")  # fmt: skip
         if no_image:
             parts.append(f"{len(no_image)} labels without an image of the same name, e.g. "
                          f"{no_image[0]}")  # fmt: skip
@@ -202,8 +203,9 @@ def register_custom_dataset(
         unseen: classes whose pixels a zero-shot run never trains on (default: the
             vocabulary's own, e.g. a builtin's zero-shot split).
         ignore_label (int): the label value of unlabelled pixels.
-        kind (str): the spec's ``type``: "sem_seg", "instance" (COCO instances json in ``annotations``) or
-            "panoptic" (COCO panoptic json in ``annotations``, PNGs in ``panoptic_labels``).
+        kind (str): the spec's ``type``: "sem_seg", "instance" (COCO instances json in
+            ``annotations``) or "panoptic" (COCO panoptic json in ``annotations``, PNGs in
+            ``panoptic_labels``).
         annotations, panoptic_labels, instances: COCO-format files (see ``kind``);
             ``instances``: an instances json for mask AP of a panoptic split.
         check_labels (bool): check every label's values when the split is loaded.
