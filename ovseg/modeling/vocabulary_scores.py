@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,7 +25,9 @@ from torch import Tensor
 from ..vocab import Vocabulary, normalize_name, resolve_vocabulary, split_synonyms
 
 __all__ = [
+    "BACKGROUND_CLASS",
     "OTHER_CLASS",
+    "VocabularyPlan",
     "SYNONYM_MERGES",
     "augment_names",
     "fold_augmented",
@@ -38,6 +41,7 @@ __all__ = [
 # mean of its synonyms' embeddings
 SYNONYM_MERGES = ("max", "mean")
 OTHER_CLASS = "other"
+BACKGROUND_CLASS = "background"
 
 
 def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List[int]]]:
@@ -154,3 +158,71 @@ def insert_background(probs: Tensor, index: int, threshold: float) -> Tensor:
     best = probs.amax(dim=1, keepdim=True)
     bg = torch.where(best < threshold, torch.full_like(best, threshold), torch.zeros_like(best))
     return torch.cat([probs[:, :index], bg, probs[:, index:]], dim=1)
+
+
+@dataclass(frozen=True)
+class VocabularyPlan:
+    """What a model is asked for a user's vocabulary, and how its probabilities become the
+    user's classes: the augmented classes folded into ``"other"`` (last), then a background
+    by a threshold (where the user's vocabulary has "background", else first).
+
+    Attributes:
+        names: the classes the final scores and labels index.
+        model_names: the classes the model scores (no background; the added classes).
+        num_user: how many of ``model_names`` are the user's.
+        augmented: whether classes were added (then ``names`` ends with "other").
+        background_index: where the background goes in ``names``, or None.
+        background_threshold: the threshold (0 without a background).
+    """
+
+    names: Tuple[str, ...]
+    model_names: Tuple[str, ...]
+    num_user: int
+    augmented: bool = False
+    background_index: Optional[int] = None
+    background_threshold: float = 0.0
+
+    @classmethod
+    def make(
+        cls,
+        names: Sequence[str],
+        augment: Optional[str] = None,
+        background_threshold: Optional[float] = None,
+    ) -> VocabularyPlan:
+        """
+        Args:
+            names: the user's classes (synonyms as ``"a, b"``).
+            augment: a vocabulary to add (builtin name, .json file or list), or None.
+            background_threshold: in (0, 1], or None / 0 for no background.
+        """
+        names = Vocabulary(tuple(names)).names
+        bg_index = None
+        if background_threshold:
+            if not 0 < background_threshold <= 1:
+                raise ValueError(
+                    f"background threshold must be in (0, 1], got {background_threshold}"
+                )
+            keys = [normalize_name(n) for n in names]
+            bg_index = keys.index(BACKGROUND_CLASS) if BACKGROUND_CLASS in keys else 0
+            names = tuple(n for n in names if normalize_name(n) != BACKGROUND_CLASS)
+            if not names:
+                raise ValueError("The vocabulary holds only 'background'; add the classes")
+        model_names = augment_names(names, augment) if augment else names
+        shown = names + ((OTHER_CLASS,) if augment else ())
+        if bg_index is not None:
+            shown = shown[:bg_index] + (BACKGROUND_CLASS,) + shown[bg_index:]
+        return cls(shown, model_names, len(names), bool(augment), bg_index,
+                   float(background_threshold or 0.0))  # fmt: skip
+
+    @property
+    def identity(self) -> bool:
+        """Whether the model's classes are the final ones (nothing added, no background)."""
+        return not self.augmented and self.background_index is None
+
+    def probabilities(self, probs: Tensor) -> Tensor:
+        """(B, len(model_names), H, W) probabilities -> (B, len(names), H, W)."""
+        if self.augmented:
+            probs = fold_augmented(probs, self.num_user)
+        if self.background_index is not None:
+            probs = insert_background(probs, self.background_index, self.background_threshold)
+        return probs

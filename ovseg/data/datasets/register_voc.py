@@ -3,7 +3,8 @@
 ``voc_sem_seg_train`` (1,464) and ``voc_sem_seg_val`` (1,449) are VOC's own segmentation
 splits and labels; ``voc_sem_seg_train_aug`` (10,582) adds the SBD labels and is the training
 set of ZegCLIP and MaskCLIP+ (evaluated on ``voc_sem_seg_val``), so it is the one zero-shot
-configs train on. ``JPEGImages`` holds every VOC image, so the label folder written by the
+configs train on. ``voc21_sem_seg_val`` is VOC-21 (background + 20, vocabulary ``voc21``),
+evaluated with a background by a threshold (TEST.BACKGROUND_THRESHOLD). ``JPEGImages`` holds every VOC image, so the label folder written by the
 prepare script defines each split.
 """
 
@@ -31,6 +32,14 @@ def register_all_voc(root: str) -> None:
             prepare_script=prepare,
             index_by="label",
         )
+    register_sem_seg_split(
+        "voc21_sem_seg_val",
+        image_root=os.path.join(root, "JPEGImages"),
+        sem_seg_root=os.path.join(root, "annotations_detectron2", "val21"),
+        vocabulary_name="voc21",
+        prepare_script="prepare_voc_sem_seg.py",
+        index_by="label",
+    )
 
 
 register_all_voc(datasets_root())
