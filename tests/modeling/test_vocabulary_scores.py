@@ -137,4 +137,5 @@ def test_model_background_threshold(maskclip):
 
 
 def test_vocabulary_syntax_reaches_the_model_names():
-    assert Vocabulary.from_string("pickup truck,truck ; sky").names == ("pickup truck, truck", "sky")
+    names = Vocabulary.from_string("pickup truck,truck ; sky").names
+    assert names == ("pickup truck, truck", "sky")

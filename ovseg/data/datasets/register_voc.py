@@ -4,8 +4,8 @@
 splits and labels; ``voc_sem_seg_train_aug`` (10,582) adds the SBD labels and is the training
 set of ZegCLIP and MaskCLIP+ (evaluated on ``voc_sem_seg_val``), so it is the one zero-shot
 configs train on. ``voc21_sem_seg_val`` is VOC-21 (background + 20, vocabulary ``voc21``),
-evaluated with a background by a threshold (TEST.BACKGROUND_THRESHOLD). ``JPEGImages`` holds every VOC image, so the label folder written by the
-prepare script defines each split.
+evaluated with a background by a threshold (TEST.BACKGROUND_THRESHOLD). ``JPEGImages``
+holds every VOC image, so the label folder written by the prepare script defines each split.
 """
 
 import os
