@@ -282,7 +282,7 @@ class Vocabulary:
                     "single ';' and synonyms by ',', e.g. 'pickup truck, truck; sky'"
                 )
             try:
-                classes.append(", ".join(split_synonyms(item)))
+                classes.append(", ".join(split_synonyms(item.strip())))
             except ValueError as e:
                 raise ValueError(f"Vocabulary {text!r}: {e}") from None
         return cls(tuple(classes), tuple(templates))

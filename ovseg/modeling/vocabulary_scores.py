@@ -44,51 +44,46 @@ OTHER_CLASS = "other"
 BACKGROUND_CLASS = "background"
 
 
-def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List[int]]]:
-    """The synonyms of ``names`` in one flat list, with the class each belongs to.
+def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List[List[int]]]]:
+    """The synonyms of ``names`` as one list of distinct words, with each class's words.
+
+    A word may name two classes (ADE's "screen door, screen" and "blind, screen"): it is
+    scored once and counts for both.
 
     Returns:
-        None when no name has synonyms; else (flat synonyms, owner class index per synonym).
-
-    Raises:
-        ValueError: one word is a synonym of two classes (they could not be told apart).
+        None when no name has synonyms; else (the distinct words, per class the indices of
+        its words among them).
     """
     split = [split_synonyms(n) for n in names]
     if all(len(s) == 1 for s in split):
         return None
-    flat: List[str] = []
-    owner: List[int] = []
-    where: dict = {}
-    for k, synonyms in enumerate(split):
+    words: List[str] = []
+    index: dict = {}
+    members: List[List[int]] = []
+    for synonyms in split:
+        mine: List[int] = []
         for word in synonyms:
             key = normalize_name(word)
-            if key in where:
-                if where[key] == k:
-                    continue
-                raise ValueError(
-                    f"{word!r} is a synonym of two classes, {names[where[key]]!r} and "
-                    f"{names[k]!r}; keep it in one of them"
-                )
-            where[key] = k
-            flat.append(word)
-            owner.append(k)
-    return tuple(flat), owner
+            if key not in index:
+                index[key] = len(words)
+                words.append(word)
+            if index[key] not in mine:
+                mine.append(index[key])
+        members.append(mine)
+    return tuple(words), members
 
 
-def max_over_synonyms(scores: Tensor, owner: Sequence[int], num_classes: int) -> Tensor:
+def max_over_synonyms(scores: Tensor, members: Sequence[Sequence[int]]) -> Tensor:
     """Per class, the maximum over its synonyms' scores.
 
     Args:
-        scores (Tensor): (B, K', H, W) scores of the flat synonyms.
-        owner: the class index of each of the K' synonyms.
-        num_classes (int): K.
+        scores (Tensor): (B, W, H, W') scores of the distinct words.
+        members: per class, the indices of its words.
 
     Returns:
-        Tensor: (B, K, H, W).
+        Tensor: (B, K, H, W') for the K classes.
     """
-    out = scores.new_full((scores.shape[0], num_classes, *scores.shape[2:]), float("-inf"))
-    index = torch.as_tensor(owner, device=scores.device).view(1, -1, 1, 1).expand_as(scores)
-    return out.scatter_reduce(1, index, scores, reduce="amax", include_self=True)
+    return torch.stack([scores[:, list(m)].amax(dim=1) for m in members], dim=1)
 
 
 def mean_synonym_embeddings(encode: Callable[[Sequence[str]], Tensor], names: Sequence[str]):
@@ -102,11 +97,9 @@ def mean_synonym_embeddings(encode: Callable[[Sequence[str]], Tensor], names: Se
     groups = synonym_groups(names)
     if groups is None:
         return encode(names)
-    flat, owner = groups
-    emb = encode(flat)
-    index = torch.as_tensor(owner, device=emb.device)
-    total = emb.new_zeros(len(names), emb.shape[1]).index_add_(0, index, emb)
-    return F.normalize(total, dim=-1)
+    words, members = groups
+    emb = encode(words)
+    return F.normalize(torch.stack([emb[list(m)].mean(dim=0) for m in members]), dim=-1)
 
 
 def augment_names(names: Sequence[str], augment: str) -> Tuple[str, ...]:

@@ -355,8 +355,8 @@ class OpenVocabSegmentor(nn.Module):
     def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
         groups = synonym_groups(apply_prompt_names(names, self.prompt_names))
         if self.synonym_merge == "max" and groups is not None:
-            flat, owner = groups
-            return max_over_synonyms(self._protocol_scores(flat, images), owner, len(names))
+            words, members = groups
+            return max_over_synonyms(self._protocol_scores(words, images), members)
         return self._protocol_scores(names, images)
 
     def _protocol_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
