@@ -54,15 +54,15 @@ def write_guide_files(where: Path) -> list[str]:
 
 
 def write_tiny_folder(root: Path) -> None:
-    """my_data/{images,labels}/{train,val}: toy-world scenes, labels in toy9's order (the
+    """my_data/{train,val}/{images,labels}: toy-world scenes, labels in toy9's order (the
     guide's vocabulary)."""
     for split, stream, n in (("train", "training", 4), ("val", "validation", 2)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir(parents=True)
         for i in range(n):
             image, label, _, _ = generate_sample(7, stream, i)
-            Image.fromarray(image).save(root / "images" / split / f"{i:04d}.jpg", quality=95)
-            Image.fromarray(label).save(root / "labels" / split / f"{i:04d}.png")
+            Image.fromarray(image).save(root / split / "images" / f"{i:04d}.jpg", quality=95)
+            Image.fromarray(label).save(root / split / "labels" / f"{i:04d}.png")
 
 
 def test_guide_from_folder_to_evaluated_model(tmp_path):
