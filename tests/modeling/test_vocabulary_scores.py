@@ -146,3 +146,14 @@ def test_model_background_threshold(maskclip):
 def test_vocabulary_syntax_reaches_the_model_names():
     names = Vocabulary.from_string("pickup truck,truck ; sky").names
     assert names == ("pickup truck, truck", "sky")
+
+
+def test_zegclip_calibrates_every_synonym_of_a_seen_class(tmp_path):
+    from ovseg_testing import tiny_zegclip_cfg
+
+    from ovseg.modeling.meta_arch.zegclip import ZegCLIP
+
+    kwargs = ZegCLIP.from_config(tiny_zegclip_cfg(tmp_path))
+    model = ZegCLIP(**{**kwargs, "seen_classes": ["cat, kitten"], "unseen_classes": ["dog"]})
+    flags = model._flags(("cat", "kitten", "dog"), model.seen_classes)
+    assert flags.tolist() == [True, True, False]

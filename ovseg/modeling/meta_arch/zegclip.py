@@ -30,7 +30,7 @@ from detectron2.utils import comm
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ...pseudo.self_training import SelfTrainingSchedule
-from ...vocab import normalize_name, training_vocabulary
+from ...vocab import normalize_name, split_synonyms, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..losses import mask_losses
@@ -213,7 +213,10 @@ class ZegCLIP(OpenVocabSegmentor):
         self.classifier = TextClassifier(
             teacher, templates, background_class=background_class, prompt_names=self.prompt_names
         )
-        self.seen_classes = frozenset(normalize_name(n) for n in seen_classes)
+        # a class's synonyms count as it: with SYNONYM_MERGE "max" each is scored on its own
+        self.seen_classes = frozenset(
+            normalize_name(w) for n in seen_classes for w in (n, *split_synonyms(n))
+        )
         self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
         self.calibration = float(calibration)
         self.focal_weight = float(focal_weight)
