@@ -131,6 +131,12 @@ def _upsample(x: Tensor, size: Tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def names_and_synonyms(names: Sequence[str]) -> frozenset:
+    """The normalised names and each one's synonyms: with SYNONYM_MERGE "max" every synonym
+    of a class is scored on its own and must count as the class."""
+    return frozenset(normalize_name(w) for n in names for w in (n, *split_synonyms(n)))
+
+
 @META_ARCH_REGISTRY.register()
 class ZegCLIP(OpenVocabSegmentor):
     """ZegCLIP over the shared frozen CLIP teacher (see the module docstring).
@@ -213,10 +219,7 @@ class ZegCLIP(OpenVocabSegmentor):
         self.classifier = TextClassifier(
             teacher, templates, background_class=background_class, prompt_names=self.prompt_names
         )
-        # a class's synonyms count as it: with SYNONYM_MERGE "max" each is scored on its own
-        self.seen_classes = frozenset(
-            normalize_name(w) for n in seen_classes for w in (n, *split_synonyms(n))
-        )
+        self.seen_classes = names_and_synonyms(seen_classes)
         self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
         self.calibration = float(calibration)
         self.focal_weight = float(focal_weight)
