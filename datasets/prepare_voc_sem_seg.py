@@ -7,6 +7,8 @@ background and boundary become 255 (ignore) and classes 0..19. Writes three spli
 - ``train/`` (1,464) and ``val/`` (1,449): ``ImageSets/Segmentation/{train,val}.txt``, labels
   from VOC's own ``SegmentationClass``. As in SAN / CAT-Seg, an image with no labelled pixel
   left (background only) gets no label file, so it is in no split.
+- ``val21/`` (1,449): VOC-21, background kept as class 0 (``voc21``), every val image; for
+  evaluation with a background by a threshold (TEST.BACKGROUND_THRESHOLD).
 - ``train_aug/`` (10,582), the training set of ZegCLIP and MaskCLIP+ (mmsegmentation's
   ``train.txt`` + ``aug.txt``): (an aug list, or the ``SegmentationClassAug`` file names) plus
   VOC train, minus VOC val. An image's label is VOC's ``SegmentationClass`` when it has one
@@ -51,6 +53,15 @@ def convert_voc_label(label: np.ndarray, source: str = "label") -> np.ndarray:
     """Map a VOC label (H, W) uint8 (0 background, 1..20, 255 boundary) to 0..19 / 255."""
     check_values(label, _VALID, source)
     return _LUT[label]
+
+
+def copy_voc21_file(src: Path, dst: Path) -> bool:
+    """Write one VOC label PNG as a grey VOC-21 label (0 background, 1..20, 255), checked."""
+    with Image.open(src) as image:
+        label = np.asarray(image)
+    check_values(label, _VALID, str(src))
+    save_label(label.astype(np.uint8), dst)
+    return True
 
 
 def convert_file(src: Path, dst: Path, keep_empty: bool = False) -> bool:
@@ -168,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             src = require(label_dir / f"{image_id}.png", f"label of {image_id} ({split}.txt)")
             jobs.append((src, out / split / f"{image_id}.png"))
         run_jobs(jobs, convert_file, f"VOC-20 {split}")
+        if split == "val":
+            jobs21 = [(src, out / "val21" / dst.name) for src, dst in jobs]
+            run_jobs(jobs21, copy_voc21_file, "VOC-21 val")
     if args.no_aug:
         return
     if args.aug_list is None and not (root / "SegmentationClassAug").is_dir():

@@ -11,6 +11,9 @@ Per image ``<stem>`` the output folder receives ``<stem>_overlay.png`` (class na
 ``<stem>_label.png`` (vocabulary index per pixel; 255 = below --confidence-threshold; uint16
 with 65535 for vocabularies of more than 255 names) and, with --heatmaps,
 ``<stem>_heatmaps.png``. With one input, --output may name the overlay file instead.
+A vocabulary gives synonyms as ``"pickup truck, truck; sky"`` (classes separated by ``;``);
+``--augment-vocabulary coco171`` adds a builtin list's classes, drawn as "other";
+``--background-threshold 0.5`` labels "background" where no class reaches 0.5.
 ``--task instance`` / ``--task panoptic`` draw a model's "instances" / "panoptic_seg" output
 (detectron2's draw_instance_predictions / draw_panoptic_seg) into the overlay only; a model
 that does not predict them is refused before any image.
@@ -41,6 +44,7 @@ from detectron2.utils.logger import setup_logger
 from ovseg.clip import get_templates
 from ovseg.data.image_io import read_image
 from ovseg.engine.defaults import load_config
+from ovseg.modeling.vocabulary_scores import VocabularyPlan
 from ovseg.utils.visualization import save_image
 from ovseg.vocab import (
     Vocabulary,
@@ -87,7 +91,21 @@ def get_parser() -> argparse.ArgumentParser:
         "--custom_vocabulary",
         dest="custom_vocabulary",
         metavar="NAMES",
-        help='comma-separated class names, e.g. "cat,dog,grass"',
+        help='class names, e.g. "cat,dog,grass"; with synonyms, classes separated by ";" '
+        'and a class\'s synonyms by ",": "pickup truck, truck; sky"',
+    )
+    parser.add_argument(
+        "--augment-vocabulary",
+        metavar="NAME",
+        help="add a builtin vocabulary's classes (e.g. coco171) for open-ended scenes; "
+        "pixels they win are labelled 'other'",
+    )
+    parser.add_argument(
+        "--background-threshold",
+        type=float,
+        default=0.0,
+        help="in (0, 1]: pixels whose best class probability is below this are labelled "
+        "'background' (the vocabulary's own, else added first), which is not embedded",
     )
     parser.add_argument(
         "--templates",
@@ -272,6 +290,16 @@ def check_task(demo: VisualizationDemo, task: str, names: Sequence[str], cfg) ->
         )
 
 
+def vocabulary_plan(args: argparse.Namespace, names) -> VocabularyPlan:
+    """The demo's words: the vocabulary, augmented and with a background when asked."""
+    if not 0.0 <= args.background_threshold <= 1.0:
+        raise UsageError(f"--background-threshold {args.background_threshold} is not in [0, 1]")
+    try:
+        return VocabularyPlan.make(names, args.augment_vocabulary, args.background_threshold)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"vocabulary: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """The demo without the argument parsing; returns the exit status."""
     if not 0.0 <= args.confidence_threshold <= 1.0:
@@ -308,6 +336,10 @@ def run(args: argparse.Namespace) -> int:
 
     names, unseen = vocabulary.names, vocabulary.unseen
     check_task(demo, args.task, names, cfg)
+    words = vocabulary_plan(args, names)
+    if not words.identity and args.task != "semantic":
+        raise UsageError("--augment-vocabulary and --background-threshold need --task semantic")
+    names = words.names
     written = 0
     for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="demo", unit="image"):
         try:
@@ -319,14 +351,14 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         plan = plans[path]
         if args.task == "semantic":
-            predictions, overlay = demo.run_on_image(image, names, unseen=unseen)
+            predictions, overlay = demo.run_on_image(image, names, unseen=unseen, plan=words)
             save_image(plan["label"], predictions["label"])
         else:
             output = demo.predictor.raw_output(image, names)
             overlay = demo.draw_prediction(image, output, names, args.task, unseen=unseen)
         save_image(plan["overlay"], overlay.get_image())
         if args.heatmaps:
-            picture, _ = demo.heatmaps(image, names)
+            picture, _ = demo.heatmaps(image, words.model_names[: words.num_user])
             save_image(plan["heatmaps"], picture, palette=True)
         written += 1
         logger.info(

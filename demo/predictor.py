@@ -17,6 +17,7 @@ from detectron2.utils.visualizer import VisImage
 from ovseg.api import build_inference_model, check_image, model_input
 from ovseg.clip import get_templates
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
+from ovseg.modeling.vocabulary_scores import VocabularyPlan, mean_synonym_embeddings
 from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
 from ovseg.utils.mask_visualization import draw_instance_predictions, draw_panoptic_prediction
 from ovseg.utils.visualization import (
@@ -116,7 +117,7 @@ class OpenVocabPredictor:
             resized = resized[:, :, ::-1]  # the teacher takes RGB
         x = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None].float()
         dense = self.teacher.dense_embeddings(x)
-        text = self.teacher.encode_text(names, templates)
+        text = mean_synonym_embeddings(lambda w: self.teacher.encode_text(w, templates), names)
         sims = cosine_logits(dense, text)  # (1, K, gh, gw)
         # cell (i, j) covers pixels [i*s, (i+1)*s) of the bottom/right-padded input
         s = self.teacher.stride
@@ -166,7 +167,11 @@ class VisualizationDemo:
         return image[:, :, ::-1] if self.predictor.input_format == "BGR" else image
 
     def run_on_image(
-        self, image: np.ndarray, vocabulary: Sequence[str], unseen: Sequence[str] = ()
+        self,
+        image: np.ndarray,
+        vocabulary: Sequence[str],
+        unseen: Sequence[str] = (),
+        plan: Optional[VocabularyPlan] = None,
     ) -> Tuple[Dict, VisImage]:
         """Predict and draw one image.
 
@@ -174,6 +179,8 @@ class VisualizationDemo:
             image (np.ndarray): (H, W, 3) uint8 in ``cfg.INPUT.FORMAT`` order.
             vocabulary: K class names.
             unseen: names to draw in the unseen style (a zero-shot split's unseen classes).
+            plan (VocabularyPlan, optional): an augmented vocabulary and/or a background by
+                a threshold; then ``vocabulary`` must be ``plan.names``.
 
         Returns:
             tuple: (predictions, overlay). ``predictions``: "sem_seg" (K, H, W) scores,
@@ -181,13 +188,18 @@ class VisualizationDemo:
             the confidence is below the threshold, "confidence" (H, W) float32 in [0, 1].
         """
         names = Vocabulary(tuple(vocabulary)).names
-        predictions = dict(self.predictor(image, names))
+        kind = self.predictor.score_kind
+        if plan is None or plan.identity:
+            predictions = dict(self.predictor(image, names))
+        else:
+            if tuple(plan.names) != names:
+                raise ValueError(f"vocabulary {names} is not the plan's names {plan.names}")
+            scores = self.predictor(image, plan.model_names)["sem_seg"]
+            probs = scores.softmax(dim=0) if kind == "logits" else scores
+            predictions, kind = {"sem_seg": plan.probabilities(probs[None])[0]}, "probabilities"
         dtype, ignore = label_dtype_for(len(names))
         label, confidence = scores_to_labels(
-            predictions["sem_seg"],
-            self.confidence_threshold,
-            ignore_value=ignore,
-            kind=self.predictor.score_kind,
+            predictions["sem_seg"], self.confidence_threshold, ignore_value=ignore, kind=kind
         )
         predictions["label"] = label.astype(dtype)
         predictions["confidence"] = confidence

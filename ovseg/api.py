@@ -32,6 +32,7 @@ from detectron2.modeling import build_model
 from .data.image_io import read_image
 from .engine.checkpoint import load_model_weights
 from .engine.defaults import load_config
+from .modeling.vocabulary_scores import VocabularyPlan
 from .pseudo import score_kind_of
 from .vocab import Vocabulary, resolve_vocabulary
 
@@ -218,18 +219,29 @@ class Predictor:
         self,
         images: Union[ImageLike, Sequence[ImageLike]],
         vocabulary: Union[str, Sequence[str], Vocabulary],
+        *,
+        augment_vocabulary: Optional[str] = None,
+        background_threshold: Optional[float] = None,
     ) -> Union[Prediction, List[Prediction]]:
         """
         Args:
             images: one image or a list: (H, W, 3) uint8 RGB numpy arrays, PIL images or
                 image files.
-            vocabulary: a list of names, a comma-separated string ("cat,dog,grass"), a
-                builtin vocabulary name ("voc20") or a .json vocabulary file.
+            vocabulary: a list of names, a string ("cat,dog,grass"; with synonyms
+                "pickup truck, truck; sky"), a builtin vocabulary name ("voc20") or a .json
+                vocabulary file.
+            augment_vocabulary: a builtin vocabulary ("coco171") whose classes are added
+                for open-ended scenes; their pixels are labelled "other" (the last name).
+            background_threshold: in (0, 1]: pixels whose best class probability is below
+                it are labelled "background" (at its place in the vocabulary, else first),
+                a name that is then not given to the model.
 
         Returns:
             One :class:`Prediction` for one image, a list for a list.
         """
-        names = _vocabulary(vocabulary)
+        plan = VocabularyPlan.make(_vocabulary(vocabulary), augment_vocabulary,
+                                   background_threshold)  # fmt: skip
+        names = plan.model_names
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if not batch:
@@ -247,10 +259,10 @@ class Predictor:
             for indices in groups.values():
                 for i, out in zip(indices, self.model([inputs[i] for i in indices])):
                     outputs[i] = out
-        predictions = [self._prediction(out, names) for out in outputs]
+        predictions = [self._prediction(out, plan) for out in outputs]
         return predictions[0] if single else predictions
 
-    def _prediction(self, output: dict, names: Tuple[str, ...]) -> Prediction:
+    def _prediction(self, output: dict, plan: VocabularyPlan) -> Prediction:
         if "sem_seg" not in output:
             raise RuntimeError(
                 f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
@@ -258,7 +270,8 @@ class Predictor:
         scores = output["sem_seg"].detach().float()
         if self.score_kind == "logits":
             scores = scores.softmax(dim=0)
-        scores = scores.cpu().numpy()
+        names = plan.names
+        scores = plan.probabilities(scores[None])[0].cpu().numpy()
         labels = scores.argmax(axis=0).astype(np.int64)
         masks = {names[k]: labels == k for k in np.unique(labels).tolist()}
         instances = output["instances"].to("cpu") if "instances" in output else None

@@ -2,7 +2,12 @@
 
 A :class:`Vocabulary` is what an open-vocabulary model is asked to segment. It is resolved
 from a dataset's metadata, a builtin benchmark list (``ovseg/data/vocabularies/<name>.json``),
-a JSON file of the user's, or a comma-separated string (the demo's custom vocabulary).
+a JSON file of the user's, or a string in the one vocabulary syntax of the demo, the configs
+and the Python API: classes separated by ``;``, a class's synonyms by ``,``
+(``"pickup truck, truck; sky"``); a string without ``;`` is a comma-separated list of classes.
+A class name holding commas (ADE's ``"road, route"``) is one class whose synonyms are the
+comma-separated words (:func:`split_synonyms`); the model scores it from all of them
+(MODEL.OVSEG.SYNONYM_MERGE).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "normalize_name",
     "one_class_warning",
     "resolve_vocabulary",
+    "split_synonyms",
     "training_label_space",
     "training_vocabulary",
 ]
@@ -42,6 +48,22 @@ _JSON_KEYS = frozenset({"name", "classes", "unseen"})
 def normalize_name(name: str) -> str:
     """The form in which two class names are compared: stripped, case-folded."""
     return name.strip().casefold()
+
+
+def split_synonyms(name: str) -> tuple[str, ...]:
+    """The synonyms of one class name: its comma-separated words (``"road, route"`` ->
+    ``("road", "route")``), stripped; a name without commas is its only synonym.
+
+    Raises:
+        ValueError: a synonym is empty (``"road,,route"``).
+    """
+    parts = tuple(part.strip() for part in name.split(","))
+    if not all(parts):
+        raise ValueError(
+            f"Class {name!r} has an empty synonym; separate a class's synonyms by single "
+            "commas, e.g. 'pickup truck, truck'"
+        )
+    return parts
 
 
 def check_templates(templates: Iterable[Any], source: str = "templates") -> tuple[str, ...]:
@@ -233,20 +255,37 @@ class Vocabulary:
 
     @classmethod
     def from_string(cls, text: str, templates: Sequence[str] = DEFAULT_TEMPLATES):
-        """Build from a comma-separated list such as ``"cat, dog, potted plant"``.
+        """Build from the vocabulary syntax: ``"pickup truck, truck; sky"`` (classes separated
+        by ``;``, a class's synonyms by ``,``) or, without ``;``, a comma-separated list of
+        classes such as ``"cat, dog, potted plant"``.
 
         Args:
-            text: names separated by commas; spaces around each name are ignored.
+            text: the vocabulary; spaces around each name are ignored.
             templates: prompt templates.
         """
-        items = text.split(",")
-        for i, item in enumerate(items):
+        if ";" not in text:
+            items = text.split(",")
+            for i, item in enumerate(items):
+                if not item.strip():
+                    raise ValueError(
+                        f"Item {i} of the comma-separated vocabulary {text!r} is empty; "
+                        "write names separated by single commas, e.g. 'cat,dog,potted plant'"
+                    )
+            return cls(tuple(items), tuple(templates))
+        classes = []
+        for i, item in enumerate(text.split(";")):
             if not item.strip():
+                if i == len(text.split(";")) - 1:
+                    continue  # a trailing ';'
                 raise ValueError(
-                    f"Item {i} of the comma-separated vocabulary {text!r} is empty; "
-                    "write names separated by single commas, e.g. 'cat,dog,potted plant'"
+                    f"Class {i} of the vocabulary {text!r} is empty; separate classes by "
+                    "single ';' and synonyms by ',', e.g. 'pickup truck, truck; sky'"
                 )
-        return cls(tuple(items), tuple(templates))
+            try:
+                classes.append(", ".join(split_synonyms(item.strip())))
+            except ValueError as e:
+                raise ValueError(f"Vocabulary {text!r}: {e}") from None
+        return cls(tuple(classes), tuple(templates))
 
     @classmethod
     def builtin(cls, name: str, templates: Sequence[str] = DEFAULT_TEMPLATES):
@@ -298,8 +337,8 @@ def resolve_vocabulary(spec: str, metadata: Any = None) -> Vocabulary:
 
     Args:
         spec (str): ``""`` for the dataset's own classes (``metadata`` required); a builtin
-            name (``voc20``); a path to a ``.json`` file; or a comma-separated list of at
-            least two names (``"cat,dog"``).
+            name (``voc20``); a path to a ``.json`` file; or names in the vocabulary syntax
+            (``"cat,dog"``, or ``"pickup truck, truck; sky"`` with synonyms).
         metadata: a dataset's ``MetadataCatalog`` entry, used when ``spec`` is empty.
 
     Returns:
@@ -317,14 +356,14 @@ def resolve_vocabulary(spec: str, metadata: Any = None) -> Vocabulary:
         return Vocabulary.from_metadata(metadata)
     if spec.lower().endswith(".json") or os.path.isfile(spec):
         return Vocabulary.from_json(spec)
-    if "," in spec:
+    if "," in spec or ";" in spec:
         return Vocabulary.from_string(spec)
     if spec in builtin_vocabulary_names():
         return Vocabulary.builtin(spec)
     raise ValueError(
         f"Unknown vocabulary {spec!r}: not a builtin (builtins are "
         f"{list(builtin_vocabulary_names())}), not a .json file, and not a comma-separated "
-        "list of names such as 'cat,dog'"
+        "list of names such as 'cat,dog' (or 'pickup truck, truck; sky' with synonyms)"
     )
 
 

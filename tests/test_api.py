@@ -153,3 +153,25 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     pred = namespace["pred"]
     assert pred.labels.shape == (64, 64)
     assert pred.names[pred.labels[pred.masks["crescent"]][0]] == "crescent"
+
+
+def test_synonyms_background_and_augmented_vocabulary(predictor):
+    image, _ = _scene(2)
+    plain = predictor.predict(image, SHAPES)
+    # synonyms: "circle, circle" scores as "circle" (the max over one word)
+    syn = predictor.predict(image, "circle, Circle; " + "; ".join(SHAPES[1:]))
+    assert syn.names == ("circle, Circle", *SHAPES[1:])
+    np.testing.assert_allclose(syn.scores, plain.scores, atol=1e-6)
+    # background by a threshold: added first, where no shape reaches it
+    threshold = float(np.median(plain.scores.max(axis=0)))
+    bg = predictor.predict(image, SHAPES, background_threshold=threshold)
+    assert bg.names == ("background", *SHAPES)
+    np.testing.assert_array_equal(bg.labels == 0, plain.scores.max(axis=0) < threshold)
+    np.testing.assert_array_equal(bg.labels[bg.labels > 0] - 1, plain.labels[bg.labels > 0])
+    # augmented: the toy9 classes not asked for become "other"
+    aug = predictor.predict(image, SHAPES[:3], augment_vocabulary="toy9")
+    assert aug.names == (*SHAPES[:3], "other")
+    full = predictor.predict(image, [*SHAPES[:3], "background", *SHAPES[3:]])
+    np.testing.assert_array_equal(aug.labels == 3, full.labels >= 3)
+    with pytest.raises(ValueError, match=r"background threshold must be in \(0, 1\]"):
+        predictor.predict(image, SHAPES, background_threshold=2.0)

@@ -5,7 +5,13 @@ import pytest
 
 from detectron2.data import Metadata
 
-from ovseg.vocab import Vocabulary, builtin_vocabulary_names, check_templates, resolve_vocabulary
+from ovseg.vocab import (
+    Vocabulary,
+    builtin_vocabulary_names,
+    check_templates,
+    resolve_vocabulary,
+    split_synonyms,
+)
 
 
 def test_split_properties():
@@ -147,8 +153,8 @@ def test_builtins():
     assert voc.unseen == ("potted plant", "sheep", "sofa", "train", "tv monitor")
     assert voc.unseen_indices == (15, 16, 17, 18, 19)
     assert len(voc.seen) == 15
-    with pytest.raises(ValueError, match=r"Unknown builtin vocabulary 'voc21'.*'voc20'"):
-        Vocabulary.builtin("voc21")
+    with pytest.raises(ValueError, match=r"Unknown builtin vocabulary 'voc99'.*'voc20'"):
+        Vocabulary.builtin("voc99")
 
 
 def test_resolve_vocabulary(tmp_path):
@@ -165,9 +171,29 @@ def test_resolve_vocabulary(tmp_path):
 def test_resolve_vocabulary_errors(tmp_path):
     with pytest.raises(ValueError, match="no dataset metadata"):
         resolve_vocabulary("")
-    with pytest.raises(ValueError, match=r"Unknown vocabulary 'voc21'.*'ade150'.*comma"):
-        resolve_vocabulary("voc21")
+    with pytest.raises(ValueError, match=r"Unknown vocabulary 'voc99'.*'ade150'.*comma"):
+        resolve_vocabulary("voc99")
     with pytest.raises(FileNotFoundError, match=r"nowhere\.json"):
         resolve_vocabulary(str(tmp_path / "nowhere.json"))
     with pytest.raises(ValueError, match="Item 1"):
         resolve_vocabulary("cat,,dog")
+
+
+def test_synonym_syntax():
+    # ';' separates classes, ',' a class's synonyms; without ';' commas separate classes
+    vocab = Vocabulary.from_string("pickup truck,  truck; sky ;")
+    assert vocab.names == ("pickup truck, truck", "sky")
+    assert Vocabulary.from_string("pickup truck, truck").names == ("pickup truck", "truck")
+    assert resolve_vocabulary("cat; dog, puppy").names == ("cat", "dog, puppy")
+    assert split_synonyms("pickup truck, truck") == ("pickup truck", "truck")
+    assert split_synonyms("sky") == ("sky",)
+    with pytest.raises(ValueError, match="Class 1 of the vocabulary 'cat; ; dog' is empty"):
+        Vocabulary.from_string("cat; ; dog")
+    with pytest.raises(ValueError, match="'dog,,puppy' has an empty synonym"):
+        Vocabulary.from_string("cat; dog,,puppy")
+
+
+def test_builtins_keep_their_synonyms():
+    ade = Vocabulary.builtin("ade150")
+    assert "road, route" in ade.names
+    assert split_synonyms("road, route") == ("road", "route")

@@ -30,11 +30,24 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     if opts:
         if len(opts) % 2:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
-        cfg.merge_from_list(opts)
+        cfg.merge_from_list(_custom_as_list(list(opts)))
+    if cfg.DATASETS.CUSTOM:
+        from ..data.datasets.custom import register_from_config
+
+        register_from_config(cfg)  # before DATASETS.TRAIN/TEST are looked up
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def _custom_as_list(opts: list[str]) -> list[str]:
+    """``DATASETS.CUSTOM my_data.yaml`` on a command line means a one-file list."""
+    for i in range(0, len(opts), 2):
+        value = opts[i + 1]
+        if opts[i] == "DATASETS.CUSTOM" and not value.lstrip().startswith(("[", "(")):
+            opts[i + 1] = repr([value])
+    return opts
 
 
 def setup(args: argparse.Namespace) -> CfgNode:

@@ -5,7 +5,8 @@
 vocabulary by the teacher, in memory and on disk), optionally one class's row replaced by
 a learnable embedding (:class:`LearnedBackground`), and the temperature multiplying cosines.
 The text encoder may see other words than the display names (a method's official prompt
-names, MODEL.CLIP.PROMPT_NAMES); outputs are always indexed by the display names.
+names, MODEL.CLIP.PROMPT_NAMES); outputs are always indexed by the display names. A name with
+synonyms (``"road, route"``) gets the normalised mean of its synonyms' embeddings.
 The teacher is not a submodule of the classifier: it belongs to the meta-architecture, and
 its weights never enter a checkpoint.
 """
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from ..clip import CLIPTeacher
 from ..clip.prompt_names import apply_prompt_names
 from ..vocab import check_templates, normalize_name
+from .vocabulary_scores import mean_synonym_embeddings
 
 __all__ = ["LearnedBackground", "TextClassifier"]
 
@@ -124,7 +126,8 @@ class TextClassifier(nn.Module):
     def forward(self, names: Sequence[str]) -> Tensor:
         """(K, D) L2-normalised embeddings of ``names`` on the classifier's device."""
         prompts = apply_prompt_names(names, self.prompt_names)
-        text = self.teacher.encode_text(prompts, self.templates).to(self.teacher.device)
+        encode = lambda words: self.teacher.encode_text(words, self.templates)  # noqa: E731
+        text = mean_synonym_embeddings(encode, prompts).to(self.teacher.device)
         if self.bg_embed is not None:
             text = self.bg_embed(text, names)
         if self.bg_embed is not None or self.renormalize:

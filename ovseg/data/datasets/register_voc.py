@@ -7,8 +7,9 @@ set of ZegCLIP and MaskCLIP+ (evaluated on ``voc_sem_seg_val``), so it is the on
 configs train on. ``voc_sem_seg_train_aug_base`` is FreeSeg's zero-shot training set
 (official ``voc_base_sem_seg_train``, ``register_voc_seg.py:107-123``): ``train_aug`` with the
 unseen classes' pixels ignored and the images without a seen pixel left out.
-``JPEGImages`` holds every VOC image, so the label folder written by the prepare script
-defines each split.
+``voc21_sem_seg_val`` is VOC-21 (background + 20, vocabulary ``voc21``), evaluated with a
+background by a threshold (TEST.BACKGROUND_THRESHOLD). ``JPEGImages`` holds every VOC image,
+so the label folder written by the prepare script defines each split.
 """
 
 import os
@@ -39,6 +40,14 @@ def register_all_voc(root: str) -> None:
             prepare_script=prepare,
             index_by="label",
         )
+    register_sem_seg_split(
+        "voc21_sem_seg_val",
+        image_root=os.path.join(root, "JPEGImages"),
+        sem_seg_root=os.path.join(root, "annotations_detectron2", "val21"),
+        vocabulary_name="voc21",
+        prepare_script="prepare_voc_sem_seg.py",
+        index_by="label",
+    )
 
 
 register_all_voc(datasets_root())

@@ -25,11 +25,17 @@ from detectron2.structures import ImageList
 from detectron2.utils.logger import log_first_n
 
 from ...clip import CLIPTeacher
-from ...clip.prompt_names import get_prompt_names
+from ...clip.prompt_names import apply_prompt_names, get_prompt_names
 from ...pseudo.labels import SCORE_KINDS
-from ...vocab import one_class_warning, resolve_vocabulary
+from ...vocab import normalize_name, one_class_warning, resolve_vocabulary
 from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
 from ..test_time_aug import TestTimeAug, multiscale_inference
+from ..vocabulary_scores import (
+    SYNONYM_MERGES,
+    insert_background,
+    max_over_synonyms,
+    synonym_groups,
+)
 
 __all__ = ["OpenVocabSegmentor", "group_inputs"]
 
@@ -101,6 +107,9 @@ class OpenVocabSegmentor(nn.Module):
         size_divisibility: int = 1,
         prompt_names: Optional[Mapping[str, str]] = None,
         test_aug: Optional[TestTimeAug] = None,
+        synonym_merge: str = "max",
+        background_threshold: float = 0.0,
+        background_name: str = "background",
     ):
         """
         Args:
@@ -116,6 +125,12 @@ class OpenVocabSegmentor(nn.Module):
                 embedded as (:mod:`ovseg.clip.prompt_names`), for the model's text classifier.
             test_aug (TestTimeAug, optional): multi-scale / flip testing (TEST.AUG); merging
                 logits needs a subclass with :meth:`logit_predictor`.
+            synonym_merge (str): how a test class with synonyms is scored, one of
+                :data:`SYNONYM_MERGES` (MODEL.OVSEG.SYNONYM_MERGE).
+            background_threshold (float): > 0: a test vocabulary's ``background_name`` is
+                not embedded but given to pixels whose best class probability is below it
+                (TEST.BACKGROUND_THRESHOLD); 0: off.
+            background_name (str): that class's name (MODEL.OVSEG.BACKGROUND_CLASS).
         """
         super().__init__()
         if inference_mode not in INFERENCE_MODES:
@@ -141,6 +156,17 @@ class OpenVocabSegmentor(nn.Module):
                 "TEST.AUG.MERGE 'scores_mean'"
             )
         self.test_aug = test_aug
+        if synonym_merge not in SYNONYM_MERGES:
+            raise ValueError(
+                f"MODEL.OVSEG.SYNONYM_MERGE {synonym_merge!r} is not one of {list(SYNONYM_MERGES)}"
+            )
+        self.synonym_merge = synonym_merge
+        if not 0 <= background_threshold <= 1:
+            raise ValueError(
+                f"TEST.BACKGROUND_THRESHOLD must be in [0, 1] (0 = off), got {background_threshold}"
+            )
+        self.background_threshold = float(background_threshold)
+        self.background_name = background_name
 
     @staticmethod
     def base_config(cfg) -> Dict[str, Any]:
@@ -158,6 +184,9 @@ class OpenVocabSegmentor(nn.Module):
             "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
             "prompt_names": get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
             "test_aug": TestTimeAug.from_config(cfg),
+            "synonym_merge": cfg.MODEL.OVSEG.SYNONYM_MERGE,
+            "background_threshold": cfg.TEST.BACKGROUND_THRESHOLD,
+            "background_name": cfg.MODEL.OVSEG.BACKGROUND_CLASS,
         }
 
     @property
@@ -309,6 +338,28 @@ class OpenVocabSegmentor(nn.Module):
         return logits
 
     def _scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
+        """(B, K, H, W) scores of normalised images: the background by its threshold, the
+        classes with synonyms merged (:mod:`ovseg.modeling.vocabulary_scores`)."""
+        keys = [normalize_name(n) for n in names]
+        bg = normalize_name(self.background_name)
+        if self.background_threshold > 0 and bg in keys and len(names) > 1:
+            i = keys.index(bg)
+            scores = self._synonym_scores(names[:i] + names[i + 1 :], images)
+            logits = self.sem_seg_scores == "logits"
+            probs = scores.softmax(dim=1) if logits else scores
+            out = insert_background(probs, i, self.background_threshold)
+            # logits stay logits: the log keeps the argmax, and a softmax gives the probabilities
+            return out.clamp_min(1e-12).log() if logits else out
+        return self._synonym_scores(names, images)
+
+    def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
+        groups = synonym_groups(apply_prompt_names(names, self.prompt_names))
+        if self.synonym_merge == "max" and groups is not None:
+            words, members = groups
+            return max_over_synonyms(self._protocol_scores(words, images), members)
+        return self._protocol_scores(names, images)
+
+    def _protocol_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
         """(B, K, H, W) scores of normalised images, with the test-time protocol."""
         aug = self.test_aug
         if aug is None:

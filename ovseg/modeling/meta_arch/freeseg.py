@@ -150,6 +150,12 @@ class FreeSeg(OpenVocabSegmentor):
                 "FreeSeg tests whole images at one scale: set TEST.INFERENCE_MODE 'whole' and "
                 "TEST.AUG.ENABLED False"
             )
+        if self.background_threshold > 0:
+            raise ValueError(
+                "FreeSeg's test outputs do not take a background by a threshold; set "
+                "TEST.BACKGROUND_THRESHOLD 0 (or threshold its probabilities afterwards, as "
+                "ovseg.Predictor.predict(..., background_threshold=t) does)"
+            )
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.interaction = interaction

@@ -206,6 +206,7 @@ class MaskCLIP(OpenVocabSegmentor):
         size_divisibility: int = -1,
         prompt_names: Optional[Mapping[str, str]] = None,
         test_aug: Optional[TestTimeAug] = None,
+        **kwargs,
     ):
         """
         Args:
@@ -225,6 +226,7 @@ class MaskCLIP(OpenVocabSegmentor):
                 mean) to a multiple of this; <= 0 = only to the teacher's stride.
             prompt_names: display name -> embedded text (:mod:`ovseg.clip.prompt_names`).
             test_aug (TestTimeAug, optional): multi-scale / flip testing (TEST.AUG).
+            kwargs: :class:`OpenVocabSegmentor`'s synonym and background arguments.
         """
         if key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(
@@ -248,6 +250,7 @@ class MaskCLIP(OpenVocabSegmentor):
             size_divisibility=math.lcm(stride, d) if d > 0 else stride,
             prompt_names=prompt_names,
             test_aug=test_aug,
+            **kwargs,
         )
         self.classifier = TextClassifier(
             teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names

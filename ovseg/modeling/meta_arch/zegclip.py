@@ -30,7 +30,7 @@ from detectron2.utils import comm
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ...pseudo.self_training import SelfTrainingSchedule
-from ...vocab import normalize_name, training_vocabulary
+from ...vocab import normalize_name, split_synonyms, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..losses import mask_losses
@@ -131,6 +131,12 @@ def _upsample(x: Tensor, size: Tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def names_and_synonyms(names: Sequence[str]) -> frozenset:
+    """The normalised names and each one's synonyms: with SYNONYM_MERGE "max" every synonym
+    of a class is scored on its own and must count as the class."""
+    return frozenset(normalize_name(w) for n in names for w in (n, *split_synonyms(n)))
+
+
 @META_ARCH_REGISTRY.register()
 class ZegCLIP(OpenVocabSegmentor):
     """ZegCLIP over the shared frozen CLIP teacher (see the module docstring).
@@ -213,7 +219,7 @@ class ZegCLIP(OpenVocabSegmentor):
         self.classifier = TextClassifier(
             teacher, templates, background_class=background_class, prompt_names=self.prompt_names
         )
-        self.seen_classes = frozenset(normalize_name(n) for n in seen_classes)
+        self.seen_classes = names_and_synonyms(seen_classes)
         self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
         self.calibration = float(calibration)
         self.focal_weight = float(focal_weight)

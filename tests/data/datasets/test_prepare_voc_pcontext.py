@@ -64,6 +64,8 @@ def test_voc_train_aug_val_each_from_their_own_labels(tmp_path, raw, read, prepa
     assert _stems(out / "val") == [VAL]
     # val is VOC's own SegmentationClass, never SBD's label of the same image
     np.testing.assert_array_equal(read(out / f"val/{VAL}.png"), [[15, 15, 255], [255, 18, 255]])
+    # VOC-21 keeps the background as class 0 and the classes' own ids
+    np.testing.assert_array_equal(read(out / f"val21/{VAL}.png"), [[16, 16, 0], [255, 19, 0]])
     # aug = (SBD names + VOC train) - VOC val; every listed image kept, as mmsegmentation does
     assert _stems(out / "train_aug") == sorted([TRAIN, TRAIN_BG_ONLY, SBD_ONLY, SBD_BG_ONLY])
     # a VOC train image keeps VOC's label (mmsegmentation's train.txt + aug.txt concatenation)
@@ -148,6 +150,10 @@ def test_voc_train_aug_registered_and_loaded(tmp_path, raw, read, prepare_script
     assert [d["image_id"] for d in dicts] == sorted([TRAIN, TRAIN_BG_ONLY, SBD_ONLY, SBD_BG_ONLY])
     assert dicts[2]["file_name"] == str(voc / f"JPEGImages/{SBD_ONLY}.jpg")
     assert [d["image_id"] for d in DatasetCatalog.get("voc_sem_seg_val")] == [VAL]
+    voc21 = MetadataCatalog.get("voc21_sem_seg_val")
+    assert voc21.stuff_classes == ["background", *val.stuff_classes]
+    assert voc21.unseen_classes == val.unseen_classes
+    assert [d["image_id"] for d in DatasetCatalog.get("voc21_sem_seg_val")] == [VAL]
 
 
 def test_voc_train_aug_base_is_freeseg_seen_only_split(

@@ -11,6 +11,7 @@ EXPECTED = {  # name: (number of classes, number of unseen classes)
     "ade847": (847, 0),
     "coco171": (171, 15),
     "voc20": (20, 5),
+    "voc21": (21, 5),
     "pc59": (59, 10),
     "pc459": (459, 0),
 }

@@ -1,0 +1,221 @@
+"""What a vocabulary's words do to the scores: synonyms, an augmented vocabulary, background.
+
+- **Synonyms** (``"pickup truck, truck"``, ADE's ``"road, route"``; :func:`ovseg.vocab.
+  split_synonyms`): with ``"max"`` a class scores the maximum over its synonyms' scores (each
+  synonym a class of its own for the model, then merged: FC-CLIP's and ODISE's practice);
+  with ``"mean"`` its text embedding is the mean of its synonyms' embeddings (always so in
+  training, where a label names a class).
+- **An augmented vocabulary** (SAN's predictor, official SAN ``predict.py:196-209`` and its
+  ``_postprocess``): a builtin list's classes are added to the user's for open-ended scenes;
+  the extra classes' scores fold into one ``"other"`` class.
+- **Background by a threshold** (the confidence rule of MaskCLIP+, official MaskCLIP
+  ``mmseg/models/decode_heads/maskclip_plus_head.py:196-199``): a pixel whose best class
+  probability is below the threshold is background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..vocab import Vocabulary, normalize_name, resolve_vocabulary, split_synonyms
+
+__all__ = [
+    "BACKGROUND_CLASS",
+    "OTHER_CLASS",
+    "VocabularyPlan",
+    "SYNONYM_MERGES",
+    "augment_names",
+    "fold_augmented",
+    "insert_background",
+    "max_over_synonyms",
+    "mean_synonym_embeddings",
+    "synonym_groups",
+]
+
+# "max": a class's score = max over its synonyms' scores; "mean": its text embedding = the
+# mean of its synonyms' embeddings
+SYNONYM_MERGES = ("max", "mean")
+OTHER_CLASS = "other"
+BACKGROUND_CLASS = "background"
+
+
+def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List[List[int]]]]:
+    """The synonyms of ``names`` as one list of distinct words, with each class's words.
+
+    A word may name two classes (ADE's "screen door, screen" and "blind, screen"): it is
+    scored once and counts for both.
+
+    Returns:
+        None when no name has synonyms; else (the distinct words, per class the indices of
+        its words among them).
+    """
+    split = [split_synonyms(n) for n in names]
+    if all(len(s) == 1 for s in split):
+        return None
+    words: List[str] = []
+    index: dict = {}
+    members: List[List[int]] = []
+    for synonyms in split:
+        mine: List[int] = []
+        for word in synonyms:
+            key = normalize_name(word)
+            if key not in index:
+                index[key] = len(words)
+                words.append(word)
+            if index[key] not in mine:
+                mine.append(index[key])
+        members.append(mine)
+    return tuple(words), members
+
+
+def max_over_synonyms(scores: Tensor, members: Sequence[Sequence[int]]) -> Tensor:
+    """Per class, the maximum over its synonyms' scores.
+
+    Args:
+        scores (Tensor): (B, W, H, W') scores of the distinct words.
+        members: per class, the indices of its words.
+
+    Returns:
+        Tensor: (B, K, H, W') for the K classes.
+    """
+    return torch.stack([scores[:, list(m)].amax(dim=1) for m in members], dim=1)
+
+
+def mean_synonym_embeddings(encode: Callable[[Sequence[str]], Tensor], names: Sequence[str]):
+    """(K, D) L2-normalised text embeddings, a class with synonyms getting the normalised
+    mean of its synonyms' embeddings.
+
+    Args:
+        encode: names -> (n, D) L2-normalised embeddings (the teacher's ``encode_text``).
+        names: the K class names.
+    """
+    groups = synonym_groups(names)
+    if groups is None:
+        return encode(names)
+    words, members = groups
+    emb = encode(words)
+    return F.normalize(torch.stack([emb[list(m)].mean(dim=0) for m in members]), dim=-1)
+
+
+def augment_names(names: Sequence[str], augment: str) -> Tuple[str, ...]:
+    """``names`` followed by the classes of the vocabulary ``augment`` (a builtin name, a
+    .json file or a list in the vocabulary syntax) that share no synonym with them."""
+    extra = resolve_vocabulary(augment).names
+    taken = {normalize_name(w) for n in names for w in split_synonyms(n)}
+    if normalize_name(OTHER_CLASS) in taken:
+        raise ValueError(
+            f"The vocabulary holds {OTHER_CLASS!r}, the name augmented classes are shown as; "
+            "rename that class or do not augment the vocabulary"
+        )
+    added = tuple(
+        n for n in extra if not any(normalize_name(w) in taken for w in split_synonyms(n))
+    )
+    return Vocabulary(tuple(names) + added).names
+
+
+def fold_augmented(probs: Tensor, num_user: int) -> Tensor:
+    """(B, K + E, H, W) probabilities over the user's K classes and E added ones ->
+    (B, K + 1, H, W), the last channel ``"other"`` = the maximum over the added classes, so
+    a pixel is "other" exactly when an added class was its best (SAN's rule)."""
+    user, extra = probs[:, :num_user], probs[:, num_user:]
+    if extra.shape[1] == 0:
+        return torch.cat([user, torch.zeros_like(user[:, :1])], dim=1)
+    return torch.cat([user, extra.amax(dim=1, keepdim=True)], dim=1)
+
+
+def insert_background(probs: Tensor, index: int, threshold: float) -> Tensor:
+    """Insert a background channel at ``index``: a pixel whose best class probability is
+    below ``threshold`` is background.
+
+    The channel holds ``threshold`` at background pixels (above every class there) and 0
+    elsewhere (below the best class, which reaches the threshold), so the argmax of the
+    result is the rule's label.
+
+    Args:
+        probs (Tensor): (B, K, H, W) class probabilities.
+        index (int): where the background goes, in [0, K].
+        threshold (float): in (0, 1].
+
+    Returns:
+        Tensor: (B, K + 1, H, W).
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"background threshold must be in (0, 1], got {threshold}")
+    if not 0 <= index <= probs.shape[1]:
+        raise ValueError(f"background index {index} is outside [0, {probs.shape[1]}]")
+    best = probs.amax(dim=1, keepdim=True)
+    bg = torch.where(best < threshold, torch.full_like(best, threshold), torch.zeros_like(best))
+    return torch.cat([probs[:, :index], bg, probs[:, index:]], dim=1)
+
+
+@dataclass(frozen=True)
+class VocabularyPlan:
+    """What a model is asked for a user's vocabulary, and how its probabilities become the
+    user's classes: the augmented classes folded into ``"other"`` (last), then a background
+    by a threshold (where the user's vocabulary has "background", else first).
+
+    Attributes:
+        names: the classes the final scores and labels index.
+        model_names: the classes the model scores (no background; the added classes).
+        num_user: how many of ``model_names`` are the user's.
+        augmented: whether classes were added (then ``names`` ends with "other").
+        background_index: where the background goes in ``names``, or None.
+        background_threshold: the threshold (0 without a background).
+    """
+
+    names: Tuple[str, ...]
+    model_names: Tuple[str, ...]
+    num_user: int
+    augmented: bool = False
+    background_index: Optional[int] = None
+    background_threshold: float = 0.0
+
+    @classmethod
+    def make(
+        cls,
+        names: Sequence[str],
+        augment: Optional[str] = None,
+        background_threshold: Optional[float] = None,
+    ) -> VocabularyPlan:
+        """
+        Args:
+            names: the user's classes (synonyms as ``"a, b"``).
+            augment: a vocabulary to add (builtin name, .json file or list), or None.
+            background_threshold: in (0, 1], or None / 0 for no background.
+        """
+        names = Vocabulary(tuple(names)).names
+        bg_index = None
+        if background_threshold:
+            if not 0 < background_threshold <= 1:
+                raise ValueError(
+                    f"background threshold must be in (0, 1], got {background_threshold}"
+                )
+            keys = [normalize_name(n) for n in names]
+            bg_index = keys.index(BACKGROUND_CLASS) if BACKGROUND_CLASS in keys else 0
+            names = tuple(n for n in names if normalize_name(n) != BACKGROUND_CLASS)
+            if not names:
+                raise ValueError("The vocabulary holds only 'background'; add the classes")
+        model_names = augment_names(names, augment) if augment else names
+        shown = names + ((OTHER_CLASS,) if augment else ())
+        if bg_index is not None:
+            shown = shown[:bg_index] + (BACKGROUND_CLASS,) + shown[bg_index:]
+        return cls(shown, model_names, len(names), bool(augment), bg_index,
+                   float(background_threshold or 0.0))  # fmt: skip
+
+    @property
+    def identity(self) -> bool:
+        """Whether the model's classes are the final ones (nothing added, no background)."""
+        return not self.augmented and self.background_index is None
+
+    def probabilities(self, probs: Tensor) -> Tensor:
+        """(B, len(model_names), H, W) probabilities -> (B, len(names), H, W)."""
+        if self.augmented:
+            probs = fold_augmented(probs, self.num_user)
+        if self.background_index is not None:
+            probs = insert_background(probs, self.background_index, self.background_threshold)
+        return probs

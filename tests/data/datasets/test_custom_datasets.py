@@ -1,0 +1,165 @@
+"""The user's own datasets (ovseg/data/datasets/custom.py): every vocabulary form, the
+registration file and DATASETS.CUSTOM, COCO instance/panoptic folders, and a clear error for
+each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ovseg_testing import ROOT
+from ovseg_testing.panoptic import write_tiny_panoptic
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ovseg.data.datasets.custom import (
+    load_registration_file,
+    register_custom_dataset,
+    register_from_config,
+)
+from ovseg.engine.defaults import load_config
+
+CONFIG = str(ROOT / "configs" / "toy" / "maskclip.yaml")
+
+
+def write_folder(root, labels=((0, 1), (2, 255)), names=("a", "b")):
+    """images/ and labels/ under ``root``: one 4x4 image per name, its label holding the
+    given values (left half, right half)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    for name, (left, right) in zip(names, labels):
+        Image.fromarray(np.full((4, 4, 3), 90, np.uint8)).save(root / "images" / f"{name}.jpg")
+        label = np.full((4, 4), left, np.uint8)
+        label[:, 2:] = right
+        Image.fromarray(label).save(root / "labels" / f"{name}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "vocabulary, names",
+    [
+        (["sky", "tree", "road"], ["sky", "tree", "road"]),
+        ("sky; tree, bush; road", ["sky", "tree, bush", "road"]),
+        ("sky,tree,road", ["sky", "tree", "road"]),
+    ],
+)
+def test_vocabulary_forms(tmp_path, vocabulary, names):
+    write_folder(tmp_path)
+    register_custom_dataset(
+        "custom_forms_test", images=tmp_path / "images", labels=tmp_path / "labels",
+        vocabulary=vocabulary, unseen=["road"],
+    )  # fmt: skip
+    meta = MetadataCatalog.get("custom_forms_test")
+    assert meta.stuff_classes == names
+    assert meta.unseen_classes == ["road"] and meta.seen_classes == names[:2]
+    assert meta.ignore_label == 255 and meta.evaluator_type == "ovseg_sem_seg"
+    dicts = DatasetCatalog.get("custom_forms_test")
+    assert [d["image_id"] for d in dicts] == ["a", "b"]
+    assert dicts[0]["sem_seg_file_name"].endswith("labels/a.png")
+
+
+def test_builtin_and_json_vocabulary(tmp_path):
+    write_folder(tmp_path)
+    register_custom_dataset("custom_b_test", images=tmp_path / "images",
+                            labels=tmp_path / "labels", vocabulary="toy9")  # fmt: skip
+    assert MetadataCatalog.get("custom_b_test").unseen_classes == ["triangle", "ring"]
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"classes": ["x", "y", "z"], "unseen": ["z"]}))
+    register_custom_dataset("custom_j_test", images=tmp_path / "images",
+                            labels=tmp_path / "labels", vocabulary=str(path))  # fmt: skip
+    assert MetadataCatalog.get("custom_j_test").unseen_classes == ["z"]
+    assert len(DatasetCatalog.get("custom_j_test")) == 2
+
+
+def _load(tmp_path, name="custom_bad_test", **kwargs):
+    args = dict(images=tmp_path / "images", labels=tmp_path / "labels", vocabulary="a;b;c")
+    register_custom_dataset(name, **{**args, **kwargs})
+    return DatasetCatalog.get(name)
+
+
+def test_label_values_outside_the_vocabulary(tmp_path):
+    write_folder(tmp_path, labels=((0, 1), (2, 7)))
+    with pytest.raises(ValueError, match=r"label .*b\.png holds values \[7\] outside the 3-class"):
+        _load(tmp_path)
+    assert len(_load(tmp_path, check_labels=False)) == 2  # the check can be skipped
+
+
+def test_name_mismatch_says_which_file(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "labels" / "b.png").rename(tmp_path / "labels" / "b_label.png")
+    with pytest.raises(ValueError) as err:
+        _load(tmp_path)
+    message = str(err.value)
+    assert "1 images without a label PNG of the same name" in message
+    assert "images/b.jpg" in message and "labels/b.png" in message
+    assert "1 labels without an image" in message and "b_label.png" in message
+
+
+def test_missing_folder_and_bad_values(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"image folder .*nowhere does not exist"):
+        _load(tmp_path, images=tmp_path / "nowhere")
+    write_folder(tmp_path)
+    with pytest.raises(ValueError, match="ignore_label 1 is a class index"):
+        _load(tmp_path, ignore_label=1)
+    with pytest.raises(ValueError, match="Unseen class 'd' is not in the vocabulary"):
+        _load(tmp_path, unseen=["d"])
+    colour = tmp_path / "labels" / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(colour)
+    with pytest.raises(ValueError, match="single-channel PNG"):
+        _load(tmp_path)
+
+
+def test_registration_file_and_config(tmp_path):
+    data = write_folder(tmp_path / "data")
+    (data / "reg.yaml").write_text(
+        "name: custom_file_test\nvocabulary: 'a; b; c'\nsplits:\n"
+        "  train: {images: images, labels: labels}\n"
+        "  val: {images: images, labels: labels, unseen: [c]}\n"
+    )
+    specs = load_registration_file(data / "reg.yaml")
+    assert [s["name"] for s in specs] == ["custom_file_test_train", "custom_file_test_val"]
+    assert specs[0]["images"] == str((data / "images").resolve())  # relative to the file
+    opts = ["DATASETS.CUSTOM", str(data / "reg.yaml"), "DATASETS.TEST", "('custom_file_test_val',)"]
+    cfg = load_config(CONFIG, opts)  # a plain path on the command line is a one-file list
+    assert cfg.DATASETS.CUSTOM == [str(data / "reg.yaml")]
+    assert MetadataCatalog.get("custom_file_test_val").unseen_classes == ["c"]
+    assert len(DatasetCatalog.get("custom_file_test_train")) == 2
+    inline = {"name": "custom_inline_test", "images": str(data / "images"),
+              "labels": str(data / "labels"), "vocabulary": ["a", "b", "c"]}  # fmt: skip
+    cfg.defrost()
+    cfg.DATASETS.CUSTOM = [inline]
+    assert register_from_config(cfg) == ["custom_inline_test"]
+    cfg.DATASETS.CUSTOM = [{**inline, "label_dir": "x"}]
+    with pytest.raises(ValueError, match=r"unknown keys \['label_dir'\]"):
+        register_from_config(cfg)
+    cfg.DATASETS.CUSTOM = [str(tmp_path / "missing.yaml")]
+    with pytest.raises(FileNotFoundError, match="missing.yaml' does not exist"):
+        register_from_config(cfg)
+
+
+def test_coco_instance_and_panoptic_folders(tmp_path):
+    coco = write_tiny_panoptic(tmp_path)
+    register_custom_dataset(
+        "custom_instance_test", kind="instance", images=coco / "val2017",
+        annotations=coco / "annotations/instances_val2017.json", unseen=["dog"],
+    )  # fmt: skip
+    meta = MetadataCatalog.get("custom_instance_test")
+    assert meta.thing_classes == ["cat", "dog"] and meta.unseen_classes == ["dog"]
+    dicts = DatasetCatalog.get("custom_instance_test")
+    assert sorted(a["category_id"] for a in dicts[0]["annotations"]) == [0, 0, 1]
+    register_custom_dataset(
+        "custom_panoptic_test", kind="panoptic", images=coco / "val2017",
+        annotations=coco / "annotations/panoptic_val2017.json",
+        panoptic_labels=coco / "panoptic_val2017", vocabulary="cat; dog; sky",
+    )  # fmt: skip
+    meta = MetadataCatalog.get("custom_panoptic_test")
+    assert meta.stuff_classes == ["cat", "dog", "sky"] and meta.evaluator_type == "ovseg_panoptic"
+    assert len(DatasetCatalog.get("custom_panoptic_test")[0]["segments_info"]) == 4
+    with pytest.raises(ValueError, match="differs from the categories"):
+        register_custom_dataset(
+            "custom_panoptic_bad_test", kind="panoptic", images=coco / "val2017",
+            annotations=coco / "annotations/panoptic_val2017.json",
+            panoptic_labels=coco / "panoptic_val2017", vocabulary="cat; sky; dog",
+        )  # fmt: skip
