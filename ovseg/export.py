@@ -82,6 +82,7 @@ class FixedVocabularySegmentor(nn.Module):
         self.names = Vocabulary(tuple(names)).names
         with torch.no_grad():
             self._fn = model.predictor(self.names)
+        self.eval()
 
     def forward(self, image: Tensor) -> Tensor:
         m = self.model

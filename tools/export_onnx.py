@@ -94,8 +94,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     reason = export_blocker(model)
     if reason is not None:
         parser.error(reason)
-    if not (args.weights or cfg.MODEL.WEIGHTS):
-        logger.warning("No weights loaded: the student's trained parts are random-init")
+    trainable = any(p.requires_grad for p in model.parameters())
+    if trainable and not (args.weights or cfg.MODEL.WEIGHTS):
+        logger.warning("No weights loaded: the student's trainable parts are random-init")
     size = tuple(args.input_size or (cfg.INPUT.MIN_SIZE_TEST,) * 2)
     if min(size) <= 0:
         parser.error(f"input size {size}: give --input-size H W (positive)")

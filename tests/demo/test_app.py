@@ -1,6 +1,6 @@
 """demo/app.py: the request path on the toy MaskCLIP (no gradio needed), and the page in a
 real headless Chromium (skipped without gradio, playwright or Chromium, unless
-OVSEG_REQUIRE_BROWSER=1, as .ci/run sets, turns the skip into a failure)."""
+OVSEG_REQUIRE_EXTRAS=1, as .ci/run sets, turns the skip into a failure)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_menu_lists_trained_runs(tmp_path):
 
 # ---------------------------------------------------------------------------- browser
 def _browser_or_skip() -> str:
-    """The Chromium binary, or a skip (a failure under OVSEG_REQUIRE_BROWSER=1) naming what
+    """The Chromium binary, or a skip (a failure under OVSEG_REQUIRE_EXTRAS=1) naming what
     is missing."""
     tool = load_script("tools/screenshot_app.py")
     missing = [m for m in ("gradio", "playwright") if importlib.util.find_spec(m) is None]
@@ -103,8 +103,8 @@ def _browser_or_skip() -> str:
         problems.append("no Chromium on PATH (apt-get install chromium, or set OVSEG_CHROMIUM)")
     if problems:
         reason = "browser test needs: " + "; ".join(problems)
-        if os.environ.get("OVSEG_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason + " (OVSEG_REQUIRE_BROWSER=1)")
+        if os.environ.get("OVSEG_REQUIRE_EXTRAS") == "1":
+            pytest.fail(reason + " (OVSEG_REQUIRE_EXTRAS=1)")
         pytest.skip(reason)
     return chromium
 
