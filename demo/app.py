@@ -18,9 +18,11 @@ of the pixels). Inference is :class:`ovseg.Predictor`'s; this file only draws.
 from __future__ import annotations
 
 import argparse
+import atexit
 import html
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -49,6 +51,9 @@ DEFAULT_VOCABULARY = ", ".join(toy_world.CLASSES)
 # the overlay and label map are enlarged (integer factor) to this short side, so a 64x64
 # toy image is readable in the browser
 MIN_DISPLAY_SIZE = 320
+# heat maps are drawn for at most this many words, those labelling the most pixels (a
+# 150-name vocabulary would otherwise give a 150-panel picture)
+MAX_HEATMAPS = 12
 # how deep under a runs folder a run (config.yaml + model_final.pth) is looked for:
 # output/demo/split_a/lseg/teacher is 4 levels below output/
 RUN_SEARCH_DEPTH = 5
@@ -170,7 +175,8 @@ class SegmentApp:
 
 
 def render_prediction(image: np.ndarray, pred: Prediction) -> Tuple[np.ndarray, ...]:
-    """(overlay, label map, heat maps, legend HTML) of one prediction."""
+    """(overlay, label map, heat maps, legend HTML) of one prediction; heat maps of the
+    MAX_HEATMAPS names with the largest pixel shares, in the legend's order."""
     names = list(pred.names)
     meta = vocabulary_metadata(names, name="app")
     colors = np.asarray(meta.stuff_colors, dtype=np.uint8)
@@ -181,8 +187,11 @@ def render_prediction(image: np.ndarray, pred: Prediction) -> Tuple[np.ndarray, 
     overlay = draw_semantic(image, labels, meta, ignore_label=ignore, scale=scale).get_image()
     factor = max(int(round(scale)), 1)
     label_map = colors[pred.labels].repeat(factor, axis=0).repeat(factor, axis=1)
-    heatmaps, _ = heatmap_grid(image, pred.scores, names, value_label="class score")
     shares = np.bincount(pred.labels.ravel(), minlength=len(names)) / pred.labels.size
+    shown = sorted(range(len(names)), key=lambda k: (-shares[k], k))[:MAX_HEATMAPS]
+    heatmaps, _ = heatmap_grid(
+        image, pred.scores[shown], [names[k] for k in shown], value_label="class score"
+    )
     return overlay, label_map, heatmaps, legend_html(names, colors.tolist(), shares)
 
 
@@ -191,6 +200,7 @@ def example_images(folder: Path, count: int = 3) -> List[str]:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     paths = []
     for i in range(count):
         image, _ = toy_world.render_scene(
@@ -290,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     examples = example_images(Path(tempfile.mkdtemp(prefix="ovseg_app_")))
     logger.info("Models: %s", ", ".join(app.choices))
     build_ui(app, examples).launch(
-        server_name=args.host, server_port=args.port, ssr_mode=False, css=CSS,
+        server_name=args.host, server_port=args.port, ssr_mode=False, css=CSS, show_error=True,
         footer_links=[], allowed_paths=[str(Path(p).parent) for p in examples],
     )  # fmt: skip
 

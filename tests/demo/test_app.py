@@ -13,6 +13,7 @@ import pytest
 from ovseg_testing import load_script
 
 from ovseg.data.datasets import toy_world as tw
+from ovseg.utils.visualization import heatmap_grid
 
 app_module = load_script("demo/app.py")
 VOCABULARY = "background, circle, square, triangle, star, ring, cross, diamond, crescent"
@@ -60,6 +61,15 @@ def test_segment_paints_what_the_predictor_predicts(toy_app):
     assert heatmaps.ndim == 3 and heatmaps.shape[2] == 3 and heatmaps.std() > 0
     # largest share first
     assert [s for _, _, s in items] == sorted((s for _, _, s in items), reverse=True)
+
+
+def test_large_vocabularies_get_at_most_twelve_heat_maps(toy_app):
+    image = _scene()
+    _, _, heatmaps, legend = toy_app.segment(image, "voc20", "toy")
+    assert len(_legend_items(legend)) == 20
+    twelve, layout = heatmap_grid(image, np.zeros((12, 64, 64)), [f"n{i}" for i in range(12)])
+    assert app_module.MAX_HEATMAPS == 12 and layout.rows * layout.cols >= 12
+    assert heatmaps.shape == twelve.shape
 
 
 def test_bad_requests_say_what_to_do(toy_app):
