@@ -3,7 +3,11 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.ovseg-setup-done
+# optional extras of pyproject.toml installed with dev, e.g. EXTRAS=app,export (.ci/run);
+# each set of extras has its own stamp, so adding one installs it once
+EXTRAS ?=
+comma := ,
+STAMP := $(VENV)/.ovseg-setup-done$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
 # CPU/CUDA wheels that pip takes from this machine's disk; a GPU user picks the CUDA build
 # (see README), or sets TORCH_SPEC= to keep the torch already in the venv.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -19,7 +23,7 @@ $(STAMP): pyproject.toml tools/install_detectron2.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install --quiet $(TORCH_SPEC); fi
 	$(PY) tools/install_detectron2.py
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev$(if $(EXTRAS),$(comma)$(EXTRAS))]"
 	@touch $(STAMP)
 
 # one intra-op thread per test process: the models are tiny, and on 2 shared cores two

@@ -56,6 +56,7 @@ def heatmap_grid(
     *,
     cmap: str = "jet",
     image_weight: float = 0.35,
+    value_label: str = "cosine similarity of pixel and text embeddings",
 ) -> Tuple[np.ndarray, HeatmapLayout]:
     """One heat map per name over the image, laid out as a titled grid with a colour bar.
 
@@ -68,6 +69,7 @@ def heatmap_grid(
         names: the K names, used as panel titles.
         cmap (str): a matplotlib colour map.
         image_weight (float): how much of the (grey) image shows through each map.
+        value_label (str): the colour bar's caption (what the maps hold).
 
     Returns:
         tuple: (picture (height, width, 3) uint8 RGB, :class:`HeatmapLayout`).
@@ -113,7 +115,7 @@ def heatmap_grid(
     cax = fig.add_axes((0.1, 0.58 * _COLORBAR_PX / height, 0.8, 0.15 * _COLORBAR_PX / height))
     mappable = cm.ScalarMappable(norm=mcolors.Normalize(low, high), cmap=colormap)
     bar = fig.colorbar(mappable, cax=cax, orientation="horizontal")
-    bar.set_label("cosine similarity of pixel and text embeddings", fontsize=9)
+    bar.set_label(value_label, fontsize=9)
     bar.ax.tick_params(labelsize=8)
     canvas.draw()
     picture = np.asarray(canvas.buffer_rgba())[..., :3].copy()

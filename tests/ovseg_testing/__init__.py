@@ -47,7 +47,7 @@ from ovseg_testing.data import (
     write_unseen_fixture,
     zero_shot_train_mapper,
 )
-from ovseg_testing.demo import DEMO_DIR, load_demo_modules
+from ovseg_testing.demo import DEMO_DIR, load_demo_modules, load_script
 from ovseg_testing.golden import Tol, assert_golden, dumps_golden
 from ovseg_testing.models import (
     MASKCLIP_CONFIG,
@@ -102,6 +102,7 @@ __all__ = [
     "dumps_golden",
     "eval_mapper",
     "load_demo_modules",
+    "load_script",
     "make_store",
     "padded_train_mapper",
     "position_pattern",

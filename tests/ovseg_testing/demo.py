@@ -24,3 +24,15 @@ def load_demo_modules():
     sys.modules[spec.name] = demo
     spec.loader.exec_module(demo)
     return predictor, demo
+
+
+@functools.cache
+def load_script(relative: str):
+    """A repository script that is not a package module (``demo/app.py``,
+    ``tools/screenshot_app.py``), imported from its file once per test session."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"ovseg_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

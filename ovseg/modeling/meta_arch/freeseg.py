@@ -100,6 +100,12 @@ class FreeSeg(OpenVocabSegmentor):
     """FreeSeg's main stage (see the module docstring)."""
 
     sem_seg_scores = "probabilities"
+    #: why ovseg.export refuses it
+    export_unsupported = (
+        "its test path crops and masks each image per predicted query for the CLIP "
+        "ensemble (a data-dependent number of crops) and post-processes instances and "
+        "panoptic segments per task; use ovseg.Predictor"
+    )
 
     @configurable
     def __init__(

@@ -1,0 +1,147 @@
+"""demo/app.py: the request path on the toy MaskCLIP (no gradio needed), and the page in a
+real headless Chromium (skipped without gradio, playwright or Chromium, unless
+OVSEG_REQUIRE_EXTRAS=1, as .ci/run sets, turns the skip into a failure)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+import numpy as np
+import pytest
+from ovseg_testing import load_script
+
+from ovseg.data.datasets import toy_world as tw
+from ovseg.utils.visualization import heatmap_grid
+
+app_module = load_script("demo/app.py")
+VOCABULARY = "background, circle, square, triangle, star, ring, cross, diamond, crescent"
+NAMES = [n.strip() for n in VOCABULARY.split(",")]
+SCALE = 5  # a 64x64 image is shown at a 320 short side
+
+
+def _scene(index: int = 1) -> np.ndarray:
+    return tw.render_scene(tw.sample_scene(tw.sample_rng(0, "validation", index)))[0]
+
+
+def _legend_items(html_text: str):
+    pattern = (
+        r"data-name='([^']*)' data-color='#([0-9a-f]{6})'.*?"
+        r"<span class='legend-share'>([0-9.]+)%</span>"
+    )
+    return [
+        (name, tuple(int(c[i : i + 2], 16) for i in (0, 2, 4)), float(share))
+        for name, c, share in re.findall(pattern, html_text)
+    ]
+
+
+@pytest.fixture(scope="module")
+def toy_app():
+    return app_module.SegmentApp([app_module.ModelChoice("toy", "toy/maskclip.yaml")], device="cpu")
+
+
+def test_segment_paints_what_the_predictor_predicts(toy_app):
+    image = _scene()
+    overlay, label_map, heatmaps, legend = toy_app.segment(image, VOCABULARY, "toy")
+    pred = toy_app.predictor("toy").predict(image, VOCABULARY)
+    items = _legend_items(legend)
+    assert sorted(n for n, _, _ in items) == sorted(NAMES)
+    shares = {n: s for n, _, s in items}
+    assert sum(shares.values()) == pytest.approx(100.0, abs=0.5)
+    for k, name in enumerate(NAMES):
+        assert shares[name] == pytest.approx(100 * (pred.labels == k).mean(), abs=0.051)
+    # the label map is the predicted labels in the legend's colours, enlarged 5x
+    colors = {n: c for n, c, _ in items}
+    expected = np.array([colors[n] for n in NAMES], np.uint8)[pred.labels]
+    np.testing.assert_array_equal(label_map, expected.repeat(SCALE, 0).repeat(SCALE, 1))
+    # the overlay is the image, painted: same size as the label map, not the image itself
+    assert overlay.shape == label_map.shape
+    assert np.abs(overlay.astype(int) - image.repeat(SCALE, 0).repeat(SCALE, 1)).mean() > 10
+    assert heatmaps.ndim == 3 and heatmaps.shape[2] == 3 and heatmaps.std() > 0
+    # largest share first
+    assert [s for _, _, s in items] == sorted((s for _, _, s in items), reverse=True)
+
+
+def test_large_vocabularies_get_at_most_twelve_heat_maps(toy_app):
+    image = _scene()
+    _, _, heatmaps, legend = toy_app.segment(image, "voc20", "toy")
+    assert len(_legend_items(legend)) == 20
+    twelve, layout = heatmap_grid(image, np.zeros((12, 64, 64)), [f"n{i}" for i in range(12)])
+    assert app_module.MAX_HEATMAPS == 12 and layout.rows * layout.cols >= 12
+    assert heatmaps.shape == twelve.shape
+
+
+def test_bad_requests_say_what_to_do(toy_app):
+    with pytest.raises(ValueError, match="upload an image"):
+        toy_app.segment(None, VOCABULARY, "toy")
+    with pytest.raises(ValueError, match="type a vocabulary"):
+        toy_app.segment(_scene(), "  ", "toy")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        toy_app.segment(_scene(), VOCABULARY, "nope")
+    with pytest.raises(ValueError, match="no models"):
+        app_module.SegmentApp([])
+
+
+def test_menu_lists_trained_runs(tmp_path):
+    for run in ("output/toy/lseg", "output/demo/split_a/zegclip/teacher", "output/no_weights"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.yaml").write_text("MODEL: {}\n")
+    for run in ("output/toy/lseg", "output/demo/split_a/zegclip/teacher"):
+        (tmp_path / run / "model_final.pth").write_bytes(b"")
+    runs = app_module.find_runs(tmp_path / "output")
+    assert [r.weights for r in runs] == [
+        str(tmp_path / "output/demo/split_a/zegclip/teacher/model_final.pth"),
+        str(tmp_path / "output/toy/lseg/model_final.pth"),
+    ]
+    assert all(r.config.endswith("config.yaml") for r in runs)
+    assert app_module.find_runs(tmp_path / "missing") == []
+    choices = app_module.default_choices([tmp_path / "output"], "my.yaml", "w/model.pth")
+    assert [c.label for c in choices[:2]] == ["my.yaml · model.pth", app_module.TOY_MASKCLIP]
+    assert len(choices) == 4
+
+
+# ---------------------------------------------------------------------------- browser
+def _browser_or_skip() -> str:
+    """The Chromium binary, or a skip (a failure under OVSEG_REQUIRE_EXTRAS=1) naming what
+    is missing."""
+    tool = load_script("tools/screenshot_app.py")
+    missing = [m for m in ("gradio", "playwright") if importlib.util.find_spec(m) is None]
+    problems = [f'{m} is not installed (pip install -e ".[app]")' for m in missing]
+    chromium = tool.find_chromium()
+    if chromium is None:
+        problems.append("no Chromium on PATH (apt-get install chromium, or set OVSEG_CHROMIUM)")
+    if problems:
+        reason = "browser test needs: " + "; ".join(problems)
+        if os.environ.get("OVSEG_REQUIRE_EXTRAS") == "1":
+            pytest.fail(reason + " (OVSEG_REQUIRE_EXTRAS=1)")
+        pytest.skip(reason)
+    return chromium
+
+
+@pytest.mark.slow
+def test_app_in_headless_chromium(tmp_path, toy_app):
+    """Start the app on localhost, upload a scene, submit a vocabulary, read the page."""
+    chromium = _browser_or_skip()
+    tool = load_script("tools/screenshot_app.py")
+    image_path = tool.toy_scene_png(tmp_path, index=1)
+    # "--runs" with an empty folder: the menu holds the toy MaskCLIP only
+    (tmp_path / "runs").mkdir()
+    with tool.running_app(["--runs", str(tmp_path / "runs")], log_dir=tmp_path) as url:
+        with tool.browser_page(chromium) as page:
+            shown = tool.segment_in_browser(page, url, image_path, VOCABULARY)
+            assert "ovseg" in page.title()
+    legend = shown["legend"]
+    assert sorted(x["name"] for x in legend) == sorted(NAMES)
+    assert all(re.fullmatch(r"[0-9.]+%", x["share"]) for x in legend)
+    colors = {x["name"]: x["color"] for x in legend}
+    # what the browser shows is what the model predicts, in the legend's colours
+    pred = toy_app.predictor("toy").predict(_scene(1), VOCABULARY)
+    expected = np.array([colors[n] for n in NAMES], np.uint8)[pred.labels]
+    np.testing.assert_array_equal(shown["label_map"], expected.repeat(SCALE, 0).repeat(SCALE, 1))
+    present = {colors[NAMES[k]] for k in np.unique(pred.labels)}
+    assert {tuple(c) for c in shown["label_map"].reshape(-1, 3)} == present
+    image = _scene(1).repeat(SCALE, 0).repeat(SCALE, 1)
+    assert shown["overlay"].shape == image.shape
+    assert np.abs(shown["overlay"].astype(int) - image).mean() > 10
+    assert shown["heatmaps"].std() > 0
