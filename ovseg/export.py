@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .clip.prompt_names import apply_prompt_names
 from .modeling.inference import semantic_inference
 from .modeling.meta_arch.base import OpenVocabSegmentor
+from .modeling.vocabulary_scores import max_over_synonyms, synonym_groups
 from .vocab import Vocabulary
 
 __all__ = [
@@ -80,16 +82,26 @@ class FixedVocabularySegmentor(nn.Module):
             raise ValueError(reason)
         self.model = model.eval()
         self.names = Vocabulary(tuple(names)).names
+        # classes with synonyms are scored as the test path scores them: with "max", every
+        # distinct word is a channel and a class takes its words' maximum after inference
+        groups = synonym_groups(apply_prompt_names(self.names, model.prompt_names))
+        self._members = None
+        words = self.names
+        if model.synonym_merge == "max" and groups is not None:
+            words, self._members = groups
         with torch.no_grad():
-            self._fn = model.predictor(self.names)
+            self._fn = model.predictor(words)
         self.eval()
 
     def forward(self, image: Tensor) -> Tensor:
         m = self.model
         x = (image.float() - m.pixel_mean) / m.pixel_std
-        return semantic_inference(
+        scores = semantic_inference(
             self._fn, x, mode=m.inference_mode, window=m.slide_window, stride=m.slide_stride
-        ).float()
+        )
+        if self._members is not None:
+            scores = max_over_synonyms(scores, self._members)
+        return scores.float()
 
 
 def _metadata(wrapper: FixedVocabularySegmentor, size: Tuple[int, int], fmt: str) -> Dict:

@@ -97,6 +97,23 @@ def test_zegclip_exports_and_matches_pytorch(tmp_path):
     assert meta["meta_architecture"] == "ZegCLIP"
 
 
+def test_synonyms_export_as_the_test_path_merges_them(tmp_path):
+    cfg = tiny_lseg_cfg(tmp_path / "cache")
+    names = ["cat, kitten", "dog", "grass, lawn, turf"]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.synonym_merge == "max"
+    path = tmp_path / "model.onnx"
+    wrapper = export_onnx(model, names, path, size=(64, 64))
+    assert compare_with_onnxruntime(wrapper, path, _images(2, (64, 64))) < 1e-4
+    image = _images(1, (64, 64), seed=1)
+    with torch.no_grad():
+        exported = wrapper(torch.from_numpy(image))[0]
+        test_path = model([{"image": torch.from_numpy(image[0]), "vocabulary": names}])[0]
+    assert exported.shape[0] == 3
+    torch.testing.assert_close(exported, test_path["sem_seg"], rtol=1e-5, atol=1e-6)
+
+
 def test_students_that_cannot_export_say_why(tmp_path):
     freeseg = build_model(tiny_freeseg_cfg(tmp_path / "cache"))
     assert "data-dependent number of crops" in export_blocker(freeseg)
