@@ -53,7 +53,9 @@ def add_mask_classification_config(cfg: CN) -> None:
     mf.TEST.SEMANTIC_ON = True
     mf.TEST.INSTANCE_ON = False
     mf.TEST.PANOPTIC_ON = False
-    # panoptic: drop queries scoring at most this (Mask2Former 0.8; FreeSeg none: 0.0)
+    # panoptic: drop queries scoring at most this (Mask2Former 0.8; FreeSeg none: 0.0, its
+    # all-task configs set 0.5 but its panoptic inference never reads it, only dropping
+    # no-object: open_vocabulary_model.py:494-495)
     mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
     # drop things scoring below this (FreeSeg 0.5, open_vocabulary_model.py:528 and :618)
     mf.TEST.THING_SCORE_THRESHOLD = 0.5

@@ -46,6 +46,7 @@ from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.datasets import toy_world
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
+from ovseg.modeling.freeseg.tasks import train_tasks_for
 from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names
 from ovseg.pseudo import expected_teacher
 
@@ -325,7 +326,11 @@ FREESEG_PROMPT_RUNS = {
 
 def _freeseg_recipe(path: Path, cfg) -> None:
     assert cfg.TEST.INFERENCE_MODE == "whole"
-    if _dataset(path) == "toy":
+    if _dataset(path) == "toy":  # all three tasks on the toy world's panoptic data
+        assert cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_panoptic"
+        assert cfg.DATASETS.TRAIN == ("toy_world_panoptic_train",)
+        assert cfg.DATASETS.TEST == ("toy_world_panoptic_val",)
+        assert train_tasks_for(cfg) == ("semantic", "instance", "panoptic")
         return
     # R101c, 100 queries, 10 layers; AdamW (norms, embeddings wd 0), backbone x0.1, poly 0.9,
     # full-model clip 0.01, batch 32; lr, iterations and sizes per dataset

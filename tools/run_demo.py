@@ -22,12 +22,10 @@ import argparse
 import json
 import logging
 import os
-import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +38,15 @@ from ovseg.data import build_dataset_mapper
 from ovseg.data.datasets.toy_world import SPLITS, build_toy_world
 from ovseg.engine.checkpoint import load_model_weights
 from ovseg.engine.defaults import load_config
+from ovseg.engine.demo_results import average_splits, results_markdown
+from ovseg.engine.demo_students import (  # noqa: F401  (the tests read the table from here)
+    SPLIT_DATASETS,
+    STUDENTS,
+    Student,
+    select_students,
+    split_datasets,
+    start_checkpoint,
+)
 from ovseg.engine.train_runs import run_training
 from ovseg.evaluation import segmentation_metrics
 from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline
@@ -52,66 +59,6 @@ logger = logging.getLogger("ovseg.demo")
 TEACHER_CONFIG = "configs/toy/maskclip.yaml"
 
 
-class Student(NamedTuple):
-    """A student of the demo.
-
-    ``configs`` globs ``configs/toy`` (the first match runs). A student with a ``parent`` is a
-    second stage: it starts from the parent's checkpoint of the same CLIP variant that its
-    config's MODEL.WEIGHTS names (ZegCLIP's transductive stage: the halfway one, as the
-    paper). ``demo_opts`` are config overrides of the default (not --quick) run, where a
-    costly student declares a cheaper toy schedule (fewer SOLVER.MAX_ITER, ...) that keeps
-    ``make demo`` within its budget (25 minutes on 2 cores); ``in_default`` False leaves it
-    out of a plain ``make demo`` (``STUDENTS=`` still runs it).
-    """
-
-    key: str
-    configs: str
-    parent: Optional[str] = None
-    demo_opts: Tuple[str, ...] = ()
-    in_default: bool = True
-
-
-# the order of the results table
-STUDENTS = (
-    Student("lseg", "lseg_*.yaml"),
-    Student("zegclip", "zegclip_*_inductive_*.yaml"),
-    Student("zegclip_transductive", "zegclip_*_transductive_*.yaml", parent="zegclip"),
-    Student("maskclip_plus", "maskclip_plus_*.yaml"),
-)
-
-
-def select_students(names: Optional[Sequence[str]], students=STUDENTS) -> List[str]:
-    """The students to run, in table order: ``names`` (comma- or space-separated), with the
-    first stage of every selected second stage; ``None`` = the default set.
-
-    Raises:
-        ValueError: an unknown name, with the valid ones.
-    """
-    keys = [s.key for s in students]
-    if names is None:
-        return [s.key for s in students if s.in_default]
-    wanted = {n.strip() for name in names for n in name.split(",") if n.strip()}
-    unknown = sorted(wanted - set(keys))
-    if unknown or not wanted:
-        raise ValueError(
-            f"unknown student(s) {', '.join(unknown) or '(none given)'}; valid students: "
-            f"{', '.join(keys)} (e.g. make demo STUDENTS=lseg,zegclip)"
-        )
-    parents = {s.key: s.parent for s in students}
-    for key in list(wanted):
-        while parents[key] is not None:
-            key = parents[key]
-            wanted.add(key)
-    return [k for k in keys if k in wanted]
-
-
-SPLIT_DATASETS = {
-    s: (
-        f"toy_world{'' if s == 'a' else '_' + s}_sem_seg_train",
-        f"toy_world{'' if s == 'a' else '_' + s}_sem_seg_val",
-    )
-    for s in SPLITS
-}
 SIZES = {  # world and schedule per mode
     "quick": {"num_train": 120, "num_val": 24, "max_iter": 12, "batch": 4},
     "default": {"num_train": 2000, "num_val": 200, "max_iter": None, "batch": None},
@@ -262,34 +209,10 @@ def evaluate_teacher(split: str, datasets_root: Path) -> tuple[dict, list]:
     }, gallery
 
 
-def start_checkpoint(config: Path, parent_config: Path, quick_iters: int | None) -> str:
-    """The file name of the parent checkpoint a second stage starts from.
-
-    It is the basename of the stage's ``MODEL.WEIGHTS`` (``model_final.pth`` or
-    ``model_<iteration index>.pth``). A run with ``quick_iters`` iterations per stage moves an
-    intermediate checkpoint to the same fraction of the parent's schedule, which must then be
-    the halfway point (quick runs save one there).
-    """
-    name = Path(load_config(str(config)).MODEL.WEIGHTS).name
-    match = re.fullmatch(r"model_(\d{7})\.pth", name)
-    if name == "model_final.pth" or (match is not None and quick_iters is None):
-        return name
-    if match is None:
-        raise ValueError(f"{config}: MODEL.WEIGHTS names {name!r}, not a checkpoint of its "
-                         "parent run (model_final.pth or model_<7 digits>.pth)")  # fmt: skip
-    parent_iters = load_config(str(parent_config)).SOLVER.MAX_ITER
-    if 2 * (int(match.group(1)) + 1) != parent_iters:
-        raise ValueError(
-            f"{config}: a quick run saves its parent's halfway checkpoint only; "
-            f"{name} is not the halfway point of {parent_iters} iterations"
-        )
-    return f"model_{quick_iters // 2 - 1:07d}.pth"
-
-
 def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> dict:
-    train, val = SPLIT_DATASETS[split]
     results = {}
     for student in STUDENTS:
+        train, val = split_datasets(split, student.data)
         key, pattern, parent = student.key, student.configs, student.parent
         if key not in args.methods:
             continue
@@ -376,8 +299,12 @@ def gallery(split: str, teacher_rows: list, students: dict, path: Path) -> None:
     meta = MetadataCatalog.get(val)
     unseen = meta.unseen_classes
     student_preds = {}
+    data = {s.key: s.data for s in STUDENTS}
     for key, res in students.items():
-        cfg = load_config(str(ROOT / res["teacher"]["config"]), res["_opts"])
+        opts = list(res["_opts"])
+        if data[key] != "sem_seg":  # the gallery's images are the semantic val set's
+            opts += ["INPUT.DATASET_MAPPER_NAME", "ovseg_semantic"]
+        cfg = load_config(str(ROOT / res["teacher"]["config"]), opts)
         preds = predict(cfg, val, weights=res["_weights"], limit=len(teacher_rows))
         student_preds[key] = [s.argmax(0).numpy() for _, s in preds]
     rows = []
@@ -400,65 +327,6 @@ def gallery(split: str, teacher_rows: list, students: dict, path: Path) -> None:
         [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     )
     save_image(str(path), canvas)
-
-
-def _mean(values):
-    values = [v for v in values if v is not None and not np.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def average_splits(per_split: dict) -> dict:
-    """Average every numeric leaf over the splits (both splits hold the same keys)."""
-    first = next(iter(per_split.values()))
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            return {k: walk(v, path + [k]) for k, v in node.items() if not k.startswith("_")}
-        if isinstance(node, (int, float)):
-            leaves = []
-            for res in per_split.values():
-                for k in path:
-                    res = res.get(k) if isinstance(res, dict) else None
-                leaves.append(res)
-            return round(_mean(leaves), 2)
-        return node
-
-    return walk(first, [])
-
-
-def results_markdown(res: dict, command: str) -> str:
-    def f(x):
-        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.1f}"
-
-    lines = [
-        "# Offline world results",
-        "",
-        f"Split(s) {res['split']}, world seed {res['seed']}, mode {res['mode']}: `{command}`",
-        "",
-        f"- toy CLIP zero-shot shape accuracy: {f(res['clip']['zero_shot_accuracy'])}%",
-        f"- MaskCLIP teacher object-pixel accuracy: {f(res['teacher']['object_pixel_accuracy'])}% "
-        f"(chance {f(res['teacher']['chance_accuracy'])}%), mIoU {f(res['teacher']['mIoU'])}",
-        "",
-        "| student | CLIP | mIoU-seen | mIoU-unseen | hIoU | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for key, runs in res["students"].items():
-        for variant, label in (("teacher", "toy CLIP"), ("random_teacher", "random CLIP")):
-            r = runs[variant]
-            lines.append(
-                f"| {key} | {label} | {f(r.get('mIoU-seen'))} | {f(r.get('mIoU-unseen'))} "
-                f"| {f(r.get('hIoU'))} | {f(r.get('seconds'))} |"
-            )
-    oracle, uniform = res["baselines"]["oracle_masks_random_names"], res["baselines"]["uniform"]
-    lines += [
-        f"| perfect masks, random names | - | - | {f(oracle['mIoU-unseen'])} "
-        f"| {f(oracle['hIoU'])} | - |",
-        f"| uniform random | - | - | {f(uniform['mIoU-unseen'])} | {f(uniform['hIoU'])} " "| - |",
-        "",
-        "![gallery](gallery.png)",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -28,17 +29,29 @@ logger = logging.getLogger("ovseg.demo")
 RECORD = "demo_run.json"  # the record of a finished run, in its OUTPUT_DIR
 
 
+# the summary metrics of a panoptic test set's PQ and mask AP (per-class APs left out)
+MASK_SUMMARY = re.compile(
+    r"panoptic_seg/(PQ|SQ|RQ)(_th|_st|-seen|-unseen)?|segm/AP(50|75)?(-seen|-unseen)?"
+)
+
+
 def read_final_metrics(out_dir: Path) -> Dict[str, float]:
     """The last evaluation written to ``metrics.json`` by detectron2's EvalHook.
 
     Returns:
-        dict: the ``sem_seg/*`` metrics without their prefix (mIoU, mIoU-seen, hIoU, ...).
+        dict: the ``sem_seg/*`` metrics without their prefix (mIoU, mIoU-seen, hIoU, ...),
+        and, from a panoptic test set, the summary ``panoptic_seg/*`` (PQ, PQ-seen, ...) and
+        ``segm/*`` (AP, AP50, AP-unseen, ...) metrics without theirs.
     """
     records = [json.loads(x) for x in (out_dir / "metrics.json").read_text().splitlines()]
     evals = [r for r in records if "sem_seg/mIoU" in r]
     if not evals:
         raise RuntimeError(f"{out_dir}/metrics.json holds no evaluation; see {out_dir}/log.txt")
-    return {k.split("/", 1)[1]: v for k, v in evals[-1].items() if k.startswith("sem_seg/")}
+    return {
+        k.split("/", 1)[1]: v
+        for k, v in evals[-1].items()
+        if k.startswith("sem_seg/") or MASK_SUMMARY.fullmatch(k)
+    }
 
 
 def run_key(command: str, config: Path, opts: Sequence[str]) -> Dict[str, str]:
@@ -85,7 +98,7 @@ def run_training(
         tag (str): prefix of the echoed progress lines.
 
     Returns:
-        dict: the final ``sem_seg`` metrics, plus ``seconds`` of training.
+        dict: the final metrics (:func:`read_final_metrics`), plus ``seconds`` of training.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [

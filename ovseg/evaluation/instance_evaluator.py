@@ -126,8 +126,11 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
         else:
             coco_eval = self._evaluate_all(kept, img_ids)
         res = self._derive_coco_results(coco_eval, "segm", self._metadata.get("thing_classes"))
+        nan = {key: float("nan") for key in ("AP", "AP50", "AP75")}  # no predictions at all
         for split, ids in self._splits.items():
-            for key, value in split_average_precision(coco_eval, ids).items() if coco_eval else ():
+            for key, value in (
+                split_average_precision(coco_eval, ids) if coco_eval else nan
+            ).items():
                 res[f"{key}-{split}"] = value
         self._results["segm"] = res
 

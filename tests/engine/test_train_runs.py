@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from ovseg_testing import ROOT
 
-from ovseg.engine.train_runs import RECORD, run_key, run_training
+from ovseg.engine.train_runs import RECORD, read_final_metrics, run_key, run_training
 
 CONFIG = "configs/toy/lseg_toyrn_400_bs8.yaml"
 
@@ -47,3 +47,19 @@ def test_a_finished_run_is_reused_until_its_config_changes(root):
     config.write_text(edited)
     with pytest.raises(RuntimeError, match="train_net.py was started"):
         run_training(config, out, opts, root=root, env={})  # same command, edited config file
+
+
+def test_final_metrics_keep_the_summaries_of_a_panoptic_test_set(tmp_path):
+    early = {"iteration": 9, "sem_seg/mIoU": 1.0}
+    final = {
+        "iteration": 19, "sem_seg/mIoU": 40.0, "sem_seg/mIoU-unseen": 20.0,
+        "panoptic_seg/PQ": 30.0, "panoptic_seg/PQ-unseen": 10.0, "panoptic_seg/PQ_th": 25.0,
+        "segm/AP": 12.0, "segm/AP50-unseen": 8.0, "segm/AP-circle": 50.0,
+        "segm/APs": 3.0, "lr": 0.1, "total_loss": 2.0,
+    }  # fmt: skip
+    lines = [json.dumps(r) for r in (early, {"iteration": 10, "total_loss": 3.0}, final)]
+    (tmp_path / "metrics.json").write_text("\n".join(lines) + "\n")
+    assert read_final_metrics(tmp_path) == {
+        "mIoU": 40.0, "mIoU-unseen": 20.0, "PQ": 30.0, "PQ-unseen": 10.0, "PQ_th": 25.0,
+        "AP": 12.0, "AP50-unseen": 8.0,
+    }  # fmt: skip

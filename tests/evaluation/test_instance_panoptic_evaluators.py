@@ -89,6 +89,17 @@ def test_stuff_class_instances_are_dropped(tiny, tmp_path):
     assert res["AP-seen"] == pytest.approx(0.0) and res["AP-unseen"] == pytest.approx(100.0)
 
 
+def test_no_instance_at_all_still_gives_every_split_key(tiny, tmp_path):
+    out = _instance_output()
+    out["instances"] = out["instances"][:0]  # an untrained model may keep no instance
+    evaluator = OpenVocabInstanceEvaluator(PANOPTIC, output_dir=str(tmp_path), distributed=False)
+    evaluator.reset()
+    evaluator.process([tiny], [out])
+    res = evaluator.evaluate()["segm"]
+    for key in ("AP", "AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen", "AP75-unseen"):
+        assert np.isnan(res[key]), key
+
+
 def test_factory(tiny, tmp_path):
     cfg = get_cfg()
     add_ovseg_config(cfg)

@@ -187,6 +187,14 @@ def test_shipped_checkpoint_beats_chance_through_build_clip_teacher(
     assert metrics["dense_object_accuracy"] >= 2.5 * 12.5, metrics
 
 
+def test_evaluation_of_the_demo_world_where_images_share_captions(tmp_path):
+    # make demo's default evaluation (seed 0, 200 images) holds repeated captions, which the
+    # teacher refuses as one vocabulary: retrieval scores each distinct caption once
+    teacher = _teacher("configs/clip/toy_rn.json", "checkpoints/toy_clip_rn.pt", tmp_path)
+    metrics = evaluate_toy_clip(teacher, seed=0, num_images=200)
+    assert metrics["zero_shot_accuracy"] >= 80.0 and 0 < metrics["retrieval_r1"] <= 100
+
+
 def test_shipped_vit_knows_shapes_and_has_an_8x8_dense_grid(tmp_path):
     # the ViT variant exists for ZegCLIP's prompted ViT: it knows the shapes at image level
     # (99% on its own evaluation); its dense map is coarser and weaker than the ResNet's

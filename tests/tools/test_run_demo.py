@@ -12,6 +12,7 @@ from ovseg_testing import ROOT, subprocess_env
 pytestmark = pytest.mark.slow
 
 RUN_KEYS = ("mIoU-seen", "mIoU-unseen", "hIoU", "seconds")
+MASK_KEYS = ("AP-seen", "AP-unseen", "AP50-unseen", "PQ-seen", "PQ-unseen")
 
 
 def test_make_demo_quick(tmp_path):
@@ -34,18 +35,28 @@ def test_make_demo_quick(tmp_path):
     for name in ("oracle_masks_random_names", "uniform"):
         assert 0 <= res["baselines"][name]["mIoU-unseen"] <= 100
     # every student whose meta-architecture exists ran with both teachers
-    assert {"lseg", "zegclip", "zegclip_transductive", "maskclip_plus"} <= set(res["students"])
+    students = {"lseg", "zegclip", "zegclip_transductive", "maskclip_plus", "freeseg"}
+    assert students <= set(res["students"])
     for runs in res["students"].values():
         for variant in ("teacher", "random_teacher"):
             for key in RUN_KEYS:
                 value = runs[variant][key]
                 assert isinstance(value, float) and not math.isnan(value), (variant, key)
+    # FreeSeg trained on the panoptic data and was scored on all three tasks
+    for variant in ("teacher", "random_teacher"):
+        run = res["students"]["freeseg"][variant]
+        for key in MASK_KEYS:
+            assert isinstance(run[key], float) and 0 <= run[key] <= 100, (variant, key)
+        log = (out / "split_a" / "freeseg" / variant / "log.txt").read_text()
+        assert "toy_world_panoptic_train" in log and "Task: panoptic_seg" in log, variant
     # ZegCLIP's transductive stage started from the inductive run's halfway checkpoint
     for variant in ("teacher", "random_teacher"):
         log = (out / "split_a" / "zegclip_transductive" / variant / "log.txt").read_text()
         assert f"zegclip/{variant}/model_0000005.pth" in log, variant
     assert (out / "gallery.png").stat().st_size > 10_000
-    assert "| lseg | toy CLIP |" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| lseg | toy CLIP |" in table
+    assert "| AP-seen | AP-unseen | AP50-unseen | PQ-seen | PQ-unseen |" in table
 
 
 def _run_demo_module():
@@ -76,13 +87,13 @@ def test_second_stage_starts_from_the_checkpoint_its_config_names(tmp_path):
 
 def test_students_are_selected_by_name_with_their_first_stage():
     select = _run_demo_module().select_students
-    assert select(None) == ["lseg", "zegclip", "zegclip_transductive", "maskclip_plus"]
+    assert select(None) == ["lseg", "zegclip", "zegclip_transductive", "maskclip_plus", "freeseg"]
     assert select(["zegclip,lseg"]) == ["lseg", "zegclip"]  # table order, commas or spaces
     assert select(["maskclip_plus", "lseg"]) == ["lseg", "maskclip_plus"]
     # a second stage brings the run it starts from
     assert select(["zegclip_transductive"]) == ["zegclip", "zegclip_transductive"]
-    with pytest.raises(ValueError, match="unknown student.* freeseg; valid students: lseg, "):
-        select(["lseg,freeseg"])
+    with pytest.raises(ValueError, match="unknown student.* nope; valid students: lseg, "):
+        select(["lseg,nope"])
 
 
 def test_a_costly_student_declares_a_cheaper_schedule_or_stays_out_of_the_default():

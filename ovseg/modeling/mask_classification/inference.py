@@ -125,7 +125,11 @@ def panoptic_inference(
             stuff_ids[label] = seg_id
         panoptic_seg[mask] = seg_id
         segments.append({"id": seg_id, "isthing": bool(isthing), "category_id": label})
-    return panoptic_seg, segments
+    # "class" assignment lets a later query of a class take an earlier one's pixels (as
+    # FreeSeg's loop does); a segment left without pixels is not listed (panopticapi refuses
+    # listed ids absent from the image)
+    present = set(torch.unique(panoptic_seg).tolist())
+    return panoptic_seg, [s for s in segments if s["id"] in present]
 
 
 def _instances(mask_logits: Tensor, scores: Tensor, labels: Tensor) -> Instances:

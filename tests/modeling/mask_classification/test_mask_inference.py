@@ -76,6 +76,24 @@ def test_panoptic_thresholds_and_freeseg_temperature():
         panoptic_inference(PAN_PROBS, PAN_MASKS, thing_ids={1}, pixel_assignment="pixel")
 
 
+def test_panoptic_never_lists_a_segment_left_without_pixels():
+    # FreeSeg's class assignment lets two queries of one thing class claim the same pixels:
+    # the later one takes them (open_vocabulary_model.py:521-545), and a segment it covers
+    # wholly must leave the list, or the panoptic evaluator refuses the prediction
+    probs = torch.tensor([[0.05, 0.95], [0.05, 0.95], [0.9, 0.1]])
+    masks = _masks((2, 3), (1, 2, 3, 4), (0, 5))
+    seg, info = panoptic_inference(
+        probs, masks, thing_ids={1}, has_no_object=False, temperature=0.01,
+        thing_score_threshold=0.5, overlap_threshold=0.5, pixel_assignment="class",
+    )  # fmt: skip
+    assert seg[0].tolist() == [3, 2, 2, 2, 2, 3]
+    assert info == [
+        {"id": 2, "isthing": True, "category_id": 1},
+        {"id": 3, "isthing": False, "category_id": 0},
+    ]
+    assert {s["id"] for s in info} == set(seg.unique().tolist()) - {0}
+
+
 def test_topk_instances_scores_masks_and_boxes():
     probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
     logits = torch.tensor([[[2.0, 2.0, -2.0, -2.0]], [[0.0, -1.0, 3.0, 3.0]]])
