@@ -46,6 +46,9 @@ XPM_DEMO = {
     "default": {"num_train": 600, "teacher_iters": 300, "student_iters": 150, "batch": 8,
                 "noise_iters": 21},
 }  # fmt: skip
+# the teacher's lr in the demo's short schedule: at 300 iterations (batch 8) 0.004 gave seen
+# mask AP 0.059 / AP50 0.31 against Base-toy's 0.001's 0.007 / 0.05 (split a, seed 0)
+TEACHER_LR = 0.004
 # the reported keys of the generalized set's mask AP
 KEYS = ("AP", "AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen")
 
@@ -79,6 +82,7 @@ def _pipeline(variant: str, extra: List[str], common: List[str], paths, root, en
     size = XPM_DEMO[mode]
     tag = "[toy] " if variant == "teacher" else "[random] "
     teacher_opts = [*common, *extra, "SOLVER.MAX_ITER", str(size["teacher_iters"])]
+    teacher_opts += ["SOLVER.BASE_LR", str(TEACHER_LR)]
     teacher = run_training(
         teacher_cfg, out / "teacher", teacher_opts, root=root, env=env, tag=tag + "teacher ",
         reader=read_instance_metrics,
