@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,8 @@ def _pipeline(variant: str, extra: List[str], common: List[str], paths, root, en
     )  # fmt: skip
     weights = out / "teacher" / "model_final.pth"
     store = out / "pseudo_instances"
+    if not teacher.get("_reused") and store.exists():  # a new teacher: its labels are stale
+        shutil.rmtree(store)
     _generate(student_cfg, store, [*common, *extra, "MODEL.XPM.TEACHER_WEIGHTS", str(weights)],
               root, env)  # fmt: skip
     student_opts = [*common, *extra, "SOLVER.MAX_ITER", str(size["student_iters"])]
