@@ -19,7 +19,8 @@ from torchvision.ops import roi_align as tv_roi_align
 __all__ = ["MATMUL_MAX_PIXELS", "ROIAlignAuto", "roi_align_matmul", "sampling_weights"]
 
 # the largest H * W the CPU path samples through the matmul: its cost grows with R * C * H * W
-# against torchvision's R * C * P * P * samples; measured on the toy XPM teacher (4x4 maps)
+# against torchvision's R * C * P * P * samples; forward + backward of 280 RoIs, 64 channels:
+# 9x faster on 4x4 maps, 1.5x on 16x16, 0.4x on 32x32 (docs/reproduction.md, XPM)
 MATMUL_MAX_PIXELS = 256
 
 
