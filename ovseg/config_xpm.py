@@ -27,3 +27,7 @@ def add_xpm_config(cfg: CN) -> None:
     # box regression on pseudo RoIs (the official code computes it, the author says it is
     # not meant to be used: off)
     cfg.MODEL.XPM.PSEUDO_BOX_REG = False
+    # RoIAlign runs as a matrix product of bilinear sampling weights (same numbers as
+    # torchvision's, ovseg/modeling/xpm/roi_align.py) on CPU feature maps of at most this many
+    # pixels, where torchvision's CPU backward is far slower; 0 = torchvision's always
+    cfg.MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS = 256

@@ -40,6 +40,7 @@ from ovseg.engine.checkpoint import load_model_weights
 from ovseg.engine.defaults import load_config
 from ovseg.engine.demo_results import average_splits, results_markdown
 from ovseg.engine.demo_students import (  # noqa: F401  (the tests read the table from here)
+    OWN_PIPELINES,
     SPLIT_DATASETS,
     STUDENTS,
     Student,
@@ -47,6 +48,7 @@ from ovseg.engine.demo_students import (  # noqa: F401  (the tests read the tabl
     split_datasets,
     start_checkpoint,
 )
+from ovseg.engine.demo_xpm import run_xpm, xpm_world
 from ovseg.engine.train_runs import run_training
 from ovseg.evaluation import segmentation_metrics
 from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline
@@ -214,7 +216,7 @@ def run_students(split, mode, args, datasets_root, clip_name, out_root, env) -> 
     for student in STUDENTS:
         train, val = split_datasets(split, student.data)
         key, pattern, parent = student.key, student.configs, student.parent
-        if key not in args.methods:
+        if key not in args.methods or key in OWN_PIPELINES:
             continue
         configs = sorted((ROOT / "configs/toy").glob(pattern))
         if not configs:
@@ -373,6 +375,12 @@ def main(argv=None) -> dict:
         per_split[split] = {"teacher": teacher, "students": students, "baselines": baselines(split)}
         if split == splits[0]:
             gallery(split, rows, students, out_root / "gallery.png")
+        if "xpm" in args.methods:  # after the gallery, which draws semantic students
+            prefix = "toy_world" if split == "a" else f"toy_world_{split}"
+            xpm_out = out_root / f"split_{split}" / "xpm"
+            world = xpm_world(datasets_root, mode, args.seed, SIZES[mode]["num_val"])
+            xpm_env = dict(env, DETECTRON2_DATASETS=str(world))
+            students["xpm"] = run_xpm(prefix, mode, ROOT, xpm_out, xpm_env, args.jobs)
     res = average_splits(per_split)
     res.update(
         {

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .demo_students import OWN_PIPELINES
+from .demo_xpm import xpm_markdown
+
 __all__ = ["MASK_KEYS", "average_splits", "results_markdown"]
 
 #: the mask table's columns, the keys of a run with instance and panoptic results
@@ -81,6 +84,8 @@ def results_markdown(res: dict, command: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key, runs in res["students"].items():
+        if key in OWN_PIPELINES:  # their own tables
+            continue
         for variant, label in VARIANTS:
             r = runs[variant]
             lines.append(
@@ -94,5 +99,6 @@ def results_markdown(res: dict, command: str) -> str:
         f"| uniform random | - | - | {f(uniform['mIoU-unseen'])} | {f(uniform['hIoU'])} " "| - |",
     ]
     lines += _mask_table(res["students"])
+    lines += xpm_markdown(res["students"])
     lines += ["", "![gallery](gallery.png)", ""]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from .defaults import load_config
 
 __all__ = [
     "SPLIT_DATASETS",
+    "OWN_PIPELINES",
     "STUDENTS",
     "Student",
     "select_students",
@@ -54,7 +55,11 @@ STUDENTS = (
     Student("zegclip_transductive", "zegclip_*_transductive_*.yaml", parent="zegclip"),
     Student("maskclip_plus", "maskclip_plus_*.yaml"),
     Student("freeseg", "freeseg_*_alltask_*.yaml", data="panoptic"),
+    Student("xpm", "xpm_student_*.yaml"),
 )
+# students with their own pipeline and table (XPM: teacher, caption pseudo-labels, student;
+# ovseg.engine.demo_xpm)
+OWN_PIPELINES = ("xpm",)
 
 
 def select_students(names: Optional[Sequence[str]], students=STUDENTS) -> List[str]:

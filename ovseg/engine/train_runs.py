@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..utils.io import atomic_write_json
 from .defaults import load_config
@@ -81,6 +81,7 @@ def run_training(
     env: Dict[str, str],
     reuse: bool = True,
     tag: str = "",
+    reader: Optional[Callable[[Path], Dict[str, Any]]] = None,
 ) -> Dict[str, Any]:
     """``train_net.py`` in a subprocess; progress lines are echoed; returns final metrics.
 
@@ -96,6 +97,7 @@ def run_training(
         env (dict): the subprocess's environment.
         reuse (bool): return a matching finished run's metrics instead of training.
         tag (str): prefix of the echoed progress lines.
+        reader: reads the final metrics from ``out_dir`` (default :func:`read_final_metrics`).
 
     Returns:
         dict: the final metrics (:func:`read_final_metrics`), plus ``seconds`` of training.
@@ -129,7 +131,7 @@ def run_training(
                 print(f"    {tag}" + line.rstrip()[-110:], flush=True)
         if proc.wait() != 0:
             raise RuntimeError(f"training failed ({' '.join(cmd)}); see {out_dir}/stdout.txt")
-    metrics: Dict[str, Any] = read_final_metrics(out_dir)
+    metrics: Dict[str, Any] = (reader or read_final_metrics)(out_dir)
     metrics["seconds"] = round(time.time() - start, 1)
     atomic_write_json(out_dir / RECORD, {**key, "metrics": metrics}, indent=None, fsync=False)
     return metrics

@@ -35,9 +35,11 @@ def test_make_demo_quick(tmp_path):
     for name in ("oracle_masks_random_names", "uniform"):
         assert 0 <= res["baselines"][name]["mIoU-unseen"] <= 100
     # every student whose meta-architecture exists ran with both teachers
-    students = {"lseg", "zegclip", "zegclip_transductive", "maskclip_plus", "freeseg"}
+    students = {"lseg", "zegclip", "zegclip_transductive", "maskclip_plus", "freeseg", "xpm"}
     assert students <= set(res["students"])
-    for runs in res["students"].values():
+    for key, runs in res["students"].items():
+        if key == "xpm":  # instance masks: its own keys
+            continue
         for variant in ("teacher", "random_teacher"):
             for key in RUN_KEYS:
                 value = runs[variant][key]
@@ -57,6 +59,15 @@ def test_make_demo_quick(tmp_path):
     table = (out / "results.md").read_text()
     assert "| lseg | toy CLIP |" in table
     assert "| AP-seen | AP-unseen | AP50-unseen | PQ-seen | PQ-unseen |" in table
+    # XPM: teacher -> caption pseudo instances -> student, with both CLIPs; the teachers are
+    # the students without pseudo-labels
+    xpm = res["students"]["xpm"]
+    for variant in ("teacher", "random_teacher", "no_pseudo", "no_pseudo_random_teacher"):
+        for key in ("AP-seen", "AP-unseen", "AP50-unseen"):
+            assert 0 <= xpm[variant][key] <= 100, (variant, key)
+    store = out / "split_a" / "xpm" / "teacher" / "pseudo_instances" / "manifest.json"
+    assert json.loads(store.read_text())["count"] == 120  # every training image labelled
+    assert "| student, caption pseudo-labels | toy CLIP |" in table
 
 
 def _run_demo_module():
@@ -87,7 +98,9 @@ def test_second_stage_starts_from_the_checkpoint_its_config_names(tmp_path):
 
 def test_students_are_selected_by_name_with_their_first_stage():
     select = _run_demo_module().select_students
-    assert select(None) == ["lseg", "zegclip", "zegclip_transductive", "maskclip_plus", "freeseg"]
+    assert select(None) == [
+        "lseg", "zegclip", "zegclip_transductive", "maskclip_plus", "freeseg", "xpm"
+    ]  # fmt: skip
     assert select(["zegclip,lseg"]) == ["lseg", "zegclip"]  # table order, commas or spaces
     assert select(["maskclip_plus", "lseg"]) == ["lseg", "maskclip_plus"]
     # a second stage brings the run it starts from

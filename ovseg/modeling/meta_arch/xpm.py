@@ -85,6 +85,7 @@ def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn
         score_thresh=heads.SCORE_THRESH_TEST,
         nms_thresh=heads.NMS_THRESH_TEST,
         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        roi_align_max_pixels=cfg.MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS,
     )
     return {
         "backbone": backbone,

@@ -38,6 +38,7 @@ from .heads import (
     weighted_classification_loss,
 )
 from .noise import noise_aware_mask_loss
+from .roi_align import MATMUL_MAX_PIXELS, ROIAlignAuto
 
 __all__ = ["XPMROIHeads"]
 
@@ -68,6 +69,7 @@ class XPMROIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
+        roi_align_max_pixels: int = MATMUL_MAX_PIXELS,
     ):
         """
         Args:
@@ -84,6 +86,8 @@ class XPMROIHeads(nn.Module):
             mask_conv_dim (int): deconvolution channels of the mask head.
             noise_head (bool): give the mask head the student's noise head.
             score_thresh, nms_thresh, detections_per_image: test-time detection.
+            roi_align_max_pixels (int): RoIAlign runs as a matrix product on CPU feature
+                maps of at most this many pixels (:mod:`.roi_align`; 0: torchvision's always).
         """
         super().__init__()
         self.in_feature = in_feature
@@ -93,6 +97,15 @@ class XPMROIHeads(nn.Module):
             sampling_ratio=0,
             pooler_type=pooler_type,
         )
+        if pooler_type in ("ROIAlign", "ROIAlignV2"):  # same sampling, faster on small CPU maps
+            align = ROIAlignAuto(
+                pooler_resolution,
+                1.0 / feature_stride,
+                0,
+                aligned=pooler_type == "ROIAlignV2",
+                max_pixels=roi_align_max_pixels,
+            )
+            self.pooler.level_poolers = nn.ModuleList([align])
         self.res5 = res5
         # res5 halves the pooled RoIs and the mask head's deconvolution doubles them back
         self.mask_resolution = int(pooler_resolution)

@@ -23,9 +23,9 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("xpm_clip_cache")
 
 
-def _teacher(cache, seed: int = 0):
+def _teacher(cache, *opts: str, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(tiny_xpm_cfg(cache, "XPMTeacher"))
+    return build_model(tiny_xpm_cfg(cache, "XPMTeacher", *opts))
 
 
 def test_logits_are_scaled_cosines_with_a_zero_background_logit():
@@ -67,7 +67,10 @@ def test_boxes_and_masks_are_class_agnostic(cache):
 
 
 def test_teacher_trains_and_its_loss_goes_down(cache):
-    model = _teacher(cache)
+    # torchvision's RoIAlign, as when this trajectory was set: the 12 steps are chaotic (the
+    # total jumps between 0.8 and 2.8), so any change of rounding moves them, e.g. the matmul
+    # RoIAlign's gradients (equal to 1e-6) or 1e-6 added to one weight under torchvision
+    model = _teacher(cache, "MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS", "0")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
