@@ -30,6 +30,13 @@ from .speed import apply_speed_options
 from .train_loop import AMPTrainer, OvsegSimpleTrainer
 
 
+def ddp_options(model) -> dict:
+    """DDP keyword arguments a model asks for: ``find_unused_parameters`` when some of its
+    parameters may get no gradient in a step (``ddp_find_unused_parameters``: XPM's student,
+    whose pseudo pass skips a rank without pseudo instances and whose noise head freezes)."""
+    return {"find_unused_parameters": bool(getattr(model, "ddp_find_unused_parameters", False))}
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose DDP wrapping, AMP and checkpoints also work for CPU runs."""
 
@@ -43,7 +50,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_options(model))
         self._trainer = self.build_step(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         if comm.is_main_process():  # what a save killed midway left behind

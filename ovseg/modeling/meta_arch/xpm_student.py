@@ -73,6 +73,10 @@ class XPMStudent(XPMTeacher):
     """
 
     noise_head = True
+    # multi-GPU: on a rank whose images hold no pseudo instance the pseudo pass (and with it
+    # the noise head) gets no gradient, and the noise head stops learning mid-run; DDP must
+    # look for such parameters every step instead of waiting for their gradients
+    ddp_find_unused_parameters = True
 
     @configurable
     def __init__(

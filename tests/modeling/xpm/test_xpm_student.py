@@ -187,3 +187,33 @@ def test_noise_head_is_frozen_from_its_iteration(cache):
     assert bool(noise.frozen) and not noise.conv.weight.requires_grad
     assert torch.equal(trained, noise.conv.weight)
     assert bool(model.state_dict()["roi_heads.mask_head.noise.frozen"])  # resumes frozen
+
+
+def test_student_trains_under_ddp_when_a_step_leaves_parameters_without_gradient(
+    cache, monkeypatch
+):
+    # a one-process gloo group checks DDP's reduction as eight GPUs would: without
+    # find_unused_parameters the step after one whose batch had no pseudo instance (and the
+    # step after the noise head froze) raises "Expected to have finished reduction"
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ovseg.engine.trainer import ddp_options
+
+    model = _student(cache, "MODEL.XPM.NOISE_FREEZE_ITER", "2")
+    _proposals_around_targets(model)
+    assert ddp_options(model) == {"find_unused_parameters": True}
+    assert ddp_options(torch.nn.Linear(1, 1)) == {"find_unused_parameters": False}
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + torch.randint(0, 2000, ()).item()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model, broadcast_buffers=False, **ddp_options(model))
+        noise = model.roi_heads.mask_head.noise
+        before = noise.conv.weight.detach().clone()
+        batches = [xpm_batch(), xpm_batch(pseudo=False), xpm_batch(), xpm_batch()]
+        for iteration, batch in enumerate(batches):
+            _step(ddp, batch, iteration=iteration)
+        assert bool(noise.frozen) and not torch.equal(before, noise.conv.weight)
+    finally:
+        dist.destroy_process_group()
