@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .demo_students import OWN_PIPELINES
-from .demo_xpm import xpm_markdown
 
 __all__ = ["MASK_KEYS", "average_splits", "results_markdown"]
 
@@ -65,6 +64,32 @@ def _mask_table(students: dict) -> list:
         for variant, label in VARIANTS:
             cells = " | ".join(_f(runs[variant].get(k)) for k in MASK_KEYS)
             lines.append(f"| {key} | {label} | {cells} |")
+    return lines
+
+
+def xpm_markdown(students: dict) -> list:
+    """results.md's XPM table ([] when the XPM row did not run)."""
+    runs = students.get("xpm")
+    if not runs:
+        return []
+    cols = ("AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen", "seconds")
+    lines = [
+        "",
+        "XPM (mask AP on the toy world's instance val set, every shape; seconds: the "
+        "student's with its teacher's training):",
+        "",
+        "| model | CLIP | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    rows = (
+        ("student, caption pseudo-labels", "teacher", "toy CLIP"),
+        ("student, caption pseudo-labels", "random_teacher", "random CLIP"),
+        ("teacher (no pseudo-labels)", "no_pseudo", "toy CLIP"),
+        ("teacher (no pseudo-labels)", "no_pseudo_random_teacher", "random CLIP"),
+    )
+    for model, key, clip in rows:
+        r = runs.get(key, {})
+        lines.append(f"| {model} | {clip} | " + " | ".join(_f(r.get(c)) for c in cols) + " |")
     return lines
 
 

@@ -32,7 +32,7 @@ from typing import Dict, List, Sequence
 
 from .train_runs import run_training
 
-__all__ = ["XPM_DEMO", "read_instance_metrics", "run_xpm", "xpm_markdown", "xpm_world"]
+__all__ = ["XPM_DEMO", "read_instance_metrics", "run_xpm", "xpm_world"]
 
 logger = logging.getLogger("ovseg.demo")
 
@@ -160,33 +160,3 @@ def run_xpm(split_prefix: str, mode: str, root: Path, out_root: Path, env, jobs:
     out["no_pseudo"] = {**runs["teacher"]["teacher"], "config": rel}
     out["no_pseudo_random_teacher"] = {**runs["random_teacher"]["teacher"], "config": rel}
     return out
-
-
-def _f(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and x != x) else f"{x:.1f}"
-
-
-def xpm_markdown(students: dict) -> List[str]:
-    """results.md's XPM table ([] when the XPM row did not run)."""
-    runs = students.get("xpm")
-    if not runs:
-        return []
-    cols = ("AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen", "seconds")
-    lines = [
-        "",
-        "XPM (mask AP on the toy world's instance val set, every shape; seconds: the "
-        "student's with its teacher's training):",
-        "",
-        "| model | CLIP | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-    ]
-    rows = (
-        ("student, caption pseudo-labels", "teacher", "toy CLIP"),
-        ("student, caption pseudo-labels", "random_teacher", "random CLIP"),
-        ("teacher (no pseudo-labels)", "no_pseudo", "toy CLIP"),
-        ("teacher (no pseudo-labels)", "no_pseudo_random_teacher", "random CLIP"),
-    )
-    for model, key, clip in rows:
-        r = runs.get(key, {})
-        lines.append(f"| {model} | {clip} | " + " | ".join(_f(r.get(c)) for c in cols) + " |")
-    return lines

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ovseg.engine.demo_xpm import XPM_DEMO, read_instance_metrics, xpm_markdown, xpm_world
+from ovseg.engine.demo_results import xpm_markdown
+from ovseg.engine.demo_xpm import XPM_DEMO, read_instance_metrics, xpm_world
 
 
 def _metrics(path, *records):
