@@ -59,6 +59,18 @@ class MaskNoiseHead(nn.Module):
         self.frozen.fill_(True)
         self.conv.requires_grad_(False)
 
+    @property
+    def is_frozen(self) -> bool:
+        """Whether the head has stopped learning (read on the host: no device sync)."""
+        return not self.conv.weight.requires_grad
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # a frozen state from a checkpoint freezes the weights once, at load, so neither the
+        # forward nor the per-iteration freeze check reads the flag from the device
+        if prefix + "frozen" in state_dict:
+            self.conv.requires_grad_(not bool(self.frozen))
+
     def forward(self, features: Tensor) -> Tensor:
         """
         Args:
@@ -67,8 +79,6 @@ class MaskNoiseHead(nn.Module):
         Returns:
             Tensor: sigma, (R, 1, H, W), positive.
         """
-        if bool(self.frozen) and self.conv.weight.requires_grad:
-            self.conv.requires_grad_(False)  # a frozen state loaded from a checkpoint
         s = self.conv(features.detach())
         return torch.exp(0.5 * s)
 
@@ -76,9 +86,9 @@ class MaskNoiseHead(nn.Module):
 def freeze_noise_head_at(head: MaskNoiseHead, iteration: int, freeze_iter: int) -> bool:
     """Freeze ``head`` once ``iteration >= freeze_iter`` (a negative ``freeze_iter``
     never freezes); returns whether it is frozen. Call it every iteration."""
-    if freeze_iter >= 0 and iteration >= freeze_iter and not bool(head.frozen):
+    if freeze_iter >= 0 and iteration >= freeze_iter and not head.is_frozen:
         head.freeze()
-    return bool(head.frozen)
+    return head.is_frozen
 
 
 def noise_aware_mask_loss(
