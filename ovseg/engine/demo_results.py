@@ -47,24 +47,26 @@ def _f(x) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.1f}"
 
 
+def _table(title: str, first: str, cols, rows) -> list:
+    """A titled results table: one line per (name, CLIP label, record) of ``rows``."""
+    lines = ["", title, "", f"| {first} | CLIP | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]  # fmt: skip
+    for name, clip, record in rows:
+        lines.append(f"| {name} | {clip} | " + " | ".join(_f(record.get(c)) for c in cols) + " |")
+    return lines
+
+
 def _mask_table(students: dict) -> list:
     """The mask table's lines ([] when no student has mask results)."""
     keyed = {k: runs for k, runs in students.items() if "PQ-unseen" in runs["teacher"]}
     if not keyed:
         return []
-    lines = [
-        "",
+    title = (
         "Instance and panoptic segmentation (the panoptic val set's things, mask AP; all "
-        "segments, PQ):",
-        "",
-        "| student | CLIP | " + " | ".join(MASK_KEYS) + " |",
-        "|---|---|" + "---|" * len(MASK_KEYS),
-    ]
-    for key, runs in keyed.items():
-        for variant, label in VARIANTS:
-            cells = " | ".join(_f(runs[variant].get(k)) for k in MASK_KEYS)
-            lines.append(f"| {key} | {label} | {cells} |")
-    return lines
+        "segments, PQ):"
+    )
+    rows = [(k, label, runs[v]) for k, runs in keyed.items() for v, label in VARIANTS]
+    return _table(title, "student", MASK_KEYS, rows)
 
 
 def xpm_markdown(students: dict) -> list:
@@ -72,25 +74,18 @@ def xpm_markdown(students: dict) -> list:
     runs = students.get("xpm")
     if not runs:
         return []
-    cols = ("AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen", "seconds")
-    lines = [
-        "",
+    title = (
         "XPM (mask AP on the toy world's instance val set, every shape; seconds: the "
-        "student's with its teacher's training):",
-        "",
-        "| model | CLIP | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-    ]
-    rows = (
-        ("student, caption pseudo-labels", "teacher", "toy CLIP"),
-        ("student, caption pseudo-labels", "random_teacher", "random CLIP"),
-        ("teacher (no pseudo-labels)", "no_pseudo", "toy CLIP"),
-        ("teacher (no pseudo-labels)", "no_pseudo_random_teacher", "random CLIP"),
+        "student's with its teacher's training):"
     )
-    for model, key, clip in rows:
-        r = runs.get(key, {})
-        lines.append(f"| {model} | {clip} | " + " | ".join(_f(r.get(c)) for c in cols) + " |")
-    return lines
+    rows = [
+        ("student, caption pseudo-labels", "toy CLIP", runs.get("teacher", {})),
+        ("student, caption pseudo-labels", "random CLIP", runs.get("random_teacher", {})),
+        ("teacher (no pseudo-labels)", "toy CLIP", runs.get("no_pseudo", {})),
+        ("teacher (no pseudo-labels)", "random CLIP", runs.get("no_pseudo_random_teacher", {})),
+    ]
+    cols = ("AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen", "seconds")
+    return _table(title, "model", cols, rows)
 
 
 def results_markdown(res: dict, command: str) -> str:
