@@ -27,6 +27,9 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.TEMPERATURE = 100.0
     # a mask pixel is inside where its probability is above this (official MASK_THR 0.5)
     cfg.MODEL.FREESEG.MASK_THRESHOLD = 0.5
+    # a mask crop's box is scaled by this about its centre, the added pixels filled like the
+    # rest outside the mask (official MODEL.CLIP_ADAPTER.MASK_EXPAND_RATIO 1.0)
+    cfg.MODEL.FREESEG.MASK_EXPAND_RATIO = 1.0
     # lambda of the test-time CLIP ensemble, in (0, 1] (official 0.8; VOC 0.7/0.8, cross 0.4)
     cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT = 0.8
     # ensemble the query classes with CLIP's classes of each mask crop at test (official True)

@@ -145,6 +145,24 @@ def test_mask_crops_box_fill_and_resize():
     torch.testing.assert_close(crops[0], want)  # the box at its own size: no resampling
 
 
+def test_mask_crops_expand_about_the_centre_truncated_and_clipped():
+    image = torch.arange(3 * 10 * 10, dtype=torch.float32).view(3, 10, 10)
+    masks = torch.zeros(2, 10, 10)
+    masks[0, 4:6, 4:7] = 1  # box x 4-7, y 4-6: x2 -> centre 5.5, width 6 -> 2.5..8.5 -> 2..8
+    masks[1, 0:2, 0:2] = 1  # x3 at the corner: -2..4 -> clipped to 0..4
+    fill = torch.tensor([7.0, 8.0, 9.0])
+    crops, _ = mask_crops(image, masks[:1], fill, (4, 6), expand_ratio=2.0)
+    want = fill.view(3, 1, 1).repeat(1, 4, 6)  # rows 3..7, cols 2..8 at their own size
+    want[:, 1:3, 2:5] = image[:, 4:6, 4:7]
+    torch.testing.assert_close(crops[0], want)
+    crops, _ = mask_crops(image, masks[1:], fill, (4, 4), expand_ratio=3.0)
+    want = fill.view(3, 1, 1).repeat(1, 4, 4)
+    want[:, :2, :2] = image[:, :2, :2]
+    torch.testing.assert_close(crops[0], want)
+    with pytest.raises(ValueError, match="MASK_EXPAND_RATIO"):
+        mask_crops(image, masks, fill, (4, 4), expand_ratio=0.5)
+
+
 def test_clip_probs_give_empty_masks_ones(teacher):
     image = torch.rand(3, 32, 32) * 255
     masks = torch.zeros(3, 32, 32)

@@ -27,12 +27,23 @@ from ...clip import CLIPTeacher
 __all__ = ["clip_region_probs", "ensemble_probs", "mask_crops", "query_probs"]
 
 
+def _expand_box(
+    x0: int, y0: int, x1: int, y1: int, ratio: float, shape: Tuple[int, int]
+) -> Tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) scaled by ``ratio`` about its centre, each truncated to an int as
+    the official ``expand_box`` does, then clipped to the (H, W) image."""
+    cx, cy, w, h = 0.5 * (x0 + x1), 0.5 * (y0 + y1), (x1 - x0) * ratio, (y1 - y0) * ratio
+    box = [int(v) for v in (cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h)]
+    return max(box[0], 0), max(box[1], 0), min(box[2], shape[1]), min(box[3], shape[0])
+
+
 def mask_crops(
     image: Tensor,
     masks: Tensor,
     fill: Tensor,
     size: Tuple[int, int],
     threshold: float = 0.5,
+    expand_ratio: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Box crops of an image around each mask, outside the mask filled, resized.
 
@@ -42,6 +53,10 @@ def mask_crops(
         fill (Tensor): (3,) the value of pixels outside a mask (the CLIP mean, 0-255 scale).
         size ((int, int)): output (h, w) of every crop.
         threshold (float): a pixel is inside a mask where its value is > ``threshold``.
+        expand_ratio (float): the box's width and height are scaled by this about its centre,
+            truncated to whole pixels and clipped to the image (``clip.py:112-172``); the
+            added pixels are outside the mask, so they take ``fill``: the object shrinks
+            within the crop (official MASK_EXPAND_RATIO 1.0).
 
     Returns:
         (Tensor, Tensor): crops (N, 3, h, w) of the N non-empty masks in order, and valid
@@ -52,6 +67,11 @@ def mask_crops(
             f"image {tuple(image.shape)} and masks {tuple(masks.shape)} must be (3, H, W) and "
             "(Q, H, W) of one size"
         )
+    if expand_ratio < 1:
+        raise ValueError(
+            f"expand_ratio must be >= 1 (the box grows about its centre), got {expand_ratio} "
+            "(MODEL.FREESEG.MASK_EXPAND_RATIO)"
+        )
     inside = masks > threshold
     valid = inside.flatten(1).any(dim=1)
     fill = fill.to(device=image.device, dtype=torch.float32).view(3, 1, 1)
@@ -60,6 +80,8 @@ def mask_crops(
         rows = torch.nonzero(mask.any(dim=1)).flatten()
         cols = torch.nonzero(mask.any(dim=0)).flatten()
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        if expand_ratio != 1:
+            x0, y0, x1, y1 = _expand_box(x0, y0, x1, y1, expand_ratio, mask.shape)
         region = image[:, y0:y1, x0:x1].float()
         crop = torch.where(mask[y0:y1, x0:x1], region, fill)
         crops.append(
@@ -79,6 +101,7 @@ def clip_region_probs(
     threshold: float = 0.5,
     temperature: float = 100.0,
     batch_size: int = 64,
+    expand_ratio: float = 1.0,
 ) -> Tensor:
     """CLIP's class distribution of every query's mask crop; 1 for empty masks.
 
@@ -90,12 +113,15 @@ def clip_region_probs(
         threshold (float): mask binarisation threshold (official MASK_THR 0.5).
         temperature (float): CLIP's logit scale (official 100).
         batch_size (int): crops per image-tower forward.
+        expand_ratio (float): the crop box's scale (:func:`mask_crops`).
 
     Returns:
         Tensor: (Q, C) p_clip, rows summing to 1 except empty masks' rows of ones.
     """
     fill = teacher.pixel_mean.flatten()
-    crops, valid = mask_crops(image, masks, fill, teacher.image_size, threshold)
+    crops, valid = mask_crops(
+        image, masks, fill, teacher.image_size, threshold, expand_ratio=expand_ratio
+    )
     probs = text.new_ones(masks.shape[0], text.shape[0])
     if crops.shape[0]:
         emb = torch.cat(

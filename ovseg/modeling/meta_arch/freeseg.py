@@ -33,11 +33,12 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher, build_clip_teacher
 from ...vocab import normalize_name, training_vocabulary
+from ..backbone import build_backbone
 from ..freeseg import (
     AdaptivePromptLearner,
     TextClassHead,
@@ -125,6 +126,7 @@ class FreeSeg(OpenVocabSegmentor):
         clip_ensemble: bool = True,
         ensemble_weight: float = 0.8,
         mask_threshold: float = 0.5,
+        mask_expand_ratio: float = 1.0,
         clip_temperature: float = 100.0,
         post: Optional[Dict] = None,
         test_prompt_tuning: Optional[TestTimePromptTuning] = None,
@@ -144,6 +146,7 @@ class FreeSeg(OpenVocabSegmentor):
             clip_ensemble (bool): ensemble with CLIP's mask-crop classes at test.
             ensemble_weight (float): the ensemble's lambda.
             mask_threshold (float): a crop keeps pixels whose mask probability is above this.
+            mask_expand_ratio (float): the crop box's scale about its centre (>= 1).
             clip_temperature (float): CLIP's logit scale in the ensemble.
             post (dict): panoptic / instance post-processing (see :func:`_post_config`).
             test_prompt_tuning (TestTimePromptTuning, optional): tune the class prompts per
@@ -176,6 +179,7 @@ class FreeSeg(OpenVocabSegmentor):
         self.clip_ensemble = bool(clip_ensemble)
         self.ensemble_weight = float(ensemble_weight)
         self.mask_threshold = float(mask_threshold)
+        self.mask_expand_ratio = float(mask_expand_ratio)
         self.clip_temperature = float(clip_temperature)
         self.post = dict(post or _POST_DEFAULTS)
         self.test_prompt_tuning = test_prompt_tuning
@@ -184,7 +188,7 @@ class FreeSeg(OpenVocabSegmentor):
     def from_config(cls, cfg) -> Dict:
         fs, mf = cfg.MODEL.FREESEG, cfg.MODEL.MASK_FORMER
         teacher = build_clip_teacher(cfg)
-        backbone = build_backbone(cfg)
+        backbone = build_backbone(cfg, teacher=teacher)
         pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
         conv_dim, mask_dim = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, cfg.MODEL.SEM_SEG_HEAD.MASK_DIM
         if conv_dim != mask_dim:
@@ -242,6 +246,7 @@ class FreeSeg(OpenVocabSegmentor):
             "clip_ensemble": fs.CLIP_ENSEMBLE,
             "ensemble_weight": fs.ENSEMBLE_WEIGHT,
             "mask_threshold": fs.MASK_THRESHOLD,
+            "mask_expand_ratio": fs.MASK_EXPAND_RATIO,
             "clip_temperature": fs.TEMPERATURE,
             "post": _post_config(cfg),
             "test_prompt_tuning": TestTimePromptTuning.from_config(cfg),
@@ -343,6 +348,7 @@ class FreeSeg(OpenVocabSegmentor):
             text,
             threshold=self.mask_threshold,
             temperature=self.clip_temperature,
+            expand_ratio=self.mask_expand_ratio,
         )
         seen = None
         if self.seen_classes:
