@@ -41,12 +41,25 @@ def add_freeseg_config(cfg: CN) -> None:
     # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
     cfg.MODEL.FREESEG.TEST_TASKS = []
     # prompt stage: at most N region records per class and task (official DATASETS.
-    # SAMPLE_PER_CLASS: COCO 64, VOC 128, ADE 32); -1 = whole images, every region
+    # SAMPLE_PER_CLASS: COCO 64, VOC 128, ADE 32); -1 = every region record
     cfg.MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS = -1
     # seed of that draw (official DATASETS.SAMPLE_SEED 0)
     cfg.MODEL.FREESEG.PROMPT_SAMPLE_SEED = 0
     # draw with replacement (official defect: repeated records; False = N distinct ones)
     cfg.MODEL.FREESEG.PROMPT_SAMPLE_REPLACE = False
+    # prompt stage (mapper ovseg_region): the region's box is cropped expanded by this about
+    # its centre (official MODEL.CLIP_ADAPTER.MASK_EXPAND_RATIO 1.0, config.py:146)
+    cfg.MODEL.FREESEG.PROMPT_MASK_EXPAND_RATIO = 1.0
+    # training crop: random resized crop to (H, W) (official INPUT.MIN_SIZE_TRAIN (224, 244),
+    # which augmentations.py:148-150 reads as width 224, height 244)
+    cfg.MODEL.FREESEG.PROMPT_TRAIN_SIZE = (244, 224)
+    # test crop: the centre S x S of the box crop, padded, not resized (official
+    # INPUT.MIN_SIZE_TEST 224 through CenterCrop)
+    cfg.MODEL.FREESEG.PROMPT_TEST_SIZE = 224
+    # fill outside the region with CLIP's mean in normalised space, raw 255 * (mean + std *
+    # mean) (official defect, proposal_classification.py:113-116); False = the mean colour,
+    # as the test-time ensemble's crops
+    cfg.MODEL.FREESEG.PROMPT_FILL_NORMALIZED_MEAN = False
     # prompt stage: score every region of a batch with its first input's task prompt
     # (official defect); False = each region with its own task's prompt
     cfg.MODEL.FREESEG.PROMPT_ONE_TASK_PER_BATCH = False

@@ -318,9 +318,9 @@ FREESEG_RUNS = {
 }
 # per dataset: regions per class and task, weight decay, iterations, tasks' mapper
 FREESEG_PROMPT_RUNS = {
-    "coco": (64, 0.001, 16000, "ovseg_panoptic"),
-    "voc": (128, 0.001, 3200, "ovseg_semantic_mask"),
-    "ade20k": (32, 0.0005, 16000, "ovseg_panoptic"),
+    "coco": (64, 0.001, 16000, "coco_2017_val_stuff_sem_seg_regions"),
+    "voc": (128, 0.001, 3200, "voc_sem_seg_val_regions"),
+    "ade20k": (32, 0.0005, 16000, "ade20k_sem_seg_val_regions"),
 }
 
 
@@ -358,9 +358,14 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     assert (s.OPTIMIZER, s.BASE_LR, s.LR_SCHEDULER_NAME) == ("SGD", 0.02, "WarmupCosineLR")
     assert (s.WARMUP_METHOD, s.WARMUP_FACTOR, s.WARMUP_ITERS) == ("constant", 0.005, 100)
     assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_VALUE == 0.01
-    per_class, wd, iters, mapper = FREESEG_PROMPT_RUNS[_dataset(path)]
+    per_class, wd, iters, test = FREESEG_PROMPT_RUNS[_dataset(path)]
     assert (fs.PROMPT_SAMPLES_PER_CLASS, s.WEIGHT_DECAY, s.MAX_ITER) == (per_class, wd, iters)
-    assert s.IMS_PER_BATCH == 32 and cfg.INPUT.DATASET_MAPPER_NAME == mapper
+    assert s.IMS_PER_BATCH == 32 and cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_region"
+    # the region crop: box x1.0, random resized 244x224 + flip; test: the 224 centre, region
+    # classification of every class region of the val split
+    assert fs.PROMPT_MASK_EXPAND_RATIO == 1.0 and tuple(fs.PROMPT_TRAIN_SIZE) == (244, 224)
+    assert fs.PROMPT_TEST_SIZE == 224 and cfg.DATASETS.TEST == (test,)
+    assert MetadataCatalog.get(test).evaluator_type == "ovseg_region_classification"
     assert not cfg.INPUT.CROP.ENABLED and not cfg.MODEL.WEIGHTS
     assert (fs.NUM_CLASS_PROMPT_TOKENS, fs.NUM_TASK_PROMPT_TOKENS) == (16, 8)
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
@@ -425,6 +430,15 @@ LEARNERS = {
 }
 
 
+def _panoptic_training(cfg) -> bool:
+    """Whether ``cfg`` trains on panoptic targets: the panoptic mapper, or the region mapper
+    on a panoptic set (FreeSeg's prompt stage on COCO and ADE20K)."""
+    mapper = cfg.INPUT.DATASET_MAPPER_NAME
+    if mapper == "ovseg_region" and cfg.DATASETS.TRAIN:
+        return MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("evaluator_type") == "ovseg_panoptic"
+    return mapper == "ovseg_panoptic"
+
+
 def _small_cfg(path: Path, cfg, cache: Path):
     """``path`` at CPU size: the tiny CLIP of its tower and, for a leaf that trains, the ADE
     fixture (the toy world where the leaf learns a "background" embedding, which ADE20K's
@@ -435,7 +449,7 @@ def _small_cfg(path: Path, cfg, cache: Path):
         opts += tiny_clip_opts(cfg.MODEL.CLIP.MODEL_NAME)
         if cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_binary_episode":  # its own fold fixture
             opts += ["INPUT.EPISODE.IMAGE_SIZE", "(64, 64)"]
-        elif cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_panoptic":  # the tiny COCO-layout set
+        elif _panoptic_training(cfg):  # the tiny COCO-layout set
             opts += PANOPTIC_OPTS
         elif arch.startswith("XPM"):  # instance targets: that set's instance split
             opts += INSTANCE_OPTS

@@ -14,8 +14,8 @@ Then, per task, the records of each class are cut to ``per_class`` drawn at rand
 with fewer keeps all of them; ``build.py:366-373``). A record is the image's dict plus
 ``"task"`` (the official key) and ``"region_class"`` (the class name); a panoptic record's
 ``segments_info`` keeps only the region's segments, so the mapper builds only its masks.
-:class:`~ovseg.modeling.meta_arch.freeseg_prompt.FreeSegPromptLearner` keeps the target of
-``"region_class"`` (union for ``sem_seg``) and crops it.
+The region mapper (``ovseg_region``, :mod:`ovseg.data.dataset_mappers.region_crop`) crops
+the mask of ``"region_class"`` (union for ``sem_seg``) out of the image.
 
 Official defect, reproduced by ``replace=True``: ``rng.choice(groups, size=N)`` draws with
 replacement (numpy's default), so a class with more than N records keeps about 63% of N
@@ -128,17 +128,18 @@ def sample_regions(
 
 
 def region_dataset_for(cfg) -> Optional[List[dict]]:
-    """The prompt stage's sampled region records, or None when
-    MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS is not positive (train on whole images)."""
+    """The prompt stage's region records (FreeSegPromptLearner): at most
+    MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS per class and task, or every one when it is not
+    positive; None for any other meta-architecture (it trains on whole images)."""
     fs = cfg.MODEL.FREESEG
-    if fs.PROMPT_SAMPLES_PER_CLASS <= 0:
-        return None
     if cfg.MODEL.META_ARCHITECTURE != "FreeSegPromptLearner":
-        raise ValueError(
-            "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS samples regions for the prompt stage "
-            f"(FreeSegPromptLearner); {cfg.MODEL.META_ARCHITECTURE} trains on whole images: "
-            "set it to -1"
-        )
+        if fs.PROMPT_SAMPLES_PER_CLASS > 0:
+            raise ValueError(
+                "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS samples regions for the prompt stage "
+                f"(FreeSegPromptLearner); {cfg.MODEL.META_ARCHITECTURE} trains on whole "
+                "images: set it to -1"
+            )
+        return None
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..modeling.freeseg.tasks import train_tasks_for
@@ -159,8 +160,11 @@ def region_dataset_for(cfg) -> Optional[List[dict]]:
                 keep=lambda n: names is None or normalize_name(n) in names,
                 ignore_label=meta.get("ignore_label", 255),
             )
-    sampled = sample_regions(
-        regions, fs.PROMPT_SAMPLES_PER_CLASS, fs.PROMPT_SAMPLE_SEED, fs.PROMPT_SAMPLE_REPLACE
+    per_class = fs.PROMPT_SAMPLES_PER_CLASS
+    sampled = (
+        sample_regions(regions, per_class, fs.PROMPT_SAMPLE_SEED, fs.PROMPT_SAMPLE_REPLACE)
+        if per_class > 0
+        else regions
     )
     if not sampled:
         raise ValueError(f"no region of a training class in {list(cfg.DATASETS.TRAIN)}")

@@ -12,6 +12,7 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from .fewshot_evaluator import FewShotEpisodeEvaluator
 from .instance_evaluator import OpenVocabInstanceEvaluator
 from .panoptic_evaluator import OpenVocabPanopticEvaluator
+from .region_classification import RegionClassificationEvaluator
 from .sem_seg_evaluator import OpenVocabSemSegEvaluator
 
 __all__ = ["EVALUATOR_FACTORIES", "register_evaluator", "build_evaluator"]
@@ -49,6 +50,12 @@ def _build_sem_seg(cfg: CfgNode, dataset_name: str, output_folder: str) -> Datas
 def _build_fewshot(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
     # PASCAL-5i / COCO-20i episodes: HSNet's per-fold mIoU and FB-IoU
     return FewShotEpisodeEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+@register_evaluator("ovseg_region_classification")
+def _build_regions(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    # FreeSeg's prompt stage on "<split>_regions": top-1/top-5 and mean class accuracy
+    return RegionClassificationEvaluator(dataset_name, distributed=True)
 
 
 @register_evaluator("ovseg_instance")

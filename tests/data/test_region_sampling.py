@@ -95,27 +95,36 @@ def _cfg(tmp_path, *opts):
     return tiny_freeseg_prompt_cfg(
         tmp_path / "cache",
         "DATASETS.TRAIN", f"('{PANOPTIC}',)",
-        "INPUT.DATASET_MAPPER_NAME", "ovseg_panoptic",
-        "INPUT.CROP.ENABLED", "False",
-        "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_region",
+        "MODEL.FREESEG.PROMPT_TRAIN_SIZE", "(16, 16)",
+        "MODEL.FREESEG.PROMPT_TEST_SIZE", "16",
         *opts,
     )  # fmt: skip
 
 
+def _region(x):
+    """(class name, mask pixel count) of a mapped region input."""
+    inst = x["instances"]
+    assert inst.gt_masks.shape[0] == 1 == len(inst.gt_classes)
+    return x["vocabulary"][int(inst.gt_classes[0])], int(inst.gt_masks.sum())
+
+
 def test_region_dataset_maps_to_its_region_and_trains(tiny_panoptic, tmp_path):
-    assert region_dataset_for(_cfg(tmp_path)) is None  # off by default: whole images
+    cfg = _cfg(tmp_path)
+    assert len(region_dataset_for(cfg)) == 8  # -1: every region record
     cfg = _cfg(tmp_path, "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS", "1")
     records = region_dataset_for(cfg)
     assert len(records) == 8
-    mapper = build_dataset_mapper(cfg, True, PANOPTIC)
+    mapper = build_dataset_mapper(cfg, False, PANOPTIC)  # no random crop: the whole box
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     by_task = {}
+    area = {"cat": 12, "dog": 12, "sky": 32}  # the crowd of cats is never a target
     for r in records:
         x = mapper(dict(r))
-        masks, classes = model.input_targets(x, x["vocabulary"])
-        assert [x["vocabulary"][int(c)] for c in classes] == [r["region_class"]]
+        assert x["image"].shape == (3, 16, 16)
+        assert _region(x) == (r["region_class"], area[r["region_class"]])
         by_task.setdefault(x["task"], []).append(x)
     # a mixed-task batch: each region scored with its own task's prompt
     batch = [by_task["sem_seg"][0], by_task["ins_seg"][0]]
@@ -140,10 +149,9 @@ def test_semantic_records_map_to_their_class_alone(small_ade20k, tmp_path):
     cfg = tiny_freeseg_prompt_cfg(
         tmp_path / "cache",
         "DATASETS.TRAIN", "('ade20k_sem_seg_train',)",
-        "INPUT.DATASET_MAPPER_NAME", "ovseg_semantic_mask",
-        "INPUT.CROP.ENABLED", "False",
-        "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_region",
         "MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS", "1",
+        "MODEL.FREESEG.PROMPT_TEST_SIZE", "512",
     )  # fmt: skip
     records = region_dataset_for(cfg)
     assert records and {r["task"] for r in records} == {"sem_seg"}
@@ -151,28 +159,27 @@ def test_semantic_records_map_to_their_class_alone(small_ade20k, tmp_path):
     for r in records:
         per_class[r["region_class"]] = per_class.get(r["region_class"], 0) + 1
     assert set(per_class.values()) == {1}  # one record per class
-    mapper = build_dataset_mapper(cfg, True, "ade20k_sem_seg_train")
-    model = build_model(cfg)
+    mapper = build_dataset_mapper(cfg, False, "ade20k_sem_seg_train")
+    classes = list(mapper.class_names)
     for r in records:
         x = mapper(dict(r))
-        masks, classes = model.input_targets(x, x["vocabulary"])
-        assert [x["vocabulary"][int(c)] for c in classes] == [r["region_class"]]
-        assert masks.shape[0] == 1 and bool(masks.any())
+        label = np.asarray(Image.open(r["sem_seg_file_name"]))
+        want = int((label == classes.index(r["region_class"])).sum())
+        assert _region(x) == (r["region_class"], want)  # the class's pixels, all of them
 
 
-def test_a_semantic_record_unions_its_class_segments(tmp_path):
-    from detectron2.structures import Instances
-
-    model = build_model(tiny_freeseg_prompt_cfg(tmp_path / "cache"))
-    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
-    masks[0, :2], masks[1, 4:], masks[2, 2:4] = True, True, True
-    inst = Instances((8, 8))
-    inst.gt_masks, inst.gt_classes = masks, torch.tensor([0, 0, 1])
-    x = {"instances": inst, "region_class": "cat", "task": "sem_seg"}
-    got, classes = model.input_targets(x, CLASSES)
-    assert classes.tolist() == [0] and torch.equal(got[0], masks[0] | masks[1])
-    x["task"] = "pan_seg"  # a segment record keeps its segment(s) as they are
-    got, classes = model.input_targets(x, CLASSES)
-    assert classes.tolist() == [0, 0] and torch.equal(got, masks[:2])
-    with pytest.raises(ValueError, match="not in the input's vocabulary"):
-        model.input_targets(dict(x, region_class="horse"), CLASSES)
+def test_a_semantic_record_unions_its_class_segments(tiny_panoptic, tmp_path):
+    (record,) = DatasetCatalog.get(PANOPTIC)
+    segs = {s["id"]: s for s in record["segments_info"]}
+    cat = segs[1001]["category_id"]
+    mapper = build_dataset_mapper(_cfg(tmp_path), False, PANOPTIC)
+    # the dog's segment relabelled cat: a sem_seg record of cat holds both segments
+    both = [segs[1001], {**segs[2001], "category_id": cat}]
+    x = mapper({**record, "segments_info": both, "task": "sem_seg", "region_class": "cat"})
+    assert _region(x) == ("cat", 24)
+    x = mapper({**record, "segments_info": [segs[1001]], "task": "pan_seg", "region_class": "cat"})
+    assert _region(x) == ("cat", 12)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        mapper({**record, "region_class": "horse", "task": "pan_seg"})
+    with pytest.raises(ValueError, match="not a region record"):
+        mapper(dict(record))

@@ -1,6 +1,8 @@
-"""FreeSeg's prompt-learning stage: a short real training run on synthetic images with
-ground-truth masks lowers the region classification loss and changes only the prompt
-tokens, the checkpoint holds the tokens alone, and bad inputs are refused clearly."""
+"""FreeSeg's prompt-learning stage: a short real training run on synthetic region crops (the
+ovseg_region mapper's output: a crop, one mask, its class) lowers the region classification
+loss and changes only the prompt tokens, the checkpoint holds the tokens alone, eval
+classifies regions (and segments plain images), the fill follows its switch, and bad
+inputs are refused clearly."""
 
 from __future__ import annotations
 
@@ -17,18 +19,17 @@ NAMES = ["red square", "green bar", "blue corner"]
 COLOURS = torch.tensor([[220.0, 30, 30], [30, 200, 40], [30, 40, 210]])
 
 
-def _sample(seed: int, task: str = "pan_seg") -> dict:
+def _sample(seed: int, cls: int, task: str = "pan_seg") -> dict:
+    """A 32x32 crop whose mask (a random box) holds class ``cls``'s colour; outside: noise."""
     g = torch.Generator().manual_seed(seed)
-    image = torch.full((3, 48, 48), 128.0) + torch.randn(3, 48, 48, generator=g) * 5
-    masks = torch.zeros(3, 48, 48, dtype=torch.bool)
-    masks[0, 4:20, 4:20] = True
-    masks[1, 30:36, 2:46] = True
-    masks[2, 38:, 38:] = True
-    for m, c in zip(masks, COLOURS):
-        image[:, m] = c.view(3, 1)
-    inst = Instances((48, 48))
-    inst.gt_masks, inst.gt_classes = masks, torch.tensor([0, 1, 2])
-    return {"image": image.clamp(0, 255), "instances": inst, "vocabulary": NAMES, "task": task}
+    image = torch.rand(3, 32, 32, generator=g) * 255
+    y, x = torch.randint(0, 12, (2,), generator=g).tolist()
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[y : y + 20, x : x + 20] = True
+    image[:, mask] = COLOURS[cls].view(3, 1)
+    inst = Instances((32, 32))
+    inst.gt_masks, inst.gt_classes = mask[None], torch.tensor([cls])
+    return {"image": image, "instances": inst, "vocabulary": NAMES, "task": task}
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_prompt_stage_learns_only_the_prompt_tokens(model):
     assert set(model.state_dict()) == trainable  # the teacher never enters a checkpoint
     clip_before = {k: v.clone() for k, v in model.teacher.model.state_dict().items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    batch = [_sample(0), _sample(1)]
+    batch = [_sample(i, i % 3) for i in range(6)]
     model.train()
     losses = []
     for _ in range(20):
@@ -57,23 +58,56 @@ def test_prompt_stage_learns_only_the_prompt_tokens(model):
         assert torch.equal(v, clip_before[k]), k
     model.eval()
     with torch.no_grad():
-        out = model([{"image": batch[0]["image"], "vocabulary": NAMES}])[0]["sem_seg"]
-    assert out.shape == (3, 48, 48)
+        out = model(batch[:2])
+        dense = model([{"image": batch[0]["image"], "vocabulary": NAMES}])[0]["sem_seg"]
+    assert [o["classification"].shape for o in out] == [(1, 3), (1, 3)]
+    # eval logits are the training logits of the same region (its task's prompts)
+    with torch.no_grad():
+        image = model.region_embeddings(batch[:1])
+        want = model.temperature * image @ model.prompt(NAMES, "panoptic segmentation.").t()
+    torch.testing.assert_close(out[0]["classification"], want)
+    assert dense.shape == (3, 32, 32)  # a plain image (demo) is segmented densely
+
+
+def test_outside_the_mask_is_filled_by_its_rule(model):
+    x = _sample(0, 1)
+    mean = model.teacher.pixel_mean.flatten()
+    seen = {}
+    model.teacher.encode_image = lambda crops: seen.setdefault("crops", crops)[:, 0, 0, :2]
+    model.region_embeddings([x])
+    crop, mask = seen["crops"][0], x["instances"].gt_masks[0]
+    assert torch.equal(crop[:, mask], x["image"][:, mask])
+    torch.testing.assert_close(crop[:, ~mask], mean.view(3, 1).expand(3, int((~mask).sum())))
+    model.normalized_mean_fill = True  # official: the mean in normalised space
+    seen.clear()
+    model.region_embeddings([x])
+    normalised = (seen["crops"][0][:, ~mask] - mean.view(3, 1)) / model.teacher.pixel_std.view(3, 1)
+    torch.testing.assert_close(normalised, (mean / 255).view(3, 1).expand_as(normalised))
 
 
 def test_prompt_stage_refuses_bad_batches(model):
     model.train()
     # mixed tasks are scored each with its own prompt (tests/data/test_region_sampling.py);
     # a batch where only some inputs name a task is ambiguous
-    untasked = _sample(1)
+    untasked = _sample(1, 1)
     del untasked["task"]
     with pytest.raises(ValueError, match="every input"):
-        model([_sample(0, "pan_seg"), untasked])
-    bare = _sample(0)
+        model([_sample(0, 0, "pan_seg"), untasked])
+    bare = _sample(0, 0)
     del bare["instances"]
     with pytest.raises(ValueError, match="no 'instances'"):
         model([bare])
-    wrong = _sample(0)
-    wrong["instances"].gt_classes = torch.tensor([0, 1, 5])
+    wrong = _sample(0, 0)
+    wrong["instances"].gt_classes = torch.tensor([5])
     with pytest.raises(ValueError, match="outside"):
         model([wrong])
+    whole = _sample(0, 0)  # a whole image with all its masks is no region input
+    inst = Instances((32, 32))
+    inst.gt_masks = whole["instances"].gt_masks.repeat(2, 1, 1)
+    inst.gt_classes = torch.tensor([0, 1])
+    whole["instances"] = inst
+    with pytest.raises(ValueError, match="ovseg_region"):
+        model([whole])
+    model.eval()
+    with pytest.raises(ValueError, match="mixes"):
+        model([_sample(0, 0), {"image": bare["image"], "vocabulary": NAMES}])

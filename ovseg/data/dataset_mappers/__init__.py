@@ -10,6 +10,7 @@ from .mask_targets import (
     mask_targets,
     semantic_mask_targets,
 )
+from .region_crop import RegionCropDatasetMapper
 from .resize import RatioRangeResize, training_resize
 from .semantic import SemanticDatasetMapper, transform_label, zero_shot_label_map
 from .teacher_input import TeacherInputMapper
@@ -26,6 +27,7 @@ __all__ = [
     "semantic_mask_targets",
     "PhotometricDistortTransform",
     "RatioRangeResize",
+    "RegionCropDatasetMapper",
     "SemanticDatasetMapper",
     "TeacherInputMapper",
     "XPMInstanceDatasetMapper",

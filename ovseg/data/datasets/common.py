@@ -207,3 +207,6 @@ def register_sem_seg_split(
         seen_classes=[c for c in classes if c not in unseen],
         vocabulary_name=vocabulary_name,
     )
+    from .region_eval_sets import register_region_eval_set  # it imports this module
+
+    register_region_eval_set(name)  # "<name>_regions": FreeSeg's prompt-stage test set

@@ -172,6 +172,9 @@ def register_panoptic_split(
         **extra,
         **meta,
     )
+    from .region_eval_sets import register_region_eval_set  # it imports this package
+
+    register_region_eval_set(name)  # "<name>_regions": FreeSeg's prompt-stage test set
 
 
 def _attach_captions(dicts: list[dict], captions_json: str, dataset_name: str, script: str):

@@ -37,6 +37,7 @@ from PIL import Image
 
 from ...utils.io import publish_folder
 from .common import datasets_root, deterministic_colors, register_split
+from .region_eval_sets import register_region_eval_set
 
 __all__ = [
     "CLASSES", "COLORS", "SHAPES", "SPLITS", "TEXTURES", "ToyObject", "ToyScene",
@@ -406,6 +407,7 @@ def register_toy_world(root: str, prefix: str = "toy_world", unseen: Sequence[st
             seen_classes=[c for c in CLASSES if c not in unseen],
             vocabulary_name="toy9",
         )
+        register_region_eval_set(name)  # FreeSeg's prompt-stage test set
     from .toy_world_instances import register_toy_world_instances
 
     register_toy_world_instances(root, prefix, unseen)

@@ -36,6 +36,9 @@ MAPPER_TASKS = {
     "ovseg_panoptic": TASKS,
     "ovseg_instance": ("instance",),
     "ovseg_semantic_mask": ("semantic",),
+    # the prompt stage's region crops: every task the records have (a semantic dataset
+    # gives only semantic regions, ovseg.data.region_sampling)
+    "ovseg_region": TASKS,
 }
 #: a sample's optional ``"task"`` (the official datasets' keys) -> task
 TASK_KEYS = {"sem_seg": "semantic", "ins_seg": "instance", "pan_seg": "panoptic"}

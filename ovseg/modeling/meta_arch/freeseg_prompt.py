@@ -2,31 +2,34 @@
 # (mask2former/proposal_classification.py:23-166), re-written on ovseg's teacher.
 """FreeSeg stage (a): learn the adaptive prompt tokens on ground-truth regions.
 
-Each ground-truth mask of a training image is cut to its box, the pixels outside the mask
-take the CLIP mean, the crop is resized to CLIP's input size and embedded by the frozen image
-tower; the loss is the cross-entropy of ``100 * cos(crop, prompted class text)`` over the
-sample's vocabulary (``proposal_classification.py:109-123``). Only the prompt tokens train;
-each region is scored with its input's ``"task"`` prompt (the official stage uses the first
-input's task for the whole batch, ``:99-107``: MODEL.FREESEG.PROMPT_ONE_TASK_PER_BATCH);
-inputs without a task share one drawn at random. The checkpoint holds only
-``prompt.class_context`` and ``prompt.task_context`` (the teacher is never saved); the main
-FreeSeg stage reads them with
+Inputs come from the ``ovseg_region`` mapper (:mod:`ovseg.data.dataset_mappers.region_crop`,
+official ``mask_former_binary_full_dataset_mapper.py:65-93``): the crop of one region, its
+mask and class. The pixels outside the mask take the CLIP mean, the crop is resized to
+CLIP's input size and embedded by the frozen image tower; the loss is the cross-entropy of
+``100 * cos(crop, prompted class text)`` over the sample's vocabulary
+(``proposal_classification.py:109-123``). Only the prompt tokens train; each region is
+scored with its input's ``"task"`` prompt (the official stage uses the first input's task
+for the whole batch, ``:99-107``: MODEL.FREESEG.PROMPT_ONE_TASK_PER_BATCH); inputs without a
+task share one drawn at random. The checkpoint holds only ``prompt.class_context`` and
+``prompt.task_context`` (the teacher is never saved); the main FreeSeg stage reads them with
 :func:`~ovseg.modeling.freeseg.load_prompt_tokens` (MODEL.FREESEG.PROMPT_CHECKPOINT).
 
-Data: with MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS > 0 the training set is the official one
-region per record, at most N per class and task (ovseg.data.region_sampling,
-``data/build.py:389-460``); a record's ``"region_class"`` picks its target here. Without it
-a sample brings all its regions. Difference: the official mapper crops the region's box and
-applies a random resized crop (``mask_former_binary_full_dataset_mapper.py:66-72``); here the
-crop happens in the model on the mapped image. In eval
-the model segments densely: MaskCLIP-style patch embeddings of the frozen CLIP against the
-prompted text of the first task, so the learnt prompts can be evaluated like any student.
+The fill: the CLIP mean colour, as the main stage's test-time crops; the release fills the
+*normalised* image with the mean (``:113-116``), a raw colour of ``255 * (mean + std *
+mean)``: MODEL.FREESEG.PROMPT_FILL_NORMALIZED_MEAN reproduces it.
+
+In eval, region inputs (with ``"instances"``, e.g. a ``<split>_regions`` test set) give
+``{"classification": (1, K) logits}`` each, scored by the region-classification evaluator
+(official ``proposal_classification.py:160-162``, ``classification_evaluation.py``). Plain
+images (the demo, pseudo-labelling: every meta-architecture segments) are segmented
+densely: MaskCLIP-style patch embeddings of the frozen CLIP against the prompted text of
+the first task.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +39,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...vocab import normalize_name
-from ..freeseg import AdaptivePromptLearner, mask_crops
-from .base import OpenVocabSegmentor
+from ..freeseg import AdaptivePromptLearner
+from .base import OpenVocabSegmentor, group_inputs
 
 __all__ = ["FreeSegPromptLearner", "TASK_ALIASES"]
 
@@ -63,8 +65,8 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
         teacher: CLIPTeacher,
         prompt: AdaptivePromptLearner,
         temperature: float = 100.0,
-        mask_threshold: float = 0.5,
         one_task_per_batch: bool = False,
+        normalized_mean_fill: bool = False,
         **base,
     ):
         """
@@ -72,16 +74,17 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
             teacher (CLIPTeacher): the frozen CLIP.
             prompt (AdaptivePromptLearner): the prompts to learn (their tokens train).
             temperature (float): the cosine logit scale (official 100).
-            mask_threshold (float): a ground-truth mask pixel is inside where > this.
             one_task_per_batch (bool): score every region with the first input's task
                 (official ``:99-107``); False = each input's own task.
+            normalized_mean_fill (bool): fill outside a region with the mean in normalised
+                space (official ``:113-116``); False = the mean colour.
             base: :class:`OpenVocabSegmentor`'s arguments.
         """
         super().__init__(teacher=teacher, **base)
         self.prompt = prompt
         self.temperature = float(temperature)
-        self.mask_threshold = float(mask_threshold)
         self.one_task_per_batch = bool(one_task_per_batch)
+        self.normalized_mean_fill = bool(normalized_mean_fill)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -102,11 +105,11 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
                 cache_by_task=fs.PROMPT_CACHE_BY_TASK,
             ),
             "temperature": fs.TEMPERATURE,
-            "mask_threshold": fs.MASK_THRESHOLD,
             "one_task_per_batch": fs.PROMPT_ONE_TASK_PER_BATCH,
+            "normalized_mean_fill": fs.PROMPT_FILL_NORMALIZED_MEAN,
         }
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ regions
     def input_task(self, x: dict) -> str:
         """The task text of one input: its ``"task"`` (official key or text), else a random
         one (``proposal_classification.py:99-107``)."""
@@ -116,7 +119,7 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
         return TASK_ALIASES.get(task, task)
 
     def batch_tasks(self, batched_inputs: List[dict]) -> List[str]:
-        """Per input, the task text its regions are scored with: its own, or with
+        """Per input, the task text its region is scored with: its own, or with
         ``one_task_per_batch`` (official) the first input's for all; inputs without a task
         share one drawn at random."""
         if self.one_task_per_batch or all("task" not in x for x in batched_inputs):
@@ -125,48 +128,44 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
             raise ValueError("either every input of a batch has a 'task' or none has")
         return [self.input_task(x) for x in batched_inputs]
 
-    def input_targets(self, x: dict, names: Sequence[str]):
-        """(masks (N, H, W), classes (N,)) of one input: every ground-truth region, or for a
-        region record (``"region_class"``, ovseg.data.region_sampling) only its region,
-        one union mask for a ``sem_seg`` record."""
+    def region_target(self, x: dict) -> Tuple[Tensor, int]:
+        """(mask (h, w) bool, class) of a region input: one mask of the image's size."""
         inst = x.get("instances")
         if inst is None:
             raise ValueError(
-                f"Training input {x.get('file_name', '')!r} has no 'instances'; the prompt "
-                "stage needs mask targets (INPUT.DATASET_MAPPER_NAME ovseg_panoptic, "
-                "ovseg_instance or ovseg_semantic_mask)"
+                f"Input {x.get('file_name', '')!r} has no 'instances'; the prompt stage "
+                "classifies region crops (INPUT.DATASET_MAPPER_NAME ovseg_region)"
             )
-        masks, classes = getattr(inst.gt_masks, "tensor", inst.gt_masks), inst.gt_classes
-        region = x.get("region_class")
-        if region is None:
-            return masks, classes
-        normalized = [normalize_name(n) for n in names]
-        if normalize_name(region) not in normalized:
-            raise ValueError(f"region class {region!r} is not in the input's vocabulary")
-        c = normalized.index(normalize_name(region))
-        keep = classes == c
-        masks, classes = masks[keep], classes[keep]
-        if x.get("task") == "sem_seg" and len(classes) > 1:
-            masks, classes = masks.any(dim=0, keepdim=True), classes[:1]
-        return masks, classes
+        masks = getattr(inst.gt_masks, "tensor", inst.gt_masks)
+        if masks.shape[0] != 1 or tuple(masks.shape[-2:]) != tuple(x["image"].shape[-2:]):
+            raise ValueError(
+                f"Input {x.get('file_name', '')!r} has {masks.shape[0]} masks of size "
+                f"{tuple(masks.shape[-2:])} for an image of {tuple(x['image'].shape[-2:])}; "
+                "a region input holds one mask of its crop (mapper ovseg_region)"
+            )
+        return masks[0], int(inst.gt_classes[0])
 
-    def region_crops(self, batched_inputs: List[dict], names: Sequence[str]) -> tuple:
-        """Crops (N, 3, h, w) in [0, 255] of the batch's ground-truth regions, their (N,)
-        classes and the (N,) index of the input each comes from."""
-        crops, classes, owner = [], [], []
-        for i, x in enumerate(batched_inputs):
-            masks, cls = self.input_targets(x, names)
-            c, valid = mask_crops(
-                x["image"].to(self.device),
-                masks.to(self.device).float(),
-                self.teacher.pixel_mean.flatten(),
-                self.teacher.image_size,
-                self.mask_threshold,
-            )
-            crops.append(c)
-            classes.append(cls.to(self.device)[valid])
-            owner += [i] * int(valid.sum())
-        return torch.cat(crops), torch.cat(classes), owner
+    def fill_value(self) -> Tensor:
+        """(3, 1, 1) raw colour of the pixels outside a region."""
+        mean = self.teacher.pixel_mean.flatten().view(3, 1, 1)
+        if self.normalized_mean_fill:  # official: the mean put into the normalised image
+            return mean + self.teacher.pixel_std.flatten().view(3, 1, 1) * mean / 255.0
+        return mean
+
+    def region_embeddings(self, batched_inputs: List[dict]) -> Tensor:
+        """(N, D) CLIP embeddings of the inputs' filled region crops."""
+        fill = self.fill_value().to(self.device)
+        crops = []
+        for x in batched_inputs:
+            mask, _ = self.region_target(x)
+            image = self.to_device(x["image"]).float()
+            crops.append(torch.where(self.to_device(mask).bool(), image, fill))
+        out = [None] * len(crops)
+        for idx in group_inputs([tuple(c.shape) for c in crops]).values():
+            emb = self.teacher.encode_image(torch.stack([crops[i] for i in idx]))
+            for i, e in zip(idx, emb):
+                out[i] = e
+        return torch.stack(out)
 
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
         groups = self.vocabulary_groups(batched_inputs)
@@ -177,22 +176,49 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
             )
         names = next(iter(groups))
         tasks = self.batch_tasks(batched_inputs)
-        crops, classes, owner = self.region_crops(batched_inputs, names)
-        if crops.shape[0] == 0:  # no region in the batch: a zero loss keeps DDP in step
-            return {"loss_prompt_cls": self.prompt(names, tasks[0]).sum() * 0.0}
-        if int(classes.max()) >= len(names) or int(classes.min()) < 0:
+        classes = [self.region_target(x)[1] for x in batched_inputs]
+        if max(classes) >= len(names) or min(classes) < 0:
             raise ValueError(
-                f"region classes {sorted(set(classes.tolist()))} fall outside the "
-                f"{len(names)}-name vocabulary"
+                f"region classes {sorted(set(classes))} fall outside the {len(names)}-name "
+                "vocabulary"
             )
-        image = self.teacher.encode_image(crops)
-        region_tasks = [tasks[i] for i in owner]
+        image = self.region_embeddings(batched_inputs)
+        target = torch.tensor(classes, device=image.device)
         loss = image.new_zeros(())
-        for task in dict.fromkeys(region_tasks):  # each task's regions with its prompts
-            rows = torch.tensor([t == task for t in region_tasks], device=image.device)
+        for task in dict.fromkeys(tasks):  # each task's regions with its prompts
+            rows = torch.tensor([t == task for t in tasks], device=image.device)
             logits = self.temperature * image[rows] @ self.prompt(names, task).t()
-            loss = loss + F.cross_entropy(logits, classes[rows], reduction="sum")
-        return {"loss_prompt_cls": loss / len(region_tasks)}
+            loss = loss + F.cross_entropy(logits, target[rows], reduction="sum")
+        return {"loss_prompt_cls": loss / len(tasks)}
+
+    def classify(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
+        """Per region input ``{"classification": (1, K) logits}`` over its vocabulary, with
+        its task's prompts (no task: the first, as the release's semantic default)."""
+        image = self.region_embeddings(batched_inputs)
+        keys = [
+            (self.input_vocabulary(x), TASK_ALIASES.get(x.get("task"), x.get("task")))
+            for x in batched_inputs
+        ]
+        out: List[Dict[str, Tensor]] = [{} for _ in batched_inputs]
+        for (names, task), idx in group_inputs(keys).items():
+            with torch.no_grad():
+                text = self.prompt(names, task or self.prompt.task_names[0])
+            logits = self.temperature * image[idx] @ text.t()
+            for i, row in zip(idx, logits):
+                out[i]["classification"] = row[None]
+        return out
+
+    def forward(self, batched_inputs: List[dict]):
+        """Training: the region loss. Eval: region inputs -> classification logits, plain
+        images -> dense scores (see the module docstring)."""
+        if self.training:
+            return self.losses(batched_inputs)
+        regions = ["instances" in x for x in batched_inputs]
+        if all(regions):
+            return self.classify(batched_inputs)
+        if any(regions):
+            raise ValueError("an eval batch mixes region inputs ('instances') and plain images")
+        return self.inference(batched_inputs)
 
     # ------------------------------------------------------------------ inference
     def text_embeddings(self, names: Sequence[str]) -> Tensor:

@@ -1,0 +1,90 @@
+"""The region-classification evaluator on hand-computed cases (top-1/top-5 overall, seen,
+unseen, mean class accuracy, ties), its registration for ``<split>_regions`` sets, and one
+real evaluation of FreeSeg's prompt stage on such a set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ovseg_testing import tiny_freeseg_prompt_cfg
+from ovseg_testing.panoptic import PANOPTIC, registered_tiny_panoptic
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import inference_on_dataset
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+import ovseg  # noqa: F401  (registers the meta-architectures)
+from ovseg.engine import Trainer
+from ovseg.evaluation import RegionClassificationEvaluator, build_evaluator, region_accuracies
+
+NAMES = ["a", "b", "c", "d", "e", "f"]
+
+
+def _io(target: int, logits):
+    inst = Instances((2, 2))
+    inst.gt_masks, inst.gt_classes = torch.ones(1, 2, 2, dtype=torch.bool), torch.tensor([target])
+    return {"instances": inst, "vocabulary": NAMES}, {"classification": torch.tensor([logits])}
+
+
+def test_accuracies_by_hand():
+    # (class, rank of its true class, unseen): a x2 (ranks 0, 2), b (rank 5), c unseen (0)
+    got = region_accuracies([("a", 0, False), ("a", 2, False), ("b", 5, False), ("c", 0, True)])
+    want = {
+        "top1": 50.0,
+        "top5": 75.0,
+        "top1-seen": 100 / 3,
+        "top5-seen": 200 / 3,
+        "top1-unseen": 100.0,
+        "top5-unseen": 100.0,
+        "mACC": (50 + 0 + 100) / 3,  # classes, not regions
+        "mACC-seen": 25.0,
+        "mACC-unseen": 100.0,
+    }
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+    only_seen = region_accuracies([("a", 1, False)])
+    assert "top1-unseen" not in only_seen and only_seen["top1"] == 0.0
+
+
+def test_evaluator_ranks_logits_against_the_target():
+    MetadataCatalog.get("region_eval_hand").set(stuff_classes=NAMES, unseen_classes=["f"])
+    ev = RegionClassificationEvaluator("region_eval_hand", distributed=False)
+    ev.reset()
+    cases = [
+        _io(0, [9.0, 1, 2, 3, 4, 5]),  # a first: top-1
+        _io(1, [9.0, 5, 8, 7, 6, 0]),  # b fifth: top-5 only
+        _io(2, [9.0, 8, 1, 7, 6, 5]),  # c sixth: neither
+        _io(5, [1.0, 1, 1, 1, 1, 1]),  # f (unseen) tied with all: counts as first
+    ]
+    for inp, out in cases:
+        ev.process([inp], [out])
+    ev.process([cases[0][0]], [{"sem_seg": torch.zeros(6, 2, 2)}])  # not a region output
+    res = ev.evaluate()["classification"]
+    assert res["top1"] == 50.0 and res["top5"] == 75.0
+    assert res["top1-seen"] == pytest.approx(100 / 3) and res["top1-unseen"] == 100.0
+    assert res["mACC"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="5 logits for a 6-name vocabulary"):
+        ev.process([cases[0][0]], [{"classification": torch.zeros(1, 5)}])
+
+
+def test_prompt_stage_evaluates_a_region_set(tmp_path):
+    with registered_tiny_panoptic(tmp_path / "pan"):
+        regions = PANOPTIC + "_regions"
+        assert MetadataCatalog.get(regions).evaluator_type == "ovseg_region_classification"
+        cfg = tiny_freeseg_prompt_cfg(
+            tmp_path / "cache",
+            "DATASETS.TEST", f"('{regions}',)",
+            "INPUT.DATASET_MAPPER_NAME", "ovseg_region",
+            "MODEL.FREESEG.PROMPT_TEST_SIZE", "16",
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        evaluator = build_evaluator(cfg, regions)
+        assert isinstance(evaluator, RegionClassificationEvaluator)
+        loader = Trainer.build_test_loader(cfg, regions)
+        res = inference_on_dataset(model, loader, evaluator)["classification"]
+    # cat, dog (unseen) and sky: one region each, so top-5 of 3 classes is certain
+    assert res["top5"] == 100.0 and res["top1"] in (0.0, 100 / 3, 200 / 3, 100.0)
+    assert {"top1-seen", "top1-unseen", "mACC"} <= res.keys()
