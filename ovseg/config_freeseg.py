@@ -28,7 +28,9 @@ def add_freeseg_config(cfg: CN) -> None:
     # a mask pixel is inside where its probability is above this (official MASK_THR 0.5)
     cfg.MODEL.FREESEG.MASK_THRESHOLD = 0.5
     # a mask crop's box is scaled by this about its centre, the added pixels filled like the
-    # rest outside the mask (official MODEL.CLIP_ADAPTER.MASK_EXPAND_RATIO 1.0)
+    # rest outside the mask: the test-time ensemble's crops and the prompt stage's mapper
+    # (ovseg_region), as the one official MODEL.CLIP_ADAPTER.MASK_EXPAND_RATIO (1.0,
+    # config.py:146)
     cfg.MODEL.FREESEG.MASK_EXPAND_RATIO = 1.0
     # lambda of the test-time CLIP ensemble, in (0, 1] (official 0.8; VOC 0.7/0.8, cross 0.4)
     cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT = 0.8
@@ -47,9 +49,6 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.PROMPT_SAMPLE_SEED = 0
     # draw with replacement (official defect: repeated records; False = N distinct ones)
     cfg.MODEL.FREESEG.PROMPT_SAMPLE_REPLACE = False
-    # prompt stage (mapper ovseg_region): the region's box is cropped expanded by this about
-    # its centre (official MODEL.CLIP_ADAPTER.MASK_EXPAND_RATIO 1.0, config.py:146)
-    cfg.MODEL.FREESEG.PROMPT_MASK_EXPAND_RATIO = 1.0
     # training crop: random resized crop to (H, W) (official INPUT.MIN_SIZE_TRAIN (224, 244),
     # which augmentations.py:148-150 reads as width 224, height 244)
     cfg.MODEL.FREESEG.PROMPT_TRAIN_SIZE = (244, 224)

@@ -363,7 +363,7 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     assert s.IMS_PER_BATCH == 32 and cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_region"
     # the region crop: box x1.0, random resized 244x224 + flip; test: the 224 centre, region
     # classification of every class region of the val split
-    assert fs.PROMPT_MASK_EXPAND_RATIO == 1.0 and tuple(fs.PROMPT_TRAIN_SIZE) == (244, 224)
+    assert fs.MASK_EXPAND_RATIO == 1.0 and tuple(fs.PROMPT_TRAIN_SIZE) == (244, 224)
     assert fs.PROMPT_TEST_SIZE == 224 and cfg.DATASETS.TEST == (test,)
     assert MetadataCatalog.get(test).evaluator_type == "ovseg_region_classification"
     assert not cfg.INPUT.CROP.ENABLED and not cfg.MODEL.WEIGHTS

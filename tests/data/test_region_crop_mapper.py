@@ -136,7 +136,7 @@ def test_test_crop_is_the_padded_centre_of_the_box(tiny_split, tmp_path):
 
 
 def test_expand_ratio_widens_the_crop(tiny_split, tmp_path):
-    cfg = _cfg(tmp_path, "MODEL.FREESEG.PROMPT_MASK_EXPAND_RATIO", "1.5")
+    cfg = _cfg(tmp_path, "MODEL.FREESEG.MASK_EXPAND_RATIO", "1.5")
     mapper = build_dataset_mapper(cfg, False, tiny_split)
     mapper.augmentations = T.AugmentationList([CropAroundMask(1.5)])  # no centre crop
     x = mapper(dict(_bar_record()))
@@ -146,7 +146,7 @@ def test_expand_ratio_widens_the_crop(tiny_split, tmp_path):
 
 
 def test_training_crops_keep_image_and_mask_aligned(tiny_split, tmp_path):
-    cfg = _cfg(tmp_path, "MODEL.FREESEG.PROMPT_MASK_EXPAND_RATIO", "1.5")
+    cfg = _cfg(tmp_path, "MODEL.FREESEG.MASK_EXPAND_RATIO", "1.5")
     mapper = build_dataset_mapper(cfg, True, tiny_split)
     records = region_dataset_for(cfg)
     assert {r["region_class"] for r in records} == {"ground", "bar", "box"}

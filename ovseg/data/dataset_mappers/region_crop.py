@@ -193,7 +193,7 @@ class RegionCropDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None):
         fs = cfg.MODEL.FREESEG
-        augs: list = [CropAroundMask(fs.PROMPT_MASK_EXPAND_RATIO)]
+        augs: list = [CropAroundMask(fs.MASK_EXPAND_RATIO)]
         if is_train:
             augs += [RandomResizedCrop(tuple(fs.PROMPT_TRAIN_SIZE)), T.RandomFlip()]
         else:
