@@ -25,6 +25,9 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.PROMPT_CHECKPOINT = ""
     # scale of the cosine logits against the text features (official 100)
     cfg.MODEL.FREESEG.TEMPERATURE = 100.0
+    # scale of CLIP's cosine logits for the test-time mask crops (official 100, adapter.py:69:
+    # real CLIP's own learned scale); 0 = the loaded CLIP's own exp(logit_scale)
+    cfg.MODEL.FREESEG.CLIP_TEMPERATURE = 100.0
     # a mask pixel is inside where its probability is above this (official MASK_THR 0.5)
     cfg.MODEL.FREESEG.MASK_THRESHOLD = 0.5
     # a mask crop's box is scaled by this about its centre, the added pixels filled like the
@@ -42,26 +45,7 @@ def add_freeseg_config(cfg: CN) -> None:
     # tasks evaluated at test, each with its own prompts; empty = what the first test set's
     # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
     cfg.MODEL.FREESEG.TEST_TASKS = []
-    # prompt stage: at most N region records per class and task (official DATASETS.
-    # SAMPLE_PER_CLASS: COCO 64, VOC 128, ADE 32); -1 = every region record
-    cfg.MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS = -1
-    # seed of that draw (official DATASETS.SAMPLE_SEED 0)
-    cfg.MODEL.FREESEG.PROMPT_SAMPLE_SEED = 0
-    # draw with replacement (official defect: repeated records; False = N distinct ones)
-    cfg.MODEL.FREESEG.PROMPT_SAMPLE_REPLACE = False
-    # training crop: random resized crop to (H, W) (official INPUT.MIN_SIZE_TRAIN (224, 244),
-    # which augmentations.py:148-150 reads as width 224, height 244)
-    cfg.MODEL.FREESEG.PROMPT_TRAIN_SIZE = (244, 224)
-    # test crop: the centre S x S of the box crop, padded, not resized (official
-    # INPUT.MIN_SIZE_TEST 224 through CenterCrop)
-    cfg.MODEL.FREESEG.PROMPT_TEST_SIZE = 224
-    # fill outside the region with CLIP's mean in normalised space, raw 255 * (mean + std *
-    # mean) (official defect, proposal_classification.py:113-116); False = the mean colour,
-    # as the test-time ensemble's crops
-    cfg.MODEL.FREESEG.PROMPT_FILL_NORMALIZED_MEAN = False
-    # prompt stage: score every region of a batch with its first input's task prompt
-    # (official defect); False = each region with its own task's prompt
-    cfg.MODEL.FREESEG.PROMPT_ONE_TASK_PER_BATCH = False
+    _add_prompt_stage_config(cfg)
     cfg.MODEL.FREESEG.TEST_PROMPT_TUNING = CN()
     # per test image, tune the class-context tokens by entropy minimisation of the unseen
     # classes (paper; not in the release), restored after the image
@@ -83,3 +67,28 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.INTERACTION.LAYER_SCALE_INIT = 0.1
     # map i's text keys get the key LayerNorm i + 1 times, as the official loop (True)
     cfg.MODEL.FREESEG.INTERACTION.STACKED_KEY_NORM = True
+
+
+def _add_prompt_stage_config(cfg: CN) -> None:
+    """MODEL.FREESEG.PROMPT_*: the prompt-learning stage's data (meta_arch/freeseg_prompt.py,
+    ovseg/data/region_sampling.py, the ovseg_region mapper)."""
+    # prompt stage: at most N region records per class and task (official DATASETS.
+    # SAMPLE_PER_CLASS: COCO 64, VOC 128, ADE 32); -1 = every region record
+    cfg.MODEL.FREESEG.PROMPT_SAMPLES_PER_CLASS = -1
+    # seed of that draw (official DATASETS.SAMPLE_SEED 0)
+    cfg.MODEL.FREESEG.PROMPT_SAMPLE_SEED = 0
+    # draw with replacement (official defect: repeated records; False = N distinct ones)
+    cfg.MODEL.FREESEG.PROMPT_SAMPLE_REPLACE = False
+    # training crop: random resized crop to (H, W) (official INPUT.MIN_SIZE_TRAIN (224, 244),
+    # which augmentations.py:148-150 reads as width 224, height 244)
+    cfg.MODEL.FREESEG.PROMPT_TRAIN_SIZE = (244, 224)
+    # test crop: the centre S x S of the box crop, padded, not resized (official
+    # INPUT.MIN_SIZE_TEST 224 through CenterCrop)
+    cfg.MODEL.FREESEG.PROMPT_TEST_SIZE = 224
+    # fill outside the region with CLIP's mean in normalised space, raw 255 * (mean + std *
+    # mean) (official defect, proposal_classification.py:113-116); False = the mean colour,
+    # as the test-time ensemble's crops
+    cfg.MODEL.FREESEG.PROMPT_FILL_NORMALIZED_MEAN = False
+    # prompt stage: score every region of a batch with its first input's task prompt
+    # (official defect); False = each region with its own task's prompt
+    cfg.MODEL.FREESEG.PROMPT_ONE_TASK_PER_BATCH = False

@@ -109,7 +109,7 @@ def test_bad_construction_is_refused_clearly(tmp_path):
             ovseg.Predictor("toy/maskclip.yaml", device="cuda")
 
 
-FREESEG = "toy/freeseg_toyrn_alltask_1200_bs8.yaml"
+FREESEG = "toy/freeseg_toyrn_alltask_2400_bs8.yaml"
 
 
 def test_default_device_and_weights(tmp_path):
@@ -131,7 +131,7 @@ def test_default_device_and_weights(tmp_path):
 def test_mask_student_gives_instances_and_panoptic():
     tasks = '("semantic", "instance", "panoptic")'
     predictor = ovseg.Predictor(
-        ROOT / "configs/toy/freeseg_toyrn_alltask_1200_bs8.yaml",
+        ROOT / "configs/toy/freeseg_toyrn_alltask_2400_bs8.yaml",
         device="cpu",
         opts=["MODEL.FREESEG.TEST_TASKS", tasks],
     )

@@ -140,7 +140,7 @@ def test_export_tool_on_the_toy_maskclip(tmp_path, capsys):
     assert diff < 1e-4
     # a refusal, in-process (the same main the command runs): exit 2 with the reason
     tool = load_script("tools/export_onnx.py")
-    argv = ["--config-file", "toy/freeseg_toyrn_alltask_1200_bs8.yaml", "--vocabulary", "a, b",
+    argv = ["--config-file", "toy/freeseg_toyrn_alltask_2400_bs8.yaml", "--vocabulary", "a, b",
             "--output", str(tmp_path / "f.onnx")]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         tool.main(argv)

@@ -157,6 +157,15 @@ def test_inference_gives_the_three_outputs(tmp_path, ensemble):
     assert all(NAMES[c] in THINGS for c in inst.pred_classes.tolist())
 
 
+def test_clip_temperature_zero_is_the_clips_own_logit_scale(tmp_path):
+    model = _model(tmp_path, "MODEL.FREESEG.CLIP_TEMPERATURE", "0.0")
+    own = float(model.teacher.model.logit_scale.exp())
+    assert model.clip_temperature == pytest.approx(own) and own != 100.0
+    assert _model(tmp_path).clip_temperature == 100.0  # the official default
+    with pytest.raises(ValueError, match="CLIP_TEMPERATURE"):
+        _model(tmp_path, "MODEL.FREESEG.CLIP_TEMPERATURE", "-1.0")
+
+
 def test_sliding_window_testing_is_refused(tmp_path):
     with pytest.raises(ValueError, match="whole images"):
         _model(tmp_path, "TEST.INFERENCE_MODE", "slide")

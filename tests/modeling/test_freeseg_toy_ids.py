@@ -18,7 +18,7 @@ from ovseg.evaluation import build_evaluator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CONFIG = CONFIGS / "toy/freeseg_toyrn_alltask_1200_bs8.yaml"
+CONFIG = CONFIGS / "toy/freeseg_toyrn_alltask_2400_bs8.yaml"
 VAL = "toy_world_panoptic_val"
 
 

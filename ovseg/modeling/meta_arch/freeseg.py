@@ -96,6 +96,16 @@ def _thing_names(cfg) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _clip_temperature(value: float, teacher: CLIPTeacher) -> float:
+    """MODEL.FREESEG.CLIP_TEMPERATURE, or (0) the loaded CLIP's own exp(logit_scale)."""
+    if value < 0:
+        raise ValueError(
+            f"MODEL.FREESEG.CLIP_TEMPERATURE must be > 0, or 0 for the CLIP's own logit scale; "
+            f"got {value}"
+        )
+    return float(value) if value > 0 else float(teacher.model.logit_scale.detach().exp())
+
+
 @META_ARCH_REGISTRY.register()
 class FreeSeg(OpenVocabSegmentor):
     """FreeSeg's main stage (see the module docstring)."""
@@ -247,7 +257,7 @@ class FreeSeg(OpenVocabSegmentor):
             "ensemble_weight": fs.ENSEMBLE_WEIGHT,
             "mask_threshold": fs.MASK_THRESHOLD,
             "mask_expand_ratio": fs.MASK_EXPAND_RATIO,
-            "clip_temperature": fs.TEMPERATURE,
+            "clip_temperature": _clip_temperature(fs.CLIP_TEMPERATURE, teacher),
             "post": _post_config(cfg),
             "test_prompt_tuning": TestTimePromptTuning.from_config(cfg),
         }
