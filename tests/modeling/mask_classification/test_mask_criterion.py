@@ -12,6 +12,7 @@ from detectron2.structures import Instances
 from ovseg.modeling.mask_classification import (
     HungarianMatcher,
     MaskClassificationCriterion,
+    dice_loss,
     prepare_targets,
     sigmoid_focal_loss,
 )
@@ -101,3 +102,21 @@ def test_instances_targets_are_padded_to_the_batch():
         prepare_targets([Instances((2, 2), gt_classes=torch.tensor([0]))])
     with pytest.raises(ValueError, match="exceed"):
         prepare_targets([a], padded_size=(2, 2))
+
+
+def test_focal_and_dice_on_hand_computed_values():
+    # zero logits: p = 0.5 everywhere, ce = ln 2 and (1 - p_t)^2 = 1/4 at every pixel, so a
+    # pixel costs ln 2 / 4 times alpha (0.25) where the target is 1 and 1 - alpha elsewhere
+    logits = torch.zeros(2, 4)
+    targets = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    ln2 = math.log(2.0)
+    per_mask = [ln2 / 4 * (2 * 0.25 + 2 * 0.75) / 4, ln2 / 4 * (0.25 + 3 * 0.75) / 4]
+    got = sigmoid_focal_loss(logits, targets, num_masks=2.0)
+    assert got.item() == pytest.approx(sum(per_mask) / 2, rel=1e-6)
+    # dice with +1 smoothing: 1 - (2 * sum(p t) + 1) / (sum p + sum t + 1)
+    dice = [1 - (2 * 1.0 + 1) / (2.0 + 2 + 1), 1 - (2 * 0.5 + 1) / (2.0 + 1 + 1)]
+    assert dice_loss(logits, targets, num_masks=2.0).item() == pytest.approx(sum(dice) / 2)
+    # a confident right answer costs almost nothing, a confident wrong one a lot
+    sure = (targets * 2 - 1) * 20
+    assert sigmoid_focal_loss(sure, targets, 2.0).item() < 1e-9
+    assert sigmoid_focal_loss(-sure, targets, 2.0).item() > 1.0
