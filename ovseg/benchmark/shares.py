@@ -26,7 +26,7 @@ from detectron2.config import CfgNode
 
 from .timing import synchronize
 
-__all__ = ["frozen_modules", "mapper_rate", "step_shares"]
+__all__ = ["frozen_modules", "mapper_label_ids", "mapper_rate", "step_shares"]
 
 
 def frozen_modules(model: nn.Module) -> List[nn.Module]:
@@ -114,7 +114,7 @@ def step_shares(trainer, device: torch.device, steps: int = 3) -> Dict[str, Any]
     }
 
 
-def _label_ids(mapper) -> List[int]:
+def mapper_label_ids(mapper) -> List[int]:
     """Label values a file of the mapper's dataset may hold (the mapper refuses others),
     those it keeps first choice."""
     label_map = getattr(mapper, "label_map", None)
@@ -156,7 +156,7 @@ def mapper_rate(cfg: CfgNode, images: int = 8, size=(375, 500), repeats: int = 2
         plain.defrost()
         plain.DATASETS.PSEUDO_LABELS = ""  # a label-PNG store is not read by the mapper
         mapper = build_dataset_mapper(plain, True, cfg.DATASETS.TRAIN[0])
-        dicts = synthetic_files(tmp, kind, images, size, _label_ids(mapper))
+        dicts = synthetic_files(tmp, kind, images, size, mapper_label_ids(mapper))
         if kind == "xpm":  # XPM's mapper opens the store its records come from
             dicts = write_instance_store(str(Path(tmp) / "store"), cfg, dicts)
             plain.DATASETS.PSEUDO_LABELS = str(Path(tmp) / "store")
