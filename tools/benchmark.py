@@ -5,6 +5,8 @@ Examples:
     python tools/benchmark.py train --config-file configs/toy/lseg_toyrn_400_bs8.yaml
     python tools/benchmark.py train --data synthetic --batch 16 --size 512 --precision bf16 \\
         --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml
+    python tools/benchmark.py train --data synthetic --freeze prompt --precision bf16 \
+        --config-file configs/coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml
     python tools/benchmark.py teacher --model ViT-B-16 --size 512 512 --batch 2 --store
     python tools/benchmark.py pseudo --config-file configs/toy/maskclip.yaml --limit 50
 
@@ -82,8 +84,9 @@ def run_train(args: argparse.Namespace) -> Dict[str, Any]:
         cache_dir=args.cache_dir,
     )
     res = benchmark_training(
-        cfg, iters=args.iters, warmup=args.warmup, data=args.data, peak_tflops=args.peak_tflops
-    )
+        cfg, iters=args.iters, warmup=args.warmup, data=args.data, peak_tflops=args.peak_tflops,
+        frozen=args.freeze,
+    )  # fmt: skip
     return {"config": args.config_file, "opts": list(args.opts), **res}
 
 
@@ -125,8 +128,9 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> None:
         description=(
             "Times full training iterations (forward, losses, backward, optimizer step: "
             "train_net's model, optimizer and step for the config) on the config's training "
-            "loader, or on one synthetic batch of random images and rectangle label maps over "
-            "the training vocabulary (--data synthetic: the dataset need not be on disk), and "
+            "loader, or on one synthetic batch of random images and label maps of a few shapes "
+            "over the training vocabulary, with the mapper's mask targets (--data synthetic: "
+            "the dataset need not be on disk), and "
             "counts one iteration's FLOPs with FlopCounterMode (forward and backward measured, "
             "not a 3x rule). No checkpoint is loaded and no hook runs: speed only."
         ),
@@ -156,6 +160,7 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> None:
         default=None,
         help="device peak TFLOP/s for MFU (default: by CUDA device name; none on the CPU)",
     )
+    _add_freeze_argument(p)
     _add_config_arguments(p, cache="temporary with random weights")
     p.set_defaults(func=run_train, show=print_train)
 
@@ -331,7 +336,7 @@ def run_infer(args: argparse.Namespace) -> Dict[str, Any]:
     )  # fmt: skip
     res = benchmark_inference(
         cfg, modes=args.modes, batch=args.batch, size=args.size, precision=args.precision,
-        iters=args.iters, warmup=args.warmup,
+        iters=args.iters, warmup=args.warmup, frozen=args.freeze,
     )  # fmt: skip
     return {"config": args.config_file, "opts": list(args.opts), **res}
 
@@ -366,11 +371,20 @@ def add_infer_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--iters", type=_positive, default=10)
     p.add_argument("--warmup", type=_non_negative, default=3)
+    _add_freeze_argument(p)
     _add_config_arguments(p, cache="temporary with random weights")
     p.set_defaults(func=run_infer, show=print_infer)
 
 
 # ---------------------------------------------------------------------- entry point
+def _add_freeze_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--freeze", nargs="+", default=[], metavar="MODULE",
+        help="submodules frozen after the build, as a stage's checkpoint freezes them (FreeSeg "
+        "'prompt': the prompt stage's tokens, the paper recipe)",
+    )  # fmt: skip
+
+
 def _add_config_arguments(p: argparse.ArgumentParser, cache: str) -> None:
     p.add_argument("--device", default=default_device(), help="cpu or cuda[:N] (MODEL.DEVICE)")
     p.add_argument("--pretrained", default="", help="MODEL.CLIP.PRETRAINED ('' = random)")

@@ -8,16 +8,10 @@ median timers, peak memory, FLOP counting, device peak FLOP/s) serve any other m
 from .config import benchmark_config
 from .flops import PEAK_TFLOPS, flop_counter, peak_tflops_for
 from .pseudo import benchmark_pseudo_labelling, store_rate_on_images, time_pseudo_labelling
+from .synthetic import synthetic_batch, synthetic_labels, synthetic_side
 from .teacher import benchmark_teacher, positional_embedding_for
 from .timing import CLOCKS, check_device, default_device, peak_memory, synchronize, time_calls
-from .train import (
-    DATA_SOURCES,
-    PRECISIONS,
-    benchmark_training,
-    synthetic_batch,
-    synthetic_side,
-    training_config,
-)
+from .train import DATA_SOURCES, PRECISIONS, benchmark_training, freeze_modules, training_config
 
 __all__ = [
     "CLOCKS",
@@ -31,12 +25,14 @@ __all__ = [
     "check_device",
     "default_device",
     "flop_counter",
+    "freeze_modules",
     "peak_memory",
     "peak_tflops_for",
     "positional_embedding_for",
     "store_rate_on_images",
     "synchronize",
     "synthetic_batch",
+    "synthetic_labels",
     "synthetic_side",
     "time_calls",
     "time_pseudo_labelling",

@@ -32,8 +32,8 @@ def benchmark_config(
         settings: KEY VALUE pairs the benchmark sets, before ``opts``.
 
     Returns:
-        CfgNode: the merged config (MODEL.WEIGHTS and the image encoders' ImageNet weights
-        cleared: nothing is loaded or downloaded).
+        CfgNode: the merged config (MODEL.WEIGHTS, the image encoders' ImageNet weights and
+        XPM's teacher checkpoint cleared: nothing is loaded or downloaded).
     """
     from ..engine.defaults import load_config
 
@@ -43,6 +43,8 @@ def benchmark_config(
     overrides = ["MODEL.DEVICE", device, "MODEL.CLIP.PRETRAINED", pretrained, "MODEL.WEIGHTS", ""]
     # LSeg's paper encoders (torchvision / timm ImageNet weights): random, as the CLIP towers
     overrides += ["MODEL.TORCHVISION_RESNET.WEIGHTS", "", "MODEL.VIT_BACKBONE.TIMM_PRETRAINED", ""]
+    # XPM's student starts from the teacher's checkpoint: random, as MODEL.WEIGHTS
+    overrides += ["MODEL.XPM.TEACHER_WEIGHTS", ""]
     if cache_dir:
         overrides += ["MODEL.CLIP.CACHE_DIR", cache_dir]
     return load_config(config_file, overrides + list(settings) + list(opts))

@@ -42,6 +42,16 @@ def _inputs(batch: int, size: Tuple[int, int], seed: int = 0):
     ]  # fmt: skip
 
 
+def _no_mode(model: torch.nn.Module, mode: str) -> str:
+    """Why ``model`` has no ``mode`` of inference ("" when it has): a student with its own
+    test path (FreeSeg, XPM) ignores TEST.INFERENCE_MODE and tests whole images."""
+    from ..modeling.meta_arch.base import OpenVocabSegmentor
+
+    if mode == "whole" or type(model).inference is OpenVocabSegmentor.inference:
+        return ""
+    return f"{type(model).__name__} tests whole images only (its own inference path)"
+
+
 def benchmark_inference(
     cfg: CfgNode,
     *,
@@ -52,6 +62,7 @@ def benchmark_inference(
     iters: int = 10,
     warmup: int = 3,
     seed: int = 0,
+    frozen: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Images/s and latency of a config's eval forward per inference mode.
 
@@ -64,12 +75,15 @@ def benchmark_inference(
         iters (int): timed calls per mode.
         warmup (int): untimed calls first.
         seed (int): torch seed before the model is built.
+        frozen: submodules frozen after the build, as a stage's checkpoint freezes them
+            (:func:`ovseg.benchmark.freeze_modules`; FreeSeg's "prompt": cached text).
 
     Returns:
-        dict: per mode "<mode>": {"latency_s", "images_per_s", "flops_per_image"}, and the
-        settings.
+        dict: per mode "<mode>": {"latency_s", "images_per_s", "flops_per_image"},
+        "skipped_modes" (mode: why the model has none), and the settings.
     """
     from ..engine import Trainer
+    from .train import freeze_modules
 
     if precision != "fp32" and precision not in _DTYPES:
         raise ValueError(f"precision {precision!r} is not one of fp32, bf16, fp16")
@@ -82,13 +96,15 @@ def benchmark_inference(
             cfg.MODEL.CLIP.CACHE_DIR = tmp
         torch.manual_seed(seed)
         model = Trainer.build_model(cfg).eval()
+        freeze_modules(model, frozen)
         inputs = _inputs(batch, size)
+        skipped = {m: _no_mode(model, m) for m in modes if _no_mode(model, m)}
         autocast = (
             torch.autocast(device.type, dtype=_DTYPES[precision])
             if precision != "fp32"
             else contextlib.nullcontext()
         )
-        for mode in modes:
+        for mode in [m for m in modes if m not in skipped]:
             model.inference_mode = mode
             with autocast:
                 s = time_calls({mode: lambda: model(inputs)}, device, iters, warmup)[mode]
@@ -110,5 +126,7 @@ def benchmark_inference(
         "slide_stride": list(cfg.TEST.SLIDE_STRIDE),
         "iters": iters,
         "warmup": warmup,
+        "frozen": list(frozen),
+        "skipped_modes": skipped,
         **results,
     }

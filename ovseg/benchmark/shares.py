@@ -6,7 +6,8 @@ towers, a ZegCLIP tower's blocks; only the outermost call counts) and around the
 step, and reports each as a share of the instrumented step. The timers' synchronisation
 makes these steps slower than the timed ones; the shares are of these steps.
 :func:`mapper_rate` times the config's training mapper on synthetic files (an image and a
-label PNG of the dataset's label ids), the work a loader process does per image.
+label PNG of the dataset's label ids, plus the panoptic PNG, instance polygons or pseudo
+instances its mapper reads), the work a loader process does per image.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from detectron2.config import CfgNode
 
 from .timing import synchronize
 
-__all__ = ["frozen_modules", "mapper_rate", "step_shares"]
+__all__ = ["frozen_modules", "mapper_label_ids", "mapper_rate", "step_shares"]
 
 
 def frozen_modules(model: nn.Module) -> List[nn.Module]:
@@ -113,19 +114,26 @@ def step_shares(trainer, device: torch.device, steps: int = 3) -> Dict[str, Any]
     }
 
 
-def _label_ids(mapper) -> List[int]:
-    """Label values a file of the mapper's dataset may hold (the mapper refuses others)."""
+def mapper_label_ids(mapper) -> List[int]:
+    """Label values a file of the mapper's dataset may hold (the mapper refuses others),
+    those it keeps first choice."""
     label_map = getattr(mapper, "label_map", None)
     if label_map is not None:
         ids = [int(k) for k in (label_map.keys() if hasattr(label_map, "keys") else range(256))]
     else:
         ids = list(range(len(getattr(mapper, "vocabulary", range(21)))))
     num_classes = getattr(mapper, "num_classes", None)
-    return [i for i in ids if num_classes is None or i < num_classes]
+    ids = [i for i in ids if num_classes is None or i < num_classes]
+    if isinstance(label_map, np.ndarray):  # a table: ids it maps to a class, if any
+        ignore = getattr(mapper, "ignore_label", 255)
+        ids = [i for i in ids if i < len(label_map) and int(label_map[i]) != ignore] or ids
+    return ids
 
 
 def mapper_rate(cfg: CfgNode, images: int = 8, size=(375, 500), repeats: int = 2) -> Dict[str, Any]:
-    """Seconds per image of the config's training mapper on synthetic JPEG + PNG files.
+    """Seconds per image of the config's training mapper on synthetic files in its dataset's
+    layout (:func:`ovseg.benchmark.mapper_files.synthetic_files`: JPEG + label PNG, + a
+    panoptic PNG, or instance polygons and an XPM pseudo-label store).
 
     Args:
         cfg (CfgNode): a training config (its DATASETS.TRAIN[0] mapper).
@@ -136,41 +144,35 @@ def mapper_rate(cfg: CfgNode, images: int = 8, size=(375, 500), repeats: int = 2
     Returns:
         dict: "mapper_s_per_image" (median over the timed passes), "loader_workers",
         "mapper_s_per_batch_per_worker": the loader's time per batch divided among
-        DATALOADER.NUM_WORKERS processes (at least 1).
+        DATALOADER.NUM_WORKERS processes (at least 1), "mapper_targets".
     """
-    from PIL import Image
-
     from ..data import build_dataset_mapper
+    from .mapper_files import synthetic_files, write_instance_store
+    from .synthetic import MAPPER_TARGETS
 
-    mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
-    ids = _label_ids(mapper)
-    rng = np.random.default_rng(0)
-    h, w = size
+    kind = MAPPER_TARGETS.get(cfg.INPUT.DATASET_MAPPER_NAME, "")
     with tempfile.TemporaryDirectory() as tmp:
-        dicts = []
-        for i in range(images):
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            label = np.full((h, w), ids[0], dtype=np.uint8)
-            for _ in range(4):
-                y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-                label[y : y + h // 3, x : x + w // 3] = ids[int(rng.integers(len(ids)))] % 256
-            Image.fromarray(img).save(Path(tmp) / f"{i}.jpg", quality=90)
-            Image.fromarray(label).save(Path(tmp) / f"{i}.png")
-            dicts.append(
-                {"file_name": f"{tmp}/{i}.jpg", "sem_seg_file_name": f"{tmp}/{i}.png",
-                 "height": h, "width": w, "image_id": i}
-            )  # fmt: skip
+        plain = cfg.clone()
+        plain.defrost()
+        plain.DATASETS.PSEUDO_LABELS = ""  # a label-PNG store is not read by the mapper
+        mapper = build_dataset_mapper(plain, True, cfg.DATASETS.TRAIN[0])
+        dicts = synthetic_files(tmp, kind, images, size, mapper_label_ids(mapper))
+        if kind == "xpm":  # XPM's mapper opens the store its records come from
+            dicts = write_instance_store(str(Path(tmp) / "store"), cfg, dicts)
+            plain.DATASETS.PSEUDO_LABELS = str(Path(tmp) / "store")
+            mapper = build_dataset_mapper(plain, True, cfg.DATASETS.TRAIN[0])
         passes = []
         for r in range(repeats + 1):
             start = time.perf_counter()
             for d in dicts:
-                mapper(d)
+                mapper(dict(d))
             if r:
                 passes.append((time.perf_counter() - start) / images)
     per_image = statistics.median(passes)
     workers = max(int(cfg.DATALOADER.NUM_WORKERS), 1)
     return {
         "mapper_s_per_image": per_image,
+        "mapper_targets": kind or "sem_seg",
         "loader_workers": workers,
         "mapper_s_per_batch_per_worker": per_image * cfg.SOLVER.IMS_PER_BATCH / workers,
     }

@@ -9,11 +9,14 @@ counts, the FLOPs of one iteration and the model-FLOPs utilisation (MFU). Only t
 no checkpoint is loaded and no hook (LR schedule, evaluation, checkpointing) is called.
 
 The data are the config's training loader (``data="loader"``: the dataset must be on disk),
-or one synthetic batch fed over and over (``data="synthetic"``: random images and rectangle
-label maps over the training vocabulary; only the dataset's registered metadata is needed,
-and waiting for data costs nothing). Students that read more than ``image``, ``sem_seg`` and
-``vocabulary`` from their inputs (MaskCLIP+ with the teacher in the loop reads the original
-image file) need the loader.
+or one synthetic batch fed over and over (``data="synthetic"``,
+:mod:`ovseg.benchmark.synthetic`: random images and label maps of a few shapes over the
+training vocabulary, plus the mask targets, boxes and pseudo instances the config's mapper
+gives; only the dataset's registered metadata is needed, and waiting for data costs
+nothing). A model that draws a task per batch (FreeSeg's ``train_tasks``) gets its last one
+(panoptic for all-task: every segment a target) on every input, so the timed steps and the
+FLOPs are of one task. Students that read more than the mapper's outputs (MaskCLIP+ with the
+teacher in the loop reads the original image file) need the loader.
 
 FLOPs: :func:`ovseg.benchmark.flop_counter` around one real forward and one real training
 step (forward, backward, optimizer step) on the same batch; the backward is their
@@ -40,12 +43,14 @@ from .config import benchmark_config
 from .flops import flop_counter, peak_tflops_for
 from .shares import step_shares
 from .syncs import HostSyncCounter, count_cuda_syncs, paused_during
+from .synthetic import synthetic_batch, synthetic_labels, synthetic_side
 from .timing import peak_memory, synchronize
 
 __all__ = [
     "DATA_SOURCES",
     "PRECISIONS",
     "benchmark_training",
+    "freeze_modules",
     "synthetic_batch",
     "synthetic_side",
     "training_config",
@@ -123,75 +128,6 @@ def training_config(
     return cfg
 
 
-def synthetic_side(cfg: CfgNode) -> int:
-    """The side of synthetic training images: the absolute crop, else the longest
-    INPUT.MIN_SIZE_TRAIN."""
-    crop = cfg.INPUT.CROP
-    if crop.ENABLED and crop.TYPE == "absolute":
-        return int(crop.SIZE[0])
-    return int(max(cfg.INPUT.MIN_SIZE_TRAIN))
-
-
-def _training_labels(cfg: CfgNode) -> Tuple[List[str], List[int], int]:
-    """The names training labels index, the label ids ground truth can hold (a zero-shot
-    remap turns unseen classes into ignore) and the ignore label, from the training mapper."""
-    from ..data import build_dataset_mapper
-
-    mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
-    if not hasattr(mapper, "vocabulary"):
-        raise ValueError(
-            f"the training mapper {type(mapper).__name__} (INPUT.DATASET_MAPPER_NAME "
-            f"{cfg.INPUT.DATASET_MAPPER_NAME!r}) declares no vocabulary to draw synthetic "
-            "labels from; benchmark with --data loader"
-        )
-    names = list(mapper.vocabulary)
-    ignore = int(getattr(mapper, "ignore_label", 255))
-    label_map = getattr(mapper, "label_map", None)
-    if label_map is None:
-        return names, list(range(len(names))), ignore
-    ids = sorted({int(v) for v in label_map if int(v) < len(names)})
-    return names, ids, ignore
-
-
-def synthetic_batch(
-    batch: int, size: int, vocabulary: List[str], label_ids: List[int], ignore: int, seed: int = 0
-) -> List[dict]:
-    """Training inputs: random images and label maps of a few rectangles of seen classes.
-
-    Args:
-        batch (int): images.
-        size (int): image side.
-        vocabulary (list[str]): the names labels index.
-        label_ids (list[int]): the ids labels may hold.
-        ignore (int): the ignore label.
-        seed (int): the generator's seed.
-
-    Returns:
-        list[dict]: "image" (3, size, size) uint8, "sem_seg" (size, size) long indexing
-        "vocabulary" (one background class, three rectangles, an ignored one), and the same
-        labels as "pseudo_sem_seg".
-    """
-    g = torch.Generator().manual_seed(seed)
-
-    def pick(n: int) -> torch.Tensor:
-        return torch.randint(0, n, (), generator=g)
-
-    inputs = []
-    for _ in range(batch):
-        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
-        label = torch.full((size, size), label_ids[int(pick(len(label_ids)))], dtype=torch.long)
-        for k in range(4):
-            y0, x0 = int(pick(size // 2)), int(pick(size // 2))
-            y1, x1 = y0 + 1 + int(pick(size // 2)), x0 + 1 + int(pick(size // 2))
-            label[y0:y1, x0:x1] = label_ids[int(pick(len(label_ids)))] if k < 3 else ignore
-        # the same labels stand in for a pseudo-label store's (MaskCLIP+ "store" source)
-        inputs.append(
-            {"image": image, "sem_seg": label, "pseudo_sem_seg": label.clone(),
-             "vocabulary": list(vocabulary)}
-        )  # fmt: skip
-    return inputs
-
-
 class _Batches:
     """The trainer's data: the loader's batches with the last one kept, or, once ``repeat``
     is set, that batch over and over (so FLOPs are counted on one batch)."""
@@ -214,11 +150,52 @@ class _Batches:
             yield self.last
 
 
-def _build(cfg: CfgNode, data: str) -> Tuple[torch.nn.Module, SimpleTrainer, _Batches, int]:
+def freeze_modules(model: torch.nn.Module, names: Sequence[str]) -> None:
+    """Stop the gradients of the named submodules, as loading them from a stage's checkpoint
+    does (FreeSeg's ``prompt``: the prompt stage's tokens, whose text is then cached).
+
+    Raises:
+        ValueError: ``model`` has no submodule of a name.
+    """
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            raise ValueError(
+                f"{type(model).__name__} has no submodule {name!r} to freeze; its top-level "
+                f"ones are {[n for n, _ in model.named_children()]}"
+            )
+        modules[name].requires_grad_(False)
+        if hasattr(modules[name], "clear_cache"):
+            modules[name].clear_cache()
+
+
+def _synthetic(cfg: CfgNode, model: torch.nn.Module) -> Tuple[List[dict], int]:
+    """The synthetic batch and its side."""
+    side = synthetic_side(cfg)
+    patch = getattr(getattr(model, "backbone", None), "size_divisibility", 0)
+    if patch and side % patch:
+        raise ValueError(
+            f"--size {side} is not a multiple of the patch size {patch} (the backbone's "
+            f"size_divisibility, {cfg.MODEL.CLIP.MODEL_NAME}); try "
+            f"{max(patch, side // patch * patch)}"
+        )
+    labels = synthetic_labels(cfg)
+    tasks = getattr(model, "train_tasks", ())
+    batch = synthetic_batch(
+        cfg.SOLVER.IMS_PER_BATCH, side, labels.names, labels.label_ids, labels.ignore,
+        targets=labels.targets, task=tasks[-1] if tasks else "",
+    )  # fmt: skip
+    return batch, side
+
+
+def _build(
+    cfg: CfgNode, data: str, frozen: Sequence[str] = ()
+) -> Tuple[torch.nn.Module, SimpleTrainer, _Batches, int]:
     """Model, training step and data as ovseg's Trainer builds them; the synthetic side."""
     from ..engine import Trainer
 
     model = Trainer.build_model(cfg)
+    freeze_modules(model, frozen)
     try:
         optimizer = Trainer.build_optimizer(cfg, model)
     except ValueError as e:
@@ -228,18 +205,8 @@ def _build(cfg: CfgNode, data: str) -> Tuple[torch.nn.Module, SimpleTrainer, _Ba
         ) from e
     side = 0
     if data == "synthetic":
-        side = synthetic_side(cfg)
-        patch = getattr(getattr(model, "backbone", None), "size_divisibility", 0)
-        if patch and side % patch:
-            raise ValueError(
-                f"--size {side} is not a multiple of the patch size {patch} (the backbone's "
-                f"size_divisibility, {cfg.MODEL.CLIP.MODEL_NAME}); try "
-                f"{max(patch, side // patch * patch)}"
-            )
-        names, label_ids, ignore = _training_labels(cfg)
-        loader: Iterable[Any] = itertools.repeat(
-            synthetic_batch(cfg.SOLVER.IMS_PER_BATCH, side, names, label_ids, ignore)
-        )
+        batch, side = _synthetic(cfg, model)
+        loader: Iterable[Any] = itertools.repeat(batch)
     else:
         loader = Trainer.build_train_loader(cfg)
     batches = _Batches(loader)
@@ -349,6 +316,7 @@ def benchmark_training(
     peak_tflops: Optional[float] = None,
     seed: int = 0,
     shares_steps: int = 0,
+    frozen: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Time ``iters`` training iterations of a config after ``warmup`` untimed ones.
 
@@ -363,6 +331,7 @@ def benchmark_training(
         seed (int): torch seed before the model is built.
         shares_steps (int): extra instrumented steps for the frozen-forward and optimizer
             shares (:func:`ovseg.benchmark.shares.step_shares`); 0 = none.
+        frozen: submodules frozen after the build (:func:`freeze_modules`).
 
     Returns:
         dict: the results, JSON-serialisable (see the module docstring for the FLOPs).
@@ -379,7 +348,7 @@ def benchmark_training(
             cfg = cfg.clone()
             cfg.MODEL.CLIP.CACHE_DIR = tmp
         torch.manual_seed(seed)
-        model, trainer, batches, side = _build(cfg, data)
+        model, trainer, batches, side = _build(cfg, data, frozen)
         run = _run(trainer, batches, device, iters, warmup, shares_steps)
     first = batches.last[0]
     s_per_iter = sum(run["step_s"]) / len(run["step_s"])
@@ -392,11 +361,8 @@ def benchmark_training(
         "data": data, "device": str(device), "device_name": device_name,
         "precision": precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "batch": cfg.SOLVER.IMS_PER_BATCH,
-        "size": side or None,
-        "input_shape": list(first["image"].shape[-2:]),
-        "iters": iters,
-        "warmup": warmup,
-        "it_per_s": it_per_s,
+        "size": side or None, "input_shape": list(first["image"].shape[-2:]),
+        "iters": iters, "warmup": warmup, "it_per_s": it_per_s,
         "images_per_s": cfg.SOLVER.IMS_PER_BATCH * it_per_s,
         "s_per_iter": s_per_iter,
         "s_per_iter_median": statistics.median(run["step_s"]),
@@ -407,15 +373,15 @@ def benchmark_training(
         "flops_forward": run["flops_forward"],
         "flops_backward": run["flops_step"] - run["flops_forward"],
         "flops_per_iter": run["flops_step"],
-        "flops_convention": FLOPS_CONVENTION,
-        "tflops_achieved": achieved,
-        "peak_tflops": peak,
-        "peak_tflops_source": peak_source,
+        "flops_convention": FLOPS_CONVENTION, "tflops_achieved": achieved,
+        "peak_tflops": peak, "peak_tflops_source": peak_source,
         "mfu": achieved / peak if peak else None,
         "learnable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
         "optimizer": type(trainer.optimizer).__name__,
         "vocabulary_size": len(vocabulary) if vocabulary is not None else None,
+        "task": first.get("task"),
+        "frozen": list(frozen),
         "loss_first": run["losses"][0],
         "loss_last": run["losses"][-1],
         **_step_parts(cfg, run),
