@@ -75,7 +75,7 @@ TOY_ITEMS = (
      ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "online_augmented", *_NO_STORE)),
     ("MaskCLIP+ toy store", _TOY_MCP, True,
      ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "store", *_NO_STORE)),
-    ("FreeSeg toy RN", "configs/toy/freeseg_toyrn_alltask_1200_bs8.yaml", True, ()),
+    ("FreeSeg toy RN", "configs/toy/freeseg_toyrn_alltask_2400_bs8.yaml", True, ()),
     ("XPM teacher toy RN", "configs/toy/xpm_teacher_toyrn_600_bs8.yaml", True, ()),
     ("XPM student toy RN", "configs/toy/xpm_student_toyrn_600_bs8.yaml", True, ()),
     ("MaskCLIP toy", "configs/toy/maskclip.yaml", False, ()),

@@ -20,7 +20,7 @@ from ovseg.benchmark.shares import mapper_label_ids, mapper_rate
 from ovseg.data import build_dataset_mapper
 
 TOY = ROOT / "configs" / "toy"
-FREESEG = str(TOY / "freeseg_toyrn_alltask_1200_bs8.yaml")
+FREESEG = str(TOY / "freeseg_toyrn_alltask_2400_bs8.yaml")
 XPM_TEACHER = str(TOY / "xpm_teacher_toyrn_600_bs8.yaml")
 XPM_STUDENT = str(TOY / "xpm_student_toyrn_600_bs8.yaml")
 NAMES = ["background", "a", "b", "c", "d"]
