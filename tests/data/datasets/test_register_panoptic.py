@@ -50,3 +50,24 @@ def test_missing_files_name_the_path_and_script(tmp_path):
             DatasetCatalog.get("ade20k_panoptic_val")
     finally:
         register_all_ade20k_panoptic(datasets_root())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "coco/xpm/xpm_teacher_vitb16_90k_bs8.yaml",
+        "coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml",
+    ],
+)
+def test_paper_configs_build_their_training_mappers_on_these_registrations(config):
+    # the registrations as they stand (not test fixtures): a base split without unseen
+    # classes must be trained with a setting that has nothing to remove
+    from ovseg_testing import CONFIGS
+
+    from ovseg.data.dataset_mappers import build_dataset_mapper
+    from ovseg.engine.defaults import load_config
+
+    cfg = load_config(str(CONFIGS / config), ["MODEL.DEVICE", "cpu"])
+    mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    assert list(mapper.vocabulary) == list(meta.stuff_classes)
