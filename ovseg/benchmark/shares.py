@@ -25,7 +25,7 @@ from detectron2.config import CfgNode
 
 from .timing import synchronize
 
-__all__ = ["frozen_modules", "mapper_rate", "step_shares"]
+__all__ = ["frozen_modules", "mapper_rate", "step_shares", "synthetic_files"]
 
 
 def frozen_modules(model: nn.Module) -> List[nn.Module]:
@@ -124,6 +124,30 @@ def _label_ids(mapper) -> List[int]:
     return [i for i in ids if num_classes is None or i < num_classes]
 
 
+def synthetic_files(mapper, folder: str, images: int, size=(375, 500)) -> List[Dict[str, Any]]:
+    """Write ``images`` random JPEG images of ``size`` (H, W) with label PNGs of blocks of the
+    mapper's label ids into ``folder``; their dataset dicts."""
+    from PIL import Image
+
+    ids = _label_ids(mapper)
+    rng = np.random.default_rng(0)
+    h, w = size
+    dicts = []
+    for i in range(images):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        label = np.full((h, w), ids[0], dtype=np.uint8)
+        for _ in range(4):
+            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            label[y : y + h // 3, x : x + w // 3] = ids[int(rng.integers(len(ids)))] % 256
+        Image.fromarray(img).save(Path(folder) / f"{i}.jpg", quality=90)
+        Image.fromarray(label).save(Path(folder) / f"{i}.png")
+        dicts.append(
+            {"file_name": f"{folder}/{i}.jpg", "sem_seg_file_name": f"{folder}/{i}.png",
+             "height": h, "width": w, "image_id": i}
+        )  # fmt: skip
+    return dicts
+
+
 def mapper_rate(cfg: CfgNode, images: int = 8, size=(375, 500), repeats: int = 2) -> Dict[str, Any]:
     """Seconds per image of the config's training mapper on synthetic JPEG + PNG files.
 
@@ -138,28 +162,11 @@ def mapper_rate(cfg: CfgNode, images: int = 8, size=(375, 500), repeats: int = 2
         "mapper_s_per_batch_per_worker": the loader's time per batch divided among
         DATALOADER.NUM_WORKERS processes (at least 1).
     """
-    from PIL import Image
-
     from ..data import build_dataset_mapper
 
     mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
-    ids = _label_ids(mapper)
-    rng = np.random.default_rng(0)
-    h, w = size
     with tempfile.TemporaryDirectory() as tmp:
-        dicts = []
-        for i in range(images):
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            label = np.full((h, w), ids[0], dtype=np.uint8)
-            for _ in range(4):
-                y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-                label[y : y + h // 3, x : x + w // 3] = ids[int(rng.integers(len(ids)))] % 256
-            Image.fromarray(img).save(Path(tmp) / f"{i}.jpg", quality=90)
-            Image.fromarray(label).save(Path(tmp) / f"{i}.png")
-            dicts.append(
-                {"file_name": f"{tmp}/{i}.jpg", "sem_seg_file_name": f"{tmp}/{i}.png",
-                 "height": h, "width": w, "image_id": i}
-            )  # fmt: skip
+        dicts = synthetic_files(mapper, tmp, images, size)
         passes = []
         for r in range(repeats + 1):
             start = time.perf_counter()
