@@ -221,9 +221,10 @@ def content_mask(
     h, w = blank.shape
     rows = blank.all(dim=1)
     cols = blank.all(dim=0)
-    # length of the all-blank run at the end of each axis
-    last_h = h - int(torch.cumprod(rows.flip(0).int(), 0).sum())
-    last_w = w - int(torch.cumprod(cols.flip(0).int(), 0).sum())
-    mask = torch.zeros(h, w, dtype=torch.bool, device=image.device)
-    mask[:last_h, :last_w] = True
-    return mask
+    # length of the all-blank run at the end of each axis, kept on the device (reading it
+    # back would make the host wait for the device, once per axis and image)
+    last_h = h - torch.cumprod(rows.flip(0).int(), 0).sum()
+    last_w = w - torch.cumprod(cols.flip(0).int(), 0).sum()
+    inside_h = torch.arange(h, device=blank.device) < last_h
+    inside_w = torch.arange(w, device=blank.device) < last_w
+    return inside_h[:, None] & inside_w[None, :]
