@@ -50,6 +50,9 @@ class TeacherLabelling:
         input_stats (tuple[Tensor, Tensor], optional): the (3, 1, 1) mean and std (0-255)
             with which the teacher should see an augmented crop instead of CLIP's own (the
             official code feeds CLIP the student's normalised input); None = CLIP's.
+        classes (Tensor, optional): ``scored`` as a long tensor on the teacher's device
+            (made once, not per image: a tensor from the host is a blocking copy); None =
+            made from ``scored``.
     """
 
     labeller: nn.Module
@@ -58,6 +61,7 @@ class TeacherLabelling:
     threshold: float
     ignore_value: int
     input_stats: Optional[Tuple[Tensor, Tensor]] = None
+    classes: Optional[Tensor] = None
 
     def scores(self, inputs: dict) -> Tensor:
         """The teacher's (K, H, W) scores of a model input over the scored classes."""
@@ -102,7 +106,7 @@ def augmented_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
         threshold=how.threshold,
         ignore_value=how.ignore_value,
         kind="probabilities",
-        classes=torch.as_tensor(how.scored, dtype=torch.long),
+        classes=how.classes if how.classes is not None else torch.as_tensor(how.scored),
     )
     return labels
 
