@@ -55,6 +55,10 @@ def add_teacher_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.PROMPT_NAMES = ""
     # precision of the frozen teacher's forward passes on GPU: "fp32", "bf16" or "fp16".
     cfg.MODEL.CLIP.PRECISION = "fp32"
+    # the frozen image tower's linear/convolution/attention weights: "" = as loaded (fp32),
+    # "bfloat16" = cast once at build, as bf16 autocast would cast them at every use (for
+    # SOLVER.AMP.DTYPE bf16); the tower then runs under bf16 autocast in evaluation too
+    cfg.MODEL.CLIP.FROZEN_DTYPE = ""
     # the temperature of the teacher's own classification, softmax(LOGIT_SCALE * cosine):
     # CLIP's trained value (100) for MaskCLIP and the pseudo-labelling teacher
     cfg.MODEL.CLIP.LOGIT_SCALE = 100.0

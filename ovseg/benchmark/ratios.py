@@ -1,4 +1,4 @@
-"""Three speed ratios, each of two variants timed in turns (A, B, A, B, ...).
+"""Speed ratios, each of two variants timed in turns (A, B, A, B, ...).
 
 ``python -m ovseg.benchmark.ratios`` prints (and with ``--output`` writes) the medians and
 ratios of:
@@ -7,6 +7,8 @@ ratios of:
   pseudo-label store (synthetic batches, the same config but PSEUDO_LABEL_SOURCE);
 - the CLIP teacher's dense embeddings against a plain ``encode_image`` of the same batch
   (:func:`ovseg.benchmark.benchmark_teacher`);
+- a config's training mapper against the mapper as first written (per-pixel steps) on the
+  same synthetic files (:func:`ovseg.benchmark.mapper.mapper_ratio`);
 - ovseg's evaluator update (``OpenVocabSemSegEvaluator.process``: argmax of the scores, ignore and
   range checks, the confusion matrix) against a bare ``np.bincount`` of the same arrays.
 
@@ -30,6 +32,8 @@ from .timing import CLOCKS
 
 __all__ = ["evaluator_ratio", "interleaved", "main", "store_ratio", "teacher_ratio"]
 
+_ZEGCLIP = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml"
+_LSEG = "configs/voc/lseg/lseg_vitb16_inductive_20k_bs16_ovseg-variant.yaml"
 _MCP = "configs/voc/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml"
 
 
@@ -131,7 +135,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--batch", type=int, default=2, help="MaskCLIP+ and teacher batch")
     p.add_argument("--teacher-model", default="ViT-B-16")
     p.add_argument("--teacher-size", type=int, default=224)
-    p.add_argument("--only", nargs="*", default=["store", "teacher", "evaluator"])
+    p.add_argument("--only", nargs="*", default=["store", "teacher", "evaluator", "mapper"])
+    p.add_argument("--mapper-configs", nargs="*", default=[_ZEGCLIP, _LSEG])
+    p.add_argument("--mapper-images", type=int, default=16, help="synthetic 375x500 files")
     p.add_argument("--output", default="")
     a = p.parse_args(argv)
     res: Dict[str, Any] = {"threads": torch.get_num_threads()}
@@ -141,6 +147,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         res["teacher"] = teacher_ratio(a.teacher_model, a.teacher_size, a.batch, a.repeats)
     if "evaluator" in a.only:
         res["evaluator"] = evaluator_ratio(512, 21, 4, a.repeats)
+    for config in a.mapper_configs if "mapper" in a.only else ():
+        from .mapper import mapper_ratio
+
+        res[f"mapper {config}"] = mapper_ratio(config, a.mapper_images, a.repeats)
     for key, r in res.items():
         if isinstance(r, dict):
             print(f"{key}: {r['a']} {r['a_s'] * 1000:.1f} ms, {r['b']} {r['b_s'] * 1000:.1f} "

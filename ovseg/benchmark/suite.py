@@ -53,6 +53,7 @@ GPU_ITEMS = (
      ("MODEL.CHANNELS_LAST", "True")),
     ("ZegCLIP ViT-B/16", _ZEG, True, ()),
     ("ZegCLIP ViT-B/16 compiled", _ZEG, True, ("MODEL.COMPILE", "True")),
+    ("ZegCLIP ViT-B/16 frozen bf16", _ZEG, True, ("MODEL.CLIP.FROZEN_DTYPE", "bfloat16")),
     ("MaskCLIP+ RN50>R101 teacher in loop",
      _MCP + "maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml", True, ()),
     ("MaskCLIP+ RN50>R101 store",
@@ -181,7 +182,7 @@ def _run_row(item, a: argparse.Namespace, budget: float, mapper: bool):
         jobs.append(("train", budget, lambda: _train_row(config, opts, frozen, a)))
         if mapper:
             jobs.append(("mapper", budget / 4, lambda: _mapper_row(config, opts, a)))
-    if "compiled" not in name and "store" not in name and "channels" not in name:
+    if not any(w in name for w in ("compiled", "store", "channels", "frozen")):
         jobs.append(("infer", budget / 2, lambda: _infer_row(config, opts, frozen, a)))
     for part, want, fn in jobs:
         seconds = _left(a, want)

@@ -22,6 +22,7 @@ from .dense import (
     tower_kind,
     vit_dense,
 )
+from .frozen_dtype import needs_autocast, tower_autocast
 from .tokens import check_prompt_tokens
 
 __all__ = ["CLIPTeacher", "PRECISIONS"]
@@ -125,6 +126,8 @@ class CLIPTeacher(nn.Module):
         return self._fingerprint
 
     def _autocast(self):
+        if needs_autocast(self.model.visual, self.device.type):  # MODEL.CLIP.FROZEN_DTYPE
+            return tower_autocast(self.model.visual, self.device.type)
         dtype = PRECISIONS[self.precision]
         if dtype is None or self.device.type != "cuda":
             return contextlib.nullcontext()

@@ -1,4 +1,5 @@
-"""Speed options applied to a built model: channels-last layout and ``torch.compile``.
+"""Speed options applied to a built model: channels-last layout and ``torch.compile``;
+and the frozen CLIP tower's weights in bf16 (``ovseg/clip/frozen_dtype.py``).
 
 Both are off by default and change no numerics beyond floating-point reassociation:
 MODEL.CHANNELS_LAST stores the convolution weights NHWC (faster cuDNN kernels for the
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from detectron2.config import CfgNode
+
+from ..clip.frozen_dtype import cast_frozen_towers
 
 __all__ = ["COMPILE_SKIP", "apply_speed_options", "compile_model", "uses_channels_last"]
 
@@ -65,15 +68,18 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
 
 
 def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
-    """MODEL.CHANNELS_LAST and MODEL.COMPILE on a built model (in place; returned).
+    """MODEL.CLIP.FROZEN_DTYPE, MODEL.CHANNELS_LAST and MODEL.COMPILE on a built model (in
+    place; returned).
 
     Args:
         model (nn.Module): from detectron2's ``build_model(cfg)``.
-        cfg (CfgNode): reads MODEL.CHANNELS_LAST, MODEL.COMPILE, MODEL.COMPILE_MODE.
+        cfg (CfgNode): reads MODEL.CLIP.FROZEN_DTYPE, MODEL.CHANNELS_LAST, MODEL.COMPILE,
+            MODEL.COMPILE_MODE.
 
     Returns:
         nn.Module: the same model.
     """
+    cast_frozen_towers(model, cfg.MODEL.CLIP.FROZEN_DTYPE)
     if cfg.MODEL.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
         model.channels_last = True

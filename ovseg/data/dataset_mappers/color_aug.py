@@ -15,6 +15,10 @@ from detectron2.data import transforms as T
 __all__ = ["ColorAugSSD", "PhotometricDistortTransform"]
 
 
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(values, 0, 255).round().astype(np.uint8)
+
+
 class PhotometricDistortTransform(T.Transform):
     """Brightness, contrast, saturation and hue changes of a uint8 image.
 
@@ -46,24 +50,40 @@ class PhotometricDistortTransform(T.Transform):
             raise ValueError(
                 f"ColorAugSSD needs a uint8 (H, W, 3) image, got {img.dtype} {img.shape}"
             )
-        out = img.astype(np.float32) + self.brightness
+        # Every step maps one uint8 value to one uint8 value (per channel in HSV), so each
+        # runs as a 256-entry lookup table computed by the float32 arithmetic the steps
+        # define: the same bytes as applying that arithmetic to every pixel, at a fraction
+        # of the time (tests/data/test_fast_mapper.py keeps the per-pixel version).
+        levels = np.arange(256, dtype=np.uint8)
+        if self.saturation == 1.0 and self.hue == 0.0:
+            return cv2.LUT(img, self._after_hsv(self._before_hsv(levels)))
+        out = cv2.LUT(img, _to_uint8(self._before_hsv(levels)))
+        # OpenCV's uint8 HSV: hue in [0, 180), saturation in [0, 255].
+        to_hsv, from_hsv = (
+            (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB)
+            if self.img_format == "RGB"
+            else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR)
+        )
+        hsv = cv2.cvtColor(out, to_hsv)
+        channels = levels.astype(np.float32)
+        hue = np.mod(channels + self.hue, 180)
+        saturation = np.clip(channels * self.saturation, 0, 255)
+        table = np.stack([_to_uint8(hue), _to_uint8(saturation), levels], axis=-1)
+        out = cv2.cvtColor(cv2.LUT(hsv, table.reshape(1, 256, 3)), from_hsv)
+        return cv2.LUT(out, self._after_hsv(levels.astype(np.float32)))
+
+    def _before_hsv(self, values: np.ndarray) -> np.ndarray:
+        """Brightness, then the contrast when it comes first: uint8 -> float32."""
+        out = values.astype(np.float32) + self.brightness
         if not self.contrast_last:
             out *= self.contrast
-        if self.saturation != 1.0 or self.hue != 0.0:
-            # OpenCV's uint8 HSV: hue in [0, 180), saturation in [0, 255].
-            to_hsv, from_hsv = (
-                (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB)
-                if self.img_format == "RGB"
-                else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR)
-            )
-            hsv = cv2.cvtColor(np.clip(out, 0, 255).round().astype(np.uint8), to_hsv)
-            hsv = hsv.astype(np.float32)
-            hsv[..., 1] = np.clip(hsv[..., 1] * self.saturation, 0, 255)
-            hsv[..., 0] = np.mod(hsv[..., 0] + self.hue, 180)
-            out = cv2.cvtColor(hsv.round().astype(np.uint8), from_hsv).astype(np.float32)
+        return out
+
+    def _after_hsv(self, out: np.ndarray) -> np.ndarray:
+        """The contrast when it comes last, then clipping and rounding: float32 -> uint8."""
         if self.contrast_last:
-            out *= self.contrast
-        return np.clip(out, 0, 255).round().astype(np.uint8)
+            out = out * self.contrast
+        return _to_uint8(out)
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         return coords

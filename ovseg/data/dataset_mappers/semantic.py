@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -30,6 +31,7 @@ from ...vocab import (
 from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
+from .fast_crop import CategoryAreaCrop
 from .resize import training_resize
 
 __all__ = [
@@ -258,7 +260,7 @@ class SemanticDatasetMapper:
             augs: list = [training_resize(cfg)]
             if cfg.INPUT.CROP.ENABLED:
                 augs.append(
-                    T.RandomCrop_CategoryAreaConstraint(
+                    CategoryAreaCrop(
                         cfg.INPUT.CROP.TYPE,
                         cfg.INPUT.CROP.SIZE,
                         cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
@@ -339,6 +341,8 @@ class SemanticDatasetMapper:
                 f"Label file {path!r} has values in [{label.min()}, {label.max()}], outside "
                 f"the {len(table)} entries of the label map"
             )
+        if label.dtype == np.uint8 and table.dtype == np.uint8 and len(table) == 256:
+            return cv2.LUT(label, table)  # the same lookup, without numpy's fancy indexing
         return table[label]
 
     def _pad(self, tensor: torch.Tensor, value: int) -> torch.Tensor:

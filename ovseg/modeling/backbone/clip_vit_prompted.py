@@ -28,6 +28,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ...clip import CLIPTeacher, build_clip_teacher
 from ...clip.dense import POS_EMBED_MODES, dense_stride, patch_embedding, resize_pos_embed
+from ...clip.frozen_dtype import needs_autocast
 from ...utils.state_dict import exclude_from_checkpoints
 
 __all__ = [
@@ -192,6 +193,14 @@ class CLIPViTPrompted(Backbone):
                 f"images must be (B, 3, H, W) with H, W multiples of the patch size {p}, got "
                 f"{tuple(x.shape)}; pad them first"
             )
+        if needs_autocast(self.tower, x.device.type):
+            # a tower cast by MODEL.CLIP.FROZEN_DTYPE, called outside training's autocast
+            with torch.autocast(x.device.type, dtype=self.tower.frozen_dtype):
+                out = self._forward(x)
+            return {k: v.float() for k, v in out.items()}
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Dict[str, Tensor]:
         visual = self.tower
         b = x.shape[0]
         x, (gh, gw) = self.tokens(x)

@@ -269,35 +269,46 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         names = self.input_vocabulary(batched_inputs[0], None)
         scored, target = self.labelled_classes(names)
         b, _, h, w = student_logits.shape
-        target_t = torch.tensor(target, device=self.device)
-        gt = self._ground_truth(batched_inputs, names, target_t, (b, h, w))
+        target_t = self._indices(target)
+        gt = self._ground_truth(batched_inputs, names, target, (b, h, w))
         if self.pseudo_label_pixels == "unseen":
             # the unseen (annotation-free: all) labels locate the free pixels, never supervise
             free = torch.isin(gt, target_t)
             gt = gt.masked_fill(free, self.ignore_value)
         else:
             free = gt == self.ignore_value
-        free &= torch.stack([self._content(x, h, w) for x in batched_inputs])
+        contents = [self._host_content(x, h, w) for x in batched_inputs]
+        free &= torch.stack([self.to_device(c) for c in contents])
         if self.self_training.active(iteration):
             labels, _ = pixel_labels(
                 student_logits[:, scored],
                 threshold=self.self_training_threshold,
                 ignore_value=self.ignore_value,
                 kind="logits",
-                classes=torch.tensor(scored, device=self.device),
+                classes=self._indices(scored),
             )
         else:
-            needed = free.flatten(1).any(dim=1).tolist()
+            # free.flatten(1).any(1), from the host tensors: no wait for the device
+            needed = [self._has_free(x, c, target) for x, c in zip(batched_inputs, contents)]
             labels = self.teacher_labels(batched_inputs, names, scored, (h, w), needed)
         keep = free & torch.isin(labels, target_t)
         return torch.where(keep, labels, gt)
+
+    def _indices(self, indices: Sequence[int]) -> Tensor:
+        """``indices`` as a long tensor on the device, memoised per tuple and device (a new
+        tensor from a list is a blocking copy from the host)."""
+        key = (tuple(indices), self.device)
+        cache = self.__dict__.setdefault("_index_cache", {})
+        if key not in cache:
+            cache[key] = torch.tensor(key[0], dtype=torch.long).to(self.device)
+        return cache[key]
 
     @property
     def _reads_ground_truth(self) -> bool:
         return not self.annotation_free or self.pseudo_label_pixels == "unseen"
 
     def _ground_truth(
-        self, batched_inputs: List[dict], names: Sequence[str], target: Tensor, shape
+        self, batched_inputs: List[dict], names: Sequence[str], target: Sequence[int], shape
     ) -> Tensor:
         """(B, H, W) ground truth padded with ignore (all ignore when annotation-free and free
         pixels are the ignored ones); with free pixels "ignore", refuses unseen classes, which
@@ -305,6 +316,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         gt = torch.full(shape, self.ignore_value, dtype=torch.long, device=self.device)
         if not self._reads_ground_truth:
             return gt
+        leaked = []
         for i, x in enumerate(batched_inputs):
             if "sem_seg" not in x:
                 raise ValueError(
@@ -312,13 +324,15 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                     "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_PIXELS 'unseen' finds the pixels to "
                     "pseudo-label by their ground truth; use a dataset with labels or 'ignore'"
                 )
-            sem = x["sem_seg"].to(self.device)
+            sem = x["sem_seg"]
+            if self.pseudo_label_pixels != "unseen":
+                # checked where the labels are (on the host: no wait for the device)
+                unseen = torch.as_tensor(target, dtype=torch.long, device=sem.device)
+                leaked += sem[torch.isin(sem, unseen)].unique().tolist()
+            sem = self.to_device(sem)  # pinned and without waiting, from the host
             gt[i, : sem.shape[0], : sem.shape[1]] = sem
-        if self.pseudo_label_pixels == "unseen":
-            return gt
-        leaked = torch.isin(gt, target)
-        if bool(leaked.any()):
-            bad = sorted({names[int(c)] for c in gt[leaked].unique()})
+        if leaked:
+            bad = sorted({names[int(c)] for c in leaked})
             raise ValueError(
                 f"Ground truth of unseen classes {bad} reached MaskCLIP+ in "
                 f"{[x.get('file_name') for x in batched_inputs]}; train with "
@@ -326,11 +340,28 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             )
         return gt
 
-    def _content(self, x: dict, h: int, w: int) -> Tensor:
+    def _host_content(self, x: dict, h: int, w: int) -> Tensor:
+        """(h, w) bool: the sample's content pixels, where its tensors are (the host)."""
         labels = [x.get("sem_seg")] if self._reads_ground_truth else []
         labels.append(x.get("pseudo_sem_seg"))
-        mask = content_mask(x["image"], labels, self.ignore_value).to(self.device)
+        mask = content_mask(x["image"], labels, self.ignore_value)
         return F.pad(mask, (0, w - mask.shape[1], 0, h - mask.shape[0]), value=False)
+
+    def _content(self, x: dict, h: int, w: int) -> Tensor:
+        return self.to_device(self._host_content(x, h, w))
+
+    def _has_free(self, x: dict, content: Tensor, target: Sequence[int]) -> bool:
+        """Whether sample ``x`` has a pixel for the teacher (a free content pixel), read
+        from its own tensors as :meth:`training_targets` finds them on the device."""
+        if not self._reads_ground_truth:  # the ground truth is all ignore: all free
+            return bool(content.any())
+        sem = x["sem_seg"]
+        if self.pseudo_label_pixels == "unseen":
+            free = torch.isin(sem, torch.as_tensor(target, dtype=torch.long, device=sem.device))
+        else:
+            free = sem == self.ignore_value
+        # beyond the label's size the padded ground truth is ignore, and no pixel is content
+        return bool((free & content[: sem.shape[0], : sem.shape[1]].to(sem.device)).any())
 
     def teacher_labels(
         self,
@@ -353,6 +384,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             self.pseudo_label_threshold,
             self.ignore_value,
             stats,
+            classes=self._indices(scored),
         )
         maps = []
         for i, x in enumerate(batched_inputs):

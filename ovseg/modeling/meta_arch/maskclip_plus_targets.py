@@ -50,6 +50,9 @@ class TeacherLabelling:
         input_stats (tuple[Tensor, Tensor], optional): the (3, 1, 1) mean and std (0-255)
             with which the teacher should see an augmented crop instead of CLIP's own (the
             official code feeds CLIP the student's normalised input); None = CLIP's.
+        classes (Tensor, optional): ``scored`` as a long tensor on the teacher's device
+            (made once, not per image: a tensor from the host is a blocking copy); None =
+            made from ``scored``.
     """
 
     labeller: nn.Module
@@ -58,6 +61,7 @@ class TeacherLabelling:
     threshold: float
     ignore_value: int
     input_stats: Optional[Tuple[Tensor, Tensor]] = None
+    classes: Optional[Tensor] = None
 
     def scores(self, inputs: dict) -> Tensor:
         """The teacher's (K, H, W) scores of a model input over the scored classes."""
@@ -102,7 +106,7 @@ def augmented_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
         threshold=how.threshold,
         ignore_value=how.ignore_value,
         kind="probabilities",
-        classes=torch.as_tensor(how.scored, dtype=torch.long),
+        classes=how.classes if how.classes is not None else torch.as_tensor(how.scored),
     )
     return labels
 
@@ -221,9 +225,10 @@ def content_mask(
     h, w = blank.shape
     rows = blank.all(dim=1)
     cols = blank.all(dim=0)
-    # length of the all-blank run at the end of each axis
-    last_h = h - int(torch.cumprod(rows.flip(0).int(), 0).sum())
-    last_w = w - int(torch.cumprod(cols.flip(0).int(), 0).sum())
-    mask = torch.zeros(h, w, dtype=torch.bool, device=image.device)
-    mask[:last_h, :last_w] = True
-    return mask
+    # length of the all-blank run at the end of each axis, kept on the device (reading it
+    # back would make the host wait for the device, once per axis and image)
+    last_h = h - torch.cumprod(rows.flip(0).int(), 0).sum()
+    last_w = w - torch.cumprod(cols.flip(0).int(), 0).sum()
+    inside_h = torch.arange(h, device=blank.device) < last_h
+    inside_w = torch.arange(w, device=blank.device) < last_w
+    return inside_h[:, None] & inside_w[None, :]

@@ -1,0 +1,104 @@
+"""The training mapper against the mapper as first written, timed in turns on the same files.
+
+:func:`reference_mapper` rebuilds a :class:`~ovseg.data.dataset_mappers.SemanticDatasetMapper`
+with the per-pixel steps its fast ones replace: detectron2's category-area crop (a
+``np.unique`` per try), the photometric distortion as float32 arithmetic on every pixel,
+the zero-shot remap by numpy indexing. For a seed both give the same bytes
+(``tests/data/test_fast_mapper.py``); :func:`mapper_ratio` times them.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from typing import Any, Dict
+
+import cv2
+import numpy as np
+
+from detectron2.data import transforms as T
+
+from ..data.dataset_mappers.color_aug import ColorAugSSD, PhotometricDistortTransform
+from ..data.dataset_mappers.fast_crop import CategoryAreaCrop
+
+__all__ = ["mapper_ratio", "per_pixel_distortion", "reference_mapper"]
+
+
+def per_pixel_distortion(tfm: PhotometricDistortTransform, img: np.ndarray) -> np.ndarray:
+    """The photometric distortion as first written: float32 arithmetic on every pixel."""
+    out = img.astype(np.float32) + tfm.brightness
+    if not tfm.contrast_last:
+        out *= tfm.contrast
+    if tfm.saturation != 1.0 or tfm.hue != 0.0:
+        rgb = tfm.img_format == "RGB"
+        to_hsv = cv2.COLOR_RGB2HSV if rgb else cv2.COLOR_BGR2HSV
+        from_hsv = cv2.COLOR_HSV2RGB if rgb else cv2.COLOR_HSV2BGR
+        hsv = cv2.cvtColor(np.clip(out, 0, 255).round().astype(np.uint8), to_hsv)
+        hsv = hsv.astype(np.float32)
+        hsv[..., 1] = np.clip(hsv[..., 1] * tfm.saturation, 0, 255)
+        hsv[..., 0] = np.mod(hsv[..., 0] + tfm.hue, 180)
+        out = cv2.cvtColor(hsv.round().astype(np.uint8), from_hsv).astype(np.float32)
+    if tfm.contrast_last:
+        out *= tfm.contrast
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+class _PerPixelTransform(PhotometricDistortTransform):
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        return per_pixel_distortion(self, img)
+
+
+class _PerPixelColorAug(ColorAugSSD):
+    def get_transform(self, image: np.ndarray) -> PhotometricDistortTransform:
+        return _PerPixelTransform(**vars(super().get_transform(image)))
+
+
+def _indexed_remap(label: np.ndarray, table: np.ndarray, path: str) -> np.ndarray:
+    return table[label]
+
+
+def reference_mapper(mapper):
+    """A copy of ``mapper`` (a SemanticDatasetMapper) with the per-pixel steps instead of
+    the fast ones; the same random draws, so the same outputs for a seed."""
+    ref = copy.copy(mapper)
+    augs = []
+    for aug in mapper.augmentations.augs:
+        if isinstance(aug, CategoryAreaCrop):
+            aug = T.RandomCrop_CategoryAreaConstraint(aug.crop_aug.crop_type,
+                                                      aug.crop_aug.crop_size,
+                                                      aug.single_category_max_area,
+                                                      aug.ignored_category)  # fmt: skip
+        elif isinstance(aug, ColorAugSSD):
+            aug = _PerPixelColorAug(aug.img_format, aug.brightness_delta, aug.contrast_range,
+                                    aug.saturation_range, aug.hue_delta)  # fmt: skip
+        augs.append(aug)
+    ref.augmentations = T.AugmentationList(augs)
+    ref._remap = _indexed_remap
+    return ref
+
+
+def mapper_ratio(config: str, images: int, repeats: int, size=(375, 500)) -> Dict[str, Any]:
+    """A config's training mapper as first written (a) against the mapper (b): seconds
+    per image, medians of passes over the same synthetic files timed in turns."""
+    from ..data import build_dataset_mapper
+    from .config import benchmark_config
+    from .mapper_files import synthetic_files
+    from .ratios import interleaved
+    from .shares import mapper_label_ids
+
+    cfg = benchmark_config(config, device="cpu")
+    mapper = build_dataset_mapper(cfg, True, cfg.DATASETS.TRAIN[0])
+    old = reference_mapper(mapper)
+    with tempfile.TemporaryDirectory() as tmp:
+        dicts = synthetic_files(tmp, "", images, size, mapper_label_ids(mapper))
+
+        def run(m):
+            np.random.seed(0)
+            for d in dicts:
+                m(d)
+
+        res = interleaved(lambda: run(old), lambda: run(mapper), repeats)
+    return {"config": config, "images": images, "size": list(size),
+            "a": "mapper as first written", "b": "mapper", **res,
+            "a_ms_per_image": res["a_s"] * 1000 / images,
+            "b_ms_per_image": res["b_s"] * 1000 / images}  # fmt: skip
