@@ -166,6 +166,9 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
+        # every rank is done before any tears down its gloo connections: a rank that
+        # destroys its group while a peer still talks to it can abort that peer at exit
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
 

@@ -252,6 +252,7 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str
         local = evaluator.confusion_matrix.copy()
         results = evaluator.evaluate()
         queue.put((rank, local, None if results is None else dict(results["sem_seg"])))
+        dist.barrier()  # both done before either tears its connections down (as ovseg's launch)
     finally:
         dist.destroy_process_group()
 
