@@ -90,8 +90,9 @@ def test_expanded_box_and_crop_hold_the_mask():
     T.AugmentationList([CropAroundMask(2.0)])(aug)
     assert aug.sem_seg.shape == (8, 8) and aug.sem_seg.sum() == 16
     assert aug.sem_seg[2:6, 2:6].all()
-    with pytest.raises(ValueError, match="positive"):
-        CropAroundMask(0)
+    for bad in (0, 0.5, float("nan")):  # one rule with the test-time crops: the box grows
+        with pytest.raises(ValueError, match="MASK_EXPAND_RATIO must be >= 1"):
+            CropAroundMask(bad)
 
 
 def test_random_resized_crop_and_centre_crop_sizes():

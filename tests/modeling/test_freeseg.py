@@ -166,6 +166,11 @@ def test_clip_temperature_zero_is_the_clips_own_logit_scale(tmp_path):
         _model(tmp_path, "MODEL.FREESEG.CLIP_TEMPERATURE", "-1.0")
 
 
+def test_a_shrinking_mask_expand_ratio_is_refused_at_build(tmp_path):
+    with pytest.raises(ValueError, match="MASK_EXPAND_RATIO must be >= 1"):
+        _model(tmp_path, "MODEL.FREESEG.MASK_EXPAND_RATIO", "0.5")
+
+
 def test_sliding_window_testing_is_refused(tmp_path):
     with pytest.raises(ValueError, match="whole images"):
         _model(tmp_path, "TEST.INFERENCE_MODE", "slide")

@@ -80,8 +80,11 @@ class CropAroundMask(T.Augmentation):
     """Crop the box of the region mask (``sem_seg`` > 0), expanded by ``expand_ratio``."""
 
     def __init__(self, expand_ratio: float = 1.0):
-        if expand_ratio <= 0:
-            raise ValueError(f"the mask expand ratio must be positive, got {expand_ratio}")
+        if not expand_ratio >= 1:  # the test-time crops' rule (mask_crops): the box grows
+            raise ValueError(
+                f"MODEL.FREESEG.MASK_EXPAND_RATIO must be >= 1 (the mask's box grows about "
+                f"its centre; 1.0 is the official value), got {expand_ratio}"
+            )
         self.expand_ratio = float(expand_ratio)
 
     def get_transform(self, image, sem_seg):

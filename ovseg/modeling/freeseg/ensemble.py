@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ...clip import CLIPTeacher
 
-__all__ = ["clip_region_probs", "ensemble_probs", "mask_crops", "query_probs"]
+__all__ = ["check_expand_ratio", "clip_region_probs", "ensemble_probs", "mask_crops", "query_probs"]
 
 
 def _expand_box(
@@ -35,6 +35,17 @@ def _expand_box(
     cx, cy, w, h = 0.5 * (x0 + x1), 0.5 * (y0 + y1), (x1 - x0) * ratio, (y1 - y0) * ratio
     box = [int(v) for v in (cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h)]
     return max(box[0], 0), max(box[1], 0), min(box[2], shape[1]), min(box[3], shape[0])
+
+
+def check_expand_ratio(expand_ratio: float) -> float:
+    """``expand_ratio`` as a float if it is >= 1 (the box grows about its centre; a smaller
+    box could lose a small mask whole), else a ValueError naming the config key."""
+    if not expand_ratio >= 1:
+        raise ValueError(
+            f"MODEL.FREESEG.MASK_EXPAND_RATIO must be >= 1 (the mask's box grows about its "
+            f"centre; 1.0 is the official value), got {expand_ratio}"
+        )
+    return float(expand_ratio)
 
 
 def mask_crops(
@@ -67,11 +78,7 @@ def mask_crops(
             f"image {tuple(image.shape)} and masks {tuple(masks.shape)} must be (3, H, W) and "
             "(Q, H, W) of one size"
         )
-    if expand_ratio < 1:
-        raise ValueError(
-            f"expand_ratio must be >= 1 (the box grows about its centre), got {expand_ratio} "
-            "(MODEL.FREESEG.MASK_EXPAND_RATIO)"
-        )
+    check_expand_ratio(expand_ratio)
     inside = masks > threshold
     valid = inside.flatten(1).any(dim=1)
     fill = fill.to(device=image.device, dtype=torch.float32).view(3, 1, 1)

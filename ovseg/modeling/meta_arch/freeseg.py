@@ -43,6 +43,7 @@ from ..freeseg import (
     AdaptivePromptLearner,
     TextClassHead,
     TextVisualInteraction,
+    check_expand_ratio,
     clip_region_probs,
     ensemble_probs,
     load_prompt_tokens,
@@ -189,7 +190,7 @@ class FreeSeg(OpenVocabSegmentor):
         self.clip_ensemble = bool(clip_ensemble)
         self.ensemble_weight = float(ensemble_weight)
         self.mask_threshold = float(mask_threshold)
-        self.mask_expand_ratio = float(mask_expand_ratio)
+        self.mask_expand_ratio = check_expand_ratio(mask_expand_ratio)  # at build
         self.clip_temperature = float(clip_temperature)
         self.post = dict(post or _POST_DEFAULTS)
         self.test_prompt_tuning = test_prompt_tuning
