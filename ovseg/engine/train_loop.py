@@ -4,7 +4,7 @@ every step, and a mixed-precision step for CUDA (fp16/bf16) and CPU (bf16)."""
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -38,25 +38,27 @@ class DeferredMetrics:
             return
         it = get_event_storage().iter
         pending = self.__dict__.setdefault("_pending_metrics", [])
-        pending.append((it, prefix, data_time, {k: v.detach() for k, v in loss_dict.items()}))
+        # one fresh tensor per step: a loss computed by a CUDA graph (MODEL.COMPILE_MODE
+        # "reduce-overhead") lives in memory the graph's next replay overwrites
+        values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
+        pending.append((it, prefix, data_time, tuple(loss_dict), values))
         last = self.max_iter is not None and it + 1 >= self.max_iter
         if (it + 1) % self.metrics_period == 0 or last:
             self.flush_metrics()
 
     def flush_metrics(self) -> None:
         """Write the pending steps' metrics (one device-to-host copy for all of them)."""
-        pending: List[Tuple[int, str, float, Dict[str, torch.Tensor]]]
+        pending: List[Tuple[int, str, float, Tuple[str, ...], torch.Tensor]]
         pending = self.__dict__.pop("_pending_metrics", [])
         if not pending:
             return
-        flat = [v.float().reshape(()) for *_, d in pending for v in d.values()]
-        values = iter(torch.stack(flat).cpu().tolist())
+        values = iter(torch.cat([v for *_, v in pending]).cpu().tolist())
         storage = get_event_storage()
         current = storage.iter
         try:
-            for it, prefix, data_time, losses in pending:
+            for it, prefix, data_time, names, _ in pending:
                 storage.iter = it
-                read = {k: torch.tensor(next(values)) for k in losses}
+                read = {k: torch.tensor(next(values)) for k in names}
                 SimpleTrainer.write_metrics(read, data_time, prefix)
         finally:
             storage.iter = current

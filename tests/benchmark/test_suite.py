@@ -78,3 +78,24 @@ def test_deferred_metrics_match_per_step_metrics_and_skip_reads():
             }
     assert histories[1] == histories[3]
     assert [it for _, it in histories[3]["total_loss"]] == list(range(7))
+
+
+def test_deferred_metrics_survive_the_losses_memory_being_reused():
+    """A CUDA graph (MODEL.COMPILE_MODE reduce-overhead) writes its next replay's losses into
+    the memory of this step's: the pending metrics must be their own copies."""
+    histories = {}
+    for overwrite in (False, True):
+        trainer = _trainer(3)
+        trainer.max_iter = 7
+        forward = trainer.model.forward
+        outputs = []
+        trainer.model.forward = lambda x, f=forward, out=outputs: out.append(f(x)) or out[-1]
+        with EventStorage(0) as storage:
+            for i in range(7):
+                storage.iter = i
+                trainer.run_step()
+                for v in outputs[-1].values() if overwrite else ():
+                    v.detach().fill_(-1.0)  # what the next replay does to the graph's output
+            histories[overwrite] = {k: storage.history(k).values() for k in ("loss_a", "loss_b")}
+    assert histories[True] == histories[False]
+    assert all(v >= 0 for v, _ in histories[True]["loss_a"])

@@ -1,12 +1,18 @@
 """MODEL.COMPILE: a compiled training step computes what the eager one does, and the
 compiled model's checkpoint keys are the eager model's."""
 
+import itertools
+
 import pytest
 import torch
 from ovseg_testing.data import two_region_batch
 from ovseg_testing.models import tiny_zegclip, tiny_zegclip_cfg
 
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
 from ovseg.engine.speed import apply_speed_options, compile_model
+from ovseg.engine.train_loop import OvsegSimpleTrainer
 
 # inductor's errors when this machine has no working C++ compiler or headers
 _NO_TOOLCHAIN = ("InvalidCxxCompiler", "CppCompileError", "C++ compile error", "Python.h")
@@ -74,3 +80,33 @@ def test_model_compile_switch_generates_kernels_equal_to_eager(tmp_path):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_training_writes_the_eager_metrics(tmp_path):
+    """MODEL.COMPILE_MODE reduce-overhead replays CUDA graphs, each replay writing its outputs
+    over the last one's: training through them (torch's "cudagraphs" backend, the same graph
+    trees without inductor's code generation) must write the eager run's deferred metrics."""
+    histories = {}
+    for graphs in (False, True):
+        torch._dynamo.reset()
+        cfg = tiny_zegclip_cfg(tmp_path)
+        cfg.MODEL.DEVICE = "cuda"
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        if graphs:
+            compile_model(model, backend="cudagraphs")
+        params = [p for p in model.parameters() if p.requires_grad]
+        data = itertools.repeat(two_region_batch(size=32))
+        trainer = OvsegSimpleTrainer(
+            model, data, torch.optim.SGD(params, lr=0.01), metrics_period=4
+        )
+        trainer.max_iter = 6
+        with EventStorage(0) as storage:
+            for i in range(6):
+                storage.iter = i
+                trainer.run_step()
+            histories[graphs] = [v for v, _ in storage.history("total_loss").values()]
+    assert len(histories[True]) == 6 and histories[False][-1] < histories[False][0]
+    assert histories[True] == pytest.approx(histories[False], rel=1e-3)
