@@ -158,6 +158,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             complete=self.complete or self._resuming or recorded is not None,
             num_loaded=loaded,
             some=self.some,
+            num_in_file=len(names),
         )
         return incompatible
 
