@@ -362,7 +362,7 @@ def resolve_vocabulary(spec: str, metadata: Any = None) -> Vocabulary:
     if spec in builtin_vocabulary_names():
         return Vocabulary.builtin(spec)
     close = difflib.get_close_matches(spec, builtin_vocabulary_names(), n=1, cutoff=0.75)
-    guess = f"did you mean the builtin {close[0]!r}? " if close else ""
+    guess = f"did you mean the builtin {close[0]!r}? It is " if close else ""
     raise ValueError(
         f"Unknown vocabulary {spec!r}: {guess}not a builtin (builtins are "
         f"{list(builtin_vocabulary_names())}), not a .json file, and not a comma-separated "
