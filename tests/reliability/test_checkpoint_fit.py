@@ -80,6 +80,9 @@ def test_a_model_without_weights_refuses_another_methods_checkpoint(zegclip_chec
     # its own (empty) checkpoint still loads
     maskclip = ovseg.Predictor("toy/maskclip.yaml", device="cpu").model
     ovseg.Predictor("toy/maskclip.yaml", _save(maskclip, tmp_path), device="cpu")
+    # a file that is not there is named as such (detectron2 only asserts)
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth \(MODEL.WEIGHTS\) does not exist"):
+        load_model_weights(maskclip, str(tmp_path / "nope.pth"))
 
 
 def test_model_weights_of_trained_parts_must_fit(zegclip_checkpoint, tmp_path):
