@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ovseg.api import REPO_ROOT, Prediction, Predictor
+from ovseg.api import REPO_ROOT, Prediction, Predictor, resolve_config_path
 from ovseg.data.datasets import toy_world
 from ovseg.utils.visualization import (
     draw_semantic,
@@ -169,7 +169,10 @@ class SegmentApp:
             raise ValueError("upload an image first")
         if not vocabulary or not vocabulary.strip():
             raise ValueError("type a vocabulary: class names separated by commas")
-        image = np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[..., :3])
+        image = np.asarray(image)
+        if image.ndim == 2:  # grayscale: the predictor takes three channels
+            image = np.stack([image] * 3, axis=-1)
+        image = np.ascontiguousarray(image[..., :3])  # drop an alpha channel
         pred = self.predictor(label).predict(image, vocabulary.strip())
         return render_prediction(image, pred)
 
@@ -286,9 +289,17 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     if args.weights and not args.config_file:
-        get_parser().error("--weights needs --config-file")
+        parser.error("--weights needs --config-file")
+    if args.weights and not os.path.isfile(args.weights):
+        parser.error(f"--weights {args.weights}: no such file")
+    if args.config_file:
+        try:
+            resolve_config_path(args.config_file)
+        except FileNotFoundError as e:
+            parser.error(f"--config-file: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -297,6 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit('demo/app.py needs gradio: pip install -e ".[app]"')
     choices = default_choices([Path(r) for r in args.runs], args.config_file, args.weights)
     app = SegmentApp(choices, device=args.device)
+    try:  # the first model now, so a bad config or checkpoint stops here, not in the page
+        app.predictor(choices[0].label)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        sys.exit(f"demo/app.py: cannot load {choices[0].label}: {e}")
     examples = example_images(Path(tempfile.mkdtemp(prefix="ovseg_app_")))
     logger.info("Models: %s", ", ".join(app.choices))
     build_ui(app, examples).launch(

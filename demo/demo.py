@@ -313,9 +313,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input {' '.join(args.input)}: no image found")
     plans = plan_outputs(args.output, paths, args.heatmaps)
     logger.info(
-        "Vocabulary of %d names: %s%s",
+        "Vocabulary of %d classes: %s%s",
         len(vocabulary),
-        ", ".join(vocabulary.names[:20]),
+        "; ".join(vocabulary.names[:20]),
         " ..." if len(vocabulary) > 20 else "",
     )
     if one_class_warning(vocabulary.names):

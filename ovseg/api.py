@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -128,6 +129,11 @@ def build_inference_model(cfg: CfgNode, weights: Optional[str] = None) -> torch.
     model = build_model(cfg)
     model.eval()
     weights = cfg.MODEL.WEIGHTS if weights is None else str(weights)
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"Weights file {weights!r} does not exist; pass the model_final.pth of a run of "
+            "this config, or no weights for a training-free model such as MaskCLIP"
+        )
     if weights:
         load_model_weights(model, weights)
     return model
@@ -137,11 +143,19 @@ def check_image(image: Any, what: str = "image") -> None:
     """Raise ``ValueError`` unless ``image`` is an (H, W, 3) uint8 numpy array."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
-        raise ValueError(f"{what} must be an (H, W, 3) numpy array, got {type(image)} {shape}")
-    if image.dtype != np.uint8:
         raise ValueError(
-            f"{what} must be uint8 in [0, 255], got dtype {image.dtype}; convert it, e.g. "
-            "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+            f"{what} must be an (H, W, 3) numpy array, got {type(image)} {shape}; repeat a "
+            "grayscale (H, W) array to three channels (np.stack([x] * 3, axis=-1)) and drop "
+            "an alpha channel (x[..., :3]), or pass the image file or a PIL image"
+        )
+    if image.dtype != np.uint8:
+        hint = (
+            "(x // 257).astype(np.uint8) for 16-bit values"
+            if image.dtype == np.uint16
+            else "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+        )
+        raise ValueError(
+            f"{what} must be uint8 in [0, 255], got dtype {image.dtype}; convert it, e.g. {hint}"
         )
 
 
@@ -178,6 +192,11 @@ def _vocabulary(vocabulary: Union[str, Sequence[str], Vocabulary]) -> Tuple[str,
     return Vocabulary(tuple(vocabulary)).names
 
 
+def _as_opts(opts: Union[str, Sequence[str]]) -> List[str]:
+    """KEY VALUE pairs; a string is split as a shell would ("MODEL.DEVICE cpu")."""
+    return shlex.split(opts) if isinstance(opts, str) else [str(o) for o in opts]
+
+
 class Predictor:
     """Segment images with one ovseg model and a vocabulary per call.
 
@@ -192,7 +211,7 @@ class Predictor:
         weights: Optional[Union[str, os.PathLike]] = None,
         *,
         device: Optional[str] = None,
-        opts: Sequence[str] = (),
+        opts: Union[str, Sequence[str]] = (),
     ):
         """
         Args:
@@ -201,9 +220,9 @@ class Predictor:
             weights: a checkpoint; None for the config's ``MODEL.WEIGHTS`` (models such as
                 MaskCLIP need none beyond their CLIP).
             device: "cpu", "cuda", "cuda:1", ...; None for CUDA when available, else CPU.
-            opts: config overrides as KEY VALUE pairs.
+            opts: config overrides as KEY VALUE pairs (a list, or one string).
         """
-        cfg = load_config(resolve_config_path(config), list(opts))
+        cfg = load_config(resolve_config_path(config), _as_opts(opts))
         cfg.MODEL.DEVICE = _pick_device(device)
         _anchor_repo_paths(cfg)
         self.cfg = cfg
@@ -228,8 +247,8 @@ class Predictor:
             images: one image or a list: (H, W, 3) uint8 RGB numpy arrays, PIL images or
                 image files.
             vocabulary: a list of names, a string ("cat,dog,grass"; with synonyms
-                "pickup truck, truck; sky"), a builtin vocabulary name ("voc20") or a .json
-                vocabulary file.
+                "pickup truck, truck; sky"; one class: "cat;"), a builtin vocabulary name
+                ("voc20") or a .json vocabulary file.
             augment_vocabulary: a builtin vocabulary ("coco171") whose classes are added
                 for open-ended scenes; their pixels are labelled "other" (the last name).
             background_threshold: in (0, 1]: pixels whose best class probability is below

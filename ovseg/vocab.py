@@ -12,6 +12,7 @@ comma-separated words (:func:`split_synonyms`); the model scores it from all of 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -360,10 +361,13 @@ def resolve_vocabulary(spec: str, metadata: Any = None) -> Vocabulary:
         return Vocabulary.from_string(spec)
     if spec in builtin_vocabulary_names():
         return Vocabulary.builtin(spec)
+    close = difflib.get_close_matches(spec, builtin_vocabulary_names(), n=1, cutoff=0.75)
+    guess = f"did you mean the builtin {close[0]!r}? It is " if close else ""
     raise ValueError(
-        f"Unknown vocabulary {spec!r}: not a builtin (builtins are "
+        f"Unknown vocabulary {spec!r}: {guess}not a builtin (builtins are "
         f"{list(builtin_vocabulary_names())}), not a .json file, and not a comma-separated "
-        "list of names such as 'cat,dog' (or 'pickup truck, truck; sky' with synonyms)"
+        "list of names such as 'cat,dog' (or 'pickup truck, truck; sky' with synonyms; "
+        f"one class is written with a ';': '{spec};')"
     )
 
 

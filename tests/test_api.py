@@ -86,6 +86,10 @@ def test_builtin_vocabulary(predictor):
     [
         (np.zeros((8, 8, 3), np.float32), SHAPES, "uint8"),
         (np.zeros((8, 8), np.uint8), SHAPES, r"\(H, W, 3\)"),
+        (np.zeros((8, 8), np.uint8), SHAPES, r"repeat a grayscale"),
+        (np.zeros((8, 8, 4), np.uint8), SHAPES, r"drop an alpha channel"),
+        (np.zeros((8, 8, 3), np.uint16), SHAPES, r"x // 257"),
+        (np.zeros((8, 8, 3), np.uint8), "ade151", "did you mean the builtin 'ade150'"),
         (np.zeros((8, 8, 3), np.uint8), [], "empty"),
         (np.zeros((8, 8, 3), np.uint8), "", "Empty vocabulary"),
         (np.zeros((8, 8, 3), np.uint8), "no_such_builtin", "not a builtin"),
@@ -107,6 +111,31 @@ def test_bad_construction_is_refused_clearly(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is unavailable"):
             ovseg.Predictor("toy/maskclip.yaml", device="cuda")
+
+
+def test_one_class_vocabulary(predictor):
+    image, _ = _scene(0)
+    for vocabulary in (["circle"], "circle;", " circle ;"):
+        pred = predictor.predict(image, vocabulary)
+        assert pred.names == ("circle",) and (pred.labels == 0).all()
+    # one word alone reads as a builtin name; the error says how to write one class
+    with pytest.raises(ValueError, match="one class is written with a ';': 'circle;'"):
+        predictor.predict(image, "circle")
+    # with a background threshold one name is a real question: where is the crescent?
+    pred = predictor.predict(image, "crescent;", background_threshold=0.5)
+    assert pred.names == ("background", "crescent")
+
+
+def test_user_mistakes_in_construction_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Weights file .*nope\.pth' does not exist"):
+        ovseg.Predictor("toy/maskclip.yaml", tmp_path / "nope.pth", device="cpu")
+    # overrides as one string are split as a shell would
+    predictor = ovseg.Predictor(
+        "toy/maskclip.yaml", device="cpu", opts="TEST.DETECTIONS_PER_IMAGE 7"
+    )
+    assert predictor.cfg.TEST.DETECTIONS_PER_IMAGE == 7
+    with pytest.raises(ValueError, match="Unknown config key MODEL.OVSEG.TEST_VOCABLARY"):
+        ovseg.Predictor("toy/maskclip.yaml", opts=["MODEL.OVSEG.TEST_VOCABLARY", "a"])
 
 
 FREESEG = "toy/freeseg_toyrn_alltask_2400_bs8.yaml"

@@ -85,6 +85,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         self._path = path
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Checkpoint {path} (MODEL.WEIGHTS) does not exist; pass the model_final.pth "
+                "of a run of this config, or leave MODEL.WEIGHTS empty for a model that "
+                "needs no weights (MaskCLIP)"
+            )
         return super().load(path, checkpointables)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
@@ -158,6 +164,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             complete=self.complete or self._resuming or recorded is not None,
             num_loaded=loaded,
             some=self.some,
+            num_in_file=len(names),
         )
         return incompatible
 

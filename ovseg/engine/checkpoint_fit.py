@@ -56,6 +56,7 @@ def check_fit(
     complete: bool,
     num_loaded: int,
     some: bool = True,
+    num_in_file: int = 0,
 ) -> None:
     """Raise :class:`CheckpointMismatchError` when the checkpoint at ``path`` misfits ``model``.
 
@@ -68,6 +69,7 @@ def check_fit(
             resume, a checkpoint an ovseg run wrote); else only some need to fit.
         num_loaded (int): how many of the checkpoint's weights fit the model.
         some (bool): at least one weight must fit (a file meant to initialise the model).
+        num_in_file (int): how many weights the checkpoint holds.
     """
     arch = architecture_of(model)
     missing = _unexpectedly_missing(model, incompatible.missing_keys)
@@ -85,6 +87,13 @@ def check_fit(
         raise CheckpointMismatchError(
             _message(path, recorded, arch, [f"none of its weights fit the model's {total}"])
         )
+    if some and not total and num_in_file and recorded != arch:
+        # a model with no weights of its own (MaskCLIP: only the frozen CLIP) would
+        # otherwise take another method's checkpoint silently and ignore all of it
+        problems = [f"the model has no weights outside its frozen CLIP, and none of the "
+                    f"file's {num_in_file} fit; {arch} needs no checkpoint (leave "
+                    "MODEL.WEIGHTS empty)"]  # fmt: skip
+        raise CheckpointMismatchError(_message(path, recorded, arch, problems))
 
 
 def _unexpectedly_missing(model: nn.Module, missing: Sequence[str]) -> list:

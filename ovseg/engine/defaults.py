@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import re
 
 import torch
+import yaml
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
@@ -26,11 +29,13 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         raise FileNotFoundError(f"Config file {config_file!r} does not exist.")
     cfg = get_cfg()
     add_ovseg_config(cfg)
-    cfg.merge_from_file(config_file)
+    with _unknown_keys_named(cfg, f"config file {config_file}"):
+        cfg.merge_from_file(config_file)
     if opts:
         if len(opts) % 2:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
-        cfg.merge_from_list(_custom_as_list(list(opts)))
+        with _unknown_keys_named(cfg, "the KEY VALUE overrides"):
+            cfg.merge_from_list(_custom_as_list(list(opts)))
     if cfg.DATASETS.CUSTOM:
         from ..data.datasets.custom import register_from_config
 
@@ -39,6 +44,48 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
+
+
+class _unknown_keys_named:
+    """Turn detectron2's bare "Non-existent key" (a KeyError or AssertionError) into a
+    ValueError naming where the key came from and the closest existing keys; a missing
+    _BASE_ file and invalid YAML name the config they were met in."""
+
+    def __init__(self, cfg: CfgNode, where: str):
+        self.cfg, self.where = cfg, where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, FileNotFoundError) and error.filename:
+            raise FileNotFoundError(
+                f"{self.where}: a _BASE_ in its chain names {error.filename}, which does not "
+                "exist (a _BASE_ path is relative to the file that names it)"
+            ) from None
+        if isinstance(error, yaml.YAMLError):
+            raise ValueError(f"{self.where} is not valid YAML: {error}") from None
+        match = _UNKNOWN_KEY.search(str(error)) if error is not None else None
+        if match is None or not isinstance(error, (KeyError, AssertionError)):
+            return False
+        key = match.group(1)
+        close = difflib.get_close_matches(key, _all_keys(self.cfg), n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(
+            f"Unknown config key {key} in {self.where}: {hint}Every key, with its meaning, is "
+            "in ovseg/config.py (ovseg's) and detectron2/config/defaults.py"
+        ) from None
+
+
+def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        keys += _all_keys(value, f"{prefix}{name}.") if isinstance(value, CfgNode) else []
+        keys.append(f"{prefix}{name}")
+    return keys
 
 
 def _custom_as_list(opts: list[str]) -> list[str]:

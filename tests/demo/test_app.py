@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from ovseg_testing import load_script
+from ovseg_testing import ROOT, load_script
 
 from ovseg.data.datasets import toy_world as tw
 from ovseg.utils.visualization import heatmap_grid
@@ -81,6 +81,32 @@ def test_bad_requests_say_what_to_do(toy_app):
         toy_app.segment(_scene(), VOCABULARY, "nope")
     with pytest.raises(ValueError, match="no models"):
         app_module.SegmentApp([])
+
+
+def test_grayscale_and_rgba_uploads_are_segmented(toy_app):
+    image = _scene()
+    gray = image.mean(axis=2).astype(np.uint8)
+    rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+    for upload, as_rgb in ((gray, np.stack([gray] * 3, axis=-1)), (rgba, image)):
+        _, label_map, _, _ = toy_app.segment(upload, VOCABULARY, "toy")
+        _, expected, _, _ = toy_app.segment(as_rgb, VOCABULARY, "toy")
+        np.testing.assert_array_equal(label_map, expected)
+
+
+def test_a_bad_model_stops_the_app_before_serving(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        app_module.main(["--config-file", "toy/no_such.yaml"])
+    assert "neither a file nor a path under" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app_module.main(["--config-file", "toy/maskclip.yaml", "--weights", "nope.pth"])
+    assert "--weights nope.pth: no such file" in capsys.readouterr().err
+    if importlib.util.find_spec("gradio") is None:
+        return
+    typo = tmp_path / "typo.yaml"
+    base = ROOT / "configs/toy/maskclip.yaml"
+    typo.write_text(f"_BASE_: {base}\nMODEL:\n  OVSEG:\n    TEST_VOCABLARY: a\n")
+    with pytest.raises(SystemExit, match="Unknown config key MODEL.OVSEG.TEST_VOCABLARY"):
+        app_module.main(["--config-file", str(typo), "--runs"])
 
 
 def test_menu_lists_trained_runs(tmp_path):

@@ -67,6 +67,24 @@ def test_a_complete_checkpoint_of_the_same_architecture_loads(zegclip_checkpoint
     assert torch.equal(model.backbone.prompts, saved["backbone.prompts"])
 
 
+def test_a_model_without_weights_refuses_another_methods_checkpoint(zegclip_checkpoint, tmp_path):
+    import ovseg
+
+    # MaskCLIP holds nothing outside its frozen CLIP: another method's file used to be
+    # accepted with every weight ignored
+    with pytest.raises(CheckpointMismatchError) as err:
+        ovseg.Predictor("toy/maskclip.yaml", zegclip_checkpoint, device="cpu")
+    assert "a ZegCLIP checkpoint" in str(err.value) and "MaskCLIP needs no checkpoint" in str(
+        err.value
+    )
+    # its own (empty) checkpoint still loads
+    maskclip = ovseg.Predictor("toy/maskclip.yaml", device="cpu").model
+    ovseg.Predictor("toy/maskclip.yaml", _save(maskclip, tmp_path), device="cpu")
+    # a file that is not there is named as such (detectron2 only asserts)
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth \(MODEL.WEIGHTS\) does not exist"):
+        load_model_weights(maskclip, str(tmp_path / "nope.pth"))
+
+
 def test_model_weights_of_trained_parts_must_fit(zegclip_checkpoint, tmp_path):
     cfg = load_config(str(SEMFPN), cpu_opts("SemanticSegmentor", tmp_path / "cache"))
     from ovseg.engine import Trainer

@@ -78,3 +78,28 @@ def test_every_shipped_config_passes_the_checks():
     files = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "clip")
     for path in files:
         check_config(load_config(str(path)))
+
+
+def _config(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_typos_name_the_file_and_the_closest_key(tmp_path):
+    from ovseg.engine.defaults import load_config
+
+    toy = ROOT / "configs/toy/maskclip.yaml"
+    typo = _config(
+        tmp_path, "typo.yaml", f"_BASE_: {toy}\nMODEL:\n  OVSEG:\n    TEST_VOCABLARY: a\n"
+    )
+    with pytest.raises(ValueError, match=r"TEST_VOCABLARY in config file .*typo\.yaml: did you"):
+        load_config(typo)
+    with pytest.raises(ValueError, match=r"MAX_ITR in the KEY VALUE overrides: .*SOLVER\.MAX_ITER"):
+        load_config(str(toy), ["SOLVER.MAX_ITR", "3"])
+    base = _config(tmp_path, "base.yaml", "_BASE_: no_such_base.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"base\.yaml: a _BASE_ .*no_such_base\.yaml"):
+        load_config(base)
+    broken = _config(tmp_path, "broken.yaml", "MODEL:\n  OVSEG: [\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml is not valid YAML"):
+        load_config(broken)
