@@ -129,11 +129,6 @@ def build_inference_model(cfg: CfgNode, weights: Optional[str] = None) -> torch.
     model = build_model(cfg)
     model.eval()
     weights = cfg.MODEL.WEIGHTS if weights is None else str(weights)
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"Weights file {weights!r} does not exist; pass the model_final.pth of a run of "
-            "this config, or no weights for a training-free model such as MaskCLIP"
-        )
     if weights:
         load_model_weights(model, weights)
     return model

@@ -127,7 +127,7 @@ def test_one_class_vocabulary(predictor):
 
 
 def test_user_mistakes_in_construction_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"Weights file .*nope\.pth' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth \(MODEL.WEIGHTS\) does not exist"):
         ovseg.Predictor("toy/maskclip.yaml", tmp_path / "nope.pth", device="cpu")
     # overrides as one string are split as a shell would
     predictor = ovseg.Predictor(
