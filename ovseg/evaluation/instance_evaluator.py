@@ -34,12 +34,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def log_split_results(what: str, dataset_name: str, results: dict) -> None:
-    """Log the seen / unseen keys of ``results`` (``AP50-unseen``, ...) as one table:
-    detectron2's print_csv_format skips keys containing '-', so they reach no log else."""
+def log_split_results(what: str, dataset_name: str, results: dict, log=logger) -> None:
+    """Log the seen / unseen keys of ``results`` (``AP50-unseen``, ...) as one table to
+    ``log``: detectron2's print_csv_format skips keys containing '-', so they reach no log
+    else."""
     split = {k: v for k, v in results.items() if k.endswith(("-seen", "-unseen"))}
     if split:
-        logger.info(f"{what} per split on {dataset_name}:\n" + create_small_table(split))
+        log.info(f"{what} per split on {dataset_name}:\n" + create_small_table(split))
 
 
 def split_average_precision(coco_eval, category_ids) -> dict:

@@ -62,7 +62,7 @@ class OpenVocabPanopticEvaluator(COCOPanopticEvaluator):
             avg, _ = self._stat.average(ids)
             for key in ("pq", "sq", "rq"):
                 results["panoptic_seg"][f"{key.upper()}-{split}"] = 100 * avg[key]
-        log_split_results("PQ", self._metadata.name, results["panoptic_seg"])
+        log_split_results("PQ", self._metadata.name, results["panoptic_seg"], logger)
         return results
 
     def _distributed_any(self) -> bool:
