@@ -22,10 +22,25 @@ import numpy as np
 
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+from detectron2.utils.logger import create_small_table
 
-__all__ = ["OpenVocabInstanceEvaluator", "evaluate_on_categories", "split_average_precision"]
+__all__ = [
+    "OpenVocabInstanceEvaluator",
+    "evaluate_on_categories",
+    "log_split_results",
+    "split_average_precision",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def log_split_results(what: str, dataset_name: str, results: dict, log=logger) -> None:
+    """Log the seen / unseen keys of ``results`` (``AP50-unseen``, ...) as one table to
+    ``log``: detectron2's print_csv_format skips keys containing '-', so they reach no log
+    else."""
+    split = {k: v for k, v in results.items() if k.endswith(("-seen", "-unseen"))}
+    if split:
+        log.info(f"{what} per split on {dataset_name}:\n" + create_small_table(split))
 
 
 def split_average_precision(coco_eval, category_ids) -> dict:
@@ -132,6 +147,7 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
                 split_average_precision(coco_eval, ids) if coco_eval else nan
             ).items():
                 res[f"{key}-{split}"] = value
+        log_split_results("Mask AP", self._metadata.name, res)
         self._results["segm"] = res
 
     def _evaluate_all(self, kept, img_ids):

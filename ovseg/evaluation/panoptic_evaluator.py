@@ -15,6 +15,7 @@ from typing import Optional
 
 from detectron2.evaluation import COCOPanopticEvaluator
 
+from .instance_evaluator import log_split_results
 from .panoptic_quality import panopticapi_provided, pq_compute_stats, pq_results
 
 __all__ = ["OpenVocabPanopticEvaluator"]
@@ -61,6 +62,7 @@ class OpenVocabPanopticEvaluator(COCOPanopticEvaluator):
             avg, _ = self._stat.average(ids)
             for key in ("pq", "sq", "rq"):
                 results["panoptic_seg"][f"{key.upper()}-{split}"] = 100 * avg[key]
+        log_split_results("PQ", self._metadata.name, results["panoptic_seg"], logger)
         return results
 
     def _distributed_any(self) -> bool:

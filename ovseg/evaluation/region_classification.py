@@ -27,6 +27,7 @@ from typing import Dict, List, Tuple
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import create_small_table
 
 from ..vocab import normalize_name
 
@@ -106,4 +107,11 @@ class RegionClassificationEvaluator(DatasetEvaluator):
         if not records:
             logger.warning("No region classified on %s", self._dataset_name)
             return {}
-        return {"classification": region_accuracies(records)}
+        res = region_accuracies(records)
+        # detectron2's print_csv_format skips keys containing '-': without this summary the
+        # seen / unseen accuracies would reach no log
+        logger.info(
+            f"Region classification on {self._dataset_name} ({len(records)} regions):\n"
+            + create_small_table(res)
+        )
+        return {"classification": res}

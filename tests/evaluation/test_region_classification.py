@@ -4,6 +4,8 @@ real evaluation of FreeSeg's prompt stage on such a set."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from ovseg_testing import tiny_freeseg_prompt_cfg
@@ -48,7 +50,7 @@ def test_accuracies_by_hand():
     assert "top1-unseen" not in only_seen and only_seen["top1"] == 0.0
 
 
-def test_evaluator_ranks_logits_against_the_target():
+def test_evaluator_ranks_logits_against_the_target(caplog):
     MetadataCatalog.get("region_eval_hand").set(stuff_classes=NAMES, unseen_classes=["f"])
     ev = RegionClassificationEvaluator("region_eval_hand", distributed=False)
     ev.reset()
@@ -61,7 +63,10 @@ def test_evaluator_ranks_logits_against_the_target():
     for inp, out in cases:
         ev.process([inp], [out])
     ev.process([cases[0][0]], [{"sem_seg": torch.zeros(6, 2, 2)}])  # not a region output
-    res = ev.evaluate()["classification"]
+    with caplog.at_level(logging.INFO, logger="ovseg.evaluation.region_classification"):
+        res = ev.evaluate()["classification"]
+    # the seen / unseen split reaches the log (detectron2's csv lines skip '-' keys)
+    assert "4 regions" in caplog.text and "top1-unseen" in caplog.text and "100.000" in caplog.text
     assert res["top1"] == 50.0 and res["top5"] == 75.0
     assert res["top1-seen"] == pytest.approx(100 / 3) and res["top1-unseen"] == 100.0
     assert res["mACC"] == pytest.approx(50.0)

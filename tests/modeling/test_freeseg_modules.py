@@ -86,6 +86,26 @@ def test_the_frozen_cache_is_keyed_by_task_unless_official(teacher):
         prompt(["cat"], "detection.")
 
 
+def test_trainable_prompts_are_encoded_once_per_evaluation(teacher):
+    """The prompt stage's region test: trainable tokens under no_grad encode the vocabulary
+    once (not once per region), and a training step's token update is seen at once."""
+    prompt = AdaptivePromptLearner(teacher)
+    calls = []
+    encode = prompt.encode
+    prompt.encode = lambda *a: calls.append(1) or encode(*a)
+    with torch.no_grad():
+        first = prompt(["cat", "dog"], SEM)
+        assert torch.equal(prompt(["dog", "cat"], SEM), first.flip(0)) and len(calls) == 1
+    optimizer = torch.optim.SGD(prompt.parameters(), lr=10.0)
+    prompt(["cat", "dog"], SEM).sum().backward()  # with gradients: recomputed, not cached
+    assert len(calls) == 2
+    optimizer.step()
+    with torch.no_grad():
+        after = prompt(["cat", "dog"], SEM)
+    assert len(calls) == 3 and not torch.allclose(after, first)
+    torch.testing.assert_close(after, prompt.encode(*prompt.sequences(["cat", "dog"], SEM)))
+
+
 def test_prompt_tokens_load_from_a_checkpoint(teacher, tmp_path):
     learnt = AdaptivePromptLearner(teacher)
     torch.save(

@@ -19,7 +19,10 @@ The sequence (padded to the context length) goes through CLIP's positional embed
 causal transformer, ``ln_final`` and text projection; the feature at EOT is L2-normalised
 (``:155-199``). CLIP stays frozen: gradients reach only the two learnable token sets.
 
-Features computed while the prompts are frozen are cached. The official cache
+Features computed without gradients are cached: while the prompts are frozen, and, while
+they train, for as long as no token changes (an evaluation of the prompt stage encodes its
+vocabulary once, not once per region; the release re-encodes it per call, ``adapter.py:47``,
+so a COCO-Stuff region test costs 171 text passes per region). The official cache
 (``adapter.py:28-46``) is keyed by the noun alone, so the first task that asks for a noun
 fixes its features for every task; ``cache_by_task`` (default) keys it by (task, noun).
 """
@@ -96,6 +99,7 @@ class AdaptivePromptLearner(nn.Module):
             nn.init.kaiming_normal_(self.task_context, a=2)
         self._tokens: Dict[str, Tuple[Tensor, int, int]] = {}  # text -> (ids, sot, eot)
         self._cache: Dict[Tuple[str, ...], Tensor] = {}
+        self._cache_tokens: Tuple[int, ...] = ()  # the tokens' versions the cache is for
 
     @property
     def teacher(self) -> CLIPTeacher:
@@ -196,9 +200,9 @@ class AdaptivePromptLearner(nn.Module):
     def forward(self, names: Sequence[str], task: str) -> Tensor:
         """Prompted text features of ``names`` for ``task``.
 
-        While a prompt token takes gradients every call recomputes (and back-propagates);
-        once frozen, features are cached per (task, noun), or per noun with ``cache_by_task``
-        off (official).
+        With gradients on and a prompt token that takes them, every call recomputes (and
+        back-propagates); otherwise features are cached per (task, noun), or per noun with
+        ``cache_by_task`` off (official), until a token changes.
 
         Args:
             names: K class names.
@@ -210,8 +214,14 @@ class AdaptivePromptLearner(nn.Module):
         if isinstance(names, str) or not names:
             raise ValueError(f"names must be a non-empty list of class names, got {names!r}")
         self._check_task(task)
-        if self.trainable:  # the tokens may change at any step: never cache (``adapter.py:47``)
+        if self.trainable and torch.is_grad_enabled():  # back-propagated: never cached
             return self.encode(*self.sequences(names, task))
+        # in-place updates (optimiser steps, loading) bump a tensor's version: a cache made
+        # for other tokens is dropped
+        tokens = tuple(p._version for p in (self.class_context, self.task_context))
+        if tokens != self._cache_tokens:
+            self._cache.clear()
+            self._cache_tokens = tokens
         key = (lambda n: (task, n)) if self.cache_by_task else (lambda n: (n,))
         todo = [n for n in dict.fromkeys(names) if key(n) not in self._cache]
         if todo:
