@@ -41,9 +41,18 @@ def atomic_write(
         by_name (bool): pass the temporary path instead of an open file.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; give a file name to write")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = _create_temporary(folder, os.path.basename(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = _create_temporary(folder, os.path.basename(path))
+    except OSError as e:
+        # name the file the user asked for, not the hidden temporary beside it
+        reason = e.strerror or str(e)
+        raise type(e)(
+            f"cannot write {path}: {reason} (in {folder}); give a path in a folder you can write"
+        ) from e
     try:
         if by_name:
             os.close(fd)

@@ -133,6 +133,19 @@ def test_plot_metrics_errors(tmp_path, capsys):
     assert "holds no losses" in capsys.readouterr().err
 
 
+def test_a_file_that_is_not_metrics_json_fails_in_a_few_lines(tmp_path, capsys):
+    # a config.yaml or a checkpoint given by mistake: one error, not a warning per line
+    (tmp_path / "config.yaml").write_text("".join(f"KEY{i}: {i}\n" for i in range(200)))
+    assert plot_metrics.main([str(tmp_path / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no losses" in err
+    assert err.count("is not a JSONWriter record") == 3
+    assert "200 lines in all are not JSONWriter records" in err
+    (tmp_path / "model_final.pth").write_bytes(b"PK\x03\x04\x80\xff" * 50)
+    assert plot_metrics.main([str(tmp_path / "model_final.pth")]) == 2
+    assert "model_final.pth holds no losses" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- drawing seen and unseen
 def test_unseen_classes_are_hatched_and_seen_classes_flat():
     image = np.full((64, 64, 3), 128, np.uint8)
