@@ -196,6 +196,16 @@ def test_visualize_dataset_unknown_dataset(capsys, tmp_path):
     assert visualize_dataset.main(argv) == 2
     err = capsys.readouterr().err
     assert "'ade20k_sem_seg_vall' is not registered" in err and "ade20k_sem_seg_val" in err
+    assert "closest registered names are ['ade20k_sem_seg_val'" in err
+
+
+def test_visualize_dataset_output_that_cannot_be_a_folder(ade_with_unseen, tmp_path, capsys):
+    (tmp_path / "vis.png").write_bytes(b"")
+    argv = ["--dataset", "ade20k_sem_seg_val", "--num", "1", "--output"]
+    assert visualize_dataset.main([*argv, str(tmp_path / "vis.png")]) == 2
+    assert "output " + str(tmp_path / "vis.png") + " is a file" in capsys.readouterr().err
+    assert visualize_dataset.main([*argv, "/proc/ovseg_vis"]) == 2
+    assert "cannot create output folder /proc/ovseg_vis" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- pseudo-labels
