@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 
 import torch
+import yaml
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
@@ -23,14 +25,17 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     if not config_file:
         raise ValueError("No --config-file given; pick one under configs/ (see README).")
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"Config file {config_file!r} does not exist.")
+        what = "is a folder, not a file" if os.path.isdir(config_file) else "does not exist"
+        raise FileNotFoundError(
+            f"Config file {config_file!r} {what}; pick a .yaml file under configs/ (see README)."
+        )
     cfg = get_cfg()
     add_ovseg_config(cfg)
-    cfg.merge_from_file(config_file)
+    _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     if opts:
         if len(opts) % 2:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
-        cfg.merge_from_list(_custom_as_list(list(opts)))
+        _merge(cfg, lambda: cfg.merge_from_list(_custom_as_list(list(opts))), "the overrides")
     if cfg.DATASETS.CUSTOM:
         from ..data.datasets.custom import register_from_config
 
@@ -39,6 +44,44 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def _merge(cfg: CfgNode, merge, where: str) -> None:
+    """Run a yacs merge; a misspelt key, broken YAML or a missing _BASE_ says so plainly."""
+    try:
+        merge()
+    except (KeyError, AssertionError) as e:
+        # yacs: KeyError "Non-existent config key: X" (files), AssertionError (KEY VALUE lists)
+        message = str(e.args[0] if e.args else e)
+        if "Non-existent" not in message:
+            raise
+        key = message.rsplit(":", 1)[-1].strip()
+        hint = _close_keys(cfg, key)
+        raise ValueError(f"{key} (set in {where}) is not a config key; {hint}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where} is not valid YAML: {e}") from e
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{where} (or a _BASE_ it chains to) names {e.filename}, which does not exist; "
+            "fix the _BASE_ path (relative to the file that names it)"
+        ) from e
+
+
+def _close_keys(cfg: CfgNode, key: str) -> str:
+    """The hint after an unknown key: the existing keys spelt most like it."""
+    known = []
+
+    def walk(node: CfgNode, prefix: str) -> None:
+        for name, value in node.items():
+            known.append(prefix + name)
+            if isinstance(value, CfgNode):
+                walk(value, prefix + name + ".")
+
+    walk(cfg, "")
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(close)}? (ovseg's keys are in ovseg/config.py)"
+    return "check its spelling against ovseg/config.py and detectron2's defaults"
 
 
 def _custom_as_list(opts: list[str]) -> list[str]:

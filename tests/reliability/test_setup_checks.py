@@ -78,3 +78,26 @@ def test_every_shipped_config_passes_the_checks():
     files = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "clip")
     for path in files:
         check_config(load_config(str(path)))
+
+
+def test_config_mistakes_say_what_is_wrong(tmp_path):
+    from ovseg.engine.defaults import load_config
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  LSEG:\n    ACTIVATOIN: relu\n")
+    with pytest.raises(ValueError, match=r"MODEL.LSEG.ACTIVATOIN \(set in config file .*typo"):
+        load_config(str(typo))
+    with pytest.raises(
+        ValueError, match=r"overrides.*did you mean MODEL.CLIP.MODEL_NAME"
+    ):
+        load_config(CONFIG, ["MODEL.CLIP.MODLE_NAME", "x"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("MODEL:\n  X: [1,\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        load_config(str(broken))
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("_BASE_: nosuch.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"names .*nosuch.yaml, which does not exist"):
+        load_config(str(orphan))
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        load_config(str(tmp_path))
