@@ -87,9 +87,7 @@ def test_config_mistakes_say_what_is_wrong(tmp_path):
     typo.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  LSEG:\n    ACTIVATOIN: relu\n")
     with pytest.raises(ValueError, match=r"MODEL.LSEG.ACTIVATOIN \(set in config file .*typo"):
         load_config(str(typo))
-    with pytest.raises(
-        ValueError, match=r"overrides.*did you mean MODEL.CLIP.MODEL_NAME"
-    ):
+    with pytest.raises(ValueError, match=r"overrides.*did you mean MODEL.CLIP.MODEL_NAME"):
         load_config(CONFIG, ["MODEL.CLIP.MODLE_NAME", "x"])
     broken = tmp_path / "broken.yaml"
     broken.write_text("MODEL:\n  X: [1,\n")
