@@ -33,6 +33,12 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     add_ovseg_config(cfg)
     _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     if opts:
+        options = [o for o in opts[::2] if str(o).startswith("--")]
+        if options:
+            raise ValueError(
+                f"{options[0]} comes after the config overrides (KEY VALUE pairs), where it "
+                "would be read as a config key; put the tool's options before the overrides"
+            )
         if len(opts) % 2:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
         _merge(cfg, lambda: cfg.merge_from_list(_custom_as_list(list(opts))), "the overrides")

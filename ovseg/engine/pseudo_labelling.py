@@ -35,7 +35,8 @@ from ..pseudo import (
     score_kind_of,
 )
 from .checkpoint import load_model_weights
-from .defaults import setup
+from .checks import UnknownDatasetError, closest_datasets
+from .defaults import load_config, setup
 
 __all__ = ["Labeller", "build_labeller", "get_parser", "labeller_manifest", "main", "parse_args"]
 
@@ -141,7 +142,9 @@ def build_labeller(cfg: CfgNode, dataset: str = "", scores: str = "auto") -> Lab
     if not dataset:
         raise ValueError("No --dataset given and DATASETS.TRAIN is empty; name the dataset")
     if dataset not in DatasetCatalog.list():
-        raise KeyError(f"Dataset {dataset!r} is not registered; known: {DatasetCatalog.list()}")
+        raise UnknownDatasetError(
+            f"--dataset {dataset!r} is not a registered dataset; {closest_datasets(dataset)}"
+        )
     dataset_dicts = DatasetCatalog.get(dataset)
     mapper = build_dataset_mapper(cfg, False, dataset)
     vocabulary = getattr(mapper, "vocabulary", None)
@@ -178,11 +181,11 @@ def labeller_manifest(
     )
 
 
-def _all_ok(error: Optional[str]) -> None:
-    """Raise in every process when any process failed (so none waits at a barrier)."""
+def _all_ok(error: Optional[str], kind: type = RuntimeError) -> None:
+    """Raise ``kind`` in every process when any process failed (so none waits at a barrier)."""
     errors = [e for e in comm.all_gather(error) if e]
     if errors:
-        raise RuntimeError(errors[0] if error is None else error)
+        raise kind(errors[0] if error is None else error)
 
 
 def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> PseudoLabelStore:
@@ -192,7 +195,7 @@ def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> Pseu
             store = store_cls.create(output, manifest)
         except (ValueError, OSError) as e:
             error = str(e)
-    _all_ok(error)
+    _all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
     if store is None:
         expect = {"fingerprint": manifest["fingerprint"], "vocabulary": manifest["vocabulary"]}
         try:
@@ -200,7 +203,7 @@ def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> Pseu
         except (ValueError, OSError) as e:
             # e.g. a randomly initialised teacher that differs between processes
             error = f"rank {comm.get_rank()}: {e}"
-    _all_ok(error)
+    _all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
     return store
 
 
@@ -211,6 +214,13 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     Returns:
         dict: this process's {"total", "written", "skipped"} image counts.
     """
+    if args.dataset:  # a misspelt --dataset stops before setup writes OUTPUT_DIR
+        load_config(args.config_file, args.opts)  # registers DATASETS.CUSTOM
+        if args.dataset not in DatasetCatalog.list():
+            raise UnknownDatasetError(
+                f"--dataset {args.dataset!r} is not a registered dataset; "
+                f"{closest_datasets(args.dataset)}"
+            )
     cfg = setup(args)
     from .pseudo_instances import main as instances_main
     from .pseudo_instances import makes_instance_pseudo_labels
