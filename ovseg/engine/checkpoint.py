@@ -35,8 +35,9 @@ _UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.Unpic
 _ITERATION = re.compile(r"_(\d+)\.pth$")
 
 
-class CheckpointReadError(RuntimeError):
-    """A checkpoint file cannot be read (truncated or damaged)."""
+class CheckpointReadError(RuntimeError, ValueError):
+    """A checkpoint file cannot be read (truncated or damaged); a ValueError too, so the
+    tools report it as the user's bad input in one line."""
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -174,6 +175,12 @@ def load_model_weights(
             that initialises part of a model (a converted backbone).
         some (bool): False lets such a file fit nothing.
     """
+    if "://" not in path and not os.path.isfile(path):  # detectron2 only asserts
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(
+            f"Checkpoint {path} (MODEL.WEIGHTS / --weights) {what}; give a weight file, e.g. "
+            "a run's <OUTPUT_DIR>/model_final.pth"
+        )
     AtomicCheckpointer(model, complete=complete, some=some).load(path, checkpointables=[])
 
 
