@@ -343,7 +343,7 @@ def load_official(path: str) -> Dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal reads the same to a user
-        # torch's own text advises weights_only=False at length: keep only its reason
+        # torch's own text is a page of advice about its default: keep only its reason
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         reason = next((ln for ln in lines if ln.startswith(("Unsupported", "Unpickler"))), "")
         reason = reason or (lines[0] if lines else type(e).__name__)
