@@ -16,9 +16,10 @@ test episodes depend on it) and reports how many listed images are missing under
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from prepare_utils import README, require, root_parser
+from prepare_utils import README, require, root_parser, run_script
 
 from ovseg.data.datasets.fewshot_splits import (
     BENCHMARKS,
@@ -82,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

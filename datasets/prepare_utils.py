@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.io import atomic_write
 
 try:  # the C decoder of COCO-style RLE masks (a detectron2 dependency); optional
@@ -32,6 +34,12 @@ def root_parser(description: str) -> argparse.ArgumentParser:
         help="folder holding the datasets (default: $DETECTRON2_DATASETS, else ./datasets)",
     )
     return parser
+
+
+def run_script(main: Callable[[], object]) -> int:
+    """A script's ``__main__``: a missing folder or a bad raw file ends in one line naming it
+    (``<script>: error: ...``, exit 2), not a traceback."""
+    return run_reporting_errors(os.path.basename(sys.argv[0]), main)
 
 
 def require(path: Path, what: str) -> Path:
@@ -233,10 +241,31 @@ def run_jobs(
         if all(p.exists() for p in outputs):
             skipped += 1
             continue
-        convert(src, dst)
+        try:
+            convert(src, dst)
+        except (OSError, ValueError) as e:
+            raise _naming(e, src) from e
         done += 1
     print(f"{desc}: {done} converted, {skipped} already there")
     return done, skipped
+
+
+def _naming(error: Exception, src: Any) -> Exception:
+    """``error`` with the raw file it came from named (PIL says only "Truncated File Read")."""
+    paths = src if isinstance(src, tuple) else (src,)
+    if not all(isinstance(p, (str, os.PathLike)) for p in paths):  # records: name nothing
+        return error
+    name = ", ".join(map(str, paths))
+    if name in str(error):
+        return error
+    message = (
+        f"{name}: {error}; is the file damaged (re-download it) or not the official one? "
+        f"See {README}."
+    )
+    try:
+        return type(error)(message)
+    except TypeError:  # an exception class that takes other arguments
+        return ValueError(message)
 
 
 def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
