@@ -42,12 +42,13 @@ def run_script(main: Callable[[], object]) -> int:
     return run_reporting_errors(os.path.basename(sys.argv[0]), main)
 
 
-def require(path: Path, what: str) -> Path:
-    """Return ``path`` if it exists, else raise an error naming it and pointing to the README."""
+def require(path: Path, what: str, option: str = "--root") -> Path:
+    """Return ``path`` if it exists, else raise an error naming it and pointing to the README
+    and to the ``option`` that chooses where it is looked for."""
     if not path.exists():
         raise FileNotFoundError(
             f"{what} not found: {path}. Download and unpack the official files as drawn in "
-            f"{README} (or pass --root)."
+            f"{README} (or pass {option})."
         )
     return path
 
