@@ -83,3 +83,4 @@ def test_mistakes_exit_2_in_one_line_before_any_work(tmp_path, argv, says):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"benchmark.py: error: {says.format(tmp=tmp_path)}" in proc.stderr
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+    assert "FutureWarning" not in proc.stderr  # detectron2's import-time jit.script, hushed
