@@ -70,6 +70,7 @@ def test_pseudo_labels_a_toy_world(toy_root, tmp_path):
     [
         (["--output", "{tmp}"], "--output {tmp} is a folder; give a .json file name"),
         (["MODEL.LSEG.FOO", "1"], "MODEL.LSEG.FOO (set in the overrides) is not a config key"),
+        (["DATASETS.TRAIN", "('toy_wrld',)"], "DATASETS.TRAIN names 'toy_wrld', which is not"),
     ],
 )
 def test_mistakes_exit_2_in_one_line_before_any_work(tmp_path, argv, says):
