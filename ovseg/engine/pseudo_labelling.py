@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -38,7 +39,15 @@ from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 from .defaults import load_config, setup
 
-__all__ = ["Labeller", "build_labeller", "get_parser", "labeller_manifest", "main", "parse_args"]
+__all__ = [
+    "Labeller",
+    "build_labeller",
+    "check_arguments",
+    "get_parser",
+    "labeller_manifest",
+    "main",
+    "parse_args",
+]
 
 logger = logging.getLogger("ovseg.tools.generate_pseudo_labels")
 
@@ -207,6 +216,19 @@ def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> Pseu
     return store
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad config, override or --dataset before setup writes OUTPUT_DIR (and, run by
+    the tool, before any process starts: a child's error would end in a traceback)."""
+    load_config(args.config_file, args.opts)  # also registers DATASETS.CUSTOM
+    if args.dataset and args.dataset not in DatasetCatalog.list():
+        raise UnknownDatasetError(
+            f"--dataset {args.dataset!r} is not a registered dataset; "
+            f"{closest_datasets(args.dataset)}"
+        )
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise FileExistsError(f"output {args.output} is a file; give a folder name for the store")
+
+
 def main(args: argparse.Namespace) -> Dict[str, int]:
     """Label this process's share of the dataset into ``args.output`` (every process):
     semantic labels, or an XPM config's caption pseudo instances (``pseudo_instances.py``).
@@ -214,13 +236,7 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     Returns:
         dict: this process's {"total", "written", "skipped"} image counts.
     """
-    if args.dataset:  # a misspelt --dataset stops before setup writes OUTPUT_DIR
-        load_config(args.config_file, args.opts)  # registers DATASETS.CUSTOM
-        if args.dataset not in DatasetCatalog.list():
-            raise UnknownDatasetError(
-                f"--dataset {args.dataset!r} is not a registered dataset; "
-                f"{closest_datasets(args.dataset)}"
-            )
+    check_arguments(args)
     cfg = setup(args)
     from .pseudo_instances import main as instances_main
     from .pseudo_instances import makes_instance_pseudo_labels

@@ -117,7 +117,18 @@ def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path):
     toy = ["--config-file", "configs/toy/maskclip.yaml", "--no-progress"]
     log = ["OUTPUT_DIR", str(tmp_path / "log"), "MODEL.CLIP.CACHE_DIR", str(tmp_path / "c")]
     cases = [
-        (["--dataset", "toy_world_sem_seg_vall", "--output", str(tmp_path / "s")], []),
+        # two processes: the name is checked before either starts
+        (
+            [
+                "--dataset",
+                "toy_world_sem_seg_vall",
+                "--num-gpus",
+                "2",
+                "--output",
+                str(tmp_path / "s"),
+            ],
+            [],
+        ),
         (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "a_file")], []),
         (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "s")], ["--threshold"]),
     ]
