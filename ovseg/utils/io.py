@@ -51,6 +51,8 @@ def atomic_write(
     except OSError as e:
         # name the file the user asked for, not the hidden temporary beside it
         reason = e.strerror or str(e)
+        if isinstance(e, (FileExistsError, NotADirectoryError)):
+            reason = "a part of its folder path is a file, not a folder"
         raise type(e)(
             f"cannot write {path}: {reason} (in {folder}); give a path in a folder you can write"
         ) from e

@@ -190,8 +190,7 @@ def plot_metrics(path: str, output: str = "") -> Tuple[str, PlotSummary]:
             f"({len(records)} records); is it a detectron2 metrics.json?"
         )
     output = output or os.path.join(os.path.dirname(os.path.abspath(metrics)), "metrics.png")
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
+    # the folder is made by the atomic write, whose error names the file when it cannot be
     picture, summary = plot(
         panels, title=os.path.basename(os.path.dirname(os.path.abspath(metrics)))
     )

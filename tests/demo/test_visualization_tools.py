@@ -141,6 +141,9 @@ def test_a_file_that_is_not_metrics_json_fails_in_a_few_lines(tmp_path, capsys):
     assert "holds no losses" in err
     assert err.count("is not a JSONWriter record") == 3
     assert "200 lines in all are not JSONWriter records" in err
+    _write_metrics(tmp_path)
+    assert plot_metrics.main([str(tmp_path), "--output", str(tmp_path / "config.yaml/x.png")]) == 2
+    assert "config.yaml/x.png: a part of its folder path is a file" in capsys.readouterr().err
     (tmp_path / "model_final.pth").write_bytes(b"PK\x03\x04\x80\xff" * 50)
     assert plot_metrics.main([str(tmp_path / "model_final.pth")]) == 2
     assert "model_final.pth holds no losses" in capsys.readouterr().err
