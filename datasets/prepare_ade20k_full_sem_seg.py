@@ -11,6 +11,7 @@ and ``annotations_detectron2/<split>/*.png`` for ``training`` and ``validation``
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ from prepare_utils import (
     require,
     root_parser,
     run_jobs,
+    run_script,
     save_image,
     save_label,
 )
@@ -163,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -13,6 +13,7 @@ random colours, so a resumed run rebuilds the jsons from the written PNGs.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from prepare_utils import (
     rgb_to_ids,
     root_parser,
     run_jobs,
+    run_script,
     save_panoptic,
     segment_info,
 )
@@ -128,4 +130,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

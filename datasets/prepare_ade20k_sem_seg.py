@@ -6,6 +6,7 @@ Writes ``ADEChallengeData2016/annotations_detectron2/{training,validation}/*.png
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from prepare_utils import (
     require,
     root_parser,
     run_jobs,
+    run_script,
     save_label,
 )
 
@@ -56,4 +58,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -10,9 +10,10 @@ dropped. Output names are the ones of OVR-CNN's ``paths_catalog.py``:
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from prepare_utils import require, root_parser
+from prepare_utils import require, root_parser, run_script
 
 from ovseg.data.datasets.categories import COCO_48_17_SEEN, COCO_48_17_UNSEEN
 from ovseg.utils.io import atomic_write_json
@@ -53,4 +54,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from prepare_utils import (
     rgb_to_ids,
     root_parser,
     run_jobs,
+    run_script,
     save_label,
     save_panoptic,
     segment_info,
@@ -168,4 +170,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

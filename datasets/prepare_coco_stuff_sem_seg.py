@@ -9,6 +9,7 @@ SAN / CAT-Seg; the unused ids and 255 become 255 (ignore). Reads
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from prepare_utils import (
     require,
     root_parser,
     run_jobs,
+    run_script,
     save_label,
 )
 
@@ -55,4 +57,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -16,9 +16,10 @@ test episodes depend on it) and reports how many listed images are missing under
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from prepare_utils import README, require, root_parser
+from prepare_utils import README, require, root_parser, run_script
 
 from ovseg.data.datasets.fewshot_splits import (
     BENCHMARKS,
@@ -44,7 +45,11 @@ def convert(splits: Path, root: Path, benchmarks=tuple(BENCHMARKS)) -> dict:
         entries = missing = 0
         for split in ("trn", "val"):
             for fold in range(NUM_FOLDS):
-                src = require(splits / folder / split / f"fold{fold}.{ext}", f"HSNet {folder} list")
+                src = require(
+                    splits / folder / split / f"fold{fold}.{ext}",
+                    f"HSNet {folder} list",
+                    "--hsnet-splits",
+                )
                 if benchmark == "pascal5i":
                     data = read_hsnet_pascal_list(src)
                     names = [n for n, _ in data]
@@ -58,7 +63,7 @@ def convert(splits: Path, root: Path, benchmarks=tuple(BENCHMARKS)) -> dict:
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = root_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--hsnet-splits",
@@ -69,9 +74,11 @@ def main() -> None:
     parser.add_argument(
         "--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS)
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     root = Path(args.root)
-    report = convert(require(args.hsnet_splits, "HSNet splits folder"), root, args.benchmarks)
+    report = convert(
+        require(args.hsnet_splits, "HSNet splits folder", "--hsnet-splits"), root, args.benchmarks
+    )
     for benchmark, (entries, missing) in report.items():
         print(f"{benchmark}: {entries} listed entries written under {root / 'fewshot_splits'}")
         if missing:
@@ -82,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

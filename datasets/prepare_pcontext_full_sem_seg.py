@@ -12,6 +12,7 @@ phases lack three of those images). Writes
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from prepare_utils import (
     require,
     root_parser,
     run_jobs,
+    run_script,
     save_label,
 )
 
@@ -103,4 +105,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

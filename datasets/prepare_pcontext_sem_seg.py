@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from prepare_utils import (
     rle_decode,
     root_parser,
     run_jobs,
+    run_script,
     save_label,
 )
 
@@ -240,4 +242,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

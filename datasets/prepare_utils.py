@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.io import atomic_write
 
 try:  # the C decoder of COCO-style RLE masks (a detectron2 dependency); optional
@@ -34,12 +36,19 @@ def root_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def require(path: Path, what: str) -> Path:
-    """Return ``path`` if it exists, else raise an error naming it and pointing to the README."""
+def run_script(main: Callable[[], object]) -> int:
+    """A script's ``__main__``: a missing folder or a bad raw file ends in one line naming it
+    (``<script>: error: ...``, exit 2), not a traceback."""
+    return run_reporting_errors(os.path.basename(sys.argv[0]), main)
+
+
+def require(path: Path, what: str, option: str = "--root") -> Path:
+    """Return ``path`` if it exists, else raise an error naming it and pointing to the README
+    and to the ``option`` that chooses where it is looked for."""
     if not path.exists():
         raise FileNotFoundError(
             f"{what} not found: {path}. Download and unpack the official files as drawn in "
-            f"{README} (or pass --root)."
+            f"{README} (or pass {option})."
         )
     return path
 
@@ -233,10 +242,31 @@ def run_jobs(
         if all(p.exists() for p in outputs):
             skipped += 1
             continue
-        convert(src, dst)
+        try:
+            convert(src, dst)
+        except (OSError, ValueError) as e:
+            raise _naming(e, src) from e
         done += 1
     print(f"{desc}: {done} converted, {skipped} already there")
     return done, skipped
+
+
+def _naming(error: Exception, src: Any) -> Exception:
+    """``error`` with the raw file it came from named (PIL says only "Truncated File Read")."""
+    paths = src if isinstance(src, tuple) else (src,)
+    if not all(isinstance(p, (str, os.PathLike)) for p in paths):  # records: name nothing
+        return error
+    name = ", ".join(map(str, paths))
+    if name in str(error):
+        return error
+    message = (
+        f"{name}: {error}; is the file damaged (re-download it) or not the official one? "
+        f"See {README}."
+    )
+    try:
+        return type(error)(message)
+    except TypeError:  # an exception class that takes other arguments
+        return ValueError(message)
 
 
 def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ background and boundary become 255 (ignore) and classes 0..19. Writes three spli
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from prepare_utils import (
     require,
     root_parser,
     run_jobs,
+    run_script,
     save_label,
 )
 
@@ -195,4 +197,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -4,12 +4,22 @@ Importing the package registers every dataset, dataset mapper, meta-architecture
 evaluator with detectron2's registries.
 """
 
-from . import (
+import warnings
+
+with warnings.catch_warnings():
+    # fvcore and detectron2 script functions at import, which this torch calls deprecated:
+    # every tool would open with that FutureWarning about code that is not ovseg's
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    import fvcore.nn  # noqa: F401
+
+    import detectron2.modeling  # noqa: F401
+
+from . import (  # noqa: E402
     data,  # noqa: F401  (registers datasets and mappers)
     evaluation,  # noqa: F401
     modeling,  # noqa: F401  (registers meta-architectures and backbones)
 )
-from .config import add_ovseg_config
+from .config import add_ovseg_config  # noqa: E402
 
 __all__ = ["Prediction", "Predictor", "add_ovseg_config"]
 

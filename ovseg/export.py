@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +28,7 @@ from .clip.prompt_names import apply_prompt_names
 from .modeling.inference import semantic_inference
 from .modeling.meta_arch.base import OpenVocabSegmentor
 from .modeling.vocabulary_scores import max_over_synonyms, synonym_groups
+from .utils.io import atomic_write
 from .vocab import Vocabulary
 
 __all__ = [
@@ -157,16 +156,8 @@ def export_onnx(
     for key, value in _metadata(wrapper, size, input_format).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # a folder or an unwritable place is named as the file asked for, not its temporary
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp), by_name=True)
     return wrapper
 
 

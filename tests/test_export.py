@@ -147,3 +147,27 @@ def test_export_tool_on_the_toy_maskclip(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "FreeSeg is not exported" in capsys.readouterr().err
     assert not (tmp_path / "f.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--weights", "run/model_fnal.pth"], "Checkpoint run/model_fnal.pth (MODEL.WEIGHTS"),
+        (["--image", "no_such.png"], "--image no_such.png is not a file"),
+        (["--output-is-the-folder"], "is a folder; give a .onnx file name"),
+        (["--output", "/proc/ovseg.onnx"], "cannot write /proc/ovseg.onnx"),
+    ],
+)
+def test_export_tool_mistakes_exit_2_and_leave_no_file(tmp_path, capsys, extra, says):
+    tool = load_script("tools/export_onnx.py")
+    out = tmp_path / "m.onnx"
+    if extra == ["--output-is-the-folder"]:
+        extra = ["--output", str(tmp_path)]
+    argv = ["--config-file", "toy/lseg_toyrn_400_bs8.yaml", "--vocabulary", "a, b",
+            "--output", str(out), *extra]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +40,7 @@ from ovseg.benchmark import (
     default_device,
     training_config,
 )
+from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.io import atomic_write_json
 
 
@@ -417,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
+    if args.output and os.path.isdir(args.output):  # before the work, not after it
+        raise IsADirectoryError(f"--output {args.output} is a folder; give a .json file name")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     res = args.func(args)
@@ -428,4 +432,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("benchmark.py", main))

@@ -16,10 +16,11 @@ The file holds ``{"names", "templates", "embeddings" (K, D), "fingerprint"}``
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 from ovseg.clip.export import export_text_embeddings
 from ovseg.engine.defaults import load_config
+from ovseg.utils.cli import run_reporting_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,13 +37,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> Path:
+def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
-    embeddings = export_text_embeddings(cfg, args.vocabulary, args.output, args.templates)
-    print(f"wrote {tuple(embeddings.shape)} embeddings of {len(embeddings)} names to {args.output}")
-    return Path(args.output)
+
+    def work() -> None:
+        cfg = load_config(args.config_file, args.opts)
+        emb = export_text_embeddings(cfg, args.vocabulary, args.output, args.templates)
+        print(f"wrote {tuple(emb.shape)} embeddings of {len(emb)} names to {args.output}")
+
+    return run_reporting_errors("dump_text_embeddings.py", work)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,6 +29,7 @@ import numpy as np
 from ovseg.api import Predictor, _vocabulary
 from ovseg.data.image_io import read_image
 from ovseg.export import DEFAULT_OPSET, compare_with_onnxruntime, export_blocker, export_onnx
+from ovseg.utils.cli import USER_ERRORS
 
 logger = logging.getLogger("export_onnx")
 
@@ -85,10 +86,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         import onnxruntime  # noqa: F401
     except ImportError as e:
         parser.error(f'{e.name} is missing: pip install -e ".[export]"')
+    # what would fail after the export (and leave its file behind) is checked before it
+    if Path(args.output).is_dir():
+        parser.error(f"--output {args.output} is a folder; give a .onnx file name")
+    if args.image and not Path(args.image).is_file():
+        parser.error(f"--image {args.image} is not a file; give an image to compare on")
     try:
         names = _vocabulary(args.vocabulary)
         predictor = Predictor(args.config_file, args.weights, device="cpu", opts=args.opts)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (*USER_ERRORS, KeyError) as e:
         parser.error(str(e))
     model, cfg = predictor.model, predictor.cfg
     reason = export_blocker(model)
@@ -100,9 +106,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = tuple(args.input_size or (cfg.INPUT.MIN_SIZE_TEST,) * 2)
     if min(size) <= 0:
         parser.error(f"input size {size}: give --input-size H W (positive)")
-    wrapper = export_onnx(
-        model, names, args.output, size=size, input_format=cfg.INPUT.FORMAT, opset=args.opset
-    )
+    try:
+        wrapper = export_onnx(
+            model, names, args.output, size=size, input_format=cfg.INPUT.FORMAT, opset=args.opset
+        )
+    except OSError as e:  # an --output folder that cannot be written
+        parser.error(str(e))
     images = check_images(size, args.image, cfg.INPUT.FORMAT)
     diff = compare_with_onnxruntime(wrapper, args.output, images)
     mb = Path(args.output).stat().st_size / 2**20

@@ -16,17 +16,20 @@ XPMTeacher, XPMStudent) writes its caption pseudo instances into an instance sto
 processes connected through gloo. The job itself is ``ovseg.engine.pseudo_labelling``.
 """
 
+import sys
+
 from ovseg.compat import launch
-from ovseg.engine.pseudo_labelling import main, parse_args
+from ovseg.engine.pseudo_labelling import check_arguments, main, parse_args
+from ovseg.utils.cli import run_reporting_errors
+
+
+def run(args) -> None:
+    check_arguments(args)  # before any process starts: a child's error ends in a traceback
+    where = dict(num_machines=args.num_machines, machine_rank=args.machine_rank)
+    launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,), **where)
+
 
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    sys.exit(run_reporting_errors("generate_pseudo_labels.py", lambda: run(args)))

@@ -21,6 +21,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from ovseg.clip.toy_pretrain import ToyPretrainSettings, pretrain
+from ovseg.utils.cli import run_reporting_errors
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ToyPretrainSettings)}
 
@@ -93,4 +94,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("pretrain_toy_clip.py", main))

@@ -35,6 +35,7 @@ def benchmark_config(
         CfgNode: the merged config (MODEL.WEIGHTS, the image encoders' ImageNet weights and
         XPM's teacher checkpoint cleared: nothing is loaded or downloaded).
     """
+    from ..engine.checks import check_dataset_names
     from ..engine.defaults import load_config
 
     check_device(device)
@@ -47,4 +48,6 @@ def benchmark_config(
     overrides += ["MODEL.XPM.TEACHER_WEIGHTS", ""]
     if cache_dir:
         overrides += ["MODEL.CLIP.CACHE_DIR", cache_dir]
-    return load_config(config_file, overrides + list(settings) + list(opts))
+    cfg = load_config(config_file, overrides + list(settings) + list(opts))
+    check_dataset_names(cfg)  # a misspelt DATASETS name: the closest names, not a later riddle
+    return cfg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Tuple
@@ -119,6 +120,35 @@ def _resolve_tag(name: str, tag: str, weights_dir: str) -> Tuple[str, dict]:
     return path, pcfg
 
 
+def _create_model(name: str, checkpoint: Optional[str], weights_dir: str, kwargs: dict):
+    """``open_clip.create_model``; a checkpoint that cannot be read or does not fit the
+    model fails naming both, not with torch's list of every key."""
+    try:
+        return open_clip.create_model(
+            name,
+            pretrained=checkpoint,
+            precision="fp32",
+            device="cpu",
+            cache_dir=weights_dir,
+            pretrained_image=False,
+            pretrained_text=False,  # random init must stay offline (HF text towers)
+            **kwargs,
+        )
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError) as e:
+        if checkpoint is None:
+            raise
+        if isinstance(e, (pickle.UnpicklingError, EOFError)):
+            detail = "it is not a readable PyTorch checkpoint"
+        else:
+            lines = str(e).strip().splitlines()
+            detail = (" ".join(lines[:2])[:300] + "...") if lines else type(e).__name__
+        raise ValueError(
+            f"MODEL.CLIP.PRETRAINED checkpoint {checkpoint!r} could not be loaded into "
+            f"MODEL.CLIP.MODEL_NAME {name!r} ({detail}); give an open_clip checkpoint of "
+            "this model, or the MODEL_NAME it was trained with"
+        ) from e
+
+
 def build_clip_teacher(cfg, device: Optional[str] = None) -> CLIPTeacher:
     """Build the frozen CLIP teacher described by ``cfg.MODEL.CLIP``.
 
@@ -171,16 +201,7 @@ def build_clip_teacher(cfg, device: Optional[str] = None) -> CLIPTeacher:
         ):
             kwargs["force_quick_gelu"] = True
 
-    model = open_clip.create_model(
-        name,
-        pretrained=checkpoint,
-        precision="fp32",
-        device="cpu",
-        cache_dir=weights_dir,
-        pretrained_image=False,
-        pretrained_text=False,  # random init must stay offline (HF text towers)
-        **kwargs,
-    )
+    model = _create_model(name, checkpoint, weights_dir, kwargs)
     tokenizer = open_clip.get_tokenizer(name)
     teacher = CLIPTeacher(
         model,

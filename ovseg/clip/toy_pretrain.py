@@ -94,6 +94,8 @@ class ToyPretrainSettings:
             )
         if not os.path.isfile(self.model_config):
             raise ValueError(f"--model-config {self.model_config!r} does not exist")
+        if os.path.isdir(self.output):  # refused now, not after the training
+            raise ValueError(f"--output {self.output!r} is a folder; give a .pt file name")
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: need >= 0")
         try:

@@ -338,13 +338,19 @@ def load_official(path: str) -> Dict[str, Tensor]:
         dict[str, Tensor]: CPU tensors; a ``module.`` prefix (DataParallel) is removed.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"official checkpoint {path!r} does not exist")
+        what = "is a folder; give the checkpoint file in it" if os.path.isdir(path) else ""
+        raise FileNotFoundError(f"official checkpoint {path!r} {what or 'does not exist'}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal reads the same to a user
+        # torch's own text is a page of advice about its default: keep only its reason
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if ln.startswith(("Unsupported", "Unpickler"))), "")
+        reason = reason or (lines[0] if lines else type(e).__name__)
         raise ConversionError(
             f"{path} cannot be read with torch.load(weights_only=True) (no arbitrary "
-            f"unpickling): {e}; load it yourself and re-save its 'state_dict' alone"
+            f"unpickling; {reason[:200]}); is it a PyTorch checkpoint? If it is one you trust, "
+            "load it yourself and re-save its 'state_dict' alone"
         ) from e
     state = None
     if isinstance(data, dict):  # mmcv's "state_dict", detectron2's "model" (FreeSeg), or bare

@@ -35,8 +35,9 @@ _UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.Unpic
 _ITERATION = re.compile(r"_(\d+)\.pth$")
 
 
-class CheckpointReadError(RuntimeError):
-    """A checkpoint file cannot be read (truncated or damaged)."""
+class CheckpointReadError(RuntimeError, ValueError):
+    """A checkpoint file cannot be read (truncated or damaged); a ValueError too, so the
+    tools report it as the user's bad input in one line."""
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -85,11 +86,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         self._path = path
-        if path and "://" not in path and not os.path.isfile(path):
+        if path and "://" not in path and not os.path.isfile(path):  # detectron2 only asserts
+            what = "is a folder" if os.path.isdir(path) else "does not exist"
             raise FileNotFoundError(
-                f"Checkpoint {path} (MODEL.WEIGHTS) does not exist; pass the model_final.pth "
-                "of a run of this config, or leave MODEL.WEIGHTS empty for a model that "
-                "needs no weights (MaskCLIP)"
+                f"Checkpoint {path} (MODEL.WEIGHTS) {what}; pass a weight file, e.g. the "
+                "model_final.pth of a run of this config, or leave MODEL.WEIGHTS empty for a "
+                "model that needs no weights (MaskCLIP)"
             )
         return super().load(path, checkpointables)
 

@@ -14,7 +14,30 @@ from typing import Callable, List
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 
-__all__ = ["check_config", "check_dataset_names", "check_solver"]
+__all__ = [
+    "UnknownDatasetError",
+    "check_config",
+    "check_dataset_names",
+    "check_solver",
+    "closest_datasets",
+]
+
+
+class UnknownDatasetError(KeyError, ValueError):
+    """A dataset name that is not registered: a KeyError for lookups, a ValueError (a user's
+    mistake) for the tools, and printed as its message, not as KeyError's quoted repr."""
+
+    __str__ = BaseException.__str__
+
+
+def closest_datasets(name: str) -> str:
+    """The hint after an unknown dataset name: the registered names spelt most like it."""
+    registered = DatasetCatalog.list()
+    close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+    if close:
+        return f"the closest registered names are {close}"
+    return f"none of the {len(registered)} registered names is close"
+
 
 # (key, test, what the value must be); keys are read from cfg.SOLVER
 _SOLVER_RULES: List[tuple[str, Callable[[float], bool], str]] = [
@@ -42,14 +65,9 @@ def check_dataset_names(cfg: CfgNode) -> None:
         for name in cfg.DATASETS.get(key, ()):
             if name in registered:
                 continue
-            close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
-            hint = (
-                f"the closest registered names are {close}"
-                if close
-                else f"none of the {len(registered)} registered names is close"
-            )
-            raise KeyError(
-                f"DATASETS.{key} names {name!r}, which is not a registered dataset; {hint}. "
+            raise UnknownDatasetError(
+                f"DATASETS.{key} names {name!r}, which is not a registered dataset; "
+                f"{closest_datasets(name)}. "
                 "Fix the name, or register the dataset (ovseg/data/datasets/, datasets/README.md)"
             )
 

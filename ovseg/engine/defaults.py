@@ -6,7 +6,6 @@ import argparse
 import difflib
 import logging
 import os
-import re
 
 import torch
 import yaml
@@ -26,16 +25,23 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     if not config_file:
         raise ValueError("No --config-file given; pick one under configs/ (see README).")
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"Config file {config_file!r} does not exist.")
+        what = "is a folder, not a file" if os.path.isdir(config_file) else "does not exist"
+        raise FileNotFoundError(
+            f"Config file {config_file!r} {what}; pick a .yaml file under configs/ (see README)."
+        )
     cfg = get_cfg()
     add_ovseg_config(cfg)
-    with _unknown_keys_named(cfg, f"config file {config_file}"):
-        cfg.merge_from_file(config_file)
+    _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     if opts:
+        options = [o for o in opts[::2] if str(o).startswith("--")]
+        if options:
+            raise ValueError(
+                f"{options[0]} comes after the config overrides (KEY VALUE pairs), where it "
+                "would be read as a config key; put the tool's options before the overrides"
+            )
         if len(opts) % 2:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
-        with _unknown_keys_named(cfg, "the KEY VALUE overrides"):
-            cfg.merge_from_list(_custom_as_list(list(opts)))
+        _merge(cfg, lambda: cfg.merge_from_list(_custom_as_list(list(opts))), "the overrides")
     if cfg.DATASETS.CUSTOM:
         from ..data.datasets.custom import register_from_config
 
@@ -46,46 +52,42 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     return cfg
 
 
-_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
+def _merge(cfg: CfgNode, merge, where: str) -> None:
+    """Run a yacs merge; a misspelt key, broken YAML or a missing _BASE_ says so plainly."""
+    try:
+        merge()
+    except (KeyError, AssertionError) as e:
+        # yacs: KeyError "Non-existent config key: X" (files), AssertionError (KEY VALUE lists)
+        message = str(e.args[0] if e.args else e)
+        if "Non-existent" not in message:
+            raise
+        key = message.rsplit(":", 1)[-1].strip()
+        hint = _close_keys(cfg, key)
+        raise ValueError(f"{key} (set in {where}) is not a config key; {hint}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where} is not valid YAML: {e}") from e
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{where} (or a _BASE_ it chains to) names {e.filename}, which does not exist; "
+            "fix the _BASE_ path (relative to the file that names it)"
+        ) from e
 
 
-class _unknown_keys_named:
-    """Turn detectron2's bare "Non-existent key" (a KeyError or AssertionError) into a
-    ValueError naming where the key came from and the closest existing keys; a missing
-    _BASE_ file and invalid YAML name the config they were met in."""
+def _close_keys(cfg: CfgNode, key: str) -> str:
+    """The hint after an unknown key: the existing keys spelt most like it."""
+    known = []
 
-    def __init__(self, cfg: CfgNode, where: str):
-        self.cfg, self.where = cfg, where
+    def walk(node: CfgNode, prefix: str) -> None:
+        for name, value in node.items():
+            known.append(prefix + name)
+            if isinstance(value, CfgNode):
+                walk(value, prefix + name + ".")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if isinstance(error, FileNotFoundError) and error.filename:
-            raise FileNotFoundError(
-                f"{self.where}: a _BASE_ in its chain names {error.filename}, which does not "
-                "exist (a _BASE_ path is relative to the file that names it)"
-            ) from None
-        if isinstance(error, yaml.YAMLError):
-            raise ValueError(f"{self.where} is not valid YAML: {error}") from None
-        match = _UNKNOWN_KEY.search(str(error)) if error is not None else None
-        if match is None or not isinstance(error, (KeyError, AssertionError)):
-            return False
-        key = match.group(1)
-        close = difflib.get_close_matches(key, _all_keys(self.cfg), n=2, cutoff=0.6)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise ValueError(
-            f"Unknown config key {key} in {self.where}: {hint}Every key, with its meaning, is "
-            "in ovseg/config.py (ovseg's) and detectron2/config/defaults.py"
-        ) from None
-
-
-def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in node.items():
-        keys += _all_keys(value, f"{prefix}{name}.") if isinstance(value, CfgNode) else []
-        keys.append(f"{prefix}{name}")
-    return keys
+    walk(cfg, "")
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(close)}? (ovseg's keys are in ovseg/config.py)"
+    return "check its spelling against ovseg/config.py and detectron2's defaults"
 
 
 def _custom_as_list(opts: list[str]) -> list[str]:

@@ -40,6 +40,7 @@ from ..pseudo import (
     teacher_weights_id,
 )
 from .checkpoint import load_model_weights
+from .checks import UnknownDatasetError, closest_datasets
 
 __all__ = [
     "CAPTION_MATCHERS",
@@ -146,7 +147,10 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
     """
     dataset = dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
     if dataset not in DatasetCatalog.list():
-        raise KeyError(f"Dataset {dataset!r} is not registered; name it with --dataset")
+        raise UnknownDatasetError(
+            f"Dataset {dataset!r} is not registered; {closest_datasets(dataset)}; name a "
+            "registered one with --dataset"
+        )
     vocabulary = xpm_vocabulary(cfg, dataset)
     proposer = build_proposer(cfg)
     clip = find_teacher(proposer) or build_clip_teacher(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -35,9 +36,18 @@ from ..pseudo import (
     score_kind_of,
 )
 from .checkpoint import load_model_weights
-from .defaults import setup
+from .checks import UnknownDatasetError, closest_datasets
+from .defaults import load_config, setup
 
-__all__ = ["Labeller", "build_labeller", "get_parser", "labeller_manifest", "main", "parse_args"]
+__all__ = [
+    "Labeller",
+    "build_labeller",
+    "check_arguments",
+    "get_parser",
+    "labeller_manifest",
+    "main",
+    "parse_args",
+]
 
 logger = logging.getLogger("ovseg.tools.generate_pseudo_labels")
 
@@ -141,7 +151,9 @@ def build_labeller(cfg: CfgNode, dataset: str = "", scores: str = "auto") -> Lab
     if not dataset:
         raise ValueError("No --dataset given and DATASETS.TRAIN is empty; name the dataset")
     if dataset not in DatasetCatalog.list():
-        raise KeyError(f"Dataset {dataset!r} is not registered; known: {DatasetCatalog.list()}")
+        raise UnknownDatasetError(
+            f"--dataset {dataset!r} is not a registered dataset; {closest_datasets(dataset)}"
+        )
     dataset_dicts = DatasetCatalog.get(dataset)
     mapper = build_dataset_mapper(cfg, False, dataset)
     vocabulary = getattr(mapper, "vocabulary", None)
@@ -178,11 +190,11 @@ def labeller_manifest(
     )
 
 
-def _all_ok(error: Optional[str]) -> None:
-    """Raise in every process when any process failed (so none waits at a barrier)."""
+def _all_ok(error: Optional[str], kind: type = RuntimeError) -> None:
+    """Raise ``kind`` in every process when any process failed (so none waits at a barrier)."""
     errors = [e for e in comm.all_gather(error) if e]
     if errors:
-        raise RuntimeError(errors[0] if error is None else error)
+        raise kind(errors[0] if error is None else error)
 
 
 def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> PseudoLabelStore:
@@ -192,7 +204,7 @@ def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> Pseu
             store = store_cls.create(output, manifest)
         except (ValueError, OSError) as e:
             error = str(e)
-    _all_ok(error)
+    _all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
     if store is None:
         expect = {"fingerprint": manifest["fingerprint"], "vocabulary": manifest["vocabulary"]}
         try:
@@ -200,8 +212,21 @@ def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> Pseu
         except (ValueError, OSError) as e:
             # e.g. a randomly initialised teacher that differs between processes
             error = f"rank {comm.get_rank()}: {e}"
-    _all_ok(error)
+    _all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
     return store
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad config, override or --dataset before setup writes OUTPUT_DIR (and, run by
+    the tool, before any process starts: a child's error would end in a traceback)."""
+    load_config(args.config_file, args.opts)  # also registers DATASETS.CUSTOM
+    if args.dataset and args.dataset not in DatasetCatalog.list():
+        raise UnknownDatasetError(
+            f"--dataset {args.dataset!r} is not a registered dataset; "
+            f"{closest_datasets(args.dataset)}"
+        )
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise FileExistsError(f"output {args.output} is a file; give a folder name for the store")
 
 
 def main(args: argparse.Namespace) -> Dict[str, int]:
@@ -211,6 +236,7 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     Returns:
         dict: this process's {"total", "written", "skipped"} image counts.
     """
+    check_arguments(args)
     cfg = setup(args)
     from .pseudo_instances import main as instances_main
     from .pseudo_instances import makes_instance_pseudo_labels

@@ -30,6 +30,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..data.datasets.fewshot_splits import NUM_FOLDS
 from ..utils.io import atomic_write_json
 
 __all__ = [
@@ -198,6 +199,11 @@ def mean_over_folds(results: Sequence[dict]) -> Dict[str, float]:
         for r in results:
             out[f"{key}-fold{r['fold']}"] = float(r["metrics"][key])
     out["folds"] = sorted(folds)
+    if len(folds) != NUM_FOLDS:
+        logger.warning(
+            f"Averaged {len(folds)} folds {sorted(folds)}: the papers' mean is over all "
+            f"{NUM_FOLDS} folds; give every fold's result for it"
+        )
     return out
 
 
@@ -210,5 +216,19 @@ def load_fold_result(path: str) -> dict:
             f"{path} does not exist; evaluate a pascal5i_* / coco20i_* fold first (train_net.py "
             f"--eval-only writes <OUTPUT_DIR>/inference/{RESULT_FILE})"
         )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run its evaluation") from e
+    metrics = result.get("metrics") if isinstance(result, dict) else None
+    if (
+        not isinstance(metrics, dict)
+        or not all(isinstance(metrics.get(k), (int, float)) for k in ("mIoU", "FB-IoU"))
+        or not isinstance(result.get("fold"), int)
+    ):
+        raise ValueError(
+            f"{path} is not a {RESULT_FILE} (it needs a 'fold' and 'metrics' with 'mIoU' and "
+            "'FB-IoU'); give the files a pascal5i_* / coco20i_* evaluation wrote"
+        )
+    return result

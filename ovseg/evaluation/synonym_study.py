@@ -78,13 +78,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", help="also write the rows as JSON here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
+    from ..utils.cli import run_reporting_errors
+
+    return run_reporting_errors("compare_synonym_merge.py", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ..engine.defaults import load_config
+    from ..utils.io import atomic_write_text
+
+    load_config(args.config_file, args.opts)  # a missing file or misspelt key stops here
+    if args.output and os.path.isdir(args.output):  # before five evaluations, not after
+        raise IsADirectoryError(f"--output {args.output} is a folder; give a .json file name")
+    if args.weights and not os.path.isfile(args.weights):
+        raise FileNotFoundError(
+            f"--weights {args.weights} is not a file; give a trained toy student's checkpoint "
+            "(e.g. <run OUTPUT_DIR>/model_final.pth)"
+        )
+    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    if not os.path.isdir(os.path.join(root, "toy_world", "images", "validation")):
+        raise FileNotFoundError(
+            f"no toy world under DETECTRON2_DATASETS={root!r}; point it at one (make demo "
+            "keeps one in .cache/toy_world_default) or write one with "
+            f"python -m ovseg.data.datasets.toy_world --root {root}"
+        )
     rows = study(args.config_file, args.weights, args.opts)
     print("| synonyms | merge | mIoU | mIoU-seen | mIoU-unseen |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['synonyms']} | {r['merge']} | {r['mIoU']:.1f} | {r['mIoU-seen']:.1f} | "
               f"{r['mIoU-unseen']:.1f} |")  # fmt: skip
     if args.output:
-        from ..utils.io import atomic_write_text
-
         atomic_write_text(args.output, json.dumps(rows, indent=1))
-    return 0

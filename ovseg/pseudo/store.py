@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..utils.io import TMP_PREFIX, atomic_write, atomic_write_json
+from ..utils.io import TMP_PREFIX, atomic_write, atomic_write_json, make_output_folder
 from .checksums import ChecksumJournal, Digests, bytes_digest, file_digest, verify_file
 from .labels import label_table, store_ignore_value
 
@@ -193,7 +193,7 @@ class PseudoLabelStore:
                     f"{root!r} holds label PNGs but no {MANIFEST}, so nobody can tell which "
                     "teacher made them; use another --output folder or delete this one"
                 )
-            os.makedirs(root, exist_ok=True)
+            make_output_folder(root)
             store = cls(root, fresh)
             store._write_manifest()
         for sub in cls.SUBDIRS:

@@ -22,6 +22,7 @@ from ..data.datasets.common import deterministic_colors
 from ..data.image_io import read_image
 from ..pseudo import PseudoLabelStore, image_id_of
 from ..vocab import normalize_name
+from .io import make_output_folder
 from .visualization import (
     dataset_metadata,
     draw_semantic,
@@ -149,7 +150,7 @@ def write_ground_truth_views(
     chosen = dicts[start : start + num]
     if not chosen:
         raise ValueError(f"dataset {dataset!r} has {len(dicts)} images; --start is past it")
-    os.makedirs(output, exist_ok=True)
+    make_output_folder(output)
     written = []
     for d in chosen:
         picture, present = draw_ground_truth(d, info, min_size)
@@ -279,7 +280,7 @@ def write_pseudo_label_views(
             f"dataset {dataset!r}; is --dataset the one it was generated for?"
         )
     metadata = store_metadata(store, info)
-    os.makedirs(output, exist_ok=True)
+    make_output_folder(output)
     written = []
     for image_id in ids[:num]:
         picture, score = draw_comparison(

@@ -14,6 +14,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "make_output_folder",
     "publish_folder",
 ]
 
@@ -41,9 +42,20 @@ def atomic_write(
         by_name (bool): pass the temporary path instead of an open file.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; give a file name to write")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = _create_temporary(folder, os.path.basename(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = _create_temporary(folder, os.path.basename(path))
+    except OSError as e:
+        # name the file the user asked for, not the hidden temporary beside it
+        reason = e.strerror or str(e)
+        if isinstance(e, (FileExistsError, NotADirectoryError)):
+            reason = "a part of its folder path is a file, not a folder"
+        raise type(e)(
+            f"cannot write {path}: {reason} (in {folder}); give a path in a folder you can write"
+        ) from e
     try:
         if by_name:
             os.close(fd)
@@ -92,6 +104,24 @@ def atomic_write_json(
     """Write ``obj`` as JSON (with a trailing newline) atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
     atomic_write_text(path, text, fsync=fsync)
+
+
+def make_output_folder(path: PathLike) -> None:
+    """Create a tool's output folder (and its parents), or say clearly why it cannot be.
+
+    Raises:
+        OSError: of the class the system gave, naming ``path`` and what to do (a file of
+            that name, or a folder that cannot be written).
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"output {path} is a file; give a folder name for the output")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise type(e)(
+            f"cannot create output folder {path}: {e.strerror or e}; give a folder you can write"
+        ) from e
 
 
 def publish_folder(tmp: PathLike, dest: PathLike, is_current: Callable[[], bool]) -> None:

@@ -41,6 +41,10 @@ class PlotSummary:
     size: Tuple[int, int]
 
 
+# unparsable lines named one by one before the rest are only counted
+_NAMED_BAD_LINES = 3
+
+
 def load_metrics(path: str) -> List[Dict[str, float]]:
     """The records of a metrics.json, one per iteration, in iteration order.
 
@@ -55,7 +59,8 @@ def load_metrics(path: str) -> List[Dict[str, float]]:
         list[dict]: records with an "iteration" key.
     """
     by_iter: Dict[int, Dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
+    skipped = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
@@ -64,9 +69,14 @@ def load_metrics(path: str) -> List[Dict[str, float]]:
                 record = json.loads(line)
                 iteration = int(record["iteration"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                logger.warning("%s:%d is not a JSONWriter record; skipped", path, number)
+                skipped += 1
+                # a few names are enough; a wrong file would otherwise warn once per line
+                if skipped <= _NAMED_BAD_LINES:
+                    logger.warning("%s:%d is not a JSONWriter record; skipped", path, number)
                 continue
             by_iter.setdefault(iteration, {}).update(record)
+    if skipped > _NAMED_BAD_LINES:
+        logger.warning("%s: %d lines in all are not JSONWriter records; skipped", path, skipped)
     return [by_iter[i] for i in sorted(by_iter)]
 
 
@@ -180,8 +190,7 @@ def plot_metrics(path: str, output: str = "") -> Tuple[str, PlotSummary]:
             f"({len(records)} records); is it a detectron2 metrics.json?"
         )
     output = output or os.path.join(os.path.dirname(os.path.abspath(metrics)), "metrics.png")
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
+    # the folder is made by the atomic write, whose error names the file when it cannot be
     picture, summary = plot(
         panels, title=os.path.basename(os.path.dirname(os.path.abspath(metrics)))
     )

@@ -10,6 +10,7 @@ classes a model never saw labelled. Figures and file writing live in
 from __future__ import annotations
 
 import colorsys
+import difflib
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -86,9 +87,14 @@ def dataset_metadata(name: str) -> Dict[str, Any]:
         dict: "metadata" (Metadata with stuff_classes/stuff_colors), "ignore_label" (int),
         "unseen" (tuple of the unseen class names).
     """
-    if name not in DatasetCatalog.list():
-        known = sorted(n for n in DatasetCatalog.list() if "sem_seg" in n)
-        raise ValueError(f"dataset {name!r} is not registered; semantic datasets: {known}")
+    registered = DatasetCatalog.list()
+    if name not in registered:
+        close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+        hint = f"the closest registered names are {close}" if close else "no name comes close"
+        raise ValueError(
+            f"dataset {name!r} is not registered; {hint}. Give a registered name "
+            "(datasets/README.md lists them)"
+        )
     meta = MetadataCatalog.get(name)
     classes = meta.get("stuff_classes", None)
     if not classes:

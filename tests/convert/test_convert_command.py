@@ -91,3 +91,15 @@ def test_unconvertible_file_fails_naming_the_key(setup, capsys):
     args[3] = str(official)
     assert main([*args, "MODEL.DEVICE", "cpu"]) == 2
     assert "need --config-file" in capsys.readouterr().err
+
+
+def test_a_folder_or_a_non_checkpoint_as_input_is_named(tmp_path, capsys):
+    args = ["--method", "lseg", "--output", str(tmp_path / "out.pth"), "--input"]
+    assert main([*args, str(tmp_path)]) == 2
+    assert f"'{tmp_path}' is a folder; give the checkpoint file in it" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("MODEL:\n  WEIGHTS: x\n")
+    assert main([*args, str(tmp_path / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml cannot be read with torch.load(weights_only=True)" in err
+    assert "is it a PyTorch checkpoint?" in err and "In PyTorch 2.6" not in err
+    assert not (tmp_path / "out.pth").exists()

@@ -133,6 +133,22 @@ def test_plot_metrics_errors(tmp_path, capsys):
     assert "holds no losses" in capsys.readouterr().err
 
 
+def test_a_file_that_is_not_metrics_json_fails_in_a_few_lines(tmp_path, capsys):
+    # a config.yaml or a checkpoint given by mistake: one error, not a warning per line
+    (tmp_path / "config.yaml").write_text("".join(f"KEY{i}: {i}\n" for i in range(200)))
+    assert plot_metrics.main([str(tmp_path / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no losses" in err
+    assert err.count("is not a JSONWriter record") == 3
+    assert "200 lines in all are not JSONWriter records" in err
+    _write_metrics(tmp_path)
+    assert plot_metrics.main([str(tmp_path), "--output", str(tmp_path / "config.yaml/x.png")]) == 2
+    assert "config.yaml/x.png: a part of its folder path is a file" in capsys.readouterr().err
+    (tmp_path / "model_final.pth").write_bytes(b"PK\x03\x04\x80\xff" * 50)
+    assert plot_metrics.main([str(tmp_path / "model_final.pth")]) == 2
+    assert "model_final.pth holds no losses" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- drawing seen and unseen
 def test_unseen_classes_are_hatched_and_seen_classes_flat():
     image = np.full((64, 64, 3), 128, np.uint8)
@@ -183,6 +199,16 @@ def test_visualize_dataset_unknown_dataset(capsys, tmp_path):
     assert visualize_dataset.main(argv) == 2
     err = capsys.readouterr().err
     assert "'ade20k_sem_seg_vall' is not registered" in err and "ade20k_sem_seg_val" in err
+    assert "closest registered names are ['ade20k_sem_seg_val'" in err
+
+
+def test_visualize_dataset_output_that_cannot_be_a_folder(ade_with_unseen, tmp_path, capsys):
+    (tmp_path / "vis.png").write_bytes(b"")
+    argv = ["--dataset", "ade20k_sem_seg_val", "--num", "1", "--output"]
+    assert visualize_dataset.main([*argv, str(tmp_path / "vis.png")]) == 2
+    assert "output " + str(tmp_path / "vis.png") + " is a file" in capsys.readouterr().err
+    assert visualize_dataset.main([*argv, "/proc/ovseg_vis"]) == 2
+    assert "cannot create output folder /proc/ovseg_vis" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- pseudo-labels

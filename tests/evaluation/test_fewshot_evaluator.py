@@ -100,3 +100,18 @@ def test_mean_over_folds():
         mean_over_folds(folds + folds[:1])
     with pytest.raises(ValueError, match="different benchmarks"):
         mean_over_folds(folds[:1] + [{**folds[1], "benchmark": "coco20i"}])
+
+
+def test_fold_files_that_are_not_fold_results_are_named(tmp_path, caplog):
+    (tmp_path / "cut.json").write_text('{"benchmark": "pascal5i", "fold": ')
+    with pytest.raises(ValueError, match=r"cut.json is not valid JSON"):
+        load_fold_result(str(tmp_path / "cut.json"))
+    (tmp_path / "sem_seg_evaluation.json").write_text('{"sem_seg": {"mIoU": 3.0}}')
+    with pytest.raises(ValueError, match=r"sem_seg_evaluation.json is not a fewshot_evaluat"):
+        load_fold_result(str(tmp_path / "sem_seg_evaluation.json"))
+    three = [
+        {"benchmark": "coco20i", "fold": f, "metrics": {"mIoU": 1.0, "FB-IoU": 2.0}}
+        for f in (0, 1, 3)
+    ]
+    assert mean_over_folds(three)["folds"] == [0, 1, 3]
+    assert "Averaged 3 folds [0, 1, 3]: the papers' mean is over all 4 folds" in caplog.text

@@ -65,7 +65,7 @@ def test_tool_writes_an_instance_store_that_feeds_the_xpm_mapper(captioned, tmp_
     # the same command resumes; another region embedding is another labeller: refused
     assert main(parse_args([*argv, "--no-progress", *opts]))["skipped"] == 2
     crop = [*opts, "MODEL.XPM.REGION_EMBEDDING", "crop"]
-    with pytest.raises(RuntimeError, match="made differently"):
+    with pytest.raises(ValueError, match="made differently"):  # a user error, reported in one line
         main(parse_args([*argv, "--no-progress", *crop]))
 
     cfg = load_config(str(CONFIGS / "Base-ovseg.yaml"), [*opts, "DATASETS.PSEUDO_LABELS", str(out)])

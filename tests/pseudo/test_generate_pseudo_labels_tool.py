@@ -101,3 +101,51 @@ def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_registered, tmp_p
     )
     with pytest.raises(ValueError, match="manifest.threshold: existing 0.01, now 0.5"):
         PseudoLabelStore.create(str(out), other)
+
+
+def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path):
+    """A misspelt --dataset, a file as --output and an option after the overrides each stop
+    with ``generate_pseudo_labels.py: error: ...`` (exit 2), before any output is written."""
+    import subprocess
+    import sys
+
+    from ovseg_testing import ROOT, registered_toy_world, subprocess_env
+
+    with registered_toy_world(tmp_path / "data", num_train=1, num_val=1):
+        pass  # a toy world on disk for the subprocesses (they register it themselves)
+    (tmp_path / "a_file").write_text("")
+    toy = ["--config-file", "configs/toy/maskclip.yaml", "--no-progress"]
+    log = ["OUTPUT_DIR", str(tmp_path / "log"), "MODEL.CLIP.CACHE_DIR", str(tmp_path / "c")]
+    cases = [
+        # two processes: the name is checked before either starts
+        (
+            [
+                "--dataset",
+                "toy_world_sem_seg_vall",
+                "--num-gpus",
+                "2",
+                "--output",
+                str(tmp_path / "s"),
+            ],
+            [],
+        ),
+        (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "a_file")], []),
+        (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "s")], ["--threshold"]),
+    ]
+    says = [
+        "'toy_world_sem_seg_vall' is not a registered dataset; the closest registered names "
+        "are ['toy_world_sem_seg_val'",
+        "a_file is a file; give a folder name",
+        "--threshold comes after the config overrides",
+    ]
+    for i, ((argv, tail), message) in enumerate(zip(cases, says)):
+        proc = subprocess.run(
+            [sys.executable, TOOL, *toy, *argv, *log, *tail, *(["0.5"] if tail else [])],
+            cwd=ROOT, env=subprocess_env(tmp_path / "data"), capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "generate_pseudo_labels.py: error: " in proc.stderr and message in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "s").exists()
+        assert i > 0 or not (tmp_path / "log").exists()  # stopped before setup wrote its log

@@ -63,3 +63,25 @@ def test_pseudo_labels_a_toy_world(toy_root, tmp_path):
     assert res["score_kind"] == "probabilities"  # MaskCLIP declares its scores
     assert res["images_per_s"] == pytest.approx(4 / res["seconds"])
     assert "pseudo-labelling toy_world_sem_seg_train" in summary
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--output", "{tmp}"], "--output {tmp} is a folder; give a .json file name"),
+        (["MODEL.LSEG.FOO", "1"], "MODEL.LSEG.FOO (set in the overrides) is not a config key"),
+        (["DATASETS.TRAIN", "('toy_wrld',)"], "DATASETS.TRAIN names 'toy_wrld', which is not"),
+    ],
+)
+def test_mistakes_exit_2_in_one_line_before_any_work(tmp_path, argv, says):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    config = ["--config-file", "configs/toy/lseg_toyrn_400_bs8.yaml", "--iters", "1"]
+    proc = subprocess.run(
+        [sys.executable, TOOL, "train", *config, *argv],
+        cwd=ROOT, env=subprocess_env(tmp_path / "no_data"), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"benchmark.py: error: {says.format(tmp=tmp_path)}" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+    assert "FutureWarning" not in proc.stderr  # detectron2's import-time jit.script, hushed

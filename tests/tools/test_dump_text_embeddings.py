@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from ovseg_testing import ROOT, subprocess_env
+from ovseg_testing import ROOT, load_script, subprocess_env
 
 from ovseg.clip import build_clip_teacher
 from ovseg.clip.export import export_text_embeddings
@@ -60,3 +60,33 @@ def test_builtin_vocabulary_and_errors(tmp_path):
         export_text_embeddings(cfg, "voc20", tmp_path)
     with pytest.raises(ValueError, match="[Dd]uplicate"):
         export_text_embeddings(cfg, "cat,cat", tmp_path / "d.pt")
+
+
+TOY = str(ROOT / "configs/toy/maskclip.yaml")
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--vocabulary", "voc2"], "Unknown vocabulary 'voc2'"),
+        (["--vocabulary", ", ,"], "is empty"),
+        (["--vocabulary", "voc20", "MODEL.CLIP.MODLE_NAME", "x"], "did you mean MODEL.CLIP."),
+        (
+            ["--vocabulary", "voc20", "MODEL.CLIP.PRETRAINED", "checkpoints/toy_clip_vit.pt"],
+            "could not be loaded into MODEL.CLIP.MODEL_NAME 'toy_rn'",
+        ),
+        (
+            ["--vocabulary", "voc20", "MODEL.CLIP.PRETRAINED", TOY],
+            "it is not a readable PyTorch checkpoint",
+        ),
+    ],
+)
+def test_user_mistakes_end_in_one_error_line_and_no_file(tmp_path, capsys, argv, says):
+    tool = load_script("tools/dump_text_embeddings.py")
+    out = tmp_path / "text.pt"
+    cache = ["MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache")]
+    argv = ["--config-file", TOY, "--output", str(out), *argv]
+    assert tool.main(argv + cache) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dump_text_embeddings.py: error: ") and says in err, err
+    assert "Traceback" not in err and not out.exists()

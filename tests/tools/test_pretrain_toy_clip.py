@@ -76,6 +76,8 @@ def test_bad_settings_are_refused_by_option():
         _settings(Path("unused"), batch_size=5).check()
     with pytest.raises(ValueError, match="--model-config 'nope.json' does not exist"):
         _settings(Path("unused"), model_config="nope.json").check()
+    with pytest.raises(ValueError, match="--output '.' is a folder; give a .pt file name"):
+        _settings(Path("unused"), output=".").check()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="use --device cpu"):
             _settings(Path("unused"), device="cuda").check()
@@ -225,3 +227,18 @@ def test_command_line_trains_and_records_itself(tmp_path):
     assert json.loads((tmp_path / "work" / "metrics.json").read_text())["steps"] == 1
     bad = subprocess.run([sys.executable, *tool, *args, "--workers", "-1"], **run)
     assert bad.returncode == 2 and "--workers -1: need >= 0" in bad.stderr
+
+
+def test_a_mistake_found_while_running_ends_in_one_error_line(tmp_path):
+    """--resume with other settings, seen only once the saved state is read: exit 2, one line."""
+    _pretrain(tmp_path, steps=2, stop_after=1)
+    saved = _settings(tmp_path, steps=2)
+    cmd = [sys.executable, "tools/pretrain_toy_clip.py",
+           "--model-config", "configs/clip/toy_vit.json",
+           "--output", str(tmp_path / "other.pt"), "--work-dir", saved.work_dir, "--steps", "2",
+           "--batch-size", "4", "--num-eval", "4", "--eval-period", "2", "--warmup", "1",
+           "--resume", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "pretrain_toy_clip.py: error: --resume: " in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "other.pt").exists()

@@ -185,3 +185,21 @@ def test_publishing_after_another_writer_keeps_theirs_only_when_it_is_current(tm
         assert (dest / "f.txt").read_text() == "theirs"
         shutil.rmtree(dest)
         shutil.rmtree(tmp)
+
+
+def test_a_folder_as_destination_is_named_and_left_as_it_is(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"out is a folder; give a file name"):
+        atomic_write_text(tmp_path / "out", "x")
+    assert os.listdir(tmp_path / "out") == [] and _temporaries(tmp_path) == []
+
+
+def test_an_unwritable_folder_names_the_destination_not_the_temporary(tmp_path):
+    (tmp_path / "file").write_text("x")
+    # a path under a plain file cannot be created, even by root (unlike a chmod'ed folder)
+    with pytest.raises(OSError, match=r"cannot write .*file/sub/out\.json: a part of its folder"):
+        atomic_write_json(tmp_path / "file" / "sub" / "out.json", {})
+    with pytest.raises(OSError) as info:
+        atomic_write_json("/proc/ovseg_out.json", {})
+    assert "cannot write /proc/ovseg_out.json" in str(info.value)
+    assert TMP_PREFIX not in str(info.value)

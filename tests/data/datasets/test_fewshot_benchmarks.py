@@ -167,3 +167,12 @@ def test_pascal_list_errors_name_the_line(tmp_path, raw):
     path = raw.lines(tmp_path / "fold1.txt", ["2007_000033__21"])
     with pytest.raises(ValueError, match="outside 1..20"):
         read_hsnet_pascal_list(path)
+
+
+def test_a_missing_hsnet_folder_points_at_its_option(tmp_path, prepare_script):
+    script = prepare_script("prepare_fewshot_splits")
+    with pytest.raises(FileNotFoundError, match=r"not found: .*hsnet.*\(or pass --hsnet-splits\)"):
+        script.main(["--hsnet-splits", str(tmp_path / "hsnet"), "--root", str(tmp_path)])
+    (tmp_path / "hsnet/pascal/trn").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"fold0.txt. .*\(or pass --hsnet-splits\)"):
+        script.convert(tmp_path / "hsnet", tmp_path, ["pascal5i"])

@@ -54,6 +54,36 @@ def test_ade20k_150_missing_layout_names_path(tmp_path, prepare_script):
         script.main(["--root", str(tmp_path)])
 
 
+def test_ade20k_150_damaged_file_is_named_and_the_rest_kept(tmp_path, raw, prepare_script):
+    script = prepare_script("prepare_ade20k_sem_seg")
+    ade = tmp_path / "ADEChallengeData2016"
+    raw.jpg(ade / "images/training/ADE_train_00000001.jpg", 2, 3)
+    (ade / "images/validation").mkdir(parents=True)
+    raw.png(ade / "annotations/training/ADE_train_00000001.png", [[0, 1, 150], [2, 149, 0]])
+    cut = ade / "annotations/training/ADE_train_00000002.png"
+    cut.write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # PIL: "Truncated File Read", naming no file
+    with pytest.raises(OSError, match=f"{cut}: .*is the file damaged"):
+        script.main(["--root", str(tmp_path)])
+    out = ade / "annotations_detectron2/training"
+    assert sorted(p.name for p in out.iterdir()) == ["ADE_train_00000001.png"]
+
+
+@pytest.mark.parametrize("name", ["prepare_ade20k_sem_seg", "prepare_voc_sem_seg"])
+def test_scripts_report_a_missing_layout_in_one_line(tmp_path, name):
+    import subprocess
+    import sys
+
+    from ovseg_testing import ROOT, subprocess_env
+
+    proc = subprocess.run(
+        [sys.executable, f"datasets/{name}.py", "--root", str(tmp_path)],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{name}.py: error: " in proc.stderr and f"not found: {tmp_path}/" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------- ADE20K-847
 def _ade_seg(classes, instance=9):
     """Encode ADE20K-Full class values as a *_seg.png: R = class // 256 * 10, G = class % 256."""

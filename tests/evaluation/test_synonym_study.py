@@ -1,0 +1,32 @@
+"""tools/compare_synonym_merge.py (ovseg.evaluation.synonym_study): a user's mistake stops the
+study at once, in one error line, before five evaluations run."""
+
+import pytest
+from ovseg_testing import ROOT
+
+from ovseg.evaluation.synonym_study import main
+
+CONFIG = str(ROOT / "configs/toy/maskclip.yaml")
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["--config-file", "configs/toy/maskclp.yaml"],
+            "'configs/toy/maskclp.yaml' does not exist",
+        ),
+        (["--weights", "run/model_fnal.pth"], "--weights run/model_fnal.pth is not a file"),
+        (["--output", "."], "--output . is a folder; give a .json file name"),
+        ([], "no toy world under DETECTRON2_DATASETS="),
+    ],
+)
+def test_mistakes_stop_before_the_study(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_world"))
+    monkeypatch.setattr(
+        "ovseg.evaluation.synonym_study.study", lambda *a: pytest.fail("the study ran")
+    )
+    assert main(["--config-file", CONFIG, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compare_synonym_merge.py: error: ") and says in err, err
+    assert list(tmp_path.iterdir()) == []
