@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from ..utils.io import atomic_write_json
 from .defaults import load_config
 
-__all__ = ["RECORD", "read_final_metrics", "run_key", "run_training"]
+__all__ = ["RECORD", "progress_line", "read_final_metrics", "run_key", "run_training"]
 
 logger = logging.getLogger("ovseg.demo")
 
@@ -33,6 +33,22 @@ RECORD = "demo_run.json"  # the record of a finished run, in its OUTPUT_DIR
 MASK_SUMMARY = re.compile(
     r"panoptic_seg/(PQ|SQ|RQ)(_th|_st|-seen|-unseen)?|segm/AP(50|75)?(-seen|-unseen)?"
 )
+
+
+# detectron2's periodic training line: "eta: 0:03:55  iter: 379  total_loss: 8.751  ..."
+_PROGRESS = {k: re.compile(rf"\b{k}: (\S+)") for k in ("iter", "total_loss", "eta", "lr")}
+
+
+def progress_line(line: str) -> Optional[str]:
+    """What ``make demo`` echoes of a training run's output line: the iteration, total loss,
+    ETA and learning rate of detectron2's metric lines (whatever the number of loss terms),
+    and evaluation results (``copypaste:``); None for any other line."""
+    if "copypaste:" in line:
+        return "copypaste: " + line.split("copypaste:", 1)[1].strip()
+    if " iter: " not in line:
+        return None
+    found = {k: p.search(line) for k, p in _PROGRESS.items()}
+    return "  ".join(f"{k} {m.group(1)}" for k, m in found.items() if m)
 
 
 def read_final_metrics(out_dir: Path) -> Dict[str, float]:
@@ -127,8 +143,9 @@ def run_training(
         )
         for line in proc.stdout:
             log.write(line)
-            if " iter: " in line or "copypaste:" in line:
-                print(f"    {tag}" + line.rstrip()[-110:], flush=True)
+            shown = progress_line(line)
+            if shown:
+                print(f"    {tag}{shown}", flush=True)
         if proc.wait() != 0:
             raise RuntimeError(f"training failed ({' '.join(cmd)}); see {out_dir}/stdout.txt")
     metrics: Dict[str, Any] = (reader or read_final_metrics)(out_dir)

@@ -8,7 +8,13 @@ import subprocess
 import pytest
 from ovseg_testing import ROOT
 
-from ovseg.engine.train_runs import RECORD, read_final_metrics, run_key, run_training
+from ovseg.engine.train_runs import (
+    RECORD,
+    progress_line,
+    read_final_metrics,
+    run_key,
+    run_training,
+)
 
 CONFIG = "configs/toy/lseg_toyrn_400_bs8.yaml"
 
@@ -63,3 +69,15 @@ def test_final_metrics_keep_the_summaries_of_a_panoptic_test_set(tmp_path):
         "mIoU": 40.0, "mIoU-unseen": 20.0, "PQ": 30.0, "PQ-unseen": 10.0, "PQ_th": 25.0,
         "AP": 12.0, "AP50-unseen": 8.0,
     }  # fmt: skip
+
+
+def test_progress_lines_keep_the_iteration_and_loss_of_any_number_of_terms():
+    many = "  ".join(f"loss_{i}: 0.5" for i in range(12))
+    line = (
+        "[11/30 08:39:21] d2.utils.events INFO:  eta: 0:03:55  iter: 379  total_loss: 8.751  "
+        f"{many}  time: 0.1159  data_time: 0.0097  lr: 0.00085668  \n"
+    )
+    assert progress_line(line) == "iter 379  total_loss 8.751  eta 0:03:55  lr 0.00085668"
+    result = "[11/30 08:43:37 d2.evaluation.testing]: copypaste: 46.5041,84.8583,52.7517\n"
+    assert progress_line(result) == "copypaste: 46.5041,84.8583,52.7517"
+    assert progress_line("[11/30 08:43:37 d2.engine]: Starting training from iteration 0") is None
