@@ -9,6 +9,8 @@ Examples:
 Without CUDA, --num-gpus N starts N CPU processes connected through gloo.
 """
 
+import sys
+
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -16,6 +18,9 @@ from detectron2.utils import comm
 import ovseg  # noqa: F401  (registers datasets, mappers, models)
 from ovseg.compat import default_dist_url, launch
 from ovseg.engine import AtomicCheckpointer, Trainer, setup
+from ovseg.engine.checks import check_config
+from ovseg.engine.defaults import load_config
+from ovseg.utils.cli import run_reporting_errors
 
 
 def main(args):
@@ -43,6 +48,13 @@ if __name__ == "__main__":
         args.dist_url, parser.get_default("dist_url"), args.num_machines
     )
     print("Command Line Args:", args)
+    # a config mistake (a misspelt key or dataset, a missing file) ends here in one line,
+    # exit 2, not in a traceback from every process
+    status = run_reporting_errors(
+        "train_net.py", lambda: check_config(load_config(args.config_file, args.opts))
+    )
+    if status:
+        sys.exit(status)
     launch(
         main,
         args.num_gpus,
