@@ -7,12 +7,13 @@ trains nothing and exits 0). :func:`check_config` refuses them while the run cos
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Callable, List
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
+
+from ..data.datasets.common import closest_datasets
 
 __all__ = [
     "UnknownDatasetError",
@@ -28,15 +29,6 @@ class UnknownDatasetError(KeyError, ValueError):
     mistake) for the tools, and printed as its message, not as KeyError's quoted repr."""
 
     __str__ = BaseException.__str__
-
-
-def closest_datasets(name: str) -> str:
-    """The hint after an unknown dataset name: the registered names spelt most like it."""
-    registered = DatasetCatalog.list()
-    close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
-    if close:
-        return f"the closest registered names are {close}"
-    return f"none of the {len(registered)} registered names is close"
 
 
 # (key, test, what the value must be); keys are read from cfg.SOLVER

@@ -10,7 +10,6 @@ classes a model never saw labelled. Figures and file writing live in
 from __future__ import annotations
 
 import colorsys
-import difflib
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -22,7 +21,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.utils.visualizer import GenericMask, VisImage, Visualizer
 
-from ..data.datasets.common import deterministic_colors
+from ..data.datasets.common import closest_datasets, deterministic_colors
 from .figures import HeatmapLayout, heatmap_grid, panel_row, save_image
 
 __all__ = [
@@ -87,12 +86,9 @@ def dataset_metadata(name: str) -> Dict[str, Any]:
         dict: "metadata" (Metadata with stuff_classes/stuff_colors), "ignore_label" (int),
         "unseen" (tuple of the unseen class names).
     """
-    registered = DatasetCatalog.list()
-    if name not in registered:
-        close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
-        hint = f"the closest registered names are {close}" if close else "no name comes close"
+    if name not in DatasetCatalog.list():
         raise ValueError(
-            f"dataset {name!r} is not registered; {hint}. Give a registered name "
+            f"dataset {name!r} is not registered; {closest_datasets(name)}. Give a registered name "
             "(datasets/README.md lists them)"
         )
     meta = MetadataCatalog.get(name)

@@ -8,6 +8,7 @@ are requested (``DatasetCatalog.get``), with the path that was looked for and ho
 from __future__ import annotations
 
 import colorsys
+import difflib
 import functools
 import logging
 import os
@@ -19,6 +20,7 @@ from ...vocab import Vocabulary
 
 __all__ = [
     "DATASETS_README",
+    "closest_datasets",
     "datasets_root",
     "deterministic_colors",
     "load_sem_seg_split",
@@ -130,6 +132,15 @@ def load_sem_seg_split(
         )
     logger.info("Loaded %d images of %s from %s", len(dicts), dataset_name, image_root)
     return dicts
+
+
+def closest_datasets(name: str) -> str:
+    """The hint after an unknown dataset name: the registered names spelt most like it."""
+    registered = DatasetCatalog.list()
+    close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+    if close:
+        return f"the closest registered names are {close}"
+    return f"none of the {len(registered)} registered names is close"
 
 
 def register_split(name: str, loader, **metadata) -> None:
