@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +40,7 @@ from ovseg.benchmark import (
     training_config,
 )
 from ovseg.utils.cli import run_reporting_errors
-from ovseg.utils.io import atomic_write_json
+from ovseg.utils.io import atomic_write_json, check_output_file
 
 
 def _positive(text: str) -> int:
@@ -419,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.output and os.path.isdir(args.output):  # before the work, not after it
-        raise IsADirectoryError(f"--output {args.output} is a folder; give a .json file name")
+    check_output_file(args.output, ".json")  # before the work, not after it
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     res = args.func(args)

@@ -30,6 +30,7 @@ from ovseg.api import Predictor, _vocabulary
 from ovseg.data.image_io import read_image
 from ovseg.export import DEFAULT_OPSET, compare_with_onnxruntime, export_blocker, export_onnx
 from ovseg.utils.cli import USER_ERRORS
+from ovseg.utils.io import check_output_file
 
 logger = logging.getLogger("export_onnx")
 
@@ -87,8 +88,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError as e:
         parser.error(f'{e.name} is missing: pip install -e ".[export]"')
     # what would fail after the export (and leave its file behind) is checked before it
-    if Path(args.output).is_dir():
-        parser.error(f"--output {args.output} is a folder; give a .onnx file name")
+    try:
+        check_output_file(args.output, ".onnx")
+    except IsADirectoryError as e:
+        parser.error(str(e))
     if args.image and not Path(args.image).is_file():
         parser.error(f"--image {args.image} is not a file; give an image to compare on")
     try:

@@ -85,11 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     from ..engine.defaults import load_config
-    from ..utils.io import atomic_write_text
+    from ..utils.io import atomic_write_text, check_output_file
 
     load_config(args.config_file, args.opts)  # a missing file or misspelt key stops here
-    if args.output and os.path.isdir(args.output):  # before five evaluations, not after
-        raise IsADirectoryError(f"--output {args.output} is a folder; give a .json file name")
+    check_output_file(args.output, ".json")  # before five evaluations, not after
     if args.weights and not os.path.isfile(args.weights):
         raise FileNotFoundError(
             f"--weights {args.weights} is not a file; give a trained toy student's checkpoint "

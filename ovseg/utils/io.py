@@ -7,13 +7,14 @@ import os
 import secrets
 import shutil
 import tempfile
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 __all__ = [
     "TMP_PREFIX",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_file",
     "make_output_folder",
     "publish_folder",
 ]
@@ -104,6 +105,17 @@ def atomic_write_json(
     """Write ``obj`` as JSON (with a trailing newline) atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
     atomic_write_text(path, text, fsync=fsync)
+
+
+def check_output_file(path: Optional[PathLike], suffix: str, option: str = "--output") -> None:
+    """Refuse a tool's output file that is a folder before the work (the atomic write
+    would refuse it only when writing, after the work).
+
+    Raises:
+        IsADirectoryError: naming ``option`` and the kind of file to give (``suffix``).
+    """
+    if path and os.path.isdir(path):
+        raise IsADirectoryError(f"{option} {path} is a folder; give a {suffix} file name")
 
 
 def make_output_folder(path: PathLike) -> None:
