@@ -136,6 +136,7 @@ def test_export_tool_on_the_toy_maskclip(tmp_path, capsys):
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max abs difference" in proc.stdout and out.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["maskclip.onnx"]  # no unchecked graph left
     diff = float(proc.stdout.rsplit("max abs difference", 1)[1].split()[0])
     assert diff < 1e-4
     # a refusal, in-process (the same main the command runs): exit 2 with the reason
@@ -156,6 +157,7 @@ def test_export_tool_on_the_toy_maskclip(tmp_path, capsys):
         (["--image", "no_such.png"], "--image no_such.png is not a file"),
         (["--output-is-the-folder"], "is a folder; give a .onnx file name"),
         (["--output", "/proc/ovseg.onnx"], "cannot write /proc/ovseg.onnx"),
+        (["--atol", "-1"], "--atol -1.0: give the largest accepted difference (>= 0)"),
     ],
 )
 def test_export_tool_mistakes_exit_2_and_leave_no_file(tmp_path, capsys, extra, says):
@@ -171,3 +173,20 @@ def test_export_tool_mistakes_exit_2_and_leave_no_file(tmp_path, capsys, extra, 
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_check_writes_nothing_to_the_output(tmp_path, capsys, monkeypatch):
+    """A graph that fails the comparison never reaches --output (an older file there stays);
+    it is kept beside it, named as unverified, and the command exits 1."""
+    tool = load_script("tools/export_onnx.py")
+    monkeypatch.setattr(tool, "compare_with_onnxruntime", lambda wrapper, path, images: 0.5)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the graph of an earlier, checked export")
+    argv = ["--config-file", "toy/lseg_toyrn_400_bs8.yaml", "--vocabulary", "a, b",
+            "--output", str(out)]  # fmt: skip
+    assert tool.main(argv) == 1
+    err = capsys.readouterr().err
+    kept = tmp_path / "m.unverified.onnx"
+    assert f"FAILED: 0.5 exceeds --atol 0.0001; nothing was written to {out}" in err, err
+    assert str(kept) in err and kept.stat().st_size > 1000
+    assert out.read_bytes() == b"the graph of an earlier, checked export"

@@ -9,7 +9,9 @@ to ``scores`` (B, K, H, W) over the vocabulary, whose text embeddings are baked 
 batch axis is dynamic, H and W are --input-size. After writing, the file is run by
 onnxruntime on seeded random images (and --image, resized to the input size) and compared
 with the PyTorch model's own test path; the largest absolute difference is printed, and
-the command fails when it exceeds --atol. Needs the export extra:
+the command fails when it exceeds --atol: then nothing is written to --output (a file
+already there stays) and the failing graph is kept as ``<name>.unverified.onnx`` beside it.
+Needs the export extra:
 ``pip install -e ".[export]"``. Opset, axes and which students export: docs/export.md.
 
 Exit status: 0 written and checked; 1 the check failed; 2 a bad command line, config or a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -92,6 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_output_file(args.output, ".onnx")
     except IsADirectoryError as e:
         parser.error(str(e))
+    if not args.atol >= 0:
+        parser.error(f"--atol {args.atol}: give the largest accepted difference (>= 0)")
     if args.image and not Path(args.image).is_file():
         parser.error(f"--image {args.image} is not a file; give an image to compare on")
     try:
@@ -109,24 +114,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = tuple(args.input_size or (cfg.INPUT.MIN_SIZE_TEST,) * 2)
     if min(size) <= 0:
         parser.error(f"input size {size}: give --input-size H W (positive)")
+    # the graph reaches --output only once checked: a file there is one that passed (and an
+    # older file there survives a failed export); a failing graph is kept beside it to inspect
+    output = Path(args.output)
+    candidate = failed_path(output)
     try:
         wrapper = export_onnx(
-            model, names, args.output, size=size, input_format=cfg.INPUT.FORMAT, opset=args.opset
+            model, names, candidate, size=size, input_format=cfg.INPUT.FORMAT, opset=args.opset
         )
     except OSError as e:  # an --output folder that cannot be written
-        parser.error(str(e))
+        parser.error(str(e).replace(str(candidate), str(output)))
     images = check_images(size, args.image, cfg.INPUT.FORMAT)
-    diff = compare_with_onnxruntime(wrapper, args.output, images)
-    mb = Path(args.output).stat().st_size / 2**20
-    print(
-        f"Wrote {args.output} ({mb:.1f} MiB, opset {args.opset}, input (B, 3, {size[0]}, "
-        f"{size[1]}), {len(names)} classes, scores: {model.sem_seg_scores}); onnxruntime vs "
-        f"PyTorch on {len(images)} images: max abs difference {diff:.3g}"
+    diff = compare_with_onnxruntime(wrapper, candidate, images)
+    mb = candidate.stat().st_size / 2**20
+    summary = (
+        f"({mb:.1f} MiB, opset {args.opset}, input (B, 3, {size[0]}, {size[1]}), {len(names)} "
+        f"classes, scores: {model.sem_seg_scores}); onnxruntime vs PyTorch on {len(images)} "
+        f"images: max abs difference {diff:.3g}"
     )
     if not diff <= args.atol:
-        print(f"FAILED: {diff:.3g} exceeds --atol {args.atol}", file=sys.stderr)
+        print(f"Exported {summary}", file=sys.stderr)
+        print(
+            f"FAILED: {diff:.3g} exceeds --atol {args.atol}; nothing was written to {output}, "
+            f"the failing graph is kept for inspection at {candidate}",
+            file=sys.stderr,
+        )
         return 1
+    os.replace(candidate, output)
+    print(f"Wrote {output} {summary}")
     return 0
+
+
+def failed_path(output: Path) -> Path:
+    """Where the graph is written before its check (and kept when the check fails)."""
+    return output.with_name(f"{output.stem}.unverified{output.suffix or '.onnx'}")
 
 
 if __name__ == "__main__":
