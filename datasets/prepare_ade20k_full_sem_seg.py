@@ -4,8 +4,11 @@ Follows the SAN / CAT-Seg preparation (re-written): each ``*_seg.png`` encodes t
 as ``R // 10 * 256 + G``; the 847 classes are mapped to contiguous ids 0..846 in the order of
 ``ovseg/data/vocabularies/ade847.json``, everything else to 65535 (ignore), saved as 16-bit
 PNG. Images and labels whose shorter side exceeds 512 are resized so it is 512 (bilinear /
-nearest, with OpenCV as the official scripts do). Writes ``images_detectron2/<split>/*.jpg``
-and ``annotations_detectron2/<split>/*.png`` for ``training`` and ``validation``.
+nearest, with OpenCV as the official scripts do). Every image is written again as a JPEG by
+PIL with its default quality, resized or not, as CAT-Seg's ``prepare_ade20k_full.py:974,
+1008`` does (``Image.fromarray(img).save``), so the small images are re-encoded too, not copied.
+Writes ``images_detectron2/<split>/*.jpg`` and ``annotations_detectron2/<split>/*.png`` for
+``training`` and ``validation``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import cv2
 import numpy as np
 from PIL import Image
 from prepare_utils import (
-    copy_file,
     make_lut,
     require,
     root_parser,
@@ -131,17 +133,18 @@ def convert_pair(image_path: Path, label_dst: Path, *, image_dir: Path) -> None:
     with Image.open(seg_path) as f:
         classes = decode_ade20k_full_classes(np.asarray(f.convert("RGB")))
     with Image.open(image_path) as f:
-        image = f.convert("RGB")
-    if image.size != (classes.shape[1], classes.shape[0]):
-        raise ValueError(f"{image_path} is {image.size} but {seg_path} is {classes.shape[::-1]}")
-    shape = resized_shape(image.height, image.width)
-    if shape is None:
-        copy_file(image_path, image_dst)
-    else:
+        # the official script keeps the decoded mode (np.asarray): grey stays grey
+        pixels = np.asarray(f if f.mode in ("L", "RGB") else f.convert("RGB"))
+    if pixels.shape[:2] != classes.shape:
+        raise ValueError(
+            f"{image_path} is {pixels.shape[1::-1]} but {seg_path} is {classes.shape[::-1]}"
+        )
+    shape = resized_shape(*classes.shape)
+    if shape is not None:
         h, w = shape
-        pixels = cv2.resize(np.asarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
+        pixels = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_LINEAR)
         classes = cv2.resize(classes, (w, h), interpolation=cv2.INTER_NEAREST)
-        save_image(Image.fromarray(pixels), image_dst)
+    save_image(Image.fromarray(pixels), image_dst)
     save_label(convert_ade20k_full_label(classes), label_dst)
 
 

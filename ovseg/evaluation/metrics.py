@@ -3,9 +3,15 @@
 Conventions follow detectron2's ``SemSegEvaluator`` (values in percent, ``IoU-<name>`` and
 ``ACC-<name>`` per class), with one deliberate choice spelled out: ``mIoU`` averages over
 every class whose union is non-empty (ground truth or prediction present), so a class that
-is predicted but absent from the ground truth counts as IoU 0, as in mmsegmentation and
-detectron2 v0.6's denominator. Classes with an empty union are left out of every mean and
-get no ``IoU-<name>`` key at all (rather than a misleading 0 or a NaN).
+is predicted but absent from the ground truth counts as IoU 0, as in mmsegmentation
+(ZegCLIP's and MaskCLIP+'s ``eval_metrics``: intersection / union, NaN-mean) and detectron2
+v0.6 (``sem_seg_evaluation.py:136-142``: the sum over ground-truth classes divided by the
+number of non-empty unions; SAN's ``install.sh`` pins v0.6). detectron2 after v0.6 averages
+over the classes with ground truth only (``iou_valid = acc_valid & (union > 0)``), and
+CAT-Seg installs that one (its ``requirements.txt``: detectron2 from git): ``mIoU-gt`` is
+that mean, the number to compare with CAT-Seg's on benchmarks whose validation set lacks some
+classes (ADE20K-847, PASCAL Context-459). Classes with an empty union are left out of every
+mean and get no ``IoU-<name>`` key at all (rather than a misleading 0 or a NaN).
 """
 
 from __future__ import annotations
@@ -99,7 +105,8 @@ def segmentation_metrics(
         dict[str, float]: ``mIoU`` (mean over classes with a non-empty union), ``fwIoU``
         (IoU weighted by ground-truth pixel frequency), ``IoU-<name>`` per class with a
         non-empty union, ``mACC`` (mean over classes with ground truth), ``pACC`` (pixel
-        accuracy), ``ACC-<name>`` per class with ground truth, and with a split
+        accuracy), ``ACC-<name>`` per class with ground truth, ``mIoU-gt`` (mean over the
+        classes with ground truth, detectron2 after v0.6 / CAT-Seg), and with a split
         ``mIoU-seen``, ``mIoU-unseen`` (each over its classes with a non-empty union; NaN
         when a group has none) and ``hIoU`` = 2SU/(S+U) (0 when both are 0).
 
@@ -139,6 +146,7 @@ def segmentation_metrics(
     for i, name in enumerate(names):
         if acc_valid[i]:
             res[f"ACC-{name}"] = float(100.0 * acc[i])
+    res["mIoU-gt"] = _mean(iou, acc_valid)
 
     if unseen:
         unseen_set = set(unseen)

@@ -42,7 +42,7 @@ def test_detectron2_key_order():
     res = segmentation_metrics(CONF3, NAMES3, unseen=["c"])
     assert list(res) == [
         "mIoU", "fwIoU", "IoU-a", "IoU-b", "IoU-c", "mACC", "pACC", "ACC-a", "ACC-b", "ACC-c",
-        "mIoU-seen", "mIoU-unseen", "hIoU",
+        "mIoU-gt", "mIoU-seen", "mIoU-unseen", "hIoU",
     ]  # fmt: skip
 
 
@@ -69,7 +69,14 @@ def test_absent_class_excluded_but_missed_class_counts_zero():
     # (5 * 4/7 + 2 * 0) / 7 gt pixels
     assert res["fwIoU"] == pytest.approx(100 * 20 / 49)
     assert res["pACC"] == pytest.approx(100 * 4 / 7)
+    # detectron2 after v0.6 / CAT-Seg: only a and b (ground truth present), (57.143 + 0) / 2
+    assert res["mIoU-gt"] == pytest.approx(100 * 4 / 7 / 2)
     assert not any(np.isnan(v) for v in res.values())
+
+
+def test_gt_only_mean_equals_miou_when_every_predicted_class_has_ground_truth():
+    res = segmentation_metrics(CONF3, NAMES3)
+    assert res["mIoU-gt"] == pytest.approx(res["mIoU"])
 
 
 def test_seen_unseen_and_hiou():

@@ -204,6 +204,38 @@ def test_matches_detectron2_when_every_class_has_ground_truth(dataset):
         assert ours["sem_seg"][key] == pytest.approx(theirs["sem_seg"][key]), key
 
 
+def test_predicted_only_class_counts_as_detectron2_v06_and_main_do(dataset):
+    """A class predicted but absent from the ground truth: ``mIoU`` counts it as 0 as the
+    installed detectron2 v0.6 (SAN's pin) does, ``mIoU-gt`` leaves it out as detectron2 after
+    v0.6 (CAT-Seg's) does."""
+    pytest.importorskip("pycocotools")
+    from detectron2.evaluation import SemSegEvaluator
+
+    name, images, _ = dataset
+    inputs = [{"file_name": f} for f in images]
+    # c is never in this ground truth: (a, b) only; the model predicts c on two pixels
+    gts = [np.array([[0, 0, 1], [1, 255, 1]]), np.array([[0, 0], [255, 1]])]
+    preds = [np.array([[0, 2, 1], [1, 1, 0]]), np.array([[0, 2], [1, 1]])]
+    for label, gt in zip(DatasetCatalog.get(name), gts):
+        Image.fromarray(gt.astype(np.uint8)).save(label["sem_seg_file_name"])
+    results = []
+    for evaluator in (
+        OpenVocabSemSegEvaluator(name, distributed=False),
+        SemSegEvaluator(name, distributed=False),
+    ):
+        evaluator.reset()
+        for inp, pred in zip(inputs, preds):
+            evaluator.process([inp], [{"sem_seg": _scores(pred)}])
+        results.append(evaluator.evaluate()["sem_seg"])
+    ours, theirs = results
+    # by hand (ignored pixels out): a gt 4, pred 3, tp 2 -> 2/5; b gt 4, pred 3, tp 3 -> 3/4;
+    # c gt 0, pred 2 -> 0
+    assert ours["IoU-c"] == 0.0
+    assert ours["mIoU"] == pytest.approx(100 * (2 / 5 + 3 / 4 + 0) / 3)
+    assert ours["mIoU"] == pytest.approx(theirs["mIoU"])
+    assert ours["mIoU-gt"] == pytest.approx(100 * (2 / 5 + 3 / 4) / 2)
+
+
 def test_build_evaluator_by_evaluator_type(dataset, tmp_path):
     name, _, _ = dataset
     cfg = get_cfg()

@@ -140,6 +140,44 @@ def test_ade20k_full(tmp_path, raw, read, prepare_script):
     assert _no_temp_files(ade / "annotations_detectron2")
 
 
+def test_ade20k_full_small_images_are_re_encoded_as_the_official_script(
+    tmp_path, raw, prepare_script
+):
+    """CAT-Seg's prepare_ade20k_full.py saves every image through PIL (quality 75), resized
+    or not: a small image is re-encoded, not copied byte for byte; grey stays grey."""
+    import io
+
+    from PIL import Image
+
+    script = prepare_script("prepare_ade20k_full_sem_seg")
+    ade = tmp_path / "ADE20K_2021_17_01"
+    folder = ade / "images/ADE/validation/a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    sources = {
+        "ADE_val_00000003": Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)),
+        "ADE_val_00000004": Image.fromarray(rng.integers(0, 256, (16, 24), dtype=np.uint8)),
+    }
+    for stem, image in sources.items():
+        image.save(folder / f"{stem}.jpg", format="JPEG", quality=95)
+        raw.png(folder / f"{stem}_seg.png", _ade_seg(np.full((16, 24), 2978)))
+    (ade / "images/ADE/training").mkdir(parents=True)
+    raw.jpg(ade / "images/ADE/training/a/ADE_train_00000003.jpg", 4, 4)
+    raw.png(ade / "images/ADE/training/a/ADE_train_00000003_seg.png", _ade_seg(np.zeros((4, 4))))
+
+    script.main(["--root", str(tmp_path)])
+    for stem in sources:
+        src = folder / f"{stem}.jpg"
+        out = ade / "images_detectron2/validation" / f"{stem}.jpg"
+        assert out.read_bytes() != src.read_bytes()
+        with Image.open(src) as decoded:
+            again = io.BytesIO()
+            decoded.save(again, format="JPEG")  # what Image.fromarray(img).save(...) writes
+        with Image.open(again) as want, Image.open(out) as got:
+            assert got.mode == want.mode
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_ade20k_full_missing_seg_png_names_it(tmp_path, raw, prepare_script):
     script = prepare_script("prepare_ade20k_full_sem_seg")
     ade = tmp_path / "ADE20K_2021_17_01"
