@@ -26,9 +26,9 @@ XPM_DATA_KEYS = {
     # the training mapper drops pseudo instances scoring below this (0 = keep all, as XPM;
     # the generation tool's --threshold cuts when writing instead)
     "PSEUDO_SCORE_THRESHOLD": 0.0,
-    # caption synonyms: "auto" (XPM's LVIS lists plus ours when every name is a COCO thing,
-    # else the class names alone), "coco" (the same, or an error), "coco_official" (XPM's
-    # lists only), "none" (class names alone)
+    # caption synonyms: "auto" (XPM's LVIS lists plus ours, the COCO names among them, when
+    # every name is a COCO thing, else the class names alone), "coco" (the same, or an
+    # error), "coco_official" (XPM's LVIS lists alone), "none" (class names alone)
     "CAPTION_SYNONYMS": "auto",
 }
 
