@@ -16,7 +16,9 @@ XPM_DATA_KEYS = {
     # config's own META_ARCHITECTURE is the teacher's
     "TEACHER_WEIGHTS": "",
     # region embedding of a proposal: "crop" (its mask cut out, outside = pixel mean, through
-    # CLIP's image encoder) or "pool" (mask pooling of CLIP's dense features; cheaper)
+    # CLIP's image encoder), "pool" (mask pooling of CLIP's dense features; cheaper) or
+    # "teacher" (the XPM teacher's projected RoI feature, as XPM matches its detector's
+    # region embeddings, st_generalized_rcnn.py:226-247; every proposal a candidate)
     "REGION_EMBEDDING": "crop",
     # the text matched to regions: "noun" (the caption phrase, as XPM embeds each noun) or
     # "class" (the phrase's class name)
@@ -26,9 +28,9 @@ XPM_DATA_KEYS = {
     # the training mapper drops pseudo instances scoring below this (0 = keep all, as XPM;
     # the generation tool's --threshold cuts when writing instead)
     "PSEUDO_SCORE_THRESHOLD": 0.0,
-    # caption synonyms: "auto" (XPM's LVIS lists plus ours when every name is a COCO thing,
-    # else the class names alone), "coco" (the same, or an error), "coco_official" (XPM's
-    # lists only), "none" (class names alone)
+    # caption synonyms: "auto" (XPM's LVIS lists plus ours, the COCO names among them, when
+    # every name is a COCO thing, else the class names alone), "coco" (the same, or an
+    # error), "coco_official" (XPM's LVIS lists alone), "none" (class names alone)
     "CAPTION_SYNONYMS": "auto",
 }
 

@@ -402,6 +402,14 @@ def _xpm_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.XPM.NOISE_FREEZE_ITER == 10000
     else:
         assert schedule == (0.0005, (60000, 80000), 90000)
+    # biases at 2x lr, no decay (maskrcnn_benchmark defaults.py:494, 499); the RPN's box loss
+    # smooth-L1 1/9 with border-crossing anchors ignored (rpn/loss.py:123, defaults.py:227)
+    assert (s.BIAS_LR_FACTOR, s.WEIGHT_DECAY_BIAS, s.WEIGHT_DECAY) == (2.0, 0.0, 1e-4)
+    rpn = cfg.MODEL.RPN
+    assert (rpn.SMOOTH_L1_BETA, rpn.BOUNDARY_THRESH) == (pytest.approx(1 / 9), 0)
+    # XPM's three evaluation sets: unseen-only, seen-only, generalized (zeroshot_mask.yaml:40)
+    split = cfg.DATASETS.TRAIN[0].replace("_train_", "_val_")
+    assert cfg.DATASETS.TEST == (f"{split}_unseen", f"{split}_seen", split)
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
 
 

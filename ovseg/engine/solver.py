@@ -45,7 +45,8 @@ def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> list[dict[str, Any
     Rules, in order: ``backbone.*`` gets SOLVER.BACKBONE_MULTIPLIER; names containing any of
     SOLVER.LR_MULTIPLIER_KEYS get SOLVER.LR_MULTIPLIER on top; norm weights/biases get
     SOLVER.WEIGHT_DECAY_NORM; embeddings get SOLVER.WEIGHT_DECAY_EMBED; other biases
-    SOLVER.WEIGHT_DECAY_BIAS when set. Frozen parameters are left out.
+    SOLVER.WEIGHT_DECAY_BIAS when set; every bias's lr is multiplied by SOLVER.BIAS_LR_FACTOR
+    (1 but in the Detectron recipe XPM trains with). Frozen parameters are left out.
     """
     base_lr = cfg.SOLVER.BASE_LR
     wd = cfg.SOLVER.WEIGHT_DECAY
@@ -63,6 +64,8 @@ def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> list[dict[str, Any
                 lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
             if any(k in full for k in cfg.SOLVER.LR_MULTIPLIER_KEYS):
                 lr *= cfg.SOLVER.LR_MULTIPLIER
+            if pname == "bias":
+                lr *= cfg.SOLVER.BIAS_LR_FACTOR
             if isinstance(module, _NORM_TYPES):
                 decay = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif any(k in full for k in _EMBED_KEYS) or isinstance(module, torch.nn.Embedding):

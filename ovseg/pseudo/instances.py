@@ -9,9 +9,12 @@ shared CLIP teacher and run once, offline (the teacher is frozen, so it is the s
   distinct phrase once with its class of the full vocabulary (seen and unseen);
 - text: each noun's embedding (officially BERT's, ``st_generalized_rcnn.py:243``; here CLIP's
   prompt-ensembled ``encode_text`` of the noun, or of its class name with ``text="class"``);
-- regions: one embedding per proposal (officially the RoI feature's projection, :226-229;
-  here :meth:`~ovseg.clip.CLIPTeacher.region_embeddings` of the proposal's mask, ``"crop"``
-  or ``"pool"``);
+- regions: one embedding per proposal: officially the detector's projection of the RoI
+  feature into the word space (:226-229), here ``"teacher"`` (the XPM teacher's
+  ``pred_embeddings``, its projection into CLIP's text space; every proposal a candidate, as
+  officially) or, the default, :meth:`~ovseg.clip.CLIPTeacher.region_embeddings` of the
+  proposal's mask (``"crop"`` or ``"pool"``; proposals with an empty mask are skipped): CLIP's
+  image side stands in for OVR-CNN's caption-pretrained alignment, which ours lacks;
 - per noun, the proposal with the highest product (:245-247) gives the pseudo box (its
   box, :249) and the pseudo mask (its mask at threshold 0.5, :264-272); score = sigmoid of
   the product (:255). Both embeddings are L2-normalised, so the product is a cosine.
@@ -42,7 +45,7 @@ __all__ = [
     "proposals_at_size",
 ]
 
-REGION_EMBEDDINGS = ("crop", "pool")
+REGION_EMBEDDINGS = ("crop", "pool", "teacher")
 PSEUDO_TEXTS = ("noun", "class")
 
 
@@ -108,7 +111,8 @@ def proposals_at_size(proposals: Instances, height: int, width: int) -> Instance
 
     Args:
         proposals (Instances): ``pred_boxes`` (Boxes), ``pred_masks`` ((N, H', W') floats in
-            [0, 1], or (N, 1, H', W')) and ``scores``.
+            [0, 1], or (N, 1, H', W')), ``scores`` and optionally ``pred_embeddings``
+            ((N, D), carried over).
         height, width (int): the original image size.
     """
     masks = proposals.pred_masks
@@ -128,6 +132,8 @@ def proposals_at_size(proposals: Instances, height: int, width: int) -> Instance
     out.pred_boxes = boxes
     out.pred_masks = masks.float()
     out.scores = proposals.scores if proposals.has("scores") else masks.new_ones(len(masks))
+    if proposals.has("pred_embeddings"):
+        out.pred_embeddings = proposals.pred_embeddings
     return out
 
 
@@ -153,8 +159,9 @@ class PseudoInstanceLabeller:
                 names must be in ``vocabulary``.
             vocabulary: the full vocabulary (seen and unseen names) pseudo classes index.
             templates: prompt templates of the text embeddings (ensembled).
-            region_embedding (str): "crop" (masked crop through CLIP's image encoder) or
-                "pool" (mask pooling of CLIP's dense features; cheaper).
+            region_embedding (str): "crop" (masked crop through CLIP's image encoder),
+                "pool" (mask pooling of CLIP's dense features; cheaper) or "teacher" (the
+                proposals' ``pred_embeddings``, as XPM matches its detector's).
             text (str): "noun" (embed the caption phrase, as XPM) or "class" (its class name).
             mask_threshold (float): mask probability at and above which a pixel is inside.
             score_threshold (float): pseudo instances scoring below are dropped (0: none).
@@ -220,13 +227,14 @@ class PseudoInstanceLabeller:
             )
         nouns = self.nouns(captions)
         inside = proposals.pred_masks >= self.mask_threshold
-        kept = torch.nonzero(inside.flatten(1).any(dim=1)).flatten()
+        if self.region_embedding == "teacher":  # every proposal, as XPM
+            kept = torch.arange(len(inside), device=inside.device)
+        else:  # a crop or a pooled region needs pixels
+            kept = torch.nonzero(inside.flatten(1).any(dim=1)).flatten()
         if not nouns or len(kept) == 0:
             return []
         masks = inside[kept]
-        regions = self.clip.region_embeddings(
-            image[None].float(), [masks], mode=self.region_embedding
-        )[0]
+        regions = self.regions(image, proposals, masks, kept)
         texts = self.text_embeddings(nouns).to(regions)
         cosine, best = (texts @ regions.T).max(dim=1)  # (W,): each noun's best proposal
         scores = torch.sigmoid(cosine)
@@ -250,6 +258,20 @@ class PseudoInstanceLabeller:
                 )
             )
         return out
+
+    def regions(self, image: Tensor, proposals: Instances, masks: Tensor, kept: Tensor) -> Tensor:
+        """(R, D) normalised embeddings of the ``kept`` proposals (``masks``: theirs)."""
+        if self.region_embedding != "teacher":
+            return self.clip.region_embeddings(
+                image[None].float(), [masks], mode=self.region_embedding
+            )[0]
+        if not proposals.has("pred_embeddings"):
+            raise ValueError(
+                "MODEL.XPM.REGION_EMBEDDING 'teacher' matches nouns to the proposals' "
+                "pred_embeddings, which this proposer does not give; use the XPM teacher "
+                "(XPMTeacher.propose) or 'crop' / 'pool'"
+            )
+        return F.normalize(proposals.pred_embeddings[kept].float(), dim=-1)
 
     def settings(self) -> Dict[str, Any]:
         """What decides this labeller's output besides its models (for fingerprints)."""

@@ -55,6 +55,17 @@ def test_param_groups_rules():
     assert groups["head.weight"]["lr"] == 1.0 and groups["head.bias"]["weight_decay"] == 0.1
 
 
+def test_bias_lr_factor_and_bias_decay():
+    # the Detectron recipe XPM trains with: biases at 2x lr without decay
+    # (maskrcnn_benchmark/solver/build.py:18-20, defaults.py:494, 499)
+    cfg = make_cfg(BIAS_LR_FACTOR=2.0, WEIGHT_DECAY_BIAS=0.0)
+    groups = {g["name"]: g for g in get_param_groups(cfg, Net())}
+    assert groups["head.bias"]["lr"] == pytest.approx(2.0)
+    assert groups["head.bias"]["weight_decay"] == 0.0
+    assert groups["backbone.0.bias"]["lr"] == pytest.approx(0.2)  # x the backbone's 0.1
+    assert groups["head.weight"]["lr"] == 1.0 and groups["head.weight"]["weight_decay"] == 0.1
+
+
 def test_no_trainable_parameters_error():
     with pytest.raises(ValueError, match="no trainable parameters.*--eval-only"):
         get_param_groups(make_cfg(), nn.Linear(2, 2).requires_grad_(False))

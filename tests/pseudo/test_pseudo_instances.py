@@ -86,6 +86,27 @@ def test_class_text_region_mode_and_empty_cases():
     assert labeller(image, ["A man."], nothing) == []
 
 
+def test_teacher_region_embeddings_are_matched_and_every_proposal_is_a_candidate():
+    # XPM matches nouns to its detector's own region embeddings (st_generalized_rcnn.py:
+    # 226-247): here the proposer's pred_embeddings; CLIP's image side is never asked
+    image = torch.zeros(3, HEIGHT, WIDTH)
+    proposals = _proposals()
+    # by hand: the empty-mask proposal (index 3) is the dog's best, the tv stripe the man's
+    proposals.pred_embeddings = torch.tensor(
+        [[0.0, 0.0, 1.0], [0.1, 0.2, 0.9], [0.9, 0.0, 0.1], [0.0, 1.0, 0.0]]
+    )
+    labeller = _labeller(region_embedding="teacher")
+    out = labeller(image, ["A man walking his dog."], proposals)
+    assert [(p.noun, p.proposal) for p in out] == [("man", 2), ("dog", 3)]
+    assert labeller.clip.modes == []
+    assert out[1].cosine == pytest.approx(_cos(TEXTS["dog"], [0.0, 1.0, 0.0]), abs=1e-6)
+    assert not decode_mask(out[1].mask).any()  # its mask is empty, as officially possible
+    moved = proposals_at_size(proposals, HEIGHT // 2, WIDTH // 2)
+    assert torch.equal(moved.pred_embeddings, proposals.pred_embeddings)
+    with pytest.raises(ValueError, match="pred_embeddings"):
+        labeller(image, ["A dog."], _proposals())
+
+
 def test_records_round_trip_and_proposals_move_to_the_original_size():
     inst = _labeller()(torch.zeros(3, HEIGHT, WIDTH), ["a dog"], _proposals())[0]
     assert PseudoInstance.from_json(inst.to_json()) == inst

@@ -189,13 +189,18 @@ class CaptionNounMatcher:
         synonyms: Optional[Mapping[str, Sequence[str]]] = None,
         *,
         exclude: Sequence[str] = (),
+        names_are_phrases: bool = True,
     ):
         """
         Args:
             class_names: the label space; a match's class id is the index of its name here.
-            synonyms: class name -> further phrases naming it (each class's own name is
-                always a phrase); every key must be one of ``class_names``.
+            synonyms: class name -> further phrases naming it; every key must be one of
+                ``class_names``.
             exclude: class names never matched (e.g. ``"background"``).
+            names_are_phrases: each class's own name is a phrase too. Off, a class is
+                found by its synonyms only, as XPM's parser reads the LVIS lists alone
+                (``parser.py:28-53``): COCO's "laptop" is not among its
+                ("laptop_computer", "notebook_computer").
         """
         names = list(class_names)
         stray = sorted(set(synonyms or {}) - set(names))
@@ -211,7 +216,13 @@ class CaptionNounMatcher:
         for cid, name in enumerate(names):
             if name in exclude:
                 continue
-            for phrase in (name, *(synonyms or {}).get(name, ())):
+            own = (name,) if names_are_phrases else ()
+            phrases = (*own, *(synonyms or {}).get(name, ()))
+            if not phrases:
+                raise ValueError(
+                    f"class {name!r} has no phrase: give it synonyms or keep names_are_phrases"
+                )
+            for phrase in phrases:
                 lemmas = lemmatize_phrase(phrase)
                 if not lemmas:
                     raise ValueError(f"class {name!r}: phrase {phrase!r} has no words")
@@ -227,7 +238,9 @@ class CaptionNounMatcher:
     @classmethod
     def coco(cls, class_names: Sequence[str], *, extras: bool = True) -> CaptionNounMatcher:
         """A matcher over COCO thing names (e.g. the 65 of the 48/17 split) with XPM's
-        LVIS synonyms, plus :data:`EXTRA_SYNONYMS` when ``extras``."""
+        LVIS synonyms. With ``extras`` (ours) the COCO names themselves ("laptop", "remote",
+        "microwave" are not in their LVIS lists) and :data:`EXTRA_SYNONYMS` are phrases too;
+        without, the LVIS lists alone, as XPM's parser."""
         unknown = sorted(set(class_names) - set(COCO_LVIS_SYNONYMS))
         if unknown:
             raise ValueError(f"{unknown} are not COCO thing names: {sorted(COCO_LVIS_SYNONYMS)}")
@@ -235,7 +248,7 @@ class CaptionNounMatcher:
         for name, more in EXTRA_SYNONYMS.items() if extras else ():
             if name in table:
                 table[name] += more
-        return cls(class_names, table)
+        return cls(class_names, table, names_are_phrases=extras)
 
     @classmethod
     def coco65(cls, *, extras: bool = True) -> CaptionNounMatcher:

@@ -70,6 +70,19 @@ def test_extras_switch_off_to_the_official_lists():
     assert _names(official, "a man watching a tv set") == ["person", "tv"]
 
 
+def test_the_official_lists_alone_do_not_hold_every_coco_name():
+    # XPM's parser looks up LVIS synonyms only (parser.py:28-53): "laptop", "remote" and
+    # "microwave" are not among theirs, so officially these caption words name nothing
+    caption = "A laptop, a remote and a microwave oven; a laptop computer and a microwave."
+    ours = CaptionNounMatcher.coco(["laptop", "remote", "microwave"])
+    assert _names(ours, caption) == ["laptop", "microwave", "remote"]
+    official = CaptionNounMatcher.coco(["laptop", "remote", "microwave"], extras=False)
+    assert [p for p, _ in official([caption]).nouns] == ["microwave oven", "laptop computer"]
+    assert _names(official, "a tv remote control") == ["remote"]
+    with pytest.raises(ValueError, match="'sky' has no phrase"):
+        CaptionNounMatcher(["sky"], names_are_phrases=False)
+
+
 def test_all_captions_are_parsed_and_each_phrase_kept_once(coco65):
     caps = [
         "A man riding a horse.",
