@@ -194,3 +194,19 @@ def test_topk_instance_inference_returns_scored_thing_instances(tmp_path):
     assert bool(
         (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 40).all()
     )
+
+
+def test_the_ensemble_takes_the_test_sets_seen_classes(tmp_path):
+    # COCO panoptic names 17 stuff classes "*-merged", names the COCO-Stuff training set
+    # lacks; the release weights them as seen (the test set's trainable_flag), so here too.
+    # Only metadata is read: no dataset files are needed.
+    coco = ["DATASETS.TRAIN", "('coco_2017_train_full_task_base',)"]
+    model = _model(tmp_path, *coco, "DATASETS.TEST", "('coco_2017_val_panoptic_with_sem_seg',)")
+    seen = model.seen_classes
+    assert {"tree-merged", "wall-other-merged", "sky-other-merged", "person"} <= seen
+    # the panoptic set's 11 unseen classes stay unseen
+    assert not {"cow", "carrot", "cardboard", "playingfield", "river", "road"} & seen
+    assert len(seen) == 156 + 17
+    # a test set without a zero-shot split adds nothing: its other names stay unseen
+    plain = _model(tmp_path, *coco, "DATASETS.TEST", "('coco_2017_val_panoptic',)")
+    assert len(plain.seen_classes) == 156 and "tree-merged" not in plain.seen_classes

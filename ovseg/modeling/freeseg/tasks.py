@@ -2,7 +2,8 @@
 # mask_former_full_dataset_mapper.py: per-task targets of one sample) and its per-task
 # inference switch (open_vocabulary_model.py:260-330), re-written.
 """FreeSeg's three tasks: their names, the targets of each, the tasks a training batch
-supports and the tasks a test set is evaluated on.
+supports and the tasks a test set is evaluated on; and which classes the test-time CLIP
+ensemble weights as seen.
 
 A sample's ``"instances"`` (ovseg's mask-target mappers) hold its segments; per task:
 
@@ -20,8 +21,11 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 
+from ...vocab import training_vocabulary
+
 __all__ = [
     "MAPPER_TASKS",
+    "ensemble_seen_classes",
     "TASKS",
     "task_targets",
     "task_texts",
@@ -80,6 +84,27 @@ def test_tasks_for(cfg) -> Tuple[str, ...]:
         return ("semantic",)
     kind = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("evaluator_type", "")
     return {"ovseg_panoptic": TASKS, "ovseg_instance": ("instance",)}.get(kind, ("semantic",))
+
+
+def ensemble_seen_classes(cfg) -> Tuple[str, ...]:
+    """The class names the test-time CLIP ensemble weights as seen.
+
+    The release reads the test set's own split (its metadata ``trainable_flag``,
+    ``open_vocabulary_model.py:431-436``), so a test set naming its classes otherwise than the
+    training set still has them seen: COCO panoptic's 17 ``*-merged`` stuff classes (e.g.
+    ``tree-merged``), absent from the COCO-Stuff training names, are seen there
+    (``register_coco_panoptic.py:177, 298-301``). Here: the training vocabulary's seen
+    classes, plus the seen classes of every test set that declares a zero-shot split
+    (metadata ``unseen_classes`` not empty); a test set without one adds nothing (its names
+    the model never trained on stay unseen).
+    """
+    vocab = training_vocabulary(cfg)
+    names = list(vocab.seen) if vocab is not None else []
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if meta.get("unseen_classes", None):
+            names += list(meta.get("seen_classes", None) or ())
+    return tuple(dict.fromkeys(names))
 
 
 def task_targets(instances: Instances, task: str, is_thing: Collection[bool]) -> Instances:

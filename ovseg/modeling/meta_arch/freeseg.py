@@ -37,7 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...vocab import normalize_name, training_vocabulary
+from ...vocab import normalize_name
 from ..backbone import build_backbone
 from ..freeseg import (
     AdaptivePromptLearner,
@@ -52,6 +52,7 @@ from ..freeseg import (
 from ..freeseg.tasks import (
     TASK_KEYS,
     TASKS,
+    ensemble_seen_classes,
     task_targets,
     task_texts,
     test_tasks_for,
@@ -152,7 +153,7 @@ class FreeSeg(OpenVocabSegmentor):
             criterion: the set loss.
             prompt (AdaptivePromptLearner): the task prompts (frozen once loaded).
             train_tasks, test_tasks: subsets of ("semantic", "instance", "panoptic").
-            seen_classes: names trained on (the ensemble's seen weights); the rest unseen.
+            seen_classes: names the ensemble weights as seen (``ensemble_seen_classes``).
             thing_classes: names of thing classes (instance targets, panoptic things).
             clip_ensemble (bool): ensemble with CLIP's mask-crop classes at test.
             ensemble_weight (float): the ensemble's lambda.
@@ -221,7 +222,6 @@ class FreeSeg(OpenVocabSegmentor):
         if fs.PROMPT_CHECKPOINT:
             load_prompt_tokens(prompt, fs.PROMPT_CHECKPOINT)
         matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT)
-        vocab = training_vocabulary(cfg)
         return {
             **OpenVocabSegmentor.base_config(cfg),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
@@ -252,7 +252,7 @@ class FreeSeg(OpenVocabSegmentor):
             "prompt": prompt,
             "train_tasks": train_tasks_for(cfg),
             "test_tasks": test_tasks_for(cfg),
-            "seen_classes": vocab.seen if vocab is not None else (),
+            "seen_classes": ensemble_seen_classes(cfg),
             "thing_classes": _thing_names(cfg),
             "clip_ensemble": fs.CLIP_ENSEMBLE,
             "ensemble_weight": fs.ENSEMBLE_WEIGHT,
