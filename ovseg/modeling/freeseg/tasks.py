@@ -2,8 +2,8 @@
 # mask_former_full_dataset_mapper.py: per-task targets of one sample) and its per-task
 # inference switch (open_vocabulary_model.py:260-330), re-written.
 """FreeSeg's three tasks: their names, the targets of each, the tasks a training batch
-supports and the tasks a test set is evaluated on; and which classes the test-time CLIP
-ensemble weights as seen.
+supports and the tasks a test set is evaluated on; which classes the test-time CLIP
+ensemble weights as seen, and the panoptic / instance post-processing arguments.
 
 A sample's ``"instances"`` (ovseg's mask-target mappers) hold its segments; per task:
 
@@ -25,7 +25,9 @@ from ...vocab import training_vocabulary
 
 __all__ = [
     "MAPPER_TASKS",
+    "POST_DEFAULTS",
     "ensemble_seen_classes",
+    "post_config",
     "TASKS",
     "task_targets",
     "task_texts",
@@ -84,6 +86,34 @@ def test_tasks_for(cfg) -> Tuple[str, ...]:
         return ("semantic",)
     kind = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("evaluator_type", "")
     return {"ovseg_panoptic": TASKS, "ovseg_instance": ("instance",)}.get(kind, ("semantic",))
+
+
+#: the panoptic / instance post-processing of FreeSeg's release (:func:`post_config`)
+POST_DEFAULTS = {
+    "temperature": 0.01,
+    "object_mask_threshold": 0.0,
+    "thing_score_threshold": 0.5,
+    "overlap_threshold": 0.5,
+    "pixel_assignment": "class",
+    "instance_mode": "freeseg",
+    "official_defects": False,
+    "topk": 100,
+}
+
+
+def post_config(cfg) -> Dict:
+    """Panoptic / instance post-processing arguments from MODEL.MASK_FORMER.TEST."""
+    t = cfg.MODEL.MASK_FORMER.TEST
+    return {
+        "temperature": t.SCORE_TEMPERATURE or None,
+        "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
+        "thing_score_threshold": t.THING_SCORE_THRESHOLD,
+        "overlap_threshold": t.OVERLAP_THRESHOLD,
+        "pixel_assignment": t.PIXEL_ASSIGNMENT,
+        "instance_mode": t.INSTANCE_MODE,
+        "official_defects": t.OFFICIAL_INSTANCE_DEFECTS,
+        "topk": cfg.TEST.DETECTIONS_PER_IMAGE,
+    }
 
 
 def ensemble_seen_classes(cfg) -> Tuple[str, ...]:
