@@ -49,6 +49,7 @@ from ovseg.engine.defaults import load_config
 from ovseg.modeling.freeseg.tasks import train_tasks_for
 from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names
 from ovseg.pseudo import expected_teacher
+from ovseg.vocab import training_vocabulary
 
 ROOT_BASE = CONFIGS / "Base-ovseg.yaml"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
@@ -658,3 +659,14 @@ def test_toy_base_maps_a_training_sample_with_unseen_ignored(toy_fixture):
         assert out["vocabulary"] == seen
         unseen_pixels = np.isin(label, [3, 5]).sum()  # triangle, ring
         assert int((out["sem_seg"] == 255).sum()) == unseen_pixels
+
+
+def test_freeseg_leaves_train_on_the_seen_names_only():
+    # the release's training sets name only their seen classes (SEM_SEG_HEAD.NUM_CLASSES
+    # 156 / 135 / 15): unseen names are no negatives of the class head or the prompt CE
+    seen = {"coco": 156, "ade20k": 135, "voc": 15}
+    leaves = sorted(CONFIGS.glob("*/freeseg/*.yaml"))
+    assert {_dataset(p) for p in leaves} == set(seen)
+    for path in leaves:
+        vocab = training_vocabulary(_merged(path))
+        assert len(vocab.names) == seen[_dataset(path)] and not vocab.unseen, _rel(path)

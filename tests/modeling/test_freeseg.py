@@ -7,12 +7,15 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from ovseg_testing import tiny_freeseg_cfg
 
 from detectron2.modeling import build_model
-from detectron2.structures import Instances
+from detectron2.structures import ImageList, Instances
 
+from ovseg.modeling.freeseg import query_probs
 from ovseg.modeling.freeseg.tasks import task_targets
+from ovseg.modeling.mask_classification import panoptic_inference
 from ovseg.modeling.meta_arch.freeseg import FreeSeg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -194,3 +197,55 @@ def test_topk_instance_inference_returns_scored_thing_instances(tmp_path):
     assert bool(
         (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 40).all()
     )
+
+
+def test_the_ensemble_takes_the_test_sets_seen_classes(tmp_path):
+    # COCO panoptic names 17 stuff classes "*-merged", names the COCO-Stuff training set
+    # lacks; the release weights them as seen (the test set's trainable_flag), so here too.
+    # Only metadata is read: no dataset files are needed.
+    coco = ["DATASETS.TRAIN", "('coco_2017_train_full_task_base',)"]
+    model = _model(tmp_path, *coco, "DATASETS.TEST", "('coco_2017_val_panoptic_with_sem_seg',)")
+    seen = model.seen_classes
+    assert {"tree-merged", "wall-other-merged", "sky-other-merged", "person"} <= seen
+    # the panoptic set's 11 unseen classes stay unseen
+    assert not {"cow", "carrot", "cardboard", "playingfield", "river", "road"} & seen
+    assert len(seen) == 156 + 17
+    # a test set without a zero-shot split adds nothing: its other names stay unseen
+    plain = _model(tmp_path, *coco, "DATASETS.TEST", "('coco_2017_val_panoptic',)")
+    assert len(plain.seen_classes) == 156 and "tree-merged" not in plain.seen_classes
+
+
+def test_tasks_run_at_the_input_size_then_resize_as_the_release(tmp_path):
+    # the release (open_vocabulary_model.py:261-285, 372-407): mask logits to the padded
+    # input with corners aligned, cropped; each task at the input size; then sem_seg resized
+    # bilinearly and the panoptic ids by nearest neighbour to (height, width)
+    opts = ["MODEL.FREESEG.TEST_TASKS", "['semantic', 'panoptic']"]
+    model = _model(tmp_path, *opts, "MODEL.FREESEG.CLIP_ENSEMBLE", "False")
+    model.eval()
+    image = _sample(0, size=64)["image"][:, :52]  # padded to 64 x 64
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 40, "width": 48, "vocabulary": NAMES}])
+        batch = ImageList.from_tensors(model.normalize([image]), model.size_divisibility)
+        assert batch.tensor.shape[-2:] == (64, 64)
+        pixels = model.pixel_features(batch.tensor)
+        ref = {}
+        for task in ("semantic", "panoptic"):
+            pred = model.decode(pixels, model.text_embeddings(NAMES, task))
+            masks = F.interpolate(pred["pred_masks"], (64, 64), mode="bilinear", align_corners=True)
+            ref[task] = (query_probs(pred["pred_logits"][0]), masks[0, :, :52, :64])
+    probs, masks = ref["semantic"]
+    sem = torch.einsum("qc,qhw->chw", probs, masks.sigmoid())
+    expected = F.interpolate(sem[None], (40, 48), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(out["sem_seg"], expected, atol=1e-5)
+    seg, _ = panoptic_inference(
+        *ref["panoptic"],
+        thing_ids={0, 1},
+        has_no_object=False,
+        temperature=0.01,
+        thing_score_threshold=0.5,
+        overlap_threshold=0.5,
+        pixel_assignment="class",
+    )
+    expected = F.interpolate(seg[None, None].float(), (40, 48), mode="nearest-exact")[0, 0]
+    assert torch.equal(out["panoptic_seg"][0], expected.int())
+    assert {s["id"] for s in out["panoptic_seg"][1]} == set(expected.unique().tolist()) - {0}

@@ -2,7 +2,8 @@
 # mask_former_full_dataset_mapper.py: per-task targets of one sample) and its per-task
 # inference switch (open_vocabulary_model.py:260-330), re-written.
 """FreeSeg's three tasks: their names, the targets of each, the tasks a training batch
-supports and the tasks a test set is evaluated on.
+supports and the tasks a test set is evaluated on; which classes the test-time CLIP
+ensemble weights as seen, and the panoptic / instance post-processing arguments.
 
 A sample's ``"instances"`` (ovseg's mask-target mappers) hold its segments; per task:
 
@@ -20,8 +21,13 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 
+from ...vocab import training_vocabulary
+
 __all__ = [
     "MAPPER_TASKS",
+    "POST_DEFAULTS",
+    "ensemble_seen_classes",
+    "post_config",
     "TASKS",
     "task_targets",
     "task_texts",
@@ -80,6 +86,55 @@ def test_tasks_for(cfg) -> Tuple[str, ...]:
         return ("semantic",)
     kind = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("evaluator_type", "")
     return {"ovseg_panoptic": TASKS, "ovseg_instance": ("instance",)}.get(kind, ("semantic",))
+
+
+#: the panoptic / instance post-processing of FreeSeg's release (:func:`post_config`)
+POST_DEFAULTS = {
+    "temperature": 0.01,
+    "object_mask_threshold": 0.0,
+    "thing_score_threshold": 0.5,
+    "overlap_threshold": 0.5,
+    "pixel_assignment": "class",
+    "instance_mode": "freeseg",
+    "official_defects": False,
+    "topk": 100,
+}
+
+
+def post_config(cfg) -> Dict:
+    """Panoptic / instance post-processing arguments from MODEL.MASK_FORMER.TEST."""
+    t = cfg.MODEL.MASK_FORMER.TEST
+    return {
+        "temperature": t.SCORE_TEMPERATURE or None,
+        "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
+        "thing_score_threshold": t.THING_SCORE_THRESHOLD,
+        "overlap_threshold": t.OVERLAP_THRESHOLD,
+        "pixel_assignment": t.PIXEL_ASSIGNMENT,
+        "instance_mode": t.INSTANCE_MODE,
+        "official_defects": t.OFFICIAL_INSTANCE_DEFECTS,
+        "topk": cfg.TEST.DETECTIONS_PER_IMAGE,
+    }
+
+
+def ensemble_seen_classes(cfg) -> Tuple[str, ...]:
+    """The class names the test-time CLIP ensemble weights as seen.
+
+    The release reads the test set's own split (its metadata ``trainable_flag``,
+    ``open_vocabulary_model.py:431-436``), so a test set naming its classes otherwise than the
+    training set still has them seen: COCO panoptic's 17 ``*-merged`` stuff classes (e.g.
+    ``tree-merged``), absent from the COCO-Stuff training names, are seen there
+    (``register_coco_panoptic.py:177, 298-301``). Here: the training vocabulary's seen
+    classes, plus the seen classes of every test set that declares a zero-shot split
+    (metadata ``unseen_classes`` not empty); a test set without one adds nothing (its names
+    the model never trained on stay unseen).
+    """
+    vocab = training_vocabulary(cfg)
+    names = list(vocab.seen) if vocab is not None else []
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if meta.get("unseen_classes", None):
+            names += list(meta.get("seen_classes", None) or ())
+    return tuple(dict.fromkeys(names))
 
 
 def task_targets(instances: Instances, task: str, is_thing: Collection[bool]) -> Instances:

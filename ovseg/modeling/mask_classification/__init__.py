@@ -9,6 +9,8 @@ from .inference import (
     freeseg_instance_inference,
     instance_inference,
     panoptic_inference,
+    resize_instances,
+    resize_panoptic,
     semantic_inference,
 )
 from .matcher import HungarianMatcher
@@ -34,6 +36,8 @@ __all__ = [
     "ms_deform_attn_core",
     "panoptic_inference",
     "prepare_targets",
+    "resize_instances",
+    "resize_panoptic",
     "semantic_inference",
     "sigmoid_focal_loss",
 ]

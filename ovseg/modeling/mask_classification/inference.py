@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Collection, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from detectron2.structures import BitMasks, Instances
@@ -23,6 +24,8 @@ __all__ = [
     "freeseg_instance_inference",
     "instance_inference",
     "panoptic_inference",
+    "resize_instances",
+    "resize_panoptic",
     "semantic_inference",
 ]
 
@@ -242,3 +245,34 @@ def freeseg_instance_inference(
             groups.setdefault(stale if official_defects else int(labels[k]), []).append(k)
     _suppress_groups(groups, own, keep, group_threshold)
     return _instances(mask_logits[queries][keep], scores[keep], labels[keep])
+
+
+def _nearest(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """(N, H, W) -> (N, *size) by nearest neighbour with pixel centres aligned, the rule of
+    detectron2's ``ResizeTransform.apply_segmentation`` (PIL ``NEAREST``)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[0] == 0:
+        return x.new_zeros((0, *size))
+    return F.interpolate(x[None].float(), size=tuple(size), mode="nearest-exact")[0].to(x.dtype)
+
+
+def resize_panoptic(
+    panoptic_seg: Tensor, segments: List[Dict], size: Tuple[int, int]
+) -> Tuple[Tensor, List[Dict]]:
+    """A panoptic result resized to ``size`` by nearest neighbour; a segment left without
+    pixels is dropped from the list (FreeSeg, open_vocabulary_model.py:398-407)."""
+    seg = _nearest(panoptic_seg[None], size)[0]
+    present = set(torch.unique(seg).tolist())
+    return seg, [s for s in segments if s["id"] in present]
+
+
+def resize_instances(instances: Instances, size: Tuple[int, int]) -> Instances:
+    """Instances resized to ``size``: binary masks by nearest neighbour, boxes from them,
+    scores and classes kept (FreeSeg, open_vocabulary_model.py:328-352)."""
+    out = Instances(tuple(size))
+    out.pred_masks = _nearest(instances.pred_masks, size)
+    out.pred_boxes = BitMasks(out.pred_masks > 0).get_bounding_boxes()
+    out.scores = instances.scores
+    out.pred_classes = instances.pred_classes
+    return out

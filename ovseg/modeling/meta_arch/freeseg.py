@@ -37,7 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...vocab import normalize_name, training_vocabulary
+from ...vocab import normalize_name
 from ..backbone import build_backbone
 from ..freeseg import (
     AdaptivePromptLearner,
@@ -50,8 +50,11 @@ from ..freeseg import (
     query_probs,
 )
 from ..freeseg.tasks import (
+    POST_DEFAULTS,
     TASK_KEYS,
     TASKS,
+    ensemble_seen_classes,
+    post_config,
     task_targets,
     task_texts,
     test_tasks_for,
@@ -67,26 +70,13 @@ from ..mask_classification import (
     freeseg_instance_inference,
     instance_inference,
     panoptic_inference,
+    resize_instances,
+    resize_panoptic,
     semantic_inference,
 )
 from .base import OpenVocabSegmentor
 
 __all__ = ["FreeSeg"]
-
-
-def _post_config(cfg) -> Dict:
-    """Panoptic / instance post-processing arguments from MODEL.MASK_FORMER.TEST."""
-    t = cfg.MODEL.MASK_FORMER.TEST
-    return {
-        "temperature": t.SCORE_TEMPERATURE or None,
-        "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
-        "thing_score_threshold": t.THING_SCORE_THRESHOLD,
-        "overlap_threshold": t.OVERLAP_THRESHOLD,
-        "pixel_assignment": t.PIXEL_ASSIGNMENT,
-        "instance_mode": t.INSTANCE_MODE,
-        "official_defects": t.OFFICIAL_INSTANCE_DEFECTS,
-        "topk": cfg.TEST.DETECTIONS_PER_IMAGE,
-    }
 
 
 def _thing_names(cfg) -> Tuple[str, ...]:
@@ -152,14 +142,14 @@ class FreeSeg(OpenVocabSegmentor):
             criterion: the set loss.
             prompt (AdaptivePromptLearner): the task prompts (frozen once loaded).
             train_tasks, test_tasks: subsets of ("semantic", "instance", "panoptic").
-            seen_classes: names trained on (the ensemble's seen weights); the rest unseen.
+            seen_classes: names the ensemble weights as seen (``ensemble_seen_classes``).
             thing_classes: names of thing classes (instance targets, panoptic things).
             clip_ensemble (bool): ensemble with CLIP's mask-crop classes at test.
             ensemble_weight (float): the ensemble's lambda.
             mask_threshold (float): a crop keeps pixels whose mask probability is above this.
             mask_expand_ratio (float): the crop box's scale about its centre (>= 1).
             clip_temperature (float): CLIP's logit scale in the ensemble.
-            post (dict): panoptic / instance post-processing (see :func:`_post_config`).
+            post (dict): panoptic / instance post-processing (see :func:`post_config`).
             test_prompt_tuning (TestTimePromptTuning, optional): tune the class prompts per
                 test image (ovseg/modeling/freeseg/test_time.py); None = off.
             base: :class:`OpenVocabSegmentor`'s arguments.
@@ -192,7 +182,7 @@ class FreeSeg(OpenVocabSegmentor):
         self.mask_threshold = float(mask_threshold)
         self.mask_expand_ratio = check_expand_ratio(mask_expand_ratio)  # at build
         self.clip_temperature = float(clip_temperature)
-        self.post = dict(post or _POST_DEFAULTS)
+        self.post = dict(post or POST_DEFAULTS)
         self.test_prompt_tuning = test_prompt_tuning
 
     @classmethod
@@ -221,7 +211,6 @@ class FreeSeg(OpenVocabSegmentor):
         if fs.PROMPT_CHECKPOINT:
             load_prompt_tokens(prompt, fs.PROMPT_CHECKPOINT)
         matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT)
-        vocab = training_vocabulary(cfg)
         return {
             **OpenVocabSegmentor.base_config(cfg),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
@@ -252,14 +241,14 @@ class FreeSeg(OpenVocabSegmentor):
             "prompt": prompt,
             "train_tasks": train_tasks_for(cfg),
             "test_tasks": test_tasks_for(cfg),
-            "seen_classes": vocab.seen if vocab is not None else (),
+            "seen_classes": ensemble_seen_classes(cfg),
             "thing_classes": _thing_names(cfg),
             "clip_ensemble": fs.CLIP_ENSEMBLE,
             "ensemble_weight": fs.ENSEMBLE_WEIGHT,
             "mask_threshold": fs.MASK_THRESHOLD,
             "mask_expand_ratio": fs.MASK_EXPAND_RATIO,
             "clip_temperature": _clip_temperature(fs.CLIP_TEMPERATURE, teacher),
-            "post": _post_config(cfg),
+            "post": post_config(cfg),
             "test_prompt_tuning": TestTimePromptTuning.from_config(cfg),
         }
 
@@ -366,26 +355,29 @@ class FreeSeg(OpenVocabSegmentor):
             seen = torch.tensor([normalize_name(n) in self.seen_classes for n in names])
         return ensemble_probs(p_query, p_clip.to(p_query), seen, self.ensemble_weight)
 
-    def task_output(self, task: str, probs: Tensor, masks: Tensor, names) -> Dict:
-        """One task's detectron2 output from (Q, C) probabilities and (Q, H, W) mask logits."""
+    def task_output(self, task: str, probs: Tensor, masks: Tensor, names, size) -> Dict:
+        """One task's detectron2 output from (Q, C) probabilities and (Q, h, w) mask logits at
+        the network input's size, resized to the output ``size`` (H, W) afterwards as the
+        release does (open_vocabulary_model.py:284, 328-352, 398-407): the semantic
+        probabilities bilinearly, the panoptic ids and instance masks by nearest neighbour."""
         post = self.post
         if task == "semantic":
-            return {"sem_seg": semantic_inference(probs, masks, has_no_object=False)}
+            sem = semantic_inference(probs, masks, has_no_object=False)[None]
+            return {"sem_seg": F.interpolate(sem, size=size, mode="bilinear")[0]}
         thing_ids = {i for i, t in enumerate(self.is_thing(names)) if t}
         if task == "panoptic":
             keys = ("temperature", "object_mask_threshold", "thing_score_threshold")
             kwargs = {k: post[k] for k in keys}
-            return {
-                "panoptic_seg": panoptic_inference(
-                    probs,
-                    masks,
-                    thing_ids=thing_ids,
-                    has_no_object=False,
-                    overlap_threshold=post["overlap_threshold"],
-                    pixel_assignment=post["pixel_assignment"],
-                    **kwargs,
-                )
-            }
+            seg, segments = panoptic_inference(
+                probs,
+                masks,
+                thing_ids=thing_ids,
+                has_no_object=False,
+                overlap_threshold=post["overlap_threshold"],
+                pixel_assignment=post["pixel_assignment"],
+                **kwargs,
+            )
+            return {"panoptic_seg": resize_panoptic(seg, segments, size)}
         things = thing_ids if self.thing_classes else None  # no thing list: every class
         if post["instance_mode"] == "topk":
             inst = instance_inference(
@@ -402,7 +394,7 @@ class FreeSeg(OpenVocabSegmentor):
                 overlap_threshold=post["overlap_threshold"],
                 official_defects=post["official_defects"],
             )
-        return {"instances": inst}
+        return {"instances": resize_instances(inst, size)}
 
     def inference(self, batched_inputs: List[dict]) -> List[Dict]:
         """Per input, the outputs of every test task (one head pass per task prompt).
@@ -425,25 +417,15 @@ class FreeSeg(OpenVocabSegmentor):
             for task in self.test_tasks:
                 text = self.text_embeddings(names, task)
                 pred = self.decode(pixels, text)
-                masks = F.interpolate(
-                    pred["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear"
+                masks = F.interpolate(  # corners aligned (open_vocabulary_model.py:261-266)
+                    pred["pred_masks"],
+                    images.tensor.shape[-2:],
+                    mode="bilinear",
+                    align_corners=True,
                 )[0, :, :h, :w]
                 probs = self.class_probs(x["image"], masks, pred["pred_logits"][0], text, names)
-                masks = F.interpolate(masks[None], size=size, mode="bilinear")[0]
-                out.update(self.task_output(task, probs, masks, names))
+                out.update(self.task_output(task, probs, masks, names, size))
             if restore is not None:  # each image starts from the trained prompts
                 restore()
             results.append(out)
         return results
-
-
-_POST_DEFAULTS = {
-    "temperature": 0.01,
-    "object_mask_threshold": 0.0,
-    "thing_score_threshold": 0.5,
-    "overlap_threshold": 0.5,
-    "pixel_assignment": "class",
-    "instance_mode": "freeseg",
-    "official_defects": False,
-    "topk": 100,
-}
