@@ -37,6 +37,10 @@ def add_freeseg_config(cfg: CN) -> None:
     cfg.MODEL.FREESEG.MASK_EXPAND_RATIO = 1.0
     # lambda of the test-time CLIP ensemble, in (0, 1] (official 0.8; VOC 0.7/0.8, cross 0.4)
     cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT = 0.8
+    # upsample the test mask logits with corners aligned, as the release tests
+    # (open_vocabulary_model.py:265) although its loss upsamples them unaligned
+    # (criterion.py:150-154); False = as in training (official quirk: True)
+    cfg.MODEL.FREESEG.TEST_ALIGN_CORNERS = True
     # ensemble the query classes with CLIP's classes of each mask crop at test (official True)
     cfg.MODEL.FREESEG.CLIP_ENSEMBLE = True
     # tasks a training batch draws from ("semantic", "instance", "panoptic"); empty = those

@@ -215,11 +215,14 @@ def test_the_ensemble_takes_the_test_sets_seen_classes(tmp_path):
     assert len(plain.seen_classes) == 156 and "tree-merged" not in plain.seen_classes
 
 
-def test_tasks_run_at_the_input_size_then_resize_as_the_release(tmp_path):
+@pytest.mark.parametrize("aligned", [True, False])
+def test_tasks_run_at_the_input_size_then_resize_as_the_release(tmp_path, aligned):
     # the release (open_vocabulary_model.py:261-285, 372-407): mask logits to the padded
-    # input with corners aligned, cropped; each task at the input size; then sem_seg resized
-    # bilinearly and the panoptic ids by nearest neighbour to (height, width)
+    # input with corners aligned (MODEL.FREESEG.TEST_ALIGN_CORNERS False: unaligned, as the
+    # loss), cropped; each task at the input size; then sem_seg resized bilinearly and the
+    # panoptic ids by nearest neighbour to (height, width)
     opts = ["MODEL.FREESEG.TEST_TASKS", "['semantic', 'panoptic']"]
+    opts += ["MODEL.FREESEG.TEST_ALIGN_CORNERS", str(aligned)]
     model = _model(tmp_path, *opts, "MODEL.FREESEG.CLIP_ENSEMBLE", "False")
     model.eval()
     image = _sample(0, size=64)["image"][:, :52]  # padded to 64 x 64
@@ -231,7 +234,9 @@ def test_tasks_run_at_the_input_size_then_resize_as_the_release(tmp_path):
         ref = {}
         for task in ("semantic", "panoptic"):
             pred = model.decode(pixels, model.text_embeddings(NAMES, task))
-            masks = F.interpolate(pred["pred_masks"], (64, 64), mode="bilinear", align_corners=True)
+            masks = F.interpolate(
+                pred["pred_masks"], (64, 64), mode="bilinear", align_corners=aligned
+            )
             ref[task] = (query_probs(pred["pred_logits"][0]), masks[0, :, :52, :64])
     probs, masks = ref["semantic"]
     sem = torch.einsum("qc,qhw->chw", probs, masks.sigmoid())

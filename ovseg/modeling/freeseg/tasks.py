@@ -98,11 +98,13 @@ POST_DEFAULTS = {
     "instance_mode": "freeseg",
     "official_defects": False,
     "topk": 100,
+    "align_corners": True,
 }
 
 
 def post_config(cfg) -> Dict:
-    """Panoptic / instance post-processing arguments from MODEL.MASK_FORMER.TEST."""
+    """Test-output arguments: panoptic / instance post-processing from
+    MODEL.MASK_FORMER.TEST, the mask logits' upsampling from MODEL.FREESEG."""
     t = cfg.MODEL.MASK_FORMER.TEST
     return {
         "temperature": t.SCORE_TEMPERATURE or None,
@@ -113,6 +115,7 @@ def post_config(cfg) -> Dict:
         "instance_mode": t.INSTANCE_MODE,
         "official_defects": t.OFFICIAL_INSTANCE_DEFECTS,
         "topk": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "align_corners": cfg.MODEL.FREESEG.TEST_ALIGN_CORNERS,
     }
 
 

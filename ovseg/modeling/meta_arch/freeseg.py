@@ -182,7 +182,7 @@ class FreeSeg(OpenVocabSegmentor):
         self.mask_threshold = float(mask_threshold)
         self.mask_expand_ratio = check_expand_ratio(mask_expand_ratio)  # at build
         self.clip_temperature = float(clip_temperature)
-        self.post = dict(post or POST_DEFAULTS)
+        self.post = {**POST_DEFAULTS, **(post or {})}
         self.test_prompt_tuning = test_prompt_tuning
 
     @classmethod
@@ -417,11 +417,11 @@ class FreeSeg(OpenVocabSegmentor):
             for task in self.test_tasks:
                 text = self.text_embeddings(names, task)
                 pred = self.decode(pixels, text)
-                masks = F.interpolate(  # corners aligned (open_vocabulary_model.py:261-266)
+                masks = F.interpolate(  # official: aligned (open_vocabulary_model.py:261-266)
                     pred["pred_masks"],
                     images.tensor.shape[-2:],
                     mode="bilinear",
-                    align_corners=True,
+                    align_corners=self.post["align_corners"],
                 )[0, :, :h, :w]
                 probs = self.class_probs(x["image"], masks, pred["pred_logits"][0], text, names)
                 out.update(self.task_output(task, probs, masks, names, size))
