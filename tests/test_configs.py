@@ -361,6 +361,9 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_VALUE == 0.01
     per_class, wd, iters, test = FREESEG_PROMPT_RUNS[_dataset(path)]
     assert (fs.PROMPT_SAMPLES_PER_CLASS, s.WEIGHT_DECAY, s.MAX_ITER) == (per_class, wd, iters)
+    # the prompt tokens are plain parameters there, decayed like any (train_net.py:262-277);
+    # here "prompt" names decay SOLVER.WEIGHT_DECAY_EMBED (ovseg/engine/solver.py)
+    assert s.WEIGHT_DECAY_EMBED == wd
     assert s.IMS_PER_BATCH == 32 and cfg.INPUT.DATASET_MAPPER_NAME == "ovseg_region"
     # the region crop: box x1.0, random resized 244x224 + flip; test: the 224 centre, region
     # classification of every class region of the val split
