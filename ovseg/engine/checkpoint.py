@@ -23,6 +23,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.downloads import explain_download_failure
 from ..utils.io import atomic_write, atomic_write_text
 from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
 from .checkpoint_fit import META_KEY, check_fit, checkpoint_meta, recorded_architecture
@@ -93,6 +94,15 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 "model_final.pth of a run of this config, or leave MODEL.WEIGHTS empty for a "
                 "model that needs no weights (MaskCLIP)"
             )
+        if "://" in path:  # downloaded once into iopath's cache, then read from there
+            source = path.replace("detectron2://", "https://dl.fbaipublicfiles.com/detectron2/")
+            with explain_download_failure(
+                os.path.basename(path),
+                source,
+                "MODEL.WEIGHTS",
+                empty_means="starts from random init",
+            ):
+                self.path_manager.get_local_path(path)
         return super().load(path, checkpointables)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:

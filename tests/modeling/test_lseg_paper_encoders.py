@@ -2,6 +2,8 @@
 weights from a file), DPT without reassemble convs, timm ViT weights by legacy tag from the
 cache (no network) and the official bilinear positional-embedding resize."""
 
+import urllib.error
+
 import pytest
 import timm
 import torch
@@ -13,7 +15,10 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 
 from ovseg.modeling.backbone import build_timm_vit_backbone, build_torchvision_resnet_backbone
 from ovseg.modeling.backbone.timm_vit import LEGACY_WEIGHTS, resolve_timm_weights
+from ovseg.modeling.backbone.torchvision_resnet import build_resnet
 from ovseg.modeling.heads.dpt import DPTDecoder
+from ovseg.utils.cli import USER_ERRORS
+from ovseg.utils.downloads import WeightsDownloadError
 
 
 def _tv_cfg(tmp_path, **kw):
@@ -88,6 +93,30 @@ def test_legacy_timm_tag_reads_the_cached_file_without_network(tmp_path, monkeyp
     )
     with pytest.raises(FileNotFoundError, match="orig_in21k_ft_in1k"):
         resolve_timm_weights("vit_large_patch16_384", "in22k")
+
+
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+
+def test_offline_downloads_say_where_the_weights_go(tmp_path, monkeypatch):
+    # no network: the error names the weights, their URL, the file read before any download
+    # and the key to set, instead of urllib's traceback
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.raises(WeightsDownloadError) as info:
+        build_resnet("resnet18", "IMAGENET1K_V1")
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    for part in ("torchvision resnet18 IMAGENET1K_V1", "https://download.pytorch.org/models/",
+                 f"copy it to {cached}", "set MODEL.TORCHVISION_RESNET.WEIGHTS to its path",
+                 "Name or service not known"):  # fmt: skip
+        assert part in str(info.value), (part, str(info.value))
+    with pytest.raises(WeightsDownloadError) as info:
+        resolve_timm_weights("vit_large_patch16_384", "orig_in21k_ft_in1k", str(tmp_path))
+    assert f"copy it to {tmp_path / 'jx_vit_large_p16_384-b3be5167.pth'}" in str(info.value)
+    assert "MODEL.VIT_BACKBONE.TIMM_PRETRAINED" in str(info.value)
+    # a tool reports it as a user error (one line, exit 2)
+    assert isinstance(info.value, USER_ERRORS)
 
 
 def _vit_cfg(tmp_path, interp, weights=""):

@@ -4,6 +4,7 @@ warning followed by mIoU 0; --resume into another architecture's run writes noth
 from __future__ import annotations
 
 import importlib.util
+import urllib.error
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from ovseg.engine import AtomicCheckpointer, setup
 from ovseg.engine.checkpoint import load_model_weights
 from ovseg.engine.checkpoint_fit import CheckpointMismatchError
 from ovseg.engine.defaults import load_config
+from ovseg.utils.downloads import WeightsDownloadError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -123,3 +125,19 @@ def test_resume_into_another_architectures_run_writes_nothing(tmp_path):
         setup(again)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before
+
+
+def test_an_offline_weights_url_says_which_file_to_fetch(tmp_path, monkeypatch):
+    # detectron2:// weights download through iopath; offline, the error names the file's
+    # URL and the key to point at a copy, not urllib's traceback
+    def offline(path, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
+    monkeypatch.setattr(ckpt.path_manager, "get_local_path", offline)
+    with pytest.raises(WeightsDownloadError) as info:
+        ckpt.load("detectron2://DeepLab/R-103.pkl")
+    message = str(info.value)
+    assert "https://dl.fbaipublicfiles.com/detectron2/DeepLab/R-103.pkl" in message, message
+    assert "set MODEL.WEIGHTS to its path" in message and "R-103.pkl weights" in message
+    assert not list(tmp_path.iterdir())

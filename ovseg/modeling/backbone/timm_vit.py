@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
+from ...utils.downloads import explain_download_failure
 from .vit_hooks import ViTFeatureBackbone, check_out_indices
 
 __all__ = ["LEGACY_WEIGHTS", "POS_EMBED_INTERPS", "TimmViTBackbone", "build_timm_vit_backbone"]
@@ -162,7 +163,9 @@ def resolve_timm_weights(model_name: str, spec: str, cache_dir: str = "") -> tup
         path = os.path.join(folder, os.path.basename(url))
         if not os.path.isfile(path):
             os.makedirs(folder, exist_ok=True)
-            torch.hub.download_url_to_file(url, path, hash_prefix=path.rsplit("-", 1)[-1][:-4])
+            key = "MODEL.VIT_BACKBONE.TIMM_PRETRAINED"
+            with explain_download_failure(f"{model_name} {spec}", url, key, local=path):
+                torch.hub.download_url_to_file(url, path, hash_prefix=path.rsplit("-", 1)[-1][:-4])
         return "file", path
     if f"{model_name}.{spec}" in timm.list_pretrained(f"{model_name}.*"):
         return "timm", f"{model_name}.{spec}"
@@ -190,7 +193,14 @@ def build_timm_vit_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Tim
     vcfg = cfg.MODEL.VIT_BACKBONE
     kind, where = resolve_timm_weights(vcfg.TIMM_MODEL, vcfg.TIMM_PRETRAINED, vcfg.CACHE_DIR)
     name = where if kind == "timm" else vcfg.TIMM_MODEL
-    model = timm.create_model(name, pretrained=kind == "timm", dynamic_img_size=True, num_classes=0)
+    source = (
+        f"https://huggingface.co/timm/{name}" if "." in name else f"timm's default tag of {name}"
+    )
+    key = "MODEL.VIT_BACKBONE.TIMM_PRETRAINED"
+    with explain_download_failure(f"timm {name}", source, key):
+        model = timm.create_model(
+            name, pretrained=kind == "timm", dynamic_img_size=True, num_classes=0
+        )
     if kind == "file":
         # the classifier head of ImageNet checkpoints is dropped (num_classes=0)
         result = timm.models.load_checkpoint(model, where, strict=False)

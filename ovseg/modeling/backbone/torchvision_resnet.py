@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...utils.downloads import explain_download_failure
+
 __all__ = ["TorchvisionResNetBackbone", "build_torchvision_resnet_backbone", "NORMS"]
 
 NORMS = ("BN", "SyncBN", "FrozenBN")
@@ -118,7 +120,11 @@ def build_resnet(arch: str, weights: str = "") -> nn.Module:
     if weights in tags:
         # the official code's pretrained=True is IMAGENET1K_V1; torchvision reads its hub
         # cache first and downloads only when the file is not there
-        return builder(weights=weights)
+        url = getattr(torchvision.models.get_model_weights(arch), weights).url
+        local = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        key = "MODEL.TORCHVISION_RESNET.WEIGHTS"
+        with explain_download_failure(f"torchvision {arch} {weights}", url, key, local=local):
+            return builder(weights=weights)
     resnet = builder(weights=None)
     if weights:
         _load_weights(resnet, weights, arch)
