@@ -27,6 +27,10 @@ def add_xpm_config(cfg: CN) -> None:
     # box regression on pseudo RoIs (the official code computes it, the author says it is
     # not meant to be used: off)
     cfg.MODEL.XPM.PSEUDO_BOX_REG = False
+    # with the LVIS caption vocabulary, the official quirk: LVIS id 0 ("aerosol can") is the
+    # pseudo pass's background, its instances train as background and its text gives the
+    # background logit (detector/st_generalized_rcnn.py:257-258, 329-330)
+    cfg.MODEL.XPM.LVIS_BACKGROUND_QUIRK = False
     # RoIAlign runs as a matrix product of bilinear sampling weights (same numbers as
     # torchvision's, ovseg/modeling/xpm/roi_align.py) on CPU feature maps of at most this many
     # pixels, where torchvision's CPU backward is far slower; 0 = torchvision's always

@@ -32,6 +32,11 @@ XPM_DATA_KEYS = {
     # every name is a COCO thing, else the class names alone), "coco" (the same, or an
     # error), "coco_official" (XPM's LVIS lists alone), "none" (class names alone)
     "CAPTION_SYNONYMS": "auto",
+    # the classes caption nouns are matched to and the student's pseudo pass classifies over:
+    # "train" (the training vocabulary's names) or "lvis" (XPM's: the 1203 LVIS categories
+    # with their synonyms, st_generalized_rcnn.py:71-75, 329-330, parser.py:28-74; its
+    # CAPTION_SYNONYMS must be "auto" or "coco_official", both meaning the LVIS lists alone)
+    "CAPTION_VOCABULARY": "train",
 }
 
 

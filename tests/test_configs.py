@@ -394,7 +394,10 @@ def _xpm_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == want
     if _dataset(path) == "toy":  # the toy CLIP names regions by pooling (measured)
         assert cfg.MODEL.XPM.REGION_EMBEDDING == "pool"
+        assert cfg.MODEL.XPM.CAPTION_VOCABULARY == "train"  # its own shapes' names
         return
+    if student:  # caption nouns of the 1203 LVIS categories, id 0 the pseudo background
+        assert cfg.MODEL.XPM.CAPTION_VOCABULARY == "lvis" and cfg.MODEL.XPM.LVIS_BACKGROUND_QUIRK
     # R-50-C4, class-agnostic, SGD; teacher 5e-4 for 90k (60k/80k), student 5e-3 for 70k
     # (20k/50k) with the noise head learning until 10k; batch 8
     res, s = cfg.MODEL.RESNETS, cfg.SOLVER
@@ -508,21 +511,22 @@ def _fill_store(root: Path, cfg) -> str:
 
 
 def _fill_instance_store(root: Path, cfg) -> str:
-    """An XPM instance store for the training set's images: per image one pseudo instance of
-    the last unseen class (else the last class), its mask the image's left half."""
-    from ovseg.data.dataset_mappers.xpm_instance import xpm_vocabulary
+    """An XPM instance store for the training set's images over the config's pseudo-label
+    vocabulary (the training one, or the LVIS names): per image one pseudo instance of the
+    last unseen class (else the last class), its mask the image's left half."""
+    from ovseg.data.dataset_mappers.xpm_instance import xpm_store_vocabulary
     from ovseg.pseudo import InstancePseudoLabelStore
     from ovseg.pseudo.instances import encode_mask
     from ovseg.pseudo.store import image_id_of
 
     dataset = cfg.DATASETS.TRAIN[0]
-    vocab = xpm_vocabulary(cfg, dataset)
+    vocab, extra = xpm_store_vocabulary(cfg, dataset)
     name = (vocab.unseen or vocab.names)[-1]
     manifest = {"fingerprint": "f" * 64, "teacher": {"clip": "c" * 64, "settings": {}}}
     store = InstancePseudoLabelStore.create(
         str(root),
         {**manifest, "vocabulary": list(vocab.names), "unseen": list(vocab.unseen)}
-        | {"threshold": 0.0, "dataset": dataset},
+        | {"threshold": 0.0, "dataset": dataset, **extra},
     )
     for d in DatasetCatalog.get(dataset):
         h, w = d["height"], d["width"]

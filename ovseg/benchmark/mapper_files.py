@@ -106,27 +106,27 @@ def synthetic_files(
 def write_instance_store(
     root: str, cfg: CfgNode, dicts: Sequence[Dict[str, Any]]
 ) -> List[Dict[str, Any]]:
-    """An XPM instance store at ``root`` over the config's full training vocabulary with one
-    pseudo instance per image (the last unseen class, the image's left half), and the dicts
-    with their records attached.
+    """An XPM instance store at ``root`` over the config's pseudo-label vocabulary (its full
+    training vocabulary, or XPM's LVIS names) with one pseudo instance per image (the last
+    unseen class, the image's left half), and the dicts with their records attached.
 
     Returns:
         list[dict]: copies of ``dicts`` with "pseudo_instances_file_name" and its digest.
     """
-    from ..data.dataset_mappers.xpm_instance import xpm_vocabulary
+    from ..data.dataset_mappers.xpm_instance import xpm_store_vocabulary
     from ..pseudo import InstancePseudoLabelStore
     from ..pseudo.instance_store import attach_pseudo_instances
     from ..pseudo.instances import encode_mask
     from ..pseudo.store import image_id_of
 
     dataset = cfg.DATASETS.TRAIN[0]
-    vocab = xpm_vocabulary(cfg, dataset)
+    vocab, extra = xpm_store_vocabulary(cfg, dataset)
     name = (vocab.unseen or vocab.names)[-1]
     store = InstancePseudoLabelStore.create(
         str(Path(root)),
         {"fingerprint": "0" * 64, "teacher": {"clip": "0" * 64, "settings": {}},
          "vocabulary": list(vocab.names), "unseen": list(vocab.unseen), "threshold": 0.0,
-         "dataset": dataset},
+         "dataset": dataset, **extra},
     )  # fmt: skip
     for d in dicts:
         h, w = d["height"], d["width"]

@@ -27,7 +27,8 @@ from detectron2.utils.env import seed_all_rng
 from ..clip.build import build_clip_teacher
 from ..clip.templates import get_templates
 from ..data import build_dataset_mapper
-from ..data.dataset_mappers.xpm_instance import xpm_vocabulary
+from ..data.dataset_mappers.xpm_instance import xpm_store_vocabulary
+from ..modeling.xpm.lvis import check_caption_vocabulary
 from ..modeling.xpm.nouns import COCO_LVIS_SYNONYMS, CaptionNounMatcher
 from ..pseudo import (
     InstancePseudoLabelStore,
@@ -85,13 +86,26 @@ CAPTION_MATCHERS: Dict[str, Callable[[Sequence[str]], CaptionNounMatcher]] = {
 }
 
 
+# MODEL.XPM.CAPTION_SYNONYMS values that mean XPM's LVIS lists alone with the LVIS vocabulary
+LVIS_SYNONYMS = ("auto", "coco_official")
+
+
 def build_caption_matcher(cfg: CfgNode, vocabulary: Sequence[str]) -> CaptionNounMatcher:
-    """The caption matcher MODEL.XPM.CAPTION_SYNONYMS asks for, over ``vocabulary``."""
+    """The caption matcher MODEL.XPM.CAPTION_SYNONYMS asks for, over ``vocabulary``; with
+    MODEL.XPM.CAPTION_VOCABULARY "lvis", XPM's LVIS matcher (``vocabulary`` unused)."""
     kind = cfg.MODEL.XPM.CAPTION_SYNONYMS
     if kind not in CAPTION_MATCHERS:
         raise ValueError(
             f"MODEL.XPM.CAPTION_SYNONYMS={kind!r} is not one of {sorted(CAPTION_MATCHERS)}"
         )
+    if check_caption_vocabulary(cfg.MODEL.XPM.CAPTION_VOCABULARY) == "lvis":
+        if kind not in LVIS_SYNONYMS:
+            raise ValueError(
+                f"MODEL.XPM.CAPTION_SYNONYMS={kind!r} has no meaning for the LVIS caption "
+                f"vocabulary, which reads the LVIS synonym lists alone; set it to one of "
+                f"{list(LVIS_SYNONYMS)} or MODEL.XPM.CAPTION_VOCABULARY to 'train'"
+            )
+        return CaptionNounMatcher.lvis()
     return CAPTION_MATCHERS[kind](list(vocabulary))
 
 
@@ -151,14 +165,16 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
             f"Dataset {dataset!r} is not registered; {closest_datasets(dataset)}; name a "
             "registered one with --dataset"
         )
-    vocabulary = xpm_vocabulary(cfg, dataset)
+    vocabulary, _ = xpm_store_vocabulary(cfg, dataset)  # the LVIS names with "lvis"
+    names = vocabulary.names
+    matcher = build_caption_matcher(cfg, names)
     proposer = build_proposer(cfg)
     clip = find_teacher(proposer) or build_clip_teacher(cfg)
     xpm = cfg.MODEL.XPM
     labeller = PseudoInstanceLabeller(
         clip,
-        build_caption_matcher(cfg, vocabulary.names),
-        vocabulary.names,
+        matcher,
+        names,
         templates=get_templates(cfg.MODEL.CLIP.TEMPLATES),
         region_embedding=xpm.REGION_EMBEDDING,
         text=xpm.PSEUDO_TEXT,
@@ -179,7 +195,8 @@ def instance_labeller_manifest(
     cfg: CfgNode, job: InstanceLabeller, command: str = ""
 ) -> Dict[str, Any]:
     """The store manifest: fingerprint of (teacher weights, CLIP, settings), vocabulary,
-    unseen names, score threshold and dataset."""
+    unseen names, score threshold and dataset; ``"caption_vocabulary": "lvis"`` for a store
+    of XPM's LVIS vocabulary (absent: the training vocabulary's, as stores made before)."""
     settings = {
         **labeller_settings(cfg),
         "xpm": job.labeller.settings(),
@@ -187,7 +204,7 @@ def instance_labeller_manifest(
     }
     both = nn.ModuleDict({"proposer": job.proposer, "clip": job.labeller.clip})
     fingerprint, teacher = labeller_fingerprint(both, settings)
-    return build_manifest(
+    manifest = build_manifest(
         fingerprint=fingerprint,
         teacher=teacher,
         vocabulary=job.labeller.vocabulary,
@@ -196,6 +213,8 @@ def instance_labeller_manifest(
         dataset=job.dataset,
         command=command,
     )
+    manifest.update(xpm_store_vocabulary(cfg, job.dataset)[1])
+    return manifest
 
 
 def main(cfg: CfgNode, args: argparse.Namespace) -> Dict[str, int]:

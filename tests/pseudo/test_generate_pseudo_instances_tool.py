@@ -81,3 +81,51 @@ def test_tool_writes_an_instance_store_that_feeds_the_xpm_mapper(captioned, tmp_
     assert 1 in pseudo  # ... and the captions' dog comes back as a pseudo instance
     assert len(pseudo) == len(store.read("1")["instances"])
     assert torch.all(inst.gt_scores[~inst.gt_is_pseudo] == 1)
+
+
+def test_the_lvis_caption_vocabulary_keys_its_own_store(captioned, tmp_path):
+    from ovseg.modeling.xpm.lvis import lvis_vocabulary
+
+    opts = _opts(tmp_path, register_fake_teacher())
+    lvis_opts = [*opts, "MODEL.XPM.CAPTION_VOCABULARY", "lvis"]
+    base = ["--config-file", str(CONFIGS / "Base-ovseg.yaml"), "--no-progress"]
+    train, lvis = tmp_path / "train", tmp_path / "lvis"
+    main(parse_args([*base, "--output", str(train), *opts]))
+    main(parse_args([*base, "--output", str(lvis), *lvis_opts]))
+    made = json.loads((train / "manifest.json").read_text())
+    manifest = json.loads((lvis / "manifest.json").read_text())
+    assert "caption_vocabulary" not in made  # the training vocabulary: stores as before
+    assert manifest["caption_vocabulary"] == "lvis"
+    assert manifest["vocabulary"] == list(lvis_vocabulary()) and manifest["unseen"] == ["dog"]
+    assert manifest["fingerprint"] != made["fingerprint"]
+    # image 1's captions: "man", "woman" (person), "dogs", "puppy", "TV" (television set)
+    # and, the verb "watching" lemmatised as spaCy does officially, "watch" (the wristwatch)
+    store = InstancePseudoLabelStore.open(str(lvis))
+    found = {(i.noun, i.category) for i in store.read("1")["instances"]}
+    nouns = {"man": "person", "woman": "person", "dog": "dog", "puppy": "puppy"}
+    nouns |= {"tv": "television set", "watch": "watch"}
+    assert found == set(nouns.items())
+    # one folder, one vocabulary: resuming the other way is refused
+    with pytest.raises(ValueError, match="made differently"):
+        main(parse_args([*base, "--output", str(train), *lvis_opts]))
+    with pytest.raises(ValueError, match="CAPTION_SYNONYMS='coco' has no meaning"):
+        main(parse_args([*base, "--output", str(tmp_path / "x"), *lvis_opts,
+                         "MODEL.XPM.CAPTION_SYNONYMS", "coco"]))  # fmt: skip
+
+    def mapper(store_root, *more):
+        cfg = load_config(base[1], [*more, "DATASETS.PSEUDO_LABELS", str(store_root)])
+        return build_dataset_mapper(cfg, True), pseudo_labelled_dataset_dicts(cfg)
+
+    for root, more, made_with in ((train, lvis_opts, "train"), (lvis, opts, "lvis")):
+        with pytest.raises(
+            ValueError, match=f"made with MODEL.XPM.CAPTION_VOCABULARY '{made_with}'"
+        ):
+            mapper(root, *more)
+    lvis_mapper, dicts = mapper(lvis, *lvis_opts)
+    sample = lvis_mapper(dicts[0])
+    names = list(lvis_vocabulary())
+    assert sample["vocabulary"] == ["person", "dog", "tv"] and sample["pseudo_vocabulary"] == names
+    inst = sample["instances"]
+    assert sorted(inst.gt_classes[~inst.gt_is_pseudo].tolist()) == [0, 2]  # seen GT: training names
+    pseudo = sorted(inst.gt_classes[inst.gt_is_pseudo].tolist())  # LVIS ids
+    assert pseudo == sorted(names.index(n) for n in nouns.values())

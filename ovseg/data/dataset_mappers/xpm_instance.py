@@ -11,6 +11,11 @@ with, per target:
 - ``gt_is_pseudo`` (bool (N,)) and ``gt_scores`` (float (N,): 1 for ground truth, the
   pseudo score sigmoid(cosine) otherwise).
 
+With MODEL.XPM.CAPTION_VOCABULARY "lvis" (XPM's caption vocabulary) a sample also carries
+``"pseudo_vocabulary"`` (the 1203 LVIS names) and the ``gt_classes`` of its pseudo instances
+index that list instead; the store must have been made with "lvis" too (and a store made
+with "train" must be read with "train").
+
 Ground truth of the dataset's unseen classes is removed (XPM's setting: unseen classes have
 no masks); crowd regions are never targets; pseudo instances come from the records a loader
 attaches from an instance store (DATASETS.PSEUDO_LABELS, ``"pseudo_instances_file_name"``)
@@ -21,7 +26,7 @@ test mode the mapper is the instance mapper.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +44,14 @@ from .build import MAPPER_REGISTRY
 from .mask_targets import InstanceDatasetMapper
 from .semantic import label_for_transforms
 
-__all__ = ["XPMInstanceDatasetMapper", "seen_label_map", "xpm_vocabulary"]
+__all__ = [
+    "XPMInstanceDatasetMapper",
+    "caption_vocabulary",
+    "lvis_pseudo_vocabulary",
+    "seen_label_map",
+    "xpm_store_vocabulary",
+    "xpm_vocabulary",
+]
 
 # (mask (H, W) bool, class, box XYXY or None, score)
 Target = Tuple[np.ndarray, int, Optional[Sequence[float]], float]
@@ -61,6 +73,52 @@ def xpm_vocabulary(cfg, dataset_name: str, store=None) -> Vocabulary:
     keys |= {normalize_name(n) for n in vocab.unseen}
     unseen = tuple(n for n in vocab.names if normalize_name(n) in keys)
     return Vocabulary(vocab.names, unseen=unseen)
+
+
+def caption_vocabulary(cfg, store=None, root: str = "") -> str:
+    """MODEL.XPM.CAPTION_VOCABULARY, refused when ``store`` (an
+    :class:`InstancePseudoLabelStore`, at ``root``) was made with another one."""
+    from ...modeling.xpm.lvis import check_caption_vocabulary
+
+    kind = check_caption_vocabulary(cfg.MODEL.XPM.CAPTION_VOCABULARY)
+    if store is None:
+        return kind
+    made = store.manifest.get("caption_vocabulary", "train")  # absent: made before the key
+    if made != kind:
+        raise ValueError(
+            f"pseudo-label store {root!r} was made with MODEL.XPM.CAPTION_VOCABULARY "
+            f"{made!r} but this config trains with {kind!r}: regenerate the store with this "
+            "config (tools/generate_pseudo_labels.py --config-file <this config> --output "
+            f"<new folder>) or set MODEL.XPM.CAPTION_VOCABULARY {made!r}"
+        )
+    return kind
+
+
+def lvis_pseudo_vocabulary(store=None, root: str = "") -> List[str]:
+    """The LVIS names pseudo classes index; ``store``'s vocabulary must be them."""
+    from ...modeling.xpm.lvis import lvis_vocabulary
+
+    names = list(lvis_vocabulary())
+    if store is not None and list(store.vocabulary) != names:
+        raise ValueError(
+            f"pseudo-label store {root!r} says it holds LVIS classes but its vocabulary "
+            f"({len(store.vocabulary)} names, {list(store.vocabulary)[:3]}...) is not the "
+            f"{len(names)} LVIS names of this detectron2; regenerate it"
+        )
+    return names
+
+
+def xpm_store_vocabulary(cfg, dataset_name: str) -> Tuple[Vocabulary, Dict[str, str]]:
+    """The vocabulary a config's pseudo-instance store labels (its training vocabulary, or
+    the LVIS names with MODEL.XPM.CAPTION_VOCABULARY "lvis"; unseen: the training
+    vocabulary's among them) and the manifest fields that say which."""
+    vocab = xpm_vocabulary(cfg, dataset_name)
+    if caption_vocabulary(cfg) != "lvis":
+        return vocab, {}
+    names = lvis_pseudo_vocabulary()
+    keys = {normalize_name(n) for n in vocab.unseen}
+    unseen = tuple(n for n in names if normalize_name(n) in keys)
+    return Vocabulary(names, unseen=unseen), {"caption_vocabulary": "lvis"}
 
 
 def seen_label_map(
@@ -95,17 +153,28 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
     """COCO-format instance dicts -> seen ground truth + caption pseudo instances."""
 
     @configurable
-    def __init__(self, is_train: bool = True, *, pseudo_score_threshold: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        pseudo_score_threshold: float = 0.0,
+        pseudo_vocabulary: Optional[Sequence[str]] = None,
+        **kwargs,
+    ):
         """
         Args:
             is_train (bool): training (targets, pseudo instances) or test mapping.
             pseudo_score_threshold (float): pseudo instances scoring below are dropped.
+            pseudo_vocabulary: the names pseudo instances' classes index (given to each
+                sample as ``"pseudo_vocabulary"``); None = ``vocabulary``.
             kwargs: the instance mapper's arguments; in training ``vocabulary`` is the full
                 one and ``label_map`` a :func:`seen_label_map`.
         """
         super().__init__(is_train, **kwargs)
         self.pseudo_score_threshold = float(pseudo_score_threshold)
-        self._index = {normalize_name(n): i for i, n in enumerate(self.vocabulary)}
+        self.pseudo_vocabulary = None if pseudo_vocabulary is None else tuple(pseudo_vocabulary)
+        names = self.vocabulary if pseudo_vocabulary is None else pseudo_vocabulary
+        self._index = {normalize_name(n): i for i, n in enumerate(names)}
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None):
@@ -122,8 +191,11 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         meta = MetadataCatalog.get(name)
         root = cfg.DATASETS.PSEUDO_LABELS
         store = InstancePseudoLabelStore.open(root) if root else None
-        vocab = xpm_vocabulary(cfg, name, store)
-        if store is not None:
+        lvis = caption_vocabulary(cfg, store, root) == "lvis"
+        vocab = xpm_vocabulary(cfg, name, None if lvis else store)
+        if lvis:
+            ret["pseudo_vocabulary"] = lvis_pseudo_vocabulary(store, root)
+        elif store is not None:
             have = {normalize_name(n) for n in vocab.names}
             stray = [n for n in store.vocabulary if normalize_name(n) not in have]
             if stray:
@@ -157,7 +229,7 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
             if cls is None:
                 raise ValueError(
                     f"pseudo instance class {inst.category!r} in {path!r} is not in the "
-                    f"training vocabulary {list(self.vocabulary)}"
+                    f"pseudo-label vocabulary {list(self._index)[:10]}... of this config"
                 )
             out.append((decode_mask(inst.mask), cls, inst.box, float(inst.score)))
         return out
@@ -183,6 +255,8 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         for key in ("sem_seg_file_name", "pan_seg_file_name", "segments_info", "annotations"):
             dataset_dict.pop(key, None)
         dataset_dict.update(image=image_t, sem_seg=sem_t, vocabulary=list(self.vocabulary))
+        if self.pseudo_vocabulary is not None:
+            dataset_dict["pseudo_vocabulary"] = list(self.pseudo_vocabulary)
         dataset_dict["instances"] = self._targets(gt + pseudo, len(gt), transforms, size)
         dataset_dict["transforms"] = transforms
         return dataset_dict

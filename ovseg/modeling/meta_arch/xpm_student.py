@@ -17,14 +17,17 @@ As the official student (paths in that repository):
   (``mask_head/mask_head.py:80`` keeps it across iterations);
 - the noise head stops learning at MODEL.XPM.NOISE_FREEZE_ITER (``:404-406``);
 - pseudo box regression is off by default (the author: it is unused); MODEL.XPM.
-  PSEUDO_BOX_REG turns it on as the code has it (``loss_box_reg`` in ``loss_name``, ``:70``).
+  PSEUDO_BOX_REG turns it on as the code has it (``loss_box_reg`` in ``loss_name``, ``:70``);
+- the pseudo pass classifies over the inputs' ``"pseudo_vocabulary"`` when they have one (XPM's
+  1203 LVIS names, MODEL.XPM.CAPTION_VOCABULARY "lvis", ``:71-75, 329-330``), else over the
+  training vocabulary; MODEL.XPM.LVIS_BACKGROUND_QUIRK makes LVIS id 0 its background.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -36,6 +39,7 @@ from detectron2.utils.events import get_event_storage
 
 from ...utils.safe_load import torch_load_weights
 from ..xpm import freeze_noise_head_at, pseudo_loss_weight
+from ..xpm.lvis import LVIS_BACKGROUND_NAME
 from ..xpm.outputs import class_subset, remap_classes
 from .xpm import XPMTeacher
 
@@ -86,6 +90,7 @@ class XPMStudent(XPMTeacher):
         noise_freeze_iter: int = 10000,
         pseudo_loss_scale: float = 0.01,
         pseudo_box_reg: bool = False,
+        lvis_background_quirk: bool = False,
         **kwargs,
     ):
         """
@@ -95,12 +100,15 @@ class XPMStudent(XPMTeacher):
                 never).
             pseudo_loss_scale (float): the 0.01 of ``0.01 / mean(sigma)``.
             pseudo_box_reg (bool): train box regression on pseudo RoIs too.
+            lvis_background_quirk (bool): with the LVIS pseudo vocabulary, its first name
+                ("aerosol can") is the pseudo pass's background, as officially.
             kwargs: :class:`XPMTeacher`'s.
         """
         super().__init__(**kwargs)
         self.noise_freeze_iter = int(noise_freeze_iter)
         self.pseudo_loss_scale = float(pseudo_loss_scale)
         self.pseudo_box_reg = bool(pseudo_box_reg)
+        self.lvis_background_quirk = bool(lvis_background_quirk)
         # s starts at bias 1: sigma = e^0.5 until a pseudo RoI has been seen
         self.register_buffer("last_mean_sigma", torch.tensor(1.0).mul(0.5).exp())
         if teacher_state is not None:
@@ -117,6 +125,7 @@ class XPMStudent(XPMTeacher):
             "noise_freeze_iter": cfg.MODEL.XPM.NOISE_FREEZE_ITER,
             "pseudo_loss_scale": cfg.MODEL.XPM.PSEUDO_LOSS_SCALE,
             "pseudo_box_reg": cfg.MODEL.XPM.PSEUDO_BOX_REG,
+            "lvis_background_quirk": cfg.MODEL.XPM.LVIS_BACKGROUND_QUIRK,
         }
 
     def load_teacher(self, state: Dict[str, Tensor]) -> None:
@@ -165,7 +174,6 @@ class XPMStudent(XPMTeacher):
         self._freeze_noise_head()
         names = self.batch_vocabulary(batched_inputs)
         seen, seen_table = class_subset(names, self.seen_names, self.stuff_names)
-        full, full_table = class_subset(names, None, self.stuff_names)
         gt, pseudo = self.gt_targets(batched_inputs, names, seen_table)
         images = self.images(batched_inputs)
         with torch.no_grad():
@@ -174,15 +182,57 @@ class XPMStudent(XPMTeacher):
         losses, _ = self.roi_heads.losses(
             features, self._proposals(images, features, gt), gt, self.text(seen), scale
         )
-        losses.update(self.pseudo_losses(images, features, pseudo, names, full, full_table))
+        losses.update(self.pseudo_losses(images, features, pseudo, batched_inputs))
         return losses
 
+    def pseudo_classes(
+        self, batched_inputs: List[dict]
+    ) -> Tuple[Tuple[str, ...], Tuple[str, ...], Tensor, Optional[Tuple[str, ...]]]:
+        """The names pseudo ``gt_classes`` index, the pseudo pass's class names, the table
+        from the first into the second, and the background's name (None: logit 0).
+
+        The classes index the inputs' ``"pseudo_vocabulary"`` (the LVIS names, XPM's caption
+        vocabulary) where they have one, else their vocabulary (its things). With the LVIS
+        quirk, LVIS id 0 is the background: left out of the names, its targets mapped to
+        K (background) and its text the background's (``st_generalized_rcnn.py:257-258,
+        329-330``; ``box_head/loss.py:156, 172``; ``mask_head/mask_head.py:13-29``).
+        """
+        key = "pseudo_vocabulary"
+        lists = {tuple(x[key]) for x in batched_inputs if key in x}
+        if len(lists) > 1 or (lists and any(key not in x for x in batched_inputs)):
+            raise ValueError(
+                "a training batch mixes pseudo vocabularies; every sample of an XPM dataset "
+                "gets the same one from its mapper (MODEL.XPM.CAPTION_VOCABULARY)"
+            )
+        if not lists:
+            if self.lvis_background_quirk:
+                raise ValueError(
+                    "MODEL.XPM.LVIS_BACKGROUND_QUIRK applies to the LVIS caption vocabulary, "
+                    "but the inputs carry no 'pseudo_vocabulary': set MODEL.XPM."
+                    "CAPTION_VOCABULARY 'lvis' (mapper 'ovseg_xpm_instance') or turn it off"
+                )
+            names = self.batch_vocabulary(batched_inputs)
+            return (names, *class_subset(names, None, self.stuff_names), None)
+        names = lists.pop()
+        if not self.lvis_background_quirk:  # every LVIS name, as officially
+            return (names, *class_subset(names, None, ()), None)
+        if names[:1] != (LVIS_BACKGROUND_NAME,):
+            raise ValueError(
+                f"MODEL.XPM.LVIS_BACKGROUND_QUIRK makes the pseudo vocabulary's first name the "
+                f"background, which must be LVIS id 0 {LVIS_BACKGROUND_NAME!r}, got "
+                f"{list(names[:1])}; use the LVIS caption vocabulary or turn the quirk off"
+            )
+        table = torch.arange(len(names)) - 1
+        table[0] = len(names) - 1  # background: K of the K = len(names) - 1 other names
+        return names, names[1:], table, names[:1]
+
     def pseudo_losses(
-        self, images: ImageList, features, pseudo: List[Instances], names, full, table
+        self, images: ImageList, features, pseudo: List[Instances], batched_inputs: List[dict]
     ) -> Dict[str, Tensor]:
         """The pseudo-label pass (images with pseudo instances only), reweighted."""
         keys = ["loss_cls_pseudo", "loss_mask_pseudo"]
         keys += ["loss_box_reg_pseudo"] if self.pseudo_box_reg else []
+        names, full, table, background = self.pseudo_classes(batched_inputs)
         idx = [i for i, t in enumerate(pseudo) if len(t)]
         if not idx:  # zero losses still in the graph, so every process reduces the same set
             zero = sum(p.sum() * 0.0 for p in self.roi_heads.parameters() if p.requires_grad)
@@ -199,6 +249,7 @@ class XPMStudent(XPMTeacher):
             append_gt=False,
             box_reg=self.pseudo_box_reg,
             noisy_masks=True,
+            background=None if background is None else self.text(background),
         )
         if sigma is not None and sigma.numel():
             self.last_mean_sigma.copy_(sigma.detach().mean())

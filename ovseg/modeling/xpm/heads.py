@@ -8,7 +8,8 @@ in place of BERT and a temperature-scaled cosine in place of the raw dot product
   bias 0) and scored against every class's text embedding; one class-agnostic box
   regression (init N(0, 0.001));
 - the zero background row (``detector/st_generalized_rcnn.py:211-215``): background scores
-  logit 0 whatever the feature;
+  logit 0 whatever the feature (with XPM's LVIS quirk, the pseudo pass's background is a
+  text embedding, "aerosol can"'s: :mod:`.lvis`);
 - the classification loss (``roi_heads/box_head/loss.py:170-182``): CE with background
   weight 0.2, summed and divided by the number of sampled RoIs (not by the weight sum);
   the box loss (``loss.py:164-170``): smooth-L1 (beta 1) on positives, summed, divided by
@@ -36,13 +37,20 @@ __all__ = [
 ]
 
 
-def embedding_logits(embeddings: Tensor, text: Tensor, logit_scale: Union[float, Tensor]) -> Tensor:
+def embedding_logits(
+    embeddings: Tensor,
+    text: Tensor,
+    logit_scale: Union[float, Tensor],
+    background: Optional[Tensor] = None,
+) -> Tensor:
     """``tau * cos(embedding, text)`` per class, then a background logit 0 last.
 
     Args:
         embeddings (Tensor): (R, D) projected RoI features.
         text (Tensor): (K, D) class text embeddings.
         logit_scale (float or Tensor): tau.
+        background (Tensor, optional): (1, D): the background logit is ``tau * cos`` with it
+            instead of 0 (XPM's LVIS quirk, :mod:`.lvis`).
 
     Returns:
         Tensor: (R, K + 1) logits; column K is the background.
@@ -52,8 +60,12 @@ def embedding_logits(embeddings: Tensor, text: Tensor, logit_scale: Union[float,
             f"RoI embeddings of width {embeddings.shape[-1]} cannot be scored against text "
             f"embeddings of width {text.shape[-1]}: the projection must map to the CLIP width"
         )
+    if background is not None:
+        text = torch.cat([text, background.to(text)])
     cos = F.normalize(embeddings, dim=-1) @ F.normalize(text.to(embeddings.dtype), dim=-1).t()
     logits = logit_scale * cos
+    if background is not None:
+        return logits
     return torch.cat([logits, logits.new_zeros(len(logits), 1)], dim=1)
 
 

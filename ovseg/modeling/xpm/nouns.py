@@ -9,7 +9,9 @@ Follows XPM's caption parser (hbdat/cvpr22_cross_modal_pseudo_labeling @b460423,
   lemmas appear as whole consecutive words (parser.py:70: ``" s "`` in the space-joined
   lemmas, or at either end), so ``"cat"`` is not found in ``"catch"``;
 - all captions of an image are parsed, no part-of-speech filter, and each distinct matched
-  phrase is kept once with its class (``coco_cap_det.py:131-140``).
+  phrase is kept once with its class (``coco_cap_det.py:131-140``);
+- :meth:`CaptionNounMatcher.lvis` is the parser's own vocabulary, all 1203 LVIS categories
+  (:mod:`.lvis`); the others match a training vocabulary's names (COCO's 65, the toy world's).
 
 spaCy's English model is not on PyPI, so words are lemmatised by ``lemminflect`` (its data
 ships in the wheel). spaCy picks one lemma per word from its tagger; without a tagger a
@@ -190,6 +192,7 @@ class CaptionNounMatcher:
         *,
         exclude: Sequence[str] = (),
         names_are_phrases: bool = True,
+        on_conflict: str = "error",
     ):
         """
         Args:
@@ -201,7 +204,13 @@ class CaptionNounMatcher:
                 found by its synonyms only, as XPM's parser reads the LVIS lists alone
                 (``parser.py:28-53``): COCO's "laptop" is not among its
                 ("laptop_computer", "notebook_computer").
+            on_conflict (str): a phrase naming two classes is an ``"error"``, or names the
+                ``"last"`` of them, as the parser's lookup table keeps the last category
+                written (``parser.py:53``: LVIS "glass" names "spectacles", not "glass
+                (drink container)").
         """
+        if on_conflict not in ("error", "last"):
+            raise ValueError(f"on_conflict {on_conflict!r} is not 'error' or 'last'")
         names = list(class_names)
         stray = sorted(set(synonyms or {}) - set(names))
         if stray:
@@ -227,13 +236,19 @@ class CaptionNounMatcher:
                 if not lemmas:
                     raise ValueError(f"class {name!r}: phrase {phrase!r} has no words")
                 other = table.setdefault(lemmas, cid)
-                if other != cid:
+                if other != cid and on_conflict == "last":
+                    table[lemmas] = cid
+                elif other != cid:
                     raise ValueError(
                         f"phrase {phrase!r} names both {names[other]!r} and {name!r}; "
                         "a phrase may name one class only: drop it from one synonym list"
                     )
         self.class_names = tuple(names)
         self._phrases = table
+        # first lemma -> its phrases, so a caption is scanned once, not once per phrase
+        self._by_first: Dict[str, List[Tuple[Tuple[str, ...], int]]] = {}
+        for lemmas, cid in table.items():
+            self._by_first.setdefault(lemmas[0], []).append((lemmas, cid))
 
     @classmethod
     def coco(cls, class_names: Sequence[str], *, extras: bool = True) -> CaptionNounMatcher:
@@ -264,6 +279,16 @@ class CaptionNounMatcher:
 
         return cls(CLASSES, exclude=("background",))
 
+    @classmethod
+    def lvis(cls) -> CaptionNounMatcher:
+        """XPM's parser vocabulary: the 1203 LVIS categories, ids in LVIS id order (0-based),
+        each found by its synonyms alone, a phrase of two categories naming the later one
+        (``parser.py:28-53``)."""
+        from .lvis import lvis_synonyms
+
+        table = lvis_synonyms()
+        return cls(list(table), table, names_are_phrases=False, on_conflict="last")
+
     @property
     def phrases(self) -> Dict[Tuple[str, ...], int]:
         """Every matched phrase (its lemmas) -> class id; excluded classes have none."""
@@ -274,14 +299,16 @@ class CaptionNounMatcher:
         if not isinstance(caption, str):
             raise TypeError(f"a caption must be a string, got {type(caption).__name__}")
         words = [_word_lemmas(w) for w in _WORD.findall(caption.lower())]
-        found = []
-        for phrase, cid in self._phrases.items():
-            k = len(phrase)
-            for i in range(len(words) - k + 1):
-                if all(phrase[j] in words[i + j] for j in range(k)):
-                    found.append((i, " ".join(phrase), cid))
-                    break
-        return [(p, c) for _, p, c in sorted(found)]
+        first: Dict[Tuple[str, ...], Tuple[int, str, int]] = {}
+        for i, lemmas in enumerate(words):
+            for lemma in lemmas:
+                for phrase, cid in self._by_first.get(lemma, ()):
+                    k = len(phrase)
+                    if phrase in first or i + k > len(words):
+                        continue
+                    if all(phrase[j] in words[i + j] for j in range(1, k)):
+                        first[phrase] = (i, " ".join(phrase), cid)
+        return [(p, c) for _, p, c in sorted(first.values())]
 
     def __call__(self, captions: Sequence[str]) -> CaptionNouns:
         """The class phrases of all of an image's captions (each distinct phrase once).

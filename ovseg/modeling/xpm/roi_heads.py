@@ -182,6 +182,7 @@ class XPMROIHeads(nn.Module):
         append_gt: bool = True,
         box_reg: bool = True,
         noisy_masks: bool = False,
+        background: Optional[Tensor] = None,
     ) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
         """The box and mask losses of one pass over ``targets``.
 
@@ -193,6 +194,8 @@ class XPMROIHeads(nn.Module):
             append_gt (bool): add the target boxes to the proposals.
             box_reg (bool): compute ``loss_box_reg``.
             noisy_masks (bool): the noise-aware mask loss (pseudo targets) instead of BCE.
+            background (Tensor, optional): (1, D) text embedding scoring the background
+                (None: logit 0); targets of class K train as background.
 
         Returns:
             (dict, Tensor or None): ``loss_cls``, ``loss_box_reg`` (when asked) and
@@ -201,7 +204,7 @@ class XPMROIHeads(nn.Module):
         rois = self.sample(proposals, targets, len(text), append_gt)
         x = self.roi_features(features, [r.proposal_boxes for r in rois])
         embeddings, deltas = self.box_predictor(x)
-        logits = embedding_logits(embeddings, text, logit_scale)
+        logits = embedding_logits(embeddings, text, logit_scale, background)
         labels = cat([r.gt_classes for r in rois])
         losses = {"loss_cls": weighted_classification_loss(logits, labels, self.background_weight)}
         fg = labels < len(text)

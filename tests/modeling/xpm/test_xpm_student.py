@@ -13,6 +13,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from ovseg.modeling.xpm.lvis import lvis_vocabulary
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -217,3 +219,79 @@ def test_student_trains_under_ddp_when_a_step_leaves_parameters_without_gradient
         assert bool(noise.frozen) and not torch.equal(before, noise.conv.weight)
     finally:
         dist.destroy_process_group()
+
+
+def _lvis_batch(category: str):
+    """xpm_batch with the pseudo instance of an LVIS class, as the mapper gives it with
+    MODEL.XPM.CAPTION_VOCABULARY "lvis" ("pseudo_vocabulary": the 1203 LVIS names)."""
+    names = list(lvis_vocabulary())
+    batch = xpm_batch()
+    for x in batch:
+        x["instances"].gt_classes[1] = names.index(category)
+        x["pseudo_vocabulary"] = names
+    return batch
+
+
+def _lvis_pass(cache, quirk: bool, category: str):
+    """One step on an LVIS-class pseudo instance: the losses and the pseudo pass's call
+    of the RoI heads (targets, class text, keyword arguments)."""
+    model = _student(cache, "MODEL.XPM.LVIS_BACKGROUND_QUIRK", str(quirk))
+    _proposals_around_targets(model)
+    calls = []
+    original = model.roi_heads.losses
+
+    def spy(features, proposals, targets, text, scale, **kwargs):
+        calls.append((targets, text, kwargs))
+        return original(features, proposals, targets, text, scale, **kwargs)
+
+    model.roi_heads.losses = spy
+    with EventStorage(0):
+        losses = model(_lvis_batch(category))
+    assert all(torch.isfinite(v) for v in losses.values())
+    (_, seen_text, _), pseudo_call = calls
+    assert len(seen_text) == 2  # the ground-truth pass: the seen names
+    return model, losses, pseudo_call
+
+
+@pytest.mark.parametrize("quirk", [False, True], ids=["plain", "quirk"])
+def test_lvis_pseudo_instances_train_the_masks_and_classify_over_lvis(cache, quirk):
+    model, losses, (targets, text, kwargs) = _lvis_pass(cache, quirk, "table")  # not COCO's
+    # officially every LVIS name is a class; with the quirk id 0 ("aerosol can") is the
+    # background: left out of the classes, its text scoring the background
+    assert len(text) == (1202 if quirk else 1203)
+    if quirk:
+        torch.testing.assert_close(kwargs["background"], model.text(["aerosol can"]))
+        torch.testing.assert_close(text, model.text(lvis_vocabulary()[1:]))
+    else:
+        assert kwargs["background"] is None
+    want = lvis_vocabulary().index("table") - int(quirk)
+    assert all(t.gt_classes.tolist() == [want] for t in targets)
+    # the pseudo RoIs train the classifier (reweighted) and the class-agnostic masks
+    assert float(losses["loss_cls_pseudo"]) > 0 and float(losses["loss_mask_pseudo"]) > 0
+    assert kwargs["noisy_masks"] and not kwargs["box_reg"]
+
+
+@pytest.mark.parametrize("quirk", [False, True], ids=["plain", "quirk"])
+def test_aerosol_can_pseudo_instances_are_background_with_the_quirk(cache, quirk):
+    _, losses, (targets, text, _) = _lvis_pass(cache, quirk, "aerosol can")
+    assert all(t.gt_classes.tolist() == [len(text) if quirk else 0] for t in targets)
+    assert float(losses["loss_cls_pseudo"]) > 0
+    # officially label 0 is background: no positive RoI, so no mask loss (labels > 0 only)
+    assert (float(losses["loss_mask_pseudo"]) == 0.0) == quirk
+
+
+def test_the_lvis_quirk_needs_the_lvis_pseudo_vocabulary(cache):
+    model = _student(cache, "MODEL.XPM.LVIS_BACKGROUND_QUIRK", "True")
+    with pytest.raises(ValueError, match="CAPTION_VOCABULARY 'lvis'"):
+        with EventStorage(0):
+            model(xpm_batch())
+    batch = _lvis_batch("table")
+    for x in batch:
+        x["pseudo_vocabulary"] = x["pseudo_vocabulary"][1:]  # not the LVIS list
+    with pytest.raises(ValueError, match="must be LVIS id 0 'aerosol can'"):
+        with EventStorage(0):
+            model(batch)
+    batch[0].pop("pseudo_vocabulary")
+    with pytest.raises(ValueError, match="mixes pseudo vocabularies"):
+        with EventStorage(0):
+            model(batch)
