@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import scipy.io
+from prepare_pcontext_sem_seg import DETAIL_JSON, DetailSegmentation, load_label_map, split_ids
 from prepare_utils import (
     check_values,
     make_lut,
@@ -31,15 +31,6 @@ NUM_CLASSES = 459
 IGNORE = 65535
 _LUT = make_lut(range(1, NUM_CLASSES + 1), NUM_CLASSES + 1, IGNORE, np.uint16)
 _VALID = np.ones(NUM_CLASSES + 1, dtype=bool)
-
-
-def load_label_map(path: Path) -> np.ndarray:
-    """Read the ``LabelMap`` (H, W) of an official PASCAL Context ``.mat`` file."""
-    mat = scipy.io.loadmat(str(path))
-    if "LabelMap" not in mat:
-        keys = sorted(k for k in mat if not k.startswith("__"))
-        raise KeyError(f"{path} has no 'LabelMap' (keys: {keys}); is it a PASCAL Context file?")
-    return np.asarray(mat["LabelMap"])
 
 
 def convert_pcontext_full_label(label: np.ndarray, source: str = "label") -> np.ndarray:
@@ -87,9 +78,6 @@ def parse_args(description: str, argv: list[str] | None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     root = require(Path(args.root) / "VOCdevkit" / "VOC2010", "VOC 2010 folder")
-    # the json reader lives with the PC-59 converter, which imports this module's label reader
-    from prepare_pcontext_sem_seg import DETAIL_JSON, DetailSegmentation, split_ids
-
     json_path = root / DETAIL_JSON
     detail = None
     if args.split_dir is None and json_path.is_file():

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from prepare_pcontext_full_sem_seg import load_label_map
+import scipy.io
 from prepare_utils import (
     README,
     check_values,
@@ -52,6 +52,15 @@ SOURCE_FILE = "pcontext_label_source.txt"  # json or mat: where the labels there
 _LUT59 = make_lut(PCONTEXT59_IDS, 460, 255, np.uint8)
 _LUT60 = make_lut((0, *PCONTEXT59_IDS), 460, 0, np.uint8)
 _VALID = np.ones(460, dtype=bool)
+
+
+def load_label_map(path: Path) -> np.ndarray:
+    """Read the ``LabelMap`` (H, W) of an official PASCAL Context ``.mat`` file."""
+    mat = scipy.io.loadmat(str(path))
+    if "LabelMap" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise KeyError(f"{path} has no 'LabelMap' (keys: {keys}); is it a PASCAL Context file?")
+    return np.asarray(mat["LabelMap"])
 
 
 def convert_pcontext_label(label: np.ndarray, source: str = "label") -> np.ndarray:
