@@ -20,6 +20,7 @@ from detectron2.data import transforms as T
 
 from ..data.dataset_mappers.color_aug import ColorAugSSD, PhotometricDistortTransform
 from ..data.dataset_mappers.fast_crop import CategoryAreaCrop
+from .timing import interleaved
 
 __all__ = ["mapper_ratio", "per_pixel_distortion", "reference_mapper"]
 
@@ -83,7 +84,6 @@ def mapper_ratio(config: str, images: int, repeats: int, size=(375, 500)) -> Dic
     from ..data import build_dataset_mapper
     from .config import benchmark_config
     from .mapper_files import synthetic_files
-    from .ratios import interleaved
     from .shares import mapper_label_ids
 
     cfg = benchmark_config(config, device="cpu")

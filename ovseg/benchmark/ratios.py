@@ -19,39 +19,21 @@ variants in turns spreads it over both, so the ratios hold where the times do no
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ..utils.io import atomic_write_json
-from .timing import CLOCKS
+from .timing import interleaved
 
 __all__ = ["evaluator_ratio", "interleaved", "main", "store_ratio", "teacher_ratio"]
 
 _ZEGCLIP = "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml"
 _LSEG = "configs/voc/lseg/lseg_vitb16_inductive_20k_bs16_ovseg-variant.yaml"
 _MCP = "configs/voc/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml"
-
-
-def interleaved(
-    a: Callable[[], Any], b: Callable[[], Any], repeats: int, clock: str = "process"
-) -> Dict[str, float]:
-    """Median seconds of ``a`` and ``b`` called in turns ``repeats`` times each (after one
-    untimed call of each), and ``b / a``."""
-    now = CLOCKS[clock]
-    a(), b()
-    times: List[List[float]] = [[], []]
-    for _ in range(repeats):
-        for k, fn in enumerate((a, b)):
-            start = now()
-            fn()
-            times[k].append(now() - start)
-    ma, mb = statistics.median(times[0]), statistics.median(times[1])
-    return {"a_s": ma, "b_s": mb, "b_over_a": mb / ma, "repeats": repeats, "clock": clock}
 
 
 def store_ratio(size: int, batch: int, repeats: int, config: str = _MCP) -> Dict[str, Any]:

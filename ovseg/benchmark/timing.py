@@ -1,4 +1,4 @@
-"""Timing helpers shared by every benchmark: devices, clocks, medians, peak memory."""
+"""Timing helpers shared by every benchmark: devices, clocks, medians, A/B ratios, peak memory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import torch
 
@@ -14,6 +14,7 @@ __all__ = [
     "CLOCKS",
     "check_device",
     "default_device",
+    "interleaved",
     "peak_memory",
     "synchronize",
     "time_calls",
@@ -95,6 +96,23 @@ def time_calls(
                 synchronize(device)
                 times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def interleaved(
+    a: Callable[[], Any], b: Callable[[], Any], repeats: int, clock: str = "process"
+) -> Dict[str, float]:
+    """Median seconds of ``a`` and ``b`` called in turns ``repeats`` times each (after one
+    untimed call of each), and ``b / a``."""
+    now = CLOCKS[clock]
+    a(), b()
+    times: List[List[float]] = [[], []]
+    for _ in range(repeats):
+        for k, fn in enumerate((a, b)):
+            start = now()
+            fn()
+            times[k].append(now() - start)
+    ma, mb = statistics.median(times[0]), statistics.median(times[1])
+    return {"a_s": ma, "b_s": mb, "b_over_a": mb / ma, "repeats": repeats, "clock": clock}
 
 
 def peak_memory(device: torch.device) -> Tuple[float, str]:
