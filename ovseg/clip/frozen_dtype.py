@@ -15,7 +15,6 @@ teacher's come from MODEL.CLIP), so checkpoints are unchanged.
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Optional
 
 import torch
@@ -24,12 +23,9 @@ from torch import nn
 __all__ = [
     "FROZEN_DTYPES",
     "cast_frozen_tower",
-    "cast_frozen_towers",
     "needs_autocast",
     "tower_autocast",
 ]
-
-logger = logging.getLogger(__name__)
 
 # MODEL.CLIP.FROZEN_DTYPE -> dtype ("" = the weights as loaded)
 FROZEN_DTYPES = {"": None, "bfloat16": torch.bfloat16}
@@ -75,29 +71,6 @@ def cast_frozen_tower(visual: nn.Module, dtype: Optional[torch.dtype]) -> int:
     if isinstance(getattr(visual, "proj", None), nn.Parameter):
         count += _cast(visual, "proj", dtype)  # x @ proj: a matrix product
     visual.frozen_dtype = dtype
-    return count
-
-
-def cast_frozen_towers(model: nn.Module, name: str) -> int:
-    """:func:`cast_frozen_tower` on the image tower of every CLIP teacher in ``model``.
-
-    Args:
-        model (nn.Module): a built model.
-        name (str): MODEL.CLIP.FROZEN_DTYPE, a key of ``FROZEN_DTYPES``.
-
-    Returns:
-        int: the number of tensors cast.
-    """
-    from .teacher import CLIPTeacher
-
-    if name not in FROZEN_DTYPES:
-        raise ValueError(f"MODEL.CLIP.FROZEN_DTYPE={name!r}; choose one of {sorted(FROZEN_DTYPES)}")
-    dtype = FROZEN_DTYPES[name]
-    towers = {id(m.model.visual): m.model.visual for m in model.modules()
-              if isinstance(m, CLIPTeacher)}  # fmt: skip
-    count = sum(cast_frozen_tower(visual, dtype) for visual in towers.values())
-    if dtype is not None:
-        logger.info(f"Frozen CLIP image tower: {count} weight tensors cast to {dtype}")
     return count
 
 

@@ -12,6 +12,7 @@ and the student's loss function where it declares one (``loss_fn``).
 
 from __future__ import annotations
 
+import logging
 from typing import List
 
 import torch
@@ -19,14 +20,44 @@ from torch import nn
 
 from detectron2.config import CfgNode
 
-from ..clip.frozen_dtype import cast_frozen_towers
+from ..clip.frozen_dtype import FROZEN_DTYPES, cast_frozen_tower
+from ..clip.teacher import CLIPTeacher
 
-__all__ = ["COMPILE_SKIP", "apply_speed_options", "compile_model", "uses_channels_last"]
+__all__ = [
+    "COMPILE_SKIP",
+    "apply_speed_options",
+    "cast_frozen_towers",
+    "compile_model",
+    "uses_channels_last",
+]
+
+logger = logging.getLogger(__name__)
 
 # children never compiled: the teacher (its text encoder runs once per vocabulary, cached;
 # its image tower is compiled through whichever network module calls it) and the text
 # classifier (a memoised lookup)
 COMPILE_SKIP = ("teacher", "classifier")
+
+
+def cast_frozen_towers(model: nn.Module, name: str) -> int:
+    """:func:`cast_frozen_tower` on the image tower of every CLIP teacher in ``model``.
+
+    Args:
+        model (nn.Module): a built model.
+        name (str): MODEL.CLIP.FROZEN_DTYPE, a key of ``FROZEN_DTYPES``.
+
+    Returns:
+        int: the number of tensors cast.
+    """
+    if name not in FROZEN_DTYPES:
+        raise ValueError(f"MODEL.CLIP.FROZEN_DTYPE={name!r}; choose one of {sorted(FROZEN_DTYPES)}")
+    dtype = FROZEN_DTYPES[name]
+    towers = {id(m.model.visual): m.model.visual for m in model.modules()
+              if isinstance(m, CLIPTeacher)}  # fmt: skip
+    count = sum(cast_frozen_tower(visual, dtype) for visual in towers.values())
+    if dtype is not None:
+        logger.info(f"Frozen CLIP image tower: {count} weight tensors cast to {dtype}")
+    return count
 
 
 def uses_channels_last(model: nn.Module) -> bool:

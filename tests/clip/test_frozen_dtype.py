@@ -7,8 +7,8 @@ from ovseg_testing.data import random_image, two_region_batch
 from ovseg_testing.models import tiny_zegclip, tiny_zegclip_cfg
 from torch import nn
 
-from ovseg.clip.frozen_dtype import cast_frozen_tower, cast_frozen_towers
-from ovseg.engine.speed import apply_speed_options
+from ovseg.clip.frozen_dtype import cast_frozen_tower
+from ovseg.engine.speed import apply_speed_options, cast_frozen_towers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BF16 = torch.bfloat16
