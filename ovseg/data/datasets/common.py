@@ -8,15 +8,14 @@ are requested (``DatasetCatalog.get``), with the path that was looked for and ho
 from __future__ import annotations
 
 import colorsys
-import difflib
 import functools
 import logging
 import os
 from pathlib import Path
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
 from ...vocab import Vocabulary
+from .catalog import closest_datasets, register_split
+from .region_eval_sets import register_region_eval_set
 
 __all__ = [
     "DATASETS_README",
@@ -134,31 +133,6 @@ def load_sem_seg_split(
     return dicts
 
 
-def closest_datasets(name: str) -> str:
-    """The hint after an unknown dataset name: the registered names spelt most like it."""
-    registered = DatasetCatalog.list()
-    close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
-    if close:
-        return f"the closest registered names are {close}"
-    return f"none of the {len(registered)} registered names is close"
-
-
-def register_split(name: str, loader, **metadata) -> None:
-    """Register (or register again) a split: its loader and its metadata.
-
-    Args:
-        name (str): the split's name in DatasetCatalog/MetadataCatalog.
-        loader: ``() -> list[dict]``, the dataset dicts.
-        metadata: the MetadataCatalog fields.
-    """
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    if name in MetadataCatalog.list():
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(**metadata)
-
-
 def register_sem_seg_split(
     name: str,
     *,
@@ -218,6 +192,4 @@ def register_sem_seg_split(
         seen_classes=[c for c in classes if c not in unseen],
         vocabulary_name=vocabulary_name,
     )
-    from .region_eval_sets import register_region_eval_set  # it imports this module
-
     register_region_eval_set(name)  # "<name>_regions": FreeSeg's prompt-stage test set

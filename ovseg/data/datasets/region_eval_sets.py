@@ -20,7 +20,7 @@ from typing import List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..region_sampling import image_regions
-from .common import register_split
+from .catalog import register_split
 
 __all__ = ["REGION_SUFFIX", "register_region_eval_set"]
 
