@@ -7,7 +7,7 @@ background texture over the whole of it, so a second stuff class would only rena
 segment, and would break the class list the semantic splits share; it is left out.
 
 Categories (COCO panoptic style, ids from 1): ``background`` = 1 (stuff), the shapes 2-9
-(things) in :data:`~ovseg.data.datasets.toy_world.CLASSES` order, so contiguous ids equal the
+(things) in :data:`~ovseg.data.datasets.toy_scenes.CLASSES` order, so contiguous ids equal the
 semantic label values. Segment ids are ``category id * 1000 + object number`` (0 for the
 background), unique per image.
 
@@ -46,7 +46,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ...utils.io import publish_folder
 from .instance_common import register_instance_split, register_panoptic_split
 from .instance_eval_sets import register_instance_eval_sets
-from .toy_world import _DIRS, CLASSES, SHAPES, ToyScene, _image_id, generate_sample, render_scene
+from .toy_scenes import _DIRS, CLASSES, SHAPES, ToyScene, _image_id, generate_sample, render_scene
 
 __all__ = [
     "CATEGORIES",
