@@ -33,11 +33,13 @@ from ..modeling.xpm.nouns import COCO_LVIS_SYNONYMS, CaptionNounMatcher
 from ..pseudo import (
     InstancePseudoLabelStore,
     PseudoInstanceLabeller,
+    all_ok,
     build_manifest,
     find_teacher,
     generate_pseudo_instances,
     labeller_fingerprint,
     labeller_settings,
+    open_store,
     teacher_weights_id,
 )
 from .checkpoint import load_model_weights
@@ -219,12 +221,10 @@ def instance_labeller_manifest(
 
 def main(cfg: CfgNode, args: argparse.Namespace) -> Dict[str, int]:
     """Label this process's share of the dataset into ``args.output`` (every process)."""
-    from .pseudo_labelling import _all_ok, _open_store
-
     job = build_instance_labeller(cfg, args.dataset)
     job.labeller.score_threshold = float(args.threshold)
     manifest = instance_labeller_manifest(cfg, job, args.command)
-    store = _open_store(args.output, manifest, InstancePseudoLabelStore)
+    store = open_store(args.output, manifest, InstancePseudoLabelStore)
     error, stats = None, {}
     try:
         stats = generate_pseudo_instances(
@@ -241,7 +241,7 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> Dict[str, int]:
         error = f"rank {comm.get_rank()}: {type(e).__name__}: {e}"
         raise
     finally:
-        _all_ok(error)
+        all_ok(error)
     if comm.is_main_process():
         count, total = store.finalize(), len(job.dataset_dicts)
         logger.info(f"{count} of {total} images of {job.dataset} labelled in {store.root}")

@@ -28,16 +28,19 @@ from detectron2.utils.env import seed_all_rng
 from ..data import build_dataset_mapper
 from ..pseudo import (
     SCORE_KINDS,
-    PseudoLabelStore,
+    all_ok,
     build_manifest,
     generate_pseudo_labels,
     labeller_fingerprint,
     labeller_settings,
+    open_store,
     score_kind_of,
 )
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 from .defaults import load_config, setup
+from .pseudo_instances import main as instances_main
+from .pseudo_instances import makes_instance_pseudo_labels
 
 __all__ = [
     "Labeller",
@@ -190,32 +193,6 @@ def labeller_manifest(
     )
 
 
-def _all_ok(error: Optional[str], kind: type = RuntimeError) -> None:
-    """Raise ``kind`` in every process when any process failed (so none waits at a barrier)."""
-    errors = [e for e in comm.all_gather(error) if e]
-    if errors:
-        raise kind(errors[0] if error is None else error)
-
-
-def _open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> PseudoLabelStore:
-    store, error = None, None
-    if comm.is_main_process():
-        try:
-            store = store_cls.create(output, manifest)
-        except (ValueError, OSError) as e:
-            error = str(e)
-    _all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
-    if store is None:
-        expect = {"fingerprint": manifest["fingerprint"], "vocabulary": manifest["vocabulary"]}
-        try:
-            store = store_cls.open(output, expect=expect)
-        except (ValueError, OSError) as e:
-            # e.g. a randomly initialised teacher that differs between processes
-            error = f"rank {comm.get_rank()}: {e}"
-    _all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
-    return store
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse a bad config, override or --dataset before setup writes OUTPUT_DIR (and, run by
     the tool, before any process starts: a child's error would end in a traceback)."""
@@ -238,14 +215,11 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     """
     check_arguments(args)
     cfg = setup(args)
-    from .pseudo_instances import main as instances_main
-    from .pseudo_instances import makes_instance_pseudo_labels
-
     if makes_instance_pseudo_labels(cfg):  # XPM: caption pseudo instances
         return instances_main(cfg, args)
     labeller = build_labeller(cfg, args.dataset, args.scores)
     manifest = labeller_manifest(cfg, labeller, args.threshold, args.command)
-    store = _open_store(args.output, manifest)
+    store = open_store(args.output, manifest)
     error, stats = None, {}
     try:
         stats = generate_pseudo_labels(
@@ -263,7 +237,7 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
         error = f"rank {comm.get_rank()}: {type(e).__name__}: {e}"
         raise
     finally:
-        _all_ok(error)  # every process reaches this collective, failed or not
+        all_ok(error)  # every process reaches this collective, failed or not
     if comm.is_main_process():
         count = store.finalize()
         total, dataset = len(labeller.dataset_dicts), labeller.dataset

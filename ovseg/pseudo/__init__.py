@@ -8,7 +8,7 @@ from .attach import (
     store_class_count,
     store_label_map,
 )
-from .generate import generate_pseudo_labels, shard_dataset_dicts
+from .generate import all_ok, generate_pseudo_labels, open_store, shard_dataset_dicts
 from .instance_store import (
     InstancePseudoLabelStore,
     attach_pseudo_instances,
@@ -46,6 +46,7 @@ __all__ = [
     "SCORE_KINDS",
     "PseudoLabelSpec",
     "PseudoLabelStore",
+    "all_ok",
     "attach_pseudo_labels",
     "build_manifest",
     "check_source",
@@ -55,6 +56,7 @@ __all__ = [
     "generate_pseudo_labels",
     "image_id_of",
     "label_table",
+    "open_store",
     "labeller_fingerprint",
     "labeller_settings",
     "pixel_labels",

@@ -1,18 +1,21 @@
-"""Label a dataset with a teacher meta-architecture and fill a :class:`PseudoLabelStore`."""
+"""Label a dataset with a teacher meta-architecture and fill a :class:`PseudoLabelStore`;
+open a store in every process at once (:func:`open_store`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from detectron2.utils import comm
+
 from .labels import score_kind_of, scores_to_labels
 from .store import PseudoLabelStore, image_id_of
 
-__all__ = ["generate_pseudo_labels", "shard_dataset_dicts"]
+__all__ = ["all_ok", "generate_pseudo_labels", "open_store", "shard_dataset_dicts"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +167,40 @@ def generate_pseudo_labels(
         "already in the store"
     )
     return stats
+
+
+def all_ok(error: Optional[str], kind: type = RuntimeError) -> None:
+    """Raise ``kind`` in every process when any process failed (so none waits at a barrier)."""
+    errors = [e for e in comm.all_gather(error) if e]
+    if errors:
+        raise kind(errors[0] if error is None else error)
+
+
+def open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> PseudoLabelStore:
+    """Create the store in ``output`` (main process), then open it in every process.
+
+    Args:
+        output (str): the store's folder.
+        manifest (dict): the labeller's manifest; a store there must match its
+            ``fingerprint`` and ``vocabulary``.
+        store_cls: :class:`PseudoLabelStore` or ``InstancePseudoLabelStore``.
+
+    Returns:
+        the open store; a ``ValueError`` in every process when any could not open it.
+    """
+    store, error = None, None
+    if comm.is_main_process():
+        try:
+            store = store_cls.create(output, manifest)
+        except (ValueError, OSError) as e:
+            error = str(e)
+    all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
+    if store is None:
+        expect = {"fingerprint": manifest["fingerprint"], "vocabulary": manifest["vocabulary"]}
+        try:
+            store = store_cls.open(output, expect=expect)
+        except (ValueError, OSError) as e:
+            # e.g. a randomly initialised teacher that differs between processes
+            error = f"rank {comm.get_rank()}: {e}"
+    all_ok(error, ValueError)  # a user's mistake (folder, other teacher), not a crash
+    return store
