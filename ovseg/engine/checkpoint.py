@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import Detectron2Handler
 
 from ..utils.downloads import explain_download_failure
 from ..utils.io import atomic_write, atomic_write_text
@@ -95,7 +96,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 "model that needs no weights (MaskCLIP)"
             )
         if "://" in path:  # downloaded once into iopath's cache, then read from there
-            source = path.replace("detectron2://", "https://dl.fbaipublicfiles.com/detectron2/")
+            d2 = Detectron2Handler
+            source = path.replace(d2.PREFIX, d2.S3_DETECTRON2_PREFIX)
             with explain_download_failure(
                 os.path.basename(path),
                 source,

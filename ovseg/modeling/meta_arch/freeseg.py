@@ -61,6 +61,7 @@ from ..freeseg.tasks import (
     train_tasks_for,
 )
 from ..freeseg.test_time import TestTimePromptTuning
+from ..inference import postprocess_to_original
 from ..mask_classification import (
     HungarianMatcher,
     MaskClassificationCriterion,
@@ -362,8 +363,8 @@ class FreeSeg(OpenVocabSegmentor):
         probabilities bilinearly, the panoptic ids and instance masks by nearest neighbour."""
         post = self.post
         if task == "semantic":
-            sem = semantic_inference(probs, masks, has_no_object=False)[None]
-            return {"sem_seg": F.interpolate(sem, size=size, mode="bilinear")[0]}
+            sem = semantic_inference(probs, masks, has_no_object=False)
+            return {"sem_seg": postprocess_to_original(sem, sem.shape[-2:], *size)}
         thing_ids = {i for i, t in enumerate(self.is_thing(names)) if t}
         if task == "panoptic":
             keys = ("temperature", "object_mask_threshold", "thing_score_threshold")
