@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
 from ..utils.io import atomic_write_json
-from . import freeseg, lseg, maskclip_plus, resnet_v1c, zegclip
+from . import freeseg, lseg, maskclip_plus, resnet_v1c, xpm, zegclip
 from .core import (
     ConversionError,
     ConversionReport,
@@ -48,15 +48,18 @@ class Method:
         check_text: (official, model, names, report) -> None, or None.
         build: cfg -> the module the result is checked against (default: the whole model).
         part (str): the prefix of the model's keys the result gives ("": every key).
+        check_official: (official, cfg, model, report) -> None: refuses what the official
+            tensors show the config cannot compute, or None.
     """
 
-    meta_architecture: str
+    meta_architecture: Union[str, Tuple[str, ...]]
     convert: Callable[[Mapping[str, Tensor]], Tuple[Dict[str, Tensor], ConversionReport]]
     settings: Callable
     fill: Optional[Callable] = None
     check_text: Optional[Callable] = None
     build: Optional[Callable] = None
     part: str = ""
+    check_official: Optional[Callable] = None
 
 
 METHODS: Dict[str, Method] = {
@@ -69,6 +72,14 @@ METHODS: Dict[str, Method] = {
         maskclip_plus.maskclip_plus_settings,
         fill=maskclip_plus.fill_maskclip_plus,
         check_text=maskclip_plus.check_text,
+    ),
+    "xpm": Method(
+        ("XPMTeacher", "XPMStudent"),
+        xpm.convert_xpm,
+        xpm.xpm_settings,
+        fill=xpm.fill_xpm,
+        check_text=xpm.check_bert,
+        check_official=xpm.check_anchors,
     ),
     "resnet_v1c": Method(
         "",
@@ -121,16 +132,19 @@ def convert_checkpoint(
         raise ValueError(f"--method {method!r} is not one of {sorted(METHODS)}")
     spec = METHODS[method]
     arch = spec.meta_architecture
-    if cfg is not None and arch and cfg.MODEL.META_ARCHITECTURE != arch:
+    archs = (arch,) if isinstance(arch, str) else arch
+    if cfg is not None and arch and cfg.MODEL.META_ARCHITECTURE not in archs:
         raise ConversionError(
             f"--method {method} converts into MODEL.META_ARCHITECTURE "
-            f"{spec.meta_architecture!r}; the config builds {cfg.MODEL.META_ARCHITECTURE!r}"
+            f"{' or '.join(map(repr, archs))}; the config builds {cfg.MODEL.META_ARCHITECTURE!r}"
         )
     converted, report = spec.convert(official)
     if cfg is None:
         return converted, report
     model = (spec.build or build_target)(cfg) if model is None else model
     spec.settings(cfg, model, converted, report)
+    if spec.check_official is not None:
+        spec.check_official(official, cfg, model, report)
     target = {k: v for k, v in model.state_dict().items() if k.startswith(spec.part)}
     converted = fit_to_model(converted, target, report, spec.fill)
     if report.pending:
@@ -140,10 +154,10 @@ def convert_checkpoint(
     bad = [c for c in report.teacher if not c.ok(atol)]
     if bad and not allow_teacher_mismatch:
         raise ConversionError(
-            f"{report.method}: {len(bad)} frozen CLIP tensor(s) of the official checkpoint "
-            "differ from the config's teacher (MODEL.CLIP), so the converted model would see "
-            "another CLIP (--allow-teacher-mismatch converts anyway):\n  "
-            + "\n  ".join(f"{c.official} vs {c.teacher}: {c.note}" for c in bad[:20])
+            f"{report.method}: {len(bad)} frozen tensor(s) of the official checkpoint differ "
+            "from the config's (its CLIP teacher MODEL.CLIP, or XPM's MODEL.XPM.BERT_NAME), so "
+            "the converted model would see another one (--allow-teacher-mismatch converts "
+            "anyway):\n  " + "\n  ".join(f"{c.official} vs {c.teacher}: {c.note}" for c in bad[:20])
         )
     return converted, report
 
