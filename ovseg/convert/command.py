@@ -1,13 +1,15 @@
 """Convert an official checkpoint into an ovseg one: the job behind tools/convert_checkpoint.py.
 
-Methods: ``zegclip``, ``maskclip_plus``, ``lseg`` and ``freeseg`` (trained official models),
+Methods: ``zegclip``, ``maskclip_plus``, ``lseg``, ``freeseg`` and ``xpm`` (trained official
+models; XPM's teacher or student, told apart by their keys),
 ``resnet_v1c`` (the ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-
 only checkpoint for MODEL.WEIGHTS). Without a config the official names are converted alone.
 With ``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
 MODEL.CLIP; for ``resnet_v1c`` its backbone alone) checks the result strictly: every ovseg
 parameter present, nothing left over, shapes equal; the official checkpoint's frozen CLIP
 tensors are compared with the teacher's; MaskCLIP+'s fixed text classifier is compared with the
-teacher's embeddings of the test vocabulary; settings that leave the official weights no place
+teacher's embeddings of the test vocabulary (XPM's student: its BERT word embeddings with
+MODEL.XPM.BERT_NAME's); settings that leave the official weights no place
 are refused (with the key to set), and settings under which the same weights would compute
 otherwise than the official model are listed. Any mismatch fails with a message naming it.
 """
@@ -121,7 +123,8 @@ def convert_checkpoint(
         atol (float): tolerance of the frozen CLIP tensors against MODEL.CLIP's.
         allow_teacher_mismatch (bool): report, instead of refusing, CLIP tensors (or text
             embeddings) that differ from the teacher's.
-        text_check (bool): compare MaskCLIP+'s text classifier (embeds the vocabulary).
+        text_check (bool): compare MaskCLIP+'s text classifier (embeds the vocabulary) and
+            XPM's BERT word embeddings.
         model (nn.Module, optional): the model ``cfg`` builds (for ``resnet_v1c``: any
             module holding the backbone as ``.backbone``), if already built.
 
@@ -164,8 +167,8 @@ def convert_checkpoint(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's "
-        "or FreeSeg's, or the "
+        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's, "
+        "FreeSeg's or XPM's (maskrcnn_benchmark), or the "
         "ImageNet ResNetV1c the official MaskCLIP+ students start from (mmcv .pth), into an "
         "ovseg checkpoint (detectron2 {'model': state_dict})."
     )
@@ -181,7 +184,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-teacher-mismatch", action="store_true")
     p.add_argument(
         "--no-text-check", action="store_true",
-        help="skip embedding the vocabulary to compare MaskCLIP+'s text classifier",
+        help="skip embedding the vocabulary to compare MaskCLIP+'s text classifier (and "
+        "loading MODEL.XPM.BERT_NAME to compare XPM's BERT word embeddings)",
     )  # fmt: skip
     p.add_argument("--report", default="", help="also write the per-tensor report (JSON)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
