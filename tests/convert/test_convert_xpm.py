@@ -10,7 +10,7 @@ import pytest
 import torch
 from official_xpm import official_xpm_state
 from ovseg_testing import tiny_xpm_cfg
-from ovseg_testing.bert import make_tiny_bert
+from ovseg_testing.bert import make_tiny_bert, require_transformers
 
 from detectron2.modeling import build_model
 
@@ -19,7 +19,7 @@ from ovseg.convert.command import main
 from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, anchor_order, official_cell_anchors
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-pytest.importorskip("transformers")
+require_transformers()
 
 
 def _opts(bert: str) -> list:

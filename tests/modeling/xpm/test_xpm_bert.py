@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ovseg_testing import tiny_xpm_cfg
-from ovseg_testing.bert import make_tiny_bert
+from ovseg_testing.bert import make_tiny_bert, require_transformers
 
 from detectron2.modeling import build_model
 
@@ -18,7 +18,7 @@ from ovseg.modeling.xpm.bert import BertClassEmbeddings
 from ovseg.modeling.xpm.heads import embedding_logits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-pytest.importorskip("transformers")
+require_transformers()
 
 NAMES = ["cat", "traffic light", "hair drier"]
 
