@@ -35,3 +35,10 @@ def add_xpm_config(cfg: CN) -> None:
     # torchvision's, ovseg/modeling/xpm/roi_align.py) on CPU feature maps of at most this many
     # pixels, where torchvision's CPU backward is far slower; 0 = torchvision's always
     cfg.MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS = 256
+    # the classes the box classifier scores: "clip" (tau * cos against CLIP text) or "bert",
+    # the official checkpoints' (mean of bert-base-uncased's input word-piece embeddings of
+    # the name, scored by the raw dot product; the student normalises them: ovseg/modeling/
+    # xpm/bert.py); "bert" needs transformers (pip install -e .[xpm-official])
+    cfg.MODEL.XPM.CLASS_EMBEDDING = "clip"
+    # the BERT of CLASS_EMBEDDING "bert": a Hugging Face name or a save_pretrained folder
+    cfg.MODEL.XPM.BERT_NAME = "bert-base-uncased"

@@ -1,13 +1,15 @@
 """Convert an official checkpoint into an ovseg one: the job behind tools/convert_checkpoint.py.
 
-Methods: ``zegclip``, ``maskclip_plus``, ``lseg`` and ``freeseg`` (trained official models),
+Methods: ``zegclip``, ``maskclip_plus``, ``lseg``, ``freeseg`` and ``xpm`` (trained official
+models; XPM's teacher or student, told apart by their keys),
 ``resnet_v1c`` (the ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-
 only checkpoint for MODEL.WEIGHTS). Without a config the official names are converted alone.
 With ``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
 MODEL.CLIP; for ``resnet_v1c`` its backbone alone) checks the result strictly: every ovseg
 parameter present, nothing left over, shapes equal; the official checkpoint's frozen CLIP
 tensors are compared with the teacher's; MaskCLIP+'s fixed text classifier is compared with the
-teacher's embeddings of the test vocabulary; settings that leave the official weights no place
+teacher's embeddings of the test vocabulary (XPM's student: its BERT word embeddings with
+MODEL.XPM.BERT_NAME's); settings that leave the official weights no place
 are refused (with the key to set), and settings under which the same weights would compute
 otherwise than the official model are listed. Any mismatch fails with a message naming it.
 """
@@ -16,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
 from ..utils.io import atomic_write_json
-from . import freeseg, lseg, maskclip_plus, resnet_v1c, zegclip
+from . import freeseg, lseg, maskclip_plus, resnet_v1c, xpm, zegclip
 from .core import (
     ConversionError,
     ConversionReport,
@@ -48,15 +50,18 @@ class Method:
         check_text: (official, model, names, report) -> None, or None.
         build: cfg -> the module the result is checked against (default: the whole model).
         part (str): the prefix of the model's keys the result gives ("": every key).
+        check_official: (official, cfg, model, report) -> None: refuses what the official
+            tensors show the config cannot compute, or None.
     """
 
-    meta_architecture: str
+    meta_architecture: Union[str, Tuple[str, ...]]
     convert: Callable[[Mapping[str, Tensor]], Tuple[Dict[str, Tensor], ConversionReport]]
     settings: Callable
     fill: Optional[Callable] = None
     check_text: Optional[Callable] = None
     build: Optional[Callable] = None
     part: str = ""
+    check_official: Optional[Callable] = None
 
 
 METHODS: Dict[str, Method] = {
@@ -69,6 +74,14 @@ METHODS: Dict[str, Method] = {
         maskclip_plus.maskclip_plus_settings,
         fill=maskclip_plus.fill_maskclip_plus,
         check_text=maskclip_plus.check_text,
+    ),
+    "xpm": Method(
+        ("XPMTeacher", "XPMStudent"),
+        xpm.convert_xpm,
+        xpm.xpm_settings,
+        fill=xpm.fill_xpm,
+        check_text=xpm.check_bert,
+        check_official=xpm.check_anchors,
     ),
     "resnet_v1c": Method(
         "",
@@ -110,7 +123,8 @@ def convert_checkpoint(
         atol (float): tolerance of the frozen CLIP tensors against MODEL.CLIP's.
         allow_teacher_mismatch (bool): report, instead of refusing, CLIP tensors (or text
             embeddings) that differ from the teacher's.
-        text_check (bool): compare MaskCLIP+'s text classifier (embeds the vocabulary).
+        text_check (bool): compare MaskCLIP+'s text classifier (embeds the vocabulary) and
+            XPM's BERT word embeddings.
         model (nn.Module, optional): the model ``cfg`` builds (for ``resnet_v1c``: any
             module holding the backbone as ``.backbone``), if already built.
 
@@ -121,16 +135,19 @@ def convert_checkpoint(
         raise ValueError(f"--method {method!r} is not one of {sorted(METHODS)}")
     spec = METHODS[method]
     arch = spec.meta_architecture
-    if cfg is not None and arch and cfg.MODEL.META_ARCHITECTURE != arch:
+    archs = (arch,) if isinstance(arch, str) else arch
+    if cfg is not None and arch and cfg.MODEL.META_ARCHITECTURE not in archs:
         raise ConversionError(
             f"--method {method} converts into MODEL.META_ARCHITECTURE "
-            f"{spec.meta_architecture!r}; the config builds {cfg.MODEL.META_ARCHITECTURE!r}"
+            f"{' or '.join(map(repr, archs))}; the config builds {cfg.MODEL.META_ARCHITECTURE!r}"
         )
     converted, report = spec.convert(official)
     if cfg is None:
         return converted, report
     model = (spec.build or build_target)(cfg) if model is None else model
     spec.settings(cfg, model, converted, report)
+    if spec.check_official is not None:
+        spec.check_official(official, cfg, model, report)
     target = {k: v for k, v in model.state_dict().items() if k.startswith(spec.part)}
     converted = fit_to_model(converted, target, report, spec.fill)
     if report.pending:
@@ -140,18 +157,18 @@ def convert_checkpoint(
     bad = [c for c in report.teacher if not c.ok(atol)]
     if bad and not allow_teacher_mismatch:
         raise ConversionError(
-            f"{report.method}: {len(bad)} frozen CLIP tensor(s) of the official checkpoint "
-            "differ from the config's teacher (MODEL.CLIP), so the converted model would see "
-            "another CLIP (--allow-teacher-mismatch converts anyway):\n  "
-            + "\n  ".join(f"{c.official} vs {c.teacher}: {c.note}" for c in bad[:20])
+            f"{report.method}: {len(bad)} frozen tensor(s) of the official checkpoint differ "
+            "from the config's (its CLIP teacher MODEL.CLIP, or XPM's MODEL.XPM.BERT_NAME), so "
+            "the converted model would see another one (--allow-teacher-mismatch converts "
+            "anyway):\n  " + "\n  ".join(f"{c.official} vs {c.teacher}: {c.note}" for c in bad[:20])
         )
     return converted, report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's "
-        "or FreeSeg's, or the "
+        description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's, "
+        "FreeSeg's or XPM's (maskrcnn_benchmark), or the "
         "ImageNet ResNetV1c the official MaskCLIP+ students start from (mmcv .pth), into an "
         "ovseg checkpoint (detectron2 {'model': state_dict})."
     )
@@ -167,7 +184,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-teacher-mismatch", action="store_true")
     p.add_argument(
         "--no-text-check", action="store_true",
-        help="skip embedding the vocabulary to compare MaskCLIP+'s text classifier",
+        help="skip embedding the vocabulary to compare MaskCLIP+'s text classifier (and "
+        "loading MODEL.XPM.BERT_NAME to compare XPM's BERT word embeddings)",
     )  # fmt: skip
     p.add_argument("--report", default="", help="also write the per-tensor report (JSON)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")

@@ -29,6 +29,7 @@ from detectron2.structures import ImageList, Instances
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ..text_classifier import TextClassifier
+from ..xpm.bert import BertClassEmbeddings, bert_width
 from ..xpm.outputs import (
     class_subset,
     paste_probabilities,
@@ -58,8 +59,21 @@ def stuff_only_names(dataset_names: Sequence[str]) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def class_embedding(cfg) -> str:
+    """MODEL.XPM.CLASS_EMBEDDING, checked: "clip" or "bert"."""
+    kind = cfg.MODEL.XPM.CLASS_EMBEDDING
+    if kind not in ("clip", "bert"):
+        raise ValueError(
+            f"MODEL.XPM.CLASS_EMBEDDING={kind!r} is not 'clip' (CLIP text, tau * cos) or "
+            "'bert' (the official checkpoints' BERT word embeddings, raw dot product)"
+        )
+    return kind
+
+
 def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn.Module]:
-    """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``)."""
+    """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``,
+    or of MODEL.XPM.BERT_NAME with the official BERT class embeddings)."""
+    bert = class_embedding(cfg) == "bert"
     backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
     shapes = backbone.output_shape()
     (in_feature,) = cfg.MODEL.ROI_HEADS.IN_FEATURES
@@ -71,7 +85,7 @@ def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn
         feature_stride=shapes[in_feature].stride,
         res5=res5,
         res5_channels=res5_channels,
-        embed_dim=teacher.embed_dim,
+        embed_dim=bert_width(cfg.MODEL.XPM.BERT_NAME) if bert else teacher.embed_dim,
         pooler_resolution=box.POOLER_RESOLUTION,
         pooler_type=box.POOLER_TYPE,
         batch_size_per_image=heads.BATCH_SIZE_PER_IMAGE,
@@ -86,6 +100,7 @@ def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn
         nms_thresh=heads.NMS_THRESH_TEST,
         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         roi_align_max_pixels=cfg.MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS,
+        dot_product=bert,
     )
     return {
         "backbone": backbone,
@@ -108,6 +123,10 @@ class XPMTeacher(OpenVocabSegmentor):
 
     sem_seg_scores = "probabilities"
     noise_head = False  # the student's mask head adds one
+    # the official teacher scores the BERT class embeddings unnormalised (data/datasets/
+    # coco.py:74-91, engine/inference.py:124-127), the student normalised (st_generalized_
+    # rcnn.py:164-177, 413-415)
+    normalize_bert = False
 
     @configurable
     def __init__(
@@ -121,6 +140,7 @@ class XPMTeacher(OpenVocabSegmentor):
         stuff_names: Sequence[str] = (),
         seen_names: Optional[Sequence[str]] = None,
         propose_topk: int = 100,
+        bert_name: str = "",
         **kwargs,
     ):
         """
@@ -132,6 +152,8 @@ class XPMTeacher(OpenVocabSegmentor):
             stuff_names: vocabulary names never detected (the datasets' stuff classes).
             seen_names: the names training classifies over (None: every training name).
             propose_topk (int): proposals per image :meth:`propose` keeps (0: all).
+            bert_name (str): classes are the official BERT class embeddings of this BERT
+                (:mod:`~ovseg.modeling.xpm.bert`) instead of CLIP text ("": CLIP's).
             kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...).
         """
         super().__init__(**kwargs)
@@ -144,6 +166,7 @@ class XPMTeacher(OpenVocabSegmentor):
         self.stuff_names = tuple(stuff_names)
         self.seen_names = None if seen_names is None else tuple(seen_names)
         self.propose_topk = int(propose_topk)
+        self.bert = BertClassEmbeddings(bert_name) if bert_name else None
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -163,6 +186,7 @@ class XPMTeacher(OpenVocabSegmentor):
             "stuff_names": stuff_only_names([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]),
             "seen_names": list(seen) if seen else None,
             "propose_topk": cfg.MODEL.XPM.PROPOSE_TOPK,
+            "bert_name": cfg.MODEL.XPM.BERT_NAME if class_embedding(cfg) == "bert" else "",
         }
 
     # ------------------------------------------------------------------ shared pieces
@@ -183,8 +207,12 @@ class XPMTeacher(OpenVocabSegmentor):
         return next(iter(groups))
 
     def text(self, names: Sequence[str]) -> Tensor:
-        """(K, D) text embeddings of ``names`` (prompt-ensembled, memoised by the teacher)."""
-        return self.classifier(names)
+        """(K, D) class embeddings of ``names``: CLIP text (prompt-ensembled, memoised by the
+        teacher) or the official BERT ones (the names as they are, without prompts)."""
+        if self.bert is None:
+            return self.classifier(names)
+        embeddings = self.bert(names).to(self.device)
+        return F.normalize(embeddings, dim=-1) if self.normalize_bert else embeddings
 
     def gt_targets(
         self, batched_inputs: List[dict], names: Sequence[str], table: Tensor
@@ -266,6 +294,11 @@ class XPMTeacher(OpenVocabSegmentor):
             the L2-normalised projected RoI features: the teacher's region embeddings in
             CLIP's text space, which XPM matches caption nouns against).
         """
+        if self.bert is not None:
+            raise ValueError(
+                "caption pseudo-labels match region embeddings against CLIP text; "
+                "MODEL.XPM.CLASS_EMBEDDING 'bert' is for evaluating official checkpoints"
+            )
         topk = self.propose_topk if topk is None else int(topk)
         images = self.images(batched_inputs)
         features = self.backbone(images.tensor)

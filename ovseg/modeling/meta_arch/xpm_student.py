@@ -77,6 +77,7 @@ class XPMStudent(XPMTeacher):
     """
 
     noise_head = True
+    normalize_bert = True  # the official student L2-normalises the BERT class embeddings
     # multi-GPU: on a rank whose images hold no pseudo instance the pseudo pass (and with it
     # the noise head) gets no gradient, and the noise head stops learning mid-run; DDP must
     # look for such parameters every step instead of waiting for their gradients

@@ -42,6 +42,8 @@ def embedding_logits(
     text: Tensor,
     logit_scale: Union[float, Tensor],
     background: Optional[Tensor] = None,
+    *,
+    dot: bool = False,
 ) -> Tensor:
     """``tau * cos(embedding, text)`` per class, then a background logit 0 last.
 
@@ -51,6 +53,9 @@ def embedding_logits(
         logit_scale (float or Tensor): tau.
         background (Tensor, optional): (1, D): the background logit is ``tau * cos`` with it
             instead of 0 (XPM's LVIS quirk, :mod:`.lvis`).
+        dot (bool): the official scoring instead: the raw dot product ``embedding . text``
+            without normalisation or tau (``roi_box_predictors.py:65-67``; the BERT class
+            embeddings of :mod:`.bert`).
 
     Returns:
         Tensor: (R, K + 1) logits; column K is the background.
@@ -62,8 +67,11 @@ def embedding_logits(
         )
     if background is not None:
         text = torch.cat([text, background.to(text)])
-    cos = F.normalize(embeddings, dim=-1) @ F.normalize(text.to(embeddings.dtype), dim=-1).t()
-    logits = logit_scale * cos
+    if dot:
+        logits = embeddings @ text.to(embeddings.dtype).t()
+    else:
+        cos = F.normalize(embeddings, dim=-1) @ F.normalize(text.to(embeddings.dtype), dim=-1).t()
+        logits = logit_scale * cos
     if background is not None:
         return logits
     return torch.cat([logits, logits.new_zeros(len(logits), 1)], dim=1)

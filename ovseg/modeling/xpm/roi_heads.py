@@ -70,6 +70,7 @@ class XPMROIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
         roi_align_max_pixels: int = MATMUL_MAX_PIXELS,
+        dot_product: bool = False,
     ):
         """
         Args:
@@ -88,6 +89,8 @@ class XPMROIHeads(nn.Module):
             score_thresh, nms_thresh, detections_per_image: test-time detection.
             roi_align_max_pixels (int): RoIAlign runs as a matrix product on CPU feature
                 maps of at most this many pixels (:mod:`.roi_align`; 0: torchvision's always).
+            dot_product (bool): score classes by the official raw dot product (BERT class
+                embeddings) instead of ``tau * cos`` (:func:`.heads.embedding_logits`).
         """
         super().__init__()
         self.in_feature = in_feature
@@ -120,6 +123,7 @@ class XPMROIHeads(nn.Module):
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
         self.detections_per_image = int(detections_per_image)
+        self.dot_product = bool(dot_product)
 
     # ------------------------------------------------------------------ features
     def roi_features(self, features: Dict[str, Tensor], boxes: List[Boxes]) -> Tensor:
@@ -204,7 +208,7 @@ class XPMROIHeads(nn.Module):
         rois = self.sample(proposals, targets, len(text), append_gt)
         x = self.roi_features(features, [r.proposal_boxes for r in rois])
         embeddings, deltas = self.box_predictor(x)
-        logits = embedding_logits(embeddings, text, logit_scale, background)
+        logits = embedding_logits(embeddings, text, logit_scale, background, dot=self.dot_product)
         labels = cat([r.gt_classes for r in rois])
         losses = {"loss_cls": weighted_classification_loss(logits, labels, self.background_weight)}
         fg = labels < len(text)
@@ -283,7 +287,8 @@ class XPMROIHeads(nn.Module):
         boxes, embeddings = self.refine(features, proposals)
         results = []
         for b, e, p in zip(boxes, embeddings, proposals):
-            scores = embedding_logits(e, text, logit_scale).softmax(dim=-1)
+            logits = embedding_logits(e, text, logit_scale, dot=self.dot_product)
+            scores = logits.softmax(dim=-1)
             det, _ = fast_rcnn_inference_single_image(
                 b.tensor,
                 scores,

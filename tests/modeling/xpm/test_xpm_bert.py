@@ -1,0 +1,78 @@
+"""XPM's official class embeddings and scoring (MODEL.XPM.CLASS_EMBEDDING "bert") against
+hand-written references of the official code: the masked mean of BERT input embeddings over a
+padded batch (construct_coco_json.py:206-224), the raw dot product with a zero background
+row (roi_box_predictors.py:65-67, st_generalized_rcnn.py:211-215), unnormalised for the
+teacher and L2-normalised for the student (st_generalized_rcnn.py:164-177)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ovseg_testing import tiny_xpm_cfg
+from ovseg_testing.bert import make_tiny_bert, require_transformers
+
+from detectron2.modeling import build_model
+
+from ovseg.modeling.xpm.bert import BertClassEmbeddings
+from ovseg.modeling.xpm.heads import embedding_logits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+require_transformers()
+
+NAMES = ["cat", "traffic light", "hair drier"]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+def test_class_embeddings_are_the_official_masked_mean(bert):
+    from transformers import BertModel, BertTokenizer
+
+    tok = BertTokenizer.from_pretrained(bert)
+    table = BertModel.from_pretrained(bert).get_input_embeddings().weight.detach()
+    batch = tok(NAMES, add_special_tokens=True, padding=True, return_special_tokens_mask=True)
+    ids = torch.tensor(batch["input_ids"])
+    mask = 1 - torch.tensor(batch["special_tokens_mask"]).float()
+    assert mask.sum(1).tolist() == [1, 2, 3]  # "hair drier": hair, dr, ##ier
+    official = (table[ids] * mask[:, :, None]).sum(1) / mask.sum(1)[:, None]
+    mine = BertClassEmbeddings(bert)(NAMES)
+    torch.testing.assert_close(mine, official, rtol=0, atol=1e-6)
+    assert BertClassEmbeddings(bert)(["Cat"]).allclose(mine[:1])  # uncased
+
+
+def test_dot_scoring_is_the_official_einsum_with_a_zero_background():
+    gen = torch.Generator().manual_seed(0)
+    emb, text = torch.randn(5, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    official = torch.einsum("pe,ce->pc", emb, torch.cat([torch.zeros(1, 8), text]))
+    mine = embedding_logits(emb, text, 100.0, dot=True)  # tau plays no part
+    torch.testing.assert_close(mine[:, :3], official[:, 1:])
+    assert torch.equal(mine[:, 3], official[:, 0])
+    cos = embedding_logits(emb, text, 100.0)  # the default: tau * cos
+    torch.testing.assert_close(
+        cos[:, :3], 100 * F.normalize(emb, dim=-1) @ F.normalize(text, dim=-1).t()
+    )
+
+
+@pytest.mark.parametrize("arch,normalized", [("XPMTeacher", False), ("XPMStudent", True)])
+def test_teacher_scores_raw_and_student_normalised_embeddings(tmp_path, bert, arch, normalized):
+    cfg = tiny_xpm_cfg(
+        tmp_path, arch, "MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert
+    )
+    model = build_model(cfg).eval()
+    raw = BertClassEmbeddings(bert)(NAMES)
+    want = F.normalize(raw, dim=-1) if normalized else raw
+    torch.testing.assert_close(model.text(NAMES), want)
+    assert model.roi_heads.dot_product
+    assert model.roi_heads.box_predictor.projection.out_features == raw.shape[1]
+    assert not any("bert" in k or "word" in k for k in model.state_dict())  # not saved
+    with pytest.raises(ValueError, match="pseudo-labels.*CLIP text"):
+        model.propose([{"image": torch.zeros(3, 32, 32)}])
+
+
+def test_unknown_class_embedding_is_refused(tmp_path):
+    cfg = tiny_xpm_cfg(tmp_path, "XPMTeacher", "MODEL.XPM.CLASS_EMBEDDING", "glove")
+    with pytest.raises(ValueError, match="CLASS_EMBEDDING='glove'"):
+        build_model(cfg)
