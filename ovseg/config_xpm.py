@@ -42,3 +42,5 @@ def add_xpm_config(cfg: CN) -> None:
     cfg.MODEL.XPM.CLASS_EMBEDDING = "clip"
     # the BERT of CLASS_EMBEDDING "bert": a Hugging Face name or a save_pretrained folder
     cfg.MODEL.XPM.BERT_NAME = "bert-base-uncased"
+    # the official checkpoints' maskrcnn_benchmark +1-pixel box conventions (xpm/legacy.py)
+    cfg.MODEL.XPM.LEGACY_BOXES = False

@@ -50,6 +50,7 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 from torch import Tensor
 
+from ..modeling.xpm.legacy import official_cell_anchors
 from .core import ConversionError, ConversionReport, Rule, TeacherCheck, apply_rules, require
 
 __all__ = [
@@ -234,23 +235,6 @@ def convert_xpm(state: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor], Convers
         "stem conv1's input channels reversed (the official network reads BGR images)",
     ]
     return out, report
-
-
-def official_cell_anchors(stride: int, sizes, ratios) -> Tensor:
-    """The (R * S, 4) cell anchors maskrcnn_benchmark makes (``anchor_generator.py:220-289``):
-    a (stride x stride) window at the origin, its area kept while the aspect ratio changes
-    (sides rounded), then scaled to each size; inclusive corners, aspect ratios outermost."""
-    side = float(stride)
-    center = (side - 1) / 2
-    rows = []
-    for ratio in ratios:
-        w = round((side * side / ratio) ** 0.5)
-        h = round(w * ratio)
-        for size in sizes:
-            ws, hs = w * size / side, h * size / side
-            rows.append([center - (ws - 1) / 2, center - (hs - 1) / 2,
-                         center + (ws - 1) / 2, center + (hs - 1) / 2])  # fmt: skip
-    return torch.tensor(rows, dtype=torch.float32)
 
 
 def xpm_settings(cfg, model, converted: Mapping[str, Tensor], report: ConversionReport) -> None:

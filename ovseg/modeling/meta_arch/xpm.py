@@ -25,11 +25,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_proposal_generator
 from detectron2.modeling.roi_heads import Res5ROIHeads
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ..text_classifier import TextClassifier
 from ..xpm.bert import BertClassEmbeddings, bert_width
+from ..xpm.legacy import paste_masks_legacy, to_exclusive, to_inclusive
+from ..xpm.legacy_rpn import LegacyRPN
 from ..xpm.outputs import (
     class_subset,
     paste_probabilities,
@@ -74,6 +76,7 @@ def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn
     """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``,
     or of MODEL.XPM.BERT_NAME with the official BERT class embeddings)."""
     bert = class_embedding(cfg) == "bert"
+    legacy = bool(cfg.MODEL.XPM.LEGACY_BOXES)
     backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
     shapes = backbone.output_shape()
     (in_feature,) = cfg.MODEL.ROI_HEADS.IN_FEATURES
@@ -101,12 +104,26 @@ def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn
         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         roi_align_max_pixels=cfg.MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS,
         dot_product=bert,
+        legacy_boxes=legacy,
     )
     return {
         "backbone": backbone,
-        "proposal_generator": build_proposal_generator(cfg, shapes),
+        "proposal_generator": legacy_rpn(cfg, shapes)
+        if legacy
+        else build_proposal_generator(cfg, shapes),
         "roi_heads": roi_heads,
     }
+
+
+def legacy_rpn(cfg, shapes) -> LegacyRPN:
+    """The RPN of MODEL.XPM.LEGACY_BOXES: detectron2's, computing as maskrcnn_benchmark's."""
+    name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
+    if name != "RPN":
+        raise ValueError(
+            f"MODEL.XPM.LEGACY_BOXES replaces detectron2's RPN; MODEL.PROPOSAL_GENERATOR.NAME "
+            f"is {name!r} (set RPN, or LEGACY_BOXES False)"
+        )
+    return LegacyRPN(cfg, shapes)
 
 
 @META_ARCH_REGISTRY.register()
@@ -141,6 +158,7 @@ class XPMTeacher(OpenVocabSegmentor):
         seen_names: Optional[Sequence[str]] = None,
         propose_topk: int = 100,
         bert_name: str = "",
+        legacy_boxes: bool = False,
         **kwargs,
     ):
         """
@@ -154,6 +172,10 @@ class XPMTeacher(OpenVocabSegmentor):
             propose_topk (int): proposals per image :meth:`propose` keeps (0: all).
             bert_name (str): classes are the official BERT class embeddings of this BERT
                 (:mod:`~ovseg.modeling.xpm.bert`) instead of CLIP text ("": CLIP's).
+            legacy_boxes (bool): the detector computes with inclusive-corner boxes
+                (:mod:`~ovseg.modeling.xpm.legacy`): masks are pasted as the official
+                ``Masker`` and outputs turned exclusive (x2 + 1, y2 + 1) as the official
+                COCO results' ``x2 - x1 + 1`` widths (``coco_eval.py:82-83``).
             kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...).
         """
         super().__init__(**kwargs)
@@ -167,6 +189,7 @@ class XPMTeacher(OpenVocabSegmentor):
         self.seen_names = None if seen_names is None else tuple(seen_names)
         self.propose_topk = int(propose_topk)
         self.bert = BertClassEmbeddings(bert_name) if bert_name else None
+        self.legacy_boxes = bool(legacy_boxes)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -187,6 +210,7 @@ class XPMTeacher(OpenVocabSegmentor):
             "seen_names": list(seen) if seen else None,
             "propose_topk": cfg.MODEL.XPM.PROPOSE_TOPK,
             "bert_name": cfg.MODEL.XPM.BERT_NAME if class_embedding(cfg) == "bert" else "",
+            "legacy_boxes": cfg.MODEL.XPM.LEGACY_BOXES,
         }
 
     # ------------------------------------------------------------------ shared pieces
@@ -220,6 +244,9 @@ class XPMTeacher(OpenVocabSegmentor):
         """Per input, its ground-truth targets (classes mapped through ``table``) and its
         pseudo-label targets (classes still indexing ``names``)."""
         targets = [training_targets(x, self.device) for x in batched_inputs]
+        if self.legacy_boxes:  # official targets: COCO x + w - 1 (bounding_box.py:75-87)
+            for t in targets:
+                t.gt_boxes = Boxes(to_inclusive(t.gt_boxes.tensor))
         gt = [remap_classes(t[~t.gt_is_pseudo], table, names, "ground truth") for t in targets]
         return gt, [t[t.gt_is_pseudo] for t in targets]
 
@@ -264,16 +291,27 @@ class XPMTeacher(OpenVocabSegmentor):
     def output(self, det: Instances, inp: dict, back: Tensor, num_names: int) -> dict:
         """One input's detections at its "height" x "width" (default: the input size)."""
         height, width = inp.get("height", det.image_size[0]), inp.get("width", det.image_size[1])
-        boxes, _, _ = to_output_size(det, height, width)
-        probs = paste_probabilities(det.pred_masks, boxes, height, width)
+        boxes, probs = self.paste(det, det.pred_masks, height, width)
         classes = back[det.pred_classes]
         out = Instances((height, width))
         out.pred_boxes = boxes
         out.scores = det.scores
         out.pred_classes = classes
-        out.pred_masks = probs >= 0.5
+        out.pred_masks = probs > 0.5 if self.legacy_boxes else probs >= 0.5
         sem_seg = semantic_from_instances(probs, det.scores, classes, num_names)
         return {"instances": out, "sem_seg": sem_seg}
+
+    def paste(self, det: Instances, masks: Tensor, height: int, width: int) -> Tuple[Boxes, Tensor]:
+        """``det.pred_boxes`` at (height, width) and the (R, M, M) ``masks`` pasted in them:
+        (R, height, width) probabilities, 0 outside the box."""
+        if not self.legacy_boxes:
+            boxes, _, _ = to_output_size(det, height, width)
+            return boxes, paste_probabilities(masks, boxes, height, width)
+        # the official BoxList.resize scales the inclusive corners (bounding_box.py:91-127)
+        sx, sy = width / det.image_size[1], height / det.image_size[0]
+        inclusive = det.pred_boxes.tensor * det.pred_boxes.tensor.new_tensor([sx, sy, sx, sy])
+        probs = paste_masks_legacy(masks, inclusive, height, width)
+        return Boxes(to_exclusive(inclusive)), probs
 
     @torch.no_grad()
     def propose(self, batched_inputs: List[dict], topk: Optional[int] = None) -> List[Instances]:
@@ -313,10 +351,10 @@ class XPMTeacher(OpenVocabSegmentor):
         for inp, p, b, e, m in zip(batched_inputs, kept, boxes, embeddings, masks):
             det = Instances(p.image_size, pred_boxes=b)
             height, width = inp.get("height", p.image_size[0]), inp.get("width", p.image_size[1])
-            scaled, _, _ = to_output_size(det, height, width)
+            scaled, pasted = self.paste(det, m, height, width)
             res = Instances((height, width))
             res.pred_boxes = scaled
-            res.pred_masks = paste_probabilities(m, scaled, height, width)
+            res.pred_masks = pasted
             res.scores = p.objectness_logits.sigmoid()
             res.pred_embeddings = F.normalize(e, dim=-1)
             out.append(res)

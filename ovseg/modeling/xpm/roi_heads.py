@@ -37,6 +37,12 @@ from .heads import (
     embedding_logits,
     weighted_classification_loss,
 )
+from .legacy import (
+    LegacyBox2BoxTransform,
+    legacy_clip,
+    legacy_detections,
+    legacy_pairwise_iou,
+)
 from .noise import noise_aware_mask_loss
 from .roi_align import MATMUL_MAX_PIXELS, ROIAlignAuto
 
@@ -71,6 +77,7 @@ class XPMROIHeads(nn.Module):
         detections_per_image: int = 100,
         roi_align_max_pixels: int = MATMUL_MAX_PIXELS,
         dot_product: bool = False,
+        legacy_boxes: bool = False,
     ):
         """
         Args:
@@ -91,6 +98,9 @@ class XPMROIHeads(nn.Module):
                 maps of at most this many pixels (:mod:`.roi_align`; 0: torchvision's always).
             dot_product (bool): score classes by the official raw dot product (BERT class
                 embeddings) instead of ``tau * cos`` (:func:`.heads.embedding_logits`).
+            legacy_boxes (bool): maskrcnn_benchmark's conventions (:mod:`.legacy`): legacy
+                RoIAlign (``aligned=False``, ``layers/roi_align.py``, whatever
+                ``pooler_type``), +1 box coding, IoU and NMS, clipping to ``size - 1``.
         """
         super().__init__()
         self.in_feature = in_feature
@@ -100,12 +110,13 @@ class XPMROIHeads(nn.Module):
             sampling_ratio=0,
             pooler_type=pooler_type,
         )
-        if pooler_type in ("ROIAlign", "ROIAlignV2"):  # same sampling, faster on small CPU maps
+        self.legacy_boxes = bool(legacy_boxes)
+        if legacy_boxes or pooler_type in ("ROIAlign", "ROIAlignV2"):  # faster on small CPU maps
             align = ROIAlignAuto(
                 pooler_resolution,
                 1.0 / feature_stride,
                 0,
-                aligned=pooler_type == "ROIAlignV2",
+                aligned=pooler_type == "ROIAlignV2" and not legacy_boxes,
                 max_pixels=roi_align_max_pixels,
             )
             self.pooler.level_poolers = nn.ModuleList([align])
@@ -115,7 +126,11 @@ class XPMROIHeads(nn.Module):
         self.box_predictor = EmbeddingBoxPredictor(res5_channels, embed_dim)
         self.mask_head = AgnosticMaskHead(res5_channels, mask_conv_dim, noise_head=noise_head)
         self.matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
-        self.box2box = Box2BoxTransform(weights=tuple(bbox_reg_weights))
+        weights = tuple(bbox_reg_weights)
+        self.box2box = (
+            LegacyBox2BoxTransform(weights) if legacy_boxes else Box2BoxTransform(weights)
+        )
+        self.iou = legacy_pairwise_iou if legacy_boxes else pairwise_iou
         self.batch_size_per_image = int(batch_size_per_image)
         self.positive_fraction = float(positive_fraction)
         self.smooth_l1_beta = float(smooth_l1_beta)
@@ -157,7 +172,7 @@ class XPMROIHeads(nn.Module):
         out = []
         for props, gt in zip(proposals, targets):
             has_gt = len(gt) > 0
-            matched, match_labels = self.matcher(pairwise_iou(gt.gt_boxes, props.proposal_boxes))
+            matched, match_labels = self.matcher(self.iou(gt.gt_boxes, props.proposal_boxes))
             if has_gt:
                 classes = gt.gt_classes[matched].clone()
                 classes[match_labels == 0] = num_classes
@@ -257,6 +272,9 @@ class XPMROIHeads(nn.Module):
         sizes = [len(b) for b in boxes]
         out_boxes = []
         for b, p in zip(refined.split(sizes), proposals):
+            if self.legacy_boxes:
+                out_boxes.append(Boxes(legacy_clip(b, p.image_size)))
+                continue
             b = Boxes(b)
             b.clip(p.image_size)
             out_boxes.append(b)
@@ -289,6 +307,9 @@ class XPMROIHeads(nn.Module):
         for b, e, p in zip(boxes, embeddings, proposals):
             logits = embedding_logits(e, text, logit_scale, dot=self.dot_product)
             scores = logits.softmax(dim=-1)
+            if self.legacy_boxes:
+                results.append(self._legacy_detections(b.tensor, scores, p.image_size))
+                continue
             det, _ = fast_rcnn_inference_single_image(
                 b.tensor,
                 scores,
@@ -302,3 +323,8 @@ class XPMROIHeads(nn.Module):
         for r, m in zip(results, masks):
             r.pred_masks = m
         return results
+
+    def _legacy_detections(self, boxes: Tensor, scores: Tensor, size) -> Instances:
+        return legacy_detections(
+            boxes, scores, size, self.score_thresh, self.nms_thresh, self.detections_per_image
+        )
