@@ -20,7 +20,8 @@ official checkpoint holds, and what becomes of it:
   objectness_logits, anchor_deltas}``, anchors reordered: maskrcnn_benchmark enumerates
   aspect ratios outermost (``anchor_generator.py:234-243``), detectron2 sizes outermost.
   ``rpn.anchor_generator.cell_anchors.0`` (a buffer) is dropped, read for that order and
-  compared with MODEL.ANCHOR_GENERATOR.
+  compared with MODEL.ANCHOR_GENERATOR; MODEL.XPM.LEGACY_BOXES True makes these anchors
+  (and maskrcnn_benchmark's other +1 conventions, :mod:`ovseg.modeling.xpm.legacy`).
 - ``roi_heads.box.feature_extractor.head.layer4`` (res5 on the RoIs,
   ``roi_box_feature_extractors.py:28-40``) -> ``roi_heads.res5``; the mask head's copy
   (``roi_heads.mask.feature_extractor``, the same module: ``roi_heads.py:20-21``) is dropped
@@ -269,11 +270,18 @@ def xpm_settings(cfg, model, converted: Mapping[str, Tensor], report: Conversion
     for key, (value, official) in release.items():
         if value != official:
             report.notes.append(f"{key} {value!r}: the release computes with {official!r}")
-    report.notes += [
-        "boxes, anchors and RoIs without maskrcnn_benchmark's +1 pixel (box_coder.py, "
-        "legacy ROIAlign on inclusive corners); its anchors keep sizes rounded as above"
-        f"; ROI_BOX_HEAD.POOLER_TYPE {cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE!r}",
-    ]
+    if cfg.MODEL.XPM.LEGACY_BOXES:
+        report.info.append(
+            "MODEL.XPM.LEGACY_BOXES True: anchors, boxes, NMS, RoIAlign and mask paste as "
+            "maskrcnn_benchmark's (+1 pixel, ovseg/modeling/xpm/legacy.py)"
+        )
+    else:
+        report.notes.append(
+            "MODEL.XPM.LEGACY_BOXES False: anchors, boxes, NMS, RoIAlign (ROI_BOX_HEAD."
+            f"POOLER_TYPE {cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE!r}) and mask paste without "
+            "maskrcnn_benchmark's +1 pixel conventions the release was trained with; set "
+            "MODEL.XPM.LEGACY_BOXES True to evaluate it as released"
+        )
 
 
 def check_anchors(official: Mapping[str, Tensor], cfg, model, report: ConversionReport) -> None:
