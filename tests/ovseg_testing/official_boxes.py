@@ -9,8 +9,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+CLIP = math.log(1000.0 / 16)  # bbox_xform_clip (box_coder.py:13)
 
-def decode(deltas, boxes, weights, clip=math.log(1000.0 / 16)):
+
+def decode(deltas, boxes, weights, clip=CLIP):
     """``BoxCoder.decode`` (``modeling/box_coder.py:52-95``), one box per row."""
     widths = boxes[:, 2] - boxes[:, 0] + 1
     heights = boxes[:, 3] - boxes[:, 1] + 1

@@ -120,8 +120,9 @@ def test_mask_paste_is_the_official_masker():
     assert (rows.min(), rows.max()) == (10, 18)
     g = torch.Generator().manual_seed(8)
     probs = torch.rand(6, 14, 14, generator=g)
-    boxes = torch.tensor([[3.2, 4.7, 30.1, 20.9], [-6.0, -3.0, 10.0, 12.0], [50.0, 40.0, 63.0, 49.0],
-                          [7.0, 7.0, 7.0, 7.0], [0.0, 0.0, 63.0, 49.0], [20.5, 1.5, 22.5, 48.5]])  # fmt: skip
+    boxes = torch.tensor([[3.2, 4.7, 30.1, 20.9], [-6.0, -3.0, 10.0, 12.0],
+                          [50.0, 40.0, 63.0, 49.0], [7.0, 7.0, 7.0, 7.0],
+                          [0.0, 0.0, 63.0, 49.0], [20.5, 1.5, 22.5, 48.5]])  # fmt: skip
     got = paste_masks_legacy(probs, boxes, 50, 64)
     for p, b, mine in zip(probs, boxes, got):
         torch.testing.assert_close(mine, ref.paste(p, b, 50, 64))
