@@ -9,10 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 from official_xpm import official_xpm_state
+from ovseg_testing import official_boxes as ref
 from ovseg_testing import tiny_xpm_cfg
 from ovseg_testing.bert import make_tiny_bert, require_transformers
 
 from detectron2.modeling import build_model
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes
 
 from ovseg.convert import ConversionError, convert_checkpoint
 from ovseg.convert.command import main
@@ -89,7 +92,8 @@ def test_teacher_converts_and_loads_strictly(teacher):
     assert (
         "SHARE_BOX" in report.dropped["roi_heads.mask.feature_extractor.head.layer4.0.conv1.weight"]
     )
-    assert len(report.notes) == 1 and "+1 pixel" in report.notes[0]  # the release's settings
+    # the release's settings but its box conventions
+    assert len(report.notes) == 1 and "set MODEL.XPM.LEGACY_BOXES True" in report.notes[0]
 
 
 def test_rpn_outputs_follow_their_anchors(teacher):
@@ -181,3 +185,74 @@ def test_command_line_reads_a_maskrcnn_benchmark_checkpoint(teacher, tmp_path, c
     assert main(["--method", "xpm", "--input", str(path), "--output", str(out)]) == 0
     assert "teacher (GeneralizedRCNN)" in capsys.readouterr().out
     assert "roi_heads.box_predictor.projection.weight" in torch.load(out)["model"]
+
+
+def _constant_deltas(official: dict, rpn, roi) -> dict:
+    """``official`` with every RPN anchor regressing by ``rpn`` and every RoI by ``roi``
+    (zero weights, those biases), so the boxes each convention makes are known."""
+    out = dict(official)
+    w = out["rpn.head.bbox_pred.weight"]
+    out["rpn.head.bbox_pred.weight"] = torch.zeros_like(w)
+    out["rpn.head.bbox_pred.bias"] = torch.tensor(rpn).repeat(w.shape[0] // 4)
+    p = "roi_heads.box.predictor.bbox_pred."
+    out[p + "weight"] = torch.zeros_like(out[p + "weight"])
+    out[p + "bias"] = torch.tensor([0.0] * 4 + list(roi))
+    return out
+
+
+def _member(boxes, candidates) -> torch.Tensor:
+    """(R,) whether each box is one of the candidates (to 1e-3)."""
+    return ((boxes[:, None] - candidates[None]).abs().amax(-1) < 1e-3).any(1)
+
+
+def test_legacy_boxes_evaluate_a_converted_teacher_as_maskrcnn_benchmark(tmp_path, bert):
+    """A converted teacher with MODEL.XPM.LEGACY_BOXES: its detections are the official
+    anchors, +1-decoded by the RPN and the RoI head, clipped to size - 1, +1-NMS'd, output
+    with exclusive corners; without the key, detectron2's; never one box in both."""
+    rpn, roi = (0.2, -0.1, 0.3, -0.2), (1.0, -2.0, 0.5, 0.8)
+    opts = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    legacy_cfg, legacy = _built(
+        tmp_path, "XPMTeacher", bert, *opts, "MODEL.XPM.LEGACY_BOXES", "True"
+    )
+    cfg, exact = _built(tmp_path, "XPMTeacher", bert, *opts)
+    official = _constant_deltas(official_xpm_state(cfg, seed=2), rpn, roi)
+    for c, model in ((legacy_cfg, legacy), (cfg, exact)):
+        out, report = convert_checkpoint("xpm", official, c, model=model)
+        model.load_state_dict(out, strict=True)
+        assert any("LEGACY_BOXES True" in n for n in report.notes) != (model is legacy)
+    inp = {"image": torch.randint(0, 255, (3, 64, 64), generator=torch.Generator().manual_seed(3)),
+           "vocabulary": ["cat", "dog"]}  # fmt: skip
+    with torch.no_grad():
+        (got,) = legacy([inp])
+        (want_exact,) = exact([inp])
+    gen = cfg.MODEL.ANCHOR_GENERATOR
+    weights = cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS
+    anchors = ref.grid_anchors(
+        official_cell_anchors(16, gen.SIZES[0], gen.ASPECT_RATIOS[0]), 16, 4, 4
+    )
+    props = ref.clip(
+        ref.decode(torch.tensor([rpn]).expand(len(anchors), 4), anchors, (1.0,) * 4), 64, 64
+    )
+    boxes = ref.clip(ref.decode(torch.tensor([roi]).expand(len(props), 4), props, weights), 64, 64)
+    official_out = boxes + torch.tensor([0.0, 0.0, 1.0, 1.0])  # coco_eval.py:83's x2 - x1 + 1
+    (d2_anchors,) = exact.proposal_generator.anchor_generator([torch.zeros(1, 1, 4, 4)])
+    d2_props = Box2BoxTransform((1.0,) * 4).apply_deltas(
+        torch.tensor([rpn]).expand(len(d2_anchors), 4), d2_anchors.tensor).clamp(0, 64)  # fmt: skip
+    d2_boxes = Box2BoxTransform(weights).apply_deltas(
+        torch.tensor([roi]).expand(len(d2_props), 4), d2_props).clamp(0, 64)  # fmt: skip
+    mine, theirs = got["instances"], want_exact["instances"]
+    assert len(mine) > 5 and len(theirs) > 5
+    assert _member(mine.pred_boxes.tensor, official_out).all()
+    assert _member(theirs.pred_boxes.tensor, d2_boxes).all()
+    assert not _member(mine.pred_boxes.tensor, d2_boxes).any()
+    # the +1 NMS: no two kept boxes of a class overlap by +1 IoU > 0.5
+    inclusive = mine.pred_boxes.tensor - torch.tensor([0.0, 0.0, 1.0, 1.0])
+    for k in mine.pred_classes.unique():
+        b = inclusive[mine.pred_classes == k]
+        assert (ref.iou(b, b) - torch.eye(len(b))).max() <= 0.5
+    # masks: the official Masker's paste of the mask head's probabilities, > 0.5
+    with torch.no_grad():
+        features = legacy.backbone(legacy.images([inp]).tensor)
+        (probs,) = legacy.roi_heads.mask_probabilities(features, [Boxes(inclusive)])
+    pasted = torch.stack([ref.paste(p, b, 64, 64) for p, b in zip(probs, inclusive)])
+    assert torch.equal(mine.pred_masks, pasted > 0.5)
