@@ -8,13 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 from ovseg_testing import official_boxes as ref
-from ovseg_testing import tiny_xpm_cfg
+from ovseg_testing import tiny_xpm_cfg, xpm_batch
+from ovseg_testing.models import XPM_NAMES
 from torchvision.ops import nms as exact_nms
 from torchvision.ops import roi_align
 
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes
+from detectron2.structures import BitMasks, Boxes
+from detectron2.utils.events import EventStorage
 
 from ovseg.modeling.xpm.legacy import (
     LegacyBox2BoxTransform,
@@ -171,3 +173,23 @@ def test_heads_pool_with_legacy_roi_align(legacy_model):
         want = roi_align(features, rois, pooler.output_size, pooler.spatial_scale, 0, False)
         torch.testing.assert_close(pooler(features, rois), want, atol=1e-5, rtol=1e-5)
         assert pooler.uses_matmul(features) == (side == 4)
+
+
+@pytest.mark.parametrize("arch", ["XPMTeacher", "XPMStudent"])
+def test_training_runs_the_official_way(tmp_path, arch):
+    """Targets are COCO's inclusive boxes (x + w - 1), RoIs match them by +1 IoU and regress
+    to their +1 encoding; a step of teacher and student trains."""
+    torch.manual_seed(0)
+    model = build_model(tiny_xpm_cfg(tmp_path, arch, "MODEL.XPM.LEGACY_BOXES", "True")).train()
+    batch = xpm_batch(n=1)
+    names = tuple(XPM_NAMES)
+    gt, pseudo = model.gt_targets(batch, names, torch.arange(len(names)))
+    exclusive = BitMasks(batch[0]["instances"].gt_masks).get_bounding_boxes().tensor
+    both = torch.cat([gt[0].gt_boxes.tensor, pseudo[0].gt_boxes.tensor])
+    torch.testing.assert_close(both, exclusive - torch.tensor([0, 0, 1.0, 1.0]))
+    assert model.roi_heads.iou is legacy_pairwise_iou
+    with EventStorage(0):
+        losses = model(batch)
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total) and {"loss_cls", "loss_mask"} <= set(losses)
