@@ -51,6 +51,21 @@ __all__ = ["XPMROIHeads"]
 Scale = Union[float, Tensor]
 
 
+def _roi_pooler(
+    resolution: int, stride: int, pooler_type: str, max_pixels: int, legacy: bool
+) -> ROIPooler:
+    """detectron2's pooler on one feature map; RoIAlign through :class:`ROIAlignAuto` (same
+    sampling, faster on small CPU maps), the legacy one (``aligned=False``) when ``legacy``."""
+    pooler = ROIPooler(
+        output_size=resolution, scales=(1.0 / stride,), sampling_ratio=0, pooler_type=pooler_type
+    )
+    if legacy or pooler_type in ("ROIAlign", "ROIAlignV2"):
+        aligned = pooler_type == "ROIAlignV2" and not legacy
+        align = ROIAlignAuto(resolution, 1.0 / stride, 0, aligned=aligned, max_pixels=max_pixels)
+        pooler.level_poolers = nn.ModuleList([align])
+    return pooler
+
+
 class XPMROIHeads(nn.Module):
     """Box classification against text, class-agnostic boxes and masks, on res5 RoIs."""
 
@@ -104,22 +119,10 @@ class XPMROIHeads(nn.Module):
         """
         super().__init__()
         self.in_feature = in_feature
-        self.pooler = ROIPooler(
-            output_size=pooler_resolution,
-            scales=(1.0 / feature_stride,),
-            sampling_ratio=0,
-            pooler_type=pooler_type,
-        )
         self.legacy_boxes = bool(legacy_boxes)
-        if legacy_boxes or pooler_type in ("ROIAlign", "ROIAlignV2"):  # faster on small CPU maps
-            align = ROIAlignAuto(
-                pooler_resolution,
-                1.0 / feature_stride,
-                0,
-                aligned=pooler_type == "ROIAlignV2" and not legacy_boxes,
-                max_pixels=roi_align_max_pixels,
-            )
-            self.pooler.level_poolers = nn.ModuleList([align])
+        self.pooler = _roi_pooler(
+            pooler_resolution, feature_stride, pooler_type, roi_align_max_pixels, legacy_boxes
+        )
         self.res5 = res5
         # res5 halves the pooled RoIs and the mask head's deconvolution doubles them back
         self.mask_resolution = int(pooler_resolution)
