@@ -46,6 +46,32 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _score_image(instances, gt, gt_names, counts, confusions, iou_threshold: float) -> None:
+    """Count one image's pseudo instances (and the objects they recall) into ``counts``."""
+    recalled = set()
+    for inst in instances:
+        mask = decode_mask(inst.mask)
+        c = counts[inst.category]
+        c["pseudo"] += 1
+        ious = [_iou(mask, g) for g in gt]
+        hits = [
+            i for i, n in enumerate(gt_names) if n == inst.category and ious[i] >= iou_threshold
+        ]
+        best = int(np.argmax(ious)) if ious and max(ious) > 0 else None
+        if hits:
+            c["correct"] += 1
+            recalled.update(hits)
+        elif best is None:
+            c["on_nothing"] += 1
+        elif gt_names[best] == inst.category:
+            c["loose"] += 1
+        else:
+            c["on_other"] += 1
+            confusions[f"{inst.category} -> {gt_names[best]}"] += 1
+    for i in recalled:
+        counts[gt_names[i]]["recalled"] += 1
+
+
 def instance_store_quality(
     store: InstancePseudoLabelStore,
     dataset_dicts: Sequence[Mapping[str, Any]],
@@ -91,27 +117,7 @@ def instance_store_quality(
         gt_names = [to_vocab[obj["category_id"]] for obj in d.get("annotations", [])]
         for name in gt_names:
             counts[name]["gt"] += 1
-        recalled = set()
-        for inst in record["instances"]:
-            mask = decode_mask(inst.mask)
-            c = counts[inst.category]
-            c["pseudo"] += 1
-            ious = [_iou(mask, g) for g in gt]
-            own = [i for i, n in enumerate(gt_names) if n == inst.category]
-            hits = [i for i in own if ious[i] >= iou_threshold]
-            best = int(np.argmax(ious)) if ious and max(ious) > 0 else None
-            if hits:
-                c["correct"] += 1
-                recalled.update(hits)
-            elif best is None:
-                c["on_nothing"] += 1
-            elif gt_names[best] == inst.category:
-                c["loose"] += 1
-            else:
-                c["on_other"] += 1
-                confusions[f"{inst.category} -> {gt_names[best]}"] += 1
-        for i in recalled:
-            counts[gt_names[i]]["recalled"] += 1
+        _score_image(record["instances"], gt, gt_names, counts, confusions, iou_threshold)
     unseen = {normalize_name(n) for n in store.unseen}
     classes = {}
     for name, c in counts.items():
