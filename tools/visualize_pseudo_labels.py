@@ -9,6 +9,14 @@ Writes ``<output>/<image_id>.png`` per image the store holds. A class keeps its 
 both panels (matched by name); unseen classes are hatched; pixels below the store's
 threshold are undrawn. The pseudo panel's title gives the pixel agreement with the ground
 truth over pixels labelled in both. Drawing: ``ovseg.utils.dataset_views``.
+
+With ``--quality`` it scores an instance store (XPM's caption pseudo instances) against the
+dataset's ground truth instead: per class precision, recall and how often the noun picked
+the right object (``ovseg.pseudo.instance_quality``); writes ``<output>/quality.{json,md}``
+and prints the table::
+
+    python tools/visualize_pseudo_labels.py --quality \\
+        --store output/demo/split_a/xpm/teacher/pseudo_instances --output vis/quality
 """
 
 from __future__ import annotations
@@ -37,11 +45,24 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--panel-height", type=int, default=320, help="height of each panel in pixels"
     )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="score an instance store against the ground truth instead of drawing",
+    )
     return parser
+
+
+def _quality(args) -> None:
+    from ovseg.pseudo.instance_quality import format_quality, write_store_quality
+
+    print(format_quality(write_store_quality(args.store, args.output, dataset=args.dataset)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
+    if args.quality:
+        return run_reporting_errors("visualize_pseudo_labels.py", lambda: _quality(args))
     return run_reporting_errors(
         "visualize_pseudo_labels.py",
         lambda: write_pseudo_label_views(
