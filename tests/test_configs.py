@@ -28,12 +28,14 @@ from ovseg_testing import (
     ROOT,
     TOY_WORLD_OPTS,
     cpu_opts,
+    header_commands,
     is_resnet_clip,
     make_store,
     registered_fewshot,
     registered_toy_world,
     tiny_clip_opts,
 )
+from ovseg_testing.bert import make_tiny_bert, require_transformers
 from ovseg_testing.panoptic import registered_tiny_panoptic
 from PIL import Image
 
@@ -42,6 +44,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.events import EventStorage
 
 from ovseg import add_ovseg_config
+from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, OFFICIAL_PIXEL_STD
 from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.datasets import toy_world
 from ovseg.engine import Trainer
@@ -375,14 +378,53 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
 
 
+# XPM leaves that evaluate an official checkpoint, converted (ovseg/convert/xpm.py)
+XPM_OFFICIAL = "_official-checkpoint_eval"
+
+
+def _xpm_teacher_leaf(path: Path) -> Path:
+    """The teacher leaf a student's ``_BASE_`` chain passes through (the nearest)."""
+    return next(
+        p
+        for p in _chain(path)[1:]
+        if not p.name.startswith("Base-") and _merged(p).MODEL.META_ARCHITECTURE == "XPMTeacher"
+    )
+
+
+def _xpm_official_recipe(path: Path, cfg) -> None:
+    """A leaf evaluating an official XPM checkpoint: the release's settings (those the
+    converter compares with), the checkpoint its header's convert command writes, evaluated
+    by its header's command without overrides, into an output folder of its own."""
+    res, xpm = cfg.MODEL.RESNETS, cfg.MODEL.XPM
+    assert xpm.CLASS_EMBEDDING == "bert" and xpm.LEGACY_BOXES
+    assert res.STRIDE_IN_1X1 and res.NORM == "FrozenBN"
+    assert tuple(cfg.MODEL.PIXEL_MEAN) == OFFICIAL_PIXEL_MEAN
+    assert tuple(cfg.MODEL.PIXEL_STD) == OFFICIAL_PIXEL_STD
+    if cfg.MODEL.META_ARCHITECTURE == "XPMStudent":  # the release holds the heads it evaluates
+        assert xpm.TEACHER_WEIGHTS == ""
+    commands = header_commands(path)
+    (convert,) = [c for c in commands if c[1] == "tools/convert_checkpoint.py"]
+    (evaluate,) = [c for c in commands if c[1] == "train_net.py"]
+    assert convert[convert.index("--method") + 1] == "xpm"
+    assert convert[convert.index("--output") + 1] == cfg.MODEL.WEIGHTS
+    here = path.relative_to(ROOT).as_posix()
+    assert convert[convert.index("--config-file") + 1] == here
+    assert evaluate[2:] == ["--eval-only", "--config-file", here]
+    assert cfg.OUTPUT_DIR not in {_merged(p).OUTPUT_DIR for p in _chain(path)[1:]}
+
+
 def _xpm_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION == 1.0
     assert (cfg.MODEL.XPM.BACKGROUND_WEIGHT, cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA) == (0.2, 1.0)
     student = cfg.MODEL.META_ARCHITECTURE == "XPMStudent"
-    if student:  # starts from the final weights of the teacher it sits beside
-        (teacher,) = [p for p in path.parent.glob("xpm_teacher_*.yaml")]
-        want = os.path.join(_merged(teacher).OUTPUT_DIR, "model_final.pth")
+    official = path.stem.endswith(XPM_OFFICIAL)
+    assert (cfg.MODEL.XPM.CLASS_EMBEDDING == "bert") == official, "bert is for official weights"
+    if official:
+        _xpm_official_recipe(path, cfg)
+    elif student:  # starts from the final weights of the teacher leaf it chains from
+        want = os.path.join(_merged(_xpm_teacher_leaf(path)).OUTPUT_DIR, "model_final.pth")
         assert cfg.MODEL.XPM.TEACHER_WEIGHTS == want and cfg.MODEL.WEIGHTS == ""
+    if student:
         assert cfg.MODEL.OVSEG.ZERO_SHOT_SETTING == "transductive"
         assert not cfg.MODEL.XPM.PSEUDO_BOX_REG and cfg.MODEL.XPM.PSEUDO_LOSS_SCALE == 0.01
         # it trains on the caption pseudo instances of a store, through XPM's mapper
@@ -456,10 +498,10 @@ def _panoptic_training(cfg) -> bool:
     return mapper == "ovseg_panoptic"
 
 
-def _small_cfg(path: Path, cfg, cache: Path):
+def _small_cfg(path: Path, cfg, cache: Path, *extra: str):
     """``path`` at CPU size: the tiny CLIP of its tower and, for a leaf that trains, the ADE
     fixture (the toy world where the leaf learns a "background" embedding, which ADE20K's
-    classes lack); a toy leaf keeps its toy CLIP and toy world."""
+    classes lack); a toy leaf keeps its toy CLIP and toy world; then ``extra`` overrides."""
     arch = cfg.MODEL.META_ARCHITECTURE
     opts = cpu_opts(arch, cache)
     if _dataset(path) != "toy":
@@ -476,7 +518,7 @@ def _small_cfg(path: Path, cfg, cache: Path):
                 opts += ["MODEL.OVSEG.ZERO_SHOT_SETTING", "inductive"]
         elif arch in LEARNERS:
             opts += TOY_WORLD_OPTS if cfg.MODEL.OVSEG.BG_EMBED else ADE20K_OPTS
-    return load_config(str(path), opts)
+    return load_config(str(path), [*opts, *extra])
 
 
 def _check_learning_rates(cfg, model, optimizer) -> None:
@@ -561,6 +603,16 @@ def _one_training_step(cfg, learner) -> None:
     assert any(not torch.equal(a, p) for a, p in zip(before, learner(model)))
 
 
+def _evaluates(cfg) -> None:
+    """``train_net.py --eval-only``'s evaluation of ``cfg`` (random weights) on its one test
+    set (the instance fixture): mask AP, seen and unseen."""
+    assert len(cfg.DATASETS.TEST) == 1  # detectron2 returns one set's results unnested
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    results = Trainer.test(cfg, model)
+    assert {"AP", "AP-seen", "AP-unseen"} <= set(results["segm"]), results
+
+
 def _maskclip_builds(path: Path, cfg, shipped_clip: str) -> None:
     model = Trainer.build_model(cfg)
     assert model.teacher.tower == ("resnet" if is_resnet_clip(shipped_clip) else "vit")
@@ -588,6 +640,13 @@ def panoptic_fixture(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """MODEL.XPM.BERT_NAME for official-checkpoint leaves (skips without transformers)."""
+    require_transformers()
+    return make_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="module")
 def clip_cache(tmp_path_factory):
     # shared: a seeded CLIP has one fingerprint, so its text embeddings are computed once
     return tmp_path_factory.mktemp("clip_cache")
@@ -603,6 +662,7 @@ def test_leaf_recipe_and_one_step(
     clip_cache,
     tmp_path,
     monkeypatch,
+    request,
 ):
     monkeypatch.chdir(ROOT)  # configs name files relative to the repository root
     cfg = _merged(path)
@@ -613,7 +673,13 @@ def test_leaf_recipe_and_one_step(
     RECIPES[arch](path, cfg)
 
     shipped_clip = cfg.MODEL.CLIP.MODEL_NAME
-    cfg = _small_cfg(path, cfg, clip_cache)
+    extra = []
+    if cfg.MODEL.XPM.CLASS_EMBEDDING == "bert":  # a tiny BERT for bert-base-uncased
+        extra = ["MODEL.XPM.BERT_NAME", request.getfixturevalue("tiny_bert")]
+    cfg = _small_cfg(path, cfg, clip_cache, *extra)
+    if path.stem.endswith(XPM_OFFICIAL):  # evaluation only
+        _evaluates(cfg)
+        return
     if arch == "MaskCLIP":
         _maskclip_builds(path, cfg, shipped_clip)
         return

@@ -22,6 +22,7 @@ from ovseg_testing.configs import (
     SMALL_OPTS,
     TOY_WORLD_OPTS,
     cpu_opts,
+    header_commands,
     is_resnet_clip,
     tiny_clip_opts,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "SMALL_OPTS",
     "TOY_WORLD_OPTS",
     "cpu_opts",
+    "header_commands",
     "is_resnet_clip",
     "tiny_clip_opts",
     "BED",

@@ -3,6 +3,7 @@ tiny CLIP of the same tower, the splits of the fixture ADE20K or of a toy world.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ovseg_testing.paths import TINY_RN, TINY_VIT
@@ -126,3 +127,21 @@ def tiny_clip_opts(clip_name: str = "ViT-B-16") -> list[str]:
     """Overrides replacing ``clip_name`` by the random-init tiny CLIP of the same tower."""
     tiny = TINY_RN if is_resnet_clip(clip_name) else TINY_VIT
     return ["MODEL.CLIP.MODEL_NAME", str(tiny), "MODEL.CLIP.PRETRAINED", ""]
+
+
+def header_commands(path: Path) -> list[list[str]]:
+    """The ``python ...`` shell commands of a config's leading comment (continuation lines
+    joined), each as argv."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    commands, current = [], ""
+    for line in lines:
+        if line.startswith("python ") or current:
+            current += " " + line.rstrip("\\").strip()
+            if not line.endswith("\\"):
+                commands.append(shlex.split(current))
+                current = ""
+    return commands

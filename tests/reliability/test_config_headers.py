@@ -6,29 +6,12 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from ovseg_testing import ROOT
+from ovseg_testing import ROOT, header_commands
 
 from ovseg.engine.defaults import load_config
 from ovseg.modeling.meta_arch.maskclip_plus_build import generate_command
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-
-
-def _header_commands(path):
-    """The shell commands in a config's leading comment (continuation lines joined)."""
-    lines = []
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].strip())
-    commands, current = [], ""
-    for line in lines:
-        if line.startswith("python ") or current:
-            current += " " + line.rstrip("\\").strip()
-            if not line.endswith("\\"):
-                commands.append(shlex.split(current))
-                current = ""
-    return commands
 
 
 def _output_dir(argv, default):
@@ -47,7 +30,7 @@ def test_some_headers_show_a_generate_command():
 @pytest.mark.parametrize("path", GENERATING, ids=lambda p: p.name)
 def test_generate_command_writes_to_its_own_folder(path):
     run_dir = load_config(str(path)).OUTPUT_DIR
-    generate = [c for c in _header_commands(path) if "generate_pseudo_labels.py" in c[1]]
+    generate = [c for c in header_commands(path) if "generate_pseudo_labels.py" in c[1]]
     assert generate, path
     for argv in generate:
         out = _output_dir(argv, default=run_dir)
