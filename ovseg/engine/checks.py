@@ -2,7 +2,8 @@
 
 A misspelt dataset name or a nonsensical solver value would otherwise surface late (an
 unknown ``DATASETS.TEST`` name after training has finished) or not at all (``MAX_ITER -5``
-trains nothing and exits 0). :func:`check_config` refuses them while the run costs nothing.
+trains nothing and exits 0), and a missing optional extra only once the model is built.
+:func:`check_config` refuses them while the run costs nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "UnknownDatasetError",
     "check_config",
     "check_dataset_names",
+    "check_extras",
     "check_solver",
     "closest_datasets",
 ]
@@ -93,7 +95,28 @@ def check_solver(cfg: CfgNode) -> None:
         raise ValueError("Nonsensical config values: " + "; ".join(problems))
 
 
+def check_extras(cfg: CfgNode) -> None:
+    """Refuse a model whose optional extra is missing or cannot read what it names: XPM's
+    official BERT classes (MODEL.XPM.CLASS_EMBEDDING "bert", the official-checkpoint
+    configs) need transformers and the BERT of MODEL.XPM.BERT_NAME (its config is read).
+
+    Raises:
+        ValueError: naming the extra to install.
+        OSError: naming MODEL.XPM.BERT_NAME and what to give instead.
+    """
+    if not cfg.MODEL.META_ARCHITECTURE.startswith("XPM") or cfg.MODEL.XPM.CLASS_EMBEDDING != "bert":
+        return
+    from ..modeling.xpm.bert import bert_width
+
+    try:
+        bert_width(cfg.MODEL.XPM.BERT_NAME)
+    except ImportError as e:  # a missing package is the user's to install: one line
+        raise ValueError(str(e)) from e
+
+
 def check_config(cfg: CfgNode) -> None:
-    """Every set-up check: dataset names, then solver values (see the module docstring)."""
+    """Every set-up check: dataset names, solver values, optional extras (see the module
+    docstring)."""
     check_dataset_names(cfg)
     check_solver(cfg)
+    check_extras(cfg)

@@ -71,13 +71,27 @@ def test_train_net_refuses_an_unknown_test_dataset_before_training(tmp_path):
     assert "Starting training" not in proc.stdout + proc.stderr
 
 
-def test_every_shipped_config_passes_the_checks():
+def test_every_shipped_config_passes_the_checks(tmp_path):
+    import importlib.util
+
     from ovseg.engine.checks import check_config
     from ovseg.engine.defaults import load_config
 
     files = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "clip")
+    bert = []  # the official XPM checkpoints' classes: a tiny BERT for bert-base-uncased
+    if importlib.util.find_spec("transformers") is not None:
+        from ovseg_testing.bert import make_tiny_bert
+
+        bert = ["MODEL.XPM.BERT_NAME", make_tiny_bert(tmp_path / "bert")]
     for path in files:
-        check_config(load_config(str(path)))
+        cfg = load_config(str(path))
+        if cfg.MODEL.XPM.CLASS_EMBEDDING == "bert" and not bert:
+            with pytest.raises(ValueError, match="xpm-official"):
+                check_config(cfg)
+            continue
+        if cfg.MODEL.XPM.CLASS_EMBEDDING == "bert":
+            cfg = load_config(str(path), bert)
+        check_config(cfg)
 
 
 def test_config_mistakes_say_what_is_wrong(tmp_path):
@@ -99,3 +113,28 @@ def test_config_mistakes_say_what_is_wrong(tmp_path):
         load_config(str(orphan))
     with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
         load_config(str(tmp_path))
+
+
+def test_official_xpm_leaf_without_transformers_or_its_bert_ends_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    # as train_net.py checks a config before it starts: the official-checkpoint leaves need
+    # the xpm-official extra and MODEL.XPM.BERT_NAME's BERT (here an empty folder)
+    import importlib.util
+
+    from ovseg.engine.checks import check_config
+    from ovseg.engine.defaults import load_config
+    from ovseg.utils.cli import run_reporting_errors
+
+    leaf = ROOT / "configs/coco/xpm/xpm_student_bert_official-checkpoint_eval.yaml"
+    cfg = load_config(str(leaf), ["MODEL.XPM.BERT_NAME", str(tmp_path)])
+    wants = ["xpm-official"]
+    if importlib.util.find_spec("transformers") is not None:
+        wants.insert(0, f"MODEL.XPM.BERT_NAME='{tmp_path}' is a folder without config.json")
+    for want in wants:
+        if want == "xpm-official":  # as without the extra
+            monkeypatch.setitem(sys.modules, "transformers", None)
+        assert run_reporting_errors("train_net.py", lambda: check_config(cfg)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("train_net.py: error: ") and want in err, err
+        assert err.count("\n") == 1, err

@@ -20,12 +20,13 @@ Hugging Face cache or a local folder (``save_pretrained``), never stored in a ch
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["BertClassEmbeddings", "bert_width", "name_embedding"]
+__all__ = ["BertClassEmbeddings", "bert_width", "check_bert_folder", "name_embedding"]
 
 
 def _transformers():
@@ -39,13 +40,37 @@ def _transformers():
     return transformers
 
 
+def _one_line(error: Exception) -> str:
+    """transformers' multi-line message on one line (errors end a tool in one line)."""
+    return " ".join(str(error).split())
+
+
+def check_bert_folder(name: str) -> None:
+    """Refuse a local MODEL.XPM.BERT_NAME that is not a ``save_pretrained`` folder:
+    transformers reads a folder without ``config.json`` as the default BERT, silently."""
+    if os.path.isdir(name):
+        missing = [f for f in ("config.json", "vocab.txt") if not os.path.isfile(f"{name}/{f}")]
+        if missing:
+            raise OSError(
+                f"MODEL.XPM.BERT_NAME={name!r} is a folder without {', '.join(missing)}; give "
+                "the folder a BERT and its tokenizer were saved into with save_pretrained"
+            )
+    elif name.startswith(("/", "./", "../", "~")):
+        raise OSError(
+            f"MODEL.XPM.BERT_NAME={name!r} does not exist; give the folder of a BERT saved "
+            "with save_pretrained, or a Hugging Face name (bert-base-uncased)"
+        )
+
+
 def bert_width(name: str) -> int:
     """The hidden width of the BERT ``name`` (a hub name or a ``save_pretrained`` folder)."""
+    tf = _transformers()
+    check_bert_folder(name)
     try:
-        return int(_transformers().BertConfig.from_pretrained(name).hidden_size)
+        return int(tf.BertConfig.from_pretrained(name).hidden_size)
     except OSError as e:
         raise OSError(
-            f"MODEL.XPM.BERT_NAME={name!r} cannot be read ({e}); give the folder of a "
+            f"MODEL.XPM.BERT_NAME={name!r} cannot be read ({_one_line(e)}); give the folder of a "
             "BERT saved with save_pretrained, or download bert-base-uncased into the Hugging "
             "Face cache first"
         ) from e
@@ -79,13 +104,15 @@ class BertClassEmbeddings:
 
     def _load(self) -> None:
         tf = _transformers()
+        check_bert_folder(self.name)
         try:
             # the official tokenizer class (transformers.py:13): the slow WordPiece one
             self._tokenizer = tf.BertTokenizer.from_pretrained(self.name)
             model = tf.BertModel.from_pretrained(self.name)
         except OSError as e:
             raise OSError(
-                f"MODEL.XPM.BERT_NAME={self.name!r} cannot be loaded ({e}); give the folder "
+                f"MODEL.XPM.BERT_NAME={self.name!r} cannot be loaded ({_one_line(e)}); give the "
+                "folder "
                 "of a BERT and its tokenizer saved with save_pretrained, or download "
                 "bert-base-uncased into the Hugging Face cache first"
             ) from e

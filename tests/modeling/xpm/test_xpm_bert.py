@@ -76,3 +76,16 @@ def test_unknown_class_embedding_is_refused(tmp_path):
     cfg = tiny_xpm_cfg(tmp_path, "XPMTeacher", "MODEL.XPM.CLASS_EMBEDDING", "glove")
     with pytest.raises(ValueError, match="CLASS_EMBEDDING='glove'"):
         build_model(cfg)
+
+
+def test_a_folder_that_is_no_saved_bert_is_refused_by_name(tmp_path, bert):
+    # transformers reads a folder without config.json as the default BERT (768 wide)
+    from ovseg.modeling.xpm.bert import bert_width
+
+    with pytest.raises(OSError, match="folder without config.json, vocab.txt"):
+        bert_width(str(tmp_path))
+    with pytest.raises(OSError, match="folder without config.json"):
+        BertClassEmbeddings(str(tmp_path))(["cat"])
+    with pytest.raises(OSError, match="does not exist"):
+        bert_width(str(tmp_path / "nothing"))
+    assert bert_width(bert) == 32
