@@ -18,13 +18,11 @@ Examples:
     python tools/convert_checkpoint.py --method freeseg --input model_final.pth \\
         --output output/converted/freeseg_coco_official.pth \\
         --config-file configs/coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml
-    # the official XPM COCO teacher (the student: its config, MODEL.XPM.TEACHER_WEIGHTS "");
-    # evaluate with the same overrides (docs/reproduction.md "Converting official checkpoints")
+    # the official XPM COCO teacher (the student: xpm_student_bert_official-checkpoint_eval),
+    # then train_net.py --eval-only with the same config (it reads the converted file)
     python tools/convert_checkpoint.py --method xpm --input coco_teacher/model_final.pth \\
         --output output/converted/xpm_coco_teacher.pth \\
-        --config-file configs/coco/xpm/xpm_teacher_vitb16_90k_bs8.yaml \\
-        MODEL.XPM.CLASS_EMBEDDING bert MODEL.RESNETS.STRIDE_IN_1X1 True \\
-        MODEL.PIXEL_MEAN [122.7717,115.9465,102.9801] MODEL.PIXEL_STD [1.0,1.0,1.0]
+        --config-file configs/coco/xpm/xpm_teacher_bert_official-checkpoint_eval.yaml
 
 Every official tensor is renamed into ovseg's names or dropped for a stated reason (frozen
 CLIP weights come from MODEL.CLIP; with --config-file they are compared with it; the
