@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from official_xpm import official_xpm_state
+from ovseg_testing import ROOT, cpu_opts, tiny_clip_opts, tiny_xpm_cfg
 from ovseg_testing import official_boxes as ref
-from ovseg_testing import tiny_xpm_cfg
 from ovseg_testing.bert import make_tiny_bert, require_transformers
 
 from detectron2.modeling import build_model
@@ -20,6 +20,8 @@ from detectron2.structures import Boxes
 from ovseg.convert import ConversionError, convert_checkpoint
 from ovseg.convert.command import main
 from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, anchor_order, official_cell_anchors
+from ovseg.engine import AtomicCheckpointer
+from ovseg.engine.defaults import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 require_transformers()
@@ -256,3 +258,36 @@ def test_legacy_boxes_evaluate_a_converted_teacher_as_maskrcnn_benchmark(tmp_pat
         (probs,) = legacy.roi_heads.mask_probabilities(features, [Boxes(inclusive)])
     pasted = torch.stack([ref.paste(p, b, 64, 64) for p, b in zip(probs, inclusive)])
     assert torch.equal(mine.pred_masks, pasted > 0.5)
+
+
+@pytest.mark.parametrize("arch", ["XPMTeacher", "XPMStudent"])
+def test_official_checkpoint_leaf_converts_as_released_and_loads_for_eval(
+    tmp_path, bert, capsys, arch
+):
+    """The leaf's own commands at the tiny size: its convert command finds every release
+    setting in place (nothing noted) and writes the MODEL.WEIGHTS its --eval-only reads."""
+    who = arch[3:].lower()
+    leaf = ROOT / f"configs/coco/xpm/xpm_{who}_bert_official-checkpoint_eval.yaml"
+    out = tmp_path / "converted.pth"
+    opts = [*cpu_opts(arch, tmp_path / "clip"), *tiny_clip_opts(), "MODEL.WEIGHTS", str(out),
+            "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "2",
+            "MODEL.XPM.BERT_NAME", bert]  # fmt: skip
+    cfg = load_config(str(leaf), opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    student = arch == "XPMStudent"
+    official = official_xpm_state(cfg, model.bert.table if student else None, student=student)
+    torch.save({"model": official, "iteration": 90000}, tmp_path / "model_final.pth")
+    argv = ["--method", "xpm", "--input", str(tmp_path / "model_final.pth"), "--output"]
+    assert main([*argv, str(out), "--config-file", str(leaf), *opts]) == 0
+    printed = capsys.readouterr().out
+    assert "LEGACY_BOXES True" in printed and "computes otherwise" not in printed, printed
+    checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path), complete=True)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)  # every weight from it
+    state = model.state_dict()
+    assert torch.equal(
+        state["roi_heads.box_predictor.projection.weight"],
+        official[
+            ("roi_heads_student." if student else "roi_heads.") + "box.predictor.emb_pred.weight"
+        ],
+    )
