@@ -18,7 +18,7 @@ from detectron2.utils import comm
 import ovseg  # noqa: F401  (registers datasets, mappers, models)
 from ovseg.compat import default_dist_url, launch
 from ovseg.engine import AtomicCheckpointer, Trainer, setup
-from ovseg.engine.checks import check_config
+from ovseg.engine.checks import check_config, check_run_files
 from ovseg.engine.defaults import load_config
 from ovseg.utils.cli import run_reporting_errors
 
@@ -48,11 +48,15 @@ if __name__ == "__main__":
         args.dist_url, parser.get_default("dist_url"), args.num_machines
     )
     print("Command Line Args:", args)
-    # a config mistake (a misspelt key or dataset, a missing file) ends here in one line,
-    # exit 2, not in a traceback from every process
-    status = run_reporting_errors(
-        "train_net.py", lambda: check_config(load_config(args.config_file, args.opts))
-    )
+
+    # a config mistake (a misspelt key or dataset, a missing file, data or weights not on
+    # disk) ends here in one line, exit 2, not in a traceback from every process
+    def check():
+        cfg = load_config(args.config_file, args.opts)
+        check_config(cfg)
+        check_run_files(cfg, eval_only=args.eval_only, resume=args.resume)
+
+    status = run_reporting_errors("train_net.py", check)
     if status:
         sys.exit(status)
     launch(

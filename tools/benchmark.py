@@ -5,7 +5,7 @@ Examples:
     python tools/benchmark.py train --config-file configs/toy/lseg_toyrn_400_bs8.yaml
     python tools/benchmark.py train --data synthetic --batch 16 --size 512 --precision bf16 \\
         --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml
-    python tools/benchmark.py train --data synthetic --freeze prompt --precision bf16 \
+    python tools/benchmark.py train --data synthetic --freeze prompt --precision bf16 \\
         --config-file configs/coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml
     python tools/benchmark.py teacher --model ViT-B-16 --size 512 512 --batch 2 --store
     python tools/benchmark.py pseudo --config-file configs/toy/maskclip.yaml --limit 50

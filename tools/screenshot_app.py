@@ -3,7 +3,7 @@ vocabulary, read back what it painted, and optionally save a screenshot of the p
 
     python tools/screenshot_app.py --output output/app.png   # the toy MaskCLIP alone
     # the README's screenshot: ZegCLIP as `make demo` trains it (runs in output/demo)
-    python tools/screenshot_app.py --output docs/images/app_toy_zegclip.png --scene 2 \
+    python tools/screenshot_app.py --output docs/images/app_toy_zegclip.png --scene 2 \\
         --model output/demo/split_a/zegclip/teacher --app-args --runs output/demo
 
 Needs the app extra (``pip install -e ".[app]"``: gradio, playwright) and a system Chromium

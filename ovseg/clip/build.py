@@ -14,13 +14,24 @@ import open_clip
 import open_clip.pretrained
 from open_clip.transform import PreprocessCfg
 
+from ..utils.downloads import WeightsDownloadError
 from .teacher import CLIPTeacher
 
-__all__ = ["build_clip_teacher", "default_cache_dir", "register_model_config"]
+__all__ = [
+    "CLIPWeightsUnavailable",
+    "build_clip_teacher",
+    "default_cache_dir",
+    "register_model_config",
+]
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+class CLIPWeightsUnavailable(WeightsDownloadError, RuntimeError):
+    """A tag's weights could not be fetched: an OSError, so the tools print it as one line
+    (``ovseg.utils.cli``); a RuntimeError, as it was first raised."""
 
 
 def default_cache_dir() -> str:
@@ -108,12 +119,12 @@ def _resolve_tag(name: str, tag: str, weights_dir: str) -> Tuple[str, dict]:
     try:
         path = open_clip.pretrained.download_pretrained(pcfg, cache_dir=weights_dir)
     except Exception as e:  # offline, proxy, missing huggingface_hub, ...
-        raise RuntimeError(
+        raise CLIPWeightsUnavailable(
             f"Could not get the weights of open_clip model {name!r} tag {tag!r} ({e}). "
             + _download_hint(name, tag, pcfg, weights_dir)
         ) from e
     if not path or not os.path.isfile(path):
-        raise RuntimeError(
+        raise CLIPWeightsUnavailable(
             f"open_clip returned no weights file for {name!r} tag {tag!r}. "
             + _download_hint(name, tag, pcfg, weights_dir)
         )

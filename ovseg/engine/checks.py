@@ -9,18 +9,20 @@ trains nothing and exits 0), and a missing optional extra only once the model is
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, List
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..data.datasets.common import closest_datasets
+from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_root
 
 __all__ = [
     "UnknownDatasetError",
     "check_config",
     "check_dataset_names",
     "check_extras",
+    "check_run_files",
     "check_solver",
     "closest_datasets",
 ]
@@ -120,3 +122,37 @@ def check_config(cfg: CfgNode) -> None:
     check_dataset_names(cfg)
     check_solver(cfg)
     check_extras(cfg)
+
+
+# metadata keys naming what every loader of a registered split reads
+_DATA_FOLDERS = (("image_root", "image folder"), ("sem_seg_root", "label folder"))
+
+
+def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
+    """Refuse a run whose data or weights are not on disk, before a model is built:
+    the image and label folders of DATASETS.TEST (and DATASETS.TRAIN when training), and a
+    local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint).
+
+    Raises:
+        FileNotFoundError: naming the key, the dataset or file and what to do.
+    """
+    keys = ("TEST",) if eval_only else ("TRAIN", "TEST")
+    for key in keys:
+        for name in cfg.DATASETS.get(key, ()):
+            meta = MetadataCatalog.get(name)
+            for field, what in _DATA_FOLDERS:
+                path = meta.get(field, None)
+                if isinstance(path, str) and path and not os.path.exists(path):
+                    raise FileNotFoundError(
+                        f"DATASETS.{key} names {name!r}, whose {what} {path} does not exist. "
+                        "Set DETECTRON2_DATASETS to the folder holding the datasets (now "
+                        f"{datasets_root()!r}) and prepare it as described in {DATASETS_README}"
+                    )
+    weights = cfg.MODEL.WEIGHTS
+    resumes = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if weights and "://" not in weights and not resumes and not os.path.exists(weights):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS {weights} does not exist (from {os.getcwd()}); pass a weight file: "
+            "a checkpoint of the run the config names, or a converted official one "
+            "(docs/reproduction.md, tools/convert_checkpoint.py)"
+        )

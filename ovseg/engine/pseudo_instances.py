@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -144,6 +145,12 @@ def build_proposer(cfg: CfgNode) -> nn.Module:
             "propose(batched_inputs) -> list[Instances]; name the XPM teacher"
         )
     weights = _teacher_weights(cfg)
+    if weights and "://" not in weights and not os.path.exists(weights):
+        key = "MODEL.XPM.TEACHER_WEIGHTS" if cfg.MODEL.XPM.TEACHER_WEIGHTS else "MODEL.WEIGHTS"
+        raise FileNotFoundError(
+            f"{key} {weights} does not exist (from {os.getcwd()}); pass the XPM teacher's "
+            "checkpoint, the model_final.pth of a run of its config"
+        )
     if weights:
         load_model_weights(model, weights)
     else:

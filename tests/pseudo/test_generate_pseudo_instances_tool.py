@@ -129,3 +129,13 @@ def test_the_lvis_caption_vocabulary_keys_its_own_store(captioned, tmp_path):
     assert sorted(inst.gt_classes[~inst.gt_is_pseudo].tolist()) == [0, 2]  # seen GT: training names
     pseudo = sorted(inst.gt_classes[inst.gt_is_pseudo].tolist())  # LVIS ids
     assert pseudo == sorted(names.index(n) for n in nouns.values())
+
+
+def test_missing_teacher_weights_name_their_key(captioned, tmp_path):
+    """docs/xpm_pseudo_labels.md's command with a teacher checkpoint not on disk."""
+    opts = _opts(tmp_path, register_fake_teacher())
+    opts += ["MODEL.XPM.TEACHER_WEIGHTS", "teacher/model_final.pth"]
+    argv = ["--config-file", str(CONFIGS / "Base-ovseg.yaml"), "--output", str(tmp_path / "s")]
+    with pytest.raises(FileNotFoundError, match="MODEL.XPM.TEACHER_WEIGHTS teacher/model_final"):
+        main(parse_args([*argv, "--no-progress", *opts]))
+    assert not (tmp_path / "s").exists()

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from ovseg_testing import ROOT
+from ovseg_testing import ROOT, registered_toy_world
 from ovseg_testing.scripts import subprocess_env
 
 from detectron2.engine import default_argument_parser
@@ -138,3 +138,41 @@ def test_official_xpm_leaf_without_transformers_or_its_bert_ends_in_one_line(
         err = capsys.readouterr().err
         assert err.startswith("train_net.py: error: ") and want in err, err
         assert err.count("\n") == 1, err
+
+
+def test_run_files_refuse_data_and_weights_not_on_disk(tmp_path, monkeypatch):
+    """The README's commands with no datasets or checkpoints here: refused before a model."""
+    from ovseg.engine.checks import check_run_files
+    from ovseg.engine.defaults import load_config
+
+    monkeypatch.chdir(tmp_path)  # the default dataset root ./datasets: not here
+    voc = str(ROOT / "configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml")
+    cfg = load_config(voc, ["MODEL.WEIGHTS", "output/voc/model_final.pth"])
+    with pytest.raises(FileNotFoundError, match=r"DATASETS.TEST names 'voc_sem_seg_val', whose"):
+        check_run_files(cfg, eval_only=True)
+    with pytest.raises(FileNotFoundError, match=r"DATASETS.TRAIN .*DETECTRON2_DATASETS") as info:
+        check_run_files(cfg)
+    assert "datasets/README.md" in str(info.value)
+    with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
+        check_run_files(load_config(CONFIG))  # the toy run as shipped: everything on disk
+        toy = load_config(CONFIG, ["MODEL.WEIGHTS", "output/run/model_final.pth"])
+        with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS output/run/model_final.pth"):
+            check_run_files(toy, eval_only=True)
+        (tmp_path / "last_checkpoint").write_text("model_0000099.pth")
+        opts = ["MODEL.WEIGHTS", "nowhere.pth", "OUTPUT_DIR", str(tmp_path)]
+        check_run_files(load_config(CONFIG, opts), resume=True)  # resuming ignores it
+
+
+def test_train_net_refuses_missing_data_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path)],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "no_datasets"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error: DATASETS.TRAIN names 'toy_world_sem_seg_"), last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "config.yaml").exists()

@@ -90,3 +90,22 @@ def test_user_mistakes_end_in_one_error_line_and_no_file(tmp_path, capsys, argv,
     err = capsys.readouterr().err
     assert err.startswith("dump_text_embeddings.py: error: ") and says in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_offline_clip_weights_end_in_one_error_line(tmp_path, capsys, monkeypatch):
+    """The README's command for a real CLIP, offline: the download hint, not a traceback."""
+    import open_clip.pretrained
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
+    tool = load_script("tools/dump_text_embeddings.py")
+    out = tmp_path / "ade847.pt"
+    config = str(ROOT / "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml")
+    argv = ["--config-file", config, "--vocabulary", "ade847", "--output", str(out)]
+    assert tool.main(argv + ["MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dump_text_embeddings.py: error: Could not get the weights"), err
+    assert "MODEL.CLIP.PRETRAINED" in err and "Network is unreachable" in err
+    assert not out.exists()
