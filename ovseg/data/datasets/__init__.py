@@ -14,7 +14,7 @@ from . import (  # noqa: F401
     register_pascal5i,
     register_pcontext,
     register_pcontext_full,
+    register_toy_world,
     register_voc,
-    toy_world,  # noqa: F401
 )
 from .common import register_sem_seg_split  # noqa: F401

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,10 +32,15 @@ from typing import Dict, List, Optional, Sequence
 from PIL import Image
 
 from ...utils.io import publish_folder
-from .common import datasets_root, deterministic_colors, register_split
-from .region_eval_sets import register_region_eval_set
+from .common import datasets_root
+from .register_toy_world import (
+    _SUBDIRS,
+    SPLITS,
+    _read_manifest,
+    register_all_toy_world,
+    register_toy_world,
+)
 from .toy_scenes import (
-    _DIRS,
     CLASSES,
     COLORS,
     SHAPES,
@@ -52,7 +56,7 @@ from .toy_scenes import (
     sample_scene,
     twin_scene,
 )
-from .toy_world_instances import build_toy_instances, register_toy_world_instances
+from .toy_world_instances import build_toy_instances
 
 __all__ = [
     "CLASSES", "COLORS", "SHAPES", "SPLITS", "STREAMS", "TEXTURES", "ToyObject", "ToyScene",
@@ -64,12 +68,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-# zero-shot splits: unseen shapes never get a pixel label in inductive training
-SPLITS = {"a": ("triangle", "ring"), "b": ("star", "cross")}
 
 
 # ------------------------------------------------------------------------- on disk
-_SUBDIRS = ("images", "annotations_detectron2")
 
 
 def _write_world(folder: Path, params: dict) -> None:
@@ -88,14 +89,6 @@ def _write_world(folder: Path, params: dict) -> None:
             json.dump(captions, f, indent=0, sort_keys=True)
     with open(folder / "manifest.json", "w", encoding="utf-8") as f:  # written last
         json.dump(params, f, indent=1, sort_keys=True)
-
-
-def _read_manifest(folder: Path) -> Optional[dict]:
-    try:
-        with open(folder / "manifest.json", encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def build_toy_world(
@@ -161,74 +154,6 @@ def build_toy_world(
 def _with_instances(folder: Path, params: dict) -> Path:
     build_toy_instances(folder, params)
     return folder
-
-
-# ------------------------------------------------------------------------- registration
-def _load_split(*, dataset_name: str, folder: str, split_dir: str) -> List[dict]:
-    """The split's samples as the manifest lists them, every file checked."""
-    command = f"python -m ovseg.data.datasets.toy_world --root {os.path.dirname(folder)}"
-    manifest = _read_manifest(Path(folder))
-    if manifest is None:
-        raise FileNotFoundError(
-            f"Dataset {dataset_name!r}: no toy world at {folder} (manifest.json missing). "
-            f"Write it with: {command}"
-        )
-    dicts = []
-    for i in range(manifest["num_train" if split_dir == "training" else "num_val"]):
-        stem = _image_id(split_dir, i)
-        image, label = (os.path.join(folder, d, split_dir, f"{stem}.png") for d in _SUBDIRS)
-        dicts.append({"file_name": image, "sem_seg_file_name": label, "image_id": stem})
-    missing = [
-        p for d in dicts for p in (d["file_name"], d["sem_seg_file_name"]) if not os.path.isfile(p)
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"Dataset {dataset_name!r}: the toy world at {folder} misses {len(missing)} files "
-            f"its manifest lists, e.g. {missing[0]}. Rebuild it: {command} --overwrite "
-            "(with the parameters in its manifest.json)"
-        )
-    return dicts
-
-
-def register_toy_world(root: str, prefix: str = "toy_world", unseen: Sequence[str] = ()) -> None:
-    """Register ``<prefix>_sem_seg_{train,val}`` over the world in ``<root>/toy_world``.
-
-    Args:
-        root (str): dataset root.
-        prefix (str): name prefix, e.g. ``"toy_world_b"``.
-        unseen (Sequence[str]): shapes without pixel labels in inductive training.
-    """
-    stray = [c for c in unseen if c not in SHAPES]
-    if stray:
-        raise ValueError(f"unseen classes {stray} are not toy shapes {SHAPES}")
-    folder = os.path.join(root, "toy_world")
-    for split, split_dir in _DIRS.items():
-        name = f"{prefix}_sem_seg_{split}"
-        register_split(
-            name,
-            lambda n=name, d=split_dir: _load_split(dataset_name=n, folder=folder, split_dir=d),
-            stuff_classes=list(CLASSES),
-            stuff_colors=[[0, 0, 0]] + deterministic_colors(len(SHAPES)),
-            ignore_label=255,
-            evaluator_type="ovseg_sem_seg",
-            image_root=os.path.join(folder, "images", split_dir),
-            sem_seg_root=os.path.join(folder, "annotations_detectron2", split_dir),
-            captions=os.path.join(folder, f"captions_{split_dir}.json"),
-            unseen_classes=[c for c in CLASSES if c in unseen],
-            seen_classes=[c for c in CLASSES if c not in unseen],
-            vocabulary_name="toy9",
-        )
-        register_region_eval_set(name)  # FreeSeg's prompt-stage test set
-    register_toy_world_instances(root, prefix, unseen)
-
-
-def register_all_toy_world(root: str) -> None:
-    """Register every shipped split: "a" as ``toy_world_*``, others as ``toy_world_<s>_*``."""
-    for split, unseen in SPLITS.items():
-        register_toy_world(root, "toy_world" if split == "a" else f"toy_world_{split}", unseen)
-
-
-register_all_toy_world(datasets_root())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -3,10 +3,13 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ovseg_testing.scripts import subprocess_env
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -218,3 +221,16 @@ def test_cli_writes_the_world(tmp_path, capsys):
     tw.main(["--root", str(tmp_path), "--num-train", "2", "--num-val", "1", "--seed", "3"])
     assert capsys.readouterr().out.strip() == str(tmp_path / "toy_world")
     assert json.loads((tmp_path / "toy_world/manifest.json").read_text())["seed"] == 3
+
+
+def test_module_command_runs_without_a_runpy_warning(tmp_path):
+    # the README's first toy command: importing the dataset package registers the world
+    # without importing the module that `-m` runs, which runpy would warn about
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovseg.data.datasets.toy_world", "--root", str(tmp_path),
+         "--num-train", "1", "--num-val", "1"],
+        env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "sys.modules" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "toy_world")
