@@ -24,7 +24,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import Detectron2Handler
 
-from ..utils.downloads import explain_download_failure
+from ..utils.downloads import explain_download_failure, local_weights_problem
 from ..utils.io import atomic_write, atomic_write_text
 from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
 from .checkpoint_fit import META_KEY, check_fit, checkpoint_meta, recorded_architecture
@@ -88,8 +88,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         self._path = path
-        if path and "://" not in path and not os.path.isfile(path):  # detectron2 only asserts
-            what = "is a folder" if os.path.isdir(path) else "does not exist"
+        what = local_weights_problem(path)
+        if what:  # detectron2 only asserts
             raise FileNotFoundError(
                 f"Checkpoint {path} (MODEL.WEIGHTS) {what}; pass a weight file, e.g. the "
                 "model_final.pth of a run of this config, or leave MODEL.WEIGHTS empty for a "

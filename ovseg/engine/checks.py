@@ -16,6 +16,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_root
+from ..utils.downloads import local_weights_problem
 
 __all__ = [
     "UnknownDatasetError",
@@ -150,9 +151,10 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
                     )
     weights = cfg.MODEL.WEIGHTS
     resumes = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if weights and "://" not in weights and not resumes and not os.path.exists(weights):
+    what = None if resumes else local_weights_problem(weights)
+    if what:
         raise FileNotFoundError(
-            f"MODEL.WEIGHTS {weights} does not exist (from {os.getcwd()}); pass a weight file: "
+            f"MODEL.WEIGHTS {weights} {what} (from {os.getcwd()}); pass a weight file: "
             "a checkpoint of the run the config names, or a converted official one "
             "(docs/reproduction.md, tools/convert_checkpoint.py)"
         )

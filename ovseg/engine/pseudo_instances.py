@@ -43,6 +43,7 @@ from ..pseudo import (
     open_store,
     teacher_weights_id,
 )
+from ..utils.downloads import local_weights_problem
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 
@@ -145,10 +146,11 @@ def build_proposer(cfg: CfgNode) -> nn.Module:
             "propose(batched_inputs) -> list[Instances]; name the XPM teacher"
         )
     weights = _teacher_weights(cfg)
-    if weights and "://" not in weights and not os.path.exists(weights):
+    what = local_weights_problem(weights)
+    if what:
         key = "MODEL.XPM.TEACHER_WEIGHTS" if cfg.MODEL.XPM.TEACHER_WEIGHTS else "MODEL.WEIGHTS"
         raise FileNotFoundError(
-            f"{key} {weights} does not exist (from {os.getcwd()}); pass the XPM teacher's "
+            f"{key} {weights} {what} (from {os.getcwd()}); pass the XPM teacher's "
             "checkpoint, the model_final.pth of a run of its config"
         )
     if weights:

@@ -5,10 +5,11 @@ copied file is found, instead of a network traceback (the CLIP teacher's own hin
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-__all__ = ["WeightsDownloadError", "explain_download_failure"]
+__all__ = ["WeightsDownloadError", "explain_download_failure", "local_weights_problem"]
 
 
 _WITHOUT = "builds the model without them (enough when MODEL.WEIGHTS holds the whole model)"
@@ -47,3 +48,11 @@ def explain_download_failure(
             f"On a machine with network access download that file, then {copy}set {key} to "
             f"its path; {key} '' {empty_means}."
         ) from e
+
+
+def local_weights_problem(path: str) -> Optional[str]:
+    """What is wrong with a weight file named by a local path: "does not exist", "is a
+    folder", or None when it is a file, empty (no weights) or a URL (fetched when read)."""
+    if not path or "://" in path or os.path.isfile(path):
+        return None
+    return "is a folder" if os.path.isdir(path) else "does not exist"

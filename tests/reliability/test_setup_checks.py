@@ -158,6 +158,11 @@ def test_run_files_refuse_data_and_weights_not_on_disk(tmp_path, monkeypatch):
         toy = load_config(CONFIG, ["MODEL.WEIGHTS", "output/run/model_final.pth"])
         with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS output/run/model_final.pth"):
             check_run_files(toy, eval_only=True)
+        # a run's folder instead of its checkpoint: refused as a folder, as loading would
+        (tmp_path / "output/run").mkdir(parents=True)
+        folder = load_config(CONFIG, ["MODEL.WEIGHTS", "output/run"])
+        with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS output/run is a folder"):
+            check_run_files(folder, eval_only=True)
         (tmp_path / "last_checkpoint").write_text("model_0000099.pth")
         opts = ["MODEL.WEIGHTS", "nowhere.pth", "OUTPUT_DIR", str(tmp_path)]
         check_run_files(load_config(CONFIG, opts), resume=True)  # resuming ignores it
