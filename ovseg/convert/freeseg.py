@@ -23,7 +23,7 @@ What an official checkpoint holds (``OpenVocabulary``), and what becomes of it:
 - ``clip_adapter.prompt_learner.{start,dot,end,pad}_signal``: CLIP's token embeddings of
   SOT, ".", EOT and padding (``text_prompt.py:101-112``); dropped, compared with MODEL.CLIP's
   ``token_embedding`` rows.
-- ``clip_adapter.clip_model.*``: the frozen CLIP (``adapter.py:13``, ``clip.py:175-191``);
+- ``clip_adapter.clip_model.*``: the frozen CLIP (``adapter.py:13``, ``clip.py:175-190``);
   dropped, compared with MODEL.CLIP's. ``clip_adapter.pixel_{mean,std}``: CLIP's constants.
 - ``criterion.empty_weight``: a loss buffer; dropped.
 
