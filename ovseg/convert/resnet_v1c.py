@@ -7,7 +7,8 @@ Two uses: the student inside an official MaskCLIP+ checkpoint (``backbone.*``, s
 ``maskclip_plus``), and ``--method resnet_v1c``: the ImageNet backbone the official MaskCLIP+
 students start from (``pretrained='open-mmlab://resnet50_v1c'`` in the model bases,
 ``configs/_base_/models/maskclip_plus_{r50,vit16}.py:5``, which the annotation-free configs
-keep and the zero-shot ones set to ``resnet101_v1c``, e.g. ``..._voc12aug_20.py:8``).
+keep and the zero-shot ones set to ``resnet101_v1c``, e.g.
+``zero_shot/maskclip_plus_r50_deeplabv2_r101-d8_512x512_20k_voc12aug_20.py:8``).
 Such a checkpoint holds mmseg's ResNetV1c under the backbone's own names (deep stem
 ``stem.{0,3,6}`` convolutions and ``stem.{1,4,7}`` norms, ``layer<n>.<j>.{conv,bn}<k>``,
 ``downsample.{0,1}``; a ``backbone.`` prefix as in mmcls is accepted) and the ImageNet

@@ -15,9 +15,10 @@ A record (:mod:`ovseg.data.region_sampling`: an image dict plus ``"region_class"
    ``binary_full_dataset_mapper.py:69``, ``augmentations.py:27-65``);
 3. training: a random resized crop to ``train_size`` (area 8-100%, aspect 3/4-4/3 in log
    space, ten tries then a centre crop; bilinear, the mask nearest;
-   ``augmentations.py:92-152``) and a horizontal flip with probability 0.5 (``:71-72``);
-   test: a centre crop of ``test_size`` squared, padded (image 0, mask outside) where the
-   crop is smaller (``CenterCrop(MIN_SIZE_TEST)``, ``:81``, ``augmentations.py:155-199``).
+   ``augmentations.py:92-152``) and a horizontal flip with probability 0.5
+   (``binary_full_dataset_mapper.py:71-72``); test: a centre crop of ``test_size`` squared,
+   padded (image 0, mask outside) where the crop is smaller (``CenterCrop(MIN_SIZE_TEST)``,
+   ``binary_full_dataset_mapper.py:81``, ``augmentations.py:155-199``).
 
 The output: ``"image"`` (uint8 (3, h, w)), ``"instances"`` with one mask (``gt_masks``
 bool (1, h, w)) and its class (``gt_classes`` (1,), an index of ``"vocabulary"``),

@@ -45,7 +45,7 @@ class MLP(nn.Module):
 
 class LinearClassHead(nn.Linear):
     """Mask2Former's class head: one linear layer to C + 1 logits, the last for no object
-    (mask2former_transformer_decoder.py:335); (B, Q, hidden) -> (B, Q, C + 1)."""
+    (FreeSeg mask2former_transformer_predictor.py:335); (B, Q, hidden) -> (B, Q, C + 1)."""
 
     def __init__(self, hidden_dim: int, num_classes: int):
         super().__init__(hidden_dim, num_classes + 1)
@@ -97,7 +97,7 @@ class TextCosineClassHead(MLP):
 
 class _AttnLayer(nn.Module):
     """Post-norm (or pre-norm) attention with a residual: cross- or self-attention
-    (mask2former_transformer_decoder.py:16-134); dropout 0 as official."""
+    (mask2former_transformer_predictor.py:16-134); dropout 0 as official."""
 
     def __init__(self, d_model: int, nhead: int, pre_norm: bool, attn_name: str):
         super().__init__()
@@ -151,7 +151,7 @@ class MaskedAttentionDecoder(nn.Module):
         nheads: attention heads (8).
         dim_feedforward: FFN width (2048).
         dec_layers: masked-attention layers (FreeSeg 10, open_transformer_predictor.py:75;
-            Mask2Former builds DEC_LAYERS - 1, mask2former_transformer_decoder.py:357).
+            Mask2Former builds DEC_LAYERS - 1, mask2former_transformer_predictor.py:357).
         pre_norm: pre-LayerNorm layers (False).
         mask_dim: channels of the mask features (256).
         enforce_input_project: project the maps even when in_channels == hidden_dim.
@@ -253,7 +253,8 @@ class MaskedAttentionDecoder(nn.Module):
         preds.append(pred)
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
-            # a query whose mask covers nothing attends everywhere (:400)
+            # a query whose mask covers nothing attends everywhere
+            # (mask2former_transformer_predictor.py:400)
             attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
             output = self.transformer_cross_attention_layers[i](
                 output, src[lvl], query_pos, pos[lvl], attn_mask
@@ -271,7 +272,7 @@ class MaskedAttentionDecoder(nn.Module):
         self, output: Tensor, mask_features: Tensor, attn_size, class_kwargs
     ) -> Tuple[Dict[str, Tensor], Tensor]:
         """Masks and classes of the current queries, and the next layer's attention mask
-        (mask2former_transformer_decoder.py:435-450)."""
+        (mask2former_transformer_predictor.py:435-450)."""
         q = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
         pred = {"query_features": q}
         if self.class_embed is not None:
