@@ -162,7 +162,7 @@ class AdaptivePromptLearner(nn.Module):
         """
         self._check_task(task)
         task_ids, sot, eot = self._content(task)
-        dot_ids = self._content("X.")[0][1:]  # the official "." (``:102-110``)
+        dot_ids = self._content("X.")[0][1:]  # the official "." (``text_prompt.py:102-110``)
         task_part = torch.cat([self._embed(task_ids.tolist()), self.task_context])
         sot_e, eot_e, pad_e = self._embed([sot]), self._embed([eot]), self._embed([0])
         head = torch.cat([task_part, sot_e, self.class_context])

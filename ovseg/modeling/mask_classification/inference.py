@@ -54,10 +54,11 @@ def _segment_mask(
 ) -> Tuple[Tensor, int, int]:
     """Query k's kept pixels, its kept-area numerator and its own area (sigmoid >= 0.5)."""
     own = masks[k] >= 0.5
-    if by_class:  # FreeSeg (:521-523): pixels whose class argmax is k's class
+    # FreeSeg (open_vocabulary_model.py:521-523): pixels whose class argmax is k's class
+    if by_class:
         mask = own & (owner == labels[k])
         return mask, int(mask.sum()), int(own.sum())
-    # Mask2Former (:315-317): pixels whose score-weighted query argmax is k
+    # Mask2Former (maskformer_model.py:315-317): pixels whose score-weighted query argmax is k
     return own & (owner == k), int((owner == k).sum()), int(own.sum())
 
 

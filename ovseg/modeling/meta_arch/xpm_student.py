@@ -15,12 +15,15 @@ As the official student (paths in that repository):
   weight 1); the other pseudo losses are multiplied by ``0.01 / mean(sigma)``, detached
   (``st_generalized_rcnn.py:335-341``), sigma's mean being the last one computed
   (``mask_head/mask_head.py:80`` keeps it across iterations);
-- the noise head stops learning at MODEL.XPM.NOISE_FREEZE_ITER (``:404-406``);
+- the noise head stops learning at MODEL.XPM.NOISE_FREEZE_ITER
+  (``st_generalized_rcnn.py:404-406``);
 - pseudo box regression is off by default (the author: it is unused); MODEL.XPM.
-  PSEUDO_BOX_REG turns it on as the code has it (``loss_box_reg`` in ``loss_name``, ``:70``);
+  PSEUDO_BOX_REG turns it on as the code has it (``loss_box_reg`` in ``loss_name``,
+  ``st_generalized_rcnn.py:70``);
 - the pseudo pass classifies over the inputs' ``"pseudo_vocabulary"`` when they have one (XPM's
-  1203 LVIS names, MODEL.XPM.CAPTION_VOCABULARY "lvis", ``:71-75, 329-330``), else over the
-  training vocabulary; MODEL.XPM.LVIS_BACKGROUND_QUIRK makes LVIS id 0 its background.
+  1203 LVIS names, MODEL.XPM.CAPTION_VOCABULARY "lvis",
+  ``st_generalized_rcnn.py:71-75, 329-330``), else over the training vocabulary;
+  MODEL.XPM.LVIS_BACKGROUND_QUIRK makes LVIS id 0 its background.
 """
 
 from __future__ import annotations
