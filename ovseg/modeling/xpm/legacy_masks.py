@@ -95,13 +95,14 @@ def legacy_mask_targets(
         image_size: (H, W) of the image the masks and boxes are in (a polygon's frame).
     """
     device = boxes.device
-    boxes = boxes.detach().cpu()  # the official loop runs on the CPU (loss.py:31-32)
+    boxes = boxes.detach().cpu()  # the official loop reads the boxes on the CPU (loss.py:32)
     if len(boxes) == 0:
         return torch.zeros((0, side, side), device=device)
     if isinstance(masks, PolygonMasks):
         height, width = image_size
         out = [_polygon_target(p, b, width, height, side) for p, b in zip(masks.polygons, boxes)]
     else:
-        tensor = (masks.tensor if isinstance(masks, BitMasks) else masks).detach().cpu()
+        # cropped where the masks are (corners read on the CPU); bool targets match any device
+        tensor = (masks.tensor if isinstance(masks, BitMasks) else masks).detach()
         out = [_binary_target(m, b, side) for m, b in zip(tensor, boxes)]
     return torch.stack(out).to(device=device, dtype=torch.float32)
