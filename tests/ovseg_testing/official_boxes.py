@@ -106,3 +106,117 @@ def paste(mask, box, im_h, im_w):
     if x_1 > x_0 and y_1 > y_0:
         out[y_0:y_1, x_0:x_1] = resized[0, 0, y_0 - b[1] : y_1 - b[1], x_0 - b[0] : x_1 - b[0]]
     return out
+
+
+# ---------------------------------------------------------------- training (rpn/loss.py, masks)
+def match(quality, high, low, allow_low_quality):
+    """``Matcher.__call__`` (``modeling/matcher.py:42-112``) on a (targets, predictions)
+    quality matrix: per prediction its target, -1 below ``low``, -2 in [low, high)."""
+    vals, matches = quality.max(dim=0)
+    all_matches = matches.clone()
+    matches[vals < low] = -1
+    matches[(vals >= low) & (vals < high)] = -2
+    if allow_low_quality:  # each target's best predictions, ties included (:83-112)
+        best = quality.max(dim=1).values
+        pred = torch.nonzero(quality == best[:, None])[:, 1]
+        matches[pred] = all_matches[pred]
+    return matches
+
+
+def visibility(anchors, width, height, straddle=0):
+    """``AnchorGenerator.add_visibility_to`` (``rpn/anchor_generator.py:97-110``)."""
+    return (
+        (anchors[:, 0] >= -straddle)
+        & (anchors[:, 1] >= -straddle)
+        & (anchors[:, 2] < width + straddle)
+        & (anchors[:, 3] < height + straddle)
+    )
+
+
+def rpn_labels(matches, visible):
+    """``RPNLossComputation.prepare_targets``' labels (``rpn/loss.py:64-79``): 1, 0, -1."""
+    labels = (matches >= 0).float()
+    labels[matches == -1] = 0
+    labels[~visible] = -1
+    labels[matches == -2] = -1
+    return labels
+
+
+def sample(labels, batch_size, positive_fraction):
+    """``BalancedPositiveNegativeSampler.__call__`` for one image
+    (``balanced_positive_negative_sampler.py:37-53``): sampled positive, negative indices."""
+    positive = torch.nonzero(labels >= 1).squeeze(1)
+    negative = torch.nonzero(labels == 0).squeeze(1)
+    num_pos = min(positive.numel(), int(batch_size * positive_fraction))
+    num_neg = min(negative.numel(), batch_size - num_pos)
+    perm1 = torch.randperm(positive.numel())[:num_pos]
+    perm2 = torch.randperm(negative.numel())[:num_neg]
+    return positive[perm1], negative[perm2]
+
+
+def smooth_l1(x, y, beta):
+    """``layers/smooth_l1_loss.py``, summed."""
+    n = (x - y).abs()
+    return torch.where(n < beta, 0.5 * n**2 / beta, n - 0.5 * beta).sum()
+
+
+def rpn_losses(objectness, deltas, labels, targets, pos, neg, beta):
+    """``RPNLossComputation.__call__`` (``rpn/loss.py:104-131``) over the sampled anchors:
+    (objectness BCE averaged over them, box smooth-L1 summed over the positives / their
+    number)."""
+    sampled = torch.cat([pos, neg])
+    box = smooth_l1(deltas[pos], targets[pos], beta) / sampled.numel()
+    obj = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
+    return obj, box
+
+
+def _crop_corners(box, width, height, rounded):
+    if rounded:  # BinaryMaskList.crop (structures/segmentation_mask.py:122)
+        xmin, ymin, xmax, ymax = [round(float(b)) for b in box]
+    else:  # PolygonInstance.crop (:278)
+        xmin, ymin, xmax, ymax = map(float, box)
+    xmin = min(max(xmin, 0), width - 1)
+    ymin = min(max(ymin, 0), height - 1)
+    xmax = min(max(xmax, 0), width)
+    ymax = min(max(ymax, 0), height)
+    return xmin, ymin, max(xmax, xmin + 1), max(ymax, ymin + 1)
+
+
+def project_binary(mask, box, m):
+    """``BinaryMaskList.crop(box).resize((m, m))`` (``segmentation_mask.py:118-158``),
+    one (H, W) mask, in its dtype."""
+    xmin, ymin, xmax, ymax = _crop_corners(box, mask.shape[1], mask.shape[0], True)
+    cropped = mask[ymin:ymax, xmin:xmax]
+    resized = F.interpolate(
+        cropped[None, None].float(), size=(m, m), mode="bilinear", align_corners=False
+    )
+    return resized[0, 0].type_as(mask)
+
+
+def project_polygons(polygons, box, width, height, m):
+    """``PolygonInstance.crop(box).resize((m, m)).convert_to_binarymask()``
+    (``segmentation_mask.py:215-335``), one instance's polygons."""
+    import pycocotools.mask as mask_utils
+
+    polygons = [torch.as_tensor(p, dtype=torch.float32) for p in polygons]
+    polygons = [p for p in polygons if len(p) >= 6]
+    xmin, ymin, xmax, ymax = _crop_corners(box, width, height, False)
+    w, h = xmax - xmin, ymax - ymin
+    cropped = []
+    for poly in polygons:
+        p = poly.clone()
+        p[0::2] = p[0::2] - xmin
+        p[1::2] = p[1::2] - ymin
+        cropped.append(p)
+    ratio_w, ratio_h = float(m) / float(w), float(m) / float(h)
+    if ratio_w == ratio_h:
+        scaled = [p * ratio_w for p in cropped]
+    else:
+        scaled = []
+        for poly in cropped:
+            p = poly.clone()
+            p[0::2] *= ratio_w
+            p[1::2] *= ratio_h
+            scaled.append(p)
+    rles = mask_utils.frPyObjects([p.numpy() for p in scaled], m, m)
+    return torch.from_numpy(mask_utils.decode(mask_utils.merge(rles)))

@@ -27,6 +27,10 @@ convention here names its official ``file:line`` (paths under ``maskrcnn_benchma
   the M x M mask padded by one pixel, its box grown to match and cut to integers, resized
   bilinearly (``align_corners=False``) to the box's ``x2 - x1 + 1`` pixels and pasted; the
   mask is the probability ``> 0.5``.
+
+In training, :mod:`.legacy_rpn` also matches anchors by the +1 IoU and normalises the RPN
+losses as ``rpn/loss.py``, and :mod:`.legacy_masks` cuts the mask targets as
+``mask_head/loss.py``'s ``project_masks_on_boxes``.
 """
 
 from __future__ import annotations

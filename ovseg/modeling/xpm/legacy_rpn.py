@@ -9,6 +9,20 @@ official post-processing of proposals (``inference.py:94-121``): the top PRE_NMS
 objectness, decoded, clipped to ``width - 1`` / ``height - 1`` without dropping empty boxes,
 those narrower than MIN_SIZE (``x2 - x1 + 1``, ``boxlist_ops.py:34-48``) dropped, NMS with +1
 areas, the first POST_NMS_TOPK kept.
+
+Training (``rpn/loss.py``): anchors are matched to the inclusive ground-truth boxes by +1 IoU
+(``:42-43``, ``structures/boxlist_ops.py:53-89``); the rest is detectron2's and the same as
+the official: its :class:`~detectron2.modeling.matcher.Matcher` labels as the official
+``Matcher(0.7, 0.3, allow_low_quality_matches=True)`` (``rpn/loss.py:140-145``,
+``modeling/matcher.py:42-112``: IoU < 0.3 negative, [0.3, 0.7) ignored, >= 0.7 positive, and
+each target's best anchors, ties included, positive, matched to their own best target), the
+anchors crossing the border ignored as ``visibility`` (``anchor_generator.py:97-110``,
+``rpn/loss.py:72-74``; MODEL.RPN.BOUNDARY_THRESH as STRADDLE_THRESH) and
+``subsample_labels`` draws as ``BalancedPositiveNegativeSampler``
+(``balanced_positive_negative_sampler.py:37-53``, the same ``randperm`` calls in the same
+order). The regression targets are the +1 coding of the anchors; both losses are normalised
+by the anchors sampled (``rpn/loss.py:104-129``: objectness BCE averaged over them, the box
+loss's sum divided by their number), not by BATCH_SIZE_PER_IMAGE x images.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ from .legacy import (
     LegacyBox2BoxTransform,
     legacy_batched_nms,
     legacy_clip,
+    legacy_pairwise_iou,
     official_cell_anchors,
     sizes_outermost,
 )
@@ -102,3 +117,40 @@ class LegacyRPN(RPN):
                 res.objectness_logits = s[keep]
                 results.append(res)
             return results
+
+    @torch.no_grad()
+    def label_and_sample_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """Per image, the sampled anchor labels (1, 0, -1: ignored) and each anchor's matched
+        target box: detectron2's steps with the +1 IoU (``rpn/loss.py:42-89``)."""
+        anchors = Boxes.cat(anchors)
+        labels, matched_boxes = [], []
+        for gt in gt_instances:
+            matched, label = self.anchor_matcher(legacy_pairwise_iou(gt.gt_boxes, anchors))
+            label = label.to(gt.gt_boxes.device)
+            if self.anchor_boundary_thresh >= 0:  # visibility (anchor_generator.py:97-110)
+                label[~anchors.inside_box(gt.image_size, self.anchor_boundary_thresh)] = -1
+            labels.append(self._subsample_labels(label))
+            if len(gt) == 0:  # every anchor negative (the official code refuses such images)
+                matched_boxes.append(torch.zeros_like(anchors.tensor))
+            else:
+                matched_boxes.append(gt.gt_boxes.tensor[matched])
+        return labels, matched_boxes
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[Tensor],
+        gt_labels: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+    ) -> Dict[str, Tensor]:
+        """detectron2's RPN losses normalised as the official ones, by the number of sampled
+        anchors (``rpn/loss.py:120-129``) instead of BATCH_SIZE_PER_IMAGE x images."""
+        losses = super().losses(
+            anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
+        )
+        sampled = int(sum((labels >= 0).sum() for labels in gt_labels))
+        scale = self.batch_size_per_image * len(gt_labels) / max(sampled, 1)
+        return {k: v * scale for k, v in losses.items()}

@@ -43,6 +43,7 @@ from .legacy import (
     legacy_detections,
     legacy_pairwise_iou,
 )
+from .legacy_masks import legacy_mask_targets
 from .noise import noise_aware_mask_loss
 from .roi_align import MATMUL_MAX_PIXELS, ROIAlignAuto
 
@@ -115,7 +116,8 @@ class XPMROIHeads(nn.Module):
                 embeddings) instead of ``tau * cos`` (:func:`.heads.embedding_logits`).
             legacy_boxes (bool): maskrcnn_benchmark's conventions (:mod:`.legacy`): legacy
                 RoIAlign (``aligned=False``, ``layers/roi_align.py``, whatever
-                ``pooler_type``), +1 box coding, IoU and NMS, clipping to ``size - 1``.
+                ``pooler_type``), +1 box coding, IoU and NMS, clipping to ``size - 1``, mask
+                targets cut as the official ``project_masks_on_boxes`` (:mod:`.legacy_masks`).
         """
         super().__init__()
         self.in_feature = in_feature
@@ -236,9 +238,7 @@ class XPMROIHeads(nn.Module):
         mask_logits, sigma = self.mask_head(x[fg], with_sigma=noisy_masks)
         side = mask_logits.shape[-1]
         mask_targets = [
-            r.gt_masks.crop_and_resize(r.proposal_boxes.tensor, side).to(mask_logits.dtype)
-            for r in positives
-            if len(r)
+            self._mask_targets(r, side).to(mask_logits.dtype) for r in positives if len(r)
         ]
         if not mask_targets:
             losses["loss_mask"] = mask_logits.sum() * 0.0
@@ -249,6 +249,13 @@ class XPMROIHeads(nn.Module):
         else:
             losses["loss_mask"] = F.binary_cross_entropy_with_logits(mask_logits, mask_targets)
         return losses, sigma
+
+    def _mask_targets(self, rois: Instances, side: int) -> Tensor:
+        """(R, side, side) targets of the RoIs' matched masks inside their boxes."""
+        boxes = rois.proposal_boxes.tensor
+        if self.legacy_boxes:  # official project_masks_on_boxes (mask_head/loss.py:11-42)
+            return legacy_mask_targets(rois.gt_masks, boxes, side, rois.image_size)
+        return rois.gt_masks.crop_and_resize(boxes, side)
 
     def _box_loss(self, deltas: Tensor, positives: List[Instances], num_rois: int) -> Tensor:
         if not any(len(r) for r in positives):

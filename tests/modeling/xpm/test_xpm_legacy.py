@@ -15,7 +15,8 @@ from torchvision.ops import roi_align
 
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import BitMasks, Boxes
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from ovseg.modeling.xpm.legacy import (
@@ -28,6 +29,7 @@ from ovseg.modeling.xpm.legacy import (
     paste_masks_legacy,
     to_inclusive,
 )
+from ovseg.modeling.xpm.legacy_masks import legacy_mask_targets
 from ovseg.modeling.xpm.legacy_rpn import LegacyRPN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -193,3 +195,145 @@ def test_training_runs_the_official_way(tmp_path, arch):
     total = sum(losses.values())
     total.backward()
     assert torch.isfinite(total) and {"loss_cls", "loss_mask"} <= set(losses)
+
+
+def _gt(boxes, size=(40, 40)) -> Instances:
+    return Instances(size, gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)))
+
+
+def _settings(monkeypatch, rpn, boundary: float, batch: int, fraction: float) -> None:
+    """The shared model's RPN with these sampling settings for one test."""
+    monkeypatch.setattr(rpn, "anchor_boundary_thresh", boundary)
+    monkeypatch.setattr(rpn, "batch_size_per_image", batch)
+    monkeypatch.setattr(rpn, "positive_fraction", fraction)
+
+
+def test_rpn_matches_anchors_by_plus_one_iou(legacy_model, monkeypatch):
+    """A hand case: inclusive target 0..9 (10 x 10 px) in a 40 x 40 image, border anchors
+    ignored (BOUNDARY_THRESH 0, the official STRADDLE_THRESH)."""
+    _, model = legacy_model
+    rpn = model.proposal_generator
+    _settings(monkeypatch, rpn, 0, 1000, 0.5)  # sample every anchor
+    anchors = Boxes(torch.tensor([
+        [0.0, 0.0, 9.0, 9.0],     # the target: IoU 1
+        [0.0, 0.0, 6.0, 9.0],     # +1 IoU 70/100 = 0.7: positive; exact 54/81: ignored
+        [5.0, 0.0, 14.0, 9.0],    # +1 IoU 50/150 = 0.33: ignored; exact 36/126 = 0.29: negative
+        [20.0, 20.0, 29.0, 29.0],  # negative
+        [-1.0, 0.0, 8.0, 9.0],    # crosses the border: ignored
+        [30.0, 30.0, 39.5, 39.0],  # x2 39.5 < 40: inside, negative
+    ]))  # fmt: skip
+    gt = _gt([[0.0, 0.0, 9.0, 9.0]])
+    (labels,), (matched,) = rpn.label_and_sample_anchors([anchors], [gt])
+    assert labels.tolist() == [1, 1, -1, 0, -1, 0]
+    torch.testing.assert_close(matched, gt.gt_boxes.tensor.expand(6, 4))
+    official = ref.rpn_labels(
+        ref.match(ref.iou(gt.gt_boxes.tensor, anchors.tensor), 0.7, 0.3, True),
+        ref.visibility(anchors.tensor, 40, 40),
+    )
+    assert labels.tolist() == official.int().tolist()
+    (exact,), _ = RPN.label_and_sample_anchors(rpn, [anchors], [gt])  # detectron2's rule
+    assert exact.tolist() == [1, -1, 0, 0, -1, 0]
+
+
+def test_rpn_matcher_and_sampler_are_the_official_ones(legacy_model, monkeypatch):
+    _, model = legacy_model
+    rpn = model.proposal_generator
+    _settings(monkeypatch, rpn, 0, 1000, 0.5)
+    (anchors,) = rpn.anchor_generator([torch.zeros(1, 1, 4, 5)])  # 64 x 80 image
+    # an 8 px target between anchor centres (23.5, 39.5): its best anchors tie at a low
+    # IoU and are positive all the same (allow_low_quality_matches)
+    gt = _gt([[28.0, 28.0, 35.0, 35.0], [30.0, 20.0, 70.0, 60.0], [40.0, 2.0, 61.0, 21.0]])
+    gt = Instances((64, 80), gt_boxes=gt.gt_boxes)
+    iou = ref.iou(gt.gt_boxes.tensor, anchors.tensor)
+    official = ref.rpn_labels(
+        ref.match(iou, 0.7, 0.3, True), ref.visibility(anchors.tensor, 80, 64)
+    )
+    (labels,), (matched,) = rpn.label_and_sample_anchors([anchors], [gt])
+    assert labels.tolist() == official.int().tolist()
+    best = iou[0] == iou[0].max()
+    assert int(best.sum()) >= 2 and iou[0].max() < 0.3 and (labels[best] == 1).all()
+    pos = labels == 1
+    torch.testing.assert_close(matched[pos], gt.gt_boxes.tensor[iou.argmax(0)][pos])
+    _settings(monkeypatch, rpn, 0, 16, 0.5)
+    for seed in range(3):  # the same draws as the official sampler
+        torch.manual_seed(seed)
+        (sampled,), _ = rpn.label_and_sample_anchors([anchors], [gt])
+        torch.manual_seed(seed)
+        want_pos, want_neg = ref.sample(official, 16, 0.5)
+        assert set((sampled == 1).nonzero()[:, 0].tolist()) == set(want_pos.tolist())
+        assert set((sampled == 0).nonzero()[:, 0].tolist()) == set(want_neg.tolist())
+
+
+def test_rpn_losses_are_normalised_by_the_sampled_anchors(legacy_model, monkeypatch):
+    cfg, model = legacy_model
+    rpn = model.proposal_generator
+    _settings(monkeypatch, rpn, 0, 64, 0.5)
+    (anchors,) = rpn.anchor_generator([torch.zeros(1, 1, 3, 4)])
+    gt = Instances((48, 64), gt_boxes=Boxes(torch.tensor([[5.0, 6.0, 30.0, 40.0]])))
+    torch.manual_seed(11)
+    (labels,), (matched,) = rpn.label_and_sample_anchors([anchors], [gt])
+    assert 0 < int((labels >= 0).sum()) < 64  # fewer than BATCH_SIZE_PER_IMAGE: it matters
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(1, len(anchors), generator=g)
+    deltas = torch.randn(1, len(anchors), 4, generator=g) * 0.2
+    with EventStorage(0):
+        got = rpn.losses([anchors], [logits], [labels], [deltas], [matched])
+    beta = cfg.MODEL.RPN.SMOOTH_L1_BETA
+    targets = ref.encode(matched, anchors.tensor, (1.0,) * 4)  # +1 coding (rpn.py:127)
+    pos, neg = (labels == 1).nonzero()[:, 0], (labels == 0).nonzero()[:, 0]
+    obj, box = ref.rpn_losses(logits[0], deltas[0], labels.float(), targets, pos, neg, beta)
+    torch.testing.assert_close(got["loss_rpn_cls"], obj)
+    torch.testing.assert_close(got["loss_rpn_loc"], box)
+
+
+def _polygons(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        centre = torch.rand(2, generator=g) * 50 + 5
+        angles = torch.sort(torch.rand(5, generator=g) * 6.28).values
+        radius = torch.rand(5, generator=g) * 12 + 3
+        xy = torch.stack([centre[0] + radius * angles.cos(), centre[1] + radius * angles.sin()])
+        out.append([xy.t().reshape(-1).numpy().astype("float64")])
+    return out
+
+
+def test_mask_targets_are_the_official_crop_and_resize(legacy_model):
+    """``project_masks_on_boxes`` (mask_head/loss.py:11-42) of binary masks and polygons."""
+    # hand case: one pixel (12, 12) in the box 10..17 (a 7 px crop: no +1) resized to 14 x 14:
+    # bilinear weights reach it from cells 3..6, and a bool mask is in wherever the value
+    # is non-zero; detectron2's RoIAlign average >= 0.5 keeps cells 4..5
+    dot = torch.zeros(1, 30, 30, dtype=torch.bool)
+    dot[0, 12, 12] = True
+    box = torch.tensor([[10.0, 10.0, 17.0, 17.0]])
+    got = legacy_mask_targets(BitMasks(dot), box, 14, (30, 30))[0]
+    assert got.nonzero()[:, 0].unique().tolist() == [3, 4, 5, 6]
+    assert int(got.sum()) == 16
+    exact = BitMasks(dot).crop_and_resize(box, 14)[0]
+    assert exact.nonzero()[:, 0].unique().tolist() == [4, 5]
+    # random masks (bool and uint8: type_as truncates) and boxes, some across the border,
+    # corners at .5 (rounded half to even)
+    g = torch.Generator().manual_seed(13)
+    masks = torch.rand(8, 50, 64, generator=g) > 0.6
+    boxes = _boxes(8, seed=14, side=60.0)
+    boxes[0] = torch.tensor([-6.0, -3.0, 10.5, 12.5])
+    boxes[1] = torch.tensor([2.5, 3.5, 70.0, 55.0])
+    for kind in (torch.bool, torch.uint8):
+        got = legacy_mask_targets(masks.to(kind), boxes, 14, (50, 64))
+        want = torch.stack([ref.project_binary(m.to(kind), b, 14) for m, b in zip(masks, boxes)])
+        torch.testing.assert_close(got, want.float())
+    polys = _polygons(8, seed=15)
+    got = legacy_mask_targets(PolygonMasks(polys), boxes, 14, (50, 64))
+    want = [ref.project_polygons(p, b, 64, 50, 14) for p, b in zip(polys, boxes)]
+    torch.testing.assert_close(got, torch.stack(want).float())
+    assert 0 < got.mean() < 1
+    # the right half of the box 10..20 as a polygon: crop 10 px, scaled 0.4 -> columns 2, 3
+    half = PolygonMasks([[[15.0, 10.0, 20.0, 10.0, 20.0, 20.0, 15.0, 20.0]]])
+    got = legacy_mask_targets(half, torch.tensor([[10.0, 10.0, 20.0, 20.0]]), 4, (30, 30))[0]
+    assert got.tolist() == [[0.0, 0.0, 1.0, 1.0]] * 4
+    # the RoI heads cut their targets so under the key
+    _, model = legacy_model
+    rois = Instances((50, 64), proposal_boxes=Boxes(boxes), gt_masks=BitMasks(masks))
+    torch.testing.assert_close(
+        model.roi_heads._mask_targets(rois, 14), legacy_mask_targets(masks, boxes, 14, (50, 64))
+    )
