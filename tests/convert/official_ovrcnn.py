@@ -48,3 +48,31 @@ def official_ovrcnn_state(cfg, bert_table, seed: int = 0) -> dict:
     for k, shape in head.items():
         _conv(state, f"mmss_heads.TransformerHead.{k}", shape, gen)
     return {f"module.{k}": v for k, v in state.items()}
+
+
+def release_load(model_state: dict, saved: dict, replace: dict) -> dict:
+    """The official loader written out (maskrcnn_benchmark/utils/model_serialization.py:10-89
+    with utils/checkpoint.py:118-122's ``replace``): ``module.`` stripped from every saved
+    key when all have it, each ``replace`` substring replaced, then each model key takes the
+    saved tensor whose renamed key is its longest suffix; the rest keep the model's.
+
+    Returns:
+        dict: model key -> the saved key it is loaded from (keys loaded from nothing left out).
+    """
+    keys = sorted(saved)
+    if all(k.startswith("module.") for k in keys):
+        keys = [k.replace("module.", "") for k in keys]
+    renamed = []
+    for key in keys:
+        new = key
+        for old, sub in replace.items():
+            if old in key:
+                new = new.replace(old, sub)
+        renamed.append(new)
+    loaded = {}
+    for key in sorted(model_state):
+        sizes = [len(r) if key.endswith(r) else 0 for r in renamed]
+        best = max(range(len(sizes)), key=lambda i: (sizes[i], -i))
+        if sizes[best]:
+            loaded[key] = keys[best]
+    return loaded
