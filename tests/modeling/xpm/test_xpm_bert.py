@@ -119,3 +119,14 @@ def test_a_folder_that_is_no_saved_bert_is_refused_by_name(tmp_path, bert):
     with pytest.raises(OSError, match="does not exist"):
         bert_width(str(tmp_path / "nothing"))
     assert bert_width(bert) == 32
+
+
+def test_teacher_region_embeddings_are_refused_with_bert_classes(tmp_path, bert):
+    from ovseg.engine.pseudo_instances import build_instance_labeller
+
+    cfg = tiny_xpm_cfg(
+        tmp_path, "XPMStudent", "MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert,
+        "MODEL.XPM.REGION_EMBEDDING", "teacher",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="REGION_EMBEDDING 'teacher'.*BERT's space.*'crop'"):
+        build_instance_labeller(cfg, "any_dataset")
