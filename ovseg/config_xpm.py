@@ -44,3 +44,8 @@ def add_xpm_config(cfg: CN) -> None:
     cfg.MODEL.XPM.BERT_NAME = "bert-base-uncased"
     # the official checkpoints' maskrcnn_benchmark +1-pixel box conventions (xpm/legacy.py)
     cfg.MODEL.XPM.LEGACY_BOXES = False
+    # the box predictor's projection (RoI feature -> class-embedding space) gets no gradient:
+    # the official teacher keeps OVR-CNN's caption-pretrained vision-to-language projection
+    # fixed (FREEZE_EMB_PRED, configs/coco_cap_det/zeroshot_mask.yaml:30; maskrcnn_benchmark/
+    # modeling/roi_heads/box_head/roi_box_predictors.py:29-31)
+    cfg.MODEL.XPM.FREEZE_PROJECTION = False

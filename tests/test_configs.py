@@ -413,12 +413,39 @@ def _xpm_official_recipe(path: Path, cfg) -> None:
     assert cfg.OUTPUT_DIR not in {_merged(p).OUTPUT_DIR for p in _chain(path)[1:]}
 
 
+def _xpm_paper_recipe(path: Path, cfg) -> None:
+    """A leaf training the paper's run: the release's settings from OVR-CNN's pre-training
+    (the teacher: its convert command writes MODEL.WEIGHTS from this leaf, then trains it)."""
+    res, xpm = cfg.MODEL.RESNETS, cfg.MODEL.XPM
+    assert xpm.LEGACY_BOXES and res.STRIDE_IN_1X1 and res.NORM == "FrozenBN"
+    assert tuple(cfg.MODEL.PIXEL_MEAN) == OFFICIAL_PIXEL_MEAN
+    assert tuple(cfg.MODEL.PIXEL_STD) == OFFICIAL_PIXEL_STD
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2  # FREEZE_CONV_BODY_AT 2: stem and res2
+    if cfg.MODEL.META_ARCHITECTURE == "XPMStudent":  # FREEZE_EMB_PRED False
+        assert not xpm.FREEZE_PROJECTION
+        return
+    assert xpm.FREEZE_PROJECTION  # FREEZE_EMB_PRED True
+    commands = header_commands(path)
+    (convert,) = [c for c in commands if c[1] == "tools/convert_checkpoint.py"]
+    (train,) = [c for c in commands if c[1] == "train_net.py"]
+    assert convert[convert.index("--method") + 1] == "ovrcnn"
+    assert convert[convert.index("--output") + 1] == cfg.MODEL.WEIGHTS
+    here = path.relative_to(ROOT).as_posix()
+    assert convert[convert.index("--config-file") + 1] == here
+    assert train[2:] == ["--config-file", here]
+
+
 def _xpm_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION == 1.0
     assert (cfg.MODEL.XPM.BACKGROUND_WEIGHT, cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA) == (0.2, 1.0)
     student = cfg.MODEL.META_ARCHITECTURE == "XPMStudent"
     official = path.stem.endswith(XPM_OFFICIAL)
-    assert (cfg.MODEL.XPM.CLASS_EMBEDDING == "bert") == official, "bert is for official weights"
+    # BERT classes: the official weights, or the paper's run (named *_bert_*)
+    paper = "_bert_" in path.stem and not official
+    bert = cfg.MODEL.XPM.CLASS_EMBEDDING == "bert"
+    assert bert == (official or paper), "bert is for official weights and the paper's run"
+    if paper:
+        _xpm_paper_recipe(path, cfg)
     if official:
         _xpm_official_recipe(path, cfg)
     elif student:  # starts from the final weights of the teacher leaf it chains from
@@ -459,8 +486,8 @@ def _xpm_recipe(path: Path, cfg) -> None:
     # XPM's three evaluation sets: unseen-only, seen-only, generalized (zeroshot_mask.yaml:40)
     split = cfg.DATASETS.TRAIN[0].replace("_train_", "_val_")
     assert cfg.DATASETS.TEST == (f"{split}_unseen", f"{split}_seen", split)
-    # the official leaves' classes are BERT's: no CLIP weights are read for them
-    want_clip = "" if official else "openai"
+    # CLIP weights are read for CLIP classes and for the student's pseudo-labels only
+    want_clip = "openai" if not bert or (student and paper) else ""
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == want_clip
 
 

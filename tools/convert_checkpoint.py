@@ -23,6 +23,10 @@ Examples:
     python tools/convert_checkpoint.py --method xpm --input coco_teacher/model_final.pth \\
         --output output/converted/xpm_coco_teacher.pth \\
         --config-file configs/coco/xpm/xpm_teacher_bert_official-checkpoint_eval.yaml
+    # OVR-CNN's caption pre-training: the starting MODEL.WEIGHTS of the paper's XPM teacher
+    python tools/convert_checkpoint.py --method ovrcnn --input model_pretrained.pth \\
+        --output output/converted/ovrcnn_mmss_v07_xpm_teacher.pth \\
+        --config-file configs/coco/xpm/xpm_teacher_bert_ovrcnn_90k_bs8.yaml
 
 Every official tensor is renamed into ovseg's names or dropped for a stated reason (frozen
 CLIP weights come from MODEL.CLIP; with --config-file they are compared with it; the

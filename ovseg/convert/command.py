@@ -3,7 +3,9 @@
 Methods: ``zegclip``, ``maskclip_plus``, ``lseg``, ``freeseg`` and ``xpm`` (trained official
 models; XPM's teacher or student, told apart by their keys),
 ``resnet_v1c`` (the ImageNet ResNetV1c the official MaskCLIP+ students start from; a backbone-
-only checkpoint for MODEL.WEIGHTS). Without a config the official names are converted alone.
+only checkpoint for MODEL.WEIGHTS), ``ovrcnn`` (OVR-CNN's caption pre-training, where the
+official XPM teacher starts: its MODEL.WEIGHTS; the heads it lacks are left to the model).
+Without a config the official names are converted alone.
 With ``--config-file`` the model that config builds (on CPU, its CLIP teacher loaded from
 MODEL.CLIP; for ``resnet_v1c`` its backbone alone) checks the result strictly: every ovseg
 parameter present, nothing left over, shapes equal; the official checkpoint's frozen CLIP
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
 from ..utils.io import atomic_write_json
-from . import freeseg, lseg, maskclip_plus, resnet_v1c, xpm, zegclip
+from . import freeseg, lseg, maskclip_plus, ovrcnn, resnet_v1c, xpm, zegclip
 from .core import (
     ConversionError,
     ConversionReport,
@@ -52,6 +54,8 @@ class Method:
         part (str): the prefix of the model's keys the result gives ("": every key).
         check_official: (official, cfg, model, report) -> None: refuses what the official
             tensors show the config cannot compute, or None.
+        fresh: key -> why the model initialises it itself (a starting checkpoint's parts the
+            official run builds fresh) or None; such keys are left out of the result.
     """
 
     meta_architecture: Union[str, Tuple[str, ...]]
@@ -62,6 +66,7 @@ class Method:
     build: Optional[Callable] = None
     part: str = ""
     check_official: Optional[Callable] = None
+    fresh: Optional[Callable] = None
 
 
 METHODS: Dict[str, Method] = {
@@ -82,6 +87,13 @@ METHODS: Dict[str, Method] = {
         fill=xpm.fill_xpm,
         check_text=xpm.check_bert,
         check_official=xpm.check_anchors,
+    ),
+    "ovrcnn": Method(
+        "XPMTeacher",
+        ovrcnn.convert_ovrcnn,
+        ovrcnn.ovrcnn_settings,
+        check_text=ovrcnn.check_ovrcnn_bert,
+        fresh=ovrcnn.fresh_ovrcnn,
     ),
     "resnet_v1c": Method(
         "",
@@ -149,7 +161,7 @@ def convert_checkpoint(
     if spec.check_official is not None:
         spec.check_official(official, cfg, model, report)
     target = {k: v for k, v in model.state_dict().items() if k.startswith(spec.part)}
-    converted = fit_to_model(converted, target, report, spec.fill)
+    converted = fit_to_model(converted, target, report, spec.fill, spec.fresh)
     if report.pending:
         check_teacher(report, official, model.teacher.model.state_dict())
     if text_check and spec.check_text is not None:
@@ -168,7 +180,7 @@ def convert_checkpoint(
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Convert an official ZegCLIP or MaskCLIP+ checkpoint (mmseg .pth), LSeg's, "
-        "FreeSeg's or XPM's (maskrcnn_benchmark), or the "
+        "FreeSeg's or XPM's (maskrcnn_benchmark), OVR-CNN's caption pre-training, or the "
         "ImageNet ResNetV1c the official MaskCLIP+ students start from (mmcv .pth), into an "
         "ovseg checkpoint (detectron2 {'model': state_dict})."
     )

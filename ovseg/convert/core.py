@@ -88,6 +88,7 @@ class ConversionReport:
     used: Dict[str, str] = field(default_factory=dict)  # official key -> ovseg key
     dropped: Dict[str, str] = field(default_factory=dict)  # official key -> why
     added: Dict[str, str] = field(default_factory=dict)  # ovseg key -> how it was made
+    fresh: Dict[str, str] = field(default_factory=dict)  # ovseg key -> why the model inits it
     teacher: List[TeacherCheck] = field(default_factory=list)
     pending: List[TeacherCheck] = field(default_factory=list)  # dropped, awaiting a teacher
     info: List[str] = field(default_factory=list)  # what the official model was
@@ -120,6 +121,13 @@ class ConversionReport:
                 lines.append(f"  added {keys[0]}: {how}")
             else:  # e.g. every norm's update counter
                 lines.append(f"  added {len(keys):4d}: {how} ({keys[0]}, ...)")
+        left: Dict[str, List[str]] = {}
+        for key, why in sorted(self.fresh.items()):
+            left.setdefault(why, []).append(key)
+        for why, keys in left.items():
+            lines.append(
+                f"  left to the model's initialisation {len(keys):4d}: {why} ({keys[0]}, ...)"
+            )
         weights = [c for c in self.teacher if c.tol is None]
         if weights:
             bad = [c for c in weights if not c.ok(atol)]
@@ -138,8 +146,9 @@ class ConversionReport:
             if c.tol is not None:
                 verdict = "equal" if c.ok(atol) else "DIFFERS"
                 lines.append(f"  {c.official} vs {c.teacher}: {c.note} ({verdict})")
+        but = " but those left to its initialisation" if self.fresh else ""
         lines.append(
-            "  checked against the config's model: every parameter present, shapes equal"
+            f"  checked against the config's model: every parameter present{but}, shapes equal"
             if self.checked_model
             else "  not checked against a model (give --config-file)"
         )
@@ -156,6 +165,7 @@ class ConversionReport:
             "used": dict(self.used),
             "dropped": dict(self.dropped),
             "added": dict(self.added),
+            "fresh": dict(self.fresh),
             "teacher": [[c.official, c.teacher, c.diff, c.note] for c in self.teacher],
             "info": list(self.info),
             "notes": list(self.notes),
@@ -288,12 +298,15 @@ def fit_to_model(
     model_state: Mapping[str, Tensor],
     report: ConversionReport,
     fill: Optional[Callable[[str, Tensor], Optional[Tuple[Tensor, str]]]] = None,
+    fresh: Optional[Callable[[str], Optional[str]]] = None,
 ) -> Dict[str, Tensor]:
     """Check the converted tensors against the model a config builds, strictly.
 
     Batch-norm update counters the model does not hold (frozen norms) are dropped; keys the
     official checkpoint cannot give are asked of ``fill`` (key, the model's tensor) ->
-    (tensor, how) or None.
+    (tensor, how) or None, then of ``fresh`` (key) -> why the model initialises it itself (a
+    starting checkpoint's, e.g. heads the official run also builds fresh) or None; those are
+    left out of the result.
 
     Raises:
         ConversionError: naming missing keys, unexpected keys and shape mismatches.
@@ -307,7 +320,11 @@ def fit_to_model(
         made = fill(key, model_state[key])
         if made is not None:
             converted[key], report.added[key] = made
-    missing = sorted(k for k in model_state if k not in converted)
+    for key in [k for k in model_state if k not in converted and fresh is not None]:
+        why = fresh(key)
+        if why:
+            report.fresh[key] = why
+    missing = sorted(k for k in model_state if k not in converted and k not in report.fresh)
     unexpected = sorted(k for k in converted if k not in model_state)
     shapes = [
         f"{k}: official {tuple(converted[k].shape)} vs model {tuple(model_state[k].shape)}"
@@ -323,7 +340,7 @@ def fit_to_model(
             f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
         )
     report.checked_model = True
-    return {k: converted[k].to(model_state[k].dtype) for k in model_state}
+    return {k: converted[k].to(model_state[k].dtype) for k in model_state if k in converted}
 
 
 # ---------------------------------------------------------------------------- files

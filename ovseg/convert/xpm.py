@@ -56,10 +56,13 @@ from .core import ConversionError, ConversionReport, Rule, TeacherCheck, apply_r
 
 __all__ = [
     "anchor_order",
+    "body_rules",
     "check_bert",
     "convert_xpm",
     "fill_xpm",
     "official_cell_anchors",
+    "release_notes",
+    "stage_rules",
     "xpm_rules",
     "xpm_settings",
 ]
@@ -78,7 +81,7 @@ OFFICIAL_PIXEL_MEAN = (122.7717, 115.9465, 102.9801)
 OFFICIAL_PIXEL_STD = (1.0, 1.0, 1.0)
 
 
-def _resnet_rules(src: str, dst: str) -> List[Rule]:
+def stage_rules(src: str, dst: str) -> List[Rule]:
     """A maskrcnn_benchmark bottleneck stage ``src`` -> detectron2's ``dst``."""
     norm = r"(weight|bias|running_mean|running_var)"
     return [
@@ -89,16 +92,23 @@ def _resnet_rules(src: str, dst: str) -> List[Rule]:
     ]
 
 
-def xpm_rules(student: bool) -> List[Rule]:
-    """The rules of an official teacher (``student`` False) or student checkpoint."""
-    heads = r"roi_heads_student\." if student else r"roi_heads\."
+def body_rules() -> List[Rule]:
+    """maskrcnn_benchmark's ``backbone.body.{stem, layer1-3}`` -> detectron2's ``backbone.{stem,
+    res2-4}`` (the R-50-C4 body)."""
     rules = [
         Rule(r"backbone\.body\.stem\.conv1\.weight", "backbone.stem.conv1.weight"),
         Rule(r"backbone\.body\.stem\.bn1\.(.+)", r"backbone.stem.conv1.norm.\1"),
     ]
     for i in (1, 2, 3):
-        rules += _resnet_rules(rf"backbone\.body\.layer{i}", f"backbone.res{i + 1}")
-    rules += _resnet_rules(heads + r"box\.feature_extractor\.head\.layer4", "roi_heads.res5")
+        rules += stage_rules(rf"backbone\.body\.layer{i}", f"backbone.res{i + 1}")
+    return rules
+
+
+def xpm_rules(student: bool) -> List[Rule]:
+    """The rules of an official teacher (``student`` False) or student checkpoint."""
+    heads = r"roi_heads_student\." if student else r"roi_heads\."
+    rules = body_rules()
+    rules += stage_rules(heads + r"box\.feature_extractor\.head\.layer4", "roi_heads.res5")
     rpn = {"conv": "conv", "cls_logits": "objectness_logits", "bbox_pred": "anchor_deltas"}
     rules += [
         Rule(rf"rpn\.head\.{old}\.(weight|bias)", rf"proposal_generator.rpn_head.{new}.\1")
@@ -260,16 +270,7 @@ def xpm_settings(cfg, model, converted: Mapping[str, Tensor], report: Conversion
             f"{METHOD}: the official classifier projects RoIs into BERT's word-embedding "
             "space (EMB_DIM 768, EMB_KEY BertEmb); set MODEL.XPM.CLASS_EMBEDDING bert"
         )
-    res = cfg.MODEL.RESNETS
-    release = {
-        "MODEL.RESNETS.STRIDE_IN_1X1": (res.STRIDE_IN_1X1, True),
-        "MODEL.RESNETS.NORM": (res.NORM, "FrozenBN"),
-        "MODEL.PIXEL_MEAN": (tuple(cfg.MODEL.PIXEL_MEAN), OFFICIAL_PIXEL_MEAN),
-        "MODEL.PIXEL_STD": (tuple(cfg.MODEL.PIXEL_STD), OFFICIAL_PIXEL_STD),
-    }
-    for key, (value, official) in release.items():
-        if value != official:
-            report.notes.append(f"{key} {value!r}: the release computes with {official!r}")
+    release_notes(cfg, report)
     if cfg.MODEL.XPM.LEGACY_BOXES:
         report.info.append(
             "MODEL.XPM.LEGACY_BOXES True: anchors, boxes, NMS, RoIAlign and mask paste as "
@@ -282,6 +283,21 @@ def xpm_settings(cfg, model, converted: Mapping[str, Tensor], report: Conversion
             "maskrcnn_benchmark's +1 pixel conventions the release was trained with; set "
             "MODEL.XPM.LEGACY_BOXES True to evaluate it as released"
         )
+
+
+def release_notes(cfg, report: ConversionReport) -> None:
+    """Note the backbone and input settings under which maskrcnn_benchmark's weights (MSRA
+    R-50, FrozenBN, BGR caffe statistics) compute otherwise than the release."""
+    res = cfg.MODEL.RESNETS
+    release = {
+        "MODEL.RESNETS.STRIDE_IN_1X1": (res.STRIDE_IN_1X1, True),
+        "MODEL.RESNETS.NORM": (res.NORM, "FrozenBN"),
+        "MODEL.PIXEL_MEAN": (tuple(cfg.MODEL.PIXEL_MEAN), OFFICIAL_PIXEL_MEAN),
+        "MODEL.PIXEL_STD": (tuple(cfg.MODEL.PIXEL_STD), OFFICIAL_PIXEL_STD),
+    }
+    for key, (value, official) in release.items():
+        if value != official:
+            report.notes.append(f"{key} {value!r}: the release computes with {official!r}")
 
 
 def check_anchors(official: Mapping[str, Tensor], cfg, model, report: ConversionReport) -> None:
@@ -302,14 +318,20 @@ def check_anchors(official: Mapping[str, Tensor], cfg, model, report: Conversion
     report.info.append(f"anchors: sizes {list(sizes)}, aspect ratios {list(ratios)}")
 
 
-def check_bert(official: Mapping[str, Tensor], model, names, report: ConversionReport) -> None:
-    """Compare a student's frozen BERT word embeddings with MODEL.XPM.BERT_NAME's (the class
-    embeddings are made from them)."""
-    if "bert.embeddings" not in official or model.bert is None:
+def check_bert(
+    official: Mapping[str, Tensor],
+    model,
+    names,
+    report: ConversionReport,
+    key: str = "bert.embeddings",
+) -> None:
+    """Compare the checkpoint's frozen BERT word embeddings ``key`` (a student's) with
+    MODEL.XPM.BERT_NAME's (the class embeddings are made from them)."""
+    if key not in official or model.bert is None:
         return
-    theirs = official["bert.embeddings"].float()
+    theirs = official[key].float()
     mine = model.bert.table
-    check = TeacherCheck("bert.embeddings", f"{model.bert.name} word embeddings", tol=1e-6)
+    check = TeacherCheck(key, f"{model.bert.name} word embeddings", tol=1e-6)
     if mine.shape != theirs.shape:
         check.note = f"shape {tuple(mine.shape)} vs official {tuple(theirs.shape)}"
     else:

@@ -170,6 +170,12 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
         cfg (CfgNode): an XPM config.
         dataset (str): a registered dataset with captions; default DATASETS.TRAIN[0].
     """
+    if cfg.MODEL.XPM.REGION_EMBEDDING == "teacher" and cfg.MODEL.XPM.CLASS_EMBEDDING == "bert":
+        raise ValueError(
+            "MODEL.XPM.REGION_EMBEDDING 'teacher' matches caption nouns' CLIP text to the "
+            "teacher's projected RoI features, which MODEL.XPM.CLASS_EMBEDDING 'bert' puts in "
+            "BERT's space; use 'crop' or 'pool' (CLIP's region embeddings of its proposals)"
+        )
     dataset = dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
     if dataset not in DatasetCatalog.list():
         raise UnknownDatasetError(

@@ -159,6 +159,7 @@ class XPMTeacher(OpenVocabSegmentor):
         propose_topk: int = 100,
         bert_name: str = "",
         legacy_boxes: bool = False,
+        freeze_projection: bool = False,
         **kwargs,
     ):
         """
@@ -176,6 +177,8 @@ class XPMTeacher(OpenVocabSegmentor):
                 (:mod:`~ovseg.modeling.xpm.legacy`): masks are pasted as the official
                 ``Masker`` and outputs turned exclusive (x2 + 1, y2 + 1) as the official
                 COCO results' ``x2 - x1 + 1`` widths (``coco_eval.py:82-83``).
+            freeze_projection (bool): the box predictor's projection gets no gradient (the
+                official FREEZE_EMB_PRED: OVR-CNN's pretrained projection kept fixed).
             kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...).
         """
         super().__init__(**kwargs)
@@ -190,6 +193,8 @@ class XPMTeacher(OpenVocabSegmentor):
         self.propose_topk = int(propose_topk)
         self.bert = BertClassEmbeddings(bert_name) if bert_name else None
         self.legacy_boxes = bool(legacy_boxes)
+        if freeze_projection:
+            self.roi_heads.box_predictor.projection.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -211,6 +216,7 @@ class XPMTeacher(OpenVocabSegmentor):
             "propose_topk": cfg.MODEL.XPM.PROPOSE_TOPK,
             "bert_name": cfg.MODEL.XPM.BERT_NAME if class_embedding(cfg) == "bert" else "",
             "legacy_boxes": cfg.MODEL.XPM.LEGACY_BOXES,
+            "freeze_projection": cfg.MODEL.XPM.FREEZE_PROJECTION,
         }
 
     # ------------------------------------------------------------------ shared pieces
@@ -330,13 +336,9 @@ class XPMTeacher(OpenVocabSegmentor):
             class-agnostic mask head at those boxes, pasted; 0 outside the box), ``scores``
             (float (R,), sigmoid of the RPN objectness) and ``pred_embeddings`` (float (R, D),
             the L2-normalised projected RoI features: the teacher's region embeddings in
-            CLIP's text space, which XPM matches caption nouns against).
+            CLIP's text space, which XPM matches caption nouns against; left out with the
+            BERT classes, whose projection maps into BERT's space, not CLIP's).
         """
-        if self.bert is not None:
-            raise ValueError(
-                "caption pseudo-labels match region embeddings against CLIP text; "
-                "MODEL.XPM.CLASS_EMBEDDING 'bert' is for evaluating official checkpoints"
-            )
         topk = self.propose_topk if topk is None else int(topk)
         images = self.images(batched_inputs)
         features = self.backbone(images.tensor)
@@ -356,6 +358,7 @@ class XPMTeacher(OpenVocabSegmentor):
             res.pred_boxes = scaled
             res.pred_masks = pasted
             res.scores = p.objectness_logits.sigmoid()
-            res.pred_embeddings = F.normalize(e, dim=-1)
+            if self.bert is None:
+                res.pred_embeddings = F.normalize(e, dim=-1)
             out.append(res)
         return out

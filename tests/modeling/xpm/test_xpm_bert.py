@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from ovseg_testing import tiny_xpm_cfg
+from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from ovseg_testing.bert import make_tiny_bert, require_transformers
 
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from ovseg.modeling.xpm.bert import BertClassEmbeddings
 from ovseg.modeling.xpm.heads import embedding_logits
@@ -68,8 +69,37 @@ def test_teacher_scores_raw_and_student_normalised_embeddings(tmp_path, bert, ar
     assert model.roi_heads.dot_product
     assert model.roi_heads.box_predictor.projection.out_features == raw.shape[1]
     assert not any("bert" in k or "word" in k for k in model.state_dict())  # not saved
-    with pytest.raises(ValueError, match="pseudo-labels.*CLIP text"):
-        model.propose([{"image": torch.zeros(3, 32, 32)}])
+    # proposals for CLIP-matched pseudo-labels, without the BERT-space region embeddings
+    (proposals,) = model.propose([{"image": torch.zeros(3, 32, 32)}])
+    assert proposals.has("pred_masks") and not proposals.has("pred_embeddings")
+
+
+@pytest.mark.parametrize("arch", ["XPMTeacher", "XPMStudent"])
+def test_bert_classes_train_teacher_and_student(tmp_path, bert, arch):
+    """The paper's run trains with the BERT classes: a few SGD steps on tiny batches (the
+    student's with pseudo instances), every loss finite and the total going down."""
+    torch.manual_seed(0)
+    opts = ["MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert]
+    model = build_model(tiny_xpm_cfg(tmp_path, arch, *opts)).train()
+    student = arch == "XPMStudent"
+    if student:
+        model.seen_names = ("cat", "bird")  # "dog" is unseen: only pseudo-labels name it
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    batch = xpm_batch(pseudo=student)
+    totals = []
+    for step in range(10):
+        torch.manual_seed(step)
+        with EventStorage(step):
+            losses = model(batch)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        assert ("loss_cls_pseudo" in losses) == student
+        total = sum(losses.values())
+        totals.append(float(total.detach()))
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert min(totals[-3:]) < 0.7 * totals[0], totals
 
 
 def test_unknown_class_embedding_is_refused(tmp_path):
@@ -89,3 +119,14 @@ def test_a_folder_that_is_no_saved_bert_is_refused_by_name(tmp_path, bert):
     with pytest.raises(OSError, match="does not exist"):
         bert_width(str(tmp_path / "nothing"))
     assert bert_width(bert) == 32
+
+
+def test_teacher_region_embeddings_are_refused_with_bert_classes(tmp_path, bert):
+    from ovseg.engine.pseudo_instances import build_instance_labeller
+
+    cfg = tiny_xpm_cfg(
+        tmp_path, "XPMStudent", "MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert,
+        "MODEL.XPM.REGION_EMBEDDING", "teacher",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="REGION_EMBEDDING 'teacher'.*BERT's space.*'crop'"):
+        build_instance_labeller(cfg, "any_dataset")
