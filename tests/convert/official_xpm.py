@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import torch
 
-from ovseg.convert.xpm import official_cell_anchors
+from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, official_cell_anchors
 
 BLOCKS = {1: 3, 2: 4, 3: 6, 4: 3}  # R-50 (backbone/resnet.py StageSpec "R-50-C4")
+
+
+def official_opts(bert: str) -> list:
+    """The release's settings at the tiny size (FrozenBN, MSRA strides, BGR caffe means, the
+    stem and res2 frozen, BERT classes from ``bert``)."""
+    return [
+        "MODEL.RESNETS.NORM", "FrozenBN",
+        "MODEL.BACKBONE.FREEZE_AT", "2",
+        "MODEL.RESNETS.STRIDE_IN_1X1", "True",
+        "MODEL.PIXEL_MEAN", str(list(OFFICIAL_PIXEL_MEAN)),
+        "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]",
+        "MODEL.XPM.CLASS_EMBEDDING", "bert",
+        "MODEL.XPM.BERT_NAME", bert,
+    ]  # fmt: skip
 
 
 def _norm(state: dict, prefix: str, n: int, gen) -> None:

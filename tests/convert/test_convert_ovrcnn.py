@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from official_ovrcnn import official_ovrcnn_state, release_load
-from official_xpm import official_xpm_state
+from official_xpm import official_opts, official_xpm_state
 from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from ovseg_testing.bert import make_tiny_bert, require_transformers
 
@@ -19,7 +19,7 @@ from detectron2.utils.events import EventStorage
 
 from ovseg.convert import ConversionError, convert_checkpoint
 from ovseg.convert.command import main
-from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, convert_xpm
+from ovseg.convert.xpm import convert_xpm
 from ovseg.engine.checkpoint import load_model_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,13 +44,7 @@ def _teacher(tmp, bert: str, *opts: str):
     statistics, BERT classes, frozen projection, +1-pixel boxes)."""
     cfg = tiny_xpm_cfg(
         tmp, "XPMTeacher",
-        "MODEL.RESNETS.NORM", "FrozenBN",
-        "MODEL.BACKBONE.FREEZE_AT", "2",
-        "MODEL.RESNETS.STRIDE_IN_1X1", "True",
-        "MODEL.PIXEL_MEAN", str(list(OFFICIAL_PIXEL_MEAN)),
-        "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]",
-        "MODEL.XPM.CLASS_EMBEDDING", "bert",
-        "MODEL.XPM.BERT_NAME", bert,
+        *official_opts(bert),
         "MODEL.XPM.FREEZE_PROJECTION", "True",
         "MODEL.XPM.LEGACY_BOXES", "True",
         *opts,

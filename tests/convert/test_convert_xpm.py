@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from official_xpm import official_xpm_state
+from official_xpm import official_opts, official_xpm_state
 from ovseg_testing import ROOT, cpu_opts, tiny_clip_opts, tiny_xpm_cfg
 from ovseg_testing import official_boxes as ref
 from ovseg_testing.bert import make_tiny_bert, require_transformers
@@ -19,25 +19,12 @@ from detectron2.structures import Boxes
 
 from ovseg.convert import ConversionError, convert_checkpoint
 from ovseg.convert.command import main
-from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, anchor_order, official_cell_anchors
+from ovseg.convert.xpm import anchor_order, official_cell_anchors
 from ovseg.engine import AtomicCheckpointer
 from ovseg.engine.defaults import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 require_transformers()
-
-
-def _opts(bert: str) -> list:
-    """The release's settings at the tiny size (FrozenBN, MSRA strides, BGR caffe means)."""
-    return [
-        "MODEL.RESNETS.NORM", "FrozenBN",
-        "MODEL.BACKBONE.FREEZE_AT", "2",
-        "MODEL.RESNETS.STRIDE_IN_1X1", "True",
-        "MODEL.PIXEL_MEAN", str(list(OFFICIAL_PIXEL_MEAN)),
-        "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]",
-        "MODEL.XPM.CLASS_EMBEDDING", "bert",
-        "MODEL.XPM.BERT_NAME", bert,
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +33,7 @@ def bert(tmp_path_factory):
 
 
 def _built(tmp, arch: str, bert: str, *opts: str):
-    cfg = tiny_xpm_cfg(tmp, arch, *_opts(bert), *opts)
+    cfg = tiny_xpm_cfg(tmp, arch, *official_opts(bert), *opts)
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval()
 
