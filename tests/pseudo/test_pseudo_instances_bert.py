@@ -17,6 +17,7 @@ from ovseg_testing.xpm import XPM_TRAIN, registered_captioned_coco
 
 from detectron2.structures import Boxes, Instances
 
+from ovseg.data import build_dataset_mapper
 from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_instances import build_instance_labeller
 from ovseg.engine.pseudo_labelling import main, parse_args
@@ -168,6 +169,20 @@ def test_the_tool_labels_in_the_bert_space_of_a_bert_teacher(captioned, bert, tm
         assert [i.proposal for i in record["instances"]] == best.tolist()
         got = torch.tensor([i.score for i in record["instances"]])
         torch.testing.assert_close(got, torch.sigmoid(best_scores), rtol=0, atol=1e-5)
-    # a store made in CLIP's space is another labeller's: resuming into it is refused
+    # a store made in CLIP's space is another labeller's: resuming into it is refused, and
+    # training reads a store only with the space it was made in
+    pool = _opts(tmp_path, bert, "pool")
     with pytest.raises(ValueError, match="made differently"):
-        main(parse_args([*argv, "--no-progress", *_opts(tmp_path, bert, "pool")]))
+        main(parse_args([*argv, "--no-progress", *pool]))
+    clip_store = tmp_path / "clip_store"
+    main(parse_args([*argv[:-1], str(clip_store), "--no-progress", *pool]))
+
+    def mapper(root, opts):
+        cfg = load_config(argv[1], [*opts, "DATASETS.PSEUDO_LABELS", str(root)])
+        return build_dataset_mapper(cfg, True)
+
+    assert mapper(out, opts) is not None
+    with pytest.raises(ValueError, match="in BERT's space but this config .* in CLIP's"):
+        mapper(out, pool)
+    with pytest.raises(ValueError, match="in CLIP's space but this config .* in BERT's"):
+        mapper(clip_store, opts)
