@@ -423,6 +423,14 @@ def _xpm_paper_recipe(path: Path, cfg) -> None:
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 2  # FREEZE_CONV_BODY_AT 2: stem and res2
     if cfg.MODEL.META_ARCHITECTURE == "XPMStudent":  # FREEZE_EMB_PRED False
         assert not xpm.FREEZE_PROJECTION
+        # pseudo-labels as the official: caption nouns in the teacher's BERT space, matched
+        # to its raw region embeddings (st_generalized_rcnn.py:202-209, 226-255); no CLIP
+        assert (xpm.CLASS_EMBEDDING, xpm.REGION_EMBEDDING, xpm.PSEUDO_TEXT) == (
+            "bert", "teacher", "noun",
+        )  # fmt: skip
+        assert xpm.PSEUDO_MASK_THRESHOLD == 0.5 and xpm.PSEUDO_SCORE_THRESHOLD == 0.0
+        assert xpm.TEACHER_META_ARCHITECTURE == "XPMTeacher"
+        assert cfg.MODEL.CLIP.PRETRAINED == ""
         return
     assert xpm.FREEZE_PROJECTION  # FREEZE_EMB_PRED True
     commands = header_commands(path)
@@ -486,8 +494,8 @@ def _xpm_recipe(path: Path, cfg) -> None:
     # XPM's three evaluation sets: unseen-only, seen-only, generalized (zeroshot_mask.yaml:40)
     split = cfg.DATASETS.TRAIN[0].replace("_train_", "_val_")
     assert cfg.DATASETS.TEST == (f"{split}_unseen", f"{split}_seen", split)
-    # CLIP weights are read for CLIP classes and for the student's pseudo-labels only
-    want_clip = "openai" if not bert or (student and paper) else ""
+    # CLIP weights are read for CLIP classes only (BERT classes label in BERT's space)
+    want_clip = "" if bert else "openai"
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == want_clip
 
 

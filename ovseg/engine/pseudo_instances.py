@@ -3,7 +3,9 @@
 
 The teacher (``MODEL.XPM.TEACHER_META_ARCHITECTURE``, weights ``MODEL.XPM.TEACHER_WEIGHTS``)
 proposes boxes and masks through ``propose(batched_inputs) -> list[Instances]``; the CLIP
-teacher (the model's own, else ``MODEL.CLIP``) embeds caption nouns and the proposals;
+teacher (the model's own, else ``MODEL.CLIP``) embeds caption nouns and the proposals, or,
+with BERT classes and REGION_EMBEDDING "teacher", the teacher's BERT embeds the nouns and
+its own region embeddings are the proposals' (XPM's matching; CLIP is not used);
 :class:`~ovseg.pseudo.PseudoInstanceLabeller` picks each noun's best proposal. The store is
 fingerprinted by the teacher's weights, CLIP's, the labeller's settings, the vocabulary and
 the dataset, so a store made otherwise is refused and a killed run resumes.
@@ -51,6 +53,7 @@ __all__ = [
     "CAPTION_MATCHERS",
     "XPM_META_ARCHITECTURES",
     "InstanceLabeller",
+    "bert_text_space",
     "build_caption_matcher",
     "build_instance_labeller",
     "instance_labeller_manifest",
@@ -163,6 +166,25 @@ def build_proposer(cfg: CfgNode) -> nn.Module:
     return model.eval()
 
 
+def bert_text_space(cfg: CfgNode, proposer: nn.Module):
+    """The teacher's BERT class embeddings when caption nouns are matched in its BERT space
+    (MODEL.XPM.CLASS_EMBEDDING "bert" with REGION_EMBEDDING "teacher", XPM's own matching:
+    st_generalized_rcnn.py:202-209, 226-255), else None (CLIP text; no CLIP is read for BERT).
+    """
+    xpm = cfg.MODEL.XPM
+    if xpm.CLASS_EMBEDDING != "bert" or xpm.REGION_EMBEDDING != "teacher":
+        return None
+    bert = getattr(proposer, "bert", None)
+    if bert is None:
+        raise ValueError(
+            f"MODEL.XPM.REGION_EMBEDDING 'teacher' with MODEL.XPM.CLASS_EMBEDDING 'bert' embeds "
+            f"caption nouns with the teacher's BERT, which {type(proposer).__name__} "
+            "(MODEL.XPM.TEACHER_META_ARCHITECTURE) does not have; name the XPM teacher, or "
+            "match with CLIP ('crop' / 'pool')"
+        )
+    return bert
+
+
 def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller:
     """Build the XPM teacher, CLIP, the caption matcher and the test mapper of a config.
 
@@ -170,12 +192,6 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
         cfg (CfgNode): an XPM config.
         dataset (str): a registered dataset with captions; default DATASETS.TRAIN[0].
     """
-    if cfg.MODEL.XPM.REGION_EMBEDDING == "teacher" and cfg.MODEL.XPM.CLASS_EMBEDDING == "bert":
-        raise ValueError(
-            "MODEL.XPM.REGION_EMBEDDING 'teacher' matches caption nouns' CLIP text to the "
-            "teacher's projected RoI features, which MODEL.XPM.CLASS_EMBEDDING 'bert' puts in "
-            "BERT's space; use 'crop' or 'pool' (CLIP's region embeddings of its proposals)"
-        )
     dataset = dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else "")
     if dataset not in DatasetCatalog.list():
         raise UnknownDatasetError(
@@ -186,7 +202,8 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
     names = vocabulary.names
     matcher = build_caption_matcher(cfg, names)
     proposer = build_proposer(cfg)
-    clip = find_teacher(proposer) or build_clip_teacher(cfg)
+    bert = bert_text_space(cfg, proposer)
+    clip = None if bert is not None else find_teacher(proposer) or build_clip_teacher(cfg)
     xpm = cfg.MODEL.XPM
     labeller = PseudoInstanceLabeller(
         clip,
@@ -196,6 +213,7 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
         region_embedding=xpm.REGION_EMBEDDING,
         text=xpm.PSEUDO_TEXT,
         mask_threshold=xpm.PSEUDO_MASK_THRESHOLD,
+        bert=bert,
     )
     return InstanceLabeller(
         proposer=proposer,
@@ -219,7 +237,8 @@ def instance_labeller_manifest(
         "xpm": job.labeller.settings(),
         "teacher_weights": teacher_weights_id(job.weights),
     }
-    both = nn.ModuleDict({"proposer": job.proposer, "clip": job.labeller.clip})
+    parts = {"proposer": job.proposer, "clip": job.labeller.clip}
+    both = nn.ModuleDict({k: v for k, v in parts.items() if v is not None})  # BERT: no clip
     fingerprint, teacher = labeller_fingerprint(both, settings)
     manifest = build_manifest(
         fingerprint=fingerprint,

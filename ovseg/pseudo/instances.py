@@ -1,24 +1,33 @@
 """XPM's pseudo instances: every caption noun gets the teacher proposal that matches it best.
 
 Follows XPM's pseudo-labelling (hbdat/cvpr22_cross_modal_pseudo_labeling @b460423,
-``maskrcnn_benchmark/modeling/detector/st_generalized_rcnn.py:218-275``), re-written for the
-shared CLIP teacher and run once, offline (the teacher is frozen, so it is the same labels):
+``maskrcnn_benchmark/modeling/detector/st_generalized_rcnn.py:218-275``), re-written and run
+once, offline (the teacher is frozen, so it is the same labels):
 
 - nouns: the class phrases of ALL of an image's captions
-  (:class:`~ovseg.modeling.xpm.CaptionNounMatcher`, ``coco_cap_det.py:131-140``), each
+  (:class:`~ovseg.modeling.xpm.CaptionNounMatcher`, ``coco_cap_det.py:131-140``: the
+  matched synonyms' lemmas, ``parser.py:57-74``, joined by "/" and split again, :320), each
   distinct phrase once with its class of the full vocabulary (seen and unseen);
-- text: each noun's embedding (officially BERT's, ``st_generalized_rcnn.py:243``; here CLIP's
-  prompt-ensembled ``encode_text`` of the noun, or of its class name with ``text="class"``);
-- regions: one embedding per proposal: officially the detector's projection of the RoI
-  feature into the word space (:226-229), here ``"teacher"`` (the XPM teacher's
-  ``pred_embeddings``, its projection into CLIP's text space; every proposal a candidate, as
-  officially) or, the default, :meth:`~ovseg.clip.CLIPTeacher.region_embeddings` of the
-  proposal's mask (``"crop"`` or ``"pool"``; proposals with an empty mask are skipped): CLIP's
-  image side stands in for OVR-CNN's caption-pretrained alignment, which ours lacks;
-- per noun, the proposal with the highest product (:245-247) gives the pseudo box (its
-  box, :249) and the pseudo mask (its mask at threshold 0.5, :264-272); score = sigmoid of
-  the product (:255). Both embeddings are L2-normalised, so the product is a cosine.
-  No score threshold and no NMS by default (as XPM); the score is kept for an optional cut.
+- regions: one embedding per proposal; ``"teacher"``: the XPM teacher's ``pred_embeddings``
+  (its box predictor's projection of the avg-pooled RoI feature of each RPN proposal,
+  :219-229; every proposal a candidate, as officially); ``"crop"`` / ``"pool"`` (the
+  default): :meth:`~ovseg.clip.CLIPTeacher.region_embeddings` of the proposal's mask
+  (proposals with an empty mask are skipped): CLIP's image side standing in for the
+  teacher's own alignment;
+- text and product, two spaces:
+
+  * BERT (``bert`` given, the teacher's :class:`~ovseg.modeling.xpm.bert.
+    BertClassEmbeddings`, with ``"teacher"`` regions): the paper's. A noun is the mean of
+    BERT's input word-piece embeddings over its non-special tokens, L2-normalised
+    (``extract_emb``, :202-209, :243); the region embedding is the raw projection, not
+    normalised; the product is their raw dot product (:245);
+  * CLIP (ovseg's variant): a noun is CLIP's prompt-ensembled ``encode_text`` (of the noun,
+    or of its class name with ``text="class"``), both sides L2-normalised: a cosine;
+
+- per noun, the proposal with the highest product (:247) gives the pseudo box (the RoI
+  head's refined box of that proposal, :222, :249) and the pseudo mask (the mask head at
+  that box, threshold 0.5, :264-272); score = sigmoid of the product (:255). No score
+  threshold and no NMS by default (as XPM); the score is kept for an optional cut.
 """
 
 from __future__ import annotations
@@ -76,8 +85,9 @@ class PseudoInstance:
         category_id (int): the index of ``category`` in that vocabulary.
         box (tuple): the proposal's box, XYXY in pixels of the original image.
         mask (dict): the proposal's mask (probability >= the mask threshold) as COCO RLE.
-        cosine (float): cosine of the noun's text and the proposal's region embedding.
-        score (float): sigmoid(cosine), XPM's pseudo-label score.
+        cosine (float): the product of the noun's text and the proposal's region embedding
+            (a cosine in CLIP's space; the raw dot product in BERT's).
+        score (float): sigmoid of it, XPM's pseudo-label score.
         proposal (int): the proposal's index in the teacher's output.
     """
 
@@ -151,10 +161,11 @@ class PseudoInstanceLabeller:
         text: str = "noun",
         mask_threshold: float = 0.5,
         score_threshold: float = 0.0,
+        bert=None,
     ):
         """
         Args:
-            clip (CLIPTeacher): text and region embeddings.
+            clip (CLIPTeacher): text and region embeddings (None with ``bert``: unused).
             matcher (CaptionNounMatcher): finds class phrases in captions; each of its class
                 names must be in ``vocabulary``.
             vocabulary: the full vocabulary (seen and unseen names) pseudo classes index.
@@ -165,6 +176,9 @@ class PseudoInstanceLabeller:
             text (str): "noun" (embed the caption phrase, as XPM) or "class" (its class name).
             mask_threshold (float): mask probability at and above which a pixel is inside.
             score_threshold (float): pseudo instances scoring below are dropped (0: none).
+            bert (BertClassEmbeddings, optional): embed the texts in the teacher's BERT space
+                and score them by the raw dot product with the proposals' unnormalised
+                ``pred_embeddings`` (XPM's own matching; needs ``region_embedding="teacher"``).
         """
         if region_embedding not in REGION_EMBEDDINGS:
             raise ValueError(
@@ -172,6 +186,12 @@ class PseudoInstanceLabeller:
             )
         if text not in PSEUDO_TEXTS:
             raise ValueError(f"pseudo-label text {text!r} is not one of {list(PSEUDO_TEXTS)}")
+        if bert is not None and region_embedding != "teacher":
+            raise ValueError(
+                f"BERT text embeddings are matched to the teacher's BERT-space region "
+                f"embeddings; region embedding {region_embedding!r} is CLIP's image side: use "
+                "'teacher', or CLIP text (no BERT) with 'crop' / 'pool'"
+            )
         if not 0.0 < mask_threshold <= 1.0:
             raise ValueError(f"mask threshold {mask_threshold} is not in (0, 1]")
         index = {normalize_name(n): i for i, n in enumerate(vocabulary)}
@@ -185,7 +205,10 @@ class PseudoInstanceLabeller:
                 f"the caption matcher names classes {missing} that are not in the pseudo-label "
                 f"vocabulary {list(vocabulary)}; give the full vocabulary (seen and unseen)"
             )
+        if bert is None and clip is None:
+            raise ValueError("the CLIP-space labeller needs a CLIP teacher (clip is None)")
         self.clip = clip
+        self.bert = bert
         self.matcher = matcher
         self.vocabulary = tuple(vocabulary)
         self._to_vocab = {
@@ -202,8 +225,11 @@ class PseudoInstanceLabeller:
         return [(p, self._to_vocab[c]) for p, c in self.matcher(captions).nouns]
 
     def text_embeddings(self, nouns: Sequence[Tuple[str, int]]) -> Tensor:
-        """(W, D) normalised text embeddings of the nouns (or of their class names)."""
+        """(W, D) normalised text embeddings of the nouns (or of their class names): CLIP's
+        prompt-ensembled, or with ``bert`` the official ``extract_emb`` (no prompt)."""
         texts = [p if self.text == "noun" else self.vocabulary[c] for p, c in nouns]
+        if self.bert is not None:
+            return F.normalize(self.bert(texts), dim=-1)
         return self.clip.encode_text(texts, self.templates)
 
     @torch.no_grad()
@@ -260,7 +286,8 @@ class PseudoInstanceLabeller:
         return out
 
     def regions(self, image: Tensor, proposals: Instances, masks: Tensor, kept: Tensor) -> Tensor:
-        """(R, D) normalised embeddings of the ``kept`` proposals (``masks``: theirs)."""
+        """(R, D) embeddings of the ``kept`` proposals (``masks``: theirs): normalised, or
+        with ``bert`` the teacher's raw ones (the official ``emb_pred`` output)."""
         if self.region_embedding != "teacher":
             return self.clip.region_embeddings(
                 image[None].float(), [masks], mode=self.region_embedding
@@ -271,11 +298,13 @@ class PseudoInstanceLabeller:
                 "pred_embeddings, which this proposer does not give; use the XPM teacher "
                 "(XPMTeacher.propose) or 'crop' / 'pool'"
             )
-        return F.normalize(proposals.pred_embeddings[kept].float(), dim=-1)
+        regions = proposals.pred_embeddings[kept].float()
+        return regions if self.bert is not None else F.normalize(regions, dim=-1)
 
     def settings(self) -> Dict[str, Any]:
-        """What decides this labeller's output besides its models (for fingerprints)."""
-        return {
+        """What decides this labeller's output besides its models (for fingerprints); with
+        ``bert``, also its text space (the keys of CLIP-space labellers are as before)."""
+        out = {
             "region_embedding": self.region_embedding,
             "text": self.text,
             "templates": list(self.templates),
@@ -287,3 +316,6 @@ class PseudoInstanceLabeller:
                 for k, v in self.matcher.phrases.items()
             ),
         }
+        if self.bert is not None:  # BERT nouns, raw teacher regions, raw dot product
+            out["text_space"] = {"bert": self.bert.fingerprint(), "product": "dot"}
+        return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Sequence
 
 # word pieces of the XPM test names and of a two-word and a split name
 TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
@@ -26,8 +27,9 @@ def require_transformers() -> None:
         pytest.skip(reason, allow_module_level=True)
 
 
-def make_tiny_bert(folder: Path, hidden: int = 32, seed: int = 0) -> str:
-    """Save a random 1-layer BERT of width ``hidden`` and its tokenizer into ``folder``.
+def make_tiny_bert(folder: Path, hidden: int = 32, seed: int = 0, words: Sequence[str] = ()) -> str:
+    """Save a random 1-layer BERT of width ``hidden`` and its tokenizer into ``folder``; its
+    vocabulary is :data:`TINY_BERT_VOCAB` plus ``words``.
 
     Returns:
         str: the folder, for MODEL.XPM.BERT_NAME.
@@ -38,11 +40,12 @@ def make_tiny_bert(folder: Path, hidden: int = 32, seed: int = 0) -> str:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(TINY_BERT_VOCAB) + "\n")
+    pieces = [*TINY_BERT_VOCAB, *(w for w in words if w not in TINY_BERT_VOCAB)]
+    vocab.write_text("\n".join(pieces) + "\n")
     BertTokenizer(str(vocab), do_lower_case=True).save_pretrained(str(folder))
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(TINY_BERT_VOCAB),
+        vocab_size=len(pieces),
         hidden_size=hidden,
         num_hidden_layers=1,
         num_attention_heads=2,

@@ -47,6 +47,7 @@ from .semantic import label_for_transforms
 __all__ = [
     "XPMInstanceDatasetMapper",
     "caption_vocabulary",
+    "check_text_space",
     "lvis_pseudo_vocabulary",
     "seen_label_map",
     "xpm_store_vocabulary",
@@ -92,6 +93,26 @@ def caption_vocabulary(cfg, store=None, root: str = "") -> str:
             f"<new folder>) or set MODEL.XPM.CAPTION_VOCABULARY {made!r}"
         )
     return kind
+
+
+def check_text_space(cfg, store=None, root: str = "") -> None:
+    """Refuse a ``store`` whose nouns were matched in another space than the config's: BERT's
+    (MODEL.XPM.CLASS_EMBEDDING "bert" with REGION_EMBEDDING "teacher") or CLIP's."""
+    if store is None:
+        return
+    xpm = cfg.MODEL.XPM
+    bert = xpm.get("CLASS_EMBEDDING", "clip") == "bert" and xpm.REGION_EMBEDDING == "teacher"
+    settings = store.manifest.get("teacher", {}).get("settings", {}).get("xpm", {})
+    made = "BERT" if "text_space" in settings else "CLIP"  # absent: CLIP, as stores before
+    want = "BERT" if bert else "CLIP"
+    if made != want:
+        raise ValueError(
+            f"pseudo-label store {root!r} matched caption nouns in {made}'s space but this "
+            f"config (MODEL.XPM.CLASS_EMBEDDING {xpm.get('CLASS_EMBEDDING', 'clip')!r}, "
+            f"REGION_EMBEDDING {xpm.REGION_EMBEDDING!r}) makes them in {want}'s: regenerate "
+            "the store with this config (tools/generate_pseudo_labels.py --config-file <this "
+            "config> --output <new folder>)"
+        )
 
 
 def lvis_pseudo_vocabulary(store=None, root: str = "") -> List[str]:
@@ -192,6 +213,7 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         root = cfg.DATASETS.PSEUDO_LABELS
         store = InstancePseudoLabelStore.open(root) if root else None
         lvis = caption_vocabulary(cfg, store, root) == "lvis"
+        check_text_space(cfg, store, root)
         vocab = xpm_vocabulary(cfg, name, None if lvis else store)
         if lvis:
             ret["pseudo_vocabulary"] = lvis_pseudo_vocabulary(store, root)

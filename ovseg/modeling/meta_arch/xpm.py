@@ -335,9 +335,9 @@ class XPMTeacher(OpenVocabSegmentor):
             coordinates), ``pred_masks`` (float (R, height, width) mask probabilities of the
             class-agnostic mask head at those boxes, pasted; 0 outside the box), ``scores``
             (float (R,), sigmoid of the RPN objectness) and ``pred_embeddings`` (float (R, D),
-            the L2-normalised projected RoI features: the teacher's region embeddings in
-            CLIP's text space, which XPM matches caption nouns against; left out with the
-            BERT classes, whose projection maps into BERT's space, not CLIP's).
+            the projected RoI features of the RPN proposals, which XPM matches caption nouns
+            against: L2-normalised in CLIP's text space; with the BERT classes raw, in BERT's
+            space, as the official ``emb_pred`` output, st_generalized_rcnn.py:226-229).
         """
         topk = self.propose_topk if topk is None else int(topk)
         images = self.images(batched_inputs)
@@ -358,7 +358,6 @@ class XPMTeacher(OpenVocabSegmentor):
             res.pred_boxes = scaled
             res.pred_masks = pasted
             res.scores = p.objectness_logits.sigmoid()
-            if self.bert is None:
-                res.pred_embeddings = F.normalize(e, dim=-1)
+            res.pred_embeddings = F.normalize(e, dim=-1) if self.bert is None else e
             out.append(res)
         return out

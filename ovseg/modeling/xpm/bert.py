@@ -20,8 +20,10 @@ Hugging Face cache or a local folder (``save_pretrained``), never stored in a ch
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -101,6 +103,7 @@ class BertClassEmbeddings:
         self._table = None
         self._tokenizer = None
         self._memo: Dict[str, Tensor] = {}
+        self._fingerprint: Optional[str] = None
 
     def _load(self) -> None:
         tf = _transformers()
@@ -130,6 +133,19 @@ class BertClassEmbeddings:
         if self._tokenizer is None:
             self._load()
         return self._tokenizer(name, add_special_tokens=False)["input_ids"]
+
+    def fingerprint(self) -> str:
+        """SHA-256 hex of what decides the embeddings: the tokenizer's word pieces and case
+        folding and the input word-embedding table (not the name or folder they came from)."""
+        if self._fingerprint is None:
+            table = self.table.contiguous()
+            tok = self._tokenizer
+            head = {"vocab": sorted(tok.get_vocab().items()), "lower": tok.do_lower_case}
+            digest = hashlib.sha256(json.dumps(head).encode())
+            digest.update(str(tuple(table.shape)).encode())
+            digest.update(table.numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @torch.no_grad()
     def __call__(self, names: Sequence[str]) -> Tensor:

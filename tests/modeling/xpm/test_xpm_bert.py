@@ -69,9 +69,19 @@ def test_teacher_scores_raw_and_student_normalised_embeddings(tmp_path, bert, ar
     assert model.roi_heads.dot_product
     assert model.roi_heads.box_predictor.projection.out_features == raw.shape[1]
     assert not any("bert" in k or "word" in k for k in model.state_dict())  # not saved
-    # proposals for CLIP-matched pseudo-labels, without the BERT-space region embeddings
-    (proposals,) = model.propose([{"image": torch.zeros(3, 32, 32)}])
-    assert proposals.has("pred_masks") and not proposals.has("pred_embeddings")
+    # proposals with the raw BERT-space region embeddings XPM matches caption nouns to
+    # (st_generalized_rcnn.py:226-229: emb_pred of the pooled RoI feature, not normalised)
+    model.propose_topk = 3
+    image = torch.zeros(3, 32, 32)
+    image[:, 8:24, 8:24] = 200
+    (proposals,) = model.propose([{"image": image}])
+    assert proposals.has("pred_masks") and len(proposals) == 3
+    features = model.backbone(model.images([{"image": image}]).tensor)
+    rpn, _ = model.proposal_generator(model.images([{"image": image}]), features, None)
+    top = rpn[0][rpn[0].objectness_logits.argsort(descending=True)[:3]]
+    _, (want,) = model.roi_heads.refine(features, [top])
+    torch.testing.assert_close(proposals.pred_embeddings, want)
+    assert not torch.allclose(want.norm(dim=-1), torch.ones(3))
 
 
 @pytest.mark.parametrize("arch", ["XPMTeacher", "XPMStudent"])
@@ -121,12 +131,15 @@ def test_a_folder_that_is_no_saved_bert_is_refused_by_name(tmp_path, bert):
     assert bert_width(bert) == 32
 
 
-def test_teacher_region_embeddings_are_refused_with_bert_classes(tmp_path, bert):
-    from ovseg.engine.pseudo_instances import build_instance_labeller
+def test_bert_classes_label_with_the_teachers_bert_or_refuse_a_teacher_without_one(tmp_path, bert):
+    from ovseg.engine.pseudo_instances import bert_text_space
 
-    cfg = tiny_xpm_cfg(
-        tmp_path, "XPMStudent", "MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert,
-        "MODEL.XPM.REGION_EMBEDDING", "teacher",
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="REGION_EMBEDDING 'teacher'.*BERT's space.*'crop'"):
-        build_instance_labeller(cfg, "any_dataset")
+    opts = ["MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert]
+    cfg = tiny_xpm_cfg(tmp_path, "XPMStudent", *opts, "MODEL.XPM.REGION_EMBEDDING", "teacher")
+    teacher = build_model(tiny_xpm_cfg(tmp_path, "XPMTeacher", *opts))
+    assert bert_text_space(cfg, teacher) is teacher.bert
+    for region in ("crop", "pool"):  # CLIP text with CLIP regions, as with CLIP classes
+        cfg_clip = tiny_xpm_cfg(tmp_path, "XPMStudent", *opts, "MODEL.XPM.REGION_EMBEDDING", region)
+        assert bert_text_space(cfg_clip, teacher) is None
+    with pytest.raises(ValueError, match="teacher's BERT, which Module .*does not have"):
+        bert_text_space(cfg, torch.nn.Module())
