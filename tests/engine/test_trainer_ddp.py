@@ -23,11 +23,8 @@ def _evaluate_after_diverging_statistics(out_dir):
     cfg = get_cfg()
     cfg.DATASETS.TEST = ()  # no test set: Trainer.test only prepares the model
     Trainer.test(cfg, ddp)
-    torch.save(
-        {"before": before, "mean": bn.running_mean, "var": bn.running_var,
-         "count": bn.num_batches_tracked},
-        f"{out_dir}/rank{rank}.pt",
-    )  # fmt: skip
+    state = {"mean": bn.running_mean, "var": bn.running_var, "count": bn.num_batches_tracked}
+    torch.save({"before": before, **state}, f"{out_dir}/rank{rank}.pt")
 
 
 @pytest.mark.slow
