@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import weakref
 
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
@@ -35,6 +39,26 @@ def ddp_options(model) -> dict:
     parameters may get no gradient in a step (``ddp_find_unused_parameters``: XPM's student,
     whose pseudo pass skips a rank without pseudo instances and whose noise head freezes)."""
     return {"find_unused_parameters": bool(getattr(model, "ddp_find_unused_parameters", False))}
+
+
+def sync_norm_statistics(model: nn.Module) -> None:
+    """Give every process rank 0's BatchNorm running statistics (nothing in one process).
+
+    The trainer wraps DDP with ``broadcast_buffers=False`` (as detectron2's DefaultTrainer), so
+    a plain BatchNorm ("BN": the LSeg variants' DPT fusion units, the toy MaskCLIP+ and XPM
+    teacher ResNets) keeps each rank's own running statistics while checkpoints hold rank
+    0's. An evaluation during training, where each rank scores its share of the test set, ran
+    rank 1's images through other statistics than the saved model's: its numbers differed
+    from ``--eval-only`` of that checkpoint. Training steps use batch statistics, so they are
+    unchanged; SyncBN's statistics are equal on every rank already (broadcast all the same).
+    """
+    if comm.get_world_size() == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and module.track_running_stats:
+            for buf in (module.running_mean, module.running_var, module.num_batches_tracked):
+                if buf is not None:
+                    dist.broadcast(buf, src=0)
 
 
 class Trainer(DefaultTrainer):
@@ -125,6 +149,7 @@ class Trainer(DefaultTrainer):
         # evaluation during training must not move the training RNGs (a resumed run, which
         # does not repeat it, would draw other numbers)
         state = rng_state()
+        sync_norm_statistics(model)  # every rank scores with the checkpoint's statistics
         try:
             return super().test(cfg, model, evaluators)
         finally:
