@@ -14,7 +14,8 @@ def add_xpm_config(cfg: CN) -> None:
     # LOSS_WEIGHT_BACKGROUND 0.2, configs/coco_cap_det/zeroshot_mask.yaml:27)
     cfg.MODEL.XPM.BACKGROUND_WEIGHT = 0.2
     # proposals per image XPMTeacher.propose keeps, by RPN objectness (0: every proposal, as
-    # the official online matching; their masks are pasted at image size, hence the cap)
+    # the official matching; REGION_EMBEDDING "crop" / "pool" paste every one's mask at image
+    # size, hence the cap; "teacher" computes the matched proposals' masks only)
     cfg.MODEL.XPM.PROPOSE_TOPK = 100
     # the teacher checkpoint the student starts from ("" = random init, for tests only)
     cfg.MODEL.XPM.TEACHER_WEIGHTS = ""

@@ -59,6 +59,7 @@ __all__ = [
     "instance_labeller_manifest",
     "main",
     "makes_instance_pseudo_labels",
+    "proposal_settings",
 ]
 
 logger = logging.getLogger("ovseg.tools.generate_pseudo_labels")
@@ -226,6 +227,19 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
     )
 
 
+# the default MODEL.XPM.PROPOSE_TOPK: left out of the fingerprint, so the stores made with it
+# before the count was fingerprinted keep theirs (those of other counts are made again)
+DEFAULT_PROPOSE_TOPK = 100
+
+
+def proposal_settings(cfg: CfgNode) -> Dict[str, Any]:
+    """The teacher's proposal count when it is not the default: {"propose_topk": N}, else {}
+    (so stores of the default keep the fingerprint they were made with; the top 100 and
+    every proposal are other candidates, other labels)."""
+    topk = int(cfg.MODEL.XPM.PROPOSE_TOPK)
+    return {} if topk == DEFAULT_PROPOSE_TOPK else {"propose_topk": topk}
+
+
 def instance_labeller_manifest(
     cfg: CfgNode, job: InstanceLabeller, command: str = ""
 ) -> Dict[str, Any]:
@@ -234,7 +248,7 @@ def instance_labeller_manifest(
     of XPM's LVIS vocabulary (absent: the training vocabulary's, as stores made before)."""
     settings = {
         **labeller_settings(cfg),
-        "xpm": job.labeller.settings(),
+        "xpm": {**job.labeller.settings(), **proposal_settings(cfg)},
         "teacher_weights": teacher_weights_id(job.weights),
     }
     parts = {"proposer": job.proposer, "clip": job.labeller.clip}

@@ -32,11 +32,13 @@ from .labels import (
     scores_to_labels,
     store_ignore_value,
 )
+from .lazy_masks import LazyMasks
 from .spec import PSEUDO_LABEL_SOURCES, PseudoLabelSpec, check_source, expected_pseudo_labels
 from .store import PseudoLabelStore, image_id_of
 
 __all__ = [
     "InstancePseudoLabelStore",
+    "LazyMasks",
     "PseudoInstance",
     "PseudoInstanceLabeller",
     "attach_pseudo_instances",

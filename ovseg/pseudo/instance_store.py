@@ -184,15 +184,19 @@ def attach_pseudo_instances(
 
 def _label_one(proposer, labeller: PseudoInstanceLabeller, inputs: dict, captions) -> dict:
     """The record of one mapped image: the teacher's proposals at the original size, then
-    the labeller on the image resized to it."""
+    the labeller on the image resized to it. A labeller that reads only the chosen proposals'
+    masks asks for them lazily (``propose(..., masks=False)``)."""
     height, width = int(inputs["height"]), int(inputs["width"])
     with torch.no_grad():
-        proposals = proposer.propose([inputs])[0]
+        if labeller.needs_every_mask:
+            proposals = proposer.propose([inputs])[0]
+        else:
+            proposals = proposer.propose([inputs], masks=False)[0]
     proposals = proposals_at_size(proposals, height, width)
     image = inputs["image"].float()
     if tuple(image.shape[-2:]) != (height, width):
         image = F.interpolate(image[None], size=(height, width), mode="bilinear")[0]
-    image = image.to(proposals.pred_masks.device)
+    image = image.to(proposals.pred_boxes.device)
     nouns = labeller.nouns(captions)
     instances = labeller(image, captions, proposals)
     return {
@@ -230,6 +234,8 @@ def generate_pseudo_instances(
     Args:
         proposer: has ``propose(batched_inputs) -> list[Instances]`` (``pred_boxes``,
             ``pred_masks`` probabilities, ``scores``), e.g. the XPM teacher; in eval mode.
+            For a "teacher" labeller, ``propose(batched_inputs, masks=False)``, whose
+            ``pred_masks`` may be a :class:`~ovseg.pseudo.lazy_masks.LazyMasks`.
         labeller (PseudoInstanceLabeller): nouns -> best proposals.
         dataset_dicts: dataset dicts with "captions"; every process passes the same list.
         mapper: dataset dict -> model input (test mode).

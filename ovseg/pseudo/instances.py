@@ -33,7 +33,7 @@ once, offline (the teacher is frozen, so it is the same labels):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from detectron2.structures import Instances
 
 from ..vocab import normalize_name
+from .lazy_masks import LazyMasks, mask_probabilities
 
 __all__ = [
     "REGION_EMBEDDINGS",
@@ -121,27 +122,33 @@ def proposals_at_size(proposals: Instances, height: int, width: int) -> Instance
 
     Args:
         proposals (Instances): ``pred_boxes`` (Boxes), ``pred_masks`` ((N, H', W') floats in
-            [0, 1], or (N, 1, H', W')), ``scores`` and optionally ``pred_embeddings``
-            ((N, D), carried over).
+            [0, 1], or (N, 1, H', W'), or a :class:`LazyMasks`: resized when computed),
+            ``scores`` and optionally ``pred_embeddings`` ((N, D), carried over).
         height, width (int): the original image size.
     """
     masks = proposals.pred_masks
-    if masks.dim() == 4 and masks.shape[1] == 1:
+    lazy = isinstance(masks, LazyMasks)
+    if not lazy and masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
-    if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(proposals.image_size):
+    shape = (len(masks), *masks.image_size) if lazy else tuple(masks.shape)
+    if len(shape) != 3 or tuple(shape[-2:]) != tuple(proposals.image_size):
         raise ValueError(
-            f"proposal pred_masks have shape {tuple(proposals.pred_masks.shape)}; expected "
-            f"(N, H, W) mask probabilities at the proposals' image size {proposals.image_size}"
+            f"proposal pred_masks have shape {shape}; expected (N, H, W) mask probabilities "
+            f"at the proposals' image size {proposals.image_size}"
         )
     out = Instances((height, width))
     h0, w0 = proposals.image_size
     boxes = proposals.pred_boxes.clone()
     if (h0, w0) != (height, width):
         boxes.scale(width / w0, height / h0)
-        masks = F.interpolate(masks[None].float(), size=(height, width), mode="bilinear")[0]
+        if lazy:
+            masks = masks.resized(height, width)
+        else:
+            masks = F.interpolate(masks[None].float(), size=(height, width), mode="bilinear")[0]
     out.pred_boxes = boxes
-    out.pred_masks = masks.float()
-    out.scores = proposals.scores if proposals.has("scores") else masks.new_ones(len(masks))
+    out.pred_masks = masks if lazy else masks.float()
+    ones = boxes.tensor.new_ones(len(boxes))
+    out.scores = proposals.scores if proposals.has("scores") else ones
     if proposals.has("pred_embeddings"):
         out.pred_embeddings = proposals.pred_embeddings
     return out
@@ -220,6 +227,12 @@ class PseudoInstanceLabeller:
         self.mask_threshold = float(mask_threshold)
         self.score_threshold = float(score_threshold)
 
+    @property
+    def needs_every_mask(self) -> bool:
+        """Whether every proposal's mask is read ("crop" / "pool" embed the masked pixels);
+        with "teacher" only the chosen proposals' are, which a proposer may give lazily."""
+        return self.region_embedding != "teacher"
+
     def nouns(self, captions: Sequence[str]) -> List[Tuple[str, int]]:
         """(phrase, vocabulary index) of every class phrase in the captions."""
         return [(p, self._to_vocab[c]) for p, c in self.matcher(captions).nouns]
@@ -242,7 +255,8 @@ class PseudoInstanceLabeller:
             image (Tensor): (3, H, W) RGB in [0, 255] at the proposals' image size.
             captions: all the image's captions.
             proposals (Instances): the teacher's, at (H, W): ``pred_boxes``, ``pred_masks``
-                ((N, H, W) probabilities).
+                ((N, H, W) probabilities, or a :class:`LazyMasks`: with "teacher" only the
+                chosen proposals' are computed; "crop" / "pool" compute all).
 
         Returns:
             list[PseudoInstance]: one per noun (fewer with a score threshold), in noun order.
@@ -252,19 +266,20 @@ class PseudoInstanceLabeller:
                 f"image {tuple(image.shape)} and proposals {proposals.image_size} differ in size"
             )
         nouns = self.nouns(captions)
-        inside = proposals.pred_masks >= self.mask_threshold
+        inside = None
         if self.region_embedding == "teacher":  # every proposal, as XPM
-            kept = torch.arange(len(inside), device=inside.device)
-        else:  # a crop or a pooled region needs pixels
+            kept = torch.arange(len(proposals), device=proposals.pred_boxes.device)
+        else:  # a crop or a pooled region needs pixels: every proposal's mask
+            inside = mask_probabilities(proposals.pred_masks) >= self.mask_threshold
             kept = torch.nonzero(inside.flatten(1).any(dim=1)).flatten()
         if not nouns or len(kept) == 0:
             return []
-        masks = inside[kept]
-        regions = self.regions(image, proposals, masks, kept)
+        regions = self.regions(image, proposals, None if inside is None else inside[kept], kept)
         texts = self.text_embeddings(nouns).to(regions)
         cosine, best = (texts @ regions.T).max(dim=1)  # (W,): each noun's best proposal
         scores = torch.sigmoid(cosine)
         boxes = proposals.pred_boxes.tensor[kept].detach().cpu()
+        masks = self.winner_masks(proposals.pred_masks, inside, kept[best.to(kept.device)])
         out = []
         for w, (noun, cid) in enumerate(nouns):
             if float(scores[w]) < self.score_threshold:
@@ -277,7 +292,7 @@ class PseudoInstanceLabeller:
                     category=self.vocabulary[cid],
                     category_id=int(cid),
                     box=box,  # type: ignore[arg-type]
-                    mask=encode_mask(masks[p].cpu().numpy()),
+                    mask=encode_mask(masks[w].cpu().numpy()),
                     cosine=float(cosine[w]),
                     score=float(scores[w]),
                     proposal=int(kept[p]),
@@ -285,8 +300,21 @@ class PseudoInstanceLabeller:
             )
         return out
 
-    def regions(self, image: Tensor, proposals: Instances, masks: Tensor, kept: Tensor) -> Tensor:
-        """(R, D) embeddings of the ``kept`` proposals (``masks``: theirs): normalised, or
+    def winner_masks(self, masks, inside, winners: Tensor) -> Tensor:
+        """(W, H, W') bool masks of the ``winners`` (proposal indices, one per noun): from
+        ``inside`` when every mask was thresholded, else only the winners' are computed (a
+        :class:`LazyMasks` runs the mask head at their boxes alone, XPM's mask pass,
+        st_generalized_rcnn.py:264-272)."""
+        if inside is not None:
+            return inside[winners]
+        unique, back = torch.unique(winners, return_inverse=True)
+        return (mask_probabilities(masks, unique) >= self.mask_threshold)[back]
+
+    def regions(
+        self, image: Tensor, proposals: Instances, masks: Optional[Tensor], kept: Tensor
+    ) -> Tensor:
+        """(R, D) embeddings of the ``kept`` proposals (``masks``: theirs, bool; None with
+        "teacher", which does not read them): normalised, or
         with ``bert`` the teacher's raw ones (the official ``emb_pred`` output)."""
         if self.region_embedding != "teacher":
             return self.clip.region_embeddings(

@@ -2,19 +2,22 @@
 "bert" with REGION_EMBEDDING "teacher"), against the official formula written out
 (st_generalized_rcnn.py:202-209 ``extract_emb``, :226-255 ``generate_pseudo_label``): nouns
 as L2-normalised masked means of BERT's input word-piece embeddings, regions as the raw
-projected RoI features, their raw dot product, per noun the best proposal, sigmoid scores.
-Then the generation tool on a tiny BERT teacher and the captioned COCO fixture."""
+projected RoI features, their raw dot product, per noun the best proposal, sigmoid scores;
+the same labels when only the winners' masks are computed. Then the generation tool on a
+tiny BERT teacher and the captioned COCO fixture."""
 
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from ovseg_testing.bert import make_tiny_bert, require_transformers
 from ovseg_testing.configs import SMALL_OPTS
 from ovseg_testing.paths import CONFIGS, TINY_VIT
 from ovseg_testing.xpm import XPM_TRAIN, registered_captioned_coco
 
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from ovseg.data import build_dataset_mapper
@@ -186,3 +189,31 @@ def test_the_tool_labels_in_the_bert_space_of_a_bert_teacher(captioned, bert, tm
         mapper(out, pool)
     with pytest.raises(ValueError, match="in CLIP's space but this config .* in BERT's"):
         mapper(clip_store, opts)
+
+
+@pytest.mark.parametrize("topk", [20, 0])
+def test_bert_labels_with_lazy_masks_equal_the_full_path(bert, tmp_path, topk):
+    # XPM's mask pass (st_generalized_rcnn.py:264-272): the mask head at the winners only
+    torch.manual_seed(0)
+    opts = ["MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert]
+    model = build_model(tiny_xpm_cfg(tmp_path, "XPMTeacher", *opts)).eval()
+    labeller = PseudoInstanceLabeller(
+        None, CaptionNounMatcher(VOCAB), VOCAB, templates=["{}"], region_embedding="teacher",
+        bert=model.bert,
+    )  # fmt: skip
+    image = xpm_batch(1)[0]["image"]
+    inputs, captions = [{"image": image}], ["A cat under a traffic light.", "A dog."]
+    (full,) = model.propose(inputs, topk=topk)
+    rows = []
+    hook = model.roi_heads.mask_head.register_forward_hook(
+        lambda m, args, out: rows.append(len(args[0]))
+    )
+    try:
+        (lazy,) = model.propose(inputs, topk=topk, masks=False)
+        got = labeller(image, captions, lazy)
+    finally:
+        hook.remove()
+    assert torch.equal(lazy.pred_embeddings, full.pred_embeddings)  # raw, BERT's space
+    want = labeller(image, captions, full)
+    assert len(want) == 3 and got == want
+    assert rows == [len({p.proposal for p in got})] and rows[0] < len(full)

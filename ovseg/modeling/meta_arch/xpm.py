@@ -28,6 +28,7 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
+from ...pseudo.lazy_masks import LazyMasks
 from ..text_classifier import TextClassifier
 from ..xpm.bert import BertClassEmbeddings, bert_width
 from ..xpm.legacy import paste_masks_legacy, to_exclusive, to_inclusive
@@ -320,7 +321,9 @@ class XPMTeacher(OpenVocabSegmentor):
         return Boxes(to_exclusive(inclusive)), probs
 
     @torch.no_grad()
-    def propose(self, batched_inputs: List[dict], topk: Optional[int] = None) -> List[Instances]:
+    def propose(
+        self, batched_inputs: List[dict], topk: Optional[int] = None, masks: bool = True
+    ) -> List[Instances]:
         """Class-agnostic proposals of each input, for caption pseudo-labels.
 
         Args:
@@ -328,6 +331,10 @@ class XPMTeacher(OpenVocabSegmentor):
                 optional "height"/"width" (the size outputs are given at; default h, w).
             topk (int, optional): proposals kept per image, by RPN objectness; None = the
                 model's ``propose_topk``; 0 = every RPN proposal (XPM matches them all).
+            masks (bool): False: ``pred_masks`` is a :class:`~ovseg.pseudo.lazy_masks.
+                LazyMasks` that runs the mask head and pastes only for the rows it is indexed
+                with (XPM's mask pass at the matched proposals alone, st_generalized_rcnn.py:
+                264-272); the same numbers as True for those rows, and the rest unchanged.
 
         Returns:
             list[Instances]: per input, at (height, width), sorted by decreasing ``scores``:
@@ -348,12 +355,16 @@ class XPMTeacher(OpenVocabSegmentor):
             order = p.objectness_logits.argsort(descending=True)
             kept.append(p[order[:topk] if topk > 0 else order])
         boxes, embeddings = self.roi_heads.refine(features, kept)
-        masks = self.roi_heads.mask_probabilities(features, boxes)
+        probs = self.roi_heads.mask_probabilities(features, boxes) if masks else None
         out = []
-        for inp, p, b, e, m in zip(batched_inputs, kept, boxes, embeddings, masks):
-            det = Instances(p.image_size, pred_boxes=b)
+        for i, (inp, p, e) in enumerate(zip(batched_inputs, kept, embeddings)):
+            det = Instances(p.image_size, pred_boxes=boxes[i])
             height, width = inp.get("height", p.image_size[0]), inp.get("width", p.image_size[1])
-            scaled, pasted = self.paste(det, m, height, width)
+            if probs is None:  # no masks pasted: only the boxes at the output size
+                scaled, _ = self.paste(det, e.new_zeros((0, 1, 1)), height, width)
+                pasted = self.lazy_masks(features, boxes, i, p.image_size, (height, width))
+            else:
+                scaled, pasted = self.paste(det, probs[i], height, width)
             res = Instances((height, width))
             res.pred_boxes = scaled
             res.pred_masks = pasted
@@ -361,3 +372,23 @@ class XPMTeacher(OpenVocabSegmentor):
             res.pred_embeddings = F.normalize(e, dim=-1) if self.bert is None else e
             out.append(res)
         return out
+
+    def lazy_masks(
+        self,
+        features: Dict[str, Tensor],
+        boxes: List[Boxes],
+        i: int,
+        image_size: Tuple[int, int],
+        size: Tuple[int, int],
+    ) -> LazyMasks:
+        """Image ``i``'s mask probabilities pasted at ``size`` (its input is ``image_size``),
+        for the rows asked for: the mask head at those of its refined ``boxes`` alone (the
+        other images' none), pasted as :meth:`propose` pastes every one."""
+
+        def compute(rows: Tensor) -> Tensor:
+            chosen = [b[rows] if j == i else b[:0] for j, b in enumerate(boxes)]
+            probs = self.roi_heads.mask_probabilities(features, chosen)[i]
+            det = Instances(image_size, pred_boxes=chosen[i])
+            return self.paste(det, probs, *size)[1]
+
+        return LazyMasks(compute, len(boxes[i]), size, device=boxes[i].device)
