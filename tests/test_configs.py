@@ -593,7 +593,10 @@ def _fill_instance_store(root: Path, cfg) -> str:
     """An XPM instance store for the training set's images over the config's pseudo-label
     vocabulary (the training one, or the LVIS names): per image one pseudo instance of the
     last unseen class (else the last class), its mask the image's left half."""
-    from ovseg.data.dataset_mappers.xpm_instance import xpm_store_vocabulary
+    from ovseg.data.dataset_mappers.xpm_instance import (
+        matches_in_bert_space,
+        xpm_store_vocabulary,
+    )
     from ovseg.pseudo import InstancePseudoLabelStore
     from ovseg.pseudo.instances import encode_mask
     from ovseg.pseudo.store import image_id_of
@@ -601,7 +604,10 @@ def _fill_instance_store(root: Path, cfg) -> str:
     dataset = cfg.DATASETS.TRAIN[0]
     vocab, extra = xpm_store_vocabulary(cfg, dataset)
     name = (vocab.unseen or vocab.names)[-1]
-    manifest = {"fingerprint": "f" * 64, "teacher": {"clip": "c" * 64, "settings": {}}}
+    # the labeller settings say which space the nouns were matched in, as a made store's do
+    space = {"xpm": {"text_space": {"bert": "b" * 64, "product": "dot"}}}
+    settings = space if matches_in_bert_space(cfg) else {}
+    manifest = {"fingerprint": "f" * 64, "teacher": {"clip": "c" * 64, "settings": settings}}
     store = InstancePseudoLabelStore.create(
         str(root),
         {**manifest, "vocabulary": list(vocab.names), "unseen": list(vocab.unseen)}

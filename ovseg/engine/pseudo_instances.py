@@ -30,7 +30,7 @@ from detectron2.utils.env import seed_all_rng
 from ..clip.build import build_clip_teacher
 from ..clip.templates import get_templates
 from ..data import build_dataset_mapper
-from ..data.dataset_mappers.xpm_instance import xpm_store_vocabulary
+from ..data.dataset_mappers.xpm_instance import matches_in_bert_space, xpm_store_vocabulary
 from ..modeling.xpm.lvis import check_caption_vocabulary
 from ..modeling.xpm.nouns import COCO_LVIS_SYNONYMS, CaptionNounMatcher
 from ..pseudo import (
@@ -172,8 +172,7 @@ def bert_text_space(cfg: CfgNode, proposer: nn.Module):
     (MODEL.XPM.CLASS_EMBEDDING "bert" with REGION_EMBEDDING "teacher", XPM's own matching:
     st_generalized_rcnn.py:202-209, 226-255), else None (CLIP text; no CLIP is read for BERT).
     """
-    xpm = cfg.MODEL.XPM
-    if xpm.CLASS_EMBEDDING != "bert" or xpm.REGION_EMBEDDING != "teacher":
+    if not matches_in_bert_space(cfg):
         return None
     bert = getattr(proposer, "bert", None)
     if bert is None:

@@ -48,6 +48,7 @@ __all__ = [
     "XPMInstanceDatasetMapper",
     "caption_vocabulary",
     "check_text_space",
+    "matches_in_bert_space",
     "lvis_pseudo_vocabulary",
     "seen_label_map",
     "xpm_store_vocabulary",
@@ -95,16 +96,23 @@ def caption_vocabulary(cfg, store=None, root: str = "") -> str:
     return kind
 
 
+def matches_in_bert_space(cfg) -> bool:
+    """Whether ``cfg`` matches caption nouns to regions in the XPM teacher's BERT space
+    (MODEL.XPM.CLASS_EMBEDDING "bert" with REGION_EMBEDDING "teacher", XPM's own matching;
+    else in CLIP's). A store made so records ``"text_space"`` in its labeller settings."""
+    xpm = cfg.MODEL.XPM
+    return xpm.get("CLASS_EMBEDDING", "clip") == "bert" and xpm.REGION_EMBEDDING == "teacher"
+
+
 def check_text_space(cfg, store=None, root: str = "") -> None:
-    """Refuse a ``store`` whose nouns were matched in another space than the config's: BERT's
-    (MODEL.XPM.CLASS_EMBEDDING "bert" with REGION_EMBEDDING "teacher") or CLIP's."""
+    """Refuse a ``store`` whose nouns were matched in another space than the config's
+    (:func:`matches_in_bert_space`)."""
     if store is None:
         return
     xpm = cfg.MODEL.XPM
-    bert = xpm.get("CLASS_EMBEDDING", "clip") == "bert" and xpm.REGION_EMBEDDING == "teacher"
     settings = store.manifest.get("teacher", {}).get("settings", {}).get("xpm", {})
     made = "BERT" if "text_space" in settings else "CLIP"  # absent: CLIP, as stores before
-    want = "BERT" if bert else "CLIP"
+    want = "BERT" if matches_in_bert_space(cfg) else "CLIP"
     if made != want:
         raise ValueError(
             f"pseudo-label store {root!r} matched caption nouns in {made}'s space but this "
