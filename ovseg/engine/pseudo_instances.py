@@ -226,17 +226,35 @@ def build_instance_labeller(cfg: CfgNode, dataset: str = "") -> InstanceLabeller
     )
 
 
-# the default MODEL.XPM.PROPOSE_TOPK: left out of the fingerprint, so the stores made with it
-# before the count was fingerprinted keep theirs (those of other counts are made again)
-DEFAULT_PROPOSE_TOPK = 100
+# What decides the teacher's proposals besides its weights and the labeller's settings, with
+# the value every store was made with before these entered the fingerprint (XPM's leaves and
+# detectron2's defaults): a value equal to it is left out, so those stores keep their
+# fingerprint; another value makes other proposals, so other labels and another fingerprint.
+PROPOSAL_SETTINGS = {
+    "propose_topk": ("MODEL.XPM.PROPOSE_TOPK", 100),
+    "legacy_boxes": ("MODEL.XPM.LEGACY_BOXES", False),
+    "rpn_pre_nms_topk_test": ("MODEL.RPN.PRE_NMS_TOPK_TEST", 6000),
+    "rpn_post_nms_topk_test": ("MODEL.RPN.POST_NMS_TOPK_TEST", 1000),
+    "rpn_nms_thresh": ("MODEL.RPN.NMS_THRESH", 0.7),
+    "rpn_box_reg_weights": ("MODEL.RPN.BBOX_REG_WEIGHTS", [1.0, 1.0, 1.0, 1.0]),
+    "rpn_min_size": ("MODEL.PROPOSAL_GENERATOR.MIN_SIZE", 0),
+    "box_reg_weights": ("MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", [10.0, 10.0, 5.0, 5.0]),
+}
 
 
 def proposal_settings(cfg: CfgNode) -> Dict[str, Any]:
-    """The teacher's proposal count when it is not the default: {"propose_topk": N}, else {}
-    (so stores of the default keep the fingerprint they were made with; the top 100 and
-    every proposal are other candidates, other labels)."""
-    topk = int(cfg.MODEL.XPM.PROPOSE_TOPK)
-    return {} if topk == DEFAULT_PROPOSE_TOPK else {"propose_topk": topk}
+    """The :data:`PROPOSAL_SETTINGS` of ``cfg`` that differ from the values stores were made
+    with before they were fingerprinted, e.g. ``{"propose_topk": 0}`` (every RPN proposal:
+    other candidates than the top 100, other labels)."""
+    out = {}
+    for name, (key, before) in PROPOSAL_SETTINGS.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        value = list(node) if isinstance(node, (list, tuple)) else node
+        if value != before:
+            out[name] = value
+    return out
 
 
 def instance_labeller_manifest(

@@ -171,3 +171,22 @@ def test_every_proposal_is_matched_end_to_end_and_fingerprinted(captioned, tmp_p
         json.loads((tmp_path / "lazy" / "manifest.json").read_text())["fingerprint"]
         == (manifest["fingerprint"])
     )
+
+
+def test_what_decides_the_proposals_enters_the_fingerprint_unless_as_stores_were_made(
+    tmp_path,
+):
+    from ovseg.engine.pseudo_instances import proposal_settings
+
+    base = load_config(str(CONFIGS / "Base-xpm.yaml"), [])
+    assert proposal_settings(base) == {}  # as every store made before was: their fingerprint
+    cfg = load_config(
+        str(CONFIGS / "Base-xpm.yaml"),
+        ["MODEL.XPM.LEGACY_BOXES", "True", "MODEL.RPN.POST_NMS_TOPK_TEST", "300",
+         "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", "(10.0, 10.0, 5.0, 1.0)"],
+    )  # fmt: skip
+    assert proposal_settings(cfg) == {
+        "legacy_boxes": True,
+        "rpn_post_nms_topk_test": 300,
+        "box_reg_weights": [10.0, 10.0, 5.0, 1.0],
+    }
