@@ -73,9 +73,7 @@ def class_embedding(cfg) -> str:
     return kind
 
 
-def build_xpm_parts(
-    cfg, teacher: Optional[CLIPTeacher], noise_head: bool
-) -> Dict[str, nn.Module]:
+def build_xpm_parts(cfg, teacher: Optional[CLIPTeacher], noise_head: bool) -> Dict[str, nn.Module]:
     """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``,
     or of MODEL.XPM.BERT_NAME with the official BERT class embeddings; no teacher then)."""
     bert = class_embedding(cfg) == "bert"
