@@ -154,11 +154,13 @@ def test_the_tool_labels_in_the_bert_space_of_a_bert_teacher(captioned, bert, tm
     xpm = manifest["teacher"]["settings"]["xpm"]
     want = {"bert": BertClassEmbeddings(bert).fingerprint(), "product": "dot"}
     assert xpm["region_embedding"] == "teacher" and xpm["text_space"] == want
+    assert manifest["teacher"]["clip"] is None  # no CLIP is built, none enters the fingerprint
 
     # each record is the official formula on the teacher's proposals (same seed, same teacher)
     cfg = load_config(str(CONFIGS / "Base-ovseg.yaml"), opts)
     job = build_instance_labeller(cfg)
     assert job.labeller.clip is None and job.labeller.bert is job.proposer.bert
+    assert not [m for m in job.proposer.modules() if type(m).__module__.startswith("open_clip")]
     records = InstancePseudoLabelStore.open(str(out))
     for d in job.dataset_dicts:
         record = records.read(str(d["image_id"]))
@@ -179,6 +181,8 @@ def test_the_tool_labels_in_the_bert_space_of_a_bert_teacher(captioned, bert, tm
         main(parse_args([*argv, "--no-progress", *pool]))
     clip_store = tmp_path / "clip_store"
     main(parse_args([*argv[:-1], str(clip_store), "--no-progress", *pool]))
+    # CLIP's space with BERT classes: the labeller builds the CLIP the teacher does not have
+    assert json.loads((clip_store / "manifest.json").read_text())["teacher"]["clip"]
 
     def mapper(root, opts):
         cfg = load_config(argv[1], [*opts, "DATASETS.PSEUDO_LABELS", str(root)])

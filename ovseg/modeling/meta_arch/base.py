@@ -1,7 +1,8 @@
 """The one base every ovseg meta-architecture derives from.
 
 :class:`OpenVocabSegmentor` holds what every student shares: the frozen CLIP teacher (kept
-out of checkpoints by the teacher itself), the network's pixel normalisation, the device,
+out of checkpoints by the teacher itself; None for a model that reads no CLIP, as XPM with
+BERT classes), the network's pixel normalisation, the device,
 the vocabulary an input is scored over, padded training batches with their label check,
 whole/sliding-window inference grouped by (size, vocabulary), and a declaration of what its
 ``"sem_seg"`` output holds, which the demo and pseudo-labelling read instead of guessing.
@@ -96,7 +97,7 @@ class OpenVocabSegmentor(nn.Module):
     def __init__(
         self,
         *,
-        teacher: CLIPTeacher,
+        teacher: Optional[CLIPTeacher],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         vocabulary: Optional[Sequence[str]] = None,
@@ -113,7 +114,9 @@ class OpenVocabSegmentor(nn.Module):
     ):
         """
         Args:
-            teacher (CLIPTeacher): the frozen CLIP; its weights never enter a checkpoint.
+            teacher (CLIPTeacher, optional): the frozen CLIP; its weights never enter a
+                checkpoint. None: the model reads no CLIP (a checkpoint's CLIP keys, from
+                one saved with a tower, are ignored).
             pixel_mean, pixel_std: the network's input normalisation, RGB, 0-255 scale.
             vocabulary: names for test inputs without "vocabulary"; None = they must have one.
             ignore_value (int): label of ignored pixels.
@@ -197,6 +200,9 @@ class OpenVocabSegmentor(nn.Module):
         for old, new in self.renamed_state.items():
             if prefix + old in state_dict and prefix + new not in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
+        if self.teacher is None:  # no CLIP here: a tower's weights have nowhere to go
+            for key in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
+                del state_dict[key]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ inputs

@@ -73,9 +73,9 @@ def class_embedding(cfg) -> str:
     return kind
 
 
-def build_xpm_parts(cfg, teacher: CLIPTeacher, noise_head: bool) -> Dict[str, nn.Module]:
+def build_xpm_parts(cfg, teacher: Optional[CLIPTeacher], noise_head: bool) -> Dict[str, nn.Module]:
     """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``,
-    or of MODEL.XPM.BERT_NAME with the official BERT class embeddings)."""
+    or of MODEL.XPM.BERT_NAME with the official BERT class embeddings; no teacher then)."""
     bert = class_embedding(cfg) == "bert"
     legacy = bool(cfg.MODEL.XPM.LEGACY_BOXES)
     backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
@@ -180,15 +180,24 @@ class XPMTeacher(OpenVocabSegmentor):
                 COCO results' ``x2 - x1 + 1`` widths (``coco_eval.py:82-83``).
             freeze_projection (bool): the box predictor's projection gets no gradient (the
                 official FREEZE_EMB_PRED: OVR-CNN's pretrained projection kept fixed).
-            kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...).
+            kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...); the
+                teacher is None with BERT classes (no CLIP is read), required with CLIP's.
         """
         super().__init__(**kwargs)
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads
-        self.classifier = TextClassifier(
-            self.teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
-        )
+        if not bert_name and self.teacher is None:
+            raise ValueError(
+                f"{type(self).__name__} with CLIP classes needs the CLIP teacher (got None); "
+                "pass one, or the BERT classes (MODEL.XPM.CLASS_EMBEDDING 'bert')"
+            )
+        # BERT classes: no CLIP text, and the dot product has no temperature
+        self.classifier = None
+        if not bert_name:
+            self.classifier = TextClassifier(
+                self.teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
+            )
         self.stuff_names = tuple(stuff_names)
         self.seen_names = None if seen_names is None else tuple(seen_names)
         self.propose_topk = int(propose_topk)
@@ -199,7 +208,8 @@ class XPMTeacher(OpenVocabSegmentor):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        teacher = build_clip_teacher(cfg)
+        # BERT classes read no CLIP: none is built (a random tower would only cost memory)
+        teacher = build_clip_teacher(cfg) if class_embedding(cfg) == "clip" else None
         meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
         seen = meta.get("seen_classes", None) if meta is not None else None
         base = OpenVocabSegmentor.base_config(cfg)
@@ -221,6 +231,11 @@ class XPMTeacher(OpenVocabSegmentor):
         }
 
     # ------------------------------------------------------------------ shared pieces
+    @property
+    def logit_scale(self) -> Optional[float]:
+        """tau of the CLIP classes' cosine logits; None with the BERT classes (raw dot)."""
+        return None if self.classifier is None else self.classifier.logit_scale
+
     def images(self, batched_inputs: List[dict]) -> ImageList:
         """Normalised images padded into one batch."""
         return ImageList.from_tensors(
@@ -267,7 +282,7 @@ class XPMTeacher(OpenVocabSegmentor):
         features = self.backbone(images.tensor)
         proposals, rpn_losses = self.proposal_generator(images, features, gt)
         losses, _ = self.roi_heads.losses(
-            features, proposals, gt, self.text(seen), self.classifier.logit_scale
+            features, proposals, gt, self.text(seen), self.logit_scale
         )
         return {**rpn_losses, **losses}
 
@@ -288,7 +303,7 @@ class XPMTeacher(OpenVocabSegmentor):
             features = self.backbone(images.tensor)
             proposals, _ = self.proposal_generator(images, features, None)
             dets = self.roi_heads.inference(
-                features, proposals, self.text(things), self.classifier.logit_scale
+                features, proposals, self.text(things), self.logit_scale
             )
             back = (table >= 0).nonzero()[:, 0].to(self.device)  # thing index -> names index
             for i, inp, det in zip(idx, inputs, dets):

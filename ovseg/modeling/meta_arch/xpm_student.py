@@ -182,7 +182,7 @@ class XPMStudent(XPMTeacher):
         images = self.images(batched_inputs)
         with torch.no_grad():
             features = self.backbone(images.tensor)
-        scale = self.classifier.logit_scale
+        scale = self.logit_scale
         losses, _ = self.roi_heads.losses(
             features, self._proposals(images, features, gt), gt, self.text(seen), scale
         )
@@ -249,7 +249,7 @@ class XPMStudent(XPMTeacher):
             [proposals[i] for i in idx],
             targets,
             self.text(full),
-            self.classifier.logit_scale,
+            self.logit_scale,
             append_gt=False,
             box_reg=self.pseudo_box_reg,
             noisy_masks=True,

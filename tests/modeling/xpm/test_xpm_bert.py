@@ -6,15 +6,20 @@ teacher and L2-normalised for the student (st_generalized_rcnn.py:164-177)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from ovseg_testing.bert import make_tiny_bert, require_transformers
+from ovseg_testing.models import XPM_NAMES
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ovseg.clip import build_clip_teacher
+from ovseg.engine.checkpoint import AtomicCheckpointer, load_model_weights
 from ovseg.modeling.xpm.bert import BertClassEmbeddings
 from ovseg.modeling.xpm.heads import embedding_logits
 
@@ -110,6 +115,71 @@ def test_bert_classes_train_teacher_and_student(tmp_path, bert, arch):
         total.backward()
         optimizer.step()
     assert min(totals[-3:]) < 0.7 * totals[0], totals
+
+
+def _eval(model) -> dict:
+    model.eval().roi_heads.score_thresh = 0.0  # untrained: keep every detection
+    with torch.no_grad():
+        (out,) = model([{"image": xpm_batch(1)[0]["image"], "vocabulary": list(XPM_NAMES)}])
+    return out
+
+
+def _tower_state(cfg) -> dict:
+    """A CLIP tower's weights as a checkpoint saved with one holds them (``teacher.model.*``)."""
+    return {"teacher.model." + k: v for k, v in build_clip_teacher(cfg).model.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["XPMTeacher", "XPMStudent"])
+def test_bert_classes_build_no_clip_evaluate_save_and_load(tmp_path, bert, arch, caplog):
+    """Nothing of a BERT-class model reads CLIP, so none is built (nor its random-weights
+    warning); it evaluates, its checkpoint loads, and so does one saved with a CLIP tower."""
+    from ovseg.pseudo import find_teacher
+
+    cfg = tiny_xpm_cfg(
+        tmp_path, arch, "MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert
+    )
+    with caplog.at_level(logging.WARNING):
+        model = build_model(cfg)
+    assert not [m for m in model.modules() if type(m).__module__.startswith("open_clip")]
+    assert model.teacher is None and find_teacher(model) is None and model.classifier is None
+    assert "no knowledge to distil" not in caplog.text
+    out = _eval(model)
+    assert out["sem_seg"].shape == (3, 64, 64) and len(out["instances"]) > 0
+    AtomicCheckpointer(model, str(tmp_path / "run")).save("model_final")
+    torch.manual_seed(1)  # another initialisation, replaced by the checkpoint's
+    again = build_model(cfg)
+    load_model_weights(again, str(tmp_path / "run" / "model_final.pth"))
+    torch.testing.assert_close(_eval(again)["sem_seg"], out["sem_seg"], rtol=0, atol=0)
+    # a checkpoint of a build that had the tower: its CLIP keys are not this model's
+    with caplog.at_level(logging.WARNING):
+        tower = _tower_state(cfg)
+    assert "no knowledge to distil" in caplog.text  # the warning is seen when it is logged
+    torch.save({"model": {**model.state_dict(), **tower}}, tmp_path / "tower.pth")
+    assert not again.load_state_dict({**model.state_dict(), **tower}).unexpected_keys
+    load_model_weights(again, str(tmp_path / "tower.pth"))
+
+
+def test_bert_student_starts_from_a_teacher_checkpoint_saved_with_a_clip_tower(tmp_path, bert):
+    opts = ["MODEL.XPM.CLASS_EMBEDDING", "bert", "MODEL.XPM.BERT_NAME", bert]
+    cfg = tiny_xpm_cfg(tmp_path, "XPMTeacher", *opts)
+    teacher = build_model(cfg)
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": {**teacher.state_dict(), **_tower_state(cfg)}}, path)
+    student = build_model(
+        tiny_xpm_cfg(tmp_path, "XPMStudent", *opts, "MODEL.XPM.TEACHER_WEIGHTS", str(path))
+    )
+    assert student.teacher is None
+    torch.testing.assert_close(student.roi_heads.state_dict()["res5.0.conv1.weight"],
+                               teacher.roi_heads.state_dict()["res5.0.conv1.weight"])  # fmt: skip
+
+
+def test_clip_classes_still_need_the_clip_teacher(tmp_path):
+    parts = build_model(tiny_xpm_cfg(tmp_path, "XPMTeacher"))
+    kwargs = {k: getattr(parts, k) for k in ("backbone", "proposal_generator", "roi_heads")}
+    with pytest.raises(ValueError, match="CLIP classes needs the CLIP teacher"):
+        type(parts)(
+            teacher=None, templates=["{}"], pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, **kwargs
+        )
 
 
 def test_unknown_class_embedding_is_refused(tmp_path):
