@@ -4,8 +4,11 @@
 
 Inputs come from the ``ovseg_region`` mapper (:mod:`ovseg.data.dataset_mappers.region_crop`,
 official ``mask_former_binary_full_dataset_mapper.py:65-93``): the crop of one region, its
-mask and class. The pixels outside the mask take the CLIP mean, the crop is resized to
-CLIP's input size and embedded by the frozen image tower; the loss is the cross-entropy of
+mask and class. The pixels outside the mask take the CLIP mean and the frozen image tower
+embeds the crop at its own size, its positional embeddings interpolated as the release's
+CLIP (:mod:`ovseg.clip.native_size`, ``third_party/CLIP/clip/model.py:343-360``;
+MODEL.FREESEG.PROMPT_NATIVE_SIZE False: resized to CLIP's input size); the loss is the
+cross-entropy of
 ``100 * cos(crop, prompted class text)`` over the sample's vocabulary
 (``proposal_classification.py:109-123``). Only the prompt tokens train; each region is
 scored with its input's ``"task"`` prompt (the official stage uses the first input's task
