@@ -89,6 +89,10 @@ def _add_prompt_stage_config(cfg: CN) -> None:
     # test crop: the centre S x S of the box crop, padded, not resized (official
     # INPUT.MIN_SIZE_TEST 224 through CenterCrop)
     cfg.MODEL.FREESEG.PROMPT_TEST_SIZE = 224
+    # embed each crop at its own size, CLIP's positional embeddings interpolated (bicubic,
+    # corners aligned) to its grid, as the release (third_party/CLIP/clip/model.py:343-360,
+    # ovseg/clip/native_size.py); False = resize every crop to CLIP's input size
+    cfg.MODEL.FREESEG.PROMPT_NATIVE_SIZE = True
     # fill outside the region with CLIP's mean in normalised space, raw 255 * (mean + std *
     # mean) (official defect, proposal_classification.py:113-116); False = the mean colour,
     # as the test-time ensemble's crops

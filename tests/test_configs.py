@@ -372,6 +372,8 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     # classification of every class region of the val split
     assert fs.MASK_EXPAND_RATIO == 1.0 and tuple(fs.PROMPT_TRAIN_SIZE) == (244, 224)
     assert fs.PROMPT_TEST_SIZE == 224 and cfg.DATASETS.TEST == (test,)
+    # CLIP embeds the crop at its own size (third_party/CLIP/clip/model.py:343-360)
+    assert fs.PROMPT_NATIVE_SIZE
     assert MetadataCatalog.get(test).evaluator_type == "ovseg_region_classification"
     assert not cfg.INPUT.CROP.ENABLED and not cfg.MODEL.WEIGHTS
     assert (fs.NUM_CLASS_PROMPT_TOKENS, fs.NUM_TASK_PROMPT_TOKENS) == (16, 8)

@@ -1,8 +1,9 @@
 """FreeSeg's prompt-learning stage: a short real training run on synthetic region crops (the
 ovseg_region mapper's output: a crop, one mask, its class) lowers the region classification
 loss and changes only the prompt tokens, the checkpoint holds the tokens alone, eval
-classifies regions (and segments plain images), the fill follows its switch, and bad
-inputs are refused clearly."""
+classifies regions (and segments plain images), the fill follows its switch, CLIP's tower
+sees a crop at its own size (MODEL.FREESEG.PROMPT_NATIVE_SIZE, the release) or resized, and
+bad inputs are refused clearly."""
 
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ NAMES = ["red square", "green bar", "blue corner"]
 COLOURS = torch.tensor([[220.0, 30, 30], [30, 200, 40], [30, 40, 210]])
 
 
-def _sample(seed: int, cls: int, task: str = "pan_seg") -> dict:
-    """A 32x32 crop whose mask (a random box) holds class ``cls``'s colour; outside: noise."""
+def _sample(seed: int, cls: int, task: str = "pan_seg", h: int = 32, w: int = 32) -> dict:
+    """An h x w crop whose mask (a random 20x20 box) holds class ``cls``'s colour; outside:
+    noise."""
     g = torch.Generator().manual_seed(seed)
-    image = torch.rand(3, 32, 32, generator=g) * 255
-    y, x = torch.randint(0, 12, (2,), generator=g).tolist()
-    mask = torch.zeros(32, 32, dtype=torch.bool)
+    image = torch.rand(3, h, w, generator=g) * 255
+    if h == w:
+        y, x = torch.randint(0, h - 20, (2,), generator=g).tolist()
+    else:
+        y, x = (int(torch.randint(0, s - 20, (1,), generator=g)) for s in (h, w))
+    mask = torch.zeros(h, w, dtype=torch.bool)
     mask[y : y + 20, x : x + 20] = True
     image[:, mask] = COLOURS[cls].view(3, 1)
-    inst = Instances((32, 32))
+    inst = Instances((h, w))
     inst.gt_masks, inst.gt_classes = mask[None], torch.tensor([cls])
     return {"image": image, "instances": inst, "vocabulary": NAMES, "task": task}
 
@@ -73,7 +78,7 @@ def test_outside_the_mask_is_filled_by_its_rule(model):
     x = _sample(0, 1)
     mean = model.teacher.pixel_mean.flatten()
     seen = {}
-    model.teacher.encode_image = lambda crops: seen.setdefault("crops", crops)[:, 0, 0, :2]
+    model.embed_crops = lambda crops: seen.setdefault("crops", crops)[:, 0, 0, :2]
     model.region_embeddings([x])
     crop, mask = seen["crops"][0], x["instances"].gt_masks[0]
     assert torch.equal(crop[:, mask], x["image"][:, mask])
@@ -83,6 +88,31 @@ def test_outside_the_mask_is_filled_by_its_rule(model):
     model.region_embeddings([x])
     normalised = (seen["crops"][0][:, ~mask] - mean.view(3, 1)) / model.teacher.pixel_std.view(3, 1)
     torch.testing.assert_close(normalised, (mean / 255).view(3, 1).expand_as(normalised))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_tower_sees_the_crop_at_its_switched_size(tmp_path, native):
+    torch.manual_seed(0)
+    opts = [] if native else ["MODEL.FREESEG.PROMPT_NATIVE_SIZE", "False"]
+    model = build_model(tiny_freeseg_prompt_cfg(tmp_path / "cache", *opts))
+    assert model.native_size is native  # the key's default: the release's native size
+    grids = []
+    model.teacher.model.visual.conv1.register_forward_hook(
+        lambda module, args, out: grids.append(tuple(out.shape))
+    )
+    batch = [_sample(i, i % 3, "sem_seg", h=84, w=64) for i in range(3)]
+    model.train()
+    loss = model(batch)["loss_prompt_cls"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.prompt.class_context.grad.abs().sum() > 0
+    # native: the 84x64 crop's own floor(84 / 16) x 64 / 16 patches (the release's 244x224
+    # crop: 15x14), the tiny ViT's 4x4 table interpolated; else resized to its 64x64: 4x4
+    assert grids == ([(3, 64, 5, 4)] if native else [(3, 64, 4, 4)])
+    if not native:  # switched off: the teacher's resized embedding, as before the switch
+        mean = model.teacher.pixel_mean.flatten().view(3, 1, 1)
+        crops = [torch.where(x["instances"].gt_masks[0], x["image"], mean) for x in batch]
+        want = model.teacher.encode_image(torch.stack(crops))
+        assert torch.equal(model.region_embeddings(batch), want)
 
 
 def test_prompt_stage_refuses_bad_batches(model):

@@ -4,8 +4,11 @@
 
 Inputs come from the ``ovseg_region`` mapper (:mod:`ovseg.data.dataset_mappers.region_crop`,
 official ``mask_former_binary_full_dataset_mapper.py:65-93``): the crop of one region, its
-mask and class. The pixels outside the mask take the CLIP mean, the crop is resized to
-CLIP's input size and embedded by the frozen image tower; the loss is the cross-entropy of
+mask and class. The pixels outside the mask take the CLIP mean and the frozen image tower
+embeds the crop at its own size, its positional embeddings interpolated as the release's
+CLIP (:mod:`ovseg.clip.native_size`, ``third_party/CLIP/clip/model.py:343-360``;
+MODEL.FREESEG.PROMPT_NATIVE_SIZE False: resized to CLIP's input size); the loss is the
+cross-entropy of
 ``100 * cos(crop, prompted class text)`` over the sample's vocabulary
 (``proposal_classification.py:109-123``). Only the prompt tokens train; each region is
 scored with its input's ``"task"`` prompt (the official stage uses the first input's task
@@ -39,6 +42,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher
+from ...clip.native_size import encode_image_native
 from ..freeseg import AdaptivePromptLearner
 from .base import OpenVocabSegmentor, group_inputs
 
@@ -67,6 +71,7 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
         temperature: float = 100.0,
         one_task_per_batch: bool = False,
         normalized_mean_fill: bool = False,
+        native_size: bool = True,
         **base,
     ):
         """
@@ -78,6 +83,8 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
                 (official ``:99-107``); False = each input's own task.
             normalized_mean_fill (bool): fill outside a region with the mean in normalised
                 space (official ``:113-116``); False = the mean colour.
+            native_size (bool): embed each crop at its own size (official,
+                ``third_party/CLIP/clip/model.py:343-360``); False = resized to CLIP's input.
             base: :class:`OpenVocabSegmentor`'s arguments.
         """
         super().__init__(teacher=teacher, **base)
@@ -85,6 +92,7 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
         self.temperature = float(temperature)
         self.one_task_per_batch = bool(one_task_per_batch)
         self.normalized_mean_fill = bool(normalized_mean_fill)
+        self.native_size = bool(native_size)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -107,6 +115,7 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
             "temperature": fs.TEMPERATURE,
             "one_task_per_batch": fs.PROMPT_ONE_TASK_PER_BATCH,
             "normalized_mean_fill": fs.PROMPT_FILL_NORMALIZED_MEAN,
+            "native_size": fs.PROMPT_NATIVE_SIZE,
         }
 
     # ------------------------------------------------------------------ regions
@@ -162,10 +171,17 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
             crops.append(torch.where(self.to_device(mask).bool(), image, fill))
         out = [None] * len(crops)
         for idx in group_inputs([tuple(c.shape) for c in crops]).values():
-            emb = self.teacher.encode_image(torch.stack([crops[i] for i in idx]))
+            emb = self.embed_crops(torch.stack([crops[i] for i in idx]))
             for i, e in zip(idx, emb):
                 out[i] = e
         return torch.stack(out)
+
+    def embed_crops(self, crops: Tensor) -> Tensor:
+        """(N, D) CLIP embeddings of same-sized filled crops (N, 3, h, w): at their own size
+        (``native_size``, the release) or resized to CLIP's input."""
+        if self.native_size:
+            return encode_image_native(self.teacher, crops)
+        return self.teacher.encode_image(crops)
 
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
         groups = self.vocabulary_groups(batched_inputs)
