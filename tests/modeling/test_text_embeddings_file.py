@@ -18,6 +18,8 @@ from ovseg_testing import (
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ovseg.convert.core import ConversionReport
+from ovseg.convert.maskclip_plus import check_text
 from ovseg.modeling.text_embeddings_file import read_embeddings_file
 from ovseg.pseudo import labeller_settings
 
@@ -159,6 +161,11 @@ def test_maskclip_plus_student_and_teacher_read_the_file(tmp_path):
     assert torch.isfinite(losses["loss_sem_seg"]) and torch.equal(seen[0], want[1:])
     with pytest.raises(ValueError, match=r"\['background'\] have no row"):
         model.labeller.text_embeddings(names)
+    # converting an official checkpoint compares its classifier with the file's rows
+    report = ConversionReport("maskclip_plus")
+    check_text({"decode_head.text_embeddings": want}, model, names, report)
+    (check,) = report.teacher
+    assert check.teacher.endswith("TEXT_EMBEDDINGS_FILE") and check.diff < 1e-6
 
 
 def test_store_fingerprint_knows_the_file(tmp_path):
