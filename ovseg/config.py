@@ -17,6 +17,7 @@ def add_ovseg_config(cfg: CN) -> None:
     """
     add_teacher_config(cfg)
     add_shared_config(cfg)
+    add_text_embeddings_file_config(cfg)
     add_test_aug_config(cfg)
     add_maskclip_config(cfg)
     add_lseg_config(cfg)
@@ -143,6 +144,15 @@ def add_shared_config(cfg: CN) -> None:
     cfg.TEST.SLIDE_STRIDE = (426, 426)
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
+
+
+def add_text_embeddings_file_config(cfg: CN) -> None:
+    """MODEL.OVSEG.TEXT_EMBEDDINGS_FILE (ovseg/modeling/text_embeddings_file.py)."""
+    # the classes' text embeddings read from this file (.npy or a torch-saved tensor, (K, D),
+    # a row per class of the dataset in label order, less a learnt background) instead of
+    # computed: the official ZegCLIP .npy / MaskCLIP(+) .pth files (ZegCLIP, MaskCLIP and
+    # MaskCLIP+ read it, the others refuse it); "" = computed by the teacher
+    cfg.MODEL.OVSEG.TEXT_EMBEDDINGS_FILE = ""
 
 
 def add_episode_config(cfg: CN) -> None:

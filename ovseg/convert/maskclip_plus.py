@@ -245,7 +245,10 @@ def check_text(official: Mapping[str, Tensor], model, names, report: ConversionR
         return
     with torch.no_grad():
         mine = model.text_embeddings(list(names))[keep].float().cpu()
-    check = TeacherCheck("decode_head.text_embeddings", "MODEL.CLIP text of the vocabulary")
+    ours = "MODEL.CLIP text of the vocabulary"
+    if getattr(model.classifier, "from_file", False):
+        ours = "the rows of MODEL.OVSEG.TEXT_EMBEDDINGS_FILE"
+    check = TeacherCheck("decode_head.text_embeddings", ours)
     if mine.shape != text.shape:
         check.note = f"shape {tuple(mine.shape)} vs official {tuple(text.shape)}"
     else:

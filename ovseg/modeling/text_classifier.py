@@ -6,7 +6,9 @@ vocabulary by the teacher, in memory and on disk), optionally one class's row re
 a learnable embedding (:class:`LearnedBackground`), and the temperature multiplying cosines.
 The text encoder may see other words than the display names (a method's official prompt
 names, MODEL.CLIP.PROMPT_NAMES); outputs are always indexed by the display names. A name with
-synonyms (``"road, route"``) gets the normalised mean of its synonyms' embeddings.
+synonyms (``"road, route"``) gets the normalised mean of its synonyms' embeddings. With an
+embeddings file (MODEL.OVSEG.TEXT_EMBEDDINGS_FILE, :mod:`.text_embeddings_file`) a class's row
+is read from it instead, as stored (the official code does not renormalise it).
 The teacher is not a submodule of the classifier: it belongs to the meta-architecture, and
 its weights never enter a checkpoint.
 """
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from ..clip import CLIPTeacher
 from ..clip.prompt_names import apply_prompt_names
 from ..vocab import check_templates, normalize_name
+from .text_embeddings_file import FileTextEmbeddings, cached_rows
 from .vocabulary_scores import mean_synonym_embeddings
 
 __all__ = ["LearnedBackground", "TextClassifier"]
@@ -58,13 +61,15 @@ class LearnedBackground(nn.Module):
                 "embedding would never be trained"
             )
 
-    def forward(self, text: Tensor, names: Sequence[str]) -> Tensor:
-        """(K, D) text embeddings of ``names`` -> the same with the background row replaced."""
+    def forward(self, text: Tensor, names: Sequence[str], normalize: bool = False) -> Tensor:
+        """(K, D) text embeddings of ``names`` -> the same with the background row replaced
+        (by the L2-normalised embedding with ``normalize``)."""
         rows = [normalize_name(n) == self.name for n in names]
         if not any(rows):
             return text
         rows = torch.tensor(rows, device=text.device).unsqueeze(1)
-        return torch.where(rows, self.embedding.to(text.dtype), text)
+        embedding = F.normalize(self.embedding, dim=-1) if normalize else self.embedding
+        return torch.where(rows, embedding.to(text.dtype), text)
 
 
 class TextClassifier(nn.Module):
@@ -80,6 +85,7 @@ class TextClassifier(nn.Module):
         background_class: Optional[str] = None,
         renormalize: bool = False,
         prompt_names: Optional[Mapping[str, str]] = None,
+        embeddings_file: Optional[FileTextEmbeddings] = None,
     ):
         """
         Args:
@@ -93,6 +99,9 @@ class TextClassifier(nn.Module):
                 (always done when there is a learnable background).
             prompt_names (Mapping[str, str], optional): normalised display name -> the text
                 embedded for it (:mod:`ovseg.clip.prompt_names`); None = the names as given.
+            embeddings_file (FileTextEmbeddings, optional): the classes' rows read from a
+                file, used as stored instead of the teacher's (templates, prompt names and
+                ``renormalize`` then do not apply; a learnable background row is normalised).
         """
         super().__init__()
         if not logit_scale > 0:
@@ -111,6 +120,22 @@ class TextClassifier(nn.Module):
         )
         self.renormalize = bool(renormalize)
         self.prompt_names = dict(prompt_names or {})
+        if embeddings_file is not None:
+            embeddings_file.check_dim(teacher.embed_dim)
+        # a plain attribute: the file's rows never enter a checkpoint
+        self.embeddings_file = embeddings_file
+        self._file_rows: dict = {}
+
+    @property
+    def from_file(self) -> bool:
+        """Whether the classes' embeddings are an embeddings file's rows."""
+        return self.embeddings_file is not None
+
+    def unit(self, text: Tensor) -> Tensor:
+        """``text`` L2-normalised, or as it is when it holds an embeddings file's rows (the
+        official code uses those as stored: ZegCLIP ``zegclip.py:174-176``, MaskCLIP
+        ``maskclip_head.py:123-125``)."""
+        return text if self.from_file else F.normalize(text, dim=-1)
 
     @property
     def teacher(self) -> CLIPTeacher:
@@ -124,7 +149,15 @@ class TextClassifier(nn.Module):
         return self.log_logit_scale.exp().clamp(max=100.0)
 
     def forward(self, names: Sequence[str]) -> Tensor:
-        """(K, D) L2-normalised embeddings of ``names`` on the classifier's device."""
+        """(K, D) L2-normalised embeddings of ``names`` on the classifier's device (an
+        embeddings file's rows as stored)."""
+        if self.embeddings_file is not None:
+            bg = self.bg_embed.name if self.bg_embed is not None else None
+            file, device = self.embeddings_file, self.teacher.device
+            text = cached_rows(file, names, device, self._file_rows, bg)
+            if self.bg_embed is not None:  # normalised alone (maskclip_plus_head.py:133)
+                text = self.bg_embed(text, names, normalize=True)
+            return text
         prompts = apply_prompt_names(names, self.prompt_names)
         encode = lambda words: self.teacher.encode_text(words, self.templates)  # noqa: E731
         text = mean_synonym_embeddings(encode, prompts).to(self.teacher.device)

@@ -53,7 +53,7 @@ def labeller_settings(cfg) -> Dict[str, Any]:
     meta = cfg.MODEL.META_ARCHITECTURE
     clip = {k: _plain(v) for k, v in cfg.MODEL.CLIP.items() if k != "CACHE_DIR"}
     method = cfg.MODEL.get(meta.upper(), None)
-    return {
+    settings = {
         "meta_architecture": meta,
         "method": _plain(method) if method is not None else {},
         "clip": clip,
@@ -74,6 +74,11 @@ def labeller_settings(cfg) -> Dict[str, Any]:
             "slide_stride": _plain(cfg.TEST.SLIDE_STRIDE),
         },
     }
+    # the text embeddings' file by content; left out when unset, as stores made before have it
+    path = os.path.expanduser(cfg.MODEL.OVSEG.get("TEXT_EMBEDDINGS_FILE", ""))
+    if path:
+        settings["text_embeddings_file"] = file_id(path)
+    return settings
 
 
 @lru_cache(maxsize=8)
@@ -85,6 +90,15 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+def file_id(path: str) -> str:
+    """``"sha256:<hex>"`` of a file's content, or the path itself when it does not exist
+    (its reader refuses it)."""
+    if not os.path.isfile(path):
+        return path
+    st = os.stat(path)
+    return "sha256:" + _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
 def teacher_weights_id(pretrained: str) -> str:
     """What the teacher's CLIP weights are, from ``MODEL.CLIP.PRETRAINED`` alone:
     ``"sha256:<hex>"`` of a checkpoint file (the same weights anywhere on disk), ``"tag:<tag>"``
@@ -93,8 +107,7 @@ def teacher_weights_id(pretrained: str) -> str:
         return "random"
     path = os.path.expanduser(pretrained)
     if os.path.isfile(path):
-        st = os.stat(path)
-        return "sha256:" + _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        return file_id(path)
     return f"tag:{pretrained}"
 
 

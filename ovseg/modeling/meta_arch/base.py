@@ -31,6 +31,8 @@ from ...pseudo.labels import SCORE_KINDS
 from ...vocab import normalize_name, one_class_warning, resolve_vocabulary
 from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
 from ..test_time_aug import TestTimeAug, multiscale_inference
+from ..text_embeddings_file import KEY as TEXT_EMBEDDINGS_FILE_KEY
+from ..text_embeddings_file import FileTextEmbeddings, file_text_embeddings
 from ..vocabulary_scores import (
     SYNONYM_MERGES,
     insert_background,
@@ -84,6 +86,9 @@ class OpenVocabSegmentor(nn.Module):
         "log_logit_scale": "classifier.log_logit_scale",
         "bg_embed.embedding": "classifier.bg_embed.embedding",
     }
+    #: whether the class's text classifier can take its rows from MODEL.OVSEG.
+    #: TEXT_EMBEDDINGS_FILE (``self.text_embeddings_file``); others refuse the key
+    reads_text_embeddings_file: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -111,6 +116,7 @@ class OpenVocabSegmentor(nn.Module):
         synonym_merge: str = "max",
         background_threshold: float = 0.0,
         background_name: str = "background",
+        text_embeddings_file: Optional[FileTextEmbeddings] = None,
     ):
         """
         Args:
@@ -134,6 +140,8 @@ class OpenVocabSegmentor(nn.Module):
                 not embedded but given to pixels whose best class probability is below it
                 (TEST.BACKGROUND_THRESHOLD); 0: off.
             background_name (str): that class's name (MODEL.OVSEG.BACKGROUND_CLASS).
+            text_embeddings_file (FileTextEmbeddings, optional): class text embeddings from
+                a file, for a subclass that ``reads_text_embeddings_file``; None = computed.
         """
         super().__init__()
         if inference_mode not in INFERENCE_MODES:
@@ -170,6 +178,22 @@ class OpenVocabSegmentor(nn.Module):
             )
         self.background_threshold = float(background_threshold)
         self.background_name = background_name
+        self.text_embeddings_file = self._accepted_file(text_embeddings_file)
+
+    @classmethod
+    def _accepted_file(cls, file: Optional[FileTextEmbeddings]) -> Optional[FileTextEmbeddings]:
+        """``file``, refused by a class that computes its text embeddings."""
+        if file is not None and not cls.reads_text_embeddings_file:
+            raise ValueError(
+                f"{TEXT_EMBEDDINGS_FILE_KEY} is read by ZegCLIP, MaskCLIP and MaskCLIP+ only; "
+                f"{cls.__name__} computes its text embeddings: set it to ''"
+            )
+        return file
+
+    def text_options(self) -> Dict[str, Any]:
+        """The :class:`~ovseg.modeling.text_classifier.TextClassifier` arguments the base
+        holds: the prompt names and the embeddings file."""
+        return {"prompt_names": self.prompt_names, "embeddings_file": self.text_embeddings_file}
 
     @staticmethod
     def base_config(cfg) -> Dict[str, Any]:
@@ -190,6 +214,7 @@ class OpenVocabSegmentor(nn.Module):
             "synonym_merge": cfg.MODEL.OVSEG.SYNONYM_MERGE,
             "background_threshold": cfg.TEST.BACKGROUND_THRESHOLD,
             "background_name": cfg.MODEL.OVSEG.BACKGROUND_CLASS,
+            "text_embeddings_file": file_text_embeddings(cfg),
         }
 
     @property
@@ -360,7 +385,8 @@ class OpenVocabSegmentor(nn.Module):
 
     def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
         groups = synonym_groups(apply_prompt_names(names, self.prompt_names))
-        if self.synonym_merge == "max" and groups is not None:
+        # a file has one row per class, not per synonym
+        if self.synonym_merge == "max" and groups is not None and self.text_embeddings_file is None:
             words, members = groups
             return max_over_synonyms(self._protocol_scores(words, images), members)
         return self._protocol_scores(names, images)

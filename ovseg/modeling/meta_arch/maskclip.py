@@ -51,12 +51,14 @@ DROPPED_LOGIT = -100.0
 KEY_NORMALIZATIONS = ("positions", "channels")
 
 
-def cosine_logits(dense: Tensor, text: Tensor) -> Tensor:
+def cosine_logits(dense: Tensor, text: Tensor, normalize_text: bool = True) -> Tensor:
     """Cosine similarity of every location's embedding to every class's text embedding.
 
     Args:
         dense (Tensor): (B, D, h, w) dense embeddings (normalised here again).
-        text (Tensor): (K, D) text embeddings (normalised here again).
+        text (Tensor): (K, D) text embeddings (normalised here again with
+            ``normalize_text``; an embeddings file's rows are used as stored,
+            ``maskclip_head.py:123-125``).
 
     Returns:
         Tensor: (B, K, h, w) cosines in [-1, 1].
@@ -67,7 +69,8 @@ def cosine_logits(dense: Tensor, text: Tensor) -> Tensor:
             "must be (B, D, h, w) and (K, D) with the same D"
         )
     dense = F.normalize(dense.float(), dim=1)
-    text = F.normalize(text.float().to(dense.device), dim=1)
+    text = text.float().to(dense.device)
+    text = F.normalize(text, dim=1) if normalize_text else text
     return torch.einsum("bdhw,kd->bkhw", dense, text)
 
 
@@ -186,6 +189,8 @@ class MaskCLIP(OpenVocabSegmentor):
 
     # "sem_seg" holds probabilities (no softmax on top)
     sem_seg_scores = "probabilities"
+    # the official runs read pretrain/<set>_<model>_clip_text.pth (maskclip_head.py:54-56)
+    reads_text_embeddings_file = True
 
     @configurable
     def __init__(
@@ -253,7 +258,7 @@ class MaskCLIP(OpenVocabSegmentor):
             **kwargs,
         )
         self.classifier = TextClassifier(
-            teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
+            teacher, templates, logit_scale=logit_scale, **self.text_options()
         )
         self.prompt_denoise = bool(prompt_denoise)
         self.prompt_denoise_threshold = _check_threshold(
@@ -314,7 +319,7 @@ class MaskCLIP(OpenVocabSegmentor):
         out = self.teacher.dense_embeddings(images, return_keys=self.key_smoothing)
         dense, keys = out if self.key_smoothing else (out, None)
         scores = refine_scores(
-            cosine_logits(dense, text),
+            cosine_logits(dense, text, normalize_text=not self.classifier.from_file),
             keys,
             logit_scale=self.logit_scale,
             prompt_denoise_threshold=self.prompt_denoise_threshold if self.prompt_denoise else None,

@@ -91,6 +91,9 @@ class MaskCLIPPlus(OpenVocabSegmentor):
     """MaskCLIP+ student with teacher pseudo-labels and self-training (see the module doc)."""
 
     sem_seg_scores = "probabilities"
+    # the official student and teacher heads read pretrain/<set>_<model>_clip_text.pth
+    # (maskclip_plus_head.py:78-80, maskclip_head.py:54-56)
+    reads_text_embeddings_file = True
 
     @configurable
     def __init__(
@@ -157,7 +160,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         self.labeller = labeller.train(False)  # always: it is training-free
         self.classifier = student_classifier(
             teacher, templates, self.prompt_names, logit_scale, learnable_logit_scale,
-            background_class, background_init_std)  # fmt: skip
+            background_class, background_init_std, self.text_embeddings_file)  # fmt: skip
         self.unseen = tuple(unseen)
         self.annotation_free = bool(annotation_free)
         self.pseudo_label_source = pseudo_label_source

@@ -11,6 +11,7 @@ from ...clip import CLIPTeacher
 from ...pseudo import PseudoLabelSpec, check_source, expected_teacher
 from ...vocab import training_vocabulary
 from ..text_classifier import LearnedBackground, TextClassifier
+from ..text_embeddings_file import FileTextEmbeddings
 
 __all__ = [
     "LOSS_NORMALIZATIONS",
@@ -158,10 +159,12 @@ def student_classifier(
     learnable_logit_scale: bool,
     background_class: Optional[str],
     background_init_std: float = 0.0,
+    embeddings_file: Optional[FileTextEmbeddings] = None,
 ) -> TextClassifier:
-    """The student's classifier: the teacher's renormalised text embeddings, a temperature and
-    optionally a learnable background, re-initialised normally with ``background_init_std``
-    when > 0 (the official ``torch.randn``: 1) instead of the classifier's own init."""
+    """The student's classifier: the teacher's renormalised text embeddings (or an embeddings
+    file's rows), a temperature and optionally a learnable background, re-initialised
+    normally with ``background_init_std`` when > 0 (the official ``torch.randn``: 1) instead
+    of the classifier's own init."""
     classifier = TextClassifier(
         teacher,
         templates,
@@ -170,6 +173,7 @@ def student_classifier(
         background_class=background_class,
         renormalize=True,
         prompt_names=prompt_names,
+        embeddings_file=embeddings_file,
     )
     if background_init_std > 0 and classifier.bg_embed is not None:
         nn.init.normal_(classifier.bg_embed.embedding, std=float(background_init_std))

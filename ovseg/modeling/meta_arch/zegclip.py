@@ -147,6 +147,8 @@ class ZegCLIP(OpenVocabSegmentor):
 
     # "sem_seg" holds (calibrated) sigmoid probabilities
     sem_seg_scores = "probabilities"
+    # the official runs read voc12_single.npy / coco_*.npy (zero:70, zegclip.py:174-176)
+    reads_text_embeddings_file = True
 
     @configurable
     def __init__(
@@ -217,7 +219,7 @@ class ZegCLIP(OpenVocabSegmentor):
         self.backbone = backbone
         self.decoder = decoder
         self.classifier = TextClassifier(
-            teacher, templates, background_class=background_class, prompt_names=self.prompt_names
+            teacher, templates, background_class=background_class, **self.text_options()
         )
         self.seen_classes = names_and_synonyms(seen_classes)
         self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
@@ -327,7 +329,7 @@ class ZegCLIP(OpenVocabSegmentor):
         feats = self.backbone(images)
         patch = F.normalize(feats["patch_tokens"], dim=1)
         glob = F.normalize(feats["global_token"], dim=-1)
-        return self.decoder(patch, glob, F.normalize(text, dim=-1))
+        return self.decoder(patch, glob, self.classifier.unit(text))
 
     def predict(self, images: Tensor, text: Tensor, seen: Optional[Tensor] = None) -> Tensor:
         """Sigmoid scores of normalised images at their size, calibrated.
@@ -375,7 +377,7 @@ class ZegCLIP(OpenVocabSegmentor):
         num_masks = patch.new_zeros(())
         for names, idx in self.vocabulary_groups(batched_inputs).items():
             target = targets[idx]
-            text = F.normalize(self.text_embeddings(names), dim=-1)
+            text = self.classifier.unit(self.text_embeddings(names))
             masks = self.decoder(patch[idx], glob[idx], text)
             # on CUDA, F.interpolate's bilinear upsampling as two matrix products: the same
             # values, a backward without atomics (ovseg/modeling/resize.py); the CPU keeps
