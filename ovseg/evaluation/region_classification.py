@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Tuple
 
@@ -57,7 +58,10 @@ def region_accuracies(records: List[Record]) -> Dict[str, float]:
     for suffix, unseen in (("", None), ("-seen", False), ("-unseen", True)):
         accs = [top(rows, 1) for (_, u), rows in per_class.items() if unseen in (None, u)]
         if accs:
-            out[f"mACC{suffix}"] = sum(accs) / len(accs)
+            # fsum rounds once, so the mean does not depend on the order the classes first
+            # appear in; under several processes that order is the gather's (rank 0's regions,
+            # then rank 1's, ...), and a plain sum differed from one process's in the last bit
+            out[f"mACC{suffix}"] = math.fsum(accs) / len(accs)
     return out
 
 

@@ -4,6 +4,7 @@ real evaluation of FreeSeg's prompt stage on such a set."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -48,6 +49,23 @@ def test_accuracies_by_hand():
         assert got[key] == pytest.approx(value), key
     only_seen = region_accuracies([("a", 1, False)])
     assert "top1-unseen" not in only_seen and only_seen["top1"] == 0.0
+
+
+def test_mean_class_accuracy_does_not_depend_on_the_regions_order():
+    # per-class top-1 a 1/3, b 1/7, c 2/3 (unseen), d 1: a plain sum of these in the order the
+    # classes first appear gives 53.57142857142857 or ...58; gathered ranks reorder regions
+    blocks = [
+        [("a", 0, False), ("a", 1, False), ("a", 1, False)],
+        [("b", 0, False)] + [("b", 1, False)] * 6,
+        [("c", 0, True), ("c", 0, True), ("c", 1, True)],
+        [("d", 0, False)],
+    ]
+    results = {
+        tuple(region_accuracies(list(itertools.chain(*order))).items())
+        for order in itertools.permutations(blocks)
+    }
+    assert len(results) == 1, results
+    assert dict(results.pop())["mACC"] == pytest.approx(100 * (1 / 3 + 1 / 7 + 2 / 3 + 1) / 4)
 
 
 def test_evaluator_ranks_logits_against_the_target(caplog):
