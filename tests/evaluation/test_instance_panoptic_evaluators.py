@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 from ovseg_testing.panoptic import (
+    CONTIGUOUS,
     INSTANCE,
     PANOPTIC,
-    SEGMENTS,
-    panoptic_ids,
+    instance_output,
+    panoptic_output,
     registered_tiny_panoptic,
 )
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluators
-from detectron2.structures import BitMasks, Instances
 
 from ovseg.config import add_ovseg_config
 from ovseg.evaluation import (
@@ -26,7 +26,7 @@ from ovseg.evaluation import (
     build_evaluator,
 )
 
-CONTIGUOUS = {1: 0, 2: 1, 5: 2}  # dataset id -> index in stuff_classes (cat, dog, sky)
+DOG = 2  # the unseen class's dataset id
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +36,11 @@ def tiny(tmp_path_factory):
 
 
 def _panoptic_output(drop_dog=False):
-    ids = panoptic_ids()
-    segments = []
-    for seg_id, cat, crowd, _ in SEGMENTS:
-        if crowd or (drop_dog and cat == 2):
-            ids[ids == seg_id] = 0
-            continue
-        segments.append({"id": seg_id, "category_id": CONTIGUOUS[cat], "isthing": cat != 5})
-    return {"panoptic_seg": (torch.as_tensor(ids, dtype=torch.int32), segments)}
+    return panoptic_output(drop=(DOG,) if drop_dog else ())
 
 
 def _instance_output(drop_dog=False):
-    ids = panoptic_ids()
-    keep = [(i, c) for i, c, crowd, _ in SEGMENTS if c != 5 and not crowd]
-    keep = [(i, c) for i, c in keep if not (drop_dog and c == 2)]
-    inst = Instances((8, 8))
-    inst.pred_masks = torch.as_tensor(np.stack([ids == i for i, _ in keep]))
-    inst.pred_classes = torch.tensor([CONTIGUOUS[c] for _, c in keep])
-    inst.scores = torch.ones(len(keep))
-    inst.pred_boxes = BitMasks(inst.pred_masks).get_bounding_boxes()
-    return {"instances": inst}
+    return instance_output(drop=(DOG,) if drop_dog else ())
 
 
 @pytest.mark.parametrize("drop_dog", [False, True])
