@@ -109,6 +109,28 @@ def registered_captioned_coco(root: Path, name: str = XPM_TRAIN) -> Iterator[Pat
         MetadataCatalog.remove(name)
 
 
+def captioned_labelling_opts(tmp_path: Path, *extra: str) -> List[str]:
+    """Config overrides that label :func:`registered_captioned_coco`'s images: a random tiny
+    ViT CLIP cached under ``tmp_path``, the fixture's three names, 32-pixel test inputs
+    through the XPM mapper, no test set; ``extra`` (the teacher, region embedding, ...)
+    comes first."""
+    from .paths import TINY_VIT
+
+    return [
+        *extra,
+        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT),
+        "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
+        "MODEL.DEVICE", "cpu",
+        "MODEL.OVSEG.TRAIN_VOCABULARY", "person,dog,tv",
+        "INPUT.DATASET_MAPPER_NAME", "ovseg_xpm_instance",
+        "INPUT.MIN_SIZE_TEST", "32",
+        "DATASETS.TRAIN", f"('{XPM_TRAIN}',)",
+        "DATASETS.TEST", "()",
+        "OUTPUT_DIR", str(tmp_path / "log"),
+    ]  # fmt: skip
+
+
 class FakeProposer(nn.Module):
     """Proposes, per image, every fixture object's stripe (probability 0.9 inside, 0.1
     outside) plus one empty proposal, at the input's original size; ``calls`` counts images.

@@ -5,8 +5,13 @@ import json
 
 import pytest
 import torch
-from ovseg_testing.paths import CONFIGS, TINY_VIT
-from ovseg_testing.xpm import XPM_TRAIN, register_fake_teacher, registered_captioned_coco
+from ovseg_testing.paths import CONFIGS
+from ovseg_testing.xpm import (
+    XPM_TRAIN,
+    captioned_labelling_opts,
+    register_fake_teacher,
+    registered_captioned_coco,
+)
 
 from ovseg.data import build_dataset_mapper
 from ovseg.engine.defaults import load_config
@@ -22,23 +27,14 @@ def captioned(tmp_path_factory):
 
 
 def _opts(tmp_path, teacher):
-    return [
+    return captioned_labelling_opts(
+        tmp_path,
         "MODEL.META_ARCHITECTURE", teacher,
         "MODEL.XPM.TEACHER_META_ARCHITECTURE", teacher,
         "MODEL.XPM.REGION_EMBEDDING", "pool",
-        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT),
-        "MODEL.CLIP.PRETRAINED", "",
-        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
-        "MODEL.DEVICE", "cpu",
-        "MODEL.OVSEG.TRAIN_VOCABULARY", "person,dog,tv",
-        "INPUT.DATASET_MAPPER_NAME", "ovseg_xpm_instance",
-        "INPUT.MIN_SIZE_TEST", "32",
         "INPUT.MIN_SIZE_TRAIN", "(64,)",
         "INPUT.MAX_SIZE_TRAIN", "96",
-        "DATASETS.TRAIN", f"('{XPM_TRAIN}',)",
-        "DATASETS.TEST", "()",
-        "OUTPUT_DIR", str(tmp_path / "log"),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def test_dispatch_is_by_meta_architecture(tmp_path):

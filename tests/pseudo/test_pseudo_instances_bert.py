@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from ovseg_testing.bert import make_tiny_bert, require_transformers
 from ovseg_testing.configs import SMALL_OPTS
-from ovseg_testing.paths import CONFIGS, TINY_VIT
-from ovseg_testing.xpm import XPM_TRAIN, registered_captioned_coco
+from ovseg_testing.paths import CONFIGS
+from ovseg_testing.xpm import captioned_labelling_opts, registered_captioned_coco
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -126,24 +126,15 @@ def captioned(tmp_path_factory):
 
 
 def _opts(tmp_path, bert, region="teacher"):
-    return [
+    return captioned_labelling_opts(
+        tmp_path,
         *SMALL_OPTS["XPMTeacher"],
         "MODEL.META_ARCHITECTURE", "XPMTeacher",
         "MODEL.XPM.CLASS_EMBEDDING", "bert",
         "MODEL.XPM.BERT_NAME", bert,
         "MODEL.XPM.REGION_EMBEDDING", region,
         "MODEL.XPM.PROPOSE_TOPK", "20",
-        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT),
-        "MODEL.CLIP.PRETRAINED", "",
-        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
-        "MODEL.DEVICE", "cpu",
-        "MODEL.OVSEG.TRAIN_VOCABULARY", "person,dog,tv",
-        "INPUT.DATASET_MAPPER_NAME", "ovseg_xpm_instance",
-        "INPUT.MIN_SIZE_TEST", "32",
-        "DATASETS.TRAIN", f"('{XPM_TRAIN}',)",
-        "DATASETS.TEST", "()",
-        "OUTPUT_DIR", str(tmp_path / "log"),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def test_the_tool_labels_in_the_bert_space_of_a_bert_teacher(captioned, bert, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from ovseg_testing.configs import SMALL_OPTS
 from ovseg_testing.models import XPM_NAMES
-from ovseg_testing.paths import CONFIGS, TINY_VIT
-from ovseg_testing.xpm import XPM_TRAIN, registered_captioned_coco
+from ovseg_testing.paths import CONFIGS
+from ovseg_testing.xpm import XPM_TRAIN, captioned_labelling_opts, registered_captioned_coco
 
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
@@ -110,22 +110,13 @@ def captioned(tmp_path_factory):
 
 
 def _opts(tmp_path, topk):
-    return [
+    return captioned_labelling_opts(
+        tmp_path,
         *SMALL_OPTS["XPMTeacher"],
         "MODEL.META_ARCHITECTURE", "XPMTeacher",
         "MODEL.XPM.REGION_EMBEDDING", "teacher",
         "MODEL.XPM.PROPOSE_TOPK", str(topk),
-        "MODEL.CLIP.MODEL_NAME", str(TINY_VIT),
-        "MODEL.CLIP.PRETRAINED", "",
-        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
-        "MODEL.DEVICE", "cpu",
-        "MODEL.OVSEG.TRAIN_VOCABULARY", "person,dog,tv",
-        "INPUT.DATASET_MAPPER_NAME", "ovseg_xpm_instance",
-        "INPUT.MIN_SIZE_TEST", "32",
-        "DATASETS.TRAIN", f"('{XPM_TRAIN}',)",
-        "DATASETS.TEST", "()",
-        "OUTPUT_DIR", str(tmp_path / "log"),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 class EveryMask:
