@@ -130,6 +130,13 @@ def add_shared_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # the poly schedule never goes below this fraction of the base lr
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # "ovseg": max((1 - t)^POWER, ENDING), detectron2's warm-up ramping to the poly value;
+    # "mmcv": (1 - ENDING)(1 - t)^POWER + ENDING (min_lr = ENDING x lr), warm-up scaling it
+    # (mmcv 1.4.4 mmcv/runner/hooks/lr_updater.py:91-93, :141, :240-241)
+    cfg.SOLVER.POLY_FORMULA = "ovseg"
+    # t held on multiples of this many iterations (an epoch: lang-seg's LambdaLR, stepped per
+    # epoch by Lightning, modules/lsegmentation_module.py:172-174); 0 = every iteration
+    cfg.SOLVER.POLY_STEP_ITERS = 0
     # clip the gradients of the whole model (not per parameter) when "full_model"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     # AMP autocast dtype when SOLVER.AMP.ENABLED: "fp16" (with a grad scaler) or "bf16"
