@@ -17,6 +17,7 @@ def add_ovseg_config(cfg: CN) -> None:
     """
     add_teacher_config(cfg)
     add_shared_config(cfg)
+    add_poly_schedule_config(cfg)
     add_text_embeddings_file_config(cfg)
     add_test_aug_config(cfg)
     add_maskclip_config(cfg)
@@ -144,6 +145,17 @@ def add_shared_config(cfg: CN) -> None:
     cfg.TEST.SLIDE_STRIDE = (426, 426)
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
+
+
+def add_poly_schedule_config(cfg: CN) -> None:
+    """SOLVER.POLY_FORMULA / POLY_STEP_ITERS of WarmupPolyLR (ovseg/engine/solver.py)."""
+    # "ovseg": max((1 - t)^POWER, ENDING), detectron2's warm-up ramping to the poly value;
+    # "mmcv": (1 - ENDING)(1 - t)^POWER + ENDING (min_lr = ENDING x lr), warm-up scaling it
+    # (mmcv 1.4.4 mmcv/runner/hooks/lr_updater.py:91-93, :141, :240-241)
+    cfg.SOLVER.POLY_FORMULA = "ovseg"
+    # t held on multiples of this many iterations (an epoch: lang-seg's LambdaLR, stepped per
+    # epoch by Lightning, modules/lsegmentation_module.py:172-174); 0 = every iteration
+    cfg.SOLVER.POLY_STEP_ITERS = 0
 
 
 def add_text_embeddings_file_config(cfg: CN) -> None:

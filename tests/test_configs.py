@@ -36,6 +36,7 @@ from ovseg_testing import (
     tiny_clip_opts,
 )
 from ovseg_testing.bert import make_tiny_bert, require_transformers
+from ovseg_testing.official_lr import lightning_steps_per_epoch
 from ovseg_testing.panoptic import registered_tiny_panoptic
 from PIL import Image
 
@@ -191,6 +192,12 @@ def _lseg_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone"
         assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-32" and not cfg.TEST.AUG.ENABLED
         return
+    assert cfg.SOLVER.POLY_FORMULA == "ovseg"
+    if path.stem == "lseg_vitl16_303k_bs16":  # the released run: a poly step per epoch, 240
+        steps = lightning_steps_per_epoch(20210, gpus=8, batch=1, accumulate=2)
+        assert (cfg.SOLVER.POLY_STEP_ITERS, cfg.SOLVER.MAX_ITER) == (steps, 240 * steps)
+    else:  # no official epoch (ovseg's splits, variants): the poly steps per iteration
+        assert cfg.SOLVER.POLY_STEP_ITERS == 0
     if path.stem.endswith(VARIANT):  # ovseg's: backbone 0.004, decoder 10x, one test scale
         assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.004)
         assert not cfg.TEST.AUG.ENABLED
@@ -253,6 +260,11 @@ def _zegclip_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.ZEGCLIP.NUM_PROMPTS == ZEGCLIP_PROMPTS[source]
         assert cfg.SOLVER.BASE_LR == pytest.approx(2e-5) and cfg.SOLVER.IMS_PER_BATCH == 16
         assert cfg.SOLVER.WARMUP_ITERS == 1500 and cfg.SOLVER.WEIGHT_DECAY == 0.01
+        # the paper leaves: mmcv's poly to min_lr 1e-6 of every group's 2e-4 (zero:73-76);
+        # ovseg's variants: ovseg's floored poly
+        formula = "ovseg" if path.stem.endswith(VARIANT) else "mmcv"
+        assert (cfg.SOLVER.POLY_FORMULA, cfg.SOLVER.POLY_STEP_ITERS) == (formula, 0)
+        assert 2e-4 * cfg.SOLVER.POLY_LR_CONSTANT_ENDING == pytest.approx(1e-6)
         assert tuple(cfg.TEST.SLIDE_WINDOW) == (512, 512) and cfg.TEST.INFERENCE_MODE == "slide"
 
 
@@ -297,6 +309,12 @@ def _maskclip_plus_recipe(path: Path, cfg) -> None:
     assert (cfg.MODEL.OVSEG.SELF_TRAINING.START_ITER, cfg.SOLVER.MAX_ITER) == schedule
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.OPTIMIZER == "SGD"
     assert cfg.MODEL.CLIP.PRETRAINED == "openai"
+    # the paper leaves: mmcv's poly to min_lr 1e-4 (schedule_*k.py:5), no warm-up; ovseg's
+    # variants: ovseg's floored poly
+    formula = "ovseg" if path.stem.endswith(VARIANT) else "mmcv"
+    assert (cfg.SOLVER.POLY_FORMULA, cfg.SOLVER.POLY_STEP_ITERS) == (formula, 0)
+    assert cfg.SOLVER.BASE_LR * cfg.SOLVER.POLY_LR_CONSTANT_ENDING == pytest.approx(1e-4)
+    assert cfg.SOLVER.WARMUP_ITERS == 0
     run = MASKCLIP_PLUS_RUNS[kind + (VARIANT if path.stem.endswith(VARIANT) else "")]
     setting = cfg.MODEL.OVSEG.ZERO_SHOT_SETTING
     assert (

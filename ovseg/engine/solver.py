@@ -126,26 +126,102 @@ def use_fused(cfg: CfgNode, groups: list[dict[str, Any]]) -> bool:
 
 
 class PolyParamScheduler(ParamScheduler):
-    """``(1 - t) ** power``, never below ``constant_ending`` of the start, t in [0, 1]."""
+    """``(1 - t) ** power``, never below ``constant_ending`` of the start, t in [0, 1].
 
-    def __init__(self, power: float = 0.9, constant_ending: float = 0.0) -> None:
+    ``formula="mmcv"`` is mmcv's ``PolyLrUpdaterHook`` with ``min_lr`` = ``constant_ending`` x
+    the group's lr: ``(1 - e) (1 - t) ** power + e`` (mmcv 1.4.4
+    ``mmcv/runner/hooks/lr_updater.py:240-241``). ``step_iters`` > 0 holds t on multiples of
+    that many of ``max_iter`` iterations (an epoch stepped scheduler, PyTorch Lightning's
+    ``LambdaLR`` default).
+    """
+
+    def __init__(
+        self,
+        power: float = 0.9,
+        constant_ending: float = 0.0,
+        formula: str = "ovseg",
+        step_iters: int = 0,
+        max_iter: int = 0,
+    ) -> None:
         self.power = power
         self.constant_ending = constant_ending
+        self.formula = formula
+        self.step_iters = step_iters
+        self.max_iter = max_iter
 
     def __call__(self, where: float) -> float:
+        if self.step_iters > 0:  # the iteration back from where = it / max_iter, floored
+            it = round(where * self.max_iter) // self.step_iters * self.step_iters
+            where = it / self.max_iter
         value = (1.0 - where) ** self.power
+        if self.formula == "mmcv":
+            return (1.0 - self.constant_ending) * value + self.constant_ending
         return max(value, self.constant_ending)
+
+
+class MmcvWarmupParamScheduler(ParamScheduler):
+    """mmcv's iteration warm-up over ``scheduler``: before ``warmup_iters`` its value times
+    ``1 - (1 - it / warmup_iters) (1 - ratio)`` ("linear") or times ``ratio`` ("constant"),
+    it the 0-based iteration (mmcv 1.4.4 ``mmcv/runner/hooks/lr_updater.py:88-93, :137-145``;
+    ``runner.iter`` counts finished iterations, ``iter_based_runner.py:60, :69``)."""
+
+    def __init__(
+        self, scheduler: ParamScheduler, ratio: float, warmup_iters: int, method: str, max_iter: int
+    ) -> None:
+        if method not in ("linear", "constant"):
+            raise ValueError(
+                f"SOLVER.WARMUP_METHOD={method!r} with SOLVER.POLY_FORMULA 'mmcv'; mmcv's "
+                "warm-ups here are 'linear' and 'constant'."
+            )
+        self.scheduler = scheduler
+        self.ratio = ratio
+        self.warmup_iters = warmup_iters
+        self.method = method
+        self.max_iter = max_iter
+
+    def __call__(self, where: float) -> float:
+        value = self.scheduler(where)
+        it = round(where * self.max_iter)
+        if it >= self.warmup_iters:
+            return value
+        if self.method == "constant":
+            return value * self.ratio
+        return value * (1 - (1 - it / self.warmup_iters) * (1 - self.ratio))
+
+
+def _poly_scheduler(cfg: CfgNode) -> ParamScheduler:
+    """The poly multiplier of SOLVER.POLY_* with its warm-up, checked."""
+    s = cfg.SOLVER
+    if s.POLY_FORMULA not in ("ovseg", "mmcv"):
+        raise ValueError(f"SOLVER.POLY_FORMULA={s.POLY_FORMULA!r}; use 'ovseg' or 'mmcv'.")
+    step = s.POLY_STEP_ITERS
+    if step < 0 or (step > 0 and s.MAX_ITER % step != 0):
+        raise ValueError(
+            f"SOLVER.POLY_STEP_ITERS={step} with SOLVER.MAX_ITER={s.MAX_ITER}: the step must be "
+            "0 (every iteration) or divide MAX_ITER (a whole number of epochs)."
+        )
+    if s.POLY_FORMULA == "ovseg" and step == 0:  # ovseg's schedule as it always was
+        poly = PolyParamScheduler(s.POLY_LR_POWER, s.POLY_LR_CONSTANT_ENDING)
+    else:
+        poly = PolyParamScheduler(
+            s.POLY_LR_POWER, s.POLY_LR_CONSTANT_ENDING, s.POLY_FORMULA, step, s.MAX_ITER
+        )
+    if s.POLY_FORMULA == "mmcv":
+        if s.WARMUP_ITERS <= 0:
+            return poly
+        return MmcvWarmupParamScheduler(
+            poly, s.WARMUP_FACTOR, s.WARMUP_ITERS, s.WARMUP_METHOD, s.MAX_ITER
+        )
+    return WarmupParamScheduler(
+        poly,
+        s.WARMUP_FACTOR,
+        min(s.WARMUP_ITERS / max(s.MAX_ITER, 1), 1.0),
+        s.WARMUP_METHOD,
+    )
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     """WarmupPolyLR (ovseg) or any of detectron2's schedules by SOLVER.LR_SCHEDULER_NAME."""
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return d2_build_lr_scheduler(cfg, optimizer)
-    sched = PolyParamScheduler(cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING)
-    sched = WarmupParamScheduler(
-        sched,
-        cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / max(cfg.SOLVER.MAX_ITER, 1), 1.0),
-        cfg.SOLVER.WARMUP_METHOD,
-    )
-    return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
+    return LRMultiplier(optimizer, multiplier=_poly_scheduler(cfg), max_iter=cfg.SOLVER.MAX_ITER)
