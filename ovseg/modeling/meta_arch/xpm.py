@@ -323,17 +323,24 @@ class XPMTeacher(OpenVocabSegmentor):
         sem_seg = semantic_from_instances(probs, det.scores, classes, num_names)
         return {"instances": out, "sem_seg": sem_seg}
 
-    def paste(self, det: Instances, masks: Tensor, height: int, width: int) -> Tuple[Boxes, Tensor]:
-        """``det.pred_boxes`` at (height, width) and the (R, M, M) ``masks`` pasted in them:
-        (R, height, width) probabilities, 0 outside the box."""
+    def output_boxes(self, det: Instances, height: int, width: int) -> Tuple[Boxes, Tensor]:
+        """``det.pred_boxes`` at (height, width): the output boxes, and the (R, 4) boxes masks
+        are pasted in (the same, or with LEGACY_BOXES the inclusive corners)."""
         if not self.legacy_boxes:
             boxes, _, _ = to_output_size(det, height, width)
-            return boxes, paste_probabilities(masks, boxes, height, width)
+            return boxes, boxes.tensor
         # the official BoxList.resize scales the inclusive corners (bounding_box.py:91-127)
         sx, sy = width / det.image_size[1], height / det.image_size[0]
         inclusive = det.pred_boxes.tensor * det.pred_boxes.tensor.new_tensor([sx, sy, sx, sy])
-        probs = paste_masks_legacy(masks, inclusive, height, width)
-        return Boxes(to_exclusive(inclusive)), probs
+        return Boxes(to_exclusive(inclusive)), inclusive
+
+    def paste(self, det: Instances, masks: Tensor, height: int, width: int) -> Tuple[Boxes, Tensor]:
+        """``det.pred_boxes`` at (height, width) and the (R, M, M) ``masks`` pasted in them:
+        (R, height, width) probabilities, 0 outside the box."""
+        boxes, at = self.output_boxes(det, height, width)
+        if not self.legacy_boxes:
+            return boxes, paste_probabilities(masks, boxes, height, width)
+        return boxes, paste_masks_legacy(masks, at, height, width)
 
     @torch.no_grad()
     def propose(
@@ -376,7 +383,7 @@ class XPMTeacher(OpenVocabSegmentor):
             det = Instances(p.image_size, pred_boxes=boxes[i])
             height, width = inp.get("height", p.image_size[0]), inp.get("width", p.image_size[1])
             if probs is None:  # no masks pasted: only the boxes at the output size
-                scaled, _ = self.paste(det, e.new_zeros((0, 1, 1)), height, width)
+                scaled, _ = self.output_boxes(det, height, width)
                 pasted = self.lazy_masks(features, boxes, i, p.image_size, (height, width))
             else:
                 scaled, pasted = self.paste(det, probs[i], height, width)
