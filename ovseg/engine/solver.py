@@ -200,12 +200,9 @@ def _poly_scheduler(cfg: CfgNode) -> ParamScheduler:
             f"SOLVER.POLY_STEP_ITERS={step} with SOLVER.MAX_ITER={s.MAX_ITER}: the step must be "
             "0 (every iteration) or divide MAX_ITER (a whole number of epochs)."
         )
-    if s.POLY_FORMULA == "ovseg" and step == 0:  # ovseg's schedule as it always was
-        poly = PolyParamScheduler(s.POLY_LR_POWER, s.POLY_LR_CONSTANT_ENDING)
-    else:
-        poly = PolyParamScheduler(
-            s.POLY_LR_POWER, s.POLY_LR_CONSTANT_ENDING, s.POLY_FORMULA, step, s.MAX_ITER
-        )
+    poly = PolyParamScheduler(
+        s.POLY_LR_POWER, s.POLY_LR_CONSTANT_ENDING, s.POLY_FORMULA, step, s.MAX_ITER
+    )
     if s.POLY_FORMULA == "mmcv":
         if s.WARMUP_ITERS <= 0:
             return poly
