@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from detectron2.config import CfgNode
-from detectron2.data import transforms as T
 from detectron2.utils.visualizer import VisImage
 
 from ovseg.api import build_inference_model, check_image, model_input
 from ovseg.clip import get_templates
+from ovseg.data.dataset_mappers import inference_resize
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.modeling.vocabulary_scores import VocabularyPlan, mean_synonym_embeddings
 from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
@@ -41,7 +41,8 @@ class OpenVocabPredictor:
 
     Like detectron2's ``DefaultPredictor``: builds the model from the config, loads
     ``MODEL.WEIGHTS`` when set, puts it in eval mode and resizes each image as the test
-    mapper does (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``; 0 = no resize).
+    mapper does (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``; 0 = no resize;
+    ``INPUT.RESIZE_BACKEND``'s pixels).
     The vocabulary reaches the model through the input's ``"vocabulary"`` key. The model
     and its inputs are built as ``ovseg.Predictor`` (``ovseg/api.py``) builds them.
     """
@@ -56,8 +57,7 @@ class OpenVocabPredictor:
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not 'RGB' or 'BGR'")
-        min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+        self.aug = inference_resize(self.cfg) if self.cfg.INPUT.MIN_SIZE_TEST > 0 else None
         self.score_kind = score_kind_of(self.model)
         self.teacher = find_teacher(self.model)
 

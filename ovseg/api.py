@@ -30,6 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .data.dataset_mappers.resize import inference_resize
 from .data.image_io import read_image
 from .engine.checkpoint import load_model_weights
 from .engine.defaults import load_config
@@ -225,8 +226,7 @@ class Predictor:
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not 'RGB' or 'BGR'")
-        min_size, max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size) if min_size > 0 else None
+        self.aug = inference_resize(cfg) if cfg.INPUT.MIN_SIZE_TEST > 0 else None
         self.score_kind = score_kind_of(self.model)
 
     def predict(

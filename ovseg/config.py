@@ -392,6 +392,10 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     # [] = detectron2's ResizeShortestEdge (INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN)
     cfg.INPUT.RESIZE_IMG_SCALE = []
     cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
+    # the pixels of every resize of the semantic mappers and predictors: "pil" (detectron2:
+    # bilinear antialiased when shrinking, labels nearest by centre) or "opencv" (mmcv's
+    # imresize: cv2 INTER_LINEAR, labels INTER_NEAREST, as the mmseg pipelines)
+    cfg.INPUT.RESIZE_BACKEND = "pil"
     # build_resnet_deeplab_backbone: "basic" (7x7) or "deeplab" (three 3x3, ResNet-V1c) stem
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
     # dilation of res4 (1 or 2; 2 with RES5_DILATION 4 gives output stride 8)

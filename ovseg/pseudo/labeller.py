@@ -74,6 +74,10 @@ def labeller_settings(cfg) -> Dict[str, Any]:
             "slide_stride": _plain(cfg.TEST.SLIDE_STRIDE),
         },
     }
+    # OpenCV's pixels resize the teacher's input otherwise; left out for PIL, as stores before
+    backend = cfg.INPUT.get("RESIZE_BACKEND", "pil")
+    if backend != "pil":
+        settings["input"]["resize_backend"] = backend
     # the text embeddings' file by content; left out when unset, as stores made before have it
     path = os.path.expanduser(cfg.MODEL.OVSEG.get("TEXT_EMBEDDINGS_FILE", ""))
     if path:

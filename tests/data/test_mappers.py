@@ -266,6 +266,25 @@ def test_test_mapper_resizes_like_the_config(toy_dataset):
     assert (out["height"], out["width"]) == (32, 48)
 
 
+def test_opencv_backend_resizes_as_mmcv(toy_dataset):
+    import cv2
+
+    name, dicts = toy_dataset
+    cfg = _cfg(name, **{"INPUT.MIN_SIZE_TEST": 16, "INPUT.RESIZE_BACKEND": "opencv"})
+    out = build_dataset_mapper(cfg, is_train=False)(dicts[0])
+    want = cv2.resize(dicts[0]["_image"], (24, 16), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), want)
+    pil = build_dataset_mapper(_cfg(name, **{"INPUT.MIN_SIZE_TEST": 16}), is_train=False)
+    assert not torch.equal(pil(dicts[0])["image"], out["image"])  # PIL antialiases
+    # halving: OpenCV's nearest reads the even pixels (floor(2 x))
+    assert np.array_equal(out["sem_seg"].numpy(), dicts[0]["_label"][::2, ::2])
+    # training: the same resize to 16, maybe flipped
+    cfg = _cfg(name, **{"INPUT.MIN_SIZE_TRAIN": (16,), "INPUT.RESIZE_BACKEND": "opencv"})
+    out = build_dataset_mapper(cfg, is_train=True)(dicts[0])
+    image = out["image"].permute(1, 2, 0).numpy()
+    assert np.array_equal(image, want) or np.array_equal(image, want[:, ::-1])
+
+
 def test_test_vocabulary_from_config(toy_dataset):
     name, dicts = toy_dataset
     cfg = _cfg(name, **{"MODEL.OVSEG.TEST_VOCABULARY": "cat, dog"})

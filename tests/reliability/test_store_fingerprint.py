@@ -95,6 +95,13 @@ def test_store_of_another_teacher_is_refused_naming_the_field(tmp_path, register
     assert field in str(info.value)
 
 
+def test_store_resized_by_pil_is_refused_to_an_opencv_config(tmp_path, registered):
+    # the field is recorded for OpenCV only: stores made before it stay valid for PIL configs
+    PseudoLabelStore.create(str(tmp_path / "store"), _generated_manifest(tmp_path))
+    with pytest.raises(ValueError, match="teacher.settings.input.resize_backend is '<absent>'"):
+        pseudo_labelled_dataset_dicts(_student_cfg(tmp_path, "INPUT.RESIZE_BACKEND", "opencv"))
+
+
 def test_store_of_other_clip_weights_is_refused(tmp_path, registered):
     manifest = _generated_manifest(tmp_path)
     assert manifest["teacher"]["clip_weights"] == "random"  # the tiny CLIP has no weights

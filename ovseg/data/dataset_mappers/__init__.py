@@ -11,7 +11,7 @@ from .mask_targets import (
     semantic_mask_targets,
 )
 from .region_crop import RegionCropDatasetMapper
-from .resize import RatioRangeResize, training_resize
+from .resize import OpenCVResizeTransform, RatioRangeResize, inference_resize, training_resize
 from .semantic import SemanticDatasetMapper, transform_label, zero_shot_label_map
 from .teacher_input import TeacherInputMapper
 from .xpm_instance import XPMInstanceDatasetMapper
@@ -25,6 +25,7 @@ __all__ = [
     "SemanticMaskDatasetMapper",
     "mask_targets",
     "semantic_mask_targets",
+    "OpenCVResizeTransform",
     "PhotometricDistortTransform",
     "RatioRangeResize",
     "RegionCropDatasetMapper",
@@ -32,6 +33,7 @@ __all__ = [
     "TeacherInputMapper",
     "XPMInstanceDatasetMapper",
     "build_dataset_mapper",
+    "inference_resize",
     "training_resize",
     "transform_label",
     "zero_shot_label_map",

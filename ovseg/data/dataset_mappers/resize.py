@@ -1,6 +1,9 @@
-# Follows mmseg's Resize(img_scale, ratio_range, keep_ratio=True) and mmcv's rescale_size, as
-# the official MaskCLIP+ training pipelines use them, re-written as a detectron2 augmentation.
-"""``RatioRangeResize``: mmseg's training resize, for configs that reproduce mmseg recipes.
+# Follows mmseg's Resize(img_scale, ratio_range, keep_ratio=True) and mmcv's rescale_size and
+# imresize, as the official MaskCLIP+ and ZegCLIP pipelines use them, re-written as detectron2
+# augmentations.
+"""mmseg's resizing, for configs that reproduce mmseg recipes.
+
+``RatioRangeResize``: mmseg's training resize.
 
 mmseg draws ``r ~ U(ratio_range)``, scales the box ``img_scale`` by it and rescales the image,
 keeping its aspect ratio, to the largest size whose long side fits the box's long side and
@@ -8,18 +11,39 @@ whose short side fits its short side. With ``img_scale (2048, 512)`` the short s
 ``512 r`` (unless the long one would pass ``2048 r``); with ``(520, 520)`` (PASCAL Context)
 the long side becomes ``520 r``, which detectron2's ``ResizeShortestEdge`` cannot express.
 Chosen by ``INPUT.RESIZE_IMG_SCALE`` (non-empty) and ``INPUT.RESIZE_RATIO_RANGE``.
+
+``OpenCVResizeTransform``: the pixels of mmcv's ``imresize`` with its default backend, OpenCV
+(mmcv 1.4.4 ``mmcv/image/io.py:42``, ``mmcv/image/geometric.py:32-34, :77, :88``): images
+``cv2.INTER_LINEAR``, never antialiased; label maps ``cv2.INTER_NEAREST``, the source pixel
+``floor(x * old / new)``, not the nearest centre. detectron2's ``ResizeTransform`` uses PIL:
+bilinear antialiased when shrinking, nearest by pixel centres. ``INPUT.RESIZE_BACKEND``
+"opencv" gives every resize of the semantic mappers (training and test) and the predictors
+OpenCV's pixels; the sizes stay the resize's own.
 """
 
 from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from detectron2.data import transforms as T
 
-__all__ = ["RatioRangeResize", "rescaled_size", "training_resize"]
+__all__ = [
+    "RESIZE_BACKENDS",
+    "BackendResize",
+    "OpenCVResizeTransform",
+    "RatioRangeResize",
+    "check_resize_backend",
+    "inference_resize",
+    "rescaled_size",
+    "training_resize",
+]
+
+# INPUT.RESIZE_BACKEND: detectron2's (PIL) pixels or mmcv's (OpenCV)
+RESIZE_BACKENDS = ("pil", "opencv")
 
 
 def rescaled_size(height: int, width: int, box: Sequence[float]) -> Tuple[int, int]:
@@ -74,12 +98,96 @@ class RatioRangeResize(T.Augmentation):
         return T.ResizeTransform(h, w, new_h, new_w, self.interp)
 
 
+class OpenCVResizeTransform(T.Transform):
+    """Resize (h, w) -> (new_h, new_w) with mmcv's OpenCV pixels (see the module)."""
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        if img.shape[:2] != (self.h, self.w):
+            raise ValueError(
+                f"OpenCVResizeTransform is for {self.h}x{self.w} inputs, got {img.shape[:2]}"
+            )
+        if img.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+            raise ValueError(
+                f"OpenCV resizes uint8, uint16, int16, float32 and float64 images, not "
+                f"{img.dtype}; convert the image or set INPUT.RESIZE_BACKEND 'pil'"
+            )
+        out = cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+        return out[..., None] if img.ndim == 3 and out.ndim == 2 else out  # one channel kept
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        # cv2.INTER_NEAREST (resize.cpp resizeNN): source floor(x / scale), any dtype; the
+        # step is 1 / (new / old) as OpenCV computes it (old / new rounds otherwise)
+        rows = np.floor(np.arange(self.new_h) * (1.0 / (self.new_h / self.h)))
+        cols = np.floor(np.arange(self.new_w) * (1.0 / (self.new_w / self.w)))
+        rows, cols = np.minimum(rows, self.h - 1), np.minimum(cols, self.w - 1)
+        return segmentation[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        coords[:, 0] = coords[:, 0] * (self.new_w * 1.0 / self.w)
+        coords[:, 1] = coords[:, 1] * (self.new_h * 1.0 / self.h)
+        return coords
+
+    def inverse(self) -> T.Transform:
+        return OpenCVResizeTransform(self.new_h, self.new_w, self.h, self.w)
+
+
+class BackendResize(T.Augmentation):
+    """A resize augmentation whose ``ResizeTransform`` gets the pixels of ``backend``."""
+
+    def __init__(self, aug: T.Augmentation, backend: str):
+        """
+        Args:
+            aug: a resize whose transforms are ``ResizeTransform`` (e.g. ``ResizeShortestEdge``,
+                :class:`RatioRangeResize`); it chooses the size.
+            backend (str): one of :data:`RESIZE_BACKENDS`.
+        """
+        super().__init__()
+        self.aug = aug
+        self.backend = check_resize_backend(backend)
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        tfm = self.aug.get_transform(image)
+        if self.backend == "opencv" and isinstance(tfm, T.ResizeTransform):
+            return OpenCVResizeTransform(tfm.h, tfm.w, tfm.new_h, tfm.new_w)
+        return tfm
+
+
+def check_resize_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`RESIZE_BACKENDS`, else a clear error."""
+    if backend not in RESIZE_BACKENDS:
+        raise ValueError(
+            f"INPUT.RESIZE_BACKEND {backend!r} is not one of {list(RESIZE_BACKENDS)}: 'pil' "
+            "resizes as detectron2 (PIL), 'opencv' as mmcv / mmseg (cv2)"
+        )
+    return backend
+
+
+def _with_backend(cfg, aug: T.Augmentation) -> T.Augmentation:
+    backend = check_resize_backend(cfg.INPUT.get("RESIZE_BACKEND", "pil"))
+    return aug if backend == "pil" else BackendResize(aug, backend)
+
+
 def training_resize(cfg) -> T.Augmentation:
     """The training resize a config asks for: :class:`RatioRangeResize` when
     ``INPUT.RESIZE_IMG_SCALE`` is set, else detectron2's ``ResizeShortestEdge`` from
-    ``INPUT.MIN_SIZE_TRAIN`` / ``MAX_SIZE_TRAIN`` / ``MIN_SIZE_TRAIN_SAMPLING``."""
+    ``INPUT.MIN_SIZE_TRAIN`` / ``MAX_SIZE_TRAIN`` / ``MIN_SIZE_TRAIN_SAMPLING``; with
+    ``INPUT.RESIZE_BACKEND``'s pixels."""
     if len(cfg.INPUT.RESIZE_IMG_SCALE) > 0:
-        return RatioRangeResize(cfg.INPUT.RESIZE_IMG_SCALE, cfg.INPUT.RESIZE_RATIO_RANGE)
-    return T.ResizeShortestEdge(
-        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
-    )
+        aug = RatioRangeResize(cfg.INPUT.RESIZE_IMG_SCALE, cfg.INPUT.RESIZE_RATIO_RANGE)
+    else:
+        aug = T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    return _with_backend(cfg, aug)
+
+
+def inference_resize(cfg) -> T.Augmentation:
+    """The test resize: the short side to ``INPUT.MIN_SIZE_TEST``, the long side at most
+    ``MAX_SIZE_TEST`` (detectron2's ``ResizeShortestEdge``; 0 = no resize), with
+    ``INPUT.RESIZE_BACKEND``'s pixels."""
+    aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    return _with_backend(cfg, aug)

@@ -32,7 +32,7 @@ from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
 from .fast_crop import CategoryAreaCrop
-from .resize import training_resize
+from .resize import inference_resize, training_resize
 
 __all__ = [
     "ZERO_SHOT_SETTINGS",
@@ -290,7 +290,7 @@ class SemanticDatasetMapper:
             pseudo_label_map = store_label_map(cfg, vocabulary, ignore_label)
             pseudo_classes = store_class_count(cfg)
         else:
-            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+            augs = [inference_resize(cfg)]
             label_map = pseudo_label_map = pseudo_classes = None
             vocabulary = resolve_vocabulary(cfg.MODEL.OVSEG.TEST_VOCABULARY, meta).names
             class_names = meta.get("stuff_classes", None)
