@@ -396,6 +396,10 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     # bilinear antialiased when shrinking, labels nearest by centre) or "opencv" (mmcv's
     # imresize: cv2 INTER_LINEAR, labels INTER_NEAREST, as the mmseg pipelines)
     cfg.INPUT.RESIZE_BACKEND = "pil"
+    # how training mappers pad images to INPUT.SIZE_DIVISIBILITY: "black" (0), "gray" (128,
+    # Mask2Former's), or "normalized_zero" (the model pads the normalised batch with 0, the
+    # pixel mean, as mmseg) (ovseg/data/dataset_mappers/padding.py)
+    cfg.INPUT.IMAGE_PAD = "black"
     # build_resnet_deeplab_backbone: "basic" (7x7) or "deeplab" (three 3x3, ResNet-V1c) stem
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
     # dilation of res4 (1 or 2; 2 with RES5_DILATION 4 gives output stride 8)

@@ -108,7 +108,8 @@ class _SegmentMapper(SemanticDatasetMapper):
         image_t = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         sem_t = torch.as_tensor(np.ascontiguousarray(aug_input.sem_seg).astype(np.int64))
         if self.is_train and self.size_divisibility > 0:
-            image_t, sem_t = self._pad(image_t, 0), self._pad(sem_t, self.ignore_label)
+            image_t = self._pad(image_t, self.image_pad_value)
+            sem_t = self._pad(sem_t, self.ignore_label)
             masks = [self._pad(m, 0) for m in masks]
             size = tuple(image_t.shape[-2:])
         for key in ("pan_seg_file_name", "segments_info", "annotations"):

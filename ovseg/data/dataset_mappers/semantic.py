@@ -32,6 +32,7 @@ from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
 from .color_aug import ColorAugSSD
 from .fast_crop import CategoryAreaCrop
+from .padding import image_padding
 from .resize import inference_resize, training_resize
 
 __all__ = [
@@ -182,6 +183,7 @@ class SemanticDatasetMapper:
         pseudo_label_map: Optional[np.ndarray] = None,
         num_classes: Optional[int] = None,
         pseudo_num_classes: Optional[int] = None,
+        image_pad_value: int = 0,
     ):
         """
         Args:
@@ -202,6 +204,7 @@ class SemanticDatasetMapper:
                 (in every setting, before any remap); None = not checked.
             pseudo_num_classes (int, optional): the same for pseudo-label files (the
                 store's vocabulary size).
+            image_pad_value (int): the value images are padded with (``INPUT.IMAGE_PAD``).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -213,6 +216,7 @@ class SemanticDatasetMapper:
         self.pseudo_label_map = pseudo_label_map
         self.num_classes = num_classes
         self.pseudo_num_classes = pseudo_num_classes
+        self.image_pad_value = int(image_pad_value)
         mode = "training" if is_train else "inference"
         logger.info(
             f"[{type(self).__name__}] {mode}: augmentations {augmentations}; "
@@ -299,12 +303,14 @@ class SemanticDatasetMapper:
                     f"Test vocabulary ({len(vocabulary)} names) differs from the classes of "
                     f"{dataset_name!r}; its labels still refer to the dataset's classes"
                 )
+        divisibility, pad_value = image_padding(cfg)
         return {
             "is_train": is_train,
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore_label,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "size_divisibility": divisibility,
+            "image_pad_value": pad_value,
             "vocabulary": vocabulary,
             "label_map": label_map,
             "pseudo_label_map": pseudo_label_map,
@@ -403,7 +409,7 @@ class SemanticDatasetMapper:
             if label is not None
         }
         if self.is_train and self.size_divisibility > 0:
-            image_t = self._pad(image_t, 0)
+            image_t = self._pad(image_t, self.image_pad_value)
             labels = {key: self._pad(label, self.ignore_label) for key, label in labels.items()}
 
         dataset_dict["image"] = image_t

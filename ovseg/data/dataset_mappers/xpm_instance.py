@@ -281,7 +281,8 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         sem_t = torch.as_tensor(np.ascontiguousarray(aug_input.sem_seg).astype(np.int64))
         size = tuple(image_t.shape[-2:])
         if self.size_divisibility > 0:
-            image_t, sem_t = self._pad(image_t, 0), self._pad(sem_t, self.ignore_label)
+            image_t = self._pad(image_t, self.image_pad_value)
+            sem_t = self._pad(sem_t, self.ignore_label)
         for key in ("sem_seg_file_name", "pan_seg_file_name", "segments_info", "annotations"):
             dataset_dict.pop(key, None)
         dataset_dict.update(image=image_t, sem_seg=sem_t, vocabulary=list(self.vocabulary))
