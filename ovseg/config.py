@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
-from .config_data import add_data_and_words_config
+from .config_data import add_crop_count_config, add_data_and_words_config
 from .config_freeseg import add_freeseg_config
 from .config_mask_classification import add_mask_classification_config
 from .config_xpm import add_xpm_config
@@ -31,6 +31,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_speed_config(cfg)
     add_xpm_data_config(cfg)
     add_data_and_words_config(cfg)
+    add_crop_count_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)
 

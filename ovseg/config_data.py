@@ -1,4 +1,5 @@
-"""Config keys for the user's own data and words: custom datasets, synonyms, background."""
+"""Config keys for the user's own data and words (custom datasets, synonyms, background) and
+for what the training crop counts."""
 
 from detectron2.config import CfgNode as CN
 
@@ -17,3 +18,11 @@ def add_data_and_words_config(cfg: CN) -> None:
     # > 0: a test vocabulary's MODEL.OVSEG.BACKGROUND_CLASS is not embedded but labels the
     # pixels whose best class probability is below this (VOC-21, PC-60); 0 = off
     cfg.TEST.BACKGROUND_THRESHOLD = 0.0
+
+
+def add_crop_count_config(cfg: CN) -> None:
+    """INPUT.CROP.CATEGORY_COUNT (ovseg/data/dataset_mappers/crop_count.py)."""
+    # the labels the crop's SINGLE_CATEGORY_MAX_AREA rule counts: "training" (after the
+    # zero-shot remap), "dataset" (the dataset's classes, unseen ones included: ZegCLIP) or
+    # "unseen_as_one" (the dataset's classes, every unseen class one class: MaskCLIP+)
+    cfg.INPUT.CROP.CATEGORY_COUNT = "training"
