@@ -23,6 +23,7 @@ def add_data_and_words_config(cfg: CN) -> None:
 def add_crop_count_config(cfg: CN) -> None:
     """INPUT.CROP.CATEGORY_COUNT (ovseg/data/dataset_mappers/crop_count.py)."""
     # the labels the crop's SINGLE_CATEGORY_MAX_AREA rule counts: "training" (after the
-    # zero-shot remap), "dataset" (the dataset's classes, unseen ones included: ZegCLIP) or
-    # "unseen_as_one" (the dataset's classes, every unseen class one class: MaskCLIP+)
+    # zero-shot remap), "dataset" (the dataset's classes, unseen ones included: ZegCLIP),
+    # "unseen_as_one" (the dataset's classes, every unseen class one class: MaskCLIP+) or
+    # "classes_as_one" (every class one class: annotation-free MaskCLIP+, no window passes)
     cfg.INPUT.CROP.CATEGORY_COUNT = "training"

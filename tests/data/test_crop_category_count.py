@@ -112,6 +112,18 @@ def test_unseen_as_one_rejects_what_counting_them_one_by_one_accepts(seed):
     assert decide(counted, train, table[MCP_REJECTS], seed) == last
 
 
+@pytest.mark.parametrize("label", [ZEG_ACCEPTS, MCP_REJECTS, stripes([0, 1, 2, 3, 4])])
+def test_classes_as_one_never_passes(label):
+    """Annotation-free MaskCLIP+ suppresses every class: no window holds two classes, so
+    the crop keeps the last of its ten, whatever the labels."""
+    table = crop_count_table("classes_as_one", CLASSES, unseen=None, ignore_label=255)
+    assert table[:6].tolist() == [0, 0, 0, 0, 0, 255]
+    counted = CountedCategoryAreaCrop("absolute", (CROP, CROP), 0.75, 255)
+    assert decide(counted, label, table[label], 3) == windows(3, 10)[-1]
+    plain = CategoryAreaCrop("absolute", (CROP, CROP), 0.75, 255)
+    assert decide(plain, stripes([0, 1, 2, 3, 4]), None, 3) == windows(3, 10)[0]
+
+
 def test_tables():
     zero_shot = np.zeros(256, np.uint8)
     kwargs = dict(unseen=UNSEEN, ignore_label=255)
@@ -227,7 +239,7 @@ def _merged(path: Path):
 
 def test_paper_configs_count_as_the_official_crops():
     """ZegCLIP's paper configs count the dataset's classes, MaskCLIP+'s the unseen ones as
-    one (annotation-free: every class is suppressed, so no constraint); ovseg's variants and
+    one (annotation-free: every class as one); ovseg's variants and
     the toy configs count the training labels."""
     seen = 0
     for path in sorted(ROOT.glob("configs/*/zegclip/*.yaml")) + sorted(
@@ -238,7 +250,7 @@ def test_paper_configs_count_as_the_official_crops():
         if path.stem.endswith("_ovseg-variant"):
             want = ("training", 0.75)
         elif "annofree" in path.stem:
-            want = (crop.CATEGORY_COUNT, 1.0)
+            want = ("classes_as_one", 0.75)
         else:
             want = ("dataset" if "zegclip" in path.stem else "unseen_as_one", 0.75)
         assert (crop.CATEGORY_COUNT, crop.SINGLE_CATEGORY_MAX_AREA) == want, path

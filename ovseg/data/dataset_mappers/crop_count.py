@@ -11,7 +11,9 @@ labels their ``LoadAnnotations`` gives, before any remap in the model:
 - "unseen_as_one": the dataset's classes with every unseen class counted as one class
   (MaskCLIP+: ``LoadAnnotations(suppress_labels=...)`` sets them all to -1,
   ``mmseg/datasets/pipelines/loading.py:154-156``, before ``RandomCrop`` counts with
-  ``np.unique``, ``mmseg/datasets/pipelines/transforms.py:606-614``).
+  ``np.unique``, ``mmseg/datasets/pipelines/transforms.py:606-614``);
+- "classes_as_one": every class counted as one (annotation-free MaskCLIP+ suppresses every
+  class): no window ever holds two classes, so the crop keeps its last, random, window.
 
 The crop then decides its window on this "counting" label map (moved with the sample by the
 same transforms), while the transforms still apply to the training labels.
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 # INPUT.CROP.CATEGORY_COUNT values
-CATEGORY_COUNTS = ("training", "dataset", "unseen_as_one")
+CATEGORY_COUNTS = ("training", "dataset", "unseen_as_one", "classes_as_one")
 
 
 def crop_count_table(
@@ -88,6 +90,8 @@ def crop_count_table(
     table[: len(classes)] = np.arange(len(classes))
     if mode == "unseen_as_one":
         table[merged] = merged[0]  # one id no other class has, in the table's dtype
+    elif mode == "classes_as_one":
+        table[: len(classes)] = 0
     return table
 
 
