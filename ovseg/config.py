@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
-from .config_data import add_data_and_words_config
+from .config_data import add_data_and_words_config, add_input_pipeline_config
 from .config_freeseg import add_freeseg_config
 from .config_mask_classification import add_mask_classification_config
 from .config_xpm import add_xpm_config
@@ -31,6 +31,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_speed_config(cfg)
     add_xpm_data_config(cfg)
     add_data_and_words_config(cfg)
+    add_input_pipeline_config(cfg)
     for old, new in RENAMED_KEYS.items():
         cfg.register_renamed_key(old, new)
 
@@ -386,20 +387,6 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     # end with a 1x1 convolution to the output width; False = the last (ReLU'd) map is the
     # output and is as wide as it (official MaskCLIP+: ASPP width = embedding size)
     cfg.MODEL.SEM_SEG_HEAD.OUTPUT_PROJECTION = True
-    # training resize of the semantic mapper (any method) as mmseg's Resize(img_scale,
-    # ratio_range) of the official MaskCLIP+ pipelines: r ~ U(RESIZE_RATIO_RANGE), the image
-    # rescaled (ratio kept) to fit the box RESIZE_IMG_SCALE * r, long side in its long side;
-    # [] = detectron2's ResizeShortestEdge (INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN)
-    cfg.INPUT.RESIZE_IMG_SCALE = []
-    cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
-    # the pixels of every resize of the semantic mappers and predictors: "pil" (detectron2:
-    # bilinear antialiased when shrinking, labels nearest by centre) or "opencv" (mmcv's
-    # imresize: cv2 INTER_LINEAR, labels INTER_NEAREST, as the mmseg pipelines)
-    cfg.INPUT.RESIZE_BACKEND = "pil"
-    # how training mappers pad images to INPUT.SIZE_DIVISIBILITY: "black" (0), "gray" (128,
-    # Mask2Former's), or "normalized_zero" (the model pads the normalised batch with 0, the
-    # pixel mean, as mmseg) (ovseg/data/dataset_mappers/padding.py)
-    cfg.INPUT.IMAGE_PAD = "black"
     # build_resnet_deeplab_backbone: "basic" (7x7) or "deeplab" (three 3x3, ResNet-V1c) stem
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
     # dilation of res4 (1 or 2; 2 with RES5_DILATION 4 gives output stride 8)

@@ -1,4 +1,5 @@
-"""Config keys for the user's own data and words: custom datasets, synonyms, background."""
+"""Config keys for the user's own data and words (custom datasets, synonyms, background) and
+for the input pipeline's mmseg-style options (resize, padding, what the training crop counts)."""
 
 from detectron2.config import CfgNode as CN
 
@@ -17,3 +18,28 @@ def add_data_and_words_config(cfg: CN) -> None:
     # > 0: a test vocabulary's MODEL.OVSEG.BACKGROUND_CLASS is not embedded but labels the
     # pixels whose best class probability is below this (VOC-21, PC-60); 0 = off
     cfg.TEST.BACKGROUND_THRESHOLD = 0.0
+
+
+def add_input_pipeline_config(cfg: CN) -> None:
+    """The training and test pipeline's mmseg-style options: INPUT.RESIZE_* (resize.py),
+    INPUT.IMAGE_PAD (padding.py), INPUT.CROP.CATEGORY_COUNT (crop_count.py), all in
+    ovseg/data/dataset_mappers/."""
+    # training resize of the semantic mapper (any method) as mmseg's Resize(img_scale,
+    # ratio_range) of the official MaskCLIP+ pipelines: r ~ U(RESIZE_RATIO_RANGE), the image
+    # rescaled (ratio kept) to fit the box RESIZE_IMG_SCALE * r, long side in its long side;
+    # [] = detectron2's ResizeShortestEdge (INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN)
+    cfg.INPUT.RESIZE_IMG_SCALE = []
+    cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
+    # the pixels of every resize of the semantic mappers and predictors: "pil" (detectron2:
+    # bilinear antialiased when shrinking, labels nearest by centre) or "opencv" (mmcv's
+    # imresize: cv2 INTER_LINEAR, labels INTER_NEAREST, as the mmseg pipelines)
+    cfg.INPUT.RESIZE_BACKEND = "pil"
+    # how training mappers pad images to INPUT.SIZE_DIVISIBILITY: "black" (0), "gray" (128,
+    # Mask2Former's), or "normalized_zero" (the model pads the normalised batch with 0, the
+    # pixel mean, as mmseg)
+    cfg.INPUT.IMAGE_PAD = "black"
+    # the labels the crop's SINGLE_CATEGORY_MAX_AREA rule counts: "training" (after the
+    # zero-shot remap), "dataset" (the dataset's classes, unseen ones included: ZegCLIP),
+    # "unseen_as_one" (the dataset's classes, every unseen class one class: MaskCLIP+) or
+    # "classes_as_one" (every class one class: annotation-free MaskCLIP+, no window passes)
+    cfg.INPUT.CROP.CATEGORY_COUNT = "training"

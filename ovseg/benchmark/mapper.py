@@ -19,6 +19,7 @@ import numpy as np
 from detectron2.data import transforms as T
 
 from ..data.dataset_mappers.color_aug import ColorAugSSD, PhotometricDistortTransform
+from ..data.dataset_mappers.crop_count import CountedCategoryAreaCrop
 from ..data.dataset_mappers.fast_crop import CategoryAreaCrop
 from .timing import interleaved
 
@@ -54,6 +55,13 @@ class _PerPixelColorAug(ColorAugSSD):
         return _PerPixelTransform(**vars(super().get_transform(image)))
 
 
+class _UniqueCountedCrop(T.RandomCrop_CategoryAreaConstraint):
+    """detectron2's crop deciding on ``crop_counts``, as CountedCategoryAreaCrop does."""
+
+    def get_transform(self, image: np.ndarray, sem_seg: np.ndarray, crop_counts: np.ndarray):
+        return super().get_transform(image, crop_counts)
+
+
 def _indexed_remap(label: np.ndarray, table: np.ndarray, path: str) -> np.ndarray:
     return table[label]
 
@@ -65,10 +73,10 @@ def reference_mapper(mapper):
     augs = []
     for aug in mapper.augmentations.augs:
         if isinstance(aug, CategoryAreaCrop):
-            aug = T.RandomCrop_CategoryAreaConstraint(aug.crop_aug.crop_type,
-                                                      aug.crop_aug.crop_size,
-                                                      aug.single_category_max_area,
-                                                      aug.ignored_category)  # fmt: skip
+            counted = isinstance(aug, CountedCategoryAreaCrop)
+            crop = _UniqueCountedCrop if counted else T.RandomCrop_CategoryAreaConstraint
+            aug = crop(aug.crop_aug.crop_type, aug.crop_aug.crop_size,
+                       aug.single_category_max_area, aug.ignored_category)  # fmt: skip
         elif isinstance(aug, ColorAugSSD):
             aug = _PerPixelColorAug(aug.img_format, aug.brightness_delta, aug.contrast_range,
                                     aug.saturation_range, aug.hue_delta)  # fmt: skip

@@ -30,10 +30,10 @@ from ...vocab import (
 )
 from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
-from .color_aug import ColorAugSSD
-from .fast_crop import CategoryAreaCrop
+from .crop_count import CropCountInput, crop_count_table
 from .padding import image_padding
-from .resize import inference_resize, training_resize
+from .resize import inference_resize
+from .training_pipeline import training_augmentations
 
 __all__ = [
     "ZERO_SHOT_SETTINGS",
@@ -184,6 +184,7 @@ class SemanticDatasetMapper:
         num_classes: Optional[int] = None,
         pseudo_num_classes: Optional[int] = None,
         image_pad_value: int = 0,
+        crop_count_table: Optional[np.ndarray] = None,
     ):
         """
         Args:
@@ -205,6 +206,9 @@ class SemanticDatasetMapper:
             pseudo_num_classes (int, optional): the same for pseudo-label files (the
                 store's vocabulary size).
             image_pad_value (int): the value images are padded with (``INPUT.IMAGE_PAD``).
+            crop_count_table (np.ndarray, optional): training only: table mapping a dataset
+                label to the label a :class:`~.crop_count.CountedCategoryAreaCrop` counts
+                (:func:`crop_count_table`); None = the crop counts the training labels.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -217,6 +221,7 @@ class SemanticDatasetMapper:
         self.num_classes = num_classes
         self.pseudo_num_classes = pseudo_num_classes
         self.image_pad_value = int(image_pad_value)
+        self.crop_count_table = crop_count_table
         mode = "training" if is_train else "inference"
         logger.info(
             f"[{type(self).__name__}] {mode}: augmentations {augmentations}; "
@@ -260,20 +265,8 @@ class SemanticDatasetMapper:
                 f"choose one of {list(ZERO_SHOT_SETTINGS)}"
             )
 
+        count_table = None
         if is_train:
-            augs: list = [training_resize(cfg)]
-            if cfg.INPUT.CROP.ENABLED:
-                augs.append(
-                    CategoryAreaCrop(
-                        cfg.INPUT.CROP.TYPE,
-                        cfg.INPUT.CROP.SIZE,
-                        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                        ignore_label,
-                    )
-                )
-            if cfg.INPUT.COLOR_AUG_SSD:
-                augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
-            augs.append(T.RandomFlip())
             class_names = meta.get("stuff_classes", None)
             if not class_names:
                 raise ValueError(
@@ -293,6 +286,17 @@ class SemanticDatasetMapper:
             # a store's labels index its own vocabulary: the model gets training indices
             pseudo_label_map = store_label_map(cfg, vocabulary, ignore_label)
             pseudo_classes = store_class_count(cfg)
+            crop = cfg.INPUT.CROP
+            count_table = crop_count_table(
+                crop.CATEGORY_COUNT,
+                class_names,
+                unseen=meta.get("unseen_classes", None),
+                label_map=label_map,
+                ignore_label=ignore_label,
+                constrained=crop.ENABLED and crop.SINGLE_CATEGORY_MAX_AREA < 1.0,
+                dataset_name=dataset_name,
+            )
+            augs = training_augmentations(cfg, ignore_label, counted=count_table is not None)
         else:
             augs = [inference_resize(cfg)]
             label_map = pseudo_label_map = pseudo_classes = None
@@ -316,6 +320,7 @@ class SemanticDatasetMapper:
             "pseudo_label_map": pseudo_label_map,
             "num_classes": len(class_names) if class_names else None,
             "pseudo_num_classes": pseudo_classes,
+            "crop_count_table": count_table,
         }
 
     def _read_label(self, path: Optional[str], image: np.ndarray, key: str):
@@ -351,6 +356,16 @@ class SemanticDatasetMapper:
             return cv2.LUT(label, table)  # the same lookup, without numpy's fancy indexing
         return table[label]
 
+    def _crop_counts(self, sem_seg, path, file_name: str) -> np.ndarray:
+        """The labels the crop counts: the dataset's labels through ``crop_count_table``."""
+        if sem_seg is None:
+            raise ValueError(
+                f"Training sample {file_name!r} has no 'sem_seg_file_name', but "
+                "INPUT.CROP.CATEGORY_COUNT counts the dataset's labels; use 'training' (the "
+                "crop then counts the labels it crops)"
+            )
+        return label_for_transforms(self._remap(sem_seg, self.crop_count_table, path))
+
     def _pad(self, tensor: torch.Tensor, value: int) -> torch.Tensor:
         h, w = tensor.shape[-2:]
         d = self.size_divisibility
@@ -385,14 +400,21 @@ class SemanticDatasetMapper:
                 f"Training sample {file_name!r} has neither 'sem_seg_file_name' nor "
                 "'pseudo_sem_seg_file_name'; a training dataset needs labels"
             )
+        counts = None
+        if self.is_train and self.crop_count_table is not None:
+            counts = self._crop_counts(sem_seg, sem_seg_file, file_name)
         if sem_seg is not None and self.is_train and self.label_map is not None:
             # before the augmentations, so the crop's category-area rule sees the targets
+            # (unless it counts crop_counts)
             sem_seg = self._remap(sem_seg, self.label_map, sem_seg_file)
         if pseudo is not None and self.is_train and self.pseudo_label_map is not None:
             pseudo = self._remap(pseudo, self.pseudo_label_map, pseudo_file)
         sem_seg, pseudo = label_for_transforms(sem_seg), label_for_transforms(pseudo)
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg if sem_seg is not None else pseudo)
+        if counts is None:
+            aug_input = T.AugInput(image, sem_seg=sem_seg if sem_seg is not None else pseudo)
+        else:  # the crop decides its window on the counted labels
+            aug_input = CropCountInput(image, sem_seg=sem_seg, crop_counts=counts)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         if sem_seg is not None:
