@@ -196,6 +196,10 @@ def _lseg_recipe(path: Path, cfg) -> None:
     if path.stem == "lseg_vitl16_303k_bs16":  # the released run: a poly step per epoch, 240
         steps = lightning_steps_per_epoch(20210, gpus=8, batch=1, accumulate=2)
         assert (cfg.SOLVER.POLY_STEP_ITERS, cfg.SOLVER.MAX_ITER) == (steps, 240 * steps)
+        # the encoding loader: long side 260-1040 (0.5-2 x the 520 base), 480 crops
+        assert list(cfg.INPUT.RESIZE_IMG_SCALE) == [520, 520]
+        assert list(cfg.INPUT.RESIZE_RATIO_RANGE) == [0.5, 2.0]
+        assert tuple(cfg.INPUT.CROP.SIZE) == (480, 480) and cfg.INPUT.SIZE_DIVISIBILITY == 480
     else:  # no official epoch (ovseg's splits, variants): the poly steps per iteration
         assert cfg.SOLVER.POLY_STEP_ITERS == 0
     if path.stem.endswith(VARIANT):  # ovseg's: backbone 0.004, decoder 10x, one test scale

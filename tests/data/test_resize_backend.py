@@ -99,3 +99,18 @@ def test_the_config_chooses_the_pixels_and_the_resize_the_size():
     # MIN_SIZE_TEST 0: no resize, whatever the backend
     none = inference_resize(_cfg(RESIZE_BACKEND="opencv", MIN_SIZE_TEST=0))
     assert isinstance(none.get_transform(image), T.NoOpTransform)
+
+
+def test_lseg_ade20k_draws_the_long_side_as_the_encoding_loader():
+    from ovseg_testing.paths import CONFIGS
+
+    from ovseg.engine.defaults import load_config
+
+    cfg = load_config(str(CONFIGS / "ade20k" / "lseg" / "lseg_vitl16_303k_bs16.yaml"), [])
+    aug = training_resize(cfg)
+    np.random.seed(0)
+    sizes = [aug.get_transform(np.zeros((512, 683, 3), np.uint8)) for _ in range(400)]
+    longs = np.array([t.new_w for t in sizes])
+    # encoding/datasets/base.py:72-80: long side randint(260, 1040), short int(w L / h + 0.5)
+    assert 260 <= longs.min() < 280 and 1020 < longs.max() <= 1040
+    assert all(t.new_h == int(512 * t.new_w / 683 + 0.5) for t in sizes)
