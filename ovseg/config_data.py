@@ -43,3 +43,6 @@ def add_input_pipeline_config(cfg: CN) -> None:
     # "unseen_as_one" (the dataset's classes, every unseen class one class: MaskCLIP+) or
     # "classes_as_one" (every class one class: annotation-free MaskCLIP+, no window passes)
     cfg.INPUT.CROP.CATEGORY_COUNT = "training"
+    # when none of the crop's 10 windows passes that rule: "last_tried" keeps the 10th
+    # (detectron2), "another" draws an 11th, unchecked (mmseg's RandomCrop)
+    cfg.INPUT.CROP.FALLBACK = "last_tried"

@@ -62,6 +62,36 @@ class _UniqueCountedCrop(T.RandomCrop_CategoryAreaConstraint):
         return super().get_transform(image, crop_counts)
 
 
+class _UniqueAnotherCrop(CategoryAreaCrop):
+    """The crop with mmseg's fallback (``"another"``), each try counted by ``np.unique`` as
+    detectron2 counts (the crop has no detectron2 original to compare with)."""
+
+    def _passes(self, window: np.ndarray) -> bool:
+        labels, present = np.unique(window, return_counts=True)
+        if self.ignored_category is not None:
+            present = present[labels != self.ignored_category]
+        max_area = self.single_category_max_area
+        return len(present) > 1 and np.max(present) < np.sum(present) * max_area
+
+
+class _UniqueAnotherCountedCrop(_UniqueAnotherCrop):
+    def get_transform(self, image: np.ndarray, sem_seg: np.ndarray, crop_counts: np.ndarray):
+        return super().get_transform(image, crop_counts)
+
+
+def _reference_crop(aug: CategoryAreaCrop) -> T.Augmentation:
+    """``aug`` as first written: detectron2's crop (or, with mmseg's fallback, its loop)
+    counting each try with ``np.unique``; the same draws."""
+    counted = isinstance(aug, CountedCategoryAreaCrop)
+    args = (aug.crop_aug.crop_type, aug.crop_aug.crop_size, aug.single_category_max_area,
+            aug.ignored_category)  # fmt: skip
+    if aug.fallback == "another":
+        crop = _UniqueAnotherCountedCrop if counted else _UniqueAnotherCrop
+        return crop(*args, fallback="another")
+    crop = _UniqueCountedCrop if counted else T.RandomCrop_CategoryAreaConstraint
+    return crop(*args)
+
+
 def _indexed_remap(label: np.ndarray, table: np.ndarray, path: str) -> np.ndarray:
     return table[label]
 
@@ -73,10 +103,7 @@ def reference_mapper(mapper):
     augs = []
     for aug in mapper.augmentations.augs:
         if isinstance(aug, CategoryAreaCrop):
-            counted = isinstance(aug, CountedCategoryAreaCrop)
-            crop = _UniqueCountedCrop if counted else T.RandomCrop_CategoryAreaConstraint
-            aug = crop(aug.crop_aug.crop_type, aug.crop_aug.crop_size,
-                       aug.single_category_max_area, aug.ignored_category)  # fmt: skip
+            aug = _reference_crop(aug)
         elif isinstance(aug, ColorAugSSD):
             aug = _PerPixelColorAug(aug.img_format, aug.brightness_delta, aug.contrast_range,
                                     aug.saturation_range, aug.hue_delta)  # fmt: skip

@@ -252,7 +252,9 @@ def test_paper_configs_count_as_the_official_crops():
         else:
             want = ("dataset" if "zegclip" in path.stem else "unseen_as_one", 0.75)
         assert (crop.CATEGORY_COUNT, crop.SINGLE_CATEGORY_MAX_AREA) == want, path
+        assert crop.FALLBACK == "another", path  # mmseg's 11th window
         seen += 1
     assert seen >= 20
     for path in ROOT.glob("configs/toy/*.yaml"):
-        assert _merged(path).INPUT.CROP.CATEGORY_COUNT == "training", path
+        crop = _merged(path).INPUT.CROP
+        assert (crop.CATEGORY_COUNT, crop.FALLBACK) == ("training", "last_tried"), path

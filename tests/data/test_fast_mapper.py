@@ -51,6 +51,35 @@ def test_category_crop_matches_detectron2(ignored):
         assert np.array_equal(state, np.random.get_state()[1])  # the same draws
 
 
+def _draws(seed: int, n: int, h: int, w: int, crop: int):
+    """The first ``n`` windows (y0, x0) the crop draws from ``seed``."""
+    np.random.seed(seed)
+    return [(np.random.randint(h - crop + 1), np.random.randint(w - crop + 1)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_crop_fallback_keeps_the_tenth_or_draws_an_eleventh(dtype):
+    # one class everywhere: no window holds two, so every try fails
+    label = np.full((40, 50), 3, dtype)
+    image = np.zeros((40, 50, 3), np.uint8)
+    draws = _draws(7, 11, 40, 50, 24)
+    for fallback, want in (("last_tried", draws[9]), ("another", draws[10])):
+        np.random.seed(7)
+        crop = CategoryAreaCrop("absolute", (24, 24), 0.75, 255, fallback=fallback)
+        t = crop.get_transform(image, label)
+        assert (t.y0, t.x0) == want, fallback
+    # a window that passes: the fallback plays no part (two classes, half and half)
+    label[:, 25:] = 1
+    np.random.seed(7)
+    # the first window whose share of class 1 (columns 25 on) is strictly within 1/4 - 3/4
+    passing = next(d for d in draws if 6 < d[1] + 24 - 25 < 18)
+    a = CategoryAreaCrop("absolute", (24, 24), 0.75, 255, fallback="another")
+    t = a.get_transform(image, label)
+    assert (t.y0, t.x0) == passing
+    with pytest.raises(ValueError, match="FALLBACK 'mmseg' is not one of"):
+        CategoryAreaCrop("absolute", (24, 24), 0.75, 255, fallback="mmseg")
+
+
 @pytest.fixture
 def voc_like(tmp_path):
     """Six 60x80 JPEG images with blocky labels of four classes (one unseen) and ignore."""
@@ -105,3 +134,29 @@ def test_mapper_matches_the_per_pixel_mapper(voc_like):
         b = reference(d)
         assert a["image"].equal(b["image"]) and a["sem_seg"].equal(b["sem_seg"])
         assert [vars(t) for t in a["transforms"]] == [vars(t) for t in b["transforms"]]
+
+
+def test_mapper_with_mmsegs_fallback_matches_its_reference(voc_like):
+    """With INPUT.CROP.FALLBACK "another" the reference counts with np.unique in the same
+    loop: the same bytes per seed."""
+    name, dicts = voc_like
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.INPUT.RESIZE_IMG_SCALE = [256, 64]
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = [48, 48]
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.5  # strict: the fallback is often reached
+    cfg.INPUT.CROP.FALLBACK = "another"
+    fast = build_dataset_mapper(cfg, is_train=True)
+    assert fast.augmentations.augs[1].fallback == "another"
+    reference = reference_mapper(fast)
+    for seed in range(12):
+        d = dicts[seed % len(dicts)]
+        np.random.seed(seed)
+        a = fast(d)
+        np.random.seed(seed)
+        b = reference(d)
+        assert [vars(t) for t in a["transforms"]] == [vars(t) for t in b["transforms"]]
+        assert a["image"].equal(b["image"]) and a["sem_seg"].equal(b["sem_seg"])

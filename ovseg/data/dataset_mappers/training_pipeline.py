@@ -30,7 +30,9 @@ def training_augmentations(cfg, ignore_label: int, counted: bool = False) -> Lis
     augs: List[T.Augmentation] = [training_resize(cfg)]
     if crop.ENABLED:
         cls = CountedCategoryAreaCrop if counted else CategoryAreaCrop
-        augs.append(cls(crop.TYPE, crop.SIZE, crop.SINGLE_CATEGORY_MAX_AREA, ignore_label))
+        area = crop.SINGLE_CATEGORY_MAX_AREA
+        fallback = crop.get("FALLBACK", "last_tried")
+        augs.append(cls(crop.TYPE, crop.SIZE, area, ignore_label, fallback=fallback))
     if cfg.INPUT.COLOR_AUG_SSD:
         augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
     augs.append(T.RandomFlip())
