@@ -50,6 +50,7 @@ the model returns softmax probabilities over the input's vocabulary.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -123,6 +124,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         loss_normalization: str = "valid",
         teacher_input_normalization: str = "clip",
         background_init_std: float = 0.0,
+        size_divisibility: int = -1,
         **kwargs,
     ):
         """
@@ -148,6 +150,8 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             loss_normalization (str): "valid" or "all": the cross-entropy's divisor.
             teacher_input_normalization (str): "clip" or "student": the mean/std with which
                 the "online_augmented" teacher sees the crop.
+            size_divisibility (int): training batches are padded (normalised, with 0) to a
+                multiple of this and of the backbone's; test inputs to the backbone's only.
             kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
                 slide_window, slide_stride).
         """
@@ -155,22 +159,20 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                        loss_normalization, teacher_input_normalization)  # fmt: skip
         super().__init__(teacher=teacher, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          size_divisibility=backbone.size_divisibility or 0, **kwargs)  # fmt: skip
-        self.backbone = backbone
-        self.head = head
+        self.training_divisibility = math.lcm(max(size_divisibility, 1), self.size_divisibility)
+        self.backbone, self.head = backbone, head
         self.labeller = labeller.train(False)  # always: it is training-free
         self.classifier = student_classifier(
             teacher, templates, self.prompt_names, logit_scale, learnable_logit_scale,
             background_class, background_init_std, self.text_embeddings_file)  # fmt: skip
-        self.unseen = tuple(unseen)
-        self.annotation_free = bool(annotation_free)
+        self.unseen, self.annotation_free = tuple(unseen), bool(annotation_free)
         self.pseudo_label_source = pseudo_label_source
         self.pseudo_label_classes = pseudo_label_classes
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         self.generate_command = generate_command
         self.self_training = SelfTrainingSchedule(self_training_start_iter)
         self.self_training_threshold = float(self_training_threshold)
-        self.distill_weight = float(distill_weight)
-        self.pseudo_label_pixels = pseudo_label_pixels
+        self.distill_weight, self.pseudo_label_pixels = float(distill_weight), pseudo_label_pixels
         self.normalize_embeddings = bool(normalize_embeddings)
         self.loss_normalization = loss_normalization
         self.teacher_input_normalization = teacher_input_normalization
@@ -200,6 +202,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             "templates": get_templates(cfg.MODEL.CLIP.TEMPLATES),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
         }
 
     @classmethod
@@ -410,7 +413,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             raise ValueError("MaskCLIP+ trains on one vocabulary per batch; got several")
         names = self.input_vocabulary(batched_inputs[0], None)
         images = ImageList.from_tensors(
-            self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
+            self.normalize([x["image"] for x in batched_inputs]), self.training_divisibility
         )
         size = tuple(images.tensor.shape[-2:])
         embeddings = self.pixel_embeddings(images.tensor)
