@@ -37,6 +37,12 @@ XPM_DATA_KEYS = {
     # with their synonyms, st_generalized_rcnn.py:71-75, 329-330, parser.py:28-74; its
     # CAPTION_SYNONYMS must be "auto" or "coco_official", both meaning the LVIS lists alone)
     "CAPTION_VOCABULARY": "train",
+    # where the XPM student's caption pseudo instances come from: "store" (DATASETS.
+    # PSEUDO_LABELS, made once by tools/generate_pseudo_labels.py on test-size images) or
+    # "online" (as officially, st_generalized_rcnn.py:218-323: each training step, the
+    # student's frozen copy of the teacher's RoI heads labels the augmented training image
+    # on the frozen backbone and RPN; needs TEACHER_WEIGHTS and REGION_EMBEDDING "teacher")
+    "PSEUDO_LABEL_SOURCE": "store",
 }
 
 

@@ -48,6 +48,7 @@ from .lazy_masks import LazyMasks, mask_probabilities
 __all__ = [
     "REGION_EMBEDDINGS",
     "PSEUDO_TEXTS",
+    "NounMatches",
     "PseudoInstance",
     "PseudoInstanceLabeller",
     "decode_mask",
@@ -152,6 +153,27 @@ def proposals_at_size(proposals: Instances, height: int, width: int) -> Instance
     if proposals.has("pred_embeddings"):
         out.pred_embeddings = proposals.pred_embeddings
     return out
+
+
+@dataclass
+class NounMatches:
+    """The W kept nouns of an image and their best proposals (:meth:`PseudoInstanceLabeller.
+    match`).
+
+    Attributes:
+        nouns (list[tuple[str, int]]): (phrase, vocabulary index) per noun.
+        proposals (Tensor): (W,) long, the winning proposal of each.
+        boxes (Tensor): (W, 4) their boxes (XYXY, the proposals' image).
+        masks (Tensor): (W, H, W') bool, their masks (probability >= the mask threshold).
+        cosine (Tensor): (W,) the products; ``scores`` (W,) their sigmoids.
+    """
+
+    nouns: List[Tuple[str, int]]
+    proposals: Tensor
+    boxes: Tensor
+    masks: Tensor
+    cosine: Tensor
+    scores: Tensor
 
 
 class PseudoInstanceLabeller:
@@ -261,6 +283,31 @@ class PseudoInstanceLabeller:
         Returns:
             list[PseudoInstance]: one per noun (fewer with a score threshold), in noun order.
         """
+        found = self.match(image, captions, proposals)
+        if found is None:
+            return []
+        boxes, masks = found.boxes.detach().cpu(), found.masks.cpu().numpy()
+        return [
+            PseudoInstance(
+                noun=noun,
+                category=self.vocabulary[cid],
+                category_id=int(cid),
+                box=tuple(float(v) for v in boxes[w]),  # type: ignore[arg-type]
+                mask=encode_mask(masks[w]),
+                cosine=float(found.cosine[w]),
+                score=float(found.scores[w]),
+                proposal=int(found.proposals[w]),
+            )
+            for w, (noun, cid) in enumerate(found.nouns)
+        ]
+
+    @torch.no_grad()
+    def match(
+        self, image: Tensor, captions: Sequence[str], proposals: Instances
+    ) -> Optional[NounMatches]:
+        """Each noun's best proposal as tensors (what :meth:`__call__` records, which the
+        XPM student's online pseudo-labels use as they are); None without nouns or
+        proposals. Arguments as :meth:`__call__`'s."""
         if tuple(image.shape[-2:]) != tuple(proposals.image_size):
             raise ValueError(
                 f"image {tuple(image.shape)} and proposals {proposals.image_size} differ in size"
@@ -273,32 +320,23 @@ class PseudoInstanceLabeller:
             inside = mask_probabilities(proposals.pred_masks) >= self.mask_threshold
             kept = torch.nonzero(inside.flatten(1).any(dim=1)).flatten()
         if not nouns or len(kept) == 0:
-            return []
+            return None
         regions = self.regions(image, proposals, None if inside is None else inside[kept], kept)
         texts = self.text_embeddings(nouns).to(regions)
         cosine, best = (texts @ regions.T).max(dim=1)  # (W,): each noun's best proposal
         scores = torch.sigmoid(cosine)
-        boxes = proposals.pred_boxes.tensor[kept].detach().cpu()
-        masks = self.winner_masks(proposals.pred_masks, inside, kept[best.to(kept.device)])
-        out = []
-        for w, (noun, cid) in enumerate(nouns):
-            if float(scores[w]) < self.score_threshold:
-                continue
-            p = int(best[w])
-            box = tuple(float(v) for v in boxes[p])
-            out.append(
-                PseudoInstance(
-                    noun=noun,
-                    category=self.vocabulary[cid],
-                    category_id=int(cid),
-                    box=box,  # type: ignore[arg-type]
-                    mask=encode_mask(masks[w].cpu().numpy()),
-                    cosine=float(cosine[w]),
-                    score=float(scores[w]),
-                    proposal=int(kept[p]),
-                )
-            )
-        return out
+        winners = kept[best.to(kept.device)]
+        masks = self.winner_masks(proposals.pred_masks, inside, winners)
+        keep = [w for w in range(len(nouns)) if float(scores[w]) >= self.score_threshold]
+        rows = torch.tensor(keep, dtype=torch.long)
+        return NounMatches(
+            nouns=[nouns[w] for w in keep],
+            proposals=winners[rows.to(winners.device)],
+            boxes=proposals.pred_boxes.tensor[winners][rows.to(winners.device)],
+            masks=masks[rows.to(masks.device)],
+            cosine=cosine[rows.to(cosine.device)],
+            scores=scores[rows.to(scores.device)],
+        )
 
     def winner_masks(self, masks, inside, winners: Tensor) -> Tensor:
         """(W, H, W') bool masks of the ``winners`` (proposal indices, one per noun): from

@@ -1,9 +1,9 @@
 """XPM's paper run end to end at a tiny size, in process, as the header commands of its leaves
 (configs/coco/xpm/xpm_{teacher,student}_bert_ovrcnn_*.yaml) run it from a working folder:
 OVR-CNN's caption pre-training (a synthetic checkpoint in its layout at the tiny widths) is
-converted, the teacher trains from it, the generation job labels the COCO 48/17 training split
-in the teacher's BERT space over every RPN proposal, the student trains from the teacher's
-final weights on that store and is evaluated on XPM's three test sets. The data are COCO's
+converted, the teacher trains from it, the student trains from the teacher's final weights,
+labelling the COCO 48/17 training images' captions online in the teacher's BERT space over
+every RPN proposal, and is evaluated on XPM's three test sets. The data are COCO's
 download layout (one image per split) prepared by datasets/prepare_coco_instance_48_17.py and
 registered under the leaves' own dataset names; the leaves are overridden only in size, data
 and path keys, so a leaf whose settings stop chaining breaks this test."""
@@ -34,9 +34,9 @@ from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_labelling import main as generate_main
 from ovseg.engine.pseudo_labelling import parse_args as generate_args
 from ovseg.evaluation.instance_evaluator import OpenVocabInstanceEvaluator
+from ovseg.modeling.meta_arch.xpm_student import XPMStudent
 from ovseg.modeling.xpm.bert import BertClassEmbeddings
-from ovseg.pseudo import InstancePseudoLabelStore
-from ovseg.pseudo.labeller import teacher_weights_id
+from ovseg.pseudo import PseudoInstanceLabeller
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 require_transformers()
@@ -156,22 +156,41 @@ def _commands(leaf: Path) -> list:
     ]
 
 
-def _check_store(store: Path, teacher: str, bert: str) -> None:
-    """The store the student reads: the training split's caption nouns matched in BERT's space
-    by the teacher's final weights over every RPN proposal."""
-    manifest = json.loads((store / "manifest.json").read_text())
-    assert manifest["dataset"] == TRAIN and manifest["teacher"]["clip"] is None
-    settings = manifest["teacher"]["settings"]
-    assert settings["teacher_weights"] == teacher_weights_id(teacher)
-    xpm = settings["xpm"]
-    assert (xpm["region_embedding"], xpm["propose_topk"]) == ("teacher", 0)
-    space = {"bert": BertClassEmbeddings(bert).fingerprint(), "product": "dot"}
-    assert xpm["text_space"] == space
-    reader = InstancePseudoLabelStore.open(str(store))
-    (record,) = [reader.read(i) for i in reader.image_ids()]
-    nouns = [n for n, _ in record["nouns"]]
-    assert {"cow", "dog"} <= set(nouns), nouns  # LVIS names of the caption's nouns
-    assert [i.noun for i in record["instances"]] == nouns  # one pseudo instance per noun
+def _spy_online_labels(monkeypatch) -> list:
+    """Record each online labelling of the student's steps: the labeller's text space, the
+    proposals it matched against, the RPN proposals they came from, and its nouns' matches
+    (:meth:`PseudoInstanceLabeller.match` and :meth:`XPMStudent.regions_of` spied on,
+    unchanged)."""
+    calls: list = []
+    match, regions_of = PseudoInstanceLabeller.match, XPMStudent.regions_of
+
+    def spy_match(self, image, captions, proposals):
+        found = match(self, image, captions, proposals)
+        calls[-1]["matched"].append((self, len(proposals), found))
+        return found
+
+    def spy_regions(self, features, proposals, *args, **kwargs):
+        calls.append({"rpn": [len(p) for p in proposals], "matched": []})
+        return regions_of(self, features, proposals, *args, **kwargs)
+
+    monkeypatch.setattr(PseudoInstanceLabeller, "match", spy_match)
+    monkeypatch.setattr(XPMStudent, "regions_of", spy_regions)
+    return calls
+
+
+def _check_online_labels(calls: list, bert: str, steps: int) -> None:
+    """Every step labelled the training image: the caption's nouns matched in BERT's space by
+    the raw dot product over every RPN proposal, one pseudo instance per noun."""
+    assert len(calls) == steps, calls
+    space = BertClassEmbeddings(bert).fingerprint()
+    for call in calls:  # the batch's images: the one training image, repeated
+        assert call["rpn"] == [c for _, c, _ in call["matched"]]  # every proposal a candidate
+        for labeller, candidates, found in call["matched"]:
+            assert candidates > 0 and labeller.region_embedding == "teacher"
+            assert labeller.bert.fingerprint() == space
+            nouns = [n for n, _ in found.nouns]
+            assert {"cow", "dog"} <= set(nouns), nouns  # LVIS names of the caption's nouns
+            assert len(found.proposals) == len(nouns)  # one pseudo instance per noun
 
 
 def _check_evaluation(results: dict, detections: dict) -> None:
@@ -198,7 +217,7 @@ def test_the_paper_leaves_chain_from_ovrcnn_to_the_student_evaluation(tmp_path, 
     opts = _tiny(bert, tmp_path / "cache")
     assert {k for k, _ in _pairs(opts)} <= SIZE_KEYS | PATH_KEYS
     convert, train_teacher = _commands(TEACHER)
-    generate, train_student, evaluate = _commands(STUDENT)
+    train_student, evaluate = _commands(STUDENT)
 
     with _coco_48_17(tmp_path / "datasets"):
         # 1. OVR-CNN's pre-training, where the header's --input reads it, converted
@@ -222,25 +241,29 @@ def test_the_paper_leaves_chain_from_ovrcnn_to_the_student_evaluation(tmp_path, 
         moved = "backbone.res4.0.conv1.weight"
         assert not torch.equal(teacher[moved], converted[moved])
 
-        # 3. the caption pseudo-labels, in the teacher's BERT space over every proposal
+        # 3. the student trains from the teacher's final weights, labelling captions online
         student_cfg = load_config(str(STUDENT), opts)
         assert student_cfg.MODEL.XPM.TEACHER_WEIGHTS == str(teacher_dir / "model_final.pth")
         assert student_cfg.MODEL.XPM.PROPOSE_TOPK == 0  # the leaf's, not an override
-        stats = _run(generate, opts)
-        assert stats == {"total": 1, "written": 1, "skipped": 0}
-        store = Path(generate[generate.index("--output") + 1])
-        assert str(store) == student_cfg.DATASETS.PSEUDO_LABELS  # the student reads it
-        _check_store(store, str(teacher_dir / "model_final.pth"), bert)
-
-        # 4. the student trains from the teacher's final weights on that store
+        assert student_cfg.MODEL.XPM.PSEUDO_LABEL_SOURCE == "online"
+        assert not student_cfg.DATASETS.PSEUDO_LABELS  # no store is made or read
+        online = _spy_online_labels(monkeypatch)
         _run(train_student, opts)
+        _check_online_labels(online, bert, student_cfg.SOLVER.MAX_ITER)
         final = Path(student_cfg.OUTPUT_DIR) / "model_final.pth"
         student = torch.load(final)["model"]
         # started from the teacher: its backbone (frozen) is the teacher's final one, its
-        # projection learns again
+        # projection learns again; the frozen teacher copy is not saved
         assert torch.equal(student[moved], teacher[moved])
         projection = "roi_heads.box_predictor.projection.weight"
         assert not torch.equal(student[projection], teacher[projection])
+        assert not any(k.startswith("teacher_roi_heads.") for k in student)
+
+        # 4. a store from the same leaf still works (tools/generate_pseudo_labels.py)
+        store = work / "output/pseudo_labels/xpm_student_bert_store"
+        generate = ["python", "tools/generate_pseudo_labels.py", "--config-file", str(STUDENT),
+                    "--output", str(store)]  # fmt: skip
+        assert _run(generate, opts) == {"total": 1, "written": 1, "skipped": 0}
 
         # 5. evaluated from its final weights (--eval-only): mask AP on XPM's three sets
         assert "--eval-only" in evaluate

@@ -22,6 +22,10 @@ attaches from an instance store (DATASETS.PSEUDO_LABELS, ``"pseudo_instances_fil
 and are kept whatever their class, as XPM (``st_generalized_rcnn.py:218-275``), unless they
 score below MODEL.XPM.PSEUDO_SCORE_THRESHOLD. Targets emptied by the crop are dropped. In
 test mode the mapper is the instance mapper.
+
+With MODEL.XPM.PSEUDO_LABEL_SOURCE "online" no store is read: every sample carries its
+image's ``"captions"`` (list[str], from the dataset dict; a dataset without them is refused)
+and the student labels them in the training step (ovseg/modeling/meta_arch/xpm_online.py).
 """
 
 from __future__ import annotations
@@ -188,6 +192,7 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         *,
         pseudo_score_threshold: float = 0.0,
         pseudo_vocabulary: Optional[Sequence[str]] = None,
+        online: bool = False,
         **kwargs,
     ):
         """
@@ -196,12 +201,15 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
             pseudo_score_threshold (float): pseudo instances scoring below are dropped.
             pseudo_vocabulary: the names pseudo instances' classes index (given to each
                 sample as ``"pseudo_vocabulary"``); None = ``vocabulary``.
+            online (bool): the student makes the pseudo instances (MODEL.XPM.
+                PSEUDO_LABEL_SOURCE "online"): samples carry their ``"captions"``.
             kwargs: the instance mapper's arguments; in training ``vocabulary`` is the full
                 one and ``label_map`` a :func:`seen_label_map`.
         """
         super().__init__(is_train, **kwargs)
         self.pseudo_score_threshold = float(pseudo_score_threshold)
         self.pseudo_vocabulary = None if pseudo_vocabulary is None else tuple(pseudo_vocabulary)
+        self.online = bool(online)
         names = self.vocabulary if pseudo_vocabulary is None else pseudo_vocabulary
         self._index = {normalize_name(n): i for i, n in enumerate(names)}
 
@@ -216,6 +224,9 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         ret["pseudo_score_threshold"] = cfg.MODEL.XPM.PSEUDO_SCORE_THRESHOLD
         if not is_train:
             return ret
+        from ...modeling.meta_arch.xpm_online import xpm_pseudo_label_source
+
+        ret["online"] = xpm_pseudo_label_source(cfg) == "online"  # refuses a store beside it
         name = dataset_name or cfg.DATASETS.TRAIN[0]
         meta = MetadataCatalog.get(name)
         root = cfg.DATASETS.PSEUDO_LABELS
@@ -288,6 +299,8 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         dataset_dict.update(image=image_t, sem_seg=sem_t, vocabulary=list(self.vocabulary))
         if self.pseudo_vocabulary is not None:
             dataset_dict["pseudo_vocabulary"] = list(self.pseudo_vocabulary)
+        if self.online:
+            dataset_dict["captions"] = _captions_of(dataset_dict)
         dataset_dict["instances"] = self._targets(gt + pseudo, len(gt), transforms, size)
         dataset_dict["transforms"] = transforms
         return dataset_dict
@@ -326,3 +339,15 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         if d <= 0:
             return tuple(size)  # type: ignore[return-value]
         return (size[0] + (-size[0]) % d, size[1] + (-size[1]) % d)
+
+
+def _captions_of(dataset_dict: dict) -> List[str]:
+    """The image's captions, for the student's online pseudo-labels."""
+    captions = dataset_dict.get("captions")
+    if captions is None:
+        raise ValueError(
+            f"{dataset_dict.get('file_name', '')!r} has no 'captions': MODEL.XPM."
+            "PSEUDO_LABEL_SOURCE 'online' labels caption nouns; train on a dataset registered "
+            "with its captions (e.g. coco_2017_train_instance_48_17, toy_world_instance_train)"
+        )
+    return [str(c) for c in captions]

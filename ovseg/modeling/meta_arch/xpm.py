@@ -368,23 +368,42 @@ class XPMTeacher(OpenVocabSegmentor):
             against: L2-normalised in CLIP's text space; with the BERT classes raw, in BERT's
             space, as the official ``emb_pred`` output, st_generalized_rcnn.py:226-229).
         """
-        topk = self.propose_topk if topk is None else int(topk)
         images = self.images(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, _ = self.proposal_generator(images, features, None)
+        sizes = [
+            (inp.get("height", size[0]), inp.get("width", size[1]))
+            for inp, size in zip(batched_inputs, images.image_sizes)
+        ]
+        return self.regions_of(features, proposals, sizes, topk, masks)
+
+    def regions_of(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        sizes: Sequence[Tuple[int, int]],
+        topk: Optional[int] = None,
+        masks: bool = True,
+        roi_heads: Optional[XPMROIHeads] = None,
+    ) -> List[Instances]:
+        """:meth:`propose`'s outputs from the RPN's test-mode ``proposals`` on ``features``,
+        each image's at its (height, width) of ``sizes``, by ``roi_heads`` (default: the
+        model's; the XPM student labels with its frozen copy of the teacher's)."""
+        heads = self.roi_heads if roi_heads is None else roi_heads
+        topk = self.propose_topk if topk is None else int(topk)
         kept = []
         for p in proposals:
             order = p.objectness_logits.argsort(descending=True)
             kept.append(p[order[:topk] if topk > 0 else order])
-        boxes, embeddings = self.roi_heads.refine(features, kept)
-        probs = self.roi_heads.mask_probabilities(features, boxes) if masks else None
+        boxes, embeddings = heads.refine(features, kept)
+        probs = heads.mask_probabilities(features, boxes) if masks else None
         out = []
-        for i, (inp, p, e) in enumerate(zip(batched_inputs, kept, embeddings)):
+        for i, (size, p, e) in enumerate(zip(sizes, kept, embeddings)):
             det = Instances(p.image_size, pred_boxes=boxes[i])
-            height, width = inp.get("height", p.image_size[0]), inp.get("width", p.image_size[1])
+            height, width = size
             if probs is None:  # no masks pasted: only the boxes at the output size
                 scaled, _ = self.output_boxes(det, height, width)
-                pasted = self.lazy_masks(features, boxes, i, p.image_size, (height, width))
+                pasted = self.lazy_masks(features, boxes, i, p.image_size, size, heads)
             else:
                 scaled, pasted = self.paste(det, probs[i], height, width)
             res = Instances((height, width))
@@ -402,14 +421,17 @@ class XPMTeacher(OpenVocabSegmentor):
         i: int,
         image_size: Tuple[int, int],
         size: Tuple[int, int],
+        roi_heads: Optional[XPMROIHeads] = None,
     ) -> LazyMasks:
         """Image ``i``'s mask probabilities pasted at ``size`` (its input is ``image_size``),
-        for the rows asked for: the mask head at those of its refined ``boxes`` alone (the
-        other images' none), pasted as :meth:`propose` pastes every one."""
+        for the rows asked for: the mask head (of ``roi_heads``, default the model's) at those
+        of its refined ``boxes`` alone (the other images' none), pasted as :meth:`propose`
+        pastes every one."""
+        heads = self.roi_heads if roi_heads is None else roi_heads
 
         def compute(rows: Tensor) -> Tensor:
             chosen = [b[rows] if j == i else b[:0] for j, b in enumerate(boxes)]
-            probs = self.roi_heads.mask_probabilities(features, chosen)[i]
+            probs = heads.mask_probabilities(features, chosen)[i]
             det = Instances(image_size, pred_boxes=chosen[i])
             return self.paste(det, probs, *size)[1]
 

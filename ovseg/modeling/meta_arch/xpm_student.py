@@ -23,11 +23,16 @@ As the official student (paths in that repository):
 - the pseudo pass classifies over the inputs' ``"pseudo_vocabulary"`` when they have one (XPM's
   1203 LVIS names, MODEL.XPM.CAPTION_VOCABULARY "lvis",
   ``st_generalized_rcnn.py:71-75, 329-330``), else over the training vocabulary;
-  MODEL.XPM.LVIS_BACKGROUND_QUIRK makes LVIS id 0 its background.
+  MODEL.XPM.LVIS_BACKGROUND_QUIRK makes LVIS id 0 its background;
+- with MODEL.XPM.PSEUDO_LABEL_SOURCE "online" the pseudo instances are made in the step, on
+  the augmented training image, by a frozen copy of the teacher's RoI heads
+  (``st_generalized_rcnn.py:42, 66-67, 218-323``; :mod:`.xpm_online`), instead of read from
+  the store the mapper attaches.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
@@ -40,11 +45,14 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
+from ...pseudo.instances import PseudoInstanceLabeller
 from ...utils.safe_load import torch_load_weights
+from ...utils.state_dict import exclude_from_checkpoints
 from ..xpm import freeze_noise_head_at, pseudo_loss_weight
 from ..xpm.lvis import LVIS_BACKGROUND_NAME
 from ..xpm.outputs import class_subset, remap_classes
 from .xpm import XPMTeacher
+from .xpm_online import build_online_labeller, online_pseudo_targets, xpm_pseudo_label_source
 
 __all__ = ["XPMStudent", "read_teacher_state"]
 
@@ -95,6 +103,7 @@ class XPMStudent(XPMTeacher):
         pseudo_loss_scale: float = 0.01,
         pseudo_box_reg: bool = False,
         lvis_background_quirk: bool = False,
+        online_labeller: Optional[PseudoInstanceLabeller] = None,
         **kwargs,
     ):
         """
@@ -106,6 +115,10 @@ class XPMStudent(XPMTeacher):
             pseudo_box_reg (bool): train box regression on pseudo RoIs too.
             lvis_background_quirk (bool): with the LVIS pseudo vocabulary, its first name
                 ("aerosol can") is the pseudo pass's background, as officially.
+            online_labeller (PseudoInstanceLabeller, optional): make the pseudo instances in
+                the training step with it (its region embedding "teacher") and a frozen copy
+                of the teacher's RoI heads (``teacher_state``'s, required); None: the
+                inputs' own (the store's).
             kwargs: :class:`XPMTeacher`'s.
         """
         super().__init__(**kwargs)
@@ -117,12 +130,15 @@ class XPMStudent(XPMTeacher):
         self.register_buffer("last_mean_sigma", torch.tensor(1.0).mul(0.5).exp())
         if teacher_state is not None:
             self.load_teacher(teacher_state)
+        self.online_labeller = online_labeller
+        if online_labeller is not None:
+            self._copy_teacher_heads(teacher_state, online_labeller)
         for module in (self.backbone, self.proposal_generator):
             module.requires_grad_(False)
             module.eval()
 
     @classmethod
-    def from_config(cls, cfg) -> Dict:
+    def _from_config(cls, cfg) -> Dict:
         return {
             **super().from_config(cfg),
             "teacher_state": read_teacher_state(cfg.MODEL.XPM.TEACHER_WEIGHTS),
@@ -131,6 +147,32 @@ class XPMStudent(XPMTeacher):
             "pseudo_box_reg": cfg.MODEL.XPM.PSEUDO_BOX_REG,
             "lvis_background_quirk": cfg.MODEL.XPM.LVIS_BACKGROUND_QUIRK,
         }
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        ret = cls._from_config(cfg)
+        if xpm_pseudo_label_source(cfg) == "online":
+            ret["online_labeller"] = build_online_labeller(cfg, ret["teacher"])
+        return ret
+
+    def _copy_teacher_heads(self, state, labeller: PseudoInstanceLabeller) -> None:
+        """The frozen teacher RoI heads of online labelling (official ``roi_heads`` beside
+        ``roi_heads_student``, st_generalized_rcnn.py:42-43, 66-67): the loaded teacher's,
+        kept out of checkpoints (rebuilt from MODEL.XPM.TEACHER_WEIGHTS at every build)."""
+        if state is None:
+            raise ValueError(
+                "online pseudo-labels need the teacher's weights (MODEL.XPM.TEACHER_WEIGHTS) "
+                "for the frozen teacher RoI heads; got none"
+            )
+        if labeller.region_embedding != "teacher":
+            raise ValueError(
+                f"online pseudo-labels match the teacher's region embeddings; the labeller's "
+                f"are {labeller.region_embedding!r} (MODEL.XPM.REGION_EMBEDDING 'teacher')"
+            )
+        if labeller.bert is not None:  # one BERT table, the student's own
+            labeller.bert = self.bert
+        self.teacher_roi_heads = copy.deepcopy(self.roi_heads).requires_grad_(False).eval()
+        exclude_from_checkpoints(self, "teacher_roi_heads")
 
     def load_teacher(self, state: Dict[str, Tensor]) -> None:
         """Load a teacher's detector; every key but the student-only ones must match."""
@@ -152,6 +194,8 @@ class XPMStudent(XPMTeacher):
         super().train(mode)
         self.backbone.eval()  # frozen: its norms keep their statistics
         self.proposal_generator.eval()
+        if getattr(self, "online_labeller", None) is not None:
+            self.teacher_roi_heads.eval()  # frozen: the official teacher heads run in eval
         return self
 
     # ------------------------------------------------------------------ training
@@ -186,7 +230,16 @@ class XPMStudent(XPMTeacher):
         losses, _ = self.roi_heads.losses(
             features, self._proposals(images, features, gt), gt, self.text(seen), scale
         )
-        losses.update(self.pseudo_losses(images, features, pseudo, batched_inputs))
+        proposals = None
+        if self.online_labeller is not None:  # labelled now: the mapper read no store
+            proposals = self._proposals(images, features, None)
+            pseudo_names = self.pseudo_classes(batched_inputs)[0]
+            made = online_pseudo_targets(
+                self, images, features, proposals, batched_inputs, pseudo_names
+            )
+            # through the store-read targets' path (device, box convention), none of them gt
+            _, pseudo = self.gt_targets([{"instances": t} for t in made], names, seen_table)
+        losses.update(self.pseudo_losses(images, features, pseudo, batched_inputs, proposals))
         return losses
 
     def pseudo_classes(
@@ -231,9 +284,15 @@ class XPMStudent(XPMTeacher):
         return names, names[1:], table, names[:1]
 
     def pseudo_losses(
-        self, images: ImageList, features, pseudo: List[Instances], batched_inputs: List[dict]
+        self,
+        images: ImageList,
+        features,
+        pseudo: List[Instances],
+        batched_inputs: List[dict],
+        proposals: Optional[List[Instances]] = None,
     ) -> Dict[str, Tensor]:
-        """The pseudo-label pass (images with pseudo instances only), reweighted."""
+        """The pseudo-label pass (images with pseudo instances only), reweighted; on the RPN's
+        test-mode ``proposals`` (computed when not given)."""
         keys = ["loss_cls_pseudo", "loss_mask_pseudo"]
         keys += ["loss_box_reg_pseudo"] if self.pseudo_box_reg else []
         names, full, table, background = self.pseudo_classes(batched_inputs)
@@ -242,7 +301,8 @@ class XPMStudent(XPMTeacher):
             zero = sum(p.sum() * 0.0 for p in self.roi_heads.parameters() if p.requires_grad)
             return {k: zero for k in keys}
         targets = [remap_classes(pseudo[i], table, names, "pseudo-labels") for i in idx]
-        proposals = self._proposals(images, features, None)
+        if proposals is None:
+            proposals = self._proposals(images, features, None)
         sub = {k: v[idx] for k, v in features.items()}
         losses, sigma = self.roi_heads.losses(
             sub,

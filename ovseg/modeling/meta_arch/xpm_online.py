@@ -1,0 +1,186 @@
+# Follows XPM's online pseudo-labelling (hbdat/cvpr22_cross_modal_pseudo_labeling @b460423,
+# maskrcnn_benchmark/modeling/detector/st_generalized_rcnn.py:218-323), re-written.
+"""The XPM student's caption pseudo instances made online (MODEL.XPM.PSEUDO_LABEL_SOURCE
+"online"), as the official student makes them at every training step:
+
+- only the inputs whose captions have nouns are labelled (``idxs_cap``, :310);
+- on the shared frozen backbone features, the frozen RPN's test-mode proposals (:313-314),
+  every one a candidate with MODEL.XPM.PROPOSE_TOPK 0 (as the paper leaf);
+- the frozen copy of the teacher's RoI heads (the official ``roi_heads``, frozen at :66-67,
+  in eval at :221) refines them and gives each one's region embedding, the projection of its
+  average-pooled RoI feature (``emb_pred``, :225-229);
+- :class:`~ovseg.pseudo.PseudoInstanceLabeller` matches each noun to its best proposal, as
+  the store's generation does (:243-255; BERT space with the BERT classes), and the mask
+  head runs at the winners alone, pasted at the image size (the mask pass, :264-272);
+- the labels are of the augmented training image itself (the official ``images`` of the
+  step), at the sample's (padded) input size; they then train the student exactly as
+  store-read ones (:333).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
+
+from ...pseudo.instances import PseudoInstanceLabeller
+from ...vocab import normalize_name
+
+if TYPE_CHECKING:
+    from .xpm_student import XPMStudent
+
+__all__ = [
+    "XPM_PSEUDO_LABEL_SOURCES",
+    "build_online_labeller",
+    "online_pseudo_targets",
+    "xpm_pseudo_label_source",
+]
+
+# "store": DATASETS.PSEUDO_LABELS, read by the mapper; "online": made in the training step
+XPM_PSEUDO_LABEL_SOURCES = ("store", "online")
+
+
+def xpm_pseudo_label_source(cfg) -> str:
+    """MODEL.XPM.PSEUDO_LABEL_SOURCE, checked: "online" needs the teacher's weights, the
+    teacher's region embeddings and no store."""
+    xpm = cfg.MODEL.XPM
+    source = xpm.PSEUDO_LABEL_SOURCE
+    if source not in XPM_PSEUDO_LABEL_SOURCES:
+        raise ValueError(
+            f"MODEL.XPM.PSEUDO_LABEL_SOURCE={source!r} is not one of "
+            f"{list(XPM_PSEUDO_LABEL_SOURCES)}"
+        )
+    if source == "store":
+        return source
+    if not xpm.TEACHER_WEIGHTS:
+        raise ValueError(
+            "MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' labels captions with the teacher's frozen "
+            "RoI heads, loaded from MODEL.XPM.TEACHER_WEIGHTS, which is empty; set it to the "
+            "XPM teacher's checkpoint (the model_final.pth of its run)"
+        )
+    if xpm.REGION_EMBEDDING != "teacher":
+        raise ValueError(
+            f"MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' matches caption nouns to the teacher's own "
+            f"region embeddings (REGION_EMBEDDING 'teacher', as XPM), not CLIP's "
+            f"{xpm.REGION_EMBEDDING!r} (every proposal's mask at the image size, each step); "
+            "set MODEL.XPM.REGION_EMBEDDING 'teacher', or make a store (PSEUDO_LABEL_SOURCE "
+            "'store' with tools/generate_pseudo_labels.py)"
+        )
+    if cfg.DATASETS.PSEUDO_LABELS:
+        raise ValueError(
+            f"MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' makes the pseudo-labels in the training "
+            f"step, but DATASETS.PSEUDO_LABELS={cfg.DATASETS.PSEUDO_LABELS!r} names a store "
+            "too; leave it empty, or set PSEUDO_LABEL_SOURCE 'store' to train on the store"
+        )
+    return source
+
+
+def build_online_labeller(cfg, clip=None) -> PseudoInstanceLabeller:
+    """The labeller of a config's online pseudo-labels: its caption matcher over the
+    pseudo-label vocabulary (the LVIS names with MODEL.XPM.CAPTION_VOCABULARY "lvis", else
+    the training vocabulary), the teacher's region embeddings, nouns in BERT's space with the
+    BERT classes (the student gives it its BERT), else ``clip``'s (the student's CLIP)."""
+    from ...clip.templates import get_templates
+    from ...data.dataset_mappers.xpm_instance import matches_in_bert_space, xpm_store_vocabulary
+    from ...engine.pseudo_instances import build_caption_matcher
+    from ..xpm.bert import BertClassEmbeddings
+
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError(
+            "MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' labels the training set's captions; "
+            "DATASETS.TRAIN is empty: name the captioned training set"
+        )
+    names = xpm_store_vocabulary(cfg, cfg.DATASETS.TRAIN[0])[0].names
+    bert = BertClassEmbeddings(cfg.MODEL.XPM.BERT_NAME) if matches_in_bert_space(cfg) else None
+    xpm = cfg.MODEL.XPM
+    return PseudoInstanceLabeller(
+        None if bert is not None else clip,
+        build_caption_matcher(cfg, names),
+        names,
+        templates=get_templates(cfg.MODEL.CLIP.TEMPLATES),
+        region_embedding=xpm.REGION_EMBEDDING,
+        text=xpm.PSEUDO_TEXT,
+        mask_threshold=xpm.PSEUDO_MASK_THRESHOLD,
+        score_threshold=xpm.PSEUDO_SCORE_THRESHOLD,
+        bert=bert,
+    )
+
+
+def _targets(size, masks: Tensor, boxes: Tensor, classes: List[int], scores: Tensor):
+    """Pseudo targets as the XPM mapper gives them: boxes clamped to the image, the empty
+    masks left out."""
+    h, w = size
+    limit = boxes.new_tensor([w, h, w, h])
+    boxes = torch.minimum(boxes.float().clamp(min=0), limit)
+    kept = masks.flatten(1).any(dim=1)
+    out = Instances(tuple(size))
+    out.gt_masks = BitMasks(masks[kept].bool())
+    out.gt_boxes = Boxes(boxes[kept])
+    out.gt_classes = torch.tensor(classes, dtype=torch.int64, device=boxes.device)[kept]
+    out.gt_is_pseudo = torch.ones(int(kept.sum()), dtype=torch.bool, device=boxes.device)
+    out.gt_scores = scores.float()[kept]
+    return out
+
+
+def _empty(size, device) -> Instances:
+    h, w = size
+    none = torch.zeros(0, dtype=torch.bool, device=device)
+    return _targets(
+        size, none.new_zeros((0, h, w)), torch.zeros((0, 4), device=device), [], none.float()
+    )
+
+
+@torch.no_grad()
+def online_pseudo_targets(
+    model: XPMStudent,
+    images: ImageList,
+    features: Dict[str, Tensor],
+    proposals: List[Instances],
+    batched_inputs: List[dict],
+    names: Sequence[str],
+) -> List[Instances]:
+    """Per input, the pseudo instances of its image labelled now (none without nouns).
+
+    Args:
+        model (XPMStudent): its ``online_labeller`` and ``teacher_roi_heads``.
+        images (ImageList): the step's batch; ``features`` the frozen backbone's of it.
+        proposals (list[Instances]): the frozen RPN's test-mode proposals of each image.
+        batched_inputs: the training inputs; their ``"captions"`` (missing: none).
+        names: the names pseudo ``gt_classes`` index (the inputs' pseudo vocabulary).
+
+    Returns:
+        list[Instances]: at each image's input size, ``gt_masks`` (BitMasks), ``gt_boxes``,
+        ``gt_classes``, ``gt_is_pseudo`` (all True) and ``gt_scores`` (sigmoid of the match).
+    """
+    labeller = model.online_labeller
+    out = [_empty(size, model.device) for size in images.image_sizes]
+    idx = [i for i, x in enumerate(batched_inputs) if labeller.nouns(x.get("captions") or ())]
+    if not idx:
+        return out
+    index = {normalize_name(n): k for k, n in enumerate(names)}
+    sub = {k: v[idx] for k, v in features.items()}
+    sizes = [tuple(images.image_sizes[i]) for i in idx]
+    regions = model.regions_of(
+        sub, [proposals[i] for i in idx], sizes, masks=False, roi_heads=model.teacher_roi_heads
+    )
+    for i, size, det in zip(idx, sizes, regions):
+        image = batched_inputs[i]["image"]
+        found = labeller.match(image, batched_inputs[i]["captions"], det)
+        if found is None:
+            continue
+        classes = [_pseudo_class(index, labeller.vocabulary[c], names) for _, c in found.nouns]
+        out[i] = _targets(size, found.masks, found.boxes, classes, found.scores)
+    return out
+
+
+def _pseudo_class(index: Dict[str, int], name: str, names: Sequence[str]) -> int:
+    k: Optional[int] = index.get(normalize_name(name))
+    if k is None:
+        raise ValueError(
+            f"online pseudo instance class {name!r} is not in the pseudo-label vocabulary "
+            f"{list(names)[:10]}... of the inputs (MODEL.XPM.CAPTION_VOCABULARY)"
+        )
+    return k
