@@ -89,6 +89,7 @@ def _official_box(geometry: GTGeometry, transforms) -> np.ndarray:
     height, width = geometry.image_size
     box[0::2] = box[0::2].clip(0, width - 1)  # clip_to_image (:214-219), at the image's size
     box[1::2] = box[1::2].clip(0, height - 1)
+    # not clipped again after the transforms: the official resize and flip do not clip
     for t in _steps(transforms):
         box = t.apply_box(box[None])[0].astype(np.float32)
         if isinstance(t, T.HFlipTransform):  # x -> W - x - 1 (bounding_box.py:144-147)
@@ -129,9 +130,9 @@ def move_geometry(
     xyxy = BoxMode.convert(
         geometry.bbox[None].astype(np.float64), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS
     )
-    box = transforms.apply_box(xyxy)[0].clip(min=0)  # as transform_instance_
-    box = np.minimum(box, list(image_size + image_size)[::-1])  # annotations
-    return polygons, box
+    # clipped to the sample as detectron2's transform_instance_annotations clips
+    box = transforms.apply_box(xyxy)[0].clip(min=0)
+    return polygons, np.minimum(box, list(image_size + image_size)[::-1])
 
 
 def add_gt_polygons(
