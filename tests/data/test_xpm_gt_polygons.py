@@ -150,9 +150,9 @@ def test_pseudo_rows_get_no_polygons_and_keep_their_boxes(record, tmp_path):
     assert len(both.gt_polygons) == 6 and _polygons(both)[5] == []
 
 
-def _model(tmp_path, arch: str):
+def _model(tmp_path, arch: str, legacy: bool = True):
     torch.manual_seed(0)
-    opts = ["MODEL.XPM.LEGACY_BOXES", "True", "MODEL.XPM.GT_POLYGONS", "True"]
+    opts = ["MODEL.XPM.LEGACY_BOXES", str(legacy), "MODEL.XPM.GT_POLYGONS", "True"]
     return build_model(tiny_xpm_cfg(tmp_path, arch, *opts)).train()
 
 
@@ -175,12 +175,13 @@ def test_ground_truth_mask_targets_are_the_official_polygon_targets(record, tmp_
     assert not torch.equal(got, bits)  # the bitmasks (detectron2's flip) cut other targets
 
 
+@pytest.mark.parametrize("legacy", [True, False])  # official polygon targets / detectron2's
 @pytest.mark.parametrize("arch", ["XPMTeacher", "XPMStudent"])
-def test_a_training_step_runs_on_polygon_targets(record, tmp_path, arch):
-    model = _model(tmp_path, arch)
+def test_a_training_step_runs_on_polygon_targets(record, tmp_path, arch, legacy):
+    model = _model(tmp_path, arch, legacy)
     (d,) = attach_pseudo_instances([record], _store(tmp_path))
     mapper = _teacher_mapper if arch == "XPMTeacher" else _student_mapper
-    batch = [mapper(flip=False)(d), mapper(flip=True)(d)]
+    batch = [mapper(flip=False, legacy=legacy)(d), mapper(flip=True, legacy=legacy)(d)]
     with EventStorage(0):
         losses = model(batch)
     total = sum(losses.values())
