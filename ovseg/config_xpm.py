@@ -45,6 +45,11 @@ def add_xpm_config(cfg: CN) -> None:
     cfg.MODEL.XPM.BERT_NAME = "bert-base-uncased"
     # the official checkpoints' maskrcnn_benchmark +1-pixel box conventions (xpm/legacy.py)
     cfg.MODEL.XPM.LEGACY_BOXES = False
+    # ground truth of training as the official COCO loader's: the annotations' polygons and
+    # "bbox" (maskrcnn_benchmark/data/datasets/coco.py:111-130), moved with LEGACY_BOXES's
+    # conventions, instead of bitmasks and their extents (ovseg/data/dataset_mappers/
+    # gt_polygons.py); needs polygon annotations
+    cfg.MODEL.XPM.GT_POLYGONS = False
     # the box predictor's projection (RoI feature -> class-embedding space) gets no gradient:
     # the official teacher keeps OVR-CNN's caption-pretrained vision-to-language projection
     # fixed (FREEZE_EMB_PRED, configs/coco_cap_det/zeroshot_mask.yaml:30; maskrcnn_benchmark/

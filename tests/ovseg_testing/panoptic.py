@@ -81,7 +81,8 @@ def instance_output(image: int = 0, drop=(), score: float = 1.0) -> dict:
 
 
 def write_tiny_panoptic(root: Path, num_images: int = 1) -> Path:
-    """Write images, panoptic PNGs + json and an instance json (RLE) under ``root/coco``."""
+    """Write images, panoptic PNGs + json and an instance json (polygons, crowd RLE) under
+    ``root/coco``."""
     from pycocotools import mask as mask_util
 
     coco = root / "coco"
@@ -102,11 +103,14 @@ def write_tiny_panoptic(root: Path, num_images: int = 1) -> Path:
             box = [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)]
             info = {"id": seg_id, "category_id": cat, "iscrowd": crowd, "area": int(mask.sum())}
             segments.append({**info, "bbox": box})
-            if cat != 5:
-                rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode()
+            if cat != 5:  # as COCO: polygons (the rectangle's corners), crowd regions RLE
+                x, y, w, h = box
+                segm = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                if crowd:
+                    segm = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+                    segm["counts"] = segm["counts"].decode()
                 instance = {"id": len(instances) + 1, "image_id": k + 1, "bbox": box}
-                instances.append({**info, **instance, "segmentation": rle})
+                instances.append({**info, **instance, "segmentation": segm})
         anns.append({"image_id": k + 1, "file_name": f"{stem}.png", "segments_info": segments})
     pan = {"images": images, "annotations": anns, "categories": CATEGORIES}
     (coco / "annotations/panoptic_val2017.json").write_text(json.dumps(pan))

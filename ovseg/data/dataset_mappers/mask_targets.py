@@ -19,11 +19,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from .build import MAPPER_REGISTRY
+from .gt_polygons import add_gt_polygons, annotation_geometry
 from .semantic import SemanticDatasetMapper, label_for_transforms
 
 __all__ = [
@@ -85,11 +87,16 @@ class _SegmentMapper(SemanticDatasetMapper):
         """(mask (H, W) bool, training class) of every non-crowd, kept segment."""
         raise NotImplementedError
 
+    def _gt_geometry(self, dataset_dict: dict, image: np.ndarray) -> Optional[list]:
+        """Each kept segment's polygons and box (:mod:`.gt_polygons`), or None: not used."""
+        return None
+
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = dict(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         segments = self._segments(dataset_dict, image)
+        geometry = self._gt_geometry(dataset_dict, image) if self.is_train else None
         sem_file = dataset_dict.pop("sem_seg_file_name", None)
         sem_seg = self._read_label(sem_file, image, "sem_seg_file_name")
         if sem_seg is not None and self.is_train and self.label_map is not None:
@@ -116,6 +123,11 @@ class _SegmentMapper(SemanticDatasetMapper):
             dataset_dict.pop(key, None)
         dataset_dict.update(image=image_t, sem_seg=sem_t, vocabulary=list(self.vocabulary))
         dataset_dict["instances"] = mask_targets(masks, [c for _, c in segments], size)
+        if geometry is not None:
+            rows = [i for i, m in enumerate(masks) if bool(m.any())]  # as mask_targets keeps
+            moved = aug_input.image.shape[:2]
+            inst = dataset_dict["instances"]
+            add_gt_polygons(inst, geometry, rows, transforms, moved, self.legacy_boxes)
         if self.is_train:
             dataset_dict["transforms"] = transforms
         return dataset_dict
@@ -169,16 +181,58 @@ def _decode(segmentation, height: int, width: int) -> np.ndarray:
 @MAPPER_REGISTRY.register(name="ovseg_instance")
 class InstanceDatasetMapper(_SegmentMapper):
     """COCO-format instance dicts (``annotations`` with polygons or RLE) -> one target per
-    thing; ``"sem_seg"`` is painted from the things in annotation order."""
+    thing; ``"sem_seg"`` is painted from the things in annotation order. With ``gt_polygons``
+    training targets also carry the annotations' polygons and boxes (:mod:`.gt_polygons`)."""
 
-    def _segments(self, dataset_dict, image):
-        h, w = image.shape[:2]
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        gt_polygons: bool = False,
+        legacy_boxes: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            is_train (bool): training or test mapping.
+            gt_polygons (bool): training targets get ``gt_polygons`` and the annotations'
+                ``gt_boxes`` (MODEL.XPM.GT_POLYGONS).
+            legacy_boxes (bool): those move as maskrcnn_benchmark moves them
+                (MODEL.XPM.LEGACY_BOXES).
+            kwargs: the semantic mapper's arguments.
+        """
+        super().__init__(is_train, **kwargs)
+        self.gt_polygons = bool(gt_polygons)
+        self.legacy_boxes = bool(legacy_boxes)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None):
+        ret = super().from_config(cfg, is_train, dataset_name)
+        ret["gt_polygons"] = cfg.MODEL.XPM.GT_POLYGONS
+        ret["legacy_boxes"] = cfg.MODEL.XPM.LEGACY_BOXES
+        return ret
+
+    def _kept_annotations(self, dataset_dict) -> list:
+        """(annotation, training class) of every non-crowd, kept annotation."""
         out = []
         for obj in dataset_dict.get("annotations", []):
             cls = self._kept(obj["category_id"], obj.get("iscrowd", 0))
             if cls is not None:
-                out.append((_decode(obj["segmentation"], h, w), cls))
+                out.append((obj, cls))
         return out
+
+    def _segments(self, dataset_dict, image):
+        h, w = image.shape[:2]
+        return [
+            (_decode(o["segmentation"], h, w), c) for o, c in self._kept_annotations(dataset_dict)
+        ]
+
+    def _gt_geometry(self, dataset_dict, image):
+        if not self.gt_polygons:
+            return None
+        name, size = dataset_dict["file_name"], image.shape[:2]
+        return [annotation_geometry(o, size, name) for o, _ in self._kept_annotations(dataset_dict)]
 
 
 def target_classes(instances: Instances, vocabulary: Sequence[str]) -> list[str]:

@@ -9,7 +9,10 @@ with, per target:
 - ``gt_masks`` (``BitMasks`` (N, H, W)), ``gt_boxes`` (``Boxes``, XYXY): a ground-truth box
   is its mask's extent, a pseudo box the teacher's box moved by the same transforms;
 - ``gt_is_pseudo`` (bool (N,)) and ``gt_scores`` (float (N,): 1 for ground truth, the
-  pseudo score sigmoid(cosine) otherwise).
+  pseudo score sigmoid(cosine) otherwise);
+- with MODEL.XPM.GT_POLYGONS, ``gt_polygons`` (``PolygonMasks``: the ground truth's COCO
+  polygons, ``[]`` for pseudo rows) and ground-truth boxes from the annotations' ``bbox``
+  (:mod:`.gt_polygons`).
 
 With MODEL.XPM.CAPTION_VOCABULARY "lvis" (XPM's caption vocabulary) a sample also carries
 ``"pseudo_vocabulary"`` (the 1203 LVIS names) and the ``gt_classes`` of its pseudo instances
@@ -45,6 +48,7 @@ from ...pseudo.instance_store import InstancePseudoLabelStore, read_record
 from ...pseudo.instances import decode_mask
 from ...vocab import Vocabulary, normalize_name, resolve_vocabulary
 from .build import MAPPER_REGISTRY
+from .gt_polygons import add_gt_polygons
 from .mask_targets import InstanceDatasetMapper
 from .semantic import label_for_transforms
 
@@ -282,6 +286,7 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         gt: List[Target] = [(m, c, None, 1.0) for m, c in self._segments(dataset_dict, image)]
+        geometry = self._gt_geometry(dataset_dict, image)
         pseudo = self._pseudo_targets(dataset_dict, image.shape[:2])
         sem_seg = np.full(image.shape[:2], self.ignore_label, dtype=np.int64)
         for mask, cls, _, _ in gt:  # ground truth only: the crop's category-area rule
@@ -301,18 +306,23 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
             dataset_dict["pseudo_vocabulary"] = list(self.pseudo_vocabulary)
         if self.online:
             dataset_dict["captions"] = _captions_of(dataset_dict)
-        dataset_dict["instances"] = self._targets(gt + pseudo, len(gt), transforms, size)
+        dataset_dict["instances"] = self._targets(gt + pseudo, len(gt), transforms, size, geometry)
         dataset_dict["transforms"] = transforms
         return dataset_dict
 
-    def _targets(self, targets: List[Target], num_gt: int, transforms, size) -> Instances:
-        """Targets moved onto the sample, padded, the emptied ones dropped."""
+    def _targets(
+        self, targets: List[Target], num_gt: int, transforms, size, geometry=None
+    ) -> Instances:
+        """Targets moved onto the sample, padded, the emptied ones dropped; with
+        ``geometry`` (the ground truth's :class:`~.gt_polygons.GTGeometry`) ``gt_polygons``
+        and the annotations' boxes added."""
         h, w = size
-        masks, boxes, classes, pseudo, scores = [], [], [], [], []
+        masks, boxes, classes, pseudo, scores, rows = [], [], [], [], [], []
         for i, (mask, cls, box, score) in enumerate(targets):
             moved = torch.from_numpy(transforms.apply_segmentation(mask.astype(np.uint8)) > 0)
             if not moved.any():
                 continue
+            rows.append(i)
             if box is None:
                 box_t = BitMasks(moved[None]).get_bounding_boxes().tensor[0]
             else:
@@ -332,6 +342,8 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         out.gt_classes = torch.tensor(classes, dtype=torch.int64)
         out.gt_is_pseudo = torch.tensor(pseudo, dtype=torch.bool)
         out.gt_scores = torch.tensor(scores, dtype=torch.float32)
+        if geometry is not None:
+            add_gt_polygons(out, geometry, rows, transforms, size, self.legacy_boxes)
         return out
 
     def _padded_size(self, size: Tuple[int, int]) -> Tuple[int, int]:

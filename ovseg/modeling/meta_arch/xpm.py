@@ -36,6 +36,7 @@ from ..xpm.legacy_rpn import LegacyRPN
 from ..xpm.outputs import (
     class_subset,
     paste_probabilities,
+    polygon_targets,
     remap_classes,
     semantic_from_instances,
     to_output_size,
@@ -270,7 +271,8 @@ class XPMTeacher(OpenVocabSegmentor):
             for t in targets:
                 t.gt_boxes = Boxes(to_inclusive(t.gt_boxes.tensor))
         gt = [remap_classes(t[~t.gt_is_pseudo], table, names, "ground truth") for t in targets]
-        return gt, [t[t.gt_is_pseudo] for t in targets]
+        # ground truth trains on its COCO polygons where the mapper kept them (GT_POLYGONS)
+        return [polygon_targets(g) for g in gt], [t[t.gt_is_pseudo] for t in targets]
 
     # ------------------------------------------------------------------ training
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:

@@ -16,6 +16,7 @@ from ...vocab import normalize_name
 __all__ = [
     "class_subset",
     "paste_probabilities",
+    "polygon_targets",
     "remap_classes",
     "semantic_from_instances",
     "to_output_size",
@@ -55,7 +56,8 @@ def training_targets(inp: dict, device: torch.device) -> Instances:
 
     ``gt_classes`` (indices of the input's vocabulary) and ``gt_masks`` (bool (N, H, W)
     tensor, ``BitMasks`` or ``PolygonMasks``) are needed; ``gt_boxes`` default to the masks'
-    boxes; a missing ``gt_is_pseudo`` means no instance is a pseudo-label.
+    boxes; a missing ``gt_is_pseudo`` means no instance is a pseudo-label; ``gt_polygons``
+    is kept (:func:`polygon_targets`).
     """
     inst = inp.get("instances")
     if inst is None or not inst.has("gt_classes") or not inst.has("gt_masks"):
@@ -75,7 +77,22 @@ def training_targets(inp: dict, device: torch.device) -> Instances:
         out.gt_is_pseudo = inst.gt_is_pseudo.bool()
     else:
         out.gt_is_pseudo = torch.zeros(len(inst), dtype=torch.bool)
+    if inst.has("gt_polygons"):  # MODEL.XPM.GT_POLYGONS (data/dataset_mappers/gt_polygons.py)
+        out.gt_polygons = inst.gt_polygons
     return out.to(device)
+
+
+def polygon_targets(gt: Instances) -> Instances:
+    """Ground-truth targets whose ``gt_masks`` are their ``gt_polygons`` where the mapper
+    gave them (the official polygon targets, ``data/datasets/coco.py:120-123``)."""
+    if not gt.has("gt_polygons"):
+        return gt
+    out = Instances(gt.image_size)
+    for key, value in gt.get_fields().items():
+        if key != "gt_polygons":
+            out.set(key, value)
+    out.gt_masks = gt.gt_polygons
+    return out
 
 
 def remap_classes(targets: Instances, table: Tensor, names: Sequence[str], what: str) -> Instances:
