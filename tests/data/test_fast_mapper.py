@@ -126,14 +126,7 @@ def test_mapper_matches_the_per_pixel_mapper(voc_like):
     assert isinstance(augs[1], CategoryAreaCrop) and isinstance(augs[2], ColorAugSSD)
     reference = reference_mapper(fast)
     assert type(reference.augmentations.augs[1]) is T.RandomCrop_CategoryAreaConstraint
-    for seed in range(24):
-        d = dicts[seed % len(dicts)]
-        np.random.seed(seed)
-        a = fast(d)
-        np.random.seed(seed)
-        b = reference(d)
-        assert a["image"].equal(b["image"]) and a["sem_seg"].equal(b["sem_seg"])
-        assert [vars(t) for t in a["transforms"]] == [vars(t) for t in b["transforms"]]
+    _assert_same_samples(fast, reference, dicts, seeds=24)
 
 
 def test_mapper_with_mmsegs_fallback_matches_its_reference(voc_like):
@@ -152,7 +145,12 @@ def test_mapper_with_mmsegs_fallback_matches_its_reference(voc_like):
     fast = build_dataset_mapper(cfg, is_train=True)
     assert fast.augmentations.augs[1].fallback == "another"
     reference = reference_mapper(fast)
-    for seed in range(12):
+    _assert_same_samples(fast, reference, dicts, seeds=12)
+
+
+def _assert_same_samples(fast, reference, dicts, seeds: int) -> None:
+    """Both mappers give the same image, labels and transforms for each seed."""
+    for seed in range(seeds):
         d = dicts[seed % len(dicts)]
         np.random.seed(seed)
         a = fast(d)
