@@ -285,11 +285,12 @@ def _maskclip_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.CLIP.PRETRAINED == "openai" and cfg.MODEL.CLIP.TEMPLATES == "maskclip85"
 
 
-# the official schedules: teacher labels, then self-training (annotation-free: teacher only)
+# the official schedules: teacher labels, then self-training from the official 1-based
+# 2,000th (4,000th, 8,000th) iteration, detectron2's 1,999 (annotation-free: teacher only)
 MASKCLIP_PLUS_SCHEDULES = {
-    ("voc", "transductive"): (2000, 20000),
-    ("pcontext", "transductive"): (4000, 40000),
-    ("coco_stuff", "transductive"): (8000, 80000),
+    ("voc", "transductive"): (1999, 20000),
+    ("pcontext", "transductive"): (3999, 40000),
+    ("coco_stuff", "transductive"): (7999, 80000),
     ("voc", "annofree"): (-1, 2000),
     ("pcontext", "annofree"): (-1, 4000),
     ("coco_stuff", "annofree"): (-1, 8000),

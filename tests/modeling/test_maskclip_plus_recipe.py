@@ -335,15 +335,15 @@ def test_ratio_range_resize_is_mmsegs():
 # ---------------------------------------------------------------- the paper configs
 PAPER = {
     "voc/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml": dict(
-        clip="RN50", depth=101, free=False, start=2000, iters=20000, train="voc_sem_seg_train_aug",
+        clip="RN50", depth=101, free=False, start=1999, iters=20000, train="voc_sem_seg_train_aug",
         names="maskclip_voc20", head="DeepLabV2Head",
     ),
     "pcontext/maskclip_plus/maskclip_plus_rn50_r101_deeplabv3plus_transductive_40k_bs16.yaml": dict(
-        clip="RN50", depth=101, free=False, start=4000, iters=40000,
+        clip="RN50", depth=101, free=False, start=3999, iters=40000,
         train="pcontext60_sem_seg_train", names="maskclip_pc59", head="DepthwiseSeparableASPPHead",
     ),
     "coco_stuff/maskclip_plus/maskclip_plus_rn50_r101_deeplabv2_transductive_80k_bs16.yaml": dict(
-        clip="RN50", depth=101, free=False, start=8000, iters=80000,
+        clip="RN50", depth=101, free=False, start=7999, iters=80000,
         train="coco_2017_train_stuff_sem_seg", names="maskclip_coco171", head="DeepLabV2Head",
     ),
     "voc/maskclip_plus/maskclip_plus_vitb16_r50_deeplabv2_annofree_2k_bs16.yaml": dict(
