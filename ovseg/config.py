@@ -211,6 +211,9 @@ def add_maskclip_config(cfg: CN) -> None:
     # how keys are L2-normalised: "positions" (official code: each channel over the
     # locations) or "channels" (each location's key: cosine affinity, as in the paper)
     cfg.MODEL.MASKCLIP.KEY_NORMALIZATION = "positions"
+    # without key smoothing: "sem_seg" holds the logits, upsampled as the official head's
+    # cosines before mmseg's softmax (False: the softmax probabilities are upsampled)
+    cfg.MODEL.MASKCLIP.UPSAMPLE_LOGITS = False
 
 
 def add_lseg_config(cfg: CN) -> None:

@@ -74,6 +74,11 @@ def labeller_settings(cfg) -> Dict[str, Any]:
             "slide_stride": _plain(cfg.TEST.SLIDE_STRIDE),
         },
     }
+    # MaskCLIP's upsampled logits label otherwise (without key smoothing); left out when off or
+    # without effect, as stores made before the key
+    method_settings = settings["method"]
+    if not method_settings.get("UPSAMPLE_LOGITS", False) or method_settings.get("KEY_SMOOTHING"):
+        method_settings.pop("UPSAMPLE_LOGITS", None)
     # OpenCV's pixels resize the teacher's input otherwise; left out for PIL, as stores before
     backend = cfg.INPUT.get("RESIZE_BACKEND", "pil")
     if backend != "pil":

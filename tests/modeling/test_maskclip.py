@@ -146,6 +146,37 @@ def test_scores_match_teacher_and_padding_is_alignment_free(vit_teacher):
     assert torch.allclose(refined.predict(small - mean, text), crop, atol=1e-5)
 
 
+def test_upsampled_logits_are_the_official_heads_cosines_resized(vit_teacher):
+    """UPSAMPLE_LOGITS: "sem_seg" is logit_scale x cosine upsampled (the official head's
+    output before mmseg's softmax); the argmax then differs from resized probabilities'."""
+    model = _model(vit_teacher, upsample_logits=True)
+    assert model.sem_seg_scores == "logits" and MaskCLIP.sem_seg_scores == "probabilities"
+    text = model.text_embeddings(NAMES)
+    image = random_image(64, 48).float()[None]
+    cos = torch.einsum("bdhw,kd->bkhw", vit_teacher.dense_embeddings(image), text)
+    up = F.interpolate(100 * cos, size=(64, 48), mode="bilinear", align_corners=False)
+    mean = vit_teacher.pixel_mean
+    assert torch.allclose(model.predict(image - mean, text), up, atol=1e-4)
+    probs = _model(vit_teacher).predict(image - mean, text)
+    differ = (probs.argmax(1) != up.argmax(1)).sum()
+    assert 0 < differ < 64 * 48 // 4  # boundary pixels only
+    # the eval output: logits at the original size, their argmax the resized logits'
+    out = model([{"image": random_image(64, 48), "height": 32, "width": 24}])[0]["sem_seg"]
+    assert out.shape == (3, 32, 24) and out.amax() > 1.0  # logits, not probabilities
+    # prompt denoising drops classes in the logits; key smoothing gives probabilities
+    peaks = F.softmax(100 * cos, dim=1).amax(dim=(2, 3))[0]  # each class's largest prob
+    threshold = float(peaks.max())  # drops every class but the most confident one
+    denoised = _model(vit_teacher, upsample_logits=True, prompt_denoise=True,
+                      prompt_denoise_threshold=threshold).predict(image - mean, text)  # fmt: skip
+    for k in range(len(NAMES)):
+        if peaks[k] < threshold:
+            assert torch.all(denoised[0, k] == 100 * DROPPED_LOGIT)
+        else:
+            assert torch.allclose(denoised[0, k], up[0, k], atol=1e-4)
+    smoothed = _model(vit_teacher, upsample_logits=True, key_smoothing=True)
+    assert smoothed.sem_seg_scores == "probabilities" and not smoothed.upsample_logits
+
+
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_original_size_and_per_input_vocabulary(vit_teacher, mode):
     model = _model(

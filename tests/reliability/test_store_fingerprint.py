@@ -102,6 +102,20 @@ def test_store_resized_by_pil_is_refused_to_an_opencv_config(tmp_path, registere
         pseudo_labelled_dataset_dicts(_student_cfg(tmp_path, "INPUT.RESIZE_BACKEND", "opencv"))
 
 
+def test_upsampled_logits_enter_the_fingerprint_only_where_they_change_labels(tmp_path):
+    from ovseg.pseudo.labeller import labeller_settings
+
+    def method(*opts):
+        cfg = _student_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "MaskCLIP", *opts)
+        return labeller_settings(cfg)["method"]
+
+    assert "UPSAMPLE_LOGITS" not in method()  # off: stores made before the key still fit
+    # key smoothing gives probabilities whatever the key says: the same labels
+    assert "UPSAMPLE_LOGITS" not in method("MODEL.MASKCLIP.UPSAMPLE_LOGITS", "True")
+    on = method("MODEL.MASKCLIP.UPSAMPLE_LOGITS", "True", "MODEL.MASKCLIP.KEY_SMOOTHING", "False")
+    assert on["UPSAMPLE_LOGITS"] is True
+
+
 def test_store_of_other_clip_weights_is_refused(tmp_path, registered):
     manifest = _generated_manifest(tmp_path)
     assert manifest["teacher"]["clip_weights"] == "random"  # the tiny CLIP has no weights

@@ -187,7 +187,8 @@ class MaskCLIP(OpenVocabSegmentor):
     its own normalisation), so padding with zeros is padding with the mean.
     """
 
-    # "sem_seg" holds probabilities (no softmax on top)
+    # "sem_seg" holds probabilities (no softmax on top); an instance that upsamples logits
+    # (MODEL.MASKCLIP.UPSAMPLE_LOGITS) says "logits"
     sem_seg_scores = "probabilities"
     # the official runs read pretrain/<set>_<model>_clip_text.pth (maskclip_head.py:54-56)
     reads_text_embeddings_file = True
@@ -211,6 +212,7 @@ class MaskCLIP(OpenVocabSegmentor):
         size_divisibility: int = -1,
         prompt_names: Optional[Mapping[str, str]] = None,
         test_aug: Optional[TestTimeAug] = None,
+        upsample_logits: bool = False,
         **kwargs,
     ):
         """
@@ -231,6 +233,8 @@ class MaskCLIP(OpenVocabSegmentor):
                 mean) to a multiple of this; <= 0 = only to the teacher's stride.
             prompt_names: display name -> embedded text (:mod:`ovseg.clip.prompt_names`).
             test_aug (TestTimeAug, optional): multi-scale / flip testing (TEST.AUG).
+            upsample_logits (bool): without key smoothing, "sem_seg" holds the upsampled
+                logits, as the official head's cosines (else the probabilities).
             kwargs: :class:`OpenVocabSegmentor`'s synonym and background arguments.
         """
         if key_normalization not in KEY_NORMALIZATIONS:
@@ -257,9 +261,8 @@ class MaskCLIP(OpenVocabSegmentor):
             test_aug=test_aug,
             **kwargs,
         )
-        self.classifier = TextClassifier(
-            teacher, templates, logit_scale=logit_scale, **self.text_options()
-        )
+        options = self.text_options()
+        self.classifier = TextClassifier(teacher, templates, logit_scale=logit_scale, **options)
         self.prompt_denoise = bool(prompt_denoise)
         self.prompt_denoise_threshold = _check_threshold(
             prompt_denoise_threshold, "prompt denoising threshold"
@@ -269,6 +272,8 @@ class MaskCLIP(OpenVocabSegmentor):
             key_smoothing_threshold, "key smoothing threshold"
         )
         self.key_normalization = key_normalization
+        self.upsample_logits = bool(upsample_logits) and not self.key_smoothing
+        self.sem_seg_scores = "logits" if self.upsample_logits else "probabilities"
 
     @classmethod
     def from_config(cls, cfg, teacher: Optional[CLIPTeacher] = None) -> Dict:
@@ -288,6 +293,7 @@ class MaskCLIP(OpenVocabSegmentor):
             "key_normalization": mc.KEY_NORMALIZATION,
             "logit_scale": cfg.MODEL.CLIP.LOGIT_SCALE,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "upsample_logits": mc.UPSAMPLE_LOGITS,
         }
 
     @property
@@ -318,14 +324,18 @@ class MaskCLIP(OpenVocabSegmentor):
         images = F.pad(images.float(), (0, -w % m, 0, -h % m)) + self.teacher.pixel_mean
         out = self.teacher.dense_embeddings(images, return_keys=self.key_smoothing)
         dense, keys = out if self.key_smoothing else (out, None)
-        scores = refine_scores(
-            cosine_logits(dense, text, normalize_text=not self.classifier.from_file),
-            keys,
-            logit_scale=self.logit_scale,
-            prompt_denoise_threshold=self.prompt_denoise_threshold if self.prompt_denoise else None,
-            key_smoothing_threshold=self.key_smoothing_threshold if self.key_smoothing else None,
-            key_normalization=self.key_normalization,
-        )
+        logits = cosine_logits(dense, text, normalize_text=not self.classifier.from_file)
+        scale = self.logit_scale
+        pd = self.prompt_denoise_threshold if self.prompt_denoise else None
+        ks = self.key_smoothing_threshold if self.key_smoothing else None
+        if self.upsample_logits:  # no key smoothing here: the (denoised) logits
+            if pd is not None:
+                logits = prompt_denoise(logits, threshold=pd, logit_scale=scale)
+            scores = logits * scale
+        else:
+            scores = refine_scores(logits, keys, logit_scale=scale, prompt_denoise_threshold=pd,
+                                   key_smoothing_threshold=ks,
+                                   key_normalization=self.key_normalization)  # fmt: skip
         # cell (i, j) covers pixels [i*s, (i+1)*s): upsample over the padded canvas, then
         # crop, so no cell is stretched over pixels it does not cover
         gh, gw = scores.shape[-2:]

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data.dataset_mappers import transform_label
-from ...pseudo import label_table, pixel_labels, scores_to_labels, store_ignore_value
+from ...pseudo import (
+    label_table,
+    pixel_labels,
+    score_kind_of,
+    scores_to_labels,
+    store_ignore_value,
+)
 from ...pseudo.store import GENERATE_HINT
 
 __all__ = [
@@ -105,7 +111,7 @@ def augmented_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
         how.scores({"image": image, "height": h, "width": w}),
         threshold=how.threshold,
         ignore_value=how.ignore_value,
-        kind="probabilities",
+        kind=score_kind_of(how.labeller),
         classes=how.classes if how.classes is not None else torch.as_tensor(how.scored),
     )
     return labels
@@ -139,7 +145,7 @@ def original_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
     store_names = [how.names[i] for i in how.scored]
     store_ignore = store_ignore_value(len(store_names))
     scores = how.scores(sample["teacher_input"])
-    label, _ = scores_to_labels(scores, how.threshold, store_ignore, "probabilities")
+    label, _ = scores_to_labels(scores, how.threshold, store_ignore, score_kind_of(how.labeller))
     table = label_table(
         store_names, how.names, source_ignore=store_ignore, target_ignore=how.ignore_value
     )
