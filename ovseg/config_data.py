@@ -46,3 +46,7 @@ def add_input_pipeline_config(cfg: CN) -> None:
     # when none of the crop's 10 windows passes that rule: "last_tried" keeps the 10th
     # (detectron2), "another" draws an 11th, unchecked (mmseg's RandomCrop)
     cfg.INPUT.CROP.FALLBACK = "last_tried"
+    # the semantic mappers' training augmentation: "crop" (resize, crop, colour, flip) or "lsj"
+    # (flip, ResizeScale over LSJ_SCALE_RANGE of INPUT.CROP.SIZE, FixedSizeCrop; no colour)
+    cfg.INPUT.TRAIN_AUGMENTATION = "crop"
+    cfg.INPUT.LSJ_SCALE_RANGE = [0.1, 2.0]

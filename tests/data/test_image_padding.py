@@ -1,4 +1,5 @@
-"""INPUT.IMAGE_PAD: the value crops are padded with, by the mapper or (mmseg) by the model."""
+"""INPUT.IMAGE_PAD: the value crops are padded with, by the mapper or (mmseg) by the model;
+INPUT.TRAIN_AUGMENTATION "lsj": large-scale jitter, padded by the mapper."""
 
 import uuid
 
@@ -10,11 +11,13 @@ from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ovseg import add_ovseg_config
 from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.dataset_mappers.padding import image_padding
+from ovseg.data.dataset_mappers.training_pipeline import training_augmentations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,3 +95,52 @@ def test_normalized_zero_pads_the_normalised_batch_with_zero(dataset, tmp_path):
         images.tensor[0, :, :, 28:] == 0
     )
     assert torch.all(labels[0, 20:, :] == 255) and torch.all(labels[0, :, 28:] == 255)
+
+
+def _lsj_cfg(name):
+    cfg = _cfg(name, "gray")
+    cfg.INPUT.TRAIN_AUGMENTATION = "lsj"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (32, 32)
+    cfg.INPUT.LSJ_SCALE_RANGE = [0.5, 2.0]
+    return cfg
+
+
+def test_lsj_flips_rescales_and_crops_then_the_mapper_pads_gray(dataset):
+    name, d, image, label = dataset
+    cfg = _lsj_cfg(name)
+    augs = training_augmentations(cfg, 255)
+    assert [type(a).__name__ for a in augs] == ["RandomFlip", "ResizeScale", "FixedSizeCrop"]
+    assert not augs[2].pad  # the mapper pads, so masks pad with False and labels with ignore
+    mapper = build_dataset_mapper(cfg, is_train=True)
+    sizes = set()
+    for seed in range(12):
+        np.random.seed(seed)
+        out = mapper(dict(d))
+        assert out["image"].shape == (3, 32, 32) and out["sem_seg"].shape == (32, 32)
+        resize = next(t for t in out["transforms"] if isinstance(t, T.ResizeTransform))
+        # the 20x28 image fitted into s x 32, s in [0.5, 2]: the long side 16-64
+        assert 16 <= max(resize.new_h, resize.new_w) <= 64
+        content = out["sem_seg"] != 255
+        h, w = min(resize.new_h, 32), min(resize.new_w, 32)
+        assert content[:h, :w].all() and not content[h:].any() and not content[:, w:].any()
+        assert torch.all(out["image"][:, h:] == 128) and torch.all(out["image"][:, :, w:] == 128)
+        sizes.add((resize.new_h, resize.new_w))
+    assert len(sizes) > 6  # a new scale per sample
+
+
+def test_lsj_refuses_what_it_cannot_do(dataset):
+    name = dataset[0]
+    cfg = _lsj_cfg(name)
+    cfg.INPUT.COLOR_AUG_SSD = True
+    with pytest.raises(ValueError, match="no colour jitter"):
+        training_augmentations(cfg, 255)
+    cfg = _lsj_cfg(name)
+    cfg.INPUT.LSJ_SCALE_RANGE = [2.0, 0.5]
+    with pytest.raises(ValueError, match="LSJ_SCALE_RANGE"):
+        training_augmentations(cfg, 255)
+    cfg.INPUT.TRAIN_AUGMENTATION = "jitter"
+    with pytest.raises(ValueError, match="TRAIN_AUGMENTATION 'jitter' is not one of"):
+        training_augmentations(cfg, 255)
