@@ -50,3 +50,8 @@ def add_input_pipeline_config(cfg: CN) -> None:
     # (flip, ResizeScale over LSJ_SCALE_RANGE of INPUT.CROP.SIZE, FixedSizeCrop; no colour)
     cfg.INPUT.TRAIN_AUGMENTATION = "crop"
     cfg.INPUT.LSJ_SCALE_RANGE = [0.1, 2.0]
+    # the sliding-window grid at test: "flush" (mmsegmentation's: the last window flush with
+    # the border, padding 0 = the pixel mean) or "encoding" (LSeg's PyTorch-Encoding
+    # MultiEvalModule: windows at multiples of the stride, the last one cut short and every
+    # window padded black)
+    cfg.TEST.SLIDE_LAYOUT = "flush"

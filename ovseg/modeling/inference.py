@@ -3,7 +3,10 @@
 The sliding-window grid follows mmsegmentation's ``slide_inference`` (the last window is
 flush with the border, overlapping scores are averaged by count), re-written; unlike
 mmsegmentation, an image smaller than the window is zero-padded up to it (bottom/right)
-so every window the model sees has the training crop size.
+so every window the model sees has the training crop size. The "encoding" layout is
+PyTorch-Encoding's ``MultiEvalModule`` (official LSeg, ``additional_utils/models.py:96-130``):
+windows start at multiples of the stride, the last one cut short at the border, and every
+window and canvas is padded with a given value (LSeg: black, ``pad_image`` :141-151).
 """
 
 from __future__ import annotations
@@ -16,9 +19,19 @@ from torch import Tensor
 
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
-__all__ = ["INFERENCE_MODES", "slide_windows", "semantic_inference", "postprocess_to_original"]
+__all__ = [
+    "INFERENCE_MODES",
+    "SLIDE_LAYOUTS",
+    "check_slide_layout",
+    "slide_pad_value",
+    "slide_windows",
+    "semantic_inference",
+    "postprocess_to_original",
+]
 
 INFERENCE_MODES = ("whole", "slide")
+# TEST.SLIDE_LAYOUT: "flush" (mmsegmentation's grid, padding 0 = the pixel mean) or "encoding"
+SLIDE_LAYOUTS = ("flush", "encoding")
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -48,14 +61,24 @@ def _check_window_stride(
     return window, stride
 
 
-def _starts(size: int, window: int, stride: int) -> list[int]:
-    """Start offsets along one axis of length ``size >= window``, the last one flush."""
+def _spans(size: int, window: int, stride: int, layout: str) -> list[tuple[int, int]]:
+    """(start, end) spans along one axis of length ``size >= window``: "flush" windows of the
+    window size, the last one flush with the border; "encoding" windows at multiples of the
+    stride, ``ceil((size - window) / stride) + 1`` of them, the last one cut at the border."""
+    if layout == "encoding":
+        num = -(-(size - window) // stride) + 1
+        return [(i * stride, min(i * stride + window, size)) for i in range(num)]
     num = max(size - window + stride - 1, 0) // stride + 1
-    return [min(i * stride, size - window) for i in range(num)]
+    starts = [min(i * stride, size - window) for i in range(num)]
+    return [(s, s + window) for s in starts]
 
 
 def slide_windows(
-    height: int, width: int, window: int | Sequence[int], stride: int | Sequence[int]
+    height: int,
+    width: int,
+    window: int | Sequence[int],
+    stride: int | Sequence[int],
+    layout: str = "flush",
 ) -> list[tuple[int, int, int, int]]:
     """The sliding-window grid over an image padded to at least the window size.
 
@@ -63,16 +86,50 @@ def slide_windows(
         height, width (int): the image size before padding.
         window (int or (int, int)): window (height, width).
         stride (int or (int, int)): stride (height, width), at most the window.
+        layout (str): one of :data:`SLIDE_LAYOUTS`.
 
     Returns:
-        list[tuple[int, int, int, int]]: ``(y0, y1, x0, x1)`` boxes, each exactly the window
-        size, inside the padded ``(max(height, wh), max(width, ww))`` canvas.
+        list[tuple[int, int, int, int]]: ``(y0, y1, x0, x1)`` boxes inside the padded
+        ``(max(height, wh), max(width, ww))`` canvas: each exactly the window size ("flush"),
+        or the last ones cut at the border ("encoding").
     """
     (wh, ww), (sh, sw) = _check_window_stride(window, stride)
+    check_slide_layout(layout)
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {(height, width)}.")
     ph, pw = max(height, wh), max(width, ww)
-    return [(y, y + wh, x, x + ww) for y in _starts(ph, wh, sh) for x in _starts(pw, ww, sw)]
+    rows, cols = _spans(ph, wh, sh, layout), _spans(pw, ww, sw, layout)
+    return [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+
+
+def check_slide_layout(layout: str) -> str:
+    """``layout`` if it is one of :data:`SLIDE_LAYOUTS`, else a clear error."""
+    if layout not in SLIDE_LAYOUTS:
+        raise ValueError(
+            f"TEST.SLIDE_LAYOUT {layout!r} is not one of {list(SLIDE_LAYOUTS)}: 'flush' "
+            "(mmsegmentation's grid) or 'encoding' (LSeg's PyTorch-Encoding grid)"
+        )
+    return layout
+
+
+def slide_pad_value(layout: str, pixel_mean: Tensor, pixel_std: Tensor) -> Tensor | None:
+    """What a layout pads with, in network-input units: "encoding" black (-mean / std, per
+    channel), else None (0, the pixel mean)."""
+    if layout != "encoding":
+        return None
+    return (-pixel_mean / pixel_std).flatten()
+
+
+def _pad_to(images: Tensor, height: int, width: int, value: Tensor | None) -> Tensor:
+    """``images`` padded (bottom/right) to (height, width) with 0 or a per-channel value."""
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    if value is None:
+        return F.pad(images, (0, width - w, 0, height - h), value=0.0)
+    out = value.to(images).view(1, -1, 1, 1).expand(images.shape[0], -1, height, width).clone()
+    out[:, :, :h, :w] = images
+    return out
 
 
 def _predict(predict_fn: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
@@ -96,6 +153,8 @@ def semantic_inference(
     mode: str = "whole",
     window: int | Sequence[int] = (512, 512),
     stride: int | Sequence[int] = (426, 426),
+    layout: str = "flush",
+    pad_value: Tensor | None = None,
 ) -> Tensor:
     """Per-class scores at the input size, from one forward or from sliding windows.
 
@@ -109,6 +168,9 @@ def semantic_inference(
             least the window, scores averaged where windows overlap.
         window ((int, int)): sliding-window (height, width); unused in "whole" mode.
         stride ((int, int)): sliding-window stride (height, width), at most ``window``.
+        layout (str): the window grid, one of :data:`SLIDE_LAYOUTS`.
+        pad_value (Tensor, optional): (C,) the value the canvas and the cut windows are padded
+            with (network-input units); None = 0.
 
     Returns:
         Tensor: (B, K, H, W) scores (at least float32 when sliding).
@@ -124,11 +186,12 @@ def semantic_inference(
     (wh, ww), (sh, sw) = _check_window_stride(window, stride)
     batch, _, height, width = images.shape
     ph, pw = max(height, wh), max(width, ww)
-    padded = F.pad(images, (0, pw - width, 0, ph - height), value=0.0)
+    padded = _pad_to(images, ph, pw, pad_value)
     scores = None
     count = torch.zeros((1, 1, ph, pw), dtype=torch.int64, device=images.device)
-    for y0, y1, x0, x1 in slide_windows(height, width, (wh, ww), (sh, sw)):
-        out = _predict(predict_fn, padded[:, :, y0:y1, x0:x1])
+    for y0, y1, x0, x1 in slide_windows(height, width, (wh, ww), (sh, sw), layout):
+        crop = _pad_to(padded[:, :, y0:y1, x0:x1], wh, ww, pad_value)
+        out = _predict(predict_fn, crop)[:, :, : y1 - y0, : x1 - x0]
         if scores is None:
             # half-precision scores are summed in float32; float64 stays float64
             dtype = torch.promote_types(out.dtype, torch.float32)

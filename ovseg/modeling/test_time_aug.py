@@ -112,6 +112,8 @@ def multiscale_inference(
     mode: str = "whole",
     window: int | Sequence[int] = (512, 512),
     stride: int | Sequence[int] = (426, 426),
+    layout: str = "flush",
+    pad_value: Tensor | None = None,
 ) -> Tensor:
     """Scores merged over the scales and flips of ``aug``, at the input size.
 
@@ -119,7 +121,7 @@ def multiscale_inference(
         predict_fn (callable): (b, 3, h, w) normalised images -> (b, K, h', w') scores.
         images (Tensor): (B, 3, H, W) normalised network inputs.
         aug (TestTimeAug): scales, flip, merge rule.
-        mode, window, stride: the inference of each resized input, as
+        mode, window, stride, layout, pad_value: the inference of each resized input, as
             :func:`ovseg.modeling.inference.semantic_inference`.
 
     Returns:
@@ -135,7 +137,8 @@ def multiscale_inference(
     total = None
     for scale in aug.scales:
         resized = _resize(images, aug_size(height, width, scale, aug.base_size, aug.resize_side))
-        out = semantic_inference(views_fn, resized, mode=mode, window=window, stride=stride)
+        out = semantic_inference(views_fn, resized, mode=mode, window=window, stride=stride,
+                                 layout=layout, pad_value=pad_value)  # fmt: skip
         out = _resize(out.float() if out.dtype.itemsize < 4 else out, (height, width))
         total = out if total is None else total + out
     if aug.merge == "logits_sum":

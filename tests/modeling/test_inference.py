@@ -159,3 +159,55 @@ def test_postprocess_bad_arguments():
         postprocess_to_original(torch.zeros(8, 10), (8, 10), 8, 10)
     with pytest.raises(ValueError, match=r"img_size \(9, 10\) exceeds"):
         postprocess_to_original(torch.zeros(2, 8, 10), (9, 10), 8, 10)
+
+
+# ---------------------------------------------------------------- LSeg's "encoding" grid
+def test_encoding_windows_start_at_multiples_of_the_stride_and_the_last_is_cut():
+    # additional_utils/models.py:106-118: ceil((p - 480) / 320) + 1 windows per axis
+    boxes = slide_windows(1000, 600, 480, 320, layout="encoding")
+    rows = sorted({(y0, y1) for y0, y1, _, _ in boxes})
+    cols = sorted({(x0, x1) for _, _, x0, x1 in boxes})
+    assert rows == [(0, 480), (320, 800), (640, 1000)]
+    assert cols == [(0, 480), (320, 600)]
+    # flush: the same count, the last window moved back to the border
+    flush = sorted({(y0, y1) for y0, y1, _, _ in slide_windows(1000, 600, 480, 320)})
+    assert flush == [(0, 480), (320, 800), (520, 1000)]
+    # a side under the window: one window over the padded canvas
+    assert slide_windows(300, 600, 480, 320, layout="encoding") == [
+        (0, 480, 0, 480), (0, 480, 320, 600),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="SLIDE_LAYOUT 'mmseg' is not one of"):
+        slide_windows(100, 100, 48, 32, layout="mmseg")
+
+
+def test_encoding_pads_each_cut_window_and_the_canvas_with_the_value():
+    seen = []
+
+    def record(x):
+        seen.append(x.clone())
+        return x  # scores = the input: each pixel's average over its windows is itself
+
+    images = torch.rand(1, 3, 40, 70) + 1.0
+    black = torch.tensor([-1.0, -2.0, -3.0])
+    out = semantic_inference(record, images, mode="slide", window=32, stride=20,
+                             layout="encoding", pad_value=black)  # fmt: skip
+    assert torch.allclose(out, images)
+    assert all(tuple(x.shape[-2:]) == (32, 32) for x in seen)  # every window the window size
+    # windows at 0, 20 (rows: 40 -> 2), 0, 20, 40 (cols: 70 -> 3); the last ones cut and padded
+    assert len(seen) == 6
+    last = seen[-1]  # rows 20-40, cols 40-70: 20 x 30 of image, the rest the value
+    assert torch.equal(last[0, :, :20, :30], images[0, :, 20:40, 40:70])
+    assert torch.all(last[0, :, 20:, :] == black.view(3, 1, 1))
+    assert torch.all(last[0, :, :, 30:] == black.view(3, 1, 1))
+    # the flush grid with no value stays as before: zero padding only below the window size
+    seen.clear()
+    semantic_inference(record, images[:, :, :20], mode="slide", window=32, stride=20)
+    assert torch.all(seen[0][0, :, 20:] == 0)
+
+
+def test_lseg_black_is_minus_mean_over_std():
+    from ovseg.modeling.inference import slide_pad_value
+
+    mean, std = torch.full((3, 1, 1), 127.5), torch.full((3, 1, 1), 127.5)
+    assert slide_pad_value("flush", mean, std) is None
+    assert torch.equal(slide_pad_value("encoding", mean, std), torch.full((3,), -1.0))

@@ -29,7 +29,13 @@ from ...clip import CLIPTeacher
 from ...clip.prompt_names import apply_prompt_names, get_prompt_names
 from ...pseudo.labels import SCORE_KINDS
 from ...vocab import normalize_name, one_class_warning, resolve_vocabulary
-from ..inference import INFERENCE_MODES, postprocess_to_original, semantic_inference
+from ..inference import (
+    INFERENCE_MODES,
+    check_slide_layout,
+    postprocess_to_original,
+    semantic_inference,
+    slide_pad_value,
+)
 from ..test_time_aug import TestTimeAug, multiscale_inference
 from ..text_embeddings_file import KEY as TEXT_EMBEDDINGS_FILE_KEY
 from ..text_embeddings_file import FileTextEmbeddings, file_text_embeddings
@@ -110,6 +116,7 @@ class OpenVocabSegmentor(nn.Module):
         inference_mode: str = "whole",
         slide_window: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (426, 426),
+        slide_layout: str = "flush",
         size_divisibility: int = 1,
         prompt_names: Optional[Mapping[str, str]] = None,
         test_aug: Optional[TestTimeAug] = None,
@@ -128,6 +135,8 @@ class OpenVocabSegmentor(nn.Module):
             ignore_value (int): label of ignored pixels.
             inference_mode (str): "whole" or "slide".
             slide_window, slide_stride ((int, int)): sliding-window size and stride.
+            slide_layout (str): "flush" (mmsegmentation's grid, mean padding) or "encoding"
+                (LSeg's: windows at multiples of the stride, black padding).
             size_divisibility (int): a forward's input is padded (bottom/right, with the
                 pixel mean) to a multiple of this.
             prompt_names (Mapping[str, str], optional): the text a class's display name is
@@ -158,15 +167,10 @@ class OpenVocabSegmentor(nn.Module):
         self.inference_mode = inference_mode
         self.slide_window = tuple(int(v) for v in slide_window)
         self.slide_stride = tuple(int(v) for v in slide_stride)
+        self.slide_layout = check_slide_layout(slide_layout)
         self.size_divisibility = max(int(size_divisibility), 1)
         self.prompt_names = dict(prompt_names or {})
-        if test_aug is not None and test_aug.uses_logits and not self.has_logits():
-            raise ValueError(
-                f"TEST.AUG.MERGE={test_aug.merge!r} merges logits, but {type(self).__name__}'s "
-                f"scores are {self.sem_seg_scores} and it has no logit output; use "
-                "TEST.AUG.MERGE 'scores_mean'"
-            )
-        self.test_aug = test_aug
+        self.test_aug = self._accepted_test_aug(test_aug)
         if synonym_merge not in SYNONYM_MERGES:
             raise ValueError(
                 f"MODEL.OVSEG.SYNONYM_MERGE {synonym_merge!r} is not one of {list(SYNONYM_MERGES)}"
@@ -179,6 +183,17 @@ class OpenVocabSegmentor(nn.Module):
         self.background_threshold = float(background_threshold)
         self.background_name = background_name
         self.text_embeddings_file = self._accepted_file(text_embeddings_file)
+
+    @classmethod
+    def _accepted_test_aug(cls, test_aug: Optional[TestTimeAug]) -> Optional[TestTimeAug]:
+        """``test_aug``, refused when it merges logits the class does not give."""
+        if test_aug is not None and test_aug.uses_logits and not cls.has_logits():
+            raise ValueError(
+                f"TEST.AUG.MERGE={test_aug.merge!r} merges logits, but {cls.__name__}'s "
+                f"scores are {cls.sem_seg_scores} and it has no logit output; use "
+                "TEST.AUG.MERGE 'scores_mean'"
+            )
+        return test_aug
 
     @classmethod
     def _accepted_file(cls, file: Optional[FileTextEmbeddings]) -> Optional[FileTextEmbeddings]:
@@ -209,6 +224,7 @@ class OpenVocabSegmentor(nn.Module):
             "inference_mode": cfg.TEST.INFERENCE_MODE,
             "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
             "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
+            "slide_layout": cfg.TEST.SLIDE_LAYOUT,
             "prompt_names": get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
             "test_aug": TestTimeAug.from_config(cfg),
             "synonym_merge": cfg.MODEL.OVSEG.SYNONYM_MERGE,
@@ -398,7 +414,9 @@ class OpenVocabSegmentor(nn.Module):
             fn = self.predictor(names)
         else:
             fn = self.logit_predictor(names) if aug.uses_logits else self.predictor(names)
-        kwargs = dict(mode=self.inference_mode, window=self.slide_window, stride=self.slide_stride)
+        pad = slide_pad_value(self.slide_layout, self.pixel_mean, self.pixel_std)
+        kwargs = dict(mode=self.inference_mode, window=self.slide_window, stride=self.slide_stride,
+                      layout=self.slide_layout, pad_value=pad)  # fmt: skip
         if aug is None:
             return semantic_inference(fn, images, **kwargs)
         scores = multiscale_inference(fn, images, aug, **kwargs)
