@@ -190,6 +190,21 @@ def test_loss_is_cross_entropy_of_scaled_cosines(model):
     assert loss.item() == pytest.approx(want.item(), rel=1e-4)
 
 
+def test_half_logits_are_the_official_fp16_products(cache):
+    """HALF_LOGITS: (scale * features.half()) @ text.half() in float16, then float32, as
+    lseg_net.py:194; close to the float32 products, not equal."""
+    full, half = tiny_lseg(cache).eval(), tiny_lseg(cache, half_logits=True).eval()
+    assert half.half_logits and not full.half_logits
+    emb = torch.nn.functional.normalize(torch.randn(1, 32, 4, 5), dim=1)
+    text = full.text_embeddings(["sky", "grass", "cow"])
+    want = torch.einsum("bdhw,kd->bkhw", (half.logit_scale * emb.half()), text.half()).float()
+    out, ref = half.logits(emb, text, (4, 5)), full.logits(emb, text, (4, 5))
+    assert out.dtype == torch.float32 and torch.equal(out, want)
+    assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)
+    half.train()
+    half(two_region_batch())["loss_sem_seg"].backward()  # trains through the fp16 product
+
+
 def test_learnable_logit_scale(cache):
     fixed = tiny_lseg(cache)
     assert float(fixed.logit_scale) == pytest.approx(1 / 0.07)

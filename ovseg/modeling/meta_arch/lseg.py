@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -105,6 +106,7 @@ class LSeg(OpenVocabSegmentor):
         logit_scale: float = 1 / 0.07,
         learnable_logit_scale: bool = False,
         spatial_reg: Optional[nn.Module] = None,
+        half_logits: bool = False,
         **kwargs,
     ):
         """
@@ -117,6 +119,8 @@ class LSeg(OpenVocabSegmentor):
             logit_scale (float): the temperature multiplying cosines (official: 1/0.07).
             learnable_logit_scale (bool): learn it (in log space, capped at 100 as CLIP).
             spatial_reg (nn.Module, optional): refinement of the (B, K, h, w) logits.
+            half_logits (bool): the pixel-text products in float16, as the official
+                ``(logit_scale * image_features.half()) @ text.t()`` (``lseg_net.py:194``).
             kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
                 slide_window, slide_stride).
         """
@@ -139,6 +143,7 @@ class LSeg(OpenVocabSegmentor):
             prompt_names=self.prompt_names,
         )
         self.spatial_reg = spatial_reg
+        self.half_logits = bool(half_logits)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -165,6 +170,7 @@ class LSeg(OpenVocabSegmentor):
             "logit_scale": cfg.MODEL.OVSEG.LOGIT_SCALE,
             "learnable_logit_scale": cfg.MODEL.OVSEG.LEARNABLE_LOGIT_SCALE,
             "spatial_reg": spatial_reg,
+            "half_logits": lcfg.HALF_LOGITS,
         }
 
     @property
@@ -195,7 +201,11 @@ class LSeg(OpenVocabSegmentor):
         Returns:
             Tensor: (B, K, H, W).
         """
-        out = self.classifier.logits(embeddings, text)
+        if self.half_logits:  # the scale times the fp16 features, then the fp16 product
+            scaled = self.classifier.logit_scale * embeddings.half()
+            out = torch.einsum("bdhw,kd->bkhw", scaled, text.half()).float()
+        else:
+            out = self.classifier.logits(embeddings, text)
         if self.spatial_reg is not None:
             out = self.spatial_reg(out)
         # align_corners=True as the official output upsampling
