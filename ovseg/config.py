@@ -214,6 +214,9 @@ def add_maskclip_config(cfg: CN) -> None:
     # without key smoothing: "sem_seg" holds the logits, upsampled as the official head's
     # cosines before mmseg's softmax (False: the softmax probabilities are upsampled)
     cfg.MODEL.MASKCLIP.UPSAMPLE_LOGITS = False
+    # resize the cell grid onto the input (padded to INPUT.SIZE_DIVISIBILITY only), as mmseg's
+    # encode_decode (False: each cell upsampled onto the pixels it covers, then cropped)
+    cfg.MODEL.MASKCLIP.STRETCH_GRID = False
 
 
 def add_lseg_config(cfg: CN) -> None:

@@ -79,6 +79,8 @@ def labeller_settings(cfg) -> Dict[str, Any]:
     method_settings = settings["method"]
     if not method_settings.get("UPSAMPLE_LOGITS", False) or method_settings.get("KEY_SMOOTHING"):
         method_settings.pop("UPSAMPLE_LOGITS", None)
+    if not method_settings.get("STRETCH_GRID", False):
+        method_settings.pop("STRETCH_GRID", None)
     # OpenCV's pixels resize the teacher's input otherwise; left out for PIL, as stores before
     backend = cfg.INPUT.get("RESIZE_BACKEND", "pil")
     if backend != "pil":

@@ -177,6 +177,32 @@ def test_upsampled_logits_are_the_official_heads_cosines_resized(vit_teacher):
     assert smoothed.sem_seg_scores == "probabilities" and not smoothed.upsample_logits
 
 
+def test_stretched_grid_is_resized_onto_the_input_as_mmseg(vit_teacher):
+    """STRETCH_GRID: the (ceil(h / 16), ceil(w / 16)) grid of the corner-padded input resized
+    onto the h x w input itself (encoder_decoder.py:77), or onto it padded to
+    INPUT.SIZE_DIVISIBILITY (a MaskCLIP+ crop padded to 512), then cropped."""
+    text = _model(vit_teacher).text_embeddings(NAMES)
+    image = random_image(37, 45, seed=2).float()[None]
+    mean = vit_teacher.pixel_mean
+    grid = F.softmax(100 * torch.einsum("bdhw,kd->bkhw", vit_teacher.dense_embeddings(image),
+                                        text), dim=1)  # fmt: skip
+    assert grid.shape[-2:] == (3, 3)
+    stretched = _model(vit_teacher, stretch_grid=True).predict(image - mean, text)
+    want = F.interpolate(grid, size=(37, 45), mode="bilinear", align_corners=False)
+    assert torch.allclose(stretched, want, atol=1e-5)
+    aligned = _model(vit_teacher).predict(image - mean, text)  # cells of 16 pixels, cropped
+    assert not torch.allclose(aligned, stretched, atol=1e-3)
+    # padded to 32 first: a 64 x 64 canvas of 4 x 4 cells, stretched over it, then cropped
+    padded = _model(vit_teacher, stretch_grid=True, size_divisibility=32)
+    canvas = mean.expand(1, 3, 64, 64).clone()
+    canvas[:, :, :37, :45] = image
+    grid = F.softmax(100 * torch.einsum("bdhw,kd->bkhw", vit_teacher.dense_embeddings(canvas),
+                                        text), dim=1)  # fmt: skip
+    want = F.interpolate(grid, size=(64, 64), mode="bilinear", align_corners=False)
+    out = padded.predict(image - mean, text)
+    assert torch.allclose(out, want[:, :, :37, :45], atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_original_size_and_per_input_vocabulary(vit_teacher, mode):
     model = _model(

@@ -102,7 +102,7 @@ def test_store_resized_by_pil_is_refused_to_an_opencv_config(tmp_path, registere
         pseudo_labelled_dataset_dicts(_student_cfg(tmp_path, "INPUT.RESIZE_BACKEND", "opencv"))
 
 
-def test_upsampled_logits_enter_the_fingerprint_only_where_they_change_labels(tmp_path):
+def test_upsampled_logits_and_stretched_grids_enter_the_fingerprint_where_they_act(tmp_path):
     from ovseg.pseudo.labeller import labeller_settings
 
     def method(*opts):
@@ -114,6 +114,8 @@ def test_upsampled_logits_enter_the_fingerprint_only_where_they_change_labels(tm
     assert "UPSAMPLE_LOGITS" not in method("MODEL.MASKCLIP.UPSAMPLE_LOGITS", "True")
     on = method("MODEL.MASKCLIP.UPSAMPLE_LOGITS", "True", "MODEL.MASKCLIP.KEY_SMOOTHING", "False")
     assert on["UPSAMPLE_LOGITS"] is True
+    assert "STRETCH_GRID" not in method()
+    assert method("MODEL.MASKCLIP.STRETCH_GRID", "True")["STRETCH_GRID"] is True
 
 
 def test_store_of_other_clip_weights_is_refused(tmp_path, registered):

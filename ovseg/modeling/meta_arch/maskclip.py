@@ -170,6 +170,15 @@ def refine_scores(
     return probs
 
 
+def _check_key_normalization(value: str) -> str:
+    if value not in KEY_NORMALIZATIONS:
+        raise ValueError(
+            f"key normalization {value!r} (MODEL.MASKCLIP.KEY_NORMALIZATION) is not one of "
+            f"{list(KEY_NORMALIZATIONS)}"
+        )
+    return value
+
+
 def _check_threshold(value: float, what: str) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
@@ -213,6 +222,7 @@ class MaskCLIP(OpenVocabSegmentor):
         prompt_names: Optional[Mapping[str, str]] = None,
         test_aug: Optional[TestTimeAug] = None,
         upsample_logits: bool = False,
+        stretch_grid: bool = False,
         **kwargs,
     ):
         """
@@ -235,13 +245,10 @@ class MaskCLIP(OpenVocabSegmentor):
             test_aug (TestTimeAug, optional): multi-scale / flip testing (TEST.AUG).
             upsample_logits (bool): without key smoothing, "sem_seg" holds the upsampled
                 logits, as the official head's cosines (else the probabilities).
+            stretch_grid (bool): resize the cell grid onto the input padded to
+                ``size_divisibility`` only (mmseg's ``encode_decode``), not cell-aligned.
             kwargs: :class:`OpenVocabSegmentor`'s synonym and background arguments.
         """
-        if key_normalization not in KEY_NORMALIZATIONS:
-            raise ValueError(
-                f"key normalization {key_normalization!r} (MODEL.MASKCLIP.KEY_NORMALIZATION) "
-                f"is not one of {list(KEY_NORMALIZATIONS)}"
-            )
         if teacher.tower is None:
             raise ValueError(
                 f"MaskCLIP needs a ViT or ModifiedResNet CLIP vision tower; teacher "
@@ -271,9 +278,10 @@ class MaskCLIP(OpenVocabSegmentor):
         self.key_smoothing_threshold = _check_threshold(
             key_smoothing_threshold, "key smoothing threshold"
         )
-        self.key_normalization = key_normalization
+        self.key_normalization = _check_key_normalization(key_normalization)
         self.upsample_logits = bool(upsample_logits) and not self.key_smoothing
         self.sem_seg_scores = "logits" if self.upsample_logits else "probabilities"
+        self.stretch_to = max(d, 1) if stretch_grid else 0  # 0: cell-aligned
 
     @classmethod
     def from_config(cls, cfg, teacher: Optional[CLIPTeacher] = None) -> Dict:
@@ -294,6 +302,7 @@ class MaskCLIP(OpenVocabSegmentor):
             "logit_scale": cfg.MODEL.CLIP.LOGIT_SCALE,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "upsample_logits": mc.UPSAMPLE_LOGITS,
+            "stretch_grid": mc.STRETCH_GRID,
         }
 
     @property
@@ -336,6 +345,10 @@ class MaskCLIP(OpenVocabSegmentor):
             scores = refine_scores(logits, keys, logit_scale=scale, prompt_denoise_threshold=pd,
                                    key_smoothing_threshold=ks,
                                    key_normalization=self.key_normalization)  # fmt: skip
+        if self.stretch_to:  # the grid over the input padded to INPUT.SIZE_DIVISIBILITY only
+            size = (h + -h % self.stretch_to, w + -w % self.stretch_to)
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+            return scores[:, :, :h, :w]
         # cell (i, j) covers pixels [i*s, (i+1)*s): upsample over the padded canvas, then
         # crop, so no cell is stretched over pixels it does not cover
         gh, gw = scores.shape[-2:]
