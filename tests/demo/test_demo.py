@@ -77,8 +77,10 @@ def test_labels_are_the_argmax_where_confident(shared_predictor):
     image = _rgb(40, 56)
     scores = shared_predictor(image, NAMES)["sem_seg"]
     assert scores.shape == (3, 40, 56)
-    # MaskCLIP declares probability scores: the confidence is the largest, clipped to [0, 1]
-    confidence, argmax = scores.max(dim=0)
+    # the shipped MaskCLIP config upsamples logits (MODEL.MASKCLIP.UPSAMPLE_LOGITS): the
+    # confidence is the largest softmax probability
+    assert shared_predictor.score_kind == "logits"
+    confidence, argmax = scores.softmax(dim=0).max(dim=0)
     confidence = confidence.clamp(0, 1)
     threshold = float(confidence.median())
     predictions, overlay = _demo(shared_predictor, confidence_threshold=threshold).run_on_image(

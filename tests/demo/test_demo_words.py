@@ -35,7 +35,8 @@ def _probs(tmp_path, image, names):
     cfg = load_config(str(MASKCLIP_CONFIG), tiny_maskclip_opts(tmp_path / "cache"))
     predictor = predictor_module.OpenVocabPredictor(cfg)
     rgb = np.asarray(Image.open(image).convert("RGB"))
-    return predictor(rgb, names)["sem_seg"]  # MaskCLIP: probabilities
+    scores = predictor(rgb, names)["sem_seg"]  # the shipped MaskCLIP config: logits
+    return scores.softmax(dim=0) if predictor.score_kind == "logits" else scores
 
 
 def test_background_threshold_and_augmentation(tmp_path, capsys):
