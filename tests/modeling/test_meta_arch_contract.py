@@ -90,7 +90,7 @@ def test_demo_and_pseudo_labels_read_scores_once(name, tmp_path):
     predictor_module, _ = load_demo_modules()
     demo = predictor_module.VisualizationDemo(cfg)
     model = demo.predictor.model
-    kind = type(model).sem_seg_scores
+    kind = model.sem_seg_scores  # the class's, or an instance's (MaskCLIP's UPSAMPLE_LOGITS)
     assert demo.predictor.score_kind == kind
 
     image = _image()

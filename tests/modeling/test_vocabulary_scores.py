@@ -95,12 +95,16 @@ def test_plan_names_and_probabilities():
     assert VocabularyPlan.make(["cat", "dog"]).identity
 
 
-@pytest.fixture(scope="module")
-def maskclip(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["probabilities", "logits"])
+def maskclip(tmp_path_factory, request):
+    """The shipped MaskCLIP config, tiny, with probability or (UPSAMPLE_LOGITS) logit scores."""
     cfg = tiny_maskclip_cfg(tmp_path_factory.mktemp("cache"))
     cfg.MODEL.OVSEG.SYNONYM_MERGE = "max"
+    cfg.MODEL.MASKCLIP.UPSAMPLE_LOGITS = request.param
     torch.manual_seed(0)
-    return build_model(cfg).eval()
+    model = build_model(cfg).eval()
+    assert model.sem_seg_scores == ("logits" if request.param else "probabilities")
+    return model
 
 
 def _scores(model, names):
@@ -129,17 +133,21 @@ def test_model_mean_merge_embeds_the_mean(maskclip):
 
 
 def test_model_background_threshold(maskclip):
-    fg = _scores(maskclip, ["cat", "dog"])  # MaskCLIP's scores are probabilities
-    threshold = float(fg.max(0).values.median())  # so that both kinds of pixel occur
+    fg = _scores(maskclip, ["cat", "dog"])
+    logits = maskclip.sem_seg_scores == "logits"
+    probs = fg.softmax(0) if logits else fg
+    threshold = float(probs.max(0).values.median())  # so that both kinds of pixel occur
     maskclip.background_threshold = threshold
     try:
         out = _scores(maskclip, ["cat", "background", "dog"])
     finally:
         maskclip.background_threshold = 0.0
-    expected = insert_background(fg[None], 1, threshold)[0]
+    expected = insert_background(probs[None], 1, threshold)[0]
+    if logits:  # logits stay logits: the log of the probabilities
+        expected = expected.clamp_min(1e-12).log()
     torch.testing.assert_close(out, expected)
     labels = out.argmax(0)
-    assert ((labels == 1) == (fg.max(0).values < threshold)).all()
+    assert ((labels == 1) == (probs.max(0).values < threshold)).all()
     assert 0 < int((labels == 1).sum()) < labels.numel()  # both kinds of pixel occur
 
 
