@@ -19,6 +19,8 @@ from torch import Tensor
 
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
+from ..utils.choices import check_choice
+
 __all__ = [
     "INFERENCE_MODES",
     "SLIDE_LAYOUTS",
@@ -104,12 +106,8 @@ def slide_windows(
 
 def check_slide_layout(layout: str) -> str:
     """``layout`` if it is one of :data:`SLIDE_LAYOUTS`, else a clear error."""
-    if layout not in SLIDE_LAYOUTS:
-        raise ValueError(
-            f"TEST.SLIDE_LAYOUT {layout!r} is not one of {list(SLIDE_LAYOUTS)}: 'flush' "
-            "(mmsegmentation's grid) or 'encoding' (LSeg's PyTorch-Encoding grid)"
-        )
-    return layout
+    hint = "'flush' (mmsegmentation's grid) or 'encoding' (LSeg's PyTorch-Encoding grid)"
+    return check_choice(layout, SLIDE_LAYOUTS, "TEST.SLIDE_LAYOUT", hint)
 
 
 def slide_pad_value(layout: str, pixel_mean: Tensor, pixel_std: Tensor) -> Tensor | None:

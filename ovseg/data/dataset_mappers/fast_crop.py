@@ -13,6 +13,8 @@ import numpy as np
 
 from detectron2.data import transforms as T
 
+from ...utils.choices import check_choice
+
 __all__ = ["CROP_FALLBACKS", "CategoryAreaCrop"]
 
 # INPUT.CROP.FALLBACK: when no window passes, keep the last one tried (detectron2) or draw
@@ -34,12 +36,8 @@ class CategoryAreaCrop(T.RandomCrop_CategoryAreaConstraint):
             fallback (str): one of :data:`CROP_FALLBACKS`.
         """
         super().__init__(*args, **kwargs)
-        if fallback not in CROP_FALLBACKS:
-            raise ValueError(
-                f"INPUT.CROP.FALLBACK {fallback!r} is not one of {list(CROP_FALLBACKS)}: "
-                "'last_tried' (detectron2) or 'another' (mmseg: an 11th window, unchecked)"
-            )
-        self.fallback = fallback
+        hint = "'last_tried' (detectron2) or 'another' (mmseg: an 11th window, unchecked)"
+        self.fallback = check_choice(fallback, CROP_FALLBACKS, "INPUT.CROP.FALLBACK", hint)
 
     def get_transform(self, image: np.ndarray, sem_seg: np.ndarray) -> T.Transform:
         if self.single_category_max_area >= 1.0 or (

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Tuple
 
+from ...utils.choices import check_choice
+
 __all__ = ["IMAGE_PADS", "image_padding"]
 
 # INPUT.IMAGE_PAD -> the value the mapper pads images with; None: the model pads
@@ -28,13 +30,11 @@ def image_padding(cfg) -> Tuple[int, int]:
     """The training mapper's (size_divisibility, image pad value) for ``cfg``:
     ``INPUT.SIZE_DIVISIBILITY`` and ``INPUT.IMAGE_PAD``'s value, or (-1, 0) (no padding in
     the mapper) for ``"normalized_zero"``."""
-    mode = cfg.INPUT.get("IMAGE_PAD", "black")
-    if mode not in IMAGE_PADS:
-        raise ValueError(
-            f"INPUT.IMAGE_PAD {mode!r} is not one of {list(IMAGE_PADS)}: 'black' (0), 'gray' "
-            "(128) pad images in the mapper, 'normalized_zero' leaves it to the model (the "
-            "pixel mean, as mmseg)"
-        )
+    hint = ("'black' (0), 'gray' (128) pad images in the mapper, 'normalized_zero' leaves it "
+            "to the model (the pixel mean, as mmseg)")  # fmt: skip
+    mode = check_choice(
+        cfg.INPUT.get("IMAGE_PAD", "black"), tuple(IMAGE_PADS), "INPUT.IMAGE_PAD", hint
+    )
     value = IMAGE_PADS[mode]
     if value is None:
         return -1, 0

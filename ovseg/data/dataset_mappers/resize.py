@@ -31,6 +31,8 @@ from PIL import Image
 
 from detectron2.data import transforms as T
 
+from ...utils.choices import check_choice
+
 __all__ = [
     "RESIZE_BACKENDS",
     "BackendResize",
@@ -158,12 +160,8 @@ class BackendResize(T.Augmentation):
 
 def check_resize_backend(backend: str) -> str:
     """``backend`` if it is one of :data:`RESIZE_BACKENDS`, else a clear error."""
-    if backend not in RESIZE_BACKENDS:
-        raise ValueError(
-            f"INPUT.RESIZE_BACKEND {backend!r} is not one of {list(RESIZE_BACKENDS)}: 'pil' "
-            "resizes as detectron2 (PIL), 'opencv' as mmcv / mmseg (cv2)"
-        )
-    return backend
+    hint = "'pil' resizes as detectron2 (PIL), 'opencv' as mmcv / mmseg (cv2)"
+    return check_choice(backend, RESIZE_BACKENDS, "INPUT.RESIZE_BACKEND", hint)
 
 
 def _with_backend(cfg, aug: T.Augmentation) -> T.Augmentation:

@@ -18,6 +18,7 @@ from typing import List
 
 from detectron2.data import transforms as T
 
+from ...utils.choices import check_choice
 from .color_aug import ColorAugSSD
 from .crop_count import CountedCategoryAreaCrop
 from .fast_crop import CategoryAreaCrop
@@ -41,11 +42,7 @@ def training_augmentations(cfg, ignore_label: int, counted: bool = False) -> Lis
     """
     crop = cfg.INPUT.CROP
     kind = cfg.INPUT.get("TRAIN_AUGMENTATION", "crop")
-    if kind not in TRAIN_AUGMENTATIONS:
-        raise ValueError(
-            f"INPUT.TRAIN_AUGMENTATION {kind!r} is not one of {list(TRAIN_AUGMENTATIONS)}"
-        )
-    if kind == "lsj":
+    if check_choice(kind, TRAIN_AUGMENTATIONS, "INPUT.TRAIN_AUGMENTATION") == "lsj":
         return large_scale_jitter(cfg)
     augs: List[T.Augmentation] = [training_resize(cfg)]
     if crop.ENABLED:
