@@ -303,16 +303,21 @@ class PseudoInstanceLabeller:
 
     @torch.no_grad()
     def match(
-        self, image: Tensor, captions: Sequence[str], proposals: Instances
+        self,
+        image: Tensor,
+        captions: Sequence[str],
+        proposals: Instances,
+        nouns: Optional[List[Tuple[str, int]]] = None,
     ) -> Optional[NounMatches]:
         """Each noun's best proposal as tensors (what :meth:`__call__` records, which the
         XPM student's online pseudo-labels use as they are); None without nouns or
-        proposals. Arguments as :meth:`__call__`'s."""
+        proposals. Arguments as :meth:`__call__`'s; ``nouns``: :meth:`nouns` of the
+        captions when the caller has them already."""
         if tuple(image.shape[-2:]) != tuple(proposals.image_size):
             raise ValueError(
                 f"image {tuple(image.shape)} and proposals {proposals.image_size} differ in size"
             )
-        nouns = self.nouns(captions)
+        nouns = self.nouns(captions) if nouns is None else nouns
         inside = None
         if self.region_embedding == "teacher":  # every proposal, as XPM
             kept = torch.arange(len(proposals), device=proposals.pred_boxes.device)

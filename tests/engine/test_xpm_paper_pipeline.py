@@ -164,8 +164,8 @@ def _spy_online_labels(monkeypatch) -> list:
     calls: list = []
     match, regions_of = PseudoInstanceLabeller.match, XPMStudent.regions_of
 
-    def spy_match(self, image, captions, proposals):
-        found = match(self, image, captions, proposals)
+    def spy_match(self, image, captions, proposals, **kwargs):
+        found = match(self, image, captions, proposals, **kwargs)
         calls[-1]["matched"].append((self, len(proposals), found))
         return found
 

@@ -157,7 +157,8 @@ def online_pseudo_targets(
     """
     labeller = model.online_labeller
     out = [_empty(size, model.device) for size in images.image_sizes]
-    idx = [i for i, x in enumerate(batched_inputs) if labeller.nouns(x.get("captions") or ())]
+    nouns = [labeller.nouns(x.get("captions") or ()) for x in batched_inputs]
+    idx = [i for i, found in enumerate(nouns) if found]
     if not idx:
         return out
     index = {normalize_name(n): k for k, n in enumerate(names)}
@@ -168,7 +169,7 @@ def online_pseudo_targets(
     )
     for i, size, det in zip(idx, sizes, regions):
         image = batched_inputs[i]["image"]
-        found = labeller.match(image, batched_inputs[i]["captions"], det)
+        found = labeller.match(image, batched_inputs[i]["captions"], det, nouns=nouns[i])
         if found is None:
             continue
         classes = [_pseudo_class(index, labeller.vocabulary[c], names) for _, c in found.nouns]
