@@ -217,6 +217,9 @@ def add_maskclip_config(cfg: CN) -> None:
     # resize the cell grid onto the input (padded to INPUT.SIZE_DIVISIBILITY only), as mmseg's
     # encode_decode (False: each cell upsampled onto the pixels it covers, then cropped)
     cfg.MODEL.MASKCLIP.STRETCH_GRID = False
+    # pad the input to a multiple of the tower's stride (the official ViT's corner padding);
+    # False: the tower rounds down itself, as the official ResNet (needs STRETCH_GRID)
+    cfg.MODEL.MASKCLIP.PAD_TO_STRIDE = True
 
 
 def add_lseg_config(cfg: CN) -> None:

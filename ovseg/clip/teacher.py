@@ -211,7 +211,7 @@ class CLIPTeacher(nn.Module):
         return emb.clone()
 
     def dense_embeddings(
-        self, images: Tensor, return_keys: bool = False
+        self, images: Tensor, return_keys: bool = False, pad: bool = True
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Per-location embeddings by MaskCLIP's rule (see :mod:`ovseg.clip.dense`).
 
@@ -224,6 +224,10 @@ class CLIPTeacher(nn.Module):
             return_keys (bool): also return the last attention layer's keys (ViT: the
                 official MaskCLIP's ``out_proj(k_proj(ln_1(x)))``; ResNet: attention-pool
                 ``k_proj`` as 1x1 conv), not normalised, for key smoothing.
+            pad (bool): False: no padding, the tower rounds the input down itself (the
+                ResNet's stem and stride-2 average pools floor, as the official MaskCLIP's
+                ``ResNetClip``; a ViT's patch convolution drops the last partial patch), so
+                the grid need not cover the last ``H mod patch_size`` rows.
 
         Returns:
             Tensor: (B, D, h, w) L2-normalised over D; with ``return_keys`` a tuple
@@ -235,7 +239,9 @@ class CLIPTeacher(nn.Module):
                 f"tower; this model's is {type(self.model.visual).__module__}."
                 f"{type(self.model.visual).__name__}"
             )
-        x = pad_to_multiple(self._normalize(images), self.patch_size)
+        x = self._normalize(images)
+        if pad:
+            x = pad_to_multiple(x, self.patch_size)
         dense_fn = vit_dense if self.tower == "vit" else resnet_dense
         with torch.inference_mode(), self._autocast():
             emb, keys = dense_fn(self.model.visual, x, return_keys)

@@ -37,6 +37,14 @@ def _plain(node: Any) -> Any:
     return node
 
 
+# MODEL.MASKCLIP keys added after stores existed, with the behaviour those stores have
+_MASKCLIP_KEYS_ADDED_LATER = {
+    "UPSAMPLE_LOGITS": False,
+    "STRETCH_GRID": False,
+    "PAD_TO_STRIDE": True,
+}
+
+
 def labeller_settings(cfg) -> Dict[str, Any]:
     """The config values that decide a teacher meta-architecture's labels.
 
@@ -74,13 +82,14 @@ def labeller_settings(cfg) -> Dict[str, Any]:
             "slide_stride": _plain(cfg.TEST.SLIDE_STRIDE),
         },
     }
-    # MaskCLIP's upsampled logits label otherwise (without key smoothing); left out when off or
-    # without effect, as stores made before the key
+    # MaskCLIP's switches added after stores were made: each left out at the value those
+    # stores were made with (upsampled logits also when key smoothing makes them ineffective)
     method_settings = settings["method"]
-    if not method_settings.get("UPSAMPLE_LOGITS", False) or method_settings.get("KEY_SMOOTHING"):
+    if method_settings.get("KEY_SMOOTHING"):
         method_settings.pop("UPSAMPLE_LOGITS", None)
-    if not method_settings.get("STRETCH_GRID", False):
-        method_settings.pop("STRETCH_GRID", None)
+    for key, before in _MASKCLIP_KEYS_ADDED_LATER.items():
+        if method_settings.get(key, before) == before:
+            method_settings.pop(key, None)
     # OpenCV's pixels resize the teacher's input otherwise; left out for PIL, as stores before
     backend = cfg.INPUT.get("RESIZE_BACKEND", "pil")
     if backend != "pil":

@@ -203,6 +203,34 @@ def test_stretched_grid_is_resized_onto_the_input_as_mmseg(vit_teacher):
     assert torch.allclose(out, want[:, :, :37, :45], atol=1e-5)
 
 
+def test_unpadded_resnet_grid_rounds_down_as_the_official_resnetclip(rn_teacher):
+    """PAD_TO_STRIDE False: no padding, so the ResNet's stem and stride-2 average pools floor
+    (MaskCLIP mmseg/models/backbones/resnet.py:163, :647; res_layer.py:50-52): 70 x 100 gives
+    the grid 35 -> 17 -> 8 -> 4 -> 2 by 50 -> 25 -> 12 -> 6 -> 3, where padding to 32 gives
+    3 x 4; that grid is resized onto the input (encoder_decoder.py:77)."""
+    model = _model(rn_teacher, pad_to_stride=False, stretch_grid=True, upsample_logits=True)
+    text = model.text_embeddings(NAMES)
+    image = random_image(70, 100, seed=4).float()[None]
+    dense = rn_teacher.dense_embeddings(image, pad=False)
+    assert dense.shape[-2:] == (2, 3)
+    assert rn_teacher.dense_embeddings(image).shape[-2:] == (3, 4)
+    # the tower's own forward on the image as it is: no padding anywhere
+    visual = rn_teacher.model.visual
+    x = rn_teacher._normalize(image)
+    feats = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(x)))))
+    assert feats.shape[-2:] == (2, 3)
+    logits = 100 * torch.einsum("bdhw,kd->bkhw", dense, text)
+    want = F.interpolate(logits, size=(70, 100), mode="bilinear", align_corners=False)
+    out = model.predict(image - rn_teacher.pixel_mean, text)
+    assert out.shape[-2:] == (70, 100)
+    assert torch.allclose(out, want, atol=1e-4)
+    assert model.size_divisibility == 1
+    padded = _model(rn_teacher, stretch_grid=True, upsample_logits=True)
+    assert not torch.allclose(padded.predict(image - rn_teacher.pixel_mean, text), out, atol=1e-3)
+    with pytest.raises(ValueError, match="PAD_TO_STRIDE False needs MODEL.MASKCLIP.STRETCH_GRID"):
+        _model(rn_teacher, pad_to_stride=False)
+
+
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_original_size_and_per_input_vocabulary(vit_teacher, mode):
     model = _model(

@@ -102,7 +102,7 @@ def test_store_resized_by_pil_is_refused_to_an_opencv_config(tmp_path, registere
         pseudo_labelled_dataset_dicts(_student_cfg(tmp_path, "INPUT.RESIZE_BACKEND", "opencv"))
 
 
-def test_upsampled_logits_and_stretched_grids_enter_the_fingerprint_where_they_act(tmp_path):
+def test_maskclip_grid_and_logit_switches_enter_the_fingerprint_where_they_act(tmp_path):
     from ovseg.pseudo.labeller import labeller_settings
 
     def method(*opts):
@@ -116,6 +116,8 @@ def test_upsampled_logits_and_stretched_grids_enter_the_fingerprint_where_they_a
     assert on["UPSAMPLE_LOGITS"] is True
     assert "STRETCH_GRID" not in method()
     assert method("MODEL.MASKCLIP.STRETCH_GRID", "True")["STRETCH_GRID"] is True
+    assert "PAD_TO_STRIDE" not in method()  # padded: as every store before the key
+    assert method("MODEL.MASKCLIP.PAD_TO_STRIDE", "False")["PAD_TO_STRIDE"] is False
 
 
 def test_store_of_other_clip_weights_is_refused(tmp_path, registered):

@@ -170,6 +170,29 @@ def refine_scores(
     return probs
 
 
+def _input_divisibility(
+    teacher: CLIPTeacher, size_divisibility: int, pad_to_stride: bool, stretch_grid: bool
+) -> int:
+    """What a forward pads its input to: ``size_divisibility`` (<= 0: none), and with
+    ``pad_to_stride`` a multiple of the tower's stride as well."""
+    if teacher.tower is None:
+        raise ValueError(
+            f"MaskCLIP needs a ViT or ModifiedResNet CLIP vision tower; teacher "
+            f"{teacher.name!r} has {type(teacher.model.visual).__name__}"
+        )
+    if not pad_to_stride and not stretch_grid:
+        raise ValueError(
+            "MODEL.MASKCLIP.PAD_TO_STRIDE False needs MODEL.MASKCLIP.STRETCH_GRID True: an "
+            "unpadded input's grid can end before the input does, so it must be resized "
+            "onto the input rather than cropped cell by cell"
+        )
+    d = int(size_divisibility)
+    if not pad_to_stride:
+        return max(d, 1)
+    stride = int(teacher.stride)
+    return math.lcm(stride, d) if d > 0 else stride
+
+
 def _check_key_normalization(value: str) -> str:
     if value not in KEY_NORMALIZATIONS:
         raise ValueError(
@@ -223,6 +246,7 @@ class MaskCLIP(OpenVocabSegmentor):
         test_aug: Optional[TestTimeAug] = None,
         upsample_logits: bool = False,
         stretch_grid: bool = False,
+        pad_to_stride: bool = True,
         **kwargs,
     ):
         """
@@ -247,14 +271,13 @@ class MaskCLIP(OpenVocabSegmentor):
                 logits, as the official head's cosines (else the probabilities).
             stretch_grid (bool): resize the cell grid onto the input padded to
                 ``size_divisibility`` only (mmseg's ``encode_decode``), not cell-aligned.
+            pad_to_stride (bool): pad each input to a multiple of the tower's stride
+                (the official ViT's corner padding); False: the tower's own rounding down
+                (the official ``ResNetClip`` pads nothing), which needs ``stretch_grid``.
             kwargs: :class:`OpenVocabSegmentor`'s synonym and background arguments.
         """
-        if teacher.tower is None:
-            raise ValueError(
-                f"MaskCLIP needs a ViT or ModifiedResNet CLIP vision tower; teacher "
-                f"{teacher.name!r} has {type(teacher.model.visual).__name__}"
-            )
-        stride, d = int(teacher.stride), int(size_divisibility)
+        d = int(size_divisibility)
+        divisibility = _input_divisibility(teacher, d, bool(pad_to_stride), bool(stretch_grid))
         super().__init__(
             teacher=teacher,
             pixel_mean=teacher.pixel_mean.flatten().tolist(),
@@ -263,7 +286,7 @@ class MaskCLIP(OpenVocabSegmentor):
             inference_mode=inference_mode,
             slide_window=slide_window,
             slide_stride=slide_stride,
-            size_divisibility=math.lcm(stride, d) if d > 0 else stride,
+            size_divisibility=divisibility,
             prompt_names=prompt_names,
             test_aug=test_aug,
             **kwargs,
@@ -282,6 +305,7 @@ class MaskCLIP(OpenVocabSegmentor):
         self.upsample_logits = bool(upsample_logits) and not self.key_smoothing
         self.sem_seg_scores = "logits" if self.upsample_logits else "probabilities"
         self.stretch_to = max(d, 1) if stretch_grid else 0  # 0: cell-aligned
+        self.pad_to_stride = bool(pad_to_stride)
 
     @classmethod
     def from_config(cls, cfg, teacher: Optional[CLIPTeacher] = None) -> Dict:
@@ -303,6 +327,7 @@ class MaskCLIP(OpenVocabSegmentor):
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "upsample_logits": mc.UPSAMPLE_LOGITS,
             "stretch_grid": mc.STRETCH_GRID,
+            "pad_to_stride": mc.PAD_TO_STRIDE,
         }
 
     @property
@@ -331,7 +356,9 @@ class MaskCLIP(OpenVocabSegmentor):
         h, w = images.shape[-2:]
         m = self.size_divisibility
         images = F.pad(images.float(), (0, -w % m, 0, -h % m)) + self.teacher.pixel_mean
-        out = self.teacher.dense_embeddings(images, return_keys=self.key_smoothing)
+        out = self.teacher.dense_embeddings(
+            images, return_keys=self.key_smoothing, pad=self.pad_to_stride
+        )
         dense, keys = out if self.key_smoothing else (out, None)
         logits = cosine_logits(dense, text, normalize_text=not self.classifier.from_file)
         scale = self.logit_scale
