@@ -19,6 +19,7 @@ from ovseg.modeling.meta_arch.maskclip import (
     prompt_denoise,
     refine_scores,
 )
+from ovseg.modeling.test_time_aug import TestTimeAug
 
 NAMES = ("cat", "dog", "grass")
 
@@ -201,6 +202,24 @@ def test_stretched_grid_is_resized_onto_the_input_as_mmseg(vit_teacher):
     want = F.interpolate(grid, size=(64, 64), mode="bilinear", align_corners=False)
     out = padded.predict(image - mean, text)
     assert torch.allclose(out, want[:, :, :37, :45], atol=1e-5)
+
+
+def test_upsampled_logits_merge_over_flips_as_logits(vit_teacher):
+    """TEST.AUG logit merging is accepted where the instance's "sem_seg" is logits
+    (UPSAMPLE_LOGITS without key smoothing): the flipped views' logits are summed; where
+    key smoothing makes them probabilities it is refused at build."""
+    aug = TestTimeAug(scales=(1.0,), flip=True, merge="logits_sum")
+    model = _model(vit_teacher, upsample_logits=True, stretch_grid=True, test_aug=aug)
+    plain = _model(vit_teacher, upsample_logits=True, stretch_grid=True)
+    assert model.sem_seg_scores == "logits" and model.has_logits()
+    image = random_image(37, 45, seed=5)
+    with torch.no_grad():
+        out = model([{"image": image}])[0]["sem_seg"]
+        one = plain([{"image": image}])[0]["sem_seg"]
+        mirrored = plain([{"image": image.flip(-1)}])[0]["sem_seg"].flip(-1)
+    torch.testing.assert_close(out, one + mirrored, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="merges logits, but MaskCLIP's scores are probabilities"):
+        _model(vit_teacher, upsample_logits=True, key_smoothing=True, test_aug=aug)
 
 
 def test_unpadded_resnet_grid_rounds_down_as_the_official_resnetclip(rn_teacher):

@@ -21,14 +21,14 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 import torch
 from torch import Tensor, nn
 
-from detectron2.data import MetadataCatalog
 from detectron2.structures import ImageList
 from detectron2.utils.logger import log_first_n
 
 from ...clip import CLIPTeacher
-from ...clip.prompt_names import apply_prompt_names, get_prompt_names
+from ...clip.prompt_names import apply_prompt_names
 from ...pseudo.labels import SCORE_KINDS
-from ...vocab import normalize_name, one_class_warning, resolve_vocabulary
+from ...utils.choices import check_choice
+from ...vocab import normalize_name, one_class_warning
 from ..inference import (
     INFERENCE_MODES,
     check_slide_layout,
@@ -38,13 +38,14 @@ from ..inference import (
 )
 from ..test_time_aug import TestTimeAug, multiscale_inference
 from ..text_embeddings_file import KEY as TEXT_EMBEDDINGS_FILE_KEY
-from ..text_embeddings_file import FileTextEmbeddings, file_text_embeddings
+from ..text_embeddings_file import FileTextEmbeddings
 from ..vocabulary_scores import (
     SYNONYM_MERGES,
     insert_background,
     max_over_synonyms,
     synonym_groups,
 )
+from .base_config import segmentor_config
 
 __all__ = ["OpenVocabSegmentor", "group_inputs"]
 
@@ -57,19 +58,6 @@ def group_inputs(keys: Sequence[Hashable]) -> Dict[Hashable, List[int]]:
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
     return groups
-
-
-def default_test_vocabulary(cfg) -> Optional[Tuple[str, ...]]:
-    """The names used for test inputs that carry no "vocabulary".
-
-    MODEL.OVSEG.TEST_VOCABULARY when set, else the first test dataset's stuff_classes, else
-    None (then every input must carry its own).
-    """
-    spec = cfg.MODEL.OVSEG.TEST_VOCABULARY
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
-    if spec.strip() or (meta is not None and meta.get("stuff_classes", None)):
-        return resolve_vocabulary(spec, meta).names
-    return None
 
 
 class OpenVocabSegmentor(nn.Module):
@@ -124,6 +112,7 @@ class OpenVocabSegmentor(nn.Module):
         background_threshold: float = 0.0,
         background_name: str = "background",
         text_embeddings_file: Optional[FileTextEmbeddings] = None,
+        sem_seg_scores: Optional[str] = None,
     ):
         """
         Args:
@@ -151,31 +140,28 @@ class OpenVocabSegmentor(nn.Module):
             background_name (str): that class's name (MODEL.OVSEG.BACKGROUND_CLASS).
             text_embeddings_file (FileTextEmbeddings, optional): class text embeddings from
                 a file, for a subclass that ``reads_text_embeddings_file``; None = computed.
+            sem_seg_scores (str, optional): this instance's score kind, for a subclass whose
+                kind follows its arguments (MaskCLIP's upsampled logits); None = the class's.
         """
         super().__init__()
-        if inference_mode not in INFERENCE_MODES:
-            raise ValueError(
-                f"inference mode {inference_mode!r} (TEST.INFERENCE_MODE) is not one of "
-                f"{list(INFERENCE_MODES)}"
-            )
         # the teacher comes first, so modules it shares (a ZegCLIP tower) are named after it
         self.teacher = teacher
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.vocabulary = tuple(vocabulary) if vocabulary is not None else None
         self.ignore_value = int(ignore_value)
-        self.inference_mode = inference_mode
+        self.inference_mode = check_choice(inference_mode, INFERENCE_MODES, "TEST.INFERENCE_MODE")
         self.slide_window = tuple(int(v) for v in slide_window)
         self.slide_stride = tuple(int(v) for v in slide_stride)
         self.slide_layout = check_slide_layout(slide_layout)
         self.size_divisibility = max(int(size_divisibility), 1)
         self.prompt_names = dict(prompt_names or {})
+        if sem_seg_scores is not None:
+            self.sem_seg_scores = check_choice(sem_seg_scores, SCORE_KINDS, "sem_seg_scores")
         self.test_aug = self._accepted_test_aug(test_aug)
-        if synonym_merge not in SYNONYM_MERGES:
-            raise ValueError(
-                f"MODEL.OVSEG.SYNONYM_MERGE {synonym_merge!r} is not one of {list(SYNONYM_MERGES)}"
-            )
-        self.synonym_merge = synonym_merge
+        self.synonym_merge = check_choice(
+            synonym_merge, SYNONYM_MERGES, "MODEL.OVSEG.SYNONYM_MERGE"
+        )
         if not 0 <= background_threshold <= 1:
             raise ValueError(
                 f"TEST.BACKGROUND_THRESHOLD must be in [0, 1] (0 = off), got {background_threshold}"
@@ -184,13 +170,12 @@ class OpenVocabSegmentor(nn.Module):
         self.background_name = background_name
         self.text_embeddings_file = self._accepted_file(text_embeddings_file)
 
-    @classmethod
-    def _accepted_test_aug(cls, test_aug: Optional[TestTimeAug]) -> Optional[TestTimeAug]:
-        """``test_aug``, refused when it merges logits the class does not give."""
-        if test_aug is not None and test_aug.uses_logits and not cls.has_logits():
+    def _accepted_test_aug(self, test_aug: Optional[TestTimeAug]) -> Optional[TestTimeAug]:
+        """``test_aug``, refused when it merges logits the model does not give."""
+        if test_aug is not None and test_aug.uses_logits and not self.has_logits():
             raise ValueError(
-                f"TEST.AUG.MERGE={test_aug.merge!r} merges logits, but {cls.__name__}'s "
-                f"scores are {cls.sem_seg_scores} and it has no logit output; use "
+                f"TEST.AUG.MERGE={test_aug.merge!r} merges logits, but {type(self).__name__}'s "
+                f"scores are {self.sem_seg_scores} and it has no logit output; use "
                 "TEST.AUG.MERGE 'scores_mean'"
             )
         return test_aug
@@ -205,33 +190,13 @@ class OpenVocabSegmentor(nn.Module):
             )
         return file
 
+    #: the keyword arguments every subclass reads the same way from a config
+    base_config = staticmethod(segmentor_config)
+
     def text_options(self) -> Dict[str, Any]:
         """The :class:`~ovseg.modeling.text_classifier.TextClassifier` arguments the base
         holds: the prompt names and the embeddings file."""
         return {"prompt_names": self.prompt_names, "embeddings_file": self.text_embeddings_file}
-
-    @staticmethod
-    def base_config(cfg) -> Dict[str, Any]:
-        """The keyword arguments every subclass reads the same way from ``cfg``: the test
-        vocabulary, the training set's ignore label, the test-time protocol and the prompt
-        names."""
-        ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
-        if cfg.DATASETS.TRAIN:
-            ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore)
-        return {
-            "vocabulary": default_test_vocabulary(cfg),
-            "ignore_value": ignore,
-            "inference_mode": cfg.TEST.INFERENCE_MODE,
-            "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
-            "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
-            "slide_layout": cfg.TEST.SLIDE_LAYOUT,
-            "prompt_names": get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
-            "test_aug": TestTimeAug.from_config(cfg),
-            "synonym_merge": cfg.MODEL.OVSEG.SYNONYM_MERGE,
-            "background_threshold": cfg.TEST.BACKGROUND_THRESHOLD,
-            "background_name": cfg.MODEL.OVSEG.BACKGROUND_CLASS,
-            "text_embeddings_file": file_text_embeddings(cfg),
-        }
 
     @property
     def device(self) -> torch.device:
@@ -365,11 +330,10 @@ class OpenVocabSegmentor(nn.Module):
         text = self.text_embeddings(names)
         return lambda x: self.predict(x, text)
 
-    @classmethod
-    def has_logits(cls) -> bool:
+    def has_logits(self) -> bool:
         """Whether :meth:`logit_predictor` gives logits (for test-time logit merging)."""
-        return cls.sem_seg_scores == "logits" or (
-            cls.logit_predictor is not OpenVocabSegmentor.logit_predictor
+        return self.sem_seg_scores == "logits" or (
+            type(self).logit_predictor is not OpenVocabSegmentor.logit_predictor
         )
 
     def logit_predictor(self, names: Tuple[str, ...]) -> Predictor:

@@ -289,6 +289,7 @@ class MaskCLIP(OpenVocabSegmentor):
             size_divisibility=divisibility,
             prompt_names=prompt_names,
             test_aug=test_aug,
+            sem_seg_scores="logits" if upsample_logits and not key_smoothing else "probabilities",
             **kwargs,
         )
         options = self.text_options()
@@ -302,8 +303,7 @@ class MaskCLIP(OpenVocabSegmentor):
             key_smoothing_threshold, "key smoothing threshold"
         )
         self.key_normalization = _check_key_normalization(key_normalization)
-        self.upsample_logits = bool(upsample_logits) and not self.key_smoothing
-        self.sem_seg_scores = "logits" if self.upsample_logits else "probabilities"
+        self.upsample_logits = self.sem_seg_scores == "logits"
         self.stretch_to = max(d, 1) if stretch_grid else 0  # 0: cell-aligned
         self.pad_to_stride = bool(pad_to_stride)
 
