@@ -50,7 +50,7 @@ from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.datasets import toy_world
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
-from ovseg.modeling.freeseg.tasks import train_tasks_for
+from ovseg.modeling.freeseg.tasks import ensemble_seen_classes, test_tasks_for, train_tasks_for
 from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names
 from ovseg.pseudo import expected_teacher
 from ovseg.vocab import training_vocabulary
@@ -343,6 +343,7 @@ FREESEG_RUNS = {
     "voc": (2e-5, 20000, 512, 512, "ovseg_semantic_mask"),
     "ade20k": (1e-4, 60000, 512, 512, "ovseg_panoptic"),
 }
+FREESEG_RUNS["coco_stuff"] = FREESEG_RUNS["coco"]  # the COCO model, evaluated on COCO-Stuff
 # per dataset: regions per class and task, weight decay, iterations, tasks' mapper
 FREESEG_PROMPT_RUNS = {
     "coco": (64, 0.001, 16000, "coco_2017_val_stuff_sem_seg_regions"),
@@ -811,9 +812,26 @@ def test_toy_base_maps_a_training_sample_with_unseen_ignored(toy_fixture):
 def test_freeseg_leaves_train_on_the_seen_names_only():
     # the release's training sets name only their seen classes (SEM_SEG_HEAD.NUM_CLASSES
     # 156 / 135 / 15): unseen names are no negatives of the class head or the prompt CE
-    seen = {"coco": 156, "ade20k": 135, "voc": 15}
+    seen = {"coco": 156, "coco_stuff": 156, "ade20k": 135, "voc": 15}
     leaves = sorted(CONFIGS.glob("*/freeseg/*.yaml"))
     assert {_dataset(p) for p in leaves} == set(seen)
     for path in leaves:
         vocab = training_vocabulary(_merged(path))
         assert len(vocab.names) == seen[_dataset(path)] and not vocab.unseen, _rel(path)
+
+
+def test_freeseg_coco_semantic_row_is_the_all_task_model_on_coco_stuff():
+    """The paper's COCO semantic numbers (156 / 15) are the all-task model's on COCO-Stuff val
+    with the semantic prompts only (the release's separate ``_test_semseg`` config), not the
+    all-task leaf's mIoU over COCO panoptic's 133 classes (11 unseen)."""
+    cfg = _merged(CONFIGS / "coco_stuff/freeseg/freeseg_r101c_coco-alltask_eval.yaml")
+    source = _merged(CONFIGS / "coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml")
+    assert cfg.MODEL.WEIGHTS == os.path.join(source.OUTPUT_DIR, "model_final.pth")
+    assert cfg.OUTPUT_DIR != source.OUTPUT_DIR
+    assert test_tasks_for(source) == ("semantic", "instance", "panoptic")
+    assert test_tasks_for(cfg) == ("semantic",)
+    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    assert (len(meta.stuff_classes), len(meta.unseen_classes)) == (171, 15)
+    # the test-time ensemble weights the 156 seen names as seen, the 15 unseen as unseen
+    seen = set(ensemble_seen_classes(cfg)) & set(meta.stuff_classes)
+    assert seen == set(meta.seen_classes) and len(seen) == 156
