@@ -289,10 +289,12 @@ def add_zegclip_config(cfg: CN) -> None:
     cfg.MODEL.ZEGCLIP.DECODER_DROPOUT = 0.1
     # self-attention among class queries in each decoder layer (official code: none)
     cfg.MODEL.ZEGCLIP.DECODER_SELF_ATTENTION = False
-    # decoder initialisation: "official" (truncated normal, std 0.02) or "clip" (the class
+    # decoder initialisation: "official" (what the official run trains from: PyTorch's
+    # defaults, every layer a copy of the first), "trunc_normal" (the official head's
+    # init_weights, which its train.py never calls: std 0.02, zero biases) or "clip" (the class
     # query is the text embedding and every layer's query/key projections are the identity,
     # so the first masks are CLIP's patch-text similarity; not in the paper)
-    cfg.MODEL.ZEGCLIP.DECODER_INIT = "official"
+    cfg.MODEL.ZEGCLIP.DECODER_INIT = "trunc_normal"
     # weight of the sigmoid focal loss over the vocabulary's classes (paper: 100)
     cfg.MODEL.ZEGCLIP.FOCAL_WEIGHT = 100.0
     # focal loss alpha: the weight of positives (1 - alpha for negatives)

@@ -262,6 +262,7 @@ def _zegclip_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
         source = "coco_stuff" if evaluation else _dataset(path)
         assert cfg.MODEL.ZEGCLIP.NUM_PROMPTS == ZEGCLIP_PROMPTS[source]
+        assert cfg.MODEL.ZEGCLIP.DECODER_INIT == "official"  # what train.py leaves
         assert cfg.SOLVER.BASE_LR == pytest.approx(2e-5) and cfg.SOLVER.IMS_PER_BATCH == 16
         assert cfg.SOLVER.WARMUP_ITERS == 1500 and cfg.SOLVER.WEIGHT_DECAY == 0.01
         # the paper leaves: mmcv's poly to min_lr 1e-6 of every group's 2e-4 (zero:73-76);

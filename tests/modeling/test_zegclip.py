@@ -425,6 +425,39 @@ def test_golden_outputs(cache):
     )
 
 
+def test_official_decoder_init_is_pytorchs_with_every_layer_a_copy_of_the_first():
+    """ "official": the official train.py never calls the head's init_weights, so its layers
+    keep PyTorch's init (nn.Linear: kaiming-uniform weights, std 1 / sqrt(3 fan_in), uniform
+    biases) and nn.TransformerDecoder's clones start equal; "trunc_normal" is that dead
+    init_weights (std 0.02, zero biases, every layer its own draw)."""
+    from ovseg.modeling.heads.zegclip_decoder import ZegCLIPDecoder
+
+    torch.manual_seed(0)
+    dim = 64
+    official = ZegCLIPDecoder(dim, num_heads=4, num_layers=3, init="official")
+    first = official.layers[0].state_dict()
+    for layer in official.layers[1:]:
+        own = layer.state_dict()
+        assert own and all(torch.equal(v, first[k]) for k, v in own.items())
+    assert set(official.layers[2].state_dict()) < set(first)  # the mask-only last layer
+    ffn = official.layers[0].linear2  # fan_in 4 * dim
+    assert ffn.weight.std().item() == pytest.approx((3 * 4 * dim) ** -0.5, rel=0.05)
+    assert ffn.bias.abs().max() > 0 and ffn.bias.abs().max() <= (4 * dim) ** -0.5
+    q_proj = official.q_proj.weight  # fan_in 2 * dim
+    assert q_proj.std().item() == pytest.approx((3 * 2 * dim) ** -0.5, rel=0.05)
+
+    torch.manual_seed(0)
+    trunc = ZegCLIPDecoder(dim, num_heads=4, num_layers=3, init="trunc_normal")
+    linears = [m for m in trunc.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears)
+    assert trunc.layers[0].linear2.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    q0, q1 = (trunc.layers[i].cross_attn.q.weight for i in (0, 1))
+    assert not torch.equal(q0, q1)
+    torch.manual_seed(0)
+    default = ZegCLIPDecoder(dim, num_heads=4, num_layers=3)  # ovseg's default
+    assert all(torch.equal(a, b) for a, b in zip(default.parameters(), trunc.parameters()))
+
+
 def test_clip_decoder_init_starts_from_the_patch_text_cosine():
     from ovseg.modeling.heads.zegclip_decoder import ZegCLIPDecoder
 

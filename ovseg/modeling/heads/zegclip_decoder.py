@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 __all__ = ["DECODER_INITS", "ClassQueryAttention", "ClassQueryDecoderLayer", "ZegCLIPDecoder"]
 
-DECODER_INITS = ("official", "clip")
+DECODER_INITS = ("official", "trunc_normal", "clip")
 
 
 class ClassQueryAttention(nn.Module):
@@ -143,7 +143,7 @@ class ZegCLIPDecoder(nn.Module):
         ffn_ratio: int = 4,
         dropout: float = 0.1,
         self_attention: bool = False,
-        init: str = "official",
+        init: str = "trunc_normal",
     ):
         """
         Args:
@@ -153,9 +153,14 @@ class ZegCLIPDecoder(nn.Module):
             ffn_ratio (int): FFN width as a multiple of ``dim``.
             dropout (float): dropout in attention and FFN.
             self_attention (bool): add self-attention among class queries (official: none).
-            init (str): "official" (truncated normal) or "clip": the class query starts as the
-                text embedding and every query/key projection as the identity, so the first
-                mask logits are the patch-text cosine (scaled), CLIP's own dense similarity.
+            init (str): "official": what the official run trains from, PyTorch's default
+                init of every layer (its train.py:144-150 never calls the head's
+                ``init_weights``) with every decoder layer a copy of the first
+                (``nn.TransformerDecoder`` clones one layer); "trunc_normal": that
+                ``init_weights`` (decode_seg.py:202-207: truncated normal 0.02, zero biases,
+                independent layers); "clip": "trunc_normal", then the class query starts as
+                the text embedding and every query/key projection as the identity, so the
+                first mask logits are the patch-text cosine (scaled), CLIP's own similarity.
         """
         super().__init__()
         if init not in DECODER_INITS:
@@ -171,9 +176,20 @@ class ZegCLIPDecoder(nn.Module):
             )
             for i in range(num_layers)
         )
-        self._init_weights()
+        if init == "official":
+            self._copy_first_layer()
+        else:
+            self._init_weights()
         if init == "clip":
             self._init_from_clip(dim)
+
+    @torch.no_grad()
+    def _copy_first_layer(self) -> None:
+        # the layers keep PyTorch's own init; each starts as the first (the mask-only last
+        # layer takes the first's query and key projections)
+        first = self.layers[0].state_dict()
+        for layer in self.layers[1:]:
+            layer.load_state_dict({k: first[k] for k in layer.state_dict()})
 
     @torch.no_grad()
     def _init_from_clip(self, dim: int) -> None:
@@ -185,7 +201,7 @@ class ZegCLIPDecoder(nn.Module):
             layer.cross_attn.k.weight.copy_(eye)
 
     def _init_weights(self) -> None:
-        # as the official head's init_weights: truncated normal linear weights, zero biases
+        # the official head's init_weights: truncated normal linear weights, zero biases
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02, a=-2.0, b=2.0)
