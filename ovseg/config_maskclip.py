@@ -72,6 +72,9 @@ def add_maskclip_plus_config(cfg: CN) -> None:
     # std of the normal initialisation of the learnable background (MODEL.OVSEG.BG_EMBED);
     # 0 = the text classifier's own (std 0.02); official: 1.0 (torch.randn)
     cfg.MODEL.MASKCLIP_PLUS.BG_EMBED_INIT_STD = 0.0
+    # the student's "sem_seg" holds its logits, resized to the output size before any softmax
+    # (mmseg's whole_inference); False: its softmax probabilities are resized
+    cfg.MODEL.MASKCLIP_PLUS.UPSAMPLE_LOGITS = False
     # DeepLab heads (DeepLabV2Head, DeepLabV3PlusHead): ASPP width, dilations (v2: any
     # number of 3x3 branches; v3+: three), dropout after ASPP
     cfg.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 512

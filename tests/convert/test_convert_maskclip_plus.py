@@ -128,7 +128,12 @@ def _compare(model, off, x) -> float:
     text = model.text_embeddings(model.vocabulary)
     logits = model.logits(model.pixel_embeddings(x), text, tuple(x.shape[-2:]))
     expected = off.encode_decode(x)
-    torch.testing.assert_close(model.predict(x, text), off.whole_inference(x), rtol=0, atol=1e-5)
+    scores = model.predict(x, text)
+    if model.sem_seg_scores == "logits":  # UPSAMPLE_LOGITS: the logits; mmseg's softmax last
+        atol = 1e-5 * float(expected.abs().max())
+        torch.testing.assert_close(scores, expected, rtol=0, atol=atol)
+        scores = scores.softmax(dim=1)
+    torch.testing.assert_close(scores, off.whole_inference(x), rtol=0, atol=1e-5)
     return float((logits - expected).abs().max() / expected.abs().max())
 
 

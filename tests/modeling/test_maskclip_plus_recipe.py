@@ -178,6 +178,34 @@ def test_raw_dot_product_classifier(tmp_path):
     assert torch.allclose(logits, torch.einsum("bdhw,kd->bkhw", raw, text), atol=1e-5)
 
 
+def test_upsampled_logits_are_resized_to_the_original_size_before_any_softmax(tmp_path):
+    """UPSAMPLE_LOGITS: "sem_seg" is the student's logits resized to the input's original size
+    (mmseg's whole_inference resizes logits, its softmax comes last), so the argmax is the
+    official one; without it the probabilities are resized, which moves class boundaries."""
+    logits_model = build(tmp_path, "MODEL.MASKCLIP_PLUS.UPSAMPLE_LOGITS", "True").eval()
+    probs_model = build(tmp_path).eval()
+    assert logits_model.sem_seg_scores == "logits"
+    assert probs_model.sem_seg_scores == "probabilities"
+    names = ["sky", "grass", "tree"]
+    image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    inp = {"image": image, "height": 71, "width": 93, "vocabulary": names}
+    with torch.no_grad():
+        out = logits_model([inp])[0]["sem_seg"]
+        x = logits_model.normalize([image])[0][None]
+        text = logits_model.text_embeddings(names)
+        at_input = logits_model.logits(logits_model.pixel_embeddings(x), text, (48, 64))
+        want = torch.nn.functional.interpolate(
+            at_input, size=(71, 93), mode="bilinear", align_corners=False
+        )[0]
+        probs = probs_model([inp])[0]["sem_seg"]
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-4)
+    # the same network: the probabilities are the softmax of the same logits at input size
+    torch.testing.assert_close(
+        probs_model.predict(x, text), at_input.softmax(dim=1), rtol=0, atol=1e-5
+    )
+    assert probs.shape == out.shape and not torch.allclose(probs, out.softmax(dim=0), atol=1e-4)
+
+
 def test_loss_over_all_pixels_is_the_mean_over_every_pixel(tmp_path):
     dicts = write_unseen_fixture(tmp_path / "data", n=2)
     table = UNSEEN.index(ADE.names[TABLE])
@@ -394,6 +422,7 @@ def test_paper_config_is_the_official_run(path):
     decay = cfg.SOLVER.WEIGHT_DECAY
     assert decay == cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY_EMBED
     assert cfg.SOLVER.WARMUP_ITERS == 0 and cfg.TEST.INFERENCE_MODE == "whole"
+    assert mc.UPSAMPLE_LOGITS  # logits resized to the original size, softmax last
     assert tuple(cfg.MODEL.PIXEL_MEAN) == (123.675, 116.28, 103.53)
     assert cfg.DATASETS.TRAIN == (want["train"],)
     assert cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA == 0.75 and cfg.INPUT.COLOR_AUG_SSD

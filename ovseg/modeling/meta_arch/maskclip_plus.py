@@ -153,7 +153,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
             size_divisibility (int): training batches are padded (normalised, with 0) to a
                 multiple of this and of the backbone's; test inputs to the backbone's only.
             kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
-                slide_window, slide_stride).
+                slide_window, slide_stride; sem_seg_scores "logits": :meth:`predict` gives them).
         """
         check_settings(pseudo_label_source, pseudo_label_classes, pseudo_label_pixels,
                        loss_normalization, teacher_input_normalization)  # fmt: skip
@@ -235,12 +235,14 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
     def predict(self, images: Tensor, text: Tensor) -> Tensor:
-        """(b, K, h, w) softmax probabilities of normalised (b, 3, h, w) images."""
+        """(b, K, h, w) softmax probabilities (or the logits, per ``sem_seg_scores``) of
+        normalised (b, 3, h, w) images."""
         h, w = images.shape[-2:]
         m = self.size_divisibility
         padded = F.pad(images, (0, -w % m, 0, -h % m))
         logits = self.logits(self.pixel_embeddings(padded), text, tuple(padded.shape[-2:]))
-        return logits[:, :, :h, :w].float().softmax(dim=1)
+        logits = logits[:, :, :h, :w].float()
+        return logits if self.sem_seg_scores == "logits" else logits.softmax(dim=1)
 
     # ------------------------------------------------------------------ targets
     def labelled_classes(self, names: Sequence[str]) -> Tuple[List[int], List[int]]:

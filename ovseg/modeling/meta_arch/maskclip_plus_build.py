@@ -209,4 +209,5 @@ def maskclip_plus_config(cfg) -> Dict[str, Any]:
         "learnable_logit_scale": ovseg.LEARNABLE_LOGIT_SCALE,
         "background_class": background,
         "distill_weight": mc.DISTILL_WEIGHT,
+        "sem_seg_scores": "logits" if mc.UPSAMPLE_LOGITS else "probabilities",
     }
