@@ -45,6 +45,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.events import EventStorage
 
 from ovseg import add_ovseg_config
+from ovseg.clip.prompt_names import get_prompt_names
 from ovseg.convert.xpm import OFFICIAL_PIXEL_MEAN, OFFICIAL_PIXEL_STD
 from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.datasets import toy_world
@@ -819,6 +820,11 @@ def test_freeseg_leaves_train_on_the_seen_names_only():
     for path in leaves:
         vocab = training_vocabulary(_merged(path))
         assert len(vocab.names) == seen[_dataset(path)] and not vocab.unseen, _rel(path)
+    # VOC's prompts take the official names (register_voc_seg.py:8-29)
+    official = {"diningtable", "pottedplant", "tvmonitor"}
+    for path in sorted(CONFIGS.glob("voc/freeseg/*.yaml")):
+        names = _merged(path).MODEL.CLIP.PROMPT_NAMES
+        assert set(get_prompt_names(names).values()) == official, _rel(path)
 
 
 def test_freeseg_coco_semantic_row_is_the_all_task_model_on_coco_stuff():

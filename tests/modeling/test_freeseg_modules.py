@@ -55,6 +55,25 @@ def test_prompt_sequence_is_the_official_order(teacher):
     assert int(eot[0]) == sot_at + 16 + 3  # SOT, 16 context tokens, "cat", ".", EOT
 
 
+def test_prompt_names_choose_the_nouns_prompted(teacher):
+    """MODEL.CLIP.PROMPT_NAMES reaches the prompts: the VOC leaves prompt the official
+    "tvmonitor" for ovseg's "tv monitor", the same features as prompting "tvmonitor" itself;
+    names the map lacks are prompted as they are, with gradients as without a map."""
+    plain = AdaptivePromptLearner(teacher)
+    mapped = AdaptivePromptLearner(teacher, prompt_names={"tv monitor": "tvmonitor"})
+    mapped.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        want = plain(["tvmonitor", "sheep"], SEM)
+        got = mapped(["tv monitor", "sheep"], SEM)
+        spaced = plain(["tv monitor"], SEM)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.allclose(spaced[0], want[0], atol=1e-4)
+    mapped(["tv monitor"], SEM).sum().backward()
+    assert mapped.class_context.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="Prompt names collide"):
+        mapped(["tv monitor", "tvmonitor"], SEM)
+
+
 def test_gradients_reach_only_the_prompt_tokens(teacher):
     prompt = AdaptivePromptLearner(teacher)
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}

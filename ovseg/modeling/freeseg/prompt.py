@@ -30,13 +30,14 @@ fixes its features for every task; ``cache_by_task`` (default) keys it by (task,
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...clip import CLIPTeacher
+from ...clip.prompt_names import apply_prompt_names
 from ...utils.safe_load import torch_load_weights
 
 __all__ = ["AdaptivePromptLearner", "DEFAULT_TASK_NAMES", "load_prompt_tokens"]
@@ -63,6 +64,7 @@ class AdaptivePromptLearner(nn.Module):
         num_class_tokens: int = 16,
         num_task_tokens: int = 8,
         cache_by_task: bool = True,
+        prompt_names: Optional[Mapping[str, str]] = None,
     ):
         """
         Args:
@@ -72,6 +74,8 @@ class AdaptivePromptLearner(nn.Module):
             num_task_tokens (int): learnable task tokens (official TASK_PROMPT_SHAPE); 0 = none.
             cache_by_task (bool): key the frozen-prompt feature cache by (task, noun); False
                 keys it by noun alone (the official behaviour).
+            prompt_names: display name -> the noun prompted for it (MODEL.CLIP.PROMPT_NAMES,
+                :mod:`ovseg.clip.prompt_names`); names it lacks are prompted as they are.
         """
         super().__init__()
         model = teacher.model
@@ -91,6 +95,7 @@ class AdaptivePromptLearner(nn.Module):
         self._teacher: List[CLIPTeacher] = [teacher]
         self.task_names: Tuple[str, ...] = tuple(task_names)
         self.cache_by_task = bool(cache_by_task)
+        self.prompt_names = dict(prompt_names or {})
         width = model.token_embedding.weight.shape[1]
         self.class_context = nn.Parameter(torch.empty(num_class_tokens, width))
         nn.init.normal_(self.class_context, std=0.02)
@@ -214,6 +219,7 @@ class AdaptivePromptLearner(nn.Module):
         if isinstance(names, str) or not names:
             raise ValueError(f"names must be a non-empty list of class names, got {names!r}")
         self._check_task(task)
+        names = apply_prompt_names(names, self.prompt_names)
         if self.trainable and torch.is_grad_enabled():  # back-propagated: never cached
             return self.encode(*self.sequences(names, task))
         # in-place updates (optimiser steps, loading) bump a tensor's version: a cache made

@@ -37,6 +37,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 
 from ...clip import CLIPTeacher, build_clip_teacher
+from ...clip.prompt_names import get_prompt_names
 from ...vocab import normalize_name
 from ..backbone import build_backbone
 from ..freeseg import (
@@ -208,6 +209,7 @@ class FreeSeg(OpenVocabSegmentor):
             num_class_tokens=fs.NUM_CLASS_PROMPT_TOKENS,
             num_task_tokens=fs.NUM_TASK_PROMPT_TOKENS,
             cache_by_task=fs.PROMPT_CACHE_BY_TASK,
+            prompt_names=get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
         )
         if fs.PROMPT_CHECKPOINT:
             load_prompt_tokens(prompt, fs.PROMPT_CHECKPOINT)

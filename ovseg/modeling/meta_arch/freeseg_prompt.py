@@ -111,6 +111,7 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
                 num_class_tokens=fs.NUM_CLASS_PROMPT_TOKENS,
                 num_task_tokens=fs.NUM_TASK_PROMPT_TOKENS,
                 cache_by_task=fs.PROMPT_CACHE_BY_TASK,
+                prompt_names=args["prompt_names"],
             ),
             "temperature": fs.TEMPERATURE,
             "one_task_per_batch": fs.PROMPT_ONE_TASK_PER_BATCH,
