@@ -86,8 +86,8 @@ def _close_keys(cfg: CfgNode, key: str) -> str:
     walk(cfg, "")
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     if close:
-        return f"did you mean {' or '.join(close)}? (ovseg's keys are in ovseg/config.py)"
-    return "check its spelling against ovseg/config.py and detectron2's defaults"
+        return f"did you mean {' or '.join(close)}? (ovseg's keys are in ovseg/config*.py)"
+    return "check its spelling against ovseg/config*.py and detectron2's defaults"
 
 
 def _custom_as_list(opts: list[str]) -> list[str]:
