@@ -51,7 +51,8 @@ from ovseg.data.dataset_mappers import build_dataset_mapper
 from ovseg.data.datasets import toy_world
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
-from ovseg.modeling.freeseg.tasks import ensemble_seen_classes, test_tasks_for, train_tasks_for
+from ovseg.modeling.freeseg import tasks as freeseg_tasks
+from ovseg.modeling.freeseg.tasks import ensemble_seen_classes, train_tasks_for
 from ovseg.modeling.meta_arch.maskclip_plus_build import scored_names
 from ovseg.pseudo import expected_teacher
 from ovseg.vocab import training_vocabulary
@@ -835,8 +836,9 @@ def test_freeseg_coco_semantic_row_is_the_all_task_model_on_coco_stuff():
     source = _merged(CONFIGS / "coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml")
     assert cfg.MODEL.WEIGHTS == os.path.join(source.OUTPUT_DIR, "model_final.pth")
     assert cfg.OUTPUT_DIR != source.OUTPUT_DIR
-    assert test_tasks_for(source) == ("semantic", "instance", "panoptic")
-    assert test_tasks_for(cfg) == ("semantic",)
+    # (the module's test_tasks_for, not imported by name: pytest would collect it)
+    assert freeseg_tasks.test_tasks_for(source) == ("semantic", "instance", "panoptic")
+    assert freeseg_tasks.test_tasks_for(cfg) == ("semantic",)
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
     assert (len(meta.stuff_classes), len(meta.unseen_classes)) == (171, 15)
     # the test-time ensemble weights the 156 seen names as seen, the 15 unseen as unseen
