@@ -17,6 +17,10 @@ def add_xpm_config(cfg: CN) -> None:
     # the official matching; REGION_EMBEDDING "crop" / "pool" paste every one's mask at image
     # size, hence the cap; "teacher" computes the matched proposals' masks only)
     cfg.MODEL.XPM.PROPOSE_TOPK = 100
+    # REGION_EMBEDDING "teacher": a pseudo mask is the mask head's at the pseudo box refined
+    # once more by the box head, pasted at the pseudo box, as the official mask pass runs the
+    # box head again on the pseudo boxes (False: at the pseudo box itself)
+    cfg.MODEL.XPM.PSEUDO_MASK_REFINE = False
     # the teacher checkpoint the student starts from ("" = random init, for tests only)
     cfg.MODEL.XPM.TEACHER_WEIGHTS = ""
     # iteration at which the student's noise head stops learning; < 0 never (official

@@ -239,6 +239,8 @@ PROPOSAL_SETTINGS = {
     "rpn_box_reg_weights": ("MODEL.RPN.BBOX_REG_WEIGHTS", [1.0, 1.0, 1.0, 1.0]),
     "rpn_min_size": ("MODEL.PROPOSAL_GENERATOR.MIN_SIZE", 0),
     "box_reg_weights": ("MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", [10.0, 10.0, 5.0, 5.0]),
+    # where the mask head looks for a pseudo mask (the proposals' masks, not the proposals)
+    "pseudo_mask_refine": ("MODEL.XPM.PSEUDO_MASK_REFINE", False),
 }
 
 

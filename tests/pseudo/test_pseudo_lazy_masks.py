@@ -15,6 +15,7 @@ from ovseg_testing.xpm import XPM_TRAIN, captioned_labelling_opts, registered_ca
 
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
+from detectron2.structures import Instances
 
 from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_instances import build_instance_labeller, instance_labeller_manifest
@@ -101,6 +102,55 @@ def test_teacher_labels_with_lazy_masks_equal_the_full_path(cache, legacy):
     torch.testing.assert_close(
         lazy.pred_masks[index].probabilities(), full.pred_masks[index], rtol=0, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("legacy", ["False", "True"])
+def test_refined_pseudo_masks_come_from_the_box_refined_once_more(cache, legacy):
+    """MODEL.XPM.PSEUDO_MASK_REFINE: the official mask pass runs the box head again on the
+    pseudo boxes (st_generalized_rcnn.py:266, roi_heads.py:45, :64), so the mask head pools at
+    the box refined twice; the mask is pasted at the pseudo box (:269)."""
+    torch.manual_seed(0)
+    cfg = tiny_xpm_cfg(cache, "XPMTeacher", "MODEL.XPM.LEGACY_BOXES", legacy)
+    model = build_model(cfg).eval()
+    torch.manual_seed(0)
+    opts = ("MODEL.XPM.PSEUDO_MASK_REFINE", "True", "MODEL.XPM.REGION_EMBEDDING", "teacher")
+    refined = build_model(
+        tiny_xpm_cfg(cache, "XPMTeacher", "MODEL.XPM.LEGACY_BOXES", legacy, *opts)
+    ).eval()
+    assert refined.pseudo_mask_refine and not model.pseudo_mask_refine
+    refined.load_state_dict(model.state_dict())
+    inputs = [{"image": xpm_batch(1)[0]["image"], "height": 96, "width": 80}]
+    with torch.no_grad():
+        (plain,) = model.propose(inputs, topk=20, masks=False)
+        (lazy,) = refined.propose(inputs, topk=20, masks=False)
+        assert torch.equal(plain.pred_boxes.tensor, lazy.pred_boxes.tensor)
+        rows = torch.tensor([3, 0, 4])
+        # by hand: the network-size pseudo boxes, refined once more, the mask head there,
+        # pasted at the pseudo boxes
+        images = model.images(inputs)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features)
+        kept = proposals[0][proposals[0].objectness_logits.argsort(descending=True)[:20]]
+        boxes, _ = model.roi_heads.refine(features, [kept])
+        chosen = boxes[0][rows]
+        again = Instances(kept.image_size, proposal_boxes=chosen)
+        twice, _ = model.roi_heads.refine(features, [again])
+        assert not torch.allclose(twice[0].tensor, chosen.tensor)
+        probs = model.roi_heads.mask_probabilities(features, twice)[0]
+        det = Instances(kept.image_size, pred_boxes=chosen)
+        want = model.paste(det, probs, 96, 80)[1]
+        torch.testing.assert_close(lazy.pred_masks[rows].probabilities(), want, rtol=0, atol=1e-6)
+        # the mask head saw other RoIs than without the key (the pasted masks may still
+        # agree: the legacy paste thresholds them)
+        at_pseudo = model.roi_heads.mask_probabilities(features, [chosen])[0]
+        assert not torch.allclose(probs, at_pseudo, atol=1e-4)
+
+
+def test_refined_pseudo_masks_need_the_teachers_region_embedding(cache):
+    cfg = tiny_xpm_cfg(cache, "XPMTeacher", "MODEL.XPM.PSEUDO_MASK_REFINE", "True",
+                       "MODEL.XPM.REGION_EMBEDDING", "crop")  # fmt: skip
+    with pytest.raises(ValueError, match="PSEUDO_MASK_REFINE.*REGION_EMBEDDING 'teacher'"):
+        build_model(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,14 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_proposal_generator
-from detectron2.modeling.roi_heads import Res5ROIHeads
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 
-from ...clip import CLIPTeacher, build_clip_teacher, get_templates
+from ...clip import build_clip_teacher, get_templates
 from ...pseudo.lazy_masks import LazyMasks
 from ..text_classifier import TextClassifier
-from ..xpm.bert import BertClassEmbeddings, bert_width
+from ..xpm.bert import BertClassEmbeddings
 from ..xpm.legacy import paste_masks_legacy, to_exclusive, to_inclusive
-from ..xpm.legacy_rpn import LegacyRPN
 from ..xpm.outputs import (
     class_subset,
     paste_probabilities,
@@ -44,88 +41,16 @@ from ..xpm.outputs import (
 )
 from ..xpm.roi_heads import XPMROIHeads
 from .base import OpenVocabSegmentor, group_inputs
+from .xpm_build import (
+    build_xpm_parts,
+    check_pseudo_mask_refine,
+    class_embedding,
+    stuff_only_names,
+)
 
-__all__ = ["XPMTeacher", "build_xpm_parts", "stuff_only_names"]
+__all__ = ["XPMTeacher"]
 
 logger = logging.getLogger(__name__)
-
-
-def stuff_only_names(dataset_names: Sequence[str]) -> Tuple[str, ...]:
-    """Classes of the datasets that are not things (an instance head never detects them);
-    none for datasets whose metadata has no ``thing_classes``."""
-    out: List[str] = []
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        things = meta.get("thing_classes", None)
-        if things is None:
-            continue
-        out += [n for n in meta.get("stuff_classes", []) or [] if n not in set(things)]
-    return tuple(dict.fromkeys(out))
-
-
-def class_embedding(cfg) -> str:
-    """MODEL.XPM.CLASS_EMBEDDING, checked: "clip" or "bert"."""
-    kind = cfg.MODEL.XPM.CLASS_EMBEDDING
-    if kind not in ("clip", "bert"):
-        raise ValueError(
-            f"MODEL.XPM.CLASS_EMBEDDING={kind!r} is not 'clip' (CLIP text, tau * cos) or "
-            "'bert' (the official checkpoints' BERT word embeddings, raw dot product)"
-        )
-    return kind
-
-
-def build_xpm_parts(cfg, teacher: Optional[CLIPTeacher], noise_head: bool) -> Dict[str, nn.Module]:
-    """The detector of ``cfg``: backbone, RPN and XPM RoI heads (text width of ``teacher``,
-    or of MODEL.XPM.BERT_NAME with the official BERT class embeddings; no teacher then)."""
-    bert = class_embedding(cfg) == "bert"
-    legacy = bool(cfg.MODEL.XPM.LEGACY_BOXES)
-    backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
-    shapes = backbone.output_shape()
-    (in_feature,) = cfg.MODEL.ROI_HEADS.IN_FEATURES
-    res5, res5_channels = Res5ROIHeads._build_res5_block(cfg)
-    heads = cfg.MODEL.ROI_HEADS
-    box = cfg.MODEL.ROI_BOX_HEAD
-    roi_heads = XPMROIHeads(
-        in_feature=in_feature,
-        feature_stride=shapes[in_feature].stride,
-        res5=res5,
-        res5_channels=res5_channels,
-        embed_dim=bert_width(cfg.MODEL.XPM.BERT_NAME) if bert else teacher.embed_dim,
-        pooler_resolution=box.POOLER_RESOLUTION,
-        pooler_type=box.POOLER_TYPE,
-        batch_size_per_image=heads.BATCH_SIZE_PER_IMAGE,
-        positive_fraction=heads.POSITIVE_FRACTION,
-        iou_threshold=heads.IOU_THRESHOLDS[0],
-        bbox_reg_weights=box.BBOX_REG_WEIGHTS,
-        smooth_l1_beta=box.SMOOTH_L1_BETA,
-        background_weight=cfg.MODEL.XPM.BACKGROUND_WEIGHT,
-        mask_conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
-        noise_head=noise_head,
-        score_thresh=heads.SCORE_THRESH_TEST,
-        nms_thresh=heads.NMS_THRESH_TEST,
-        detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-        roi_align_max_pixels=cfg.MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS,
-        dot_product=bert,
-        legacy_boxes=legacy,
-    )
-    return {
-        "backbone": backbone,
-        "proposal_generator": legacy_rpn(cfg, shapes)
-        if legacy
-        else build_proposal_generator(cfg, shapes),
-        "roi_heads": roi_heads,
-    }
-
-
-def legacy_rpn(cfg, shapes) -> LegacyRPN:
-    """The RPN of MODEL.XPM.LEGACY_BOXES: detectron2's, computing as maskrcnn_benchmark's."""
-    name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
-    if name != "RPN":
-        raise ValueError(
-            f"MODEL.XPM.LEGACY_BOXES replaces detectron2's RPN; MODEL.PROPOSAL_GENERATOR.NAME "
-            f"is {name!r} (set RPN, or LEGACY_BOXES False)"
-        )
-    return LegacyRPN(cfg, shapes)
 
 
 @META_ARCH_REGISTRY.register()
@@ -162,6 +87,7 @@ class XPMTeacher(OpenVocabSegmentor):
         bert_name: str = "",
         legacy_boxes: bool = False,
         freeze_projection: bool = False,
+        pseudo_mask_refine: bool = False,
         **kwargs,
     ):
         """
@@ -181,6 +107,8 @@ class XPMTeacher(OpenVocabSegmentor):
                 COCO results' ``x2 - x1 + 1`` widths (``coco_eval.py:82-83``).
             freeze_projection (bool): the box predictor's projection gets no gradient (the
                 official FREEZE_EMB_PRED: OVR-CNN's pretrained projection kept fixed).
+            pseudo_mask_refine (bool): :meth:`lazy_masks` runs the mask head at its boxes
+                refined once more (the official mask pass), pasting at the boxes themselves.
             kwargs: :class:`OpenVocabSegmentor`'s (teacher, pixel_mean, pixel_std, ...); the
                 teacher is None with BERT classes (no CLIP is read), required with CLIP's.
         """
@@ -204,6 +132,7 @@ class XPMTeacher(OpenVocabSegmentor):
         self.propose_topk = int(propose_topk)
         self.bert = BertClassEmbeddings(bert_name) if bert_name else None
         self.legacy_boxes = bool(legacy_boxes)
+        self.pseudo_mask_refine = bool(pseudo_mask_refine)
         if freeze_projection:
             self.roi_heads.box_predictor.projection.requires_grad_(False)
 
@@ -229,6 +158,7 @@ class XPMTeacher(OpenVocabSegmentor):
             "bert_name": cfg.MODEL.XPM.BERT_NAME if class_embedding(cfg) == "bert" else "",
             "legacy_boxes": cfg.MODEL.XPM.LEGACY_BOXES,
             "freeze_projection": cfg.MODEL.XPM.FREEZE_PROJECTION,
+            "pseudo_mask_refine": check_pseudo_mask_refine(cfg),
         }
 
     # ------------------------------------------------------------------ shared pieces
@@ -427,13 +357,19 @@ class XPMTeacher(OpenVocabSegmentor):
     ) -> LazyMasks:
         """Image ``i``'s mask probabilities pasted at ``size`` (its input is ``image_size``),
         for the rows asked for: the mask head (of ``roi_heads``, default the model's) at those
-        of its refined ``boxes`` alone (the other images' none), pasted as :meth:`propose`
-        pastes every one."""
+        of its refined ``boxes`` alone (the other images' none; with ``pseudo_mask_refine``
+        at those boxes refined once more, as the official mask pass,
+        ``st_generalized_rcnn.py:266`` through ``roi_heads.py:45, :64``), pasted at the boxes
+        as :meth:`propose` pastes every one (``st_generalized_rcnn.py:269``)."""
         heads = self.roi_heads if roi_heads is None else roi_heads
 
         def compute(rows: Tensor) -> Tensor:
             chosen = [b[rows] if j == i else b[:0] for j, b in enumerate(boxes)]
-            probs = heads.mask_probabilities(features, chosen)[i]
+            at = chosen
+            if self.pseudo_mask_refine:
+                again = [Instances(image_size, proposal_boxes=b) for b in chosen]
+                at = heads.refine(features, again)[0]
+            probs = heads.mask_probabilities(features, at)[i]
             det = Instances(image_size, pred_boxes=chosen[i])
             return self.paste(det, probs, *size)[1]
 
