@@ -7,7 +7,7 @@ ratios of:
   pseudo-label store (synthetic batches, the same config but PSEUDO_LABEL_SOURCE);
 - the CLIP teacher's dense embeddings against a plain ``encode_image`` of the same batch
   (:func:`ovseg.benchmark.benchmark_teacher`);
-- a config's training mapper against the mapper as first written (per-pixel steps) on the
+- a config's training mapper against its per-pixel reference (the steps on every pixel) on the
   same synthetic files (:func:`ovseg.benchmark.mapper.mapper_ratio`);
 - ovseg's evaluator update (``OpenVocabSemSegEvaluator.process``: argmax of the scores, ignore and
   range checks, the confusion matrix) against a bare ``np.bincount`` of the same arrays.

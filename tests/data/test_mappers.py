@@ -396,8 +396,16 @@ def test_photometric_transform():
     assert np.array_equal(PhotometricDistortTransform().apply_image(image), image)
     brighter = PhotometricDistortTransform(brightness=10).apply_image(image)
     assert np.array_equal(brighter, np.minimum(image.astype(int) + 10, 255))
+    # the official convert truncates: v + 10.7 -> v + 10, 0.5 v -> floor(v / 2)
+    assert np.array_equal(PhotometricDistortTransform(brightness=10.7).apply_image(image), brighter)
     halved = PhotometricDistortTransform(contrast=0.5).apply_image(image)
-    assert np.array_equal(halved, np.round(image * 0.5).astype(np.uint8))
+    assert np.array_equal(halved, image // 2)
+    darker = PhotometricDistortTransform(brightness=-0.5).apply_image(image)
+    assert np.array_equal(darker, np.maximum(image.astype(int) - 1, 0))
+    # a drawn hue shift of 0 still goes to HSV and back (not the identity in uint8)
+    assert not np.array_equal(PhotometricDistortTransform(hue=0).apply_image(image), image)
+    with pytest.raises(ValueError, match="whole number"):
+        PhotometricDistortTransform(hue=2.5)
     grey = PhotometricDistortTransform(saturation=0.0).apply_image(image)
     assert np.all(grey.max(axis=2) - grey.min(axis=2) <= 1)  # no saturation left
     tfm = PhotometricDistortTransform(brightness=5, contrast=1.2, saturation=1.3, hue=9)
