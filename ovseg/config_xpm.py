@@ -21,6 +21,10 @@ def add_xpm_config(cfg: CN) -> None:
     # once more by the box head, pasted at the pseudo box, as the official mask pass runs the
     # box head again on the pseudo boxes (False: at the pseudo box itself)
     cfg.MODEL.XPM.PSEUDO_MASK_REFINE = False
+    # init of the class-agnostic mask logit predictor: > 0 draws its weights from N(0, std)
+    # (official 1.0: kaiming fan-out of its two-output predictor); 0 kaiming fan-out of the
+    # one output here (std sqrt(2))
+    cfg.MODEL.XPM.MASK_PREDICTOR_STD = 0.0
     # the teacher checkpoint the student starts from ("" = random init, for tests only)
     cfg.MODEL.XPM.TEACHER_WEIGHTS = ""
     # iteration at which the student's noise head stops learning; < 0 never (official

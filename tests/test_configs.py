@@ -462,6 +462,7 @@ def _xpm_paper_recipe(path: Path, cfg) -> None:
         assert cfg.MODEL.CLIP.PRETRAINED == ""
         return
     assert xpm.FREEZE_PROJECTION  # FREEZE_EMB_PRED True
+    assert xpm.MASK_PREDICTOR_STD == 1.0  # the mask head starts as the release's
     commands = header_commands(path)
     (convert,) = [c for c in commands if c[1] == "tools/convert_checkpoint.py"]
     (train,) = [c for c in commands if c[1] == "train_net.py"]

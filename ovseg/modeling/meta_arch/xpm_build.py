@@ -77,6 +77,7 @@ def build_xpm_parts(cfg, teacher: Optional[CLIPTeacher], noise_head: bool) -> Di
         smooth_l1_beta=box.SMOOTH_L1_BETA,
         background_weight=cfg.MODEL.XPM.BACKGROUND_WEIGHT,
         mask_conv_dim=cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+        mask_predictor_std=cfg.MODEL.XPM.MASK_PREDICTOR_STD,
         noise_head=noise_head,
         score_thresh=heads.SCORE_THRESH_TEST,
         nms_thresh=heads.NMS_THRESH_TEST,

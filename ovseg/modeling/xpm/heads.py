@@ -127,12 +127,22 @@ class EmbeddingBoxPredictor(nn.Module):
 class AgnosticMaskHead(nn.Module):
     """One class-agnostic mask logit map per RoI, and optionally its noise scale sigma."""
 
-    def __init__(self, in_channels: int, conv_dim: int = 256, *, noise_head: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        conv_dim: int = 256,
+        *,
+        noise_head: bool = False,
+        predictor_std: float = 0.0,
+    ):
         """
         Args:
             in_channels (int): channels of the res5 RoI features.
             conv_dim (int): channels of the deconvolution (XPM: 256).
             noise_head (bool): add the student's :class:`MaskNoiseHead`.
+            predictor_std (float): > 0: the logit predictor's weights are drawn from
+                N(0, std) (the release's kaiming fan-out init of its two-output predictor is
+                std 1); 0: kaiming fan-out of this one output (std sqrt(2)).
         """
         super().__init__()
         self.deconv = nn.ConvTranspose2d(in_channels, conv_dim, kernel_size=2, stride=2)
@@ -140,6 +150,8 @@ class AgnosticMaskHead(nn.Module):
         for layer in (self.deconv, self.predictor):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.constant_(layer.bias, 0.0)
+        if predictor_std > 0:
+            nn.init.normal_(self.predictor.weight, std=float(predictor_std))
         self.noise = MaskNoiseHead(conv_dim) if noise_head else None
 
     def forward(

@@ -87,6 +87,7 @@ class XPMROIHeads(nn.Module):
         smooth_l1_beta: float = 1.0,
         background_weight: float = 0.2,
         mask_conv_dim: int = 256,
+        mask_predictor_std: float = 0.0,
         noise_head: bool = False,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
@@ -108,6 +109,8 @@ class XPMROIHeads(nn.Module):
             smooth_l1_beta (float): beta of the box loss (XPM: 1).
             background_weight (float): background weight of the classification CE.
             mask_conv_dim (int): deconvolution channels of the mask head.
+            mask_predictor_std (float): its logit predictor's init (:class:`.heads.
+                AgnosticMaskHead`'s ``predictor_std``).
             noise_head (bool): give the mask head the student's noise head.
             score_thresh, nms_thresh, detections_per_image: test-time detection.
             roi_align_max_pixels (int): RoIAlign runs as a matrix product on CPU feature
@@ -129,7 +132,9 @@ class XPMROIHeads(nn.Module):
         # res5 halves the pooled RoIs and the mask head's deconvolution doubles them back
         self.mask_resolution = int(pooler_resolution)
         self.box_predictor = EmbeddingBoxPredictor(res5_channels, embed_dim)
-        self.mask_head = AgnosticMaskHead(res5_channels, mask_conv_dim, noise_head=noise_head)
+        self.mask_head = AgnosticMaskHead(
+            res5_channels, mask_conv_dim, noise_head=noise_head, predictor_std=mask_predictor_std
+        )
         self.matcher = Matcher([iou_threshold], [0, 1], allow_low_quality_matches=False)
         weights = tuple(bbox_reg_weights)
         self.box2box = (

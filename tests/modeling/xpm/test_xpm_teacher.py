@@ -13,7 +13,11 @@ from ovseg_testing import tiny_xpm_cfg, xpm_batch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ovseg.modeling.xpm.heads import embedding_logits, weighted_classification_loss
+from ovseg.modeling.xpm.heads import (
+    AgnosticMaskHead,
+    embedding_logits,
+    weighted_classification_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,6 +53,20 @@ def test_background_is_weighted_and_the_sum_divided_by_the_rois():
     got = weighted_classification_loss(logits, labels, 0.2)
     assert float(got) == pytest.approx(want, rel=1e-6)
     assert float(weighted_classification_loss(logits[:0], labels[:0], 0.2)) == 0.0
+
+
+def test_mask_predictor_init_as_the_releases_two_output_predictor():
+    """MODEL.XPM.MASK_PREDICTOR_STD: the release's class-agnostic predictor has two outputs
+    (channel 1 used), kaiming fan-out: std sqrt(2 / 2) = 1; one output's kaiming is sqrt(2)."""
+    torch.manual_seed(0)
+    default = AgnosticMaskHead(64, 256).predictor
+    official = AgnosticMaskHead(64, 256, predictor_std=1.0).predictor
+    assert float(default.weight.std()) == pytest.approx(math.sqrt(2), rel=0.1)
+    assert float(official.weight.std()) == pytest.approx(1.0, rel=0.1)
+    assert torch.count_nonzero(official.bias) == 0
+    release = torch.nn.Conv2d(256, 2, 1)
+    torch.nn.init.kaiming_normal_(release.weight, mode="fan_out", nonlinearity="relu")
+    assert float(release.weight[1].std()) == pytest.approx(1.0, rel=0.1)
 
 
 def test_boxes_and_masks_are_class_agnostic(cache):
