@@ -222,6 +222,9 @@ def add_lseg_config(cfg: CN) -> None:
     cfg.MODEL.LSEG.SPATIAL_REG_ACTIVATION = "lrelu"
     # the pixel-text products in float16, as the official lseg_net.py:194 (False: float32)
     cfg.MODEL.LSEG.HALF_LOGITS = False
+    # the cross-entropy's mean: over every labelled pixel of the batch ("pixels") or each
+    # image's own mean, then the mean over the images ("images": one image per GPU officially)
+    cfg.MODEL.LSEG.LOSS_NORMALIZATION = "pixels"
     # ViT feature backbones (build_clip_vit_backbone, build_timm_vit_backbone)
     cfg.MODEL.VIT_BACKBONE = CN()
     # 0-based blocks whose tokens become the res2..res5 maps; [] = four evenly spaced

@@ -193,6 +193,8 @@ def _lseg_recipe(path: Path, cfg) -> None:
         assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(lr)
         assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone"
         assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-32" and not cfg.TEST.AUG.ENABLED
+        # the official CE over the whole episode batch, nothing ignored: the pooled mean
+        assert cfg.MODEL.LSEG.LOSS_NORMALIZATION == "pixels"
         return
     assert cfg.SOLVER.POLY_FORMULA == "ovseg"
     if path.stem == "lseg_vitl16_303k_bs16":  # the released run: a poly step per epoch, 240
@@ -202,6 +204,8 @@ def _lseg_recipe(path: Path, cfg) -> None:
         assert list(cfg.INPUT.RESIZE_IMG_SCALE) == [520, 520]
         assert list(cfg.INPUT.RESIZE_RATIO_RANGE) == [0.5, 2.0]
         assert tuple(cfg.INPUT.CROP.SIZE) == (480, 480) and cfg.INPUT.SIZE_DIVISIBILITY == 480
+        # one image per GPU: each image's mean loss, then the mean over the images
+        assert cfg.MODEL.LSEG.LOSS_NORMALIZATION == "images"
     else:  # no official epoch (ovseg's splits, variants): the poly steps per iteration
         assert cfg.SOLVER.POLY_STEP_ITERS == 0
     if path.stem.endswith(VARIANT):  # ovseg's: backbone 0.004, decoder 10x, one test scale

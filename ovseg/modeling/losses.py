@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_entropy_sum", "mask_losses", "sigmoid_focal_terms"]
+__all__ = [
+    "cross_entropy_per_image",
+    "cross_entropy_sum",
+    "mask_losses",
+    "per_image_mean",
+    "sigmoid_focal_terms",
+]
 
 
 def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tuple[Tensor, Tensor]:
@@ -31,6 +37,27 @@ def cross_entropy_sum(logits: Tensor, target: Tensor, ignore_value: int) -> Tupl
     """
     loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_value, reduction="sum")
     return loss, (target != ignore_value).sum()
+
+
+def cross_entropy_per_image(
+    logits: Tensor, target: Tensor, ignore_value: int
+) -> Tuple[Tensor, Tensor]:
+    """:func:`cross_entropy_sum` of each image: (B,) sums and (B,) labelled-pixel counts."""
+    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_value, reduction="none")
+    return loss.flatten(1).sum(dim=1), (target != ignore_value).flatten(1).sum(dim=1)
+
+
+def per_image_mean(sums: Tensor, counts: Tensor) -> Tensor:
+    """The mean over images of each image's mean: ``sums[i] / counts[i]`` averaged over the
+    images with a labelled pixel (each image weighs the same, however many of its pixels are
+    labelled); 0 (reaching every term) when none has.
+
+    Args:
+        sums (Tensor): (B,) per-image loss sums; counts (Tensor): (B,) their pixel counts.
+    """
+    labelled = counts > 0
+    means = sums / counts.clamp(min=1)
+    return (means * labelled).sum() / labelled.sum().clamp(min=1)
 
 
 def sigmoid_focal_terms(

@@ -190,6 +190,37 @@ def test_loss_is_cross_entropy_of_scaled_cosines(model):
     assert loss.item() == pytest.approx(want.item(), rel=1e-4)
 
 
+def test_per_image_loss_weighs_every_image_the_same(cache):
+    """LOSS_NORMALIZATION "images": each image's mean over its labelled pixels, then the mean
+    over the images (the official ADE20K run's one image per GPU); "pixels" pools the batch's
+    labelled pixels, so a mostly ignored (padded) crop weighs less."""
+    pooled = tiny_lseg(cache).train()
+    per_image = tiny_lseg(cache, loss_normalization="images").train()
+    for model in (pooled, per_image):
+        for m in model.modules():  # the same net for every computation
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+    batch = two_region_batch(n=2)
+    batch[1]["sem_seg"][:, :24] = 255  # the second crop mostly padding
+    singles = []
+    for inp in batch:
+        singles.append(pooled([inp])["loss_sem_seg"])
+    counts = [int((inp["sem_seg"] != 255).sum()) for inp in batch]
+    want_images = sum(singles) / 2
+    want_pixels = sum(s * n for s, n in zip(singles, counts)) / sum(counts)
+    assert per_image(batch)["loss_sem_seg"].item() == pytest.approx(want_images.item(), rel=1e-4)
+    assert pooled(batch)["loss_sem_seg"].item() == pytest.approx(want_pixels.item(), rel=1e-4)
+    assert abs(want_images.item() - want_pixels.item()) > 1e-3
+    # an image without a labelled pixel is left out of the mean; none at all gives 0
+    batch[1]["sem_seg"][:] = 255
+    assert per_image(batch)["loss_sem_seg"].item() == pytest.approx(singles[0].item(), rel=1e-4)
+    batch[0]["sem_seg"][:] = 255
+    loss = per_image(batch)["loss_sem_seg"]
+    assert loss.item() == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="LOSS_NORMALIZATION 'batch'"):
+        tiny_lseg(cache, loss_normalization="batch")
+
+
 def test_half_logits_are_the_official_fp16_products(cache):
     """HALF_LOGITS: (scale * features.half()) @ text.half() in float16, then float32, as
     lseg_net.py:194; close to the float32 products, not equal."""

@@ -23,11 +23,15 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
+from ...utils.choices import check_choice
 from ..backbone import build_backbone
 from ..heads import build_dense_head
-from ..losses import cross_entropy_sum
+from ..losses import cross_entropy_per_image, cross_entropy_sum, per_image_mean
 from ..text_classifier import TextClassifier
 from .base import OpenVocabSegmentor
+
+# how the cross-entropy is averaged (MODEL.LSEG.LOSS_NORMALIZATION)
+LOSS_NORMALIZATIONS = ("pixels", "images")
 
 __all__ = ["LSeg", "SPATIAL_REGULARIZATIONS", "SpatialRegularization"]
 
@@ -107,6 +111,7 @@ class LSeg(OpenVocabSegmentor):
         learnable_logit_scale: bool = False,
         spatial_reg: Optional[nn.Module] = None,
         half_logits: bool = False,
+        loss_normalization: str = "pixels",
         **kwargs,
     ):
         """
@@ -121,6 +126,8 @@ class LSeg(OpenVocabSegmentor):
             spatial_reg (nn.Module, optional): refinement of the (B, K, h, w) logits.
             half_logits (bool): the pixel-text products in float16, as the official
                 ``(logit_scale * image_features.half()) @ text.t()`` (``lseg_net.py:194``).
+            loss_normalization (str): the cross-entropy's mean over every labelled pixel of
+                the batch ("pixels") or over the images of each image's own ("images").
             kwargs: :class:`OpenVocabSegmentor`'s (vocabulary, ignore_value, inference_mode,
                 slide_window, slide_stride).
         """
@@ -144,6 +151,9 @@ class LSeg(OpenVocabSegmentor):
         )
         self.spatial_reg = spatial_reg
         self.half_logits = bool(half_logits)
+        self.loss_normalization = check_choice(
+            loss_normalization, LOSS_NORMALIZATIONS, "MODEL.LSEG.LOSS_NORMALIZATION"
+        )
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -171,6 +181,7 @@ class LSeg(OpenVocabSegmentor):
             "learnable_logit_scale": cfg.MODEL.OVSEG.LEARNABLE_LOGIT_SCALE,
             "spatial_reg": spatial_reg,
             "half_logits": lcfg.HALF_LOGITS,
+            "loss_normalization": lcfg.LOSS_NORMALIZATION,
         }
 
     @property
@@ -240,17 +251,22 @@ class LSeg(OpenVocabSegmentor):
 
     # ------------------------------------------------------------------ training
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
-        """{"loss_sem_seg"}: per-pixel softmax cross-entropy over each input's vocabulary."""
+        """{"loss_sem_seg"}: per-pixel softmax cross-entropy over each input's vocabulary,
+        averaged per ``loss_normalization``."""
         images, targets = self.training_batch(batched_inputs)
         size = tuple(images.tensor.shape[-2:])
         embeddings = self.pixel_embeddings(images.tensor)
-        total = embeddings.new_zeros(())
-        count = targets.new_zeros(())
+        per_image = self.loss_normalization == "images"
+        ce = cross_entropy_per_image if per_image else cross_entropy_sum
+        sums, counts = [], []
         for names, idx in self.vocabulary_groups(batched_inputs).items():
-            target = targets[idx]
             logits = self.logits(embeddings[idx], self.text_embeddings(names), size)
-            loss, n = cross_entropy_sum(logits, target, self.ignore_value)
-            total, count = total + loss, count + n
+            loss, n = ce(logits, targets[idx], self.ignore_value)
+            sums.append(loss.reshape(-1))
+            counts.append(n.reshape(-1))
+        sums, counts = torch.cat(sums), torch.cat(counts)
         # a batch whose pixels are all ignored gives a zero loss (not NaN) that still
         # reaches every parameter, as DDP needs
-        return {"loss_sem_seg": total / count.clamp(min=1)}
+        if per_image:
+            return {"loss_sem_seg": per_image_mean(sums, counts)}
+        return {"loss_sem_seg": sums.sum() / counts.sum().clamp(min=1)}
