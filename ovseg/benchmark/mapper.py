@@ -111,7 +111,7 @@ def reference_mapper(mapper):
             aug = _reference_crop(aug)
         elif isinstance(aug, ColorAugSSD):
             aug = _PerPixelColorAug(aug.img_format, aug.brightness_delta, aug.contrast_range,
-                                    aug.saturation_range, aug.hue_delta)  # fmt: skip
+                                    aug.saturation_range, aug.hue_delta, aug.hue_range)  # fmt: skip
         augs.append(aug)
     ref.augmentations = T.AugmentationList(augs)
     ref._remap = _indexed_remap

@@ -12,6 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ovseg import add_ovseg_config
 from ovseg.data.dataset_mappers import (
     MAPPER_REGISTRY,
+    ColorAugSSD,
     PhotometricDistortTransform,
     SemanticDatasetMapper,
     TeacherInputMapper,
@@ -412,3 +413,24 @@ def test_photometric_transform():
     assert np.array_equal(tfm.apply_segmentation(label), label)
     with pytest.raises(ValueError, match="uint8"):
         tfm.apply_image(image.astype(np.float32))
+
+
+@pytest.mark.parametrize("hue_range, high", [("detectron2", 18), ("mmseg", 17)])
+def test_hue_shift_range(hue_range, high):
+    # detectron2 draws the whole shift from [-18, 18], mmseg's numpy randint from [-18, 17]
+    aug = ColorAugSSD(hue_range=hue_range)
+    image = np.zeros((2, 2, 3), np.uint8)
+    np.random.seed(0)
+    hues = {aug.get_transform(image).hue for _ in range(3000)} - {None}
+    assert hues == set(range(-18, high + 1))
+
+
+def test_hue_range_from_config(toy_dataset):
+    cfg = _cfg(toy_dataset[0])
+    cfg.INPUT.COLOR_AUG_SSD = True
+    cfg.INPUT.COLOR_AUG_HUE_RANGE = "mmseg"
+    augs = build_dataset_mapper(cfg, is_train=True).augmentations.augs
+    assert [a.hue_range for a in augs if isinstance(a, ColorAugSSD)] == ["mmseg"]
+    cfg.INPUT.COLOR_AUG_HUE_RANGE = "numpy"
+    with pytest.raises(ValueError, match=r"COLOR_AUG_HUE_RANGE 'numpy'.*\[-18, 17\]"):
+        build_dataset_mapper(cfg, is_train=True)

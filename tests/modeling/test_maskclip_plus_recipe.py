@@ -426,6 +426,7 @@ def test_paper_config_is_the_official_run(path):
     assert tuple(cfg.MODEL.PIXEL_MEAN) == (123.675, 116.28, 103.53)
     assert cfg.DATASETS.TRAIN == (want["train"],)
     assert cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA == 0.75 and cfg.INPUT.COLOR_AUG_SSD
+    assert cfg.INPUT.COLOR_AUG_HUE_RANGE == "mmseg"  # numpy randint: [-18, 17]
     assert list(cfg.INPUT.RESIZE_RATIO_RANGE) == [0.5, 2.0]
     if path.startswith("pcontext"):  # img_scale (520, 520): long side 520 r / 520
         assert list(cfg.INPUT.RESIZE_IMG_SCALE) == [520, 520]

@@ -217,6 +217,7 @@ def test_paper_config_is_the_official_run(rel):
     assert list(cfg.INPUT.RESIZE_RATIO_RANGE) == [0.5, 2.0]
     assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and cfg.INPUT.CROP.ENABLED
     assert cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA == 0.75 and cfg.INPUT.COLOR_AUG_SSD
+    assert cfg.INPUT.COLOR_AUG_HUE_RANGE == "mmseg"  # numpy randint: [-18, 17]
     assert cfg.INPUT.MIN_SIZE_TEST == 512 and cfg.INPUT.MAX_SIZE_TEST >= 100000
     assert cfg.TEST.INFERENCE_MODE == "slide"
     assert (tuple(cfg.TEST.SLIDE_WINDOW), tuple(cfg.TEST.SLIDE_STRIDE)) == ((512, 512), (426,) * 2)

@@ -10,7 +10,8 @@ around a saturation change and a hue shift, each drawn with probability 0.5. Eve
 rounded); saturation and hue each convert the image to OpenCV's uint8 HSV and back (two round
 trips when both are drawn), and the hue shift is a whole number of OpenCV hue units (180 = a
 full turn). The one difference between the two: detectron2 draws the shift from [-18, 18]
-(Python's ``random.randint``), mmseg from [-18, 17] (numpy's); here [-18, 18].
+(Python's ``random.randint``), mmseg from [-18, 17] (numpy's, whose upper bound is
+excluded); ``hue_range`` chooses (``INPUT.COLOR_AUG_HUE_RANGE``).
 
 The random parameters are drawn by :class:`ColorAugSSD` and applied by a deterministic
 :class:`PhotometricDistortTransform`, so geometry and labels are untouched and a transform
@@ -26,9 +27,18 @@ import numpy as np
 
 from detectron2.data import transforms as T
 
-__all__ = ["ColorAugSSD", "PhotometricDistortTransform", "convert"]
+from ...utils.choices import check_choice
+
+__all__ = ["HUE_RANGES", "ColorAugSSD", "PhotometricDistortTransform", "convert"]
 
 _LEVELS = np.arange(256, dtype=np.uint8)
+
+# the hue shift's draw for a delta d: detectron2's ColorAugSSDTransform draws from [-d, d]
+# (Python's random.randint, projects/PointRend/point_rend/color_augmentation.py), mmseg's
+# PhotoMetricDistortion from [-d, d - 1] (numpy's randint excludes its upper bound:
+# mmsegmentation 0.24.0 mmseg/datasets/pipelines/transforms.py:7, :931)
+HUE_RANGES = ("detectron2", "mmseg")
+_HUE_HINT = "'detectron2' draws the hue shift from [-18, 18], 'mmseg' from [-18, 17]"
 
 
 def convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -114,7 +124,9 @@ class ColorAugSSD(T.Augmentation):
         brightness_delta (float): brightness offset drawn from [-delta, delta].
         contrast_range (tuple[float, float]): contrast factor range.
         saturation_range (tuple[float, float]): saturation factor range.
-        hue_delta (int): whole hue offset drawn from [-delta, delta] (OpenCV units).
+        hue_delta (int): whole hue offset (OpenCV units) drawn from [-delta, delta]
+            ("detectron2") or [-delta, delta - 1] ("mmseg"), as ``hue_range`` says.
+        hue_range (str): one of :data:`HUE_RANGES`.
     """
 
     def __init__(
@@ -124,8 +136,10 @@ class ColorAugSSD(T.Augmentation):
         contrast_range: tuple[float, float] = (0.5, 1.5),
         saturation_range: tuple[float, float] = (0.5, 1.5),
         hue_delta: int = 18,
+        hue_range: str = "detectron2",
     ):
         super().__init__()
+        check_choice(hue_range, HUE_RANGES, "INPUT.COLOR_AUG_HUE_RANGE", _HUE_HINT)
         self._init(locals())
 
     def get_transform(self, image: np.ndarray) -> PhotometricDistortTransform:
@@ -133,13 +147,14 @@ class ColorAugSSD(T.Augmentation):
             return draw() if np.random.rand() < 0.5 else neutral
 
         delta = int(self.hue_delta)
+        high = delta + 1 if self.hue_range == "detectron2" else delta  # randint excludes it
         return PhotometricDistortTransform(
             brightness=maybe(
                 lambda: np.random.uniform(-self.brightness_delta, self.brightness_delta), 0.0
             ),
             contrast=maybe(lambda: np.random.uniform(*self.contrast_range), 1.0),
             saturation=maybe(lambda: np.random.uniform(*self.saturation_range), None),
-            hue=maybe(lambda: int(np.random.randint(-delta, delta + 1)), None),
+            hue=maybe(lambda: int(np.random.randint(-delta, high)), None),
             contrast_last=bool(np.random.rand() < 0.5),
             img_format=self.img_format,
         )

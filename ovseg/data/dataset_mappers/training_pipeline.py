@@ -51,7 +51,8 @@ def training_augmentations(cfg, ignore_label: int, counted: bool = False) -> Lis
         fallback = crop.get("FALLBACK", "last_tried")
         augs.append(cls(crop.TYPE, crop.SIZE, area, ignore_label, fallback=fallback))
     if cfg.INPUT.COLOR_AUG_SSD:
-        augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
+        hue_range = cfg.INPUT.get("COLOR_AUG_HUE_RANGE", "detectron2")
+        augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT, hue_range=hue_range))
     augs.append(T.RandomFlip())
     return augs
 
