@@ -115,9 +115,6 @@ def add_shared_config(cfg: CN) -> None:
     cfg.INPUT.SIZE_DIVISIBILITY = -1
     # photometric distortion of SSD (brightness/contrast/saturation/hue) during training
     cfg.INPUT.COLOR_AUG_SSD = False
-    # its hue shift's draw: "detectron2" [-18, 18] (Mask2Former's, FreeSeg's) or "mmseg"
-    # [-18, 17] (ZegCLIP's, MaskCLIP+'s PhotoMetricDistortion)
-    cfg.INPUT.COLOR_AUG_HUE_RANGE = "detectron2"
     # crop at most this fraction of a single category (Mask2Former's rule)
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
 

@@ -22,8 +22,8 @@ def add_data_and_words_config(cfg: CN) -> None:
 
 def add_input_pipeline_config(cfg: CN) -> None:
     """The training and test pipeline's mmseg-style options: INPUT.RESIZE_* (resize.py),
-    INPUT.IMAGE_PAD (padding.py), INPUT.CROP.CATEGORY_COUNT (crop_count.py), all in
-    ovseg/data/dataset_mappers/."""
+    INPUT.IMAGE_PAD (padding.py), INPUT.CROP.CATEGORY_COUNT (crop_count.py),
+    INPUT.COLOR_AUG_HUE_RANGE (color_aug.py), all in ovseg/data/dataset_mappers/."""
     # training resize of the semantic mapper (any method) as mmseg's Resize(img_scale,
     # ratio_range) of the official MaskCLIP+ pipelines: r ~ U(RESIZE_RATIO_RANGE), the image
     # rescaled (ratio kept) to fit the box RESIZE_IMG_SCALE * r, long side in its long side;
@@ -46,6 +46,9 @@ def add_input_pipeline_config(cfg: CN) -> None:
     # when none of the crop's 10 windows passes that rule: "last_tried" keeps the 10th
     # (detectron2), "another" draws an 11th, unchecked (mmseg's RandomCrop)
     cfg.INPUT.CROP.FALLBACK = "last_tried"
+    # the hue shift's draw of INPUT.COLOR_AUG_SSD: "detectron2" [-18, 18] (Mask2Former's,
+    # FreeSeg's) or "mmseg" [-18, 17] (ZegCLIP's, MaskCLIP+'s PhotoMetricDistortion)
+    cfg.INPUT.COLOR_AUG_HUE_RANGE = "detectron2"
     # the semantic mappers' training augmentation: "crop" (resize, crop, colour, flip) or "lsj"
     # (flip, ResizeScale over LSJ_SCALE_RANGE of INPUT.CROP.SIZE, FixedSizeCrop; no colour)
     cfg.INPUT.TRAIN_AUGMENTATION = "crop"
