@@ -6,7 +6,10 @@ instance class 1..100, G = instance id, 0 = none) with its SceneParse150 class; 
 without an instance stay VOID. Writes ``ade20k_panoptic_{train,val}/`` PNGs +
 ``ade20k_panoptic_{train,val}.json`` (category id = class 0..149) and
 ``ade20k_instance_{train,val}.json`` (RLE masks), and FreeSeg's training variant without the
-15 unseen classes (``prepare_ade20k_{pan,ins}_seg_novel.py``): ``*_train_base``. Segment ids
+15 unseen classes (``prepare_ade20k_{pan,ins}_seg_novel.py``): ``*_train_base``, with its
+semantic labels ``annotations_detectron2/training_base/`` (``prepare_ade20k_sem_seg_novel.py``:
+the 135 seen classes renumbered 0..134 in class order, the unseen ones and "other" 255, every
+image kept; the labels of ``MODEL.FREESEG.SEMANTIC_TARGETS "sem_seg"``). Segment ids
 are ``(class + 1) * 1000 + k`` (k = 0 for stuff, 1.. per instance) instead of panopticapi's
 random colours, so a resumed run rebuilds the jsons from the written PNGs.
 """
@@ -18,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from prepare_ade20k_sem_seg import convert_ade20k_label
 from prepare_utils import (
     list_files,
+    make_lut,
     require,
     rgb_to_ids,
     root_parser,
     run_jobs,
     run_script,
+    save_label,
     save_panoptic,
     segment_info,
 )
@@ -41,6 +47,10 @@ _INSTANCE_LUT = np.full(256, 255, dtype=np.uint8)
 for _ins, _sem in ADE20K_INSTANCE_TO_SEMANTIC.items():
     _INSTANCE_LUT[_ins] = _sem - 1
 THINGS = {c["id"] for c in ADE20K_CATEGORIES if c["isthing"]}
+# 0..149 -> the seen classes' contiguous ids (FreeSeg's BASE_ID order), 255 for the rest
+_BASE_LUT = make_lut(
+    [c["id"] for c in ADE20K_CATEGORIES if c["id"] not in ADE20K_UNSEEN_IDS], 256, 255, np.uint8
+)
 
 
 def panoptic_ids(semantic: np.ndarray, instance: np.ndarray, kept: set) -> np.ndarray:
@@ -118,6 +128,12 @@ def convert_split(root: Path, split: str, dirname: str, suffix: str) -> None:
     atomic_write_json(root / f"ade20k_instance_{split}{suffix}.json", ins, indent=None)
 
 
+def convert_base_label(src: Path, dst: Path) -> None:
+    """One official annotation PNG as the seen classes' semantic label (``training_base``)."""
+    with Image.open(src) as f:
+        save_label(_BASE_LUT[convert_ade20k_label(np.asarray(f), str(src))], dst)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = root_parser(__doc__.splitlines()[0]).parse_args(argv)
     root = require(Path(args.root) / "ADEChallengeData2016", "ADE20K folder")
@@ -127,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         ("val", "validation", ""),
     ):
         convert_split(root, split, dirname, suffix)
+    sources = list_files(root / "annotations" / "training", "*.png", "ADE20K annotations")
+    out_dir = root / "annotations_detectron2" / "training_base"
+    jobs = [(p, out_dir / p.name) for p in sources]
+    run_jobs(jobs, convert_base_label, "ADE20K training_base semantic labels")
 
 
 if __name__ == "__main__":

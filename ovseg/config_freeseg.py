@@ -46,6 +46,11 @@ def add_freeseg_config(cfg: CN) -> None:
     # tasks a training batch draws from ("semantic", "instance", "panoptic"); empty = those
     # INPUT.DATASET_MAPPER_NAME's targets support (ovseg_panoptic: all three)
     cfg.MODEL.FREESEG.TRAIN_TASKS = []
+    # the semantic task's masks (main stage targets, prompt stage regions): "segments", each
+    # class's panoptic segments united, or "sem_seg", the training set's semantic label map
+    # (the release's all-task data: coco_full_task_new_baseline_dataset_mapper.py:236-288,
+    # register_coco_full.py:236-246, ade_all_task_dataset_mapper.py)
+    cfg.MODEL.FREESEG.SEMANTIC_TARGETS = "segments"
     # tasks evaluated at test, each with its own prompts; empty = what the first test set's
     # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
     cfg.MODEL.FREESEG.TEST_TASKS = []

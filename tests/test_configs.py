@@ -385,6 +385,10 @@ def _freeseg_recipe(path: Path, cfg) -> None:
     assert cfg.INPUT.DATASET_MAPPER_NAME == mapper
     assert cfg.MODEL.FREESEG.ENSEMBLE_WEIGHT == 0.8 and not cfg.MODEL.FREESEG.PROMPT_CHECKPOINT
     assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-16" and cfg.MODEL.CLIP.PRETRAINED == "openai"
+    # the all-task runs' semantic masks come from the label maps (the VOC leaves train on
+    # semantic sets, whose masks are the label maps' either way)
+    labels = mapper == "ovseg_panoptic"
+    assert cfg.MODEL.FREESEG.SEMANTIC_TARGETS == ("sem_seg" if labels else "segments")
 
 
 def _freeseg_prompt_recipe(path: Path, cfg) -> None:
@@ -405,6 +409,11 @@ def _freeseg_prompt_recipe(path: Path, cfg) -> None:
     assert fs.PROMPT_TEST_SIZE == 224 and cfg.DATASETS.TEST == (test,)
     # CLIP embeds the crop at its own size (third_party/CLIP/clip/model.py:343-360)
     assert fs.PROMPT_NATIVE_SIZE
+    # regions of the label maps; ADE20K's official set is semantic only
+    # (register_ade20k_all_data.py:377-382), COCO's has all three tasks
+    tasks = {"ade20k": ["semantic"], "coco": [], "voc": []}[_dataset(path)]
+    assert list(fs.TRAIN_TASKS) == tasks
+    assert fs.SEMANTIC_TARGETS == ("segments" if _dataset(path) == "voc" else "sem_seg")
     assert MetadataCatalog.get(test).evaluator_type == "ovseg_region_classification"
     assert not cfg.INPUT.CROP.ENABLED and not cfg.MODEL.WEIGHTS
     assert (fs.NUM_CLASS_PROMPT_TOKENS, fs.NUM_TASK_PROMPT_TOKENS) == (16, 8)
@@ -716,8 +725,11 @@ def fewshot_fixture(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def panoptic_fixture(tmp_path_factory):
-    with registered_tiny_panoptic(tmp_path_factory.mktemp("panoptic_datasets")) as root:
-        yield root
+    # with its label folder: FreeSeg's COCO and ADE20K leaves read the semantic task's masks
+    # from the label maps (MODEL.FREESEG.SEMANTIC_TARGETS "sem_seg")
+    root = tmp_path_factory.mktemp("panoptic_datasets")
+    with registered_tiny_panoptic(root, sem_seg=True) as coco:
+        yield coco
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@
 The official prompt stage trains on one ground-truth region per sample. A training image
 gives one record per task and region:
 
-- ``sem_seg``: one per class present (the union of the class's segments);
+- ``sem_seg``: one per class present (the union of the class's segments; with
+  ``labels=True``, as the release, the classes of the image's label map, whose pixels the
+  region is: ``register_coco_full.py:236-246`` reads them from its semantic PNGs);
 - ``ins_seg``: one per non-crowd segment of a thing class;
 - ``pan_seg``: one per non-crowd segment.
 
@@ -30,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 __all__ = ["TASK_KEYS", "image_regions", "region_dataset_for", "sample_regions"]
 
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: task -> the official record key (``register_coco_full.py:243, 258, 271``)
 TASK_KEYS = {"semantic": "sem_seg", "instance": "ins_seg", "panoptic": "pan_seg"}
+#: a panoptic record's keys that a semantic region record drops (the region mapper then crops
+#: the label map's class)
+_SEGMENT_KEYS = ("segments_info", "pan_seg_file_name", "annotations")
 
 
 def _label_classes(path: str, ignore_label: int) -> List[int]:
@@ -51,6 +57,7 @@ def image_regions(
     classes: Sequence[str],
     keep: Callable[[str], bool] = lambda name: True,
     ignore_label: int = 255,
+    labels: bool = False,
 ) -> List[dict]:
     """The region records of one image dict.
 
@@ -61,20 +68,23 @@ def image_regions(
         classes: the dataset's class names by contiguous id (``stuff_classes``).
         keep: whether a class name may be a region (the training vocabulary's names).
         ignore_label (int): the label PNG's ignore value.
+        labels (bool): a panoptic record's semantic regions are its label map's classes
+            (``sem_seg_file_name``), as a semantic record's, not its segments' unions.
 
     Returns:
         list[dict]: one record per (task, region), see the module docstring.
     """
     out = []
     segments = record.get("segments_info")
+    if "semantic" in tasks and (segments is None or labels):
+        semantic = {k: v for k, v in record.items() if k not in _SEGMENT_KEYS}
+        for c in _label_classes(record["sem_seg_file_name"], ignore_label):
+            if c < len(classes) and keep(classes[c]):
+                out.append({**semantic, "task": "sem_seg", "region_class": classes[c]})
     if segments is None:
-        if "semantic" in tasks:
-            for c in _label_classes(record["sem_seg_file_name"], ignore_label):
-                if c < len(classes) and keep(classes[c]):
-                    out.append({**record, "task": "sem_seg", "region_class": classes[c]})
         return out
     segments = [s for s in segments if not s.get("iscrowd", 0) and keep(classes[s["category_id"]])]
-    if "semantic" in tasks:
+    if "semantic" in tasks and not labels:
         by_class: Dict[int, list] = defaultdict(list)
         for s in segments:
             by_class[s["category_id"]].append(s)
@@ -142,23 +152,27 @@ def region_dataset_for(cfg) -> Optional[List[dict]]:
         return None
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from ..modeling.freeseg.tasks import train_tasks_for
+    from ..modeling.freeseg.tasks import semantic_targets, train_tasks_for
     from ..vocab import normalize_name, training_vocabulary
 
     tasks = train_tasks_for(cfg)
+    labels = semantic_targets(cfg) == "sem_seg"
     vocab = training_vocabulary(cfg)
     names = {normalize_name(n) for n in vocab.names} if vocab is not None else None
     regions = []
     for dataset in cfg.DATASETS.TRAIN:
         meta = MetadataCatalog.get(dataset)
         classes = list(meta.stuff_classes)
-        for record in DatasetCatalog.get(dataset):
+        # a label map read per image (semantic regions): progress over the whole set
+        records = tqdm(DatasetCatalog.get(dataset), desc=f"{dataset} regions", unit="img")
+        for record in records:
             regions += image_regions(
                 record,
                 tasks,
                 classes,
                 keep=lambda n: names is None or normalize_name(n) in names,
                 ignore_label=meta.get("ignore_label", 255),
+                labels=labels,
             )
     per_class = fs.PROMPT_SAMPLES_PER_CLASS
     sampled = (

@@ -63,6 +63,34 @@ def test_semantic_image_gives_one_region_per_class_present(tmp_path):
     ]
 
 
+def test_semantic_regions_from_the_label_map(tiny_panoptic, tmp_path):
+    # the release's semantic regions are its label PNG's classes, not the segments' unions:
+    # here the label map holds dog and sky only (the crowd's and the cat's pixels unlabelled)
+    (record,) = DatasetCatalog.get(PANOPTIC)
+    label = tmp_path / "l.png"
+    with Image.open(record["file_name"]) as image:
+        grid = np.full(image.size[::-1], 2, dtype=np.uint8)
+    grid[:3], grid[3, :5] = 1, 255
+    Image.fromarray(grid).save(label)
+    record = {**record, "sem_seg_file_name": str(label), "annotations": []}
+    regions = image_regions(record, ("semantic", "panoptic"), CLASSES, labels=True)
+    assert _summary(regions) == [
+        ("pan_seg", "cat", (1001,)),
+        ("pan_seg", "dog", (2001,)),
+        ("pan_seg", "sky", (5000,)),
+        ("sem_seg", "dog", ()),
+        ("sem_seg", "sky", ()),
+    ]
+    semantic = [r for r in regions if r["task"] == "sem_seg"]
+    # no segment keys left: the region mapper crops the label map's class
+    assert not any(
+        {"segments_info", "pan_seg_file_name", "annotations"} & r.keys() for r in semantic
+    )
+    assert all(r["sem_seg_file_name"] == str(label) for r in semantic)
+    mapper = build_dataset_mapper(_cfg(tmp_path), False, PANOPTIC)
+    assert _region(mapper(dict(semantic[0]))) == ("dog", int((grid == 1).sum()))
+
+
 def _records(task, cls, n):
     return [{"task": task, "region_class": cls, "i": i} for i in range(n)]
 

@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from ovseg_testing import tiny_freeseg_cfg
+from ovseg_testing import PANOPTIC_OPTS, tiny_freeseg_cfg
+from ovseg_testing.panoptic import registered_tiny_panoptic
 
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList, Instances
@@ -66,6 +67,26 @@ def test_task_targets_per_task():
     assert pan.gt_classes.tolist() == [2, 0, 0, 1] and torch.equal(pan.gt_masks, inst.gt_masks)
     with pytest.raises(ValueError, match="not one of"):
         task_targets(inst, "depth", is_thing)
+
+
+def test_semantic_targets_from_the_label_map(tmp_path):
+    inst = _sample(0)["instances"]
+    labels = torch.full((32, 32), 255)
+    labels[:16] = 2  # sky, as the segments
+    labels[20:, :] = 0  # a red thing where the segments have both red things and the green
+    sem = task_targets(inst, "semantic", [True, True, False], labels, 255)
+    assert sem.gt_classes.tolist() == [0, 2]
+    assert torch.equal(sem.gt_masks[0], labels == 0) and torch.equal(sem.gt_masks[1], labels == 2)
+    # the other tasks keep the segments
+    assert torch.equal(task_targets(inst, "panoptic", [True] * 3, labels).gt_masks, inst.gt_masks)
+    # a training set without label files is refused for "sem_seg"
+    with registered_tiny_panoptic(tmp_path / "pan"):
+        with pytest.raises(ValueError, match=r"SEMANTIC_TARGETS 'sem_seg'.*has none"):
+            _model(tmp_path, "MODEL.FREESEG.SEMANTIC_TARGETS", "sem_seg", *PANOPTIC_OPTS)
+    with registered_tiny_panoptic(tmp_path / "pan_labels", sem_seg=True):
+        _model(tmp_path, "MODEL.FREESEG.SEMANTIC_TARGETS", "sem_seg", *PANOPTIC_OPTS)
+    with pytest.raises(ValueError, match=r"SEMANTIC_TARGETS 'labels' is not one of"):
+        _model(tmp_path, "MODEL.FREESEG.SEMANTIC_TARGETS", "labels")
 
 
 def test_each_forward_draws_one_task_among_the_supported(tmp_path):

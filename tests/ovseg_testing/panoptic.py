@@ -81,12 +81,13 @@ def instance_output(image: int = 0, drop=(), score: float = 1.0) -> dict:
 
 
 def write_tiny_panoptic(root: Path, num_images: int = 1) -> Path:
-    """Write images, panoptic PNGs + json and an instance json (polygons, crowd RLE) under
-    ``root/coco``."""
+    """Write images, panoptic PNGs + json, semantic label PNGs (``panoptic_semseg_val2017``:
+    every segment's class, crowd included, VOID 255, as Mask2Former's) and an instance json
+    (polygons, crowd RLE) under ``root/coco``."""
     from pycocotools import mask as mask_util
 
     coco = root / "coco"
-    for d in ("val2017", "panoptic_val2017", "annotations"):
+    for d in ("val2017", "panoptic_val2017", "panoptic_semseg_val2017", "annotations"):
         (coco / d).mkdir(parents=True, exist_ok=True)
     images, anns, instances = [], [], []
     for k in range(num_images):
@@ -95,6 +96,10 @@ def write_tiny_panoptic(root: Path, num_images: int = 1) -> Path:
         Image.fromarray(pixels).save(coco / f"val2017/{stem}.jpg", quality=100)
         ids = panoptic_ids(k)
         Image.fromarray(_rgb(ids)).save(coco / f"panoptic_val2017/{stem}.png")
+        semantic = np.full(ids.shape, 255, dtype=np.uint8)
+        for seg_id, cat, _, _ in SEGMENTS:
+            semantic[ids == seg_id] = CONTIGUOUS[cat]
+        Image.fromarray(semantic).save(coco / f"panoptic_semseg_val2017/{stem}.png")
         images.append({"id": k + 1, "file_name": f"{stem}.jpg", "height": 8, "width": 8})
         segments = []
         for seg_id, cat, crowd, _ in SEGMENTS:
@@ -122,10 +127,11 @@ def write_tiny_panoptic(root: Path, num_images: int = 1) -> Path:
 
 @contextmanager
 def registered_tiny_panoptic(
-    root: Path, num_images: int = 1, *, write: bool = True
+    root: Path, num_images: int = 1, *, write: bool = True, sem_seg: bool = False
 ) -> Iterator[Path]:
     """Write the dataset (unless ``write`` is False: processes sharing one copy) and register
-    it as ``tiny_panoptic_test`` / ``tiny_instance_test``."""
+    it as ``tiny_panoptic_test`` / ``tiny_instance_test``; with ``sem_seg``, the panoptic set
+    with its semantic label folder (as ``coco_2017_*_panoptic_with_sem_seg``)."""
     coco = write_tiny_panoptic(root, num_images) if write else Path(root) / "coco"
     register_panoptic_split(
         PANOPTIC,
@@ -134,7 +140,7 @@ def registered_tiny_panoptic(
         image_root=str(coco / "val2017"),
         panoptic_root=str(coco / "panoptic_val2017"),
         panoptic_json=str(coco / "annotations/panoptic_val2017.json"),
-        sem_seg_root=None,
+        sem_seg_root=str(coco / "panoptic_semseg_val2017") if sem_seg else None,
         instances_json=str(coco / "annotations/instances_val2017.json"),
         prepare_script="prepare_coco_panoptic.py",
     )

@@ -5,7 +5,8 @@ annotations) with FreeSeg's 135/15 split.
 from ``ade20k_instance_*``), ``ade20k_instance_{train,val}`` (100 thing classes, 11 unseen)
 and the training sets without the unseen classes, ``ade20k_panoptic_train_base`` (135) and
 ``ade20k_instance_train_base`` (89), as FreeSeg's ``prepare_ade20k_{pan,ins}_seg_novel.py``
-write them.
+write them; the base panoptic set's semantic labels are FreeSeg's ``training_base`` (135
+classes, ``prepare_ade20k_sem_seg_novel.py``).
 """
 
 import os
@@ -32,9 +33,7 @@ def register_all_ade20k_panoptic(root: str) -> None:
                 image_root=images,
                 panoptic_root=os.path.join(root, f"ade20k_panoptic_{split}{suffix}"),
                 panoptic_json=os.path.join(root, f"ade20k_panoptic_{split}{suffix}.json"),
-                sem_seg_root=None
-                if suffix
-                else os.path.join(root, "annotations_detectron2", dirname),
+                sem_seg_root=os.path.join(root, "annotations_detectron2", dirname + suffix),
                 instances_json=None if suffix else instances,
                 prepare_script=script,
             )

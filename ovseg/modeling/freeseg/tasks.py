@@ -7,26 +7,32 @@ ensemble weights as seen, and the panoptic / instance post-processing arguments.
 
 A sample's ``"instances"`` (ovseg's mask-target mappers) hold its segments; per task:
 
-- ``semantic``: one mask per class present (the union of the class's segments);
+- ``semantic``: one mask per class present: the union of the class's segments, or with
+  ``MODEL.FREESEG.SEMANTIC_TARGETS "sem_seg"`` the sample's ``"sem_seg"``, the dataset's
+  semantic label map (the release's all-task mappers read theirs, :func:`semantic_targets`);
 - ``instance``: the segments of thing classes only;
 - ``panoptic``: every segment (crowd segments are never targets: the mappers drop them).
 """
 
 from __future__ import annotations
 
-from typing import Collection, Dict, Sequence, Tuple
+from typing import Collection, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Instances
 
+from ...data.dataset_mappers.mask_targets import semantic_mask_targets
+from ...utils.choices import check_choice
 from ...vocab import training_vocabulary
 
 __all__ = [
     "MAPPER_TASKS",
     "POST_DEFAULTS",
+    "SEMANTIC_TARGETS",
     "ensemble_seen_classes",
+    "semantic_targets",
     "post_config",
     "TASKS",
     "task_targets",
@@ -46,6 +52,8 @@ MAPPER_TASKS = {
     # gives only semantic regions, ovseg.data.region_sampling)
     "ovseg_region": TASKS,
 }
+#: where the semantic task's masks come from (MODEL.FREESEG.SEMANTIC_TARGETS)
+SEMANTIC_TARGETS = ("segments", "sem_seg")
 #: a sample's optional ``"task"`` (the official datasets' keys) -> task
 TASK_KEYS = {"sem_seg": "semantic", "ins_seg": "instance", "pan_seg": "panoptic"}
 
@@ -140,13 +148,45 @@ def ensemble_seen_classes(cfg) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def task_targets(instances: Instances, task: str, is_thing: Collection[bool]) -> Instances:
+def semantic_targets(cfg) -> str:
+    """MODEL.FREESEG.SEMANTIC_TARGETS, checked: "sem_seg" needs every registered training
+    set to have semantic label files (metadata ``sem_seg_root``), else the mapper's
+    ``"sem_seg"`` would only repaint the segments (an unregistered name is the loader's
+    error, when there is training to do)."""
+    source = check_choice(
+        cfg.MODEL.FREESEG.get("SEMANTIC_TARGETS", "segments"),
+        SEMANTIC_TARGETS,
+        "MODEL.FREESEG.SEMANTIC_TARGETS",
+        "'segments': each class's segments united; 'sem_seg': the dataset's label map",
+    )
+    if source == "sem_seg":
+        known = [n for n in cfg.DATASETS.TRAIN if n in DatasetCatalog]
+        bare = [n for n in known if not MetadataCatalog.get(n).get("sem_seg_root", None)]
+        if bare:
+            raise ValueError(
+                f"MODEL.FREESEG.SEMANTIC_TARGETS 'sem_seg' reads the semantic label files of "
+                f"the training sets, and {bare} has none; set it to 'segments' or train on a "
+                "set registered with its label folder"
+            )
+    return source
+
+
+def task_targets(
+    instances: Instances,
+    task: str,
+    is_thing: Collection[bool],
+    sem_seg: Optional[torch.Tensor] = None,
+    ignore_label: int = 255,
+) -> Instances:
     """A sample's targets for ``task``.
 
     Args:
         instances (Instances): ``gt_classes`` (N,) vocabulary indices, ``gt_masks`` (N, H, W).
         task (str): one of :data:`TASKS`.
         is_thing: per vocabulary index, whether the class is a thing.
+        sem_seg (Tensor, optional): (H, W) training labels of the sample; given, the
+            semantic task's masks are its classes' (``ignore_label`` left out) instead of the
+            segments' unions.
 
     Returns:
         Instances: of the same image size, ``gt_classes`` and bool ``gt_masks``.
@@ -168,6 +208,8 @@ def task_targets(instances: Instances, task: str, is_thing: Collection[bool]) ->
         keep = flags[classes.cpu()].to(classes.device) if classes.numel() else classes.bool()
         out.gt_classes, out.gt_masks = classes[keep], masks[keep]
         return out
+    if sem_seg is not None:
+        return semantic_mask_targets(sem_seg, ignore_label)
     unique = torch.unique(classes)  # sorted, as the semantic mapper's targets
     out.gt_classes = unique
     out.gt_masks = (

@@ -56,6 +56,7 @@ from ..freeseg.tasks import (
     TASKS,
     ensemble_seen_classes,
     post_config,
+    semantic_targets,
     task_targets,
     task_texts,
     test_tasks_for,
@@ -133,6 +134,7 @@ class FreeSeg(OpenVocabSegmentor):
         clip_temperature: float = 100.0,
         post: Optional[Dict] = None,
         test_prompt_tuning: Optional[TestTimePromptTuning] = None,
+        semantic_targets: str = "segments",
         **base,
     ):
         """
@@ -154,6 +156,8 @@ class FreeSeg(OpenVocabSegmentor):
             post (dict): panoptic / instance post-processing (see :func:`post_config`).
             test_prompt_tuning (TestTimePromptTuning, optional): tune the class prompts per
                 test image (ovseg/modeling/freeseg/test_time.py); None = off.
+            semantic_targets (str): the semantic task's masks: "segments" (each class's
+                segments united) or "sem_seg" (the samples' label maps, as the release).
             base: :class:`OpenVocabSegmentor`'s arguments.
         """
         super().__init__(teacher=teacher, **base)
@@ -186,6 +190,7 @@ class FreeSeg(OpenVocabSegmentor):
         self.clip_temperature = float(clip_temperature)
         self.post = {**POST_DEFAULTS, **(post or {})}
         self.test_prompt_tuning = test_prompt_tuning
+        self.semantic_from_labels = semantic_targets == "sem_seg"
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -253,6 +258,7 @@ class FreeSeg(OpenVocabSegmentor):
             "clip_temperature": _clip_temperature(fs.CLIP_TEMPERATURE, teacher),
             "post": post_config(cfg),
             "test_prompt_tuning": TestTimePromptTuning.from_config(cfg),
+            "semantic_targets": semantic_targets(cfg),
         }
 
     # ------------------------------------------------------------------ network
@@ -314,7 +320,11 @@ class FreeSeg(OpenVocabSegmentor):
             )
         task = self.batch_task(batched_inputs)
         things = self.is_thing(names)
-        targets = [task_targets(x["instances"], task, things) for x in batched_inputs]
+        labels = [x.get("sem_seg") if self.semantic_from_labels else None for x in batched_inputs]
+        targets = [
+            task_targets(x["instances"], task, things, y, self.ignore_value)
+            for x, y in zip(batched_inputs, labels)
+        ]
         for t in targets:
             if t.gt_classes.numel() and int(t.gt_classes.max()) >= len(names):
                 raise ValueError(

@@ -128,3 +128,9 @@ def test_ade20k_panoptic(tmp_path, raw, read, prepare_script):
     assert ins["annotations"][0]["area"] == 2 and len(ins["categories"]) == 100
     pan = json.loads((ade / "ade20k_panoptic_train_base.json").read_text())
     assert [s["category_id"] for s in pan["annotations"][0]["segments_info"]] == [0, 7]
+    # FreeSeg's training_base labels: seen classes renumbered 0..134, unseen (9, 15) and
+    # "other" 255 (prepare_ade20k_sem_seg_novel.py)
+    sem_base = read(ade / "annotations_detectron2/training_base/ADE_train_00000001.png")
+    np.testing.assert_array_equal(sem_base, [[0, 255, 7], [0, 7, 255]])
+    lut = prepare_script("prepare_ade20k_panoptic")._BASE_LUT
+    assert (lut[8], lut[10], lut[148], lut[149], lut[255]) == (8, 9, 134, 255, 255)
