@@ -1,7 +1,8 @@
 """COCO-Stuff 164k, 171 classes: ``coco_2017_{train,val}_stuff_sem_seg``.
 
-Same layout as Mask2Former and SAN (``coco/stuffthingmaps_detectron2``), so labels converted
-for them are reused as they are.
+Same layout as SAN and FreeSeg (``coco/stuffthingmaps_detectron2``), so labels converted
+for them are reused; their converters skip maps with no labelled pixel, which ovseg's
+``datasets/prepare_coco_stuff_sem_seg.py`` fills in (it converts only missing files).
 """
 
 import os
