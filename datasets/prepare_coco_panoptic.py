@@ -14,6 +14,10 @@
    but keeps their old json entry; here they leave the json too), and areas and boxes are
    re-measured on the written PNG (FreeSeg keeps the panoptic json's, stale where stuff was
    painted over a thing).
+3. ``panoptic_detectron2/panoptic_{split}[_base]_release.json``: the json FreeSeg's README
+   command actually leaves (its pool loses the new segments): COCO panoptic's own segments of
+   the kept classes, no painted stuff (:func:`write_release_json`); registered as
+   ``coco_2017_{split}_full_task[_base]_release_json``.
 """
 
 from __future__ import annotations
@@ -137,8 +141,10 @@ def convert_split(root: Path, split: str) -> None:
 
         jobs = [(p.name, (sem_dir / p.name, pan_out / p.name)) for p in maps if p.name in anns]
         run_jobs(jobs, convert, f"COCO full task {split}{suffix}")
-        write_json(
-            data, anns, pan_out, root / "panoptic_detectron2" / f"panoptic_{split}{suffix}.json"
+        jsons = root / "panoptic_detectron2"
+        write_json(data, anns, pan_out, jsons / f"panoptic_{split}{suffix}.json")
+        write_release_json(
+            data, anns, pan_out, jsons / f"panoptic_{split}{suffix}_release.json", kept_ids
         )
 
 
@@ -158,6 +164,30 @@ def write_json(data: dict, anns: dict, pan_out: Path, dst: Path) -> None:
     kept = {a["image_id"] for a in annotations}
     images = [im for im in data["images"] if im["id"] in kept]
     out = {"images": images, "annotations": annotations, "categories": cats}
+    atomic_write_json(dst, out, indent=None)
+    print(f"{dst}: {len(annotations)} images")
+
+
+def write_release_json(data: dict, anns: dict, pan_out: Path, dst: Path, kept_ids) -> None:
+    """The variant's json as FreeSeg's README command leaves it (``--nproc 16``: the workers'
+    new segments never reach the dumped dict, ``prepare_coco_alldata.py:288-291, :403-421``):
+    COCO panoptic's own segments, here cut to what the release's loader keeps (categories among
+    ``kept_ids``, ``register_coco_full.py:371-372``: no ``*-merged`` stuff), for the images
+    with a written PNG (the loader's intersection, ``:336-352``). The painted stuff segments
+    are in the PNGs but in no json entry; areas and boxes are the panoptic json's."""
+    kept = set(kept_ids)
+    annotations = []
+    for name in sorted(anns):
+        if (pan_out / name).exists():
+            segs = [s for s in anns[name]["segments_info"] if s["category_id"] in kept]
+            annotations.append({**anns[name], "segments_info": segs})
+    cats = [c for c in COCO_STUFF_CATEGORIES if c["id"] in kept]
+    images = {a["image_id"] for a in annotations}
+    out = {
+        "images": [im for im in data["images"] if im["id"] in images],
+        "annotations": annotations,
+        "categories": cats,
+    }
     atomic_write_json(dst, out, indent=None)
     print(f"{dst}: {len(annotations)} images")
 

@@ -5,13 +5,16 @@
 - ``coco_2017_{train,val}_full_task``: FreeSeg's 171-class "full task" data
   (``register_coco_full.py``), and ``coco_2017_{train,val}_full_task_base``: its 156 seen
   classes only, unseen pixels VOID / 255 (FreeSeg's training set). FreeSeg names the val
-  split ``test``.
+  split ``test``. ``..._full_task[_base]_release_json``: the same files with the json FreeSeg's
+  README command leaves, COCO panoptic's own segments (no ``*-merged`` stuff, no painted stuff
+  segment: ``datasets/prepare_coco_panoptic.py``, ``write_release_json``).
 - ``coco_2017_{train,val}_instance_48_17``: OVR-CNN's split (XPM): train holds the 48 seen
   classes' annotations (images with at least one), val the 65 classes; COCO captions attached.
   XPM's other two evaluation sets: ``coco_2017_val_instance_48_17_{unseen,seen}``
   (``instance_eval_sets.py``).
 """
 
+import itertools
 import os
 
 from .categories import (
@@ -45,18 +48,21 @@ def register_all_coco_panoptic(root: str) -> None:
             instances_json=instances,
             prepare_script="prepare_coco_panoptic.py",
         )
-        for suffix, categories in (
+        variants = (
             ("", COCO_STUFF_CATEGORIES),
             ("_base", subset(COCO_STUFF_CATEGORIES, drop_ids=COCO_UNSEEN_IDS)),
-        ):
+        )
+        # (dataset name tail, json name tail): ovseg's json, the release's
+        jsons = (("", ""), ("_release_json", "_release"))
+        for (suffix, categories), (tail, release) in itertools.product(variants, jsons):
             out = os.path.join(root, "panoptic_detectron2")
             register_panoptic_split(
-                f"coco_2017_{split}_full_task{suffix}",
+                f"coco_2017_{split}_full_task{suffix}{tail}",
                 categories=categories,
                 unseen_ids=COCO_UNSEEN_IDS,
                 image_root=images,
                 panoptic_root=os.path.join(out, f"{split}2017{suffix}"),
-                panoptic_json=os.path.join(out, f"panoptic_{split}2017{suffix}.json"),
+                panoptic_json=os.path.join(out, f"panoptic_{split}2017{suffix}{release}.json"),
                 sem_seg_root=os.path.join(
                     root, "stuffthingmaps_panoptic_detectron2", f"{split}2017{suffix}"
                 ),

@@ -5,11 +5,15 @@ import json
 import numpy as np
 from PIL import Image
 
+from detectron2.data import DatasetCatalog
+
 from ovseg.data.datasets.categories import (
     COCO_PANOPTIC_CATEGORIES,
     COCO_STUFF_CATEGORIES,
     COCO_UNSEEN_IDS,
 )
+from ovseg.data.datasets.common import datasets_root
+from ovseg.data.datasets.register_coco_panoptic import register_all_coco_panoptic
 from ovseg.evaluation.panoptic_quality import id2rgb, rgb2id
 
 S = 156 * 65793  # FreeSeg's id of the sky-other segment (stuffthingmap value 156)
@@ -73,6 +77,25 @@ def test_coco_full_task_and_base(tmp_path, raw, read, prepare_script):
     full_json = json.loads((out / "panoptic_val2017.json").read_text())
     cats = {s["category_id"] for s in full_json["annotations"][0]["segments_info"]}
     assert cats == {1, 21, 157, 169}
+    # the json FreeSeg's README command leaves: COCO panoptic's own segments of the kept
+    # classes (no merged stuff, no painted sky), their areas as given, the labelled image only
+    release = json.loads((out / "panoptic_val2017_base_release.json").read_text())
+    assert [im["id"] for im in release["images"]] == [1] and len(release["categories"]) == 156
+    (ann,) = release["annotations"]
+    assert [(s["id"], s["category_id"], s["area"]) for s in ann["segments_info"]] == [(10, 1, 1)]
+    full_release = json.loads((out / "panoptic_val2017_release.json").read_text())
+    assert [s["id"] for s in full_release["annotations"][0]["segments_info"]] == [10, 20]
+    # registered over the same PNGs and label maps
+    raw.jpg(coco / "val2017/000000000001.jpg", 2, 4)
+    register_all_coco_panoptic(str(tmp_path))
+    try:
+        (record,) = DatasetCatalog.get("coco_2017_val_full_task_base_release_json")
+        assert [s["id"] for s in record["segments_info"]] == [10]
+        assert record["pan_seg_file_name"].endswith("val2017_base/000000000001.png")
+        (ours,) = DatasetCatalog.get("coco_2017_val_full_task_base")
+        assert sorted(s["id"] for s in ours["segments_info"]) == [10, S]
+    finally:
+        register_all_coco_panoptic(datasets_root())
     # the 133-class semantic labels of the panoptic annotation (merged stuff kept)
     sem133 = read(coco / "panoptic_semseg_val2017/000000000001.png")
     sky_merged = [c["id"] for c in COCO_PANOPTIC_CATEGORIES].index(187)

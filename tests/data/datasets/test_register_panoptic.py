@@ -11,6 +11,7 @@ SPLITS = {  # name: (classes, things, unseen)
     "coco_2017_val_panoptic_with_sem_seg": (133, 80, 11),
     "coco_2017_train_full_task": (171, 80, 15),
     "coco_2017_train_full_task_base": (156, 73, 0),
+    "coco_2017_train_full_task_base_release_json": (156, 73, 0),
     "coco_2017_train_instance_48_17": (48, 48, 0),
     "coco_2017_val_instance_48_17": (65, 65, 17),
     "ade20k_panoptic_val": (150, 100, 15),
