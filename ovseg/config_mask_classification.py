@@ -73,3 +73,8 @@ def add_mask_classification_config(cfg: CN) -> None:
     # reproduce the released FreeSeg instance inference's defects (last class dropped, stale
     # grouping class, logits thresholded at 0.5) instead of the corrected version
     mf.TEST.OFFICIAL_INSTANCE_DEFECTS = False
+    # reproduce the released FreeSeg panoptic inference's drop of every query whose class is
+    # the one indexed by the number of training classes (keep = labels.ne(num_classes),
+    # open_vocabulary_model.py:494-495): no-op on COCO (156 training, 133 test classes), on
+    # ADE20K (135, 150) "vase" is never a segment
+    mf.TEST.OFFICIAL_PANOPTIC_DROP = False

@@ -159,6 +159,7 @@ def freeseg_settings(cfg, model, converted: Mapping[str, Tensor], report: Conver
         "MODEL.FREESEG.INTERACTION.STACKED_KEY_NORM": (fs.INTERACTION.STACKED_KEY_NORM, True),
         "MODEL.FREESEG.PROMPT_CACHE_BY_TASK": (fs.PROMPT_CACHE_BY_TASK, False),
         "MODEL.MASK_FORMER.TEST.OFFICIAL_INSTANCE_DEFECTS": (test.OFFICIAL_INSTANCE_DEFECTS, True),
+        "MODEL.MASK_FORMER.TEST.OFFICIAL_PANOPTIC_DROP": (test.OFFICIAL_PANOPTIC_DROP, True),
     }
     for key, (value, official) in release.items():
         if value != official:

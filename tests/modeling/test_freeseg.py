@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList, Instances
 
 from ovseg.modeling.freeseg import query_probs
-from ovseg.modeling.freeseg.tasks import task_targets
+from ovseg.modeling.freeseg.tasks import post_config, task_targets
 from ovseg.modeling.mask_classification import panoptic_inference
 from ovseg.modeling.meta_arch.freeseg import FreeSeg
 
@@ -87,6 +87,18 @@ def test_semantic_targets_from_the_label_map(tmp_path):
         _model(tmp_path, "MODEL.FREESEG.SEMANTIC_TARGETS", "sem_seg", *PANOPTIC_OPTS)
     with pytest.raises(ValueError, match=r"SEMANTIC_TARGETS 'labels' is not one of"):
         _model(tmp_path, "MODEL.FREESEG.SEMANTIC_TARGETS", "labels")
+
+
+def test_official_panoptic_drop_is_the_training_class_count(tmp_path):
+    opts = ("MODEL.MASK_FORMER.TEST.OFFICIAL_PANOPTIC_DROP", "True")
+    with registered_tiny_panoptic(tmp_path / "pan"):
+        cfg = tiny_freeseg_cfg(tmp_path / "clip_cache", *opts, *PANOPTIC_OPTS)
+        assert post_config(cfg)["drop_label"] == 3  # cat, dog, sky
+        cfg.MODEL.OVSEG.ZERO_SHOT_SETTING = "inductive"
+        assert post_config(cfg)["drop_label"] == 2  # the dog unseen
+    assert _model(tmp_path).post["drop_label"] is None
+    with pytest.raises(ValueError, match="OFFICIAL_PANOPTIC_DROP.*DATASETS.TRAIN"):
+        _model(tmp_path, *opts)
 
 
 def test_each_forward_draws_one_task_among_the_supported(tmp_path):

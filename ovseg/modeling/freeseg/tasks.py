@@ -105,9 +105,22 @@ POST_DEFAULTS = {
     "pixel_assignment": "class",
     "instance_mode": "freeseg",
     "official_defects": False,
+    "drop_label": None,
     "topk": 100,
     "align_corners": True,
 }
+
+
+def _official_drop_label(cfg) -> int:
+    """The class index the release's panoptic inference drops: its number of training
+    classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES there, the training vocabulary's size here)."""
+    vocab = training_vocabulary(cfg)
+    if vocab is None:
+        raise ValueError(
+            "MODEL.MASK_FORMER.TEST.OFFICIAL_PANOPTIC_DROP drops the class indexed by the number "
+            "of training classes: give the training set (DATASETS.TRAIN)"
+        )
+    return len(vocab.names)
 
 
 def post_config(cfg) -> Dict:
@@ -122,6 +135,7 @@ def post_config(cfg) -> Dict:
         "pixel_assignment": t.PIXEL_ASSIGNMENT,
         "instance_mode": t.INSTANCE_MODE,
         "official_defects": t.OFFICIAL_INSTANCE_DEFECTS,
+        "drop_label": _official_drop_label(cfg) if t.OFFICIAL_PANOPTIC_DROP else None,
         "topk": cfg.TEST.DETECTIONS_PER_IMAGE,
         "align_corners": cfg.MODEL.FREESEG.TEST_ALIGN_CORNERS,
     }

@@ -73,6 +73,7 @@ def panoptic_inference(
     thing_score_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
     pixel_assignment: str = "query",
+    drop_label: Optional[int] = None,
 ) -> Tuple[Tensor, List[Dict]]:
     """Non-overlapping segments with stuff of one class merged.
 
@@ -89,6 +90,8 @@ def panoptic_inference(
         pixel_assignment: "query": a pixel belongs to the query maximising score x mask
             (Mask2Former); "class": to the queries of the class maximising the semantic
             map (FreeSeg :492, :522).
+        drop_label: drop the queries whose class is this index (the FreeSeg release's
+            ``labels.ne(num_classes)``, :495; None: none).
 
     Returns:
         (Tensor, list[dict]): int32 (H, W) segment ids (0 = none) and per segment
@@ -103,6 +106,8 @@ def panoptic_inference(
     keep = scores > object_mask_threshold
     if has_no_object:
         keep &= labels != class_probs.shape[-1] - 1
+    if drop_label is not None:
+        keep &= labels != drop_label
     scores, labels, masks = scores[keep], labels[keep], masks[keep]
     panoptic_seg = torch.zeros(mask_logits.shape[-2:], dtype=torch.int32, device=mask_logits.device)
     segments: List[Dict] = []

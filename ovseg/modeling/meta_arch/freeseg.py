@@ -379,7 +379,7 @@ class FreeSeg(OpenVocabSegmentor):
             return {"sem_seg": postprocess_to_original(sem, sem.shape[-2:], *size)}
         thing_ids = {i for i, t in enumerate(self.is_thing(names)) if t}
         if task == "panoptic":
-            keys = ("temperature", "object_mask_threshold", "thing_score_threshold")
+            keys = ("temperature", "object_mask_threshold", "thing_score_threshold", "drop_label")
             kwargs = {k: post[k] for k in keys}
             seg, segments = panoptic_inference(
                 probs,

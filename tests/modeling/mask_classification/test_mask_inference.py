@@ -76,6 +76,16 @@ def test_panoptic_thresholds_and_freeseg_temperature():
         panoptic_inference(PAN_PROBS, PAN_MASKS, thing_ids={1}, pixel_assignment="pixel")
 
 
+def test_panoptic_official_drop_of_one_class():
+    # the FreeSeg release's keep = labels.ne(num_classes): the thing class 1 never a segment
+    kwargs = {"thing_ids": {1}, "has_no_object": False, "overlap_threshold": 0.5}
+    seg, info = panoptic_inference(PAN_PROBS[:, :2], PAN_MASKS, drop_label=1, **kwargs)
+    assert seg[0].tolist() == [1, 1, 1, 1, 0, 1]  # q2, q3 dropped; q4 (a tie: class 0) stuff
+    assert [s["category_id"] for s in info] == [0]
+    seg, info = panoptic_inference(PAN_PROBS[:, :2], PAN_MASKS, drop_label=2, **kwargs)
+    assert [s["category_id"] for s in info] == [0, 1]  # past the last class: no-op (COCO)
+
+
 def test_panoptic_never_lists_a_segment_left_without_pixels():
     # FreeSeg's class assignment lets two queries of one thing class claim the same pixels:
     # the later one takes them (open_vocabulary_model.py:521-545), and a segment it covers
