@@ -19,6 +19,7 @@ def add_ovseg_config(cfg: CN) -> None:
     add_teacher_config(cfg)
     add_shared_config(cfg)
     add_poly_schedule_config(cfg)
+    add_accumulation_config(cfg)
     add_text_embeddings_file_config(cfg)
     add_test_aug_config(cfg)
     add_maskclip_config(cfg)
@@ -158,6 +159,15 @@ def add_poly_schedule_config(cfg: CN) -> None:
     # t held on multiples of this many iterations (an epoch: lang-seg's LambdaLR, stepped per
     # epoch by Lightning, modules/lsegmentation_module.py:172-174); 0 = every iteration
     cfg.SOLVER.POLY_STEP_ITERS = 0
+
+
+def add_accumulation_config(cfg: CN) -> None:
+    """SOLVER.ACCUMULATE_STEPS (ovseg/engine/train_loop.py, ``Accumulation``)."""
+    # one optimizer step over this many loader batches of SOLVER.IMS_PER_BATCH / N images
+    # (summed over the GPUs), each loss divided by N: the same images per step, batch norms
+    # and memory seeing one N-th of them per forward (PyTorch Lightning's
+    # accumulate_grad_batches); 1 = one batch of IMS_PER_BATCH per step
+    cfg.SOLVER.ACCUMULATE_STEPS = 1
 
 
 def add_text_embeddings_file_config(cfg: CN) -> None:

@@ -181,8 +181,12 @@ def _synthetic(cfg: CfgNode, model: torch.nn.Module) -> Tuple[List[dict], int]:
         )
     labels = synthetic_labels(cfg)
     tasks = getattr(model, "train_tasks", ())
+    from ..engine.trainer import per_forward_batch
+
+    # one forward's images: a step runs SOLVER.ACCUMULATE_STEPS of them, IMS_PER_BATCH in all
+    images = per_forward_batch(cfg).SOLVER.IMS_PER_BATCH
     batch = synthetic_batch(
-        cfg.SOLVER.IMS_PER_BATCH, side, labels.names, labels.label_ids, labels.ignore,
+        images, side, labels.names, labels.label_ids, labels.ignore,
         targets=labels.targets, task=tasks[-1] if tasks else "",
     )  # fmt: skip
     return batch, side

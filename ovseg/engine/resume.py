@@ -90,7 +90,9 @@ def restore_training_position(trainer, extra: Dict[str, Any], data: DataPosition
     """
     loop = trainer._trainer
     if data.sampler is not None:
-        data.sampler.set_start(trainer.start_iter, data.loaded_seed)
+        # the loader's batches so far: ACCUMULATE_STEPS per finished iteration
+        steps = getattr(loop, "accumulate_steps", 1)
+        data.sampler.set_start(trainer.start_iter * steps, data.loaded_seed)
         # the iterator of detectron2 v0.6 is made in SimpleTrainer.__init__, later ones lazily
         name = "_data_loader_iter_obj" if hasattr(loop, "_data_loader_iter_obj") else None
         setattr(loop, name or "_data_loader_iter", iter(loop.data_loader))

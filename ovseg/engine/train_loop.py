@@ -1,19 +1,22 @@
 """Training steps: detectron2's, with the loss metrics read back every few steps instead of
-every step, and a mixed-precision step for CUDA (fp16/bf16) and CPU (bf16)."""
+every step, a mixed-precision step for CUDA (fp16/bf16) and CPU (bf16), and gradient
+accumulation (SOLVER.ACCUMULATE_STEPS)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-__all__ = ["AMPTrainer", "DeferredMetrics", "OvsegSimpleTrainer"]
+__all__ = ["AMPTrainer", "Accumulation", "DeferredMetrics", "OvsegSimpleTrainer"]
 
 
 class DeferredMetrics:
@@ -68,28 +71,95 @@ class DeferredMetrics:
         super().after_train()
 
 
-class OvsegSimpleTrainer(DeferredMetrics, SimpleTrainer):
-    """detectron2's ``SimpleTrainer`` with :class:`DeferredMetrics`."""
+class Accumulation:
+    """One optimizer step over ``accumulate_steps`` batches of the loader (its batch size is
+    SOLVER.IMS_PER_BATCH / steps): each batch's forward and backward with its loss divided by
+    the steps, so the gradient is the mean over the step's batches, as PyTorch Lightning's
+    ``accumulate_grad_batches`` (LSeg's official runs). Batch-dependent layers (BN, SyncBN)
+    see one batch per forward; DDP synchronises gradients on the last backward only. The
+    metrics are the batches' means. 1: detectron2's step, unchanged."""
 
-    def __init__(self, model, data_loader, optimizer, *, metrics_period: int = 1) -> None:
+    accumulate_steps: int = 1
+
+    def _set_accumulation(self, steps: int) -> None:
+        if int(steps) < 1:
+            raise ValueError(f"SOLVER.ACCUMULATE_STEPS must be >= 1, got {steps}")
+        self.accumulate_steps = int(steps)
+
+    def _no_sync(self, last: bool):
+        if not last and isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _accumulate(
+        self, forward: Callable[[list], Dict[str, torch.Tensor]], backward: Callable
+    ) -> Tuple[Dict[str, torch.Tensor], float]:
+        """The step's forwards and backwards; (mean loss dict, summed data time)."""
+        steps = self.accumulate_steps
+        self.optimizer.zero_grad()
+        means: Dict[str, torch.Tensor] = {}
+        data_time = 0.0
+        for i in range(steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            with self._no_sync(last=i == steps - 1):
+                loss_dict = forward(data)
+                backward(sum(loss_dict.values()) / steps)
+            for name, value in loss_dict.items():
+                means[name] = means.get(name, 0) + value.detach() / steps
+        return means, data_time
+
+
+def _loss_dict(out) -> Dict[str, torch.Tensor]:
+    return {"total_loss": out} if isinstance(out, torch.Tensor) else out
+
+
+class OvsegSimpleTrainer(Accumulation, DeferredMetrics, SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` with :class:`DeferredMetrics` and
+    :class:`Accumulation`."""
+
+    def __init__(
+        self, model, data_loader, optimizer, *, metrics_period: int = 1, accumulate_steps: int = 1
+    ) -> None:
         super().__init__(model, data_loader, optimizer)
         self.metrics_period = int(metrics_period)
+        self._set_accumulation(accumulate_steps)
+
+    def run_step(self) -> None:
+        if self.accumulate_steps == 1:
+            super().run_step()
+            return
+        assert self.model.training, "[OvsegSimpleTrainer] model was changed to eval mode!"
+        loss_dict, data_time = self._accumulate(
+            lambda data: _loss_dict(self.model(data)), lambda loss: loss.backward()
+        )
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
 
 
-class AMPTrainer(DeferredMetrics, SimpleTrainer):
+class AMPTrainer(Accumulation, DeferredMetrics, SimpleTrainer):
     """Like detectron2's AMPTrainer, on the device of the model and with a chosen dtype.
 
     detectron2's own (v0.6 and later) requires CUDA and fp16; bf16 needs no grad scaler and
-    also runs on the CPU. Metrics as :class:`DeferredMetrics`.
+    also runs on the CPU. Metrics as :class:`DeferredMetrics`, steps as :class:`Accumulation`.
     """
 
     def __init__(
-        self, model, data_loader, optimizer, *, dtype: str = "fp16", metrics_period: int = 1
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        dtype: str = "fp16",
+        metrics_period: int = 1,
+        accumulate_steps: int = 1,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"SOLVER.AMP.DTYPE={dtype!r}; supported: {sorted(_DTYPES)}.")
         super().__init__(model, data_loader, optimizer)
         self.metrics_period = int(metrics_period)
+        self._set_accumulation(accumulate_steps)
         self.dtype = _DTYPES[dtype]
         param = next(model.parameters())
         self.device_type = param.device.type
@@ -99,18 +169,24 @@ class AMPTrainer(DeferredMetrics, SimpleTrainer):
             self.device_type, enabled=self.dtype == torch.float16
         )
 
+    def _forward(self, data) -> Dict[str, torch.Tensor]:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return _loss_dict(self.model(data))
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.grad_scaler.scale(loss).backward()
+
     def run_step(self) -> None:
         assert self.model.training, "[AMPTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            loss_dict = self.model(data)
-            losses = loss_dict if isinstance(loss_dict, torch.Tensor) else sum(loss_dict.values())
-            if isinstance(loss_dict, torch.Tensor):
-                loss_dict = {"total_loss": loss_dict}
-        self.optimizer.zero_grad()
-        self.grad_scaler.scale(losses).backward()
+        if self.accumulate_steps > 1:
+            loss_dict, data_time = self._accumulate(self._forward, self._backward)
+        else:
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time = time.perf_counter() - start
+            loss_dict = self._forward(data)
+            self.optimizer.zero_grad()
+            self._backward(sum(loss_dict.values()))
         self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()

@@ -61,6 +61,24 @@ def sync_norm_statistics(model: nn.Module) -> None:
                     dist.broadcast(buf, src=0)
 
 
+def per_forward_batch(cfg: CfgNode) -> CfgNode:
+    """``cfg`` with SOLVER.IMS_PER_BATCH the images of one forward: the step's divided by
+    SOLVER.ACCUMULATE_STEPS (the loader's batch)."""
+    steps, total = cfg.SOLVER.ACCUMULATE_STEPS, cfg.SOLVER.IMS_PER_BATCH
+    if steps == 1:
+        return cfg
+    world = comm.get_world_size()
+    if steps < 1 or total % (steps * world):
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {total} must be a multiple of SOLVER.ACCUMULATE_STEPS {steps} "
+            f"x {world} processes: each forward takes IMS_PER_BATCH / ACCUMULATE_STEPS images"
+        )
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.IMS_PER_BATCH = total // steps
+    return cfg
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose DDP wrapping, AMP and checkpoints also work for CPU runs."""
 
@@ -95,13 +113,14 @@ class Trainer(DefaultTrainer):
     @staticmethod
     def build_step(cfg: CfgNode, model, data_loader, optimizer) -> SimpleTrainer:
         """The training step: AMP by SOLVER.AMP, metrics read back every
-        SOLVER.METRICS_PERIOD steps."""
-        period = cfg.SOLVER.METRICS_PERIOD
+        SOLVER.METRICS_PERIOD steps, SOLVER.ACCUMULATE_STEPS loader batches per step."""
+        kwargs = {
+            "metrics_period": cfg.SOLVER.METRICS_PERIOD,
+            "accumulate_steps": cfg.SOLVER.ACCUMULATE_STEPS,
+        }
         if cfg.SOLVER.AMP.ENABLED:
-            return AMPTrainer(
-                model, data_loader, optimizer, dtype=cfg.SOLVER.AMP.DTYPE, metrics_period=period
-            )
-        return OvsegSimpleTrainer(model, data_loader, optimizer, metrics_period=period)
+            return AMPTrainer(model, data_loader, optimizer, dtype=cfg.SOLVER.AMP.DTYPE, **kwargs)
+        return OvsegSimpleTrainer(model, data_loader, optimizer, **kwargs)
 
     @classmethod
     def build_model(cls, cfg: CfgNode):
@@ -123,7 +142,9 @@ class Trainer(DefaultTrainer):
         if meta.get("train_sampling", "records") != "records":
             dataset = dataset or DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
             sampler = train_sampler_for(meta, dataset)
-        return build_resumable_train_loader(cfg, mapper, dataset, sampler=sampler)
+        return build_resumable_train_loader(
+            per_forward_batch(cfg), mapper, dataset, sampler=sampler
+        )
 
     def resume_or_load(self, resume: bool = True) -> None:
         """As DefaultTrainer's; a resumed run also continues the data stream and RNG states."""

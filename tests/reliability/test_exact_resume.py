@@ -37,10 +37,11 @@ class _KillAfter(HookBase):
             raise _Killed
 
 
-def _train(out, workers, *, resume=False, kill_after=None, period=MAX_ITER // 2):
+def _train(out, workers, *, resume=False, kill_after=None, period=MAX_ITER // 2, steps=1):
     opts = cpu_opts("SemanticSegmentor", out / "cache")
     opts += [
         "SEED", "7",
+        "SOLVER.ACCUMULATE_STEPS", str(steps),
         "DATALOADER.NUM_WORKERS", str(workers),
         "SOLVER.BASE_LR", "0.01",
         "SOLVER.WARMUP_ITERS", "0",
@@ -72,12 +73,14 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resumed_run_equals_uninterrupted_run(ade20k_registered, tmp_path, workers):
-    straight = _weights(_train(tmp_path / "straight", workers))
-    _train(tmp_path / "resumed", workers, kill_after=MAX_ITER // 2 - 1)
+# (loader workers, SOLVER.ACCUMULATE_STEPS): an accumulating run resumes after the loader
+# batches of the finished iterations, steps per iteration
+@pytest.mark.parametrize("workers, steps", [(0, 1), (2, 1), (0, 2)])
+def test_resumed_run_equals_uninterrupted_run(ade20k_registered, tmp_path, workers, steps):
+    straight = _weights(_train(tmp_path / "straight", workers, steps=steps))
+    _train(tmp_path / "resumed", workers, kill_after=MAX_ITER // 2 - 1, steps=steps)
     assert (tmp_path / "resumed/last_checkpoint").read_text() == "model_0000002.pth"
-    resumed = _train(tmp_path / "resumed", workers, resume=True)
+    resumed = _train(tmp_path / "resumed", workers, resume=True, steps=steps)
     assert resumed.start_iter == MAX_ITER // 2
     weights = _weights(resumed)
     assert weights.keys() == straight.keys()
