@@ -204,10 +204,12 @@ def _lseg_recipe(path: Path, cfg) -> None:
         assert list(cfg.INPUT.RESIZE_IMG_SCALE) == [520, 520]
         assert list(cfg.INPUT.RESIZE_RATIO_RANGE) == [0.5, 2.0]
         assert tuple(cfg.INPUT.CROP.SIZE) == (480, 480) and cfg.INPUT.SIZE_DIVISIBILITY == 480
-        # one image per GPU: each image's mean loss, then the mean over the images
+        # one image per GPU: each image's mean loss, then the mean over the images; two
+        # forwards of 8 images per step of 16 (SyncBN over 8, --accumulate_grad_batches 2)
         assert cfg.MODEL.LSEG.LOSS_NORMALIZATION == "images"
+        assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.ACCUMULATE_STEPS) == (16, 2)
     else:  # no official epoch (ovseg's splits, variants): the poly steps per iteration
-        assert cfg.SOLVER.POLY_STEP_ITERS == 0
+        assert cfg.SOLVER.POLY_STEP_ITERS == 0 and cfg.SOLVER.ACCUMULATE_STEPS == 1
     if path.stem.endswith(VARIANT):  # ovseg's: backbone 0.004, decoder 10x, one test scale
         assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(0.004)
         assert not cfg.TEST.AUG.ENABLED
@@ -678,7 +680,8 @@ def _one_training_step(cfg, learner) -> None:
     optimizer = Trainer.build_optimizer(cfg, model)
     _check_learning_rates(cfg, model, optimizer)
     batch = next(iter(Trainer.build_train_loader(cfg)))
-    assert len(batch) == 2
+    # SOLVER.IMS_PER_BATCH 2 per step, in ACCUMULATE_STEPS loader batches
+    assert len(batch) * cfg.SOLVER.ACCUMULATE_STEPS == 2
     if cfg.MODEL.META_ARCHITECTURE == "XPMStudent":  # the store's instances reach the model
         assert any(x["instances"].gt_is_pseudo.any() for x in batch)
     model.train()
