@@ -48,6 +48,7 @@ _SOLVER_RULES: List[tuple[str, Callable[[float], bool], str]] = [
     ("MOMENTUM", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("WEIGHT_DECAY", lambda v: v >= 0, ">= 0"),
     ("POLY_LR_POWER", lambda v: v >= 0, ">= 0"),
+    ("ACCUMULATE_STEPS", lambda v: v >= 1 and v == int(v), "a whole number of batches >= 1"),
 ]
 
 
@@ -91,6 +92,12 @@ def check_solver(cfg: CfgNode) -> None:
     eval_period = cfg.TEST.get("EVAL_PERIOD", 0)
     if eval_period < 0:
         problems.append(f"TEST.EVAL_PERIOD={eval_period!r} (must be >= 0; 0 = only at the end)")
+    steps, images = cfg.SOLVER.get("ACCUMULATE_STEPS", 1), cfg.SOLVER.IMS_PER_BATCH
+    if isinstance(steps, int) and steps >= 1 and images > 0 and images % steps:
+        problems.append(
+            f"SOLVER.ACCUMULATE_STEPS={steps!r} (must divide SOLVER.IMS_PER_BATCH={images}: "
+            "each forward takes IMS_PER_BATCH / ACCUMULATE_STEPS images)"
+        )
     workers = cfg.DATALOADER.get("NUM_WORKERS", 0)
     if workers < 0:
         problems.append(f"DATALOADER.NUM_WORKERS={workers!r} (must be >= 0)")

@@ -42,6 +42,8 @@ def test_unknown_dataset_name_names_the_closest(tmp_path, key):
         ("SOLVER.WARMUP_FACTOR", "2.0"),
         ("SOLVER.MOMENTUM", "1.5"),
         ("SOLVER.WEIGHT_DECAY", "-0.1"),
+        ("SOLVER.ACCUMULATE_STEPS", "0"),
+        ("SOLVER.ACCUMULATE_STEPS", "3"),  # does not divide the config's IMS_PER_BATCH
         ("TEST.EVAL_PERIOD", "-1"),
     ],
 )
