@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from prepare_ade20k_sem_seg import convert_ade20k_label
 from prepare_utils import (
+    ensure_label_counts,
     list_files,
     make_lut,
     require,
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = root / "annotations_detectron2" / "training_base"
     jobs = [(p, out_dir / p.name) for p in sources]
     run_jobs(jobs, convert_base_label, "ADE20K training_base semantic labels")
+    ensure_label_counts(out_dir)  # FreeSeg's prompt stage reads it
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from prepare_utils import (
+    ensure_label_counts,
     list_files,
     make_lut,
     require,
@@ -141,6 +142,8 @@ def convert_split(root: Path, split: str) -> None:
 
         jobs = [(p.name, (sem_dir / p.name, pan_out / p.name)) for p in maps if p.name in anns]
         run_jobs(jobs, convert, f"COCO full task {split}{suffix}")
+        if split == "train2017" and suffix == "_base":  # FreeSeg's prompt stage reads it
+            ensure_label_counts(sem_dir)
         jsons = root / "panoptic_detectron2"
         write_json(data, anns, pan_out, jsons / f"panoptic_{split}{suffix}.json")
         write_release_json(

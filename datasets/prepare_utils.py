@@ -293,3 +293,13 @@ def segment_info(mask: np.ndarray, segment_id: int, category_id: int, iscrowd: i
         "area": int(mask.sum()),
         "bbox": box,
     }
+
+
+def ensure_label_counts(folder: Path) -> None:
+    """Write ``<folder>_label_count.json``, the classes of each label PNG (FreeSeg's
+    ``tools/mask_cls_collect.py`` output, which its prompt stage reads instead of every PNG:
+    :mod:`ovseg.data.label_counts`), unless a current one is there."""
+    from ovseg.data.label_counts import load_label_counts, write_label_counts
+
+    if load_label_counts(folder) is None:
+        print(f"{write_label_counts(folder)} written")

@@ -31,6 +31,7 @@ from PIL import Image
 from prepare_utils import (
     README,
     check_values,
+    ensure_label_counts,
     make_lut,
     read_id_list,
     require,
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     run_jobs(jobs, keep_all, "VOC-20 train_aug")
     base = [(dst, out / "train_aug_base" / dst.name) for _, dst in jobs]
     run_jobs(base, convert_base_file, "VOC-20 train_aug_base (FreeSeg's seen-only split)")
+    ensure_label_counts(out / "train_aug_base")  # FreeSeg's prompt stage reads it
 
 
 if __name__ == "__main__":

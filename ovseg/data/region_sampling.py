@@ -27,12 +27,14 @@ distinct ones and repeats the rest; the default here draws N distinct records.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
+
+from .label_counts import label_classes, load_label_counts
 
 __all__ = ["TASK_KEYS", "image_regions", "region_dataset_for", "sample_regions"]
 
@@ -45,12 +47,6 @@ TASK_KEYS = {"semantic": "sem_seg", "instance": "ins_seg", "panoptic": "pan_seg"
 _SEGMENT_KEYS = ("segments_info", "pan_seg_file_name", "annotations")
 
 
-def _label_classes(path: str, ignore_label: int) -> List[int]:
-    with Image.open(path) as image:
-        ids = np.unique(np.asarray(image))
-    return [int(i) for i in ids if int(i) != ignore_label]
-
-
 def image_regions(
     record: dict,
     tasks: Sequence[str],
@@ -58,6 +54,7 @@ def image_regions(
     keep: Callable[[str], bool] = lambda name: True,
     ignore_label: int = 255,
     labels: bool = False,
+    label_counts: Optional[Dict[str, List[int]]] = None,
 ) -> List[dict]:
     """The region records of one image dict.
 
@@ -70,6 +67,8 @@ def image_regions(
         ignore_label (int): the label PNG's ignore value.
         labels (bool): a panoptic record's semantic regions are its label map's classes
             (``sem_seg_file_name``), as a semantic record's, not its segments' unions.
+        label_counts: the label folder's classes per file name
+            (:func:`~ovseg.data.label_counts.load_label_counts`); a name not in it is read.
 
     Returns:
         list[dict]: one record per (task, region), see the module docstring.
@@ -78,7 +77,11 @@ def image_regions(
     segments = record.get("segments_info")
     if "semantic" in tasks and (segments is None or labels):
         semantic = {k: v for k, v in record.items() if k not in _SEGMENT_KEYS}
-        for c in _label_classes(record["sem_seg_file_name"], ignore_label):
+        path = record["sem_seg_file_name"]
+        present = (label_counts or {}).get(os.path.basename(path))
+        if present is None:
+            present = label_classes(path, ignore_label)
+        for c in present:
             if c < len(classes) and keep(classes[c]):
                 out.append({**semantic, "task": "sem_seg", "region_class": classes[c]})
     if segments is None:
@@ -163,6 +166,8 @@ def region_dataset_for(cfg) -> Optional[List[dict]]:
     for dataset in cfg.DATASETS.TRAIN:
         meta = MetadataCatalog.get(dataset)
         classes = list(meta.stuff_classes)
+        # the label folder's classes per file, when its prepare script wrote them
+        counts = load_label_counts(meta.get("sem_seg_root", None)) if "semantic" in tasks else None
         # a label map read per image (semantic regions): progress over the whole set
         records = tqdm(DatasetCatalog.get(dataset), desc=f"{dataset} regions", unit="img")
         for record in records:
@@ -173,6 +178,7 @@ def region_dataset_for(cfg) -> Optional[List[dict]]:
                 keep=lambda n: names is None or normalize_name(n) in names,
                 ignore_label=meta.get("ignore_label", 255),
                 labels=labels,
+                label_counts=counts,
             )
     per_class = fs.PROMPT_SAMPLES_PER_CLASS
     sampled = (

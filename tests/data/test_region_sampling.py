@@ -4,6 +4,8 @@ prompt learner train on their own region only."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from detectron2.modeling import build_model
 
 import ovseg  # noqa: F401  (registers the meta-architectures)
 from ovseg.data import build_dataset_mapper
+from ovseg.data.label_counts import load_label_counts, write_label_counts
 from ovseg.data.region_sampling import image_regions, region_dataset_for, sample_regions
 
 CLASSES = ["cat", "dog", "sky"]
@@ -89,6 +92,28 @@ def test_semantic_regions_from_the_label_map(tiny_panoptic, tmp_path):
     assert all(r["sem_seg_file_name"] == str(label) for r in semantic)
     mapper = build_dataset_mapper(_cfg(tmp_path), False, PANOPTIC)
     assert _region(mapper(dict(semantic[0]))) == ("dog", int((grid == 1).sum()))
+
+
+def test_label_counts_file_replaces_reading_the_pngs(tmp_path):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    Image.fromarray(np.array([[0, 2, 255], [2, 2, 255]], dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((2, 3), 1, dtype=np.uint8)).save(folder / "b.png")
+    assert load_label_counts(folder) is None  # not written yet
+    path = write_label_counts(folder)
+    assert path == tmp_path / "labels_label_count.json"  # FreeSeg's name, beside the folder
+    counts = load_label_counts(folder)
+    assert counts == {"a.png": [0, 2], "b.png": [1]}
+    # the regions follow the file (here edited), a name missing from it is read from its PNG
+    record = {"file_name": "a.jpg", "sem_seg_file_name": str(folder / "a.png")}
+    regions = image_regions(record, ("semantic",), CLASSES, label_counts={"a.png": [1]})
+    assert [r["region_class"] for r in regions] == ["dog"]
+    regions = image_regions(record, ("semantic",), CLASSES, label_counts={"b.png": [1]})
+    assert [r["region_class"] for r in regions] == ["cat", "sky"]
+    # a file older than its folder (a label added since) is not used
+    old = folder.stat().st_mtime - 10
+    os.utime(path, (old, old))
+    assert load_label_counts(folder) is None
 
 
 def _records(task, cls, n):

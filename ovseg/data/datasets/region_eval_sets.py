@@ -19,6 +19,7 @@ from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..label_counts import load_label_counts
 from ..region_sampling import image_regions
 from .catalog import register_split
 
@@ -44,9 +45,12 @@ def _load(base: str) -> List[dict]:
     meta = MetadataCatalog.get(base)
     classes = list(meta.stuff_classes)
     ignore = meta.get("ignore_label", 255)
+    counts = load_label_counts(meta.get("sem_seg_root", None))  # None: the PNGs are read
     out = []
     for record in DatasetCatalog.get(base):
-        out += image_regions(record, ("semantic",), classes, ignore_label=ignore)
+        out += image_regions(
+            record, ("semantic",), classes, ignore_label=ignore, label_counts=counts
+        )
     return out
 
 

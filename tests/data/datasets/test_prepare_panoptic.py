@@ -69,6 +69,12 @@ def test_coco_full_task_and_base(tmp_path, raw, read, prepare_script):
     )
     # the all-ignore image is left out everywhere
     assert not (out / "val2017/000000000002.png").exists()
+    # the prompt stage's training folder has its classes per file (train2017_base only)
+    maps = coco / "stuffthingmaps_panoptic_detectron2"
+    assert json.loads((maps / "train2017_base_label_count.json").read_text()) == {
+        "000000000001.png": [0, sky_b]
+    }
+    assert not (maps / "val2017_base_label_count.json").exists()
     data = json.loads((out / "panoptic_val2017_base.json").read_text())
     assert [im["id"] for im in data["images"]] == [1] and len(data["categories"]) == 156
     segs = {s["id"]: s for s in data["annotations"][0]["segments_info"]}
@@ -155,5 +161,8 @@ def test_ade20k_panoptic(tmp_path, raw, read, prepare_script):
     # "other" 255 (prepare_ade20k_sem_seg_novel.py)
     sem_base = read(ade / "annotations_detectron2/training_base/ADE_train_00000001.png")
     np.testing.assert_array_equal(sem_base, [[0, 255, 7], [0, 7, 255]])
+    # and their classes per file, which FreeSeg's prompt stage reads instead of the PNGs
+    counts = json.loads((ade / "annotations_detectron2/training_base_label_count.json").read_text())
+    assert counts == {"ADE_train_00000001.png": [0, 7]}
     lut = prepare_script("prepare_ade20k_panoptic")._BASE_LUT
     assert (lut[8], lut[10], lut[148], lut[149], lut[255]) == (8, 9, 134, 255, 255)

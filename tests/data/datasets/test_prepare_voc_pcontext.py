@@ -174,6 +174,10 @@ def test_voc_train_aug_base_is_freeseg_seen_only_split(
     np.testing.assert_array_equal(
         read(out / f"train_aug_base/{SBD_ONLY}.png"), read(out / f"train_aug/{SBD_ONLY}.png")
     )
+    # the classes per file that FreeSeg's prompt stage reads (ovseg.data.label_counts)
+    counts = json.loads((out / "train_aug_base_label_count.json").read_text())
+    assert sorted(counts) == sorted(f"{s}.png" for s in (TRAIN, SBD_ONLY))
+    assert counts[f"{TRAIN}.png"] == [0, 14]
     reregister(tmp_path)
     meta = MetadataCatalog.get("voc_sem_seg_train_aug_base")
     assert meta.stuff_classes == MetadataCatalog.get("voc_sem_seg_val").stuff_classes
