@@ -275,7 +275,8 @@ def _run(
         batches.repeat = batches.last
         with flop_counter() as counter, _autocast(trainer):
             trainer.model(batches.last)
-        forward = counter.get_total_flops()
+        # a step's forwards: SOLVER.ACCUMULATE_STEPS of this batch
+        forward = counter.get_total_flops() * getattr(trainer, "accumulate_steps", 1)
         storage.iter = warmup + iters
         with flop_counter() as counter:
             trainer.run_step()
@@ -364,7 +365,7 @@ def benchmark_training(
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "data": data, "device": str(device), "device_name": device_name,
         "precision": precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "batch": cfg.SOLVER.IMS_PER_BATCH,
+        "batch": cfg.SOLVER.IMS_PER_BATCH, "accumulate_steps": cfg.SOLVER.ACCUMULATE_STEPS,
         "size": side or None, "input_shape": list(first["image"].shape[-2:]),
         "iters": iters, "warmup": warmup, "it_per_s": it_per_s,
         "images_per_s": cfg.SOLVER.IMS_PER_BATCH * it_per_s,

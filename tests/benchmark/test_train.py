@@ -103,6 +103,20 @@ def test_zegclip_flops_are_the_models(fp32_run):
     assert ratio == pytest.approx(want, rel=0.01) and 2.5 < ratio < 4.5, ratio
 
 
+def test_an_accumulated_step_counts_its_forwards(fp32_run):
+    # a step of 2 images as two forwards of one: both counted, each by hand at batch 1 (the
+    # prompt projection runs per forward, so a little more than one forward of 2)
+    opts = [*TINY, "SOLVER.ACCUMULATE_STEPS", "2"]
+    cfg = training_config(VOC, opts, device="cpu", batch=2, size=64)
+    res = benchmark_training(cfg, iters=1, warmup=1, data="synthetic")
+    assert (res["batch"], res["accumulate_steps"], fp32_run["accumulate_steps"]) == (2, 2, 1)
+    assert res["images_per_s"] == pytest.approx(2 * res["it_per_s"])
+    forward, backward = _tiny_flops(64, batch=1)
+    assert res["flops_forward"] == pytest.approx(2 * forward, rel=0.01)
+    assert res["flops_backward"] == pytest.approx(2 * backward, rel=0.01)
+    assert fp32_run["flops_per_iter"] < res["flops_per_iter"] < 1.05 * fp32_run["flops_per_iter"]
+
+
 def test_zegclip_bf16_autocast_on_cpu(fp32_run):
     res = _zegclip(precision="bf16", iters=1, warmup=1, peak_tflops=1.5)
     assert res["precision"] == "bf16" and res["it_per_s"] > 0
