@@ -145,13 +145,13 @@ def convert_split(root: Path, split: str) -> None:
         if split == "train2017" and suffix == "_base":  # FreeSeg's prompt stage reads it
             ensure_label_counts(sem_dir)
         jsons = root / "panoptic_detectron2"
-        write_json(data, anns, pan_out, jsons / f"panoptic_{split}{suffix}.json")
+        write_json(data, anns, pan_out, jsons / f"panoptic_{split}{suffix}.json", kept_ids)
         write_release_json(
             data, anns, pan_out, jsons / f"panoptic_{split}{suffix}_release.json", kept_ids
         )
 
 
-def write_json(data: dict, anns: dict, pan_out: Path, dst: Path) -> None:
+def write_json(data: dict, anns: dict, pan_out: Path, dst: Path, kept_ids) -> None:
     """The variant's panoptic json, measured on its written PNGs (resumed runs included)."""
     annotations = []
     for name in tqdm(sorted(anns), desc=f"{dst.name} segments", unit="img"):
@@ -159,16 +159,7 @@ def write_json(data: dict, anns: dict, pan_out: Path, dst: Path) -> None:
         if png.exists():
             segs = measure_segments(read_panoptic(png), anns[name]["segments_info"])
             annotations.append({**anns[name], "segments_info": segs})
-    cats = (
-        COCO_STUFF_CATEGORIES
-        if "_base" not in dst.name
-        else [c for c in COCO_STUFF_CATEGORIES if c["id"] not in COCO_UNSEEN_IDS]
-    )
-    kept = {a["image_id"] for a in annotations}
-    images = [im for im in data["images"] if im["id"] in kept]
-    out = {"images": images, "annotations": annotations, "categories": cats}
-    atomic_write_json(dst, out, indent=None)
-    print(f"{dst}: {len(annotations)} images")
+    _write_variant_json(data, annotations, kept_ids, dst)
 
 
 def write_release_json(data: dict, anns: dict, pan_out: Path, dst: Path, kept_ids) -> None:
@@ -184,12 +175,17 @@ def write_release_json(data: dict, anns: dict, pan_out: Path, dst: Path, kept_id
         if (pan_out / name).exists():
             segs = [s for s in anns[name]["segments_info"] if s["category_id"] in kept]
             annotations.append({**anns[name], "segments_info": segs})
-    cats = [c for c in COCO_STUFF_CATEGORIES if c["id"] in kept]
+    _write_variant_json(data, annotations, kept_ids, dst)
+
+
+def _write_variant_json(data: dict, annotations: list, kept_ids, dst: Path) -> None:
+    """A variant's json: ``annotations``, their images and the ``kept_ids`` categories."""
+    kept = set(kept_ids)
     images = {a["image_id"] for a in annotations}
     out = {
         "images": [im for im in data["images"] if im["id"] in images],
         "annotations": annotations,
-        "categories": cats,
+        "categories": [c for c in COCO_STUFF_CATEGORIES if c["id"] in kept],
     }
     atomic_write_json(dst, out, indent=None)
     print(f"{dst}: {len(annotations)} images")
