@@ -1,6 +1,7 @@
 # Follows HSNet's episode evaluation (juhongm999/hsnet common/evaluation.py, common/logger.py
 # AverageMeter), the metric LSeg's zero-shot tables report, re-written with numpy.
-"""Per-fold novel-class mIoU and FB-IoU of the 2-way episode benchmarks (PASCAL-5i, COCO-20i).
+"""Novel-class mIoU and FB-IoU of the 2-way episode benchmarks (PASCAL-5i, COCO-20i folds;
+FSS-1000).
 
 For each episode (a query image, its class c, a 0/1/255 target) HSNet counts, over the pixels
 whose target is not ignored, the intersection and union of the predicted and true background
@@ -106,7 +107,7 @@ class FewShotEpisodeEvaluator(DatasetEvaluator):
             if meta.get(key, None) is None:
                 raise ValueError(
                     f"Dataset {dataset_name!r} has no {key!r} metadata; the episode evaluator "
-                    "serves the pascal5i_* / coco20i_* benchmarks"
+                    "serves the pascal5i_* / coco20i_* / fss1000_* benchmarks"
                 )
         self.dataset_name = dataset_name
         self.class_names = list(meta.stuff_classes)

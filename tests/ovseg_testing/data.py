@@ -267,9 +267,33 @@ def write_fewshot_fixture(root: Path, size: int = 64) -> Path:
     return root
 
 
+def write_fss_fixture(root: Path, size: int = 32, images: int = 1) -> Path:
+    """FSS-1000 in miniature, in HSNet's layout: every class folder
+    ``FSS-1000/<class>/<n>.jpg`` with ``images`` images and their RGB masks ``<n>.png``:
+    white (the class) on the left half, grey 128 (the class) and 127 (not) on two columns."""
+    from ovseg.vocab import Vocabulary
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((size, size, 3), np.uint8)
+    mask[:, : size // 2] = 255
+    mask[:, size // 2] = 128
+    mask[:, size // 2 + 1] = 127
+    for name in Vocabulary.builtin("fss1000").names:
+        folder = root / "FSS-1000" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, images + 1):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{n}.jpg")
+            Image.fromarray(mask).save(folder / f"{n}.png")
+    return root
+
+
 def register_fewshot(root: str) -> None:
-    """(Re-)register PASCAL-5i and COCO-20i under ``root``, as ovseg's import does."""
+    """(Re-)register PASCAL-5i, COCO-20i and FSS-1000 under ``root``, as ovseg's import does."""
     from ovseg.data.datasets.fewshot import register_fewshot_benchmark
+    from ovseg.data.datasets.fss1000 import register_fss1000
+
+    register_fss1000(root)
 
     register_fewshot_benchmark(
         "pascal5i", root, vocabulary_name="voc20", rule="block", test_ignores_boundary=True
@@ -283,6 +307,7 @@ def register_fewshot(root: str) -> None:
 def registered_fewshot(root: Path) -> Iterator[Path]:
     """The few-shot fixture written and registered under ``root``, then the default root again."""
     write_fewshot_fixture(root)
+    write_fss_fixture(root)
     register_fewshot(str(root))
     try:
         yield root

@@ -15,7 +15,10 @@ As LSeg's zero-shot runs:
   lsegmentation_module_zs.py:55, 338-343). ``INPUT.EPISODE.TRAIN_BOUNDARY "ignore"`` keeps
   boundaries out of the loss instead (not the official run). In the test, boundary pixels
   are 255 (ignored) where the dataset says so (PASCAL-5i, hsnet common/evaluation.py:15-21);
-- the vocabulary is ``['others', <class name>]`` (lang-seg lseg_net_zs.py:169-175).
+- the vocabulary is ``['others', <class name>]`` (lang-seg lseg_net_zs.py:169-175);
+- a dataset whose masks are binary pictures (FSS-1000: ``mask_threshold`` metadata) has its
+  mask read as greyscale and the class where it is >= the threshold (lang-seg
+  fewshot_data/data/fss.py:83-87).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class BinaryEpisodeMapper:
         label_offset: int = 1,
         ignore_label: int = 255,
         boundary_ignored: bool = False,
+        mask_threshold: Optional[int] = None,
     ):
         """
         Args:
@@ -101,6 +105,8 @@ class BinaryEpisodeMapper:
             label_offset (int): a mask stores ``class id + label_offset``.
             ignore_label (int): the boundary / ignore label.
             boundary_ignored (bool): pixels labelled ``ignore_label`` stay ignored (else 0).
+            mask_threshold (int or None): masks are binary pictures, read as greyscale: the
+                record's class where >= this value, 0 elsewhere (None: masks store class ids).
         """
         self.is_train = is_train
         self.class_names = tuple(class_names)
@@ -110,6 +116,7 @@ class BinaryEpisodeMapper:
         self.label_offset = int(label_offset)
         self.ignore_label = int(ignore_label)
         self.boundary_ignored = bool(boundary_ignored)
+        self.mask_threshold = None if mask_threshold is None else int(mask_threshold)
         logger.info(
             f"[{type(self).__name__}] {'training' if is_train else 'test'}: size "
             f"{self.image_size}, boundary {'ignored' if boundary_ignored else 'as others'}"
@@ -126,7 +133,7 @@ class BinaryEpisodeMapper:
             raise ValueError(
                 f"Dataset {dataset_name!r} is not an episode benchmark (no stuff_classes / "
                 "label_offset metadata); INPUT.DATASET_MAPPER_NAME 'ovseg_binary_episode' "
-                "serves pascal5i_* / coco20i_* and the toy episodes"
+                "serves pascal5i_* / coco20i_* / fss1000_* and the toy episodes"
             )
         rule = cfg.INPUT.EPISODE.TRAIN_BOUNDARY
         if rule not in TRAIN_BOUNDARY_RULES:
@@ -147,6 +154,7 @@ class BinaryEpisodeMapper:
             "label_offset": meta.label_offset,
             "ignore_label": meta.get("ignore_label", 255),
             "boundary_ignored": ignored,
+            "mask_threshold": meta.get("mask_threshold", None),
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -163,9 +171,15 @@ class BinaryEpisodeMapper:
                 f"the {len(self.class_names)}-class dataset"
             )
         image = utils.read_image(record["file_name"], format=self.image_format)
-        label = utils.read_image(record.pop("sem_seg_file_name"))
+        value = class_id + self.label_offset
+        if self.mask_threshold is None:
+            label = utils.read_image(record.pop("sem_seg_file_name"))
+        else:
+            label = utils.read_image(record.pop("sem_seg_file_name"), format="L")
         if label.ndim == 3:
             label = label[:, :, 0]
+        if self.mask_threshold is not None:
+            label = np.where(label >= self.mask_threshold, value, 0).astype(np.int32)
         if label.shape != image.shape[:2]:
             raise ValueError(
                 f"Mask of {record['file_name']!r} is {label.shape[::-1]} (WxH) but the image is "
@@ -177,7 +191,7 @@ class BinaryEpisodeMapper:
             label = resize_label_nearest(label, (h, w))
         target = binary_target(
             label,
-            class_id + self.label_offset,
+            value,
             boundary_ignored=self.boundary_ignored,
             ignore_label=self.ignore_label,
         )

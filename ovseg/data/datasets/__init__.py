@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     register_coco20i,
     register_coco_panoptic,
     register_coco_stuff,
+    register_fss1000,
     register_pascal5i,
     register_pcontext,
     register_pcontext_full,

@@ -14,6 +14,7 @@ EXPECTED = {  # name: (number of classes, number of unseen classes)
     "voc21": (21, 5),
     "pc59": (59, 10),
     "pc459": (459, 0),
+    "fss1000": (1000, 240),  # the unseen: HSNet's test classes
 }
 
 
