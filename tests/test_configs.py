@@ -72,7 +72,7 @@ FOLDERS = {
     "xpm_teacher": "XPMTeacher",
     "xpm_student": "XPMStudent",
 }
-MIN_LEAVES = {"LSeg": 9, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
+MIN_LEAVES = {"LSeg": 11, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
 MIN_LEAVES["FreeSeg"] = 4
 MIN_LEAVES["FreeSegPromptLearner"] = 3
 # folders holding a second meta-architecture: FreeSeg's prompt stage sits with FreeSeg
@@ -177,9 +177,10 @@ def test_every_method_has_its_configs():
 VARIANT = "_ovseg-variant"  # ovseg's choices beside a paper config
 LSEG_SETTINGS = {"ade20k": "none", "voc": "inductive", "coco_stuff": "inductive"}
 LSEG_SETTINGS.update(pcontext="inductive", toy="inductive", pascal5i="none", coco20i="none")
+LSEG_SETTINGS.update(fss1000="none")
 # the per-GPU batch the backbone lr is scaled to (lr = 0.004 / 16 * batch): ADE20K's released
-# run as 16; the zero-shot fold module's default batch of 20 episodes
-LSEG_LR_BATCH = {"pascal5i": 20, "coco20i": 20}
+# run as 16; the zero-shot module's default batch of 20 episodes
+LSEG_LR_BATCH = {"pascal5i": 20, "coco20i": 20, "fss1000": 20}
 
 
 def _lseg_recipe(path: Path, cfg) -> None:
@@ -191,7 +192,21 @@ def _lseg_recipe(path: Path, cfg) -> None:
     if _dataset(path) in LSEG_LR_BATCH:  # the zero-shot folds: 0.004 / 16 per episode batch
         lr = 0.004 / 16 * LSEG_LR_BATCH[_dataset(path)]
         assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(lr)
-        assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone"
+        if _dataset(path) == "fss1000":  # 200 epochs (no early exit), poly stepped per epoch
+            # of 5,200 training episodes (query + support: 2 images each, 40 per step)
+            steps = lightning_steps_per_epoch(5200, gpus=1, batch=20, accumulate=1)
+            assert (cfg.SOLVER.POLY_STEP_ITERS, cfg.SOLVER.MAX_ITER) == (steps, 200 * steps)
+            assert cfg.SOLVER.IMS_PER_BATCH == 40 and cfg.SOLVER.POLY_FORMULA == "ovseg"
+            # the two released FSS models: ViT-L/16 (the ADE20K network) and ResNet-101
+            encoder = {
+                "build_timm_vit_backbone": "vitl16",
+                "build_torchvision_resnet_backbone": "r101",
+            }
+            assert path.stem.startswith(f"lseg_{encoder[cfg.MODEL.BACKBONE.NAME]}_")
+            if encoder[cfg.MODEL.BACKBONE.NAME] == "vitl16":
+                assert cfg.MODEL.VIT_BACKBONE.TIMM_MODEL == "vit_large_patch16_384"
+        else:
+            assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone"
         assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-32" and not cfg.TEST.AUG.ENABLED
         # the official CE over the whole episode batch, nothing ignored: the pooled mean
         assert cfg.MODEL.LSEG.LOSS_NORMALIZATION == "pixels"
