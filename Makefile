@@ -12,6 +12,8 @@ STAMP := $(VENV)/.ovseg-setup-done$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
 # (see README), or sets TORCH_SPEC= to keep the torch already in the venv.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# pytest-xdist processes (the CI machine's 2 cores; 0 = one process, no xdist)
+PYTEST_WORKERS ?= 2
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -27,9 +29,10 @@ $(STAMP): pyproject.toml tools/install_detectron2.py
 	@touch $(STAMP)
 
 # one intra-op thread per test process: the models are tiny, and on 2 shared cores two
-# threads per process made the suite several times slower
+# threads per process made the suite several times slower; two processes, one per core
+# (pytest-xdist), halve its wall time there
 test: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
