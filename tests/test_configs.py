@@ -72,7 +72,7 @@ FOLDERS = {
     "xpm_teacher": "XPMTeacher",
     "xpm_student": "XPMStudent",
 }
-MIN_LEAVES = {"LSeg": 11, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
+MIN_LEAVES = {"LSeg": 19, "ZegCLIP": 15, "MaskCLIP": 8, "MaskCLIPPlus": 6, "SemanticSegmentor": 2}
 MIN_LEAVES["FreeSeg"] = 4
 MIN_LEAVES["FreeSegPromptLearner"] = 3
 # folders holding a second meta-architecture: FreeSeg's prompt stage sits with FreeSeg
@@ -197,16 +197,15 @@ def _lseg_recipe(path: Path, cfg) -> None:
             steps = lightning_steps_per_epoch(5200, gpus=1, batch=20, accumulate=1)
             assert (cfg.SOLVER.POLY_STEP_ITERS, cfg.SOLVER.MAX_ITER) == (steps, 200 * steps)
             assert cfg.SOLVER.IMS_PER_BATCH == 40 and cfg.SOLVER.POLY_FORMULA == "ovseg"
-            # the two released FSS models: ViT-L/16 (the ADE20K network) and ResNet-101
-            encoder = {
-                "build_timm_vit_backbone": "vitl16",
-                "build_torchvision_resnet_backbone": "r101",
-            }
-            assert path.stem.startswith(f"lseg_{encoder[cfg.MODEL.BACKBONE.NAME]}_")
-            if encoder[cfg.MODEL.BACKBONE.NAME] == "vitl16":
-                assert cfg.MODEL.VIT_BACKBONE.TIMM_MODEL == "vit_large_patch16_384"
-        else:
-            assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_backbone"
+        # the paper's two encoders: ResNet-101 and ViT-L/16 (the ADE20K network)
+        encoder = {
+            "build_timm_vit_backbone": "vitl16",
+            "build_torchvision_resnet_backbone": "r101",
+        }
+        assert path.stem.startswith(f"lseg_{encoder[cfg.MODEL.BACKBONE.NAME]}_")
+        if encoder[cfg.MODEL.BACKBONE.NAME] == "vitl16":
+            assert cfg.MODEL.VIT_BACKBONE.TIMM_MODEL == "vit_large_patch16_384"
+            assert list(cfg.MODEL.DPT.REASSEMBLE_CHANNELS) == [256, 512, 1024, 1024]
         assert cfg.MODEL.CLIP.MODEL_NAME == "ViT-B-32" and not cfg.TEST.AUG.ENABLED
         # the official CE over the whole episode batch, nothing ignored: the pooled mean
         assert cfg.MODEL.LSEG.LOSS_NORMALIZATION == "pixels"
