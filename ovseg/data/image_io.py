@@ -26,8 +26,9 @@ class ImageDecodeError(OSError):
     """An image or label file that cannot be decoded (truncated, corrupt, not an image)."""
 
 
-def _open(path: str) -> Image.Image:
-    """Open and fully decode ``path`` (EXIF orientation applied), naming it on failure."""
+def _open(path: str, exif_orientation: bool = True) -> Image.Image:
+    """Open and fully decode ``path`` (EXIF orientation applied unless told not to), naming it
+    on failure."""
     try:
         with open(path, "rb") as f:
             image = Image.open(f)
@@ -39,7 +40,7 @@ def _open(path: str) -> Image.Image:
             f"Cannot decode image file {path!r} ({type(e).__name__}: {e}); the file is "
             "truncated, corrupt or not an image: re-export it or remove it from the dataset"
         ) from None
-    return d2_utils._apply_exif_orientation(image)
+    return d2_utils._apply_exif_orientation(image) if exif_orientation else image
 
 
 def _to_8bit(image: Image.Image, path: str) -> Image.Image:
@@ -63,7 +64,9 @@ def _to_8bit(image: Image.Image, path: str) -> Image.Image:
     return image
 
 
-def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, format: str = "RGB", *, exif_orientation: bool = True
+) -> np.ndarray:
     """Read an image as detectron2's ``read_image`` documents: (H, W, C) uint8.
 
     16-bit (and float in [0, 1]) grayscale is scaled to 8 bits before the conversion, so
@@ -72,6 +75,9 @@ def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
     Args:
         path: the image file.
         format (str): "RGB", "BGR" or "L" (any mode of ``detection_utils.read_image``).
+        exif_orientation (bool): turn the image as its EXIF orientation says (detectron2's
+            and OpenCV's reading); False keeps the stored pixels (``PIL.Image.open``, as
+            HSNet's loaders read).
 
     Returns:
         np.ndarray: (H, W, 3) uint8 for RGB/BGR, (H, W, 1) for "L".
@@ -81,15 +87,16 @@ def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
         ImageDecodeError: it cannot be decoded; the message names the file.
     """
     path = os.fspath(path)
-    image = _to_8bit(_open(path), path)
+    image = _to_8bit(_open(path, exif_orientation), path)
     return d2_utils.convert_PIL_to_numpy(image, format)
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(path: str | os.PathLike, *, exif_orientation: bool = True) -> np.ndarray:
     """Read a label map as stored: palette indices for mode "P", raw values for 8/16-bit.
 
     Args:
         path: the label PNG (mode L, P, I;16 or I).
+        exif_orientation (bool): as :func:`read_image`.
 
     Returns:
         np.ndarray: (H, W) (or (H, W, C) for a colour file, which callers refuse) array.
@@ -99,4 +106,4 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         ImageDecodeError: it cannot be decoded; the message names the file.
     """
     path = os.fspath(path)
-    return np.asarray(_open(path))
+    return np.asarray(_open(path, exif_orientation))

@@ -5,6 +5,9 @@
 
 As LSeg's zero-shot runs:
 
+- image and mask are read as stored, no EXIF orientation applied (``Image.open``, lang-seg
+  fewshot_data/data/pascal.py:90-97, coco.py:81-89, fss.py:62-86), so a tagged image keeps
+  the orientation its mask was drawn in;
 - the image is resized to a fixed square (480 x 480, bilinear, no other augmentation;
   lang-seg fewshot_data/data/dataset.py:31-33, lsegmentation_module_zs.py:67-70);
 - the mask is resized with torch's nearest rule (``F.interpolate``, hsnet data/pascal.py:39,
@@ -32,9 +35,9 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
 
 __all__ = ["BinaryEpisodeMapper", "TRAIN_BOUNDARY_RULES", "binary_target", "resize_label_nearest"]
@@ -170,12 +173,12 @@ class BinaryEpisodeMapper:
                 f"Record {record['file_name']!r}: episode_class {class_id} is not a class id of "
                 f"the {len(self.class_names)}-class dataset"
             )
-        image = utils.read_image(record["file_name"], format=self.image_format)
+        image = read_image(record["file_name"], self.image_format, exif_orientation=False)
         value = class_id + self.label_offset
         if self.mask_threshold is None:
-            label = utils.read_image(record.pop("sem_seg_file_name"))
+            label = read_label(record.pop("sem_seg_file_name"), exif_orientation=False)
         else:
-            label = utils.read_image(record.pop("sem_seg_file_name"), format="L")
+            label = read_image(record.pop("sem_seg_file_name"), "L", exif_orientation=False)
         if label.ndim == 3:
             label = label[:, :, 0]
         if self.mask_threshold is not None:

@@ -126,3 +126,27 @@ def test_scores_are_over_the_240_test_classes(registered):
     # FB-IoU: background (2 + 1) / (2 + 2), foreground (2 + 2) / (2 + 3)
     assert res["FB-IoU"] == pytest.approx(100 * (3 / 4 + 4 / 5) / 2)
     assert res["IoU-abe's_flyingfish"] == pytest.approx(100.0)
+
+
+def test_mapper_keeps_the_stored_orientation_of_an_exif_tagged_image(tmp_path, classes):
+    # HSNet reads images with Image.open (no EXIF turn), so mask and image stay aligned; a turn
+    # would make this 6 x 10 image 10 x 6 and mismatch its mask
+    folder = tmp_path / "FSS-1000" / classes[760]
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(folder / "1.jpg", quality=95, exif=exif.tobytes())
+    mask = np.zeros((6, 10), np.uint8)
+    mask[:, :3] = 255
+    Image.fromarray(mask).save(folder / "1.png")
+    record = {
+        "file_name": str(folder / "1.jpg"),
+        "sem_seg_file_name": str(folder / "1.png"),
+        "episode_class": 760,
+    }
+    mapper = BinaryEpisodeMapper(False, class_names=classes, image_size=None, mask_threshold=128)
+    out = mapper(record)
+    stored = np.asarray(Image.open(folder / "1.jpg").convert("RGB"))
+    assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), stored)
+    assert out["sem_seg"][:, :3].all() and not out["sem_seg"][:, 3:].any()
