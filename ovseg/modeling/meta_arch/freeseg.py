@@ -32,14 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import ImageList
 
-from ...clip import CLIPTeacher, build_clip_teacher
-from ...clip.prompt_names import get_prompt_names
+from ...clip import CLIPTeacher
 from ...vocab import normalize_name
-from ..backbone import build_backbone
 from ..freeseg import (
     AdaptivePromptLearner,
     TextClassHead,
@@ -47,29 +44,20 @@ from ..freeseg import (
     check_expand_ratio,
     clip_region_probs,
     ensemble_probs,
-    load_prompt_tokens,
     query_probs,
 )
 from ..freeseg.tasks import (
     POST_DEFAULTS,
     TASK_KEYS,
     TASKS,
-    ensemble_seen_classes,
-    post_config,
-    semantic_targets,
     task_targets,
     task_texts,
-    test_tasks_for,
-    train_tasks_for,
 )
 from ..freeseg.test_time import TestTimePromptTuning
 from ..inference import postprocess_to_original
 from ..mask_classification import (
-    HungarianMatcher,
     MaskClassificationCriterion,
     MaskedAttentionDecoder,
-    TextCosineClassHead,
-    build_pixel_decoder,
     freeseg_instance_inference,
     instance_inference,
     panoptic_inference,
@@ -78,26 +66,9 @@ from ..mask_classification import (
     semantic_inference,
 )
 from .base import OpenVocabSegmentor
+from .freeseg_build import freeseg_config
 
 __all__ = ["FreeSeg"]
-
-
-def _thing_names(cfg) -> Tuple[str, ...]:
-    """Thing classes of the training and test sets (metadata ``thing_classes``)."""
-    names = []
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        names += list(MetadataCatalog.get(name).get("thing_classes", None) or ())
-    return tuple(dict.fromkeys(names))
-
-
-def _clip_temperature(value: float, teacher: CLIPTeacher) -> float:
-    """MODEL.FREESEG.CLIP_TEMPERATURE, or (0) the loaded CLIP's own exp(logit_scale)."""
-    if value < 0:
-        raise ValueError(
-            f"MODEL.FREESEG.CLIP_TEMPERATURE must be > 0, or 0 for the CLIP's own logit scale; "
-            f"got {value}"
-        )
-    return float(value) if value > 0 else float(teacher.model.logit_scale.detach().exp())
 
 
 @META_ARCH_REGISTRY.register()
@@ -194,72 +165,7 @@ class FreeSeg(OpenVocabSegmentor):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        fs, mf = cfg.MODEL.FREESEG, cfg.MODEL.MASK_FORMER
-        teacher = build_clip_teacher(cfg)
-        backbone = build_backbone(cfg, teacher=teacher)
-        pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
-        conv_dim, mask_dim = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, cfg.MODEL.SEM_SEG_HEAD.MASK_DIM
-        if conv_dim != mask_dim:
-            raise ValueError(
-                f"FreeSeg's interaction is shared by the pixel maps and the mask features: "
-                f"MODEL.SEM_SEG_HEAD.CONVS_DIM {conv_dim} must equal MASK_DIM {mask_dim}"
-            )
-        inter = fs.INTERACTION
-        head = TextCosineClassHead(
-            mf.HIDDEN_DIM, teacher.embed_dim, 4 * mf.HIDDEN_DIM, 2, fs.TEMPERATURE
-        )
-        prompt = AdaptivePromptLearner(
-            teacher,
-            task_names=fs.TASK_NAMES,
-            num_class_tokens=fs.NUM_CLASS_PROMPT_TOKENS,
-            num_task_tokens=fs.NUM_TASK_PROMPT_TOKENS,
-            cache_by_task=fs.PROMPT_CACHE_BY_TASK,
-            prompt_names=get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
-        )
-        if fs.PROMPT_CHECKPOINT:
-            load_prompt_tokens(prompt, fs.PROMPT_CHECKPOINT)
-        matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT)
-        return {
-            **OpenVocabSegmentor.base_config(cfg),
-            "size_divisibility": mf.SIZE_DIVISIBILITY,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "teacher": teacher,
-            "backbone": backbone,
-            "pixel_decoder": pixel_decoder,
-            "interaction": TextVisualInteraction(
-                q_dim=conv_dim,
-                k_dim=teacher.embed_dim,
-                embed_dim=inter.EMBED_DIM,
-                num_heads=inter.NUM_HEADS,
-                dropout=inter.DROPOUT,
-                layer_scale_init=inter.LAYER_SCALE_INIT,
-                stacked_key_norm=inter.STACKED_KEY_NORM,
-            ),
-            "decoder": MaskedAttentionDecoder(cfg, in_channels=conv_dim, class_head=head),
-            "criterion": MaskClassificationCriterion(
-                matcher=matcher,
-                class_weight=mf.CLASS_WEIGHT,
-                mask_weight=mf.MASK_WEIGHT,
-                dice_weight=mf.DICE_WEIGHT,
-                no_object_weight=mf.NO_OBJECT_WEIGHT,
-                deep_supervision=mf.DEEP_SUPERVISION,
-                num_aux_losses=mf.NUM_AUX_LOSSES,
-            ),
-            "prompt": prompt,
-            "train_tasks": train_tasks_for(cfg),
-            "test_tasks": test_tasks_for(cfg),
-            "seen_classes": ensemble_seen_classes(cfg),
-            "thing_classes": _thing_names(cfg),
-            "clip_ensemble": fs.CLIP_ENSEMBLE,
-            "ensemble_weight": fs.ENSEMBLE_WEIGHT,
-            "mask_threshold": fs.MASK_THRESHOLD,
-            "mask_expand_ratio": fs.MASK_EXPAND_RATIO,
-            "clip_temperature": _clip_temperature(fs.CLIP_TEMPERATURE, teacher),
-            "post": post_config(cfg),
-            "test_prompt_tuning": TestTimePromptTuning.from_config(cfg),
-            "semantic_targets": semantic_targets(cfg),
-        }
+        return freeseg_config(cfg)
 
     # ------------------------------------------------------------------ network
     def text_features(self, names: Sequence[str], task: str) -> Tensor:
