@@ -9,7 +9,9 @@ As LSeg's zero-shot runs:
   fewshot_data/data/pascal.py:90-97, coco.py:81-89, fss.py:62-86), so a tagged image keeps
   the orientation its mask was drawn in;
 - the image is resized to a fixed square (480 x 480, bilinear, no other augmentation;
-  lang-seg fewshot_data/data/dataset.py:31-33, lsegmentation_module_zs.py:67-70);
+  lang-seg fewshot_data/data/dataset.py:31-33, lsegmentation_module_zs.py:67-70), and the mask
+  to the same square on its own, so a mask of another size than its image is scored as the
+  official run scores it, with a warning;
 - the mask is resized with torch's nearest rule (``F.interpolate``, hsnet data/pascal.py:39,
   data/coco.py:40), which picks other source pixels than PIL's nearest;
 - the target is 1 where the mask is the record's class, 0 everywhere else: other classes,
@@ -120,6 +122,7 @@ class BinaryEpisodeMapper:
         self.ignore_label = int(ignore_label)
         self.boundary_ignored = bool(boundary_ignored)
         self.mask_threshold = None if mask_threshold is None else int(mask_threshold)
+        self._size_warned: set = set()
         logger.info(
             f"[{type(self).__name__}] {'training' if is_train else 'test'}: size "
             f"{self.image_size}, boundary {'ignored' if boundary_ignored else 'as others'}"
@@ -184,10 +187,20 @@ class BinaryEpisodeMapper:
         if self.mask_threshold is not None:
             label = np.where(label >= self.mask_threshold, value, 0).astype(np.int32)
         if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"Mask of {record['file_name']!r} is {label.shape[::-1]} (WxH) but the image is "
-                f"{image.shape[1::-1]}"
-            )
+            if self.image_size is None:
+                raise ValueError(
+                    f"Mask of {record['file_name']!r} is {label.shape[::-1]} (WxH) but the image "
+                    f"is {image.shape[1::-1]}"
+                )
+            # HSNet resizes image and mask to the square each on its own (dataset.py:31-33,
+            # fss.py:38-39): a pair of other sizes is scored as the official run scores it
+            if record["file_name"] not in self._size_warned:
+                self._size_warned.add(record["file_name"])
+                logger.warning(
+                    f"Mask of {record['file_name']!r} is {label.shape[::-1]} (WxH), the image "
+                    f"{image.shape[1::-1]}: both resized to {self.image_size[::-1]} on their own, "
+                    "as HSNet's loaders do"
+                )
         if self.image_size is not None:
             h, w = self.image_size
             image = T.ResizeTransform(*image.shape[:2], h, w).apply_image(image)

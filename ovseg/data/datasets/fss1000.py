@@ -6,15 +6,15 @@
 HSNet's split (fewshot_data/data/splits/fss/{trn,val,test}.txt, from the FSS-1000 authors'
 test list) assigns 520 classes to training, 240 to validation and 240 to the test; a class's
 id is its place in the sorted list of its split plus the split's offset (0, 520, 760;
-fss.py:22-24, :89-95, :117-124). ``ovseg/data/vocabularies/fss1000.json`` holds the 1000 folder
+fss.py:22-24, :89-95, :118-125). ``ovseg/data/vocabularies/fss1000.json`` holds the 1000 folder
 names in that id order (lang-seg's ``label_files/fewshot_fss.txt``, whose names are LSeg's
 prompts as they are: ``"abe's_flyingfish"``), its "unseen" the 240 test classes.
 
 - ``fss1000_train``: every image of the 520 training classes (LSeg trains on query and
-  support images alike, ``lsegmentation_module_zs.py:119-123``).
+  support images alike, ``lsegmentation_module_zs.py:122-124``).
 - ``fss1000_val`` / ``fss1000_test``: one episode per image of the split's classes, in
   HSNet's order (sorted folder listing; with nshot 0 no image is kept back as a support,
-  fss.py:126-139), scored over the split's classes.
+  fss.py:127-139), scored over the split's classes.
 
 A record is an (image, class) pair; its mask ``<n>.png`` beside ``<n>.jpg`` is read as
 greyscale and is the class where it is >= 128 (``read_mask``, fss.py:83-87): the
@@ -35,7 +35,7 @@ __all__ = ["FSS_FOLDER", "FSS_SPLITS", "load_fss1000", "register_fss1000"]
 
 FSS_FOLDER = "FSS-1000"
 VOCABULARY = "fss1000"
-# split -> (first class id, end), fss.py:117-124
+# split -> (first class id, end), fss.py:118-125
 FSS_SPLITS: Dict[str, Tuple[int, int]] = {"train": (0, 520), "val": (520, 760), "test": (760, 1000)}
 IMAGES_PER_CLASS = 10  # the FSS-1000 release; the evaluator warns when a copy has other counts
 MASK_THRESHOLD = 128  # fss.py:85-86
@@ -48,7 +48,7 @@ def _class_records(folder: str, class_id: int, name: str) -> List[dict]:
             f"<DETECTRON2_DATASETS>/{FSS_FOLDER}/<class>/<n>.jpg and <n>.png, all 1000 class "
             f"folders (HSNet's download); see {DATASETS_README}"
         )
-    # HSNet's order: the sorted listing, its .jpg entries (fss.py:131-139)
+    # HSNet's order: the sorted listing, its .jpg entries (fss.py:130-139)
     images = [p for p in sorted(os.listdir(folder)) if p.split(".")[1:2] == ["jpg"]]
     if not images:
         raise FileNotFoundError(

@@ -150,3 +150,28 @@ def test_mapper_keeps_the_stored_orientation_of_an_exif_tagged_image(tmp_path, c
     stored = np.asarray(Image.open(folder / "1.jpg").convert("RGB"))
     assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), stored)
     assert out["sem_seg"][:, :3].all() and not out["sem_seg"][:, 3:].any()
+
+
+def test_a_mask_of_another_size_is_resized_on_its_own_as_hsnet(tmp_path, classes, caplog):
+    # HSNet resizes image and mask to 480 each on its own, so such a pair is scored; at the
+    # original size it cannot be, and is refused
+    folder = tmp_path / "FSS-1000" / classes[800]
+    folder.mkdir(parents=True)
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(folder / "1.jpg")
+    mask = np.zeros((2, 6), np.uint8)
+    mask[:, :3] = 255
+    Image.fromarray(mask).save(folder / "1.png")
+    record = {
+        "file_name": str(folder / "1.jpg"),
+        "sem_seg_file_name": str(folder / "1.png"),
+        "episode_class": 800,
+    }
+    resized = BinaryEpisodeMapper(False, class_names=classes, image_size=(4, 4), mask_threshold=128)
+    with caplog.at_level("WARNING"):
+        out = resized(dict(record))
+    # torch nearest from 6 columns to 4: source columns 0, 1, 3, 4
+    assert out["sem_seg"].tolist() == [[1, 1, 0, 0]] * 4
+    assert "resized to (4, 4) on their own" in caplog.text
+    original = BinaryEpisodeMapper(False, class_names=classes, image_size=None, mask_threshold=128)
+    with pytest.raises(ValueError, match=r"is \(6, 2\) \(WxH\) but the image is \(4, 4\)"):
+        original(dict(record))
