@@ -181,6 +181,9 @@ LSEG_SETTINGS.update(fss1000="none")
 # the per-GPU batch the backbone lr is scaled to (lr = 0.004 / 16 * batch): ADE20K's released
 # run as 16; the zero-shot module's default batch of 20 episodes
 LSEG_LR_BATCH = {"pascal5i": 20, "coco20i": 20, "fss1000": 20}
+# an epoch of the zero-shot folds: HSNet's training pairs (PASCAL) or distinct images (COCO)
+# per fold, as datasets/README.md gives them from HSNet's lists
+FOLD_EPISODES = {"pascal5i": (11394, 10255, 7797, 11594), "coco20i": (62040, 74381, 73035, 73808)}
 
 
 def _lseg_recipe(path: Path, cfg) -> None:
@@ -192,6 +195,12 @@ def _lseg_recipe(path: Path, cfg) -> None:
     if _dataset(path) in LSEG_LR_BATCH:  # the zero-shot folds: 0.004 / 16 per episode batch
         lr = 0.004 / 16 * LSEG_LR_BATCH[_dataset(path)]
         assert cfg.SOLVER.BASE_LR * cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(lr)
+        if _dataset(path) in FOLD_EPISODES:  # 4 epochs of 20-episode batches, the last partial
+            fold = int(cfg.DATASETS.TRAIN[0].split("_fold")[1][0])
+            episodes = FOLD_EPISODES[_dataset(path)][fold]
+            steps = lightning_steps_per_epoch(episodes, gpus=1, batch=20, accumulate=1)
+            assert cfg.SOLVER.MAX_ITER == 4 * steps and cfg.SOLVER.IMS_PER_BATCH == 40
+            assert cfg.DATASETS.TEST[0] == cfg.DATASETS.TRAIN[0].replace("_train", "_test")
         if _dataset(path) == "fss1000":  # 200 epochs (no early exit), poly stepped per epoch
             # of 5,200 training episodes (query + support: 2 images each, 40 per step)
             steps = lightning_steps_per_epoch(5200, gpus=1, batch=20, accumulate=1)
