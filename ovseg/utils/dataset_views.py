@@ -63,8 +63,15 @@ def draw_ground_truth(
         return _draw_segments(dataset_dict, info, min_size)
     if "sem_seg_file_name" not in dataset_dict:
         raise ValueError(f"{dataset_dict.get('file_name')}: the dataset dict has no label file")
-    image = read_image(dataset_dict["file_name"], format="RGB")
-    label = read_label(dataset_dict["sem_seg_file_name"], image.shape[:2])
+    if "episode_class" in dataset_dict:
+        image = read_image(dataset_dict["file_name"], format="RGB", exif_orientation=False)
+        # the episode's ignore (255) is a class id of FSS-1000's 1000: one no class takes
+        names = info["metadata"].stuff_classes
+        info = {**info, "ignore_label": max(info["ignore_label"], len(names))}
+        label = _episode_label(dataset_dict, info, image.shape[:2])
+    else:
+        image = read_image(dataset_dict["file_name"], format="RGB")
+        label = read_label(dataset_dict["sem_seg_file_name"], image.shape[:2])
     names = info["metadata"].stuff_classes
     unseen = set(info["unseen"])
     present = {
@@ -73,6 +80,23 @@ def draw_ground_truth(
         if v != info["ignore_label"] and 0 <= v < len(names)
     }
     return _draw_truth(image, label, info, overlay_scale(*image.shape[:2], min_size)), present
+
+
+def _episode_label(dataset_dict, info: Mapping[str, Any], shape: Tuple[int, int]) -> np.ndarray:
+    """An (image, class) record of the episode benchmarks (PASCAL-5i, COCO-20i, FSS-1000) as
+    a label map: its class where its mask shows it (``label_offset`` / ``mask_threshold``
+    metadata, as the ``ovseg_binary_episode`` mapper reads it), ignore elsewhere; a mask of
+    another size is resized to the image's with torch's nearest rule."""
+    from ..data.dataset_mappers.episode import read_episode_mask, resize_label_nearest
+
+    meta = MetadataCatalog.get(info["metadata"].name)
+    class_id = int(dataset_dict["episode_class"])
+    value = class_id + int(meta.get("label_offset", 0))
+    mask = read_episode_mask(
+        dataset_dict["sem_seg_file_name"], value, meta.get("mask_threshold", None)
+    )
+    mask = resize_label_nearest(mask, shape)
+    return np.where(mask == value, class_id, info["ignore_label"]).astype(np.int64)
 
 
 def _draw_segments(dataset_dict, info, min_size: int) -> Tuple[np.ndarray, Dict[str, str]]:

@@ -42,7 +42,13 @@ from detectron2.data import transforms as T
 from ..image_io import read_image, read_label
 from .build import MAPPER_REGISTRY
 
-__all__ = ["BinaryEpisodeMapper", "TRAIN_BOUNDARY_RULES", "binary_target", "resize_label_nearest"]
+__all__ = [
+    "BinaryEpisodeMapper",
+    "TRAIN_BOUNDARY_RULES",
+    "binary_target",
+    "read_episode_mask",
+    "resize_label_nearest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,25 @@ def resize_label_nearest(label: np.ndarray, size: Sequence[int]) -> np.ndarray:
         return label
     t = torch.from_numpy(np.ascontiguousarray(label).astype(np.float32))[None, None]
     return F.interpolate(t, size=(h, w), mode="nearest")[0, 0].numpy().astype(label.dtype)
+
+
+def read_episode_mask(path: str, class_value: int, mask_threshold: Optional[int]) -> np.ndarray:
+    """A record's mask as stored (no EXIF turn, as HSNet's ``Image.open``), in mask values:
+    the raw label map, or for a binary picture (``mask_threshold``) ``class_value`` where its
+    greyscale is >= the threshold and 0 elsewhere.
+
+    Returns:
+        np.ndarray: (H, W) integer map.
+    """
+    if mask_threshold is None:
+        label = read_label(path, exif_orientation=False)
+    else:
+        label = read_image(path, "L", exif_orientation=False)
+    if label.ndim == 3:
+        label = label[:, :, 0]
+    if mask_threshold is not None:  # int32: class ids above 255 (FSS-1000) must not wrap
+        label = np.where(label >= mask_threshold, class_value, 0).astype(np.int32)
+    return label
 
 
 def binary_target(
@@ -178,14 +203,7 @@ class BinaryEpisodeMapper:
             )
         image = read_image(record["file_name"], self.image_format, exif_orientation=False)
         value = class_id + self.label_offset
-        if self.mask_threshold is None:
-            label = read_label(record.pop("sem_seg_file_name"), exif_orientation=False)
-        else:
-            label = read_image(record.pop("sem_seg_file_name"), "L", exif_orientation=False)
-        if label.ndim == 3:
-            label = label[:, :, 0]
-        if self.mask_threshold is not None:
-            label = np.where(label >= self.mask_threshold, value, 0).astype(np.int32)
+        label = read_episode_mask(record.pop("sem_seg_file_name"), value, self.mask_threshold)
         if label.shape != image.shape[:2]:
             if self.image_size is None:
                 raise ValueError(
