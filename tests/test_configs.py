@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -813,6 +814,20 @@ def test_leaf_recipe_and_one_step(
 
 
 # ---------------------------------------------------------------- method-specific checks
+def test_fss_leaf_evaluates_every_test_episode(fewshot_fixture, clip_cache, tmp_path, monkeypatch):
+    """``train_net.py --eval-only`` of the FSS-1000 leaf (random weights, the fixture's one image
+    per class): HSNet's mIoU and FB-IoU over the 240 test classes, every episode scored."""
+    monkeypatch.chdir(ROOT)
+    path = CONFIGS / "fss1000/lseg/lseg_vitl16_200ep_bs40.yaml"
+    cfg = _small_cfg(path, _merged(path), clip_cache, "OUTPUT_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    results = Trainer.test(cfg, Trainer.build_model(cfg))["fewshot"]
+    assert 0 <= results["mIoU"] <= 100 and 0 <= results["FB-IoU"] <= 100
+    assert len([k for k in results if k.startswith("IoU-")]) == 240
+    saved = json.loads((tmp_path / "inference" / "fewshot_evaluation.json").read_text())
+    assert saved["episodes"] == 240 and saved["metrics"]["mIoU"] == results["mIoU"]
+
+
 def test_every_dataset_ships_both_maskclip_configs():
     names = {(_dataset(p), p.name) for p in LEAVES if p.parent.name == "maskclip"}
     datasets = set(MASKCLIP_CLASSES) - {"toy"}
