@@ -46,7 +46,8 @@ def _class_records(folder: str, class_id: int, name: str) -> List[dict]:
         raise FileNotFoundError(
             f"Dataset {name!r}: class folder {folder} does not exist. FSS-1000 is expected as "
             f"<DETECTRON2_DATASETS>/{FSS_FOLDER}/<class>/<n>.jpg and <n>.png, all 1000 class "
-            f"folders (HSNet's download); see {DATASETS_README}"
+            f"folders (HSNet's download; python datasets/prepare_fss1000.py lists what is "
+            f"missing); see {DATASETS_README}"
         )
     # HSNet's order: the sorted listing, its .jpg entries (fss.py:130-139)
     images = [p for p in sorted(os.listdir(folder)) if p.split(".")[1:2] == ["jpg"]]

@@ -175,3 +175,25 @@ def test_a_mask_of_another_size_is_resized_on_its_own_as_hsnet(tmp_path, classes
     original = BinaryEpisodeMapper(False, class_names=classes, image_size=None, mask_threshold=128)
     with pytest.raises(ValueError, match=r"is \(6, 2\) \(WxH\) but the image is \(4, 4\)"):
         original(dict(record))
+
+
+def test_the_check_script_reports_every_problem_at_once(tmp_path, classes, prepare_script, capsys):
+    script = prepare_script("prepare_fss1000")
+    write_fss_fixture(tmp_path, size=8, images=2)
+    script.main(["--root", str(tmp_path)])  # complete: no error
+    assert "train 1040, val 480, test 480" in capsys.readouterr().out
+    base = tmp_path / "FSS-1000"
+    for name in (classes[3], classes[900]):
+        for path in (base / name).iterdir():
+            path.unlink()
+        (base / name).rmdir()
+    (base / classes[600] / "2.png").unlink()
+    Image.new("L", (9, 8)).save(base / classes[700] / "1.png")  # allowed, listed
+    with pytest.raises(FileNotFoundError) as error:
+        script.main(["--root", str(tmp_path)])
+    message = str(error.value)
+    assert f"2 class folders missing ({classes[3]}, {classes[900]})" in message
+    assert f"1 images without a mask ({base / classes[600] / '2.jpg'})" in message
+    out = capsys.readouterr().out
+    assert f"{base / classes[700] / '1.jpg'} is 8x8, its mask 9x8" in out
+    assert "train 1038, val 480, test 478" in out

@@ -68,7 +68,9 @@ def test_ade20k_150_damaged_file_is_named_and_the_rest_kept(tmp_path, raw, prepa
     assert sorted(p.name for p in out.iterdir()) == ["ADE_train_00000001.png"]
 
 
-@pytest.mark.parametrize("name", ["prepare_ade20k_sem_seg", "prepare_voc_sem_seg"])
+@pytest.mark.parametrize(
+    "name", ["prepare_ade20k_sem_seg", "prepare_voc_sem_seg", "prepare_fss1000"]
+)
 def test_scripts_report_a_missing_layout_in_one_line(tmp_path, name):
     import subprocess
     import sys
