@@ -32,6 +32,11 @@ def test_a_pascal_record_shows_its_class_not_the_mask_values(fewshot):
     assert np.array_equal(label, expected)
 
 
+def test_the_tool_writes_one_picture_per_fss_record(fewshot, tmp_path):
+    written = dataset_views.write_ground_truth_views("fss1000_test", str(tmp_path), num=2)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["abe's_flyingfish_1.png", "accordion_1.png"]
+
+
 def test_an_fss_record_of_a_class_id_over_255_and_one_of_id_255(fewshot):
     info = dataset_views.dataset_metadata("fss1000_test")
     names = info["metadata"].stuff_classes

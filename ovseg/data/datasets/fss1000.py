@@ -68,7 +68,9 @@ def _class_records(folder: str, class_id: int, name: str) -> List[dict]:
             {
                 "file_name": os.path.join(folder, image),
                 "sem_seg_file_name": mask,
-                "image_id": f"{os.path.basename(folder)}/{stem}",
+                # a plain file name (stores and outputs are named by it); unique, as the
+                # stem after the last "_" is the image number
+                "image_id": f"{os.path.basename(folder)}_{stem}",
                 "episode_class": class_id,
             }
         )
@@ -84,7 +86,7 @@ def load_fss1000(root: str, split: str, name: str = "") -> List[dict]:
         name (str): the dataset name, for messages.
 
     Returns:
-        list[dict]: "file_name", "sem_seg_file_name", "image_id" (``<class>/<n>``),
+        list[dict]: "file_name", "sem_seg_file_name", "image_id" (``<class>_<n>``),
         "episode_class" (the HSNet class id) and, for val/test, "episode" (its index).
     """
     if split not in FSS_SPLITS:

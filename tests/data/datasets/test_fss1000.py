@@ -57,10 +57,10 @@ def test_splits_list_every_image_in_hsnets_order(registered, classes):
     assert "episode" not in train[0]
     test = DatasetCatalog.get("fss1000_test")
     assert [r["image_id"] for r in test[:4]] == [
-        f"{classes[760]}/1",
-        f"{classes[760]}/10",
-        f"{classes[760]}/2",
-        f"{classes[761]}/1",
+        f"{classes[760]}_1",
+        f"{classes[760]}_10",
+        f"{classes[760]}_2",
+        f"{classes[761]}_1",
     ]
     assert [r["episode"] for r in test] == list(range(242))
     assert {r["episode_class"] for r in test} == set(range(760, 1000))
