@@ -19,13 +19,13 @@ from PIL import Image
 from prepare_utils import README, require, root_parser, run_script
 from tqdm import tqdm
 
-from ovseg.data.datasets.fss1000 import FSS_FOLDER, FSS_SPLITS
+from ovseg.data.datasets.fss1000 import FSS_FOLDER, FSS_SPLITS, class_images
 from ovseg.vocab import Vocabulary
 
 SHOWN = 5  # names per problem in the error line
 
 
-def _size(path: Path) -> tuple:
+def _size(path: str) -> tuple:
     with Image.open(path) as image:  # the header only: no decoding
         return image.size
 
@@ -47,14 +47,14 @@ def check(root: Path) -> dict:
             if not folder.is_dir():
                 report["missing_classes"].append(name)
                 continue
-            # the entries HSNet takes as images (fss.py:130-139)
-            for image in sorted(p for p in folder.iterdir() if p.name.split(".")[1:2] == ["jpg"]):
+            for image, mask in class_images(str(folder)):
                 count += 1
-                mask = folder / (image.name.split(".")[0] + ".png")
-                if not mask.is_file():
-                    report["unpaired"].append(str(image))
-                elif _size(image) != _size(mask):
-                    report["size_mismatch"].append((str(image), _size(image), _size(mask)))
+                if not Path(mask).is_file():
+                    report["unpaired"].append(image)
+                    continue
+                sizes = _size(image), _size(mask)
+                if sizes[0] != sizes[1]:
+                    report["size_mismatch"].append((image, *sizes))
         report["images"][split] = count
     return report
 

@@ -63,16 +63,15 @@ def draw_ground_truth(
         return _draw_segments(dataset_dict, info, min_size)
     if "sem_seg_file_name" not in dataset_dict:
         raise ValueError(f"{dataset_dict.get('file_name')}: the dataset dict has no label file")
+    names = info["metadata"].stuff_classes
     if "episode_class" in dataset_dict:
         image = read_image(dataset_dict["file_name"], format="RGB", exif_orientation=False)
         # the episode's ignore (255) is a class id of FSS-1000's 1000: one no class takes
-        names = info["metadata"].stuff_classes
         info = {**info, "ignore_label": max(info["ignore_label"], len(names))}
         label = _episode_label(dataset_dict, info, image.shape[:2])
     else:
         image = read_image(dataset_dict["file_name"], format="RGB")
         label = read_label(dataset_dict["sem_seg_file_name"], image.shape[:2])
-    names = info["metadata"].stuff_classes
     unseen = set(info["unseen"])
     present = {
         names[v]: ("unseen" if names[v] in unseen else "seen")

@@ -75,13 +75,10 @@ def read_episode_mask(path: str, class_value: int, mask_threshold: Optional[int]
     """
     if mask_threshold is None:
         label = read_label(path, exif_orientation=False)
-    else:
-        label = read_image(path, "L", exif_orientation=False)
-    if label.ndim == 3:
-        label = label[:, :, 0]
-    if mask_threshold is not None:  # int32: class ids above 255 (FSS-1000) must not wrap
-        label = np.where(label >= mask_threshold, class_value, 0).astype(np.int32)
-    return label
+        return label[:, :, 0] if label.ndim == 3 else label
+    grey = read_image(path, "L", exif_orientation=False)[:, :, 0]
+    # int32: class ids above 255 (FSS-1000) must not wrap
+    return np.where(grey >= mask_threshold, class_value, 0).astype(np.int32)
 
 
 def binary_target(

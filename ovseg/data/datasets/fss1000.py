@@ -31,7 +31,7 @@ from ...vocab import Vocabulary
 from .catalog import register_split
 from .common import DATASETS_README, deterministic_colors
 
-__all__ = ["FSS_FOLDER", "FSS_SPLITS", "load_fss1000", "register_fss1000"]
+__all__ = ["FSS_FOLDER", "FSS_SPLITS", "class_images", "load_fss1000", "register_fss1000"]
 
 FSS_FOLDER = "FSS-1000"
 VOCABULARY = "fss1000"
@@ -39,6 +39,16 @@ VOCABULARY = "fss1000"
 FSS_SPLITS: Dict[str, Tuple[int, int]] = {"train": (0, 520), "val": (520, 760), "test": (760, 1000)}
 IMAGES_PER_CLASS = 10  # the FSS-1000 release; the evaluator warns when a copy has other counts
 MASK_THRESHOLD = 128  # fss.py:85-86
+
+
+def class_images(folder: str) -> List[Tuple[str, str]]:
+    """(image, mask) paths of one class folder in HSNet's order: the sorted listing's entries
+    whose second dot-part is "jpg" (fss.py:130-139), each with ``<stem>.png`` beside it
+    (which may be missing: callers check)."""
+    images = [p for p in sorted(os.listdir(folder)) if p.split(".")[1:2] == ["jpg"]]
+    return [
+        (os.path.join(folder, p), os.path.join(folder, p.split(".")[0] + ".png")) for p in images
+    ]
 
 
 def _class_records(folder: str, class_id: int, name: str) -> List[dict]:
@@ -49,24 +59,21 @@ def _class_records(folder: str, class_id: int, name: str) -> List[dict]:
             f"folders (HSNet's download; python datasets/prepare_fss1000.py lists what is "
             f"missing); see {DATASETS_README}"
         )
-    # HSNet's order: the sorted listing, its .jpg entries (fss.py:130-139)
-    images = [p for p in sorted(os.listdir(folder)) if p.split(".")[1:2] == ["jpg"]]
-    if not images:
+    pairs = class_images(folder)
+    if not pairs:
         raise FileNotFoundError(
             f"Dataset {name!r}: class folder {folder} holds no .jpg image; re-extract FSS-1000"
         )
     records = []
-    for image in images:
-        stem = image.split(".")[0]
-        mask = os.path.join(folder, stem + ".png")
+    for image, mask in pairs:
         if not os.path.isfile(mask):
             raise FileNotFoundError(
-                f"Dataset {name!r}: {os.path.join(folder, image)} has no mask {mask}; "
-                "re-extract FSS-1000"
+                f"Dataset {name!r}: {image} has no mask {mask}; re-extract FSS-1000"
             )
+        stem = os.path.basename(image).split(".")[0]
         records.append(
             {
-                "file_name": os.path.join(folder, image),
+                "file_name": image,
                 "sem_seg_file_name": mask,
                 # a plain file name (stores and outputs are named by it); unique, as the
                 # stem after the last "_" is the image number
