@@ -11,13 +11,18 @@ this module holds only behaviour that even upstream lacks for CPU runs:
 - workers outlive a launcher killed by a signal (they are reparented and keep training), so
   every worker asks the kernel for a signal when its launcher dies; and the default
   ``--dist-url`` is a fixed port per user, so two runs at once collide: single-machine runs
-  that name no URL pick a free port (``default_dist_url``).
+  that name no URL pick a free port (``default_dist_url``);
+- a worker that returns with DDP wrappers still alive (they sit in reference cycles, and
+  they hold the process group) tears gloo down during interpreter finalization, which can
+  abort it after its work is done; every launched worker ends its group first
+  (``end_process_group``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import importlib
 import inspect
 import logging
@@ -50,6 +55,7 @@ __all__ = [
     "create_ddp_model",
     "default_dist_url",
     "die_with_parent",
+    "end_process_group",
 ]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -170,12 +176,35 @@ def _cpu_worker(
         # destroys its group while a peer still talks to it can abort that peer at exit
         comm.synchronize()
     finally:
-        dist.destroy_process_group()
+        end_process_group()
 
 
 def _run_dying_with(launcher_pid: int, main_func: Callable[..., Any], *args: Any) -> Any:
     die_with_parent(launcher_pid)
-    return main_func(*args)
+    try:
+        result = main_func(*args)
+        comm.synchronize()  # as in _cpu_worker: no rank ends its group while a peer talks
+        return result
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Free what still holds the default process group, then destroy it.
+
+    A DDP wrapper outlives the last name bound to it: its hooks refer back to it, so only the
+    cyclic collector frees it, together with its reducer and the process group it holds.
+    ``dist.destroy_process_group`` alone drops the registry's reference, not theirs; a gloo
+    group left to the interpreter's exit is then torn down while Python finalizes, when its
+    threads can no longer take the GIL to free the tensors of their last work, and the worker
+    aborts ("terminate called without an active exception", SIGABRT) after its work is done,
+    failing the whole launch. Collecting first ends the group while the interpreter is whole.
+    A no-op when no group is initialized.
+    """
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
 
 
 def die_with_parent(parent_pid: int) -> None:

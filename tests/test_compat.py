@@ -96,3 +96,38 @@ def test_cpu_launch_two_processes(tmp_path):
         "2 0 3.0 DistributedDataParallel",
         "2 1 3.0 DistributedDataParallel",
     ]
+
+
+def _trained_ddp_in_a_cycle():
+    import weakref
+
+    model = torch.nn.Linear(3, 2)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ddp(torch.randn(4, 3)).sum().backward()  # the reducer has run gloo work
+    # a cycle reaches the wrapper, as one does the first DDP of a process (its __init__ frame
+    # stays referenced) or a wrapper held by a trainer that its hooks refer back to
+    holder = {"model": ddp}
+    holder["self"] = holder
+    return weakref.ref(ddp)
+
+
+def test_end_process_group_frees_ddp_wrappers_before_destroying_the_group(tmp_path):
+    # a DDP wrapper sits in a reference cycle: returned from, it lives on, holding the group,
+    # until the collector runs; the worker's teardown must free it while Python is whole
+    import gc
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    gc.disable()  # no collection but the one under test
+    try:
+        ddp = _trained_ddp_in_a_cycle()
+        assert ddp() is not None  # what a plain destroy_process_group leaves behind
+        compat.end_process_group()
+        assert ddp() is None
+        assert not dist.is_initialized()
+        compat.end_process_group()  # nothing left: a no-op
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
