@@ -12,10 +12,10 @@ this module holds only behaviour that even upstream lacks for CPU runs:
   every worker asks the kernel for a signal when its launcher dies; and the default
   ``--dist-url`` is a fixed port per user, so two runs at once collide: single-machine runs
   that name no URL pick a free port (``default_dist_url``);
-- a worker that returns with DDP wrappers still alive (they sit in reference cycles, and
-  they hold the process group) tears gloo down during interpreter finalization, which can
-  abort it after its work is done; every launched worker ends its group first
-  (``end_process_group``).
+- a worker that returns with its process groups still referenced (by detectron2's ``comm``
+  caches, or by a DDP wrapper in a reference cycle) tears gloo down during interpreter
+  finalization, which can abort it after its work is done; every launched worker ends its
+  groups first (``end_process_group``).
 """
 
 from __future__ import annotations
@@ -190,17 +190,24 @@ def _run_dying_with(launcher_pid: int, main_func: Callable[..., Any], *args: Any
 
 
 def end_process_group() -> None:
-    """Free what still holds the default process group, then destroy it.
+    """Drop every reference that keeps the process groups alive, then destroy them.
 
-    A DDP wrapper outlives the last name bound to it: its hooks refer back to it, so only the
-    cyclic collector frees it, together with its reducer and the process group it holds.
-    ``dist.destroy_process_group`` alone drops the registry's reference, not theirs; a gloo
-    group left to the interpreter's exit is then torn down while Python finalizes, when its
-    threads can no longer take the GIL to free the tensors of their last work, and the worker
-    aborts ("terminate called without an active exception", SIGABRT) after its work is done,
-    failing the whole launch. Collecting first ends the group while the interpreter is whole.
+    ``dist.destroy_process_group`` drops only the registry's references. detectron2's ``comm``
+    keeps the world group in an ``lru_cache`` (``_get_global_gloo_group``) and the
+    machine's group in a module global, and a DDP wrapper holds its group and can outlive the
+    last name bound to it (the first wrapper of a process sits in a reference cycle through a
+    frame of its constructor), until the cyclic collector runs. A gloo group still held at
+    the interpreter's exit is torn down while Python finalizes, when its threads can no
+    longer take the GIL to free the tensors of their last work: the worker can then abort
+    ("terminate called without an active exception", SIGABRT) after its work is done,
+    failing the whole launch. Ending the groups here does it while the interpreter is whole.
     A no-op when no group is initialized.
     """
+    if hasattr(comm, "_LOCAL_PROCESS_GROUP"):
+        comm._LOCAL_PROCESS_GROUP = None
+    cache_clear = getattr(getattr(comm, "_get_global_gloo_group", None), "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -111,21 +111,36 @@ def _trained_ddp_in_a_cycle():
     return weakref.ref(ddp)
 
 
-def test_end_process_group_frees_ddp_wrappers_before_destroying_the_group(tmp_path):
-    # a DDP wrapper sits in a reference cycle: returned from, it lives on, holding the group,
-    # until the collector runs; the worker's teardown must free it while Python is whole
+def test_end_process_group_frees_every_holder_of_the_groups(tmp_path, monkeypatch):
+    # destroy_process_group drops the registry's references only: detectron2's comm caches,
+    # and a DDP wrapper in a reference cycle, would keep gloo groups alive until the
+    # interpreter finalizes, where tearing them down can abort the worker
     import gc
+    import weakref
 
     import torch.distributed as dist
 
+    from detectron2.utils import comm
+
+    monkeypatch.setattr(comm, "_LOCAL_PROCESS_GROUP", None)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     gc.disable()  # no collection but the one under test
     try:
+        compat._create_local_process_group(1)  # as a launched worker has it
+        groups = [
+            weakref.ref(comm._get_global_gloo_group()),
+            weakref.ref(comm._LOCAL_PROCESS_GROUP),
+        ]
         ddp = _trained_ddp_in_a_cycle()
-        assert ddp() is not None  # what a plain destroy_process_group leaves behind
+        dist.destroy_process_group()
+        # what a plain destroy_process_group leaves behind
+        assert ddp() is not None and all(g() is not None for g in groups)
+        dist.init_process_group(
+            "gloo", init_method=f"file://{tmp_path}/again", rank=0, world_size=1
+        )
         compat.end_process_group()
-        assert ddp() is None
-        assert not dist.is_initialized()
+        assert ddp() is None and all(g() is None for g in groups)
+        assert not dist.is_initialized() and comm._LOCAL_PROCESS_GROUP is None
         compat.end_process_group()  # nothing left: a no-op
     finally:
         gc.enable()
