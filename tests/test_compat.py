@@ -144,5 +144,6 @@ def test_end_process_group_frees_every_holder_of_the_groups(tmp_path, monkeypatc
         compat.end_process_group()  # nothing left: a no-op
     finally:
         gc.enable()
+        comm._get_global_gloo_group.cache_clear()  # no stale group for this process's next test
         if dist.is_initialized():
             dist.destroy_process_group()
