@@ -147,3 +147,26 @@ def test_end_process_group_frees_every_holder_of_the_groups(tmp_path, monkeypatc
         comm._get_global_gloo_group.cache_clear()  # no stale group for this process's next test
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_workers_of_detectron2s_launch_end_their_groups_too(tmp_path, monkeypatch):
+    # on GPUs and later detectron2, workers run main_func through _run_dying_with: it returns
+    # main_func's result and ends the groups as ovseg's own gloo worker does
+    import torch.distributed as dist
+
+    from detectron2.utils import comm
+
+    monkeypatch.setattr(compat, "die_with_parent", lambda pid: None)  # no launcher here
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        assert compat._run_dying_with(0, lambda x: comm.gather(x), 7) == [7]  # fills comm's cache
+        assert not dist.is_initialized()
+        assert comm._get_global_gloo_group.cache_info().currsize == 0
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/b", rank=0, world_size=1)
+        with pytest.raises(ZeroDivisionError):
+            compat._run_dying_with(0, lambda: 1 / 0)
+        assert not dist.is_initialized()  # a failing worker ends its groups as well
+    finally:
+        comm._get_global_gloo_group.cache_clear()
+        if dist.is_initialized():
+            dist.destroy_process_group()
