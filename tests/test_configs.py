@@ -666,10 +666,7 @@ def _fill_instance_store(root: Path, cfg) -> str:
     """An XPM instance store for the training set's images over the config's pseudo-label
     vocabulary (the training one, or the LVIS names): per image one pseudo instance of the
     last unseen class (else the last class), its mask the image's left half."""
-    from ovseg.data.dataset_mappers.xpm_instance import (
-        matches_in_bert_space,
-        xpm_store_vocabulary,
-    )
+    from ovseg.data.captions.settings import matches_in_bert_space, xpm_store_vocabulary
     from ovseg.pseudo import InstancePseudoLabelStore
     from ovseg.pseudo.instances import encode_mask
     from ovseg.pseudo.store import image_id_of

@@ -113,7 +113,7 @@ def write_instance_store(
     Returns:
         list[dict]: copies of ``dicts`` with "pseudo_instances_file_name" and its digest.
     """
-    from ..data.dataset_mappers.xpm_instance import xpm_store_vocabulary
+    from ..data.captions.settings import xpm_store_vocabulary
     from ..pseudo import InstancePseudoLabelStore
     from ..pseudo.instance_store import attach_pseudo_instances
     from ..pseudo.instances import encode_mask

@@ -17,7 +17,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List
 
 from torch import nn
 
@@ -30,9 +30,11 @@ from detectron2.utils.env import seed_all_rng
 from ..clip.build import build_clip_teacher
 from ..clip.templates import get_templates
 from ..data import build_dataset_mapper
-from ..data.dataset_mappers.xpm_instance import matches_in_bert_space, xpm_store_vocabulary
-from ..modeling.xpm.lvis import check_caption_vocabulary
-from ..modeling.xpm.nouns import COCO_LVIS_SYNONYMS, CaptionNounMatcher
+from ..data.captions.settings import (
+    build_caption_matcher,
+    matches_in_bert_space,
+    xpm_store_vocabulary,
+)
 from ..pseudo import (
     InstancePseudoLabelStore,
     PseudoInstanceLabeller,
@@ -50,11 +52,9 @@ from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 
 __all__ = [
-    "CAPTION_MATCHERS",
     "XPM_META_ARCHITECTURES",
     "InstanceLabeller",
     "bert_text_space",
-    "build_caption_matcher",
     "build_instance_labeller",
     "instance_labeller_manifest",
     "main",
@@ -73,48 +73,6 @@ def makes_instance_pseudo_labels(cfg: CfgNode) -> bool:
     XPM_META_ARCHITECTURES or MODEL.XPM.TEACHER_META_ARCHITECTURE)."""
     name = cfg.MODEL.META_ARCHITECTURE
     return name in XPM_META_ARCHITECTURES or name == cfg.MODEL.XPM.TEACHER_META_ARCHITECTURE
-
-
-def _coco(names: Sequence[str], extras: bool) -> CaptionNounMatcher:
-    return CaptionNounMatcher.coco(names, extras=extras)
-
-
-def _auto(names: Sequence[str]) -> CaptionNounMatcher:
-    if set(names) <= set(COCO_LVIS_SYNONYMS):
-        return _coco(names, True)
-    return CaptionNounMatcher(names)
-
-
-# MODEL.XPM.CAPTION_SYNONYMS -> matcher over the vocabulary's names
-CAPTION_MATCHERS: Dict[str, Callable[[Sequence[str]], CaptionNounMatcher]] = {
-    "auto": _auto,
-    "coco": lambda names: _coco(names, True),
-    "coco_official": lambda names: _coco(names, False),
-    "none": lambda names: CaptionNounMatcher(names),
-}
-
-
-# MODEL.XPM.CAPTION_SYNONYMS values that mean XPM's LVIS lists alone with the LVIS vocabulary
-LVIS_SYNONYMS = ("auto", "coco_official")
-
-
-def build_caption_matcher(cfg: CfgNode, vocabulary: Sequence[str]) -> CaptionNounMatcher:
-    """The caption matcher MODEL.XPM.CAPTION_SYNONYMS asks for, over ``vocabulary``; with
-    MODEL.XPM.CAPTION_VOCABULARY "lvis", XPM's LVIS matcher (``vocabulary`` unused)."""
-    kind = cfg.MODEL.XPM.CAPTION_SYNONYMS
-    if kind not in CAPTION_MATCHERS:
-        raise ValueError(
-            f"MODEL.XPM.CAPTION_SYNONYMS={kind!r} is not one of {sorted(CAPTION_MATCHERS)}"
-        )
-    if check_caption_vocabulary(cfg.MODEL.XPM.CAPTION_VOCABULARY) == "lvis":
-        if kind not in LVIS_SYNONYMS:
-            raise ValueError(
-                f"MODEL.XPM.CAPTION_SYNONYMS={kind!r} has no meaning for the LVIS caption "
-                f"vocabulary, which reads the LVIS synonym lists alone; set it to one of "
-                f"{list(LVIS_SYNONYMS)} or MODEL.XPM.CAPTION_VOCABULARY to 'train'"
-            )
-        return CaptionNounMatcher.lvis()
-    return CAPTION_MATCHERS[kind](list(vocabulary))
 
 
 @dataclass

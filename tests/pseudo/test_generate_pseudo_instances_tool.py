@@ -80,7 +80,7 @@ def test_tool_writes_an_instance_store_that_feeds_the_xpm_mapper(captioned, tmp_
 
 
 def test_the_lvis_caption_vocabulary_keys_its_own_store(captioned, tmp_path):
-    from ovseg.modeling.xpm.lvis import lvis_vocabulary
+    from ovseg.data.captions.lvis import lvis_vocabulary
 
     opts = _opts(tmp_path, register_fake_teacher())
     lvis_opts = [*opts, "MODEL.XPM.CAPTION_VOCABULARY", "lvis"]

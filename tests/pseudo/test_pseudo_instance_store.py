@@ -11,8 +11,8 @@ from ovseg_testing.xpm import XPM_TRAIN, FakeProposer, registered_captioned_coco
 from detectron2.data import DatasetCatalog
 
 from ovseg.clip.build import build_clip_teacher
+from ovseg.data.captions import CaptionNounMatcher
 from ovseg.data.dataset_mappers import InstanceDatasetMapper
-from ovseg.modeling.xpm import CaptionNounMatcher
 from ovseg.pseudo import (
     InstancePseudoLabelStore,
     PseudoInstanceLabeller,

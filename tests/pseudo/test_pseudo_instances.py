@@ -7,7 +7,7 @@ import pytest
 import torch
 from ovseg_testing.xpm import HEIGHT, OBJECTS, WIDTH, FakeProposer, HandCLIP, object_mask
 
-from ovseg.modeling.xpm import CaptionNounMatcher
+from ovseg.data.captions import CaptionNounMatcher
 from ovseg.pseudo import PseudoInstance, PseudoInstanceLabeller
 from ovseg.pseudo.instances import decode_mask, encode_mask, proposals_at_size
 

@@ -21,10 +21,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from ovseg.data import build_dataset_mapper
+from ovseg.data.captions import CaptionNounMatcher
 from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_instances import build_instance_labeller
 from ovseg.engine.pseudo_labelling import main, parse_args
-from ovseg.modeling.xpm import CaptionNounMatcher
 from ovseg.modeling.xpm.bert import BertClassEmbeddings
 from ovseg.pseudo import InstancePseudoLabelStore, PseudoInstanceLabeller
 

@@ -17,9 +17,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from ovseg.data.captions import CaptionNounMatcher
 from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_instances import build_instance_labeller, instance_labeller_manifest
-from ovseg.modeling.xpm import CaptionNounMatcher
 from ovseg.pseudo import (
     InstancePseudoLabelStore,
     LazyMasks,

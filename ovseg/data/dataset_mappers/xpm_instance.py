@@ -33,7 +33,7 @@ and the student labels them in the training step (ovseg/modeling/meta_arch/xpm_o
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,116 +46,23 @@ from detectron2.structures import BitMasks, Boxes, Instances
 
 from ...pseudo.instance_store import InstancePseudoLabelStore, read_record
 from ...pseudo.instances import decode_mask
-from ...vocab import Vocabulary, normalize_name, resolve_vocabulary
+from ...vocab import normalize_name
+from ..captions.settings import (
+    caption_vocabulary,
+    check_text_space,
+    lvis_pseudo_vocabulary,
+    xpm_pseudo_label_source,
+    xpm_vocabulary,
+)
 from .build import MAPPER_REGISTRY
 from .gt_polygons import add_gt_polygons
 from .mask_targets import InstanceDatasetMapper
 from .semantic import label_for_transforms
 
-__all__ = [
-    "XPMInstanceDatasetMapper",
-    "caption_vocabulary",
-    "check_text_space",
-    "matches_in_bert_space",
-    "lvis_pseudo_vocabulary",
-    "seen_label_map",
-    "xpm_store_vocabulary",
-    "xpm_vocabulary",
-]
+__all__ = ["XPMInstanceDatasetMapper", "seen_label_map"]
 
 # (mask (H, W) bool, class, box XYXY or None, score)
 Target = Tuple[np.ndarray, int, Optional[Sequence[float]], float]
-
-
-def xpm_vocabulary(cfg, dataset_name: str, store=None) -> Vocabulary:
-    """The full vocabulary XPM trains over: MODEL.OVSEG.TRAIN_VOCABULARY, else ``store``'s
-    (an :class:`InstancePseudoLabelStore`), else the dataset's classes; unseen names are the
-    vocabulary's own (a builtin's), the store's and the dataset's."""
-    meta = MetadataCatalog.get(dataset_name)
-    spec = cfg.MODEL.OVSEG.TRAIN_VOCABULARY
-    if spec.strip():
-        vocab = resolve_vocabulary(spec)
-    elif store is not None:
-        vocab = Vocabulary(store.vocabulary, unseen=store.unseen)
-    else:
-        vocab = Vocabulary.from_metadata(meta)
-    keys = {normalize_name(n) for n in meta.get("unseen_classes", None) or ()}
-    keys |= {normalize_name(n) for n in vocab.unseen}
-    unseen = tuple(n for n in vocab.names if normalize_name(n) in keys)
-    return Vocabulary(vocab.names, unseen=unseen)
-
-
-def caption_vocabulary(cfg, store=None, root: str = "") -> str:
-    """MODEL.XPM.CAPTION_VOCABULARY, refused when ``store`` (an
-    :class:`InstancePseudoLabelStore`, at ``root``) was made with another one."""
-    from ...modeling.xpm.lvis import check_caption_vocabulary
-
-    kind = check_caption_vocabulary(cfg.MODEL.XPM.CAPTION_VOCABULARY)
-    if store is None:
-        return kind
-    made = store.manifest.get("caption_vocabulary", "train")  # absent: made before the key
-    if made != kind:
-        raise ValueError(
-            f"pseudo-label store {root!r} was made with MODEL.XPM.CAPTION_VOCABULARY "
-            f"{made!r} but this config trains with {kind!r}: regenerate the store with this "
-            "config (tools/generate_pseudo_labels.py --config-file <this config> --output "
-            f"<new folder>) or set MODEL.XPM.CAPTION_VOCABULARY {made!r}"
-        )
-    return kind
-
-
-def matches_in_bert_space(cfg) -> bool:
-    """Whether ``cfg`` matches caption nouns to regions in the XPM teacher's BERT space
-    (MODEL.XPM.CLASS_EMBEDDING "bert" with REGION_EMBEDDING "teacher", XPM's own matching;
-    else in CLIP's). A store made so records ``"text_space"`` in its labeller settings."""
-    xpm = cfg.MODEL.XPM
-    return xpm.get("CLASS_EMBEDDING", "clip") == "bert" and xpm.REGION_EMBEDDING == "teacher"
-
-
-def check_text_space(cfg, store=None, root: str = "") -> None:
-    """Refuse a ``store`` whose nouns were matched in another space than the config's
-    (:func:`matches_in_bert_space`)."""
-    if store is None:
-        return
-    xpm = cfg.MODEL.XPM
-    settings = store.manifest.get("teacher", {}).get("settings", {}).get("xpm", {})
-    made = "BERT" if "text_space" in settings else "CLIP"  # absent: CLIP, as stores before
-    want = "BERT" if matches_in_bert_space(cfg) else "CLIP"
-    if made != want:
-        raise ValueError(
-            f"pseudo-label store {root!r} matched caption nouns in {made}'s space but this "
-            f"config (MODEL.XPM.CLASS_EMBEDDING {xpm.get('CLASS_EMBEDDING', 'clip')!r}, "
-            f"REGION_EMBEDDING {xpm.REGION_EMBEDDING!r}) makes them in {want}'s: regenerate "
-            "the store with this config (tools/generate_pseudo_labels.py --config-file <this "
-            "config> --output <new folder>)"
-        )
-
-
-def lvis_pseudo_vocabulary(store=None, root: str = "") -> List[str]:
-    """The LVIS names pseudo classes index; ``store``'s vocabulary must be them."""
-    from ...modeling.xpm.lvis import lvis_vocabulary
-
-    names = list(lvis_vocabulary())
-    if store is not None and list(store.vocabulary) != names:
-        raise ValueError(
-            f"pseudo-label store {root!r} says it holds LVIS classes but its vocabulary "
-            f"({len(store.vocabulary)} names, {list(store.vocabulary)[:3]}...) is not the "
-            f"{len(names)} LVIS names of this detectron2; regenerate it"
-        )
-    return names
-
-
-def xpm_store_vocabulary(cfg, dataset_name: str) -> Tuple[Vocabulary, Dict[str, str]]:
-    """The vocabulary a config's pseudo-instance store labels (its training vocabulary, or
-    the LVIS names with MODEL.XPM.CAPTION_VOCABULARY "lvis"; unseen: the training
-    vocabulary's among them) and the manifest fields that say which."""
-    vocab = xpm_vocabulary(cfg, dataset_name)
-    if caption_vocabulary(cfg) != "lvis":
-        return vocab, {}
-    names = lvis_pseudo_vocabulary()
-    keys = {normalize_name(n) for n in vocab.unseen}
-    unseen = tuple(n for n in names if normalize_name(n) in keys)
-    return Vocabulary(names, unseen=unseen), {"caption_vocabulary": "lvis"}
 
 
 def seen_label_map(
@@ -228,8 +135,6 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         ret["pseudo_score_threshold"] = cfg.MODEL.XPM.PSEUDO_SCORE_THRESHOLD
         if not is_train:
             return ret
-        from ...modeling.meta_arch.xpm_online import xpm_pseudo_label_source
-
         ret["online"] = xpm_pseudo_label_source(cfg) == "online"  # refuses a store beside it
         name = dataset_name or cfg.DATASETS.TRAIN[0]
         meta = MetadataCatalog.get(name)

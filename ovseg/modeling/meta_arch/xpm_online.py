@@ -26,56 +26,20 @@ from torch import Tensor
 
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 
+from ...clip.templates import get_templates
+from ...data.captions.settings import (
+    build_caption_matcher,
+    matches_in_bert_space,
+    xpm_store_vocabulary,
+)
 from ...pseudo.instances import PseudoInstanceLabeller
 from ...vocab import normalize_name
+from ..xpm.bert import BertClassEmbeddings
 
 if TYPE_CHECKING:
     from .xpm_student import XPMStudent
 
-__all__ = [
-    "XPM_PSEUDO_LABEL_SOURCES",
-    "build_online_labeller",
-    "online_pseudo_targets",
-    "xpm_pseudo_label_source",
-]
-
-# "store": DATASETS.PSEUDO_LABELS, read by the mapper; "online": made in the training step
-XPM_PSEUDO_LABEL_SOURCES = ("store", "online")
-
-
-def xpm_pseudo_label_source(cfg) -> str:
-    """MODEL.XPM.PSEUDO_LABEL_SOURCE, checked: "online" needs the teacher's weights, the
-    teacher's region embeddings and no store."""
-    xpm = cfg.MODEL.XPM
-    source = xpm.PSEUDO_LABEL_SOURCE
-    if source not in XPM_PSEUDO_LABEL_SOURCES:
-        raise ValueError(
-            f"MODEL.XPM.PSEUDO_LABEL_SOURCE={source!r} is not one of "
-            f"{list(XPM_PSEUDO_LABEL_SOURCES)}"
-        )
-    if source == "store":
-        return source
-    if not xpm.TEACHER_WEIGHTS:
-        raise ValueError(
-            "MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' labels captions with the teacher's frozen "
-            "RoI heads, loaded from MODEL.XPM.TEACHER_WEIGHTS, which is empty; set it to the "
-            "XPM teacher's checkpoint (the model_final.pth of its run)"
-        )
-    if xpm.REGION_EMBEDDING != "teacher":
-        raise ValueError(
-            f"MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' matches caption nouns to the teacher's own "
-            f"region embeddings (REGION_EMBEDDING 'teacher', as XPM), not CLIP's "
-            f"{xpm.REGION_EMBEDDING!r} (every proposal's mask at the image size, each step); "
-            "set MODEL.XPM.REGION_EMBEDDING 'teacher', or make a store (PSEUDO_LABEL_SOURCE "
-            "'store' with tools/generate_pseudo_labels.py)"
-        )
-    if cfg.DATASETS.PSEUDO_LABELS:
-        raise ValueError(
-            f"MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' makes the pseudo-labels in the training "
-            f"step, but DATASETS.PSEUDO_LABELS={cfg.DATASETS.PSEUDO_LABELS!r} names a store "
-            "too; leave it empty, or set PSEUDO_LABEL_SOURCE 'store' to train on the store"
-        )
-    return source
+__all__ = ["build_online_labeller", "online_pseudo_targets"]
 
 
 def build_online_labeller(cfg, clip=None) -> PseudoInstanceLabeller:
@@ -83,11 +47,6 @@ def build_online_labeller(cfg, clip=None) -> PseudoInstanceLabeller:
     pseudo-label vocabulary (the LVIS names with MODEL.XPM.CAPTION_VOCABULARY "lvis", else
     the training vocabulary), the teacher's region embeddings, nouns in BERT's space with the
     BERT classes (the student gives it its BERT), else ``clip``'s (the student's CLIP)."""
-    from ...clip.templates import get_templates
-    from ...data.dataset_mappers.xpm_instance import matches_in_bert_space, xpm_store_vocabulary
-    from ...engine.pseudo_instances import build_caption_matcher
-    from ..xpm.bert import BertClassEmbeddings
-
     if not cfg.DATASETS.TRAIN:
         raise ValueError(
             "MODEL.XPM.PSEUDO_LABEL_SOURCE 'online' labels the training set's captions; "

@@ -45,14 +45,15 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
+from ...data.captions.lvis import LVIS_BACKGROUND_NAME
+from ...data.captions.settings import xpm_pseudo_label_source
 from ...pseudo.instances import PseudoInstanceLabeller
 from ...utils.safe_load import torch_load_weights
 from ...utils.state_dict import exclude_from_checkpoints
 from ..xpm import freeze_noise_head_at, pseudo_loss_weight
-from ..xpm.lvis import LVIS_BACKGROUND_NAME
 from ..xpm.outputs import class_subset, remap_classes
 from .xpm import XPMTeacher
-from .xpm_online import build_online_labeller, online_pseudo_targets, xpm_pseudo_label_source
+from .xpm_online import build_online_labeller, online_pseudo_targets
 
 __all__ = ["XPMStudent", "read_teacher_state"]
 

@@ -1,4 +1,6 @@
-"""XPM's own pieces: caption nouns for pseudo-labels and the noise-aware mask loss."""
+"""XPM's own pieces: the noise-aware mask loss, its detector's heads and the legacy
+(maskrcnn_benchmark) parts. Caption nouns for pseudo-labels are data:
+:mod:`ovseg.data.captions`."""
 
 from .noise import (
     MaskNoiseHead,
@@ -7,22 +9,10 @@ from .noise import (
     pseudo_loss_weight,
     reweight_pseudo_losses,
 )
-from .nouns import (
-    COCO_LVIS_SYNONYMS,
-    EXTRA_SYNONYMS,
-    CaptionNounMatcher,
-    CaptionNouns,
-    lemmatize_phrase,
-)
 
 __all__ = [
-    "COCO_LVIS_SYNONYMS",
-    "EXTRA_SYNONYMS",
-    "CaptionNounMatcher",
-    "CaptionNouns",
     "MaskNoiseHead",
     "freeze_noise_head_at",
-    "lemmatize_phrase",
     "noise_aware_mask_loss",
     "pseudo_loss_weight",
     "reweight_pseudo_losses",

@@ -15,8 +15,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from ovseg.data import build_dataset_mapper
+from ovseg.data.captions.settings import xpm_pseudo_label_source
 from ovseg.data.dataset_mappers import XPMInstanceDatasetMapper
-from ovseg.modeling.meta_arch.xpm_online import xpm_pseudo_label_source
 from ovseg.modeling.xpm.outputs import class_subset
 from ovseg.pseudo import InstancePseudoLabelStore, attach_pseudo_instances
 from ovseg.pseudo.instance_store import generate_pseudo_instances

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ovseg.modeling.xpm.lvis import lvis_vocabulary
+from ovseg.data.captions.lvis import lvis_vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

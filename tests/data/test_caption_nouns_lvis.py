@@ -1,16 +1,16 @@
 """XPM's own caption vocabulary: the 1203 LVIS categories with their synonyms, matched by the
-parser's rule (ovseg/modeling/xpm/lvis.py, CaptionNounMatcher.lvis)."""
+parser's rule (ovseg/data/captions/lvis.py, CaptionNounMatcher.lvis)."""
 
 import pytest
 
-from ovseg.data.datasets.toy_world import generate_sample
-from ovseg.modeling.xpm import CaptionNounMatcher
-from ovseg.modeling.xpm.lvis import (
+from ovseg.data.captions import CaptionNounMatcher
+from ovseg.data.captions.lvis import (
     LVIS_BACKGROUND_NAME,
     check_caption_vocabulary,
     lvis_synonyms,
     lvis_vocabulary,
 )
+from ovseg.data.datasets.toy_world import generate_sample
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_lvis_only_nouns_are_unknown_to_the_coco_matcher(lvis):
 
 def _reference(matcher, caption):
     """The matcher's rule written out phrase by phrase (each phrase's first whole-word run)."""
-    from ovseg.modeling.xpm.nouns import _WORD, _word_lemmas
+    from ovseg.data.captions.nouns import _WORD, _word_lemmas
 
     words = [_word_lemmas(w) for w in _WORD.findall(caption.lower())]
     found = []

@@ -2,9 +2,9 @@
 
 import pytest
 
+from ovseg.data.captions import COCO_LVIS_SYNONYMS, CaptionNounMatcher, lemmatize_phrase
 from ovseg.data.datasets.categories import COCO_48_17_CATEGORIES
 from ovseg.data.datasets.toy_world import CLASSES, generate_sample
-from ovseg.modeling.xpm import COCO_LVIS_SYNONYMS, CaptionNounMatcher, lemmatize_phrase
 
 COCO65 = [c["name"] for c in COCO_48_17_CATEGORIES]
 

@@ -6,7 +6,7 @@ from ovseg_testing.xpm import XPM_TRAIN, registered_captioned_coco
 
 from detectron2.data import DatasetCatalog
 
-from ovseg.modeling.xpm import CaptionNounMatcher
+from ovseg.data.captions import CaptionNounMatcher
 
 
 @pytest.fixture(scope="module")
