@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..utils.coco_masks import decode_segmentation
 from .metrics import segmentation_metrics
 
 __all__ = [
@@ -100,21 +101,6 @@ def oracle_masks_random_names(
 MASK_BASELINES = ("uniform", "oracle_masks_random_names", "oracle")
 
 
-def _decode(segmentation, height: int, width: int) -> np.ndarray:
-    from pycocotools import mask as mask_util
-
-    if isinstance(segmentation, dict):  # RLE, counts as str (json) or bytes
-        counts = segmentation["counts"]
-        rle = {"size": segmentation["size"], "counts": counts}
-        if isinstance(counts, list):
-            rle = mask_util.frPyObjects(rle, height, width)
-        elif isinstance(counts, str):
-            rle["counts"] = counts.encode("ascii")
-        return mask_util.decode(rle).astype(bool)
-    rles = mask_util.frPyObjects(segmentation, height, width)  # polygons
-    return mask_util.decode(mask_util.merge(rles)).astype(bool)
-
-
 def ground_truth_segments(
     record: dict,
 ) -> tuple[tuple[int, int], list[tuple[np.ndarray, int, bool]]]:
@@ -130,8 +116,10 @@ def ground_truth_segments(
                 for s in record["segments_info"]]  # fmt: skip
         return ids.shape, segs
     h, w = record["height"], record["width"]
-    segs = [(_decode(a["segmentation"], h, w), a["category_id"], bool(a.get("iscrowd", 0)))
-            for a in record.get("annotations", [])]  # fmt: skip
+    segs = [
+        (decode_segmentation(a["segmentation"], h, w), a["category_id"], bool(a.get("iscrowd", 0)))
+        for a in record.get("annotations", [])
+    ]
     return (h, w), segs
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from ..utils.coco_masks import decode_segmentation
 from ..vocab import normalize_name
 from .instance_store import InstancePseudoLabelStore
 from .instances import decode_mask
@@ -35,10 +36,8 @@ _COUNTS = ("pseudo", "gt", "correct", "recalled", "loose", "on_other", "on_nothi
 
 
 def _gt_masks(dataset_dict: Mapping[str, Any], height: int, width: int) -> List[np.ndarray]:
-    # the instance mapper's decoder: polygons, RLE with string or list counts
-    from ..data.dataset_mappers.mask_targets import _decode
-
-    return [_decode(o["segmentation"], height, width) for o in dataset_dict["annotations"]]
+    segs = [o["segmentation"] for o in dataset_dict["annotations"]]
+    return [decode_segmentation(s, height, width) for s in segs]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

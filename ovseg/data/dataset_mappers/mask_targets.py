@@ -24,6 +24,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ...utils.coco_masks import decode_segmentation
 from .build import MAPPER_REGISTRY
 from .gt_polygons import add_gt_polygons, annotation_geometry
 from .semantic import SemanticDatasetMapper, label_for_transforms
@@ -165,19 +166,6 @@ class PanopticDatasetMapper(_SegmentMapper):
         return out
 
 
-def _decode(segmentation, height: int, width: int) -> np.ndarray:
-    from pycocotools import mask as mask_util
-
-    if isinstance(segmentation, list):
-        rles = mask_util.frPyObjects(segmentation, height, width)
-        return mask_util.decode(mask_util.merge(rles)).astype(bool)
-    if isinstance(segmentation, dict):
-        if isinstance(segmentation["counts"], list):
-            segmentation = mask_util.frPyObjects(segmentation, height, width)
-        return mask_util.decode(segmentation).astype(bool)
-    raise ValueError(f"Unsupported segmentation of type {type(segmentation).__name__}")
-
-
 @MAPPER_REGISTRY.register(name="ovseg_instance")
 class InstanceDatasetMapper(_SegmentMapper):
     """COCO-format instance dicts (``annotations`` with polygons or RLE) -> one target per
@@ -225,7 +213,8 @@ class InstanceDatasetMapper(_SegmentMapper):
     def _segments(self, dataset_dict, image):
         h, w = image.shape[:2]
         return [
-            (_decode(o["segmentation"], h, w), c) for o, c in self._kept_annotations(dataset_dict)
+            (decode_segmentation(o["segmentation"], h, w), c)
+            for o, c in self._kept_annotations(dataset_dict)
         ]
 
     def _gt_geometry(self, dataset_dict, image):
