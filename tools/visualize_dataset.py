@@ -9,7 +9,7 @@ split are hatched, with a dark dashed border and " (unseen)" after their names; 
 pixels stay undrawn. Panoptic datasets are drawn as segments and instance datasets as their
 annotations (crowd regions undrawn), unseen ones hatched the same way. Datasets are read
 from ``$DETECTRON2_DATASETS`` (see datasets/README.md).
-Drawing: ``ovseg.utils.dataset_views``.
+Drawing: ``ovseg.data.dataset_views``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Sequence
 from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
+from ovseg.data.dataset_views import write_ground_truth_views
 from ovseg.utils.cli import run_reporting_errors
-from ovseg.utils.dataset_views import write_ground_truth_views
 
 
 def get_parser() -> argparse.ArgumentParser:

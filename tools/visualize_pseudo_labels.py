@@ -8,7 +8,7 @@ Example:
 Writes ``<output>/<image_id>.png`` per image the store holds. A class keeps its colour in
 both panels (matched by name); unseen classes are hatched; pixels below the store's
 threshold are undrawn. The pseudo panel's title gives the pixel agreement with the ground
-truth over pixels labelled in both. Drawing: ``ovseg.utils.dataset_views``.
+truth over pixels labelled in both. Drawing: ``ovseg.data.dataset_views``.
 
 With ``--quality`` it scores an instance store (XPM's caption pseudo instances) against the
 dataset's ground truth instead: per class precision, recall and how often the noun picked
@@ -28,8 +28,8 @@ from typing import Sequence
 from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
+from ovseg.data.dataset_views import write_pseudo_label_views
 from ovseg.utils.cli import run_reporting_errors
-from ovseg.utils.dataset_views import write_pseudo_label_views
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from detectron2.data import Metadata
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer, _create_text_labels
 
-from ..data.datasets.common import deterministic_colors
+from .colors import deterministic_colors
 from .visualization import UNSEEN_SUFFIX, _stripes
 
 __all__ = ["draw_instance_predictions", "draw_panoptic_prediction", "mask_metadata"]

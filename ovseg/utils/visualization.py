@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from matplotlib import patches
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
+from detectron2.data import Metadata
 from detectron2.utils.visualizer import GenericMask, VisImage, Visualizer
 
-from ..data.datasets.common import closest_datasets, deterministic_colors
+from .colors import deterministic_colors
 from .figures import HeatmapLayout, heatmap_grid, panel_row, save_image
 
 __all__ = [
     "UNSEEN_SUFFIX",
     "HeatmapLayout",
-    "dataset_metadata",
     "draw_semantic",
     "heatmap_grid",
     "label_dtype_for",
@@ -77,30 +76,6 @@ def read_label(path: str, shape: Tuple[int, int]) -> np.ndarray:
             "must be single-channel PNGs of the image's size"
         )
     return label
-
-
-def dataset_metadata(name: str) -> Dict[str, Any]:
-    """What drawing a registered dataset's labels needs, with clear errors.
-
-    Returns:
-        dict: "metadata" (Metadata with stuff_classes/stuff_colors), "ignore_label" (int),
-        "unseen" (tuple of the unseen class names).
-    """
-    if name not in DatasetCatalog.list():
-        raise ValueError(
-            f"dataset {name!r} is not registered; {closest_datasets(name)}. Give a registered name "
-            "(datasets/README.md lists them)"
-        )
-    meta = MetadataCatalog.get(name)
-    classes = meta.get("stuff_classes", None)
-    if not classes:
-        raise ValueError(f"dataset {name!r} has no stuff_classes metadata to name its labels")
-    colors = meta.get("stuff_colors", None)
-    return {
-        "metadata": vocabulary_metadata(classes, colors, name=name),
-        "ignore_label": int(meta.get("ignore_label", 255)),
-        "unseen": tuple(meta.get("unseen_classes", None) or ()),
-    }
 
 
 def label_dtype_for(num_classes: int) -> Tuple[np.dtype, int]:

@@ -16,7 +16,8 @@ from PIL import Image
 
 from detectron2.data import MetadataCatalog
 
-from ovseg.utils import dataset_views, training_curves
+from ovseg.data import dataset_views
+from ovseg.utils import training_curves
 from ovseg.utils.visualization import draw_semantic, vocabulary_metadata
 
 

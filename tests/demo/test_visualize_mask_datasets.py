@@ -9,7 +9,7 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog
 
-from ovseg.utils import dataset_views
+from ovseg.data import dataset_views
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ are requested (``DatasetCatalog.get``), with the path that was looked for and ho
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import logging
 import os
 from pathlib import Path
 
+from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary
 from .catalog import closest_datasets, register_split
 from .region_eval_sets import register_region_eval_set
@@ -21,7 +21,6 @@ __all__ = [
     "DATASETS_README",
     "closest_datasets",
     "datasets_root",
-    "deterministic_colors",
     "load_sem_seg_split",
     "register_sem_seg_split",
 ]
@@ -35,22 +34,6 @@ DATASETS_README = "datasets/README.md"
 def datasets_root() -> str:
     """Return the dataset root: ``$DETECTRON2_DATASETS``, or ``datasets`` (detectron2's default)."""
     return os.environ.get("DETECTRON2_DATASETS", "datasets")
-
-
-def deterministic_colors(num: int) -> list[list[int]]:
-    """Return ``num`` distinct-looking RGB colours, the same on every run and machine.
-
-    Hues step by the golden ratio so neighbouring ids get far-apart colours; saturation and
-    value cycle through three levels so large vocabularies (847 classes) stay distinguishable.
-    """
-    colors = []
-    for i in range(num):
-        hue = (i * 0.618033988749895) % 1.0
-        sat = (0.95, 0.65, 0.8)[i % 3]
-        val = (0.95, 0.75, 0.55)[(i // 3) % 3]
-        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
-        colors.append([round(r * 255), round(g * 255), round(b * 255)])
-    return colors
 
 
 def _missing(what: str, path: str, dataset_name: str, prepare_script: str) -> FileNotFoundError:

@@ -18,9 +18,10 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary, normalize_name, resolve_vocabulary
 from ..image_io import read_label
-from .common import deterministic_colors, register_split
+from .common import register_split
 from .instance_common import register_instance_split, register_panoptic_split
 
 __all__ = [

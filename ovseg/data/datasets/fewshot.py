@@ -25,8 +25,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary
-from .common import deterministic_colors, register_split
+from .common import register_split
 from .fewshot_splits import NUM_FOLDS, load_coco_classwise, load_pascal_pairs
 
 __all__ = [

@@ -27,9 +27,10 @@ import functools
 import os
 from typing import Dict, List, Tuple
 
+from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary
 from .catalog import register_split
-from .common import DATASETS_README, deterministic_colors
+from .common import DATASETS_README
 
 __all__ = ["FSS_FOLDER", "FSS_SPLITS", "class_images", "load_fss1000", "register_fss1000"]
 

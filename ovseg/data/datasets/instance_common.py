@@ -17,7 +17,8 @@ import logging
 import os
 from typing import Optional, Sequence
 
-from .common import DATASETS_README, datasets_root, deterministic_colors, register_split
+from ...utils.colors import deterministic_colors
+from .common import DATASETS_README, datasets_root, register_split
 
 __all__ = [
     "category_metadata",

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .common import datasets_root, deterministic_colors, register_split
+from ...utils.colors import deterministic_colors
+from .common import datasets_root, register_split
 from .region_eval_sets import register_region_eval_set
 from .toy_scenes import _DIRS, CLASSES, SHAPES, _image_id
 from .toy_world_instances import register_toy_world_instances

@@ -18,13 +18,10 @@ from matplotlib import colormaps
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.structures import Instances
 
-from ..data.datasets.common import deterministic_colors
-from ..data.image_io import read_image
 from ..pseudo import PseudoLabelStore, image_id_of
-from ..vocab import normalize_name
-from .io import make_output_folder
-from .visualization import (
-    dataset_metadata,
+from ..utils.colors import deterministic_colors
+from ..utils.io import make_output_folder
+from ..utils.visualization import (
     draw_semantic,
     overlay_scale,
     panel_row,
@@ -32,9 +29,13 @@ from .visualization import (
     save_image,
     vocabulary_metadata,
 )
+from ..vocab import normalize_name
+from .datasets.catalog import closest_datasets
+from .image_io import read_image
 
 __all__ = [
     "agreement",
+    "dataset_metadata",
     "draw_comparison",
     "draw_ground_truth",
     "store_metadata",
@@ -45,6 +46,30 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def dataset_metadata(name: str) -> Dict[str, Any]:
+    """What drawing a registered dataset's labels needs, with clear errors.
+
+    Returns:
+        dict: "metadata" (Metadata with stuff_classes/stuff_colors), "ignore_label" (int),
+        "unseen" (tuple of the unseen class names).
+    """
+    if name not in DatasetCatalog.list():
+        raise ValueError(
+            f"dataset {name!r} is not registered; {closest_datasets(name)}. Give a registered name "
+            "(datasets/README.md lists them)"
+        )
+    meta = MetadataCatalog.get(name)
+    classes = meta.get("stuff_classes", None)
+    if not classes:
+        raise ValueError(f"dataset {name!r} has no stuff_classes metadata to name its labels")
+    colors = meta.get("stuff_colors", None)
+    return {
+        "metadata": vocabulary_metadata(classes, colors, name=name),
+        "ignore_label": int(meta.get("ignore_label", 255)),
+        "unseen": tuple(meta.get("unseen_classes", None) or ()),
+    }
+
+
 def draw_ground_truth(
     dataset_dict: Mapping[str, Any], info: Mapping[str, Any], min_size: int = 0
 ) -> Tuple[np.ndarray, Dict[str, str]]:
@@ -52,7 +77,7 @@ def draw_ground_truth(
 
     Args:
         dataset_dict: {"file_name", "sem_seg_file_name", ...}.
-        info: from :func:`~ovseg.utils.visualization.dataset_metadata`.
+        info: from :func:`dataset_metadata`.
         min_size (int): enlarge the drawing until its short side reaches this.
 
     Returns:
@@ -86,7 +111,7 @@ def _episode_label(dataset_dict, info: Mapping[str, Any], shape: Tuple[int, int]
     a label map: its class where its mask shows it (``label_offset`` / ``mask_threshold``
     metadata, as the ``ovseg_binary_episode`` mapper reads it), ignore elsewhere; a mask of
     another size is resized to the image's with torch's nearest rule."""
-    from ..data.dataset_mappers.episode import read_episode_mask, resize_label_nearest
+    from .dataset_mappers.episode import read_episode_mask, resize_label_nearest
 
     meta = MetadataCatalog.get(info["metadata"].name)
     class_id = int(dataset_dict["episode_class"])
@@ -104,7 +129,7 @@ def _draw_segments(dataset_dict, info, min_size: int) -> Tuple[np.ndarray, Dict[
     import torch
 
     from ..evaluation.baselines import ground_truth_segments
-    from .mask_visualization import draw_instance_predictions, draw_panoptic_prediction
+    from ..utils.mask_visualization import draw_instance_predictions, draw_panoptic_prediction
 
     image = read_image(dataset_dict["file_name"], format="RGB")
     names, unseen = list(info["metadata"].stuff_classes), set(info["unseen"])
@@ -191,7 +216,7 @@ def store_metadata(store: PseudoLabelStore, dataset_info: Mapping[str, Any]) -> 
 
     Args:
         store (PseudoLabelStore): an opened store.
-        dataset_info: from :func:`~ovseg.utils.visualization.dataset_metadata`.
+        dataset_info: from :func:`dataset_metadata`.
 
     Returns:
         Metadata: ``stuff_classes`` the store's vocabulary, ``stuff_colors`` the dataset's
@@ -239,7 +264,7 @@ def draw_comparison(
         image_id (str): the image's id in the store.
         dataset_dict: its dataset dict; without "sem_seg_file_name" the truth panel is left
             out and there is no agreement.
-        dataset_info: from :func:`~ovseg.utils.visualization.dataset_metadata`.
+        dataset_info: from :func:`dataset_metadata`.
         metadata (Metadata): the store's, from :func:`store_metadata`.
         panel_height (int): height of each panel in pixels.
 
