@@ -21,6 +21,7 @@ from ovseg.engine import AtomicCheckpointer, Trainer, setup
 from ovseg.engine.checks import check_config, check_run_files
 from ovseg.engine.defaults import load_config
 from ovseg.utils.cli import run_reporting_errors
+from ovseg.utils.downloads import WeightsDownloadError
 
 
 def main(args):
@@ -59,11 +60,15 @@ if __name__ == "__main__":
     status = run_reporting_errors("train_net.py", check)
     if status:
         sys.exit(status)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except WeightsDownloadError as e:  # a CLIP tag offline: what to download, in one line
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -51,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_ROOT / "configs"
-# config keys naming files that shipped configs give relative to the repository root
-_REPO_RELATIVE_KEYS = (("CLIP", "MODEL_NAME"), ("CLIP", "PRETRAINED"), ("WEIGHTS",))
 
 ImageLike = Union[np.ndarray, "os.PathLike[str]", str, Any]  # Any: a PIL image
 
@@ -96,21 +94,6 @@ def resolve_config_path(config: Union[str, os.PathLike]) -> str:
     )
 
 
-def _anchor_repo_paths(cfg: CfgNode) -> None:
-    """Relative file paths that do not exist from the working directory but do from the
-    repository root (the toy configs' "checkpoints/toy_clip_rn.pt") are made absolute, so
-    a notebook anywhere can load a shipped config."""
-    for keys in _REPO_RELATIVE_KEYS:
-        node = cfg.MODEL
-        for key in keys[:-1]:
-            node = node.get(key)
-        value = node.get(keys[-1]) if node is not None else None
-        if not value or os.path.isabs(value) or os.path.exists(value):
-            continue
-        if (REPO_ROOT / value).is_file():
-            node[keys[-1]] = str(REPO_ROOT / value)
-
-
 def _pick_device(device: Optional[str]) -> str:
     if device is None:
         if torch.cuda.is_available():
@@ -132,6 +115,13 @@ def build_inference_model(cfg: CfgNode, weights: Optional[str] = None) -> torch.
     weights = cfg.MODEL.WEIGHTS if weights is None else str(weights)
     if weights:
         load_model_weights(model, weights)
+    elif any(p.requires_grad for p in model.parameters()):
+        logger.warning(
+            "No weights given (MODEL.WEIGHTS is empty): %s's trainable parts are randomly "
+            "initialised, so its predictions mean nothing. Pass a trained checkpoint: "
+            "MODEL.WEIGHTS output/<run>/model_final.pth, or Predictor(config, weights=...)",
+            type(model).__name__,
+        )
     return model
 
 
@@ -220,7 +210,6 @@ class Predictor:
         """
         cfg = load_config(resolve_config_path(config), _as_opts(opts))
         cfg.MODEL.DEVICE = _pick_device(device)
-        _anchor_repo_paths(cfg)
         self.cfg = cfg
         self.model = build_inference_model(cfg, None if weights is None else str(weights))
         self.input_format = cfg.INPUT.FORMAT

@@ -206,3 +206,19 @@ def test_synonyms_background_and_augmented_vocabulary(predictor):
     np.testing.assert_array_equal(aug.labels == 3, full.labels >= 3)
     with pytest.raises(ValueError, match=r"background threshold must be in \(0, 1\]"):
         predictor.predict(image, SHAPES, background_threshold=2.0)
+
+
+def test_a_trainable_student_without_weights_is_warned_about(tmp_path, caplog):
+    """A student's random initialisation predicts nothing meaningful: said once at build; a
+    training-free MaskCLIP, or a student given its weights, builds without the warning."""
+    lseg = ROOT / "configs/toy/lseg_toyrn_400_bs8.yaml"
+    with caplog.at_level("WARNING", logger="ovseg.api"):
+        student = ovseg.Predictor(lseg, device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "No weights given" in r.getMessage()]
+    assert len(warned) == 1 and "LSeg" in warned[0] and "model_final.pth" in warned[0]
+    torch.save({"model": student.model.state_dict()}, tmp_path / "model.pth")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ovseg.api"):
+        ovseg.Predictor(lseg, tmp_path / "model.pth", device="cpu")
+        ovseg.Predictor("toy/maskclip.yaml", device="cpu")
+    assert not [r for r in caplog.records if "No weights given" in r.getMessage()]

@@ -25,6 +25,7 @@ __all__ = [
     "check_extras",
     "check_run_files",
     "check_solver",
+    "check_vocabularies",
     "closest_datasets",
 ]
 
@@ -124,12 +125,36 @@ def check_extras(cfg: CfgNode) -> None:
         raise ValueError(str(e)) from e
 
 
+def check_vocabularies(cfg: CfgNode) -> None:
+    """Refuse a MODEL.OVSEG.TRAIN_VOCABULARY / TEST_VOCABULARY that no model could read (an
+    empty class, an unknown builtin name, a missing .json file).
+
+    Raises:
+        ValueError, OSError: naming the key and what is wrong with its value.
+    """
+    from ..vocab import resolve_vocabulary
+
+    for key in ("TRAIN_VOCABULARY", "TEST_VOCABULARY"):
+        spec = cfg.MODEL.OVSEG.get(key, "")
+        if not isinstance(spec, str) or not spec.strip():
+            continue
+        try:
+            resolve_vocabulary(spec)
+        except (ValueError, OSError) as e:
+            raise type(e)(f"MODEL.OVSEG.{key}: {e}") from None
+
+
 def check_config(cfg: CfgNode) -> None:
-    """Every set-up check: dataset names, solver values, optional extras (see the module
-    docstring)."""
+    """Every set-up check: dataset names, solver values, vocabularies, optional extras (see
+    the module docstring)."""
     check_dataset_names(cfg)
     check_solver(cfg)
+    check_vocabularies(cfg)
     check_extras(cfg)
+
+
+# meta-architectures that learn nothing: they only evaluate
+TRAINING_FREE = ("MaskCLIP",)
 
 
 # metadata keys naming what every loader of a registered split reads
@@ -144,18 +169,18 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     Raises:
         FileNotFoundError: naming the key, the dataset or file and what to do.
     """
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if not eval_only and arch in TRAINING_FREE:
+        raise ValueError(
+            f"{arch} is training-free: it has nothing to learn. Evaluate it with --eval-only "
+            "(train_net.py --config-file <this config> --eval-only)"
+        )
     keys = ("TEST",) if eval_only else ("TRAIN", "TEST")
     for key in keys:
         for name in cfg.DATASETS.get(key, ()):
-            meta = MetadataCatalog.get(name)
-            for field, what in _DATA_FOLDERS:
-                path = meta.get(field, None)
-                if isinstance(path, str) and path and not os.path.exists(path):
-                    raise FileNotFoundError(
-                        f"DATASETS.{key} names {name!r}, whose {what} {path} does not exist. "
-                        "Set DETECTRON2_DATASETS to the folder holding the datasets (now "
-                        f"{datasets_root()!r}) and prepare it as described in {DATASETS_README}"
-                    )
+            _check_data_folders(key, name)
+    if not eval_only and cfg.DATASETS.get("PSEUDO_LABELS", ""):
+        _check_pseudo_label_store(cfg.DATASETS.PSEUDO_LABELS)
     weights = cfg.MODEL.WEIGHTS
     resumes = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     what = None if resumes else local_weights_problem(weights)
@@ -164,4 +189,36 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
             f"MODEL.WEIGHTS {weights} {what} (from {os.getcwd()}); pass a weight file: "
             "a checkpoint of the run the config names, or a converted official one "
             "(docs/reproduction.md, tools/convert_checkpoint.py)"
+        )
+
+
+def _check_data_folders(key: str, name: str) -> None:
+    meta = MetadataCatalog.get(name)
+    guide = meta.get("registration_guide", None)  # registered from DATASETS.CUSTOM
+    for field, what in _DATA_FOLDERS:
+        path = meta.get(field, None)
+        if not isinstance(path, str) or not path or os.path.exists(path):
+            continue
+        if guide:
+            where = "" if os.path.isabs(path) else f" (from the working directory {os.getcwd()})"
+            raise FileNotFoundError(
+                f"DATASETS.{key} names {name!r}, whose {what} {path}{where} does not exist. "
+                "Fix the path in its registration (DATASETS.CUSTOM; a registration file's "
+                f"relative paths are relative to its own folder); see {guide}"
+            )
+        raise FileNotFoundError(
+            f"DATASETS.{key} names {name!r}, whose {what} {path} does not exist. "
+            "Set DETECTRON2_DATASETS to the folder holding the datasets (now "
+            f"{datasets_root()!r}) and prepare it as described in {DATASETS_README}"
+        )
+
+
+def _check_pseudo_label_store(root: str) -> None:
+    """A training run that reads DATASETS.PSEUDO_LABELS needs the store made first."""
+    from ..pseudo.store import GENERATE_HINT, MANIFEST
+
+    if not os.path.isfile(os.path.join(root, MANIFEST)):
+        raise FileNotFoundError(
+            f"DATASETS.PSEUDO_LABELS {root} is not a pseudo-label store yet (no {MANIFEST}); "
+            f"make it first with: {GENERATE_HINT}; the config's header gives the command"
         )

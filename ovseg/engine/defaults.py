@@ -19,6 +19,11 @@ from .checks import check_config
 
 logger = logging.getLogger(__name__)
 
+# the repository (a source checkout; an installed package has no configs/ beside it)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# config keys naming files that shipped configs give relative to the repository root
+_REPO_RELATIVE_KEYS = (("CLIP", "MODEL_NAME"), ("CLIP", "PRETRAINED"), ("WEIGHTS",))
+
 
 def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     """detectron2 defaults + ovseg's keys + a YAML file (with ``_BASE_``) + KEY VALUE pairs."""
@@ -46,10 +51,30 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         from ..data.datasets.custom import register_from_config
 
         register_from_config(cfg)  # before DATASETS.TRAIN/TEST are looked up
+    anchor_repo_paths(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def anchor_repo_paths(cfg: CfgNode) -> None:
+    """Relative file paths that do not exist from the working directory but do from the
+    repository root (the toy configs' "configs/clip/toy_rn.json", "checkpoints/toy_clip_rn.pt")
+    are made absolute, so a shipped config runs from any folder, as train_net.py, the tools,
+    the demo and :class:`ovseg.Predictor` read it."""
+    for keys in _REPO_RELATIVE_KEYS:
+        node = cfg.MODEL
+        for key in keys[:-1]:
+            node = node.get(key)
+        value = node.get(keys[-1]) if node is not None else None
+        if not isinstance(value, str) or not value or os.path.isabs(value):
+            continue
+        if os.path.exists(value):
+            continue
+        anchored = os.path.join(REPO_ROOT, value)
+        if os.path.isfile(anchored):
+            node[keys[-1]] = anchored
 
 
 def _merge(cfg: CfgNode, merge, where: str) -> None:

@@ -183,3 +183,76 @@ def test_train_net_refuses_missing_data_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train_net.py: error: DATASETS.TRAIN names 'toy_world_sem_seg_"), last
     assert "Traceback" not in proc.stderr and not (tmp_path / "config.yaml").exists()
+
+
+def test_run_files_point_a_custom_split_at_its_registration(tmp_path):
+    from ovseg.engine.checks import check_run_files
+    from ovseg.engine.defaults import load_config
+
+    reg = tmp_path / "reg.yaml"
+    reg.write_text("name: custom_setup_test\nvocabulary: 'a; b'\nimages: imgs\nlabels: labels\n")
+    cfg = load_config(CONFIG, ["DATASETS.CUSTOM", str(reg), "DATASETS.TEST",
+                               "('custom_setup_test',)"])  # fmt: skip
+    with pytest.raises(FileNotFoundError) as info:
+        check_run_files(cfg, eval_only=True)
+    message = str(info.value)
+    assert f"image folder {tmp_path / 'imgs'} does not exist" in message
+    assert "registration" in message and "docs/custom_dataset.md" in message
+    assert "DETECTRON2_DATASETS" not in message
+
+
+def test_run_mistakes_found_before_any_model(tmp_path):
+    """An empty class in a vocabulary, training a training-free model, a store not made yet:
+    each refused by the set-up checks that train_net.py runs first."""
+    from ovseg.engine.checks import check_config, check_run_files
+    from ovseg.engine.defaults import load_config
+
+    maskclip = str(ROOT / "configs/toy/maskclip.yaml")
+    cfg = load_config(maskclip, ["MODEL.OVSEG.TEST_VOCABULARY", "circle;;square"])
+    with pytest.raises(ValueError, match=r"MODEL.OVSEG.TEST_VOCABULARY: Class 1 .*empty"):
+        check_config(cfg)
+    with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
+        with pytest.raises(ValueError, match="MaskCLIP is training-free.*--eval-only"):
+            check_run_files(load_config(maskclip))
+        check_run_files(load_config(maskclip), eval_only=True)
+        plus = ROOT / "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"
+        store = tmp_path / "no_store"
+        cfg = load_config(str(plus), ["DATASETS.PSEUDO_LABELS", str(store)])
+        with pytest.raises(FileNotFoundError, match="not a pseudo-label store yet") as info:
+            check_run_files(cfg)
+        assert "tools/generate_pseudo_labels.py" in str(info.value)
+        check_run_files(cfg, eval_only=True)  # evaluation reads no store
+
+
+def test_shipped_config_files_resolve_from_any_folder(tmp_path, monkeypatch):
+    """The toy configs name their CLIP and checkpoint relative to the repository: read from
+    another folder they point into the repository, while a file of the working directory
+    with that name still wins."""
+    from ovseg.engine.defaults import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIG)
+    assert cfg.MODEL.CLIP.MODEL_NAME == str(ROOT / "configs/clip/toy_rn.json")
+    assert cfg.MODEL.CLIP.PRETRAINED == str(ROOT / "checkpoints/toy_clip_rn.pt")
+    (tmp_path / "configs/clip").mkdir(parents=True)
+    (tmp_path / "configs/clip/toy_rn.json").write_text("{}")
+    assert load_config(CONFIG).MODEL.CLIP.MODEL_NAME == "configs/clip/toy_rn.json"
+
+
+def test_train_net_ends_weights_it_cannot_fetch_in_one_line(tmp_path):
+    """Offline, a detectron2:// MODEL.WEIGHTS fails while the model loads, past the set-up
+    checks: one line naming the file to fetch, exit 2, no traceback."""
+    with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
+        proc = subprocess.run(
+            [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
+            + ["MODEL.WEIGHTS", "detectron2://DeepLab/R-103.pkl", "OUTPUT_DIR", str(tmp_path)],
+            cwd=ROOT,
+            env=subprocess_env(tmp_path / "world"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error: Could not download the R-103.pkl"), last
+    assert "Traceback" not in proc.stderr

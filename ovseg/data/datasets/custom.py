@@ -13,10 +13,13 @@ import functools
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary, normalize_name, resolve_vocabulary
@@ -111,9 +114,11 @@ def load_custom_sem_seg(
     same name, every label's values checked against the vocabulary when ``check``."""
     for what, path in (("image folder", images), ("label folder", labels)):
         if not os.path.isdir(path):
+            where = "" if os.path.isabs(path) else f" (from the working directory {os.getcwd()})"
             raise FileNotFoundError(
-                f"Dataset {name!r}: the {what} {path} does not exist (from the working "
-                f"directory {os.getcwd()}); fix the path in its registration; see {GUIDE}"
+                f"Dataset {name!r}: the {what} {path}{where} does not exist; fix the path in "
+                f"its registration (a registration file's relative paths are relative to its "
+                f"own folder); see {GUIDE}"
             )
     image_files = _stems(images, IMAGE_EXTENSIONS, "image", name)
     label_files = _stems(labels, (".png",), "label", name)
@@ -215,8 +220,15 @@ def register_custom_dataset(
         raise ValueError(f"Dataset {name!r}: type {kind!r} is not one of {list(KINDS)}")
     images = os.fspath(images)
     if kind != "sem_seg":
-        return _register_coco(name, kind, images, labels, vocabulary, unseen, annotations,
-                              panoptic_labels, instances)  # fmt: skip
+        _register_coco(name, kind, images, labels, vocabulary, unseen, annotations,
+                       panoptic_labels, instances)  # fmt: skip
+    else:
+        _register_semantic(name, images, labels, vocabulary, unseen, ignore_label, check_labels)
+    # the set-up checks' advice for a missing folder: the registration, not DETECTRON2_DATASETS
+    MetadataCatalog.get(name).set(registration_guide=GUIDE)
+
+
+def _register_semantic(name, images, labels, vocabulary, unseen, ignore_label, check_labels):
     if labels is None or vocabulary is None:
         raise ValueError(
             f"Dataset {name!r}: a semantic split needs 'labels' (a folder of label PNGs) and "
@@ -376,18 +388,35 @@ def _register_spec(spec: Mapping[str, Any]) -> str:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    parser = argparse.ArgumentParser(description="Check a registration file and its data.")
+    parser = argparse.ArgumentParser(
+        description="Check registration files and their data: every split is loaded and its "
+        "labels checked; each problem is one line, and the exit status is 2 if any was found."
+    )
     parser.add_argument("files", nargs="+", help="registration files (.yaml/.json)")
     args = parser.parse_args(argv)
+    problems = 0
     for path in args.files:
-        for spec in load_registration_file(path):
-            name = _register_spec(spec)
+        try:
+            specs = load_registration_file(path)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            problems += 1
+            continue
+        for spec in specs:
+            try:
+                name = _register_spec(spec)
+                records = DatasetCatalog.get(name)
+            except (ValueError, OSError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                problems += 1
+                continue
             meta = MetadataCatalog.get(name)
-            print(f"{name}: {len(DatasetCatalog.get(name))} images, "
+            print(f"{name}: {len(records)} images, "
                   f"{len(meta.stuff_classes)} classes, unseen {meta.unseen_classes}")  # fmt: skip
-    return 0
+    if problems:
+        print(f"{problems} problem(s) found; fix them as each line says (see {GUIDE})",
+              file=sys.stderr)  # fmt: skip
+    return 2 if problems else 0
 
 
 if __name__ == "__main__":

@@ -163,3 +163,33 @@ def test_coco_instance_and_panoptic_folders(tmp_path):
             annotations=coco / "annotations/panoptic_val2017.json",
             panoptic_labels=coco / "panoptic_val2017", vocabulary="cat; sky; dog",
         )  # fmt: skip
+
+
+def test_checker_reports_every_split_in_one_line_each(tmp_path, capsys):
+    """``python -m ovseg.data.datasets.custom``: each split's problem on its own line (a bad
+    training label does not hide a missing validation folder), exit 2, no traceback."""
+    from ovseg.data.datasets.custom import _main
+
+    data = write_folder(tmp_path / "data", labels=((0, 1), (2, 12)))
+    (data / "reg.yaml").write_text(
+        "name: custom_checker_test\nvocabulary: 'a; b; c'\nsplits:\n"
+        "  train: {images: images, labels: labels}\n"
+        "  val: {images: val/images, labels: val/labels}\n"
+    )
+    assert _main([str(data / "reg.yaml"), str(tmp_path / "nowhere.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4, err  # train, val, the missing file, the summary
+    assert "custom_checker_test_train" in err[0] and "holds values [12]" in err[0]
+    # the folder is named as resolved from the registration file, not the working directory
+    assert f"image folder {data / 'val' / 'images'} does not exist" in err[1]
+    assert "working directory" not in err[1] and "relative to its own folder" in err[1]
+    assert "nowhere.yaml' does not exist" in err[2] and err[3].startswith("3 problem(s)")
+    write_folder(data / "val")
+    (data / "labels" / "b.png").unlink()
+    (data / "images" / "b.jpg").unlink()
+    assert _main([str(data / "reg.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "custom_checker_test_train: 1 images, 3 classes, unseen []",
+        "custom_checker_test_val: 2 images, 3 classes, unseen []",
+    ]
