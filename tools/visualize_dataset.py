@@ -8,7 +8,8 @@ Writes ``<output>/<image_id>.png`` per image. Classes of the dataset's zero-shot
 split are hatched, with a dark dashed border and " (unseen)" after their names; ignored
 pixels stay undrawn. Panoptic datasets are drawn as segments and instance datasets as their
 annotations (crowd regions undrawn), unseen ones hatched the same way. Datasets are read
-from ``$DETECTRON2_DATASETS`` (see datasets/README.md).
+from ``$DETECTRON2_DATASETS`` (see datasets/README.md); your own, registered by a file, with
+``--custom FILE`` (docs/custom_dataset.md).
 Drawing: ``ovseg.data.dataset_views``.
 """
 
@@ -22,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
 from ovseg.data.dataset_views import write_ground_truth_views
+from ovseg.data.datasets.custom import register_files
 from ovseg.utils.cli import run_reporting_errors
 
 
@@ -31,6 +33,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", required=True, help="a registered dataset name")
     parser.add_argument("--output", required=True, help="folder for the pictures")
+    parser.add_argument(
+        "--custom",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a registration file of your own datasets (as DATASETS.CUSTOM, "
+        "docs/custom_dataset.md), registered first; repeatable",
+    )
     parser.add_argument("--num", type=int, default=10, help="how many images (default 10)")
     parser.add_argument("--start", type=int, default=0, help="index of the first image")
     parser.add_argument(
@@ -41,12 +51,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    return run_reporting_errors(
-        "visualize_dataset.py",
-        lambda: write_ground_truth_views(
+
+    def run():
+        register_files(args.custom)
+        write_ground_truth_views(
             args.dataset, args.output, num=args.num, start=args.start, min_size=args.min_size
-        ),
-    )
+        )
+
+    return run_reporting_errors("visualize_dataset.py", run)
 
 
 if __name__ == "__main__":

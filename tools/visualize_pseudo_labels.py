@@ -29,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
 from ovseg.data.dataset_views import write_pseudo_label_views
+from ovseg.data.datasets.custom import register_files
 from ovseg.utils.cli import run_reporting_errors
 
 
@@ -41,6 +42,14 @@ def get_parser() -> argparse.ArgumentParser:
         "--dataset", default="", help="the registered dataset it labels (default: its manifest's)"
     )
     parser.add_argument("--output", required=True, help="folder for the pictures")
+    parser.add_argument(
+        "--custom",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a registration file of your own datasets (as DATASETS.CUSTOM, "
+        "docs/custom_dataset.md), registered first; repeatable",
+    )
     parser.add_argument("--num", type=int, default=10, help="how many images (default 10)")
     parser.add_argument(
         "--panel-height", type=int, default=320, help="height of each panel in pixels"
@@ -59,20 +68,21 @@ def _quality(args) -> None:
     print(format_quality(write_store_quality(args.store, args.output, dataset=args.dataset)))
 
 
+def _draw(args) -> None:
+    write_pseudo_label_views(
+        args.store, args.output, dataset=args.dataset, num=args.num, panel_height=args.panel_height
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    if args.quality:
-        return run_reporting_errors("visualize_pseudo_labels.py", lambda: _quality(args))
-    return run_reporting_errors(
-        "visualize_pseudo_labels.py",
-        lambda: write_pseudo_label_views(
-            args.store,
-            args.output,
-            dataset=args.dataset,
-            num=args.num,
-            panel_height=args.panel_height,
-        ),
-    )
+    work = _quality if args.quality else _draw
+
+    def run():
+        register_files(args.custom)
+        work(args)
+
+    return run_reporting_errors("visualize_pseudo_labels.py", run)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ __all__ = [
     "load_custom_sem_seg",
     "load_registration_file",
     "register_custom_dataset",
+    "register_files",
     "register_from_config",
 ]
 
@@ -375,6 +376,12 @@ def register_from_config(cfg) -> List[str]:
         for spec in specs:
             names.append(_register_spec(spec))
     return names
+
+
+def register_files(paths: Iterable[Union[str, os.PathLike]]) -> List[str]:
+    """Register every split of each registration file (the tools' ``--custom``, as
+    ``DATASETS.CUSTOM``). Returns the registered names."""
+    return [_register_spec(spec) for path in paths for spec in load_registration_file(path)]
 
 
 def _register_spec(spec: Mapping[str, Any]) -> str:

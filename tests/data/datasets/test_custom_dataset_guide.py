@@ -68,10 +68,10 @@ def write_tiny_folder(root: Path) -> None:
 def test_guide_from_folder_to_evaluated_model(tmp_path):
     write_tiny_folder(tmp_path / "my_data")
     assert write_guide_files(tmp_path) == ["my_data/dataset.yaml", "my_data/lseg.yaml"]
-    for name in ("train_net.py", "configs", "checkpoints"):  # the guide runs from the repo root
+    for name in ("train_net.py", "tools", "configs", "checkpoints"):  # run from the repo root
         os.symlink(ROOT / name, tmp_path / name)
     commands = guide_commands()
-    assert len(commands) == 3, commands
+    assert len(commands) == 4, commands
     logs = []
     for command in commands:
         argv = shlex.split(command)
@@ -86,7 +86,9 @@ def test_guide_from_folder_to_evaluated_model(tmp_path):
         logs.append(log)
     assert "my_data_train: 4 images, 9 classes, unseen ['triangle', 'ring']" in logs[0]
     assert "my_data_val: 2 images" in logs[0]
+    # the labels drawn over the images, one picture each
+    assert len(list((tmp_path / "vis" / "my_data").glob("*.png"))) == 4, logs[1][-3000:]
     assert (tmp_path / "output" / "my_data" / "model_final.pth").is_file()
-    for log in logs[1:]:
+    for log in logs[2:]:
         assert re.search(r"copypaste: mIoU", log), log[-3000:]
         assert "hIoU" in log
