@@ -80,7 +80,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset", default="", help="registered dataset name (default: DATASETS.TRAIN[0])"
     )
-    parser.add_argument("--output", required=True, help="the store folder (created or resumed)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="the store folder (created or resumed); the run's log.txt and config.yaml go to "
+        "OUTPUT_DIR, by default <output>_generation beside it",
+    )
     parser.add_argument(
         "--threshold",
         type=float,
@@ -124,6 +129,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     args.command = shlex.join(["python", TOOL, *argv])
+    if "OUTPUT_DIR" not in args.opts[::2]:
+        # the log and config.yaml beside the store: not ./output, nor the teacher run's folder
+        # (whose own config.yaml the config's OUTPUT_DIR would name)
+        args.opts = [*args.opts, "OUTPUT_DIR", args.output.rstrip("/\\") + "_generation"]
     return args
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from typing import Dict, List, Optional, Sequence
 
 from ..data.datasets.toy_world import CLASSES, COLORS, SPLITS, TEXTURES
@@ -59,15 +60,17 @@ def _evaluate(config: str, weights: str, vocabulary: List[str], merge: str, opts
 
 
 def study(config: str, weights: str = "", opts: Sequence[str] = ()) -> List[dict]:
-    """One row per (synonym set, merge): mIoU over all, seen and unseen classes."""
+    """One row per (synonym set, merge): mIoU over all, seen and unseen classes. The
+    evaluations' own files go to a temporary folder (the rows are the study's output)."""
     rows = []
-    for set_name, vocabulary in SYNONYM_SETS.items():
-        merges = ("max",) if set_name == "plain" else ("max", "mean")
-        for merge in merges:
-            res = _evaluate(config, weights, vocabulary, merge, list(opts))
-            rows.append({"synonyms": set_name, "merge": merge if set_name != "plain" else "-",
-                         "mIoU": res["mIoU"], "mIoU-seen": res["mIoU-seen"],
-                         "mIoU-unseen": res["mIoU-unseen"]})  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ovseg_synonyms_") as scratch:
+        opts = [*opts, "OUTPUT_DIR", scratch]
+        for set_name, vocabulary in SYNONYM_SETS.items():
+            for merge in ("max",) if set_name == "plain" else ("max", "mean"):
+                res = _evaluate(config, weights, vocabulary, merge, opts)
+                rows.append({"synonyms": set_name, "merge": "-" if set_name == "plain" else merge,
+                             "mIoU": res["mIoU"], "mIoU-seen": res["mIoU-seen"],
+                             "mIoU-unseen": res["mIoU-unseen"]})  # fmt: skip
     return rows
 
 

@@ -30,3 +30,26 @@ def test_mistakes_stop_before_the_study(argv, says, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.startswith("compare_synonym_merge.py: error: ") and says in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_study_writes_its_rows_and_nothing_else(tmp_path, monkeypatch, capsys):
+    """Five evaluations on a small toy world, run from another folder: the rows in the table
+    and the json, and no evaluation file left in the working directory or ./output."""
+    import json
+
+    from ovseg_testing import registered_toy_world
+
+    with registered_toy_world(tmp_path / "data", num_train=1, num_val=2):
+        monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+        work = tmp_path / "work"
+        work.mkdir()
+        monkeypatch.chdir(work)
+        assert main(["--config-file", CONFIG, "--output", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["synonyms"], r["merge"]) for r in rows] == [
+        ("plain", "-"), ("caption words", "max"), ("caption words", "mean"),
+        ("unknown words", "max"), ("unknown words", "mean"),
+    ]  # fmt: skip
+    assert all(0 <= r["mIoU"] <= 100 for r in rows)
+    assert "| plain | - |" in capsys.readouterr().out
+    assert list(work.iterdir()) == []

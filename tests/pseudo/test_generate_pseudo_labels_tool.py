@@ -32,9 +32,14 @@ CONFIG = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
 def test_arguments_take_opts_with_or_without_the_flag():
     a = parse_args(["--config-file", "c.yaml", "--output", "o", "--opts", "A", "1"])
     b = parse_args(["--config-file", "c.yaml", "--output", "o", "A", "1"])
-    assert a.opts == b.opts == ["A", "1"]
+    # the run's log and config.yaml go beside the store, not into ./output or the config's
+    # OUTPUT_DIR (a teacher run's folder), unless OUTPUT_DIR is given
+    assert a.opts == b.opts == ["A", "1", "OUTPUT_DIR", "o_generation"]
     assert a.threshold == 0.0 and a.scores == "auto" and a.dataset == ""
     assert b.command == "python tools/generate_pseudo_labels.py --config-file c.yaml --output o A 1"
+    c = parse_args(["--config-file", "c.yaml", "--output", "o/", "OUTPUT_DIR", "logs"])
+    assert c.opts == ["OUTPUT_DIR", "logs"]
+    assert parse_args(["--config-file", "c.yaml", "--output", "s/o/"]).opts[-1] == "s/o_generation"
 
 
 @pytest.mark.slow
