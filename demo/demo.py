@@ -9,7 +9,9 @@ Example (no training needed: MaskCLIP from a frozen CLIP)::
 
 Per image ``<stem>`` the output folder receives ``<stem>_overlay.png`` (class names drawn),
 ``<stem>_label.png`` (vocabulary index per pixel; 255 = below --confidence-threshold; uint16
-with 65535 for vocabularies of more than 255 names) and, with --heatmaps,
+with 65535 for vocabularies of more than 255 names; with --background-threshold or
+--augment-vocabulary the indices are of the names the log's "Label PNG values" line lists,
+"background" and "other" among them) and, with --heatmaps,
 ``<stem>_heatmaps.png``. With one input, --output may name the overlay file instead.
 A vocabulary gives synonyms as ``"pickup truck, truck; sky"`` (classes separated by ``;``);
 ``--augment-vocabulary coco171`` adds a builtin list's classes, drawn as "other";
@@ -105,7 +107,8 @@ def get_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="in (0, 1]: pixels whose best class probability is below this are labelled "
-        "'background' (the vocabulary's own, else added first), which is not embedded",
+        "'background' (the vocabulary's own, else added first), which is not embedded; "
+        "0 (the default): no background",
     )
     parser.add_argument(
         "--templates",
@@ -293,7 +296,9 @@ def check_task(demo: VisualizationDemo, task: str, names: Sequence[str], cfg) ->
 def vocabulary_plan(args: argparse.Namespace, names) -> VocabularyPlan:
     """The demo's words: the vocabulary, augmented and with a background when asked."""
     if not 0.0 <= args.background_threshold <= 1.0:
-        raise UsageError(f"--background-threshold {args.background_threshold} is not in [0, 1]")
+        raise UsageError(
+            f"--background-threshold {args.background_threshold} is not in [0, 1] (0: none)"
+        )
     try:
         return VocabularyPlan.make(names, args.augment_vocabulary, args.background_threshold)
     except (ValueError, FileNotFoundError) as e:
@@ -340,6 +345,10 @@ def run(args: argparse.Namespace) -> int:
     if not words.identity and args.task != "semantic":
         raise UsageError("--augment-vocabulary and --background-threshold need --task semantic")
     names = words.names
+    if args.task == "semantic" and list(names) != list(vocabulary.names):
+        # background / "other" moved the indices: say what each label PNG value means
+        shown = ", ".join(f"{i} {n}" for i, n in enumerate(names[:30]))
+        logger.info("Label PNG values: %s%s", shown, " ..." if len(names) > 30 else "")
     written = 0
     for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="demo", unit="image"):
         try:

@@ -39,10 +39,14 @@ def _probs(tmp_path, image, names):
     return scores.softmax(dim=0) if predictor.score_kind == "logits" else scores
 
 
-def test_background_threshold_and_augmentation(tmp_path, capsys):
+def test_background_threshold_and_augmentation(tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
     code, label, image = _run(tmp_path, "--custom-vocabulary", "cat; dog, puppy; grass",
                               "--background-threshold", "0.4")  # fmt: skip
     assert code == 0, capsys.readouterr().err
+    # the label values' names, background first, are in the log
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Label PNG")]
+    assert said == ["Label PNG values: 0 background, 1 cat, 2 dog, puppy, 3 grass"]
     probs = _probs(tmp_path, image, ["cat", "dog, puppy", "grass"])
     expected = (
         VocabularyPlan.make(["cat", "dog, puppy", "grass"], None, 0.4)
@@ -61,6 +65,9 @@ def test_background_threshold_and_augmentation(tmp_path, capsys):
 
 def test_bad_words_are_refused(tmp_path, capsys):
     code, _, _ = _run(tmp_path, "--custom-vocabulary", "cat,dog", "--background-threshold", "2")
-    assert code == 2 and "--background-threshold 2.0 is not in [0, 1]" in capsys.readouterr().err
+    assert (
+        code == 2
+        and "--background-threshold 2.0 is not in [0, 1] (0: none)" in capsys.readouterr().err
+    )
     code, _, _ = _run(tmp_path, "--custom-vocabulary", "cat,dog", "--augment-vocabulary", "x9")
     assert code == 2 and "Unknown vocabulary 'x9'" in capsys.readouterr().err
