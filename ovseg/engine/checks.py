@@ -164,10 +164,13 @@ _DATA_FOLDERS = (("image_root", "image folder"), ("sem_seg_root", "label folder"
 def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
     """Refuse a run whose data or weights are not on disk, before a model is built:
     the image and label folders of DATASETS.TEST (and DATASETS.TRAIN when training), and a
-    local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint).
+    local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint); when training,
+    a training-free model, a pseudo-label store not made yet, and a custom test split's
+    labels (read now, not after training).
 
     Raises:
         FileNotFoundError: naming the key, the dataset or file and what to do.
+        ValueError: a training-free model to train, or a custom label out of its vocabulary.
     """
     arch = cfg.MODEL.META_ARCHITECTURE
     if not eval_only and arch in TRAINING_FREE:
@@ -181,6 +184,11 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
             _check_data_folders(key, name)
     if not eval_only and cfg.DATASETS.get("PSEUDO_LABELS", ""):
         _check_pseudo_label_store(cfg.DATASETS.PSEUDO_LABELS)
+    if not eval_only:
+        # a custom test split is read (its labels checked) only after training: now instead
+        for name in cfg.DATASETS.get("TEST", ()):
+            if MetadataCatalog.get(name).get("registration_guide", None):
+                DatasetCatalog.get(name)
     weights = cfg.MODEL.WEIGHTS
     resumes = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     what = None if resumes else local_weights_problem(weights)

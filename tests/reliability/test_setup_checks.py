@@ -4,9 +4,11 @@ built or the output folder is written."""
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from ovseg_testing import ROOT, registered_toy_world
 from ovseg_testing.scripts import subprocess_env
+from PIL import Image
 
 from detectron2.engine import default_argument_parser
 
@@ -199,6 +201,15 @@ def test_run_files_point_a_custom_split_at_its_registration(tmp_path):
     assert f"image folder {tmp_path / 'imgs'} does not exist" in message
     assert "registration" in message and "docs/custom_dataset.md" in message
     assert "DETECTRON2_DATASETS" not in message
+    # a test label out of the vocabulary: found before training, not after it
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "imgs" / "x.jpg")
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "labels" / "x.png")
+    with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
+        check_run_files(cfg, eval_only=True)  # evaluation reads the split at once anyway
+        with pytest.raises(ValueError, match=r"label .*x\.png holds values \[7\] outside"):
+            check_run_files(cfg)
 
 
 def test_run_mistakes_found_before_any_model(tmp_path):
