@@ -29,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
 from ovseg.data.dataset_views import write_pseudo_label_views
-from ovseg.data.datasets.custom import register_files
+from ovseg.data.datasets.custom import add_custom_argument, register_files
 from ovseg.utils.cli import run_reporting_errors
 
 
@@ -42,14 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--dataset", default="", help="the registered dataset it labels (default: its manifest's)"
     )
     parser.add_argument("--output", required=True, help="folder for the pictures")
-    parser.add_argument(
-        "--custom",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a registration file of your own datasets (as DATASETS.CUSTOM, "
-        "docs/custom_dataset.md), registered first; repeatable",
-    )
+    add_custom_argument(parser)
     parser.add_argument("--num", type=int, default=10, help="how many images (default 10)")
     parser.add_argument(
         "--panel-height", type=int, default=320, help="height of each panel in pixels"

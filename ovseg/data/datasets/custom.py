@@ -29,6 +29,7 @@ from .instance_common import register_instance_split, register_panoptic_split
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "add_custom_argument",
     "custom_vocabulary",
     "load_custom_sem_seg",
     "load_registration_file",
@@ -376,6 +377,19 @@ def register_from_config(cfg) -> List[str]:
         for spec in specs:
             names.append(_register_spec(spec))
     return names
+
+
+def add_custom_argument(parser) -> None:
+    """A tool's ``--custom FILE`` option (repeatable): registration files to register with
+    :func:`register_files` before the tool looks a dataset up."""
+    parser.add_argument(
+        "--custom",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help=f"a registration file of your own datasets (as DATASETS.CUSTOM, {GUIDE}), "
+        "registered first; repeatable",
+    )
 
 
 def register_files(paths: Iterable[Union[str, os.PathLike]]) -> List[str]:
