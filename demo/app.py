@@ -41,6 +41,7 @@ from ovseg.utils.visualization import (
     overlay_scale,
     vocabulary_metadata,
 )
+from ovseg.vocab import Vocabulary, builtin_vocabulary_names
 
 __all__ = ["ModelChoice", "SegmentApp", "build_ui", "find_runs", "legend_html", "main"]
 
@@ -173,8 +174,24 @@ class SegmentApp:
         if image.ndim == 2:  # grayscale: the predictor takes three channels
             image = np.stack([image] * 3, axis=-1)
         image = np.ascontiguousarray(image[..., :3])  # drop an alpha channel
-        pred = self.predictor(label).predict(image, vocabulary.strip())
+        pred = self.predictor(label).predict(image, typed_vocabulary(vocabulary))
         return render_prediction(image, pred)
+
+
+def typed_vocabulary(spec: str) -> Vocabulary:
+    """The vocabulary typed in the page: class names or a builtin vocabulary's name, never a
+    file (``ovseg.Predictor`` reads a .json path, which from a web form would read files of
+    the server)."""
+    spec = spec.strip()
+    if spec in builtin_vocabulary_names():
+        return Vocabulary.builtin(spec)
+    if "," in spec or ";" in spec:
+        return Vocabulary.from_string(spec)
+    raise ValueError(
+        f"{spec!r} is neither class names separated by commas nor a builtin vocabulary "
+        f"({', '.join(builtin_vocabulary_names())}); one class alone is written with a ';' "
+        "after it (e.g. 'cat;')"
+    )
 
 
 def render_prediction(image: np.ndarray, pred: Prediction) -> Tuple[np.ndarray, ...]:

@@ -83,6 +83,20 @@ def test_bad_requests_say_what_to_do(toy_app):
         app_module.SegmentApp([])
 
 
+def test_the_page_never_reads_a_file_of_the_server(toy_app, tmp_path, monkeypatch):
+    """A .json path typed in the form is not a vocabulary file: it is refused, and what the
+    file holds never reaches the answer (the API alone reads vocabulary files)."""
+    secret = tmp_path / "secret.json"
+    secret.write_text('["secretA", "secretB"]')
+    monkeypatch.chdir(tmp_path)
+    for typed in (str(secret), "secret.json"):
+        with pytest.raises(ValueError, match="neither class names .* nor a builtin") as info:
+            toy_app.segment(_scene(), typed, "toy")
+        assert "secretA" not in str(info.value)
+    _, _, _, legend = toy_app.segment(_scene(), "circle;", "toy")  # one class, as documented
+    assert "circle" in legend
+
+
 def test_grayscale_and_rgba_uploads_are_segmented(toy_app):
     image = _scene()
     gray = image.mean(axis=2).astype(np.uint8)
