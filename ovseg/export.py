@@ -137,6 +137,14 @@ def export_onnx(
     """
     import onnx
 
+    if opset < DEFAULT_OPSET:
+        # torch's dynamo exporter writes opset 18 graphs and down-converts them with ONNX's
+        # version converter, which has no adapter for the students' Pad/Resize: it fails, and
+        # the file keeps opset 18
+        raise ValueError(
+            f"opset {opset} is below {DEFAULT_OPSET}, the lowest the exporter writes "
+            f"(torch.onnx.export with dynamo); give --opset {DEFAULT_OPSET} or later"
+        )
     wrapper = FixedVocabularySegmentor(model, names)
     example = torch.zeros(2, 3, *size)
     batch = torch.export.Dim("batch", min=1)

@@ -158,6 +158,7 @@ def test_export_tool_on_the_toy_maskclip(tmp_path, capsys):
         (["--output-is-the-folder"], "is a folder; give a .onnx file name"),
         (["--output", "/proc/ovseg.onnx"], "cannot write /proc/ovseg.onnx"),
         (["--atol", "-1"], "--atol -1.0: give the largest accepted difference (>= 0)"),
+        (["--opset", "11"], "--opset 11: the exporter writes opset 18 or later"),
     ],
 )
 def test_export_tool_mistakes_exit_2_and_leave_no_file(tmp_path, capsys, extra, says):
@@ -190,3 +191,13 @@ def test_a_failed_check_writes_nothing_to_the_output(tmp_path, capsys, monkeypat
     assert f"FAILED: 0.5 exceeds --atol 0.0001; nothing was written to {out}" in err, err
     assert str(kept) in err and kept.stat().st_size > 1000
     assert out.read_bytes() == b"the graph of an earlier, checked export"
+
+
+def test_an_opset_below_the_exporters_is_refused_before_exporting(tmp_path):
+    """Asked for opset 11 the exporter used to print a converter traceback and write an
+    opset-18 file labelled 11; refused now, and nothing written."""
+    from ovseg.export import export_onnx
+
+    with pytest.raises(ValueError, match="opset 11 is below 18"):
+        export_onnx(torch.nn.Identity(), ["a"], str(tmp_path / "x.onnx"), size=(8, 8), opset=11)
+    assert list(tmp_path.iterdir()) == []

@@ -60,7 +60,9 @@ def get_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="the graph's input size (default: INPUT.MIN_SIZE_TEST square)",
     )
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 18)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 18 or later (default 18)"
+    )
     p.add_argument("--image", help="also compare on this image (resized to the input size)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
@@ -97,6 +99,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(str(e))
     if not args.atol >= 0:
         parser.error(f"--atol {args.atol}: give the largest accepted difference (>= 0)")
+    if args.opset < DEFAULT_OPSET:
+        parser.error(
+            f"--opset {args.opset}: the exporter writes opset {DEFAULT_OPSET} or later "
+            "(docs/export.md); give one of those"
+        )
     if args.image and not Path(args.image).is_file():
         parser.error(f"--image {args.image} is not a file; give an image to compare on")
     try:
