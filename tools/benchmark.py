@@ -242,7 +242,7 @@ def add_teacher_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pretrained", default="", help="tag, checkpoint path, or '' (random)")
     p.add_argument("--cache-dir", default="", help="MODEL.CLIP.CACHE_DIR ('' = default)")
-    p.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--size", type=_positive, nargs=2, default=(224, 224), metavar=("H", "W"))
     p.add_argument("--batch", type=_positive, default=2)
     p.add_argument("--device", default=default_device())
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
@@ -368,7 +368,7 @@ def add_infer_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--config-file", required=True, help="any ovseg config")
     p.add_argument("--modes", nargs="+", default=["whole", "slide"], choices=("whole", "slide"))
     p.add_argument("--batch", type=_positive, default=1)
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--size", type=_positive, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--iters", type=_positive, default=10)
     p.add_argument("--warmup", type=_non_negative, default=3)
@@ -404,7 +404,9 @@ SUBCOMMANDS: Tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--output", default="", help="also write the JSON results to this file")
-    parent.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parent.add_argument(
+        "--threads", type=_non_negative, default=0, help="torch CPU threads (0 = default)"
+    )
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog=__doc__.split("\n", 2)[2],

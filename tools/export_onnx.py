@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # what would fail after the export (and leave its file behind) is checked before it
     try:
         check_output_file(args.output, ".onnx")
-    except IsADirectoryError as e:
+    except OSError as e:
         parser.error(str(e))
     if not args.atol >= 0:
         parser.error(f"--atol {args.atol}: give the largest accepted difference (>= 0)")

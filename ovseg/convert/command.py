@@ -25,7 +25,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 from torch import Tensor
 
 from ..utils.cli import run_reporting_errors
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, check_output_file
 from . import freeseg, lseg, maskclip_plus, ovrcnn, resnet_v1c, xpm, zegclip
 from .core import (
     ConversionError,
@@ -213,6 +213,8 @@ def run(args: argparse.Namespace) -> ConversionReport:
         cfg = load_config(args.config_file, args.opts)
     elif args.opts:
         raise ValueError(f"config overrides {args.opts} need --config-file")
+    check_output_file(args.output, ".pth")  # before the conversion, not after it
+    check_output_file(args.report, ".json", "--report")
     state, report = convert_checkpoint(
         args.method,
         load_official(args.input),

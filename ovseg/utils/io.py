@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -108,14 +109,34 @@ def atomic_write_json(
 
 
 def check_output_file(path: Optional[PathLike], suffix: str, option: str = "--output") -> None:
-    """Refuse a tool's output file that is a folder before the work (the atomic write
-    would refuse it only when writing, after the work).
+    """Refuse a tool's output file that is a folder, or that no file can be written at,
+    before the work (the atomic write would refuse it only when writing, after the work).
 
     Raises:
         IsADirectoryError: naming ``option`` and the kind of file to give (``suffix``).
+        OSError: naming ``option`` and the path that cannot be written.
     """
-    if path and os.path.isdir(path):
+    if not path:
+        return
+    path = os.fspath(path)
+    if os.path.isdir(path):
         raise IsADirectoryError(f"{option} {path} is a folder; give a {suffix} file name")
+    # the nearest folder that exists must take a new file (as root, os.access says yes even
+    # where writing fails, /proc or /sys): a file made and removed there at once
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    try:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(errno.ENOTDIR, "a part of its folder path is a file")
+        fd, tmp = _create_temporary(folder, ".probe")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise type(e)(
+            f"{option}: cannot write {path}: {e.strerror or e} (in {folder}); give a path in a "
+            "folder you can write"
+        ) from None
 
 
 def make_output_folder(path: PathLike) -> None:

@@ -103,3 +103,28 @@ def test_a_folder_or_a_non_checkpoint_as_input_is_named(tmp_path, capsys):
     assert "config.yaml cannot be read with torch.load(weights_only=True)" in err
     assert "is it a PyTorch checkpoint?" in err and "In PyTorch 2.6" not in err
     assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize(
+    "output, report, says",
+    [
+        ("{tmp}/folder_out", "", "--output {tmp}/folder_out is a folder; give a .pth file"),
+        ("{tmp}/ok.pth", "{tmp}/folder_out", "--report {tmp}/folder_out is a folder"),
+        ("{tmp}/ok.pth", "/proc/report.json", "--report: cannot write /proc/report.json"),
+        ("/proc/out.pth", "", "--output: cannot write /proc/out.pth"),
+    ],
+)
+def test_outputs_that_cannot_be_written_stop_it_before_converting(
+    setup, tmp_path, capsys, output, report, says
+):
+    """Checked before the conversion: a bad --report used to be found after the checkpoint
+    was written, so a failed command left a new file behind."""
+    _, official, _, _, _ = setup
+    (tmp_path / "folder_out").mkdir()
+    args = ["--method", "zegclip", "--input", str(official), "--output"]
+    args += [output.format(tmp=tmp_path)]
+    if report:
+        args += ["--report", report.format(tmp=tmp_path)]
+    assert main(args) == 2
+    assert says.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder_out"]  # nothing written

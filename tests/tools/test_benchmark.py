@@ -71,6 +71,7 @@ def test_pseudo_labels_a_toy_world(toy_root, tmp_path):
         (["--output", "{tmp}"], "--output {tmp} is a folder; give a .json file name"),
         (["MODEL.LSEG.FOO", "1"], "MODEL.LSEG.FOO (set in the overrides) is not a config key"),
         (["DATASETS.TRAIN", "('toy_wrld',)"], "DATASETS.TRAIN names 'toy_wrld', which is not"),
+        (["--output", "/proc/b.json"], "--output: cannot write /proc/b.json"),
     ],
 )
 def test_mistakes_exit_2_in_one_line_before_any_work(tmp_path, argv, says):
@@ -85,3 +86,20 @@ def test_mistakes_exit_2_in_one_line_before_any_work(tmp_path, argv, says):
     assert f"benchmark.py: error: {says.format(tmp=tmp_path)}" in proc.stderr
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
     assert "FutureWarning" not in proc.stderr  # detectron2's import-time jit.script, hushed
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["infer", "--size", "0", "0"], "argument --size: must be >= 1, got 0"),
+        (["infer", "--size", "-5", "64"], "argument --size: must be >= 1, got -5"),
+        (["train", "--threads", "-3"], "argument --threads: must be >= 0, got -3"),
+    ],
+)
+def test_option_values_no_run_can_mean_are_refused(argv, says, capsys):
+    from ovseg_testing.demo import load_script
+
+    tool = load_script(TOOL)
+    with pytest.raises(SystemExit) as info:
+        tool.build_parser().parse_args([*argv, "--config-file", "configs/toy/maskclip.yaml"])
+    assert info.value.code == 2 and says in capsys.readouterr().err
