@@ -22,7 +22,9 @@ import atexit
 import html
 import logging
 import os
+import pickle
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -286,12 +288,29 @@ def build_ui(app: SegmentApp, examples: Sequence[str] = ()):
     return page
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
+def _check_port_free(host: str, port: int) -> Optional[str]:
+    """Why ``host:port`` cannot be served on (taken, or not an address here), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--port", type=_port, default=7860, help="port to serve on (1-65535)")
     parser.add_argument("--config-file", help="a config to offer first (file or under configs/)")
     parser.add_argument("--weights", help="weights for --config-file")
     parser.add_argument(
@@ -317,6 +336,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             resolve_config_path(args.config_file)
         except FileNotFoundError as e:
             parser.error(f"--config-file: {e}")
+    problem = _check_port_free(args.host, args.port)  # before the model loads, not after
+    if problem:
+        parser.error(f"cannot serve on {args.host}:{args.port} ({problem}); choose another --port")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -327,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     app = SegmentApp(choices, device=args.device)
     try:  # the first model now, so a bad config or checkpoint stops here, not in the page
         app.predictor(choices[0].label)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         sys.exit(f"demo/app.py: cannot load {choices[0].label}: {e}")
     examples = example_images(Path(tempfile.mkdtemp(prefix="ovseg_app_")))
     logger.info("Models: %s", ", ".join(app.choices))

@@ -85,11 +85,19 @@ def load_pickle_weights(path: PathLike) -> Any:
         return _DataOnlyUnpickler(f, path, encoding="latin1").load()
 
 
+def _looks_like_a_checkpoint(path: str) -> bool:
+    """torch.save's zip archive (``PK``) or a legacy pickle (protocol byte 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
 def torch_load_weights(path: PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with an error that names the file.
 
     Raises:
         UnsafeWeightsError: the file holds objects beyond tensors and plain containers.
+        ValueError: the file is no checkpoint at all (a text file, an image).
     """
     path = os.fspath(path)
     try:
@@ -97,6 +105,12 @@ def torch_load_weights(path: PathLike, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise  # not a refusal (e.g. a truncated legacy file): the caller names it
+        if not _looks_like_a_checkpoint(path):
+            raise ValueError(
+                f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save "
+                "writes nor a pickle); give the .pth file a run saved (model_final.pth) or "
+                "tools/convert_checkpoint.py wrote"
+            ) from None
         raise UnsafeWeightsError(
             f"{path} holds objects beyond tensors, numbers and plain containers: refused, as "
             "loading it could run code (torch.load weights_only=True). If you trust this "

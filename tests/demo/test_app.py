@@ -123,6 +123,27 @@ def test_a_bad_model_stops_the_app_before_serving(tmp_path, capsys):
         SystemExit, match=r"TEST_VOCABLARY \(set in .*\) is not a config key; did you"
     ):
         app_module.main(["--config-file", str(typo), "--runs"])
+    # a file that is no checkpoint at all is named as such, in one line, not as a traceback
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match=r"notes.pth is not a PyTorch checkpoint"):
+        app_module.main(["--config-file", "toy/lseg_toyrn_400_bs8.yaml", "--weights", str(notes),
+                         "--runs"])  # fmt: skip
+
+
+def test_a_port_it_cannot_serve_on_is_refused_before_the_model(capsys):
+    import socket
+
+    with pytest.raises(SystemExit):
+        app_module.main(["--port", "99999"])
+    assert "argument --port: 99999 is not a port (1-65535)" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            app_module.main(["--port", str(port), "--config-file", "toy/maskclip.yaml"])
+    assert info.value.code == 2  # argparse's, before any model is built
+    assert f"cannot serve on 127.0.0.1:{port} (" in capsys.readouterr().err
 
 
 def test_menu_lists_trained_runs(tmp_path):
