@@ -33,6 +33,7 @@ from detectron2.modeling import build_model
 from .data.dataset_mappers.resize import inference_resize
 from .data.image_io import read_image
 from .engine.checkpoint import load_model_weights
+from .engine.defaults import REPO_ROOT as ENGINE_REPO_ROOT
 from .engine.defaults import load_config
 from .modeling.vocabulary_scores import VocabularyPlan
 from .pseudo import score_kind_of
@@ -49,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(ENGINE_REPO_ROOT)
 CONFIGS_DIR = REPO_ROOT / "configs"
 
 ImageLike = Union[np.ndarray, "os.PathLike[str]", str, Any]  # Any: a PIL image

@@ -182,9 +182,9 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     for key in keys:
         for name in cfg.DATASETS.get(key, ()):
             _check_data_folders(key, name)
-    if not eval_only and cfg.DATASETS.get("PSEUDO_LABELS", ""):
-        _check_pseudo_label_store(cfg.DATASETS.PSEUDO_LABELS)
     if not eval_only:
+        if cfg.DATASETS.get("PSEUDO_LABELS", ""):
+            _check_pseudo_label_store(cfg.DATASETS.PSEUDO_LABELS)
         # a custom test split is read (its labels checked) only after training: now instead
         for name in cfg.DATASETS.get("TEST", ()):
             if MetadataCatalog.get(name).get("registration_guide", None):
@@ -201,18 +201,17 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
 
 
 def _check_data_folders(key: str, name: str) -> None:
+    from ..data.datasets.custom import missing_folder
+
     meta = MetadataCatalog.get(name)
-    guide = meta.get("registration_guide", None)  # registered from DATASETS.CUSTOM
+    custom = meta.get("registration_guide", None)  # registered from DATASETS.CUSTOM
     for field, what in _DATA_FOLDERS:
         path = meta.get(field, None)
         if not isinstance(path, str) or not path or os.path.exists(path):
             continue
-        if guide:
-            where = "" if os.path.isabs(path) else f" (from the working directory {os.getcwd()})"
+        if custom:
             raise FileNotFoundError(
-                f"DATASETS.{key} names {name!r}, whose {what} {path}{where} does not exist. "
-                "Fix the path in its registration (DATASETS.CUSTOM; a registration file's "
-                f"relative paths are relative to its own folder); see {guide}"
+                f"DATASETS.{key} names {name!r}, whose {missing_folder(what, path)}"
             )
         raise FileNotFoundError(
             f"DATASETS.{key} names {name!r}, whose {what} {path} does not exist. "

@@ -20,7 +20,7 @@ from .checks import check_config
 logger = logging.getLogger(__name__)
 
 # the repository (a source checkout; an installed package has no configs/ beside it)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 # config keys naming files that shipped configs give relative to the repository root
 _REPO_RELATIVE_KEYS = (("CLIP", "MODEL_NAME"), ("CLIP", "PRETRAINED"), ("WEIGHTS",))
 

@@ -33,6 +33,7 @@ __all__ = [
     "custom_vocabulary",
     "load_custom_sem_seg",
     "load_registration_file",
+    "missing_folder",
     "register_custom_dataset",
     "register_files",
     "register_from_config",
@@ -109,6 +110,16 @@ def _check_label_values(path: str, num_classes: int, ignore: int, name: str) -> 
         )
 
 
+def missing_folder(what: str, path: str) -> str:
+    """The error's end for a registered folder that does not exist: fix the registration."""
+    where = "" if os.path.isabs(path) else f" (from the working directory {os.getcwd()})"
+    return (
+        f"{what} {path}{where} does not exist; fix the path in its registration "
+        f"(DATASETS.CUSTOM; a registration file's relative paths are relative to its own "
+        f"folder); see {GUIDE}"
+    )
+
+
 def load_custom_sem_seg(
     *, name: str, images: str, labels: str, num_classes: int, ignore_label: int, check: bool
 ) -> List[dict]:
@@ -116,12 +127,7 @@ def load_custom_sem_seg(
     same name, every label's values checked against the vocabulary when ``check``."""
     for what, path in (("image folder", images), ("label folder", labels)):
         if not os.path.isdir(path):
-            where = "" if os.path.isabs(path) else f" (from the working directory {os.getcwd()})"
-            raise FileNotFoundError(
-                f"Dataset {name!r}: the {what} {path}{where} does not exist; fix the path in "
-                f"its registration (a registration file's relative paths are relative to its "
-                f"own folder); see {GUIDE}"
-            )
+            raise FileNotFoundError(f"Dataset {name!r}: the {missing_folder(what, path)}")
     image_files = _stems(images, IMAGE_EXTENSIONS, "image", name)
     label_files = _stems(labels, (".png",), "label", name)
     if not image_files:
