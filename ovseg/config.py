@@ -16,6 +16,10 @@ def add_ovseg_config(cfg: CN) -> None:
     Args:
         cfg (CfgNode): a config made by ``detectron2.config.get_cfg()``.
     """
+    # Python modules (dotted names) imported before the rest of the config is read: your own
+    # student, heads or datasets, registered by the module, with its keys added by its
+    # add_config(cfg) if it has one (ovseg/engine/extensions.py, docs/new_student.md)
+    cfg.EXTENSIONS = []
     add_teacher_config(cfg)
     add_shared_config(cfg)
     add_poly_schedule_config(cfg)

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovseg_config
 from .checks import check_config
+from .extensions import import_extensions, requested_extensions
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,12 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         )
     cfg = get_cfg()
     add_ovseg_config(cfg)
-    _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
+    # EXTENSIONS first: the modules register what the config names and may add its keys
+    extensions: list[str] = []
+    where = f"config file {config_file}"
+    _merge(cfg, lambda: extensions.extend(requested_extensions(config_file, opts or [])), where)
+    import_extensions(extensions, cfg, REPO_ROOT)
+    _merge(cfg, lambda: cfg.merge_from_file(config_file), where)
     if opts:
         options = [o for o in opts[::2] if str(o).startswith("--")]
         if options:
