@@ -11,11 +11,16 @@ Without CUDA, --num-gpus N starts N CPU processes connected through gloo.
 
 import sys
 
+# isort: off
+# ovseg first: it registers datasets, mappers and models, and imports detectron2 without the
+# torch.jit deprecation warnings of fvcore's import (ovseg/__init__.py)
+import ovseg  # noqa: F401
+
+# isort: on
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-import ovseg  # noqa: F401  (registers datasets, mappers, models)
 from ovseg.compat import default_dist_url, launch
 from ovseg.engine import AtomicCheckpointer, Trainer, setup
 from ovseg.engine.checks import check_config, check_run_files

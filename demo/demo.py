@@ -36,6 +36,12 @@ import tempfile
 import time
 from typing import Dict, List, Sequence, Tuple
 
+# isort: off
+# ovseg first: it registers datasets, mappers and models, and imports detectron2 without the
+# torch.jit deprecation warnings of fvcore's import (ovseg/__init__.py)
+import ovseg  # noqa: F401
+
+# isort: on
 import numpy as np
 import tqdm
 from predictor import TASK_OUTPUTS, VisualizationDemo

@@ -30,10 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# isort: off
+# ovseg first: it registers datasets, mappers and models, and imports detectron2 without the
+# torch.jit deprecation warnings of fvcore's import (ovseg/__init__.py)
+import ovseg  # noqa: F401
+
+# isort: on
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-import ovseg  # noqa: F401  (registers datasets, mappers, models)
 from ovseg.data import build_dataset_mapper
 from ovseg.data.datasets.toy_world import SPLITS, build_toy_world
 from ovseg.engine.checkpoint import load_model_weights
