@@ -171,11 +171,17 @@ def plot_metrics(path: str, output: str = "") -> Tuple[str, PlotSummary]:
 
     Args:
         path (str): OUTPUT_DIR or the metrics.json itself.
-        output (str): the PNG; default ``metrics.png`` next to the metrics.json.
+        output (str): the picture (.png, .jpg or .jpeg); default ``metrics.png`` next to
+            the metrics.json.
 
     Returns:
         tuple: (the PNG's path, :class:`PlotSummary`).
     """
+    if output and os.path.splitext(output)[1].lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(
+            f"--output {output!r} must end in .png, .jpg or .jpeg: the curves are a picture, "
+            "written in the format its suffix names"
+        )
     metrics = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
     if not os.path.isfile(metrics):
         raise FileNotFoundError(

@@ -134,6 +134,16 @@ def test_plot_metrics_errors(tmp_path, capsys):
     assert "holds no losses" in capsys.readouterr().err
 
 
+def test_plot_metrics_writes_the_format_its_output_names(tmp_path, capsys):
+    _write_metrics(tmp_path)
+    output, _ = plot_metrics.plot_metrics(str(tmp_path), str(tmp_path / "curves.jpg"))
+    assert Image.open(output).format == "JPEG"
+    # a suffix that is no picture: refused before anything is written (it used to get a PNG)
+    assert plot_metrics.main([str(tmp_path), "--output", str(tmp_path / "curves.txt")]) == 2
+    assert "curves.txt' must end in .png, .jpg or .jpeg" in capsys.readouterr().err
+    assert not (tmp_path / "curves.txt").exists()
+
+
 def test_a_file_that_is_not_metrics_json_fails_in_a_few_lines(tmp_path, capsys):
     # a config.yaml or a checkpoint given by mistake: one error, not a warning per line
     (tmp_path / "config.yaml").write_text("".join(f"KEY{i}: {i}\n" for i in range(200)))
