@@ -28,7 +28,9 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("path", help="a run's OUTPUT_DIR or its metrics.json")
-    parser.add_argument("--output", default="", help="the picture, .png or .jpg (default: metrics.png beside it)")
+    parser.add_argument(
+        "--output", default="", help="the picture, .png or .jpg (default: metrics.png beside it)"
+    )
     return parser
 
 
