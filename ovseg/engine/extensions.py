@@ -39,9 +39,14 @@ def requested_extensions(config_file: str, opts: Sequence[str] = ()) -> List[str
     merge (whose other keys may be the extensions' own).
 
     Raises:
-        ValueError: EXTENSIONS is not a list of module names.
+        ValueError: the file is not a mapping, or EXTENSIONS is not a list of module names.
     """
     merged = CfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+    if not isinstance(merged, dict):
+        raise ValueError(
+            f"{config_file} is not a config: its YAML is a {type(merged).__name__}, not "
+            "KEY: value pairs; pick a .yaml file under configs/ (see README)"
+        )
     value, where = merged.get(KEY, []), f"config file {config_file}"
     for key, item in zip(opts[::2], opts[1::2]):
         if key == KEY:

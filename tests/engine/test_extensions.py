@@ -110,3 +110,9 @@ def test_an_unknown_key_of_a_module_not_named_is_still_a_misspelt_key():
     key = "MODEL.DENSE_ADAPTER.NUM_BLOCKS"
     with pytest.raises(ValueError, match=f"{key} .* is not a config key"):
         load_config(str(ROOT / "configs/toy/maskclip.yaml"), [key, "2"])
+
+
+def test_a_yaml_file_that_is_no_mapping_is_refused_in_one_line(tmp_path):
+    config = write(tmp_path / "notes.yaml", "just a sentence\n")
+    with pytest.raises(ValueError, match="notes.yaml is not a config: its YAML is a str"):
+        load_config(str(config))
