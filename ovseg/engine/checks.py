@@ -8,6 +8,7 @@ trains nothing and exits 0), and a missing optional extra only once the model is
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from typing import Callable, List
@@ -142,6 +143,24 @@ def check_vocabularies(cfg: CfgNode) -> None:
             resolve_vocabulary(spec)
         except (ValueError, OSError) as e:
             raise type(e)(f"MODEL.OVSEG.{key}: {e}") from None
+
+
+def check_meta_architecture(cfg: CfgNode) -> None:
+    """Refuse a MODEL.META_ARCHITECTURE no module registered (a misspelt name, or a class of
+    a module the config does not name in EXTENSIONS), with the closest registered names."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in META_ARCH_REGISTRY:
+        return
+    names = sorted(name for name, _ in META_ARCH_REGISTRY)
+    close = difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
+    known = f"did you mean {' or '.join(close)}?" if close else f"registered: {', '.join(names)}"
+    raise ValueError(
+        f"MODEL.META_ARCHITECTURE {arch!r} is not a registered meta-architecture ({known}); "
+        "a class of your own is registered by its module, which the config names in "
+        "EXTENSIONS (docs/new_student.md)"
+    )
 
 
 def check_config(cfg: CfgNode) -> None:

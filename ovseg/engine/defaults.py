@@ -15,7 +15,7 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovseg_config
-from .checks import check_config
+from .checks import check_config, check_meta_architecture
 from .extensions import import_extensions, requested_extensions
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,11 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     # EXTENSIONS first: the modules register what the config names and may add its keys
     extensions: list[str] = []
     where = f"config file {config_file}"
-    _merge(cfg, lambda: extensions.extend(requested_extensions(config_file, opts or [])), where)
+
+    def read() -> None:
+        extensions.extend(requested_extensions(config_file, opts or [], REPO_ROOT))
+
+    _merge(cfg, read, where)
     import_extensions(extensions, cfg, REPO_ROOT)
     _merge(cfg, lambda: cfg.merge_from_file(config_file), where)
     if opts:
@@ -53,6 +57,8 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         if len(opts) % 2:
             raise ValueError(f"--opts/overrides must be KEY VALUE pairs, got an odd list: {opts}")
         _merge(cfg, lambda: cfg.merge_from_list(_custom_as_list(list(opts))), "the overrides")
+    cfg.EXTENSIONS = extensions  # the whole chain's and the overrides', which yacs replaces
+    check_meta_architecture(cfg)  # a class of a module not named: refused here, not at build
     if cfg.DATASETS.CUSTOM:
         from ..data.datasets.custom import register_from_config
 
@@ -116,16 +122,24 @@ def _close_keys(cfg: CfgNode, key: str) -> str:
 
     walk(cfg, "")
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    own = ""
+    if key.rsplit(".", 1)[0] not in known:  # a whole group unknown: maybe your module's
+        own = (
+            "; a key of your own module is added by its add_config(cfg), with the module "
+            "named in EXTENSIONS (docs/new_student.md)"
+        )
     if close:
-        return f"did you mean {' or '.join(close)}? (ovseg's keys are in ovseg/config*.py)"
-    return "check its spelling against ovseg/config*.py and detectron2's defaults"
+        return f"did you mean {' or '.join(close)}? (ovseg's keys are in ovseg/config*.py){own}"
+    return f"check its spelling against ovseg/config*.py and detectron2's defaults{own}"
 
 
 def _custom_as_list(opts: list[str]) -> list[str]:
-    """``DATASETS.CUSTOM my_data.yaml`` on a command line means a one-file list."""
+    """``DATASETS.CUSTOM my_data.yaml`` or ``EXTENSIONS my_module`` on a command line means
+    a one-item list."""
     for i in range(0, len(opts), 2):
         value = opts[i + 1]
-        if opts[i] == "DATASETS.CUSTOM" and not value.lstrip().startswith(("[", "(")):
+        listed = opts[i] in ("DATASETS.CUSTOM", "EXTENSIONS")
+        if listed and isinstance(value, str) and not value.lstrip().startswith(("[", "(")):
             opts[i + 1] = repr([value])
     return opts
 
