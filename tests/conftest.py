@@ -1,8 +1,41 @@
 """Fixtures shared by every test; helpers live in the tests/ovseg_testing package."""
 
+import os
+import time
+
 import pytest
 import torch
-from ovseg_testing import registered_ade20k, write_ade20k_fixture
+from ovseg_testing import ROOT, registered_ade20k, write_ade20k_fixture
+
+# the repository's run folder: a user's trained runs live there, so no test may write in it
+# (a shipped config's OUTPUT_DIR is relative to the repository root)
+REPO_OUTPUT = ROOT / "output"
+
+
+def _files_written_since(folder, start: float) -> list:
+    found = []
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(parent, name)
+            if os.path.getmtime(path) >= start:
+                found.append(path)
+    return sorted(found)
+
+
+def pytest_sessionstart(session):
+    session.config._ovseg_started = time.time()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test wrote into the repository's output/ (checked once, by the
+    controlling process when tests run in several)."""
+    if hasattr(session.config, "workerinput") or not REPO_OUTPUT.is_dir():
+        return
+    written = _files_written_since(REPO_OUTPUT, session.config._ovseg_started)
+    if written:
+        shown = "\n  ".join(written[:10])
+        print(f"\nTests wrote into the repository's output/ (use tmp_path):\n  {shown}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="module")

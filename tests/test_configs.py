@@ -793,7 +793,8 @@ def test_leaf_recipe_and_one_step(
     extra = []
     if cfg.MODEL.XPM.CLASS_EMBEDDING == "bert":  # a tiny BERT for bert-base-uncased
         extra = ["MODEL.XPM.BERT_NAME", request.getfixturevalue("tiny_bert")]
-    cfg = _small_cfg(path, cfg, clip_cache, *extra)
+    # outputs (an evaluation's predictions) in tmp_path, never in the repository's output/
+    cfg = _small_cfg(path, cfg, clip_cache, *extra, "OUTPUT_DIR", str(tmp_path / "output"))
     if path.stem.endswith(XPM_OFFICIAL):  # evaluation only
         _evaluates(cfg)
         return
