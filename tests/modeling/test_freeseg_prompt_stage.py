@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ovseg_testing import tiny_freeseg_prompt_cfg
+from ovseg_testing import fit_steps, tiny_freeseg_prompt_cfg
 
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -51,13 +51,7 @@ def test_prompt_stage_learns_only_the_prompt_tokens(model):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     batch = [_sample(i, i % 3) for i in range(6)]
     model.train()
-    losses = []
-    for _ in range(20):
-        loss = model(batch)["loss_prompt_cls"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, opt, 20, key="loss_prompt_cls")
     assert losses[-1] < 0.7 * losses[0], losses
     for k, v in model.teacher.model.state_dict().items():
         assert torch.equal(v, clip_before[k]), k

@@ -19,6 +19,7 @@ from ovseg_testing import (
     assert_golden,
     crop_flip_augmentations,
     eval_mapper,
+    fit_steps,
     make_store,
     random_image,
     tiny_maskclip_plus,
@@ -259,16 +260,9 @@ def test_loss_decreases_and_only_the_student_learns(tmp_path):
     samples = [zero_shot_train_mapper(store=store)(d) for d in attached]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
     assert not any(p.requires_grad for p in model.teacher.parameters())
-    losses = []
     with EventStorage(0):
-        for _ in range(8):
-            out = model(samples)
-            loss = sum(out.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    assert set(out) == {"loss_sem_seg", "loss_distill"}
+        losses = fit_steps(model, samples, optimizer, 8)
+        assert set(model(samples)) == {"loss_sem_seg", "loss_distill"}
     assert losses[-1] < 0.65 * losses[0] and losses == sorted(losses, reverse=True), losses
     state = model.state_dict()
     assert not any(k.startswith(("teacher.", "labeller.")) for k in state)

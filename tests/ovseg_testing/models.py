@@ -8,7 +8,7 @@ weights."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import List, Optional, Union
 
 import open_clip
 import torch
@@ -293,3 +293,17 @@ def xpm_batch(n: int = 2, pseudo: bool = True, flag: bool = True) -> list:
             inst.gt_is_pseudo = torch.tensor([False, True][: len(masks)])
         batch.append({"image": image, "instances": inst, "vocabulary": list(XPM_NAMES)})
     return batch
+
+
+def fit_steps(model, batch: list, optimizer, steps: int, key: Optional[str] = None) -> List[float]:
+    """``steps`` optimisation steps of a training-mode ``model`` on one ``batch``; the loss
+    is its output ``key`` (default: the sum of its losses), each step's value returned."""
+    losses = []
+    for _ in range(steps):
+        out = model(batch)
+        loss = out[key] if key is not None else sum(out.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -8,7 +8,14 @@ import json
 
 import pytest
 import torch
-from ovseg_testing import ROOT, random_image, registered_toy_world, run_script, tiny_clip_opts
+from ovseg_testing import (
+    ROOT,
+    fit_steps,
+    random_image,
+    registered_toy_world,
+    run_script,
+    tiny_clip_opts,
+)
 
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
@@ -59,13 +66,7 @@ def test_the_adapter_alone_learns_and_the_teacher_stays_frozen(tmp_path):
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(15):
-        loss = model(batch)["loss_sem_seg"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, optimizer, 15)
     assert losses[-1] < 0.5 * losses[0], losses
     for k, v in model.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
