@@ -39,7 +39,8 @@ def _opts(tmp_path, teacher):
 
 def test_dispatch_is_by_meta_architecture(tmp_path):
     base = str(CONFIGS / "Base-ovseg.yaml")
-    assert makes_instance_pseudo_labels(load_config(base, ["MODEL.META_ARCHITECTURE", "XPM"]))
+    for arch in ("XPMTeacher", "XPMStudent"):  # the registered XPM meta-architectures
+        assert makes_instance_pseudo_labels(load_config(base, ["MODEL.META_ARCHITECTURE", arch]))
     assert not makes_instance_pseudo_labels(load_config(base, []))
 
 

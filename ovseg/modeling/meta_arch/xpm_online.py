@@ -19,10 +19,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 
@@ -36,10 +36,26 @@ from ...pseudo.instances import PseudoInstanceLabeller
 from ...vocab import normalize_name
 from ..xpm.bert import BertClassEmbeddings
 
-if TYPE_CHECKING:
-    from .xpm_student import XPMStudent
+__all__ = ["LabellingStudent", "build_online_labeller", "online_pseudo_targets"]
 
-__all__ = ["build_online_labeller", "online_pseudo_targets"]
+
+class LabellingStudent(Protocol):
+    """What online labelling reads of the student (XPMStudent has it): the labeller, the
+    frozen teacher's RoI heads and the region detection of :class:`~.xpm.XPM`."""
+
+    online_labeller: PseudoInstanceLabeller
+    teacher_roi_heads: nn.Module
+    device: torch.device
+
+    def regions_of(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        sizes: Sequence[Tuple[int, int]],
+        topk: Optional[int] = None,
+        masks: bool = True,
+        roi_heads: Optional[nn.Module] = None,
+    ) -> List[Instances]: ...
 
 
 def build_online_labeller(cfg, clip=None) -> PseudoInstanceLabeller:
@@ -94,7 +110,7 @@ def _empty(size, device) -> Instances:
 
 @torch.no_grad()
 def online_pseudo_targets(
-    model: XPMStudent,
+    model: LabellingStudent,
     images: ImageList,
     features: Dict[str, Tensor],
     proposals: List[Instances],
@@ -104,7 +120,8 @@ def online_pseudo_targets(
     """Per input, the pseudo instances of its image labelled now (none without nouns).
 
     Args:
-        model (XPMStudent): its ``online_labeller`` and ``teacher_roi_heads``.
+        model (LabellingStudent): the XPMStudent, its ``online_labeller`` and
+            ``teacher_roi_heads``.
         images (ImageList): the step's batch; ``features`` the frozen backbone's of it.
         proposals (list[Instances]): the frozen RPN's test-mode proposals of each image.
         batched_inputs: the training inputs; their ``"captions"`` (missing: none).
