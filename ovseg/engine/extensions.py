@@ -193,7 +193,11 @@ def _import(name: str, repo_root: str):
     at_root = os.path.isdir(os.path.join(repo_root, top)) or os.path.isfile(
         os.path.join(repo_root, top + ".py")
     )
-    if repo_root not in sys.path and at_root and top not in sys.modules:
+    # a namespace package already imported (tests/projects beside projects/) takes in the
+    # root's portion once the root is on sys.path; a regular package of the name cannot
+    loaded = sys.modules.get(top)
+    open_to_root = loaded is None or getattr(loaded, "__file__", None) is None
+    if repo_root not in sys.path and at_root and open_to_root:
         sys.path.append(repo_root)
         logger.info("Importing %s from the repository root %s", name, repo_root)
         try:
@@ -207,7 +211,7 @@ def _import(name: str, repo_root: str):
 def _why(top: str) -> str:
     """What to do about a module that was not found, from where its top package is."""
     loaded = sys.modules.get(top)
-    if loaded is not None:
+    if loaded is not None and getattr(loaded, "__file__", None) is not None:
         where = list(getattr(loaded, "__path__", []) or [getattr(loaded, "__file__", "?")])
         return (
             f"{top!r} is already the package at {', '.join(map(str, where))}, which does not "

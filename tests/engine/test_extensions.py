@@ -207,6 +207,18 @@ def test_what_to_do_follows_where_the_module_is(tmp_path, monkeypatch, restore_s
         import_extensions(["extproj.mine"], cfg, repo_root=str(tmp_path / "elsewhere"))
 
 
+def test_a_namespace_package_already_imported_takes_in_the_root_portion(tmp_path, restore_sys):
+    # tests/projects (no __init__.py) imported as "projects" before projects/dense_adapter
+    write(tmp_path / "tests/extproj_ns/test_x.py", "")
+    write(tmp_path / "root/extproj_ns/mod.py", "def add_config(cfg):\n    cfg.EXTPROJ_NS = 1\n")
+    sys.path.insert(0, str(tmp_path / "tests"))
+    import extproj_ns  # noqa: F401  (a namespace package with one portion)
+
+    cfg = get_cfg()
+    import_extensions(["extproj_ns.mod"], cfg, repo_root=str(tmp_path / "root"))
+    assert cfg.EXTPROJ_NS == 1
+
+
 def test_a_single_file_module_at_the_repository_root_is_found(tmp_path, restore_sys):
     write(tmp_path / "extproj_file.py", "def add_config(cfg):\n    cfg.EXTPROJ_FILE = 1\n")
     cfg = get_cfg()
