@@ -70,3 +70,61 @@ def test_not_an_image_fails_naming_the_file(tmp_path):
     path.write_text("not an image")
     with pytest.raises(ImageDecodeError, match="notes.png"):
         read_image(path)
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _mask_mapper(kind, is_train=True):
+    from ovseg.data.dataset_mappers import (
+        InstanceDatasetMapper,
+        PanopticDatasetMapper,
+        XPMInstanceDatasetMapper,
+    )
+
+    cls = {
+        "instance": InstanceDatasetMapper,
+        "panoptic": PanopticDatasetMapper,
+        "xpm": XPMInstanceDatasetMapper,
+    }[kind]
+    return cls(
+        is_train=is_train, augmentations=[], image_format="RGB", ignore_label=255,
+        size_divisibility=-1, vocabulary=["a", "b"],
+    )  # fmt: skip
+
+
+def _mask_record(tmp_path, rgb):
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(image, quality=95)
+    pan = np.zeros(rgb.shape, np.uint8)
+    pan[:32, :, 0] = 1  # segment id 1: the top half
+    Image.fromarray(pan).save(tmp_path / "pan.png")
+    return image, {
+        "file_name": str(image), "height": 64, "width": 64, "annotations": [],
+        "pan_seg_file_name": str(tmp_path / "pan.png"),
+        "segments_info": [{"id": 1, "category_id": 0, "iscrowd": 0}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["instance", "panoptic", "xpm"])
+def test_mask_mappers_read_through_image_io(tmp_path, kind):
+    """The instance, panoptic and XPM mappers decode as the semantic one does: a 16-bit
+    grey photo is scaled, a truncated photo or panoptic PNG fails naming its file."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    image, record = _mask_record(tmp_path, np.zeros((64, 64, 3), np.uint8))
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(ramp).save(gray16)
+    out = _mask_mapper(kind)({**record, "file_name": str(gray16)})
+    assert (out["image"].numpy() == 255).mean() < 0.01  # detectron2's reader: 99.6 % white
+    if kind == "panoptic":
+        assert out["instances"].gt_masks[0, :32].all() and not out["instances"].gt_masks[0, 32:].any()
+
+    _truncate(image)
+    with pytest.raises(ImageDecodeError, match="photo.jpg"):
+        _mask_mapper(kind)(record)
+    if kind == "panoptic":
+        _truncate(tmp_path / "pan.png")
+        with pytest.raises(ImageDecodeError, match="pan.png"):
+            _mask_mapper(kind)({**record, "file_name": str(gray16)})

@@ -25,6 +25,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from ...utils.coco_masks import decode_segmentation
+from ..image_io import read_image
 from .build import MAPPER_REGISTRY
 from .gt_polygons import add_gt_polygons, annotation_geometry
 from .semantic import SemanticDatasetMapper, label_for_transforms
@@ -94,7 +95,7 @@ class _SegmentMapper(SemanticDatasetMapper):
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = dict(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         segments = self._segments(dataset_dict, image)
         geometry = self._gt_geometry(dataset_dict, image) if self.is_train else None
@@ -154,7 +155,7 @@ class PanopticDatasetMapper(_SegmentMapper):
                 f"{dataset_dict['file_name']!r} has no 'pan_seg_file_name': the panoptic "
                 "mapper needs a panoptic dataset (e.g. coco_2017_train_panoptic_with_sem_seg)"
             )
-        rgb = utils.read_image(dataset_dict["pan_seg_file_name"], "RGB").astype(np.int64)
+        rgb = read_image(dataset_dict["pan_seg_file_name"], "RGB").astype(np.int64)
         ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
         if ids.shape != image.shape[:2]:
             raise ValueError(f"{dataset_dict['pan_seg_file_name']!r} is not the image's size")

@@ -54,6 +54,7 @@ from ..captions.settings import (
     xpm_pseudo_label_source,
     xpm_vocabulary,
 )
+from ..image_io import read_image
 from .build import MAPPER_REGISTRY
 from .gt_polygons import add_gt_polygons
 from .mask_targets import InstanceDatasetMapper
@@ -188,7 +189,7 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         if not self.is_train:
             return super().__call__(dataset_dict)
         dataset_dict = dict(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         gt: List[Target] = [(m, c, None, 1.0) for m, c in self._segments(dataset_dict, image)]
         geometry = self._gt_geometry(dataset_dict, image)
