@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_root
 from ..utils.downloads import local_weights_problem
+from .resume import check_resume_target
 
 __all__ = [
     "UnknownDatasetError",
@@ -185,12 +186,16 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     the image and label folders of DATASETS.TEST (and DATASETS.TRAIN when training), and a
     local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint); when training,
     a training-free model, a pseudo-label store not made yet, and a custom test split's
-    labels (read now, not after training).
+    labels (read now, not after training); with ``resume``, an OUTPUT_DIR whose run was
+    another meta-architecture (:func:`~ovseg.engine.resume.check_resume_target`).
 
     Raises:
         FileNotFoundError: naming the key, the dataset or file and what to do.
-        ValueError: a training-free model to train, or a custom label out of its vocabulary.
+        ValueError: a training-free model to train, a custom label out of its vocabulary,
+            or a resume into another meta-architecture's run.
     """
+    if resume:
+        check_resume_target(cfg)
     arch = cfg.MODEL.META_ARCHITECTURE
     if not eval_only and arch in TRAINING_FREE:
         raise ValueError(

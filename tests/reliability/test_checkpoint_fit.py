@@ -15,7 +15,9 @@ from detectron2.engine import default_argument_parser
 from ovseg.engine import AtomicCheckpointer, setup
 from ovseg.engine.checkpoint import load_model_weights
 from ovseg.engine.checkpoint_fit import CheckpointMismatchError
+from ovseg.engine.checks import check_run_files
 from ovseg.engine.defaults import load_config
+from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -108,7 +110,7 @@ def test_model_weights_of_trained_parts_must_fit(zegclip_checkpoint, tmp_path):
         AtomicCheckpointer(model).resume_or_load(str(unrelated), resume=False)
 
 
-def test_resume_into_another_architectures_run_writes_nothing(tmp_path):
+def test_resume_into_another_architectures_run_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     first = default_argument_parser().parse_args(
         ["--config-file", str(SEMFPN), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
@@ -125,6 +127,12 @@ def test_resume_into_another_architectures_run_writes_nothing(tmp_path):
         setup(again)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before
+    # train_net.py's check before launch: the same refusal in one line, exit 2, no traceback
+    cfg = load_config(str(LSEG), ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)])
+    capsys.readouterr()  # what set-up printed
+    assert run_reporting_errors("train_net.py", lambda: check_run_files(cfg, resume=True)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train_net.py: error: --resume into ") and err.count("\n") == 1, err
 
 
 def test_an_offline_weights_url_says_which_file_to_fetch(tmp_path, monkeypatch):
