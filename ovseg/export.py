@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .clip.prompt_names import apply_prompt_names
 from .modeling.inference import semantic_inference
 from .modeling.meta_arch.base import OpenVocabSegmentor
-from .modeling.vocabulary_scores import max_over_synonyms, synonym_groups
+from .modeling.vocabulary_scores import max_over_synonyms
 from .utils.io import atomic_write
 from .vocab import Vocabulary
 
@@ -83,11 +82,7 @@ class FixedVocabularySegmentor(nn.Module):
         self.names = Vocabulary(tuple(names)).names
         # classes with synonyms are scored as the test path scores them: with "max", every
         # distinct word is a channel and a class takes its words' maximum after inference
-        groups = synonym_groups(apply_prompt_names(self.names, model.prompt_names))
-        self._members = None
-        words = self.names
-        if model.synonym_merge == "max" and groups is not None:
-            words, self._members = groups
+        words, self._members = model.scored_words(self.names)
         with torch.no_grad():
             self._fn = model.predictor(words)
         self.eval()

@@ -20,6 +20,7 @@ from ovseg_testing import (
     subprocess_env,
     tiny_freeseg_cfg,
     tiny_lseg_cfg,
+    tiny_xpm_cfg,
     tiny_zegclip_cfg,
 )
 
@@ -86,7 +87,7 @@ def test_lseg_sliding_window_export_matches(tmp_path):
     cfg.TEST.SLIDE_WINDOW = (32, 32)
     cfg.TEST.SLIDE_STRIDE = (24, 24)
     # two windows overlapping by 8 columns: the overlap is averaged in the graph too
-    diff, _ = _export_and_compare(cfg, tmp_path, (32, 56), batch=2)
+    diff, _ = _export_and_compare(cfg, tmp_path, (32, 56))
     assert diff < 1e-4, diff
 
 
@@ -120,6 +121,9 @@ def test_students_that_cannot_export_say_why(tmp_path):
     with pytest.raises(ValueError, match="FreeSeg is not exported"):
         export_onnx(freeseg, NAMES, tmp_path / "f.onnx", size=(64, 64))
     assert "not an ovseg open-vocabulary student" in export_blocker(torch.nn.Conv2d(3, 3, 1))
+    for arch in ("XPMTeacher", "XPMStudent"):
+        xpm = build_model(tiny_xpm_cfg(tmp_path / "cache", arch))
+        assert f"{arch} is not exported: its test path is a detector's" in export_blocker(xpm)
     cfg = tiny_lseg_cfg(tmp_path / "cache")
     cfg.TEST.AUG.ENABLED = True
     cfg.TEST.AUG.FLIP = True

@@ -94,9 +94,16 @@ def test_a_class_with_synonyms_is_one_row(tmp_path):
     path = write_npy(tmp_path / "syn.npy", fp16_rows(3))
     model = zegclip(tmp_path, path, "MODEL.OVSEG.TEST_VOCABULARY", "a; road, route; b").eval()
     assert model.synonym_merge == "max" and model.vocabulary[1] == "road, route"
+    image = two_region_batch()[0]["image"]
     with torch.no_grad():
-        out = model([{"image": two_region_batch()[0]["image"]}])[0]["sem_seg"]
+        out = model([{"image": image}])[0]["sem_seg"]
     assert out.shape == (3, 32, 32)
+    # the export's fixed-vocabulary graph reads the file's rows the same way
+    from ovseg.export import FixedVocabularySegmentor
+
+    with torch.no_grad():
+        fixed = FixedVocabularySegmentor(model, model.vocabulary)(image[None].float())[0]
+    torch.testing.assert_close(fixed, out, rtol=1e-5, atol=1e-6)
 
 
 def test_refusals(tmp_path):

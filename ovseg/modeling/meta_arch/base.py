@@ -363,13 +363,20 @@ class OpenVocabSegmentor(nn.Module):
             return out.clamp_min(1e-12).log() if logits else out
         return self._synonym_scores(names, images)
 
-    def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
+    def scored_words(self, names: Tuple[str, ...]) -> Tuple[Tuple[str, ...], Optional[list]]:
+        """The names the text side scores for the classes ``names``, and for each class the
+        indices of its words (None: one channel per class). With SYNONYM_MERGE ``max``
+        every distinct synonym is a channel; a text-embeddings file has one row per class.
+        The export (:mod:`ovseg.export`) reads the same answer."""
         groups = synonym_groups(apply_prompt_names(names, self.prompt_names))
-        # a file has one row per class, not per synonym
         if self.synonym_merge == "max" and groups is not None and self.text_embeddings_file is None:
-            words, members = groups
-            return max_over_synonyms(self._protocol_scores(words, images), members)
-        return self._protocol_scores(names, images)
+            return groups
+        return names, None
+
+    def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
+        words, members = self.scored_words(names)
+        scores = self._protocol_scores(words, images)
+        return scores if members is None else max_over_synonyms(scores, members)
 
     def _protocol_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
         """(B, K, H, W) scores of normalised images, with the test-time protocol."""

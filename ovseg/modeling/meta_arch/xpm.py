@@ -71,6 +71,10 @@ class XPMTeacher(OpenVocabSegmentor):
     # coco.py:74-91, engine/inference.py:124-127), the student normalised (st_generalized_
     # rcnn.py:164-177, 413-415)
     normalize_bert = False
+    export_unsupported = (
+        "its test path is a detector's: region proposals, per-box classes, NMS and masks "
+        "pasted per detection (a data-dependent number of instances); use ovseg.Predictor"
+    )
 
     @configurable
     def __init__(
