@@ -65,7 +65,7 @@ __all__ = [
 logger = logging.getLogger("ovseg.tools.generate_pseudo_labels")
 
 # meta-architectures whose configs make instance pseudo-labels (besides the teacher's own)
-XPM_META_ARCHITECTURES = ("XPM", "XPMTeacher", "XPMStudent")
+XPM_META_ARCHITECTURES = ("XPMTeacher", "XPMStudent")
 
 
 def makes_instance_pseudo_labels(cfg: CfgNode) -> bool:
