@@ -63,14 +63,18 @@ class Prediction:
     Attributes:
         names: the K class names, in index order.
         labels: (H, W) int64, the index of the best-scoring name per pixel.
-        scores: (K, H, W) float32 class probabilities: the model's "sem_seg" with a softmax
-            over the classes when it declares logits; models that declare probabilities
-            are taken as given (MaskCLIP's key smoothing and FreeSeg's mask sums are not
-            renormalised, so their sums over the classes may differ from 1).
+        scores: (K, H, W) float32 per-class scores in [0, 1] whose argmax is ``labels``:
+            the model's "sem_seg" with a softmax over the classes when it declares logits,
+            else as given. They sum to 1 over the classes only for a softmax student with
+            plain names: ZegCLIP's are per-class sigmoids, MaskCLIP's key smoothing and
+            FreeSeg's mask sums are not renormalised, a class with synonyms holds its best
+            word's probability, "other" the best added class's, and a background by a
+            threshold holds the threshold where it wins, else 0.
         masks: name -> (H, W) bool, for each name that labels some pixel.
-        instances: the model's detectron2 ``Instances`` (mask students), else None.
+        instances: the model's detectron2 ``Instances`` (mask students), else None; their
+            ``pred_classes`` index ``names`` (an added class is "other").
         panoptic: (segment ids (H, W) int array, segments_info list) when the model gives
-            "panoptic_seg", else None.
+            "panoptic_seg", else None; each segment's ``category_id`` indexes ``names``.
     """
 
     names: Tuple[str, ...]
@@ -278,9 +282,17 @@ class Predictor:
         scores = plan.probabilities(scores[None])[0].cpu().numpy()
         labels = scores.argmax(axis=0).astype(np.int64)
         masks = {names[k]: labels == k for k in np.unique(labels).tolist()}
+        # instance and segment classes index the model's words: map them to ``names``
         instances = output["instances"].to("cpu") if "instances" in output else None
+        if instances is not None and instances.has("pred_classes") and not plan.identity:
+            instances.pred_classes = plan.class_index(instances.pred_classes)
         panoptic = None
         if "panoptic_seg" in output:
             ids, segments = output["panoptic_seg"]
+            if segments is not None and not plan.identity:
+                segments = [
+                    {**seg, "category_id": int(plan.class_index(seg["category_id"]))}
+                    for seg in segments
+                ]
             panoptic = (ids.cpu().numpy(), segments)
         return Prediction(names, labels, scores, masks, instances, panoptic)

@@ -161,6 +161,7 @@ def test_default_device_and_weights(tmp_path):
 
 def test_mask_student_gives_instances_and_panoptic():
     tasks = '("semantic", "instance", "panoptic")'
+    torch.manual_seed(0)  # random weights: the same ones every run
     predictor = ovseg.Predictor(
         ROOT / "configs/toy/freeseg_toyrn_alltask_2400_bs8.yaml",
         device="cpu",
@@ -172,6 +173,24 @@ def test_mask_student_gives_instances_and_panoptic():
     assert pred.instances.image_size == (64, 48)
     ids, segments = pred.panoptic
     assert ids.shape == (64, 48) and isinstance(segments, list)
+
+    # instance and segment classes index the names the user gets back
+    from ovseg.modeling.vocabulary_scores import VocabularyPlan
+
+    def classes(p):
+        return p.instances.pred_classes.tolist(), [s["category_id"] for s in p.panoptic[1]]
+
+    plain = predictor.predict(image, "circle,square,star")
+    bg = predictor.predict(image, "circle,square,star", background_threshold=0.5)
+    assert bg.names == ("background", "circle", "square", "star")
+    want = classes(plain)
+    assert classes(bg) == ([c + 1 for c in want[0]], [c + 1 for c in want[1]])
+    aug = predictor.predict(image, "circle,square", augment_vocabulary="toy9")
+    full = predictor.predict(image, VocabularyPlan.make(["circle", "square"], "toy9").model_names)
+    assert aug.names == ("circle", "square", "other") and len(full.names) > 3
+    inst, seg = classes(full)
+    assert max(inst) > 2  # the added classes were predicted, as "other" below
+    assert classes(aug) == ([min(c, 2) for c in inst], [min(c, 2) for c in seg])
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):

@@ -212,6 +212,17 @@ class VocabularyPlan:
         """Whether the model's classes are the final ones (nothing added, no background)."""
         return not self.augmented and self.background_index is None
 
+    def class_index(self, index: Tensor) -> Tensor:
+        """Class indices into ``model_names`` (an instance's ``pred_classes``, a panoptic
+        segment's ``category_id``) -> indices into ``names``: an added class is "other", and
+        the classes at and after the background's place move up by one."""
+        index = torch.as_tensor(index).clone()
+        if self.augmented:
+            index = index.clamp(max=self.num_user)
+        if self.background_index is not None:
+            index[index >= self.background_index] += 1
+        return index
+
     def probabilities(self, probs: Tensor) -> Tensor:
         """(B, len(model_names), H, W) probabilities -> (B, len(names), H, W)."""
         if self.augmented:
