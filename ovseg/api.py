@@ -106,6 +106,12 @@ def _pick_device(device: Optional[str]) -> str:
         logger.info("CUDA is not available: the predictor runs on the CPU.")
         return "cpu"
     device = str(device)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is unavailable; use 'cpu'")
     return device
@@ -148,6 +154,8 @@ def check_image(image: Any, what: str = "image") -> None:
         raise ValueError(
             f"{what} must be uint8 in [0, 255], got dtype {image.dtype}; convert it, e.g. {hint}"
         )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{what} is empty: its shape is {image.shape}")
 
 
 def model_input(image: np.ndarray, aug: Optional[T.Augmentation], names: Sequence[str]) -> dict:
@@ -173,12 +181,12 @@ def _as_rgb(image: ImageLike, index: int) -> np.ndarray:
 def _vocabulary(vocabulary: Union[str, Sequence[str], Vocabulary]) -> Tuple[str, ...]:
     if isinstance(vocabulary, Vocabulary):
         return vocabulary.names
-    if isinstance(vocabulary, str):
-        return resolve_vocabulary(vocabulary).names
+    if isinstance(vocabulary, (str, os.PathLike)):  # a path: a .json vocabulary
+        return resolve_vocabulary(os.fspath(vocabulary)).names
     if not isinstance(vocabulary, (list, tuple)):
         raise ValueError(
-            f"vocabulary must be a list of names, a comma-separated string or a builtin "
-            f"name, got {type(vocabulary).__name__}"
+            f"vocabulary must be a list of names, a comma-separated string, a builtin "
+            f"name or a .json file, got {type(vocabulary).__name__}"
         )
     return Vocabulary(tuple(vocabulary)).names
 

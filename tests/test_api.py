@@ -96,6 +96,7 @@ def test_builtin_vocabulary(predictor):
         (np.zeros((8, 8, 3), np.uint8), ["cat", "Cat"], "Duplicate"),
         (np.zeros((8, 8, 3), np.uint8), 5, "vocabulary must be"),
         ([], SHAPES, "no images"),
+        (np.zeros((0, 8, 3), np.uint8), SHAPES, r"image 0 is empty: its shape is \(0, 8, 3\)"),
     ],
 )
 def test_bad_inputs_are_refused_clearly(predictor, image, vocabulary, message):
@@ -111,6 +112,19 @@ def test_bad_construction_is_refused_clearly(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is unavailable"):
             ovseg.Predictor("toy/maskclip.yaml", device="cuda")
+    with pytest.raises(ValueError, match="'gpu' is not a torch device; use 'cpu', 'cuda'"):
+        ovseg.Predictor("toy/maskclip.yaml", device="gpu")
+
+
+def test_a_json_path_and_a_threshold_of_the_wrong_type(predictor, tmp_path):
+    image, _ = _scene(0)
+    words = tmp_path / "words.json"
+    words.write_text('["circle", "square"]')
+    assert predictor.predict(image, words).names == ("circle", "square")  # a pathlib.Path
+    with pytest.raises(ValueError, match="must be a number in \\(0, 1\\], got '0.5'"):
+        predictor.predict(image, SHAPES, background_threshold="0.5")
+    half = np.float32(0.5)  # numpy numbers are numbers
+    assert predictor.predict(image, SHAPES, background_threshold=half).names[0] == "background"
 
 
 def test_one_class_vocabulary(predictor):

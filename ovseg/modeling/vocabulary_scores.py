@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -190,6 +191,13 @@ class VocabularyPlan:
         """
         names = Vocabulary(tuple(names)).names
         bg_index = None
+        number = isinstance(background_threshold, numbers.Real) and not isinstance(
+            background_threshold, bool
+        )
+        if background_threshold is not None and not number:
+            raise ValueError(
+                f"background threshold must be a number in (0, 1], got {background_threshold!r}"
+            )
         if background_threshold:
             if not 0 < background_threshold <= 1:
                 raise ValueError(
