@@ -152,6 +152,15 @@ def test_user_mistakes_in_construction_are_named(tmp_path):
         ValueError, match=r"TEST_VOCABLARY \(set in .*\) is not a config key; did you"
     ):
         ovseg.Predictor("toy/maskclip.yaml", opts=["MODEL.OVSEG.TEST_VOCABLARY", "a"])
+    # the shipped CLIP checkpoint, or an official one, passed as the model's weights
+    lseg = "toy/lseg_toyrn_400_bs8.yaml"
+    clip = ROOT / "checkpoints/toy_clip_rn.pt"
+    with pytest.raises(ValueError, match="toy_clip_rn.pt holds .*goes in MODEL.CLIP.PRETRAINED"):
+        ovseg.Predictor(lseg, clip, device="cpu")
+    official = tmp_path / "official.ckpt"
+    torch.save({"state_dict": {"net.head.weight": torch.zeros(2)}, "epoch": 3}, official)
+    with pytest.raises(ValueError, match="'epoch', 'state_dict'.*tools/convert_checkpoint.py"):
+        ovseg.Predictor(lseg, official, device="cpu")
 
 
 FREESEG = "toy/freeseg_toyrn_alltask_2400_bs8.yaml"

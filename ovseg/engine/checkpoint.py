@@ -19,6 +19,7 @@ import re
 import zipfile
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -27,7 +28,13 @@ from detectron2.utils.file_io import Detectron2Handler
 from ..utils.downloads import explain_download_failure, local_weights_problem
 from ..utils.io import atomic_write, atomic_write_text
 from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
-from .checkpoint_fit import META_KEY, check_fit, checkpoint_meta, recorded_architecture
+from .checkpoint_fit import (
+    META_KEY,
+    CheckpointMismatchError,
+    check_fit,
+    checkpoint_meta,
+    recorded_architecture,
+)
 from .resume import rng_state
 
 __all__ = ["AtomicCheckpointer", "CheckpointReadError", "load_model_weights"]
@@ -161,6 +168,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return [path for _, path in sorted(found, reverse=True)]
 
     def _load_model(self, checkpoint: Dict[str, Any]):
+        _refuse_non_weights(checkpoint.get("model", {}), str(self._path))
         recorded = recorded_architecture(checkpoint)
         heuristic = checkpoint.get("matching_heuristics", False)
         names = {_strip_module(k) for k in checkpoint.get("model", {})}
@@ -181,6 +189,28 @@ class AtomicCheckpointer(DetectionCheckpointer):
             num_in_file=len(names),
         )
         return incompatible
+
+
+def _refuse_non_weights(weights: Dict[str, Any], path: str) -> None:
+    """A file whose "model" (or top level) holds more than tensors is no model checkpoint:
+    say what it holds instead of fvcore's "Unsupported type found in checkpoint"."""
+    other = sorted(k for k, v in weights.items() if not isinstance(v, (torch.Tensor, np.ndarray)))
+    if not other:
+        return
+    if "ovseg_pretrain" in weights:
+        what = "a CLIP checkpoint of tools/pretrain_toy_clip.py: it goes in MODEL.CLIP.PRETRAINED"
+    elif isinstance(weights.get("state_dict"), dict):
+        what = (
+            "an official (Lightning / mmseg) checkpoint, its weights under 'state_dict': "
+            "convert it with tools/convert_checkpoint.py"
+        )
+    else:
+        what = "no model checkpoint of ovseg or detectron2"
+    raise CheckpointMismatchError(
+        f"{path} holds {', '.join(map(repr, other[:5]))}{' ...' if len(other) > 5 else ''}, "
+        f"which are not weights: it is {what}. MODEL.WEIGHTS (or the weights argument) takes "
+        "a checkpoint of a run (output/<run>/model_final.pth) or a converted one"
+    )
 
 
 def load_model_weights(
