@@ -63,6 +63,10 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         from ..data.datasets.custom import register_from_config
 
         register_from_config(cfg)  # before DATASETS.TRAIN/TEST are looked up
+        # absolute, so the run's saved config.yaml loads from any working directory
+        custom = cfg.DATASETS.CUSTOM
+        custom = [custom] if isinstance(custom, (str, dict)) else list(custom)
+        cfg.DATASETS.CUSTOM = [os.path.abspath(e) if isinstance(e, str) else e for e in custom]
     anchor_repo_paths(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)

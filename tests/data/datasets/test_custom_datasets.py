@@ -111,7 +111,7 @@ def test_missing_folder_and_bad_values(tmp_path):
         _load(tmp_path)
 
 
-def test_registration_file_and_config(tmp_path):
+def test_registration_file_and_config(tmp_path, monkeypatch):
     data = write_folder(tmp_path / "data")
     (data / "reg.yaml").write_text(
         "name: custom_file_test\nvocabulary: 'a; b; c'\nsplits:\n"
@@ -124,6 +124,14 @@ def test_registration_file_and_config(tmp_path):
     opts = ["DATASETS.CUSTOM", str(data / "reg.yaml"), "DATASETS.TEST", "('custom_file_test_val',)"]
     cfg = load_config(CONFIG, opts)  # a plain path on the command line is a one-file list
     assert cfg.DATASETS.CUSTOM == [str(data / "reg.yaml")]
+    # a relative path is kept absolute: the run's saved config loads from anywhere
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIG, ["DATASETS.CUSTOM", "data/reg.yaml"])
+    assert cfg.DATASETS.CUSTOM == [str(data / "reg.yaml")]
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    monkeypatch.chdir(data / "images")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.DATASETS.CUSTOM == [str(data / "reg.yaml")]
     assert MetadataCatalog.get("custom_file_test_val").unseen_classes == ["c"]
     assert len(DatasetCatalog.get("custom_file_test_train")) == 2
     inline = {"name": "custom_inline_test", "images": str(data / "images"),
