@@ -17,14 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
-import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary, normalize_name, resolve_vocabulary
-from ..image_io import read_label
 from .common import register_split
+from .custom_labels import GUIDE, check_label
 from .instance_common import register_instance_split, register_panoptic_split
 
 __all__ = [
@@ -42,7 +40,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-GUIDE = "docs/custom_dataset.md"
 KINDS = ("sem_seg", "instance", "panoptic")
 _SPEC_KEYS = frozenset(
     {"name", "type", "images", "labels", "vocabulary", "unseen", "ignore_label", "annotations",
@@ -91,25 +88,6 @@ def _stems(folder: str, extensions: Sequence[str], what: str, name: str) -> dict
     return found
 
 
-def _check_label_values(path: str, num_classes: int, ignore: int, name: str) -> None:
-    label = read_label(path)
-    if label.ndim != 2:
-        raise ValueError(
-            f"Dataset {name!r}: label {path} has shape {label.shape}; a label must be a "
-            "single-channel PNG (mode L, P or I;16) whose values are class indices, not a "
-            f"colour image; see {GUIDE}"
-        )
-    values = np.unique(label)
-    bad = [int(v) for v in values if v >= num_classes and v != ignore]
-    if bad:
-        raise ValueError(
-            f"Dataset {name!r}: label {path} holds values {bad[:8]} outside the {num_classes}-"
-            f"class vocabulary (0..{num_classes - 1}) and not the ignore value {ignore}; a "
-            "pixel's value must be its class's index in the vocabulary. Fix the labels, add "
-            f"the classes, or set ignore_label; see {GUIDE}"
-        )
-
-
 def missing_folder(what: str, path: str) -> str:
     """The error's end for a registered folder that does not exist: fix the registration."""
     where = "" if os.path.isabs(path) else f" (from the working directory {os.getcwd()})"
@@ -153,7 +131,7 @@ def load_custom_sem_seg(
     dicts = []
     for stem in sorted(image_files):
         if check:
-            _check_label_values(label_files[stem], num_classes, ignore_label, name)
+            check_label(label_files[stem], image_files[stem], num_classes, ignore_label, name)
         dicts.append(
             {"file_name": image_files[stem], "sem_seg_file_name": label_files[stem],
              "image_id": stem}

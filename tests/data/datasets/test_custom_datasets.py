@@ -201,3 +201,26 @@ def test_checker_reports_every_split_in_one_line_each(tmp_path, capsys):
         "custom_checker_test_train: 1 images, 3 classes, unseen []",
         "custom_checker_test_val: 2 images, 3 classes, unseen []",
     ]
+
+
+def test_a_label_not_of_its_images_size_is_refused_when_loaded(tmp_path):
+    """Found when the split is loaded (the checker, set-up), not after training in a mapper;
+    a phone photo turned by its EXIF orientation is named as the cause."""
+    write_folder(tmp_path)
+    Image.fromarray(np.zeros((4, 3), np.uint8)).save(tmp_path / "labels" / "b.png")
+    with pytest.raises(
+        ValueError, match=r"label .*b.png is 3x4 \(WxH\) but its image .*b.jpg is 4x4"
+    ):
+        _load(tmp_path)
+
+    # stored 6 wide and 4 high, shown turned (EXIF orientation 6): the mapper reads 4x6
+    photo = Image.fromarray(np.full((4, 6, 3), 90, np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "images" / "b.jpg", exif=exif)
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "labels" / "b.png")
+    with pytest.raises(ValueError, match="EXIF orientation 6 turns the stored 6x4") as info:
+        _load(tmp_path)
+    assert "is 6x4 (WxH) but its image" in str(info.value)
+    Image.fromarray(np.zeros((6, 4), np.uint8)).save(tmp_path / "labels" / "b.png")
+    assert len(_load(tmp_path)) == 2  # a label of the picture as shown fits

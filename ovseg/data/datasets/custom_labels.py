@@ -1,0 +1,74 @@
+"""The checks of a custom semantic split's label PNGs, run when the split is loaded (and by
+``python -m ovseg.data.datasets.custom``): one channel, values in the vocabulary, and the size
+of its image as the dataset mapper reads it (EXIF orientation applied)."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..image_io import ImageDecodeError, read_label
+
+__all__ = ["check_label", "image_size"]
+
+GUIDE = "docs/custom_dataset.md"
+_EXIF_ORIENTATION = 0x0112
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def image_size(path: str) -> Tuple[int, int, int]:
+    """(height, width, EXIF orientation) of an image as the mapper reads it, from its header
+    (nothing is decoded)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(
+            f"Cannot read image file {path!r} ({type(e).__name__}: {e}); the file is corrupt "
+            "or not an image: re-export it or remove it from the dataset"
+        ) from None
+    if orientation in _TURNED:
+        width, height = height, width
+    return height, width, orientation
+
+
+def check_label(label_path: str, image_path: str, num_classes: int, ignore: int, name: str):
+    """Refuse a label that is not one channel, holds values outside the vocabulary (other
+    than ``ignore``), or is not its image's size.
+
+    Raises:
+        ValueError: naming the dataset, the file and what to fix.
+    """
+    label = read_label(label_path)
+    if label.ndim != 2:
+        raise ValueError(
+            f"Dataset {name!r}: label {label_path} has shape {label.shape}; a label must be a "
+            "single-channel PNG (mode L, P or I;16) whose values are class indices, not a "
+            f"colour image; see {GUIDE}"
+        )
+    height, width, orientation = image_size(image_path)
+    if label.shape != (height, width):
+        turned = ""
+        if orientation in _TURNED and label.shape == (width, height):
+            turned = (
+                f" (its EXIF orientation {orientation} turns the stored {height}x{width} "  # WxH
+                "picture, and the label has the stored size: turn the label too, or save the "
+                "image turned and without the orientation tag, e.g. PIL.ImageOps.exif_transpose)"
+            )
+        raise ValueError(
+            f"Dataset {name!r}: label {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) "
+            f"but its image {image_path} is {width}x{height} as it is read{turned}; a label "
+            f"must have its image's size; see {GUIDE}"
+        )
+    values = np.unique(label)
+    bad = [int(v) for v in values if v >= num_classes and v != ignore]
+    if bad:
+        raise ValueError(
+            f"Dataset {name!r}: label {label_path} holds values {bad[:8]} outside the "
+            f"{num_classes}-class vocabulary (0..{num_classes - 1}) and not the ignore value "
+            f"{ignore}; a pixel's value must be its class's index in the vocabulary. Fix the "
+            f"labels, add the classes, or set ignore_label; see {GUIDE}"
+        )
