@@ -185,8 +185,8 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     """Refuse a run whose data or weights are not on disk, before a model is built:
     the image and label folders of DATASETS.TEST (and DATASETS.TRAIN when training), and a
     local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint); when training,
-    a training-free model, a pseudo-label store not made yet, and a custom test split's
-    labels (read now, not after training); with ``resume``, an OUTPUT_DIR whose run was
+    a training-free model, a pseudo-label store not made yet, and the labels of custom
+    splits (read now, not in the launched run or after training); with ``resume``, an OUTPUT_DIR whose run was
     another meta-architecture (:func:`~ovseg.engine.resume.check_resume_target`).
 
     Raises:
@@ -209,8 +209,9 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     if not eval_only:
         if cfg.DATASETS.get("PSEUDO_LABELS", ""):
             _check_pseudo_label_store(cfg.DATASETS.PSEUDO_LABELS)
-        # a custom test split is read (its labels checked) only after training: now instead
-        for name in cfg.DATASETS.get("TEST", ()):
+        # custom splits are read (their labels checked) in the launched run, the test split
+        # after training: now instead, where a mistake ends in one line
+        for name in (*cfg.DATASETS.get("TRAIN", ()), *cfg.DATASETS.get("TEST", ())):
             if MetadataCatalog.get(name).get("registration_guide", None):
                 DatasetCatalog.get(name)
     weights = cfg.MODEL.WEIGHTS

@@ -187,7 +187,7 @@ def test_train_net_refuses_missing_data_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "config.yaml").exists()
 
 
-def test_run_files_point_a_custom_split_at_its_registration(tmp_path):
+def test_run_files_point_a_custom_split_at_its_registration(tmp_path, monkeypatch):
     from ovseg.engine.checks import check_run_files
     from ovseg.engine.defaults import load_config
 
@@ -210,6 +210,21 @@ def test_run_files_point_a_custom_split_at_its_registration(tmp_path):
         check_run_files(cfg, eval_only=True)  # evaluation reads the split at once anyway
         with pytest.raises(ValueError, match=r"label .*x\.png holds values \[7\] outside"):
             check_run_files(cfg)
+        # a training split's label: found before the run launches (its loader read it there)
+        train = load_config(CONFIG, ["DATASETS.CUSTOM", str(reg), "DATASETS.TRAIN",
+                                     "('custom_setup_test',)"])  # fmt: skip
+        with pytest.raises(ValueError, match=r"label .*x\.png holds values \[7\] outside"):
+            check_run_files(train)
+        Image.fromarray(np.ones((4, 4), np.uint8)).save(tmp_path / "labels" / "x.png")
+        check_run_files(train)
+        # checked once per process: the launched one-process run does not read it again
+        from ovseg.data.datasets import custom_labels
+
+        def unread(path):
+            raise AssertionError(f"{path} read twice")
+
+        monkeypatch.setattr(custom_labels, "read_label", unread)
+        check_run_files(train)
 
 
 def test_run_mistakes_found_before_any_model(tmp_path):

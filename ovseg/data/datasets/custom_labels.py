@@ -4,6 +4,7 @@ of its image as the dataset mapper reads it (EXIF orientation applied)."""
 
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import numpy as np
@@ -16,6 +17,14 @@ __all__ = ["check_label", "image_size"]
 GUIDE = "docs/custom_dataset.md"
 _EXIF_ORIENTATION = 0x0112
 _TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+_CHECKED: set = set()  # labels that passed, keyed by both files' path, size and mtime
+
+
+def _stamp(path: str) -> tuple:
+    stat = os.stat(path)
+    return path, stat.st_size, stat.st_mtime_ns
 
 
 def image_size(path: str) -> Tuple[int, int, int]:
@@ -39,9 +48,15 @@ def check_label(label_path: str, image_path: str, num_classes: int, ignore: int,
     """Refuse a label that is not one channel, holds values outside the vocabulary (other
     than ``ignore``), or is not its image's size.
 
+    A label checked once in this process (the files unchanged) is not read again: train_net.py
+    checks a custom split before it launches, and a one-process run then loads it again.
+
     Raises:
         ValueError: naming the dataset, the file and what to fix.
     """
+    key = (_stamp(label_path), _stamp(image_path), num_classes, ignore)
+    if key in _CHECKED:
+        return
     label = read_label(label_path)
     if label.ndim != 2:
         raise ValueError(
@@ -72,3 +87,4 @@ def check_label(label_path: str, image_path: str, num_classes: int, ignore: int,
             f"{ignore}; a pixel's value must be its class's index in the vocabulary. Fix the "
             f"labels, add the classes, or set ignore_label; see {GUIDE}"
         )
+    _CHECKED.add(key)
