@@ -186,8 +186,9 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     the image and label folders of DATASETS.TEST (and DATASETS.TRAIN when training), and a
     local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint); when training,
     a training-free model, a pseudo-label store not made yet, and the labels of custom
-    splits (read now, not in the launched run or after training); with ``resume``, an OUTPUT_DIR whose run was
-    another meta-architecture (:func:`~ovseg.engine.resume.check_resume_target`).
+    splits (read now, not in the launched run or after training); with ``resume``, an
+    OUTPUT_DIR whose run was another meta-architecture
+    (:func:`~ovseg.engine.resume.check_resume_target`).
 
     Raises:
         FileNotFoundError: naming the key, the dataset or file and what to do.
