@@ -235,6 +235,11 @@ def test_synonyms_background_and_augmented_vocabulary(predictor):
     syn = predictor.predict(image, "circle, Circle; " + "; ".join(SHAPES[1:]))
     assert syn.names == ("circle, Circle", *SHAPES[1:])
     np.testing.assert_allclose(syn.scores, plain.scores, atol=1e-6)
+    # a class whose one word a larger class holds too keeps it: "square" can still win
+    squares, _ = _scene(7)  # a scene where "square" wins pixels
+    shared = predictor.predict(squares, "circle, square; " + "; ".join(SHAPES[1:]))
+    np.testing.assert_allclose(shared.scores, predictor.predict(squares, SHAPES).scores, atol=1e-6)
+    assert SHAPES[1] == "square" and (shared.labels == 1).sum() > 500
     # background by a threshold: added first, where no shape reaches it
     threshold = float(np.median(plain.scores.max(axis=0)))
     bg = predictor.predict(image, SHAPES, background_threshold=threshold)

@@ -31,6 +31,7 @@ __all__ = [
     "VocabularyPlan",
     "SYNONYM_MERGES",
     "augment_names",
+    "defer_to_smaller_classes",
     "fold_augmented",
     "insert_background",
     "max_over_synonyms",
@@ -48,8 +49,9 @@ BACKGROUND_CLASS = "background"
 def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List[List[int]]]]:
     """The synonyms of ``names`` as one list of distinct words, with each class's words.
 
-    A word may name two classes (ADE's "screen door, screen" and "blind, screen"): it is
-    scored once and counts for both.
+    A word may name several classes (ADE's "screen door, screen", "blind, screen" and
+    "screen"): it is scored once and counts for each; :func:`defer_to_smaller_classes` is the
+    maximum's rule for such words.
 
     Returns:
         None when no name has synonyms; else (the distinct words, per class the indices of
@@ -72,6 +74,28 @@ def synonym_groups(names: Sequence[str]) -> Optional[Tuple[Tuple[str, ...], List
                 mine.append(index[key])
         members.append(mine)
     return tuple(words), members
+
+
+def defer_to_smaller_classes(members: List[List[int]]) -> List[List[int]]:
+    """Per class its words (indices), without those of every class whose words are a strict
+    subset of its own: the maximum over synonyms (SYNONYM_MERGE max) scores each class by its
+    best word, so a larger class holding all of a smaller one's words would score at least
+    as high everywhere and the smaller could never win. ADE's "screen" keeps "screen" from
+    "screen door, screen" and "blind, screen", "stool" and "pot" from "toilet, can, ...,
+    stool, throne". A class made only of such words ("a, b" beside "a" and "b") keeps them.
+    """
+    classes_of: dict = {}
+    for c, mine in enumerate(members):
+        for w in mine:
+            classes_of.setdefault(w, []).append(c)
+    out = []
+    for c, mine in enumerate(members):
+        own = set(mine)
+        others = {o for w in mine for o in classes_of[w] if o != c}
+        taken = set().union(*(set(members[o]) for o in others if set(members[o]) < own))
+        kept = [w for w in mine if w not in taken]
+        out.append(kept or list(mine))
+    return out
 
 
 def max_over_synonyms(scores: Tensor, members: Sequence[Sequence[int]]) -> Tensor:

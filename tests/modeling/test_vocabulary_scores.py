@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from ovseg.modeling.vocabulary_scores import (
     VocabularyPlan,
     augment_names,
+    defer_to_smaller_classes,
     fold_augmented,
     insert_background,
     max_over_synonyms,
@@ -30,6 +31,16 @@ def test_synonym_groups():
     # a word naming two classes (ADE's "screen") is scored once and counts for both
     assert synonym_groups(["screen door, screen", "blind, Screen"]) == (
         ("screen door", "screen", "blind"), [[0, 1], [2, 1]])  # fmt: skip
+    # beside the class "screen" itself, the maximum leaves "screen" to it alone
+    ade = ["screen door, screen", "screen", "blind, screen"]
+    words, members = synonym_groups(ade)
+    assert members == [[0, 1], [1], [2, 1]]
+    assert defer_to_smaller_classes(members) == [[0], [1], [2]]
+    # a class of shared words only, and classes sharing a word none is alone
+    assert defer_to_smaller_classes([[0, 1], [0], [1]]) == [[0, 1], [0], [1]]
+    assert defer_to_smaller_classes([[0, 1], [2, 1]]) == [[0, 1], [2, 1]]
+    # a smaller class of two words takes both from a larger one
+    assert defer_to_smaller_classes([[0, 1, 2], [1, 2], [3]]) == [[0], [1, 2], [3]]
 
 
 def test_max_over_synonyms_by_hand():

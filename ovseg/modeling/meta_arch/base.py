@@ -41,6 +41,7 @@ from ..text_embeddings_file import KEY as TEXT_EMBEDDINGS_FILE_KEY
 from ..text_embeddings_file import FileTextEmbeddings
 from ..vocabulary_scores import (
     SYNONYM_MERGES,
+    defer_to_smaller_classes,
     insert_background,
     max_over_synonyms,
     synonym_groups,
@@ -370,7 +371,8 @@ class OpenVocabSegmentor(nn.Module):
         The export (:mod:`ovseg.export`) reads the same answer."""
         groups = synonym_groups(apply_prompt_names(names, self.prompt_names))
         if self.synonym_merge == "max" and groups is not None and self.text_embeddings_file is None:
-            return groups
+            words, members = groups
+            return words, defer_to_smaller_classes(members)
         return names, None
 
     def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
