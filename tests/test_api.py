@@ -246,6 +246,11 @@ def test_synonyms_background_and_augmented_vocabulary(predictor):
     assert bg.names == ("background", *SHAPES)
     np.testing.assert_array_equal(bg.labels == 0, plain.scores.max(axis=0) < threshold)
     np.testing.assert_array_equal(bg.labels[bg.labels > 0] - 1, plain.labels[bg.labels > 0])
+    # the user's background, written with a synonym, is the threshold's, at its place
+    mine = predictor.predict(image, f"{SHAPES[0]}; background, backdrop; " + "; ".join(SHAPES[1:]),
+                             background_threshold=threshold)  # fmt: skip
+    assert mine.names == (SHAPES[0], "background, backdrop", *SHAPES[1:])
+    np.testing.assert_array_equal(mine.labels == 1, bg.labels == 0)
     # augmented: the toy9 classes not asked for become "other"
     aug = predictor.predict(image, SHAPES[:3], augment_vocabulary="toy9")
     assert aug.names == (*SHAPES[:3], "other")

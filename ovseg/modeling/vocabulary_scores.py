@@ -227,15 +227,18 @@ class VocabularyPlan:
                 raise ValueError(
                     f"background threshold must be in (0, 1], got {background_threshold}"
                 )
-            keys = [normalize_name(n) for n in names]
-            bg_index = keys.index(BACKGROUND_CLASS) if BACKGROUND_CLASS in keys else 0
-            names = tuple(n for n in names if normalize_name(n) != BACKGROUND_CLASS)
+            # the user's background class, also one written with synonyms ("background, sky")
+            found = [i for i, n in enumerate(names)
+                     if BACKGROUND_CLASS in map(normalize_name, split_synonyms(n))]  # fmt: skip
+            bg_index = found[0] if found else 0
+            bg_name = names[bg_index] if found else BACKGROUND_CLASS
+            names = tuple(n for n in names if n != bg_name)
             if not names:
                 raise ValueError("The vocabulary holds only 'background'; add the classes")
         model_names = augment_names(names, augment) if augment else names
         shown = names + ((OTHER_CLASS,) if augment else ())
         if bg_index is not None:
-            shown = shown[:bg_index] + (BACKGROUND_CLASS,) + shown[bg_index:]
+            shown = shown[:bg_index] + (bg_name,) + shown[bg_index:]
         return cls(shown, model_names, len(names), bool(augment), bg_index,
                    float(background_threshold or 0.0))  # fmt: skip
 
