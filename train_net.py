@@ -23,10 +23,13 @@ from detectron2.utils import comm
 
 from ovseg.compat import default_dist_url, launch
 from ovseg.engine import AtomicCheckpointer, Trainer, setup
-from ovseg.engine.checks import check_config, check_run_files
+from ovseg.engine.checkpoint import CheckpointReadError
+from ovseg.engine.checkpoint_fit import CheckpointMismatchError
+from ovseg.engine.checks import check_config, check_run_files, check_run_target
 from ovseg.engine.defaults import load_config
 from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
+from ovseg.utils.safe_load import UnsafeWeightsError
 
 
 def main(args):
@@ -60,6 +63,8 @@ if __name__ == "__main__":
     def check():
         cfg = load_config(args.config_file, args.opts)
         check_config(cfg)
+        given = "MODEL.WEIGHTS" in [str(o) for o in args.opts[::2]]
+        check_run_target(cfg, args.eval_only, args.resume, weights_given=given)
         check_run_files(cfg, eval_only=args.eval_only, resume=args.resume)
 
     status = run_reporting_errors("train_net.py", check)
@@ -74,6 +79,9 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except WeightsDownloadError as e:  # a CLIP tag offline: what to download, in one line
+    # a CLIP tag offline (what to download), a weight file that is unreadable, unsafe or of
+    # another model: one line, as the checks above (a one-process run raises them here)
+    except (WeightsDownloadError, CheckpointMismatchError, CheckpointReadError,
+            UnsafeWeightsError) as e:  # fmt: skip
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)

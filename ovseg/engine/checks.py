@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_root
 from ..utils.downloads import local_weights_problem
+from ..utils.io import check_output_file
 from .resume import check_resume_target
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "check_dataset_names",
     "check_extras",
     "check_run_files",
+    "check_run_target",
     "check_solver",
     "check_vocabularies",
     "closest_datasets",
@@ -179,6 +181,43 @@ TRAINING_FREE = ("MaskCLIP",)
 
 # metadata keys naming what every loader of a registered split reads
 _DATA_FOLDERS = (("image_root", "image folder"), ("sem_seg_root", "label folder"))
+
+
+def check_run_target(
+    cfg: CfgNode, eval_only: bool = False, resume: bool = False, weights_given: bool = False
+) -> None:
+    """Refuse a run that would write where it cannot, overwrite a run, or score a random
+    initialisation by mistake (train_net.py's check before launch).
+
+    Args:
+        weights_given: MODEL.WEIGHTS was set on the command line (``MODEL.WEIGHTS ""``
+            evaluates a model's initialisation on purpose).
+
+    Raises:
+        OSError: OUTPUT_DIR cannot be written.
+        FileExistsError: training without --resume into an OUTPUT_DIR that holds a run.
+        ValueError: --eval-only of a trainable model with no weights.
+    """
+    out = cfg.OUTPUT_DIR
+    check_output_file(os.path.join(out, "config.yaml"), "folder", "OUTPUT_DIR")
+    last = os.path.join(out, "last_checkpoint")
+    if not eval_only and not resume and os.path.isfile(last):
+        with open(last, encoding="utf-8") as f:
+            latest = f.read().strip()
+        raise FileExistsError(
+            f"OUTPUT_DIR {out} holds a run (its last checkpoint: {latest}); training again "
+            "would overwrite it. Continue it with --resume, or give another OUTPUT_DIR"
+        )
+    arch = cfg.MODEL.META_ARCHITECTURE
+    resumes = resume and os.path.isfile(last)
+    if eval_only and not cfg.MODEL.WEIGHTS and not resumes and not weights_given:
+        if arch not in TRAINING_FREE:
+            raise ValueError(
+                f"--eval-only with no MODEL.WEIGHTS would score {arch}'s random "
+                "initialisation. Pass MODEL.WEIGHTS <checkpoint> (output/<run>/model_final.pth)"
+                ', or --resume to evaluate OUTPUT_DIR\'s last checkpoint; MODEL.WEIGHTS "" on '
+                "the command line evaluates the initialisation on purpose"
+            )
 
 
 def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:

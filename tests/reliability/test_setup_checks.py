@@ -282,3 +282,56 @@ def test_train_net_ends_weights_it_cannot_fetch_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train_net.py: error: Could not download the R-103.pkl"), last
     assert "Traceback" not in proc.stderr
+
+
+def test_run_targets_refused_before_launch(tmp_path):
+    """An OUTPUT_DIR that cannot be written, a finished run trained over without --resume,
+    --eval-only of a trainable model without weights: each refused before any output."""
+    from ovseg.engine.checks import check_run_target
+    from ovseg.engine.defaults import load_config
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(NotADirectoryError, match="OUTPUT_DIR: cannot write .*a_file"):
+        check_run_target(load_config(CONFIG, ["OUTPUT_DIR", str(blocker / "run")]))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last_checkpoint").write_text("model_final.pth")
+    cfg = load_config(CONFIG, ["OUTPUT_DIR", str(run)])
+    with pytest.raises(FileExistsError, match=r"holds a run \(its last checkpoint: model_final"):
+        check_run_target(cfg)
+    check_run_target(cfg, resume=True)  # continuing it
+    check_run_target(cfg, eval_only=True, resume=True)  # evaluating its last checkpoint
+    fresh = load_config(CONFIG, ["OUTPUT_DIR", str(tmp_path / "new")])
+    with pytest.raises(ValueError, match="would score LSeg's random initialisation"):
+        check_run_target(fresh, eval_only=True)
+    with pytest.raises(ValueError, match="random initialisation"):
+        check_run_target(fresh, eval_only=True, resume=True)  # nothing there to resume
+    check_run_target(fresh, eval_only=True, weights_given=True)  # MODEL.WEIGHTS "" typed
+    maskclip = load_config(str(ROOT / "configs/toy/maskclip.yaml"), ["OUTPUT_DIR", str(run)])
+    check_run_target(maskclip, eval_only=True)  # training-free: nothing to load
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file", "last_checkpoint", "run"]
+
+
+def test_train_net_ends_a_bad_weight_file_in_one_line(tmp_path):
+    """A weight file found unreadable (truncated) or of another model while the model loads,
+    in the launched run: one line, exit 2, no traceback."""
+    truncated = tmp_path / "model_final.pth"
+    import torch
+
+    torch.save({"model": {"w": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
+        proc = subprocess.run(
+            [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
+            + ["MODEL.WEIGHTS", str(truncated), "OUTPUT_DIR", str(tmp_path / "out")],
+            cwd=ROOT,
+            env=subprocess_env(tmp_path / "world"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error: ") and "model_final.pth" in last, last
+    assert "Traceback" not in proc.stderr
