@@ -240,6 +240,16 @@ def plan_outputs(output: str, paths: Sequence[str], heatmaps: bool) -> Dict[str,
         if heatmaps:
             plan["heatmaps"] = base + "_heatmaps.png"
         plans[path] = plan
+    # an output written over an input (the input itself, or a file the folder's listing took
+    # in, such as an earlier run's overlay): refused before any is written
+    inputs = {os.path.realpath(p) for p in paths}
+    for plan in plans.values():
+        for written in plan.values():
+            if os.path.realpath(written) in inputs:
+                raise UsageError(
+                    f"--output would write {written}, which is an input; give an output "
+                    "folder apart from the inputs"
+                )
     return plans
 
 
@@ -365,16 +375,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         start = time.perf_counter()
         plan = plans[path]
-        if args.task == "semantic":
-            predictions, overlay = demo.run_on_image(image, names, unseen=unseen, plan=words)
-            save_image(plan["label"], predictions["label"])
-        else:
-            output = demo.predictor.raw_output(image, names)
-            overlay = demo.draw_prediction(image, output, names, args.task, unseen=unseen)
-        save_image(plan["overlay"], overlay.get_image())
-        if args.heatmaps:
-            picture, _ = demo.heatmaps(image, words.model_names[: words.num_user])
-            save_image(plan["heatmaps"], picture, palette=True)
+        try:
+            _write_one(demo, args, image, plan, names, unseen, words)
+        except Exception as e:  # one image the model cannot take (a 3x500 strip): the next
+            logger.error("Skipping %s: %s: %s", path, type(e).__name__, e)
+            failures.append((path, f"{type(e).__name__}: {e}"))
+            continue
         written += 1
         logger.info(
             "%s: %dx%d in %.2fs -> %s",
@@ -389,6 +395,20 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%d input(s) failed: %s", len(failures), ", ".join(p for p, _ in failures))
         return 1
     return 0
+
+
+def _write_one(demo, args, image, plan, names, unseen, words) -> None:
+    """Predict one image and write its overlay, label PNG (semantic) and heatmaps."""
+    if args.task == "semantic":
+        predictions, overlay = demo.run_on_image(image, names, unseen=unseen, plan=words)
+        save_image(plan["label"], predictions["label"])
+    else:
+        output = demo.predictor.raw_output(image, names)
+        overlay = demo.draw_prediction(image, output, names, args.task, unseen=unseen)
+    save_image(plan["overlay"], overlay.get_image())
+    if args.heatmaps:
+        picture, _ = demo.heatmaps(image, words.model_names[: words.num_user])
+        save_image(plan["heatmaps"], picture, palette=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

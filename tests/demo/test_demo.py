@@ -211,6 +211,33 @@ def test_single_input_may_name_the_output_file(tmp_path, capsys):
     assert label.shape == (48, 64) and set(np.unique(label).tolist()) == {0}
 
 
+def test_outputs_never_overwrite_inputs(tmp_path, capsys):
+    image = tmp_path / "in" / "a.png"
+    vocab = ["--custom-vocabulary", "cat,dog"]
+    code, err = _run(_argv(tmp_path, *vocab, output=image), capsys)
+    assert code == 2 and f"--output would write {image}, which is an input" in err
+    before = image.read_bytes()
+    # a folder that is both: the first run writes beside the inputs, a second would write
+    # over the first's outputs, now listed as inputs
+    folder = str(tmp_path / "in")
+    argv = _argv(tmp_path, *vocab, output=folder)
+    argv[argv.index("--input") + 1] = folder
+    assert _run(argv, capsys)[0] == 0
+    assert (tmp_path / "in" / "a_overlay.png").is_file() and image.read_bytes() == before
+    code, err = _run(argv, capsys)
+    assert code == 2 and "a_overlay.png, which is an input" in err
+
+
+def test_an_image_the_model_cannot_take_is_skipped(tmp_path, capsys):
+    strip = tmp_path / "in" / "strip.png"
+    strip.parent.mkdir(parents=True)
+    Image.fromarray(_rgb(3, 500)).save(strip)  # resized to a height of 0
+    argv = _argv(tmp_path, "--custom-vocabulary", "cat,dog")
+    argv[argv.index("--input") + 1 : argv.index("--input") + 1] = [str(strip)]
+    assert demo_cli.main(argv) == 1  # reported, and the other image still processed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_label.png", "a_overlay.png"]
+
+
 def test_inputs_expand_folders_and_globs_once(tmp_path):
     a = write_two_region_image(tmp_path / "x" / "a.png")
     b = write_two_region_image(tmp_path / "x" / "b.jpg")
