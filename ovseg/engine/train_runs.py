@@ -135,6 +135,9 @@ def run_training(
         # the same run finished before (make demo after an interruption): reuse it
         logger.info("reusing the finished run in %s", out_dir)
         return {**finished, "_reused": True}
+    # not reusable (interrupted, or its command or config changed): it starts over, which
+    # train_net.py allows only in a folder without a run's last_checkpoint
+    (out_dir / "last_checkpoint").unlink(missing_ok=True)
     logger.info("$ %s", command)
     start = time.time()
     with open(out_dir / "stdout.txt", "w") as log:

@@ -51,8 +51,11 @@ def test_a_finished_run_is_reused_until_its_config_changes(root):
     edited = config.read_text().replace("IMS_PER_BATCH: 8", "IMS_PER_BATCH: 9")
     assert edited != config.read_text(), f"{CONFIG} no longer sets IMS_PER_BATCH: 8"
     config.write_text(edited)
+    (out / "last_checkpoint").write_text("model_final.pth")  # the earlier run's
     with pytest.raises(RuntimeError, match="train_net.py was started"):
         run_training(config, out, opts, root=root, env={})  # same command, edited config file
+    # a run started over: train_net.py refuses to train over a last_checkpoint without --resume
+    assert not (out / "last_checkpoint").exists()
 
 
 def test_final_metrics_keep_the_summaries_of_a_panoptic_test_set(tmp_path):
