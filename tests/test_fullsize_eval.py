@@ -30,6 +30,8 @@ def test_voc_prompt_stage_region_test_at_full_size(tmp_path):
         "cpu",
         "MODEL.CLIP.PRETRAINED",
         "",
+        "MODEL.WEIGHTS",  # the prompts as initialised, on purpose
+        "",
         "OUTPUT_DIR",
         str(out),
         datasets=datasets,

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import logging
 import os
+import re
 
 import torch
 import yaml
@@ -93,6 +94,15 @@ def anchor_repo_paths(cfg: CfgNode) -> None:
             node[keys[-1]] = anchored
 
 
+# yacs: "Type mismatch (<class 'float'> vs. <class 'int'>) with values (0.01 vs. 0) for config
+# key: SOLVER.WEIGHT_DECAY"
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)$",
+    re.S,
+)
+
+
 def _merge(cfg: CfgNode, merge, where: str) -> None:
     """Run a yacs merge; a misspelt key, broken YAML or a missing _BASE_ says so plainly."""
     try:
@@ -107,6 +117,17 @@ def _merge(cfg: CfgNode, merge, where: str) -> None:
         raise ValueError(f"{key} (set in {where}) is not a config key; {hint}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{where} is not valid YAML: {e}") from e
+    except ValueError as e:
+        mismatch = _TYPE_MISMATCH.match(str(e))
+        if mismatch is None:
+            raise
+        want, got, default, value, key = mismatch.groups()
+        hint = f"; write {value}.0" if (want, got) == ("float", "int") else ""
+        article = "an" if got[0] in "aeiou" else "a"
+        raise ValueError(
+            f"{key} (set in {where}) takes a {want}, as its default {default or repr('')}; "
+            f"got {value} ({article} {got}){hint}"
+        ) from None
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{where} (or a _BASE_ it chains to) names {e.filename}, which does not exist; "

@@ -117,6 +117,16 @@ def test_config_mistakes_say_what_is_wrong(tmp_path):
         load_config(str(orphan))
     with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
         load_config(str(tmp_path))
+    # a float written as an integer, in the overrides or a file: yacs's "Type mismatch"
+    with pytest.raises(ValueError, match=r"WEIGHT_DECAY \(set in the overrides\) takes a float, "
+                       r"as its default .*; got 0 \(an int\); write 0.0$"):  # fmt: skip
+        load_config(CONFIG, ["SOLVER.WEIGHT_DECAY", "0"])
+    ints = tmp_path / "ints.yaml"
+    ints.write_text(f"_BASE_: {CONFIG}\nSOLVER:\n  BASE_LR: 1\n")
+    with pytest.raises(
+        ValueError, match=r"BASE_LR \(set in config file .*ints.yaml\) takes a float"
+    ):
+        load_config(str(ints))
 
 
 def test_official_xpm_leaf_without_transformers_or_its_bert_ends_in_one_line(
