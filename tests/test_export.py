@@ -159,6 +159,7 @@ def test_export_tool_on_the_toy_maskclip(tmp_path, capsys):
     [
         (["--weights", "run/model_fnal.pth"], "Checkpoint run/model_fnal.pth (MODEL.WEIGHTS"),
         (["--image", "no_such.png"], "--image no_such.png is not a file"),
+        (["--image", str(ROOT / "LICENSE")], "--image: Cannot decode image file"),
         (["--output-is-the-folder"], "is a folder; give a .onnx file name"),
         (["--output", "/proc/ovseg.onnx"], "cannot write /proc/ovseg.onnx"),
         (["--atol", "-1"], "--atol -1.0: give the largest accepted difference (>= 0)"),

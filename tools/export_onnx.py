@@ -106,6 +106,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     if args.image and not Path(args.image).is_file():
         parser.error(f"--image {args.image} is not a file; give an image to compare on")
+    if args.image:  # decoded now: a file that is no image fails before the export
+        try:
+            read_image(args.image)
+        except (OSError, ValueError) as e:
+            parser.error(f"--image: {e}")
     try:
         names = _vocabulary(args.vocabulary)
         predictor = Predictor(args.config_file, args.weights, device="cpu", opts=args.opts)
