@@ -36,6 +36,7 @@ from ..pseudo import (
     open_store,
     score_kind_of,
 )
+from ..utils.io import check_output_file
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 from .defaults import load_config, setup
@@ -213,6 +214,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise FileExistsError(f"output {args.output} is a file; give a folder name for the store")
+    if not 0.0 <= args.threshold <= 1.0:  # NaN too
+        raise ValueError(f"--threshold {args.threshold} is not in [0, 1] (0: keep every pixel)")
+    # the store and the run's <output>_generation folder must be creatable
+    check_output_file(os.path.join(args.output, "manifest.json"), "folder", "--output")
 
 
 def main(args: argparse.Namespace) -> Dict[str, int]:

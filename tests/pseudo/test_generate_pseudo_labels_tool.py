@@ -136,12 +136,27 @@ def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path):
         ),
         (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "a_file")], []),
         (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "s")], ["--threshold"]),
+        # before the teacher is built or <output>_generation written
+        (
+            [
+                "--dataset",
+                "toy_world_sem_seg_val",
+                "--threshold",
+                "-1",
+                "--output",
+                str(tmp_path / "s"),
+            ],
+            [],
+        ),  # fmt: skip
+        (["--dataset", "toy_world_sem_seg_val", "--output", str(tmp_path / "a_file" / "s")], []),
     ]
     says = [
         "'toy_world_sem_seg_vall' is not a registered dataset; the closest registered names "
         "are ['toy_world_sem_seg_val'",
         "a_file is a file; give a folder name",
         "--threshold comes after the config overrides",
+        "--threshold -1.0 is not in [0, 1]",
+        "--output: cannot write",
     ]
     for i, ((argv, tail), message) in enumerate(zip(cases, says)):
         proc = subprocess.run(
