@@ -143,6 +143,8 @@ def retrain_clip(checkpoint: str) -> None:
             "refused; retrain with that tool by hand (checkpoints/README.md)."
         )
     options = argv[tool + 1 :]
+    if "--resume" not in options:  # an interrupted retraining continues; a finished one exports
+        options.append("--resume")
     logger.info("Retraining the toy CLIP: python %s %s", PRETRAIN_TOOL, shlex.join(options))
     pretrain_main = _load_tool(PRETRAIN_TOOL).main
     cwd = os.getcwd()

@@ -41,6 +41,7 @@ from ..utils.io import atomic_write, atomic_write_json
 from .build import register_model_config
 from .teacher import CLIPTeacher
 from .toy_evaluation import evaluate_toy_clip, to_tensor
+from .toy_pretrain_settings import RESUME_KEYS, ToyPretrainSettings
 
 __all__ = [
     "ToyPretrainSettings",
@@ -53,59 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# a run resumes only with the settings that decide its batches and its model
-RESUME_KEYS = ("model_config", "batch_size", "seed", "size", "hard_negatives")
-
-
-@dataclasses.dataclass
-class ToyPretrainSettings:
-    """A pretraining run; the fields are ``tools/pretrain_toy_clip.py``'s options."""
-
-    model_config: str  # open_clip JSON model config
-    output: str  # checkpoint to write (.pt)
-    work_dir: str = ""  # resume state and metrics; "" = output/pretrain_toy_clip/<stem>
-    steps: int = 800
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 50
-    seed: int = 0  # seed of the pretrain stream and init
-    world_seed: int = 0  # seed of the evaluated world
-    size: int = 64  # image side in pixels
-    hard_negatives: bool = True
-    num_eval: int = 256  # validation images to evaluate
-    eval_period: int = 100
-    checkpoint_period: int = 100
-    threads: int = 1  # torch CPU threads (1 is fastest on busy cores)
-    stop_after: int = 0  # train at most this many steps in this call, save, exit (0 = all)
-    device: str = "cpu"  # where to train (evaluation runs on the CPU)
-    workers: int = 0  # processes drawing batches (0 = one background thread)
-    max_seconds: float = 0  # stop after the step that passes this many seconds (0 = no limit)
-    export_partial: bool = False  # when stopping early, also write output
-    resume: bool = False  # continue from <work_dir>/last.pt
-    no_progress: bool = False  # no tqdm bar
-
-    def check(self) -> None:
-        """Refuse settings that cannot run here, naming the option and what to do."""
-        if self.batch_size < 2 or (self.hard_negatives and self.batch_size % 2):
-            raise ValueError(
-                f"--batch-size {self.batch_size}: need >= 2, and even with hard negatives"
-            )
-        if not os.path.isfile(self.model_config):
-            raise ValueError(f"--model-config {self.model_config!r} does not exist")
-        if os.path.isdir(self.output):  # refused now, not after the training
-            raise ValueError(f"--output {self.output!r} is a folder; give a .pt file name")
-        if self.workers < 0:
-            raise ValueError(f"--workers {self.workers}: need >= 0")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as e:
-            raise ValueError(f"--device {self.device!r}: {e}") from e
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"--device {self.device}: CUDA is not available here; use --device cpu"
-            )
 
 
 # --------------------------------------------------------------------------- data
@@ -301,7 +249,7 @@ def _start(s: ToyPretrainSettings) -> _Run:
         device=device,
         mean=torch.tensor(pp["mean"], device=device).view(1, 3, 1, 1) * 255,
         std=torch.tensor(pp["std"], device=device).view(1, 3, 1, 1) * 255,
-        work_dir=Path(s.work_dir or Path("output", "pretrain_toy_clip", Path(s.output).stem)),
+        work_dir=s.run_dir,
     )
     if s.resume and run.last.is_file():
         state = torch.load(run.last, map_location=device, weights_only=True)

@@ -124,7 +124,8 @@ def test_retrain_clip_runs_the_tool_with_the_recorded_options(tmp_path, monkeypa
 
     monkeypatch.setattr(run_demo, "_load_tool", lambda path: Tool)
     run_demo.retrain_clip(str(checkpoint))
-    assert calls == [options]
+    # with --resume: an interrupted retraining continues, a finished one exports again
+    assert calls == [options + ["--resume"]]
 
 
 def test_no_unsafe_torch_load_in_the_package_tools_or_demo():

@@ -81,6 +81,26 @@ def test_bad_settings_are_refused_by_option():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="use --device cpu"):
             _settings(Path("unused"), device="cuda").check()
+    # values that divided by zero, or failed deep inside, after a model was built
+    for field, value in [("eval_period", 0), ("checkpoint_period", 0), ("threads", 0),
+                         ("size", 0), ("num_eval", 0), ("steps", 0), ("lr", -1.0)]:  # fmt: skip
+        option = "--" + field.replace("_", "-")
+        with pytest.raises(ValueError, match=f"^{option} {value}: need >= "):
+            _settings(Path("unused"), **{field: value}).check()
+
+
+def test_outputs_and_an_earlier_run_are_checked_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--output: cannot write .*a_file"):
+        _settings(tmp_path, output=str(tmp_path / "a_file" / "clip.pt")).check()
+    with pytest.raises(ValueError, match="--work-dir: cannot write .*a_file"):
+        _settings(tmp_path, work_dir=str(tmp_path / "a_file" / "work")).check()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "last.pt").write_bytes(b"an earlier run")
+    with pytest.raises(ValueError, match="holds a run's last.pt; continue it with --resume"):
+        _settings(tmp_path).check()
+    _settings(tmp_path, resume=True).check()
+    assert (tmp_path / "work" / "last.pt").read_bytes() == b"an earlier run"
 
 
 class _Fixed(torch.nn.Module):
