@@ -39,15 +39,8 @@ from ovseg.benchmark import (
     default_device,
     training_config,
 )
-from ovseg.utils.cli import run_reporting_errors
+from ovseg.utils.cli import positive_float, positive_int, run_reporting_errors
 from ovseg.utils.io import atomic_write_json, check_output_file
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _non_negative(text: str) -> int:
@@ -143,11 +136,11 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> None:
         choices=DATA_SOURCES,
         help="the config's training loader, or one synthetic batch repeated",
     )
-    p.add_argument("--batch", type=_positive, default=None, help="images per iteration")
+    p.add_argument("--batch", type=positive_int, default=None, help="images per iteration")
     p.add_argument(
-        "--size", type=_positive, default=None, help="square training crop side (INPUT.CROP)"
+        "--size", type=positive_int, default=None, help="square training crop side (INPUT.CROP)"
     )
-    p.add_argument("--iters", type=_positive, default=20, help="timed iterations")
+    p.add_argument("--iters", type=positive_int, default=20, help="timed iterations")
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed iterations first")
     p.add_argument(
         "--precision",
@@ -157,7 +150,7 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--peak-tflops",
-        type=float,
+        type=positive_float,
         default=None,
         help="device peak TFLOP/s for MFU (default: by CUDA device name; none on the CPU)",
     )
@@ -242,11 +235,11 @@ def add_teacher_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pretrained", default="", help="tag, checkpoint path, or '' (random)")
     p.add_argument("--cache-dir", default="", help="MODEL.CLIP.CACHE_DIR ('' = default)")
-    p.add_argument("--size", type=_positive, nargs=2, default=(224, 224), metavar=("H", "W"))
-    p.add_argument("--batch", type=_positive, default=2)
+    p.add_argument("--size", type=positive_int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--batch", type=positive_int, default=2)
     p.add_argument("--device", default=default_device())
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--iters", type=_positive, default=10)
+    p.add_argument("--iters", type=positive_int, default=10)
     p.add_argument("--warmup", type=_non_negative, default=3)
     p.add_argument(
         "--clock",
@@ -367,10 +360,10 @@ def add_infer_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config-file", required=True, help="any ovseg config")
     p.add_argument("--modes", nargs="+", default=["whole", "slide"], choices=("whole", "slide"))
-    p.add_argument("--batch", type=_positive, default=1)
-    p.add_argument("--size", type=_positive, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--size", type=positive_int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--iters", type=_positive, default=10)
+    p.add_argument("--iters", type=positive_int, default=10)
     p.add_argument("--warmup", type=_non_negative, default=3)
     _add_freeze_argument(p)
     _add_config_arguments(p, cache="temporary with random weights")

@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 import ovseg  # noqa: F401  (registers the datasets)
 from ovseg.data.dataset_views import write_pseudo_label_views
 from ovseg.data.datasets.custom import add_custom_argument, register_files
-from ovseg.utils.cli import run_reporting_errors
+from ovseg.utils.cli import positive_int, run_reporting_errors
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
     add_custom_argument(parser)
     parser.add_argument("--num", type=int, default=10, help="how many images (default 10)")
     parser.add_argument(
-        "--panel-height", type=int, default=320, help="height of each panel in pixels"
+        "--panel-height", type=positive_int, default=320, help="height of each panel in pixels"
     )
     parser.add_argument(
         "--quality",

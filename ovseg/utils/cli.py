@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any, Callable
 
-__all__ = ["USER_ERRORS", "run_reporting_errors"]
+__all__ = ["USER_ERRORS", "positive_float", "positive_int", "run_reporting_errors"]
 
 # a missing file, an unknown dataset or a bad option value: the message says what to change
 USER_ERRORS = (ValueError, OSError)
@@ -28,3 +29,19 @@ def run_reporting_errors(prog: str, action: Callable[[], Any]) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a number > 0 (not NaN)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value

@@ -254,8 +254,14 @@ def test_pseudo_label_agreement_hand_computed(ade_with_unseen, tmp_path):
     assert picture.shape == (320 + 28, 4 * 320, 3)  # image | truth | pseudo | confidence
 
 
-def test_visualize_pseudo_labels_writes_one_picture_per_stored_image(ade_with_unseen, tmp_path):
+def test_visualize_pseudo_labels_writes_one_picture_per_stored_image(
+    ade_with_unseen, tmp_path, capsys
+):
     store = _store(tmp_path, ade_with_unseen[0])
     out = tmp_path / "vis"
     assert visualize_pseudo_labels.main(["--store", store.root, "--output", str(out)]) == 0
     assert [p.name for p in out.iterdir()] == [f"{VAL0}.png"]
+    # a panel height no picture can have: refused as the option, before any drawing
+    argv = ["--store", store.root, "--output", str(tmp_path / "vis2"), "--panel-height", "-10"]
+    assert visualize_pseudo_labels.main(argv) == 2
+    assert "argument --panel-height: must be >= 1, got -10" in capsys.readouterr().err

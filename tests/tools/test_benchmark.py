@@ -94,6 +94,7 @@ def test_mistakes_exit_2_in_one_line_before_any_work(tmp_path, argv, says):
         (["infer", "--size", "0", "0"], "argument --size: must be >= 1, got 0"),
         (["infer", "--size", "-5", "64"], "argument --size: must be >= 1, got -5"),
         (["train", "--threads", "-3"], "argument --threads: must be >= 0, got -3"),
+        (["train", "--peak-tflops", "-1"], "argument --peak-tflops: must be > 0, got -1.0"),
     ],
 )
 def test_option_values_no_run_can_mean_are_refused(argv, says, capsys):
