@@ -9,6 +9,7 @@ trains nothing and exits 0), and a missing optional extra only once the model is
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 from typing import Callable, List
@@ -40,6 +41,8 @@ class UnknownDatasetError(KeyError, ValueError):
 
     __str__ = BaseException.__str__
 
+
+logger = logging.getLogger(__name__)
 
 # (key, test, what the value must be); keys are read from cfg.SOLVER
 _SOLVER_RULES: List[tuple[str, Callable[[float], bool], str]] = [
@@ -210,6 +213,13 @@ def check_run_target(
         )
     arch = cfg.MODEL.META_ARCHITECTURE
     resumes = resume and os.path.isfile(last)
+    if resume and not resumes:  # a misspelt OUTPUT_DIR would train from scratch unnoticed
+        logger.warning(
+            "--resume: OUTPUT_DIR %s holds no last_checkpoint; the run starts from "
+            "MODEL.WEIGHTS (%s)",
+            out,
+            cfg.MODEL.WEIGHTS or "none",
+        )
     if eval_only and not cfg.MODEL.WEIGHTS and not resumes and not weights_given:
         if arch not in TRAINING_FREE:
             raise ValueError(
