@@ -116,6 +116,13 @@ def test_bad_construction_is_refused_clearly(tmp_path):
         ovseg.Predictor("toy/maskclip.yaml", device="gpu")
 
 
+def test_a_thin_strip_is_resized_to_at_least_one_pixel(predictor):
+    # the test resize's long-side limit rounds a 3x500 strip's short side to 0 pixels
+    strip = np.random.default_rng(0).integers(0, 256, (3, 500, 3), dtype=np.uint8)
+    pred = predictor.predict(strip, SHAPES)
+    assert pred.labels.shape == (3, 500) and pred.scores.shape == (len(SHAPES), 3, 500)
+
+
 def test_a_json_path_and_a_threshold_of_the_wrong_type(predictor, tmp_path):
     image, _ = _scene(0)
     words = tmp_path / "words.json"

@@ -38,6 +38,7 @@ __all__ = [
     "BackendResize",
     "OpenCVResizeTransform",
     "RatioRangeResize",
+    "NonEmptyResize",
     "check_resize_backend",
     "inference_resize",
     "rescaled_size",
@@ -183,9 +184,24 @@ def training_resize(cfg) -> T.Augmentation:
     return _with_backend(cfg, aug)
 
 
+class NonEmptyResize(T.Augmentation):
+    """A resize whose sides are at least one pixel: ``ResizeShortestEdge`` rounds the short
+    side of a very thin image (3x500 under a long-side limit) to 0, which no resize takes."""
+
+    def __init__(self, aug: T.Augmentation):
+        super().__init__()
+        self.aug = aug
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        tfm = self.aug.get_transform(image)
+        if isinstance(tfm, T.ResizeTransform) and min(tfm.new_h, tfm.new_w) < 1:
+            tfm = T.ResizeTransform(tfm.h, tfm.w, max(tfm.new_h, 1), max(tfm.new_w, 1))
+        return tfm
+
+
 def inference_resize(cfg) -> T.Augmentation:
     """The test resize: the short side to ``INPUT.MIN_SIZE_TEST``, the long side at most
-    ``MAX_SIZE_TEST`` (detectron2's ``ResizeShortestEdge``; 0 = no resize), with
-    ``INPUT.RESIZE_BACKEND``'s pixels."""
+    ``MAX_SIZE_TEST`` (detectron2's ``ResizeShortestEdge``; 0 = no resize; a side at least
+    one pixel), with ``INPUT.RESIZE_BACKEND``'s pixels."""
     aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    return _with_backend(cfg, aug)
+    return _with_backend(cfg, NonEmptyResize(aug))
