@@ -19,11 +19,13 @@ import argparse
 import sys
 from typing import Sequence
 
+from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
 from ovseg.data.dataset_views import write_ground_truth_views
 from ovseg.data.datasets.custom import add_custom_argument, register_files
+from ovseg.engine.checks import check_data_folders
 from ovseg.utils.cli import run_reporting_errors
 
 
@@ -47,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run():
         register_files(args.custom)
+        if args.dataset in DatasetCatalog.list():  # its folders on disk, else how to get them
+            check_data_folders(args.dataset, "--dataset")
         write_ground_truth_views(
             args.dataset, args.output, num=args.num, start=args.start, min_size=args.min_size
         )

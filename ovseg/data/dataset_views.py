@@ -61,7 +61,11 @@ def dataset_metadata(name: str) -> Dict[str, Any]:
     meta = MetadataCatalog.get(name)
     classes = meta.get("stuff_classes", None)
     if not classes:
-        raise ValueError(f"dataset {name!r} has no stuff_classes metadata to name its labels")
+        raise ValueError(
+            f"dataset {name!r} has no stuff_classes metadata to name its labels: it is not one "
+            "of ovseg's semantic, panoptic or instance sets (a detectron2 detection set such as "
+            "coco_2017_val has none); datasets/README.md lists the ones this tool draws"
+        )
     colors = meta.get("stuff_colors", None)
     return {
         "metadata": vocabulary_metadata(classes, colors, name=name),

@@ -25,6 +25,7 @@ from .resume import check_resume_target
 __all__ = [
     "UnknownDatasetError",
     "check_config",
+    "check_data_folders",
     "check_dataset_names",
     "check_extras",
     "check_run_files",
@@ -275,21 +276,38 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
         )
 
 
-def _check_data_folders(key: str, name: str) -> None:
+def check_data_folders(name: str, where: str) -> None:
+    """Refuse a registered dataset whose image or label folder is not on disk (a tool's
+    ``--dataset``); ``where`` names the option.
+
+    Raises:
+        FileNotFoundError: naming the folder and what to do.
+    """
+    _check_data_folders(where, name, option=True)
+
+
+# what a tool that reads a whole set's annotations needs too (a run reads them from its folders)
+_ANNOTATION_FILES = (
+    ("panoptic_root", "panoptic PNG folder"),
+    ("panoptic_json", "panoptic annotation file"),
+    ("json_file", "annotation file"),
+)
+
+
+def _check_data_folders(key: str, name: str, option: bool = False) -> None:
     from ..data.datasets.custom import missing_folder
 
     meta = MetadataCatalog.get(name)
+    named = f"{key} names" if option else f"DATASETS.{key} names"
     custom = meta.get("registration_guide", None)  # registered from DATASETS.CUSTOM
-    for field, what in _DATA_FOLDERS:
+    for field, what in _DATA_FOLDERS + (_ANNOTATION_FILES if option else ()):
         path = meta.get(field, None)
         if not isinstance(path, str) or not path or os.path.exists(path):
             continue
         if custom:
-            raise FileNotFoundError(
-                f"DATASETS.{key} names {name!r}, whose {missing_folder(what, path)}"
-            )
+            raise FileNotFoundError(f"{named} {name!r}, whose {missing_folder(what, path)}")
         raise FileNotFoundError(
-            f"DATASETS.{key} names {name!r}, whose {what} {path} does not exist. "
+            f"{named} {name!r}, whose {what} {path} does not exist. "
             "Set DETECTRON2_DATASETS to the folder holding the datasets (now "
             f"{datasets_root()!r}) and prepare it as described in {DATASETS_README}"
         )

@@ -220,6 +220,12 @@ def test_visualize_dataset_output_that_cannot_be_a_folder(ade_with_unseen, tmp_p
     assert "output " + str(tmp_path / "vis.png") + " is a file" in capsys.readouterr().err
     assert visualize_dataset.main([*argv, "/proc/ovseg_vis"]) == 2
     assert "cannot create output folder /proc/ovseg_vis" in capsys.readouterr().err
+    # a registered set not on disk: its folder and where to get it, as train_net.py says
+    argv = ["--dataset", "coco_2017_val_panoptic", "--output", str(tmp_path / "vis")]
+    assert visualize_dataset.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--dataset names 'coco_2017_val_panoptic', whose image folder" in err
+    assert "datasets/README.md" in err and not (tmp_path / "vis").exists()
 
 
 # ---------------------------------------------------------------- pseudo-labels
