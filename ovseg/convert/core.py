@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.io import atomic_write
+from ..utils.safe_load import looks_like_a_checkpoint
 
 __all__ = [
     "ConversionError",
@@ -360,6 +361,11 @@ def load_official(path: str) -> Dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal reads the same to a user
+        if not looks_like_a_checkpoint(path):
+            raise ConversionError(
+                f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save "
+                "writes nor a pickle); give the official .pth / .ckpt file"
+            ) from None
         # torch's own text is a page of advice about its default: keep only its reason
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         reason = next((ln for ln in lines if ln.startswith(("Unsupported", "Unpickler"))), "")

@@ -19,7 +19,12 @@ from typing import Any, Union
 
 import torch
 
-__all__ = ["UnsafeWeightsError", "load_pickle_weights", "torch_load_weights"]
+__all__ = [
+    "UnsafeWeightsError",
+    "load_pickle_weights",
+    "looks_like_a_checkpoint",
+    "torch_load_weights",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -85,7 +90,7 @@ def load_pickle_weights(path: PathLike) -> Any:
         return _DataOnlyUnpickler(f, path, encoding="latin1").load()
 
 
-def _looks_like_a_checkpoint(path: str) -> bool:
+def looks_like_a_checkpoint(path: str) -> bool:
     """torch.save's zip archive (``PK``) or a legacy pickle (protocol byte 0x80)."""
     with open(path, "rb") as f:
         head = f.read(2)
@@ -105,7 +110,7 @@ def torch_load_weights(path: PathLike, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise  # not a refusal (e.g. a truncated legacy file): the caller names it
-        if not _looks_like_a_checkpoint(path):
+        if not looks_like_a_checkpoint(path):
             raise ValueError(
                 f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save "
                 "writes nor a pickle); give the .pth file a run saved (model_final.pth) or "

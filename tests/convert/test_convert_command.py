@@ -93,6 +93,10 @@ def test_unconvertible_file_fails_naming_the_key(setup, capsys):
     assert "need --config-file" in capsys.readouterr().err
 
 
+class _Opaque:
+    """An object a weights-only load refuses to rebuild."""
+
+
 def test_a_folder_or_a_non_checkpoint_as_input_is_named(tmp_path, capsys):
     args = ["--method", "lseg", "--output", str(tmp_path / "out.pth"), "--input"]
     assert main([*args, str(tmp_path)]) == 2
@@ -100,7 +104,12 @@ def test_a_folder_or_a_non_checkpoint_as_input_is_named(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("MODEL:\n  WEIGHTS: x\n")
     assert main([*args, str(tmp_path / "config.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "config.yaml cannot be read with torch.load(weights_only=True)" in err
+    assert "config.yaml is not a PyTorch checkpoint (neither the zip archive" in err, err
+    # a real checkpoint holding an object no weights-only load rebuilds: torch's reason alone
+    torch.save({"state_dict": _Opaque()}, tmp_path / "pickled.pth")
+    assert main([*args, str(tmp_path / "pickled.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "pickled.pth cannot be read with torch.load(weights_only=True)" in err
     assert "is it a PyTorch checkpoint?" in err and "In PyTorch 2.6" not in err
     assert not (tmp_path / "out.pth").exists()
 
