@@ -57,7 +57,7 @@ from ovseg.engine.demo_xpm import run_xpm, xpm_world
 from ovseg.engine.train_runs import run_training
 from ovseg.evaluation import segmentation_metrics
 from ovseg.evaluation.baselines import oracle_masks_random_names, uniform_baseline
-from ovseg.utils.io import atomic_write_text
+from ovseg.utils.io import atomic_write_text, make_output_folder
 from ovseg.utils.safe_load import torch_load_weights
 
 ROOT = Path(__file__).resolve().parents[1]  # configs and train_net.py are found from here
@@ -345,7 +345,10 @@ def main(argv=None) -> dict:
     )
     mode = "quick" if args.quick else "default"
     out_root = (ROOT / args.output).resolve()
-    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        make_output_folder(out_root)
+    except OSError as e:
+        raise SystemExit(f"run_demo.py: error: --output: {e}") from None
     datasets_root = Path(args.datasets_root or ROOT / ".cache" / f"toy_world_{mode}").resolve()
     os.environ["DETECTRON2_DATASETS"] = str(datasets_root)
     build_toy_world(

@@ -109,6 +109,12 @@ def test_students_are_selected_by_name_with_their_first_stage():
         select(["lseg,nope"])
 
 
+def test_an_output_that_cannot_be_a_folder_ends_in_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match="run_demo.py: error: --output: cannot create output"):
+        _run_demo_module().main(["--output", str(tmp_path / "a_file" / "demo")])
+
+
 def test_a_costly_student_declares_a_cheaper_schedule_or_stays_out_of_the_default():
     module = _run_demo_module()
     cheap = module.Student("costly", "x_*.yaml", demo_opts=("SOLVER.MAX_ITER", "300"))
