@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-timeout", type=int, default=20)
     parser.add_argument("--build-timeout", type=int, default=1800)
     args = parser.parse_args(argv)
+    if shutil.which(args.python) is None:
+        parser.error(f"--python {args.python}: no such interpreter; give a python executable")
+    if args.sdist and not args.sdist.is_file():
+        parser.error(f"--sdist {args.sdist} is not a file; give the {SDIST_FILENAME} to use")
 
     found = detectron2_importable(args.python)
     if found and args.method == "auto":

@@ -143,6 +143,17 @@ def test_keeps_an_importable_detectron2(capsys):
     assert "keeping the importable detectron2" in capsys.readouterr().out
 
 
+def test_a_missing_interpreter_or_sdist_is_a_usage_error(tmp_path, capsys):
+    for argv, says in [
+        (["--python", str(tmp_path / "python")], "no such interpreter"),
+        (["--python", sys.executable, "--method", "sdist", "--sdist", str(tmp_path / "d2.tgz")],
+         "is not a file; give the"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            tool.main(argv)
+        assert info.value.code == 2 and says in capsys.readouterr().err
+
+
 @pytest.mark.skipif(os.name != "posix", reason="uses a shell script as interpreter")
 def test_detectron2_importable_reports_missing(tmp_path):
     fake_python = tmp_path / "python"
