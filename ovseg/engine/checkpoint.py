@@ -250,7 +250,12 @@ def _read_checkpoint(filename: str, logger) -> Dict[str, Any]:
         data = data.get("blobs", data)
         data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-    loaded = torch_load_weights(filename)
+    try:
+        loaded = torch_load_weights(filename)
+    except UnsafeWeightsError:
+        raise
+    except ValueError as e:  # no checkpoint at all: unreadable, as a truncated one is
+        raise CheckpointReadError(str(e)) from None
     if filename.endswith(".pyth"):  # pycls, as detectron2 reads it
         state = loaded.get("model_state") if isinstance(loaded, dict) else None
         if state is None:

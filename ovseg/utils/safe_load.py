@@ -90,6 +90,13 @@ def load_pickle_weights(path: PathLike) -> Any:
         return _DataOnlyUnpickler(f, path, encoding="latin1").load()
 
 
+_NOT_A_CHECKPOINT = (
+    "{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a "
+    "pickle); give the .pth file a run saved (model_final.pth) or tools/convert_checkpoint.py "
+    "wrote"
+)
+
+
 def looks_like_a_checkpoint(path: str) -> bool:
     """torch.save's zip archive (``PK``) or a legacy pickle (protocol byte 0x80)."""
     with open(path, "rb") as f:
@@ -107,15 +114,15 @@ def torch_load_weights(path: PathLike, map_location: Any = "cpu") -> Any:
     path = os.fspath(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except (KeyError, ValueError, EOFError, IndexError) as e:  # what text makes of unpickling
+        if not looks_like_a_checkpoint(path):
+            raise ValueError(_NOT_A_CHECKPOINT.format(path=path)) from None
+        raise e
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise  # not a refusal (e.g. a truncated legacy file): the caller names it
         if not looks_like_a_checkpoint(path):
-            raise ValueError(
-                f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save "
-                "writes nor a pickle); give the .pth file a run saved (model_final.pth) or "
-                "tools/convert_checkpoint.py wrote"
-            ) from None
+            raise ValueError(_NOT_A_CHECKPOINT.format(path=path)) from None
         raise UnsafeWeightsError(
             f"{path} holds objects beyond tensors, numbers and plain containers: refused, as "
             "loading it could run code (torch.load weights_only=True). If you trust this "

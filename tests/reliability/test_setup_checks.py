@@ -344,17 +344,20 @@ def test_train_net_ends_a_bad_weight_file_in_one_line(tmp_path):
 
     torch.save({"model": {"w": torch.zeros(1000)}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
+    text = tmp_path / "notes.pth"  # no checkpoint at all (torch's unpickler: KeyError)
+    text.write_text("hi\n")
     with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
-        proc = subprocess.run(
-            [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
-            + ["MODEL.WEIGHTS", str(truncated), "OUTPUT_DIR", str(tmp_path / "out")],
-            cwd=ROOT,
-            env=subprocess_env(tmp_path / "world"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("train_net.py: error: ") and "model_final.pth" in last, last
-    assert "Traceback" not in proc.stderr
+        for weights, says in [(truncated, "model_final.pth"), (text, "is not a PyTorch")]:
+            proc = subprocess.run(
+                [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
+                + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")],
+                cwd=ROOT,
+                env=subprocess_env(tmp_path / "world"),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            last = proc.stderr.strip().splitlines()[-1]
+            assert last.startswith("train_net.py: error: ") and says in last, last
+            assert "Traceback" not in proc.stderr
