@@ -280,19 +280,25 @@ def test_train_net_ends_weights_it_cannot_fetch_in_one_line(tmp_path):
     """Offline, a detectron2:// MODEL.WEIGHTS fails while the model loads, past the set-up
     checks: one line naming the file to fetch, exit 2, no traceback."""
     with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
-        proc = subprocess.run(
-            [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
-            + ["MODEL.WEIGHTS", "detectron2://DeepLab/R-103.pkl", "OUTPUT_DIR", str(tmp_path)],
-            cwd=ROOT,
-            env=subprocess_env(tmp_path / "world"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
+        last = _eval_only_error(tmp_path, "detectron2://DeepLab/R-103.pkl")
     assert last.startswith("train_net.py: error: Could not download the R-103.pkl"), last
+
+
+def _eval_only_error(tmp_path, weights) -> str:
+    """train_net.py --eval-only of the toy LSeg with ``weights`` in the registered toy world:
+    exit 2 and no traceback; returns the error line."""
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
+        + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "world"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
 
 
 def test_run_targets_refused_before_launch(tmp_path):
@@ -348,16 +354,5 @@ def test_train_net_ends_a_bad_weight_file_in_one_line(tmp_path):
     text.write_text("hi\n")
     with registered_toy_world(tmp_path / "world", num_train=1, num_val=1):
         for weights, says in [(truncated, "model_final.pth"), (text, "is not a PyTorch")]:
-            proc = subprocess.run(
-                [sys.executable, "train_net.py", "--config-file", CONFIG, "--eval-only"]
-                + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")],
-                cwd=ROOT,
-                env=subprocess_env(tmp_path / "world"),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert proc.returncode == 2, proc.stderr[-2000:]
-            last = proc.stderr.strip().splitlines()[-1]
+            last = _eval_only_error(tmp_path, weights)
             assert last.startswith("train_net.py: error: ") and says in last, last
-            assert "Traceback" not in proc.stderr
