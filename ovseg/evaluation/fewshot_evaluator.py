@@ -157,6 +157,11 @@ class FewShotEpisodeEvaluator(DatasetEvaluator):
                 f"{self.expected_episodes}"
             )
         metrics = fewshot_metrics(inter, union, self.class_ids)
+        # detectron2's copypaste lines skip keys with '-' (FB-IoU): the summary is logged here
+        logger.info(
+            f"Few-shot results on {self.dataset_name} ({int(episodes)} episodes): "
+            f"mIoU {metrics['mIoU']:.2f}, FB-IoU {metrics['FB-IoU']:.2f}"
+        )
         res = OrderedDict(
             (k if not k.startswith("IoU-") else f"IoU-{self.class_names[int(k[4:])]}", v)
             for k, v in metrics.items()

@@ -153,6 +153,8 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
         """
         k = self._num_classes
         for inp, out in zip(inputs, outputs):
+            if "sem_seg" not in out:  # a panoptic- or instance-only test task: not ours
+                continue
             scores = out["sem_seg"]
             if scores.dim() != 3 or scores.shape[0] != k:
                 raise ValueError(

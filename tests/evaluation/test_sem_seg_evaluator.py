@@ -303,3 +303,14 @@ def test_distributed_sums_confusion_matrices(tmp_path):
     assert got[1][1] is None
     assert got[0][1] == pytest.approx(segmentation_metrics(EXPECTED_CONF, NAMES, unseen=["c"]))
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "confusion_matrix.npy"), EXPECTED_CONF)
+
+
+def test_outputs_without_sem_seg_are_left_to_the_other_evaluators(dataset):
+    # a panoptic test set runs this evaluator beside PQ's: a panoptic-only test task
+    # (FreeSeg TEST_TASKS ["panoptic"]) returns no "sem_seg", which is not this one's to score
+    name, _, _ = dataset
+    evaluator = OpenVocabSemSegEvaluator(name, distributed=False)
+    gt = torch.as_tensor(GT[0].astype(np.int64))
+    ids = torch.zeros(gt.shape, dtype=torch.int32)
+    evaluator.process([{"file_name": "x", "sem_seg": gt}], [{"panoptic_seg": (ids, [])}])
+    assert evaluator.confusion_matrix.sum() == 0 and evaluator.evaluate() == {}
