@@ -228,14 +228,29 @@ def test_outputs_never_overwrite_inputs(tmp_path, capsys):
     assert code == 2 and "a_overlay.png, which is an input" in err
 
 
-def test_an_image_the_model_cannot_take_is_skipped(tmp_path, capsys):
+def test_a_thin_strip_is_drawn_and_a_failing_image_is_skipped(tmp_path, monkeypatch):
     strip = tmp_path / "in" / "strip.png"
     strip.parent.mkdir(parents=True)
-    Image.fromarray(_rgb(3, 500)).save(strip)  # resized to a height of 0
+    Image.fromarray(_rgb(3, 500)).save(strip)  # the test resize rounded its height to 0
     argv = _argv(tmp_path, "--custom-vocabulary", "cat,dog")
     argv[argv.index("--input") + 1 : argv.index("--input") + 1] = [str(strip)]
-    assert demo_cli.main(argv) == 1  # reported, and the other image still processed
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_label.png", "a_overlay.png"]
+    assert demo_cli.main(argv) == 0
+    names = ["a_label.png", "a_overlay.png", "strip_label.png", "strip_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+    assert np.asarray(Image.open(tmp_path / "out" / "strip_label.png")).shape == (3, 500)
+
+    # one image failing in the model: reported and skipped, the others still processed
+    write_one = demo_cli._write_one
+
+    def fails_on_the_strip(demo, args, image, *rest):
+        if image.shape[0] == 3:
+            raise RuntimeError("the model cannot take this one")
+        return write_one(demo, args, image, *rest)
+
+    monkeypatch.setattr(demo_cli, "_write_one", fails_on_the_strip)
+    argv[argv.index("--output") + 1] = str(tmp_path / "out2")
+    assert demo_cli.main(argv) == 1
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == names[:2]
 
 
 def test_inputs_expand_folders_and_globs_once(tmp_path):
