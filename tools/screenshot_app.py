@@ -187,6 +187,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--chromium", help="Chromium binary (default: $OVSEG_CHROMIUM or PATH)")
     p.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="for demo/app.py")
     args = p.parse_args(argv)
+    # what would fail after the browser session is refused before it
+    if args.chromium and not shutil.which(args.chromium):
+        p.error(f"--chromium {args.chromium}: no such executable")
+    if args.image and not Path(args.image).is_file():
+        p.error(f"--image {args.image} is not a file")
+    if args.scene < 0:
+        p.error(f"--scene {args.scene}: give a toy-world validation scene index >= 0")
+    if not args.output.lower().endswith(".png"):
+        p.error(f"--output {args.output}: give a .png file name")
+    folder = Path(args.output).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or os.path.isdir(args.output):
+        p.error(f"--output {args.output}: no file can be written there; give a .png path")
     chromium = find_chromium(args.chromium)
     if chromium is None:
         p.error("no Chromium found: apt-get install chromium, or pass --chromium PATH")

@@ -182,6 +182,21 @@ def _browser_or_skip() -> str:
     return chromium
 
 
+def test_screenshot_mistakes_are_refused_before_the_browser(tmp_path, capsys):
+    tool = load_script("tools/screenshot_app.py")
+    (tmp_path / "a_file").write_text("")
+    for argv, says in [
+        (["--output", str(tmp_path / "a_file" / "x.png")], "no file can be written there"),
+        (["--output", str(tmp_path)], "give a .png file name"),
+        (["--image", str(tmp_path / "none.png")], "is not a file"),
+        (["--scene", "-1"], "--scene -1: give a toy-world validation scene index >= 0"),
+        (["--chromium", str(tmp_path / "nochrome")], "no such executable"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            tool.main(argv)
+        assert info.value.code == 2 and says in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_app_in_headless_chromium(tmp_path, toy_app):
     """Start the app on localhost, upload a scene, submit a vocabulary, read the page."""
