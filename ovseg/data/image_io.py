@@ -10,13 +10,14 @@ high-bit-depth grayscale is scaled to 8 bits, and a file that cannot be decoded 
 from __future__ import annotations
 
 import os
+from typing import Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from detectron2.data import detection_utils as d2_utils
 
-__all__ = ["ImageDecodeError", "read_image", "read_label"]
+__all__ = ["ImageDecodeError", "read_image", "read_image_size", "read_label"]
 
 # Pillow's modes for 16-bit grayscale (PNG, TIFF); "I" is how older Pillow reads them
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -24,6 +25,11 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 class ImageDecodeError(OSError):
     """An image or label file that cannot be decoded (truncated, corrupt, not an image)."""
+
+
+_UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+_EXIF_ORIENTATION = 0x0112
+TURNED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _open(path: str, exif_orientation: bool = True) -> Image.Image:
@@ -35,12 +41,38 @@ def _open(path: str, exif_orientation: bool = True) -> Image.Image:
             image.load()  # decode now: a truncated file fails here, not in a transform
     except FileNotFoundError:
         raise FileNotFoundError(f"Image file {path!r} does not exist") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(
-            f"Cannot decode image file {path!r} ({type(e).__name__}: {e}); the file is "
-            "truncated, corrupt or not an image: re-export it or remove it from the dataset"
-        ) from None
+    except _UNREADABLE as e:
+        raise _decode_error(path, e) from None
     return d2_utils._apply_exif_orientation(image) if exif_orientation else image
+
+
+def _decode_error(path: str, e: BaseException) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"Cannot decode image file {path!r} ({type(e).__name__}: {e}); the file is "
+        "truncated, corrupt or not an image: re-export it or remove it from the dataset"
+    )
+
+
+def read_image_size(path: str | os.PathLike) -> Tuple[int, int, int]:
+    """(height, width, EXIF orientation) of an image as :func:`read_image` returns it, from
+    its header (nothing is decoded).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageDecodeError: it is no image; the message names the file.
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image file {path!r} does not exist") from None
+    except _UNREADABLE as e:
+        raise _decode_error(path, e) from None
+    if orientation in TURNED_ORIENTATIONS:
+        width, height = height, width
+    return height, width, orientation
 
 
 def _to_8bit(image: Image.Image, path: str) -> Image.Image:

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from ovseg_testing.logs import records
 
 from detectron2.data import MetadataCatalog
 
@@ -74,18 +75,9 @@ def test_evaluator_accumulates_per_class_and_writes_json(fold_meta, tmp_path):
     ]
     preds = [PRED_A, PRED_B, np.array([[1, 1], [0, 0]])]
     ev.process(inputs, [{"sem_seg": _scores(p)} for p in preds])
-    logged = []  # a handler of its own: detectron2's set-up may stop "ovseg" at its root
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: logged.append(record.getMessage())
-    fewshot_logger = logging.getLogger("ovseg.evaluation.fewshot_evaluator")
-    fewshot_logger.addHandler(handler)
-    level = fewshot_logger.level
-    fewshot_logger.setLevel(logging.INFO)
-    try:
+    with records("ovseg.evaluation.fewshot_evaluator", logging.INFO) as got:
         res = ev.evaluate()["fewshot"]
-    finally:
-        fewshot_logger.removeHandler(handler)
-        fewshot_logger.setLevel(level)
+    logged = [r.getMessage() for r in got]
     # FB-IoU reaches the log although the copypaste lines skip keys with '-'
     assert any(f"FB-IoU {res['FB-IoU']:.2f}" in m and "3 episodes" in m for m in logged), logged
     # class 0 fg 1/3, class 2 fg 2/4; bg: (2+6+0) / (4+6+2), fg: (1+0+2) / (3+0+4)

@@ -1,13 +1,13 @@
 """Unknown dataset names and nonsensical solver values fail at set-up, before a model is
 built or the output folder is written."""
 
-import logging
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from ovseg_testing import ROOT, registered_toy_world
+from ovseg_testing.logs import records
 from ovseg_testing.scripts import subprocess_env
 from PIL import Image
 
@@ -324,17 +324,9 @@ def test_run_targets_refused_before_launch(tmp_path):
         check_run_target(fresh, eval_only=True)
     with pytest.raises(ValueError, match="random initialisation"):
         check_run_target(fresh, eval_only=True, resume=True)  # nothing there to resume
-    # a misspelt folder: said, then from scratch (a handler of its own: detectron2's set-up,
-    # run by other tests in this process, stops "ovseg" records from reaching the root)
-    seen = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())
-    checks_logger = logging.getLogger("ovseg.engine.checks")
-    checks_logger.addHandler(handler)
-    try:
+    with records("ovseg.engine.checks") as got:  # a misspelt folder: said, then from scratch
         check_run_target(fresh, resume=True)
-    finally:
-        checks_logger.removeHandler(handler)
+    seen = [r.getMessage() for r in got]
     assert any("--resume: OUTPUT_DIR" in m and "holds no last_checkpoint" in m for m in seen)
     check_run_target(fresh, eval_only=True, weights_given=True)  # MODEL.WEIGHTS "" typed
     maskclip = load_config(str(ROOT / "configs/toy/maskclip.yaml"), ["OUTPUT_DIR", str(run)])

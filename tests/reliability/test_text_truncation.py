@@ -3,9 +3,6 @@ vocabulary warns (model and demo)."""
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 import torch
@@ -18,24 +15,11 @@ from ovseg_testing import (
     tiny_maskclip_opts,
     write_two_region_image,
 )
+from ovseg_testing.logs import records
 
 from ovseg.clip import CLIPTeacher
 
 LONG = " ".join(["striped"] * 80)  # 80 tokens: past the tiny CLIP's 77-token context
-
-
-@contextmanager
-def records(name: str):
-    """Records of logger ``name`` (set-up loggers of detectron2 do not propagate)."""
-    got: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = got.append
-    log = logging.getLogger(name)
-    log.addHandler(handler)
-    try:
-        yield got
-    finally:
-        log.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

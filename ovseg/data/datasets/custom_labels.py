@@ -5,18 +5,14 @@ of its image as the dataset mapper reads it (EXIF orientation applied)."""
 from __future__ import annotations
 
 import os
-from typing import Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..image_io import ImageDecodeError, read_label
+from ..image_io import TURNED_ORIENTATIONS, read_image_size, read_label
 
-__all__ = ["check_label", "image_size"]
+__all__ = ["check_label"]
 
 GUIDE = "docs/custom_dataset.md"
-_EXIF_ORIENTATION = 0x0112
-_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 _CHECKED: set = set()  # labels that passed, keyed by both files' path, size and mtime
@@ -25,23 +21,6 @@ _CHECKED: set = set()  # labels that passed, keyed by both files' path, size and
 def _stamp(path: str) -> tuple:
     stat = os.stat(path)
     return path, stat.st_size, stat.st_mtime_ns
-
-
-def image_size(path: str) -> Tuple[int, int, int]:
-    """(height, width, EXIF orientation) of an image as the mapper reads it, from its header
-    (nothing is decoded)."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(
-            f"Cannot read image file {path!r} ({type(e).__name__}: {e}); the file is corrupt "
-            "or not an image: re-export it or remove it from the dataset"
-        ) from None
-    if orientation in _TURNED:
-        width, height = height, width
-    return height, width, orientation
 
 
 def check_label(label_path: str, image_path: str, num_classes: int, ignore: int, name: str):
@@ -64,10 +43,10 @@ def check_label(label_path: str, image_path: str, num_classes: int, ignore: int,
             "single-channel PNG (mode L, P or I;16) whose values are class indices, not a "
             f"colour image; see {GUIDE}"
         )
-    height, width, orientation = image_size(image_path)
+    height, width, orientation = read_image_size(image_path)
     if label.shape != (height, width):
         turned = ""
-        if orientation in _TURNED and label.shape == (width, height):
+        if orientation in TURNED_ORIENTATIONS and label.shape == (width, height):
             turned = (
                 f" (its EXIF orientation {orientation} turns the stored {height}x{width} "  # WxH
                 "picture, and the label has the stored size: turn the label too, or save the "
