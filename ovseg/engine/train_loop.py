@@ -5,6 +5,7 @@ accumulation (SOLVER.ACCUMULATE_STEPS)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -66,8 +67,17 @@ class DeferredMetrics:
         finally:
             storage.iter = current
 
+    def write_pending_metrics(self) -> None:
+        """Write what a run stopped between read-backs left pending (an exception, Ctrl-C):
+        the losses that led up to the stop reach the writers' last write. A non-finite loss
+        among them is logged, not raised over the error that stopped the run."""
+        try:
+            self.flush_metrics()
+        except FloatingPointError as e:
+            logging.getLogger(__name__).error("%s", e)
+
     def after_train(self) -> None:
-        self.flush_metrics()
+        self.write_pending_metrics()
         super().after_train()
 
 

@@ -153,6 +153,14 @@ class Trainer(DefaultTrainer):
             self.start_iter = self.iter + 1  # the checkpoint holds the finished iteration
             restore_training_position(self, extra, self._data_position)
 
+    def after_train(self) -> None:
+        # detectron2's DefaultTrainer runs its hooks' after_train, never its step's: the
+        # losses still pending (SOLVER.METRICS_PERIOD) of a run stopped early were lost
+        write_pending = getattr(self._trainer, "write_pending_metrics", None)
+        if write_pending is not None:
+            write_pending()
+        super().after_train()
+
     def state_dict(self) -> dict:
         # v0.6's DefaultTrainer leaves out the optimizer (its SimpleTrainer's state), so a
         # resumed run restarted momentum and Adam moments; later detectron2 saves it as here

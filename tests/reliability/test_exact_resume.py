@@ -1,9 +1,11 @@
 """A run interrupted and resumed with SEED set ends with the very weights of an
 uninterrupted run (data position and RNG states are checkpointed); a truncated latest
-checkpoint falls back to the previous one; stale checkpoint temporaries are removed."""
+checkpoint falls back to the previous one; stale checkpoint temporaries are removed; a run
+stopped early still writes its pending loss metrics."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -118,3 +120,15 @@ def test_stale_checkpoint_temporaries_are_removed_at_start(ade20k_registered, tm
     _train(out, 0, kill_after=0)
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
+
+
+def test_losses_of_a_run_stopped_between_read_backs_are_written(ade20k_registered, tmp_path):
+    # SOLVER.METRICS_PERIOD 20 (the default) reads the losses back every 20 steps; a run
+    # stopped after its fourth step had them pending, and they were lost (the step's own
+    # after_train is never called by detectron2's DefaultTrainer)
+    trainer = _train(tmp_path / "run", 0, kill_after=3)
+    assert trainer.cfg.SOLVER.METRICS_PERIOD > 4
+    assert [it for _, it in trainer.storage.history("total_loss").values()] == [0, 1, 2, 3]
+    lines = (tmp_path / "run/metrics.json").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["iteration"] == 3 and "total_loss" in last
