@@ -15,7 +15,9 @@ images holding one of them, as XPM's per-set jsons are (``construct_coco_json.py
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 from typing import Optional
 
 import numpy as np
@@ -23,6 +25,8 @@ import numpy as np
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from detectron2.utils.logger import create_small_table
+
+from ..utils.io import atomic_write_text
 
 __all__ = [
     "OpenVocabInstanceEvaluator",
@@ -133,7 +137,12 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
             )
         for r in kept:
             r["category_id"] = self._to_dataset_id[r["category_id"]]
+        if self._output_dir:  # as detectron2's: the results a COCO server or a study reads
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            logger.info("Saving results to %s", path)
+            atomic_write_text(path, json.dumps(kept))
         if not self._do_evaluation:
+            logger.info("%s has no annotations to evaluate against", self._metadata.name)
             return
         if self._eval_set is not None and kept:
             ids = list(self._to_dataset_id.values())

@@ -1,7 +1,10 @@
 """The instance and panoptic evaluators on the tiny panoptic dataset: perfect predictions,
-a missed unseen class, split keys (and their log), and the evaluator factory."""
+a missed unseen class, split keys (and their log), the results file, and the evaluator
+factory."""
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from ovseg_testing.panoptic import (
 )
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 
 from ovseg.config import add_ovseg_config
@@ -90,6 +93,43 @@ def test_no_instance_at_all_still_gives_every_split_key(tiny, tmp_path):
     res = evaluator.evaluate()["segm"]
     for key in ("AP", "AP-seen", "AP-unseen", "AP50-seen", "AP50-unseen", "AP75-unseen"):
         assert np.isnan(res[key]), key
+
+
+def test_results_file_holds_dataset_category_ids(tiny, tmp_path):
+    # as detectron2's COCOEvaluator: coco_instances_results.json, with the json's ids
+    evaluator = OpenVocabInstanceEvaluator(PANOPTIC, output_dir=str(tmp_path), distributed=False)
+    evaluator.reset()
+    evaluator.process([tiny], [_instance_output()])
+    evaluator.evaluate()
+    results = json.loads((tmp_path / "coco_instances_results.json").read_text())
+    gt = json.loads(Path(MetadataCatalog.get(PANOPTIC).json_file).read_text())["annotations"]
+    gt = [a for a in gt if not a["iscrowd"]]  # what the output predicts
+    assert len(results) == len(gt) == 2
+    assert sorted(r["category_id"] for r in results) == sorted(a["category_id"] for a in gt)
+    assert {r["image_id"] for r in results} == {tiny["image_id"]}
+
+
+def test_a_split_without_annotations_writes_results_and_scores_nothing(tiny, tmp_path):
+    # a test-dev style json (images and categories only): results for the server, no AP
+    meta = MetadataCatalog.get(INSTANCE)
+    coco = json.loads(Path(meta.json_file).read_text())
+    del coco["annotations"]
+    (tmp_path / "dev.json").write_text(json.dumps(coco))
+    name = "tiny_instance_dev_test"
+    DatasetCatalog.register(name, lambda: [])
+    keys = ("thing_dataset_id_to_contiguous_id", "stuff_classes", "unseen_classes")
+    MetadataCatalog.get(name).set(json_file=str(tmp_path / "dev.json"), **{
+        k: meta.get(k) for k in keys
+    })  # fmt: skip
+    try:
+        evaluator = OpenVocabInstanceEvaluator(name, output_dir=str(tmp_path), distributed=False)
+        evaluator.reset()
+        evaluator.process([tiny], [_instance_output()])
+        assert evaluator.evaluate() == {}
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert len(json.loads((tmp_path / "coco_instances_results.json").read_text())) == 2
 
 
 def test_factory(tiny, tmp_path):
