@@ -60,6 +60,19 @@ def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_registered, tmp_p
     args += ["--scores", "probabilities", "--no-progress", *opts]
     run_script(TOOL, *args, datasets=ade20k_registered)
 
+    # two processes (gloo): one store, each image labelled once, the very same files
+    two = tmp_path / "store2"
+    args2 = [str(two) if a == str(out) else a for a in args] + ["OUTPUT_DIR", str(tmp_path / "l2")]
+    run_script(TOOL, "--num-gpus", "2", *args2, datasets=ade20k_registered)
+    assert (tmp_path / "l2/log.txt.rank1").exists()  # a second process did run
+    files = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert len(files) == 8 and files == sorted(p.relative_to(two) for p in two.rglob("*.png"))
+    for f in files:
+        assert (out / f).read_bytes() == (two / f).read_bytes(), f
+    two_manifest = json.loads((two / "manifest.json").read_text())
+    assert two_manifest["count"] == 4
+    assert PseudoLabelStore.open(two).image_ids() == PseudoLabelStore.open(out).image_ids()
+
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 4 and manifest["dataset"] == "ade20k_sem_seg_train"
     assert manifest["vocabulary"] == list(Vocabulary.builtin("ade150").names)
