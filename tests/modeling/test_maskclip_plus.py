@@ -32,6 +32,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
+from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage
 
 from ovseg.data import build_dataset_mapper
@@ -266,6 +267,27 @@ def test_loss_decreases_and_only_the_student_learns(tmp_path):
     assert losses[-1] < 0.65 * losses[0] and losses == sorted(losses, reverse=True), losses
     state = model.state_dict()
     assert not any(k.startswith(("teacher.", "labeller.")) for k in state)
+
+
+def test_distillation_of_raw_embeddings_compares_their_directions(tmp_path):
+    # NORMALIZE_EMBEDDINGS False (Base-maskclip_plus.yaml, the official head): the student's
+    # raw embeddings are normalised before the L1 to CLIP's unit vectors, so their scale
+    # does not count and their direction does
+    dicts = write_unseen_fixture(tmp_path / "data", n=2)
+    attached, store = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
+    opts = ("MODEL.MASKCLIP_PLUS.DISTILL_WEIGHT", "0.5")
+    model = build(tmp_path, *opts, "MODEL.MASKCLIP_PLUS.NORMALIZE_EMBEDDINGS", "False").train()
+    samples = [zero_shot_train_mapper(store=store)(d) for d in attached]
+    images = model.normalize([x["image"] for x in samples])
+    images = ImageList.from_tensors(images, model.training_divisibility).tensor
+    with torch.no_grad():
+        raw = model.pixel_embeddings(images)
+        assert not torch.allclose(raw.norm(dim=1), torch.ones(()))  # not unit vectors
+        loss = model._distill(samples, raw)
+        assert torch.allclose(model._distill(samples, raw * 7.0), loss)
+        assert not torch.allclose(model._distill(samples, -raw), loss)
+        with EventStorage(0):
+            assert torch.allclose(model(samples)["loss_distill"], 0.5 * loss, atol=1e-6)
 
 
 def test_checkpoints_from_before_the_text_classifier_load(tmp_path):

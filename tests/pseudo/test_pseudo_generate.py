@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from ovseg_testing import NAMES5, FakeTeacher, eval_mapper, make_store, write_random_images
+from ovseg_testing.logs import records
 
 from ovseg.pseudo import (
     generate_pseudo_labels,
@@ -147,6 +148,34 @@ def test_model_mode_is_restored_and_probabilities_are_declared(tmp_path):
     np.testing.assert_allclose(conf, expected, atol=0.5 / 255 + 1e-6)
     softmaxed = torch.softmax(scores, 0).max(0).values.numpy()
     assert np.abs(softmaxed - expected).max() > 0.05
+
+
+class _ProbabilityTeacher(FakeTeacher):
+    """Returns softmax probabilities (whatever it declares)."""
+
+    def forward(self, batched_inputs):
+        return [
+            {"sem_seg": torch.softmax(o["sem_seg"], 0)} for o in super().forward(batched_inputs)
+        ]
+
+
+@pytest.mark.parametrize(
+    "model, declared, warnings",
+    [(_ProbabilityTeacher, "logits", 1), (_ProbabilityTeacher, "probabilities", 0),
+     (FakeTeacher, "logits", 0)],
+)  # fmt: skip
+def test_probabilities_declared_as_logits_are_warned_of_once(tmp_path, model, declared, warnings):
+    # softmaxed twice, confidences collapse towards 1/K and a threshold drops every pixel
+    dicts = write_random_images(tmp_path / "img", n=2)
+    teacher = model()
+    teacher.sem_seg_scores = declared
+    with records("ovseg.pseudo.generate") as got:
+        generate_pseudo_labels(
+            teacher, dicts, eval_mapper(NAMES5), make_store(tmp_path / "s"), threshold=0.0
+        )
+    said = [r.getMessage() for r in got if "as probabilities do" in r.getMessage()]
+    assert len(said) == warnings, said
+    assert all("--scores probabilities" in m for m in said)
 
 
 def test_labeller_fingerprint_follows_weights_and_settings():
