@@ -281,6 +281,38 @@ def test_loss_decreases_on_a_fixed_batch(model):
     assert history[-1] < 0.8 * history[0], history
 
 
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_decoder_self_attention_lets_classes_see_each_other(cache, self_attention):
+    # MODEL.ZEGCLIP.DECODER_SELF_ATTENTION: self-attention among the class queries (an ovseg
+    # option; the official decoder has none): with it, one class's text moves another
+    # class's masks; without, each class is decoded alone
+    model = tiny_zegclip(cache, decoder_self_attention=self_attention).eval()
+    batch = two_region_batch()
+    images = torch.stack(model.normalize([x["image"] for x in batch]))
+    text = model.text_embeddings(batch[0]["vocabulary"])
+    other = text.clone()
+    other[2] = F.normalize(torch.randn_like(other[2]), dim=-1)
+    with torch.no_grad():
+        a, b = model.mask_logits(images, text)[-1], model.mask_logits(images, other)[-1]
+    assert not torch.allclose(a[:, 2], b[:, 2])
+    assert torch.allclose(a[:, :2], b[:, :2]) != self_attention
+    model.train()
+    loss = sum(model(batch).values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "self_attn" in n]
+    assert bool(grads) == self_attention and all(g.abs().sum() > 0 for g in grads)
+
+
+def test_prompts_without_their_projection_train(cache):
+    # MODEL.ZEGCLIP.PROMPT_PROJ False: the deep prompts enter the blocks as they are
+    model = tiny_zegclip(cache, prompt_proj=False).train()
+    assert isinstance(model.backbone.prompt_proj, torch.nn.Identity)
+    loss = sum(model(two_region_batch()).values())
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.prompts.grad.abs().sum() > 0
+
+
 def test_labels_outside_the_vocabulary_raise(model):
     batch = two_region_batch()
     batch[0]["sem_seg"][5, 5] = 7
