@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ovseg_testing import tiny_freeseg_prompt_cfg
 from PIL import Image
+from torchvision.transforms import RandomResizedCrop as TorchvisionCrop
 
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
@@ -110,6 +112,19 @@ def test_random_resized_crop_and_centre_crop_sizes():
     assert (out[2:8, 3:7] == 7).all()  # centred: 2 rows and 3 columns of padding before
     big = np.arange(100, dtype=np.uint8).reshape(10, 10, 1).repeat(3, -1)
     assert (CenterCropPad((4, 4)).get_transform(big).apply_image(big)[0, 0] == 33).all()
+
+
+@pytest.mark.parametrize("height, width", [(200, 10), (10, 200), (300, 12)])
+def test_random_resized_crop_of_a_thin_region_is_torchvision_fallback(height, width):
+    # a region over 1:15 (a pole, a fence) fails every draw: the largest centre crop within
+    # the ratio, as torchvision's (official augmentations.py:92-152)
+    np.random.seed(0)
+    x, y, w, h = RandomResizedCrop((8, 8))._window(height, width)
+    i, j, th, tw = TorchvisionCrop.get_params(
+        torch.zeros(3, height, width), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+    )
+    assert (y, x, h, w) == (i, j, th, tw)
+    assert min(w, h) == min(height, width)
 
 
 def test_region_test_set_lists_every_class_region_once(tiny_split):

@@ -4,6 +4,10 @@ their number of records; a seed repeats the stream."""
 import collections
 import itertools
 
+import pytest
+from ovseg_testing.logs import records
+
+from ovseg.data.resumable_loader import ResumableTrainingSampler, _SeededMapDataset
 from ovseg.data.samplers import ClassUniformTrainingSampler, train_sampler_for
 
 
@@ -23,3 +27,18 @@ def test_metadata_chooses_the_sampler():
     assert isinstance(
         train_sampler_for({"train_sampling": "class_uniform"}, dicts), ClassUniformTrainingSampler
     )
+
+
+def test_a_sample_the_mapper_skips_is_replaced_by_the_next():
+    # a mapper returns None when it cannot use a sample (a random region crop that missed
+    # its region): the resumable loader maps the next record instead, and says so
+    records_ = [{"k": k} for k in range(4)]
+    sampler = ResumableTrainingSampler(4, 1, 0)
+    skip_first = _SeededMapDataset(records_, lambda r: None if r["k"] < 2 else r["k"], sampler)
+    with records("ovseg.data.resumable_loader") as got:
+        assert skip_first[(0, 0)] == 2 and skip_first[(1, 3)] == 3
+    assert [r.getMessage() for r in got] == [
+        f"the mapper skipped sample {i}; trying the next one" for i in (0, 1)
+    ]
+    with pytest.raises(RuntimeError, match="returned None for every sample"):
+        _SeededMapDataset(records_, lambda r: None, sampler)[(0, 1)]
