@@ -39,8 +39,12 @@ class _KillAfter(HookBase):
             raise _Killed
 
 
-def _train(out, workers, *, resume=False, kill_after=None, period=MAX_ITER // 2, steps=1):
+def _train(
+    out, workers, *, resume=False, kill_after=None, period=MAX_ITER // 2, steps=1, amp=False
+):
     opts = cpu_opts("SemanticSegmentor", out / "cache")
+    if amp:  # bf16 autocast on the CPU: the AMP step's state goes into checkpoints too
+        opts += ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bf16"]
     opts += [
         "SEED", "7",
         "SOLVER.ACCUMULATE_STEPS", str(steps),
@@ -75,14 +79,17 @@ def _weights(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-# (loader workers, SOLVER.ACCUMULATE_STEPS): an accumulating run resumes after the loader
-# batches of the finished iterations, steps per iteration
-@pytest.mark.parametrize("workers, steps", [(0, 1), (2, 1), (0, 2)])
-def test_resumed_run_equals_uninterrupted_run(ade20k_registered, tmp_path, workers, steps):
-    straight = _weights(_train(tmp_path / "straight", workers, steps=steps))
-    _train(tmp_path / "resumed", workers, kill_after=MAX_ITER // 2 - 1, steps=steps)
+# (loader workers, SOLVER.ACCUMULATE_STEPS, AMP): an accumulating run resumes after the
+# loader batches of the finished iterations, steps per iteration
+@pytest.mark.parametrize(
+    "workers, steps, amp", [(0, 1, False), (2, 1, False), (0, 2, False), (0, 1, True)]
+)
+def test_resumed_run_equals_uninterrupted_run(ade20k_registered, tmp_path, workers, steps, amp):
+    straight = _weights(_train(tmp_path / "straight", workers, steps=steps, amp=amp))
+    _train(tmp_path / "resumed", workers, kill_after=MAX_ITER // 2 - 1, steps=steps, amp=amp)
     assert (tmp_path / "resumed/last_checkpoint").read_text() == "model_0000002.pth"
-    resumed = _train(tmp_path / "resumed", workers, resume=True, steps=steps)
+    resumed = _train(tmp_path / "resumed", workers, resume=True, steps=steps, amp=amp)
+    assert type(resumed._trainer).__name__ == ("AMPTrainer" if amp else "OvsegSimpleTrainer")
     assert resumed.start_iter == MAX_ITER // 2
     weights = _weights(resumed)
     assert weights.keys() == straight.keys()
