@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from ovseg_testing import tiny_zegclip, two_region_batch
 
 from ovseg import compat
 
@@ -87,3 +88,61 @@ def test_accumulated_steps_under_ddp_equal_whole_batches(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"acc{r}.pt") for r in (0, 1))
     torch.testing.assert_close(r0[2], r1[2], rtol=0, atol=0)
     torch.testing.assert_close(r0[2], r0[1])
+
+
+def _uneven_batch():
+    """Two images, the second without its green square: 3 and 2 target masks."""
+    batch = two_region_batch()
+    batch[1]["sem_seg"][batch[1]["sem_seg"] == 2] = 0
+    return batch
+
+
+def _criterion_inputs():
+    """Per image: random queries of 3 classes + no-object on 8x8, and 2 or 1 target masks."""
+    g = torch.Generator().manual_seed(0)
+    outputs, targets = [], []
+    for n in (2, 1):
+        logits, pred = torch.randn(1, 4, 4, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+        outputs.append({"pred_logits": logits, "pred_masks": pred})
+        targets.append(
+            {"labels": torch.arange(n), "masks": (torch.rand(n, 8, 8, generator=g) > 0.5).float()}
+        )
+    return outputs, targets
+
+
+def _mask_losses_of_a_rank(out_dir, cache):
+    from detectron2.utils import comm
+
+    from ovseg.modeling.mask_classification import HungarianMatcher, MaskClassificationCriterion
+
+    rank = comm.get_rank()
+    zegclip = tiny_zegclip(cache).train()(_uneven_batch()[rank : rank + 1])
+    outputs, targets = _criterion_inputs()
+    criterion = MaskClassificationCriterion(matcher=HungarianMatcher())
+    masks = criterion(outputs[rank], targets[rank : rank + 1])
+    losses = {**zegclip, **{f"criterion_{k}": v for k, v in masks.items()}}
+    torch.save({k: v.detach() for k, v in losses.items()}, f"{out_dir}/loss{rank}.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+def test_mask_losses_are_normalised_by_the_masks_of_every_rank(tmp_path):
+    # ZegCLIP's and the set criterion's mask losses divide by the mean number of masks over
+    # the processes (Mask2Former criterion.py:200-206): DDP's mean of the ranks' gradients is
+    # then the gradient of one process holding both images. Images of 3 and 2 masks: a
+    # rank's own count (3, 2) would give another loss than the mean of all (2.5).
+    from ovseg.modeling.mask_classification import HungarianMatcher, MaskClassificationCriterion
+
+    cache = tmp_path / "cache"
+    single = tiny_zegclip(cache).train()(_uneven_batch())  # also fills the text cache
+    outputs, targets = _criterion_inputs()
+    both = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+    masks = MaskClassificationCriterion(matcher=HungarianMatcher())(both, targets)
+    single.update({f"criterion_{k}": v for k, v in masks.items()})
+    compat.launch(_mask_losses_of_a_rank, 2, args=(str(tmp_path), cache))
+    r0, r1 = (torch.load(tmp_path / f"loss{r}.pt") for r in (0, 1))
+    checked = [k for k in single if "focal" in k or "dice" in k or k.endswith("_mask")]
+    assert len(checked) == 8, sorted(single)  # focal and dice of 3 layers, mask and dice
+    for key in checked:
+        mean = (r0[key] + r1[key]) / 2
+        torch.testing.assert_close(mean, single[key].detach(), rtol=1e-5, atol=1e-7, msg=key)
