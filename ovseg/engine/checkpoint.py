@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import Detectron2Handler
 
 from ..utils.downloads import explain_download_failure, local_weights_problem
@@ -170,14 +171,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]):
         _refuse_non_weights(checkpoint.get("model", {}), str(self._path))
         recorded = recorded_architecture(checkpoint)
-        heuristic = checkpoint.get("matching_heuristics", False)
+        if checkpoint.pop("matching_heuristics", False):
+            # an ImageNet .pkl: matched by name suffix here, not in detectron2's _load_model,
+            # so the weights that fit are counted (the missing keys cannot count them: a
+            # FrozenBatchNorm fills the running statistics a file lacks, matched or not)
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(),
+                checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__") == "Caffe2",
+            )
         names = {_strip_module(k) for k in checkpoint.get("model", {})}
         incompatible = super()._load_model(checkpoint)
-        model_keys = set(self.model.state_dict())
-        if heuristic:  # keys were renamed by detectron2's matching: count what is not missing
-            loaded = len(model_keys) - len(incompatible.missing_keys)
-        else:
-            loaded = len(names & model_keys) - len(incompatible.incorrect_shapes)
+        loaded = len(names & set(self.model.state_dict())) - len(incompatible.incorrect_shapes)
         check_fit(
             self.model,
             incompatible,

@@ -4,8 +4,10 @@ warning followed by mIoU 0; --resume into another architecture's run writes noth
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 from ovseg_testing import CONFIGS, ROOT, cpu_opts, tiny_zegclip
@@ -106,6 +108,34 @@ def test_model_weights_of_trained_parts_must_fit(zegclip_checkpoint, tmp_path):
     AtomicCheckpointer(model).resume_or_load(str(partial), resume=False)
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"model": {"head.weight": torch.zeros(3)}}, unrelated)
+    with pytest.raises(CheckpointMismatchError, match="none of its weights fit"):
+        AtomicCheckpointer(model).resume_or_load(str(unrelated), resume=False)
+
+
+def test_an_imagenet_pkl_loads_through_the_matching_heuristics(tmp_path):
+    # the ImageNet backbones of Base-xpm.yaml and the SemFPN baseline (torchvision or MSRA
+    # .pkl, "matching_heuristics": True): keys without the model's prefixes, matched by suffix
+    cfg = load_config(str(SEMFPN), cpu_opts("SemanticSegmentor", tmp_path / "cache"))
+    from ovseg.engine import Trainer
+
+    model = Trainer.build_model(cfg)
+    prefix = "backbone.bottom_up."
+    g = torch.Generator().manual_seed(0)
+    source = {
+        k[len(prefix) :]: torch.randn(v.shape, generator=g).numpy()
+        for k, v in model.state_dict().items()
+        if k.startswith(prefix) and v.is_floating_point()
+    }
+    path = tmp_path / "R-18.pkl"
+    data = {"model": source, "__author__": "torchvision", "matching_heuristics": True}
+    path.write_bytes(pickle.dumps(data, protocol=2))
+    AtomicCheckpointer(model, str(tmp_path)).resume_or_load(str(path), resume=False)
+    state = model.state_dict()
+    for key, value in source.items():
+        assert torch.equal(state[prefix + key], torch.from_numpy(value)), key
+    unrelated = tmp_path / "unrelated.pkl"
+    data["model"] = {"fc.weight": np.zeros((3, 5), np.float32)}
+    unrelated.write_bytes(pickle.dumps(data, protocol=2))
     with pytest.raises(CheckpointMismatchError, match="none of its weights fit"):
         AtomicCheckpointer(model).resume_or_load(str(unrelated), resume=False)
 
