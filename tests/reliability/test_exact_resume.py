@@ -11,11 +11,13 @@ import logging
 import pytest
 import torch
 from ovseg_testing import CONFIGS, cpu_opts
+from ovseg_testing.logs import records
 
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from ovseg.engine import Trainer
+from ovseg.engine.checkpoint import CheckpointReadError
 from ovseg.engine.defaults import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -115,6 +117,19 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(
     assert resumed.start_iter == 2  # from model_0000001 (iteration 1)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
     assert str(latest) in warning and "model_0000001.pth" in warning
+
+
+def test_no_readable_checkpoint_to_resume_from_is_an_error_naming_them(ade20k_registered, tmp_path):
+    out = tmp_path / "run"
+    _train(out, 0, kill_after=3, period=2)  # writes model_0000001 and model_0000003
+    for name in ("model_0000001.pth", "model_0000003.pth"):
+        path = out / name
+        path.write_bytes(path.read_bytes()[:100])
+    with records("fvcore.common.checkpoint") as said:
+        with pytest.raises(CheckpointReadError, match="No earlier readable checkpoint") as error:
+            _train(out, 0, resume=True)
+    assert "model_0000003.pth" in str(error.value) and "remove it" in str(error.value)
+    assert any("model_0000001.pth" in r.getMessage() for r in said)  # the earlier one too
 
 
 def test_stale_checkpoint_temporaries_are_removed_at_start(ade20k_registered, tmp_path):
