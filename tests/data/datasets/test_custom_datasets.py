@@ -5,6 +5,7 @@ each kind of bad input."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -145,6 +146,34 @@ def test_registration_file_and_config(tmp_path, monkeypatch):
     cfg.DATASETS.CUSTOM = [str(tmp_path / "missing.yaml")]
     with pytest.raises(FileNotFoundError, match="missing.yaml' does not exist"):
         register_from_config(cfg)
+
+
+def test_json_registration_wrapper_relative_vocabulary_and_stray_files(tmp_path, monkeypatch):
+    # the forms docs/custom_dataset.md names: a .json file, {datasets: [...]}, a vocabulary
+    # .json beside it (relative to the registration file, not the working folder), and an
+    # image folder holding a .DS_Store and notes beside the images
+    data = write_folder(tmp_path / "data")
+    (data / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    (data / "images/.DS_Store").write_bytes(b"\0\1")
+    (data / "images/notes.txt").write_text("taken in May")
+    spec = {"name": "custom_json_test", "vocabulary": "classes.json", "unseen": "b; c",
+            "images": "images", "labels": "labels"}  # fmt: skip
+    (data / "reg.json").write_text(json.dumps({"datasets": [spec]}))
+    monkeypatch.chdir(tmp_path)
+    names = register_from_config(load_config(CONFIG, ["DATASETS.CUSTOM", "data/reg.json"]))
+    try:
+        assert names == ["custom_json_test"]
+        assert MetadataCatalog.get("custom_json_test").stuff_classes == ["a", "b", "c"]
+        assert MetadataCatalog.get("custom_json_test").unseen_classes == ["b", "c"]
+        records = DatasetCatalog.get("custom_json_test")
+        assert sorted(os.path.basename(r["file_name"]) for r in records) == ["a.jpg", "b.jpg"]
+    finally:
+        DatasetCatalog.remove("custom_json_test")
+        MetadataCatalog.remove("custom_json_test")
+    # two images of one name cannot be told apart by their label
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(data / "images/a.png")
+    with pytest.raises(ValueError, match=r"a\.jpg and .*a\.png are two images with one name"):
+        _load(tmp_path, images=str(data / "images"), labels=str(data / "labels"))
 
 
 def test_coco_instance_and_panoptic_folders(tmp_path):
