@@ -205,6 +205,18 @@ def test_crop_regions(vit_teacher):
     assert torch.allclose(regions[1], vit_teacher.encode_image(crop), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["pool", "crop"])
+def test_an_image_without_regions_gets_no_embeddings(vit_teacher, mode):
+    # XPM's labeller on an image whose proposals were all dropped
+    images = random_image_batch(2, 32, 32)
+    regions = vit_teacher.region_embeddings(
+        images, [torch.ones(2, 32, 32), torch.zeros(0, 32, 32)], mode=mode
+    )
+    assert [tuple(r.shape) for r in regions] == [(2, 32), (0, 32)]
+    alone = vit_teacher.region_embeddings(images[:1], [torch.ones(2, 32, 32)], mode=mode)[0]
+    assert torch.allclose(regions[0], alone, atol=1e-5)
+
+
 def test_region_input_errors(vit_teacher):
     images = random_image_batch(2, 32, 32)
     empty = torch.zeros(3, 32, 32)

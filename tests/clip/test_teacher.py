@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import open_clip
@@ -238,3 +239,27 @@ def test_detectron2_checkpointer_round_trip(vit_parts, tmp_path, caplog):
         DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
     assert "teacher" not in caplog.text
     assert torch.equal(fresh.head.weight, student.head.weight)
+
+
+def test_a_timm_tower_teacher_embeds_images_and_text_but_not_pixels(tmp_path):
+    # open_clip's TimmModel towers (ConvNeXt CLIPs) have no output_dim: the embedding size
+    # comes from the text projection; dense embeddings name the towers they need
+    config = json.loads(TINY_VIT.read_text())
+    config["embed_dim"] = 24
+    config["vision_cfg"] = {
+        "timm_model_name": "convnext_atto",
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": "linear",
+        "image_size": 64,
+    }
+    path = tmp_path / "tiny_convnext.json"
+    path.write_text(json.dumps(config))
+    model, tokenizer, name = random_clip_model(path)
+    teacher = CLIPTeacher(model, tokenizer, name=name)
+    images = random_image_batch(2, 64, 64)
+    assert teacher.embed_dim == 24
+    assert teacher.encode_image(images).shape == (2, 24)
+    assert teacher.encode_text(["a cat", "a dog"], ["a photo of a {}."]).shape == (2, 24)
+    with pytest.raises(NotImplementedError, match="TimmModel"):
+        teacher.dense_embeddings(images)
