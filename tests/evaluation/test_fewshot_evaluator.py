@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from ovseg_testing import load_script
 from ovseg_testing.logs import records
 
 from detectron2.data import MetadataCatalog
@@ -106,6 +107,25 @@ def test_mean_over_folds():
         mean_over_folds(folds + folds[:1])
     with pytest.raises(ValueError, match="different benchmarks"):
         mean_over_folds(folds[:1] + [{**folds[1], "benchmark": "coco20i"}])
+
+
+def test_average_folds_command_prints_and_writes_the_mean(tmp_path, capsys):
+    tool = load_script("tools/average_fewshot_folds.py")
+    for fold in range(4):  # train_net.py --eval-only writes each into <OUTPUT_DIR>/inference
+        folder = tmp_path / f"fold{fold}/inference"
+        folder.mkdir(parents=True)
+        result = {"benchmark": "pascal5i", "fold": fold,
+                  "metrics": {"mIoU": 50.0 + 2 * fold, "FB-IoU": 70.0 - fold}}  # fmt: skip
+        (folder / "fewshot_evaluation.json").write_text(json.dumps(result))
+    folders = [str(tmp_path / f"fold{f}/inference") for f in range(4)]
+    out = tmp_path / "mean.json"
+    assert tool.main([*folders, "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["mIoU"] == pytest.approx(53.0) and printed["FB-IoU"] == pytest.approx(68.5)
+    assert printed["folds"] == [0, 1, 2, 3] and printed["mIoU-fold2"] == 54.0
+    assert tool.main([folders[0], str(tmp_path / "fold9")]) == 2  # not evaluated: one line
+    assert "fold9 does not exist; evaluate a pascal5i_" in capsys.readouterr().err
 
 
 def test_fold_files_that_are_not_fold_results_are_named(tmp_path, caplog):

@@ -65,6 +65,35 @@ def test_pseudo_labels_a_toy_world(toy_root, tmp_path):
     assert "pseudo-labelling toy_world_sem_seg_train" in summary
 
 
+def test_infer_times_whole_and_slide_inference(tmp_path):
+    args = ["infer", "--config-file", "configs/toy/maskclip.yaml", "--modes", "whole", "slide"]
+    args += ["--size", "48", "64", "--iters", "1", "--warmup", "0", "--device", "cpu"]
+    res, summary = _run(args + ["--cache-dir", str(tmp_path / "cache")], None, tmp_path)
+    assert (res["meta_architecture"], res["size"], res["batch"]) == ("MaskCLIP", [48, 64], 1)
+    assert res["skipped_modes"] == {}
+    for mode in ("whole", "slide"):
+        figures = res[mode]
+        assert figures["latency_s"] > 0 and figures["flops_per_image"] > 0, mode
+        assert figures["images_per_s"] == pytest.approx(1 / figures["latency_s"])
+        assert f"{mode} images/s" in summary
+    # the 48x64 image is padded up to the slide window: the window costs more than the image
+    assert res["slide_window"][0] > 64
+    assert res["slide"]["flops_per_image"] > 10 * res["whole"]["flops_per_image"]
+
+
+def test_teacher_times_the_dense_forward_against_the_plain_tower(tmp_path):
+    args = ["teacher", "--model", "configs/clip/tiny_vit.json", "--pretrained", ""]
+    args += ["--size", "64", "64", "--batch", "1", "--iters", "1", "--warmup", "0"]
+    res, summary = _run(args + ["--cache-dir", str(tmp_path / "cache")], None, tmp_path)
+    assert res["grid"] == [4, 4]  # 64 pixels / patch 16
+    for key in ("dense_s", "dense_keys_s", "plain_forward_same_tokens_s", "encode_image_s"):
+        assert res[key] > 0, key
+    ratio = res["dense_s"] / res["plain_forward_same_tokens_s"]
+    assert res["ratio_dense_vs_plain_same_tokens"] == pytest.approx(ratio)
+    assert res["maskclip_label_images_per_s"] > 0 and res["vocabulary_size"] > 1
+    assert "dense / forward on same tokens" in summary and "MaskCLIP labelling" in summary
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [
