@@ -28,7 +28,6 @@ __all__ = [
     "apply_speed_options",
     "cast_frozen_towers",
     "compile_model",
-    "uses_channels_last",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,16 +57,6 @@ def cast_frozen_towers(model: nn.Module, name: str) -> int:
     if dtype is not None:
         logger.info(f"Frozen CLIP image tower: {count} weight tensors cast to {dtype}")
     return count
-
-
-def uses_channels_last(model: nn.Module) -> bool:
-    """Whether the model holds convolutions with more than one input channel per group in
-    a channels-last layout worth using (any ``Conv2d`` with a kernel larger than 1x1 or
-    more than 3 input channels)."""
-    return any(
-        isinstance(m, nn.Conv2d) and (m.kernel_size != (1, 1) or m.in_channels > 3)
-        for m in model.modules()
-    )
 
 
 def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> List[str]:

@@ -27,12 +27,7 @@ try:  # the optional compiled op (Deformable DETR's ops/make.sh)
 except ImportError:  # pragma: no cover - depends on the machine
     _MSDA = None
 
-__all__ = ["MSDeformAttn", "compiled_op_available", "ms_deform_attn_core"]
-
-
-def compiled_op_available() -> bool:
-    """Whether Deformable DETR's compiled op is importable here."""
-    return _MSDA is not None
+__all__ = ["MSDeformAttn", "ms_deform_attn_core"]
 
 
 def ms_deform_attn_core(
