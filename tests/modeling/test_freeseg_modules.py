@@ -211,6 +211,14 @@ def test_clip_probs_give_empty_masks_ones(teacher):
     p = clip_region_probs(teacher, image, masks, text)
     assert torch.equal(p[1], torch.ones(4))
     torch.testing.assert_close(p[[0, 2]].sum(-1), torch.ones(2))
+    # every query empty (an untrained model): ones, and the image tower is not run
+    calls = []
+    teacher.encode_image = lambda x: calls.append(x)
+    try:
+        assert torch.equal(clip_region_probs(teacher, image, masks * 0, text), torch.ones(3, 4))
+    finally:
+        del teacher.encode_image
+    assert calls == []
 
 
 def test_ensemble_by_hand():

@@ -89,6 +89,11 @@ def test_augment_and_fold():
     assert fold_augmented(probs, 3).view(-1).tolist() == pytest.approx([0.1, 0.2, 0.3, 0.25])
     with pytest.raises(ValueError, match="'other'"):
         augment_names(["other", "cat"], "voc20")
+    # a vocabulary that already covers the augmenting one: nothing added, "other" never wins
+    voc = augment_names(list(Vocabulary.builtin("voc20").names), "voc20")
+    assert voc == Vocabulary.builtin("voc20").names
+    folded = fold_augmented(torch.full((1, 20, 2, 2), 0.05), 20)
+    assert folded.shape == (1, 21, 2, 2) and (folded[:, 20] == 0).all()
 
 
 def test_plan_names_and_probabilities():

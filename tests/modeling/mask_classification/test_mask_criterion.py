@@ -120,3 +120,17 @@ def test_focal_and_dice_on_hand_computed_values():
     sure = (targets * 2 - 1) * 20
     assert sigmoid_focal_loss(sure, targets, 2.0).item() < 1e-9
     assert sigmoid_focal_loss(-sure, targets, 2.0).item() > 1.0
+
+
+def test_a_batch_without_any_target_mask_trains_no_object_only():
+    # an image whose crop holds no labelled region: nothing is matched; the mask losses are
+    # zero but still reach the masks (DDP needs every parameter in the graph), and every
+    # query learns "no object"
+    logits = torch.zeros(1, 3, 3, requires_grad=True)
+    masks = torch.randn(1, 3, 4, 4, requires_grad=True)
+    empty = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 4, 4)}
+    losses = _criterion()({"pred_logits": logits, "pred_masks": masks}, [empty])
+    assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
+    assert losses["loss_ce"].item() == pytest.approx(math.log(3))  # uniform over 3 outputs
+    sum(losses.values()).backward()
+    assert masks.grad is not None and logits.grad[0, :, 2].lt(0).all()  # towards no-object
