@@ -2,6 +2,7 @@
 its arguments (ovseg.engine.pseudo_labelling)."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from detectron2.utils.env import seed_all_rng
 
 from ovseg.data import build_dataset_mapper
 from ovseg.engine.defaults import load_config
-from ovseg.engine.pseudo_labelling import parse_args
+from ovseg.engine.pseudo_labelling import build_labeller, parse_args
 from ovseg.pseudo import (
     PseudoLabelStore,
     build_manifest,
@@ -119,6 +120,32 @@ def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_registered, tmp_p
     )
     with pytest.raises(ValueError, match="manifest.threshold: existing 0.01, now 0.5"):
         PseudoLabelStore.create(str(out), other)
+
+
+@pytest.mark.skipif("MaskCLIP" not in META_ARCH_REGISTRY, reason="MaskCLIP is not registered")
+def test_a_student_config_relabelled_maskclip_labels_as_maskclip(ade20k_registered, tmp_path):
+    # the ovseg-variant MaskCLIP+ config's generation command: MODEL.META_ARCHITECTURE
+    # MaskCLIP over a config whose MODEL.WEIGHTS is the student's ImageNet backbone (.pkl)
+    zoo = tmp_path / "R-103.pkl"
+    weights = {"stem.conv1.weight": np.ones((128, 3, 3, 3), np.float32)}
+    data = {"model": weights, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+    zoo.write_bytes(pickle.dumps(data, protocol=2))
+    opts = [
+        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
+        "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.TEMPLATES", "single",
+        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
+        "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", "48",
+        "INPUT.MAX_SIZE_TEST", "1000",
+    ]  # fmt: skip
+    plain = build_labeller(load_config(CONFIG, opts))
+    relabelled = build_labeller(load_config(CONFIG, [*opts, "MODEL.WEIGHTS", str(zoo)]))
+    inputs = plain.mapper(dict(plain.dataset_dicts[0]))
+    with torch.no_grad():
+        want = plain.model([inputs])[0]["sem_seg"]
+        torch.testing.assert_close(relabelled.model([inputs])[0]["sem_seg"], want)
+    assert relabelled.score_kind == plain.score_kind
 
 
 def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path):
