@@ -32,6 +32,20 @@ def test_16bit_grayscale_is_scaled_not_clipped(tmp_path):
     assert np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])
 
 
+def test_float_grayscale_in_0_1_is_scaled_and_out_of_range_refused(tmp_path):
+    # a 32-bit float TIFF (depth maps, scientific images) holds values in [0, 1]
+    ramp = np.linspace(0, 1, 12 * 16, dtype=np.float32).reshape(12, 16)
+    path = tmp_path / "float.tif"
+    Image.fromarray(ramp, mode="F").save(path)
+    assert Image.open(path).mode == "F"
+    image = read_image(path, "RGB")
+    assert image.dtype == np.uint8 and image.shape == (12, 16, 3)
+    assert np.array_equal(image[..., 0], np.rint(ramp * 255).astype(np.uint8))
+    Image.fromarray(ramp * 1.5, mode="F").save(path)
+    with pytest.raises(ImageDecodeError, match=r"float.tif' is a float image with values outside"):
+        read_image(path, "RGB")
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK"])
 def test_8bit_modes_decode_to_rgb(tmp_path, mode):
     rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
