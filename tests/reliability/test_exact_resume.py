@@ -99,6 +99,22 @@ def test_resumed_run_equals_uninterrupted_run(ade20k_registered, tmp_path, worke
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def test_a_checkpoint_of_another_process_count_resumes_its_position_not_its_streams(
+    ade20k_registered, tmp_path
+):
+    out = tmp_path / "run"
+    _train(out, 0, kill_after=MAX_ITER // 2 - 1)
+    path = out / "model_0000002.pth"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["rng_states"] = checkpoint["rng_states"] * 2  # as a 2-process run saves them
+    torch.save(checkpoint, path)
+    with records("ovseg.engine.resume") as said:
+        resumed = _train(out, 0, resume=True)
+    assert resumed.start_iter == MAX_ITER // 2 and resumed.iter == MAX_ITER
+    (warning,) = [r.getMessage() for r in said]
+    assert "RNG states of 2 process(es), this run has 1" in warning
+
+
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(
     ade20k_registered, tmp_path, caplog
 ):
