@@ -102,7 +102,6 @@ def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
     cast_frozen_towers(model, cfg.MODEL.CLIP.FROZEN_DTYPE)
     if cfg.MODEL.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
-        model.channels_last = True
     if cfg.MODEL.COMPILE:
         compile_model(model, cfg.MODEL.COMPILE_MODE)
     return model

@@ -5,12 +5,15 @@ import itertools
 
 import pytest
 import torch
+from ovseg_testing import CONFIGS, cpu_opts
 from ovseg_testing.data import two_region_batch
 from ovseg_testing.models import tiny_zegclip, tiny_zegclip_cfg
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ovseg.engine import Trainer
+from ovseg.engine.defaults import load_config
 from ovseg.engine.speed import apply_speed_options, compile_model
 from ovseg.engine.train_loop import OvsegSimpleTrainer
 
@@ -110,3 +113,27 @@ def test_cuda_graph_training_writes_the_eager_metrics(tmp_path):
             histories[graphs] = [v for v, _ in storage.history("total_loss").values()]
     assert len(histories[True]) == 6 and histories[False][-1] < histories[False][0]
     assert histories[True] == pytest.approx(histories[False], rel=1e-3)
+
+
+def test_channels_last_weights_train_as_the_contiguous_ones(tmp_path):
+    # MODEL.CHANNELS_LAST (the convolutional students' NHWC layout) changes the memory
+    # layout only: the same losses and gradients, on the CPU too
+    config = str(CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml")
+    opts = cpu_opts("SemanticSegmentor", tmp_path / "cache")
+    steps = {}
+    for last in (False, True):
+        torch.manual_seed(0)
+        model = Trainer.build_model(load_config(config, [*opts, "MODEL.CHANNELS_LAST", str(last)]))
+        conv = model.backbone.bottom_up.stem.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == last
+        g = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (2, 3, 64, 64), generator=g).to(torch.uint8)
+        labels = torch.randint(0, 150, (2, 64, 64), generator=g)
+        batch = [{"image": i, "sem_seg": s} for i, s in zip(images, labels)]
+        steps[last] = _step(model, batch)
+    (want_losses, want_grads), (got_losses, got_grads) = steps[False], steps[True]
+    assert want_grads.keys() == got_grads.keys() and want_grads
+    for k in want_losses:
+        torch.testing.assert_close(got_losses[k], want_losses[k], rtol=1e-4, atol=1e-5)
+    for k in want_grads:
+        torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-3, atol=1e-5)
