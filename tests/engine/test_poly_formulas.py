@@ -70,6 +70,24 @@ def test_mmcv_formula_is_mmcvs_poly_with_min_lr_and_linear_warmup():
     assert ovseg[15][1] != pytest.approx(lrs[15][1], rel=1e-3)
 
 
+def test_mmcv_formula_with_a_constant_warmup():
+    cfg = _cfg(
+        BASE_LR=1e-2,
+        MAX_ITER=50,
+        WARMUP_ITERS=10,
+        WARMUP_FACTOR=0.1,
+        WARMUP_METHOD="constant",
+        POLY_LR_CONSTANT_ENDING=0.0,
+        POLY_FORMULA="mmcv",
+    )
+    lrs, bases = _lrs(cfg)
+    for it in (0, 5, 9, 10, 11, 49):
+        for lr, base in zip(lrs[it], bases):
+            want = mmcv_poly_lr(it, base, 50, 0.9, 0.0, 10, 0.1, warmup="constant")
+            assert lr == pytest.approx(want, rel=1e-12, abs=0), (it, base)
+    assert lrs[9][1] == pytest.approx(0.1 * lrs[10][1] * ((1 - 9 / 50) / (1 - 10 / 50)) ** 0.9)
+
+
 def test_mmcv_formula_without_warmup_is_maskclip_plus_schedule():
     # MaskCLIP+ (schedule_20k.py:5): SGD 0.01, poly 0.9 to min_lr 1e-4, no warm-up
     cfg = _cfg(

@@ -128,6 +128,23 @@ def test_full_model_clipping_clips_total_norm():
     assert b.item() == pytest.approx(-0.8, abs=1e-5)
 
 
+@pytest.mark.parametrize("clip_type, expected", [("value", (-0.5, -0.5)), ("norm", (-0.3, -0.4))])
+def test_per_parameter_clipping_of_detectron2(clip_type, expected):
+    # detectron2's "value" clamps every gradient element to 0.5, "norm" scales each
+    # parameter's gradient (3, 4) to norm 0.5
+    cfg = make_cfg(OPTIMIZER="SGD", BACKBONE_MULTIPLIER=1.0, LR_MULTIPLIER=1.0, MOMENTUM=0.0)
+    cfg.SOLVER.WEIGHT_DECAY = 0.0
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = clip_type
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
+    holder = nn.Module()
+    holder.a = nn.Parameter(torch.zeros(2))
+    opt = build_optimizer(cfg, holder)
+    holder.a.grad = torch.tensor([3.0, 4.0])  # norm 5
+    opt.step()
+    assert holder.a.tolist() == pytest.approx(list(expected), abs=1e-5)
+
+
 class TinySeg(nn.Module):
     def __init__(self):
         super().__init__()

@@ -15,16 +15,19 @@ def mmcv_poly_lr(
     min_lr: float,
     warmup_iters: int = 0,
     warmup_ratio: float = 0.1,
+    warmup: str = "linear",
 ) -> float:
     """The lr mmcv 1.4.4 sets before iteration ``it`` (0-based: ``runner.iter`` counts the
     finished iterations, ``mmcv/runner/iter_based_runner.py:60, :69``) for a group of
     ``base_lr``: ``PolyLrUpdaterHook.get_lr`` with ``by_epoch=False``
-    (``mmcv/runner/hooks/lr_updater.py:236-241``), scaled by the linear warm-up while
-    ``it < warmup_iters`` (``:88-93, :137-145``)."""
+    (``mmcv/runner/hooks/lr_updater.py:236-241``), scaled by the linear or constant warm-up
+    while ``it < warmup_iters`` (``:88-93, :137-145``)."""
     coeff = (1 - it / max_iters) ** power
     regular = (base_lr - min_lr) * coeff + min_lr
     if warmup_iters == 0 or it >= warmup_iters:
         return regular
+    if warmup == "constant":
+        return regular * warmup_ratio
     k = (1 - it / warmup_iters) * (1 - warmup_ratio)
     return regular * (1 - k)
 
