@@ -122,6 +122,19 @@ def test_converts_into_the_paper_config_model_strictly(built):
     assert report.notes == []
 
 
+def test_frozen_norms_drop_the_official_update_counters(cache):
+    # a student with FrozenBN (detectron2's default) holds no num_batches_tracked: the
+    # official BatchNorm counters are dropped, named, and the rest loads strictly
+    cfg, model = small(cache, ["MODEL.RESNETS.NORM", "FrozenBN"])
+    _, state = official(model)
+    out, report = convert_checkpoint("maskclip_plus", state, cfg, model=model)
+    model.load_state_dict(out, strict=True)
+    why = report.dropped["backbone.layer1.0.bn1.num_batches_tracked"]
+    assert why == "batch-norm update counter: the model's norm is frozen"
+    assert not any(k.startswith("backbone.") and k.endswith("num_batches_tracked") for k in out)
+    assert any(k.startswith("head.") and k.endswith("num_batches_tracked") for k in out)
+
+
 # ---------------------------------------------------------------- the same numbers
 def _compare(model, off, x) -> float:
     """Largest difference of the logits (and check the test's softmax agrees)."""
