@@ -86,6 +86,16 @@ def test_key_smoothing_cosine_affinity_hand_computed():
     assert torch.allclose(out, expected, atol=1e-6)
 
 
+def test_key_smoothing_keeps_a_certain_location_at_threshold_one():
+    # official maskclip_head.py:148 smooths where max < threshold: a probability that
+    # saturates to exactly 1.0 is kept at threshold 1.0
+    probs = torch.tensor([[[[1.0, 0.6]], [[0.0, 0.4]]]])  # (1, 2, 1, 2)
+    keys = torch.tensor([[[[1.0, 2.0]], [[0.5, -1.0]], [[2.0, 0.3]]]])
+    out = key_smoothing(probs, keys, threshold=1.0)
+    assert torch.equal(out[..., 0], probs[..., 0])
+    assert not torch.allclose(out[..., 1], probs[..., 1])
+
+
 def test_key_smoothing_official_position_normalisation_hand_computed():
     probs, keys = _ks_inputs()
     # each channel normalised over the locations: column 0 (2,1,0)/sqrt(5), column 1 (0,0,1)

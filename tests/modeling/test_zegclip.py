@@ -218,6 +218,18 @@ def test_calibrate_hand_computed():
 
 
 # ---------------------------------------------------------------- losses
+def test_mask_losses_of_an_absent_class_are_focal_only():
+    # class 1 is absent: a negative everywhere for the focal term, but no dice term and not
+    # counted (official ZegCLIP atm_loss.py:58-59, criterion.py:203: present classes only)
+    target = torch.tensor([[[0, 0], [0, 255]]])
+    focal, dice, n = mask_losses(torch.zeros(1, 2, 2, 2), target)
+    assert n.item() == 1
+    assert dice.item() == pytest.approx(1 - 4 / 5.5)  # p 0.5: sum p 1.5, sum t 3, sum pt 1.5
+    # focal at p 0.5: ln 2 x 0.5^2 per pixel; the mean over the 3 labelled pixels of each
+    # class, weighted 0.25 (class 0: positives) and 0.75 (class 1: negatives), summed
+    assert focal.item() == pytest.approx(math.log(2) * 0.25 * (0.25 + 0.75))
+
+
 def test_mask_losses_hand_computed():
     # zero logits: p = 0.5 everywhere, focal per pixel = ln 2 * 0.5**2 * (alpha or 1 - alpha)
     target = torch.tensor([[[0, 1], [255, 0]]])

@@ -143,3 +143,27 @@ def test_freeseg_instances_group_by_class_not_by_a_stale_label():
         probs, masks, overlap_threshold=0.1, official_defects=True
     )
     assert official.pred_classes.tolist() == [1]
+
+
+def _two_queries():
+    """Query 0 (score 0.5) covers 5 pixels; query 1 (score 0.875) only pixel 0, which it
+    wins."""
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.125, 0.875, 0.0]])
+    logits = torch.full((2, 1, 5), BIG)
+    logits[1, 0, 1:] = -BIG
+    return probs, logits
+
+
+def test_panoptic_keeps_a_segment_at_exactly_the_overlap_threshold():
+    # query 0 keeps 4 of its 5 pixels: 4/5 is not below 0.8 (Mask2Former
+    # maskformer_model.py:301 and FreeSeg :526 drop a segment below it)
+    probs, logits = _two_queries()
+    _, segments = panoptic_inference(probs, logits, thing_ids={0, 1}, overlap_threshold=0.8)
+    assert sorted(s["category_id"] for s in segments) == [0, 1]
+
+
+def test_panoptic_drops_a_query_scoring_exactly_the_object_threshold():
+    # Mask2Former keeps scores > object_mask_threshold
+    probs, logits = _two_queries()
+    _, segments = panoptic_inference(probs, logits, thing_ids={0, 1}, object_mask_threshold=0.5)
+    assert [s["category_id"] for s in segments] == [1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ovseg.modeling.mask_classification import HungarianMatcher
+from ovseg.modeling.mask_classification.matcher import batch_sigmoid_focal_cost
 
 
 def _focal(x, t, alpha=0.25, gamma=2.0):
@@ -73,3 +74,12 @@ def test_an_image_without_targets_matches_nothing():
     assert rows.numel() == 0 and cols.numel() == 0
     with pytest.raises(ValueError, match="all three costs"):
         HungarianMatcher(0, 0, 0)
+
+
+def test_focal_cost_weights_positives_by_alpha():
+    # p 0.5 on two positive pixels: alpha (1 - p)^2 ln 2 per pixel, the mean over pixels
+    # (Mask2Former matcher.py:56; an alpha-symmetric case cannot tell alpha from 1 - alpha)
+    cost = batch_sigmoid_focal_cost(torch.zeros(1, 2), torch.ones(1, 2))
+    assert cost.item() == pytest.approx(0.25 * 0.25 * math.log(2))
+    negatives = batch_sigmoid_focal_cost(torch.zeros(1, 2), torch.zeros(1, 2))
+    assert negatives.item() == pytest.approx(0.75 * 0.25 * math.log(2))
