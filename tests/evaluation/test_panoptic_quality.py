@@ -74,6 +74,17 @@ def test_void_pixels_leave_the_union_and_excuse_false_positives(tmp_path):
     assert res["All"]["n"] == 1  # no FP for dog or sky
 
 
+def test_a_prediction_exactly_half_on_void_is_a_false_positive(tmp_path):
+    # panopticapi evaluation.py:161 excuses an unmatched prediction only when more than
+    # half of it lies on VOID
+    gt = _write(tmp_path, "gt", [[5, 5, 0, 0], [7, 7, 7, 7]], [seg(5, 1), seg(7, 3)])
+    # cat exact; sky 3 of its 4 pixels (+ 1 VOID): a match; dog 1 VOID + 1 sky pixel: FP
+    pred = _write(tmp_path, "pred", [[1, 1, 3, 2], [3, 3, 3, 2]], [seg(1, 1), seg(3, 3), seg(2, 2)])
+    res = pq_compute(gt, pred)
+    assert res["All"]["n"] == 3 and res["Things"]["n"] == 2
+    assert res["per_class"][2] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+
+
 def test_crowd_is_never_matched_and_absorbs_its_category(tmp_path):
     # gt: a crowd of cats (id 9) over 6 px, one dog (id 4) over 2 px
     gt = _write(tmp_path, "gt", [[9, 9, 9, 4], [9, 9, 9, 4]], [seg(9, 1, crowd=1), seg(4, 2)])

@@ -221,6 +221,27 @@ def test_clip_probs_give_empty_masks_ones(teacher):
     assert calls == []
 
 
+def test_clip_probs_are_a_softmax_of_100_cosines(teacher):
+    # official adapter.py:69-71: CLIP's logit scale 100 over the crops' cosines with the text
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32) * 255
+    masks = torch.zeros(2, 32, 32)
+    masks[0, :16] = 1
+    masks[1, 8:, 8:] = 1
+    text = F.normalize(torch.randn(4, teacher.embed_dim), dim=-1)
+    crops, _ = mask_crops(image, masks, teacher.pixel_mean.flatten(), teacher.image_size)
+    want = (100 * teacher.encode_image(crops) @ text.t()).softmax(-1)
+    torch.testing.assert_close(clip_region_probs(teacher, image, masks, text), want)
+
+
+def test_a_mask_at_exactly_the_threshold_is_empty():
+    # adapter.py:155 keeps pixels with mask > MASK_THR: one pixel of 0.5 is no crop
+    masks = torch.zeros(1, 4, 4)
+    masks[0, 1, 1] = 0.5
+    _, valid = mask_crops(torch.zeros(3, 4, 4), masks, torch.zeros(3), (2, 2))
+    assert valid.tolist() == [False]
+
+
 def test_ensemble_by_hand():
     logits = torch.log(torch.tensor([[2.0, 1.0, 1.0]]))  # softmax (0.5, 0.25, 0.25)
     p_q = query_probs(logits)
