@@ -240,6 +240,9 @@ def test_learnable_logit_scale(cache):
     model(two_region_batch())["loss_sem_seg"].backward()
     param = model.classifier.log_logit_scale
     assert param.grad is not None and param.grad.abs() > 0
+    with torch.no_grad():  # capped at 100, as CLIP's learned temperature
+        param.fill_(math.log(500.0))
+    assert float(model.logit_scale) == pytest.approx(100.0)
 
 
 def test_checkpoint_with_the_old_temperature_name_loads(cache):

@@ -101,6 +101,27 @@ def test_unseen_pixels_get_the_unseen_argmax_and_void_stays_ignored(tmp_path):
     assert (targets_t[void] == TABLE).all()
 
 
+def test_all_scored_classes_label_free_pixels_only_with_unseen_winners(tmp_path):
+    # PSEUDO_LABEL_CLASSES "all" (the ovseg-variant transductive configs): the argmax runs
+    # over the whole vocabulary, and a free pixel takes it only when it is an unseen class
+    dicts = write_unseen_fixture(tmp_path / "data", n=1)
+    attached, store = store_of(
+        tmp_path / "s", dicts, UNSEEN, lambda gt: np.full(gt.shape, UNSEEN.index(ADE.names[GRASS]))
+    )
+    opts = ("MODEL.OVSEG.SELF_TRAINING.START_ITER", "3")
+    model = build(tmp_path, *opts, "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_CLASSES", "all")
+    sample = zero_shot_train_mapper(store=store)(attached[0])
+    free = sample["sem_seg"] == 255
+    logits = zero_logits([sample])
+    logits[:, TABLE] = 5.0  # unseen
+    logits[:, SKY] = 9.0  # seen, the best of all
+    target = model.training_targets([sample], logits, iteration=3)[0]
+    assert free.any() and (target[free] == 255).all()
+    logits[:, SKY] = 0.0
+    target = model.training_targets([sample], logits, iteration=3)[0]
+    assert (target[free] == TABLE).all()
+
+
 def test_unseen_labels_never_become_targets(tmp_path):
     """A teacher label below threshold leaves an unseen pixel ignored, not its ground truth."""
     dicts = write_unseen_fixture(tmp_path / "data", n=1)

@@ -101,6 +101,14 @@ def test_teacher_region_embeddings_are_matched_and_every_proposal_is_a_candidate
     assert labeller.clip.modes == []
     assert out[1].cosine == pytest.approx(_cos(TEXTS["dog"], [0.0, 1.0, 0.0]), abs=1e-6)
     assert not decode_mask(out[1].mask).any()  # its mask is empty, as officially possible
+    # cosines, whatever the rows' norms: a raw product would give the long tv row the dog
+    # and the long person row the man
+    proposals.pred_embeddings = torch.tensor(
+        [[0.0, 0.0, 10.0], [0.1, 0.2, 0.9], [9.0, 0.0, 1.0], [0.0, 0.5, 0.0]]
+    )
+    scaled = labeller(image, ["A man walking his dog."], proposals)
+    assert [(p.noun, p.proposal) for p in scaled] == [("man", 2), ("dog", 3)]
+    assert scaled[1].cosine == pytest.approx(out[1].cosine, abs=1e-6)
     moved = proposals_at_size(proposals, HEIGHT // 2, WIDTH // 2)
     assert torch.equal(moved.pred_embeddings, proposals.pred_embeddings)
     with pytest.raises(ValueError, match="pred_embeddings"):
