@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Tuple
@@ -19,7 +21,9 @@ from .teacher import CLIPTeacher
 
 __all__ = [
     "CLIPWeightsUnavailable",
+    "OpenCLIPVersionError",
     "build_clip_teacher",
+    "check_open_clip_version",
     "default_cache_dir",
     "register_model_config",
 ]
@@ -32,6 +36,29 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 class CLIPWeightsUnavailable(WeightsDownloadError, RuntimeError):
     """A tag's weights could not be fetched: an OSError, so the tools print it as one line
     (``ovseg.utils.cli``); a RuntimeError, as it was first raised."""
+
+
+class OpenCLIPVersionError(ImportError, ValueError):
+    """The installed open_clip is older than ovseg's minimum (a ValueError too, so the tools
+    print it as one line)."""
+
+
+#: the oldest open_clip ovseg runs on: ``create_model(pretrained_text=...)`` and the towers'
+#: ``batch_first`` layout are 3.0's (2.x fails inside open_clip, a TypeError)
+MIN_OPEN_CLIP = (3, 0)
+
+
+def check_open_clip_version(version: Optional[str] = None) -> None:
+    """Raise :class:`OpenCLIPVersionError` when open_clip_torch is older than
+    :data:`MIN_OPEN_CLIP` (``version``: the installed one by default)."""
+    version = version or importlib.metadata.version("open_clip_torch")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if numbers < MIN_OPEN_CLIP:
+        need = ".".join(map(str, MIN_OPEN_CLIP))
+        raise OpenCLIPVersionError(
+            f"open_clip_torch {version} is installed; ovseg needs {need} or newer: "
+            f"pip install 'open_clip_torch>={need}' (pyproject.toml asks for it)"
+        )
 
 
 def default_cache_dir() -> str:
@@ -134,6 +161,7 @@ def _resolve_tag(name: str, tag: str, weights_dir: str) -> Tuple[str, dict]:
 def _create_model(name: str, checkpoint: Optional[str], weights_dir: str, kwargs: dict):
     """``open_clip.create_model``; a checkpoint that cannot be read or does not fit the
     model fails naming both, not with torch's list of every key."""
+    check_open_clip_version()
     try:
         return open_clip.create_model(
             name,

@@ -15,6 +15,7 @@ from ovseg_testing import TINY_RN, TINY_VIT, random_clip_model, random_image_bat
 from torch import nn
 
 from ovseg.clip import CLIPTeacher, build_clip_teacher
+from ovseg.clip.build import OpenCLIPVersionError, check_open_clip_version
 
 
 @pytest.mark.parametrize("config, dim, stride", [(TINY_VIT, 32, 16), (TINY_RN, 48, 32)])
@@ -134,3 +135,13 @@ def test_build_uses_no_network_without_tag(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", forbidden)
     teacher = build_clip_teacher(tiny_clip_cfg(str(TINY_RN), cache_dir=str(tmp_path)))
     assert isinstance(teacher.model, nn.Module)
+
+
+@pytest.mark.parametrize("version", ["2.20.0", "2.24.0", "2.32.0"])
+def test_an_open_clip_older_than_3_is_named_with_the_fix(version):
+    # 2.x fails inside open_clip with a TypeError (pretrained_text), far from the cause
+    with pytest.raises(OpenCLIPVersionError, match=f"open_clip_torch {version} is installed"):
+        check_open_clip_version(version)
+    for fine in ("3.0.0", "3.3.0", "3.10.1.dev0"):
+        check_open_clip_version(fine)
+    check_open_clip_version()  # the installed one
