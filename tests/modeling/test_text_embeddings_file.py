@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from ovseg_testing import (
     tiny_lseg_cfg,
+    tiny_maskclip_cfg,
     tiny_maskclip_plus,
     tiny_zegclip_cfg,
     two_region_batch,
@@ -20,7 +21,7 @@ from detectron2.utils.events import EventStorage
 
 from ovseg.convert.core import ConversionReport
 from ovseg.convert.maskclip_plus import check_text
-from ovseg.modeling.text_embeddings_file import read_embeddings_file
+from ovseg.modeling.text_embeddings_file import file_classes, read_embeddings_file
 from ovseg.pseudo import labeller_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -87,6 +88,25 @@ def test_file_changes_zegclip_predictions(tmp_path):
         with torch.no_grad():
             outs.append(zegclip(tmp_path, path).eval()(image)[0]["sem_seg"])
     assert not torch.allclose(outs[0], outs[1])
+
+
+def test_maskclip_uses_file_rows_as_stored(tmp_path):
+    # the official cls_seg is a 1x1 conv with the stored rows (maskclip_head.py:123-125):
+    # rows twice as long give logits twice as large (no renormalisation)
+    logits = []
+    for scale in (1.0, 2.0):
+        path = tmp_path / f"rows{scale}.pth"
+        opts = (KEY, str(path), "MODEL.MASKCLIP.UPSAMPLE_LOGITS", "True")
+        cfg = tiny_maskclip_cfg(tmp_path / "cache", *opts)
+        names = file_classes(cfg)  # the dataset's classes, in label order
+        write_pth(path, fp16_rows(len(names)) * np.float16(scale))
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        s = model.teacher.stride
+        x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(1)) * 50
+        with torch.no_grad():
+            logits.append(model.predict(x, model.text_embeddings(names[:3])))
+    torch.testing.assert_close(logits[1], 2 * logits[0])
 
 
 def test_a_class_with_synonyms_is_one_row(tmp_path):
