@@ -86,13 +86,17 @@ def build_evaluator(
         cfg (CfgNode): the full config (``TEST.SAVE_CONFUSION_MATRIX`` is read).
         dataset_name (str): a registered dataset name.
         output_folder (str or None): where the evaluator writes its files; defaults to
-            ``<OUTPUT_DIR>/inference``, as detectron2's trainers do.
+            ``<OUTPUT_DIR>/inference``, as detectron2's trainers do, and to
+            ``<OUTPUT_DIR>/inference/<dataset_name>`` when DATASETS.TEST names several sets
+            (each set's files would overwrite the one before).
 
     Returns:
         DatasetEvaluator: the evaluator for this dataset.
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        if len(set(cfg.DATASETS.TEST)) > 1:
+            output_folder = os.path.join(output_folder, dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATOR_FACTORIES:
         raise ValueError(

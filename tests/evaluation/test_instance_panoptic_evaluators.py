@@ -141,6 +141,12 @@ def test_factory(tiny, tmp_path):
     # no sem_seg_root: no mIoU evaluator
     assert kinds == ["OpenVocabPanopticEvaluator", "OpenVocabInstanceEvaluator"]
     assert isinstance(build_evaluator(cfg, INSTANCE, str(tmp_path)), OpenVocabInstanceEvaluator)
+    # by default OUTPUT_DIR/inference; one folder per set when a run evaluates several (the
+    # XPM teacher's three instance splits overwrote each other's results)
+    cfg.OUTPUT_DIR, cfg.DATASETS.TEST = str(tmp_path), (INSTANCE,)
+    assert build_evaluator(cfg, INSTANCE)._output_dir == str(tmp_path / "inference")
+    cfg.DATASETS.TEST = (INSTANCE, PANOPTIC)
+    assert build_evaluator(cfg, INSTANCE)._output_dir == str(tmp_path / "inference" / INSTANCE)
     # a semantic-only output is skipped by both
     evaluators.reset()
     evaluators.process([tiny], [{"sem_seg": torch.zeros(3, 8, 8)}])
