@@ -30,6 +30,19 @@ TOOL = "tools/generate_pseudo_labels.py"
 CONFIG = "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml"
 
 
+def _tiny_maskclip(tmp_path) -> list:
+    """Overrides shrinking CONFIG to the tiny random CLIP on 48-pixel inputs, on the CPU."""
+    return [
+        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
+        "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.TEMPLATES", "single",
+        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
+        "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", "48",
+        "INPUT.MAX_SIZE_TEST", "1000",
+    ]  # fmt: skip
+
+
 def test_arguments_take_opts_with_or_without_the_flag():
     a = parse_args(["--config-file", "c.yaml", "--output", "o", "--opts", "A", "1"])
     b = parse_args(["--config-file", "c.yaml", "--output", "o", "A", "1"])
@@ -47,16 +60,7 @@ def test_arguments_take_opts_with_or_without_the_flag():
 @pytest.mark.skipif("MaskCLIP" not in META_ARCH_REGISTRY, reason="MaskCLIP is not registered")
 def test_cli_labels_the_fixture_and_a_rerun_is_a_resume(ade20k_registered, tmp_path):
     out = tmp_path / "store"
-    opts = [
-        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
-        "MODEL.CLIP.PRETRAINED", "",
-        "MODEL.CLIP.TEMPLATES", "single",
-        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
-        "MODEL.DEVICE", "cpu",
-        "INPUT.MIN_SIZE_TEST", "48",
-        "INPUT.MAX_SIZE_TEST", "1000",
-        "OUTPUT_DIR", str(tmp_path / "log"),
-    ]  # fmt: skip
+    opts = [*_tiny_maskclip(tmp_path), "OUTPUT_DIR", str(tmp_path / "log")]
     args = ["--config-file", CONFIG, "--output", str(out), "--threshold", "0.01"]
     args += ["--scores", "probabilities", "--no-progress", *opts]
     run_script(TOOL, *args, datasets=ade20k_registered)
@@ -130,15 +134,7 @@ def test_a_student_config_relabelled_maskclip_labels_as_maskclip(ade20k_register
     weights = {"stem.conv1.weight": np.ones((128, 3, 3, 3), np.float32)}
     data = {"model": weights, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
     zoo.write_bytes(pickle.dumps(data, protocol=2))
-    opts = [
-        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json",
-        "MODEL.CLIP.PRETRAINED", "",
-        "MODEL.CLIP.TEMPLATES", "single",
-        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
-        "MODEL.DEVICE", "cpu",
-        "INPUT.MIN_SIZE_TEST", "48",
-        "INPUT.MAX_SIZE_TEST", "1000",
-    ]  # fmt: skip
+    opts = _tiny_maskclip(tmp_path)
     plain = build_labeller(load_config(CONFIG, opts))
     relabelled = build_labeller(load_config(CONFIG, [*opts, "MODEL.WEIGHTS", str(zoo)]))
     inputs = plain.mapper(dict(plain.dataset_dicts[0]))
