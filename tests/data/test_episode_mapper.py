@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+
+from ovseg.config import add_ovseg_config
 from ovseg.data.dataset_mappers.episode import BinaryEpisodeMapper, resize_label_nearest
 
 # VOC-style mask: 0 background, 3 = class id 2 (+1), 7 = another class, 255 boundary
@@ -57,3 +61,24 @@ def test_bad_records_are_refused(record):
         _mapper(False)({k: v for k, v in record.items() if k != "episode_class"})
     with pytest.raises(ValueError, match="not a class id"):
         _mapper(False)({**record, "episode_class": 9})
+
+
+@pytest.mark.parametrize("test_ignores", [True, False])
+@pytest.mark.parametrize("train_boundary", ["others", "ignore"])
+def test_the_test_boundary_rule_is_the_test_sets_not_the_trainings(test_ignores, train_boundary):
+    # the test set's metadata decides (PASCAL-5i ignores 255 in the test, as HSNet; FSS-1000
+    # and COCO-20i do not); INPUT.EPISODE.TRAIN_BOUNDARY is the training mapper's only
+    name = f"episode_boundary_test_{test_ignores}"
+    MetadataCatalog.get(name).set(
+        stuff_classes=["a", "b"], label_offset=1, test_ignores_boundary=test_ignores
+    )
+    cfg = get_cfg()
+    add_ovseg_config(cfg)
+    cfg.INPUT.EPISODE.TRAIN_BOUNDARY = train_boundary
+    try:
+        test = BinaryEpisodeMapper.from_config(cfg, is_train=False, dataset_name=name)
+        train = BinaryEpisodeMapper.from_config(cfg, is_train=True, dataset_name=name)
+    finally:
+        MetadataCatalog.remove(name)
+    assert test["boundary_ignored"] is test_ignores
+    assert train["boundary_ignored"] is (train_boundary == "ignore")

@@ -122,3 +122,18 @@ def test_bad_configs_are_named(captioned, store, tmp_path):
     )
     with pytest.raises(ValueError, match="holds semantic pseudo-labels, not instances"):
         build_dataset_mapper(_cfg("DATASETS.PSEUDO_LABELS", semantic.root), True)
+
+
+def test_a_pseudo_instance_scoring_exactly_the_threshold_is_kept(captioned, tmp_path):
+    # MODEL.XPM.PSEUDO_SCORE_THRESHOLD drops instances scoring below it: the default 0.0
+    # drops none (a 0.0-scored tv stays), 0.6 keeps the 0.6-scored dog
+    manifest = {"fingerprint": "f" * 64, "vocabulary": VOCAB, "threshold": 0.0,
+                "dataset": XPM_TRAIN, "unseen": ["dog"]}  # fmt: skip
+    exact = InstancePseudoLabelStore.create(str(tmp_path / "exact"), manifest)
+    pseudo = [_pseudo("dog", 1, 1, 0.6, "dog"), _pseudo("tv", 2, 2, 0.0, "television")]
+    exact.write("1", {"height": 32, "width": 48, "instances": pseudo})
+    exact.write("2", {"height": 32, "width": 48, "instances": []})
+    d = attach_pseudo_instances(DatasetCatalog.get(XPM_TRAIN), exact)[0]
+    kept = _mapper([], 0.0, -1)(dict(d))["instances"].gt_is_pseudo.tolist()
+    assert kept == [False, False, True, True]
+    assert _mapper([], 0.6, -1)(dict(d))["instances"].gt_is_pseudo.tolist() == [False, False, True]

@@ -1,6 +1,9 @@
 """XPM's three evaluation sets (unseen-only, seen-only, generalized) on hand-built
 predictions over each set's own vocabulary: categories, images, AP and AP50 per split."""
 
+import math
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,7 @@ from ovseg.data.datasets.instance_eval_sets import (
     register_instance_eval_sets,
 )
 from ovseg.evaluation import OpenVocabInstanceEvaluator
+from ovseg.evaluation.instance_evaluator import split_average_precision
 
 UNSEEN, SEEN, ALL = instance_eval_set_names(XPM_TRAIN)
 # one tv found on image 1 only (of 2): precision 1 up to recall 0.5 -> 51 of 101 points
@@ -100,3 +104,29 @@ def test_ap_and_ap50_per_set_and_split(sets, tmp_path):
     assert everything["AP50-unseen"] == pytest.approx(100.0)
     assert everything["AP50-seen"] == pytest.approx((100 + TV_AP) / 2)
     assert everything["AP"] == pytest.approx((200 + TV_AP) / 3)
+
+
+def _precision_of(values):
+    """A run COCOeval holding ``values`` (iou, recall, category, area, max dets) over
+    categories 1, 2, 3 at COCO's IoU thresholds."""
+    params = SimpleNamespace(catIds=[1, 2, 3], iouThrs=np.linspace(0.5, 0.95, 10))
+    return SimpleNamespace(eval={"precision": values}, params=params)
+
+
+def test_split_ap_reads_area_all_at_100_detections_and_skips_categories_without_gt():
+    # as COCOeval.summarize (pycocotools cocoeval.py _summarize: s[:, :, :, aind, mind],
+    # mean of s > -1): decoys at every other area range and detection count
+    precision = np.full((10, 101, 3, 4, 3), 0.05)
+    precision[:, :, 0, 0, -1] = 0.6  # category 1
+    precision[0, :, 0, 0, -1] = 0.9  # category 1 at IoU 0.5
+    precision[:, :, 1, :, :] = -1.0  # category 2: no ground truth
+    precision[:, :, 2, 0, -1] = 0.2  # category 3
+    got = split_average_precision(_precision_of(precision), [1, 2])
+    assert got["AP"] == pytest.approx(100 * (0.9 + 9 * 0.6) / 10)
+    assert got["AP50"] == pytest.approx(90.0) and got["AP75"] == pytest.approx(60.0)
+    both = split_average_precision(_precision_of(precision), [1, 3])
+    assert both["AP75"] == pytest.approx(100 * (0.6 + 0.2) / 2)
+    for ids in ([2], [7]):  # a split without ground truth, or not in the run
+        assert all(
+            math.isnan(v) for v in split_average_precision(_precision_of(precision), ids).values()
+        )

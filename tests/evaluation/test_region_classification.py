@@ -111,3 +111,24 @@ def test_prompt_stage_evaluates_a_region_set(tmp_path):
     # cat, dog (unseen) and sky: one region each, so top-5 of 3 classes is certain
     assert res["top5"] == 100.0 and res["top1"] in (0.0, 100 / 3, 200 / 3, 100.0)
     assert {"top1-seen", "top1-unseen", "mACC"} <= res.keys()
+
+
+def test_unseen_split_compares_normalised_names():
+    # a vocabulary spelling an unseen class otherwise ("Potted Plant " vs "potted plant")
+    # still counts it as unseen: names are compared normalised on both sides
+    name = "region_eval_normalised_names_test"
+    MetadataCatalog.get(name).set(
+        stuff_classes=["cat", "potted plant"], unseen_classes=["potted plant"]
+    )
+    vocabulary = ["cat", "Potted Plant "]
+    try:
+        ev = RegionClassificationEvaluator(name, distributed=False)
+        ev.reset()
+        for target in (0, 1):
+            inp, out = _io(target, [2.0, 1.0])
+            ev.process([{**inp, "vocabulary": vocabulary}], [out])
+        res = ev.evaluate()["classification"]
+    finally:
+        MetadataCatalog.remove(name)
+    assert res["top1-seen"] == 100.0 and res["top1-unseen"] == 0.0
+    assert res["mACC-unseen"] == 0.0

@@ -257,3 +257,21 @@ def test_ensemble_by_hand():
     )
     with pytest.raises(ValueError, match="ENSEMBLE_WEIGHT"):
         ensemble_probs(p_q, p_clip, seen, weight=0.0)
+
+
+def test_task_text_comes_before_the_task_tokens(teacher):
+    # [task text][task tokens][SOT][class context][name][.][EOT], as the release
+    # (text_prompt.py:124-127: task_prompt = [task_embed], then the learnable task prompt)
+    prompt = AdaptivePromptLearner(teacher, num_class_tokens=2, num_task_tokens=3)
+    with torch.no_grad():
+        prompt.task_context.copy_(torch.arange(3.0)[:, None].expand_as(prompt.task_context))
+        prompt.class_context.fill_(-7.0)
+    row = teacher.tokenizer([SEM])[0]
+    task_ids = row[1 : int((row != 0).sum()) - 1]
+    n = len(task_ids)
+    emb, _ = prompt.sequences(["cat"], SEM)
+    table = teacher.model.token_embedding.weight
+    torch.testing.assert_close(emb[0, :n], table[task_ids])
+    torch.testing.assert_close(emb[0, n : n + 3], prompt.task_context)
+    torch.testing.assert_close(emb[0, n + 3], table[49406])  # SOT
+    torch.testing.assert_close(emb[0, n + 4 : n + 6], prompt.class_context)

@@ -167,3 +167,54 @@ def test_panoptic_drops_a_query_scoring_exactly_the_object_threshold():
     probs, logits = _two_queries()
     _, segments = panoptic_inference(probs, logits, thing_ids={0, 1}, object_mask_threshold=0.5)
     assert [s["category_id"] for s in segments] == [1]
+
+
+def test_topk_pairs_decode_their_query_when_queries_and_classes_differ_in_number():
+    # Q = 2 queries, C = 3 classes: the best pair is (query 0, class 2), flat index 2; its
+    # query is 2 // C = 0 (2 // Q = 1 would take query 1's mask)
+    probs = torch.tensor([[0.0, 0.0, 0.9], [0.0, 0.1, 0.0]])
+    logits = _masks((0, 1), (4, 5))
+    inst = instance_inference(probs, logits, topk=1, has_no_object=False)
+    assert inst.pred_classes.tolist() == [2]
+    assert inst.pred_masks[0, 0].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    both = instance_inference(probs, logits, topk=2, has_no_object=False)
+    by_class = {int(c): m[0].tolist() for c, m in zip(both.pred_classes, both.pred_masks)}
+    assert by_class == {2: [1.0, 1.0, 0, 0, 0, 0], 1: [0, 0, 0, 0, 1.0, 1.0]}
+
+
+# FreeSeg's release thresholds are strict (bytedance/FreeSeg @7707335,
+# mask2former/open_vocabulary_model.py:618 score > 0.5, :619 area share > overlap, :636
+# union share > 0.8)
+def test_freeseg_instance_score_exactly_at_the_threshold_is_dropped():
+    # two equal class probabilities: softmax(p / T) is exactly 0.5, not > 0.5
+    probs = torch.tensor([[0.4, 0.4]])
+    assert len(freeseg_instance_inference(probs, _masks(range(6)), has_no_object=False)) == 0
+
+
+def test_freeseg_instance_overlap_exactly_at_the_threshold_is_dropped():
+    # q0 (class 0) keeps 2 of its 4 pixels (q1, class 1, wins pixels 2 and 3): 2/4 is not
+    # > 0.5, so only q1 stays
+    probs = torch.tensor([[0.9, 0.1], [0.0, 1.0]])
+    inst = freeseg_instance_inference(
+        probs, _masks((0, 1, 2, 3), (2, 3)), has_no_object=False, overlap_threshold=0.5
+    )
+    assert inst.pred_classes.tolist() == [1]
+
+
+def test_freeseg_group_suppression_needs_more_than_the_ratio():
+    # class 1: q0 covers 5 pixels, q1 4 of them; 4/5 = 0.8 is not > 0.8: both kept
+    probs = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    inst = freeseg_instance_inference(
+        probs, _masks(range(5), range(4)), has_no_object=False, group_threshold=0.8
+    )
+    assert len(inst) == 2
+
+
+def test_freeseg_default_mask_test_is_probability_one_half():
+    # logit 0.25 (probability 0.56) is inside the mask by default; only the release's
+    # defects (official_defects) threshold the logits themselves at 0.5
+    probs = torch.tensor([[0.9, 0.1]])
+    logits = torch.full((1, 1, 6), 0.25)
+    assert len(freeseg_instance_inference(probs, logits, has_no_object=False)) == 1
+    official = freeseg_instance_inference(probs, logits, has_no_object=False, official_defects=True)
+    assert len(official) == 0
