@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from ovseg_testing.xpm import OBJECTS, XPM_TRAIN, object_mask, registered_captioned_coco
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -20,7 +22,7 @@ from ovseg.data.datasets.instance_eval_sets import (
     register_instance_eval_sets,
 )
 from ovseg.evaluation import OpenVocabInstanceEvaluator
-from ovseg.evaluation.instance_evaluator import split_average_precision
+from ovseg.evaluation.instance_evaluator import evaluate_on_categories, split_average_precision
 
 UNSEEN, SEEN, ALL = instance_eval_set_names(XPM_TRAIN)
 # one tv found on image 1 only (of 2): precision 1 up to recall 0.5 -> 51 of 101 points
@@ -130,3 +132,37 @@ def test_split_ap_reads_area_all_at_100_detections_and_skips_categories_without_
         assert all(
             math.isnan(v) for v in split_average_precision(_precision_of(precision), ids).values()
         )
+
+
+def _rle(x0, x1):
+    """A 10x10 mask of rows 2-7 and columns x0..x1-1, COCO RLE with str counts."""
+    m = np.zeros((10, 10), dtype=np.uint8, order="F")
+    m[2:8, x0:x1] = 1
+    rle = mask_util.encode(m)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _ann(i, image_id, cat, x0, x1):
+    return {"id": i, "image_id": image_id, "category_id": cat, "iscrowd": 0,
+            "segmentation": _rle(x0, x1), "area": 6 * (x1 - x0),
+            "bbox": [x0, 2, x1 - x0, 6]}  # fmt: skip
+
+
+def test_only_images_with_an_annotation_of_the_set_are_scored():
+    # as XPM's per-set jsons (construct_coco_json.py:262-282): a confident detection of a
+    # set category on an image holding none of them is no false positive there
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1, "width": 10, "height": 10}, {"id": 2, "width": 10, "height": 10}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [_ann(1, 1, 1, 1, 5), _ann(2, 2, 2, 1, 5)],  # image 2: a dog only
+    }
+    gt.createIndex()
+    results = [
+        {"image_id": 1, "category_id": 1, "segmentation": _rle(1, 5), "score": 0.5},
+        {"image_id": 2, "category_id": 1, "segmentation": _rle(5, 9), "score": 0.9},
+    ]
+    ev = evaluate_on_categories(gt, results, [1])
+    assert split_average_precision(ev, [1])["AP"] == pytest.approx(100.0)
+    assert list(ev.params.imgIds) == [1]

@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -184,3 +185,40 @@ def test_labeller_fingerprint_follows_weights_and_settings():
     assert labeller_fingerprint(FakeTeacher(), {"templates": "single"})[0] == a
     assert labeller_fingerprint(FakeTeacher(), {"templates": "vild"})[0] != a
     assert labeller_fingerprint(FakeTeacher(scale=1.0), {"templates": "single"})[0] != a
+
+
+def test_a_resumed_run_remakes_a_corrupt_label(tmp_path):
+    # only images whose stored files match their recorded digests are skipped
+    dicts = write_random_images(tmp_path / "img", n=3)
+    mapper = eval_mapper(NAMES5)
+    store = make_store(tmp_path / "s", threshold=0.3)
+    generate_pseudo_labels(FakeTeacher(), dicts, mapper, store, threshold=0.3, progress=False)
+    victim = store.image_ids()[1]
+    with open(store.path_for(victim), "rb") as f:
+        good = f.read()
+    with open(store.path_for(victim), "wb") as f:  # same name, other bytes
+        f.write(good[:-7] + b"garbage")
+    store = make_store(tmp_path / "s", threshold=0.3)  # what a re-run does
+    stats = generate_pseudo_labels(
+        FakeTeacher(), dicts, mapper, store, threshold=0.3, progress=False
+    )
+    assert stats == {"total": 3, "written": 1, "skipped": 2}
+    with open(store.path_for(victim), "rb") as f:
+        assert f.read() == good
+    assert store.is_valid(victim)
+
+
+def test_finalize_skips_a_label_without_a_recorded_digest(tmp_path):
+    # a writer killed between a label's rename and its journal line leaves a file without a
+    # digest: finalize neither crashes on it nor records it
+    dicts = write_random_images(tmp_path / "img", n=2)
+    store = make_store(tmp_path / "s", threshold=0.3)
+    generate_pseudo_labels(
+        FakeTeacher(), dicts, eval_mapper(NAMES5), store, threshold=0.3, progress=False
+    )
+    first = store.image_ids()[0]
+    orphan = os.path.join(os.path.dirname(store.path_for(first)), "orphan.png")
+    shutil.copy(store.path_for(first), orphan)
+    assert "orphan" in store.image_ids()
+    assert store.finalize() == 2
+    assert "orphan" not in store.manifest["checksums"]
