@@ -111,7 +111,10 @@ class BertClassEmbeddings:
         try:
             # the official tokenizer class (transformers.py:13): the slow WordPiece one
             self._tokenizer = tf.BertTokenizer.from_pretrained(self.name)
-            model = tf.BertModel.from_pretrained(self.name)
+            # transformers < 4.36 draws from torch's global generator while loading; forked,
+            # the layers built after it start from the same weights on every version
+            with torch.random.fork_rng(devices=[]):
+                model = tf.BertModel.from_pretrained(self.name)
         except OSError as e:
             raise OSError(
                 f"MODEL.XPM.BERT_NAME={self.name!r} cannot be loaded ({_one_line(e)}); give the "

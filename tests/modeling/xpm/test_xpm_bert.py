@@ -49,6 +49,25 @@ def test_class_embeddings_are_the_official_masked_mean(bert):
     assert BertClassEmbeddings(bert)(["Cat"]).allclose(mine[:1])  # uncased
 
 
+def test_loading_bert_leaves_torch_random_numbers_alone(bert, monkeypatch):
+    # transformers < 4.36 initialises the layers it then overwrites from the global
+    # generator: the model built after the class embeddings would start elsewhere
+    from transformers import BertModel
+
+    loader = BertModel.from_pretrained.__func__
+
+    def drawing(cls, *args, **kwargs):
+        torch.rand(1000)  # what an old transformers does while loading
+        return loader(cls, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "from_pretrained", classmethod(drawing))
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    assert BertClassEmbeddings(bert).table.shape[1] == 32
+    torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
+
+
 def test_dot_scoring_is_the_official_einsum_with_a_zero_background():
     gen = torch.Generator().manual_seed(0)
     emb, text = torch.randn(5, 8, generator=gen), torch.randn(3, 8, generator=gen)
