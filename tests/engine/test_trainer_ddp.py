@@ -5,6 +5,7 @@ import torch
 from ovseg_testing import tiny_zegclip, two_region_batch
 
 from ovseg import compat
+from ovseg.modeling.mask_classification import HungarianMatcher, MaskClassificationCriterion
 
 
 def _evaluate_after_diverging_statistics(out_dir):
@@ -113,8 +114,6 @@ def _criterion_inputs():
 def _mask_losses_of_a_rank(out_dir, cache):
     from detectron2.utils import comm
 
-    from ovseg.modeling.mask_classification import HungarianMatcher, MaskClassificationCriterion
-
     rank = comm.get_rank()
     zegclip = tiny_zegclip(cache).train()(_uneven_batch()[rank : rank + 1])
     outputs, targets = _criterion_inputs()
@@ -131,8 +130,6 @@ def test_mask_losses_are_normalised_by_the_masks_of_every_rank(tmp_path):
     # the processes (Mask2Former criterion.py:200-206): DDP's mean of the ranks' gradients is
     # then the gradient of one process holding both images. Images of 3 and 2 masks: a
     # rank's own count (3, 2) would give another loss than the mean of all (2.5).
-    from ovseg.modeling.mask_classification import HungarianMatcher, MaskClassificationCriterion
-
     cache = tmp_path / "cache"
     single = tiny_zegclip(cache).train()(_uneven_batch())  # also fills the text cache
     outputs, targets = _criterion_inputs()
