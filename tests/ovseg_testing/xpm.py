@@ -89,10 +89,8 @@ def write_captioned_coco(root: Path) -> Path:
     return coco
 
 
-@contextmanager
-def registered_captioned_coco(root: Path, name: str = XPM_TRAIN) -> Iterator[Path]:
-    """Write the dataset and register it (with captions) while the block runs."""
-    coco = write_captioned_coco(root)
+def register_captioned_coco(coco: Path, name: str = XPM_TRAIN) -> None:
+    """Register the dataset :func:`write_captioned_coco` wrote under ``coco`` (with captions)."""
     register_instance_split(
         name,
         categories=CATEGORIES,
@@ -102,6 +100,13 @@ def registered_captioned_coco(root: Path, name: str = XPM_TRAIN) -> Iterator[Pat
         captions_json=str(coco / "annotations/captions_train2017.json"),
         prepare_script="prepare_coco_instance_48_17.py",
     )
+
+
+@contextmanager
+def registered_captioned_coco(root: Path, name: str = XPM_TRAIN) -> Iterator[Path]:
+    """Write the dataset and register it (with captions) while the block runs."""
+    coco = write_captioned_coco(root)
+    register_captioned_coco(coco, name)
     try:
         yield coco
     finally:

@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from ovseg_testing.paths import CONFIGS
+from ovseg_testing.paths import CONFIGS, ROOT
+from ovseg_testing.scripts import run_script
 from ovseg_testing.xpm import (
     XPM_TRAIN,
     captioned_labelling_opts,
@@ -78,6 +79,35 @@ def test_tool_writes_an_instance_store_that_feeds_the_xpm_mapper(captioned, tmp_
     assert 1 in pseudo  # ... and the captions' dog comes back as a pseudo instance
     assert len(pseudo) == len(store.read("1")["instances"])
     assert torch.all(inst.gt_scores[~inst.gt_is_pseudo] == 1)
+
+
+def test_two_processes_write_the_store_one_process_writes(captioned, tmp_path, monkeypatch):
+    """The tool with --num-gpus 2 (gloo): each process labels its share into one store, and
+    the store holds what one process writes. The spawned processes see the fake teacher and
+    the fixture dataset through a config EXTENSIONS module, as a user's own code would."""
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "xpm_fixture_extension.py").write_text(
+        "from pathlib import Path\n"
+        "from ovseg_testing.xpm import register_captioned_coco, register_fake_teacher\n"
+        "register_fake_teacher()\n"
+        f"register_captioned_coco(Path({str(captioned)!r}))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{ext}:{ROOT / 'tests'}")
+    opts = _opts(tmp_path, register_fake_teacher())
+    config = ["--config-file", str(CONFIGS / "Base-ovseg.yaml"), "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(parse_args([*config, "--output", str(one), *opts]))["written"] == 2
+    more = ["EXTENSIONS", "xpm_fixture_extension", "OUTPUT_DIR", str(tmp_path / "log2")]
+    run_script("tools/generate_pseudo_labels.py", "--num-gpus", "2", *config,
+               "--output", str(two), *opts, *more)  # fmt: skip
+    for log in ("log.txt", "log.txt.rank1"):  # each process labelled one of the two images
+        assert f"{two}: 1 images, 0 done" in (tmp_path / "log2" / log).read_text()
+    a, b = InstancePseudoLabelStore.open(str(one)), InstancePseudoLabelStore.open(str(two))
+    assert sorted(b.digests()) == ["1", "2"] and b.digests() == a.digests()
+    made = json.loads((two / "manifest.json").read_text())
+    assert made["count"] == 2
+    assert made["fingerprint"] == json.loads((one / "manifest.json").read_text())["fingerprint"]
 
 
 def test_the_lvis_caption_vocabulary_keys_its_own_store(captioned, tmp_path):
