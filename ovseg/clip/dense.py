@@ -27,6 +27,7 @@ from torch import Tensor, nn
 __all__ = [
     "POS_EMBED_MODES",
     "SUPPORTED_TOWERS",
+    "check_batch_first",
     "dense_stride",
     "pad_to_multiple",
     "patch_embedding",
@@ -197,6 +198,21 @@ def patch_embedding(conv: nn.Conv2d, x: Tensor, stride: Optional[int] = None) ->
     return F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=pad)
 
 
+def check_batch_first(visual: nn.Module) -> None:
+    """Refuse a ViT tower whose blocks take sequence-first (L, N, D) tokens.
+
+    open_clip >= 3.0 (ovseg's floor) builds every image tower batch-first; ovseg's dense paths
+    feed the blocks (N, L, D) tokens, so a tower made otherwise (a hand-built
+    ``Transformer(batch_first=False)``) is named here instead of failing inside a block.
+    """
+    if not getattr(visual.transformer, "batch_first", True):
+        raise ValueError(
+            f"the ViT tower {type(visual).__name__} runs its blocks sequence-first "
+            "(transformer.batch_first False); ovseg needs the batch-first towers open_clip >= "
+            "3.0 builds: create the model with open_clip.create_model"
+        )
+
+
 def vit_tokens(tower: nn.Module, x: Tensor, stride: Optional[int] = None) -> Tuple[Tensor, tuple]:
     """A ViT's input tokens: patch embedding, class token, resized positional embedding, ln_pre.
 
@@ -238,15 +254,10 @@ def vit_dense(
     b = x.shape[0]
     x, (gh, gw) = vit_tokens(visual, x)
 
-    transformer = visual.transformer
-    blocks = list(transformer.resblocks)
-    batch_first = getattr(transformer, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
+    check_batch_first(visual)
+    blocks = list(visual.transformer.resblocks)
     for block in blocks[:-1]:
         x = block(x)
-    if not batch_first:
-        x = x.transpose(0, 1)
     v, keys = _last_block_value_path(blocks[-1], x, return_keys)
 
     tokens = visual.ln_post(v[:, 1:])

@@ -160,6 +160,32 @@ def test_unsupported_tower_is_named(vit_parts):
         teacher.dense_embeddings(random_image_batch(1, 64, 64))
 
 
+def test_a_sequence_first_tower_is_refused_by_every_dense_path(vit_parts):
+    """open_clip >= 3.0 builds batch-first image towers; one built sequence-first by hand is
+    named by the teacher's dense path and both ViT backbones, not fed (N, L, D) tokens."""
+    import copy
+
+    from open_clip.transformer import Transformer
+
+    from ovseg.modeling.backbone import CLIPViTBackbone
+    from ovseg.modeling.backbone.clip_vit_prompted import CLIPViTPrompted
+
+    model, tokenizer, name = vit_parts
+    lnd = copy.deepcopy(model)
+    old = lnd.visual.transformer
+    blocks, width = len(old.resblocks), old.width
+    heads = old.resblocks[0].attn.num_heads
+    lnd.visual.transformer = Transformer(width, blocks, heads, batch_first=False)
+    lnd.visual.transformer.load_state_dict(old.state_dict())
+    with pytest.raises(ValueError, match="sequence-first .*open_clip.create_model"):
+        CLIPTeacher(lnd, tokenizer, name=name).dense_embeddings(random_image_batch(1, 64, 64))
+    with pytest.raises(ValueError, match="sequence-first"):
+        CLIPViTBackbone(visual=lnd.visual)
+    with pytest.raises(ValueError, match="sequence-first"):
+        CLIPViTPrompted(visual=lnd.visual)
+    CLIPViTPrompted(visual=copy.deepcopy(model.visual))  # the tower open_clip builds is served
+
+
 @pytest.mark.parametrize("tower", ["vit", "rn"])
 def test_pool_regions(vit_teacher, rn_teacher, tower):
     teacher = vit_teacher if tower == "vit" else rn_teacher

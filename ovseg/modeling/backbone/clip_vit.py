@@ -12,7 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...clip.dense import dense_stride, vit_tokens
+from ...clip.dense import check_batch_first, dense_stride, vit_tokens
 from .vit_hooks import ViTFeatureBackbone, check_out_indices
 
 __all__ = ["CLIPViTBackbone", "build_clip_vit_backbone"]
@@ -57,6 +57,7 @@ class CLIPViTBackbone(ViTFeatureBackbone):
             )
         if getattr(visual, "attn_pool", None) is not None:
             raise NotImplementedError("ViT towers with an attentional pooler are not supported")
+        check_batch_first(visual)
         blocks = list(visual.transformer.resblocks)
         out_indices = check_out_indices(out_indices, len(blocks))
         super().__init__(
@@ -75,7 +76,6 @@ class CLIPViTBackbone(ViTFeatureBackbone):
         self.ln_pre = visual.ln_pre
         self.resblocks = nn.ModuleList(blocks[: out_indices[-1] + 1])
         self.grid_size = tuple(int(g) for g in visual.grid_size)
-        self.batch_first = getattr(visual.transformer, "batch_first", True)
         tower = [self.conv1, self.ln_pre, self.resblocks]
         for p in [self.class_embedding, self.positional_embedding]:
             p.requires_grad_(not freeze)
@@ -84,15 +84,12 @@ class CLIPViTBackbone(ViTFeatureBackbone):
 
     def tokens(self, x: Tensor) -> List[Tensor]:
         x, _ = vit_tokens(self, x)
-        if not self.batch_first:
-            x = x.transpose(0, 1)
         outs = []
         wanted = set(self.out_indices)
         for i, block in enumerate(self.resblocks):
             x = block(x)
             if i in wanted:
-                tok = x if self.batch_first else x.transpose(0, 1)
-                outs.extend([tok] * self.out_indices.count(i))
+                outs.extend([x] * self.out_indices.count(i))
         return outs
 
 

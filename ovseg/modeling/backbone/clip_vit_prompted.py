@@ -27,7 +27,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ...clip import CLIPTeacher, build_clip_teacher
-from ...clip.dense import POS_EMBED_MODES, dense_stride, patch_embedding, resize_pos_embed
+from ...clip.dense import (
+    POS_EMBED_MODES,
+    check_batch_first,
+    dense_stride,
+    patch_embedding,
+    resize_pos_embed,
+)
 from ...clip.frozen_dtype import needs_autocast
 from ...utils.state_dict import exclude_from_checkpoints
 
@@ -206,15 +212,13 @@ class CLIPViTPrompted(Backbone):
         x, (gh, gw) = self.tokens(x)
 
         n = self.num_prompts
-        # batch-first throughout: the blocks of a seq-first transformer get transposed input
-        batch_first = getattr(visual.transformer, "batch_first", True)
         for i, block in enumerate(visual.transformer.resblocks):
             if i == 0:
                 x = torch.cat([x[:, :1], self._prompts(0, b, x.dtype), x[:, 1:]], dim=1)
             elif self.depth == "deep":
                 # VPT-deep: the previous block's prompt outputs are replaced by fresh tokens
                 x = torch.cat([x[:, :1], self._prompts(i, b, x.dtype), x[:, 1 + n :]], dim=1)
-            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+            x = block(x)
 
         x = visual.ln_post(self.prompt_norm(x))
         if visual.proj is not None:
@@ -235,6 +239,7 @@ def _check_tower(visual: nn.Module, depth: str, num_prompts: int) -> None:
             f"{type(visual).__module__}.{type(visual).__name__}; use a ViT CLIP model "
             "(MODEL.CLIP.MODEL_NAME such as 'ViT-B-16')"
         )
+    check_batch_first(visual)
     if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
         raise NotImplementedError(
             f"ViT towers pooled by {visual.pool_type!r} or an attentional pooler are not "
