@@ -154,6 +154,8 @@ class AdaptivePromptLearner(nn.Module):
         with torch.no_grad():
             return emb(torch.as_tensor(list(ids), device=emb.weight.device, dtype=torch.long))
 
+    # string and tokenizer work, one guard per class name: never traced by MODEL.COMPILE
+    @torch.compiler.disable
     def sequences(self, names: Sequence[str], task: str) -> Tuple[Tensor, Tensor]:
         """The input embeddings of every name's prompt and the position of its EOT.
 

@@ -144,7 +144,10 @@ class MaskClassificationCriterion(nn.Module):
 
     def loss_masks(self, masks: Tensor, targets, indices, num_masks: float) -> Dict[str, Tensor]:
         """Focal and dice losses on matched masks, upsampled to the padded target size."""
+        # float32 whatever the autocast dtype of the decoder's masks: under bf16 autocast
+        # the upsampling, sigmoid and dice sums would otherwise all run in bf16
         src = torch.cat([masks[b, s.to(masks.device)] for b, (s, _) in enumerate(indices)])
+        src = src.float()
         tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(src)
         if src.shape[0] == 0:
             zero = masks.sum() * 0.0

@@ -94,16 +94,21 @@ class HungarianMatcher(nn.Module):
             labels (Tensor): long (M,) target classes.
             gt_masks (Tensor): (M, H, W) target masks (any size: resized to (h, w)).
         """
-        prob = logits.float().softmax(-1)
-        cost_class = -prob[:, labels]
-        tgt = F.interpolate(gt_masks[:, None].float(), size=masks.shape[-2:], mode="nearest")
-        tgt = tgt[:, 0].flatten(1)
-        out = masks.float().flatten(1)
-        cost_mask = batch_sigmoid_focal_cost(out, tgt, self.focal_alpha, self.focal_gamma)
-        cost_dice = batch_dice_cost(out, tgt)
-        return (
-            self.cost_class * cost_class + self.cost_mask * cost_mask + self.cost_dice * cost_dice
-        )
+        # in float32 even inside an autocast region (AMP training): autocast would run the
+        # cost products (``@``) in its lower precision despite the ``.float()`` casts
+        with torch.autocast(masks.device.type, enabled=False):
+            prob = logits.float().softmax(-1)
+            cost_class = -prob[:, labels]
+            tgt = F.interpolate(gt_masks[:, None].float(), size=masks.shape[-2:], mode="nearest")
+            tgt = tgt[:, 0].flatten(1)
+            out = masks.float().flatten(1)
+            cost_mask = batch_sigmoid_focal_cost(out, tgt, self.focal_alpha, self.focal_gamma)
+            cost_dice = batch_dice_cost(out, tgt)
+            return (
+                self.cost_class * cost_class
+                + self.cost_mask * cost_mask
+                + self.cost_dice * cost_dice
+            )
 
     @torch.no_grad()
     def forward(

@@ -241,7 +241,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """Same as :meth:`forward_features`."""
         return self.forward_features(features)
 
-    @torch.autocast("cuda", enabled=False)
     def forward_features(self, features: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, List[Tensor]]:
         """Decode backbone features (in fp32: deformable attention has no half path).
 
@@ -256,6 +255,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
         missing = [f for f in self.in_features if f not in features]
         if missing:
             raise KeyError(f"pixel decoder: features {missing} missing; got {sorted(features)}")
+        # autocast off on the features' device (CUDA or the CPU's bf16 AMP alike)
+        device_type = next(iter(features.values())).device.type
+        with torch.autocast(device_type, enabled=False):
+            return self._forward_features_fp32(features)
+
+    def _forward_features_fp32(
+        self, features: Dict[str, Tensor]
+    ) -> Tuple[Tensor, Tensor, List[Tensor]]:
         srcs, pos = [], []
         for idx, f in enumerate(self.transformer_in_features[::-1]):
             x = features[f].float()
