@@ -103,5 +103,13 @@ def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
     if cfg.MODEL.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     if cfg.MODEL.COMPILE:
-        compile_model(model, cfg.MODEL.COMPILE_MODE)
+        done = compile_model(model, cfg.MODEL.COMPILE_MODE)
+        if done:
+            logger.info(f"MODEL.COMPILE: compiled {', '.join(done)} of {type(model).__name__}")
+        else:  # e.g. MaskCLIP: its one network is the teacher (COMPILE_SKIP)
+            logger.warning(
+                f"MODEL.COMPILE: {type(model).__name__} has nothing to compile (its children "
+                f"are {[n for n, _ in model.named_children()]}; never compiled: "
+                f"{list(COMPILE_SKIP)}); the model runs as without it"
+            )
     return model

@@ -2,6 +2,7 @@
 compiled model's checkpoint keys are the eager model's."""
 
 import itertools
+import logging
 
 import pytest
 import torch
@@ -137,3 +138,24 @@ def test_channels_last_weights_train_as_the_contiguous_ones(tmp_path):
         torch.testing.assert_close(got_losses[k], want_losses[k], rtol=1e-4, atol=1e-5)
     for k in want_grads:
         torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-3, atol=1e-5)
+
+
+def test_model_compile_says_what_it_compiled_and_when_nothing(tmp_path):
+    """MaskCLIP's one network is the frozen teacher, never compiled: MODEL.COMPILE says so
+    rather than appearing to take effect."""
+    from ovseg_testing.logs import records
+    from ovseg_testing.models import tiny_maskclip_cfg
+
+    torch._dynamo.reset()
+    cfg = tiny_maskclip_cfg(tmp_path)
+    cfg.MODEL.COMPILE = True
+    with records("ovseg.engine.speed") as warned:
+        apply_speed_options(build_model(cfg), cfg)
+    assert len(warned) == 1 and "MaskCLIP has nothing to compile" in warned[0].getMessage()
+    cfg = tiny_zegclip_cfg(tmp_path)
+    cfg.MODEL.COMPILE = True
+    with records("ovseg.engine.speed", logging.INFO) as said:
+        apply_speed_options(tiny_zegclip(tmp_path, seed=0), cfg)
+    assert [r.getMessage() for r in said] == [
+        "MODEL.COMPILE: compiled backbone, decoder, loss_fn of ZegCLIP"
+    ]
