@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
 from . import solver
 from .checkpoint import AtomicCheckpointer
+from .metric_hooks import keep_evaluations_across_kills
 from .resume import (
     DataPosition,
     remove_stale_temporaries,
@@ -146,12 +148,23 @@ class Trainer(DefaultTrainer):
             per_forward_batch(cfg), mapper, dataset, sampler=sampler
         )
 
+    def build_hooks(self) -> list:
+        """DefaultTrainer's hooks; a periodic evaluation a kill cut short is done again on
+        resume (:mod:`ovseg.engine.metric_hooks`)."""
+        return keep_evaluations_across_kills(super().build_hooks(), self.cfg.OUTPUT_DIR)
+
     def resume_or_load(self, resume: bool = True) -> None:
         """As DefaultTrainer's; a resumed run also continues the data stream and RNG states."""
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1  # the checkpoint holds the finished iteration
             restore_training_position(self, extra, self._data_position)
+            # with CHECKPOINT_PERIOD dividing MAX_ITER the last iteration is saved twice,
+            # model_<MAX_ITER - 1> then model_final; a run killed between the two resumes
+            # with nothing left to train, and nothing else would write model_final
+            final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+            if self.start_iter >= self.max_iter and not os.path.isfile(final):
+                self.checkpointer.save("model_final", iteration=self.iter)  # the main process
 
     def after_train(self) -> None:
         # detectron2's DefaultTrainer runs its hooks' after_train, never its step's: the
@@ -159,6 +172,9 @@ class Trainer(DefaultTrainer):
         write_pending = getattr(self._trainer, "write_pending_metrics", None)
         if write_pending is not None:
             write_pending()
+        # TrainerBase.train counts one iteration past the loop even when a resumed finished
+        # run trained none: its final evaluation is logged at MAX_ITER, as the first run's
+        self.iter = min(self.iter, self.max_iter)
         super().after_train()
 
     def state_dict(self) -> dict:
