@@ -9,6 +9,7 @@ trains nothing and exits 0), and a missing optional extra only once the model is
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 import os
@@ -314,11 +315,33 @@ def _check_data_folders(key: str, name: str, option: bool = False) -> None:
 
 
 def _check_pseudo_label_store(root: str) -> None:
-    """A training run that reads DATASETS.PSEUDO_LABELS needs the store made first."""
+    """A training run that reads DATASETS.PSEUDO_LABELS needs the store made first, and its
+    generation finished (a killed one ended in a traceback of the launched run)."""
+    from ..pseudo.checksums import JOURNALS
     from ..pseudo.store import GENERATE_HINT, MANIFEST
 
-    if not os.path.isfile(os.path.join(root, MANIFEST)):
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
         raise FileNotFoundError(
             f"DATASETS.PSEUDO_LABELS {root} is not a pseudo-label store yet (no {MANIFEST}); "
             f"make it first with: {GENERATE_HINT}; the config's header gives the command"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except ValueError:
+        return  # the store's own reader names what is wrong with it
+    if not isinstance(manifest, dict):
+        return
+    # a generation's checksum journals live until its finalize merges them; the count of
+    # labelled images is filled in by that finalize too
+    journals = os.path.join(root, JOURNALS)
+    running = os.path.isdir(journals) and any(n.endswith(".jsonl") for n in os.listdir(journals))
+    if running or not manifest.get("count"):
+        why = f"{journals} holds its checksum journals" if running else "it counts no image"
+        command = manifest.get("command") or GENERATE_HINT
+        raise ValueError(
+            f"DATASETS.PSEUDO_LABELS {root}: its generation did not finish (stopped, or still "
+            f"running: {why}); finish it by running its command again (images already done "
+            f"are skipped): {command}"
         )

@@ -260,6 +260,20 @@ def test_run_mistakes_found_before_any_model(tmp_path):
         assert "tools/generate_pseudo_labels.py" in str(info.value)
         check_run_files(cfg, eval_only=True)  # evaluation reads no store
 
+        # a generation killed (or still running): refused with its own command, which
+        # finishes it; it used to end in a traceback of the launched run
+        from ovseg_testing import make_store
+
+        made = make_store(store, command="python tools/generate_pseudo_labels.py --x")
+        with pytest.raises(ValueError, match="did not finish.*counts no image"):
+            check_run_files(cfg)  # killed before its first image
+        made.write("a", np.array([[1, 2]]), np.array([[0.3, 0.9]]))
+        with pytest.raises(ValueError, match="did not finish.*checksum journals") as info:
+            check_run_files(cfg)
+        assert str(info.value).endswith("skipped): python tools/generate_pseudo_labels.py --x")
+        made.finalize()  # the re-run finishes it
+        check_run_files(cfg)
+
 
 def test_shipped_config_files_resolve_from_any_folder(tmp_path, monkeypatch):
     """The toy configs name their CLIP and checkpoint relative to the repository: read from
