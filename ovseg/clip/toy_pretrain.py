@@ -25,6 +25,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.datasets import toy_world
-from ..utils.io import atomic_write, atomic_write_json
+from ..utils.io import atomic_write, atomic_write_json, remove_temporaries
 from .build import register_model_config
 from .teacher import CLIPTeacher
 from .toy_evaluation import evaluate_toy_clip, to_tensor
@@ -251,6 +252,15 @@ def _start(s: ToyPretrainSettings) -> _Run:
         std=torch.tensor(pp["std"], device=device).view(1, 3, 1, 1) * 255,
         work_dir=s.run_dir,
     )
+    # what saves of last.pt and exports of the output killed midway left (28 MB and 5 MB
+    # for the toy CLIP): never read, so removed here
+    stale = [
+        p
+        for f in (run.last, Path(s.output))
+        for p in remove_temporaries(f.parent, re.escape(f.name))
+    ]
+    if stale:
+        logger.warning("Removed %d temporaries of killed saves: %s", len(stale), stale)
     if s.resume and run.last.is_file():
         state = torch.load(run.last, map_location=device, weights_only=True)
         given = dataclasses.asdict(s)

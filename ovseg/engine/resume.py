@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.utils import comm
 
 from ..data.resumable_loader import resumable_sampler_of
-from ..utils.io import TMP_PREFIX
+from ..utils.io import remove_temporaries
 
 __all__ = [
     "DataPosition",
@@ -36,9 +36,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# atomic_write's temporaries of checkpoints: ".tmp-" + 8 hex digits + the destination's name
-_CHECKPOINT_TMP = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{8}(.+\.pth|last_checkpoint)$")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -135,14 +132,7 @@ def check_resume_target(cfg: CfgNode) -> None:
 
 def remove_stale_temporaries(folder: str) -> List[str]:
     """Remove checkpoint temporaries an interrupted save left in ``folder``; return them."""
-    if not folder or not os.path.isdir(folder):
-        return []
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if _CHECKPOINT_TMP.match(name) and os.path.isfile(path):
-            os.remove(path)
-            removed.append(path)
+    removed = remove_temporaries(folder, r".+\.pth|last_checkpoint|last_evaluation")
     if removed:
         logger.warning("removed %d stale checkpoint temporaries: %s", len(removed), removed)
     return removed

@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 __all__ = [
     "TMP_PREFIX",
@@ -18,6 +19,7 @@ __all__ = [
     "check_output_file",
     "make_output_folder",
     "publish_folder",
+    "remove_temporaries",
 ]
 
 # temporaries are hidden siblings of their destination; stores remove stale ones by prefix
@@ -93,6 +95,25 @@ def _create_temporary(folder: str, name: str) -> Tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name for {name!r} in {folder}")
+
+
+def remove_temporaries(folder: PathLike, names: str) -> List[str]:
+    """Remove the temporaries that atomic writes killed midway left in ``folder``: the
+    ``<TMP_PREFIX><8 hex digits><name>`` files of :func:`atomic_write` whose destination name
+    matches the regular expression ``names`` (whole); return their paths, sorted. Call it only
+    where no other process is writing those destinations.
+    """
+    folder = os.fspath(folder)
+    if not folder or not os.path.isdir(folder):
+        return []
+    pattern = re.compile(re.escape(TMP_PREFIX) + f"[0-9a-f]{{8}}(?:{names})")
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if pattern.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: PathLike, text: str, *, fsync: bool = True) -> None:
