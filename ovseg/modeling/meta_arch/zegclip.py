@@ -347,7 +347,8 @@ class ZegCLIP(OpenVocabSegmentor):
         padded = F.pad(images, (0, -w % m, 0, -h % m))
         logits = self.mask_logits(padded, text)[-1]
         logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        scores = logits[:, :, :h, :w].float().sigmoid()
+        # in place on the upsampled logits (or on their float copy), which nothing else holds
+        scores = logits[:, :, :h, :w].float().sigmoid_()
         if seen is not None and self.calibration and not self.self_training.enabled:
             scores = calibrate(scores, seen, self.calibration)
         return scores
