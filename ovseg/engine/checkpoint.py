@@ -68,6 +68,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.complete = complete
         self.some = some
         self.save_rng = False  # the Trainer turns it on
+        # (iteration, every rank's RNG states) gathered by the Trainer's hook in every process
+        # just before a due save: the main process alone cannot gather them at save time
+        self.gathered_rng: Optional[tuple] = None
         self._path: Optional[str] = None
         self._resuming = False
 
@@ -78,6 +81,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         # only the main process saves (detectron2 gives the other ranks no checkpoint hook),
         # so a checkpoint holds its RNG states alone: one-process runs resume exactly
         rng = [rng_state()] if self.save_rng else None
+        gathered = self.gathered_rng
+        if rng is not None and gathered is not None and gathered[0] == kwargs.get("iteration"):
+            rng = gathered[1]
         data = {"model": self.model.state_dict(), META_KEY: checkpoint_meta(self.model)}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()

@@ -12,7 +12,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -61,6 +62,20 @@ def sync_norm_statistics(model: nn.Module) -> None:
             for buf in (module.running_mean, module.running_var, module.num_batches_tracked):
                 if buf is not None:
                     dist.broadcast(buf, src=0)
+
+
+class _GatherRNGStates(HookBase):
+    """In every process, when PeriodicCheckpointer saves after this step: gather every
+    rank's RNG states for the main process's checkpoint (a collective; the checkpointer runs
+    in the main process only)."""
+
+    def __init__(self, period: int):
+        self._period = period
+
+    def after_step(self) -> None:
+        it, max_iter = self.trainer.iter, self.trainer.max_iter
+        if (it + 1) % self._period == 0 or it >= max_iter - 1:
+            self.trainer.checkpointer.gathered_rng = (it, comm.all_gather(rng_state()))
 
 
 def per_forward_batch(cfg: CfgNode) -> CfgNode:
@@ -150,8 +165,16 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> list:
         """DefaultTrainer's hooks; a periodic evaluation a kill cut short is done again on
-        resume (:mod:`ovseg.engine.metric_hooks`)."""
-        return keep_evaluations_across_kills(super().build_hooks(), self.cfg.OUTPUT_DIR)
+        resume (:mod:`ovseg.engine.metric_hooks`); every rank's RNG states gathered for the
+        checkpoints of a multi-process run."""
+        hooks = [h for h in super().build_hooks() if h is not None]
+        if comm.get_world_size() > 1:
+            # right before the main process's checkpointer (the other ranks have none: before
+            # the hooks that follow it), so the states are those the checkpointer would see
+            later = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook, d2_hooks.PeriodicWriter)
+            at = next((i for i, h in enumerate(hooks) if isinstance(h, later)), len(hooks))
+            hooks.insert(at, _GatherRNGStates(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return keep_evaluations_across_kills(hooks, self.cfg.OUTPUT_DIR)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """As DefaultTrainer's; a resumed run also continues the data stream and RNG states."""
