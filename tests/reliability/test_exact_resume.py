@@ -11,9 +11,9 @@ import logging
 import pytest
 import torch
 from ovseg_testing import CONFIGS, cpu_opts
+from ovseg_testing.kills import KillAfter, Killed
 from ovseg_testing.logs import records
 
-from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from ovseg.engine import Trainer
@@ -24,21 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
 MAX_ITER = 6
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAfter(HookBase):
-    """Ends training right after iteration ``last`` (after its checkpoint was written)."""
-
-    def __init__(self, last: int):
-        self.last = last
-
-    def after_step(self):
-        if self.trainer.iter == self.last:
-            raise _Killed
 
 
 def _train(
@@ -68,11 +53,11 @@ def _train(
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     if kill_after is not None:
-        trainer.register_hooks([_KillAfter(kill_after)])
+        trainer.register_hooks([KillAfter(kill_after)])
     trainer.test = lambda *a, **k: {}  # no final evaluation: the weights are compared
     try:
         trainer.train()
-    except _Killed:
+    except Killed:
         pass
     return trainer
 

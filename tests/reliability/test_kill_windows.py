@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 from ovseg_testing import CONFIGS, cpu_opts
+from ovseg_testing.kills import KillAfter, Killed
 
-from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from ovseg.engine import Trainer
@@ -25,19 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
 MAX_ITER = 6
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAfter(HookBase):
-    def __init__(self, last: int):
-        self.last = last
-
-    def after_step(self):
-        if self.trainer.iter == self.last:
-            raise _Killed
 
 
 def _train(out, *, resume=False, kill_after=None, kill_in_eval=None, period=3, eval_period=0):
@@ -64,18 +51,18 @@ def _train(out, *, resume=False, kill_after=None, kill_in_eval=None, period=3, e
 
     def test(*args, **kwargs):  # a stand-in evaluation: its result names the weights it saw
         if trainer.iter == kill_in_eval:
-            raise _Killed
+            raise Killed
         evaluated.append(trainer.storage.iter)
         weight = next(trainer.model.parameters()).detach().sum()
         return {"sem_seg": {"mIoU": float(weight)}}
 
     trainer.test = test
     if kill_after is not None or kill_in_eval is not None:
-        trainer.register_hooks([_KillAfter(kill_after)])
+        trainer.register_hooks([KillAfter(kill_after)])
         trainer.after_train = lambda: None  # SIGKILL: no hook writes anything on the way out
     try:
         trainer.train()
-    except _Killed:
+    except Killed:
         pass
     return evaluated
 
@@ -110,7 +97,7 @@ def test_a_kill_while_saving_model_final_still_ends_with_model_final(
 
     def killed_at_final(self, name, **kwargs):
         if name == "model_final":
-            raise _Killed  # atomic_write removes its temporary, as a restart would
+            raise Killed  # atomic_write removes its temporary, as a restart would
         real_save(self, name, **kwargs)
 
     monkeypatch.setattr(AtomicCheckpointer, "save", killed_at_final)

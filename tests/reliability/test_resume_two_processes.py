@@ -4,8 +4,8 @@ weights, also with DATALOADER.NUM_WORKERS 0 (augmentations draw from each rank's
 import pytest
 import torch
 from ovseg_testing import CONFIGS, cpu_opts, registered_ade20k
+from ovseg_testing.kills import KillAfter, Killed
 
-from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
@@ -16,16 +16,7 @@ from ovseg.engine.defaults import load_config
 CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
 
 
-class _Killed(Exception):
-    pass
-
-
 def _train(out, datasets, resume, kill_after):
-    class KillAfter(HookBase):
-        def after_step(self):
-            if self.trainer.iter == kill_after:
-                raise _Killed
-
     opts = cpu_opts("SemanticSegmentor", out / "cache")
     opts += ["SEED", "7", "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", "0",
              "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
@@ -38,11 +29,11 @@ def _train(out, datasets, resume, kill_after):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=resume)
         if kill_after is not None:
-            trainer.register_hooks([KillAfter()])
+            trainer.register_hooks([KillAfter(kill_after)])
             trainer.after_train = lambda: None
         try:
             trainer.train()
-        except _Killed:
+        except Killed:
             pass
 
 
