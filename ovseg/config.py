@@ -369,6 +369,11 @@ RENAMED_KEYS = {
     "MODEL.ZEGCLIP.TRANSDUCTIVE": "MODEL.OVSEG.SELF_TRAINING.START_ITER",
     "MODEL.ZEGCLIP.TRANSDUCTIVE_START_ITER": "MODEL.OVSEG.SELF_TRAINING.START_ITER",
     "MODEL.ZEGCLIP.TRANSDUCTIVE_PIXELS": "MODEL.ZEGCLIP.SELF_TRAINING_PIXELS",
+    # Mask2Former's switches: FreeSeg's evaluated tasks are MODEL.FREESEG.TEST_TASKS (a list)
+    **{
+        f"MODEL.MASK_FORMER.TEST.{task.upper()}_ON": "MODEL.FREESEG.TEST_TASKS"
+        for task in ("semantic", "instance", "panoptic")
+    },
     **{
         f"MODEL.LSEG.{k}": f"MODEL.DPT.{k}"
         for k in ("IN_FEATURES", "REASSEMBLE_CHANNELS", "REASSEMBLE_STRIDES", "FEATURES", "NORM")

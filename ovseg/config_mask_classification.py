@@ -50,9 +50,8 @@ def add_mask_classification_config(cfg: CN) -> None:
     mf.NUM_AUX_LOSSES = -1
     # ---- inference (ovseg/modeling/mask_classification/inference.py)
     mf.TEST = CN()
-    mf.TEST.SEMANTIC_ON = True
-    mf.TEST.INSTANCE_ON = False
-    mf.TEST.PANOPTIC_ON = False
+    # (Mask2Former's TEST.SEMANTIC_ON / INSTANCE_ON / PANOPTIC_ON are not keys here: the tasks
+    # evaluated are MODEL.FREESEG.TEST_TASKS; naming them fails with that key, RENAMED_KEYS)
     # panoptic: drop queries scoring at most this (Mask2Former 0.8; FreeSeg none: 0.0, its
     # all-task configs set 0.5 but its panoptic inference never reads it, only dropping
     # no-object: open_vocabulary_model.py:494-495)

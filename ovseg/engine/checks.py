@@ -22,6 +22,7 @@ from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_r
 from ..utils.downloads import local_weights_problem
 from ..utils.io import check_output_file
 from .resume import check_resume_target
+from .value_checks import check_values
 
 __all__ = [
     "UnknownDatasetError",
@@ -32,6 +33,7 @@ __all__ = [
     "check_run_files",
     "check_run_target",
     "check_solver",
+    "check_values",
     "check_vocabularies",
     "closest_datasets",
 ]
@@ -59,6 +61,11 @@ _SOLVER_RULES: List[tuple[str, Callable[[float], bool], str]] = [
     ("WEIGHT_DECAY", lambda v: v >= 0, ">= 0"),
     ("POLY_LR_POWER", lambda v: v >= 0, ">= 0"),
     ("ACCUMULATE_STEPS", lambda v: v >= 1 and v == int(v), "a whole number of batches >= 1"),
+    # ovseg's: a negative multiplier would make its parameters climb the loss
+    ("BACKBONE_MULTIPLIER", lambda v: v >= 0, ">= 0 (0 freezes the backbone)"),
+    ("LR_MULTIPLIER", lambda v: v >= 0, ">= 0"),
+    ("WEIGHT_DECAY_EMBED", lambda v: v >= 0, ">= 0"),
+    ("POLY_LR_CONSTANT_ENDING", lambda v: 0 <= v <= 1, "a fraction of the base lr in [0, 1]"),
 ]
 
 
@@ -176,6 +183,7 @@ def check_config(cfg: CfgNode) -> None:
     the module docstring)."""
     check_dataset_names(cfg)
     check_solver(cfg)
+    check_values(cfg)
     check_vocabularies(cfg)
     check_extras(cfg)
 

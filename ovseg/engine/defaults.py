@@ -110,6 +110,8 @@ def _merge(cfg: CfgNode, merge, where: str) -> None:
     except (KeyError, AssertionError) as e:
         # yacs: KeyError "Non-existent config key: X" (files), AssertionError (KEY VALUE lists)
         message = str(e.args[0] if e.args else e)
+        if " was renamed to " in message:  # yacs: a key of RENAMED_KEYS (ovseg/config.py)
+            raise ValueError(f"{message.rstrip('.')} (set in {where})") from None
         if "Non-existent" not in message:
             raise
         key = message.rsplit(":", 1)[-1].strip()

@@ -123,10 +123,28 @@ def _official_drop_label(cfg) -> int:
     return len(vocab.names)
 
 
+#: MODEL.MASK_FORMER.TEST.PIXEL_ASSIGNMENT and INSTANCE_MODE values
+PIXEL_ASSIGNMENTS = ("class", "query")
+INSTANCE_MODES = ("freeseg", "topk")
+
+
 def post_config(cfg) -> Dict:
     """Test-output arguments: panoptic / instance post-processing from
     MODEL.MASK_FORMER.TEST, the mask logits' upsampling from MODEL.FREESEG."""
     t = cfg.MODEL.MASK_FORMER.TEST
+    # checked here, at build, not at the first panoptic/instance test image after training
+    check_choice(
+        t.PIXEL_ASSIGNMENT,
+        PIXEL_ASSIGNMENTS,
+        "MODEL.MASK_FORMER.TEST.PIXEL_ASSIGNMENT",
+        "'class' (the semantic argmax is the segment's class, FreeSeg) or 'query' (Mask2Former)",
+    )
+    check_choice(
+        t.INSTANCE_MODE,
+        INSTANCE_MODES,
+        "MODEL.MASK_FORMER.TEST.INSTANCE_MODE",
+        "'freeseg' (one class per query, thresholds) or 'topk' (Mask2Former's top pairs)",
+    )
     return {
         "temperature": t.SCORE_TEMPERATURE or None,
         "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
