@@ -84,34 +84,41 @@ def test_boxes_and_masks_are_class_agnostic(cache):
         heads.mask_head(features, with_sigma=True)
 
 
+def _losses_on_fixed_draws(model, batch) -> dict:
+    """The mean losses over four fixed seeds: the same anchor and proposal draws before and
+    after training, so the comparison is of the weights, not of the sampling."""
+    draws = []
+    for seed in (100, 101, 102, 103):
+        torch.manual_seed(seed)
+        with torch.no_grad(), EventStorage(0):
+            draws.append({k: float(v) for k, v in model(batch).items()})
+    return {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
+
+
 def test_teacher_trains_and_its_loss_goes_down(cache):
-    # torchvision's RoIAlign, as when this trajectory was set: the 12 steps are chaotic (the
-    # total jumps between 0.8 and 2.8), so any change of rounding moves them, e.g. the matmul
-    # RoIAlign's gradients (equal to 1e-6) or 1e-6 added to one weight under torchvision
+    # the training losses themselves jump between 0.8 and 2.8 from step to step (which
+    # proposals are sampled), so a bar on them broke with any change of rounding (a new
+    # dependency release did it); the losses are compared on fixed draws instead, after 20
+    # steps at a rate where four initialisations all halve them (0.33-0.48 of the start)
     model = _teacher(cache, "MODEL.XPM.ROI_ALIGN_MATMUL_MAX_PIXELS", "0")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9)
     batch = xpm_batch(pseudo=False)
-    totals = []
-    for step in range(12):
+    before = _losses_on_fixed_draws(model, batch)
+    assert set(before) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+    for step in range(20):
         torch.manual_seed(step)
         with EventStorage(step):  # detectron2's RPN logs its anchor counts there
             losses = model(batch)
-        assert set(losses) == {
-            "loss_rpn_cls",
-            "loss_rpn_loc",
-            "loss_cls",
-            "loss_box_reg",
-            "loss_mask",
-        }
         total = sum(losses.values())
-        totals.append(float(total))
+        assert math.isfinite(float(total))
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-    assert all(math.isfinite(t) for t in totals)
-    assert min(totals[-3:]) < 0.5 * totals[0], totals
+    after = _losses_on_fixed_draws(model, batch)
+    assert sum(after.values()) < 0.5 * sum(before.values()), (before, after)
+    assert after["loss_mask"] < 0.5 * before["loss_mask"], (before, after)
 
 
 def test_an_image_without_instances_is_all_background(cache):
