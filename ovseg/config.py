@@ -55,8 +55,8 @@ def add_teacher_config(cfg: CN) -> None:
     # ~/.cache/ovseg.
     cfg.MODEL.CLIP.CACHE_DIR = ""
     # prompt-template set for text embeddings: "single", "imagenet80", "vild", "maskclip85",
-    # "zegclip_single", "zegclip_multi" (ovseg/clip/templates.py), or a path to a JSON list of
-    # templates with one "{}" each.
+    # "zegclip_single", "zegclip_multi", "name" (the bare class name, LSeg's)
+    # (ovseg/clip/templates.py), or a path to a JSON list of templates with one "{}" each.
     cfg.MODEL.CLIP.TEMPLATES = "single"
     # the text embedded for a class instead of its display name, where an official
     # implementation used other words: "" (the names as they are), a builtin map's name
@@ -99,7 +99,7 @@ def add_shared_config(cfg: CN) -> None:
     cfg.MODEL.OVSEG.BACKGROUND_CLASS = "background"
     # ---- the dense head turning backbone features into pixel embeddings, by name in
     # ovseg's DENSE_HEAD_REGISTRY (ovseg/modeling/heads): "DPTDecoder" (LSeg),
-    # "DeepLabV2Head" or "DeepLabV3PlusHead" (MaskCLIP+)
+    # "DeepLabV2Head", "DeepLabV3PlusHead" or "DepthwiseSeparableASPPHead" (MaskCLIP+)
     cfg.MODEL.DENSE_HEAD = CN()
     cfg.MODEL.DENSE_HEAD.NAME = "DPTDecoder"
     # ---- self-training (ovseg/pseudo/self_training.py): from START_ITER on, the pixels a
@@ -314,7 +314,8 @@ def add_zegclip_config(cfg: CN) -> None:
     cfg.MODEL.ZEGCLIP.DECODER_INIT = "trunc_normal"
     # weight of the sigmoid focal loss over the vocabulary's classes (paper: 100)
     cfg.MODEL.ZEGCLIP.FOCAL_WEIGHT = 100.0
-    # focal loss alpha: the weight of positives (1 - alpha for negatives)
+    # focal loss alpha: the weight of positives (1 - alpha for negatives); negative: no
+    # weighting (ovseg/modeling/losses.py)
     cfg.MODEL.ZEGCLIP.FOCAL_ALPHA = 0.25
     # focal loss gamma: the exponent of the down-weighting of easy pixels
     cfg.MODEL.ZEGCLIP.FOCAL_GAMMA = 2.0

@@ -67,6 +67,9 @@ _VALUE_RULES: List[tuple[str, Callable[[float], bool], str]] = [
 # (key, its values): names whose wrong spelling would fail inside detectron2 or torch
 _CHOICE_RULES: List[tuple[str, tuple]] = [
     ("MODEL.CLIP.PRECISION", ("fp32", "bf16", "fp16")),
+    # read only when pseudo instances are made (the tool, or online in the step)
+    ("MODEL.XPM.REGION_EMBEDDING", ("crop", "pool", "teacher")),
+    ("MODEL.XPM.PSEUDO_TEXT", ("noun", "class")),
     ("MODEL.DPT.NORM", ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "LN")),
     (
         "MODEL.COMPILE_MODE",

@@ -75,6 +75,8 @@ def test_freeseg_post_processing_names_are_checked_when_built(key):
         ("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", "0.0"),
         ("MODEL.DPT.NORM", "bogus"),
         ("MODEL.CLIP.PRECISION", "bogus"),
+        ("MODEL.XPM.REGION_EMBEDDING", "bogus"),  # was refused only when labels were made
+        ("MODEL.XPM.PSEUDO_TEXT", "bogus"),
         ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "bogus"),
         ("MODEL.COMPILE_MODE", "bogus"),
         ("TEST.SLIDE_WINDOW", "(0, 0)"),
