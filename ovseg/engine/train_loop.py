@@ -9,10 +9,12 @@ import logging
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,8 +52,11 @@ class DeferredMetrics:
         if (it + 1) % self.metrics_period == 0 or last:
             self.flush_metrics()
 
-    def flush_metrics(self) -> None:
-        """Write the pending steps' metrics (one device-to-host copy for all of them)."""
+    def flush_metrics(self, gather: bool = True) -> None:
+        """Write the pending steps' metrics (one device-to-host copy for all of them).
+
+        ``gather`` False writes the main process's own losses without a collective: a run
+        stopped by an error in one process must not wait for the others in a gather."""
         pending: List[Tuple[int, str, float, Tuple[str, ...], torch.Tensor]]
         pending = self.__dict__.pop("_pending_metrics", [])
         if not pending:
@@ -63,22 +68,44 @@ class DeferredMetrics:
             for it, prefix, data_time, names, _ in pending:
                 storage.iter = it
                 read = {k: torch.tensor(next(values)) for k in names}
-                SimpleTrainer.write_metrics(read, data_time, prefix)
+                if gather or comm.get_world_size() == 1:
+                    SimpleTrainer.write_metrics(read, data_time, prefix)
+                else:
+                    _write_local_metrics(read, data_time, prefix)
         finally:
             storage.iter = current
 
-    def write_pending_metrics(self) -> None:
+    def write_pending_metrics(self, gather: bool = True) -> None:
         """Write what a run stopped between read-backs left pending (an exception, Ctrl-C):
         the losses that led up to the stop reach the writers' last write. A non-finite loss
-        among them is logged, not raised over the error that stopped the run."""
+        among them is logged, not raised over the error that stopped the run. ``gather``
+        False (a multi-process run stopped early): the main process's own losses, with no
+        collective, since the other processes may be stopped or waiting elsewhere."""
         try:
-            self.flush_metrics()
+            self.flush_metrics(gather=gather)
         except FloatingPointError as e:
             logging.getLogger(__name__).error("%s", e)
 
     def after_train(self) -> None:
         self.write_pending_metrics()
         super().after_train()
+
+
+def _write_local_metrics(loss_dict, data_time: float, prefix: str = "") -> None:
+    """``SimpleTrainer.write_metrics`` of this process's values alone (no gather)."""
+    if not comm.is_main_process():
+        return
+    storage = get_event_storage()
+    metrics = {k: float(v) for k, v in loss_dict.items()}
+    storage.put_scalar("data_time", data_time)
+    total = sum(metrics.values())
+    if not np.isfinite(total):
+        raise FloatingPointError(
+            f"Loss became infinite or NaN at iteration={storage.iter}!\nloss_dict = {metrics}"
+        )
+    storage.put_scalar(f"{prefix}total_loss", total)
+    if len(metrics) > 1:
+        storage.put_scalars(**metrics)
 
 
 class Accumulation:

@@ -187,14 +187,22 @@ class Trainer(DefaultTrainer):
             # with nothing left to train, and nothing else would write model_final
             final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
             if self.start_iter >= self.max_iter and not os.path.isfile(final):
+                # the RNG states of every rank, as the interrupted run's model_final holds: the
+                # states just restored are those of model_<MAX_ITER - 1>, saved at the same step
+                states = extra.get("rng_states")
+                if states is not None:
+                    self.checkpointer.gathered_rng = (self.iter, states)
                 self.checkpointer.save("model_final", iteration=self.iter)  # the main process
 
     def after_train(self) -> None:
         # detectron2's DefaultTrainer runs its hooks' after_train, never its step's: the
         # losses still pending (SOLVER.METRICS_PERIOD) of a run stopped early were lost
+        # A run stopped early (an error, possibly raised in this process only) must not enter
+        # a collective: the other processes are elsewhere (an evaluation's barrier, a DDP
+        # all-reduce) and both would wait for the gloo/NCCL timeout (30 min) instead of ending
         write_pending = getattr(self._trainer, "write_pending_metrics", None)
         if write_pending is not None:
-            write_pending()
+            write_pending(gather=comm.get_world_size() == 1 or self.iter >= self.max_iter)
         # TrainerBase.train counts one iteration past the loop even when a resumed finished
         # run trained none: its final evaluation is logged at MAX_ITER, as the first run's
         self.iter = min(self.iter, self.max_iter)

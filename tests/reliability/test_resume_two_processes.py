@@ -41,12 +41,24 @@ def _runs(tmp, datasets):
     _train(tmp / "straight", datasets, False, None)
     _train(tmp / "killed", datasets, False, 3)  # model_0000003.pth is the last checkpoint
     _train(tmp / "killed", datasets, True, None)
+    # killed between model_0000005.pth and model_final.pth: the resume writes model_final
+    comm.synchronize()
+    if comm.is_main_process():
+        (tmp / "killed/model_final.pth").unlink()
+        (tmp / "killed/last_checkpoint").write_text("model_0000005.pth")
+    comm.synchronize()
+    _train(tmp / "killed", datasets, True, None)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
 def test_two_process_resume_ends_with_the_uninterrupted_weights(ade20k_registered, tmp_path):
     compat.launch(_runs, 2, args=(tmp_path, ade20k_registered))
-    a, b = (torch.load(tmp_path / r / "model_final.pth", weights_only=True)["model"]
+    a, b = (torch.load(tmp_path / r / "model_final.pth", weights_only=True)
             for r in ("straight", "killed"))  # fmt: skip
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the recovered model_final holds every rank's RNG states, as the uninterrupted one
+    assert len(b["rng_states"]) == len(a["rng_states"]) == 2
+    for x, y in zip(a["rng_states"], b["rng_states"]):
+        assert torch.equal(x["torch"], y["torch"]) and x["python"] == y["python"]
