@@ -9,7 +9,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from ovseg_testing import CONFIGS, ROOT, cpu_opts, subprocess_env, write_ade20k_fixture
+
+from detectron2.engine import SimpleTrainer
+from detectron2.utils.events import EventStorage
+
+from ovseg.engine import train_loop
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,3 +56,23 @@ def test_an_image_only_rank_1_reads_in_an_evaluation_ends_the_run(tmp_path):
     assert proc.returncode != 0
     assert "Process 1 terminated with the following error" in log, log[-3000:]
     assert "ImageDecodeError" in log and val[-1].name in log
+
+
+def test_losses_pending_at_an_early_stop_are_written_without_a_collective(monkeypatch):
+    # what the main process of a multi-process run does when it stops early: its own pending
+    # losses reach the storage, and nothing gathers (the other processes may never join)
+    def gather(*args, **kwargs):
+        raise AssertionError("a collective at an early stop")
+
+    monkeypatch.setattr(train_loop.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(train_loop.comm, "is_main_process", lambda: True)
+    monkeypatch.setattr(SimpleTrainer, "write_metrics", staticmethod(gather))
+    step = train_loop.DeferredMetrics()
+    step.metrics_period = 20
+    with EventStorage(0) as storage:
+        for it, loss in enumerate([0.5, 0.25, float("nan")]):
+            storage.iter = it
+            step._write_metrics({"loss_a": torch.tensor(loss), "loss_b": torch.tensor(1.0)}, 0.1)
+        step.write_pending_metrics(gather=False)  # the NaN is logged, not raised
+        totals = [(it, v) for v, it in storage.history("total_loss").values()]
+    assert totals == [(0, 1.5), (1, 1.25)]
