@@ -9,7 +9,6 @@ trains nothing and exits 0), and a missing optional extra only once the model is
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 import os
@@ -325,28 +324,22 @@ def _check_data_folders(key: str, name: str, option: bool = False) -> None:
 def _check_pseudo_label_store(root: str) -> None:
     """A training run that reads DATASETS.PSEUDO_LABELS needs the store made first, and its
     generation finished (a killed one ended in a traceback of the launched run)."""
-    from ..pseudo.checksums import JOURNALS
-    from ..pseudo.store import GENERATE_HINT, MANIFEST
+    from ..pseudo.checksums import ChecksumJournal
+    from ..pseudo.store import GENERATE_HINT, MANIFEST, PseudoLabelStore
 
-    path = os.path.join(root, MANIFEST)
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(root, MANIFEST)):
         raise FileNotFoundError(
             f"DATASETS.PSEUDO_LABELS {root} is not a pseudo-label store yet (no {MANIFEST}); "
             f"make it first with: {GENERATE_HINT}; the config's header gives the command"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except ValueError:
-        return  # the store's own reader names what is wrong with it
-    if not isinstance(manifest, dict):
-        return
+    manifest = PseudoLabelStore.read_manifest(root)
     # a generation's checksum journals live until its finalize merges them; the count of
     # labelled images is filled in by that finalize too
-    journals = os.path.join(root, JOURNALS)
-    running = os.path.isdir(journals) and any(n.endswith(".jsonl") for n in os.listdir(journals))
-    if running or not manifest.get("count"):
-        why = f"{journals} holds its checksum journals" if running else "it counts no image"
+    journals = ChecksumJournal.paths(root)
+    if journals or not manifest.get("count"):
+        why = "it counts no image"
+        if journals:
+            why = f"{os.path.dirname(journals[0])} holds its checksum journals"
         command = manifest.get("command") or GENERATE_HINT
         raise ValueError(
             f"DATASETS.PSEUDO_LABELS {root}: its generation did not finish (stopped, or still "

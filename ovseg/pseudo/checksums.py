@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import socket
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 __all__ = ["ChecksumJournal", "bytes_digest", "file_digest", "verify_file"]
 
@@ -76,13 +76,19 @@ class ChecksumJournal:
             os.fsync(f.fileno())
 
     @staticmethod
+    def paths(root: str) -> List[str]:
+        """The journals of the store at ``root``, sorted: some while a generation runs (or
+        after one was stopped), none once ``finalize`` merged them into the manifest."""
+        folder = os.path.join(root, JOURNALS)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        return [os.path.join(folder, n) for n in names if n.endswith(".jsonl")]
+
+    @staticmethod
     def read_all(root: str) -> Dict[str, Digests]:
         """Every journalled image's digests (later lines win); cut or foreign lines skipped."""
-        folder = os.path.join(root, JOURNALS)
         out: Dict[str, Digests] = {}
-        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-        for name in (n for n in names if n.endswith(".jsonl")):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
+        for path in ChecksumJournal.paths(root):
+            with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
                         image_id, label, confidence = json.loads(line)
@@ -94,7 +100,5 @@ class ChecksumJournal:
     @staticmethod
     def remove_all(root: str) -> None:
         """Delete the journals (after ``finalize`` wrote their digests to the manifest)."""
-        folder = os.path.join(root, JOURNALS)
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            if name.endswith(".jsonl"):
-                os.remove(os.path.join(folder, name))
+        for path in ChecksumJournal.paths(root):
+            os.remove(path)

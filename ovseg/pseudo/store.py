@@ -177,7 +177,7 @@ class PseudoLabelStore:
         fresh.setdefault("unseen", [])
         path = os.path.join(root, MANIFEST)
         if os.path.isfile(path):
-            existing = cls._read_manifest(root)
+            existing = cls.read_manifest(root)
             diffs = _diff(_identity(existing), _identity(fresh), "manifest")
             if diffs:
                 lines = "\n".join(f"  {k}: existing {a}, now {b}" for k, a, b in diffs)
@@ -214,7 +214,7 @@ class PseudoLabelStore:
             PseudoLabelStore
         """
         root = os.fspath(root)
-        manifest = cls._read_manifest(root)
+        manifest = cls.read_manifest(root)
         kind = manifest.get("kind", "semantic")
         if kind != cls.KIND:
             raise ValueError(
@@ -238,7 +238,9 @@ class PseudoLabelStore:
         return cls(root, manifest)
 
     @staticmethod
-    def _read_manifest(root: str) -> Dict[str, Any]:
+    def read_manifest(root: str) -> Dict[str, Any]:
+        """The manifest of the store at ``root``, refused in one line when it is missing, not
+        JSON, or of another format version."""
         path = os.path.join(root, MANIFEST)
         if not os.path.isfile(path):
             raise FileNotFoundError(
