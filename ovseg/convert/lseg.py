@@ -32,6 +32,7 @@ from typing import Dict, List, Mapping, Tuple
 
 from torch import Tensor
 
+from ..utils.config_keys import config_value
 from .core import ConversionError, ConversionReport, Rule, apply_rules, require
 
 __all__ = ["convert_lseg", "lseg_rules", "lseg_settings"]
@@ -172,9 +173,7 @@ def lseg_settings(cfg, model, converted: Mapping[str, Tensor], report: Conversio
         ("MODEL.CLIP.TEMPLATES", "name"): True,
     }
     for (key, value), applies in official.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
+        node = config_value(cfg, key)
         if applies and node != value:
             report.notes.append(f"{key} {node!r}: the official model has {value!r}")
     if abs(float(model.logit_scale) - 1 / 0.07) > 1e-3:

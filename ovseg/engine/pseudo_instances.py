@@ -47,6 +47,7 @@ from ..pseudo import (
     open_store,
     teacher_weights_id,
 )
+from ..utils.config_keys import config_value
 from ..utils.downloads import local_weights_problem
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
@@ -208,9 +209,7 @@ def proposal_settings(cfg: CfgNode) -> Dict[str, Any]:
     other candidates than the top 100, other labels)."""
     out = {}
     for name, (key, before) in PROPOSAL_SETTINGS.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
+        node = config_value(cfg, key)
         value = list(node) if isinstance(node, (list, tuple)) else node
         if value != before:
             out[name] = value

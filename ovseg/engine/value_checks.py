@@ -12,6 +12,8 @@ from typing import Callable, List
 
 from detectron2.config import CfgNode
 
+from ..utils.config_keys import config_value
+
 __all__ = ["check_values"]
 
 
@@ -105,15 +107,6 @@ _PAIR_RULES: List[tuple[str, Callable[[list], bool], str]] = [
 ]
 
 
-def _lookup(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, CfgNode) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def check_values(cfg: CfgNode) -> None:
     """Refuse model, input and test values outside what their key means (a probability of
     1.5, a negative loss weight or temperature, an unknown norm or clip type, a sliding
@@ -124,17 +117,17 @@ def check_values(cfg: CfgNode) -> None:
     """
     problems = []
     for key, ok, must in _VALUE_RULES:
-        value = _lookup(cfg, key)
+        value = config_value(cfg, key, None)
         if value is None:
             continue
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
             problems.append(f"{key}={value!r} (must be {must})")
     for key, choices in _CHOICE_RULES:
-        value = _lookup(cfg, key)
+        value = config_value(cfg, key, None)
         if value is not None and value not in choices:
             problems.append(f"{key}={value!r} (must be one of {list(choices)})")
     for key, ok, must in _PAIR_RULES:
-        value = _lookup(cfg, key)
+        value = config_value(cfg, key, None)
         if value is None:
             continue
         try:
