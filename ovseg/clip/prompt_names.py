@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 from ..vocab import normalize_name
 
-__all__ = ["apply_prompt_names", "builtin_prompt_name_maps", "get_prompt_names"]
+__all__ = ["PromptWords", "apply_prompt_names", "builtin_prompt_name_maps", "get_prompt_names"]
 
 
 def _folder():
@@ -80,13 +80,27 @@ def get_prompt_names(spec: str) -> Dict[str, str]:
         return _parse(f.read(), spec)
 
 
+class PromptWords(tuple):
+    """Words that are already what the text encoder sees: the synonyms of class names a map
+    was applied to (:meth:`~ovseg.modeling.meta_arch.base.OpenVocabSegmentor.scored_words`).
+    A map renames whole display names; applied again to the words, it would rename a synonym
+    that happens to be a key ("aeroplane, jet" embedded as "airplane", "jet" under
+    SYNONYM_MERGE max but "aeroplane", "jet" under mean) or refuse a vocabulary holding a key
+    and its prompt name (ADE20K-847's "window" and "windowpane" under maskclip_ade150), so
+    :func:`apply_prompt_names` passes them unchanged."""
+
+    __slots__ = ()
+
+
 def apply_prompt_names(names: Sequence[str], prompt_names: Mapping[str, str]) -> Tuple[str, ...]:
     """The names the text encoder sees for ``names`` (display names): mapped where the map
-    has them, unchanged otherwise.
+    has them, unchanged otherwise; :class:`PromptWords` unchanged.
 
     Raises:
         ValueError: two display names would get the same prompt name (identical embeddings).
     """
+    if isinstance(names, PromptWords):
+        return tuple(names)
     out = tuple(prompt_names.get(normalize_name(n), n) for n in names)
     seen: Dict[str, str] = {}
     for display, prompt in zip(names, out):

@@ -25,7 +25,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.logger import log_first_n
 
 from ...clip import CLIPTeacher
-from ...clip.prompt_names import apply_prompt_names
+from ...clip.prompt_names import PromptWords, apply_prompt_names
 from ...pseudo.labels import SCORE_KINDS
 from ...utils.choices import check_choice
 from ...vocab import normalize_name, one_class_warning
@@ -368,11 +368,13 @@ class OpenVocabSegmentor(nn.Module):
         """The names the text side scores for the classes ``names``, and for each class the
         indices of its words (None: one channel per class). With SYNONYM_MERGE ``max``
         every distinct synonym is a channel; a text-embeddings file has one row per class.
-        The export (:mod:`ovseg.export`) reads the same answer."""
+        The prompt names map whole class names, so the words are :class:`PromptWords`, which
+        the text classifier embeds as they are. The export (:mod:`ovseg.export`) reads the
+        same answer."""
         groups = synonym_groups(apply_prompt_names(names, self.prompt_names))
         if self.synonym_merge == "max" and groups is not None and self.text_embeddings_file is None:
             words, members = groups
-            return words, defer_to_smaller_classes(members)
+            return PromptWords(words), defer_to_smaller_classes(members)
         return names, None
 
     def _synonym_scores(self, names: Tuple[str, ...], images: Tensor) -> Tensor:
