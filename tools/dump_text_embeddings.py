@@ -9,8 +9,9 @@ also writes them as a plain tensor file for other code:
         --config-file configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml \\
         --vocabulary ade847 --output output/text/ade847_vitb16.pt
 
-The file holds ``{"names", "templates", "embeddings" (K, D), "fingerprint"}``
-(``ovseg.clip.export``).
+The rows are what the config's models classify with (MODEL.CLIP.PROMPT_NAMES's words, a class
+with synonyms the mean of its words). The file holds ``{"names", "prompts", "templates",
+"embeddings" (K, D), "fingerprint"}`` (``ovseg.clip.export``).
 """
 
 from __future__ import annotations

@@ -109,3 +109,37 @@ def test_offline_clip_weights_end_in_one_error_line(tmp_path, capsys, monkeypatc
     assert err.startswith("dump_text_embeddings.py: error: Could not get the weights"), err
     assert "MODEL.CLIP.PRETRAINED" in err and "Network is unreachable" in err
     assert not out.exists()
+
+
+def test_dump_writes_the_configs_classifier_rows(tmp_path, monkeypatch):
+    """The file's rows are what the config's models classify with: the VOC MaskCLIP config's
+    official word "airplane" for "aeroplane" (MODEL.CLIP.PROMPT_NAMES maskclip_voc20), a class
+    with synonyms as the normalised mean of its words; and the words are what the teacher
+    then caches, so a model scoring the vocabulary under SYNONYM_MERGE max computes nothing.
+    (The dump embedded "aeroplane" and the whole "road, route", text no model embeds.)"""
+    from detectron2.modeling import build_model
+
+    import ovseg.clip.export as export
+
+    cfg = load_config(CONFIG, TINY + ["MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache")])
+    cfg.MODEL.CLIP.TEMPLATES = "single"
+    assert cfg.MODEL.CLIP.PROMPT_NAMES == "maskclip_voc20"
+    model = build_model(cfg).eval()
+    monkeypatch.setattr(export, "build_clip_teacher", lambda cfg: model.teacher)
+    names = ("aeroplane", "road, route", "sky")
+    emb = export_text_embeddings(cfg, "aeroplane; road, route; sky", tmp_path / "t.pt")
+    data = torch.load(tmp_path / "t.pt")
+    assert data["names"] == list(names)
+    assert data["prompts"] == ["airplane", "road, route", "sky"]
+    with torch.no_grad():
+        assert torch.allclose(emb, model.text_embeddings(names).cpu(), atol=1e-6)
+
+    def no_new_text(*args):
+        raise AssertionError("the dump did not compute the words a model asks for")
+
+    monkeypatch.setattr(model.teacher, "_compute_text", no_new_text)
+    model.teacher._text_memo.clear()  # from the disk cache the dump wrote
+    words, _ = model.scored_words(names)
+    assert tuple(words) == ("airplane", "road", "route", "sky")
+    with torch.no_grad():
+        model.text_embeddings(words)
