@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ovseg.api import REPO_ROOT, Prediction, Predictor, resolve_config_path
+from ovseg.api import Prediction, Predictor, resolve_config_path
 from ovseg.data.datasets import toy_world
 from ovseg.utils.visualization import (
     draw_semantic,
@@ -60,6 +60,9 @@ MAX_HEATMAPS = 12
 # how deep under a runs folder a run (config.yaml + model_final.pth) is looked for:
 # output/demo/split_a/lseg/teacher is 4 levels below output/
 RUN_SEARCH_DEPTH = 5
+# the checkout this app is in: its output/ holds the runs train_net.py and make demo leave
+# (an ovseg installed from a wheel has its configs inside site-packages, not beside this file)
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def find_runs(folder: Path, max_depth: int = RUN_SEARCH_DEPTH) -> List[ModelChoi
         if "config.yaml" in filenames and "model_final.pth" in filenames:
             run = Path(dirpath)
             try:
-                label = str(run.relative_to(REPO_ROOT))
+                label = str(run.relative_to(CHECKOUT))
             except ValueError:
                 label = str(run)
             runs.append(ModelChoice(label, str(run / "config.yaml"), str(run / "model_final.pth")))
@@ -94,7 +97,7 @@ def find_runs(folder: Path, max_depth: int = RUN_SEARCH_DEPTH) -> List[ModelChoi
 
 
 def default_choices(
-    runs_folders: Sequence[Path] = (REPO_ROOT / "output",),
+    runs_folders: Sequence[Path] = (CHECKOUT / "output",),
     config_file: Optional[str] = None,
     weights: Optional[str] = None,
 ) -> List[ModelChoice]:
@@ -316,7 +319,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runs",
         nargs="*",
-        default=[str(REPO_ROOT / "output")],
+        default=[str(CHECKOUT / "output")],
         help="folders searched for trained runs (config.yaml + model_final.pth); "
         "default: output/",
     )

@@ -21,8 +21,23 @@ from .extensions import import_extensions, requested_extensions
 
 logger = logging.getLogger(__name__)
 
-# the repository (a source checkout; an installed package has no configs/ beside it)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+# a file every copy of the repository's configs holds
+_ROOT_MARKER = os.path.join("configs", "Base-ovseg.yaml")
+
+
+def find_repo_root(package_dir: str = _PACKAGE_DIR) -> str:
+    """The folder holding the shipped ``configs/`` and ``checkpoints/``: the copy a built
+    ovseg carries inside its package (``ovseg/_shipped``, written by setup.py), else the
+    checkout around the package (a source tree or an editable install)."""
+    shipped = os.path.join(package_dir, "_shipped")
+    if os.path.isfile(os.path.join(shipped, _ROOT_MARKER)):
+        return shipped
+    return os.path.dirname(package_dir)
+
+
+# where configs/ and checkpoints/ are: the checkout, or an installed package's own copy
+REPO_ROOT = find_repo_root()
 # config keys naming files that shipped configs give relative to the repository root
 _REPO_RELATIVE_KEYS = (("CLIP", "MODEL_NAME"), ("CLIP", "PRETRAINED"), ("WEIGHTS",))
 
