@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from ovseg_testing import ROOT
 
-from ovseg.engine.defaults import find_repo_root
+from detectron2.engine import default_argument_parser
+
+from ovseg.benchmark.teacher import _build_teacher
+from ovseg.engine.defaults import find_repo_root, load_config, setup
 
 # what a build reads (setup.py, MANIFEST.in) and what it packs
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "ovseg",
@@ -31,6 +34,30 @@ def test_repo_root_is_the_shipped_copy_in_a_built_package(tmp_path):
     marker.parent.mkdir(parents=True)
     marker.write_text("MODEL: {}\n")
     assert find_repo_root(str(package)) == str(package / "_shipped")
+
+
+def test_repository_relative_names_load_from_any_folder(tmp_path, monkeypatch):
+    # an installed ovseg's own modules name shipped files so (python -m ovseg.benchmark.suite)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/toy/maskclip.yaml")
+    assert cfg.MODEL.CLIP.MODEL_NAME == str(ROOT / "configs/clip/toy_rn.json")
+    teacher = _build_teacher("configs/clip/tiny_vit.json", "", "", "cpu", "fp32", "single")
+    assert teacher.model.visual is not None
+    with pytest.raises(FileNotFoundError, match="'configs/toy/no_such.yaml' does not exist"):
+        load_config("configs/toy/no_such.yaml")
+
+
+def test_a_run_set_up_from_another_folder_names_its_config_by_repository_path(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # train_net.py's set-up: detectron2 reads the file again
+    out = tmp_path / "run"
+    args = default_argument_parser().parse_args(
+        ["--config-file", "configs/toy/maskclip.yaml", "OUTPUT_DIR", str(out)]
+    )
+    setup(args)
+    assert args.config_file == str(ROOT / "configs/toy/maskclip.yaml")
+    assert (out / "config.yaml").is_file()
 
 
 def _pep517(hook: str, source: Path, out: Path) -> Path:

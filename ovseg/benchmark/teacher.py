@@ -51,12 +51,14 @@ def _build_teacher(
 
     from ..clip import build_clip_teacher
     from ..config import add_ovseg_config
+    from ..engine.defaults import anchor_repo_paths
 
     cfg = get_cfg()
     add_ovseg_config(cfg)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.CLIP.MODEL_NAME = model
     cfg.MODEL.CLIP.PRETRAINED = pretrained
+    anchor_repo_paths(cfg)  # the default "configs/clip/tiny_vit.json" from any folder
     cfg.MODEL.CLIP.PRECISION = precision
     cfg.MODEL.CLIP.TEMPLATES = templates
     if cache_dir:

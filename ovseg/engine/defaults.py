@@ -46,6 +46,7 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     """detectron2 defaults + ovseg's keys + a YAML file (with ``_BASE_``) + KEY VALUE pairs."""
     if not config_file:
         raise ValueError("No --config-file given; pick one under configs/ (see README).")
+    config_file = repo_file(config_file)
     if not os.path.isfile(config_file):
         what = "is a folder, not a file" if os.path.isdir(config_file) else "does not exist"
         raise FileNotFoundError(
@@ -100,13 +101,19 @@ def anchor_repo_paths(cfg: CfgNode) -> None:
         for key in keys[:-1]:
             node = node.get(key)
         value = node.get(keys[-1]) if node is not None else None
-        if not isinstance(value, str) or not value or os.path.isabs(value):
-            continue
-        if os.path.exists(value):
-            continue
-        anchored = os.path.join(REPO_ROOT, value)
-        if os.path.isfile(anchored):
-            node[keys[-1]] = anchored
+        if isinstance(value, str) and value:
+            node[keys[-1]] = repo_file(value)
+
+
+def repo_file(path: str) -> str:
+    """``path`` when it is absolute or exists from the working directory, else the file of
+    that path under the repository root when there is one (a shipped
+    "configs/toy/maskclip.yaml" named from another folder, or by an installed ovseg's
+    modules: ``python -m ovseg.benchmark.suite``), else ``path`` unchanged."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    anchored = os.path.join(REPO_ROOT, path)
+    return anchored if os.path.isfile(anchored) else path
 
 
 # yacs: "Type mismatch (<class 'float'> vs. <class 'int'>) with values (0.01 vs. 0) for config
@@ -188,6 +195,8 @@ def _custom_as_list(opts: list[str]) -> list[str]:
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config of a run and set up logging and the output folder."""
+    # detectron2's default_setup reads the file again: the name load_config resolved
+    args.config_file = repo_file(args.config_file) if args.config_file else args.config_file
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg)  # bad dataset names and solver values stop here, before any output
     cfg.freeze()
