@@ -5,6 +5,7 @@ files on the path (no checkout beside the package)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def test_a_run_set_up_from_another_folder_names_its_config_by_repository_path(
     setup(args)
     assert args.config_file == str(ROOT / "configs/toy/maskclip.yaml")
     assert (out / "config.yaml").is_file()
+
+
+def test_license_is_an_spdx_expression():
+    # a TOML table is deprecated: setuptools warns at every build that such builds stop
+    # being supported after 2027-02-18
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^license = "Apache-2.0"$', text, re.M), "license is no SPDX string"
+    assert re.search(r'^license-files = \["LICENSE"\]$', text, re.M)
 
 
 def _pep517(hook: str, source: Path, out: Path) -> Path:
