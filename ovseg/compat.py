@@ -16,6 +16,12 @@ this module holds only behaviour that even upstream lacks for CPU runs:
   caches, or by a DDP wrapper in a reference cycle) tears gloo down during interpreter
   finalization, which can abort it after its work is done; every launched worker ends its
   groups first (``end_process_group``).
+
+Two private detectron2 functions that ovseg calls changed their arguments after v0.6:
+``SimpleTrainer.write_metrics`` takes the iteration (``cur_iter``) and the COCO evaluation
+takes the ``COCOeval`` class (``cocoeval_fn``) instead of ``use_fast_impl``
+(``write_metrics``, ``evaluate_predictions_on_coco``); ``launch`` resolves ``dist_url``
+``"auto"`` only, so ``launch`` here turns a missing URL of a one-machine run into ``"auto"``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ __all__ = [
     "default_dist_url",
     "die_with_parent",
     "end_process_group",
+    "write_metrics",
+    "evaluate_predictions_on_coco",
 ]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -107,6 +115,8 @@ def launch(
     through gloo.
     """
     world_size = num_machines * num_gpus_per_machine
+    if dist_url is None and num_machines == 1:  # later detectron2 would read env:// instead
+        dist_url = "auto"
     if torch.cuda.is_available() or launch_supports_cpu():
         if world_size > 1:  # workers are spawned: they end with this process
             main_func = functools.partial(_run_dying_with, os.getpid(), main_func)
@@ -289,3 +299,46 @@ def create_ddp_model(
 
         ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
     return ddp
+
+
+def _parameters(func: Callable[..., Any]) -> frozenset:
+    try:
+        return frozenset(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def write_metrics(loss_dict: dict, data_time: float, prefix: str = "") -> None:
+    """detectron2's ``SimpleTrainer.write_metrics`` at the event storage's iteration.
+
+    v0.6's is ``(loss_dict, data_time, prefix="")`` and writes at the storage's iteration; later
+    ones are ``(loss_dict, data_time, cur_iter, prefix="")``: called as v0.6's, the prefix
+    became the iteration (``""``), and the writers failed comparing it with numbers.
+    """
+    from detectron2.engine import SimpleTrainer
+    from detectron2.utils.events import get_event_storage
+
+    d2_write = SimpleTrainer.write_metrics
+    if "cur_iter" in _parameters(d2_write):
+        d2_write(loss_dict, data_time, get_event_storage().iter, prefix)
+    else:
+        d2_write(loss_dict, data_time, prefix)
+
+
+def evaluate_predictions_on_coco(evaluate: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``evaluate`` (detectron2's ``_evaluate_predictions_on_coco``) with pycocotools' own
+    ``COCOeval``: v0.6 takes ``use_fast_impl=False``, later versions ``cocoeval_fn=COCOeval``
+    (and reject ``use_fast_impl``)."""
+    params = _parameters(evaluate)
+    if "cocoeval_fn" in params:
+        from pycocotools.cocoeval import COCOeval
+
+        kwargs["cocoeval_fn"] = COCOeval
+    elif "use_fast_impl" in params:
+        kwargs["use_fast_impl"] = False
+    else:
+        raise TypeError(
+            f"{getattr(evaluate, '__qualname__', evaluate)!r} takes neither cocoeval_fn nor "
+            "use_fast_impl: an unknown detectron2 version; ovseg needs pycocotools' COCOeval"
+        )
+    return evaluate(*args, **kwargs)

@@ -170,3 +170,77 @@ def test_workers_of_detectron2s_launch_end_their_groups_too(tmp_path, monkeypatc
         comm._get_global_gloo_group.cache_clear()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_launch_without_a_url_picks_a_free_port_on_detectron2s_launch_too(monkeypatch):
+    """detectron2 after v0.6 starts CPU workers itself but resolves only "auto": a missing URL
+    reached ``init_process_group`` as env:// and failed (MASTER_ADDR not set)."""
+    calls = []
+    monkeypatch.setattr(compat, "launch_supports_cpu", lambda: True)
+    monkeypatch.setattr(compat.d2_launch_module, "launch", lambda *a, **k: calls.append(k))
+    compat.launch(print, 2)
+    assert [c["dist_url"] for c in calls] == ["auto"]
+    compat.launch(print, 2, num_machines=3)  # several machines: env:// is the user's choice
+    assert calls[-1]["dist_url"] is None
+
+
+def _write_metrics_v06(loss_dict, data_time, prefix=""):
+    from detectron2.utils.events import get_event_storage
+
+    _WRITTEN.append((get_event_storage().iter, prefix, sorted(loss_dict)))
+
+
+def _write_metrics_later(loss_dict, data_time, cur_iter, prefix=""):
+    _WRITTEN.append((cur_iter, prefix, sorted(loss_dict)))
+
+
+_WRITTEN: list = []
+
+
+@pytest.mark.parametrize("d2_write", [_write_metrics_v06, _write_metrics_later])
+@pytest.mark.parametrize("period", [1, 2])
+def test_losses_are_written_at_their_iteration_by_either_write_metrics(
+    monkeypatch, d2_write, period
+):
+    """``SimpleTrainer.write_metrics`` takes the iteration after v0.6; called as v0.6's, the
+    prefix "" was every loss's iteration and the writers failed on it."""
+    from detectron2.engine import SimpleTrainer
+    from detectron2.utils.events import EventStorage
+
+    from ovseg.engine.train_loop import DeferredMetrics
+
+    monkeypatch.setattr(SimpleTrainer, "write_metrics", staticmethod(d2_write))
+    _WRITTEN.clear()
+    steps = DeferredMetrics()
+    steps.metrics_period = period
+    with EventStorage(5) as storage:
+        for it in (5, 6):
+            storage.iter = it
+            steps._write_metrics({"loss_a": torch.tensor(1.0)}, 0.1)
+        steps.flush_metrics()  # period 2: iteration 6 waits for its read-back
+    assert _WRITTEN == [(5, "", ["loss_a"]), (6, "", ["loss_a"])]
+
+
+def test_coco_evaluation_asks_for_pycocotools_in_either_signature(monkeypatch):
+    """detectron2 after v0.6 takes ``cocoeval_fn`` and refuses ``use_fast_impl``."""
+    from pycocotools.cocoeval import COCOeval
+
+    from ovseg.evaluation import instance_evaluator
+
+    def v06(coco_gt, coco_results, iou_type, kpt_oks_sigmas=None, use_fast_impl=True, **kw):
+        return ("v06", use_fast_impl, kw)
+
+    def later(coco_gt, coco_results, iou_type, kpt_oks_sigmas=None, cocoeval_fn=None, **kw):
+        return ("later", cocoeval_fn, kw)
+
+    kw = {"img_ids": [3], "max_dets_per_image": None}
+    assert compat.evaluate_predictions_on_coco(v06, "gt", [1], "segm", **kw) == ("v06", False, kw)
+    got = compat.evaluate_predictions_on_coco(later, "gt", [1], "segm", **kw)
+    assert got == ("later", COCOeval, kw)
+    with pytest.raises(TypeError, match="neither"):
+        compat.evaluate_predictions_on_coco(lambda *a, **k: None, "gt", [1], "segm")
+    # the evaluator goes through it (the real function is run by the evaluator's own tests)
+    monkeypatch.setattr(instance_evaluator, "_evaluate_predictions_on_coco", later)
+    evaluator = types.SimpleNamespace(_coco_api="gt", _max_dets_per_image=7)
+    got = instance_evaluator.OpenVocabInstanceEvaluator._evaluate_all(evaluator, [1], [3])
+    assert got == ("later", COCOeval, {"img_ids": [3], "max_dets_per_image": 7})

@@ -17,6 +17,8 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..compat import write_metrics
+
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 __all__ = ["AMPTrainer", "Accumulation", "DeferredMetrics", "OvsegSimpleTrainer"]
@@ -40,7 +42,7 @@ class DeferredMetrics:
 
     def _write_metrics(self, loss_dict, data_time: float, prefix: str = "") -> None:
         if self.metrics_period <= 1:
-            SimpleTrainer.write_metrics(loss_dict, data_time, prefix)
+            write_metrics(loss_dict, data_time, prefix)
             return
         it = get_event_storage().iter
         pending = self.__dict__.setdefault("_pending_metrics", [])
@@ -69,7 +71,7 @@ class DeferredMetrics:
                 storage.iter = it
                 read = {k: torch.tensor(next(values)) for k in names}
                 if gather or comm.get_world_size() == 1:
-                    SimpleTrainer.write_metrics(read, data_time, prefix)
+                    write_metrics(read, data_time, prefix)
                 else:
                     _write_local_metrics(read, data_time, prefix)
         finally:

@@ -26,6 +26,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from detectron2.utils.logger import create_small_table
 
+from ..compat import evaluate_predictions_on_coco
 from ..utils.io import atomic_write_text
 
 __all__ = [
@@ -161,11 +162,11 @@ class OpenVocabInstanceEvaluator(COCOEvaluator):
 
     def _evaluate_all(self, kept, img_ids):
         return (
-            _evaluate_predictions_on_coco(
+            evaluate_predictions_on_coco(
+                _evaluate_predictions_on_coco,
                 self._coco_api,
                 kept,
                 "segm",
-                use_fast_impl=False,
                 img_ids=img_ids,
                 max_dets_per_image=self._max_dets_per_image,
             )
