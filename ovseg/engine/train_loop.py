@@ -147,7 +147,16 @@ class Accumulation:
                 backward(sum(loss_dict.values()) / steps)
             for name, value in loss_dict.items():
                 means[name] = means.get(name, 0) + value.detach() / steps
+        after_backward(self)
         return means, data_time
+
+
+def after_backward(trainer) -> None:
+    """The hooks' ``after_backward`` once the step's gradients are in, as detectron2's own
+    steps call it after v0.6 (``SimpleTrainer.run_step``); v0.6 has no such hook."""
+    call = getattr(trainer, "after_backward", None)
+    if call is not None:
+        call()
 
 
 def _loss_dict(out) -> Dict[str, torch.Tensor]:
@@ -226,6 +235,7 @@ class AMPTrainer(Accumulation, DeferredMetrics, SimpleTrainer):
             loss_dict = self._forward(data)
             self.optimizer.zero_grad()
             self._backward(sum(loss_dict.values()))
+            after_backward(self)
         self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()

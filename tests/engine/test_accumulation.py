@@ -81,3 +81,26 @@ def test_the_loader_batch_is_the_step_divided_by_the_steps():
         per_forward_batch(cfg)
     with pytest.raises(ValueError, match="ACCUMULATE_STEPS must be >= 1"):
         OvsegSimpleTrainer(_MeanSquares(), iter([]), None, accumulate_steps=0)
+
+
+@pytest.mark.parametrize(
+    "cls, steps, kwargs",
+    [
+        (OvsegSimpleTrainer, 2, {}),
+        (AMPTrainer, 1, {"dtype": "bf16"}),
+        (AMPTrainer, 2, {"dtype": "bf16"}),
+    ],
+)
+def test_hooks_after_backward_run_once_per_step_with_the_gradients_in(cls, steps, kwargs):
+    # detectron2 after v0.6 calls its hooks' after_backward from its own steps (gradient
+    # clipping or logging hooks); ovseg's accumulating and AMP steps replace those steps
+    model = _MeanSquares()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = cls(model, _loader(_samples(12), 2), optimizer, accumulate_steps=steps, **kwargs)
+    seen = []
+    trainer.after_backward = lambda: seen.append(model.linear.weight.grad.abs().sum().item())
+    with EventStorage(0) as storage:
+        for it in range(3):
+            storage.iter = it
+            trainer.run_step()
+    assert len(seen) == 3 and all(g > 0 for g in seen)
