@@ -31,7 +31,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from .data.dataset_mappers.resize import inference_resize
-from .data.image_io import read_image
+from .data.image_io import pil_to_numpy, read_image
 from .engine.checkpoint import load_model_weights
 from .engine.defaults import REPO_ROOT as ENGINE_REPO_ROOT
 from .engine.defaults import load_config
@@ -173,7 +173,7 @@ def _as_rgb(image: ImageLike, index: int) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, format="RGB")
     if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
-        return np.asarray(image.convert("RGB"))
+        return pil_to_numpy(image, "RGB", f"{what} (a PIL {image.mode} image)")
     check_image(image, what)
     return image
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ovseg_testing import ROOT
-from PIL import Image
+from PIL import Image, ImageOps
 
 import ovseg
 from ovseg.data.datasets import toy_world as tw
@@ -281,3 +281,28 @@ def test_a_trainable_student_without_weights_is_warned_about(tmp_path, caplog):
         ovseg.Predictor(lseg, tmp_path / "model.pth", device="cpu")
         ovseg.Predictor("toy/maskclip.yaml", device="cpu")
     assert not [r for r in caplog.records if "No weights given" in r.getMessage()]
+
+
+def test_a_pil_image_is_read_as_its_file(predictor, tmp_path):
+    # Image.open's image of a phone photo (EXIF orientation 6: stored turned) and of a 16-bit
+    # PNG: the same prediction as the file's path, not a turned map or a white image
+    image, _ = _scene(2)
+    tall = np.ascontiguousarray(image[:, :40])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo, gray16 = tmp_path / "photo.jpg", tmp_path / "gray16.png"
+    Image.fromarray(np.rot90(tall)).save(photo, quality=98, exif=exif.tobytes())
+    Image.fromarray(image[..., 1].astype(np.uint16) * 257).save(gray16)
+    for path in (photo, gray16):
+        by_path = predictor.predict(path, SHAPES)
+        with Image.open(path) as opened:
+            by_pil = predictor.predict(opened, SHAPES)
+        assert by_pil.labels.shape == by_path.labels.shape
+        np.testing.assert_allclose(by_pil.scores, by_path.scores, atol=1e-6)
+    assert predictor.predict(photo, SHAPES).labels.shape == (64, 40)  # as the photo is shown
+    # an image already turned (ImageOps.exif_transpose drops the tag) is not turned again
+    with Image.open(photo) as opened:
+        shown = ImageOps.exif_transpose(opened)
+    assert predictor.predict(shown, SHAPES).labels.shape == (64, 40)
+    with pytest.raises(OSError, match=r"Image 0 \(a PIL I image\) is I grayscale with values"):
+        predictor.predict(Image.fromarray(np.full((4, 4), 70000, np.int32)), SHAPES)

@@ -13,11 +13,11 @@ import os
 from typing import Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detectron2.data import detection_utils as d2_utils
 
-__all__ = ["ImageDecodeError", "read_image", "read_image_size", "read_label"]
+__all__ = ["ImageDecodeError", "pil_to_numpy", "read_image", "read_image_size", "read_label"]
 
 # Pillow's modes for 16-bit grayscale (PNG, TIFF); "I" is how older Pillow reads them
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -75,13 +75,14 @@ def read_image_size(path: str | os.PathLike) -> Tuple[int, int, int]:
     return height, width, orientation
 
 
-def _to_8bit(image: Image.Image, path: str) -> Image.Image:
-    """A grayscale image of more than 8 bits as mode "L", scaled (65535 -> 255)."""
+def _to_8bit(image: Image.Image, what: str) -> Image.Image:
+    """A grayscale image of more than 8 bits as mode "L", scaled (65535 -> 255); ``what``
+    names the image in errors ("Image file 'a.png'")."""
     if image.mode in _HIGH_DEPTH_MODES:
         values = np.asarray(image).astype(np.int64)
         if values.min() < 0 or values.max() > 65535:
             raise ImageDecodeError(
-                f"Image file {path!r} is {image.mode} grayscale with values in "
+                f"{what} is {image.mode} grayscale with values in "
                 f"[{values.min()}, {values.max()}]; only 8- and 16-bit images are supported"
             )
         return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
@@ -89,8 +90,7 @@ def _to_8bit(image: Image.Image, path: str) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             raise ImageDecodeError(
-                f"Image file {path!r} is a float image with values outside [0, 1]; convert "
-                "it to 8-bit"
+                f"{what} is a float image with values outside [0, 1]; convert it to 8-bit"
             )
         return Image.fromarray(np.rint(values * 255).astype(np.uint8), mode="L")
     return image
@@ -119,8 +119,27 @@ def read_image(
         ImageDecodeError: it cannot be decoded; the message names the file.
     """
     path = os.fspath(path)
-    image = _to_8bit(_open(path, exif_orientation), path)
+    image = _to_8bit(_open(path, exif_orientation), f"Image file {path!r}")
     return d2_utils.convert_PIL_to_numpy(image, format)
+
+
+def pil_to_numpy(image: Image.Image, format: str = "RGB", what: str = "image") -> np.ndarray:
+    """A PIL image (``Image.open``'s, a web upload's) as :func:`read_image` reads its file: its
+    EXIF orientation applied, 16-bit and float grayscale scaled to 8 bits (Pillow's own
+    ``convert("RGB")`` clips them: a 16-bit image turns white), then converted to ``format``.
+
+    The orientation is applied with ``ImageOps.exif_transpose``, which drops the tag, so an
+    image already turned (as gradio turns uploads) is not turned again.
+
+    Raises:
+        ImageDecodeError: values no 8-bit image can hold; the message names ``what``.
+    """
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except _UNREADABLE as e:
+        raise ImageDecodeError(f"Cannot decode {what} ({type(e).__name__}: {e})") from None
+    return d2_utils.convert_PIL_to_numpy(_to_8bit(image, what[:1].upper() + what[1:]), format)
 
 
 def read_label(path: str | os.PathLike, *, exif_orientation: bool = True) -> np.ndarray:
