@@ -30,12 +30,13 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ovseg.api import Prediction, Predictor, resolve_config_path
 from ovseg.data.datasets import toy_world
+from ovseg.data.image_io import pil_to_numpy, read_image
 from ovseg.utils.visualization import (
     draw_semantic,
     heatmap_grid,
@@ -158,12 +159,15 @@ class SegmentApp:
             return self._predictors[label]
 
     def segment(
-        self, image: Optional[np.ndarray], vocabulary: str, label: str
+        self, image: Any, vocabulary: str, label: str
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         """One request.
 
         Args:
-            image: (H, W, 3) uint8 RGB, or None when nothing was uploaded.
+            image: the uploaded file (the page passes its path: it is decoded as the demo and
+                training read files, EXIF orientation and 16-bit scaling included), a PIL
+                image, an (H, W, 3) / (H, W) / (H, W, 4) uint8 array, or None when nothing
+                was uploaded.
             vocabulary: what :meth:`ovseg.Predictor.predict` accepts as a string (class
                 names, a builtin vocabulary name).
             label: a menu entry.
@@ -175,6 +179,10 @@ class SegmentApp:
             raise ValueError("upload an image first")
         if not vocabulary or not vocabulary.strip():
             raise ValueError("type a vocabulary: class names separated by commas")
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image, format="RGB")
+        elif not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
+            image = pil_to_numpy(image, "RGB", "the uploaded image")
         image = np.asarray(image)
         if image.ndim == 2:  # grayscale: the predictor takes three channels
             image = np.stack([image] * 3, axis=-1)
@@ -253,7 +261,7 @@ def build_ui(app: SegmentApp, examples: Sequence[str] = ()):
     def run(image, vocabulary, label):
         try:
             return app.segment(image, vocabulary, label)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:  # OSError: an upload that is no image
             raise gr.Error(str(e)) from e
 
     labels = list(app.choices)
@@ -266,8 +274,10 @@ def build_ui(app: SegmentApp, examples: Sequence[str] = ()):
         )
         with gr.Row():
             with gr.Column(scale=1):
+                # the file, not gradio's array: gradio's image_mode="RGB" clips a 16-bit PNG
+                # to white and gives a GIF as palette indices
                 image = gr.Image(
-                    type="numpy", image_mode="RGB", sources=["upload"], label="Image",
+                    type="filepath", image_mode=None, sources=["upload"], label="Image",
                     elem_id="input-image",
                 )  # fmt: skip
                 vocabulary = gr.Textbox(

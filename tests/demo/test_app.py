@@ -13,6 +13,7 @@ import pytest
 from ovseg_testing import ROOT, load_script
 
 from ovseg.data.datasets import toy_world as tw
+from ovseg.data.image_io import read_image
 from ovseg.utils.visualization import heatmap_grid
 
 app_module = load_script("demo/app.py")
@@ -105,6 +106,38 @@ def test_grayscale_and_rgba_uploads_are_segmented(toy_app):
         _, label_map, _, _ = toy_app.segment(upload, VOCABULARY, "toy")
         _, expected, _, _ = toy_app.segment(as_rgb, VOCABULARY, "toy")
         np.testing.assert_array_equal(label_map, expected)
+
+
+def test_uploads_are_read_as_the_demo_reads_their_files(toy_app, tmp_path):
+    """What the page hands segment() for an upload is decoded as demo.py decodes the file:
+    gradio's own RGB array made a 16-bit PNG white and a GIF palette indices (grey)."""
+    pytest.importorskip("gradio")
+    from gradio.data_classes import ImageData
+    from PIL import Image
+
+    image = _scene()
+    tall = np.ascontiguousarray(image[:, :40])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone photo stored turned
+    paths = [tmp_path / n for n in ("gray16.png", "anim.gif", "photo.jpg", "scene.webp")]
+    Image.fromarray(image[..., 0].astype(np.uint16) * 257).save(paths[0])
+    frames = [Image.fromarray(image), Image.fromarray(255 - image)]
+    frames[0].save(paths[1], save_all=True, append_images=frames[1:], duration=100)
+    Image.fromarray(np.rot90(tall)).save(paths[2], quality=98, exif=exif.tobytes())
+    Image.fromarray(image).save(paths[3], lossless=True)
+    page = app_module.build_ui(toy_app)
+    [upload] = [b for b in page.blocks.values() if getattr(b, "elem_id", "") == "input-image"]
+    for path in paths:
+        received = upload.preprocess(ImageData(path=str(path), orig_name=path.name))
+        got = toy_app.segment(received, VOCABULARY, "toy")
+        expected = toy_app.segment(read_image(path), VOCABULARY, "toy")
+        for picture, want in zip(got[:2], expected[:2]):  # the overlay and the label map
+            np.testing.assert_array_equal(picture, want, err_msg=path.name)
+        if path.name == "photo.jpg":  # drawn as the photo is shown: taller than wide
+            assert got[1].shape[0] > got[1].shape[1]
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(OSError, match="text.jpg"):
+        toy_app.segment(str(tmp_path / "text.jpg"), VOCABULARY, "toy")
 
 
 def test_a_bad_model_stops_the_app_before_serving(tmp_path, capsys):
