@@ -26,6 +26,7 @@ from .figures import HeatmapLayout, heatmap_grid, panel_row, save_image
 
 __all__ = [
     "UNSEEN_SUFFIX",
+    "MAX_OVERLAY_SIDE",
     "HeatmapLayout",
     "draw_semantic",
     "heatmap_grid",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 UNSEEN_SUFFIX = " (unseen)"
+# the longest side an overlay is enlarged to (overlay_scale): a 64-pixel image shows at 320
+MAX_OVERLAY_SIDE = 4096
 # detectron2's own semantic edge colour (visualizer._OFF_WHITE), and a dark one for unseen
 _SEEN_EDGE = (1.0, 1.0, 240.0 / 255)
 _UNSEEN_EDGE = (0.05, 0.05, 0.05)
@@ -90,15 +93,24 @@ def label_dtype_for(num_classes: int) -> Tuple[np.dtype, int]:
     raise ValueError(f"{num_classes} classes do not fit a 16-bit label PNG")
 
 
-def overlay_scale(height: int, width: int, min_size: int = 0) -> float:
-    """The Visualizer scale that makes an overlay's short side at least ``min_size`` pixels.
+def overlay_scale(
+    height: int, width: int, min_size: int = 0, max_side: int = MAX_OVERLAY_SIDE
+) -> float:
+    """The Visualizer scale that makes an overlay's short side at least ``min_size`` pixels,
+    an integer, without taking its long side past ``max_side`` (0: no limit).
 
-    Tiny images (the 64-pixel offline world) would otherwise carry unreadable class names.
+    Tiny images (the 64-pixel offline world) would otherwise carry unreadable class names. A
+    thin strip is enlarged only as far as its long side allows: a 3x5000 one, enlarged to a
+    320-pixel short side, was a 321x535,000 overlay (44 s to draw, 0.5 GB, and Pillow warns
+    of a decompression bomb when it is opened).
     """
-    short = min(height, width)
+    short, long = min(height, width), max(height, width)
     if min_size <= 0 or short >= min_size:
         return 1.0
-    return math.ceil(min_size / short)
+    scale = math.ceil(min_size / short)
+    if max_side > 0 and long * scale > max_side:
+        scale = max(1, max_side // long)
+    return scale
 
 
 def _stripes(mask: np.ndarray, color: Sequence[float], scale: float) -> np.ndarray:
