@@ -22,7 +22,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ...utils.colors import deterministic_colors
 from ...vocab import Vocabulary, normalize_name, resolve_vocabulary
 from .common import register_split
-from .custom_labels import GUIDE, check_label
+from .custom_labels import GUIDE, check_label, undecodable_images
 from .instance_common import register_instance_split, register_panoptic_split
 
 __all__ = [
@@ -394,8 +394,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Check registration files and their data: every split is loaded and its "
-        "labels checked; each problem is one line, and the exit status is 2 if any was found."
+        description="Check registration files and their data: every split is loaded, its "
+        "labels checked and its images decoded; each problem is one line, and the exit status "
+        "is 2 if any was found."
     )
     parser.add_argument("files", nargs="+", help="registration files (.yaml/.json)")
     args = parser.parse_args(argv)
@@ -411,6 +412,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 name = _register_spec(spec)
                 records = DatasetCatalog.get(name)
+                problem = undecodable_images(records, name)
+                if problem:
+                    raise ValueError(problem)
             except (ValueError, OSError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 problems += 1

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 
-from ..image_io import TURNED_ORIENTATIONS, read_image_size, read_label
+from ..image_io import TURNED_ORIENTATIONS, read_image, read_image_size, read_label
 
-__all__ = ["check_label"]
+__all__ = ["check_label", "undecodable_images"]
 
 GUIDE = "docs/custom_dataset.md"
 
@@ -67,3 +67,21 @@ def check_label(label_path: str, image_path: str, num_classes: int, ignore: int,
             f"labels, add the classes, or set ignore_label; see {GUIDE}"
         )
     _CHECKED.add(key)
+
+
+def undecodable_images(records, name: str):
+    """One line naming the images of a split's ``records`` that cannot be decoded in full (a
+    truncated or corrupt file passes the header read of :func:`check_label`, and would stop
+    training when the loader reached it), or None. The checker's pass: each image is read."""
+    bad = []
+    for record in records:
+        try:
+            read_image(record["file_name"])
+        except (OSError, ValueError) as e:  # ImageDecodeError names the file
+            bad.append(e)
+    if not bad:
+        return None
+    return (
+        f"Dataset {name!r}: {len(bad)} of {len(records)} images cannot be decoded, e.g. "
+        f"{bad[0]}; re-export them or move them (and their labels) out of the split; see {GUIDE}"
+    )
