@@ -213,6 +213,13 @@ def plan_outputs(output: str, paths: Sequence[str], heatmaps: bool) -> Dict[str,
         dict: input path -> {"overlay", "label"[, "heatmaps"]} output paths.
     """
     as_file = output.lower().endswith(OUTPUT_FILE_EXTENSIONS) and not os.path.isdir(output)
+    if output.lower().endswith(IMAGE_EXTENSIONS + (".gif",)) and not (
+        as_file or os.path.isdir(output)
+    ):  # out.webp would be made a folder of that name
+        raise UsageError(
+            f"--output {output!r} names an image file the demo does not write; an overlay "
+            f"file is {'/'.join(OUTPUT_FILE_EXTENSIONS)}, or give a folder"
+        )
     if as_file and len(paths) != 1:
         raise UsageError(
             f"--output {output!r} names a file, but {len(paths)} inputs were given; give a "

@@ -201,6 +201,14 @@ def test_offline_weights_error_names_the_download(tmp_path, capsys, monkeypatch)
 
 
 # ---------------------------------------------------------------- inputs and outputs
+def test_an_output_file_of_another_image_format_is_refused(tmp_path, capsys):
+    # out.webp was made a folder named out.webp holding <stem>_overlay.png
+    argv = _argv(tmp_path, "--custom-vocabulary", "cat,dog", output=tmp_path / "out.webp")
+    code, err = _run(argv, capsys)
+    assert code == 2 and "names an image file the demo does not write" in err
+    assert ".png/.jpg/.jpeg, or give a folder" in err and not (tmp_path / "out.webp").exists()
+
+
 def test_single_input_may_name_the_output_file(tmp_path, capsys):
     code, err = _run(
         _argv(tmp_path, "--custom-vocabulary", "sky", output=tmp_path / "p.jpg"), capsys
