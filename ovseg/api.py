@@ -146,11 +146,12 @@ def check_image(image: Any, what: str = "image") -> None:
             "an alpha channel (x[..., :3]), or pass the image file or a PIL image"
         )
     if image.dtype != np.uint8:
-        hint = (
-            "(x // 257).astype(np.uint8) for 16-bit values"
-            if image.dtype == np.uint16
-            else "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
-        )
+        if image.dtype == np.uint16:
+            hint = "(x // 257).astype(np.uint8) for 16-bit values"
+        elif image.dtype.kind in "biu":  # bool, integers: values already in [0, 255]?
+            hint = "x.astype(np.uint8) for values in [0, 255] (x * 255 for a bool mask)"
+        else:
+            hint = "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
         raise ValueError(
             f"{what} must be uint8 in [0, 255], got dtype {image.dtype}; convert it, e.g. {hint}"
         )

@@ -89,6 +89,10 @@ def test_builtin_vocabulary(predictor):
         (np.zeros((8, 8), np.uint8), SHAPES, r"repeat a grayscale"),
         (np.zeros((8, 8, 4), np.uint8), SHAPES, r"drop an alpha channel"),
         (np.zeros((8, 8, 3), np.uint16), SHAPES, r"x // 257"),
+        # an int64 array of 0..255 (np.array of a list, skimage) is not a float in [0, 1]
+        (np.zeros((8, 8, 3), np.int64), SHAPES, r"int64; convert it, e.g. x.astype\(np.uint8\)"),
+        (np.zeros((8, 8, 3), bool), SHAPES, r"x \* 255 for a bool mask"),
+        (np.zeros((8, 8, 3), np.float64), SHAPES, r"\(x \* 255\).round\(\)"),
         (np.zeros((8, 8, 3), np.uint8), "ade151", "did you mean the builtin 'ade150'"),
         (np.zeros((8, 8, 3), np.uint8), [], "empty"),
         (np.zeros((8, 8, 3), np.uint8), "", "Empty vocabulary"),
