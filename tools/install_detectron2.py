@@ -250,25 +250,44 @@ def stage_pure_python(sdist: Path, workdir: Path) -> Path:
     return stage
 
 
-def try_source_build(python: str, probe_timeout: int, build_timeout: int) -> bool:
+def source_spec(repo: str) -> str:
+    """What pip installs for ``repo``: a source folder (a checkout) as it is, a git URL or
+    path (a clone, a mirror) as ``git+URL``."""
+    if os.path.isfile(os.path.join(repo, "setup.py")):
+        return os.path.abspath(repo)
+    if "://" not in repo and os.path.isdir(repo):
+        return "git+file://" + os.path.abspath(repo)
+    return f"git+{repo}"
+
+
+def try_source_build(
+    python: str, probe_timeout: int, build_timeout: int, repo: str = OFFICIAL_REPO
+) -> bool:
     """The official build, when its repository answers; False when unreachable or failing."""
+    is_folder = os.path.isfile(os.path.join(repo, "setup.py"))  # a checkout: nothing to probe
+    if not is_folder and not _answers(repo, probe_timeout):
+        return False
+    log(f"building detectron2 from {repo} (compiled ops; this takes minutes)")
+    cmd = [python, "-m", "pip", "install", "--no-build-isolation", source_spec(repo)]
+    try:
+        subprocess.run(cmd, timeout=build_timeout, check=True)
+    except (subprocess.SubprocessError, OSError) as e:
+        log(f"source build failed ({e}); using the PyPI sdist")
+        return False
+    return True
+
+
+def _answers(repo: str, probe_timeout: int) -> bool:
     try:
         subprocess.run(
-            ["git", "ls-remote", "--exit-code", OFFICIAL_REPO, "HEAD"],
+            ["git", "ls-remote", "--exit-code", repo, "HEAD"],
             capture_output=True,
             timeout=probe_timeout,
             check=True,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )
     except (subprocess.SubprocessError, OSError):
-        log(f"official repository not reachable within {probe_timeout}s; using the PyPI sdist")
-        return False
-    log("building the official detectron2 from source (compiled ops; this takes minutes)")
-    cmd = [python, "-m", "pip", "install", "--no-build-isolation", f"git+{OFFICIAL_REPO}"]
-    try:
-        subprocess.run(cmd, timeout=build_timeout, check=True)
-    except (subprocess.SubprocessError, OSError) as e:
-        log(f"source build failed ({e}); using the PyPI sdist")
+        log(f"{repo} not reachable within {probe_timeout}s; using the PyPI sdist")
         return False
     return True
 
@@ -289,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("OVSEG_D2_METHOD", "auto"),
         help="auto: keep, else source, else sdist (env OVSEG_D2_METHOD)",
     )
+    parser.add_argument(
+        "--repo",
+        default=os.environ.get("OVSEG_D2_REPO", OFFICIAL_REPO),
+        help="the official repository to build from: its URL (default), or a local clone, "
+        "mirror or source folder for a machine without GitHub (env OVSEG_D2_REPO)",
+    )
     parser.add_argument("--sdist", type=Path, help=f"a local {SDIST_FILENAME} to use")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/detectron2"))
     parser.add_argument("--index-url", default=os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX))
@@ -305,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"keeping the importable detectron2 at {found}")
         return 0
     if args.method in ("auto", "source") and not args.sdist:
-        if try_source_build(args.python, args.probe_timeout, args.build_timeout):
+        if try_source_build(args.python, args.probe_timeout, args.build_timeout, args.repo):
             return 0
         if args.method == "source":
             return 1

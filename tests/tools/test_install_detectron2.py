@@ -4,6 +4,7 @@ import importlib.util
 import io
 import os
 import re
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -160,3 +161,29 @@ def test_detectron2_importable_reports_missing(tmp_path):
     fake_python.write_text("#!/bin/sh\nexit 1\n")
     fake_python.chmod(0o755)
     assert tool.detectron2_importable(str(fake_python)) is None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses a shell script as interpreter")
+def test_the_source_build_takes_a_local_clone_mirror_or_folder(tmp_path, capsys):
+    # a machine without GitHub (a cluster) builds from its own copy: --repo / OVSEG_D2_REPO
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
+    fake_python.chmod(0o755)
+    clone = tmp_path / "detectron2"
+    clone.mkdir()
+    (clone / "setup.py").write_text("")
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "setup.py"], ["commit", "-qm", "x"]):
+        subprocess.run(git + args, check=True)
+    bare = tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(clone), str(bare)], check=True)
+    assert tool.try_source_build(str(fake_python), 20, 20, repo=str(bare))
+    assert tool.try_source_build(str(fake_python), 20, 20, repo=str(clone))  # a source folder
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls == [
+        f"-m pip install --no-build-isolation git+file://{bare}",
+        f"-m pip install --no-build-isolation {clone}",
+    ]
+    assert not tool.try_source_build(str(fake_python), 20, 20, repo=str(tmp_path / "none.git"))
+    assert f"{tmp_path / 'none.git'} not reachable" in capsys.readouterr().out
+    assert tool.source_spec("https://example.org/d2.git") == "git+https://example.org/d2.git"
