@@ -223,7 +223,7 @@ def render_prediction(image: np.ndarray, pred: Prediction) -> Tuple[np.ndarray, 
     shares = np.bincount(pred.labels.ravel(), minlength=len(names)) / pred.labels.size
     shown = sorted(range(len(names)), key=lambda k: (-shares[k], k))[:MAX_HEATMAPS]
     heatmaps, _ = heatmap_grid(
-        image, pred.scores[shown], [names[k] for k in shown], value_label="class score"
+        image, pred.score_maps(shown), [names[k] for k in shown], value_label="class score"
     )
     return overlay, label_map, heatmaps, legend_html(names, colors.tolist(), shares)
 

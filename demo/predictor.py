@@ -16,9 +16,10 @@ from detectron2.utils.visualizer import VisImage
 from ovseg.api import build_inference_model, check_image, model_input
 from ovseg.clip import get_templates
 from ovseg.data.dataset_mappers import inference_resize
+from ovseg.modeling.full_size import labels_at_size
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.modeling.vocabulary_scores import VocabularyPlan, mean_synonym_embeddings
-from ovseg.pseudo import find_teacher, score_kind_of, scores_to_labels
+from ovseg.pseudo import find_teacher, score_kind_of
 from ovseg.utils.mask_visualization import draw_instance_predictions, draw_panoptic_prediction
 from ovseg.utils.visualization import (
     HeatmapLayout,
@@ -81,12 +82,29 @@ class OpenVocabPredictor:
             )
         return {"sem_seg": output["sem_seg"].detach().float().cpu()}
 
-    def raw_output(self, image: np.ndarray, vocabulary: Sequence[str]) -> Dict:
+    def raw_output(
+        self, image: np.ndarray, vocabulary: Sequence[str], *, input_size: bool = False
+    ) -> Dict:
         """The model's whole output for one image ("sem_seg", "instances", "panoptic_seg",
-        whichever it gives), at the original size."""
+        whichever it gives), at the original size; with ``input_size``, at the network
+        input's size when the model resizes its outputs last (``resizes_outputs_last``)."""
         names = Vocabulary(tuple(vocabulary)).names
+        inp = model_input(image, self.aug, names)
+        if input_size and getattr(self.model, "resizes_outputs_last", False):
+            inp["height"], inp["width"] = inp["image"].shape[-2:]
         with torch.no_grad():
-            return self.model([model_input(image, self.aug, names)])[0]
+            return self.model([inp])[0]
+
+    def semantic_scores(self, image: np.ndarray, vocabulary: Sequence[str]) -> torch.Tensor:
+        """(K, h, w) "sem_seg" scores, at the network input's size (the image resized as the
+        test mapper does) when the model resizes last, else at the image's size; what
+        :func:`ovseg.modeling.full_size.labels_at_size` labels at the image's size."""
+        output = self.raw_output(image, vocabulary, input_size=True)
+        if "sem_seg" not in output:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
+            )
+        return output["sem_seg"].detach().float()
 
     def similarity_maps(self, image: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
         """What the CLIP teacher "sees" for each word: pixel-text cosine similarity.
@@ -183,27 +201,30 @@ class VisualizationDemo:
                 a threshold; then ``vocabulary`` must be ``plan.names``.
 
         Returns:
-            tuple: (predictions, overlay). ``predictions``: "sem_seg" (K, H, W) scores,
-            "label" (H, W) uint8 (uint16 for K > 255) class indices with 255 (65535) where
-            the confidence is below the threshold, "confidence" (H, W) float32 in [0, 1].
+            tuple: (predictions, overlay). ``predictions``: "sem_seg" (K, h, w) the model's
+            scores on the CPU (at the network input's size when the model resizes last, else
+            at the image's), "label" (H, W) uint8 (uint16 for K > 255) class indices with 255
+            (65535) where the confidence is below the threshold, "confidence" (H, W) float32
+            in [0, 1]. The labels are the argmax of the scores resized to the image's size,
+            taken a few classes at a time (a large photo's (K, H, W) is never held).
         """
         names = Vocabulary(tuple(vocabulary)).names
-        kind = self.predictor.score_kind
-        if plan is None or plan.identity:
-            predictions = dict(self.predictor(image, names))
-        else:
-            if tuple(plan.names) != names:
-                raise ValueError(f"vocabulary {names} is not the plan's names {plan.names}")
-            scores = self.predictor(image, plan.model_names)["sem_seg"]
-            probs = scores.softmax(dim=0) if kind == "logits" else scores
-            predictions, kind = {"sem_seg": plan.probabilities(probs[None])[0]}, "probabilities"
-        dtype, ignore = label_dtype_for(len(names))
-        label, confidence = scores_to_labels(
-            predictions["sem_seg"], self.confidence_threshold, ignore_value=ignore, kind=kind
-        )
-        predictions["label"] = label.astype(dtype)
-        predictions["confidence"] = confidence
+        if plan is not None and not plan.identity and tuple(plan.names) != names:
+            raise ValueError(f"vocabulary {names} is not the plan's names {plan.names}")
+        words = plan.model_names if plan is not None else names
+        scores = self.predictor.semantic_scores(image, words)
         h, w = image.shape[:2]
+        label, confidence = labels_at_size(
+            scores, (h, w), kind=self.predictor.score_kind, plan=plan
+        )
+        scores, label, confidence = scores.cpu(), label.cpu(), confidence.cpu()
+        dtype, ignore = label_dtype_for(len(names))
+        label = label.masked_fill(confidence < self.confidence_threshold, ignore)
+        predictions = {
+            "sem_seg": scores,
+            "label": label.numpy().astype(dtype),
+            "confidence": confidence.numpy(),
+        }
         overlay = draw_semantic(
             np.ascontiguousarray(self._rgb(image)),
             predictions["label"],

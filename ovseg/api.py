@@ -7,8 +7,9 @@ Example::
     predictor = ovseg.Predictor("toy/maskclip.yaml")  # a config under configs/, or a file
     [pred] = predictor.predict(["photo.png"], "circle,square,background")
     pred.labels        # (H, W) int64 vocabulary indices, at the image's size
-    pred.scores        # (K, H, W) float32 class probabilities
+    pred.confidence    # (H, W) float32 probability of each pixel's class
     pred.masks["circle"]  # (H, W) bool, for the names present in ``labels``
+    pred.scores        # (K, H, W) float32 class probabilities, made on first access
 
 ``demo/predictor.py`` builds its model and inputs through :func:`build_inference_model`
 and :func:`model_input`.
@@ -20,6 +21,7 @@ import logging
 import os
 import shlex
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -35,6 +37,7 @@ from .data.image_io import pil_to_numpy, read_image
 from .engine.checkpoint import load_model_weights
 from .engine.defaults import REPO_ROOT as ENGINE_REPO_ROOT
 from .engine.defaults import load_config
+from .modeling.full_size import ScoresAtSize, outputs_at_size
 from .modeling.vocabulary_scores import VocabularyPlan
 from .pseudo import score_kind_of
 from .vocab import Vocabulary, resolve_vocabulary
@@ -63,26 +66,58 @@ class Prediction:
     Attributes:
         names: the K class names, in index order.
         labels: (H, W) int64, the index of the best-scoring name per pixel.
-        scores: (K, H, W) float32 per-class scores in [0, 1] whose argmax is ``labels``:
-            the model's "sem_seg" with a softmax over the classes when it declares logits,
-            else as given. They sum to 1 over the classes only for a softmax student with
-            plain names: ZegCLIP's are per-class sigmoids, MaskCLIP's key smoothing and
-            FreeSeg's mask sums are not renormalised, a class with synonyms holds its best
-            word's probability, "other" the best added class's, and a background by a
-            threshold holds the threshold where it wins, else 0.
+        confidence: (H, W) float32, the score of each pixel's class (a background by a
+            threshold: the threshold).
         masks: name -> (H, W) bool, for each name that labels some pixel.
         instances: the model's detectron2 ``Instances`` (mask students), else None; their
             ``pred_classes`` index ``names`` (an added class is "other").
         panoptic: (segment ids (H, W) int array, segments_info list) when the model gives
             "panoptic_seg", else None; each segment's ``category_id`` indexes ``names``.
+        model_scores: the model's "sem_seg" (at its input size, the image resized as the
+            test mapper does, when the model resizes its outputs last; XPM's at (H, W)) with
+            what resizes it to (H, W): :attr:`scores` and :meth:`score_maps` are made from it.
     """
 
     names: Tuple[str, ...]
     labels: np.ndarray
-    scores: np.ndarray
+    confidence: np.ndarray = field(repr=False)
     masks: Dict[str, np.ndarray] = field(repr=False)
     instances: Any = field(default=None, repr=False)
     panoptic: Optional[Tuple[np.ndarray, Any]] = field(default=None, repr=False)
+    model_scores: Optional[ScoresAtSize] = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def scores(self) -> np.ndarray:
+        """(K, H, W) float32 per-class scores in [0, 1] whose argmax is ``labels``, made on
+        first access (K * H * W * 4 bytes: 7.2 GB for 150 classes on a 4000x3000 photo;
+        ``labels``, ``confidence`` and ``masks`` never hold them).
+
+        The model's "sem_seg" with a softmax over the classes when it declares logits, else
+        as given. They sum to 1 over the classes only for a softmax student with plain
+        names: ZegCLIP's are per-class sigmoids, MaskCLIP's key smoothing and FreeSeg's mask
+        sums are not renormalised, a class with synonyms holds its best word's probability,
+        "other" the best added class's, and a background by a threshold holds the threshold
+        where it wins, else 0.
+        """
+        return self._model_scores().probabilities().numpy()
+
+    def score_maps(self, classes: Sequence[Union[int, str]]) -> np.ndarray:
+        """(len(classes), H, W) float32 rows of :attr:`scores` for a few classes (indices or
+        names), each made on its own: a large photo's heat maps without all K."""
+        index = {n: i for i, n in enumerate(self.names)}
+        wanted = []
+        for c in classes:
+            if isinstance(c, str):
+                if c not in index:
+                    raise ValueError(f"{c!r} is not one of this prediction's names {self.names}")
+                c = index[c]
+            wanted.append(int(c))
+        return self._model_scores().probabilities(wanted).numpy()
+
+    def _model_scores(self) -> ScoresAtSize:
+        if self.model_scores is None:
+            raise ValueError("this Prediction was made without its model's scores")
+        return self.model_scores
 
 
 def resolve_config_path(config: Union[str, os.PathLike]) -> str:
@@ -268,6 +303,10 @@ class Predictor:
             model_input(x[:, :, ::-1] if self.input_format == "BGR" else x, self.aug, names)
             for x in rgb
         ]
+        sizes = [(x["height"], x["width"]) for x in inputs]
+        if getattr(self.model, "resizes_outputs_last", False):
+            for x in inputs:  # outputs at the input size; resized in _prediction
+                x["height"], x["width"] = x["image"].shape[-2:]
         outputs: List[Optional[dict]] = [None] * len(inputs)
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, x in enumerate(inputs):
@@ -276,20 +315,22 @@ class Predictor:
             for indices in groups.values():
                 for i, out in zip(indices, self.model([inputs[i] for i in indices])):
                     outputs[i] = out
-        predictions = [self._prediction(out, plan) for out in outputs]
+        predictions = [self._prediction(out, plan, size) for out, size in zip(outputs, sizes)]
         return predictions[0] if single else predictions
 
-    def _prediction(self, output: dict, plan: VocabularyPlan) -> Prediction:
+    def _prediction(self, output: dict, plan: VocabularyPlan, size: Tuple[int, int]) -> Prediction:
         if "sem_seg" not in output:
             raise RuntimeError(
                 f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
             )
-        scores = output["sem_seg"].detach().float()
-        if self.score_kind == "logits":
-            scores = scores.softmax(dim=0)
+        output = outputs_at_size(output, size)
+        # labelled where the model ran (a GPU's resize takes milliseconds), then kept on the CPU
+        model_scores = ScoresAtSize(output["sem_seg"].detach(), size, kind=self.score_kind,
+                                    plan=plan)  # fmt: skip
+        model_scores.labels()
+        label, confidence = model_scores.to("cpu").labels()
         names = plan.names
-        scores = plan.probabilities(scores[None])[0].cpu().numpy()
-        labels = scores.argmax(axis=0).astype(np.int64)
+        labels, confidence = label.cpu().numpy(), confidence.cpu().numpy()
         masks = {names[k]: labels == k for k in np.unique(labels).tolist()}
         # instance and segment classes index the model's words: map them to ``names``
         instances = output["instances"].to("cpu") if "instances" in output else None
@@ -304,4 +345,4 @@ class Predictor:
                     for seg in segments
                 ]
             panoptic = (ids.cpu().numpy(), segments)
-        return Prediction(names, labels, scores, masks, instances, panoptic)
+        return Prediction(names, labels, confidence, masks, instances, panoptic, model_scores)

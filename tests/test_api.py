@@ -12,6 +12,7 @@ from ovseg_testing import ROOT
 from PIL import Image, ImageOps
 
 import ovseg
+from ovseg.api import model_input
 from ovseg.data.datasets import toy_world as tw
 
 SHAPES = list(tw.SHAPES)
@@ -310,3 +311,43 @@ def test_a_pil_image_is_read_as_its_file(predictor, tmp_path):
     assert predictor.predict(shown, SHAPES).labels.shape == (64, 40)
     with pytest.raises(OSError, match=r"Image 0 \(a PIL I image\) is I grayscale with values"):
         predictor.predict(Image.fromarray(np.full((4, 4), 70000, np.int32)), SHAPES)
+
+
+def test_a_photo_larger_than_the_input_is_labelled_as_the_model_would(predictor):
+    """A 192x192 photo (the toy model runs at 64x64): the model's output at the input size,
+    resized a few classes at a time, labels what the model's own 192x192 output labels; the
+    (K, H, W) scores are made only when asked for."""
+    small, _ = _scene(5)
+    image = np.asarray(Image.fromarray(small).resize((192, 192), Image.BILINEAR))
+    inp = model_input(image, predictor.aug, SHAPES)
+    assert tuple(inp["image"].shape[-2:]) == (64, 64)
+    assert predictor.score_kind == "probabilities"  # the toy MaskCLIP's: no softmax on top
+    with torch.no_grad():
+        own = predictor.model([inp])[0]["sem_seg"]  # at 192x192
+    best, second = own.topk(2, dim=0).values
+    threshold = float(best.median())  # the background wins about half the pixels
+    seen = []
+    hook = predictor.model.register_forward_hook(
+        lambda module, args, out: seen.append(tuple(out[0]["sem_seg"].shape))
+    )
+    try:
+        pred = predictor.predict(image, SHAPES, background_threshold=threshold)
+    finally:
+        hook.remove()
+    assert seen == [(len(SHAPES), 64, 64)]  # the model never made (K, 192, 192)
+    assert pred.labels.shape == pred.confidence.shape == (192, 192)
+    assert "scores" not in vars(pred)  # not made yet
+    clear = ((best - second > 1e-6) & ((best - threshold).abs() > 1e-6)).numpy()
+    assert clear.mean() > 0.9
+    want = torch.where(best < threshold, 0, own.argmax(dim=0) + 1).numpy()
+    np.testing.assert_array_equal(pred.labels[clear], want[clear])
+    assert 0.2 < (pred.labels == 0).mean() < 0.8
+    conf = np.where(best.numpy() < threshold, threshold, best.numpy())
+    np.testing.assert_allclose(pred.confidence, conf, rtol=1e-5, atol=1e-6)
+    assert pred.scores.shape == (len(SHAPES) + 1, 192, 192)
+    np.testing.assert_allclose(pred.scores.max(axis=0), pred.confidence, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pred.scores.argmax(axis=0)[clear], want[clear])
+    maps = pred.score_maps(["background", 3])  # a few heat maps without the others
+    np.testing.assert_allclose(maps, pred.scores[[0, 3]], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="'zebra' is not one of this prediction's names"):
+        pred.score_maps(["zebra"])

@@ -96,12 +96,36 @@ def test_labels_are_the_argmax_where_confident(shared_predictor):
     assert overlay.get_image().shape == (40 * 8, 56 * 8, 3)
 
 
+def test_a_large_photo_is_labelled_from_scores_at_the_input_size(tmp_path):
+    """The model scores the resized input; the labels at the photo's size are its own
+    full-size output's, taken without holding (K, H, W)."""
+    torch.manual_seed(0)
+    cfg = tiny_maskclip_cfg(tmp_path / "clip_cache")
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 32, 64
+    predictor = predictor_module.OpenVocabPredictor(cfg)
+    image = np.asarray(Image.fromarray(_rgb(12, 16)).resize((160, 120), Image.BILINEAR))
+    own = predictor(image, NAMES)["sem_seg"].softmax(dim=0)  # the model at (120, 160): logits
+    best, second = own.topk(2, dim=0).values
+    threshold = float(best.median())
+    predictions, _ = _demo(predictor, confidence_threshold=threshold).run_on_image(image, NAMES)
+    assert predictions["sem_seg"].shape == (3, 32, 43)  # the input: short side 32
+    label = predictions["label"]
+    assert label.shape == (120, 160)
+    clear = ((best - second > 1e-6) & ((best - threshold).abs() > 1e-6)).numpy()
+    assert clear.mean() > 0.9
+    want = np.where(best.numpy() < threshold, 255, own.argmax(dim=0).numpy())
+    np.testing.assert_array_equal(label[clear], want[clear])
+    assert 0.2 < (label == 255).mean() < 0.8
+    np.testing.assert_allclose(predictions["confidence"], best.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_vocabularies_over_255_names_get_uint16_labels(shared_predictor):
     assert label_dtype_for(255) == (np.uint8, 255)
     assert label_dtype_for(256) == (np.uint16, 65535)
     names = [f"thing {i}" for i in range(300)]
     predictions, _ = _demo(shared_predictor).run_on_image(_rgb(32, 32), names)
-    assert predictions["sem_seg"].shape == (300, 32, 32)
+    assert predictions["sem_seg"].shape == (300, 64, 64)  # at the input size (short side 64)
+    assert predictions["label"].shape == (32, 32)
     assert predictions["label"].dtype == np.uint16
     assert predictions["label"].max() < 300  # threshold 0: every pixel labelled
 

@@ -26,6 +26,8 @@ from PIL import Image
 from detectron2.modeling import META_ARCH_REGISTRY
 
 import ovseg  # noqa: F401  (registers the meta-architectures)
+from ovseg.api import build_inference_model
+from ovseg.modeling.full_size import labels_at_size, outputs_at_size, scores_at_size
 from ovseg.modeling.meta_arch.base import OpenVocabSegmentor
 from ovseg.pseudo import SCORE_KINDS, generate_pseudo_labels
 
@@ -116,3 +118,50 @@ def test_demo_and_pseudo_labels_read_scores_once(name, tmp_path):
         again = model([mapper(dict(dicts[0]))])[0]["sem_seg"]
     np.testing.assert_allclose(confidence, _confidence_once(again, kind), atol=2e-3)
     assert (label == again.argmax(dim=0).numpy()).mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, c in _ovseg_meta_archs().items() if c.resizes_outputs_last)
+)
+def test_outputs_resized_last_are_the_models_own(name, tmp_path):
+    """A model that declares ``resizes_outputs_last``: its outputs at a large size are its
+    outputs at the input size resized by ovseg.modeling.full_size (what the API and the demo
+    do for large photos), semantic, instance and panoptic alike."""
+    cfg = _cfg(name, tmp_path / "clip_cache")
+    if name == "FreeSeg":
+        cfg.MODEL.FREESEG.TEST_TASKS = ["semantic", "instance", "panoptic"]
+    torch.manual_seed(0)
+    model = build_inference_model(cfg)
+    image = torch.as_tensor(_image().transpose(2, 0, 1).copy())
+    size = (83, 101)  # not a whole multiple of the input's 40 x 52
+    with torch.no_grad():
+        full = model([{"image": image, "height": size[0], "width": size[1], "vocabulary": NAMES}])
+        small = model([{"image": image, "height": 40, "width": 52, "vocabulary": NAMES}])
+    full, small = full[0], outputs_at_size(small[0], size)
+    kind = model.sem_seg_scores
+    want = full["sem_seg"].float()
+    want = want.softmax(dim=0) if kind == "logits" else want
+    got = scores_at_size(small["sem_seg"], size, kind=kind)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    label, confidence = labels_at_size(
+        small["sem_seg"], size, kind=kind, max_elements=size[0] * size[1]
+    )
+    # the resize kernel vectorises over a chunk's classes, so scores may differ in the last
+    # bit: labels agree wherever the best class leads by more than rounding
+    top2 = want.topk(2, dim=0).values
+    clear = top2[0] - top2[1] > 1e-6
+    assert clear.float().mean() > 0.5
+    assert torch.equal(label[clear], want.argmax(dim=0)[clear])
+    torch.testing.assert_close(confidence, want.max(dim=0).values.clamp(0, 1), rtol=1e-5, atol=1e-6)
+    assert sorted(full) == sorted(small)
+    if name == "FreeSeg":
+        assert {"instances", "panoptic_seg"} <= set(full)
+    if "instances" in full:
+        a, b = full["instances"], small["instances"]
+        assert a.image_size == b.image_size == size
+        for key in ("pred_masks", "pred_classes", "scores"):
+            assert torch.equal(a.get(key), b.get(key)), key
+        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    if "panoptic_seg" in full:
+        assert torch.equal(full["panoptic_seg"][0], small["panoptic_seg"][0])
+        assert full["panoptic_seg"][1] == small["panoptic_seg"][1]

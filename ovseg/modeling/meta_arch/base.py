@@ -84,6 +84,12 @@ class OpenVocabSegmentor(nn.Module):
     #: whether the class's text classifier can take its rows from MODEL.OVSEG.
     #: TEXT_EMBEDDINGS_FILE (``self.text_embeddings_file``); others refuse the key
     reads_text_embeddings_file: bool = False
+    #: whether every eval output at an input's "height" x "width" is the output at the network
+    #: input's unpadded size resized last: "sem_seg" bilinearly (``postprocess_to_original``),
+    #: "instances" and "panoptic_seg" by nearest neighbour; then the API and the demo ask for
+    #: the input size and resize a large photo's labels a few classes at a time
+    #: (``ovseg/modeling/full_size.py``) instead of holding (K, H, W) at the photo's size
+    resizes_outputs_last: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -66,6 +66,8 @@ class XPMTeacher(OpenVocabSegmentor):
     """
 
     sem_seg_scores = "probabilities"
+    # masks are pasted into boxes at the output size itself (paste_probabilities)
+    resizes_outputs_last = False
     noise_head = False  # the student's mask head adds one
     # the official teacher scores the BERT class embeddings unnormalised (data/datasets/
     # coco.py:74-91, engine/inference.py:124-127), the student normalised (st_generalized_
