@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from detectron2.config import CfgNode
 from detectron2.utils.visualizer import VisImage
@@ -32,6 +33,9 @@ from ovseg.utils.visualization import (
 from ovseg.vocab import Vocabulary
 
 __all__ = ["TASK_OUTPUTS", "OpenVocabPredictor", "VisualizationDemo"]
+
+# the longest side of the picture the heat maps are drawn over (panels are 240 px wide)
+HEATMAP_MAX_SIDE = 960
 
 # the demo's tasks and the model output each draws
 TASK_OUTPUTS = {"semantic": "sem_seg", "instance": "instances", "panoptic": "panoptic_seg"}
@@ -106,7 +110,12 @@ class OpenVocabPredictor:
             )
         return output["sem_seg"].detach().float()
 
-    def similarity_maps(self, image: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
+    def similarity_maps(
+        self,
+        image: np.ndarray,
+        vocabulary: Sequence[str],
+        size: Optional[Tuple[int, int]] = None,
+    ) -> np.ndarray:
         """What the CLIP teacher "sees" for each word: pixel-text cosine similarity.
 
         The teacher's dense embeddings (MaskCLIP's rule) of the resized image against the
@@ -115,6 +124,7 @@ class OpenVocabPredictor:
         Args:
             image (np.ndarray): as for ``__call__``.
             vocabulary: K class names.
+            size ((int, int), optional): the maps' (H, W); default the image's.
 
         Returns:
             np.ndarray: (K, H, W) float32 cosines in [-1, 1].
@@ -142,7 +152,8 @@ class OpenVocabPredictor:
         gh, gw = sims.shape[-2:]
         sims = F.interpolate(sims, size=(gh * s, gw * s), mode="bilinear", align_corners=False)
         sims = sims[:, :, : resized.shape[0], : resized.shape[1]]
-        sims = F.interpolate(sims, size=(height, width), mode="bilinear", align_corners=False)
+        size = (height, width) if size is None else tuple(int(v) for v in size)
+        sims = F.interpolate(sims, size=size, mode="bilinear", align_corners=False)
         return sims[0].cpu().numpy().astype(np.float32)
 
 
@@ -273,11 +284,19 @@ class VisualizationDemo:
     def heatmaps(
         self, image: np.ndarray, vocabulary: Sequence[str]
     ) -> Tuple[np.ndarray, HeatmapLayout]:
-        """A titled grid with one teacher similarity map per name.
+        """A titled grid with one teacher similarity map per name, over the image scaled
+        down to at most ``HEATMAP_MAX_SIDE`` pixels (the maps made at that size).
 
         Returns:
             tuple: (picture (h, w, 3) uint8 RGB, its :class:`HeatmapLayout`).
         """
         names = Vocabulary(tuple(vocabulary)).names
-        maps = self.predictor.similarity_maps(image, names)
-        return heatmap_grid(np.ascontiguousarray(self._rgb(image)), maps, names)
+        h, w = image.shape[:2]
+        # panels are 240 px wide: a photo's maps at its own size would be K * 48 MB at 12 MP
+        scale = min(1.0, HEATMAP_MAX_SIDE / max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        maps = self.predictor.similarity_maps(image, names, size=size)
+        rgb = np.ascontiguousarray(self._rgb(image))
+        if size != (h, w):
+            rgb = np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.BILINEAR))
+        return heatmap_grid(rgb, maps, names)

@@ -13,6 +13,8 @@ from typing import Sequence, Tuple
 
 import matplotlib
 import numpy as np
+import torch
+import torch.nn.functional as F
 from matplotlib import cm
 from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -93,8 +95,15 @@ def heatmap_grid(
     low, high = float(maps.min()), float(maps.max())
     if not high > low:  # a constant map: any non-empty range draws it in one colour
         high = low + 1e-6
+    peaks = maps.reshape(k, -1).max(axis=1)
 
-    grey = image.astype(np.float32).mean(axis=2, keepdims=True) / 255.0
+    grey = image.astype(np.float32).mean(axis=2) / 255.0
+    # a panel is panel_w pixels wide: coloured at twice that, not at a photo's 12 megapixels
+    # (float64 RGBA per panel); titles and the colour scale are the full maps'
+    shown = (min(h, 2 * panel_h), min(w, 2 * panel_w))
+    if shown != (h, w):
+        maps, grey = _shrink(maps, shown), _shrink(grey[None], shown)[0]
+    grey = grey[..., None]
     colormap = matplotlib.colormaps[cmap]
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
     canvas = FigureCanvasAgg(fig)
@@ -109,7 +118,7 @@ def heatmap_grid(
         colored = colormap((maps[i] - low) / (high - low))[..., :3]
         blend = (1 - image_weight) * colored + image_weight * grey
         ax.imshow(np.clip(blend, 0, 1), interpolation="bilinear")
-        title = f"{name} (max {maps[i].max():.2f})"
+        title = f"{name} (max {peaks[i]:.2f})"
         ax.set_title(title, fontsize=10, pad=3)
         titles.append(title)
     cax = fig.add_axes((0.1, 0.58 * _COLORBAR_PX / height, 0.8, 0.15 * _COLORBAR_PX / height))
@@ -127,6 +136,12 @@ def heatmap_grid(
         value_range=(low, high),
     )
     return picture, layout
+
+
+def _shrink(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(N, H, W) float32 maps averaged down to (N, *size)."""
+    x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+    return F.interpolate(x, size=size, mode="area")[0].numpy()
 
 
 def panel_row(panels: Sequence[Tuple[str, np.ndarray]], panel_height: int = 320) -> np.ndarray:

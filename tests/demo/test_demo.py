@@ -143,6 +143,35 @@ def test_similarity_maps_are_teacher_cosines_upsampled(shared_predictor):
     np.testing.assert_allclose(maps, expected.numpy(), atol=1e-5)
 
 
+def test_heat_maps_of_a_large_photo_are_made_at_the_display_size(shared_predictor):
+    image = _rgb(64, 64, seed=1)
+    full = shared_predictor.similarity_maps(image, NAMES)
+    small = shared_predictor.similarity_maps(image, NAMES, size=(32, 48))
+    expected = F.interpolate(torch.from_numpy(full)[None], size=(32, 48), mode="bilinear")[0]
+    np.testing.assert_allclose(small, expected.numpy(), atol=1e-5)
+    calls = []
+    original = shared_predictor.similarity_maps
+    shared_predictor.similarity_maps = lambda *a, **k: calls.append(k) or original(*a, **k)
+    try:
+        picture, layout = _demo(shared_predictor).heatmaps(_rgb(1500, 2000), NAMES)
+    finally:
+        del shared_predictor.similarity_maps
+    assert calls == [{"size": (720, 960)}]  # long side HEATMAP_MAX_SIDE, not (1500, 2000)
+    assert predictor_module.HEATMAP_MAX_SIDE == 960
+    assert picture.shape == (180 + 28 + 80, 3 * 240, 3)
+
+
+def test_a_large_maps_grid_keeps_the_full_maps_titles_and_scale():
+    """Maps far larger than a panel are coloured at twice the panel's size; a one-pixel peak
+    still names its panel's maximum and tops the colour scale."""
+    maps = np.zeros((3, 1200, 1600), np.float32)
+    maps[1, 600, 800] = 0.75
+    picture, layout = heatmap_grid(_rgb(1200, 1600), maps, NAMES)
+    assert layout.titles[1] == "dog (max 0.75)"
+    assert layout.value_range == (0.0, 0.75)
+    assert picture.shape == (180 + 28 + 80, 3 * 240, 3)
+
+
 @pytest.mark.parametrize(("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (9, 3, 3)])
 def test_heatmap_grid_has_one_panel_per_word(num_names, rows, cols):
     names = NAMES + [f"word {i}" for i in range(num_names - 3)]
