@@ -17,7 +17,7 @@ from detectron2.utils.visualizer import VisImage
 from ovseg.api import build_inference_model, check_image, model_input
 from ovseg.clip import get_templates
 from ovseg.data.dataset_mappers import inference_resize
-from ovseg.modeling.full_size import labels_at_size
+from ovseg.modeling.full_size import labels_at_size, smaller_output_size
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.modeling.vocabulary_scores import VocabularyPlan, mean_synonym_embeddings
 from ovseg.pseudo import find_teacher, score_kind_of
@@ -91,17 +91,20 @@ class OpenVocabPredictor:
     ) -> Dict:
         """The model's whole output for one image ("sem_seg", "instances", "panoptic_seg",
         whichever it gives), at the original size; with ``input_size``, at the network
-        input's size when the model resizes its outputs last (``resizes_outputs_last``)."""
+        input's size when the model resizes its outputs last (``resizes_outputs_last``) and
+        the input holds fewer pixels than the image."""
         names = Vocabulary(tuple(vocabulary)).names
         inp = model_input(image, self.aug, names)
         if input_size and getattr(self.model, "resizes_outputs_last", False):
-            inp["height"], inp["width"] = inp["image"].shape[-2:]
+            size = (inp["height"], inp["width"])
+            inp["height"], inp["width"] = smaller_output_size(inp["image"].shape[-2:], size)
         with torch.no_grad():
             return self.model([inp])[0]
 
     def semantic_scores(self, image: np.ndarray, vocabulary: Sequence[str]) -> torch.Tensor:
         """(K, h, w) "sem_seg" scores, at the network input's size (the image resized as the
-        test mapper does) when the model resizes last, else at the image's size; what
+        test mapper does) when the model resizes last and the input is the smaller, else at
+        the image's size; what
         :func:`ovseg.modeling.full_size.labels_at_size` labels at the image's size."""
         output = self.raw_output(image, vocabulary, input_size=True)
         if "sem_seg" not in output:
@@ -213,11 +216,12 @@ class VisualizationDemo:
 
         Returns:
             tuple: (predictions, overlay). ``predictions``: "sem_seg" (K, h, w) the model's
-            scores on the CPU (at the network input's size when the model resizes last, else
-            at the image's), "label" (H, W) uint8 (uint16 for K > 255) class indices with 255
-            (65535) where the confidence is below the threshold, "confidence" (H, W) float32
-            in [0, 1]. The labels are the argmax of the scores resized to the image's size,
-            taken a few classes at a time (a large photo's (K, H, W) is never held).
+            scores on the CPU (at the network input's size when the model resizes last and
+            the input is the smaller, else at the image's), "label" (H, W) uint8 (uint16
+            for K > 255) class indices with 255 (65535) where the confidence is below the
+            threshold, "confidence" (H, W) float32 in [0, 1]. The labels are the argmax of
+            the scores resized to the image's size, taken a few classes at a time (a large
+            photo's (K, H, W) is never held).
         """
         names = Vocabulary(tuple(vocabulary)).names
         if plan is not None and not plan.identity and tuple(plan.names) != names:

@@ -18,6 +18,7 @@ and :func:`model_input`.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from .data.image_io import pil_to_numpy, read_image
 from .engine.checkpoint import load_model_weights
 from .engine.defaults import REPO_ROOT as ENGINE_REPO_ROOT
 from .engine.defaults import load_config
-from .modeling.full_size import ScoresAtSize, outputs_at_size
+from .modeling.full_size import ScoresAtSize, outputs_at_size, smaller_output_size
 from .modeling.vocabulary_scores import VocabularyPlan
 from .pseudo import score_kind_of
 from .vocab import Vocabulary, resolve_vocabulary
@@ -66,15 +67,16 @@ class Prediction:
     Attributes:
         names: the K class names, in index order.
         labels: (H, W) int64, the index of the best-scoring name per pixel.
-        confidence: (H, W) float32, the score of each pixel's class (a background by a
-            threshold: the threshold).
+        confidence: (H, W) float32, the score of each pixel's class clipped to [0, 1]
+            (a background by a threshold: the threshold).
         masks: name -> (H, W) bool, for each name that labels some pixel.
         instances: the model's detectron2 ``Instances`` (mask students), else None; their
             ``pred_classes`` index ``names`` (an added class is "other").
         panoptic: (segment ids (H, W) int array, segments_info list) when the model gives
             "panoptic_seg", else None; each segment's ``category_id`` indexes ``names``.
         model_scores: the model's "sem_seg" (at its input size, the image resized as the
-            test mapper does, when the model resizes its outputs last; XPM's at (H, W)) with
+            test mapper does, when the model resizes its outputs last and the input holds
+            fewer pixels than the image; else at (H, W)) with
             what resizes it to (H, W): :attr:`scores` and :meth:`score_maps` are made from it.
     """
 
@@ -85,6 +87,15 @@ class Prediction:
     instances: Any = field(default=None, repr=False)
     panoptic: Optional[Tuple[np.ndarray, Any]] = field(default=None, repr=False)
     model_scores: Optional[ScoresAtSize] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        shape = getattr(self.confidence, "shape", None)
+        if shape != self.labels.shape:
+            raise ValueError(
+                f"confidence must be (H, W) like labels {self.labels.shape}, got {shape}: "
+                "Prediction(names, labels, confidence, masks, instances, panoptic, "
+                "model_scores) takes no scores since they are made from model_scores"
+            )
 
     @cached_property
     def scores(self) -> np.ndarray:
@@ -104,13 +115,19 @@ class Prediction:
     def score_maps(self, classes: Sequence[Union[int, str]]) -> np.ndarray:
         """(len(classes), H, W) float32 rows of :attr:`scores` for a few classes (indices or
         names), each made on its own: a large photo's heat maps without all K."""
-        index = {n: i for i, n in enumerate(self.names)}
+        if isinstance(classes, str):
+            raise ValueError(f"classes must be a list of names or indices; for one, [{classes!r}]")
+        index, num = {n: i for i, n in enumerate(self.names)}, len(self.names)
         wanted = []
         for c in classes:
             if isinstance(c, str):
                 if c not in index:
                     raise ValueError(f"{c!r} is not one of this prediction's names {self.names}")
                 c = index[c]
+            elif isinstance(c, bool) or not isinstance(c, numbers.Integral):
+                raise ValueError(f"class {c!r} is neither a name nor an integer index")
+            elif -num <= c < 0:  # as pred.scores[-1]
+                c += num
             wanted.append(int(c))
         return self._model_scores().probabilities(wanted).numpy()
 
@@ -305,8 +322,8 @@ class Predictor:
         ]
         sizes = [(x["height"], x["width"]) for x in inputs]
         if getattr(self.model, "resizes_outputs_last", False):
-            for x in inputs:  # outputs at the input size; resized in _prediction
-                x["height"], x["width"] = x["image"].shape[-2:]
+            for x, size in zip(inputs, sizes):  # the smaller; resized in _prediction
+                x["height"], x["width"] = smaller_output_size(x["image"].shape[-2:], size)
         outputs: List[Optional[dict]] = [None] * len(inputs)
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, x in enumerate(inputs):

@@ -351,3 +351,43 @@ def test_a_photo_larger_than_the_input_is_labelled_as_the_model_would(predictor)
     np.testing.assert_allclose(maps, pred.scores[[0, 3]], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="'zebra' is not one of this prediction's names"):
         pred.score_maps(["zebra"])
+
+
+def test_a_thumbnail_smaller_than_the_input_keeps_scores_at_its_own_size(predictor):
+    """The test resize enlarges a 32x40 thumbnail to the 64-px input: its scores at its own
+    size are the smaller, so the model is asked for those (and a Prediction holds them)."""
+    small, _ = _scene(6)
+    image = np.ascontiguousarray(small[:32, :40])
+    seen = []
+    hook = predictor.model.register_forward_hook(
+        lambda module, args, out: seen.append(tuple(out[0]["sem_seg"].shape))
+    )
+    try:
+        pred = predictor.predict(image, SHAPES)
+    finally:
+        hook.remove()
+    assert seen == [(len(SHAPES), 32, 40)]
+    assert tuple(pred.model_scores.scores.shape) == (len(SHAPES), 32, 40)
+    # a caller's edit of scores leaves the held scores, and later maps, as they were
+    assert not np.shares_memory(pred.scores, pred.model_scores.scores.numpy())
+    before = pred.score_maps([0])
+    pred.scores[0] = 0
+    np.testing.assert_array_equal(pred.score_maps([0]), before)
+
+
+def test_score_maps_take_names_and_indices_like_scores(predictor):
+    pred = predictor.predict(_scene(1)[0], SHAPES)
+    np.testing.assert_allclose(pred.score_maps([-1, "circle"]), pred.scores[[-1, 0]], atol=1e-6)
+    with pytest.raises(ValueError, match=r"a list of names or indices; for one, \['circle'\]"):
+        pred.score_maps("circle")
+    for bad in (True, 1.7):
+        with pytest.raises(ValueError, match="neither a name nor an integer index"):
+            pred.score_maps([bad])
+    with pytest.raises(ValueError, match=r"class indices \[8\] are outside \[0, 8\)"):
+        pred.score_maps([8])
+
+
+def test_a_prediction_built_the_old_way_is_refused_clearly(predictor):
+    pred = predictor.predict(_scene(1)[0], SHAPES)
+    with pytest.raises(ValueError, match="confidence must be .H, W. like labels .64, 64."):
+        ovseg.Prediction(pred.names, pred.labels, pred.scores, pred.masks)  # scores were third

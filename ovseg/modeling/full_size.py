@@ -9,7 +9,10 @@ demo) ask the model for its output at the input size and resize here, a chunk of
 at a time, keeping a running maximum (and, for logits, a running softmax denominator): the
 numbers of the whole (K, H, W) tensor, each class being resized on its own (up to the last
 bit: the resize kernel vectorises over a chunk's classes), in memory bounded by
-``max_elements`` floats plus a few (H, W) maps.
+``max_elements`` floats (twice that for logits, whose chunk is exponentiated beside it) plus
+a few (H, W) maps. An image smaller than the network input gains nothing from this (its
+scores at the input size are the larger), so callers ask for the input size only for
+images larger than it (:func:`smaller_output_size`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "labels_at_size",
     "outputs_at_size",
     "scores_at_size",
+    "smaller_output_size",
 ]
 
 # the floats one chunk of resized scores may hold: 2**26 (256 MB of float32), about five
@@ -164,6 +168,8 @@ class ScoresAtSize:
             probs = (chunk - self._log_norm).exp_() if self.kind == "logits" else chunk
             top = probs.amax(dim=0)
             out = top if out is None else torch.maximum(out, top)
+        if out is None:  # no classes: an "other" whose added classes were all the user's
+            out = torch.zeros(self.size, dtype=torch.float32, device=self.scores.device)
         return out
 
     def _one(self, index: int) -> Tensor:
@@ -186,7 +192,9 @@ class ScoresAtSize:
             probs = _resized(self.scores, self.size)
             if self.kind == "logits":
                 probs = probs.softmax(dim=0)
-            return probs if self.plan is None else self.plan.probabilities(probs[None])[0]
+            probs = probs if self.plan is None else self.plan.probabilities(probs[None])[0]
+            # never the held scores themselves: a caller's edit would change later maps
+            return probs.clone() if probs.data_ptr() == self.scores.data_ptr() else probs
         classes = [int(k) for k in classes]
         bad = [k for k in classes if not 0 <= k < self.num_classes]
         if bad:
@@ -197,6 +205,15 @@ class ScoresAtSize:
         if not maps:
             return self.scores.new_zeros((0, *self.size), dtype=torch.float32)
         return torch.stack(maps)
+
+
+def smaller_output_size(input_size: Sequence[int], size: Sequence[int]) -> Tuple[int, int]:
+    """The size a ``resizes_outputs_last`` model is asked for: its (unpadded) input size when
+    that holds fewer pixels than the image's ``size``, else ``size`` (a thumbnail enlarged by
+    the test resize: its scores at its own size are the smaller)."""
+    h_in, w_in = (int(v) for v in input_size)
+    height, width = (int(v) for v in size)
+    return (h_in, w_in) if h_in * w_in < height * width else (height, width)
 
 
 def labels_at_size(

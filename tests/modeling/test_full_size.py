@@ -138,3 +138,23 @@ def test_some_classes_maps_are_the_whole_tensors_rows(kind, words):
 def test_bad_arguments_are_refused_clearly(scores, size, kind, plan, message):
     with pytest.raises(ValueError, match=message):
         labels_at_size(scores, size, kind=kind, plan=plan)
+
+
+def test_other_of_an_augmentation_that_added_nothing_is_zero():
+    plan = VocabularyPlan.make(["cat", "dog"], augment="cat,dog")
+    assert plan.names == ("cat", "dog", "other") and len(plan.model_names) == 2
+    scores = torch.randn(2, 9, 13)
+    at = ScoresAtSize(scores, SIZE, kind="logits", plan=plan)
+    got = at.probabilities([2, 0])
+    torch.testing.assert_close(got, _whole(scores, "logits", plan)[0][[2, 0]])
+    assert (got[0] == 0).all()
+
+
+def test_all_probabilities_never_share_the_held_scores():
+    scores = torch.rand(3, 9, 13)  # probabilities at the output size: nothing to resize
+    at = ScoresAtSize(scores, (9, 13), kind="probabilities")
+    probs = at.probabilities()
+    torch.testing.assert_close(probs, scores)
+    probs.zero_()
+    torch.testing.assert_close(at.probabilities([1])[0], scores[1])
+    assert scores.abs().sum() > 0
