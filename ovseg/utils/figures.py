@@ -97,13 +97,7 @@ def heatmap_grid(
         high = low + 1e-6
     peaks = maps.reshape(k, -1).max(axis=1)
 
-    grey = image.astype(np.float32).mean(axis=2) / 255.0
-    # a panel is panel_w pixels wide: coloured at twice that, not at a photo's 12 megapixels
-    # (float64 RGBA per panel); titles and the colour scale are the full maps'
-    shown = (min(h, 2 * panel_h), min(w, 2 * panel_w))
-    if shown != (h, w):
-        maps, grey = _shrink(maps, shown), _shrink(grey[None], shown)[0]
-    grey = grey[..., None]
+    maps, grey = _for_panels(maps, image, (panel_h, panel_w))
     colormap = matplotlib.colormaps[cmap]
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
     canvas = FigureCanvasAgg(fig)
@@ -136,6 +130,20 @@ def heatmap_grid(
         value_range=(low, high),
     )
     return picture, layout
+
+
+def _for_panels(
+    maps: np.ndarray, image: np.ndarray, panel: Tuple[int, int]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(maps, (h, w, 1) grey image) at most twice the panel's (height, width): a panel is
+    240 px wide, so a photo's 12 megapixels (float64 RGBA per panel) would be coloured for
+    nothing; the caller takes titles and the colour scale from the full maps."""
+    grey = image.astype(np.float32).mean(axis=2) / 255.0
+    h, w = grey.shape
+    shown = (min(h, 2 * panel[0]), min(w, 2 * panel[1]))
+    if shown != (h, w):
+        maps, grey = _shrink(maps, shown), _shrink(grey[None], shown)[0]
+    return maps, grey[..., None]
 
 
 def _shrink(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
