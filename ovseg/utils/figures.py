@@ -28,6 +28,8 @@ __all__ = ["HeatmapLayout", "heatmap_grid", "panel_row", "save_image"]
 # geometry, in pixels at _DPI
 _DPI = 100
 _PANEL_PX = 240
+# a panel keeps the image's aspect up to 4:1 tall (a 3000x5 strip's would be 144000 px)
+_MAX_PANEL_H_PX = 4 * _PANEL_PX
 _TITLE_PX = 28
 _COLORBAR_PX = 80
 _ROW_OF = 4  # up to 8 maps: rows of 4; more: a square-ish grid
@@ -64,6 +66,7 @@ def heatmap_grid(
 
     All panels share one colour scale (the lowest and highest value over every map), so
     a hot panel is a word the image matches more than the others, not just somewhere.
+    Panels are 240 px wide and keep the image's aspect, up to 960 px tall.
 
     Args:
         image (np.ndarray): (H, W, 3) uint8 RGB.
@@ -89,7 +92,7 @@ def heatmap_grid(
     rows = math.ceil(k / cols)
     h, w = image.shape[:2]
     panel_w = _PANEL_PX
-    panel_h = max(1, round(_PANEL_PX * h / w))
+    panel_h = min(max(1, round(_PANEL_PX * h / w)), _MAX_PANEL_H_PX)
     width = cols * panel_w
     height = rows * (panel_h + _TITLE_PX) + _COLORBAR_PX
     low, high = float(maps.min()), float(maps.max())

@@ -173,6 +173,12 @@ def test_a_large_maps_grid_keeps_the_full_maps_titles_and_scale():
     assert picture.shape == (180 + 28 + 80, 3 * 240, 3)
 
 
+def test_a_tall_strips_heat_map_panels_stop_at_four_widths():
+    maps = np.zeros((3, 3000, 5), np.float32)  # its aspect would make 144000-px panels
+    picture, layout = heatmap_grid(_rgb(3000, 5), maps, NAMES)
+    assert picture.shape == (960 + 28 + 80, 3 * 240, 3)
+
+
 @pytest.mark.parametrize(("num_names", "rows", "cols"), [(3, 1, 3), (5, 2, 4), (9, 3, 3)])
 def test_heatmap_grid_has_one_panel_per_word(num_names, rows, cols):
     names = NAMES + [f"word {i}" for i in range(num_names - 3)]
