@@ -14,10 +14,16 @@ from PIL import Image
 from detectron2.config import CfgNode
 from detectron2.utils.visualizer import VisImage
 
-from ovseg.api import build_inference_model, check_image, model_input
+from ovseg.api import (
+    ask_smaller_outputs,
+    build_inference_model,
+    check_image,
+    model_input,
+    sem_seg_of,
+)
 from ovseg.clip import get_templates
 from ovseg.data.dataset_mappers import inference_resize
-from ovseg.modeling.full_size import labels_at_size, smaller_output_size
+from ovseg.modeling.full_size import labels_at_size
 from ovseg.modeling.meta_arch.maskclip import cosine_logits
 from ovseg.modeling.vocabulary_scores import VocabularyPlan, mean_synonym_embeddings
 from ovseg.pseudo import find_teacher, score_kind_of
@@ -80,11 +86,7 @@ class OpenVocabPredictor:
             dict: {"sem_seg": (K, H, W) scores at the original size, on the CPU}.
         """
         output = self.raw_output(image, vocabulary)
-        if "sem_seg" not in output:
-            raise RuntimeError(
-                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
-            )
-        return {"sem_seg": output["sem_seg"].detach().float().cpu()}
+        return {"sem_seg": sem_seg_of(self.model, output).float().cpu()}
 
     def raw_output(
         self, image: np.ndarray, vocabulary: Sequence[str], *, input_size: bool = False
@@ -95,9 +97,8 @@ class OpenVocabPredictor:
         the input holds fewer pixels than the image."""
         names = Vocabulary(tuple(vocabulary)).names
         inp = model_input(image, self.aug, names)
-        if input_size and getattr(self.model, "resizes_outputs_last", False):
-            size = (inp["height"], inp["width"])
-            inp["height"], inp["width"] = smaller_output_size(inp["image"].shape[-2:], size)
+        if input_size:
+            ask_smaller_outputs(self.model, inp)
         with torch.no_grad():
             return self.model([inp])[0]
 
@@ -107,11 +108,7 @@ class OpenVocabPredictor:
         the image's size; what
         :func:`ovseg.modeling.full_size.labels_at_size` labels at the image's size."""
         output = self.raw_output(image, vocabulary, input_size=True)
-        if "sem_seg" not in output:
-            raise RuntimeError(
-                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
-            )
-        return output["sem_seg"].detach().float()
+        return sem_seg_of(self.model, output).float()
 
     def similarity_maps(
         self,

@@ -46,10 +46,12 @@ from .vocab import Vocabulary, resolve_vocabulary
 __all__ = [
     "Prediction",
     "Predictor",
+    "ask_smaller_outputs",
     "build_inference_model",
     "check_image",
     "model_input",
     "resolve_config_path",
+    "sem_seg_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -221,6 +223,28 @@ def model_input(image: np.ndarray, aug: Optional[T.Augmentation], names: Sequenc
     return {"image": tensor, "height": height, "width": width, "vocabulary": list(names)}
 
 
+def ask_smaller_outputs(model: torch.nn.Module, inp: dict) -> Tuple[int, int]:
+    """Point a model input's "height"/"width" at the size its outputs are wanted at: for a
+    model that resizes its outputs last, the smaller of the network input's and the image's
+    (:func:`~ovseg.modeling.full_size.smaller_output_size`; the caller resizes them after),
+    else the image's.
+
+    Returns:
+        (int, int): the image's (height, width), what the outputs stand for.
+    """
+    size = (inp["height"], inp["width"])
+    if getattr(model, "resizes_outputs_last", False):
+        inp["height"], inp["width"] = smaller_output_size(inp["image"].shape[-2:], size)
+    return size
+
+
+def sem_seg_of(model: torch.nn.Module, output: dict) -> torch.Tensor:
+    """``output["sem_seg"]`` detached, or an error naming what ``model`` returned instead."""
+    if "sem_seg" not in output:
+        raise RuntimeError(f"{type(model).__name__} returned {sorted(output)} without 'sem_seg'")
+    return output["sem_seg"].detach()
+
+
 def _as_rgb(image: ImageLike, index: int) -> np.ndarray:
     what = f"image {index}"
     if isinstance(image, (str, os.PathLike)):
@@ -320,10 +344,7 @@ class Predictor:
             model_input(x[:, :, ::-1] if self.input_format == "BGR" else x, self.aug, names)
             for x in rgb
         ]
-        sizes = [(x["height"], x["width"]) for x in inputs]
-        if getattr(self.model, "resizes_outputs_last", False):
-            for x, size in zip(inputs, sizes):  # the smaller; resized in _prediction
-                x["height"], x["width"] = smaller_output_size(x["image"].shape[-2:], size)
+        sizes = [ask_smaller_outputs(self.model, x) for x in inputs]  # resized in _prediction
         outputs: List[Optional[dict]] = [None] * len(inputs)
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, x in enumerate(inputs):
@@ -336,14 +357,10 @@ class Predictor:
         return predictions[0] if single else predictions
 
     def _prediction(self, output: dict, plan: VocabularyPlan, size: Tuple[int, int]) -> Prediction:
-        if "sem_seg" not in output:
-            raise RuntimeError(
-                f"{type(self.model).__name__} returned {sorted(output)} without 'sem_seg'"
-            )
+        scores = sem_seg_of(self.model, output)
         output = outputs_at_size(output, size)
         # labelled where the model ran (a GPU's resize takes milliseconds), then kept on the CPU
-        model_scores = ScoresAtSize(output["sem_seg"].detach(), size, kind=self.score_kind,
-                                    plan=plan)  # fmt: skip
+        model_scores = ScoresAtSize(scores, size, kind=self.score_kind, plan=plan)
         model_scores.labels()
         label, confidence = model_scores.to("cpu").labels()
         names = plan.names

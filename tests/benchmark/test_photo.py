@@ -1,10 +1,8 @@
 """The large-photo benchmark: both variants in their own processes, the same labels' sizes."""
 
 import json
-import subprocess
-import sys
 
-from ovseg_testing import ROOT, subprocess_env
+from ovseg_testing import run_script
 
 from ovseg.benchmark.photo import measure_one
 
@@ -20,12 +18,8 @@ def test_the_command_of_performance_md_writes_both_and_their_ratios(tmp_path):
     out = tmp_path / "photo.json"
     args = ["--size", "96", "128", "--config", "toy/maskclip.yaml", "--opts", ""]
     args += ["--vocabulary", "circle,square,star", "--output", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "ovseg.benchmark.photo", *args],
-        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = run_script("-m", "ovseg.benchmark.photo", *args)
     res = json.loads(out.read_text())
     assert res["whole"]["classes"] == res["chunked"]["classes"] == 3
     assert set(res["chunked_over_whole"]) == {"seconds", "peak_gib"}
-    assert "chunked:" in proc.stderr and "whole:" in proc.stderr
+    assert "chunked:" in log and "whole:" in log
