@@ -62,9 +62,12 @@ CONFIGS_DIR = REPO_ROOT / "configs"
 ImageLike = Union[np.ndarray, "os.PathLike[str]", str, Any]  # Any: a PIL image
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prediction:
     """One image's prediction over one vocabulary, on the CPU, at the image's size.
+
+    Predictions compare (and hash) by identity, as numpy arrays have no single truth value;
+    compare their fields with ``np.array_equal``.
 
     Attributes:
         names: the K class names, in index order.

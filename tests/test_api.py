@@ -3,6 +3,7 @@ errors, mask-student outputs, and the README's example run as written."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -391,3 +392,10 @@ def test_a_prediction_built_the_old_way_is_refused_clearly(predictor):
     pred = predictor.predict(_scene(1)[0], SHAPES)
     with pytest.raises(ValueError, match="confidence must be .H, W. like labels .64, 64."):
         ovseg.Prediction(pred.names, pred.labels, pred.scores, pred.masks)  # scores were third
+
+
+def test_predictions_compare_by_identity_not_by_raising(predictor):
+    pred = predictor.predict(_scene(1)[0], SHAPES)
+    twin = copy.deepcopy(pred)
+    assert pred == pred and pred != twin and len({pred, twin}) == 2
+    np.testing.assert_array_equal(twin.labels, pred.labels)
