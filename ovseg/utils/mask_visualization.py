@@ -18,10 +18,10 @@ import torch
 
 from detectron2.data import Metadata
 from detectron2.structures import Instances
-from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer, _create_text_labels
+from detectron2.utils.visualizer import ColorMode, VisImage, _create_text_labels
 
 from .colors import deterministic_colors
-from .visualization import UNSEEN_SUFFIX, _stripes
+from .visualization import UNSEEN_SUFFIX, OverlayVisualizer, _stripes
 
 __all__ = ["draw_instance_predictions", "draw_panoptic_prediction", "mask_metadata"]
 
@@ -72,7 +72,7 @@ def draw_instance_predictions(
     classes = instances.pred_classes.tolist() if instances.has("pred_classes") else []
     if any(not 0 <= c < len(names) for c in classes):
         raise ValueError(f"pred_classes {classes} index outside the {len(names)}-name vocabulary")
-    vis = Visualizer(image, meta, scale=scale, instance_mode=ColorMode.SEGMENTATION)
+    vis = OverlayVisualizer(image, meta, scale=scale, instance_mode=ColorMode.SEGMENTATION)
     # draw_instance_predictions' own steps, with the class colours unjittered (deterministic)
     scores = instances.scores.tolist() if instances.has("scores") else None
     out = vis.overlay_instances(
@@ -110,7 +110,7 @@ def draw_panoptic_prediction(
                 f"segment {s['id']} has category_id {s['category_id']}, outside the "
                 f"{len(names)}-name vocabulary"
             )
-    vis = Visualizer(image, meta, scale=scale)
+    vis = OverlayVisualizer(image, meta, scale=scale)
     # things in their class colour, unjittered: detectron2 jitters them with np.random, so two
     # drawings of one prediction differed (and a test comparing them failed by chance)
     vis._jitter = lambda color: color
