@@ -76,6 +76,7 @@ def test_mapper_pads_images_with_the_value_and_labels_with_ignore(dataset, pad, 
     assert torch.all(out["sem_seg"][20:, :] == 255) and torch.all(out["sem_seg"][:, 28:] == 255)
     content = out["image"][:, :20, :28].permute(1, 2, 0).numpy()
     assert np.array_equal(content, image) or np.array_equal(content, image[:, ::-1])
+    assert out["content_size"] == (20, 28)  # what self-training may label, whatever the pad
 
 
 def test_normalized_zero_pads_the_normalised_batch_with_zero(dataset, tmp_path):

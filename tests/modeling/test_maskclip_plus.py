@@ -110,6 +110,11 @@ def test_content_mask_finds_padding():
     label[0, 6] = 3  # a labelled pixel in the last column: not padding
     mask = content_mask(image, [label], 255)
     assert mask[:4, :].all() and not mask[4:].any()
+    # the mapper's record of the size before padding holds for any pad value (gray: 128)
+    image[:, 4:, :], image[:, :, 5:] = 128, 128
+    assert content_mask(image, [label], 255)[4:].any()  # without the record gray is content
+    mask = content_mask(image, [label], 255, content_size=(4, 5))
+    assert mask[:4, :5].all() and mask.sum() == 20
 
 
 # ---------------------------------------------------------------------- targets

@@ -64,3 +64,29 @@ def test_batch_padded_with_the_mean_and_loss_over_every_padded_pixel(tmp_path):
     assert plain.training_divisibility == plain.size_divisibility
     with EventStorage(0):
         assert not torch.allclose(plain.losses(samples)["loss_sem_seg"], loss)
+
+
+@pytest.mark.parametrize("value", [0, 128])  # INPUT.IMAGE_PAD "black", "gray"
+def test_the_mappers_padding_is_never_pseudo_labelled(tmp_path, value):
+    """The mapper records each sample's size before padding ("content_size"): neither the
+    teacher's pseudo-labels nor the distillation reach the padding, whatever its value
+    (gray padding was pseudo-labelled as unseen classes when only black was told apart)."""
+    names = ["cat", "dog", "grass", "sky", "road"]
+    model = tiny_maskclip_plus(
+        tmp_path / "cache", unseen=["grass", "road"], pseudo_label_source="online_augmented"
+    ).train()
+    torch.manual_seed(0)
+    image = torch.randint(0, 255, (3, 40, 48), dtype=torch.uint8)
+    label = torch.zeros(40, 48, dtype=torch.long)
+    label[:, 24:], label[:8, :8] = 1, 255  # seen classes and one free (ignored) corner
+    sample = {
+        "image": F.pad(image, (0, 16, 0, 24), value=value),
+        "sem_seg": F.pad(label, (0, 16, 0, 24), value=255),
+        "vocabulary": names,
+        "content_size": (40, 48),
+    }
+    with EventStorage(0):
+        target = model.training_targets([sample], torch.zeros(1, 5, 64, 64), iteration=0)[0]
+    assert (target[40:] == 255).all() and (target[:, 48:] == 255).all()
+    assert (target[:8, :8] != 255).any()  # the free corner inside the image is labelled
+    assert model._content(sample, 64, 64).sum() == 40 * 48  # the distillation's pixels

@@ -392,6 +392,30 @@ def test_transductive_training_step_runs(cache):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.parametrize("mapper_padded", [False, True])
+def test_self_training_labels_no_padding(cache, monkeypatch, mapper_padded):
+    """ "ignore" self-training labels a sample's ignored pixels, never the batch's padding:
+    the model's own (to its size divisibility) or the mapper's (``content_size``)."""
+    model = _split_model(cache, "transductive", self_training_start_iter=0).train()
+    batch = two_region_batch(names=("cat", "cow", "grass", "sheep"), size=40)
+    batch[1]["image"], batch[1]["sem_seg"] = batch[1]["image"][:, :24], batch[1]["sem_seg"][:24]
+    if mapper_padded:  # as SemanticDatasetMapper pads with INPUT.IMAGE_PAD "gray"
+        batch[1]["content_size"] = (24, 40)
+        batch[1]["image"] = F.pad(batch[1]["image"], (0, 0, 0, 16), value=128)
+        batch[1]["sem_seg"] = F.pad(batch[1]["sem_seg"], (0, 0, 0, 16), value=255)
+    targets = []
+    original = model.loss_fn
+    spy = lambda m, t, **kw: targets.append(t) or original(m, t, **kw)  # noqa: E731
+    monkeypatch.setattr(model, "loss_fn", spy)
+    with EventStorage(start_iter=0):
+        model(batch)
+    target = targets[-1]
+    assert target.shape[-2:] == (48, 48)  # padded to the size divisibility (16)
+    assert (target[0, :3, :3] != 255).all() and (target[1, :3, :3] != 255).all()  # labelled
+    assert (target[0, 40:] == 255).all() and (target[0, :, 40:] == 255).all()
+    assert (target[1, 24:] == 255).all() and (target[1, :, 40:] == 255).all()
+
+
 def test_settings_are_checked(cache):
     with pytest.raises(ValueError, match="needs MODEL.OVSEG.ZERO_SHOT_SETTING 'transductive'"):
         _split_model(cache, "inductive", self_training_start_iter=0)

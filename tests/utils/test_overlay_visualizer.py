@@ -5,6 +5,7 @@ regions with and without holes, enlarged; instances and panoptic segments."""
 import numpy as np
 import pytest
 import torch
+
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 

@@ -430,6 +430,10 @@ class SemanticDatasetMapper:
             for key, label in (("sem_seg", sem_seg), ("pseudo_sem_seg", pseudo))
             if label is not None
         }
+        if self.is_train:
+            # the sample's own pixels before any padding (a model's self-training labels
+            # none of the padding, whatever the pad value)
+            dataset_dict["content_size"] = tuple(image_t.shape[-2:])
         if self.is_train and self.size_divisibility > 0:
             image_t = self._pad(image_t, self.image_pad_value)
             labels = {key: self._pad(label, self.ignore_label) for key, label in labels.items()}

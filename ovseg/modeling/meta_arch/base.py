@@ -284,6 +284,16 @@ class OpenVocabSegmentor(nn.Module):
         ).tensor.long()
         return images, targets
 
+    def content_masks(self, batched_inputs: List[dict], size: Tuple[int, int]) -> Tensor:
+        """(B, H, W) bool on the device: each training sample's own pixels in its batch padded
+        to ``size``, the mapper's ``"content_size"`` (the sample before the mapper padded it)
+        or else the sample's image size (padding by the model only)."""
+        sizes = [tuple(x.get("content_size", x["image"].shape[-2:])) for x in batched_inputs]
+        hw = self.to_device(torch.tensor(sizes, dtype=torch.long))
+        rows = torch.arange(size[0], device=hw.device)[None, :, None] < hw[:, 0, None, None]
+        cols = torch.arange(size[1], device=hw.device)[None, None, :] < hw[:, 1, None, None]
+        return rows & cols
+
     def vocabulary_groups(self, batched_inputs: List[dict]) -> Dict[Tuple[str, ...], List[int]]:
         """Indices of the training inputs per vocabulary, in order of first appearance."""
         return group_inputs([self.input_vocabulary(x, None) for x in batched_inputs])

@@ -352,7 +352,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         """(h, w) bool: the sample's content pixels, where its tensors are (the host)."""
         labels = [x.get("sem_seg")] if self._reads_ground_truth else []
         labels.append(x.get("pseudo_sem_seg"))
-        mask = content_mask(x["image"], labels, self.ignore_value)
+        mask = content_mask(x["image"], labels, self.ignore_value, x.get("content_size"))
         return F.pad(mask, (0, w - mask.shape[1], 0, h - mask.shape[0]), value=False)
 
     def _content(self, x: dict, h: int, w: int) -> Tensor:

@@ -207,23 +207,32 @@ def l1_distillation(student: Tensor, clip: Tensor, masks: Tensor) -> Tensor:
 
 
 def content_mask(
-    image: Tensor, labels: Sequence[Optional[Tensor]] = (), ignore_value: int = 255
+    image: Tensor,
+    labels: Sequence[Optional[Tensor]] = (),
+    ignore_value: int = 255,
+    content_size: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Pixels of a (possibly padded) training sample that are image content.
 
-    The mapper pads at the bottom and right with black pixels and ignore labels; the
-    trailing rows/columns that are black in every channel and ignored in every given label
-    map are taken as padding. (A black, unlabelled last row of a real image counts as
-    padding too, which only withholds a pseudo-label from it.)
+    The mapper pads at the bottom and right and records the size before (``content_size``),
+    whatever its pad value. Without it (an input not from ovseg's mappers) the trailing
+    rows/columns that are black in every channel and ignored in every given label map are
+    taken as padding. (A black, unlabelled last row of a real image counts as padding too,
+    which only withholds a pseudo-label from it.)
 
     Args:
         image (Tensor): (3, H, W).
         labels: (H, W) label maps of the sample (None entries are skipped).
         ignore_value (int): their ignore label.
+        content_size: (h, w) of the sample before its padding, when known.
 
     Returns:
         Tensor: (H, W) bool.
     """
+    if content_size is not None:
+        mask = torch.zeros(image.shape[-2:], dtype=torch.bool, device=image.device)
+        mask[: content_size[0], : content_size[1]] = True
+        return mask
     blank = (image == 0).all(dim=0)
     for label in labels:
         if label is not None:

@@ -92,6 +92,7 @@ def self_training_targets(
     *,
     ignore_value: int = 255,
     pixels: str = "ignore",
+    content: Optional[Tensor] = None,
 ) -> Tensor:
     """Self-training targets: pixels without ground truth get the best unseen class.
 
@@ -102,6 +103,8 @@ def self_training_targets(
         ignore_value (int): the ignore label.
         pixels (str): "ignore": label every ignored pixel; "unseen": relabel the pixels whose
             label is an unseen class (ignored pixels stay ignored).
+        content (Tensor, optional): (B, H, W) bool, the samples' own pixels; the batch's
+            padding (the rest) stays ignored.
 
     Returns:
         Tensor: (B, H, W) long targets, a new tensor.
@@ -120,6 +123,8 @@ def self_training_targets(
     best = unseen_idx[logits.detach()[:, unseen_idx].argmax(dim=1)]  # (B, H, W)
     if pixels == "ignore":
         where = target == ignore_value
+        if content is not None:
+            where = where & content
     else:
         where = torch.isin(target, unseen_idx)
     return torch.where(where, best, target)
@@ -376,6 +381,9 @@ class ZegCLIP(OpenVocabSegmentor):
         focal = {i: patch.new_zeros(()) for i in layers}
         dice = {i: patch.new_zeros(()) for i in layers}
         num_masks = patch.new_zeros(())
+        content = None  # the samples' own pixels, which "ignore" self-training labels
+        if self.self_training_pixels == "ignore" and self.self_training_active():
+            content = self.content_masks(batched_inputs, size)
         for names, idx in self.vocabulary_groups(batched_inputs).items():
             target = targets[idx]
             text = self.classifier.unit(self.text_embeddings(names))
@@ -384,7 +392,8 @@ class ZegCLIP(OpenVocabSegmentor):
             # values, a backward without atomics (ovseg/modeling/resize.py); the CPU keeps
             # F.interpolate, whose float rounding the toy runs' recorded numbers came from
             masks = [_upsample(m, size) for m in masks]
-            target, classes = self._targets(target, masks[-1], names)
+            group_content = None if content is None else content[idx]
+            target, classes = self._targets(target, masks[-1], names, group_content)
             for i in layers:
                 f, d, n = self.loss_fn(
                     masks[i],
@@ -410,9 +419,14 @@ class ZegCLIP(OpenVocabSegmentor):
         return losses
 
     def _targets(
-        self, target: Tensor, logits: Tensor, names: Tuple[str, ...]
+        self,
+        target: Tensor,
+        logits: Tensor,
+        names: Tuple[str, ...],
+        content: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        """Training targets of a vocabulary group, and the classes that get a loss."""
+        """Training targets of a vocabulary group, and the classes that get a loss;
+        ``content``: the group's sample pixels (b, H, W), which self-training may label."""
         if not self.unseen_classes:
             return target, None
         unseen = self._flags(names, self.unseen_classes)
@@ -423,6 +437,7 @@ class ZegCLIP(OpenVocabSegmentor):
                 unseen,
                 ignore_value=self.ignore_value,
                 pixels=self.self_training_pixels,
+                content=content,
             )
             return pseudo, None
         if self.self_training_pixels == "unseen":
