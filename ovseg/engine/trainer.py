@@ -33,6 +33,7 @@ from .resume import (
     rng_state,
     set_rng_state,
 )
+from .signal_watch import ZeroLossWatch
 from .speed import apply_speed_options
 from .train_loop import AMPTrainer, OvsegSimpleTrainer
 
@@ -166,8 +167,10 @@ class Trainer(DefaultTrainer):
     def build_hooks(self) -> list:
         """DefaultTrainer's hooks; a periodic evaluation a kill cut short is done again on
         resume (:mod:`ovseg.engine.metric_hooks`); every rank's RNG states gathered for the
-        checkpoints of a multi-process run."""
+        checkpoints of a multi-process run; a warning when the losses stay exactly 0
+        (:mod:`ovseg.engine.signal_watch`: a quarter of the run, at most 100 steps)."""
         hooks = [h for h in super().build_hooks() if h is not None]
+        hooks.append(ZeroLossWatch(min(100, max(5, self.cfg.SOLVER.MAX_ITER // 4))))
         if comm.get_world_size() > 1:
             # right before the main process's checkpointer (the other ranks have none: before
             # the hooks that follow it), so the states are those the checkpointer would see
