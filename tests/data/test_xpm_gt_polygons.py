@@ -115,6 +115,27 @@ def test_mappers_keep_the_moved_polygons_and_annotation_boxes(record, mapper, le
     assert masks.dtype == torch.bool and masks.shape == (2, 2 * H, 2 * W)  # bitmasks stay
 
 
+@pytest.mark.parametrize("mapper", [_teacher_mapper, _student_mapper])
+@pytest.mark.parametrize("legacy", [True, False])
+def test_annotations_whose_box_has_no_area_are_dropped(record, mapper, legacy):
+    """A box without area gave the RPN an infinite loss: dropped as detectron2 drops it
+    (no area after the transforms) or, under LEGACY_BOXES, as the official loader does
+    (inclusive box of one pixel or less at the image's size: w <= 1 or h <= 1)."""
+    xywh = BoxMode.XYWH_ABS
+    sliver = [20.0, 5.0, 21.0, 5.0, 21.0, 25.0, 20.0, 25.0]  # a valid 1-px-wide polygon
+    extra = [
+        {"category_id": 2, "iscrowd": 0, "bbox": [20.0, 5.0, 0.0, 20.0], "bbox_mode": xywh,
+         "segmentation": [sliver]},  # zero width: no area anywhere
+        {"category_id": 0, "iscrowd": 0, "bbox": [20.0, 5.0, 1.0, 20.0], "bbox_mode": xywh,
+         "segmentation": [sliver]},  # one pixel wide: only the official loader drops it
+    ]  # fmt: skip
+    inst = mapper(False, legacy)({**record, "annotations": _annotations() + extra})["instances"]
+    assert inst.gt_classes.tolist() == ([0, 2] if legacy else [0, 2, 0])
+    assert bool(inst.gt_boxes.nonempty().all()) and len(inst.gt_polygons) == len(inst)
+    masks = inst.gt_masks.tensor if isinstance(inst.gt_masks, BitMasks) else inst.gt_masks
+    assert masks.shape[0] == len(inst)
+
+
 def test_default_mappers_are_unchanged(record):
     kwargs = {**_kwargs(True, True), "gt_polygons": False}
     teacher = InstanceDatasetMapper(is_train=True, **kwargs)(record)["instances"]

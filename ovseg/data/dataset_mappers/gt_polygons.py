@@ -29,7 +29,7 @@ move as detectron2's ``transform_instance_annotations`` moves them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +37,14 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances, PolygonMasks
 
-__all__ = ["GTGeometry", "add_gt_polygons", "annotation_geometry", "move_geometry"]
+__all__ = [
+    "GTGeometry",
+    "add_gt_polygons",
+    "annotation_geometry",
+    "drop_empty_boxes",
+    "move_geometry",
+    "official_keeps",
+]
 
 
 @dataclass
@@ -95,6 +102,14 @@ def _official_box(geometry: GTGeometry, transforms) -> np.ndarray:
         if isinstance(t, T.HFlipTransform):  # x -> W - x - 1 (bounding_box.py:144-147)
             box[0::2] -= 1
     return box
+
+
+def official_keeps(geometry: GTGeometry) -> bool:
+    """Whether the official loader keeps the annotation: its inclusive box, clipped at the
+    image's size, spans more than one pixel each way (``clip_to_image(remove_empty=True)``,
+    ``maskrcnn_benchmark/data/datasets/coco.py`` ``__getitem__``, ``bounding_box.py:214-223``)."""
+    box = _official_box(geometry, T.TransformList([]))  # at the image's own size
+    return bool(box[2] > box[0] and box[3] > box[1])
 
 
 def _official_polygons(geometry: GTGeometry, transforms) -> List[np.ndarray]:
@@ -166,3 +181,26 @@ def add_gt_polygons(
         out[r] = torch.as_tensor(box, dtype=torch.float32)
     instances.gt_boxes = Boxes(out)
     instances.gt_polygons = PolygonMasks(polygons)
+
+
+def drop_empty_boxes(
+    instances: Instances,
+    geometry: Optional[Sequence[GTGeometry]],
+    rows: Sequence[int],
+    legacy: bool,
+) -> Instances:
+    """``instances`` less the rows whose box has no area, which give the RPN an infinite box
+    loss: detectron2's ``filter_empty_instances`` (by box) and, under ``legacy``, the official
+    loader's ``clip_to_image(remove_empty=True)`` of the ground truth (:func:`official_keeps`).
+
+    Args:
+        instances: a sample's targets with ``gt_boxes``; row ``r`` is target ``rows[r]``.
+        geometry: the ground-truth targets' :class:`GTGeometry` (targets ``0 ..
+            len(geometry) - 1``), or None.
+        legacy (bool): MODEL.XPM.LEGACY_BOXES.
+    """
+    keep = instances.gt_boxes.nonempty()
+    if geometry is not None and legacy:
+        official = [i >= len(geometry) or official_keeps(geometry[i]) for i in rows]
+        keep &= torch.tensor(official, dtype=torch.bool)
+    return instances if bool(keep.all()) else instances[keep]

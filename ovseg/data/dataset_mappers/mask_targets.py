@@ -27,7 +27,7 @@ from detectron2.structures import Instances
 from ...utils.coco_masks import decode_segmentation
 from ..image_io import read_image
 from .build import MAPPER_REGISTRY
-from .gt_polygons import add_gt_polygons, annotation_geometry
+from .gt_polygons import add_gt_polygons, annotation_geometry, drop_empty_boxes
 from .semantic import SemanticDatasetMapper, label_for_transforms
 
 __all__ = [
@@ -130,6 +130,7 @@ class _SegmentMapper(SemanticDatasetMapper):
             moved = aug_input.image.shape[:2]
             inst = dataset_dict["instances"]
             add_gt_polygons(inst, geometry, rows, transforms, moved, self.legacy_boxes)
+            dataset_dict["instances"] = drop_empty_boxes(inst, geometry, rows, self.legacy_boxes)
         if self.is_train:
             dataset_dict["transforms"] = transforms
         return dataset_dict

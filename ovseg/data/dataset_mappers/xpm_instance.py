@@ -56,7 +56,7 @@ from ..captions.settings import (
 )
 from ..image_io import read_image
 from .build import MAPPER_REGISTRY
-from .gt_polygons import add_gt_polygons
+from .gt_polygons import add_gt_polygons, drop_empty_boxes
 from .mask_targets import InstanceDatasetMapper
 from .semantic import label_for_transforms
 
@@ -250,7 +250,7 @@ class XPMInstanceDatasetMapper(InstanceDatasetMapper):
         out.gt_scores = torch.tensor(scores, dtype=torch.float32)
         if geometry is not None:
             add_gt_polygons(out, geometry, rows, transforms, size, self.legacy_boxes)
-        return out
+        return drop_empty_boxes(out, geometry, rows, self.legacy_boxes)
 
     def _padded_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         d = self.size_divisibility
