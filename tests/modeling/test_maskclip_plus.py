@@ -341,3 +341,19 @@ def test_golden_outputs(tmp_path):
     # with the other values, not as the seeded initialisation
     outputs = _golden_outputs(tmp_path)
     assert_golden(GOLDEN, outputs, tolerances=dict.fromkeys(outputs, Tol(atol=1e-5, rtol=1e-4)))
+
+
+def test_a_label_outside_the_vocabulary_is_named_with_its_file(tmp_path):
+    """As the other students: not torch's "Target 200 is out of bounds" (a device-side
+    assert on CUDA) naming no file."""
+    names = ["cat", "dog", "grass", "sky", "road"]
+    model = tiny_maskclip_plus(
+        tmp_path, unseen=["grass", "road"], pseudo_label_source="online_augmented"
+    ).train()
+    label = torch.zeros(32, 32, dtype=torch.long)
+    label[:4, :4] = 200
+    x = {"image": random_image(32, 32), "sem_seg": label, "vocabulary": names,
+         "file_name": "bad.png"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels \[200\] of \['bad.png'\] are outside the 5"):
+        with EventStorage(0):
+            model([x])

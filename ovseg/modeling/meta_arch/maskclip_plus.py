@@ -333,6 +333,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                     "pseudo-label by their ground truth; use a dataset with labels or 'ignore'"
                 )
             sem = x["sem_seg"]
+            self.check_labels(sem, len(names), [x])  # on the host, as the other students
             if self.pseudo_label_pixels != "unseen":
                 # checked where the labels are (on the host: no wait for the device)
                 unseen = torch.as_tensor(target, dtype=torch.long, device=sem.device)
