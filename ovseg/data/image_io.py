@@ -146,7 +146,7 @@ def read_label(path: str | os.PathLike, *, exif_orientation: bool = True) -> np.
     """Read a label map as stored: palette indices for mode "P", raw values for 8/16-bit.
 
     Args:
-        path: the label PNG (mode L, P, I;16 or I).
+        path: the label PNG (mode L, P, I;16, I or 1, whose bits read as 0 and 1).
         exif_orientation (bool): as :func:`read_image`.
 
     Returns:
@@ -157,4 +157,6 @@ def read_label(path: str | os.PathLike, *, exif_orientation: bool = True) -> np.
         ImageDecodeError: it cannot be decoded; the message names the file.
     """
     path = os.fspath(path)
-    return np.asarray(_open(path, exif_orientation))
+    label = np.asarray(_open(path, exif_orientation))
+    # a 1-bit PNG (mode "1", a binary dataset's) reads as bool: its classes are 0 and 1
+    return label.astype(np.uint8) if label.dtype == np.bool_ else label
