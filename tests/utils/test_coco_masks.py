@@ -53,3 +53,17 @@ def test_every_form_decodes_to_the_drawn_mask(segmentation):
 def test_another_type_is_refused_with_what_to_check():
     with pytest.raises(ValueError, match="list of polygons or an RLE dict, not str"):
         decode_segmentation("1 2 3", H, W)
+
+
+def test_polygons_of_fewer_than_three_points_are_dropped_as_detectron2_drops_them():
+    polygons = [[2, 1, 4, 1, 4, 4, 2, 4], [4, 1, 6, 1, 6, 4, 4, 4]]
+    np.testing.assert_array_equal(decode_segmentation(polygons + [[0, 0, 1, 1]], H, W), _expected())
+    for nothing in ([], [[0, 0, 1, 1]], [[]]):  # no polygon left: an empty mask, no target
+        assert not decode_segmentation(nothing, H, W).any()
+
+
+def test_a_malformed_polygon_is_named_with_its_image():
+    with pytest.raises(ValueError, match=r"a\.jpg: a polygon segmentation is a list of flat"):
+        decode_segmentation([[2, 1, 4, 1, 4]], H, W, "a.jpg")
+    with pytest.raises(ValueError, match=r"a\.jpg: a polygon segmentation"):
+        decode_segmentation([2, 1, 4, 1, 4, 4], H, W, "a.jpg")  # one flat list, not nested

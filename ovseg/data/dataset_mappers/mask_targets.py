@@ -215,7 +215,7 @@ class InstanceDatasetMapper(_SegmentMapper):
     def _segments(self, dataset_dict, image):
         h, w = image.shape[:2]
         return [
-            (decode_segmentation(o["segmentation"], h, w), c)
+            (decode_segmentation(o["segmentation"], h, w, dataset_dict["file_name"]), c)
             for o, c in self._kept_annotations(dataset_dict)
         ]
 
