@@ -112,3 +112,47 @@ def test_bad_settings_are_refused():
         TestTimePromptTuning(steps=0)
     with pytest.raises(ValueError, match="fraction"):
         TestTimePromptTuning(select_fraction=1.5)
+
+
+def _tuned(tmp_path):
+    return _model(tmp_path, *TTPT, "MODEL.FREESEG.TEST_PROMPT_TUNING.STEPS", "2",
+                  "MODEL.FREESEG.TEST_PROMPT_TUNING.LR", "0.05")  # fmt: skip
+
+
+def test_an_inference_stopped_after_the_tuning_restores_the_prompts(tmp_path, monkeypatch):
+    """Ctrl-C or an error after the tuning (out of memory on a large photo) left the tuned
+    tokens in the model: every later call, any vocabulary, differed."""
+    model = _tuned(tmp_path)
+    before = model.prompt.class_context.detach().clone()
+    flags = [p.requires_grad for p in model.prompt.parameters()]
+    decode = model.decode
+
+    def stopped(*args, **kwargs):  # the first forward after the tuning steps
+        if not torch.is_grad_enabled():
+            raise KeyboardInterrupt
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(model, "decode", stopped)
+    with pytest.raises(KeyboardInterrupt), torch.no_grad():
+        model([{"image": _image(0), "vocabulary": NAMES}])
+    assert torch.equal(model.prompt.class_context, before)
+    assert [p.requires_grad for p in model.prompt.parameters()] == flags
+
+
+def test_threads_sharing_a_tuning_model_get_the_serial_results(tmp_path):
+    """Tuning edits the shared tokens in place: calls from threads saw each other's tuned
+    tokens (and crashed in the prompt cache); one image is tuned at a time."""
+    import concurrent.futures
+
+    model = _tuned(tmp_path)
+    jobs = [({"image": _image(s % 3), "vocabulary": NAMES[: 2 + s % 3]}) for s in range(8)]
+
+    def run(x):
+        with torch.no_grad():
+            return model([x])[0]["sem_seg"]
+
+    serial = [run(x) for x in jobs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(run, jobs))
+    for a, b in zip(serial, threaded):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
@@ -33,6 +34,10 @@ from torch import Tensor
 from ...vocab import normalize_name
 
 __all__ = ["TestTimePromptTuning", "unseen_entropy"]
+
+# tuning edits a model's prompt tokens in place: one image at a time, whichever the thread
+# (a Predictor shared by a web server's threads saw the others' tuned tokens)
+_TUNING = threading.RLock()
 
 
 def unseen_entropy(logits: Tensor, unseen: Tensor, fraction: float) -> Tensor:
@@ -134,10 +139,12 @@ class TestTimePromptTuning:
 
     @contextlib.contextmanager
     def applied(self, model, pixels, names: Sequence[str], task: str) -> Iterator[List[float]]:
-        """:meth:`start` as a ``with`` block: tuned inside, restored after; yields the
+        """:meth:`start` as a ``with`` block: tuned inside, restored after (also when the
+        block raises or is interrupted), one block at a time across threads; yields the
         losses."""
-        restore = self.start(model, pixels, names, task)
-        try:
-            yield self.last_history
-        finally:
-            restore()
+        with _TUNING:
+            restore = self.start(model, pixels, names, task)
+            try:
+                yield self.last_history
+            finally:
+                restore()

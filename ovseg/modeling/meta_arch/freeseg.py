@@ -24,6 +24,7 @@ logits (a pixel's scores need no softmax; they may exceed 1 where queries overla
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -332,19 +333,21 @@ class FreeSeg(OpenVocabSegmentor):
             pixels = self.pixel_features(images.tensor)
             out: Dict = {}
             ttpt = self.test_prompt_tuning
-            restore = ttpt.start(self, pixels, names, self.test_tasks[0]) if ttpt else None
-            for task in self.test_tasks:
-                text = self.text_embeddings(names, task)
-                pred = self.decode(pixels, text)
-                masks = F.interpolate(  # official: aligned (open_vocabulary_model.py:261-266)
-                    pred["pred_masks"],
-                    images.tensor.shape[-2:],
-                    mode="bilinear",
-                    align_corners=self.post["align_corners"],
-                )[0, :, :h, :w]
-                probs = self.class_probs(x["image"], masks, pred["pred_logits"][0], text, names)
-                out.update(self.task_output(task, probs, masks, names, size))
-            if restore is not None:  # each image starts from the trained prompts
-                restore()
+            # each image starts from the trained prompts, also after an error or Ctrl-C
+            tuned = ttpt.applied(self, pixels, names, self.test_tasks[0]) if ttpt else None
+            with tuned or contextlib.nullcontext():
+                for task in self.test_tasks:
+                    text = self.text_embeddings(names, task)
+                    pred = self.decode(pixels, text)
+                    # official: aligned (open_vocabulary_model.py:261-266)
+                    masks = F.interpolate(
+                        pred["pred_masks"],
+                        images.tensor.shape[-2:],
+                        mode="bilinear",
+                        align_corners=self.post["align_corners"],
+                    )[0, :, :h, :w]
+                    logits = pred["pred_logits"][0]
+                    probs = self.class_probs(x["image"], masks, logits, text, names)
+                    out.update(self.task_output(task, probs, masks, names, size))
             results.append(out)
         return results
