@@ -367,7 +367,8 @@ class Predictor:
         model_scores.labels()
         label, confidence = model_scores.to("cpu").labels()
         names = plan.names
-        labels, confidence = label.cpu().numpy(), confidence.cpu().numpy()
+        # copies: the held labels make score_maps' background rows, whatever the caller edits
+        labels, confidence = label.cpu().numpy().copy(), confidence.cpu().numpy().copy()
         masks = {names[k]: labels == k for k in np.unique(labels).tolist()}
         # instance and segment classes index the model's words: map them to ``names``
         instances = output["instances"].to("cpu") if "instances" in output else None

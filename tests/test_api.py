@@ -399,3 +399,18 @@ def test_predictions_compare_by_identity_not_by_raising(predictor):
     twin = copy.deepcopy(pred)
     assert pred == pred and pred != twin and len({pred, twin}) == 2
     np.testing.assert_array_equal(twin.labels, pred.labels)
+
+
+def test_editing_labels_or_confidence_changes_no_later_map(predictor):
+    """A common step, background -> ignore in place, emptied score_maps' background row:
+    the labels shared memory with the scores held for the maps."""
+    image = _scene(1)[0]
+    threshold = float(np.median(predictor.predict(image, SHAPES).confidence))
+    pred = predictor.predict(image, SHAPES, background_threshold=threshold)
+    background = pred.labels == 0
+    assert background.any()
+    before = pred.score_maps(["background"])
+    pred.labels[background] = 255
+    pred.confidence[:] = 0
+    np.testing.assert_array_equal(pred.score_maps(["background"]), before)
+    assert not np.shares_memory(pred.labels, pred.model_scores.labels()[0].numpy())
