@@ -150,6 +150,23 @@ class TextEmbeddingCache:
         self.remove_stale_temporaries()
         return path
 
+    def try_save(self, *args, **kwargs) -> Optional[Path]:
+        """:meth:`save`, or None with one warning per cache when the folder cannot be written
+        (read-only, full, a file in the way): the embeddings are only recomputed later."""
+        try:
+            return self.save(*args, **kwargs)
+        except OSError as e:
+            if not getattr(self, "_warned_unwritable", False):
+                self._warned_unwritable = True
+                logger.warning(
+                    "Cannot write the text-embedding cache in %s (%s): embeddings are "
+                    "computed again in each process that needs them. Point MODEL.CLIP.CACHE_DIR "
+                    "or $OVSEG_CACHE at a writable folder.",
+                    self.root,
+                    e,
+                )
+            return None
+
     def remove_stale_temporaries(self, max_age_s: float = STALE_TEMPORARY_S) -> int:
         """Delete temporaries older than ``max_age_s`` (left by killed writers; younger ones
         may belong to a live process); return how many were removed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import open_clip
@@ -28,6 +29,9 @@ from .tokens import check_prompt_tokens
 __all__ = ["CLIPTeacher", "PRECISIONS"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# vocabularies whose text embeddings stay in memory (each (K, D) on the teacher's device;
+# a service answering users' vocabularies held every one it ever saw)
+TEXT_MEMO_SIZE = 64
 
 
 class CLIPTeacher(nn.Module):
@@ -78,7 +82,8 @@ class CLIPTeacher(nn.Module):
         self.precision = precision
         self.text_batch_size = int(text_batch_size)
         self._text_disk = TextEmbeddingCache(self.cache_dir) if self.cache_dir else None
-        self._text_memo: dict = {}
+        # the last TEXT_MEMO_SIZE vocabularies' embeddings, least recently used dropped first
+        self._text_memo: OrderedDict = OrderedDict()
         self._fingerprint: Optional[str] = None
 
         model.requires_grad_(False)
@@ -154,14 +159,20 @@ class CLIPTeacher(nn.Module):
             return torch.zeros(0, self.embed_dim, device=self.device)
         key = text_cache_key(self.fingerprint, names, templates)
         emb = self._text_memo.get(key)
+        if emb is not None:
+            with contextlib.suppress(KeyError):  # another thread may have dropped it
+                self._text_memo.move_to_end(key)
         if emb is None and self._text_disk is not None:
             emb = self._text_disk.load(key, names, templates)
         if emb is None:
             emb = self._compute_text(names, templates)
             if self._text_disk is not None:
-                self._text_disk.save(key, emb, names, templates, self.fingerprint)
+                self._text_disk.try_save(key, emb, names, templates, self.fingerprint)
         emb = emb.to(self.device)
         self._text_memo[key] = emb
+        while len(self._text_memo) > TEXT_MEMO_SIZE:
+            with contextlib.suppress(KeyError):
+                self._text_memo.popitem(last=False)
         return emb.clone()
 
     def _compute_text(self, names: Tuple[str, ...], templates: Tuple[str, ...]) -> Tensor:

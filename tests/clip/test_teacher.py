@@ -14,6 +14,7 @@ from ovseg_testing import TINY_VIT, random_clip_model, random_image_batch
 from torch import nn
 
 from ovseg.clip import CLIPTeacher
+from ovseg.clip import teacher as teacher_module
 
 TEMPLATES = ("a photo of a {}.", "a drawing of the {}.", "{} in the scene.")
 
@@ -156,6 +157,40 @@ def test_text_cache_on_disk_and_in_memory(vit_parts, tmp_path):
         assert len(calls) > 0
     finally:
         handle.remove()
+
+
+def test_the_memo_keeps_the_most_recent_vocabularies(vit_parts, monkeypatch):
+    """A service answering users' vocabularies held every one it ever saw (+201 MiB for
+    1,500 vocabularies of 50 names); the memo keeps the last TEXT_MEMO_SIZE, recently used
+    first to stay."""
+    monkeypatch.setattr(teacher_module, "TEXT_MEMO_SIZE", 3)
+    model, tokenizer, name = vit_parts
+    teacher = CLIPTeacher(model, tokenizer, name=name)  # no disk cache: the memo alone
+    calls, handle = _count_text_forwards(model)
+    try:
+        first = teacher.encode_text(["cat"], TEMPLATES)
+        for word in ("dog", "sky", "cat", "sea"):  # "cat" used again: "dog" is the oldest
+            teacher.encode_text([word], TEMPLATES)
+        assert len(teacher._text_memo) == 3
+        calls.clear()
+        assert torch.equal(teacher.encode_text(["cat"], TEMPLATES), first)
+        assert calls == []  # kept
+        teacher.encode_text(["dog"], TEMPLATES)
+        assert len(calls) > 0  # dropped, computed again
+    finally:
+        handle.remove()
+
+
+def test_an_unwritable_cache_folder_warns_once_and_embeds(vit_parts, tmp_path, caplog):
+    """A read-only or full cache folder made every new vocabulary fail."""
+    model, tokenizer, name = vit_parts
+    (tmp_path / "text_embeddings").write_text("a file where the folder should be")
+    teacher = CLIPTeacher(model, tokenizer, name=name, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        a = teacher.encode_text(["cat"], TEMPLATES)
+        b = teacher.encode_text(["dog"], TEMPLATES)
+    assert a.shape == b.shape == (1, teacher.embed_dim)
+    assert caplog.text.count("Cannot write the text-embedding cache") == 1
 
 
 def test_returned_embeddings_do_not_alias_the_cache(vit_teacher):
