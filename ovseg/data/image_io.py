@@ -27,7 +27,11 @@ class ImageDecodeError(OSError):
     """An image or label file that cannot be decoded (truncated, corrupt, not an image)."""
 
 
-_UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+# Pillow's decompression-bomb guard is its own Exception subclass, neither OSError nor
+# ValueError: it escaped the errors that name the file
+_UNREADABLE = (
+    OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError
+)  # fmt: skip
 _EXIF_ORIENTATION = 0x0112
 TURNED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -47,6 +51,11 @@ def _open(path: str, exif_orientation: bool = True) -> Image.Image:
 
 
 def _decode_error(path: str, e: BaseException) -> ImageDecodeError:
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageDecodeError(
+            f"Image file {path!r} is larger than Pillow's decompression-bomb limit ({e}); "
+            "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        )
     return ImageDecodeError(
         f"Cannot decode image file {path!r} ({type(e).__name__}: {e}); the file is "
         "truncated, corrupt or not an image: re-export it or remove it from the dataset"

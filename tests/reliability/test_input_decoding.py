@@ -122,6 +122,24 @@ def _mask_record(tmp_path, rgb):
     }  # fmt: skip
 
 
+def test_a_decompression_bomb_fails_naming_the_file(tmp_path):
+    """A header of 100000x100000: Pillow's own DecompressionBombError (neither OSError nor
+    ValueError) escaped the errors that name the file and the web app's error handling."""
+    import struct
+    import zlib
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    header = bytearray(data[12:29])  # the IHDR chunk's type and fields
+    header[4:12] = struct.pack(">II", 100000, 100000)
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(header)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageDecodeError, match=r"huge\.png.*decompression-bomb limit"):
+        read_image(str(path), format="RGB")
+
+
 @pytest.mark.parametrize("kind", ["instance", "panoptic", "xpm"])
 def test_mask_mappers_read_through_image_io(tmp_path, kind):
     """The instance, panoptic and XPM mappers decode as the semantic one does: a 16-bit
