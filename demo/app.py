@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from ovseg.api import Prediction, Predictor, resolve_config_path
@@ -58,6 +59,12 @@ MIN_DISPLAY_SIZE = 320
 # heat maps are drawn for at most this many words, those labelling the most pixels (a
 # 150-name vocabulary would otherwise give a 150-panel picture)
 MAX_HEATMAPS = 12
+# a photo is shown at most this long (the browser shows less): drawn at its full size, a
+# 24-MP photo's overlay and heat maps took 3.1 GB and most of the request's time
+MAX_DISPLAY_SIDE = 2048
+# what one request may ask: larger photos and vocabularies go through the Python API
+MAX_UPLOAD_PIXELS = 64_000_000
+MAX_TYPED_NAMES = 1000
 # how deep under a runs folder a run (config.yaml + model_final.pth) is looked for:
 # output/demo/split_a/lseg/teacher is 4 levels below output/
 RUN_SEARCH_DEPTH = 5
@@ -187,6 +194,12 @@ class SegmentApp:
         if image.ndim == 2:  # grayscale: the predictor takes three channels
             image = np.stack([image] * 3, axis=-1)
         image = np.ascontiguousarray(image[..., :3])  # drop an alpha channel
+        h, w = image.shape[:2]
+        if h * w > MAX_UPLOAD_PIXELS:
+            raise ValueError(
+                f"the image is {w}x{h} ({h * w / 1e6:.0f} MP); the web app takes up to "
+                f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP: downscale it, or use ovseg.Predictor"
+            )
         pred = self.predictor(label).predict(image, typed_vocabulary(vocabulary))
         return render_prediction(image, pred)
 
@@ -199,7 +212,14 @@ def typed_vocabulary(spec: str) -> Vocabulary:
     if spec in builtin_vocabulary_names():
         return Vocabulary.builtin(spec)
     if "," in spec or ";" in spec:
-        return Vocabulary.from_string(spec)
+        vocabulary = Vocabulary.from_string(spec)
+        if len(vocabulary.names) > MAX_TYPED_NAMES:
+            raise ValueError(
+                f"{len(vocabulary.names)} class names typed; the web app takes up to "
+                f"{MAX_TYPED_NAMES} (or a builtin vocabulary's name): use ovseg.Predictor "
+                "for more"
+            )
+        return vocabulary
     raise ValueError(
         f"{spec!r} is neither class names separated by commas nor a builtin vocabulary "
         f"({', '.join(builtin_vocabulary_names())}); one class alone is written with a ';' "
@@ -214,18 +234,32 @@ def render_prediction(image: np.ndarray, pred: Prediction) -> Tuple[np.ndarray, 
     meta = vocabulary_metadata(names, name="app")
     colors = np.asarray(meta.stuff_colors, dtype=np.uint8)
     dtype, ignore = label_dtype_for(len(names))
+    shares = np.bincount(pred.labels.ravel(), minlength=len(names)) / pred.labels.size
+    image, labels = display_size(image, pred.labels)  # a large photo: what the page shows
     h, w = image.shape[:2]
     scale = overlay_scale(h, w, MIN_DISPLAY_SIZE)
-    labels = pred.labels.astype(dtype)
-    overlay = draw_semantic(image, labels, meta, ignore_label=ignore, scale=scale).get_image()
+    overlay = draw_semantic(
+        image, labels.astype(dtype), meta, ignore_label=ignore, scale=scale
+    ).get_image()
     factor = max(int(round(scale)), 1)
-    label_map = colors[pred.labels].repeat(factor, axis=0).repeat(factor, axis=1)
-    shares = np.bincount(pred.labels.ravel(), minlength=len(names)) / pred.labels.size
+    label_map = colors[labels].repeat(factor, axis=0).repeat(factor, axis=1)
     shown = sorted(range(len(names)), key=lambda k: (-shares[k], k))[:MAX_HEATMAPS]
-    heatmaps, _ = heatmap_grid(
-        image, pred.score_maps(shown), [names[k] for k in shown], value_label="class score"
-    )
+    maps = pred.score_maps(shown, size=(h, w))
+    heatmaps, _ = heatmap_grid(image, maps, [names[k] for k in shown], value_label="class score")
     return overlay, label_map, heatmaps, legend_html(names, colors.tolist(), shares)
+
+
+def display_size(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``image`` (area-averaged) and ``labels`` (nearest) at most MAX_DISPLAY_SIDE long."""
+    h, w = labels.shape
+    shrink = MAX_DISPLAY_SIDE / max(h, w)
+    if shrink >= 1:
+        return image, labels
+    size = (max(1, round(h * shrink)), max(1, round(w * shrink)))
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    shown = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return shown, labels[rows[:, None], cols[None, :]]
 
 
 def example_images(folder: Path, count: int = 3) -> List[str]:

@@ -117,9 +117,12 @@ class Prediction:
         """
         return self._model_scores().probabilities().numpy()
 
-    def score_maps(self, classes: Sequence[Union[int, str]]) -> np.ndarray:
+    def score_maps(
+        self, classes: Sequence[Union[int, str]], size: Optional[Tuple[int, int]] = None
+    ) -> np.ndarray:
         """(len(classes), H, W) float32 rows of :attr:`scores` for a few classes (indices or
-        names), each made on its own: a large photo's heat maps without all K."""
+        names), each made on its own: a large photo's heat maps without all K; with ``size``
+        (h, w), the model's scores resized to it instead (a display's maps)."""
         if isinstance(classes, str):
             raise ValueError(f"classes must be a list of names or indices; for one, [{classes!r}]")
         index, num = {n: i for i, n in enumerate(self.names)}, len(self.names)
@@ -134,7 +137,8 @@ class Prediction:
             elif -num <= c < 0:  # as pred.scores[-1]
                 c += num
             wanted.append(int(c))
-        return self._model_scores().probabilities(wanted).numpy()
+        scores = self._model_scores()
+        return (scores if size is None else scores.at_size(size)).probabilities(wanted).numpy()
 
     def _model_scores(self) -> ScoresAtSize:
         if self.model_scores is None:

@@ -102,6 +102,16 @@ class ScoresAtSize:
         self._labels: Optional[Tuple[Tensor, Tensor]] = None
         self._log_norm: Optional[Tensor] = None
 
+    def at_size(self, size: Sequence[int]) -> ScoresAtSize:
+        """The same scores resized to another ``size`` (H, W): a display's maps, never made at
+        the image's size; itself when the size is its own."""
+        if tuple(size) == tuple(self.size):
+            return self
+        step_elements = self.step * self.size[0] * self.size[1]
+        return ScoresAtSize(
+            self.scores, size, kind=self.kind, plan=self.plan, max_elements=step_elements
+        )
+
     def to(self, device) -> ScoresAtSize:
         """Itself with its scores (and what :meth:`labels` made) on ``device``."""
         self.scores = self.scores.to(device)

@@ -73,6 +73,38 @@ def test_large_vocabularies_get_at_most_twelve_heat_maps(toy_app):
     assert heatmaps.shape == twelve.shape
 
 
+def test_a_large_photo_is_shown_at_the_display_size(toy_app, monkeypatch):
+    """Drawn at its full size, a 24-MP photo's overlay and heat maps took 3.1 GB: the page
+    shows at most MAX_DISPLAY_SIDE, the legend's shares still from every pixel."""
+    monkeypatch.setattr(app_module, "MAX_DISPLAY_SIDE", 100)
+    monkeypatch.setattr(app_module, "MIN_DISPLAY_SIZE", 0)  # no enlargement of small images
+    image = np.ascontiguousarray(np.tile(_scene(), (2, 3, 1)))  # 128 x 192
+    overlay, label_map, heatmaps, legend = toy_app.segment(image, VOCABULARY, "toy")
+    pred = toy_app.predictor("toy").predict(image, VOCABULARY)
+    assert overlay.shape == label_map.shape == (67, 100, 3)
+    rows = np.minimum(((np.arange(67) + 0.5) * 128 / 67).astype(int), 127)
+    cols = np.minimum(((np.arange(100) + 0.5) * 192 / 100).astype(int), 191)
+    colors = {n: c for n, c, _ in _legend_items(legend)}
+    palette = np.array([colors[n] for n in NAMES], np.uint8)
+    np.testing.assert_array_equal(label_map, palette[pred.labels[rows[:, None], cols[None, :]]])
+    shares = {n: s for n, _, s in _legend_items(legend)}
+    for k, name in enumerate(NAMES):
+        assert shares[name] == pytest.approx(100 * (pred.labels == k).mean(), abs=0.051)
+    assert pred.score_maps([0, 1], size=(67, 100)).shape == (2, 67, 100)
+    np.testing.assert_array_equal(pred.score_maps([1], size=(128, 192)), pred.score_maps([1]))
+
+
+def test_requests_larger_than_the_page_takes_are_refused(toy_app, monkeypatch):
+    monkeypatch.setattr(app_module, "MAX_UPLOAD_PIXELS", 4000)
+    with pytest.raises(ValueError, match=r"64x64 \(0 MP\); the web app takes up to 0 MP"):
+        toy_app.segment(_scene(), VOCABULARY, "toy")
+    monkeypatch.setattr(app_module, "MAX_TYPED_NAMES", 5)
+    with pytest.raises(ValueError, match="9 class names typed; the web app takes up to 5"):
+        toy_app.segment(_scene()[:32, :32].copy(), VOCABULARY, "toy")
+    _, _, _, legend = toy_app.segment(_scene()[:32, :32].copy(), "voc20", "toy")  # builtin
+    assert len(_legend_items(legend)) == 20
+
+
 def test_bad_requests_say_what_to_do(toy_app):
     with pytest.raises(ValueError, match="upload an image"):
         toy_app.segment(None, VOCABULARY, "toy")

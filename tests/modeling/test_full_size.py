@@ -158,3 +158,17 @@ def test_all_probabilities_never_share_the_held_scores():
     probs.zero_()
     torch.testing.assert_close(at.probabilities([1])[0], scores[1])
     assert scores.abs().sum() > 0
+
+
+def test_the_scores_at_another_size_are_made_from_the_model_scores():
+    """at_size: a display's maps from the model's scores, as if that were the image's size."""
+    torch.manual_seed(0)
+    scores = torch.randn(5, 6, 7)
+    plan = VocabularyPlan.make(["cat", "background", "dog"], augment="tree,car,sky",
+                               background_threshold=0.3)  # fmt: skip
+    held = ScoresAtSize(scores, (30, 40), kind="logits", plan=plan, max_elements=2400)
+    small = held.at_size((12, 9))
+    fresh = ScoresAtSize(scores, (12, 9), kind="logits", plan=plan)
+    assert held.at_size((30, 40)) is held and small.size == (12, 9)
+    torch.testing.assert_close(small.probabilities([0, 1, 3]), fresh.probabilities([0, 1, 3]))
+    assert torch.equal(small.labels()[0], fresh.labels()[0])
