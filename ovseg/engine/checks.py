@@ -187,6 +187,34 @@ def check_config(cfg: CfgNode) -> None:
     check_extras(cfg)
 
 
+def trained_unseen_warning(cfg: CfgNode) -> str:
+    """One line ("" if none) when a custom training set's unseen classes are trained on:
+    MODEL.OVSEG.ZERO_SHOT_SETTING "none" over a registration that names unseen classes (a
+    real-CLIP config of a supervised protocol taken for one's own data), so mIoU-unseen and
+    hIoU would measure no zero-shot transfer. The protocols that read unseen labels only to
+    locate pixels (ZegCLIP's and MaskCLIP+'s "unseen" pixels) are left alone."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if cfg.MODEL.OVSEG.get("ZERO_SHOT_SETTING", "none") != "none" or arch in TRAINING_FREE:
+        return ""
+    locate_only = {"ZegCLIP": ("ZEGCLIP", "SELF_TRAINING_PIXELS"),
+                   "MaskCLIPPlus": ("MASKCLIP_PLUS", "PSEUDO_LABEL_PIXELS")}  # fmt: skip
+    if arch in locate_only:
+        group, key = locate_only[arch]
+        if cfg.MODEL.get(group, {}).get(key) == "unseen":
+            return ""
+    for name in cfg.DATASETS.TRAIN:
+        meta = MetadataCatalog.get(name)
+        unseen = meta.get("unseen_classes", None)
+        if unseen and meta.get("registration_guide", None):  # a DATASETS.CUSTOM split
+            return (
+                f"{name}'s unseen classes {list(unseen)} are trained on: "
+                "MODEL.OVSEG.ZERO_SHOT_SETTING is 'none', so mIoU-unseen and hIoU measure no "
+                "zero-shot transfer; set it to 'inductive' (or 'transductive') for a "
+                "zero-shot run (docs/custom_dataset.md)"
+            )
+    return ""
+
+
 # meta-architectures that learn nothing: they only evaluate
 TRAINING_FREE = ("MaskCLIP",)
 

@@ -16,7 +16,7 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovseg_config
-from .checks import check_config, check_meta_architecture
+from .checks import check_config, check_meta_architecture, trained_unseen_warning
 from .extensions import import_extensions, requested_extensions
 
 logger = logging.getLogger(__name__)
@@ -77,13 +77,15 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     cfg.EXTENSIONS = extensions  # the whole chain's and the overrides', which yacs replaces
     check_meta_architecture(cfg)  # a class of a module not named: refused here, not at build
     if cfg.DATASETS.CUSTOM:
-        from ..data.datasets.custom import register_from_config
+        from ..data.datasets.custom import absolute_spec, register_from_config
 
         register_from_config(cfg)  # before DATASETS.TRAIN/TEST are looked up
         # absolute, so the run's saved config.yaml loads from any working directory
         custom = cfg.DATASETS.CUSTOM
         custom = [custom] if isinstance(custom, (str, dict)) else list(custom)
-        cfg.DATASETS.CUSTOM = [os.path.abspath(e) if isinstance(e, str) else e for e in custom]
+        cfg.DATASETS.CUSTOM = [
+            os.path.abspath(e) if isinstance(e, str) else absolute_spec(e) for e in custom
+        ]
     anchor_repo_paths(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
@@ -205,7 +207,10 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
         check_resume_target(cfg)  # before default_setup overwrites OUTPUT_DIR/config.yaml
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovseg")
+    logger = setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovseg")
+    warning = "" if getattr(args, "eval_only", False) else trained_unseen_warning(cfg)
+    if warning:
+        logger.warning(warning)
     return cfg
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "load_custom_sem_seg",
     "load_registration_file",
     "missing_folder",
+    "absolute_spec",
     "register_custom_dataset",
     "register_files",
     "register_from_config",
@@ -317,6 +318,20 @@ def _resolve_paths(spec: dict, base: Optional[Path]) -> dict:
     vocab = out.get("vocabulary")
     if isinstance(vocab, str) and vocab.lower().endswith(".json") and not os.path.isabs(vocab):
         out["vocabulary"] = str(base / vocab)
+    return out
+
+
+def absolute_spec(spec: Any) -> Any:
+    """An inline spec (``DATASETS.CUSTOM``) with its relative paths, its splits' included,
+    made absolute from the working directory, so the config a run saves loads from any
+    folder; anything else unchanged."""
+    if not isinstance(spec, Mapping):
+        return spec
+    out = _resolve_paths(dict(spec), Path.cwd())
+    splits = out.get("splits")
+    if isinstance(splits, Mapping):
+        out["splits"] = {k: _resolve_paths(dict(v), Path.cwd()) if isinstance(v, Mapping) else v
+                         for k, v in splits.items()}  # fmt: skip
     return out
 
 

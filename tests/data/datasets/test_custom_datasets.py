@@ -253,3 +253,46 @@ def test_a_label_not_of_its_images_size_is_refused_when_loaded(tmp_path):
     assert "is 6x4 (WxH) but its image" in str(info.value)
     Image.fromarray(np.zeros((6, 4), np.uint8)).save(tmp_path / "labels" / "b.png")
     assert len(_load(tmp_path)) == 2  # a label of the picture as shown fits
+
+
+def test_inline_specs_are_saved_with_absolute_paths(tmp_path, monkeypatch):
+    """The saved config of a run with inline specs did not load from another folder."""
+    write_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    split = {"images": "data/images", "labels": "data/labels"}
+    spec = [{"name": "custom_inline_abs", "vocabulary": "a; b; c",
+             "splits": {"train": split, "val": {**split, "unseen": ["c"]}}}]  # fmt: skip
+    cfg = load_config(CONFIG, ["DATASETS.CUSTOM", repr(spec)])
+    (saved,) = cfg.DATASETS.CUSTOM
+    assert saved["splits"]["train"]["images"] == str(tmp_path / "data" / "images")
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    monkeypatch.chdir(tmp_path / "data" / "labels")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert len(DatasetCatalog.get(again.DATASETS.CUSTOM[0]["name"] + "_val")) == 2
+
+
+def test_training_on_a_custom_sets_unseen_classes_is_named(tmp_path):
+    """A real-CLIP config of a supervised protocol (ZERO_SHOT_SETTING "none") taken for
+    one's own data trained on its unseen classes without a word."""
+    from ovseg.engine.checks import trained_unseen_warning
+
+    data = write_folder(tmp_path / "data")
+    (data / "reg.yaml").write_text(
+        "name: custom_unseen_test\nvocabulary: 'a; b; c'\nunseen: [c]\nsplits:\n"
+        "  train: {images: images, labels: labels}\n"
+    )
+    opts = ["DATASETS.CUSTOM", str(data / "reg.yaml"),
+            "DATASETS.TRAIN", "('custom_unseen_test_train',)"]  # fmt: skip
+    none = load_config(str(ROOT / "configs/toy/lseg_toyrn_400_bs8.yaml"),
+                       opts + ["MODEL.OVSEG.ZERO_SHOT_SETTING", "none"])  # fmt: skip
+    assert "custom_unseen_test_train's unseen classes ['c'] are trained on" in (
+        trained_unseen_warning(none)
+    )
+    inductive = load_config(str(ROOT / "configs/toy/lseg_toyrn_400_bs8.yaml"), opts)
+    assert inductive.MODEL.OVSEG.ZERO_SHOT_SETTING == "inductive"
+    assert trained_unseen_warning(inductive) == ""
+    # the official protocols that read unseen labels only to locate the pixels
+    plus = load_config(
+        str(ROOT / "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"), opts
+    )
+    assert plus.MODEL.OVSEG.ZERO_SHOT_SETTING == "none" and trained_unseen_warning(plus) == ""
