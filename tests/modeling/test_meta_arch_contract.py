@@ -83,6 +83,19 @@ def test_an_undeclared_score_kind_is_refused():
             pass
 
 
+def test_a_from_config_without_a_configurable_init_is_refused_with_the_fix():
+    """A student written as the guide's table reads (from_config, no __init__) failed at
+    build with "__init__() takes 1 positional argument but 2 were given"."""
+    with pytest.raises(TypeError, match=r"Mine defines from_config but no __init__.*@configurable"):
+
+        class Mine(OpenVocabSegmentor):
+            sem_seg_scores = "logits"
+
+            @classmethod
+            def from_config(cls, cfg):
+                return {}
+
+
 @pytest.mark.parametrize("name", sorted(_ovseg_meta_archs()))
 def test_demo_and_pseudo_labels_read_scores_once(name, tmp_path):
     cache = tmp_path / "clip_cache"

@@ -99,6 +99,14 @@ class OpenVocabSegmentor(nn.Module):
                 f"{cls.__name__} must declare sem_seg_scores, one of {list(SCORE_KINDS)} "
                 f"(what its eval output 'sem_seg' holds), got {kind!r}"
             )
+        if "from_config" in cls.__dict__ and cls.__init__ is OpenVocabSegmentor.__init__:
+            raise TypeError(
+                f"{cls.__name__} defines from_config but no __init__: build_model(cfg) passes "
+                "the cfg to __init__, which detectron2's @configurable (from detectron2.config "
+                "import configurable) turns into from_config's arguments; write "
+                "'@configurable def __init__(self, *, ..., **kwargs)' calling "
+                "super().__init__(**kwargs) (docs/new_student.md)"
+            )
 
     def __init__(
         self,
