@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovseg_config
 from .checks import check_config, check_meta_architecture, trained_unseen_warning
-from .extensions import import_extensions, requested_extensions
+from .extensions import import_extensions, requested_extensions, shipped_base
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
 
     _merge(cfg, read, where)
     import_extensions(extensions, cfg, REPO_ROOT)
-    _merge(cfg, lambda: cfg.merge_from_file(config_file), where)
+    _merge(cfg, lambda: _merge_from_file(cfg, config_file), where)
     if opts:
         options = [o for o in opts[::2] if str(o).startswith("--")]
         if options:
@@ -91,6 +91,27 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
         logger.warning("MODEL.DEVICE=%s but CUDA is unavailable: running on cpu.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+class _ShippedBases(CfgNode):
+    """detectron2's CfgNode whose ``_BASE_`` files that do not exist are looked for among
+    the shipped configs (:func:`~.extensions.shipped_base`); their own bases then resolve
+    from where they were found."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False):
+        return super().load_yaml_with_base(shipped_base(filename, REPO_ROOT), allow_unsafe)
+
+
+def _merge_from_file(cfg: CfgNode, config_file: str) -> None:
+    """``cfg.merge_from_file`` with :class:`_ShippedBases`' ``_BASE_`` resolution."""
+    # merge_from_file reads the chain through self.load_yaml_with_base: this cfg's own for
+    # the call (yacs takes attributes set the plain way for config keys)
+    cfg.__dict__["load_yaml_with_base"] = _ShippedBases.load_yaml_with_base
+    try:
+        cfg.merge_from_file(config_file)
+    finally:
+        del cfg.__dict__["load_yaml_with_base"]
 
 
 def anchor_repo_paths(cfg: CfgNode) -> None:

@@ -54,7 +54,7 @@ def requested_extensions(
             module names.
     """
     names: List[str] = []
-    for where, value in _chain_values(config_file, ()):
+    for where, value in _chain_values(config_file, (), repo_root):
         names += _check_names(value, f"config file {where}", repo_root)
     for key, item in zip(opts[::2], opts[1::2]):
         if key == KEY:
@@ -64,9 +64,27 @@ def requested_extensions(
     return list(dict.fromkeys(names))
 
 
-def _chain_values(config_file: str, seen: tuple) -> list:
+def shipped_base(path: str, repo_root: str) -> str:
+    """``path`` when it exists, else the shipped config it names: the longest tail of it
+    that is a file under ``repo_root/configs`` or ``repo_root`` (a ``_BASE_:
+    toy/maskclip.yaml`` of a user's own file, from an installed ovseg or another folder),
+    else ``path`` unchanged (whose error then names it)."""
+    if not repo_root or os.path.exists(path):
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    for i in range(len(parts)):
+        tail = os.path.join(*[p for p in parts[i:] if p])
+        for root in (os.path.join(repo_root, "configs"), repo_root):
+            if tail and os.path.isfile(os.path.join(root, tail)):
+                return os.path.join(root, tail)
+    return path
+
+
+def _chain_values(config_file: str, seen: tuple, repo_root: str = "") -> list:
     """(file, its own EXTENSIONS) along the ``_BASE_`` chain, the root first (bases are
-    resolved as detectron2 resolves them: relative to the file that names them)."""
+    resolved as detectron2 resolves them: relative to the file that names them, else a
+    shipped config's tail, :func:`shipped_base`)."""
+    config_file = shipped_base(config_file, repo_root)
     if config_file in seen:
         raise ValueError(f"config file {config_file} is its own _BASE_ (through {seen})")
     with open(config_file, encoding="utf-8") as f:
@@ -89,7 +107,7 @@ def _chain_values(config_file: str, seen: tuple) -> list:
         if not base.startswith(("/", "https://", "http://")):
             base = os.path.join(os.path.dirname(config_file), base)
         if not base.startswith(("https://", "http://")):
-            out += _chain_values(base, (*seen, config_file))
+            out += _chain_values(base, (*seen, config_file), repo_root)
     if KEY in data:
         out.append((config_file, data[KEY]))
     return out

@@ -99,6 +99,31 @@ def test_every_shipped_config_passes_the_checks(tmp_path):
         check_config(cfg)
 
 
+@pytest.mark.parametrize("base", ["toy/maskclip.yaml", "configs/toy/maskclip.yaml"])
+def test_a_shipped_config_is_a_base_by_its_short_name(tmp_path, monkeypatch, base):
+    """From an installed ovseg (or any folder), a user's own file could not inherit a
+    shipped config, though Predictor("toy/maskclip.yaml") takes it by that name."""
+    from ovseg.engine.defaults import load_config
+
+    own = tmp_path / "mine" / "own.yaml"
+    own.parent.mkdir()
+    own.write_text(f"_BASE_: {base}\nEXTENSIONS: []\nSEED: 11\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(str(own))
+    shipped = load_config(str(ROOT / "configs" / "toy" / "maskclip.yaml"))
+    assert cfg.MODEL.META_ARCHITECTURE == shipped.MODEL.META_ARCHITECTURE == "MaskCLIP"
+    assert cfg.MODEL.CLIP.PRETRAINED == shipped.MODEL.CLIP.PRETRAINED  # its bases' values
+    assert shipped.SEED != 11 and cfg.SEED == 11
+    # a file next to the user's own wins over a shipped one of the same name
+    (own.parent / "toy").mkdir()
+    shipped_file = ROOT / "configs" / "toy" / "maskclip.yaml"
+    (own.parent / "toy" / "maskclip.yaml").write_text(
+        f"_BASE_: {shipped_file}\nMODEL:\n  MASKCLIP:\n    UPSAMPLE_LOGITS: True\n"
+    )
+    local_won = load_config(str(own)).MODEL.MASKCLIP.UPSAMPLE_LOGITS
+    assert not shipped.MODEL.MASKCLIP.UPSAMPLE_LOGITS and local_won == base.startswith("toy")
+
+
 def test_config_mistakes_say_what_is_wrong(tmp_path):
     from ovseg.engine.defaults import load_config
 
