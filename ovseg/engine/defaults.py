@@ -195,7 +195,9 @@ def _close_keys(cfg: CfgNode, key: str) -> str:
     walk(cfg, "")
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     own = ""
-    if key.rsplit(".", 1)[0] not in known:  # a whole group unknown: maybe your module's
+    # a whole group unknown (from a file yacs names the group itself, MODEL.MY_STUDENT, a
+    # direct child of a known group): maybe your module's
+    if key.rsplit(".", 1)[0] not in known or key.count(".") == 1:
         own = (
             "; a key of your own module is added by its add_config(cfg), with the module "
             "named in EXTENSIONS (docs/new_student.md)"

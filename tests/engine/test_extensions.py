@@ -232,6 +232,17 @@ def test_an_unknown_key_of_a_module_not_named_is_still_a_misspelt_key():
         load_config(str(ROOT / "configs/toy/maskclip.yaml"), [key, "2"])
 
 
+def test_an_unknown_group_in_a_file_points_at_add_config_too(tmp_path):
+    """From a file yacs names the group itself (MODEL.MY_STUDENT, under a known MODEL): the
+    pointer to add_config was missing there."""
+    base = ROOT / "configs/toy/maskclip.yaml"
+    config = write(tmp_path / "mine.yaml", f"_BASE_: {base}\nMODEL:\n  MY_STUDENT:\n    X: 1\n")
+    with pytest.raises(
+        ValueError, match=r"MODEL\.MY_STUDENT \(set in config file .*its add_config"
+    ):
+        load_config(str(config))
+
+
 def test_a_yaml_file_that_is_no_mapping_is_refused_in_one_line(tmp_path):
     config = write(tmp_path / "notes.yaml", "just a sentence\n")
     with pytest.raises(ValueError, match="notes.yaml is not a config: its YAML is a str"):
