@@ -8,7 +8,7 @@ Example::
     [pred] = predictor.predict(["photo.png"], "circle,square,background")
     pred.labels        # (H, W) int64 vocabulary indices, at the image's size
     pred.confidence    # (H, W) float32 probability of each pixel's class
-    pred.masks["circle"]  # (H, W) bool, for the names present in ``labels``
+    pred.masks.get("circle")  # (H, W) bool; only the names present in ``labels`` have one
     pred.scores        # (K, H, W) float32 class probabilities, made on first access
 
 ``demo/predictor.py`` builds its model and inputs through :func:`build_inference_model`
