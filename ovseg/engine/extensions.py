@@ -76,8 +76,15 @@ def shipped_base(path: str, repo_root: str) -> str:
         tail = os.path.join(*[p for p in parts[i:] if p])
         for root in (os.path.join(repo_root, "configs"), repo_root):
             if tail and os.path.isfile(os.path.join(root, tail)):
-                return os.path.join(root, tail)
+                found = os.path.join(root, tail)
+                if found not in _SHIPPED_SAID:  # once: the chain is read more than once
+                    _SHIPPED_SAID.add(found)
+                    logger.info("_BASE_ %s is not a file: using the shipped %s", path, found)
+                return found
     return path
+
+
+_SHIPPED_SAID: set = set()
 
 
 def _chain_values(config_file: str, seen: tuple, repo_root: str = "") -> list:

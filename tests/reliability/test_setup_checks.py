@@ -1,6 +1,7 @@
 """Unknown dataset names and nonsensical solver values fail at set-up, before a model is
 built or the output folder is written."""
 
+import logging
 import subprocess
 import sys
 
@@ -100,7 +101,7 @@ def test_every_shipped_config_passes_the_checks(tmp_path):
 
 
 @pytest.mark.parametrize("base", ["toy/maskclip.yaml", "configs/toy/maskclip.yaml"])
-def test_a_shipped_config_is_a_base_by_its_short_name(tmp_path, monkeypatch, base):
+def test_a_shipped_config_is_a_base_by_its_short_name(tmp_path, monkeypatch, caplog, base):
     """From an installed ovseg (or any folder), a user's own file could not inherit a
     shipped config, though Predictor("toy/maskclip.yaml") takes it by that name."""
     from ovseg.engine.defaults import load_config
@@ -109,7 +110,11 @@ def test_a_shipped_config_is_a_base_by_its_short_name(tmp_path, monkeypatch, bas
     own.parent.mkdir()
     own.write_text(f"_BASE_: {base}\nEXTENSIONS: []\nSEED: 11\n")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(str(own))
+    monkeypatch.setattr("ovseg.engine.extensions._SHIPPED_SAID", set())
+    with caplog.at_level(logging.INFO, "ovseg.engine.extensions"):
+        cfg = load_config(str(own))
+    assert "is not a file: using the shipped" in caplog.text  # said, once
+    assert caplog.text.count("using the shipped") == 1
     shipped = load_config(str(ROOT / "configs" / "toy" / "maskclip.yaml"))
     assert cfg.MODEL.META_ARCHITECTURE == shipped.MODEL.META_ARCHITECTURE == "MaskCLIP"
     assert cfg.MODEL.CLIP.PRETRAINED == shipped.MODEL.CLIP.PRETRAINED  # its bases' values
