@@ -29,9 +29,10 @@ from .tokens import check_prompt_tokens
 __all__ = ["CLIPTeacher", "PRECISIONS"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# vocabularies whose text embeddings stay in memory (each (K, D) on the teacher's device;
-# a service answering users' vocabularies held every one it ever saw)
-TEXT_MEMO_SIZE = 64
+# text-embedding rows (names) kept in memory over all vocabularies, on the teacher's device
+# (16384 x 768 float32: 48 MB): a service answering users' vocabularies held every one it
+# ever saw; counted in rows, not vocabularies, so FSS-1000's 520 two-name episodes all stay
+TEXT_MEMO_ROWS = 16384
 
 
 class CLIPTeacher(nn.Module):
@@ -82,7 +83,7 @@ class CLIPTeacher(nn.Module):
         self.precision = precision
         self.text_batch_size = int(text_batch_size)
         self._text_disk = TextEmbeddingCache(self.cache_dir) if self.cache_dir else None
-        # the last TEXT_MEMO_SIZE vocabularies' embeddings, least recently used dropped first
+        # recent vocabularies' embeddings (TEXT_MEMO_ROWS in all), least recently used dropped
         self._text_memo: OrderedDict = OrderedDict()
         self._fingerprint: Optional[str] = None
 
@@ -170,7 +171,8 @@ class CLIPTeacher(nn.Module):
                 self._text_disk.try_save(key, emb, names, templates, self.fingerprint)
         emb = emb.to(self.device)
         self._text_memo[key] = emb
-        while len(self._text_memo) > TEXT_MEMO_SIZE:
+        # the least recently used first; the newest stays whatever its size
+        while len(self._text_memo) > 1 and _rows(self._text_memo) > TEXT_MEMO_ROWS:
             with contextlib.suppress(KeyError):
                 self._text_memo.popitem(last=False)
         return emb.clone()
@@ -330,6 +332,10 @@ class CLIPTeacher(nn.Module):
 
 
 # ---------------------------------------------------------------------- input checks
+def _rows(memo: dict) -> int:
+    return sum(len(e) for e in list(memo.values()))
+
+
 def _embed_dim(model: nn.Module) -> int:
     dim = getattr(model.visual, "output_dim", None)
     if dim is None:  # e.g. timm towers: read the text side's projection instead

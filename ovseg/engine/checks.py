@@ -202,6 +202,8 @@ def trained_unseen_warning(cfg: CfgNode) -> str:
         group, key = locate_only[arch]
         if cfg.MODEL.get(group, {}).get(key) == "unseen":
             return ""
+    if arch == "MaskCLIPPlus" and cfg.MODEL.MASKCLIP_PLUS.get("ANNOTATION_FREE", False):
+        return ""  # reads no ground truth at all
     for name in cfg.DATASETS.TRAIN:
         meta = MetadataCatalog.get(name)
         unseen = meta.get("unseen_classes", None)

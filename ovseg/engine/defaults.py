@@ -63,7 +63,8 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
 
     _merge(cfg, read, where)
     import_extensions(extensions, cfg, REPO_ROOT)
-    _merge(cfg, lambda: _merge_from_file(cfg, config_file), where)
+    group = lambda key: _a_mapping_in(config_file, key)  # noqa: E731
+    _merge(cfg, lambda: _merge_from_file(cfg, config_file), where, group)
     if opts:
         options = [o for o in opts[::2] if str(o).startswith("--")]
         if options:
@@ -148,8 +149,9 @@ _TYPE_MISMATCH = re.compile(
 )
 
 
-def _merge(cfg: CfgNode, merge, where: str) -> None:
-    """Run a yacs merge; a misspelt key, broken YAML or a missing _BASE_ says so plainly."""
+def _merge(cfg: CfgNode, merge, where: str, is_group=lambda key: False) -> None:
+    """Run a yacs merge; a misspelt key, broken YAML or a missing _BASE_ says so plainly
+    (``is_group(key)``: whether an unknown key is a whole group, which a module may add)."""
     try:
         merge()
     except (KeyError, AssertionError) as e:
@@ -160,7 +162,7 @@ def _merge(cfg: CfgNode, merge, where: str) -> None:
         if "Non-existent" not in message:
             raise
         key = message.rsplit(":", 1)[-1].strip()
-        hint = _close_keys(cfg, key)
+        hint = _close_keys(cfg, key, is_group(key))
         raise ValueError(f"{key} (set in {where}) is not a config key; {hint}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{where} is not valid YAML: {e}") from e
@@ -182,8 +184,23 @@ def _merge(cfg: CfgNode, merge, where: str) -> None:
         ) from e
 
 
-def _close_keys(cfg: CfgNode, key: str) -> str:
-    """The hint after an unknown key: the existing keys spelt most like it."""
+def _a_mapping_in(config_file: str, key: str) -> bool:
+    """Whether ``key`` holds a mapping in ``config_file`` (with its bases): from a file, yacs
+    names a whole unknown group by itself (MODEL.MY_STUDENT)."""
+    try:
+        data = _ShippedBases.load_yaml_with_base(config_file, allow_unsafe=True)
+    except Exception:  # the error being reported is the one to show
+        return False
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return isinstance(data, dict)
+
+
+def _close_keys(cfg: CfgNode, key: str, group: bool = False) -> str:
+    """The hint after an unknown key (``group``: a whole group of them): the existing keys
+    spelt most like it."""
     known = []
 
     def walk(node: CfgNode, prefix: str) -> None:
@@ -195,9 +212,8 @@ def _close_keys(cfg: CfgNode, key: str) -> str:
     walk(cfg, "")
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     own = ""
-    # a whole group unknown (from a file yacs names the group itself, MODEL.MY_STUDENT, a
-    # direct child of a known group): maybe your module's
-    if key.rsplit(".", 1)[0] not in known or key.count(".") == 1:
+    # a whole group unknown (from a file yacs names the group itself): maybe your module's
+    if group or key.rsplit(".", 1)[0] not in known:
         own = (
             "; a key of your own module is added by its add_config(cfg), with the module "
             "named in EXTENSIONS (docs/new_student.md)"

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import List, Sequence
 
 import yaml
@@ -68,8 +69,9 @@ def shipped_base(path: str, repo_root: str) -> str:
     """``path`` when it exists, else the shipped config it names: the longest tail of it
     that is a file under ``repo_root/configs`` or ``repo_root`` (a ``_BASE_:
     toy/maskclip.yaml`` of a user's own file, from an installed ovseg or another folder),
-    else ``path`` unchanged (whose error then names it)."""
-    if not repo_root or os.path.exists(path):
+    else ``path`` unchanged (whose error then names it). A URL is left to detectron2. The
+    substitution is a warning (``warnings``: shown before any logging is set up, once)."""
+    if not repo_root or "://" in path or os.path.exists(path):
         return path
     parts = os.path.normpath(path).split(os.sep)
     for i in range(len(parts)):
@@ -77,14 +79,11 @@ def shipped_base(path: str, repo_root: str) -> str:
         for root in (os.path.join(repo_root, "configs"), repo_root):
             if tail and os.path.isfile(os.path.join(root, tail)):
                 found = os.path.join(root, tail)
-                if found not in _SHIPPED_SAID:  # once: the chain is read more than once
-                    _SHIPPED_SAID.add(found)
-                    logger.info("_BASE_ %s is not a file: using the shipped %s", path, found)
+                warnings.warn(
+                    f"_BASE_ {path} is not a file: using the shipped {found}", stacklevel=2
+                )
                 return found
     return path
-
-
-_SHIPPED_SAID: set = set()
 
 
 def _chain_values(config_file: str, seen: tuple, repo_root: str = "") -> list:

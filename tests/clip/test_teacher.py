@@ -161,22 +161,26 @@ def test_text_cache_on_disk_and_in_memory(vit_parts, tmp_path):
 
 def test_the_memo_keeps_the_most_recent_vocabularies(vit_parts, monkeypatch):
     """A service answering users' vocabularies held every one it ever saw (+201 MiB for
-    1,500 vocabularies of 50 names); the memo keeps the last TEXT_MEMO_SIZE, recently used
-    first to stay."""
-    monkeypatch.setattr(teacher_module, "TEXT_MEMO_SIZE", 3)
+    1,500 vocabularies of 50 names); the memo keeps the last TEXT_MEMO_ROWS names' rows,
+    recently used first to stay, however many vocabularies they make (FSS-1000 trains on
+    520 two-name ones)."""
+    monkeypatch.setattr(teacher_module, "TEXT_MEMO_ROWS", 4)
     model, tokenizer, name = vit_parts
     teacher = CLIPTeacher(model, tokenizer, name=name)  # no disk cache: the memo alone
     calls, handle = _count_text_forwards(model)
     try:
         first = teacher.encode_text(["cat"], TEMPLATES)
-        for word in ("dog", "sky", "cat", "sea"):  # "cat" used again: "dog" is the oldest
-            teacher.encode_text([word], TEMPLATES)
-        assert len(teacher._text_memo) == 3
+        for words in (["dog"], ["sky", "sea"], ["cat"], ["sun"]):  # "cat" again: "dog" oldest
+            teacher.encode_text(words, TEMPLATES)
+        assert sum(len(e) for e in teacher._text_memo.values()) == 4
         calls.clear()
         assert torch.equal(teacher.encode_text(["cat"], TEMPLATES), first)
         assert calls == []  # kept
         teacher.encode_text(["dog"], TEMPLATES)
         assert len(calls) > 0  # dropped, computed again
+        big = teacher.encode_text(["a", "b", "c", "d", "e"], TEMPLATES)  # larger than the bound
+        assert list(teacher._text_memo.values())[-1].shape == big.shape
+        assert len(teacher._text_memo) == 1  # the newest stays alone
     finally:
         handle.remove()
 

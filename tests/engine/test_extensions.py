@@ -241,6 +241,12 @@ def test_an_unknown_group_in_a_file_points_at_add_config_too(tmp_path):
         ValueError, match=r"MODEL\.MY_STUDENT \(set in config file .*its add_config"
     ):
         load_config(str(config))
+    # a plain misspelt key is only that, on the command line or in a file
+    typo = write(tmp_path / "typo.yaml", f"_BASE_: {base}\nSOLVER:\n  BASE_LRR: 0.1\n")
+    for args in ((str(typo),), (str(base), ["SOLVER.BASE_LRR", "1"])):
+        with pytest.raises(ValueError, match="did you mean SOLVER.BASE_LR") as info:
+            load_config(*args)
+        assert "add_config" not in str(info.value)
 
 
 def test_a_yaml_file_that_is_no_mapping_is_refused_in_one_line(tmp_path):

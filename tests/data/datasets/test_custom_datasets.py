@@ -296,3 +296,9 @@ def test_training_on_a_custom_sets_unseen_classes_is_named(tmp_path):
         str(ROOT / "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"), opts
     )
     assert plus.MODEL.OVSEG.ZERO_SHOT_SETTING == "none" and trained_unseen_warning(plus) == ""
+    free = load_config(
+        str(ROOT / "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"),
+        opts + ["MODEL.MASKCLIP_PLUS.ANNOTATION_FREE", "True",
+                "MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_PIXELS", "ignore"],
+    )  # fmt: skip
+    assert trained_unseen_warning(free) == ""  # reads no ground truth
