@@ -93,3 +93,22 @@ def test_panoptic_mapper_refuses_a_semantic_dict(tiny):
     record.pop("pan_seg_file_name")
     with pytest.raises(ValueError, match="no 'pan_seg_file_name'"):
         mapper(record)
+
+
+def test_a_test_record_of_another_kind_is_mapped_as_the_semantic_mapper_maps_it(tiny):
+    # a panoptic-trained FreeSeg evaluated on a semantic set (the shipped COCO-Stuff eval
+    # config): the test mapper reads the image; the evaluator reads the label files itself
+    kinds = (("ovseg_panoptic", PANOPTIC, 3), ("ovseg_instance", INSTANCE, 2))
+    for name, dataset, classes in kinds:
+        cfg = get_cfg()
+        add_ovseg_config(cfg)
+        cfg.INPUT.DATASET_MAPPER_NAME = name
+        cfg.DATASETS.TEST = (dataset,)
+        mapper = build_dataset_mapper(cfg, is_train=False, dataset_name=dataset)
+        record = dict(DatasetCatalog.get(dataset)[0])
+        record.pop("pan_seg_file_name", None), record.pop("annotations", None)
+        out = mapper(record)
+        assert out["image"].shape[0] == 3 and "instances" not in out
+        assert out["vocabulary"] == ["cat", "dog", "sky"][:classes]
+        # a record of the mapper's own kind still gets its targets at test
+        assert "instances" in mapper(dict(DatasetCatalog.get(dataset)[0]))

@@ -89,11 +89,18 @@ class _SegmentMapper(SemanticDatasetMapper):
         """(mask (H, W) bool, training class) of every non-crowd, kept segment."""
         raise NotImplementedError
 
+    #: the record key this mapper's segments come from
+    segments_key = ""
+
     def _gt_geometry(self, dataset_dict: dict, image: np.ndarray) -> Optional[list]:
         """Each kept segment's polygons and box (:mod:`.gt_polygons`), or None: not used."""
         return None
 
     def __call__(self, dataset_dict: dict) -> dict:
+        if not self.is_train and self.segments_key not in dataset_dict:
+            # a test set of another kind (COCO-Stuff's semantic set evaluating a panoptic-
+            # trained FreeSeg): the model reads the image only, its evaluator the label files
+            return super().__call__(dataset_dict)
         dataset_dict = dict(dataset_dict)
         image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
@@ -148,7 +155,11 @@ class _SegmentMapper(SemanticDatasetMapper):
 
 @MAPPER_REGISTRY.register(name="ovseg_panoptic")
 class PanopticDatasetMapper(_SegmentMapper):
-    """Panoptic dicts (``pan_seg_file_name``, ``segments_info``) -> one target per segment."""
+    """Panoptic dicts (``pan_seg_file_name``, ``segments_info``) -> one target per segment.
+    A test record of another kind (no ``pan_seg_file_name``) is mapped as the semantic mapper
+    maps it."""
+
+    segments_key = "pan_seg_file_name"
 
     def _segments(self, dataset_dict, image):
         if "pan_seg_file_name" not in dataset_dict:
@@ -172,7 +183,10 @@ class PanopticDatasetMapper(_SegmentMapper):
 class InstanceDatasetMapper(_SegmentMapper):
     """COCO-format instance dicts (``annotations`` with polygons or RLE) -> one target per
     thing; ``"sem_seg"`` is painted from the things in annotation order. With ``gt_polygons``
-    training targets also carry the annotations' polygons and boxes (:mod:`.gt_polygons`)."""
+    training targets also carry the annotations' polygons and boxes (:mod:`.gt_polygons`).
+    A test record without ``annotations`` is mapped as the semantic mapper maps it."""
+
+    segments_key = "annotations"
 
     @configurable
     def __init__(
