@@ -25,6 +25,7 @@ __all__ = [
     "Vocabulary",
     "builtin_vocabulary_names",
     "check_templates",
+    "check_unique_names",
     "normalize_name",
     "one_class_warning",
     "resolve_vocabulary",
@@ -100,6 +101,24 @@ def check_templates(templates: Iterable[Any], source: str = "templates") -> tupl
     return result
 
 
+def check_unique_names(names: Sequence[str], where: str = "") -> None:
+    """Raise ValueError naming every class name given twice (compared case-insensitively,
+    ignoring surrounding spaces; ``where``, e.g. "Input 'a.jpg'", begins the message): two
+    rows for one class would split its score."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        positions.setdefault(normalize_name(name), []).append(i)
+    duplicates = [
+        f"{names[pos[0]]!r} at positions {pos}" for pos in positions.values() if len(pos) > 1
+    ]
+    if duplicates:
+        prefix = f"{where}: d" if where else "D"
+        raise ValueError(
+            f"{prefix}uplicate class names (compared case-insensitively, ignoring surrounding "
+            f"spaces): {'; '.join(duplicates)}"
+        )
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Class names to segment, with their prompt templates and the seen/unseen split.
@@ -132,17 +151,7 @@ class Vocabulary:
             if not name.strip():
                 raise ValueError(f"Class name at position {i} is empty ({name!r})")
         names = tuple(name.strip() for name in names)
-        positions: dict[str, list[int]] = {}
-        for i, name in enumerate(names):
-            positions.setdefault(normalize_name(name), []).append(i)
-        duplicates = [
-            f"{names[pos[0]]!r} at positions {pos}" for pos in positions.values() if len(pos) > 1
-        ]
-        if duplicates:
-            raise ValueError(
-                "Duplicate class names (compared case-insensitively, ignoring surrounding "
-                f"spaces): {'; '.join(duplicates)}"
-            )
+        check_unique_names(names)
 
         if isinstance(self.unseen, str):
             raise ValueError(f"unseen must be a list of names, got the string {self.unseen!r}")

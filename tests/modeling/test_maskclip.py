@@ -325,3 +325,9 @@ def test_bad_inputs_are_named(vit_teacher):
         model([{"image": random_image(32, 32), "file_name": "x.jpg"}])
     with pytest.raises(ValueError, match="non-empty list"):
         model([{"image": random_image(32, 32), "vocabulary": "cat,dog"}])
+    # one class twice (any case) would split its score (FreeSeg) or blame the names' length
+    for dup in ("cat", " Cat"):
+        with pytest.raises(ValueError, match=r"'x.jpg'.*uplicate class names.*'cat' at positions"):
+            model(
+                [{"image": random_image(32, 32), "vocabulary": [*NAMES, dup], "file_name": "x.jpg"}]
+            )

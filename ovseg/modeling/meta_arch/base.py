@@ -28,7 +28,7 @@ from ...clip import CLIPTeacher
 from ...clip.prompt_names import PromptWords, apply_prompt_names
 from ...pseudo.labels import SCORE_KINDS
 from ...utils.choices import check_choice
-from ...vocab import normalize_name, one_class_warning
+from ...vocab import check_unique_names, normalize_name, one_class_warning
 from ..inference import (
     INFERENCE_MODES,
     check_slide_layout,
@@ -264,6 +264,7 @@ class OpenVocabSegmentor(nn.Module):
             raise ValueError(
                 f"{where}: 'vocabulary' must be a non-empty list of names, got {names!r}"
             )
+        check_unique_names(names, where)  # two rows of one class would split its score
         return tuple(names)
 
     def training_batch(self, batched_inputs: List[dict]) -> Tuple[ImageList, Tensor]:
