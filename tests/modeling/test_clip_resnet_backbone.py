@@ -77,6 +77,39 @@ def test_frozen_bn_freeze_at_and_unused_stages(teacher):
     assert len(only.stages) == 2 and list(only(torch.randn(1, 3, 32, 32))) == ["res2", "res3"]
 
 
+def _statistics(module):
+    return [b.clone() for n, b in module.named_buffers() if n.endswith("running_mean")]
+
+
+def test_frozen_stages_of_a_batchnorm_backbone_keep_their_statistics(teacher):
+    # detectron2's default FREEZE_AT 2 with NORM BN: the stem and res2 stay as loaded
+    cfg = _cfg("", norm="BN")
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    backbone = build_backbone(cfg, teacher=teacher).train()
+    parts = (backbone.stem, backbone.stages[0], backbone.stages[1])
+    before = [_statistics(p) for p in parts]
+    backbone(torch.randn(2, 3, 64, 64) * 3 + 1)
+    after = [_statistics(p) for p in parts]
+    for frozen in (0, 1):
+        assert before[frozen] and all(
+            torch.equal(a, b) for a, b in zip(before[frozen], after[frozen])
+        )
+    assert not all(torch.equal(a, b) for a, b in zip(before[2], after[2]))  # res3 trains
+
+
+def test_a_frozen_torchvision_resnet_keeps_its_statistics():
+    torchvision = pytest.importorskip("torchvision")
+    from ovseg.modeling.backbone.torchvision_resnet import TorchvisionResNetBackbone
+
+    for norm in ("SyncBN", "BN"):
+        resnet = torchvision.models.resnet18()
+        backbone = TorchvisionResNetBackbone(resnet=resnet, norm=norm, freeze=True).train()
+        before = _statistics(backbone)
+        backbone(torch.randn(2, 3, 64, 64))
+        assert before and all(torch.equal(a, b) for a, b in zip(before, _statistics(backbone)))
+        assert not any(p.requires_grad for p in backbone.parameters())
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match="ModifiedResNet"):
         CLIPResNetBackbone(visual=torch.nn.Linear(2, 2))

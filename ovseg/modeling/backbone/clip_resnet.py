@@ -69,7 +69,12 @@ class CLIPResNetBackbone(Backbone):
         if norm == "FrozenBN":
             self.stem = FrozenBatchNorm2d.convert_frozen_batchnorm(self.stem)
             self.stages = FrozenBatchNorm2d.convert_frozen_batchnorm(self.stages)
-        for module in [self.stem, *self.stages][: max(int(freeze_at), 0)]:
+        frozen = max(int(freeze_at), 0)
+        if frozen:  # frozen stages keep their statistics too, as detectron2's ResNet.freeze
+            self.stem = FrozenBatchNorm2d.convert_frozen_batchnorm(self.stem)
+        for i in range(min(frozen - 1, len(self.stages))):
+            self.stages[i] = FrozenBatchNorm2d.convert_frozen_batchnorm(self.stages[i])
+        for module in [self.stem, *self.stages][:frozen]:
             module.requires_grad_(False)
         self.pixel_mean = [float(v) for v in pixel_mean] if pixel_mean is not None else None
         self.pixel_std = [float(v) for v in pixel_std] if pixel_std is not None else None

@@ -38,16 +38,16 @@ class TorchvisionResNetBackbone(Backbone):
             resnet (nn.Module): a torchvision ResNet (its ``fc`` is dropped).
             norm (str): "BN" (trainable), "SyncBN" (trainable, synchronised across
                 processes; plain BatchNorm on one) or "FrozenBN".
-            freeze (bool): keep every weight fixed.
+            freeze (bool): keep every weight and BatchNorm statistic fixed (FrozenBN).
         """
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"MODEL.TORCHVISION_RESNET.NORM={norm!r} is not one of {NORMS}")
         resnet.fc = nn.Identity()
-        if norm == "SyncBN":
-            resnet = nn.SyncBatchNorm.convert_sync_batchnorm(resnet)
-        elif norm == "FrozenBN":
+        if norm == "FrozenBN" or freeze:  # a frozen network keeps its statistics too
             resnet = FrozenBatchNorm2d.convert_frozen_batchnorm(resnet)
+        elif norm == "SyncBN":
+            resnet = nn.SyncBatchNorm.convert_sync_batchnorm(resnet)
         self.resnet = resnet
         self.resnet.requires_grad_(not freeze)
         widths = [_out_channels(getattr(resnet, f"layer{i}")[-1]) for i in range(1, 5)]
