@@ -51,7 +51,7 @@ def add_freeseg_config(cfg: CN) -> None:
     # (the release's all-task data: coco_full_task_new_baseline_dataset_mapper.py:236-288,
     # register_coco_full.py:236-246, ade_all_task_dataset_mapper.py)
     cfg.MODEL.FREESEG.SEMANTIC_TARGETS = "segments"
-    # tasks evaluated at test, each with its own prompts; empty = what the first test set's
+    # tasks evaluated at test, each with its own prompts; empty = what each test set's
     # evaluator reads (panoptic set: all three; instance set: instance; else semantic)
     cfg.MODEL.FREESEG.TEST_TASKS = []
     _add_prompt_stage_config(cfg)

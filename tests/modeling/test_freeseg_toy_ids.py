@@ -52,3 +52,52 @@ def test_toy_panoptic_and_instance_ids_are_what_the_evaluators_read(tmp_path, mo
     for key in ("PQ-seen", "PQ-unseen"):
         assert 0 <= res["panoptic_seg"][key] <= 100
     assert "mIoU-unseen" in res["sem_seg"] and "AP-unseen" in res["segm"]
+
+
+def _outputs(cfg, state, dataset):
+    model = Trainer.build_model(cfg).eval()
+    model.load_state_dict(state)
+    mapper = build_dataset_mapper(cfg, False, dataset)
+    inputs = [mapper(dict(d)) for d in DatasetCatalog.get(dataset)]
+    assert all(x["dataset_name"] == dataset for x in inputs)
+    with torch.no_grad():
+        return model, model(inputs)
+
+
+def test_each_test_set_is_read_with_its_own_split_tasks_and_things(tmp_path, monkeypatch):
+    # a second test set that calls the panoptic set's unseen classes seen (split b) or its
+    # stuff a thing must change nothing of the panoptic set's outputs, whatever the order
+    monkeypatch.chdir(ROOT)
+    with registered_toy_world(tmp_path / "datasets", num_train=2, num_val=2):
+        meta = MetadataCatalog.get(VAL)
+        other = "toy_world_all_things_val"
+        DatasetCatalog.register(other, lambda: DatasetCatalog.get("toy_world_sem_seg_val"))
+        MetadataCatalog.get(other).set(
+            stuff_classes=meta.stuff_classes, thing_classes=meta.stuff_classes, ignore_label=255
+        )
+        try:
+            out = str(tmp_path / "out")
+            cfg = load_config(str(CONFIG), ["OUTPUT_DIR", out])
+            torch.manual_seed(0)
+            state = Trainer.build_model(cfg).state_dict()
+            _, alone = _outputs(cfg, state, VAL)
+            for test in (
+                (VAL, "toy_world_b_sem_seg_val"),
+                ("toy_world_b_sem_seg_val", VAL),
+                (other, VAL),
+            ):
+                cfg = load_config(str(CONFIG), ["OUTPUT_DIR", out, "DATASETS.TEST", repr(test)])
+                model, outputs = _outputs(cfg, state, VAL)
+                # the run's other set is still read as itself: semantic only, its own split
+                assert model.dataset_facts[test[0]][0] == (
+                    ("semantic",) if test[0] != VAL else ("semantic", "instance", "panoptic")
+                )
+                for a, b in zip(alone, outputs):
+                    assert set(b) == {"sem_seg", "panoptic_seg", "instances"}, test
+                    torch.testing.assert_close(a["sem_seg"], b["sem_seg"], rtol=0, atol=0)
+                    assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
+                    assert a["panoptic_seg"][1] == b["panoptic_seg"][1]
+                    assert torch.equal(a["instances"].pred_classes, b["instances"].pred_classes)
+        finally:
+            DatasetCatalog.remove(other)
+            MetadataCatalog.remove(other)

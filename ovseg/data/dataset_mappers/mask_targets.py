@@ -130,7 +130,7 @@ class _SegmentMapper(SemanticDatasetMapper):
             size = tuple(image_t.shape[-2:])
         for key in ("pan_seg_file_name", "segments_info", "annotations"):
             dataset_dict.pop(key, None)
-        dataset_dict.update(image=image_t, sem_seg=sem_t, vocabulary=list(self.vocabulary))
+        dataset_dict.update(image=image_t, sem_seg=sem_t, **self.identity())
         dataset_dict["instances"] = mask_targets(masks, [c for _, c in segments], size)
         if geometry is not None:
             rows = [i for i, m in enumerate(masks) if bool(m.any())]  # as mask_targets keeps

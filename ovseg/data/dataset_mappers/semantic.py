@@ -165,8 +165,8 @@ class SemanticDatasetMapper:
     absent in test when the dataset has no labels), "pseudo_sem_seg" (same, when the dict
     has "pseudo_sem_seg_file_name", verified against "pseudo_sem_seg_sha256" when given;
     indices of "vocabulary" when the mapper has a ``pseudo_label_map``), "height"/"width"
-    (original size), "file_name", "vocabulary" (list[str]) and, in training, "transforms"
-    (the TransformList applied to the sample).
+    (original size), "file_name", "vocabulary" (list[str]), in training "transforms" (the
+    TransformList applied to the sample), in test "dataset_name" when the mapper has one.
     """
 
     @configurable
@@ -185,6 +185,7 @@ class SemanticDatasetMapper:
         pseudo_num_classes: Optional[int] = None,
         image_pad_value: int = 0,
         crop_count_table: Optional[np.ndarray] = None,
+        dataset_name: str = "",
     ):
         """
         Args:
@@ -209,6 +210,8 @@ class SemanticDatasetMapper:
             crop_count_table (np.ndarray, optional): training only: table mapping a dataset
                 label to the label a :class:`~.crop_count.CountedCategoryAreaCrop` counts
                 (:func:`crop_count_table`); None = the crop counts the training labels.
+            dataset_name (str): test only: the test set, given to every output as
+                "dataset_name" (a model reads that set's own split, e.g. FreeSeg, XPM).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -222,6 +225,7 @@ class SemanticDatasetMapper:
         self.pseudo_num_classes = pseudo_num_classes
         self.image_pad_value = int(image_pad_value)
         self.crop_count_table = crop_count_table
+        self.dataset_name = "" if is_train else dataset_name
         mode = "training" if is_train else "inference"
         logger.info(
             f"[{type(self).__name__}] {mode}: augmentations {augmentations}; "
@@ -232,13 +236,8 @@ class SemanticDatasetMapper:
     def unresized(
         cls, vocabulary: Sequence[str], *, image_format: str = "RGB", ignore_label: int = 255
     ) -> SemanticDatasetMapper:
-        """A test-mode mapper that neither resizes nor pads: outputs keep the image's size.
-
-        Args:
-            vocabulary: the class names attached to every output.
-            image_format (str): the images' format.
-            ignore_label (int): the label of ignored pixels.
-        """
+        """A test-mode mapper that neither resizes nor pads: outputs keep the image's size
+        and carry ``vocabulary``."""
         return cls(
             is_train=False,
             augmentations=[],
@@ -321,6 +320,7 @@ class SemanticDatasetMapper:
             "num_classes": len(class_names) if class_names else None,
             "pseudo_num_classes": pseudo_classes,
             "crop_count_table": count_table,
+            "dataset_name": dataset_name,
         }
 
     def _read_label(self, path: Optional[str], image: np.ndarray, key: str):
@@ -366,6 +366,11 @@ class SemanticDatasetMapper:
             )
         return label_for_transforms(self._remap(sem_seg, self.crop_count_table, path))
 
+    def identity(self) -> dict:
+        """What every output carries: its "vocabulary" and, in test, its "dataset_name"."""
+        named = {"dataset_name": self.dataset_name} if self.dataset_name else {}
+        return {"vocabulary": list(self.vocabulary), **named}
+
     def _pad(self, tensor: torch.Tensor, value: int) -> torch.Tensor:
         h, w = tensor.shape[-2:]
         d = self.size_divisibility
@@ -375,14 +380,8 @@ class SemanticDatasetMapper:
         return F.pad(tensor, (0, pad_w, 0, pad_h), value=value).contiguous()
 
     def __call__(self, dataset_dict: dict) -> dict:
-        """
-        Args:
-            dataset_dict (dict): one image in detectron2's dataset format: "file_name",
-                optional "sem_seg_file_name" and "pseudo_sem_seg_file_name".
-
-        Returns:
-            dict: the model input described in the class docstring.
-        """
+        """One image in detectron2's dataset format ("file_name", optional "sem_seg_file_name"
+        and "pseudo_sem_seg_file_name") -> the model input described in the class docstring."""
         dataset_dict = dict(dataset_dict)  # the caller's dict is left unchanged
         file_name = dataset_dict["file_name"]
         image = read_image(file_name, format=self.image_format)
@@ -440,7 +439,7 @@ class SemanticDatasetMapper:
 
         dataset_dict["image"] = image_t
         dataset_dict.update(labels)
-        dataset_dict["vocabulary"] = list(self.vocabulary)
+        dataset_dict.update(self.identity())
         if self.is_train:
             # the TransformList applied to this sample (picklable): labels of the original
             # image (a teacher's, "online") move onto the sample with it (transform_label)

@@ -85,14 +85,16 @@ def train_tasks_for(cfg) -> Tuple[str, ...]:
     return MAPPER_TASKS[mapper]
 
 
-def test_tasks_for(cfg) -> Tuple[str, ...]:
-    """MODEL.FREESEG.TEST_TASKS, or (empty) what the first test set's evaluator reads: all
-    three for a panoptic set, instances for an instance set, else semantic."""
+def test_tasks_for(cfg, dataset: Optional[str] = None) -> Tuple[str, ...]:
+    """MODEL.FREESEG.TEST_TASKS, or (empty) what the test set's evaluator reads (``dataset``,
+    default the first of DATASETS.TEST): all three for a panoptic set, instances for an
+    instance set, else semantic."""
     if cfg.MODEL.FREESEG.TEST_TASKS:
         return _check_tasks(cfg.MODEL.FREESEG.TEST_TASKS, "MODEL.FREESEG.TEST_TASKS")
-    if not cfg.DATASETS.TEST:
+    dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if dataset is None:
         return ("semantic",)
-    kind = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("evaluator_type", "")
+    kind = MetadataCatalog.get(dataset).get("evaluator_type", "")
     return {"ovseg_panoptic": TASKS, "ovseg_instance": ("instance",)}.get(kind, ("semantic",))
 
 
@@ -159,7 +161,7 @@ def post_config(cfg) -> Dict:
     }
 
 
-def ensemble_seen_classes(cfg) -> Tuple[str, ...]:
+def ensemble_seen_classes(cfg, tests: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
     """The class names the test-time CLIP ensemble weights as seen.
 
     The release reads the test set's own split (its metadata ``trainable_flag``,
@@ -167,13 +169,14 @@ def ensemble_seen_classes(cfg) -> Tuple[str, ...]:
     training set still has them seen: COCO panoptic's 17 ``*-merged`` stuff classes (e.g.
     ``tree-merged``), absent from the COCO-Stuff training names, are seen there
     (``register_coco_panoptic.py:177, 298-301``). Here: the training vocabulary's seen
-    classes, plus the seen classes of every test set that declares a zero-shot split
+    classes, plus the seen classes of the test sets ``tests`` (default DATASETS.TEST; the
+    model weights each test set's inputs by its own) that declare a zero-shot split
     (metadata ``unseen_classes`` not empty); a test set without one adds nothing (its names
     the model never trained on stay unseen).
     """
     vocab = training_vocabulary(cfg)
     names = list(vocab.seen) if vocab is not None else []
-    for name in cfg.DATASETS.TEST:
+    for name in cfg.DATASETS.TEST if tests is None else tests:
         meta = MetadataCatalog.get(name)
         if meta.get("unseen_classes", None):
             names += list(meta.get("seen_classes", None) or ())

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Collection, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -102,19 +102,22 @@ class TestTimePromptTuning:
                 history.append(float(loss))
         return history
 
-    def start(self, model, pixels, names: Sequence[str], task: str) -> Callable[[], None]:
+    def start(
+        self, model, pixels, names: Sequence[str], task: str, seen: Optional[Collection[str]] = None
+    ) -> Callable[[], None]:
         """Tune ``model``'s prompts for one image; returns the function that restores them.
 
         Args:
             model: a :class:`~ovseg.modeling.meta_arch.freeseg.FreeSeg`.
             pixels: its :meth:`pixel_features` of the image (batch of one).
             names: the image's class names; task: the task whose prompts are tuned.
+            seen: the normalised seen names (None: the model's ``seen_classes``); the others
+                are tuned for.
 
         ``last_history`` holds the loss before each step (empty when nothing was tuned).
         """
-        unseen = torch.tensor(
-            [normalize_name(n) not in model.seen_classes for n in names], dtype=torch.bool
-        )
+        seen = model.seen_classes if seen is None else seen
+        unseen = torch.tensor([normalize_name(n) not in seen for n in names], dtype=torch.bool)
         self.last_history: List[float] = []
         if not unseen.any():
             return lambda: None
@@ -138,12 +141,14 @@ class TestTimePromptTuning:
         return restore
 
     @contextlib.contextmanager
-    def applied(self, model, pixels, names: Sequence[str], task: str) -> Iterator[List[float]]:
+    def applied(
+        self, model, pixels, names: Sequence[str], task: str, seen: Optional[Collection[str]] = None
+    ) -> Iterator[List[float]]:
         """:meth:`start` as a ``with`` block: tuned inside, restored after (also when the
         block raises or is interrupted), one block at a time across threads; yields the
         losses."""
         with _TUNING:
-            restore = self.start(model, pixels, names, task)
+            restore = self.start(model, pixels, names, task, seen)
             try:
                 yield self.last_history
             finally:

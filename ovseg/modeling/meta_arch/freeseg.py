@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,14 @@ from .freeseg_build import freeseg_config
 __all__ = ["FreeSeg"]
 
 
+def _facts(facts: Mapping[str, Sequence[str]]) -> Tuple[Tuple[str, ...], frozenset, frozenset]:
+    """(test tasks, normalised seen classes, normalised thing classes) of a facts mapping."""
+    seen, things = (
+        frozenset(map(normalize_name, facts[k])) for k in ("seen_classes", "thing_classes")
+    )
+    return tuple(facts["test_tasks"]), seen, things
+
+
 @META_ARCH_REGISTRY.register()
 class FreeSeg(OpenVocabSegmentor):
     """FreeSeg's main stage (see the module docstring)."""
@@ -99,6 +107,7 @@ class FreeSeg(OpenVocabSegmentor):
         test_tasks: Sequence[str] = ("semantic",),
         seen_classes: Sequence[str] = (),
         thing_classes: Sequence[str] = (),
+        dataset_facts: Optional[Mapping[str, Mapping[str, Sequence[str]]]] = None,
         clip_ensemble: bool = True,
         ensemble_weight: float = 0.8,
         mask_threshold: float = 0.5,
@@ -120,6 +129,9 @@ class FreeSeg(OpenVocabSegmentor):
             train_tasks, test_tasks: subsets of ("semantic", "instance", "panoptic").
             seen_classes: names the ensemble weights as seen (``ensemble_seen_classes``).
             thing_classes: names of thing classes (instance targets, panoptic things).
+            dataset_facts: per test set, its own "test_tasks", "seen_classes" and
+                "thing_classes" (freeseg_build's), for test inputs carrying its
+                "dataset_name" (ovseg's test mappers give it); others: the arguments above.
             clip_ensemble (bool): ensemble with CLIP's mask-crop classes at test.
             ensemble_weight (float): the ensemble's lambda.
             mask_threshold (float): a crop keeps pixels whose mask probability is above this.
@@ -133,6 +145,30 @@ class FreeSeg(OpenVocabSegmentor):
             base: :class:`OpenVocabSegmentor`'s arguments.
         """
         super().__init__(teacher=teacher, **base)
+        self._check_test_settings()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.interaction = interaction
+        self.decoder = decoder
+        self.criterion = criterion
+        self.prompt = prompt
+        self.no_object = TextClassHead(dim=teacher.embed_dim)
+        self.task_texts = task_texts(prompt.task_names)
+        self.train_tasks = tuple(train_tasks)
+        self.test_tasks, self.seen_classes, self.thing_classes = _facts(
+            {"test_tasks": test_tasks, "seen_classes": seen_classes, "thing_classes": thing_classes}
+        )
+        self.dataset_facts = {name: _facts(f) for name, f in (dataset_facts or {}).items()}
+        self.clip_ensemble = bool(clip_ensemble)
+        self.ensemble_weight = float(ensemble_weight)
+        self.mask_threshold = float(mask_threshold)
+        self.mask_expand_ratio = check_expand_ratio(mask_expand_ratio)  # at build
+        self.clip_temperature = float(clip_temperature)
+        self.post = {**POST_DEFAULTS, **(post or {})}
+        self.test_prompt_tuning = test_prompt_tuning
+        self.semantic_from_labels = semantic_targets == "sem_seg"
+
+    def _check_test_settings(self) -> None:
         if self.inference_mode != "whole" or self.test_aug is not None:
             raise ValueError(
                 "FreeSeg tests whole images at one scale: set TEST.INFERENCE_MODE 'whole' and "
@@ -144,25 +180,6 @@ class FreeSeg(OpenVocabSegmentor):
                 "TEST.BACKGROUND_THRESHOLD 0 (or threshold its probabilities afterwards, as "
                 "ovseg.Predictor.predict(..., background_threshold=t) does)"
             )
-        self.backbone = backbone
-        self.pixel_decoder = pixel_decoder
-        self.interaction = interaction
-        self.decoder = decoder
-        self.criterion = criterion
-        self.prompt = prompt
-        self.no_object = TextClassHead(dim=teacher.embed_dim)
-        self.task_texts = task_texts(prompt.task_names)
-        self.train_tasks, self.test_tasks = tuple(train_tasks), tuple(test_tasks)
-        self.seen_classes = frozenset(normalize_name(n) for n in seen_classes)
-        self.thing_classes = frozenset(normalize_name(n) for n in thing_classes)
-        self.clip_ensemble = bool(clip_ensemble)
-        self.ensemble_weight = float(ensemble_weight)
-        self.mask_threshold = float(mask_threshold)
-        self.mask_expand_ratio = check_expand_ratio(mask_expand_ratio)  # at build
-        self.clip_temperature = float(clip_temperature)
-        self.post = {**POST_DEFAULTS, **(post or {})}
-        self.test_prompt_tuning = test_prompt_tuning
-        self.semantic_from_labels = semantic_targets == "sem_seg"
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -195,8 +212,17 @@ class FreeSeg(OpenVocabSegmentor):
         return self.decoder(maps, mask_features, text_features=keys)
 
     # ------------------------------------------------------------------ training
-    def is_thing(self, names: Sequence[str]) -> List[bool]:
-        return [normalize_name(n) in self.thing_classes for n in names]
+    def is_thing(
+        self, names: Sequence[str], things: Optional[Collection[str]] = None
+    ) -> List[bool]:
+        things = self.thing_classes if things is None else things
+        return [normalize_name(n) in things for n in names]
+
+    def input_facts(self, x: dict) -> Tuple[Tuple[str, ...], frozenset, frozenset]:
+        """The test tasks, ensemble-seen and thing classes (normalised) of a test input: its
+        test set's own (``"dataset_name"``), else the model's."""
+        facts = self.dataset_facts.get(x.get("dataset_name", ""))
+        return facts or (self.test_tasks, self.seen_classes, self.thing_classes)
 
     def batch_task(self, batched_inputs: List[dict]) -> str:
         """The batch's task: its inputs' common ``"task"``, else one drawn at random among
@@ -250,13 +276,16 @@ class FreeSeg(OpenVocabSegmentor):
         with torch.no_grad():
             return self.text_features(names, task)
 
-    def class_probs(self, image: Tensor, masks: Tensor, logits: Tensor, text: Tensor, names):
+    def class_probs(
+        self, image: Tensor, masks: Tensor, logits: Tensor, text: Tensor, names, seen_set=None
+    ):
         """(Q, C) class probabilities of one image's queries: the CLIP ensemble, or the
         query softmax with no-object dropped.
 
         Args:
             image (Tensor): (3, H, W) in [0, 255]; masks (Tensor): (Q, H, W) mask logits.
             logits (Tensor): (Q, C + 1); text (Tensor): (C, D); names: the C names.
+            seen_set: normalised names the ensemble weights as seen (None: the model's).
         """
         p_query = query_probs(logits)
         if not self.clip_ensemble:
@@ -270,21 +299,25 @@ class FreeSeg(OpenVocabSegmentor):
             temperature=self.clip_temperature,
             expand_ratio=self.mask_expand_ratio,
         )
-        seen = None
-        if self.seen_classes:
-            seen = torch.tensor([normalize_name(n) in self.seen_classes for n in names])
+        seen, seen_set = None, self.seen_classes if seen_set is None else seen_set
+        if seen_set:
+            seen = torch.tensor([normalize_name(n) in seen_set for n in names])
         return ensemble_probs(p_query, p_clip.to(p_query), seen, self.ensemble_weight)
 
-    def task_output(self, task: str, probs: Tensor, masks: Tensor, names, size) -> Dict:
+    def task_output(
+        self, task: str, probs: Tensor, masks: Tensor, names, size, things=None
+    ) -> Dict:
         """One task's detectron2 output from (Q, C) probabilities and (Q, h, w) mask logits at
         the network input's size, resized to the output ``size`` (H, W) afterwards as the
         release does (open_vocabulary_model.py:284, 328-352, 398-407): the semantic
-        probabilities bilinearly, the panoptic ids and instance masks by nearest neighbour."""
+        probabilities bilinearly, the panoptic ids and instance masks by nearest neighbour.
+        ``things``: the normalised thing classes (None: the model's)."""
         post = self.post
         if task == "semantic":
             sem = semantic_inference(probs, masks, has_no_object=False)
             return {"sem_seg": postprocess_to_original(sem, sem.shape[-2:], *size)}
-        thing_ids = {i for i, t in enumerate(self.is_thing(names)) if t}
+        things = self.thing_classes if things is None else things
+        thing_ids = {i for i, t in enumerate(self.is_thing(names, things)) if t}
         if task == "panoptic":
             keys = ("temperature", "object_mask_threshold", "thing_score_threshold", "drop_label")
             kwargs = {k: post[k] for k in keys}
@@ -298,7 +331,7 @@ class FreeSeg(OpenVocabSegmentor):
                 **kwargs,
             )
             return {"panoptic_seg": resize_panoptic(seg, segments, size)}
-        things = thing_ids if self.thing_classes else None  # no thing list: every class
+        things = thing_ids if things else None  # no thing list: every class
         if post["instance_mode"] == "topk":
             inst = instance_inference(
                 probs, masks, topk=post["topk"], has_no_object=False, thing_ids=things
@@ -327,6 +360,7 @@ class FreeSeg(OpenVocabSegmentor):
         results = []
         for x in batched_inputs:
             names = self.input_vocabulary(x)
+            tasks, seen, things = self.input_facts(x)
             images = ImageList.from_tensors(self.normalize([x["image"]]), self.size_divisibility)
             h, w = x["image"].shape[-2:]
             size = (x.get("height", h), x.get("width", w))
@@ -334,9 +368,9 @@ class FreeSeg(OpenVocabSegmentor):
             out: Dict = {}
             ttpt = self.test_prompt_tuning
             # each image starts from the trained prompts, also after an error or Ctrl-C
-            tuned = ttpt.applied(self, pixels, names, self.test_tasks[0]) if ttpt else None
+            tuned = ttpt.applied(self, pixels, names, tasks[0], seen) if ttpt else None
             with tuned or contextlib.nullcontext():
-                for task in self.test_tasks:
+                for task in tasks:
                     text = self.text_embeddings(names, task)
                     pred = self.decode(pixels, text)
                     # official: aligned (open_vocabulary_model.py:261-266)
@@ -347,7 +381,7 @@ class FreeSeg(OpenVocabSegmentor):
                         align_corners=self.post["align_corners"],
                     )[0, :, :h, :w]
                     logits = pred["pred_logits"][0]
-                    probs = self.class_probs(x["image"], masks, logits, text, names)
-                    out.update(self.task_output(task, probs, masks, names, size))
+                    probs = self.class_probs(x["image"], masks, logits, text, names, seen)
+                    out.update(self.task_output(task, probs, masks, names, size, things))
             results.append(out)
         return results

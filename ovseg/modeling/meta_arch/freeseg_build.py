@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
@@ -27,15 +27,32 @@ from ..mask_classification import (
 )
 from .base import OpenVocabSegmentor
 
-__all__ = ["clip_temperature", "freeseg_config", "thing_names"]
+__all__ = ["clip_temperature", "dataset_facts", "freeseg_config", "thing_names"]
 
 
-def thing_names(cfg) -> Tuple[str, ...]:
-    """Thing classes of the training and test sets (metadata ``thing_classes``)."""
+def thing_names(cfg, datasets: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+    """Thing classes (metadata ``thing_classes``) of ``datasets``; default: the training
+    and test sets."""
     names = []
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if datasets is None else datasets:
         names += list(MetadataCatalog.get(name).get("thing_classes", None) or ())
     return tuple(dict.fromkeys(names))
+
+
+def dataset_facts(cfg) -> Dict[str, Dict[str, Tuple[str, ...]]]:
+    """Per test set, what FreeSeg reads of it at test (its inputs carry its name): the tasks
+    its evaluator needs, the classes the ensemble weights as seen (the training's and its
+    own seen), its thing classes (its own; the training's where it declares none). One test
+    set's split or thing list never changes another's outputs."""
+    facts = {}
+    for name in cfg.DATASETS.TEST:
+        own_things = thing_names(cfg, [name])
+        facts[name] = {
+            "test_tasks": test_tasks_for(cfg, name),
+            "seen_classes": ensemble_seen_classes(cfg, [name]),
+            "thing_classes": own_things or thing_names(cfg, cfg.DATASETS.TRAIN),
+        }
+    return facts
 
 
 def clip_temperature(value: float, teacher: CLIPTeacher) -> float:
@@ -107,6 +124,7 @@ def freeseg_config(cfg) -> Dict:
         "test_tasks": test_tasks_for(cfg),
         "seen_classes": ensemble_seen_classes(cfg),
         "thing_classes": thing_names(cfg),
+        "dataset_facts": dataset_facts(cfg),
         "clip_ensemble": fs.CLIP_ENSEMBLE,
         "ensemble_weight": fs.ENSEMBLE_WEIGHT,
         "mask_threshold": fs.MASK_THRESHOLD,

@@ -14,7 +14,7 @@ class-agnostic proposals that caption nouns are matched to when pseudo-labels ar
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ from .xpm_build import (
     build_xpm_parts,
     check_pseudo_mask_refine,
     class_embedding,
-    stuff_only_names,
+    stuff_names_by_dataset,
 )
 
 __all__ = ["XPMTeacher"]
@@ -88,6 +88,7 @@ class XPMTeacher(OpenVocabSegmentor):
         templates: Sequence[str],
         logit_scale: float = 1 / 0.07,
         stuff_names: Sequence[str] = (),
+        dataset_stuff_names: Optional[Mapping[str, Sequence[str]]] = None,
         seen_names: Optional[Sequence[str]] = None,
         propose_topk: int = 100,
         bert_name: str = "",
@@ -102,7 +103,9 @@ class XPMTeacher(OpenVocabSegmentor):
             roi_heads (XPMROIHeads): the box and mask heads.
             templates: prompt templates of the text embeddings.
             logit_scale (float): tau of the cosine logits.
-            stuff_names: vocabulary names never detected (the datasets' stuff classes).
+            stuff_names: vocabulary names never detected (the training sets' stuff classes).
+            dataset_stuff_names: per test set, its own such names, for test inputs carrying
+                its "dataset_name" (ovseg's test mappers give it); others: ``stuff_names``.
             seen_names: the names training classifies over (None: every training name).
             propose_topk (int): proposals per image :meth:`propose` keeps (0: all).
             bert_name (str): classes are the official BERT class embeddings of this BERT
@@ -134,6 +137,7 @@ class XPMTeacher(OpenVocabSegmentor):
                 self.teacher, templates, logit_scale=logit_scale, prompt_names=self.prompt_names
             )
         self.stuff_names = tuple(stuff_names)
+        self.dataset_stuff_names = {k: tuple(v) for k, v in (dataset_stuff_names or {}).items()}
         self.seen_names = None if seen_names is None else tuple(seen_names)
         self.propose_topk = int(propose_topk)
         self.bert = BertClassEmbeddings(bert_name) if bert_name else None
@@ -158,7 +162,7 @@ class XPMTeacher(OpenVocabSegmentor):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "logit_scale": cfg.MODEL.XPM.LOGIT_SCALE,
-            "stuff_names": stuff_only_names([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]),
+            **dict(zip(("stuff_names", "dataset_stuff_names"), stuff_names_by_dataset(cfg))),
             "seen_names": list(seen) if seen else None,
             "propose_topk": cfg.MODEL.XPM.PROPOSE_TOPK,
             "bert_name": cfg.MODEL.XPM.BERT_NAME if class_embedding(cfg) == "bert" else "",
@@ -228,9 +232,11 @@ class XPMTeacher(OpenVocabSegmentor):
     def inference(self, batched_inputs: List[dict]) -> List[Dict[str, object]]:
         """Detections over each input's vocabulary, one forward per vocabulary."""
         results: List[Optional[Dict[str, object]]] = [None] * len(batched_inputs)
-        keys = [self.input_vocabulary(x) for x in batched_inputs]
-        for names, idx in group_inputs(keys).items():
-            things, table = class_subset(names, None, self.stuff_names)
+        own = self.dataset_stuff_names  # an input's test set's own stuff, else the training's
+        stuff = [own.get(x.get("dataset_name", ""), self.stuff_names) for x in batched_inputs]
+        keys = [(self.input_vocabulary(x), s) for x, s in zip(batched_inputs, stuff)]
+        for (names, stuff_names), idx in group_inputs(keys).items():
+            things, table = class_subset(names, None, stuff_names)
             if not things:
                 raise ValueError(
                     f"the vocabulary {list(names)[:8]} has only stuff classes, which "

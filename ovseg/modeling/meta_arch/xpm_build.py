@@ -23,6 +23,7 @@ __all__ = [
     "check_pseudo_mask_refine",
     "class_embedding",
     "legacy_rpn",
+    "stuff_names_by_dataset",
     "stuff_only_names",
 ]
 
@@ -38,6 +39,17 @@ def stuff_only_names(dataset_names: Sequence[str]) -> Tuple[str, ...]:
             continue
         out += [n for n in meta.get("stuff_classes", []) or [] if n not in set(things)]
     return tuple(dict.fromkeys(out))
+
+
+def stuff_names_by_dataset(cfg) -> Tuple[Tuple[str, ...], Dict[str, Tuple[str, ...]]]:
+    """The names the detector never detects: in training and for inputs of no known test set,
+    the training sets' stuff classes (without training sets, the test sets'); for each test
+    set, its own where it lists its things (a class one dataset calls stuff stays a
+    detection of another that calls it a thing), else the training's."""
+    default = stuff_only_names(cfg.DATASETS.TRAIN or cfg.DATASETS.TEST)
+    own = {name: stuff_only_names([name]) for name in cfg.DATASETS.TEST}
+    lists = {n: MetadataCatalog.get(n).get("thing_classes", None) for n in cfg.DATASETS.TEST}
+    return default, {n: own[n] if lists[n] is not None else default for n in own}
 
 
 def class_embedding(cfg) -> str:

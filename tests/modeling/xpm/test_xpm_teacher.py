@@ -194,3 +194,60 @@ def test_propose_gives_class_agnostic_proposals_at_the_image_size(cache):
         out[0].pred_boxes.tensor, out[1].pred_boxes.tensor * torch.tensor([1.5, 2, 1.5, 2])
     )
     assert len(model.propose(inputs[1:], topk=0)[0]) >= len(out[1])
+
+
+def test_each_test_set_drops_only_its_own_stuff_classes(cache):
+    model = _teacher(cache)
+    model.roi_heads.score_thresh = 0.0
+    model.eval()
+    image = xpm_batch(1)[0]["image"]
+    names = ["cat", "sky", "dog"]
+    sets = {"calls_cat_stuff": ("cat",), "calls_sky_a_thing": (), "another_set": ("sky",)}
+    expected = {}
+    with torch.no_grad():
+        for name, stuff in sets.items():  # each set's stuff as the model's only one
+            model.stuff_names = stuff
+            (expected[name],) = model([{"image": image, "vocabulary": names}])
+        model.stuff_names = ("sky",)  # the training sets'
+        model.dataset_stuff_names = {k: v for k, v in sets.items() if k != "another_set"}
+        inputs = [{"image": image, "vocabulary": names, "dataset_name": d} for d in sets]
+        outputs = model(inputs)  # one batch: each input its own set's
+    for name, out in zip(sets, outputs):
+        want = expected[name]["instances"]
+        assert torch.equal(out["instances"].pred_classes, want.pred_classes), name
+        assert torch.equal(out["instances"].scores, want.scores), name
+    assert 0 not in outputs[0]["instances"].pred_classes.tolist()
+    assert 1 not in outputs[2]["instances"].pred_classes.tolist()
+    assert len(outputs[1]["instances"]) != len(outputs[2]["instances"])  # sky is a class
+
+
+def test_stuff_names_by_dataset_reads_each_set_alone():
+    from types import SimpleNamespace
+
+    from detectron2.data import MetadataCatalog
+
+    from ovseg.modeling.meta_arch.xpm_build import stuff_names_by_dataset
+
+    sets = {
+        "xpm_stuff_train": (["cat", "sky", "tree"], ["cat"]),
+        "xpm_stuff_test_a": (["cat", "tree"], ["cat", "tree"]),
+        "xpm_stuff_test_b": (["cat", "dog", "sky"], ["cat", "dog"]),
+        "xpm_stuff_semantic": (["tree", "sky"], None),
+    }
+    try:
+        for name, (stuff, things) in sets.items():
+            MetadataCatalog.get(name).set(stuff_classes=stuff)
+            if things is not None:
+                MetadataCatalog.get(name).set(thing_classes=things)
+        test = ("xpm_stuff_test_a", "xpm_stuff_test_b", "xpm_stuff_semantic")
+        cfg = SimpleNamespace(DATASETS=SimpleNamespace(TRAIN=("xpm_stuff_train",), TEST=test))
+        default, by_set = stuff_names_by_dataset(cfg)
+        assert default == ("sky", "tree")  # training: its own, never a test set's
+        assert by_set == {
+            "xpm_stuff_test_a": (),  # tree is a thing here, though stuff in training
+            "xpm_stuff_test_b": ("sky",),
+            "xpm_stuff_semantic": ("sky", "tree"),  # no thing list: the training's
+        }
+    finally:
+        for name in sets:
+            MetadataCatalog.remove(name)
