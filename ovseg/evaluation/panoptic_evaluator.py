@@ -3,7 +3,10 @@
 detectron2's ``COCOPanopticEvaluator`` run with ovseg's :func:`pq_compute` in place of
 panopticapi's (which is not installable from PyPI): inside ``process``/``evaluate`` the
 modules it imports are ovseg's (:func:`panopticapi_provided`). Per split, PQ/SQ/RQ average the
-split's categories as panopticapi averages All (categories without TP, FP or FN left out).
+split's categories as panopticapi averages All (categories without TP, FP or FN left out; a
+split with none of them is NaN, not measured, as mIoU and AP splits are). FreeSeg's release
+averages panopticapi's ``per_class`` entries instead, where such a category counts 0: equal
+whenever every category of the split occurs (COCO's and ADE20K's validation sets).
 Outputs without ``"panoptic_seg"`` are skipped, so a semantic-only student can be evaluated on
 a panoptic dataset by the other evaluators.
 """
@@ -61,7 +64,8 @@ class OpenVocabPanopticEvaluator(COCOPanopticEvaluator):
         for split, ids in self._splits.items():
             avg, _ = self._stat.average(ids)
             for key in ("pq", "sq", "rq"):
-                results["panoptic_seg"][f"{key.upper()}-{split}"] = 100 * avg[key]
+                value = 100 * avg[key] if avg["n"] else float("nan")  # nothing to score
+                results["panoptic_seg"][f"{key.upper()}-{split}"] = value
         log_split_results("PQ", self._metadata.name, results["panoptic_seg"], logger)
         return results
 

@@ -61,6 +61,18 @@ def test_panoptic_evaluator(tiny, tmp_path, drop_dog, caplog):
     assert res["PQ_st"] == pytest.approx(100.0) and res["SQ-seen"] == pytest.approx(100.0)
 
 
+def test_a_split_with_nothing_to_score_is_nan_not_zero(tiny, tmp_path):
+    # a split whose classes occur neither in the ground truth nor in the predictions is not
+    # measured (as mIoU-unseen and AP-unseen): 0 would read as a total failure
+    evaluator = OpenVocabPanopticEvaluator(PANOPTIC, output_dir=str(tmp_path))
+    evaluator._splits["unseen"] = [99]  # a category of the split that no image has
+    evaluator.reset()
+    evaluator.process([tiny], [_panoptic_output()])
+    res = evaluator.evaluate()["panoptic_seg"]
+    assert all(np.isnan(res[f"{k}-unseen"]) for k in ("PQ", "SQ", "RQ"))
+    assert res["PQ-seen"] == pytest.approx(100.0) and res["PQ"] == pytest.approx(100.0)
+
+
 @pytest.mark.parametrize("drop_dog", [False, True])
 def test_instance_evaluator(tiny, tmp_path, drop_dog, caplog):
     evaluator = OpenVocabInstanceEvaluator(PANOPTIC, output_dir=str(tmp_path), distributed=False)
