@@ -34,6 +34,10 @@ def add_input_pipeline_config(cfg: CN) -> None:
     # bilinear antialiased when shrinking, labels nearest by centre) or "opencv" (mmcv's
     # imresize: cv2 INTER_LINEAR, labels INTER_NEAREST, as the mmseg pipelines)
     cfg.INPUT.RESIZE_BACKEND = "pil"
+    # the shortest-edge resizes' long side (MIN_SIZE_* / MAX_SIZE_*): "round" (detectron2's
+    # ResizeShortestEdge) or "truncate" (maskrcnn_benchmark's Resize.get_size, XPM's:
+    # a 640x480 image becomes 1066x800, not 1067x800)
+    cfg.INPUT.RESIZE_ROUNDING = "round"
     # how training mappers pad images to INPUT.SIZE_DIVISIBILITY: "black" (0), "gray" (128,
     # Mask2Former's), or "normalized_zero" (the model pads the normalised batch with 0, the
     # pixel mean, as mmseg)

@@ -94,6 +94,9 @@ def labeller_settings(cfg) -> Dict[str, Any]:
     backend = cfg.INPUT.get("RESIZE_BACKEND", "pil")
     if backend != "pil":
         settings["input"]["resize_backend"] = backend
+    rounding = cfg.INPUT.get("RESIZE_ROUNDING", "round")  # other sizes; left out as before
+    if rounding != "round":
+        settings["input"]["resize_rounding"] = rounding
     # the text embeddings' file by content; left out when unset, as stores made before have it
     path = os.path.expanduser(cfg.MODEL.OVSEG.get("TEXT_EMBEDDINGS_FILE", ""))
     if path:

@@ -102,6 +102,13 @@ def test_store_resized_by_pil_is_refused_to_an_opencv_config(tmp_path, registere
         pseudo_labelled_dataset_dicts(_student_cfg(tmp_path, "INPUT.RESIZE_BACKEND", "opencv"))
 
 
+def test_store_of_rounded_sizes_is_refused_to_a_truncating_config(tmp_path, registered):
+    # maskrcnn_benchmark's sizes (XPM's) differ by a pixel: recorded only when not "round"
+    PseudoLabelStore.create(str(tmp_path / "store"), _generated_manifest(tmp_path))
+    with pytest.raises(ValueError, match="teacher.settings.input.resize_rounding is '<absent>'"):
+        pseudo_labelled_dataset_dicts(_student_cfg(tmp_path, "INPUT.RESIZE_ROUNDING", "truncate"))
+
+
 def test_maskclip_grid_and_logit_switches_enter_the_fingerprint_where_they_act(tmp_path):
     from ovseg.pseudo.labeller import labeller_settings
 

@@ -19,6 +19,12 @@ Chosen by ``INPUT.RESIZE_IMG_SCALE`` (non-empty) and ``INPUT.RESIZE_RATIO_RANGE`
 bilinear antialiased when shrinking, nearest by pixel centres. ``INPUT.RESIZE_BACKEND``
 "opencv" gives every resize of the semantic mappers (training and test) and the predictors
 OpenCV's pixels; the sizes stay the resize's own.
+
+``TruncatingShortestEdge``: maskrcnn_benchmark's ``Resize.get_size`` (XPM's and OVR-CNN's
+training and test resize, ``maskrcnn_benchmark/data/transforms/transforms.py:35-55`` of
+hbdat/cvpr22_cross_modal_pseudo_labeling): the long side truncated, not rounded (a 640x480
+COCO image becomes 1066x800, detectron2's 1067x800), and under the long-side limit the short
+side is recomputed first. Chosen by ``INPUT.RESIZE_ROUNDING`` "truncate".
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ __all__ = [
     "OpenCVResizeTransform",
     "RatioRangeResize",
     "NonEmptyResize",
+    "TruncatingShortestEdge",
     "check_resize_backend",
     "inference_resize",
     "rescaled_size",
@@ -170,6 +177,53 @@ def _with_backend(cfg, aug: T.Augmentation) -> T.Augmentation:
     return aug if backend == "pil" else BackendResize(aug, backend)
 
 
+# INPUT.RESIZE_ROUNDING: detectron2's long side (rounded) or maskrcnn_benchmark's (truncated)
+RESIZE_ROUNDINGS = ("round", "truncate")
+
+
+class TruncatingShortestEdge(T.Augmentation):
+    """maskrcnn_benchmark's shortest-edge resize (see the module docstring)."""
+
+    def __init__(self, short_edge_length: Sequence[int], max_size: int):
+        """
+        Args:
+            short_edge_length: short sides, one drawn per image.
+            max_size (int): the long side's limit (0: none).
+        """
+        super().__init__()
+        self.short_edge_length = [int(s) for s in short_edge_length]
+        self.max_size = int(max_size)
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        h, w = image.shape[:2]
+        size = int(np.random.choice(self.short_edge_length))
+        short, long = float(min(h, w)), float(max(h, w))
+        if self.max_size > 0 and long / short * size > self.max_size:
+            size = int(round(self.max_size * short / long))
+        if min(h, w) == size:
+            return T.NoOpTransform()
+        new_h, new_w = (int(size * h / w), size) if w < h else (size, int(size * w / h))
+        return T.ResizeTransform(h, w, new_h, new_w)
+
+
+def _shortest_edge(cfg, sizes, max_size, sampling: str = "choice") -> T.Augmentation:
+    """detectron2's ``ResizeShortestEdge``, or with ``INPUT.RESIZE_ROUNDING`` "truncate"
+    :class:`TruncatingShortestEdge`."""
+    hint = "'round' resizes as detectron2, 'truncate' as maskrcnn_benchmark (XPM, OVR-CNN)"
+    rounding = check_choice(
+        cfg.INPUT.get("RESIZE_ROUNDING", "round"), RESIZE_ROUNDINGS, "INPUT.RESIZE_ROUNDING", hint
+    )
+    if rounding == "round":
+        return T.ResizeShortestEdge(sizes, max_size, sampling)
+    if sampling != "choice" or len(cfg.INPUT.RESIZE_IMG_SCALE) > 0:
+        raise ValueError(
+            "INPUT.RESIZE_ROUNDING 'truncate' is maskrcnn_benchmark's resize, which draws the "
+            "short side among INPUT.MIN_SIZE_TRAIN ('choice'); set MIN_SIZE_TRAIN_SAMPLING "
+            "'choice' and RESIZE_IMG_SCALE [] or RESIZE_ROUNDING 'round'"
+        )
+    return TruncatingShortestEdge(sizes if isinstance(sizes, (list, tuple)) else [sizes], max_size)
+
+
 def training_resize(cfg) -> T.Augmentation:
     """The training resize a config asks for: :class:`RatioRangeResize` when
     ``INPUT.RESIZE_IMG_SCALE`` is set, else detectron2's ``ResizeShortestEdge`` from
@@ -178,8 +232,11 @@ def training_resize(cfg) -> T.Augmentation:
     if len(cfg.INPUT.RESIZE_IMG_SCALE) > 0:
         aug = RatioRangeResize(cfg.INPUT.RESIZE_IMG_SCALE, cfg.INPUT.RESIZE_RATIO_RANGE)
     else:
-        aug = T.ResizeShortestEdge(
-            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        aug = _shortest_edge(
+            cfg,
+            cfg.INPUT.MIN_SIZE_TRAIN,
+            cfg.INPUT.MAX_SIZE_TRAIN,
+            cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
         )
     return _with_backend(cfg, aug)
 
@@ -201,7 +258,11 @@ class NonEmptyResize(T.Augmentation):
 
 def inference_resize(cfg) -> T.Augmentation:
     """The test resize: the short side to ``INPUT.MIN_SIZE_TEST``, the long side at most
-    ``MAX_SIZE_TEST`` (detectron2's ``ResizeShortestEdge``; 0 = no resize; a side at least
-    one pixel), with ``INPUT.RESIZE_BACKEND``'s pixels."""
-    aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    ``MAX_SIZE_TEST`` (detectron2's ``ResizeShortestEdge``, or maskrcnn_benchmark's with
+    ``INPUT.RESIZE_ROUNDING`` "truncate"; 0 = no resize; a side at least one pixel), with
+    ``INPUT.RESIZE_BACKEND``'s pixels."""
+    if cfg.INPUT.MIN_SIZE_TEST <= 0:  # no resize (detectron2's ResizeShortestEdge with 0)
+        aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    else:
+        aug = _shortest_edge(cfg, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     return _with_backend(cfg, NonEmptyResize(aug))
