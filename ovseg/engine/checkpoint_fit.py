@@ -2,10 +2,11 @@
 
 Every checkpoint ovseg saves records the meta-architecture that wrote it
 (:func:`checkpoint_meta`). A checkpoint whose weights leave parts of the model at their
-random initialisation (other than a few named, expected keys) is refused when it is meant to
-be the whole model: evaluation, the demo, ``--resume``, and ``MODEL.WEIGHTS`` that an ovseg
-run wrote. A file without ovseg's record (converted backbone weights, a model-zoo ``.pkl``)
-initialises part of a model; it is refused only when none of its weights fit.
+random initialisation, or that holds trained weights the model has no place for (other than a
+few named, expected keys), is refused when it is meant to be the whole model: evaluation, the
+demo, ``--resume``, and ``MODEL.WEIGHTS`` that an ovseg run wrote. A file without ovseg's
+record (converted backbone weights, a model-zoo ``.pkl``) initialises part of a model; it is
+refused only when none of its weights fit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ META_KEY = "ovseg_meta"
 # checkpoint (ovseg.utils.state_dict.exclude_from_checkpoints forgives them) and detectron2
 # forgives pixel_mean/pixel_std (DetectionCheckpointer._load_model).
 ALLOWED_MISSING_SUFFIXES = ("num_batches_tracked",)
+# keys a complete checkpoint may hold that the model has no place for: BatchNorm's counters
+# (a FrozenBatchNorm has none) and pixel statistics (from MODEL.PIXEL_MEAN/STD, never trained;
+# non-persistent buffers of some models). The frozen CLIP's weights, in files saved before they
+# were kept out, are dropped by its load hook (exclude_from_checkpoints) and never reach here.
+ALLOWED_EXTRA_SUFFIXES = ("num_batches_tracked", "pixel_mean", "pixel_std")
+# training-only parts of another meta-architecture's checkpoint a model legitimately loads:
+# an XPM teacher given a student's checkpoint (MODEL.XPM.TEACHER_WEIGHTS: the student's
+# detector proposes) leaves the student's noise head and its running sigma (and the frozen
+# copy of the teacher's RoI heads, in students saved before it was kept out of checkpoints)
+TRAINING_ONLY_PREFIXES = {
+    "XPMTeacher": ("roi_heads.mask_head.noise.", "last_mean_sigma", "teacher_roi_heads."),
+}
 _SHOWN = 8
 
 
@@ -69,24 +82,15 @@ def check_fit(
             resume, a checkpoint an ovseg run wrote); else only some need to fit.
         num_loaded (int): how many of the checkpoint's weights fit the model.
         some (bool): at least one weight must fit (a file meant to initialise the model).
+            False also lets a complete file hold weights the model has no place for (the
+            file may be another model's: a student's config relabelled as its teacher).
         num_in_file (int): how many weights the checkpoint holds.
     """
     arch = architecture_of(model)
     missing = _unexpectedly_missing(model, incompatible.missing_keys)
     shapes = [k for k, *_ in incompatible.incorrect_shapes]
+    extra = _unexpectedly_extra(arch, incompatible.unexpected_keys) if some else []
     total = len(model.state_dict())
-    if complete and (missing or shapes):
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} of the model's {total} weights are missing from it")
-            problems.append("missing: " + _names(missing))
-        if shapes:
-            problems.append(f"{len(shapes)} have other shapes: " + _names(shapes))
-        raise CheckpointMismatchError(_message(path, recorded, arch, problems))
-    if some and total and num_loaded == 0:
-        raise CheckpointMismatchError(
-            _message(path, recorded, arch, [f"none of its weights fit the model's {total}"])
-        )
     if some and not total and num_in_file and recorded != arch:
         # a model with no weights of its own (MaskCLIP: only the frozen CLIP) would
         # otherwise take another method's checkpoint silently and ignore all of it
@@ -94,11 +98,35 @@ def check_fit(
                     f"file's {num_in_file} fit; {arch} needs no checkpoint (leave "
                     "MODEL.WEIGHTS empty)"]  # fmt: skip
         raise CheckpointMismatchError(_message(path, recorded, arch, problems))
+    if complete and (missing or shapes or extra):
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} of the model's {total} weights are missing from it")
+            problems.append("missing: " + _names(missing))
+        if shapes:
+            problems.append(f"{len(shapes)} have other shapes: " + _names(shapes))
+        if extra:
+            problems.append(
+                f"{len(extra)} of the file's {num_in_file or len(extra)} weights have no place "
+                "in the model (trained parts this config leaves out, which the model would "
+                "drop): " + _names(extra)
+            )
+        raise CheckpointMismatchError(_message(path, recorded, arch, problems))
+    if some and total and num_loaded == 0:
+        raise CheckpointMismatchError(
+            _message(path, recorded, arch, [f"none of its weights fit the model's {total}"])
+        )
 
 
 def _unexpectedly_missing(model: nn.Module, missing: Sequence[str]) -> list:
     keys = [k for k in missing if not k.endswith(ALLOWED_MISSING_SUFFIXES)]
     return sorted(_filter_reused_missing_keys(model, keys)) if keys else []
+
+
+def _unexpectedly_extra(arch: str, unexpected: Sequence[str]) -> list:
+    allowed = TRAINING_ONLY_PREFIXES.get(arch, ())
+    keys = [k for k in unexpected if not k.endswith(ALLOWED_EXTRA_SUFFIXES)]
+    return sorted(k for k in keys if not k.startswith(allowed)) if keys else []
 
 
 def _names(keys: Sequence[str]) -> str:
