@@ -87,8 +87,11 @@ def check_fit(
         num_in_file (int): how many weights the checkpoint holds.
     """
     arch = architecture_of(model)
-    missing = _unexpectedly_missing(model, incompatible.missing_keys)
     shapes = [k for k, *_ in incompatible.incorrect_shapes]
+    # fvcore takes mis-shaped tensors out before loading, so torch reports them missing too
+    missing = [
+        k for k in _unexpectedly_missing(model, incompatible.missing_keys) if k not in shapes
+    ]
     extra = _unexpectedly_extra(arch, incompatible.unexpected_keys) if some else []
     total = len(model.state_dict())
     if some and not total and num_in_file and recorded != arch:
@@ -104,7 +107,9 @@ def check_fit(
             problems.append(f"{len(missing)} of the model's {total} weights are missing from it")
             problems.append("missing: " + _names(missing))
         if shapes:
-            problems.append(f"{len(shapes)} have other shapes: " + _names(shapes))
+            problems.append(
+                f"{len(shapes)} of the model's {total} weights have other shapes: " + _names(shapes)
+            )
         if extra:
             problems.append(
                 f"{len(extra)} of the file's {num_in_file or len(extra)} weights have no place "

@@ -81,3 +81,15 @@ def test_an_xpm_teacher_takes_a_students_checkpoint(tmp_path):
         "roi_heads.mask_head.noise.frozen",
     }, extra
     load_model_weights(build_model(tiny_xpm_cfg(tmp_path / "cache")), path)
+
+
+def test_weights_of_other_shapes_are_not_also_counted_missing(tmp_path):
+    # fvcore takes mis-shaped tensors out before loading, so torch reported them missing too:
+    # "40 of 44 missing ... 40 have other shapes" named the same tensors twice
+    wide = (*PROJECTION[2:], "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16")
+    path = _save(tiny_maskclip_plus(tmp_path / "cache", *wide), tmp_path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model_weights(tiny_maskclip_plus(tmp_path / "cache", *PROJECTION), path)
+    message = str(err.value)
+    assert "missing" not in message, message
+    assert "21 of the model's" in message and "weights have other shapes" in message, message
