@@ -34,6 +34,7 @@ from .checkpoint_fit import (
     CheckpointMismatchError,
     check_fit,
     checkpoint_meta,
+    describe_writer,
     recorded_architecture,
 )
 from .resume import rng_state
@@ -56,8 +57,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
     Args:
         model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``.
         complete (bool): every weight of the model must come from the file (evaluation, the
-            demo). Otherwise a file must be complete only when an ovseg run wrote it, and
-            must fit at least in part when it is a converted or model-zoo file.
+            demo). Otherwise a file must be complete only when it holds a whole model by
+            construction (an ovseg run's, an older ovseg run's, a converted whole model:
+            ``checkpoint_fit.describe_writer``), and must fit at least in part when it is a
+            converted backbone or a model-zoo file.
         some (bool): False lets a file without ovseg's record fit nothing.
     """
 
@@ -177,6 +180,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]):
         _refuse_non_weights(checkpoint.get("model", {}), str(self._path))
         recorded = recorded_architecture(checkpoint)
+        writer, whole = describe_writer(checkpoint)
         if checkpoint.pop("matching_heuristics", False):
             # an ImageNet .pkl: matched by name suffix here, not in detectron2's _load_model,
             # so the weights that fit are counted (the missing keys cannot count them: a
@@ -195,10 +199,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
             incompatible,
             path=str(self._path),
             recorded=recorded,
-            complete=self.complete or self._resuming or recorded is not None,
+            complete=self.complete or self._resuming or whole,
             num_loaded=loaded,
             some=self.some,
             num_in_file=len(names),
+            writer=writer,
         )
         return incompatible
 

@@ -11,7 +11,7 @@ refused only when none of its weights fit.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from fvcore.common.checkpoint import _filter_reused_missing_keys
 from torch import nn
@@ -39,6 +39,11 @@ TRAINING_ONLY_PREFIXES = {
 _SHOWN = 8
 
 
+# the conversion reports' "method" of tools/convert_checkpoint.py methods whose result
+# initialises part of a model (ovseg.convert.command.METHODS with a "part": a backbone)
+PARTIAL_CONVERSIONS = ("ResNetV1c (ImageNet)",)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model it was loaded into."""
 
@@ -60,6 +65,33 @@ def recorded_architecture(checkpoint: Mapping[str, Any]) -> Optional[str]:
     return meta.get("meta_architecture") if isinstance(meta, Mapping) else None
 
 
+def describe_writer(checkpoint: Mapping[str, Any]) -> Tuple[str, bool]:
+    """What wrote ``checkpoint`` (for messages), and whether it holds a whole model by
+    construction: a checkpoint an ovseg run wrote, one of an ovseg run older than
+    ``ovseg_meta`` (its trainer and iteration entries), or a converted official model whose
+    conversion report says it fit the whole model of a config (tools/convert_checkpoint.py
+    with --config-file; a backbone's or a starting checkpoint with parts built fresh is not)."""
+    recorded = recorded_architecture(checkpoint)
+    if recorded:
+        return f"a {recorded} checkpoint", True
+    conversion = checkpoint.get("conversion")
+    if isinstance(conversion, Mapping):
+        method = conversion.get("method", "?")
+        whole = (
+            bool(conversion.get("checked_model"))
+            and not conversion.get("fresh")
+            and method not in PARTIAL_CONVERSIONS
+        )
+        return f"a converted {method} checkpoint" + ("" if whole else " (part of a model)"), whole
+    if "trainer" in checkpoint and "iteration" in checkpoint:
+        return (
+            "a training run's checkpoint that records no ovseg meta-architecture (an older "
+            "ovseg's: a whole model)",
+            True,
+        )
+    return "a checkpoint that records no ovseg meta-architecture", False
+
+
 def check_fit(
     model: nn.Module,
     incompatible: Any,
@@ -70,6 +102,7 @@ def check_fit(
     num_loaded: int,
     some: bool = True,
     num_in_file: int = 0,
+    writer: str = "",
 ) -> None:
     """Raise :class:`CheckpointMismatchError` when the checkpoint at ``path`` misfits ``model``.
 
@@ -85,6 +118,7 @@ def check_fit(
             False also lets a complete file hold weights the model has no place for (the
             file may be another model's: a student's config relabelled as its teacher).
         num_in_file (int): how many weights the checkpoint holds.
+        writer (str): what wrote the checkpoint (:func:`describe_writer`), for the message.
     """
     arch = architecture_of(model)
     shapes = [k for k, *_ in incompatible.incorrect_shapes]
@@ -100,7 +134,7 @@ def check_fit(
         problems = [f"the model has no weights outside its frozen CLIP, and none of the "
                     f"file's {num_in_file} fit; {arch} needs no checkpoint (leave "
                     "MODEL.WEIGHTS empty)"]  # fmt: skip
-        raise CheckpointMismatchError(_message(path, recorded, arch, problems))
+        raise CheckpointMismatchError(_message(path, writer or _writer(recorded), arch, problems))
     if complete and (missing or shapes or extra):
         problems = []
         if missing:
@@ -116,10 +150,15 @@ def check_fit(
                 "in the model (trained parts this config leaves out, which the model would "
                 "drop): " + _names(extra)
             )
-        raise CheckpointMismatchError(_message(path, recorded, arch, problems))
+        raise CheckpointMismatchError(_message(path, writer or _writer(recorded), arch, problems))
     if some and total and num_loaded == 0:
         raise CheckpointMismatchError(
-            _message(path, recorded, arch, [f"none of its weights fit the model's {total}"])
+            _message(
+                path,
+                writer or _writer(recorded),
+                arch,
+                [f"none of its weights fit the model's {total}"],
+            )
         )
 
 
@@ -139,9 +178,11 @@ def _names(keys: Sequence[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def _message(path: str, recorded: Optional[str], arch: str, problems: Sequence[str]) -> str:
-    writer = f"a {recorded} checkpoint" if recorded else "a checkpoint that records no ovseg "
-    writer += "" if recorded else "meta-architecture"
+def _writer(recorded: Optional[str]) -> str:
+    return f"a {recorded} checkpoint" if recorded else describe_writer({})[0]
+
+
+def _message(path: str, writer: str, arch: str, problems: Sequence[str]) -> str:
     return (
         f"{path} does not fit this model: it is {writer}, and the model is {arch}; "
         + "; ".join(problems)

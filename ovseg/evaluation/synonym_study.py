@@ -42,7 +42,8 @@ SYNONYM_SETS: Dict[str, List[str]] = {
 
 
 def _evaluate(config: str, weights: str, vocabulary: List[str], merge: str, opts) -> dict:
-    from ..engine import AtomicCheckpointer, Trainer
+    from ..engine import Trainer
+    from ..engine.checkpoint import load_model_weights
     from ..engine.defaults import load_config
 
     root = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "toy_world")
@@ -55,7 +56,7 @@ def _evaluate(config: str, weights: str, vocabulary: List[str], merge: str, opts
                                "TEST.SAVE_CONFUSION_MATRIX", "False"])  # fmt: skip
     model = Trainer.build_model(cfg)
     if weights:
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+        load_model_weights(model, weights)  # evaluated: every weight must come from it
     return Trainer.test(cfg, model)["sem_seg"]
 
 
