@@ -37,7 +37,7 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # every weight must come from the checkpoint: a misfit is an error, not mIoU 0
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, complete=True).resume_or_load(
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, complete=True, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

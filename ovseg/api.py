@@ -186,7 +186,7 @@ def build_inference_model(cfg: CfgNode, weights: Optional[str] = None) -> torch.
     model.eval()
     weights = cfg.MODEL.WEIGHTS if weights is None else str(weights)
     if weights:
-        load_model_weights(model, weights)
+        load_model_weights(model, weights, cfg=cfg)
     elif any(p.requires_grad for p in model.parameters()):
         logger.warning(
             "No weights given (MODEL.WEIGHTS is empty): %s's trainable parts are randomly "

@@ -71,6 +71,10 @@ def add_teacher_config(cfg: CN) -> None:
     # the temperature of the teacher's own classification, softmax(LOGIT_SCALE * cosine):
     # CLIP's trained value (100) for MaskCLIP and the pseudo-labelling teacher
     cfg.MODEL.CLIP.LOGIT_SCALE = 100.0
+    # a checkpoint records its CLIP teacher (model config and weights by content); loading it
+    # whole (evaluation, the demo, --resume, a run's weights) with another teacher is refused,
+    # unless True: then a warning, e.g. to measure a trained model under another CLIP
+    cfg.MODEL.CLIP.ALLOW_TEACHER_MISMATCH = False
 
 
 def add_shared_config(cfg: CN) -> None:

@@ -177,7 +177,7 @@ def predict(cfg, dataset: str, weights: str = "", limit: int | None = None):
     """Run a model over a dataset in-process; yield (input dict, label or None, scores)."""
     model = build_model(cfg)
     if weights:
-        load_model_weights(model, weights)
+        load_model_weights(model, weights, cfg=cfg)
     model.eval()
     mapper = build_dataset_mapper(cfg, False, dataset)
     dicts = DatasetCatalog.get(dataset)[:limit]

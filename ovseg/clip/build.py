@@ -241,6 +241,10 @@ def build_clip_teacher(cfg, device: Optional[str] = None) -> CLIPTeacher:
             kwargs["force_quick_gelu"] = True
 
     model = _create_model(name, checkpoint, weights_dir, kwargs)
+    # which file was read (a relative PRETRAINED resolves from the working directory first)
+    source = f"weights {os.path.abspath(checkpoint)}" if checkpoint else "random weights"
+    tag = f" (tag {pretrained!r})" if checkpoint and not _looks_like_path(pretrained) else ""
+    logger.info(f"CLIP teacher {name!r} ({spec}): {source}{tag}")
     tokenizer = open_clip.get_tokenizer(name)
     teacher = CLIPTeacher(
         model,

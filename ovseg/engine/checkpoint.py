@@ -37,6 +37,12 @@ from .checkpoint_fit import (
     describe_writer,
     recorded_architecture,
 )
+from .checkpoint_record import (
+    changed_settings,
+    check_teacher,
+    describe_changes,
+    warn_changed_settings,
+)
 from .resume import rng_state
 
 __all__ = ["AtomicCheckpointer", "CheckpointReadError", "load_model_weights"]
@@ -62,14 +68,25 @@ class AtomicCheckpointer(DetectionCheckpointer):
             ``checkpoint_fit.describe_writer``), and must fit at least in part when it is a
             converted backbone or a model-zoo file.
         some (bool): False lets a file without ovseg's record fit nothing.
+        cfg (CfgNode): the run's config: saves record it; loads read
+            MODEL.CLIP.ALLOW_TEACHER_MISMATCH from it and, when evaluating or resuming, warn
+            about MODEL settings that differ from the checkpoint's (:mod:`.checkpoint_record`).
     """
 
     def __init__(
-        self, model, save_dir: str = "", *, complete: bool = False, some: bool = True, **kwargs
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        complete: bool = False,
+        some: bool = True,
+        cfg=None,
+        **kwargs,
     ):
         super().__init__(model, save_dir, **kwargs)
         self.complete = complete
         self.some = some
+        self.cfg = cfg
         self.save_rng = False  # the Trainer turns it on
         # (iteration, every rank's RNG states) gathered by the Trainer's hook in every process
         # just before a due save: the main process alone cannot gather them at save time
@@ -87,7 +104,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         gathered = self.gathered_rng
         if rng is not None and gathered is not None and gathered[0] == kwargs.get("iteration"):
             rng = gathered[1]
-        data = {"model": self.model.state_dict(), META_KEY: checkpoint_meta(self.model)}
+        meta = checkpoint_meta(self.model, self.cfg)
+        data = {"model": self.model.state_dict(), META_KEY: meta}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         if rng is not None:
@@ -181,6 +199,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         _refuse_non_weights(checkpoint.get("model", {}), str(self._path))
         recorded = recorded_architecture(checkpoint)
         writer, whole = describe_writer(checkpoint)
+        path = str(self._path)
         if checkpoint.pop("matching_heuristics", False):
             # an ImageNet .pkl: matched by name suffix here, not in detectron2's _load_model,
             # so the weights that fit are counted (the missing keys cannot count them: a
@@ -192,19 +211,29 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 c2_conversion=checkpoint.get("__author__") == "Caffe2",
             )
         names = {_strip_module(k) for k in checkpoint.get("model", {})}
+        meta = checkpoint.get(META_KEY)
+        meta = meta if isinstance(meta, dict) else {}
         incompatible = super()._load_model(checkpoint)
         loaded = len(names & set(self.model.state_dict())) - len(incompatible.incorrect_shapes)
+        complete = self.complete or self._resuming or whole
+        changed = changed_settings(meta.get("config"), self.cfg, everything=True)
         check_fit(
             self.model,
             incompatible,
-            path=str(self._path),
+            path=path,
             recorded=recorded,
-            complete=self.complete or self._resuming or whole,
+            complete=complete,
             num_loaded=loaded,
             some=self.some,
             num_in_file=len(names),
             writer=writer,
+            hint=describe_changes(changed),
         )
+        if complete:
+            allow = self.cfg is not None and self.cfg.MODEL.CLIP.get("ALLOW_TEACHER_MISMATCH")
+            check_teacher(meta.get("clip_teacher"), self.model, path=path, allow=bool(allow))
+        if self.complete or self._resuming:
+            warn_changed_settings(meta.get("config"), self.cfg, path)
         return incompatible
 
 
@@ -231,7 +260,7 @@ def _refuse_non_weights(weights: Dict[str, Any], path: str) -> None:
 
 
 def load_model_weights(
-    model: torch.nn.Module, path: str, *, complete: bool = True, some: bool = True
+    model: torch.nn.Module, path: str, *, complete: bool = True, some: bool = True, cfg=None
 ) -> None:
     """Load ``path`` (``MODEL.WEIGHTS``) into ``model`` safely, refusing a misfit.
 
@@ -241,8 +270,10 @@ def load_model_weights(
         complete (bool): every weight must come from the file (inference); False for a file
             that initialises part of a model (a converted backbone).
         some (bool): False lets such a file fit nothing.
+        cfg (CfgNode): the config of ``model`` (see :class:`AtomicCheckpointer`).
     """
-    AtomicCheckpointer(model, complete=complete, some=some).load(path, checkpointables=[])
+    loader = AtomicCheckpointer(model, complete=complete, some=some, cfg=cfg)
+    loader.load(path, checkpointables=[])
 
 
 def _strip_module(key: str) -> str:

@@ -53,11 +53,20 @@ def architecture_of(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def checkpoint_meta(model: nn.Module) -> dict:
-    """What a saved checkpoint records about its writer (plain strings only)."""
+def checkpoint_meta(model: nn.Module, cfg: Any = None) -> dict:
+    """What a saved checkpoint records about its writer (plain types only): the
+    meta-architecture, ovseg's version, the CLIP teacher's identity and the run's config
+    (:mod:`.checkpoint_record`)."""
     from .. import __version__
+    from .checkpoint_record import teacher_record
 
-    return {"meta_architecture": architecture_of(model), "ovseg_version": __version__}
+    meta = {"meta_architecture": architecture_of(model), "ovseg_version": __version__}
+    teacher = teacher_record(model)
+    if teacher is not None:
+        meta["clip_teacher"] = teacher
+    if cfg is not None:
+        meta["config"] = cfg.dump()
+    return meta
 
 
 def recorded_architecture(checkpoint: Mapping[str, Any]) -> Optional[str]:
@@ -103,6 +112,7 @@ def check_fit(
     some: bool = True,
     num_in_file: int = 0,
     writer: str = "",
+    hint: str = "",
 ) -> None:
     """Raise :class:`CheckpointMismatchError` when the checkpoint at ``path`` misfits ``model``.
 
@@ -119,6 +129,7 @@ def check_fit(
             file may be another model's: a student's config relabelled as its teacher).
         num_in_file (int): how many weights the checkpoint holds.
         writer (str): what wrote the checkpoint (:func:`describe_writer`), for the message.
+        hint (str): how the checkpoint's training config differs, for the message.
     """
     arch = architecture_of(model)
     shapes = [k for k, *_ in incompatible.incorrect_shapes]
@@ -150,6 +161,8 @@ def check_fit(
                 "in the model (trained parts this config leaves out, which the model would "
                 "drop): " + _names(extra)
             )
+        if hint:
+            problems.append(f"its training config differs: {hint}")
         raise CheckpointMismatchError(_message(path, writer or _writer(recorded), arch, problems))
     if some and total and num_loaded == 0:
         raise CheckpointMismatchError(

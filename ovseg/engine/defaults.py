@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovseg_config
+from ..utils.io import atomic_write_text
 from .checks import check_config, check_meta_architecture, trained_unseen_warning
 from .extensions import import_extensions, requested_extensions, shipped_base
 
@@ -244,13 +244,69 @@ def setup(args: argparse.Namespace) -> CfgNode:
     if getattr(args, "resume", False):
         from .resume import check_resume_target
 
-        check_resume_target(cfg)  # before default_setup overwrites OUTPUT_DIR/config.yaml
-    default_setup(cfg, args)
+        check_resume_target(cfg)  # before OUTPUT_DIR/config.yaml is written again
+    setup_run_folder(cfg, args)
     logger = setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovseg")
     warning = "" if getattr(args, "eval_only", False) else trained_unseen_warning(cfg)
     if warning:
         logger.warning(warning)
     return cfg
+
+
+# MODEL keys naming weight files a run's config.yaml records absolute when they were given
+# relative: such a path resolves from the working directory first (repo_file), where another
+# file of that name may be
+_SAVED_ABSOLUTE = (("CLIP", "PRETRAINED"), ("WEIGHTS",), ("XPM", "TEACHER_WEIGHTS"))
+
+
+def saved_config(cfg: CfgNode) -> str:
+    """The text of a run's config.yaml: ``cfg`` with the weight files it names relative
+    (:data:`_SAVED_ABSOLUTE`) made absolute where they exist, so the file names the weights
+    this run read, from any working directory."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    for keys in _SAVED_ABSOLUTE:
+        node = cfg.MODEL
+        for key in keys[:-1]:
+            node = node.get(key) if node is not None else None
+        value = node.get(keys[-1]) if node is not None else None
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            path = os.path.expanduser(value)
+            if os.path.isfile(path):
+                node[keys[-1]] = os.path.abspath(path)
+    return cfg.dump()
+
+
+def setup_run_folder(cfg: CfgNode, args: argparse.Namespace, config_name: str = "config.yaml"):
+    """detectron2's ``default_setup``: loggers, environment and arguments logged, the config
+    saved (:func:`saved_config`, written atomically as ``OUTPUT_DIR/<config_name>``), the
+    seed of each process, cudnn's benchmark when training."""
+    from detectron2.engine.defaults import _highlight
+    from detectron2.utils import comm
+    from detectron2.utils.collect_env import collect_env_info
+    from detectron2.utils.env import seed_all_rng
+
+    out, rank = cfg.OUTPUT_DIR, comm.get_rank()
+    if comm.is_main_process() and out:
+        os.makedirs(out, exist_ok=True)
+    setup_logger(out, distributed_rank=rank, name="fvcore")
+    log = setup_logger(out, distributed_rank=rank)
+    log.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
+    log.info("Environment info:\n" + collect_env_info())
+    log.info(f"Command line arguments: {args}")
+    if getattr(args, "config_file", ""):
+        with open(args.config_file, encoding="utf-8") as f:
+            text = _highlight(f.read(), args.config_file)
+        log.info(f"Contents of args.config_file={args.config_file}:\n{text}")
+    if comm.is_main_process() and out:
+        text = saved_config(cfg)
+        log.info("Running with full config:\n" + _highlight(text, ".yaml"))
+        path = os.path.join(out, config_name)
+        atomic_write_text(path, text)
+        log.info(f"Full config saved to {path}")
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
 def _rank() -> int:

@@ -117,7 +117,7 @@ def build_proposer(cfg: CfgNode) -> nn.Module:
             "checkpoint, the model_final.pth of a run of its config"
         )
     if weights:
-        load_model_weights(model, weights)
+        load_model_weights(model, weights, cfg=teacher_cfg)
     else:
         logger.warning(
             "No MODEL.XPM.TEACHER_WEIGHTS: the proposals come from an untrained teacher; "

@@ -179,7 +179,7 @@ def build_labeller(cfg: CfgNode, dataset: str = "", scores: str = "auto") -> Lab
         # a student's config relabelled MODEL.META_ARCHITECTURE MaskCLIP keeps the student's
         # converted backbone in MODEL.WEIGHTS, which fits none of the weightless teacher; a
         # checkpoint an ovseg run wrote must still fit whole
-        load_model_weights(model, cfg.MODEL.WEIGHTS, complete=False, some=False)
+        load_model_weights(model, cfg.MODEL.WEIGHTS, complete=False, some=False, cfg=cfg)
     model.eval()
     kind = score_kind_of(model, scores)
     return Labeller(model, mapper, dataset, dataset_dicts, list(vocabulary), kind)

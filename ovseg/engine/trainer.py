@@ -119,7 +119,7 @@ class Trainer(DefaultTrainer):
         # run trains on exactly the batches the interrupted one would have
         self._data_position = DataPosition(data_loader)
         self.checkpointer = AtomicCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), data=self._data_position
+            model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self), data=self._data_position
         )
         self.checkpointer.save_rng = True
         self.start_iter = 0

@@ -56,7 +56,7 @@ def _evaluate(config: str, weights: str, vocabulary: List[str], merge: str, opts
                                "TEST.SAVE_CONFUSION_MATRIX", "False"])  # fmt: skip
     model = Trainer.build_model(cfg)
     if weights:
-        load_model_weights(model, weights)  # evaluated: every weight must come from it
+        load_model_weights(model, weights, cfg=cfg)  # evaluated: every weight must come from it
     return Trainer.test(cfg, model)["sem_seg"]
 
 

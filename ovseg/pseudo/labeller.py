@@ -37,6 +37,11 @@ def _plain(node: Any) -> Any:
     return node
 
 
+# MODEL.CLIP keys that do not change labels: where caches live, and whether a checkpoint of
+# another teacher may load (read at load time only)
+_NOT_LABELS = ("CACHE_DIR", "ALLOW_TEACHER_MISMATCH")
+
+
 # MODEL.MASKCLIP keys added after stores existed, with the behaviour those stores have
 _MASKCLIP_KEYS_ADDED_LATER = {
     "UPSAMPLE_LOGITS": False,
@@ -59,7 +64,7 @@ def labeller_settings(cfg) -> Dict[str, Any]:
         dict: JSON-able settings.
     """
     meta = cfg.MODEL.META_ARCHITECTURE
-    clip = {k: _plain(v) for k, v in cfg.MODEL.CLIP.items() if k != "CACHE_DIR"}
+    clip = {k: _plain(v) for k, v in cfg.MODEL.CLIP.items() if k not in _NOT_LABELS}
     method = cfg.MODEL.get(meta.upper(), None)
     settings = {
         "meta_architecture": meta,

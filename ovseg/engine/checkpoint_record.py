@@ -1,0 +1,206 @@
+"""What a checkpoint records about how it was trained, and the checks a load makes against it.
+
+A checkpoint holds no CLIP weights (the frozen teacher comes from ``MODEL.CLIP``) and no
+model settings, so evaluating it with another CLIP of the same shapes, or with another
+shape-free setting (``MODEL.ZEGCLIP.PATCH_STRIDE``), used to load "completely" and report
+other numbers without a word. Every save now records, in ``ovseg_meta``:
+
+- ``clip_teacher``: the teacher's identity (:func:`teacher_record`): its open_clip model
+  config and its weights by content (``sha256:`` of the checkpoint file, ``tag:`` for an
+  open_clip tag, ``random``), with ``CLIPTeacher.fingerprint`` and the file it was read
+  from for the message;
+- ``config``: the run's config (YAML), when the saver knows it (the Trainer).
+
+A load that must be whole refuses another teacher (:func:`check_teacher`;
+``MODEL.CLIP.ALLOW_TEACHER_MISMATCH True`` turns the error into a warning), and an
+evaluation or a resume warns in one line about MODEL settings that differ from the
+training config (:func:`changed_settings`), leaving out keys that are chosen at test time
+or only act in training (:data:`NOT_COMPARED`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NOT_COMPARED", "changed_settings", "check_teacher", "teacher_record"]
+
+# MODEL keys (less "MODEL.") a run may change after training without misusing its weights:
+# paths, devices and speed; what is chosen at test time (vocabularies, prompts, test-time
+# thresholds, calibration, FreeSeg's test tasks); what acts only in training (losses, their
+# weights, dropout, initialisation, freezing, pseudo-labels, self-training, sampling); the
+# teacher (compared by check_teacher) and the class count (the vocabulary's size)
+NOT_COMPARED = re.compile(
+    r"^(WEIGHTS|DEVICE|META_ARCHITECTURE|COMPILE.*|CHANNELS_LAST|LOAD_PROPOSALS|CLIP\..*"
+    r"|MASKCLIP\..*|OVSEG\.(ZERO_SHOT_SETTING|SYNONYM_MERGE|TEXT_EMBEDDINGS_FILE)"
+    r"|.*NUM_CLASSES|XPM\.(BERT_NAME|ROI_ALIGN_MATMUL_MAX_PIXELS|PROPOSE_TOPK)"
+    r"|ZEGCLIP\.CALIBRATION|.*CACHE.*|.*PRETRAINED|TORCHVISION_RESNET\.WEIGHTS"
+    r"|FREESEG\.PROMPT_CHECKPOINT)$"
+    r"|TEST|VOCABULARY|LOSS|_WEIGHT$|FOCAL|DICE|DROPOUT|INIT|FREEZE|NOISE|TRAIN|SELF_TRAINING"
+    r"|PSEUDO|TEACHER|THRESH|IGNORE|DEEP_SUPERVISION|AUX|APPEND_GT|BATCH|FRACTION|IOU_|BBOX_REG"
+    r"|SMOOTH_L1|ANNOTATION_FREE|SAMPLE|CAPTION|QUIRK|POLYGONS|REGION_EMBEDDING|DISTILL"
+    r"|TARGETS|KEYPOINT"
+)
+# batch norms that compute alike in evaluation (running statistics): "SyncBN" in training,
+# "BN" in a one-process evaluation is no change
+_BATCH_NORMS = {"BN", "SyncBN", "FrozenBN", "naiveSyncBN", "nnSyncBN"}
+_SHOWN = 6
+
+
+def teacher_record(model: nn.Module) -> Optional[Dict[str, str]]:
+    """The identity of ``model``'s frozen CLIP teacher (None when it has none)."""
+    from ..pseudo.labeller import find_teacher, teacher_weights_id
+
+    teacher = find_teacher(model)
+    if teacher is None:
+        return None
+    import open_clip
+
+    pretrained = os.path.expanduser(teacher.pretrained)
+    source = os.path.abspath(pretrained) if os.path.isfile(pretrained) else pretrained
+    config = open_clip.get_model_config(teacher.name) if teacher.name else None
+    blob = json.dumps(config if config is not None else teacher.name, sort_keys=True)
+    return {
+        "model": teacher.name,
+        "config_sha256": hashlib.sha256(blob.encode()).hexdigest(),
+        "weights": teacher_weights_id(teacher.pretrained),
+        "source": source or "random initialisation",
+        "fingerprint": teacher.fingerprint,
+    }
+
+
+def check_teacher(
+    recorded: Any, model: nn.Module, *, path: str, allow: bool = False
+) -> Optional[str]:
+    """Refuse a checkpoint trained with another CLIP teacher than ``model``'s.
+
+    Args:
+        recorded: the checkpoint's ``ovseg_meta["clip_teacher"]`` (None: not recorded, no
+            check: checkpoints of an older ovseg, converted ones).
+        model: the model loaded into.
+        path (str): the checkpoint, for the message.
+        allow (bool): MODEL.CLIP.ALLOW_TEACHER_MISMATCH: warn instead.
+
+    Returns:
+        str or None: the warning logged when ``allow``.
+
+    Raises:
+        CheckpointMismatchError: naming both teachers and the way to override.
+    """
+    from .checkpoint_fit import CheckpointMismatchError
+
+    ours = teacher_record(model) if isinstance(recorded, Mapping) else None
+    if ours is None:
+        return None
+    other_model = recorded.get("config_sha256") != ours["config_sha256"]
+    weights = recorded.get("weights"), ours["weights"]
+    other_weights = "random" not in weights and weights[0] != weights[1]
+    if not (other_model or other_weights):
+        return None
+    what = "another CLIP model" if other_model else "other CLIP weights of the same model"
+    message = (
+        f"{path} was trained with CLIP {_teacher(recorded)}, and this config's teacher is "
+        f"{_teacher(ours)}: {what}, whose embeddings the checkpoint's weights were not "
+        "trained on"
+    )
+    if allow:
+        logger.warning(f"{message} (MODEL.CLIP.ALLOW_TEACHER_MISMATCH True: evaluating anyway)")
+        return message
+    raise CheckpointMismatchError(
+        f"{message}. Set MODEL.CLIP.MODEL_NAME and MODEL.CLIP.PRETRAINED to the training run's "
+        "(its config.yaml), or MODEL.CLIP.ALLOW_TEACHER_MISMATCH True to use this CLIP anyway"
+    )
+
+
+def _teacher(record: Mapping[str, Any]) -> str:
+    weights = str(record.get("weights", "?"))
+    if weights.startswith("sha256:"):
+        weights = weights[: len("sha256:") + 12] + "..."
+    return f"{record.get('model', '?')} ({record.get('source', '?')}, {weights})"
+
+
+def changed_settings(recorded: Any, cfg: Any, *, everything: bool = False) -> List[tuple]:
+    """MODEL keys whose value in ``cfg`` differs from the checkpoint's training config.
+
+    Args:
+        recorded: the checkpoint's ``ovseg_meta["config"]`` (YAML text; None: no record).
+        cfg (CfgNode): the config loading it.
+        everything (bool): every differing key, also those :data:`NOT_COMPARED` leaves out
+            (the hint of a refused misfit), but the weights and device.
+
+    Returns:
+        list[tuple]: (key, value in training, value now), sorted by key.
+    """
+    if not isinstance(recorded, str) or cfg is None:
+        return []
+    try:
+        trained = yaml.safe_load(recorded)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(trained, dict) or not isinstance(trained.get("MODEL"), dict):
+        return []
+    theirs, ours = _flat(trained["MODEL"]), _flat(cfg.MODEL)
+    changed = []
+    for key in sorted(set(theirs) & set(ours)):
+        skip = key in ("WEIGHTS", "DEVICE") if everything else NOT_COMPARED.search(key)
+        if not skip and not _same(key, theirs[key], ours[key]):
+            changed.append((f"MODEL.{key}", theirs[key], ours[key]))
+    return changed
+
+
+def describe_changes(changed: List[tuple]) -> str:
+    """``MODEL.A X in training, Y here; ...`` of :func:`changed_settings`' rows."""
+    shown = [f"{key} {old!r} in training, {new!r} here" for key, old, new in changed[:_SHOWN]]
+    more = f"; ... and {len(changed) - _SHOWN} more" if len(changed) > _SHOWN else ""
+    return "; ".join(shown) + more
+
+
+def warn_changed_settings(recorded: Any, cfg: Any, path: str) -> Optional[str]:
+    """Log one warning line naming the MODEL settings that differ from the training config
+    (:func:`changed_settings`); return it (None when none differ)."""
+    changed = changed_settings(recorded, cfg)
+    if not changed:
+        return None
+    message = (
+        f"{path} was trained with other MODEL settings, which change its outputs with the "
+        f"same weights: {describe_changes(changed)}. Evaluate with the run's config.yaml "
+        "unless the change is meant"
+    )
+    logger.warning(message)
+    return message
+
+
+def _flat(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if (
+        key.endswith("NORM")
+        and isinstance(a, str)
+        and isinstance(b, str)
+        and {a, b} <= _BATCH_NORMS
+    ):
+        return True
+    return _plain(a) == _plain(b)

@@ -1,0 +1,165 @@
+"""A checkpoint records its CLIP teacher and its training config. Evaluating it with another
+CLIP of the same shapes (another file or tag of one open_clip model) used to load as complete
+and report other numbers without a word; it is refused now, naming both teachers and the
+override. MODEL settings that change outputs without changing shapes are named in a warning;
+a run's config.yaml names its CLIP file absolute, and the log names the file read."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+from ovseg_testing import (
+    CONFIGS,
+    TINY_VIT,
+    random_clip_model,
+    tiny_maskclip_plus_cfg,
+    tiny_zegclip_cfg,
+)
+from ovseg_testing.logs import records
+
+from detectron2.engine import default_argument_parser
+from detectron2.modeling import build_model
+
+from ovseg.engine import AtomicCheckpointer, setup
+from ovseg.engine.checkpoint import load_model_weights
+from ovseg.engine.checkpoint_fit import CheckpointMismatchError
+from ovseg.modeling.meta_arch.maskclip_plus import MaskCLIPPlus
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RECORD = "ovseg.engine.checkpoint_record"
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory):
+    """Two open_clip checkpoints of the tiny CLIP ViT: other weights, the same shapes."""
+    folder = tmp_path_factory.mktemp("clips")
+    paths = []
+    for seed in (0, 1):
+        model, _, _ = random_clip_model(TINY_VIT, seed=seed)
+        paths.append(folder / f"clip_{seed}.pt")
+        torch.save(model.state_dict(), paths[-1])
+    return paths
+
+
+def _cfg(cache, clip="", **zegclip):
+    cfg = tiny_zegclip_cfg(cache, **zegclip)
+    cfg.MODEL.CLIP.PRETRAINED = str(clip)
+    return cfg
+
+
+def _trained(cfg, folder) -> str:
+    torch.manual_seed(0)
+    AtomicCheckpointer(build_model(cfg), str(folder), cfg=cfg).save("model_final")
+    return str(folder / "model_final.pth")
+
+
+def test_a_checkpoint_records_its_teacher_and_config(clip_files, tmp_path):
+    cfg = _cfg(tmp_path / "cache", clip_files[0])
+    meta = torch.load(_trained(cfg, tmp_path), weights_only=True)["ovseg_meta"]
+    teacher = meta["clip_teacher"]
+    assert teacher["source"] == str(clip_files[0]) and teacher["weights"].startswith("sha256:")
+    assert teacher["model"] == "tiny_vit" and len(teacher["fingerprint"]) == 64
+    assert "PATCH_STRIDE" in meta["config"]
+
+
+def test_another_clip_of_the_same_shapes_is_refused(clip_files, tmp_path):
+    path = _trained(_cfg(tmp_path / "cache", clip_files[0]), tmp_path)
+    other = _cfg(tmp_path / "cache", clip_files[1])
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model_weights(build_model(other), path, cfg=other)
+    message = str(err.value)
+    assert str(clip_files[0]) in message and str(clip_files[1]) in message, message
+    assert "other CLIP weights of the same model" in message, message
+    assert "MODEL.CLIP.ALLOW_TEACHER_MISMATCH True" in message and "\n" not in message
+    # a training start from the checkpoint too (it is the whole model of its run)
+    with pytest.raises(CheckpointMismatchError, match="other CLIP weights"):
+        AtomicCheckpointer(build_model(other), str(tmp_path / "run"), cfg=other).resume_or_load(
+            path, resume=False
+        )
+    # the override: a warning naming both
+    other.MODEL.CLIP.ALLOW_TEACHER_MISMATCH = True
+    with records(RECORD) as got:
+        load_model_weights(build_model(other), path, cfg=other)
+    assert any(str(clip_files[1]) in r.getMessage() for r in got), got
+
+
+def test_the_same_clip_elsewhere_or_another_model_config(clip_files, tmp_path):
+    path = _trained(_cfg(tmp_path / "cache", clip_files[0]), tmp_path)
+    moved = tmp_path / "moved" / "renamed.pt"  # the same weights at another path: its content
+    moved.parent.mkdir()
+    shutil.copy(clip_files[0], moved)
+    same = _cfg(tmp_path / "cache", moved)
+    load_model_weights(build_model(same), path, cfg=same)
+    # a random CLIP cannot be rebuilt in another process: only its model is compared
+    random = _cfg(tmp_path / "cache")
+    path = _trained(random, tmp_path / "random")
+    load_model_weights(build_model(random), path, cfg=random)
+
+
+def test_other_model_settings_are_named_in_one_warning(clip_files, tmp_path):
+    path = _trained(_cfg(tmp_path / "cache", clip_files[0]), tmp_path)
+    strided = _cfg(tmp_path / "cache", clip_files[0], patch_stride=8)
+    with records(RECORD) as got:
+        load_model_weights(build_model(strided), path, cfg=strided)
+    [warning] = [r.getMessage() for r in got if "MODEL settings" in r.getMessage()]
+    assert "MODEL.ZEGCLIP.PATCH_STRIDE 0 in training, 8 here" in warning, warning
+    # what is chosen at test time is no change: vocabulary, prompts, calibration, device
+    tested = _cfg(tmp_path / "cache", clip_files[0])
+    tested.MODEL.OVSEG.TEST_VOCABULARY = "cat,dog"
+    tested.MODEL.CLIP.TEMPLATES = "imagenet80"
+    tested.MODEL.ZEGCLIP.CALIBRATION = 0.5
+    tested.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
+    with records(RECORD) as got:
+        load_model_weights(build_model(tested), path, cfg=tested)
+    assert not got, [r.getMessage() for r in got]
+
+
+def test_a_misfit_names_the_settings_that_differ(tmp_path):
+    width = ("MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32")
+    trained = tiny_maskclip_plus_cfg(tmp_path / "cache", *width)
+    trained.MODEL.SEM_SEG_HEAD.OUTPUT_PROJECTION = True
+    torch.manual_seed(0)
+    model = MaskCLIPPlus(trained, unseen=())
+    AtomicCheckpointer(model, str(tmp_path), cfg=trained).save("model_final")
+    plain = tiny_maskclip_plus_cfg(tmp_path / "cache", *width)
+    plain.MODEL.SEM_SEG_HEAD.OUTPUT_PROJECTION = False
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model_weights(MaskCLIPPlus(plain, unseen=()), str(tmp_path / "model_final.pth"))
+    assert "head.predictor.bias" in str(err.value)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model_weights(
+            MaskCLIPPlus(plain, unseen=()), str(tmp_path / "model_final.pth"), cfg=plain
+        )
+    message = str(err.value)
+    assert (
+        "its training config differs: MODEL.SEM_SEG_HEAD.OUTPUT_PROJECTION True in training, "
+        "False here"
+    ) in message, message
+
+
+def test_a_runs_config_names_its_clip_file_absolute(tmp_path, monkeypatch):
+    # a relative PRETRAINED resolves from the working directory first: the run's config.yaml
+    # used from another folder took another file of that name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(CONFIGS.parent / "checkpoints/toy_clip_vit.pt", tmp_path / "checkpoints")
+    out = tmp_path / "run"
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(CONFIGS / "toy/zegclip_toyvit_inductive_1200_bs16.yaml"),
+         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    )  # fmt: skip
+    cfg = setup(args)
+    assert cfg.MODEL.CLIP.PRETRAINED == "checkpoints/toy_clip_vit.pt"
+    saved = (out / "config.yaml").read_text()
+    assert f"PRETRAINED: {tmp_path / 'checkpoints/toy_clip_vit.pt'}" in saved, saved
+    # and the log names the file a teacher is built from
+    from ovseg.clip import build_clip_teacher
+
+    with records("ovseg.clip.build", logging.INFO) as got:
+        build_clip_teacher(cfg, device="cpu")
+    text = "\n".join(r.getMessage() for r in got)
+    assert f"weights {tmp_path / 'checkpoints/toy_clip_vit.pt'}" in text, text
