@@ -94,6 +94,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self._path: Optional[str] = None
         self._resuming = False
 
+    @property
+    def loaded_path(self) -> Optional[str]:
+        """The file the last load read (an earlier one when the latest was unreadable)."""
+        return self._path
+
     # ------------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:

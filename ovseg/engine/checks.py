@@ -229,7 +229,8 @@ def check_run_target(
     cfg: CfgNode, eval_only: bool = False, resume: bool = False, weights_given: bool = False
 ) -> None:
     """Refuse a run that would write where it cannot, overwrite a run, or score a random
-    initialisation by mistake (train_net.py's check before launch).
+    initialisation by mistake (train_net.py's check before launch); warn when --eval-only
+    --resume ignores a MODEL.WEIGHTS given on the command line.
 
     Args:
         weights_given: MODEL.WEIGHTS was set on the command line (``MODEL.WEIGHTS ""``
@@ -240,8 +241,11 @@ def check_run_target(
         FileExistsError: training without --resume into an OUTPUT_DIR that holds a run.
         ValueError: --eval-only of a trainable model with no weights.
     """
+    from .defaults import EVAL_CONFIG
+
     out = cfg.OUTPUT_DIR
-    check_output_file(os.path.join(out, "config.yaml"), "folder", "OUTPUT_DIR")
+    saved = EVAL_CONFIG if eval_only else "config.yaml"  # the config file setup() writes
+    check_output_file(os.path.join(out, saved), "folder", "OUTPUT_DIR")
     last = os.path.join(out, "last_checkpoint")
     if not eval_only and not resume and os.path.isfile(last):
         with open(last, encoding="utf-8") as f:
@@ -259,6 +263,15 @@ def check_run_target(
             out,
             cfg.MODEL.WEIGHTS or "none",
         )
+    if eval_only and resumes and weights_given:  # detectron2 loads the last checkpoint
+        with open(last, encoding="utf-8") as f:
+            latest = os.path.join(out, f.read().strip())
+        logger.warning(
+            "--eval-only --resume evaluates OUTPUT_DIR's last checkpoint %s: MODEL.WEIGHTS %s "
+            "is ignored. Leave out --resume to evaluate MODEL.WEIGHTS",
+            latest,
+            cfg.MODEL.WEIGHTS or '""',
+        )
     if eval_only and not cfg.MODEL.WEIGHTS and not resumes and not weights_given:
         if arch not in TRAINING_FREE:
             raise ValueError(
@@ -275,16 +288,16 @@ def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False)
     local MODEL.WEIGHTS (unless ``resume`` finds OUTPUT_DIR/last_checkpoint); when training,
     a training-free model, a pseudo-label store not made yet, and the labels of custom
     splits (read now, not in the launched run or after training); with ``resume``, an
-    OUTPUT_DIR whose run was another meta-architecture
-    (:func:`~ovseg.engine.resume.check_resume_target`).
+    OUTPUT_DIR whose run was another meta-architecture, or (training) whose checkpoint holds
+    another SOLVER.OPTIMIZER's state (:func:`~ovseg.engine.resume.check_resume_target`).
 
     Raises:
         FileNotFoundError: naming the key, the dataset or file and what to do.
         ValueError: a training-free model to train, a custom label out of its vocabulary,
-            or a resume into another meta-architecture's run.
+            or a resume into another meta-architecture's run or optimizer's state.
     """
     if resume:
-        check_resume_target(cfg)
+        check_resume_target(cfg, training=not eval_only)
     arch = cfg.MODEL.META_ARCHITECTURE
     if not eval_only and arch in TRAINING_FREE:
         raise ValueError(

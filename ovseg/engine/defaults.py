@@ -234,20 +234,29 @@ def _custom_as_list(opts: list[str]) -> list[str]:
     return opts
 
 
+# the config an --eval-only run saves in OUTPUT_DIR (a training run's is config.yaml)
+EVAL_CONFIG = "config_eval.yaml"
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
-    """Build the frozen config of a run and set up logging and the output folder."""
+    """Build the frozen config of a run and set up logging and the output folder (the
+    config saved as OUTPUT_DIR/config.yaml, or :data:`EVAL_CONFIG` with --eval-only)."""
     # detectron2's default_setup reads the file again: the name load_config resolved
     args.config_file = repo_file(args.config_file) if args.config_file else args.config_file
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg)  # bad dataset names and solver values stop here, before any output
     cfg.freeze()
+    eval_only = getattr(args, "eval_only", False)
     if getattr(args, "resume", False):
         from .resume import check_resume_target
 
-        check_resume_target(cfg)  # before OUTPUT_DIR/config.yaml is written again
-    setup_run_folder(cfg, args)
+        # before OUTPUT_DIR/config.yaml is written again
+        check_resume_target(cfg, training=not eval_only)
+    # an evaluation writes its own config beside a training run's, whose config.yaml is the
+    # only record of how that run was trained (OUTPUT_DIR is often the run's folder)
+    setup_run_folder(cfg, args, EVAL_CONFIG if eval_only else "config.yaml")
     logger = setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovseg")
-    warning = "" if getattr(args, "eval_only", False) else trained_unseen_warning(cfg)
+    warning = "" if eval_only else trained_unseen_warning(cfg)
     if warning:
         logger.warning(warning)
     return cfg

@@ -5,8 +5,10 @@ have: checkpoints hold the python/numpy/torch RNG states of the process that sav
 the data stream's seed (:class:`DataPosition`), and the loader restarts at the resumed
 iteration
 (``ovseg.data.resumable_loader``). Before anything is written, a resumed run refuses an
-``OUTPUT_DIR`` that another meta-architecture's run wrote, and a training run removes the
-temporary files an interrupted checkpoint save left behind.
+``OUTPUT_DIR`` that another meta-architecture's run wrote, or whose checkpoint holds another
+SOLVER.OPTIMIZER's state, and a training run removes the temporary files an interrupted
+checkpoint save left behind. A resume names the SOLVER values of its config that the saved
+optimizer and schedule override (:func:`resumed_solver_warning`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import logging
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import yaml
 
 from detectron2.config import CfgNode
 from detectron2.utils import comm
@@ -29,10 +32,15 @@ from ..utils.io import remove_temporaries
 __all__ = [
     "DataPosition",
     "check_resume_target",
+    "check_resumed_optimizer",
+    "optimizer_kind",
     "remove_stale_temporaries",
     "restore_training_position",
+    "resumed_solver_warning",
     "rng_state",
+    "saved_optimizer",
     "set_rng_state",
+    "solver_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,24 +118,156 @@ def restore_training_position(trainer, extra: Dict[str, Any], data: DataPosition
         )
 
 
-def check_resume_target(cfg: CfgNode) -> None:
-    """Refuse to resume into an OUTPUT_DIR whose saved config has another meta-architecture.
+def check_resume_target(cfg: CfgNode, training: bool = True) -> None:
+    """Refuse to resume into an OUTPUT_DIR whose saved config has another meta-architecture,
+    or (``training``) whose latest checkpoint holds another SOLVER.OPTIMIZER's state (torch
+    failed at the first step: KeyError 'step' or 'momentum').
 
-    Called before ``default_setup`` writes ``config.yaml``, so a refused run writes nothing.
+    Called before the run's ``config.yaml`` is written again, so a refused run writes nothing.
     """
     saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    if not os.path.isfile(saved):
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
+            text = f.read()
+        match = re.search(r"^\s+META_ARCHITECTURE:\s*(\S+)\s*$", text, re.MULTILINE)
+        theirs = match.group(1).strip("'\"") if match else None
+        ours = cfg.MODEL.META_ARCHITECTURE
+        if theirs is not None and theirs != ours:
+            raise ValueError(
+                f"--resume into {cfg.OUTPUT_DIR}: its run was a {theirs} ({saved}), this "
+                f"config is a {ours}. Resume with that run's config, or pick another "
+                "OUTPUT_DIR; nothing was written."
+            )
+    if training:  # after the architecture: another model may well use another optimizer
+        check_resumed_optimizer(cfg)
+
+
+def check_resumed_optimizer(cfg: CfgNode) -> None:
+    """Refuse a resume whose latest checkpoint holds another SOLVER.OPTIMIZER's state (read
+    without loading its tensors): torch failed at the first step (KeyError 'step' for SGD's
+    state in AdamW, 'momentum' for AdamW's in SGD)."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if not os.path.isfile(last):
         return
-    with open(saved, encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(r"^\s+META_ARCHITECTURE:\s*(\S+)\s*$", text, re.MULTILINE)
-    theirs, ours = (match.group(1).strip("'\"") if match else None), cfg.MODEL.META_ARCHITECTURE
-    if theirs is not None and theirs != ours:
-        raise ValueError(
-            f"--resume into {cfg.OUTPUT_DIR}: its run was a {theirs} ({saved}), this config "
-            f"is a {ours}. Resume with that run's config, or pick another OUTPUT_DIR; nothing "
-            "was written."
+    with open(last, encoding="utf-8") as f:
+        path = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+    try:  # the pickle only: tensors stay on disk
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable: the resume falls back to an earlier one, or says so
+        return
+    from .checkpoint_fit import CheckpointMismatchError
+
+    saved, ours = saved_optimizer(checkpoint), cfg.SOLVER.OPTIMIZER.upper()
+    if saved is not None and saved != ours:
+        raise CheckpointMismatchError(
+            f"--resume into {cfg.OUTPUT_DIR}: its checkpoint {os.path.basename(path)} holds "
+            f"the state of SOLVER.OPTIMIZER {saved}, and this config's is {ours}; one cannot "
+            f"continue the other's state. Resume with SOLVER.OPTIMIZER {saved}, or start a new "
+            f"run from its weights (MODEL.WEIGHTS {path}, another OUTPUT_DIR); nothing was "
+            "written."
         )
+
+
+def saved_optimizer(checkpoint: Dict[str, Any]) -> Optional[str]:
+    """The SOLVER.OPTIMIZER whose state ``checkpoint`` holds: its recorded config's, else
+    told from its hyper-parameters (None: no optimizer state, or not known)."""
+    meta = checkpoint.get("ovseg_meta")
+    config = meta.get("config") if isinstance(meta, dict) else None
+    name = (_recorded_config(config).get("SOLVER") or {}).get("OPTIMIZER")
+    if isinstance(name, str):
+        return name.upper()
+    try:
+        groups = checkpoint["trainer"]["_trainer"]["optimizer"]["param_groups"]
+    except (KeyError, TypeError):
+        return None
+    return optimizer_kind(groups[0]) if groups else None
+
+
+def _recorded_config(text: Any) -> Dict[str, Any]:
+    """A checkpoint's recorded config (``ovseg_meta["config"]``, YAML) as a dict ({}: none)."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def optimizer_kind(group: Dict[str, Any]) -> Optional[str]:
+    """SGD or ADAMW (ovseg's SOLVER.OPTIMIZER names), from a parameter group's keys."""
+    if "momentum" in group:
+        return "SGD"
+    return "ADAMW" if "betas" in group else None
+
+
+# SOLVER keys whose values the optimizer's parameter groups and the schedule's base learning
+# rates carry: a resumed run continues with the checkpoint's (the schedule's shape, MAX_ITER,
+# STEPS, warm-up, comes from the config)
+SOLVER_STATE_KEYS = (
+    "BASE_LR", "BACKBONE_MULTIPLIER", "LR_MULTIPLIER", "LR_MULTIPLIER_KEYS", "BIAS_LR_FACTOR",
+    "WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "WEIGHT_DECAY_EMBED", "WEIGHT_DECAY_BIAS",
+    "MOMENTUM", "NESTEROV",
+)  # fmt: skip
+_GROUP_KEYS = ("weight_decay", "momentum", "nesterov")
+
+
+def solver_state(optimizer, scheduler) -> Dict[str, Any]:
+    """What of SOLVER the optimizer and schedule hold: the schedule's base learning rates and
+    each parameter group's weight decay (and momentum)."""
+    return {
+        "base_lrs": [float(lr) for lr in getattr(scheduler, "base_lrs", [])],
+        "groups": [{k: g[k] for k in _GROUP_KEYS if k in g} for g in optimizer.param_groups],
+    }
+
+
+def resumed_solver_warning(
+    cfg: CfgNode, fresh: Dict[str, Any], used: Dict[str, Any], meta: Any, path: str
+) -> Tuple[str, Dict[str, Any]]:
+    """After a resume: a warning ("" if none) naming the SOLVER values that the checkpoint's
+    optimizer and schedule state override, with the values in use.
+
+    Args:
+        cfg (CfgNode): the resumed run's config.
+        fresh: :func:`solver_state` of the config's optimizer and schedule, before loading.
+        used: :func:`solver_state` after loading the checkpoint.
+        meta: the checkpoint's ``ovseg_meta`` (its recorded config names what changed).
+        path (str): the checkpoint resumed from.
+
+    Returns:
+        tuple: the warning, and {SOLVER key: the value in effect} of the keys it names.
+    """
+    if used == fresh:
+        return "", {}
+    config = meta.get("config") if isinstance(meta, dict) else None
+    recorded = _recorded_config(config).get("SOLVER") or {}
+    kept = {
+        key: recorded[key]
+        for key in SOLVER_STATE_KEYS
+        if key in recorded and _plain(recorded[key]) != _plain(cfg.SOLVER.get(key))
+    }
+    named = "; ".join(
+        f"SOLVER.{key} {_plain(cfg.SOLVER.get(key))} here, {_plain(value)} in the run"
+        for key, value in kept.items()
+    )
+    decays = [g["weight_decay"] for g in used["groups"] if "weight_decay" in g]
+    warning = (
+        f"--resume continues the optimizer and learning-rate state of {path}, which overrides "
+        f"this config's {named or 'SOLVER values (BASE_LR, its multipliers, weight decays)'}. "
+        f"In use: base learning rates {_values(used['base_lrs'])}, weight decays "
+        f"{_values(decays)} (config.yaml records this config's values). To train with the new "
+        f"values, start a new run from the checkpoint: MODEL.WEIGHTS {path} with another "
+        "OUTPUT_DIR"
+    )
+    return warning, kept
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _values(values: List[float]) -> str:
+    return ", ".join(f"{v:g}" for v in sorted(set(values), reverse=True)) or "none"
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:

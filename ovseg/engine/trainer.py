@@ -28,14 +28,19 @@ from .checkpoint import AtomicCheckpointer
 from .metric_hooks import keep_evaluations_across_kills
 from .resume import (
     DataPosition,
+    check_resumed_optimizer,
     remove_stale_temporaries,
     restore_training_position,
+    resumed_solver_warning,
     rng_state,
     set_rng_state,
+    solver_state,
 )
 from .signal_watch import ZeroLossWatch
 from .speed import apply_speed_options
 from .train_loop import AMPTrainer, OvsegSimpleTrainer
+
+logger = logging.getLogger(__name__)
 
 
 def ddp_options(model) -> dict:
@@ -180,10 +185,16 @@ class Trainer(DefaultTrainer):
         return keep_evaluations_across_kills(hooks, self.cfg.OUTPUT_DIR)
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """As DefaultTrainer's; a resumed run also continues the data stream and RNG states."""
+        """As DefaultTrainer's; a resumed run also continues the data stream and RNG states,
+        refuses another optimizer's state and says what of the config it does not follow
+        (SOLVER values its saved optimizer and schedule override, a MAX_ITER already passed)."""
+        if resume and self.checkpointer.has_checkpoint():
+            check_resumed_optimizer(self.cfg)  # torch would fail at the first step
+        fresh = solver_state(self._trainer.optimizer, self.scheduler)
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1  # the checkpoint holds the finished iteration
+            self._say_what_resumes(fresh, extra)
             restore_training_position(self, extra, self._data_position)
             # with CHECKPOINT_PERIOD dividing MAX_ITER the last iteration is saved twice,
             # model_<MAX_ITER - 1> then model_final; a run killed between the two resumes
@@ -196,6 +207,25 @@ class Trainer(DefaultTrainer):
                 if states is not None:
                     self.checkpointer.gathered_rng = (self.iter, states)
                 self.checkpointer.save("model_final", iteration=self.iter)  # the main process
+
+    def _say_what_resumes(self, fresh: dict, extra: dict) -> None:
+        path = self.checkpointer.loaded_path
+        used = solver_state(self._trainer.optimizer, self.scheduler)
+        meta = extra.get("ovseg_meta")
+        warning, kept = resumed_solver_warning(self.cfg, fresh, used, meta, path)
+        if warning:
+            logger.warning(warning)
+        if kept:  # this run's checkpoints record the values in effect, not the overridden
+            record = self.cfg.clone()
+            record.defrost()
+            record.SOLVER.update(kept)
+            self.checkpointer.cfg = record
+        if self.start_iter > self.max_iter:
+            logger.warning(
+                f"--resume: {path} is at iteration {self.start_iter}, and SOLVER.MAX_ITER "
+                f"{self.max_iter} is below it: nothing is trained (the checkpoint's model is "
+                "evaluated). Raise SOLVER.MAX_ITER to train on, or evaluate it with --eval-only"
+            )
 
     def after_train(self) -> None:
         # detectron2's DefaultTrainer runs its hooks' after_train, never its step's: the
