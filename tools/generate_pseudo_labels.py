@@ -19,17 +19,23 @@ processes connected through gloo. The job itself is ``ovseg.engine.pseudo_labell
 import sys
 
 from ovseg.compat import launch
-from ovseg.engine.pseudo_labelling import check_arguments, main, parse_args
+from ovseg.engine.pseudo_labelling import check_arguments, parse_args
+from ovseg.engine.pseudo_labelling import main as label
 from ovseg.utils.cli import run_reporting_errors
 
 
 def run(args) -> None:
     check_arguments(args)  # before any process starts: a child's error ends in a traceback
     where = dict(num_machines=args.num_machines, machine_rank=args.machine_rank)
-    launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,), **where)
+    launch(label, args.num_gpus, dist_url=args.dist_url, args=(args,), **where)
+
+
+def main(argv=None) -> int:
+    """The command: its exit status (2 with one error line for a user's mistake)."""
+    args = parse_args(argv)
+    print("Command Line Args:", args)
+    return run_reporting_errors("generate_pseudo_labels.py", lambda: run(args))
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    print("Command Line Args:", args)
-    sys.exit(run_reporting_errors("generate_pseudo_labels.py", lambda: run(args)))
+    sys.exit(main())

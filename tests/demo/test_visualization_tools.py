@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from ovseg_testing import ROOT, make_store, subprocess_env
+from ovseg_testing import ROOT, make_store, run_main, subprocess_env
 from PIL import Image
 
 from detectron2.data import MetadataCatalog
@@ -22,26 +22,33 @@ from ovseg.utils.visualization import draw_semantic, vocabulary_metadata
 
 
 def _command(tool: str):
-    """``main(argv)`` of tools/<tool>.py, run as a command: its exit status, its stderr echoed
-    here (for capsys). It reads ADE20K where this process registered it last (the fixtures
-    register a temporary copy)."""
+    """``tools/<tool>.py`` run as a command: its exit status, its stderr echoed here (for
+    capsys). It reads ADE20K where this process registered it last (the fixtures register a
+    temporary copy). One test per tool runs it so; the others call ``main`` in this process."""
 
-    def main(argv) -> int:
+    def command(argv) -> int:
         ade = Path(MetadataCatalog.get("ade20k_sem_seg_val").image_root).parents[2]
         run = dict(cwd=ROOT, env=subprocess_env(ade), capture_output=True, text=True, timeout=300)
         proc = subprocess.run([sys.executable, f"tools/{tool}.py", *argv], **run)
         sys.stderr.write(proc.stderr)
         return proc.returncode
 
-    return main
+    return command
 
 
-# each tool: the package module behind it, and the tool itself run as a command (``main``)
-plot_metrics = SimpleNamespace(**vars(training_curves), main=_command("plot_metrics"))
-visualize_dataset = SimpleNamespace(**vars(dataset_views), main=_command("visualize_dataset"))
-visualize_pseudo_labels = SimpleNamespace(
-    **vars(dataset_views), main=_command("visualize_pseudo_labels")
-)
+def _tool(tool: str, module) -> SimpleNamespace:
+    """The package module behind a tool, its ``main(argv)`` imported into this process
+    (``run_main``: stderr and exit status as the command's) and the tool as a command."""
+
+    def main(argv) -> int:
+        return run_main(f"tools/{tool}.py", argv)
+
+    return SimpleNamespace(**vars(module), main=main, command=_command(tool))
+
+
+plot_metrics = _tool("plot_metrics", training_curves)
+visualize_dataset = _tool("visualize_dataset", dataset_views)
+visualize_pseudo_labels = _tool("visualize_pseudo_labels", dataset_views)
 
 VAL0 = "ADE_val_00000000"
 GRASS = 9  # an unseen class of ade150
@@ -127,7 +134,7 @@ def test_several_test_datasets_get_one_panel_each():
 
 
 def test_plot_metrics_errors(tmp_path, capsys):
-    assert plot_metrics.main([str(tmp_path)]) == 2
+    assert plot_metrics.command([str(tmp_path)]) == 2
     assert "metrics.json does not exist" in capsys.readouterr().err
     (tmp_path / "metrics.json").write_text('{"iteration": 0, "time": 0.1}\n')
     assert plot_metrics.main([str(tmp_path)]) == 2
@@ -197,7 +204,7 @@ def _val0(root, kind, ext):
 def test_visualize_dataset_marks_unseen_classes(ade_with_unseen, tmp_path):
     out = tmp_path / "vis"
     argv = ["--dataset", "ade20k_sem_seg_val", "--output", str(out), "--num", "5"]
-    assert visualize_dataset.main(argv) == 0
+    assert visualize_dataset.command(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"{VAL0}.png", "ADE_val_00000001.png"]
     assert Image.open(out / f"{VAL0}.png").size == (320, 320)  # 64 px enlarged 5x
     info = visualize_dataset.dataset_metadata("ade20k_sem_seg_val")
@@ -265,7 +272,7 @@ def test_visualize_pseudo_labels_writes_one_picture_per_stored_image(
 ):
     store = _store(tmp_path, ade_with_unseen[0])
     out = tmp_path / "vis"
-    assert visualize_pseudo_labels.main(["--store", store.root, "--output", str(out)]) == 0
+    assert visualize_pseudo_labels.command(["--store", store.root, "--output", str(out)]) == 0
     assert [p.name for p in out.iterdir()] == [f"{VAL0}.png"]
     # a panel height no picture can have: refused as the option, before any drawing
     argv = ["--store", store.root, "--output", str(tmp_path / "vis2"), "--panel-height", "-10"]

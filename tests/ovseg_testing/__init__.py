@@ -72,7 +72,7 @@ from ovseg_testing.models import (
 )
 from ovseg_testing.paths import CONFIGS, ROOT, TINY_RN, TINY_VIT
 from ovseg_testing.pseudo import NAMES5, FakeTeacher, make_store
-from ovseg_testing.scripts import run_script, subprocess_env
+from ovseg_testing.scripts import run_main, run_script, subprocess_env
 
 __all__ = [
     "ADE",
@@ -116,6 +116,7 @@ __all__ = [
     "registered_ade20k",
     "registered_fewshot",
     "registered_toy_world",
+    "run_main",
     "run_script",
     "subprocess_env",
     "tiny_clip_cfg",

@@ -40,3 +40,45 @@ def run_script(script: str, *args: str, datasets: Path | None = None, timeout: i
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{log[-5000:]}"
     return log
+
+
+def run_main(script: str, argv: list[str]) -> int:
+    """``main(argv)`` of a repository script imported into this process, as its
+    ``__main__`` block runs it: log records at INFO to stderr in the scripts' format (read
+    them with capsys), argparse's exits returned as the exit status.
+
+    For a script's error paths, which end before any work: a subprocess pays a fresh
+    ``import ovseg`` (seconds) per call. Keep at least one test per script that runs it as a
+    command (:func:`run_script` or ``subprocess``).
+
+    Args:
+        script (str): a path relative to the repository root, e.g. ``"tools/plot_metrics.py"``.
+    """
+    import logging
+
+    from ovseg_testing.demo import load_script
+
+    main = load_script(script).main
+    handler = logging.StreamHandler(sys.stderr)  # capsys's stderr, as set for this test
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # as in a fresh process: every record reaches the root logger, not the handlers (and
+    # their streams, perhaps another test's) that earlier tests' setup_logger calls left
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    loggers = [lg for lg in loggers if isinstance(lg, logging.Logger)]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [], True
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's errors and --help
+        status = e.code if isinstance(e.code, int) else 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+    return int(status or 0)

@@ -144,18 +144,16 @@ def test_a_student_config_relabelled_maskclip_labels_as_maskclip(ade20k_register
     assert relabelled.score_kind == plain.score_kind
 
 
-def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path):
+def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path, capsys):
     """A misspelt --dataset, a file as --output and an option after the overrides each stop
     with ``generate_pseudo_labels.py: error: ...`` (exit 2), before any output is written."""
     import subprocess
     import sys
 
-    from ovseg_testing import ROOT, registered_toy_world, subprocess_env
+    from ovseg_testing import ROOT, registered_toy_world, run_main, subprocess_env
 
-    with registered_toy_world(tmp_path / "data", num_train=1, num_val=1):
-        pass  # a toy world on disk for the subprocesses (they register it themselves)
     (tmp_path / "a_file").write_text("")
-    toy = ["--config-file", "configs/toy/maskclip.yaml", "--no-progress"]
+    toy = ["--config-file", str(ROOT / "configs/toy/maskclip.yaml"), "--no-progress"]
     log = ["OUTPUT_DIR", str(tmp_path / "log"), "MODEL.CLIP.CACHE_DIR", str(tmp_path / "c")]
     cases = [
         # two processes: the name is checked before either starts
@@ -194,14 +192,19 @@ def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path):
         "--threshold -1.0 is not in [0, 1]",
         "--output: cannot write",
     ]
-    for i, ((argv, tail), message) in enumerate(zip(cases, says)):
-        proc = subprocess.run(
-            [sys.executable, TOOL, *toy, *argv, *log, *tail, *(["0.5"] if tail else [])],
-            cwd=ROOT, env=subprocess_env(tmp_path / "data"), capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert "generate_pseudo_labels.py: error: " in proc.stderr and message in proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert not (tmp_path / "s").exists()
-        assert i > 0 or not (tmp_path / "log").exists()  # stopped before setup wrote its log
+    with registered_toy_world(tmp_path / "data", num_train=1, num_val=1):
+        for i, ((argv, tail), message) in enumerate(zip(cases, says)):
+            argv = [*toy, *argv, *log, *tail, *(["0.5"] if tail else [])]
+            if i == 0:  # as the command (the subprocess registers the toy world itself)
+                proc = subprocess.run(
+                    [sys.executable, TOOL, *argv], cwd=ROOT, env=subprocess_env(tmp_path / "data"),
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                status, err = proc.returncode, proc.stderr
+            else:  # main(argv) in this process: the checks end before any work
+                status, err = run_main(TOOL, argv), capsys.readouterr().err
+            assert status == 2, err[-2000:]
+            assert "generate_pseudo_labels.py: error: " in err and message in err
+            assert "Traceback" not in err
+            assert not (tmp_path / "s").exists()
+            assert i > 0 or not (tmp_path / "log").exists()  # stopped before setup wrote its log
