@@ -30,9 +30,11 @@ $(STAMP): pyproject.toml tools/install_detectron2.py
 
 # one intra-op thread per test process: the models are tiny, and on 2 shared cores two
 # threads per process made the suite several times slower; two processes, one per core
-# (pytest-xdist), halve its wall time there
+# (pytest-xdist), halve its wall time there; a worker that is done takes the other's waiting
+# tests (worksteal), the end-to-end runs go first (tests/conftest.py)
 test: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(PYTEST_WORKERS) \
+		$(if $(filter 0,$(PYTEST_WORKERS)),,--dist worksteal) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

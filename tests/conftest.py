@@ -22,6 +22,13 @@ def _files_written_since(folder, start: float) -> list:
     return sorted(found)
 
 
+def pytest_collection_modifyitems(config, items):
+    """End-to-end runs (marked ``slow``, a minute or more each) first: with ``make test``'s
+    ``--dist worksteal`` a worker that is done takes the other's waiting tests, so the run
+    ends on short tests, not on one worker's late end-to-end run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
+
+
 def pytest_sessionstart(session):
     session.config._ovseg_started = time.time()
 
