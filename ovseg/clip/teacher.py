@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..utils.state_dict import exclude_from_checkpoints
 from ..vocab import check_templates
-from .cache import TextEmbeddingCache, model_fingerprint, text_cache_key
+from .cache import TextEmbeddingCache, model_fingerprint, state_dict_sha256, text_cache_key
 from .dense import (
     SUPPORTED_TOWERS,
     dense_stride,
@@ -86,6 +86,7 @@ class CLIPTeacher(nn.Module):
         # recent vocabularies' embeddings (TEXT_MEMO_ROWS in all), least recently used dropped
         self._text_memo: OrderedDict = OrderedDict()
         self._fingerprint: Optional[str] = None
+        self._tensors_sha256: Optional[str] = None
 
         model.requires_grad_(False)
         model.eval()
@@ -130,6 +131,15 @@ class CLIPTeacher(nn.Module):
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model, self.name, self.pretrained)
         return self._fingerprint
+
+    @property
+    def tensors_sha256(self) -> str:
+        """SHA-256 hex of the CLIP model's tensors as loaded (``state_dict_sha256``), computed
+        once: the weights whatever file, tag or metadata they came with (a checkpoint records
+        it, ``ovseg.engine.checkpoint_record``)."""
+        if self._tensors_sha256 is None:
+            self._tensors_sha256 = state_dict_sha256(self.model)
+        return self._tensors_sha256
 
     def _autocast(self):
         if needs_autocast(self.model.visual, self.device.type):  # MODEL.CLIP.FROZEN_DTYPE

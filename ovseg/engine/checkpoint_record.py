@@ -5,10 +5,11 @@ model settings, so evaluating it with another CLIP of the same shapes, or with a
 shape-free setting (``MODEL.ZEGCLIP.PATCH_STRIDE``), used to load "completely" and report
 other numbers without a word. Every save now records, in ``ovseg_meta``:
 
-- ``clip_teacher``: the teacher's identity (:func:`teacher_record`): its open_clip model
-  config and its weights by content (``sha256:`` of the checkpoint file, ``tag:`` for an
-  open_clip tag, ``random``), with ``CLIPTeacher.fingerprint`` and the file it was read
-  from for the message;
+- ``clip_teacher``: the teacher's identity (:func:`teacher_record`): its model (the
+  sorted names and shapes of its tensors and whether it computes QuickGELU) and its weights
+  by the loaded tensors (``tensors:`` + ``CLIPTeacher.tensors_sha256``, whatever file, tag or
+  metadata they came with; ``random`` for a random initialisation), with
+  ``CLIPTeacher.fingerprint`` and the file or tag it was read from for the message;
 - ``config``: the run's config (YAML), when the saver knows it (the Trainer).
 
 A load that must be whole refuses another teacher (:func:`check_teacher`;
@@ -56,23 +57,32 @@ _BATCH_NORMS = {"BN", "SyncBN", "FrozenBN", "naiveSyncBN", "nnSyncBN"}
 _SHOWN = 6
 
 
-def teacher_record(model: nn.Module) -> Optional[Dict[str, str]]:
-    """The identity of ``model``'s frozen CLIP teacher (None when it has none)."""
-    from ..pseudo.labeller import find_teacher, teacher_weights_id
+def teacher_record(model: nn.Module) -> Optional[Dict[str, Any]]:
+    """The identity of ``model``'s frozen CLIP teacher (None when it has none).
+
+    The model is its tensors' sorted names and shapes and its activation, not open_clip's
+    config text: ``ViT-B-16`` with the tag ``openai`` (open_clip forces QuickGELU) and
+    ``ViT-B-16-quickgelu`` with that tag's file are one model. The weights are the loaded
+    tensors' hash (computed once per teacher), so the same tensors in another file, with
+    other metadata, or named by their tag are the same weights.
+    """
+    from ..pseudo.labeller import find_teacher
 
     teacher = find_teacher(model)
     if teacher is None:
         return None
-    import open_clip
+    from open_clip.transformer import QuickGELU
 
+    shapes = [[k, list(v.shape)] for k, v in sorted(teacher.model.state_dict().items())]
+    quick_gelu = any(isinstance(m, QuickGELU) for m in teacher.model.modules())
+    blob = json.dumps({"shapes": shapes, "quick_gelu": quick_gelu})
     pretrained = os.path.expanduser(teacher.pretrained)
     source = os.path.abspath(pretrained) if os.path.isfile(pretrained) else pretrained
-    config = open_clip.get_model_config(teacher.name) if teacher.name else None
-    blob = json.dumps(config if config is not None else teacher.name, sort_keys=True)
     return {
         "model": teacher.name,
-        "config_sha256": hashlib.sha256(blob.encode()).hexdigest(),
-        "weights": teacher_weights_id(teacher.pretrained),
+        "model_sha256": hashlib.sha256(blob.encode()).hexdigest(),
+        "quick_gelu": quick_gelu,
+        "weights": f"tensors:{teacher.tensors_sha256}" if teacher.pretrained else "random",
         "source": source or "random initialisation",
         "fingerprint": teacher.fingerprint,
     }
@@ -83,9 +93,14 @@ def check_teacher(
 ) -> Optional[str]:
     """Refuse a checkpoint trained with another CLIP teacher than ``model``'s.
 
+    A random teacher cannot be rebuilt in another process: a checkpoint trained with one
+    loads into any random teacher of the same model, and a random teacher against pretrained
+    weights (either way round) is another teacher.
+
     Args:
-        recorded: the checkpoint's ``ovseg_meta["clip_teacher"]`` (None: not recorded, no
-            check: checkpoints of an older ovseg, converted ones).
+        recorded: the checkpoint's ``ovseg_meta["clip_teacher"]`` (None, or a record without
+            ``model_sha256``: not recorded, no check: checkpoints of an older ovseg,
+            converted ones).
         model: the model loaded into.
         path (str): the checkpoint, for the message.
         allow (bool): MODEL.CLIP.ALLOW_TEACHER_MISMATCH: warn instead.
@@ -98,15 +113,20 @@ def check_teacher(
     """
     from .checkpoint_fit import CheckpointMismatchError
 
-    ours = teacher_record(model) if isinstance(recorded, Mapping) else None
+    known = isinstance(recorded, Mapping) and "model_sha256" in recorded
+    ours = teacher_record(model) if known else None
     if ours is None:
         return None
-    other_model = recorded.get("config_sha256") != ours["config_sha256"]
+    other_model = recorded["model_sha256"] != ours["model_sha256"]
     weights = recorded.get("weights"), ours["weights"]
-    other_weights = "random" not in weights and weights[0] != weights[1]
-    if not (other_model or other_weights):
+    if not (other_model or weights[0] != weights[1]):
         return None
-    what = "another CLIP model" if other_model else "other CLIP weights of the same model"
+    if other_model:
+        what = "another CLIP model"
+    elif "random" in weights:
+        what = "a random initialisation and pretrained weights of the same model"
+    else:
+        what = "other CLIP weights of the same model"
     message = (
         f"{path} was trained with CLIP {_teacher(recorded)}, and this config's teacher is "
         f"{_teacher(ours)}: {what}, whose embeddings the checkpoint's weights were not "
@@ -123,9 +143,10 @@ def check_teacher(
 
 def _teacher(record: Mapping[str, Any]) -> str:
     weights = str(record.get("weights", "?"))
-    if weights.startswith("sha256:"):
-        weights = weights[: len("sha256:") + 12] + "..."
-    return f"{record.get('model', '?')} ({record.get('source', '?')}, {weights})"
+    if weights.startswith("tensors:"):
+        weights = weights[: len("tensors:") + 12] + "..."
+    activation = ", QuickGELU" if record.get("quick_gelu") else ""
+    return f"{record.get('model', '?')}{activation} ({record.get('source', '?')}, {weights})"
 
 
 def changed_settings(recorded: Any, cfg: Any, *, everything: bool = False) -> List[tuple]:

@@ -51,8 +51,11 @@ def cast_frozen_towers(model: nn.Module, name: str) -> int:
     if name not in FROZEN_DTYPES:
         raise ValueError(f"MODEL.CLIP.FROZEN_DTYPE={name!r}; choose one of {sorted(FROZEN_DTYPES)}")
     dtype = FROZEN_DTYPES[name]
-    towers = {id(m.model.visual): m.model.visual for m in model.modules()
-              if isinstance(m, CLIPTeacher)}  # fmt: skip
+    teachers = [m for m in model.modules() if isinstance(m, CLIPTeacher)]
+    if dtype is not None:
+        for teacher in teachers:  # checkpoints record the weights as loaded, not as cast
+            teacher.tensors_sha256  # noqa: B018 (computed once, cached)
+    towers = {id(m.model.visual): m.model.visual for m in teachers}
     count = sum(cast_frozen_tower(visual, dtype) for visual in towers.values())
     if dtype is not None:
         logger.info(f"Frozen CLIP image tower: {count} weight tensors cast to {dtype}")

@@ -6,9 +6,11 @@ a run's config.yaml names its CLIP file absolute, and the log names the file rea
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
+import open_clip
 import pytest
 import torch
 from ovseg_testing import (
@@ -61,7 +63,7 @@ def test_a_checkpoint_records_its_teacher_and_config(clip_files, tmp_path):
     cfg = _cfg(tmp_path / "cache", clip_files[0])
     meta = torch.load(_trained(cfg, tmp_path), weights_only=True)["ovseg_meta"]
     teacher = meta["clip_teacher"]
-    assert teacher["source"] == str(clip_files[0]) and teacher["weights"].startswith("sha256:")
+    assert teacher["source"] == str(clip_files[0]) and teacher["weights"].startswith("tensors:")
     assert teacher["model"] == "tiny_vit" and len(teacher["fingerprint"]) == 64
     assert "PATCH_STRIDE" in meta["config"]
 
@@ -98,6 +100,65 @@ def test_the_same_clip_elsewhere_or_another_model_config(clip_files, tmp_path):
     random = _cfg(tmp_path / "cache")
     path = _trained(random, tmp_path / "random")
     load_model_weights(build_model(random), path, cfg=random)
+
+
+def test_the_same_tensors_from_another_file_or_a_tag_load(clip_files, tmp_path, monkeypatch):
+    # the toy CLIP retrained (make demo's RETRAIN_CLIP) gives the same tensors in a file of
+    # other bytes (its ovseg_pretrain train_seconds): it was refused as other weights
+    state = torch.load(clip_files[0], weights_only=True)
+    files = [tmp_path / f"clip_{seconds}.pt" for seconds in (357.8, 361.2)]
+    for seconds, file in zip((357.8, 361.2), files):
+        torch.save({"state_dict": state, "ovseg_pretrain": {"train_seconds": seconds}}, file)
+    path = _trained(_cfg(tmp_path / "cache", files[0]), tmp_path)
+    again = _cfg(tmp_path / "cache", files[1])
+    load_model_weights(build_model(again), path, cfg=again)
+    # an open_clip tag whose download is that file: the tag string was compared
+    tag = {"mine": {"file": str(files[1])}}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny_vit", tag)
+    tagged = _cfg(tmp_path / "cache", "mine")
+    load_model_weights(build_model(tagged), path, cfg=tagged)
+    path = _trained(tagged, tmp_path / "tagged")
+    load_model_weights(build_model(again), path, cfg=again)
+
+
+def test_one_model_whatever_config_names_it(clip_files, tmp_path, monkeypatch):
+    # ViT-B-16 with the tag "openai" (open_clip forces QuickGELU) and ViT-B-16-quickgelu with
+    # the tag's file are one model; open_clip's config texts differ
+    quick = tmp_path / "tiny_vit_quick.json"
+    quick.write_text(json.dumps({**json.loads(TINY_VIT.read_text()), "quick_gelu": True}))
+    tag = {"quick": {"file": str(clip_files[0]), "quick_gelu": True}}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny_vit", tag)
+    path = _trained(_cfg(tmp_path / "cache", "quick"), tmp_path)
+    named = _cfg(tmp_path / "cache", clip_files[0])
+    named.MODEL.CLIP.MODEL_NAME = str(quick)
+    load_model_weights(build_model(named), path, cfg=named)
+    # the same file in the model with GELU is another model
+    gelu = _cfg(tmp_path / "cache", clip_files[0])
+    with pytest.raises(CheckpointMismatchError, match="another CLIP model") as err:
+        load_model_weights(build_model(gelu), path, cfg=gelu)
+    assert "tiny_vit, QuickGELU (quick, tensors:" in str(err.value), err.value
+
+
+def test_a_random_teacher_against_pretrained_weights_is_refused(clip_files, tmp_path):
+    # either way round it loaded without a word: "random" on one side skipped the check
+    random, pretrained = _cfg(tmp_path / "cache"), _cfg(tmp_path / "cache", clip_files[0])
+    for trained, evaluated in ((random, pretrained), (pretrained, random)):
+        path = _trained(trained, tmp_path / str(id(trained)))
+        with pytest.raises(CheckpointMismatchError) as err:
+            load_model_weights(build_model(evaluated), path, cfg=evaluated)
+        message = str(err.value)
+        assert "a random initialisation and pretrained weights" in message, message
+        assert "random initialisation, random)" in message, message
+
+
+def test_a_cast_teacher_records_its_weights_as_loaded(clip_files, tmp_path):
+    from ovseg.engine.checkpoint_record import teacher_record
+    from ovseg.engine.speed import cast_frozen_towers
+
+    cfg = _cfg(tmp_path / "cache", clip_files[0])
+    plain, cast = build_model(cfg), build_model(cfg)
+    assert cast_frozen_towers(cast, "bfloat16") > 0
+    assert teacher_record(cast)["weights"] == teacher_record(plain)["weights"]
 
 
 def test_other_model_settings_are_named_in_one_warning(clip_files, tmp_path):
