@@ -64,9 +64,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
         model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``.
         complete (bool): every weight of the model must come from the file (evaluation, the
             demo). Otherwise a file must be complete only when it holds a whole model by
-            construction (an ovseg run's, an older ovseg run's, a converted whole model:
-            ``checkpoint_fit.describe_writer``), and must fit at least in part when it is a
-            converted backbone or a model-zoo file.
+            construction (an ovseg run's, one of ovseg's Trainer without its record, a
+            converted whole model: ``checkpoint_fit.describe_writer``), and must fit at least
+            in part when it is a converted backbone, a model-zoo file or a checkpoint of
+            detectron2's own trainer.
         some (bool): False lets a file without ovseg's record fit nothing.
         cfg (CfgNode): the run's config: saves record it; loads read
             MODEL.CLIP.ALLOW_TEACHER_MISMATCH from it and, when evaluating or resuming, warn

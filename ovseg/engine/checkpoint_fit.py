@@ -39,6 +39,12 @@ TRAINING_ONLY_PREFIXES = {
 _SHOWN = 8
 
 
+# what ovseg's Trainer adds to detectron2's trainer and iteration entries (the data stream's
+# position, the saving processes' RNG states: ovseg.engine.resume): the mark of an ovseg
+# run's checkpoint whose ovseg_meta is gone
+OVSEG_TRAINER_KEYS = ("data", "rng_states")
+
+
 # the conversion reports' "method" of tools/convert_checkpoint.py methods whose result
 # initialises part of a model (ovseg.convert.command.METHODS with a "part": a backbone)
 PARTIAL_CONVERSIONS = ("ResNetV1c (ImageNet)",)
@@ -76,8 +82,10 @@ def recorded_architecture(checkpoint: Mapping[str, Any]) -> Optional[str]:
 
 def describe_writer(checkpoint: Mapping[str, Any]) -> Tuple[str, bool]:
     """What wrote ``checkpoint`` (for messages), and whether it holds a whole model by
-    construction: a checkpoint an ovseg run wrote, one of an ovseg run older than
-    ``ovseg_meta`` (its trainer and iteration entries), or a converted official model whose
+    construction: a checkpoint an ovseg run wrote, one of ovseg's Trainer without
+    ``ovseg_meta`` (its trainer and iteration entries and one of :data:`OVSEG_TRAINER_KEYS`,
+    which detectron2's DefaultTrainer does not write: its checkpoints, with trainer and
+    iteration too, initialise part of a model), or a converted official model whose
     conversion report says it fit the whole model of a config (tools/convert_checkpoint.py
     with --config-file; a backbone's or a starting checkpoint with parts built fresh is not)."""
     recorded = recorded_architecture(checkpoint)
@@ -92,10 +100,11 @@ def describe_writer(checkpoint: Mapping[str, Any]) -> Tuple[str, bool]:
             and method not in PARTIAL_CONVERSIONS
         )
         return f"a converted {method} checkpoint" + ("" if whole else " (part of a model)"), whole
-    if "trainer" in checkpoint and "iteration" in checkpoint:
+    run = "trainer" in checkpoint and "iteration" in checkpoint
+    if run and any(key in checkpoint for key in OVSEG_TRAINER_KEYS):
         return (
-            "a training run's checkpoint that records no ovseg meta-architecture (an older "
-            "ovseg's: a whole model)",
+            "a training run's checkpoint of ovseg's Trainer that records no ovseg "
+            "meta-architecture (its data position and RNG states: a whole model)",
             True,
         )
     return "a checkpoint that records no ovseg meta-architecture", False

@@ -1,14 +1,17 @@
 """Files without ovseg's record that still hold a whole model are complete by construction:
 a converted official model (its conversion report says it fit the config's whole model) and
-a checkpoint of an ovseg run older than the record (trainer/iteration entries). A tensor
-missing from one used to stay at its random initialisation with one fvcore warning where a
-file only had to fit in part: a training start, pseudo-labelling, the synonym study."""
+a checkpoint of ovseg's Trainer without the record (trainer/iteration entries and the data
+position and RNG states detectron2's trainer does not write). A tensor missing from one used
+to stay at its random initialisation with one fvcore warning where a file only had to fit in
+part: a training start, pseudo-labelling, the synonym study. A checkpoint of detectron2's own
+DefaultTrainer (trainer/iteration only) still initialises part of a model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from ovseg_testing import CONFIGS, registered_toy_world, tiny_zegclip
+from ovseg_testing.logs import records
 
 from detectron2.modeling import build_model
 
@@ -29,8 +32,12 @@ def _converted(method: str, **report) -> dict:
     return {"conversion": ConversionReport(method, **report).to_dict()}
 
 
-def _pre_meta() -> dict:  # what a checkpoint of an ovseg run before "ovseg_meta" holds
-    return {"trainer": {"iteration": 599}, "iteration": 599}
+def _pre_meta() -> dict:  # what a checkpoint of ovseg's Trainer holds besides "ovseg_meta"
+    return {"trainer": {"iteration": 599}, "iteration": 599, "data": {"seed": 3, "batch_size": 2}}
+
+
+def _detectron2_run() -> dict:  # what detectron2's DefaultTrainer saves besides "model"
+    return {"trainer": {"iteration": 11, "hooks": {"LRScheduler": {}}}, "iteration": 11}
 
 
 def _file(model, folder, name: str, extra: dict, drop: str = GONE) -> str:
@@ -44,7 +51,7 @@ def _file(model, folder, name: str, extra: dict, drop: str = GONE) -> str:
     "extra, says",
     [
         (_converted(zegclip.METHOD, checked_model=True), "a converted ZegCLIP checkpoint"),
-        (_pre_meta(), "a training run's checkpoint that records no ovseg meta-architecture"),
+        (_pre_meta(), "a training run's checkpoint of ovseg's Trainer that records no ovseg"),
     ],
     ids=["converted", "pre-meta"],
 )
@@ -77,15 +84,18 @@ def test_a_whole_model_file_missing_a_tensor_is_refused_everywhere(extra, says, 
         _converted("OVR-CNN", checked_model=True, fresh={GONE: "built fresh, as the official"}),
         _converted(zegclip.METHOD),  # converted without --config-file: never checked whole
         {"__author__": "converter"},
+        _detectron2_run(),  # was refused as "an older ovseg's: a whole model"
     ],
-    ids=["backbone", "fresh-parts", "unchecked", "no-record"],
+    ids=["backbone", "fresh-parts", "unchecked", "no-record", "detectron2-run"],
 )
 def test_files_of_part_of_a_model_still_initialise_it(extra, tmp_path):
     model = tiny_zegclip(tmp_path / "cache")
     path = _file(model, tmp_path, "part", extra)
-    AtomicCheckpointer(tiny_zegclip(tmp_path / "cache", seed=1), str(tmp_path)).resume_or_load(
-        path, resume=False
-    )
+    with records("fvcore.common.checkpoint") as got:
+        AtomicCheckpointer(tiny_zegclip(tmp_path / "cache", seed=1), str(tmp_path)).resume_or_load(
+            path, resume=False
+        )
+    assert any(GONE in r.getMessage() for r in got), [r.getMessage() for r in got]
 
 
 def test_every_partial_conversion_is_known_as_such():
