@@ -1,9 +1,9 @@
 """``train_net.py`` runs in subprocesses that are reused while nothing about them changed.
 
 ``make demo`` (``tools/run_demo.py``) trains every student this way: a finished run leaves a
-record (``demo_run.json``: its command, the sha256 of its merged config, its final metrics)
-next to its outputs, and running the same command on the same merged config again returns
-the recorded metrics instead of training.
+record (``demo_run.json``: its command, the sha256 of its merged config, its CLIP teacher's
+weights, its final metrics) next to its outputs, and running the same command on the same
+merged config and CLIP weights again returns the recorded metrics instead of training.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shlex
 import subprocess
@@ -70,11 +71,30 @@ def read_final_metrics(out_dir: Path) -> Dict[str, float]:
     }
 
 
-def run_key(command: str, config: Path, opts: Sequence[str]) -> Dict[str, str]:
-    """What identifies a finished run: its command line and the sha256 of its merged config
-    (``opts`` include OUTPUT_DIR), so an edited config file or a new default counts."""
-    merged = load_config(str(config), list(opts)).dump()
-    return {"command": command, "config_sha256": hashlib.sha256(merged.encode()).hexdigest()}
+def run_key(
+    command: str, config: Path, opts: Sequence[str], root: Optional[Path] = None
+) -> Dict[str, str]:
+    """What identifies a finished run: its command line, the sha256 of its merged config
+    (``opts`` include OUTPUT_DIR), so an edited config file or a new default counts, and its
+    CLIP teacher's weights (``teacher_weights_id``: a file's content, a tag, random), so a CLIP
+    file retrained in place counts too (its checkpoints would be refused with the new one).
+
+    Args:
+        root (Path): the run's working directory, where a relative CLIP file is read.
+    """
+    from ..pseudo.labeller import teacher_weights_id
+
+    cfg = load_config(str(config), list(opts))
+    merged = cfg.dump()
+    pretrained = cfg.MODEL.CLIP.PRETRAINED
+    local = Path(root or ".") / os.path.expanduser(pretrained) if pretrained else None
+    if local is not None and local.is_file():
+        pretrained = str(local)
+    return {
+        "command": command,
+        "config_sha256": hashlib.sha256(merged.encode()).hexdigest(),
+        "clip_weights": teacher_weights_id(pretrained),
+    }
 
 
 def _finished(out_dir: Path, key: Dict[str, str]) -> Optional[Dict[str, Any]]:
@@ -101,9 +121,9 @@ def run_training(
 ) -> Dict[str, Any]:
     """``train_net.py`` in a subprocess; progress lines are echoed; returns final metrics.
 
-    A finished run with the same command and the same merged config (a config file edited
-    since counts as a change) is reused unless ``reuse`` is False; the metrics then carry
-    ``"_reused": True``.
+    A finished run with the same command, the same merged config (a config file edited since
+    counts as a change) and the same CLIP weights is reused unless ``reuse`` is False; the
+    metrics then carry ``"_reused": True``.
 
     Args:
         config (Path): the config file, under ``root``.
@@ -129,7 +149,7 @@ def run_training(
         str(out_dir),
     ]
     command = " ".join(shlex.quote(c) for c in cmd[1:])
-    key = run_key(command, config, [*opts, "OUTPUT_DIR", str(out_dir)])
+    key = run_key(command, config, [*opts, "OUTPUT_DIR", str(out_dir)], root)
     finished = _finished(out_dir, key) if reuse else None
     if finished is not None:
         # the same run finished before (make demo after an interruption): reuse it

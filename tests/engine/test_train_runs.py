@@ -1,5 +1,5 @@
 """ovseg.engine.train_runs (make demo's students): a finished run is reused only while its
-command and merged config match."""
+command, merged config and CLIP weights match."""
 
 import json
 import shutil
@@ -34,7 +34,7 @@ def root(tmp_path, monkeypatch):
 def _finish(root, out, opts):
     """Write the record of a finished run, as run_training does after training."""
     command = " ".join(["train_net.py", "--config-file", CONFIG, *opts, "OUTPUT_DIR", str(out)])
-    key = run_key(command, root / CONFIG, [*opts, "OUTPUT_DIR", str(out)])
+    key = run_key(command, root / CONFIG, [*opts, "OUTPUT_DIR", str(out)], root)
     out.mkdir(parents=True)
     (out / RECORD).write_text(json.dumps({**key, "metrics": {"hIoU": 12.5}}))
 
@@ -56,6 +56,20 @@ def test_a_finished_run_is_reused_until_its_config_changes(root):
         run_training(config, out, opts, root=root, env={})  # same command, edited config file
     # a run started over: train_net.py refuses to train over a last_checkpoint without --resume
     assert not (out / "last_checkpoint").exists()
+
+
+def test_a_finished_run_is_not_reused_after_its_clip_file_changed(root):
+    # make demo's RETRAIN_CLIP rewrites the CLIP file in place: the finished run was reused,
+    # and its checkpoint then refused by the gallery's load (another teacher)
+    (root / "clips").mkdir()
+    clip = root / "clips" / "clip.pt"  # relative: read from the run's working directory
+    clip.write_bytes(b"first pretraining")
+    out, opts = root / "run", ["MODEL.CLIP.PRETRAINED", "clips/clip.pt"]
+    _finish(root, out, opts)
+    assert run_training(root / CONFIG, out, opts, root=root, env={})["_reused"]
+    clip.write_bytes(b"second pretraining")
+    with pytest.raises(RuntimeError, match="train_net.py was started"):
+        run_training(root / CONFIG, out, opts, root=root, env={})
 
 
 def test_final_metrics_keep_the_summaries_of_a_panoptic_test_set(tmp_path):
