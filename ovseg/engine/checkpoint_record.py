@@ -37,20 +37,31 @@ __all__ = ["NOT_COMPARED", "changed_settings", "check_teacher", "teacher_record"
 
 # MODEL keys (less "MODEL.") a run may change after training without misusing its weights:
 # paths, devices and speed; what is chosen at test time (vocabularies, prompts, test-time
-# thresholds, calibration, FreeSeg's test tasks); what acts only in training (losses, their
-# weights, dropout, initialisation, freezing, pseudo-labels, self-training, sampling); the
-# teacher (compared by check_teacher) and the class count (the vocabulary's size)
-NOT_COMPARED = re.compile(
-    r"^(WEIGHTS|DEVICE|META_ARCHITECTURE|COMPILE.*|CHANNELS_LAST|LOAD_PROPOSALS|CLIP\..*"
-    r"|MASKCLIP\..*|OVSEG\.(ZERO_SHOT_SETTING|SYNONYM_MERGE|TEXT_EMBEDDINGS_FILE)"
-    r"|.*NUM_CLASSES|XPM\.(BERT_NAME|ROI_ALIGN_MATMUL_MAX_PIXELS|PROPOSE_TOPK)"
-    r"|ZEGCLIP\.CALIBRATION|.*CACHE.*|.*PRETRAINED|TORCHVISION_RESNET\.WEIGHTS"
-    r"|FREESEG\.PROMPT_CHECKPOINT)$"
-    r"|TEST|VOCABULARY|LOSS|_WEIGHT$|FOCAL|DICE|DROPOUT|INIT|FREEZE|NOISE|TRAIN|SELF_TRAINING"
-    r"|PSEUDO|TEACHER|THRESH|IGNORE|DEEP_SUPERVISION|AUX|APPEND_GT|BATCH|FRACTION|IOU_|BBOX_REG"
-    r"|SMOOTH_L1|ANNOTATION_FREE|SAMPLE|CAPTION|QUIRK|POLYGONS|REGION_EMBEDDING|DISTILL"
-    r"|TARGETS|KEYPOINT"
-)
+# thresholds, calibration, the scores' resizing, FreeSeg's test tasks and CLIP ensemble,
+# the panoptic combination); what acts only in training (losses, their weights, dropout,
+# initialisation, freezing, pseudo-labels, self-training, sampling); the teacher (compared
+# by check_teacher) and the class count (the vocabulary's size). Whole keys first, then name
+# parts, each matched between key-part boundaries ("." or "_" or the key's ends: "DICE" is
+# not in VIT_BACKBONE.OUT_INDICES, "TRAIN" not in a "CONSTRAINT")
+_NOT_COMPARED_KEYS = (
+    r"WEIGHTS", r"DEVICE", r"META_ARCHITECTURE", r"COMPILE.*", r"CHANNELS_LAST",
+    r"LOAD_PROPOSALS", r"CLIP\..*", r"MASKCLIP\..*", r"MASKCLIP_PLUS\.UPSAMPLE_LOGITS",
+    r"ZEGCLIP\.CALIBRATION",
+    r"OVSEG\.(ZERO_SHOT_SETTING|SYNONYM_MERGE|TEXT_EMBEDDINGS_FILE)",
+    r"XPM\.(BERT_NAME|ROI_ALIGN_MATMUL_MAX_PIXELS|PROPOSE_TOPK|MASK_PREDICTOR_STD)",
+    r"TORCHVISION_RESNET\.WEIGHTS", r"PANOPTIC_FPN\.COMBINE\..*",
+    r"FREESEG\.(PROMPT_CHECKPOINT|CLIP_ENSEMBLE|CLIP_TEMPERATURE|MASK_EXPAND_RATIO)",
+)  # fmt: skip
+_NOT_COMPARED_PARTS = (
+    "NUM_CLASSES", "CACHE", "PRETRAINED", "TEST", "VOCABULARY", "LOSS", "WEIGHT$", "FOCAL",
+    "DICE", "DROPOUT", "INIT", "FREEZE", "NOISE", "TRAIN", "SELF_TRAINING", "PSEUDO",
+    "TEACHER", "THRESH(OLDS?)?", "IGNORE", "DEEP_SUPERVISION", "AUX", "APPEND_GT", "BATCH",
+    "FRACTION", "IOU", "BBOX_REG", "SMOOTH_L1", "ANNOTATION_FREE", "SAMPLES?", "CAPTION",
+    "QUIRK", "POLYGONS", "REGION_EMBEDDING", "DISTILL", "TARGETS", "KEYPOINTS?",
+)  # fmt: skip
+_WHOLE_KEYS = "|".join(_NOT_COMPARED_KEYS)
+_PARTS = "|".join(_NOT_COMPARED_PARTS)
+NOT_COMPARED = re.compile(rf"^({_WHOLE_KEYS})$|(^|[._])({_PARTS})(?=$|[._])")
 # batch norms that compute alike in evaluation (running statistics): "SyncBN" in training,
 # "BN" in a one-process evaluation is no change
 _BATCH_NORMS = {"BN", "SyncBN", "FrozenBN", "naiveSyncBN", "nnSyncBN"}

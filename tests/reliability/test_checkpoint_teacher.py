@@ -179,6 +179,25 @@ def test_other_model_settings_are_named_in_one_warning(clip_files, tmp_path):
     assert not got, [r.getMessage() for r in got]
 
 
+def test_test_time_choices_are_no_change_and_name_parts_match_whole(tmp_path):
+    from ovseg.engine.checkpoint_record import changed_settings
+
+    trained = tiny_zegclip_cfg(tmp_path)
+    tested = trained.clone()
+    # chosen at test time (or, the mask predictor's std, at initialisation): each was named
+    tested.MODEL.FREESEG.CLIP_ENSEMBLE = False
+    tested.MODEL.FREESEG.CLIP_TEMPERATURE = 50.0
+    tested.MODEL.FREESEG.MASK_EXPAND_RATIO = 1.2
+    tested.MODEL.PANOPTIC_FPN.COMBINE.ENABLED = False
+    tested.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 1024
+    tested.MODEL.XPM.MASK_PREDICTOR_STD = 1.0
+    assert changed_settings(trained.dump(), tested) == []
+    # "DICE" (a loss weight's) was found in OUT_INDICES, which picks the decoder's blocks
+    tested.MODEL.VIT_BACKBONE.OUT_INDICES = [0, 1, 2]
+    changed = changed_settings(trained.dump(), tested)
+    assert changed == [("MODEL.VIT_BACKBONE.OUT_INDICES", [], [0, 1, 2])], changed
+
+
 def test_a_misfit_names_the_settings_that_differ(tmp_path):
     width = ("MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32")
     trained = tiny_maskclip_plus_cfg(tmp_path / "cache", *width)
