@@ -266,12 +266,13 @@ def check_run_target(
     if eval_only and resumes and weights_given:  # detectron2 loads the last checkpoint
         with open(last, encoding="utf-8") as f:
             latest = os.path.join(out, f.read().strip())
-        logger.warning(
-            "--eval-only --resume evaluates OUTPUT_DIR's last checkpoint %s: MODEL.WEIGHTS %s "
-            "is ignored. Leave out --resume to evaluate MODEL.WEIGHTS",
-            latest,
-            cfg.MODEL.WEIGHTS or '""',
-        )
+        if not _same_file(cfg.MODEL.WEIGHTS, latest):  # the very file: nothing is ignored
+            logger.warning(
+                "--eval-only --resume evaluates OUTPUT_DIR's last checkpoint %s: MODEL.WEIGHTS "
+                "%s is ignored. Leave out --resume to evaluate MODEL.WEIGHTS",
+                latest,
+                cfg.MODEL.WEIGHTS or '""',
+            )
     if eval_only and not cfg.MODEL.WEIGHTS and not resumes and not weights_given:
         if arch not in TRAINING_FREE:
             raise ValueError(
@@ -280,6 +281,12 @@ def check_run_target(
                 ', or --resume to evaluate OUTPUT_DIR\'s last checkpoint; MODEL.WEIGHTS "" on '
                 "the command line evaluates the initialisation on purpose"
             )
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (relative ones from the working directory)."""
+    real = lambda p: os.path.realpath(os.path.expanduser(p))  # noqa: E731
+    return bool(a) and real(a) == real(b)
 
 
 def check_run_files(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:

@@ -381,6 +381,27 @@ def test_run_targets_refused_before_launch(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file", "last_checkpoint", "run"]
 
 
+def test_eval_only_resume_of_the_weights_given_says_nothing(tmp_path, monkeypatch):
+    """--eval-only --resume with MODEL.WEIGHTS the very file the resume loads (a run's
+    config.yaml names its model_final.pth) warned that MODEL.WEIGHTS is ignored."""
+    from ovseg.engine.checks import check_run_target
+    from ovseg.engine.defaults import load_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last_checkpoint").write_text("model_final.pth")
+    (run / "model_final.pth").write_bytes(b"")
+    (tmp_path / "link.pth").symlink_to(run / "model_final.pth")
+    monkeypatch.chdir(tmp_path)
+    for given in (str(run / "model_final.pth"), "run/model_final.pth", "link.pth", "other.pth"):
+        cfg = load_config(CONFIG, ["OUTPUT_DIR", str(run), "MODEL.WEIGHTS", given])
+        with records("ovseg.engine.checks") as got:
+            check_run_target(cfg, eval_only=True, resume=True, weights_given=True)
+        said = [r.getMessage() for r in got]
+        assert bool(said) == (given == "other.pth"), (given, said)
+    assert "MODEL.WEIGHTS other.pth is ignored" in said[0], said
+
+
 def test_train_net_ends_a_bad_weight_file_in_one_line(tmp_path):
     """A weight file found unreadable (truncated) or of another model while the model loads,
     in the launched run: one line, exit 2, no traceback."""
