@@ -7,6 +7,7 @@ import difflib
 import logging
 import os
 import re
+from typing import Any
 
 import torch
 import yaml
@@ -262,27 +263,42 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-# MODEL keys naming weight files a run's config.yaml records absolute when they were given
-# relative: such a path resolves from the working directory first (repo_file), where another
-# file of that name may be
-_SAVED_ABSOLUTE = (("CLIP", "PRETRAINED"), ("WEIGHTS",), ("XPM", "TEACHER_WEIGHTS"))
+# keys naming files (or, DATASETS.PSEUDO_LABELS, a store's folder) that a run's config.yaml
+# records absolute when they were given relative: each is read from the working directory
+# (after load_config's repo_file), where another file of that name may be. MODEL.CLIP.
+# MODEL_NAME only when it is a JSON model config's path (else an open_clip name)
+_SAVED_ABSOLUTE = (
+    ("MODEL", "CLIP", "PRETRAINED"), ("MODEL", "CLIP", "MODEL_NAME"), ("MODEL", "WEIGHTS"),
+    ("MODEL", "XPM", "TEACHER_WEIGHTS"), ("MODEL", "FREESEG", "PROMPT_CHECKPOINT"),
+    ("MODEL", "OVSEG", "TEXT_EMBEDDINGS_FILE"), ("DATASETS", "PSEUDO_LABELS"),
+)  # fmt: skip
+
+
+def _absolute(keys: tuple, value: Any) -> Any:
+    """``value`` of ``keys`` made absolute where it is a relative path that exists."""
+    if isinstance(value, (list, tuple)):  # a list of entries, each its own path
+        return type(value)(_absolute(keys, v) for v in value)
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    if keys[-1] == "MODEL_NAME" and not value.lower().endswith(".json"):
+        return value
+    path = os.path.expanduser(value)
+    found = os.path.isdir(path) if keys[-1] == "PSEUDO_LABELS" else os.path.isfile(path)
+    return os.path.abspath(path) if found else value
 
 
 def saved_config(cfg: CfgNode) -> str:
-    """The text of a run's config.yaml: ``cfg`` with the weight files it names relative
-    (:data:`_SAVED_ABSOLUTE`) made absolute where they exist, so the file names the weights
+    """The text of a run's config.yaml: ``cfg`` with the files it names relative
+    (:data:`_SAVED_ABSOLUTE`) made absolute where they exist, so the file names the files
     this run read, from any working directory."""
     cfg = cfg.clone()
     cfg.defrost()
     for keys in _SAVED_ABSOLUTE:
-        node = cfg.MODEL
+        node = cfg
         for key in keys[:-1]:
             node = node.get(key) if node is not None else None
-        value = node.get(keys[-1]) if node is not None else None
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            path = os.path.expanduser(value)
-            if os.path.isfile(path):
-                node[keys[-1]] = os.path.abspath(path)
+        if node is not None and keys[-1] in node:
+            node[keys[-1]] = _absolute(keys, node[keys[-1]])
     return cfg.dump()
 
 

@@ -13,6 +13,7 @@ import shutil
 import open_clip
 import pytest
 import torch
+import yaml
 from ovseg_testing import (
     CONFIGS,
     TINY_VIT,
@@ -243,3 +244,30 @@ def test_a_runs_config_names_its_clip_file_absolute(tmp_path, monkeypatch):
         build_clip_teacher(cfg, device="cpu")
     text = "\n".join(r.getMessage() for r in got)
     assert f"weights {tmp_path / 'checkpoints/toy_clip_vit.pt'}" in text, text
+
+
+def test_a_runs_config_names_every_file_it_reads_absolute(tmp_path, monkeypatch):
+    # each is read from the working directory: the prompt stage's checkpoint, a text
+    # embeddings file, a JSON CLIP model config and a pseudo-label store stayed relative
+    from ovseg.engine.defaults import saved_config
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("prompts.pth", "rows.npy", "tiny_clip.json"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "store").mkdir()
+    cfg = tiny_zegclip_cfg(tmp_path / "cache")
+    cfg.MODEL.FREESEG.PROMPT_CHECKPOINT = "prompts.pth"
+    cfg.MODEL.OVSEG.TEXT_EMBEDDINGS_FILE = "rows.npy"
+    cfg.MODEL.CLIP.MODEL_NAME = "tiny_clip.json"
+    cfg.DATASETS.PSEUDO_LABELS = "store"
+    cfg.MODEL.WEIGHTS = "not_there.pth"  # a file that is not there stays as given
+    saved = yaml.safe_load(saved_config(cfg))
+    assert saved["MODEL"]["FREESEG"]["PROMPT_CHECKPOINT"] == str(tmp_path / "prompts.pth")
+    assert saved["MODEL"]["OVSEG"]["TEXT_EMBEDDINGS_FILE"] == str(tmp_path / "rows.npy")
+    assert saved["MODEL"]["CLIP"]["MODEL_NAME"] == str(tmp_path / "tiny_clip.json")
+    assert saved["DATASETS"]["PSEUDO_LABELS"] == str(tmp_path / "store")
+    assert saved["MODEL"]["WEIGHTS"] == "not_there.pth"
+    # an open_clip name is no path, even where a file of that name exists
+    (tmp_path / "ViT-B-16").write_bytes(b"")
+    cfg.MODEL.CLIP.MODEL_NAME = "ViT-B-16"
+    assert yaml.safe_load(saved_config(cfg))["MODEL"]["CLIP"]["MODEL_NAME"] == "ViT-B-16"
