@@ -254,7 +254,7 @@ def resumed_solver_warning(
     warning = (
         f"--resume continues the optimizer and learning-rate state of {path}, which overrides "
         f"this config's {named or 'SOLVER values (BASE_LR, its multipliers, weight decays)'}. "
-        f"In use: base learning rates {_values(used['base_lrs'])}, weight decays "
+        f"In use: learning rates after multipliers {_values(used['base_lrs'])}, weight decays "
         f"{_values(decays)} (config.yaml records this config's values). To train with the new "
         f"values, start a new run from the checkpoint: MODEL.WEIGHTS {path} with another "
         "OUTPUT_DIR"

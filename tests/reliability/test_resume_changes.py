@@ -75,7 +75,10 @@ def test_changed_solver_values_are_named_with_the_values_in_use(run):
     [warning] = [r.getMessage() for r in said if "SOLVER" in r.getMessage()]
     assert "SOLVER.BASE_LR 0.05 here, 0.01 in the run" in warning, warning
     assert "SOLVER.WEIGHT_DECAY 0.0 here, 0.0001 in the run" in warning, warning
-    assert "base learning rates 0.01" in warning and "weight decays 0.0001" in warning, warning
+    # the schedule's rates are BASE_LR times each group's multiplier (0.003 was read as a
+    # BASE_LR of 0.0003 with a x10 multiplier): they are named as such
+    in_use = "learning rates after multipliers 0.01"
+    assert in_use in warning and "weight decays 0.0001" in warning, warning
     # what the warning says is what trained
     groups = trainer._trainer.optimizer.param_groups
     assert {g["weight_decay"] for g in groups} >= {0.0001}
