@@ -33,6 +33,7 @@ __all__ = [
     "DataPosition",
     "check_resume_target",
     "check_resumed_optimizer",
+    "check_saved_parameters",
     "optimizer_kind",
     "remove_stale_temporaries",
     "restore_training_position",
@@ -142,10 +143,11 @@ def check_resume_target(cfg: CfgNode, training: bool = True) -> None:
         check_resumed_optimizer(cfg)
 
 
-def check_resumed_optimizer(cfg: CfgNode) -> None:
+def check_resumed_optimizer(cfg: CfgNode, optimizer=None) -> None:
     """Refuse a resume whose latest checkpoint holds another SOLVER.OPTIMIZER's state (read
     without loading its tensors): torch failed at the first step (KeyError 'step' for SGD's
-    state in AdamW, 'momentum' for AdamW's in SGD)."""
+    state in AdamW, 'momentum' for AdamW's in SGD); with ``optimizer`` (the run's, built),
+    also one of other trainable parameters (:func:`check_saved_parameters`)."""
     last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
     if not os.path.isfile(last):
         return
@@ -166,6 +168,49 @@ def check_resumed_optimizer(cfg: CfgNode) -> None:
             f"run from its weights (MODEL.WEIGHTS {path}, another OUTPUT_DIR); nothing was "
             "written."
         )
+    if optimizer is not None:
+        check_saved_parameters(checkpoint, optimizer, path)
+
+
+def check_saved_parameters(checkpoint: Dict[str, Any], optimizer, path: str) -> None:
+    """Refuse an optimizer state saved for other trainable parameters than ``optimizer``'s
+    (another freezing, e.g. MODEL.BACKBONE.FREEZE_AT): torch's load_state_dict failed on the
+    group count, or, with as many parameters, gave one parameter's state to another. Groups
+    are compared by the parameter names ovseg's optimizer records (by count and sizes when
+    a group has none)."""
+    from .checkpoint_fit import CheckpointMismatchError
+
+    try:
+        saved = checkpoint["trainer"]["_trainer"]["optimizer"]["param_groups"]
+    except (KeyError, TypeError):
+        return
+    ours = optimizer.param_groups
+    names = [g.get("name") for g in saved], [g.get("name") for g in ours]
+    if all(isinstance(n, str) for n in names[0] + names[1]):
+        if names[0] == names[1]:
+            return
+        gone = [n for n in names[0] if n not in set(names[1])]
+        new = [n for n in names[1] if n not in set(names[0])]
+        parts = [f"{len(new)} trained here, not in the run ({_first(new)})"] if new else []
+        if gone:
+            parts.append(f"{len(gone)} trained in the run, not here ({_first(gone)})")
+        what = "; ".join(parts) or "the same parameters in another order"
+    elif [len(g["params"]) for g in saved] != [len(g["params"]) for g in ours]:
+        what = f"{len(saved)} parameter groups in the run, {len(ours)} here"
+    else:
+        return
+    raise CheckpointMismatchError(
+        f"--resume: {path} holds the optimizer state of other trainable parameters than this "
+        f"config's: {what}. A change of what is frozen (MODEL.*.FREEZE*, SOLVER "
+        "multipliers of 0) cannot continue the run's optimizer state. Resume with the run's "
+        f"config (its config.yaml), or start a new run from its weights (MODEL.WEIGHTS {path}, "
+        "another OUTPUT_DIR)"
+    )
+
+
+def _first(names: List[str], shown: int = 3) -> str:
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def saved_optimizer(checkpoint: Dict[str, Any]) -> Optional[str]:

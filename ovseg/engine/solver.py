@@ -111,8 +111,8 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         cls = _full_model_clipping(cls, clip.CLIP_VALUE)
     elif clip.ENABLED:
         cls = maybe_add_gradient_clipping(cfg, cls)
-    for g in groups:
-        g.pop("name")
+    # each group keeps its parameter's "name": a resume compares them with the saved state's
+    # (ovseg.engine.resume.check_saved_parameters)
     return cls(groups, lr=cfg.SOLVER.BASE_LR, **kwargs)
 
 

@@ -189,7 +189,8 @@ class Trainer(DefaultTrainer):
         refuses another optimizer's state and says what of the config it does not follow
         (SOLVER values its saved optimizer and schedule override, a MAX_ITER already passed)."""
         if resume and self.checkpointer.has_checkpoint():
-            check_resumed_optimizer(self.cfg)  # torch would fail at the first step
+            # torch would fail at the first step, or inside its load_state_dict
+            check_resumed_optimizer(self.cfg, self._trainer.optimizer)
         fresh = solver_state(self._trainer.optimizer, self.scheduler)
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():

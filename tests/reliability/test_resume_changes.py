@@ -111,3 +111,18 @@ def test_eval_only_keeps_the_runs_config(run):
     setup(default_argument_parser().parse_args(args))
     assert (run / "config.yaml").read_bytes() == before
     assert "BASE_LR: 0.5" in (run / "config_eval.yaml").read_text()
+
+
+def test_other_trainable_parameters_stop_naming_them(run):
+    # freezing the stem and res2 (FREEZE_AT 3) leaves their 10 weights out of the optimizer:
+    # torch failed inside its load_state_dict ("a different number of parameter groups"), and
+    # with as many parameters it would give one parameter's momentum to another
+    opts = _opts(run, "MODEL.BACKBONE.FREEZE_AT", "3", "SOLVER.MAX_ITER", "6")
+    trainer = Trainer(load_config(str(CONFIG), opts))
+    with pytest.raises(CheckpointMismatchError, match="other trainable parameters") as info:
+        trainer.resume_or_load(resume=True)
+    message = str(info.value)
+    assert "10 trained in the run, not here (backbone.bottom_up.stem.conv1.weight" in message
+    assert "trained here, not in the run" not in message and "MODEL.WEIGHTS" in message
+    # the run's own config resumes
+    _train(run, "SOLVER.MAX_ITER", "6", resume=True)
