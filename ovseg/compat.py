@@ -185,8 +185,23 @@ def _cpu_worker(
         # every rank is done before any tears down its gloo connections: a rank that
         # destroys its group while a peer still talks to it can abort that peer at exit
         comm.synchronize()
+    except RuntimeError as e:
+        if _peer_gone(e):  # a peer failed first: its error, not this echo, is the one to show
+            time.sleep(PEER_FAILURE_GRACE_S)
+        raise
     finally:
         end_process_group()
+
+
+# seconds a rank whose peer closed its connection waits before failing: torch's spawn reports
+# the first process to exit with an error, and the rank that failed first (a corrupt image on
+# rank 1) should be that one, not a rank that only saw it go (under load, either came first)
+PEER_FAILURE_GRACE_S = 5.0
+
+
+def _peer_gone(error: BaseException) -> bool:
+    text = str(error)
+    return "closed by peer" in text or "reset by peer" in text
 
 
 def _run_dying_with(launcher_pid: int, main_func: Callable[..., Any], *args: Any) -> Any:
