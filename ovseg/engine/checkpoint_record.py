@@ -33,7 +33,14 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NOT_COMPARED", "changed_settings", "check_teacher", "teacher_record"]
+__all__ = [
+    "NOT_COMPARED",
+    "changed_settings",
+    "check_teacher",
+    "plain",
+    "recorded_config",
+    "teacher_record",
+]
 
 # MODEL keys (less "MODEL.") a run may change after training without misusing its weights:
 # paths, devices and speed; what is chosen at test time (vocabularies, prompts, test-time
@@ -172,13 +179,8 @@ def changed_settings(recorded: Any, cfg: Any, *, everything: bool = False) -> Li
     Returns:
         list[tuple]: (key, value in training, value now), sorted by key.
     """
-    if not isinstance(recorded, str) or cfg is None:
-        return []
-    try:
-        trained = yaml.safe_load(recorded)
-    except yaml.YAMLError:
-        return []
-    if not isinstance(trained, dict) or not isinstance(trained.get("MODEL"), dict):
+    trained = recorded_config(recorded)
+    if cfg is None or not isinstance(trained.get("MODEL"), dict):
         return []
     theirs, ours = _flat(trained["MODEL"]), _flat(cfg.MODEL)
     changed = []
@@ -221,9 +223,21 @@ def _flat(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> Any:
+def recorded_config(text: Any) -> Dict[str, Any]:
+    """A checkpoint's recorded config (``ovseg_meta["config"]``, YAML) as a dict ({}: none)."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def plain(value: Any) -> Any:
+    """A config value with its tuples as lists (a loaded YAML's and a CfgNode's compare)."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -235,4 +249,4 @@ def _same(key: str, a: Any, b: Any) -> bool:
         and {a, b} <= _BATCH_NORMS
     ):
         return True
-    return _plain(a) == _plain(b)
+    return plain(a) == plain(b)

@@ -21,13 +21,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import yaml
 
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
 from ..data.resumable_loader import resumable_sampler_of
 from ..utils.io import remove_temporaries
+from .checkpoint_record import plain, recorded_config
 
 __all__ = [
     "DataPosition",
@@ -218,7 +218,7 @@ def saved_optimizer(checkpoint: Dict[str, Any]) -> Optional[str]:
     told from its hyper-parameters (None: no optimizer state, or not known)."""
     meta = checkpoint.get("ovseg_meta")
     config = meta.get("config") if isinstance(meta, dict) else None
-    name = (_recorded_config(config).get("SOLVER") or {}).get("OPTIMIZER")
+    name = (recorded_config(config).get("SOLVER") or {}).get("OPTIMIZER")
     if isinstance(name, str):
         return name.upper()
     try:
@@ -226,17 +226,6 @@ def saved_optimizer(checkpoint: Dict[str, Any]) -> Optional[str]:
     except (KeyError, TypeError):
         return None
     return optimizer_kind(groups[0]) if groups else None
-
-
-def _recorded_config(text: Any) -> Dict[str, Any]:
-    """A checkpoint's recorded config (``ovseg_meta["config"]``, YAML) as a dict ({}: none)."""
-    if not isinstance(text, str):
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def optimizer_kind(group: Dict[str, Any]) -> Optional[str]:
@@ -285,14 +274,14 @@ def resumed_solver_warning(
     if used == fresh:
         return "", {}
     config = meta.get("config") if isinstance(meta, dict) else None
-    recorded = _recorded_config(config).get("SOLVER") or {}
+    recorded = recorded_config(config).get("SOLVER") or {}
     kept = {
         key: recorded[key]
         for key in SOLVER_STATE_KEYS
-        if key in recorded and _plain(recorded[key]) != _plain(cfg.SOLVER.get(key))
+        if key in recorded and plain(recorded[key]) != plain(cfg.SOLVER.get(key))
     }
     named = "; ".join(
-        f"SOLVER.{key} {_plain(cfg.SOLVER.get(key))} here, {_plain(value)} in the run"
+        f"SOLVER.{key} {plain(cfg.SOLVER.get(key))} here, {plain(value)} in the run"
         for key, value in kept.items()
     )
     decays = [g["weight_decay"] for g in used["groups"] if "weight_decay" in g]
@@ -305,10 +294,6 @@ def resumed_solver_warning(
         "OUTPUT_DIR"
     )
     return warning, kept
-
-
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _values(values: List[float]) -> str:
