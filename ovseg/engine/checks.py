@@ -20,7 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_root
 from ..utils.downloads import local_weights_problem
 from ..utils.io import check_output_file
-from .resume import check_resume_target
+from .resume import check_resume_target, last_checkpoint_name
 from .value_checks import check_values
 
 __all__ = [
@@ -246,16 +246,14 @@ def check_run_target(
     out = cfg.OUTPUT_DIR
     saved = EVAL_CONFIG if eval_only else "config.yaml"  # the config file setup() writes
     check_output_file(os.path.join(out, saved), "folder", "OUTPUT_DIR")
-    last = os.path.join(out, "last_checkpoint")
-    if not eval_only and not resume and os.path.isfile(last):
-        with open(last, encoding="utf-8") as f:
-            latest = f.read().strip()
+    latest = last_checkpoint_name(out)
+    if not eval_only and not resume and latest is not None:
         raise FileExistsError(
             f"OUTPUT_DIR {out} holds a run (its last checkpoint: {latest}); training again "
             "would overwrite it. Continue it with --resume, or give another OUTPUT_DIR"
         )
     arch = cfg.MODEL.META_ARCHITECTURE
-    resumes = resume and os.path.isfile(last)
+    resumes = resume and latest is not None
     if resume and not resumes:  # a misspelt OUTPUT_DIR would train from scratch unnoticed
         logger.warning(
             "--resume: OUTPUT_DIR %s holds no last_checkpoint; the run starts from "
@@ -264,13 +262,12 @@ def check_run_target(
             cfg.MODEL.WEIGHTS or "none",
         )
     if eval_only and resumes and weights_given:  # detectron2 loads the last checkpoint
-        with open(last, encoding="utf-8") as f:
-            latest = os.path.join(out, f.read().strip())
-        if not _same_file(cfg.MODEL.WEIGHTS, latest):  # the very file: nothing is ignored
+        path = os.path.join(out, latest)
+        if not _same_file(cfg.MODEL.WEIGHTS, path):  # the very file: nothing is ignored
             logger.warning(
                 "--eval-only --resume evaluates OUTPUT_DIR's last checkpoint %s: MODEL.WEIGHTS "
                 "%s is ignored. Leave out --resume to evaluate MODEL.WEIGHTS",
-                latest,
+                path,
                 cfg.MODEL.WEIGHTS or '""',
             )
     if eval_only and not cfg.MODEL.WEIGHTS and not resumes and not weights_given:

@@ -34,6 +34,7 @@ __all__ = [
     "check_resume_target",
     "check_resumed_optimizer",
     "check_saved_parameters",
+    "last_checkpoint_name",
     "optimizer_kind",
     "remove_stale_temporaries",
     "restore_training_position",
@@ -143,16 +144,25 @@ def check_resume_target(cfg: CfgNode, training: bool = True) -> None:
         check_resumed_optimizer(cfg)
 
 
+def last_checkpoint_name(out: str) -> Optional[str]:
+    """The checkpoint file OUTPUT_DIR ``out``'s ``last_checkpoint`` names (None: no such
+    file, nothing to resume)."""
+    last = os.path.join(out, "last_checkpoint")
+    if not os.path.isfile(last):
+        return None
+    with open(last, encoding="utf-8") as f:
+        return f.read().strip()
+
+
 def check_resumed_optimizer(cfg: CfgNode, optimizer=None) -> None:
     """Refuse a resume whose latest checkpoint holds another SOLVER.OPTIMIZER's state (read
     without loading its tensors): torch failed at the first step (KeyError 'step' for SGD's
     state in AdamW, 'momentum' for AdamW's in SGD); with ``optimizer`` (the run's, built),
     also one of other trainable parameters (:func:`check_saved_parameters`)."""
-    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-    if not os.path.isfile(last):
+    name = last_checkpoint_name(cfg.OUTPUT_DIR)
+    if name is None:
         return
-    with open(last, encoding="utf-8") as f:
-        path = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+    path = os.path.join(cfg.OUTPUT_DIR, name)
     try:  # the pickle only: tensors stay on disk
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable: the resume falls back to an earlier one, or says so
