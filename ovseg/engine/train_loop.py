@@ -18,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..compat import write_metrics
+from ..modeling.mask_count import step_normalizer
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -112,11 +113,15 @@ def _write_local_metrics(loss_dict, data_time: float, prefix: str = "") -> None:
 
 class Accumulation:
     """One optimizer step over ``accumulate_steps`` batches of the loader (its batch size is
-    SOLVER.IMS_PER_BATCH / steps): each batch's forward and backward with its loss divided by
-    the steps, so the gradient is the mean over the step's batches, as PyTorch Lightning's
-    ``accumulate_grad_batches`` (LSeg's official runs). Batch-dependent layers (BN, SyncBN)
-    see one batch per forward; DDP synchronises gradients on the last backward only. The
-    metrics are the batches' means. 1: detectron2's step, unchanged."""
+    SOLVER.IMS_PER_BATCH / steps), which stands in for that many times the processes: each
+    batch's forward and backward with its loss divided by the steps, so that a loss that is a
+    mean per forward (LSeg, MaskCLIP+, XPM: a mean per process under DDP) gets the gradient
+    DDP's mean over the processes gives, as PyTorch Lightning's ``accumulate_grad_batches``
+    (LSeg's official runs); a loss over masks (ZegCLIP, FreeSeg) is divided by the masks of
+    all the step's forwards and processes, as the official criteria all-reduce their count
+    (ovseg/modeling/mask_count.py). Batch-dependent layers (BN, SyncBN) see one batch per
+    forward; DDP synchronises gradients on the last backward only. The metrics are the
+    batches' means. 1: detectron2's step, unchanged."""
 
     accumulate_steps: int = 1
 
@@ -136,19 +141,48 @@ class Accumulation:
         """The step's forwards and backwards; (mean loss dict, summed data time)."""
         steps = self.accumulate_steps
         self.optimizer.zero_grad()
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        count = getattr(model, "mask_count", None)
+        batches, data_time = [], 0.0
+        if count is not None and count.prefetch:  # the step's mask count before its forwards
+            batches, data_time = self._next_batches(steps)
+            count.fixed = step_normalizer([model.count_masks(b) for b in batches], steps)
+        elif count is not None:  # recorded by the forwards, divided out afterwards
+            count.recorded = []
         means: Dict[str, torch.Tensor] = {}
-        data_time = 0.0
-        for i in range(steps):
-            start = time.perf_counter()
-            data = next(self._data_loader_iter)
-            data_time += time.perf_counter() - start
-            with self._no_sync(last=i == steps - 1):
-                loss_dict = forward(data)
-                backward(sum(loss_dict.values()) / steps)
-            for name, value in loss_dict.items():
-                means[name] = means.get(name, 0) + value.detach() / steps
+        try:
+            for i in range(steps):
+                if not batches:
+                    data, seconds = self._next_batches(1)
+                    data, data_time = data[0], data_time + seconds
+                else:
+                    data = batches[i]
+                with self._no_sync(last=i == steps - 1):
+                    loss_dict = forward(data)
+                    backward(sum(loss_dict.values()) / steps)
+                for name, value in loss_dict.items():
+                    means[name] = means.get(name, 0) + value.detach() / steps
+            if count is not None and count.recorded is not None:
+                means = _divide_gradients(self.model, means, step_normalizer(count.recorded, steps))
+        finally:
+            if count is not None:
+                count.fixed, count.recorded = None, None
         after_backward(self)
         return means, data_time
+
+    def _next_batches(self, n: int) -> Tuple[list, float]:
+        start = time.perf_counter()
+        batches = [next(self._data_loader_iter) for _ in range(n)]
+        return batches, time.perf_counter() - start
+
+
+def _divide_gradients(model, losses: Dict[str, torch.Tensor], divisor: float):
+    """Divide the gradients (all-reduced already) and the losses of a step by ``divisor``."""
+    if divisor != 1.0:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.div_(divisor)
+    return {k: v / divisor for k, v in losses.items()}
 
 
 def after_backward(trainer) -> None:

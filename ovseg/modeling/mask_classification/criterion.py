@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.structures import Instances
-from detectron2.utils import comm
 
 from ..losses import sigmoid_focal_terms
+from ..mask_count import MaskCount
 from .matcher import HungarianMatcher
 
 __all__ = ["MaskClassificationCriterion", "dice_loss", "prepare_targets", "sigmoid_focal_loss"]
@@ -129,6 +129,8 @@ class MaskClassificationCriterion(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.deep_supervision = deep_supervision
         self.num_aux_losses = num_aux_losses
+        # the CE is a mean of its own: an accumulating step fixes the count before its forwards
+        self.mask_count = MaskCount(prefetch=True)
 
     def loss_labels(self, logits: Tensor, targets, indices) -> Tensor:
         """CE over K = C + 1 classes, unmatched queries labelled no-object (the last)."""
@@ -188,10 +190,9 @@ class MaskClassificationCriterion(nn.Module):
         targets = prepare_targets(targets, padded_size)
         num_masks = sum(len(t["labels"]) for t in targets)
         # normalised by the mean number of masks over workers (criterion.py:200-206)
-        count = torch.as_tensor([float(num_masks)], device=outputs["pred_masks"].device)
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(count)
-        num_masks = max(count.item() / comm.get_world_size(), 1.0)
+        # (and over an accumulated step's forwards: ovseg/modeling/mask_count.py)
+        count = torch.as_tensor(float(num_masks), device=outputs["pred_masks"].device)
+        num_masks = self.mask_count.normalizer(count).item()
         losses = self._losses(outputs, targets, num_masks)
         aux = outputs.get("aux_outputs", []) if self.deep_supervision else []
         if self.num_aux_losses >= 0:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
-from detectron2.structures import ImageList
+from detectron2.structures import ImageList, Instances
 
 from ...clip import CLIPTeacher
 from ...vocab import normalize_name
@@ -245,13 +245,37 @@ class FreeSeg(OpenVocabSegmentor):
                 "dataset"
             )
         names = next(iter(groups))
+        task = self.batch_task(batched_inputs)
+        targets = self.task_targets(batched_inputs, names, task)
+        images = ImageList.from_tensors(
+            self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
+        )
+        outputs = self.decode(self.pixel_features(images.tensor), self.text_features(names, task))
+        targets = [t.to(self.device) for t in targets]
+        return self.criterion(outputs, targets, tuple(images.tensor.shape[-2:]))
+
+    @property
+    def mask_count(self):
+        return self.criterion.mask_count
+
+    def count_masks(self, batched_inputs: List[dict]) -> float:
+        """The masks the criterion will count in this training batch (before its forward,
+        for an accumulating step: ovseg/modeling/mask_count.py). A batch without a ``"task"``
+        gets its drawn one, which its forward then uses."""
+        names = self.input_vocabulary(batched_inputs[0], None)
+        task = self.batch_task(batched_inputs)
+        for x in batched_inputs:
+            x.setdefault("task", task)
+        return float(sum(len(t) for t in self.task_targets(batched_inputs, names, task)))
+
+    def task_targets(self, batched_inputs: List[dict], names, task: str) -> List[Instances]:
+        """The batch's training targets for ``task``."""
         missing = [x.get("file_name", "") for x in batched_inputs if "instances" not in x]
         if missing:
             raise ValueError(
                 f"Training inputs {missing} have no 'instances'; FreeSeg needs mask targets "
                 "(INPUT.DATASET_MAPPER_NAME ovseg_panoptic, ovseg_instance or ovseg_semantic_mask)"
             )
-        task = self.batch_task(batched_inputs)
         things = self.is_thing(names)
         labels = [x.get("sem_seg") if self.semantic_from_labels else None for x in batched_inputs]
         targets = [
@@ -264,12 +288,7 @@ class FreeSeg(OpenVocabSegmentor):
                     f"target classes {sorted(set(t.gt_classes.tolist()))} fall outside the "
                     f"{len(names)}-name vocabulary"
                 )
-        images = ImageList.from_tensors(
-            self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
-        )
-        outputs = self.decode(self.pixel_features(images.tensor), self.text_features(names, task))
-        targets = [t.to(self.device) for t in targets]
-        return self.criterion(outputs, targets, tuple(images.tensor.shape[-2:]))
+        return targets
 
     # ------------------------------------------------------------------ inference
     def text_embeddings(self, names: Sequence[str], task: str = "semantic") -> Tensor:

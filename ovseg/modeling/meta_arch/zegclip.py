@@ -26,7 +26,6 @@ from torch import Tensor
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
-from detectron2.utils import comm
 
 from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ...pseudo.self_training import SelfTrainingSchedule
@@ -34,6 +33,7 @@ from ...vocab import normalize_name, split_synonyms, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..losses import mask_losses
+from ..mask_count import MaskCount
 from ..resize import resize_bilinear
 from ..text_classifier import LearnedBackground, TextClassifier
 from .base import OpenVocabSegmentor
@@ -229,13 +229,13 @@ class ZegCLIP(OpenVocabSegmentor):
         self.seen_classes = names_and_synonyms(seen_classes)
         self.unseen_classes = frozenset(normalize_name(n) for n in unseen_classes)
         self.calibration = float(calibration)
-        self.focal_weight = float(focal_weight)
+        self.focal_weight, self.dice_weight = float(focal_weight), float(dice_weight)
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
-        self.dice_weight = float(dice_weight)
         self.deep_supervision = bool(deep_supervision)
         self.ignore_as_negative = bool(ignore_as_negative)
         self.self_training, self.self_training_pixels = schedule, self_training_pixels
         self.loss_fn = mask_losses  # MODEL.COMPILE replaces it by its compiled form
+        self.mask_count = MaskCount()  # every loss is over masks (no prefetch needed)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -406,11 +406,9 @@ class ZegCLIP(OpenVocabSegmentor):
                 )
                 focal[i], dice[i] = focal[i] + f, dice[i] + d
             num_masks = num_masks + n
-        # as the official criterion: normalised by the non-empty masks of all processes
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(num_masks)
-            num_masks = num_masks / comm.get_world_size()
-        num_masks = num_masks.clamp(min=1)
+        # as the official criterion: normalised by the non-empty masks of all processes (and
+        # of an accumulated step's forwards: ovseg/modeling/mask_count.py)
+        num_masks = self.mask_count.normalizer(num_masks)
         losses = {}
         for i in layers:
             suffix = "" if i == num_layers - 1 else f"_{i}"
