@@ -7,7 +7,10 @@ this module holds only behaviour that even upstream lacks for CPU runs:
 - v0.6's ``launch`` asserts CUDA and always uses NCCL, so multi-process CPU runs (gloo) are
   started here when the installed ``launch`` cannot do it;
 - ``create_ddp_model`` passes CUDA ``device_ids`` even for a model on the CPU, so ovseg
-  wraps DDP itself with the device of the model's parameters;
+  wraps DDP itself with the device of the model's parameters; and torch's ``SyncBatchNorm``
+  refuses CPU tensors in multi-process training, so a CPU model's SyncBN layers become
+  detectron2's ``NaiveSyncBatchNorm`` (gloo all-reduce, statistics weighted by batch size)
+  when it is wrapped (``cpu_sync_batchnorm``);
 - workers outlive a launcher killed by a signal (they are reparented and keep training), so
   every worker asks the kernel for a signal when its launcher dies; and the default
   ``--dist-url`` is a fixed port per user, so two runs at once collide: single-machine runs
@@ -59,6 +62,7 @@ __all__ = [
     "launch_supports_cpu",
     "launch",
     "create_ddp_model",
+    "cpu_sync_batchnorm",
     "default_dist_url",
     "die_with_parent",
     "end_process_group",
@@ -308,12 +312,56 @@ def create_ddp_model(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if "device_ids" not in kwargs:
         kwargs["device_ids"] = [comm.get_local_rank()] if device.type == "cuda" else None
+    if device.type == "cpu":
+        cpu_sync_batchnorm(model)
     ddp = DistributedDataParallel(model, **kwargs)
     if fp16_compression:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
 
         ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
     return ddp
+
+
+def cpu_sync_batchnorm(model: torch.nn.Module) -> int:
+    """Replace ``model``'s ``nn.SyncBatchNorm`` layers by detectron2's ``NaiveSyncBatchNorm``
+    (``stats_mode="N"``), in place, keeping their parameter and buffer objects (an optimizer
+    built on the model stays valid).
+
+    torch's SyncBatchNorm raises "expected input tensor to be on GPU" in the training forward
+    of a multi-process CPU run; the naive one all-reduces the batch's mean and mean square
+    with gloo, each process weighted by its images, so with equal crops it normalises by the
+    statistics of all processes' images as SyncBN does on GPUs. One process, or evaluation:
+    a plain BatchNorm, as SyncBN is there. The state dict keys are the same.
+
+    Returns:
+        int: the layers replaced.
+    """
+    from detectron2.layers import NaiveSyncBatchNorm
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.SyncBatchNorm:
+                continue
+            naive = NaiveSyncBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+                stats_mode="N",
+            )
+            for key, value in list(child._parameters.items()) + list(child._buffers.items()):
+                setattr(naive, key, value)  # the same objects: the optimizer holds them
+            naive.train(child.training)
+            setattr(parent, name, naive)
+            replaced += 1
+    if replaced:
+        logger.info(
+            f"{replaced} SyncBatchNorm layers run as detectron2's NaiveSyncBatchNorm: torch's "
+            "SyncBatchNorm needs CUDA processes"
+        )
+    return replaced
 
 
 def _parameters(func: Callable[..., Any]) -> frozenset:

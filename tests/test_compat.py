@@ -244,3 +244,58 @@ def test_coco_evaluation_asks_for_pycocotools_in_either_signature(monkeypatch):
     evaluator = types.SimpleNamespace(_coco_api="gt", _max_dets_per_image=7)
     got = instance_evaluator.OpenVocabInstanceEvaluator._evaluate_all(evaluator, [1], [3])
     assert got == ("later", COCOeval, {"img_ids": [3], "max_dets_per_image": 7})
+
+
+def _sync_bn_step(out_dir, full_batch):
+    import torch.distributed as dist
+
+    from detectron2.utils import comm
+
+    rank = comm.get_rank()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.SyncBatchNorm(3))
+    ddp = compat.create_ddp_model(model, broadcast_buffers=False)
+    half = full_batch[2 * rank : 2 * rank + 2]  # 2 images each, of the 4
+    out = ddp(half)
+    (out * out).mean().backward()  # DDP averages: the full batch's mean over 2 halves
+    grad = model[0].weight.grad.clone()
+    dist.all_reduce(out.new_zeros(1))
+    torch.save(
+        {"out": out.detach(), "mean": model[1].running_mean, "grad": grad, "kind": type(model[1])},
+        f"{out_dir}/rank{rank}.pt",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+def test_sync_batchnorm_trains_in_cpu_processes_as_one_batch(tmp_path):
+    # torch's SyncBatchNorm raises "expected input tensor to be on GPU" in a multi-process
+    # CPU forward; wrapped for DDP it normalises by all processes' images as on GPUs
+    from detectron2.layers import NaiveSyncBatchNorm
+
+    full = torch.randn(4, 2, 5, 6)
+    compat.launch(_sync_bn_step, 2, args=(str(tmp_path), full))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    out = model(full)
+    (out * out).mean().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert all(r["kind"] is NaiveSyncBatchNorm for r in ranks)
+    torch.testing.assert_close(torch.cat([r["out"] for r in ranks]), out.detach())
+    for r in ranks:
+        torch.testing.assert_close(r["mean"], model[1].running_mean)
+        torch.testing.assert_close(r["grad"], model[0].weight.grad)
+
+
+def test_cpu_sync_batchnorm_keeps_the_optimizers_tensors():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.SyncBatchNorm(3)).eval()
+    model[1].running_mean += 2.0
+    params = {id(p) for p in model.parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert compat.cpu_sync_batchnorm(model) == 1
+    assert {id(p) for p in model.parameters()} == params
+    assert not model[1].training
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value)
