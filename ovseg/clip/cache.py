@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.io import TMP_PREFIX, atomic_write
+from ..utils.tensor_digest import update_with_tensor
 
 __all__ = [
     "TextEmbeddingCache",
@@ -47,9 +48,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     """SHA-256 over every state-dict entry's name, dtype, shape and bytes."""
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensor(h, key, value)
     return h.hexdigest()
 
 

@@ -29,6 +29,7 @@ from detectron2.utils.file_io import Detectron2Handler
 from ..utils.downloads import explain_download_failure, local_weights_problem
 from ..utils.io import atomic_write, atomic_write_text
 from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
+from .checkpoint_digest import DIGEST_KEY, check_contents, content_digests
 from .checkpoint_fit import (
     META_KEY,
     CheckpointMismatchError,
@@ -45,7 +46,12 @@ from .checkpoint_record import (
 )
 from .resume import rng_state
 
-__all__ = ["AtomicCheckpointer", "CheckpointReadError", "load_model_weights"]
+__all__ = [
+    "AtomicCheckpointer",
+    "CheckpointCorruptedError",
+    "CheckpointReadError",
+    "load_model_weights",
+]
 
 # what reading a damaged (truncated, emptied) checkpoint raises; refusals are not among them
 _UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError)
@@ -55,6 +61,11 @@ _ITERATION = re.compile(r"_(\d+)\.pth$")
 class CheckpointReadError(RuntimeError, ValueError):
     """A checkpoint file cannot be read (truncated or damaged); a ValueError too, so the
     tools report it as the user's bad input in one line."""
+
+
+class CheckpointCorruptedError(CheckpointReadError):
+    """A checkpoint's contents differ from the digest it recorded when it was saved
+    (:mod:`.checkpoint_digest`): disk or copy corruption."""
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -94,6 +105,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.gathered_rng: Optional[tuple] = None
         self._path: Optional[str] = None
         self._resuming = False
+        self._entries: Optional[List[str]] = None  # what a load uses (None: everything)
 
     @property
     def loaded_path(self) -> Optional[str]:
@@ -117,6 +129,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if rng is not None:
             data["rng_states"] = rng
         data.update(kwargs)
+        # hashed as written: every load recomputes what it uses (a changed file is refused)
+        meta[DIGEST_KEY] = content_digests(data, META_KEY)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_write(save_file, lambda f: torch.save(data, f))
@@ -129,6 +143,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         self._path = path
+        # weights alone use the file's "model"; a resume uses all it holds
+        self._entries = ["model"] if checkpointables == [] else None
         what = local_weights_problem(path)
         if what:  # detectron2 only asserts
             raise FileNotFoundError(
@@ -161,13 +177,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            return _read_checkpoint(filename, self.logger)
+            data = _read_checkpoint(filename, self.logger)
         except UnsafeWeightsError:
             raise
         except _UNREADABLE as e:
             if not self._resuming:
                 raise CheckpointReadError(_unreadable(filename, e)) from e
-            return self._fall_back(filename, e)
+            data = self._fall_back(filename, e)
+            filename = str(self._path)
+        hint = ""
+        if self._resuming:
+            last = os.path.join(self.save_dir, "last_checkpoint")
+            hint = f"; to resume from an earlier one, write its name into {last}"
+        check_contents(filename, data, META_KEY, self._entries, hint=hint)
+        return data
 
     def _fall_back(self, filename: str, error: BaseException) -> Dict[str, Any]:
         for earlier in self._earlier_checkpoints(filename):

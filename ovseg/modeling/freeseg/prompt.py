@@ -259,6 +259,10 @@ def load_prompt_tokens(
             "stage's checkpoint (e.g. its model_final.pth) or '' to learn prompts from scratch"
         )
     state = torch_load_weights(path)  # weights_only: a checkpoint never runs code
+    from ...engine.checkpoint_digest import check_contents  # a changed file is refused
+    from ...engine.checkpoint_fit import META_KEY
+
+    check_contents(str(path), state, META_KEY, ["model"])
     state = state.get("model", state)
     found = {}
     for key, value in state.items():

@@ -75,6 +75,11 @@ def read_teacher_state(path: str) -> Optional[Dict[str, Tensor]]:
             "(its config's OUTPUT_DIR holds model_final.pth) or point to its checkpoint"
         )
     state = torch_load_weights(path)
+    if isinstance(state, dict):  # a teacher run's checkpoint: refused when it changed on disk
+        from ...engine.checkpoint_digest import check_contents
+        from ...engine.checkpoint_fit import META_KEY
+
+        check_contents(path, state, META_KEY, ["model"])
     return state.get("model", state) if isinstance(state, dict) else state
 
 

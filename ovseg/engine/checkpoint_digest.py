@@ -1,0 +1,94 @@
+"""A checkpoint's record of its own contents, checked at every load: a changed file is refused.
+
+torch's zip reader checks no CRC, so a bit flipped inside a tensor of a saved checkpoint
+(a disk error, a bad copy) used to load without a word and evaluate, resume or train on other
+numbers. Every save of :class:`~ovseg.engine.checkpoint.AtomicCheckpointer` records, in
+``ovseg_meta["content_sha256"]``, the SHA-256 of each entry of the file ("model", "trainer",
+"iteration", the data position, the RNG states: :func:`content_digests`, tensors hashed in
+place by ``ovseg.utils.tensor_digest``); every load recomputes those it uses ("model" for
+weights, all of them for ``--resume``) and stops with :class:`CheckpointCorruptedError` on a
+mismatch (:func:`check_contents`). Files without the record (older ovseg, converted official
+models, detectron2's own) load as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from ..utils.tensor_digest import value_sha256
+
+__all__ = ["DIGEST_KEY", "changed_entries", "check_contents", "content_digests"]
+
+DIGEST_KEY = "content_sha256"
+# bump when value_sha256's canonical form changes: a record of another format is not checked
+_FORMAT = 1
+
+
+def content_digests(data: Mapping[str, Any], meta_key: str) -> Dict[str, Any]:
+    """The record of a checkpoint ``data`` about to be saved: each entry's SHA-256 but the
+    metadata's (``meta_key``), which holds the record."""
+    entries = {str(k): value_sha256(v, str(k)) for k, v in data.items() if k != meta_key}
+    return {"format": _FORMAT, "entries": entries}
+
+
+def changed_entries(
+    checkpoint: Mapping[str, Any], meta_key: str, which: Optional[Iterable[str]] = None
+) -> List[str]:
+    """The entries of a loaded checkpoint whose content differs from its record.
+
+    Args:
+        checkpoint: the dict read from the file.
+        meta_key (str): the entry holding ovseg's metadata.
+        which: the entries to check (None: every recorded one).
+
+    Returns:
+        list[str]: the changed entries, also recorded ones now missing ([] without a record).
+    """
+    meta = checkpoint.get(meta_key)
+    record = meta.get(DIGEST_KEY) if isinstance(meta, Mapping) else None
+    if not isinstance(record, Mapping) or record.get("format") != _FORMAT:
+        return []
+    entries = record.get("entries")
+    if not isinstance(entries, Mapping):
+        return [DIGEST_KEY]
+    names = list(entries) if which is None else [k for k in which if k in entries]
+    changed = []
+    for name in names:
+        if name not in checkpoint or value_sha256(checkpoint[name], name) != entries[name]:
+            changed.append(name)
+    return changed
+
+
+def check_contents(
+    path: str,
+    checkpoint: Mapping[str, Any],
+    meta_key: str,
+    which: Optional[Iterable[str]] = None,
+    hint: str = "",
+) -> None:
+    """Refuse a checkpoint whose contents changed after it was written.
+
+    Args:
+        path (str): the file, for the message.
+        checkpoint, meta_key, which: as :func:`changed_entries`.
+        hint (str): a further way out for the message (the resume's ``last_checkpoint``).
+
+    Raises:
+        CheckpointCorruptedError: naming the file, the changed entries and what to do.
+    """
+    changed = changed_entries(checkpoint, meta_key, which)
+    if not changed:
+        return
+    from .checkpoint import CheckpointCorruptedError
+
+    what = (
+        f"{changed[0]!r} entry no longer matches"
+        if len(changed) == 1
+        else (f"{', '.join(map(repr, changed))} entries no longer match")
+    )
+    raise CheckpointCorruptedError(
+        f"Checkpoint {path} changed after it was written: its {what} the SHA-256 recorded "
+        "when it was saved (disk or copy corruption), so it was not loaded. Copy it again "
+        "from where it was saved, or use another checkpoint (an earlier model_*.pth of the "
+        f"run){hint}"
+    )
