@@ -9,6 +9,7 @@ Examples:
 Without CUDA, --num-gpus N starts N CPU processes connected through gloo.
 """
 
+import logging
 import sys
 
 # isort: off
@@ -27,6 +28,7 @@ from ovseg.engine.checkpoint import CheckpointReadError
 from ovseg.engine.checkpoint_fit import CheckpointMismatchError
 from ovseg.engine.checks import check_config, check_run_files, check_run_target
 from ovseg.engine.defaults import load_config
+from ovseg.engine.eval_results import eval_only_evaluators
 from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
 from ovseg.utils.safe_load import UnsafeWeightsError
@@ -37,12 +39,14 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # every weight must come from the checkpoint: a misfit is an error, not mIoU 0
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, complete=True, cfg=cfg).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        res = Trainer.test(cfg, model)
+        loader = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, complete=True, cfg=cfg)
+        loader.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # into a folder holding no earlier evaluation's results (a run's own is kept)
+        evaluators, folder = eval_only_evaluators(Trainer, cfg, loader.loaded_path or "")
+        res = Trainer.test(cfg, model, evaluators)
         if comm.is_main_process():
             verify_results(cfg, res)
+            logging.getLogger("ovseg").info(f"--eval-only: results saved in {folder}")
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

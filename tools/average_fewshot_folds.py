@@ -5,7 +5,8 @@ Example:
     python tools/average_fewshot_folds.py output/pascal5i/lseg_r101_4ep_bs40_fold{0,1,2,3}/inference
 
 Each argument is a ``fewshot_evaluation.json`` or the folder holding it (``train_net.py
---eval-only`` writes it to ``<OUTPUT_DIR>/inference``). Prints the per-fold and mean mIoU and
+--eval-only`` writes it to ``<OUTPUT_DIR>/inference``, or ``inference_<n>`` beside an earlier
+evaluation: the folder it logs). Prints the per-fold and mean mIoU and
 FB-IoU as JSON and, with ``--output``, writes it. Averaging: ``ovseg.evaluation.mean_over_folds``.
 """
 

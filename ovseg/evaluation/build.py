@@ -15,7 +15,7 @@ from .panoptic_evaluator import OpenVocabPanopticEvaluator
 from .region_classification import RegionClassificationEvaluator
 from .sem_seg_evaluator import OpenVocabSemSegEvaluator
 
-__all__ = ["EVALUATOR_FACTORIES", "register_evaluator", "build_evaluator"]
+__all__ = ["EVALUATOR_FACTORIES", "build_evaluator", "output_folder_for", "register_evaluator"]
 
 # evaluator_type -> factory(cfg, dataset_name, output_folder) -> DatasetEvaluator
 EVALUATOR_FACTORIES: dict[str, Callable[[CfgNode, str, str], DatasetEvaluator]] = {}
@@ -77,6 +77,14 @@ def _build_panoptic(cfg: CfgNode, dataset_name: str, output_folder: str) -> Data
     return DatasetEvaluators(evaluators)
 
 
+def output_folder_for(cfg: CfgNode, dataset_name: str, root: str | None = None) -> str:
+    """Where ``dataset_name``'s evaluator writes: ``root`` (``<OUTPUT_DIR>/inference`` when
+    None), or ``<root>/<dataset_name>`` when DATASETS.TEST names several sets (each set's
+    files would overwrite the one before)."""
+    root = os.path.join(cfg.OUTPUT_DIR, "inference") if root is None else root
+    return os.path.join(root, dataset_name) if len(set(cfg.DATASETS.TEST)) > 1 else root
+
+
 def build_evaluator(
     cfg: CfgNode, dataset_name: str, output_folder: str | None = None
 ) -> DatasetEvaluator:
@@ -94,9 +102,7 @@ def build_evaluator(
         DatasetEvaluator: the evaluator for this dataset.
     """
     if output_folder is None:
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        if len(set(cfg.DATASETS.TEST)) > 1:
-            output_folder = os.path.join(output_folder, dataset_name)
+        output_folder = output_folder_for(cfg, dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATOR_FACTORIES:
         raise ValueError(

@@ -220,7 +220,8 @@ def load_fold_result(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} does not exist; evaluate a pascal5i_* / coco20i_* fold first (train_net.py "
-            f"--eval-only writes <OUTPUT_DIR>/inference/{RESULT_FILE})"
+            f"--eval-only writes <OUTPUT_DIR>/inference/{RESULT_FILE}, or inference_<n> when "
+            "an earlier evaluation is there: the folder it logs)"
         )
     try:
         with open(path, encoding="utf-8") as f:

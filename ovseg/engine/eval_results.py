@@ -1,0 +1,126 @@
+"""Where ``train_net.py --eval-only`` writes its results: never over an earlier evaluation's.
+
+detectron2's evaluators write into ``OUTPUT_DIR/inference`` (``inference/<dataset>`` for each
+of several test sets): ``sem_seg_evaluation.pth`` and ``confusion_matrix.npy``,
+``coco_instances_results.json``, ``fewshot_evaluation.json``, the panoptic evaluator's files.
+``--eval-only`` pointed at a training run's folder (its config's own OUTPUT_DIR, or
+``--resume``) used to overwrite the run's final evaluation there, and a second evaluation with
+other weights or test settings overwrote the first.
+
+An ``--eval-only`` now writes into the first of ``inference``, ``inference_2``,
+``inference_3``, ... that holds no results or holds this very evaluation's (the same weights
+file, unchanged, and the same config: re-running it overwrites its own, equal results), and
+says where. Each such folder records what produced it: :data:`RECORD` (the weights file's
+path, size and modification time, the config's SHA-256) and :data:`~.defaults.EVAL_CONFIG`
+(the config, as ``OUTPUT_DIR/config_eval.yaml`` holds the latest evaluation's). A training
+run's own evaluations still write ``inference`` as detectron2's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Dict, List, Tuple
+
+from detectron2.config import CfgNode
+from detectron2.utils import comm
+
+from ..utils.io import TMP_PREFIX, atomic_write_json, atomic_write_text
+from .defaults import EVAL_CONFIG, saved_config
+
+__all__ = ["RECORD", "eval_only_evaluators", "results_folder"]
+
+logger = logging.getLogger(__name__)
+
+RECORD = "evaluation.json"
+_FOLDER = "inference"
+
+
+def evaluation_identity(cfg: CfgNode, weights: str) -> Dict[str, Any]:
+    """What makes two evaluations the same: the weights file (path, size, modification time;
+    "" for none) and the config (the text ``OUTPUT_DIR/config_eval.yaml`` holds)."""
+    identity: Dict[str, Any] = {"weights": "", "config_sha256": ""}
+    if weights and os.path.isfile(weights):
+        st = os.stat(weights)
+        identity.update(
+            weights=os.path.abspath(weights),
+            weights_size=st.st_size,
+            weights_mtime_ns=st.st_mtime_ns,
+        )
+    elif weights:  # a URL: its name is all that is known before it is read
+        identity["weights"] = weights
+    identity["config_sha256"] = hashlib.sha256(saved_config(cfg).encode()).hexdigest()
+    return identity
+
+
+def _state(folder: str, identity: Dict[str, Any]) -> str:
+    """ "free" (absent, or no results in it), "same" (this evaluation's) or "other"."""
+    if not os.path.isdir(folder):
+        return "free"
+    try:
+        with open(os.path.join(folder, RECORD), encoding="utf-8") as f:
+            if json.load(f) == identity:
+                return "same"
+    except (OSError, ValueError):
+        pass
+    for _, _, files in os.walk(folder):
+        if any(n not in (RECORD, EVAL_CONFIG) and not n.startswith(TMP_PREFIX) for n in files):
+            return "other"
+    return "free"
+
+
+def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:
+    """The folder an ``--eval-only`` of ``weights`` with ``cfg`` writes its results into.
+
+    The choice is the same in every process of a run: the main process's record (written
+    atomically, before any result) marks its folder as this evaluation's.
+
+    Returns:
+        tuple[str, str]: the folder, and why it is not ``OUTPUT_DIR/inference`` ("" when it
+        is, or when ``inference`` held this evaluation's results).
+    """
+    identity = evaluation_identity(cfg, weights)
+    base = os.path.join(cfg.OUTPUT_DIR, _FOLDER)
+    n = 1
+    while True:
+        folder = base if n == 1 else f"{base}_{n}"
+        state = _state(folder, identity)
+        if state != "other":
+            break
+        n += 1
+    if n == 1:
+        why = ""
+    else:
+        why = (
+            f"{base} holds an earlier evaluation of other weights or settings, or the training "
+            "run's own, which is kept"
+        )
+    if comm.is_main_process():
+        atomic_write_json(os.path.join(folder, RECORD), identity)
+        atomic_write_text(os.path.join(folder, EVAL_CONFIG), saved_config(cfg))
+    return folder, why
+
+
+def eval_only_evaluators(trainer, cfg: CfgNode, weights: str) -> Tuple[List[Any], str]:
+    """The evaluators of ``cfg.DATASETS.TEST`` for an ``--eval-only``, writing into
+    :func:`results_folder` (``<folder>/<dataset>`` for each of several test sets).
+
+    Args:
+        trainer: the Trainer class (its ``build_evaluator``).
+        cfg (CfgNode): the run's config.
+        weights (str): the file the model was loaded from ("" for none).
+
+    Returns:
+        tuple[list, str]: the evaluators, one per test set, and the folder.
+    """
+    from ..evaluation.build import output_folder_for
+
+    folder, why = results_folder(cfg, weights)
+    logger.info(f"--eval-only: results go to {folder}" + (f" ({why})" if why else ""))
+    evaluators = [
+        trainer.build_evaluator(cfg, name, output_folder_for(cfg, name, folder))
+        for name in cfg.DATASETS.TEST
+    ]
+    return evaluators, folder
