@@ -159,6 +159,11 @@ class ROIAlignAuto(nn.Module):
         args = (self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
         if self.uses_matmul(input):
             return roi_align_matmul(input, rois, *args)
+        if input.dtype in (torch.float16, torch.bfloat16):
+            # sampled in float32, as the official RoIAlign under apex AMP (@amp.float_function)
+            # and torchvision's autocast kernel: boxes cast to the features' dtype would be
+            # rounded to 4 px at 1000 px in bfloat16 (torchvision's CPU kernel has no bfloat16)
+            return tv_roi_align(input.float(), rois.float(), *args).to(input.dtype)
         return tv_roi_align(input, rois.to(input.dtype), *args)
 
     def extra_repr(self) -> str:

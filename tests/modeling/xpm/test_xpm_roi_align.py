@@ -67,6 +67,19 @@ def test_size_rule_and_module_agree_with_torchvision():
         ROIAlignAuto((14, 7), 1 / 16, 0)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_half_precision_features_sample_float32_boxes(autocast):
+    # boxes near 1000 px: in bfloat16 they would round to multiples of 4 px
+    align = ROIAlignAuto((7, 7), 1 / 32, 0, aligned=True, max_pixels=0)
+    features = torch.randn(1, 4, 40, 40).bfloat16()
+    rois = torch.tensor([[0.0, 600.3, 500.7, 900.2, 1000.9], [0.0, 17.5, 3.3, 700.1, 650.6]])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = align(features, rois)
+    want = roi_align(features.float(), rois, 7, 1 / 32, 0, True).bfloat16()
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
 def test_xpm_heads_pool_through_it(tmp_path):
     model = build_model(tiny_xpm_cfg(tmp_path, "XPMTeacher"))
     (pooler,) = model.roi_heads.pooler.level_poolers
