@@ -136,6 +136,21 @@ def test_refine_scores_order_and_errors():
     assert torch.allclose(cosine_logits(dense * 5, text * 2), expected, atol=1e-6)
 
 
+def test_cosines_and_smoothing_stay_float32_under_autocast():
+    # the teacher's scores under a bf16 training step (MaskCLIP+'s online pseudo-labels)
+    g = torch.Generator().manual_seed(0)
+    dense, text = torch.randn(2, 16, 5, 6, generator=g), torch.randn(7, 16, generator=g)
+    keys = torch.randn(2, 8, 5, 6, generator=g)
+    want = cosine_logits(dense, text)
+    want_smoothed = key_smoothing(F.softmax(100 * want, dim=1), keys)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = cosine_logits(dense, text)
+        smoothed = key_smoothing(F.softmax(100 * got, dim=1), keys)
+    assert got.dtype == smoothed.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(smoothed, want_smoothed)
+
+
 # ---------------------------------------------------------------- meta-architecture
 def test_scores_match_teacher_and_padding_is_alignment_free(vit_teacher):
     model = _model(vit_teacher)

@@ -68,10 +68,13 @@ def cosine_logits(dense: Tensor, text: Tensor, normalize_text: bool = True) -> T
             f"dense embeddings {tuple(dense.shape)} and text embeddings {tuple(text.shape)} "
             "must be (B, D, h, w) and (K, D) with the same D"
         )
-    dense = F.normalize(dense.float(), dim=1)
-    text = text.float().to(dense.device)
-    text = F.normalize(text, dim=1) if normalize_text else text
-    return torch.einsum("bdhw,kd->bkhw", dense, text)
+    # float32 under autocast too: there the product would run in bf16/fp16, whose cosines
+    # (times the logit scale of 100) move the teacher's argmax and pseudo-labels
+    with torch.autocast(dense.device.type, enabled=False):
+        dense = F.normalize(dense.float(), dim=1)
+        text = text.float().to(dense.device)
+        text = F.normalize(text, dim=1) if normalize_text else text
+        return torch.einsum("bdhw,kd->bkhw", dense, text)
 
 
 def prompt_denoise(logits: Tensor, *, threshold: float = 0.5, logit_scale: float = 100.0) -> Tensor:
@@ -129,8 +132,9 @@ def key_smoothing(
     p = probs.float().flatten(2).transpose(1, 2)  # (B, N, K)
     k = keys.float().flatten(2).transpose(1, 2)  # (B, N, C)
     k = F.normalize(k, dim=1 if normalization == "positions" else 2)
-    # (k k^T) p computed as k (k^T p): O(N C K) instead of an (N, N) affinity matrix
-    smoothed = k @ (k.transpose(1, 2) @ p)
+    with torch.autocast(k.device.type, enabled=False):  # float32 scores under autocast too
+        # (k k^T) p computed as k (k^T p): O(N C K) instead of an (N, N) affinity matrix
+        smoothed = k @ (k.transpose(1, 2) @ p)
     low = p.amax(dim=2, keepdim=True) < threshold  # (B, N, 1)
     out = torch.where(low, smoothed, p)
     return out.transpose(1, 2).reshape(b, num_classes, h, w)
