@@ -131,7 +131,8 @@ def _pad_to(images: Tensor, height: int, width: int, value: Tensor | None) -> Te
 
 
 def _predict(predict_fn: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
-    """Run ``predict_fn`` and resize its (b, K, h', w') scores to the images' (h, w)."""
+    """Run ``predict_fn`` and resize its (b, K, h', w') scores to the images' (h, w), in
+    float32 at least."""
     out = predict_fn(images)
     if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[0] != images.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -139,6 +140,8 @@ def _predict(predict_fn: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
             f"predict_fn must return a (b, K, h, w) score tensor for a batch of "
             f"{images.shape[0]} images, got {shape}."
         )
+    if out.dtype.itemsize < 4:  # scores made under autocast: resized and returned in float32
+        out = out.float()
     if out.shape[-2:] != images.shape[-2:]:
         out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return out
@@ -171,7 +174,7 @@ def semantic_inference(
             with (network-input units); None = 0.
 
     Returns:
-        Tensor: (B, K, H, W) scores (at least float32 when sliding).
+        Tensor: (B, K, H, W) scores (float32 at least).
     """
     if mode not in INFERENCE_MODES:
         raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}.")

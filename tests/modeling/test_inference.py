@@ -109,6 +109,19 @@ def test_whole_resizes_low_resolution_scores():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_half_precision_scores_are_resized_and_returned_in_float32(mode):
+    # a model run under autocast: its bf16 scores are resized in float32, not rounded again
+    def half_res(x):
+        return F.avg_pool2d(x[:, :2], 2).bfloat16()
+
+    images = torch.rand(1, 3, 16, 20)
+    out = semantic_inference(half_res, images, mode=mode, window=(16, 20), stride=(16, 20))
+    expected = F.interpolate(half_res(images).float(), size=(16, 20), mode="bilinear")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_slide_resizes_low_resolution_window_scores():
     # a constant per-window score map at 1/4 resolution is resized back to the window
     def quarter_res(x):
