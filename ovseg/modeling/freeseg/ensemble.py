@@ -137,14 +137,17 @@ def clip_region_probs(
                 for i in range(0, len(crops), batch_size)
             ]
         )
-        logits = temperature * emb @ text.t().to(emb.dtype)
+        # float32 under autocast (or a bf16 tower) too: cosines times 100 in bf16 move by 0.5
+        with torch.autocast(emb.device.type, enabled=False):
+            logits = temperature * emb.float() @ text.float().t()
         probs[valid.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)
     return probs
 
 
 def query_probs(logits: Tensor) -> Tensor:
-    """(..., C + 1) query logits -> (..., C): softmax with no-object, then dropped."""
-    return logits.softmax(dim=-1)[..., :-1]
+    """(..., C + 1) query logits -> (..., C): softmax with no-object, then dropped (float32
+    whatever the logits' dtype)."""
+    return logits.float().softmax(dim=-1)[..., :-1]
 
 
 def ensemble_probs(

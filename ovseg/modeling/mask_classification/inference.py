@@ -42,11 +42,11 @@ def semantic_inference(
     """Per-class scores: sum over queries of p(class) x sigmoid(mask) (maskformer_model.py:280).
 
     Returns:
-        Tensor: (C, H, W).
+        Tensor: (C, H, W) float32 (the sum over queries runs in float32 under autocast too).
     """
-    return torch.einsum(
-        "qc,qhw->chw", _real_class_probs(class_probs, has_no_object), mask_logits.sigmoid()
-    )
+    probs = _real_class_probs(class_probs, has_no_object).float()
+    with torch.autocast(mask_logits.device.type, enabled=False):
+        return torch.einsum("qc,qhw->chw", probs, mask_logits.float().sigmoid())
 
 
 def _segment_mask(

@@ -77,3 +77,22 @@ def test_pixel_decoder_runs_in_float32_under_cpu_autocast(tmp_path):
     assert got[0].dtype == got[1].dtype == torch.float32
     assert all(t.dtype == torch.float32 for t in got[2])
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_semantic_scores_and_query_probs_are_float32_under_bf16_autocast():
+    # inference under autocast (e.g. the benchmark's bf16 runs): the softmax over the classes
+    # and the sum over queries run in float32 on the decoder's bf16 outputs
+    from ovseg.modeling.freeseg import query_probs
+    from ovseg.modeling.mask_classification import semantic_inference
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(20, 6, generator=g) * 8).bfloat16()
+    masks = (torch.randn(20, 16, 16, generator=g) * 4).bfloat16()
+    ref_probs = query_probs(logits.float())
+    ref = semantic_inference(ref_probs, masks.float(), has_no_object=False)
+    with _bf16():
+        probs = query_probs(logits)
+        got = semantic_inference(probs, masks, has_no_object=False)
+    assert probs.dtype == got.dtype == torch.float32
+    torch.testing.assert_close(probs, ref_probs)
+    torch.testing.assert_close(got, ref)
