@@ -9,8 +9,9 @@ this module holds only behaviour that even upstream lacks for CPU runs:
 - ``create_ddp_model`` passes CUDA ``device_ids`` even for a model on the CPU, so ovseg
   wraps DDP itself with the device of the model's parameters; and torch's ``SyncBatchNorm``
   refuses CPU tensors in multi-process training, so a CPU model's SyncBN layers become
-  detectron2's ``NaiveSyncBatchNorm`` (gloo all-reduce, statistics weighted by batch size)
-  when it is wrapped (``cpu_sync_batchnorm``);
+  ``ovseg.utils.cpu_sync_batchnorm.CpuSyncBatchNorm`` (detectron2's ``NaiveSyncBatchNorm``
+  computing as SyncBN: gloo all-reduce, float32 statistics) when it is wrapped
+  (``cpu_sync_batchnorm``);
 - workers outlive a launcher killed by a signal (they are reparented and keep training), so
   every worker asks the kernel for a signal when its launcher dies; and the default
   ``--dist-url`` is a fixed port per user, so two runs at once collide: single-machine runs
@@ -323,27 +324,28 @@ def create_ddp_model(
 
 
 def cpu_sync_batchnorm(model: torch.nn.Module) -> int:
-    """Replace ``model``'s ``nn.SyncBatchNorm`` layers by detectron2's ``NaiveSyncBatchNorm``
-    (``stats_mode="N"``), in place, keeping their parameter and buffer objects (an optimizer
-    built on the model stays valid).
+    """Replace ``model``'s ``nn.SyncBatchNorm`` layers by :class:`CpuSyncBatchNorm` (a
+    detectron2 ``NaiveSyncBatchNorm``), in place, keeping their parameter and buffer objects
+    (an optimizer built on the model stays valid).
 
     torch's SyncBatchNorm raises "expected input tensor to be on GPU" in the training forward
-    of a multi-process CPU run; the naive one all-reduces the batch's mean and mean square
-    with gloo, each process weighted by its images, so with equal crops it normalises by the
-    statistics of all processes' images as SyncBN does on GPUs. One process, or evaluation:
-    a plain BatchNorm, as SyncBN is there. The state dict keys are the same.
+    of a multi-process CPU run; this one all-reduces the sums and sums of squares with gloo,
+    in float32 (also for a bf16 input under autocast), so it normalises by the statistics of
+    all processes' images and updates the running statistics as SyncBN does on GPUs. One
+    process, or evaluation: a plain BatchNorm, as SyncBN is there. The state dict keys are
+    the same.
 
     Returns:
         int: the layers replaced.
     """
-    from detectron2.layers import NaiveSyncBatchNorm
+    from .utils.cpu_sync_batchnorm import CpuSyncBatchNorm
 
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not torch.nn.SyncBatchNorm:
                 continue
-            naive = NaiveSyncBatchNorm(
+            naive = CpuSyncBatchNorm(
                 child.num_features,
                 child.eps,
                 child.momentum,
@@ -358,7 +360,8 @@ def cpu_sync_batchnorm(model: torch.nn.Module) -> int:
             replaced += 1
     if replaced:
         logger.info(
-            f"{replaced} SyncBatchNorm layers run as detectron2's NaiveSyncBatchNorm: torch's "
+            f"{replaced} SyncBatchNorm layers run as CpuSyncBatchNorm (detectron2's "
+            "NaiveSyncBatchNorm computing as SyncBN): torch's "
             "SyncBatchNorm needs CUDA processes"
         )
     return replaced

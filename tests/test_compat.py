@@ -271,7 +271,7 @@ def _sync_bn_step(out_dir, full_batch):
 def test_sync_batchnorm_trains_in_cpu_processes_as_one_batch(tmp_path):
     # torch's SyncBatchNorm raises "expected input tensor to be on GPU" in a multi-process
     # CPU forward; wrapped for DDP it normalises by all processes' images as on GPUs
-    from detectron2.layers import NaiveSyncBatchNorm
+    from ovseg.utils.cpu_sync_batchnorm import CpuSyncBatchNorm
 
     full = torch.randn(4, 2, 5, 6)
     compat.launch(_sync_bn_step, 2, args=(str(tmp_path), full))
@@ -280,7 +280,7 @@ def test_sync_batchnorm_trains_in_cpu_processes_as_one_batch(tmp_path):
     out = model(full)
     (out * out).mean().backward()
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-    assert all(r["kind"] is NaiveSyncBatchNorm for r in ranks)
+    assert all(r["kind"] is CpuSyncBatchNorm for r in ranks)
     torch.testing.assert_close(torch.cat([r["out"] for r in ranks]), out.detach())
     for r in ranks:
         torch.testing.assert_close(r["mean"], model[1].running_mean)
@@ -299,3 +299,37 @@ def test_cpu_sync_batchnorm_keeps_the_optimizers_tensors():
     assert after.keys() == before.keys()
     for key, value in before.items():
         torch.testing.assert_close(after[key], value)
+
+
+def _sync_bn_bf16_step(out_dir, full_batch):
+    from detectron2.utils import comm
+
+    rank = comm.get_rank()
+    bns = torch.nn.ModuleList([torch.nn.SyncBatchNorm(3), torch.nn.SyncBatchNorm(3, momentum=None)])
+    ddp = compat.create_ddp_model(bns, broadcast_buffers=False)
+    half = full_batch[2 * rank : 2 * rank + 2].bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [bn(half) for bn in ddp.module]
+    got = {"out": [o.detach() for o in outs], "state": [bn.state_dict() for bn in bns]}
+    torch.save(got, f"{out_dir}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+def test_cpu_sync_batchnorm_of_bf16_inputs_computes_as_one_float32_batchnorm(tmp_path):
+    # CPU autocast feeds bf16 activations: detectron2's NaiveSyncBatchNorm computed E[x^2] -
+    # E[x]^2 in bf16 (outputs off by ~790 for a channel of mean 30), returned float32, kept
+    # the biased running variance, never counted batches and failed with momentum None
+    full = torch.randn(4, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    full = full + torch.tensor([30.0, -3.0, 0.0]).reshape(1, 3, 1, 1)
+    compat.launch(_sync_bn_bf16_step, 2, args=(str(tmp_path), full))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for i, momentum in enumerate((0.1, None)):
+        ref = torch.nn.BatchNorm2d(3, momentum=momentum)
+        expected = ref(full.bfloat16().float())
+        out = torch.cat([r["out"][i] for r in ranks])
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), expected.detach(), rtol=0, atol=0.04)
+        for r in ranks:
+            for key, value in ref.state_dict().items():
+                torch.testing.assert_close(r["state"][i][key], value, msg=key)
