@@ -234,6 +234,21 @@ def test_clip_probs_are_a_softmax_of_100_cosines(teacher):
     torch.testing.assert_close(clip_region_probs(teacher, image, masks, text), want)
 
 
+def test_clip_probs_stay_float32_for_bf16_text(teacher):
+    # under autocast the prompted text tower returns bf16 texts: the probabilities were then
+    # stored in the texts' bf16 (1e-3 from float32), though their logits are float32
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32) * 255
+    masks = torch.zeros(2, 32, 32)
+    masks[0, :16] = 1
+    masks[1, 8:, 8:] = 1
+    text = F.normalize(torch.randn(4, teacher.embed_dim), dim=-1).bfloat16()
+    want = clip_region_probs(teacher, image, masks, text.float())
+    got = clip_region_probs(teacher, image, masks, text)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+
+
 def test_a_mask_at_exactly_the_threshold_is_empty():
     # adapter.py:155 keeps pixels with mask > MASK_THR: one pixel of 0.5 is no crop
     masks = torch.zeros(1, 4, 4)

@@ -123,13 +123,16 @@ def clip_region_probs(
         expand_ratio (float): the crop box's scale (:func:`mask_crops`).
 
     Returns:
-        Tensor: (Q, C) p_clip, rows summing to 1 except empty masks' rows of ones.
+        Tensor: (Q, C) p_clip (float32 at least), rows summing to 1 except empty masks'
+            rows of ones.
     """
     fill = teacher.pixel_mean.flatten()
     crops, valid = mask_crops(
         image, masks, fill, teacher.image_size, threshold, expand_ratio=expand_ratio
     )
-    probs = text.new_ones(masks.shape[0], text.shape[0])
+    # float32 at least: a bf16 text (the prompted tower under autocast) must not round them
+    dtype = torch.promote_types(text.dtype, torch.float32)
+    probs = text.new_ones(masks.shape[0], text.shape[0], dtype=dtype)
     if crops.shape[0]:
         emb = torch.cat(
             [
