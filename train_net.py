@@ -28,7 +28,7 @@ from ovseg.engine.checkpoint import CheckpointReadError
 from ovseg.engine.checkpoint_fit import CheckpointMismatchError
 from ovseg.engine.checks import check_config, check_run_files, check_run_target
 from ovseg.engine.defaults import load_config
-from ovseg.engine.eval_results import eval_only_evaluators
+from ovseg.engine.eval_results import eval_only_evaluators, mark_results_done
 from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
 from ovseg.utils.safe_load import UnsafeWeightsError
@@ -44,6 +44,7 @@ def main(args):
         # into a folder holding no earlier evaluation's results (a run's own is kept)
         evaluators, folder = eval_only_evaluators(Trainer, cfg, loader.loaded_path or "")
         res = Trainer.test(cfg, model, evaluators)
+        mark_results_done(folder, cfg, loader.loaded_path or "")
         if comm.is_main_process():
             verify_results(cfg, res)
             logging.getLogger("ovseg").info(f"--eval-only: results saved in {folder}")

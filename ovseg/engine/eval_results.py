@@ -30,7 +30,7 @@ from detectron2.utils import comm
 from ..utils.io import TMP_PREFIX, atomic_write_json, atomic_write_text
 from .defaults import EVAL_CONFIG, saved_config
 
-__all__ = ["RECORD", "eval_only_evaluators", "results_folder"]
+__all__ = ["RECORD", "eval_only_evaluators", "mark_results_done", "results_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +56,35 @@ def evaluation_identity(cfg: CfgNode, weights: str) -> Dict[str, Any]:
 
 
 def _state(folder: str, identity: Dict[str, Any]) -> str:
-    """ "free" (absent, or no results in it), "same" (this evaluation's) or "other"."""
+    """ "free" (absent, or no results in it), "same" (this evaluation's: the record matches
+    and no result was written after it, as a training run's evaluation into the folder would
+    be) or "other"."""
     if not os.path.isdir(folder):
         return "free"
+    record = os.path.join(folder, RECORD)
+    stamp = None
     try:
-        with open(os.path.join(folder, RECORD), encoding="utf-8") as f:
+        with open(record, encoding="utf-8") as f:
             if json.load(f) == identity:
-                return "same"
+                stamp = os.stat(record).st_mtime_ns
     except (OSError, ValueError):
         pass
-    for _, _, files in os.walk(folder):
-        if any(n not in (RECORD, EVAL_CONFIG) and not n.startswith(TMP_PREFIX) for n in files):
-            return "other"
-    return "free"
+    results = [
+        os.path.join(root, n)
+        for root, _, files in os.walk(folder)
+        for n in files
+        if n not in (RECORD, EVAL_CONFIG) and not n.startswith(TMP_PREFIX)
+    ]
+    if stamp is not None and all(os.stat(r).st_mtime_ns <= stamp for r in results):
+        return "same"
+    return "other" if results else "free"
+
+
+def mark_results_done(folder: str, cfg: CfgNode, weights: str) -> None:
+    """Write the folder's record again once its results are in (main process): a result
+    written later (a training run evaluating into the folder) makes it another's."""
+    if comm.is_main_process():
+        atomic_write_json(os.path.join(folder, RECORD), evaluation_identity(cfg, weights))
 
 
 def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:

@@ -89,3 +89,21 @@ def test_eval_only_into_a_fresh_folder_writes_inference(ade20k_registered, tmp_p
         f"--eval-only: results saved in {run / 'inference'}",
     ], said
     assert sorted(p.name for p in run.glob("inference*")) == ["inference"]
+
+
+def test_a_training_evaluation_after_an_eval_only_is_kept_from_its_repeat(
+    ade20k_registered, tmp_path
+):
+    # an --eval-only into a fresh folder, then a training run's evaluation into the same
+    # inference/ (the record left there still names the eval-only's weights and config):
+    # repeating that --eval-only must not take the training's results for its own
+    run = tmp_path / "run"
+    cfg = load_config(str(CONFIG), _opts(run))
+    AtomicCheckpointer(Trainer.build_model(cfg), str(run)).save("model_final")
+    _eval_only(run)
+    torch.manual_seed(3)
+    Trainer.test(cfg, Trainer.build_model(cfg))  # the training run's evaluation
+    trained = _files(run / "inference")
+    said = _eval_only(run)
+    assert said[-1] == f"--eval-only: results saved in {run / 'inference_2'}", said
+    assert _files(run / "inference") == trained
