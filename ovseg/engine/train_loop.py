@@ -163,10 +163,11 @@ class Accumulation:
                 for name, value in loss_dict.items():
                     means[name] = means.get(name, 0) + value.detach() / steps
             if count is not None and count.recorded is not None:
-                means = _divide_gradients(self.model, means, step_normalizer(count.recorded, steps))
+                divisor = step_normalizer(count.recorded, steps) / float(count.provisional)
+                means = _divide_gradients(self.model, means, divisor)
         finally:
             if count is not None:
-                count.fixed, count.recorded = None, None
+                count.fixed, count.recorded, count.provisional = None, None, None
         after_backward(self)
         return means, data_time
 

@@ -11,8 +11,11 @@ by (processes x forwards); a forward alone cannot know it, so the step sets it:
 - ``prefetch`` (FreeSeg, whose classification loss is a mean and keeps its own divisor): the
   step draws its batches first, the model counts each one's masks (``count_masks``) and every
   forward divides by the step's divisor (:attr:`MaskCount.fixed`);
-- otherwise (ZegCLIP, every loss of which is over masks): the forwards divide by 1 and record
-  their counts, and the step divides the gradients and losses by the divisor afterwards.
+- otherwise (ZegCLIP, every loss of which is over masks): the forwards record their counts
+  and divide by the step's first forward's divisor (the mean over processes, the same in all
+  of them, so the losses and fp16 gradients keep the size they have without accumulation),
+  and the step rescales the gradients and losses to the step's divisor afterwards
+  (:attr:`MaskCount.provisional`).
 """
 
 from __future__ import annotations
@@ -41,13 +44,17 @@ class MaskCount:
         self.fixed: Optional[float] = None
         #: the counts of the step's forwards so far (models without prefetch)
         self.recorded: Optional[List[Tensor]] = None
+        #: the divisor the recorded forwards used: their first's, over processes
+        self.provisional: Optional[Tensor] = None
 
     def normalizer(self, count: Tensor) -> Tensor:
         """The divisor for a forward whose targets hold ``count`` masks (a scalar tensor)."""
         count = torch.as_tensor(count, dtype=torch.float32).detach()
         if self.recorded is not None:
             self.recorded.append(count.clone())
-            return torch.ones_like(count)
+            if self.provisional is None:
+                self.provisional = _mean_over_processes(count).clamp(min=1)
+            return self.provisional.to(count.device)
         if self.fixed is not None:
             return torch.full_like(count, self.fixed)
         return _mean_over_processes(count).clamp(min=1)

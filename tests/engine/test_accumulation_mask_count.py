@@ -98,3 +98,19 @@ def test_freeseg_accumulated_step_is_the_data_parallel_split(tmp_path):
         torch.testing.assert_close(
             u, -g if g is not None else torch.zeros_like(u), atol=1e-4, rtol=1e-4
         )
+
+
+def test_recorded_forwards_divide_by_the_first_forwards_count():
+    # a forward of an accumulated ZegCLIP step divides by the step's first count (the same in
+    # every process), not by 1: its loss, and an fp16 backward, keep their size (a loss summed
+    # over masks is num_masks times larger and overflows the grad scaler sooner)
+    from ovseg.modeling.mask_count import MaskCount, step_normalizer
+
+    count = MaskCount()
+    count.recorded = []
+    assert count.normalizer(torch.tensor(3.0)).item() == 3.0
+    assert count.normalizer(torch.tensor(2.0)).item() == 3.0
+    assert count.normalizer(torch.tensor(0.0)).item() == 3.0
+    assert step_normalizer(count.recorded, 3) / float(count.provisional) == pytest.approx(5 / 9)
+    plain = MaskCount()
+    assert plain.normalizer(torch.tensor(0.0)).item() == 1.0  # no accumulation: clamped count
