@@ -10,6 +10,10 @@ several processes may write one key at once: each writes its own uniquely named 
 file and renames it into place (:func:`ovseg.utils.io.atomic_write`), so a reader sees a
 whole file or none, and the last writer wins with identical content. No lock is needed.
 Temporaries a killed process left behind are removed once they are an hour old.
+
+The folder is bounded: past ``$OVSEG_TEXT_CACHE_MAX_MB`` megabytes (2048 by default; 0: no
+bound) a save removes the least recently used files (a load marks its file used), so a web
+app or a sweep over many vocabularies does not fill the disk.
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MB = 2048
+MAX_MB_ENV = "OVSEG_TEXT_CACHE_MAX_MB"
+
+
+def cache_max_bytes() -> Optional[int]:
+    """The text-embedding cache's bound in bytes from ``$OVSEG_TEXT_CACHE_MAX_MB`` (None: no
+    bound)."""
+    value = os.environ.get(MAX_MB_ENV, "").strip()
+    try:
+        mb = float(value) if value else float(DEFAULT_MAX_MB)
+    except ValueError:
+        raise ValueError(
+            f"{MAX_MB_ENV}={value!r} is not a number of megabytes: set it to e.g. "
+            f"{DEFAULT_MAX_MB}, or 0 for an unbounded text-embedding cache"
+        ) from None
+    return None if mb <= 0 else int(mb * 2**20)
+
 
 # bump when the text-embedding computation changes, so old cache files are not reused
 _TEXT_CACHE_VERSION = 1
@@ -100,12 +122,14 @@ def text_cache_key(fingerprint: str, names: Sequence[str], templates: Sequence[s
 class TextEmbeddingCache:
     """Text embeddings on disk, one ``.pt`` file per key, written atomically."""
 
-    def __init__(self, cache_dir: str | os.PathLike):
+    def __init__(self, cache_dir: str | os.PathLike, max_bytes: Optional[int] = -1):
         """
         Args:
             cache_dir: the teacher's cache directory; files go to ``<cache_dir>/text_embeddings``.
+            max_bytes: the folder's bound (None: none; -1: :func:`cache_max_bytes`).
         """
         self.root = Path(cache_dir) / "text_embeddings"
+        self.max_bytes = cache_max_bytes() if max_bytes == -1 else max_bytes
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
@@ -121,12 +145,18 @@ class TextEmbeddingCache:
             ok = list(record["names"]) == list(names) and list(record["templates"]) == list(
                 templates
             )
+        except FileNotFoundError:  # pruned by another process since is_file
+            return None
         except Exception as e:  # a truncated or foreign file must not stop training
             logger.warning(f"Ignoring unreadable text-embedding cache {path}: {e}")
             return None
         if not ok or emb.shape[0] != len(names):
             logger.warning(f"Ignoring text-embedding cache {path}: names/templates do not match")
             return None
+        try:
+            os.utime(path)  # used now: the last to be pruned
+        except OSError:  # read-only, or pruned meanwhile by another process
+            pass
         return emb
 
     def save(
@@ -147,7 +177,42 @@ class TextEmbeddingCache:
         }
         atomic_write(path, lambda f: torch.save(record, f), fsync=False)
         self.remove_stale_temporaries()
+        self.prune(keep=path)
         return path
+
+    def prune(self, keep: Optional[Path] = None) -> int:
+        """Remove the least recently used files (by modification time, which a load renews)
+        while the folder holds more than ``max_bytes``; never ``keep``. Returns how many."""
+        if self.max_bytes is None or not self.root.is_dir():
+            return 0
+        files, total = [], 0
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(TMP_PREFIX) or not entry.name.endswith(".pt"):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime_ns, st.st_size, entry.path))
+            total += st.st_size
+        removed, before = 0, total
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            if keep is not None and os.path.abspath(path) == os.path.abspath(keep):
+                continue
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another process pruned it
+                pass
+            total, removed = total - size, removed + 1
+        if removed:
+            logger.info(
+                f"Text-embedding cache {self.root} held {before / 2**20:.1f} MB, over its "
+                f"{self.max_bytes / 2**20:.0f} MB (${MAX_MB_ENV}): removed the {removed} least "
+                "recently used files"
+            )
+        return removed
 
     def try_save(self, *args, **kwargs) -> Optional[Path]:
         """:meth:`save`, or None with one warning per cache when the folder cannot be written

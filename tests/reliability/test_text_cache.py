@@ -88,3 +88,24 @@ def test_unreadable_cache_file_is_recomputed(tmp_path, content):
     path.write_bytes(content)
     again = _teacher(tmp_path).encode_text(NAMES, TEMPLATES)
     assert torch.allclose(again, emb)
+
+
+def test_cache_over_its_bound_removes_the_least_recently_used(tmp_path, monkeypatch):
+    # unbounded, a web app or a sweep over many vocabularies filled the disk with one file per
+    # vocabulary; a load renews a file's time, a save prunes the oldest past the bound
+    emb = torch.randn(2, 8)
+    probe = TextEmbeddingCache(tmp_path, max_bytes=None)
+    size = probe.save("probe", emb, NAMES, TEMPLATES, "fp").stat().st_size
+    probe.path("probe").unlink()
+    cache = TextEmbeddingCache(tmp_path, max_bytes=int(3.5 * size))
+    for i, key in enumerate("abc"):
+        cache.save(key, emb, NAMES, TEMPLATES, "fp")
+        os.utime(cache.path(key), ns=(10**18 + i * 10**9,) * 2)  # a, b, c: oldest first
+    assert cache.load("a", NAMES, TEMPLATES) is not None  # used now
+    cache.save("d", emb, NAMES, TEMPLATES, "fp")
+    assert _files(tmp_path) == ["a.pt", "c.pt", "d.pt"]  # b: the least recently used
+    monkeypatch.setenv("OVSEG_TEXT_CACHE_MAX_MB", "0")
+    assert TextEmbeddingCache(tmp_path).max_bytes is None
+    monkeypatch.setenv("OVSEG_TEXT_CACHE_MAX_MB", "lots")
+    with pytest.raises(ValueError, match="OVSEG_TEXT_CACHE_MAX_MB='lots' is not a number"):
+        TextEmbeddingCache(tmp_path)
