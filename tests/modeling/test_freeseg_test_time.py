@@ -156,3 +156,23 @@ def test_threads_sharing_a_tuning_model_get_the_serial_results(tmp_path):
         threaded = list(pool.map(run, jobs))
     for a, b in zip(serial, threaded):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_one_unseen_class_is_said_once_and_not_tuned(tmp_path):
+    # the entropy of a distribution over one class is 0: the steps moved nothing, at their cost
+    import logging
+
+    from ovseg_testing.logs import records
+
+    model = _model(tmp_path)
+    model.seen_classes = frozenset(NAMES[:3])
+    ttpt = TestTimePromptTuning(steps=2, lr=0.05)
+    pixels = _pixels(model, _image(0))
+    with records("ovseg", logging.WARNING) as said:
+        for _ in range(2):
+            with ttpt.applied(model, pixels, NAMES, "semantic") as history:
+                assert history == []
+    assert [r.getMessage() for r in said] == [
+        "Test-time prompt tuning: the vocabulary's one unseen class 'grass' has no entropy over "
+        "the unseen classes to lower, so its images are predicted with the trained prompts"
+    ]

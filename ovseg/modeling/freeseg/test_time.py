@@ -16,14 +16,16 @@ For one image, with the pixel decoder's features computed once:
 
 Then the image is predicted as usual (every test task, the CLIP ensemble) with the tuned
 tokens, and the tokens, their ``requires_grad`` and the feature cache are restored, so each
-image starts from the trained prompts. Without unseen classes in the vocabulary nothing is
-tuned. The steps, learning rate and fraction are ours: the paper gives no numbers and the
-release no code (the learning rate defaults to the unused TEST.OPTIM.LR).
+image starts from the trained prompts. With fewer than two unseen classes in the vocabulary
+nothing is tuned: a distribution over one class has no entropy to lower (said once). The
+steps, learning rate and fraction are ours: the paper gives no numbers and the release no
+code (the learning rate defaults to the unused TEST.OPTIM.LR).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 from typing import Callable, Collection, Iterator, List, Optional, Sequence
@@ -34,6 +36,8 @@ from torch import Tensor
 from ...vocab import normalize_name
 
 __all__ = ["TestTimePromptTuning", "unseen_entropy"]
+
+logger = logging.getLogger(__name__)
 
 # tuning edits a model's prompt tokens in place: one image at a time, whichever the thread
 # (a Predictor shared by a web server's threads saw the others' tuned tokens)
@@ -119,7 +123,15 @@ class TestTimePromptTuning:
         seen = model.seen_classes if seen is None else seen
         unseen = torch.tensor([normalize_name(n) not in seen for n in names], dtype=torch.bool)
         self.last_history: List[float] = []
-        if not unseen.any():
+        if int(unseen.sum()) < 2:
+            if unseen.any() and not getattr(self, "_warned_one_unseen", False):
+                self._warned_one_unseen = True
+                only = [n for n, u in zip(names, unseen.tolist()) if u]
+                logger.warning(
+                    f"Test-time prompt tuning: the vocabulary's one unseen class {only[0]!r} "
+                    "has no entropy over the unseen classes to lower, so its images are "
+                    "predicted with the trained prompts"
+                )
             return lambda: None
         prompt = model.prompt
         tokens = prompt.class_context
