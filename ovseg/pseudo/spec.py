@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
 from ..vocab import normalize_name
-from .store import GENERATE_HINT, PseudoLabelStore, _diff
+from .manifest_diff import manifest_diff
+from .store import GENERATE_HINT, PseudoLabelStore
 
 __all__ = ["PSEUDO_LABEL_SOURCES", "PseudoLabelSpec", "check_source", "expected_pseudo_labels"]
 
@@ -95,7 +96,7 @@ class PseudoLabelSpec:
         have = store.manifest.get("teacher") or {}
         diffs = []
         for key, want in self.teacher.items():
-            diffs += _diff(_only(have.get(key, "<absent>"), want), _only(want, want), key)
+            diffs += manifest_diff(_only(have.get(key, "<absent>"), want), _only(want, want), key)
         return [
             f"its teacher.{name} is {a} but this config's teacher has {b}" for name, a, b in diffs
         ]

@@ -29,18 +29,25 @@ import numpy as np
 from PIL import Image
 
 from ..utils.io import TMP_PREFIX, atomic_write, atomic_write_json, make_output_folder
+from ..utils.locks import FolderLock
 from .checksums import ChecksumJournal, Digests, bytes_digest, file_digest, verify_file
 from .labels import label_table, store_ignore_value
+from .manifest_diff import manifest_diff, normalise, without
 
 __all__ = ["FORMAT_VERSION", "PseudoLabelStore", "image_id_of"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".generation.lock"  # held from create() to finalize() by the one generating job
 LABELS = "labels"
 CONFIDENCE = "confidence"
 # bookkeeping fields: they may differ between two runs that make the same labels
 _VOLATILE = ("created", "count", "command", "checksums")
 _REQUIRED = ("fingerprint", "vocabulary", "threshold")
+_ONE_JOB = (
+    "one job generates a store: its processes (--num-gpus N, --num-machines M) share the images; "
+    "re-run the command once that job ended to finish what it left"
+)
 GENERATE_HINT = "python tools/generate_pseudo_labels.py --config-file <teacher config> " + (
     "--dataset <dataset> --output <store folder>"
 )
@@ -77,39 +84,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _diff(old: Any, new: Any, path: str) -> list:
-    """Dotted names (with both values) where two manifest values differ."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{path}.{key}")
-        return out
-    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-        old, new = list(old), list(new)
-        if old == new:
-            return []
-        if len(old) != len(new):
-            return [(path, f"{len(old)} items {_short(old)}", f"{len(new)} items {_short(new)}")]
-        i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
-        return [(f"{path}[{i}]", repr(old[i]), repr(new[i]))]
-    if old != new:
-        return [(path, repr(old), repr(new))]
-    return []
-
-
-def _short(values: list, n: int = 6) -> str:
-    if len(values) <= n:
-        return repr(values)
-    return repr(values[:n])[:-1] + f", ... ({len(values) - n} more)]"
-
-
-def _normalise(manifest: Mapping[str, Any]) -> Dict[str, Any]:
-    # JSON round trip: tuples become lists, so a fresh manifest compares equal to a stored one
-    return json.loads(json.dumps(dict(manifest)))
-
-
 def _identity(manifest: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in manifest.items() if k not in _VOLATILE}
+    return without(manifest, _VOLATILE)
 
 
 class PseudoLabelStore:
@@ -135,6 +111,7 @@ class PseudoLabelStore:
         self.ignore_value = int(self.manifest["ignore_value"])
         self._journal = ChecksumJournal(self.root)
         self._digests: Optional[Dict[str, Digests]] = None
+        self._lock: Optional[FolderLock] = None
 
     # ------------------------------------------------------------------ creation / opening
     @classmethod
@@ -150,7 +127,10 @@ class PseudoLabelStore:
                 "created" and "count" are filled in.
 
         Returns:
-            PseudoLabelStore
+            PseudoLabelStore, holding the store's generation lock until :meth:`finalize`.
+
+        Raises:
+            FolderInUseError: another job is generating into ``root`` (named with its pid).
         """
         root = os.fspath(root)
         missing = [k for k in _REQUIRED if k not in manifest]
@@ -167,7 +147,7 @@ class PseudoLabelStore:
         ignore_value = store_ignore_value(len(vocabulary))
         fresh = {
             "format_version": FORMAT_VERSION,
-            **_normalise(manifest),
+            **normalise(manifest),
             "threshold": threshold,
             "label_dtype": "uint8" if ignore_value == 255 else "uint16",
             "ignore_value": ignore_value,
@@ -175,10 +155,25 @@ class PseudoLabelStore:
             "count": 0,
         }
         fresh.setdefault("unseen", [])
+        make_output_folder(root)
+        # one job at a time: a second one's create and finalize would drop the first's
+        # temporaries and journals, and its manifest would record only part of the labels
+        lock = FolderLock(root, "pseudo-label generation", LOCK, hint=_ONE_JOB).acquire()
+        try:
+            store = cls._create_or_resume(root, fresh)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def _create_or_resume(cls, root: str, fresh: Dict[str, Any]) -> PseudoLabelStore:
+        """:meth:`create` under the store's lock: write ``fresh`` or check the manifest there."""
         path = os.path.join(root, MANIFEST)
         if os.path.isfile(path):
             existing = cls.read_manifest(root)
-            diffs = _diff(_identity(existing), _identity(fresh), "manifest")
+            diffs = manifest_diff(_identity(existing), _identity(fresh), "manifest")
             if diffs:
                 lines = "\n".join(f"  {k}: existing {a}, now {b}" for k, a, b in diffs)
                 raise ValueError(
@@ -193,7 +188,6 @@ class PseudoLabelStore:
                     f"{root!r} holds label PNGs but no {MANIFEST}, so nobody can tell which "
                     "teacher made them; use another --output folder or delete this one"
                 )
-            make_output_folder(root)
             store = cls(root, fresh)
             store._write_manifest()
         for sub in cls.SUBDIRS:
@@ -222,10 +216,10 @@ class PseudoLabelStore:
                 "ones: point this config at a store its method makes"
             )
         if expect:
-            expect = _normalise(expect)
+            expect = normalise(expect)
             diffs = []
             for key, value in expect.items():
-                diffs += _diff(manifest.get(key, "<absent>"), value, key)
+                diffs += manifest_diff(manifest.get(key, "<absent>"), value, key)
             if diffs:
                 lines = "\n".join(f"  {k}: store has {a}, expected {b}" for k, a, b in diffs)
                 command = manifest.get("command") or GENERATE_HINT
@@ -406,7 +400,8 @@ class PseudoLabelStore:
 
     def finalize(self) -> int:
         """Record the finished images (their count and digests) in the manifest, drop the
-        journals (every process's: call it once all have finished); return the count."""
+        journals (every process's: call it once all have finished) and give back the
+        generation lock :meth:`create` took; return the count."""
         self._digests = None  # re-read: other processes journalled too
         digests = self.digests()
         done = [i for i in self.image_ids() if i in digests]
@@ -414,6 +409,8 @@ class PseudoLabelStore:
         self.manifest["count"] = len(done)
         self._write_manifest()
         ChecksumJournal.remove_all(self.root)
+        if self._lock is not None:  # the generation is over: another job may resume it
+            self._lock.release()
         return self.manifest["count"]
 
     def label_map_to(self, names: Sequence[str], ignore_label: int = 255) -> np.ndarray:
