@@ -19,7 +19,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.datasets.common import DATASETS_README, closest_datasets, datasets_root
 from ..utils.downloads import local_weights_problem
-from ..utils.io import check_output_file
+from ..utils.io import check_output_file, make_output_folder
+from ..utils.locks import FolderLock
 from .resume import check_resume_target, last_checkpoint_name
 from .value_checks import check_values
 
@@ -35,7 +36,11 @@ __all__ = [
     "check_values",
     "check_vocabularies",
     "closest_datasets",
+    "hold_run_folder",
 ]
+
+RUN_LOCK = ".training.lock"
+_RUN_LOCKS: List[FolderLock] = []  # held until the process ends
 
 
 class UnknownDatasetError(KeyError, ValueError):
@@ -278,6 +283,23 @@ def check_run_target(
                 ', or --resume to evaluate OUTPUT_DIR\'s last checkpoint; MODEL.WEIGHTS "" on '
                 "the command line evaluates the initialisation on purpose"
             )
+
+
+def hold_run_folder(output_dir: str) -> FolderLock:
+    """Take ``OUTPUT_DIR``'s training lock for the rest of this process (train_net.py's
+    launcher, before its checks read the folder): a second training or ``--resume`` into the
+    folder while one runs is refused naming it. Two trainings used to run there side by side,
+    interleaving their checkpoints, ``metrics.json`` and log, and ``last_checkpoint`` named
+    whichever saved last.
+
+    Raises:
+        FolderInUseError: another training holds the folder (its pid, host and command).
+    """
+    make_output_folder(output_dir)
+    hint = "give this run another OUTPUT_DIR, or --resume once that training ended"
+    lock = FolderLock(output_dir, "training", RUN_LOCK, hint=hint).acquire()
+    _RUN_LOCKS.append(lock)
+    return lock
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -1,0 +1,67 @@
+"""Two trainings with one OUTPUT_DIR: the second stops in one line naming the first, before
+it writes anything; a finished training's folder is free for --resume."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+
+import pytest
+from ovseg_testing import CONFIGS, ROOT, cpu_opts, subprocess_env, write_ade20k_fixture
+
+from ovseg.engine.checks import hold_run_folder
+from ovseg.utils.locks import FolderInUseError
+
+CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
+
+
+@pytest.mark.slow
+def test_a_second_training_into_a_running_folder_stops_naming_the_first(tmp_path):
+    out = tmp_path / "run"
+    datasets = write_ade20k_fixture(tmp_path / "datasets")
+    opts = cpu_opts("SemanticSegmentor", tmp_path / "cache")
+    opts += ["SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(out)]
+    first = hold_run_folder(str(out))  # this process trains there, as a launcher would
+    try:
+        # both used to train side by side, exit 0, interleaving checkpoints, metrics.json
+        # and log.txt; last_checkpoint named whichever saved last
+        proc = subprocess.run(
+            [sys.executable, "train_net.py", "--config-file", str(CONFIG), *opts],
+            cwd=ROOT,
+            env=subprocess_env(datasets),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        first.release()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last.startswith("train_net.py: error: ") and f"pid {os.getpid()}" in last, last
+    assert "in use by another training" in last and "another OUTPUT_DIR" in last, last
+    assert sorted(os.listdir(out)) == [".training.lock"]  # no config.yaml, log or checkpoint
+
+
+def _try_to_train(folder: str, queue) -> None:
+    try:
+        hold_run_folder(folder)
+        queue.put("held")
+    except FolderInUseError as e:
+        queue.put(str(e))
+
+
+def test_the_run_lock_is_free_again_once_its_holder_gives_it_back(tmp_path):
+    lock = hold_run_folder(str(tmp_path))
+    ctx = mp.get_context("fork")  # the child inherits this process's record of its locks
+    queue = ctx.Queue()
+    child = ctx.Process(target=_try_to_train, args=(str(tmp_path), queue))
+    child.start()
+    child.join(30)
+    assert f"pid {os.getpid()}" in queue.get(timeout=5)
+    lock.release()
+    again = hold_run_folder(str(tmp_path))
+    again.release()
+    with pytest.raises(FileExistsError, match="is a file"):
+        hold_run_folder(str(tmp_path / ".training.lock"))
