@@ -28,6 +28,7 @@ from detectron2.config import CfgNode
 from detectron2.utils import comm
 
 from ..utils.io import TMP_PREFIX, atomic_write_json, atomic_write_text
+from ..utils.locks import FolderInUseError, FolderLock
 from .defaults import EVAL_CONFIG, saved_config
 
 __all__ = ["RECORD", "eval_only_evaluators", "mark_results_done", "results_folder"]
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 RECORD = "evaluation.json"
 _FOLDER = "inference"
+# held by the evaluation writing a folder, from its choice to mark_results_done
+CLAIM = ".evaluation.lock"
+_CLAIMS: Dict[str, FolderLock] = {}
 
 
 def evaluation_identity(cfg: CfgNode, weights: str) -> Dict[str, Any]:
@@ -73,7 +77,7 @@ def _state(folder: str, identity: Dict[str, Any]) -> str:
         os.path.join(root, n)
         for root, _, files in os.walk(folder)
         for n in files
-        if n not in (RECORD, EVAL_CONFIG) and not n.startswith(TMP_PREFIX)
+        if n not in (RECORD, EVAL_CONFIG, CLAIM) and not n.startswith(TMP_PREFIX)
     ]
     if stamp is not None and all(os.stat(r).st_mtime_ns <= stamp for r in results):
         return "same"
@@ -85,13 +89,28 @@ def mark_results_done(folder: str, cfg: CfgNode, weights: str) -> None:
     written later (a training run evaluating into the folder) makes it another's."""
     if comm.is_main_process():
         atomic_write_json(os.path.join(folder, RECORD), evaluation_identity(cfg, weights))
+        claim = _CLAIMS.pop(os.path.abspath(folder), None)
+        if claim is not None:
+            claim.release()
+
+
+def _claim(folder: str) -> bool:
+    """Whether this evaluation now holds ``folder`` (False: another one is writing it)."""
+    lock = FolderLock(folder, "--eval-only evaluation", CLAIM)
+    try:
+        lock.acquire()
+    except FolderInUseError:
+        return False
+    _CLAIMS[os.path.abspath(folder)] = lock
+    return True
 
 
 def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:
     """The folder an ``--eval-only`` of ``weights`` with ``cfg`` writes its results into.
 
-    The choice is the same in every process of a run: the main process's record (written
-    atomically, before any result) marks its folder as this evaluation's.
+    The main process chooses, claims the folder (a lock another evaluation started at the same
+    time skips, held until :func:`mark_results_done`) and writes its record (atomically,
+    before any result); every process gets its choice.
 
     Returns:
         tuple[str, str]: the folder, and why it is not ``OUTPUT_DIR/inference`` ("" when it
@@ -99,23 +118,25 @@ def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:
     """
     identity = evaluation_identity(cfg, weights)
     base = os.path.join(cfg.OUTPUT_DIR, _FOLDER)
-    n = 1
-    while True:
-        folder = base if n == 1 else f"{base}_{n}"
-        state = _state(folder, identity)
-        if state != "other":
-            break
-        n += 1
+    folder, n = "", 1
+    if comm.is_main_process():
+        # a folder another evaluation is writing right now holds no results yet, so it
+        # looks free: its claim tells (two evaluations at once used to share inference/)
+        while True:
+            folder = base if n == 1 else f"{base}_{n}"
+            if _state(folder, identity) != "other" and _claim(folder):
+                break
+            n += 1
+        atomic_write_json(os.path.join(folder, RECORD), identity)
+        atomic_write_text(os.path.join(folder, EVAL_CONFIG), saved_config(cfg))
+    folder, n = comm.all_gather((folder, n))[0]  # the main process's choice
     if n == 1:
         why = ""
     else:
         why = (
-            f"{base} holds an earlier evaluation of other weights or settings, or the training "
-            "run's own, which is kept"
+            f"{base} holds an earlier evaluation of other weights or settings, the training "
+            "run's own, which is kept, or one being written by another evaluation"
         )
-    if comm.is_main_process():
-        atomic_write_json(os.path.join(folder, RECORD), identity)
-        atomic_write_text(os.path.join(folder, EVAL_CONFIG), saved_config(cfg))
     return folder, why
 
 

@@ -1,5 +1,6 @@
-"""Two trainings with one OUTPUT_DIR: the second stops in one line naming the first, before
-it writes anything; a finished training's folder is free for --resume."""
+"""Two jobs with one OUTPUT_DIR: a second training stops in one line naming the first, before
+it writes anything; a finished training's folder is free for --resume. Two --eval-only at
+once write separate results folders."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from ovseg_testing import CONFIGS, ROOT, cpu_opts, subprocess_env, write_ade20k_fixture
 
 from ovseg.engine.checks import hold_run_folder
+from ovseg.engine.defaults import load_config
+from ovseg.engine.eval_results import mark_results_done, results_folder
 from ovseg.utils.locks import FolderInUseError
 
 CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
@@ -65,3 +68,33 @@ def test_the_run_lock_is_free_again_once_its_holder_gives_it_back(tmp_path):
     again.release()
     with pytest.raises(FileExistsError, match="is a file"):
         hold_run_folder(str(tmp_path / ".training.lock"))
+
+
+def _evaluate(cfg, weights: str, chosen, finish) -> None:
+    """An --eval-only's folder choice; its results come once ``finish`` is set."""
+    folder, _ = results_folder(cfg, weights)
+    chosen.put(folder)
+    finish.wait(30)
+    mark_results_done(folder, cfg, weights)
+
+
+def test_two_evaluations_at_once_write_separate_folders(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(str(CONFIG), cpu_opts("SemanticSegmentor", run, "OUTPUT_DIR", str(run)))
+    (tmp_path / "a.pth").write_bytes(b"a")
+    (tmp_path / "b.pth").write_bytes(b"b")
+    ctx = mp.get_context("fork")
+    chosen, finish = ctx.Queue(), ctx.Event()
+    first = ctx.Process(target=_evaluate, args=(cfg, str(tmp_path / "a.pth"), chosen, finish))
+    first.start()
+    try:
+        assert chosen.get(timeout=30) == str(run / "inference")
+        # the first one's folder holds no results yet: it used to look free, and both wrote
+        # their results (and records) into inference/
+        folder, why = results_folder(cfg, str(tmp_path / "b.pth"))
+        assert folder == str(run / "inference_2") and "being written" in why
+    finally:
+        finish.set()
+        first.join(30)
+    mark_results_done(folder, cfg, str(tmp_path / "b.pth"))
+    assert results_folder(cfg, str(tmp_path / "a.pth"))[0] == str(run / "inference")  # free
