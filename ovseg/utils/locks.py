@@ -11,7 +11,9 @@ On systems without ``fcntl`` (Windows) locks are not taken.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shlex
 import socket
@@ -26,6 +28,12 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FolderInUseError", "FolderLock"]
+
+logger = logging.getLogger(__name__)
+
+# what flock says when another holder has the lock; any other error is a file system that
+# cannot lock (NFS without a lock daemon: ENOLCK; some FUSE mounts: EINVAL, ENOTSUP)
+_HELD_ELSEWHERE = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 
 # realpath of a lock file -> (pid that took it, fd, holders in this process)
 _HELD: Dict[str, Tuple[int, int, int]] = {}
@@ -81,8 +89,15 @@ class FolderLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
                 os.close(fd)
+                if e.errno not in _HELD_ELSEWHERE:
+                    logger.warning(
+                        f"Cannot lock {self.path} ({e}): this file system takes no locks, so "
+                        f"a second {self.what} there at once would not be refused"
+                    )
+                    self._key = ""  # not held: release does nothing
+                    return self
                 hint = f"; {self.hint}" if self.hint else ""
                 raise FolderInUseError(
                     f"{self.folder} is in use by another {self.what}: {_holder(self.path)}. "
@@ -104,7 +119,8 @@ class FolderLock:
 
     def release(self) -> None:
         """Give the lock back (the last holder in this process unlocks the file)."""
-        if self._key is None:
+        if not self._key:
+            self._key = None
             return
         with _GUARD:
             pid, fd, count = _HELD.pop(self._key)
@@ -116,7 +132,7 @@ class FolderLock:
 
     @property
     def held(self) -> bool:
-        return self._key is not None
+        return bool(self._key)
 
     def __enter__(self) -> FolderLock:
         return self.acquire()

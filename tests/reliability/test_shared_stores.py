@@ -82,3 +82,28 @@ def test_one_process_may_reopen_its_own_store(tmp_path):
     first.finalize()
     with FolderLock(str(tmp_path / "s"), "test", ".generation.lock"):
         pass  # given back by both
+
+
+def test_a_file_system_without_locks_lets_the_job_run(tmp_path, monkeypatch, caplog):
+    # NFS without a lock daemon answers ENOLCK: that is no other job, and refusing would stop
+    # every training and generation there; only "held" (EWOULDBLOCK) refuses
+    import errno
+    import logging
+
+    from ovseg.utils import locks
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="ovseg.utils.locks"):
+        lock = FolderLock(str(tmp_path), "training").acquire()
+    assert not lock.held and "this file system takes no locks" in caplog.text
+    lock.release()
+
+    def held(fd, op):
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(locks.fcntl, "flock", held)
+    with pytest.raises(FolderInUseError, match="in use by another training"):
+        FolderLock(str(tmp_path), "training").acquire()
