@@ -31,6 +31,7 @@ from ovseg.engine.defaults import load_config
 from ovseg.engine.eval_results import eval_only_evaluators, mark_results_done
 from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
+from ovseg.utils.io import DiskFullError
 from ovseg.utils.safe_load import UnsafeWeightsError
 
 
@@ -87,8 +88,9 @@ if __name__ == "__main__":
             args=(args,),
         )
     # a CLIP tag offline (what to download), a weight file that is unreadable, unsafe or of
-    # another model: one line, as the checks above (a one-process run raises them here)
+    # another model, a full disk (the file, the space it needs, the checkpoint kept): one
+    # line, as the checks above (a one-process run raises them here)
     except (WeightsDownloadError, CheckpointMismatchError, CheckpointReadError,
-            UnsafeWeightsError) as e:  # fmt: skip
+            UnsafeWeightsError, DiskFullError) as e:  # fmt: skip
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -27,7 +27,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import Detectron2Handler
 
 from ..utils.downloads import explain_download_failure, local_weights_problem
-from ..utils.io import atomic_write, atomic_write_text
+from ..utils.io import DiskFullError, atomic_write, atomic_write_text
 from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
 from .checkpoint_digest import DIGEST_KEY, check_contents, content_digests
 from .checkpoint_fit import (
@@ -133,8 +133,28 @@ class AtomicCheckpointer(DetectionCheckpointer):
         meta[DIGEST_KEY] = content_digests(data, META_KEY)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        try:
+            atomic_write(save_file, lambda f: torch.save(data, f), size=_stored_bytes(data))
+        except DiskFullError as e:
+            raise self._disk_full(e) from e
         self.tag_last_checkpoint(f"{name}.pth")
+
+    def _disk_full(self, error: DiskFullError) -> DiskFullError:
+        """``error`` saying which checkpoint the run keeps, and how to go on from it."""
+        if self.has_checkpoint():
+            kept = (
+                f"the run's last checkpoint {self.get_checkpoint_file()} is kept: --resume "
+                "continues from it"
+            )
+        else:
+            kept = "no checkpoint of this run was saved yet"
+        return DiskFullError(
+            f"{error}; {kept}",
+            path=error.path,
+            needed=error.needed,
+            free=error.free,
+            code=error.errno,
+        )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -303,6 +323,20 @@ def load_model_weights(
     """
     loader = AtomicCheckpointer(model, complete=complete, some=some, cfg=cfg)
     loader.load(path, checkpointables=[])
+
+
+def _stored_bytes(obj: Any) -> int:
+    """The bytes of the tensors and arrays in ``obj`` (nested dicts, lists, tuples): about
+    the size torch.save gives it, to say how much room a checkpoint needs."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_stored_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_stored_bytes(v) for v in obj)
+    return 0
 
 
 def _strip_module(key: str) -> str:

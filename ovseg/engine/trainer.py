@@ -23,6 +23,7 @@ from ..data.region_sampling import region_dataset_for
 from ..data.resumable_loader import build_resumable_train_loader
 from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
+from ..utils.io import DiskFullError, as_disk_full
 from . import solver
 from .checkpoint import AtomicCheckpointer
 from .metric_hooks import keep_evaluations_across_kills
@@ -41,6 +42,21 @@ from .speed import apply_speed_options
 from .train_loop import AMPTrainer, OvsegSimpleTrainer
 
 logger = logging.getLogger(__name__)
+
+
+class _DiskFullInOneLine(logging.Filter):
+    """detectron2 logs an error that ends training with its traceback; a full disk's says
+    all in its message (the file, the space needed and free, the checkpoint kept)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, DiskFullError):
+            record.msg, record.args = f"{record.getMessage()} {error}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_DiskFullInOneLine())
 
 
 def ddp_options(model) -> dict:
@@ -229,6 +245,20 @@ class Trainer(DefaultTrainer):
             )
 
     def after_train(self) -> None:
+        try:
+            self._after_train()
+        except Exception as e:
+            # a full disk that ended training fails the metrics' writes too: report the
+            # checkpoint that did not fit, not the writer's bare "[Errno 28]" raised after it
+            if isinstance(e.__context__, DiskFullError):
+                logger.error(f"Could not write the run's metrics and events either: {e}")
+                raise e.__context__ from None
+            full = as_disk_full(e, self.cfg.OUTPUT_DIR)
+            if full is None:
+                raise
+            raise full from e
+
+    def _after_train(self) -> None:
         # detectron2's DefaultTrainer runs its hooks' after_train, never its step's: the
         # losses still pending (SOLVER.METRICS_PERIOD) of a run stopped early were lost
         # A run stopped early (an error, possibly raised in this process only) must not enter

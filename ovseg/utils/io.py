@@ -13,9 +13,11 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 __all__ = [
     "TMP_PREFIX",
+    "DiskFullError",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "as_disk_full",
     "check_output_file",
     "make_output_folder",
     "publish_folder",
@@ -27,9 +29,33 @@ TMP_PREFIX = ".tmp-"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# out of disk space, or of the user's quota: the write fails partway, whatever the writer
+_FULL = {errno.ENOSPC: "no space left on device"}
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    _FULL[errno.EDQUOT] = "disk quota exceeded"
+
+
+class DiskFullError(OSError):
+    """A write ran out of disk space (or quota). Its message names the file, how much it
+    needed and how much is free in its folder; ``path``, ``needed`` (bytes, None when not
+    known) and ``free`` (bytes) hold them. The file's previous version, if any, is intact."""
+
+    def __init__(self, message: str, *, path: str, needed: Optional[int], free: int, code: int):
+        super().__init__(message)
+        self.errno, self.strerror = code, _FULL.get(code, "no space left on device")
+        self.path, self.needed, self.free = path, needed, free
+
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] ..."
+        return self.args[0]
+
 
 def atomic_write(
-    path: PathLike, write: Callable[[Any], Any], *, fsync: bool = True, by_name: bool = False
+    path: PathLike,
+    write: Callable[[Any], Any],
+    *,
+    fsync: bool = True,
+    by_name: bool = False,
+    size: Optional[int] = None,
 ) -> None:
     """Write ``path`` through a temporary sibling, then ``os.replace`` it into place.
 
@@ -44,6 +70,11 @@ def atomic_write(
             as PIL's ``Image.save`` with a format or ``shutil.copyfile``).
         fsync (bool): flush the data to disk before the rename (checkpoints, stores).
         by_name (bool): pass the temporary path instead of an open file.
+        size (int): about how many bytes the file takes, when known: a full disk's error
+            says so (otherwise it says how much was written before the disk was full).
+
+    Raises:
+        DiskFullError: the disk (or quota) ran out while writing; the temporary is removed.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -74,10 +105,66 @@ def atomic_write(
                     f.flush()
                     os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.isfile(tmp) else 0
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        full = _disk_full_cause(e)
+        if full is None:
+            raise
+        raise _disk_full_error(path, folder, full, written, size) from e
+
+
+def as_disk_full(error: BaseException, path: PathLike) -> Optional[DiskFullError]:
+    """``error`` as a :class:`DiskFullError` on ``path`` (a file or folder that could not be
+    written) when a full disk or quota caused it, else None (an earlier DiskFullError
+    behind it is returned as it is)."""
+    cause: Optional[BaseException] = error
+    while cause is not None and not isinstance(cause, DiskFullError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return cause
+    full = _disk_full_cause(error)
+    if full is None:
+        return None
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return _disk_full_error(path, folder, full, 0, None)
+
+
+def _disk_full_cause(exc: Optional[BaseException]) -> Optional[OSError]:
+    """The ENOSPC / EDQUOT error behind ``exc``, if any: writers often raise their own error
+    while handling it (torch.save's zip writer: "unexpected pos")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _disk_full_error(
+    path: str, folder: str, cause: OSError, written: int, size: Optional[int]
+) -> DiskFullError:
+    free = shutil.disk_usage(folder).free  # the temporary is gone: what the file may use
+    needed = max(size, written) if size else None  # the estimate leaves out a format's own
+    if needed:
+        what = f"it needs about {_mb(needed)}; "
+    else:
+        what = f"it needs more than {_mb(written)}; " if written else ""
+    return DiskFullError(
+        f"cannot write {path}: {_FULL[cause.errno]} ({what}{_mb(free)} free in {folder}); "
+        "free space there or write elsewhere",
+        path=path,
+        needed=needed,
+        free=free,
+        code=cause.errno,
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} kB"
 
 
 def _create_temporary(folder: str, name: str) -> Tuple[int, str]:
