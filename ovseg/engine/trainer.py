@@ -86,17 +86,34 @@ def sync_norm_statistics(model: nn.Module) -> None:
                     dist.broadcast(buf, src=0)
 
 
-class _GatherRNGStates(HookBase):
-    """In every process, when PeriodicCheckpointer saves after this step: gather every
-    rank's RNG states for the main process's checkpoint (a collective; the checkpointer runs
-    in the main process only)."""
+class _BeforeSave(HookBase):
+    """In every process, when PeriodicCheckpointer saves after this step: read back the
+    losses still pending (SOLVER.METRICS_PERIOD), so a non-finite one stops the run before
+    its weights are saved, and in a multi-process run gather every rank's RNG states for the
+    main process's checkpoint (collectives; the checkpointer runs in the main process only).
+    """
 
-    def __init__(self, period: int):
-        self._period = period
+    def __init__(self, period: int, gather_rng: bool):
+        self._period, self._gather_rng = period, gather_rng
 
     def after_step(self) -> None:
         it, max_iter = self.trainer.iter, self.trainer.max_iter
-        if (it + 1) % self._period == 0 or it >= max_iter - 1:
+        if not ((it + 1) % self._period == 0 or it >= max_iter - 1):
+            return
+        flush = getattr(self.trainer._trainer, "flush_metrics", None)
+        if flush is not None:
+            try:
+                flush()
+            except FloatingPointError as e:
+                checkpointer = self.trainer.checkpointer
+                kept = "no checkpoint of this run was saved"
+                if checkpointer.has_checkpoint():
+                    kept = f"the run's last checkpoint {checkpointer.get_checkpoint_file()} is kept"
+                raise FloatingPointError(
+                    f"{e}\nNo checkpoint is saved from these weights: {kept} (a lower "
+                    "SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS may train past the step)"
+                ) from None
+        if self._gather_rng:
             self.trainer.checkpointer.gathered_rng = (it, comm.all_gather(rng_state()))
 
 
@@ -187,17 +204,18 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> list:
         """DefaultTrainer's hooks; a periodic evaluation a kill cut short is done again on
-        resume (:mod:`ovseg.engine.metric_hooks`); every rank's RNG states gathered for the
+        resume (:mod:`ovseg.engine.metric_hooks`); the pending losses read back before each
+        save (a non-finite one stops the run first) and every rank's RNG states gathered for the
         checkpoints of a multi-process run; a warning when the losses stay exactly 0
         (:mod:`ovseg.engine.signal_watch`: a quarter of the run, at most 100 steps)."""
         hooks = [h for h in super().build_hooks() if h is not None]
         hooks.append(ZeroLossWatch(min(100, max(5, self.cfg.SOLVER.MAX_ITER // 4))))
-        if comm.get_world_size() > 1:
-            # right before the main process's checkpointer (the other ranks have none: before
-            # the hooks that follow it), so the states are those the checkpointer would see
-            later = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook, d2_hooks.PeriodicWriter)
-            at = next((i for i, h in enumerate(hooks) if isinstance(h, later)), len(hooks))
-            hooks.insert(at, _GatherRNGStates(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        # right before the main process's checkpointer (the other ranks have none: before
+        # the hooks that follow it), so the states are those the checkpointer would see
+        later = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook, d2_hooks.PeriodicWriter)
+        at = next((i for i, h in enumerate(hooks) if isinstance(h, later)), len(hooks))
+        gather = comm.get_world_size() > 1
+        hooks.insert(at, _BeforeSave(self.cfg.SOLVER.CHECKPOINT_PERIOD, gather_rng=gather))
         return keep_evaluations_across_kills(hooks, self.cfg.OUTPUT_DIR)
 
     def resume_or_load(self, resume: bool = True) -> None:
