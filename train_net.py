@@ -32,6 +32,7 @@ from ovseg.engine.eval_results import eval_only_evaluators, mark_results_done
 from ovseg.utils.cli import run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
 from ovseg.utils.io import DiskFullError
+from ovseg.utils.resources import OutOfResourcesError, naming_resources
 from ovseg.utils.safe_load import UnsafeWeightsError
 
 
@@ -44,7 +45,8 @@ def main(args):
         loader.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         # into a folder holding no earlier evaluation's results (a run's own is kept)
         evaluators, folder = eval_only_evaluators(Trainer, cfg, loader.loaded_path or "")
-        res = Trainer.test(cfg, model, evaluators)
+        with naming_resources(cfg, "evaluation"):  # out of memory: what to lower, one line
+            res = Trainer.test(cfg, model, evaluators)
         mark_results_done(folder, cfg, loader.loaded_path or "")
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -89,8 +91,9 @@ if __name__ == "__main__":
         )
     # a CLIP tag offline (what to download), a weight file that is unreadable, unsafe or of
     # another model, a full disk (the file, the space it needs, the checkpoint kept): one
-    # line, as the checks above (a one-process run raises them here)
+    # line, as the checks above (a one-process run raises them here); out of memory (the
+    # settings to lower, the checkpoint kept) too
     except (WeightsDownloadError, CheckpointMismatchError, CheckpointReadError,
-            UnsafeWeightsError, DiskFullError) as e:  # fmt: skip
+            UnsafeWeightsError, DiskFullError, OutOfResourcesError) as e:  # fmt: skip
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -37,6 +37,7 @@ from ..pseudo import (
     score_kind_of,
 )
 from ..utils.io import check_output_file
+from ..utils.resources import naming_resources
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 from .defaults import load_config, setup
@@ -234,24 +235,27 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     labeller = build_labeller(cfg, args.dataset, args.scores)
     manifest = labeller_manifest(cfg, labeller, args.threshold, args.command)
     store = open_store(args.output, manifest)
-    error, stats = None, {}
+    stats = {}
+    kept = "The images labelled so far are kept: re-running the command labels the rest"
     try:
-        stats = generate_pseudo_labels(
-            labeller.model,
-            labeller.dataset_dicts,
-            labeller.mapper,
-            store,
-            threshold=args.threshold,
-            rank=comm.get_rank(),
-            world_size=comm.get_world_size(),
-            progress=not args.no_progress,
-            score_kind=labeller.score_kind,
-        )
+        with naming_resources(cfg, "pseudo-labelling", lambda: kept):
+            stats = generate_pseudo_labels(
+                labeller.model,
+                labeller.dataset_dicts,
+                labeller.mapper,
+                store,
+                threshold=args.threshold,
+                rank=comm.get_rank(),
+                world_size=comm.get_world_size(),
+                progress=not args.no_progress,
+                score_kind=labeller.score_kind,
+            )
     except Exception as e:
-        error = f"rank {comm.get_rank()}: {type(e).__name__}: {e}"
+        # every process reaches the collective, failed or not; this one raises its own error
+        # (a file that cannot be decoded, memory), not all_ok's RuntimeError copy of it
+        comm.all_gather(f"rank {comm.get_rank()}: {type(e).__name__}: {e}")
         raise
-    finally:
-        all_ok(error)  # every process reaches this collective, failed or not
+    all_ok(None)  # another process failed: raise its error here too
     if comm.is_main_process():
         count = store.finalize()
         total, dataset = len(labeller.dataset_dicts), labeller.dataset

@@ -24,6 +24,7 @@ from ..data.resumable_loader import build_resumable_train_loader
 from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
 from ..utils.io import DiskFullError, as_disk_full
+from ..utils.resources import is_out_of_memory, naming_resources, worker_death
 from . import solver
 from .checkpoint import AtomicCheckpointer
 from .metric_hooks import keep_evaluations_across_kills
@@ -46,11 +47,12 @@ logger = logging.getLogger(__name__)
 
 class _DiskFullInOneLine(logging.Filter):
     """detectron2 logs an error that ends training with its traceback; a full disk's says
-    all in its message (the file, the space needed and free, the checkpoint kept)."""
+    all in its message (the file, the space needed and free, the checkpoint kept), and so
+    does a lack of memory's, once :meth:`Trainer.train` has named the settings to lower."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, DiskFullError):
+        if isinstance(error, DiskFullError) or is_out_of_memory(error):
             record.msg, record.args = f"{record.getMessage()} {error}", ()
             record.exc_info, record.exc_text = None, None
         return True
@@ -261,6 +263,29 @@ class Trainer(DefaultTrainer):
                 f"{self.max_iter} is below it: nothing is trained (the checkpoint's model is "
                 "evaluated). Raise SOLVER.MAX_ITER to train on, or evaluate it with --eval-only"
             )
+
+    def train(self):
+        """DefaultTrainer's; running out of memory (a loader worker killed, an allocation
+        failed) ends it with the settings to lower and the checkpoint kept, in one line."""
+        with naming_resources(self.cfg, "training", self._kept_checkpoint):
+            return super().train()
+
+    def run_step(self) -> None:
+        try:
+            super().run_step()
+        except Exception as e:
+            # a loader worker killed while its batch was read may first show as a reset
+            # connection: name the worker (detectron2 logs this error, then ends the run)
+            dead = None if is_out_of_memory(e) else worker_death(e)
+            if dead is None:
+                raise
+            raise dead from e
+
+    def _kept_checkpoint(self) -> str:
+        if comm.is_main_process() and self.checkpointer.has_checkpoint():
+            path = self.checkpointer.get_checkpoint_file()
+            return f"The run's last checkpoint {path} is kept: --resume continues from it"
+        return "No checkpoint of this run was saved yet: --resume starts it again"
 
     def after_train(self) -> None:
         try:

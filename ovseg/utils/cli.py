@@ -6,10 +6,13 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from .resources import OutOfResourcesError
+
 __all__ = ["USER_ERRORS", "positive_float", "positive_int", "run_reporting_errors"]
 
-# a missing file, an unknown dataset or a bad option value: the message says what to change
-USER_ERRORS = (ValueError, OSError)
+# a missing file, an unknown dataset or a bad option value, or too little memory for the
+# settings given: the message says what to change
+USER_ERRORS = (ValueError, OSError, OutOfResourcesError)
 
 
 def run_reporting_errors(prog: str, action: Callable[[], Any]) -> int:

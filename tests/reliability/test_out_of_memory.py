@@ -1,0 +1,186 @@
+"""Running out of memory ends a job in one line naming what to lower and what is kept: a
+DataLoader worker killed (as the out-of-memory killer does: SIGKILL), an allocation failing in
+the forward (MemoryError, torch's CPU allocator, torch.OutOfMemoryError), in training,
+--eval-only and pseudo-label generation; the error is never swallowed (exit status 2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from ovseg_testing import CONFIGS, ROOT, cpu_opts, registered_ade20k, run_main, write_ade20k_fixture
+from ovseg_testing.scripts import subprocess_env
+
+from detectron2.engine import HookBase
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ovseg.engine import Trainer
+from ovseg.engine.defaults import load_config
+from ovseg.utils import io
+from ovseg.utils.resources import OutOfResourcesError, out_of_resources
+
+CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
+CPU_OOM = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 123456789 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+def _children() -> list[int]:
+    tasks = os.listdir("/proc/self/task")
+    return [int(p) for t in tasks for p in open(f"/proc/self/task/{t}/children").read().split()]
+
+
+class _KillWorker(HookBase):
+    """SIGKILL a DataLoader worker after step ``at``, as the out-of-memory killer would."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def after_step(self):
+        if self.trainer.iter == self.at:
+            os.kill(_children()[0], signal.SIGKILL)
+
+
+def _trainer(out, *extra) -> Trainer:
+    opts = cpu_opts("SemanticSegmentor", out / "cache")
+    opts += [
+        "SOLVER.MAX_ITER", "8",
+        "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.WARMUP_ITERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(48,)",
+        "INPUT.MAX_SIZE_TRAIN", "48",
+        "INPUT.CROP.ENABLED", "False",
+        "INPUT.SIZE_DIVISIBILITY", "48",
+        "TEST.EVAL_PERIOD", "0",
+        "OUTPUT_DIR", str(out), *extra,
+    ]  # fmt: skip
+    trainer = Trainer(load_config(str(CONFIG), opts))
+    trainer.resume_or_load(resume=False)
+    return trainer
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds workers in /proc")
+@pytest.mark.usefixtures("one_torch_thread", "small_ade20k")
+def test_a_killed_loader_worker_ends_training_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    trainer = _trainer(out, "DATALOADER.NUM_WORKERS", "1")
+    trainer.register_hooks([_KillWorker(at=4)])
+    records = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    d2_loop = logging.getLogger("detectron2.engine.train_loop")
+    d2_loop.addHandler(handler)
+    try:
+        with pytest.raises(OutOfResourcesError) as info:
+            trainer.train()
+    finally:
+        d2_loop.removeHandler(handler)
+    message = str(info.value)
+    assert message.startswith("training stopped: a DataLoader worker (pid "), message
+    assert "most likely by the out-of-memory killer: lower DATALOADER.NUM_WORKERS (1;" in message
+    assert "SOLVER.IMS_PER_BATCH (2) or raise SOLVER.ACCUMULATE_STEPS (1" in message
+    assert f"last checkpoint {out / 'model_0000003.pth'} is kept: --resume" in message
+    # detectron2's log of it: one line, no traceback
+    assert records and records[-1].exc_info is None
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert not [n for n in os.listdir(out) if n.startswith(io.TMP_PREFIX)]
+
+
+@pytest.mark.usefixtures("one_torch_thread", "small_ade20k")
+def test_an_allocation_failing_in_the_forward_ends_training_in_one_line(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path / "run")
+    model = trainer.model
+
+    def forward(batched_inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(OutOfResourcesError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert message.startswith("training ran out of memory (OutOfMemoryError: CUDA out of memory")
+    assert "SOLVER.AMP.ENABLED True (now False)" in message
+    assert message.endswith("No checkpoint of this run was saved yet: --resume starts it again")
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)  # kept for log files
+
+
+def test_what_counts_as_out_of_memory():
+    cfg = load_config(str(CONFIG), ["INPUT.CROP.ENABLED", "True"])
+    assert "INPUT.CROP.SIZE" in str(out_of_resources(MemoryError(), cfg, "training"))
+    error = out_of_resources(RuntimeError(CPU_OOM), cfg, "evaluation", "Nothing is kept")
+    assert str(error).startswith("evaluation ran out of memory (RuntimeError: [enforce fail")
+    assert "TEST.SLIDE_WINDOW" in str(error) and str(error).endswith(". Nothing is kept")
+    exited = RuntimeError("DataLoader worker (pid(s) 12, 13) exited unexpectedly")
+    assert "(pid 12, 13) exited unexpectedly, most" in str(out_of_resources(exited, cfg, "x"))
+    assert out_of_resources(RuntimeError("shape mismatch"), cfg, "training") is None
+    assert out_of_resources(ValueError("out of memory"), cfg, "training") is None
+
+
+TOOL = "tools/generate_pseudo_labels.py"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pseudo_labelling_names_the_file_or_the_memory_in_one_line(tmp_path, capsys, monkeypatch):
+    datasets = write_ade20k_fixture(tmp_path / "datasets", n_train=2, n_val=1)
+    image = datasets / "ADEChallengeData2016/images/training/ADE_train_00000001.jpg"
+    image.write_bytes(image.read_bytes()[:-200])  # truncated
+    argv = [
+        "--config-file", "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml",
+        "--dataset", "ade20k_sem_seg_train", "--output", str(tmp_path / "store"), "--no-progress",
+        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json", "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.TEMPLATES", "single", "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"),
+        "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "48", "INPUT.MAX_SIZE_TEST", "1000",
+    ]  # fmt: skip
+    with registered_ade20k(datasets):
+        assert run_main(TOOL, argv) == 2
+    err = capsys.readouterr().err
+    assert f"generate_pseudo_labels.py: error: Cannot decode image file '{image}'" in err, err
+    assert "Traceback" not in err
+    image.unlink()  # removed from the dataset; into a new store: memory runs out
+    argv[argv.index("--output") + 1] = str(tmp_path / "store2")
+    monkeypatch.setattr(META_ARCH_REGISTRY.get("MaskCLIP"), "forward", _raise_memory_error)
+    with registered_ade20k(datasets):
+        assert run_main(TOOL, argv) == 2
+    err = capsys.readouterr().err
+    error = "generate_pseudo_labels.py: error: pseudo-labelling ran out of memory (MemoryError): "
+    assert error + "lower INPUT.MIN_SIZE_TEST (48)" in err, err
+    assert "The images labelled so far are kept: re-running the command labels the rest" in err
+
+
+def _raise_memory_error(self, batched_inputs):
+    raise MemoryError
+
+
+def test_eval_only_reports_running_out_of_memory_in_one_line(tmp_path):
+    # --eval-only whose model's forward finds the CPU allocator out of memory
+    code = (
+        "import runpy, sys\n"
+        "from detectron2.modeling.meta_arch import SemanticSegmentor\n"
+        "message = sys.argv.pop(1)\n"
+        "def oom(self, batched_inputs): raise RuntimeError(message)\n"
+        "SemanticSegmentor.forward = oom\n"
+        "sys.argv = ['train_net.py'] + sys.argv[1:]\n"
+        "runpy.run_path('train_net.py', run_name='__main__')\n"
+    )
+    opts = cpu_opts("SemanticSegmentor", tmp_path / "cache")
+    opts += ["MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "run")]
+    datasets = write_ade20k_fixture(tmp_path / "datasets", n_train=1, n_val=1)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, CPU_OOM, "--config-file", str(CONFIG), "--eval-only", *opts],
+        cwd=ROOT,
+        env=subprocess_env(datasets),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = "train_net.py: error: evaluation ran out of memory (RuntimeError: [enforce fail at"
+    assert error in proc.stderr, proc.stderr[-3000:]
+    assert "lower INPUT.MIN_SIZE_TEST" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
