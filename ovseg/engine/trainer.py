@@ -24,7 +24,12 @@ from ..data.resumable_loader import build_resumable_train_loader
 from ..data.samplers import train_sampler_for
 from ..pseudo import pseudo_labelled_dataset_dicts
 from ..utils.io import DiskFullError, as_disk_full
-from ..utils.resources import is_out_of_memory, naming_resources, worker_death
+from ..utils.resources import (
+    is_out_of_memory,
+    names_a_dead_worker,
+    naming_resources,
+    worker_death,
+)
 from . import solver
 from .checkpoint import AtomicCheckpointer
 from .metric_hooks import keep_evaluations_across_kills
@@ -47,12 +52,14 @@ logger = logging.getLogger(__name__)
 
 class _DiskFullInOneLine(logging.Filter):
     """detectron2 logs an error that ends training with its traceback; a full disk's says
-    all in its message (the file, the space needed and free, the checkpoint kept), and so
-    does a lack of memory's, once :meth:`Trainer.train` has named the settings to lower."""
+    all in its message (the file, the space needed and free, the checkpoint kept), and a
+    killed DataLoader worker's traceback shows only where the main process happened to be:
+    those are one line. A failed allocation keeps its traceback (where memory ran out, in
+    log.txt too), its message followed by the settings :meth:`Trainer.train` names."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, DiskFullError) or is_out_of_memory(error):
+        if isinstance(error, DiskFullError) or names_a_dead_worker(error):
             record.msg, record.args = f"{record.getMessage()} {error}", ()
             record.exc_info, record.exc_text = None, None
         return True

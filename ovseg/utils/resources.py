@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 __all__ = [
     "OutOfResourcesError",
     "is_out_of_memory",
+    "names_a_dead_worker",
     "naming_resources",
     "out_of_resources",
     "worker_death",
@@ -103,6 +104,12 @@ def is_out_of_memory(error: Optional[BaseException]) -> bool:
         return True
     text = str(error) if isinstance(error, RuntimeError) else ""
     return bool(_WORKER.search(text)) or _is_torch_oom(error, text)
+
+
+def names_a_dead_worker(error: Optional[BaseException]) -> bool:
+    """Whether ``error`` is torch's report of a DataLoader worker that died (its traceback,
+    from torch's SIGCHLD handler, shows only where the main process happened to be)."""
+    return isinstance(error, RuntimeError) and bool(_WORKER.search(str(error)))
 
 
 def _is_torch_oom(error: Optional[BaseException], text: str) -> bool:

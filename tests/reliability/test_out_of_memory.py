@@ -101,8 +101,18 @@ def test_an_allocation_failing_in_the_forward_ends_training_in_one_line(tmp_path
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(model, "forward", forward)
-    with pytest.raises(OutOfResourcesError) as info:
-        trainer.train()
+    records = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    d2_loop = logging.getLogger("detectron2.engine.train_loop")
+    d2_loop.addHandler(handler)
+    try:
+        with pytest.raises(OutOfResourcesError) as info:
+            trainer.train()
+    finally:
+        d2_loop.removeHandler(handler)
+    # detectron2's log keeps where memory ran out (console and log.txt), as before
+    assert records and isinstance(records[-1].exc_info[1], torch.OutOfMemoryError)
     message = str(info.value)
     assert message.startswith("training ran out of memory (OutOfMemoryError: CUDA out of memory")
     assert "SOLVER.AMP.ENABLED True (now False)" in message
