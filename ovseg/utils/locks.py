@@ -4,7 +4,8 @@ A :class:`FolderLock` is an exclusive ``fcntl.flock`` on a file in the folder it
 taken without waiting: a second job is refused at once in one line naming the job that holds
 it (pid, host, start time, command), read from the lock file, which the holder fills in. The
 kernel drops the lock when its holder exits or is killed, so a dead job never blocks the
-next one, and the file left behind means nothing. Within one process a lock is taken once per
+next one, and the file left behind means nothing; a forked child (a DataLoader worker) does
+not share it. Within one process a lock is taken once per
 folder (a second ``acquire`` there reuses it): it keeps other jobs out, not this job's threads.
 On systems without ``fcntl`` (Windows) locks are not taken.
 """
@@ -38,6 +39,26 @@ _HELD_ELSEWHERE = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 # realpath of a lock file -> (pid that took it, fd, holders in this process)
 _HELD: Dict[str, Tuple[int, int, int]] = {}
 _GUARD = threading.Lock()
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the lock descriptors copied from the
+    parent. A flock belongs to the open file, which the copies share, so a worker that
+    outlived its killed trainer (or a parent that gave a lock back while its workers ran) kept
+    the folder locked, refusing the next job in the dead job's name; the parent's own
+    descriptors still hold its locks."""
+    global _GUARD
+    _GUARD = threading.Lock()  # another thread may have held it at the fork
+    for _, fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
 
 
 class FolderInUseError(OSError):
@@ -123,10 +144,11 @@ class FolderLock:
             self._key = None
             return
         with _GUARD:
-            pid, fd, count = _HELD.pop(self._key)
+            # absent in a forked child: the parent's locks are not the child's to give back
+            pid, fd, count = _HELD.pop(self._key, (-1, -1, 0))
             if count > 1:
                 _HELD[self._key] = (pid, fd, count - 1)
-            else:
+            elif fd >= 0:
                 os.close(fd)  # closing the only descriptor drops the flock
         self._key = None
 

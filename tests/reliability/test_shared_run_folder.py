@@ -98,3 +98,26 @@ def test_two_evaluations_at_once_write_separate_folders(tmp_path):
         first.join(30)
     mark_results_done(folder, cfg, str(tmp_path / "b.pth"))
     assert results_folder(cfg, str(tmp_path / "a.pth"))[0] == str(run / "inference")  # free
+
+
+def _worker(ready, stop) -> None:
+    """A DataLoader worker: forked from the trainer, busy while the trainer is gone."""
+    ready.set()
+    stop.wait(30)
+
+
+def test_a_forked_worker_does_not_keep_the_folder_locked(tmp_path):
+    # a forked DataLoader worker shared the trainer's lock: a worker outliving its killed
+    # trainer (or a lock given back while workers ran) refused the next run in the dead one's name
+    lock = hold_run_folder(str(tmp_path))
+    ctx = mp.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    worker = ctx.Process(target=_worker, args=(ready, stop))
+    worker.start()
+    try:
+        assert ready.wait(30)
+        lock.release()  # as the kernel does for a killed trainer
+        hold_run_folder(str(tmp_path)).release()  # the next run, the worker still alive
+    finally:
+        stop.set()
+        worker.join(30)
