@@ -26,7 +26,13 @@ from ovseg.compat import default_dist_url, launch
 from ovseg.engine import AtomicCheckpointer, Trainer, setup
 from ovseg.engine.checkpoint import CheckpointReadError
 from ovseg.engine.checkpoint_fit import CheckpointMismatchError
-from ovseg.engine.checks import check_config, check_run_files, check_run_target, hold_run_folder
+from ovseg.engine.checks import (
+    check_config,
+    check_run_files,
+    check_run_target,
+    give_back_run_folder,
+    hold_run_folder,
+)
 from ovseg.engine.defaults import load_config
 from ovseg.engine.eval_results import eval_only_evaluators, mark_results_done
 from ovseg.utils.cli import run_reporting_errors
@@ -72,10 +78,16 @@ if __name__ == "__main__":
         cfg = load_config(args.config_file, args.opts)
         check_config(cfg)
         given = "MODEL.WEIGHTS" in [str(o) for o in args.opts[::2]]
-        if not args.eval_only and args.machine_rank == 0:  # one training per OUTPUT_DIR
+        held = not args.eval_only and args.machine_rank == 0  # one training per OUTPUT_DIR
+        if held:
             hold_run_folder(cfg.OUTPUT_DIR)
-        check_run_target(cfg, args.eval_only, args.resume, weights_given=given)
-        check_run_files(cfg, eval_only=args.eval_only, resume=args.resume)
+        try:
+            check_run_target(cfg, args.eval_only, args.resume, weights_given=given)
+            check_run_files(cfg, eval_only=args.eval_only, resume=args.resume)
+        except BaseException:
+            if held:  # a refused run leaves no OUTPUT_DIR behind
+                give_back_run_folder(cfg.OUTPUT_DIR)
+            raise
 
     status = run_reporting_errors("train_net.py", check)
     if status:

@@ -12,7 +12,7 @@ import difflib
 import logging
 import math
 import os
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -36,11 +36,13 @@ __all__ = [
     "check_values",
     "check_vocabularies",
     "closest_datasets",
+    "give_back_run_folder",
     "hold_run_folder",
 ]
 
 RUN_LOCK = ".training.lock"
-_RUN_LOCKS: List[FolderLock] = []  # held until the process ends
+# held until the process ends, with the folders hold_run_folder made
+_RUN_LOCKS: List[Tuple[FolderLock, List[str]]] = []
 
 
 class UnknownDatasetError(KeyError, ValueError):
@@ -290,16 +292,41 @@ def hold_run_folder(output_dir: str) -> FolderLock:
     launcher, before its checks read the folder): a second training or ``--resume`` into the
     folder while one runs is refused naming it. Two trainings used to run there side by side,
     interleaving their checkpoints, ``metrics.json`` and log, and ``last_checkpoint`` named
-    whichever saved last.
+    whichever saved last. A run its later checks refuse calls :func:`give_back_run_folder`.
 
     Raises:
+        OSError: OUTPUT_DIR cannot be written.
         FolderInUseError: another training holds the folder (its pid, host and command).
     """
-    make_output_folder(output_dir)
+    created, folder = [], os.path.abspath(output_dir)
+    while not os.path.exists(folder):  # made here: the deepest first
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    make_output_folder(output_dir)  # a file of that name is refused, and nothing made
     hint = "give this run another OUTPUT_DIR, or --resume once that training ended"
-    lock = FolderLock(output_dir, "training", RUN_LOCK, hint=hint).acquire()
-    _RUN_LOCKS.append(lock)
-    return lock
+    lock = FolderLock(output_dir, "training", RUN_LOCK, hint=hint)
+    _RUN_LOCKS.append((lock, created))
+    try:  # a folder that takes no file: refused in check_run_target's words
+        check_output_file(os.path.join(output_dir, "config.yaml"), "folder", "OUTPUT_DIR")
+        return lock.acquire()
+    except BaseException:
+        give_back_run_folder(output_dir)
+        raise
+
+
+def give_back_run_folder(output_dir: str) -> None:
+    """Undo :func:`hold_run_folder` for a run refused by a later check: give the lock back
+    and remove the folders it made, so a refused run leaves no ``OUTPUT_DIR`` behind."""
+    for lock, created in [h for h in _RUN_LOCKS if h[0].folder == output_dir]:
+        _RUN_LOCKS.remove((lock, created))
+        if created and os.path.isfile(lock.path):  # removed while held: no job waits on it
+            os.remove(lock.path)
+        lock.release()
+        for folder in created:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: another job writes there now
+                break
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -12,7 +12,7 @@ import sys
 import pytest
 from ovseg_testing import CONFIGS, ROOT, cpu_opts, subprocess_env, write_ade20k_fixture
 
-from ovseg.engine.checks import hold_run_folder
+from ovseg.engine.checks import give_back_run_folder, hold_run_folder
 from ovseg.engine.defaults import load_config
 from ovseg.engine.eval_results import mark_results_done, results_folder
 from ovseg.utils.locks import FolderInUseError
@@ -121,3 +121,27 @@ def test_a_forked_worker_does_not_keep_the_folder_locked(tmp_path):
     finally:
         stop.set()
         worker.join(30)
+
+
+def test_a_run_refused_by_its_checks_leaves_no_output_dir(tmp_path):
+    # the training lock was taken before the checks: a run refused for missing data left
+    # OUTPUT_DIR (and its parents) behind, holding only .training.lock
+    out = tmp_path / "new" / "run"
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", str(CONFIG), "OUTPUT_DIR", str(out)],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "no_datasets"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "DATASETS.TRAIN names" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "new").exists()
+    lock = hold_run_folder(str(out))  # a folder made by the lock is removed with it
+    give_back_run_folder(str(out))
+    assert not lock.held and not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    hold_run_folder(str(tmp_path / "kept"))
+    give_back_run_folder(str(tmp_path / "kept"))  # one that was there stays
+    assert (tmp_path / "kept").is_dir()
