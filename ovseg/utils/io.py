@@ -110,7 +110,7 @@ def atomic_write(
         if os.path.exists(tmp):
             os.remove(tmp)
         full = _disk_full_cause(e)
-        if full is None:
+        if full is None or full.filename not in (None, tmp, path):  # another file's disk
             raise
         raise _disk_full_error(path, folder, full, written, size) from e
 
@@ -127,7 +127,7 @@ def as_disk_full(error: BaseException, path: PathLike) -> Optional[DiskFullError
     full = _disk_full_cause(error)
     if full is None:
         return None
-    path = os.fspath(path)
+    path = os.fspath(full.filename or path)  # the file named by the error, if it names one
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     return _disk_full_error(path, folder, full, 0, None)
 

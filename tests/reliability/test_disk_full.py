@@ -143,3 +143,20 @@ def test_train_net_reports_a_full_disk_in_one_line(tmp_path):
     error = f"train_net.py: error: cannot write {out / 'model_0000000.pth'}: no space left"
     assert error in proc.stderr and "no checkpoint of this run was saved yet" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_full_disk_elsewhere_is_not_blamed_on_the_file_written(tmp_path):
+    # an ENOSPC naming another file (/dev/shm full, a handled one behind another error) was
+    # reported as the written file's, with its folder's plenty of free space
+    elsewhere = OSError(errno.ENOSPC, "No space left on device", "/dev/shm/torch_123")
+    assert io.as_disk_full(elsewhere, str(tmp_path)).path == "/dev/shm/torch_123"
+
+    def fails_after_another_disk_was_full(f):
+        try:
+            raise elsewhere
+        except OSError:
+            raise ValueError("a value the writer refused") from None
+
+    with pytest.raises(ValueError, match="a value the writer refused"):
+        atomic_write(tmp_path / "x.bin", fails_after_another_disk_was_full)
+    assert os.listdir(tmp_path) == []
