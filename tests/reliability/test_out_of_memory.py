@@ -39,12 +39,17 @@ def _children() -> list[int]:
 class _KillWorker(HookBase):
     """SIGKILL a DataLoader worker after step ``at``, as the out-of-memory killer would."""
 
-    def __init__(self, at: int):
+    def __init__(self, at: int, before: set):
         self.at = at
+        # children the test process had before the trainer (e.g. a multiprocessing resource
+        # tracker an earlier test in this pytest worker started): not the loader's workers
+        self.before = before
 
     def after_step(self):
         if self.trainer.iter == self.at:
-            os.kill(_children()[0], signal.SIGKILL)
+            workers = sorted(set(_children()) - self.before)
+            assert workers, "no DataLoader worker started"
+            os.kill(workers[0], signal.SIGKILL)
 
 
 def _trainer(out, *extra) -> Trainer:
@@ -69,8 +74,9 @@ def _trainer(out, *extra) -> Trainer:
 @pytest.mark.usefixtures("one_torch_thread", "small_ade20k")
 def test_a_killed_loader_worker_ends_training_in_one_line(tmp_path):
     out = tmp_path / "run"
+    before = set(_children())
     trainer = _trainer(out, "DATALOADER.NUM_WORKERS", "1")
-    trainer.register_hooks([_KillWorker(at=4)])
+    trainer.register_hooks([_KillWorker(at=4, before=before)])
     records = []
     handler = logging.Handler(logging.ERROR)
     handler.emit = records.append
