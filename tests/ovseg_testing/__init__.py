@@ -24,6 +24,7 @@ from ovseg_testing.configs import (
     cpu_opts,
     header_commands,
     is_resnet_clip,
+    small_semfpn_opts,
     tiny_clip_opts,
 )
 from ovseg_testing.data import (
@@ -72,7 +73,7 @@ from ovseg_testing.models import (
 )
 from ovseg_testing.paths import CONFIGS, ROOT, TINY_RN, TINY_VIT
 from ovseg_testing.pseudo import NAMES5, FakeTeacher, make_store
-from ovseg_testing.scripts import run_main, run_script, subprocess_env
+from ovseg_testing.scripts import run_main, run_patched, run_script, subprocess_env
 
 __all__ = [
     "ADE",
@@ -83,6 +84,7 @@ __all__ = [
     "SMALL_OPTS",
     "TOY_WORLD_OPTS",
     "cpu_opts",
+    "small_semfpn_opts",
     "header_commands",
     "is_resnet_clip",
     "tiny_clip_opts",
@@ -117,6 +119,7 @@ __all__ = [
     "registered_fewshot",
     "registered_toy_world",
     "run_main",
+    "run_patched",
     "run_script",
     "subprocess_env",
     "tiny_clip_cfg",

@@ -118,6 +118,23 @@ def cpu_opts(arch: str, cache_dir: Path, *extra: str) -> list[str]:
     return [*CPU_OPTS, *SMALL_OPTS[arch], "MODEL.CLIP.CACHE_DIR", str(cache_dir), *extra]
 
 
+def small_semfpn_opts(out: Path, max_iter: int, *extra: str) -> list[str]:
+    """A tiny SemFPN run into ``out`` on 48 px images, saving every 2 steps, no periodic
+    evaluation (the reliability tests' training of seconds), then ``extra``."""
+    return cpu_opts(
+        "SemanticSegmentor", out / "cache",
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.WARMUP_ITERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(48,)",
+        "INPUT.MAX_SIZE_TRAIN", "48",
+        "INPUT.CROP.ENABLED", "False",
+        "INPUT.SIZE_DIVISIBILITY", "48",
+        "TEST.EVAL_PERIOD", "0",
+        "OUTPUT_DIR", str(out), *extra,
+    )  # fmt: skip
+
+
 def is_resnet_clip(clip_name: str) -> bool:
     """A CLIP with a ModifiedResNet image tower: RN50, configs/clip/{tiny,toy}_rn.json."""
     return Path(clip_name).stem.lower().startswith(("rn", "tiny_rn", "toy_rn"))

@@ -42,6 +42,28 @@ def run_script(script: str, *args: str, datasets: Path | None = None, timeout: i
     return log
 
 
+def run_patched(
+    patch: str, script: str, *args: str, datasets: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python <script> <args>`` as a command after ``patch`` (Python source run first
+    in the same interpreter, e.g. a ``torch.save`` that finds the disk full), from the
+    repository root; returns the finished process (output captured as text), whatever its
+    exit status."""
+    code = (
+        f"{patch}\nimport runpy, sys\n"
+        f"sys.argv = [{script!r}, *sys.argv[1:]]\n"
+        f"runpy.run_path({script!r}, run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=subprocess_env(datasets),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_main(script: str, argv: list[str]) -> int:
     """``main(argv)`` of a repository script imported into this process, as its
     ``__main__`` block runs it: log records at INFO to stderr in the scripts' format (read

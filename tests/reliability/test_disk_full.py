@@ -9,13 +9,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from ovseg_testing import CONFIGS, ROOT, cpu_opts
-from ovseg_testing.scripts import subprocess_env
+from ovseg_testing import CONFIGS, cpu_opts, run_patched, small_semfpn_opts, write_ade20k_fixture
+from ovseg_testing.logs import records
 
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
@@ -69,18 +67,7 @@ def test_a_writer_error_raised_while_the_disk_was_full_is_a_full_disk(tmp_path):
 
 
 def _train(out, max_iter=4, resume=False):
-    opts = cpu_opts("SemanticSegmentor", out / "cache")
-    opts += [
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.CHECKPOINT_PERIOD", "2",
-        "SOLVER.WARMUP_ITERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(48,)",
-        "INPUT.MAX_SIZE_TRAIN", "48",
-        "INPUT.CROP.ENABLED", "False",
-        "INPUT.SIZE_DIVISIBILITY", "48",
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(out),
-    ]  # fmt: skip
+    opts = small_semfpn_opts(out, max_iter)
     trainer = Trainer(load_config(str(CONFIG), opts))
     trainer.resume_or_load(resume=resume)
     trainer.test = lambda *args, **kwargs: {}
@@ -92,22 +79,15 @@ def test_a_checkpoint_that_does_not_fit_ends_the_run_and_resume_continues(tmp_pa
     out = tmp_path / "run"
     # every later write fails too (metrics.json when training ends), as on a full disk
     _full_disk(monkeypatch, after=2)  # model_0000001.pth and last_checkpoint fit
-    records = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = records.append
-    d2_loop = logging.getLogger("detectron2.engine.train_loop")
-    d2_loop.addHandler(handler)
-    try:
+    with records("detectron2.engine.train_loop", logging.ERROR) as logged:
         with pytest.raises(DiskFullError) as info:
             _train(out)
-    finally:
-        d2_loop.removeHandler(handler)
     message = str(info.value)
     assert f"cannot write {out / 'model_0000003.pth'}: no space left on device" in message
     assert "it needs about" in message
     assert f"last checkpoint {out / 'model_0000001.pth'} is kept: --resume" in message
     # detectron2 logs the error that ended training: one line, not a traceback
-    assert records and records[-1].exc_info is None and message in records[-1].getMessage()
+    assert logged and logged[-1].exc_info is None and message in logged[-1].getMessage()
     assert not [n for n in os.listdir(out) if n.startswith(io.TMP_PREFIX)]
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
     monkeypatch.undo()  # space freed
@@ -118,26 +98,17 @@ def test_a_checkpoint_that_does_not_fit_ends_the_run_and_resume_continues(tmp_pa
 
 def test_train_net_reports_a_full_disk_in_one_line(tmp_path):
     # train_net.py whose torch.save finds the disk full: the first checkpoint fails
-    code = (
-        "import errno, runpy, sys, torch\n"
+    patch = (
+        "import errno, torch\n"
         "def full(obj, f): raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "torch.save = full\n"
-        "sys.argv = ['train_net.py'] + sys.argv[1:]\n"
-        "runpy.run_path('train_net.py', run_name='__main__')\n"
     )
     out = tmp_path / "run"
     opts = cpu_opts("SemanticSegmentor", tmp_path / "cache")
     opts += ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)]
-    from ovseg_testing import write_ade20k_fixture
-
     datasets = write_ade20k_fixture(tmp_path / "datasets", n_train=2, n_val=1)
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "--config-file", str(CONFIG), *opts],
-        cwd=ROOT,
-        env=subprocess_env(datasets),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_patched(
+        patch, "train_net.py", "--config-file", str(CONFIG), *opts, datasets=datasets
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = f"train_net.py: error: cannot write {out / 'model_0000000.pth'}: no space left"

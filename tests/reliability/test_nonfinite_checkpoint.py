@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from ovseg_testing import CONFIGS, cpu_opts
+from ovseg_testing import CONFIGS, small_semfpn_opts
 
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
@@ -19,19 +19,7 @@ CONFIG = CONFIGS / "ade20k/baseline/semfpn_r18_80k_bs16.yaml"
 @pytest.mark.usefixtures("one_torch_thread", "small_ade20k")
 def test_a_nan_loss_stops_the_run_before_it_reaches_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    opts = cpu_opts("SemanticSegmentor", out / "cache")
-    opts += [
-        "SOLVER.MAX_ITER", "8",
-        "SOLVER.CHECKPOINT_PERIOD", "2",
-        "SOLVER.METRICS_PERIOD", "20",
-        "SOLVER.WARMUP_ITERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(48,)",
-        "INPUT.MAX_SIZE_TRAIN", "48",
-        "INPUT.CROP.ENABLED", "False",
-        "INPUT.SIZE_DIVISIBILITY", "48",
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(out),
-    ]  # fmt: skip
+    opts = small_semfpn_opts(out, 8, "SOLVER.METRICS_PERIOD", "20")
     trainer = Trainer(load_config(str(CONFIG), opts))
     trainer.resume_or_load(resume=False)
     trainer.test = lambda *args, **kwargs: {}

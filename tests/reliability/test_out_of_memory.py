@@ -8,13 +8,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from ovseg_testing import CONFIGS, ROOT, cpu_opts, registered_ade20k, run_main, write_ade20k_fixture
-from ovseg_testing.scripts import subprocess_env
+from ovseg_testing import (
+    CONFIGS,
+    cpu_opts,
+    registered_ade20k,
+    run_main,
+    run_patched,
+    small_semfpn_opts,
+    write_ade20k_fixture,
+)
+from ovseg_testing.logs import records
 
 from detectron2.engine import HookBase
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -53,18 +59,7 @@ class _KillWorker(HookBase):
 
 
 def _trainer(out, *extra) -> Trainer:
-    opts = cpu_opts("SemanticSegmentor", out / "cache")
-    opts += [
-        "SOLVER.MAX_ITER", "8",
-        "SOLVER.CHECKPOINT_PERIOD", "2",
-        "SOLVER.WARMUP_ITERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(48,)",
-        "INPUT.MAX_SIZE_TRAIN", "48",
-        "INPUT.CROP.ENABLED", "False",
-        "INPUT.SIZE_DIVISIBILITY", "48",
-        "TEST.EVAL_PERIOD", "0",
-        "OUTPUT_DIR", str(out), *extra,
-    ]  # fmt: skip
+    opts = small_semfpn_opts(out, 8, *extra)
     trainer = Trainer(load_config(str(CONFIG), opts))
     trainer.resume_or_load(resume=False)
     return trainer
@@ -77,23 +72,16 @@ def test_a_killed_loader_worker_ends_training_in_one_line(tmp_path):
     before = set(_children())
     trainer = _trainer(out, "DATALOADER.NUM_WORKERS", "1")
     trainer.register_hooks([_KillWorker(at=4, before=before)])
-    records = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = records.append
-    d2_loop = logging.getLogger("detectron2.engine.train_loop")
-    d2_loop.addHandler(handler)
-    try:
+    with records("detectron2.engine.train_loop", logging.ERROR) as logged:
         with pytest.raises(OutOfResourcesError) as info:
             trainer.train()
-    finally:
-        d2_loop.removeHandler(handler)
     message = str(info.value)
     assert message.startswith("training stopped: a DataLoader worker (pid "), message
     assert "most likely by the out-of-memory killer: lower DATALOADER.NUM_WORKERS (1;" in message
     assert "SOLVER.IMS_PER_BATCH (2) or raise SOLVER.ACCUMULATE_STEPS (1" in message
     assert f"last checkpoint {out / 'model_0000003.pth'} is kept: --resume" in message
     # detectron2's log of it: one line, no traceback
-    assert records and records[-1].exc_info is None
+    assert logged and logged[-1].exc_info is None
     assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
     assert not [n for n in os.listdir(out) if n.startswith(io.TMP_PREFIX)]
 
@@ -107,18 +95,11 @@ def test_an_allocation_failing_in_the_forward_ends_training_in_one_line(tmp_path
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(model, "forward", forward)
-    records = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = records.append
-    d2_loop = logging.getLogger("detectron2.engine.train_loop")
-    d2_loop.addHandler(handler)
-    try:
+    with records("detectron2.engine.train_loop", logging.ERROR) as logged:
         with pytest.raises(OutOfResourcesError) as info:
             trainer.train()
-    finally:
-        d2_loop.removeHandler(handler)
     # detectron2's log keeps where memory ran out (console and log.txt), as before
-    assert records and isinstance(records[-1].exc_info[1], torch.OutOfMemoryError)
+    assert logged and isinstance(logged[-1].exc_info[1], torch.OutOfMemoryError)
     message = str(info.value)
     assert message.startswith("training ran out of memory (OutOfMemoryError: CUDA out of memory")
     assert "SOLVER.AMP.ENABLED True (now False)" in message
@@ -175,26 +156,16 @@ def _raise_memory_error(self, batched_inputs):
 
 def test_eval_only_reports_running_out_of_memory_in_one_line(tmp_path):
     # --eval-only whose model's forward finds the CPU allocator out of memory
-    code = (
-        "import runpy, sys\n"
+    patch = (
         "from detectron2.modeling.meta_arch import SemanticSegmentor\n"
-        "message = sys.argv.pop(1)\n"
-        "def oom(self, batched_inputs): raise RuntimeError(message)\n"
+        f"def oom(self, batched_inputs): raise RuntimeError({CPU_OOM!r})\n"
         "SemanticSegmentor.forward = oom\n"
-        "sys.argv = ['train_net.py'] + sys.argv[1:]\n"
-        "runpy.run_path('train_net.py', run_name='__main__')\n"
     )
     opts = cpu_opts("SemanticSegmentor", tmp_path / "cache")
     opts += ["MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "run")]
     datasets = write_ade20k_fixture(tmp_path / "datasets", n_train=1, n_val=1)
-    proc = subprocess.run(
-        [sys.executable, "-c", code, CPU_OOM, "--config-file", str(CONFIG), "--eval-only", *opts],
-        cwd=ROOT,
-        env=subprocess_env(datasets),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["--config-file", str(CONFIG), "--eval-only", *opts]
+    proc = run_patched(patch, "train_net.py", *args, datasets=datasets)
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = "train_net.py: error: evaluation ran out of memory (RuntimeError: [enforce fail at"
     assert error in proc.stderr, proc.stderr[-3000:]
