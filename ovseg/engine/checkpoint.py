@@ -139,17 +139,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise self._disk_full(e) from e
         self.tag_last_checkpoint(f"{name}.pth")
 
-    def _disk_full(self, error: DiskFullError) -> DiskFullError:
-        """``error`` saying which checkpoint the run keeps, and how to go on from it."""
+    def kept_checkpoint(self) -> str:
+        """What a run that stops now keeps, and how ``--resume`` goes on from it."""
         if self.has_checkpoint():
-            kept = (
+            return (
                 f"the run's last checkpoint {self.get_checkpoint_file()} is kept: --resume "
                 "continues from it"
             )
-        else:
-            kept = "no checkpoint of this run was saved yet"
+        return "no checkpoint of this run was saved yet: --resume starts it again"
+
+    def _disk_full(self, error: DiskFullError) -> DiskFullError:
+        """``error`` saying which checkpoint the run keeps, and how to go on from it."""
         return DiskFullError(
-            f"{error}; {kept}",
+            f"{error}; {self.kept_checkpoint()}",
             path=error.path,
             needed=error.needed,
             free=error.free,

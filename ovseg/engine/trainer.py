@@ -114,10 +114,7 @@ class _BeforeSave(HookBase):
             try:
                 flush()
             except FloatingPointError as e:
-                checkpointer = self.trainer.checkpointer
-                kept = "no checkpoint of this run was saved"
-                if checkpointer.has_checkpoint():
-                    kept = f"the run's last checkpoint {checkpointer.get_checkpoint_file()} is kept"
+                kept = self.trainer.checkpointer.kept_checkpoint()
                 raise FloatingPointError(
                     f"{e}\nNo checkpoint is saved from these weights: {kept} (a lower "
                     "SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS may train past the step)"
@@ -289,10 +286,8 @@ class Trainer(DefaultTrainer):
             raise dead from e
 
     def _kept_checkpoint(self) -> str:
-        if comm.is_main_process() and self.checkpointer.has_checkpoint():
-            path = self.checkpointer.get_checkpoint_file()
-            return f"The run's last checkpoint {path} is kept: --resume continues from it"
-        return "No checkpoint of this run was saved yet: --resume starts it again"
+        kept = self.checkpointer.kept_checkpoint()
+        return kept[0].upper() + kept[1:]
 
     def after_train(self) -> None:
         try:
