@@ -221,13 +221,18 @@ def test_clip_probs_give_empty_masks_ones(teacher):
     assert calls == []
 
 
-def test_clip_probs_are_a_softmax_of_100_cosines(teacher):
-    # official adapter.py:69-71: CLIP's logit scale 100 over the crops' cosines with the text
+def _image_and_two_masks():
     torch.manual_seed(0)
     image = torch.rand(3, 32, 32) * 255
     masks = torch.zeros(2, 32, 32)
     masks[0, :16] = 1
     masks[1, 8:, 8:] = 1
+    return image, masks
+
+
+def test_clip_probs_are_a_softmax_of_100_cosines(teacher):
+    # official adapter.py:69-71: CLIP's logit scale 100 over the crops' cosines with the text
+    image, masks = _image_and_two_masks()
     text = F.normalize(torch.randn(4, teacher.embed_dim), dim=-1)
     crops, _ = mask_crops(image, masks, teacher.pixel_mean.flatten(), teacher.image_size)
     want = (100 * teacher.encode_image(crops) @ text.t()).softmax(-1)
@@ -237,11 +242,7 @@ def test_clip_probs_are_a_softmax_of_100_cosines(teacher):
 def test_clip_probs_stay_float32_for_bf16_text(teacher):
     # under autocast the prompted text tower returns bf16 texts: the probabilities were then
     # stored in the texts' bf16 (1e-3 from float32), though their logits are float32
-    torch.manual_seed(0)
-    image = torch.rand(3, 32, 32) * 255
-    masks = torch.zeros(2, 32, 32)
-    masks[0, :16] = 1
-    masks[1, 8:, 8:] = 1
+    image, masks = _image_and_two_masks()
     text = F.normalize(torch.randn(4, teacher.embed_dim), dim=-1).bfloat16()
     want = clip_region_probs(teacher, image, masks, text.float())
     got = clip_region_probs(teacher, image, masks, text)
