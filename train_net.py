@@ -51,7 +51,9 @@ def main(args):
         loader.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         # into a folder holding no earlier evaluation's results (a run's own is kept)
         evaluators, folder = eval_only_evaluators(Trainer, cfg, loader.loaded_path or "")
-        with naming_resources(cfg, "evaluation"):  # out of memory: what to lower, one line
+        with naming_resources(
+            cfg, "evaluation", model=model
+        ):  # out of memory: what to lower, one line
             res = Trainer.test(cfg, model, evaluators)
         mark_results_done(folder, cfg, loader.loaded_path or "")
         if comm.is_main_process():

@@ -238,7 +238,7 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     stats = {}
     kept = "The images labelled so far are kept: re-running the command labels the rest"
     try:
-        with naming_resources(cfg, "pseudo-labelling", lambda: kept):
+        with naming_resources(cfg, "pseudo-labelling", lambda: kept, labeller.model):
             stats = generate_pseudo_labels(
                 labeller.model,
                 labeller.dataset_dicts,

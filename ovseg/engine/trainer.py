@@ -271,7 +271,7 @@ class Trainer(DefaultTrainer):
     def train(self):
         """DefaultTrainer's; running out of memory (a loader worker killed, an allocation
         failed) ends it with the settings to lower and the checkpoint kept, in one line."""
-        with naming_resources(self.cfg, "training", self._kept_checkpoint):
+        with naming_resources(self.cfg, "training", self._kept_checkpoint, self.model):
             return super().train()
 
     def run_step(self) -> None:

@@ -6,7 +6,9 @@ wherever the main process happens to be (often inside the forward), and an alloc
 fails as ``MemoryError``, ``torch.OutOfMemoryError`` (CUDA) or a ``RuntimeError`` naming
 ``DefaultCPUAllocator``: each ended a run in two tracebacks that named no setting to change.
 :func:`naming_resources` turns them into :class:`OutOfResourcesError`, whose message names the
-settings that lower memory for the job at hand and what of its work is kept.
+settings that lower memory for the job at hand and what of its work is kept; given the model,
+only those that act on it (no CLIP key for a model without a CLIP teacher, no sliding window
+for a student that tests whole images only).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import re
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 __all__ = [
     "OutOfResourcesError",
+    "MemoryKnobs",
     "is_out_of_memory",
+    "memory_knobs",
     "names_a_dead_worker",
     "naming_resources",
     "out_of_resources",
@@ -37,36 +41,79 @@ class OutOfResourcesError(RuntimeError):
     the out-of-memory killer). The message says which, what to lower and what is kept."""
 
 
-def _memory_settings(cfg, job: str) -> str:
-    """The settings that lower ``job``'s memory, with their values in ``cfg``."""
+class MemoryKnobs(NamedTuple):
+    """Which of the optional memory settings act on a model (:func:`memory_knobs`)."""
+
+    slide: bool = True  # TEST.INFERENCE_MODE slide / TEST.SLIDE_WINDOW
+    precision: bool = True  # MODEL.CLIP.PRECISION: the model has a CLIP teacher
+    frozen: bool = True  # MODEL.CLIP.FROZEN_DTYPE: a CLIP image tower with nothing training
+
+
+ALL_KNOBS = MemoryKnobs()
+
+
+def memory_knobs(model=None) -> MemoryKnobs:
+    """The optional memory settings that act on ``model`` (all of them without a model).
+
+    A setting a model does not read is no advice: detectron2's SemanticSegmentor has no CLIP,
+    FreeSeg and XPM test whole images only (the config check refuses slide for some), and
+    MODEL.CLIP.FROZEN_DTYPE refuses a tower whose weights train.
+    """
+    if model is None:
+        return ALL_KNOBS
+    from ..clip import CLIPTeacher
+    from ..modeling.meta_arch.base import OpenVocabSegmentor
+
+    net = getattr(model, "module", model)  # DistributedDataParallel's wrapped model
+    teachers = [m for m in net.modules() if isinstance(m, CLIPTeacher)]
+    frozen = any(not any(p.requires_grad for p in t.model.visual.parameters()) for t in teachers)
+    slides = isinstance(net, OpenVocabSegmentor) and (
+        type(net).inference is OpenVocabSegmentor.inference
+    )
+    return MemoryKnobs(slide=slides, precision=bool(teachers), frozen=frozen)
+
+
+def _either(options) -> str:
+    """``options`` joined as "a, b or c"."""
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+
+
+def _memory_settings(cfg, job: str, knobs: MemoryKnobs = ALL_KNOBS) -> str:
+    """The settings that lower ``job``'s memory on a model with ``knobs``, with their values
+    in ``cfg``; a switch already at its lower-memory value is not named."""
     solver, test, clip = cfg.SOLVER, cfg.TEST, cfg.MODEL.CLIP
-    frozen = f"MODEL.CLIP.FROZEN_DTYPE bfloat16 (now {clip.FROZEN_DTYPE or 'fp32'!r})"
+    frozen = [f"MODEL.CLIP.FROZEN_DTYPE bfloat16 (now {clip.FROZEN_DTYPE or 'fp32'!r})"]
+    frozen = frozen if knobs.frozen and clip.FROZEN_DTYPE != "bfloat16" else []
     if job == "training":
         crop = (
-            f"INPUT.CROP.SIZE ({tuple(cfg.INPUT.CROP.SIZE)})"
+            f"INPUT.CROP.SIZE {tuple(cfg.INPUT.CROP.SIZE)}"
             if cfg.INPUT.CROP.ENABLED
             else (f"INPUT.MAX_SIZE_TRAIN ({cfg.INPUT.MAX_SIZE_TRAIN})")
         )
-        return (
+        return _either([
             f"lower SOLVER.IMS_PER_BATCH ({solver.IMS_PER_BATCH}) or raise "
             f"SOLVER.ACCUMULATE_STEPS ({solver.ACCUMULATE_STEPS}: the same step in smaller "
-            f"forwards), a smaller {crop}, SOLVER.AMP.ENABLED True "
-            f"(now {solver.AMP.ENABLED}) or {frozen}"
-        )
-    window = f"TEST.SLIDE_WINDOW ({tuple(test.SLIDE_WINDOW)})"
-    if test.INFERENCE_MODE == "slide":
-        size = f"a smaller {window}"
-    else:
-        size = f"TEST.INFERENCE_MODE slide with a small {window}"
-    return (
+            f"forwards)", f"a smaller {crop}",
+            *([] if solver.AMP.ENABLED else ["SOLVER.AMP.ENABLED True (now False)"]), *frozen,
+        ])  # fmt: skip
+    window = f"TEST.SLIDE_WINDOW {tuple(test.SLIDE_WINDOW)}"
+    size = []
+    if knobs.slide:
+        slide = test.INFERENCE_MODE == "slide"
+        size = [
+            f"a smaller {window}" if slide else f"TEST.INFERENCE_MODE slide with a small {window}"
+        ]
+    precision = []
+    if knobs.precision and clip.PRECISION == "fp32":  # bf16 or fp16 already halve it
+        precision = [f"MODEL.CLIP.PRECISION bf16 (now {clip.PRECISION!r})"]
+    return _either([
         f"lower INPUT.MIN_SIZE_TEST ({cfg.INPUT.MIN_SIZE_TEST}) or INPUT.MAX_SIZE_TEST "
-        f"({cfg.INPUT.MAX_SIZE_TEST}), use {size}, "
-        f"MODEL.CLIP.PRECISION bf16 (now {clip.PRECISION!r}) or {frozen}"
-    )
+        f"({cfg.INPUT.MAX_SIZE_TEST})", *(f"use {s}" for s in size), *precision, *frozen,
+    ])  # fmt: skip
 
 
 def out_of_resources(
-    error: BaseException, cfg, job: str, kept: str = ""
+    error: BaseException, cfg, job: str, kept: str = "", knobs: MemoryKnobs = ALL_KNOBS
 ) -> Optional[OutOfResourcesError]:
     """``error`` as an :class:`OutOfResourcesError`, or None when it is no lack of memory.
 
@@ -76,6 +123,8 @@ def out_of_resources(
         job (str): "training", "evaluation" or "pseudo-labelling", as the message names it.
         kept (str): what of the job's work is kept, e.g. "the run's last checkpoint
             output/model_0000999.pth is kept: --resume continues from it".
+        knobs (MemoryKnobs): the optional settings that act on the job's model
+            (:func:`memory_knobs`).
     """
     if isinstance(error, OutOfResourcesError):
         return error
@@ -87,12 +136,12 @@ def out_of_resources(
             f"{worker.group(2).replace('is killed', 'was killed')}, most likely by the "
             "out-of-memory killer: lower DATALOADER.NUM_WORKERS "
             f"({cfg.DATALOADER.NUM_WORKERS}; each worker holds its own copy of the data), "
-            f"or {_memory_settings(cfg, job)}"
+            f"or {_memory_settings(cfg, job, knobs)}"
         )
     elif isinstance(error, MemoryError) or _is_torch_oom(error, text):
         first = text.strip().splitlines()[0][:200] if text.strip() else ""
         name = f"{type(error).__name__}: {first}" if first else type(error).__name__
-        what = f"{job} ran out of memory ({name}): " f"{_memory_settings(cfg, job)}"
+        what = f"{job} ran out of memory ({name}): {_memory_settings(cfg, job, knobs)}"
     else:
         return None
     return OutOfResourcesError(f"{what}. {kept}" if kept else f"{what}.")
@@ -142,7 +191,9 @@ def worker_death(error: BaseException) -> Optional[RuntimeError]:
 
 
 @contextmanager
-def naming_resources(cfg, job: str, kept: Callable[[], str] = lambda: "") -> Iterator[None]:
+def naming_resources(
+    cfg, job: str, kept: Callable[[], str] = lambda: "", model=None
+) -> Iterator[None]:
     """Run a job's body; a lack of memory it raises becomes an :class:`OutOfResourcesError`
     (raised from the original, so log files may still show the full traceback).
 
@@ -150,6 +201,7 @@ def naming_resources(cfg, job: str, kept: Callable[[], str] = lambda: "") -> Ite
         cfg (CfgNode): the job's config.
         job (str): the job's name in the message ("training", "evaluation", ...).
         kept: called on failure: what of the job's work is kept (see :func:`out_of_resources`).
+        model (nn.Module, optional): the job's model: only the settings acting on it are named.
     """
     try:
         yield
@@ -157,4 +209,4 @@ def naming_resources(cfg, job: str, kept: Callable[[], str] = lambda: "") -> Ite
         cause = e if is_out_of_memory(e) else worker_death(e)
         if cause is None or isinstance(e, OutOfResourcesError):
             raise
-        raise out_of_resources(cause, cfg, job, kept()) from e
+        raise out_of_resources(cause, cfg, job, kept(), memory_knobs(model)) from e

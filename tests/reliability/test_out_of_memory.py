@@ -103,6 +103,7 @@ def test_an_allocation_failing_in_the_forward_ends_training_in_one_line(tmp_path
     message = str(info.value)
     assert message.startswith("training ran out of memory (OutOfMemoryError: CUDA out of memory")
     assert "SOLVER.AMP.ENABLED True (now False)" in message
+    assert "MODEL.CLIP" not in message  # detectron2's SemanticSegmentor holds no CLIP
     assert message.endswith("No checkpoint of this run was saved yet: --resume starts it again")
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)  # kept for log files
 
@@ -117,6 +118,19 @@ def test_what_counts_as_out_of_memory():
     assert "(pid 12, 13) exited unexpectedly, most" in str(out_of_resources(exited, cfg, "x"))
     assert out_of_resources(RuntimeError("shape mismatch"), cfg, "training") is None
     assert out_of_resources(ValueError("out of memory"), cfg, "training") is None
+
+
+def test_a_switch_already_at_its_lower_memory_value_is_not_advised():
+    opts = ["SOLVER.AMP.ENABLED", "True", "MODEL.CLIP.FROZEN_DTYPE", "bfloat16"]
+    cfg = load_config(str(CONFIG), [*opts, "MODEL.CLIP.PRECISION", "fp16"])
+    training = str(out_of_resources(MemoryError(), cfg, "training"))
+    assert training.endswith("forwards) or a smaller INPUT.CROP.SIZE (512, 512)."), training
+    assert "AMP" not in training and "FROZEN_DTYPE" not in training
+    evaluation = str(out_of_resources(MemoryError(), cfg, "evaluation"))
+    assert "PRECISION" not in evaluation and "FROZEN_DTYPE" not in evaluation, evaluation
+    assert evaluation.endswith(
+        "TEST.INFERENCE_MODE slide with a small TEST.SLIDE_WINDOW (512, 512)."
+    ), evaluation
 
 
 TOOL = "tools/generate_pseudo_labels.py"
@@ -147,6 +161,9 @@ def test_pseudo_labelling_names_the_file_or_the_memory_in_one_line(tmp_path, cap
     err = capsys.readouterr().err
     error = "generate_pseudo_labels.py: error: pseudo-labelling ran out of memory (MemoryError): "
     assert error + "lower INPUT.MIN_SIZE_TEST (48)" in err, err
+    # MaskCLIP reads them all: its frozen CLIP tower runs the labels
+    for setting in ("TEST.INFERENCE_MODE slide", "PRECISION bf16 (now 'fp32')", "FROZEN_DTYPE"):
+        assert setting in err, (setting, err)
     assert "The images labelled so far are kept: re-running the command labels the rest" in err
 
 
@@ -170,4 +187,6 @@ def test_eval_only_reports_running_out_of_memory_in_one_line(tmp_path):
     error = "train_net.py: error: evaluation ran out of memory (RuntimeError: [enforce fail at"
     assert error in proc.stderr, proc.stderr[-3000:]
     assert "lower INPUT.MIN_SIZE_TEST" in proc.stderr
+    # settings SemanticSegmentor reads not (no CLIP; slide refused by the config check)
+    assert "MODEL.CLIP" not in proc.stderr and "SLIDE" not in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
