@@ -195,7 +195,7 @@ class TextEmbeddingCache:
                 continue
             files.append((st.st_mtime_ns, st.st_size, entry.path))
             total += st.st_size
-        removed, before = 0, total
+        removed, before, refused = 0, total, []
         for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
@@ -205,7 +205,12 @@ class TextEmbeddingCache:
                 os.remove(path)
             except FileNotFoundError:  # another process pruned it
                 pass
+            except OSError as e:  # another user's file in a shared cache, a read-only folder
+                refused.append((path, e))
+                continue
             total, removed = total - size, removed + 1
+        if refused:
+            self._warn_unprunable(refused, total)
         if removed:
             logger.info(
                 f"Text-embedding cache {self.root} held {before / 2**20:.1f} MB, over its "
@@ -213,6 +218,21 @@ class TextEmbeddingCache:
                 "recently used files"
             )
         return removed
+
+    def _warn_unprunable(self, refused: list, total: int) -> None:
+        """Warn once per cache that files past its bound could not be removed (the embeddings
+        were written: only the bound is not kept)."""
+        if getattr(self, "_warned_unprunable", False):
+            return
+        self._warned_unprunable = True
+        path, error = refused[0]
+        logger.warning(
+            f"Text-embedding cache {self.root} stays at {total / 2**20:.1f} MB, over its "
+            f"{self.max_bytes / 2**20:.0f} MB (${MAX_MB_ENV}): {len(refused)} least recently "
+            f"used file(s) cannot be removed ({path}: {error.strerror or error}). The cache "
+            f"works; remove them by hand, raise ${MAX_MB_ENV} (0: no bound), or point "
+            "MODEL.CLIP.CACHE_DIR or $OVSEG_CACHE at a folder of your own"
+        )
 
     def try_save(self, *args, **kwargs) -> Optional[Path]:
         """:meth:`save`, or None with one warning per cache when the folder cannot be written
@@ -242,6 +262,6 @@ class TextEmbeddingCache:
                 if now - entry.stat().st_mtime > max_age_s:
                     os.remove(entry.path)
                     removed += 1
-            except FileNotFoundError:  # another process removed or renamed it
+            except OSError:  # another process removed or renamed it; another user's file
                 continue
         return removed

@@ -10,8 +10,10 @@ import time
 import pytest
 import torch
 from ovseg_testing import TINY_VIT, random_clip_model
+from ovseg_testing.logs import records
 
 from ovseg.clip import CLIPTeacher
+from ovseg.clip import cache as cache_module
 from ovseg.clip.cache import TextEmbeddingCache
 from ovseg.utils.io import TMP_PREFIX
 
@@ -109,3 +111,32 @@ def test_cache_over_its_bound_removes_the_least_recently_used(tmp_path, monkeypa
     monkeypatch.setenv("OVSEG_TEXT_CACHE_MAX_MB", "lots")
     with pytest.raises(ValueError, match="OVSEG_TEXT_CACHE_MAX_MB='lots' is not a number"):
         TextEmbeddingCache(tmp_path)
+
+
+def test_a_file_the_bound_cannot_remove_keeps_the_saved_embeddings(tmp_path, monkeypatch):
+    # a shared cache holding another user's files: removing one past the bound fails, which
+    # used to end the save in "Cannot write the text-embedding cache" though it was written
+    emb = torch.randn(2, 8)
+    cache = TextEmbeddingCache(tmp_path, max_bytes=1)
+    cache.save("a", emb, NAMES, TEMPLATES, "fp")
+    stale = cache.root / f"{TMP_PREFIX}old.pt"
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))  # a killed writer's, long ago
+    remove = os.remove
+
+    def refuse(path):
+        if os.path.basename(path) in ("a.pt", stale.name):
+            raise PermissionError(13, "Permission denied", path)
+        remove(path)
+
+    monkeypatch.setattr(cache_module.os, "remove", refuse)
+    with records("ovseg.clip.cache") as logged:
+        for key in "bc":
+            assert cache.try_save(key, emb, NAMES, TEMPLATES, "fp") == cache.path(key)
+    assert _files(tmp_path) == sorted(["a.pt", "c.pt", stale.name])  # b pruned, c kept
+    assert torch.equal(cache.load("c", NAMES, TEMPLATES), emb)
+    messages = [r.getMessage() for r in logged]
+    assert len(messages) == 1, messages  # once per cache
+    assert "1 least recently used file(s) cannot be removed" in messages[0], messages
+    assert f"{cache.path('a')}: Permission denied" in messages[0]
+    assert "raise $OVSEG_TEXT_CACHE_MAX_MB" in messages[0]
