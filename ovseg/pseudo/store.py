@@ -34,7 +34,7 @@ from .checksums import ChecksumJournal, Digests, bytes_digest, file_digest, veri
 from .labels import label_table, store_ignore_value
 from .manifest_diff import manifest_diff, normalise, without
 
-__all__ = ["FORMAT_VERSION", "PseudoLabelStore", "image_id_of"]
+__all__ = ["FORMAT_VERSION", "PseudoLabelStore", "generation_lock", "image_id_of"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -51,6 +51,11 @@ _ONE_JOB = (
 GENERATE_HINT = "python tools/generate_pseudo_labels.py --config-file <teacher config> " + (
     "--dataset <dataset> --output <store folder>"
 )
+
+
+def generation_lock(root: str) -> FolderLock:
+    """The lock the one job generating into store ``root`` holds (not taken here)."""
+    return FolderLock(root, "pseudo-label generation", LOCK, hint=_ONE_JOB)
 
 
 def image_id_of(dataset_dict: Mapping[str, Any]) -> str:
@@ -158,7 +163,7 @@ class PseudoLabelStore:
         make_output_folder(root)
         # one job at a time: a second one's create and finalize would drop the first's
         # temporaries and journals, and its manifest would record only part of the labels
-        lock = FolderLock(root, "pseudo-label generation", LOCK, hint=_ONE_JOB).acquire()
+        lock = generation_lock(root).acquire()
         try:
             store = cls._create_or_resume(root, fresh)
         except BaseException:

@@ -10,6 +10,7 @@ import signal
 
 import numpy as np
 import pytest
+from ovseg_testing import registered_ade20k, run_main, write_ade20k_fixture
 from ovseg_testing.pseudo import make_store
 
 from ovseg.pseudo import PseudoLabelStore
@@ -60,6 +61,35 @@ def test_a_second_generation_into_a_running_store_is_refused(tmp_path):
     again = make_store(root)
     assert all(again.is_valid(f"a{i}") for i in range(3))
     again.finalize()
+
+
+def test_a_refused_generation_leaves_the_running_jobs_log_and_config_alone(tmp_path, capsys):
+    # the tool's setup wrote its config.yaml over the running job's and appended its log to
+    # that job's log.txt before the store's lock refused it
+    datasets = write_ade20k_fixture(tmp_path / "datasets", n_train=1, n_val=1)
+    root, run_dir = tmp_path / "store", tmp_path / "store_generation"
+    run_dir.mkdir()
+    (run_dir / "log.txt").write_text("the running job's log\n")
+    (run_dir / "config.yaml").write_text("the running job's config\n")
+    argv = [
+        "--config-file", "configs/ade20k/maskclip/maskclip_vitb16_bs1.yaml",
+        "--dataset", "ade20k_sem_seg_train", "--output", str(root), "--no-progress",
+        "MODEL.CLIP.MODEL_NAME", "configs/clip/tiny_vit.json", "MODEL.CLIP.PRETRAINED", "",
+        "MODEL.CLIP.CACHE_DIR", str(tmp_path / "cache"), "MODEL.DEVICE", "cpu",
+    ]  # fmt: skip
+    job, go = _start_first_job(root)
+    try:
+        with registered_ade20k(datasets):
+            assert run_main("tools/generate_pseudo_labels.py", argv) == 2
+    finally:
+        go.set()
+        job.join(30)
+    err = capsys.readouterr().err
+    assert "in use by another pseudo-label generation: pid" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert (run_dir / "log.txt").read_text() == "the running job's log\n"
+    assert (run_dir / "config.yaml").read_text() == "the running job's config\n"
+    assert job.exitcode == 0
 
 
 def test_a_killed_generation_leaves_the_store_to_the_next_job(tmp_path):
