@@ -10,7 +10,8 @@ other weights or test settings overwrote the first.
 An ``--eval-only`` now writes into the first of ``inference``, ``inference_2``,
 ``inference_3``, ... that holds no results or holds this very evaluation's (the same weights
 file, unchanged, and the same config: re-running it overwrites its own, equal results), and
-says where. Each such folder records what produced it: :data:`RECORD` (the weights file's
+says where; beside a training running in OUTPUT_DIR (whose evaluations write ``inference``
+later) it starts at ``inference_2``. Each such folder records what produced it: :data:`RECORD` (the weights file's
 path, size and modification time, the config's SHA-256) and :data:`~.defaults.EVAL_CONFIG`
 (the config, as ``OUTPUT_DIR/config_eval.yaml`` holds the latest evaluation's). A training
 run's own evaluations still write ``inference`` as detectron2's.
@@ -105,6 +106,20 @@ def _claim(folder: str) -> bool:
     return True
 
 
+def _training_runs_in(output_dir: str) -> bool:
+    """Whether another process's training holds ``output_dir`` now (its evaluations write
+    ``inference``, over whatever an ``--eval-only`` put there meanwhile)."""
+    from .checks import RUN_LOCK
+
+    if not os.path.isfile(os.path.join(output_dir, RUN_LOCK)):
+        return False
+    try:
+        FolderLock(output_dir, "training", RUN_LOCK).acquire().release()
+    except FolderInUseError:
+        return True
+    return False
+
+
 def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:
     """The folder an ``--eval-only`` of ``weights`` with ``cfg`` writes its results into.
 
@@ -118,10 +133,13 @@ def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:
     """
     identity = evaluation_identity(cfg, weights)
     base = os.path.join(cfg.OUTPUT_DIR, _FOLDER)
-    folder, n = "", 1
+    folder, n, training = "", 1, False
     if comm.is_main_process():
-        # a folder another evaluation is writing right now holds no results yet, so it
-        # looks free: its claim tells (two evaluations at once used to share inference/)
+        # a training running in OUTPUT_DIR evaluates into inference/ later; a folder another
+        # evaluation is writing right now holds no results yet, so it looks free: its claim
+        # tells (two evaluations at once used to share inference/)
+        training = _training_runs_in(cfg.OUTPUT_DIR)
+        n = 2 if training else 1
         while True:
             folder = base if n == 1 else f"{base}_{n}"
             if _state(folder, identity) != "other" and _claim(folder):
@@ -129,9 +147,11 @@ def results_folder(cfg: CfgNode, weights: str) -> Tuple[str, str]:
             n += 1
         atomic_write_json(os.path.join(folder, RECORD), identity)
         atomic_write_text(os.path.join(folder, EVAL_CONFIG), saved_config(cfg))
-    folder, n = comm.all_gather((folder, n))[0]  # the main process's choice
+    folder, n, training = comm.all_gather((folder, n, training))[0]  # the main process's
     if n == 1:
         why = ""
+    elif training:
+        why = f"a training is running in {cfg.OUTPUT_DIR}: its own evaluations write {base}"
     else:
         why = (
             f"{base} holds an earlier evaluation of other weights or settings, the training "

@@ -100,6 +100,39 @@ def test_two_evaluations_at_once_write_separate_folders(tmp_path):
     assert results_folder(cfg, str(tmp_path / "a.pth"))[0] == str(run / "inference")  # free
 
 
+def _train_until(folder: str, ready, stop) -> None:
+    """A training holding ``folder`` until ``stop`` is set."""
+    hold_run_folder(folder)
+    ready.set()
+    stop.wait(30)
+
+
+def test_an_evaluation_beside_a_running_training_leaves_it_inference(tmp_path):
+    # the training's first evaluation, later, writes inference/: an --eval-only that found it
+    # empty used to write there too, and the training's results replaced its own
+    run = tmp_path / "run"
+    cfg = load_config(str(CONFIG), cpu_opts("SemanticSegmentor", run, "OUTPUT_DIR", str(run)))
+    (tmp_path / "a.pth").write_bytes(b"a")
+    ctx = mp.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    training = ctx.Process(target=_train_until, args=(str(run), ready, stop))
+    training.start()
+    try:
+        assert ready.wait(30)
+        folder, why = results_folder(cfg, str(tmp_path / "a.pth"))
+        assert folder == str(run / "inference_2"), folder
+        assert (
+            why == f"a training is running in {run}: its own evaluations write {run / 'inference'}"
+        )
+        mark_results_done(folder, cfg, str(tmp_path / "a.pth"))
+    finally:
+        stop.set()
+        training.join(30)
+    # once it ended, an evaluation of other weights takes inference/, still empty
+    (tmp_path / "b.pth").write_bytes(b"b")
+    assert results_folder(cfg, str(tmp_path / "b.pth")) == (str(run / "inference"), "")
+
+
 def _worker(ready, stop) -> None:
     """A DataLoader worker: forked from the trainer, busy while the trainer is gone."""
     ready.set()
