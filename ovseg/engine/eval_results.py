@@ -11,10 +11,11 @@ An ``--eval-only`` now writes into the first of ``inference``, ``inference_2``,
 ``inference_3``, ... that holds no results or holds this very evaluation's (the same weights
 file, unchanged, and the same config: re-running it overwrites its own, equal results), and
 says where; beside a training running in OUTPUT_DIR (whose evaluations write ``inference``
-later) it starts at ``inference_2``. Each such folder records what produced it: :data:`RECORD` (the weights file's
-path, size and modification time, the config's SHA-256) and :data:`~.defaults.EVAL_CONFIG`
-(the config, as ``OUTPUT_DIR/config_eval.yaml`` holds the latest evaluation's). A training
-run's own evaluations still write ``inference`` as detectron2's.
+later) it starts at ``inference_2``. Each such folder records what produced it:
+:data:`RECORD` (the weights file's path, size and modification time, the config's SHA-256)
+and :data:`~.defaults.EVAL_CONFIG` (the config, as ``OUTPUT_DIR/config_eval.yaml`` holds the
+latest evaluation's). A training run's own evaluations still write ``inference`` as
+detectron2's.
 """
 
 from __future__ import annotations
