@@ -105,8 +105,8 @@ if __name__ == "__main__":
         )
     # a CLIP tag offline (what to download), a weight file that is unreadable, unsafe or of
     # another model, a full disk (the file, the space it needs, the checkpoint kept): one
-    # line, as the checks above (a one-process run raises them here); out of memory (the
-    # settings to lower, the checkpoint kept) too
+    # line, as the checks above (raised here from any process of the run: compat.launch);
+    # out of memory (the settings to lower, the checkpoint kept) too
     except (WeightsDownloadError, CheckpointMismatchError, CheckpointReadError,
             UnsafeWeightsError, DiskFullError, OutOfResourcesError) as e:  # fmt: skip
         print(f"train_net.py: error: {e}", file=sys.stderr)

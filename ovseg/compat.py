@@ -16,6 +16,9 @@ this module holds only behaviour that even upstream lacks for CPU runs:
   every worker asks the kernel for a signal when its launcher dies; and the default
   ``--dist-url`` is a fixed port per user, so two runs at once collide: single-machine runs
   that name no URL pick a free port (``default_dist_url``);
+- torch's spawn hands the launcher only the text of a worker's traceback, so the tools'
+  one-line reports of a full disk, out of memory or an unreadable file never saw the error:
+  ``launch`` raises a worker's error as itself (``ovseg.utils.worker_errors``);
 - a worker that returns with its process groups still referenced (by detectron2's ``comm``
   caches, or by a DDP wrapper in a reference cycle) tears gloo down during interpreter
   finalization, which can abort it after its work is done; every launched worker ends its
@@ -50,6 +53,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.utils import comm
+
+from .utils.worker_errors import relayed_errors, relaying
 
 # the module, not the function that detectron2.engine re-exports under the same name
 d2_launch_module = importlib.import_module("detectron2.engine.launch")
@@ -122,11 +127,20 @@ def launch(
     world_size = num_machines * num_gpus_per_machine
     if dist_url is None and num_machines == 1:  # later detectron2 would read env:// instead
         dist_url = "auto"
-    if torch.cuda.is_available() or launch_supports_cpu():
-        if world_size > 1:  # workers are spawned: they end with this process
-            main_func = functools.partial(_run_dying_with, os.getpid(), main_func)
+    d2_launches = torch.cuda.is_available() or launch_supports_cpu()
+    if world_size <= 1:  # in this process, as detectron2's launch does
+        main_func(*args)
+        return
+    # spawned workers: a worker's error is raised here as itself (not torch's traceback text)
+    with relayed_errors() as folder:
+        main_func = functools.partial(relaying, folder, main_func)
+        if not d2_launches:
+            _spawn_cpu_workers(
+                main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
+            )
+            return
         d2_launch_module.launch(
-            main_func,
+            functools.partial(_run_dying_with, os.getpid(), main_func),  # they end with this one
             num_gpus_per_machine,
             num_machines=num_machines,
             machine_rank=machine_rank,
@@ -134,10 +148,13 @@ def launch(
             args=args,
             timeout=timeout,
         )
-        return
-    if world_size <= 1:
-        main_func(*args)
-        return
+
+
+def _spawn_cpu_workers(
+    main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
+) -> None:
+    """Start this machine's gloo CPU workers of :func:`launch` and wait for them."""
+    world_size = num_machines * num_gpus_per_machine
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError(
