@@ -4,7 +4,10 @@ detectron2's ``read_image`` converts a 16-bit grayscale image to RGB by clipping
 above 255 becomes white) and decodes lazily, so a truncated file fails later with Pillow's
 "image file is truncated" and no file name. Here every image is decoded in full on reading,
 high-bit-depth grayscale is scaled to 8 bits, and a file that cannot be decoded raises
-:class:`ImageDecodeError` naming it.
+:class:`ImageDecodeError` naming it (a label of another size than its image:
+:class:`LabelSizeError`). Raised in a DataLoader worker, torch re-raises such an error in the
+main process with the worker's whole traceback as its message: :func:`original_message` gives
+back the one line.
 """
 
 from __future__ import annotations
@@ -17,14 +20,55 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detectron2.data import detection_utils as d2_utils
 
-__all__ = ["ImageDecodeError", "pil_to_numpy", "read_image", "read_image_size", "read_label"]
+__all__ = [
+    "DataFileError",
+    "ImageDecodeError",
+    "LabelSizeError",
+    "original_message",
+    "pil_to_numpy",
+    "read_image",
+    "read_image_size",
+    "read_label",
+]
 
 # Pillow's modes for 16-bit grayscale (PNG, TIFF); "I" is how older Pillow reads them
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class ImageDecodeError(OSError):
-    """An image or label file that cannot be decoded (truncated, corrupt, not an image)."""
+class DataFileError(Exception):
+    """A dataset's file that cannot be used; the message names it, what is wrong with it and
+    what to do."""
+
+
+class ImageDecodeError(DataFileError, OSError):
+    """An image or label file that cannot be decoded (truncated, corrupt, empty, not an
+    image)."""
+
+
+class LabelSizeError(DataFileError, ValueError):
+    """A label map whose size is not its image's."""
+
+
+def original_message(error: BaseException) -> str:
+    """The message ``error`` was raised with, also when torch re-raised it from a DataLoader
+    worker ("Caught X in DataLoader worker process 0. Original Traceback ...": the worker's
+    traceback, whose last line is the error's own).
+
+    Args:
+        error: the exception as caught.
+
+    Returns:
+        str: its message, without a worker's traceback.
+    """
+    text = str(error)
+    if not (text.startswith("Caught ") and "DataLoader worker process" in text):
+        return text
+    kind = type(error)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        _, found, tail = text.rpartition(f"\n{name}: ")
+        if found:
+            return tail.strip()
+    return text.strip().splitlines()[-1]
 
 
 # Pillow's decompression-bomb guard is its own Exception subclass, neither OSError nor
@@ -56,10 +100,22 @@ def _decode_error(path: str, e: BaseException) -> ImageDecodeError:
             f"Image file {path!r} is larger than Pillow's decompression-bomb limit ({e}); "
             "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
         )
+    if _is_empty(path):  # Pillow's "cannot identify image file <_io.BufferedReader ...>"
+        return ImageDecodeError(
+            f"Image file {path!r} is empty (0 bytes), as an interrupted download or copy "
+            "leaves it: copy or convert it again, or remove it from the dataset"
+        )
     return ImageDecodeError(
         f"Cannot decode image file {path!r} ({type(e).__name__}: {e}); the file is "
         "truncated, corrupt or not an image: re-export it or remove it from the dataset"
     )
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def read_image_size(path: str | os.PathLike) -> Tuple[int, int, int]:

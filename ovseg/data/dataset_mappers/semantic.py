@@ -28,7 +28,7 @@ from ...vocab import (
     resolve_vocabulary,
     training_label_space,
 )
-from ..image_io import read_image, read_label
+from ..image_io import LabelSizeError, read_image, read_label
 from .build import MAPPER_REGISTRY
 from .crop_count import CropCountInput, crop_count_table
 from .padding import image_padding
@@ -336,9 +336,10 @@ class SemanticDatasetMapper:
                 "image (PNG mode L, P or I) of class ids"
             )
         if label.shape != image.shape[:2]:
-            raise ValueError(
+            raise LabelSizeError(
                 f"{key} {path!r} is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
-                f"{image.shape[1]}x{image.shape[0]}"
+                f"{image.shape[1]}x{image.shape[0]}; a label must have its image's size: "
+                "convert the label again, or remove the image and its label from the dataset"
             )
         k = self.num_classes if key == "sem_seg_file_name" else self.pseudo_num_classes
         if k is not None:
