@@ -23,6 +23,8 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ovseg.compat import default_dist_url, launch
+from ovseg.data.bad_files import naming_data_files
+from ovseg.data.image_io import DataFileError
 from ovseg.engine import AtomicCheckpointer, Trainer, setup
 from ovseg.engine.checkpoint import CheckpointReadError
 from ovseg.engine.checkpoint_fit import CheckpointMismatchError
@@ -51,9 +53,8 @@ def main(args):
         loader.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         # into a folder holding no earlier evaluation's results (a run's own is kept)
         evaluators, folder = eval_only_evaluators(Trainer, cfg, loader.loaded_path or "")
-        with naming_resources(
-            cfg, "evaluation", model=model
-        ):  # out of memory: what to lower, one line
+        # out of memory: what to lower; a test image that cannot be read: its dataset, what to do
+        with naming_data_files(cfg.DATASETS.TEST), naming_resources(cfg, "evaluation", model=model):
             res = Trainer.test(cfg, model, evaluators)
         mark_results_done(folder, cfg, loader.loaded_path or "")
         if comm.is_main_process():
@@ -106,8 +107,10 @@ if __name__ == "__main__":
     # a CLIP tag offline (what to download), a weight file that is unreadable, unsafe or of
     # another model, a full disk (the file, the space it needs, the checkpoint kept): one
     # line, as the checks above (raised here from any process of the run: compat.launch);
-    # out of memory (the settings to lower, the checkpoint kept) too
+    # out of memory (the settings to lower, the checkpoint kept) and a dataset's file that
+    # cannot be used (the file, its dataset, what to do; Trainer.train and main name them) too
     except (WeightsDownloadError, CheckpointMismatchError, CheckpointReadError,
-            UnsafeWeightsError, DiskFullError, OutOfResourcesError) as e:  # fmt: skip
+            UnsafeWeightsError, DiskFullError, OutOfResourcesError,
+            DataFileError) as e:  # fmt: skip
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -26,6 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from ..data import build_dataset_mapper
+from ..data.bad_files import naming_data_files
 from ..pseudo import (
     SCORE_KINDS,
     all_ok,
@@ -249,7 +250,10 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     stats = {}
     kept = "The images labelled so far are kept: re-running the command labels the rest"
     try:
-        with naming_resources(cfg, "pseudo-labelling", lambda: kept, labeller.model):
+        with (
+            naming_data_files([labeller.dataset]),
+            naming_resources(cfg, "pseudo-labelling", lambda: kept, labeller.model),
+        ):
             stats = generate_pseudo_labels(
                 labeller.model,
                 labeller.dataset_dicts,

@@ -19,6 +19,8 @@ from detectron2.utils.logger import setup_logger
 
 from ..compat import create_ddp_model
 from ..data import build_dataset_mapper
+from ..data.bad_files import naming_data_files
+from ..data.image_io import DataFileError, original_message
 from ..data.region_sampling import region_dataset_for
 from ..data.resumable_loader import build_resumable_train_loader
 from ..data.samplers import train_sampler_for
@@ -50,22 +52,25 @@ from .train_loop import AMPTrainer, OvsegSimpleTrainer
 logger = logging.getLogger(__name__)
 
 
-class _DiskFullInOneLine(logging.Filter):
+class _KnownErrorsInOneLine(logging.Filter):
     """detectron2 logs an error that ends training with its traceback; a full disk's says
-    all in its message (the file, the space needed and free, the checkpoint kept), and a
-    killed DataLoader worker's traceback shows only where the main process happened to be:
-    those are one line. A failed allocation keeps its traceback (where memory ran out, in
-    log.txt too), its message followed by the settings :meth:`Trainer.train` names."""
+    all in its message (the file, the space needed and free, the checkpoint kept), as does a
+    dataset file's that cannot be used (a loader worker's is its whole traceback, which the
+    record reduces to the error's own line), and a killed DataLoader worker's traceback shows
+    only where the main process happened to be: those are one line. A failed allocation
+    keeps its traceback (where memory ran out, in log.txt too), its message followed by the
+    settings :meth:`Trainer.train` names."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, DiskFullError) or names_a_dead_worker(error):
-            record.msg, record.args = f"{record.getMessage()} {error}", ()
+        known = isinstance(error, (DiskFullError, DataFileError)) or names_a_dead_worker(error)
+        if known:
+            record.msg, record.args = f"{record.getMessage()} {original_message(error)}", ()
             record.exc_info, record.exc_text = None, None
         return True
 
 
-logging.getLogger("detectron2.engine.train_loop").addFilter(_DiskFullInOneLine())
+logging.getLogger("detectron2.engine.train_loop").addFilter(_KnownErrorsInOneLine())
 
 
 def ddp_options(model) -> dict:
@@ -270,8 +275,13 @@ class Trainer(DefaultTrainer):
 
     def train(self):
         """DefaultTrainer's; running out of memory (a loader worker killed, an allocation
-        failed) ends it with the settings to lower and the checkpoint kept, in one line."""
-        with naming_resources(self.cfg, "training", self._kept_checkpoint, self.model):
+        failed) ends it with the settings to lower and the checkpoint kept, in one line, and
+        a dataset's file that cannot be used with the file, its dataset and what to do."""
+        datasets = (*self.cfg.DATASETS.TRAIN, *self.cfg.DATASETS.TEST)
+        with (
+            naming_data_files(datasets),
+            naming_resources(self.cfg, "training", self._kept_checkpoint, self.model),
+        ):
             return super().train()
 
     def run_step(self) -> None:

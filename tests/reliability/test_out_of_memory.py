@@ -152,6 +152,7 @@ def test_pseudo_labelling_names_the_file_or_the_memory_in_one_line(tmp_path, cap
         assert run_main(TOOL, argv) == 2
     err = capsys.readouterr().err
     assert f"generate_pseudo_labels.py: error: Cannot decode image file '{image}'" in err, err
+    assert "It is an image of dataset 'ade20k_sem_seg_train': check the dataset's download" in err
     assert "Traceback" not in err
     image.unlink()  # removed from the dataset; into a new store: memory runs out
     argv[argv.index("--output") + 1] = str(tmp_path / "store2")

@@ -174,5 +174,6 @@ def register_sem_seg_split(
         unseen_classes=[c for c in classes if c in unseen],
         seen_classes=[c for c in classes if c not in unseen],
         vocabulary_name=vocabulary_name,
+        prepare_script=prepare_script,  # named when one of its labels cannot be read
     )
     register_region_eval_set(name)  # "<name>_regions": FreeSeg's prompt-stage test set

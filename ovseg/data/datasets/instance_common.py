@@ -170,6 +170,7 @@ def register_panoptic_split(
         evaluator_type="ovseg_panoptic",
         ignore_label=255,
         label_divisor=LABEL_DIVISOR,
+        prepare_script=prepare_script,  # named when one of its labels cannot be read
         **extra,
         **meta,
     )
