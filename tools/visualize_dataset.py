@@ -23,6 +23,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 import ovseg  # noqa: F401  (registers the datasets)
+from ovseg.data.bad_files import naming_data_files
 from ovseg.data.dataset_views import write_ground_truth_views
 from ovseg.data.datasets.custom import add_custom_argument, register_files
 from ovseg.engine.checks import check_data_folders
@@ -51,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         register_files(args.custom)
         if args.dataset in DatasetCatalog.list():  # its folders on disk, else how to get them
             check_data_folders(args.dataset, "--dataset")
-        write_ground_truth_views(
-            args.dataset, args.output, num=args.num, start=args.start, min_size=args.min_size
-        )
+        with naming_data_files([args.dataset]):  # a file it cannot read: what to do
+            write_ground_truth_views(
+                args.dataset, args.output, num=args.num, start=args.start, min_size=args.min_size
+            )
 
     return run_reporting_errors("visualize_dataset.py", run)
 

@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 from matplotlib import colors as mplc
 from matplotlib import patches
-from PIL import Image
 
 from detectron2.data import Metadata
 from detectron2.utils.visualizer import GenericMask, VisImage, Visualizer
 
+from ..data.image_io import LabelSizeError
+from ..data.image_io import read_label as read_label_map
 from .colors import deterministic_colors
 from .figures import HeatmapLayout, heatmap_grid, panel_row, save_image
 
@@ -95,13 +96,18 @@ def vocabulary_metadata(
 
 
 def read_label(path: str, shape: Tuple[int, int]) -> np.ndarray:
-    """A label PNG as an int64 array, checked against the image size (H, W)."""
-    with Image.open(path) as im:
-        label = np.asarray(im).astype(np.int64)
+    """A label PNG as an int64 array, checked against the image size (H, W).
+
+    Raises:
+        ImageDecodeError: the file cannot be decoded (truncated, empty, not an image).
+        LabelSizeError: it is not one channel of the image's size.
+    """
+    label = read_label_map(path).astype(np.int64)
     if label.ndim != 2 or label.shape != tuple(shape):
-        raise ValueError(
+        raise LabelSizeError(
             f"label {path} has shape {label.shape}, but its image is {tuple(shape)}; labels "
-            "must be single-channel PNGs of the image's size"
+            "must be single-channel PNGs of the image's size: convert the label again, or "
+            "remove the image and its label from the dataset"
         )
     return label
 

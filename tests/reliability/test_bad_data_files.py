@@ -17,6 +17,7 @@ from ovseg_testing import (
     ROOT,
     eval_mapper,
     registered_ade20k,
+    run_main,
     small_semfpn_opts,
     subprocess_env,
     write_ade20k_fixture,
@@ -136,6 +137,22 @@ def test_eval_only_names_a_label_of_another_size_in_one_line(tmp_path):
         "is 64x64; a label must have its image's size: convert the label again, or remove "
     ), line
     assert LABEL_ADVICE.format("ade20k_sem_seg_val") in line
+
+
+def test_visualize_dataset_names_a_truncated_label(tmp_path, capsys):
+    root = write_ade20k_fixture(tmp_path / "datasets", n_train=2, n_val=1)
+    _, label = _train_files(root)
+    label.write_bytes(label.read_bytes()[:-40])
+    argv = ["--dataset", "ade20k_sem_seg_train", "--output", str(tmp_path / "vis")]
+    argv += ["--start", "1", "--num", "1", "--min-size", "64"]  # the bad one, small
+    with registered_ade20k(root):
+        assert run_main("tools/visualize_dataset.py", argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    error = f"visualize_dataset.py: error: Cannot decode image file {str(label)!r}"
+    assert lines[0].startswith(error), err
+    assert LABEL_ADVICE.format("ade20k_sem_seg_train") in lines[0]
 
 
 def test_a_label_of_another_size_says_what_to_do(tmp_path):
