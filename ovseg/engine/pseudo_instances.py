@@ -38,7 +38,6 @@ from ..data.captions.settings import (
 from ..pseudo import (
     InstancePseudoLabelStore,
     PseudoInstanceLabeller,
-    all_ok,
     build_manifest,
     find_teacher,
     generate_pseudo_instances,
@@ -51,6 +50,7 @@ from ..utils.config_keys import config_value
 from ..utils.downloads import local_weights_problem
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
+from .labelling_errors import labelling_errors
 
 __all__ = [
     "XPM_META_ARCHITECTURES",
@@ -249,8 +249,10 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> Dict[str, int]:
     job.labeller.score_threshold = float(args.threshold)
     manifest = instance_labeller_manifest(cfg, job, args.command)
     store = open_store(args.output, manifest, InstancePseudoLabelStore)
-    error, stats = None, {}
-    try:
+    # the proposer, and a CLIP teacher of its own: what the memory settings act on
+    clip = job.labeller.clip
+    runs = nn.ModuleList([job.proposer, *([clip] if isinstance(clip, nn.Module) else [])])
+    with labelling_errors(cfg, job.dataset, runs):
         stats = generate_pseudo_instances(
             job.proposer,
             job.labeller,
@@ -261,11 +263,6 @@ def main(cfg: CfgNode, args: argparse.Namespace) -> Dict[str, int]:
             world_size=comm.get_world_size(),
             progress=not args.no_progress,
         )
-    except Exception as e:
-        error = f"rank {comm.get_rank()}: {type(e).__name__}: {e}"
-        raise
-    finally:
-        all_ok(error)
     if comm.is_main_process():
         count, total = store.finalize(), len(job.dataset_dicts)
         logger.info(f"{count} of {total} images of {job.dataset} labelled in {store.root}")

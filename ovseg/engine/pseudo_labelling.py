@@ -26,10 +26,8 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from ..data import build_dataset_mapper
-from ..data.bad_files import naming_data_files
 from ..pseudo import (
     SCORE_KINDS,
-    all_ok,
     build_manifest,
     generate_pseudo_labels,
     labeller_fingerprint,
@@ -39,10 +37,10 @@ from ..pseudo import (
 )
 from ..pseudo.store import LOCK, generation_lock
 from ..utils.io import check_output_file
-from ..utils.resources import naming_resources
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
 from .defaults import load_config, setup
+from .labelling_errors import labelling_errors
 from .pseudo_instances import main as instances_main
 from .pseudo_instances import makes_instance_pseudo_labels
 
@@ -247,30 +245,18 @@ def main(args: argparse.Namespace) -> Dict[str, int]:
     labeller = build_labeller(cfg, args.dataset, args.scores)
     manifest = labeller_manifest(cfg, labeller, args.threshold, args.command)
     store = open_store(args.output, manifest)
-    stats = {}
-    kept = "The images labelled so far are kept: re-running the command labels the rest"
-    try:
-        with (
-            naming_data_files([labeller.dataset]),
-            naming_resources(cfg, "pseudo-labelling", lambda: kept, labeller.model),
-        ):
-            stats = generate_pseudo_labels(
-                labeller.model,
-                labeller.dataset_dicts,
-                labeller.mapper,
-                store,
-                threshold=args.threshold,
-                rank=comm.get_rank(),
-                world_size=comm.get_world_size(),
-                progress=not args.no_progress,
-                score_kind=labeller.score_kind,
-            )
-    except Exception as e:
-        # every process reaches the collective, failed or not; this one raises its own error
-        # (a file that cannot be decoded, memory), not all_ok's RuntimeError copy of it
-        comm.all_gather(f"rank {comm.get_rank()}: {type(e).__name__}: {e}")
-        raise
-    all_ok(None)  # another process failed: raise its error here too
+    with labelling_errors(cfg, labeller.dataset, labeller.model):
+        stats = generate_pseudo_labels(
+            labeller.model,
+            labeller.dataset_dicts,
+            labeller.mapper,
+            store,
+            threshold=args.threshold,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            progress=not args.no_progress,
+            score_kind=labeller.score_kind,
+        )
     if comm.is_main_process():
         count = store.finalize()
         total, dataset = len(labeller.dataset_dicts), labeller.dataset

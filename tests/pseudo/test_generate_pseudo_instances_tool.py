@@ -15,6 +15,7 @@ from ovseg_testing.xpm import (
 )
 
 from ovseg.data import build_dataset_mapper
+from ovseg.data.image_io import DataFileError
 from ovseg.engine.defaults import load_config
 from ovseg.engine.pseudo_instances import makes_instance_pseudo_labels
 from ovseg.engine.pseudo_labelling import main, parse_args
@@ -166,3 +167,20 @@ def test_missing_teacher_weights_name_their_key(captioned, tmp_path):
     with pytest.raises(FileNotFoundError, match="MODEL.XPM.TEACHER_WEIGHTS teacher/model_final"):
         main(parse_args([*argv, "--no-progress", *opts]))
     assert not (tmp_path / "s").exists()
+
+
+def test_a_truncated_image_ends_instance_labelling_with_the_file_and_its_dataset(tmp_path):
+    # it ended in all_ok's "RuntimeError: rank 0: ImageDecodeError: ...", raised from a
+    # finally over the original: the tool's one-line report (USER_ERRORS) never saw it
+    teacher = register_fake_teacher()
+    name = "tiny_xpm_train_truncated"  # the module's fixture holds XPM_TRAIN
+    with registered_captioned_coco(tmp_path / "datasets", name) as coco:
+        image = sorted(coco.rglob("*.jpg"))[0]
+        image.write_bytes(image.read_bytes()[:-200])
+        argv = ["--config-file", str(CONFIGS / "Base-ovseg.yaml"), "--output", str(tmp_path / "s")]
+        argv += ["--dataset", name, "--no-progress"]
+        with pytest.raises(DataFileError) as info:
+            main(parse_args([*argv, *_opts(tmp_path, teacher)]))
+    message = str(info.value)
+    assert message.startswith(f"Cannot decode image file '{image}'"), message
+    assert f"It is an image of dataset '{name}'" in message
