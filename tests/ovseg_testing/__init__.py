@@ -8,12 +8,14 @@
 - ``models``: tiny random-init models: the CLIP teacher and one ``tiny_<method>_cfg`` /
   ``tiny_<method>`` pair per student;
 - ``pseudo``: a pseudo-label store and a fake teacher;
+- ``checkpoints``: a saved checkpoint damaged as a disk or a bad copy would;
 - ``golden``: ``assert_golden``, the golden-output regression;
 - ``demo``: demo/predictor.py and demo/demo.py, imported as the script imports them;
 - ``scripts``: running train_net.py, demo/demo.py and tools/ in a subprocess.
 
 Fixtures stay in the conftest.py files."""
 
+from ovseg_testing.checkpoints import flip_tensor_byte
 from ovseg_testing.configs import (
     ADE20K_OPTS,
     CPU_OPTS,
@@ -112,6 +114,7 @@ __all__ = [
     "padded_train_mapper",
     "position_pattern",
     "fit_steps",
+    "flip_tensor_byte",
     "random_clip_model",
     "random_image",
     "random_image_batch",

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import struct
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
-from ovseg_testing import CONFIGS, ROOT, cpu_opts
+from ovseg_testing import CONFIGS, ROOT, cpu_opts, flip_tensor_byte
 
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
@@ -49,19 +47,8 @@ def _model(folder: Path, seed: int = 0):
 
 
 def _flipped(path: Path, tensor: torch.Tensor, name: str = "flipped.pth") -> Path:
-    """A copy of ``path`` with one byte flipped inside the zip record holding ``tensor``'s
-    bytes (found by content), the file otherwise byte for byte the same."""
-    raw = bytearray(path.read_bytes())
-    wanted = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-    with zipfile.ZipFile(path) as archive:
-        [info] = [i for i in archive.infolist() if archive.read(i) == wanted]
-    assert info.compress_type == zipfile.ZIP_STORED
-    names, extra = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
-    start = info.header_offset + 30 + names + extra
-    raw[start + info.file_size // 2] ^= 0x01
-    out = path.parent / name
-    out.write_bytes(bytes(raw))
-    return out
+    """A copy of ``path`` with one byte of ``tensor``'s record flipped."""
+    return flip_tensor_byte(path, tensor, path.parent / name)
 
 
 @pytest.fixture(scope="module")
