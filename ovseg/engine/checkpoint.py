@@ -165,8 +165,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     # ----------------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         self._path = path
-        # weights alone use the file's "model"; a resume uses all it holds
-        self._entries = ["model"] if checkpointables == [] else None
+        # weights alone use the file's "model" and its metadata (the architecture, teacher
+        # and config checked against); a resume uses all it holds
+        self._entries = ["model", META_KEY] if checkpointables == [] else None
         what = local_weights_problem(path)
         if what:  # detectron2 only asserts
             raise FileNotFoundError(

@@ -5,10 +5,12 @@ torch's zip reader checks no CRC, so a bit flipped inside a tensor of a saved ch
 numbers. Every save of :class:`~ovseg.engine.checkpoint.AtomicCheckpointer` records, in
 ``ovseg_meta["content_sha256"]``, the SHA-256 of each entry of the file ("model", "trainer",
 "iteration", the data position, the RNG states: :func:`content_digests`, tensors hashed in
-place by ``ovseg.utils.tensor_digest``); every load recomputes those it uses ("model" for
-weights, all of them for ``--resume``) and stops with :class:`CheckpointCorruptedError` on a
-mismatch (:func:`check_contents`). Files without the record (older ovseg, converted official
-models, detectron2's own) load as before.
+place by ``ovseg.utils.tensor_digest``) and, under "meta", that of ``ovseg_meta`` itself less
+the record (its config, teacher record and architecture, read by every load); every load
+recomputes those it uses ("model" and the metadata for weights, all of them for ``--resume``)
+and stops with :class:`CheckpointCorruptedError` on a mismatch (:func:`check_contents`).
+Files without the record (older ovseg, converted official models, detectron2's own) load as
+before, and records without "meta" (saved before it was added) check their entries alone.
 """
 
 from __future__ import annotations
@@ -25,10 +27,26 @@ _FORMAT = 1
 
 
 def content_digests(data: Mapping[str, Any], meta_key: str) -> Dict[str, Any]:
-    """The record of a checkpoint ``data`` about to be saved: each entry's SHA-256 but the
-    metadata's (``meta_key``), which holds the record."""
+    """The record of a checkpoint ``data`` about to be saved.
+
+    Args:
+        data: the checkpoint's entries.
+        meta_key (str): the entry holding ovseg's metadata, where the record goes.
+
+    Returns:
+        dict: each other entry's SHA-256 under "entries" and, under "meta", the metadata's
+        less the record (which cannot hold its own digest).
+    """
     entries = {str(k): value_sha256(v, str(k)) for k, v in data.items() if k != meta_key}
-    return {"format": _FORMAT, "entries": entries}
+    record: Dict[str, Any] = {"format": _FORMAT, "entries": entries}
+    meta = data.get(meta_key)
+    if isinstance(meta, Mapping):
+        record["meta"] = _meta_sha256(meta, meta_key)
+    return record
+
+
+def _meta_sha256(meta: Mapping[str, Any], meta_key: str) -> str:
+    return value_sha256({k: v for k, v in meta.items() if k != DIGEST_KEY}, meta_key)
 
 
 def changed_entries(
@@ -39,7 +57,7 @@ def changed_entries(
     Args:
         checkpoint: the dict read from the file.
         meta_key (str): the entry holding ovseg's metadata.
-        which: the entries to check (None: every recorded one).
+        which: the entries to check, ``meta_key`` for the metadata (None: every recorded one).
 
     Returns:
         list[str]: the changed entries, also recorded ones now missing ([] without a record).
@@ -56,6 +74,11 @@ def changed_entries(
     for name in names:
         if name not in checkpoint or value_sha256(checkpoint[name], name) != entries[name]:
             changed.append(name)
+    # absent from records of before it was added: those check their entries alone
+    meta_digest = record.get("meta")
+    if meta_digest is not None and (which is None or meta_key in which):
+        if _meta_sha256(meta, meta_key) != meta_digest:
+            changed.append(meta_key)
     return changed
 
 

@@ -144,6 +144,36 @@ def test_resume_checks_the_trainer_and_rng_states(ade20k_registered, tmp_path):
     Trainer(fresh).resume_or_load(resume=False)
 
 
+def test_a_changed_byte_in_the_metadata_is_refused(ade20k_registered, tmp_path):
+    """ovseg_meta holds the record, not its own digest: its recorded config (the SOLVER
+    values a resume keeps, the settings an evaluation compares) changed unnoticed."""
+    out = tmp_path / "run"
+    cfg = load_config(str(CONFIG), _opts(tmp_path, "OUTPUT_DIR", str(out)))
+    Trainer(cfg).checkpointer.save("model_0000001", iteration=1)
+    path = out / "model_0000001.pth"
+    raw = path.read_bytes()
+    assert raw.count(b"MAX_ITER: 4\n") == 1
+    path.write_bytes(raw.replace(b"MAX_ITER: 4\n", b"MAX_ITER: 5\n"))
+    data = torch.load(path, weights_only=True)  # torch reads the changed text back
+    assert "MAX_ITER: 5\n" in data["ovseg_meta"]["config"]
+    loads = {
+        "--resume": lambda: Trainer(cfg).resume_or_load(resume=True),
+        "weights": lambda: load_model_weights(_model(tmp_path, 1), str(path)),
+    }
+    for what, load in loads.items():
+        with pytest.raises(CheckpointReadError) as err:
+            load()
+        assert str(path) in str(err.value) and "'ovseg_meta' entry" in str(err.value), what
+    # a record saved before the metadata had a digest still checks its entries, and loads
+    del data["ovseg_meta"]["content_sha256"]["meta"]
+    old = tmp_path / "old.pth"
+    torch.save(data, old)
+    load_model_weights(_model(tmp_path, 1), str(old))
+    shutil.copy(_flipped(old, max(data["model"].values(), key=lambda t: t.numel())), old)
+    with pytest.raises(CheckpointReadError, match="'model' entry"):
+        load_model_weights(_model(tmp_path, 1), str(old))
+
+
 def test_the_digest_is_the_same_for_what_was_saved_and_what_is_read(tmp_path):
     from ovseg.utils.tensor_digest import value_sha256
 
