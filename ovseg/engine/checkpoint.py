@@ -7,29 +7,38 @@
 - loads never run code from a file: ``.pkl`` through a data-only unpickler, everything else
   through ``torch.load(weights_only=True)`` (``ovseg.utils.safe_load``);
 - a checkpoint that does not fit the model raises (``checkpoint_fit.check_fit``);
-- ``--resume`` whose latest checkpoint is unreadable (a truncated file) resumes from the newest
-  readable earlier one, with a warning naming both.
+- ``--resume`` whose latest checkpoint is damaged (unreadable, or changed since it was saved:
+  :mod:`.checkpoint_digest`) resumes from the newest intact earlier one, chosen by the main
+  process, with a warning naming both; the damaged file is left as it is, and a later save of
+  its name goes beside it (``model_0000009.1.pth``).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import zipfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.utils import comm
 from detectron2.utils.file_io import Detectron2Handler
 
 from ..utils.downloads import explain_download_failure, local_weights_problem
 from ..utils.io import DiskFullError, atomic_write, atomic_write_text
-from ..utils.safe_load import UnsafeWeightsError, load_pickle_weights, torch_load_weights
+from ..utils.safe_load import UnsafeWeightsError
 from .checkpoint_digest import DIGEST_KEY, check_contents, content_digests
+from .checkpoint_files import (
+    UNREADABLE,
+    CheckpointCorruptedError,
+    CheckpointReadError,
+    earlier_checkpoints,
+    first_sentence,
+    read_checkpoint,
+    read_intact,
+)
 from .checkpoint_fit import (
     META_KEY,
     CheckpointMismatchError,
@@ -44,7 +53,7 @@ from .checkpoint_record import (
     describe_changes,
     warn_changed_settings,
 )
-from .resume import rng_state
+from .resume import fell_back_warning, no_intact_checkpoint, rng_state
 
 __all__ = [
     "AtomicCheckpointer",
@@ -52,20 +61,6 @@ __all__ = [
     "CheckpointReadError",
     "load_model_weights",
 ]
-
-# what reading a damaged (truncated, emptied) checkpoint raises; refusals are not among them
-_UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError)
-_ITERATION = re.compile(r"_(\d+)\.pth$")
-
-
-class CheckpointReadError(RuntimeError, ValueError):
-    """A checkpoint file cannot be read (truncated or damaged); a ValueError too, so the
-    tools report it as the user's bad input in one line."""
-
-
-class CheckpointCorruptedError(CheckpointReadError):
-    """A checkpoint's contents differ from the digest it recorded when it was saved
-    (:mod:`.checkpoint_digest`): disk or copy corruption."""
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -105,6 +100,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.gathered_rng: Optional[tuple] = None
         self._path: Optional[str] = None
         self._resuming = False
+        self._picked: Optional[Tuple[str, Dict[str, Any]]] = None  # the file --resume chose
+        self._refused: set = set()  # the damaged files --resume refused: saves keep them
         self._entries: Optional[List[str]] = None  # what a load uses (None: everything)
 
     @property
@@ -131,13 +128,34 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         # hashed as written: every load recomputes what it uses (a changed file is refused)
         meta[DIGEST_KEY] = content_digests(data, META_KEY)
-        save_file = os.path.join(self.save_dir, f"{name}.pth")
+        save_file = self.save_path(name)
+        if os.path.basename(save_file) != f"{name}.pth":
+            self.logger.warning(
+                f"{name}.pth was refused as damaged by --resume and is left for inspection: "
+                f"this checkpoint is saved as {save_file}"
+            )
         self.logger.info(f"Saving checkpoint to {save_file}")
         try:
             atomic_write(save_file, lambda f: torch.save(data, f), size=_stored_bytes(data))
         except DiskFullError as e:
             raise self._disk_full(e) from e
-        self.tag_last_checkpoint(f"{name}.pth")
+        self.tag_last_checkpoint(os.path.basename(save_file))
+
+    def save_path(self, name: str) -> str:
+        """The file a save of ``name`` writes.
+
+        Args:
+            name (str): the checkpoint's name ("model_0000009", "model_final").
+
+        Returns:
+            str: ``<name>.pth`` in save_dir, or, when --resume refused that file as damaged,
+            the first ``<name>.<k>.pth`` it did not refuse (a damaged file is never replaced).
+        """
+        path, generation = os.path.join(self.save_dir, f"{name}.pth"), 0
+        while os.path.abspath(path) in self._refused:
+            generation += 1
+            path = os.path.join(self.save_dir, f"{name}.{generation}.pth")
+        return path
 
     def kept_checkpoint(self) -> str:
         """What a run that stops now keeps, and how ``--resume`` goes on from it."""
@@ -189,63 +207,75 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """As detectron2's; a resumed checkpoint must be complete, and a damaged latest one
-        falls back to the newest readable earlier one."""
+        gives way to the newest intact earlier one (:meth:`_resumed_file`)."""
         if resume and self.has_checkpoint():
             self._resuming = True
             try:
-                return self.load(self.get_checkpoint_file())
+                return self.load(self._resumed_file())
             finally:
-                self._resuming = False
+                self._resuming, self._picked = False, None
         return self.load(path, checkpointables=[])
 
+    def _resumed_file(self) -> str:
+        """The checkpoint --resume loads, chosen by the main process alone: every rank must
+        continue from the same one, also where machines do not see a folder alike (a file
+        being copied, a stale cache), and the other ranks need not read the refused files."""
+        if comm.get_world_size() == 1:
+            return self._pick_intact()
+        chosen, error = "", None
+        if comm.is_main_process():
+            try:
+                chosen = self._pick_intact()
+            except Exception as e:  # the other ranks wait for the answer: they get this
+                error = e
+        chosen, message = comm.all_gather((chosen, str(error or "")))[0]
+        if error is not None:
+            raise error
+        if message:
+            raise CheckpointReadError(f"the main process refused to resume: {message}")
+        return chosen
+
+    def _pick_intact(self) -> str:
+        """The newest intact checkpoint: last_checkpoint's, else the newest intact earlier
+        ``model_*.pth``; its contents are kept for the load, the damaged files refused before
+        it for :meth:`save_path`.
+
+        Raises:
+            CheckpointReadError: none is intact, naming each file and why it was refused.
+        """
+        last = os.path.join(self.save_dir, "last_checkpoint")
+        latest = self.get_checkpoint_file()
+        refused = []
+        for path in [latest, *earlier_checkpoints(self.save_dir, latest)]:
+            data, why = read_intact(path, self.logger)
+            if data is None:
+                refused.append((path, why))
+                continue
+            self._picked = (path, data)
+            self._refused = {os.path.abspath(p) for p, _ in refused}
+            if refused:
+                training = "trainer" in self.checkpointables
+                iteration = data.get("iteration", "?")
+                self.logger.warning(fell_back_warning(refused, path, iteration, last, training))
+            return path
+        raise CheckpointReadError(no_intact_checkpoint(refused, last))
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        picked = self._picked
+        if picked is not None and os.path.abspath(picked[0]) == os.path.abspath(filename):
+            self._picked = None  # read and checked by _pick_intact
+            return picked[1]
         try:
-            data = _read_checkpoint(filename, self.logger)
+            data = read_checkpoint(filename, self.logger)
         except UnsafeWeightsError:
             raise
-        except _UNREADABLE as e:
-            if not self._resuming:
-                raise CheckpointReadError(_unreadable(filename, e)) from e
-            data = self._fall_back(filename, e)
-            filename = str(self._path)
-        hint = ""
-        if self._resuming:
-            last = os.path.join(self.save_dir, "last_checkpoint")
-            hint = f"; to resume from an earlier one, write its name into {last}"
-        check_contents(filename, data, META_KEY, self._entries, hint=hint)
+        except UNREADABLE as e:
+            raise CheckpointReadError(
+                f"Checkpoint {filename} cannot be read (truncated or damaged?): "
+                f"{first_sentence(e)}."
+            ) from e
+        check_contents(filename, data, META_KEY, self._entries)
         return data
-
-    def _fall_back(self, filename: str, error: BaseException) -> Dict[str, Any]:
-        for earlier in self._earlier_checkpoints(filename):
-            try:
-                data = _read_checkpoint(earlier, self.logger)
-            except UnsafeWeightsError:
-                raise
-            except _UNREADABLE as e:
-                self.logger.warning(_unreadable(earlier, e))
-                continue
-            self.logger.warning(
-                f"{_unreadable(filename, error)} Resuming from the previous checkpoint "
-                f"{earlier} instead."
-            )
-            self._path = earlier
-            return data
-        raise CheckpointReadError(
-            _unreadable(filename, error) + " No earlier readable checkpoint in "
-            f"{self.save_dir}: remove it (and last_checkpoint) to start over."
-        ) from error
-
-    def _earlier_checkpoints(self, latest: str) -> List[str]:
-        """Other ``model_*.pth`` of save_dir, newest iteration first (``model_final`` first)."""
-        found = []
-        for name in os.listdir(self.save_dir):
-            path = os.path.join(self.save_dir, name)
-            if not name.endswith(".pth") or os.path.abspath(path) == os.path.abspath(latest):
-                continue
-            match = _ITERATION.search(name)
-            if match or name == "model_final.pth":
-                found.append((int(match.group(1)) if match else float("inf"), path))
-        return [path for _, path in sorted(found, reverse=True)]
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         _refuse_non_weights(checkpoint.get("model", {}), str(self._path))
@@ -344,38 +374,3 @@ def _stored_bytes(obj: Any) -> int:
 
 def _strip_module(key: str) -> str:
     return key[len("module.") :] if key.startswith("module.") else key
-
-
-def _unreadable(path: str, error: BaseException) -> str:
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"Checkpoint {path} cannot be read (truncated or damaged?): {reason}."
-
-
-def _read_checkpoint(filename: str, logger) -> Dict[str, Any]:
-    """Read a weight file as detectron2's ``_load_file`` does, without executing pickles."""
-    if filename.endswith(".pkl"):
-        data = load_pickle_weights(filename)
-        if not isinstance(data, dict):
-            raise CheckpointReadError(f"{filename} holds a {type(data).__name__}, not a dict")
-        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
-            logger.info(f"Reading a file from '{data['__author__']}'")
-            return data
-        # Caffe2 / Detectron1 model zoo, as detectron2/checkpoint/detection_checkpoint.py reads it
-        data = data.get("blobs", data)
-        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
-        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-    try:
-        loaded = torch_load_weights(filename)
-    except UnsafeWeightsError:
-        raise
-    except ValueError as e:  # no checkpoint at all: unreadable, as a truncated one is
-        raise CheckpointReadError(str(e)) from None
-    if filename.endswith(".pyth"):  # pycls, as detectron2 reads it
-        state = loaded.get("model_state") if isinstance(loaded, dict) else None
-        if state is None:
-            raise CheckpointReadError(f"{filename}: pycls checkpoints must contain 'model_state'")
-        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-    if not isinstance(loaded, dict):
-        raise CheckpointReadError(f"{filename} holds a {type(loaded).__name__}, not a dict")
-    return loaded if "model" in loaded else {"model": loaded}

@@ -19,7 +19,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..utils.tensor_digest import value_sha256
 
-__all__ = ["DIGEST_KEY", "changed_entries", "check_contents", "content_digests"]
+__all__ = [
+    "DIGEST_KEY",
+    "changed_entries",
+    "check_contents",
+    "content_digests",
+    "describe_changed",
+]
 
 DIGEST_KEY = "content_sha256"
 # bump when value_sha256's canonical form changes: a record of another format is not checked
@@ -82,19 +88,34 @@ def changed_entries(
     return changed
 
 
+def describe_changed(changed: List[str]) -> str:
+    """Why a checkpoint with the :func:`changed_entries` ``changed`` is refused.
+
+    Args:
+        changed (list[str]): the changed entries (not empty).
+
+    Returns:
+        str: "its 'model' entry no longer matches the SHA-256 recorded when it was saved".
+    """
+    what = (
+        f"{changed[0]!r} entry no longer matches"
+        if len(changed) == 1
+        else (f"{', '.join(map(repr, changed))} entries no longer match")
+    )
+    return f"its {what} the SHA-256 recorded when it was saved"
+
+
 def check_contents(
     path: str,
     checkpoint: Mapping[str, Any],
     meta_key: str,
     which: Optional[Iterable[str]] = None,
-    hint: str = "",
 ) -> None:
     """Refuse a checkpoint whose contents changed after it was written.
 
     Args:
         path (str): the file, for the message.
         checkpoint, meta_key, which: as :func:`changed_entries`.
-        hint (str): a further way out for the message (the resume's ``last_checkpoint``).
 
     Raises:
         CheckpointCorruptedError: naming the file, the changed entries and what to do.
@@ -102,16 +123,10 @@ def check_contents(
     changed = changed_entries(checkpoint, meta_key, which)
     if not changed:
         return
-    from .checkpoint import CheckpointCorruptedError
+    from .checkpoint_files import CheckpointCorruptedError
 
-    what = (
-        f"{changed[0]!r} entry no longer matches"
-        if len(changed) == 1
-        else (f"{', '.join(map(repr, changed))} entries no longer match")
-    )
     raise CheckpointCorruptedError(
-        f"Checkpoint {path} changed after it was written: its {what} the SHA-256 recorded "
-        "when it was saved (disk or copy corruption), so it was not loaded. Copy it again "
-        "from where it was saved, or use another checkpoint (an earlier model_*.pth of the "
-        f"run){hint}"
+        f"Checkpoint {path} changed after it was written: {describe_changed(changed)} (disk "
+        "or copy corruption), so it was not loaded. Copy it again from where it was saved, or "
+        "use another checkpoint (an earlier model_*.pth of the run)"
     )

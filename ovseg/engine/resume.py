@@ -8,7 +8,8 @@ iteration
 ``OUTPUT_DIR`` that another meta-architecture's run wrote, or whose checkpoint holds another
 SOLVER.OPTIMIZER's state, and a training run removes the temporary files an interrupted
 checkpoint save left behind. A resume names the SOLVER values of its config that the saved
-optimizer and schedule override (:func:`resumed_solver_warning`).
+optimizer and schedule override (:func:`resumed_solver_warning`), and what it resumes from
+past a damaged latest checkpoint (:func:`fell_back_warning`, :func:`no_intact_checkpoint`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ __all__ = [
     "check_resume_target",
     "check_resumed_optimizer",
     "check_saved_parameters",
+    "fell_back_warning",
     "last_checkpoint_name",
+    "no_intact_checkpoint",
     "optimizer_kind",
     "remove_stale_temporaries",
     "restore_training_position",
@@ -152,6 +155,57 @@ def last_checkpoint_name(out: str) -> Optional[str]:
         return None
     with open(last, encoding="utf-8") as f:
         return f.read().strip()
+
+
+def fell_back_warning(
+    refused: List[Tuple[str, str]], path: str, iteration: Any, last: str, training: bool = True
+) -> str:
+    """What ``--resume`` says when it loads ``path`` instead of ``last``'s checkpoint.
+
+    Args:
+        refused: (file, why it was refused) of last_checkpoint's file, then of any earlier
+            one refused too.
+        path (str): the intact checkpoint loaded.
+        iteration: its "iteration".
+        last (str): the ``last_checkpoint`` file.
+        training (bool): a training resumes (False: ``--eval-only --resume`` evaluates it).
+
+    Returns:
+        str: one line naming the refused files and why, the file loaded instead, and, when
+        training, that the iterations since are trained again.
+    """
+    (latest, why), others = refused[0], refused[1:]
+    also = "".join(f" {p} was refused too: {w}." for p, w in others)
+    kept = f"The refused file{'s are' if others else ' is'} kept as found, for inspection"
+    if not training:
+        return (
+            f"--resume: {latest}, named by {last}, was refused: {why}.{also} Evaluating {path} "
+            f"(iteration {iteration}) instead. {kept}"
+        )
+    return (
+        f"--resume: {latest}, named by {last}, was refused: {why}.{also} Resuming from {path} "
+        f"(iteration {iteration}) instead: the iterations after it are trained again. {kept} "
+        f"(a save of the same name goes beside it), and last_checkpoint names "
+        f"{os.path.basename(latest)} until the next save"
+    )
+
+
+def no_intact_checkpoint(refused: List[Tuple[str, str]], last: str) -> str:
+    """The error of a ``--resume`` that found no intact checkpoint.
+
+    Args:
+        refused, last: as :func:`fell_back_warning`, every file tried in ``refused``.
+
+    Returns:
+        str: one line naming the files tried and why each was refused, and what to do.
+    """
+    tried = "; ".join(f"{p}: {w}" for p, w in refused)
+    return (
+        f"--resume found no intact checkpoint to continue from (last_checkpoint {last}, then "
+        f"the earlier model_*.pth): {tried}. They are left as they are. Start the run again "
+        "without --resume into a new OUTPUT_DIR, from MODEL.WEIGHTS <a checkpoint you trust> "
+        "(a copy of one of these from where it was saved) or from its initial weights"
+    )
 
 
 def check_resumed_optimizer(cfg: CfgNode, optimizer=None) -> None:

@@ -243,9 +243,10 @@ class Trainer(DefaultTrainer):
             self._say_what_resumes(fresh, extra)
             restore_training_position(self, extra, self._data_position)
             # with CHECKPOINT_PERIOD dividing MAX_ITER the last iteration is saved twice,
-            # model_<MAX_ITER - 1> then model_final; a run killed between the two resumes
-            # with nothing left to train, and nothing else would write model_final
-            final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+            # model_<MAX_ITER - 1> then model_final; a run killed between the two (or whose
+            # model_final the resume refused as damaged) resumes with nothing left to train,
+            # and nothing else would write model_final
+            final = self.checkpointer.save_path("model_final")
             if self.start_iter >= self.max_iter and not os.path.isfile(final):
                 # the RNG states of every rank, as the interrupted run's model_final holds: the
                 # states just restored are those of model_<MAX_ITER - 1>, saved at the same step

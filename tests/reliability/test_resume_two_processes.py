@@ -1,9 +1,12 @@
 """A 2-process run killed after a checkpoint and resumed ends with the uninterrupted run's
-weights, also with DATALOADER.NUM_WORKERS 0 (augmentations draw from each rank's own RNG)."""
+weights, also with DATALOADER.NUM_WORKERS 0 (augmentations draw from each rank's own RNG);
+past a damaged latest checkpoint, both ranks resume from the one the main process chose."""
+
+import shutil
 
 import pytest
 import torch
-from ovseg_testing import CONFIGS, cpu_opts, registered_ade20k
+from ovseg_testing import CONFIGS, cpu_opts, flip_tensor_byte, registered_ade20k
 from ovseg_testing.kills import KillAfter, Killed
 
 from detectron2.utils import comm
@@ -48,6 +51,13 @@ def _runs(tmp, datasets):
         (tmp / "killed/last_checkpoint").write_text("model_0000005.pth")
     comm.synchronize()
     _train(tmp / "killed", datasets, True, None)
+    # its model_final damaged (in a copy): both ranks go on from model_0000005
+    if comm.is_main_process():
+        shutil.copytree(tmp / "killed", tmp / "damaged")
+        final = tmp / "damaged/model_final.pth"
+        flip_tensor_byte(final, torch.load(final, weights_only=True)["rng_states"][1]["torch"])
+    comm.synchronize()
+    _train(tmp / "damaged", datasets, True, None)
 
 
 @pytest.mark.slow
@@ -62,3 +72,16 @@ def test_two_process_resume_ends_with_the_uninterrupted_weights(ade20k_registere
     assert len(b["rng_states"]) == len(a["rng_states"]) == 2
     for x, y in zip(a["rng_states"], b["rng_states"]):
         assert torch.equal(x["torch"], y["torch"]) and x["python"] == y["python"]
+    # the damaged model_final is kept as found (one byte off the copy it was made from); the
+    # one saved again beside it is the uninterrupted run's
+    damaged = tmp_path / "damaged"
+    kept = (damaged / "model_final.pth").read_bytes()
+    copied = (tmp_path / "killed/model_final.pth").read_bytes()
+    assert len(kept) == len(copied) and sum(x != y for x, y in zip(kept, copied)) == 1
+    c = torch.load(damaged / "model_final.1.pth", weights_only=True)
+    assert all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+    assert len(c["rng_states"]) == 2
+    assert all(
+        torch.equal(x["torch"], y["torch"]) for x, y in zip(a["rng_states"], c["rng_states"])
+    )
+    assert (damaged / "last_checkpoint").read_text() == "model_final.1.pth"
