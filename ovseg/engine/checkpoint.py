@@ -9,8 +9,8 @@
 - a checkpoint that does not fit the model raises (``checkpoint_fit.check_fit``);
 - ``--resume`` whose latest checkpoint is damaged (unreadable, or changed since it was saved:
   :mod:`.checkpoint_digest`) resumes from the newest intact earlier one, chosen by the main
-  process, with a warning naming both; the damaged file is left as it is, and a later save of
-  its name goes beside it (``model_0000009.1.pth``).
+  process, with a warning naming both; the damaged file is left as it is until this run saves
+  that name again, which moves it to ``<name>.pth.damaged`` for inspection first.
 """
 
 from __future__ import annotations
@@ -128,34 +128,33 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         # hashed as written: every load recomputes what it uses (a changed file is refused)
         meta[DIGEST_KEY] = content_digests(data, META_KEY)
-        save_file = self.save_path(name)
-        if os.path.basename(save_file) != f"{name}.pth":
-            self.logger.warning(
-                f"{name}.pth was refused as damaged by --resume and is left for inspection: "
-                f"this checkpoint is saved as {save_file}"
-            )
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
+        self._set_aside_if_refused(save_file)
         self.logger.info(f"Saving checkpoint to {save_file}")
         try:
             atomic_write(save_file, lambda f: torch.save(data, f), size=_stored_bytes(data))
         except DiskFullError as e:
             raise self._disk_full(e) from e
-        self.tag_last_checkpoint(os.path.basename(save_file))
+        self.tag_last_checkpoint(f"{name}.pth")
 
-    def save_path(self, name: str) -> str:
-        """The file a save of ``name`` writes.
+    def refused(self, path: str) -> bool:
+        """Whether --resume refused ``path`` as damaged (it is replaced by this run's save)."""
+        return os.path.abspath(path) in self._refused
 
-        Args:
-            name (str): the checkpoint's name ("model_0000009", "model_final").
-
-        Returns:
-            str: ``<name>.pth`` in save_dir, or, when --resume refused that file as damaged,
-            the first ``<name>.<k>.pth`` it did not refuse (a damaged file is never replaced).
-        """
-        path, generation = os.path.join(self.save_dir, f"{name}.pth"), 0
-        while os.path.abspath(path) in self._refused:
-            generation += 1
-            path = os.path.join(self.save_dir, f"{name}.{generation}.pth")
-        return path
+    def _set_aside_if_refused(self, path: str) -> None:
+        """Move a file --resume refused as damaged out of the way of the save replacing it,
+        to ``<name>.pth.damaged`` (kept for inspection; no run reads it)."""
+        if not self.refused(path) or not os.path.isfile(path):
+            return
+        aside, n = f"{path}.damaged", 1
+        while os.path.exists(aside):
+            aside, n = f"{path}.damaged.{n}", n + 1
+        os.replace(path, aside)
+        self._refused.discard(os.path.abspath(path))
+        self.logger.warning(
+            f"{path} was refused as damaged by --resume: moved to {aside} for inspection; "
+            "this run's save of that name replaces it"
+        )
 
     def kept_checkpoint(self) -> str:
         """What a run that stops now keeps, and how ``--resume`` goes on from it."""

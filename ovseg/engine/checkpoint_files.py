@@ -31,9 +31,8 @@ __all__ = [
 
 # what reading a damaged (truncated, emptied) checkpoint raises; refusals are not among them
 UNREADABLE = (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError)
-# a save's iteration (or model_final) and, for one saved beside a file --resume refused, its
-# generation (model_0000009.1.pth)
-_SAVED = re.compile(r"(?:_(\d+)|^model_final)(?:\.(\d+))?\.pth$")
+# a save's iteration, or model_final
+_SAVED = re.compile(r"(?:_(\d+)|^model_final)\.pth$")
 
 
 class CheckpointReadError(RuntimeError, ValueError):
@@ -81,8 +80,7 @@ def earlier_checkpoints(folder: str, latest: str) -> List[str]:
 
     Returns:
         list[str]: the ``model_*.pth`` of ``folder`` before ``latest`` by iteration (all but
-        it when its name tells none): ``model_final`` first, a later generation of an
-        iteration (``model_0000009.1.pth``) before the earlier.
+        it when its name tells none), ``model_final`` first.
     """
     order = _save_order(os.path.basename(latest))
     found = []
@@ -96,14 +94,13 @@ def earlier_checkpoints(folder: str, latest: str) -> List[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def _save_order(name: str) -> Optional[Tuple[float, int]]:
-    """(iteration, generation) of a checkpoint's file name, model_final's iteration last
-    (None: no save of a run)."""
+def _save_order(name: str) -> Optional[float]:
+    """The iteration of a checkpoint's file name, model_final's last (None: no save of a
+    run)."""
     match = _SAVED.search(name)
     if match is None:
         return None
-    iteration = float("inf") if match.group(1) is None else int(match.group(1))
-    return iteration, int(match.group(2) or 0)
+    return float("inf") if match.group(1) is None else int(match.group(1))
 
 
 def first_sentence(error: BaseException) -> str:

@@ -246,8 +246,9 @@ class Trainer(DefaultTrainer):
             # model_<MAX_ITER - 1> then model_final; a run killed between the two (or whose
             # model_final the resume refused as damaged) resumes with nothing left to train,
             # and nothing else would write model_final
-            final = self.checkpointer.save_path("model_final")
-            if self.start_iter >= self.max_iter and not os.path.isfile(final):
+            final = os.path.join(self.checkpointer.save_dir, "model_final.pth")
+            missing = not os.path.isfile(final) or self.checkpointer.refused(final)
+            if self.start_iter >= self.max_iter and missing:
                 # the RNG states of every rank, as the interrupted run's model_final holds: the
                 # states just restored are those of model_<MAX_ITER - 1>, saved at the same step
                 states = extra.get("rng_states")

@@ -73,13 +73,15 @@ def test_resume_past_a_changed_checkpoint_retrains_from_the_previous(tmp_path):
     assert "'model' entry no longer matches" in warning
     assert f"Resuming from {out / 'model_0000001.pth'} (iteration 1)" in warning
     assert "the iterations after it are trained again" in warning
-    # kept as it was; iteration 3 trained again went beside it, then the run went on
-    assert latest.read_bytes() == damaged
+    # kept as it was, moved aside when iteration 3 trained again took its name
+    aside = out / "model_0000003.pth.damaged"
+    assert aside.read_bytes() == damaged
+    assert f"{latest} was refused as damaged by --resume: moved to {aside}" in warning
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
-    redone = torch.load(out / "model_0000003.1.pth", weights_only=True)
-    assert redone["iteration"] == 3 and f"saved as {out / 'model_0000003.1.pth'}" in warning
+    redone = torch.load(latest, weights_only=True)
+    assert redone["iteration"] == 3
     # the same weights as the first time (the RNG states resumed), but the flipped one
-    first = torch.load(latest, weights_only=True)["model"]
+    first = torch.load(aside, weights_only=True)["model"]
     differ = [k for k, v in redone["model"].items() if not torch.equal(v, first[k])]
     assert len(differ) == 1 and first[differ[0]].numel() == max(v.numel() for v in first.values())
     # a later --resume continues from the last save, the damaged file left out of it

@@ -72,16 +72,16 @@ def test_two_process_resume_ends_with_the_uninterrupted_weights(ade20k_registere
     assert len(b["rng_states"]) == len(a["rng_states"]) == 2
     for x, y in zip(a["rng_states"], b["rng_states"]):
         assert torch.equal(x["torch"], y["torch"]) and x["python"] == y["python"]
-    # the damaged model_final is kept as found (one byte off the copy it was made from); the
-    # one saved again beside it is the uninterrupted run's
+    # the damaged model_final is kept as found (one byte off the copy it was made from), moved
+    # aside; the one saved again in its place is the uninterrupted run's
     damaged = tmp_path / "damaged"
-    kept = (damaged / "model_final.pth").read_bytes()
+    kept = (damaged / "model_final.pth.damaged").read_bytes()
     copied = (tmp_path / "killed/model_final.pth").read_bytes()
     assert len(kept) == len(copied) and sum(x != y for x, y in zip(kept, copied)) == 1
-    c = torch.load(damaged / "model_final.1.pth", weights_only=True)
+    c = torch.load(damaged / "model_final.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
     assert len(c["rng_states"]) == 2
     assert all(
         torch.equal(x["torch"], y["torch"]) for x, y in zip(a["rng_states"], c["rng_states"])
     )
-    assert (damaged / "last_checkpoint").read_text() == "model_final.1.pth"
+    assert (damaged / "last_checkpoint").read_text() == "model_final.pth"
