@@ -159,10 +159,13 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def kept_checkpoint(self) -> str:
         """What a run that stops now keeps, and how ``--resume`` goes on from it."""
         if self.has_checkpoint():
-            return (
-                f"the run's last checkpoint {self.get_checkpoint_file()} is kept: --resume "
-                "continues from it"
-            )
+            latest = self.get_checkpoint_file()
+            if self.refused(latest) and self.loaded_path:  # no save since --resume fell back
+                return (
+                    f"the run's last intact checkpoint {self.loaded_path} is kept ({latest}, "
+                    "which last_checkpoint names, is damaged): --resume continues from it"
+                )
+            return f"the run's last checkpoint {latest} is kept: --resume continues from it"
         return "no checkpoint of this run was saved yet: --resume starts it again"
 
     def _disk_full(self, error: DiskFullError) -> DiskFullError:

@@ -64,6 +64,9 @@ def test_resume_past_a_changed_checkpoint_retrains_from_the_previous(tmp_path):
     assert loader.loaded_path == str(out / "model_0000001.pth")
     (warning,) = [r.getMessage() for r in said]
     assert f"Evaluating {out / 'model_0000001.pth'} (iteration 1) instead" in warning, warning
+    # a run stopping before its next save (memory, disk) names what it keeps: not the damaged
+    kept = loader.kept_checkpoint()
+    assert kept.startswith(f"the run's last intact checkpoint {out / 'model_0000001.pth'}"), kept
     with records("fvcore.common.checkpoint") as said:
         resumed = _train(out, resume=True)
     assert resumed.checkpointer.loaded_path == str(out / "model_0000001.pth")
