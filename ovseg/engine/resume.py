@@ -221,19 +221,27 @@ def check_resumed_optimizer(cfg: CfgNode, optimizer=None) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable: the resume falls back to an earlier one, or says so
         return
+    from .checkpoint_files import read_intact
     from .checkpoint_fit import CheckpointMismatchError
 
-    saved, ours = saved_optimizer(checkpoint), cfg.SOLVER.OPTIMIZER.upper()
-    if saved is not None and saved != ours:
-        raise CheckpointMismatchError(
-            f"--resume into {cfg.OUTPUT_DIR}: its checkpoint {os.path.basename(path)} holds "
-            f"the state of SOLVER.OPTIMIZER {saved}, and this config's is {ours}; one cannot "
-            f"continue the other's state. Resume with SOLVER.OPTIMIZER {saved}, or start a new "
-            f"run from its weights (MODEL.WEIGHTS {path}, another OUTPUT_DIR); nothing was "
-            "written."
-        )
-    if optimizer is not None:
-        check_saved_parameters(checkpoint, optimizer, path)
+    try:
+        saved, ours = saved_optimizer(checkpoint), cfg.SOLVER.OPTIMIZER.upper()
+        if saved is not None and saved != ours:
+            raise CheckpointMismatchError(
+                f"--resume into {cfg.OUTPUT_DIR}: its checkpoint {os.path.basename(path)} "
+                f"holds the state of SOLVER.OPTIMIZER {saved}, and this config's is {ours}; one "
+                f"cannot continue the other's state. Resume with SOLVER.OPTIMIZER {saved}, or "
+                f"start a new run from its weights (MODEL.WEIGHTS {path}, another OUTPUT_DIR); "
+                "nothing was written."
+            )
+        if optimizer is not None:
+            check_saved_parameters(checkpoint, optimizer, path)
+    except CheckpointMismatchError:
+        # read from a file changed since it was saved, the state is no run's: the resume
+        # falls back past the file, and says why (the whole file is read on this path only)
+        if read_intact(path, logger)[0] is None:
+            return
+        raise
 
 
 def check_saved_parameters(checkpoint: Dict[str, Any], optimizer, path: str) -> None:

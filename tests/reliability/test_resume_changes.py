@@ -8,6 +8,7 @@ keeps the run's config.yaml."""
 from __future__ import annotations
 
 import pytest
+import torch
 from ovseg_testing import CONFIGS, cpu_opts
 from ovseg_testing.logs import records
 
@@ -126,3 +127,18 @@ def test_other_trainable_parameters_stop_naming_them(run):
     assert "trained here, not in the run" not in message and "MODEL.WEIGHTS" in message
     # the run's own config resumes
     _train(run, "SOLVER.MAX_ITER", "6", resume=True)
+
+
+def test_an_optimizer_read_from_a_damaged_checkpoint_does_not_stop_the_resume(run):
+    # the optimizer check read the latest checkpoint before --resume chose an intact one: a
+    # byte changed in its recorded config ("SGD" -> "SGE") stopped the run naming SGE
+    final = run / "model_final.pth"
+    data = torch.load(final, weights_only=True)
+    meta = data["ovseg_meta"]
+    meta["config"] = meta["config"].replace("OPTIMIZER: SGD", "OPTIMIZER: SGE")
+    torch.save(data, final)  # the recorded digests no longer match
+    with records("fvcore.common.checkpoint") as said:
+        trainer = _train(run, "SOLVER.MAX_ITER", "6", resume=True)
+    assert trainer.checkpointer.loaded_path == str(run / "model_0000003.pth")
+    assert trainer.start_iter == 4 and trainer.iter == 6
+    assert any(f"{final}, named by" in r.getMessage() for r in said)
