@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -386,6 +386,12 @@ def load_official(path: str) -> Dict[str, Tensor]:
 
 
 def save_converted(path: str, state: Mapping[str, Tensor], report: ConversionReport) -> None:
-    """Write a detectron2 checkpoint ``{"model": state, "conversion": report}`` atomically."""
-    data = {"model": dict(state), "conversion": report.to_dict()}
+    """Write a detectron2 checkpoint ``{"model": state, "conversion": report}`` atomically,
+    with the record of its contents every ovseg load checks (a changed file is refused, as a
+    run's checkpoint is: ``ovseg.engine.checkpoint_digest``)."""
+    from ..engine.checkpoint_digest import DIGEST_KEY, content_digests
+    from ..engine.checkpoint_fit import META_KEY
+
+    data: Dict[str, Any] = {"model": dict(state), "conversion": report.to_dict(), META_KEY: {}}
+    data[META_KEY][DIGEST_KEY] = content_digests(data, META_KEY)
     atomic_write(path, lambda f: torch.save(data, f))

@@ -9,8 +9,10 @@ place by ``ovseg.utils.tensor_digest``) and, under "meta", that of ``ovseg_meta`
 the record (its config, teacher record and architecture, read by every load); every load
 recomputes those it uses ("model" and the metadata for weights, all of them for ``--resume``)
 and stops with :class:`CheckpointCorruptedError` on a mismatch (:func:`check_contents`).
-Files without the record (older ovseg, converted official models, detectron2's own) load as
-before, and records without "meta" (saved before it was added) check their entries alone.
+Official models converted by ``tools/convert_checkpoint.py`` record theirs too
+(``ovseg.convert.core.save_converted``). Files without the record (older ovseg or converted
+files, detectron2's own) load as before, and records without "meta" (saved before it was
+added) check their entries alone.
 """
 
 from __future__ import annotations

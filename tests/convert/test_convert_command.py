@@ -13,11 +13,13 @@ import pytest
 import torch
 from convert_utils import TINY_VIT, ZEGCLIP_CONFIG, build, clip_json, save_official, tiny_opts
 from official_zegclip import official_zegclip_like
-from ovseg_testing import ROOT, subprocess_env
+from ovseg_testing import ROOT, flip_tensor_byte, subprocess_env
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ovseg.convert.command import main
+from ovseg.engine.checkpoint import AtomicCheckpointer
+from ovseg.engine.checkpoint_files import CheckpointCorruptedError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,6 +66,11 @@ def test_converted_file_loads_and_computes_what_the_official_model_does(setup):
     with torch.no_grad():
         expected = off.encode_decode(x, text)
         torch.testing.assert_close(model.predict(x, text, seen), expected, rtol=0, atol=1e-5)
+    # the file records its contents, as a run's checkpoint does: a changed byte is refused
+    biggest = max(data["model"].values(), key=lambda t: t.numel())
+    damaged = flip_tensor_byte(out, biggest, tmp / "damaged.pth")
+    with pytest.raises(CheckpointCorruptedError, match="'model'"):
+        AtomicCheckpointer(model).load(str(damaged), checkpointables=[])
 
 
 def test_without_a_config_names_alone(setup, capsys):
