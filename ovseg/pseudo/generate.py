@@ -4,6 +4,7 @@ open a store in every process at once (:func:`open_store`)."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -170,10 +171,18 @@ def generate_pseudo_labels(
 
 
 def all_ok(error: Optional[str], kind: type = RuntimeError) -> None:
-    """Raise ``kind`` in every process when any process failed (so none waits at a barrier)."""
+    """Raise ``kind`` in every process when any process failed (so none waits at a barrier);
+    a process that did not fail raises the first failure's text, marked ``peer_failed`` (a
+    launcher reports the failed process's own error rather than such a copy)."""
     errors = [e for e in comm.all_gather(error) if e]
     if errors:
-        raise kind(errors[0] if error is None else error)
+        raised = kind(errors[0] if error is None else error)
+        raised.peer_failed = error is None
+        if raised.peer_failed:  # the failed process ends first: torch's spawn reports it
+            from ..compat import PEER_FAILURE_GRACE_S
+
+            time.sleep(PEER_FAILURE_GRACE_S)
+        raise raised
 
 
 def open_store(output: str, manifest: dict, store_cls=PseudoLabelStore) -> PseudoLabelStore:

@@ -4,15 +4,20 @@ torch's ``spawn`` hands the launcher only the text of a worker's traceback
 (``ProcessRaisedException``), so an error the tools report in one line (a full disk, out of
 memory, a checkpoint of another model, a file that cannot be decoded) ended a multi-process
 run (``--num-gpus N``) in the worker's traceback, under the launcher's own. Each worker now
-leaves its error, pickled, in a folder its launcher made (:func:`relaying`); the launcher
-raises that error from torch's exception, whose text keeps the worker's traceback for log
-files (:func:`relayed_errors`), so the tools' handlers see what a one-process run raises.
+leaves its error as JSON (its class's module and name, its arguments and attributes) in a
+private folder of its launcher (:func:`relaying`); the launcher rebuilds it and raises it from
+torch's exception, whose text keeps the worker's traceback for log files
+(:func:`relayed_errors`), so the tools' handlers see what a one-process run raises. No pickle:
+only an ``Exception`` subclass of an importable module is rebuilt, without its ``__init__``,
+and an error that JSON cannot hold, or that does not read back as it was said, is left to
+torch's report.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
-import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,67 +27,82 @@ __all__ = ["relayed_errors", "relaying"]
 
 
 def _path(folder: str, local_rank: int) -> str:
-    return os.path.join(folder, f"rank{local_rank}.pickle")
+    return os.path.join(folder, f"rank{int(local_rank)}.json")
 
 
-def _rebuild(cls: type, args: tuple, state: Dict[str, Any]) -> BaseException:
-    """An exception of ``cls`` with ``args`` and attributes ``state``, without its
-    ``__init__`` (which may take keyword-only fields, as ``DiskFullError``'s does)."""
+def _rebuild(record: Dict[str, Any]) -> Optional[Exception]:
+    """The exception ``record`` describes (None: not an Exception class of a module)."""
+    cls: Any = importlib.import_module(record["module"])
+    for name in record["name"].split("."):
+        cls = getattr(cls, name)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    args = tuple(record["args"])
+    # without __init__, which may take other arguments (DiskFullError's keyword-only fields)
     error = cls.__new__(cls, *args)
     error.args = args
-    for name, value in state.items():
+    for name, value in record["state"].items():
         setattr(error, name, value)
     return error
 
 
-def _packed(error: Exception) -> Optional[bytes]:
-    """``error`` pickled so that its launcher can load it again (None: it cannot be)."""
-    try:
-        data = pickle.dumps(error)
-        pickle.loads(data)  # a class whose __init__ takes other arguments fails here
-        return data
-    except Exception:
-        pass
+def _record(error: Exception) -> Optional[str]:
+    """``error`` as JSON text that rebuilds it (None: it cannot be said so)."""
     state = dict(vars(error))
-    if isinstance(error, OSError):  # slots of OSError, not in its __dict__
-        state.update(errno=error.errno, strerror=error.strerror, filename=error.filename)
+    if isinstance(error, OSError):  # slots of OSError, not in its __dict__ (None: unset)
+        slots = {k: getattr(error, k) for k in ("errno", "strerror", "filename")}
+        state.update({k: v for k, v in slots.items() if v is not None})
+    cls = type(error)
+    record = {"module": cls.__module__, "name": cls.__qualname__, "args": list(error.args)}
     try:
-        data = pickle.dumps((_rebuild, type(error), error.args, state))
-        pickle.loads(data)
-        return data
-    except Exception:  # e.g. an attribute that cannot be pickled
+        text = json.dumps({**record, "state": state})
+        again = _rebuild(json.loads(text))
+    except Exception:  # an argument JSON cannot hold, a class defined in a function, ...
         return None
+    return text if again is not None and str(again) == str(error) else None
 
 
 def relaying(folder: str, main_func: Callable[..., Any], *args: Any) -> Any:
     """``main_func(*args)`` in a launched worker; an error it raises is left in ``folder``
-    for the launcher (an error that cannot be pickled is not: torch's report stays)."""
+    for the launcher (one that cannot be said is not: torch's report stays)."""
     try:
         return main_func(*args)
     except Exception as e:
-        data = _packed(e)
-        if data is not None:
+        text = _record(e)
+        if text is not None:
             from detectron2.utils import comm
 
-            from .io import atomic_write
+            from .io import atomic_write_text
 
             try:  # a full disk may refuse it too: torch's report stays
-                atomic_write(_path(folder, comm.get_local_rank()), lambda f: f.write(data))
+                atomic_write_text(_path(folder, comm.get_local_rank()), text, fsync=False)
             except OSError:
                 pass
         raise
 
 
-def _relayed(folder: str, local_rank: Optional[int]) -> Optional[BaseException]:
+def _relayed(folder: str, local_rank: Optional[int]) -> Optional[Exception]:
     """The error worker ``local_rank`` left in ``folder`` (None: none, or unreadable)."""
     try:
-        with open(_path(folder, int(local_rank)), "rb") as f:
-            error = pickle.load(f)  # written by this launcher's own workers, in its folder
-        if isinstance(error, tuple) and error and error[0] is _rebuild:
-            error = _rebuild(*error[1:])
+        with open(_path(folder, local_rank), encoding="utf-8") as f:
+            return _rebuild(json.load(f))
     except Exception:
         return None
-    return error if isinstance(error, Exception) else None
+
+
+def _first_failure(folder: str, reported: Optional[int]) -> Optional[Exception]:
+    """The error of the worker torch reported, unless it only repeats another's failure
+    (``peer_failed``: it stopped because that one failed, and may have ended first): then the
+    other's own error."""
+    error = _relayed(folder, reported)
+    if error is None or not getattr(error, "peer_failed", False):
+        return error
+    ranks = sorted(int(n[4:-5]) for n in os.listdir(folder) if n.startswith("rank"))
+    for rank in ranks:
+        own = _relayed(folder, rank)
+        if own is not None and not getattr(own, "peer_failed", False):
+            return own
+    return error
 
 
 @contextmanager
@@ -99,7 +119,7 @@ def relayed_errors() -> Iterator[str]:
     try:
         yield folder
     except mp.ProcessRaisedException as e:
-        error = _relayed(folder, getattr(e, "error_index", None))
+        error = _first_failure(folder, getattr(e, "error_index", None))
         if error is None:
             raise
         raise error from e

@@ -40,7 +40,7 @@ def test_a_workers_error_is_raised_in_the_launcher_as_itself(tmp_path):
     assert "Traceback" in str(cause) and "_full_disk_on_rank_one" in str(cause)  # for logs
 
 
-class _Unpicklable(RuntimeError):
+class _Unsayable(RuntimeError):
     def __init__(self):
         super().__init__("holds a lock")
         self.held = lambda: None
@@ -51,10 +51,11 @@ def _raise(error: Exception) -> None:
 
 
 def test_an_error_that_cannot_travel_leaves_torchs_report(tmp_path):
-    with pytest.raises(_Unpicklable):
-        relaying(str(tmp_path), _raise, _Unpicklable())
+    # an attribute JSON cannot hold: the worker leaves nothing, the launcher torch's report
+    with pytest.raises(_Unsayable):
+        relaying(str(tmp_path), _raise, _Unsayable())
     assert os.listdir(tmp_path) == []  # nothing left for the launcher
-    torch_report = mp.ProcessRaisedException("Traceback ... _Unpicklable", 0, 1234)
+    torch_report = mp.ProcessRaisedException("Traceback ... _Unsayable", 0, 1234)
     with pytest.raises(mp.ProcessRaisedException):
         with relayed_errors():
             raise torch_report
@@ -65,3 +66,21 @@ def test_an_error_that_cannot_travel_leaves_torchs_report(tmp_path):
                 relaying(folder, _raise, ValueError("bad value"))
             raise torch_report
     assert info.value.__cause__ is torch_report and not os.path.exists(folder)
+
+
+def test_the_failed_workers_own_error_wins_over_a_peers_copy(tmp_path, monkeypatch):
+    # rank 0 failed; rank 1 stopped with all_ok's copy of its text (peer_failed) and, ending
+    # first, was the one torch reported: the launcher raised that RuntimeError copy
+    from detectron2.utils import comm
+
+    own = ValueError("Cannot decode image file 'a.jpg'")
+    copy = RuntimeError("rank 0: ValueError: Cannot decode image file 'a.jpg'")
+    copy.peer_failed = True
+    with pytest.raises(ValueError, match="Cannot decode") as info:
+        with relayed_errors() as folder:
+            for rank, error in ((0, own), (1, copy)):
+                monkeypatch.setattr(comm, "get_local_rank", lambda rank=rank: rank)
+                with pytest.raises(type(error)):
+                    relaying(folder, _raise, error)
+            raise mp.ProcessRaisedException("Traceback ... RuntimeError", 1, 1234)
+    assert info.value.__cause__.error_index == 1
