@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from ovseg_testing.panoptic import INSTANCE, PANOPTIC, registered_tiny_panoptic, segment_mask
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
@@ -11,6 +12,7 @@ from detectron2.data import DatasetCatalog
 from ovseg.config import add_ovseg_config
 from ovseg.data.dataset_mappers import build_dataset_mapper, semantic_mask_targets
 from ovseg.data.dataset_mappers.mask_targets import target_classes
+from ovseg.data.image_io import LabelSizeError
 
 
 def _mapper(name, dataset, setting, divisibility=-1):
@@ -93,6 +95,21 @@ def test_panoptic_mapper_refuses_a_semantic_dict(tiny):
     record.pop("pan_seg_file_name")
     with pytest.raises(ValueError, match="no 'pan_seg_file_name'"):
         mapper(record)
+
+
+def test_a_panoptic_label_of_another_size_says_both_sizes_and_what_to_do(tiny, tmp_path):
+    # a plain ValueError ("is not the image's size") that train_net.py ended in a traceback
+    mapper = _mapper("ovseg_panoptic", PANOPTIC, "none")
+    record = dict(DatasetCatalog.get(PANOPTIC)[0])
+    label = np.asarray(Image.open(record["pan_seg_file_name"]))
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(label[:-2]).save(wrong)
+    record["pan_seg_file_name"] = str(wrong)
+    with pytest.raises(LabelSizeError) as info:
+        mapper(record)
+    h, w = label.shape[:2]
+    assert f"is {w}x{h - 2} (WxH) but its image is {w}x{h}" in str(info.value)
+    assert "convert the label again" in str(info.value)
 
 
 def test_a_test_record_of_another_kind_is_mapped_as_the_semantic_mapper_maps_it(tiny):

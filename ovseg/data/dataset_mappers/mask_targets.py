@@ -25,7 +25,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from ...utils.coco_masks import decode_segmentation
-from ..image_io import read_image
+from ..image_io import LabelSizeError, read_image
 from .build import MAPPER_REGISTRY
 from .gt_polygons import add_gt_polygons, annotation_geometry, drop_empty_boxes
 from .semantic import SemanticDatasetMapper, label_for_transforms
@@ -169,8 +169,13 @@ class PanopticDatasetMapper(_SegmentMapper):
             )
         rgb = read_image(dataset_dict["pan_seg_file_name"], "RGB").astype(np.int64)
         ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-        if ids.shape != image.shape[:2]:
-            raise ValueError(f"{dataset_dict['pan_seg_file_name']!r} is not the image's size")
+        if ids.shape != image.shape[:2]:  # a DataFileError: named with its dataset, one line
+            raise LabelSizeError(
+                f"panoptic label {dataset_dict['pan_seg_file_name']!r} is "
+                f"{ids.shape[1]}x{ids.shape[0]} (WxH) but its image is "
+                f"{image.shape[1]}x{image.shape[0]}; a label must have its image's size: "
+                "convert the label again, or remove the image and its label from the dataset"
+            )
         out = []
         for seg in dataset_dict["segments_info"]:
             cls = self._kept(seg["category_id"], seg.get("iscrowd", 0))
