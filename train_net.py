@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Train and evaluate every ovseg method (detectron2's train_net.py shape).
 
+Config overrides (KEY VALUE pairs) come last, after the options (or after --opts).
+
 Examples:
     python train_net.py --config-file configs/toy/lseg_toyrn_400_bs8.yaml
     python train_net.py --config-file configs/voc/maskclip/maskclip_vitb16_bs1.yaml --eval-only
@@ -37,7 +39,7 @@ from ovseg.engine.checks import (
 )
 from ovseg.engine.defaults import load_config
 from ovseg.engine.eval_results import eval_only_evaluators, mark_results_done
-from ovseg.utils.cli import run_reporting_errors
+from ovseg.utils.cli import parse_trailing_opts, run_reporting_errors
 from ovseg.utils.downloads import WeightsDownloadError
 from ovseg.utils.io import DiskFullError
 from ovseg.utils.resources import OutOfResourcesError, naming_resources
@@ -67,8 +69,8 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = default_argument_parser()
-    args = parser.parse_args()
+    parser = default_argument_parser(epilog=__doc__)  # ovseg's examples, not detectron2's
+    args = parse_trailing_opts(parser)  # the overrides, or "--opts" and them as in demo.py
     # a free port unless --dist-url is given: two runs of one user at once both start
     args.dist_url = default_dist_url(
         args.dist_url, parser.get_default("dist_url"), args.num_machines

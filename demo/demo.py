@@ -53,6 +53,7 @@ from ovseg.clip import get_templates
 from ovseg.data.image_io import read_image
 from ovseg.engine.defaults import load_config
 from ovseg.modeling.vocabulary_scores import VocabularyPlan
+from ovseg.utils.cli import parse_opts_flag
 from ovseg.utils.visualization import save_image
 from ovseg.vocab import (
     Vocabulary,
@@ -420,7 +421,7 @@ def _write_one(demo, args, image, plan, names, unseen, words) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; the exit status is returned (see the module docstring)."""
-    args = get_parser().parse_args(argv)
+    args = parse_opts_flag(get_parser(), argv)
     try:
         return run(args)
     except UsageError as e:

@@ -88,6 +88,9 @@ def test_help():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--config-file" in proc.stdout and "--eval-only" in proc.stdout
+    # ovseg's examples, not detectron2's generic "train_net.py --num-gpus 8 --config-file cfg.yaml"
+    assert "configs/toy/lseg_toyrn_400_bs8.yaml" in proc.stdout, proc.stdout
+    assert "cfg.yaml" not in proc.stdout and "gloo" in proc.stdout
 
 
 def test_train_evaluate_resume(ade20k_root, tmp_path):
@@ -170,6 +173,20 @@ def test_config_mistakes_end_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "train_net.py: error: SOLVER.MAX_ITR (set in the overrides)" in proc.stderr
     assert "did you mean SOLVER.MAX_ITER" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_overrides_after_opts_as_in_the_demo(tmp_path):
+    """``--opts KEY VALUE`` (demo.py's form) reaches the config as the bare pairs do."""
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", CONFIG, "--opts", "SOLVER.MAX_ITR", "1"],
+        cwd=ROOT,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "train_net.py: error: SOLVER.MAX_ITR (set in the overrides)" in proc.stderr
 
 
 def test_missing_dataset_names_path(tmp_path):

@@ -39,7 +39,12 @@ from ovseg.benchmark import (
     default_device,
     training_config,
 )
-from ovseg.utils.cli import positive_float, positive_int, run_reporting_errors
+from ovseg.utils.cli import (
+    parse_trailing_opts,
+    positive_float,
+    positive_int,
+    run_reporting_errors,
+)
 from ovseg.utils.io import atomic_write_json, check_output_file
 
 
@@ -383,7 +388,12 @@ def _add_config_arguments(p: argparse.ArgumentParser, cache: str) -> None:
     p.add_argument("--device", default=default_device(), help="cpu or cuda[:N] (MODEL.DEVICE)")
     p.add_argument("--pretrained", default="", help="MODEL.CLIP.PRETRAINED ('' = random)")
     p.add_argument("--cache-dir", default="", help=f"MODEL.CLIP.CACHE_DIR ('' = {cache})")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
+    p.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config KEY VALUE pairs (or after --opts)",
+    )
 
 
 SUBCOMMANDS: Tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
@@ -412,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = parse_trailing_opts(build_parser(), argv)
     check_output_file(args.output, ".json")  # before the work, not after it
     if args.threads > 0:
         torch.set_num_threads(args.threads)

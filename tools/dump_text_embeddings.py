@@ -21,7 +21,7 @@ import sys
 
 from ovseg.clip.export import export_text_embeddings
 from ovseg.engine.defaults import load_config
-from ovseg.utils.cli import run_reporting_errors
+from ovseg.utils.cli import parse_trailing_opts, run_reporting_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,8 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--templates", default="", help="template set (default MODEL.CLIP.TEMPLATES)")
     p.add_argument("--output", required=True, help="file to write (.pt)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
-    return p.parse_args(argv)
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (or after --opts)"
+    )
+    return parse_trailing_opts(p, argv)
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,7 @@ import numpy as np
 from ovseg.api import Predictor, _vocabulary
 from ovseg.data.image_io import read_image
 from ovseg.export import DEFAULT_OPSET, compare_with_onnxruntime, export_blocker, export_onnx
-from ovseg.utils.cli import USER_ERRORS
+from ovseg.utils.cli import USER_ERRORS, parse_opts_flag
 from ovseg.utils.io import check_output_file
 
 logger = logging.getLogger("export_onnx")
@@ -83,7 +83,7 @@ def check_images(size, image: Optional[str], fmt: str, seed: int = 0) -> np.ndar
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parse_opts_flag(parser, argv)
     # onnxscript's optimiser logs every pass at INFO: only our own progress at INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
-from ..utils.cli import run_reporting_errors
+from ..utils.cli import parse_trailing_opts, run_reporting_errors
 from ..utils.io import atomic_write_json, check_output_file
 from . import freeseg, lseg, maskclip_plus, ovrcnn, resnet_v1c, xpm, zegclip
 from .core import (
@@ -200,8 +200,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "loading MODEL.XPM.BERT_NAME to compare XPM's BERT word embeddings)",
     )  # fmt: skip
     p.add_argument("--report", default="", help="also write the per-tensor report (JSON)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
-    return p.parse_args(argv)
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (or after --opts)"
+    )
+    return parse_trailing_opts(p, argv)
 
 
 def run(args: argparse.Namespace) -> ConversionReport:

@@ -80,9 +80,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config-file", default="configs/toy/maskclip.yaml")
     parser.add_argument("--weights", default="", help="a trained toy student's checkpoint")
     parser.add_argument("--output", help="also write the rows as JSON here")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
-    args = parser.parse_args(argv)
-    from ..utils.cli import run_reporting_errors
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (or after --opts)"
+    )
+    from ..utils.cli import parse_trailing_opts, run_reporting_errors
+
+    args = parse_trailing_opts(parser, argv)
 
     return run_reporting_errors("compare_synonym_merge.py", lambda: _run(args))
 
