@@ -49,7 +49,7 @@ from predictor import TASK_OUTPUTS, VisualizationDemo
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
-from ovseg.clip import get_templates
+from ovseg.clip.templates import TEMPLATE_SETS, get_templates
 from ovseg.data.image_io import read_image
 from ovseg.engine.defaults import load_config
 from ovseg.modeling.vocabulary_scores import VocabularyPlan
@@ -119,7 +119,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--templates",
-        help="prompt templates: single, imagenet80, vild, maskclip85 or a .json list "
+        help=f"prompt templates: {', '.join(TEMPLATE_SETS)} or a .json list "
         "(sets MODEL.CLIP.TEMPLATES; default: the config's)",
     )
     parser.add_argument(

@@ -20,8 +20,10 @@ import argparse
 import sys
 
 from ovseg.clip.export import export_text_embeddings
+from ovseg.clip.templates import TEMPLATE_SETS
 from ovseg.engine.defaults import load_config
 from ovseg.utils.cli import parse_trailing_opts, run_reporting_errors
+from ovseg.vocab import builtin_vocabulary_names
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,10 +31,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config-file", required=True, help="config naming the CLIP (MODEL.CLIP.*)")
     p.add_argument(
         "--vocabulary", required=True,
-        help="builtin name (ade150, ade847, coco171, voc20, pc59, pc459), a JSON file, or a "
+        help=f"builtin name ({', '.join(builtin_vocabulary_names())}), a JSON file, or a "
         "comma-separated list",
     )  # fmt: skip
-    p.add_argument("--templates", default="", help="template set (default MODEL.CLIP.TEMPLATES)")
+    p.add_argument(
+        "--templates", default="",
+        help=f"template set ({', '.join(TEMPLATE_SETS)}) or a .json list (default "
+        "MODEL.CLIP.TEMPLATES)",
+    )  # fmt: skip
     p.add_argument("--output", required=True, help="file to write (.pt)")
     p.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs (or after --opts)"

@@ -177,7 +177,7 @@ def toy_scene_png(folder: Path, index: int = 1) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # its first sentence
     p.add_argument("--output", default="output/app.png", help="the screenshot (PNG)")
     p.add_argument("--image", help="image to upload (default: a toy-world scene)")
     p.add_argument("--scene", type=int, default=1, help="that toy-world validation scene")

@@ -19,10 +19,15 @@ import argparse
 import sys
 from typing import Sequence
 
+# isort: off
+# ovseg first: it registers the datasets, and imports detectron2 without the torch.jit
+# deprecation warnings of fvcore's import (ovseg/__init__.py), which --help printed
+import ovseg  # noqa: F401
+
+# isort: on
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
-import ovseg  # noqa: F401  (registers the datasets)
 from ovseg.data.bad_files import naming_data_files
 from ovseg.data.dataset_views import write_ground_truth_views
 from ovseg.data.datasets.custom import add_custom_argument, register_files

@@ -76,8 +76,12 @@ def study(config: str, weights: str = "", opts: Sequence[str] = ()) -> List[dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", default="configs/toy/maskclip.yaml")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config-file",
+        default="configs/toy/maskclip.yaml",
+        help="a toy config: the MaskCLIP teacher (default) or a student with --weights",
+    )
     parser.add_argument("--weights", default="", help="a trained toy student's checkpoint")
     parser.add_argument("--output", help="also write the rows as JSON here")
     parser.add_argument(
