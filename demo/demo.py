@@ -335,6 +335,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--confidence-threshold {args.confidence_threshold} is not in [0, 1]")
     cfg = setup_cfg(args)
     vocabulary = demo_vocabulary(args, cfg)
+    words = vocabulary_plan(args, vocabulary.names)  # a misspelt list: before the model loads
+    if not words.identity and args.task != "semantic":
+        raise UsageError("--augment-vocabulary and --background-threshold need --task semantic")
     paths, failures = expand_inputs(args.input)
     for pattern, problem in failures:
         logger.error("--input %s: %s", pattern, problem)
@@ -365,9 +368,6 @@ def run(args: argparse.Namespace) -> int:
 
     names, unseen = vocabulary.names, vocabulary.unseen
     check_task(demo, args.task, names, cfg)
-    words = vocabulary_plan(args, names)
-    if not words.identity and args.task != "semantic":
-        raise UsageError("--augment-vocabulary and --background-threshold need --task semantic")
     names = words.names
     if args.task == "semantic" and list(names) != list(vocabulary.names):
         # background / "other" moved the indices: say what each label PNG value means

@@ -71,3 +71,19 @@ def test_bad_words_are_refused(tmp_path, capsys):
     )
     code, _, _ = _run(tmp_path, "--custom-vocabulary", "cat,dog", "--augment-vocabulary", "x9")
     assert code == 2 and "Unknown vocabulary 'x9'" in capsys.readouterr().err
+
+
+def test_bad_words_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A misspelt --augment-vocabulary or a bad --background-threshold costs no model load
+    (a ViT-L CLIP's takes a minute)."""
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the words were checked")
+
+    monkeypatch.setattr(demo_cli, "VisualizationDemo", no_model)
+    code, _, _ = _run(tmp_path, "--custom-vocabulary", "cat,dog", "--augment-vocabulary", "coco17")
+    assert code == 2 and "Unknown vocabulary 'coco17'" in capsys.readouterr().err
+    code, _, _ = _run(tmp_path, "--custom-vocabulary", "cat,dog", "--background-threshold", "-1")
+    assert code == 2 and "--background-threshold -1.0 is not in [0, 1]" in capsys.readouterr().err
+    code, _, _ = _run(tmp_path, "--augment-vocabulary", "voc20", "--task", "panoptic")
+    assert code == 2 and "need --task semantic" in capsys.readouterr().err
