@@ -28,6 +28,7 @@ output path (reported before any image is processed).
 from __future__ import annotations
 
 import argparse
+import difflib
 import glob
 import logging
 import os
@@ -267,12 +268,21 @@ def demo_vocabulary(args: argparse.Namespace, cfg) -> Vocabulary:
         if args.custom_vocabulary is not None:
             return Vocabulary.from_string(args.custom_vocabulary)
         if args.vocabulary is not None:
-            if "," in args.vocabulary:
+            spec, builtins = args.vocabulary, builtin_vocabulary_names()
+            if "," in spec or ";" in spec:
                 raise ValueError(
-                    f"--vocabulary {args.vocabulary!r} looks like a list of names; use "
+                    f"--vocabulary {spec!r} looks like a list of names; use "
                     "--custom-vocabulary for those"
                 )
-            return resolve_vocabulary(args.vocabulary)
+            if spec not in builtins and not spec.lower().endswith(".json"):
+                if not os.path.isfile(spec):  # "ade15": a builtin misspelt, or one class
+                    close = difflib.get_close_matches(spec, builtins, n=1, cutoff=0.75)
+                    raise ValueError(
+                        f"--vocabulary {spec!r} is neither a builtin ({', '.join(builtins)}) "
+                        f"nor a .json file{f' (did you mean {close[0]!r}?)' if close else ''}. "
+                        f"Class names go to --custom-vocabulary: '{spec},...'"
+                    )
+            return resolve_vocabulary(spec)
         meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         if not cfg.MODEL.OVSEG.TEST_VOCABULARY.strip() and meta is None:
             raise ValueError(

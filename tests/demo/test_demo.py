@@ -231,6 +231,17 @@ def test_unknown_builtin_vocabulary_lists_the_builtins(tmp_path, capsys):
     assert code == 2 and "'ade151'" in err and "ade150" in err and "voc20" in err
 
 
+def test_vocabulary_flag_sends_class_names_to_custom_vocabulary(tmp_path, capsys):
+    """--vocabulary takes a builtin or a .json file: a misspelt builtin is not told to be
+    written as a one-class list ('ade15;', which --vocabulary then read as names)."""
+    code, err = _run(_argv(tmp_path, "--vocabulary", "ade15"), capsys)
+    assert code == 2 and "(did you mean 'ade150'?)" in err, err
+    assert "Class names go to --custom-vocabulary" in err and "'ade15;'" not in err, err
+    code, err = _run(_argv(tmp_path, "--vocabulary", "sky;"), capsys)
+    assert code == 2 and "use --custom-vocabulary for those" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unwritable_output_is_reported_before_the_model_is_built(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
