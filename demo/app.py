@@ -378,6 +378,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--weights needs --config-file")
     if args.weights and not os.path.isfile(args.weights):
         parser.error(f"--weights {args.weights}: no such file")
+    for folder in set(args.runs) - set(parser.get_default("runs")):  # a misspelt one given
+        if not os.path.isdir(folder):
+            parser.error(
+                f"--runs {folder}: no such folder; give the folders holding trained runs "
+                "(an OUTPUT_DIR with config.yaml and model_final.pth, or a folder above it)"
+            )
     if args.config_file:
         try:
             resolve_config_path(args.config_file)

@@ -211,6 +211,20 @@ def test_a_port_it_cannot_serve_on_is_refused_before_the_model(capsys):
     assert f"cannot serve on 127.0.0.1:{port} (" in capsys.readouterr().err
 
 
+def test_a_runs_folder_that_is_not_there_is_refused(tmp_path, capsys, monkeypatch):
+    """A misspelt --runs used to leave the menu without the user's runs, silently."""
+
+    def no_menu(*args, **kwargs):
+        raise AssertionError("the app went on to make its menu and serve")
+
+    monkeypatch.setattr(app_module, "default_choices", no_menu)
+    (tmp_path / "output").mkdir()
+    with pytest.raises(SystemExit) as info:
+        app_module.main(["--runs", str(tmp_path / "output"), str(tmp_path / "ouput")])
+    assert info.value.code == 2
+    assert f"--runs {tmp_path / 'ouput'}: no such folder" in capsys.readouterr().err
+
+
 def test_menu_lists_trained_runs(tmp_path):
     for run in ("output/toy/lseg", "output/demo/split_a/zegclip/teacher", "output/no_weights"):
         (tmp_path / run).mkdir(parents=True)
