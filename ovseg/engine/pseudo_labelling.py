@@ -73,7 +73,7 @@ skipped: re-running the same command after a kill finishes the job. Without CUDA
 def get_parser() -> argparse.ArgumentParser:
     """The arguments of ``tools/generate_pseudo_labels.py``."""
     parser = argparse.ArgumentParser(
-        prog=TOOL,
+        prog=os.path.basename(TOOL),  # "<tool>.py: error: ...", as every tool's errors
         description=__doc__.split("\n")[0],
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

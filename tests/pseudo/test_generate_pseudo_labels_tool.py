@@ -208,3 +208,12 @@ def test_user_mistakes_end_in_one_error_line_and_write_nothing(tmp_path, capsys)
             assert "Traceback" not in err
             assert not (tmp_path / "s").exists()
             assert i > 0 or not (tmp_path / "log").exists()  # stopped before setup wrote its log
+
+
+def test_argument_errors_are_named_as_every_other_error(capsys):
+    """argparse's errors began 'tools/generate_pseudo_labels.py: error:', the tool's own
+    'generate_pseudo_labels.py: error:' (tools/README.md: '<tool>.py: error: ...')."""
+    with pytest.raises(SystemExit):
+        parse_args(["--config-file", "c.yaml", "--output", "o", "--threshold", "x"])
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("generate_pseudo_labels.py: error: argument"), err
