@@ -158,10 +158,15 @@ def _with_instances(folder: Path, params: dict) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=None, help="dataset root (default $DETECTRON2_DATASETS)")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="dataset root; the world goes to <root>/toy_world (default $DETECTRON2_DATASETS, "
+        "else ./datasets, where the toy configs look for it)",
+    )
+    parser.add_argument("--num-train", type=int, default=2000, help="training images (2000)")
+    parser.add_argument("--num-val", type=int, default=200, help="validation images (200)")
+    parser.add_argument("--seed", type=int, default=0, help="the world's random seed (0)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--overwrite", action="store_true", help="replace a different world")
     args = parser.parse_args(argv)
