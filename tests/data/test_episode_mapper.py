@@ -10,6 +10,7 @@ from detectron2.data import MetadataCatalog
 
 from ovseg.config import add_ovseg_config
 from ovseg.data.dataset_mappers.episode import BinaryEpisodeMapper, resize_label_nearest
+from ovseg.data.image_io import LabelSizeError
 
 # VOC-style mask: 0 background, 3 = class id 2 (+1), 7 = another class, 255 boundary
 LABEL = np.array([[0, 3, 3, 7], [0, 3, 255, 7], [255, 0, 7, 7], [0, 0, 3, 3]], dtype=np.uint8)
@@ -61,6 +62,10 @@ def test_bad_records_are_refused(record):
         _mapper(False)({k: v for k, v in record.items() if k != "episode_class"})
     with pytest.raises(ValueError, match="not a class id"):
         _mapper(False)({**record, "episode_class": 9})
+    # a mask of another size, no resize asked: one line with what to do (a DataFileError)
+    Image.fromarray(LABEL[:3]).save(record["sem_seg_file_name"])
+    with pytest.raises(LabelSizeError, match=r"is \(4, 3\) \(WxH\) but the image is \(4, 4\)"):
+        _mapper(False)(dict(record))
 
 
 @pytest.mark.parametrize("test_ignores", [True, False])

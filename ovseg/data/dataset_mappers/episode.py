@@ -39,7 +39,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
-from ..image_io import read_image, read_label
+from ..image_io import LabelSizeError, read_image, read_label
 from .build import MAPPER_REGISTRY
 
 __all__ = [
@@ -203,9 +203,11 @@ class BinaryEpisodeMapper:
         label = read_episode_mask(record.pop("sem_seg_file_name"), value, self.mask_threshold)
         if label.shape != image.shape[:2]:
             if self.image_size is None:
-                raise ValueError(
+                raise LabelSizeError(
                     f"Mask of {record['file_name']!r} is {label.shape[::-1]} (WxH) but the image "
-                    f"is {image.shape[1::-1]}"
+                    f"is {image.shape[1::-1]}; a mask must have its image's size: convert it "
+                    "again, or remove the image and its mask from the dataset (or set "
+                    "INPUT.EPISODE.IMAGE_SIZE to resize both, as HSNet does)"
                 )
             # HSNet resizes image and mask to the square each on its own (dataset.py:31-33,
             # fss.py:38-39): a pair of other sizes is scored as the official run scores it

@@ -9,7 +9,13 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from ..image_io import TURNED_ORIENTATIONS, read_image, read_image_size, read_label
+from ..image_io import (
+    TURNED_ORIENTATIONS,
+    LabelSizeError,
+    read_image,
+    read_image_size,
+    read_label,
+)
 
 __all__ = ["check_label", "undecodable_images"]
 
@@ -53,7 +59,7 @@ def check_label(label_path: str, image_path: str, num_classes: int, ignore: int,
                 "picture, and the label has the stored size: turn the label too, or save the "
                 "image turned and without the orientation tag, e.g. PIL.ImageOps.exif_transpose)"
             )
-        raise ValueError(
+        raise LabelSizeError(  # a DataFileError: train_net.py prints it in one line
             f"Dataset {name!r}: label {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) "
             f"but its image {image_path} is {width}x{height} as it is read{turned}; a label "
             f"must have its image's size; see {GUIDE}"
