@@ -409,9 +409,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
+        prog="python -m ovseg.data.datasets.custom",  # its usage line said "custom.py"
         description="Check registration files and their data: every split is loaded, its "
         "labels checked and its images decoded; each problem is one line, and the exit status "
-        "is 2 if any was found."
+        "is 2 if any was found.",
     )
     parser.add_argument("files", nargs="+", help="registration files (.yaml/.json)")
     args = parser.parse_args(argv)
