@@ -112,10 +112,8 @@ def _training_runs_in(output_dir: str) -> bool:
     ``inference``, over whatever an ``--eval-only`` put there meanwhile)."""
     from .checks import RUN_LOCK
 
-    if not os.path.isfile(os.path.join(output_dir, RUN_LOCK)):
-        return False
     try:
-        FolderLock(output_dir, "training", RUN_LOCK).acquire().release()
+        FolderLock(output_dir, "training", RUN_LOCK).refuse_if_held()
     except FolderInUseError:
         return True
     return False

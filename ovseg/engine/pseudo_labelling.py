@@ -35,7 +35,7 @@ from ..pseudo import (
     open_store,
     score_kind_of,
 )
-from ..pseudo.store import LOCK, generation_lock
+from ..pseudo.store import generation_lock
 from ..utils.io import check_output_file
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
@@ -219,16 +219,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--threshold {args.threshold} is not in [0, 1] (0: keep every pixel)")
     # the store and the run's <output>_generation folder must be creatable
     check_output_file(os.path.join(args.output, "manifest.json"), "folder", "--output")
+    # another job generating into the store: refused before setup appends this job's log to
+    # that job's OUTPUT_DIR/log.txt and replaces its config.yaml
     if getattr(args, "machine_rank", 0) == 0 and comm.get_rank() == 0:
-        _refuse_a_running_generation(args.output)
-
-
-def _refuse_a_running_generation(output: str) -> None:
-    """Raise FolderInUseError when another job generates into store ``output``: before setup
-    appends this job's log to that job's OUTPUT_DIR/log.txt and replaces its config.yaml. Only
-    a store with a lock file can be in use (the probe makes no folder)."""
-    if os.path.isfile(os.path.join(output, LOCK)):
-        generation_lock(output).acquire().release()
+        generation_lock(args.output).refuse_if_held()
 
 
 def main(args: argparse.Namespace) -> Dict[str, int]:

@@ -152,6 +152,12 @@ class FolderLock:
                 os.close(fd)  # closing the only descriptor drops the flock
         self._key = None
 
+    def refuse_if_held(self) -> None:
+        """Raise :class:`FolderInUseError` when another job holds the lock now, without
+        taking it; a folder without the lock file (no job ever held it) is not made."""
+        if os.path.isfile(self.path):
+            self.acquire().release()
+
     @property
     def held(self) -> bool:
         return bool(self._key)
