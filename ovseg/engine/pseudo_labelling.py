@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import shlex
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -36,6 +35,7 @@ from ..pseudo import (
     score_kind_of,
 )
 from ..pseudo.store import generation_lock
+from ..utils.cli import parse_trailing_opts, without_opts_flag
 from ..utils.io import check_output_file
 from .checkpoint import load_model_weights
 from .checks import UnknownDatasetError, closest_datasets
@@ -123,13 +123,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     "--opts K V ..." is accepted as well as detectron2's bare trailing "K V ...".
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--opts" in argv:
-        i = argv.index("--opts")
-        argv = argv[:i] + argv[i + 1 :]
-    args = get_parser().parse_args(argv)
-    if args.opts and args.opts[0] == "--":
-        args.opts = args.opts[1:]
+    argv = without_opts_flag(argv)  # the command recorded, as parsed
+    args = parse_trailing_opts(get_parser(), argv)
     args.command = shlex.join(["python", TOOL, *argv])
     if "OUTPUT_DIR" not in args.opts[::2]:
         # the log and config.yaml beside the store: not ./output, nor the teacher run's folder

@@ -15,6 +15,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "run_reporting_errors",
+    "without_opts_flag",
 ]
 
 # a missing file, an unknown dataset or a bad option value, or too little memory for the
@@ -62,6 +63,16 @@ def positive_float(text: str) -> float:
 OPTS_FLAG = "--opts"
 
 
+def without_opts_flag(argv: Optional[Sequence[str]] = None) -> list:
+    """``argv`` (``sys.argv[1:]`` when None) without the ``--opts`` before trailing overrides:
+    the command line :func:`parse_trailing_opts` parses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if OPTS_FLAG in argv:
+        at = argv.index(OPTS_FLAG)
+        argv = argv[:at] + argv[at + 1 :]
+    return argv
+
+
 def parse_trailing_opts(
     parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
 ) -> argparse.Namespace:
@@ -72,11 +83,7 @@ def parse_trailing_opts(
         parser: the tool's parser, with a positional ``opts`` of ``nargs=REMAINDER``.
         argv: the arguments; ``sys.argv[1:]`` when None.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if OPTS_FLAG in argv:
-        at = argv.index(OPTS_FLAG)
-        argv = argv[:at] + argv[at + 1 :]
-    args = parser.parse_args(argv)
+    args = parser.parse_args(without_opts_flag(argv))
     opts = getattr(args, "opts", None)  # a subcommand may take none
     if opts and opts[0] == "--":
         args.opts = opts[1:]
