@@ -101,7 +101,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self._path: Optional[str] = None
         self._resuming = False
         self._picked: Optional[Tuple[str, Dict[str, Any]]] = None  # the file --resume chose
-        self._refused: set = set()  # the damaged files --resume refused: saves keep them
+        self._refused: set = set()  # the damaged files --resume refused: saves set them aside
         self._entries: Optional[List[str]] = None  # what a load uses (None: everything)
 
     @property
@@ -240,7 +240,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _pick_intact(self) -> str:
         """The newest intact checkpoint: last_checkpoint's, else the newest intact earlier
         ``model_*.pth``; its contents are kept for the load, the damaged files refused before
-        it for :meth:`save_path`.
+        it for :meth:`save` to set aside.
 
         Raises:
             CheckpointReadError: none is intact, naming each file and why it was refused.

@@ -185,8 +185,8 @@ def fell_back_warning(
     return (
         f"--resume: {latest}, named by {last}, was refused: {why}.{also} Resuming from {path} "
         f"(iteration {iteration}) instead: the iterations after it are trained again. {kept} "
-        f"(a save of the same name goes beside it), and last_checkpoint names "
-        f"{os.path.basename(latest)} until the next save"
+        f"(a save of the same name first moves it to <name>.pth.damaged), and last_checkpoint "
+        f"names {os.path.basename(latest)} until the next save"
     )
 
 

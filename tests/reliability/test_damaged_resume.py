@@ -1,6 +1,7 @@
 """--resume whose latest checkpoint changed after it was saved goes on from the newest intact
 earlier one, with a warning naming both and why; the damaged file stays as it was (a save of
-its name goes beside it); with none intact left, train_net.py ends in one line naming them."""
+its name first moves it to <name>.pth.damaged); with none intact left, train_net.py ends in
+one line naming them."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def test_resume_past_a_changed_checkpoint_retrains_from_the_previous(tmp_path):
     assert "'model' entry no longer matches" in warning
     assert f"Resuming from {out / 'model_0000001.pth'} (iteration 1)" in warning
     assert "the iterations after it are trained again" in warning
+    assert "a save of the same name first moves it to <name>.pth.damaged" in warning
     # kept as it was, moved aside when iteration 3 trained again took its name
     aside = out / "model_0000003.pth.damaged"
     assert aside.read_bytes() == damaged
