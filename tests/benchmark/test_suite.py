@@ -99,3 +99,15 @@ def test_deferred_metrics_survive_the_losses_memory_being_reused():
             histories[overwrite] = {k: storage.history(k).values() for k in ("loss_a", "loss_b")}
     assert histories[True] == histories[False]
     assert all(v >= 0 for v, _ in histories[True]["loss_a"])
+
+
+def test_the_goal_rows_run_first_and_the_table_keeps_the_items_order():
+    from ovseg.benchmark.suite import GPU_ITEMS, _run_order
+
+    order = [i[0] for i in _run_order(GPU_ITEMS)]
+    assert sorted(order) == sorted(i[0] for i in GPU_ITEMS)
+    zeg = [n for n in order if "ZegCLIP" in n]
+    assert order[: len(zeg)] == zeg  # a deadline cuts another student's tail, not the goal
+    assert "compiled" not in zeg[0] and zeg[1] != zeg[0]
+    first_compiled = next(k for k, n in enumerate(zeg) if "compiled" in n)
+    assert all("compiled" in n for n in zeg[first_compiled:])
