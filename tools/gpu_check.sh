@@ -10,7 +10,10 @@
 # tests (`pytest -m gpu`). Random CLIP weights of the real architectures, nothing downloaded.
 # Where the machine lacks ovseg's pure-Python dependencies, a folder made by
 # tools/make_gpu_bundle.sh is put on PYTHONPATH: $OVSEG_SITE, else .cache/gpu_site.
-# DEVICE=cpu with --smoke rehearses the whole script on the toy configs without a GPU.
+# DEVICE=cpu with --smoke rehearses the whole script on the toy configs without a GPU; with
+# OVSEG_SITE set to a copy of the bundle less its compiled wheels (regex, pycocotools: built
+# for the GPU machine's CPython) it also rehearses the bundle's sources, which have no package
+# metadata (a GPU run once lost every row to that).
 # Writes into OUT_DIR (default $OUT, else output/gpu_check): nvidia-smi.txt, suite.json,
 # table.md, profile.txt, profile.json, suite.log, pytest_gpu.txt.
 set -uo pipefail

@@ -50,8 +50,15 @@ MIN_OPEN_CLIP = (3, 0)
 
 def check_open_clip_version(version: Optional[str] = None) -> None:
     """Raise :class:`OpenCLIPVersionError` when open_clip_torch is older than
-    :data:`MIN_OPEN_CLIP` (``version``: the installed one by default)."""
-    version = version or importlib.metadata.version("open_clip_torch")
+    :data:`MIN_OPEN_CLIP` (``version``: the installed one by default: its package metadata,
+    else, for sources on ``PYTHONPATH`` without metadata, ``open_clip.__version__``)."""
+    if not version:
+        try:
+            version = importlib.metadata.version("open_clip_torch")
+        except importlib.metadata.PackageNotFoundError:
+            import open_clip
+
+            version = open_clip.__version__
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if numbers < MIN_OPEN_CLIP:
         need = ".".join(map(str, MIN_OPEN_CLIP))

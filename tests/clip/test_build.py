@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -145,3 +146,16 @@ def test_an_open_clip_older_than_3_is_named_with_the_fix(version):
     for fine in ("3.0.0", "3.3.0", "3.10.1.dev0"):
         check_open_clip_version(fine)
     check_open_clip_version()  # the installed one
+
+
+def test_open_clip_sources_without_package_metadata_are_checked_by_their_version(monkeypatch):
+    # sources on PYTHONPATH (tools/make_gpu_bundle.sh's folder) have no dist-info: building a
+    # teacher there failed with PackageNotFoundError before it could start
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    check_open_clip_version()
+    monkeypatch.setattr(open_clip, "__version__", "2.24.0")
+    with pytest.raises(OpenCLIPVersionError, match="open_clip_torch 2.24.0 is installed"):
+        check_open_clip_version()
