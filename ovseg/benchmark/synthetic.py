@@ -7,13 +7,14 @@ rectangle). The same shapes become the mapper's mask targets when the config's m
 one per segment (the background included) for ``ovseg_panoptic``, one per shape for
 ``ovseg_instance``, and for ``ovseg_xpm_instance`` the shapes with their boxes plus one
 caption pseudo instance per image (``gt_is_pseudo``, of an unseen class where the
-vocabulary has one), as XPM's mapper adds from a pseudo-label store.
+vocabulary has one, else of the mapper's ``pseudo_vocabulary`` where it has one, carried as
+each input's ``"pseudo_vocabulary"``), as XPM's mapper adds from a pseudo-label store.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -43,13 +44,15 @@ PSEUDO_SCORE = 0.57
 @dataclass(frozen=True)
 class SyntheticLabels:
     """What synthetic labels draw from: the names labels index, the ids ground truth may
-    hold (a zero-shot remap turns unseen classes into ignore), the ignore label and the
-    mapper's targets (a :data:`TARGETS` kind)."""
+    hold (a zero-shot remap turns unseen classes into ignore), the ignore label, the
+    mapper's targets (a :data:`TARGETS` kind) and the names pseudo instances index where the
+    mapper has its own (XPM's LVIS caption vocabulary)."""
 
     names: List[str]
     label_ids: List[int]
     ignore: int
     targets: str = ""
+    pseudo_vocabulary: Optional[List[str]] = None
 
 
 def synthetic_labels(cfg: CfgNode) -> SyntheticLabels:
@@ -70,11 +73,13 @@ def synthetic_labels(cfg: CfgNode) -> SyntheticLabels:
     names = list(mapper.vocabulary)
     ignore = int(getattr(mapper, "ignore_label", 255))
     targets = MAPPER_TARGETS.get(cfg.INPUT.DATASET_MAPPER_NAME, "")
+    pseudo = getattr(mapper, "pseudo_vocabulary", None)
+    pseudo = None if pseudo is None else list(pseudo)
     label_map = getattr(mapper, "label_map", None)
     if label_map is None:
-        return SyntheticLabels(names, list(range(len(names))), ignore, targets)
+        return SyntheticLabels(names, list(range(len(names))), ignore, targets, pseudo)
     ids = sorted({int(v) for v in label_map if int(v) < len(names)})
-    return SyntheticLabels(names, ids, ignore, targets)
+    return SyntheticLabels(names, ids, ignore, targets, pseudo)
 
 
 def synthetic_side(cfg: CfgNode) -> int:
@@ -126,6 +131,7 @@ def synthetic_batch(
     *,
     targets: str = "",
     task: str = "",
+    pseudo_vocabulary: Optional[List[str]] = None,
 ) -> List[dict]:
     """Training inputs: random images and label maps of a few shapes of seen classes.
 
@@ -138,6 +144,8 @@ def synthetic_batch(
         seed (int): the generator's seed.
         targets (str): the mapper's targets (:data:`MAPPER_TARGETS`); "" = none.
         task (str): a FreeSeg ``"task"`` every input carries; "" = none.
+        pseudo_vocabulary (list[str] | None): the names the "xpm" targets' pseudo instances
+            index (each input's "pseudo_vocabulary"); None = ``vocabulary``.
 
     Returns:
         list[dict]: "image" (3, size, size) uint8, "sem_seg" (size, size) long indexing
@@ -152,6 +160,8 @@ def synthetic_batch(
         return int(torch.randint(0, n, (), generator=g))
 
     unseen = [i for i in range(len(vocabulary)) if i not in set(label_ids)] or list(label_ids)
+    if pseudo_vocabulary is not None:
+        unseen = list(range(len(pseudo_vocabulary)))
     inputs = []
     for _ in range(batch):
         image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
@@ -173,6 +183,8 @@ def synthetic_batch(
             x["instances"] = _targets(targets, owner, classes, ignore, unseen, pick)
         if task:
             x["task"] = task
+        if pseudo_vocabulary is not None:
+            x["pseudo_vocabulary"] = list(pseudo_vocabulary)
         inputs.append(x)
     return inputs
 

@@ -188,6 +188,7 @@ def _synthetic(cfg: CfgNode, model: torch.nn.Module) -> Tuple[List[dict], int]:
     batch = synthetic_batch(
         images, side, labels.names, labels.label_ids, labels.ignore,
         targets=labels.targets, task=tasks[-1] if tasks else "",
+        pseudo_vocabulary=labels.pseudo_vocabulary,
     )  # fmt: skip
     return batch, side
 

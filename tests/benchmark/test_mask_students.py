@@ -92,6 +92,19 @@ def test_training_and_inference_of_the_toy_configs(config, frozen, arch, tmp_pat
     assert "slide" not in inf and "whole images only" in inf["skipped_modes"]["slide"]
 
 
+def test_the_xpm_student_with_lvis_caption_names_trains_on_synthetic_batches(tmp_path):
+    # the paper config's pseudo instances index the 1203 LVIS names (its LVIS background
+    # quirk refuses inputs without them): the GPU table's row failed until synthetic batches
+    # carried the mapper's "pseudo_vocabulary"
+    opts = ["MODEL.XPM.CAPTION_VOCABULARY", "lvis", "MODEL.XPM.LVIS_BACKGROUND_QUIRK", "True"]
+    cfg = training_config(XPM_STUDENT, opts, device="cpu", batch=2, cache_dir=str(tmp_path))
+    res = benchmark_training(cfg, iters=1, warmup=0, data="synthetic")
+    assert res["meta_architecture"] == "XPMStudent" and math.isfinite(res["loss_last"])
+    lvis = ["aerosol can", "air conditioner", "airplane"]
+    for x in synthetic_batch(2, 32, NAMES, [0, 1, 2], 255, targets="xpm", pseudo_vocabulary=lvis):
+        assert x["pseudo_vocabulary"] == lvis and int(x["instances"].gt_classes[-1]) in (0, 1, 2)
+
+
 def test_frozen_prompts_train_nothing_of_the_prompt(tmp_path):
     cfg = training_config(FREESEG, device="cpu", batch=2, cache_dir=str(tmp_path))
     learning = benchmark_training(cfg, iters=1, warmup=0, data="synthetic")
