@@ -132,25 +132,47 @@ class MaskClassificationCriterion(nn.Module):
         # the CE is a mean of its own: an accumulating step fixes the count before its forwards
         self.mask_count = MaskCount(prefetch=True)
 
-    def loss_labels(self, logits: Tensor, targets, indices) -> Tensor:
-        """CE over K = C + 1 classes, unmatched queries labelled no-object (the last)."""
+    @staticmethod
+    def matched_on(device: torch.device, targets, indices) -> Tuple[Tensor, Tensor, Tensor]:
+        """The matches of the whole batch on ``device`` in one copy: image, query and target
+        indices (the target's index into the batch's targets, concatenated), (N,) each, in
+        the images' order. A per-image copy of each index waited for the device each time."""
+        starts = [0]
+        for t in targets:
+            starts.append(starts[-1] + len(t["labels"]))
+        rows = [
+            torch.stack([torch.full_like(src, b), src, tgt + starts[b]])
+            for b, (src, tgt) in enumerate(indices)
+        ]
+        host = torch.cat(rows, 1) if rows else torch.zeros((3, 0), dtype=torch.int64)
+        if device.type == "cuda":
+            host = host.pin_memory()
+        image, query, target = host.to(device, non_blocking=True).unbind(0)
+        return image, query, target
+
+    def loss_labels(self, logits: Tensor, labels: Tensor, matched) -> Tensor:
+        """CE over K = C + 1 classes, unmatched queries labelled no-object (the last)
+        (``labels``: the batch's target classes, concatenated)."""
+        image, query, target = matched
         num_classes = logits.shape[-1] - 1
         target_classes = torch.full(
             logits.shape[:2], num_classes, dtype=torch.int64, device=logits.device
         )
-        for b, ((src, tgt), t) in enumerate(zip(indices, targets)):
-            target_classes[b, src.to(logits.device)] = t["labels"].to(logits.device)[tgt]
+        target_classes[image, query] = labels[target]
         weight = torch.ones(num_classes + 1, device=logits.device, dtype=logits.dtype)
         weight[-1] = self.no_object_weight
         return F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
 
-    def loss_masks(self, masks: Tensor, targets, indices, num_masks: float) -> Dict[str, Tensor]:
-        """Focal and dice losses on matched masks, upsampled to the padded target size."""
+    def loss_masks(
+        self, masks: Tensor, gt_masks: Tensor, matched, num_masks: float
+    ) -> Dict[str, Tensor]:
+        """Focal and dice losses on matched masks, upsampled to the padded target size
+        (``gt_masks``: the batch's target masks, concatenated)."""
+        image, query, target = matched
         # float32 whatever the autocast dtype of the decoder's masks: under bf16 autocast
         # the upsampling, sigmoid and dice sums would otherwise all run in bf16
-        src = torch.cat([masks[b, s.to(masks.device)] for b, (s, _) in enumerate(indices)])
-        src = src.float()
-        tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(src)
+        src = masks[image, query].float()
+        tgt = gt_masks[target].to(src)
         if src.shape[0] == 0:
             zero = masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
@@ -163,10 +185,15 @@ class MaskClassificationCriterion(nn.Module):
             "loss_dice": dice_loss(src, tgt, num_masks),
         }
 
-    def _losses(self, outputs: Dict[str, Tensor], targets, num_masks: float) -> Dict[str, Tensor]:
+    def _losses(
+        self, outputs: Dict[str, Tensor], targets, batch: Tuple[Tensor, Tensor], num_masks: float
+    ) -> Dict[str, Tensor]:
+        """One prediction's weighted losses (``batch``: the targets' labels and masks,
+        concatenated on the predictions' device)."""
         indices = self.matcher(outputs, targets)
-        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices)}
-        losses.update(self.loss_masks(outputs["pred_masks"], targets, indices, num_masks))
+        matched = self.matched_on(outputs["pred_masks"].device, targets, indices)
+        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], batch[0], matched)}
+        losses.update(self.loss_masks(outputs["pred_masks"], batch[1], matched, num_masks))
         return {k: v * self.weight_dict[k] for k, v in losses.items()}
 
     def forward(
@@ -193,12 +220,17 @@ class MaskClassificationCriterion(nn.Module):
         # (and over an accumulated step's forwards: ovseg/modeling/mask_count.py)
         count = torch.as_tensor(float(num_masks), device=outputs["pred_masks"].device)
         num_masks = self.mask_count.normalizer(count).item()
-        losses = self._losses(outputs, targets, num_masks)
+        device = outputs["pred_masks"].device
+        batch = (
+            torch.cat([t["labels"] for t in targets]).to(device),
+            torch.cat([t["masks"] for t in targets]).to(device),
+        )
+        losses = self._losses(outputs, targets, batch, num_masks)
         aux = outputs.get("aux_outputs", []) if self.deep_supervision else []
         if self.num_aux_losses >= 0:
             aux = aux[: self.num_aux_losses]
         for i, aux_out in enumerate(aux):
             losses.update(
-                {f"{k}_{i}": v for k, v in self._losses(aux_out, targets, num_masks).items()}
+                {f"{k}_{i}": v for k, v in self._losses(aux_out, targets, batch, num_masks).items()}
             )
         return losses

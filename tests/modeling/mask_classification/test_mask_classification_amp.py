@@ -33,12 +33,14 @@ def test_mask_losses_under_bf16_autocast_are_float32_and_match_fp32():
     # (upsampling, sigmoid, dice sums) in float32, as ovseg.losses.mask_losses does for ZegCLIP
     low, targets, indices = _masks_and_targets(256)
     crit = MaskClassificationCriterion(matcher=None)
+    matched = crit.matched_on(torch.device("cpu"), targets, indices)
+    gt = targets[0]["masks"]
     ref_in = low.clone().requires_grad_()
-    ref = crit.loss_masks(ref_in[None], targets, indices, 4.0)
+    ref = crit.loss_masks(ref_in[None], gt, matched, 4.0)
     (ref["loss_mask"] + ref["loss_dice"]).backward()
     amp_in = low.clone().bfloat16().requires_grad_()
     with _bf16():
-        got = crit.loss_masks(amp_in[None], targets, indices, 4.0)
+        got = crit.loss_masks(amp_in[None], gt, matched, 4.0)
         (got["loss_mask"] + got["loss_dice"]).backward()
     for k in ("loss_mask", "loss_dice"):
         assert got[k].dtype == torch.float32, f"{k} is {got[k].dtype}"
