@@ -270,6 +270,9 @@ def _run(
         if hasattr(trainer, "flush_metrics"):
             trainer.flush_metrics()
         memory, memory_kind = peak_memory(device)
+        # the allocator's segments, a CUDA graph's private pool among them (its blocks are not
+        # "allocated" between replays: the allocated peak of a CUDA-graph step leaves it out)
+        reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
         data_s = [v for v, it in storage.history("data_time").values() if it >= warmup]
         losses = [v for v, _ in storage.history("total_loss").values()]
         # counted after the timing (text embeddings are memoised by then), on one batch
@@ -290,7 +293,8 @@ def _run(
     return {
         "syncs": syncs, "shares": shares,
         "step_s": step_s, "data_s": data_s, "losses": losses, "memory": memory,
-        "memory_kind": memory_kind, "flops_forward": forward, "flops_step": step,
+        "memory_kind": memory_kind, "reserved": reserved,
+        "flops_forward": forward, "flops_step": step,
     }  # fmt: skip
 
 
@@ -376,6 +380,7 @@ def benchmark_training(
         "data_share": sum(run["data_s"]) / sum(run["step_s"]),
         "peak_memory_gib": run["memory"],
         "peak_memory_kind": run["memory_kind"],
+        "peak_reserved_gib": run["reserved"],
         "flops_forward": run["flops_forward"],
         "flops_backward": run["flops_step"] - run["flops_forward"],
         "flops_per_iter": run["flops_step"],

@@ -23,7 +23,8 @@ TINY = ["MODEL.CLIP.MODEL_NAME", str(ROOT / "configs" / "clip" / "tiny_vit.json"
 KEYS = {
     "meta_architecture", "data", "device", "precision", "batch", "size", "input_shape", "iters",
     "it_per_s", "images_per_s", "s_per_iter", "data_s_per_iter", "data_share",
-    "peak_memory_gib", "peak_memory_kind", "flops_forward", "flops_backward", "flops_per_iter",
+    "peak_memory_gib", "peak_memory_kind", "peak_reserved_gib", "flops_forward", "flops_backward",
+    "flops_per_iter",
     "flops_convention", "tflops_achieved", "peak_tflops", "mfu", "learnable_params",
     "total_params", "torch", "loss_first", "loss_last",
 }  # fmt: skip
