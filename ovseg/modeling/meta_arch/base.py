@@ -29,6 +29,7 @@ from ...clip.prompt_names import PromptWords, apply_prompt_names
 from ...pseudo.labels import SCORE_KINDS
 from ...utils.choices import check_choice
 from ...vocab import check_unique_names, normalize_name, one_class_warning
+from ..host_copy import tensor_to_device
 from ..inference import (
     INFERENCE_MODES,
     check_slide_layout,
@@ -230,9 +231,7 @@ class OpenVocabSegmentor(nn.Module):
     def to_device(self, x: Tensor) -> Tensor:
         """``x`` on the model's device; from the CPU to CUDA through pinned memory without
         waiting (a plain copy from pageable memory synchronises host and device)."""
-        if self.device.type == "cuda" and x.device.type == "cpu":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
+        return tensor_to_device(x, self.device)
 
     def normalize(self, images: List[Tensor]) -> List[Tensor]:
         """(3, H, W) 0-255 images -> float network inputs on the model's device."""

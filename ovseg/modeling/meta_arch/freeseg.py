@@ -55,6 +55,7 @@ from ..freeseg.tasks import (
     task_texts,
 )
 from ..freeseg.test_time import TestTimePromptTuning
+from ..host_copy import instances_to_device
 from ..inference import postprocess_to_original
 from ..mask_classification import (
     MaskClassificationCriterion,
@@ -251,7 +252,7 @@ class FreeSeg(OpenVocabSegmentor):
             self.normalize([x["image"] for x in batched_inputs]), self.size_divisibility
         )
         outputs = self.decode(self.pixel_features(images.tensor), self.text_features(names, task))
-        targets = [t.to(self.device) for t in targets]
+        targets = [instances_to_device(t, self.device) for t in targets]
         return self.criterion(outputs, targets, tuple(images.tensor.shape[-2:]))
 
     @property

@@ -12,6 +12,7 @@ from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from ...vocab import normalize_name
+from ..host_copy import instances_to_device
 
 __all__ = [
     "class_subset",
@@ -79,7 +80,7 @@ def training_targets(inp: dict, device: torch.device) -> Instances:
         out.gt_is_pseudo = torch.zeros(len(inst), dtype=torch.bool)
     if inst.has("gt_polygons"):  # MODEL.XPM.GT_POLYGONS (data/dataset_mappers/gt_polygons.py)
         out.gt_polygons = inst.gt_polygons
-    return out.to(device)
+    return instances_to_device(out, device)
 
 
 def polygon_targets(gt: Instances) -> Instances:
