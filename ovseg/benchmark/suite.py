@@ -40,8 +40,9 @@ _XPM = "configs/coco/xpm/xpm_"
 # random weights: the XPM detector's losses diverge by the second SGD step without the
 # ImageNet backbone (lr 0 keeps them finite; the step does the same work)
 _XPM_RANDOM = ("SOLVER.BASE_LR", "0.0")
-# (name, config, train?, overrides[, frozen submodules]); every train row is also timed at
-# inference; FreeSeg's main stage takes the prompt stage's tokens frozen (its text cached)
+# (name, config, train?, overrides[, frozen submodules[, inference batch]]); every train row
+# is also timed at inference (batch 1, as detectron2's test loader); FreeSeg's main stage
+# takes the prompt stage's tokens frozen (its text cached)
 GPU_ITEMS = (
     ("LSeg ViT-L/16 (paper)", "configs/voc/lseg/lseg_vitl16_inductive_20k_bs16.yaml", True, ()),
     ("LSeg CLIP ViT-B/16 (variant)",
@@ -57,6 +58,9 @@ GPU_ITEMS = (
       "MODEL.CLIP.FROZEN_DTYPE", "bfloat16")),
     ("ZegCLIP ViT-B/16 compiled", _ZEG, True, ("MODEL.COMPILE", "True")),
     ("ZegCLIP ViT-B/16 frozen bf16", _ZEG, True, ("MODEL.CLIP.FROZEN_DTYPE", "bfloat16")),
+    # the chip's inference throughput: 16 images of one size share a forward
+    ("ZegCLIP ViT-B/16 inference batch 16", _ZEG, False, ("MODEL.CLIP.FROZEN_DTYPE", "bfloat16"),
+     (), 16),
     ("MaskCLIP+ RN50>R101 teacher in loop",
      _MCP + "maskclip_plus_rn50_r101_deeplabv2_transductive_20k_bs16.yaml", True, ()),
     ("MaskCLIP+ RN50>R101 store",
@@ -75,6 +79,8 @@ _TOY_MCP = "configs/toy/maskclip_plus_toyrn_r18_transductive_300+300_bs16.yaml"
 TOY_ITEMS = (
     ("LSeg toy RN", "configs/toy/lseg_toyrn_400_bs8.yaml", True, ()),
     ("ZegCLIP toy ViT", "configs/toy/zegclip_toyvit_inductive_1200_bs16.yaml", True, ()),
+    ("ZegCLIP toy ViT inference batch 4", "configs/toy/zegclip_toyvit_inductive_1200_bs16.yaml",
+     False, (), (), 4),
     ("MaskCLIP+ toy teacher in loop", _TOY_MCP, True,
      ("MODEL.MASKCLIP_PLUS.PSEUDO_LABEL_SOURCE", "online_augmented", *_NO_STORE)),
     ("MaskCLIP+ toy store", _TOY_MCP, True,
@@ -149,12 +155,13 @@ def _mapper_row(config: str, opts: Sequence[str], a: argparse.Namespace) -> Dict
     return mapper_rate(cfg, images=2 if a.smoke else 8, size=size, repeats=1 if a.smoke else 2)
 
 
-def _infer_row(config: str, opts, frozen, a: argparse.Namespace) -> Dict[str, Any]:
+def _infer_row(config: str, opts, frozen, a: argparse.Namespace, batch: int = 1):
     cfg = benchmark_config(config, list(a.opts) + list(opts), device=a.device)
     size = (a.size, a.size) if a.size else None
     return benchmark_inference(
-        cfg, precision=a.precision, iters=a.iters, warmup=a.warmup, size=size, frozen=frozen
-    )
+        cfg, precision=a.precision, iters=a.iters, warmup=a.warmup, size=size, frozen=frozen,
+        batch=batch,
+    )  # fmt: skip
 
 
 def _profile(config: str, a: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
@@ -179,6 +186,7 @@ def _run_row(item, a: argparse.Namespace, budget: float, mapper: bool):
     config), the inference."""
     name, config, train, opts, *more = item
     frozen = more[0] if more else ()
+    batch = more[1] if len(more) > 1 else 1
     row: Dict[str, Any] = {"config": config, "opts": list(opts), "frozen": list(frozen)}
     jobs = []
     if train:
@@ -186,7 +194,7 @@ def _run_row(item, a: argparse.Namespace, budget: float, mapper: bool):
         if mapper:
             jobs.append(("mapper", budget / 4, lambda: _mapper_row(config, opts, a)))
     if not any(w in name for w in ("compiled", "store", "channels", "frozen")):
-        jobs.append(("infer", budget / 2, lambda: _infer_row(config, opts, frozen, a)))
+        jobs.append(("infer", budget / 2, lambda: _infer_row(config, opts, frozen, a, batch)))
     for part, want, fn in jobs:
         seconds = _left(a, want)
         if seconds <= 0:
@@ -293,6 +301,8 @@ def write_table(res: Dict[str, Any]) -> str:
         syncs = t.get("host_syncs_per_step", {})
         sync = syncs.get("cuda_sync_warnings", syncs.get("dispatch"))
         shape = f"{t['batch']} x {t['size']}" if "batch" in t else "-"
+        if "batch" not in t and i.get("batch", 1) > 1:  # a batched inference row
+            shape = f"{i['batch']} x {i['size'][0]}x{i['size'][1]} (infer)"
         lines.append(
             f"| {name} | {shape} | {_fmt(t.get('s_per_iter'), 1000)} | "
             f"{_fmt(t.get('images_per_s'))} | {_fmt(t.get('flops_per_iter'), 1e-12, 2)} | "

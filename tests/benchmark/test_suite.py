@@ -26,10 +26,14 @@ def test_suite_smoke_writes_the_table_and_profile(tmp_path):
     assert "error" not in row["mapper"], row["mapper"].get("traceback")
     assert row["mapper"]["mapper_s_per_image"] > 0
     assert row["infer"]["whole"]["images_per_s"] > 0 and row["infer"]["slide"]["latency_s"] > 0
+    batched = res["rows"]["ZegCLIP toy ViT inference batch 4"]
+    assert "train" not in batched and batched["infer"]["batch"] == 4
+    assert batched["infer"]["whole"]["images_per_s"] > 0
     saved = json.loads((tmp_path / "suite.json").read_text())
     assert saved["rows"].keys() == res["rows"].keys()
     table = (tmp_path / "table.md").read_text()
     assert "ZegCLIP toy ViT" in table and "loader % of step" in table
+    assert "| ZegCLIP toy ViT inference batch 4 | 4 x " in table
     profile = json.loads((tmp_path / "profile.json").read_text())
     assert len(profile["top"]) == 15 and profile["top"][0]["self_cpu_us"] > 0
 
