@@ -55,7 +55,7 @@ def export_blocker(model: nn.Module) -> Optional[str]:
     reason = getattr(type(model), "export_unsupported", None)
     if reason:
         return f"{name} is not exported: {reason}"
-    if type(model).inference is not OpenVocabSegmentor.inference:
+    if model.own_test_path():
         return (
             f"{name} has its own test path (it overrides OpenVocabSegmentor.inference), which "
             "is not a fixed tensor program over the text embeddings"

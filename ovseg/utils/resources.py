@@ -67,9 +67,7 @@ def memory_knobs(model=None) -> MemoryKnobs:
     net = getattr(model, "module", model)  # DistributedDataParallel's wrapped model
     teachers = [m for m in net.modules() if isinstance(m, CLIPTeacher)]
     frozen = any(not any(p.requires_grad for p in t.model.visual.parameters()) for t in teachers)
-    slides = isinstance(net, OpenVocabSegmentor) and (
-        type(net).inference is OpenVocabSegmentor.inference
-    )
+    slides = isinstance(net, OpenVocabSegmentor) and not net.own_test_path()
     return MemoryKnobs(slide=slides, precision=bool(teachers), frozen=frozen)
 
 

@@ -421,6 +421,11 @@ class OpenVocabSegmentor(nn.Module):
         scores = multiscale_inference(fn, images, aug, **kwargs)
         return self.scores_from_logits(scores) if aug.uses_logits else scores
 
+    @classmethod
+    def own_test_path(cls) -> bool:
+        """Whether the class replaces :meth:`inference` (FreeSeg, XPM: whole images only)."""
+        return cls.inference is not OpenVocabSegmentor.inference
+
     def inference(self, batched_inputs: List[dict]) -> List[Dict[str, Tensor]]:
         """Eval outputs, one forward per (size, vocabulary): inputs of one size and
         vocabulary share a forward; others are never padded together.
