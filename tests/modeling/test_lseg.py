@@ -227,6 +227,10 @@ def test_half_logits_are_the_official_fp16_products(cache):
     out, ref = half.logits(emb, text, (4, 5)), full.logits(emb, text, (4, 5))
     assert out.dtype == torch.float32 and torch.equal(out, want)
     assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)
+    # under bf16 autocast (the GPU table's precision) the product stays fp16: autocast cast
+    # the fp16 operands to bf16, a second rounding and two more passes over the features
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(half.logits(emb, text, (4, 5)), want)
     half.train()
     half(two_region_batch())["loss_sem_seg"].backward()  # trains through the fp16 product
 

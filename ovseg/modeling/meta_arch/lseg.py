@@ -214,7 +214,9 @@ class LSeg(OpenVocabSegmentor):
         """
         if self.half_logits:  # the scale times the fp16 features, then the fp16 product
             scaled = self.classifier.logit_scale * embeddings.half()
-            out = torch.einsum("bdhw,kd->bkhw", scaled, text.half()).float()
+            # in fp16 under any autocast (bf16's would cast the operands again)
+            with torch.autocast(embeddings.device.type, enabled=False):
+                out = torch.einsum("bdhw,kd->bkhw", scaled.half(), text.half()).float()
         else:
             out = self.classifier.logits(embeddings, text)
         if self.spatial_reg is not None:
