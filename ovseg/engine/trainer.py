@@ -34,6 +34,7 @@ from ..utils.resources import (
 )
 from . import solver
 from .checkpoint import AtomicCheckpointer
+from .loader_watch import LoaderWatch
 from .metric_hooks import keep_evaluations_across_kills
 from .resume import (
     DataPosition,
@@ -218,9 +219,12 @@ class Trainer(DefaultTrainer):
         resume (:mod:`ovseg.engine.metric_hooks`); the pending losses read back before each
         save (a non-finite one stops the run first) and every rank's RNG states gathered for the
         checkpoints of a multi-process run; a warning when the losses stay exactly 0
-        (:mod:`ovseg.engine.signal_watch`: a quarter of the run, at most 100 steps)."""
+        (:mod:`ovseg.engine.signal_watch`: a quarter of the run, at most 100 steps) and when
+        the steps wait for their data (:mod:`ovseg.engine.loader_watch`)."""
         hooks = [h for h in super().build_hooks() if h is not None]
         hooks.append(ZeroLossWatch(min(100, max(5, self.cfg.SOLVER.MAX_ITER // 4))))
+        if comm.is_main_process():  # one warning, with the main process's figures
+            hooks.append(LoaderWatch(100, workers=self.cfg.DATALOADER.NUM_WORKERS))
         # right before the main process's checkpointer (the other ranks have none: before
         # the hooks that follow it), so the states are those the checkpointer would see
         later = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook, d2_hooks.PeriodicWriter)
