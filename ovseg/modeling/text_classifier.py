@@ -16,7 +16,7 @@ its weights never enter a checkpoint.
 from __future__ import annotations
 
 import math
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,13 +61,22 @@ class LearnedBackground(nn.Module):
                 "embedding would never be trained"
             )
 
+    def _rows(self, names: Tuple[str, ...], device: torch.device) -> Optional[Tensor]:
+        """(K, 1) bool on ``device``: the background's rows (None: no row); memoised, so a
+        training step copies nothing from the host (a copy from pageable memory waits)."""
+        cache = self.__dict__.setdefault("_rows_cache", {})
+        if (names, device) not in cache:
+            rows = [normalize_name(n) == self.name for n in names]
+            found = torch.tensor(rows, device=device)[:, None] if any(rows) else None
+            cache[(names, device)] = found
+        return cache[(names, device)]
+
     def forward(self, text: Tensor, names: Sequence[str], normalize: bool = False) -> Tensor:
         """(K, D) text embeddings of ``names`` -> the same with the background row replaced
         (by the L2-normalised embedding with ``normalize``)."""
-        rows = [normalize_name(n) == self.name for n in names]
-        if not any(rows):
+        rows = self._rows(tuple(names), text.device)
+        if rows is None:
             return text
-        rows = torch.tensor(rows, device=text.device).unsqueeze(1)
         embedding = F.normalize(self.embedding, dim=-1) if normalize else self.embedding
         return torch.where(rows, embedding.to(text.dtype), text)
 

@@ -440,6 +440,8 @@ class ZegCLIP(OpenVocabSegmentor):
             return pseudo, None
         if self.self_training_pixels == "unseen":
             # before self-training, the unseen classes' labels only mark pixels to ignore
-            idx = torch.nonzero(unseen).flatten()
-            target = target.masked_fill(torch.isin(target, idx), self.ignore_value)
+            # (looked up, not torch.isin of nonzero(unseen): nonzero waits for the device)
+            k = unseen.numel()
+            at_unseen = unseen[target.clamp(0, k - 1)] & (target >= 0) & (target < k)
+            target = target.masked_fill(at_unseen, self.ignore_value)
         return target, ~unseen
