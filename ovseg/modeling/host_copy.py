@@ -8,14 +8,14 @@ a kernel; torch's pinned-memory allocator keeps the staging block until the copy
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from detectron2.structures import BitMasks, Boxes, Instances
 
-__all__ = ["instances_to_device", "tensor_to_device"]
+__all__ = ["batch_index", "instances_to_device", "tensor_to_device"]
 
 
 def tensor_to_device(x: Tensor, device: torch.device) -> Tensor:
@@ -41,3 +41,13 @@ def instances_to_device(inst: Instances, device: torch.device) -> Instances:
     for name, value in inst.get_fields().items():
         out.set(name, _field_to_device(value, device))
     return out
+
+
+def batch_index(idx: Sequence[int], batch: int, device: torch.device) -> Union[slice, Tensor]:
+    """An index of the samples ``idx`` of a ``batch`` that selects from device tensors
+    without a copy from pageable memory (``tensor[list]`` builds its index on the host and
+    copies it, a wait per use): the whole batch in order as ``slice(None)`` (a view, the
+    one-vocabulary batch), else the indices copied once through pinned memory."""
+    if list(idx) == list(range(batch)):
+        return slice(None)
+    return tensor_to_device(torch.tensor(list(idx), dtype=torch.long), device)

@@ -44,6 +44,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ...clip import CLIPTeacher, build_clip_teacher
 from ...clip.native_size import encode_image_native
 from ..freeseg import AdaptivePromptLearner
+from ..host_copy import batch_index
 from .base import OpenVocabSegmentor, group_inputs
 
 __all__ = ["FreeSegPromptLearner", "TASK_ALIASES"]
@@ -220,7 +221,8 @@ class FreeSegPromptLearner(OpenVocabSegmentor):
         for (names, task), idx in group_inputs(keys).items():
             with torch.no_grad():
                 text = self.prompt(names, task or self.prompt.task_names[0])
-            logits = self.temperature * image[idx] @ text.t()
+            rows = image[batch_index(idx, len(batched_inputs), image.device)]
+            logits = self.temperature * rows @ text.t()
             for i, row in zip(idx, logits):
                 out[i]["classification"] = row[None]
         return out

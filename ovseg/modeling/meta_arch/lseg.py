@@ -26,6 +26,7 @@ from ...clip import CLIPTeacher, build_clip_teacher, get_templates
 from ...utils.choices import check_choice
 from ..backbone import build_backbone
 from ..heads import build_dense_head
+from ..host_copy import batch_index
 from ..losses import cross_entropy_per_image, cross_entropy_sum, per_image_mean
 from ..text_classifier import TextClassifier
 from .base import OpenVocabSegmentor
@@ -262,6 +263,7 @@ class LSeg(OpenVocabSegmentor):
         ce = cross_entropy_per_image if per_image else cross_entropy_sum
         sums, counts = [], []
         for names, idx in self.vocabulary_groups(batched_inputs).items():
+            idx = batch_index(idx, len(batched_inputs), embeddings.device)
             logits = self.logits(embeddings[idx], self.text_embeddings(names), size)
             loss, n = ce(logits, targets[idx], self.ignore_value)
             sums.append(loss.reshape(-1))

@@ -34,6 +34,7 @@ from ...data.captions.settings import (
 )
 from ...pseudo.instances import PseudoInstanceLabeller
 from ...vocab import normalize_name
+from ..host_copy import batch_index
 from ..xpm.bert import BertClassEmbeddings
 
 __all__ = ["LabellingStudent", "build_online_labeller", "online_pseudo_targets"]
@@ -138,7 +139,8 @@ def online_pseudo_targets(
     if not idx:
         return out
     index = {normalize_name(n): k for k, n in enumerate(names)}
-    sub = {k: v[idx] for k, v in features.items()}
+    at = batch_index(idx, len(batched_inputs), images.tensor.device)
+    sub = {k: v[at] for k, v in features.items()}
     sizes = [tuple(images.image_sizes[i]) for i in idx]
     regions = model.regions_of(
         sub, [proposals[i] for i in idx], sizes, masks=False, roi_heads=model.teacher_roi_heads

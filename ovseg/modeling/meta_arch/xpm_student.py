@@ -50,6 +50,7 @@ from ...data.captions.settings import xpm_pseudo_label_source
 from ...pseudo.instances import PseudoInstanceLabeller
 from ...utils.safe_load import torch_load_weights
 from ...utils.state_dict import exclude_from_checkpoints
+from ..host_copy import batch_index
 from ..xpm import freeze_noise_head_at, pseudo_loss_weight
 from ..xpm.outputs import class_subset, remap_classes
 from .xpm import XPMTeacher
@@ -309,7 +310,8 @@ class XPMStudent(XPMTeacher):
         targets = [remap_classes(pseudo[i], table, names, "pseudo-labels") for i in idx]
         if proposals is None:
             proposals = self._proposals(images, features, None)
-        sub = {k: v[idx] for k, v in features.items()}
+        at = batch_index(idx, len(pseudo), images.tensor.device)
+        sub = {k: v[at] for k, v in features.items()}
         losses, sigma = self.roi_heads.losses(
             sub,
             [proposals[i] for i in idx],

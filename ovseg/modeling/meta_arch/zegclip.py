@@ -32,6 +32,7 @@ from ...pseudo.self_training import SelfTrainingSchedule
 from ...vocab import normalize_name, split_synonyms, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
+from ..host_copy import batch_index
 from ..losses import mask_losses
 from ..mask_count import MaskCount
 from ..resize import resize_bilinear
@@ -385,6 +386,7 @@ class ZegCLIP(OpenVocabSegmentor):
         if self.self_training_pixels == "ignore" and self.self_training_active():
             content = self.content_masks(batched_inputs, size)
         for names, idx in self.vocabulary_groups(batched_inputs).items():
+            idx = batch_index(idx, len(batched_inputs), patch.device)
             target = targets[idx]
             text = self.classifier.unit(self.text_embeddings(names))
             masks = self.decoder(patch[idx], glob[idx], text)
