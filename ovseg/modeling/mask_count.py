@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -58,6 +59,18 @@ class MaskCount:
         if self.fixed is not None:
             return torch.full_like(count, self.fixed)
         return _mean_over_processes(count).clamp(min=1)
+
+    def host_normalizer(self, count: float) -> Optional[float]:
+        """:meth:`normalizer` of a count the host holds, as the host number it reads back (a
+        float32), where no other process's count or recorded forward is needed; None where
+        they are (then :meth:`normalizer` on a device tensor)."""
+        if self.recorded is not None:
+            return None
+        if self.fixed is not None:
+            return float(np.float32(self.fixed))
+        if comm.get_world_size() > 1:
+            return None
+        return float(np.float32(max(float(count), 1.0)))
 
 
 def _mean_over_processes(count: Tensor) -> Tensor:

@@ -114,3 +114,18 @@ def test_recorded_forwards_divide_by_the_first_forwards_count():
     assert step_normalizer(count.recorded, 3) / float(count.provisional) == pytest.approx(5 / 9)
     plain = MaskCount()
     assert plain.normalizer(torch.tensor(0.0)).item() == 1.0  # no accumulation: clamped count
+
+
+def test_the_host_normalizer_reads_what_the_device_normalizer_reads_back():
+    # FreeSeg's criterion divides by it without a device tensor and a read-back (two waits for
+    # the device per step on CUDA) where no other process or forward is involved
+    from ovseg.modeling.mask_count import MaskCount
+
+    count = MaskCount(prefetch=True)
+    for masks in (0, 1, 7):
+        want = count.normalizer(torch.tensor(float(masks))).item()
+        assert count.host_normalizer(masks) == want == max(masks, 1)
+    count.fixed = 10 / 3  # an accumulating step's divisor: the float32 the device reads back
+    assert count.host_normalizer(4) == count.normalizer(torch.tensor(4.0)).item() != 10 / 3
+    count.fixed, count.recorded = None, []  # ZegCLIP's recorded forwards: the device's path
+    assert count.host_normalizer(4) is None

@@ -152,7 +152,15 @@ class AdaptivePromptLearner(nn.Module):
     def _embed(self, ids: Sequence[int]) -> Tensor:
         emb = self.teacher.model.token_embedding
         with torch.no_grad():
-            return emb(torch.as_tensor(list(ids), device=emb.weight.device, dtype=torch.long))
+            return emb(self._on_device(tuple(ids), emb.weight.device))
+
+    def _on_device(self, values: Tuple[int, ...], device: torch.device) -> Tensor:
+        """``values`` as a long tensor on ``device``, memoised (a tensor from a list is a
+        copy from the host: a wait for the device per token list and step)."""
+        cache = self.__dict__.setdefault("_ids_cache", {})
+        if (values, device) not in cache:
+            cache[(values, device)] = torch.tensor(values, dtype=torch.long, device=device)
+        return cache[(values, device)]
 
     # string and tokenizer work, one guard per class name: never traced by MODEL.COMPILE
     @torch.compiler.disable
@@ -186,7 +194,7 @@ class AdaptivePromptLearner(nn.Module):
             pad = pad_e.expand(self.context_length - length, -1)
             rows.append(torch.cat([head, noun, tail, pad]))
             ends.append(length - 1)
-        return torch.stack(rows), torch.tensor(ends, device=head.device)
+        return torch.stack(rows), self._on_device(tuple(ends), head.device)
 
     # ------------------------------------------------------------------ features
     def encode(self, embeddings: Tensor, eot: Tensor) -> Tensor:

@@ -159,8 +159,11 @@ class MaskClassificationCriterion(nn.Module):
             logits.shape[:2], num_classes, dtype=torch.int64, device=logits.device
         )
         target_classes[image, query] = labels[target]
-        weight = torch.ones(num_classes + 1, device=logits.device, dtype=logits.dtype)
-        weight[-1] = self.no_object_weight
+        # no element written from a host number (a copy from the host on CUDA)
+        weight = torch.cat([
+            torch.ones(num_classes, device=logits.device, dtype=logits.dtype),
+            torch.full((1,), self.no_object_weight, device=logits.device, dtype=logits.dtype),
+        ])  # fmt: skip
         return F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
 
     def loss_masks(
@@ -218,8 +221,13 @@ class MaskClassificationCriterion(nn.Module):
         num_masks = sum(len(t["labels"]) for t in targets)
         # normalised by the mean number of masks over workers (criterion.py:200-206)
         # (and over an accumulated step's forwards: ovseg/modeling/mask_count.py)
-        count = torch.as_tensor(float(num_masks), device=outputs["pred_masks"].device)
-        num_masks = self.mask_count.normalizer(count).item()
+        # on the host where it can be: a count made a device tensor and read back (.item())
+        # is two waits for the device per step
+        host = self.mask_count.host_normalizer(num_masks)
+        if host is None:
+            count = torch.as_tensor(float(num_masks), device=outputs["pred_masks"].device)
+            host = self.mask_count.normalizer(count).item()
+        num_masks = host
         device = outputs["pred_masks"].device
         batch = (
             torch.cat([t["labels"] for t in targets]).to(device),

@@ -14,7 +14,7 @@ it computes the same thing faster.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +159,7 @@ class MSDeformAttn(nn.Module):
         spatial_shapes: Tensor,
         level_start_index: Tensor,
         padding_mask: Optional[Tensor] = None,
+        shapes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> Tensor:
         """Attend from each query to points around its reference point on every level.
 
@@ -169,6 +170,8 @@ class MSDeformAttn(nn.Module):
             spatial_shapes (Tensor): long (L, 2), each level's (H, W).
             level_start_index (Tensor): long (L,), where each level starts in S.
             padding_mask (Tensor, optional): bool (N, S), True at padding (values zeroed).
+            shapes: ``spatial_shapes`` as the host holds them (None: read back from it, a
+                wait for the device at each call of the PyTorch path).
 
         Returns:
             Tensor: (N, Lq, C).
@@ -199,6 +202,7 @@ class MSDeformAttn(nn.Module):
                 value, spatial_shapes, level_start_index, locations, weights, self.im2col_step
             )
         else:
-            shapes: List[Tuple[int, int]] = [tuple(x) for x in spatial_shapes.tolist()]
+            if shapes is None:
+                shapes = [tuple(x) for x in spatial_shapes.tolist()]
             out = ms_deform_attn_core(value, shapes, locations, weights)
         return self.output_proj(out)

@@ -41,8 +41,10 @@ class MSDeformAttnEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, shapes=None):
+        attn = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, shapes=shapes
+        )
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -111,12 +113,23 @@ class MSDeformAttnEncoder(nn.Module):
             ],
             1,
         )
-        spatial = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-        start = torch.cat((spatial.new_zeros((1,)), spatial.prod(1).cumsum(0)[:-1]))
+        spatial, start = self._level_shapes(tuple(shapes), src.device)
         ref = self.reference_points(shapes, src.device).expand(src.shape[0], -1, -1, -1)
         for layer in self.layers:
-            src = layer(src, pos, ref, spatial, start)
+            src = layer(src, pos, ref, spatial, start, shapes=shapes)
         return src, shapes
+
+    def _level_shapes(self, shapes: Tuple[Tuple[int, int], ...], device) -> Tuple[Tensor, Tensor]:
+        """(L, 2) long level sizes and (L,) level starts on ``device``, memoised per sizes (a
+        tensor from a list is a copy from the host, a wait for the device at each forward)."""
+        cache = self.__dict__.setdefault("_shape_cache", {})
+        if (shapes, device) not in cache:
+            if len(cache) >= 64:  # evaluation's many image sizes: keep the memo small
+                cache.clear()
+            spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
+            start = torch.cat((spatial.new_zeros((1,)), spatial.prod(1).cumsum(0)[:-1]))
+            cache[(shapes, device)] = (spatial, start)
+        return cache[(shapes, device)]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()

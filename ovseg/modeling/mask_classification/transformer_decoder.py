@@ -254,8 +254,9 @@ class MaskedAttentionDecoder(nn.Module):
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
             # a query whose mask covers nothing attends everywhere
-            # (mask2former_transformer_predictor.py:400)
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            # (mask2former_transformer_predictor.py:400; as a mask, not torch.where's indices,
+            # which wait for the device)
+            attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
             output = self.transformer_cross_attention_layers[i](
                 output, src[lvl], query_pos, pos[lvl], attn_mask
             )

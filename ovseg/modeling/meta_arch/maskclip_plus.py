@@ -289,7 +289,7 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         free &= torch.stack([self.to_device(c) for c in contents])
         if self.self_training.active(iteration):
             labels, _ = pixel_labels(
-                student_logits[:, scored],
+                student_logits[:, self._indices(scored)],  # not [:, list]: built on the host
                 threshold=self.self_training_threshold,
                 ignore_value=self.ignore_value,
                 kind="logits",

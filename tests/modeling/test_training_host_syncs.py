@@ -55,7 +55,8 @@ class _FreshTensors(torch.utils._python_dispatch.TorchDispatchMode):
                 if "/ovseg/" in f.filename or "/detectron2/" in f.filename
             ]
             if frames and "/ovseg/" in frames[-1].filename:
-                self.ovseg_sites.append(f"{frames[-1].filename}:{frames[-1].lineno}")
+                last = frames[-1]
+                self.ovseg_sites.append(f"{last.filename.split('/')[-1]}:{last.name}")
         return func(*args, **(kwargs or {}))
 
 
@@ -89,3 +90,39 @@ def test_batch_index_is_a_view_for_the_whole_batch_and_indices_otherwise():
     assert batch_index([0, 1, 2, 3], 4, torch.device("cpu")) == slice(None)
     index = batch_index([1, 3], 4, torch.device("cpu"))
     assert index.dtype == torch.long and torch.equal(x[index], x[[1, 3]])
+
+
+def test_a_freeseg_step_builds_tensors_from_host_data_only_for_its_matching(tmp_path):
+    # the prompts' token ids, the encoder's level sizes (and their read-back per layer), the
+    # decoder's empty-mask rows (torch.where) and the mask count (a device scalar read
+    # back) each waited for the device; what stays: the matcher's assignment (scipy, on the
+    # host) and its one copy to the device
+    from test_freeseg import _model, _sample
+
+    model = _model(tmp_path).train()
+    batch = [_sample(i, task="panoptic") for i in range(2)]
+    with EventStorage(start_iter=0):
+        model(batch)
+        with _FreshTensors() as fresh:
+            model(batch)
+        with HostSyncCounter() as counter:
+            model(batch)
+    assert set(fresh.ovseg_sites) <= {"matcher.py:forward", "criterion.py:matched_on"}
+    assert "nonzero" not in counter.counts and "tolist" not in str(counter.counts)
+
+
+def test_maskclip_plus_self_training_selects_the_scored_classes_without_host_data(tmp_path):
+    # student_logits[:, list] built the index on the host at every self-training step
+    from ovseg_testing import ADE, GRASS, write_unseen_fixture, zero_shot_train_mapper
+    from test_maskclip_plus import UNSEEN, build, constant_store, zero_logits
+
+    dicts = write_unseen_fixture(tmp_path / "data", n=1)
+    model = build(tmp_path, "MODEL.OVSEG.SELF_TRAINING.START_ITER", "0")
+    dicts, store = constant_store(tmp_path / "store", dicts, UNSEEN, ADE.names[GRASS])
+    sample = zero_shot_train_mapper(store=store)(dicts[0])
+    logits = zero_logits([sample])
+    want = model.training_targets([sample], logits, iteration=5)
+    with _FreshTensors() as fresh:
+        got = model.training_targets([sample], logits, iteration=5)
+    assert "maskclip_plus.py:training_targets" not in fresh.ovseg_sites, fresh.ovseg_sites
+    assert torch.equal(got, want)
