@@ -12,7 +12,7 @@ from ovseg_testing.models import tiny_lseg, tiny_zegclip
 from detectron2.utils.events import EventStorage
 
 from ovseg.benchmark.syncs import HostSyncCounter
-from ovseg.modeling.host_copy import batch_index
+from ovseg.modeling.host_copy import batch_index, instances_to_device
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,3 +126,33 @@ def test_maskclip_plus_self_training_selects_the_scored_classes_without_host_dat
         got = model.training_targets([sample], logits, iteration=5)
     assert "maskclip_plus.py:training_targets" not in fresh.ovseg_sites, fresh.ovseg_sites
     assert torch.equal(got, want)
+
+
+def test_xpm_splits_checks_and_maps_its_targets_before_copying_them(tmp_path, monkeypatch):
+    # on the device each boolean split (ground truth / pseudo), each class check and the
+    # class table's copy waited for it, per image: done where the mapper left them, then
+    # one pinned copy of what the step trains on
+    from ovseg_testing import tiny_xpm_cfg, xpm_batch
+
+    from detectron2.modeling import build_model
+
+    import ovseg.modeling.meta_arch.xpm as xpm
+    from ovseg.modeling.xpm.outputs import class_subset
+
+    moved = []
+
+    def recording(inst, device):
+        moved.append(inst)
+        return instances_to_device(inst, device)
+
+    monkeypatch.setattr(xpm, "instances_to_device", recording)
+    model = build_model(tiny_xpm_cfg(tmp_path, "XPMStudent"))
+    model.seen_names = ("cat", "bird")
+    names = model.batch_vocabulary(xpm_batch())
+    _, table = class_subset(names, model.seen_names, model.stuff_names)
+    gt, pseudo = model.gt_targets(xpm_batch(), names, table)
+    # what was copied: ground truth only, its classes already mapped through the table
+    assert len(moved) == 2 and all(not m.gt_is_pseudo.any() for m in moved)
+    assert [m.gt_classes.tolist() for m in moved] == [[0], [0]]  # "cat", first seen name
+    assert [len(p) for p in pseudo] == [1, 1] and all(p.gt_is_pseudo.all() for p in pseudo)
+    assert all(g.gt_classes.device == model.device for g in gt)

@@ -27,6 +27,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from ...clip import build_clip_teacher, get_templates
 from ...pseudo.lazy_masks import LazyMasks
+from ..host_copy import instances_to_device
 from ..text_classifier import TextClassifier
 from ..xpm.bert import BertClassEmbeddings
 from ..xpm.legacy import paste_masks_legacy, to_exclusive, to_inclusive
@@ -51,6 +52,12 @@ from .xpm_build import (
 __all__ = ["XPMTeacher"]
 
 logger = logging.getLogger(__name__)
+
+
+def _held_on(inp: dict) -> torch.device:
+    """The device an input's instances are on (the host where it has none: it is refused)."""
+    classes = getattr(inp.get("instances"), "gt_classes", None)
+    return classes.device if isinstance(classes, Tensor) else torch.device("cpu")
 
 
 @META_ARCH_REGISTRY.register()
@@ -204,15 +211,20 @@ class XPMTeacher(OpenVocabSegmentor):
     def gt_targets(
         self, batched_inputs: List[dict], names: Sequence[str], table: Tensor
     ) -> Tuple[List[Instances], List[Instances]]:
-        """Per input, its ground-truth targets (classes mapped through ``table``) and its
-        pseudo-label targets (classes still indexing ``names``)."""
-        targets = [training_targets(x, self.device) for x in batched_inputs]
+        """Per input, its ground-truth targets (classes mapped through ``table``) on the
+        device and its pseudo-label targets (classes still indexing ``names``) where the
+        input holds them (the host for a mapper's; the student moves them after its own
+        mapping). Split, checked and mapped before the copy: on the device each boolean split
+        and check waited for it."""
+        # where each input's instances are (the online labeller's are on the device already)
+        targets = [training_targets(x, _held_on(x)) for x in batched_inputs]
         if self.legacy_boxes:  # official targets: COCO x + w - 1 (bounding_box.py:75-87)
             for t in targets:
                 t.gt_boxes = Boxes(to_inclusive(t.gt_boxes.tensor))
         gt = [remap_classes(t[~t.gt_is_pseudo], table, names, "ground truth") for t in targets]
         # ground truth trains on its COCO polygons where the mapper kept them (GT_POLYGONS)
-        return [polygon_targets(g) for g in gt], [t[t.gt_is_pseudo] for t in targets]
+        gt = [instances_to_device(polygon_targets(g), self.device) for g in gt]
+        return gt, [t[t.gt_is_pseudo] for t in targets]
 
     # ------------------------------------------------------------------ training
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:

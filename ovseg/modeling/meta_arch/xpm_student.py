@@ -50,7 +50,7 @@ from ...data.captions.settings import xpm_pseudo_label_source
 from ...pseudo.instances import PseudoInstanceLabeller
 from ...utils.safe_load import torch_load_weights
 from ...utils.state_dict import exclude_from_checkpoints
-from ..host_copy import batch_index
+from ..host_copy import batch_index, instances_to_device
 from ..xpm import freeze_noise_head_at, pseudo_loss_weight
 from ..xpm.outputs import class_subset, remap_classes
 from .xpm import XPMTeacher
@@ -307,7 +307,12 @@ class XPMStudent(XPMTeacher):
         if not idx:  # zero losses still in the graph, so every process reduces the same set
             zero = sum(p.sum() * 0.0 for p in self.roi_heads.parameters() if p.requires_grad)
             return {k: zero for k in keys}
-        targets = [remap_classes(pseudo[i], table, names, "pseudo-labels") for i in idx]
+        targets = [
+            instances_to_device(
+                remap_classes(pseudo[i], table, names, "pseudo-labels"), self.device
+            )
+            for i in idx
+        ]  # mapped where they are (the host, for a mapper's), then copied
         if proposals is None:
             proposals = self._proposals(images, features, None)
         at = batch_index(idx, len(pseudo), images.tensor.device)
