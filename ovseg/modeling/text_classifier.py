@@ -67,7 +67,8 @@ class LearnedBackground(nn.Module):
         cache = self.__dict__.setdefault("_rows_cache", {})
         if (names, device) not in cache:
             rows = [normalize_name(n) == self.name for n in names]
-            found = torch.tensor(rows, device=device)[:, None] if any(rows) else None
+            with torch.inference_mode(False):  # kept for training after an evaluation
+                found = torch.tensor(rows, device=device)[:, None] if any(rows) else None
             cache[(names, device)] = found
         return cache[(names, device)]
 

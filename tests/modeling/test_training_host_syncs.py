@@ -156,3 +156,25 @@ def test_xpm_splits_checks_and_maps_its_targets_before_copying_them(tmp_path, mo
     assert [m.gt_classes.tolist() for m in moved] == [[0], [0]]  # "cat", first seen name
     assert [len(p) for p in pseudo] == [1, 1] and all(p.gt_is_pseudo.all() for p in pseudo)
     assert all(g.gt_classes.device == model.device for g in gt)
+
+
+def test_tensors_memoised_during_an_evaluation_still_train(tmp_path):
+    # an evaluation (torch.inference_mode) before training resumes must not leave inference
+    # tensors in the memos: autograd refuses to save them for backward
+    from test_freeseg import _model, _sample
+
+    zeg = tiny_zegclip(tmp_path / "zeg", background_class="grass", bg_embed=True).eval()
+    names = ("cat", "dog", "grass")
+    with torch.inference_mode():
+        zeg.text_embeddings(names)  # memoises the background's rows
+        zeg(two_region_batch(names=names))
+    with EventStorage(start_iter=0):
+        sum(zeg.train()(two_region_batch(names=names)).values()).backward()
+
+    freeseg = _model(tmp_path / "freeseg").eval()
+    batch = [_sample(i, task="panoptic") for i in range(2)]
+    with torch.inference_mode():  # memoises token ids and level sizes
+        freeseg.text_features(freeseg.input_vocabulary(batch[0], None), "panoptic")
+        freeseg.pixel_features(torch.stack(freeseg.normalize([x["image"] for x in batch])))
+    with EventStorage(start_iter=0):
+        sum(freeseg.train()(batch).values()).backward()

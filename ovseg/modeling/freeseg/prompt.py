@@ -159,7 +159,8 @@ class AdaptivePromptLearner(nn.Module):
         copy from the host: a wait for the device per token list and step)."""
         cache = self.__dict__.setdefault("_ids_cache", {})
         if (values, device) not in cache:
-            cache[(values, device)] = torch.tensor(values, dtype=torch.long, device=device)
+            with torch.inference_mode(False):  # kept for training after an evaluation
+                cache[(values, device)] = torch.tensor(values, dtype=torch.long, device=device)
         return cache[(values, device)]
 
     # string and tokenizer work, one guard per class name: never traced by MODEL.COMPILE

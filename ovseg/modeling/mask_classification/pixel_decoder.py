@@ -126,8 +126,9 @@ class MSDeformAttnEncoder(nn.Module):
         if (shapes, device) not in cache:
             if len(cache) >= 64:  # evaluation's many image sizes: keep the memo small
                 cache.clear()
-            spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
-            start = torch.cat((spatial.new_zeros((1,)), spatial.prod(1).cumsum(0)[:-1]))
+            with torch.inference_mode(False):  # kept for training after an evaluation
+                spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
+                start = torch.cat((spatial.new_zeros((1,)), spatial.prod(1).cumsum(0)[:-1]))
             cache[(shapes, device)] = (spatial, start)
         return cache[(shapes, device)]
 

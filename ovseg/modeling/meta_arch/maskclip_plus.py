@@ -308,7 +308,8 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         key = (tuple(indices), self.device)
         cache = self.__dict__.setdefault("_index_cache", {})
         if key not in cache:
-            cache[key] = torch.tensor(key[0], dtype=torch.long).to(self.device)
+            with torch.inference_mode(False):  # kept for training after an evaluation
+                cache[key] = torch.tensor(key[0], dtype=torch.long).to(self.device)
         return cache[key]
 
     @property

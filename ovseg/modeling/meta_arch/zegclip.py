@@ -319,7 +319,8 @@ class ZegCLIP(OpenVocabSegmentor):
         cache = self.__dict__.setdefault("_flag_cache", {})
         if key not in cache:
             flags = torch.tensor([normalize_name(n) in which for n in names])
-            cache[key] = flags.to(self.device)
+            with torch.inference_mode(False):  # kept for training after an evaluation
+                cache[key] = flags.to(self.device)
         return cache[key]
 
     def mask_logits(self, images: Tensor, text: Tensor) -> List[Tensor]:
