@@ -8,14 +8,16 @@ a kernel; torch's pinned-memory allocator keeps the staging block until the copy
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, Sequence, TypeVar, Union
 
 import torch
 from torch import Tensor
 
 from detectron2.structures import BitMasks, Boxes, Instances
 
-__all__ = ["batch_index", "instances_to_device", "tensor_to_device"]
+__all__ = ["batch_index", "device_memo", "instances_to_device", "tensor_to_device"]
+
+T = TypeVar("T")
 
 
 def tensor_to_device(x: Tensor, device: torch.device) -> Tensor:
@@ -51,3 +53,20 @@ def batch_index(idx: Sequence[int], batch: int, device: torch.device) -> Union[s
     if list(idx) == list(range(batch)):
         return slice(None)
     return tensor_to_device(torch.tensor(list(idx), dtype=torch.long), device)
+
+
+def device_memo(cache: Dict, key: Hashable, make: Callable[[], T], limit: int = 0) -> T:
+    """``make()`` once per ``key``, kept in ``cache`` (e.g. a dict in a module's ``__dict__``:
+    not a buffer, so never in a checkpoint): the device tensors a step would otherwise build
+    from host data, a copy from pageable memory and a wait, at every call.
+
+    Made outside inference mode: a tensor first made during an evaluation or a timing
+    (``torch.inference_mode``) would be an inference tensor, which autograd refuses to save
+    for backward when training goes on. ``limit``: entries kept before the memo is emptied
+    (0: no bound; e.g. evaluation's many image sizes)."""
+    if key not in cache:
+        if limit and len(cache) >= limit:
+            cache.clear()
+        with torch.inference_mode(False):
+            cache[key] = make()
+    return cache[key]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..clip import CLIPTeacher
 from ..clip.prompt_names import apply_prompt_names
 from ..vocab import check_templates, normalize_name
+from .host_copy import device_memo
 from .text_embeddings_file import FileTextEmbeddings, cached_rows
 from .vocabulary_scores import mean_synonym_embeddings
 
@@ -64,13 +65,12 @@ class LearnedBackground(nn.Module):
     def _rows(self, names: Tuple[str, ...], device: torch.device) -> Optional[Tensor]:
         """(K, 1) bool on ``device``: the background's rows (None: no row); memoised, so a
         training step copies nothing from the host (a copy from pageable memory waits)."""
-        cache = self.__dict__.setdefault("_rows_cache", {})
-        if (names, device) not in cache:
+
+        def make():
             rows = [normalize_name(n) == self.name for n in names]
-            with torch.inference_mode(False):  # kept for training after an evaluation
-                found = torch.tensor(rows, device=device)[:, None] if any(rows) else None
-            cache[(names, device)] = found
-        return cache[(names, device)]
+            return torch.tensor(rows, device=device)[:, None] if any(rows) else None
+
+        return device_memo(self.__dict__.setdefault("_rows_cache", {}), (names, device), make)
 
     def forward(self, text: Tensor, names: Sequence[str], normalize: bool = False) -> Tensor:
         """(K, D) text embeddings of ``names`` -> the same with the background row replaced

@@ -36,6 +36,7 @@ from torch import Tensor
 from detectron2.data import MetadataCatalog
 
 from ..vocab import Vocabulary, normalize_name, resolve_vocabulary
+from .host_copy import device_memo
 
 __all__ = [
     "FileTextEmbeddings",
@@ -177,8 +178,6 @@ def cached_rows(
     learnt: Optional[str] = None,
 ) -> Tensor:
     """:meth:`FileTextEmbeddings.rows` on ``device``, memoised in ``cache`` (no copy from
-    the host per training step)."""
+    the host per training step; :func:`~ovseg.modeling.host_copy.device_memo`)."""
     key = (tuple(names), str(device), learnt)
-    if key not in cache:
-        cache[key] = emb.rows(names, learnt).to(device)
-    return cache[key]
+    return device_memo(cache, key, lambda: emb.rows(names, learnt).to(device))

@@ -49,3 +49,22 @@ def test_a_batch_of_targets_reaches_cuda_without_a_wait():
     # Instances.to copies from pageable memory: a wait per tensor (32 here)
     syncs = count_cuda_syncs(lambda: [instances_to_device(t, torch.device("cuda")) for t in batch])
     assert syncs["cuda_sync_warnings"] == 0, syncs
+
+
+def test_a_memo_made_during_inference_mode_still_trains_and_keeps_its_bound():
+    from ovseg.modeling.host_copy import device_memo
+
+    cache, calls = {}, []
+
+    def make():
+        calls.append(1)
+        return torch.tensor([1.0, 2.0])
+
+    with torch.inference_mode():  # an evaluation or a timing memoises first
+        first = device_memo(cache, "a", make)
+    assert not first.is_inference() and device_memo(cache, "a", make) is first and len(calls) == 1
+    weight = torch.ones(2, requires_grad=True)
+    (weight * first).sum().backward()  # autograd saves it: an inference tensor is refused
+    for key in ("b", "c"):
+        device_memo(cache, key, make, limit=2)
+    assert list(cache) == ["c"]  # full at 2: emptied before the third entry

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ...clip import CLIPTeacher
 from ...clip.prompt_names import apply_prompt_names
 from ...utils.safe_load import torch_load_weights
+from ..host_copy import device_memo
 
 __all__ = ["AdaptivePromptLearner", "DEFAULT_TASK_NAMES", "load_prompt_tokens"]
 
@@ -158,10 +159,9 @@ class AdaptivePromptLearner(nn.Module):
         """``values`` as a long tensor on ``device``, memoised (a tensor from a list is a
         copy from the host: a wait for the device per token list and step)."""
         cache = self.__dict__.setdefault("_ids_cache", {})
-        if (values, device) not in cache:
-            with torch.inference_mode(False):  # kept for training after an evaluation
-                cache[(values, device)] = torch.tensor(values, dtype=torch.long, device=device)
-        return cache[(values, device)]
+        return device_memo(
+            cache, (values, device), lambda: torch.tensor(values, dtype=torch.long, device=device)
+        )
 
     # string and tokenizer work, one guard per class name: never traced by MODEL.COMPILE
     @torch.compiler.disable

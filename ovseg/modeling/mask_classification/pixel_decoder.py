@@ -19,6 +19,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ..host_copy import device_memo
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import PositionEmbeddingSine
 
@@ -122,15 +123,14 @@ class MSDeformAttnEncoder(nn.Module):
     def _level_shapes(self, shapes: Tuple[Tuple[int, int], ...], device) -> Tuple[Tensor, Tensor]:
         """(L, 2) long level sizes and (L,) level starts on ``device``, memoised per sizes (a
         tensor from a list is a copy from the host, a wait for the device at each forward)."""
+
+        def make():
+            spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
+            return spatial, torch.cat((spatial.new_zeros((1,)), spatial.prod(1).cumsum(0)[:-1]))
+
         cache = self.__dict__.setdefault("_shape_cache", {})
-        if (shapes, device) not in cache:
-            if len(cache) >= 64:  # evaluation's many image sizes: keep the memo small
-                cache.clear()
-            with torch.inference_mode(False):  # kept for training after an evaluation
-                spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
-                start = torch.cat((spatial.new_zeros((1,)), spatial.prod(1).cumsum(0)[:-1]))
-            cache[(shapes, device)] = (spatial, start)
-        return cache[(shapes, device)]
+        # evaluation's many image sizes: the memo is kept small
+        return device_memo(cache, (shapes, device), make, limit=64)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()

@@ -67,6 +67,7 @@ from ...pseudo.self_training import SelfTrainingSchedule
 from ...vocab import normalize_name
 from ..backbone import build_backbone
 from ..heads import build_dense_head
+from ..host_copy import device_memo
 from .base import OpenVocabSegmentor
 from .maskclip import MaskCLIP
 from .maskclip_plus_build import (
@@ -307,10 +308,9 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         tensor from a list is a blocking copy from the host)."""
         key = (tuple(indices), self.device)
         cache = self.__dict__.setdefault("_index_cache", {})
-        if key not in cache:
-            with torch.inference_mode(False):  # kept for training after an evaluation
-                cache[key] = torch.tensor(key[0], dtype=torch.long).to(self.device)
-        return cache[key]
+        return device_memo(
+            cache, key, lambda: torch.tensor(key[0], dtype=torch.long, device=self.device)
+        )
 
     @property
     def _reads_ground_truth(self) -> bool:

@@ -32,7 +32,7 @@ from ...pseudo.self_training import SelfTrainingSchedule
 from ...vocab import normalize_name, split_synonyms, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
-from ..host_copy import batch_index
+from ..host_copy import batch_index, device_memo
 from ..losses import mask_losses
 from ..mask_count import MaskCount
 from ..resize import resize_bilinear
@@ -316,12 +316,11 @@ class ZegCLIP(OpenVocabSegmentor):
         """(K,) bool on the device: which names are in ``which``; memoised, so a training
         step copies nothing from the host."""
         key = (tuple(names), which, self.device)
-        cache = self.__dict__.setdefault("_flag_cache", {})
-        if key not in cache:
-            flags = torch.tensor([normalize_name(n) in which for n in names])
-            with torch.inference_mode(False):  # kept for training after an evaluation
-                cache[key] = flags.to(self.device)
-        return cache[key]
+
+        def make():
+            return torch.tensor([normalize_name(n) in which for n in names], device=self.device)
+
+        return device_memo(self.__dict__.setdefault("_flag_cache", {}), key, make)
 
     def mask_logits(self, images: Tensor, text: Tensor) -> List[Tensor]:
         """Every decoder layer's mask logits at the patch grid.
