@@ -262,9 +262,9 @@ def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _profile_into(res: Dict[str, Any], config: str, a: argparse.Namespace, out_dir: Path):
-    if _left(a, a.budget) > 0:
+    seconds = _left(a, a.budget)
+    if seconds > 0:
         _log(f"profile {config}")
-        seconds = _left(a, a.budget)
         res["profile"] = _guarded("profile", seconds, lambda: _profile(config, a, out_dir))
 
 

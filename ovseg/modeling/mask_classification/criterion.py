@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from detectron2.structures import Instances
 
+from ..host_copy import tensor_to_device
 from ..losses import sigmoid_focal_terms
 from ..mask_count import MaskCount
 from .matcher import HungarianMatcher
@@ -145,9 +146,7 @@ class MaskClassificationCriterion(nn.Module):
             for b, (src, tgt) in enumerate(indices)
         ]
         host = torch.cat(rows, 1) if rows else torch.zeros((3, 0), dtype=torch.int64)
-        if device.type == "cuda":
-            host = host.pin_memory()
-        image, query, target = host.to(device, non_blocking=True).unbind(0)
+        image, query, target = tensor_to_device(host, device).unbind(0)
         return image, query, target
 
     def loss_labels(self, logits: Tensor, labels: Tensor, matched) -> Tensor:
@@ -223,12 +222,12 @@ class MaskClassificationCriterion(nn.Module):
         # (and over an accumulated step's forwards: ovseg/modeling/mask_count.py)
         # on the host where it can be: a count made a device tensor and read back (.item())
         # is two waits for the device per step
+        device = outputs["pred_masks"].device
         host = self.mask_count.host_normalizer(num_masks)
         if host is None:
-            count = torch.as_tensor(float(num_masks), device=outputs["pred_masks"].device)
+            count = torch.as_tensor(float(num_masks), device=device)
             host = self.mask_count.normalizer(count).item()
         num_masks = host
-        device = outputs["pred_masks"].device
         batch = (
             torch.cat([t["labels"] for t in targets]).to(device),
             torch.cat([t["masks"] for t in targets]).to(device),
