@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.utils import comm
 
-from .utils.worker_errors import relayed_errors, relaying
+from .utils.worker_errors import is_peer_gone, relayed_errors, relaying
 
 # the module, not the function that detectron2.engine re-exports under the same name
 d2_launch_module = importlib.import_module("detectron2.engine.launch")
@@ -208,7 +208,7 @@ def _cpu_worker(
         # destroys its group while a peer still talks to it can abort that peer at exit
         comm.synchronize()
     except RuntimeError as e:
-        if _peer_gone(e):  # a peer failed first: its error, not this echo, is the one to show
+        if is_peer_gone(e):  # a peer failed first: its error, not this echo, is the one to show
             time.sleep(PEER_FAILURE_GRACE_S)
         raise
     finally:
@@ -219,11 +219,6 @@ def _cpu_worker(
 # the first process to exit with an error, and the rank that failed first (a corrupt image on
 # rank 1) should be that one, not a rank that only saw it go (under load, either came first)
 PEER_FAILURE_GRACE_S = 5.0
-
-
-def _peer_gone(error: BaseException) -> bool:
-    text = str(error)
-    return "closed by peer" in text or "reset by peer" in text
 
 
 def _run_dying_with(launcher_pid: int, main_func: Callable[..., Any], *args: Any) -> Any:

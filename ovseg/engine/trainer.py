@@ -32,6 +32,7 @@ from ..utils.resources import (
     naming_resources,
     worker_death,
 )
+from ..utils.worker_errors import quiet_peer_failures
 from . import solver
 from .checkpoint import AtomicCheckpointer
 from .loader_watch import LoaderWatch
@@ -282,11 +283,13 @@ class Trainer(DefaultTrainer):
     def train(self):
         """DefaultTrainer's; running out of memory (a loader worker killed, an allocation
         failed) ends it with the settings to lower and the checkpoint kept, in one line, and
-        a dataset's file that cannot be used with the file, its dataset and what to do."""
+        a dataset's file that cannot be used with the file, its dataset and what to do; a
+        process stopped by another's failure logs one line, not a traceback of its own."""
         datasets = (*self.cfg.DATASETS.TRAIN, *self.cfg.DATASETS.TEST)
         with (
             naming_data_files(datasets),
             naming_resources(self.cfg, "training", self._kept_checkpoint, self.model),
+            quiet_peer_failures("detectron2.engine.train_loop"),
         ):
             return super().train()
 

@@ -10,20 +10,26 @@ torch's exception, whose text keeps the worker's traceback for log files
 (:func:`relayed_errors`), so the tools' handlers see what a one-process run raises. No pickle:
 only an ``Exception`` subclass of an importable module is rebuilt, without its ``__init__``,
 and an error that JSON cannot hold, or that does not read back as it was said, is left to
-torch's report.
+torch's report. A worker that only saw another fail (gloo's "Connection closed by peer" in a
+collective) marks its error ``peer_failed``, so the launcher raises the other's own error even
+when torch reports the echo first, and logs it as one warning (:func:`quiet_peer_failures`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional
 
-__all__ = ["relayed_errors", "relaying"]
+__all__ = ["relayed_errors", "relaying", "is_peer_gone", "quiet_peer_failures"]
+
+# the text gloo gives a process whose peer closed its connection (the peer failed and ended)
+_PEER_GONE = ("closed by peer", "reset by peer")
 
 
 def _path(folder: str, local_rank: int) -> str:
@@ -68,6 +74,8 @@ def relaying(folder: str, main_func: Callable[..., Any], *args: Any) -> Any:
     try:
         return main_func(*args)
     except Exception as e:
+        if is_peer_gone(e):  # it only saw another worker fail: the launcher shows that one's
+            e.peer_failed = True
         text = _record(e)
         if text is not None:
             from detectron2.utils import comm
@@ -125,3 +133,48 @@ def relayed_errors() -> Iterator[str]:
         raise error from e
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def is_peer_gone(error: BaseException) -> bool:
+    """True for the error a process gets when a peer of its process group closed its
+    connection: that peer failed first, and its error, not this echo, is the run's."""
+    text = str(error)
+    return any(part in text for part in _PEER_GONE)
+
+
+class _PeerFailureFilter(logging.Filter):
+    """Logs a peer's failure as one line, not as this process's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_peer_gone(error):
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            record.msg = (
+                "Stopped: another process of this run failed and closed its connection "
+                f"({first}); the launcher reports that process's error"
+            )
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+@contextmanager
+def quiet_peer_failures(*logger_names: str) -> Iterator[None]:
+    """Inside: a traceback that ``logger_names`` would log for a peer's failure (detectron2's
+    "Exception during training:" of a rank whose collective lost its peer) is one warning.
+
+    The rank that failed first has its own error raised by the launcher; the others' echo,
+    a gloo "Connection closed by peer" traceback, printed before the launcher ended them,
+    read as a second failure and hid the first.
+    """
+    filt = _PeerFailureFilter()
+    loggers = [logging.getLogger(name) for name in logger_names]
+    for log in loggers:
+        log.addFilter(filt)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(filt)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -11,7 +12,7 @@ import torch.multiprocessing as mp
 
 from ovseg import compat
 from ovseg.utils.io import DiskFullError
-from ovseg.utils.worker_errors import relayed_errors, relaying
+from ovseg.utils.worker_errors import quiet_peer_failures, relayed_errors, relaying
 
 
 def _full_disk_on_rank_one(out_dir: str) -> None:
@@ -84,3 +85,47 @@ def test_the_failed_workers_own_error_wins_over_a_peers_copy(tmp_path, monkeypat
                     relaying(folder, _raise, error)
             raise mp.ProcessRaisedException("Traceback ... RuntimeError", 1, 1234)
     assert info.value.__cause__.error_index == 1
+
+
+# what gloo raises in a rank whose peer ended while it waited in a collective
+_ECHO = "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:5"
+
+
+def test_a_gloo_echo_of_a_peers_failure_defers_to_the_peers_own_error(tmp_path, monkeypatch):
+    # rank 1 failed (a corrupt image); rank 0, waiting in the evaluator's barrier, got gloo's
+    # "closed by peer" and, under load, ended first: the launcher must raise rank 1's error
+    from detectron2.utils import comm
+
+    own = ValueError("Cannot decode image file 'a.jpg'")
+    with pytest.raises(ValueError, match="Cannot decode"):
+        with relayed_errors() as folder:
+            for rank, error in ((1, own), (0, RuntimeError(_ECHO))):
+                monkeypatch.setattr(comm, "get_local_rank", lambda rank=rank: rank)
+                with pytest.raises(type(error)):
+                    relaying(folder, _raise, error)
+            raise mp.ProcessRaisedException("Traceback ... RuntimeError", 0, 1234)
+
+
+def _log_exception(log: logging.Logger, error: Exception) -> None:
+    try:
+        raise error
+    except Exception:
+        log.exception("Exception during training:")
+
+
+def test_a_ranks_echo_of_a_peers_failure_is_one_warning_not_its_traceback(caplog):
+    # detectron2's train loop logs every error with its traceback; rank 0's echo of rank 1's
+    # failure printed a gloo traceback before the launcher ended it, reading as a 2nd failure
+    log = logging.getLogger("ovseg.tests.train_loop_stand_in")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        with quiet_peer_failures(log.name):
+            _log_exception(log, RuntimeError(_ECHO))
+            (echo,) = caplog.records
+            assert echo.levelname == "WARNING" and echo.exc_info is None
+            assert "another process of this run failed" in echo.getMessage()
+            assert "Traceback" not in caplog.text
+            _log_exception(log, RuntimeError("CUDA error: an illegal memory access"))
+            assert caplog.records[-1].exc_info is not None  # this rank's own error: in full
+        caplog.clear()
+        _log_exception(log, RuntimeError(_ECHO))  # outside: as it was
+        assert caplog.records[-1].exc_info is not None and "Traceback" in caplog.text
