@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..utils.state_dict import exclude_from_checkpoints
 from ..vocab import check_templates
+from .attention import token_major_attention
 from .cache import TextEmbeddingCache, model_fingerprint, state_dict_sha256, text_cache_key
 from .dense import (
     SUPPORTED_TOWERS,
@@ -76,6 +77,8 @@ class CLIPTeacher(nn.Module):
         if text_batch_size < 1:
             raise ValueError(f"text_batch_size must be positive, got {text_batch_size}")
         self.model = model
+        # one matrix product per projection when gradients flow through a tower
+        token_major_attention(model)
         self.tokenizer = tokenizer
         self.name = name
         self.pretrained = pretrained
