@@ -5,7 +5,7 @@ focal + dice losses of per-class masks."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,9 @@ from torch import Tensor
 __all__ = [
     "cross_entropy_per_image",
     "cross_entropy_sum",
+    "MaskTargets",
     "mask_losses",
+    "mask_targets",
     "per_image_mean",
     "sigmoid_focal_terms",
 ]
@@ -80,9 +82,46 @@ def sigmoid_focal_terms(
     return loss
 
 
+class MaskTargets(NamedTuple):
+    """The target side of :func:`mask_losses` for a batch's labels, the same for every
+    decoder layer's logits (:func:`mask_targets`): built once, not once per layer."""
+
+    #: (B, K, H, W) bool: the pixel is counted and of class k
+    pos: Tensor
+    #: (B, K, H, W) float: ``pos`` as the binary cross-entropy's target
+    pos_float: Tensor
+    #: (B, 1, H, W) float: 1 where the pixel is counted
+    weight: Tensor
+    #: (B,) counted pixels of each image, at least 1
+    num_pixels: Tensor
+    #: (B, K) pixels of each target mask
+    pos_sum: Tensor
+
+
+def mask_targets(
+    target: Tensor,
+    num_classes: int,
+    *,
+    ignore_value: int = 255,
+    ignore_as_negative: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> MaskTargets:
+    """The per-class target masks of ``target`` (B, H, W) and what :func:`mask_losses`
+    derives from them (see there for ``ignore_value`` and ``ignore_as_negative``)."""
+    valid = target != ignore_value
+    counted = torch.ones_like(valid) if ignore_as_negative else valid
+    classes = torch.arange(num_classes, device=target.device)
+    # a bool comparison, not one_hot: no (B, H, W, K) int64 tensor, no permuted copy
+    pos = (target[:, None] == classes[None, :, None, None]) & valid[:, None]
+    pos_float = pos.to(dtype)
+    weight = counted[:, None].to(dtype)
+    num_pixels = weight.flatten(1).sum(1).clamp(min=1)
+    return MaskTargets(pos, pos_float, weight, num_pixels, pos_float.flatten(2).sum(2))
+
+
 def mask_losses(
     logits: Tensor,
-    target: Tensor,
+    target: Union[Tensor, MaskTargets],
     *,
     ignore_value: int = 255,
     classes: Optional[Tensor] = None,
@@ -100,7 +139,9 @@ def mask_losses(
 
     Args:
         logits (Tensor): (B, K, H, W) mask logits.
-        target (Tensor): (B, H, W) long labels in [0, K) or ``ignore_value``.
+        target (Tensor or MaskTargets): (B, H, W) long labels in [0, K) or
+            ``ignore_value``; or their :func:`mask_targets`, made once for the logits of
+            several layers (``ignore_value`` and ``ignore_as_negative`` are then theirs).
         ignore_value (int): the ignore label.
         classes (Tensor, optional): (K,) bool, the classes that get a loss; None = all.
         ignore_as_negative (bool): see above.
@@ -111,26 +152,35 @@ def mask_losses(
         tuple: (focal sum, dice sum, number of non-empty masks), scalar tensors.
     """
     b, k = logits.shape[:2]
-    if target.shape != (b, *logits.shape[2:]):
+    if not isinstance(target, MaskTargets):
+        if target.shape != (b, *logits.shape[2:]):
+            raise ValueError(
+                f"target {tuple(target.shape)} does not match logits {tuple(logits.shape)}"
+            )
+        target = mask_targets(
+            target, k, ignore_value=ignore_value, ignore_as_negative=ignore_as_negative
+        )
+    elif target.pos.shape != logits.shape:
         raise ValueError(
-            f"target {tuple(target.shape)} does not match logits {tuple(logits.shape)}"
+            f"mask targets {tuple(target.pos.shape)} do not match logits {tuple(logits.shape)}"
         )
     logits = logits.float()
-    valid = target != ignore_value
-    counted = torch.ones_like(valid) if ignore_as_negative else valid
-    labels = torch.where(valid, target, torch.zeros_like(target))
-    pos = F.one_hot(labels, k).permute(0, 3, 1, 2).float() * valid[:, None]  # (B, K, H, W)
-    weight = counted[:, None].float()
+    pos, weight = target.pos, target.weight
 
+    # sigmoid_focal_terms for binary targets: the same values, with selections instead of
+    # products by the 0/1 targets (fewer passes over the (B, K, H, W) tensors)
     prob = logits.sigmoid()
-    focal = sigmoid_focal_terms(logits, pos, alpha, gamma, prob=prob)
-    num_pixels = weight.flatten(1).sum(1).clamp(min=1)  # (B,)
-    focal = (focal * weight).flatten(2).sum(2) / num_pixels[:, None]  # (B, K)
+    ce = F.binary_cross_entropy_with_logits(logits, target.pos_float, reduction="none")
+    p_t = torch.where(pos, prob, 1 - prob)
+    focal = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        focal = focal * torch.where(pos, alpha, 1 - alpha)
+    focal = (focal * weight).flatten(2).sum(2) / target.num_pixels[:, None]  # (B, K)
 
     prob = (prob * weight).flatten(2)
-    pos = pos.flatten(2)
-    dice = 1 - (2 * (prob * pos).sum(2) + 1) / (prob.sum(2) + pos.sum(2) + 1)
-    present = pos.sum(2) > 0
+    inter = (prob * target.pos_float.flatten(2)).sum(2)
+    dice = 1 - (2 * inter + 1) / (prob.sum(2) + target.pos_sum + 1)
+    present = target.pos_sum > 0
     if classes is not None:
         classes = classes.to(device=logits.device, dtype=torch.bool)
         focal = focal * classes

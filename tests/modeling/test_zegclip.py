@@ -25,7 +25,7 @@ from detectron2.utils.events import EventStorage
 from ovseg.clip.dense import patch_embedding
 from ovseg.engine import solver
 from ovseg.modeling.backbone import CLIPViTPrompted
-from ovseg.modeling.losses import mask_losses
+from ovseg.modeling.losses import mask_losses, mask_targets, sigmoid_focal_terms
 from ovseg.modeling.meta_arch.zegclip import ZegCLIP, calibrate, self_training_targets
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "zegclip_tiny_vit.json"
@@ -260,6 +260,51 @@ def test_mask_losses_focal_of_one_pixel():
     assert focal.item() == pytest.approx(want, rel=1e-5)
 
 
+def _one_hot_mask_losses(logits, target, ignore_value, classes, ignore_as_negative, alpha):
+    # the formulation mask_losses had until 2026-12-05: one_hot targets, products by them
+    valid = target != ignore_value
+    counted = torch.ones_like(valid) if ignore_as_negative else valid
+    labels = torch.where(valid, target, torch.zeros_like(target))
+    pos = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).float() * valid[:, None]
+    weight = counted[:, None].float()
+    prob = logits.sigmoid()
+    focal = sigmoid_focal_terms(logits, pos, alpha, 2.0, prob=prob)
+    focal = (focal * weight).flatten(2).sum(2) / weight.flatten(1).sum(1).clamp(min=1)[:, None]
+    prob, pos = (prob * weight).flatten(2), pos.flatten(2)
+    dice = 1 - (2 * (prob * pos).sum(2) + 1) / (prob.sum(2) + pos.sum(2) + 1)
+    present = (pos.sum(2) > 0) & classes
+    return (focal * classes).sum(), (dice * present).sum(), present.sum()
+
+
+@pytest.mark.parametrize("ignore_as_negative", [False, True])
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+def test_mask_losses_equal_the_one_hot_products_they_replace(ignore_as_negative, alpha):
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (2, 9, 11), generator=g)
+    target[target == 4] = 255
+    target[1, :, :3] = 3  # class 3 present in one image only
+    target[0][target[0] == 3] = 255
+    classes = torch.tensor([True, True, False, True])
+    logits = (torch.randn(2, 4, 9, 11, generator=g) * 3).requires_grad_(True)
+    kw = dict(ignore_value=255, classes=classes, ignore_as_negative=ignore_as_negative)
+    want = _one_hot_mask_losses(logits, target, 255, classes, ignore_as_negative, alpha)
+    (sum(want[:2])).backward()
+    want_grad, logits.grad = logits.grad, None
+    got = mask_losses(logits, target, alpha=alpha, **kw)
+    # the same terms; the old one_hot's permuted layout summed them in another order
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    (sum(got[:2])).backward()
+    torch.testing.assert_close(logits.grad, want_grad, rtol=1e-6, atol=1e-9)
+    # the targets made once, for several layers' logits: the same
+    made = mask_targets(target, 4, ignore_value=255, ignore_as_negative=ignore_as_negative)
+    again = mask_losses(logits, made, classes=classes, alpha=alpha)
+    for a, b in zip(again, got):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="do not match logits"):
+        mask_losses(logits[:, :3], made)
+
+
 def test_model_losses_are_weighted_normalised_mask_losses(model):
     batch = two_region_batch()
     model.train()
@@ -404,9 +449,14 @@ def test_self_training_labels_no_padding(cache, monkeypatch, mapper_padded):
         batch[1]["image"] = F.pad(batch[1]["image"], (0, 0, 0, 16), value=128)
         batch[1]["sem_seg"] = F.pad(batch[1]["sem_seg"], (0, 0, 0, 16), value=255)
     targets = []
-    original = model.loss_fn
-    spy = lambda m, t, **kw: targets.append(t) or original(m, t, **kw)  # noqa: E731
-    monkeypatch.setattr(model, "loss_fn", spy)
+    original = model._targets
+
+    def spy(*args, **kwargs):  # the labels the mask losses are made of
+        out = original(*args, **kwargs)
+        targets.append(out[0])
+        return out
+
+    monkeypatch.setattr(model, "_targets", spy)
     with EventStorage(start_iter=0):
         model(batch)
     target = targets[-1]

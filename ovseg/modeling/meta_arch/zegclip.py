@@ -33,7 +33,7 @@ from ...vocab import normalize_name, split_synonyms, training_vocabulary
 from ..backbone import build_backbone
 from ..heads.zegclip_decoder import ZegCLIPDecoder
 from ..host_copy import batch_index, device_memo
-from ..losses import mask_losses
+from ..losses import mask_losses, mask_targets
 from ..mask_count import MaskCount
 from ..resize import resize_bilinear
 from ..text_classifier import LearnedBackground, TextClassifier
@@ -396,13 +396,13 @@ class ZegCLIP(OpenVocabSegmentor):
             masks = [_upsample(m, size) for m in masks]
             group_content = None if content is None else content[idx]
             target, classes = self._targets(target, masks[-1], names, group_content)
-            for i in layers:
+            target = mask_targets(target, len(names), ignore_value=self.ignore_value,
+                                  ignore_as_negative=self.ignore_as_negative)  # fmt: skip
+            for i in layers:  # the target masks made once for every supervised layer
                 f, d, n = self.loss_fn(
                     masks[i],
                     target,
-                    ignore_value=self.ignore_value,
                     classes=classes,
-                    ignore_as_negative=self.ignore_as_negative,
                     alpha=self.focal_alpha,
                     gamma=self.focal_gamma,
                 )
