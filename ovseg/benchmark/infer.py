@@ -62,6 +62,7 @@ def benchmark_inference(
     warmup: int = 3,
     seed: int = 0,
     frozen: Sequence[str] = (),
+    time_limit_s: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Images/s and latency of a config's eval forward per inference mode.
 
@@ -76,9 +77,12 @@ def benchmark_inference(
         seed (int): torch seed before the model is built.
         frozen: submodules frozen after the build, as a stage's checkpoint freezes them
             (:func:`ovseg.benchmark.freeze_modules`; FreeSeg's "prompt": cached text).
+        time_limit_s (float, optional): per mode, fewer timed calls (at least 3) once they
+            took this long (:func:`ovseg.benchmark.time_calls`).
 
     Returns:
-        dict: per mode "<mode>": {"latency_s", "images_per_s", "flops_per_image"},
+        dict: per mode "<mode>": {"latency_s", "images_per_s", "flops_per_image",
+        "timed_calls"},
         "skipped_modes" (mode: why the model has none), and the settings.
     """
     from ..engine import Trainer
@@ -106,7 +110,9 @@ def benchmark_inference(
         for mode in [m for m in modes if m not in skipped]:
             model.inference_mode = mode
             with autocast:
-                s = time_calls({mode: lambda: model(inputs)}, device, iters, warmup)[mode]
+                timed: Dict[str, int] = {}
+                s = time_calls({mode: lambda: model(inputs)}, device, iters, warmup,
+                               time_limit_s=time_limit_s, timed=timed)[mode]  # fmt: skip
                 # with autograd on: the counter's module tracker hooks into it
                 with flop_counter() as counter:
                     model(inputs)
@@ -114,6 +120,7 @@ def benchmark_inference(
                 "latency_s": s,
                 "images_per_s": batch / s,
                 "flops_per_image": counter.get_total_flops() / batch,
+                "timed_calls": timed[mode],
             }
     return {
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,

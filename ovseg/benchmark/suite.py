@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import signal
 import sys
 import time
@@ -155,12 +156,16 @@ def _mapper_row(config: str, opts: Sequence[str], a: argparse.Namespace) -> Dict
     return mapper_rate(cfg, images=2 if a.smoke else 8, size=size, repeats=1 if a.smoke else 2)
 
 
-def _infer_row(config: str, opts, frozen, a: argparse.Namespace, batch: int = 1):
+def _infer_row(
+    config: str, opts, frozen, a: argparse.Namespace, batch: int = 1, budget: float = 0.0
+):
     cfg = benchmark_config(config, list(a.opts) + list(opts), device=a.device)
     size = (a.size, a.size) if a.size else None
+    # each mode's timed calls stop at a quarter of the row's budget (at least 3 calls): a
+    # slow protocol (LSeg ViT-L's multi-scale slide) gets fewer calls, not a lost row
     return benchmark_inference(
         cfg, precision=a.precision, iters=a.iters, warmup=a.warmup, size=size, frozen=frozen,
-        batch=batch,
+        batch=batch, time_limit_s=budget / 4 if budget else None,
     )  # fmt: skip
 
 
@@ -190,18 +195,18 @@ def _run_row(item, a: argparse.Namespace, budget: float, mapper: bool):
     row: Dict[str, Any] = {"config": config, "opts": list(opts), "frozen": list(frozen)}
     jobs = []
     if train:
-        jobs.append(("train", budget, lambda: _train_row(config, opts, frozen, a)))
+        jobs.append(("train", budget, lambda s: _train_row(config, opts, frozen, a)))
         if mapper:
-            jobs.append(("mapper", budget / 4, lambda: _mapper_row(config, opts, a)))
+            jobs.append(("mapper", budget / 4, lambda s: _mapper_row(config, opts, a)))
     if not any(w in name for w in ("compiled", "store", "channels", "frozen")):
-        jobs.append(("infer", budget / 2, lambda: _infer_row(config, opts, frozen, a, batch)))
+        jobs.append(("infer", budget / 2, lambda s: _infer_row(config, opts, frozen, a, batch, s)))
     for part, want, fn in jobs:
         seconds = _left(a, want)
         if seconds <= 0:
             row[part] = {"error": f"skipped: the suite's --deadline of {a.deadline:.0f} s"}
             continue
         _log(f"{name}: {part}")
-        row[part] = _guarded(name, seconds, fn)
+        row[part] = _guarded(name, seconds, functools.partial(fn, seconds))
     return row
 
 

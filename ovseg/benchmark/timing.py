@@ -6,12 +6,13 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 __all__ = [
     "CLOCKS",
+    "MIN_TIMED_CALLS",
     "check_device",
     "default_device",
     "interleaved",
@@ -23,6 +24,9 @@ __all__ = [
 # "process" counts this process's CPU time (all its threads): on a CPU shared with other jobs
 # it measures the work, not the waiting
 CLOCKS: Dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+
+#: timed calls of each function that a time limit (``time_calls``) never cuts below
+MIN_TIMED_CALLS = 3
 
 
 def default_device() -> str:
@@ -61,6 +65,9 @@ def time_calls(
     iters: int,
     warmup: int,
     clock: str = "wall",
+    *,
+    time_limit_s: Optional[float] = None,
+    timed: Optional[Dict[str, int]] = None,
 ) -> Dict[str, float]:
     """Median seconds of one call of each function, after ``warmup`` untimed calls of each.
 
@@ -74,6 +81,11 @@ def time_calls(
         iters (int): timed calls of each function.
         warmup (int): untimed calls of each function first.
         clock (str): a key of :data:`CLOCKS`; ``"process"`` only on the CPU.
+        time_limit_s (float, optional): stop timing after the iteration in which the timed
+            calls passed this many wall seconds (from the first timed call), once
+            :data:`MIN_TIMED_CALLS` of each are in: a slow function (a multi-scale protocol
+            of a large model) gets fewer calls instead of overrunning a benchmark's budget.
+        timed (dict, optional): filled with name -> timed calls made.
 
     Returns:
         dict: name -> median seconds per call.
@@ -85,16 +97,25 @@ def time_calls(
     now = CLOCKS[clock]
     times: Dict[str, List[float]] = {name: [] for name in fns}
     with torch.inference_mode():
-        for _ in range(warmup):
+        began = time.perf_counter()
+        for _ in range(warmup):  # under a limit: at least one, the one that warms up
             for fn in fns.values():
                 fn()
-        for _ in range(iters):
+            if time_limit_s is not None and time.perf_counter() - began > time_limit_s:
+                break
+        began = time.perf_counter()
+        for i in range(iters):
             for name, fn in fns.items():
                 synchronize(device)
                 start = now()
                 fn()
                 synchronize(device)
                 times[name].append(now() - start)
+            spent = time.perf_counter() - began
+            if time_limit_s is not None and i + 1 >= MIN_TIMED_CALLS and spent > time_limit_s:
+                break
+    if timed is not None:
+        timed.update({name: len(t) for name, t in times.items()})
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -73,3 +73,33 @@ def test_process_clock_is_refused_on_cuda():
         time_calls({}, torch.device("cuda"), iters=1, warmup=0, clock="process")
     with pytest.raises(ValueError, match="clock 'cpu' is not one of"):
         time_calls({}, torch.device("cpu"), iters=1, warmup=0, clock="cpu")
+
+
+def test_a_time_limit_gives_a_slow_function_fewer_timed_calls_not_fewer_than_three():
+    # the suite's LSeg ViT-L/16 inference row (multi-scale slide) overran its budget on the
+    # H200 and was lost; a time limit cuts the timed calls instead
+    import time as clock
+
+    from ovseg.benchmark import time_calls
+
+    calls = {"slow": 0, "quick": 0}
+
+    def slow():
+        calls["slow"] += 1
+        clock.sleep(0.02)
+
+    def quick():
+        calls["quick"] += 1
+
+    timed = {}
+    cpu = torch.device("cpu")
+    out = time_calls({"slow": slow}, cpu, iters=50, warmup=1, time_limit_s=0.1, timed=timed)
+    assert 3 <= timed["slow"] < 50 and calls["slow"] == 1 + timed["slow"]
+    assert out["slow"] >= 0.02
+    timed, calls["slow"] = {}, 0
+    time_calls({"slow": slow}, cpu, iters=50, warmup=5, time_limit_s=0.0, timed=timed)
+    assert timed == {"slow": 3}  # never below three
+    assert calls["slow"] == 1 + 3  # the warm-up: one call, the limit already spent
+    timed = {}
+    time_calls({"quick": quick}, cpu, iters=20, warmup=0, time_limit_s=5.0, timed=timed)
+    assert timed == {"quick": 20}  # within the limit: every call
