@@ -68,6 +68,10 @@ def add_teacher_config(cfg: CN) -> None:
     # "bfloat16" = cast once at build, as bf16 autocast would cast them at every use (for
     # SOLVER.AMP.DTYPE bf16); the tower then runs under bf16 autocast in evaluation too
     cfg.MODEL.CLIP.FROZEN_DTYPE = ""
+    # open_clip's batch-first self-attention under grad with one matrix product per
+    # projection (ovseg/clip/attention.py: the same values; torch's projects transposed
+    # tokens as a product batched over them when the weights are frozen); False: torch's own
+    cfg.MODEL.CLIP.TOKEN_MAJOR_ATTENTION = True
     # the temperature of the teacher's own classification, softmax(LOGIT_SCALE * cosine):
     # CLIP's trained value (100) for MaskCLIP and the pseudo-labelling teacher
     cfg.MODEL.CLIP.LOGIT_SCALE = 100.0

@@ -51,6 +51,21 @@ def _no_mode(model: torch.nn.Module, mode: str) -> str:
     return f"{type(model).__name__} tests whole images only (its own inference path)"
 
 
+def _time_mode(model, inputs, device, iters: int, warmup: int, time_limit_s) -> Dict[str, Any]:
+    """One inference mode's figures (the mode set on ``model``, under the caller's autocast)."""
+    timed: Dict[str, int] = {}
+    s = time_calls({"call": lambda: model(inputs)}, device, iters, warmup,
+                   time_limit_s=time_limit_s, timed=timed)["call"]  # fmt: skip
+    with flop_counter() as counter:  # with autograd on: the counter's module tracker hooks in
+        model(inputs)
+    return {
+        "latency_s": s,
+        "images_per_s": len(inputs) / s,
+        "flops_per_image": counter.get_total_flops() / len(inputs),
+        "timed_calls": timed["call"],
+    }
+
+
 def benchmark_inference(
     cfg: CfgNode,
     *,
@@ -110,18 +125,7 @@ def benchmark_inference(
         for mode in [m for m in modes if m not in skipped]:
             model.inference_mode = mode
             with autocast:
-                timed: Dict[str, int] = {}
-                s = time_calls({mode: lambda: model(inputs)}, device, iters, warmup,
-                               time_limit_s=time_limit_s, timed=timed)[mode]  # fmt: skip
-                # with autograd on: the counter's module tracker hooks into it
-                with flop_counter() as counter:
-                    model(inputs)
-            results[mode] = {
-                "latency_s": s,
-                "images_per_s": batch / s,
-                "flops_per_image": counter.get_total_flops() / batch,
-                "timed_calls": timed[mode],
-            }
+                results[mode] = _time_mode(model, inputs, device, iters, warmup, time_limit_s)
     return {
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "device": str(device),

@@ -52,6 +52,10 @@ GPU_ITEMS = (
     ("LSeg R101 channels-last", "configs/voc/lseg/lseg_r101_inductive_20k_bs16.yaml", True,
      ("MODEL.CHANNELS_LAST", "True")),
     ("ZegCLIP ViT-B/16", _ZEG, True, ()),
+    # the same step with torch's nn.MultiheadAttention (the tower's projections as products
+    # batched over the tokens): the token-major attention's gain, in the same run
+    ("ZegCLIP ViT-B/16 torch attention", _ZEG, True,
+     ("MODEL.CLIP.TOKEN_MAJOR_ATTENTION", "False")),
     # every switch on, the goal row: CUDA graphs for the host-bound step and the frozen tower
     # cast once (compiled rows run last, in this order: a deadline cuts the other one first)
     ("ZegCLIP ViT-B/16 compiled CUDA graphs frozen bf16", _ZEG, True,
@@ -198,7 +202,7 @@ def _run_row(item, a: argparse.Namespace, budget: float, mapper: bool):
         jobs.append(("train", budget, lambda s: _train_row(config, opts, frozen, a)))
         if mapper:
             jobs.append(("mapper", budget / 4, lambda s: _mapper_row(config, opts, a)))
-    if not any(w in name for w in ("compiled", "store", "channels", "frozen")):
+    if not any(w in name for w in ("compiled", "store", "channels", "frozen", "attention")):
         jobs.append(("infer", budget / 2, lambda s: _infer_row(config, opts, frozen, a, batch, s)))
     for part, want, fn in jobs:
         seconds = _left(a, want)

@@ -97,16 +97,20 @@ class TokenMajorMultiheadAttention(nn.MultiheadAttention):
         return out.view(b, length, width)
 
 
-def token_major_attention(model: nn.Module) -> int:
+def token_major_attention(model: nn.Module, enabled: bool = True) -> int:
     """Switch every plain batch-first ``nn.MultiheadAttention`` of ``model`` to
-    :class:`TokenMajorMultiheadAttention`, in place.
+    :class:`TokenMajorMultiheadAttention`, in place; ``enabled`` False switches them back
+    (``MODEL.CLIP.TOKEN_MAJOR_ATTENTION``: torch's own, e.g. to measure the difference).
 
     Returns:
         int: how many modules were switched.
     """
+    old, new = nn.MultiheadAttention, TokenMajorMultiheadAttention
+    if not enabled:
+        old, new = new, old
     switched = 0
     for module in model.modules():
-        if type(module) is nn.MultiheadAttention and module.batch_first:
-            module.__class__ = TokenMajorMultiheadAttention
+        if type(module) is old and module.batch_first:
+            module.__class__ = new
             switched += 1
     return switched

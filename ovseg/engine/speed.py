@@ -20,6 +20,7 @@ from torch import nn
 
 from detectron2.config import CfgNode
 
+from ..clip.attention import token_major_attention
 from ..clip.frozen_dtype import FROZEN_DTYPES, cast_frozen_tower
 from ..clip.teacher import CLIPTeacher
 
@@ -91,18 +92,20 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
 
 
 def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
-    """MODEL.CLIP.FROZEN_DTYPE, MODEL.CHANNELS_LAST and MODEL.COMPILE on a built model (in
-    place; returned).
+    """MODEL.CLIP.FROZEN_DTYPE, MODEL.CLIP.TOKEN_MAJOR_ATTENTION, MODEL.CHANNELS_LAST and
+    MODEL.COMPILE on a built model (in place; returned).
 
     Args:
         model (nn.Module): from detectron2's ``build_model(cfg)``.
-        cfg (CfgNode): reads MODEL.CLIP.FROZEN_DTYPE, MODEL.CHANNELS_LAST, MODEL.COMPILE,
-            MODEL.COMPILE_MODE.
+        cfg (CfgNode): reads MODEL.CLIP.FROZEN_DTYPE, MODEL.CLIP.TOKEN_MAJOR_ATTENTION,
+            MODEL.CHANNELS_LAST, MODEL.COMPILE, MODEL.COMPILE_MODE.
 
     Returns:
         nn.Module: the same model.
     """
     cast_frozen_towers(model, cfg.MODEL.CLIP.FROZEN_DTYPE)
+    if not cfg.MODEL.CLIP.TOKEN_MAJOR_ATTENTION:  # the teacher switched it on
+        token_major_attention(model, enabled=False)
     if cfg.MODEL.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     if cfg.MODEL.COMPILE:

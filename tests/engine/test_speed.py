@@ -140,6 +140,31 @@ def test_channels_last_weights_train_as_the_contiguous_ones(tmp_path):
         torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-3, atol=1e-5)
 
 
+def test_torchs_attention_on_request_trains_as_the_token_major_one(tmp_path):
+    # MODEL.CLIP.TOKEN_MAJOR_ATTENTION False (to measure the difference): torch's own
+    # nn.MultiheadAttention in the towers, the same losses and gradients
+    from torch import nn
+
+    from ovseg.clip.attention import TokenMajorMultiheadAttention
+
+    steps = {}
+    for token_major in (True, False):
+        torch.manual_seed(0)
+        cfg = tiny_zegclip_cfg(tmp_path)
+        cfg.MODEL.CLIP.TOKEN_MAJOR_ATTENTION = token_major
+        model = Trainer.build_model(cfg)
+        kinds = {type(m) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+        assert kinds == {TokenMajorMultiheadAttention if token_major else nn.MultiheadAttention}
+        with EventStorage(0):
+            steps[token_major] = _step(model, two_region_batch(names=("cat", "dog", "grass")))
+    (want_losses, want_grads), (got_losses, got_grads) = steps[False], steps[True]
+    assert want_grads.keys() == got_grads.keys() and want_grads
+    for k in want_losses:
+        torch.testing.assert_close(got_losses[k], want_losses[k], rtol=1e-5, atol=1e-6)
+    for k in want_grads:
+        torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-4, atol=1e-6)
+
+
 def test_model_compile_says_what_it_compiled_and_when_nothing(tmp_path):
     """MaskCLIP's one network is the frozen teacher, never compiled: MODEL.COMPILE says so
     rather than appearing to take effect."""
