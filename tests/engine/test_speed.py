@@ -32,6 +32,18 @@ def _step(model, batch):
     return {k: v.detach() for k, v in losses.items()}, grads
 
 
+def _assert_same_step(got, want, loss_tol, grad_tol) -> None:
+    """Two :func:`_step` results agree: the same losses and gradients, to (rtol, atol)."""
+    (want_losses, want_grads), (got_losses, got_grads) = want, got
+    assert want_grads.keys() == got_grads.keys() and want_grads
+    for k in want_losses:
+        torch.testing.assert_close(
+            got_losses[k], want_losses[k], rtol=loss_tol[0], atol=loss_tol[1]
+        )
+    for k in want_grads:
+        torch.testing.assert_close(got_grads[k], want_grads[k], rtol=grad_tol[0], atol=grad_tol[1])
+
+
 def test_compiled_step_matches_eager_and_keeps_checkpoint_keys(tmp_path):
     # aot_eager traces the same graphs as inductor (forward and backward) without
     # generating code: the wiring, at CPU-test cost
@@ -132,12 +144,7 @@ def test_channels_last_weights_train_as_the_contiguous_ones(tmp_path):
         labels = torch.randint(0, 150, (2, 64, 64), generator=g)
         batch = [{"image": i, "sem_seg": s} for i, s in zip(images, labels)]
         steps[last] = _step(model, batch)
-    (want_losses, want_grads), (got_losses, got_grads) = steps[False], steps[True]
-    assert want_grads.keys() == got_grads.keys() and want_grads
-    for k in want_losses:
-        torch.testing.assert_close(got_losses[k], want_losses[k], rtol=1e-4, atol=1e-5)
-    for k in want_grads:
-        torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-3, atol=1e-5)
+    _assert_same_step(steps[True], steps[False], (1e-4, 1e-5), (1e-3, 1e-5))
 
 
 def test_torchs_attention_on_request_trains_as_the_token_major_one(tmp_path):
@@ -157,12 +164,7 @@ def test_torchs_attention_on_request_trains_as_the_token_major_one(tmp_path):
         assert kinds == {TokenMajorMultiheadAttention if token_major else nn.MultiheadAttention}
         with EventStorage(0):
             steps[token_major] = _step(model, two_region_batch(names=("cat", "dog", "grass")))
-    (want_losses, want_grads), (got_losses, got_grads) = steps[False], steps[True]
-    assert want_grads.keys() == got_grads.keys() and want_grads
-    for k in want_losses:
-        torch.testing.assert_close(got_losses[k], want_losses[k], rtol=1e-5, atol=1e-6)
-    for k in want_grads:
-        torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-4, atol=1e-6)
+    _assert_same_step(steps[True], steps[False], (1e-5, 1e-6), (1e-4, 1e-6))
 
 
 def test_model_compile_says_what_it_compiled_and_when_nothing(tmp_path):
