@@ -148,7 +148,8 @@ class _PeerFailureFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if error is not None and is_peer_gone(error):
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            text = str(error).strip()
+            first = text.splitlines()[0] if text else ""
             record.msg = (
                 "Stopped: another process of this run failed and closed its connection "
                 f"({first}); the launcher reports that process's error"
