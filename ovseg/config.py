@@ -357,6 +357,11 @@ def add_speed_config(cfg: CN) -> None:
     cfg.MODEL.COMPILE = False
     # torch.compile mode: "default", "reduce-overhead" or "max-autotune"
     cfg.MODEL.COMPILE_MODE = "default"
+    # torch.compile the student's loss function alone (ZegCLIP's focal and dice losses at the
+    # label size: a few fused kernels instead of 112 full-size element-wise passes per
+    # step) when MODEL.COMPILE is off: "auto" (on CUDA, where triton is importable),
+    # "always" (the CPU too: inductor's C++ kernels, which need a compiler), "never"
+    cfg.MODEL.COMPILE_LOSS = "auto"
     # channels-last (NHWC) weights and inputs, for the convolutional students under autocast
     cfg.MODEL.CHANNELS_LAST = False
 

@@ -1,19 +1,21 @@
 """Speed options applied to a built model: channels-last layout and ``torch.compile``;
 and the frozen CLIP tower's weights in bf16 (``ovseg/clip/frozen_dtype.py``).
 
-Both are off by default and change no numerics beyond floating-point reassociation:
+Channels-last and compilation change no numerics beyond floating-point reassociation.
 MODEL.CHANNELS_LAST stores the convolution weights NHWC (faster cuDNN kernels for the
-convolutional students under autocast; a convolution with channels-last weights answers
-in that layout whatever its input's), MODEL.COMPILE compiles the model's network modules in place
+convolutional students under autocast; a convolution with channels-last weights answers in
+that layout whatever its input's). MODEL.COMPILE compiles the model's network modules in place
 (``nn.Module.compile``: parameter names and checkpoints are unchanged), the frozen CLIP tower
 included where the network calls it (ZegCLIP's prompted backbone runs the tower's blocks),
-and the student's loss function where it declares one (``loss_fn``).
+and the student's loss function where it declares one (``loss_fn``). Both are off by
+default; MODEL.COMPILE_LOSS, which compiles the loss function alone when MODEL.COMPILE is
+off, is on by default on CUDA ("auto").
 """
 
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -26,9 +28,12 @@ from ..clip.teacher import CLIPTeacher
 
 __all__ = [
     "COMPILE_SKIP",
+    "LOSS_COMPILE_SETTINGS",
     "apply_speed_options",
     "cast_frozen_towers",
+    "compile_loss",
     "compile_model",
+    "loss_compile_wanted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 # its image tower is compiled through whichever network module calls it) and the text
 # classifier (a memoised lookup)
 COMPILE_SKIP = ("teacher", "classifier")
+#: MODEL.COMPILE_LOSS's values
+LOSS_COMPILE_SETTINGS = ("auto", "always", "never")
 
 
 def cast_frozen_towers(model: nn.Module, name: str) -> int:
@@ -92,13 +99,14 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
 
 
 def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
-    """MODEL.CLIP.FROZEN_DTYPE, MODEL.CLIP.TOKEN_MAJOR_ATTENTION, MODEL.CHANNELS_LAST and
-    MODEL.COMPILE on a built model (in place; returned).
+    """MODEL.CLIP.FROZEN_DTYPE, MODEL.CLIP.TOKEN_MAJOR_ATTENTION, MODEL.CHANNELS_LAST,
+    MODEL.COMPILE and MODEL.COMPILE_LOSS on a built model (in place; returned).
 
     Args:
         model (nn.Module): from detectron2's ``build_model(cfg)``.
         cfg (CfgNode): reads MODEL.CLIP.FROZEN_DTYPE, MODEL.CLIP.TOKEN_MAJOR_ATTENTION,
-            MODEL.CHANNELS_LAST, MODEL.COMPILE, MODEL.COMPILE_MODE.
+            MODEL.CHANNELS_LAST, MODEL.COMPILE, MODEL.COMPILE_MODE, MODEL.COMPILE_LOSS,
+            MODEL.DEVICE.
 
     Returns:
         nn.Module: the same model.
@@ -118,4 +126,54 @@ def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
                 f"are {[n for n, _ in model.named_children()]}; never compiled: "
                 f"{list(COMPILE_SKIP)}); the model runs as without it"
             )
+    else:
+        compile_loss(model, cfg.MODEL.COMPILE_LOSS, cfg.MODEL.DEVICE)
     return model
+
+
+def loss_compile_wanted(setting: str, device: str, triton: Optional[bool] = None) -> bool:
+    """Whether MODEL.COMPILE_LOSS ``setting`` compiles the loss of a model on ``device``:
+    "always"; "never"; "auto" on CUDA where triton (inductor's GPU code generator) imports
+    (``triton``: that, None = look)."""
+    if setting not in LOSS_COMPILE_SETTINGS:
+        raise ValueError(
+            f"MODEL.COMPILE_LOSS={setting!r}; choose one of {list(LOSS_COMPILE_SETTINGS)}"
+        )
+    if setting != "auto":
+        return setting == "always"
+    if torch.device(device).type != "cuda":
+        return False
+    if triton is None:
+        from torch.utils._triton import has_triton
+
+        triton = has_triton()
+    return bool(triton)
+
+
+def compile_loss(model: nn.Module, setting: str, device: str, backend: str = "inductor") -> bool:
+    """MODEL.COMPILE_LOSS: the model's ``loss_fn`` replaced by its ``torch.compile`` form
+    (in place; ``backend`` as :func:`compile_model`'s) where :func:`loss_compile_wanted`;
+    True when it was.
+
+    A loss over full-size per-class masks is memory-bound in eager mode: ZegCLIP's focal and
+    dice terms of 3 decoder layers at the label size are 112 passes over (B, K, H, W) tensors
+    per step, forward and backward (4.1 GB per 512 x 512 image of 15 classes); inductor fuses
+    them into a few kernels. Compiling the loss alone takes seconds, not the minutes of the
+    whole network (MODEL.COMPILE), and its shapes change only with the vocabulary group.
+    """
+    if not loss_compile_wanted(setting, device):
+        return False
+    loss_fn = getattr(model, "loss_fn", None)
+    if not callable(loss_fn):
+        if setting == "always":
+            logger.warning(
+                f"MODEL.COMPILE_LOSS always: {type(model).__name__} declares no loss_fn to "
+                "compile; the model runs as without it"
+            )
+        return False
+    model.loss_fn = torch.compile(loss_fn, backend=backend, dynamic=None)
+    logger.info(
+        f"MODEL.COMPILE_LOSS {setting}: compiled the loss_fn of {type(model).__name__} (the "
+        "first training step compiles its kernels; MODEL.COMPILE_LOSS never keeps it eager)"
+    )
+    return True

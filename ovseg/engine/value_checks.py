@@ -13,6 +13,7 @@ from typing import Callable, List
 from detectron2.config import CfgNode
 
 from ..utils.config_keys import config_value
+from .speed import LOSS_COMPILE_SETTINGS
 
 __all__ = ["check_values"]
 
@@ -77,6 +78,7 @@ _CHOICE_RULES: List[tuple[str, tuple]] = [
         "MODEL.COMPILE_MODE",
         ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     ),
+    ("MODEL.COMPILE_LOSS", LOSS_COMPILE_SETTINGS),
     ("MODEL.MASK_FORMER.TEST.PIXEL_ASSIGNMENT", ("class", "query")),
     ("MODEL.MASK_FORMER.TEST.INSTANCE_MODE", ("freeseg", "topk")),
     ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ("full_model", "value", "norm")),

@@ -79,6 +79,7 @@ def test_freeseg_post_processing_names_are_checked_when_built(key):
         ("MODEL.XPM.PSEUDO_TEXT", "bogus"),
         ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "bogus"),
         ("MODEL.COMPILE_MODE", "bogus"),
+        ("MODEL.COMPILE_LOSS", "off"),  # YAML would read a bare off as False: named values
         ("TEST.SLIDE_WINDOW", "(0, 0)"),
         ("TEST.SLIDE_STRIDE", "(64,)"),
         ("INPUT.LSJ_SCALE_RANGE", "[0.1]"),

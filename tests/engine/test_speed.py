@@ -15,8 +15,14 @@ from detectron2.utils.events import EventStorage
 
 from ovseg.engine import Trainer
 from ovseg.engine.defaults import load_config
-from ovseg.engine.speed import apply_speed_options, compile_model
+from ovseg.engine.speed import (
+    apply_speed_options,
+    compile_loss,
+    compile_model,
+    loss_compile_wanted,
+)
 from ovseg.engine.train_loop import OvsegSimpleTrainer
+from ovseg.modeling.losses import mask_losses
 
 # inductor's errors when this machine has no working C++ compiler or headers
 _NO_TOOLCHAIN = ("InvalidCxxCompiler", "CppCompileError", "C++ compile error", "Python.h")
@@ -186,3 +192,55 @@ def test_model_compile_says_what_it_compiled_and_when_nothing(tmp_path):
     assert [r.getMessage() for r in said] == [
         "MODEL.COMPILE: compiled backbone, decoder, loss_fn of ZegCLIP"
     ]
+
+
+def test_loss_compile_setting_means_cuda_with_triton_by_default():
+    assert loss_compile_wanted("auto", "cuda:1", triton=True)
+    assert not loss_compile_wanted("auto", "cuda", triton=False)  # inductor has no GPU codegen
+    assert not loss_compile_wanted("auto", "cpu", triton=True)
+    assert loss_compile_wanted("always", "cpu") and not loss_compile_wanted("never", "cuda")
+    with pytest.raises(ValueError, match="MODEL.COMPILE_LOSS='off'; choose one of"):
+        loss_compile_wanted("off", "cuda")
+
+
+def test_model_compile_loss_compiles_the_loss_alone_and_trains_as_eager(tmp_path):
+    """MODEL.COMPILE_LOSS: the loss function compiled, the network eager; "auto" leaves the
+    CPU eager; the compiled loss (traced by aot_eager, forward and backward) gives the eager
+    step's losses and gradients."""
+    from ovseg_testing.logs import records
+
+    torch._dynamo.reset()
+    cfg = tiny_zegclip_cfg(tmp_path)
+    assert cfg.MODEL.COMPILE_LOSS == "auto" and cfg.MODEL.DEVICE == "cpu"
+    eager, compiled = tiny_zegclip(tmp_path, seed=0), tiny_zegclip(tmp_path, seed=0)
+    loss_fn = eager.loss_fn
+    apply_speed_options(eager, cfg)
+    assert eager.loss_fn is loss_fn
+    with records("ovseg.engine.speed", logging.INFO) as said:
+        assert compile_loss(compiled, "always", "cpu", backend="aot_eager")
+    assert compiled.loss_fn is not loss_fn and compiled.backbone._compiled_call_impl is None
+    assert "compiled the loss_fn of ZegCLIP" in said[0].getMessage()
+    batch = two_region_batch(size=32)
+    _assert_same_step(_step(compiled, batch), _step(eager, batch), (1e-5, 1e-6), (1e-4, 1e-6))
+    # "always" on a model without a loss function says so
+    with records("ovseg.engine.speed") as warned:
+        assert not compile_loss(torch.nn.Linear(2, 2), "always", "cpu")
+    assert "Linear declares no loss_fn to compile" in warned[0].getMessage()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_loss_compiled_on_cuda_trains_as_the_eager_one(tmp_path):
+    """MODEL.COMPILE_LOSS "auto" on CUDA: inductor's triton kernels for the focal and dice
+    losses give the eager losses and gradients."""
+    steps = {}
+    for setting in ("never", "auto"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        cfg = tiny_zegclip_cfg(tmp_path)
+        cfg.MODEL.DEVICE, cfg.MODEL.COMPILE_LOSS = "cuda", setting
+        model = Trainer.build_model(cfg)
+        assert (model.loss_fn is mask_losses) == (setting == "never")
+        with EventStorage(0):
+            steps[setting] = _step(model, two_region_batch(size=32))
+    _assert_same_step(steps["auto"], steps["never"], (1e-4, 1e-6), (1e-3, 1e-6))
