@@ -92,10 +92,19 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
             continue
         child.compile(**options)
         done.append(name)
-    if callable(getattr(model, "loss_fn", None)):
-        model.loss_fn = torch.compile(model.loss_fn, **options)
+    if _compile_loss_fn(model, options):
         done.append("loss_fn")
     return done
+
+
+def _compile_loss_fn(model: nn.Module, options: dict) -> bool:
+    """The model's ``loss_fn`` replaced by ``torch.compile(loss_fn, **options)`` where it
+    declares one; True when it does."""
+    loss_fn = getattr(model, "loss_fn", None)
+    if not callable(loss_fn):
+        return False
+    model.loss_fn = torch.compile(loss_fn, **options)
+    return True
 
 
 def apply_speed_options(model: nn.Module, cfg: CfgNode) -> nn.Module:
@@ -163,15 +172,13 @@ def compile_loss(model: nn.Module, setting: str, device: str, backend: str = "in
     """
     if not loss_compile_wanted(setting, device):
         return False
-    loss_fn = getattr(model, "loss_fn", None)
-    if not callable(loss_fn):
+    if not _compile_loss_fn(model, {"backend": backend, "dynamic": None}):
         if setting == "always":
             logger.warning(
                 f"MODEL.COMPILE_LOSS always: {type(model).__name__} declares no loss_fn to "
                 "compile; the model runs as without it"
             )
         return False
-    model.loss_fn = torch.compile(loss_fn, backend=backend, dynamic=None)
     logger.info(
         f"MODEL.COMPILE_LOSS {setting}: compiled the loss_fn of {type(model).__name__} (the "
         "first training step compiles its kernels; MODEL.COMPILE_LOSS never keeps it eager)"
