@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from ovseg_testing.distributed import gloo_world
 from ovseg_testing.panoptic import (
     PANOPTIC,
     instance_output,
@@ -106,20 +107,12 @@ def _evaluate(images, out_dir: str, distributed: bool, skip=()) -> dict:
 
 def _worker(rank: int, world_size: int, init_file: str, root: str, queue) -> None:
     """One gloo process scoring images ``rank``, ``rank + world_size``, ..."""
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
+    with gloo_world(rank, world_size, init_file):
         _register_small_sets()
         # the parent wrote the dataset: both ranks only register it
         with registered_tiny_panoptic(root, NUM_IMAGES, write=False):
             share = range(rank, NUM_IMAGES, world_size)
             queue.put((rank, _evaluate(share, f"{root}/dist{rank}", distributed=True)))
-        dist.barrier()  # both done before either tears its connections down (as ovseg's launch)
-    finally:
-        dist.destroy_process_group()
 
 
 def _assert_same(got, want, where=""):

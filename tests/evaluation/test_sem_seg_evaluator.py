@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ovseg_testing.distributed import gloo_world
 from PIL import Image
 
 from detectron2.config import get_cfg
@@ -271,12 +272,7 @@ def test_build_evaluator_unknown_type_lists_supported(dataset, tmp_path):
 
 def _distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str, queue) -> None:
     """One gloo process: evaluates image ``rank`` alone; rank 0 must see both images."""
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
+    with gloo_world(rank, world_size, init_file):
         name = "ovseg_test_eval_distributed"
         MetadataCatalog.get(name).set(stuff_classes=NAMES, ignore_label=255, unseen_classes=["c"])
         evaluator = OpenVocabSemSegEvaluator(name, distributed=True, output_dir=out_dir)
@@ -286,9 +282,6 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str
         local = evaluator.confusion_matrix.copy()
         results = evaluator.evaluate()
         queue.put((rank, local, None if results is None else dict(results["sem_seg"])))
-        dist.barrier()  # both done before either tears its connections down (as ovseg's launch)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@
 - ``checkpoints``: a saved checkpoint damaged as a disk or a bad copy would;
 - ``golden``: ``assert_golden``, the golden-output regression;
 - ``demo``: demo/predictor.py and demo/demo.py, imported as the script imports them;
-- ``scripts``: running train_net.py, demo/demo.py and tools/ in a subprocess.
+- ``scripts``: running train_net.py, demo/demo.py and tools/ in a subprocess;
+- ``distributed``: a spawned worker's gloo group, ended as ovseg's launch ends it.
 
 Fixtures stay in the conftest.py files."""
 
