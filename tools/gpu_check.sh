@@ -6,7 +6,8 @@
 # Runs `python -m ovseg.benchmark.suite` (every student's training step on synthetic batches
 # of its config's crop size in bf16: step time, images/s, peak memory, FLOPs, MFU, the shares
 # of the frozen towers' forward and the optimizer, host syncs per step; inference images/s and
-# latency, whole and slide; the ZegCLIP VOC step under torch.profiler), then the GPU-only
+# latency, whole and slide; the ZegCLIP VOC step under torch.profiler, compiled with its frozen
+# tower in bf16 as the goal row but without CUDA graphs), then the GPU-only
 # tests (`pytest -m gpu`). Random CLIP weights of the real architectures, nothing downloaded.
 # Where the machine lacks ovseg's pure-Python dependencies, a folder made by
 # tools/make_gpu_bundle.sh is put on PYTHONPATH: $OVSEG_SITE, else .cache/gpu_site.

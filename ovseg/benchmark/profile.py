@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from detectron2.config import CfgNode
@@ -16,6 +18,21 @@ from .syncs import HostSyncCounter, count_cuda_syncs
 from .timing import synchronize
 
 __all__ = ["profile_training"]
+
+
+def _per_step_text(per_step: Dict[str, float]) -> str:
+    return (f"{per_step['wall_ms_per_step']:.1f} ms of wall time and "
+            f"{per_step['device_ms_per_step']:.1f} ms of device time per step")  # fmt: skip
+
+
+def _device_us(prof) -> float:
+    """The device events' self time (kernels, copies, memsets), as torch's table totals it:
+    an operator's own "self device time" is its kernels' again, so operators are left out."""
+    return sum(
+        e.self_device_time_total
+        for e in prof.key_averages()
+        if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)
+    )
 
 
 def _events(prof, device: str, top: int) -> List[Dict[str, Any]]:
@@ -43,7 +60,8 @@ def profile_training(
 
     Returns:
         dict: "top" (rows: name, count, self device/CPU microseconds over all steps),
-        "host_syncs_per_step", "steps".
+        "wall_ms_per_step" and "device_ms_per_step" (the self device time of every event,
+        0 off CUDA; both under the profiler), "host_syncs_per_step", "steps".
     """
     from .train import _build
 
@@ -58,10 +76,12 @@ def profile_training(
             trainer.run_step()
         synchronize(device)
         with profile(activities=activities) as prof:
+            start = time.perf_counter()
             for i in range(steps):
                 storage.iter = 1000 + i  # not a metrics read-back step
                 trainer.run_step()
             synchronize(device)
+            wall_s = time.perf_counter() - start
         storage.iter = 2000
         if device.type == "cuda":
             syncs = count_cuda_syncs(trainer.run_step)
@@ -72,11 +92,16 @@ def profile_training(
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=top)
     top_rows = _events(prof, device.type, top)
+    # the device's busy time per step against the wall's, both under the profiler: a step
+    # bound by its host waits between
+    per_step = {"wall_ms_per_step": 1e3 * wall_s / steps,
+                "device_ms_per_step": _device_us(prof) / 1e3 / steps}  # fmt: skip
     out_dir = Path(out_dir)
     atomic_write_text(
         out_dir / "profile.txt",
-        f"{cfg.MODEL.META_ARCHITECTURE}, {steps} steps, host syncs per step: {syncs}\n{table}",
+        f"{cfg.MODEL.META_ARCHITECTURE}, {steps} steps, {_per_step_text(per_step)}, host syncs "
+        f"per step: {syncs}\n{table}",
     )
-    res = {"steps": steps, "top": top_rows, "host_syncs_per_step": syncs}
+    res = {"steps": steps, "top": top_rows, **per_step, "host_syncs_per_step": syncs}
     atomic_write_json(out_dir / "profile.json", res)
     return res

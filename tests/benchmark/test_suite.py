@@ -36,6 +36,32 @@ def test_suite_smoke_writes_the_table_and_profile(tmp_path):
     assert "| ZegCLIP toy ViT inference batch 4 | 4 x " in table
     profile = json.loads((tmp_path / "profile.json").read_text())
     assert len(profile["top"]) == 15 and profile["top"][0]["self_cpu_us"] > 0
+    # on the CPU no device event: the device's busy time is 0, the wall's is not
+    assert profile["wall_ms_per_step"] > 0 and profile["device_ms_per_step"] == 0
+    assert (
+        "ms of wall time and 0.0 ms of device time per step"
+        in (tmp_path / "profile.txt").read_text()
+    )
+
+
+def test_the_profile_follows_the_goal_rows_and_compiles_on_cuda(tmp_path, monkeypatch):
+    from ovseg.benchmark import suite
+
+    calls = []
+    monkeypatch.setattr(suite, "_run_row", lambda item, *_: calls.append(item[0]) or {})
+    monkeypatch.setattr(suite, "_profile", lambda config, a, _: calls.append("profile") or {})
+    suite.main(["--device", "cpu", "--only", "ZegCLIP", "MaskCLIP+", "--output-dir",
+                str(tmp_path)])  # fmt: skip
+    zeg = [n for n in calls if n.startswith("ZegCLIP")]
+    assert calls[: len(zeg) + 1] == zeg + ["profile"] and len(calls) > len(zeg) + 1
+    assert zeg[-1] == "ZegCLIP ViT-B/16 compiled"  # the compiled rows first, then the profile
+    # on CUDA the profile is the goal row's work compiled (its own budget), on the CPU eager
+    cuda, cpu = suite._profile_opts("cuda:0"), suite._profile_opts("cpu")
+    assert (
+        dict(zip(cuda[::2], cuda[1::2]))
+        == {"MODEL.COMPILE": "True", "MODEL.CLIP.FROZEN_DTYPE": "bfloat16"}
+        and cpu == ()
+    )
 
 
 def test_sync_counter_sees_reads_and_data_dependent_shapes():
