@@ -60,8 +60,8 @@ def profile_training(
 
     Returns:
         dict: "top" (rows: name, count, self device/CPU microseconds over all steps),
-        "wall_ms_per_step" and "device_ms_per_step" (the self device time of every event,
-        0 off CUDA; both under the profiler), "host_syncs_per_step", "steps".
+        "wall_ms_per_step" and "device_ms_per_step" (the device events' self time: kernels,
+        copies, memsets; 0 off CUDA; both under the profiler), "host_syncs_per_step", "steps".
     """
     from .train import _build
 
