@@ -141,3 +141,23 @@ def test_the_goal_rows_run_first_and_the_table_keeps_the_items_order():
     assert "compiled" not in zeg[0] and zeg[1] != zeg[0]
     first_compiled = next(k for k, n in enumerate(zeg) if "compiled" in n)
     assert all("compiled" in n for n in zeg[first_compiled:])
+
+
+def test_the_device_time_counts_device_events_once():
+    # an operator's "self device time" is its kernels' again; torch's table total leaves
+    # operators and user annotations out, and so does the profile's device time per step
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from ovseg.benchmark.profile import _device_us
+
+    def event(device, us, annotation=False):
+        return SimpleNamespace(
+            device_type=device, self_device_time_total=us, is_user_annotation=annotation
+        )
+
+    cuda = DeviceType.CUDA
+    events = [event(DeviceType.CPU, 300.0), event(cuda, 200.0), event(cuda, 100.0),
+              event(cuda, 50.0, annotation=True)]  # fmt: skip
+    assert _device_us(SimpleNamespace(key_averages=lambda: events)) == 300.0
