@@ -9,14 +9,19 @@ Examples:
         --config-file configs/coco/freeseg/freeseg_r101c_alltask_60k_bs32.yaml
     python tools/benchmark.py teacher --model ViT-B-16 --size 512 512 --batch 2 --store
     python tools/benchmark.py pseudo --config-file configs/toy/maskclip.yaml --limit 50
+    python tools/benchmark.py roofline --device-name "NVIDIA H200" \\
+        --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml
 
 ``train`` times training iterations of any config (model, optimizer and data loader built as
 ovseg's Trainer builds them): iterations/s, images/s, peak memory, the data-loading share,
 measured FLOPs and MFU. ``teacher`` times the CLIP teacher's dense embeddings against a plain
 forward and MaskCLIP labelling. ``pseudo`` times pseudo-labelling a config's dataset into a
-store. Each prints its results as JSON on stdout (a readable summary goes to stderr) and
-writes them to ``--output`` when given. CLIP weights are random unless ``--pretrained``:
-speed does not depend on them. The measurements live in ``ovseg.benchmark``.
+store. ``roofline`` counts a config's training step on fake tensors on the CPU (nothing
+computed) and gives its floor on a named GPU: every FLOP at peak, every byte at the memory's
+bandwidth, every operator its own kernel, by source line. Each prints its results as JSON
+on stdout (a readable summary goes to stderr) and writes them to ``--output`` when given.
+CLIP weights are random unless ``--pretrained``: speed does not depend on them. The
+measurements live in ``ovseg.benchmark``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ovseg.benchmark import (
     default_device,
     training_config,
 )
+from ovseg.benchmark.roofline import benchmark_roofline
 from ovseg.utils.cli import (
     parse_trailing_opts,
     positive_float,
@@ -396,11 +402,89 @@ def _add_config_arguments(p: argparse.ArgumentParser, cache: str) -> None:
     )
 
 
+# ---------------------------------------------------------------------- roofline
+def run_roofline(args: argparse.Namespace) -> Dict[str, Any]:
+    cfg = training_config(
+        args.config_file, args.opts, device="cpu", batch=args.batch, size=args.size,
+        precision=args.precision, pretrained="", cache_dir=args.cache_dir,
+    )  # fmt: skip
+    res = benchmark_roofline(
+        cfg, device_name=args.device_name, peak_tflops=args.peak_tflops,
+        bandwidth_tbps=args.bandwidth_tbps, frozen=args.freeze, top=args.top,
+    )  # fmt: skip
+    return {"config": args.config_file, "opts": list(args.opts), **res}
+
+
+def print_roofline(r: Dict[str, Any]) -> None:
+    mfu = r["mfu_ceiling_unfused"]
+    _table(
+        f"{r['meta_architecture']} training step ({r['config']}), {r['precision']}, batch "
+        f"{r['batch']} x {r['side']}, counted on fake tensors for {r['device_name']} "
+        f"({r['peak_tflops']:.1f} TFLOP/s, {r['bandwidth_tbps']:.2f} TB/s), torch {r['torch']}",
+        [
+            ("FLOPs (forward + backward)", _si(r["flops"])),
+            ("bytes read and written", _si(r["bytes"], "B") + f" in {r['calls']} operator calls"),
+            ("FLOP floor (100% MFU)", f"{r['flop_floor_ms']:.2f} ms"),
+            ("byte floor", f"{r['byte_floor_ms']:.2f} ms"),
+            ("unfused floor", f"{r['unfused_floor_ms']:.2f} ms (every operator a kernel)"),
+            ("MFU at the unfused floor", f"{100 * mfu:.1f}%" if mfu else "n/a"),
+        ]
+        + [
+            (f"  {name}", f"{c['floor_ms']:.2f} ms, {c['gflop']:.1f} GFLOP, "
+             f"{c['gbytes']:.2f} GB, {c['calls']} calls")
+            for name, c in sorted(r["by_class"].items(), key=lambda kv: -kv[1]["floor_ms"])
+        ]
+        + [
+            (f"{s['op']} @ {s['site']}", f"{s['floor_ms']:.3f} ms ({s['bound']}), "
+             f"{s['gflop']:.1f} GFLOP, {s['gbytes']:.2f} GB, {s['calls']} calls")
+            for s in r["sites"]
+        ],
+    )  # fmt: skip
+
+
+def add_roofline_parser(subparsers, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "roofline",
+        parents=[parent],
+        help="a config's training step counted on the CPU: its floor on a named GPU",
+        description=(
+            "Runs one training forward and backward of the config (after a warm-up one) on "
+            "fake tensors on the CPU: every operator's FLOPs and bytes at the config's batch "
+            "and crop size, nothing computed, no GPU. Prints the step's floor on the named "
+            "device (every FLOP at peak, every byte at the memory's bandwidth, every operator "
+            "its own kernel) and the source lines that cost most (ovseg.benchmark.roofline)."
+        ),
+    )
+    p.add_argument("--config-file", required=True, help="any ovseg training config")
+    p.add_argument("--batch", type=positive_int, default=None, help="images per iteration")
+    p.add_argument(
+        "--size", type=positive_int, default=None, help="square training crop side (INPUT.CROP)"
+    )
+    p.add_argument(
+        "--precision", default=None, choices=PRECISIONS,
+        help="fp32, or autocast in bf16/fp16 (default: the config's SOLVER.AMP)",
+    )  # fmt: skip
+    p.add_argument("--device-name", default="NVIDIA H200", help="the GPU whose roofline to use")
+    p.add_argument("--peak-tflops", type=positive_float, default=None, help="override the table")
+    p.add_argument(
+        "--bandwidth-tbps", type=positive_float, default=None, help="override the table (TB/s)"
+    )
+    p.add_argument("--top", type=positive_int, default=30, help="source lines listed")
+    _add_freeze_argument(p)
+    p.add_argument("--cache-dir", default="", help="MODEL.CLIP.CACHE_DIR ('' = temporary)")
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[],
+        help="config KEY VALUE pairs (or after --opts)",
+    )  # fmt: skip
+    p.set_defaults(func=run_roofline, show=print_roofline)
+
+
 SUBCOMMANDS: Tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
     add_train_parser,
     add_teacher_parser,
     add_pseudo_parser,
     add_infer_parser,
+    add_roofline_parser,
 )
 
 

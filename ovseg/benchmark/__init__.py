@@ -1,5 +1,6 @@
 """Speed benchmarks: training throughput of any config (iterations/s, images/s, memory, the
-data-loading share, FLOPs and MFU), the CLIP teacher, and pseudo-labelling.
+data-loading share, FLOPs and MFU), the CLIP teacher, pseudo-labelling, and a training
+step's roofline floor on a named GPU counted on the CPU (``roofline``).
 
 ``tools/benchmark.py`` is their command line; the helpers here (device synchronisation,
 median timers, peak memory, FLOP counting, device peak FLOP/s) serve any other measurement.
@@ -8,6 +9,7 @@ median timers, peak memory, FLOP counting, device peak FLOP/s) serve any other m
 from .config import benchmark_config
 from .flops import PEAK_TFLOPS, flop_counter, peak_tflops_for
 from .pseudo import benchmark_pseudo_labelling, store_rate_on_images, time_pseudo_labelling
+from .roofline import benchmark_roofline
 from .synthetic import synthetic_batch, synthetic_labels, synthetic_side
 from .teacher import benchmark_teacher, positional_embedding_for
 from .timing import CLOCKS, check_device, default_device, peak_memory, synchronize, time_calls
@@ -20,6 +22,7 @@ __all__ = [
     "PRECISIONS",
     "benchmark_config",
     "benchmark_pseudo_labelling",
+    "benchmark_roofline",
     "benchmark_teacher",
     "benchmark_training",
     "check_device",

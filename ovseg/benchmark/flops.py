@@ -64,7 +64,12 @@ def _cpu_attention_flops(query, key, value, *args, **kwargs) -> int:
 
 
 def _cpu_attention_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
-    return 2 * _attention_flops(query, key, value)  # dQ, dK, dV and dP: twice the forward
+    """torch's count for the CUDA kernels' backward (``sdpa_backward_flop_count``): the
+    scores recomputed, then dP, dV, dQ and dK, 2.5x the forward, so that the CPU and CUDA
+    count one convention."""
+    *batch, length, e = _shape(query)
+    s, ev = _shape(key)[-2], _shape(value)[-1]
+    return 2 * int(np.prod(batch)) * length * s * (3 * e + 2 * ev)
 
 
 def flop_counter() -> FlopCounterMode:

@@ -1,0 +1,146 @@
+"""ovseg.benchmark.roofline: a training step counted on fake tensors. Hand-made calls against
+their FLOPs, bytes and floors by hand; the tiny ZegCLIP step against a real step's FLOP count
+and its source lines; the command line and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from ovseg_testing import ROOT
+from ovseg_testing.data import two_region_batch
+from ovseg_testing.models import tiny_zegclip
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ovseg.benchmark import flop_counter
+from ovseg.benchmark.roofline import (
+    WorkCounter,
+    bandwidth_tbps_for,
+    count_step_work,
+    peak_for,
+    roofline,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TOY_ZEGCLIP = ROOT / "configs" / "toy" / "zegclip_toyvit_inductive_1200_bs16.yaml"
+
+
+def test_hand_made_calls_count_their_flops_bytes_and_floors():
+    # a device of 1 TFLOP/s and 1 GB/s: the matmul of (64, 32) x (32, 16) is 65536 FLOPs
+    # (65.5 ns) over (2048 + 512 + 1024) x 4 bytes (14.3 us): memory-bound
+    counter = WorkCounter(peak_flops=1e12, bandwidth=1e9)
+    with FakeTensorMode() as mode:
+        a, b = torch.empty(64, 32), torch.empty(32, 16)
+        c = torch.empty(64, 16)
+    with mode, counter:
+        out = a @ b
+        out.t()  # a view: no kernel
+        c.add_(out)  # in place: reads c and out, writes c
+        torch.empty(8)  # an allocation: no kernel
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (64, 16)
+    res = roofline(counter)
+    ops = {s["op"]: s for s in res["sites"]}
+    assert set(ops) == {"mm", "add_"}, ops
+    mm_bytes = (64 * 32 + 32 * 16 + 64 * 16) * 4
+    assert (ops["mm"]["gflop"], ops["mm"]["gbytes"]) == (65536 / 1e9, mm_bytes / 1e9)
+    assert ops["mm"]["floor_ms"] == pytest.approx(1e3 * mm_bytes / 1e9)
+    assert ops["mm"]["bound"] == "memory"
+    assert ops["add_"]["gbytes"] == 3 * 64 * 16 * 4 / 1e9
+    assert res["flops"] == 65536 and res["bytes"] == mm_bytes + 3 * 64 * 16 * 4
+    assert res["unfused_floor_ms"] == pytest.approx(1e3 * res["bytes"] / 1e9)
+    assert res["flop_floor_ms"] == pytest.approx(1e3 * 65536 / 1e12)
+    assert res["mfu_ceiling_unfused"] == pytest.approx(res["flop_floor_ms"] / res["bytes"] * 1e6)
+    assert res["by_class"]["matmul"]["calls"] == 1 and res["by_class"]["other"]["calls"] == 1
+    assert (res["fake_calls"], res["real_calls"]) == (2, 0)
+
+    # a fast memory makes the same matmul compute-bound
+    counter = WorkCounter(peak_flops=1e12, bandwidth=1e15)
+    with mode, counter:
+        a @ b
+    (site,) = roofline(counter)["sites"]
+    assert site["bound"] == "compute" and site["floor_ms"] == pytest.approx(1e3 * 65536 / 1e12)
+
+
+def test_a_fake_step_counts_the_real_steps_flops_and_names_its_source_lines(tmp_path):
+    model = tiny_zegclip(tmp_path, seed=0).train()
+    batch = two_region_batch(size=32)
+    sum(model(batch).values()).backward()  # the text embeddings memoised, as in a fake warm-up
+    model.zero_grad(set_to_none=True)
+    with flop_counter() as real:
+        sum(model(batch).values()).backward()
+    model.zero_grad(set_to_none=True)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    counter = count_step_work(model, batch, peak_tflops=989.5, bandwidth_tbps=4.8)
+    res = roofline(counter)
+    assert res["flops"] == real.get_total_flops() > 0
+    # the images' work ran on fake tensors; only what reads the labels or the weights alone
+    # (the targets, the memoised prompts' projection) ran for real
+    assert res["fake_calls"] > 4 * res["real_calls"] > 0, (res["fake_calls"], res["real_calls"])
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+    # the attention's forward and backward both point at the line that calls it
+    source = (ROOT / "ovseg" / "clip" / "attention.py").read_text().splitlines()
+    line = 1 + next(i for i, t in enumerate(source) if "F.scaled_dot_product_attention(" in t)
+    sites = {(s["op"], s["site"]) for s in res["sites"]}
+    assert (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        f"ovseg/clip/attention.py:{line}",
+    ) in sites
+    assert (
+        "_scaled_dot_product_flash_attention_for_cpu_backward",
+        f"backward of ovseg/clip/attention.py:{line}",
+    ) in sites
+    assert res["by_class"]["attention"]["calls"] == 6  # 3 blocks, forward and backward
+    # each call's floor is at least its FLOPs' and its bytes' (to the sums' rounding)
+    assert res["unfused_floor_ms"] >= max(res["flop_floor_ms"], res["byte_floor_ms"]) * (1 - 1e-12)
+
+
+def test_the_inputs_must_be_detectron2s(tmp_path):
+    model = tiny_zegclip(tmp_path, seed=0)
+    with pytest.raises(TypeError, match="list of dicts"):
+        count_step_work(model, torch.zeros(1), peak_tflops=1.0, bandwidth_tbps=1.0)
+    with pytest.raises(ValueError, match="none of \\['image'\\]"):
+        count_step_work(model, [{"x": torch.zeros(1)}], peak_tflops=1.0, bandwidth_tbps=1.0)
+
+
+def test_device_tables_and_overrides():
+    assert bandwidth_tbps_for("NVIDIA H200") == 4.8
+    assert bandwidth_tbps_for("NVIDIA H100 80GB HBM3") == 3.35
+    assert bandwidth_tbps_for("NVIDIA H100 NVL") == 3.9
+    assert peak_for("NVIDIA H200", "bf16", None, None) == (989.5, 4.8)
+    assert peak_for("My GPU", "bf16", 100.0, 2.0) == (100.0, 2.0)
+    with pytest.raises(ValueError, match="--peak-tflops and --bandwidth-tbps"):
+        peak_for("My GPU", "bf16", 100.0, None)
+
+
+def test_the_command_counts_a_config_and_refuses_an_unknown_device(tmp_path):
+    out = tmp_path / "roofline.json"
+    cmd = [
+        sys.executable, str(ROOT / "tools" / "benchmark.py"), "roofline",
+        "--config-file", str(TOY_ZEGCLIP), "--batch", "2", "--size", "64", "--precision", "bf16",
+        "--top", "5", "--output", str(out), "--cache-dir", str(tmp_path / "clip"),
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res == json.loads(run.stdout)
+    assert (res["meta_architecture"], res["batch"], res["side"]) == ("ZegCLIP", 2, 64)
+    assert (res["precision"], res["device_name"], res["peak_tflops"]) == (
+        "bf16",
+        "NVIDIA H200",
+        989.5,
+    )
+    assert len(res["sites"]) == 5 and res["flops"] > 0 and res["bytes"] > 0
+    assert "unfused floor" in run.stderr and "MFU at the unfused floor" in run.stderr
+
+    bad = subprocess.run(
+        [*cmd[:-4], "--device-name", "My GPU"], capture_output=True, text=True, cwd=ROOT,
+        timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "no peak FLOP/s or memory bandwidth known for device 'My GPU'" in bad.stderr
