@@ -1,11 +1,12 @@
 """A training step's work as a device would do it, counted on the CPU without computing it.
 
-Every aten operator of one training forward and backward runs on fake tensors (torch's
-``FakeTensorMode``: shapes, dtypes and strides, no data), so a config's real batch and crop
-size need no GPU, no activation memory and little time; operators whose inputs are all real
-tensors (the host's label check, the memoised text embeddings, the positional embedding's
-resize) run for real, as they would. A warm-up forward and backward fills the model's caches
-first, so the counted one is a steady-state step. For each operator call:
+One training forward and backward runs with the model's weights as fake tensors (torch's
+``FakeTensorMode``: shapes, dtypes and strides, no data), so everything the network computes
+is fake and a config's real batch and crop size need no GPU, no activation memory and little
+time; operators whose inputs are all real tensors (what the host makes of the inputs: the
+label check, the targets, the padding's content mask) run for real, as they would. A warm-up
+forward and backward fills the model's caches first, so the counted one is a steady-state
+step. For each operator call:
 
 - FLOPs: the counter of ``flops.py`` (matmuls, convolutions and attention, 2 per
   multiply-add; what MFU counts);
@@ -28,13 +29,22 @@ for those the bytes are a lower bound of a CUDA step's.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import re
 import sys
+import traceback
 from collections import defaultdict
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensor,
+    FakeTensorMode,
+)
+from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
@@ -69,6 +79,8 @@ _NO_BYTES = {
 }  # fmt: skip
 _MATMULS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "convolution", "convolution_backward"}
 _SOURCES = ("ovseg", "open_clip")
+# what a fake tensor raises when asked for values (a host read, a data-dependent shape)
+_FAKE_ERRORS = (DataDependentOutputException, DynamicOutputShapeException)
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -228,15 +240,18 @@ def count_step_work(
     peak_tflops: float,
     bandwidth_tbps: float,
     autocast_dtype: Optional[torch.dtype] = None,
-    fake_keys: Tuple[str, ...] = ("image",),
 ) -> WorkCounter:
     """One warm-up and one recorded training forward and backward (the sum of the model's
-    losses, as detectron2's step) of ``model`` on ``batch``, its images made fake: what
-    depends on them runs on fake tensors, what reads only the labels or the weights runs for
-    real (the labels are checked on the host).
+    losses, as detectron2's step) of ``model`` on ``batch`` with fake weights: whatever the
+    network computes runs on fake tensors; what reads only the inputs (the host's label check,
+    the targets made from the labels, the padding's content mask) runs for real, as the host
+    does it.
 
-    The model's parameters are left as they were, without gradients; its caches may hold
-    what the two fake steps computed, so build the model for this alone.
+    The model's own parameters and buffers are not touched (``torch.func.functional_call``
+    runs it on fake copies), but for the CLIP teachers' text towers, which stay real: the
+    text embeddings are real, cached once per vocabulary as in training. Other caches the
+    step fills (memoised tensors) may hold fake tensors afterwards, so build the model for
+    this alone.
 
     Args:
         model (nn.Module): a built training model on the CPU.
@@ -244,33 +259,82 @@ def count_step_work(
         peak_tflops (float): the device's peak TFLOP/s at the step's precision.
         bandwidth_tbps (float): its memory bandwidth, TB/s.
         autocast_dtype (torch.dtype, optional): run under the CPU's autocast in this dtype.
-        fake_keys: the keys of each input made fake.
 
     Returns:
         WorkCounter: the recorded step (:func:`roofline` sums it).
+
+    Raises:
+        ValueError: the step reads values of what the network computed (a Hungarian matcher,
+            a range check of the teacher's labels): fake tensors hold none.
     """
+    if not isinstance(batch, list) or not all(isinstance(d, dict) for d in batch):
+        raise TypeError(f"batch: a list of dicts (detectron2's inputs), got {type(batch).__name__}")
     counter = WorkCounter(peak_tflops * 1e12, bandwidth_tbps * 1e12)
-    model.train()
     amp = (
         torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
-    if not isinstance(batch, list) or not all(isinstance(d, dict) for d in batch):
-        raise TypeError(f"batch: a list of dicts (detectron2's inputs), got {type(batch).__name__}")
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        batch = [
-            {k: mode.from_tensor(v) if k in fake_keys else v for k, v in d.items()} for d in batch
-        ]
-    if not any(k in d for d in batch for k in fake_keys):
-        raise ValueError(f"the batch's inputs hold none of {list(fake_keys)} to make fake")
-    with mode, counter:
-        for recording in (False, True):
-            counter.recording = recording
-            with amp, torch.autograd.set_detect_anomaly(True, check_nan=False):
-                losses = model(batch)
-                loss = sum(losses.values())
-            loss.backward()  # fake gradients on the real parameters, dropped below
-            model.zero_grad(set_to_none=True)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    text = _text_towers(model)
+    with mode:  # fake copies keep requires_grad; tied weights stay tied
+        state = {
+            name: mode.from_tensor(t)
+            for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+            if id(t) not in text
+        }
+    model.train()
+    try:
+        with mode, counter:
+            for recording in (False, True):
+                counter.recording = recording
+                with amp, torch.autograd.set_detect_anomaly(True, check_nan=False):
+                    losses = functional_call(model, state, (batch,), tie_weights=True)
+                    loss = sum(losses.values())
+                loss.backward()
+                for t in state.values():
+                    t.grad = None
+    except (DataDependentOutputException, DynamicOutputShapeException, RuntimeError) as e:
+        if not isinstance(e, _FAKE_ERRORS) and "tensor subclass" not in str(e):
+            raise
+        raise ValueError(
+            f"{type(model).__name__}'s step reads the values of what its network computed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; at "
+            f"{_raised_at(e)}): a fake tensor has none. The roofline counts steps whose work "
+            "follows from the shapes and the inputs; time this one with "
+            "`tools/benchmark.py train` on the device"
+        ) from e
     return counter
+
+
+def _text_towers(model: torch.nn.Module) -> set:
+    """The ids of the CLIP teachers' tensors outside their image towers (the text tower),
+    which stay real: the text embeddings are computed once per vocabulary and cached (in
+    memory and on disk, under the weights' fingerprint, computed here first), outside the
+    steady-state step."""
+    from ..clip.teacher import CLIPTeacher
+
+    ids = set()
+    for teacher in (m for m in model.modules() if isinstance(m, CLIPTeacher)):
+        teacher.fingerprint  # noqa: B018 (a digest of the real weights, cached)
+        named = itertools.chain(teacher.model.named_parameters(), teacher.model.named_buffers())
+        ids.update(id(t) for n, t in named if not n.startswith("visual."))
+    return ids
+
+
+def _raised_at(error: BaseException) -> str:
+    """The innermost ovseg or open_clip line of the traceback, else the innermost line
+    outside torch and this module."""
+    frames = traceback.extract_tb(error.__traceback__)
+    for frame in reversed(frames):
+        site = _source(frame.filename, frame.lineno or 0)
+        if site is not None and not site.startswith("ovseg/benchmark/"):
+            return site
+    torch_dir = os.path.dirname(torch.__file__)
+    outside = [
+        f
+        for f in frames
+        if not os.path.abspath(f.filename).startswith(torch_dir) and f.filename != __file__
+    ]
+    return f"{outside[-1].filename}:{outside[-1].lineno}" if outside else "?"
 
 
 def peak_for(
@@ -309,6 +373,8 @@ def benchmark_roofline(
     Returns:
         dict: :func:`roofline`'s, with the model, batch, input side, precision and device.
     """
+    from detectron2.utils.events import EventStorage
+
     from ..engine import Trainer
     from .train import _synthetic, freeze_modules
 
@@ -325,9 +391,10 @@ def benchmark_roofline(
     model = Trainer.build_model(cfg)
     freeze_modules(model, frozen)
     batch, side = _synthetic(cfg, model)
-    counter = count_step_work(
-        model, batch, peak_tflops=peak, bandwidth_tbps=bandwidth, autocast_dtype=dtype
-    )
+    with EventStorage(0):  # as a trainer's step (self-training reads the iteration)
+        counter = count_step_work(
+            model, batch, peak_tflops=peak, bandwidth_tbps=bandwidth, autocast_dtype=dtype
+        )
     res = roofline(counter)
     res["sites"] = res["sites"][:top]
     return {
