@@ -154,6 +154,12 @@ def test_the_command_counts_a_config_and_refuses_an_unknown_device(tmp_path):
     )
     assert len(res["sites"]) == 5 and res["flops"] > 0 and res["bytes"] > 0
     assert "unfused floor" in run.stderr and "MFU at the unfused floor" in run.stderr
+    # the text tower ran for real: its cached embeddings are real numbers for a later run
+    (cached,) = (tmp_path / "clip" / "text_embeddings").glob("*.pt")
+    record = torch.load(cached, map_location="cpu", weights_only=True)
+    assert type(record["embeddings"]) is torch.Tensor
+    assert record["embeddings"].shape[0] == len(record["names"]) > 0
+    assert record["embeddings"].isfinite().all()
 
     bad = subprocess.run(
         [*cmd[:-4], "--device-name", "My GPU"], capture_output=True, text=True, cwd=ROOT,
