@@ -157,6 +157,14 @@ class WorkCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.overloadpacket not in self._flops and func.namespace != "prim":
+            # a composite op (conv2d, batch_norm: in inference mode, e.g. the teacher's dense
+            # forward, they reach the mode undecomposed) counts as what it decomposes into,
+            # as FlopCounterMode does
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         leaves = tree_leaves((args, kwargs))
         fake = any(isinstance(x, FakeTensor) for x in leaves)
         if fake:

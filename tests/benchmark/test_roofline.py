@@ -64,6 +64,20 @@ def test_hand_made_calls_count_their_flops_bytes_and_floors():
     assert site["bound"] == "compute" and site["floor_ms"] == pytest.approx(1e3 * 65536 / 1e12)
 
 
+def test_a_composite_op_counts_as_what_it_decomposes_into():
+    # in inference mode (the teacher's dense forward) fake tensors reach the mode as
+    # conv2d, not as the convolution torch counts: counted as FlopCounterMode counts them
+    counter = WorkCounter(peak_flops=1e12, bandwidth=1e12)
+    with FakeTensorMode() as mode:
+        x, w = torch.empty(2, 3, 8, 8), torch.empty(4, 3, 3, 3)
+    with mode, counter, torch.inference_mode():
+        out = torch.nn.functional.conv2d(x, w)
+    assert tuple(out.shape) == (2, 4, 6, 6)
+    res = roofline(counter)
+    assert res["flops"] == 2 * (2 * 4 * 6 * 6) * (3 * 3 * 3)
+    assert res["by_class"]["matmul"]["calls"] == 1
+
+
 def test_a_fake_step_counts_the_real_steps_flops_and_names_its_source_lines(tmp_path):
     model = tiny_zegclip(tmp_path, seed=0).train()
     batch = two_region_batch(size=32)

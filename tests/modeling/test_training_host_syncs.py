@@ -178,3 +178,36 @@ def test_tensors_memoised_during_an_evaluation_still_train(tmp_path):
         freeseg.pixel_features(torch.stack(freeseg.normalize([x["image"] for x in batch])))
     with EventStorage(start_iter=0):
         sum(freeseg.train()(batch).values()).backward()
+
+
+def test_maskclip_plus_checks_its_labels_on_the_host_only(tmp_path, monkeypatch):
+    # the ground truth is checked on the host, per sample; the teacher's labels of the
+    # augmented image, made on the model's device, are its classes or ignore by construction
+    # (checked here) and were checked again on the device: a wait at every step on CUDA
+    from ovseg_testing.data import random_image
+    from ovseg_testing.models import tiny_maskclip_plus
+
+    names = ["cat", "dog", "grass", "sky", "road"]
+    model = tiny_maskclip_plus(
+        tmp_path, unseen=["grass", "road"], pseudo_label_source="online_augmented"
+    ).train()
+    batch = []
+    for i in range(2):
+        label = torch.zeros(32, 32, dtype=torch.long)
+        label[8:, :] = model.ignore_value  # unseen ground truth as the mapper leaves it: free
+        batch.append({"image": random_image(32, 32, seed=i), "sem_seg": label,
+                      "vocabulary": names, "file_name": f"{i}.png"})  # fmt: skip
+    checked, made = [], []
+    check, teacher_labels = model.check_labels, model.teacher_labels
+    monkeypatch.setattr(model, "check_labels", lambda t, *a: checked.append(t) or check(t, *a))
+    monkeypatch.setattr(
+        model, "teacher_labels", lambda *a, **k: made.append(teacher_labels(*a, **k)) or made[-1]
+    )
+    with EventStorage(0):
+        model(batch)
+    assert len(made) == 1, "the teacher labelled nothing"
+    assert [id(t) for t in checked] == [id(x["sem_seg"]) for x in batch]
+    labels = made[0]
+    assert labels.shape == (2, 32, 32)
+    valid = (labels >= 0) & (labels < len(names)) | (labels == model.ignore_value)
+    assert bool(valid.all()) and bool((labels != model.ignore_value).any())

@@ -402,12 +402,15 @@ class MaskCLIPPlus(OpenVocabSegmentor):
                 maps.append(torch.full(size, self.ignore_value, device=self.device))
                 continue
             label = sample_teacher_labels(x, self.pseudo_label_source, how, self.generate_command)
+            if self.pseudo_label_source != "online_augmented" and label.device.type == "cpu":
+                self.check_labels(label, len(names), [x])  # a store's, or the mapper's: no wait
+            # the augmented image's labels, made on the model's device, are the teacher's
+            # classes or ignore by construction (``pixel_labels``) and cross-entropy refuses
+            # any other: a check of them would wait for the device at every step
             label = self.to_device(label)
             pad = (0, w - label.shape[1], 0, h - label.shape[0])
             maps.append(F.pad(label.long(), pad, value=self.ignore_value))
-        labels = torch.stack(maps)
-        self.check_labels(labels, len(names), batched_inputs)
-        return labels
+        return torch.stack(maps)
 
     # ------------------------------------------------------------------ training
     def losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
