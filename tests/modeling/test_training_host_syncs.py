@@ -203,11 +203,52 @@ def test_maskclip_plus_checks_its_labels_on_the_host_only(tmp_path, monkeypatch)
     monkeypatch.setattr(
         model, "teacher_labels", lambda *a, **k: made.append(teacher_labels(*a, **k)) or made[-1]
     )
+    forwards = []
+    dense = model.labeller.teacher.dense_embeddings
+    monkeypatch.setattr(
+        model.labeller.teacher, "dense_embeddings",
+        lambda images, **k: forwards.append(images.shape[0]) or dense(images, **k),
+    )  # fmt: skip
     with EventStorage(0):
         model(batch)
     assert len(made) == 1, "the teacher labelled nothing"
+    assert forwards == [2], forwards  # both samples in one forward of the tower
     assert [id(t) for t in checked] == [id(x["sem_seg"]) for x in batch]
     labels = made[0]
     assert labels.shape == (2, 32, 32)
     valid = (labels >= 0) & (labels < len(names)) | (labels == model.ignore_value)
     assert bool(valid.all()) and bool((labels != model.ignore_value).any())
+
+
+def test_maskclip_plus_labels_a_batch_of_augmented_images_in_one_forward(tmp_path, monkeypatch):
+    # a labeller call per sample ran the teacher's tower once per image (16 small forwards per
+    # step on the GPU): now one forward per image size, the same labels as image by image
+    from ovseg_testing.data import random_image
+    from ovseg_testing.models import tiny_maskclip_plus
+
+    from ovseg.modeling.meta_arch.maskclip_plus_targets import (
+        TeacherLabelling,
+        augmented_images_labels,
+    )
+
+    model = tiny_maskclip_plus(tmp_path, unseen=["grass", "road"]).eval()
+    names = ("cat", "dog", "grass", "sky", "road")
+    scored = (2, 4)  # the unseen classes, as the transductive teacher scores them
+    stats = (model.pixel_mean, model.pixel_std)  # the student's normalisation, restandardised
+    how = TeacherLabelling(model.labeller, names, scored, 0.0, model.ignore_value, stats)
+    samples = [{"image": random_image(32, 48, seed=i)} for i in range(3)]
+    samples.append({"image": random_image(40, 32, seed=3)})  # another size: its own forward
+    one_by_one = [augmented_images_labels([x], how)[0] for x in samples]
+
+    forwards = []
+    dense = model.labeller.teacher.dense_embeddings
+    monkeypatch.setattr(
+        model.labeller.teacher, "dense_embeddings",
+        lambda images, **k: forwards.append(images.shape[0]) or dense(images, **k),
+    )  # fmt: skip
+    batched = augmented_images_labels(samples, how)
+    assert sorted(forwards) == [1, 3], forwards
+    assert [tuple(t.shape) for t in batched] == [(32, 48)] * 3 + [(40, 32)]
+    for got, want in zip(batched, one_by_one):
+        assert torch.equal(got, want)
+        assert set(got.unique().tolist()) <= {2, 4, model.ignore_value}

@@ -78,6 +78,7 @@ from .maskclip_plus_build import (
 )
 from .maskclip_plus_targets import (
     TeacherLabelling,
+    augmented_images_labels,
     content_mask,
     l1_distillation,
     sample_teacher_labels,
@@ -387,29 +388,25 @@ class MaskCLIPPlus(OpenVocabSegmentor):
         stats = None
         if self.teacher_input_normalization == "student":
             stats = (self.pixel_mean, self.pixel_std)
-        how = TeacherLabelling(
-            self.labeller,
-            tuple(names),
-            tuple(scored),
-            self.pseudo_label_threshold,
-            self.ignore_value,
-            stats,
-            classes=self._indices(scored),
-        )
-        maps = []
-        for i, x in enumerate(batched_inputs):
-            if needed is not None and not needed[i]:
-                maps.append(torch.full(size, self.ignore_value, device=self.device))
-                continue
-            label = sample_teacher_labels(x, self.pseudo_label_source, how, self.generate_command)
-            if self.pseudo_label_source != "online_augmented" and label.device.type == "cpu":
-                self.check_labels(label, len(names), [x])  # a store's, or the mapper's: no wait
-            # the augmented image's labels, made on the model's device, are the teacher's
-            # classes or ignore by construction (``pixel_labels``) and cross-entropy refuses
-            # any other: a check of them would wait for the device at every step
+        how = TeacherLabelling(self.labeller, tuple(names), tuple(scored),
+                               self.pseudo_label_threshold, self.ignore_value, stats,
+                               classes=self._indices(scored))  # fmt: skip
+        todo = [i for i in range(len(batched_inputs)) if needed is None or needed[i]]
+        if self.pseudo_label_source == "online_augmented":  # one call: a forward per size
+            # made on the model's device, the teacher's classes or ignore by construction
+            # (``pixel_labels``), refused otherwise by cross-entropy: a check would wait
+            made = augmented_images_labels([batched_inputs[i] for i in todo], how)
+        else:
+            source, command = self.pseudo_label_source, self.generate_command
+            made = [sample_teacher_labels(batched_inputs[i], source, how, command) for i in todo]
+            for i, label in zip(todo, made):
+                if label.device.type == "cpu":  # a store's, or the mapper's: no wait
+                    self.check_labels(label, len(names), [batched_inputs[i]])
+        maps = [torch.full(size, self.ignore_value, device=self.device)] * len(batched_inputs)
+        for i, label in zip(todo, made):
             label = self.to_device(label)
             pad = (0, w - label.shape[1], 0, h - label.shape[0])
-            maps.append(F.pad(label.long(), pad, value=self.ignore_value))
+            maps[i] = F.pad(label.long(), pad, value=self.ignore_value)
         return torch.stack(maps)
 
     # ------------------------------------------------------------------ training

@@ -6,8 +6,8 @@ label rule is :mod:`ovseg.pseudo.labels`' and every input comes from the data si
 
 - :func:`sample_teacher_labels`: one sample's teacher labels in training indices, from a
   store (its "pseudo_sem_seg"), from the teacher (:class:`TeacherLabelling`) on the
-  original image (:func:`original_image_labels`) or on the augmented sample
-  (:func:`augmented_image_labels`);
+  original image (:func:`original_image_labels`) or on the augmented samples, a batch in one
+  call (:func:`augmented_images_labels`);
 - :func:`content_mask`: which pixels of a padded training sample are image content;
 - :func:`l1_distillation`: the optional L1 pull of the student towards CLIP's embeddings.
 """
@@ -15,7 +15,7 @@ label rule is :mod:`ovseg.pseudo.labels`' and every input comes from the data si
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from ...pseudo.store import GENERATE_HINT
 __all__ = [
     "TeacherLabelling",
     "augmented_image_labels",
+    "augmented_images_labels",
     "content_mask",
     "l1_distillation",
     "original_image_labels",
@@ -71,9 +72,15 @@ class TeacherLabelling:
 
     def scores(self, inputs: dict) -> Tensor:
         """The teacher's (K, H, W) scores of a model input over the scored classes."""
+        return self.scores_of([inputs])[0]
+
+    def scores_of(self, inputs: Sequence[dict]) -> List[Tensor]:
+        """The teacher's (K, H, W) scores of model inputs over the scored classes, in one
+        call of the labeller (inputs of one size share a forward)."""
         names = [self.names[i] for i in self.scored]
         with torch.no_grad():
-            return self.labeller([{**inputs, "vocabulary": names}])[0]["sem_seg"]
+            outputs = self.labeller([{**x, "vocabulary": names} for x in inputs])
+        return [out["sem_seg"] for out in outputs]
 
 
 def restandardized(image: Tensor, stats: Tuple[Tensor, Tensor], clip: nn.Module) -> Tensor:
@@ -93,28 +100,39 @@ def restandardized(image: Tensor, stats: Tuple[Tensor, Tensor], clip: nn.Module)
 
 
 def augmented_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
-    """The teacher's labels of a training sample's augmented image (the official recipe).
+    """The teacher's labels of a training sample's augmented image (the official recipe):
+    :func:`augmented_images_labels` of the one sample."""
+    return augmented_images_labels([sample], how)[0]
+
+
+def augmented_images_labels(samples: Sequence[dict], how: TeacherLabelling) -> List[Tensor]:
+    """The teacher's labels of training samples' augmented images, in one labeller call:
+    images of one size share a forward (MaskCLIP's scores, denoising and smoothing are per
+    image), where a call per sample ran the tower once per image.
 
     Args:
-        sample (dict): a training sample with "image" (3, H, W).
+        samples (list[dict]): training samples with "image" (3, H, W).
         how (TeacherLabelling): the teacher and its classes (``input_stats``: how it sees
-            the image).
+            the images).
 
     Returns:
-        Tensor: (H, W) long training indices or the ignore value.
+        list[Tensor]: per sample, (H, W) long training indices or the ignore value.
     """
-    image = sample["image"]
-    h, w = image.shape[-2:]
-    if how.input_stats is not None:
-        image = restandardized(image, how.input_stats, how.labeller.teacher)
-    labels, _ = pixel_labels(
-        how.scores({"image": image, "height": h, "width": w}),
-        threshold=how.threshold,
-        ignore_value=how.ignore_value,
-        kind=score_kind_of(how.labeller),
-        classes=how.classes if how.classes is not None else torch.as_tensor(how.scored),
-    )
-    return labels
+    inputs = []
+    for sample in samples:
+        image = sample["image"]
+        if how.input_stats is not None:
+            image = restandardized(image, how.input_stats, how.labeller.teacher)
+        inputs.append({"image": image, "height": image.shape[-2], "width": image.shape[-1]})
+    classes = how.classes if how.classes is not None else torch.as_tensor(how.scored)
+    kind = score_kind_of(how.labeller)
+    return [
+        pixel_labels(
+            scores, threshold=how.threshold, ignore_value=how.ignore_value, kind=kind,
+            classes=classes,
+        )[0]
+        for scores in how.scores_of(inputs)
+    ]  # fmt: skip
 
 
 def original_image_labels(sample: dict, how: TeacherLabelling) -> Tensor:
