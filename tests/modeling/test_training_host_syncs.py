@@ -180,6 +180,17 @@ def test_tensors_memoised_during_an_evaluation_still_train(tmp_path):
         sum(freeseg.train()(batch).values()).backward()
 
 
+def _tower_forwards(teacher, monkeypatch) -> list:
+    """The batch size of each dense forward of ``teacher``'s tower from now on."""
+    forwards = []
+    dense = teacher.dense_embeddings
+    monkeypatch.setattr(
+        teacher, "dense_embeddings",
+        lambda images, **k: forwards.append(images.shape[0]) or dense(images, **k),
+    )  # fmt: skip
+    return forwards
+
+
 def test_maskclip_plus_checks_its_labels_on_the_host_only(tmp_path, monkeypatch):
     # the ground truth is checked on the host, per sample; the teacher's labels of the
     # augmented image, made on the model's device, are its classes or ignore by construction
@@ -203,12 +214,7 @@ def test_maskclip_plus_checks_its_labels_on_the_host_only(tmp_path, monkeypatch)
     monkeypatch.setattr(
         model, "teacher_labels", lambda *a, **k: made.append(teacher_labels(*a, **k)) or made[-1]
     )
-    forwards = []
-    dense = model.labeller.teacher.dense_embeddings
-    monkeypatch.setattr(
-        model.labeller.teacher, "dense_embeddings",
-        lambda images, **k: forwards.append(images.shape[0]) or dense(images, **k),
-    )  # fmt: skip
+    forwards = _tower_forwards(model.labeller.teacher, monkeypatch)
     with EventStorage(0):
         model(batch)
     assert len(made) == 1, "the teacher labelled nothing"
@@ -240,12 +246,7 @@ def test_maskclip_plus_labels_a_batch_of_augmented_images_in_one_forward(tmp_pat
     samples.append({"image": random_image(40, 32, seed=3)})  # another size: its own forward
     one_by_one = [augmented_images_labels([x], how)[0] for x in samples]
 
-    forwards = []
-    dense = model.labeller.teacher.dense_embeddings
-    monkeypatch.setattr(
-        model.labeller.teacher, "dense_embeddings",
-        lambda images, **k: forwards.append(images.shape[0]) or dense(images, **k),
-    )  # fmt: skip
+    forwards = _tower_forwards(model.labeller.teacher, monkeypatch)
     batched = augmented_images_labels(samples, how)
     assert sorted(forwards) == [1, 3], forwards
     assert [tuple(t.shape) for t in batched] == [(32, 48)] * 3 + [(40, 32)]
