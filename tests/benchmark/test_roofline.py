@@ -149,7 +149,7 @@ def test_device_tables_and_overrides():
         peak_for("My GPU", "bf16", 100.0, None)
 
 
-def test_the_command_counts_a_config_and_refuses_an_unknown_device(tmp_path):
+def test_the_command_counts_a_config(tmp_path):
     out = tmp_path / "roofline.json"
     cmd = [
         sys.executable, str(ROOT / "tools" / "benchmark.py"), "roofline",
@@ -175,9 +175,17 @@ def test_the_command_counts_a_config_and_refuses_an_unknown_device(tmp_path):
     assert record["embeddings"].shape[0] == len(record["names"]) > 0
     assert record["embeddings"].isfinite().all()
 
-    bad = subprocess.run(
-        [*cmd[:-4], "--device-name", "My GPU"], capture_output=True, text=True, cwd=ROOT,
-        timeout=300,
-    )  # fmt: skip
-    assert bad.returncode != 0
-    assert "no peak FLOP/s or memory bandwidth known for device 'My GPU'" in bad.stderr
+
+def test_an_unknown_device_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    from ovseg_testing.demo import load_script
+
+    from ovseg.utils.cli import run_reporting_errors
+
+    tool = load_script(ROOT / "tools" / "benchmark.py")
+    argv = ["roofline", "--config-file", str(TOY_ZEGCLIP), "--device-name", "My GPU",
+            "--cache-dir", str(tmp_path / "clip")]  # fmt: skip
+    status = run_reporting_errors("benchmark.py", lambda: tool.main(argv))
+    err = capsys.readouterr().err
+    assert status == 2, err[-3000:]
+    assert "no peak FLOP/s or memory bandwidth known for device 'My GPU'" in err
+    assert "Traceback" not in err and not (tmp_path / "clip").exists()
