@@ -140,25 +140,15 @@ def add_train_parser(subparsers, parent: argparse.ArgumentParser) -> None:
             "not a 3x rule). No checkpoint is loaded and no hook runs: speed only."
         ),
     )
-    p.add_argument("--config-file", required=True, help="any ovseg training config")
+    _add_step_arguments(p)
     p.add_argument(
         "--data",
         default="loader",
         choices=DATA_SOURCES,
         help="the config's training loader, or one synthetic batch repeated",
     )
-    p.add_argument("--batch", type=positive_int, default=None, help="images per iteration")
-    p.add_argument(
-        "--size", type=positive_int, default=None, help="square training crop side (INPUT.CROP)"
-    )
     p.add_argument("--iters", type=positive_int, default=20, help="timed iterations")
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed iterations first")
-    p.add_argument(
-        "--precision",
-        default=None,
-        choices=PRECISIONS,
-        help="fp32, or AMP autocast in bf16/fp16 (default: the config's SOLVER.AMP)",
-    )
     p.add_argument(
         "--peak-tflops",
         type=positive_float,
@@ -394,11 +384,30 @@ def _add_config_arguments(p: argparse.ArgumentParser, cache: str) -> None:
     p.add_argument("--device", default=default_device(), help="cpu or cuda[:N] (MODEL.DEVICE)")
     p.add_argument("--pretrained", default="", help="MODEL.CLIP.PRETRAINED ('' = random)")
     p.add_argument("--cache-dir", default="", help=f"MODEL.CLIP.CACHE_DIR ('' = {cache})")
+    _add_opts_argument(p)
+
+
+def _add_opts_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         default=[],
         help="config KEY VALUE pairs (or after --opts)",
+    )
+
+
+def _add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """A training step of a config: the config, its batch, crop and precision."""
+    p.add_argument("--config-file", required=True, help="any ovseg training config")
+    p.add_argument("--batch", type=positive_int, default=None, help="images per iteration")
+    p.add_argument(
+        "--size", type=positive_int, default=None, help="square training crop side (INPUT.CROP)"
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="fp32, or AMP autocast in bf16/fp16 (default: the config's SOLVER.AMP)",
     )
 
 
@@ -455,15 +464,7 @@ def add_roofline_parser(subparsers, parent: argparse.ArgumentParser) -> None:
             "its own kernel) and the source lines that cost most (ovseg.benchmark.roofline)."
         ),
     )
-    p.add_argument("--config-file", required=True, help="any ovseg training config")
-    p.add_argument("--batch", type=positive_int, default=None, help="images per iteration")
-    p.add_argument(
-        "--size", type=positive_int, default=None, help="square training crop side (INPUT.CROP)"
-    )
-    p.add_argument(
-        "--precision", default=None, choices=PRECISIONS,
-        help="fp32, or autocast in bf16/fp16 (default: the config's SOLVER.AMP)",
-    )  # fmt: skip
+    _add_step_arguments(p)
     p.add_argument("--device-name", default="NVIDIA H200", help="the GPU whose roofline to use")
     p.add_argument("--peak-tflops", type=positive_float, default=None, help="override the table")
     p.add_argument(
@@ -472,10 +473,7 @@ def add_roofline_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=positive_int, default=30, help="source lines listed")
     _add_freeze_argument(p)
     p.add_argument("--cache-dir", default="", help="MODEL.CLIP.CACHE_DIR ('' = temporary)")
-    p.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[],
-        help="config KEY VALUE pairs (or after --opts)",
-    )  # fmt: skip
+    _add_opts_argument(p)
     p.set_defaults(func=run_roofline, show=print_roofline)
 
 

@@ -35,7 +35,7 @@ import re
 import sys
 import traceback
 from collections import defaultdict
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch._subclasses.fake_tensor import (
@@ -101,25 +101,29 @@ def _source(path: str, line: int) -> Optional[str]:
     return None
 
 
-def _forward_site() -> str:
-    frame = sys._getframe(2)
-    while frame is not None:
-        site = _source(frame.f_code.co_filename, frame.f_lineno)
+def _model_site(frames: Iterable[Tuple[str, int]]) -> Optional[str]:
+    """The first ovseg or open_clip line of (path, line) ``frames``, innermost first,
+    outside this benchmark's own code."""
+    for path, line in frames:
+        site = _source(path, line)
         if site is not None and not site.startswith("ovseg/benchmark/"):
             return site
+    return None
+
+
+def _live_frames():
+    frame = sys._getframe(1)
+    while frame is not None:
+        yield frame.f_code.co_filename, frame.f_lineno
         frame = frame.f_back
-    return "torch"
 
 
 def _backward_site(node) -> str:
     """The innermost ovseg/open_clip line of the forward that recorded ``node``."""
     trace = node.metadata.get("traceback_") if hasattr(node, "metadata") else None
-    for entry in reversed(trace or []):
-        for path, line in reversed(_FRAME.findall(str(entry))):
-            site = _source(path, int(line))
-            if site is not None:
-                return f"backward of {site}"
-    return f"backward ({node.name()})"
+    frames = [(p, int(n)) for entry in trace or [] for p, n in _FRAME.findall(str(entry))]
+    site = _model_site(reversed(frames))
+    return f"backward of {site}" if site else f"backward ({node.name()})"
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -190,7 +194,7 @@ class WorkCounter(TorchDispatchMode):
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)] + outputs
         nbytes = sum(_nbytes(t) for t in tensors)
         node = torch._C._current_autograd_node()
-        site = _backward_site(node) if node is not None else _forward_site()
+        site = _backward_site(node) if node is not None else _model_site(_live_frames()) or "torch"
         rec = self.records[(name, site)]
         rec["calls"] += 1
         rec["flops"] += flops
@@ -223,9 +227,9 @@ def roofline(counter: WorkCounter) -> Dict[str, Any]:
     sites.sort(key=lambda s: -s["floor_ms"])
     by_class: Dict[str, Dict[str, float]] = {}
     for s in sites:
-        c = by_class.setdefault(_op_class(s["op"]), {"calls": 0, "gflop": 0.0, "gbytes": 0.0})
-        c.setdefault("floor_ms", 0.0)
-        for key in ("calls", "gflop", "gbytes", "floor_ms"):
+        keys = ("calls", "gflop", "gbytes", "floor_ms")
+        c = by_class.setdefault(_op_class(s["op"]), dict.fromkeys(keys, 0))
+        for key in keys:
             c[key] += s[key]
     flops = sum(r["flops"] for r in counter.records.values())
     nbytes = sum(r["bytes"] for r in counter.records.values())
@@ -332,10 +336,9 @@ def _raised_at(error: BaseException) -> str:
     """The innermost ovseg or open_clip line of the traceback, else the innermost line
     outside torch and this module."""
     frames = traceback.extract_tb(error.__traceback__)
-    for frame in reversed(frames):
-        site = _source(frame.filename, frame.lineno or 0)
-        if site is not None and not site.startswith("ovseg/benchmark/"):
-            return site
+    site = _model_site((f.filename, f.lineno or 0) for f in reversed(frames))
+    if site is not None:
+        return site
     torch_dir = os.path.dirname(torch.__file__)
     outside = [
         f
@@ -384,11 +387,11 @@ def benchmark_roofline(
     from detectron2.utils.events import EventStorage
 
     from ..engine import Trainer
+    from ..engine.train_loop import _DTYPES
     from .train import _synthetic, freeze_modules
 
     if cfg.MODEL.DEVICE != "cpu":
         raise ValueError(f"the roofline is counted on the CPU; got MODEL.DEVICE={cfg.MODEL.DEVICE}")
-    from ..engine.train_loop import _DTYPES
 
     amp = cfg.SOLVER.AMP
     precision = amp.DTYPE if amp.ENABLED else "fp32"
