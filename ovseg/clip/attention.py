@@ -1,6 +1,7 @@
 """Self-attention of open_clip's batch-first towers with its projections as single matrix
 products, when gradients flow through it (training through a frozen tower's prompts, a
-trained copy of the tower, prompt tuning through the text tower).
+trained copy of the tower, prompt tuning through the text tower) and under autocast (a
+frozen tower's inference: the CLIP teacher's labels, ZegCLIP's and MaskCLIP's test forward).
 
 ``nn.MultiheadAttention(batch_first=True)`` turns its (B, L, C) input sequence-first with a
 transpose, a view, before the input projection. ``matmul`` folds a 3-D input into one
@@ -10,14 +11,19 @@ tokens, each (B, C) @ (C, 3C) with the weight broadcast, and its backward likewi
 (ZegCLIP's VOC step, batch 16, 1025 + 10 tokens, bf16) those were cuBLAS's tall-skinny
 kernels (``nvjet ... 384x16``): 24 calls per step taking 7.5 ms of its 55 ms of GPU time,
 more than all of the tower's other matrix products together
-(``docs/gpu/h200_2026-12-04_profile.txt``). Here the input projection runs on the
-(B*L, C) tokens, attention in ``scaled_dot_product_attention`` and the output projection as
-torch's does: the same operations and parameters, in another order of the same sums.
+(``docs/gpu/h200_2026-12-04_profile.txt``). Without grad, torch's fused inference path
+(``_native_multi_head_attention``) projects the tokens as one product, but it refuses to run
+under CUDA's autocast: a bf16 test forward of a frozen tower (weights that do not require
+grad either) then took the batched product over the tokens in every block, as the training
+step did. Here the input projection runs on the (B*L, C) tokens, attention in
+``scaled_dot_product_attention`` and the output projection as torch's does: the same
+operations and parameters, in another order of the same sums.
 
 :func:`token_major_attention` switches a model's ``nn.MultiheadAttention`` modules (their
 class, in place: parameters, state-dict keys and hooks unchanged). A call that is not
 self-attention, or asks for the attention weights, a key-padding mask, a boolean mask or
-``is_causal``, or runs without grad (torch's fused inference path), is torch's own.
+``is_causal``, or runs without grad and without autocast on its device (torch's fused
+inference path), is torch's own.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ __all__ = ["TokenMajorMultiheadAttention", "token_major_attention"]
 
 
 class TokenMajorMultiheadAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` whose batch-first self-attention under grad projects the
-    tokens with one matrix product each way (see the module's docstring)."""
+    """``nn.MultiheadAttention`` whose batch-first self-attention under grad or autocast
+    projects the tokens with one matrix product each way (see the module's docstring)."""
 
     def forward(  # noqa: D417 - torch's arguments
         self,
@@ -63,7 +69,7 @@ class TokenMajorMultiheadAttention(nn.MultiheadAttention):
 
     def _token_major(self, query, key, value, key_padding_mask, need_weights, attn_mask) -> bool:
         return (
-            torch.is_grad_enabled()
+            (torch.is_grad_enabled() or torch.is_autocast_enabled(query.device.type))
             and self.batch_first
             and query is key
             and key is value

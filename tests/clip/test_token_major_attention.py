@@ -68,6 +68,35 @@ def test_the_image_towers_blocks_give_torchs_outputs_and_gradients_without_a_bat
     assert ops.count("bmm") == 0
 
 
+def test_a_frozen_towers_inference_under_autocast_projects_the_tokens_once():
+    # CUDA's autocast refuses torch's fused inference path (nn.MultiheadAttention's "autocast
+    # is enabled"); the CPU's does not, so torch's switch turns it off here as CUDA's would.
+    # Float64 stays float64 under the CPU's bf16 autocast: the sums can be compared exactly.
+    model, _, _ = random_clip_model(TINY_VIT)
+    plain, switched, count = _pair(model.visual.transformer)
+    for tower in (plain, switched):
+        tower.requires_grad_(False).eval()
+    x = torch.randn(3, 17, model.visual.transformer.width, dtype=torch.float64)
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        # no_grad, as detectron2's evaluation (inference mode hides a composite's products)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with _Ops() as plain_ops:
+                ref = plain(x)
+            with _Ops() as ops:
+                out = switched(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert plain_ops.names.count("bmm") >= count  # the frozen weights' batched products
+    assert ops.names.count("bmm") == 0
+    # without autocast the fused inference path is torch's (and so are its ops)
+    with torch.no_grad(), _Ops() as ops:
+        torch.testing.assert_close(switched(x), plain(x), rtol=1e-12, atol=1e-12)
+    assert "_native_multi_head_attention" in ops.names
+
+
 def test_the_text_towers_causal_mask_is_kept():
     model, _, _ = random_clip_model(TINY_VIT)
     plain, switched, count = _pair(model.transformer)
