@@ -20,6 +20,7 @@ from torch import Tensor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from ..utils.choices import check_choice
+from .host_copy import tensor_to_device
 
 __all__ = [
     "INFERENCE_MODES",
@@ -188,22 +189,29 @@ def semantic_inference(
     batch, _, height, width = images.shape
     ph, pw = max(height, wh), max(width, ww)
     padded = _pad_to(images, ph, pw, pad_value)
+    windows = slide_windows(height, width, (wh, ww), (sh, sw), layout)
+    # how many windows cover each pixel follows from the shapes: counted on the host (the
+    # check reads no device memory, so the host does not wait), copied to the device once
+    count = torch.zeros((1, 1, ph, pw), dtype=torch.int64)
+    for y0, y1, x0, x1 in windows:
+        count[:, :, y0:y1, x0:x1] += 1
+    # the grid ends flush with both borders, so no pixel is left without a window
+    assert bool((count > 0).all()), "sliding-window grid left pixels uncovered"
+    count = tensor_to_device(count, images.device)
     scores = None
-    count = torch.zeros((1, 1, ph, pw), dtype=torch.int64, device=images.device)
-    for y0, y1, x0, x1 in slide_windows(height, width, (wh, ww), (sh, sw), layout):
+    for y0, y1, x0, x1 in windows:
         crop = _pad_to(padded[:, :, y0:y1, x0:x1], wh, ww, pad_value)
         out = _predict(predict_fn, crop)[:, :, : y1 - y0, : x1 - x0]
         if scores is None:
             # half-precision scores are summed in float32; float64 stays float64
             dtype = torch.promote_types(out.dtype, torch.float32)
             scores = torch.zeros((batch, out.shape[1], ph, pw), dtype=dtype, device=out.device)
-        scores[:, :, y0:y1, x0:x1] += out
-        count[:, :, y0:y1, x0:x1] += 1
+        # in place on the window's view: ``scores[...] += out`` would then copy the view onto
+        # itself, a second pass over the (B, K, window) scores
+        scores[:, :, y0:y1, x0:x1].add_(out)
         # dropped before the next window's forward, which would otherwise run while this
         # window's (B, K, window) scores are still held
         del out
-    # the grid ends flush with both borders, so no pixel is left without a window
-    assert bool((count > 0).all()), "sliding-window grid left pixels uncovered"
     # in place: a second (B, K, H, W) canvas would double the peak at K = 847
     return scores.div_(count)[:, :, :height, :width]
 

@@ -63,6 +63,35 @@ def test_slide_averages_overlaps_by_count():
     torch.testing.assert_close(out, torch.ones(1, 2, 45, 70))
 
 
+def test_each_window_is_added_in_place_and_the_count_made_on_the_host():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.on_device = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if tensors and tensors[0].device.type == "meta":
+                self.on_device.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    # the meta device stands for the GPU: it holds no values, so a check that read the count
+    # map there (a wait for the device) would raise
+    images = torch.empty(2, 3, 45, 70, device="meta")
+    with Ops() as ops:
+        out = semantic_inference(
+            lambda x: x[:, :2] * 2.0, images, mode="slide", window=32, stride=(13, 21)
+        )
+    assert out.shape == (2, 2, 45, 70) and out.device.type == "meta"
+    # 6 windows, each one addition into the canvas on the device; no copy of a window's
+    # canvas onto itself (``canvas[window] += scores``), no count map updated there
+    windows = len(slide_windows(45, 70, (32, 32), (13, 21)))
+    assert ops.on_device.count("add_") == windows
+    assert "copy_" not in ops.on_device
+
+
 def test_windows_of_a_known_grid():
     # height 45, window 32, stride 13: starts 0, 13 (13 + 32 = 45, flush).
     # width 70, window 32, stride 21: starts 0, 21, then 42 would overrun -> 38 (flush).
