@@ -11,15 +11,18 @@ Examples:
     python tools/benchmark.py pseudo --config-file configs/toy/maskclip.yaml --limit 50
     python tools/benchmark.py roofline --device-name "NVIDIA H200" \\
         --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml
+    python tools/benchmark.py roofline --infer --batch 16 --precision bf16 \\
+        --config-file configs/voc/zegclip/zegclip_vitb16_inductive_20k_bs16.yaml
 
 ``train`` times training iterations of any config (model, optimizer and data loader built as
 ovseg's Trainer builds them): iterations/s, images/s, peak memory, the data-loading share,
 measured FLOPs and MFU. ``teacher`` times the CLIP teacher's dense embeddings against a plain
 forward and MaskCLIP labelling. ``pseudo`` times pseudo-labelling a config's dataset into a
-store. ``roofline`` counts a config's training step on fake tensors on the CPU (nothing
-computed) and gives its floor on a named GPU: every FLOP at peak, every byte at the memory's
-bandwidth, every operator its own kernel, by source line. Each prints its results as JSON
-on stdout (a readable summary goes to stderr) and writes them to ``--output`` when given.
+store. ``roofline`` counts a config's training step (or, with ``--infer``, its test forward)
+on fake tensors on the CPU (nothing computed) and gives its floor on a named GPU: every FLOP
+at peak, every byte at the memory's bandwidth, every operator its own kernel, by source line.
+Each prints its results as JSON on stdout (a readable summary goes to stderr) and writes them
+to ``--output`` when given.
 CLIP weights are random unless ``--pretrained``: speed does not depend on them. The
 measurements live in ``ovseg.benchmark``.
 """
@@ -44,7 +47,7 @@ from ovseg.benchmark import (
     default_device,
     training_config,
 )
-from ovseg.benchmark.roofline import benchmark_roofline
+from ovseg.benchmark.roofline_runs import benchmark_roofline
 from ovseg.utils.cli import (
     parse_trailing_opts,
     positive_float,
@@ -413,25 +416,35 @@ def _add_step_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- roofline
 def run_roofline(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.infer and args.size:
+        raise ValueError("--size is the training crop; with --infer give --image-size H W")
+    if args.image_size and not args.infer:
+        raise ValueError("--image-size is the test image's; without --infer give --size")
     cfg = training_config(
-        args.config_file, args.opts, device="cpu", batch=args.batch, size=args.size,
-        precision=args.precision, pretrained="", cache_dir=args.cache_dir,
+        args.config_file, args.opts, device="cpu", batch=None if args.infer else args.batch,
+        size=args.size, precision=args.precision, pretrained="", cache_dir=args.cache_dir,
     )  # fmt: skip
     res = benchmark_roofline(
         cfg, device_name=args.device_name, peak_tflops=args.peak_tflops,
-        bandwidth_tbps=args.bandwidth_tbps, frozen=args.freeze, top=args.top,
+        bandwidth_tbps=args.bandwidth_tbps, frozen=args.freeze, top=args.top, infer=args.infer,
+        images=args.batch or 1, image_size=args.image_size,
     )  # fmt: skip
     return {"config": args.config_file, "opts": list(args.opts), **res}
 
 
 def print_roofline(r: Dict[str, Any]) -> None:
     mfu = r["mfu_ceiling_unfused"]
+    step = r["counted"] == "step"
+    what = "training step" if step else f"{r['counted']} test forward"
+    size = r["side"] if step else "x".join(str(v) for v in r["side"])
+    images = [] if step else [("images/s at the unfused floor",
+                               f"{1e3 * r['batch'] / r['unfused_floor_ms']:.1f}")]  # fmt: skip
     _table(
-        f"{r['meta_architecture']} training step ({r['config']}), {r['precision']}, batch "
-        f"{r['batch']} x {r['side']}, counted on fake tensors for {r['device_name']} "
+        f"{r['meta_architecture']} {what} ({r['config']}), {r['precision']}, batch "
+        f"{r['batch']} x {size}, counted on fake tensors for {r['device_name']} "
         f"({r['peak_tflops']:.1f} TFLOP/s, {r['bandwidth_tbps']:.2f} TB/s), torch {r['torch']}",
-        [
-            ("FLOPs (forward + backward)", _si(r["flops"])),
+        images + [
+            ("FLOPs (forward + backward)" if step else "FLOPs", _si(r["flops"])),
             ("bytes read and written", _si(r["bytes"], "B") + f" in {r['calls']} operator calls"),
             ("FLOP floor (100% MFU)", f"{r['flop_floor_ms']:.2f} ms"),
             ("byte floor", f"{r['byte_floor_ms']:.2f} ms"),
@@ -455,16 +468,26 @@ def add_roofline_parser(subparsers, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "roofline",
         parents=[parent],
-        help="a config's training step counted on the CPU: its floor on a named GPU",
+        help="a config's training step or test forward counted on the CPU: its floor on a GPU",
         description=(
-            "Runs one training forward and backward of the config (after a warm-up one) on "
-            "fake tensors on the CPU: every operator's FLOPs and bytes at the config's batch "
-            "and crop size, nothing computed, no GPU. Prints the step's floor on the named "
+            "Runs one training forward and backward of the config (after a warm-up one), or "
+            "with --infer one test forward (TEST.INFERENCE_MODE, whole or slide, at the test "
+            "size), on fake tensors on the CPU: every operator's FLOPs and bytes at the "
+            "config's batch and size, nothing computed, no GPU. Prints the floor on the named "
             "device (every FLOP at peak, every byte at the memory's bandwidth, every operator "
             "its own kernel) and the source lines that cost most (ovseg.benchmark.roofline)."
         ),
     )
     _add_step_arguments(p)
+    p.add_argument(
+        "--infer", action="store_true",
+        help="count the test forward (--batch: images per forward, default 1; the mode: "
+        "TEST.INFERENCE_MODE, e.g. TEST.INFERENCE_MODE whole after the options)",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+        help="with --infer: the test image (default the test short side at 4:3)",
+    )  # fmt: skip
     p.add_argument("--device-name", default="NVIDIA H200", help="the GPU whose roofline to use")
     p.add_argument("--peak-tflops", type=positive_float, default=None, help="override the table")
     p.add_argument(

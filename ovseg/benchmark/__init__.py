@@ -1,6 +1,6 @@
 """Speed benchmarks: training throughput of any config (iterations/s, images/s, memory, the
 data-loading share, FLOPs and MFU), the CLIP teacher, pseudo-labelling, and a training
-step's roofline floor on a named GPU counted on the CPU (``roofline``).
+step's or a test forward's roofline floor on a named GPU counted on the CPU (``roofline``).
 
 ``tools/benchmark.py`` is their command line; the helpers here (device synchronisation,
 median timers, peak memory, FLOP counting, device peak FLOP/s) serve any other measurement.
@@ -9,7 +9,7 @@ median timers, peak memory, FLOP counting, device peak FLOP/s) serve any other m
 from .config import benchmark_config
 from .flops import PEAK_TFLOPS, flop_counter, peak_tflops_for
 from .pseudo import benchmark_pseudo_labelling, store_rate_on_images, time_pseudo_labelling
-from .roofline import benchmark_roofline
+from .roofline_runs import benchmark_roofline
 from .synthetic import synthetic_batch, synthetic_labels, synthetic_side
 from .teacher import benchmark_teacher, positional_embedding_for
 from .timing import CLOCKS, check_device, default_device, peak_memory, synchronize, time_calls

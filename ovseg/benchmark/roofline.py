@@ -1,39 +1,38 @@
-"""A training step's work as a device would do it, counted on the CPU without computing it.
+"""A training step's or a test forward's work as a device would do it, counted on the CPU
+without computing it.
 
-One training forward and backward runs with the model's weights as fake tensors (torch's
-``FakeTensorMode``: shapes, dtypes and strides, no data), so everything the network computes
-is fake and a config's real batch and crop size need no GPU, no activation memory and little
+The model runs with its weights as fake tensors (``roofline_runs.py``: torch's
+``FakeTensorMode``, shapes, dtypes and strides, no data), so everything the network computes
+is fake and a config's real batch and image size need no GPU, no activation memory and little
 time; operators whose inputs are all real tensors (what the host makes of the inputs: the
 label check, the targets, the padding's content mask) run for real, as they would. A warm-up
-forward and backward fills the model's caches first, so the counted one is a steady-state
-step. For each operator call:
+run fills the model's caches first, so the counted one is a steady-state one. For each
+operator call, :class:`WorkCounter` records:
 
 - FLOPs: the counter of ``flops.py`` (matmuls, convolutions and attention, 2 per
   multiply-add; what MFU counts);
 - bytes: each tensor it reads and writes once (at most its storage), views none;
 - its floor on a device: max(FLOPs / peak FLOP/s, bytes / memory bandwidth), the roofline.
 
-Summed over the step: the FLOP floor (every FLOP at peak, i.e. 100% MFU), the byte floor, and
-the unfused floor (every operator its own kernel at its roofline: the best an eager step can
-do; fusion, e.g. ``MODEL.COMPILE``, removes bytes, not FLOPs). Each call is attributed to its
-innermost ovseg or open_clip source line, a backward call to the forward line that recorded it
-(autograd's anomaly metadata). The optimizer update is not counted (about 1% of the ZegCLIP
-step on the H200).
+Summed over the run (:func:`roofline`): the FLOP floor (every FLOP at peak, i.e. 100% MFU),
+the byte floor, and the unfused floor (every operator its own kernel at its roofline: the best
+an eager run can do; fusion, e.g. ``MODEL.COMPILE``, removes bytes, not FLOPs). Each call is
+attributed to its innermost ovseg or open_clip source line, a backward call to the forward
+line that recorded it (autograd's anomaly metadata). The optimizer update is not counted
+(about 1% of the ZegCLIP step on the H200).
 
-Precision: the step runs under the CPU's autocast in the config's SOLVER.AMP dtype, which
-casts the same matmuls, convolutions and attention to 16 bits as CUDA's but keeps norms,
-softmax and reductions of 16-bit inputs in 16 bits, where CUDA's autocast runs them in float32:
-for those the bytes are a lower bound of a CUDA step's.
+Precision: the run is under the CPU's autocast in the config's SOLVER.AMP dtype, which casts
+the same matmuls, convolutions and attention to 16 bits as CUDA's but keeps norms, softmax and
+reductions of 16-bit inputs in 16 bits, where CUDA's autocast runs them in float32: for those
+the bytes are a lower bound of a CUDA run's. A test forward is counted with torch's fused
+inference attention (``_native_multi_head_attention``, one operator of no FLOPs to the
+counter) switched off: ovseg's token-major attention, the same products, runs in its place.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
 import re
 import sys
-import traceback
 from collections import defaultdict
 from typing import Any, Dict, Iterable, Optional, Tuple
 
@@ -42,23 +41,13 @@ from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
     FakeTensor,
-    FakeTensorMode,
 )
-from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 from .flops import flop_counter, peak_tflops_for
 
-__all__ = [
-    "HBM_TBPS",
-    "WorkCounter",
-    "bandwidth_tbps_for",
-    "benchmark_roofline",
-    "count_step_work",
-    "peak_for",
-    "roofline",
-]
+__all__ = ["HBM_TBPS", "WorkCounter", "bandwidth_tbps_for", "peak_for", "roofline"]
 
 # Memory bandwidth (TB/s) from NVIDIA's data sheets; the first fragment found in the device
 # name wins (so the longer names first)
@@ -162,11 +151,13 @@ class WorkCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.overloadpacket not in self._flops and func.namespace != "prim":
-            # a composite op (conv2d, batch_norm: in inference mode, e.g. the teacher's dense
-            # forward, they reach the mode undecomposed) counts as what it decomposes into,
-            # as FlopCounterMode does
+            # a composite op (conv2d, batch_norm, interpolate: in inference mode they reach
+            # the mode undecomposed) counts as what it decomposes into, as FlopCounterMode
+            # does, but as the device runs it: torch's C++ composite first (an upsample is
+            # one kernel there; its Python decomposition, which ``decompose`` prefers, is
+            # gathers and arithmetic over the output, 5 passes over its bytes)
             with self:
-                out = func.decompose(*args, **kwargs)
+                out = _composite(func, args, kwargs)
             if out is not NotImplemented:
                 return out
         leaves = tree_leaves((args, kwargs))
@@ -200,6 +191,15 @@ class WorkCounter(TorchDispatchMode):
         rec["flops"] += flops
         rec["bytes"] += nbytes
         rec["floor_s"] += max(flops / self.peak_flops, nbytes / self.bandwidth)
+
+
+def _composite(func, args, kwargs):
+    """``func`` run as its C++ CompositeImplicitAutograd kernel, else its Python
+    decomposition, else NotImplemented."""
+    key = torch._C.DispatchKey.CompositeImplicitAutograd
+    if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key):
+        return func._op_dk(key, *args, **kwargs)
+    return func.decompose(*args, **kwargs)
 
 
 def _op_class(op: str) -> str:
@@ -245,109 +245,6 @@ def roofline(counter: WorkCounter) -> Dict[str, Any]:
     }  # fmt: skip
 
 
-def count_step_work(
-    model: torch.nn.Module,
-    batch: Any,
-    *,
-    peak_tflops: float,
-    bandwidth_tbps: float,
-    autocast_dtype: Optional[torch.dtype] = None,
-) -> WorkCounter:
-    """One warm-up and one recorded training forward and backward (the sum of the model's
-    losses, as detectron2's step) of ``model`` on ``batch`` with fake weights: whatever the
-    network computes runs on fake tensors; what reads only the inputs (the host's label check,
-    the targets made from the labels, the padding's content mask) runs for real, as the host
-    does it.
-
-    The model's own parameters and buffers are not touched (``torch.func.functional_call``
-    runs it on fake copies), but for the CLIP teachers' text towers, which stay real: the
-    text embeddings are real, cached once per vocabulary as in training. Other caches the
-    step fills (memoised tensors) may hold fake tensors afterwards, so build the model for
-    this alone.
-
-    Args:
-        model (nn.Module): a built training model on the CPU.
-        batch (list[dict]): its training inputs, real tensors.
-        peak_tflops (float): the device's peak TFLOP/s at the step's precision.
-        bandwidth_tbps (float): its memory bandwidth, TB/s.
-        autocast_dtype (torch.dtype, optional): run under the CPU's autocast in this dtype.
-
-    Returns:
-        WorkCounter: the recorded step (:func:`roofline` sums it).
-
-    Raises:
-        ValueError: the step reads values of what the network computed (a Hungarian matcher,
-            a range check of the teacher's labels): fake tensors hold none.
-    """
-    if not isinstance(batch, list) or not all(isinstance(d, dict) for d in batch):
-        raise TypeError(f"batch: a list of dicts (detectron2's inputs), got {type(batch).__name__}")
-    counter = WorkCounter(peak_tflops * 1e12, bandwidth_tbps * 1e12)
-    amp = (
-        torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    )
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    text = _text_towers(model)
-    with mode:  # fake copies keep requires_grad; tied weights stay tied
-        state = {
-            name: mode.from_tensor(t)
-            for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
-            if id(t) not in text
-        }
-    model.train()
-    try:
-        with mode, counter:
-            for recording in (False, True):
-                counter.recording = recording
-                with amp, torch.autograd.set_detect_anomaly(True, check_nan=False):
-                    losses = functional_call(model, state, (batch,), tie_weights=True)
-                    loss = sum(losses.values())
-                loss.backward()
-                for t in state.values():
-                    t.grad = None
-    except (DataDependentOutputException, DynamicOutputShapeException, RuntimeError) as e:
-        if not isinstance(e, _FAKE_ERRORS) and "tensor subclass" not in str(e):
-            raise
-        raise ValueError(
-            f"{type(model).__name__}'s step reads the values of what its network computed "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; at "
-            f"{_raised_at(e)}): a fake tensor has none. The roofline counts steps whose work "
-            "follows from the shapes and the inputs; time this one with "
-            "`tools/benchmark.py train` on the device"
-        ) from e
-    return counter
-
-
-def _text_towers(model: torch.nn.Module) -> set:
-    """The ids of the CLIP teachers' tensors outside their image towers (the text tower),
-    which stay real: the text embeddings are computed once per vocabulary and cached (in
-    memory and on disk, under the weights' fingerprint, computed here first), outside the
-    steady-state step."""
-    from ..clip.teacher import CLIPTeacher
-
-    ids = set()
-    for teacher in (m for m in model.modules() if isinstance(m, CLIPTeacher)):
-        teacher.fingerprint  # noqa: B018 (a digest of the real weights, cached)
-        named = itertools.chain(teacher.model.named_parameters(), teacher.model.named_buffers())
-        ids.update(id(t) for n, t in named if not n.startswith("visual."))
-    return ids
-
-
-def _raised_at(error: BaseException) -> str:
-    """The innermost ovseg or open_clip line of the traceback, else the innermost line
-    outside torch and this module."""
-    frames = traceback.extract_tb(error.__traceback__)
-    site = _model_site((f.filename, f.lineno or 0) for f in reversed(frames))
-    if site is not None:
-        return site
-    torch_dir = os.path.dirname(torch.__file__)
-    outside = [
-        f
-        for f in frames
-        if not os.path.abspath(f.filename).startswith(torch_dir) and f.filename != __file__
-    ]
-    return f"{outside[-1].filename}:{outside[-1].lineno}" if outside else "?"
-
-
 def peak_for(
     device_name: str, precision: str, peak_tflops: Optional[float], bandwidth_tbps: Optional[float]
 ) -> Tuple[float, float]:
@@ -360,56 +257,3 @@ def peak_for(
             f"{[f for f, _ in HBM_TBPS]}); pass --peak-tflops and --bandwidth-tbps"
         )
     return peak, bandwidth
-
-
-def benchmark_roofline(
-    cfg,
-    *,
-    device_name: str = "NVIDIA H200",
-    peak_tflops: Optional[float] = None,
-    bandwidth_tbps: Optional[float] = None,
-    frozen=(),
-    top: int = 30,
-) -> Dict[str, Any]:
-    """:func:`roofline` of a training config's step on one synthetic batch of its crop size,
-    counted on the CPU for a named device (the model built as ovseg's Trainer builds it).
-
-    Args:
-        cfg (CfgNode): from :func:`ovseg.benchmark.training_config` (MODEL.DEVICE "cpu").
-        device_name (str): the device whose roofline to use, e.g. "NVIDIA H100 80GB HBM3".
-        peak_tflops, bandwidth_tbps (float, optional): override the tables.
-        frozen: submodules frozen after the build (``freeze_modules``).
-        top (int): source lines kept in "sites", the costliest.
-
-    Returns:
-        dict: :func:`roofline`'s, with the model, batch, input side, precision and device.
-    """
-    from detectron2.utils.events import EventStorage
-
-    from ..engine import Trainer
-    from ..engine.train_loop import _DTYPES
-    from .train import _synthetic, freeze_modules
-
-    if cfg.MODEL.DEVICE != "cpu":
-        raise ValueError(f"the roofline is counted on the CPU; got MODEL.DEVICE={cfg.MODEL.DEVICE}")
-
-    amp = cfg.SOLVER.AMP
-    precision = amp.DTYPE if amp.ENABLED else "fp32"
-    if precision not in ("fp32", *_DTYPES):
-        raise ValueError(f"SOLVER.AMP.DTYPE={amp.DTYPE!r}; supported: {sorted(_DTYPES)}")
-    dtype = _DTYPES.get(precision)  # CPU autocast takes fp16 too, here (nothing is computed)
-    peak, bandwidth = peak_for(device_name, precision, peak_tflops, bandwidth_tbps)
-    model = Trainer.build_model(cfg)
-    freeze_modules(model, frozen)
-    batch, side = _synthetic(cfg, model)
-    with EventStorage(0):  # as a trainer's step (self-training reads the iteration)
-        counter = count_step_work(
-            model, batch, peak_tflops=peak, bandwidth_tbps=bandwidth, autocast_dtype=dtype
-        )
-    res = roofline(counter)
-    res["sites"] = res["sites"][:top]
-    return {
-        "meta_architecture": cfg.MODEL.META_ARCHITECTURE, "batch": len(batch), "side": side,
-        "precision": precision, "device_name": device_name, "peak_tflops": peak,
-        "bandwidth_tbps": bandwidth, "torch": torch.__version__, **res,
-    }  # fmt: skip

@@ -22,8 +22,8 @@ operations and parameters, in another order of the same sums.
 :func:`token_major_attention` switches a model's ``nn.MultiheadAttention`` modules (their
 class, in place: parameters, state-dict keys and hooks unchanged). A call that is not
 self-attention, or asks for the attention weights, a key-padding mask, a boolean mask or
-``is_causal``, or runs without grad and without autocast on its device (torch's fused
-inference path), is torch's own.
+``is_causal``, or runs without grad and without autocast on its device while torch's fused
+inference path is on (``torch.backends.mha``), is torch's own.
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ class TokenMajorMultiheadAttention(nn.MultiheadAttention):
 
     def _token_major(self, query, key, value, key_padding_mask, need_weights, attn_mask) -> bool:
         return (
-            (torch.is_grad_enabled() or torch.is_autocast_enabled(query.device.type))
+            (
+                torch.is_grad_enabled()
+                or torch.is_autocast_enabled(query.device.type)
+                or not torch.backends.mha.get_fastpath_enabled()
+            )
             and self.batch_first
             and query is key
             and key is value

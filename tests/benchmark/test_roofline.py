@@ -16,13 +16,8 @@ from ovseg_testing.models import tiny_zegclip
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ovseg.benchmark import flop_counter
-from ovseg.benchmark.roofline import (
-    WorkCounter,
-    bandwidth_tbps_for,
-    count_step_work,
-    peak_for,
-    roofline,
-)
+from ovseg.benchmark.roofline import WorkCounter, bandwidth_tbps_for, peak_for, roofline
+from ovseg.benchmark.roofline_runs import count_inference_work, count_step_work
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOY_ZEGCLIP = ROOT / "configs" / "toy" / "zegclip_toyvit_inductive_1200_bs16.yaml"
@@ -77,6 +72,19 @@ def test_a_composite_op_counts_as_what_it_decomposes_into():
     assert res["flops"] == 2 * (2 * 4 * 6 * 6) * (3 * 3 * 3)
     assert res["by_class"]["matmul"]["calls"] == 1
 
+    # as the device runs it: torch's C++ composite, not its Python decomposition, so a
+    # bilinear upsample is one kernel reading its input and writing its output (the Python
+    # one is gathers and arithmetic over the output, about 5 passes over its bytes)
+    counter = WorkCounter(peak_flops=1e12, bandwidth=1e12)
+    with mode:
+        scores = torch.empty(2, 5, 8, 8)
+    with mode, counter, torch.inference_mode():
+        up = torch.nn.functional.interpolate(scores, size=(64, 64), mode="bilinear")
+    assert tuple(up.shape) == (2, 5, 64, 64)
+    (site,) = roofline(counter)["sites"]
+    assert site["op"] == "upsample_bilinear2d" and site["calls"] == 1
+    assert site["gbytes"] == 2 * 5 * (8 * 8 + 64 * 64) * 4 / 1e9
+
 
 def test_a_fake_step_counts_the_real_steps_flops_and_names_its_source_lines(tmp_path):
     model = tiny_zegclip(tmp_path, seed=0).train()
@@ -112,6 +120,37 @@ def test_a_fake_step_counts_the_real_steps_flops_and_names_its_source_lines(tmp_
     assert res["by_class"]["attention"]["calls"] == 6  # 3 blocks, forward and backward
     # each call's floor is at least its FLOPs' and its bytes' (to the sums' rounding)
     assert res["unfused_floor_ms"] >= max(res["flop_floor_ms"], res["byte_floor_ms"]) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_a_fake_test_forward_counts_the_real_forwards_flops(tmp_path, mode):
+    from ovseg_testing.data import random_image
+
+    model = tiny_zegclip(tmp_path, seed=0).eval()
+    model.inference_mode, model.slide_window, model.slide_stride = mode, (32, 32), (24, 24)
+    # two images of one size share a forward; 40 x 70 gives two rows and three columns of
+    # windows, and a resize to the original size
+    inputs = [
+        {"image": random_image(40, 70), "vocabulary": ["cat", "dog", "sky"], "height": 50,
+         "width": 90}
+        for _ in range(2)
+    ]  # fmt: skip
+    with torch.no_grad():
+        model(inputs)  # the text embeddings memoised, as in the fake warm-up
+    with flop_counter() as real:  # with autograd on: the counter's module tracker hooks in
+        model(inputs)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    counter = count_inference_work(model, inputs, peak_tflops=989.5, bandwidth_tbps=4.8)
+    res = roofline(counter)
+    assert res["flops"] == real.get_total_flops() > 0
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    ops = {s["op"] for s in res["sites"]}
+    assert "upsample_bilinear2d" in ops  # the scores resized, each one kernel
+    assert "_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert not any("backward" in s["site"] for s in res["sites"])
+    forwards = res["by_class"]["attention"]["calls"] // 3  # 3 blocks
+    assert forwards == (6 if mode == "slide" else 1)
 
 
 class _ReadsItsOutput(torch.nn.Module):
@@ -189,3 +228,25 @@ def test_an_unknown_device_is_refused_in_one_line_before_any_work(tmp_path, caps
     assert status == 2, err[-3000:]
     assert "no peak FLOP/s or memory bandwidth known for device 'My GPU'" in err
     assert "Traceback" not in err and not (tmp_path / "clip").exists()
+
+
+def test_the_command_counts_a_test_forward_and_keeps_the_sizes_apart(tmp_path, capsys):
+    from ovseg_testing.demo import load_script
+
+    from ovseg.utils.cli import run_reporting_errors
+
+    tool = load_script(ROOT / "tools" / "benchmark.py")
+    base = ["roofline", "--infer", "--config-file", str(TOY_ZEGCLIP), "--cache-dir",
+            str(tmp_path / "clip"), "--top", "3"]  # fmt: skip
+    slide = ["TEST.INFERENCE_MODE", "slide", "TEST.SLIDE_WINDOW", "(64, 64)",
+             "TEST.SLIDE_STRIDE", "(48, 48)"]  # fmt: skip
+    res = tool.main([*base, "--batch", "2", "--image-size", "64", "96", *slide])
+    assert (res["counted"], res["batch"], res["side"]) == ("slide", 2, [64, 96])
+    assert res["flops"] > 0 and len(res["sites"]) == 3
+    err = capsys.readouterr().err
+    assert "slide test forward" in err and "images/s at the unfused floor" in err
+    # the training crop and the test image are different flags
+    status = run_reporting_errors("benchmark.py", lambda: tool.main([*base, "--size", "64"]))
+    err = capsys.readouterr().err
+    assert status == 2, err[-3000:]
+    assert "--size is the training crop; with --infer give --image-size H W" in err

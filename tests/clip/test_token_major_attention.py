@@ -91,7 +91,15 @@ def test_a_frozen_towers_inference_under_autocast_projects_the_tokens_once():
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     assert plain_ops.names.count("bmm") >= count  # the frozen weights' batched products
     assert ops.names.count("bmm") == 0
-    # without autocast the fused inference path is torch's (and so are its ops)
+    # the same without autocast while torch's fused path is off (the roofline counts so)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), _Ops() as ops:
+            torch.testing.assert_close(switched(x), ref, rtol=1e-12, atol=1e-12)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
+    assert "bmm" not in ops.names and ops.names.count("addmm") >= 2 * count
+    # without autocast, the fused path on: torch's fused inference path (and its ops)
     with torch.no_grad(), _Ops() as ops:
         torch.testing.assert_close(switched(x), plain(x), rtol=1e-12, atol=1e-12)
     assert "_native_multi_head_attention" in ops.names
