@@ -134,6 +134,60 @@ def test_cuda_graph_training_writes_the_eager_metrics(tmp_path):
     assert histories[True] == pytest.approx(histories[False], rel=1e-3)
 
 
+def _test_outputs(model, seeds):
+    """The model's eval outputs (sem_seg, on the host) for a batch of two 40 x 70 images per
+    seed, each batch called in turn and all of them read afterwards."""
+    from ovseg_testing.data import random_image
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for seed in seeds:
+            torch.manual_seed(seed)
+            batch = [{"image": random_image(40, 70), "vocabulary": ["cat", "dog", "sky"]}
+                     for _ in range(2)]  # fmt: skip
+            outs.append(model(batch))  # held while the next batch runs
+    return [o["sem_seg"].float().cpu() for out in outs for o in out]
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_a_compiled_model_tests_as_the_eager_one(tmp_path, mode):
+    # MODEL.COMPILE at test time: the compiled backbone and decoder (whole images, and the
+    # sliding windows of 32 with stride 24: six per image) give the eager scores
+    outs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = tiny_zegclip(tmp_path, seed=0)
+        model.inference_mode, model.slide_window, model.slide_stride = mode, (32, 32), (24, 24)
+        if compiled:
+            assert {"backbone", "decoder"} <= set(compile_model(model, backend="aot_eager"))
+        outs[compiled] = _test_outputs(model, seeds=(1, 2))
+    for got, want in zip(outs[True], outs[False]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_cuda_graph_inference_keeps_each_batchs_scores(tmp_path, mode):
+    """A CUDA graph's next replay writes over its last outputs: every batch's returned scores
+    (several windows per image in slide mode, batches held while the next one runs) must
+    still be the eager model's afterwards."""
+    outs = {}
+    for graphs in (False, True):
+        torch._dynamo.reset()
+        cfg = tiny_zegclip_cfg(tmp_path)
+        cfg.MODEL.DEVICE = "cuda"
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model.inference_mode, model.slide_window, model.slide_stride = mode, (32, 32), (24, 24)
+        if graphs:
+            compile_model(model, backend="cudagraphs")
+        outs[graphs] = _test_outputs(model, seeds=(1, 2, 3))
+    for got, want in zip(outs[True], outs[False]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_channels_last_weights_train_as_the_contiguous_ones(tmp_path):
     # MODEL.CHANNELS_LAST (the convolutional students' NHWC layout) changes the memory
     # layout only: the same losses and gradients, on the CPU too
