@@ -104,6 +104,20 @@ def test_model_compile_switch_generates_kernels_equal_to_eager(tmp_path):
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
 
 
+def _cuda_tiny_zegclip(cache_dir, graphs: bool):
+    """The tiny ZegCLIP on CUDA, seeded; ``graphs``: its networks compiled by torch's
+    "cudagraphs" backend (the graph trees of MODEL.COMPILE_MODE reduce-overhead without
+    inductor's code generation)."""
+    torch._dynamo.reset()
+    cfg = tiny_zegclip_cfg(cache_dir)
+    cfg.MODEL.DEVICE = "cuda"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if graphs:
+        compile_model(model, backend="cudagraphs")
+    return model
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_training_writes_the_eager_metrics(tmp_path):
@@ -112,13 +126,7 @@ def test_cuda_graph_training_writes_the_eager_metrics(tmp_path):
     trees without inductor's code generation) must write the eager run's deferred metrics."""
     histories = {}
     for graphs in (False, True):
-        torch._dynamo.reset()
-        cfg = tiny_zegclip_cfg(tmp_path)
-        cfg.MODEL.DEVICE = "cuda"
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        if graphs:
-            compile_model(model, backend="cudagraphs")
+        model = _cuda_tiny_zegclip(tmp_path, graphs)
         params = [p for p in model.parameters() if p.requires_grad]
         data = itertools.repeat(two_region_batch(size=32))
         trainer = OvsegSimpleTrainer(
@@ -175,14 +183,8 @@ def test_cuda_graph_inference_keeps_each_batchs_scores(tmp_path, mode):
     still be the eager model's afterwards."""
     outs = {}
     for graphs in (False, True):
-        torch._dynamo.reset()
-        cfg = tiny_zegclip_cfg(tmp_path)
-        cfg.MODEL.DEVICE = "cuda"
-        torch.manual_seed(0)
-        model = build_model(cfg)
+        model = _cuda_tiny_zegclip(tmp_path, graphs)
         model.inference_mode, model.slide_window, model.slide_stride = mode, (32, 32), (24, 24)
-        if graphs:
-            compile_model(model, backend="cudagraphs")
         outs[graphs] = _test_outputs(model, seeds=(1, 2, 3))
     for got, want in zip(outs[True], outs[False]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
