@@ -69,6 +69,10 @@ GPU_ITEMS = (
     # the chip's inference throughput: 16 images of one size share a forward
     ("ZegCLIP ViT-B/16 inference batch 16", _ZEG, False, ("MODEL.CLIP.FROZEN_DTYPE", "bfloat16"),
      (), 16),
+    # the first row's batch-1 inference with a test image's windows in one forward (two for
+    # VOC's 512 x 683): its slide figure against the first row's
+    ("ZegCLIP ViT-B/16 inference windows stacked", _ZEG, False,
+     ("TEST.SLIDE_WINDOWS_PER_FORWARD", "4")),
     # the same with the backbone and decoder compiled into CUDA graphs (whole and slide, each
     # compiled on its first call); inference-only compiled rows run last
     ("ZegCLIP ViT-B/16 inference batch 16 compiled CUDA graphs", _ZEG, False,

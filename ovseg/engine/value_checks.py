@@ -65,6 +65,7 @@ _VALUE_RULES: List[tuple[str, Callable[[float], bool], str]] = [
     ("MODEL.DPT.FEATURES", lambda v: v >= 1 and v == int(v), "a positive width"),
     ("INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
     ("TEST.BACKGROUND_THRESHOLD", _unit, "in [0, 1] (0 = off)"),
+    ("TEST.SLIDE_WINDOWS_PER_FORWARD", lambda v: v >= 1 and v == int(v), "a count >= 1"),
 ]
 
 # (key, its values): names whose wrong spelling would fail inside detectron2 or torch

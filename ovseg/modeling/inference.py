@@ -11,7 +11,7 @@ window and canvas is padded with a given value (LSeg: black, ``pad_image`` :141-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from .host_copy import tensor_to_device
 
 __all__ = [
     "INFERENCE_MODES",
+    "group_inputs",
     "SLIDE_LAYOUTS",
     "check_slide_layout",
     "slide_pad_value",
@@ -119,6 +120,14 @@ def slide_pad_value(layout: str, pixel_mean: Tensor, pixel_std: Tensor) -> Tenso
     return (-pixel_mean / pixel_std).flatten()
 
 
+def group_inputs(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    """Indices of equal keys, in order of first appearance (e.g. key = (size, vocabulary))."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
 def _pad_to(images: Tensor, height: int, width: int, value: Tensor | None) -> Tensor:
     """``images`` padded (bottom/right) to (height, width) with 0 or a per-channel value."""
     h, w = images.shape[-2:]
@@ -148,6 +157,20 @@ def _predict(predict_fn: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
     return out
 
 
+def _window_scores(predict_fn, padded: Tensor, windows, size, pad_value, per_forward: int):
+    """Each window and its (B, K, window) scores, ``per_forward`` windows' crops stacked into
+    one forward (a window's scores are a view of that forward's output)."""
+    batch = padded.shape[0]
+    for start in range(0, len(windows), per_forward):
+        group = windows[start : start + per_forward]
+        crops = [_pad_to(padded[:, :, y0:y1, x0:x1], *size, pad_value) for y0, y1, x0, x1 in group]
+        out = _predict(predict_fn, crops[0] if len(crops) == 1 else torch.cat(crops))
+        del crops
+        for j, (y0, y1, x0, x1) in enumerate(group):
+            yield (y0, y1, x0, x1), out[j * batch : (j + 1) * batch, :, : y1 - y0, : x1 - x0]
+        del out  # before the next forward
+
+
 def semantic_inference(
     predict_fn: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -157,6 +180,7 @@ def semantic_inference(
     stride: int | Sequence[int] = (426, 426),
     layout: str = "flush",
     pad_value: Tensor | None = None,
+    windows_per_forward: int = 1,
 ) -> Tensor:
     """Per-class scores at the input size, from one forward or from sliding windows.
 
@@ -173,6 +197,10 @@ def semantic_inference(
         layout (str): the window grid, one of :data:`SLIDE_LAYOUTS`.
         pad_value (Tensor, optional): (C,) the value the canvas and the cut windows are padded
             with (network-input units); None = 0.
+        windows_per_forward (int): windows whose crops share one forward (B x this images;
+            TEST.SLIDE_WINDOWS_PER_FORWARD). 1, mmsegmentation's: the least memory; more:
+            fewer, larger forwards (a batch-1 forward on a GPU waits on its kernel launches),
+            holding that many windows' (B, K, window) scores at once.
 
     Returns:
         Tensor: (B, K, H, W) scores (float32 at least).
@@ -186,6 +214,9 @@ def semantic_inference(
         return _predict(predict_fn, images)
 
     (wh, ww), (sh, sw) = _check_window_stride(window, stride)
+    if int(windows_per_forward) < 1:
+        raise ValueError(f"windows_per_forward must be >= 1, got {windows_per_forward}.")
+    windows_per_forward = int(windows_per_forward)
     batch, _, height, width = images.shape
     ph, pw = max(height, wh), max(width, ww)
     padded = _pad_to(images, ph, pw, pad_value)
@@ -199,9 +230,8 @@ def semantic_inference(
     assert bool((count > 0).all()), "sliding-window grid left pixels uncovered"
     count = tensor_to_device(count, images.device)
     scores = None
-    for y0, y1, x0, x1 in windows:
-        crop = _pad_to(padded[:, :, y0:y1, x0:x1], wh, ww, pad_value)
-        out = _predict(predict_fn, crop)[:, :, : y1 - y0, : x1 - x0]
+    outputs = _window_scores(predict_fn, padded, windows, (wh, ww), pad_value, windows_per_forward)
+    for (y0, y1, x0, x1), out in outputs:
         if scores is None:
             # half-precision scores are summed in float32; float64 stays float64
             dtype = torch.promote_types(out.dtype, torch.float32)
@@ -209,8 +239,8 @@ def semantic_inference(
         # in place on the window's view: ``scores[...] += out`` would then copy the view onto
         # itself, a second pass over the (B, K, window) scores
         scores[:, :, y0:y1, x0:x1].add_(out)
-        # dropped before the next window's forward, which would otherwise run while this
-        # window's (B, K, window) scores are still held
+        # dropped before the next forward, which would otherwise run while this window's
+        # (B, K, window) scores are still held
         del out
     # in place: a second (B, K, H, W) canvas would double the peak at K = 847
     return scores.div_(count)[:, :, :height, :width]

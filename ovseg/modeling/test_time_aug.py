@@ -114,6 +114,7 @@ def multiscale_inference(
     stride: int | Sequence[int] = (426, 426),
     layout: str = "flush",
     pad_value: Tensor | None = None,
+    windows_per_forward: int = 1,
 ) -> Tensor:
     """Scores merged over the scales and flips of ``aug``, at the input size.
 
@@ -121,8 +122,8 @@ def multiscale_inference(
         predict_fn (callable): (b, 3, h, w) normalised images -> (b, K, h', w') scores.
         images (Tensor): (B, 3, H, W) normalised network inputs.
         aug (TestTimeAug): scales, flip, merge rule.
-        mode, window, stride, layout, pad_value: the inference of each resized input, as
-            :func:`ovseg.modeling.inference.semantic_inference`.
+        mode, window, stride, layout, pad_value, windows_per_forward: the inference of each
+            resized input, as :func:`ovseg.modeling.inference.semantic_inference`.
 
     Returns:
         Tensor: (B, K, H, W) merged scores (float32 or wider).
@@ -138,7 +139,8 @@ def multiscale_inference(
     for scale in aug.scales:
         resized = _resize(images, aug_size(height, width, scale, aug.base_size, aug.resize_side))
         out = semantic_inference(views_fn, resized, mode=mode, window=window, stride=stride,
-                                 layout=layout, pad_value=pad_value)  # fmt: skip
+                                 layout=layout, pad_value=pad_value,
+                                 windows_per_forward=windows_per_forward)  # fmt: skip
         out = _resize(out.float() if out.dtype.itemsize < 4 else out, (height, width))
         total = out if total is None else total + out
     if aug.merge == "logits_sum":

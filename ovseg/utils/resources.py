@@ -101,6 +101,8 @@ def _memory_settings(cfg, job: str, knobs: MemoryKnobs = ALL_KNOBS) -> str:
         size = [
             f"a smaller {window}" if slide else f"TEST.INFERENCE_MODE slide with a small {window}"
         ]
+        if slide and test.SLIDE_WINDOWS_PER_FORWARD > 1:  # each window's scores held at once
+            size.append(f"TEST.SLIDE_WINDOWS_PER_FORWARD 1 (now {test.SLIDE_WINDOWS_PER_FORWARD})")
     precision = []
     if knobs.precision and clip.PRECISION == "fp32":  # bf16 or fp16 already halve it
         precision = [f"MODEL.CLIP.PRECISION bf16 (now {clip.PRECISION!r})"]

@@ -82,6 +82,7 @@ def test_freeseg_post_processing_names_are_checked_when_built(key):
         ("MODEL.COMPILE_LOSS", "off"),  # YAML would read a bare off as False: named values
         ("TEST.SLIDE_WINDOW", "(0, 0)"),
         ("TEST.SLIDE_STRIDE", "(64,)"),
+        ("TEST.SLIDE_WINDOWS_PER_FORWARD", "0"),
         ("INPUT.LSJ_SCALE_RANGE", "[0.1]"),
         # a negative multiplier trained its parameters with a negative learning rate
         ("SOLVER.BACKBONE_MULTIPLIER", "-1.0"),

@@ -92,6 +92,32 @@ def test_each_window_is_added_in_place_and_the_count_made_on_the_host():
     assert "copy_" not in ops.on_device
 
 
+@pytest.mark.parametrize("per_forward", [2, 4, 6, 10])
+def test_windows_stacked_into_fewer_forwards_give_the_same_scores(per_forward):
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(3, 4, kernel_size=3, padding=1).double()  # sees the padding
+    images = torch.rand(2, 3, 45, 70, dtype=torch.float64) * 255
+    shapes = []
+
+    def model(x):
+        shapes.append(tuple(x.shape))
+        return conv(x)
+
+    with torch.no_grad():
+        one = semantic_inference(model, images, mode="slide", window=32, stride=(13, 21))
+        calls = len(shapes)
+        shapes.clear()
+        out = semantic_inference(
+            model, images, mode="slide", window=32, stride=(13, 21), windows_per_forward=per_forward
+        )
+    torch.testing.assert_close(out, one, rtol=0, atol=1e-9)
+    # six windows of two images: ceil(6 / per_forward) forwards of up to 2 x per_forward crops
+    assert calls == 6 and len(shapes) == -(-6 // per_forward)
+    assert shapes[0] == (2 * min(per_forward, 6), 3, 32, 32)
+    with pytest.raises(ValueError, match="windows_per_forward must be >= 1"):
+        semantic_inference(model, images, mode="slide", window=32, stride=16, windows_per_forward=0)
+
+
 def test_windows_of_a_known_grid():
     # height 45, window 32, stride 13: starts 0, 13 (13 + 32 = 45, flush).
     # width 70, window 32, stride 21: starts 0, 21, then 42 would overrun -> 38 (flush).

@@ -113,3 +113,29 @@ def test_lseg_sums_logits_then_softmax(tmp_path):
             want = want + _up(logits, (48, 64))
     torch.testing.assert_close(out, want.softmax(dim=1)[0], rtol=0, atol=1e-5)
     assert model.test_aug.merge == "logits_sum"
+
+
+def test_windows_per_forward_reaches_each_scale_and_keeps_the_scores(tmp_path):
+    # TEST.SLIDE_WINDOWS_PER_FORWARD through the model and its multi-scale, flipped test:
+    # the same scores from fewer, larger forwards of the network
+    outs, forwards = {}, {}
+    image = torch.randint(0, 255, (3, 48, 80), dtype=torch.uint8)
+    for per_forward in (1, 4):
+        cfg = tiny_lseg_cfg(tmp_path)
+        cfg.TEST.AUG.ENABLED, cfg.TEST.AUG.SCALES, cfg.TEST.AUG.BASE_SIZE = True, (1.0,), 80
+        cfg.TEST.INFERENCE_MODE = "slide"
+        cfg.TEST.SLIDE_WINDOW, cfg.TEST.SLIDE_STRIDE = (32, 32), (24, 24)
+        cfg.TEST.SLIDE_WINDOWS_PER_FORWARD = per_forward
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        assert model.slide_windows_per_forward == per_forward
+        calls = forwards[per_forward] = []
+        model.backbone.register_forward_pre_hook(
+            lambda m, args, calls=calls: calls.append(args[0].shape[0])
+        )
+        with torch.no_grad():
+            outs[per_forward] = model([{"image": image, "vocabulary": ["cat", "dog"]}])
+    torch.testing.assert_close(outs[4][0]["sem_seg"], outs[1][0]["sem_seg"], rtol=1e-5, atol=1e-6)
+    # 2 x 3 windows, each seen and flipped: 12 forwards of one crop, or 4 of up to 4
+    assert forwards[1] == [1] * 12
+    assert sorted(forwards[4]) == [2, 2, 4, 4]

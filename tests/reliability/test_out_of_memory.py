@@ -131,6 +131,12 @@ def test_a_switch_already_at_its_lower_memory_value_is_not_advised():
     assert evaluation.endswith(
         "TEST.INFERENCE_MODE slide with a small TEST.SLIDE_WINDOW (512, 512)."
     ), evaluation
+    # windows stacked into one forward hold their scores together: one at a time is advised
+    slide = ["TEST.INFERENCE_MODE", "slide"]
+    for per_forward, advised in ((1, False), (3, True)):
+        cfg = load_config(str(CONFIG), [*slide, "TEST.SLIDE_WINDOWS_PER_FORWARD", str(per_forward)])
+        evaluation = str(out_of_resources(MemoryError(), cfg, "evaluation"))
+        assert ("use TEST.SLIDE_WINDOWS_PER_FORWARD 1 (now 3)" in evaluation) == advised
 
 
 TOOL = "tools/generate_pseudo_labels.py"

@@ -15,8 +15,7 @@ prediction needs more than the text embeddings.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +32,7 @@ from ..host_copy import tensor_to_device
 from ..inference import (
     INFERENCE_MODES,
     check_slide_layout,
+    group_inputs,
     postprocess_to_original,
     semantic_inference,
     slide_pad_value,
@@ -52,14 +52,6 @@ from .base_config import segmentor_config
 __all__ = ["OpenVocabSegmentor", "group_inputs"]
 
 Predictor = Callable[[Tensor], Tensor]
-
-
-def group_inputs(keys: Sequence[Hashable]) -> Dict[Hashable, List[int]]:
-    """Indices of equal keys, in order of first appearance (e.g. key = (size, vocabulary))."""
-    groups: Dict[Hashable, List[int]] = OrderedDict()
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    return groups
 
 
 class OpenVocabSegmentor(nn.Module):
@@ -121,6 +113,7 @@ class OpenVocabSegmentor(nn.Module):
         slide_window: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (426, 426),
         slide_layout: str = "flush",
+        slide_windows_per_forward: int = 1,
         size_divisibility: int = 1,
         prompt_names: Optional[Mapping[str, str]] = None,
         test_aug: Optional[TestTimeAug] = None,
@@ -142,6 +135,7 @@ class OpenVocabSegmentor(nn.Module):
             slide_window, slide_stride ((int, int)): sliding-window size and stride.
             slide_layout (str): "flush" (mmsegmentation's grid, mean padding) or "encoding"
                 (LSeg's: windows at multiples of the stride, black padding).
+            slide_windows_per_forward (int): windows stacked into one forward.
             size_divisibility (int): a forward's input is padded (bottom/right, with the
                 pixel mean) to a multiple of this.
             prompt_names (Mapping[str, str], optional): the text a class's display name is
@@ -170,6 +164,7 @@ class OpenVocabSegmentor(nn.Module):
         self.slide_window = tuple(int(v) for v in slide_window)
         self.slide_stride = tuple(int(v) for v in slide_stride)
         self.slide_layout = check_slide_layout(slide_layout)
+        self.slide_windows_per_forward = int(slide_windows_per_forward)
         self.size_divisibility = max(int(size_divisibility), 1)
         self.prompt_names = dict(prompt_names or {})
         if sem_seg_scores is not None:
@@ -415,7 +410,8 @@ class OpenVocabSegmentor(nn.Module):
             fn = self.logit_predictor(names) if aug.uses_logits else self.predictor(names)
         pad = slide_pad_value(self.slide_layout, self.pixel_mean, self.pixel_std)
         kwargs = dict(mode=self.inference_mode, window=self.slide_window, stride=self.slide_stride,
-                      layout=self.slide_layout, pad_value=pad)  # fmt: skip
+                      layout=self.slide_layout, pad_value=pad,
+                      windows_per_forward=self.slide_windows_per_forward)  # fmt: skip
         if aug is None:
             return semantic_inference(fn, images, **kwargs)
         scores = multiscale_inference(fn, images, aug, **kwargs)

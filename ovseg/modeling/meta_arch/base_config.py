@@ -42,6 +42,7 @@ def segmentor_config(cfg) -> Dict[str, Any]:
         "slide_window": tuple(cfg.TEST.SLIDE_WINDOW),
         "slide_stride": tuple(cfg.TEST.SLIDE_STRIDE),
         "slide_layout": cfg.TEST.SLIDE_LAYOUT,
+        "slide_windows_per_forward": cfg.TEST.SLIDE_WINDOWS_PER_FORWARD,
         "prompt_names": get_prompt_names(cfg.MODEL.CLIP.PROMPT_NAMES),
         "test_aug": TestTimeAug.from_config(cfg),
         "synonym_merge": cfg.MODEL.OVSEG.SYNONYM_MERGE,
