@@ -24,9 +24,9 @@ from .host_copy import tensor_to_device
 
 __all__ = [
     "INFERENCE_MODES",
-    "group_inputs",
     "SLIDE_LAYOUTS",
     "check_slide_layout",
+    "group_inputs",
     "slide_pad_value",
     "slide_windows",
     "semantic_inference",
