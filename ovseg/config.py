@@ -154,14 +154,10 @@ def add_shared_config(cfg: CN) -> None:
     # ----------------------------------------------------------------------------- test
     # "whole": one forward on the resized image; "slide": sliding windows
     cfg.TEST.INFERENCE_MODE = "whole"
-    # sliding-window (height, width) and stride (height, width), in pixels of the network
-    # input
+    # sliding-window (height, width) and stride (height, width), network-input pixels
     cfg.TEST.SLIDE_WINDOW = (512, 512)
     cfg.TEST.SLIDE_STRIDE = (426, 426)
-    # sliding windows stacked into one forward: 1 (mmsegmentation's) holds one window's
-    # (B, K, window) scores at a time; more makes fewer, larger forwards (batch-1 inference on
-    # a GPU waits on its kernel launches: whole images ran 2.0x the images/s of two-window
-    # slide on an H200), holding that many windows' scores (docs/performance.md)
+    # windows per forward: 1 holds one window's scores at a time (see docs/performance.md)
     cfg.TEST.SLIDE_WINDOWS_PER_FORWARD = 1
     # save the evaluator's confusion matrix next to its metrics
     cfg.TEST.SAVE_CONFUSION_MATRIX = True
