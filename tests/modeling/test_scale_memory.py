@@ -52,6 +52,28 @@ def test_each_window_is_freed_before_the_next_forward():
     assert max(extra) < window_bytes / 2, [e / window_bytes for e in extra]
 
 
+def test_stacked_windows_are_freed_before_the_next_forward_too():
+    # TEST.SLIDE_WINDOWS_PER_FORWARD 4: 16 windows in 4 forwards, each holding its 4 windows'
+    # scores while they are added, none of them into the next forward
+    images = torch.zeros(1, 3, SIZE, SIZE)
+    window_bytes = K * WINDOW * WINDOW * 4
+    canvas = K * SIZE * SIZE * 4
+    held = []
+
+    def predict(x):
+        held.append(mode.live)
+        return _low_res(x)
+
+    with LiveTensorPeak() as mode:
+        semantic_inference(predict, images, **SLIDE, windows_per_forward=4)
+    assert len(held) == 4
+    extra = [h - canvas for h in held[1:]]
+    assert max(extra) < window_bytes / 2, [e / window_bytes for e in extra]
+    # at the peak: the canvas and one forward's 4 windows of scores (at the input size and
+    # at 1/8 of it), not more
+    assert mode.peak < canvas + 4.5 * window_bytes, (mode.peak - canvas) / window_bytes
+
+
 def test_max_over_synonyms_builds_one_output():
     scores = torch.randn(1, 3 * K, 32, 32)
     members = [[3 * k, 3 * k + 1, 3 * k + 2] for k in range(K - 1)] + [[3 * K - 1]]
