@@ -91,8 +91,10 @@ class TokenMajorMultiheadAttention(nn.MultiheadAttention):
         b, length, width = x.shape
         heads = self.num_heads
         qkv = F.linear(x.reshape(b * length, width), self.in_proj_weight, self.in_proj_bias)
-        # (B*L, 3C) -> three (B, heads, L, C/heads)
-        q, k, v = qkv.view(b, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        # (B*L, 3C) -> three (B, heads, L, C/heads), split on the (B, L, 3, ...) axis so that
+        # the backward stacks dq, dk, dv straight into the projection's layout (no copy)
+        qkv = qkv.view(b, length, 3, heads, width // heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in qkv)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)  # as torch's _canonical_mask, for autocast
         out = F.scaled_dot_product_attention(

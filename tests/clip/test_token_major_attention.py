@@ -8,24 +8,13 @@ import copy
 
 import pytest
 import torch
-from ovseg_testing import TINY_VIT, random_clip_model
+from ovseg_testing import TINY_VIT, OpNames, random_clip_model
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ovseg.clip import CLIPTeacher
 from ovseg.clip.attention import TokenMajorMultiheadAttention, token_major_attention
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def _pair(model: nn.Module):
@@ -36,7 +25,7 @@ def _pair(model: nn.Module):
 
 def _run(module: nn.Module, x: torch.Tensor, **kwargs):
     x = x.clone().requires_grad_(True)
-    with _Ops() as ops:
+    with OpNames() as ops:
         out = module(x, **kwargs)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
@@ -50,7 +39,9 @@ def test_the_image_towers_blocks_give_torchs_outputs_and_gradients_without_a_bat
     x = torch.randn(3, 17, model.visual.transformer.width, dtype=torch.float64)
     # a trained tower (LSeg's copy): outputs, input and weight gradients
     out, dx, grads, _ = _run(plain, x)
-    out2, dx2, grads2, _ = _run(switched, x)
+    out2, dx2, grads2, ops = _run(switched, x)
+    # dq, dk and dv are stacked into the input projection's layout: no copy of them after
+    assert ops.count("stack") == count and ops.count("clone") == 0
     torch.testing.assert_close(out2, out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dx2, dx, rtol=1e-12, atol=1e-12)
     assert grads2.keys() == grads.keys() and len(grads) > 0
@@ -65,7 +56,7 @@ def test_the_image_towers_blocks_give_torchs_outputs_and_gradients_without_a_bat
     torch.testing.assert_close(out2, out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dx2, dx, rtol=1e-12, atol=1e-12)
     assert plain_ops.count("bmm") >= 2 * count
-    assert ops.count("bmm") == 0
+    assert ops.count("bmm") == 0 and ops.count("clone") == 0
 
 
 def test_a_frozen_towers_inference_under_autocast_projects_the_tokens_once():
@@ -82,9 +73,9 @@ def test_a_frozen_towers_inference_under_autocast_projects_the_tokens_once():
     try:
         # no_grad, as detectron2's evaluation (inference mode hides a composite's products)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            with _Ops() as plain_ops:
+            with OpNames() as plain_ops:
                 ref = plain(x)
-            with _Ops() as ops:
+            with OpNames() as ops:
                 out = switched(x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
@@ -94,13 +85,13 @@ def test_a_frozen_towers_inference_under_autocast_projects_the_tokens_once():
     # the same without autocast while torch's fused path is off (the roofline counts so)
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), _Ops() as ops:
+        with torch.no_grad(), OpNames() as ops:
             torch.testing.assert_close(switched(x), ref, rtol=1e-12, atol=1e-12)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
     assert "bmm" not in ops.names and ops.names.count("addmm") >= 2 * count
     # without autocast, the fused path on: torch's fused inference path (and its ops)
-    with torch.no_grad(), _Ops() as ops:
+    with torch.no_grad(), OpNames() as ops:
         torch.testing.assert_close(switched(x), plain(x), rtol=1e-12, atol=1e-12)
     assert "_native_multi_head_attention" in ops.names
 

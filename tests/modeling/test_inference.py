@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ovseg_testing import OpNames
 
 from ovseg.modeling.inference import postprocess_to_original, semantic_inference, slide_windows
 
@@ -64,23 +65,10 @@ def test_slide_averages_overlaps_by_count():
 
 
 def test_each_window_is_added_in_place_and_the_count_made_on_the_host():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.on_device = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if tensors and tensors[0].device.type == "meta":
-                self.on_device.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
     # the meta device stands for the GPU: it holds no values, so a check that read the count
     # map there (a wait for the device) would raise
     images = torch.empty(2, 3, 45, 70, device="meta")
-    with Ops() as ops:
+    with OpNames(device="meta") as ops:
         out = semantic_inference(
             lambda x: x[:, :2] * 2.0, images, mode="slide", window=32, stride=(13, 21)
         )
@@ -88,8 +76,8 @@ def test_each_window_is_added_in_place_and_the_count_made_on_the_host():
     # 6 windows, each one addition into the canvas on the device; no copy of a window's
     # canvas onto itself (``canvas[window] += scores``), no count map updated there
     windows = len(slide_windows(45, 70, (32, 32), (13, 21)))
-    assert ops.on_device.count("add_") == windows
-    assert "copy_" not in ops.on_device
+    assert ops.names.count("add_") == windows
+    assert "copy_" not in ops.names
 
 
 @pytest.mark.parametrize("per_forward", [2, 4, 6, 10])

@@ -10,6 +10,7 @@
 - ``pseudo``: a pseudo-label store and a fake teacher;
 - ``checkpoints``: a saved checkpoint damaged as a disk or a bad copy would;
 - ``golden``: ``assert_golden``, the golden-output regression;
+- ``ops``: ``OpNames``, the aten operators a call dispatches;
 - ``demo``: demo/predictor.py and demo/demo.py, imported as the script imports them;
 - ``scripts``: running train_net.py, demo/demo.py and tools/ in a subprocess;
 - ``distributed``: a spawned worker's gloo group, ended as ovseg's launch ends it.
@@ -74,6 +75,7 @@ from ovseg_testing.models import (
     tiny_zegclip_cfg,
     xpm_batch,
 )
+from ovseg_testing.ops import OpNames
 from ovseg_testing.paths import CONFIGS, ROOT, TINY_RN, TINY_VIT
 from ovseg_testing.pseudo import NAMES5, FakeTeacher, make_store
 from ovseg_testing.scripts import run_main, run_patched, run_script, subprocess_env
@@ -105,6 +107,7 @@ __all__ = [
     "TINY_VIT",
     "FakeTeacher",
     "Tol",
+    "OpNames",
     "assert_golden",
     "crop_flip_augmentations",
     "dumps_golden",
