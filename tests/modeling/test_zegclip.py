@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ovseg_testing import (
+    OpNames,
     Tol,
     assert_golden,
     random_image,
@@ -91,6 +92,41 @@ def test_backbone_outputs_any_size_and_prompt_depths(cache):
         assert all(p.grad is None for p in model.teacher.parameters())
     with pytest.raises(ValueError, match="multiples of the patch size 16"):
         model.backbone(torch.randn(1, 3, 40, 48))
+
+
+def test_deep_prompts_are_written_over_the_last_blocks_prompt_outputs(cache):
+    # each block after the first replaces the previous block's prompt outputs: the same
+    # tokens and gradients as concatenating [class, prompts, patches] anew, but the backward
+    # zeroes the replaced tokens' gradient in one pass instead of padding two slices' back
+    # to full size (slice_backward) and adding them
+    backbone = tiny_zegclip(cache, prompt_depth="deep").backbone.double().eval()
+    blocks = backbone.tower.transformer.resblocks
+    n = backbone.num_prompts
+    x = torch.randn(2, 3, 48, 64, dtype=torch.float64)
+    seen = []
+    hook = blocks[-1].register_forward_hook(lambda m, i, out: seen.append(out))
+    ops = OpNames()
+    try:
+        with ops:
+            backbone(x)
+            last = seen[0]
+            weights = torch.linspace(-1, 1, last.numel(), dtype=last.dtype).view_as(last)
+            (last * weights).sum().backward()
+    finally:
+        hook.remove()
+    assert "slice_backward" not in ops.names
+    assert ops.names.count("slice_scatter") == 2 * (len(blocks) - 1)  # forward and backward
+    grads = backbone.prompts.grad.clone()
+    backbone.prompts.grad = None
+    tokens, _ = backbone.tokens(x)
+    for i, block in enumerate(blocks):
+        rest = tokens[:, 1:] if i == 0 else tokens[:, 1 + n :]
+        prompts = backbone._prompts(i, 2, tokens.dtype)
+        tokens = block(torch.cat([tokens[:, :1], prompts, rest], dim=1))
+    torch.testing.assert_close(last, tokens, rtol=0, atol=0)
+    (tokens * weights).sum().backward()
+    torch.testing.assert_close(grads, backbone.prompts.grad, rtol=1e-12, atol=1e-12)
+    assert (grads.flatten(1).abs().sum(1) > 0).all()
 
 
 def test_patch_stride_gives_a_finer_grid_of_overlapping_patches(cache):

@@ -217,7 +217,8 @@ class CLIPViTPrompted(Backbone):
                 x = torch.cat([x[:, :1], self._prompts(0, b, x.dtype), x[:, 1:]], dim=1)
             elif self.depth == "deep":
                 # VPT-deep: the previous block's prompt outputs are replaced by fresh tokens
-                x = torch.cat([x[:, :1], self._prompts(i, b, x.dtype), x[:, 1 + n :]], dim=1)
+                # (written over them: the backward zeroes their gradient in one pass)
+                x = torch.slice_scatter(x, self._prompts(i, b, x.dtype), 1, 1, 1 + n)
             x = block(x)
 
         x = visual.ln_post(self.prompt_norm(x))
