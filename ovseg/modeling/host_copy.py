@@ -45,13 +45,14 @@ def instances_to_device(inst: Instances, device: torch.device) -> Instances:
     return out
 
 
-def batch_index(idx: Sequence[int], batch: int, device: torch.device) -> Union[slice, Tensor]:
+def batch_index(idx: Sequence[int], batch: int, device: torch.device) -> Union[type(...), Tensor]:
     """An index of the samples ``idx`` of a ``batch`` that selects from device tensors
     without a copy from pageable memory (``tensor[list]`` builds its index on the host and
-    copies it, a wait per use): the whole batch in order as ``slice(None)`` (a view, the
-    one-vocabulary batch), else the indices copied once through pinned memory."""
+    copies it, a wait per use): the whole batch in order as ``...`` (the one-vocabulary
+    batch: an alias, whose backward passes the gradient on as it is, where ``[:]``'s pads it
+    into a new tensor of zeros), else the indices copied once through pinned memory."""
     if list(idx) == list(range(batch)):
-        return slice(None)
+        return ...
     return tensor_to_device(torch.tensor(list(idx), dtype=torch.long), device)
 
 

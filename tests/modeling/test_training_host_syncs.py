@@ -6,6 +6,7 @@ import traceback
 
 import pytest
 import torch
+from ovseg_testing import OpNames
 from ovseg_testing.data import two_region_batch
 from ovseg_testing.models import tiny_lseg, tiny_zegclip
 
@@ -85,9 +86,17 @@ def test_a_training_step_builds_no_index_from_host_data(tmp_path, build):
     assert fresh.ovseg_sites == []
 
 
-def test_batch_index_is_a_view_for_the_whole_batch_and_indices_otherwise():
+def test_batch_index_is_an_alias_for_the_whole_batch_and_indices_otherwise():
     x = torch.arange(12).reshape(4, 3)
-    assert batch_index([0, 1, 2, 3], 4, torch.device("cpu")) == slice(None)
+    everything = batch_index([0, 1, 2, 3], 4, torch.device("cpu"))
+    y = torch.randn(4, 3, requires_grad=True) * 2
+    with OpNames() as ops:
+        out = y[everything]
+        out.sum().backward()
+    # an alias of the batch: its backward adds no pass over the gradient (``y[:]``'s
+    # slice_backward made a tensor of zeros and copied the gradient into it)
+    assert out._base is y and "alias" in ops.names and "slice_backward" not in ops.names
+    assert torch.equal(x[everything], x)
     index = batch_index([1, 3], 4, torch.device("cpu"))
     assert index.dtype == torch.long and torch.equal(x[index], x[[1, 3]])
 
