@@ -124,13 +124,17 @@ def _profile_opts(device: str) -> tuple:
 _TRAIN_ONLY = ("compiled", "store", "channels", "frozen", "attention", "loss")
 
 
+# the students that declare a ``loss_fn``: MODEL.COMPILE_LOSS "auto" compiles it on CUDA
+LOSS_FN_STUDENTS = ("ZegCLIP", "LSeg")
+
+
 def _compiles(item) -> bool:
-    """Whether a row compiles: MODEL.COMPILE rows ("compiled" in the name), and ZegCLIP's
-    training rows unless they keep the loss eager (MODEL.COMPILE_LOSS "auto" compiles its loss
-    on CUDA, in the row's first step)."""
+    """Whether a row compiles: MODEL.COMPILE rows ("compiled" in the name), and the training
+    rows of :data:`LOSS_FN_STUDENTS` unless they keep the loss eager (MODEL.COMPILE_LOSS
+    "auto" compiles it on CUDA, in the row's first step)."""
     name, _, train, opts = item[:4]
     return "compiled" in name or (
-        name.startswith("ZegCLIP") and train and "MODEL.COMPILE_LOSS" not in opts
+        name.startswith(LOSS_FN_STUDENTS) and train and "MODEL.COMPILE_LOSS" not in opts
     )
 
 

@@ -167,3 +167,25 @@ def test_the_device_time_counts_device_events_once():
     events = [event(DeviceType.CPU, 300.0), event(cuda, 200.0), event(cuda, 100.0),
               event(cuda, 50.0, annotation=True)]  # fmt: skip
     assert _device_us(SimpleNamespace(key_averages=lambda: events)) == 300.0
+
+
+def test_training_rows_of_students_with_a_loss_fn_take_the_compile_budget(tmp_path):
+    """MODEL.COMPILE_LOSS "auto" compiles a declared ``loss_fn`` in a CUDA row's first step:
+    those rows (not an eager-loss row, not inference) run on the compile budget, and
+    LOSS_FN_STUDENTS names exactly the students that declare one."""
+    from ovseg_testing.models import tiny_lseg, tiny_maskclip_plus, tiny_zegclip
+
+    from ovseg.benchmark import suite
+
+    models = {
+        "LSeg": tiny_lseg(tmp_path),
+        "ZegCLIP": tiny_zegclip(tmp_path),
+        "MaskCLIP+": tiny_maskclip_plus(tmp_path),
+    }
+    for name, model in models.items():
+        assert hasattr(model, "loss_fn") == name.startswith(suite.LOSS_FN_STUDENTS), name
+    rows = {item[0]: suite._compiles(item) for item in suite.GPU_ITEMS}
+    assert rows["LSeg R101"] and rows["LSeg ViT-L/16 (paper)"] and rows["ZegCLIP ViT-B/16"]
+    assert not rows["ZegCLIP ViT-B/16 eager loss"]
+    assert not rows["ZegCLIP ViT-B/16 inference batch 16"]
+    assert not rows["MaskCLIP+ RN50>R101 store"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ovseg_testing import CONFIGS, cpu_opts
 from ovseg_testing.data import two_region_batch
-from ovseg_testing.models import tiny_zegclip, tiny_zegclip_cfg
+from ovseg_testing.models import tiny_lseg, tiny_lseg_cfg, tiny_zegclip, tiny_zegclip_cfg
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -284,6 +284,32 @@ def test_model_compile_loss_compiles_the_loss_alone_and_trains_as_eager(tmp_path
     assert "Linear declares no loss_fn to compile" in warned[0].getMessage()
 
 
+@pytest.mark.parametrize(
+    "lseg, grad_tol",
+    [
+        ({}, (1e-4, 1e-6)),
+        # fp16 logits: the traced graph's decomposed operators round as fp16 does (2^-11)
+        (
+            {"half_logits": True, "spatial_reg": "bottleneck", "loss_normalization": "images"},
+            (1e-3, 1e-5),
+        ),
+    ],
+    ids=["defaults", "official-head"],
+)
+def test_lseg_compiled_loss_trains_as_eager_on_every_vocabulary_group(tmp_path, lseg, grad_tol):
+    """LSeg's loss from the head's output on (normalisation, logits, spatial regulariser,
+    upsampling, cross-entropy) is its ``loss_fn``: compiled alone (aot_eager traces forward
+    and backward), a batch of two vocabularies of different sizes gives the eager losses and
+    gradients."""
+    torch._dynamo.reset()
+    eager, compiled = tiny_lseg(tmp_path, seed=0, **lseg), tiny_lseg(tmp_path, seed=0, **lseg)
+    assert eager.loss_fn == eager.group_loss
+    assert compile_loss(compiled, "always", "cpu", backend="aot_eager")
+    assert compiled.loss_fn != compiled.group_loss
+    batch = two_region_batch(size=32) + two_region_batch(("red", "blue", "green", "sky"), n=1)
+    _assert_same_step(_step(compiled, batch), _step(eager, batch), (1e-5, 1e-6), grad_tol)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_loss_compiled_on_cuda_trains_as_the_eager_one(tmp_path):
@@ -300,3 +326,21 @@ def test_the_loss_compiled_on_cuda_trains_as_the_eager_one(tmp_path):
         with EventStorage(0):
             steps[setting] = _step(model, two_region_batch(size=32))
     _assert_same_step(steps["auto"], steps["never"], (1e-4, 1e-6), (1e-3, 1e-6))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lseg_loss_compiled_on_cuda_trains_as_the_eager_one(tmp_path):
+    """LSeg on CUDA, MODEL.COMPILE_LOSS "auto": inductor's kernels for the normalisation,
+    logits and cross-entropy give the eager losses and gradients, in fp16 logits too."""
+    steps = {}
+    for setting in ("never", "auto"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        cfg = tiny_lseg_cfg(tmp_path, half_logits=True)
+        cfg.MODEL.DEVICE, cfg.MODEL.COMPILE_LOSS = "cuda", setting
+        model = Trainer.build_model(cfg)
+        assert (model.loss_fn == model.group_loss) == (setting == "never")
+        with EventStorage(0):
+            steps[setting] = _step(model, two_region_batch(size=32))
+    _assert_same_step(steps["auto"], steps["never"], (1e-3, 1e-5), (1e-2, 1e-5))

@@ -155,6 +155,7 @@ class LSeg(OpenVocabSegmentor):
         self.loss_normalization = check_choice(
             loss_normalization, LOSS_NORMALIZATIONS, "MODEL.LSEG.LOSS_NORMALIZATION"
         )
+        self.loss_fn = self.group_loss  # MODEL.COMPILE(_LOSS) replaces it by its compiled form
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -225,6 +226,28 @@ class LSeg(OpenVocabSegmentor):
         # align_corners=True as the official output upsampling
         return F.interpolate(out, size=size, mode="bilinear", align_corners=True)
 
+    def group_loss(
+        self, features: Tensor, text: Tensor, target: Tensor, size: Tuple[int, int]
+    ) -> Tuple[Tensor, Tensor]:
+        """The cross-entropy of one vocabulary group, from the head's output on: one function
+        that MODEL.COMPILE_LOSS compiles (on CUDA by default), fusing its passes over the
+        full-size (B, D, h, w) embeddings (eager, their normalisation and its backward alone
+        read and write them some 12 times).
+
+        Args:
+            features (Tensor): (B, D, h, w) the dense head's output, not normalised.
+            text (Tensor): (K, D) normalised text embeddings.
+            target (Tensor): (B, H, W) labels at ``size``.
+            size ((int, int)): (H, W), the logits' size.
+
+        Returns:
+            (Tensor, Tensor): the loss sums and labelled-pixel counts, of the group or of
+            each image (``loss_normalization``).
+        """
+        logits = self.logits(F.normalize(features, dim=1), text, size)
+        ce = cross_entropy_per_image if self.loss_normalization == "images" else cross_entropy_sum
+        return ce(logits, target, self.ignore_value)
+
     def predict_logits(self, images: Tensor, text: Tensor) -> Tensor:
         """Logits of normalised images, at their size.
 
@@ -258,19 +281,17 @@ class LSeg(OpenVocabSegmentor):
         averaged per ``loss_normalization``."""
         images, targets = self.training_batch(batched_inputs)
         size = tuple(images.tensor.shape[-2:])
-        embeddings = self.pixel_embeddings(images.tensor)
-        per_image = self.loss_normalization == "images"
-        ce = cross_entropy_per_image if per_image else cross_entropy_sum
+        features = self.decoder(self.backbone(images.tensor))
         sums, counts = [], []
         for names, idx in self.vocabulary_groups(batched_inputs).items():
-            idx = batch_index(idx, len(batched_inputs), embeddings.device)
-            logits = self.logits(embeddings[idx], self.text_embeddings(names), size)
-            loss, n = ce(logits, targets[idx], self.ignore_value)
+            idx = batch_index(idx, len(batched_inputs), features.device)
+            text = self.text_embeddings(names)
+            loss, n = self.loss_fn(features[idx], text, targets[idx], size)
             sums.append(loss.reshape(-1))
             counts.append(n.reshape(-1))
         sums, counts = torch.cat(sums), torch.cat(counts)
         # a batch whose pixels are all ignored gives a zero loss (not NaN) that still
         # reaches every parameter, as DDP needs
-        if per_image:
+        if self.loss_normalization == "images":
             return {"loss_sem_seg": per_image_mean(sums, counts)}
         return {"loss_sem_seg": sums.sum() / counts.sum().clamp(min=1)}
