@@ -358,9 +358,9 @@ def add_speed_config(cfg: CN) -> None:
     cfg.MODEL.COMPILE = False
     # torch.compile mode: "default", "reduce-overhead" or "max-autotune"
     cfg.MODEL.COMPILE_MODE = "default"
-    # torch.compile the student's loss function alone (ZegCLIP's focal and dice losses at the
-    # label size: a few fused kernels instead of 112 full-size element-wise passes per
-    # step) when MODEL.COMPILE is off: "auto" (on CUDA, where triton is importable),
+    # torch.compile the student's loss function alone (ZegCLIP's focal and dice losses, LSeg's
+    # normalised embeddings' logits and cross-entropy: fused kernels instead of full-size
+    # element-wise passes) when MODEL.COMPILE is off: "auto" (on CUDA, where triton is importable),
     # "always" (the CPU too: inductor's C++ kernels, which need a compiler), "never"
     cfg.MODEL.COMPILE_LOSS = "auto"
     # channels-last (NHWC) weights and inputs, for the convolutional students under autocast
