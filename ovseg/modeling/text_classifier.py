@@ -29,7 +29,7 @@ from .host_copy import device_memo
 from .text_embeddings_file import FileTextEmbeddings, cached_rows
 from .vocabulary_scores import mean_synonym_embeddings
 
-__all__ = ["LearnedBackground", "TextClassifier"]
+__all__ = ["LearnedBackground", "TextClassifier", "pixel_text_product"]
 
 
 class LearnedBackground(nn.Module):
@@ -179,5 +179,16 @@ class TextClassifier(nn.Module):
 
     def logits(self, embeddings: Tensor, text: Tensor) -> Tensor:
         """``logit_scale * (embeddings . text)``: (B, D, h, w) x (K, D) -> (B, K, h, w)."""
-        text = text.to(dtype=embeddings.dtype)
-        return self.logit_scale * torch.einsum("bdhw,kd->bkhw", embeddings, text)
+        return self.logit_scale * pixel_text_product(embeddings, text.to(embeddings.dtype))
+
+
+def pixel_text_product(embeddings: Tensor, text: Tensor) -> Tensor:
+    """Each pixel's dot product with each text row: (B, D, h, w) x (K, D) -> (B, K, h, w).
+
+    One batched product with the text broadcast over the batch, reading the embeddings as
+    they lie (channels-last too) and writing the logits in place: neither operand is copied,
+    forward or backward, where ``einsum("bdhw,kd->bkhw")`` first copied the embeddings
+    pixel-major (a pass over LSeg's full-size (B, 512, h, w) embeddings per step).
+    """
+    b, _, h, w = embeddings.shape
+    return torch.bmm(text.expand(b, -1, -1), embeddings.flatten(2)).view(b, -1, h, w)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ovseg_testing import (
+    OpNames,
     Tol,
     assert_golden,
     fit_steps,
@@ -233,6 +234,28 @@ def test_half_logits_are_the_official_fp16_products(cache):
         assert torch.equal(half.logits(emb, text, (4, 5)), want)
     half.train()
     half(two_region_batch())["loss_sem_seg"].backward()  # trains through the fp16 product
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["fp32", "half-logits"])
+def test_logits_copy_neither_the_embeddings_nor_their_gradient(cache, half):
+    """The pixel-text product broadcasts the text over the batch: forward and backward
+    dispatch no copy of the (B, D, h, w) embeddings (einsum copied them pixel-major), and the
+    logits are einsum's, for channels-last embeddings too."""
+    model = tiny_lseg(cache, half_logits=half).double()
+    text = model.text_embeddings(["sky", "grass", "cow"]).double()
+    raw = torch.randn(2, 32, 4, 5, dtype=torch.float64, requires_grad=True)
+    with OpNames() as ops:
+        out = model.logits(torch.nn.functional.normalize(raw, dim=1), text, (8, 10))
+        out.sum().backward()
+    assert "bmm" in ops.names and not {"clone", "copy_", "contiguous"} & set(ops.names)
+    if half:
+        return
+    emb = torch.nn.functional.normalize(raw.detach(), dim=1)
+    scale = model.classifier.logit_scale
+    want = scale * torch.einsum("bdhw,kd->bkhw", emb, text)
+    for layout in (emb, emb.to(memory_format=torch.channels_last)):
+        got = model.classifier.logits(layout, text)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_learnable_logit_scale(cache):

@@ -28,7 +28,7 @@ from ..backbone import build_backbone
 from ..heads import build_dense_head
 from ..host_copy import batch_index
 from ..losses import cross_entropy_per_image, cross_entropy_sum, per_image_mean
-from ..text_classifier import TextClassifier
+from ..text_classifier import TextClassifier, pixel_text_product
 from .base import OpenVocabSegmentor
 
 # how the cross-entropy is averaged (MODEL.LSEG.LOSS_NORMALIZATION)
@@ -218,7 +218,7 @@ class LSeg(OpenVocabSegmentor):
             scaled = self.classifier.logit_scale * embeddings.half()
             # in fp16 under any autocast (bf16's would cast the operands again)
             with torch.autocast(embeddings.device.type, enabled=False):
-                out = torch.einsum("bdhw,kd->bkhw", scaled.half(), text.half()).float()
+                out = pixel_text_product(scaled.half(), text.half()).float()
         else:
             out = self.classifier.logits(embeddings, text)
         if self.spatial_reg is not None:
