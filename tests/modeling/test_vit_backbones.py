@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
+
 import pytest
 import torch
-from ovseg_testing import tiny_lseg_cfg
+from ovseg_testing import OpNames, tiny_lseg_cfg
 
 from detectron2.modeling import Backbone
 
@@ -123,6 +126,37 @@ def test_timm_backbone(tmp_path):
     cfg.MODEL.VIT_BACKBONE.TIMM_PRETRAINED = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_backbone(cfg)
+
+
+def test_timm_attention_splits_qkv_without_copying_their_gradients_back(tmp_path):
+    """The timm backbone's attention blocks split q, k, v on their own axis: the outputs and
+    every gradient are timm's own forward's (float64), with one copy fewer per block in the
+    backward (timm's split stacked dq, dk, dv and copied them back to the qkv layout)."""
+    pytest.importorskip("timm")
+    cfg = tiny_lseg_cfg(tmp_path)
+    cfg.MODEL.BACKBONE.NAME = "build_timm_vit_backbone"
+    cfg.MODEL.VIT_BACKBONE.TIMM_MODEL = "vit_tiny_patch16_224"
+    ours = build_backbone(cfg).double()
+    timms = copy.deepcopy(ours)
+    for module in timms.modules():  # timm's own forward back
+        module.__dict__.pop("forward", None)
+    x = torch.randn(2, 3, 40, 72, dtype=torch.float64)
+    runs = []
+    for backbone in (ours, timms):
+        xi = x.clone().requires_grad_(True)
+        with OpNames() as ops:
+            out = backbone(xi)
+            sum((v * v.flatten().cos().view_as(v)).sum() for v in out.values()).backward()
+        grads = {n: p.grad for n, p in backbone.named_parameters() if p.grad is not None}
+        runs.append((out, xi.grad, grads, Counter(ops.names)))
+    (out, dx, grads, ops), (want, want_dx, want_grads, want_ops) = runs
+    for k in want:
+        torch.testing.assert_close(out[k], want[k], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx, want_dx, rtol=1e-12, atol=1e-12)
+    assert grads.keys() == want_grads.keys() and len(grads) > 100
+    for k in want_grads:
+        torch.testing.assert_close(grads[k], want_grads[k], rtol=1e-10, atol=1e-12)
+    assert want_ops["clone"] - ops["clone"] == len(ours.vit.blocks) == 12
 
 
 def test_builder_passes_the_teacher_only_where_accepted(teacher, tmp_path):

@@ -18,6 +18,7 @@ import types
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.layers import ShapeSpec
@@ -95,6 +96,7 @@ class TimmViTBackbone(ViTFeatureBackbone):
             )
         if pos_embed_interp == "bilinear":
             _use_bilinear_pos_embed(model)
+        _split_qkv_on_their_own_axis(model)
 
     def tokens(self, x: Tensor) -> List[Tensor]:
         maps = self.vit.forward_intermediates(
@@ -142,6 +144,38 @@ def _use_bilinear_pos_embed(model: nn.Module) -> None:
             "with a positional embedding, no register tokens); use 'bicubic' for this model"
         )
     model._pos_embed = types.MethodType(_bilinear_pos_embed, model)
+
+
+def _split_qkv_attention(
+    self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False, **kwargs
+) -> Tensor:
+    """timm ``Attention.forward``'s fused path, q, k and v split on their own (B, N, 3, ...)
+    axis: its backward stacks dq, dk, dv straight into the qkv projection's layout, where
+    timm's split of the (3, B, heads, N, head dim) permutation had them stacked and then copied
+    back (a full-size copy per block: 4.8 GB of LSeg ViT-L/16's step). Anything else (a mask,
+    causal attention, a gate, timm's unfused path) runs timm's own forward."""
+    gate = getattr(self, "gate", None)
+    if not self.fused_attn or attn_mask is not None or is_causal or kwargs or gate is not None:
+        if is_causal:  # timm's own (an older timm takes no is_causal)
+            kwargs["is_causal"] = True
+        return type(self).forward(self, x, attn_mask=attn_mask, **kwargs)
+    b, n, _ = x.shape
+    qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+    q, k, v = (t.transpose(1, 2) for t in qkv)
+    q, k = self.q_norm(q), self.k_norm(k)
+    p = self.attn_drop.p if self.training else 0.0
+    x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(b, n, -1)
+    return self.proj_drop(self.proj(self.norm(x)))
+
+
+def _split_qkv_on_their_own_axis(model: nn.Module) -> None:
+    """:func:`_split_qkv_attention` as the forward of each of the model's timm ``Attention``
+    blocks (not of subclasses, whose forward may differ); the weights are unchanged."""
+    from timm.layers import Attention
+
+    for module in model.modules():
+        if type(module) is Attention:
+            module.forward = types.MethodType(_split_qkv_attention, module)
 
 
 def resolve_timm_weights(model_name: str, spec: str, cache_dir: str = "") -> tuple:
