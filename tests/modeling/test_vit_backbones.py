@@ -131,7 +131,8 @@ def test_timm_backbone(tmp_path):
 def test_timm_attention_splits_qkv_without_copying_their_gradients_back(tmp_path):
     """The timm backbone's attention blocks split q, k, v on their own axis: the outputs and
     every gradient are timm's own forward's (float64), with one copy fewer per block in the
-    backward (timm's split stacked dq, dk, dv and copied them back to the qkv layout)."""
+    backward (timm's split stacked dq, dk, dv and copied them back to the qkv layout), and the
+    forward copies nothing."""
     pytest.importorskip("timm")
     cfg = tiny_lseg_cfg(tmp_path)
     cfg.MODEL.BACKBONE.NAME = "build_timm_vit_backbone"
@@ -157,6 +158,10 @@ def test_timm_attention_splits_qkv_without_copying_their_gradients_back(tmp_path
     for k in want_grads:
         torch.testing.assert_close(grads[k], want_grads[k], rtol=1e-10, atol=1e-12)
     assert want_ops["clone"] - ops["clone"] == len(ours.vit.blocks) == 12
+    # the hooked blocks' tokens are read as they lie (timm's NCHW maps copied each of them)
+    with torch.no_grad(), OpNames() as forward:
+        ours(x)
+    assert "clone" not in forward.names
 
 
 def test_builder_passes_the_teacher_only_where_accepted(teacher, tmp_path):

@@ -105,10 +105,10 @@ class TimmViTBackbone(ViTFeatureBackbone):
             return_prefix_tokens=True,
             norm=False,
             intermediates_only=True,
-            output_fmt="NCHW",
+            output_fmt="NLC",  # tokens as the blocks gave them (NCHW copied them channel-major)
         )
         by_index = {
-            i: torch.cat([prefix, spatial.flatten(2).transpose(1, 2)], dim=1)
+            i: torch.cat([prefix, spatial], dim=1)
             for i, (spatial, prefix) in zip(self._unique, maps)
         }
         return [by_index[i] for i in self.out_indices]
