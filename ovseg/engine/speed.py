@@ -169,10 +169,16 @@ def compile_loss(model: nn.Module, setting: str, device: str, backend: str = "in
     per step, forward and backward (4.1 GB per 512 x 512 image of 15 classes); inductor fuses
     them into a few kernels. Compiling the loss alone takes seconds, not the minutes of the
     whole network (MODEL.COMPILE), and its shapes change only with the vocabulary group.
+    Inductor keeps eager's rounding at each cast to a lower precision
+    (``emulate_precision_casts``): LSeg's official fp16 logits round the features and then
+    their scaled product as the eager step does, where inductor alone rounds once.
     """
     if not loss_compile_wanted(setting, device):
         return False
-    if not _compile_loss_fn(model, {"backend": backend, "dynamic": None}):
+    options = {"backend": backend, "dynamic": None}
+    if backend == "inductor":  # a cast rounds as eager's does (LSeg's official fp16 logits)
+        options["options"] = {"emulate_precision_casts": True}
+    if not _compile_loss_fn(model, options):
         if setting == "always":
             logger.warning(
                 f"MODEL.COMPILE_LOSS always: {type(model).__name__} declares no loss_fn to "

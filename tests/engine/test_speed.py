@@ -104,6 +104,34 @@ def test_model_compile_switch_generates_kernels_equal_to_eager(tmp_path):
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
 
 
+def test_lseg_loss_compiled_by_inductor_rounds_the_official_fp16_logits_as_eager(tmp_path):
+    """MODEL.COMPILE_LOSS's inductor kernels keep eager's rounding at each cast: LSeg's
+    official fp16 logits (the features rounded to fp16, then their scaled product) give the
+    eager loss to float32 precision, where inductor alone rounds once (8e-6 apart here), and
+    the eager gradients to fp16's."""
+    torch._dynamo.reset()
+    model = tiny_lseg(tmp_path, seed=0, half_logits=True, spatial_reg="bottleneck")
+    assert compile_loss(model, "always", "cpu")
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 32, 8, 8, generator=g, requires_grad=True)
+    text = torch.nn.functional.normalize(torch.randn(3, 32, generator=g), dim=1)
+    target = torch.randint(0, 3, (2, 16, 16), generator=g)
+    target[:, :2] = 255
+    args = (text, target, (16, 16))
+    want = model.group_loss(features, *args)
+    want_grad = torch.autograd.grad(want[0], features)[0]
+    try:
+        got = model.loss_fn(features, *args)
+    except Exception as e:
+        if not any(k in f"{type(e).__name__} {e}" for k in _NO_TOOLCHAIN):
+            raise
+        pytest.skip(f"inductor cannot build CPU kernels here: {type(e).__name__}: {e}"[:300])
+    got_grad = torch.autograd.grad(got[0], features)[0]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # the backward's float32 sums, reassociated, can flip an fp16 rounding (2^-10 relative)
+    torch.testing.assert_close(got_grad, want_grad, rtol=2**-9, atol=1e-7)
+
+
 def _cuda_tiny_zegclip(cache_dir, graphs: bool):
     """The tiny ZegCLIP on CUDA, seeded; ``graphs``: its networks compiled by torch's
     "cudagraphs" backend (the graph trees of MODEL.COMPILE_MODE reduce-overhead without
