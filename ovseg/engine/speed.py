@@ -1,7 +1,9 @@
 """Speed options applied to a built model: channels-last layout and ``torch.compile``;
 and the frozen CLIP tower's weights in bf16 (``ovseg/clip/frozen_dtype.py``).
 
-Channels-last and compilation change no numerics beyond floating-point reassociation.
+Channels-last and compilation change no numerics beyond floating-point reassociation, but
+for one: inductor rounds a chain of low-precision operations once, at its end, where eager
+rounds each (MODEL.COMPILE_LOSS keeps eager's rounding, MODEL.COMPILE's modes do not).
 MODEL.CHANNELS_LAST stores the convolution weights NHWC (faster cuDNN kernels for the
 convolutional students under autocast; a convolution with channels-last weights answers in
 that layout whatever its input's). MODEL.COMPILE compiles the model's network modules in place
