@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TokenMajorMultiheadAttention", "token_major_attention"]
+__all__ = ["TokenMajorMultiheadAttention", "split_qkv", "token_major_attention"]
 
 
 class TokenMajorMultiheadAttention(nn.MultiheadAttention):
@@ -91,10 +91,7 @@ class TokenMajorMultiheadAttention(nn.MultiheadAttention):
         b, length, width = x.shape
         heads = self.num_heads
         qkv = F.linear(x.reshape(b * length, width), self.in_proj_weight, self.in_proj_bias)
-        # (B*L, 3C) -> three (B, heads, L, C/heads), split on the (B, L, 3, ...) axis so that
-        # the backward stacks dq, dk, dv straight into the projection's layout (no copy)
-        qkv = qkv.view(b, length, 3, heads, width // heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in qkv)
+        q, k, v = split_qkv(qkv.view(b, length, 3 * width), heads)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)  # as torch's _canonical_mask, for autocast
         out = F.scaled_dot_product_attention(
@@ -107,6 +104,16 @@ class TokenMajorMultiheadAttention(nn.MultiheadAttention):
         out = out.transpose(1, 2).reshape(b * length, width)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
         return out.view(b, length, width)
+
+
+def split_qkv(qkv: Tensor, heads: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """A joint projection's (B, L, 3C) output as three (B, heads, L, C/heads) views, split
+    on the (B, L, 3, heads, C/heads) axis: the backward stacks dq, dk, dv straight into the
+    projection's layout, where splitting a (3, B, heads, L, C/heads) permutation has them
+    stacked and then copied back (a full-size copy per attention layer)."""
+    b, length, width3 = qkv.shape
+    parts = qkv.view(b, length, 3, heads, width3 // (3 * heads)).unbind(2)
+    return tuple(t.transpose(1, 2) for t in parts)
 
 
 def token_major_attention(model: nn.Module, enabled: bool = True) -> int:

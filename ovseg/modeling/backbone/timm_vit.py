@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
+from ...clip.attention import split_qkv
 from ...utils.downloads import explain_download_failure
 from .vit_hooks import ViTFeatureBackbone, check_out_indices
 
@@ -149,19 +150,17 @@ def _use_bilinear_pos_embed(model: nn.Module) -> None:
 def _split_qkv_attention(
     self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False, **kwargs
 ) -> Tensor:
-    """timm ``Attention.forward``'s fused path, q, k and v split on their own (B, N, 3, ...)
-    axis: its backward stacks dq, dk, dv straight into the qkv projection's layout, where
-    timm's split of the (3, B, heads, N, head dim) permutation had them stacked and then copied
-    back (a full-size copy per block: 4.8 GB of LSeg ViT-L/16's step). Anything else (a mask,
-    causal attention, a gate, timm's unfused path) runs timm's own forward."""
+    """timm ``Attention.forward``'s fused path with q, k and v split by :func:`split_qkv`:
+    timm's split of a (3, B, heads, N, head dim) permutation had the backward copy dq, dk, dv
+    back to the qkv projection's layout (4.8 GB of LSeg ViT-L/16's step). Anything else (a
+    mask, causal attention, a gate, timm's unfused path) runs timm's own forward."""
     gate = getattr(self, "gate", None)
     if not self.fused_attn or attn_mask is not None or is_causal or kwargs or gate is not None:
         if is_causal:  # timm's own (an older timm takes no is_causal)
             kwargs["is_causal"] = True
         return type(self).forward(self, x, attn_mask=attn_mask, **kwargs)
     b, n, _ = x.shape
-    qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-    q, k, v = (t.transpose(1, 2) for t in qkv)
+    q, k, v = split_qkv(self.qkv(x), self.num_heads)
     q, k = self.q_norm(q), self.k_norm(k)
     p = self.attn_drop.p if self.training else 0.0
     x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(b, n, -1)
