@@ -35,6 +35,8 @@ log "environment"
 torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0)); \
 print('open_clip', open_clip.__version__, open_clip.__file__); print('detectron2', \
 detectron2.__version__, detectron2.__file__); print('ovseg', ovseg.__file__)" || exit 1
+# timm is the machine's own (LSeg's ViT-L/16 backbone; ovseg asks for >= 1.0.17)
+"$PY" -c "import timm; print('timm', timm.__version__, timm.__file__)" || log "no timm: the LSeg ViT rows will fail"
 log "suite (every student, train + inference, profile)"
 # the suite stops starting items 15 s before its limit; each item has its own budget (train
 # ITEM_BUDGET_S, mapper a quarter, inference a half). 420 s: every row of the table took 343 s

@@ -164,6 +164,30 @@ def test_timm_attention_splits_qkv_without_copying_their_gradients_back(tmp_path
     assert "clone" not in forward.names
 
 
+def test_timm_attention_keeps_its_own_forward_where_the_split_cannot_stand_in(tmp_path):
+    """A mask reaches timm's own forward (same output as timm's), and a block of a timm that
+    lacks a part the split forward reads (``norm`` came with timm's scale_norm) is left with
+    timm's forward instead of failing at the first step."""
+    pytest.importorskip("timm")
+    from timm.layers import Attention
+
+    from ovseg.modeling.backbone.timm_vit import _split_qkv_on_their_own_axis
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(Attention(16, num_heads=2)).double()
+    _split_qkv_on_their_own_axis(block)
+    assert "forward" in block[0].__dict__
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    mask = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    want = Attention.forward(block[0], x, attn_mask=mask)
+    torch.testing.assert_close(block[0](x, attn_mask=mask), want, rtol=0, atol=0)
+    torch.testing.assert_close(block(x), Attention.forward(block[0], x), rtol=1e-12, atol=1e-12)
+    older = torch.nn.Sequential(Attention(16, num_heads=2))
+    del older[0].norm
+    _split_qkv_on_their_own_axis(older)
+    assert "forward" not in older[0].__dict__
+
+
 def test_builder_passes_the_teacher_only_where_accepted(teacher, tmp_path):
     cfg = tiny_lseg_cfg(tmp_path)
     backbone = build_backbone(cfg, teacher=teacher)

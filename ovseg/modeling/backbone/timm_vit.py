@@ -158,7 +158,9 @@ def _split_qkv_attention(
     if not self.fused_attn or attn_mask is not None or is_causal or kwargs or gate is not None:
         if is_causal:  # timm's own (an older timm takes no is_causal)
             kwargs["is_causal"] = True
-        return type(self).forward(self, x, attn_mask=attn_mask, **kwargs)
+        if attn_mask is not None:  # nor, before 1.0, an attn_mask
+            kwargs["attn_mask"] = attn_mask
+        return type(self).forward(self, x, **kwargs)
     b, n, _ = x.shape
     q, k, v = split_qkv(self.qkv(x), self.num_heads)
     q, k = self.q_norm(q), self.k_norm(k)
@@ -167,13 +169,21 @@ def _split_qkv_attention(
     return self.proj_drop(self.proj(self.norm(x)))
 
 
+# what _split_qkv_attention reads of a timm Attention; a timm without one of them (``norm``
+# came with its scale_norm) keeps its own forward
+_TIMM_ATTENTION_PARTS = (
+    "fused_attn num_heads qkv q_norm k_norm attn_drop norm proj proj_drop".split()
+)
+
+
 def _split_qkv_on_their_own_axis(model: nn.Module) -> None:
     """:func:`_split_qkv_attention` as the forward of each of the model's timm ``Attention``
-    blocks (not of subclasses, whose forward may differ); the weights are unchanged."""
+    blocks (not of subclasses, whose forward may differ, nor of a timm's whose blocks lack a
+    part it reads); the weights are unchanged."""
     from timm.layers import Attention
 
     for module in model.modules():
-        if type(module) is Attention:
+        if type(module) is Attention and all(hasattr(module, a) for a in _TIMM_ATTENTION_PARTS):
             module.forward = types.MethodType(_split_qkv_attention, module)
 
 
