@@ -7,8 +7,12 @@
 # of its config's crop size in bf16: step time, images/s, peak memory, FLOPs, MFU, the shares
 # of the frozen towers' forward and the optimizer, host syncs per step; inference images/s and
 # latency, whole and slide; the ZegCLIP VOC step under torch.profiler, compiled with its frozen
-# tower in bf16 as the goal row but without CUDA graphs), then the GPU-only
-# tests (`pytest -m gpu`). Random CLIP weights of the real architectures, nothing downloaded.
+# tower in bf16 as the goal row but without CUDA graphs), after the GPU-only tests
+# (`pytest -m gpu`, first: a suite cut by its deadline must not cost them). Random CLIP weights
+# of the real architectures, nothing downloaded. The whole script ends within TOTAL_LIMIT_S
+# (default 460 s, under the issue's 8 minutes): the suite gets what the environment check and
+# the tests leave (SUITE_LIMIT_S caps it lower), stops starting rows 15 s before its end and
+# writes table.md after every row, so a deadline cuts the last rows, never the whole table.
 # Where the machine lacks ovseg's pure-Python dependencies, a folder made by
 # tools/make_gpu_bundle.sh is put on PYTHONPATH: $OVSEG_SITE, else .cache/gpu_site.
 # DEVICE=cpu with --smoke rehearses the whole script on the toy configs without a GPU; with
@@ -18,6 +22,8 @@
 # Writes into OUT_DIR (default $OUT, else output/gpu_check): nvidia-smi.txt, suite.json,
 # table.md, profile.txt, profile.json, suite.log, pytest_gpu.txt.
 set -uo pipefail
+SECONDS=0
+TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-460}
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-output/gpu_check}}
 shift || true
@@ -37,17 +43,24 @@ print('open_clip', open_clip.__version__, open_clip.__file__); print('detectron2
 detectron2.__version__, detectron2.__file__); print('ovseg', ovseg.__file__)" || exit 1
 # timm is the machine's own (LSeg's ViT-L/16 backbone; ovseg asks for >= 1.0.17)
 "$PY" -c "import timm; print('timm', timm.__version__, timm.__file__)" || log "no timm: the LSeg ViT rows will fail"
-log "suite (every student, train + inference, profile)"
-# the suite stops starting items 15 s before its limit; each item has its own budget (train
-# ITEM_BUDGET_S, mapper a quarter, inference a half). 420 s: every row of the table took 343 s
-# on an H200 (2026-12-04), the GPU-only tests 40 s, the whole script 389 s (under 8 minutes)
-SUITE_LIMIT_S=${SUITE_LIMIT_S:-420}
-timeout "$SUITE_LIMIT_S" "$PY" -m ovseg.benchmark.suite --device "${DEVICE:-cuda}" \
-    --output-dir "$OUT_DIR" --iters 15 --warmup 3 --shares-steps 2 \
-    --budget "${ITEM_BUDGET_S:-40}" --compile-budget "${COMPILE_BUDGET_S:-100}" \
-    --deadline $((SUITE_LIMIT_S - 15)) "$@" 2>&1 | tee "$OUT_DIR/suite.log"
 log "GPU-only tests"
 timeout "${TEST_LIMIT_S:-90}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests \
     >"$OUT_DIR/pytest_gpu.txt" 2>&1
 tail -3 "$OUT_DIR/pytest_gpu.txt"
-log "done"
+# every row of the table took 343 s on an H200 (2026-12-04), the GPU-only tests 40 s, the whole
+# script 389 s; the suite has gained rows since, so a deadline may now cut its last ones
+LEFT_S=$((TOTAL_LIMIT_S - SECONDS))
+SUITE_LIMIT_S=${SUITE_LIMIT_S:-$LEFT_S}
+SUITE_LIMIT_S=$((SUITE_LIMIT_S < LEFT_S ? SUITE_LIMIT_S : LEFT_S))
+if [ "$SUITE_LIMIT_S" -lt 60 ]; then
+    log "only ${SUITE_LIMIT_S} s left of TOTAL_LIMIT_S=${TOTAL_LIMIT_S}: no suite"
+    exit 1
+fi
+log "suite (every student, train + inference, profile) within ${SUITE_LIMIT_S} s"
+# the suite stops starting items 15 s before its limit; each item has its own budget (train
+# ITEM_BUDGET_S, mapper a quarter, inference a half; compiled rows COMPILE_BUDGET_S)
+timeout "$SUITE_LIMIT_S" "$PY" -m ovseg.benchmark.suite --device "${DEVICE:-cuda}" \
+    --output-dir "$OUT_DIR" --iters 15 --warmup 3 --shares-steps 2 \
+    --budget "${ITEM_BUDGET_S:-40}" --compile-budget "${COMPILE_BUDGET_S:-100}" \
+    --deadline $((SUITE_LIMIT_S - 15)) "$@" 2>&1 | tee "$OUT_DIR/suite.log"
+log "done in ${SECONDS} s"
