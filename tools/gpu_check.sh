@@ -45,7 +45,7 @@ detectron2.__version__, detectron2.__file__); print('ovseg', ovseg.__file__)" ||
 "$PY" -c "import timm; print('timm', timm.__version__, timm.__file__)" || log "no timm: the LSeg ViT rows will fail"
 log "GPU-only tests"
 # 10 tests run on a GPU (6 more skip without the xpm-official / export extras), two of them
-# compile a loss with inductor; they took 40 s on 2026-12-04, with 4 of them and one compile
+# compile a loss with inductor; on 2026-12-04 the 4 then (no inductor compile) took 40 s
 timeout "${TEST_LIMIT_S:-120}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests \
     >"$OUT_DIR/pytest_gpu.txt" 2>&1
 tail -3 "$OUT_DIR/pytest_gpu.txt"
