@@ -266,25 +266,39 @@ GOAL_ROWS = (
 )
 
 
+@functools.cache
+def _student(config: str) -> str:
+    """The config's meta-architecture: the student a row measures."""
+    from ..engine.defaults import load_config
+
+    return load_config(config, ["MODEL.DEVICE", "cpu"]).MODEL.META_ARCHITECTURE
+
+
 def _run_order(items) -> List[Any]:
-    """What a deadline must not cut comes first: the goal rows (:data:`GOAL_ROWS`), then the
-    first row of every other config (each student in the table), then the profile (``None``
-    in the list), then the variants' eager rows and the compiled ones last. The table keeps the
-    items' order."""
+    """What a deadline must not cut comes first: the goal rows (:data:`GOAL_ROWS`), then one
+    row per student (meta-architecture) not yet in, then the first row of every other config,
+    then the profile (``None`` in the list), then the variants' eager rows and the compiled
+    ones last. The table keeps the items' order."""
     goal = [i for name in GOAL_ROWS for i in items if i[0] == name]
     firsts, seen = [], {i[1] for i in goal}
     for i in items:
         if i[1] not in seen and "compiled" not in i[0]:
             seen.add(i[1])
             firsts.append(i)
-    rest = [i for i in items if i not in goal and i not in firsts]
+    students, in_table = [], {_student(i[1]) for i in goal}
+    for i in firsts:
+        if _student(i[1]) not in in_table:
+            in_table.add(_student(i[1]))
+            students.append(i)
+    head = goal + students + [i for i in firsts if i not in students]
+    rest = [i for i in items if i not in head]
     eager = [i for i in rest if "compiled" not in i[0]]
-    return goal + firsts + [None] + eager + [i for i in rest if i not in eager]
+    return head + [None] + eager + [i for i in rest if i not in eager]
 
 
 def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
     """Every item of the table (train and inference rows) and the profile, in
-    :func:`_run_order` (the goal's rows, then every student's first row); compiled rows take
+    :func:`_run_order` (the goal's rows, then one row per student); compiled rows take
     their own ``--compile-budget`` (compilation takes minutes). The table keeps the items'
     order."""
     a.deadline_at = time.perf_counter() + a.deadline

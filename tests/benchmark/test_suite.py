@@ -144,15 +144,21 @@ def test_deferred_metrics_survive_the_losses_memory_being_reused():
 def test_the_goal_rows_then_every_students_first_row_run_before_the_variants():
     """A deadline (tools/gpu_check.sh's time limit) cuts the suite's last rows: those must be
     variants, never the goal or a student's only row. The table keeps the items' order."""
-    from ovseg.benchmark.suite import GOAL_ROWS, GPU_ITEMS, _run_order
+    from ovseg.benchmark.suite import GOAL_ROWS, GPU_ITEMS, _run_order, _student
 
     order = [i[0] if i else None for i in _run_order(GPU_ITEMS)]
     assert sorted(n for n in order if n) == sorted(i[0] for i in GPU_ITEMS)
     assert order[:3] == list(GOAL_ROWS) and order.count(None) == 1  # one profile
     head = order[: order.index(None)]
-    configs = {i[1] for i in GPU_ITEMS}
-    assert {i[1] for i in GPU_ITEMS if i[0] in head} == configs  # every config, once
+    configs = {i[1]: i[0] for i in reversed(GPU_ITEMS)}  # config -> its first row
+    assert {i[1] for i in GPU_ITEMS if i[0] in head} == configs.keys()  # every config, once
     assert len(head) == len(configs) + 2  # ZegCLIP's three goal rows share one config
+    # after the goal, one row per student (meta-architecture), then the other configs
+    students = {_student(c) for c in configs}
+    assert len(students) == 7 and "XPMStudent" in students and "MaskCLIP" in students
+    arch = {i[0]: _student(i[1]) for i in GPU_ITEMS}
+    after_goal = [arch[n] for n in head[3 : 3 + len(students) - 1]]
+    assert sorted(after_goal + ["ZegCLIP"]) == sorted(students)
     assert [n for n in head if n in ("LSeg ViT-L/16 (paper)", "LSeg R101")] == [
         "LSeg ViT-L/16 (paper)",
         "LSeg R101",
