@@ -15,8 +15,7 @@ def test_suite_smoke_writes_the_table_and_profile(tmp_path):
     res = suite_main(
         ["--smoke", "--device", "cpu", "--only", "ZegCLIP", "--iters", "1", "--warmup", "0",
          "--shares-steps", "1", "--budget", "300", "--output-dir", str(tmp_path),
-         "SOLVER.IMS_PER_BATCH", "2", "TEST.SLIDE_WINDOW", "(64, 64)",
-         "TEST.SLIDE_STRIDE", "(48, 48)"]
+         "SOLVER.IMS_PER_BATCH", "2"]
     )  # fmt: skip
     row = res["rows"]["ZegCLIP toy ViT"]
     assert "error" not in row["train"], row["train"].get("traceback")
@@ -26,6 +25,8 @@ def test_suite_smoke_writes_the_table_and_profile(tmp_path):
     assert "error" not in row["mapper"], row["mapper"].get("traceback")
     assert row["mapper"]["mapper_s_per_image"] > 0
     assert row["infer"]["whole"]["images_per_s"] > 0 and row["infer"]["slide"]["latency_s"] > 0
+    # the toy's own window (suite.TOY_SLIDE), not the default 512 one padding a 64 x 85 image
+    assert row["infer"]["slide_window"] == [64, 64] and row["infer"]["slide_stride"] == [48, 48]
     batched = res["rows"]["ZegCLIP toy ViT inference batch 4"]
     assert "train" not in batched and batched["infer"]["batch"] == 4
     assert batched["infer"]["whole"]["images_per_s"] > 0
@@ -46,13 +47,14 @@ def test_suite_smoke_writes_the_table_and_profile(tmp_path):
 
 def test_the_profile_follows_every_students_first_row_and_compiles_on_cuda(tmp_path, monkeypatch):
     from ovseg.benchmark import suite
+    from ovseg.benchmark.suite_items import GOAL_ROWS
 
     calls = []
     monkeypatch.setattr(suite, "_run_row", lambda item, *_: calls.append(item[0]) or {})
     monkeypatch.setattr(suite, "_profile", lambda config, a, _: calls.append("profile") or {})
     suite.main(["--device", "cpu", "--only", "ZegCLIP", "MaskCLIP+", "--output-dir",
                 str(tmp_path)])  # fmt: skip
-    assert calls[:3] == list(suite.GOAL_ROWS)
+    assert calls[:3] == list(GOAL_ROWS)
     before = calls[3 : calls.index("profile")]  # each MaskCLIP+ config's first row
     assert before == [
         "MaskCLIP+ RN50>R101 teacher in loop",
@@ -144,7 +146,7 @@ def test_deferred_metrics_survive_the_losses_memory_being_reused():
 def test_the_goal_rows_then_every_students_first_row_run_before_the_variants():
     """A deadline (tools/gpu_check.sh's time limit) cuts the suite's last rows: those must be
     variants, never the goal or a student's only row. The table keeps the items' order."""
-    from ovseg.benchmark.suite import GOAL_ROWS, GPU_ITEMS, _run_order, _student
+    from ovseg.benchmark.suite_items import GOAL_ROWS, GPU_ITEMS, _run_order, _student
 
     order = [i[0] if i else None for i in _run_order(GPU_ITEMS)]
     assert sorted(n for n in order if n) == sorted(i[0] for i in GPU_ITEMS)
@@ -195,7 +197,7 @@ def test_training_rows_of_students_with_a_loss_fn_take_the_compile_budget(tmp_pa
     LOSS_FN_STUDENTS names exactly the students that declare one."""
     from ovseg_testing.models import tiny_lseg, tiny_maskclip_plus, tiny_zegclip
 
-    from ovseg.benchmark import suite
+    from ovseg.benchmark.suite_items import GPU_ITEMS, LOSS_FN_STUDENTS, _compiles
 
     models = {
         "LSeg": tiny_lseg(tmp_path),
@@ -203,8 +205,8 @@ def test_training_rows_of_students_with_a_loss_fn_take_the_compile_budget(tmp_pa
         "MaskCLIP+": tiny_maskclip_plus(tmp_path),
     }
     for name, model in models.items():
-        assert hasattr(model, "loss_fn") == name.startswith(suite.LOSS_FN_STUDENTS), name
-    rows = {item[0]: suite._compiles(item) for item in suite.GPU_ITEMS}
+        assert hasattr(model, "loss_fn") == name.startswith(LOSS_FN_STUDENTS), name
+    rows = {item[0]: _compiles(item) for item in GPU_ITEMS}
     assert rows["LSeg R101"] and rows["LSeg ViT-L/16 (paper)"] and rows["ZegCLIP ViT-B/16"]
     assert not rows["ZegCLIP ViT-B/16 eager loss"]
     assert not rows["ZegCLIP ViT-B/16 inference batch 16"]
