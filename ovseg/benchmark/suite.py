@@ -192,11 +192,10 @@ def run_suite(a: argparse.Namespace) -> Dict[str, Any]:
     for item in items:
         first.setdefault(item[1], item[0])
     zeg = next((c for n, c, *_ in items if "ZegCLIP" in n), None)
-    profiled = a.no_profile or zeg is None
+    profile = not a.no_profile and zeg is not None
     for item in _run_order(items):
         if item is None:  # every student's first row done, the variants to come
-            if not profiled:
-                profiled = True
+            if profile:
                 _profile_into(res, zeg, a, out_dir)
                 save()
             continue

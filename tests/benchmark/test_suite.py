@@ -76,6 +76,20 @@ def test_the_profile_follows_every_students_first_row_and_compiles_on_cuda(tmp_p
     )
 
 
+def test_no_profile_without_zegclip_or_with_no_profile(tmp_path, monkeypatch):
+    from ovseg.benchmark import suite
+
+    calls = []
+    monkeypatch.setattr(suite, "_run_row", lambda item, *_: calls.append(item[0]) or {})
+    monkeypatch.setattr(suite, "_profile", lambda config, a, _: calls.append("profile") or {})
+    suite.main(["--device", "cpu", "--only", "ZegCLIP", "--no-profile", "--output-dir",
+                str(tmp_path)])  # fmt: skip
+    assert calls and "profile" not in calls
+    calls.clear()  # no ZegCLIP row: the profile (a ZegCLIP step) has no config to run
+    suite.main(["--device", "cpu", "--only", "MaskCLIP RN50", "--output-dir", str(tmp_path)])
+    assert calls == ["MaskCLIP RN50"]
+
+
 def test_sync_counter_sees_reads_and_data_dependent_shapes():
     x = torch.randn(50)
     with HostSyncCounter() as counter:
