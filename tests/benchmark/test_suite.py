@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from detectron2.utils.events import EventStorage
@@ -45,13 +46,22 @@ def test_suite_smoke_writes_the_table_and_profile(tmp_path):
     )
 
 
-def test_the_profile_follows_every_students_first_row_and_compiles_on_cuda(tmp_path, monkeypatch):
+@pytest.fixture
+def suite_calls(monkeypatch):
+    """The suite with its rows and profile stubbed: the names it runs, in its order."""
     from ovseg.benchmark import suite
-    from ovseg.benchmark.suite_items import GOAL_ROWS
 
     calls = []
     monkeypatch.setattr(suite, "_run_row", lambda item, *_: calls.append(item[0]) or {})
     monkeypatch.setattr(suite, "_profile", lambda config, a, _: calls.append("profile") or {})
+    return calls
+
+
+def test_the_profile_follows_every_students_first_row_and_compiles_on_cuda(tmp_path, suite_calls):
+    from ovseg.benchmark import suite
+    from ovseg.benchmark.suite_items import GOAL_ROWS
+
+    calls = suite_calls
     suite.main(["--device", "cpu", "--only", "ZegCLIP", "MaskCLIP+", "--output-dir",
                 str(tmp_path)])  # fmt: skip
     assert calls[:3] == list(GOAL_ROWS)
@@ -76,12 +86,10 @@ def test_the_profile_follows_every_students_first_row_and_compiles_on_cuda(tmp_p
     )
 
 
-def test_no_profile_without_zegclip_or_with_no_profile(tmp_path, monkeypatch):
+def test_no_profile_without_zegclip_or_with_no_profile(tmp_path, suite_calls):
     from ovseg.benchmark import suite
 
-    calls = []
-    monkeypatch.setattr(suite, "_run_row", lambda item, *_: calls.append(item[0]) or {})
-    monkeypatch.setattr(suite, "_profile", lambda config, a, _: calls.append("profile") or {})
+    calls = suite_calls
     suite.main(["--device", "cpu", "--only", "ZegCLIP", "--no-profile", "--output-dir",
                 str(tmp_path)])  # fmt: skip
     assert calls and "profile" not in calls
