@@ -8,7 +8,6 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 __all__ = ["HungarianMatcher", "batch_dice_cost", "batch_sigmoid_focal_cost"]
@@ -135,6 +134,10 @@ class HungarianMatcher(nn.Module):
         # one copy to the host for the whole batch: each image's own .cpu() waited for the
         # device once per image and layer (320 waits per FreeSeg step at batch 32)
         flat = torch.cat([c.flatten() for c in costs.values()]).cpu() if costs else None
+        # imported here, not with the module: scipy.optimize takes about 0.6 s to import, and
+        # every process that imports ovseg (train_net.py --help, an LSeg run) paid it unused
+        from scipy.optimize import linear_sum_assignment
+
         indices, start = [], 0
         for b in range(len(targets)):
             if b not in costs:
